@@ -1,0 +1,136 @@
+package queue
+
+import (
+	"fmt"
+	"hash/fnv"
+	"strings"
+)
+
+// Key layout. T is the route's hash tag (see routeTag); every key of one
+// route, and every message of that route, shares it, so one script only
+// ever touches one Redis Cluster slot.
+//
+//	hf:{T}:m:ID              hash    one message (see the field names below)
+//	hf:{T}:r:ROUTE:due       zset    id -> due time (unix ms): ready and scheduled
+//	hf:{T}:r:ROUTE:leased    zset    id -> lease deadline (unix ms)
+//	hf:{T}:r:ROUTE:dead      zset    id -> dead-letter time (unix ms)
+//	hf:{T}:r:ROUTE:live      zset    id -> submit time (unix ms), every message not yet delivered or dead
+//	hf:{T}:r:ROUTE:hold      string  the hold reason; present while the route is held
+//	hf:{T}:i:ROUTE:KEY       string  idempotency key -> message id
+//	hf:routes                set     every route that has had a message
+const keyPrefix = "hf:"
+
+// Message hash fields.
+const (
+	fRoute    = "route"
+	fApp      = "app"
+	fFrom     = "from"
+	fTo       = "to"
+	fBody     = "body"
+	fSize     = "size"
+	fSubmit   = "sub"   // submit time, unix ms
+	fExpire   = "exp"   // end of the queue lifetime, unix ms
+	fAttempts = "att"   // delivery attempts spent
+	fLastErr  = "err"   // last upstream reply or error
+	fState    = "st"    // stQueued, stLeased, stDelivered, stDead
+	fLease    = "lease" // token of the current lease
+	fLeaseEnd = "lu"    // lease deadline, unix ms
+	fUpdated  = "upd"   // last change, unix ms
+	fDoneAt   = "done"  // delivered or dead-lettered at, unix ms
+	fReason   = "why"   // dead-letter reason
+	fIdemKey  = "idem"
+)
+
+// Stored states. Ready, scheduled and held are all stQueued; which one a
+// message is in follows from its due time and the route's hold flag.
+const (
+	stQueued    = "queued"
+	stLeased    = "leased"
+	stDelivered = "delivered"
+	stDead      = "dead"
+)
+
+const routesKey = keyPrefix + "routes"
+
+// routeTag returns the hash tag shared by a route's keys and messages: eight
+// hex digits of the FNV-1a hash of the route name. Two routes may share a
+// tag; their keys still differ because they contain the route name.
+func routeTag(route string) string {
+	h := fnv.New32a()
+	h.Write([]byte(route))
+	return fmt.Sprintf("%08x", h.Sum32())
+}
+
+// routeKeys are the keys of one route.
+type routeKeys struct {
+	tag    string
+	due    string
+	leased string
+	dead   string
+	live   string
+	hold   string
+}
+
+func keysFor(route string) routeKeys {
+	tag := routeTag(route)
+	base := keyPrefix + "{" + tag + "}:r:" + route + ":"
+	return routeKeys{
+		tag:    tag,
+		due:    base + "due",
+		leased: base + "leased",
+		dead:   base + "dead",
+		live:   base + "live",
+		hold:   base + "hold",
+	}
+}
+
+// msgKeyPrefix is the prefix of the message keys of a tag; scripts append
+// the id to it.
+func msgKeyPrefix(tag string) string {
+	return keyPrefix + "{" + tag + "}:m:"
+}
+
+func msgKey(id string) string {
+	return msgKeyPrefix(id[:tagLen]) + id
+}
+
+func idemKey(route, key string) string {
+	return keyPrefix + "{" + routeTag(route) + "}:i:" + route + ":" + key
+}
+
+// tagLen is the length of a route tag, which is also the length of the
+// prefix of a message id that names its tag.
+const tagLen = 8
+
+// ValidRoute reports whether name can be used as a route: 1 to 200 bytes
+// of printable ASCII without spaces.
+func ValidRoute(name string) bool {
+	if name == "" || len(name) > 200 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if name[i] <= ' ' || name[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidID reports whether id has the shape of a message id. It does not
+// say whether the message exists.
+func ValidID(id string) bool {
+	if len(id) != tagLen+idRandLen {
+		return false
+	}
+	for i := 0; i < tagLen; i++ {
+		if !strings.ContainsRune("0123456789abcdef", rune(id[i])) {
+			return false
+		}
+	}
+	for i := tagLen; i < len(id); i++ {
+		if !strings.ContainsRune(idAlphabet, rune(id[i])) {
+			return false
+		}
+	}
+	return true
+}

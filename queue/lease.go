@@ -1,0 +1,168 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// LeaseResult is what Lease found on a route.
+type LeaseResult struct {
+	Leases []*Lease
+	// Held is true when the route is held; nothing was leased.
+	Held bool
+	// NextDue is the due time of the earliest message left on the route,
+	// zero when the route is empty or held.
+	NextDue time.Time
+}
+
+// Lease claims up to n due messages of a route until now+d. It first
+// returns the route's expired leases to the queue (counting the lost
+// attempt) and dead-letters due messages past their lifetime. A held
+// route leases nothing.
+func (q *Queue) Lease(ctx context.Context, route string, n int, d time.Duration) (LeaseResult, error) {
+	if n <= 0 {
+		n = 1
+	}
+	now := q.opts.Now()
+	rk := keysFor(route)
+	token := newToken()
+	until := now.Add(d)
+	res, err := leaseScript.Run(ctx, q.rdb,
+		[]string{rk.due, rk.leased, rk.dead, rk.live, rk.hold},
+		now.UnixMilli(), until.UnixMilli(), n, token, msgKeyPrefix(rk.tag)).Slice()
+	if err != nil {
+		return LeaseResult{}, fmt.Errorf("lease %s: %w", route, err)
+	}
+	var out LeaseResult
+	switch next := res[0].(int64); {
+	case next == -2:
+		out.Held = true
+	case next >= 0:
+		out.NextDue = fromMillis(next)
+	}
+	for _, raw := range res[1].([]any) {
+		f := raw.([]any)
+		s := func(i int) string { v, _ := f[i].(string); return v }
+		m := &Message{
+			ID:        s(0),
+			Route:     s(1),
+			App:       s(2),
+			From:      s(3),
+			To:        splitRcpts(s(4)),
+			Body:      []byte(s(5)),
+			Submitted: fromMillis(atoi(s(6))),
+			Expires:   fromMillis(atoi(s(7))),
+			Attempts:  int(atoi(s(8))),
+			LastError: s(9),
+			State:     Leased,
+			Updated:   now.UTC(),
+			LeaseEnd:  until.UTC(),
+		}
+		m.Size = len(m.Body)
+		out.Leases = append(out.Leases, &Lease{Message: m, token: token})
+	}
+	return out, nil
+}
+
+// Extend moves the lease's deadline to now+d.
+func (q *Queue) Extend(ctx context.Context, l *Lease, d time.Duration) error {
+	now := q.opts.Now()
+	rk := keysFor(l.Route)
+	until := now.Add(d)
+	ok, err := extendScript.Run(ctx, q.rdb, []string{msgKey(l.ID), rk.leased},
+		l.ID, l.token, until.UnixMilli(), now.UnixMilli()).Int()
+	if err != nil {
+		return fmt.Errorf("extend lease of %s: %w", l.ID, err)
+	}
+	if ok == 0 {
+		return fmt.Errorf("extend lease of %s: %w", l.ID, ErrLeaseLost)
+	}
+	l.LeaseEnd = until.UTC()
+	return nil
+}
+
+// Ack marks a leased message delivered, with the upstream's reply. Its
+// body is dropped; its record is kept for Options.DeliveredRetention.
+func (q *Queue) Ack(ctx context.Context, l *Lease, reply string) error {
+	_, err := q.settle(ctx, l, "ack", reply, 1, time.Time{})
+	return err
+}
+
+// Retry returns a leased message to the queue after a failed attempt. The
+// attempt is spent and the message is due again after the backoff for its
+// attempt count (see Backoff). A message past its lifetime is dead-lettered
+// instead; the returned state says which happened.
+func (q *Queue) Retry(ctx context.Context, l *Lease, lastErr string) (State, error) {
+	due := q.opts.Now().Add(q.Backoff(l.Attempts + 1))
+	return q.settle(ctx, l, "retry", lastErr, 1, due)
+}
+
+// Defer returns a leased message to the queue, due after delay, without
+// spending an attempt: for throttling and for failures that are not the
+// message's fault, such as rejected credentials.
+func (q *Queue) Defer(ctx context.Context, l *Lease, delay time.Duration, reason string) (State, error) {
+	return q.settle(ctx, l, "retry", reason, 0, q.opts.Now().Add(delay))
+}
+
+// Fail dead-letters a leased message at once, spending the attempt.
+func (q *Queue) Fail(ctx context.Context, l *Lease, reason string) error {
+	_, err := q.settle(ctx, l, "dead", reason, 1, time.Time{})
+	return err
+}
+
+func (q *Queue) settle(ctx context.Context, l *Lease, outcome, reply string, spend int, due time.Time) (State, error) {
+	now := q.opts.Now()
+	rk := keysFor(l.Route)
+	res, err := settleScript.Run(ctx, q.rdb,
+		[]string{msgKey(l.ID), rk.due, rk.leased, rk.dead, rk.live},
+		l.ID, l.token, now.UnixMilli(), outcome, reply, spend, due.UnixMilli(),
+		q.opts.DeliveredRetention.Milliseconds()).Result()
+	if err != nil {
+		return "", fmt.Errorf("%s %s: %w", outcome, l.ID, err)
+	}
+	st, ok := res.(string)
+	if !ok {
+		return "", fmt.Errorf("%s %s: %w", outcome, l.ID, ErrLeaseLost)
+	}
+	l.Attempts += spend
+	l.LastError = reply
+	switch st {
+	case stDelivered:
+		l.State = Delivered
+	case stDead:
+		l.State = Dead
+	default:
+		l.State = Scheduled
+		l.Due = due.UTC()
+	}
+	return l.State, nil
+}
+
+// Backoff is the delay before the attempt after the given number of spent
+// attempts: BackoffBase doubled for each attempt after the first, capped at
+// BackoffMax, then jittered down by up to a quarter so that messages that
+// failed together do not retry together.
+func (q *Queue) Backoff(attempts int) time.Duration {
+	d := q.opts.BackoffBase
+	for i := 1; i < attempts && d < q.opts.BackoffMax; i++ {
+		d *= 2
+	}
+	d = min(d, q.opts.BackoffMax)
+	return d - time.Duration(rand.Int64N(int64(d)/4+1))
+}
+
+func splitRcpts(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, "\n")
+}
+
+func atoi(s string) int64 {
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return n
+}

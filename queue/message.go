@@ -1,0 +1,139 @@
+package queue
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"strings"
+	"time"
+)
+
+// State is where a message is in its lifecycle, as shown to users.
+type State string
+
+// The states of a message.
+const (
+	Ready     State = "queued"    // due now, waiting for a worker
+	Scheduled State = "scheduled" // waiting for its next attempt
+	Leased    State = "sending"   // leased by a worker
+	Held      State = "held"      // its route is held
+	Delivered State = "delivered" // accepted upstream
+	Dead      State = "dead"      // dead-lettered
+)
+
+// States lists the states a message can be listed by.
+var States = []State{Ready, Scheduled, Leased, Held, Dead}
+
+// ParseState parses a state name; "ready" and "leased" are accepted as
+// aliases of "queued" and "sending".
+func ParseState(s string) (State, bool) {
+	switch strings.ToLower(s) {
+	case "queued", "ready":
+		return Ready, true
+	case "scheduled":
+		return Scheduled, true
+	case "sending", "leased":
+		return Leased, true
+	case "held":
+		return Held, true
+	case "delivered":
+		return Delivered, true
+	case "dead":
+		return Dead, true
+	}
+	return "", false
+}
+
+// Submission is a message to enqueue.
+type Submission struct {
+	Route string   // the route that will deliver it
+	App   string   // the application that submitted it
+	From  string   // envelope sender; empty for the null sender
+	To    []string // envelope recipients, at least one
+	Body  []byte   // the raw RFC 5322 message
+	// IdempotencyKey, when set, makes a repeated enqueue with the same key
+	// on the same route return the first message's id instead of storing a
+	// second copy, for as long as Options.IdempotencyTTL.
+	IdempotencyKey string
+}
+
+// Message is a stored message. Body is only filled in by Lease.
+type Message struct {
+	ID             string
+	Route          string
+	App            string
+	From           string
+	To             []string
+	Body           []byte
+	Size           int
+	State          State
+	Submitted      time.Time
+	Expires        time.Time // end of its queue lifetime
+	Due            time.Time // next attempt; zero unless ready, scheduled or held
+	Attempts       int       // delivery attempts spent
+	LastError      string    // last upstream reply or error
+	Updated        time.Time
+	Done           time.Time // when delivered or dead-lettered
+	Reason         string    // why it was dead-lettered
+	HoldReason     string    // why its route is held
+	LeaseEnd       time.Time // lease deadline while leased
+	IdempotencyKey string
+}
+
+// Lease is a worker's claim on a message. Only the holder of the lease can
+// settle the message, and only until the lease expires.
+type Lease struct {
+	*Message
+	token string
+}
+
+// idAlphabet is Crockford's base32 in lower case: no i, l, o or u.
+const idAlphabet = "0123456789abcdefghjkmnpqrstvwxyz"
+
+// idRandLen is the length of the part of an id after the route tag: 48 bits
+// of milliseconds and 48 random bits, 20 base32 digits, so ids of one
+// route sort by creation time.
+const idRandLen = 20
+
+func newID(tag string, now time.Time) string {
+	var b [12]byte
+	binary.BigEndian.PutUint64(b[0:8], uint64(now.UnixMilli())<<16)
+	if _, err := rand.Read(b[6:]); err != nil {
+		panic("queue: crypto/rand failed: " + err.Error())
+	}
+	var out [tagLen + idRandLen]byte
+	copy(out[:], tag)
+	// 96 bits as 20 five-bit digits, most significant first (the last
+	// digit carries 1 bit of padding).
+	var acc uint64
+	bits := 0
+	j := tagLen
+	for _, c := range b {
+		acc = acc<<8 | uint64(c)
+		bits += 8
+		for bits >= 5 {
+			bits -= 5
+			out[j] = idAlphabet[(acc>>uint(bits))&31]
+			j++
+		}
+	}
+	if bits > 0 {
+		out[j] = idAlphabet[(acc<<uint(5-bits))&31]
+	}
+	return string(out[:])
+}
+
+func newToken() string {
+	var b [12]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("queue: crypto/rand failed: " + err.Error())
+	}
+	return hex.EncodeToString(b[:])
+}
+
+func fromMillis(ms int64) time.Time {
+	if ms <= 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms).UTC()
+}

@@ -1,0 +1,146 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Options configure a Queue. The zero value of every field means its
+// default.
+type Options struct {
+	// Lifetime is how long a message may stay undelivered before it is
+	// dead-lettered. Default 5 days (Postfix's maximal_queue_lifetime).
+	Lifetime time.Duration
+	// BackoffBase is the delay before the second attempt; each further
+	// failed attempt doubles it. Default 1 minute.
+	BackoffBase time.Duration
+	// BackoffMax caps the delay between attempts. Default 1 hour.
+	BackoffMax time.Duration
+	// DeliveredRetention is how long the record of a delivered message
+	// (without its body) is kept for status queries. Default 7 days.
+	DeliveredRetention time.Duration
+	// IdempotencyTTL is how long an idempotency key is remembered.
+	// Default 24 hours.
+	IdempotencyTTL time.Duration
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+}
+
+func (o Options) withDefaults() Options {
+	if o.Lifetime <= 0 {
+		o.Lifetime = 5 * 24 * time.Hour
+	}
+	if o.BackoffBase <= 0 {
+		o.BackoffBase = time.Minute
+	}
+	if o.BackoffMax <= 0 {
+		o.BackoffMax = time.Hour
+	}
+	if o.DeliveredRetention <= 0 {
+		o.DeliveredRetention = 7 * 24 * time.Hour
+	}
+	if o.IdempotencyTTL <= 0 {
+		o.IdempotencyTTL = 24 * time.Hour
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o
+}
+
+// Queue is the mail queue. It is safe for concurrent use.
+type Queue struct {
+	rdb  redis.UniversalClient
+	opts Options
+
+	mu     sync.Mutex
+	routes map[string]bool // routes known to be in routesKey
+}
+
+// ErrNotFound is returned for a message id that does not exist.
+var ErrNotFound = errors.New("no such message")
+
+// ErrLeaseLost is returned when a lease is settled or extended after it
+// expired and the message may have been leased again.
+var ErrLeaseLost = errors.New("lease lost: it expired before the worker reported")
+
+// New returns a queue stored in rdb.
+func New(rdb redis.UniversalClient, opts Options) *Queue {
+	return &Queue{rdb: rdb, opts: opts.withDefaults(), routes: map[string]bool{}}
+}
+
+// Options returns the queue's options, defaults filled in.
+func (q *Queue) Options() Options { return q.opts }
+
+// Enqueue stores a message durably, due now, and returns its id. When
+// m.IdempotencyKey was used before on the same route, it returns the id of
+// the first message and dup true, and stores nothing.
+//
+// It costs one round trip to Redis, plus one the first time this process
+// sees the route.
+func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool, err error) {
+	if !ValidRoute(m.Route) {
+		return "", false, fmt.Errorf("enqueue: invalid route name %q", m.Route)
+	}
+	if len(m.To) == 0 {
+		return "", false, errors.New("enqueue: no recipients")
+	}
+	for _, a := range append([]string{m.From}, m.To...) {
+		if strings.ContainsAny(a, "\r\n\x00") {
+			return "", false, fmt.Errorf("enqueue: address %q contains a line break or NUL", a)
+		}
+	}
+	if err := q.registerRoute(ctx, m.Route); err != nil {
+		return "", false, err
+	}
+	now := q.opts.Now()
+	rk := keysFor(m.Route)
+	id = newID(rk.tag, now)
+	keys := []string{msgKey(id), rk.due, rk.live}
+	if m.IdempotencyKey != "" {
+		keys = append(keys, idemKey(m.Route, m.IdempotencyKey))
+	}
+	res, err := enqueueScript.Run(ctx, q.rdb, keys,
+		id, m.Route, m.App, m.From, strings.Join(m.To, "\n"), m.Body,
+		now.UnixMilli(), now.Add(q.opts.Lifetime).UnixMilli(),
+		q.opts.IdempotencyTTL.Milliseconds(), m.IdempotencyKey).Slice()
+	if err != nil {
+		return "", false, fmt.Errorf("enqueue: %w", err)
+	}
+	got, _ := res[0].(string)
+	return got, res[1].(int64) == 1, nil
+}
+
+// registerRoute records the route in the set of routes, once per process.
+func (q *Queue) registerRoute(ctx context.Context, route string) error {
+	q.mu.Lock()
+	known := q.routes[route]
+	q.mu.Unlock()
+	if known {
+		return nil
+	}
+	if err := q.rdb.SAdd(ctx, routesKey, route).Err(); err != nil {
+		return fmt.Errorf("register route %s: %w", route, err)
+	}
+	q.mu.Lock()
+	q.routes[route] = true
+	q.mu.Unlock()
+	return nil
+}
+
+// Routes returns every route that has had a message, sorted.
+func (q *Queue) Routes(ctx context.Context) ([]string, error) {
+	routes, err := q.rdb.SMembers(ctx, routesKey).Result()
+	if err != nil {
+		return nil, fmt.Errorf("list routes: %w", err)
+	}
+	slices.Sort(routes)
+	return routes, nil
+}

@@ -1,0 +1,214 @@
+package queue
+
+import "github.com/redis/go-redis/v9"
+
+// The scripts below are the only code that changes more than one key. All
+// times are unix milliseconds from the caller's clock, so tests can drive
+// the queue with a controlled clock. Every KEYS entry of one call shares one
+// hash tag. Message keys are built inside the scripts from the tag's
+// message prefix (ARGV) and the id; they share the same tag.
+
+// enqueueScript stores a new message, due now.
+//
+// KEYS[1] message hash, KEYS[2] due, KEYS[3] live, KEYS[4] idempotency key
+// (optional).
+// ARGV[1] id, ARGV[2] route, ARGV[3] app, ARGV[4] from, ARGV[5] recipients
+// joined by "\n", ARGV[6] body, ARGV[7] now, ARGV[8] expiry time,
+// ARGV[9] idempotency key lifetime in ms, ARGV[10] idempotency key.
+//
+// Returns {id, 0} for a new message, or {existing id, 1} when the
+// idempotency key was seen before.
+var enqueueScript = redis.NewScript(`
+if KEYS[4] then
+  local existing = redis.call('GET', KEYS[4])
+  if existing then return {existing, 1} end
+end
+redis.call('HSET', KEYS[1],
+  'route', ARGV[2], 'app', ARGV[3], 'from', ARGV[4], 'to', ARGV[5],
+  'body', ARGV[6], 'size', string.len(ARGV[6]),
+  'sub', ARGV[7], 'exp', ARGV[8], 'att', 0, 'st', 'queued', 'upd', ARGV[7])
+redis.call('ZADD', KEYS[2], ARGV[7], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[7], ARGV[1])
+if KEYS[4] then
+  redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[9])
+  redis.call('HSET', KEYS[1], 'idem', ARGV[10])
+end
+return {ARGV[1], 0}
+`)
+
+// leaseScript reclaims the route's expired leases, then leases up to n due
+// messages. A due message past its expiry is dead-lettered instead of
+// leased. A held route leases nothing.
+//
+// KEYS[1] due, KEYS[2] leased, KEYS[3] dead, KEYS[4] live, KEYS[5] hold.
+// ARGV[1] now, ARGV[2] lease deadline, ARGV[3] n, ARGV[4] lease token,
+// ARGV[5] message key prefix.
+//
+// Returns {next, leased}: next is the due time of the earliest message
+// left in the queue (-1 when none, -2 when the route is held); leased is a
+// list of {id, route, app, from, to, body, sub, exp, att, err} entries.
+var leaseScript = redis.NewScript(`
+local now = tonumber(ARGV[1])
+local prefix = ARGV[5]
+
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. now, 'LIMIT', 0, 100)
+for _, id in ipairs(expired) do
+  redis.call('ZREM', KEYS[2], id)
+  local key = prefix .. id
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('ZADD', KEYS[1], now, id)
+    redis.call('HINCRBY', key, 'att', 1)
+    redis.call('HSET', key, 'st', 'queued', 'lease', '', 'upd', now,
+      'err', 'lease expired: the worker stopped before reporting a result')
+  end
+end
+
+if redis.call('EXISTS', KEYS[5]) == 1 then return {-2, {}} end
+
+local leased = {}
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  local key = prefix .. id
+  redis.call('ZREM', KEYS[1], id)
+  local m = redis.call('HMGET', key, 'route', 'app', 'from', 'to', 'body', 'sub', 'exp', 'att', 'err')
+  if m[1] then
+    if tonumber(m[7]) <= now then
+      local last = m[9] or ''
+      if last == '' then last = 'no delivery attempt completed' end
+      redis.call('ZREM', KEYS[4], id)
+      redis.call('ZADD', KEYS[3], now, id)
+      redis.call('HSET', key, 'st', 'dead', 'done', now, 'upd', now,
+        'why', 'queue lifetime exceeded; last error: ' .. last)
+      redis.call('HDEL', key, 'lease', 'lu')
+    else
+      redis.call('ZADD', KEYS[2], ARGV[2], id)
+      redis.call('HSET', key, 'st', 'leased', 'lease', ARGV[4], 'lu', ARGV[2], 'upd', now)
+      table.insert(leased, {id, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9] or ''})
+    end
+  end
+end
+
+local next = -1
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if first[2] then next = tonumber(first[2]) end
+return {next, leased}
+`)
+
+// extendScript moves a lease's deadline.
+//
+// KEYS[1] message hash, KEYS[2] leased.
+// ARGV[1] id, ARGV[2] lease token, ARGV[3] new deadline, ARGV[4] now.
+//
+// Returns 1, or 0 when the lease is no longer held by this token.
+var extendScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[2] or redis.call('HGET', KEYS[1], 'st') ~= 'leased' then
+  return 0
+end
+redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[1], 'lu', ARGV[3], 'upd', ARGV[4])
+return 1
+`)
+
+// settleScript ends a lease.
+//
+// KEYS[1] message hash, KEYS[2] due, KEYS[3] leased, KEYS[4] dead,
+// KEYS[5] live.
+// ARGV[1] id, ARGV[2] lease token, ARGV[3] now, ARGV[4] outcome: "ack",
+// "retry" or "dead", ARGV[5] last reply or error, ARGV[6] attempts to add
+// (0 or 1), ARGV[7] due time for "retry", ARGV[8] how long a delivered
+// message's record is kept, in ms.
+//
+// A "retry" of a message past its expiry dead-letters it. Returns the
+// state the message is now in, or 0 when the lease is no longer held by
+// this token.
+var settleScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[2] or redis.call('HGET', KEYS[1], 'st') ~= 'leased' then
+  return 0
+end
+local now = tonumber(ARGV[3])
+local outcome = ARGV[4]
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[1], 'lease', 'lu')
+redis.call('HINCRBY', KEYS[1], 'att', tonumber(ARGV[6]))
+redis.call('HSET', KEYS[1], 'err', ARGV[5], 'upd', now)
+
+if outcome == 'retry' and tonumber(redis.call('HGET', KEYS[1], 'exp')) <= now then
+  outcome = 'dead'
+  ARGV[5] = 'queue lifetime exceeded; last error: ' .. ARGV[5]
+end
+
+if outcome == 'ack' then
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  redis.call('HSET', KEYS[1], 'st', 'delivered', 'done', now)
+  redis.call('HDEL', KEYS[1], 'body')
+  redis.call('PEXPIRE', KEYS[1], ARGV[8])
+  return 'delivered'
+elseif outcome == 'dead' then
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  redis.call('ZADD', KEYS[4], now, ARGV[1])
+  redis.call('HSET', KEYS[1], 'st', 'dead', 'done', now, 'why', ARGV[5])
+  return 'dead'
+end
+redis.call('ZADD', KEYS[2], ARGV[7], ARGV[1])
+redis.call('HSET', KEYS[1], 'st', 'queued')
+return 'queued'
+`)
+
+// requeueScript moves a dead letter back to the queue, due now, with a new
+// queue lifetime. Its attempt history is kept.
+//
+// KEYS[1] message hash, KEYS[2] due, KEYS[3] dead, KEYS[4] live.
+// ARGV[1] id, ARGV[2] now, ARGV[3] new expiry time.
+//
+// Returns 1, or 0 when the message is not a dead letter.
+var requeueScript = redis.NewScript(`
+if redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[4], redis.call('HGET', KEYS[1], 'sub'), ARGV[1])
+redis.call('HSET', KEYS[1], 'st', 'queued', 'exp', ARGV[3], 'upd', ARGV[2])
+redis.call('HDEL', KEYS[1], 'why', 'done')
+return 1
+`)
+
+// deleteScript removes a message from its route and deletes it.
+//
+// KEYS[1] message hash, KEYS[2] due, KEYS[3] leased, KEYS[4] dead,
+// KEYS[5] live. ARGV[1] id.
+//
+// Returns 1, or 0 when there was no such message.
+var deleteScript = redis.NewScript(`
+for i = 2, 5 do redis.call('ZREM', KEYS[i], ARGV[1]) end
+return redis.call('DEL', KEYS[1])
+`)
+
+// flushScript makes every scheduled message of a route due now.
+//
+// KEYS[1] due. ARGV[1] now. Returns how many messages it moved.
+var flushScript = redis.NewScript(`
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[1], id) end
+return #ids
+`)
+
+// statsScript counts a route's messages by state.
+//
+// KEYS[1] due, KEYS[2] leased, KEYS[3] dead, KEYS[4] live, KEYS[5] hold.
+// ARGV[1] now.
+//
+// Returns {ready, scheduled, leased, held, dead, oldest submit time or -1,
+// hold reason or false}.
+var statsScript = redis.NewScript(`
+local now = ARGV[1]
+local ready = redis.call('ZCOUNT', KEYS[1], '-inf', now)
+local scheduled = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+local held = 0
+local reason = redis.call('GET', KEYS[5])
+if reason then
+  held = ready + scheduled
+  ready, scheduled = 0, 0
+end
+local oldest = -1
+local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+if first[2] then oldest = tonumber(first[2]) end
+return {ready, scheduled, redis.call('ZCARD', KEYS[2]), held, redis.call('ZCARD', KEYS[3]), oldest, reason}
+`)
