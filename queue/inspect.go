@@ -88,19 +88,29 @@ func (q *Queue) Stats(ctx context.Context) (Stats, error) {
 	return st, nil
 }
 
+// messageFields are the fields Get reads, in the order it reads them.
+var messageFields = []any{fRoute, fApp, fFrom, fTo, fSize, fState, fSubmit,
+	fExpire, fAttempts, fLastErr, fUpdated, fDoneAt, fReason, fLeaseEnd, fIdemKey}
+
 // Get returns a message without its body.
 func (q *Queue) Get(ctx context.Context, id string) (*Message, error) {
 	if !ValidID(id) {
 		return nil, fmt.Errorf("get %s: %w", id, ErrNotFound)
 	}
-	f, err := q.rdb.HMGet(ctx, msgKey(id), fRoute, fApp, fFrom, fTo, fSize, fState, fSubmit,
-		fExpire, fAttempts, fLastErr, fUpdated, fDoneAt, fReason, fLeaseEnd, fIdemKey).Result()
+	args := append([]any{routeKeyPrefix(id[:tagLen]), id}, messageFields...)
+	f, err := getScript.Run(ctx, q.rdb, []string{msgKey(id)}, args...).Slice()
 	if err != nil {
 		return nil, fmt.Errorf("get %s: %w", id, err)
 	}
-	s := func(i int) string { v, _ := f[i].(string); return v }
-	if s(0) == "" {
+	if len(f) == 0 {
 		return nil, fmt.Errorf("get %s: %w", id, ErrNotFound)
+	}
+	s := func(i int) string {
+		if i >= len(f) {
+			return ""
+		}
+		v, _ := f[i].(string)
+		return v
 	}
 	m := &Message{
 		ID:             id,
@@ -118,6 +128,7 @@ func (q *Queue) Get(ctx context.Context, id string) (*Message, error) {
 		Reason:         s(12),
 		IdempotencyKey: s(14),
 	}
+	due, hold := s(15), s(16)
 	switch s(5) {
 	case stLeased:
 		m.State = Leased
@@ -127,35 +138,18 @@ func (q *Queue) Get(ctx context.Context, id string) (*Message, error) {
 	case stDead:
 		m.State = Dead
 	default:
-		if err := q.fillQueued(ctx, m); err != nil {
-			return nil, err
+		m.Due = fromMillis(atoi(due))
+		switch {
+		case hold != "":
+			m.State = Held
+			m.HoldReason = hold
+		case m.Due.After(q.opts.Now()):
+			m.State = Scheduled
+		default:
+			m.State = Ready
 		}
 	}
 	return m, nil
-}
-
-// fillQueued sets the state and due time of a queued message.
-func (q *Queue) fillQueued(ctx context.Context, m *Message) error {
-	rk := keysFor(m.Route)
-	pipe := q.rdb.Pipeline()
-	due := pipe.ZScore(ctx, rk.due, m.ID)
-	hold := pipe.Get(ctx, rk.hold)
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return fmt.Errorf("get %s: %w", m.ID, err)
-	}
-	if ms, err := due.Result(); err == nil {
-		m.Due = fromMillis(int64(ms))
-	}
-	switch {
-	case hold.Err() == nil:
-		m.State = Held
-		m.HoldReason = hold.Val()
-	case m.Due.After(q.opts.Now()):
-		m.State = Scheduled
-	default:
-		m.State = Ready
-	}
-	return nil
 }
 
 // List returns up to limit messages of a route in the given state, without

@@ -73,7 +73,7 @@ type routeKeys struct {
 
 func keysFor(route string) routeKeys {
 	tag := routeTag(route)
-	base := keyPrefix + "{" + tag + "}:r:" + route + ":"
+	base := routeKeyPrefix(tag) + route + ":"
 	return routeKeys{
 		tag:    tag,
 		due:    base + "due",
@@ -82,6 +82,12 @@ func keysFor(route string) routeKeys {
 		live:   base + "live",
 		hold:   base + "hold",
 	}
+}
+
+// routeKeyPrefix is the prefix of the route keys of a tag; the route name
+// and the key's kind follow it.
+func routeKeyPrefix(tag string) string {
+	return keyPrefix + "{" + tag + "}:r:"
 }
 
 // msgKeyPrefix is the prefix of the message keys of a tag; scripts append

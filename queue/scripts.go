@@ -212,3 +212,23 @@ local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 if first[2] then oldest = tonumber(first[2]) end
 return {ready, scheduled, redis.call('ZCARD', KEYS[2]), held, redis.call('ZCARD', KEYS[3]), oldest, reason}
 `)
+
+// getScript reads a message with its due time and its route's hold reason
+// in one atomic step.
+//
+// KEYS[1] message hash. ARGV[1] the prefix of the route keys of the
+// message's tag ("hf:{T}:r:"), ARGV[2] the id, ARGV[3..] the hash fields
+// to read.
+//
+// Returns the field values, then the due time (false unless queued), then
+// the route's hold reason (false unless held); or an empty list when there
+// is no such message.
+var getScript = redis.NewScript(`
+local route = redis.call('HGET', KEYS[1], 'route')
+if not route then return {} end
+local out = redis.call('HMGET', KEYS[1], unpack(ARGV, 3))
+local base = ARGV[1] .. route
+table.insert(out, redis.call('ZSCORE', base .. ':due', ARGV[2]))
+table.insert(out, redis.call('GET', base .. ':hold'))
+return out
+`)
