@@ -1,0 +1,140 @@
+package relay
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"sync"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"holdfast/queue"
+)
+
+// apps authenticates applications and applies their sender rules. It is
+// safe for concurrent use.
+type apps struct {
+	byUser  map[string]*App
+	byToken map[string]*App // by the token's SHA-256, hex
+
+	// verified caches successful password checks, keyed by the SHA-256 of
+	// user and password, so that bcrypt's cost is paid once per password,
+	// not once per SMTP session. Only successes are cached.
+	mu       sync.Mutex
+	verified map[[32]byte]*App
+}
+
+func newApps(list []App) *apps {
+	a := &apps{byUser: map[string]*App{}, byToken: map[string]*App{}, verified: map[[32]byte]*App{}}
+	for i := range list {
+		app := &list[i]
+		if app.PasswordHash != "" {
+			a.byUser[app.Username] = app
+		}
+		if app.TokenSHA256 != "" {
+			a.byToken[app.TokenSHA256] = app
+		}
+	}
+	return a
+}
+
+// checkPassword returns the application whose SMTP user name and password
+// these are, or nil.
+func (a *apps) checkPassword(user, password string) *App {
+	key := sha256.Sum256([]byte(user + "\x00" + password))
+	a.mu.Lock()
+	app := a.verified[key]
+	a.mu.Unlock()
+	if app != nil {
+		return app
+	}
+	app = a.byUser[user]
+	if app == nil {
+		// Spend the same time as a wrong password, so that user names
+		// cannot be probed by timing.
+		_ = bcrypt.CompareHashAndPassword(dummyHash(), []byte(password))
+		return nil
+	}
+	if bcrypt.CompareHashAndPassword([]byte(app.PasswordHash), []byte(password)) != nil {
+		return nil
+	}
+	a.mu.Lock()
+	a.verified[key] = app
+	a.mu.Unlock()
+	return app
+}
+
+// dummyHash is a bcrypt hash, at the default cost, that no password
+// matches in practice.
+var dummyHash = sync.OnceValue(func() []byte {
+	h, err := bcrypt.GenerateFromPassword([]byte("no application has this password"), bcrypt.DefaultCost)
+	if err != nil {
+		panic("relay: bcrypt: " + err.Error())
+	}
+	return h
+})
+
+// checkToken returns the application whose HTTP bearer token this is, or
+// nil.
+func (a *apps) checkToken(token string) *App {
+	if token == "" {
+		return nil
+	}
+	sum := sha256.Sum256([]byte(token))
+	want := hex.EncodeToString(sum[:])
+	for h, app := range a.byToken {
+		if subtle.ConstantTimeCompare([]byte(h), []byte(want)) == 1 {
+			return app
+		}
+	}
+	return nil
+}
+
+// maySend reports whether the application may use from as its envelope
+// sender. The null sender is refused: applications submit new mail, not
+// bounces.
+func (app *App) maySend(from string) bool {
+	at := strings.LastIndexByte(from, '@')
+	if at < 0 {
+		return false
+	}
+	from = strings.ToLower(from)
+	for _, s := range app.Senders {
+		rule, err := parseSenderRule(s)
+		if err != nil {
+			continue
+		}
+		if rule.domain != "" && from[at+1:] == rule.domain || rule.address != "" && from == rule.address {
+			return true
+		}
+	}
+	return false
+}
+
+// route returns the queue route of a message the application sends from
+// the given envelope sender.
+func (app *App) route(from string) string { return app.Route }
+
+// senderRule is one entry of App.Senders: an address or a whole domain.
+type senderRule struct {
+	address string // lower case
+	domain  string // lower case, without "@"
+}
+
+func parseSenderRule(s string) (senderRule, error) {
+	s = strings.ToLower(strings.TrimSpace(s))
+	if d, ok := strings.CutPrefix(s, "@"); ok {
+		if _, err := parseAddress("x@" + d); err != nil {
+			return senderRule{}, fmt.Errorf("%q is not an @domain", s)
+		}
+		return senderRule{domain: d}, nil
+	}
+	if _, err := parseAddress(s); err != nil {
+		return senderRule{}, fmt.Errorf("%q is neither an address nor an @domain", s)
+	}
+	return senderRule{address: s}, nil
+}
+
+func validRoute(s string) bool { return queue.ValidRoute(s) }

@@ -1,0 +1,468 @@
+package relay
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Options configure the relay. DefaultOptions gives every default; Load
+// reads a YAML file over them. The YAML names are the yaml tags.
+type Options struct {
+	// Hostname is the name the relay gives itself in its SMTP greeting
+	// and Received: headers. Default: the machine's host name.
+	Hostname string `yaml:"hostname"`
+
+	Redis    RedisOptions    `yaml:"redis"`
+	SMTP     SMTPOptions     `yaml:"smtp"`
+	HTTP     HTTPOptions     `yaml:"http"`
+	Queue    QueueOptions    `yaml:"queue"`
+	Delivery DeliveryOptions `yaml:"delivery"`
+	Log      LogOptions      `yaml:"log"`
+
+	// Apps are the applications allowed to submit mail. At least one.
+	Apps []App `yaml:"apps"`
+}
+
+// RedisOptions say where the queue lives.
+type RedisOptions struct {
+	// Addrs are host:port pairs. One address is a single Redis; several
+	// are the seed nodes of a Redis Cluster. Default ["127.0.0.1:6379"].
+	Addrs []string `yaml:"addrs"`
+	// Cluster forces cluster mode with a single seed address.
+	Cluster bool `yaml:"cluster"`
+	// Username for Redis ACLs. Default none.
+	Username string `yaml:"username"`
+	// Password, or PasswordFile to read it from. Default none.
+	Password     string `yaml:"password"`
+	PasswordFile string `yaml:"password_file"`
+	// DB is the database number of a single Redis. Default 0.
+	DB int `yaml:"db"`
+	// Strict refuses to start when Redis has AOF off or a maxmemory-policy
+	// other than noeviction. Default false: a loud warning only.
+	Strict bool `yaml:"strict"`
+}
+
+// SMTPOptions configure SMTP ingress.
+type SMTPOptions struct {
+	// Listeners are the addresses to accept SMTP on. Default one,
+	// "127.0.0.1:2525".
+	Listeners []Listener `yaml:"listeners"`
+	// CertFile and KeyFile are the PEM certificate chain and key offered
+	// with STARTTLS. Required unless every listener is Insecure.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// MaxMessageBytes is the largest message accepted, advertised as
+	// SIZE. Default 36700160 (35 MiB, Exchange Online's default limit).
+	MaxMessageBytes int64 `yaml:"max_message_bytes"`
+	// MaxRecipients per message. Default 500 (Exchange Online's default).
+	MaxRecipients int `yaml:"max_recipients"`
+	// MaxLineLength of a command or message line, CRLF included.
+	// Default 2000 (twice RFC 5321's limit, as Postfix tolerates).
+	MaxLineLength int `yaml:"max_line_length"`
+	// ReadTimeout and WriteTimeout bound each command and reply. Default
+	// 5m each (Postfix's smtpd_timeout).
+	ReadTimeout  Duration `yaml:"read_timeout"`
+	WriteTimeout Duration `yaml:"write_timeout"`
+	// MaxConnections in all, and per client IP. Defaults 1000 and 50
+	// (Postfix's smtpd_client_connection_count_limit).
+	MaxConnections      int `yaml:"max_connections"`
+	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
+}
+
+// Listener is one SMTP listening address.
+type Listener struct {
+	// Addr is host:port.
+	Addr string `yaml:"addr"`
+	// Insecure allows AUTH without STARTTLS on this listener. Only for
+	// development on loopback; refused on any other address.
+	Insecure bool `yaml:"insecure"`
+}
+
+// HTTPOptions configure the HTTP API.
+type HTTPOptions struct {
+	// Addr is the host:port of the API. Default "127.0.0.1:8025".
+	Addr string `yaml:"addr"`
+	// CertFile and KeyFile serve the API over TLS. Default: plain HTTP,
+	// for a loopback listener or a TLS-terminating proxy.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// QueueOptions tune the queue; see queue.Options.
+type QueueOptions struct {
+	// Lifetime before an undelivered message is dead-lettered. Default 120h.
+	Lifetime Duration `yaml:"lifetime"`
+	// BackoffBase is the first retry delay, doubled per attempt up to
+	// BackoffMax. Defaults 1m and 1h.
+	BackoffBase Duration `yaml:"backoff_base"`
+	BackoffMax  Duration `yaml:"backoff_max"`
+	// DeliveredRetention is how long a delivered message's status is
+	// kept. Default 168h.
+	DeliveredRetention Duration `yaml:"delivered_retention"`
+	// IdempotencyTTL is how long an HTTP Idempotency-Key is remembered.
+	// Default 24h.
+	IdempotencyTTL Duration `yaml:"idempotency_ttl"`
+}
+
+// DeliveryOptions configure the delivery workers.
+type DeliveryOptions struct {
+	// Workers is the number of concurrent deliveries per process.
+	// Default 8.
+	Workers int `yaml:"workers"`
+	// Lease is how long a worker holds a message before another worker
+	// may take it over; it is extended while a delivery runs. Default 2m.
+	Lease Duration `yaml:"lease"`
+	// Poll is how often idle workers look for mail submitted through
+	// other replicas. Default 1s.
+	Poll Duration `yaml:"poll"`
+	// Sender chooses the upstream: "dir" writes each message to Dir;
+	// "off" runs no delivery workers in this process (an ingress-only
+	// replica). Default "dir".
+	Sender string `yaml:"sender"`
+	// Dir is the folder of the "dir" sender. Default "./var/outbox".
+	Dir string `yaml:"dir"`
+}
+
+// LogOptions configure logging.
+type LogOptions struct {
+	// Level is debug, info, warn or error. Default info.
+	Level string `yaml:"level"`
+	// Format is text or json. Default text.
+	Format string `yaml:"format"`
+}
+
+// App is one application allowed to submit mail.
+type App struct {
+	// Name identifies the application in logs and message status.
+	Name string `yaml:"name"`
+	// Username is its SMTP AUTH user name. Default: Name.
+	Username string `yaml:"username"`
+	// PasswordHash is the bcrypt hash of its SMTP password, as printed by
+	// "holdfast creds hash"; or PasswordHashFile to read it from.
+	PasswordHash     string `yaml:"password_hash"`
+	PasswordHashFile string `yaml:"password_hash_file"`
+	// TokenSHA256 is the hex SHA-256 of its HTTP bearer token, as printed
+	// by "holdfast creds token"; or TokenSHA256File to read it from.
+	TokenSHA256     string `yaml:"token_sha256"`
+	TokenSHA256File string `yaml:"token_sha256_file"`
+	// Senders are the envelope senders it may use: full addresses
+	// ("billing@contoso.com") or whole domains ("@contoso.com").
+	Senders []string `yaml:"senders"`
+	// Route is the queue route of its mail. Default: Name.
+	Route string `yaml:"route"`
+}
+
+// Duration is a time.Duration written in YAML as "90s", "5m" or "120h".
+type Duration time.Duration
+
+// UnmarshalYAML parses a duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration such as 90s, 5m or 120h", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration as a string.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// D returns the duration as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// DefaultOptions returns the options with every default set and no apps.
+func DefaultOptions() Options {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "localhost"
+	}
+	return Options{
+		Hostname: host,
+		Redis:    RedisOptions{Addrs: []string{"127.0.0.1:6379"}},
+		SMTP: SMTPOptions{
+			Listeners:           []Listener{{Addr: "127.0.0.1:2525"}},
+			MaxMessageBytes:     35 << 20,
+			MaxRecipients:       500,
+			MaxLineLength:       2000,
+			ReadTimeout:         Duration(5 * time.Minute),
+			WriteTimeout:        Duration(5 * time.Minute),
+			MaxConnections:      1000,
+			MaxConnectionsPerIP: 50,
+		},
+		HTTP: HTTPOptions{Addr: "127.0.0.1:8025"},
+		Queue: QueueOptions{
+			Lifetime:           Duration(120 * time.Hour),
+			BackoffBase:        Duration(time.Minute),
+			BackoffMax:         Duration(time.Hour),
+			DeliveredRetention: Duration(168 * time.Hour),
+			IdempotencyTTL:     Duration(24 * time.Hour),
+		},
+		Delivery: DeliveryOptions{
+			Workers: 8,
+			Lease:   Duration(2 * time.Minute),
+			Poll:    Duration(time.Second),
+			Sender:  "dir",
+			Dir:     "./var/outbox",
+		},
+		Log: LogOptions{Level: "info", Format: "text"},
+	}
+}
+
+// Load reads a YAML configuration file over DefaultOptions, reads the
+// *_file secrets, and validates the result. Unknown keys are errors.
+func Load(path string) (Options, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Options{}, fmt.Errorf("read config: %w", err)
+	}
+	o, err := Parse(data)
+	if err != nil {
+		return Options{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return o, nil
+}
+
+// Parse is Load for a configuration already in memory.
+func Parse(data []byte) (Options, error) {
+	o := DefaultOptions()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&o); err != nil && !errors.Is(err, io.EOF) {
+		return Options{}, fmt.Errorf("parse: %w", err)
+	}
+	if err := o.readSecretFiles(); err != nil {
+		return Options{}, err
+	}
+	if err := o.Validate(); err != nil {
+		return Options{}, err
+	}
+	return o, nil
+}
+
+// readSecretFiles fills each secret from its *_file, when one is given.
+func (o *Options) readSecretFiles() error {
+	read := func(field, path string, dst *string) error {
+		if path == "" {
+			return nil
+		}
+		if *dst != "" {
+			return fmt.Errorf("%s: set either the value or the _file form, not both", field)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("%s: %w", field, err)
+		}
+		*dst = strings.TrimSpace(string(b))
+		return nil
+	}
+	if err := read("redis.password_file", o.Redis.PasswordFile, &o.Redis.Password); err != nil {
+		return err
+	}
+	for i := range o.Apps {
+		a := &o.Apps[i]
+		if err := read(fmt.Sprintf("apps[%d].password_hash_file", i), a.PasswordHashFile, &a.PasswordHash); err != nil {
+			return err
+		}
+		if err := read(fmt.Sprintf("apps[%d].token_sha256_file", i), a.TokenSHA256File, &a.TokenSHA256); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Validate checks the options and names the first bad field. It fills in
+// the per-app defaults (Username, Route).
+func (o *Options) Validate() error {
+	bad := func(field, format string, args ...any) error {
+		return fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...))
+	}
+	if o.Hostname == "" || strings.ContainsAny(o.Hostname, " \t\r\n") {
+		return bad("hostname", "must be a host name without spaces")
+	}
+	if len(o.Redis.Addrs) == 0 {
+		return bad("redis.addrs", "at least one host:port is required")
+	}
+	for i, a := range o.Redis.Addrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return bad(fmt.Sprintf("redis.addrs[%d]", i), "%q is not host:port", a)
+		}
+	}
+	if len(o.SMTP.Listeners) == 0 {
+		return bad("smtp.listeners", "at least one listener is required")
+	}
+	needTLS := false
+	for i, l := range o.SMTP.Listeners {
+		field := fmt.Sprintf("smtp.listeners[%d]", i)
+		host, _, err := net.SplitHostPort(l.Addr)
+		if err != nil {
+			return bad(field+".addr", "%q is not host:port", l.Addr)
+		}
+		if l.Insecure && !isLoopback(host) {
+			return bad(field+".insecure", "AUTH without TLS is only allowed on a loopback address, not %q", l.Addr)
+		}
+		needTLS = needTLS || !l.Insecure
+	}
+	if needTLS && (o.SMTP.CertFile == "" || o.SMTP.KeyFile == "") {
+		return bad("smtp.cert_file", "a certificate and key (smtp.cert_file, smtp.key_file) are required for STARTTLS unless every listener is insecure")
+	}
+	if o.SMTP.MaxMessageBytes < 1024 {
+		return bad("smtp.max_message_bytes", "must be at least 1024")
+	}
+	if o.SMTP.MaxRecipients < 1 {
+		return bad("smtp.max_recipients", "must be at least 1")
+	}
+	if o.SMTP.MaxLineLength < 1000 {
+		return bad("smtp.max_line_length", "must be at least 1000 (RFC 5321)")
+	}
+	if o.SMTP.ReadTimeout <= 0 {
+		return bad("smtp.read_timeout", "must be positive")
+	}
+	if o.SMTP.WriteTimeout <= 0 {
+		return bad("smtp.write_timeout", "must be positive")
+	}
+	if o.SMTP.MaxConnections < 1 {
+		return bad("smtp.max_connections", "must be at least 1")
+	}
+	if o.SMTP.MaxConnectionsPerIP < 1 {
+		return bad("smtp.max_connections_per_ip", "must be at least 1")
+	}
+	if _, _, err := net.SplitHostPort(o.HTTP.Addr); err != nil {
+		return bad("http.addr", "%q is not host:port", o.HTTP.Addr)
+	}
+	if (o.HTTP.CertFile == "") != (o.HTTP.KeyFile == "") {
+		return bad("http.cert_file", "set both http.cert_file and http.key_file, or neither")
+	}
+	for _, d := range []struct {
+		field string
+		v     Duration
+	}{
+		{"queue.lifetime", o.Queue.Lifetime},
+		{"queue.backoff_base", o.Queue.BackoffBase},
+		{"queue.backoff_max", o.Queue.BackoffMax},
+		{"queue.delivered_retention", o.Queue.DeliveredRetention},
+		{"queue.idempotency_ttl", o.Queue.IdempotencyTTL},
+	} {
+		if d.v <= 0 {
+			return bad(d.field, "must be positive")
+		}
+	}
+	if o.Queue.BackoffMax < o.Queue.BackoffBase {
+		return bad("queue.backoff_max", "must be at least queue.backoff_base")
+	}
+	if o.Delivery.Workers < 1 {
+		return bad("delivery.workers", "must be at least 1")
+	}
+	if o.Delivery.Lease < Duration(5*time.Second) {
+		return bad("delivery.lease", "must be at least 5s")
+	}
+	if o.Delivery.Poll <= 0 {
+		return bad("delivery.poll", "must be positive")
+	}
+	switch o.Delivery.Sender {
+	case "off":
+	case "dir":
+		if o.Delivery.Dir == "" {
+			return bad("delivery.dir", "the dir sender needs a folder")
+		}
+	default:
+		return bad("delivery.sender", "unknown sender %q (known: dir, off)", o.Delivery.Sender)
+	}
+	if _, err := parseLevel(o.Log.Level); err != nil {
+		return bad("log.level", "%v", err)
+	}
+	if o.Log.Format != "text" && o.Log.Format != "json" {
+		return bad("log.format", "must be text or json, not %q", o.Log.Format)
+	}
+	if len(o.Apps) == 0 {
+		return bad("apps", "at least one application is required")
+	}
+	seen := map[string]string{}
+	for i := range o.Apps {
+		if err := o.Apps[i].validate(fmt.Sprintf("apps[%d]", i), seen); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *App) validate(field string, seen map[string]string) error {
+	if a.Name == "" {
+		return fmt.Errorf("%s.name: required", field)
+	}
+	if a.Username == "" {
+		a.Username = a.Name
+	}
+	if a.Route == "" {
+		a.Route = a.Name
+	}
+	for _, u := range []struct{ kind, v string }{{"name", a.Name}, {"username", a.Username}, {"token_sha256", a.TokenSHA256}} {
+		if u.v == "" {
+			continue
+		}
+		if other, dup := seen[u.kind+"\x00"+u.v]; dup {
+			return fmt.Errorf("%s.%s: %q is already used by %s", field, u.kind, u.v, other)
+		}
+		seen[u.kind+"\x00"+u.v] = field
+	}
+	if a.PasswordHash == "" && a.TokenSHA256 == "" {
+		return fmt.Errorf("%s: set password_hash (SMTP) or token_sha256 (HTTP), or both", field)
+	}
+	if a.PasswordHash != "" && !strings.HasPrefix(a.PasswordHash, "$2") {
+		return fmt.Errorf("%s.password_hash: not a bcrypt hash; make one with \"holdfast creds hash\"", field)
+	}
+	if a.TokenSHA256 != "" && !isHexSHA256(a.TokenSHA256) {
+		return fmt.Errorf("%s.token_sha256: not 64 hex digits; make one with \"holdfast creds token\"", field)
+	}
+	if len(a.Senders) == 0 {
+		return fmt.Errorf("%s.senders: at least one address or @domain is required", field)
+	}
+	for j, s := range a.Senders {
+		if _, err := parseSenderRule(s); err != nil {
+			return fmt.Errorf("%s.senders[%d]: %v", field, j, err)
+		}
+	}
+	if !validRoute(a.Route) {
+		return fmt.Errorf("%s.route: %q must be printable ASCII without spaces, at most 200 bytes", field, a.Route)
+	}
+	return nil
+}
+
+func isHexSHA256(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for _, c := range s {
+		if !strings.ContainsRune("0123456789abcdef", c) {
+			return false
+		}
+	}
+	return true
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	err := l.UnmarshalText([]byte(s))
+	return l, err
+}
