@@ -1,0 +1,119 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"holdfast/queue"
+)
+
+// store is what ingress and the API need of the queue.
+type store interface {
+	Enqueue(ctx context.Context, m queue.Submission) (id string, dup bool, err error)
+	Get(ctx context.Context, id string) (*queue.Message, error)
+}
+
+var _ store = (*queue.Queue)(nil)
+
+// ingress is what SMTP and HTTP submission share: stamping a Received:
+// header, routing, and storing the message durably.
+type ingress struct {
+	hostname string
+	store    store
+	log      *slog.Logger
+	now      func() time.Time
+	// queued, when set, is called after each message is stored: it wakes
+	// the delivery workers.
+	queued func()
+}
+
+// submission is a message handed to Holdfast by an application.
+type submission struct {
+	app        *App
+	from       string
+	to         []string
+	body       []byte
+	idemKey    string
+	protocol   string // for Received: "ESMTPSA" (TLS), "ESMTPA", "HTTP" or "HTTPS"
+	remoteAddr string // client address, host:port
+	helo       string // SMTP HELO/EHLO name, empty for HTTP
+}
+
+// errStore wraps a failure to store a message: the submitter must get a
+// temporary failure and try again.
+var errStore = errors.New("the queue could not store the message")
+
+// accept stores a submission and returns its queue id. dup is true when an
+// idempotency key matched an earlier message, which is not stored twice.
+// Nothing is stored unless it returns a nil error.
+func (in *ingress) accept(ctx context.Context, s submission) (id string, dup bool, err error) {
+	body := s.body
+	if in.hostname != "" {
+		var b bytes.Buffer
+		b.Grow(len(body) + 256)
+		writeReceived(&b, in.hostname, s, in.now())
+		b.Write(body)
+		body = b.Bytes()
+	}
+	id, dup, err = in.store.Enqueue(ctx, queue.Submission{
+		Route:          s.app.route(s.from),
+		App:            s.app.Name,
+		From:           s.from,
+		To:             s.to,
+		Body:           body,
+		IdempotencyKey: s.idemKey,
+	})
+	if err != nil {
+		in.log.Error("enqueue failed", "app", s.app.Name, "err", err)
+		return "", false, fmt.Errorf("%w: %w", errStore, err)
+	}
+	if in.queued != nil && !dup {
+		in.queued()
+	}
+	in.log.Info("queued", "msg", id, "app", s.app.Name, "from", s.from, "rcpts", len(s.to), "bytes", len(body), "via", s.protocol, "dup", dup)
+	return id, dup, nil
+}
+
+// writeReceived writes a Received: trace header (RFC 5321 section 4.4).
+// Only values Holdfast checked or made itself go into it: the client's IP,
+// the application's name and the protocol; the HELO name is quoted as a
+// comment only when it is a plain host name.
+func writeReceived(b *bytes.Buffer, hostname string, s submission, now time.Time) {
+	b.WriteString("Received: from ")
+	if s.helo != "" && isPlainHost(s.helo) {
+		b.WriteString(s.helo)
+	} else {
+		b.WriteString("unknown")
+	}
+	if s.remoteAddr != "" {
+		b.WriteString(" (" + hostOnly(s.remoteAddr) + ")")
+	}
+	fmt.Fprintf(b, "\r\n\tby %s (Holdfast) with %s (app %s)\r\n\t; %s\r\n",
+		hostname, s.protocol, s.app.Name, now.UTC().Format(time.RFC1123Z))
+}
+
+func isPlainHost(s string) bool {
+	if len(s) == 0 || len(s) > 255 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c == '.' || c == '-' || c == '[' || c == ']' || c == ':' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+func hostOnly(addr string) string {
+	h, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return "[" + h + "]"
+}

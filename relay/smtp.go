@@ -1,0 +1,712 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+const (
+	// smtpEnqueueTimeout bounds storing one message in the queue.
+	smtpEnqueueTimeout = 30 * time.Second
+	// smtpGoodbyeTimeout bounds writing a 421 to a client that does not
+	// read, and the wait for sessions to end after shutdown closed them.
+	smtpGoodbyeTimeout = 5 * time.Second
+)
+
+// smtpIngress is the SMTP submission endpoint: STARTTLS, AUTH PLAIN and
+// LOGIN, per-application sender rules and limits. It stores each message
+// through ingress and acknowledges it only once it is stored. It runs one
+// go-smtp server per listener, and counts connections across all of them.
+type smtpIngress struct {
+	opts     SMTPOptions
+	hostname string
+	in       *ingress
+	apps     *apps
+	tls      *tls.Config // nil when no listener offers STARTTLS
+	log      *slog.Logger
+
+	// base is the parent of the context of every enqueue. It is
+	// cancelled when shutdown ends, not when it starts, so that a DATA
+	// transfer in progress can still store its message.
+	base   context.Context
+	cancel context.CancelFunc
+
+	closing atomic.Bool
+
+	mu        sync.Mutex
+	servers   []*smtp.Server
+	listeners []net.Listener
+	conns     map[*smtpConn]struct{}
+	perIP     map[string]int
+	drained   chan struct{} // closed once closing and no connection is left
+	drainOnce sync.Once
+}
+
+// newSMTPIngress builds SMTP ingress. tlsConfig may be nil only when every
+// listener is insecure.
+func newSMTPIngress(o Options, in *ingress, a *apps, tlsConfig *tls.Config, log *slog.Logger) *smtpIngress {
+	base, cancel := context.WithCancel(context.Background())
+	s := &smtpIngress{
+		opts:     o.SMTP,
+		hostname: o.Hostname,
+		in:       in,
+		apps:     a,
+		log:      log.With("component", "smtp"),
+		base:     base,
+		cancel:   cancel,
+		conns:    map[*smtpConn]struct{}{},
+		perIP:    map[string]int{},
+		drained:  make(chan struct{}),
+	}
+	if tlsConfig != nil {
+		// The hook marks a connection as soon as its TLS handshake starts:
+		// from then on, a 421 must go through the TLS layer or not at all.
+		cfg := tlsConfig.Clone()
+		prev := cfg.GetConfigForClient
+		cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			if c, ok := hello.Conn.(*smtpConn); ok {
+				c.startTLS()
+			}
+			if prev != nil {
+				return prev(hello)
+			}
+			return nil, nil
+		}
+		s.tls = cfg
+	}
+	return s
+}
+
+// serve accepts SMTP on l until shutdown; insecure allows AUTH without TLS
+// on this listener. Returns nil after shutdown.
+func (s *smtpIngress) serve(l net.Listener, insecure bool) error {
+	if !insecure && s.tls == nil {
+		l.Close()
+		return fmt.Errorf("smtp listener %s: STARTTLS needs a certificate unless the listener is insecure", l.Addr())
+	}
+	srv := smtp.NewServer(smtpBackend{s})
+	srv.Domain = s.hostname
+	srv.MaxMessageBytes = s.opts.MaxMessageBytes
+	// The session counts recipients itself, to answer with
+	// errSMTPTooManyRecipients.
+	srv.MaxRecipients = 0
+	srv.MaxLineLength = s.opts.MaxLineLength
+	srv.ReadTimeout = s.opts.ReadTimeout.D()
+	srv.WriteTimeout = s.opts.WriteTimeout.D()
+	srv.AllowInsecureAuth = insecure
+	srv.EnableSMTPUTF8 = true
+	srv.TLSConfig = s.tls
+	srv.ErrorLog = smtpErrorLog{s.log}
+
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	s.servers = append(s.servers, srv)
+	s.listeners = append(s.listeners, l)
+	s.mu.Unlock()
+
+	s.log.Info("listening", "addr", l.Addr().String(), "insecure", insecure)
+	err := srv.Serve(&smtpListener{Listener: l, ing: s})
+	if s.closing.Load() {
+		return nil
+	}
+	return fmt.Errorf("smtp listener %s: %w", l.Addr(), err)
+}
+
+// shutdown stops accepting connections; idle sessions and sessions at
+// their next command get "421 4.3.2 Service shutting down" and are closed;
+// a DATA transfer in progress may finish (its message is stored and
+// acknowledged) until ctx ends, then remaining connections are closed.
+func (s *smtpIngress) shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing.Store(true)
+	servers := slices.Clone(s.servers)
+	listeners := slices.Clone(s.listeners)
+	conns := make([]*smtpConn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	if len(s.conns) == 0 {
+		s.drainOnce.Do(func() { close(s.drained) })
+	}
+	s.mu.Unlock()
+
+	// go-smtp's Shutdown marks the server closed, so that Serve returns
+	// nil, and closes its listeners; with a cancelled context it does not
+	// wait for the sessions, which are handled here.
+	now, stop := context.WithCancel(context.Background())
+	stop()
+	for _, srv := range servers {
+		_ = srv.Shutdown(now)
+	}
+	for _, l := range listeners {
+		// Serve may not have registered l with go-smtp yet; a second
+		// close only returns an error.
+		_ = l.Close()
+	}
+	for _, c := range conns {
+		c.interrupt()
+	}
+
+	select {
+	case <-s.drained:
+		s.cancel()
+		return nil
+	case <-ctx.Done():
+	}
+	s.cancel()
+	s.mu.Lock()
+	left := len(s.conns)
+	for c := range s.conns {
+		c.Conn.Close()
+	}
+	s.mu.Unlock()
+	s.log.Warn("shutdown deadline reached, closing connections", "connections", left)
+	select {
+	case <-s.drained:
+	case <-time.After(smtpGoodbyeTimeout):
+		s.log.Error("sessions still running after their connections were closed")
+	}
+	return ctx.Err()
+}
+
+// admit registers a new connection, or returns a refusal when a connection
+// limit is reached or shutdown has begun.
+func (s *smtpIngress) admit(nc net.Conn) (*smtpConn, *smtp.SMTPError) {
+	ip := clientIP(nc.RemoteAddr())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closing.Load():
+		return nil, errSMTPShuttingDown
+	case len(s.conns) >= s.opts.MaxConnections, s.perIP[ip] >= s.opts.MaxConnectionsPerIP:
+		return nil, errSMTPTooManyConnections
+	}
+	c := &smtpConn{Conn: nc, ing: s, ip: ip}
+	c.top = c
+	s.conns[c] = struct{}{}
+	s.perIP[ip]++
+	return c, nil
+}
+
+// release forgets a closed connection.
+func (s *smtpIngress) release(c *smtpConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, c)
+	if s.perIP[c.ip]--; s.perIP[c.ip] <= 0 {
+		delete(s.perIP, c.ip)
+	}
+	if s.closing.Load() && len(s.conns) == 0 {
+		s.drainOnce.Do(func() { close(s.drained) })
+	}
+}
+
+// refuse greets a connection that was not admitted with reply and closes
+// it. The reply fits in the empty send buffer of a new connection, so the
+// write does not wait for the client.
+func (s *smtpIngress) refuse(nc net.Conn, reply *smtp.SMTPError) {
+	defer nc.Close()
+	s.log.Info("connection refused", "remote", nc.RemoteAddr().String(), "reply", reply.Message)
+	_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = io.WriteString(nc, smtpReplyLine(reply))
+}
+
+// smtpReplyLine formats a one-line reply.
+func smtpReplyLine(e *smtp.SMTPError) string {
+	c := e.EnhancedCode
+	return fmt.Sprintf("%d %d.%d.%d %s\r\n", e.Code, c[0], c[1], c[2], e.Message)
+}
+
+func clientIP(a net.Addr) string {
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return host
+}
+
+// smtpListener admits connections within the connection limits and greets
+// the others with a 421.
+type smtpListener struct {
+	net.Listener
+	ing *smtpIngress
+}
+
+func (l *smtpListener) Accept() (net.Conn, error) {
+	for {
+		nc, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		c, reply := l.ing.admit(nc)
+		if reply == nil {
+			return c, nil
+		}
+		l.ing.refuse(nc, reply)
+	}
+}
+
+// smtpConn is one client connection, below TLS. It lets shutdown end a
+// session between commands: once the ingress is closing, a read that is
+// not part of a message transfer answers "421 4.3.2" and then reports
+// end of input, so that go-smtp closes the connection.
+type smtpConn struct {
+	net.Conn
+	ing       *smtpIngress
+	ip        string
+	closeOnce sync.Once
+
+	mu          sync.Mutex
+	top         net.Conn // where go-smtp writes replies: this connection or the TLS one over it
+	tlsStarted  bool     // a TLS handshake began on this connection
+	inData      bool     // a message transfer is running; reads must not be cut short
+	dataEnded   bool     // the transfer ended; its reply is the next write
+	interrupted bool     // shutdown moved the read deadline to now
+	saidBye     bool     // the 421 was sent
+}
+
+func (c *smtpConn) Read(b []byte) (int, error) {
+	if c.byeIfClosing() {
+		return 0, io.EOF
+	}
+	n, err := c.Conn.Read(b)
+	if n == 0 && isTimeout(err) && c.byeIfClosing() {
+		return 0, io.EOF
+	}
+	return n, err
+}
+
+func (c *smtpConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	if c.dataEnded {
+		c.inData, c.dataEnded = false, false
+	}
+	// A goodbye can cut a TLS handshake short; go-smtp then answers in
+	// plaintext, which the client would read as a corrupt TLS record.
+	mute := c.saidBye && c.tlsStarted && c.top == net.Conn(c)
+	c.mu.Unlock()
+	if mute {
+		return 0, net.ErrClosed
+	}
+	return c.Conn.Write(b)
+}
+
+func (c *smtpConn) Close() error {
+	err := c.Conn.Close()
+	c.closeOnce.Do(func() { c.ing.release(c) })
+	return err
+}
+
+// byeIfClosing reports whether the session must end because the ingress is
+// closing and no message transfer runs. The first time, it writes the 421
+// where go-smtp writes its replies. go-smtp reads only between commands
+// or during a transfer, so the 421 never splits another reply.
+func (c *smtpConn) byeIfClosing() bool {
+	if !c.ing.closing.Load() {
+		return false
+	}
+	c.mu.Lock()
+	if c.inData {
+		c.mu.Unlock()
+		return false
+	}
+	first := !c.saidBye
+	c.saidBye = true
+	top := c.top
+	// Bytes written below TLS would corrupt the TLS stream; until the
+	// session has the TLS connection, the client gets no 421.
+	canWrite := top != net.Conn(c) || !c.tlsStarted
+	c.mu.Unlock()
+	if first && canWrite {
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(smtpGoodbyeTimeout))
+		_, _ = io.WriteString(top, smtpReplyLine(errSMTPShuttingDown))
+	}
+	return true
+}
+
+// interrupt wakes a read that waits for the next command, so that the
+// session sees the shutdown.
+func (c *smtpConn) interrupt() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.inData {
+		return
+	}
+	c.interrupted = true
+	_ = c.Conn.SetReadDeadline(time.Now())
+}
+
+// beginData marks the start of a message transfer. A transfer that began
+// just as shutdown interrupted the connection gets its read deadline back.
+func (c *smtpConn) beginData() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.inData, c.dataEnded = true, false
+	if c.interrupted {
+		c.interrupted = false
+		_ = c.Conn.SetReadDeadline(time.Now().Add(c.ing.opts.ReadTimeout.D()))
+	}
+}
+
+// endData marks the end of a message transfer. The connection stays in
+// transfer until the reply is written, because go-smtp reads the rest of
+// a refused message before it replies.
+func (c *smtpConn) endData() {
+	c.mu.Lock()
+	c.dataEnded = true
+	c.mu.Unlock()
+}
+
+func (c *smtpConn) startTLS() {
+	c.mu.Lock()
+	c.tlsStarted = true
+	c.mu.Unlock()
+}
+
+// setTop records the connection go-smtp now writes to.
+func (c *smtpConn) setTop(nc net.Conn) {
+	c.mu.Lock()
+	c.top = nc
+	c.mu.Unlock()
+}
+
+// smtpConnOf returns the tracked connection under nc, which is either one
+// or the TLS connection over one.
+func smtpConnOf(nc net.Conn) *smtpConn {
+	if t, ok := nc.(*tls.Conn); ok {
+		nc = t.NetConn()
+	}
+	c, _ := nc.(*smtpConn)
+	return c
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// smtpBackend starts a session for each client that says EHLO or HELO.
+type smtpBackend struct{ ing *smtpIngress }
+
+func (b smtpBackend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	tc := smtpConnOf(c.Conn())
+	if tc == nil {
+		return nil, errors.New("connection not accepted by smtpIngress")
+	}
+	tc.setTop(c.Conn())
+	_, isTLS := c.TLSConnectionState()
+	return &smtpSession{
+		ing:  b.ing,
+		conn: c,
+		tc:   tc,
+		log:  b.ing.log.With("remote", c.Conn().RemoteAddr().String(), "tls", isTLS),
+	}, nil
+}
+
+// smtpSession is one client's SMTP session, from EHLO to QUIT or the next
+// STARTTLS.
+type smtpSession struct {
+	ing  *smtpIngress
+	conn *smtp.Conn
+	tc   *smtpConn
+	log  *slog.Logger
+
+	// mu guards the fields below: on BDAT, go-smtp runs Data on a
+	// goroutine of its own while the session reads the next command.
+	mu   sync.Mutex
+	app  *App
+	from string
+	utf8 bool
+	to   []string
+}
+
+var (
+	_ smtp.Session     = (*smtpSession)(nil)
+	_ smtp.AuthSession = (*smtpSession)(nil)
+)
+
+func (s *smtpSession) AuthMechanisms() []string { return []string{sasl.Plain, sasl.Login} }
+
+func (s *smtpSession) Auth(mech string) (sasl.Server, error) {
+	switch mech {
+	case sasl.Plain:
+		return saslReplies{sasl.NewPlainServer(func(identity, user, password string) error {
+			if identity != "" && identity != user {
+				s.log.Warn("authentication failed", "mechanism", mech, "reason", "authorization identity differs from user")
+				return errSMTPAuthFailed
+			}
+			return s.authenticate(mech, user, password)
+		})}, nil
+	case sasl.Login:
+		return saslReplies{&loginServer{auth: func(user, password string) error {
+			return s.authenticate(mech, user, password)
+		}}}, nil
+	}
+	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+// authenticate checks a user name and password. A failure logs neither:
+// clients sometimes put the password in the user name.
+func (s *smtpSession) authenticate(mech, user, password string) error {
+	app := s.ing.apps.checkPassword(user, password)
+	if app == nil {
+		s.log.Warn("authentication failed", "mechanism", mech)
+		return errSMTPAuthFailed
+	}
+	s.mu.Lock()
+	s.app = app
+	s.mu.Unlock()
+	s.log.Info("authenticated", "app", app.Name, "mechanism", mech)
+	return nil
+}
+
+func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var err *smtp.SMTPError
+	switch {
+	case s.app == nil:
+		err = errSMTPAuthRequired
+	case from == "":
+		// The null sender is for bounces; applications submit new mail.
+		err = errSMTPSenderNotAllowed
+	case !validSMTPAddress(from):
+		err = errSMTPBadSender
+	case !opts.UTF8 && !isASCII(from):
+		err = errSMTPNeedsUTF8
+	case !s.app.maySend(from):
+		err = errSMTPSenderNotAllowed
+	}
+	if err != nil {
+		s.log.Info("MAIL refused", "app", appName(s.app), "from", from, "reply", err.Message)
+		return err
+	}
+	s.from, s.utf8, s.to = from, opts.UTF8, nil
+	return nil
+}
+
+func (s *smtpSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var err *smtp.SMTPError
+	switch {
+	case s.app == nil:
+		err = errSMTPAuthRequired
+	case !validSMTPAddress(to):
+		err = errSMTPBadRecipient
+	case !s.utf8 && !isASCII(to):
+		err = errSMTPNeedsUTF8
+	case len(s.to) >= s.ing.opts.MaxRecipients:
+		err = errSMTPTooManyRecipients
+	}
+	if err != nil {
+		s.log.Info("RCPT refused", "app", appName(s.app), "to", to, "reply", err.Message)
+		return err
+	}
+	s.to = append(s.to, to)
+	return nil
+}
+
+func (s *smtpSession) Data(r io.Reader) error {
+	s.tc.beginData()
+	defer s.tc.endData()
+
+	s.mu.Lock()
+	app, from, to := s.app, s.from, slices.Clone(s.to)
+	s.mu.Unlock()
+	if app == nil || from == "" || len(to) == 0 {
+		// go-smtp only starts DATA after MAIL and RCPT were accepted.
+		return errSMTPAuthRequired
+	}
+
+	body, err := readSMTPMessage(r, s.ing.opts.MaxMessageBytes)
+	if err == nil {
+		err = checkSMTPMessage(body)
+	}
+	if err != nil {
+		if e, ok := err.(*smtp.SMTPError); ok {
+			s.log.Info("DATA refused", "app", app.Name, "from", from, "reply", e.Message)
+		}
+		return err
+	}
+
+	ctx, cancel := context.WithTimeout(s.ing.base, smtpEnqueueTimeout)
+	defer cancel()
+	_, isTLS := s.conn.TLSConnectionState()
+	// RFC 3848: ESMTPA is ESMTP with AUTH; ESMTPSA adds STARTTLS.
+	protocol := "ESMTPA"
+	if isTLS {
+		protocol = "ESMTPSA"
+	}
+	id, _, err := s.ing.in.accept(ctx, submission{
+		app:        app,
+		from:       from,
+		to:         to,
+		body:       body,
+		protocol:   protocol,
+		remoteAddr: s.conn.Conn().RemoteAddr().String(),
+		helo:       s.conn.Hostname(),
+	})
+	if err != nil {
+		s.log.Warn("message not stored", "app", app.Name, "from", from, "err", err)
+		return errSMTPStoreFailed
+	}
+	s.log.Debug("message stored", "msg", id, "app", app.Name, "from", from, "rcpts", len(to), "bytes", len(body))
+	return smtpQueued(id)
+}
+
+func (s *smtpSession) Reset() {
+	s.mu.Lock()
+	s.from, s.utf8, s.to = "", false, nil
+	s.mu.Unlock()
+}
+
+// Logout ends the session. After STARTTLS, go-smtp calls it with the TLS
+// connection already in place, and later replies go through it.
+func (s *smtpSession) Logout() error {
+	s.tc.setTop(s.conn.Conn())
+	return nil
+}
+
+// readSMTPMessage reads a message of at most max bytes.
+func readSMTPMessage(r io.Reader, max int64) ([]byte, error) {
+	var buf bytes.Buffer
+	_, err := buf.ReadFrom(io.LimitReader(r, max+1))
+	switch {
+	case errors.Is(err, smtp.ErrDataTooLarge):
+		return nil, errSMTPMessageTooBig
+	case errors.Is(err, smtp.ErrTooLongLine):
+		return nil, errSMTPLineTooLong
+	case errors.Is(err, smtp.ErrDataReset):
+		// BDAT was aborted by RSET or a closed connection; nobody
+		// reads this reply.
+		return nil, err
+	case err != nil:
+		return nil, errSMTPReadFailed
+	case int64(buf.Len()) > max:
+		return nil, errSMTPMessageTooBig
+	}
+	return buf.Bytes(), nil
+}
+
+// checkSMTPMessage refuses NUL bytes, and CR or LF other than in CRLF.
+func checkSMTPMessage(body []byte) error {
+	if bytes.IndexByte(body, 0) >= 0 {
+		return errSMTPNULBytes
+	}
+	for i := 0; i < len(body); i++ {
+		switch body[i] {
+		case '\n':
+			if i == 0 || body[i-1] != '\r' {
+				return errSMTPBareLF
+			}
+		case '\r':
+			if i+1 == len(body) || body[i+1] != '\n' {
+				return errSMTPBareCR
+			}
+		}
+	}
+	return nil
+}
+
+// validSMTPAddress reports whether a is a valid UTF-8 plain mailbox (see
+// parseAddress).
+func validSMTPAddress(a string) bool {
+	if !utf8.ValidString(a) {
+		return false
+	}
+	_, err := parseAddress(a)
+	return err == nil
+}
+
+func appName(app *App) string {
+	if app == nil {
+		return ""
+	}
+	return app.Name
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}
+
+// loginServer is the server side of the LOGIN mechanism
+// (draft-murchison-sasl-login-00): it asks for the user name, then the
+// password. go-sasl only has the client side. A user name sent as the
+// initial response skips the first challenge.
+type loginServer struct {
+	auth  func(user, password string) error
+	user  string
+	state int
+}
+
+func (l *loginServer) Next(response []byte) (challenge []byte, done bool, err error) {
+	switch l.state {
+	case 0:
+		if response == nil {
+			l.state = 1
+			return []byte("Username:"), false, nil
+		}
+		l.user, l.state = string(response), 2
+		return []byte("Password:"), false, nil
+	case 1:
+		l.user, l.state = string(response), 2
+		return []byte("Password:"), false, nil
+	case 2:
+		l.state = 3
+		return nil, true, l.auth(l.user, string(response))
+	}
+	return nil, true, errSMTPAuthMalformed
+}
+
+// saslReplies turns the plain errors of a SASL server, such as a PLAIN
+// response without its NUL separators, into an SMTP reply.
+type saslReplies struct{ sasl.Server }
+
+func (s saslReplies) Next(response []byte) ([]byte, bool, error) {
+	challenge, done, err := s.Server.Next(response)
+	if _, ok := err.(*smtp.SMTPError); err != nil && !ok {
+		err = errSMTPAuthMalformed
+	}
+	return challenge, done, err
+}
+
+// smtpErrorLog passes go-smtp's own error messages, connection errors and
+// recovered panics, to slog.
+type smtpErrorLog struct{ log *slog.Logger }
+
+func (l smtpErrorLog) Printf(format string, v ...any) { l.print(fmt.Sprintf(format, v...)) }
+
+func (l smtpErrorLog) Println(v ...any) { l.print(strings.TrimSuffix(fmt.Sprintln(v...), "\n")) }
+
+func (l smtpErrorLog) print(msg string) {
+	if strings.HasPrefix(msg, "panic") {
+		l.log.Error("go-smtp: "+msg, "panic", true)
+		return
+	}
+	l.log.Warn("go-smtp: " + msg)
+}

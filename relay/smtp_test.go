@@ -1,0 +1,1005 @@
+package relay
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"os/exec"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"holdfast/queue"
+)
+
+// smtpReplyTimeout bounds each wait for a server reply in these tests.
+const smtpReplyTimeout = 10 * time.Second
+
+// smtpEnv is SMTP ingress on a queue in a private redis-server, with one
+// listener that needs STARTTLS before AUTH and one insecure listener.
+type smtpEnv struct {
+	f        *fixture
+	ing      *smtpIngress
+	addr     string      // needs STARTTLS before AUTH
+	insecure string      // allows AUTH without TLS
+	tls      *tls.Config // a client configuration that trusts the server
+	logs     *smtpLogBuffer
+}
+
+func newSMTPEnv(t testing.TB, change ...func(*Options)) *smtpEnv {
+	t.Helper()
+	f := newFixture(t)
+	o := f.opts
+	o.SMTP.ReadTimeout = Duration(smtpReplyTimeout)
+	o.SMTP.WriteTimeout = Duration(smtpReplyTimeout)
+	for _, c := range change {
+		c(&o)
+	}
+	serverTLS, clientTLS := smtpTestTLS(t)
+	logs := &smtpLogBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	f.ingest.log = log
+	e := &smtpEnv{f: f, ing: newSMTPIngress(o, f.ingest, f.apps, serverTLS, log), tls: clientTLS, logs: logs}
+
+	served := make(chan error, 2)
+	for _, insecure := range []bool{false, true} {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if insecure {
+			e.insecure = l.Addr().String()
+		} else {
+			e.addr = l.Addr().String()
+		}
+		go func() { served <- e.ing.serve(l, insecure) }()
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), smtpReplyTimeout)
+		defer cancel()
+		if err := e.ing.shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		for range 2 {
+			select {
+			case err := <-served:
+				if err != nil {
+					t.Errorf("serve returned %v after shutdown, want nil", err)
+				}
+			case <-time.After(smtpReplyTimeout):
+				t.Errorf("serve did not return after shutdown")
+			}
+		}
+	})
+	return e
+}
+
+// smtpLogBuffer collects log output from several goroutines.
+type smtpLogBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *smtpLogBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *smtpLogBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func (b *smtpLogBuffer) Reset() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf.Reset()
+}
+
+var smtpTestCert = sync.OnceValues(func() (tls.Certificate, *x509.Certificate) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "relay.test"},
+		DNSNames:              []string{"relay.test"},
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		panic(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		panic(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, cert
+})
+
+// smtpTestTLS returns a server configuration with a self-signed
+// certificate for relay.test and a client configuration that trusts it.
+func smtpTestTLS(t testing.TB) (server, client *tls.Config) {
+	t.Helper()
+	pair, cert := smtpTestCert()
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12},
+		&tls.Config{RootCAs: pool, ServerName: "relay.test", MinVersion: tls.VersionTLS12}
+}
+
+// smtpTestConn is a raw client connection for transcript tests.
+type smtpTestConn struct {
+	t  testing.TB
+	nc net.Conn
+	r  *bufio.Reader
+}
+
+// dialSMTP connects and reads the 220 greeting.
+func dialSMTP(t testing.TB, addr string) *smtpTestConn {
+	t.Helper()
+	c := dialSMTPRaw(t, addr, nil)
+	c.expect("220 ")
+	return c
+}
+
+// dialSMTPRaw connects, from localIP when it is not nil, and reads
+// nothing.
+func dialSMTPRaw(t testing.TB, addr string, localIP net.IP) *smtpTestConn {
+	t.Helper()
+	d := net.Dialer{Timeout: smtpReplyTimeout}
+	if localIP != nil {
+		d.LocalAddr = &net.TCPAddr{IP: localIP}
+	}
+	nc, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	return &smtpTestConn{t: t, nc: nc, r: bufio.NewReader(nc)}
+}
+
+func (c *smtpTestConn) write(s string) {
+	c.t.Helper()
+	_ = c.nc.SetWriteDeadline(time.Now().Add(smtpReplyTimeout))
+	if _, err := io.WriteString(c.nc, s); err != nil {
+		c.t.Fatalf("write %q: %v", s, err)
+	}
+}
+
+// readReply reads one reply, all its lines, and returns it with the lines
+// joined by "\n".
+func (c *smtpTestConn) readReply() (string, error) {
+	_ = c.nc.SetReadDeadline(time.Now().Add(smtpReplyTimeout))
+	var lines []string
+	for {
+		line, err := c.r.ReadString('\n')
+		if err != nil {
+			return strings.Join(lines, "\n"), err
+		}
+		line = strings.TrimSuffix(line, "\r\n")
+		lines = append(lines, line)
+		if len(line) < 4 || line[3] != '-' {
+			return strings.Join(lines, "\n"), nil
+		}
+	}
+}
+
+// expect reads a reply and fails the test unless its last line starts
+// with want. It returns the whole reply.
+func (c *smtpTestConn) expect(want string) string {
+	c.t.Helper()
+	reply, err := c.readReply()
+	if err != nil {
+		c.t.Fatalf("reading the reply, want %q: got %q and %v", want, reply, err)
+	}
+	if last := reply[strings.LastIndexByte(reply, '\n')+1:]; !strings.HasPrefix(last, want) {
+		c.t.Fatalf("reply %q, want %q", reply, want)
+	}
+	return reply
+}
+
+// cmd sends one command line and expects a reply starting with want.
+func (c *smtpTestConn) cmd(line, want string) string {
+	c.t.Helper()
+	c.write(line + "\r\n")
+	return c.expect(want)
+}
+
+// dialSMTPStartTLS connects to the secure listener, says EHLO if ehlo is
+// true, starts TLS and returns the connection inside TLS, before the
+// second EHLO.
+func dialSMTPStartTLS(t testing.TB, e *smtpEnv, ehlo bool) *smtpTestConn {
+	t.Helper()
+	c := dialSMTP(t, e.addr)
+	if ehlo {
+		c.cmd("EHLO client.test", "250 ")
+	}
+	c.cmd("STARTTLS", "220 ")
+	tc := tls.Client(c.nc, e.tls)
+	_ = tc.SetDeadline(time.Now().Add(smtpReplyTimeout))
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("TLS handshake: %v", err)
+	}
+	c = &smtpTestConn{t: t, nc: tc, r: bufio.NewReader(tc)}
+	// The reply shows that the server, too, has finished the handshake.
+	c.cmd("NOOP", "250 ")
+	return c
+}
+
+// expectClosed fails the test unless the server closes the connection
+// without sending anything more.
+func (c *smtpTestConn) expectClosed() {
+	c.t.Helper()
+	_ = c.nc.SetReadDeadline(time.Now().Add(smtpReplyTimeout))
+	rest, err := io.ReadAll(c.r)
+	if err != nil && !errors.Is(err, net.ErrClosed) && !isConnReset(err) {
+		c.t.Fatalf("waiting for the server to close: %v", err)
+	}
+	if len(rest) > 0 {
+		c.t.Fatalf("got %q, want the connection closed", rest)
+	}
+}
+
+func isConnReset(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "connection reset by peer")
+}
+
+// login says EHLO and authenticates as crm with AUTH PLAIN.
+func (c *smtpTestConn) login() {
+	c.t.Helper()
+	c.cmd("EHLO client.test", "250 ")
+	c.cmd("AUTH PLAIN "+smtpPlain("", crmUser, crmPassword), "235 2.0.0 ")
+}
+
+// send submits one message in the current session and returns its queue
+// id.
+func (c *smtpTestConn) send(from string, to []string, body string) string {
+	c.t.Helper()
+	c.cmd("MAIL FROM:<"+from+">", "250 ")
+	for _, rcpt := range to {
+		c.cmd("RCPT TO:<"+rcpt+">", "250 ")
+	}
+	c.cmd("DATA", "354 ")
+	c.write(body)
+	return smtpQueuedID(c.t, c.expect("250 2.0.0 Queued as "))
+}
+
+var smtpQueuedRe = regexp.MustCompile(`(?m)^250 2\.0\.0 Queued as (\S+)$`)
+
+func smtpQueuedID(t testing.TB, reply string) string {
+	t.Helper()
+	m := smtpQueuedRe.FindStringSubmatch(reply)
+	if m == nil {
+		t.Fatalf("reply %q has no queue id", reply)
+	}
+	return m[1]
+}
+
+func smtpPlain(identity, user, password string) string {
+	return base64.StdEncoding.EncodeToString([]byte(identity + "\x00" + user + "\x00" + password))
+}
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+// smtpReady returns the ready messages of route crm, oldest first.
+func smtpReady(t testing.TB, f *fixture) []*queue.Message {
+	t.Helper()
+	ms, err := f.queue.List(context.Background(), "crm", queue.Ready, 0, 1000)
+	if err != nil {
+		t.Fatalf("list ready messages: %v", err)
+	}
+	return ms
+}
+
+// smtpBody leases message id of route crm and returns its stored body.
+func smtpBody(t testing.TB, f *fixture, id string) []byte {
+	t.Helper()
+	res, err := f.queue.Lease(context.Background(), "crm", 100, time.Minute)
+	if err != nil {
+		t.Fatalf("lease: %v", err)
+	}
+	for _, l := range res.Leases {
+		if l.ID == id {
+			return l.Body
+		}
+	}
+	t.Fatalf("message %s not found among %d leased", id, len(res.Leases))
+	return nil
+}
+
+func TestSMTPSubmitOverStartTLS(t *testing.T) {
+	e := newSMTPEnv(t)
+	c, err := smtp.DialStartTLS(e.addr, e.tls)
+	if err != nil {
+		t.Fatalf("STARTTLS: %v", err)
+	}
+	defer c.Close()
+	if ok, mechs := c.Extension("AUTH"); !ok || mechs != "PLAIN LOGIN" {
+		t.Errorf("AUTH after STARTTLS = %v %q, want PLAIN LOGIN", ok, mechs)
+	}
+	if err := c.Auth(sasl.NewPlainClient("", crmUser, crmPassword)); err != nil {
+		t.Fatalf("AUTH PLAIN: %v", err)
+	}
+	if err := c.Mail("billing@contoso.com", nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, rcpt := range []string{"alice@example.org", "bob@example.net"} {
+		if err := c.Rcpt(rcpt, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The client dot-stuffs the line that starts with a dot; the server
+	// must store it unstuffed.
+	const body = "From: billing@contoso.com\r\nTo: alice@example.org\r\nSubject: invoice\r\n\r\nYour invoice.\r\n.a line that starts with a dot\r\n"
+	if _, err := io.WriteString(w, body); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		t.Fatalf("DATA: %v", err)
+	}
+	id := smtpQueuedID(t, "250 "+resp.StatusText)
+	if err := c.Quit(); err != nil {
+		t.Errorf("QUIT: %v", err)
+	}
+
+	m, err := e.f.queue.Get(context.Background(), id)
+	if err != nil {
+		t.Fatalf("get %s: %v", id, err)
+	}
+	if m.App != "crm" || m.Route != "crm" || m.From != "billing@contoso.com" ||
+		!slices.Equal(m.To, []string{"alice@example.org", "bob@example.net"}) || m.State != queue.Ready {
+		t.Errorf("stored envelope: app %q route %q from %q to %q state %q", m.App, m.Route, m.From, m.To, m.State)
+	}
+	stored := string(smtpBody(t, e.f, id))
+	wantTrace := "Received: from localhost ([127.0.0.1])\r\n\tby relay.test (Holdfast) with ESMTPSA (app crm)\r\n"
+	if !strings.HasPrefix(stored, wantTrace) {
+		t.Errorf("stored body starts %q, want %q", stored[:min(len(stored), len(wantTrace))], wantTrace)
+	}
+	if !strings.HasSuffix(stored, "\r\n"+body) {
+		t.Errorf("stored body %q does not end with the message as sent", stored)
+	}
+}
+
+func TestSMTPEHLO(t *testing.T) {
+	e := newSMTPEnv(t, func(o *Options) { o.SMTP.MaxMessageBytes = 4096 })
+	secure := dialSMTP(t, e.addr).cmd("EHLO client.test", "250 ")
+	for _, ext := range []string{"STARTTLS", "PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 4096", "ENHANCEDSTATUSCODES"} {
+		if !strings.Contains(secure, "250-"+ext+"\n") && !strings.HasSuffix(secure, "250 "+ext) {
+			t.Errorf("EHLO reply on the secure listener lacks %s:\n%s", ext, secure)
+		}
+	}
+	if strings.Contains(secure, "AUTH") {
+		t.Errorf("AUTH is advertised before STARTTLS:\n%s", secure)
+	}
+	insecure := dialSMTP(t, e.insecure).cmd("EHLO client.test", "250 ")
+	if !strings.Contains(insecure, "AUTH PLAIN LOGIN") {
+		t.Errorf("the insecure listener does not offer AUTH PLAIN LOGIN:\n%s", insecure)
+	}
+}
+
+func TestSMTPAuthNeedsTLS(t *testing.T) {
+	e := newSMTPEnv(t)
+	c := dialSMTP(t, e.addr)
+	c.cmd("EHLO client.test", "250 ")
+	// go-smtp refuses AUTH itself before TLS, with 523 5.7.10 (encryption
+	// needed) rather than RFC 4954's 538 5.7.11.
+	c.cmd("AUTH PLAIN "+smtpPlain("", crmUser, crmPassword), "523 5.7.10 ")
+	c.cmd("AUTH LOGIN", "523 5.7.10 ")
+	c.cmd("MAIL FROM:<billing@contoso.com>", "530 5.7.0 Authentication required")
+	if n := len(smtpReady(t, e.f)); n != 0 {
+		t.Errorf("%d messages stored", n)
+	}
+}
+
+func TestSMTPAuthFailures(t *testing.T) {
+	e := newSMTPEnv(t)
+	c := dialSMTP(t, e.insecure)
+	c.cmd("EHLO client.test", "250 ")
+	c.cmd("MAIL FROM:<billing@contoso.com>", "530 5.7.0 Authentication required")
+	const invalid = "535 5.7.8 Authentication credentials invalid"
+	c.cmd("AUTH PLAIN "+smtpPlain("", crmUser, "wrong-password"), invalid)
+	c.cmd("AUTH PLAIN "+smtpPlain("", "nobody", crmPassword), invalid)
+	c.cmd("AUTH PLAIN "+smtpPlain("", crmUser, webPassword), invalid)
+	c.cmd("AUTH PLAIN "+smtpPlain(webUser, crmUser, crmPassword), invalid)
+	c.cmd("AUTH PLAIN "+b64(crmUser+crmPassword), "501 5.5.2 ")
+	c.cmd("AUTH PLAIN", "334 ")
+	c.cmd(smtpPlain("", crmUser, "wrong-password"), invalid)
+	c.cmd("AUTH LOGIN", "334 VXNlcm5hbWU6")
+	c.cmd(b64(crmUser), "334 UGFzc3dvcmQ6")
+	c.cmd(b64("wrong-password"), invalid)
+	c.cmd("AUTH CRAM-MD5", "504 5.7.4 ")
+	c.cmd("MAIL FROM:<billing@contoso.com>", "530 5.7.0 Authentication required")
+	// A failed AUTH does not lock the session out.
+	c.cmd("AUTH PLAIN "+smtpPlain(crmUser, crmUser, crmPassword), "235 ")
+	c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+}
+
+func TestSMTPAuthLogin(t *testing.T) {
+	e := newSMTPEnv(t)
+	c := dialSMTP(t, e.insecure)
+	c.cmd("EHLO client.test", "250 ")
+	c.cmd("AUTH LOGIN", "334 VXNlcm5hbWU6")
+	c.cmd(b64(webUser), "334 UGFzc3dvcmQ6")
+	c.cmd(b64(webPassword), "235 2.0.0 ")
+	c.send("web@fabrikam.example", []string{"x@example.org"}, "Subject: t\r\n\r\nhi\r\n.\r\n")
+
+	// With the user name as the initial response, as go-sasl's client
+	// sends it, over STARTTLS.
+	gc, err := smtp.DialStartTLS(e.addr, e.tls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gc.Close()
+	if err := gc.Auth(sasl.NewLoginClient(crmUser, crmPassword)); err != nil {
+		t.Fatalf("AUTH LOGIN: %v", err)
+	}
+	if err := gc.SendMail("billing@contoso.com", []string{"y@example.org"}, strings.NewReader("Subject: t\r\n\r\nhi\r\n")); err != nil {
+		t.Fatalf("send after AUTH LOGIN: %v", err)
+	}
+	if n := len(smtpReady(t, e.f)); n != 1 {
+		t.Errorf("%d messages ready on route crm, want 1", n)
+	}
+}
+
+func TestSMTPSenderRules(t *testing.T) {
+	e := newSMTPEnv(t)
+	c := dialSMTP(t, e.insecure)
+	c.login()
+	const denied = "550 5.7.60 Client does not have permissions to send as this sender"
+	c.cmd("MAIL FROM:<web@fabrikam.example>", denied)
+	c.cmd("MAIL FROM:<billing@contoso.com.evil.example>", denied)
+	c.cmd("MAIL FROM:<other@contoso.com>", denied)
+	c.cmd("MAIL FROM:<billing@crm.example.evil.example>", denied)
+	// The null sender is for bounces, not for new mail.
+	c.cmd("MAIL FROM:<>", denied)
+	c.cmd("RCPT TO:<x@example.org>", "502 5.5.1 ")
+	// A domain rule, and case does not matter.
+	c.cmd("MAIL FROM:<Anyone@CRM.Example>", "250 ")
+	c.cmd("RSET", "250 ")
+	c.send("BILLING@contoso.com", []string{"x@example.org"}, "Subject: t\r\n\r\nhi\r\n.\r\n")
+	if n := len(smtpReady(t, e.f)); n != 1 {
+		t.Errorf("%d messages ready, want 1", n)
+	}
+}
+
+func TestSMTPMalformedAddresses(t *testing.T) {
+	e := newSMTPEnv(t)
+	long := strings.Repeat("a", 65)
+	for _, tc := range []struct {
+		name  string
+		lines []string // sent after AUTH; the last reply must start with want
+		want  string
+	}{
+		{"sender NUL", []string{"MAIL FROM:<bill\x00ing@contoso.com>"}, "501 5.1.7 Bad sender address syntax"},
+		{"sender CR", []string{"MAIL FROM:<billing@contoso.com\r>"}, "501 5.1.7 "},
+		{"sender comma list", []string{"MAIL FROM:<billing@contoso.com,x@crm.example>"}, "501 5.1.7 "},
+		{"sender quoted space", []string{`MAIL FROM:<"a b"@crm.example>`}, "501 5.1.7 "},
+		{"sender quoted bracket", []string{`MAIL FROM:<"a>"@crm.example>`}, "501 5.1.7 "},
+		{"sender double dot", []string{"MAIL FROM:<billing@contoso..com>"}, "501 5.1.7 "},
+		{"sender long local part", []string{"MAIL FROM:<" + long + "@crm.example>"}, "501 5.1.7 "},
+		{"sender invalid UTF-8", []string{"MAIL FROM:<\xff@crm.example> SMTPUTF8"}, "501 5.1.7 "},
+		{"sender UTF-8 without SMTPUTF8", []string{"MAIL FROM:<bïlling@crm.example>"}, "553 5.6.7 "},
+		// go-smtp's own parser refuses these before the session sees them.
+		{"sender no domain", []string{"MAIL FROM:<billing>"}, "501 5.5.2 "},
+		{"sender nested brackets", []string{"MAIL FROM:<<billing@contoso.com>>"}, "501 5.5.2 "},
+		{"sender space", []string{"MAIL FROM:<bill ing@contoso.com>"}, "501 5.5.2 "},
+		{"sender second address", []string{"MAIL FROM:<billing@contoso.com>,<x@crm.example>"}, "500 5.5.4 "},
+		{"sender command inside", []string{"MAIL FROM:<billing@contoso.com\r\nRCPT TO:<x@example.org>>"}, "502 5.5.1 "},
+		{"sender command inside, bare LF", []string{"MAIL FROM:<billing@contoso.com\nRCPT TO:<x@example.org>>"}, "502 5.5.1 "},
+
+		{"recipient NUL", []string{"MAIL FROM:<billing@contoso.com>", "RCPT TO:<x\x00@example.org>"}, "501 5.1.3 Bad recipient address syntax"},
+		{"recipient CR", []string{"MAIL FROM:<billing@contoso.com>", "RCPT TO:<x@example.org\r>"}, "501 5.1.3 "},
+		{"recipient comma list", []string{"MAIL FROM:<billing@contoso.com>", "RCPT TO:<x@example.org,y@example.org>"}, "501 5.1.3 "},
+		{"recipient bad domain", []string{"MAIL FROM:<billing@contoso.com>", "RCPT TO:<x@-example.org>"}, "501 5.1.3 "},
+		{"recipient quoted", []string{"MAIL FROM:<billing@contoso.com>", `RCPT TO:<"x,y"@example.org>`}, "501 5.1.3 "},
+		{"recipient UTF-8 without SMTPUTF8", []string{"MAIL FROM:<billing@contoso.com>", "RCPT TO:<ünï@example.org>"}, "553 5.6.7 "},
+		{"recipient no domain", []string{"MAIL FROM:<billing@contoso.com>", "RCPT TO:<postmaster>"}, "501 5.5.2 "},
+		{"recipient second address", []string{"MAIL FROM:<billing@contoso.com>", "RCPT TO:<x@example.org>,<y@example.org>"}, "500 5.5.4 "},
+		{"recipient command inside", []string{"MAIL FROM:<billing@contoso.com>", "RCPT TO:<x@example.org\r\nRCPT TO:<y@example.org>>"}, "500 5.5.4 "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dialSMTP(t, e.insecure)
+			c.login()
+			for i, line := range tc.lines {
+				c.write(line + "\r\n")
+				want := "250 "
+				if i == len(tc.lines)-1 {
+					want = tc.want
+				}
+				if strings.Contains(line, "\n") {
+					// The line is two commands; the first fails at the
+					// server's parser, the second finds no transaction.
+					c.expect("501 5.5.2 ")
+				}
+				c.expect(want)
+			}
+			// Nothing was accepted: DATA finds no transaction.
+			c.cmd("DATA", "502 5.5.1 ")
+		})
+	}
+	if n := len(smtpReady(t, e.f)); n != 0 {
+		t.Errorf("%d messages stored", n)
+	}
+}
+
+func TestSMTPUTF8(t *testing.T) {
+	e := newSMTPEnv(t)
+	c := dialSMTP(t, e.insecure)
+	c.login()
+	c.cmd("MAIL FROM:<bïlling@crm.example> SMTPUTF8 BODY=8BITMIME", "250 ")
+	c.cmd("RCPT TO:<ünï@exämple.org>", "250 ")
+	c.cmd("DATA", "354 ")
+	c.write("Subject: héllo\r\n\r\nçà\r\n.\r\n")
+	id := smtpQueuedID(t, c.expect("250 2.0.0 Queued as "))
+	m, err := e.f.queue.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.From != "bïlling@crm.example" || !slices.Equal(m.To, []string{"ünï@exämple.org"}) {
+		t.Errorf("stored from %q to %q", m.From, m.To)
+	}
+}
+
+func TestSMTPSizeLimit(t *testing.T) {
+	e := newSMTPEnv(t, func(o *Options) { o.SMTP.MaxMessageBytes = 2048 })
+	c := dialSMTP(t, e.insecure)
+	c.login()
+	// go-smtp checks SIZE= itself, with its own text.
+	c.cmd("MAIL FROM:<billing@contoso.com> SIZE=2049", "552 5.3.4 ")
+	c.cmd("MAIL FROM:<billing@contoso.com> SIZE=2000", "250 ")
+	c.cmd("RCPT TO:<x@example.org>", "250 ")
+	c.cmd("DATA", "354 ")
+	c.write("Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 98)+"\r\n", 30) + ".\r\n")
+	c.expect("552 5.3.4 Message size exceeds fixed maximum message size")
+	// The session goes on, and a message within the limit passes.
+	c.send("billing@contoso.com", []string{"x@example.org"}, "Subject: small\r\n\r\n"+strings.Repeat("y", 1000)+"\r\n.\r\n")
+	if n := len(smtpReady(t, e.f)); n != 1 {
+		t.Errorf("%d messages ready, want only the small one", n)
+	}
+}
+
+func TestSMTPTooManyRecipients(t *testing.T) {
+	e := newSMTPEnv(t, func(o *Options) { o.SMTP.MaxRecipients = 3 })
+	c := dialSMTP(t, e.insecure)
+	c.login()
+	c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	for _, r := range []string{"a", "b", "c"} {
+		c.cmd("RCPT TO:<"+r+"@example.org>", "250 ")
+	}
+	c.cmd("RCPT TO:<d@example.org>", "452 4.5.3 Too many recipients")
+	c.cmd("DATA", "354 ")
+	c.write("Subject: t\r\n\r\nhi\r\n.\r\n")
+	id := smtpQueuedID(t, c.expect("250 2.0.0 Queued as "))
+	m, err := e.f.queue.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(m.To, []string{"a@example.org", "b@example.org", "c@example.org"}) {
+		t.Errorf("stored recipients %q", m.To)
+	}
+	// The count starts again with each message.
+	c.send("billing@contoso.com", []string{"e@example.org", "f@example.org", "g@example.org"}, "Subject: t\r\n\r\nhi\r\n.\r\n")
+}
+
+func TestSMTPLineBreaksAndNUL(t *testing.T) {
+	e := newSMTPEnv(t)
+	c := dialSMTP(t, e.insecure)
+	c.login()
+	for _, tc := range []struct{ name, body, want string }{
+		{"bare LF", "Subject: t\r\n\r\nline one\nline two\r\n.\r\n", "550 5.6.11 Bare LF is not allowed; use CRLF"},
+		{"LF only", "Subject: t\n\nhi\n\r\n.\r\n", "550 5.6.11 "},
+		// SMTP smuggling: a receiver that ends DATA at LF.CRLF would see
+		// a second message here.
+		{"smuggling LF.CRLF", "Subject: t\r\n\r\nhi\n.\r\nMAIL FROM:<billing@contoso.com>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n", "550 5.6.11 "},
+		{"smuggling CRLF.LF", "Subject: t\r\n\r\nhi\r\n.\nMAIL FROM:<billing@contoso.com>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n", "550 5.6.11 "},
+		{"bare CR", "Subject: t\r\n\r\nline one\rline two\r\n.\r\n", "550 5.6.11 Bare CR is not allowed; use CRLF"},
+		{"smuggling CR.CR", "Subject: t\r\n\r\nhi\r.\rMAIL FROM:<billing@contoso.com>\r\n.\r\n", "550 5.6.11 "},
+		{"NUL", "Subject: t\r\n\r\nnul \x00 here\r\n.\r\n", "550 5.6.0 NUL bytes are not allowed in messages"},
+	} {
+		c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+		c.cmd("RCPT TO:<x@example.org>", "250 ")
+		c.cmd("DATA", "354 ")
+		c.write(tc.body)
+		if reply := c.expect(tc.want); strings.Contains(reply, "\n") {
+			t.Errorf("%s: reply %q", tc.name, reply)
+		}
+	}
+	// The session is still usable.
+	c.send("billing@contoso.com", []string{"x@example.org"}, "Subject: fine\r\n\r\nhi\r\n.\r\n")
+	c.cmd("NOOP", "250 ")
+	if ms := smtpReady(t, e.f); len(ms) != 1 || !slices.Equal(ms[0].To, []string{"x@example.org"}) {
+		t.Errorf("ready messages %v, want only the fine one", ms)
+	}
+}
+
+func TestSMTPBDAT(t *testing.T) {
+	e := newSMTPEnv(t)
+	c := dialSMTP(t, e.insecure)
+	c.login()
+	c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	c.cmd("RCPT TO:<x@example.org>", "250 ")
+	bdat := func(chunk string, last bool) {
+		cmd := fmt.Sprintf("BDAT %d", len(chunk))
+		if last {
+			cmd += " LAST"
+		}
+		c.write(cmd + "\r\n" + chunk)
+	}
+	bdat("Subject: t\r\n", false)
+	c.expect("250 ")
+	bdat("\r\nhi\r\n", true)
+	c.expect("250 2.0.0 Queued as ")
+	c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	c.cmd("RCPT TO:<x@example.org>", "250 ")
+	bdat("Subject: t\n\nhi\r\n", true)
+	c.expect("550 5.6.11 ")
+	if n := len(smtpReady(t, e.f)); n != 1 {
+		t.Errorf("%d messages ready, want 1", n)
+	}
+}
+
+func TestSMTPOverlongLine(t *testing.T) {
+	e := newSMTPEnv(t, func(o *Options) { o.SMTP.MaxLineLength = 1000 })
+
+	c := dialSMTP(t, e.insecure)
+	c.cmd("EHLO client.test", "250 ")
+	c.cmd("NOOP "+strings.Repeat("x", 1200), "500 5.4.0 ")
+	c.expectClosed()
+
+	c = dialSMTP(t, e.insecure)
+	c.login()
+	c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	c.cmd("RCPT TO:<x@example.org>", "250 ")
+	c.cmd("DATA", "354 ")
+	c.write("Subject: t\r\n\r\n" + strings.Repeat("x", 1500) + "\r\n.\r\n")
+	c.expect("500 5.5.2 Line too long")
+	c.expect("500 5.4.0 ")
+	c.expectClosed()
+	if n := len(smtpReady(t, e.f)); n != 0 {
+		t.Errorf("%d messages stored", n)
+	}
+}
+
+func TestSMTPConnectionLimits(t *testing.T) {
+	e := newSMTPEnv(t, func(o *Options) {
+		o.SMTP.MaxConnectionsPerIP = 2
+		o.SMTP.MaxConnections = 3
+	})
+	const tooMany = "421 4.7.0 Too many connections, try again later"
+	ip1, ip2, ip3 := net.IPv4(127, 0, 0, 1), net.IPv4(127, 0, 0, 2), net.IPv4(127, 0, 0, 3)
+	first := dialSMTPRaw(t, e.insecure, ip1)
+	first.expect("220 ")
+	dialSMTPRaw(t, e.insecure, ip1).expect("220 ")
+	over := dialSMTPRaw(t, e.insecure, ip1)
+	over.expect(tooMany)
+	over.expectClosed()
+
+	// Another address still gets in, up to the total.
+	dialSMTPRaw(t, e.addr, ip2).expect("220 ")
+	over = dialSMTPRaw(t, e.addr, ip3)
+	over.expect(tooMany)
+	over.expectClosed()
+
+	// A closed connection frees its place.
+	first.cmd("QUIT", "221 ")
+	first.expectClosed()
+	dialSMTPRaw(t, e.insecure, ip1).expect("220 ")
+}
+
+func TestSMTPPipelining(t *testing.T) {
+	e := newSMTPEnv(t)
+	c := dialSMTP(t, e.insecure)
+	c.login()
+	c.write("MAIL FROM:<billing@contoso.com>\r\nRCPT TO:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+	for _, want := range []string{"250 ", "250 ", "250 ", "354 "} {
+		c.expect(want)
+	}
+	c.write("Subject: one\r\n\r\nhi\r\n.\r\n")
+	id1 := smtpQueuedID(t, c.expect("250 2.0.0 Queued as "))
+
+	// A whole transaction and QUIT in one write, with a refused
+	// recipient in the middle.
+	c.write("RSET\r\nMAIL FROM:<billing@contoso.com>\r\nRCPT TO:<c@example.org>\r\nRCPT TO:<bad@@example.org>\r\nDATA\r\nSubject: two\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+	for _, want := range []string{"250 ", "250 ", "250 ", "501 5.1.3 ", "354 "} {
+		c.expect(want)
+	}
+	id2 := smtpQueuedID(t, c.expect("250 2.0.0 Queued as "))
+	c.expect("221 ")
+	c.expectClosed()
+
+	want := map[string][]string{id1: {"a@example.org", "b@example.org"}, id2: {"c@example.org"}}
+	ms := smtpReady(t, e.f)
+	if len(ms) != len(want) {
+		t.Errorf("%d messages ready, want %d", len(ms), len(want))
+	}
+	for _, m := range ms {
+		if !slices.Equal(m.To, want[m.ID]) {
+			t.Errorf("ready message %s to %q, want %q", m.ID, m.To, want[m.ID])
+		}
+	}
+	// Without TLS the trace says ESMTPA (RFC 3848).
+	if body := smtpBody(t, e.f, id1); !bytes.Contains(body, []byte(" with ESMTPA (app crm)\r\n")) {
+		t.Errorf("stored body %q lacks the ESMTPA trace", body)
+	}
+}
+
+func TestSMTPRedisDownDuringData(t *testing.T) {
+	e := newSMTPEnv(t)
+	c := dialSMTP(t, e.insecure)
+	c.login()
+	kept := c.send("billing@contoso.com", []string{"x@example.org"}, "Subject: kept\r\n\r\nhi\r\n.\r\n")
+
+	c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	c.cmd("RCPT TO:<x@example.org>", "250 ")
+	c.cmd("DATA", "354 ")
+	c.write("Subject: lost\r\nFrom: billing@contoso.com\r\n")
+	e.f.redis.Kill(t)
+	c.write("\r\nbody\r\n.\r\n")
+	c.expect("451 4.3.0 Temporary failure storing the message, try again later")
+
+	e.f.redis.Restart(t)
+	// The kept message may be gone too: SIGKILL can lose the AOF writes of
+	// the last second. Nothing else may be there.
+	for _, m := range smtpReady(t, e.f) {
+		if m.ID != kept {
+			t.Errorf("after the failure, %s is stored (from %q to %q)", m.ID, m.From, m.To)
+		}
+	}
+	st, err := e.f.queue.Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tot := st.Total; tot.Ready > 1 || tot.Scheduled+tot.Leased+tot.Held+tot.Dead != 0 {
+		t.Errorf("queue stats %+v, want at most the one kept message", tot)
+	}
+	// The client retries in the same session once Redis is back.
+	c.send("billing@contoso.com", []string{"x@example.org"}, "Subject: retried\r\n\r\nhi\r\n.\r\n")
+}
+
+func TestSMTPShutdown(t *testing.T) {
+	e := newSMTPEnv(t)
+	idle := dialSMTP(t, e.insecure)
+	idle.cmd("EHLO client.test", "250 ")
+	overTLS := dialSMTPStartTLS(t, e, true)
+	overTLS.login()
+	// After STARTTLS, before the second EHLO, the 421 goes through TLS.
+	tlsNoEHLO := dialSMTPStartTLS(t, e, true)
+	// A client that started TLS without any EHLO never had a session:
+	// the server cannot reach its TLS layer and closes without a 421,
+	// rather than write plaintext into TLS.
+	tlsNoSession := dialSMTPStartTLS(t, e, false)
+
+	busy := dialSMTP(t, e.insecure)
+	busy.login()
+	busy.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	busy.cmd("RCPT TO:<x@example.org>", "250 ")
+	busy.cmd("DATA", "354 ")
+	busy.write("Subject: in flight\r\n\r\nfirst half\r\n")
+
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), smtpReplyTimeout)
+		defer cancel()
+		done <- e.ing.shutdown(ctx)
+	}()
+
+	// Idle sessions are told at once, without sending a command.
+	idle.expect("421 4.3.2 Service shutting down")
+	idle.expectClosed()
+	overTLS.expect("421 4.3.2 Service shutting down")
+	overTLS.expectClosed()
+	tlsNoEHLO.expect("421 4.3.2 Service shutting down")
+	tlsNoEHLO.expectClosed()
+	tlsNoSession.expectClosed()
+	// No new connections.
+	if nc, err := net.DialTimeout("tcp", e.insecure, time.Second); err == nil {
+		nc.Close()
+		t.Error("a new connection was accepted after shutdown")
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("shutdown returned %v while a DATA transfer was running", err)
+	default:
+	}
+
+	// The transfer in progress finishes and is stored.
+	busy.write("second half\r\n.\r\n")
+	id := smtpQueuedID(t, busy.expect("250 2.0.0 Queued as "))
+	busy.expect("421 4.3.2 Service shutting down")
+	busy.expectClosed()
+	if err := <-done; err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+	if _, err := e.f.queue.Get(context.Background(), id); err != nil {
+		t.Errorf("message acknowledged during shutdown: %v", err)
+	}
+}
+
+func TestSMTPShutdownDuringTLSHandshake(t *testing.T) {
+	e := newSMTPEnv(t)
+	c := dialSMTP(t, e.addr)
+	c.cmd("EHLO client.test", "250 ")
+	c.cmd("STARTTLS", "220 ")
+	// The client's Finished message never reaches the server, which stays
+	// in the handshake while the client believes it is done (TLS 1.3).
+	cfg := e.tls.Clone()
+	cfg.MinVersion = tls.VersionTLS13
+	tc := tls.Client(&smtpFirstWriteOnly{Conn: c.nc}, cfg)
+	_ = tc.SetDeadline(time.Now().Add(smtpReplyTimeout))
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("TLS handshake: %v", err)
+	}
+	if err := e.ing.shutdown(context.Background()); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	// No plaintext reply may follow inside TLS: the client sees the
+	// connection end and nothing else.
+	got, err := io.ReadAll(tc)
+	if err != nil && !isConnReset(err) {
+		t.Errorf("reading after shutdown: %v", err)
+	}
+	if len(got) > 0 {
+		t.Errorf("got %q after shutdown", got)
+	}
+}
+
+// smtpFirstWriteOnly sends its first write and drops the others.
+type smtpFirstWriteOnly struct {
+	net.Conn
+	wrote bool
+}
+
+func (c *smtpFirstWriteOnly) Write(b []byte) (int, error) {
+	if c.wrote {
+		return len(b), nil
+	}
+	c.wrote = true
+	return c.Conn.Write(b)
+}
+
+func TestSMTPShutdownNextCommand(t *testing.T) {
+	e := newSMTPEnv(t)
+	c := dialSMTP(t, e.insecure)
+	c.login()
+	if err := e.ing.shutdown(context.Background()); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	c.write("NOOP\r\n")
+	c.expect("421 4.3.2 Service shutting down")
+	c.expectClosed()
+}
+
+func TestSMTPShutdownDeadline(t *testing.T) {
+	e := newSMTPEnv(t)
+	busy := dialSMTP(t, e.insecure)
+	busy.login()
+	busy.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	busy.cmd("RCPT TO:<x@example.org>", "250 ")
+	busy.cmd("DATA", "354 ")
+	busy.write("Subject: never finished\r\n\r\n")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := e.ing.shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("shutdown returned %v, want the context's deadline error", err)
+	}
+	_ = busy.nc.SetReadDeadline(time.Now().Add(smtpReplyTimeout))
+	rest, err := io.ReadAll(busy.r)
+	if err != nil && !isConnReset(err) {
+		t.Errorf("the connection in DATA was not closed: %v", err)
+	}
+	if bytes.Contains(rest, []byte("250 ")) {
+		t.Errorf("got %q after the forced close", rest)
+	}
+	if n := len(smtpReady(t, e.f)); n != 0 {
+		t.Errorf("%d messages stored", n)
+	}
+}
+
+func TestSMTPLogsNoSecrets(t *testing.T) {
+	e := newSMTPEnv(t)
+	const wrong = "wrong-password-8d1f"
+	secrets := map[string]string{
+		"password":               crmPassword,
+		"web password":           webPassword,
+		"wrong password":         wrong,
+		"PLAIN payload":          smtpPlain("", crmUser, crmPassword),
+		"PLAIN payload (failed)": smtpPlain("", crmUser, wrong),
+		"PLAIN password as user": smtpPlain("", crmPassword, crmPassword),
+		"LOGIN password":         b64(webPassword),
+		"LOGIN password(failed)": b64(wrong),
+	}
+
+	c := dialSMTP(t, e.insecure)
+	c.cmd("EHLO client.test", "250 ")
+	c.cmd("AUTH PLAIN "+smtpPlain("", crmUser, wrong), "535 ")
+	c.cmd("AUTH PLAIN "+smtpPlain("", crmPassword, crmPassword), "535 ")
+	c.cmd("AUTH LOGIN", "334 ")
+	c.cmd(b64(crmUser), "334 ")
+	c.cmd(b64(wrong), "535 ")
+	c.cmd("AUTH LOGIN "+b64(webUser), "334 ")
+	c.cmd(b64(webPassword), "235 ")
+	c.send("web@fabrikam.example", []string{"x@example.org"}, "Subject: t\r\n\r\nhi\r\n.\r\n")
+
+	c = dialSMTP(t, e.insecure)
+	c.cmd("EHLO client.test", "250 ")
+	c.cmd("AUTH PLAIN", "334 ")
+	c.cmd(smtpPlain("", crmUser, crmPassword), "235 ")
+	c.cmd("QUIT", "221 ")
+	c.expectClosed()
+
+	logs := e.logs.String()
+	for _, want := range []string{"authentication failed", "authenticated", "app=web", "app=crm", "message stored"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the debug log lacks %q; it is:\n%s", want, logs)
+		}
+	}
+	for name, s := range secrets {
+		if strings.Contains(logs, s) {
+			t.Errorf("the log contains the %s %q:\n%s", name, s, logs)
+		}
+	}
+}
+
+func TestSMTPSwaks(t *testing.T) {
+	swaks, err := exec.LookPath("swaks")
+	if err != nil {
+		t.Fatalf("swaks not found on PATH: install it (Debian: apt-get install swaks)")
+	}
+	e := newSMTPEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, swaks,
+		"--server", e.addr, "--tls", "--ehlo", "swaks.test",
+		"--auth", "PLAIN", "--auth-user", crmUser, "--auth-password", crmPassword,
+		"--from", "billing@contoso.com", "--to", "x@example.org",
+		"--timeout", "10").CombinedOutput()
+	if err != nil {
+		t.Fatalf("swaks: %v\n%s", err, out)
+	}
+	m := regexp.MustCompile(`250 2\.0\.0 Queued as (\S+)`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("swaks got no queue id:\n%s", out)
+	}
+	msg, err := e.f.queue.Get(context.Background(), string(m[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg.From != "billing@contoso.com" || !slices.Equal(msg.To, []string{"x@example.org"}) {
+		t.Errorf("stored from %q to %q", msg.From, msg.To)
+	}
+}

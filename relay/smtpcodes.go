@@ -1,0 +1,83 @@
+package relay
+
+import "github.com/emersion/go-smtp"
+
+// The replies of SMTP ingress. Basic codes are from RFC 5321 section 4.2.3,
+// enhanced codes from RFC 3463 and the IANA "SMTP Enhanced Status Codes"
+// registry unless noted. Session methods return these values unwrapped:
+// go-smtp finds them by type assertion and answers 451 4.0.0 for anything
+// else.
+var (
+	// errSMTPShuttingDown: 421 service closing (RFC 5321), X.3.2 system
+	// not accepting network messages.
+	errSMTPShuttingDown = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Service shutting down"}
+
+	// errSMTPTooManyConnections: 421 service not available (RFC 5321),
+	// X.7.0 other security or policy status.
+	errSMTPTooManyConnections = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many connections, try again later"}
+
+	// errSMTPAuthRequired: 530 authentication required (RFC 4954 section 6).
+	errSMTPAuthRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
+
+	// errSMTPAuthFailed: 535 authentication credentials invalid (RFC 4954
+	// section 6).
+	errSMTPAuthFailed = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
+
+	// errSMTPAuthMalformed: 501 syntax error in a SASL response (RFC 4954
+	// section 4), X.5.2 syntax error.
+	errSMTPAuthMalformed = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: "Malformed authentication response"}
+
+	// errSMTPSenderNotAllowed: 550 with X.7.60, the reply Exchange Online
+	// gives when a client may not send as an address (SendAs).
+	errSMTPSenderNotAllowed = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 60}, Message: "Client does not have permissions to send as this sender"}
+
+	// errSMTPBadSender: 501 syntax error in parameters (RFC 5321), X.1.7
+	// bad sender's mailbox address syntax.
+	errSMTPBadSender = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 7}, Message: "Bad sender address syntax"}
+
+	// errSMTPBadRecipient: 501 syntax error in parameters (RFC 5321), X.1.3
+	// bad destination mailbox address syntax.
+	errSMTPBadRecipient = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 1, 3}, Message: "Bad recipient address syntax"}
+
+	// errSMTPNeedsUTF8: 553 mailbox name not allowed, X.6.7 non-ASCII
+	// addresses not permitted (RFC 6531): a UTF-8 address needs the
+	// SMTPUTF8 parameter on MAIL.
+	errSMTPNeedsUTF8 = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7}, Message: "Non-ASCII addresses require SMTPUTF8"}
+
+	// errSMTPTooManyRecipients: 452 too many recipients (RFC 5321 section
+	// 4.5.3.1.10), X.5.3 too many recipients.
+	errSMTPTooManyRecipients = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3}, Message: "Too many recipients"}
+
+	// errSMTPMessageTooBig: 552 exceeded storage allocation (RFC 1870),
+	// X.3.4 message too big for system.
+	errSMTPMessageTooBig = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message size exceeds fixed maximum message size"}
+
+	// errSMTPLineTooLong: 500 line too long (RFC 5321 section 4.5.3.1),
+	// X.5.2 syntax error.
+	errSMTPLineTooLong = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: "Line too long"}
+
+	// errSMTPBareLF and errSMTPBareCR refuse a line break that is not CRLF
+	// (RFC 5321 section 2.3.8, RFC 5322 section 2.3): SMTP smuggling hides
+	// a second message behind one. X.6.11 is Exchange Online's code for the
+	// same refusal.
+	errSMTPBareLF = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 11}, Message: "Bare LF is not allowed; use CRLF"}
+	errSMTPBareCR = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 11}, Message: "Bare CR is not allowed; use CRLF"}
+
+	// errSMTPNULBytes: 550, X.6.0 other or undefined media error; RFC 5322
+	// section 3.5 has no NUL in message text.
+	errSMTPNULBytes = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "NUL bytes are not allowed in messages"}
+
+	// errSMTPStoreFailed: 451 local error in processing (RFC 5321), X.3.0
+	// other mail system status. The queue could not store the message.
+	errSMTPStoreFailed = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure storing the message, try again later"}
+
+	// errSMTPReadFailed: 451 local error in processing (RFC 5321), X.4.2
+	// bad connection. The message could not be read to its end.
+	errSMTPReadFailed = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Error reading the message"}
+)
+
+// smtpQueued is the reply to a stored message: 250 requested action
+// completed (RFC 5321), X.0.0 other undefined status, with the queue id.
+func smtpQueued(id string) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Queued as " + id}
+}
