@@ -1,0 +1,567 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"holdfast/queue"
+)
+
+// maxHTTPRecipients is the most recipients one HTTP submission may have:
+// the SMTP default (SMTPOptions.MaxRecipients), which is Exchange Online's
+// default limit.
+const maxHTTPRecipients = 500
+
+// maxIdempotencyKey is the longest Idempotency-Key accepted, in bytes.
+const maxIdempotencyKey = 255
+
+// storeRetryAfter is the Retry-After, in seconds, sent with a 503 when the
+// queue could not store or read a message.
+const storeRetryAfter = "30"
+
+// readyTimeout bounds one readiness check.
+const readyTimeout = 5 * time.Second
+
+// api is the HTTP API. Its routes are registered in newAPI.
+type api struct {
+	mux      *http.ServeMux
+	in       *ingress
+	apps     *apps
+	store    store
+	ready    func(context.Context) error
+	maxBytes int64
+	log      *slog.Logger
+}
+
+// newAPI returns the HTTP API handler. ready reports whether the relay can
+// take mail (Redis reachable, not shutting down); maxBytes is the largest
+// message body accepted (a value below 1 means the SMTP default).
+//
+// Every error reply is JSON, {"error": code, "message": text}, where code
+// is a stable machine-readable string and text says what to do. That
+// includes unknown paths (404) and wrong methods (405, with Allow).
+func newAPI(in *ingress, a *apps, st store, ready func(context.Context) error, maxBytes int64, log *slog.Logger) http.Handler {
+	if maxBytes < 1 {
+		maxBytes = DefaultOptions().SMTP.MaxMessageBytes
+	}
+	if ready == nil {
+		ready = func(context.Context) error { return nil }
+	}
+	h := &api{
+		mux:      http.NewServeMux(),
+		in:       in,
+		apps:     a,
+		store:    st,
+		ready:    ready,
+		maxBytes: maxBytes,
+		log:      log.With("component", "http"),
+	}
+	h.mux.HandleFunc("POST /v1/messages", h.postMessage)
+	h.mux.HandleFunc("GET /v1/messages/{id}", h.getMessage)
+	h.mux.HandleFunc("GET /healthz", h.healthz)
+	h.mux.HandleFunc("GET /readyz", h.readyz)
+	return h
+}
+
+// ServeHTTP routes the request. When no route matches, the mux's own 404
+// and 405 replies are turned into JSON errors.
+func (h *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if _, pattern := h.mux.Handler(r); pattern == "" {
+		w = &jsonNoRoute{ResponseWriter: w}
+	}
+	h.mux.ServeHTTP(w, r)
+}
+
+// jsonNoRoute replaces the mux's plain-text 404 and 405 replies with JSON
+// errors. The mux's other replies (redirects to a cleaned path) pass
+// through.
+type jsonNoRoute struct {
+	http.ResponseWriter
+	replaced bool
+}
+
+func (j *jsonNoRoute) WriteHeader(status int) {
+	switch status {
+	case http.StatusNotFound:
+		j.replaced = true
+		writeError(j.ResponseWriter, status, "not_found", "There is no such endpoint; the API serves POST /v1/messages, GET /v1/messages/{id}, GET /healthz and GET /readyz.")
+	case http.StatusMethodNotAllowed:
+		j.replaced = true
+		writeError(j.ResponseWriter, status, "method_not_allowed", "This endpoint does not take this method; use one of: "+j.ResponseWriter.Header().Get("Allow")+".")
+	default:
+		j.ResponseWriter.WriteHeader(status)
+	}
+}
+
+func (j *jsonNoRoute) Write(b []byte) (int, error) {
+	if j.replaced {
+		return len(b), nil
+	}
+	return j.ResponseWriter.Write(b)
+}
+
+// postMessage handles POST /v1/messages: submit one message.
+//
+// The request body is the raw RFC 5322 message, headers and body, as it
+// should be delivered; at most maxBytes after line endings are normalised.
+// Bare LF line endings, as most HTTP clients send, are turned into CRLF
+// before the message is stored; CRLF line endings are kept as they are.
+// The message must start with a header section: one or more "Name: value"
+// lines (with folded continuation lines) up to the first empty line. NUL
+// bytes are refused.
+//
+// The envelope is given in the query string:
+//
+//	from  the envelope sender, exactly once; it must be one of the
+//	      application's senders (an address or an @domain of its Senders).
+//	to    the envelope recipients: the parameter may be repeated, and each
+//	      value may hold several addresses separated by commas
+//	      (to=a@x.example,b@y.example&to=c@z.example). Exact duplicates
+//	      are dropped. At least 1, at most maxHTTPRecipients.
+//
+// Addresses are plain mailboxes, local@domain, without angle brackets or
+// display names. Other query parameters are refused.
+//
+// Headers:
+//
+//	Authorization    "Bearer <token>", the application's API token.
+//	Idempotency-Key  optional; 1 to 255 printable ASCII characters. A
+//	                 repeated submission with the same key by the same
+//	                 application returns the first message's id with
+//	                 "duplicate": true and stores nothing, for as long as
+//	                 the queue remembers keys (queue.idempotency_ttl).
+//
+// Replies: 202 {"id": ..., "duplicate": bool} with Location
+// /v1/messages/{id} once the message is durably queued; 400 for a bad
+// envelope, key or message; 401 for a missing or wrong token; 403 for a
+// sender the application may not use; 413 for a message over the size
+// limit; 503 with Retry-After when the queue could not store it, in which
+// case nothing was stored.
+func (h *api) postMessage(w http.ResponseWriter, r *http.Request) {
+	app := h.authenticate(w, r)
+	if app == nil {
+		return
+	}
+	fail := func(status int, code, msg string) { h.fail(w, r, app, status, code, msg) }
+
+	from, to, ok := h.envelope(w, r, app)
+	if !ok {
+		return
+	}
+	key, ok := idempotencyKey(r.Header)
+	if !ok {
+		fail(http.StatusBadRequest, "invalid_idempotency_key", fmt.Sprintf("The Idempotency-Key header must be one value of 1 to %d printable ASCII characters; send a shorter key such as a UUID, or none.", maxIdempotencyKey))
+		return
+	}
+	if !app.maySend(from) {
+		// The wording of Exchange Online's 550 5.7.60, as SMTP ingress
+		// replies.
+		fail(http.StatusForbidden, "sender_not_permitted", fmt.Sprintf("5.7.60 Client does not have permissions to send as this sender (%s); send from an address or domain this application is configured for, or ask the operator to add it.", from))
+		return
+	}
+
+	body, status := h.readBody(w, r)
+	switch status {
+	case 0:
+	case http.StatusRequestEntityTooLarge:
+		fail(status, "too_large", fmt.Sprintf("The message is larger than the limit of %d bytes; send a smaller message.", h.maxBytes))
+		return
+	default:
+		fail(http.StatusBadRequest, "unreadable_body", "The request body could not be read completely; send the request again.")
+		return
+	}
+	body = toCRLF(body)
+	switch {
+	case len(body) == 0:
+		fail(http.StatusBadRequest, "empty_body", "The request body is empty; send the raw RFC 5322 message, headers and body, as the request body.")
+		return
+	case int64(len(body)) > h.maxBytes:
+		fail(http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("The message is larger than the limit of %d bytes once its line endings are CRLF; send a smaller message.", h.maxBytes))
+		return
+	case bytes.IndexByte(body, 0) >= 0:
+		fail(http.StatusBadRequest, "nul_in_body", "The message contains NUL bytes, which mail cannot carry; encode binary content as MIME parts (base64).")
+		return
+	case !hasHeaderSection(body):
+		fail(http.StatusBadRequest, "not_a_message", "The body does not start with a header section; send a raw RFC 5322 message: header lines such as \"Subject: hello\", an empty line, then the body.")
+		return
+	}
+
+	protocol := "HTTP"
+	if r.TLS != nil {
+		protocol = "HTTPS"
+	}
+	id, dup, err := h.in.accept(r.Context(), submission{
+		app:        app,
+		from:       from,
+		to:         to,
+		body:       body,
+		idemKey:    scopedKey(app, key),
+		protocol:   protocol,
+		remoteAddr: r.RemoteAddr,
+	})
+	if err != nil {
+		if !errors.Is(err, errStore) {
+			h.log.Error("submission failed", "app", app.Name, "remote", r.RemoteAddr, "err", err)
+		}
+		w.Header().Set("Retry-After", storeRetryAfter)
+		fail(http.StatusServiceUnavailable, "queue_unavailable", "The queue could not store the message and nothing was kept; send it again after the Retry-After delay, with the same Idempotency-Key.")
+		return
+	}
+	w.Header().Set("Location", "/v1/messages/"+id)
+	writeJSON(w, http.StatusAccepted, submitReply{ID: id, Duplicate: dup})
+}
+
+// submitReply is the 202 body of POST /v1/messages.
+type submitReply struct {
+	ID        string `json:"id"`
+	Duplicate bool   `json:"duplicate"`
+}
+
+// envelope reads and checks the from and to query parameters. On failure
+// it has written the reply.
+func (h *api) envelope(w http.ResponseWriter, r *http.Request, app *App) (from string, to []string, ok bool) {
+	fail := func(code, msg string) { h.fail(w, r, app, http.StatusBadRequest, code, msg) }
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		fail("invalid_query", "The query string is malformed; percent-encode the from and to values and separate parameters with &.")
+		return "", nil, false
+	}
+	for name := range q {
+		if name != "from" && name != "to" {
+			fail("unknown_parameter", "The only query parameters are from and to; remove "+strconv.Quote(truncate(name, 64))+".")
+			return "", nil, false
+		}
+	}
+	switch froms := q["from"]; {
+	case len(froms) == 0 || len(froms) == 1 && froms[0] == "":
+		fail("missing_from", "Give the envelope sender as the from query parameter, e.g. ?from=billing@example.com.")
+		return "", nil, false
+	case len(froms) > 1:
+		fail("invalid_from", "Give exactly one from query parameter.")
+		return "", nil, false
+	default:
+		from = froms[0]
+	}
+	if _, err := parseAddress(from); err != nil {
+		fail("invalid_from", "The from parameter is not a plain address such as billing@example.com (no display name, angle brackets, spaces or line breaks); correct it.")
+		return "", nil, false
+	}
+	seen := map[string]bool{}
+	for _, v := range q["to"] {
+		for a := range strings.SplitSeq(v, ",") {
+			a = strings.Trim(a, " \t")
+			if a == "" || seen[a] {
+				continue
+			}
+			if _, err := parseAddress(a); err != nil {
+				fail("invalid_to", "A to address is not a plain address such as someone@example.com (no display name, angle brackets, spaces or line breaks); correct it.")
+				return "", nil, false
+			}
+			if len(to) == maxHTTPRecipients {
+				fail("too_many_recipients", fmt.Sprintf("A message may have at most %d recipients; split it into several messages.", maxHTTPRecipients))
+				return "", nil, false
+			}
+			seen[a] = true
+			to = append(to, a)
+		}
+	}
+	if len(to) == 0 {
+		fail("missing_to", "Give at least one recipient as the to query parameter, e.g. ?to=someone@example.com; repeat it or separate addresses with commas for more.")
+		return "", nil, false
+	}
+	return from, to, true
+}
+
+// idempotencyKey returns the request's Idempotency-Key, "" when there is
+// none, and whether it is acceptable: one value of 1 to maxIdempotencyKey
+// printable ASCII characters.
+func idempotencyKey(hdr http.Header) (string, bool) {
+	vals := hdr.Values("Idempotency-Key")
+	switch len(vals) {
+	case 0:
+		return "", true
+	case 1:
+	default:
+		return "", false
+	}
+	k := vals[0]
+	if k == "" || len(k) > maxIdempotencyKey {
+		return "", false
+	}
+	for i := 0; i < len(k); i++ {
+		if k[i] < ' ' || k[i] > '~' {
+			return "", false
+		}
+	}
+	return k, true
+}
+
+// scopedKey makes an Idempotency-Key unique to the application, so that
+// two applications that share a route cannot match each other's keys. The
+// name's length comes first, so no name and key pair can collide with
+// another.
+func scopedKey(app *App, key string) string {
+	if key == "" {
+		return ""
+	}
+	return strconv.Itoa(len(app.Name)) + ":" + app.Name + ":" + key
+}
+
+// readBody reads the request body, at most h.maxBytes. It returns a
+// non-zero status when it could not: 413 when the body is too large, 400
+// when reading failed.
+func (h *api) readBody(w http.ResponseWriter, r *http.Request) ([]byte, int) {
+	if r.ContentLength > h.maxBytes {
+		return nil, http.StatusRequestEntityTooLarge
+	}
+	var buf bytes.Buffer
+	if r.ContentLength > 0 {
+		buf.Grow(int(r.ContentLength))
+	}
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, h.maxBytes))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return nil, http.StatusRequestEntityTooLarge
+		}
+		h.log.Info("request body unreadable", "remote", r.RemoteAddr, "err", err)
+		return nil, http.StatusBadRequest
+	}
+	return buf.Bytes(), 0
+}
+
+// toCRLF turns every LF not preceded by CR into CRLF. A body that already
+// uses CRLF throughout is returned as it is.
+func toCRLF(b []byte) []byte {
+	bare := bytes.Count(b, []byte("\n")) - bytes.Count(b, []byte("\r\n"))
+	if bare == 0 {
+		return b
+	}
+	out := make([]byte, 0, len(b)+bare)
+	for i, c := range b {
+		if c == '\n' && (i == 0 || b[i-1] != '\r') {
+			out = append(out, '\r')
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// hasHeaderSection reports whether a CRLF message starts with a header
+// section (RFC 5322 section 2.2): at least one line, up to the first empty
+// line or the end, each either a field "Name: value" whose name is
+// printable ASCII without spaces, or a continuation starting with a space
+// or tab after a field.
+func hasHeaderSection(msg []byte) bool {
+	fields := 0
+	rest := msg
+	for len(rest) > 0 {
+		var line []byte
+		line, rest, _ = bytes.Cut(rest, []byte("\r\n"))
+		if len(line) == 0 {
+			break
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			if fields == 0 {
+				return false
+			}
+			continue
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 {
+			return false
+		}
+		for _, c := range line[:colon] {
+			if c <= ' ' || c > '~' {
+				return false
+			}
+		}
+		fields++
+	}
+	return fields > 0
+}
+
+// messageStatus is the JSON of GET /v1/messages/{id}. Times are RFC 3339
+// in UTC; optional ones are left out when they do not apply.
+type messageStatus struct {
+	ID            string   `json:"id"`
+	State         string   `json:"state"`
+	Attempts      int      `json:"attempts"`
+	LastReply     string   `json:"last_reply"`
+	From          string   `json:"from"`
+	To            []string `json:"to"`
+	Size          int      `json:"size"`
+	SubmittedAt   string   `json:"submitted_at"`
+	UpdatedAt     string   `json:"updated_at"`
+	NextAttemptAt string   `json:"next_attempt_at,omitempty"`
+	DeliveredAt   string   `json:"delivered_at,omitempty"`
+	DeadAt        string   `json:"dead_at,omitempty"`
+	DeadReason    string   `json:"dead_reason,omitempty"`
+	HoldReason    string   `json:"hold_reason,omitempty"`
+}
+
+func newMessageStatus(m *queue.Message) messageStatus {
+	s := messageStatus{
+		ID:            m.ID,
+		State:         string(m.State),
+		Attempts:      m.Attempts,
+		LastReply:     m.LastError,
+		From:          m.From,
+		To:            m.To,
+		Size:          m.Size,
+		SubmittedAt:   rfc3339(m.Submitted),
+		UpdatedAt:     rfc3339(m.Updated),
+		NextAttemptAt: rfc3339(m.Due),
+		HoldReason:    m.HoldReason,
+	}
+	if s.To == nil {
+		s.To = []string{}
+	}
+	switch m.State {
+	case queue.Delivered:
+		s.DeliveredAt = rfc3339(m.Done)
+	case queue.Dead:
+		s.DeadAt = rfc3339(m.Done)
+		s.DeadReason = m.Reason
+	}
+	return s
+}
+
+// rfc3339 formats t in UTC, "" for the zero time.
+func rfc3339(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
+// getMessage handles GET /v1/messages/{id}: the status of a message the
+// application submitted. A message of another application is reported as
+// not found, so that ids cannot be probed.
+func (h *api) getMessage(w http.ResponseWriter, r *http.Request) {
+	app := h.authenticate(w, r)
+	if app == nil {
+		return
+	}
+	notFound := func() {
+		h.fail(w, r, app, http.StatusNotFound, "not_found", "No message with this id exists for this application; check the id returned when it was submitted (delivered messages are kept for a limited time).")
+	}
+	id := r.PathValue("id")
+	if !queue.ValidID(id) {
+		notFound()
+		return
+	}
+	m, err := h.store.Get(r.Context(), id)
+	switch {
+	case errors.Is(err, queue.ErrNotFound):
+		notFound()
+		return
+	case err != nil:
+		h.log.Error("message status failed", "msg", id, "app", app.Name, "err", err)
+		w.Header().Set("Retry-After", storeRetryAfter)
+		h.fail(w, r, app, http.StatusServiceUnavailable, "queue_unavailable", "The queue could not be read; try again after the Retry-After delay.")
+		return
+	case m.App != app.Name:
+		notFound()
+		return
+	}
+	writeJSON(w, http.StatusOK, newMessageStatus(m))
+}
+
+// healthz handles GET /healthz: 200 while the process serves.
+func (h *api) healthz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = io.WriteString(w, "ok\n")
+}
+
+// readyz handles GET /readyz: 200 when the relay can take mail, 503 with
+// the reason otherwise.
+func (h *api) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
+	defer cancel()
+	if err := h.ready(ctx); err != nil {
+		h.log.Warn("not ready", "err", err)
+		writeError(w, http.StatusServiceUnavailable, "not_ready", "The relay cannot take mail now ("+err.Error()+"); send to another replica or try again later.")
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = io.WriteString(w, "ok\n")
+}
+
+// authenticate returns the application whose bearer token the request
+// carries. Otherwise it writes a 401 and returns nil. The token is never
+// logged.
+func (h *api) authenticate(w http.ResponseWriter, r *http.Request) *App {
+	auth := r.Header.Get("Authorization")
+	if auth == "" {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="holdfast"`)
+		h.fail(w, r, nil, http.StatusUnauthorized, "missing_token", "Send the application's API token as \"Authorization: Bearer <token>\".")
+		return nil
+	}
+	scheme, token, _ := strings.Cut(auth, " ")
+	var app *App
+	if strings.EqualFold(scheme, "Bearer") {
+		app = h.apps.checkToken(strings.TrimSpace(token))
+	}
+	if app == nil {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="holdfast", error="invalid_token"`)
+		h.fail(w, r, nil, http.StatusUnauthorized, "invalid_token", "The bearer token is not valid; check the application's API token, sent as \"Authorization: Bearer <token>\".")
+		return nil
+	}
+	return app
+}
+
+// fail logs a refused request and writes its JSON error.
+func (h *api) fail(w http.ResponseWriter, r *http.Request, app *App, status int, code, msg string) {
+	level := slog.LevelInfo
+	if status >= 500 {
+		level = slog.LevelWarn
+	}
+	attrs := []any{"method", r.Method, "path", r.URL.Path, "status", status, "error", code, "remote", r.RemoteAddr}
+	if app != nil {
+		attrs = append(attrs, "app", app.Name)
+	}
+	h.log.Log(r.Context(), level, "request refused", attrs...)
+	writeError(w, status, code, msg)
+}
+
+// apiError is the body of every error reply.
+type apiError struct {
+	Error   string `json:"error"`
+	Message string `json:"message"`
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, apiError{Error: code, Message: msg})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Only the types above are written, and they always marshal.
+		panic("relay: marshal reply: " + err.Error())
+	}
+	hdr := w.Header()
+	hdr.Del("Content-Length")
+	hdr.Set("Content-Type", "application/json")
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+// truncate shortens s to at most n bytes, for echoing client input.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
