@@ -1,0 +1,250 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"holdfast/queue"
+	"holdfast/relay/upstream"
+)
+
+// fakeSender is an in-process upstream. For each message it answers with
+// the error its recipient names (see outcome), after an optional delay.
+type fakeSender struct {
+	delay time.Duration
+	block chan struct{} // when set, Send waits on it or on ctx
+
+	mu        sync.Mutex
+	sent      map[string]int // message id -> sends
+	inFlight  int
+	maxFlight int
+}
+
+func (s *fakeSender) Send(ctx context.Context, m *queue.Message) (string, error) {
+	s.mu.Lock()
+	if s.sent == nil {
+		s.sent = map[string]int{}
+	}
+	s.sent[m.ID]++
+	s.inFlight++
+	s.maxFlight = max(s.maxFlight, s.inFlight)
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.inFlight--
+		s.mu.Unlock()
+	}()
+	if s.block != nil {
+		select {
+		case <-s.block:
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	}
+	time.Sleep(s.delay)
+	if err := outcome(m.To[0]); err != nil {
+		return "", err
+	}
+	return "250 2.0.0 OK", nil
+}
+
+func (s *fakeSender) sends(id string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sent[id]
+}
+
+// outcome maps a test recipient to the upstream's answer.
+func outcome(rcpt string) error {
+	switch strings.SplitN(rcpt, "@", 2)[0] {
+	case "unknown":
+		return &upstream.Error{Class: upstream.Permanent, Code: 550, Enhanced: "5.1.1", Text: "RESOLVER.ADR.RecipNotFound; not found"}
+	case "busy":
+		return &upstream.Error{Class: upstream.Transient, Code: 451, Enhanced: "4.7.0", Text: "Temporary server error. Please try again later. PRX4"}
+	case "throttled":
+		return &upstream.Error{Class: upstream.Throttled, Code: 429, Text: "ApplicationThrottled", RetryAfter: 42 * time.Second}
+	case "expired":
+		return &upstream.Error{Class: upstream.Credential, Code: 401, Text: "invalid_client AADSTS7000222"}
+	case "netdown":
+		return errors.New("dial tcp 127.0.0.1:587: connect: connection refused")
+	}
+	return nil
+}
+
+func startDeliverer(t *testing.T, q deliveryQueue, s Sender, cfg deliveryConfig) (stop func()) {
+	t.Helper()
+	if cfg.Workers == 0 {
+		cfg.Workers = 4
+	}
+	if cfg.Lease == 0 {
+		cfg.Lease = time.Minute
+	}
+	if cfg.Poll == 0 {
+		cfg.Poll = 50 * time.Millisecond
+	}
+	if cfg.Grace == 0 {
+		cfg.Grace = 5 * time.Second
+	}
+	d := newDeliverer(q, s, cfg, discardLogger())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.run(ctx); close(done) }()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+func enqueueTo(t *testing.T, f *fixture, rcpt string) string {
+	t.Helper()
+	id, _, err := f.queue.Enqueue(context.Background(), queue.Submission{
+		Route: "crm", App: "crm", From: "billing@contoso.com", To: []string{rcpt}, Body: []byte("Subject: x\r\n\r\nhi\r\n"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// waitState polls until the message reaches the state.
+func waitState(t *testing.T, f *fixture, id string, want queue.State) *queue.Message {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m, err := f.queue.Get(context.Background(), id)
+		if err == nil && m.State == want {
+			return m
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("message %s: state %v (err %v), want %s", id, m, err, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestDeliveryOutcomes checks that each error class takes its queue path.
+func TestDeliveryOutcomes(t *testing.T) {
+	f := newFixture(t)
+	var authFailures atomic.Int32
+	s := &fakeSender{}
+	startDeliverer(t, f.queue, s, deliveryConfig{OnAuthFailure: func(ctx context.Context, route string, err error) {
+		if route == "crm" && upstream.ClassOf(err) == upstream.Credential {
+			authFailures.Add(1)
+		}
+	}})
+	ok := enqueueTo(t, f, "someone@example.org")
+	unknown := enqueueTo(t, f, "unknown@example.org")
+	busy := enqueueTo(t, f, "busy@example.org")
+	throttled := enqueueTo(t, f, "throttled@example.org")
+	expired := enqueueTo(t, f, "expired@example.org")
+	netdown := enqueueTo(t, f, "netdown@example.org")
+
+	if m := waitState(t, f, ok, queue.Delivered); m.Attempts != 1 || m.LastError != "250 2.0.0 OK" {
+		t.Errorf("delivered: %+v", m)
+	}
+	if m := waitState(t, f, unknown, queue.Dead); !strings.Contains(m.Reason, "550 5.1.1") || m.Attempts != 1 {
+		t.Errorf("permanent: %+v", m)
+	}
+	for _, id := range []string{busy, netdown} {
+		m := waitState(t, f, id, queue.Scheduled)
+		if m.Attempts != 1 || time.Until(m.Due) < 40*time.Second {
+			t.Errorf("transient: attempts %d, due in %v; want 1 attempt and about a minute: %+v", m.Attempts, time.Until(m.Due), m)
+		}
+	}
+	m := waitState(t, f, throttled, queue.Scheduled)
+	if wait := time.Until(m.Due); m.Attempts != 0 || wait > 42*time.Second || wait < 35*time.Second {
+		t.Errorf("throttled: attempts %d, due in %v; want 0 and the 42 s asked for", m.Attempts, wait)
+	}
+	m = waitState(t, f, expired, queue.Scheduled)
+	if m.Attempts != 0 || !strings.Contains(m.LastError, "AADSTS7000222") {
+		t.Errorf("credential: %+v", m)
+	}
+	if authFailures.Load() != 1 {
+		t.Errorf("auth failure hook called %d times, want 1", authFailures.Load())
+	}
+	for _, id := range []string{ok, unknown, busy, throttled, expired, netdown} {
+		if n := s.sends(id); n != 1 {
+			t.Errorf("message %s sent %d times, want 1", id, n)
+		}
+	}
+}
+
+// TestDeliveryRespectsWorkerCount: never more sends at once than workers,
+// and every message is delivered exactly once.
+func TestDeliveryRespectsWorkerCount(t *testing.T) {
+	f := newFixture(t)
+	s := &fakeSender{delay: 5 * time.Millisecond}
+	var ids []string
+	for range 60 {
+		ids = append(ids, enqueueTo(t, f, "someone@example.org"))
+	}
+	startDeliverer(t, f.queue, s, deliveryConfig{Workers: 3})
+	for _, id := range ids {
+		waitState(t, f, id, queue.Delivered)
+	}
+	for _, id := range ids {
+		if n := s.sends(id); n != 1 {
+			t.Fatalf("message %s sent %d times", id, n)
+		}
+	}
+	if s.maxFlight > 3 || s.maxFlight < 2 {
+		t.Fatalf("%d sends at once with 3 workers", s.maxFlight)
+	}
+}
+
+// TestDeliveryHeldRouteIsNotSent: a held route's mail is not touched.
+func TestDeliveryHeldRouteIsNotSent(t *testing.T) {
+	f := newFixture(t)
+	if err := f.queue.HoldRoute(context.Background(), "crm", "breaker open"); err != nil {
+		t.Fatal(err)
+	}
+	s := &fakeSender{}
+	id := enqueueTo(t, f, "someone@example.org")
+	startDeliverer(t, f.queue, s, deliveryConfig{})
+	time.Sleep(300 * time.Millisecond)
+	if n := s.sends(id); n != 0 {
+		t.Fatalf("held message sent %d times", n)
+	}
+	if m := waitState(t, f, id, queue.Held); m.Attempts != 0 {
+		t.Fatalf("held message spent attempts: %+v", m)
+	}
+	if err := f.queue.ReleaseRoute(context.Background(), "crm"); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, f, id, queue.Delivered)
+}
+
+// TestDeliveryShutdownHandsBackUnfinished: a delivery still running when
+// the grace period ends is cancelled and its message returns to the queue
+// without spending an attempt.
+func TestDeliveryShutdownHandsBackUnfinished(t *testing.T) {
+	f := newFixture(t)
+	s := &fakeSender{block: make(chan struct{})}
+	id := enqueueTo(t, f, "someone@example.org")
+	stop := startDeliverer(t, f.queue, s, deliveryConfig{Grace: 200 * time.Millisecond})
+	waitState(t, f, id, queue.Leased)
+	stop()
+	m := waitState(t, f, id, queue.Ready)
+	if m.Attempts != 0 || !strings.Contains(m.LastError, "shutdown") {
+		t.Fatalf("after shutdown: %+v", m)
+	}
+}
+
+// TestDeliveryExtendsLongLeases: a send longer than the lease keeps it.
+func TestDeliveryExtendsLongLeases(t *testing.T) {
+	f := newFixture(t)
+	s := &fakeSender{delay: 1500 * time.Millisecond}
+	id := enqueueTo(t, f, "someone@example.org")
+	// Two deliverers: if the lease lapsed, the second would send again.
+	startDeliverer(t, f.queue, s, deliveryConfig{Lease: 600 * time.Millisecond})
+	startDeliverer(t, f.queue, s, deliveryConfig{Lease: 600 * time.Millisecond})
+	waitState(t, f, id, queue.Delivered)
+	if n := s.sends(id); n != 1 {
+		t.Fatalf("sent %d times; the lease was not kept alive", n)
+	}
+}

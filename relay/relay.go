@@ -1,0 +1,257 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"holdfast/queue"
+	"holdfast/relay/dirsender"
+)
+
+// shutdownGrace bounds a graceful shutdown: SMTP transfers and deliveries
+// in flight get this long to finish.
+const shutdownGrace = 30 * time.Second
+
+// Server is a running relay: SMTP listeners, the HTTP API and the delivery
+// workers, over one queue.
+type Server struct {
+	opts  Options
+	log   *slog.Logger
+	rdb   redis.UniversalClient
+	queue *queue.Queue
+
+	smtp      *smtpIngress
+	smtpLns   []net.Listener
+	httpSrv   *http.Server
+	httpLn    net.Listener
+	deliverer *deliverer
+
+	stopping atomic.Bool
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	errs     chan error
+}
+
+// Options converts the configuration's queue section for queue.New.
+func (o QueueOptions) Options() queue.Options {
+	return queue.Options{
+		Lifetime:           o.Lifetime.D(),
+		BackoffBase:        o.BackoffBase.D(),
+		BackoffMax:         o.BackoffMax.D(),
+		DeliveredRetention: o.DeliveredRetention.D(),
+		IdempotencyTTL:     o.IdempotencyTTL.D(),
+	}
+}
+
+// newSender builds the configured upstream.
+func newSender(o DeliveryOptions) (Sender, error) {
+	switch o.Sender {
+	case "dir":
+		return dirsender.New(o.Dir)
+	case "off":
+		return nil, nil
+	}
+	return nil, fmt.Errorf("delivery.sender: unknown sender %q", o.Sender)
+}
+
+// New checks Redis, binds every listener and returns a relay ready to
+// Start. The options must have passed Validate. sender, when not nil,
+// replaces the configured one.
+func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Server, error) {
+	s := &Server{opts: o, log: log, errs: make(chan error, len(o.SMTP.Listeners)+2)}
+	s.rdb = RedisClient(o.Redis)
+	ok := false
+	defer func() {
+		if !ok {
+			s.closeAll()
+		}
+	}()
+
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	warnings, err := queue.CheckDurability(cctx, s.rdb, o.Redis.Strict)
+	cancel()
+	for _, w := range warnings {
+		log.Warn("redis durability: "+w, "component", "queue")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("redis %v: %w", o.Redis.Addrs, err)
+	}
+	s.queue = queue.New(s.rdb, o.Queue.Options())
+
+	if sender == nil && o.Delivery.Sender != "off" {
+		if sender, err = newSender(o.Delivery); err != nil {
+			return nil, err
+		}
+	}
+	var tlsConfig *tls.Config
+	if o.SMTP.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(o.SMTP.CertFile, o.SMTP.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("smtp.cert_file: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+
+	a := newApps(o.Apps)
+	in := &ingress{hostname: o.Hostname, store: s.queue, log: log.With("component", "ingress"), now: time.Now}
+	if sender != nil {
+		s.deliverer = newDeliverer(s.queue, sender, deliveryConfig{
+			Workers: o.Delivery.Workers,
+			Lease:   o.Delivery.Lease.D(),
+			Poll:    o.Delivery.Poll.D(),
+			Grace:   shutdownGrace,
+		}, log)
+		in.queued = s.deliverer.notify
+	}
+	s.smtp = newSMTPIngress(o, in, a, tlsConfig, log)
+	for _, l := range o.SMTP.Listeners {
+		ln, err := net.Listen("tcp", l.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("smtp listener %s: %w", l.Addr, err)
+		}
+		s.smtpLns = append(s.smtpLns, ln)
+	}
+	s.httpLn, err = net.Listen("tcp", o.HTTP.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("http listener %s: %w", o.HTTP.Addr, err)
+	}
+	s.httpSrv = &http.Server{
+		Handler:           newAPI(in, a, s.queue, s.ready, o.SMTP.MaxMessageBytes, log),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       o.SMTP.ReadTimeout.D(),
+		WriteTimeout:      time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	ok = true
+	return s, nil
+}
+
+// SMTPAddrs are the bound SMTP addresses, in configuration order.
+func (s *Server) SMTPAddrs() []string {
+	out := make([]string, len(s.smtpLns))
+	for i, l := range s.smtpLns {
+		out[i] = l.Addr().String()
+	}
+	return out
+}
+
+// HTTPAddr is the bound address of the HTTP API.
+func (s *Server) HTTPAddr() string { return s.httpLn.Addr().String() }
+
+// Queue is the relay's queue.
+func (s *Server) Queue() *queue.Queue { return s.queue }
+
+// ready reports whether the relay can take mail.
+func (s *Server) ready(ctx context.Context) error {
+	if s.stopping.Load() {
+		return errors.New("shutting down")
+	}
+	if err := s.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis unreachable: %w", err)
+	}
+	return nil
+}
+
+// Start serves in the background until Shutdown.
+func (s *Server) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	for i, ln := range s.smtpLns {
+		insecure := s.opts.SMTP.Listeners[i].Insecure
+		s.goServe(func() error { return s.smtp.serve(ln, insecure) })
+	}
+	s.goServe(func() error {
+		var err error
+		if s.opts.HTTP.CertFile != "" {
+			err = s.httpSrv.ServeTLS(s.httpLn, s.opts.HTTP.CertFile, s.opts.HTTP.KeyFile)
+		} else {
+			err = s.httpSrv.Serve(s.httpLn)
+		}
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	})
+	if s.deliverer != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.deliverer.run(ctx)
+		}()
+	}
+	s.log.Info("holdfast started", "smtp", s.SMTPAddrs(), "http", s.HTTPAddr(), "workers", s.opts.Delivery.Workers)
+}
+
+func (s *Server) goServe(serve func() error) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := serve(); err != nil && !s.stopping.Load() {
+			s.errs <- err
+		}
+	}()
+}
+
+// Err delivers the first error of a listener that stopped by itself.
+func (s *Server) Err() <-chan error { return s.errs }
+
+// Shutdown stops taking mail (SMTP clients get 421, /readyz fails), lets
+// SMTP transfers and deliveries in flight finish until ctx ends (then
+// hands unfinished deliveries back to the queue), and closes Redis.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopping.Store(true)
+	s.log.Info("shutting down")
+	var errs []error
+	if err := s.smtp.shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("smtp: %w", err))
+	}
+	if err := s.httpSrv.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("http: %w", err))
+	}
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.wg.Wait()
+	s.closeAll()
+	s.log.Info("stopped")
+	return errors.Join(errs...)
+}
+
+func (s *Server) closeAll() {
+	for _, l := range s.smtpLns {
+		l.Close()
+	}
+	if s.httpLn != nil {
+		s.httpLn.Close()
+	}
+	s.rdb.Close()
+}
+
+// Run runs the relay until ctx ends, then shuts it down gracefully.
+func Run(ctx context.Context, o Options, log *slog.Logger) error {
+	s, err := New(ctx, o, nil, log)
+	if err != nil {
+		return err
+	}
+	s.Start()
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-s.Err():
+		log.Error("listener failed", "err", runErr)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	return errors.Join(runErr, s.Shutdown(sctx))
+}
