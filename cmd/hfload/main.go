@@ -1,0 +1,227 @@
+// Command hfload is Holdfast's SMTP load generator. It opens concurrent
+// authenticated sessions to an SMTP listener on loopback, sends a bounded
+// number of messages of a given size over them, and reports the accepted
+// rate and the accept latency (MAIL FROM to the final 250) percentiles.
+//
+// It stops by itself after -messages messages or -timeout, whichever
+// comes first.
+package main
+
+import (
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+type config struct {
+	addr     string
+	user     string
+	pass     string
+	from     string
+	to       string
+	sessions int
+	messages int
+	size     int
+	timeout  time.Duration
+	startTLS bool
+	jsonOut  bool
+}
+
+// result is what a run measured.
+type result struct {
+	Sessions   int     `json:"sessions"`
+	Size       int     `json:"message_bytes"`
+	Accepted   int64   `json:"accepted"`
+	Failed     int64   `json:"failed"`
+	Seconds    float64 `json:"seconds"`
+	PerSecond  float64 `json:"messages_per_second"`
+	P50ms      float64 `json:"p50_ms"`
+	P99ms      float64 `json:"p99_ms"`
+	MaxMs      float64 `json:"max_ms"`
+	FirstError string  `json:"first_error,omitempty"`
+}
+
+func main() {
+	var c config
+	flag.StringVar(&c.addr, "smtp", "127.0.0.1:2587", "SMTP `host:port` (loopback only)")
+	flag.StringVar(&c.user, "user", "demo", "SMTP AUTH user")
+	flag.StringVar(&c.pass, "pass", "demo-password", "SMTP AUTH password")
+	flag.StringVar(&c.from, "from", "load@example.com", "envelope sender")
+	flag.StringVar(&c.to, "to", "sink@example.org", "envelope recipient")
+	flag.IntVar(&c.sessions, "sessions", 20, "concurrent SMTP sessions")
+	flag.IntVar(&c.messages, "messages", 20000, "messages to send in all")
+	flag.IntVar(&c.size, "size", 2048, "message size in bytes")
+	flag.DurationVar(&c.timeout, "timeout", 60*time.Second, "stop after this long even if messages remain")
+	flag.BoolVar(&c.startTLS, "starttls", false, "use STARTTLS (certificate not verified)")
+	flag.BoolVar(&c.jsonOut, "json", false, "print the result as JSON")
+	flag.Parse()
+	if err := c.check(); err != nil {
+		fmt.Fprintln(os.Stderr, "hfload:", err)
+		os.Exit(2)
+	}
+	r := run(c)
+	if c.jsonOut {
+		json.NewEncoder(os.Stdout).Encode(r)
+	} else {
+		r.print(os.Stdout)
+	}
+	if r.Accepted == 0 {
+		os.Exit(1)
+	}
+}
+
+func (c config) check() error {
+	host, _, err := net.SplitHostPort(c.addr)
+	if err != nil {
+		return fmt.Errorf("-smtp: %w", err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("-smtp: %s is not a loopback address; hfload only loads local servers", host)
+	}
+	if c.sessions < 1 || c.messages < 1 || c.size < 200 || c.timeout <= 0 {
+		return errors.New("-sessions and -messages must be at least 1, -size at least 200, -timeout positive")
+	}
+	return nil
+}
+
+// message builds a message of about size bytes with CRLF lines of 76
+// characters.
+func message(from, to string, size int) []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, "From: <%s>\r\nTo: <%s>\r\nSubject: hfload\r\nMessage-ID: <hfload@example.com>\r\n\r\n", from, to)
+	line := strings.Repeat("x", 76) + "\r\n"
+	for b.Len()+len(line) <= size {
+		b.WriteString(line)
+	}
+	return []byte(b.String())
+}
+
+func run(c config) result {
+	body := message(c.from, c.to, c.size)
+	deadline := time.Now().Add(c.timeout)
+	var (
+		next      atomic.Int64
+		failed    atomic.Int64
+		mu        sync.Mutex
+		latencies []time.Duration
+		firstErr  string
+		wg        sync.WaitGroup
+	)
+	fail := func(err error) {
+		failed.Add(1)
+		mu.Lock()
+		if firstErr == "" {
+			firstErr = err.Error()
+		}
+		mu.Unlock()
+	}
+	start := time.Now()
+	for range c.sessions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var own []time.Duration
+			defer func() { mu.Lock(); latencies = append(latencies, own...); mu.Unlock() }()
+			cl, err := dial(c, deadline)
+			if err != nil {
+				fail(err)
+				return
+			}
+			defer cl.Close()
+			for next.Add(1) <= int64(c.messages) && time.Now().Before(deadline) {
+				t0 := time.Now()
+				if err := send(cl, c.from, c.to, body); err != nil {
+					fail(err)
+					if cl, err = dial(c, deadline); err != nil {
+						fail(err)
+						return
+					}
+					continue
+				}
+				own = append(own, time.Since(t0))
+			}
+			cl.Quit()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	slices.Sort(latencies)
+	r := result{
+		Sessions: c.sessions, Size: len(body), Accepted: int64(len(latencies)), Failed: failed.Load(),
+		Seconds: elapsed.Seconds(), FirstError: firstErr,
+	}
+	if n := len(latencies); n > 0 {
+		r.PerSecond = float64(n) / elapsed.Seconds()
+		r.P50ms = ms(latencies[n*50/100])
+		r.P99ms = ms(latencies[min(n-1, n*99/100)])
+		r.MaxMs = ms(latencies[n-1])
+	}
+	return r
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func dial(c config, deadline time.Time) (*smtp.Client, error) {
+	conn, err := net.DialTimeout("tcp", c.addr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	conn.SetDeadline(deadline.Add(10 * time.Second))
+	var cl *smtp.Client
+	if c.startTLS {
+		// The development certificate is self-signed; this is a load
+		// generator for loopback only.
+		cl, err = smtp.NewClientStartTLS(conn, &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			conn.Close()
+			return nil, err
+		}
+	} else {
+		cl = smtp.NewClient(conn)
+	}
+	if err := cl.Auth(sasl.NewPlainClient("", c.user, c.pass)); err != nil {
+		cl.Close()
+		return nil, err
+	}
+	return cl, nil
+}
+
+func send(cl *smtp.Client, from, to string, body []byte) error {
+	if err := cl.Mail(from, nil); err != nil {
+		return err
+	}
+	if err := cl.Rcpt(to, nil); err != nil {
+		return err
+	}
+	w, err := cl.Data()
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(body); err != nil {
+		return err
+	}
+	return w.Close()
+}
+
+func (r result) print(w io.Writer) {
+	fmt.Fprintf(w, "sessions %d, message %d bytes: %d accepted, %d failed in %.2fs\n",
+		r.Sessions, r.Size, r.Accepted, r.Failed, r.Seconds)
+	fmt.Fprintf(w, "throughput %.0f messages/s; accept latency p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
+		r.PerSecond, r.P50ms, r.P99ms, r.MaxMs)
+	if r.FirstError != "" {
+		fmt.Fprintf(w, "first error: %s\n", r.FirstError)
+	}
+}

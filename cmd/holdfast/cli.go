@@ -1,0 +1,220 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Exit statuses.
+const (
+	exitOK    = 0
+	exitError = 1 // the command ran and failed
+	exitUsage = 2 // the command line was wrong
+)
+
+// env is what one invocation reads from and writes to, so that tests can
+// run commands in-process.
+type env struct {
+	stdin    io.Reader
+	stdout   io.Writer
+	stderr   io.Writer
+	getenv   func(string) string
+	stdinTTY bool // stdin is a terminal: prompt before reading it
+	now      func() time.Time
+}
+
+// command is one subcommand. Path is its words after "holdfast".
+type command struct {
+	path     string
+	synopsis string // the arguments after the path, for usage lines
+	brief    string
+	run      func(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error
+}
+
+// commands is every subcommand, in the order the usage text lists them.
+var commands = []*command{
+	{path: "serve", synopsis: "[--config FILE]", brief: "run the relay until SIGINT or SIGTERM", run: serve},
+	{path: "queue stats", synopsis: "[--json]", brief: "count messages per route and state", run: queueStats},
+	{path: "queue list", synopsis: "--route R --state S [--offset N] [--limit N] [--json]", brief: "list a route's messages in one state", run: queueList},
+	{path: "queue show", synopsis: "ID [--json]", brief: "show one message", run: queueShow},
+	{path: "queue requeue", synopsis: "ID...", brief: "move dead letters back to the queue, due now", run: queueRequeue},
+	{path: "queue delete", synopsis: "ID...", brief: "delete messages in any state", run: queueDelete},
+	{path: "queue flush", synopsis: "[--route R]", brief: "make scheduled messages due now, ignoring backoff", run: queueFlush},
+	{path: "creds hash", synopsis: "", brief: "print the bcrypt password_hash of a password read on stdin", run: credsHash},
+	{path: "creds token", synopsis: "", brief: "print a new HTTP bearer token and its token_sha256", run: credsToken},
+	{path: "creds devcert", synopsis: "--out DIR [--host H,...]", brief: "write a self-signed development certificate", run: credsDevcert},
+	{path: "version", synopsis: "", brief: "print the version", run: printVersion},
+}
+
+// usageError is a command line that cannot run. reported is true when the
+// flag package has already printed the problem and the usage.
+type usageError struct {
+	msg      string
+	reported bool
+}
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+// run runs one command line (without the program name) and returns the
+// exit status.
+func run(ctx context.Context, args []string, e *env) int {
+	if len(args) == 0 {
+		writeUsage(e.stderr, "")
+		return exitUsage
+	}
+	if isHelp(args[0]) {
+		writeUsage(e.stdout, "")
+		return exitOK
+	}
+	c, rest := findCommand(args)
+	if c == nil {
+		group := args[0]
+		switch {
+		case !isGroup(group):
+			fmt.Fprintf(e.stderr, "holdfast: unknown command %q\n", group)
+			group = ""
+		case len(args) > 1 && isHelp(args[1]):
+			writeUsage(e.stdout, group)
+			return exitOK
+		case len(args) > 1:
+			fmt.Fprintf(e.stderr, "holdfast: %s: unknown command %q\n", group, args[1])
+		}
+		writeUsage(e.stderr, group)
+		return exitUsage
+	}
+
+	fs := flag.NewFlagSet("holdfast "+c.path, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: holdfast %s %s\n\n%s.\n", c.path, c.synopsis, c.brief)
+		if hasFlags(fs) {
+			fmt.Fprintln(fs.Output(), "\nflags:")
+			fs.PrintDefaults()
+		}
+	}
+	err := c.run(ctx, e, fs, rest)
+	var ue *usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case errors.As(err, &ue):
+		if !ue.reported {
+			fmt.Fprintf(e.stderr, "holdfast: %s: %s\n", c.path, ue.msg)
+			fs.Usage()
+		}
+		return exitUsage
+	default:
+		fmt.Fprintf(e.stderr, "holdfast: %s: %v\n", c.path, err)
+		return exitError
+	}
+}
+
+// findCommand returns the command named by the first words of args and
+// the arguments after them.
+func findCommand(args []string) (*command, []string) {
+	for _, c := range commands {
+		words := strings.Fields(c.path)
+		if len(args) >= len(words) && strings.Join(args[:len(words)], " ") == c.path {
+			return c, args[len(words):]
+		}
+	}
+	return nil, nil
+}
+
+func isGroup(name string) bool {
+	for _, c := range commands {
+		if strings.HasPrefix(c.path, name+" ") {
+			return true
+		}
+	}
+	return false
+}
+
+func isHelp(arg string) bool {
+	return arg == "help" || arg == "-h" || arg == "-help" || arg == "--help"
+}
+
+// writeUsage prints the command list, or only a group's commands.
+func writeUsage(w io.Writer, group string) {
+	if group == "" {
+		fmt.Fprint(w, "Holdfast is an outbound mail relay for Microsoft 365.\n\nusage: holdfast COMMAND [flags] [args]\n\ncommands:\n")
+	} else {
+		fmt.Fprintf(w, "usage: holdfast %s COMMAND [flags] [args]\n\ncommands:\n", group)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
+	for _, c := range commands {
+		if group == "" || strings.HasPrefix(c.path, group+" ") {
+			fmt.Fprintf(tw, "  %s\t%s\n", c.path, c.brief)
+		}
+	}
+	tw.Flush()
+	fmt.Fprint(w, `
+The serve and queue commands read the configuration from --config FILE
+(default: $HOLDFAST_CONFIG, else ./holdfast.yaml).
+Run "holdfast COMMAND -h" for a command's arguments and flags.
+`)
+}
+
+func hasFlags(fs *flag.FlagSet) bool {
+	n := 0
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	return n > 0
+}
+
+// parseArgs parses flags that may come before, between or after the
+// positional arguments, and returns the positional ones. Everything after
+// "--" is positional.
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, &usageError{msg: err.Error(), reported: true}
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		if len(rest) < len(args) && args[len(args)-len(rest)-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
+
+// configFlag adds --config, whose default is $HOLDFAST_CONFIG or
+// ./holdfast.yaml.
+func configFlag(fs *flag.FlagSet, e *env) *string {
+	def := e.getenv("HOLDFAST_CONFIG")
+	if def == "" {
+		def = "holdfast.yaml"
+	}
+	return fs.String("config", def, "configuration `FILE`; $HOLDFAST_CONFIG sets the default")
+}
+
+func printVersion(_ context.Context, e *env, fs *flag.FlagSet, args []string) error {
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("unexpected argument %q", pos[0])
+	}
+	fmt.Fprintf(e.stdout, "holdfast %s\n", version)
+	return nil
+}

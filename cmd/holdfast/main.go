@@ -1,0 +1,44 @@
+// Command holdfast is the Holdfast mail relay and its operator tool.
+//
+// "holdfast serve" runs the relay; the other subcommands inspect and
+// change the queue and make credentials. Run "holdfast help" for the list.
+// This package only turns flags and configuration into options and calls
+// into package relay; it is also the only place that handles signals.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		// After the first signal starts a graceful shutdown, a second one
+		// kills the process at once.
+		<-ctx.Done()
+		stop()
+	}()
+	code := run(ctx, os.Args[1:], &env{
+		stdin:    os.Stdin,
+		stdout:   os.Stdout,
+		stderr:   os.Stderr,
+		getenv:   os.Getenv,
+		stdinTTY: isTerminal(os.Stdin),
+		now:      time.Now,
+	})
+	stop()
+	os.Exit(code)
+}
+
+// isTerminal reports whether f is a character device such as a terminal.
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}

@@ -1,0 +1,452 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"holdfast/queue"
+	"holdfast/relay"
+)
+
+// openQueue loads the configuration at path and returns its queue and a
+// function that closes the Redis connection.
+func openQueue(path string) (*queue.Queue, func(), error) {
+	o, err := relay.Load(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	// go-redis logs failed dials on its own; the error that reaches the
+	// operator says the same in one line.
+	redis.SetLogger(quietLogger{})
+	rdb := relay.RedisClient(o.Redis)
+	return queue.New(rdb, o.Queue.Options()), func() { _ = rdb.Close() }, nil
+}
+
+// quietLogger discards go-redis's internal log.
+type quietLogger struct{}
+
+func (quietLogger) Printf(context.Context, string, ...any) {}
+
+// noArgs parses flags and refuses positional arguments.
+func noArgs(fs *flag.FlagSet, args []string) error {
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("unexpected argument %q", pos[0])
+	}
+	return nil
+}
+
+// notFound turns the queue's "no such message" into a short error.
+func notFound(id string, err error) error {
+	if errors.Is(err, queue.ErrNotFound) {
+		return fmt.Errorf("no such message %s", id)
+	}
+	return err
+}
+
+// statsJSON is one route's line of "queue stats --json"; the total has no
+// route.
+type statsJSON struct {
+	Route            string     `json:"route,omitempty"`
+	Ready            int64      `json:"ready"`
+	Scheduled        int64      `json:"scheduled"`
+	Sending          int64      `json:"sending"`
+	Held             int64      `json:"held"`
+	Dead             int64      `json:"dead"`
+	Oldest           *time.Time `json:"oldest,omitempty"`
+	OldestAgeSeconds float64    `json:"oldest_age_seconds"`
+	HoldReason       string     `json:"hold_reason,omitempty"`
+}
+
+func toStatsJSON(s queue.RouteStats, now time.Time) statsJSON {
+	j := statsJSON{
+		Route: s.Route, Ready: s.Ready, Scheduled: s.Scheduled, Sending: s.Leased,
+		Held: s.Held, Dead: s.Dead, HoldReason: s.HoldReason,
+		OldestAgeSeconds: s.OldestAge(now).Seconds(),
+	}
+	if !s.Oldest.IsZero() {
+		t := s.Oldest.UTC()
+		j.Oldest = &t
+	}
+	return j
+}
+
+func queueStats(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
+	config := configFlag(fs, e)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := noArgs(fs, args); err != nil {
+		return err
+	}
+	q, closeQueue, err := openQueue(*config)
+	if err != nil {
+		return err
+	}
+	defer closeQueue()
+	st, err := q.Stats(ctx)
+	if err != nil {
+		return err
+	}
+	now := e.now()
+	if *asJSON {
+		out := struct {
+			Routes []statsJSON `json:"routes"`
+			Total  statsJSON   `json:"total"`
+		}{Routes: []statsJSON{}, Total: toStatsJSON(st.Total, now)}
+		for _, r := range st.Routes {
+			out.Routes = append(out.Routes, toStatsJSON(r, now))
+		}
+		return writeJSON(e.stdout, out)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ROUTE\tREADY\tSCHEDULED\tSENDING\tHELD\tDEAD\tOLDEST")
+	line := func(name string, s queue.RouteStats) {
+		oldest := "-"
+		if !s.Oldest.IsZero() {
+			oldest = age(s.OldestAge(now))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%s\n", name, s.Ready, s.Scheduled, s.Leased, s.Held, s.Dead, oldest)
+	}
+	for _, r := range st.Routes {
+		line(r.Route, r)
+	}
+	line("total", st.Total)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, r := range st.Routes {
+		if r.HoldReason != "" {
+			fmt.Fprintf(e.stdout, "route %s is held: %s\n", r.Route, r.HoldReason)
+		}
+	}
+	return nil
+}
+
+// messageJSON is a message as "queue list --json" and "queue show --json"
+// print it. Times are omitted when not set.
+type messageJSON struct {
+	ID             string     `json:"id"`
+	Route          string     `json:"route"`
+	App            string     `json:"app"`
+	State          string     `json:"state"`
+	From           string     `json:"from"`
+	To             []string   `json:"to"`
+	Size           int        `json:"size"`
+	Attempts       int        `json:"attempts"`
+	Submitted      *time.Time `json:"submitted,omitempty"`
+	Expires        *time.Time `json:"expires,omitempty"`
+	Due            *time.Time `json:"due,omitempty"`
+	LeaseEnd       *time.Time `json:"lease_end,omitempty"`
+	Updated        *time.Time `json:"updated,omitempty"`
+	Done           *time.Time `json:"done,omitempty"`
+	LastError      string     `json:"last_error,omitempty"`
+	Reason         string     `json:"reason,omitempty"`
+	HoldReason     string     `json:"hold_reason,omitempty"`
+	IdempotencyKey string     `json:"idempotency_key,omitempty"`
+}
+
+func toMessageJSON(m *queue.Message) messageJSON {
+	t := func(v time.Time) *time.Time {
+		if v.IsZero() {
+			return nil
+		}
+		v = v.UTC()
+		return &v
+	}
+	return messageJSON{
+		ID: m.ID, Route: m.Route, App: m.App, State: string(m.State), From: m.From, To: m.To,
+		Size: m.Size, Attempts: m.Attempts,
+		Submitted: t(m.Submitted), Expires: t(m.Expires), Due: t(m.Due), LeaseEnd: t(m.LeaseEnd),
+		Updated: t(m.Updated), Done: t(m.Done),
+		LastError: m.LastError, Reason: m.Reason, HoldReason: m.HoldReason, IdempotencyKey: m.IdempotencyKey,
+	}
+}
+
+func queueList(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
+	config := configFlag(fs, e)
+	route := fs.String("route", "", "the `ROUTE` to list (required)")
+	stateName := fs.String("state", "", "the `STATE` to list (required): "+stateNames())
+	offset := fs.Int("offset", 0, "skip the first `N` messages")
+	limit := fs.Int("limit", 50, "list at most `N` messages")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := noArgs(fs, args); err != nil {
+		return err
+	}
+	if *route == "" {
+		return usagef("--route is required")
+	}
+	if *stateName == "" {
+		return usagef("--state is required")
+	}
+	state, ok := queue.ParseState(*stateName)
+	if !ok || !slices.Contains(queue.States, state) {
+		return usagef("--state %q: messages can be listed by %s", *stateName, stateNames())
+	}
+	if *offset < 0 || *limit < 1 {
+		return usagef("--offset must be at least 0 and --limit at least 1")
+	}
+	q, closeQueue, err := openQueue(*config)
+	if err != nil {
+		return err
+	}
+	defer closeQueue()
+	msgs, err := q.List(ctx, *route, state, *offset, *limit)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		out := make([]messageJSON, 0, len(msgs))
+		for _, m := range msgs {
+			out = append(out, toMessageJSON(m))
+		}
+		return writeJSON(e.stdout, out)
+	}
+	if len(msgs) == 0 {
+		fmt.Fprintf(e.stdout, "no %s messages in route %s\n", state, *route)
+		return nil
+	}
+	now := e.now()
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tAGE\tSIZE\tATTEMPTS\tFROM\tTO\tNOTE")
+	for _, m := range msgs {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", m.ID, age(now.Sub(m.Submitted)), m.Size, m.Attempts,
+			orNull(m.From), recipients(m.To), oneLine(note(m, now), 60))
+	}
+	return tw.Flush()
+}
+
+// note is the most useful thing to know about a listed message.
+func note(m *queue.Message, now time.Time) string {
+	switch {
+	case m.State == queue.Dead:
+		return m.Reason
+	case m.State == queue.Held:
+		return "held: " + m.HoldReason
+	case m.State == queue.Leased:
+		return "lease ends in " + age(m.LeaseEnd.Sub(now))
+	case m.State == queue.Scheduled && m.LastError != "":
+		return "next try in " + age(m.Due.Sub(now)) + ": " + m.LastError
+	case m.State == queue.Scheduled:
+		return "next try in " + age(m.Due.Sub(now))
+	}
+	if m.LastError == "" {
+		return "-"
+	}
+	return m.LastError
+}
+
+func queueShow(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
+	config := configFlag(fs, e)
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("give exactly one message id")
+	}
+	id := pos[0]
+	q, closeQueue, err := openQueue(*config)
+	if err != nil {
+		return err
+	}
+	defer closeQueue()
+	m, err := q.Get(ctx, id)
+	if err != nil {
+		return notFound(id, err)
+	}
+	if *asJSON {
+		return writeJSON(e.stdout, toMessageJSON(m))
+	}
+	now := e.now()
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	field := func(name, value string) {
+		if value != "" {
+			fmt.Fprintf(tw, "%s:\t%s\n", name, value)
+		}
+	}
+	when := func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		d := now.Sub(t)
+		if d >= 0 {
+			return fmt.Sprintf("%s (%s ago)", t.UTC().Format(time.RFC3339), age(d))
+		}
+		return fmt.Sprintf("%s (in %s)", t.UTC().Format(time.RFC3339), age(-d))
+	}
+	field("id", m.ID)
+	field("state", string(m.State))
+	field("route", m.Route)
+	field("app", m.App)
+	fmt.Fprintf(tw, "from:\t%s\n", orNull(m.From))
+	field("to", strings.Join(m.To, ", "))
+	field("size", fmt.Sprintf("%d bytes", m.Size))
+	field("attempts", fmt.Sprint(m.Attempts))
+	field("submitted", when(m.Submitted))
+	field("expires", when(m.Expires))
+	field("due", when(m.Due))
+	field("lease ends", when(m.LeaseEnd))
+	field("updated", when(m.Updated))
+	field("done", when(m.Done))
+	field("last error", oneLine(m.LastError, 0))
+	field("reason", oneLine(m.Reason, 0))
+	field("hold reason", oneLine(m.HoldReason, 0))
+	field("idempotency key", m.IdempotencyKey)
+	return tw.Flush()
+}
+
+// eachID opens the queue and runs do for every message id on the command
+// line, reporting each result. It fails if any id failed.
+func eachID(e *env, fs *flag.FlagSet, args []string, verb string, do func(q *queue.Queue, id string) error) error {
+	config := configFlag(fs, e)
+	ids, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(ids) == 0 {
+		return usagef("give at least one message id")
+	}
+	q, closeQueue, err := openQueue(*config)
+	if err != nil {
+		return err
+	}
+	defer closeQueue()
+	failed := 0
+	for _, id := range ids {
+		if err := do(q, id); err != nil {
+			fmt.Fprintf(e.stderr, "holdfast: queue %s: %v\n", verb, notFound(id, err))
+			failed++
+			continue
+		}
+		fmt.Fprintf(e.stdout, "%sd %s\n", verb, id)
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d messages failed", failed, len(ids))
+	}
+	return nil
+}
+
+func queueRequeue(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
+	return eachID(e, fs, args, "requeue", func(q *queue.Queue, id string) error {
+		m, err := q.Get(ctx, id)
+		if err != nil {
+			return err
+		}
+		if m.State != queue.Dead {
+			return fmt.Errorf("%s is %s, not dead: only dead letters can be requeued", id, m.State)
+		}
+		return q.Requeue(ctx, id)
+	})
+}
+
+func queueDelete(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
+	return eachID(e, fs, args, "delete", func(q *queue.Queue, id string) error {
+		// Get first, so that an unknown id reads "no such message".
+		if _, err := q.Get(ctx, id); err != nil {
+			return err
+		}
+		return q.Delete(ctx, id)
+	})
+}
+
+func queueFlush(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
+	config := configFlag(fs, e)
+	route := fs.String("route", "", "flush only `ROUTE` (default: every route)")
+	if err := noArgs(fs, args); err != nil {
+		return err
+	}
+	q, closeQueue, err := openQueue(*config)
+	if err != nil {
+		return err
+	}
+	defer closeQueue()
+	routes := []string{*route}
+	if *route == "" {
+		if routes, err = q.Routes(ctx); err != nil {
+			return err
+		}
+	}
+	total := 0
+	for _, r := range routes {
+		n, err := q.Flush(ctx, r)
+		if err != nil {
+			return err
+		}
+		total += n
+		fmt.Fprintf(e.stdout, "route %s: %d scheduled messages made due now\n", r, n)
+	}
+	if len(routes) != 1 {
+		fmt.Fprintf(e.stdout, "%d messages in %d routes made due now\n", total, len(routes))
+	}
+	return nil
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func stateNames() string {
+	names := make([]string, len(queue.States))
+	for i, s := range queue.States {
+		names[i] = string(s)
+	}
+	return strings.Join(names, ", ")
+}
+
+// age prints a duration to the second, shortened past an hour: "42s",
+// "3m12s", "5h4m", "3d7h"; "0s" for zero or less.
+func age(d time.Duration) string {
+	d = d.Round(time.Second)
+	switch {
+	case d <= 0:
+		return "0s"
+	case d < time.Hour:
+		return d.String()
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh%dm", d/time.Hour, d%time.Hour/time.Minute)
+	}
+	days := d / (24 * time.Hour)
+	return fmt.Sprintf("%dd%dh", days, (d-days*24*time.Hour)/time.Hour)
+}
+
+func orNull(from string) string {
+	if from == "" {
+		return "<>"
+	}
+	return from
+}
+
+// recipients prints the first recipient and how many more there are.
+func recipients(to []string) string {
+	switch len(to) {
+	case 0:
+		return ""
+	case 1:
+		return to[0]
+	}
+	return fmt.Sprintf("%s +%d", to[0], len(to)-1)
+}
+
+// oneLine folds s onto one line and cuts it to max runes (0: no limit).
+func oneLine(s string, max int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if r := []rune(s); max > 0 && len(r) > max {
+		return string(r[:max-1]) + "…"
+	}
+	return s
+}

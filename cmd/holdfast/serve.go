@@ -1,0 +1,41 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+
+	"github.com/redis/go-redis/v9"
+
+	"holdfast/relay"
+)
+
+// serve runs the relay until ctx is cancelled (SIGINT or SIGTERM).
+func serve(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
+	config := configFlag(fs, e)
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("unexpected argument %q", pos[0])
+	}
+	o, err := relay.Load(*config)
+	if err != nil {
+		return err
+	}
+	log := relay.NewLogger(o.Log, e.stderr)
+	// go-redis has one process-wide logger; route it through ours.
+	redis.SetLogger(redisLogger{log.With("component", "redis")})
+	log.Info("holdfast starting", "version", version, "config", *config)
+	return relay.Run(ctx, o, log)
+}
+
+// redisLogger writes go-redis's internal messages (failed dials, pool
+// errors) as warnings.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.WarnContext(ctx, fmt.Sprintf(format, v...))
+}

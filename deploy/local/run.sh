@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# run.sh runs Holdfast for development: a private Redis in var/redis on
+# 127.0.0.1:6390, a self-signed certificate in var/dev, and the relay, built
+# from source into bin/holdfast, in the foreground with
+# deploy/local/holdfast.dev.yaml. Ctrl-C stops the relay;
+# the Redis keeps running for the next run ("make stop" stops it).
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+root=$PWD
+redis_dir=$root/var/redis
+pidfile=$redis_dir/redis.pid
+port=6390
+
+# redis_ping answers whether a Redis on 127.0.0.1:$port replies to PING.
+redis_ping() {
+	local reply
+	reply=$(
+		exec 2>/dev/null
+		exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 1
+		printf 'PING\r\n' >&3
+		read -r -t 2 line <&3 && printf '%s' "${line%$'\r'}"
+	) || return 1
+	[ "$reply" = "+PONG" ]
+}
+
+# our_redis prints the PID in the pidfile if that process is a running
+# redis-server.
+our_redis() {
+	local pid
+	[ -f "$pidfile" ] || return 1
+	pid=$(cat "$pidfile")
+	[[ "$pid" =~ ^[0-9]+$ ]] || return 1
+	kill -0 "$pid" 2>/dev/null || return 1
+	case "$(cat "/proc/$pid/comm" 2>/dev/null || ps -o comm= -p "$pid")" in
+	redis-server*) echo "$pid" ;;
+	*) return 1 ;;
+	esac
+}
+
+mkdir -p "$redis_dir" var/dev var/outbox
+
+if pid=$(our_redis); then
+	echo "run: reusing the development Redis on 127.0.0.1:$port (pid $pid)"
+else
+	rm -f "$pidfile"
+	if redis_ping; then
+		echo "run: something else answers on 127.0.0.1:$port, but not the Redis of $pidfile; stop it and retry" >&2
+		exit 1
+	fi
+	redis-server \
+		--bind 127.0.0.1 --port "$port" --protected-mode yes \
+		--dir "$redis_dir" \
+		--appendonly yes --appendfsync everysec --save "" \
+		--maxmemory-policy noeviction \
+		--daemonize yes --pidfile "$pidfile" --logfile "$redis_dir/redis.log"
+	for _ in $(seq 50); do
+		redis_ping && break
+		sleep 0.1
+	done
+	if ! redis_ping || ! pid=$(our_redis); then
+		echo "run: the development Redis did not start; see $redis_dir/redis.log" >&2
+		exit 1
+	fi
+	echo "run: started the development Redis on 127.0.0.1:$port (pid $pid, data in var/redis)"
+fi
+
+# Build once, then run the binary itself: it gets Ctrl-C directly and its
+# exit status is the relay's own ("go run" exits 1 whenever it is
+# interrupted).
+version=$(git describe --always --dirty 2>/dev/null || echo dev)
+go build -ldflags "-X main.version=$version" -o bin/holdfast ./cmd/holdfast
+
+bin/holdfast creds devcert --out var/dev
+
+echo "run: starting the relay: SMTP 127.0.0.1:2525 (STARTTLS) and 127.0.0.1:2587 (no TLS), HTTP 127.0.0.1:8025; Ctrl-C stops it"
+# A trap (not an ignored signal) lets this script outlive Ctrl-C and print
+# the note below, while the relay still gets SIGINT and shuts down
+# gracefully.
+trap ':' INT TERM
+status=0
+bin/holdfast serve --config deploy/local/holdfast.dev.yaml || status=$?
+trap - INT TERM
+echo
+echo "run: the relay stopped. The development Redis (pid $pid) is still running; \"make stop\" stops it."
+exit "$status"
