@@ -1,0 +1,282 @@
+package auth
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/clientcredentials"
+)
+
+// Defaults for CredentialOptions.
+const (
+	DefaultAuthority      = "https://login.microsoftonline.com"
+	DefaultScope          = "https://outlook.office365.com/.default"
+	DefaultReloadInterval = 5 * time.Second
+	DefaultRefreshBefore  = 5 * time.Minute
+	DefaultDialTimeout    = 10 * time.Second
+	DefaultHTTPTimeout    = 30 * time.Second
+)
+
+// CredentialOptions configures an Entra ID app registration used with the
+// client credentials grant. Exactly one of ClientSecretFile and CertFile is
+// set.
+type CredentialOptions struct {
+	// Name identifies the credential in logs and in OnChange. Default:
+	// ClientID.
+	Name     string
+	Tenant   string // tenant id or domain
+	ClientID string
+
+	// Authority is the Entra ID host. Default: https://login.microsoftonline.com.
+	// The token URL is Authority + "/" + Tenant + "/oauth2/v2.0/token".
+	Authority string
+
+	// ClientSecretFile holds the client secret value. Surrounding
+	// whitespace is ignored.
+	ClientSecretFile string
+
+	// CertFile holds the PEM certificate, optionally followed by its chain.
+	// KeyFile holds its RSA private key in PEM (PKCS#8 or PKCS#1); when
+	// empty the key is read from CertFile.
+	CertFile string
+	KeyFile  string
+
+	// Scope requested with client credentials. Default:
+	// https://outlook.office365.com/.default.
+	Scope string
+
+	// HTTPClient talks to the token endpoint. Default: NewHTTPClient(nil),
+	// 10 s dial and 30 s overall timeouts. Set RootCAs through its
+	// transport.
+	HTTPClient *http.Client
+
+	// ReloadInterval is how often Watch re-reads the secret or certificate
+	// files. Default: 5 s.
+	ReloadInterval time.Duration
+
+	// RefreshBefore is how long before expiry a cached token is replaced.
+	// Default: 5 min. Tokens living less than twice this are replaced
+	// half-way through their lifetime.
+	RefreshBefore time.Duration
+
+	// OnChange is called with Name after a changed secret or certificate
+	// has been loaded, e.g. to make the breaker probe at once.
+	OnChange func(name string)
+
+	// Now is the clock. Default: time.Now.
+	Now func() time.Time
+
+	// Logger receives debug and warning records; it never sees a secret,
+	// an assertion or a token. Default: discard.
+	Logger *slog.Logger
+}
+
+// Credential is an app registration's client credentials together with a
+// cached app-only access token. It is safe for concurrent use.
+type Credential struct {
+	opts     CredentialOptions
+	tokenURL string
+	log      *slog.Logger
+	// base carries the HTTP client for the oauth2 package. It is never a
+	// request's context: fetches are shared between callers.
+	base context.Context
+
+	cache tokenCache
+
+	mu  sync.Mutex // guards mat
+	mat *material
+}
+
+// NewHTTPClient returns an HTTP client for the token endpoint with a 10 s
+// dial timeout and a 30 s overall timeout. tlsConfig, when not nil, is
+// cloned into the transport, e.g. to set RootCAs.
+func NewHTTPClient(tlsConfig *tls.Config) *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.DialContext = (&net.Dialer{Timeout: DefaultDialTimeout, KeepAlive: 30 * time.Second}).DialContext
+	t.TLSHandshakeTimeout = DefaultDialTimeout
+	t.ResponseHeaderTimeout = DefaultHTTPTimeout
+	if tlsConfig != nil {
+		t.TLSClientConfig = tlsConfig.Clone()
+	}
+	return &http.Client{Transport: t, Timeout: DefaultHTTPTimeout}
+}
+
+// NewCredential validates o, applies the defaults and reads the secret or
+// certificate files. A missing, empty or unparsable file is an error naming
+// the file.
+func NewCredential(o CredentialOptions) (*Credential, error) {
+	if err := o.setDefaults(); err != nil {
+		return nil, err
+	}
+	c := &Credential{
+		opts:     o,
+		tokenURL: o.Authority + "/" + url.PathEscape(o.Tenant) + "/oauth2/v2.0/token",
+		log:      o.Logger.With("component", "auth", "credential", o.Name),
+		base:     context.WithValue(context.Background(), oauth2.HTTPClient, o.HTTPClient),
+		cache:    tokenCache{now: o.Now, before: o.RefreshBefore},
+	}
+	m, err := loadMaterial(&c.opts)
+	if err != nil {
+		return nil, fmt.Errorf("credential %s: %w", o.Name, err)
+	}
+	c.mat = m
+	return c, nil
+}
+
+func (o *CredentialOptions) setDefaults() error {
+	switch {
+	case o.Tenant == "":
+		return errors.New("credential: tenant is required")
+	case strings.ContainsAny(o.Tenant, "/?#% "):
+		return fmt.Errorf("credential: tenant %q is not a tenant id or domain", o.Tenant)
+	case o.ClientID == "":
+		return errors.New("credential: client_id is required")
+	case o.ClientSecretFile == "" && o.CertFile == "":
+		return errors.New("credential: one of client_secret_file and cert_file is required")
+	case o.ClientSecretFile != "" && o.CertFile != "":
+		return errors.New("credential: client_secret_file and cert_file are mutually exclusive")
+	case o.KeyFile != "" && o.CertFile == "":
+		return errors.New("credential: key_file needs cert_file")
+	case o.ReloadInterval < 0:
+		return errors.New("credential: reload_interval must not be negative")
+	case o.RefreshBefore < 0:
+		return errors.New("credential: refresh_before must not be negative")
+	}
+	if o.Name == "" {
+		o.Name = o.ClientID
+	}
+	if o.Authority == "" {
+		o.Authority = DefaultAuthority
+	}
+	o.Authority = strings.TrimRight(o.Authority, "/")
+	if u, err := url.Parse(o.Authority); err != nil || u.Scheme == "" || u.Host == "" {
+		return fmt.Errorf("credential: authority %q is not an absolute URL", o.Authority)
+	}
+	if o.KeyFile == "" {
+		o.KeyFile = o.CertFile
+	}
+	if o.Scope == "" {
+		o.Scope = DefaultScope
+	}
+	if o.HTTPClient == nil {
+		o.HTTPClient = NewHTTPClient(nil)
+	}
+	if o.ReloadInterval == 0 {
+		o.ReloadInterval = DefaultReloadInterval
+	}
+	if o.RefreshBefore == 0 {
+		o.RefreshBefore = DefaultRefreshBefore
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return nil
+}
+
+// Name returns the credential's name.
+func (c *Credential) Name() string { return c.opts.Name }
+
+// TokenURL returns the token endpoint URL.
+func (c *Credential) TokenURL() string { return c.tokenURL }
+
+// ClientID returns the application (client) id.
+func (c *Credential) ClientID() string { return c.opts.ClientID }
+
+// Token returns an app-only access token for Scope. The token is cached
+// until RefreshBefore ahead of its expiry; concurrent callers share one
+// request. ctx bounds the wait only: the request itself runs under the
+// HTTP client's timeouts and its result serves the other callers. An error
+// answer from the endpoint is a *TokenError and is not cached.
+func (c *Credential) Token(ctx context.Context) (*oauth2.Token, error) {
+	return c.cache.get(ctx, c.fetch)
+}
+
+// Invalidate drops the cached token, e.g. after the server rejected it.
+// The next Token call requests a new one.
+func (c *Credential) Invalidate() {
+	c.cache.invalidate()
+	c.log.Debug("cached token dropped")
+}
+
+// Expiry returns the certificate's NotAfter for a certificate credential.
+// A client secret's expiry is not known here.
+func (c *Credential) Expiry() (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.mat.leaf == nil {
+		return time.Time{}, false
+	}
+	return c.mat.leaf.NotAfter, true
+}
+
+func (c *Credential) material() *material {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mat
+}
+
+func (c *Credential) fetch() (*oauth2.Token, error) {
+	return c.redeem(c.log, []string{c.opts.Scope}, nil)
+}
+
+// redeem makes one token request with the credential's client
+// authentication: the secret in the form, or a fresh client assertion.
+// params adds form fields, e.g. grant_type=refresh_token.
+func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values) (*oauth2.Token, error) {
+	m := c.material()
+	start := c.opts.Now()
+	cfg := &clientcredentials.Config{
+		ClientID:       c.opts.ClientID,
+		TokenURL:       c.tokenURL,
+		Scopes:         scopes,
+		AuthStyle:      oauth2.AuthStyleInParams,
+		EndpointParams: url.Values{},
+	}
+	for k, v := range params {
+		cfg.EndpointParams[k] = v
+	}
+	var scrub []string
+	if m.key != nil {
+		jwt, err := m.assertion(c.tokenURL, c.opts.ClientID, start)
+		if err != nil {
+			return nil, fmt.Errorf("credential %s: %w", c.opts.Name, err)
+		}
+		cfg.EndpointParams.Set("client_assertion_type", clientAssertionType)
+		cfg.EndpointParams.Set("client_assertion", jwt)
+		scrub = append(scrub, jwt)
+	} else {
+		cfg.ClientSecret = m.secret
+		scrub = append(scrub, m.secret)
+	}
+	scrub = append(scrub, params.Get("refresh_token"))
+
+	tok, err := cfg.Token(c.base)
+	if err != nil {
+		err = tokenErr(err, c.opts.Now(), scrub...)
+		var te *TokenError
+		if errors.As(err, &te) {
+			log.Warn("token request rejected", "status", te.HTTPStatus, "error", te.Code,
+				"aadsts", te.AADSTS, "suberror", te.SubError, "correlation_id", te.CorrelationID)
+		} else {
+			log.Warn("token request failed", "err", err)
+		}
+		return nil, err
+	}
+	stampExpiry(tok, start)
+	log.Debug("token issued", "expiry", tok.Expiry, "duration", c.opts.Now().Sub(start))
+	return tok, nil
+}

@@ -1,0 +1,130 @@
+package auth
+
+import (
+	"bytes"
+	"context"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+)
+
+// material is one loaded version of a credential's secret or certificate.
+// It is immutable once loaded.
+type material struct {
+	secret string              // client secret credential
+	key    *rsa.PrivateKey     // certificate credential
+	chain  []*x509.Certificate // leaf first
+	leaf   *x509.Certificate
+	x5t    string   // base64url SHA-256 of the leaf's DER
+	sum    [32]byte // SHA-256 over the files' contents; decides whether a reload changed anything
+}
+
+// loadMaterial reads the secret file, or the certificate and key files.
+func loadMaterial(o *CredentialOptions) (*material, error) {
+	if o.ClientSecretFile != "" {
+		raw, err := readCredentialFile(o.ClientSecretFile, "client secret")
+		if err != nil {
+			return nil, err
+		}
+		secret := string(bytes.TrimSpace(raw))
+		if secret == "" {
+			return nil, fmt.Errorf("client secret file %s is empty", o.ClientSecretFile)
+		}
+		return &material{secret: secret, sum: sha256.Sum256(raw)}, nil
+	}
+	certPEM, err := readCredentialFile(o.CertFile, "certificate")
+	if err != nil {
+		return nil, err
+	}
+	keyPEM := certPEM
+	if o.KeyFile != o.CertFile {
+		if keyPEM, err = readCredentialFile(o.KeyFile, "private key"); err != nil {
+			return nil, err
+		}
+	}
+	m, err := parseCertKey(certPEM, keyPEM, o.CertFile, o.KeyFile)
+	if err != nil {
+		return nil, err
+	}
+	h := sha256.New()
+	h.Write(certPEM)
+	h.Write([]byte{0})
+	h.Write(keyPEM)
+	copy(m.sum[:], h.Sum(nil))
+	return m, nil
+}
+
+func readCredentialFile(path, what string) ([]byte, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%s file %s does not exist", what, path)
+		}
+		return nil, fmt.Errorf("read %s file: %w", what, err)
+	}
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return nil, fmt.Errorf("%s file %s is empty", what, path)
+	}
+	return raw, nil
+}
+
+// Reload re-reads the secret or certificate files now, e.g. on SIGHUP.
+// When their content changed it drops the cached token (a fetch in flight
+// is not stored), logs the change and calls OnChange. When the files are
+// missing or bad it returns the error and keeps the loaded credential.
+func (c *Credential) Reload() (changed bool, err error) {
+	m, err := loadMaterial(&c.opts)
+	if err != nil {
+		return false, fmt.Errorf("credential %s: reload: %w", c.opts.Name, err)
+	}
+	c.mu.Lock()
+	changed = m.sum != c.mat.sum
+	if changed {
+		c.mat = m
+	}
+	c.mu.Unlock()
+	if !changed {
+		return false, nil
+	}
+	c.cache.reset()
+	if m.leaf != nil {
+		c.log.Info("certificate reloaded", "not_after", m.leaf.NotAfter, "x5t", m.x5t)
+	} else {
+		c.log.Info("client secret reloaded")
+	}
+	if c.opts.OnChange != nil {
+		c.opts.OnChange(c.opts.Name)
+	}
+	return true, nil
+}
+
+// Watch calls Reload every ReloadInterval until ctx ends. The files are read
+// and hashed on every poll, so a change is seen even when it keeps the size
+// and modification time, and a symlink swap (Kubernetes secret volumes) is
+// followed. A failing reload is logged once per distinct error and the
+// loaded credential stays in use.
+func (c *Credential) Watch(ctx context.Context) {
+	t := time.NewTicker(c.opts.ReloadInterval)
+	defer t.Stop()
+	var lastErr string
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		_, err := c.Reload()
+		switch {
+		case err != nil && err.Error() != lastErr:
+			lastErr = err.Error()
+			c.log.Warn("credential reload failed, keeping the loaded one", "err", err)
+		case err == nil && lastErr != "":
+			lastErr = ""
+			c.log.Info("credential files readable again")
+		}
+	}
+}

@@ -1,0 +1,200 @@
+package auth
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/oauth2"
+)
+
+// Token endpoint error codes (the "error" field) that callers classify on.
+const (
+	CodeInvalidClient          = "invalid_client"
+	CodeUnauthorizedClient     = "unauthorized_client"
+	CodeInvalidTenant          = "invalid_tenant"
+	CodeInvalidRequest         = "invalid_request"
+	CodeInvalidGrant           = "invalid_grant"
+	CodeTemporarilyUnavailable = "temporarily_unavailable"
+)
+
+// AADSTS codes with a meaning of their own for Holdfast.
+const (
+	AADSTSSecretExpired       = "AADSTS7000222" // client secret expired
+	AADSTSInvalidSecret       = "AADSTS7000215" // wrong client secret
+	AADSTSAssertionInvalid    = "AADSTS700027"  // client assertion signature invalid
+	AADSTSAppNotFound         = "AADSTS700016"  // application not found in the directory
+	AADSTSAppDisabled         = "AADSTS7000112" // application disabled
+	AADSTSTenantNotFound      = "AADSTS90002"   // tenant not found
+	AADSTSRefreshTokenExpired = "AADSTS700082"  // refresh token expired after inactivity
+	AADSTSGrantRevoked        = "AADSTS50173"   // grant revoked, a fresh token is needed
+	AADSTSConsentMissing      = "AADSTS65001"   // consent missing
+)
+
+// SubErrorConsentRequired is the "suberror" sent with AADSTS65001.
+const SubErrorConsentRequired = "consent_required"
+
+// maxDescriptionLen bounds TokenError.Description.
+const maxDescriptionLen = 512
+
+// TokenError is an error answer from the Entra ID token endpoint.
+//
+// Description holds only the first line of error_description, without the
+// AADSTS prefix and without the trace, correlation and timestamp suffix.
+type TokenError struct {
+	HTTPStatus    int
+	Code          string        // the "error" field, e.g. "invalid_client"
+	AADSTS        string        // e.g. "AADSTS7000222"
+	Description   string        // first line of error_description
+	SubError      string        // the "suberror" field, e.g. "consent_required"
+	RetryAfter    time.Duration // from Retry-After on 429 and 503
+	CorrelationID string
+	TraceID       string
+}
+
+// Error returns e.g.
+// "token endpoint: 401 invalid_client AADSTS7000222: The provided client secret keys for app '…' are expired. …".
+func (e *TokenError) Error() string {
+	var b strings.Builder
+	b.WriteString("token endpoint: ")
+	b.WriteString(strconv.Itoa(e.HTTPStatus))
+	if e.Code != "" {
+		b.WriteString(" ")
+		b.WriteString(e.Code)
+	}
+	if e.SubError != "" {
+		b.WriteString(" (")
+		b.WriteString(e.SubError)
+		b.WriteString(")")
+	}
+	if e.AADSTS != "" {
+		b.WriteString(" ")
+		b.WriteString(e.AADSTS)
+	}
+	if e.Description != "" {
+		if e.AADSTS != "" {
+			b.WriteString(":")
+		}
+		b.WriteString(" ")
+		b.WriteString(e.Description)
+	}
+	if e.RetryAfter > 0 {
+		b.WriteString(" (retry after ")
+		b.WriteString(e.RetryAfter.String())
+		b.WriteString(")")
+	}
+	return b.String()
+}
+
+// SecretExpired reports whether the endpoint said the client secret has
+// expired (AADSTS7000222).
+func (e *TokenError) SecretExpired() bool {
+	return e.AADSTS == AADSTSSecretExpired
+}
+
+// entraError is the JSON error body of the token endpoint.
+type entraError struct {
+	Error         string `json:"error"`
+	Description   string `json:"error_description"`
+	ErrorCodes    []int  `json:"error_codes"`
+	SubError      string `json:"suberror"`
+	TraceID       string `json:"trace_id"`
+	CorrelationID string `json:"correlation_id"`
+}
+
+var aadstsPrefix = regexp.MustCompile(`^\s*(AADSTS\d+)\s*:?\s*`)
+
+// NewTokenError converts an *oauth2.RetrieveError into a *TokenError. It
+// reads the status, the error code and description, the JSON body's
+// error_codes, suberror, trace_id and correlation_id, and the Retry-After
+// header (seconds or an HTTP date, relative to now).
+func NewTokenError(re *oauth2.RetrieveError, now time.Time) *TokenError {
+	e := &TokenError{Code: re.ErrorCode}
+	var body entraError
+	if len(re.Body) > 0 && json.Unmarshal(re.Body, &body) == nil {
+		if e.Code == "" {
+			e.Code = body.Error
+		}
+		e.SubError = body.SubError
+		e.TraceID = body.TraceID
+		e.CorrelationID = body.CorrelationID
+		if len(body.ErrorCodes) > 0 {
+			e.AADSTS = "AADSTS" + strconv.Itoa(body.ErrorCodes[0])
+		}
+	}
+	desc := re.ErrorDescription
+	if desc == "" {
+		desc = body.Description
+	}
+	if m := aadstsPrefix.FindStringSubmatch(desc); m != nil {
+		if e.AADSTS == "" {
+			e.AADSTS = m[1]
+		}
+		desc = desc[len(m[0]):]
+	}
+	e.Description = firstLine(desc)
+	if re.Response != nil {
+		e.HTTPStatus = re.Response.StatusCode
+		switch e.HTTPStatus {
+		case http.StatusTooManyRequests, http.StatusServiceUnavailable:
+			e.RetryAfter = parseRetryAfter(re.Response.Header.Get("Retry-After"), now)
+		}
+	}
+	return e
+}
+
+// firstLine returns the first line of an error description, cut before
+// Entra's "Trace ID:" suffix and bounded in length.
+func firstLine(s string) string {
+	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
+		s = s[:i]
+	}
+	if i := strings.Index(s, "Trace ID:"); i >= 0 {
+		s = s[:i]
+	}
+	s = strings.TrimSpace(s)
+	return truncate(s, maxDescriptionLen)
+}
+
+// parseRetryAfter reads a Retry-After value given in seconds or as an HTTP
+// date. It returns 0 when the value is missing, malformed or in the past.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if n, err := strconv.Atoi(v); err == nil {
+		if n <= 0 {
+			return 0
+		}
+		return time.Duration(n) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		if d := t.Sub(now); d > 0 {
+			return d.Round(time.Second)
+		}
+	}
+	return 0
+}
+
+// tokenErr turns an error from an oauth2 token request into a *TokenError
+// when the endpoint answered, and wraps it otherwise (dial failures,
+// timeouts, bad JSON). secrets are scrubbed from the description.
+func tokenErr(err error, now time.Time, secrets ...string) error {
+	var re *oauth2.RetrieveError
+	if errors.As(err, &re) {
+		te := NewTokenError(re, now)
+		for _, s := range secrets {
+			if s != "" {
+				te.Description = strings.ReplaceAll(te.Description, s, "[redacted]")
+			}
+		}
+		return te
+	}
+	return fmt.Errorf("token endpoint: %w", err)
+}

@@ -1,0 +1,130 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Per-mailbox limits shared by every replica. Exchange Online allows each
+// mailbox 3 concurrent SMTP connections and 30 messages a minute; a
+// Limiter keeps the whole fleet within such limits.
+//
+//	hf:{lim:MAILBOX}:conns   zset  connection token -> expiry (unix ms)
+//	hf:{lim:MAILBOX}:sends   zset  send token -> send time (unix ms)
+
+func limitKeys(mailbox string) (conns, sends string) {
+	base := keyPrefix + "{lim:" + mailbox + "}:"
+	return base + "conns", base + "sends"
+}
+
+// acquireScript takes a connection slot if fewer than the limit are held.
+// Slots whose holder did not renew them in time are dropped first.
+//
+// KEYS[1] conns. ARGV[1] now, ARGV[2] limit, ARGV[3] token, ARGV[4] slot
+// expiry, ARGV[5] slot lifetime in ms. Returns 1 when the slot was taken,
+// else 0.
+var acquireScript = redis.NewScript(`
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+`)
+
+// rateScript records a send if fewer than the limit happened in the last
+// window; otherwise it says how long until the oldest one leaves it.
+//
+// KEYS[1] sends. ARGV[1] now, ARGV[2] limit, ARGV[3] window in ms,
+// ARGV[4] token. Returns 0 when the send was recorded, else the wait in ms.
+var rateScript = redis.NewScript(`
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(oldest[2]) + window - now)
+`)
+
+// Limiter enforces per-mailbox connection and send-rate limits across
+// replicas.
+type Limiter struct {
+	rdb redis.UniversalClient
+	now func() time.Time
+}
+
+// NewLimiter returns a limiter stored in rdb. now is the clock; nil means
+// time.Now.
+func NewLimiter(rdb redis.UniversalClient, now func() time.Time) *Limiter {
+	if now == nil {
+		now = time.Now
+	}
+	return &Limiter{rdb: rdb, now: now}
+}
+
+// Slot is a held connection slot.
+type Slot struct {
+	mailbox string
+	token   string
+}
+
+// AcquireConn takes one of a mailbox's max connection slots for ttl. It
+// returns nil when all are taken. The holder renews the slot with Renew
+// while the connection lives and frees it with Release; a slot that is
+// neither renewed nor released frees itself after ttl, so a crashed
+// replica does not keep it.
+func (l *Limiter) AcquireConn(ctx context.Context, mailbox string, max int, ttl time.Duration) (*Slot, error) {
+	conns, _ := limitKeys(mailbox)
+	now := l.now()
+	s := &Slot{mailbox: mailbox, token: newToken()}
+	ok, err := acquireScript.Run(ctx, l.rdb, []string{conns},
+		now.UnixMilli(), max, s.token, now.Add(ttl).UnixMilli(), ttl.Milliseconds()).Int()
+	if err != nil {
+		return nil, fmt.Errorf("connection slot for %s: %w", mailbox, err)
+	}
+	if ok == 0 {
+		return nil, nil
+	}
+	return s, nil
+}
+
+// Renew extends a held slot to ttl from now.
+func (l *Limiter) Renew(ctx context.Context, s *Slot, ttl time.Duration) error {
+	conns, _ := limitKeys(s.mailbox)
+	until := l.now().Add(ttl).UnixMilli()
+	pipe := l.rdb.TxPipeline()
+	pipe.ZAddXX(ctx, conns, redis.Z{Score: float64(until), Member: s.token})
+	pipe.PExpire(ctx, conns, ttl)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("renew connection slot for %s: %w", s.mailbox, err)
+	}
+	return nil
+}
+
+// Release frees a slot.
+func (l *Limiter) Release(ctx context.Context, s *Slot) error {
+	conns, _ := limitKeys(s.mailbox)
+	if err := l.rdb.ZRem(ctx, conns, s.token).Err(); err != nil {
+		return fmt.Errorf("release connection slot for %s: %w", s.mailbox, err)
+	}
+	return nil
+}
+
+// TakeSend records one send of the mailbox if fewer than limit were
+// recorded in the last window. Otherwise it records nothing and returns
+// how long to wait before trying again.
+func (l *Limiter) TakeSend(ctx context.Context, mailbox string, limit int, window time.Duration) (time.Duration, error) {
+	_, sends := limitKeys(mailbox)
+	ms, err := rateScript.Run(ctx, l.rdb, []string{sends},
+		l.now().UnixMilli(), limit, window.Milliseconds(), newToken()).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("send rate of %s: %w", mailbox, err)
+	}
+	return time.Duration(ms) * time.Millisecond, nil
+}
