@@ -50,7 +50,7 @@ type api struct {
 // Every error reply is JSON, {"error": code, "message": text}, where code
 // is a stable machine-readable string and text says what to do. That
 // includes unknown paths (404) and wrong methods (405, with Allow).
-func newAPI(in *ingress, a *apps, st store, ready func(context.Context) error, maxBytes int64, log *slog.Logger) http.Handler {
+func newAPI(in *ingress, a *apps, st store, ready func(context.Context) error, maxBytes int64, log *slog.Logger) *api {
 	if maxBytes < 1 {
 		maxBytes = DefaultOptions().SMTP.MaxMessageBytes
 	}

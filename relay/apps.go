@@ -113,10 +113,6 @@ func (app *App) maySend(from string) bool {
 	return false
 }
 
-// route returns the queue route of a message the application sends from
-// the given envelope sender.
-func (app *App) route(from string) string { return app.Route }
-
 // senderRule is one entry of App.Senders: an address or a whole domain.
 type senderRule struct {
 	address string // lower case

@@ -30,6 +30,9 @@ type ingress struct {
 	// queued, when set, is called after each message is stored: it wakes
 	// the delivery workers.
 	queued func()
+	// route, when set, decides a message's route; otherwise it is the
+	// app's Route.
+	route func(ctx context.Context, app *App, from string) (string, error)
 }
 
 // submission is a message handed to Holdfast by an application.
@@ -60,8 +63,15 @@ func (in *ingress) accept(ctx context.Context, s submission) (id string, dup boo
 		b.Write(body)
 		body = b.Bytes()
 	}
+	route := s.app.Route
+	if in.route != nil {
+		if route, err = in.route(ctx, s.app, s.from); err != nil {
+			in.log.Error("routing failed", "app", s.app.Name, "err", err)
+			return "", false, fmt.Errorf("%w: %w", errStore, err)
+		}
+	}
 	id, dup, err = in.store.Enqueue(ctx, queue.Submission{
-		Route:          s.app.route(s.from),
+		Route:          route,
 		App:            s.app.Name,
 		From:           s.from,
 		To:             s.to,

@@ -30,6 +30,63 @@ type Options struct {
 
 	// Apps are the applications allowed to submit mail. At least one.
 	Apps []App `yaml:"apps"`
+
+	// Credentials are the Entra ID app registrations Holdfast sends with.
+	// Needed by the "exchange" sender.
+	Credentials []Credential `yaml:"credentials"`
+	// Exchange says where Exchange Online is and how hard to push it.
+	Exchange ExchangeOptions `yaml:"exchange"`
+}
+
+// Credential is one Entra ID app registration, with a client secret or a
+// certificate.
+type Credential struct {
+	// Name identifies the credential in routes, breakers and logs.
+	Name string `yaml:"name"`
+	// Tenant is the directory (tenant) id or domain.
+	Tenant string `yaml:"tenant"`
+	// ClientID is the application (client) id.
+	ClientID string `yaml:"client_id"`
+	// Authority is Entra's base URL. Default
+	// "https://login.microsoftonline.com"; tests and "make run" point it
+	// at the simulator.
+	Authority string `yaml:"authority"`
+	// ClientSecretFile holds the client secret. It is re-read when it
+	// changes and on SIGHUP; no restart is needed after a rotation.
+	ClientSecretFile string `yaml:"client_secret_file"`
+	// CertFile and KeyFile are the PEM certificate and RSA key of a
+	// certificate credential, reloaded like the secret.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ExpiresAt is when the secret or certificate expires (RFC 3339 or
+	// YYYY-MM-DD), for the expiry monitor. Optional.
+	ExpiresAt string `yaml:"expires_at"`
+}
+
+// ExchangeOptions configure delivery to Exchange Online.
+type ExchangeOptions struct {
+	// SMTPAddr is the submission endpoint. Default
+	// "smtp.office365.com:587".
+	SMTPAddr string `yaml:"smtp_addr"`
+	// GraphURL is Microsoft Graph's root. Default
+	// "https://graph.microsoft.com".
+	GraphURL string `yaml:"graph_url"`
+	// CAFile is an extra PEM CA to trust for SMTP, Graph and Entra (the
+	// simulator's). Default: the system's roots only.
+	CAFile string `yaml:"ca_file"`
+	// InsecurePlaintext submits without STARTTLS: for tests against a
+	// local server only. Refused unless SMTPAddr is a loopback address.
+	InsecurePlaintext bool `yaml:"insecure_plaintext"`
+	// MaxConnectionsPerMailbox across every replica. Default 3, Exchange
+	// Online's limit.
+	MaxConnectionsPerMailbox int `yaml:"max_connections_per_mailbox"`
+	// MessagesPerMinute per mailbox across every replica. Default 30,
+	// Exchange Online's limit.
+	MessagesPerMinute int `yaml:"messages_per_minute"`
+	// GrantKeyFile holds the 32-byte key (raw, hex or base64) that
+	// encrypts delegated refresh tokens in Redis. Needed to register
+	// delegated mailboxes.
+	GrantKeyFile string `yaml:"grant_key_file"`
 }
 
 // RedisOptions say where the queue lives.
@@ -124,9 +181,10 @@ type DeliveryOptions struct {
 	// Poll is how often idle workers look for mail submitted through
 	// other replicas. Default 1s.
 	Poll Duration `yaml:"poll"`
-	// Sender chooses the upstream: "dir" writes each message to Dir;
-	// "off" runs no delivery workers in this process (an ingress-only
-	// replica). Default "dir".
+	// Sender chooses the upstream: "exchange" delivers to Exchange Online
+	// (or the simulator) with the configured credentials; "dir" writes
+	// each message to Dir; "off" runs no delivery workers in this process
+	// (an ingress-only replica). Default "dir".
 	Sender string `yaml:"sender"`
 	// Dir is the folder of the "dir" sender. Default "./var/outbox".
 	Dir string `yaml:"dir"`
@@ -157,8 +215,23 @@ type App struct {
 	// Senders are the envelope senders it may use: full addresses
 	// ("billing@contoso.com") or whole domains ("@contoso.com").
 	Senders []string `yaml:"senders"`
-	// Route is the queue route of its mail. Default: Name.
+	// Route is the queue route of its mail with the "dir" sender.
+	// Default: Name. With the "exchange" sender the route follows from
+	// Credential and the sending mailbox.
 	Route string `yaml:"route"`
+
+	// Credential names the app registration that sends its mail (the
+	// "exchange" sender).
+	Credential string `yaml:"credential"`
+	// Mailbox is the mailbox its mail is sent as by default.
+	Mailbox string `yaml:"mailbox"`
+	// SenderMailboxes maps envelope senders (addresses or @domains) to the
+	// mailbox that sends their mail, ahead of Mailbox. An envelope sender
+	// with a registered delegated grant is sent as itself, ahead of both.
+	SenderMailboxes map[string]string `yaml:"sender_mailboxes"`
+	// Via is "smtp" (default) or "graph". Graph messages over 3 MB go by
+	// SMTP.
+	Via string `yaml:"via"`
 }
 
 // Duration is a time.Duration written in YAML as "90s", "5m" or "120h".
@@ -219,6 +292,12 @@ func DefaultOptions() Options {
 			Dir:     "./var/outbox",
 		},
 		Log: LogOptions{Level: "info", Format: "text"},
+		Exchange: ExchangeOptions{
+			SMTPAddr:                 "smtp.office365.com:587",
+			GraphURL:                 "https://graph.microsoft.com",
+			MaxConnectionsPerMailbox: 3,
+			MessagesPerMinute:        30,
+		},
 	}
 }
 
@@ -374,12 +453,16 @@ func (o *Options) Validate() error {
 	}
 	switch o.Delivery.Sender {
 	case "off":
+	case "exchange":
+		if err := o.validateExchange(); err != nil {
+			return err
+		}
 	case "dir":
 		if o.Delivery.Dir == "" {
 			return bad("delivery.dir", "the dir sender needs a folder")
 		}
 	default:
-		return bad("delivery.sender", "unknown sender %q (known: dir, off)", o.Delivery.Sender)
+		return bad("delivery.sender", "unknown sender %q (known: exchange, dir, off)", o.Delivery.Sender)
 	}
 	if _, err := parseLevel(o.Log.Level); err != nil {
 		return bad("log.level", "%v", err)

@@ -376,11 +376,13 @@ func TestLoadExample(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the example configuration does not load: %v", err)
 	}
-	// Apart from its app and the STARTTLS certificate, which have no
-	// defaults, the example sets every option to its default.
+	// Apart from its app, its credential and the STARTTLS certificate,
+	// which have no defaults, the example sets every option to its
+	// default.
 	want := relay.DefaultOptions()
 	want.SMTP.CertFile, want.SMTP.KeyFile = o.SMTP.CertFile, o.SMTP.KeyFile
 	want.Apps = o.Apps
+	want.Credentials = o.Credentials
 	got, def := reflect.ValueOf(o), reflect.ValueOf(want)
 	for i := range got.NumField() {
 		if g, w := got.Field(i).Interface(), def.Field(i).Interface(); !reflect.DeepEqual(g, w) {

@@ -35,6 +35,7 @@ type Server struct {
 	httpSrv   *http.Server
 	httpLn    net.Listener
 	deliverer *deliverer
+	exchange  *exchange // nil unless delivery.sender is "exchange"
 
 	stopping atomic.Bool
 	cancel   context.CancelFunc
@@ -88,6 +89,25 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	}
 	s.queue = queue.New(s.rdb, o.Queue.Options())
 
+	var (
+		route   func(ctx context.Context, app *App, from string) (string, error)
+		routing *exchangeRouting
+	)
+	if sender == nil && o.Delivery.Sender == "exchange" {
+		onChange := func(name string) {
+			log.Info("credential file changed; the next token request uses it", "component", "auth", "credential", name)
+		}
+		if s.exchange, err = newExchange(o, s.rdb, onChange, log); err != nil {
+			return nil, err
+		}
+		sender = s.exchange
+		var idx grantIndex
+		if s.exchange.grants != nil {
+			idx = s.exchange
+		}
+		routing = newExchangeRouting(idx)
+		route = routing.route
+	}
 	if sender == nil && o.Delivery.Sender != "off" {
 		if sender, err = newSender(o.Delivery); err != nil {
 			return nil, err
@@ -103,7 +123,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	}
 
 	a := newApps(o.Apps)
-	in := &ingress{hostname: o.Hostname, store: s.queue, log: log.With("component", "ingress"), now: time.Now}
+	in := &ingress{hostname: o.Hostname, store: s.queue, log: log.With("component", "ingress"), now: time.Now, route: route}
 	if sender != nil {
 		s.deliverer = newDeliverer(s.queue, sender, deliveryConfig{
 			Workers: o.Delivery.Workers,
@@ -125,8 +145,12 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	if err != nil {
 		return nil, fmt.Errorf("http listener %s: %w", o.HTTP.Addr, err)
 	}
+	handler := newAPI(in, a, s.queue, s.ready, o.SMTP.MaxMessageBytes, log)
+	if s.exchange != nil && s.exchange.grants != nil {
+		handler.handleMailboxes(s.exchange.grants, routing.forget)
+	}
 	s.httpSrv = &http.Server{
-		Handler:           newAPI(in, a, s.queue, s.ready, o.SMTP.MaxMessageBytes, log),
+		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       o.SMTP.ReadTimeout.D(),
 		WriteTimeout:      time.Minute,
@@ -183,6 +207,9 @@ func (s *Server) Start() {
 		}
 		return err
 	})
+	if s.exchange != nil {
+		s.exchange.watch(ctx)
+	}
 	if s.deliverer != nil {
 		s.wg.Add(1)
 		go func() {
@@ -201,6 +228,15 @@ func (s *Server) goServe(serve func() error) {
 			s.errs <- err
 		}
 	}()
+}
+
+// Reload re-reads every credential's secret or certificate file now, as
+// on SIGHUP. Changed credentials are used from the next token request.
+func (s *Server) Reload() error {
+	if s.exchange == nil {
+		return nil
+	}
+	return s.exchange.reload()
 }
 
 // Err delivers the first error of a listener that stopped by itself.
@@ -223,6 +259,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.cancel()
 	}
 	s.wg.Wait()
+	if s.exchange != nil {
+		s.exchange.close()
+	}
 	s.closeAll()
 	s.log.Info("stopped")
 	return errors.Join(errs...)
@@ -238,18 +277,31 @@ func (s *Server) closeAll() {
 	s.rdb.Close()
 }
 
-// Run runs the relay until ctx ends, then shuts it down gracefully.
-func Run(ctx context.Context, o Options, log *slog.Logger) error {
+// Run runs the relay until ctx ends, then shuts it down gracefully. Each
+// value on reload (SIGHUP) re-reads the credential files; reload may be
+// nil.
+func Run(ctx context.Context, o Options, log *slog.Logger, reload <-chan struct{}) error {
 	s, err := New(ctx, o, nil, log)
 	if err != nil {
 		return err
 	}
 	s.Start()
 	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-s.Err():
-		log.Error("listener failed", "err", runErr)
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			break wait
+		case runErr = <-s.Err():
+			log.Error("listener failed", "err", runErr)
+			break wait
+		case <-reload:
+			if err := s.Reload(); err != nil {
+				log.Error("reload failed; the credentials in use are kept", "err", err)
+			} else {
+				log.Info("credential files re-read")
+			}
+		}
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()

@@ -27,6 +27,8 @@ type env struct {
 	getenv   func(string) string
 	stdinTTY bool // stdin is a terminal: prompt before reading it
 	now      func() time.Time
+	// reload receives a value for each SIGHUP: re-read credential files.
+	reload <-chan struct{}
 }
 
 // command is one subcommand. Path is its words after "holdfast".

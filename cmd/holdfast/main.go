@@ -25,6 +25,17 @@ func main() {
 		<-ctx.Done()
 		stop()
 	}()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	reload := make(chan struct{}, 1)
+	go func() {
+		for range hup {
+			select {
+			case reload <- struct{}{}:
+			default:
+			}
+		}
+	}()
 	code := run(ctx, os.Args[1:], &env{
 		stdin:    os.Stdin,
 		stdout:   os.Stdout,
@@ -32,6 +43,7 @@ func main() {
 		getenv:   os.Getenv,
 		stdinTTY: isTerminal(os.Stdin),
 		now:      time.Now,
+		reload:   reload,
 	})
 	stop()
 	os.Exit(code)

@@ -1,0 +1,212 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/redis/go-redis/v9"
+
+	"holdfast/auth"
+	"holdfast/queue"
+	"holdfast/relay/o365"
+	"holdfast/relay/upstream"
+)
+
+// Scopes of the two kinds of app-only tokens.
+const (
+	outlookScope = "https://outlook.office365.com/.default"
+	graphScope   = "https://graph.microsoft.com/.default"
+)
+
+// exchange is the "exchange" sender: SMTP submission or Graph per app,
+// over the configured credentials.
+type exchange struct {
+	smtp  *o365.SMTPSender
+	graph *o365.GraphSender
+	via   map[string]string // app name -> "smtp" or "graph"
+
+	// creds and graphCreds are each credential's token sources for SMTP
+	// and for Graph, by credential name.
+	creds      map[string]*auth.Credential
+	graphCreds map[string]*auth.Credential
+	// grants holds delegated refresh tokens; nil when
+	// exchange.grant_key_file is not set.
+	grants *auth.GrantStore
+}
+
+var (
+	_ Sender = (*exchange)(nil)
+	_ Sender = (*o365.SMTPSender)(nil)
+	_ Sender = (*o365.GraphSender)(nil)
+)
+
+// exchangeTLS returns the TLS configuration for Entra, Graph and SMTP:
+// the system roots plus exchange.ca_file.
+func exchangeTLS(o ExchangeOptions) (*tls.Config, error) {
+	if o.CAFile == "" {
+		return &tls.Config{MinVersion: tls.VersionTLS12}, nil
+	}
+	pem, err := os.ReadFile(o.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("exchange.ca_file: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("exchange.ca_file: %s holds no PEM certificate", o.CAFile)
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+}
+
+// newExchange builds the exchange sender. onChange is told when a
+// credential's secret or certificate file changes.
+func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string), log *slog.Logger) (*exchange, error) {
+	tlsConfig, err := exchangeTLS(o.Exchange)
+	if err != nil {
+		return nil, err
+	}
+	httpClient := auth.NewHTTPClient(tlsConfig)
+	x := &exchange{
+		via:        map[string]string{},
+		creds:      map[string]*auth.Credential{},
+		graphCreds: map[string]*auth.Credential{},
+	}
+	if o.Exchange.GrantKeyFile != "" {
+		key, err := auth.LoadKeyFile(o.Exchange.GrantKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("exchange.grant_key_file: %w", err)
+		}
+		if x.grants, err = auth.NewGrantStore(rdb, key, auth.WithGrantLogger(log)); err != nil {
+			return nil, fmt.Errorf("exchange.grant_key_file: %w", err)
+		}
+	}
+	usesGraph := map[string]bool{}
+	for _, a := range o.Apps {
+		x.via[a.Name] = a.Via
+		if a.Via == "graph" {
+			usesGraph[a.Credential] = true
+		}
+	}
+	for _, c := range o.Credentials {
+		co := auth.CredentialOptions{
+			Name: c.Name, Tenant: c.Tenant, ClientID: c.ClientID, Authority: c.Authority,
+			ClientSecretFile: c.ClientSecretFile, CertFile: c.CertFile, KeyFile: c.KeyFile,
+			Scope: outlookScope, HTTPClient: httpClient, OnChange: onChange, Logger: log,
+		}
+		if x.creds[c.Name], err = auth.NewCredential(co); err != nil {
+			return nil, fmt.Errorf("credentials %s: %w", c.Name, err)
+		}
+		if usesGraph[c.Name] {
+			co.Scope, co.OnChange = graphScope, nil
+			if x.graphCreds[c.Name], err = auth.NewCredential(co); err != nil {
+				return nil, fmt.Errorf("credentials %s: %w", c.Name, err)
+			}
+		}
+	}
+	smtpTLS := tlsConfig.Clone()
+	x.smtp, err = o365.NewSMTPSender(o365.SMTPOptions{
+		Addr:              o.Exchange.SMTPAddr,
+		TLS:               smtpTLS,
+		InsecurePlaintext: o.Exchange.InsecurePlaintext,
+		MaxConns:          o.Exchange.MaxConnectionsPerMailbox,
+		PerMinute:         o.Exchange.MessagesPerMinute,
+		Limits:            queue.NewLimiter(rdb, nil),
+		Router:            x.route(x.creds),
+		Logger:            log.With("component", "smtp-out"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(x.graphCreds) > 0 {
+		x.graph, err = o365.NewGraphSender(o365.GraphOptions{
+			BaseURL:    o.Exchange.GraphURL,
+			HTTPClient: httpClient,
+			Router:     x.route(x.graphCreds),
+			Large:      x.smtp,
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return x, nil
+}
+
+// route returns a router that sends app-only routes with the given
+// credentials and delegated routes with the mailbox's grant.
+func (x *exchange) route(creds map[string]*auth.Credential) o365.Router {
+	return func(ctx context.Context, m *queue.Message) (o365.Route, error) {
+		delegated, name, mailbox, ok := parseRoute(m.Route)
+		if !ok {
+			return o365.Route{}, &upstream.Error{Class: upstream.Transient,
+				Text: fmt.Sprintf("route %q is not an exchange route (app:CRED:MAILBOX or mbx:CRED:MAILBOX)", m.Route)}
+		}
+		cred := creds[name]
+		if cred == nil {
+			return o365.Route{}, &upstream.Error{Class: upstream.Credential,
+				Text: fmt.Sprintf("credential %q of route %s is not configured", name, m.Route)}
+		}
+		if !delegated {
+			return o365.Route{Mailbox: mailbox, Tokens: cred, Kind: o365.AppOnly}, nil
+		}
+		if x.grants == nil {
+			return o365.Route{}, &upstream.Error{Class: upstream.Mailbox,
+				Text: "delegated grants are not configured (exchange.grant_key_file)"}
+		}
+		return o365.Route{Mailbox: mailbox, Tokens: x.grants.TokenSource(cred, mailbox), Kind: o365.Delegated}, nil
+	}
+}
+
+// GrantCredential tells routing whether a mailbox has a delegated grant,
+// and of which credential.
+func (x *exchange) GrantCredential(ctx context.Context, mailbox string) (string, bool, error) {
+	g, err := x.grants.Get(ctx, mailbox)
+	if errors.Is(err, auth.ErrNoGrant) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, err
+	}
+	return g.Credential, true, nil
+}
+
+// Send sends by Graph for apps configured so, by SMTP otherwise.
+func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
+	if x.via[m.App] == "graph" && x.graph != nil {
+		return x.graph.Send(ctx, m)
+	}
+	return x.smtp.Send(ctx, m)
+}
+
+// watch reloads every credential's files when they change, until ctx
+// ends.
+func (x *exchange) watch(ctx context.Context) {
+	for _, c := range x.creds {
+		go c.Watch(ctx)
+	}
+	for _, c := range x.graphCreds {
+		go c.Watch(ctx)
+	}
+}
+
+// reload re-reads every credential's files now (SIGHUP).
+func (x *exchange) reload() error {
+	var errs []error
+	for _, list := range []map[string]*auth.Credential{x.creds, x.graphCreds} {
+		for name, c := range list {
+			if _, err := c.Reload(); err != nil {
+				errs = append(errs, fmt.Errorf("credential %s: %w", name, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// close closes idle upstream connections.
+func (x *exchange) close() { x.smtp.Close() }

@@ -1,0 +1,121 @@
+package relay
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// defaultAuthority is Entra ID's public cloud.
+const defaultAuthority = "https://login.microsoftonline.com"
+
+// validateExchange checks the options the "exchange" sender needs and
+// fills in per-credential and per-app defaults.
+func (o *Options) validateExchange() error {
+	x := &o.Exchange
+	if _, _, err := net.SplitHostPort(x.SMTPAddr); err != nil {
+		return fmt.Errorf("exchange.smtp_addr: %q is not host:port", x.SMTPAddr)
+	}
+	if x.InsecurePlaintext {
+		host, _, _ := net.SplitHostPort(x.SMTPAddr)
+		if !isLoopback(host) {
+			return fmt.Errorf("exchange.insecure_plaintext: only allowed with a loopback smtp_addr, not %q", x.SMTPAddr)
+		}
+	}
+	if u, err := url.Parse(x.GraphURL); err != nil || u.Scheme != "https" || u.Host == "" {
+		return fmt.Errorf("exchange.graph_url: %q is not an https URL", x.GraphURL)
+	}
+	if x.MaxConnectionsPerMailbox < 1 {
+		return fmt.Errorf("exchange.max_connections_per_mailbox: must be at least 1")
+	}
+	if x.MessagesPerMinute < 1 {
+		return fmt.Errorf("exchange.messages_per_minute: must be at least 1")
+	}
+	if len(o.Credentials) == 0 {
+		return fmt.Errorf("credentials: the exchange sender needs at least one credential")
+	}
+	names := map[string]bool{}
+	for i := range o.Credentials {
+		c := &o.Credentials[i]
+		field := fmt.Sprintf("credentials[%d]", i)
+		if err := c.validate(field); err != nil {
+			return err
+		}
+		if names[c.Name] {
+			return fmt.Errorf("%s.name: %q is used twice", field, c.Name)
+		}
+		names[c.Name] = true
+	}
+	for i := range o.Apps {
+		a := &o.Apps[i]
+		field := fmt.Sprintf("apps[%d]", i)
+		if !names[a.Credential] {
+			return fmt.Errorf("%s.credential: %q is not one of the credentials", field, a.Credential)
+		}
+		if _, err := parseAddress(a.Mailbox); err != nil {
+			return fmt.Errorf("%s.mailbox: %q is not a mailbox address", field, a.Mailbox)
+		}
+		for sender, mbx := range a.SenderMailboxes {
+			if _, err := parseSenderRule(sender); err != nil {
+				return fmt.Errorf("%s.sender_mailboxes: %v", field, err)
+			}
+			if _, err := parseAddress(mbx); err != nil {
+				return fmt.Errorf("%s.sender_mailboxes[%s]: %q is not a mailbox address", field, sender, mbx)
+			}
+		}
+		switch a.Via {
+		case "":
+			a.Via = "smtp"
+		case "smtp", "graph":
+		default:
+			return fmt.Errorf("%s.via: must be smtp or graph, not %q", field, a.Via)
+		}
+	}
+	return nil
+}
+
+func (c *Credential) validate(field string) error {
+	if c.Name == "" || strings.ContainsAny(c.Name, ": ") || !validRoute(c.Name) {
+		return fmt.Errorf("%s.name: required; printable ASCII without spaces or colons", field)
+	}
+	if c.Tenant == "" {
+		return fmt.Errorf("%s.tenant: required (the directory id or domain)", field)
+	}
+	if c.ClientID == "" {
+		return fmt.Errorf("%s.client_id: required (the application id)", field)
+	}
+	if c.Authority == "" {
+		c.Authority = defaultAuthority
+	}
+	if u, err := url.Parse(c.Authority); err != nil || u.Scheme != "https" || u.Host == "" {
+		return fmt.Errorf("%s.authority: %q is not an https URL", field, c.Authority)
+	}
+	secret, cert := c.ClientSecretFile != "", c.CertFile != "" || c.KeyFile != ""
+	switch {
+	case secret && cert:
+		return fmt.Errorf("%s.client_secret_file: set a client secret or a certificate, not both", field)
+	case !secret && !cert:
+		return fmt.Errorf("%s.client_secret_file: set client_secret_file, or cert_file and key_file", field)
+	case cert && (c.CertFile == "" || c.KeyFile == ""):
+		return fmt.Errorf("%s.cert_file: a certificate credential needs both cert_file and key_file", field)
+	}
+	if _, err := c.Expiry(); err != nil {
+		return fmt.Errorf("%s.expires_at: %v", field, err)
+	}
+	return nil
+}
+
+// Expiry parses ExpiresAt; the zero time when it is not set.
+func (c *Credential) Expiry() (time.Time, error) {
+	if c.ExpiresAt == "" {
+		return time.Time{}, nil
+	}
+	for _, layout := range []string{time.RFC3339, "2006-01-02"} {
+		if t, err := time.Parse(layout, c.ExpiresAt); err == nil {
+			return t.UTC(), nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("%q is neither RFC 3339 nor YYYY-MM-DD", c.ExpiresAt)
+}

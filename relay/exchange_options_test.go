@@ -1,0 +1,72 @@
+package relay
+
+import (
+	"strings"
+	"testing"
+)
+
+func exchangeTestOptions() Options {
+	o := DefaultOptions()
+	o.SMTP.Listeners = []Listener{{Addr: "127.0.0.1:2525", Insecure: true}}
+	o.Delivery.Sender = "exchange"
+	o.Credentials = []Credential{{Name: "contoso", Tenant: "contoso.onmicrosoft.com", ClientID: "app-1", ClientSecretFile: "/run/secret"}}
+	o.Apps = []App{{Name: "crm", PasswordHash: "$2a$10$abcdefghijklmnopqrstuv", Senders: []string{"@contoso.com"},
+		Credential: "contoso", Mailbox: "noreply@contoso.com"}}
+	return o
+}
+
+// TestValidateExchange changes one field per case; the error must name it.
+func TestValidateExchange(t *testing.T) {
+	o := exchangeTestOptions()
+	if err := o.Validate(); err != nil {
+		t.Fatalf("valid options: %v", err)
+	}
+	if o.Credentials[0].Authority != defaultAuthority || o.Apps[0].Via != "smtp" {
+		t.Fatalf("defaults not filled: %+v %+v", o.Credentials[0], o.Apps[0])
+	}
+	for _, tc := range []struct {
+		field  string
+		change func(*Options)
+	}{
+		{"exchange.smtp_addr", func(o *Options) { o.Exchange.SMTPAddr = "smtp.office365.com" }},
+		{"exchange.insecure_plaintext", func(o *Options) { o.Exchange.InsecurePlaintext = true }},
+		{"exchange.graph_url", func(o *Options) { o.Exchange.GraphURL = "http://graph.microsoft.com" }},
+		{"exchange.max_connections_per_mailbox", func(o *Options) { o.Exchange.MaxConnectionsPerMailbox = 0 }},
+		{"exchange.messages_per_minute", func(o *Options) { o.Exchange.MessagesPerMinute = 0 }},
+		{"credentials", func(o *Options) { o.Credentials = nil }},
+		{"credentials[0].name", func(o *Options) { o.Credentials[0].Name = "a:b" }},
+		{"credentials[0].tenant", func(o *Options) { o.Credentials[0].Tenant = "" }},
+		{"credentials[0].client_id", func(o *Options) { o.Credentials[0].ClientID = "" }},
+		{"credentials[0].authority", func(o *Options) { o.Credentials[0].Authority = "http://login.example" }},
+		{"credentials[0].client_secret_file", func(o *Options) { o.Credentials[0].ClientSecretFile = "" }},
+		{"credentials[0].client_secret_file", func(o *Options) { o.Credentials[0].CertFile = "c.pem" }},
+		{"credentials[0].cert_file", func(o *Options) {
+			o.Credentials[0].ClientSecretFile = ""
+			o.Credentials[0].KeyFile = "k.pem"
+		}},
+		{"credentials[0].expires_at", func(o *Options) { o.Credentials[0].ExpiresAt = "next year" }},
+		{"credentials[1].name", func(o *Options) { o.Credentials = append(o.Credentials, o.Credentials[0]) }},
+		{"apps[0].credential", func(o *Options) { o.Apps[0].Credential = "fabrikam" }},
+		{"apps[0].mailbox", func(o *Options) { o.Apps[0].Mailbox = "noreply" }},
+		{"apps[0].sender_mailboxes", func(o *Options) { o.Apps[0].SenderMailboxes = map[string]string{"not an address": "a@b.c"} }},
+		{"apps[0].sender_mailboxes[@contoso.com]", func(o *Options) { o.Apps[0].SenderMailboxes = map[string]string{"@contoso.com": "x"} }},
+		{"apps[0].via", func(o *Options) { o.Apps[0].Via = "ews" }},
+	} {
+		t.Run(tc.field, func(t *testing.T) {
+			o := exchangeTestOptions()
+			tc.change(&o)
+			err := o.Validate()
+			if err == nil || !strings.HasPrefix(err.Error(), tc.field+":") {
+				t.Fatalf("Validate: %v; want an error naming %s", err, tc.field)
+			}
+		})
+	}
+	o = exchangeTestOptions()
+	o.Credentials[0].ExpiresAt = "2027-02-14"
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if exp, _ := o.Credentials[0].Expiry(); exp.Format("2006-01-02") != "2027-02-14" {
+		t.Fatalf("expiry %v", exp)
+	}
+}

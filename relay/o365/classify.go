@@ -1,0 +1,153 @@
+// Package o365 delivers mail to Exchange Online: SMTP submission with
+// XOAUTH2 and Microsoft Graph sendMail. It owns turning Microsoft's
+// replies into Holdfast's error classes (see classify.go), which is the
+// one place where that decision is made.
+package o365
+
+import (
+	"strings"
+	"time"
+
+	"holdfast/relay/upstream"
+)
+
+// SMTPReply is an SMTP reply from Exchange Online.
+type SMTPReply struct {
+	Code     int
+	Enhanced string // e.g. "5.7.3"
+	Text     string
+}
+
+// AuthKind says what kind of token authenticated an SMTP or Graph
+// session, which decides whose fault a rejected token is.
+type AuthKind int
+
+const (
+	// AppOnly tokens come from client credentials: one token serves every
+	// mailbox of the app registration, so a rejection is the credential's.
+	AppOnly AuthKind = iota
+	// Delegated tokens come from one mailbox's refresh token: a rejection
+	// is that mailbox's.
+	Delegated
+)
+
+// Throttle delays for replies that name none.
+const (
+	// quotaDelay follows 554 5.2.0 SubmissionQuotaExceededException: the
+	// mailbox's 10,000 recipients per rolling 24 hours are spent.
+	quotaDelay = time.Hour
+	// penaltyDelay follows 550 5.2.251-5.2.255 "Sender throttled due to
+	// continuous ...": Exchange blocks the mailbox for a while.
+	penaltyDelay = 30 * time.Minute
+	// concurrencyDelay follows 432 4.3.2: another connection will free up.
+	concurrencyDelay = 30 * time.Second
+)
+
+// ClassifySMTP classifies a failed SMTP reply. freshToken says whether the
+// token used for AUTH was fetched for this attempt; a 535 5.7.3 on a
+// cached token may only mean the token expired early, so it is transient
+// (the sender drops the token and the next attempt fetches a new one).
+func ClassifySMTP(r SMTPReply, kind AuthKind, freshToken bool) *upstream.Error {
+	e := &upstream.Error{Code: r.Code, Enhanced: r.Enhanced, Text: r.Text}
+	text := strings.ToLower(r.Text)
+	switch {
+	case r.Code == 535 && r.Enhanced == "5.7.3":
+		switch {
+		case !freshToken:
+			e.Class = upstream.Transient
+		case kind == Delegated:
+			e.Class = upstream.Mailbox
+		default:
+			e.Class = upstream.Credential
+		}
+	case r.Code == 535 && r.Enhanced == "5.7.139":
+		// SMTP AUTH disabled for the mailbox or the tenant.
+		e.Class = upstream.Mailbox
+	case r.Code == 501 && r.Enhanced == "5.5.124":
+		// The mailbox address given in XOAUTH2 is not valid.
+		e.Class = upstream.Mailbox
+	case r.Code == 530:
+		// "Client not authenticated": the session lost its AUTH, which is
+		// not the message's fault.
+		e.Class = upstream.Transient
+	case r.Code == 432:
+		e.Class, e.RetryAfter = upstream.Throttled, concurrencyDelay
+	case strings.Contains(text, "submissionquotaexceeded"):
+		e.Class, e.RetryAfter = upstream.Throttled, quotaDelay
+	case r.Code == 550 && strings.HasPrefix(r.Enhanced, "5.2.25") && r.Enhanced != "5.2.252":
+		e.Class, e.RetryAfter = upstream.Throttled, penaltyDelay
+	case r.Code >= 400 && r.Code < 500:
+		e.Class = upstream.Transient
+	case r.Code >= 500 && r.Code < 600 && strings.HasPrefix(r.Enhanced, "4."):
+		// 451 5.7.3 "STARTTLS is required" style replies carry a 5xx
+		// enhanced code on a 4xx reply; the reverse (5xx with 4.x.x) is
+		// treated as temporary too.
+		e.Class = upstream.Transient
+	default:
+		e.Class = upstream.Permanent
+	}
+	return e
+}
+
+// TokenFailure is what the token endpoint said, as far as classification
+// needs it.
+type TokenFailure struct {
+	HTTPStatus int
+	Code       string // the OAuth "error" field
+	AADSTS     string // e.g. "AADSTS7000222"
+	Text       string // error_description, without secrets
+	RetryAfter time.Duration
+}
+
+// ClassifyToken classifies a failed token request. Microsoft asks clients
+// to act on the "error" field, not on AADSTS numbers, so only the HTTP
+// status and that field decide; the AADSTS code travels in the text for
+// operators. An error the endpoint does not explain is held as a
+// credential failure rather than bounced: mail must never bounce because
+// of an auth outage.
+func ClassifyToken(f TokenFailure, kind AuthKind) *upstream.Error {
+	e := &upstream.Error{Code: f.HTTPStatus, Text: strings.TrimSpace(f.Code + " " + f.AADSTS + ": " + f.Text)}
+	switch {
+	case f.HTTPStatus == 429:
+		e.Class, e.RetryAfter = upstream.Throttled, f.RetryAfter
+	case f.HTTPStatus >= 500 || f.Code == "temporarily_unavailable":
+		e.Class, e.RetryAfter = upstream.Transient, f.RetryAfter
+	case f.Code == "invalid_grant" && kind == Delegated:
+		e.Class = upstream.Mailbox
+	default:
+		// invalid_client, unauthorized_client, invalid_tenant,
+		// invalid_request (older tenant-not-found), invalid_scope.
+		e.Class = upstream.Credential
+	}
+	return e
+}
+
+// GraphFailure is a failed Graph request.
+type GraphFailure struct {
+	HTTPStatus int
+	Code       string // error.code, e.g. "ErrorAccessDenied"
+	Message    string
+	RetryAfter time.Duration
+}
+
+// ClassifyGraph classifies a failed Graph sendMail.
+func ClassifyGraph(f GraphFailure, kind AuthKind) *upstream.Error {
+	e := &upstream.Error{Code: f.HTTPStatus, Text: strings.TrimSpace(f.Code + " " + f.Message)}
+	switch {
+	case f.HTTPStatus == 429:
+		e.Class, e.RetryAfter = upstream.Throttled, f.RetryAfter
+	case f.HTTPStatus == 401 && kind == Delegated:
+		e.Class = upstream.Mailbox
+	case f.HTTPStatus == 401:
+		e.Class = upstream.Credential
+	case f.HTTPStatus == 403:
+		// The app may not act for this mailbox (application access
+		// policy, missing permission on the mailbox).
+		e.Class = upstream.Mailbox
+	case f.HTTPStatus >= 500 || f.HTTPStatus == 408:
+		e.Class, e.RetryAfter = upstream.Transient, f.RetryAfter
+	default:
+		e.Class = upstream.Permanent
+	}
+	return e
+}

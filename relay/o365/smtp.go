@@ -1,0 +1,400 @@
+package o365
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"golang.org/x/oauth2"
+
+	"holdfast/auth"
+	"holdfast/queue"
+	"holdfast/relay/upstream"
+)
+
+// TokenSource gives access tokens for one credential or delegated grant.
+type TokenSource interface {
+	Token(ctx context.Context) (*oauth2.Token, error)
+	// Invalidate drops a cached token the server rejected.
+	Invalidate()
+}
+
+// Route says how a message is sent: as which mailbox, with which tokens.
+type Route struct {
+	Mailbox string
+	Tokens  TokenSource
+	Kind    AuthKind
+}
+
+// Router returns the route of a message.
+type Router func(ctx context.Context, m *queue.Message) (Route, error)
+
+// Limits is what the sender needs of the fleet-wide per-mailbox limits.
+type Limits interface {
+	AcquireConn(ctx context.Context, mailbox string, max int, ttl time.Duration) (*queue.Slot, error)
+	Renew(ctx context.Context, s *queue.Slot, ttl time.Duration) error
+	Release(ctx context.Context, s *queue.Slot) error
+	TakeSend(ctx context.Context, mailbox string, limit int, window time.Duration) (time.Duration, error)
+}
+
+var _ Limits = (*queue.Limiter)(nil)
+
+// SMTPOptions configure SMTP submission. Zero values are defaults.
+type SMTPOptions struct {
+	// Addr is the submission endpoint. Default "smtp.office365.com:587".
+	Addr string
+	// TLS configures STARTTLS; certificates are always verified. Its
+	// RootCAs may name a private CA (the simulator's). Default: the
+	// system roots, ServerName from Addr.
+	TLS *tls.Config
+	// InsecurePlaintext skips STARTTLS. Only for tests against a local
+	// server; never against Microsoft.
+	InsecurePlaintext bool
+	// DialTimeout (default 15s), CommandTimeout (default 1m) and
+	// DataTimeout (for the reply after the message, default 5m).
+	DialTimeout, CommandTimeout, DataTimeout time.Duration
+	// MaxConns is the connections per mailbox across the fleet. Default 3.
+	MaxConns int
+	// PerMinute is the messages per mailbox per minute across the fleet.
+	// Default 30.
+	PerMinute int
+	// MaxWait is how long a send waits for a connection slot or the rate
+	// limit before it gives the message back as throttled. Default 2s.
+	MaxWait time.Duration
+	// IdleTimeout closes reused connections idle this long. Default 30s.
+	IdleTimeout time.Duration
+	Limits      Limits
+	Router      Router
+	Logger      *slog.Logger
+}
+
+func (o SMTPOptions) withDefaults() SMTPOptions {
+	if o.Addr == "" {
+		o.Addr = "smtp.office365.com:587"
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 15 * time.Second
+	}
+	if o.CommandTimeout <= 0 {
+		o.CommandTimeout = time.Minute
+	}
+	if o.DataTimeout <= 0 {
+		o.DataTimeout = 5 * time.Minute
+	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = 3
+	}
+	if o.PerMinute <= 0 {
+		o.PerMinute = 30
+	}
+	if o.MaxWait <= 0 {
+		o.MaxWait = 2 * time.Second
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 30 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// SMTPSender delivers messages by SMTP submission with XOAUTH2, reusing
+// each mailbox's connections between messages.
+type SMTPSender struct {
+	o SMTPOptions
+
+	mu   sync.Mutex
+	idle map[string][]*conn // by mailbox
+}
+
+// conn is an authenticated submission connection and its fleet-wide slot.
+type conn struct {
+	c       *smtp.Client
+	slot    *queue.Slot
+	mailbox string
+	used    time.Time
+}
+
+// NewSMTPSender returns a sender. o.Router and o.Limits are required.
+func NewSMTPSender(o SMTPOptions) (*SMTPSender, error) {
+	if o.Router == nil || o.Limits == nil {
+		return nil, errors.New("o365: SMTP sender needs a router and limits")
+	}
+	return &SMTPSender{o: o.withDefaults(), idle: map[string][]*conn{}}, nil
+}
+
+// slotTTL is how long a connection slot lives without renewal.
+const slotTTL = 2 * time.Minute
+
+// Send submits one message. It returns the final reply, or an
+// *upstream.Error classified by ClassifySMTP or ClassifyToken.
+func (s *SMTPSender) Send(ctx context.Context, m *queue.Message) (string, error) {
+	route, err := s.o.Router(ctx, m)
+	if err != nil {
+		return "", err
+	}
+	if wait, err := s.waitRate(ctx, route.Mailbox); err != nil {
+		return "", err
+	} else if wait > 0 {
+		return "", &upstream.Error{Class: upstream.Throttled, RetryAfter: wait,
+			Text: fmt.Sprintf("%s has sent %d messages in the last minute", route.Mailbox, s.o.PerMinute)}
+	}
+	c, err := s.get(ctx, route)
+	if err != nil {
+		return "", err
+	}
+	reply, err := s.transact(c, m)
+	if err != nil {
+		s.discard(c)
+		return "", err
+	}
+	s.put(c)
+	return reply, nil
+}
+
+// waitRate takes a send from the mailbox's rate, waiting up to MaxWait.
+func (s *SMTPSender) waitRate(ctx context.Context, mailbox string) (time.Duration, error) {
+	deadline := time.Now().Add(s.o.MaxWait)
+	for {
+		wait, err := s.o.Limits.TakeSend(ctx, mailbox, s.o.PerMinute, time.Minute)
+		if err != nil || wait == 0 || time.Now().Add(wait).After(deadline) {
+			return wait, err
+		}
+		if err := sleepCtx(ctx, wait); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// get returns an idle connection of the mailbox, or opens one when the
+// fleet has a free slot for it.
+func (s *SMTPSender) get(ctx context.Context, r Route) (*conn, error) {
+	for {
+		s.mu.Lock()
+		list := s.idle[r.Mailbox]
+		var c *conn
+		if n := len(list); n > 0 {
+			c, s.idle[r.Mailbox] = list[n-1], list[:n-1]
+		}
+		s.mu.Unlock()
+		if c == nil {
+			break
+		}
+		if time.Since(c.used) < s.o.IdleTimeout && c.c.Reset() == nil {
+			return c, nil
+		}
+		s.discard(c)
+	}
+	slot, err := s.acquire(ctx, r.Mailbox)
+	if err != nil {
+		return nil, err
+	}
+	c, err := s.open(ctx, r)
+	if err != nil {
+		_ = s.o.Limits.Release(context.WithoutCancel(ctx), slot)
+		return nil, err
+	}
+	c.slot = slot
+	return c, nil
+}
+
+func (s *SMTPSender) acquire(ctx context.Context, mailbox string) (*queue.Slot, error) {
+	deadline := time.Now().Add(s.o.MaxWait)
+	for {
+		slot, err := s.o.Limits.AcquireConn(ctx, mailbox, s.o.MaxConns, slotTTL)
+		if err != nil || slot != nil {
+			return slot, err
+		}
+		if time.Now().After(deadline) {
+			return nil, &upstream.Error{Class: upstream.Throttled, RetryAfter: concurrencyDelay,
+				Text: fmt.Sprintf("%s already has %d connections open", mailbox, s.o.MaxConns)}
+		}
+		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// open dials, secures and authenticates a connection as the route's
+// mailbox. A 535 5.7.3 on a cached token is retried once with a new one.
+func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
+	for fresh := false; ; fresh = true {
+		tok, err := r.Tokens.Token(ctx)
+		if err != nil {
+			return nil, tokenError(err, r.Kind)
+		}
+		c, err := s.dial(ctx)
+		if err != nil {
+			return nil, err
+		}
+		err = c.Auth(auth.NewXOAUTH2Client(r.Mailbox, tok.AccessToken))
+		if err == nil {
+			return &conn{c: c, mailbox: r.Mailbox, used: time.Now()}, nil
+		}
+		c.Close()
+		uerr := smtpError("AUTH", err, r.Kind, fresh)
+		var se *smtp.SMTPError
+		if !fresh && errors.As(err, &se) && se.Code == 535 && se.EnhancedCode == (smtp.EnhancedCode{5, 7, 3}) {
+			r.Tokens.Invalidate()
+			continue
+		}
+		return nil, uerr
+	}
+}
+
+func (s *SMTPSender) dial(ctx context.Context) (*smtp.Client, error) {
+	d := net.Dialer{Timeout: s.o.DialTimeout}
+	nc, err := d.DialContext(ctx, "tcp", s.o.Addr)
+	if err != nil {
+		return nil, &upstream.Error{Class: upstream.Transient, Text: "connect to " + s.o.Addr, Err: err}
+	}
+	var c *smtp.Client
+	if s.o.InsecurePlaintext {
+		c = smtp.NewClient(nc)
+	} else {
+		cfg := s.o.TLS.Clone()
+		if cfg == nil {
+			cfg = &tls.Config{}
+		}
+		if cfg.ServerName == "" {
+			cfg.ServerName, _, _ = net.SplitHostPort(s.o.Addr)
+		}
+		cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS12)
+		nc.SetDeadline(time.Now().Add(s.o.CommandTimeout))
+		c, err = smtp.NewClientStartTLS(nc, cfg)
+		if err != nil {
+			return nil, smtpError("STARTTLS", err, AppOnly, false)
+		}
+		nc.SetDeadline(time.Time{})
+	}
+	c.CommandTimeout = s.o.CommandTimeout
+	c.SubmissionTimeout = s.o.DataTimeout
+	return c, nil
+}
+
+// transact sends one message on an authenticated connection. Recipients
+// go one by one: a permanently rejected recipient does not fail the
+// others, and is named in the returned reply. A temporary rejection of any
+// recipient retries the whole message later, so that nobody gets it twice.
+func (s *SMTPSender) transact(c *conn, m *queue.Message) (string, error) {
+	if err := c.c.Mail(m.From, nil); err != nil {
+		return "", smtpError("MAIL FROM", err, AppOnly, true)
+	}
+	var rejected []string
+	accepted := 0
+	for _, rcpt := range m.To {
+		err := c.c.Rcpt(rcpt, nil)
+		if err == nil {
+			accepted++
+			continue
+		}
+		ue := smtpError("RCPT TO "+rcpt, err, AppOnly, true)
+		if ue.Class != upstream.Permanent {
+			return "", ue
+		}
+		rejected = append(rejected, rcpt+": "+ue.Error())
+	}
+	if accepted == 0 {
+		return "", &upstream.Error{Class: upstream.Permanent, Code: 550,
+			Text: "every recipient was rejected: " + strings.Join(rejected, "; ")}
+	}
+	w, err := c.c.Data()
+	if err != nil {
+		return "", smtpError("DATA", err, AppOnly, true)
+	}
+	if _, err := w.Write(m.Body); err != nil {
+		w.Close()
+		return "", &upstream.Error{Class: upstream.Transient, Text: "write message", Err: err}
+	}
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		return "", smtpError("end of DATA", err, AppOnly, true)
+	}
+	c.used = time.Now()
+	reply := "250 " + resp.StatusText
+	if len(rejected) > 0 {
+		reply += "; rejected: " + strings.Join(rejected, "; ")
+	}
+	return reply, nil
+}
+
+// put keeps a connection for the mailbox's next message and renews its
+// slot.
+func (s *SMTPSender) put(c *conn) {
+	if err := s.o.Limits.Renew(context.Background(), c.slot, slotTTL); err != nil {
+		s.discard(c)
+		return
+	}
+	s.mu.Lock()
+	s.idle[c.mailbox] = append(s.idle[c.mailbox], c)
+	s.mu.Unlock()
+}
+
+// discard closes a connection and frees its slot.
+func (s *SMTPSender) discard(c *conn) {
+	_ = c.c.Close()
+	if c.slot != nil {
+		_ = s.o.Limits.Release(context.Background(), c.slot)
+	}
+}
+
+// Close closes every idle connection.
+func (s *SMTPSender) Close() error {
+	s.mu.Lock()
+	idle := s.idle
+	s.idle = map[string][]*conn{}
+	s.mu.Unlock()
+	for _, list := range idle {
+		for _, c := range list {
+			_ = c.c.Quit()
+			s.discard(c)
+		}
+	}
+	return nil
+}
+
+// smtpError turns a go-smtp error into a classified upstream error.
+func smtpError(command string, err error, kind AuthKind, fresh bool) *upstream.Error {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		ec := ""
+		if se.EnhancedCode != smtp.NoEnhancedCode && se.EnhancedCode != (smtp.EnhancedCode{}) {
+			ec = fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
+		}
+		e := ClassifySMTP(SMTPReply{Code: se.Code, Enhanced: ec, Text: se.Message}, kind, fresh)
+		e.Err = fmt.Errorf("%s", command)
+		return e
+	}
+	return &upstream.Error{Class: upstream.Transient, Text: command, Err: err}
+}
+
+// tokenError classifies a failed token fetch.
+func tokenError(err error, kind AuthKind) error {
+	var te *auth.TokenError
+	if !errors.As(err, &te) {
+		return &upstream.Error{Class: upstream.Transient, Text: "token request", Err: err}
+	}
+	e := ClassifyToken(TokenFailure{HTTPStatus: te.HTTPStatus, Code: te.Code, AADSTS: te.AADSTS,
+		Text: te.Description, RetryAfter: te.RetryAfter}, kind)
+	e.Err = err
+	return e
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

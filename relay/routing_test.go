@@ -1,0 +1,57 @@
+package relay
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+)
+
+// fakeGrants is a grant index with a lookup counter.
+type fakeGrants struct {
+	grants  map[string]string
+	lookups atomic.Int32
+}
+
+func (f *fakeGrants) GrantCredential(_ context.Context, mailbox string) (string, bool, error) {
+	f.lookups.Add(1)
+	cred, ok := f.grants[mailbox]
+	return cred, ok, nil
+}
+
+func TestExchangeRouting(t *testing.T) {
+	app := &App{Name: "crm", Credential: "contoso", Mailbox: "noreply@contoso.com",
+		SenderMailboxes: map[string]string{"billing@contoso.com": "billing@contoso.com", "@sales.contoso.com": "sales@contoso.com"}}
+	g := &fakeGrants{grants: map[string]string{"alice@contoso.com": "contoso-delegated"}}
+	r := newExchangeRouting(g)
+	for _, tc := range []struct{ from, want string }{
+		{"Alice@Contoso.com", "mbx:contoso-delegated:alice@contoso.com"},
+		{"billing@contoso.com", "app:contoso:billing@contoso.com"},
+		{"BILLING@contoso.com", "app:contoso:billing@contoso.com"},
+		{"bob@sales.contoso.com", "app:contoso:sales@contoso.com"},
+		{"anyone@contoso.com", "app:contoso:noreply@contoso.com"},
+	} {
+		got, err := r.route(context.Background(), app, tc.from)
+		if err != nil || got != tc.want {
+			t.Errorf("route(%s) = %q, %v; want %q", tc.from, got, err, tc.want)
+		}
+		delegated, cred, mbx, ok := parseRoute(got)
+		if !ok || cred == "" || mbx == "" || delegated != (got[:4] == "mbx:") {
+			t.Errorf("parseRoute(%q) = %v %q %q %v", got, delegated, cred, mbx, ok)
+		}
+	}
+	// Lookups are cached: routing the same senders again asks nothing.
+	before := g.lookups.Load()
+	r.route(context.Background(), app, "alice@contoso.com")
+	r.route(context.Background(), app, "anyone@contoso.com")
+	if g.lookups.Load() != before {
+		t.Errorf("cached lookups went to the index again")
+	}
+	r.forget("alice@contoso.com")
+	r.route(context.Background(), app, "alice@contoso.com")
+	if g.lookups.Load() != before+1 {
+		t.Errorf("forget did not drop the cached lookup")
+	}
+	if _, _, _, ok := parseRoute("crm"); ok {
+		t.Error("a dir-sender route parsed as an exchange route")
+	}
+}
