@@ -1,0 +1,96 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"holdfast/cmd/o365sim/sim"
+)
+
+// fileConfig is the YAML seed; see sim.example.yaml.
+type fileConfig struct {
+	Listen struct {
+		HTTPS string `yaml:"https"`
+		SMTP  string `yaml:"smtp"`
+		Admin string `yaml:"admin"`
+	} `yaml:"listen"`
+	TokenLifetime string `yaml:"token_lifetime"`
+	Tenants       []struct {
+		ID   string `yaml:"id"`
+		Apps []struct {
+			ClientID string `yaml:"client_id"`
+			Secrets  []struct {
+				Value       string `yaml:"value"`
+				ExpiresAt   string `yaml:"expires_at"`
+				KeyID       string `yaml:"key_id"`
+				DisplayName string `yaml:"display_name"`
+			} `yaml:"secrets"`
+			CertificateFiles []string `yaml:"certificate_files"`
+			SendAs           []string `yaml:"send_as"`
+		} `yaml:"apps"`
+		Mailboxes []struct {
+			Address          string `yaml:"address"`
+			SMTPAuthDisabled bool   `yaml:"smtp_auth_disabled"`
+		} `yaml:"mailboxes"`
+	} `yaml:"tenants"`
+}
+
+// loadConfig reads the YAML seed strictly. Certificate files are relative
+// to the seed's directory.
+func loadConfig(path string) (sim.Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return sim.Config{}, err
+	}
+	var fc fileConfig
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(&fc); err != nil && !errors.Is(err, io.EOF) {
+		return sim.Config{}, fmt.Errorf("%s: %w", path, err)
+	}
+	cfg := sim.Config{HTTPSAddr: fc.Listen.HTTPS, SMTPAddr: fc.Listen.SMTP, AdminAddr: fc.Listen.Admin}
+	if fc.TokenLifetime != "" {
+		if cfg.TokenLifetime, err = time.ParseDuration(fc.TokenLifetime); err != nil {
+			return sim.Config{}, fmt.Errorf("%s: token_lifetime: %w", path, err)
+		}
+	}
+	dir := filepath.Dir(path)
+	for ti, t := range fc.Tenants {
+		tn := sim.Tenant{ID: t.ID}
+		for ai, a := range t.Apps {
+			app := sim.App{ClientID: a.ClientID, SendAsMailboxes: a.SendAs}
+			for si, sec := range a.Secrets {
+				s := sim.Secret{Value: sec.Value, KeyID: sec.KeyID, DisplayName: sec.DisplayName}
+				if sec.ExpiresAt != "" {
+					if s.ExpiresAt, err = time.Parse(time.RFC3339, sec.ExpiresAt); err != nil {
+						return sim.Config{}, fmt.Errorf("%s: tenants[%d].apps[%d].secrets[%d].expires_at: %w", path, ti, ai, si, err)
+					}
+				}
+				app.Secrets = append(app.Secrets, s)
+			}
+			for ci, f := range a.CertificateFiles {
+				if !filepath.IsAbs(f) {
+					f = filepath.Join(dir, f)
+				}
+				pem, err := os.ReadFile(f)
+				if err != nil {
+					return sim.Config{}, fmt.Errorf("%s: tenants[%d].apps[%d].certificate_files[%d]: %w", path, ti, ai, ci, err)
+				}
+				app.CertificatesPEM = append(app.CertificatesPEM, pem)
+			}
+			tn.Apps = append(tn.Apps, app)
+		}
+		for _, m := range t.Mailboxes {
+			tn.Mailboxes = append(tn.Mailboxes, sim.Mailbox{Address: m.Address, SMTPAuthDisabled: m.SMTPAuthDisabled})
+		}
+		cfg.Tenants = append(cfg.Tenants, tn)
+	}
+	return cfg, nil
+}

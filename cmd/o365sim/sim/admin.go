@@ -1,0 +1,177 @@
+package sim
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+)
+
+// faultJSON is Fault on the admin API; durations are Go duration strings
+// such as "30s".
+type faultJSON struct {
+	TokenThrottle    string `json:"token_throttle,omitempty"`
+	TokenUnavailable bool   `json:"token_unavailable,omitempty"`
+	SMTPTransient    string `json:"smtp_transient,omitempty"`
+	SMTPDown         bool   `json:"smtp_down,omitempty"`
+	GraphThrottle    string `json:"graph_throttle,omitempty"`
+}
+
+// MarshalJSON writes f as the admin API shows it.
+func (f Fault) MarshalJSON() ([]byte, error) {
+	j := faultJSON{TokenUnavailable: f.TokenUnavailable, SMTPTransient: f.SMTPTransient, SMTPDown: f.SMTPDown}
+	if f.TokenThrottle > 0 {
+		j.TokenThrottle = f.TokenThrottle.String()
+	}
+	if f.GraphThrottle > 0 {
+		j.GraphThrottle = f.GraphThrottle.String()
+	}
+	return json.Marshal(j)
+}
+
+// UnmarshalJSON reads f as the admin API takes it.
+func (f *Fault) UnmarshalJSON(b []byte) error {
+	var j faultJSON
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&j); err != nil {
+		return err
+	}
+	var out Fault
+	var err error
+	if j.TokenThrottle != "" {
+		if out.TokenThrottle, err = time.ParseDuration(j.TokenThrottle); err != nil {
+			return fmt.Errorf("token_throttle: %w", err)
+		}
+	}
+	if j.GraphThrottle != "" {
+		if out.GraphThrottle, err = time.ParseDuration(j.GraphThrottle); err != nil {
+			return fmt.Errorf("graph_throttle: %w", err)
+		}
+	}
+	switch j.SMTPTransient {
+	case "", "421", "451":
+	default:
+		return fmt.Errorf("smtp_transient: %q is not \"421\", \"451\" or empty", j.SMTPTransient)
+	}
+	out.TokenUnavailable, out.SMTPTransient, out.SMTPDown = j.TokenUnavailable, j.SMTPTransient, j.SMTPDown
+	*f = out
+	return nil
+}
+
+func (s *Sim) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /admin/secrets/expire", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Tenant   string `json:"tenant"`
+			ClientID string `json:"client_id"`
+		}
+		if decode(w, r, &req) && found(w, s.expireSecret(req.Tenant, req.ClientID), "app") {
+			w.WriteHeader(http.StatusNoContent)
+		}
+	})
+	mux.HandleFunc("POST /admin/secrets/rotate", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Tenant   string `json:"tenant"`
+			ClientID string `json:"client_id"`
+			Secret   string `json:"secret"`
+		}
+		if !decode(w, r, &req) {
+			return
+		}
+		if req.Secret == "" {
+			adminError(w, http.StatusBadRequest, "secret is empty")
+			return
+		}
+		if found(w, s.rotateSecret(req.Tenant, req.ClientID, req.Secret), "app") {
+			w.WriteHeader(http.StatusNoContent)
+		}
+	})
+	mux.HandleFunc("POST /admin/grants/issue", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Tenant   string `json:"tenant"`
+			ClientID string `json:"client_id"`
+			Mailbox  string `json:"mailbox"`
+		}
+		if !decode(w, r, &req) {
+			return
+		}
+		rt := s.IssueRefreshToken(req.Tenant, req.ClientID, req.Mailbox)
+		if found(w, rt != "", "tenant, app or mailbox") {
+			writeJSON(w, http.StatusOK, map[string]string{"refresh_token": rt})
+		}
+	})
+	mux.HandleFunc("POST /admin/grants/revoke", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Mailbox      string `json:"mailbox"`
+			RefreshToken string `json:"refresh_token"`
+		}
+		if !decode(w, r, &req) {
+			return
+		}
+		if req.Mailbox == "" && req.RefreshToken == "" {
+			adminError(w, http.StatusBadRequest, "give mailbox or refresh_token")
+			return
+		}
+		if req.Mailbox != "" {
+			s.RevokeMailboxGrants(req.Mailbox)
+		}
+		if req.RefreshToken != "" {
+			s.RevokeGrant(req.RefreshToken)
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /admin/mailboxes/smtp-auth", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Mailbox  string `json:"mailbox"`
+			Disabled bool   `json:"disabled"`
+		}
+		if decode(w, r, &req) && found(w, s.disableSMTPAuth(req.Mailbox, req.Disabled), "mailbox") {
+			w.WriteHeader(http.StatusNoContent)
+		}
+	})
+	mux.HandleFunc("POST /admin/fault", func(w http.ResponseWriter, r *http.Request) {
+		var f Fault
+		if decode(w, r, &f) {
+			s.SetFault(f)
+			w.WriteHeader(http.StatusNoContent)
+		}
+	})
+	mux.HandleFunc("GET /admin/fault", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.faults())
+	})
+	mux.HandleFunc("GET /admin/received", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.Received())
+	})
+	mux.HandleFunc("GET /admin/counters", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.Counters())
+	})
+	mux.HandleFunc("POST /admin/reset", func(w http.ResponseWriter, r *http.Request) {
+		s.Reset()
+		w.WriteHeader(http.StatusNoContent)
+	})
+	return mux
+}
+
+// decode reads a JSON body strictly; on failure it writes a 400.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		adminError(w, http.StatusBadRequest, "bad JSON body: "+err.Error())
+		return false
+	}
+	return true
+}
+
+func found(w http.ResponseWriter, ok bool, what string) bool {
+	if !ok {
+		adminError(w, http.StatusNotFound, what+" not found")
+	}
+	return ok
+}
+
+func adminError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}

@@ -1,0 +1,210 @@
+package sim
+
+import (
+	"strings"
+	"time"
+)
+
+func (s *Sim) findApp(tenantID, clientID string) *app {
+	t := s.tenants[strings.ToLower(tenantID)]
+	if t == nil {
+		return nil
+	}
+	return t.apps[strings.ToLower(clientID)]
+}
+
+// ExpireSecret makes every client secret of the app expire now: from then
+// on they get AADSTS7000222.
+func (s *Sim) ExpireSecret(tenant, clientID string) { s.expireSecret(tenant, clientID) }
+
+func (s *Sim) expireSecret(tenant, clientID string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := s.findApp(tenant, clientID)
+	if a == nil {
+		return false
+	}
+	now := s.now()
+	for i := range a.secrets {
+		if a.secrets[i].ExpiresAt.IsZero() || a.secrets[i].ExpiresAt.After(now) {
+			a.secrets[i].ExpiresAt = now
+		}
+	}
+	return true
+}
+
+// RotateSecret replaces the app's secrets with one new secret, valid for
+// 180 days.
+func (s *Sim) RotateSecret(tenant, clientID, newValue string) {
+	s.rotateSecret(tenant, clientID, newValue)
+}
+
+func (s *Sim) rotateSecret(tenant, clientID, newValue string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := s.findApp(tenant, clientID)
+	if a == nil {
+		return false
+	}
+	now := s.now()
+	a.secrets = []secret{{Secret: Secret{
+		Value:       newValue,
+		ExpiresAt:   now.Add(rotatedSecretLifetime),
+		KeyID:       newGUID(),
+		DisplayName: "rotated " + now.UTC().Format(time.DateOnly),
+	}, start: now}}
+	return true
+}
+
+// IssueRefreshToken creates a delegated grant of mailbox to the app, with
+// the scopes https://outlook.office.com/SMTP.Send and offline_access, and
+// returns its first refresh token. It returns "" if the tenant, app or
+// mailbox is unknown.
+func (s *Sim) IssueRefreshToken(tenant, clientID, mailbox string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := s.findApp(tenant, clientID)
+	m := s.mailboxes[strings.ToLower(mailbox)]
+	if a == nil || m == nil || m.tenant != a.tenant {
+		return ""
+	}
+	now := s.now()
+	g := &grant{
+		tenant:   a.tenant.id,
+		clientID: a.clientID,
+		mailbox:  m.address,
+		scopes:   []string{audOutlook + "/SMTP.Send", "offline_access"},
+		issued:   now,
+		lastUsed: now,
+	}
+	rt := newRefreshToken()
+	s.grants[rt] = g
+	return rt
+}
+
+// RevokeGrant revokes the grant that refreshToken belongs to, with every
+// refresh token issued under it: they get AADSTS50173.
+func (s *Sim) RevokeGrant(refreshToken string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if g := s.grants[refreshToken]; g != nil && !g.revoked {
+		g.revoked, g.revokedAt = true, s.now()
+	}
+}
+
+// RevokeMailboxGrants revokes every grant of mailbox, as "revoke
+// sessions" does. Grants issued later are valid.
+func (s *Sim) RevokeMailboxGrants(mailbox string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	for _, g := range s.grants {
+		if strings.EqualFold(g.mailbox, mailbox) && !g.revoked {
+			g.revoked, g.revokedAt = true, now
+		}
+	}
+}
+
+// DisableSMTPAuth turns SMTP AUTH off or on for a mailbox.
+func (s *Sim) DisableSMTPAuth(mailbox string, disabled bool) { s.disableSMTPAuth(mailbox, disabled) }
+
+func (s *Sim) disableSMTPAuth(mailbox string, disabled bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.mailboxes[strings.ToLower(mailbox)]
+	if m == nil {
+		return false
+	}
+	m.smtpDisabled = disabled
+	return true
+}
+
+// SetFault replaces the injected faults.
+func (s *Sim) SetFault(f Fault) {
+	s.mu.Lock()
+	s.fault = f
+	front := s.smtp
+	s.mu.Unlock()
+	if front != nil {
+		front.setDown(f.SMTPDown)
+	}
+}
+
+func (s *Sim) faults() Fault {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fault
+}
+
+// Reset clears received messages, counters and faults.
+func (s *Sim) Reset() {
+	s.mu.Lock()
+	s.received = nil
+	s.clients = map[string]*ClientCounters{}
+	s.mcount = map[string]*MailboxCounters{}
+	for m, n := range s.active {
+		// Sessions still open stay counted, so that the limit holds.
+		s.mcount[m] = &MailboxCounters{MaxConcurrentSMTP: n}
+	}
+	s.mu.Unlock()
+	s.SetFault(Fault{})
+}
+
+// Received returns a copy of the accepted messages, oldest first.
+func (s *Sim) Received() []Received {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Received, len(s.received))
+	for i, r := range s.received {
+		r.To = append([]string(nil), r.To...)
+		r.Data = append([]byte(nil), r.Data...)
+		out[i] = r
+	}
+	return out
+}
+
+// Counters returns a copy of the counters.
+func (s *Sim) Counters() Counters {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := Counters{Clients: map[string]ClientCounters{}, Mailboxes: map[string]MailboxCounters{}}
+	for k, v := range s.clients {
+		c.Clients[k] = *v
+	}
+	for k, v := range s.mcount {
+		c.Mailboxes[k] = *v
+	}
+	return c
+}
+
+// client returns the counters of clientID; s.mu must be held.
+func (s *Sim) client(clientID string) *ClientCounters {
+	c := s.clients[clientID]
+	if c == nil {
+		c = &ClientCounters{}
+		s.clients[clientID] = c
+	}
+	return c
+}
+
+// mailboxCounters returns the counters of a mailbox; s.mu must be held.
+func (s *Sim) mailboxCounters(address string) *MailboxCounters {
+	k := strings.ToLower(address)
+	c := s.mcount[k]
+	if c == nil {
+		c = &MailboxCounters{}
+		s.mcount[k] = c
+	}
+	return c
+}
+
+func (s *Sim) record(r Received) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.received = append(s.received, r)
+}
+
+// maySendAs reports whether app-only tokens of a may send as m.
+func (a *app) maySendAs(m *mailbox) bool {
+	return m.tenant == a.tenant && (a.sendAll || a.sendAs[strings.ToLower(m.address)])
+}

@@ -1,0 +1,59 @@
+// Package sim simulates the parts of Microsoft Entra ID and Exchange
+// Online that Holdfast talks to, on loopback, with the status codes and
+// reply texts of O365-REFERENCE.md. It is for local runs, demos and the
+// tests of other packages; it owns no production code path.
+//
+// One Sim serves three listeners:
+//
+//   - HTTPS (AuthorityURL, GraphURL; one server, told apart by path):
+//     POST /{tenant}/oauth2/v2.0/token (client_credentials with a client
+//     secret in the form or a private_key_jwt assertion; refresh_token for
+//     delegated grants, which rotates the refresh token), POST
+//     /v1.0/users/{id|upn}/sendMail (the MIME form only) and GET
+//     /v1.0/applications(appId='…') with $select.
+//   - SMTP submission (SMTPAddr): STARTTLS, then AUTH XOAUTH2 only.
+//     Before STARTTLS the simulator answers as Exchange does; after it a
+//     go-smtp server runs the session (see smtp.go).
+//   - The admin API (AdminURL), plain HTTP and JSON.
+//
+// Access tokens are HS256 JWTs signed with a per-instance key: they are
+// valid only at the Sim that issued them. A token's audience decides where
+// it works: https://outlook.office365.com or https://outlook.office.com for
+// SMTP, https://graph.microsoft.com for Graph. Revoking a grant or expiring
+// a secret does not end access tokens already issued, as in Entra.
+//
+// # Admin API
+//
+// Every POST takes a JSON object, rejects unknown fields with 400, and
+// answers 204 unless stated; an unknown tenant, app or mailbox gets 404.
+// Errors are {"error": "text"}.
+//
+//	POST /admin/secrets/expire     {"tenant", "client_id"}             the app's secrets expire now (AADSTS7000222)
+//	POST /admin/secrets/rotate     {"tenant", "client_id", "secret"}   one new secret, valid 180 days, replaces them
+//	POST /admin/grants/issue       {"tenant", "client_id", "mailbox"}  200 {"refresh_token"}: a new delegated grant
+//	POST /admin/grants/revoke      {"mailbox"} or {"refresh_token"}    revoke grants (AADSTS50173)
+//	POST /admin/mailboxes/smtp-auth {"mailbox", "disabled"}            SMTP AUTH off or on (535 5.7.139)
+//	POST /admin/fault              Fault, e.g. {"token_throttle": "30s", "token_unavailable": true,
+//	                               "smtp_transient": "421"|"451", "smtp_down": true, "graph_throttle": "10s"};
+//	                               replaces the current faults, {} clears them
+//	GET  /admin/fault              the current faults
+//	GET  /admin/received           200 [Received…], data base64
+//	GET  /admin/counters           200 Counters
+//	POST /admin/reset              clear received messages, counters and faults
+//
+// # Choices where Microsoft's answer is not known first-hand
+//
+//   - A throttled token request (Fault.TokenThrottle) is a 429 with
+//     Retry-After and an empty body.
+//   - Fault.TokenUnavailable is a 503 with error temporarily_unavailable and
+//     AADSTS90033.
+//   - Client assertions: an unknown certificate, a bad signature or a
+//     wrong aud is AADSTS700027; a time outside nbf/exp is AADSTS700024; iss
+//     or sub not the client id is AADSTS700021. All are 401 invalid_client.
+//   - A client-credentials scope without /.default is AADSTS1002012, a
+//     .default scope of an unknown resource AADSTS500011 (invalid_resource),
+//     a missing or malformed scope AADSTS70011; all 400.
+//   - A sendMail request over 4 MB is 413 RequestEntityTooLarge.
+//   - Fault.SMTPTransient "451" answers the end of DATA; "421" greets new
+//     connections and closes them.
+package sim
