@@ -66,9 +66,11 @@ type SMTPOptions struct {
 	// Default 30.
 	PerMinute int
 	// MaxWait is how long a send waits for a connection slot or the rate
-	// limit before it gives the message back as throttled. Default 2s.
+	// limit before it gives the message back as throttled. Default 5s.
 	MaxWait time.Duration
-	// IdleTimeout closes reused connections idle this long. Default 30s.
+	// IdleTimeout closes connections idle this long, freeing their slot
+	// for other replicas. Default 2s (Postfix's
+	// smtp_connection_cache_time_limit).
 	IdleTimeout time.Duration
 	Limits      Limits
 	Router      Router
@@ -95,10 +97,10 @@ func (o SMTPOptions) withDefaults() SMTPOptions {
 		o.PerMinute = 30
 	}
 	if o.MaxWait <= 0 {
-		o.MaxWait = 2 * time.Second
+		o.MaxWait = 5 * time.Second
 	}
 	if o.IdleTimeout <= 0 {
-		o.IdleTimeout = 30 * time.Second
+		o.IdleTimeout = 2 * time.Second
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -113,6 +115,9 @@ type SMTPSender struct {
 
 	mu   sync.Mutex
 	idle map[string][]*conn // by mailbox
+
+	stop chan struct{} // closed by Close; ends the reaper
+	done chan struct{}
 }
 
 // conn is an authenticated submission connection and its fleet-wide slot.
@@ -128,11 +133,55 @@ func NewSMTPSender(o SMTPOptions) (*SMTPSender, error) {
 	if o.Router == nil || o.Limits == nil {
 		return nil, errors.New("o365: SMTP sender needs a router and limits")
 	}
-	return &SMTPSender{o: o.withDefaults(), idle: map[string][]*conn{}}, nil
+	s := &SMTPSender{o: o.withDefaults(), idle: map[string][]*conn{}, stop: make(chan struct{}), done: make(chan struct{})}
+	go s.reap()
+	return s, nil
+}
+
+// reap closes connections idle longer than IdleTimeout, so that their
+// fleet-wide slots go to whoever needs them.
+func (s *SMTPSender) reap() {
+	defer close(s.done)
+	t := time.NewTicker(s.o.IdleTimeout / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		var old []*conn
+		s.mu.Lock()
+		for mbx, list := range s.idle {
+			keep := list[:0]
+			for _, c := range list {
+				if time.Since(c.used) >= s.o.IdleTimeout {
+					old = append(old, c)
+				} else {
+					keep = append(keep, c)
+				}
+			}
+			if len(keep) == 0 {
+				delete(s.idle, mbx)
+			} else {
+				s.idle[mbx] = keep
+			}
+		}
+		s.mu.Unlock()
+		for _, c := range old {
+			_ = c.c.Quit()
+			s.discard(c)
+		}
+	}
 }
 
 // slotTTL is how long a connection slot lives without renewal.
 const slotTTL = 2 * time.Minute
+
+// slotDelay is when a message that found every connection slot of its
+// mailbox taken is tried again: connections are released within
+// IdleTimeout of their last message.
+const slotDelay = 5 * time.Second
 
 // Send submits one message. It returns the final reply, or an
 // *upstream.Error classified by ClassifySMTP or ClassifyToken.
@@ -141,15 +190,19 @@ func (s *SMTPSender) Send(ctx context.Context, m *queue.Message) (string, error)
 	if err != nil {
 		return "", err
 	}
-	if wait, err := s.waitRate(ctx, route.Mailbox); err != nil {
-		return "", err
-	} else if wait > 0 {
-		return "", &upstream.Error{Class: upstream.Throttled, RetryAfter: wait,
-			Text: fmt.Sprintf("%s has sent %d messages in the last minute", route.Mailbox, s.o.PerMinute)}
-	}
+	// The connection slot comes first: a send counted against the rate
+	// must be one that has a connection to go out on.
 	c, err := s.get(ctx, route)
 	if err != nil {
 		return "", err
+	}
+	if wait, err := s.waitRate(ctx, route.Mailbox); err != nil || wait > 0 {
+		s.put(c)
+		if err != nil {
+			return "", err
+		}
+		return "", &upstream.Error{Class: upstream.Throttled, RetryAfter: wait,
+			Text: fmt.Sprintf("%s has sent %d messages in the last minute", route.Mailbox, s.o.PerMinute)}
 	}
 	reply, err := s.transact(c, m)
 	if err != nil {
@@ -214,7 +267,7 @@ func (s *SMTPSender) acquire(ctx context.Context, mailbox string) (*queue.Slot, 
 			return slot, err
 		}
 		if time.Now().After(deadline) {
-			return nil, &upstream.Error{Class: upstream.Throttled, RetryAfter: concurrencyDelay,
+			return nil, &upstream.Error{Class: upstream.Throttled, RetryAfter: slotDelay,
 				Text: fmt.Sprintf("%s already has %d connections open", mailbox, s.o.MaxConns)}
 		}
 		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
@@ -346,8 +399,15 @@ func (s *SMTPSender) discard(c *conn) {
 	}
 }
 
-// Close closes every idle connection.
+// Close closes every idle connection and stops the reaper. Sends still
+// running finish on their own connections.
 func (s *SMTPSender) Close() error {
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+		<-s.done
+	}
 	s.mu.Lock()
 	idle := s.idle
 	s.idle = map[string][]*conn{}

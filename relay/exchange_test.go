@@ -1,0 +1,367 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"holdfast/cmd/o365sim/sim"
+	"holdfast/queue"
+)
+
+const (
+	simTenant   = "contoso.onmicrosoft.com"
+	simClientID = "11111111-2222-3333-4444-555555555555"
+	simSecret   = "first-secret-value~0123456789"
+)
+
+// exchangeEnv is a relay delivering to the Exchange Online simulator.
+type exchangeEnv struct {
+	f          *fixture
+	sim        *sim.Sim
+	relays     []*Server
+	secretFile string
+	logs       *syncBuffer
+	opts       Options
+}
+
+// newExchangeEnv starts the simulator (mailboxes noreply@, billing@,
+// alice@ and box1..box20@contoso.com) and replicas relays delivering to it
+// over one Redis, with logs captured at debug level.
+func newExchangeEnv(t *testing.T, replicas int, change func(*Options)) *exchangeEnv {
+	t.Helper()
+	mailboxes := []sim.Mailbox{{Address: "noreply@contoso.com"}, {Address: "billing@contoso.com"}, {Address: "alice@contoso.com"}}
+	for i := 1; i <= 20; i++ {
+		mailboxes = append(mailboxes, sim.Mailbox{Address: fmt.Sprintf("box%d@contoso.com", i)})
+	}
+	s, err := sim.New(sim.Config{Tenants: []sim.Tenant{{
+		ID:        simTenant,
+		Apps:      []sim.App{{ClientID: simClientID, Secrets: []sim.Secret{{Value: simSecret, ExpiresAt: time.Now().Add(365 * 24 * time.Hour)}}, SendAsMailboxes: []string{"*"}}},
+		Mailboxes: mailboxes,
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+
+	dir := t.TempDir()
+	e := &exchangeEnv{f: newFixture(t), sim: s, secretFile: filepath.Join(dir, "secret"), logs: &syncBuffer{}}
+	writeFile(t, e.secretFile, simSecret+"\n")
+	writeFile(t, filepath.Join(dir, "ca.pem"), string(s.CACertPEM()))
+	writeFile(t, filepath.Join(dir, "grants.key"), strings.Repeat("ab", 32))
+
+	o := e.f.opts
+	o.Redis.Addrs = []string{e.f.redis.Addr()}
+	o.HTTP.Addr = "127.0.0.1:0"
+	o.Delivery.Sender = "exchange"
+	o.Delivery.Poll = Duration(50 * time.Millisecond)
+	o.Credentials = []Credential{{Name: "contoso", Tenant: simTenant, ClientID: simClientID,
+		Authority: s.AuthorityURL(), ClientSecretFile: e.secretFile}}
+	o.Exchange.SMTPAddr = s.SMTPAddr()
+	o.Exchange.GraphURL = s.GraphURL()
+	o.Exchange.CAFile = filepath.Join(dir, "ca.pem")
+	o.Exchange.GrantKeyFile = filepath.Join(dir, "grants.key")
+	o.Exchange.MessagesPerMinute = 6000
+	o.Queue.BackoffBase = Duration(time.Minute)
+	for i := range o.Apps {
+		o.Apps[i].Credential = "contoso"
+		o.Apps[i].Mailbox = "noreply@contoso.com"
+		o.Apps[i].SenderMailboxes = map[string]string{"billing@contoso.com": "billing@contoso.com"}
+		o.Apps[i].Senders = append(o.Apps[i].Senders, "@contoso.com")
+	}
+	if change != nil {
+		change(&o)
+	}
+	if err := o.Validate(); err != nil {
+		t.Fatalf("options: %v", err)
+	}
+	e.opts = o
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("relay logs:\n%s", e.logs.String())
+		}
+	})
+	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	for range replicas {
+		r, err := New(context.Background(), o, nil, log)
+		if err != nil {
+			t.Fatalf("new relay: %v", err)
+		}
+		r.Start()
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			r.Shutdown(ctx)
+		})
+		e.relays = append(e.relays, r)
+	}
+	return e
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// submit sends one message over SMTP to a relay and returns its queue id.
+func (e *exchangeEnv) submit(t *testing.T, relay int, from, to, body string) string {
+	t.Helper()
+	c, err := smtp.Dial(e.relays[relay].SMTPAddrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewPlainClient("", crmUser, crmPassword)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mail(from, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt(to, nil); err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte(body))
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		t.Fatalf("DATA: %v", err)
+	}
+	_, id, ok := strings.Cut(resp.StatusText, "Queued as ")
+	if !ok {
+		t.Fatalf("reply %q", resp.StatusText)
+	}
+	return id
+}
+
+func exchangeMessage(n int, from string) string {
+	return fmt.Sprintf("From: <%s>\r\nTo: <x@example.org>\r\nSubject: test %d\r\nMessage-ID: <m%d@test>\r\n\r\nbody %d\r\n", from, n, n, n)
+}
+
+// waitFor polls cond for up to d.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (e *exchangeEnv) get(t *testing.T, id string) *queue.Message {
+	t.Helper()
+	m, err := e.f.queue.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestExchangeDeliversThroughSimulator: messages submitted over SMTP
+// arrive at Exchange with identical bytes after our Received: header, the
+// right envelope and mailbox, and one token request serves them all.
+func TestExchangeDeliversThroughSimulator(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	ids := map[string]string{}
+	for i := range 10 {
+		from := "billing@contoso.com"
+		if i%2 == 1 {
+			from = "noreply@contoso.com"
+		}
+		body := exchangeMessage(i, from)
+		ids[fmt.Sprintf("<m%d@test>", i)] = e.submit(t, 0, from, fmt.Sprintf("rcpt%d@example.org", i), body)
+	}
+	waitFor(t, 10*time.Second, "10 messages at the simulator", func() bool { return len(e.sim.Received()) == 10 })
+	for _, r := range e.sim.Received() {
+		id := ids[r.MessageID]
+		m := e.get(t, id)
+		if m.State != queue.Delivered {
+			t.Errorf("%s: state %s", id, m.State)
+		}
+		n := 0
+		fmt.Sscanf(r.MessageID, "<m%d@test>", &n)
+		want := exchangeMessage(n, r.From)
+		if !bytes.HasPrefix(r.Data, []byte("Received: from ")) || !bytes.HasSuffix(r.Data, []byte(want)) {
+			t.Errorf("%s: bytes at Exchange are not our Received: plus the original:\n%s", r.MessageID, r.Data)
+		}
+		if len(r.To) != 1 || r.To[0] != fmt.Sprintf("rcpt%d@example.org", n) {
+			t.Errorf("%s: recipients %v", r.MessageID, r.To)
+		}
+		if r.Mailbox != r.From || r.TokenClientID != simClientID || r.Delegated || r.Via != "smtp" {
+			t.Errorf("%s: sent as %s by %s (delegated %v, via %s)", r.MessageID, r.Mailbox, r.TokenClientID, r.Delegated, r.Via)
+		}
+	}
+	if n := e.sim.Counters().Clients[simClientID].TokenRequests; n != 1 {
+		t.Errorf("%d token requests for 10 messages, want 1 per token lifetime", n)
+	}
+	assertNoSecretsLogged(t, e)
+}
+
+// TestExchangeErrorPaths: each class of Exchange's answers takes its
+// queue path.
+func TestExchangeErrorPaths(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+
+	unknown := e.submit(t, 0, "billing@contoso.com", "unknown-person@example.org", exchangeMessage(1, "billing@contoso.com"))
+	waitFor(t, 10*time.Second, "the unknown recipient dead-lettered", func() bool { return e.get(t, unknown).State == queue.Dead })
+	if m := e.get(t, unknown); !strings.Contains(m.Reason, "550") || m.Attempts != 1 {
+		t.Errorf("unknown recipient: %+v", m)
+	}
+
+	e.sim.SetFault(sim.Fault{SMTPTransient: "451"})
+	busy := e.submit(t, 0, "billing@contoso.com", "a@example.org", exchangeMessage(2, "billing@contoso.com"))
+	waitFor(t, 10*time.Second, "the 451 retried", func() bool { return e.get(t, busy).State == queue.Scheduled })
+	if m := e.get(t, busy); m.Attempts != 1 || !strings.Contains(m.LastError, "451") {
+		t.Errorf("transient: %+v", m)
+	}
+	e.sim.SetFault(sim.Fault{})
+
+	e.sim.ExpireSecret(simTenant, simClientID)
+	e.relays[0].exchange.creds["contoso"].Invalidate()
+	held := e.submit(t, 0, "billing@contoso.com", "b@example.org", exchangeMessage(3, "billing@contoso.com"))
+	waitFor(t, 10*time.Second, "the expired secret deferred", func() bool { return e.get(t, held).State == queue.Scheduled })
+	if m := e.get(t, held); m.Attempts != 0 || !strings.Contains(m.LastError, "AADSTS7000222") || !strings.Contains(m.LastError, "credential") {
+		t.Errorf("credential failure: %+v", m)
+	}
+
+	e.sim.SetFault(sim.Fault{TokenThrottle: 7 * time.Second})
+	throttled := e.submit(t, 0, "billing@contoso.com", "c@example.org", exchangeMessage(4, "billing@contoso.com"))
+	waitFor(t, 10*time.Second, "the throttled token request deferred", func() bool { return e.get(t, throttled).State == queue.Scheduled })
+	if m := e.get(t, throttled); m.Attempts != 0 || time.Until(m.Due) > 8*time.Second {
+		t.Errorf("throttled: attempts %d, due in %v; want 0 and about 7s", m.Attempts, time.Until(m.Due))
+	}
+}
+
+// TestExchangeSecretRotation: after the secret expires, rewriting the
+// secret file makes mail flow again with no restart.
+func TestExchangeSecretRotation(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	e.sim.ExpireSecret(simTenant, simClientID)
+	id := e.submit(t, 0, "billing@contoso.com", "a@example.org", exchangeMessage(1, "billing@contoso.com"))
+	waitFor(t, 10*time.Second, "the message deferred", func() bool { return e.get(t, id).State == queue.Scheduled })
+
+	const rotated = "second-secret-value~9876543210"
+	e.sim.RotateSecret(simTenant, simClientID, rotated)
+	writeFile(t, e.secretFile, rotated+"\n")
+	start := time.Now()
+	// The credential's watcher polls the file every 5 s; flush so the
+	// message is due at once, as an operator's "queue flush" would.
+	waitFor(t, 15*time.Second, "delivery with the rotated secret", func() bool {
+		e.f.queue.Flush(context.Background(), "app:contoso:billing@contoso.com")
+		return e.get(t, id).State == queue.Delivered
+	})
+	t.Logf("delivered %v after the secret file was rewritten", time.Since(start).Round(time.Millisecond))
+	if m := e.get(t, id); m.Attempts != 1 {
+		t.Errorf("attempts %d, want 1: the credential failure spent none", m.Attempts)
+	}
+	if !strings.Contains(e.logs.String(), "credential file changed") {
+		t.Error("the reload was not logged")
+	}
+	assertNoSecretsLogged(t, e, rotated)
+}
+
+// TestExchangeDelegatedMailbox: a mailbox registered with its refresh
+// token sends its own mail with its delegated grant.
+func TestExchangeDelegatedMailbox(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	rt := e.sim.IssueRefreshToken(simTenant, simClientID, "alice@contoso.com")
+	body := strings.NewReader(fmt.Sprintf(`{"refresh_token": %q}`, rt))
+	req, _ := http.NewRequest("PUT", "http://"+e.relays[0].HTTPAddr()+"/v1/mailboxes/alice@contoso.com", body)
+	req.Header.Set("Authorization", "Bearer "+crmToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got bytes.Buffer
+	got.ReadFrom(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || strings.Contains(got.String(), rt) {
+		t.Fatalf("PUT mailbox: %d %s", resp.StatusCode, got.String())
+	}
+
+	id := e.submit(t, 0, "alice@contoso.com", "a@example.org", exchangeMessage(1, "alice@contoso.com"))
+	if m := e.get(t, id); m.Route != "mbx:contoso:alice@contoso.com" {
+		t.Fatalf("route %q", m.Route)
+	}
+	waitFor(t, 10*time.Second, "the delegated message", func() bool { return len(e.sim.Received()) == 1 })
+	r := e.sim.Received()[0]
+	if r.Mailbox != "alice@contoso.com" || !r.Delegated {
+		t.Fatalf("sent as %s, delegated %v", r.Mailbox, r.Delegated)
+	}
+	if n := e.sim.Counters().Mailboxes["alice@contoso.com"].RefreshTokenRedemptions; n != 1 {
+		t.Errorf("%d refresh token redemptions, want 1", n)
+	}
+	assertNoSecretsLogged(t, e, rt)
+}
+
+// TestExchangeMailboxLimitsAcrossReplicas: two relays sharing one Redis
+// never open more than 3 connections to one mailbox, and together send
+// no more than its per-minute rate.
+func TestExchangeMailboxLimitsAcrossReplicas(t *testing.T) {
+	e := newExchangeEnv(t, 2, func(o *Options) {
+		o.Exchange.MessagesPerMinute = 24
+		o.Delivery.Workers = 8
+	})
+	for i := range 30 {
+		e.submit(t, i%2, "billing@contoso.com", fmt.Sprintf("r%d@example.org", i), exchangeMessage(i, "billing@contoso.com"))
+	}
+	waitFor(t, 15*time.Second, "24 messages sent", func() bool { return len(e.sim.Received()) >= 24 })
+	// Workers still waiting for a slot or the rate give up within
+	// MaxWait and hand their messages back.
+	var st queue.Stats
+	waitFor(t, 15*time.Second, "the rest handed back", func() bool {
+		st, _ = e.f.queue.Stats(context.Background())
+		return st.Total.Leased == 0 && st.Total.Ready == 0
+	})
+	if n := len(e.sim.Received()); n != 24 {
+		t.Errorf("%d messages within the first minute, want the limit of 24", n)
+	}
+	if c := e.sim.Counters().Mailboxes["billing@contoso.com"].MaxConcurrentSMTP; c > 3 || c < 1 {
+		t.Errorf("%d concurrent connections to one mailbox, want at most 3", c)
+	}
+	if st.Total.Scheduled != 6 || st.Total.Dead != 0 {
+		t.Errorf("the rest should wait, not fail: %+v", st.Total)
+	}
+	for _, r := range st.Routes {
+		ms, _ := e.f.queue.List(context.Background(), r.Route, queue.Scheduled, 0, 10)
+		for _, m := range ms {
+			if m.Attempts != 0 {
+				t.Errorf("a rate-limited message spent an attempt: %+v", m)
+			}
+		}
+	}
+}
+
+// assertNoSecretsLogged checks the captured debug logs for the secret,
+// the extra values given, and anything shaped like an access token.
+func assertNoSecretsLogged(t *testing.T, e *exchangeEnv, extra ...string) {
+	t.Helper()
+	logs := e.logs.String()
+	if logs == "" {
+		t.Fatal("no logs captured")
+	}
+	for _, s := range append([]string{simSecret, "eyJ"}, extra...) {
+		if strings.Contains(logs, s) {
+			t.Errorf("the logs contain a secret or token (%.6s…)", s)
+		}
+	}
+}
