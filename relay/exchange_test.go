@@ -365,3 +365,38 @@ func assertNoSecretsLogged(t *testing.T, e *exchangeEnv, extra ...string) {
 		}
 	}
 }
+
+// TestExchangeGraph: an app set to "graph" sends through sendMail; a
+// message over Graph's size limit goes by SMTP instead.
+func TestExchangeGraph(t *testing.T) {
+	e := newExchangeEnv(t, 1, func(o *Options) {
+		for i := range o.Apps {
+			o.Apps[i].Via = "graph"
+		}
+	})
+	small := exchangeMessage(1, "billing@contoso.com")
+	e.submit(t, 0, "billing@contoso.com", "a@example.org", small)
+	large := "From: <billing@contoso.com>\r\nSubject: large\r\nMessage-ID: <large@test>\r\n\r\n" +
+		strings.Repeat(strings.Repeat("y", 998)+"\r\n", 3300)
+	e.submit(t, 0, "billing@contoso.com", "b@example.org", large)
+	waitFor(t, 15*time.Second, "both messages at the simulator", func() bool { return len(e.sim.Received()) == 2 })
+	for _, r := range e.sim.Received() {
+		want := "graph"
+		if r.MessageID == "<large@test>" {
+			want = "smtp"
+		}
+		if r.Via != want || r.Mailbox != "billing@contoso.com" {
+			t.Errorf("%s went by %s as %s, want %s", r.MessageID, r.Via, r.Mailbox, want)
+		}
+		if r.Via == "graph" && !bytes.HasSuffix(r.Data, []byte(small)) {
+			t.Errorf("graph bytes differ:\n%s", r.Data)
+		}
+	}
+
+	e.sim.SetFault(sim.Fault{GraphThrottle: 9 * time.Second})
+	id := e.submit(t, 0, "billing@contoso.com", "c@example.org", exchangeMessage(3, "billing@contoso.com"))
+	waitFor(t, 10*time.Second, "the throttled sendMail deferred", func() bool { return e.get(t, id).State == queue.Scheduled })
+	if m := e.get(t, id); m.Attempts != 0 || time.Until(m.Due) > 10*time.Second || !strings.Contains(m.LastError, "429") {
+		t.Errorf("graph 429: %+v (due in %v)", m, time.Until(m.Due))
+	}
+}

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # run.sh runs Holdfast for development: a private Redis in var/redis on
-# 127.0.0.1:6390, a self-signed certificate in var/dev, and the relay, built
-# from source into bin/holdfast, in the foreground with
-# deploy/local/holdfast.dev.yaml. Ctrl-C stops the relay;
-# the Redis keeps running for the next run ("make stop" stops it).
+# 127.0.0.1:6390, the Exchange Online simulator in place of Microsoft
+# (deploy/local/sim.yaml), a self-signed certificate in var/dev, and the
+# relay, built from source into bin/holdfast, in the foreground with
+# deploy/local/holdfast.dev.yaml. Ctrl-C stops the relay and the
+# simulator; the Redis keeps running for the next run ("make stop" stops
+# it).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -70,8 +72,27 @@ fi
 # interrupted).
 version=$(git describe --always --dirty 2>/dev/null || echo dev)
 go build -ldflags "-X main.version=$version" -o bin/holdfast ./cmd/holdfast
+go build -o bin/o365sim ./cmd/o365sim
 
 bin/holdfast creds devcert --out var/dev
+[ -s var/dev/dev.secret ] || echo dev-secret-value >var/dev/dev.secret
+[ -s var/dev/grants.key ] || od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >var/dev/grants.key
+
+# The simulator runs in the background for as long as the relay does.
+rm -f var/dev/sim-ca.pem
+bin/o365sim --config deploy/local/sim.yaml --ca-out var/dev/sim-ca.pem 2>var/dev/o365sim.log &
+sim_pid=$!
+stop_sim() { kill "$sim_pid" 2>/dev/null && wait "$sim_pid" 2>/dev/null || true; }
+trap stop_sim EXIT
+for _ in $(seq 50); do
+	[ -s var/dev/sim-ca.pem ] && (exec 3<>/dev/tcp/127.0.0.1/5587) 2>/dev/null && break
+	sleep 0.1
+done
+if ! kill -0 "$sim_pid" 2>/dev/null; then
+	echo "run: the simulator did not start; see var/dev/o365sim.log" >&2
+	exit 1
+fi
+echo "run: started the Exchange Online simulator (pid $sim_pid): SMTP 127.0.0.1:5587, Entra and Graph https://127.0.0.1:8443, admin http://127.0.0.1:8099/admin"
 
 echo "run: starting the relay: SMTP 127.0.0.1:2525 (STARTTLS) and 127.0.0.1:2587 (no TLS), HTTP 127.0.0.1:8025; Ctrl-C stops it"
 # A trap (not an ignored signal) lets this script outlive Ctrl-C and print
@@ -82,5 +103,5 @@ status=0
 bin/holdfast serve --config deploy/local/holdfast.dev.yaml || status=$?
 trap - INT TERM
 echo
-echo "run: the relay stopped. The development Redis (pid $pid) is still running; \"make stop\" stops it."
+echo "run: the relay stopped, and so does the simulator. The development Redis (pid $pid) is still running; \"make stop\" stops it."
 exit "$status"
