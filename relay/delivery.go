@@ -52,6 +52,10 @@ type deliveryConfig struct {
 	// ThrottleDelay is the wait after a throttled reply that names no
 	// time. Default one minute.
 	ThrottleDelay time.Duration
+	// PerRoute caps the deliveries of one route in flight in this
+	// process, e.g. at the mailbox's connection limit. 0 means no cap
+	// beyond Workers.
+	PerRoute int
 }
 
 // deliverer leases due messages and hands them to the sender, at most
@@ -63,8 +67,12 @@ type deliverer struct {
 	log    *slog.Logger
 
 	wake  chan struct{} // a message was enqueued by this process
+	freed chan struct{} // a delivery finished, making room on its route
 	slots chan struct{} // one token per free worker
 	wg    sync.WaitGroup
+
+	mu       sync.Mutex
+	inFlight map[string]int // deliveries in flight per route
 	// sendCtx is cancelled when the shutdown grace period ends.
 	sendCtx    context.Context
 	cancelSend context.CancelFunc
@@ -76,8 +84,10 @@ func newDeliverer(q deliveryQueue, s Sender, cfg deliveryConfig, log *slog.Logge
 	}
 	d := &deliverer{
 		q: q, sender: s, cfg: cfg, log: log.With("component", "delivery"),
-		wake:  make(chan struct{}, 1),
-		slots: make(chan struct{}, cfg.Workers),
+		wake:     make(chan struct{}, 1),
+		freed:    make(chan struct{}, 1),
+		slots:    make(chan struct{}, cfg.Workers),
+		inFlight: map[string]int{},
 	}
 	for range cfg.Workers {
 		d.slots <- struct{}{}
@@ -129,9 +139,17 @@ func (d *deliverer) run(ctx context.Context) {
 // reports whether it leased anything and the earliest due time it saw.
 func (d *deliverer) pass(ctx context.Context, routes []string) (leased bool, next time.Time) {
 	for _, route := range routes {
+		room := d.room(route)
+		if room == 0 {
+			continue
+		}
 		n := d.takeSlots(ctx)
 		if n == 0 {
 			return leased, next
+		}
+		if n > room {
+			d.giveSlots(n - room)
+			n = room
 		}
 		res, err := d.q.Lease(ctx, route, n, d.cfg.Lease)
 		if err != nil {
@@ -145,17 +163,42 @@ func (d *deliverer) pass(ctx context.Context, routes []string) (leased bool, nex
 		if !res.NextDue.IsZero() && (next.IsZero() || res.NextDue.Before(next)) {
 			next = res.NextDue
 		}
+		d.addInFlight(route, len(res.Leases))
 		for _, l := range res.Leases {
 			leased = true
 			d.wg.Add(1)
 			go func() {
 				defer d.wg.Done()
-				defer d.giveSlots(1)
 				d.deliver(l)
+				d.addInFlight(route, -1)
+				d.giveSlots(1)
+				select {
+				case d.freed <- struct{}{}:
+				default:
+				}
 			}()
 		}
 	}
 	return leased, next
+}
+
+// room is how many more deliveries of the route may start now.
+func (d *deliverer) room(route string) int {
+	if d.cfg.PerRoute <= 0 {
+		return d.cfg.Workers
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return max(0, d.cfg.PerRoute-d.inFlight[route])
+}
+
+func (d *deliverer) addInFlight(route string, n int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.inFlight[route] += n
+	if d.inFlight[route] == 0 {
+		delete(d.inFlight, route)
+	}
 }
 
 // takeSlots waits for at least one free worker and takes all free ones,
@@ -184,13 +227,14 @@ func (d *deliverer) giveSlots(n int) {
 	}
 }
 
-// sleep waits for d, a local enqueue or the end of ctx. It reports whether
-// a local enqueue woke it.
+// sleep waits for d, a local enqueue, a finished delivery or the end of
+// ctx. It reports whether a local enqueue woke it.
 func (d *deliverer) sleep(ctx context.Context, wait time.Duration) bool {
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
 	case <-t.C:
+	case <-d.freed:
 	case <-d.wake:
 		return true
 	case <-ctx.Done():

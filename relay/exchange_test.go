@@ -38,7 +38,7 @@ type exchangeEnv struct {
 // newExchangeEnv starts the simulator (mailboxes noreply@, billing@,
 // alice@ and box1..box20@contoso.com) and replicas relays delivering to it
 // over one Redis, with logs captured at debug level.
-func newExchangeEnv(t *testing.T, replicas int, change func(*Options)) *exchangeEnv {
+func newExchangeEnv(t testing.TB, replicas int, change func(*Options)) *exchangeEnv {
 	t.Helper()
 	mailboxes := []sim.Mailbox{{Address: "noreply@contoso.com"}, {Address: "billing@contoso.com"}, {Address: "alice@contoso.com"}}
 	for i := 1; i <= 20; i++ {
@@ -111,7 +111,7 @@ func newExchangeEnv(t *testing.T, replicas int, change func(*Options)) *exchange
 	return e
 }
 
-func writeFile(t *testing.T, path, content string) {
+func writeFile(t testing.TB, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)

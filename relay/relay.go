@@ -125,12 +125,18 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	a := newApps(o.Apps)
 	in := &ingress{hostname: o.Hostname, store: s.queue, log: log.With("component", "ingress"), now: time.Now, route: route}
 	if sender != nil {
-		s.deliverer = newDeliverer(s.queue, sender, deliveryConfig{
+		dc := deliveryConfig{
 			Workers: o.Delivery.Workers,
 			Lease:   o.Delivery.Lease.D(),
 			Poll:    o.Delivery.Poll.D(),
 			Grace:   shutdownGrace,
-		}, log)
+		}
+		if s.exchange != nil {
+			// More deliveries of one mailbox than it has connections
+			// would only wait for a slot.
+			dc.PerRoute = o.Exchange.MaxConnectionsPerMailbox
+		}
+		s.deliverer = newDeliverer(s.queue, sender, dc, log)
 		in.queued = s.deliverer.notify
 	}
 	s.smtp = newSMTPIngress(o, in, a, tlsConfig, log)
