@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -398,5 +399,90 @@ func TestExchangeGraph(t *testing.T) {
 	waitFor(t, 10*time.Second, "the throttled sendMail deferred", func() bool { return e.get(t, id).State == queue.Scheduled })
 	if m := e.get(t, id); m.Attempts != 0 || time.Until(m.Due) > 10*time.Second || !strings.Contains(m.LastError, "429") {
 		t.Errorf("graph 429: %+v (due in %v)", m, time.Until(m.Due))
+	}
+}
+
+// TestExchangeDelegatedRotationAcrossReplicas: two relays redeem one
+// mailbox's grant at once; every message goes out, the rotated refresh
+// token is kept, and the stored one still works afterwards.
+func TestExchangeDelegatedRotationAcrossReplicas(t *testing.T) {
+	e := newExchangeEnv(t, 2, nil)
+	rt := e.sim.IssueRefreshToken(simTenant, simClientID, "alice@contoso.com")
+	ctx := context.Background()
+	if err := e.relays[0].exchange.grants.Put(ctx, "alice@contoso.com", "contoso", rt); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e.submit(t, i%2, "alice@contoso.com", fmt.Sprintf("r%d@example.org", i), exchangeMessage(i, "alice@contoso.com"))
+		}()
+	}
+	wg.Wait()
+	waitFor(t, 15*time.Second, "10 delegated messages", func() bool { return len(e.sim.Received()) == 10 })
+	for _, r := range e.sim.Received() {
+		if !r.Delegated || r.Mailbox != "alice@contoso.com" {
+			t.Fatalf("sent as %s, delegated %v", r.Mailbox, r.Delegated)
+		}
+	}
+	n := e.sim.Counters().Mailboxes["alice@contoso.com"].RefreshTokenRedemptions
+	if n < 1 || n > 2 {
+		t.Fatalf("%d redemptions by two replicas, want 1 or 2", n)
+	}
+	g, err := e.relays[1].exchange.grants.Get(ctx, "alice@contoso.com")
+	if err != nil || g.Generation < 2 {
+		t.Fatalf("grant after redemption: %+v %v; want the rotated token stored", g, err)
+	}
+	// The stored refresh token is the newest and still redeems.
+	src := e.relays[1].exchange.grants.TokenSource(e.relays[1].exchange.creds["contoso"], "alice@contoso.com")
+	src.Invalidate()
+	if _, err := src.Token(ctx); err != nil {
+		t.Fatalf("redeeming the stored refresh token: %v", err)
+	}
+}
+
+// TestExchangePartialRecipients: a recipient Exchange rejects does not
+// fail the others; the reply kept names it.
+func TestExchangePartialRecipients(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	c, err := smtp.Dial(e.relays[0].SMTPAddrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewPlainClient("", crmUser, crmPassword)); err != nil {
+		t.Fatal(err)
+	}
+	err = c.SendMail("billing@contoso.com", []string{"ok@example.org", "unknown-x@example.org", "fine@example.org"},
+		strings.NewReader(exchangeMessage(1, "billing@contoso.com")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the message", func() bool { return len(e.sim.Received()) == 1 })
+	if to := e.sim.Received()[0].To; strings.Join(to, ",") != "ok@example.org,fine@example.org" {
+		t.Fatalf("delivered to %v", to)
+	}
+	st, _ := e.f.queue.Stats(context.Background())
+	if st.Total.Dead != 0 {
+		t.Fatalf("dead letters: %+v", st.Total)
+	}
+}
+
+// TestExchangeReloadNow: Reload (SIGHUP) picks up a rewritten secret file
+// at once, without waiting for the file watcher.
+func TestExchangeReloadNow(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	writeFile(t, e.secretFile, "another-secret~000\n")
+	if err := e.relays[0].Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(e.logs.String(), "credential file changed") {
+		t.Fatal("Reload did not load the changed secret")
+	}
+	writeFile(t, e.secretFile, "")
+	if err := e.relays[0].Reload(); err == nil {
+		t.Fatal("an empty secret file reloaded without error")
 	}
 }
