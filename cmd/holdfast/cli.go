@@ -21,12 +21,13 @@ const (
 // env is what one invocation reads from and writes to, so that tests can
 // run commands in-process.
 type env struct {
-	stdin    io.Reader
-	stdout   io.Writer
-	stderr   io.Writer
-	getenv   func(string) string
-	stdinTTY bool // stdin is a terminal: prompt before reading it
-	now      func() time.Time
+	stdin     io.Reader
+	stdout    io.Writer
+	stderr    io.Writer
+	getenv    func(string) string
+	stdinTTY  bool // stdin is a terminal: prompt before reading it
+	stdoutTTY bool // stdout is a terminal: redraw progress in place
+	now       func() time.Time
 	// reload receives a value for each SIGHUP: re-read credential files.
 	reload <-chan struct{}
 }
@@ -48,6 +49,7 @@ var commands = []*command{
 	{path: "queue requeue", synopsis: "ID...", brief: "move dead letters back to the queue, due now", run: queueRequeue},
 	{path: "queue delete", synopsis: "ID...", brief: "delete messages in any state", run: queueDelete},
 	{path: "queue flush", synopsis: "[--route R]", brief: "make scheduled messages due now, ignoring backoff", run: queueFlush},
+	{path: "queue drain", synopsis: "[--route R] [--timeout D]", brief: "deliver everything queued now, ignoring backoff, and report what remains", run: queueDrain},
 	{path: "creds hash", synopsis: "", brief: "print the bcrypt password_hash of a password read on stdin", run: credsHash},
 	{path: "creds token", synopsis: "", brief: "print a new HTTP bearer token and its token_sha256", run: credsToken},
 	{path: "creds devcert", synopsis: "--out DIR [--host H,...]", brief: "write a self-signed development certificate", run: credsDevcert},

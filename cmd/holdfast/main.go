@@ -37,13 +37,14 @@ func main() {
 		}
 	}()
 	code := run(ctx, os.Args[1:], &env{
-		stdin:    os.Stdin,
-		stdout:   os.Stdout,
-		stderr:   os.Stderr,
-		getenv:   os.Getenv,
-		stdinTTY: isTerminal(os.Stdin),
-		now:      time.Now,
-		reload:   reload,
+		stdin:     os.Stdin,
+		stdout:    os.Stdout,
+		stderr:    os.Stderr,
+		getenv:    os.Getenv,
+		stdinTTY:  isTerminal(os.Stdin),
+		stdoutTTY: isTerminal(os.Stdout),
+		now:       time.Now,
+		reload:    reload,
 	})
 	stop()
 	os.Exit(code)

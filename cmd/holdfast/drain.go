@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"holdfast/queue"
+)
+
+// drainTick is how often drain reads the queue's counts; drainReflush is
+// how often it makes newly scheduled retries due again.
+const (
+	drainTick    = 500 * time.Millisecond
+	drainReflush = 5 * time.Second
+)
+
+// drainCounts are the counts drain follows, over the routes it drains.
+type drainCounts struct {
+	waiting int64 // ready, scheduled or being sent
+	held    int64
+	dead    int64
+	holds   map[string]string // held route -> reason
+	heldBy  map[string]int64  // held route -> messages
+}
+
+func countDrain(ctx context.Context, q *queue.Queue, only string) (drainCounts, error) {
+	st, err := q.Stats(ctx)
+	if err != nil {
+		return drainCounts{}, err
+	}
+	c := drainCounts{holds: map[string]string{}, heldBy: map[string]int64{}}
+	for _, r := range st.Routes {
+		if only != "" && r.Route != only {
+			continue
+		}
+		c.waiting += r.Ready + r.Scheduled + r.Leased
+		c.held += r.Held
+		c.dead += r.Dead
+		if r.HoldReason != "" {
+			c.holds[r.Route] = r.HoldReason
+			c.heldBy[r.Route] = r.Held
+		}
+	}
+	return c, nil
+}
+
+// queueDrain makes everything queued now due at once, ignoring backoff,
+// and follows the running relays' delivery until nothing waits, showing
+// delivered, held and failed counts. Held routes stay held: their breaker
+// decides. It fails, with a summary of what remains and why, when mail is
+// held or still waiting at the timeout.
+func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
+	config := configFlag(fs, e)
+	route := fs.String("route", "", "drain only `ROUTE` (default: every route)")
+	timeout := fs.Duration("timeout", 10*time.Minute, "give up after this long")
+	if err := noArgs(fs, args); err != nil {
+		return err
+	}
+	q, closeQueue, err := openQueue(*config)
+	if err != nil {
+		return err
+	}
+	defer closeQueue()
+
+	flush := func() error {
+		routes := []string{*route}
+		if *route == "" {
+			var err error
+			if routes, err = q.Routes(ctx); err != nil {
+				return err
+			}
+		}
+		for _, r := range routes {
+			if _, err := q.Flush(ctx, r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	start, err := countDrain(ctx, q, *route)
+	if err != nil {
+		return err
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	total := start.waiting + start.held
+	p := &progress{w: e.stdout, tty: e.stdoutTTY, total: total}
+	deadline := e.now().Add(*timeout)
+	lastFlush := e.now()
+	var c drainCounts
+	for {
+		if c, err = countDrain(ctx, q, *route); err != nil {
+			return err
+		}
+		failed := max(0, c.dead-start.dead)
+		delivered := max(0, total-c.waiting-c.held-failed)
+		p.show(delivered, c.held, failed)
+		if c.waiting == 0 || !e.now().Before(deadline) {
+			p.done()
+			break
+		}
+		if e.now().Sub(lastFlush) >= drainReflush {
+			if err := flush(); err != nil {
+				return err
+			}
+			lastFlush = e.now()
+		}
+		select {
+		case <-ctx.Done():
+			p.done()
+			return ctx.Err()
+		case <-time.After(drainTick):
+		}
+	}
+
+	failed := max(0, c.dead-start.dead)
+	delivered := max(0, total-c.waiting-c.held-failed)
+	fmt.Fprintf(e.stdout, "%d delivered, %d held, %d failed", delivered, c.held, failed)
+	if failed > 0 {
+		fmt.Fprint(e.stdout, ` (dead letters: holdfast queue list --state dead --route ROUTE)`)
+	}
+	fmt.Fprintln(e.stdout)
+	if c.waiting == 0 && c.held == 0 {
+		return nil
+	}
+	var why []string
+	for r, reason := range c.holds {
+		why = append(why, fmt.Sprintf("%d messages held: route %s held (%s)", c.heldBy[r], r, reason))
+	}
+	if c.waiting > 0 {
+		why = append(why, fmt.Sprintf("%d messages still waiting after %s: is a relay running (holdfast serve) and is its upstream answering?", c.waiting, *timeout))
+	}
+	for _, line := range why {
+		fmt.Fprintln(e.stdout, line)
+	}
+	return errors.New("the queue is not empty: " + strings.Join(why, "; "))
+}
+
+// progress shows drain's counts: a bar redrawn in place on a terminal,
+// otherwise a line whenever they change.
+type progress struct {
+	w     io.Writer
+	tty   bool
+	total int64
+	last  string
+}
+
+func (p *progress) show(delivered, held, failed int64) {
+	counts := fmt.Sprintf("%d/%d delivered, %d held, %d failed", delivered, p.total, held, failed)
+	if counts == p.last {
+		return
+	}
+	p.last = counts
+	if !p.tty {
+		fmt.Fprintln(p.w, counts)
+		return
+	}
+	const width = 30
+	filled := width
+	if p.total > 0 {
+		filled = int((delivered + held + failed) * width / p.total)
+	}
+	filled = min(max(filled, 0), width)
+	fmt.Fprintf(p.w, "\r[%s%s] %s ", strings.Repeat("#", filled), strings.Repeat(".", width-filled), counts)
+}
+
+func (p *progress) done() {
+	if p.tty && p.last != "" {
+		fmt.Fprintln(p.w)
+	}
+}
