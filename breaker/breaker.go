@@ -1,0 +1,582 @@
+package breaker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
+
+	"holdfast/auth"
+	"holdfast/relay/upstream"
+)
+
+// State is a breaker's fleet-wide state.
+type State int
+
+// The breaker states. There is no half-open state in the record: while
+// open, the single prober holds a lease instead.
+const (
+	Closed State = iota
+	Open
+)
+
+func (s State) String() string {
+	if s == Open {
+		return "open"
+	}
+	return "closed"
+}
+
+// MarshalText writes "closed" or "open".
+func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// Options configure a Set. The zero value of each field is its default.
+type Options struct {
+	Threshold    int           // consecutive counted failures, fleet-wide, that open a breaker; default 3
+	OpenInterval time.Duration // wait before the first probe; default 30s
+	MaxInterval  time.Duration // cap of the doubling open interval; default 5m
+	ProbeLease   time.Duration // how long a prober holds the probe; default 30s
+	Poll         time.Duration // how often cached records are re-read; default 500ms
+
+	// Now is the clock; default time.Now. Every replica's clock is used
+	// for the times in the shared record, so replicas need synchronised
+	// clocks (to well under the open interval).
+	Now func() time.Time
+	// OnTransition, if set, is called once for each generation change
+	// this Set sees, from Record, Trip, Reset, ProbeResult, Allow or Watch.
+	OnTransition func(Transition)
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultOptions returns the options with every default filled in.
+func DefaultOptions() Options {
+	var o Options
+	o.setDefaults()
+	return o
+}
+
+func (o *Options) setDefaults() {
+	if o.Threshold == 0 {
+		o.Threshold = 3
+	}
+	if o.OpenInterval == 0 {
+		o.OpenInterval = 30 * time.Second
+	}
+	if o.MaxInterval == 0 {
+		o.MaxInterval = 5 * time.Minute
+	}
+	if o.ProbeLease == 0 {
+		o.ProbeLease = 30 * time.Second
+	}
+	if o.Poll == 0 {
+		o.Poll = 500 * time.Millisecond
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+func (o *Options) validate() error {
+	switch {
+	case o.Threshold < 1:
+		return fmt.Errorf("breaker: Threshold %d: must be at least 1", o.Threshold)
+	case o.OpenInterval < time.Millisecond:
+		return fmt.Errorf("breaker: OpenInterval %v: must be at least 1ms", o.OpenInterval)
+	case o.MaxInterval < o.OpenInterval:
+		return fmt.Errorf("breaker: MaxInterval %v: must be at least OpenInterval %v", o.MaxInterval, o.OpenInterval)
+	case o.ProbeLease < time.Millisecond:
+		return fmt.Errorf("breaker: ProbeLease %v: must be at least 1ms", o.ProbeLease)
+	case o.Poll <= 0:
+		return fmt.Errorf("breaker: Poll %v: must be positive", o.Poll)
+	}
+	return nil
+}
+
+// Status is a breaker's record as read from Redis.
+type Status struct {
+	Name       string        `json:"name"`
+	State      State         `json:"state"`
+	Reason     string        `json:"reason,omitempty"`
+	Since      time.Time     `json:"since,omitzero"`
+	Failures   int64         `json:"failures"`
+	Generation int64         `json:"generation"`
+	NextProbe  time.Time     `json:"next_probe,omitzero"`
+	LastProbe  time.Time     `json:"last_probe,omitzero"`
+	Interval   time.Duration `json:"interval"`
+}
+
+// Transition is a change of a breaker's state as seen by one replica.
+type Transition struct {
+	Name       string    `json:"breaker"`
+	From       State     `json:"from"`
+	To         State     `json:"to"`
+	Reason     string    `json:"reason,omitempty"`
+	At         time.Time `json:"at"`
+	Generation int64     `json:"generation"`
+}
+
+// ErrLeaseLost is returned by ProbeResult when this replica does not hold
+// the probe lease (it never acquired it, it expired and another replica
+// took it, or an operator reset the breaker).
+var ErrLeaseLost = errors.New("breaker: probe lease lost")
+
+// Set is one replica's view of all breakers. The shared record in Redis
+// decides; a local gobreaker per breaker counts failures too and decides
+// Allow while Redis cannot be reached. A Set is safe for concurrent use.
+type Set struct {
+	rdb redis.UniversalClient
+	o   Options
+	log *slog.Logger
+
+	mu   sync.Mutex
+	brks map[string]*entry
+}
+
+// entry is the local state of one breaker. Guarded by Set.mu.
+type entry struct {
+	local      *gobreaker.TwoStepCircuitBreaker[struct{}]
+	st         Status    // last record read
+	fetched    time.Time // when st was read; zero if never
+	seen       Status    // state and generation last reported as a transition
+	registered bool      // name is in namesKey
+	token      string    // probe lease token, while this replica holds it
+}
+
+// New returns the breakers of one replica. It panics on invalid options;
+// use DefaultOptions and change fields.
+func New(rdb redis.UniversalClient, o Options) *Set {
+	o.setDefaults()
+	if err := o.validate(); err != nil {
+		panic(err)
+	}
+	return &Set{
+		rdb:  rdb,
+		o:    o,
+		log:  o.Logger.With("component", "breaker"),
+		brks: make(map[string]*entry),
+	}
+}
+
+// Counts reports whether err counts on a breaker: a Credential or Mailbox
+// failure, or a token error saying the client secret expired.
+func Counts(err error) bool {
+	if err == nil {
+		return false
+	}
+	if SecretExpired(err) {
+		return true
+	}
+	c := upstream.ClassOf(err)
+	return c == upstream.Credential || c == upstream.Mailbox
+}
+
+// SecretExpired reports whether err says the client secret has expired
+// (AADSTS7000222). Such an error opens its breaker at once.
+func SecretExpired(err error) bool {
+	var te *auth.TokenError
+	if errors.As(err, &te) {
+		return te.SecretExpired()
+	}
+	return err != nil && strings.Contains(err.Error(), auth.AADSTSSecretExpired)
+}
+
+// maxReason bounds the stored reason.
+const maxReason = 512
+
+// Reason returns the text stored as a breaker's reason: the upstream's
+// code and text, e.g. "invalid_client AADSTS7000222: The provided client
+// secret keys for app '…' are expired.".
+func Reason(err error) string {
+	var r string
+	var te *auth.TokenError
+	var ue *upstream.Error
+	switch {
+	case err == nil:
+		return ""
+	case errors.As(err, &te):
+		r = strings.TrimSpace(te.Code + " " + te.AADSTS)
+		if te.Description != "" {
+			if te.AADSTS != "" {
+				r += ":"
+			}
+			r += " " + te.Description
+		}
+	case errors.As(err, &ue) && ue.Code != 0:
+		r = strings.TrimSpace(fmt.Sprintf("%d %s %s", ue.Code, ue.Enhanced, ue.Text))
+	default:
+		r = err.Error()
+	}
+	if len(r) > maxReason {
+		r = r[:maxReason]
+	}
+	return strings.TrimSpace(r)
+}
+
+func validName(name string) error {
+	if name == "" || strings.ContainsAny(name, "{}\r\n") {
+		return fmt.Errorf("breaker: invalid name %q", name)
+	}
+	return nil
+}
+
+// newLocal returns the local breaker for name: it opens after Threshold
+// consecutive counted failures on this replica and half-opens after the
+// open interval.
+func (s *Set) newLocal(name string) *gobreaker.TwoStepCircuitBreaker[struct{}] {
+	threshold := uint32(s.o.Threshold)
+	return gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        name,
+		MaxRequests: 1,
+		Timeout:     s.o.OpenInterval,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= threshold },
+		IsExcluded:  func(err error) bool { return err != nil && !Counts(err) },
+	})
+}
+
+// entry returns the local entry for name, creating it. Call with s.mu held.
+func (s *Set) entry(name string) *entry {
+	e := s.brks[name]
+	if e == nil {
+		e = &entry{local: s.newLocal(name), st: Status{Name: name}, seen: Status{Name: name}}
+		s.brks[name] = e
+	}
+	return e
+}
+
+// register adds name to the names set once.
+func (s *Set) register(ctx context.Context, name string) error {
+	s.mu.Lock()
+	done := s.entry(name).registered
+	s.mu.Unlock()
+	if done {
+		return nil
+	}
+	if err := s.rdb.SAdd(ctx, namesKey, name).Err(); err != nil {
+		return fmt.Errorf("breaker %s: register: %w", name, err)
+	}
+	s.mu.Lock()
+	s.entry(name).registered = true
+	s.mu.Unlock()
+	return nil
+}
+
+// run runs a script that returns the record and stores what it returns.
+func (s *Set) run(ctx context.Context, sc *redis.Script, name string, args ...any) (Status, error) {
+	if err := s.register(ctx, name); err != nil {
+		return Status{}, err
+	}
+	v, err := sc.Run(ctx, s.rdb, []string{recordKey(name)}, args...).StringSlice()
+	if err != nil {
+		return Status{}, err
+	}
+	st := parsePairs(name, v)
+	s.observe(st)
+	return st, nil
+}
+
+func ms(t time.Time) int64 { return t.UnixMilli() }
+
+// Allow reports whether requests under the breaker may go ahead: false
+// while it is open fleet-wide. The record is cached and re-read when
+// older than Poll. If Redis cannot be read, Allow returns the local
+// breaker's answer with the error.
+func (s *Set) Allow(ctx context.Context, name string) (bool, error) {
+	if err := validName(name); err != nil {
+		return false, err
+	}
+	now := s.o.Now()
+	s.mu.Lock()
+	e := s.entry(name)
+	fresh := !e.fetched.IsZero() && now.Sub(e.fetched) < s.o.Poll
+	state := e.st.State
+	s.mu.Unlock()
+	if fresh {
+		return state == Closed, nil
+	}
+	st, err := s.read(ctx, name)
+	if err != nil {
+		s.mu.Lock()
+		local := e.local.State() != gobreaker.StateOpen
+		s.mu.Unlock()
+		return local, err
+	}
+	return st.State == Closed, nil
+}
+
+// read reads a record from Redis and stores it.
+func (s *Set) read(ctx context.Context, name string) (Status, error) {
+	m, err := s.rdb.HGetAll(ctx, recordKey(name)).Result()
+	if err != nil {
+		return Status{}, fmt.Errorf("breaker %s: read: %w", name, err)
+	}
+	st := parseMap(name, m)
+	s.observe(st)
+	return st, nil
+}
+
+// Record reports the outcome of a request under the breaker: nil is a
+// success. Only Credential and Mailbox failures count; a failure saying
+// the client secret expired opens the breaker at once. A success resets
+// the fleet-wide count; it costs no Redis round trip when this replica
+// read a zero count within Poll.
+func (s *Set) Record(ctx context.Context, name string, err error) error {
+	if verr := validName(name); verr != nil {
+		return verr
+	}
+	if err != nil && !Counts(err) {
+		return nil
+	}
+	s.mu.Lock()
+	e := s.entry(name)
+	local := e.local
+	// Skip the round trip when the count was zero at a read within Poll.
+	quiet := e.st.Failures == 0 && !e.fetched.IsZero() && s.o.Now().Sub(e.fetched) < s.o.Poll
+	s.mu.Unlock()
+	if done, aerr := local.Allow(); aerr == nil {
+		done(err)
+	}
+	if err == nil {
+		if quiet && local.Counts().ConsecutiveFailures == 0 {
+			return nil
+		}
+		if _, rerr := s.run(ctx, successScript, name); rerr != nil {
+			return fmt.Errorf("breaker %s: record success: %w", name, rerr)
+		}
+		return nil
+	}
+	now := s.o.Now()
+	immediate := "0"
+	if SecretExpired(err) {
+		immediate = "1"
+	}
+	_, rerr := s.run(ctx, failScript, name, ms(now), s.o.Threshold, s.o.OpenInterval.Milliseconds(),
+		ms(now.Add(s.o.OpenInterval)), immediate, Reason(err))
+	if rerr != nil {
+		return fmt.Errorf("breaker %s: record failure: %w", name, rerr)
+	}
+	return nil
+}
+
+// Trip opens the breaker on an operator's request.
+func (s *Set) Trip(ctx context.Context, name, reason string) error {
+	if err := validName(name); err != nil {
+		return err
+	}
+	if reason == "" {
+		reason = "tripped by operator"
+	}
+	now := s.o.Now()
+	if _, err := s.run(ctx, tripScript, name, ms(now), s.o.OpenInterval.Milliseconds(),
+		ms(now.Add(s.o.OpenInterval)), reason); err != nil {
+		return fmt.Errorf("breaker %s: trip: %w", name, err)
+	}
+	return nil
+}
+
+// Reset closes the breaker on an operator's request and clears its count.
+func (s *Set) Reset(ctx context.Context, name string) error {
+	if err := validName(name); err != nil {
+		return err
+	}
+	if _, err := s.run(ctx, resetScript, name, ms(s.o.Now())); err != nil {
+		return fmt.Errorf("breaker %s: reset: %w", name, err)
+	}
+	return nil
+}
+
+// ProbeNow makes the next probe of an open breaker due at once, for a
+// rotated secret or certificate, SIGHUP, or "holdfast breaker probe NAME".
+// It reports whether the breaker was open.
+func (s *Set) ProbeNow(ctx context.Context, name string) (bool, error) {
+	if err := validName(name); err != nil {
+		return false, err
+	}
+	n, err := probeNowScript.Run(ctx, s.rdb, []string{recordKey(name)}).Int()
+	if err != nil {
+		return false, fmt.Errorf("breaker %s: probe now: %w", name, err)
+	}
+	return n == 1, nil
+}
+
+// AcquireProbe reports whether this caller is the fleet's single prober
+// for the breaker: it is open, the probe is due (or was asked for with
+// ProbeNow) and no other lease is live. The winner must call ProbeResult
+// within ProbeLease.
+func (s *Set) AcquireProbe(ctx context.Context, name string) (bool, error) {
+	if err := validName(name); err != nil {
+		return false, err
+	}
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	token := hex.EncodeToString(b[:])
+	now := s.o.Now()
+	n, err := acquireScript.Run(ctx, s.rdb, []string{recordKey(name)},
+		ms(now), ms(now.Add(s.o.ProbeLease)), token).Int()
+	if err != nil {
+		return false, fmt.Errorf("breaker %s: acquire probe: %w", name, err)
+	}
+	if n != 1 {
+		return false, nil
+	}
+	s.mu.Lock()
+	s.entry(name).token = token
+	s.mu.Unlock()
+	return true, nil
+}
+
+// ProbeResult records the result of the probe this replica acquired: nil
+// closes the breaker; an error keeps it open with the error's reason and
+// doubles the open interval up to MaxInterval. It returns ErrLeaseLost
+// when this replica does not hold the lease.
+func (s *Set) ProbeResult(ctx context.Context, name string, probeErr error) error {
+	if err := validName(name); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	e := s.entry(name)
+	token := e.token
+	e.token = ""
+	s.mu.Unlock()
+	if token == "" {
+		return fmt.Errorf("breaker %s: %w", name, ErrLeaseLost)
+	}
+	success := "0"
+	if probeErr == nil {
+		success = "1"
+	}
+	_, err := s.run(ctx, resultScript, name, token, ms(s.o.Now()), success, Reason(probeErr),
+		s.o.MaxInterval.Milliseconds())
+	if err != nil {
+		if strings.Contains(err.Error(), "lease lost") {
+			return fmt.Errorf("breaker %s: %w", name, ErrLeaseLost)
+		}
+		return fmt.Errorf("breaker %s: probe result: %w", name, err)
+	}
+	return nil
+}
+
+// Status reads a breaker's record. A breaker without a record is closed.
+func (s *Set) Status(ctx context.Context, name string) (Status, error) {
+	if err := validName(name); err != nil {
+		return Status{}, err
+	}
+	return s.read(ctx, name)
+}
+
+// List reads the records of every breaker the fleet has recorded, and of
+// every breaker this Set knows, sorted by name.
+func (s *Set) List(ctx context.Context) ([]Status, error) {
+	names, err := s.names(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cmds := make([]*redis.MapStringStringCmd, len(names))
+	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, n := range names {
+			cmds[i] = p.HGetAll(ctx, recordKey(n))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("breaker: list: %w", err)
+	}
+	out := make([]Status, len(names))
+	for i, n := range names {
+		out[i] = parseMap(n, cmds[i].Val())
+		s.observe(out[i])
+	}
+	return out, nil
+}
+
+// observe stores a record just read and reports a transition when its
+// generation is newer than the last one this Set reported. A breaker that
+// closes fleet-wide gets a fresh local breaker.
+func (s *Set) observe(st Status) {
+	s.mu.Lock()
+	e := s.entry(st.Name)
+	if st.Generation < e.st.Generation {
+		// A read that raced with a newer one.
+		s.mu.Unlock()
+		return
+	}
+	e.st = st
+	e.fetched = s.o.Now()
+	var tr *Transition
+	if st.Generation > e.seen.Generation {
+		if st.State != e.seen.State {
+			tr = &Transition{Name: st.Name, From: e.seen.State, To: st.State, Reason: st.Reason, At: st.Since, Generation: st.Generation}
+		}
+		if st.State == Closed {
+			e.local = s.newLocal(st.Name)
+		}
+		e.seen = st
+	}
+	s.mu.Unlock()
+	if tr == nil {
+		return
+	}
+	s.log.Info("breaker transition", "breaker", tr.Name, "from", tr.From, "to", tr.To,
+		"reason", tr.Reason, "generation", tr.Generation)
+	if s.o.OnTransition != nil {
+		s.o.OnTransition(*tr)
+	}
+}
+
+func parseMap(name string, m map[string]string) Status {
+	st := Status{Name: name}
+	for k, v := range m {
+		st.set(k, v)
+	}
+	return st
+}
+
+func parsePairs(name string, kv []string) Status {
+	st := Status{Name: name}
+	for i := 0; i+1 < len(kv); i += 2 {
+		st.set(kv[i], kv[i+1])
+	}
+	return st
+}
+
+func (st *Status) set(k, v string) {
+	n, _ := strconv.ParseInt(v, 10, 64)
+	t := func() time.Time {
+		if n == 0 {
+			return time.Time{}
+		}
+		return time.UnixMilli(n)
+	}
+	switch k {
+	case "state":
+		if v == "open" {
+			st.State = Open
+		}
+	case "reason":
+		st.Reason = v
+	case "since":
+		st.Since = t()
+	case "generation":
+		st.Generation = n
+	case "failures":
+		st.Failures = n
+	case "next_probe":
+		st.NextProbe = t()
+	case "last_probe":
+		st.LastProbe = t()
+	case "interval":
+		st.Interval = time.Duration(n) * time.Millisecond
+	}
+}

@@ -1,0 +1,607 @@
+package breaker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"holdfast/auth"
+	"holdfast/queue/redistest"
+	"holdfast/relay/upstream"
+)
+
+// clock is a controllable clock shared by the replicas of a test.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *clock { return &clock{t: time.UnixMilli(1_800_000_000_000)} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// replicas returns n Sets on one redis-server, each with its own client,
+// sharing a controlled clock. edit, if not nil, changes each Set's options.
+func replicas(t *testing.T, n int, edit func(i int, o *Options)) ([]*Set, *clock) {
+	t.Helper()
+	srv := redistest.Start(t)
+	clk := newClock()
+	sets := make([]*Set, n)
+	for i := range sets {
+		o := Options{Now: clk.Now}
+		if edit != nil {
+			edit(i, &o)
+		}
+		sets[i] = New(srv.Client(t), o)
+	}
+	return sets, clk
+}
+
+var (
+	credErr = &upstream.Error{Class: upstream.Credential, Code: 535, Enhanced: "5.7.3",
+		Text: "Authentication unsuccessful"}
+	mailboxErr = &upstream.Error{Class: upstream.Mailbox, Code: 535, Enhanced: "5.7.139",
+		Text: "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant"}
+	expiredErr = &upstream.Error{Class: upstream.Credential, Err: &auth.TokenError{
+		HTTPStatus: 401, Code: "invalid_client", AADSTS: auth.AADSTSSecretExpired,
+		Description: "The provided client secret keys for app '3f1b8a52' are expired."}}
+)
+
+const expiredReason = "invalid_client AADSTS7000222: The provided client secret keys for app '3f1b8a52' are expired."
+
+func status(t *testing.T, s *Set, name string) Status {
+	t.Helper()
+	st, err := s.Status(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func allow(t *testing.T, s *Set, name string) bool {
+	t.Helper()
+	ok, err := s.Allow(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ok
+}
+
+func record(t *testing.T, s *Set, name string, err error) {
+	t.Helper()
+	if rerr := s.Record(context.Background(), name, err); rerr != nil {
+		t.Fatal(rerr)
+	}
+}
+
+func TestTripsAfterThresholdAcrossReplicas(t *testing.T) {
+	sets, clk := replicas(t, 2, nil)
+	a, b := sets[0], sets[1]
+	const name = "app:contoso"
+
+	record(t, a, name, credErr)
+	record(t, a, name, credErr)
+	if st := status(t, b, name); st.State != Closed || st.Failures != 2 {
+		t.Fatalf("after 2 failures on A: %+v, want closed with 2 failures", st)
+	}
+	if !allow(t, a, name) || !allow(t, b, name) {
+		t.Fatal("Allow = false before the threshold")
+	}
+	record(t, b, name, credErr)
+	if st := status(t, a, name); st.State != Open || st.Failures != 3 || st.Generation != 1 {
+		t.Fatalf("after 2+1 failures: %+v, want open, 3 failures, generation 1", st)
+	}
+	if allow(t, b, name) {
+		t.Fatal("B: Allow = true right after it opened the breaker")
+	}
+	clk.Add(a.o.Poll)
+	if allow(t, a, name) {
+		t.Fatal("A: Allow = true one Poll after the breaker opened")
+	}
+	// Further failures while open change nothing.
+	record(t, a, name, credErr)
+	if st := status(t, a, name); st.Failures != 3 || st.Generation != 1 {
+		t.Fatalf("failure while open changed the record: %+v", st)
+	}
+}
+
+func TestMailboxFailuresCount(t *testing.T) {
+	sets, _ := replicas(t, 1, nil)
+	for range 3 {
+		record(t, sets[0], "mbx:alice", mailboxErr)
+	}
+	if st := status(t, sets[0], "mbx:alice"); st.State != Open {
+		t.Fatalf("after 3 mailbox failures: %+v, want open", st)
+	}
+	if st := status(t, sets[0], "app:contoso"); st.State != Closed || st.Generation != 0 {
+		t.Fatalf("another breaker changed: %+v", st)
+	}
+}
+
+func TestSecretExpiredOpensAtOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		err    error
+		reason string
+	}{
+		{"token error", expiredErr, expiredReason},
+		{"bare token error", expiredErr.Err, expiredReason},
+		{"text only", errors.New("token: AADSTS7000222: secret expired"), "token: AADSTS7000222: secret expired"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sets, _ := replicas(t, 2, nil)
+			record(t, sets[0], "app:contoso", tc.err)
+			st := status(t, sets[1], "app:contoso")
+			if st.State != Open || st.Failures != 1 || st.Reason != tc.reason {
+				t.Fatalf("after one expired-secret error: %+v, want open, 1 failure, reason %q", st, tc.reason)
+			}
+			if allow(t, sets[1], "app:contoso") {
+				t.Fatal("Allow = true")
+			}
+		})
+	}
+}
+
+func TestNonCountingClassesNeverCount(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+	}{
+		{"throttled 432", &upstream.Error{Class: upstream.Throttled, Code: 432, Enhanced: "4.3.2", Text: "STOREDRV.ClientSubmit; sender thread limit exceeded"}},
+		{"throttled 429", &upstream.Error{Class: upstream.Throttled, Code: 429, RetryAfter: time.Second}},
+		{"transient 421", &upstream.Error{Class: upstream.Transient, Code: 421, Enhanced: "4.3.2", Text: "Service not available"}},
+		{"permanent 550", &upstream.Error{Class: upstream.Permanent, Code: 550, Enhanced: "5.1.1", Text: "RESOLVER.ADR.RecipNotFound"}},
+		{"network", fmt.Errorf("dial smtp.office365.com:587: %w", context.DeadlineExceeded)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sets, _ := replicas(t, 1, nil)
+			s := sets[0]
+			for range 10 {
+				record(t, s, "app:contoso", tc.err)
+			}
+			if st := status(t, s, "app:contoso"); st.State != Closed || st.Failures != 0 || st.Generation != 0 {
+				t.Fatalf("after 10 %v: %+v, want closed with no failures", tc.err, st)
+			}
+			if c := s.brks["app:contoso"].local.Counts(); c.TotalFailures != 0 {
+				t.Fatalf("local breaker counted: %+v", c)
+			}
+		})
+	}
+}
+
+func TestSuccessResetsCount(t *testing.T) {
+	sets, clk := replicas(t, 2, nil)
+	a, b := sets[0], sets[1]
+	const name = "app:contoso"
+	record(t, a, name, credErr)
+	record(t, a, name, credErr)
+	record(t, b, name, nil) // B never read the record: the success goes to Redis
+	if st := status(t, a, name); st.Failures != 0 {
+		t.Fatalf("after a success on B: %d failures, want 0", st.Failures)
+	}
+	record(t, a, name, credErr)
+	record(t, a, name, credErr)
+	record(t, a, name, nil)
+	record(t, b, name, credErr)
+	record(t, b, name, credErr)
+	if st := status(t, a, name); st.State != Closed || st.Failures != 2 {
+		t.Fatalf("2 failures, success, 2 failures: %+v, want closed with 2", st)
+	}
+	// A stale zero count does not stop a success from resetting.
+	clk.Add(a.o.Poll)
+	record(t, a, name, nil)
+	if st := status(t, b, name); st.Failures != 0 {
+		t.Fatalf("after a success on A: %d failures, want 0", st.Failures)
+	}
+}
+
+func TestAcquireProbeSingleWinner(t *testing.T) {
+	sets, clk := replicas(t, 2, nil)
+	a, b := sets[0], sets[1]
+	ctx := context.Background()
+	const name = "app:contoso"
+	if ok, err := a.AcquireProbe(ctx, name); ok || err != nil {
+		t.Fatalf("AcquireProbe on a closed breaker = %v, %v", ok, err)
+	}
+	record(t, a, name, expiredErr)
+	clk.Add(30*time.Second - time.Millisecond)
+	if ok, _ := b.AcquireProbe(ctx, name); ok {
+		t.Fatal("AcquireProbe granted before the open interval")
+	}
+	clk.Add(time.Millisecond)
+
+	var wins atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 20 {
+		s := sets[i%2]
+		wg.Go(func() {
+			ok, err := s.AcquireProbe(ctx, name)
+			if err != nil {
+				t.Error(err)
+			}
+			if ok {
+				wins.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if n := wins.Load(); n != 1 {
+		t.Fatalf("%d of 20 concurrent callers on two replicas got the probe, want 1", n)
+	}
+}
+
+func TestProbeLeaseExpires(t *testing.T) {
+	sets, clk := replicas(t, 2, nil)
+	a, b := sets[0], sets[1]
+	ctx := context.Background()
+	const name = "app:contoso"
+	if err := a.Trip(ctx, name, "test"); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(30 * time.Second)
+	if ok, _ := a.AcquireProbe(ctx, name); !ok {
+		t.Fatal("A did not get the due probe")
+	}
+	clk.Add(29 * time.Second)
+	if ok, _ := b.AcquireProbe(ctx, name); ok {
+		t.Fatal("B got the probe while A's lease is live")
+	}
+	clk.Add(time.Second)
+	if ok, _ := b.AcquireProbe(ctx, name); !ok {
+		t.Fatal("B did not get the probe after A's lease expired")
+	}
+	if err := a.ProbeResult(ctx, name, nil); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("A's late ProbeResult = %v, want ErrLeaseLost", err)
+	}
+	if st := status(t, a, name); st.State != Open {
+		t.Fatalf("A's late result changed the record: %+v", st)
+	}
+	if err := b.ProbeResult(ctx, name, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.ProbeResult(ctx, name, nil); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("second ProbeResult = %v, want ErrLeaseLost", err)
+	}
+}
+
+func TestProbeNow(t *testing.T) {
+	sets, _ := replicas(t, 2, nil)
+	a, b := sets[0], sets[1]
+	ctx := context.Background()
+	const name = "app:contoso"
+	if open, err := a.ProbeNow(ctx, name); open || err != nil {
+		t.Fatalf("ProbeNow on a closed breaker = %v, %v; want false, nil", open, err)
+	}
+	record(t, a, name, expiredErr)
+	if ok, _ := b.AcquireProbe(ctx, name); ok {
+		t.Fatal("probe granted right after opening")
+	}
+	if open, err := a.ProbeNow(ctx, name); !open || err != nil {
+		t.Fatalf("ProbeNow = %v, %v; want true, nil", open, err)
+	}
+	if ok, _ := b.AcquireProbe(ctx, name); !ok {
+		t.Fatal("probe not granted after ProbeNow")
+	}
+	if ok, _ := a.AcquireProbe(ctx, name); ok {
+		t.Fatal("a second replica got the requested probe")
+	}
+	// The request was used: after a failed probe the interval applies again.
+	if err := b.ProbeResult(ctx, name, credErr); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := a.AcquireProbe(ctx, name); ok {
+		t.Fatal("probe granted after a failed probe without waiting")
+	}
+}
+
+func TestProbeFailureDoublesInterval(t *testing.T) {
+	sets, clk := replicas(t, 1, nil)
+	s := sets[0]
+	ctx := context.Background()
+	const name = "app:contoso"
+	record(t, s, name, expiredErr)
+	if st := status(t, s, name); st.Interval != 30*time.Second {
+		t.Fatalf("first interval %v, want 30s", st.Interval)
+	}
+	for i, want := range []time.Duration{60 * time.Second, 2 * time.Minute, 4 * time.Minute, 5 * time.Minute, 5 * time.Minute} {
+		st := status(t, s, name)
+		clk.Add(st.NextProbe.Sub(clk.Now()))
+		if ok, err := s.AcquireProbe(ctx, name); !ok || err != nil {
+			t.Fatalf("probe %d: AcquireProbe = %v, %v", i, ok, err)
+		}
+		probeErr := &upstream.Error{Class: upstream.Credential, Err: &auth.TokenError{
+			HTTPStatus: 401, Code: "invalid_client", AADSTS: auth.AADSTSInvalidSecret,
+			Description: fmt.Sprintf("Invalid client secret provided (%d).", i)}}
+		if err := s.ProbeResult(ctx, name, probeErr); err != nil {
+			t.Fatal(err)
+		}
+		now := clk.Now()
+		st = status(t, s, name)
+		wantReason := fmt.Sprintf("invalid_client AADSTS7000215: Invalid client secret provided (%d).", i)
+		if st.State != Open || st.Interval != want || !st.NextProbe.Equal(now.Add(want)) ||
+			!st.LastProbe.Equal(now) || st.Reason != wantReason || st.Generation != 1 {
+			t.Fatalf("after failed probe %d: %+v; want open, interval %v, next probe %v, reason %q, generation 1",
+				i, st, want, now.Add(want), wantReason)
+		}
+	}
+}
+
+func TestProbeSuccessCloses(t *testing.T) {
+	sets, clk := replicas(t, 2, nil)
+	a, b := sets[0], sets[1]
+	ctx := context.Background()
+	const name = "app:contoso"
+	for range 3 {
+		record(t, a, name, credErr)
+	}
+	if allow(t, a, name) {
+		t.Fatal("Allow = true while open")
+	}
+	clk.Add(30 * time.Second)
+	if ok, _ := b.AcquireProbe(ctx, name); !ok {
+		t.Fatal("no probe")
+	}
+	if err := b.ProbeResult(ctx, name, nil); err != nil {
+		t.Fatal(err)
+	}
+	st := status(t, b, name)
+	if st.State != Closed || st.Generation != 2 || st.Failures != 0 || st.Reason != "" ||
+		!st.Since.Equal(clk.Now()) || !st.LastProbe.Equal(clk.Now()) {
+		t.Fatalf("after a successful probe: %+v", st)
+	}
+	clk.Add(a.o.Poll)
+	if !allow(t, a, name) || !allow(t, b, name) {
+		t.Fatal("Allow = false after the breaker closed")
+	}
+	// A's local breaker starts afresh: it needs the threshold again.
+	if c := a.brks[name].local.Counts(); c.ConsecutiveFailures != 0 {
+		t.Fatalf("A's local breaker kept its count: %+v", c)
+	}
+}
+
+func TestTripReset(t *testing.T) {
+	sets, clk := replicas(t, 2, nil)
+	a, b := sets[0], sets[1]
+	ctx := context.Background()
+	const name = "app:contoso"
+	record(t, a, name, credErr)
+	if err := a.Trip(ctx, name, "rotating the secret"); err != nil {
+		t.Fatal(err)
+	}
+	st := status(t, b, name)
+	if st.State != Open || st.Reason != "rotating the secret" || st.Generation != 1 || !st.Since.Equal(clk.Now()) {
+		t.Fatalf("after Trip: %+v", st)
+	}
+	clk.Add(time.Second)
+	if err := b.Trip(ctx, name, "still rotating"); err != nil {
+		t.Fatal(err)
+	}
+	if st2 := status(t, a, name); st2.Reason != "still rotating" || st2.Generation != 1 || !st2.Since.Equal(st.Since) {
+		t.Fatalf("Trip while open: %+v, want the new reason and the same generation and since", st2)
+	}
+	if err := b.Reset(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	st = status(t, a, name)
+	if st.State != Closed || st.Reason != "" || st.Failures != 0 || st.Generation != 2 {
+		t.Fatalf("after Reset: %+v", st)
+	}
+	if err := b.Reset(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(t, a, name); st.Generation != 2 {
+		t.Fatalf("Reset of a closed breaker changed the generation: %+v", st)
+	}
+	if err := a.Reset(ctx, "never-seen"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Trip(ctx, "bad{name}", "x"); err == nil {
+		t.Fatal("Trip accepted a name with a hash tag")
+	}
+}
+
+func TestOnTransitionOncePerReplica(t *testing.T) {
+	var mu sync.Mutex
+	seen := make([][]Transition, 2)
+	sets, _ := replicas(t, 2, func(i int, o *Options) {
+		o.Poll = 10 * time.Millisecond
+		o.OnTransition = func(tr Transition) {
+			mu.Lock()
+			seen[i] = append(seen[i], tr)
+			mu.Unlock()
+		}
+	})
+	a, b := sets[0], sets[1]
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, s := range sets {
+		wg.Go(func() { s.Watch(ctx) })
+	}
+	defer wg.Wait()
+	defer cancel()
+
+	const name = "app:contoso"
+	wait := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			mu.Lock()
+			done := len(seen[0]) >= n && len(seen[1]) >= n
+			mu.Unlock()
+			if done {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %d transitions on each replica: %+v", n, seen)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	for range 3 {
+		record(t, a, name, credErr)
+	}
+	wait(1)
+	for range 5 {
+		status(t, a, name)
+		allow(t, b, name)
+	}
+	if err := b.Reset(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	wait(2)
+	time.Sleep(50 * time.Millisecond) // several more polls
+	mu.Lock()
+	defer mu.Unlock()
+	for i, trs := range seen {
+		if len(trs) != 2 {
+			t.Fatalf("replica %d saw %d transitions, want 2: %+v", i, len(trs), trs)
+		}
+		if trs[0].From != Closed || trs[0].To != Open || trs[0].Generation != 1 || trs[0].Reason != "535 5.7.3 Authentication unsuccessful" {
+			t.Errorf("replica %d first transition %+v", i, trs[0])
+		}
+		if trs[1].From != Open || trs[1].To != Closed || trs[1].Generation != 2 {
+			t.Errorf("replica %d second transition %+v", i, trs[1])
+		}
+	}
+}
+
+func TestStatusAndList(t *testing.T) {
+	sets, clk := replicas(t, 2, nil)
+	a, b := sets[0], sets[1]
+	ctx := context.Background()
+	opened := clk.Now()
+	for range 3 {
+		record(t, a, "app:contoso", credErr)
+	}
+	record(t, b, "mbx:alice", mailboxErr)
+	want := Status{Name: "app:contoso", State: Open, Reason: "535 5.7.3 Authentication unsuccessful",
+		Since: opened, Failures: 3, Generation: 1, NextProbe: opened.Add(30 * time.Second), Interval: 30 * time.Second}
+	if got := status(t, b, "app:contoso"); got != want {
+		t.Fatalf("Status = %+v\nwant     %+v", got, want)
+	}
+	if got := status(t, b, "unknown"); got != (Status{Name: "unknown"}) {
+		t.Fatalf("Status of a breaker without a record = %+v", got)
+	}
+	list, err := b.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 3 || list[0] != want || list[1].Name != "mbx:alice" || list[1].Failures != 1 || list[2].Name != "unknown" {
+		t.Fatalf("List = %+v", list)
+	}
+}
+
+// TestLocalBreakerWithoutRedis checks that the local breaker decides Allow
+// when Redis cannot be reached.
+func TestLocalBreakerWithoutRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	clk := newClock()
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1, DialTimeout: time.Second})
+	t.Cleanup(func() { _ = rdb.Close() })
+	s := New(rdb, Options{Now: clk.Now})
+	ctx := context.Background()
+	const name = "app:contoso"
+	record(t, s, name, credErr)
+	srv.Kill(t)
+	for range 2 {
+		if err := s.Record(ctx, name, credErr); err == nil {
+			t.Fatal("Record with Redis down returned nil")
+		}
+	}
+	clk.Add(s.o.Poll)
+	if ok, err := s.Allow(ctx, name); ok || err == nil {
+		t.Fatalf("Allow with Redis down after 3 failures = %v, %v; want false and an error", ok, err)
+	}
+}
+
+func TestOptions(t *testing.T) {
+	d := DefaultOptions()
+	if d.Threshold != 3 || d.OpenInterval != 30*time.Second || d.MaxInterval != 5*time.Minute ||
+		d.ProbeLease != 30*time.Second || d.Poll != 500*time.Millisecond || d.Now == nil || d.Logger == nil {
+		t.Fatalf("DefaultOptions = %+v", d)
+	}
+	for _, tc := range []struct {
+		field string
+		edit  func(*Options)
+	}{
+		{"Threshold", func(o *Options) { o.Threshold = -1 }},
+		{"OpenInterval", func(o *Options) { o.OpenInterval = time.Microsecond }},
+		{"MaxInterval", func(o *Options) { o.MaxInterval = time.Second }},
+		{"ProbeLease", func(o *Options) { o.ProbeLease = -time.Second }},
+		{"Poll", func(o *Options) { o.Poll = -1 }},
+	} {
+		o := DefaultOptions()
+		tc.edit(&o)
+		err := o.validate()
+		if err == nil || !strings.Contains(err.Error(), tc.field) {
+			t.Errorf("%s: validate() = %v, want an error naming the field", tc.field, err)
+		}
+	}
+	if err := d.validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCluster runs the main paths against a Redis Cluster: every script
+// touches one hash-tagged key, and List reads records across slots.
+func TestCluster(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	clk := newClock()
+	a := New(c.Client(t), Options{Now: clk.Now})
+	b := New(c.Client(t), Options{Now: clk.Now})
+	ctx := context.Background()
+	names := []string{"app:contoso", "app:fabrikam", "mbx:alice", "mbx:bob"}
+	for _, n := range names {
+		record(t, a, n, credErr)
+		record(t, a, n, credErr)
+		record(t, b, n, credErr)
+	}
+	list, err := b.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != len(names) {
+		t.Fatalf("List returned %d breakers, want %d", len(list), len(names))
+	}
+	for i, st := range list {
+		if st.Name != names[i] || st.State != Open || st.Failures != 3 {
+			t.Fatalf("List[%d] = %+v", i, st)
+		}
+	}
+	clk.Add(30 * time.Second)
+	for _, n := range names {
+		okA, _ := a.AcquireProbe(ctx, n)
+		okB, _ := b.AcquireProbe(ctx, n)
+		if okA == okB {
+			t.Fatalf("%s: AcquireProbe A=%v B=%v, want exactly one", n, okA, okB)
+		}
+		winner := a
+		if okB {
+			winner = b
+		}
+		if err := winner.ProbeResult(ctx, n, nil); err != nil {
+			t.Fatal(err)
+		}
+		if st := status(t, a, n); st.State != Closed || st.Generation != 2 {
+			t.Fatalf("%s after probe: %+v", n, st)
+		}
+	}
+}

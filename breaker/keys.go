@@ -1,0 +1,23 @@
+package breaker
+
+// Redis keys of the breakers. Each breaker's record is one hash whose key
+// carries a hash tag, so that every script touches one slot:
+//
+//	hf:{brk:NAME}   hash  the breaker record (fields below)
+//	hf:brk:names    set   every breaker name that has had a record
+//
+// Record fields:
+//
+//	state        "closed" or "open"; a missing record is closed
+//	reason       upstream code and text of the failure that opened it
+//	since        unix ms of the last transition
+//	generation   incremented on every transition
+//	failures     consecutive counted failures, fleet-wide
+//	interval     current open interval, ms
+//	next_probe   unix ms after which a probe may run
+//	probe_now    "1" while an immediate probe is requested
+//	lease_token  the prober's token; lease_until its expiry (unix ms)
+//	last_probe   unix ms of the last probe result
+const namesKey = "hf:brk:names"
+
+func recordKey(name string) string { return "hf:{brk:" + name + "}" }

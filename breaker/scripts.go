@@ -1,0 +1,132 @@
+package breaker
+
+import "github.com/redis/go-redis/v9"
+
+// Every script takes the breaker record as KEYS[1]. Times are unix ms from
+// the caller's clock, so that every replica and every test uses one clock.
+// Scripts that change the record return it as HGETALL does.
+
+// failScript counts one failure and opens the breaker when the count
+// reaches the threshold, or at once when asked.
+//
+// ARGV[1] now, ARGV[2] threshold, ARGV[3] open interval ms,
+// ARGV[4] next probe (now + open interval), ARGV[5] "1" to open at once,
+// ARGV[6] reason.
+var failScript = redis.NewScript(`
+local k = KEYS[1]
+if redis.call('HGET', k, 'state') == 'open' then
+  return redis.call('HGETALL', k)
+end
+local f = redis.call('HINCRBY', k, 'failures', 1)
+if f >= tonumber(ARGV[2]) or ARGV[5] == '1' then
+  redis.call('HINCRBY', k, 'generation', 1)
+  redis.call('HSET', k, 'state', 'open', 'reason', ARGV[6], 'since', ARGV[1],
+    'interval', ARGV[3], 'next_probe', ARGV[4], 'probe_now', '0')
+  redis.call('HDEL', k, 'lease_token', 'lease_until')
+else
+  redis.call('HSETNX', k, 'state', 'closed')
+end
+return redis.call('HGETALL', k)
+`)
+
+// successScript resets the consecutive failure count of a closed breaker.
+// A success seen while open (a request that started before the breaker
+// opened) changes nothing: only a probe closes.
+var successScript = redis.NewScript(`
+local k = KEYS[1]
+if redis.call('HGET', k, 'state') == 'closed' and tonumber(redis.call('HGET', k, 'failures') or '0') > 0 then
+  redis.call('HSET', k, 'failures', '0')
+end
+return redis.call('HGETALL', k)
+`)
+
+// tripScript opens the breaker on an operator's request. An open breaker
+// keeps its generation and gets the new reason.
+//
+// ARGV[1] now, ARGV[2] open interval ms, ARGV[3] next probe, ARGV[4] reason.
+var tripScript = redis.NewScript(`
+local k = KEYS[1]
+if redis.call('HGET', k, 'state') == 'open' then
+  redis.call('HSET', k, 'reason', ARGV[4])
+  return redis.call('HGETALL', k)
+end
+redis.call('HINCRBY', k, 'generation', 1)
+redis.call('HSET', k, 'state', 'open', 'reason', ARGV[4], 'since', ARGV[1],
+  'interval', ARGV[2], 'next_probe', ARGV[3], 'probe_now', '0')
+redis.call('HDEL', k, 'lease_token', 'lease_until')
+return redis.call('HGETALL', k)
+`)
+
+// resetScript closes the breaker and clears its failure count.
+//
+// ARGV[1] now.
+var resetScript = redis.NewScript(`
+local k = KEYS[1]
+if redis.call('HGET', k, 'state') == 'open' then
+  redis.call('HINCRBY', k, 'generation', 1)
+  redis.call('HSET', k, 'state', 'closed', 'reason', '', 'since', ARGV[1], 'probe_now', '0')
+  redis.call('HDEL', k, 'lease_token', 'lease_until')
+end
+if redis.call('EXISTS', k) == 1 then
+  redis.call('HSET', k, 'failures', '0')
+end
+return redis.call('HGETALL', k)
+`)
+
+// probeNowScript makes the next probe of an open breaker due at once.
+// Returns 1 if the breaker is open, 0 otherwise.
+var probeNowScript = redis.NewScript(`
+local k = KEYS[1]
+if redis.call('HGET', k, 'state') ~= 'open' then
+  return 0
+end
+redis.call('HSET', k, 'probe_now', '1')
+return 1
+`)
+
+// acquireScript grants the probe lease to one caller: the breaker is open,
+// no lease is live, and the probe is due or was asked for. Returns 1 when
+// granted, 0 otherwise.
+//
+// ARGV[1] now, ARGV[2] lease expiry (now + lease), ARGV[3] token.
+var acquireScript = redis.NewScript(`
+local k = KEYS[1]
+if redis.call('HGET', k, 'state') ~= 'open' then
+  return 0
+end
+local now = tonumber(ARGV[1])
+if tonumber(redis.call('HGET', k, 'lease_until') or '0') > now then
+  return 0
+end
+if redis.call('HGET', k, 'probe_now') ~= '1' and now < tonumber(redis.call('HGET', k, 'next_probe') or '0') then
+  return 0
+end
+redis.call('HSET', k, 'lease_token', ARGV[3], 'lease_until', ARGV[2], 'probe_now', '0')
+return 1
+`)
+
+// resultScript records the prober's result. Success closes the breaker;
+// failure keeps it open with the new reason and doubles the interval up
+// to the cap. Fails with "lease lost" when the caller does not hold the
+// lease (it expired and another replica took it, or an operator reset
+// the breaker).
+//
+// ARGV[1] token, ARGV[2] now, ARGV[3] "1" for success, ARGV[4] reason,
+// ARGV[5] max interval ms.
+var resultScript = redis.NewScript(`
+local k = KEYS[1]
+if redis.call('HGET', k, 'lease_token') ~= ARGV[1] then
+  return redis.error_reply('lease lost')
+end
+redis.call('HDEL', k, 'lease_token', 'lease_until')
+redis.call('HSET', k, 'last_probe', ARGV[2])
+if ARGV[3] == '1' then
+  redis.call('HINCRBY', k, 'generation', 1)
+  redis.call('HSET', k, 'state', 'closed', 'reason', '', 'since', ARGV[2], 'failures', '0', 'probe_now', '0')
+  return redis.call('HGETALL', k)
+end
+local iv = math.min(tonumber(redis.call('HGET', k, 'interval') or '0') * 2, tonumber(ARGV[5]))
+redis.call('HSET', k, 'reason', ARGV[4], 'interval', string.format('%d', iv),
+  'next_probe', string.format('%d', tonumber(ARGV[2]) + iv))
+return redis.call('HGETALL', k)
+`)

@@ -1,0 +1,176 @@
+package breaker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// Webhook defaults.
+const (
+	webhookQueue   = 64                     // transitions waiting to be sent
+	webhookTries   = 5                      // attempts per transition
+	webhookBackoff = 500 * time.Millisecond // first retry delay, doubled after each try
+	webhookTimeout = 10 * time.Second       // per attempt
+)
+
+// Webhook POSTs each transition as JSON to a URL from a background
+// goroutine, retrying with exponential backoff. Notify never blocks: when
+// the queue is full the oldest waiting transition is dropped and logged.
+// Its Notify method fits Options.OnTransition.
+type Webhook struct {
+	url     string
+	client  *http.Client
+	log     *slog.Logger
+	backoff time.Duration
+
+	mu      sync.Mutex
+	queue   []Transition
+	wake    chan struct{}
+	stop    chan struct{}
+	done    chan struct{}
+	stopped bool
+}
+
+// NewWebhook starts a notifier posting to url with client (default
+// http.DefaultClient) and log (default slog.Default()). Call Close to
+// stop it.
+func NewWebhook(url string, client *http.Client, log *slog.Logger) *Webhook {
+	return newWebhook(url, client, log, webhookBackoff)
+}
+
+func newWebhook(url string, client *http.Client, log *slog.Logger, backoff time.Duration) *Webhook {
+	if client == nil {
+		client = http.DefaultClient
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	w := &Webhook{
+		url:     url,
+		client:  client,
+		log:     log.With("component", "breaker-webhook"),
+		backoff: backoff,
+		wake:    make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	go w.loop()
+	return w
+}
+
+// Notify queues t to be sent.
+func (w *Webhook) Notify(t Transition) {
+	w.mu.Lock()
+	if w.stopped {
+		w.mu.Unlock()
+		return
+	}
+	if len(w.queue) >= webhookQueue {
+		old := w.queue[0]
+		w.queue = w.queue[1:]
+		w.log.Warn("webhook queue full, dropping oldest transition",
+			"breaker", old.Name, "to", old.To, "generation", old.Generation)
+	}
+	w.queue = append(w.queue, t)
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Close stops the notifier; transitions still queued are not sent. It
+// waits for an attempt in flight to end.
+func (w *Webhook) Close() {
+	w.mu.Lock()
+	if !w.stopped {
+		w.stopped = true
+		close(w.stop)
+	}
+	w.mu.Unlock()
+	<-w.done
+}
+
+func (w *Webhook) loop() {
+	defer close(w.done)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-w.stop
+		cancel()
+	}()
+	for {
+		w.mu.Lock()
+		var t Transition
+		ok := len(w.queue) > 0
+		if ok {
+			t = w.queue[0]
+			w.queue = w.queue[1:]
+		}
+		w.mu.Unlock()
+		if !ok {
+			select {
+			case <-w.stop:
+				return
+			case <-w.wake:
+				continue
+			}
+		}
+		w.send(ctx, t)
+	}
+}
+
+// send posts t, retrying up to webhookTries times.
+func (w *Webhook) send(ctx context.Context, t Transition) {
+	body, err := json.Marshal(t)
+	if err != nil {
+		w.log.Error("webhook encode", "err", err)
+		return
+	}
+	delay := w.backoff
+	for try := 1; ; try++ {
+		err = w.post(ctx, body)
+		if err == nil {
+			return
+		}
+		if try == webhookTries || ctx.Err() != nil {
+			w.log.Error("webhook failed, giving up", "breaker", t.Name, "to", t.To,
+				"generation", t.Generation, "tries", try, "err", err)
+			return
+		}
+		w.log.Warn("webhook failed, retrying", "breaker", t.Name, "try", try, "in", delay, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay *= 2
+	}
+}
+
+func (w *Webhook) post(ctx context.Context, body []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, webhookTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.url, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := w.client.Do(req)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("webhook: %s", resp.Status)
+	}
+	return nil
+}
