@@ -49,6 +49,8 @@ type deliveryConfig struct {
 	// OnAuthFailure, when set, is told about credential and mailbox
 	// failures.
 	OnAuthFailure AuthFailureFunc
+	// OnDelivered, when set, is told about each delivered message's route.
+	OnDelivered func(ctx context.Context, route string)
 	// ThrottleDelay is the wait after a throttled reply that names no
 	// time. Default one minute.
 	ThrottleDelay time.Duration
@@ -278,6 +280,9 @@ func (d *deliverer) deliver(l *queue.Lease) {
 			return
 		}
 		log.Info("delivered", "attempts", l.Attempts, "took", time.Since(start), "reply", reply)
+		if d.cfg.OnDelivered != nil {
+			d.cfg.OnDelivered(sctx, l.Route)
+		}
 		return
 	}
 	d.settleFailure(sctx, l, err, log)
@@ -311,7 +316,11 @@ func (d *deliverer) settleFailure(ctx context.Context, l *queue.Lease, err error
 		if d.cfg.OnAuthFailure != nil {
 			d.cfg.OnAuthFailure(ctx, l.Route, err)
 		}
-		state, serr = d.q.Defer(ctx, l, d.q.Backoff(l.Attempts+1), err.Error())
+		delay := upstream.RetryAfterOf(err)
+		if delay <= 0 {
+			delay = d.q.Backoff(l.Attempts + 1)
+		}
+		state, serr = d.q.Defer(ctx, l, delay, err.Error())
 	default:
 		state, serr = d.q.Retry(ctx, l, err.Error())
 	}

@@ -37,6 +37,8 @@ type exchange struct {
 	// grants holds delegated refresh tokens; nil when
 	// exchange.grant_key_file is not set.
 	grants *auth.GrantStore
+	// gate, when set, holds mail whose breaker is open.
+	gate *gate
 }
 
 var (
@@ -178,6 +180,11 @@ func (x *exchange) GrantCredential(ctx context.Context, mailbox string) (string,
 
 // Send sends by Graph for apps configured so, by SMTP otherwise.
 func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
+	if x.gate != nil {
+		if err := x.gate.check(ctx, m.Route); err != nil {
+			return "", err
+		}
+	}
 	if x.via[m.App] == "graph" && x.graph != nil {
 		return x.graph.Send(ctx, m)
 	}

@@ -239,12 +239,22 @@ func TestExchangeErrorPaths(t *testing.T) {
 	e.sim.ExpireSecret(simTenant, simClientID)
 	e.relays[0].exchange.creds["contoso"].Invalidate()
 	held := e.submit(t, 0, "billing@contoso.com", "b@example.org", exchangeMessage(3, "billing@contoso.com"))
-	waitFor(t, 10*time.Second, "the expired secret deferred", func() bool { return e.get(t, held).State == queue.Scheduled })
-	if m := e.get(t, held); m.Attempts != 0 || !strings.Contains(m.LastError, "AADSTS7000222") || !strings.Contains(m.LastError, "credential") {
+	waitFor(t, 10*time.Second, "the expired secret held", func() bool { return e.get(t, held).State == queue.Held })
+	if m := e.get(t, held); m.Attempts != 0 || !strings.Contains(m.LastError, "AADSTS7000222") || !strings.Contains(m.HoldReason, "AADSTS7000222") {
 		t.Errorf("credential failure: %+v", m)
 	}
+	// The throttling case below needs the credential back.
+	e.sim.RotateSecret(simTenant, simClientID, simSecret)
+	if err := e.relays[0].gate.set.Reset(context.Background(), credentialBreaker("contoso")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the held message delivered after reset", func() bool { return e.get(t, held).State == queue.Delivered })
 
+	// An authenticated connection is reused without a token: wait for
+	// the idle one to be closed (2 s), and drop the cached token.
+	time.Sleep(2500 * time.Millisecond)
 	e.sim.SetFault(sim.Fault{TokenThrottle: 7 * time.Second})
+	e.relays[0].exchange.creds["contoso"].Invalidate()
 	throttled := e.submit(t, 0, "billing@contoso.com", "c@example.org", exchangeMessage(4, "billing@contoso.com"))
 	waitFor(t, 10*time.Second, "the throttled token request deferred", func() bool { return e.get(t, throttled).State == queue.Scheduled })
 	if m := e.get(t, throttled); m.Attempts != 0 || time.Until(m.Due) > 8*time.Second {
@@ -258,18 +268,15 @@ func TestExchangeSecretRotation(t *testing.T) {
 	e := newExchangeEnv(t, 1, nil)
 	e.sim.ExpireSecret(simTenant, simClientID)
 	id := e.submit(t, 0, "billing@contoso.com", "a@example.org", exchangeMessage(1, "billing@contoso.com"))
-	waitFor(t, 10*time.Second, "the message deferred", func() bool { return e.get(t, id).State == queue.Scheduled })
+	waitFor(t, 10*time.Second, "the message held", func() bool { return e.get(t, id).State == queue.Held })
 
 	const rotated = "second-secret-value~9876543210"
 	e.sim.RotateSecret(simTenant, simClientID, rotated)
 	writeFile(t, e.secretFile, rotated+"\n")
 	start := time.Now()
-	// The credential's watcher polls the file every 5 s; flush so the
-	// message is due at once, as an operator's "queue flush" would.
-	waitFor(t, 15*time.Second, "delivery with the rotated secret", func() bool {
-		e.f.queue.Flush(context.Background(), "app:contoso:billing@contoso.com")
-		return e.get(t, id).State == queue.Delivered
-	})
+	// The credential's watcher sees the file within 5 s and asks for a
+	// probe at once; the probe closes the breaker and releases the mail.
+	waitFor(t, 15*time.Second, "delivery with the rotated secret", func() bool { return e.get(t, id).State == queue.Delivered })
 	t.Logf("delivered %v after the secret file was rewritten", time.Since(start).Round(time.Millisecond))
 	if m := e.get(t, id); m.Attempts != 1 {
 		t.Errorf("attempts %d, want 1: the credential failure spent none", m.Attempts)

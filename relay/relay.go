@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"holdfast/breaker"
 	"holdfast/queue"
 	"holdfast/relay/dirsender"
 )
@@ -36,6 +37,7 @@ type Server struct {
 	httpLn    net.Listener
 	deliverer *deliverer
 	exchange  *exchange // nil unless delivery.sender is "exchange"
+	gate      *gate     // the auth circuit breakers, with exchange
 
 	stopping atomic.Bool
 	cancel   context.CancelFunc
@@ -94,12 +96,18 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		routing *exchangeRouting
 	)
 	if sender == nil && o.Delivery.Sender == "exchange" {
+		g := &gate{q: s.queue, log: log.With("component", "breaker")}
+		g.set = breaker.New(s.rdb, breaker.Options{OnTransition: g.transition, Logger: log})
 		onChange := func(name string) {
 			log.Info("credential file changed; the next token request uses it", "component", "auth", "credential", name)
+			if _, err := g.set.ProbeNow(context.Background(), credentialBreaker(name)); err != nil {
+				log.Warn("cannot request a probe", "credential", name, "err", err)
+			}
 		}
 		if s.exchange, err = newExchange(o, s.rdb, onChange, log); err != nil {
 			return nil, err
 		}
+		g.x, s.exchange.gate, s.gate = s.exchange, g, g
 		sender = s.exchange
 		var idx grantIndex
 		if s.exchange.grants != nil {
@@ -135,6 +143,10 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 			// More deliveries of one mailbox than it has connections
 			// would only wait for a slot.
 			dc.PerRoute = o.Exchange.MaxConnectionsPerMailbox
+		}
+		if s.gate != nil {
+			dc.OnAuthFailure = s.gate.failed
+			dc.OnDelivered = s.gate.delivered
 		}
 		s.deliverer = newDeliverer(s.queue, sender, dc, log)
 		in.queued = s.deliverer.notify
@@ -216,6 +228,10 @@ func (s *Server) Start() {
 	if s.exchange != nil {
 		s.exchange.watch(ctx)
 	}
+	if s.gate != nil {
+		go s.gate.set.Watch(ctx)
+		go s.gate.probeLoop(ctx, time.Second)
+	}
 	if s.deliverer != nil {
 		s.wg.Add(1)
 		go func() {
@@ -242,7 +258,14 @@ func (s *Server) Reload() error {
 	if s.exchange == nil {
 		return nil
 	}
-	return s.exchange.reload()
+	err := s.exchange.reload()
+	// SIGHUP also probes every open credential breaker at once.
+	for name := range s.exchange.creds {
+		if _, perr := s.gate.set.ProbeNow(context.Background(), credentialBreaker(name)); perr != nil {
+			err = errors.Join(err, perr)
+		}
+	}
+	return err
 }
 
 // Err delivers the first error of a listener that stopped by itself.

@@ -458,3 +458,21 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 		return ctx.Err()
 	}
 }
+
+// Probe checks that the route's credentials work without sending mail: a
+// new token, then EHLO, STARTTLS, AUTH XOAUTH2 as the mailbox and QUIT.
+// It takes one of the mailbox's connection slots while it runs.
+func (s *SMTPSender) Probe(ctx context.Context, r Route) error {
+	r.Tokens.Invalidate()
+	slot, err := s.acquire(ctx, r.Mailbox)
+	if err != nil {
+		return err
+	}
+	defer s.o.Limits.Release(context.WithoutCancel(ctx), slot)
+	c, err := s.open(ctx, r)
+	if err != nil {
+		return err
+	}
+	_ = c.c.Quit()
+	return nil
+}

@@ -1,0 +1,220 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"holdfast/breaker"
+	"holdfast/queue"
+	"holdfast/relay/upstream"
+)
+
+// Breaker names: one per credential, one per mailbox.
+func credentialBreaker(cred string) string { return "cred:" + cred }
+func mailboxBreaker(mailbox string) string { return "mbx:" + strings.ToLower(mailbox) }
+
+// routeBreakers are the breakers a route's mail depends on: its
+// credential's and its mailbox's.
+func routeBreakers(route string) (cred, mailbox string, ok bool) {
+	_, c, m, ok := parseRoute(route)
+	if !ok {
+		return "", "", false
+	}
+	return credentialBreaker(c), mailboxBreaker(m), true
+}
+
+// errBreakerOpen is returned instead of sending while a route's breaker is
+// open: the message is held, no token is fetched and no AUTH is tried.
+var errBreakerOpen = errors.New("breaker open")
+
+// gate ties the auth circuit breakers to delivery: it counts credential
+// and mailbox failures, holds a route's mail while one of its breakers is
+// open, probes open breakers, and releases the mail when they close.
+type gate struct {
+	set *breaker.Set
+	q   *queue.Queue
+	x   *exchange
+	log *slog.Logger
+}
+
+// check returns errBreakerOpen, as a held failure of the right class,
+// when one of the route's breakers is open.
+func (g *gate) check(ctx context.Context, route string) error {
+	cred, mbx, ok := routeBreakers(route)
+	if !ok {
+		return nil
+	}
+	for _, b := range []struct {
+		name  string
+		class upstream.Class
+	}{{cred, upstream.Credential}, {mbx, upstream.Mailbox}} {
+		allowed, err := g.set.Allow(ctx, b.name)
+		if !allowed {
+			st, _ := g.set.Status(ctx, b.name)
+			// Retried shortly: the route is held meanwhile, and this
+			// replica's view of the breaker may be a poll behind.
+			return &upstream.Error{Class: b.class, Text: fmt.Sprintf("breaker %s open: %s", b.name, st.Reason),
+				RetryAfter: time.Second, Err: errors.Join(errBreakerOpen, err)}
+		}
+	}
+	return nil
+}
+
+// failed counts a credential or mailbox failure of a route, or, when the
+// breaker was already open, holds the route.
+func (g *gate) failed(ctx context.Context, route string, err error) {
+	cred, mbx, ok := routeBreakers(route)
+	if !ok {
+		return
+	}
+	if errors.Is(err, errBreakerOpen) {
+		g.holdRoutes(ctx, []string{route})
+		return
+	}
+	name := cred
+	if upstream.ClassOf(err) == upstream.Mailbox {
+		name = mbx
+	}
+	if rerr := g.set.Record(ctx, name, err); rerr != nil {
+		g.log.Warn("cannot record failure on breaker", "breaker", name, "err", rerr)
+	}
+}
+
+// delivered resets the route's breakers' failure counts; it costs nothing
+// while they count no failures.
+func (g *gate) delivered(ctx context.Context, route string) {
+	cred, mbx, ok := routeBreakers(route)
+	if !ok {
+		return
+	}
+	for _, name := range []string{cred, mbx} {
+		if err := g.set.Record(ctx, name, nil); err != nil {
+			g.log.Warn("cannot record success on breaker", "breaker", name, "err", err)
+		}
+	}
+}
+
+// transition holds or releases the routes under a breaker that changed.
+func (g *gate) transition(t breaker.Transition) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	routes, err := g.routesUnder(ctx, t.Name)
+	if err != nil {
+		g.log.Error("cannot list routes for breaker transition", "breaker", t.Name, "err", err)
+		return
+	}
+	g.log.Warn("breaker "+t.To.String(), "breaker", t.Name, "reason", t.Reason, "routes", len(routes))
+	if t.To == breaker.Open {
+		g.holdRoutes(ctx, routes)
+		return
+	}
+	for _, r := range routes {
+		if g.check(ctx, r) != nil {
+			continue // its other breaker is still open
+		}
+		// Held mail goes out now, oldest first, at the mailbox's limits.
+		if _, err := g.q.Flush(ctx, r); err != nil {
+			g.log.Error("cannot flush released route", "route", r, "err", err)
+		}
+		if err := g.q.ReleaseRoute(ctx, r); err != nil {
+			g.log.Error("cannot release route", "route", r, "err", err)
+		}
+	}
+}
+
+// routesUnder lists the routes that depend on a breaker.
+func (g *gate) routesUnder(ctx context.Context, name string) ([]string, error) {
+	all, err := g.q.Routes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, r := range all {
+		if cred, mbx, ok := routeBreakers(r); ok && (cred == name || mbx == name) {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+func (g *gate) holdRoutes(ctx context.Context, routes []string) {
+	for _, r := range routes {
+		reason := g.check(ctx, r)
+		if reason == nil {
+			continue
+		}
+		if err := g.q.HoldRoute(ctx, r, upstream.ClassOf(reason).String()+": "+reasonText(reason)); err != nil {
+			g.log.Error("cannot hold route", "route", r, "err", err)
+		}
+	}
+}
+
+func reasonText(err error) string {
+	var ue *upstream.Error
+	if errors.As(err, &ue) {
+		return ue.Text
+	}
+	return err.Error()
+}
+
+// probeLoop probes open breakers when their probe is due, one replica in
+// the fleet at a time, until ctx ends.
+func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		list, err := g.set.List(ctx)
+		if err != nil {
+			continue
+		}
+		for _, st := range list {
+			if st.State != breaker.Open {
+				continue
+			}
+			if ok, err := g.set.AcquireProbe(ctx, st.Name); err != nil || !ok {
+				continue
+			}
+			perr := g.probe(ctx, st.Name)
+			if err := g.set.ProbeResult(ctx, st.Name, perr); err != nil {
+				g.log.Warn("cannot record probe result", "breaker", st.Name, "err", err)
+			}
+			g.log.Info("breaker probed", "breaker", st.Name, "ok", perr == nil, "err", perr)
+		}
+	}
+}
+
+// probe runs a token fetch and an SMTP AUTH, sending nothing, as a route
+// under the breaker (or, for a credential with no route yet, a token
+// fetch only).
+func (g *gate) probe(ctx context.Context, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	routes, err := g.routesUnder(ctx, name)
+	if err != nil {
+		return err
+	}
+	if len(routes) == 0 {
+		cred, ok := strings.CutPrefix(name, "cred:")
+		c := g.x.creds[cred]
+		if !ok || c == nil {
+			return fmt.Errorf("breaker %s has no route and no credential to probe", name)
+		}
+		c.Invalidate()
+		_, err := c.Token(ctx)
+		return err
+	}
+	r, err := g.x.route(g.x.creds)(ctx, &queue.Message{Route: routes[0]})
+	if err != nil {
+		return err
+	}
+	return g.x.smtp.Probe(ctx, r)
+}
