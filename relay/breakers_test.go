@@ -2,7 +2,12 @@ package relay
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,7 +21,24 @@ import (
 // accepting. Rewriting the secret file closes the breaker with no
 // restart, and every message is delivered exactly once.
 func TestBreakerIncident(t *testing.T) {
+	var hookMu sync.Mutex
+	// What a webhook receiver sees: plain JSON.
+	type transition struct {
+		Name   string `json:"breaker"`
+		To     string `json:"to"`
+		Reason string `json:"reason"`
+	}
+	var hooks []transition
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var tr transition
+		json.NewDecoder(r.Body).Decode(&tr)
+		hookMu.Lock()
+		hooks = append(hooks, tr)
+		hookMu.Unlock()
+	}))
+	defer hook.Close()
 	e := newExchangeEnv(t, 2, func(o *Options) {
+		o.Breakers.WebhookURL = hook.URL
 		for i := range o.Apps {
 			o.Apps[i].SenderMailboxes = map[string]string{}
 			for m := 1; m <= 5; m++ {
@@ -42,7 +64,6 @@ func TestBreakerIncident(t *testing.T) {
 	for _, r := range e.relays {
 		r.exchange.creds["contoso"].Invalidate()
 	}
-	before := e.sim.Counters().Clients[simClientID]
 	for n := 20; n < 40; n++ {
 		send(n) // both relays keep answering 250
 	}
@@ -56,13 +77,19 @@ func TestBreakerIncident(t *testing.T) {
 		st, _ := e.f.queue.Stats(ctx)
 		return st.Total.Held == 20 && st.Total.Leased == 0
 	})
+	// From now until the rotation, nothing may reach Entra or Exchange
+	// but a probe, and none is due within the 30 s open interval.
+	before := e.sim.Counters().Clients[simClientID]
 	time.Sleep(2 * time.Second)
 	during := e.sim.Counters().Clients[simClientID]
-	if got := during.TokenRequests - before.TokenRequests; got > 3 {
-		t.Errorf("%d token requests while the secret was expired, want at most 3 (the breaker stops them)", got)
+	if got := during.TokenRequests - before.TokenRequests; got != 0 {
+		t.Errorf("%d token requests under an open breaker", got)
 	}
-	if during.SMTPAuthAttempts != before.SMTPAuthAttempts {
-		t.Errorf("%d SMTP AUTH attempts under an open breaker", during.SMTPAuthAttempts-before.SMTPAuthAttempts)
+	if got := during.SMTPAuthAttempts - before.SMTPAuthAttempts; got != 0 {
+		t.Errorf("%d SMTP AUTH attempts under an open breaker", got)
+	}
+	if during.TokenErrors > 3 {
+		t.Errorf("%d failed token requests before the breaker opened, want at most 3", during.TokenErrors)
 	}
 	st, _ := e.f.queue.Stats(ctx)
 	for _, r := range st.Routes {
@@ -95,5 +122,31 @@ func TestBreakerIncident(t *testing.T) {
 		if n != 1 {
 			t.Errorf("%s delivered %d times", id, n)
 		}
+	}
+	// Each relay posts each transition it sees: open, then closed.
+	waitFor(t, 5*time.Second, "the webhook calls", func() bool {
+		hookMu.Lock()
+		defer hookMu.Unlock()
+		return len(hooks) >= 4
+	})
+	hookMu.Lock()
+	defer hookMu.Unlock()
+	opened, closed := 0, 0
+	for _, h := range hooks {
+		if h.Name != credentialBreaker("contoso") {
+			t.Errorf("webhook for %q", h.Name)
+		}
+		switch h.To {
+		case "open":
+			opened++
+			if !strings.Contains(h.Reason, "AADSTS7000222") {
+				t.Errorf("open without the reason: %+v", h)
+			}
+		case "closed":
+			closed++
+		}
+	}
+	if opened != 2 || closed != 2 {
+		t.Errorf("webhook saw %d opens and %d closes, want 2 of each (one per relay)", opened, closed)
 	}
 }

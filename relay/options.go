@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -36,6 +37,17 @@ type Options struct {
 	Credentials []Credential `yaml:"credentials"`
 	// Exchange says where Exchange Online is and how hard to push it.
 	Exchange ExchangeOptions `yaml:"exchange"`
+	// Breakers configure the auth circuit breakers of the "exchange"
+	// sender.
+	Breakers BreakerOptions `yaml:"breakers"`
+}
+
+// BreakerOptions configure the auth circuit breakers.
+type BreakerOptions struct {
+	// WebhookURL receives a JSON POST on every breaker transition
+	// (retried with backoff, never blocking delivery). Default: none.
+	// Never email: the mail path may be what is broken.
+	WebhookURL string `yaml:"webhook_url"`
 }
 
 // Credential is one Entra ID app registration, with a client secret or a
@@ -456,6 +468,11 @@ func (o *Options) Validate() error {
 	case "exchange":
 		if err := o.validateExchange(); err != nil {
 			return err
+		}
+		if u := o.Breakers.WebhookURL; u != "" {
+			if pu, err := url.Parse(u); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
+				return bad("breakers.webhook_url", "%q is not an http or https URL", u)
+			}
 		}
 	case "dir":
 		if o.Delivery.Dir == "" {

@@ -38,6 +38,7 @@ type Server struct {
 	deliverer *deliverer
 	exchange  *exchange // nil unless delivery.sender is "exchange"
 	gate      *gate     // the auth circuit breakers, with exchange
+	webhook   *breaker.Webhook
 
 	stopping atomic.Bool
 	cancel   context.CancelFunc
@@ -97,7 +98,15 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	)
 	if sender == nil && o.Delivery.Sender == "exchange" {
 		g := &gate{q: s.queue, log: log.With("component", "breaker")}
-		g.set = breaker.New(s.rdb, breaker.Options{OnTransition: g.transition, Logger: log})
+		onTransition := g.transition
+		if o.Breakers.WebhookURL != "" {
+			s.webhook = breaker.NewWebhook(o.Breakers.WebhookURL, &http.Client{Timeout: 10 * time.Second}, log)
+			onTransition = func(t breaker.Transition) {
+				g.transition(t)
+				s.webhook.Notify(t)
+			}
+		}
+		g.set = breaker.New(s.rdb, breaker.Options{OnTransition: onTransition, Logger: log})
 		onChange := func(name string) {
 			log.Info("credential file changed; the next token request uses it", "component", "auth", "credential", name)
 			if _, err := g.set.ProbeNow(context.Background(), credentialBreaker(name)); err != nil {
@@ -290,6 +299,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.wg.Wait()
 	if s.exchange != nil {
 		s.exchange.close()
+	}
+	if s.webhook != nil {
+		s.webhook.Close()
 	}
 	s.closeAll()
 	s.log.Info("stopped")
