@@ -126,6 +126,7 @@ type conn struct {
 	slot    *queue.Slot
 	mailbox string
 	used    time.Time
+	renewed time.Time // when slot was last taken or renewed
 }
 
 // NewSMTPSender returns a sender. o.Router and o.Limits are required.
@@ -255,7 +256,7 @@ func (s *SMTPSender) get(ctx context.Context, r Route) (*conn, error) {
 		_ = s.o.Limits.Release(context.WithoutCancel(ctx), slot)
 		return nil, err
 	}
-	c.slot = slot
+	c.slot, c.renewed = slot, time.Now()
 	return c, nil
 }
 
@@ -379,12 +380,15 @@ func (s *SMTPSender) transact(c *conn, m *queue.Message) (string, error) {
 	return reply, nil
 }
 
-// put keeps a connection for the mailbox's next message and renews its
-// slot.
+// put keeps a connection for the mailbox's next message. Its slot is
+// renewed once a third of its lifetime has passed, not per message.
 func (s *SMTPSender) put(c *conn) {
-	if err := s.o.Limits.Renew(context.Background(), c.slot, slotTTL); err != nil {
-		s.discard(c)
-		return
+	if time.Since(c.renewed) >= slotTTL/3 {
+		if err := s.o.Limits.Renew(context.Background(), c.slot, slotTTL); err != nil {
+			s.discard(c)
+			return
+		}
+		c.renewed = time.Now()
 	}
 	s.mu.Lock()
 	s.idle[c.mailbox] = append(s.idle[c.mailbox], c)
@@ -430,7 +434,7 @@ func smtpError(command string, err error, kind AuthKind, fresh bool) *upstream.E
 			ec = fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
 		}
 		e := ClassifySMTP(SMTPReply{Code: se.Code, Enhanced: ec, Text: se.Message}, kind, fresh)
-		e.Err = fmt.Errorf("%s", command)
+		e.Err = errors.New(command)
 		return e
 	}
 	return &upstream.Error{Class: upstream.Transient, Text: command, Err: err}
