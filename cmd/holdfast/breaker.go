@@ -7,21 +7,16 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"holdfast/breaker"
-	"holdfast/relay"
 )
 
 // openBreakers loads the configuration at path and returns the fleet's
 // breakers and a function that closes the Redis connection.
 func openBreakers(path string) (*breaker.Set, func(), error) {
-	o, err := relay.Load(path)
+	_, rdb, err := openRedis(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	redis.SetLogger(quietLogger{})
-	rdb := relay.RedisClient(o.Redis)
 	return breaker.New(rdb, breaker.Options{}), func() { _ = rdb.Close() }, nil
 }
 

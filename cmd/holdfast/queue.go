@@ -18,17 +18,26 @@ import (
 	"holdfast/relay"
 )
 
-// openQueue loads the configuration at path and returns its queue and a
-// function that closes the Redis connection.
-func openQueue(path string) (*queue.Queue, func(), error) {
+// openRedis loads the configuration at path and connects to its Redis,
+// for the operator commands.
+func openRedis(path string) (relay.Options, redis.UniversalClient, error) {
 	o, err := relay.Load(path)
 	if err != nil {
-		return nil, nil, err
+		return relay.Options{}, nil, err
 	}
 	// go-redis logs failed dials on its own; the error that reaches the
 	// operator says the same in one line.
 	redis.SetLogger(quietLogger{})
-	rdb := relay.RedisClient(o.Redis)
+	return o, relay.RedisClient(o.Redis), nil
+}
+
+// openQueue loads the configuration at path and returns its queue and a
+// function that closes the Redis connection.
+func openQueue(path string) (*queue.Queue, func(), error) {
+	o, rdb, err := openRedis(path)
+	if err != nil {
+		return nil, nil, err
+	}
 	return queue.New(rdb, o.Queue.Options()), func() { _ = rdb.Close() }, nil
 }
 
