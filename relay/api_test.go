@@ -348,6 +348,9 @@ func TestAPIPostStoreDown(t *testing.T) {
 	e := newAPIEnv(t, apiConfig{})
 	query := "from=billing@contoso.com&to=a@x.example"
 	kept, _ := accepted(t, e.post(t, crmToken, query, testMessage, nil))
+	// appendfsync everysec: let the AOF reach the disk before the crash,
+	// or the restart may rightly lose the last second.
+	time.Sleep(1500 * time.Millisecond)
 
 	e.f.redis.Kill(t)
 	r := e.post(t, crmToken, query, testMessage, map[string]string{"Idempotency-Key": "down-1"})
