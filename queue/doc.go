@@ -21,5 +21,8 @@
 // (dead-letter). A lease that is not settled in time expires and the
 // message becomes due again, its attempt history kept. A message still
 // undelivered when its lifetime ends is dead-lettered with its last error.
-// A held route is never leased.
+// A held route is never leased. The time a message spends held does not
+// count against its lifetime, up to Options.HeldGrace: ReleaseRoute
+// credits it, and a message held for longer is dead-lettered while still
+// held once its lifetime plus the grace has run out.
 package queue

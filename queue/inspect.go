@@ -255,7 +255,8 @@ func (q *Queue) Flush(ctx context.Context, route string) (int, error) {
 // HoldRoute holds a route: none of its messages are leased, none spends an
 // attempt, and their backoff stops growing, until ReleaseRoute. Messages
 // already leased finish their attempt. Holding a held route updates the
-// reason.
+// reason and keeps the time the hold started, from which ReleaseRoute
+// credits held time (see Options.HeldGrace).
 func (q *Queue) HoldRoute(ctx context.Context, route, reason string) error {
 	if reason == "" {
 		reason = "held"
@@ -263,16 +264,27 @@ func (q *Queue) HoldRoute(ctx context.Context, route, reason string) error {
 	if err := q.registerRoute(ctx, route); err != nil {
 		return err
 	}
-	if err := q.rdb.Set(ctx, keysFor(route).hold, reason, 0).Err(); err != nil {
+	rk := keysFor(route)
+	if err := holdScript.Run(ctx, q.rdb, []string{rk.hold, rk.held}, reason, q.opts.Now().UnixMilli()).Err(); err != nil {
 		return fmt.Errorf("hold %s: %w", route, err)
 	}
 	return nil
 }
 
 // ReleaseRoute ends a route's hold. Its messages become leasable at their
-// due times.
+// due times, and each one's lifetime is extended by the time it spent held
+// (since the hold started or since it was submitted, whichever is later),
+// up to Options.HeldGrace. Releasing a route that is not held does
+// nothing.
+//
+// It updates every waiting or leased message of the route in one atomic
+// step, which blocks Redis for roughly half a second on a route of
+// 100,000 messages.
 func (q *Queue) ReleaseRoute(ctx context.Context, route string) error {
-	if err := q.rdb.Del(ctx, keysFor(route).hold).Err(); err != nil {
+	rk := keysFor(route)
+	err := releaseScript.Run(ctx, q.rdb, []string{rk.live, rk.hold, rk.held},
+		q.opts.Now().UnixMilli(), q.opts.HeldGrace.Milliseconds(), msgKeyPrefix(rk.tag)).Err()
+	if err != nil {
 		return fmt.Errorf("release %s: %w", route, err)
 	}
 	return nil

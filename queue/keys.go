@@ -16,6 +16,7 @@ import (
 //	hf:{T}:r:ROUTE:dead      zset    id -> dead-letter time (unix ms)
 //	hf:{T}:r:ROUTE:live      zset    id -> submit time (unix ms), every message not yet delivered or dead
 //	hf:{T}:r:ROUTE:hold      string  the hold reason; present while the route is held
+//	hf:{T}:r:ROUTE:held      string  when the current hold started (unix ms); present while held
 //	hf:{T}:i:ROUTE:KEY       string  idempotency key -> message id
 //	hf:routes                set     every route that has had a message
 const keyPrefix = "hf:"
@@ -69,6 +70,7 @@ type routeKeys struct {
 	dead   string
 	live   string
 	hold   string
+	held   string
 }
 
 func keysFor(route string) routeKeys {
@@ -81,6 +83,7 @@ func keysFor(route string) routeKeys {
 		dead:   base + "dead",
 		live:   base + "live",
 		hold:   base + "hold",
+		held:   base + "held",
 	}
 }
 

@@ -22,7 +22,9 @@ type LeaseResult struct {
 // Lease claims up to n due messages of a route until now+d. It first
 // returns the route's expired leases to the queue (counting the lost
 // attempt) and dead-letters due messages past their lifetime. A held
-// route leases nothing.
+// route leases nothing; it only dead-letters, among its 100 oldest
+// messages, those whose lifetime has run out even after crediting their
+// time held up to Options.HeldGrace.
 func (q *Queue) Lease(ctx context.Context, route string, n int, d time.Duration) (LeaseResult, error) {
 	if n <= 0 {
 		n = 1
@@ -32,8 +34,9 @@ func (q *Queue) Lease(ctx context.Context, route string, n int, d time.Duration)
 	token := newToken()
 	until := now.Add(d)
 	res, err := leaseScript.Run(ctx, q.rdb,
-		[]string{rk.due, rk.leased, rk.dead, rk.live, rk.hold},
-		now.UnixMilli(), until.UnixMilli(), n, token, msgKeyPrefix(rk.tag)).Slice()
+		[]string{rk.due, rk.leased, rk.dead, rk.live, rk.hold, rk.held},
+		now.UnixMilli(), until.UnixMilli(), n, token, msgKeyPrefix(rk.tag),
+		q.opts.HeldGrace.Milliseconds()).Slice()
 	if err != nil {
 		return LeaseResult{}, fmt.Errorf("lease %s: %w", route, err)
 	}

@@ -29,6 +29,14 @@ type Options struct {
 	// IdempotencyTTL is how long an idempotency key is remembered.
 	// Default 24 hours.
 	IdempotencyTTL time.Duration
+	// HeldGrace is how long a route's hold does not count against its
+	// messages' lifetime. ReleaseRoute moves each waiting message's
+	// expiry later by the time it spent held, up to HeldGrace. A message
+	// held for longer follows the normal lifetime: it is dead-lettered,
+	// while its route is still held, once its lifetime plus HeldGrace has
+	// passed. Default 5 days; zero or negative means the default. To
+	// count held time in full, set it to time.Millisecond.
+	HeldGrace time.Duration
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 }
@@ -48,6 +56,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.IdempotencyTTL <= 0 {
 		o.IdempotencyTTL = 24 * time.Hour
+	}
+	if o.HeldGrace <= 0 {
+		o.HeldGrace = 5 * 24 * time.Hour
 	}
 	if o.Now == nil {
 		o.Now = time.Now

@@ -38,11 +38,18 @@ return {ARGV[1], 0}
 
 // leaseScript reclaims the route's expired leases, then leases up to n due
 // messages. A due message past its expiry is dead-lettered instead of
-// leased. A held route leases nothing.
+// leased.
 //
-// KEYS[1] due, KEYS[2] leased, KEYS[3] dead, KEYS[4] live, KEYS[5] hold.
+// A held route leases nothing. Instead it dead-letters those of its 100
+// oldest live messages that are not leased and whose lifetime has run out
+// even counting the time held, up to the held grace, as not spent: now >=
+// exp + min(now - max(hold start, submit), grace). A hold without a start
+// time (set before the start was recorded) is given one now.
+//
+// KEYS[1] due, KEYS[2] leased, KEYS[3] dead, KEYS[4] live, KEYS[5] hold,
+// KEYS[6] held (hold start).
 // ARGV[1] now, ARGV[2] lease deadline, ARGV[3] n, ARGV[4] lease token,
-// ARGV[5] message key prefix.
+// ARGV[5] message key prefix, ARGV[6] held grace in ms.
 //
 // Returns {next, leased}: next is the due time of the earliest message
 // left in the queue (-1 when none, -2 when the route is held); leased is a
@@ -63,7 +70,37 @@ for _, id in ipairs(expired) do
   end
 end
 
-if redis.call('EXISTS', KEYS[5]) == 1 then return {-2, {}} end
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  local start = tonumber(redis.call('GET', KEYS[6]))
+  if not start then
+    start = now
+    redis.call('SET', KEYS[6], ARGV[1])
+  end
+  local grace = tonumber(ARGV[6])
+  local oldest = redis.call('ZRANGE', KEYS[4], 0, 99, 'WITHSCORES')
+  for i = 1, #oldest, 2 do
+    local id, sub = oldest[i], tonumber(oldest[i + 1])
+    local key = prefix .. id
+    local m = redis.call('HMGET', key, 'st', 'exp', 'err')
+    if not m[1] then
+      redis.call('ZREM', KEYS[4], id)
+      redis.call('ZREM', KEYS[1], id)
+    elseif m[1] ~= 'leased' then
+      local credit = math.max(0, math.min(now - math.max(start, sub), grace))
+      if now >= tonumber(m[2]) + credit then
+        local last = m[3] or ''
+        if last == '' then last = 'no delivery attempt completed' end
+        redis.call('ZREM', KEYS[1], id)
+        redis.call('ZREM', KEYS[4], id)
+        redis.call('ZADD', KEYS[3], now, id)
+        redis.call('HSET', key, 'st', 'dead', 'done', now, 'upd', now,
+          'why', 'queue lifetime exceeded while the route was held; last error: ' .. last)
+        redis.call('HDEL', key, 'lease', 'lu')
+      end
+    end
+  end
+  return {-2, {}}
+end
 
 local leased = {}
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
@@ -211,6 +248,60 @@ local oldest = -1
 local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 if first[2] then oldest = tonumber(first[2]) end
 return {ready, scheduled, redis.call('ZCARD', KEYS[2]), held, redis.call('ZCARD', KEYS[3]), oldest, reason}
+`)
+
+// holdScript holds a route, or updates the reason of a held one. The hold
+// start is only set when the route was not held, so a second hold keeps
+// the first one's start.
+//
+// KEYS[1] hold, KEYS[2] held (hold start). ARGV[1] reason, ARGV[2] now.
+//
+// Returns 1 when the route was newly held, 0 when it already was.
+var holdScript = redis.NewScript(`
+local fresh = redis.call('EXISTS', KEYS[1]) == 0
+if fresh then
+  redis.call('SET', KEYS[2], ARGV[2])
+else
+  redis.call('SET', KEYS[2], ARGV[2], 'NX')
+end
+redis.call('SET', KEYS[1], ARGV[1])
+if fresh then return 1 end
+return 0
+`)
+
+// releaseScript ends a route's hold. Each live message (leased ones
+// included) first gets the time it spent held, up to the held grace,
+// added to its expiry: exp += min(now - max(hold start, submit), grace)
+// when that is positive.
+//
+// KEYS[1] live, KEYS[2] hold, KEYS[3] held (hold start).
+// ARGV[1] now, ARGV[2] held grace in ms, ARGV[3] message key prefix.
+//
+// Returns how many messages got a longer lifetime.
+var releaseScript = redis.NewScript(`
+local now = tonumber(ARGV[1])
+local grace = tonumber(ARGV[2])
+local start = tonumber(redis.call('GET', KEYS[3]))
+local credited = 0
+if start and redis.call('EXISTS', KEYS[2]) == 1 then
+  local page = 1000
+  local from = 0
+  while true do
+    local live = redis.call('ZRANGE', KEYS[1], from, from + page - 1, 'WITHSCORES')
+    for i = 1, #live, 2 do
+      local credit = math.min(now - math.max(start, tonumber(live[i + 1])), grace)
+      local key = ARGV[3] .. live[i]
+      if credit > 0 and redis.call('EXISTS', key) == 1 then
+        redis.call('HINCRBY', key, 'exp', credit)
+        credited = credited + 1
+      end
+    end
+    if #live < 2 * page then break end
+    from = from + page
+  end
+end
+redis.call('DEL', KEYS[2], KEYS[3])
+return credited
 `)
 
 // getScript reads a message with its due time and its route's hold reason
