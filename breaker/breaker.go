@@ -116,6 +116,9 @@ type Status struct {
 	NextProbe  time.Time     `json:"next_probe,omitzero"`
 	LastProbe  time.Time     `json:"last_probe,omitzero"`
 	Interval   time.Duration `json:"interval"`
+	// Spread is how many distinct members (delegated mailboxes) have
+	// failed in a row under the breaker; see RecordSpread.
+	Spread int64 `json:"spread"`
 }
 
 // Transition is a change of a breaker's state as seen by one replica.
@@ -278,7 +281,7 @@ func (s *Set) run(ctx context.Context, sc *redis.Script, name string, args ...an
 	if err := s.register(ctx, name); err != nil {
 		return Status{}, err
 	}
-	v, err := sc.Run(ctx, s.rdb, []string{recordKey(name)}, args...).StringSlice()
+	v, err := sc.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)}, args...).StringSlice()
 	if err != nil {
 		return Status{}, err
 	}
@@ -343,7 +346,7 @@ func (s *Set) Record(ctx context.Context, name string, err error) error {
 	e := s.entry(name)
 	local := e.local
 	// Skip the round trip when the count was zero at a read within Poll.
-	quiet := e.st.Failures == 0 && !e.fetched.IsZero() && s.o.Now().Sub(e.fetched) < s.o.Poll
+	quiet := e.st.Failures == 0 && e.st.Spread == 0 && !e.fetched.IsZero() && s.o.Now().Sub(e.fetched) < s.o.Poll
 	s.mu.Unlock()
 	if done, aerr := local.Allow(); aerr == nil {
 		done(err)
@@ -366,6 +369,34 @@ func (s *Set) Record(ctx context.Context, name string, err error) error {
 		ms(now.Add(s.o.OpenInterval)), immediate, Reason(err))
 	if rerr != nil {
 		return fmt.Errorf("breaker %s: record failure: %w", name, rerr)
+	}
+	return nil
+}
+
+// spreadMemory is how long a spread of failed members is remembered after
+// its last failure: failures further apart are not "in a row".
+const spreadMemory = time.Hour
+
+// RecordSpread records a failure of member (a delegated mailbox) that
+// counts on the breaker name (its credential) only across distinct
+// members: name opens when n distinct members have failed with no
+// success recorded on name between them. A success (Record with nil)
+// clears the spread. Failures that do not count (see Counts) are ignored.
+func (s *Set) RecordSpread(ctx context.Context, name, member string, err error, n int) error {
+	if verr := validName(name); verr != nil {
+		return verr
+	}
+	if err == nil || !Counts(err) {
+		return nil
+	}
+	if n < 1 {
+		n = 1
+	}
+	now := s.o.Now()
+	_, rerr := s.run(ctx, spreadScript, name, ms(now), n, s.o.OpenInterval.Milliseconds(),
+		ms(now.Add(s.o.OpenInterval)), member, Reason(err), spreadMemory.Milliseconds())
+	if rerr != nil {
+		return fmt.Errorf("breaker %s: record spread failure: %w", name, rerr)
 	}
 	return nil
 }
@@ -404,7 +435,7 @@ func (s *Set) ProbeNow(ctx context.Context, name string) (bool, error) {
 	if err := validName(name); err != nil {
 		return false, err
 	}
-	n, err := probeNowScript.Run(ctx, s.rdb, []string{recordKey(name)}).Int()
+	n, err := probeNowScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)}).Int()
 	if err != nil {
 		return false, fmt.Errorf("breaker %s: probe now: %w", name, err)
 	}
@@ -423,7 +454,7 @@ func (s *Set) AcquireProbe(ctx context.Context, name string) (bool, error) {
 	_, _ = rand.Read(b[:])
 	token := hex.EncodeToString(b[:])
 	now := s.o.Now()
-	n, err := acquireScript.Run(ctx, s.rdb, []string{recordKey(name)},
+	n, err := acquireScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)},
 		ms(now), ms(now.Add(s.o.ProbeLease)), token).Int()
 	if err != nil {
 		return false, fmt.Errorf("breaker %s: acquire probe: %w", name, err)
@@ -578,5 +609,7 @@ func (st *Status) set(k, v string) {
 		st.LastProbe = t()
 	case "interval":
 		st.Interval = time.Duration(n) * time.Millisecond
+	case "spread":
+		st.Spread = n
 	}
 }

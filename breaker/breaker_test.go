@@ -605,3 +605,57 @@ func TestCluster(t *testing.T) {
 		}
 	}
 }
+
+func TestSpreadOpensAcrossDistinctMembers(t *testing.T) {
+	sets, clk := replicas(t, 2, nil)
+	a, b := sets[0], sets[1]
+	ctx := context.Background()
+	const cred = "cred:contoso"
+	delegated := &upstream.Error{Class: upstream.Mailbox, Code: 535, Enhanced: "5.7.3", Text: "Authentication unsuccessful"}
+	spread := func(s *Set, member string, err error) {
+		t.Helper()
+		if rerr := s.RecordSpread(ctx, cred, member, err, 3); rerr != nil {
+			t.Fatal(rerr)
+		}
+	}
+
+	// The same mailbox again and again is that mailbox's problem.
+	for range 5 {
+		spread(a, "alice@contoso.com", delegated)
+	}
+	if st := status(t, b, cred); st.State != Closed || st.Spread != 1 || st.Failures != 0 {
+		t.Fatalf("one mailbox failing: %+v, want closed, spread 1", st)
+	}
+	// Non-counting failures are ignored.
+	spread(a, "bob@contoso.com", &upstream.Error{Class: upstream.Transient, Code: 421})
+	if st := status(t, a, cred); st.Spread != 1 {
+		t.Fatalf("a transient failure joined the spread: %+v", st)
+	}
+	// A success in between breaks the row.
+	spread(b, "bob@contoso.com", delegated)
+	clk.Add(a.o.Poll)
+	record(t, a, cred, nil)
+	if st := status(t, a, cred); st.State != Closed || st.Spread != 0 {
+		t.Fatalf("after a success: %+v, want spread 0", st)
+	}
+	// Three distinct mailboxes in a row, over two replicas, open it.
+	spread(a, "alice@contoso.com", delegated)
+	spread(b, "bob@contoso.com", delegated)
+	if st := status(t, a, cred); st.State != Closed || st.Spread != 2 {
+		t.Fatalf("two mailboxes: %+v", st)
+	}
+	spread(a, "carol@contoso.com", delegated)
+	st := status(t, b, cred)
+	if st.State != Open || st.Generation != 1 || st.Spread != 0 ||
+		st.Reason != "3 mailboxes failed in a row (alice@contoso.com, bob@contoso.com, carol@contoso.com): 535 5.7.3 Authentication unsuccessful" {
+		t.Fatalf("three mailboxes: %+v", st)
+	}
+	// A reset clears everything.
+	if err := a.Reset(ctx, cred); err != nil {
+		t.Fatal(err)
+	}
+	spread(a, "dave@contoso.com", delegated)
+	if st := status(t, a, cred); st.State != Closed || st.Spread != 1 {
+		t.Fatalf("after reset: %+v, want a fresh spread of 1", st)
+	}
+}

@@ -3,8 +3,10 @@ package breaker
 // Redis keys of the breakers. Each breaker's record is one hash whose key
 // carries a hash tag, so that every script touches one slot:
 //
-//	hf:{brk:NAME}   hash  the breaker record (fields below)
-//	hf:brk:names    set   every breaker name that has had a record
+//	hf:{brk:NAME}          hash  the breaker record (fields below)
+//	hf:{brk:NAME}:spread   set   members (delegated mailboxes) that failed
+//	                             in a row under a credential's breaker
+//	hf:brk:names           set   every breaker name that has had a record
 //
 // Record fields:
 //
@@ -18,6 +20,9 @@ package breaker
 //	probe_now    "1" while an immediate probe is requested
 //	lease_token  the prober's token; lease_until its expiry (unix ms)
 //	last_probe   unix ms of the last probe result
+//	spread       how many members the spread set holds
 const namesKey = "hf:brk:names"
 
 func recordKey(name string) string { return "hf:{brk:" + name + "}" }
+
+func spreadKey(name string) string { return recordKey(name) + ":spread" }

@@ -2,9 +2,10 @@ package breaker
 
 import "github.com/redis/go-redis/v9"
 
-// Every script takes the breaker record as KEYS[1]. Times are unix ms from
-// the caller's clock, so that every replica and every test uses one clock.
-// Scripts that change the record return it as HGETALL does.
+// Every script takes the breaker record as KEYS[1] and its spread set as
+// KEYS[2]. Times are unix ms from the caller's clock, so that every
+// replica and every test uses one clock. Scripts that change the record
+// return it as HGETALL does.
 
 // failScript counts one failure and opens the breaker when the count
 // reaches the threshold, or at once when asked.
@@ -29,13 +30,51 @@ end
 return redis.call('HGETALL', k)
 `)
 
-// successScript resets the consecutive failure count of a closed breaker.
-// A success seen while open (a request that started before the breaker
-// opened) changes nothing: only a probe closes.
+// successScript resets the consecutive failure count and the spread of a
+// closed breaker. A success seen while open (a request that started
+// before the breaker opened) changes nothing: only a probe closes.
 var successScript = redis.NewScript(`
 local k = KEYS[1]
-if redis.call('HGET', k, 'state') == 'closed' and tonumber(redis.call('HGET', k, 'failures') or '0') > 0 then
-  redis.call('HSET', k, 'failures', '0')
+if redis.call('HGET', k, 'state') == 'closed' then
+  if tonumber(redis.call('HGET', k, 'failures') or '0') > 0 then
+    redis.call('HSET', k, 'failures', '0')
+  end
+  if tonumber(redis.call('HGET', k, 'spread') or '0') > 0 then
+    redis.call('HSET', k, 'spread', '0')
+    redis.call('DEL', KEYS[2])
+  end
+end
+return redis.call('HGETALL', k)
+`)
+
+// spreadScript records a failure of one member (a delegated mailbox) that
+// counts on the breaker (its credential) only across distinct members:
+// the breaker opens when n distinct members have failed with no success
+// between them.
+//
+// ARGV[1] now, ARGV[2] n, ARGV[3] open interval ms, ARGV[4] next probe,
+// ARGV[5] member, ARGV[6] reason of this failure, ARGV[7] how long the
+// spread is remembered after its last failure, ms.
+var spreadScript = redis.NewScript(`
+local k = KEYS[1]
+if redis.call('HGET', k, 'state') == 'open' then
+  return redis.call('HGETALL', k)
+end
+redis.call('SADD', KEYS[2], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[7])
+local c = redis.call('SCARD', KEYS[2])
+if c >= tonumber(ARGV[2]) then
+  local members = redis.call('SMEMBERS', KEYS[2])
+  table.sort(members)
+  local reason = c .. ' mailboxes failed in a row (' .. table.concat(members, ', ') .. '): ' .. ARGV[6]
+  redis.call('DEL', KEYS[2])
+  redis.call('HINCRBY', k, 'generation', 1)
+  redis.call('HSET', k, 'state', 'open', 'reason', reason, 'since', ARGV[1],
+    'interval', ARGV[3], 'next_probe', ARGV[4], 'probe_now', '0', 'spread', '0')
+  redis.call('HDEL', k, 'lease_token', 'lease_until')
+else
+  redis.call('HSET', k, 'spread', c)
+  redis.call('HSETNX', k, 'state', 'closed')
 end
 return redis.call('HGETALL', k)
 `)
@@ -68,8 +107,9 @@ if redis.call('HGET', k, 'state') == 'open' then
   redis.call('HDEL', k, 'lease_token', 'lease_until')
 end
 if redis.call('EXISTS', k) == 1 then
-  redis.call('HSET', k, 'failures', '0')
+  redis.call('HSET', k, 'failures', '0', 'spread', '0')
 end
+redis.call('DEL', KEYS[2])
 return redis.call('HGETALL', k)
 `)
 

@@ -39,6 +39,9 @@ type gate struct {
 	q   *queue.Queue
 	x   *exchange
 	log *slog.Logger
+	// escalate is how many distinct delegated mailboxes of one credential
+	// failing 535 5.7.3 in a row open the credential's breaker.
+	escalate int
 }
 
 // check returns errBreakerOpen, as a held failure of the right class,
@@ -82,6 +85,20 @@ func (g *gate) failed(ctx context.Context, route string, err error) {
 	if rerr := g.set.Record(ctx, name, err); rerr != nil {
 		g.log.Warn("cannot record failure on breaker", "breaker", name, "err", rerr)
 	}
+	if delegated, _, mailbox, _ := parseRoute(route); delegated && delegatedAuthRejected(err) {
+		// One mailbox's 535 is that mailbox's problem; several in a row
+		// point at the app registration.
+		if rerr := g.set.RecordSpread(ctx, cred, mailbox, err, g.escalate); rerr != nil {
+			g.log.Warn("cannot record failure on breaker", "breaker", cred, "err", rerr)
+		}
+	}
+}
+
+// delegatedAuthRejected reports whether err is Exchange's 535 5.7.3 to a
+// delegated token.
+func delegatedAuthRejected(err error) bool {
+	var ue *upstream.Error
+	return errors.As(err, &ue) && ue.Class == upstream.Mailbox && ue.Code == 535 && ue.Enhanced == "5.7.3"
 }
 
 // delivered resets the route's breakers' failure counts; it costs nothing
