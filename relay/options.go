@@ -48,6 +48,18 @@ type BreakerOptions struct {
 	// (retried with backoff, never blocking delivery). Default: none.
 	// Never email: the mail path may be what is broken.
 	WebhookURL string `yaml:"webhook_url"`
+	// Threshold is how many consecutive credential (or mailbox) failures,
+	// counted across every replica, open a breaker. Default 3. An expired
+	// secret (AADSTS7000222) opens it at once.
+	Threshold int `yaml:"threshold"`
+	// OpenInterval is the wait before the first probe of an open breaker;
+	// it doubles while probes fail, up to MaxInterval. Defaults 30s and 5m.
+	OpenInterval Duration `yaml:"open_interval"`
+	MaxInterval  Duration `yaml:"max_interval"`
+	// EscalateMailboxes is how many distinct delegated mailboxes of one
+	// credential failing "535 5.7.3" in a row, with no success between
+	// them, open the credential's breaker. Default 3.
+	EscalateMailboxes int `yaml:"escalate_mailboxes"`
 }
 
 // Credential is one Entra ID app registration, with a client secret or a
@@ -164,6 +176,12 @@ type HTTPOptions struct {
 	// for a loopback listener or a TLS-terminating proxy.
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
+	// AdminTokenSHA256 is the hex SHA-256 of the operators' bearer token,
+	// as printed by "holdfast creds token", or AdminTokenSHA256File to
+	// read it from. It guards /v1/breakers. Default none: those endpoints
+	// answer 403.
+	AdminTokenSHA256     string `yaml:"admin_token_sha256"`
+	AdminTokenSHA256File string `yaml:"admin_token_sha256_file"`
 }
 
 // QueueOptions tune the queue; see queue.Options.
@@ -180,6 +198,10 @@ type QueueOptions struct {
 	// IdempotencyTTL is how long an HTTP Idempotency-Key is remembered.
 	// Default 24h.
 	IdempotencyTTL Duration `yaml:"idempotency_ttl"`
+	// HeldGrace is how much of the time a route is held by an open
+	// breaker does not count against its messages' lifetime. Past it,
+	// held mail ages normally. Default 120h.
+	HeldGrace Duration `yaml:"held_grace"`
 }
 
 // DeliveryOptions configure the delivery workers.
@@ -295,6 +317,7 @@ func DefaultOptions() Options {
 			BackoffMax:         Duration(time.Hour),
 			DeliveredRetention: Duration(168 * time.Hour),
 			IdempotencyTTL:     Duration(24 * time.Hour),
+			HeldGrace:          Duration(120 * time.Hour),
 		},
 		Delivery: DeliveryOptions{
 			Workers: 8,
@@ -309,6 +332,12 @@ func DefaultOptions() Options {
 			GraphURL:                 "https://graph.microsoft.com",
 			MaxConnectionsPerMailbox: 3,
 			MessagesPerMinute:        30,
+		},
+		Breakers: BreakerOptions{
+			Threshold:         3,
+			OpenInterval:      Duration(30 * time.Second),
+			MaxInterval:       Duration(5 * time.Minute),
+			EscalateMailboxes: 3,
 		},
 	}
 }
@@ -361,6 +390,9 @@ func (o *Options) readSecretFiles() error {
 		return nil
 	}
 	if err := read("redis.password_file", o.Redis.PasswordFile, &o.Redis.Password); err != nil {
+		return err
+	}
+	if err := read("http.admin_token_sha256_file", o.HTTP.AdminTokenSHA256File, &o.HTTP.AdminTokenSHA256); err != nil {
 		return err
 	}
 	for i := range o.Apps {
@@ -437,6 +469,9 @@ func (o *Options) Validate() error {
 	if (o.HTTP.CertFile == "") != (o.HTTP.KeyFile == "") {
 		return bad("http.cert_file", "set both http.cert_file and http.key_file, or neither")
 	}
+	if t := o.HTTP.AdminTokenSHA256; t != "" && !isHexSHA256(t) {
+		return bad("http.admin_token_sha256", "not 64 hex digits; make one with \"holdfast creds token\"")
+	}
 	for _, d := range []struct {
 		field string
 		v     Duration
@@ -446,6 +481,9 @@ func (o *Options) Validate() error {
 		{"queue.backoff_max", o.Queue.BackoffMax},
 		{"queue.delivered_retention", o.Queue.DeliveredRetention},
 		{"queue.idempotency_ttl", o.Queue.IdempotencyTTL},
+		{"queue.held_grace", o.Queue.HeldGrace},
+		{"breakers.open_interval", o.Breakers.OpenInterval},
+		{"breakers.max_interval", o.Breakers.MaxInterval},
 	} {
 		if d.v <= 0 {
 			return bad(d.field, "must be positive")
@@ -453,6 +491,15 @@ func (o *Options) Validate() error {
 	}
 	if o.Queue.BackoffMax < o.Queue.BackoffBase {
 		return bad("queue.backoff_max", "must be at least queue.backoff_base")
+	}
+	if o.Breakers.MaxInterval < o.Breakers.OpenInterval {
+		return bad("breakers.max_interval", "must be at least breakers.open_interval")
+	}
+	if o.Breakers.Threshold < 1 {
+		return bad("breakers.threshold", "must be at least 1")
+	}
+	if o.Breakers.EscalateMailboxes < 2 {
+		return bad("breakers.escalate_mailboxes", "must be at least 2: one mailbox failing is that mailbox's breaker")
 	}
 	if o.Delivery.Workers < 1 {
 		return bad("delivery.workers", "must be at least 1")

@@ -129,6 +129,12 @@ func TestValidate(t *testing.T) {
 		{"queue.backoff_max", func(o *relay.Options) { o.Queue.BackoffMax = relay.Duration(time.Second) }},
 		{"queue.delivered_retention", func(o *relay.Options) { o.Queue.DeliveredRetention = -1 }},
 		{"queue.idempotency_ttl", func(o *relay.Options) { o.Queue.IdempotencyTTL = 0 }},
+		{"queue.held_grace", func(o *relay.Options) { o.Queue.HeldGrace = 0 }},
+		{"http.admin_token_sha256", func(o *relay.Options) { o.HTTP.AdminTokenSHA256 = "admin" }},
+		{"breakers.open_interval", func(o *relay.Options) { o.Breakers.OpenInterval = 0 }},
+		{"breakers.max_interval", func(o *relay.Options) { o.Breakers.MaxInterval = relay.Duration(time.Second) }},
+		{"breakers.threshold", func(o *relay.Options) { o.Breakers.Threshold = 0 }},
+		{"breakers.escalate_mailboxes", func(o *relay.Options) { o.Breakers.EscalateMailboxes = 1 }},
 		{"delivery.workers", func(o *relay.Options) { o.Delivery.Workers = 0 }},
 		{"delivery.lease", func(o *relay.Options) { o.Delivery.Lease = relay.Duration(time.Second) }},
 		{"delivery.poll", func(o *relay.Options) { o.Delivery.Poll = 0 }},
@@ -207,7 +213,10 @@ func TestDefaultOptions(t *testing.T) {
 		{"queue.lifetime", o.Queue.Lifetime.D(), 5 * 24 * time.Hour},
 		{"queue.backoff_base", o.Queue.BackoffBase.D(), time.Minute},
 		{"queue.backoff_max", o.Queue.BackoffMax.D(), time.Hour},
+		{"queue.held_grace", o.Queue.HeldGrace.D(), 5 * 24 * time.Hour},
 		{"delivery.workers", o.Delivery.Workers, 8},
+		{"breakers", o.Breakers, relay.BreakerOptions{Threshold: 3, OpenInterval: relay.Duration(30 * time.Second),
+			MaxInterval: relay.Duration(5 * time.Minute), EscalateMailboxes: 3}},
 		{"log", o.Log, relay.LogOptions{Level: "info", Format: "text"}},
 	}
 	for _, c := range checks {

@@ -54,7 +54,34 @@ func (o QueueOptions) Options() queue.Options {
 		BackoffMax:         o.BackoffMax.D(),
 		DeliveredRetention: o.DeliveredRetention.D(),
 		IdempotencyTTL:     o.IdempotencyTTL.D(),
+		HeldGrace:          o.HeldGrace.D(),
 	}
+}
+
+// Options returns the breaker options these configure, without
+// callbacks.
+func (o BreakerOptions) Options() breaker.Options {
+	return breaker.Options{
+		Threshold:    o.Threshold,
+		OpenInterval: o.OpenInterval.D(),
+		MaxInterval:  o.MaxInterval.D(),
+	}
+}
+
+// breakerReporter describes the breakers with this relay's live view of
+// its credentials' expiry (a rotated certificate's new NotAfter).
+func (s *Server) breakerReporter() *BreakerReporter {
+	byName := map[string]Credential{}
+	for _, c := range s.opts.Credentials {
+		byName[c.Name] = c
+	}
+	return newBreakerReporter(s.gate.set, s.queue, s.opts, func(name string) time.Time {
+		c, ok := byName[name]
+		if !ok || s.exchange.creds[name] == nil {
+			return time.Time{}
+		}
+		return configuredExpiry(c, s.exchange.creds[name].Expiry)
+	})
 }
 
 // newSender builds the configured upstream.
@@ -97,7 +124,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		routing *exchangeRouting
 	)
 	if sender == nil && o.Delivery.Sender == "exchange" {
-		g := &gate{q: s.queue, log: log.With("component", "breaker")}
+		g := &gate{q: s.queue, log: log.With("component", "breaker"), escalate: o.Breakers.EscalateMailboxes}
 		onTransition := g.transition
 		if o.Breakers.WebhookURL != "" {
 			s.webhook = breaker.NewWebhook(o.Breakers.WebhookURL, &http.Client{Timeout: 10 * time.Second}, log)
@@ -106,7 +133,9 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 				s.webhook.Notify(t)
 			}
 		}
-		g.set = breaker.New(s.rdb, breaker.Options{OnTransition: onTransition, Logger: log})
+		bo := o.Breakers.Options()
+		bo.OnTransition, bo.Logger = onTransition, log
+		g.set = breaker.New(s.rdb, bo)
 		onChange := func(name string) {
 			log.Info("credential file changed; the next token request uses it", "component", "auth", "credential", name)
 			if _, err := g.set.ProbeNow(context.Background(), credentialBreaker(name)); err != nil {
@@ -175,6 +204,9 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	handler := newAPI(in, a, s.queue, s.ready, o.SMTP.MaxMessageBytes, log)
 	if s.exchange != nil && s.exchange.grants != nil {
 		handler.handleMailboxes(s.exchange.grants, routing.forget)
+	}
+	if s.gate != nil {
+		handler.handleBreakers(s.breakerReporter(), s.gate.set, o.HTTP.AdminTokenSHA256)
 	}
 	s.httpSrv = &http.Server{
 		Handler:           handler,

@@ -8,42 +8,51 @@ import (
 	"time"
 
 	"holdfast/breaker"
+	"holdfast/queue"
+	"holdfast/relay"
 )
 
 // openBreakers loads the configuration at path and returns the fleet's
 // breakers and a function that closes the Redis connection.
 func openBreakers(path string) (*breaker.Set, func(), error) {
-	_, rdb, err := openRedis(path)
+	o, rdb, err := openRedis(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	return breaker.New(rdb, breaker.Options{}), func() { _ = rdb.Close() }, nil
+	return breaker.New(rdb, o.Breakers.Options()), func() { _ = rdb.Close() }, nil
 }
 
-// breakerStatus prints every breaker the fleet has used: state, since
-// when, why, its failure count and its next probe.
+// breakerStatus prints every breaker: state, since when, why, its failure
+// count, the mail it holds, its next probe and its credential's expiry.
 func breakerStatus(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 	config := configFlag(fs, e)
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
-	set, closeSet, err := openBreakers(*config)
+	o, rdb, err := openRedis(*config)
 	if err != nil {
 		return err
 	}
-	defer closeSet()
-	list, err := set.List(ctx)
+	defer func() { _ = rdb.Close() }()
+	report := relay.NewBreakerReporter(breaker.New(rdb, o.Breakers.Options()), queue.New(rdb, o.Queue.Options()), o)
+	list, err := report.List(ctx)
 	if err != nil {
 		return err
 	}
 	if *asJSON {
 		return writeJSON(e.stdout, list)
 	}
+	now := e.now()
 	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "BREAKER\tSTATE\tSINCE\tFAILURES\tNEXT PROBE\tREASON")
-	for _, st := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", st.Name, st.State, stamp(st.Since), st.Failures, nextProbe(st), st.Reason)
+	fmt.Fprintln(tw, "BREAKER\tSTATE\tSINCE\tFAILURES\tHELD\tOLDEST\tNEXT PROBE\tEXPIRES\tREASON")
+	for _, b := range list {
+		oldest := "-"
+		if !b.OldestHeld.IsZero() {
+			oldest = age(now.Sub(b.OldestHeld))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", b.Name, b.State, stamp(b.Since), b.Failures,
+			b.HeldMessages, oldest, stamp(b.NextProbe), expires(b.CredentialExpires, now), orDash(b.Reason))
 	}
 	return tw.Flush()
 }
@@ -55,11 +64,27 @@ func stamp(t time.Time) string {
 	return t.UTC().Format(time.RFC3339)
 }
 
-func nextProbe(st breaker.Status) string {
-	if st.State != breaker.Open {
+// expires is a credential's expiry with the days left, flagged when
+// fewer than 30 remain.
+func expires(t, now time.Time) string {
+	if t.IsZero() {
 		return "-"
 	}
-	return stamp(st.NextProbe)
+	days := int(t.Sub(now).Hours() / 24)
+	switch {
+	case !t.After(now):
+		return t.UTC().Format(time.DateOnly) + " (EXPIRED)"
+	case days < 30:
+		return fmt.Sprintf("%s (%dd, ROTATE)", t.UTC().Format(time.DateOnly), days)
+	}
+	return fmt.Sprintf("%s (%dd)", t.UTC().Format(time.DateOnly), days)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // breakerVerb runs one operator verb on the named breakers.

@@ -1,0 +1,202 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"holdfast/auth"
+	"holdfast/breaker"
+	"holdfast/queue"
+)
+
+// BreakerStatus is one auth circuit breaker as operators see it, in
+// GET /v1/breakers and "holdfast breaker status". It never holds a secret
+// or a token.
+type BreakerStatus struct {
+	Name string `json:"name"`
+	// Kind is "credential" or "mailbox".
+	Kind  string `json:"kind"`
+	State string `json:"state"`
+	// Reason is the upstream's code and text that opened or last kept it
+	// open, e.g. "invalid_client AADSTS7000222: The provided client
+	// secret keys ... are expired".
+	Reason   string    `json:"reason,omitempty"`
+	Since    time.Time `json:"since,omitzero"`
+	Failures int64     `json:"consecutive_failures"`
+	// Generation grows by one on every transition, fleet-wide.
+	Generation int64     `json:"generation"`
+	LastProbe  time.Time `json:"last_probe,omitzero"`
+	// NextProbe and ProbeInterval are set while the breaker is open.
+	NextProbe     time.Time `json:"next_probe,omitzero"`
+	ProbeInterval string    `json:"probe_interval,omitempty"`
+	// HeldMessages wait on this breaker: the queued mail of its routes
+	// while it is open. OldestHeld is the submit time of the oldest.
+	HeldMessages      int64     `json:"held_messages"`
+	OldestHeld        time.Time `json:"oldest_held,omitzero"`
+	OldestHeldSeconds int64     `json:"oldest_held_seconds"`
+	// Routes are the queue routes that depend on the breaker.
+	Routes []string `json:"routes"`
+	// Credential names a credential breaker's app registration, and
+	// CredentialExpires is when its secret or certificate expires, when
+	// known (the credential's expires_at, or the certificate's NotAfter).
+	Credential        string    `json:"credential,omitempty"`
+	CredentialExpires time.Time `json:"credential_expires_at,omitzero"`
+}
+
+// BreakerReporter describes the fleet's breakers with the mail they hold.
+type BreakerReporter struct {
+	set    *breaker.Set
+	q      *queue.Queue
+	creds  map[string]bool
+	expiry func(cred string) time.Time
+	now    func() time.Time
+}
+
+// NewBreakerReporter returns a reporter over the breakers and queue of the
+// configuration o. Certificate expiry is read from the certificate files
+// once, here.
+func NewBreakerReporter(set *breaker.Set, q *queue.Queue, o Options) *BreakerReporter {
+	exp := map[string]time.Time{}
+	for _, c := range o.Credentials {
+		exp[c.Name] = configuredExpiry(c, func() (time.Time, bool) {
+			ac, err := auth.NewCredential(auth.CredentialOptions{
+				Name: c.Name, Tenant: c.Tenant, ClientID: c.ClientID, Authority: c.Authority,
+				ClientSecretFile: c.ClientSecretFile, CertFile: c.CertFile, KeyFile: c.KeyFile,
+				Scope: outlookScope,
+			})
+			if err != nil {
+				return time.Time{}, false
+			}
+			return ac.Expiry()
+		})
+	}
+	return newBreakerReporter(set, q, o, func(cred string) time.Time { return exp[cred] })
+}
+
+func newBreakerReporter(set *breaker.Set, q *queue.Queue, o Options, expiry func(string) time.Time) *BreakerReporter {
+	r := &BreakerReporter{set: set, q: q, creds: map[string]bool{}, expiry: expiry, now: time.Now}
+	for _, c := range o.Credentials {
+		r.creds[c.Name] = true
+	}
+	return r
+}
+
+// configuredExpiry is the credential's expires_at when set, otherwise
+// what cert reports (a certificate's NotAfter).
+func configuredExpiry(c Credential, cert func() (time.Time, bool)) time.Time {
+	if t, err := c.Expiry(); err == nil && !t.IsZero() {
+		return t
+	}
+	if c.CertFile == "" {
+		return time.Time{}
+	}
+	if t, ok := cert(); ok {
+		return t.UTC()
+	}
+	return time.Time{}
+}
+
+// ErrNoBreaker is returned for a name that is neither a configured
+// credential's breaker nor one the fleet has recorded.
+var ErrNoBreaker = errors.New("no such breaker")
+
+// Known reports whether name may be tripped, reset or probed: the breaker
+// of a configured credential, or of a mailbox address.
+func (r *BreakerReporter) Known(name string) bool {
+	if c, ok := strings.CutPrefix(name, "cred:"); ok {
+		return r.creds[c]
+	}
+	if m, ok := strings.CutPrefix(name, "mbx:"); ok {
+		return validSMTPAddress(m)
+	}
+	return false
+}
+
+// List describes every breaker: those the fleet has recorded and one per
+// configured credential, sorted by name.
+func (r *BreakerReporter) List(ctx context.Context) ([]BreakerStatus, error) {
+	list, err := r.set.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, st := range list {
+		seen[st.Name] = true
+	}
+	for c := range r.creds {
+		if name := credentialBreaker(c); !seen[name] {
+			// No failure recorded yet: closed.
+			list = append(list, breaker.Status{Name: name})
+		}
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].Name < list[j].Name })
+	stats, err := r.q.Stats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]BreakerStatus, len(list))
+	for i, st := range list {
+		out[i] = r.describe(st, stats)
+	}
+	return out, nil
+}
+
+// Get describes one breaker, or returns ErrNoBreaker.
+func (r *BreakerReporter) Get(ctx context.Context, name string) (BreakerStatus, error) {
+	list, err := r.List(ctx)
+	if err != nil {
+		return BreakerStatus{}, err
+	}
+	for _, b := range list {
+		if b.Name == name {
+			return b, nil
+		}
+	}
+	return BreakerStatus{}, fmt.Errorf("breaker %q: %w", name, ErrNoBreaker)
+}
+
+func (r *BreakerReporter) describe(st breaker.Status, stats queue.Stats) BreakerStatus {
+	b := BreakerStatus{
+		Name:       st.Name,
+		Kind:       "mailbox",
+		State:      st.State.String(),
+		Reason:     st.Reason,
+		Since:      st.Since,
+		Failures:   st.Failures,
+		Generation: st.Generation,
+		LastProbe:  st.LastProbe,
+		Routes:     []string{},
+	}
+	if c, ok := strings.CutPrefix(st.Name, "cred:"); ok {
+		b.Kind, b.Credential = "credential", c
+		b.CredentialExpires = r.expiry(c)
+	}
+	if st.State == breaker.Open {
+		b.NextProbe = st.NextProbe
+		if st.Interval > 0 {
+			b.ProbeInterval = st.Interval.String()
+		}
+	}
+	for _, rs := range stats.Routes {
+		cred, mbx, ok := routeBreakers(rs.Route)
+		if !ok || (cred != st.Name && mbx != st.Name) {
+			continue
+		}
+		b.Routes = append(b.Routes, rs.Route)
+		if st.State != breaker.Open || rs.HoldReason == "" {
+			continue
+		}
+		b.HeldMessages += rs.Held
+		if !rs.Oldest.IsZero() && (b.OldestHeld.IsZero() || rs.Oldest.Before(b.OldestHeld)) {
+			b.OldestHeld = rs.Oldest
+		}
+	}
+	if !b.OldestHeld.IsZero() {
+		b.OldestHeldSeconds = int64(r.now().Sub(b.OldestHeld) / time.Second)
+	}
+	return b
+}

@@ -1,0 +1,162 @@
+package relay
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+
+	"holdfast/breaker"
+)
+
+// maxTripBody bounds the optional JSON body of a trip request.
+const maxTripBody = 4096
+
+// breakersAPI serves /v1/breakers to operators holding the admin token.
+type breakersAPI struct {
+	h        *api
+	report   *BreakerReporter
+	set      *breaker.Set
+	adminSum []byte // SHA-256 of the admin token; nil when none is set
+}
+
+// handleBreakers registers the breaker endpoints. adminSHA256 is the hex
+// SHA-256 of the admin token, or "" to refuse every request with 403.
+func (h *api) handleBreakers(report *BreakerReporter, set *breaker.Set, adminSHA256 string) {
+	b := &breakersAPI{h: h, report: report, set: set}
+	if adminSHA256 != "" {
+		b.adminSum, _ = hex.DecodeString(adminSHA256)
+	}
+	h.mux.HandleFunc("GET /v1/breakers", b.list)
+	h.mux.HandleFunc("GET /v1/breakers/{name}", b.get)
+	h.mux.HandleFunc("POST /v1/breakers/{name}/{verb}", b.act)
+}
+
+// admin checks the request's admin bearer token; otherwise it writes the
+// error and returns false.
+func (b *breakersAPI) admin(w http.ResponseWriter, r *http.Request) bool {
+	if b.adminSum == nil {
+		b.h.fail(w, r, nil, http.StatusForbidden, "admin_disabled",
+			"The breaker API needs an admin token: set http.admin_token_sha256 to the hash printed by \"holdfast creds token\".")
+		return false
+	}
+	scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
+	if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare(sum[:], b.adminSum) != 1 {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="holdfast-admin"`)
+		b.h.fail(w, r, nil, http.StatusUnauthorized, "invalid_token",
+			"Send the admin token (http.admin_token_sha256) as \"Authorization: Bearer <token>\".")
+		return false
+	}
+	return true
+}
+
+type breakerList struct {
+	Breakers []BreakerStatus `json:"breakers"`
+}
+
+func (b *breakersAPI) list(w http.ResponseWriter, r *http.Request) {
+	if !b.admin(w, r) {
+		return
+	}
+	list, err := b.report.List(r.Context())
+	if err != nil {
+		b.storeFailed(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, breakerList{Breakers: list})
+}
+
+func (b *breakersAPI) get(w http.ResponseWriter, r *http.Request) {
+	if !b.admin(w, r) {
+		return
+	}
+	st, err := b.report.Get(r.Context(), r.PathValue("name"))
+	switch {
+	case errors.Is(err, ErrNoBreaker):
+		b.notFound(w, r)
+	case err != nil:
+		b.storeFailed(w, r, err)
+	default:
+		writeJSON(w, http.StatusOK, st)
+	}
+}
+
+// act runs an operator verb: trip (optional JSON body {"reason": "..."}),
+// reset or probe. It answers with the breaker's status afterwards; 202
+// for a probe, which a relay runs within a second.
+func (b *breakersAPI) act(w http.ResponseWriter, r *http.Request) {
+	if !b.admin(w, r) {
+		return
+	}
+	name, verb := r.PathValue("name"), r.PathValue("verb")
+	if !b.report.Known(name) {
+		b.notFound(w, r)
+		return
+	}
+	ctx := r.Context()
+	status := http.StatusOK
+	var err error
+	switch verb {
+	case "trip":
+		var body struct {
+			Reason string `json:"reason"`
+		}
+		data, rerr := io.ReadAll(io.LimitReader(r.Body, maxTripBody+1))
+		if rerr != nil || len(data) > maxTripBody {
+			b.h.fail(w, r, nil, http.StatusBadRequest, "bad_body", "The body must be at most 4096 bytes of JSON: {\"reason\": \"...\"}.")
+			return
+		}
+		if len(strings.TrimSpace(string(data))) > 0 {
+			if jerr := json.Unmarshal(data, &body); jerr != nil {
+				b.h.fail(w, r, nil, http.StatusBadRequest, "bad_body", "The body must be JSON: {\"reason\": \"...\"}.")
+				return
+			}
+		}
+		reason := "tripped by an operator"
+		if s := strings.TrimSpace(body.Reason); s != "" {
+			reason += ": " + truncate(s, 500)
+		}
+		err = b.set.Trip(ctx, name, reason)
+	case "reset":
+		err = b.set.Reset(ctx, name)
+	case "probe":
+		var open bool
+		open, err = b.set.ProbeNow(ctx, name)
+		if err == nil && !open {
+			b.h.fail(w, r, nil, http.StatusConflict, "breaker_closed", "The breaker is closed; there is nothing to probe.")
+			return
+		}
+		status = http.StatusAccepted
+	default:
+		b.h.fail(w, r, nil, http.StatusNotFound, "not_found", "Unknown action "+truncate(verb, 40)+"; use trip, reset or probe.")
+		return
+	}
+	if err != nil {
+		b.storeFailed(w, r, err)
+		return
+	}
+	b.h.log.Warn("breaker "+verb+" by an operator", "breaker", name, "remote", r.RemoteAddr)
+	st, err := b.report.Get(ctx, name)
+	if err != nil {
+		// Tripping or probing a mailbox breaker records it; a reset one
+		// may have no record left to describe.
+		st = BreakerStatus{Name: name, State: breaker.Closed.String(), Routes: []string{}}
+	}
+	writeJSON(w, status, st)
+}
+
+func (b *breakersAPI) notFound(w http.ResponseWriter, r *http.Request) {
+	b.h.fail(w, r, nil, http.StatusNotFound, "no_such_breaker",
+		"No breaker "+truncate(r.PathValue("name"), 200)+"; GET /v1/breakers lists them (cred:NAME for a credential, mbx:ADDRESS for a mailbox).")
+}
+
+func (b *breakersAPI) storeFailed(w http.ResponseWriter, r *http.Request, err error) {
+	b.h.log.Warn("breaker API: redis", "err", err)
+	w.Header().Set("Retry-After", storeRetryAfter)
+	b.h.fail(w, r, nil, http.StatusServiceUnavailable, "store_unavailable", "The breaker records cannot be read or changed right now; try again.")
+}
