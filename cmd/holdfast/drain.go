@@ -6,17 +6,23 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
+	"holdfast/breaker"
 	"holdfast/queue"
+	"holdfast/relay"
 )
 
 // drainTick is how often drain reads the queue's counts; drainReflush is
 // how often it makes newly scheduled retries due again.
+// drainProbeWait is how long drain waits for the probes it asked for.
 const (
-	drainTick    = 500 * time.Millisecond
-	drainReflush = 5 * time.Second
+	drainTick      = 500 * time.Millisecond
+	drainReflush   = 5 * time.Second
+	drainProbeWait = 15 * time.Second
 )
 
 // drainCounts are the counts drain follows, over the routes it drains.
@@ -49,11 +55,57 @@ func countDrain(ctx context.Context, q *queue.Queue, only string) (drainCounts, 
 	return c, nil
 }
 
+// pendingProbe is an open breaker drain asked a relay to probe, with its
+// last probe time before the request.
+type pendingProbe struct {
+	name   string
+	before time.Time
+}
+
+// probeOpen asks the relays to probe, at once, every open breaker that
+// holds mail of the drained routes.
+func probeOpen(ctx context.Context, e *env, report *relay.BreakerReporter, set *breaker.Set, only string) ([]pendingProbe, error) {
+	list, err := report.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []pendingProbe
+	for _, b := range list {
+		if b.State != breaker.Open.String() || (only != "" && !slices.Contains(b.Routes, only)) {
+			continue
+		}
+		open, err := set.ProbeNow(ctx, b.Name)
+		if err != nil {
+			return nil, err
+		}
+		if open {
+			fmt.Fprintf(e.stdout, "breaker %s open since %s (%s): probe requested\n", b.Name, clock(b.Since), b.Reason)
+			out = append(out, pendingProbe{b.Name, b.LastProbe})
+		}
+	}
+	return out, nil
+}
+
+// probing reports whether a probe drain asked for has not reported yet.
+func probing(ctx context.Context, set *breaker.Set, probes []pendingProbe) bool {
+	for _, p := range probes {
+		st, err := set.Status(ctx, p.name)
+		if err == nil && st.State == breaker.Open && st.LastProbe.Equal(p.before) {
+			return true
+		}
+	}
+	return false
+}
+
+// clock is a UTC time of day, as in "11:30:02Z".
+func clock(t time.Time) string { return t.UTC().Format("15:04:05Z") }
+
 // queueDrain makes everything queued now due at once, ignoring backoff,
 // and follows the running relays' delivery until nothing waits, showing
 // delivered, held and failed counts. Held routes stay held: their breaker
-// decides. It fails, with a summary of what remains and why, when mail is
-// held or still waiting at the timeout.
+// decides, and drain first asks for a probe of each open one. It fails,
+// with a summary of what remains and why, when mail is held or still
+// waiting at the timeout.
 func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 	config := configFlag(fs, e)
 	route := fs.String("route", "", "drain only `ROUTE` (default: every route)")
@@ -61,11 +113,14 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
-	q, closeQueue, err := openQueue(*config)
+	o, rdb, err := openRedis(*config)
 	if err != nil {
 		return err
 	}
-	defer closeQueue()
+	defer func() { _ = rdb.Close() }()
+	q := queue.New(rdb, o.Queue.Options())
+	set := breaker.New(rdb, o.Breakers.Options())
+	report := relay.NewBreakerReporter(set, q, o)
 
 	flush := func() error {
 		routes := []string{*route}
@@ -86,12 +141,17 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	if err != nil {
 		return err
 	}
+	probes, err := probeOpen(ctx, e, report, set, *route)
+	if err != nil {
+		return err
+	}
 	if err := flush(); err != nil {
 		return err
 	}
 	total := start.waiting + start.held
 	p := &progress{w: e.stdout, tty: e.stdoutTTY, total: total}
 	deadline := e.now().Add(*timeout)
+	probeDeadline := e.now().Add(min(drainProbeWait, *timeout))
 	lastFlush := e.now()
 	var c drainCounts
 	for {
@@ -101,7 +161,8 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 		failed := max(0, c.dead-start.dead)
 		delivered := max(0, total-c.waiting-c.held-failed)
 		p.show(delivered, c.held, failed)
-		if c.waiting == 0 || !e.now().Before(deadline) {
+		waitProbe := e.now().Before(probeDeadline) && probing(ctx, set, probes)
+		if (c.waiting == 0 && !waitProbe) || !e.now().Before(deadline) {
 			p.done()
 			break
 		}
@@ -129,9 +190,9 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	if c.waiting == 0 && c.held == 0 {
 		return nil
 	}
-	var why []string
-	for r, reason := range c.holds {
-		why = append(why, fmt.Sprintf("%d messages held: route %s held (%s)", c.heldBy[r], r, reason))
+	why, err := heldWhy(ctx, report, c)
+	if err != nil {
+		return err
 	}
 	if c.waiting > 0 {
 		why = append(why, fmt.Sprintf("%d messages still waiting after %s: is a relay running (holdfast serve) and is its upstream answering?", c.waiting, *timeout))
@@ -140,6 +201,39 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 		fmt.Fprintln(e.stdout, line)
 	}
 	return errors.New("the queue is not empty: " + strings.Join(why, "; "))
+}
+
+// heldWhy explains held mail: per open breaker, with when it opened and
+// why; per route for a route held otherwise.
+func heldWhy(ctx context.Context, report *relay.BreakerReporter, c drainCounts) ([]string, error) {
+	list, err := report.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var why []string
+	explained := map[string]bool{}
+	for _, b := range list {
+		if b.State != breaker.Open.String() {
+			continue
+		}
+		var n int64
+		for _, r := range b.Routes {
+			if _, held := c.holds[r]; held && !explained[r] {
+				n += c.heldBy[r]
+				explained[r] = true
+			}
+		}
+		if n > 0 {
+			why = append(why, fmt.Sprintf("%d messages held: breaker %s open since %s (%s)", n, b.Name, clock(b.Since), b.Reason))
+		}
+	}
+	routes := slices.Sorted(maps.Keys(c.holds))
+	for _, r := range routes {
+		if !explained[r] {
+			why = append(why, fmt.Sprintf("%d messages held: route %s held (%s)", c.heldBy[r], r, c.holds[r]))
+		}
+	}
+	return why, nil
 }
 
 // progress shows drain's counts: a bar redrawn in place on a terminal,

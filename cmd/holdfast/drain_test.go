@@ -2,10 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"holdfast/breaker"
 	"holdfast/queue"
 	"holdfast/queue/redistest"
 )
@@ -108,5 +112,72 @@ func TestQueueDrainWithoutRelay(t *testing.T) {
 	r := runCmd(t, "queue", "drain", "--config", cfg, "--timeout", "1s")
 	if r.code != exitError || !strings.Contains(r.stdout, "1 messages still waiting after 1s: is a relay running") {
 		t.Fatalf("drain with no relay: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestQueueDrainProbesOpenBreakers: drain asks for a probe of an open
+// breaker at once, instead of waiting out its open interval; when the
+// probe fails the summary names the breaker, since when and why; when it
+// succeeds the held mail is delivered.
+func TestQueueDrainProbesOpenBreakers(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfig(t, srv.Addr())
+	ctx := t.Context()
+	q := queue.New(srv.Client(t), queue.Options{})
+	set := breaker.New(srv.Client(t), breaker.Options{})
+	const route, name = "app:contoso:noreply@contoso.com", "cred:contoso"
+	for i := range 3 {
+		if _, _, err := q.Enqueue(ctx, queue.Submission{Route: route, App: "crm", From: "noreply@contoso.com",
+			To: []string{fmt.Sprintf("r%d@example.org", i)}, Body: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := set.Trip(ctx, name, "invalid_client AADSTS7000222: The provided client secret keys are expired."); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.HoldRoute(ctx, route, "credential: breaker cred:contoso open"); err != nil {
+		t.Fatal(err)
+	}
+	// A relay's prober: it can only acquire the probe when one was asked
+	// for, as the breaker's next probe is 30 s away.
+	prober := func(result error) (stop func() bool) {
+		pctx, cancel := context.WithCancel(ctx)
+		probed := make(chan bool, 1)
+		go func() {
+			defer close(probed)
+			for pctx.Err() == nil {
+				if ok, _ := set.AcquireProbe(pctx, name); ok {
+					_ = set.ProbeResult(pctx, name, result)
+					if result == nil {
+						_ = q.ReleaseRoute(pctx, route)
+						go fakeWorkers(pctx, q, route)
+					}
+					probed <- true
+					<-pctx.Done()
+					return
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}()
+		return func() bool { cancel(); return <-probed }
+	}
+
+	stop := prober(errors.New("invalid_client AADSTS7000222: The provided client secret keys are expired."))
+	r := runCmd(t, "queue", "drain", "--config", cfg, "--timeout", "5s")
+	if !stop() {
+		t.Fatal("drain did not ask for a probe")
+	}
+	if r.code != exitError || !strings.Contains(r.stdout, "breaker cred:contoso open since ") ||
+		!regexp.MustCompile(`3 messages held: breaker cred:contoso open since \d\d:\d\d:\d\dZ \(invalid_client AADSTS7000222`).MatchString(r.stdout) {
+		t.Fatalf("drain with a failing probe: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+
+	stop = prober(nil)
+	r = runCmd(t, "queue", "drain", "--config", cfg, "--timeout", "10s")
+	if !stop() {
+		t.Fatal("drain did not ask for a probe")
+	}
+	if r.code != exitOK || !strings.Contains(r.stdout, "3 delivered, 0 held, 0 failed") {
+		t.Fatalf("drain with a successful probe: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }
