@@ -15,12 +15,13 @@ type faultJSON struct {
 	TokenUnavailable bool   `json:"token_unavailable,omitempty"`
 	SMTPTransient    string `json:"smtp_transient,omitempty"`
 	SMTPDown         bool   `json:"smtp_down,omitempty"`
+	SMTPStall        string `json:"smtp_stall,omitempty"`
 	GraphThrottle    string `json:"graph_throttle,omitempty"`
 }
 
 // MarshalJSON writes f as the admin API shows it.
 func (f Fault) MarshalJSON() ([]byte, error) {
-	j := faultJSON{TokenUnavailable: f.TokenUnavailable, SMTPTransient: f.SMTPTransient, SMTPDown: f.SMTPDown}
+	j := faultJSON{TokenUnavailable: f.TokenUnavailable, SMTPTransient: f.SMTPTransient, SMTPDown: f.SMTPDown, SMTPStall: f.SMTPStall}
 	if f.TokenThrottle > 0 {
 		j.TokenThrottle = f.TokenThrottle.String()
 	}
@@ -55,7 +56,12 @@ func (f *Fault) UnmarshalJSON(b []byte) error {
 	default:
 		return fmt.Errorf("smtp_transient: %q is not \"421\", \"451\" or empty", j.SMTPTransient)
 	}
-	out.TokenUnavailable, out.SMTPTransient, out.SMTPDown = j.TokenUnavailable, j.SMTPTransient, j.SMTPDown
+	switch j.SMTPStall {
+	case "", "greeting", "data":
+	default:
+		return fmt.Errorf("smtp_stall: %q is not \"greeting\", \"data\" or empty", j.SMTPStall)
+	}
+	out.TokenUnavailable, out.SMTPTransient, out.SMTPDown, out.SMTPStall = j.TokenUnavailable, j.SMTPTransient, j.SMTPDown, j.SMTPStall
 	*f = out
 	return nil
 }

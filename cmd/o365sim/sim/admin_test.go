@@ -44,16 +44,17 @@ func TestAdminAPI(t *testing.T) {
 	}
 
 	// Faults round trip.
-	must(f.admin(t, "POST", "/admin/fault", map[string]any{"token_throttle": "5s", "smtp_transient": "451", "graph_throttle": "1m"}, nil), 204)
+	must(f.admin(t, "POST", "/admin/fault", map[string]any{"token_throttle": "5s", "smtp_transient": "451", "graph_throttle": "1m", "smtp_stall": "data"}, nil), 204)
 	var fault map[string]any
 	must(f.admin(t, "GET", "/admin/fault", nil, &fault), 200)
-	if fault["token_throttle"] != "5s" || fault["smtp_transient"] != "451" || fault["graph_throttle"] != "1m0s" {
+	if fault["token_throttle"] != "5s" || fault["smtp_transient"] != "451" || fault["graph_throttle"] != "1m0s" || fault["smtp_stall"] != "data" {
 		t.Fatalf("fault %v", fault)
 	}
-	if got := f.faults(); got.TokenThrottle != 5*time.Second || got.GraphThrottle != time.Minute {
+	if got := f.faults(); got.TokenThrottle != 5*time.Second || got.GraphThrottle != time.Minute || got.SMTPStall != "data" {
 		t.Fatalf("Fault %+v", got)
 	}
 	must(f.admin(t, "POST", "/admin/fault", map[string]any{"smtp_transient": "500"}, nil), 400)
+	must(f.admin(t, "POST", "/admin/fault", map[string]any{"smtp_stall": "forever"}, nil), 400)
 	must(f.admin(t, "POST", "/admin/fault", map[string]any{"no_such_field": true}, nil), 400)
 	must(f.admin(t, "POST", "/admin/reset", nil, nil), 204)
 	if f.faults() != (Fault{}) {

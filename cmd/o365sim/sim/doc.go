@@ -34,7 +34,9 @@
 //	POST /admin/grants/revoke      {"mailbox"} or {"refresh_token"}    revoke grants (AADSTS50173)
 //	POST /admin/mailboxes/smtp-auth {"mailbox", "disabled"}            SMTP AUTH off or on (535 5.7.139)
 //	POST /admin/fault              Fault, e.g. {"token_throttle": "30s", "token_unavailable": true,
-//	                               "smtp_transient": "421"|"451", "smtp_down": true, "graph_throttle": "10s"};
+//	                               "smtp_transient": "421"|"451", "smtp_down": true,
+//	                               "smtp_stall": "greeting"|"data",
+//	                               "graph_throttle": "10s"};
 //	                               replaces the current faults, {} clears them
 //	GET  /admin/fault              the current faults
 //	GET  /admin/received           200 [Received…], data base64
@@ -56,4 +58,8 @@
 //   - A sendMail request over 4 MB is 413 RequestEntityTooLarge.
 //   - Fault.SMTPTransient "451" answers the end of DATA; "421" greets new
 //     connections and closes them.
+//   - Fault.SMTPStall is a server that hangs, so that the client times
+//     out: "greeting" accepts new connections and never greets them;
+//     "data" never answers the end of DATA and does not record the
+//     message.
 package sim

@@ -83,6 +83,14 @@ type Fault struct {
 	// SMTPDown closes the SMTP listening socket, so that connections are
 	// refused; clearing it listens again on the same address.
 	SMTPDown bool
+	// SMTPStall makes the SMTP server hang, so that the client's timeout
+	// is what ends the session: "greeting" accepts new connections and
+	// never says anything, not even the greeting; "data" reads a message
+	// to its end and never answers it (the message is not recorded). A
+	// stalled session lasts until the client hangs up, 5 minutes pass or
+	// the simulator closes; clearing the fault does not revive it.
+	// Each takes precedence over SMTPTransient at the same step.
+	SMTPStall string
 	// GraphThrottle answers sendMail with 429 ApplicationThrottled and a
 	// Retry-After of this many seconds (rounded up).
 	GraphThrottle time.Duration

@@ -28,6 +28,8 @@ const (
 	maxMessageBytes  = 157286400
 	plaintextTimeout = 5 * time.Minute
 	maxLineBytes     = 4096
+	// stallTimeout bounds a session stalled by Fault.SMTPStall "data".
+	stallTimeout = 5 * time.Minute
 )
 
 var (
@@ -197,7 +199,13 @@ func (f *smtpFront) plaintext(nc net.Conn) {
 		_, err := io.WriteString(nc, strings.Join(lines, "\r\n")+"\r\n")
 		return err == nil
 	}
-	if f.s.faults().SMTPTransient == "421" {
+	switch fault := f.s.faults(); {
+	case fault.SMTPStall == "greeting":
+		// Say nothing; the connection ends when the client gives up, the
+		// plaintext deadline passes or Close closes it.
+		_, _ = io.Copy(io.Discard, nc)
+		return
+	case fault.SMTPTransient == "421":
 		write(replyLine(errNotActive))
 		return
 	}

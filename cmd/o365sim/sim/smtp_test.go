@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"crypto/tls"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net"
 	"net/textproto"
@@ -364,5 +365,84 @@ func TestSMTPPipelinedSTARTTLS(t *testing.T) {
 	}
 	if line != "250 2.0.0 OK\r\n" {
 		t.Fatalf("first reply inside TLS %q, want the NOOP's", line)
+	}
+}
+
+// TestSMTPStall checks that a stalled server makes the client time out:
+// "greeting" accepts connections and says nothing, "data" never answers
+// the end of a message and does not record it. A session stalled at DATA
+// ends, freeing its connection slot, when the client hangs up. New
+// connections are served again once the fault is cleared. The fixture's
+// Close must not hang on a stalled connection.
+func TestSMTPStall(t *testing.T) {
+	f := newFixture(t)
+	tok := f.appToken(t, appID, appSecret, outlookScope)
+
+	f.SetFault(Fault{SMTPStall: "greeting", SMTPTransient: "421"})
+	nc, err := net.DialTimeout("tcp", f.SMTPAddr(), 5*time.Second)
+	if err != nil {
+		t.Fatalf("a stalled server must still accept: %v", err)
+	}
+	defer nc.Close()
+	fmt.Fprint(nc, "EHLO client.example\r\n")
+	_ = nc.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	buf := make([]byte, 512)
+	n, err := nc.Read(buf)
+	if ne, ok := errors.AsType[net.Error](err); n != 0 || !ok || !ne.Timeout() {
+		t.Fatalf("stalled server answered %q (err %v), want nothing until the read times out", buf[:n], err)
+	}
+	// go-smtp's client times out on the greeting.
+	raw, err := net.DialTimeout("tcp", f.SMTPAddr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gc := smtp.NewClient(raw)
+	gc.CommandTimeout = 300 * time.Millisecond
+	start := time.Now()
+	err = gc.Hello("client.example")
+	gc.Close()
+	if ne, ok := errors.AsType[net.Error](err); !ok || !ne.Timeout() {
+		t.Fatalf("greeting under a stall: %v, want a timeout", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("the client waited %v for its 300ms timeout", d)
+	}
+
+	// A connection made before the "data" stall is greeted and
+	// authenticates; the end of its message is never answered.
+	f.SetFault(Fault{})
+	c := f.dialTLS(t)
+	if err := c.Auth(&xoauth2{user: alice, token: tok}); err != nil {
+		t.Fatal(err)
+	}
+	f.SetFault(Fault{SMTPStall: "data", SMTPTransient: "451"})
+	c.SubmissionTimeout = 300 * time.Millisecond
+	err = c.SendMail(alice, []string{"dave@fabrikam.com"}, strings.NewReader(testMessage(alice, "dave@fabrikam.com", "<stall0@x>")))
+	if ne, ok := errors.AsType[net.Error](err); !ok || !ne.Timeout() {
+		t.Fatalf("end of DATA under a stall: %v, want a timeout", err)
+	}
+	c.Close()
+	waitFor(t, "the stalled session's slot freed", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.active[strings.ToLower(alice)] == 0
+	})
+
+	// Clearing the fault serves new connections; the one stalled at the
+	// greeting is not revived.
+	f.SetFault(Fault{})
+	c = f.dialTLS(t)
+	if err := c.Auth(&xoauth2{user: alice, token: tok}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SendMail(alice, []string{"dave@fabrikam.com"}, strings.NewReader(testMessage(alice, "dave@fabrikam.com", "<stall1@x>"))); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, err := nc.Read(buf); n != 0 || err == nil {
+		t.Fatalf("the stalled connection answered %q after the fault was cleared", buf[:n])
+	}
+	if r := f.Received(); len(r) != 1 || r[0].MessageID != "<stall1@x>" {
+		t.Fatalf("received %+v, want only the message sent after the stall", r)
 	}
 }

@@ -233,6 +233,10 @@ func (ss *smtpSession) Data(r io.Reader) error {
 	if m == nil {
 		return errNotAuthed
 	}
+	if ss.s.faults().SMTPStall == "data" {
+		ss.stall()
+		return errTransient
+	}
 	if ss.s.faults().SMTPTransient == "451" {
 		return errTransient
 	}
@@ -265,6 +269,19 @@ func (ss *smtpSession) Data(r io.Reader) error {
 		ss.rc.setDataReply("250 2.0.0 OK " + msgID + " [Hostname=" + smtpHost + "]")
 	}
 	return nil
+}
+
+// stall leaves the message unanswered: it reads and discards what the
+// client sends until the client hangs up, stallTimeout passes or the
+// server closes the connection. go-smtp does not read the connection
+// while it waits for Data to return.
+func (ss *smtpSession) stall() {
+	if ss.rc == nil {
+		return
+	}
+	_ = ss.rc.Conn.SetReadDeadline(time.Now().Add(stallTimeout))
+	_, _ = io.Copy(io.Discard, ss.rc.Conn)
+	_ = ss.rc.Conn.Close()
 }
 
 func (ss *smtpSession) Reset() {
