@@ -33,6 +33,18 @@ func (o *Options) validateExchange() error {
 	if x.MessagesPerMinute < 1 {
 		return fmt.Errorf("exchange.messages_per_minute: must be at least 1")
 	}
+	for _, d := range []struct {
+		field string
+		v     Duration
+	}{
+		{"exchange.connect_timeout", x.ConnectTimeout},
+		{"exchange.command_timeout", x.CommandTimeout},
+		{"exchange.data_timeout", x.DataTimeout},
+	} {
+		if d.v < Duration(100*time.Millisecond) {
+			return fmt.Errorf("%s: must be at least 100ms", d.field)
+		}
+	}
 	if len(o.Credentials) == 0 {
 		return fmt.Errorf("credentials: the exchange sender needs at least one credential")
 	}

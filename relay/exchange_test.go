@@ -493,3 +493,21 @@ func TestExchangeReloadNow(t *testing.T) {
 		t.Fatal("an empty secret file reloaded without error")
 	}
 }
+
+// TestExchangeShutdownInterruptsStalledSend: a server that never greets
+// (with the default 1 min command timeout) does not hold a delivery past
+// the shutdown grace: cancelling sends closes the connection at once and
+// the message goes back to the queue with no attempt spent.
+func TestExchangeShutdownInterruptsStalledSend(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	e.sim.SetFault(sim.Fault{SMTPStall: "greeting"})
+	id := e.submit(t, 0, "billing@contoso.com", "a@example.org", exchangeMessage(1, "billing@contoso.com"))
+	waitFor(t, 5*time.Second, "the message being sent", func() bool { return e.get(t, id).State == queue.Leased })
+	time.Sleep(300 * time.Millisecond) // into the wait for the greeting
+	e.relays[0].deliverer.cancelSend()
+	waitFor(t, 5*time.Second, "the stalled send to give up", func() bool { return e.get(t, id).State != queue.Leased })
+	m := e.get(t, id)
+	if m.Attempts != 0 || !strings.Contains(m.LastError, "interrupted by shutdown") {
+		t.Fatalf("after the interrupted send: state %s, attempts %d, last error %q", m.State, m.Attempts, m.LastError)
+	}
+}

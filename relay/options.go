@@ -107,6 +107,13 @@ type ExchangeOptions struct {
 	// MessagesPerMinute per mailbox across every replica. Default 30,
 	// Exchange Online's limit.
 	MessagesPerMinute int `yaml:"messages_per_minute"`
+	// ConnectTimeout bounds the TCP connection to SMTPAddr,
+	// CommandTimeout the wait for each reply (the greeting, EHLO,
+	// STARTTLS and AUTH included) and DataTimeout the reply after a
+	// message's data. Defaults 15s, 1m and 5m.
+	ConnectTimeout Duration `yaml:"connect_timeout"`
+	CommandTimeout Duration `yaml:"command_timeout"`
+	DataTimeout    Duration `yaml:"data_timeout"`
 	// GrantKeyFile holds the 32-byte key (raw, hex or base64) that
 	// encrypts delegated refresh tokens in Redis. Needed to register
 	// delegated mailboxes.
@@ -332,6 +339,9 @@ func DefaultOptions() Options {
 			GraphURL:                 "https://graph.microsoft.com",
 			MaxConnectionsPerMailbox: 3,
 			MessagesPerMinute:        30,
+			ConnectTimeout:           Duration(15 * time.Second),
+			CommandTimeout:           Duration(time.Minute),
+			DataTimeout:              Duration(5 * time.Minute),
 		},
 		Breakers: BreakerOptions{
 			Threshold:         3,

@@ -1,6 +1,7 @@
 package o365
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -205,7 +206,17 @@ func (s *SMTPSender) Send(ctx context.Context, m *queue.Message) (string, error)
 		return "", &upstream.Error{Class: upstream.Throttled, RetryAfter: wait,
 			Text: fmt.Sprintf("%s has sent %d messages in the last minute", route.Mailbox, s.o.PerMinute)}
 	}
+	// Shutting down (ctx cancelled) must not wait for a silent server.
+	stop := context.AfterFunc(ctx, func() { c.c.Close() })
 	reply, err := s.transact(c, m)
+	if !stop() {
+		// The reply, if one came, stands: the message was accepted.
+		s.discard(c)
+		if err == nil {
+			return reply, nil
+		}
+		return "", &upstream.Error{Class: upstream.Transient, Text: "send interrupted", Err: ctx.Err()}
+	}
 	if err != nil {
 		s.discard(c)
 		return "", err
@@ -289,7 +300,12 @@ func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
 		if err != nil {
 			return nil, err
 		}
+		stop := context.AfterFunc(ctx, func() { c.Close() })
 		err = c.Auth(auth.NewXOAUTH2Client(r.Mailbox, tok.AccessToken))
+		if !stop() {
+			c.Close()
+			return nil, &upstream.Error{Class: upstream.Transient, Text: "AUTH interrupted", Err: ctx.Err()}
+		}
 		if err == nil {
 			return &conn{c: c, mailbox: r.Mailbox, used: time.Now()}, nil
 		}
@@ -322,12 +338,25 @@ func (s *SMTPSender) dial(ctx context.Context) (*smtp.Client, error) {
 			cfg.ServerName, _, _ = net.SplitHostPort(s.o.Addr)
 		}
 		cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS12)
-		nc.SetDeadline(time.Now().Add(s.o.CommandTimeout))
+		// go-smtp waits up to 5 minutes for each of the greeting, EHLO
+		// and STARTTLS, whatever deadline the connection had: closing it
+		// is what bounds the handshake by CommandTimeout and by ctx.
+		hctx, cancel := context.WithTimeout(ctx, s.o.CommandTimeout)
+		stop := context.AfterFunc(hctx, func() { nc.Close() })
 		c, err = smtp.NewClientStartTLS(nc, cfg)
+		interrupted := !stop()
+		cancel()
+		if interrupted {
+			if err == nil {
+				c.Close()
+			}
+			return nil, &upstream.Error{Class: upstream.Transient,
+				Text: fmt.Sprintf("no greeting, EHLO or STARTTLS reply from %s within %v", s.o.Addr, s.o.CommandTimeout),
+				Err:  cmp.Or(ctx.Err(), hctx.Err())}
+		}
 		if err != nil {
 			return nil, smtpError("STARTTLS", err, AppOnly, false)
 		}
-		nc.SetDeadline(time.Time{})
 	}
 	c.CommandTimeout = s.o.CommandTimeout
 	c.SubmissionTimeout = s.o.DataTimeout
