@@ -229,7 +229,16 @@ func (g *gate) probe(ctx context.Context, name string) error {
 		_, err := c.Token(ctx)
 		return err
 	}
-	r, err := g.x.route(g.x.creds)(ctx, &queue.Message{Route: routes[0]})
+	// A credential's breaker is probed with an app-only token when it
+	// has an app route: that is what the credential itself proves.
+	probeRoute := routes[0]
+	for _, rt := range routes {
+		if delegated, _, _, _ := parseRoute(rt); !delegated && strings.HasPrefix(name, "cred:") {
+			probeRoute = rt
+			break
+		}
+	}
+	r, err := g.x.route(g.x.creds)(ctx, &queue.Message{Route: probeRoute})
 	if err != nil {
 		return err
 	}
