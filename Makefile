@@ -44,15 +44,19 @@ lint: bin/staticcheck
 bin/staticcheck:
 	GOBIN=$(CURDIR)/bin $(GO) install $(STATICCHECK)
 
-## bench: the queue, SMTP ingress and end-to-end benchmarks (Go, 3 runs each), then the
-## ingress load test: holdfast serve loaded by hfload, 20 sessions, 2 KB
-## messages, 3 rounds, with peak RSS from /usr/bin/time -v
+## bench: the queue, SMTP ingress and end-to-end benchmarks (Go, 3 runs each); the
+## incident report (3 runs of about 25 s: two relays, the simulator's secret expiring
+## mid-way and rotated: upstream requests wasted after the expiry, ms from the
+## rotation to the first delivery and to the backlog drained); then the ingress
+## load test: holdfast serve loaded by hfload, 20 sessions, 2 KB messages, 3 rounds,
+## with peak RSS from /usr/bin/time -v
 bench: build
 	@$(ENSURE_REDIS)
 	$(GO) build -o bin/hfload ./cmd/hfload
 	$(GO) test -run '^$$' -bench . -benchtime 20000x -count 3 -benchmem ./queue/
 	$(GO) test -run '^$$' -bench SMTPIngress -benchtime 20000x -count 3 -benchmem ./relay/
 	$(GO) test -run '^$$' -bench EndToEnd -benchtime 5000x -count 3 ./relay/
+	$(GO) test -run '^$$' -bench Incident -benchtime 1x -count 3 ./cmd/holdfast/
 	deploy/bench/ingress.sh
 
 ## fuzz: run each fuzz target for FUZZTIME (default 30s)
