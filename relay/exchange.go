@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
+
+	"golang.org/x/oauth2"
 
 	"github.com/redis/go-redis/v9"
 
@@ -101,6 +104,7 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 			Name: c.Name, Tenant: c.Tenant, ClientID: c.ClientID, Authority: c.Authority,
 			ClientSecretFile: c.ClientSecretFile, CertFile: c.CertFile, KeyFile: c.KeyFile,
 			Scope: outlookScope, HTTPClient: httpClient, OnChange: onChange, Logger: log,
+			ReloadInterval: credentialReload,
 		}
 		if x.creds[c.Name], err = auth.NewCredential(co); err != nil {
 			return nil, fmt.Errorf("credentials %s: %w", c.Name, err)
@@ -123,7 +127,7 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 		MaxConns:          o.Exchange.MaxConnectionsPerMailbox,
 		PerMinute:         o.Exchange.MessagesPerMinute,
 		Limits:            queue.NewLimiter(rdb, nil),
-		Router:            x.route(x.creds),
+		Router:            x.route(x.creds, true),
 		Logger:            log.With("component", "smtp-out"),
 	})
 	if err != nil {
@@ -133,7 +137,7 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 		x.graph, err = o365.NewGraphSender(o365.GraphOptions{
 			BaseURL:    o.Exchange.GraphURL,
 			HTTPClient: httpClient,
-			Router:     x.route(x.graphCreds),
+			Router:     x.route(x.graphCreds, true),
 			Large:      x.smtp,
 		})
 		if err != nil {
@@ -144,8 +148,41 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 }
 
 // route returns a router that sends app-only routes with the given
-// credentials and delegated routes with the mailbox's grant.
-func (x *exchange) route(creds map[string]*auth.Credential) o365.Router {
+// credentials and delegated routes with the mailbox's grant. Gated
+// routes get no token, cached or new, while one of their breakers is
+// open (only the prober's route is not gated).
+func (x *exchange) route(creds map[string]*auth.Credential, gated bool) o365.Router {
+	plain := x.plainRoute(creds)
+	if !gated {
+		return plain
+	}
+	return func(ctx context.Context, m *queue.Message) (o365.Route, error) {
+		r, err := plain(ctx, m)
+		if err != nil || x.gate == nil {
+			return r, err
+		}
+		route := m.Route
+		r.Tokens = gatedTokens{r.Tokens, func(ctx context.Context) error { return x.gate.check(ctx, route) }}
+		return r, nil
+	}
+}
+
+// gatedTokens refuses tokens while the route's breaker is open: a send
+// that waited for a connection slot while its breaker opened must not
+// reach Entra or try AUTH.
+type gatedTokens struct {
+	o365.TokenSource
+	check func(ctx context.Context) error
+}
+
+func (g gatedTokens) Token(ctx context.Context) (*oauth2.Token, error) {
+	if err := g.check(ctx); err != nil {
+		return nil, err
+	}
+	return g.TokenSource.Token(ctx)
+}
+
+func (x *exchange) plainRoute(creds map[string]*auth.Credential) o365.Router {
 	return func(ctx context.Context, m *queue.Message) (o365.Route, error) {
 		delegated, name, mailbox, ok := parseRoute(m.Route)
 		if !ok {
@@ -203,6 +240,23 @@ func (x *exchange) watch(ctx context.Context) {
 	for _, c := range x.graphCreds {
 		go c.Watch(ctx)
 	}
+}
+
+// credentialReload is how often each credential's files are re-read: a
+// rotated secret is seen within it.
+const credentialReload = time.Second
+
+// reloadCredential re-reads one credential's files now.
+func (x *exchange) reloadCredential(name string) error {
+	var errs []error
+	for _, list := range []map[string]*auth.Credential{x.creds, x.graphCreds} {
+		if c := list[name]; c != nil {
+			if _, err := c.Reload(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // reload re-reads every credential's files now (SIGHUP).

@@ -472,6 +472,10 @@ func smtpError(command string, err error, kind AuthKind, fresh bool) *upstream.E
 // tokenError classifies a failed token fetch.
 func tokenError(err error, kind AuthKind) error {
 	var te *auth.TokenError
+	var ue *upstream.Error
+	if errors.As(err, &ue) && !errors.As(err, &te) {
+		return err // already classified, e.g. by the token source's breaker
+	}
 	if !errors.As(err, &te) {
 		return &upstream.Error{Class: upstream.Transient, Text: "token request", Err: err}
 	}
