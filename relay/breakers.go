@@ -42,6 +42,21 @@ type gate struct {
 	// escalate is how many distinct delegated mailboxes of one credential
 	// failing 535 5.7.3 in a row open the credential's breaker.
 	escalate int
+	// wake makes the probe loop look at once (buffered, one slot).
+	wake chan struct{}
+}
+
+// probeNow asks the fleet for an immediate probe of the breaker, and this
+// replica's probe loop to look now.
+func (g *gate) probeNow(ctx context.Context, name string) error {
+	if _, err := g.set.ProbeNow(ctx, name); err != nil {
+		return err
+	}
+	select {
+	case g.wake <- struct{}{}:
+	default:
+	}
+	return nil
 }
 
 // check returns errBreakerOpen, as a held failure of the right class,
@@ -60,7 +75,11 @@ func (g *gate) check(ctx context.Context, route string) error {
 			st, _ := g.set.Status(ctx, b.name)
 			// Retried shortly: the route is held meanwhile, and this
 			// replica's view of the breaker may be a poll behind.
-			return &upstream.Error{Class: b.class, Text: fmt.Sprintf("breaker %s open: %s", b.name, st.Reason),
+			text := "breaker " + b.name + " open"
+			if st.Reason != "" {
+				text += ": " + st.Reason
+			}
+			return &upstream.Error{Class: b.class, Text: text,
 				RetryAfter: time.Second, Err: errors.Join(errBreakerOpen, err)}
 		}
 	}
@@ -129,6 +148,13 @@ func (g *gate) transition(t breaker.Transition) {
 		g.holdRoutes(ctx, routes)
 		return
 	}
+	if cred, ok := strings.CutPrefix(t.Name, "cred:"); ok && g.x != nil {
+		// Another replica's probe closed it, most likely with a rotated
+		// file this replica has not re-read yet.
+		if err := g.x.reloadCredential(cred); err != nil {
+			g.log.Warn("cannot reload credential", "credential", cred, "err", err)
+		}
+	}
 	for _, r := range routes {
 		if g.check(ctx, r) != nil {
 			continue // its other breaker is still open
@@ -188,6 +214,7 @@ func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-g.wake:
 		}
 		list, err := g.set.List(ctx)
 		if err != nil {
@@ -219,6 +246,15 @@ func (g *gate) probe(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	// Probe with the files as they are now: the rotation that asked for
+	// this probe may have been seen by another replica first.
+	credName := strings.TrimPrefix(name, "cred:")
+	if len(routes) > 0 {
+		_, credName, _, _ = parseRoute(routes[0])
+	}
+	if err := g.x.reloadCredential(credName); err != nil {
+		g.log.Warn("cannot reload credential before probing", "credential", credName, "err", err)
+	}
 	if len(routes) == 0 {
 		cred, ok := strings.CutPrefix(name, "cred:")
 		c := g.x.creds[cred]
@@ -238,7 +274,7 @@ func (g *gate) probe(ctx context.Context, name string) error {
 			break
 		}
 	}
-	r, err := g.x.route(g.x.creds)(ctx, &queue.Message{Route: probeRoute})
+	r, err := g.x.route(g.x.creds, false)(ctx, &queue.Message{Route: probeRoute})
 	if err != nil {
 		return err
 	}

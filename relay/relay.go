@@ -124,7 +124,8 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		routing *exchangeRouting
 	)
 	if sender == nil && o.Delivery.Sender == "exchange" {
-		g := &gate{q: s.queue, log: log.With("component", "breaker"), escalate: o.Breakers.EscalateMailboxes}
+		g := &gate{q: s.queue, log: log.With("component", "breaker"), escalate: o.Breakers.EscalateMailboxes,
+			wake: make(chan struct{}, 1)}
 		onTransition := g.transition
 		if o.Breakers.WebhookURL != "" {
 			s.webhook = breaker.NewWebhook(o.Breakers.WebhookURL, &http.Client{Timeout: 10 * time.Second}, log)
@@ -138,7 +139,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		g.set = breaker.New(s.rdb, bo)
 		onChange := func(name string) {
 			log.Info("credential file changed; the next token request uses it", "component", "auth", "credential", name)
-			if _, err := g.set.ProbeNow(context.Background(), credentialBreaker(name)); err != nil {
+			if err := g.probeNow(context.Background(), credentialBreaker(name)); err != nil {
 				log.Warn("cannot request a probe", "credential", name, "err", err)
 			}
 		}
@@ -302,7 +303,7 @@ func (s *Server) Reload() error {
 	err := s.exchange.reload()
 	// SIGHUP also probes every open credential breaker at once.
 	for name := range s.exchange.creds {
-		if _, perr := s.gate.set.ProbeNow(context.Background(), credentialBreaker(name)); perr != nil {
+		if perr := s.gate.probeNow(context.Background(), credentialBreaker(name)); perr != nil {
 			err = errors.Join(err, perr)
 		}
 	}
