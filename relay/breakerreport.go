@@ -145,7 +145,8 @@ func (r *BreakerReporter) List(ctx context.Context) ([]BreakerStatus, error) {
 	return out, nil
 }
 
-// Get describes one breaker, or returns ErrNoBreaker.
+// Get describes one breaker, or returns ErrNoBreaker. A mailbox's
+// breaker with no record yet is closed.
 func (r *BreakerReporter) Get(ctx context.Context, name string) (BreakerStatus, error) {
 	list, err := r.List(ctx)
 	if err != nil {
@@ -156,7 +157,14 @@ func (r *BreakerReporter) Get(ctx context.Context, name string) (BreakerStatus, 
 			return b, nil
 		}
 	}
-	return BreakerStatus{}, fmt.Errorf("breaker %q: %w", name, ErrNoBreaker)
+	if !r.Known(name) {
+		return BreakerStatus{}, fmt.Errorf("breaker %q: %w", name, ErrNoBreaker)
+	}
+	stats, err := r.q.Stats(ctx)
+	if err != nil {
+		return BreakerStatus{}, err
+	}
+	return r.describe(breaker.Status{Name: name}, stats), nil
 }
 
 func (r *BreakerReporter) describe(st breaker.Status, stats queue.Stats) BreakerStatus {

@@ -143,9 +143,8 @@ func (b *breakersAPI) act(w http.ResponseWriter, r *http.Request) {
 	b.h.log.Warn("breaker "+verb+" by an operator", "breaker", name, "remote", r.RemoteAddr)
 	st, err := b.report.Get(ctx, name)
 	if err != nil {
-		// Tripping or probing a mailbox breaker records it; a reset one
-		// may have no record left to describe.
-		st = BreakerStatus{Name: name, State: breaker.Closed.String(), Routes: []string{}}
+		b.storeFailed(w, r, err)
+		return
 	}
 	writeJSON(w, status, st)
 }

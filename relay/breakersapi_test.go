@@ -127,6 +127,12 @@ func TestBreakersAPI(t *testing.T) {
 		t.Fatalf("reset: %d %+v", code, st)
 	}
 
+	// A mailbox that never failed has a closed breaker.
+	if code := breakerCall(t, r, "GET", "/v1/breakers/mbx:carol@contoso.com", adminToken, "", &st); code != http.StatusOK ||
+		st.State != "closed" || st.Kind != "mailbox" || st.Generation != 0 {
+		t.Fatalf("an unrecorded mailbox breaker: %d %+v", code, st)
+	}
+
 	// Unknown breakers, unknown verbs and bad bodies get clear errors.
 	for _, tc := range []struct {
 		method, path, body string
@@ -134,6 +140,7 @@ func TestBreakersAPI(t *testing.T) {
 		err                string
 	}{
 		{"GET", "/v1/breakers/cred:nope", "", http.StatusNotFound, "no_such_breaker"},
+		{"GET", "/v1/breakers/mbx:nope", "", http.StatusNotFound, "no_such_breaker"},
 		{"POST", "/v1/breakers/cred:nope/trip", "", http.StatusNotFound, "no_such_breaker"},
 		{"POST", "/v1/breakers/mbx:not-an-address/trip", "", http.StatusNotFound, "no_such_breaker"},
 		{"POST", "/v1/breakers/cred:contoso/open", "", http.StatusNotFound, "not_found"},
