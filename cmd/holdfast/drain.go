@@ -60,6 +60,7 @@ func countDrain(ctx context.Context, q *queue.Queue, only string) (drainCounts, 
 type pendingProbe struct {
 	name   string
 	before time.Time
+	routes []string
 }
 
 // probeOpen asks the relays to probe, at once, every open breaker that
@@ -80,18 +81,28 @@ func probeOpen(ctx context.Context, e *env, report *relay.BreakerReporter, set *
 		}
 		if open {
 			fmt.Fprintf(e.stdout, "breaker %s open since %s (%s): probe requested\n", b.Name, clock(b.Since), b.Reason)
-			out = append(out, pendingProbe{b.Name, b.LastProbe})
+			out = append(out, pendingProbe{b.Name, b.LastProbe, b.Routes})
 		}
 	}
 	return out, nil
 }
 
-// probing reports whether a probe drain asked for has not reported yet.
-func probing(ctx context.Context, set *breaker.Set, probes []pendingProbe) bool {
+// probing reports whether a probe drain asked for has not reported yet,
+// or has closed its breaker but the relays have not yet released the
+// breaker's held routes.
+func probing(ctx context.Context, set *breaker.Set, probes []pendingProbe, c drainCounts) bool {
 	for _, p := range probes {
 		st, err := set.Status(ctx, p.name)
-		if err == nil && st.State == breaker.Open && st.LastProbe.Equal(p.before) {
+		switch {
+		case err != nil:
+		case st.State == breaker.Open && st.LastProbe.Equal(p.before):
 			return true
+		case st.State == breaker.Closed:
+			for _, r := range p.routes {
+				if _, held := c.holds[r]; held {
+					return true
+				}
+			}
 		}
 	}
 	return false
@@ -161,7 +172,7 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 		failed := max(0, c.dead-start.dead)
 		delivered := max(0, total-c.waiting-c.held-failed)
 		p.show(delivered, c.held, failed)
-		waitProbe := e.now().Before(probeDeadline) && probing(ctx, set, probes)
+		waitProbe := e.now().Before(probeDeadline) && probing(ctx, set, probes, c)
 		if (c.waiting == 0 && !waitProbe) || !e.now().Before(deadline) {
 			p.done()
 			break

@@ -149,6 +149,9 @@ func TestQueueDrainProbesOpenBreakers(t *testing.T) {
 				if ok, _ := set.AcquireProbe(pctx, name); ok {
 					_ = set.ProbeResult(pctx, name, result)
 					if result == nil {
+						// A relay releases the route when it sees the
+						// breaker closed, up to a poll later.
+						time.Sleep(700 * time.Millisecond)
 						_ = q.ReleaseRoute(pctx, route)
 						go fakeWorkers(pctx, q, route)
 					}

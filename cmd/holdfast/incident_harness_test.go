@@ -70,10 +70,9 @@ const (
 	// breaker (DESIGN.md: "every replica stops within a second"): each
 	// re-reads the breaker records every 500 ms.
 	incPropagation = time.Second
-	// incReload is how often a relay re-reads its secret file
-	// (auth.DefaultReloadInterval), and incProbeTick how often it looks
-	// for a probe to run (relay.Server.Start).
-	incReload    = 5 * time.Second
+	// incReload is how often a relay re-reads its secret file, and
+	// incProbeTick how often it looks for a probe to run (relay.Server.Start).
+	incReload    = time.Second
 	incProbeTick = time.Second
 	// incBackoff is queue.backoff_base: the delay after a failed attempt,
 	// and after a credential failure that found its breaker closed. The

@@ -46,18 +46,14 @@ type incidentFigures struct {
 //
 //  1. Messages are submitted over SMTP across 10 mailboxes, to both
 //     replicas, while delivery runs, at most 50 waiting at any time.
-//  2. Once 300 are delivered, the simulator expires the secret
-//     (AADSTS7000222 from then on), and submission pauses for incQuiet,
-//     so that the relays' next delivery needs a token. Expiring it with
-//     mail in flight instead shows a known defect: a delivery that passed
-//     the breaker check and then waited for a fleet-wide connection slot
-//     (up to 5 s, o365.SMTPOptions.MaxWait) still asks for a token after
-//     the breaker opened, so more than 3 token requests fail and some come
-//     after every replica has stopped.
-//  3. Submission resumes; the first token request fails and opens the
-//     breaker. The rest of the 1,000 messages are submitted during an
+//  2. Once 300 are delivered, with up to 50 more in flight, the simulator
+//     expires the secret (AADSTS7000222 from then on). Connections
+//     authenticated before, and tokens issued before, keep working until
+//     they are replaced, as in Exchange Online.
+//  3. Submission goes on slowly; the first token request fails and opens
+//     the breaker. The rest of the 1,000 messages are submitted during an
 //     outage of 8 s, several probe intervals, plus a random part of the
-//     relays' 5 s secret file re-read interval, so that the rotation
+//     relays' 1 s secret file re-read interval, so that the rotation
 //     falls anywhere in it.
 //  4. The secret is rotated at Entra and in the file the relays read; the
 //     breaker closes without a restart and the backlog drains.
@@ -93,18 +89,13 @@ func runIncident(tb testing.TB) incidentFigures {
 		time.Sleep(10 * time.Millisecond)
 		delivered = f.delivered()
 	}
-	incWait(tb, 5*time.Second, "the first messages delivered", func() bool { return f.delivered() >= next })
 
-	// Phase 2: the secret expires, and the mail pauses.
+	// Phase 2: the secret expires with mail in flight.
 	atExpiry := f.counters()
 	tExpiry := time.Now()
 	f.sim.ExpireSecret(incTenant, incClientID)
 	if atExpiry.TokenErrors != 0 || atExpiry.SMTPAuthFailures != 0 {
 		tb.Errorf("failures before the secret expired: %+v", atExpiry)
-	}
-	time.Sleep(incQuiet)
-	if o, ok := polls[0].first(tExpiry, isOpen); ok {
-		tb.Fatalf("the breaker opened with no mail to send: %+v", o.st)
 	}
 
 	// Phase 3: one message per mailbox every 2.5 s until the breaker
@@ -161,7 +152,7 @@ func runIncident(tb testing.TB) incidentFigures {
 	incWriteFile(tb, f.secretFile, incRotated+"\n")
 	tRotation := time.Now()
 	closedAt := make([]time.Time, len(polls))
-	incWait(tb, incReload+incProbeTick+4*time.Second, "the breaker closed on both relays", func() bool {
+	incWait(tb, 5*time.Second, "the breaker closed on both relays within 5 s of the rotation", func() bool {
 		for i, p := range polls {
 			if o, ok := p.first(tRotation, isClosed); ok {
 				closedAt[i] = o.at
@@ -227,10 +218,9 @@ func runIncident(tb testing.TB) incidentFigures {
 	if n := counters.Clients[incClientID].SMTPAuthFailures; n != 0 {
 		tb.Errorf("%d SMTP AUTH attempts rejected: the relays must not AUTH with a token that cannot work", n)
 	}
-	// No SMTP AUTH at all from the expiry: nothing was in flight, and
-	// every token issued before it was due for renewal after the pause.
-	if n := atRotation.SMTPAuthAttempts - atExpiry.SMTPAuthAttempts; n != 0 {
-		tb.Errorf("%d SMTP AUTH attempts between the expiry and the rotation, want none", n)
+	// No SMTP AUTH at all once every replica has seen the breaker open.
+	if n := atRotation.SMTPAuthAttempts - samples[k].c.SMTPAuthAttempts; n != 0 {
+		tb.Errorf("%d SMTP AUTH attempts under the open breaker, before the rotation, want none", n)
 	}
 
 	// Both relays kept accepting mail during the outage: every submission
@@ -268,15 +258,13 @@ func runIncident(tb testing.TB) incidentFigures {
 		}
 	}
 
-	// The rotation, without a restart (checkRunning). Each relay saw the
-	// rewritten file within its 5 s re-read interval; the first
-	// successful probe closed the breaker within a probe tick of the last
-	// relay seeing it (at once when the first relay to see it probes, or
-	// when the other relay sees it after probing with its old secret).
-	// Requests a relay made with its old secret may open the breaker
-	// again; it then closes at its next probe. So the breaker is closed
-	// within 5 s of the rotation only when the rotation falls early enough
-	// in the re-read interval: the bound is 5 s plus a probe tick.
+	// The rotation, without a restart (checkRunning), closed the breaker
+	// on both relays within 5 s (checked above). Each relay saw the
+	// rewritten file within its 1 s re-read interval, or earlier when it
+	// probed or saw the breaker close; the first successful probe closed
+	// the breaker within a probe tick of a relay seeing it. A relay that
+	// still had the old secret could open the breaker again; the test
+	// counts that (reopens) and bounds how long it lasts.
 	var fig incidentFigures
 	var lastSeen, firstClose time.Time
 	for _, r := range f.relays {
