@@ -58,6 +58,16 @@ var leaseScript = redis.NewScript(`
 local now = tonumber(ARGV[1])
 local prefix = ARGV[5]
 
+-- expire dead-letters a message whose queue lifetime has run out; the
+-- caller has taken it out of due.
+local function expire(id, key, why, last)
+  if not last or last == '' then last = 'no delivery attempt completed' end
+  redis.call('ZREM', KEYS[4], id)
+  redis.call('ZADD', KEYS[3], now, id)
+  redis.call('HSET', key, 'st', 'dead', 'done', now, 'upd', now, 'why', why .. '; last error: ' .. last)
+  redis.call('HDEL', key, 'lease', 'lu')
+end
+
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. now, 'LIMIT', 0, 100)
 for _, id in ipairs(expired) do
   redis.call('ZREM', KEYS[2], id)
@@ -88,14 +98,8 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
     elseif m[1] ~= 'leased' then
       local credit = math.max(0, math.min(now - math.max(start, sub), grace))
       if now >= tonumber(m[2]) + credit then
-        local last = m[3] or ''
-        if last == '' then last = 'no delivery attempt completed' end
         redis.call('ZREM', KEYS[1], id)
-        redis.call('ZREM', KEYS[4], id)
-        redis.call('ZADD', KEYS[3], now, id)
-        redis.call('HSET', key, 'st', 'dead', 'done', now, 'upd', now,
-          'why', 'queue lifetime exceeded while the route was held; last error: ' .. last)
-        redis.call('HDEL', key, 'lease', 'lu')
+        expire(id, key, 'queue lifetime exceeded while the route was held', m[3])
       end
     end
   end
@@ -110,13 +114,7 @@ for _, id in ipairs(ids) do
   local m = redis.call('HMGET', key, 'route', 'app', 'from', 'to', 'body', 'sub', 'exp', 'att', 'err')
   if m[1] then
     if tonumber(m[7]) <= now then
-      local last = m[9] or ''
-      if last == '' then last = 'no delivery attempt completed' end
-      redis.call('ZREM', KEYS[4], id)
-      redis.call('ZADD', KEYS[3], now, id)
-      redis.call('HSET', key, 'st', 'dead', 'done', now, 'upd', now,
-        'why', 'queue lifetime exceeded; last error: ' .. last)
-      redis.call('HDEL', key, 'lease', 'lu')
+      expire(id, key, 'queue lifetime exceeded', m[9])
     else
       redis.call('ZADD', KEYS[2], ARGV[2], id)
       redis.call('HSET', key, 'st', 'leased', 'lease', ARGV[4], 'lu', ARGV[2], 'upd', now)

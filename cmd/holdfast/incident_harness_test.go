@@ -654,9 +654,14 @@ func (f *incFleet) startSampler() *incSampler {
 func (s *incSampler) between(from, to time.Time) []incSample {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []incSample
-	for _, x := range s.samples {
-		if !x.at.Before(from) && !x.at.After(to) {
+	return within(s.samples, func(x incSample) time.Time { return x.at }, from, to)
+}
+
+// within returns the elements of xs whose time is in [from, to].
+func within[T any](xs []T, at func(T) time.Time, from, to time.Time) []T {
+	var out []T
+	for _, x := range xs {
+		if t := at(x); !t.Before(from) && !t.After(to) {
 			out = append(out, x)
 		}
 	}
@@ -737,13 +742,7 @@ func (p *incPoller) first(t time.Time, ok func(relay.BreakerStatus) bool) (incOb
 func (p *incPoller) between(from, to time.Time) []incObs {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var out []incObs
-	for _, o := range p.obs {
-		if !o.at.Before(from) && !o.at.After(to) {
-			out = append(out, o)
-		}
-	}
-	return out
+	return within(p.obs, func(o incObs) time.Time { return o.at }, from, to)
 }
 
 // checkErrors fails the test for every failed request (a few are allowed
