@@ -4,12 +4,15 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"text/tabwriter"
 	"time"
 
 	"holdfast/breaker"
 	"holdfast/queue"
 	"holdfast/relay"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // openBreakers loads the configuration at path and returns the fleet's
@@ -19,7 +22,15 @@ func openBreakers(path string) (*breaker.Set, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	return breaker.New(rdb, o.Breakers.Options()), func() { _ = rdb.Close() }, nil
+	return newBreakerSet(o, rdb), func() { _ = rdb.Close() }, nil
+}
+
+// newBreakerSet returns the fleet's breakers for a command: it reads and
+// changes them, and logs nothing of what it sees (the relays do).
+func newBreakerSet(o relay.Options, rdb redis.UniversalClient) *breaker.Set {
+	bo := o.Breakers.Options()
+	bo.Logger = slog.New(slog.DiscardHandler)
+	return breaker.New(rdb, bo)
 }
 
 // breakerStatus prints every breaker: state, since when, why, its failure
@@ -35,7 +46,7 @@ func breakerStatus(ctx context.Context, e *env, fs *flag.FlagSet, args []string)
 		return err
 	}
 	defer func() { _ = rdb.Close() }()
-	report := relay.NewBreakerReporter(breaker.New(rdb, o.Breakers.Options()), queue.New(rdb, o.Queue.Options()), o)
+	report := relay.NewBreakerReporter(newBreakerSet(o, rdb), queue.New(rdb, o.Queue.Options()), o)
 	list, err := report.List(ctx)
 	if err != nil {
 		return err

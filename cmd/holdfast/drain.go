@@ -130,7 +130,7 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	}
 	defer func() { _ = rdb.Close() }()
 	q := queue.New(rdb, o.Queue.Options())
-	set := breaker.New(rdb, o.Breakers.Options())
+	set := newBreakerSet(o, rdb)
 	report := relay.NewBreakerReporter(set, q, o)
 
 	flush := func() error {
