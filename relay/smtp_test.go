@@ -399,10 +399,23 @@ func TestSMTPConnectionLimits(t *testing.T) {
 	over.expect(tooMany)
 	over.expectClosed()
 
-	// A closed connection frees its place.
+	// A closed connection frees its place, once the server has finished
+	// with it (just after the client sees it closed).
 	first.cmd("QUIT", "221 ")
 	first.expectClosed()
-	dialSMTPRaw(t, e.insecure, ip1).expect("220 ")
+	var reply string
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		c := dialSMTPRaw(t, e.insecure, ip1)
+		var err error
+		if reply, err = c.readReply(); err == nil && strings.HasPrefix(reply, "220 ") {
+			break
+		}
+		c.nc.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("after a connection closed, a new one still gets %q", reply)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func TestSMTPPipelining(t *testing.T) {
