@@ -3,6 +3,7 @@ package relay
 import (
 	"errors"
 	"strings"
+	"unicode/utf8"
 )
 
 // Address limits from RFC 5321 section 4.5.3.1.
@@ -17,9 +18,10 @@ var errBadAddress = errors.New("malformed address")
 // parseAddress checks that s is a plain mailbox, local@domain, and returns
 // it unchanged. It refuses what could break a header or the SMTP dialogue
 // upstream: control characters, spaces, angle brackets, commas, quoted
-// local parts and source routes. UTF-8 is allowed (SMTPUTF8).
+// local parts and source routes. UTF-8 is allowed (SMTPUTF8); invalid
+// UTF-8 is not.
 func parseAddress(s string) (string, error) {
-	if len(s) == 0 || len(s) > maxAddress {
+	if len(s) == 0 || len(s) > maxAddress || !utf8.ValidString(s) {
 		return "", errBadAddress
 	}
 	at := strings.LastIndexByte(s, '@')

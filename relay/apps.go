@@ -90,11 +90,14 @@ func (a *apps) checkToken(token string) *App {
 // sender. The null sender is refused: applications submit new mail, not
 // bounces.
 func (app *App) maySend(from string) bool {
+	// Lower-case first: lower-casing can change the length (U+212A KELVIN
+	// SIGN is 3 bytes, "k" is 1), so an index taken before would point
+	// elsewhere.
+	from = strings.ToLower(from)
 	at := strings.LastIndexByte(from, '@')
 	if at < 0 {
 		return false
 	}
-	from = strings.ToLower(from)
 	for _, s := range app.Senders {
 		rule, err := parseSenderRule(s)
 		if err != nil {

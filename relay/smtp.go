@@ -489,7 +489,7 @@ func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 	case from == "":
 		// The null sender is for bounces; applications submit new mail.
 		err = errSMTPSenderNotAllowed
-	case !validSMTPAddress(from):
+	case !validAddress(from):
 		err = errSMTPBadSender
 	case !opts.UTF8 && !isASCII(from):
 		err = errSMTPNeedsUTF8
@@ -511,7 +511,7 @@ func (s *smtpSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 	switch {
 	case s.app == nil:
 		err = errSMTPAuthRequired
-	case !validSMTPAddress(to):
+	case !validAddress(to):
 		err = errSMTPBadRecipient
 	case !s.utf8 && !isASCII(to):
 		err = errSMTPNeedsUTF8
@@ -628,12 +628,8 @@ func checkSMTPMessage(body []byte) error {
 	return nil
 }
 
-// validSMTPAddress reports whether a is a valid UTF-8 plain mailbox (see
-// parseAddress).
-func validSMTPAddress(a string) bool {
-	if !utf8.ValidString(a) {
-		return false
-	}
+// validAddress reports whether a is a plain mailbox (see parseAddress).
+func validAddress(a string) bool {
 	_, err := parseAddress(a)
 	return err == nil
 }

@@ -87,11 +87,11 @@ func FuzzSMTPSession(f *testing.F) {
 					app = &e.f.opts.Apps[i]
 				}
 			}
-			if app == nil || !validSMTPAddress(msg.From) || !app.maySend(msg.From) {
+			if app == nil || !validAddress(msg.From) || !app.maySend(msg.From) {
 				t.Fatalf("stored %s from %q for app %q", msg.ID, msg.From, msg.App)
 			}
 			for _, to := range msg.To {
-				if !validSMTPAddress(to) {
+				if !validAddress(to) {
 					t.Fatalf("stored %s to %q", msg.ID, to)
 				}
 			}
