@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -94,15 +95,23 @@ func (l *Limiter) AcquireConn(ctx context.Context, mailbox string, max int, ttl 
 	return s, nil
 }
 
+// ErrSlotLost is returned by Renew for a slot that expired and was freed:
+// another replica may hold it now, so its connection must be closed.
+var ErrSlotLost = errors.New("connection slot expired; close its connection")
+
 // Renew extends a held slot to ttl from now.
 func (l *Limiter) Renew(ctx context.Context, s *Slot, ttl time.Duration) error {
 	conns, _ := limitKeys(s.mailbox)
 	until := l.now().Add(ttl).UnixMilli()
 	pipe := l.rdb.TxPipeline()
-	pipe.ZAddXX(ctx, conns, redis.Z{Score: float64(until), Member: s.token})
+	renewed := pipe.ZAddArgs(ctx, conns, redis.ZAddArgs{XX: true, Ch: true,
+		Members: []redis.Z{{Score: float64(until), Member: s.token}}})
 	pipe.PExpire(ctx, conns, ttl)
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("renew connection slot for %s: %w", s.mailbox, err)
+	}
+	if renewed.Val() == 0 {
+		return fmt.Errorf("renew connection slot for %s: %w", s.mailbox, ErrSlotLost)
 	}
 	return nil
 }

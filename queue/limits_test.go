@@ -2,6 +2,7 @@ package queue_test
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -71,6 +72,10 @@ func TestConnectionSlotsAcrossReplicas(t *testing.T) {
 	}
 	if got != 2 {
 		t.Fatalf("after expiry %d slots free, want 2 (one was renewed)", got)
+	}
+	// A lapsed slot, taken by another replica meanwhile, cannot be renewed.
+	if err := a.Renew(ctx, slots[0], time.Minute); !errors.Is(err, queue.ErrSlotLost) {
+		t.Fatalf("renewing an expired, freed slot: %v, want ErrSlotLost", err)
 	}
 }
 
