@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -104,16 +105,17 @@ func configuredExpiry(c Credential, cert func() (time.Time, bool)) time.Time {
 // credential's breaker nor one the fleet has recorded.
 var ErrNoBreaker = errors.New("no such breaker")
 
-// Known reports whether name may be tripped, reset or probed: the breaker
+// Known returns the breaker name as the relays use it (a mailbox's in
+// lower case) and whether it may be tripped, reset or probed: the breaker
 // of a configured credential, or of a mailbox address.
-func (r *BreakerReporter) Known(name string) bool {
+func (r *BreakerReporter) Known(name string) (string, bool) {
 	if c, ok := strings.CutPrefix(name, "cred:"); ok {
-		return r.creds[c]
+		return name, r.creds[c]
 	}
-	if m, ok := strings.CutPrefix(name, "mbx:"); ok {
-		return validSMTPAddress(m)
+	if m, ok := strings.CutPrefix(name, "mbx:"); ok && validAddress(m) {
+		return mailboxBreaker(m), true
 	}
-	return false
+	return name, false
 }
 
 // List describes every breaker: those the fleet has recorded and one per
@@ -145,26 +147,31 @@ func (r *BreakerReporter) List(ctx context.Context) ([]BreakerStatus, error) {
 	return out, nil
 }
 
-// Get describes one breaker, or returns ErrNoBreaker. A mailbox's
-// breaker with no record yet is closed.
+// Get describes one breaker, or returns ErrNoBreaker: a name that is
+// neither Known nor recorded by the fleet. A known breaker with no record
+// yet is closed.
 func (r *BreakerReporter) Get(ctx context.Context, name string) (BreakerStatus, error) {
-	list, err := r.List(ctx)
-	if err != nil {
-		return BreakerStatus{}, err
-	}
-	for _, b := range list {
-		if b.Name == name {
-			return b, nil
+	name, known := r.Known(name)
+	if !known {
+		// Rare: a name an operator tripped by hand, say. Only the fleet's
+		// records can tell.
+		list, err := r.set.List(ctx)
+		if err != nil {
+			return BreakerStatus{}, err
+		}
+		if !slices.ContainsFunc(list, func(st breaker.Status) bool { return st.Name == name }) {
+			return BreakerStatus{}, fmt.Errorf("breaker %q: %w", name, ErrNoBreaker)
 		}
 	}
-	if !r.Known(name) {
-		return BreakerStatus{}, fmt.Errorf("breaker %q: %w", name, ErrNoBreaker)
+	st, err := r.set.Status(ctx, name)
+	if err != nil {
+		return BreakerStatus{}, err
 	}
 	stats, err := r.q.Stats(ctx)
 	if err != nil {
 		return BreakerStatus{}, err
 	}
-	return r.describe(breaker.Status{Name: name}, stats), nil
+	return r.describe(st, stats), nil
 }
 
 func (r *BreakerReporter) describe(st breaker.Status, stats queue.Stats) BreakerStatus {

@@ -238,7 +238,8 @@ func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
 
 // probe runs a token fetch and an SMTP AUTH, sending nothing, as a route
 // under the breaker (or, for a credential with no route yet, a token
-// fetch only).
+// fetch only). Files are re-read first: the rotation that asked for this
+// probe may have been seen by another replica first.
 func (g *gate) probe(ctx context.Context, name string) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
@@ -246,33 +247,29 @@ func (g *gate) probe(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	// Probe with the files as they are now: the rotation that asked for
-	// this probe may have been seen by another replica first.
-	credName := strings.TrimPrefix(name, "cred:")
-	if len(routes) > 0 {
-		_, credName, _, _ = parseRoute(routes[0])
+	credName, isCred := strings.CutPrefix(name, "cred:")
+	var probeRoute string
+	for _, rt := range routes {
+		// A credential's breaker is probed with an app-only token when it
+		// has an app route: that is what the credential itself proves.
+		if delegated, cred, _, _ := parseRoute(rt); probeRoute == "" || (isCred && !delegated) {
+			probeRoute, credName = rt, cred
+			if isCred && !delegated {
+				break
+			}
+		}
 	}
 	if err := g.x.reloadCredential(credName); err != nil {
 		g.log.Warn("cannot reload credential before probing", "credential", credName, "err", err)
 	}
-	if len(routes) == 0 {
-		cred, ok := strings.CutPrefix(name, "cred:")
-		c := g.x.creds[cred]
-		if !ok || c == nil {
+	if probeRoute == "" {
+		c := g.x.creds[credName]
+		if !isCred || c == nil {
 			return fmt.Errorf("breaker %s has no route and no credential to probe", name)
 		}
 		c.Invalidate()
 		_, err := c.Token(ctx)
 		return err
-	}
-	// A credential's breaker is probed with an app-only token when it
-	// has an app route: that is what the credential itself proves.
-	probeRoute := routes[0]
-	for _, rt := range routes {
-		if delegated, _, _, _ := parseRoute(rt); !delegated && strings.HasPrefix(name, "cred:") {
-			probeRoute = rt
-			break
-		}
 	}
 	r, err := g.x.route(g.x.creds, false)(ctx, &queue.Message{Route: probeRoute})
 	if err != nil {

@@ -93,8 +93,9 @@ func (b *breakersAPI) act(w http.ResponseWriter, r *http.Request) {
 	if !b.admin(w, r) {
 		return
 	}
-	name, verb := r.PathValue("name"), r.PathValue("verb")
-	if !b.report.Known(name) {
+	name, known := b.report.Known(r.PathValue("name"))
+	verb := r.PathValue("verb")
+	if !known {
 		b.notFound(w, r)
 		return
 	}
