@@ -183,7 +183,7 @@ func testNeverTrips(t *testing.T, tc neverTripsCase, threshold, messages int) {
 			t.Errorf("%s: a throttled failure spent %d attempts", id, m.Attempts)
 		}
 	}
-	if n := len(e.sim.Received()); n != 0 {
+	if n := e.sim.ReceivedCount(); n != 0 {
 		t.Errorf("%d messages reached Exchange while it failed them", n)
 	}
 

@@ -55,7 +55,7 @@ func TestBreakerIncident(t *testing.T) {
 	for n := range 20 {
 		send(n)
 	}
-	waitFor(t, 10*time.Second, "the first 20 delivered", func() bool { return len(e.sim.Received()) == 20 })
+	waitFor(t, 10*time.Second, "the first 20 delivered", func() bool { return e.sim.ReceivedCount() == 20 })
 
 	// The secret expires; the cached tokens and connections go too, as
 	// they would within the hour (idle connections close after 2 s).
@@ -109,7 +109,7 @@ func TestBreakerIncident(t *testing.T) {
 	e.sim.RotateSecret(simTenant, simClientID, rotated)
 	writeFile(t, e.secretFile, rotated+"\n")
 	start := time.Now()
-	waitFor(t, 15*time.Second, "all 40 delivered after rotation", func() bool { return len(e.sim.Received()) >= 40 })
+	waitFor(t, 15*time.Second, "all 40 delivered after rotation", func() bool { return e.sim.ReceivedCount() >= 40 })
 	t.Logf("rotation to all delivered: %v", time.Since(start).Round(time.Millisecond))
 	seen := map[string]int{}
 	for _, r := range e.sim.Received() {

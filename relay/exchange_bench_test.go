@@ -66,9 +66,9 @@ func BenchmarkEndToEnd(b *testing.B) {
 	wg.Wait()
 	submitted := time.Since(start)
 	deadline := time.Now().Add(5 * time.Minute)
-	for len(e.sim.Received()) < b.N {
+	for e.sim.ReceivedCount() < b.N {
 		if time.Now().After(deadline) {
-			b.Fatalf("%d of %d messages delivered", len(e.sim.Received()), b.N)
+			b.Fatalf("%d of %d messages delivered", e.sim.ReceivedCount(), b.N)
 		}
 		time.Sleep(20 * time.Millisecond)
 		runtime.Gosched()

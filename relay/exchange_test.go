@@ -191,7 +191,7 @@ func TestExchangeDeliversThroughSimulator(t *testing.T) {
 		body := exchangeMessage(i, from)
 		ids[fmt.Sprintf("<m%d@test>", i)] = e.submit(t, 0, from, fmt.Sprintf("rcpt%d@example.org", i), body)
 	}
-	waitFor(t, 10*time.Second, "10 messages at the simulator", func() bool { return len(e.sim.Received()) == 10 })
+	waitFor(t, 10*time.Second, "10 messages at the simulator", func() bool { return e.sim.ReceivedCount() == 10 })
 	for _, r := range e.sim.Received() {
 		id := ids[r.MessageID]
 		m := e.get(t, id)
@@ -310,7 +310,7 @@ func TestExchangeDelegatedMailbox(t *testing.T) {
 	if m := e.get(t, id); m.Route != "mbx:contoso:alice@contoso.com" {
 		t.Fatalf("route %q", m.Route)
 	}
-	waitFor(t, 10*time.Second, "the delegated message", func() bool { return len(e.sim.Received()) == 1 })
+	waitFor(t, 10*time.Second, "the delegated message", func() bool { return e.sim.ReceivedCount() == 1 })
 	r := e.sim.Received()[0]
 	if r.Mailbox != "alice@contoso.com" || !r.Delegated {
 		t.Fatalf("sent as %s, delegated %v", r.Mailbox, r.Delegated)
@@ -332,7 +332,7 @@ func TestExchangeMailboxLimitsAcrossReplicas(t *testing.T) {
 	for i := range 30 {
 		e.submit(t, i%2, "billing@contoso.com", fmt.Sprintf("r%d@example.org", i), exchangeMessage(i, "billing@contoso.com"))
 	}
-	waitFor(t, 15*time.Second, "24 messages sent", func() bool { return len(e.sim.Received()) >= 24 })
+	waitFor(t, 15*time.Second, "24 messages sent", func() bool { return e.sim.ReceivedCount() >= 24 })
 	// Workers still waiting for a slot or the rate give up within
 	// MaxWait and hand their messages back.
 	var st queue.Stats
@@ -340,7 +340,7 @@ func TestExchangeMailboxLimitsAcrossReplicas(t *testing.T) {
 		st, _ = e.f.queue.Stats(context.Background())
 		return st.Total.Leased == 0 && st.Total.Ready == 0
 	})
-	if n := len(e.sim.Received()); n != 24 {
+	if n := e.sim.ReceivedCount(); n != 24 {
 		t.Errorf("%d messages within the first minute, want the limit of 24", n)
 	}
 	if c := e.sim.Counters().Mailboxes["billing@contoso.com"].MaxConcurrentSMTP; c > 3 || c < 1 {
@@ -387,7 +387,7 @@ func TestExchangeGraph(t *testing.T) {
 	large := "From: <billing@contoso.com>\r\nSubject: large\r\nMessage-ID: <large@test>\r\n\r\n" +
 		strings.Repeat(strings.Repeat("y", 998)+"\r\n", 3300)
 	e.submit(t, 0, "billing@contoso.com", "b@example.org", large)
-	waitFor(t, 15*time.Second, "both messages at the simulator", func() bool { return len(e.sim.Received()) == 2 })
+	waitFor(t, 15*time.Second, "both messages at the simulator", func() bool { return e.sim.ReceivedCount() == 2 })
 	for _, r := range e.sim.Received() {
 		want := "graph"
 		if r.MessageID == "<large@test>" {
@@ -428,7 +428,7 @@ func TestExchangeDelegatedRotationAcrossReplicas(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	waitFor(t, 15*time.Second, "10 delegated messages", func() bool { return len(e.sim.Received()) == 10 })
+	waitFor(t, 15*time.Second, "10 delegated messages", func() bool { return e.sim.ReceivedCount() == 10 })
 	for _, r := range e.sim.Received() {
 		if !r.Delegated || r.Mailbox != "alice@contoso.com" {
 			t.Fatalf("sent as %s, delegated %v", r.Mailbox, r.Delegated)
@@ -467,7 +467,7 @@ func TestExchangePartialRecipients(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the message", func() bool { return len(e.sim.Received()) == 1 })
+	waitFor(t, 10*time.Second, "the message", func() bool { return e.sim.ReceivedCount() == 1 })
 	if to := e.sim.Received()[0].To; strings.Join(to, ",") != "ok@example.org,fine@example.org" {
 		t.Fatalf("delivered to %v", to)
 	}

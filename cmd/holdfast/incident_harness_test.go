@@ -266,9 +266,8 @@ func (f *incFleet) close() {
 	})
 }
 
-// delivered is how many messages Exchange accepted. (It copies them all:
-// call it every few tens of milliseconds, not in a tight loop.)
-func (f *incFleet) delivered() int { return len(f.sim.Received()) }
+// delivered is how many messages Exchange accepted.
+func (f *incFleet) delivered() int { return f.sim.ReceivedCount() }
 
 // waitDelivered waits up to d for Exchange to have accepted n messages,
 // and says what the queue holds if it does not.

@@ -150,6 +150,14 @@ func (s *Sim) Reset() {
 	s.SetFault(Fault{})
 }
 
+// ReceivedCount is how many messages were accepted: len(Received())
+// without copying them.
+func (s *Sim) ReceivedCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.received)
+}
+
 // Received returns a copy of the accepted messages, oldest first.
 func (s *Sim) Received() []Received {
 	s.mu.Lock()

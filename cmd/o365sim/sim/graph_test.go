@@ -97,7 +97,7 @@ func TestGraphSendMail(t *testing.T) {
 	if code, _ := graphCode(m); resp.StatusCode != 429 || code != "ApplicationThrottled" || resp.Header.Get("Retry-After") != "30" {
 		t.Fatalf("throttled: %d %s Retry-After %q", resp.StatusCode, code, resp.Header.Get("Retry-After"))
 	}
-	if n := len(f.Received()); n != 1 {
+	if n := f.ReceivedCount(); n != 1 {
 		t.Fatalf("%d messages recorded", n)
 	}
 }

@@ -259,7 +259,7 @@ func TestSMTPEnvelopeErrors(t *testing.T) {
 	wantSMTPError(t, err, 554, smtp.EnhancedCode{5, 2, 252}, sendAsDenied(bob))
 	err = c.SendMail(alice, []string{"dave@fabrikam.com"}, strings.NewReader(testMessage(bob, "dave@fabrikam.com", "<m5@x>")))
 	wantSMTPError(t, err, 554, smtp.EnhancedCode{5, 2, 252}, sendAsDenied(bob))
-	if n := len(f.Received()); n != 0 {
+	if n := f.ReceivedCount(); n != 0 {
 		t.Fatalf("%d messages recorded", n)
 	}
 }
