@@ -112,8 +112,9 @@ var aadstsPrefix = regexp.MustCompile(`^\s*(AADSTS\d+)\s*:?\s*`)
 // NewTokenError converts an *oauth2.RetrieveError into a *TokenError. It
 // reads the status, the error code and description, the JSON body's
 // error_codes, suberror, trace_id and correlation_id, and the Retry-After
-// header (seconds or an HTTP date, relative to now).
-func NewTokenError(re *oauth2.RetrieveError, now time.Time) *TokenError {
+// header (seconds or an HTTP date, relative to now). Each of secrets is
+// replaced by "[redacted]" in the description.
+func NewTokenError(re *oauth2.RetrieveError, now time.Time, secrets ...string) *TokenError {
 	e := &TokenError{Code: re.ErrorCode}
 	var body entraError
 	if len(re.Body) > 0 && json.Unmarshal(re.Body, &body) == nil {
@@ -130,6 +131,13 @@ func NewTokenError(re *oauth2.RetrieveError, now time.Time) *TokenError {
 	desc := re.ErrorDescription
 	if desc == "" {
 		desc = body.Description
+	}
+	// Scrub before the description is cut: a secret cut in two would
+	// no longer match.
+	for _, sec := range secrets {
+		if sec != "" {
+			desc = strings.ReplaceAll(desc, sec, "[redacted]")
+		}
 	}
 	if m := aadstsPrefix.FindStringSubmatch(desc); m != nil {
 		if e.AADSTS == "" {
@@ -188,13 +196,7 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 func tokenErr(err error, now time.Time, secrets ...string) error {
 	var re *oauth2.RetrieveError
 	if errors.As(err, &re) {
-		te := NewTokenError(re, now)
-		for _, s := range secrets {
-			if s != "" {
-				te.Description = strings.ReplaceAll(te.Description, s, "[redacted]")
-			}
-		}
-		return te
+		return NewTokenError(re, now, secrets...)
 	}
 	return fmt.Errorf("token endpoint: %w", err)
 }

@@ -164,6 +164,13 @@ func TestTokenErrScrubsSecrets(t *testing.T) {
 	if strings.Contains(err.Error(), secretV1) {
 		t.Fatalf("secret in %v", err)
 	}
+	// A secret straddling the cut at maxDescriptionLen leaves no part.
+	long := strings.Repeat("k", 600)
+	re.ErrorDescription = "AADSTS7000215: " + strings.Repeat("x", maxDescriptionLen-10) + long
+	err = tokenErr(re, time.Now(), long)
+	if strings.Contains(err.Error(), "kkkk") || !strings.Contains(err.Error(), "[redacted]") {
+		t.Fatalf("part of a long secret in %v", err)
+	}
 }
 
 func TestParseRetryAfter(t *testing.T) {
