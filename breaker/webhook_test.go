@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -120,5 +121,16 @@ func TestWebhookNeverBlocks(t *testing.T) {
 	defer mu.Unlock()
 	if len(names) < queued || len(names) > queued+1 {
 		t.Fatalf("%d delivered, want the %d queued (plus the one in flight)", len(names), queued)
+	}
+}
+
+// TestWebhookErrorHidesURL: a failed POST is logged without the URL, whose
+// path often carries a token.
+func TestWebhookErrorHidesURL(t *testing.T) {
+	w := newWebhook("http://127.0.0.1:1/hooks/T0KEN-s3cret", http.DefaultClient, nil, time.Millisecond)
+	defer w.Close()
+	err := w.post(t.Context(), []byte("{}"))
+	if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "webhook POST") {
+		t.Fatalf("post error %v", err)
 	}
 }
