@@ -44,6 +44,8 @@ type gate struct {
 	escalate int
 	// wake makes the probe loop look at once (buffered, one slot).
 	wake chan struct{}
+	// released, when set, is told that held routes were released.
+	released func()
 }
 
 // probeNow asks the fleet for an immediate probe of the breaker, and this
@@ -166,6 +168,9 @@ func (g *gate) transition(t breaker.Transition) {
 		if err := g.q.ReleaseRoute(ctx, r); err != nil {
 			g.log.Error("cannot release route", "route", r, "err", err)
 		}
+	}
+	if g.released != nil {
+		g.released()
 	}
 }
 

@@ -98,7 +98,8 @@ func newDeliverer(q deliveryQueue, s Sender, cfg deliveryConfig, log *slog.Logge
 	return d
 }
 
-// notify wakes the dispatcher: a message was just enqueued.
+// notify wakes the dispatcher: a message was just enqueued, or a route
+// released.
 func (d *deliverer) notify() {
 	select {
 	case d.wake <- struct{}{}:
@@ -112,6 +113,10 @@ func (d *deliverer) run(ctx context.Context) {
 	defer d.drain()
 	var routes []string
 	var refreshed time.Time
+	// held are routes found held since the last refresh: passes skip
+	// them, so that a held route costs one Lease (which also expires its
+	// mail past the held grace) per Poll, not one per delivery elsewhere.
+	held := map[string]bool{}
 	for ctx.Err() == nil {
 		if time.Since(refreshed) >= d.cfg.Poll || routes == nil {
 			rs, err := d.q.Routes(ctx)
@@ -121,8 +126,9 @@ func (d *deliverer) run(ctx context.Context) {
 				continue
 			}
 			routes, refreshed = rs, time.Now()
+			clear(held)
 		}
-		leased, next := d.pass(ctx, routes)
+		leased, next := d.pass(ctx, routes, held)
 		if leased {
 			continue
 		}
@@ -131,18 +137,20 @@ func (d *deliverer) run(ctx context.Context) {
 			wait = min(wait, max(time.Until(next), 10*time.Millisecond))
 		}
 		if d.sleep(ctx, wait) {
-			// Woken by a local enqueue: its route may be new.
+			// Woken by a local enqueue (its route may be new) or a
+			// released route.
 			refreshed = time.Time{}
 		}
 	}
 }
 
-// pass leases from every route once, as far as free workers allow. It
-// reports whether it leased anything and the earliest due time it saw.
-func (d *deliverer) pass(ctx context.Context, routes []string) (leased bool, next time.Time) {
+// pass leases from every route not known to be held once, as far as free
+// workers allow, and adds the routes it finds held to held. It reports
+// whether it leased anything and the earliest due time it saw.
+func (d *deliverer) pass(ctx context.Context, routes []string, held map[string]bool) (leased bool, next time.Time) {
 	for _, route := range routes {
 		room := d.room(route)
-		if room == 0 {
+		if room == 0 || held[route] {
 			continue
 		}
 		n := d.takeSlots(ctx)
@@ -162,6 +170,9 @@ func (d *deliverer) pass(ctx context.Context, routes []string) (leased bool, nex
 			continue
 		}
 		d.giveSlots(n - len(res.Leases))
+		if res.Held {
+			held[route] = true
+		}
 		if !res.NextDue.IsZero() && (next.IsZero() || res.NextDue.Before(next)) {
 			next = res.NextDue
 		}

@@ -189,6 +189,9 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		}
 		s.deliverer = newDeliverer(s.queue, sender, dc, log)
 		in.queued = s.deliverer.notify
+		if s.gate != nil {
+			s.gate.released = s.deliverer.notify
+		}
 	}
 	s.smtp = newSMTPIngress(o, in, a, tlsConfig, log)
 	for _, l := range o.SMTP.Listeners {
