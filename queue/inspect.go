@@ -219,7 +219,7 @@ func (q *Queue) Requeue(ctx context.Context, id string) error {
 		return fmt.Errorf("requeue %s: %w", id, err)
 	}
 	if ok == 0 {
-		return fmt.Errorf("requeue %s: it is %s, not dead", id, m.State)
+		return fmt.Errorf("%s is %s, not dead: only dead letters can be requeued", id, m.State)
 	}
 	return nil
 }

@@ -350,23 +350,12 @@ func eachID(e *env, fs *flag.FlagSet, args []string, verb string, do func(q *que
 
 func queueRequeue(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 	return eachID(e, fs, args, "requeue", func(q *queue.Queue, id string) error {
-		m, err := q.Get(ctx, id)
-		if err != nil {
-			return err
-		}
-		if m.State != queue.Dead {
-			return fmt.Errorf("%s is %s, not dead: only dead letters can be requeued", id, m.State)
-		}
 		return q.Requeue(ctx, id)
 	})
 }
 
 func queueDelete(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 	return eachID(e, fs, args, "delete", func(q *queue.Queue, id string) error {
-		// Get first, so that an unknown id reads "no such message".
-		if _, err := q.Get(ctx, id); err != nil {
-			return err
-		}
 		return q.Delete(ctx, id)
 	})
 }
