@@ -140,11 +140,16 @@ func run(c config) result {
 				fail(err)
 				return
 			}
-			defer cl.Close()
+			defer func() {
+				if cl != nil {
+					cl.Close()
+				}
+			}()
 			for next.Add(1) <= int64(c.messages) && time.Now().Before(deadline) {
 				t0 := time.Now()
 				if err := send(cl, c.from, c.to, body); err != nil {
 					fail(err)
+					cl.Close() // not reused: its session state is unknown
 					if cl, err = dial(c, deadline); err != nil {
 						fail(err)
 						return
