@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -223,7 +225,7 @@ func Reason(err error) string {
 		r = err.Error()
 	}
 	if len(r) > maxReason {
-		r = r[:maxReason]
+		r = strings.ToValidUTF8(r[:maxReason], "")
 	}
 	return strings.TrimSpace(r)
 }
@@ -499,6 +501,17 @@ func (s *Set) ProbeResult(ctx context.Context, name string, probeErr error) erro
 	return nil
 }
 
+// Cached returns the breaker's record as this Set last read it, with no
+// round trip: after Allow, what Allow decided on.
+func (s *Set) Cached(name string) Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e := s.brks[name]; e != nil {
+		return e.st
+	}
+	return Status{Name: name}
+}
+
 // Status reads a breaker's record. A breaker without a record is closed.
 func (s *Set) Status(ctx context.Context, name string) (Status, error) {
 	if err := validName(name); err != nil {
@@ -507,26 +520,37 @@ func (s *Set) Status(ctx context.Context, name string) (Status, error) {
 	return s.read(ctx, name)
 }
 
-// List reads the records of every breaker the fleet has recorded, and of
-// every breaker this Set knows, sorted by name.
+// List reads the records of every breaker the fleet has recorded, and
+// describes every breaker this Set knows, sorted by name. A name only
+// this Set knows has no record (a breaker is registered before its first
+// write), so it is closed and costs no read.
 func (s *Set) List(ctx context.Context) ([]Status, error) {
-	names, err := s.names(ctx)
+	recorded, err := s.rdb.SMembers(ctx, namesKey).Result()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("breaker: list names: %w", err)
 	}
-	cmds := make([]*redis.MapStringStringCmd, len(names))
+	cmds := make(map[string]*redis.MapStringStringCmd, len(recorded))
 	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, n := range names {
-			cmds[i] = p.HGetAll(ctx, recordKey(n))
+		for _, n := range recorded {
+			cmds[n] = p.HGetAll(ctx, recordKey(n))
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("breaker: list: %w", err)
 	}
+	s.mu.Lock()
+	names := slices.Collect(maps.Keys(s.brks))
+	s.mu.Unlock()
+	names = append(names, recorded...)
+	slices.Sort(names)
+	names = slices.Compact(names)
 	out := make([]Status, len(names))
 	for i, n := range names {
-		out[i] = parseMap(n, cmds[i].Val())
+		out[i] = Status{Name: n}
+		if c := cmds[n]; c != nil {
+			out[i] = parseMap(n, c.Val())
+		}
 		s.observe(out[i])
 	}
 	return out, nil

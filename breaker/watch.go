@@ -2,8 +2,6 @@ package breaker
 
 import (
 	"context"
-	"fmt"
-	"slices"
 	"time"
 )
 
@@ -24,19 +22,4 @@ func (s *Set) Watch(ctx context.Context) {
 		case <-t.C:
 		}
 	}
-}
-
-// names returns the names in Redis and those this Set knows, sorted.
-func (s *Set) names(ctx context.Context) ([]string, error) {
-	names, err := s.rdb.SMembers(ctx, namesKey).Result()
-	if err != nil {
-		return nil, fmt.Errorf("breaker: list names: %w", err)
-	}
-	s.mu.Lock()
-	for n := range s.brks {
-		names = append(names, n)
-	}
-	s.mu.Unlock()
-	slices.Sort(names)
-	return slices.Compact(names), nil
 }
