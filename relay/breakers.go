@@ -74,7 +74,7 @@ func (g *gate) check(ctx context.Context, route string) error {
 	}{{cred, upstream.Credential}, {mbx, upstream.Mailbox}} {
 		allowed, err := g.set.Allow(ctx, b.name)
 		if !allowed {
-			st, _ := g.set.Status(ctx, b.name)
+			st := g.set.Cached(b.name)
 			// Retried shortly: the route is held meanwhile, and this
 			// replica's view of the breaker may be a poll behind.
 			text := "breaker " + b.name + " open"
