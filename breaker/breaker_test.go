@@ -389,6 +389,10 @@ func TestTripReset(t *testing.T) {
 	if st.State != Open || st.Reason != "rotating the secret" || st.Generation != 1 || !st.Since.Equal(clk.Now()) {
 		t.Fatalf("after Trip: %+v", st)
 	}
+	clk.Add(b.o.Poll)
+	if allow(t, b, name) || b.Cached(name).Reason != "rotating the secret" || b.Cached("other").State != Closed {
+		t.Fatalf("Cached after Allow: %+v", b.Cached(name))
+	}
 	clk.Add(time.Second)
 	if err := b.Trip(ctx, name, "still rotating"); err != nil {
 		t.Fatal(err)

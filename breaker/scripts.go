@@ -7,23 +7,37 @@ import "github.com/redis/go-redis/v9"
 // replica and every test uses one clock. Scripts that change the record
 // return it as HGETALL does.
 
+// transitions defines the two transitions, prepended to the scripts that
+// make them: open(reason, now, interval, next probe) and close(now). Each
+// bumps the generation and ends any probe lease.
+const transitions = `
+local function open(k, reason, now, interval, nextProbe)
+  redis.call('HINCRBY', k, 'generation', 1)
+  redis.call('HSET', k, 'state', 'open', 'reason', reason, 'since', now,
+    'interval', interval, 'next_probe', nextProbe, 'probe_now', '0')
+  redis.call('HDEL', k, 'lease_token', 'lease_until')
+end
+local function close(k, now)
+  redis.call('HINCRBY', k, 'generation', 1)
+  redis.call('HSET', k, 'state', 'closed', 'reason', '', 'since', now, 'probe_now', '0')
+  redis.call('HDEL', k, 'lease_token', 'lease_until')
+end
+`
+
 // failScript counts one failure and opens the breaker when the count
 // reaches the threshold, or at once when asked.
 //
 // ARGV[1] now, ARGV[2] threshold, ARGV[3] open interval ms,
 // ARGV[4] next probe (now + open interval), ARGV[5] "1" to open at once,
 // ARGV[6] reason.
-var failScript = redis.NewScript(`
+var failScript = redis.NewScript(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'open' then
   return redis.call('HGETALL', k)
 end
 local f = redis.call('HINCRBY', k, 'failures', 1)
 if f >= tonumber(ARGV[2]) or ARGV[5] == '1' then
-  redis.call('HINCRBY', k, 'generation', 1)
-  redis.call('HSET', k, 'state', 'open', 'reason', ARGV[6], 'since', ARGV[1],
-    'interval', ARGV[3], 'next_probe', ARGV[4], 'probe_now', '0')
-  redis.call('HDEL', k, 'lease_token', 'lease_until')
+  open(k, ARGV[6], ARGV[1], ARGV[3], ARGV[4])
 else
   redis.call('HSETNX', k, 'state', 'closed')
 end
@@ -55,7 +69,7 @@ return redis.call('HGETALL', k)
 // ARGV[1] now, ARGV[2] n, ARGV[3] open interval ms, ARGV[4] next probe,
 // ARGV[5] member, ARGV[6] reason of this failure, ARGV[7] how long the
 // spread is remembered after its last failure, ms.
-var spreadScript = redis.NewScript(`
+var spreadScript = redis.NewScript(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'open' then
   return redis.call('HGETALL', k)
@@ -68,10 +82,8 @@ if c >= tonumber(ARGV[2]) then
   table.sort(members)
   local reason = c .. ' mailboxes failed in a row (' .. table.concat(members, ', ') .. '): ' .. ARGV[6]
   redis.call('DEL', KEYS[2])
-  redis.call('HINCRBY', k, 'generation', 1)
-  redis.call('HSET', k, 'state', 'open', 'reason', reason, 'since', ARGV[1],
-    'interval', ARGV[3], 'next_probe', ARGV[4], 'probe_now', '0', 'spread', '0')
-  redis.call('HDEL', k, 'lease_token', 'lease_until')
+  open(k, reason, ARGV[1], ARGV[3], ARGV[4])
+  redis.call('HSET', k, 'spread', '0')
 else
   redis.call('HSET', k, 'spread', c)
   redis.call('HSETNX', k, 'state', 'closed')
@@ -83,28 +95,23 @@ return redis.call('HGETALL', k)
 // keeps its generation and gets the new reason.
 //
 // ARGV[1] now, ARGV[2] open interval ms, ARGV[3] next probe, ARGV[4] reason.
-var tripScript = redis.NewScript(`
+var tripScript = redis.NewScript(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'open' then
   redis.call('HSET', k, 'reason', ARGV[4])
   return redis.call('HGETALL', k)
 end
-redis.call('HINCRBY', k, 'generation', 1)
-redis.call('HSET', k, 'state', 'open', 'reason', ARGV[4], 'since', ARGV[1],
-  'interval', ARGV[2], 'next_probe', ARGV[3], 'probe_now', '0')
-redis.call('HDEL', k, 'lease_token', 'lease_until')
+open(k, ARGV[4], ARGV[1], ARGV[2], ARGV[3])
 return redis.call('HGETALL', k)
 `)
 
 // resetScript closes the breaker and clears its failure count.
 //
 // ARGV[1] now.
-var resetScript = redis.NewScript(`
+var resetScript = redis.NewScript(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'open' then
-  redis.call('HINCRBY', k, 'generation', 1)
-  redis.call('HSET', k, 'state', 'closed', 'reason', '', 'since', ARGV[1], 'probe_now', '0')
-  redis.call('HDEL', k, 'lease_token', 'lease_until')
+  close(k, ARGV[1])
 end
 if redis.call('EXISTS', k) == 1 then
   redis.call('HSET', k, 'failures', '0', 'spread', '0')
@@ -153,7 +160,7 @@ return 1
 //
 // ARGV[1] token, ARGV[2] now, ARGV[3] "1" for success, ARGV[4] reason,
 // ARGV[5] max interval ms.
-var resultScript = redis.NewScript(`
+var resultScript = redis.NewScript(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'lease_token') ~= ARGV[1] then
   return redis.error_reply('lease lost')
@@ -161,8 +168,8 @@ end
 redis.call('HDEL', k, 'lease_token', 'lease_until')
 redis.call('HSET', k, 'last_probe', ARGV[2])
 if ARGV[3] == '1' then
-  redis.call('HINCRBY', k, 'generation', 1)
-  redis.call('HSET', k, 'state', 'closed', 'reason', '', 'since', ARGV[2], 'failures', '0', 'probe_now', '0')
+  close(k, ARGV[2])
+  redis.call('HSET', k, 'failures', '0')
   return redis.call('HGETALL', k)
 end
 local iv = math.min(tonumber(redis.call('HGET', k, 'interval') or '0') * 2, tonumber(ARGV[5]))
