@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"holdfast/auth"
 	"holdfast/relay/upstream"
 )
 
@@ -110,9 +111,9 @@ func ClassifyToken(f TokenFailure, kind AuthKind) *upstream.Error {
 	switch {
 	case f.HTTPStatus == 429:
 		e.Class, e.RetryAfter = upstream.Throttled, f.RetryAfter
-	case f.HTTPStatus >= 500 || f.Code == "temporarily_unavailable":
+	case f.HTTPStatus >= 500 || f.Code == auth.CodeTemporarilyUnavailable:
 		e.Class, e.RetryAfter = upstream.Transient, f.RetryAfter
-	case f.Code == "invalid_grant" && kind == Delegated:
+	case f.Code == auth.CodeInvalidGrant && kind == Delegated:
 		e.Class = upstream.Mailbox
 	default:
 		// invalid_client, unauthorized_client, invalid_tenant,
