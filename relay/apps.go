@@ -29,6 +29,7 @@ func newApps(list []App) *apps {
 	a := &apps{byUser: map[string]*App{}, byToken: map[string]*App{}, verified: map[[32]byte]*App{}}
 	for i := range list {
 		app := &list[i]
+		app.rules = parseSenderRules(app.Senders)
 		if app.PasswordHash != "" {
 			a.byUser[app.Username] = app
 		}
@@ -98,11 +99,11 @@ func (app *App) maySend(from string) bool {
 	if at < 0 {
 		return false
 	}
-	for _, s := range app.Senders {
-		rule, err := parseSenderRule(s)
-		if err != nil {
-			continue
-		}
+	rules := app.rules
+	if rules == nil {
+		rules = parseSenderRules(app.Senders)
+	}
+	for _, rule := range rules {
 		if rule.domain != "" && from[at+1:] == rule.domain || rule.address != "" && from == rule.address {
 			return true
 		}
@@ -114,6 +115,18 @@ func (app *App) maySend(from string) bool {
 type senderRule struct {
 	address string // lower case
 	domain  string // lower case, without "@"
+}
+
+// parseSenderRules parses the valid entries of senders; Validate has
+// refused the others.
+func parseSenderRules(senders []string) []senderRule {
+	rules := make([]senderRule, 0, len(senders))
+	for _, s := range senders {
+		if r, err := parseSenderRule(s); err == nil {
+			rules = append(rules, r)
+		}
+	}
+	return rules
 }
 
 func parseSenderRule(s string) (senderRule, error) {

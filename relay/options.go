@@ -273,6 +273,9 @@ type App struct {
 	// Via is "smtp" (default) or "graph". Graph messages over 3 MB go by
 	// SMTP.
 	Via string `yaml:"via"`
+
+	// rules are Senders parsed, set by newApps.
+	rules []senderRule
 }
 
 // Duration is a time.Duration written in YAML as "90s", "5m" or "120h".
