@@ -210,9 +210,7 @@ func (h *api) postMessage(w http.ResponseWriter, r *http.Request) {
 		remoteAddr: r.RemoteAddr,
 	})
 	if err != nil {
-		if !errors.Is(err, errStore) {
-			h.log.Error("submission failed", "app", app.Name, "remote", r.RemoteAddr, "err", err)
-		}
+		// accept has logged why.
 		w.Header().Set("Retry-After", storeRetryAfter)
 		fail(http.StatusServiceUnavailable, "queue_unavailable", "The queue could not store the message and nothing was kept; send it again after the Retry-After delay, with the same Idempotency-Key.")
 		return
@@ -507,10 +505,9 @@ func (h *api) authenticate(w http.ResponseWriter, r *http.Request) *App {
 		h.fail(w, r, nil, http.StatusUnauthorized, "missing_token", "Send the application's API token as \"Authorization: Bearer <token>\".")
 		return nil
 	}
-	scheme, token, _ := strings.Cut(auth, " ")
 	var app *App
-	if strings.EqualFold(scheme, "Bearer") {
-		app = h.apps.checkToken(strings.TrimSpace(token))
+	if token, ok := bearerToken(r); ok {
+		app = h.apps.checkToken(token)
 	}
 	if app == nil {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="holdfast", error="invalid_token"`)
@@ -518,6 +515,12 @@ func (h *api) authenticate(w http.ResponseWriter, r *http.Request) *App {
 		return nil
 	}
 	return app
+}
+
+// bearerToken returns the token of an "Authorization: Bearer" header.
+func bearerToken(r *http.Request) (string, bool) {
+	scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	return strings.TrimSpace(token), strings.EqualFold(scheme, "Bearer")
 }
 
 // fail logs a refused request and writes its JSON error.

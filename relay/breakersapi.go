@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -44,9 +45,9 @@ func (b *breakersAPI) admin(w http.ResponseWriter, r *http.Request) bool {
 			"The breaker API needs an admin token: set http.admin_token_sha256 to the hash printed by \"holdfast creds token\".")
 		return false
 	}
-	scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
-	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
-	if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare(sum[:], b.adminSum) != 1 {
+	token, ok := bearerToken(r)
+	sum := sha256.Sum256([]byte(token))
+	if !ok || subtle.ConstantTimeCompare(sum[:], b.adminSum) != 1 {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="holdfast-admin"`)
 		b.h.fail(w, r, nil, http.StatusUnauthorized, "invalid_token",
 			"Send the admin token (http.admin_token_sha256) as \"Authorization: Bearer <token>\".")
@@ -109,7 +110,7 @@ func (b *breakersAPI) act(w http.ResponseWriter, r *http.Request) {
 		}
 		data, rerr := io.ReadAll(io.LimitReader(r.Body, maxTripBody+1))
 		if rerr != nil || len(data) > maxTripBody {
-			b.h.fail(w, r, nil, http.StatusBadRequest, "bad_body", "The body must be at most 4096 bytes of JSON: {\"reason\": \"...\"}.")
+			b.h.fail(w, r, nil, http.StatusBadRequest, "bad_body", fmt.Sprintf("The body must be at most %d bytes of JSON: {\"reason\": \"...\"}.", maxTripBody))
 			return
 		}
 		if len(strings.TrimSpace(string(data))) > 0 {

@@ -567,8 +567,7 @@ func (s *smtpSession) Data(r io.Reader) error {
 		helo:       s.conn.Hostname(),
 	})
 	if err != nil {
-		s.log.Warn("message not stored", "app", app.Name, "from", from, "err", err)
-		return errSMTPStoreFailed
+		return errSMTPStoreFailed // accept has logged why
 	}
 	s.log.Debug("message stored", "msg", id, "app", app.Name, "from", from, "rcpts", len(to), "bytes", len(body))
 	return smtpQueued(id)
