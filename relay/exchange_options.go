@@ -2,8 +2,10 @@ package relay
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 )
@@ -64,7 +66,8 @@ func (o *Options) validateExchange() error {
 		a := &o.Apps[i]
 		field := fmt.Sprintf("apps[%d]", i)
 		if !names[a.Credential] {
-			return fmt.Errorf("%s.credential: %q is not one of the credentials", field, a.Credential)
+			return fmt.Errorf("%s.credential: %q is not one of the credentials (%s); the exchange sender needs one for every app",
+				field, a.Credential, strings.Join(slices.Sorted(maps.Keys(names)), ", "))
 		}
 		if _, err := parseAddress(a.Mailbox); err != nil {
 			return fmt.Errorf("%s.mailbox: %q is not a mailbox address", field, a.Mailbox)
