@@ -28,7 +28,15 @@ func openRedis(path string) (relay.Options, redis.UniversalClient, error) {
 	// go-redis logs failed dials on its own; the error that reaches the
 	// operator says the same in one line.
 	redis.SetLogger(quietLogger{})
-	return o, relay.RedisClient(o.Redis), nil
+	rdb := relay.RedisClient(o.Redis)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		_ = rdb.Close()
+		return relay.Options{}, nil, fmt.Errorf("redis %v (redis.addrs in %s) does not answer: %w; is it running, and is this the relays' configuration?",
+			o.Redis.Addrs, path, err)
+	}
+	return o, rdb, nil
 }
 
 // openQueue loads the configuration at path and returns its queue and a
