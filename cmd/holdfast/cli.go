@@ -216,12 +216,8 @@ func configFlag(fs *flag.FlagSet, e *env) *string {
 }
 
 func printVersion(_ context.Context, e *env, fs *flag.FlagSet, args []string) error {
-	pos, err := parseArgs(fs, args)
-	if err != nil {
+	if err := noArgs(fs, args); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usagef("unexpected argument %q", pos[0])
 	}
 	fmt.Fprintf(e.stdout, "holdfast %s\n", version)
 	return nil

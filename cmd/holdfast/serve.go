@@ -14,12 +14,8 @@ import (
 // serve runs the relay until ctx is cancelled (SIGINT or SIGTERM).
 func serve(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 	config := configFlag(fs, e)
-	pos, err := parseArgs(fs, args)
-	if err != nil {
+	if err := noArgs(fs, args); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usagef("unexpected argument %q", pos[0])
 	}
 	o, err := relay.Load(*config)
 	if err != nil {
