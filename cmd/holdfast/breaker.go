@@ -15,16 +15,6 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// openBreakers loads the configuration at path and returns the fleet's
-// breakers and a function that closes the Redis connection.
-func openBreakers(path string) (*breaker.Set, func(), error) {
-	o, rdb, err := openRedis(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	return newBreakerSet(o, rdb), func() { _ = rdb.Close() }, nil
-}
-
 // newBreakerSet returns the fleet's breakers for a command: it reads and
 // changes them, and logs nothing of what it sees (the relays do).
 func newBreakerSet(o relay.Options, rdb redis.UniversalClient) *breaker.Set {
@@ -109,12 +99,18 @@ func breakerVerb(verb string, do func(ctx context.Context, set *breaker.Set, nam
 		if len(names) == 0 {
 			return usagef("name at least one breaker (see holdfast breaker status)")
 		}
-		set, closeSet, err := openBreakers(*config)
+		o, rdb, err := openRedis(*config)
 		if err != nil {
 			return err
 		}
-		defer closeSet()
+		defer func() { _ = rdb.Close() }()
+		set := newBreakerSet(o, rdb)
+		report := relay.NewBreakerReporter(set, queue.New(rdb, o.Queue.Options()), o)
 		for _, name := range names {
+			name, known := report.Known(name)
+			if !known {
+				fmt.Fprintf(e.stderr, "holdfast: warning: %s is neither cred:NAME of a configured credential nor mbx:ADDRESS; no relay checks it\n", name)
+			}
 			if err := do(ctx, set, name); err != nil {
 				return fmt.Errorf("%s: %w", name, err)
 			}

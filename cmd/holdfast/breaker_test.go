@@ -40,4 +40,11 @@ func TestBreakerCommands(t *testing.T) {
 	if r := runCmd(t, "breaker", "trip", "--config", cfg); r.code != exitUsage {
 		t.Fatalf("trip without a name: exit %d", r.code)
 	}
+	// A name no relay checks is tripped as asked, with a warning; a
+	// mailbox is named in lower case, as the relays check it.
+	r = runCmd(t, "breaker", "trip", "--config", cfg, "contoso", "mbx:Alice@Contoso.com")
+	if r.code != exitOK || !strings.Contains(r.stderr, "warning: contoso is neither") || strings.Contains(r.stderr, "alice") ||
+		!strings.Contains(r.stdout, "mbx:alice@contoso.com: tripped") {
+		t.Fatalf("trip of unchecked names: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
 }
