@@ -92,11 +92,15 @@ func (s *DelegatedSource) fetch() (*oauth2.Token, error) {
 	defer cancel()
 	for attempt := 1; ; attempt++ {
 		gr, rt, err := s.store.load(ctx, s.mailbox, true)
+		if errors.Is(err, ErrNoGrant) {
+			return nil, fmt.Errorf("%w; register it again with PUT /v1/mailboxes/{address}", err)
+		}
 		if err != nil {
 			return nil, err
 		}
 		if gr.Credential != s.cred.Name() {
-			return nil, fmt.Errorf("grant %s belongs to credential %q, not %q", s.mailbox, gr.Credential, s.cred.Name())
+			return nil, fmt.Errorf("grant %s belongs to credential %q, not %q; its queued mail waits for a grant of %q (PUT /v1/mailboxes/{address})",
+				s.mailbox, gr.Credential, s.cred.Name(), s.cred.Name())
 		}
 		tok, err := s.cred.redeem(s.log, DelegatedScopes, url.Values{
 			"grant_type":    {"refresh_token"},

@@ -210,7 +210,7 @@ func (g *GrantStore) open(mailbox, sealed string) (string, error) {
 	n := g.aead.NonceSize()
 	pt, err := g.aead.Open(nil, ct[:n], ct[n:], sealAAD(mailbox))
 	if err != nil {
-		return "", fmt.Errorf("grant %s: cannot decrypt the refresh token (wrong key?)", mailbox)
+		return "", fmt.Errorf("grant %s: cannot decrypt the refresh token: is exchange.grant_key_file the key it was stored with? Otherwise register the mailbox again (PUT /v1/mailboxes/{address})", mailbox)
 	}
 	return string(pt), nil
 }
