@@ -61,7 +61,7 @@ func checkNode(ctx context.Context, c *redis.Client) ([]string, error) {
 	get := func(name string) (string, bool) {
 		v, err := c.ConfigGet(ctx, name).Result()
 		if err != nil {
-			warnings = append(warnings, fmt.Sprintf("%s: cannot read %s (%v); check it by hand", addr, name, err))
+			warnings = append(warnings, fmt.Sprintf("%s: cannot read %s (%v); check it by hand (with redis.strict, turn strict off once checked)", addr, name, err))
 			return "", false
 		}
 		return v[name], true
