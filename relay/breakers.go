@@ -6,11 +6,16 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
+	"holdfast/auth"
 	"holdfast/breaker"
 	"holdfast/queue"
+	"holdfast/relay/o365"
 	"holdfast/relay/upstream"
+
+	"golang.org/x/oauth2"
 )
 
 // Breaker names: one per credential, one per mailbox.
@@ -46,11 +51,67 @@ type gate struct {
 	wake chan struct{}
 	// released, when set, is told that held routes were released.
 	released func()
+
+	mu sync.Mutex
+	// refused holds, per credential (or delegated mailbox), when Entra
+	// last refused it: see token.
+	refused map[string]time.Time
+}
+
+// refusalHold is how long after Entra refuses a credential (400 or 401:
+// an expired or wrong secret, a revoked grant) this replica asks again
+// only as a probe. It outlasts the breakers' 500 ms poll, so that the
+// sends that were already past the breaker check when it opened do not
+// each ask too.
+const refusalHold = time.Second
+
+// token gets a route's token through the breakers: none, cached or new,
+// while one of the route's breakers is open (a send that waited for a
+// connection slot while its breaker opened must not reach Entra or try
+// AUTH), and none within refusalHold of Entra refusing the same
+// credentials: that send waits as throttled, spending no attempt and
+// counting no failure, while the refusal reaches the breaker.
+func (g *gate) token(ctx context.Context, route string, src o365.TokenSource) (*oauth2.Token, error) {
+	if err := g.check(ctx, route); err != nil {
+		return nil, err
+	}
+	delegated, cred, mailbox, _ := parseRoute(route)
+	key := credentialBreaker(cred)
+	if delegated {
+		key = mailboxBreaker(mailbox)
+	}
+	g.mu.Lock()
+	wait := time.Until(g.refused[key].Add(refusalHold))
+	g.mu.Unlock()
+	if wait > 0 {
+		return nil, &upstream.Error{Class: upstream.Throttled, RetryAfter: wait,
+			Text: "the token endpoint refused " + key + " just now; waiting for the breaker"}
+	}
+	tok, err := src.Token(ctx)
+	var te *auth.TokenError
+	if errors.As(err, &te) && (te.HTTPStatus == 400 || te.HTTPStatus == 401) {
+		g.mu.Lock()
+		if g.refused == nil {
+			g.refused = map[string]time.Time{}
+		}
+		g.refused[key] = time.Now()
+		g.mu.Unlock()
+	}
+	return tok, err
+}
+
+// forgetRefusals lets token ask Entra at once again: the files changed,
+// or a breaker closed.
+func (g *gate) forgetRefusals() {
+	g.mu.Lock()
+	clear(g.refused)
+	g.mu.Unlock()
 }
 
 // probeNow asks the fleet for an immediate probe of the breaker, and this
 // replica's probe loop to look now.
 func (g *gate) probeNow(ctx context.Context, name string) error {
+	g.forgetRefusals()
 	if _, err := g.set.ProbeNow(ctx, name); err != nil {
 		return err
 	}
@@ -150,6 +211,7 @@ func (g *gate) transition(t breaker.Transition) {
 		g.holdRoutes(ctx, routes)
 		return
 	}
+	g.forgetRefusals()
 	if cred, ok := strings.CutPrefix(t.Name, "cred:"); ok && g.x != nil {
 		// Another replica's probe closed it, most likely with a rotated
 		// file this replica has not re-read yet.

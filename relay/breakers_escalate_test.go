@@ -4,8 +4,11 @@ import (
 	"context"
 	"testing"
 
+	"holdfast/auth"
 	"holdfast/breaker"
 	"holdfast/relay/upstream"
+
+	"golang.org/x/oauth2"
 )
 
 // TestDelegatedRejectionsEscalate: Exchange's 535 5.7.3 to delegated
@@ -61,5 +64,43 @@ func TestDelegatedRejectionsEscalate(t *testing.T) {
 	// credential's.
 	if delegatedAuthRejected(&upstream.Error{Class: upstream.Credential, Code: 535, Enhanced: "5.7.3"}) {
 		t.Fatal("an app-only 535 counted as a delegated rejection")
+	}
+}
+
+// refusingTokens is a token source that Entra refuses, counting requests.
+type refusingTokens struct{ requests int }
+
+func (r *refusingTokens) Token(context.Context) (*oauth2.Token, error) {
+	r.requests++
+	return nil, &auth.TokenError{HTTPStatus: 401, Code: "invalid_client", AADSTS: "AADSTS7000215", Description: "Invalid client secret provided."}
+}
+
+func (r *refusingTokens) Invalidate() {}
+
+// TestRefusedCredentialsAskOncePerHold: after Entra refuses a credential,
+// the sends already past the breaker check wait as throttled, without a
+// request and without counting a failure, until the refusal is a
+// refusalHold old or the files change.
+func TestRefusedCredentialsAskOncePerHold(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	g := &gate{set: breaker.New(f.redis.Client(t), breaker.Options{}), q: f.queue, log: discardLogger(), escalate: 3}
+	src := &refusingTokens{}
+	const route = appRoutePrefix + "contoso:noreply@contoso.com"
+	if _, err := g.token(ctx, route, src); upstream.ClassOf(err) != upstream.Transient || src.requests != 1 {
+		// ClassOf of a bare *auth.TokenError: classified later, by o365.
+		t.Fatalf("first request: %v, %d requests", err, src.requests)
+	}
+	_, err := g.token(ctx, route, src)
+	if upstream.ClassOf(err) != upstream.Throttled || upstream.RetryAfterOf(err) <= 0 || src.requests != 1 {
+		t.Fatalf("within the hold: %v (%v), %d requests; want throttled with no request", err, upstream.ClassOf(err), src.requests)
+	}
+	// Another credential is not held.
+	if _, err := g.token(ctx, appRoutePrefix+"fabrikam:noreply@contoso.com", src); src.requests != 2 || upstream.ClassOf(err) == upstream.Throttled {
+		t.Fatalf("another credential: %v, %d requests", err, src.requests)
+	}
+	g.forgetRefusals()
+	if g.token(ctx, route, src); src.requests != 3 {
+		t.Fatalf("after the files changed: %d requests, want 3", src.requests)
 	}
 }

@@ -161,25 +161,20 @@ func (x *exchange) route(creds map[string]*auth.Credential, gated bool) o365.Rou
 		if err != nil || x.gate == nil {
 			return r, err
 		}
-		route := m.Route
-		r.Tokens = gatedTokens{r.Tokens, func(ctx context.Context) error { return x.gate.check(ctx, route) }}
+		r.Tokens = gatedTokens{TokenSource: r.Tokens, gate: x.gate, route: m.Route}
 		return r, nil
 	}
 }
 
-// gatedTokens refuses tokens while the route's breaker is open: a send
-// that waited for a connection slot while its breaker opened must not
-// reach Entra or try AUTH.
+// gatedTokens gets tokens through the gate (see gate.token).
 type gatedTokens struct {
 	o365.TokenSource
-	check func(ctx context.Context) error
+	gate  *gate
+	route string
 }
 
 func (g gatedTokens) Token(ctx context.Context) (*oauth2.Token, error) {
-	if err := g.check(ctx); err != nil {
-		return nil, err
-	}
-	return g.TokenSource.Token(ctx)
+	return g.gate.token(ctx, g.route, g.TokenSource)
 }
 
 func (x *exchange) plainRoute(creds map[string]*auth.Credential) o365.Router {
