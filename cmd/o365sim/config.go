@@ -34,6 +34,8 @@ type fileConfig struct {
 			} `yaml:"secrets"`
 			CertificateFiles []string `yaml:"certificate_files"`
 			SendAs           []string `yaml:"send_as"`
+			GraphRoles       []string `yaml:"graph_roles"`
+			OwnsItself       bool     `yaml:"owns_itself"`
 		} `yaml:"apps"`
 		Mailboxes []struct {
 			Address          string `yaml:"address"`
@@ -65,7 +67,7 @@ func loadConfig(path string) (sim.Config, error) {
 	for ti, t := range fc.Tenants {
 		tn := sim.Tenant{ID: t.ID}
 		for ai, a := range t.Apps {
-			app := sim.App{ClientID: a.ClientID, SendAsMailboxes: a.SendAs}
+			app := sim.App{ClientID: a.ClientID, SendAsMailboxes: a.SendAs, GraphRoles: a.GraphRoles, OwnsItself: a.OwnsItself}
 			for si, sec := range a.Secrets {
 				s := sim.Secret{Value: sec.Value, KeyID: sec.KeyID, DisplayName: sec.DisplayName}
 				if sec.ExpiresAt != "" {

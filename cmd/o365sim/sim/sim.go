@@ -49,6 +49,16 @@ type App struct {
 	// (SMTP.SendAsApp plus FullAccess, or Mail.Send for Graph); "*" means
 	// every mailbox of the tenant.
 	SendAsMailboxes []string
+	// GraphRoles are the application permissions granted on Microsoft
+	// Graph, carried as "roles" in its app-only Graph tokens. Nil means
+	// Mail.Send and Application.Read.All; an empty, non-nil list grants
+	// nothing. Reading an application needs Application.Read.All (or
+	// Application.ReadWrite.All), or Application.ReadWrite.OwnedBy with
+	// OwnsItself.
+	GraphRoles []string
+	// OwnsItself lists the app's service principal as an owner of its own
+	// registration, for Application.ReadWrite.OwnedBy.
+	OwnsItself bool
 }
 
 // Secret is a client secret. A zero ExpiresAt never expires; an empty
@@ -151,6 +161,11 @@ const (
 	// RotateSecret, the portal's recommended 180 days.
 	rotatedSecretLifetime = 180 * 24 * time.Hour
 
+	roleMailSend           = "Mail.Send"
+	roleApplicationReadAll = "Application.Read.All"
+	roleApplicationRWAll   = "Application.ReadWrite.All"
+	roleApplicationOwnedBy = "Application.ReadWrite.OwnedBy"
+
 	audOutlook    = "https://outlook.office.com"
 	audOutlook365 = "https://outlook.office365.com"
 	audGraph      = "https://graph.microsoft.com"
@@ -197,6 +212,9 @@ type app struct {
 	certs    []appCert
 	sendAll  bool
 	sendAs   map[string]bool
+	// graphRoles go into app-only Graph tokens; ownsItself is App.OwnsItself.
+	graphRoles []string
+	ownsItself bool
 }
 
 type secret struct {
@@ -305,7 +323,11 @@ func newApp(tn *tenant, a App, start time.Time) (*app, error) {
 	if a.ClientID == "" {
 		return nil, errors.New("app with an empty ClientID")
 	}
-	ap := &app{clientID: a.ClientID, tenant: tn, sendAs: map[string]bool{}}
+	ap := &app{clientID: a.ClientID, tenant: tn, sendAs: map[string]bool{}, ownsItself: a.OwnsItself,
+		graphRoles: []string{roleMailSend, roleApplicationReadAll}}
+	if a.GraphRoles != nil {
+		ap.graphRoles = append([]string{}, a.GraphRoles...)
+	}
 	for _, sec := range a.Secrets {
 		if sec.KeyID == "" {
 			sec.KeyID = newGUID()

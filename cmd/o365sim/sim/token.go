@@ -292,7 +292,7 @@ func (s *Sim) accessToken(a *app, aud string, m *mailbox, scp string) (string, e
 		c.Idtyp = "app"
 		c.Oid = guidFrom("sp:" + strings.ToLower(a.clientID))
 		if aud == audGraph {
-			c.Roles = []string{"Mail.Send", "Application.Read.All"}
+			c.Roles = append([]string{}, a.graphRoles...)
 		} else {
 			c.Roles = []string{"SMTP.SendAsApp"}
 		}
