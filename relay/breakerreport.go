@@ -64,11 +64,7 @@ func NewBreakerReporter(set *breaker.Set, q *queue.Queue, o Options) *BreakerRep
 	exp := map[string]time.Time{}
 	for _, c := range o.Credentials {
 		exp[c.Name] = configuredExpiry(c, func() (time.Time, bool) {
-			ac, err := auth.NewCredential(auth.CredentialOptions{
-				Name: c.Name, Tenant: c.Tenant, ClientID: c.ClientID, Authority: c.Authority,
-				ClientSecretFile: c.ClientSecretFile, CertFile: c.CertFile, KeyFile: c.KeyFile,
-				Scope: outlookScope,
-			})
+			ac, err := auth.NewCredential(c.authOptions(outlookScope, nil, nil))
 			if err != nil {
 				return time.Time{}, false
 			}

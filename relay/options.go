@@ -40,6 +40,9 @@ type Options struct {
 	// Breakers configure the auth circuit breakers of the "exchange"
 	// sender.
 	Breakers BreakerOptions `yaml:"breakers"`
+	// Expiry configures the credential expiry monitor of the "exchange"
+	// sender.
+	Expiry ExpiryOptions `yaml:"expiry"`
 }
 
 // BreakerOptions configure the auth circuit breakers.
@@ -352,6 +355,7 @@ func DefaultOptions() Options {
 			MaxInterval:       Duration(5 * time.Minute),
 			EscalateMailboxes: 3,
 		},
+		Expiry: ExpiryOptions{CheckInterval: Duration(defaultExpiryCheckInterval)},
 	}
 }
 
@@ -527,6 +531,9 @@ func (o *Options) Validate() error {
 	case "off":
 	case "exchange":
 		if err := o.validateExchange(); err != nil {
+			return err
+		}
+		if err := o.Expiry.validate(); err != nil {
 			return err
 		}
 		if u := o.Breakers.WebhookURL; u != "" {

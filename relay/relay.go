@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"holdfast/breaker"
@@ -30,6 +31,7 @@ type Server struct {
 	log   *slog.Logger
 	rdb   redis.UniversalClient
 	queue *queue.Queue
+	reg   *prometheus.Registry
 
 	smtp      *smtpIngress
 	smtpLns   []net.Listener
@@ -39,6 +41,7 @@ type Server struct {
 	exchange  *exchange // nil unless delivery.sender is "exchange"
 	gate      *gate     // the auth circuit breakers, with exchange
 	webhook   *breaker.Webhook
+	expiry    *ExpiryMonitor // with exchange
 
 	stopping atomic.Bool
 	cancel   context.CancelFunc
@@ -100,6 +103,7 @@ func newSender(o DeliveryOptions) (Sender, error) {
 // replaces the configured one.
 func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Server, error) {
 	s := &Server{opts: o, log: log, errs: make(chan error, len(o.SMTP.Listeners)+2)}
+	s.reg = prometheus.NewRegistry()
 	s.rdb = RedisClient(o.Redis)
 	ok := false
 	defer func() {
@@ -142,11 +146,15 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 			if err := g.probeNow(context.Background(), credentialBreaker(name)); err != nil {
 				log.Warn("cannot request a probe", "credential", name, "err", err)
 			}
+			s.expiry.Reloaded(name)
 		}
 		if s.exchange, err = newExchange(o, s.rdb, onChange, log); err != nil {
 			return nil, err
 		}
 		g.x, s.exchange.gate, s.gate = s.exchange, g, g
+		if err := s.newExpiryMonitor(); err != nil {
+			return nil, err
+		}
 		sender = s.exchange
 		var idx grantIndex
 		if s.exchange.grants != nil {
@@ -276,6 +284,9 @@ func (s *Server) Start() {
 	if s.gate != nil {
 		go s.gate.set.Watch(ctx)
 		go s.gate.probeLoop(ctx, time.Second)
+	}
+	if s.expiry != nil {
+		s.wg.Go(func() { s.expiry.Run(ctx) })
 	}
 	if s.deliverer != nil {
 		s.wg.Add(1)
