@@ -261,3 +261,29 @@ func TestExpiryMetricLint(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestExpiryRereadOnReload rotates the secret file to a newer secret: the
+// monitor reads Graph again at once, long before its interval, and finds
+// the new secret in use.
+func TestExpiryRereadOnReload(t *testing.T) {
+	e := newExchangeEnv(t, 1, func(o *Options) { o.Expiry.CheckInterval = Duration(time.Hour) })
+	mon := e.relays[0].Expiry()
+	waitFor(t, 5*time.Second, "the check at start", func() bool { return !mon.Expiries()[0].CheckedAt.IsZero() })
+	first := mon.Expiries()[0]
+
+	newer := time.Now().Add(200 * 24 * time.Hour).UTC().Truncate(time.Second)
+	e.sim.AddSecret(simTenant, simClientID, sim.Secret{Value: "Rot~rotated-secret", ExpiresAt: newer})
+	writeFile(t, e.secretFile, "Rot~rotated-secret\n")
+	waitFor(t, 5*time.Second, "a check after the reload", func() bool {
+		ce := mon.Expiries()[0]
+		return ce.CheckedAt.After(first.CheckedAt) && ce.ExpiresAt.Equal(newer)
+	})
+	ce := mon.Expiries()[0]
+	if len(ce.Expiries) != 2 || ce.Expiries[0].Hint != "Rot" || !ce.Expiries[0].InUse || ce.Expiries[1].InUse {
+		t.Fatalf("after the rotation %+v", ce.Expiries)
+	}
+	want := expiryGauge(fmt.Sprintf("contoso graph %d", newer.Unix()))
+	if err := testutil.GatherAndCompare(e.relays[0].reg, strings.NewReader(want), "holdfast_credential_expiry_timestamp_seconds"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -315,8 +315,10 @@ func (s *Server) Reload() error {
 		return nil
 	}
 	err := s.exchange.reload()
-	// SIGHUP also probes every open credential breaker at once.
+	// SIGHUP also probes every open credential breaker at once, and
+	// reads the expiry again.
 	for name := range s.exchange.creds {
+		s.expiry.Reloaded(name)
 		if perr := s.gate.probeNow(context.Background(), credentialBreaker(name)); perr != nil {
 			err = errors.Join(err, perr)
 		}
