@@ -45,7 +45,8 @@ type AppCredential struct {
 	Start, End time.Time
 	// InUse is true for the secret or certificate this Credential holds:
 	// a secret whose hint is the first three characters of ours, or a
-	// certificate whose thumbprint is our leaf's.
+	// certificate whose thumbprint is our leaf's. Two secrets that start
+	// alike are both marked: the hint cannot tell them apart.
 	InUse bool
 }
 

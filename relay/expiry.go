@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"net/http"
 	"slices"
@@ -50,6 +51,10 @@ const (
 	// EventCredentialExpiring is the webhook event type of the notice.
 	EventCredentialExpiring = "credential.expiring"
 )
+
+// expiryRetryEvery is how often a Graph read put off while the
+// credential's breaker was open is tried again.
+const expiryRetryEvery = 30 * time.Second
 
 // expiryEventTimeout bounds the posting of one webhook event, retries
 // included.
@@ -142,8 +147,15 @@ type expiryConfig struct {
 	// notices and events, when set, make checks notify (see notify).
 	notices noticeClaimer
 	events  eventPoster
-	log     *slog.Logger
-	now     func() time.Time
+	// graphAllowed, when set, says whether a credential may request a
+	// token now: not while its breaker is open. A Graph read it refuses
+	// waits for the next retry tick.
+	graphAllowed func(ctx context.Context, name string) bool
+	// retry is how often a Graph read put off is tried again. Default
+	// expiryRetryEvery.
+	retry time.Duration
+	log          *slog.Logger
+	now          func() time.Time
 }
 
 // ExpiryMonitor reads when each credential's secret or certificate
@@ -162,6 +174,7 @@ type ExpiryMonitor struct {
 	mu      sync.Mutex
 	state   map[string]*CredentialExpiry
 	pending map[string]bool   // credentials reloaded since the last check
+	putOff  map[string]bool   // Graph not read: the breaker was open
 	denied  map[string]bool   // Graph 403 logged
 	failed  map[string]string // last Graph failure logged
 }
@@ -171,6 +184,9 @@ var _ prometheus.Collector = (*ExpiryMonitor)(nil)
 func newExpiryMonitor(cfg expiryConfig) *ExpiryMonitor {
 	if cfg.now == nil {
 		cfg.now = time.Now
+	}
+	if cfg.retry <= 0 {
+		cfg.retry = expiryRetryEvery
 	}
 	if cfg.log == nil {
 		cfg.log = slog.New(slog.DiscardHandler)
@@ -184,6 +200,7 @@ func newExpiryMonitor(cfg expiryConfig) *ExpiryMonitor {
 		wake:    make(chan struct{}, 1),
 		state:   map[string]*CredentialExpiry{},
 		pending: map[string]bool{},
+		putOff:  map[string]bool{},
 		denied:  map[string]bool{},
 		failed:  map[string]string{},
 	}
@@ -289,21 +306,28 @@ func (m *ExpiryMonitor) Run(ctx context.Context) {
 	m.CheckAll(ctx)
 	t := time.NewTicker(m.cfg.interval)
 	defer t.Stop()
+	retry := time.NewTicker(m.cfg.retry)
+	defer retry.Stop()
 	for {
+		var names map[string]bool
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 			m.CheckAll(ctx)
+			continue
 		case <-m.wake:
 			m.mu.Lock()
-			names := m.pending
-			m.pending = map[string]bool{}
+			names, m.pending = m.pending, map[string]bool{}
 			m.mu.Unlock()
-			for _, c := range m.cfg.credentials {
-				if names[c.Name] {
-					m.check(ctx, c)
-				}
+		case <-retry.C:
+			m.mu.Lock()
+			names = maps.Clone(m.putOff)
+			m.mu.Unlock()
+		}
+		for _, c := range m.cfg.credentials {
+			if names[c.Name] {
+				m.check(ctx, c)
 			}
 		}
 	}
@@ -324,20 +348,28 @@ func (m *ExpiryMonitor) check(ctx context.Context, c Credential) {
 	list := m.localExpiries(c)
 	graphErr := ""
 	if live := m.cfg.live[c.Name]; live != nil && m.cfg.graphURL != "" {
-		graph, err := m.readGraph(ctx, c.Name, live)
+		allowed := m.cfg.graphAllowed == nil || m.cfg.graphAllowed(ctx, c.Name)
+		m.mu.Lock()
+		if allowed {
+			delete(m.putOff, c.Name)
+		} else {
+			m.putOff[c.Name] = true
+		}
+		m.mu.Unlock()
+		var graph []Expiry
+		var err error
+		if allowed {
+			graph, err = m.readGraph(ctx, c.Name, live)
+		} else {
+			err = errors.New("not read while the credential's breaker is open; tried again every " + m.cfg.retry.String())
+		}
 		if err != nil {
 			graphErr = err.Error()
 			var ge *auth.GraphError
 			if !errors.As(err, &ge) || !ge.Forbidden() {
 				// Keep the last dates read: a passing failure does not
 				// make them wrong.
-				m.mu.Lock()
-				for _, e := range m.state[c.Name].Expiries {
-					if e.Source == SourceGraph {
-						list = append(list, e)
-					}
-				}
-				m.mu.Unlock()
+				list = append(list, m.graphExpiries(c.Name)...)
 			}
 		}
 		list = append(list, graph...)
@@ -351,6 +383,19 @@ func (m *ExpiryMonitor) check(ctx context.Context, c Credential) {
 	m.cfg.log.Debug("credential expiry checked", "credential", c.Name, "expires_at", ce.ExpiresAt,
 		"source", ce.Source, "level", ce.Level)
 	m.notify(ctx, *ce, now)
+}
+
+// graphExpiries are the Graph dates of the last check.
+func (m *ExpiryMonitor) graphExpiries(name string) []Expiry {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []Expiry
+	for _, e := range m.state[name].Expiries {
+		if e.Source == SourceGraph {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // readGraph lists the app registration's secrets and certificates. A 403
@@ -495,6 +540,11 @@ func (s *Server) newExpiryMonitor() error {
 		interval:    s.opts.Expiry.CheckInterval.D(),
 		notices:     breaker.NewNotices(s.rdb),
 		log:         s.log,
+		// No token request under an open breaker, this one included.
+		graphAllowed: func(ctx context.Context, name string) bool {
+			ok, _ := s.gate.set.Allow(ctx, credentialBreaker(name))
+			return ok
+		},
 	}
 	if s.webhook != nil {
 		cfg.events = s.webhook

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -286,4 +287,46 @@ func TestExpiryRereadOnReload(t *testing.T) {
 	if err := testutil.GatherAndCompare(e.relays[0].reg, strings.NewReader(want), "holdfast_credential_expiry_timestamp_seconds"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestExpiryNoTokenUnderOpenBreaker: while the credential's breaker is
+// open the monitor requests no token, keeps the Graph dates it had, and
+// reads Graph again soon after the breaker lets it.
+func TestExpiryNoTokenUnderOpenBreaker(t *testing.T) {
+	e := newExchangeEnv(t, 1, func(o *Options) { o.Expiry.CheckInterval = Duration(time.Second) })
+	mon := e.relays[0].Expiry()
+	waitFor(t, 5*time.Second, "the check at start", func() bool { return mon.Expiries()[0].Source == SourceGraph })
+	if err := e.relays[0].gate.set.Trip(context.Background(), credentialBreaker("contoso"), "test"); err != nil {
+		t.Fatal(err)
+	}
+	before := e.sim.Counters().Clients[simClientID]
+	time.Sleep(2500 * time.Millisecond) // two check intervals
+	if after := e.sim.Counters().Clients[simClientID]; after.TokenRequests != before.TokenRequests {
+		t.Fatalf("%d token requests under the open breaker", after.TokenRequests-before.TokenRequests)
+	}
+	ce := mon.Expiries()[0]
+	if ce.Source != SourceGraph || !strings.Contains(ce.GraphError, "breaker is open") {
+		t.Fatalf("under the open breaker: %+v", ce)
+	}
+
+	// The same monitor logic with a short retry: allowed again, Graph is
+	// read at the next retry, not the next interval.
+	var mu sync.Mutex
+	allowed := false
+	live := e.relays[0].exchange.creds
+	m := newExpiryMonitor(expiryConfig{credentials: e.opts.Credentials, live: live, graphURL: e.opts.Exchange.GraphURL,
+		interval: time.Hour, retry: 100 * time.Millisecond,
+		graphAllowed: func(context.Context, string) bool { mu.Lock(); defer mu.Unlock(); return allowed }})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); m.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, 5*time.Second, "the first check", func() bool { return !m.Expiries()[0].CheckedAt.IsZero() })
+	if ce := m.Expiries()[0]; ce.Source != "" || ce.GraphError == "" {
+		t.Fatalf("not allowed: %+v", ce)
+	}
+	mu.Lock()
+	allowed = true
+	mu.Unlock()
+	waitFor(t, 2*time.Second, "Graph read at a retry", func() bool { return m.Expiries()[0].Source == SourceGraph })
 }

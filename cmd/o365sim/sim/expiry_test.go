@@ -101,4 +101,8 @@ func TestGraphApplicationNeedsPermission(t *testing.T) {
 	if resp, m := f.graphDo(t, "GET", appPath, tok, "", nil); resp.StatusCode != 200 || len(passwordEnds(t, m)) != 1 {
 		t.Fatalf("after the grant: %d %v", resp.StatusCode, m)
 	}
+	f.appToken(t, appID, appSecret, outlookScope)
+	if c := f.Counters().Clients[appID]; c.TokenRequests != 3 || c.GraphTokenRequests != 2 {
+		t.Fatalf("counters %+v, want 3 token requests, 2 of them for Graph", c)
+	}
 }

@@ -132,11 +132,15 @@ type Counters struct {
 
 // ClientCounters count requests per client id.
 type ClientCounters struct {
-	TokenRequests    int `json:"token_requests"`
-	TokenErrors      int `json:"token_errors"`
-	SMTPAuthAttempts int `json:"smtp_auth_attempts"`
-	SMTPAuthFailures int `json:"smtp_auth_failures"`
-	GraphRequests    int `json:"graph_requests"`
+	TokenRequests int `json:"token_requests"`
+	// GraphTokenRequests are the client-credentials token requests for
+	// https://graph.microsoft.com/.default, also counted in
+	// TokenRequests.
+	GraphTokenRequests int `json:"graph_token_requests"`
+	TokenErrors        int `json:"token_errors"`
+	SMTPAuthAttempts   int `json:"smtp_auth_attempts"`
+	SMTPAuthFailures   int `json:"smtp_auth_failures"`
+	GraphRequests      int `json:"graph_requests"`
 }
 
 // MailboxCounters count per mailbox.

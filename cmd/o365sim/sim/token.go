@@ -98,6 +98,9 @@ func (s *Sim) handleToken(w http.ResponseWriter, r *http.Request) {
 	}
 	c := s.client(key)
 	c.TokenRequests++
+	if strings.EqualFold(strings.TrimSpace(form.Get("scope")), audGraph+"/.default") {
+		c.GraphTokenRequests++
+	}
 	f := s.fault
 	var resp *tokenResponse
 	var aerr *aadError
