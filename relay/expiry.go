@@ -154,8 +154,8 @@ type expiryConfig struct {
 	// retry is how often a Graph read put off is tried again. Default
 	// expiryRetryEvery.
 	retry time.Duration
-	log          *slog.Logger
-	now          func() time.Time
+	log   *slog.Logger
+	now   func() time.Time
 }
 
 // ExpiryMonitor reads when each credential's secret or certificate
