@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -329,4 +330,73 @@ func TestExpiryNoTokenUnderOpenBreaker(t *testing.T) {
 	allowed = true
 	mu.Unlock()
 	waitFor(t, 2*time.Second, "Graph read at a retry", func() bool { return m.Expiries()[0].Source == SourceGraph })
+}
+
+// memNotices is an in-memory noticeClaimer: one claim per key.
+type memNotices struct {
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+func (n *memNotices) Claim(_ context.Context, kind, name, level string, _ time.Duration) (bool, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	k := kind + "/" + name + "/" + level
+	if n.seen[k] {
+		return false, nil
+	}
+	n.seen[k] = true
+	return true, nil
+}
+
+// memEvents records posted events.
+type memEvents struct {
+	mu  sync.Mutex
+	got []ExpiringEvent
+}
+
+func (p *memEvents) Post(_ context.Context, v any) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.got = append(p.got, v.(ExpiringEvent))
+	return nil
+}
+
+// TestExpiryNotifyLevels: critical within 7 days and expired past the
+// date are logged at error; more than 30 days left notifies no one.
+func TestExpiryNotifyLevels(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	logs := &syncBuffer{}
+	events := &memEvents{}
+	m := newExpiryMonitor(expiryConfig{
+		credentials: []Credential{
+			{Name: "soon", ExpiresAt: "2026-12-06T12:00:00Z"},
+			{Name: "gone", ExpiresAt: "2026-11-30"},
+			{Name: "fine", ExpiresAt: "2027-06-01"},
+		},
+		notices: &memNotices{seen: map[string]bool{}},
+		events:  events,
+		log:     slog.New(slog.NewTextHandler(logs, nil)),
+		now:     func() time.Time { return now },
+	})
+	m.CheckAll(context.Background())
+	m.CheckAll(context.Background())
+	m.wg.Wait()
+	if len(events.got) != 2 {
+		t.Fatalf("events %+v", events.got)
+	}
+	byName := map[string]ExpiringEvent{}
+	for _, ev := range events.got {
+		byName[ev.Credential] = ev
+	}
+	if ev := byName["soon"]; ev.Level != LevelCritical || ev.DaysLeft != 5 || ev.Source != SourceConfig || ev.ID != "credential.expiring:soon:critical:2026-12-01" {
+		t.Fatalf("soon: %+v", ev)
+	}
+	if ev := byName["gone"]; ev.Level != LevelExpired || ev.DaysLeft != -2 || !strings.Contains(ev.Message, "credential gone expired on 2026-11-30T00:00:00Z") {
+		t.Fatalf("gone: %+v", ev)
+	}
+	out := logs.String()
+	if strings.Count(out, "level=ERROR") != 2 || !strings.Contains(out, `msg="credential soon expires in 5 days`) || strings.Contains(out, "fine") {
+		t.Fatalf("logs:\n%s", out)
+	}
 }
