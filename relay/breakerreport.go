@@ -43,7 +43,9 @@ type BreakerStatus struct {
 	Routes []string `json:"routes"`
 	// Credential names a credential breaker's app registration, and
 	// CredentialExpires is when its secret or certificate expires, when
-	// known (the credential's expires_at, or the certificate's NotAfter).
+	// known: from a relay, the soonest date its expiry monitor knows
+	// (expires_at, the certificate's NotAfter, Graph); from the command
+	// line, expires_at or else the certificate's NotAfter.
 	Credential        string    `json:"credential,omitempty"`
 	CredentialExpires time.Time `json:"credential_expires_at,omitzero"`
 }

@@ -265,6 +265,17 @@ func (m *ExpiryMonitor) Expiries() []CredentialExpiry {
 	return out
 }
 
+// ExpiresAt is a credential's soonest known in-use expiry; zero when no
+// source knows it or the credential is not configured.
+func (m *ExpiryMonitor) ExpiresAt(name string) time.Time {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if ce := m.state[name]; ce != nil {
+		return ce.ExpiresAt
+	}
+	return time.Time{}
+}
+
 // Describe implements prometheus.Collector.
 func (m *ExpiryMonitor) Describe(ch chan<- *prometheus.Desc) { ch <- m.desc }
 

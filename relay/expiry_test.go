@@ -118,6 +118,9 @@ func TestExpiryGraphEndDate(t *testing.T) {
 		t.Fatalf("seen after %s, check interval %s", took, interval)
 	}
 	t.Logf("the new end date was in both replicas' gauges %s after it moved (check interval %s)", took.Round(time.Millisecond), interval)
+	if b, err := e.relays[0].breakerReporter().Get(context.Background(), "cred:contoso"); err != nil || !b.CredentialExpires.Equal(end) {
+		t.Fatalf("GET /v1/breakers/cred:contoso: credential_expires_at %s (%v), want %s", b.CredentialExpires, err, end)
+	}
 	waitFor(t, 5*time.Second, "the webhook", func() bool { return len(hook.events("credential.expiring")) > 0 })
 
 	ev := hook.events("credential.expiring")[0]

@@ -72,19 +72,10 @@ func (o BreakerOptions) Options() breaker.Options {
 }
 
 // breakerReporter describes the breakers with this relay's live view of
-// its credentials' expiry (a rotated certificate's new NotAfter).
+// its credentials' expiry: the expiry monitor's soonest date (a rotated
+// certificate's new NotAfter, Graph's end date of the secret in use).
 func (s *Server) breakerReporter() *BreakerReporter {
-	byName := map[string]Credential{}
-	for _, c := range s.opts.Credentials {
-		byName[c.Name] = c
-	}
-	return newBreakerReporter(s.gate.set, s.queue, s.opts, func(name string) time.Time {
-		c, ok := byName[name]
-		if !ok || s.exchange.creds[name] == nil {
-			return time.Time{}
-		}
-		return configuredExpiry(c, s.exchange.creds[name].Expiry)
-	})
+	return newBreakerReporter(s.gate.set, s.queue, s.opts, s.expiry.ExpiresAt)
 }
 
 // newSender builds the configured upstream.
