@@ -9,7 +9,7 @@ STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME      ?= 30s
 ENSURE_REDIS  := deploy/local/ensure-redis.sh
 
-.PHONY: build run stop test test-cluster lint bench fuzz clean
+.PHONY: build run stop test test-cluster lint bench fuzz clean demo
 
 ## build: compile bin/holdfast, stamped with the git version
 build:
@@ -58,6 +58,13 @@ bench: build
 	$(GO) test -run '^$$' -bench EndToEnd -benchtime 5000x -count 3 ./relay/
 	$(GO) test -run '^$$' -bench Incident -benchtime 1x -count 3 ./cmd/holdfast/
 	deploy/bench/ingress.sh
+
+## demo: the February 2025 incident replayed against the simulator in about a
+## minute (two relays, a Redis of its own); ends with a table, fails on any loss
+demo: build
+	@$(ENSURE_REDIS)
+	@$(GO) build -o bin/holdfast-demo ./cmd/holdfast-demo
+	@bin/holdfast-demo --holdfast bin/holdfast
 
 ## fuzz: run each fuzz target for FUZZTIME (default 30s)
 fuzz:

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"sync"
+	"time"
+
+	"holdfast/cmd/o365sim/sim"
+)
+
+// recorder notes when each mailbox received each message, to show that
+// the relays kept to the per-mailbox rate limit.
+type recorder struct {
+	mu   sync.Mutex
+	at   map[string][]time.Time // by mailbox
+	stop func()
+}
+
+// recorderPoll is how often the recorder looks at the simulator.
+const recorderPoll = 100 * time.Millisecond
+
+func startRecorder(s *sim.Sim) *recorder {
+	r := &recorder{at: map[string][]time.Time{}}
+	done, quit := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		seen := 0
+		t := time.NewTicker(recorderPoll)
+		defer t.Stop()
+		for {
+			if s.ReceivedCount() > seen {
+				all := s.Received()
+				now := time.Now()
+				r.mu.Lock()
+				for _, m := range all[seen:] {
+					r.at[m.Mailbox] = append(r.at[m.Mailbox], now)
+				}
+				r.mu.Unlock()
+				seen = len(all)
+			}
+			select {
+			case <-quit:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	var once sync.Once
+	r.stop = func() { once.Do(func() { close(quit); <-done }) }
+	return r
+}
+
+// maxPerMinute is the most messages one mailbox received within any
+// minute. The recorder sees a reception up to one poll after it happened,
+// so the window is narrowed by two polls: receptions a minute apart are
+// never counted together.
+func (r *recorder) maxPerMinute() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	best := 0
+	for _, ts := range r.at {
+		best = max(best, maxInWindow(ts, time.Minute-2*recorderPoll))
+	}
+	return best
+}
+
+// maxInWindow is the most of the sorted times that fall within any span
+// of length w.
+func maxInWindow(ts []time.Time, w time.Duration) int {
+	best, lo := 0, 0
+	for hi := range ts {
+		for ts[hi].Sub(ts[lo]) >= w {
+			lo++
+		}
+		best = max(best, hi-lo+1)
+	}
+	return best
+}
