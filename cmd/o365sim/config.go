@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -28,6 +29,7 @@ type fileConfig struct {
 			ClientID string `yaml:"client_id"`
 			Secrets  []struct {
 				Value       string `yaml:"value"`
+				ValueFile   string `yaml:"value_file"`
 				ExpiresAt   string `yaml:"expires_at"`
 				KeyID       string `yaml:"key_id"`
 				DisplayName string `yaml:"display_name"`
@@ -42,8 +44,8 @@ type fileConfig struct {
 	} `yaml:"tenants"`
 }
 
-// loadConfig reads the YAML seed strictly. Certificate files are relative
-// to the seed's directory.
+// loadConfig reads the YAML seed strictly. Certificate and secret files
+// are relative to the seed's directory.
 func loadConfig(path string) (sim.Config, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
@@ -68,6 +70,11 @@ func loadConfig(path string) (sim.Config, error) {
 			app := sim.App{ClientID: a.ClientID, SendAsMailboxes: a.SendAs}
 			for si, sec := range a.Secrets {
 				s := sim.Secret{Value: sec.Value, KeyID: sec.KeyID, DisplayName: sec.DisplayName}
+				if sec.ValueFile != "" {
+					if s.Value, err = readSecretFile(dir, sec.ValueFile, sec.Value); err != nil {
+						return sim.Config{}, fmt.Errorf("%s: tenants[%d].apps[%d].secrets[%d].value_file: %w", path, ti, ai, si, err)
+					}
+				}
 				if sec.ExpiresAt != "" {
 					if s.ExpiresAt, err = time.Parse(time.RFC3339, sec.ExpiresAt); err != nil {
 						return sim.Config{}, fmt.Errorf("%s: tenants[%d].apps[%d].secrets[%d].expires_at: %w", path, ti, ai, si, err)
@@ -93,4 +100,25 @@ func loadConfig(path string) (sim.Config, error) {
 		cfg.Tenants = append(cfg.Tenants, tn)
 	}
 	return cfg, nil
+}
+
+// readSecretFile reads a secret's value_file, trimmed of surrounding
+// white space, so that a restarted simulator agrees with a relay reading
+// the same file. Setting value as well is an error.
+func readSecretFile(dir, file, value string) (string, error) {
+	if value != "" {
+		return "", errors.New("set value or value_file, not both")
+	}
+	if !filepath.IsAbs(file) {
+		file = filepath.Join(dir, file)
+	}
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		return "", err
+	}
+	v := strings.TrimSpace(string(raw))
+	if v == "" {
+		return "", fmt.Errorf("%s is empty", file)
+	}
+	return v, nil
 }
