@@ -38,8 +38,9 @@ type fileConfig struct {
 			SendAs           []string `yaml:"send_as"`
 		} `yaml:"apps"`
 		Mailboxes []struct {
-			Address          string `yaml:"address"`
-			SMTPAuthDisabled bool   `yaml:"smtp_auth_disabled"`
+			Address          string   `yaml:"address"`
+			SMTPAuthDisabled bool     `yaml:"smtp_auth_disabled"`
+			SendAs           []string `yaml:"send_as"`
 		} `yaml:"mailboxes"`
 	} `yaml:"tenants"`
 }
@@ -95,7 +96,7 @@ func loadConfig(path string) (sim.Config, error) {
 			tn.Apps = append(tn.Apps, app)
 		}
 		for _, m := range t.Mailboxes {
-			tn.Mailboxes = append(tn.Mailboxes, sim.Mailbox{Address: m.Address, SMTPAuthDisabled: m.SMTPAuthDisabled})
+			tn.Mailboxes = append(tn.Mailboxes, sim.Mailbox{Address: m.Address, SMTPAuthDisabled: m.SMTPAuthDisabled, SendAs: m.SendAs})
 		}
 		cfg.Tenants = append(cfg.Tenants, tn)
 	}
