@@ -48,15 +48,15 @@ bin/staticcheck:
 ## bench: the Go benchmarks (3 runs each), the incident and the ingress load
 ## test, then a summary table: each figure's median, its target (set in
 ## cmd/hfbench/targets.go), pass or short; it fails when one falls short. About
-## 5 minutes on 2 idle cores, each part:
-##  - queue enqueue and lease+ack, 20,000 messages: about 20 s;
+## 2.5 minutes after the builds, measured on the shared 2-core machine:
+##  - queue enqueue and lease+ack, 20,000 messages each: about 20 s;
 ##  - SMTP ingress in one process, 20,000 messages: about 20 s;
-##  - end to end to the simulator, 5,000 messages: about 15 s;
+##  - end to end to the simulator, 5,000 messages: about 10 s;
 ##  - the incident (two relays, the secret expiring mid-way and rotated: upstream
 ##    requests wasted, ms from the rotation to the breaker closed, to the first
-##    delivery and to the backlog drained), 3 runs of about 25 s: about 90 s;
+##    delivery and to the backlog drained), 3 runs of about 16 s: about 50 s;
 ##  - deploy/bench/ingress.sh: holdfast serve loaded by hfload, 20 sessions, 30,000
-##    messages of 2 KB, 3 rounds, peak RSS from /usr/bin/time -v: about 40 s.
+##    messages of 2 KB, 3 rounds, peak RSS from /usr/bin/time -v: about 25 s.
 ## The raw output is kept in var/bench.txt.
 BENCH_OUT := var/bench.txt
 bench: SHELL := /bin/bash

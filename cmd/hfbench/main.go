@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"regexp"
 	"slices"
@@ -63,11 +64,11 @@ var (
 	// -GOMAXPROCS suffix, the iterations, then value-unit pairs.
 	benchLine = regexp.MustCompile(`^(Benchmark[^\s-]+)(?:-\d+)?\s+\d+\s+(.*)$`)
 	// ingressLine is the summary line of deploy/bench/ingress.sh.
-	ingressLine = regexp.MustCompile(`^median of \d+ rounds: ([\d.]+) messages/s, accept latency p50 ([\d.]+) ms, p99 ([\d.]+) ms, peak RSS ([\d.]+) MiB`)
+	ingressLine = regexp.MustCompile(`^median of (\d+) rounds: ([\d.]+) messages/s, accept latency p50 ([\d.]+) ms, p99 ([\d.]+) ms, peak RSS ([\d.]+) MiB`)
 )
 
 // ingressFields are the units given to the ingress script's figures, in
-// the order of ingressLine's groups.
+// the order of ingressLine's groups after the number of rounds.
 var ingressFields = []string{"msgs/s", "p50-ms", "p99-ms", "rss-mib"}
 
 // parse reads benchmark lines and the ingress summary; it ignores every
@@ -90,8 +91,11 @@ func parse(r io.Reader) (figures, error) {
 			continue
 		}
 		if m := ingressLine.FindStringSubmatch(line); m != nil {
+			// The script's figures are medians of its rounds already.
+			rounds, _ := strconv.Atoi(m[1])
+			fig[key("", "rounds")] = append(fig[key("", "rounds")], float64(rounds))
 			for i, unit := range ingressFields {
-				v, err := strconv.ParseFloat(m[i+1], 64)
+				v, err := strconv.ParseFloat(m[i+2], 64)
 				if err != nil {
 					return nil, fmt.Errorf("ingress summary %q: %w", line, err)
 				}
@@ -128,6 +132,9 @@ func summarise(fig figures, ts []target) []row {
 		r := row{t: t}
 		if xs := fig[key(t.bench, t.unit)]; len(xs) > 0 {
 			r.runs, r.median, r.measured = len(xs), median(xs), true
+			if rounds := fig[key("", "rounds")]; t.bench == "" && len(rounds) > 0 {
+				r.runs = int(rounds[len(rounds)-1])
+			}
 			r.pass = (t.min == 0 || r.median >= t.min) && (t.max == 0 || r.median <= t.max)
 		}
 		rows = append(rows, r)
@@ -176,7 +183,7 @@ func writeTable(w io.Writer, rows []row) error {
 	}
 	for _, r := range rows {
 		if !r.pass {
-			fmt.Fprintf(w, "  %s: the target is %s\n", r.t.name, r.t.why)
+			fmt.Fprintf(w, "  short: %s; its target is %s\n", r.t.name, r.t.why)
 		}
 	}
 	if short == 0 {
@@ -189,7 +196,7 @@ func writeTable(w io.Writer, rows []row) error {
 
 // num prints a figure with the precision it deserves.
 func num(v float64) string {
-	if v >= 100 {
+	if v >= 100 || v == math.Trunc(v) {
 		return strconv.FormatFloat(v, 'f', 0, 64)
 	}
 	return strconv.FormatFloat(v, 'f', 2, 64)

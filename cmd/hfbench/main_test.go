@@ -47,6 +47,7 @@ func TestParse(t *testing.T) {
 	check(key("", "msgs/s"), 4993)
 	check(key("", "p99-ms"), 9.57)
 	check(key("", "rss-mib"), 16)
+	check(key("", "rounds"), 3)
 	if _, ok := fig[key("BenchmarkEndToEnd", "delivered/s")]; ok {
 		t.Error("a figure that was not in the output")
 	}
@@ -97,7 +98,7 @@ func TestSummarise(t *testing.T) {
 	if err := writeTable(&out, rows); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"SHORT", "NOT MEASURED", ">= 1000 msgs/s", "19623 msgs/s (3 runs)", "3 of 6 figures fall short"} {
+	for _, want := range []string{"SHORT", "NOT MEASURED", ">= 1000 msgs/s", "19623 msgs/s (3 runs)", "16 rss-mib (3 runs)", "3 of 6 figures fall short"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("the table lacks %q:\n%s", want, out.String())
 		}
