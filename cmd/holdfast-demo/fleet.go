@@ -50,6 +50,9 @@ type fleet struct {
 	sim        *sim.Sim
 	relays     []*relayProc
 	http       *http.Client
+	// expiresAt is when the secret expires: the credential's expires_at,
+	// which the relays warn about, and when the demo expires it.
+	expiresAt time.Time
 }
 
 // proc is a child process, stopped by its PID.
@@ -236,6 +239,7 @@ apps:
     client_id: %s
     authority: %q
     client_secret_file: %q
+    expires_at: %q
 exchange:
   smtp_addr: %q
   graph_url: %q
@@ -244,7 +248,8 @@ exchange:
 breakers:
   open_interval: 2s
   max_interval: 4s
-`, credName, tenant, clientID, f.sim.AuthorityURL(), f.secretFile, f.sim.SMTPAddr(), f.sim.GraphURL(), caFile, p.perMinute)
+`, credName, tenant, clientID, f.sim.AuthorityURL(), f.secretFile, f.expiresAt.UTC().Format(time.RFC3339),
+		f.sim.SMTPAddr(), f.sim.GraphURL(), caFile, p.perMinute)
 	if ops != "" {
 		fmt.Fprintf(&b, "ops:\n  addr: %q\n", ops)
 	}
@@ -258,7 +263,7 @@ func startFleet(ctx context.Context, p plan, holdfast string) (f *fleet, err err
 	if err != nil {
 		return nil, err
 	}
-	f = &fleet{dir: dir, http: &http.Client{Timeout: 5 * time.Second}}
+	f = &fleet{dir: dir, http: &http.Client{Timeout: 5 * time.Second}, expiresAt: time.Now().Add(p.before + 5*time.Second)}
 	defer func() {
 		if err != nil {
 			f.stop()

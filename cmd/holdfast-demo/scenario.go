@@ -134,7 +134,14 @@ func (d *demo) play(ctx context.Context) (tally, error) {
 
 	d.say("1. Normal traffic: the CRM submits %.0f messages a second over SMTP, to both relays;\n"+
 		"   they deliver to %d Exchange Online mailboxes.", p.rate, p.mailboxes)
-	if err := sleep(ctx, p.before); err != nil {
+	if err := sleep(ctx, p.before/2); err != nil {
+		return tally{}, d.interrupted(stopFeeding)
+	}
+	d.say("   The secret's expiry date is in the configuration (expires_at), and the relays warn of it.\n"+
+		"   holdfast breaker status --config %s says ROTATE:", f.relays[0].config)
+	d.showBreakerStatus(ctx)
+	d.showMetrics(ctx, "   What Prometheus sees on relay-1's /metrics:")
+	if err := sleep(ctx, p.before-p.before/2); err != nil {
 		return tally{}, d.interrupted(stopFeeding)
 	}
 
@@ -167,7 +174,7 @@ func (d *demo) play(ctx context.Context) (tally, error) {
 	if err := sleep(ctx, p.outage/2); err != nil {
 		return tally{}, d.interrupted(stopFeeding)
 	}
-	d.say("   What an operator sees: holdfast breaker status --config %s", f.relays[0].config)
+	d.say("   holdfast breaker status now:")
 	d.showBreakerStatus(ctx)
 	d.showMetrics(ctx, "   What Prometheus sees on relay-1's /metrics:")
 	if err := sleep(ctx, p.outage-p.outage/2); err != nil {
