@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"sync"
 	"time"
 
@@ -20,32 +21,20 @@ const recorderPoll = 100 * time.Millisecond
 
 func startRecorder(s *sim.Sim) *recorder {
 	r := &recorder{at: map[string][]time.Time{}}
-	done, quit := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		seen := 0
-		t := time.NewTicker(recorderPoll)
-		defer t.Stop()
-		for {
-			if s.ReceivedCount() > seen {
-				all := s.Received()
-				now := time.Now()
-				r.mu.Lock()
-				for _, m := range all[seen:] {
-					r.at[m.Mailbox] = append(r.at[m.Mailbox], now)
-				}
-				r.mu.Unlock()
-				seen = len(all)
-			}
-			select {
-			case <-quit:
-				return
-			case <-t.C:
-			}
+	seen := 0
+	r.stop = every(context.Background(), recorderPoll, func(context.Context) {
+		if s.ReceivedCount() <= seen {
+			return
 		}
-	}()
-	var once sync.Once
-	r.stop = func() { once.Do(func() { close(quit); <-done }) }
+		all := s.Received()
+		now := time.Now()
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		for _, m := range all[seen:] {
+			r.at[m.Mailbox] = append(r.at[m.Mailbox], now)
+		}
+		seen = len(all)
+	})
 	return r
 }
 

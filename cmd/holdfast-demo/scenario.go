@@ -273,18 +273,24 @@ func (d *demo) feed(ctx context.Context) {
 // liveCounts prints the counts every tick until the returned function is
 // called.
 func (d *demo) liveCounts(ctx context.Context) func() {
+	return every(ctx, d.plan.tick, d.printCounts)
+}
+
+// every calls fn every period on a goroutine of its own until ctx ends or
+// the returned function is called; that function waits for the goroutine.
+func every(ctx context.Context, period time.Duration, fn func(context.Context)) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(d.plan.tick)
+		t := time.NewTicker(period)
 		defer t.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				d.printCounts(ctx)
+				fn(ctx)
 			}
 		}
 	}()
