@@ -267,7 +267,9 @@ type App struct {
 	// Credential names the app registration that sends its mail (the
 	// "exchange" sender).
 	Credential string `yaml:"credential"`
-	// Mailbox is the mailbox its mail is sent as by default.
+	// Mailbox is the mailbox that sends its mail from this address; any
+	// other sender needs a SenderMailboxes entry or a delegated grant, or
+	// is refused at MAIL FROM (see noMailboxError).
 	Mailbox string `yaml:"mailbox"`
 	// SenderMailboxes maps envelope senders (addresses or @domains) to the
 	// mailbox that sends their mail, ahead of Mailbox. An envelope sender

@@ -495,12 +495,30 @@ func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 		err = errSMTPNeedsUTF8
 	case !s.app.maySend(from):
 		err = errSMTPSenderNotAllowed
+	default:
+		err = s.checkSender(from)
 	}
 	if err != nil {
 		s.log.Info("MAIL refused", "app", appName(s.app), "from", from, "reply", err.Message)
 		return err
 	}
 	s.from, s.utf8, s.to = from, opts.UTF8, nil
+	return nil
+}
+
+// checkSender refuses a sender that no mailbox sends as, at MAIL FROM
+// (see noMailboxError).
+func (s *smtpSession) checkSender(from string) *smtp.SMTPError {
+	ctx, cancel := context.WithTimeout(s.ing.base, smtpEnqueueTimeout)
+	defer cancel()
+	err := s.ing.in.checkSender(ctx, s.app, from)
+	if nm, ok := asNoMailbox(err); ok {
+		return nm.smtpError()
+	}
+	if err != nil {
+		s.log.Error("cannot check the sender's mailbox", "app", s.app.Name, "err", err)
+		return errSMTPStoreFailed
+	}
 	return nil
 }
 
@@ -566,6 +584,9 @@ func (s *smtpSession) Data(r io.Reader) error {
 		remoteAddr: s.conn.Conn().RemoteAddr().String(),
 		helo:       s.conn.Hostname(),
 	})
+	if nm, ok := asNoMailbox(err); ok {
+		return nm.smtpError()
+	}
 	if err != nil {
 		return errSMTPStoreFailed // accept has logged why
 	}

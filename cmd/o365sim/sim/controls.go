@@ -268,3 +268,18 @@ func (s *Sim) record(r Received) {
 func (a *app) maySendAs(m *mailbox) bool {
 	return m.tenant == a.tenant && (a.sendAll || a.sendAs[strings.ToLower(m.address)])
 }
+
+// sendsAs reports whether the mailbox may send as addr: itself, or a
+// sender it has SendAs on.
+func (m *mailbox) sendsAs(addr string) bool {
+	addr = strings.ToLower(addr)
+	if addr == strings.ToLower(m.address) {
+		return true
+	}
+	for _, a := range m.sendAs {
+		if a == addr || strings.HasPrefix(a, "@") && strings.HasSuffix(addr, a) {
+			return true
+		}
+	}
+	return false
+}

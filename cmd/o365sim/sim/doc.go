@@ -1,6 +1,7 @@
 // Package sim simulates the parts of Microsoft Entra ID and Exchange
 // Online that Holdfast talks to, on loopback, with the status codes and
-// reply texts of O365-REFERENCE.md. It is for local runs, demos and the
+// reply texts those services send (the same replies relay/o365's
+// classification table is tested with). It is for local runs, demos and the
 // tests of other packages; it owns no production code path.
 //
 // One Sim serves three listeners:
@@ -48,7 +49,7 @@
 //	                               "graph_throttle": "10s"};
 //	                               replaces the current faults, {} clears them
 //	GET  /admin/fault              the current faults
-//	GET  /admin/received           200 [Received…], data base64
+//	GET  /admin/received           200 [Received…], data as text
 //	GET  /admin/counters           200 Counters
 //	POST /admin/reset              clear received messages, counters and faults
 //

@@ -74,6 +74,11 @@ type Secret struct {
 type Mailbox struct {
 	Address          string
 	SMTPAuthDisabled bool
+	// SendAs are the other senders, addresses or whole @domains, this
+	// mailbox holds Exchange's SendAs permission on: over SMTP it may
+	// use them as envelope sender and From. Without it a mailbox sends
+	// only as itself.
+	SendAs []string
 }
 
 // Fault makes the simulator fail on purpose until the next SetFault or
@@ -239,6 +244,7 @@ type mailbox struct {
 	id           string
 	tenant       *tenant
 	smtpDisabled bool
+	sendAs       []string // lower-case addresses and @domains
 }
 
 // grant is a delegated consent of one mailbox to one app, with the refresh
@@ -308,7 +314,11 @@ func New(cfg Config) (*Sim, error) {
 			if s.mailboxes[key] != nil {
 				return nil, fmt.Errorf("mailbox %s: duplicate", m.Address)
 			}
-			s.mailboxes[key] = &mailbox{address: m.Address, id: guidFrom("mailbox:" + key), tenant: tn, smtpDisabled: m.SMTPAuthDisabled}
+			mb := &mailbox{address: m.Address, id: guidFrom("mailbox:" + key), tenant: tn, smtpDisabled: m.SMTPAuthDisabled}
+			for _, a := range m.SendAs {
+				mb.sendAs = append(mb.sendAs, strings.ToLower(a))
+			}
+			s.mailboxes[key] = mb
 		}
 	}
 	certs, err := newCerts()
