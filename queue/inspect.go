@@ -19,6 +19,10 @@ type RouteStats struct {
 	Dead       int64
 	Oldest     time.Time // submit time of the oldest message not yet delivered or dead
 	HoldReason string    // set while the route is held
+	// ReadySince is the earliest due time of a ready message: how long
+	// the longest-waiting ready message has waited for a worker. Zero
+	// when none is ready.
+	ReadySince time.Time
 }
 
 // Stats is the whole queue's counts: per route, and their totals (whose
@@ -74,6 +78,10 @@ func (q *Queue) Stats(ctx context.Context) (Stats, error) {
 		if len(res) > 6 {
 			rs.HoldReason, _ = res[6].(string)
 		}
+		if len(res) > 7 {
+			due, _ := res[7].(int64)
+			rs.ReadySince = fromMillis(due)
+		}
 		st.Routes = append(st.Routes, rs)
 		t := &st.Total
 		t.Ready += rs.Ready
@@ -83,6 +91,9 @@ func (q *Queue) Stats(ctx context.Context) (Stats, error) {
 		t.Dead += rs.Dead
 		if !rs.Oldest.IsZero() && (t.Oldest.IsZero() || rs.Oldest.Before(t.Oldest)) {
 			t.Oldest = rs.Oldest
+		}
+		if !rs.ReadySince.IsZero() && (t.ReadySince.IsZero() || rs.ReadySince.Before(t.ReadySince)) {
+			t.ReadySince = rs.ReadySince
 		}
 	}
 	return st, nil

@@ -3,6 +3,7 @@ package queue
 import (
 	"fmt"
 	"hash/fnv"
+	"strconv"
 	"strings"
 )
 
@@ -19,6 +20,7 @@ import (
 //	hf:{T}:r:ROUTE:held      string  when the current hold started (unix ms); present while held
 //	hf:{T}:i:ROUTE:KEY       string  idempotency key -> message id
 //	hf:routes                set     every route that has had a message
+//	hf:min:MINUTE            hash    fleet-wide counts of one minute (unix minutes); see minutes.go
 const keyPrefix = "hf:"
 
 // Message hash fields.
@@ -52,6 +54,12 @@ const (
 )
 
 const routesKey = keyPrefix + "routes"
+
+// minuteKey is the hash of the fleet-wide counts of the minute starting at
+// unix minute m.
+func minuteKey(m int64) string {
+	return keyPrefix + "min:" + strconv.FormatInt(m, 10)
+}
 
 // routeTag returns the hash tag shared by a route's keys and messages: eight
 // hex digits of the FNV-1a hash of the route name. Two routes may share a

@@ -231,21 +231,24 @@ return #ids
 // ARGV[1] now.
 //
 // Returns {ready, scheduled, leased, held, dead, oldest submit time or -1,
-// hold reason or false}.
+// hold reason or false, earliest due time of a ready message or -1}.
 var statsScript = redis.NewScript(`
 local now = ARGV[1]
 local ready = redis.call('ZCOUNT', KEYS[1], '-inf', now)
 local scheduled = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 local held = 0
 local reason = redis.call('GET', KEYS[5])
+local due = -1
 if reason then
   held = ready + scheduled
   ready, scheduled = 0, 0
+elseif ready > 0 then
+  due = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
 end
 local oldest = -1
 local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 if first[2] then oldest = tonumber(first[2]) end
-return {ready, scheduled, redis.call('ZCARD', KEYS[2]), held, redis.call('ZCARD', KEYS[3]), oldest, reason}
+return {ready, scheduled, redis.call('ZCARD', KEYS[2]), held, redis.call('ZCARD', KEYS[3]), oldest, reason, due}
 `)
 
 // holdScript holds a route, or updates the reason of a held one. The hold

@@ -72,7 +72,7 @@ func exchangeTLS(o ExchangeOptions) (*tls.Config, error) {
 
 // newExchange builds the exchange sender. onChange is told when a
 // credential's secret or certificate file changes.
-func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string), log *slog.Logger) (*exchange, error) {
+func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string), mx *metrics, authMx *auth.Metrics, log *slog.Logger) (*exchange, error) {
 	tlsConfig, err := exchangeTLS(o.Exchange)
 	if err != nil {
 		return nil, err
@@ -104,8 +104,9 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 			Name: c.Name, Tenant: c.Tenant, ClientID: c.ClientID, Authority: c.Authority,
 			ClientSecretFile: c.ClientSecretFile, CertFile: c.CertFile, KeyFile: c.KeyFile,
 			Scope: outlookScope, HTTPClient: httpClient, OnChange: onChange, Logger: log,
-			ReloadInterval: credentialReload,
+			ReloadInterval: credentialReload, Metrics: authMx,
 		}
+		authMx.Credential(c.Name)
 		if x.creds[c.Name], err = auth.NewCredential(co); err != nil {
 			return nil, fmt.Errorf("credentials %s: %w", c.Name, err)
 		}
@@ -129,6 +130,7 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 		Limits:            queue.NewLimiter(rdb, nil),
 		Router:            x.route(x.creds, true),
 		Logger:            log.With("component", "smtp-out"),
+		OnAuth:            mx.upstreamAuth,
 	})
 	if err != nil {
 		return nil, err
@@ -269,3 +271,11 @@ func (x *exchange) reload() error {
 
 // close closes idle upstream connections.
 func (x *exchange) close() { x.smtp.Close() }
+
+// transport names the upstream transport a message goes by.
+func (x *exchange) transport(m *queue.Message) string {
+	if x.via[m.App] == "graph" && x.graph != nil {
+		return "graph"
+	}
+	return "smtp"
+}

@@ -132,3 +132,10 @@ func senderMailbox(app *App, from string) string {
 	}
 	return app.Mailbox
 }
+
+// routeCredential is the credential an exchange route sends with, or ""
+// for a route of another sender.
+func routeCredential(route string) string {
+	_, cred, _, _ := parseRoute(route)
+	return cred
+}
