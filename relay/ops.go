@@ -87,10 +87,14 @@ func (s *Server) Registry() *prometheus.Registry { return s.reg }
 // counts until ctx ends.
 func (s *Server) startOps(ctx context.Context) {
 	if s.metrics != nil {
+		every := minuteFlush
+		if s.opts.Ops.minuteFlush > 0 {
+			every = s.opts.Ops.minuteFlush.D()
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.metrics.flushMinutes(ctx, s.queue, minuteFlush, func(ctx context.Context) (int64, error) {
+			s.metrics.flushMinutes(ctx, s.queue, every, func(ctx context.Context) (int64, error) {
 				st, err := s.queue.Stats(ctx)
 				return st.Total.Held, err
 			})

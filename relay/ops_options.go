@@ -23,6 +23,9 @@ type OpsOptions struct {
 	// noMetrics turns off the metrics of the delivery and ingress paths,
 	// so that a benchmark can measure what they cost.
 	noMetrics bool
+	// minuteFlush overrides how often this replica adds to the fleet's
+	// per-minute counts (default 10s), for tests.
+	minuteFlush Duration
 }
 
 func defaultOpsOptions() OpsOptions { return OpsOptions{Addr: "127.0.0.1:8026"} }
