@@ -8,6 +8,7 @@ LDFLAGS       := -X main.version=$(VERSION)
 STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME      ?= 30s
 ENSURE_REDIS  := deploy/local/ensure-redis.sh
+ENSURE_CHROMIUM := deploy/local/ensure-chromium.sh
 
 .PHONY: build run stop test test-cluster lint bench fuzz clean
 
@@ -24,9 +25,11 @@ run:
 stop:
 	@deploy/local/stop.sh
 
-## test: run every test with the race detector, in random order
+## test: run every test with the race detector, in random order (the
+## status page test drives headless chromium, installed when missing)
 test:
 	@$(ENSURE_REDIS)
+	@$(ENSURE_CHROMIUM)
 	$(GO) test -race -shuffle=on -count=1 ./...
 
 ## test-cluster: run the Redis Cluster tests of the queue

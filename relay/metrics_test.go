@@ -12,6 +12,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"holdfast/queue"
 )
 
 // scrape fetches the relay's /metrics from the operators' listener and
@@ -157,5 +159,29 @@ func TestMetricsLint(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestLatencySummary: p50 and p95 of the last hour's buckets interpolate
+// within a bucket, as histogram_quantile does.
+func TestLatencySummary(t *testing.T) {
+	// 100 deliveries: 50 in (0.1 s, 0.25 s], 45 in (0.25 s, 0.5 s], 5 in
+	// (1 h, 2 h].
+	ms := []queue.Minute{
+		{Latency: map[int]int64{latencyBucket(200 * time.Millisecond): 30, latencyBucket(300 * time.Millisecond): 45}},
+		{Latency: map[int]int64{latencyBucket(200 * time.Millisecond): 20, latencyBucket(90 * time.Minute): 5}},
+	}
+	l := latencySummary(ms)
+	if l.Count != 100 {
+		t.Fatalf("count %d", l.Count)
+	}
+	if got := time.Duration(l.P50); got != 250*time.Millisecond {
+		t.Errorf("p50 %v, want 250ms (the top of the second bucket)", got)
+	}
+	if got := time.Duration(l.P95); got != 500*time.Millisecond {
+		t.Errorf("p95 %v, want 500ms", got)
+	}
+	if l := latencySummary([]queue.Minute{{Latency: map[int]int64{latencyBucket(90 * time.Minute): 4}}}); time.Duration(l.P95) <= time.Hour {
+		t.Errorf("p95 of hour-long deliveries %v", time.Duration(l.P95))
 	}
 }
