@@ -1,7 +1,8 @@
 package queue
 
 import (
-	"fmt"
+	"encoding/binary"
+	"encoding/hex"
 	"hash/fnv"
 	"strconv"
 	"strings"
@@ -67,7 +68,8 @@ func minuteKey(m int64) string {
 func routeTag(route string) string {
 	h := fnv.New32a()
 	h.Write([]byte(route))
-	return fmt.Sprintf("%08x", h.Sum32())
+	var b [4]byte
+	return hex.EncodeToString(binary.BigEndian.AppendUint32(b[:0], h.Sum32()))
 }
 
 // routeKeys are the keys of one route.

@@ -21,11 +21,23 @@ import (
 // messages/s from the first submission to the last message at the
 // simulator.
 func BenchmarkEndToEnd(b *testing.B) {
+	delivered, accepted := endToEnd(b, b.N, nil)
+	b.ReportMetric(delivered, "delivered/s")
+	b.ReportMetric(accepted, "accepted/s")
+}
+
+// endToEnd submits n messages as BenchmarkEndToEnd describes and returns
+// the delivered and accepted messages per second. change, when set,
+// adjusts the relay's options.
+func endToEnd(b *testing.B, n int, change func(*Options)) (delivered, accepted float64) {
 	const mailboxes = 20
 	e := newExchangeEnv(b, 1, func(o *Options) {
 		o.Log.Level = "warn"
 		o.Exchange.MessagesPerMinute = 1_000_000
 		o.Delivery.Workers = 3 * mailboxes
+		if change != nil {
+			change(o)
+		}
 		for i := range o.Apps {
 			o.Apps[i].SenderMailboxes = map[string]string{}
 			for m := 1; m <= mailboxes; m++ {
@@ -55,7 +67,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 			}
 			from := fmt.Sprintf("box%d@contoso.com", s+1)
 			msg := "From: <" + from + ">\r\nSubject: bench\r\n\r\n" + body
-			for next.Add(1) <= int64(b.N) {
+			for next.Add(1) <= int64(n) {
 				if err := c.SendMail(from, []string{"sink@example.org"}, strings.NewReader(msg)); err != nil {
 					b.Error(err)
 					return
@@ -66,18 +78,17 @@ func BenchmarkEndToEnd(b *testing.B) {
 	wg.Wait()
 	submitted := time.Since(start)
 	deadline := time.Now().Add(5 * time.Minute)
-	for e.sim.ReceivedCount() < b.N {
+	for e.sim.ReceivedCount() < n {
 		if time.Now().After(deadline) {
-			b.Fatalf("%d of %d messages delivered", e.sim.ReceivedCount(), b.N)
+			b.Fatalf("%d of %d messages delivered", e.sim.ReceivedCount(), n)
 		}
 		time.Sleep(20 * time.Millisecond)
 		runtime.Gosched()
 	}
 	elapsed := time.Since(start)
 	b.StopTimer()
-	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "delivered/s")
-	b.ReportMetric(float64(b.N)/submitted.Seconds(), "accepted/s")
-	if n := e.sim.Counters().Clients[simClientID].TokenRequests; n != 1 {
-		b.Errorf("%d token requests, want 1", n)
+	if tr := e.sim.Counters().Clients[simClientID].TokenRequests; tr != 1 {
+		b.Errorf("%d token requests, want 1", tr)
 	}
+	return float64(n) / elapsed.Seconds(), float64(n) / submitted.Seconds()
 }
