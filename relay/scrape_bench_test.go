@@ -37,7 +37,6 @@ func (r *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 	}
 }
 
-
 // BenchmarkScrape measures one scrape of the scrape-time gauges (queue
 // depth by state and credential, oldest ready and held ages, breaker
 // state, open mailbox breakers). Every route has had mail; "waiting"
@@ -50,7 +49,6 @@ func BenchmarkScrape(b *testing.B) {
 		b.Run(fmt.Sprintf("routes=%d/waiting=%d", c.routes, c.waiting), func(b *testing.B) {
 			srv := redistest.Start(b)
 			rdb := srv.Client(b)
-			ctx := context.Background()
 			q := queue.New(rdb, queue.Options{})
 			set := breaker.New(rdb, breaker.Options{Logger: discardLogger()})
 			fillRoutes(b, q, set, c.routes, c.waiting)
@@ -77,7 +75,6 @@ func BenchmarkScrape(b *testing.B) {
 			sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
 			b.ReportMetric(float64(times[len(times)/2].Microseconds())/1000, "ms/scrape-p50")
 			b.ReportMetric(float64(counter.n.Load())/float64(b.N), "roundtrips/scrape")
-			_ = ctx
 		})
 	}
 }
