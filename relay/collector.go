@@ -67,7 +67,6 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, cr := range c.creds {
 		byCred[cr] = &counts{}
 	}
-	var oldestHeld time.Time
 	for _, rs := range stats.Routes {
 		cr := routeCredential(rs.Route)
 		n := byCred[cr]
@@ -80,9 +79,6 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		n.sending += rs.Leased
 		n.held += rs.Held
 		n.dead += rs.Dead
-		if rs.Held > 0 && !rs.Oldest.IsZero() && (oldestHeld.IsZero() || rs.Oldest.Before(oldestHeld)) {
-			oldestHeld = rs.Oldest
-		}
 	}
 	for cr, n := range byCred {
 		for _, v := range []struct {
@@ -93,7 +89,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(c.oldestReady, prometheus.GaugeValue, ageSeconds(now, stats.Total.ReadySince))
-	ch <- prometheus.MustNewConstMetric(c.oldestHeld, prometheus.GaugeValue, ageSeconds(now, oldestHeld))
+	ch <- prometheus.MustNewConstMetric(c.oldestHeld, prometheus.GaugeValue, ageSeconds(now, oldestHeld(stats)))
 	if c.set == nil {
 		return
 	}
@@ -150,4 +146,15 @@ func ageSeconds(now, t time.Time) float64 {
 		return 0
 	}
 	return max(0, now.Sub(t).Seconds())
+}
+
+// oldestHeld is the submit time of the oldest message on a held route.
+func oldestHeld(stats queue.Stats) time.Time {
+	var oldest time.Time
+	for _, rs := range stats.Routes {
+		if rs.Held > 0 && !rs.Oldest.IsZero() && (oldest.IsZero() || rs.Oldest.Before(oldest)) {
+			oldest = rs.Oldest
+		}
+	}
+	return oldest
 }

@@ -129,13 +129,7 @@ func (o *opsStatus) Status(ctx context.Context) (ops.Status, error) {
 	t := stats.Total
 	st.Queue = ops.Depth{Ready: t.Ready, Scheduled: t.Scheduled, Sending: t.Leased, Held: t.Held, Dead: t.Dead}
 	st.OldestReady = ops.Seconds(time.Duration(ageSeconds(now, t.ReadySince) * float64(time.Second)))
-	var oldestHeld time.Time
-	for _, rs := range stats.Routes {
-		if rs.Held > 0 && !rs.Oldest.IsZero() && (oldestHeld.IsZero() || rs.Oldest.Before(oldestHeld)) {
-			oldestHeld = rs.Oldest
-		}
-	}
-	st.OldestHeld = ops.Seconds(time.Duration(ageSeconds(now, oldestHeld) * float64(time.Second)))
+	st.OldestHeld = ops.Seconds(time.Duration(ageSeconds(now, oldestHeld(stats)) * float64(time.Second)))
 
 	minutes, err := s.queue.Minutes(ctx, now, 60)
 	if err != nil {

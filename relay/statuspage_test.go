@@ -101,6 +101,27 @@ func TestStatusPageInChromium(t *testing.T) {
 		return st.Breakers[0].State == "open" && st.Queue.Held == held && last.Held == held
 	})
 
+	// The page's numbers are those of GET /v1/breakers and the queue's
+	// stats.
+	list, err := r.breakerReporter().List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs, err := r.Queue().Stats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range list {
+		if b.Name == credentialBreaker("contoso") {
+			if got := st.Breakers[0]; got.Held != b.HeldMessages || got.Reason != b.Reason || !got.Since.Equal(b.Since) {
+				t.Errorf("status.json breaker %+v; /v1/breakers says held %d, reason %q, since %v", got, b.HeldMessages, b.Reason, b.Since)
+			}
+		}
+	}
+	if st.Queue.Held != qs.Total.Held || st.Queue.Dead != qs.Total.Dead || st.Queue.Ready != qs.Total.Ready {
+		t.Errorf("status.json queue %+v; queue stats %+v", st.Queue, qs.Total)
+	}
+
 	ctx := browser(t, 1100, 1300)
 	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.CSS("#breakers"))); err != nil {
 		t.Fatalf("chromium: %v", err)
