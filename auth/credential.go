@@ -74,6 +74,9 @@ type CredentialOptions struct {
 	// has been loaded, e.g. to make the breaker probe at once.
 	OnChange func(name string)
 
+	// Metrics, when set, counts this credential's token requests.
+	Metrics *Metrics
+
 	// Now is the clock. Default: time.Now.
 	Now func() time.Time
 
@@ -265,6 +268,7 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 	scrub = append(scrub, params.Get("refresh_token"))
 
 	tok, err := cfg.Token(c.base)
+	c.opts.Metrics.tokenRequest(c.opts.Name, err)
 	if err != nil {
 		err = tokenErr(err, c.opts.Now(), scrub...)
 		var te *TokenError

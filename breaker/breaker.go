@@ -585,6 +585,7 @@ func (s *Set) observe(st Status) {
 	}
 	s.log.Info("breaker transition", "breaker", tr.Name, "from", tr.From, "to", tr.To,
 		"reason", tr.Reason, "generation", tr.Generation)
+	s.logTransition(*tr)
 	if s.o.OnTransition != nil {
 		s.o.OnTransition(*tr)
 	}

@@ -1,8 +1,10 @@
 package queue
 
 import (
-	"fmt"
+	"encoding/binary"
+	"encoding/hex"
 	"hash/fnv"
+	"strconv"
 	"strings"
 )
 
@@ -19,6 +21,7 @@ import (
 //	hf:{T}:r:ROUTE:held      string  when the current hold started (unix ms); present while held
 //	hf:{T}:i:ROUTE:KEY       string  idempotency key -> message id
 //	hf:routes                set     every route that has had a message
+//	hf:min:MINUTE            hash    fleet-wide counts of one minute (unix minutes); see minutes.go
 const keyPrefix = "hf:"
 
 // Message hash fields.
@@ -53,13 +56,20 @@ const (
 
 const routesKey = keyPrefix + "routes"
 
+// minuteKey is the hash of the fleet-wide counts of the minute starting at
+// unix minute m.
+func minuteKey(m int64) string {
+	return keyPrefix + "min:" + strconv.FormatInt(m, 10)
+}
+
 // routeTag returns the hash tag shared by a route's keys and messages: eight
 // hex digits of the FNV-1a hash of the route name. Two routes may share a
 // tag; their keys still differ because they contain the route name.
 func routeTag(route string) string {
 	h := fnv.New32a()
 	h.Write([]byte(route))
-	return fmt.Sprintf("%08x", h.Sum32())
+	var b [4]byte
+	return hex.EncodeToString(binary.BigEndian.AppendUint32(b[:0], h.Sum32()))
 }
 
 // routeKeys are the keys of one route.

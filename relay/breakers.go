@@ -344,3 +344,11 @@ func (g *gate) probe(ctx context.Context, name string) error {
 	}
 	return g.x.smtp.Probe(ctx, r)
 }
+
+// breakerKind is "credential" or "mailbox" for a breaker name.
+func breakerKind(name string) string {
+	if strings.HasPrefix(name, "cred:") {
+		return "credential"
+	}
+	return "mailbox"
+}

@@ -58,6 +58,11 @@ type deliveryConfig struct {
 	// process, e.g. at the mailbox's connection limit. 0 means no cap
 	// beyond Workers.
 	PerRoute int
+	// Metrics, when set, records outcomes, latency and send durations.
+	Metrics *metrics
+	// Transport, when set, names the upstream transport of a message
+	// ("smtp" or "graph") for the send duration metric.
+	Transport func(m *queue.Message) string
 }
 
 // deliverer leases due messages and hands them to the sender, at most
@@ -280,6 +285,9 @@ func (d *deliverer) deliver(l *queue.Lease) {
 	start := time.Now()
 	reply, err := d.sender.Send(ctx, l.Message)
 	stopExtend()
+	if d.cfg.Metrics != nil && d.cfg.Transport != nil {
+		d.cfg.Metrics.sent(d.cfg.Transport(l.Message), time.Since(start))
+	}
 
 	// Settle with a context of its own: a cancelled send must still hand
 	// its message back.
@@ -291,6 +299,7 @@ func (d *deliverer) deliver(l *queue.Lease) {
 			return
 		}
 		log.Info("delivered", "attempts", l.Attempts, "took", time.Since(start), "reply", reply)
+		d.cfg.Metrics.delivered(routeCredential(l.Route), time.Since(l.Submitted))
 		if d.cfg.OnDelivered != nil {
 			d.cfg.OnDelivered(sctx, l.Route)
 		}
@@ -339,6 +348,7 @@ func (d *deliverer) settleFailure(ctx context.Context, l *queue.Lease, err error
 		log.Error("cannot record delivery failure", "class", class, "err", serr, "failure", err)
 		return
 	}
+	d.cfg.Metrics.failed(class, state)
 	log.Warn("delivery failed", "class", class, "now", state, "attempts", l.Attempts, "err", err)
 }
 

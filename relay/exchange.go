@@ -72,7 +72,7 @@ func exchangeTLS(o ExchangeOptions) (*tls.Config, error) {
 
 // newExchange builds the exchange sender. onChange is told when a
 // credential's secret or certificate file changes.
-func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string), log *slog.Logger) (*exchange, error) {
+func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string), mx *metrics, authMx *auth.Metrics, log *slog.Logger) (*exchange, error) {
 	tlsConfig, err := exchangeTLS(o.Exchange)
 	if err != nil {
 		return nil, err
@@ -102,6 +102,8 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 	for _, c := range o.Credentials {
 		co := c.authOptions(outlookScope, httpClient, log)
 		co.OnChange, co.ReloadInterval = onChange, credentialReload
+		co.Metrics = authMx
+		authMx.Credential(c.Name)
 		if x.creds[c.Name], err = auth.NewCredential(co); err != nil {
 			return nil, fmt.Errorf("credentials %s: %w", c.Name, err)
 		}
@@ -125,6 +127,7 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 		Limits:            queue.NewLimiter(rdb, nil),
 		Router:            x.route(x.creds, true),
 		Logger:            log.With("component", "smtp-out"),
+		OnAuth:            mx.upstreamAuth,
 	})
 	if err != nil {
 		return nil, err
@@ -265,3 +268,11 @@ func (x *exchange) reload() error {
 
 // close closes idle upstream connections.
 func (x *exchange) close() { x.smtp.Close() }
+
+// transport names the upstream transport a message goes by.
+func (x *exchange) transport(m *queue.Message) string {
+	if x.via[m.App] == "graph" && x.graph != nil {
+		return "graph"
+	}
+	return "smtp"
+}

@@ -33,6 +33,8 @@ type ingress struct {
 	// route, when set, decides a message's route; otherwise it is the
 	// app's Route.
 	route func(ctx context.Context, app *App, from string) (string, error)
+	// metrics, when set, counts accepted messages and times them.
+	metrics *metrics
 }
 
 // submission is a message handed to Holdfast by an application.
@@ -55,6 +57,7 @@ var errStore = errors.New("the queue could not store the message")
 // idempotency key matched an earlier message, which is not stored twice.
 // Nothing is stored unless it returns a nil error.
 func (in *ingress) accept(ctx context.Context, s submission) (id string, dup bool, err error) {
+	start := time.Now()
 	body := s.body
 	if in.hostname != "" {
 		var b bytes.Buffer
@@ -88,6 +91,9 @@ func (in *ingress) accept(ctx context.Context, s submission) (id string, dup boo
 	}
 	if in.queued != nil && !dup {
 		in.queued()
+	}
+	if !dup {
+		in.metrics.accepted(s.protocol, s.app.Name, time.Since(start))
 	}
 	in.log.Info("queued", "msg", id, "app", s.app.Name, "from", s.from, "rcpts", len(s.to), "bytes", len(body), "via", s.protocol, "dup", dup)
 	return id, dup, nil

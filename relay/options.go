@@ -43,6 +43,8 @@ type Options struct {
 	// Expiry configures the credential expiry monitor of the "exchange"
 	// sender.
 	Expiry ExpiryOptions `yaml:"expiry"`
+	// Ops is the operators' listener: status page and metrics.
+	Ops OpsOptions `yaml:"ops"`
 }
 
 // BreakerOptions configure the auth circuit breakers.
@@ -326,6 +328,7 @@ func DefaultOptions() Options {
 			MaxConnectionsPerIP: 50,
 		},
 		HTTP: HTTPOptions{Addr: "127.0.0.1:8025"},
+		Ops:  defaultOpsOptions(),
 		Queue: QueueOptions{
 			Lifetime:           Duration(120 * time.Hour),
 			BackoffBase:        Duration(time.Minute),
@@ -490,6 +493,9 @@ func (o *Options) Validate() error {
 	}
 	if t := o.HTTP.AdminTokenSHA256; t != "" && !isHexSHA256(t) {
 		return bad("http.admin_token_sha256", "not 64 hex digits; make one with \"holdfast creds token\"")
+	}
+	if err := o.validateOps(); err != nil {
+		return err
 	}
 	for _, d := range []struct {
 		field string

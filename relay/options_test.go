@@ -131,6 +131,8 @@ func TestValidate(t *testing.T) {
 		{"queue.idempotency_ttl", func(o *relay.Options) { o.Queue.IdempotencyTTL = 0 }},
 		{"queue.held_grace", func(o *relay.Options) { o.Queue.HeldGrace = 0 }},
 		{"http.admin_token_sha256", func(o *relay.Options) { o.HTTP.AdminTokenSHA256 = "admin" }},
+		{"ops.addr", func(o *relay.Options) { o.Ops.Addr = "8026" }},
+		{"ops.basic_auth", func(o *relay.Options) { o.Ops.BasicAuth = true }},
 		{"breakers.open_interval", func(o *relay.Options) { o.Breakers.OpenInterval = 0 }},
 		{"breakers.max_interval", func(o *relay.Options) { o.Breakers.MaxInterval = relay.Duration(time.Second) }},
 		{"breakers.threshold", func(o *relay.Options) { o.Breakers.Threshold = 0 }},

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"holdfast/auth"
 	"holdfast/breaker"
 	"holdfast/queue"
 	"holdfast/relay/dirsender"
@@ -31,7 +32,6 @@ type Server struct {
 	log   *slog.Logger
 	rdb   redis.UniversalClient
 	queue *queue.Queue
-	reg   *prometheus.Registry
 
 	smtp      *smtpIngress
 	smtpLns   []net.Listener
@@ -42,6 +42,11 @@ type Server struct {
 	gate      *gate     // the auth circuit breakers, with exchange
 	webhook   *breaker.Webhook
 	expiry    *ExpiryMonitor // with exchange
+
+	reg     *prometheus.Registry
+	metrics *metrics // nil when ops.noMetrics turns the hot path's metrics off
+	opsSrv  *http.Server
+	opsLn   net.Listener
 
 	stopping atomic.Bool
 	cancel   context.CancelFunc
@@ -93,8 +98,12 @@ func newSender(o DeliveryOptions) (Sender, error) {
 // Start. The options must have passed Validate. sender, when not nil,
 // replaces the configured one.
 func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Server, error) {
-	s := &Server{opts: o, log: log, errs: make(chan error, len(o.SMTP.Listeners)+2)}
+	s := &Server{opts: o, log: log, errs: make(chan error, len(o.SMTP.Listeners)+3)}
 	s.reg = prometheus.NewRegistry()
+	authMx := auth.NewMetrics(s.reg)
+	if !o.Ops.noMetrics {
+		s.metrics = newMetrics(s.reg, o.Ops.Version)
+	}
 	s.rdb = RedisClient(o.Redis)
 	ok := false
 	defer func() {
@@ -121,11 +130,15 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	if sender == nil && o.Delivery.Sender == "exchange" {
 		g := &gate{q: s.queue, log: log.With("component", "breaker"), escalate: o.Breakers.EscalateMailboxes,
 			wake: make(chan struct{}, 1)}
-		onTransition := g.transition
+		onTransition := func(t breaker.Transition) {
+			s.metrics.transition(breakerKind(t.Name), t.To.String())
+			g.transition(t)
+		}
 		if o.Breakers.WebhookURL != "" {
 			s.webhook = breaker.NewWebhook(o.Breakers.WebhookURL, &http.Client{Timeout: 10 * time.Second}, log)
+			counted := onTransition
 			onTransition = func(t breaker.Transition) {
-				g.transition(t)
+				counted(t)
 				s.webhook.Notify(t)
 			}
 		}
@@ -139,7 +152,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 			}
 			s.expiry.Reloaded(name)
 		}
-		if s.exchange, err = newExchange(o, s.rdb, onChange, log); err != nil {
+		if s.exchange, err = newExchange(o, s.rdb, onChange, s.metrics, authMx, log); err != nil {
 			return nil, err
 		}
 		g.x, s.exchange.gate, s.gate = s.exchange, g, g
@@ -169,7 +182,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	}
 
 	a := newApps(o.Apps)
-	in := &ingress{hostname: o.Hostname, store: s.queue, log: log.With("component", "ingress"), now: time.Now, route: route}
+	in := &ingress{hostname: o.Hostname, store: s.queue, log: log.With("component", "ingress"), now: time.Now, route: route, metrics: s.metrics}
 	if sender != nil {
 		dc := deliveryConfig{
 			Workers: o.Delivery.Workers,
@@ -185,6 +198,10 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		if s.gate != nil {
 			dc.OnAuthFailure = s.gate.failed
 			dc.OnDelivered = s.gate.delivered
+		}
+		dc.Metrics = s.metrics
+		if s.exchange != nil {
+			dc.Transport = s.exchange.transport
 		}
 		s.deliverer = newDeliverer(s.queue, sender, dc, log)
 		in.queued = s.deliverer.notify
@@ -210,6 +227,9 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	}
 	if s.gate != nil {
 		handler.handleBreakers(s.breakerReporter(), s.gate.set, o.HTTP.AdminTokenSHA256)
+	}
+	if err := s.setupOps(); err != nil {
+		return nil, err
 	}
 	s.httpSrv = &http.Server{
 		Handler:           handler,
@@ -279,6 +299,7 @@ func (s *Server) Start() {
 	if s.expiry != nil {
 		s.wg.Go(func() { s.expiry.Run(ctx) })
 	}
+	s.startOps(ctx)
 	if s.deliverer != nil {
 		s.wg.Add(1)
 		go func() {
@@ -333,6 +354,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if err := s.httpSrv.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("http: %w", err))
 	}
+	if s.opsSrv != nil {
+		if err := s.opsSrv.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("ops: %w", err))
+		}
+	}
 	if s.cancel != nil {
 		s.cancel()
 	}
@@ -354,6 +380,9 @@ func (s *Server) closeAll() {
 	}
 	if s.httpLn != nil {
 		s.httpLn.Close()
+	}
+	if s.opsLn != nil {
+		s.opsLn.Close()
 	}
 	s.rdb.Close()
 }

@@ -139,3 +139,10 @@ func senderMailbox(app *App, from string) (mailbox string, ok bool) {
 	}
 	return app.Mailbox, strings.EqualFold(app.Mailbox, from)
 }
+
+// routeCredential is the credential an exchange route sends with, or ""
+// for a route of another sender.
+func routeCredential(route string) string {
+	_, cred, _, _ := parseRoute(route)
+	return cred
+}

@@ -208,6 +208,8 @@ smtp:
 http:
   addr: 127.0.0.1:0
   admin_token_sha256: %s
+ops:
+  addr: 127.0.0.1:0
 queue:
   backoff_base: %s
 delivery:

@@ -25,6 +25,7 @@ func serve(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 	// go-redis has one process-wide logger; route it through ours.
 	redis.SetLogger(redisLogger{log.With("component", "redis")})
 	log.Info("holdfast starting", "version", version, "config", *config)
+	o.Ops.Version = version
 	return relay.Run(ctx, o, log, e.reload)
 }
 

@@ -76,6 +76,8 @@ type SMTPOptions struct {
 	Limits      Limits
 	Router      Router
 	Logger      *slog.Logger
+	// OnAuth, when set, is told the result of every AUTH XOAUTH2.
+	OnAuth func(err error)
 }
 
 func (o SMTPOptions) withDefaults() SMTPOptions {
@@ -302,6 +304,9 @@ func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
 		}
 		stop := context.AfterFunc(ctx, func() { c.Close() })
 		err = c.Auth(auth.NewXOAUTH2Client(r.Mailbox, tok.AccessToken))
+		if s.o.OnAuth != nil {
+			s.o.OnAuth(err)
+		}
 		if !stop() {
 			c.Close()
 			return nil, &upstream.Error{Class: upstream.Transient, Text: "AUTH interrupted", Err: ctx.Err()}
