@@ -14,10 +14,18 @@ import (
 // serve runs the relay until ctx is cancelled (SIGINT or SIGTERM).
 func serve(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 	config := configFlag(fs, e)
+	check := fs.Bool("check-config", false, "load and validate the configuration (secret files included), print \"config ok\" and exit 0, or print the error and exit 2")
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
 	o, err := relay.Load(*config)
+	if *check {
+		if err != nil {
+			return &exitCodeError{code: exitUsage, err: err}
+		}
+		fmt.Fprintln(e.stdout, "config ok")
+		return nil
+	}
 	if err != nil {
 		return err
 	}
