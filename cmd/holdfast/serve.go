@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 
@@ -33,7 +34,27 @@ func serve(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 	// go-redis has one process-wide logger; route it through ours.
 	redis.SetLogger(redisLogger{log.With("component", "redis")})
 	log.Info("holdfast starting", "version", version, "config", *config)
-	return relay.Run(ctx, o, log, e.reload)
+	// Under systemd (Type=notify), say when the relay takes mail and when
+	// it starts to stop.
+	socket := e.getenv("NOTIFY_SOCKET")
+	notify := func(state string) {
+		if err := sdNotify(socket, state); err != nil {
+			log.Warn("cannot notify the service manager", "err", err)
+		}
+	}
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	wg.Go(func() {
+		select {
+		case <-ctx.Done():
+			notify("STOPPING=1")
+		case <-done:
+		}
+	})
+	err = relay.Run(ctx, o, log, e.reload, func() { notify("READY=1") })
+	close(done)
+	wg.Wait()
+	return err
 }
 
 // redisLogger writes go-redis's internal messages (failed dials, pool
