@@ -28,6 +28,7 @@ stop:
 ## test: run every test with the race detector, in random order
 test:
 	@$(ENSURE_REDIS)
+	@$(ENSURE_PROMTOOL)
 	$(GO) test -race -shuffle=on -count=1 ./...
 
 ## test-cluster: run the Redis Cluster tests of the queue
