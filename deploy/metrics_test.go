@@ -146,6 +146,30 @@ func TestMetricNamesAgreed(t *testing.T) {
 			t.Errorf("the dashboard shows nothing of %s", want)
 		}
 	}
+	var dash struct {
+		Panels []struct {
+			Type    string `json:"type"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	data, err := os.ReadFile(dashboardFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &dash); err != nil {
+		t.Fatal(err)
+	}
+	timeline := false
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			timeline = timeline || (p.Type == "state-timeline" && strings.Contains(tg.Expr, "holdfast_breaker_open"))
+		}
+	}
+	if !timeline {
+		t.Error("the dashboard has no state timeline of holdfast_breaker_open")
+	}
 	if len(used) < 12 {
 		t.Errorf("the rules and dashboard use only %d metrics", len(used))
 	}
