@@ -9,6 +9,7 @@ STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME      ?= 30s
 ENSURE_REDIS  := deploy/local/ensure-redis.sh
 ENSURE_CHROMIUM := deploy/local/ensure-chromium.sh
+ENSURE_PROMTOOL := deploy/local/ensure-promtool.sh
 
 .PHONY: build run stop test test-cluster lint bench fuzz clean demo
 
@@ -31,6 +32,7 @@ stop:
 test:
 	@$(ENSURE_REDIS)
 	@$(ENSURE_CHROMIUM)
+	@$(ENSURE_PROMTOOL)
 	$(GO) test -race -shuffle=on -count=1 ./...
 
 ## test-cluster: run the Redis Cluster tests of the queue
@@ -38,12 +40,16 @@ test-cluster:
 	@$(ENSURE_REDIS)
 	$(GO) test -race -count=1 -run Cluster ./queue/...
 
-## lint: go vet, gofmt and staticcheck; any finding fails
+## lint: go vet, gofmt, staticcheck, and promtool on the alert rules and their
+## unit tests; any finding fails
 lint: bin/staticcheck
 	$(GO) vet ./...
 	@files="$$(gofmt -l .)"; if [ -n "$$files" ]; then \
 		echo "gofmt -l: these files need formatting (run gofmt -w):"; echo "$$files"; exit 1; fi
 	bin/staticcheck ./...
+	@$(ENSURE_PROMTOOL)
+	promtool check rules deploy/prometheus/holdfast.rules.yml
+	cd deploy/prometheus && promtool test rules holdfast.rules.test.yml
 
 bin/staticcheck:
 	GOBIN=$(CURDIR)/bin $(GO) install $(STATICCHECK)

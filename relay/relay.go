@@ -389,13 +389,17 @@ func (s *Server) closeAll() {
 
 // Run runs the relay until ctx ends, then shuts it down gracefully. Each
 // value on reload (SIGHUP) re-reads the credential files; reload may be
-// nil.
-func Run(ctx context.Context, o Options, log *slog.Logger, reload <-chan struct{}) error {
+// nil. Each ready function is called once every listener serves (systemd's
+// READY=1).
+func Run(ctx context.Context, o Options, log *slog.Logger, reload <-chan struct{}, ready ...func()) error {
 	s, err := New(ctx, o, nil, log)
 	if err != nil {
 		return err
 	}
 	s.Start()
+	for _, f := range ready {
+		f()
+	}
 	var runErr error
 wait:
 	for {

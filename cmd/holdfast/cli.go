@@ -42,7 +42,7 @@ type command struct {
 
 // commands is every subcommand, in the order the usage text lists them.
 var commands = []*command{
-	{path: "serve", synopsis: "[--config FILE]", brief: "run the relay until SIGINT or SIGTERM", run: serve},
+	{path: "serve", synopsis: "[--config FILE] [--check-config]", brief: "run the relay until SIGINT or SIGTERM", run: serve},
 	{path: "queue stats", synopsis: "[--json]", brief: "count messages per route and state", run: queueStats},
 	{path: "queue list", synopsis: "--route R --state S [--offset N] [--limit N] [--json]", brief: "list a route's messages in one state", run: queueList},
 	{path: "queue show", synopsis: "ID [--json]", brief: "show one message", run: queueShow},
@@ -70,6 +70,16 @@ type usageError struct {
 }
 
 func (e *usageError) Error() string { return e.msg }
+
+// exitCodeError is a failure that exits with its own status rather than
+// exitError, for scripts that tell failures apart.
+type exitCodeError struct {
+	code int
+	err  error
+}
+
+func (e *exitCodeError) Error() string { return e.err.Error() }
+func (e *exitCodeError) Unwrap() error { return e.err }
 
 func usagef(format string, args ...any) error {
 	return &usageError{msg: fmt.Sprintf(format, args...)}
@@ -116,7 +126,10 @@ func run(ctx context.Context, args []string, e *env) int {
 		}
 	}
 	err := c.run(ctx, e, fs, rest)
-	var ue *usageError
+	var (
+		ue *usageError
+		ce *exitCodeError
+	)
 	switch {
 	case err == nil:
 		return exitOK
@@ -128,6 +141,9 @@ func run(ctx context.Context, args []string, e *env) int {
 			fs.Usage()
 		}
 		return exitUsage
+	case errors.As(err, &ce):
+		fmt.Fprintf(e.stderr, "holdfast: %s: %v\n", c.path, err)
+		return ce.code
 	default:
 		fmt.Fprintf(e.stderr, "holdfast: %s: %v\n", c.path, err)
 		return exitError
