@@ -464,7 +464,7 @@ func (h *api) getMessage(w http.ResponseWriter, r *http.Request) {
 		notFound()
 		return
 	case err != nil:
-		h.log.Error("message status failed", "msg", id, "app", app.Name, "err", err)
+		h.log.Error("message status failed", "id", id, "app", app.Name, "err", err)
 		w.Header().Set("Retry-After", storeRetryAfter)
 		h.fail(w, r, app, http.StatusServiceUnavailable, "queue_unavailable", "The queue could not be read; try again after the Retry-After delay.")
 		return

@@ -85,7 +85,7 @@ func (in *ingress) accept(ctx context.Context, s submission) (id string, dup boo
 	if in.queued != nil && !dup {
 		in.queued()
 	}
-	in.log.Info("queued", "msg", id, "app", s.app.Name, "from", s.from, "rcpts", len(s.to), "bytes", len(body), "via", s.protocol, "dup", dup)
+	in.log.Info("queued", "id", id, "app", s.app.Name, "from", s.from, "rcpts", len(s.to), "bytes", len(body), "via", s.protocol, "dup", dup)
 	return id, dup, nil
 }
 

@@ -569,7 +569,7 @@ func (s *smtpSession) Data(r io.Reader) error {
 	if err != nil {
 		return errSMTPStoreFailed // accept has logged why
 	}
-	s.log.Debug("message stored", "msg", id, "app", app.Name, "from", from, "rcpts", len(to), "bytes", len(body))
+	s.log.Debug("message stored", "id", id, "app", app.Name, "from", from, "rcpts", len(to), "bytes", len(body))
 	return smtpQueued(id)
 }
 
