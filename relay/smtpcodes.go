@@ -67,6 +67,15 @@ var (
 	// section 3.5 has no NUL in message text.
 	errSMTPNULBytes = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "NUL bytes are not allowed in messages"}
 
+	// errSMTPBadHeader: 550, X.6.0 other or undefined media error: the
+	// message does not start with a header section (RFC 5322 section 2.2).
+	errSMTPBadHeader = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Malformed header section"}
+
+	// errSMTPInsufficientStorage: 452 insufficient system storage (RFC
+	// 5321), X.3.1 mail system full: the memory budget for messages in
+	// flight has no room for this one now; the client retries later.
+	errSMTPInsufficientStorage = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Insufficient system storage"}
+
 	// errSMTPStoreFailed: 451 local error in processing (RFC 5321), X.3.0
 	// other mail system status. The queue could not store the message.
 	errSMTPStoreFailed = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure storing the message, try again later"}
