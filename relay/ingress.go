@@ -41,6 +41,9 @@ type ingress struct {
 	maxLine int
 	// timeout bounds storing one message; 0 means no bound beyond ctx.
 	timeout time.Duration
+	// healthy, when set, says why new mail must be refused now (Redis
+	// not durable under redis.strict), or nil.
+	healthy func() error
 }
 
 // submission is a message handed to Holdfast by an application.
@@ -99,6 +102,12 @@ func (in *ingress) check(msg []byte) *bodyFault {
 // Nothing is stored unless it returns a nil error. s.body is stored as it
 // is: the caller has put the Received: header of stamp first.
 func (in *ingress) accept(ctx context.Context, s submission) (id string, dup bool, err error) {
+	if in.healthy != nil {
+		if err := in.healthy(); err != nil {
+			in.log.Error("message refused", "app", s.app.Name, "err", err)
+			return "", false, fmt.Errorf("%w: %w", errStore, err)
+		}
+	}
 	if in.timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, in.timeout)

@@ -39,6 +39,7 @@ type Server struct {
 	exchange  *exchange // nil unless delivery.sender is "exchange"
 	gate      *gate     // the auth circuit breakers, with exchange
 	webhook   *breaker.Webhook
+	durable   *durability
 
 	stopping atomic.Bool
 	cancel   context.CancelFunc
@@ -117,7 +118,11 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	if err != nil {
 		return nil, fmt.Errorf("redis %v: %w", o.Redis.Addrs, err)
 	}
-	s.queue = queue.New(s.rdb, o.Queue.Options())
+	s.durable = &durability{rdb: s.rdb, strict: o.Redis.Strict, interval: o.Redis.CheckInterval.D(), log: log.With("component", "queue")}
+	s.durable.set(warnings)
+	qo := o.Queue.Options()
+	qo.MinReplicas, qo.ReplicasTimeout = o.Redis.MinReplicasAcked, o.Redis.ReplicasTimeout.D()
+	s.queue = queue.New(s.rdb, qo)
 
 	var (
 		route   func(ctx context.Context, app *App, from string) (string, error)
@@ -171,7 +176,8 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 
 	a := newApps(o.Apps)
 	in := &ingress{hostname: o.Hostname, store: s.queue, log: log.With("component", "ingress"), now: time.Now, route: route,
-		budget: newInflight(o.SMTP.MaxInflightBytes), maxLine: o.SMTP.MaxLineLength, timeout: o.Redis.IngressTimeout.D()}
+		budget: newInflight(o.SMTP.MaxInflightBytes), maxLine: o.SMTP.MaxLineLength, timeout: o.Redis.IngressTimeout.D(),
+		healthy: s.durable.err}
 	if sender != nil {
 		dc := deliveryConfig{
 			Workers: o.Delivery.Workers,
@@ -245,10 +251,10 @@ func (s *Server) ready(ctx context.Context) error {
 	if s.stopping.Load() {
 		return errors.New("shutting down")
 	}
-	if err := s.rdb.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("redis unreachable: %w", err)
+	if err := s.durable.err(); err != nil {
+		return err
 	}
-	return nil
+	return pingRedis(ctx, s.rdb)
 }
 
 // Start serves in the background until Shutdown.
@@ -278,6 +284,11 @@ func (s *Server) Start() {
 		go s.gate.set.Watch(ctx)
 		go s.gate.probeLoop(ctx, time.Second)
 	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.durable.run(ctx)
+	}()
 	if s.deliverer != nil {
 		s.wg.Add(1)
 		go func() {
