@@ -19,6 +19,8 @@ import (
 //	hf:{T}:r:ROUTE:held      string  when the current hold started (unix ms); present while held
 //	hf:{T}:i:ROUTE:KEY       string  idempotency key -> message id
 //	hf:routes                set     every route that has had a message
+//	hf:auth:ip:IP            string  failed authentications from a client IP in the current window
+//	hf:auth:user:NAME        string  failed authentications for an SMTP user name in the current window
 const keyPrefix = "hf:"
 
 // Message hash fields.
@@ -142,4 +144,10 @@ func ValidID(id string) bool {
 		}
 	}
 	return true
+}
+
+// authFailKey is the failure counter of one client IP ("ip") or SMTP user
+// name ("user"). Each is its own slot on Redis Cluster.
+func authFailKey(kind, name string) string {
+	return keyPrefix + "auth:" + kind + ":" + name
 }

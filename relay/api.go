@@ -466,11 +466,18 @@ func (h *api) authenticate(w http.ResponseWriter, r *http.Request) *App {
 		h.fail(w, r, nil, http.StatusUnauthorized, "missing_token", "Send the application's API token as \"Authorization: Bearer <token>\".")
 		return nil
 	}
+	ip := clientIPString(r.RemoteAddr)
+	if b := h.in.guard.blocked(r.Context(), "http", ip, ""); b != nil {
+		w.Header().Set("Retry-After", strconv.Itoa(int(max(b.Until.Seconds(), 1))))
+		h.fail(w, r, nil, http.StatusTooManyRequests, "too_many_failures", "Too many requests with a wrong token came from this address; no token is checked from it until the Retry-After delay has passed. Fix the application's token, then try again.")
+		return nil
+	}
 	var app *App
 	if token, ok := bearerToken(r); ok {
 		app = h.apps.checkToken(token)
 	}
 	if app == nil {
+		h.in.guard.failed(r.Context(), ip, "")
 		w.Header().Set("WWW-Authenticate", `Bearer realm="holdfast", error="invalid_token"`)
 		h.fail(w, r, nil, http.StatusUnauthorized, "invalid_token", "The bearer token is not valid; check the application's API token, sent as \"Authorization: Bearer <token>\".")
 		return nil

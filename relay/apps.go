@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/crypto/bcrypt"
 
@@ -23,6 +24,11 @@ type apps struct {
 	// not once per SMTP session. Only successes are cached.
 	mu       sync.Mutex
 	verified map[[32]byte]*App
+
+	// pool runs the bcrypt checks; nil runs them at once.
+	pool bcryptPool
+	// bcryptRuns counts the bcrypt checks run.
+	bcryptRuns atomic.Int64
 }
 
 func newApps(list []App) *apps {
@@ -41,29 +47,37 @@ func newApps(list []App) *apps {
 }
 
 // checkPassword returns the application whose SMTP user name and password
-// these are, or nil.
-func (a *apps) checkPassword(user, password string) *App {
+// these are, or nil. It fails with errBcryptBusy when no password-check
+// worker came free in time.
+func (a *apps) checkPassword(user, password string) (*App, error) {
 	key := sha256.Sum256([]byte(user + "\x00" + password))
 	a.mu.Lock()
 	app := a.verified[key]
 	a.mu.Unlock()
 	if app != nil {
-		return app
+		return app, nil
 	}
 	app = a.byUser[user]
-	if app == nil {
-		// Spend the same time as a wrong password, so that user names
-		// cannot be probed by timing.
-		_ = bcrypt.CompareHashAndPassword(dummyHash(), []byte(password))
-		return nil
+	hash := dummyHash()
+	if app != nil {
+		hash = []byte(app.PasswordHash)
 	}
-	if bcrypt.CompareHashAndPassword([]byte(app.PasswordHash), []byte(password)) != nil {
-		return nil
+	// An unknown user costs the same time as a wrong password, so that
+	// user names cannot be probed by timing.
+	var match bool
+	if err := a.pool.run(func() {
+		a.bcryptRuns.Add(1)
+		match = bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil
+	}); err != nil {
+		return nil, err
+	}
+	if app == nil || !match {
+		return nil, nil
 	}
 	a.mu.Lock()
 	a.verified[key] = app
 	a.mu.Unlock()
-	return app
+	return app, nil
 }
 
 // dummyHash is a bcrypt hash, at the default cost, that no password

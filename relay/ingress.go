@@ -41,6 +41,8 @@ type ingress struct {
 	maxLine int
 	// timeout bounds storing one message; 0 means no bound beyond ctx.
 	timeout time.Duration
+	// guard throttles authentication guessing; nil does not throttle.
+	guard *authGuard
 	// healthy, when set, says why new mail must be refused now (Redis
 	// not durable under redis.strict), or nil.
 	healthy func() error

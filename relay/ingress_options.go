@@ -44,7 +44,9 @@ type ThrottleOptions struct {
 	// Window is the time over which failures are counted. Default 5m.
 	Window Duration `yaml:"window"`
 	// BcryptWorkers is how many password checks run at once; the others
-	// wait their turn. Default 0: one per CPU.
+	// wait their turn (at most 10s, then AUTH answers 454 4.7.0). Default
+	// 0: half the CPUs, at least one, so that guesses leave CPU to the
+	// sessions already authenticated.
 	BcryptWorkers int `yaml:"bcrypt_workers"`
 }
 
@@ -101,7 +103,7 @@ func (o *Options) validateIngress() error {
 		return bad("auth_throttle.max_failures", "must be at least 1")
 	}
 	if o.AuthThrottle.BcryptWorkers < 0 {
-		return bad("auth_throttle.bcrypt_workers", "must not be negative (0 is one per CPU)")
+		return bad("auth_throttle.bcrypt_workers", "must not be negative (0 is half the CPUs)")
 	}
 	if o.SMTP.MaxInflightBytes < o.SMTP.MaxMessageBytes {
 		return bad("smtp.max_inflight_bytes", "must be at least smtp.max_message_bytes (%d)", o.SMTP.MaxMessageBytes)

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"holdfast/breaker"
@@ -40,6 +41,7 @@ type Server struct {
 	gate      *gate     // the auth circuit breakers, with exchange
 	webhook   *breaker.Webhook
 	durable   *durability
+	reg       *prometheus.Registry
 
 	stopping atomic.Bool
 	cancel   context.CancelFunc
@@ -101,6 +103,7 @@ func newSender(o DeliveryOptions) (Sender, error) {
 // replaces the configured one.
 func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Server, error) {
 	s := &Server{opts: o, log: log, errs: make(chan error, len(o.SMTP.Listeners)+2)}
+	s.reg = prometheus.NewRegistry()
 	s.rdb = RedisClient(o.Redis)
 	ok := false
 	defer func() {
@@ -175,9 +178,12 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	}
 
 	a := newApps(o.Apps)
+	a.pool = newBcryptPool(o.AuthThrottle.BcryptWorkers)
 	in := &ingress{hostname: o.Hostname, store: s.queue, log: log.With("component", "ingress"), now: time.Now, route: route,
 		budget: newInflight(o.SMTP.MaxInflightBytes), maxLine: o.SMTP.MaxLineLength, timeout: o.Redis.IngressTimeout.D(),
-		healthy: s.durable.err}
+		healthy: s.durable.err,
+		guard: newAuthGuard(queue.NewAuthThrottle(s.rdb, o.AuthThrottle.MaxFailures, o.AuthThrottle.Window.D()),
+			o.Redis.IngressTimeout.D(), s.reg, log)}
 	if sender != nil {
 		dc := deliveryConfig{
 			Workers: o.Delivery.Workers,

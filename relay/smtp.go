@@ -233,10 +233,13 @@ func smtpReplyLine(e *smtp.SMTPError) string {
 	return fmt.Sprintf("%d %d.%d.%d %s\r\n", e.Code, c[0], c[1], c[2], e.Message)
 }
 
-func clientIP(a net.Addr) string {
-	host, _, err := net.SplitHostPort(a.String())
+func clientIP(a net.Addr) string { return clientIPString(a.String()) }
+
+// clientIPString is the IP of a host:port address.
+func clientIPString(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return a.String()
+		return addr
 	}
 	return host
 }
@@ -462,11 +465,22 @@ func (s *smtpSession) Auth(mech string) (sasl.Server, error) {
 	return nil, smtp.ErrAuthUnknownMechanism
 }
 
-// authenticate checks a user name and password. A failure logs neither:
-// clients sometimes put the password in the user name.
+// authenticate checks a user name and password. A client IP or user name
+// that failed too often is refused with 454 4.7.0 before any check. A
+// failure logs neither name nor password: clients sometimes put the
+// password in the user name.
 func (s *smtpSession) authenticate(mech, user, password string) error {
-	app := s.ing.apps.checkPassword(user, password)
+	ip := s.tc.ip
+	if b := s.ing.in.guard.blocked(s.ing.base, "smtp", ip, user); b != nil {
+		return errSMTPAuthThrottled
+	}
+	app, err := s.ing.apps.checkPassword(user, password)
+	if err != nil {
+		s.log.Warn("authentication deferred", "mechanism", mech, "err", err)
+		return errSMTPAuthThrottled
+	}
 	if app == nil {
+		s.ing.in.guard.failed(s.ing.base, ip, user)
 		s.log.Warn("authentication failed", "mechanism", mech)
 		return errSMTPAuthFailed
 	}

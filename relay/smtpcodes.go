@@ -23,6 +23,11 @@ var (
 	// section 6).
 	errSMTPAuthFailed = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
 
+	// errSMTPAuthThrottled: 454 temporary authentication failure (RFC 4954
+	// section 6), X.7.0: the client IP or user name failed too often, and
+	// its attempts are refused unchecked until the window passes.
+	errSMTPAuthThrottled = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many failed authentications, try again later"}
+
 	// errSMTPAuthMalformed: 501 syntax error in a SASL response (RFC 4954
 	// section 4), X.5.2 syntax error.
 	errSMTPAuthMalformed = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: "Malformed authentication response"}
