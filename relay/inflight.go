@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"log/slog"
+	"os"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -98,12 +100,15 @@ type bodyBuf struct {
 
 func newBodyBuf(budget *inflight) *bodyBuf { return &bodyBuf{budget: budget} }
 
-// grow makes room for at least n more bytes.
+// grow makes room for at least n more bytes. It grows by half, not by
+// doubling, so that a buffer is at most half again as large as its
+// message, and the old and new buffers together, while one is copied into
+// the other, at most 2.5 times.
 func (b *bodyBuf) grow(n int) error {
 	if cap(b.buf)-len(b.buf) >= n {
 		return nil
 	}
-	size := max(2*cap(b.buf), len(b.buf)+n, 64<<10)
+	size := max(cap(b.buf)+cap(b.buf)/2, len(b.buf)+n, 64<<10)
 	if !b.budget.take(int64(size)) {
 		return errInflightFull
 	}
@@ -137,7 +142,7 @@ func (b *bodyBuf) setPrefix(p []byte) error {
 // a read error is returned as it is.
 func (b *bodyBuf) readFrom(r io.Reader, max int64) error {
 	for {
-		if err := b.grow(32 << 10); err != nil {
+		if err := b.grow(1); err != nil {
 			return err
 		}
 		n, err := r.Read(b.buf[len(b.buf):cap(b.buf)])
@@ -152,6 +157,23 @@ func (b *bodyBuf) readFrom(r io.Reader, max int64) error {
 			return err
 		}
 	}
+}
+
+// memoryHeadroom is what the process may use beyond the bodies budget
+// before the garbage collector works harder to stay within it.
+const memoryHeadroom = 64 << 20
+
+// setMemoryLimit sets the Go runtime's soft memory limit to the bodies
+// budget plus memoryHeadroom, unless GOMEMLIMIT says otherwise. Without it
+// the collector lets the heap grow to twice what is live, so a burst of
+// large messages could take twice the budget.
+func setMemoryLimit(budget int64, log *slog.Logger) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	limit := budget + memoryHeadroom
+	debug.SetMemoryLimit(limit)
+	log.Debug("memory limit set", "bytes", limit)
 }
 
 // body is the message as read, without the header.

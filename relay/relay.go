@@ -377,6 +377,7 @@ func (s *Server) closeAll() {
 // value on reload (SIGHUP) re-reads the credential files; reload may be
 // nil.
 func Run(ctx context.Context, o Options, log *slog.Logger, reload <-chan struct{}) error {
+	setMemoryLimit(o.SMTP.MaxInflightBytes, log)
 	s, err := New(ctx, o, nil, log)
 	if err != nil {
 		return err
