@@ -56,6 +56,7 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 20000x -count 3 -benchmem ./queue/
 	$(GO) test -run '^$$' -bench SMTPIngress -benchtime 20000x -count 3 -benchmem ./relay/
 	$(GO) test -run '^$$' -bench EndToEnd -benchtime 5000x -count 3 ./relay/
+	$(GO) test -run '^$$' -bench AcceptUnderGuessing -benchtime 1000x -count 3 ./relay/
 	$(GO) test -run '^$$' -bench Incident -benchtime 1x -count 3 ./cmd/holdfast/
 	deploy/bench/ingress.sh
 

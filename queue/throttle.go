@@ -96,6 +96,66 @@ func (a *AuthThrottle) Failed(ctx context.Context, ip, user string) error {
 	return nil
 }
 
+// Attempt counts an authentication about to be checked as a failure before
+// it is checked, and returns the block that refuses it when the count
+// went past Max. Counting first makes the limit hold for attempts that
+// run at the same time, even on several replicas: at most Max checks run
+// per window. A check that then succeeds calls Succeeded.
+func (a *AuthThrottle) Attempt(ctx context.Context, ip, user string) (*Block, error) {
+	for _, k := range []struct{ kind, name string }{{"ip", ip}, {"user", user}} {
+		if k.name == "" {
+			continue
+		}
+		res, err := attemptScript.Run(ctx, a.rdb, []string{authFailKey(k.kind, k.name)}, a.window.Milliseconds()).Int64Slice()
+		if err != nil {
+			return nil, fmt.Errorf("auth throttle: %w", err)
+		}
+		if len(res) == 2 && res[0] > a.max {
+			return &Block{Kind: k.kind, Name: k.name, Until: time.Duration(max(res[1], 0)) * time.Millisecond}, nil
+		}
+	}
+	return nil, nil
+}
+
+// Succeeded takes back the count of an Attempt whose check succeeded. It
+// changes no other count: a success from one IP does not clear another's.
+func (a *AuthThrottle) Succeeded(ctx context.Context, ip, user string) error {
+	for _, k := range []struct{ kind, name string }{{"ip", ip}, {"user", user}} {
+		if k.name == "" {
+			continue
+		}
+		if err := succeedScript.Run(ctx, a.rdb, []string{authFailKey(k.kind, k.name)}).Err(); err != nil {
+			return fmt.Errorf("auth throttle: %w", err)
+		}
+	}
+	return nil
+}
+
+// attemptScript counts one attempt: KEYS[1] the counter, ARGV[1] the
+// window in ms. The window starts at the first count. Returns {count, ms
+// left in the window}.
+var attemptScript = redis.NewScript(`
+local n = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if n == 1 or ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {n, ttl}
+`)
+
+// succeedScript takes back one attempt: KEYS[1] the counter. A counter
+// that has expired meanwhile is left alone.
+var succeedScript = redis.NewScript(`
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n > 1 then
+  redis.call('DECR', KEYS[1])
+elseif n == 1 then
+  redis.call('DEL', KEYS[1])
+end
+return n
+`)
+
 // Unblock clears the failures of a client IP (kind "ip") or a user name
 // (kind "user"), and reports whether there were any.
 func (a *AuthThrottle) Unblock(ctx context.Context, kind, name string) (bool, error) {

@@ -2,6 +2,8 @@ package queue_test
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,5 +38,40 @@ func TestAuthThrottleWindow(t *testing.T) {
 	time.Sleep(400 * time.Millisecond)
 	if b, _ := th.Blocked(ctx, "192.0.2.1", "crm"); b != nil {
 		t.Fatalf("after the window: %+v, want none", b)
+	}
+}
+
+// TestAuthThrottleAttemptsAtOnce: attempts counted before their check let
+// exactly Max through, however many come at once, and a success takes
+// back only its own count.
+func TestAuthThrottleAttemptsAtOnce(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	th := queue.NewAuthThrottle(srv.Client(t), 10, time.Minute)
+	var allowed atomic.Int64
+	var wg sync.WaitGroup
+	for range 40 {
+		wg.Go(func() {
+			b, err := th.Attempt(ctx, "192.0.2.9", "")
+			if err != nil {
+				t.Error(err)
+			}
+			if b == nil {
+				allowed.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if n := allowed.Load(); n != 10 {
+		t.Fatalf("%d of 40 attempts at once allowed, want 10", n)
+	}
+	if b, _ := th.Attempt(ctx, "192.0.2.10", ""); b != nil {
+		t.Fatal("another IP is blocked")
+	}
+	if err := th.Succeeded(ctx, "192.0.2.10", ""); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := th.Blocked(ctx, "192.0.2.9", ""); b == nil {
+		t.Fatal("another IP's success cleared the block")
 	}
 }

@@ -470,25 +470,39 @@ func (s *smtpSession) Auth(mech string) (sasl.Server, error) {
 // failure logs neither name nor password: clients sometimes put the
 // password in the user name.
 func (s *smtpSession) authenticate(mech, user, password string) error {
-	ip := s.tc.ip
-	if b := s.ing.in.guard.blocked(s.ing.base, "smtp", ip, user); b != nil {
+	ip, guard := s.tc.ip, s.ing.in.guard
+	if b := guard.attempt(s.ing.base, "smtp", ip, user); b != nil {
+		s.refusalDelay()
 		return errSMTPAuthThrottled
 	}
 	app, err := s.ing.apps.checkPassword(user, password)
 	if err != nil {
+		// Not checked: the attempt does not count.
+		guard.succeeded(s.ing.base, ip, user)
 		s.log.Warn("authentication deferred", "mechanism", mech, "err", err)
 		return errSMTPAuthThrottled
 	}
 	if app == nil {
-		s.ing.in.guard.failed(s.ing.base, ip, user)
 		s.log.Warn("authentication failed", "mechanism", mech)
 		return errSMTPAuthFailed
 	}
+	guard.succeeded(s.ing.base, ip, user)
 	s.mu.Lock()
 	s.app = app
 	s.mu.Unlock()
 	s.log.Info("authenticated", "app", app.Name, "mechanism", mech)
 	return nil
+}
+
+// refusalDelay waits the guard's delay, or less when shutdown ends
+// first.
+func (s *smtpSession) refusalDelay() {
+	t := time.NewTimer(s.ing.in.guard.delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-s.ing.base.Done():
+	}
 }
 
 func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) error {

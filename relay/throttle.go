@@ -17,9 +17,16 @@ import (
 type authLimiter interface {
 	Blocked(ctx context.Context, ip, user string) (*queue.Block, error)
 	Failed(ctx context.Context, ip, user string) error
+	Attempt(ctx context.Context, ip, user string) (*queue.Block, error)
+	Succeeded(ctx context.Context, ip, user string) error
 }
 
 var _ authLimiter = (*queue.AuthThrottle)(nil)
+
+// authRefusalDelay is how long a throttled AUTH waits before its 454, as
+// Postfix's smtpd_error_sleep_time: a guesser's connection makes one
+// attempt a second at most, and a sleeping session costs no CPU.
+const authRefusalDelay = time.Second
 
 // authThrottleTimeout bounds each look-up of the failure counts: a hung
 // Redis must not hold AUTH longer than this.
@@ -32,6 +39,7 @@ const authThrottleTimeout = 3 * time.Second
 type authGuard struct {
 	limits  authLimiter
 	timeout time.Duration
+	delay   time.Duration // before an SMTP refusal; authRefusalDelay
 	refused *prometheus.CounterVec
 	log     *slog.Logger
 }
@@ -45,6 +53,7 @@ func newAuthGuard(limits authLimiter, timeout time.Duration, reg prometheus.Regi
 	g := &authGuard{
 		limits:  limits,
 		timeout: timeout,
+		delay:   authRefusalDelay,
 		refused: promauto.With(reg).NewCounterVec(prometheus.CounterOpts{
 			Name: "holdfast_auth_throttled_total",
 			Help: "Authentication attempts refused without a password or token check, because their client IP or user name failed too often.",
@@ -57,9 +66,9 @@ func newAuthGuard(limits authLimiter, timeout time.Duration, reg prometheus.Regi
 	return g
 }
 
-// blocked returns the block that refuses this attempt, or nil. A refusal
-// is counted and logged (never with the user name: clients sometimes put
-// the password there).
+// blocked returns the block that refuses this attempt, or nil: for the
+// HTTP API, whose token check is cheap, failures are counted after the
+// check (failed).
 func (g *authGuard) blocked(ctx context.Context, ingress, ip, user string) *queue.Block {
 	if g == nil {
 		return nil
@@ -67,6 +76,27 @@ func (g *authGuard) blocked(ctx context.Context, ingress, ip, user string) *queu
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
 	b, err := g.limits.Blocked(ctx, ip, user)
+	return g.verdict(ingress, ip, b, err)
+}
+
+// attempt counts a password check about to run and returns the block that
+// refuses it, or nil: for SMTP, so that no more than the allowed number of
+// bcrypt checks run per window even when guesses come at once. A check
+// that succeeds calls succeeded.
+func (g *authGuard) attempt(ctx context.Context, ingress, ip, user string) *queue.Block {
+	if g == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	b, err := g.limits.Attempt(ctx, ip, user)
+	return g.verdict(ingress, ip, b, err)
+}
+
+// verdict counts and logs a refusal (never with the user name: clients
+// sometimes put the password there). When Redis could not answer, the
+// attempt goes on.
+func (g *authGuard) verdict(ingress, ip string, b *queue.Block, err error) *queue.Block {
 	if err != nil {
 		g.log.Warn("cannot read the failure counts; authentication is not throttled", "err", err)
 		return nil
@@ -76,6 +106,18 @@ func (g *authGuard) blocked(ctx context.Context, ingress, ip, user string) *queu
 		g.log.Info("authentication refused: too many failures", "ingress", ingress, "remote_ip", ip, "blocked", b.Kind, "for", b.Until.Round(time.Second).String())
 	}
 	return b
+}
+
+// succeeded takes back the count of an attempt that succeeded.
+func (g *authGuard) succeeded(ctx context.Context, ip, user string) {
+	if g == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	if err := g.limits.Succeeded(ctx, ip, user); err != nil {
+		g.log.Warn("cannot take back a successful authentication's count", "err", err)
+	}
 }
 
 // failed counts a failed attempt.

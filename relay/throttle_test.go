@@ -42,6 +42,8 @@ func smtpAuthFrom(t *testing.T, addr string, ip net.IP, user, password string) s
 func TestAuthThrottleSMTP(t *testing.T) {
 	f := newFixture(t)
 	s := startRelayOn(t, f, nil)
+	// Refusals wait a second each; the test makes 90 of them.
+	s.smtp.in.guard.delay = time.Millisecond
 	addr := s.SMTPAddrs()[0]
 
 	c := dialSMTPRaw(t, addr, attackerIP)
