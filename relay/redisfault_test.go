@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"holdfast/queue"
+	"holdfast/queue/redistest"
 )
 
 // startRelayOn runs a whole relay over f's redis-server, with the dir
@@ -183,5 +184,43 @@ func waitReady(t *testing.T, s *Server, ready bool, want string) {
 			t.Fatalf("/readyz is %d %s; want ready=%v (%s)", code, body, ready, want)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestMinReplicasAcked: with redis.min_replicas_acked, SMTP and HTTP
+// acknowledge only once a real replica has the message, and answer with a
+// temporary failure when no replica does.
+func TestMinReplicasAcked(t *testing.T) {
+	f := newFixture(t)
+	port := strings.TrimPrefix(f.redis.Addr(), "127.0.0.1:")
+	replica := redistest.Start(t, redistest.WithArgs("--replicaof", "127.0.0.1", port))
+	rc := replica.Client(t)
+	waitFor(t, 10*time.Second, "the replica to connect", func() bool {
+		info, _ := rc.Info(context.Background(), "replication").Result()
+		return strings.Contains(info, "master_link_status:up")
+	})
+	s := startRelayOn(t, f, func(o *Options) {
+		o.Redis.MinReplicasAcked = 1
+		o.Redis.ReplicasTimeout = Duration(300 * time.Millisecond)
+		o.Delivery.Sender = "off"
+	})
+	reply, _ := smtpSubmit(t, s)
+	if !strings.HasPrefix(reply, "250 ") {
+		t.Fatalf("SMTP with a replica: %q", reply)
+	}
+	id := reply[strings.LastIndexByte(reply, ' ')+1:]
+	if n, _ := rc.Keys(context.Background(), "*"+id).Result(); len(n) != 1 {
+		t.Errorf("the replica lacks %s when it is acknowledged", id)
+	}
+	if status, _ := postMessage(t, s); status != http.StatusAccepted {
+		t.Errorf("HTTP with a replica: %d", status)
+	}
+
+	replica.Kill(t)
+	if reply, _ := smtpSubmit(t, s); !strings.HasPrefix(reply, "451 4.3.0 ") {
+		t.Errorf("SMTP without a replica: %q, want 451 4.3.0", reply)
+	}
+	if status, _ := postMessage(t, s); status != http.StatusServiceUnavailable {
+		t.Errorf("HTTP without a replica: %d, want 503", status)
 	}
 }
