@@ -14,7 +14,7 @@ import (
 
 // startRelayOn runs a whole relay over f's redis-server, with the dir
 // sender, after change has adjusted its options.
-func startRelayOn(t *testing.T, f *fixture, change func(*Options)) *Server {
+func startRelayOn(t testing.TB, f *fixture, change func(*Options)) *Server {
 	t.Helper()
 	o := f.opts
 	o.Redis.Addrs = []string{f.redis.Addr()}
