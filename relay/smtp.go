@@ -470,15 +470,24 @@ func (s *smtpSession) Auth(mech string) (sasl.Server, error) {
 // failure logs neither name nor password: clients sometimes put the
 // password in the user name.
 func (s *smtpSession) authenticate(mech, user, password string) error {
-	ip, guard := s.tc.ip, s.ing.in.guard
-	if b := guard.attempt(s.ing.base, "smtp", ip, user); b != nil {
+	ip, guard, ctx := s.tc.ip, s.ing.in.guard, s.ing.base
+	if b := guard.blocked(ctx, "smtp", ip, user); b != nil {
 		s.refusalDelay()
 		return errSMTPAuthThrottled
 	}
-	app, err := s.ing.apps.checkPassword(user, password)
-	if err != nil {
-		// Not checked: the attempt does not count.
-		guard.succeeded(s.ing.base, ip, user)
+	app, err := s.ing.apps.checkPassword(user, password, func() error {
+		// Counted before bcrypt runs: guesses sent at once cannot all
+		// pass the check above while the count is still low.
+		if b := guard.attempt(ctx, "smtp", ip, user); b != nil {
+			return errAuthThrottled
+		}
+		return nil
+	}, func() { guard.succeeded(ctx, ip, user) })
+	switch {
+	case errors.Is(err, errAuthThrottled):
+		s.refusalDelay()
+		return errSMTPAuthThrottled
+	case err != nil:
 		s.log.Warn("authentication deferred", "mechanism", mech, "err", err)
 		return errSMTPAuthThrottled
 	}
@@ -486,7 +495,6 @@ func (s *smtpSession) authenticate(mech, user, password string) error {
 		s.log.Warn("authentication failed", "mechanism", mech)
 		return errSMTPAuthFailed
 	}
-	guard.succeeded(s.ing.base, ip, user)
 	s.mu.Lock()
 	s.app = app
 	s.mu.Unlock()

@@ -137,6 +137,9 @@ func (g *authGuard) failed(ctx context.Context, ip, user string) {
 // authenticated.
 type bcryptPool chan struct{}
 
+// errAuthThrottled: the client IP or user name failed too often.
+var errAuthThrottled = errors.New("too many failed authentications")
+
 // errBcryptBusy: the pool had no free worker within the wait.
 var errBcryptBusy = errors.New("too many password checks waiting")
 

@@ -144,3 +144,34 @@ func TestAuthThrottleHTTP(t *testing.T) {
 		t.Errorf("holdfast_auth_throttled_total{ingress=http} = %v, want 2", n)
 	}
 }
+
+// TestAuthThrottleManySessionsAtOnce: an application opening 20 sessions
+// at once with the right password is neither throttled nor charged 20
+// bcrypt runs.
+func TestAuthThrottleManySessionsAtOnce(t *testing.T) {
+	f := newFixture(t)
+	s := startRelayOn(t, f, nil)
+	addr := s.SMTPAddrs()[0]
+	replies := make([]string, 20)
+	done := make(chan struct{})
+	for i := range replies {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			replies[i] = smtpAuthFrom(t, addr, attackerIP, crmUser, crmPassword)
+		}()
+	}
+	for range replies {
+		<-done
+	}
+	for i, r := range replies {
+		if !strings.HasPrefix(r, "235 ") {
+			t.Errorf("session %d: %q, want 235", i, r)
+		}
+	}
+	if runs := s.smtp.apps.bcryptRuns.Load(); runs != 1 {
+		t.Errorf("%d bcrypt runs for 20 sessions with one password, want 1", runs)
+	}
+	if b, err := queue.NewAuthThrottle(f.redis.Client(t), 10, time.Minute).Blocked(context.Background(), "127.0.0.1", crmUser); b != nil || err != nil {
+		t.Errorf("after 20 successes: block %+v, %v; want none", b, err)
+	}
+}
