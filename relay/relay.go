@@ -31,6 +31,7 @@ type Server struct {
 	log   *slog.Logger
 	rdb   redis.UniversalClient
 	queue *queue.Queue
+	reg   *prometheus.Registry
 
 	smtp      *smtpIngress
 	smtpLns   []net.Listener
@@ -41,7 +42,6 @@ type Server struct {
 	gate      *gate     // the auth circuit breakers, with exchange
 	webhook   *breaker.Webhook
 	durable   *durability
-	reg       *prometheus.Registry
 
 	stopping atomic.Bool
 	cancel   context.CancelFunc
