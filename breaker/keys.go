@@ -26,3 +26,11 @@ const namesKey = "hf:brk:names"
 func recordKey(name string) string { return "hf:{brk:" + name + "}" }
 
 func spreadKey(name string) string { return recordKey(name) + ":spread" }
+
+// noticeKey marks a recurring notice (kind, name, level) as sent until it
+// expires; see Notices.Claim:
+//
+//	hf:{ntc:KIND:NAME}:LEVEL   string  "1", with the notice's period as TTL
+func noticeKey(kind, name, level string) string {
+	return "hf:{ntc:" + kind + ":" + name + "}:" + level
+}

@@ -173,6 +173,10 @@ func (h *api) postMessage(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusForbidden, "sender_not_permitted", fmt.Sprintf("5.7.60 Client does not have permissions to send as this sender (%s); send from an address or domain this application is configured for, or ask the operator to add it.", from))
 		return
 	}
+	if err := h.in.checkSender(r.Context(), app, from); err != nil {
+		h.failSender(w, r, app, err)
+		return
+	}
 
 	protocol := "HTTP"
 	if r.TLS != nil {
@@ -211,6 +215,10 @@ func (h *api) postMessage(w http.ResponseWriter, r *http.Request) {
 	}
 	sub.body = buf.bytes()
 	id, dup, err := h.in.accept(r.Context(), sub)
+	if _, ok := asNoMailbox(err); ok {
+		h.failSender(w, r, app, err)
+		return
+	}
 	if err != nil {
 		// accept has logged why.
 		w.Header().Set("Retry-After", storeRetryAfter)

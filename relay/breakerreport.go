@@ -43,7 +43,9 @@ type BreakerStatus struct {
 	Routes []string `json:"routes"`
 	// Credential names a credential breaker's app registration, and
 	// CredentialExpires is when its secret or certificate expires, when
-	// known (the credential's expires_at, or the certificate's NotAfter).
+	// known: from a relay, the soonest date its expiry monitor knows
+	// (expires_at, the certificate's NotAfter, Graph); from the command
+	// line, expires_at or else the certificate's NotAfter.
 	Credential        string    `json:"credential,omitempty"`
 	CredentialExpires time.Time `json:"credential_expires_at,omitzero"`
 }
@@ -64,11 +66,7 @@ func NewBreakerReporter(set *breaker.Set, q *queue.Queue, o Options) *BreakerRep
 	exp := map[string]time.Time{}
 	for _, c := range o.Credentials {
 		exp[c.Name] = configuredExpiry(c, func() (time.Time, bool) {
-			ac, err := auth.NewCredential(auth.CredentialOptions{
-				Name: c.Name, Tenant: c.Tenant, ClientID: c.ClientID, Authority: c.Authority,
-				ClientSecretFile: c.ClientSecretFile, CertFile: c.CertFile, KeyFile: c.KeyFile,
-				Scope: outlookScope,
-			})
+			ac, err := auth.NewCredential(c.authOptions(outlookScope, nil, nil))
 			if err != nil {
 				return time.Time{}, false
 			}

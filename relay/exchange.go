@@ -100,12 +100,8 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 		}
 	}
 	for _, c := range o.Credentials {
-		co := auth.CredentialOptions{
-			Name: c.Name, Tenant: c.Tenant, ClientID: c.ClientID, Authority: c.Authority,
-			ClientSecretFile: c.ClientSecretFile, CertFile: c.CertFile, KeyFile: c.KeyFile,
-			Scope: outlookScope, HTTPClient: httpClient, OnChange: onChange, Logger: log,
-			ReloadInterval: credentialReload,
-		}
+		co := c.authOptions(outlookScope, httpClient, log)
+		co.OnChange, co.ReloadInterval = onChange, credentialReload
 		if x.creds[c.Name], err = auth.NewCredential(co); err != nil {
 			return nil, fmt.Errorf("credentials %s: %w", c.Name, err)
 		}

@@ -118,6 +118,10 @@ func (in *ingress) accept(ctx context.Context, s submission) (id string, dup boo
 	route := s.app.Route
 	if in.route != nil {
 		if route, err = in.route(ctx, s.app, s.from); err != nil {
+			if _, ok := asNoMailbox(err); ok {
+				in.log.Info("refused: no mailbox sends as the sender", "app", s.app.Name, "err", err)
+				return "", false, err
+			}
 			in.log.Error("routing failed", "app", s.app.Name, "err", err)
 			return "", false, fmt.Errorf("%w: %w", errStore, err)
 		}

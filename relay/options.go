@@ -42,6 +42,9 @@ type Options struct {
 	Breakers BreakerOptions `yaml:"breakers"`
 	// AuthThrottle limits password and token guessing.
 	AuthThrottle ThrottleOptions `yaml:"auth_throttle"`
+	// Expiry configures the credential expiry monitor of the "exchange"
+	// sender.
+	Expiry ExpiryOptions `yaml:"expiry"`
 }
 
 // BreakerOptions configure the auth circuit breakers.
@@ -273,7 +276,9 @@ type App struct {
 	// Credential names the app registration that sends its mail (the
 	// "exchange" sender).
 	Credential string `yaml:"credential"`
-	// Mailbox is the mailbox its mail is sent as by default.
+	// Mailbox is the mailbox that sends its mail from this address; any
+	// other sender needs a SenderMailboxes entry or a delegated grant, or
+	// is refused at MAIL FROM (see noMailboxError).
 	Mailbox string `yaml:"mailbox"`
 	// SenderMailboxes maps envelope senders (addresses or @domains) to the
 	// mailbox that sends their mail, ahead of Mailbox. An envelope sender
@@ -363,6 +368,7 @@ func DefaultOptions() Options {
 			EscalateMailboxes: 3,
 		},
 		AuthThrottle: defaultThrottle(),
+		Expiry:       ExpiryOptions{CheckInterval: Duration(defaultExpiryCheckInterval)},
 	}
 }
 
@@ -541,6 +547,9 @@ func (o *Options) Validate() error {
 	case "off":
 	case "exchange":
 		if err := o.validateExchange(); err != nil {
+			return err
+		}
+		if err := o.Expiry.validate(); err != nil {
 			return err
 		}
 		if u := o.Breakers.WebhookURL; u != "" {

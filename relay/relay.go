@@ -42,6 +42,7 @@ type Server struct {
 	gate      *gate     // the auth circuit breakers, with exchange
 	webhook   *breaker.Webhook
 	durable   *durability
+	expiry    *ExpiryMonitor // with exchange
 
 	stopping atomic.Bool
 	cancel   context.CancelFunc
@@ -72,19 +73,10 @@ func (o BreakerOptions) Options() breaker.Options {
 }
 
 // breakerReporter describes the breakers with this relay's live view of
-// its credentials' expiry (a rotated certificate's new NotAfter).
+// its credentials' expiry: the expiry monitor's soonest date (a rotated
+// certificate's new NotAfter, Graph's end date of the secret in use).
 func (s *Server) breakerReporter() *BreakerReporter {
-	byName := map[string]Credential{}
-	for _, c := range s.opts.Credentials {
-		byName[c.Name] = c
-	}
-	return newBreakerReporter(s.gate.set, s.queue, s.opts, func(name string) time.Time {
-		c, ok := byName[name]
-		if !ok || s.exchange.creds[name] == nil {
-			return time.Time{}
-		}
-		return configuredExpiry(c, s.exchange.creds[name].Expiry)
-	})
+	return newBreakerReporter(s.gate.set, s.queue, s.opts, s.expiry.ExpiresAt)
 }
 
 // newSender builds the configured upstream.
@@ -150,11 +142,15 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 			if err := g.probeNow(context.Background(), credentialBreaker(name)); err != nil {
 				log.Warn("cannot request a probe", "credential", name, "err", err)
 			}
+			s.expiry.Reloaded(name)
 		}
 		if s.exchange, err = newExchange(o, s.rdb, onChange, log); err != nil {
 			return nil, err
 		}
 		g.x, s.exchange.gate, s.gate = s.exchange, g, g
+		if err := s.newExpiryMonitor(); err != nil {
+			return nil, err
+		}
 		sender = s.exchange
 		var idx grantIndex
 		if s.exchange.grants != nil {
@@ -295,6 +291,9 @@ func (s *Server) Start() {
 		defer s.wg.Done()
 		s.durable.run(ctx)
 	}()
+	if s.expiry != nil {
+		s.wg.Go(func() { s.expiry.Run(ctx) })
+	}
 	if s.deliverer != nil {
 		s.wg.Add(1)
 		go func() {
@@ -322,8 +321,10 @@ func (s *Server) Reload() error {
 		return nil
 	}
 	err := s.exchange.reload()
-	// SIGHUP also probes every open credential breaker at once.
+	// SIGHUP also probes every open credential breaker at once, and
+	// reads the expiry again.
 	for name := range s.exchange.creds {
+		s.expiry.Reloaded(name)
 		if perr := s.gate.probeNow(context.Background(), credentialBreaker(name)); perr != nil {
 			err = errors.Join(err, perr)
 		}

@@ -20,6 +20,9 @@ import (
 )
 
 const (
+	// smtpSenderCheckTimeout bounds the look-up, at MAIL FROM, of the
+	// mailbox that sends as the sender.
+	smtpSenderCheckTimeout = 30 * time.Second
 	// smtpGoodbyeTimeout bounds writing a 421 to a client that does not
 	// read, and the wait for sessions to end after shutdown closed them.
 	smtpGoodbyeTimeout = 5 * time.Second
@@ -529,6 +532,8 @@ func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 		err = errSMTPNeedsUTF8
 	case !s.app.maySend(from):
 		err = errSMTPSenderNotAllowed
+	default:
+		err = s.checkSender(from)
 	}
 	if err != nil {
 		s.log.Info("MAIL refused", "app", appName(s.app), "from", from, "reply", err.Message)
@@ -539,6 +544,22 @@ func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 		return errSMTPInsufficientStorage
 	}
 	s.from, s.utf8, s.to, s.size = from, opts.UTF8, nil, opts.Size
+	return nil
+}
+
+// checkSender refuses a sender that no mailbox sends as, at MAIL FROM
+// (see noMailboxError).
+func (s *smtpSession) checkSender(from string) *smtp.SMTPError {
+	ctx, cancel := context.WithTimeout(s.ing.base, smtpSenderCheckTimeout)
+	defer cancel()
+	err := s.ing.in.checkSender(ctx, s.app, from)
+	if nm, ok := asNoMailbox(err); ok {
+		return nm.smtpError()
+	}
+	if err != nil {
+		s.log.Error("cannot check the sender's mailbox", "app", s.app.Name, "err", err)
+		return errSMTPStoreFailed
+	}
 	return nil
 }
 
@@ -613,6 +634,9 @@ func (s *smtpSession) Data(r io.Reader) error {
 	}
 	sub.body = buf.bytes()
 	id, _, err := s.ing.in.accept(s.ing.base, sub)
+	if nm, ok := asNoMailbox(err); ok {
+		return nm.smtpError()
+	}
 	if err != nil {
 		return errSMTPStoreFailed // accept has logged why
 	}

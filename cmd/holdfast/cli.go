@@ -48,6 +48,7 @@ var commands = []*command{
 	{path: "queue show", synopsis: "ID [--json]", brief: "show one message", run: queueShow},
 	{path: "queue requeue", synopsis: "ID...", brief: "move dead letters back to the queue, due now", run: queueRequeue},
 	{path: "queue delete", synopsis: "ID...", brief: "delete messages in any state", run: queueDelete},
+	{path: "queue purge", synopsis: "[--route R] [--state S] [--yes]", brief: "delete every message of a route and/or a state, after a count and a confirmation", run: queuePurge},
 	{path: "queue flush", synopsis: "[--route R]", brief: "make scheduled messages due now, ignoring backoff", run: queueFlush},
 	{path: "queue drain", synopsis: "[--route R] [--timeout D]", brief: "deliver everything queued now, ignoring backoff, and report what remains", run: queueDrain},
 	{path: "breaker status", synopsis: "[--json]", brief: "show every auth breaker: state, since, reason, failures, next probe", run: breakerStatus},
@@ -57,6 +58,7 @@ var commands = []*command{
 	{path: "creds hash", synopsis: "", brief: "print the bcrypt password_hash of a password read on stdin", run: credsHash},
 	{path: "creds token", synopsis: "", brief: "print a new HTTP bearer token and its token_sha256", run: credsToken},
 	{path: "creds unblock", synopsis: "--ip ADDRESS | --user NAME", brief: "clear the failed-authentication count of a client IP or SMTP user, lifting its block", run: credsUnblock},
+	{path: "creds check", synopsis: "[--within 30d] [--json]", brief: "print every credential's expiry, its source and days left, and test a live token request; fail within --within", run: credsCheck},
 	{path: "creds devcert", synopsis: "--out DIR [--host H,...]", brief: "write a self-signed development certificate", run: credsDevcert},
 	{path: "version", synopsis: "", brief: "print the version", run: printVersion},
 }
@@ -84,6 +86,9 @@ func run(ctx context.Context, args []string, e *env) int {
 	if isHelp(args[0]) {
 		writeUsage(e.stdout, "")
 		return exitOK
+	}
+	if args[0] == "--version" || args[0] == "-version" {
+		args = append([]string{"version"}, args[1:]...)
 	}
 	c, rest := findCommand(args)
 	if c == nil {

@@ -221,7 +221,8 @@ func (ss *smtpSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 }
 
 // Data accepts a message whose envelope sender, and From header if any,
-// is the authenticated mailbox. Exchange checks SendAs at the end of DATA.
+// is the authenticated mailbox or one it has SendAs on. Exchange checks
+// SendAs at the end of DATA.
 func (ss *smtpSession) Data(r io.Reader) error {
 	data, err := io.ReadAll(r)
 	if err != nil {
@@ -240,13 +241,13 @@ func (ss *smtpSession) Data(r io.Reader) error {
 	if ss.s.faults().SMTPTransient == "451" {
 		return errTransient
 	}
-	if !strings.EqualFold(from, m.address) {
+	if !m.sendsAs(from) {
 		return errSendAsDenied(m.address, from)
 	}
 	msgID := ""
 	if msg, err := mail.ReadMessage(bytes.NewReader(data)); err == nil {
 		if hf := msg.Header.Get("From"); hf != "" {
-			if addrs, err := mail.ParseAddressList(hf); err == nil && len(addrs) == 1 && !strings.EqualFold(addrs[0].Address, m.address) {
+			if addrs, err := mail.ParseAddressList(hf); err == nil && len(addrs) == 1 && !m.sendsAs(addrs[0].Address) {
 				return errSendAsDenied(m.address, addrs[0].Address)
 			}
 		}
