@@ -82,6 +82,7 @@ bench: build
 	$(GO) test -run '^$$' -bench Scrape -benchtime 20x -count 3 ./relay/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench HotPathMetrics -benchtime 200000x -count 3 ./relay/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench MetricsOverhead -benchtime 1x -v ./relay/ | tee -a $(BENCH_OUT)
+	$(GO) test -run '^$$' -bench AcceptUnderGuessing -benchtime 1000x -count 3 ./relay/ | tee -a $(BENCH_OUT)
 	$(GO) test -run '^$$' -bench Incident -benchtime 1x -count 3 ./cmd/holdfast/ | tee -a $(BENCH_OUT)
 	deploy/bench/ingress.sh | tee -a $(BENCH_OUT)
 	@$(GO) run ./cmd/hfbench $(BENCH_OUT)

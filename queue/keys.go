@@ -22,6 +22,8 @@ import (
 //	hf:{T}:i:ROUTE:KEY       string  idempotency key -> message id
 //	hf:routes                set     every route that has had a message
 //	hf:min:MINUTE            hash    fleet-wide counts of one minute (unix minutes); see minutes.go
+//	hf:auth:ip:IP            string  failed authentications from a client IP in the current window
+//	hf:auth:user:NAME        string  failed authentications for an SMTP user name in the current window
 const keyPrefix = "hf:"
 
 // Message hash fields.
@@ -152,4 +154,10 @@ func ValidID(id string) bool {
 		}
 	}
 	return true
+}
+
+// authFailKey is the failure counter of one client IP ("ip") or SMTP user
+// name ("user"). Each is its own slot on Redis Cluster.
+func authFailKey(kind, name string) string {
+	return keyPrefix + "auth:" + kind + ":" + name
 }

@@ -278,7 +278,7 @@ func (d *deliverer) drain() {
 // deliver sends one leased message, keeps its lease alive meanwhile, and
 // settles it by the outcome's class.
 func (d *deliverer) deliver(l *queue.Lease) {
-	log := d.log.With("msg", l.ID, "route", l.Route)
+	log := d.log.With("id", l.ID, "route", l.Route)
 	ctx, cancel := context.WithCancel(d.sendCtx)
 	defer cancel()
 	stopExtend := d.keepLease(ctx, l, log)

@@ -40,6 +40,8 @@ type Options struct {
 	// Breakers configure the auth circuit breakers of the "exchange"
 	// sender.
 	Breakers BreakerOptions `yaml:"breakers"`
+	// AuthThrottle limits password and token guessing.
+	AuthThrottle ThrottleOptions `yaml:"auth_throttle"`
 	// Expiry configures the credential expiry monitor of the "exchange"
 	// sender.
 	Expiry ExpiryOptions `yaml:"expiry"`
@@ -142,6 +144,8 @@ type RedisOptions struct {
 	// Strict refuses to start when Redis has AOF off or a maxmemory-policy
 	// other than noeviction. Default false: a loud warning only.
 	Strict bool `yaml:"strict"`
+
+	RedisGuards `yaml:",inline"`
 }
 
 // SMTPOptions configure SMTP ingress.
@@ -169,6 +173,11 @@ type SMTPOptions struct {
 	// (Postfix's smtpd_client_connection_count_limit).
 	MaxConnections      int `yaml:"max_connections"`
 	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
+	// MaxInflightBytes bounds the message bodies held in memory at once,
+	// SMTP and HTTP together. A MAIL FROM whose SIZE does not fit, or a
+	// message that grows past it, gets 452 4.3.1 (HTTP 503). Default
+	// 268435456 (256 MiB).
+	MaxInflightBytes int64 `yaml:"max_inflight_bytes"`
 }
 
 // Listener is one SMTP listening address.
@@ -316,7 +325,7 @@ func DefaultOptions() Options {
 	}
 	return Options{
 		Hostname: host,
-		Redis:    RedisOptions{Addrs: []string{"127.0.0.1:6379"}},
+		Redis:    RedisOptions{Addrs: []string{"127.0.0.1:6379"}, RedisGuards: defaultRedisGuards()},
 		SMTP: SMTPOptions{
 			Listeners:           []Listener{{Addr: "127.0.0.1:2525"}},
 			MaxMessageBytes:     35 << 20,
@@ -326,6 +335,7 @@ func DefaultOptions() Options {
 			WriteTimeout:        Duration(5 * time.Minute),
 			MaxConnections:      1000,
 			MaxConnectionsPerIP: 50,
+			MaxInflightBytes:    defaultMaxInflightBytes,
 		},
 		HTTP: HTTPOptions{Addr: "127.0.0.1:8025"},
 		Ops:  defaultOpsOptions(),
@@ -360,7 +370,8 @@ func DefaultOptions() Options {
 			MaxInterval:       Duration(5 * time.Minute),
 			EscalateMailboxes: 3,
 		},
-		Expiry: ExpiryOptions{CheckInterval: Duration(defaultExpiryCheckInterval)},
+		AuthThrottle: defaultThrottle(),
+		Expiry:       ExpiryOptions{CheckInterval: Duration(defaultExpiryCheckInterval)},
 	}
 }
 
@@ -484,6 +495,9 @@ func (o *Options) Validate() error {
 	}
 	if o.SMTP.MaxConnectionsPerIP < 1 {
 		return bad("smtp.max_connections_per_ip", "must be at least 1")
+	}
+	if err := o.validateIngress(); err != nil {
+		return err
 	}
 	if _, _, err := net.SplitHostPort(o.HTTP.Addr); err != nil {
 		return bad("http.addr", "%q is not host:port", o.HTTP.Addr)

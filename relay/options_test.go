@@ -436,7 +436,11 @@ func TestExampleListsEveryOption(t *testing.T) {
 func yamlPaths(t reflect.Type, prefix string) []string {
 	var out []string
 	for f := range t.Fields() {
-		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		name, flags, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if flags == "inline" && f.Type.Kind() == reflect.Struct {
+			out = append(out, yamlPaths(f.Type, prefix)...)
+			continue
+		}
 		if name == "" || name == "-" {
 			continue
 		}

@@ -41,6 +41,7 @@ type Server struct {
 	exchange  *exchange // nil unless delivery.sender is "exchange"
 	gate      *gate     // the auth circuit breakers, with exchange
 	webhook   *breaker.Webhook
+	durable   *durability
 	expiry    *ExpiryMonitor // with exchange
 
 	reg     *prometheus.Registry
@@ -121,7 +122,11 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	if err != nil {
 		return nil, fmt.Errorf("redis %v: %w", o.Redis.Addrs, err)
 	}
-	s.queue = queue.New(s.rdb, o.Queue.Options())
+	s.durable = &durability{rdb: s.rdb, strict: o.Redis.Strict, interval: o.Redis.CheckInterval.D(), log: log.With("component", "queue")}
+	s.durable.set(warnings)
+	qo := o.Queue.Options()
+	qo.MinReplicas, qo.ReplicasTimeout = o.Redis.MinReplicasAcked, o.Redis.ReplicasTimeout.D()
+	s.queue = queue.New(s.rdb, qo)
 
 	var (
 		route   func(ctx context.Context, app *App, from string) (string, error)
@@ -182,7 +187,13 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	}
 
 	a := newApps(o.Apps)
-	in := &ingress{hostname: o.Hostname, store: s.queue, log: log.With("component", "ingress"), now: time.Now, route: route, metrics: s.metrics}
+	a.pool = newBcryptPool(o.AuthThrottle.BcryptWorkers)
+	in := &ingress{hostname: o.Hostname, store: s.queue, log: log.With("component", "ingress"), now: time.Now, route: route,
+		budget: newInflight(o.SMTP.MaxInflightBytes), maxLine: o.SMTP.MaxLineLength, timeout: o.Redis.IngressTimeout.D(),
+		healthy: s.durable.err,
+		guard: newAuthGuard(queue.NewAuthThrottle(s.rdb, o.AuthThrottle.MaxFailures, o.AuthThrottle.Window.D()),
+			o.Redis.IngressTimeout.D(), s.reg, log),
+		metrics: s.metrics}
 	if sender != nil {
 		dc := deliveryConfig{
 			Workers: o.Delivery.Workers,
@@ -263,10 +274,10 @@ func (s *Server) ready(ctx context.Context) error {
 	if s.stopping.Load() {
 		return errors.New("shutting down")
 	}
-	if err := s.rdb.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("redis unreachable: %w", err)
+	if err := s.durable.err(); err != nil {
+		return err
 	}
-	return nil
+	return pingRedis(ctx, s.rdb)
 }
 
 // Start serves in the background until Shutdown.
@@ -296,6 +307,11 @@ func (s *Server) Start() {
 		go s.gate.set.Watch(ctx)
 		go s.gate.probeLoop(ctx, time.Second)
 	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.durable.run(ctx)
+	}()
 	if s.expiry != nil {
 		s.wg.Go(func() { s.expiry.Run(ctx) })
 	}
@@ -363,6 +379,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.cancel()
 	}
 	s.wg.Wait()
+	s.smtp.in.budget.wait()
 	if s.exchange != nil {
 		s.exchange.close()
 	}
@@ -392,6 +409,7 @@ func (s *Server) closeAll() {
 // nil. Each ready function is called once every listener serves (systemd's
 // READY=1).
 func Run(ctx context.Context, o Options, log *slog.Logger, reload <-chan struct{}, ready ...func()) error {
+	setMemoryLimit(o.SMTP.MaxInflightBytes, log)
 	s, err := New(ctx, o, nil, log)
 	if err != nil {
 		return err
