@@ -68,6 +68,7 @@ func TestDevConfigAgrees(t *testing.T) {
 	o.SMTP.Listeners = []relay.Listener{{Addr: "127.0.0.1:0", Insecure: true}}
 	o.SMTP.CertFile, o.SMTP.KeyFile = "", ""
 	o.HTTP.Addr = "127.0.0.1:0"
+	o.Ops.Addr = "127.0.0.1:0"
 	o.Credentials[0].Authority = s.AuthorityURL()
 	o.Credentials[0].ClientSecretFile = secretFile
 	o.Exchange.SMTPAddr, o.Exchange.GraphURL = s.SMTPAddr(), s.GraphURL()
