@@ -17,8 +17,10 @@ import (
 //	hf:{T}:r:ROUTE:live      zset    id -> submit time (unix ms), every message not yet delivered or dead
 //	hf:{T}:r:ROUTE:hold      string  the hold reason; present while the route is held
 //	hf:{T}:r:ROUTE:held      string  when the current hold started (unix ms); present while held
+//	hf:{T}:r:ROUTE:fence     hash    breaker name -> the newest generation a hold or release of the route applied
 //	hf:{T}:i:ROUTE:KEY       string  idempotency key -> message id
-//	hf:routes                set     every route that has had a message
+//	hf:routes                set     every route that has had a message, until pruned
+//	hf:routes:idle           zset    route -> when it was first seen with no message (unix ms)
 const keyPrefix = "hf:"
 
 // Message hash fields.
@@ -51,7 +53,10 @@ const (
 	stDead      = "dead"
 )
 
-const routesKey = keyPrefix + "routes"
+const (
+	routesKey     = keyPrefix + "routes"
+	idleRoutesKey = routesKey + ":idle"
+)
 
 // routeTag returns the hash tag shared by a route's keys and messages: eight
 // hex digits of the FNV-1a hash of the route name. Two routes may share a
@@ -71,6 +76,7 @@ type routeKeys struct {
 	live   string
 	hold   string
 	held   string
+	fence  string
 }
 
 func keysFor(route string) routeKeys {
@@ -84,6 +90,7 @@ func keysFor(route string) routeKeys {
 		live:   base + "live",
 		hold:   base + "hold",
 		held:   base + "held",
+		fence:  base + "fence",
 	}
 }
 
