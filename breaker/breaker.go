@@ -54,8 +54,13 @@ type Options struct {
 	// clocks (to well under the open interval).
 	Now func() time.Time
 	// OnTransition, if set, is called once for each generation change
-	// this Set sees, from Record, Trip, Reset, ProbeResult, Allow or Watch.
+	// this Set sees, from Record, Trip, Reset, ProbeResult, Allow, Fresh
+	// or Watch.
 	OnTransition func(Transition)
+	// OnMade, if set, is called once for each transition that a script
+	// run by this Set made: across the fleet, exactly one replica calls it
+	// per transition (webhooks go from there).
+	OnMade func(Transition)
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -125,6 +130,9 @@ type Status struct {
 
 // Transition is a change of a breaker's state as seen by one replica.
 type Transition struct {
+	// ID names the transition fleet-wide ("NAME@GENERATION"): a
+	// receiver of webhooks deduplicates retries by it.
+	ID         string    `json:"id"`
 	Name       string    `json:"breaker"`
 	From       State     `json:"from"`
 	To         State     `json:"to"`
@@ -174,6 +182,9 @@ func New(rdb redis.UniversalClient, o Options) *Set {
 		brks: make(map[string]*entry),
 	}
 }
+
+// Poll is how often this Set re-reads the records (Options.Poll).
+func (s *Set) Poll() time.Duration { return s.o.Poll }
 
 // Counts reports whether err counts on a breaker: a Credential or Mailbox
 // failure, or a token error saying the client secret expired.
@@ -288,8 +299,28 @@ func (s *Set) run(ctx context.Context, sc *redis.Script, name string, args ...an
 		return Status{}, err
 	}
 	st := parsePairs(name, v)
+	if moved := len(v) >= 2 && v[len(v)-2] == "moved"; moved {
+		s.made(ctx, st)
+	}
 	s.observe(st)
 	return st, nil
+}
+
+// made tells the fleet about a transition this Set's script made: a
+// message on the events channel, which every replica's Watch reads at
+// once, and OnMade.
+func (s *Set) made(ctx context.Context, st Status) {
+	if err := s.rdb.Publish(ctx, eventsChannel, st.Name+" "+strconv.FormatInt(st.Generation, 10)).Err(); err != nil {
+		s.log.Warn("cannot publish breaker transition; replicas see it at their next poll", "breaker", st.Name, "err", err)
+	}
+	if s.o.OnMade != nil {
+		s.o.OnMade(newTransition(st, 1-st.State))
+	}
+}
+
+func newTransition(st Status, from State) Transition {
+	return Transition{ID: st.Name + "@" + strconv.FormatInt(st.Generation, 10), Name: st.Name, From: from,
+		To: st.State, Reason: st.Reason, At: st.Since, Generation: st.Generation}
 }
 
 func ms(t time.Time) int64 { return t.UnixMilli() }
@@ -319,6 +350,28 @@ func (s *Set) Allow(ctx context.Context, name string) (bool, error) {
 		return local, err
 	}
 	return st.State == Closed, nil
+}
+
+// Fresh reads the records of the named breakers from Redis now, in one
+// round trip, bypassing the cache: a request that must not start under a
+// breaker an operator just tripped checks with it.
+func (s *Set) Fresh(ctx context.Context, names ...string) ([]Status, error) {
+	cmds := make([]*redis.MapStringStringCmd, len(names))
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, n := range names {
+			cmds[i] = p.HGetAll(ctx, recordKey(n))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("breaker: read: %w", err)
+	}
+	out := make([]Status, len(names))
+	for i, n := range names {
+		out[i] = parseMap(n, cmds[i].Val())
+		s.observe(out[i])
+	}
+	return out, nil
 }
 
 // read reads a record from Redis and stores it.
@@ -572,7 +625,8 @@ func (s *Set) observe(st Status) {
 	var tr *Transition
 	if st.Generation > e.seen.Generation {
 		if st.State != e.seen.State {
-			tr = &Transition{Name: st.Name, From: e.seen.State, To: st.State, Reason: st.Reason, At: st.Since, Generation: st.Generation}
+			t := newTransition(st, e.seen.State)
+			tr = &t
 		}
 		if st.State == Closed {
 			e.local = s.newLocal(st.Name)

@@ -7,6 +7,9 @@ package breaker
 //	hf:{brk:NAME}:spread   set   members (delegated mailboxes) that failed
 //	                             in a row under a credential's breaker
 //	hf:brk:names           set   every breaker name that has had a record
+//	hf:brk:events          pub/sub channel: "NAME GENERATION" after each
+//	                             transition, published by the replica whose
+//	                             script made it
 //
 // Record fields:
 //
@@ -21,7 +24,10 @@ package breaker
 //	lease_token  the prober's token; lease_until its expiry (unix ms)
 //	last_probe   unix ms of the last probe result
 //	spread       how many members the spread set holds
-const namesKey = "hf:brk:names"
+const (
+	namesKey      = "hf:brk:names"
+	eventsChannel = "hf:brk:events"
+)
 
 func recordKey(name string) string { return "hf:{brk:" + name + "}" }
 

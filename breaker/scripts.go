@@ -9,15 +9,28 @@ import "github.com/redis/go-redis/v9"
 
 // transitions defines the two transitions, prepended to the scripts that
 // make them: open(reason, now, interval, next probe) and close(now). Each
-// bumps the generation and ends any probe lease.
+// bumps the generation and ends any probe lease. reply(k) returns the
+// record as HGETALL does, followed by "moved", "1" when this call made a
+// transition: its caller reports it (webhook, pub/sub) for the fleet.
 const transitions = `
+local moved = false
+local function reply(k)
+  local r = redis.call('HGETALL', k)
+  if moved then
+    table.insert(r, 'moved')
+    table.insert(r, '1')
+  end
+  return r
+end
 local function open(k, reason, now, interval, nextProbe)
+  moved = true
   redis.call('HINCRBY', k, 'generation', 1)
   redis.call('HSET', k, 'state', 'open', 'reason', reason, 'since', now,
     'interval', interval, 'next_probe', nextProbe, 'probe_now', '0')
   redis.call('HDEL', k, 'lease_token', 'lease_until')
 end
 local function close(k, now)
+  moved = true
   redis.call('HINCRBY', k, 'generation', 1)
   redis.call('HSET', k, 'state', 'closed', 'reason', '', 'since', now, 'probe_now', '0')
   redis.call('HDEL', k, 'lease_token', 'lease_until')
@@ -33,7 +46,7 @@ end
 var failScript = redis.NewScript(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'open' then
-  return redis.call('HGETALL', k)
+  return reply(k)
 end
 local f = redis.call('HINCRBY', k, 'failures', 1)
 if f >= tonumber(ARGV[2]) or ARGV[5] == '1' then
@@ -41,7 +54,7 @@ if f >= tonumber(ARGV[2]) or ARGV[5] == '1' then
 else
   redis.call('HSETNX', k, 'state', 'closed')
 end
-return redis.call('HGETALL', k)
+return reply(k)
 `)
 
 // successScript resets the consecutive failure count and the spread of a
@@ -72,7 +85,7 @@ return redis.call('HGETALL', k)
 var spreadScript = redis.NewScript(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'open' then
-  return redis.call('HGETALL', k)
+  return reply(k)
 end
 redis.call('SADD', KEYS[2], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[7])
@@ -88,7 +101,7 @@ else
   redis.call('HSET', k, 'spread', c)
   redis.call('HSETNX', k, 'state', 'closed')
 end
-return redis.call('HGETALL', k)
+return reply(k)
 `)
 
 // tripScript opens the breaker on an operator's request. An open breaker
@@ -99,10 +112,10 @@ var tripScript = redis.NewScript(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'open' then
   redis.call('HSET', k, 'reason', ARGV[4])
-  return redis.call('HGETALL', k)
+  return reply(k)
 end
 open(k, ARGV[4], ARGV[1], ARGV[2], ARGV[3])
-return redis.call('HGETALL', k)
+return reply(k)
 `)
 
 // resetScript closes the breaker and clears its failure count.
@@ -117,7 +130,7 @@ if redis.call('EXISTS', k) == 1 then
   redis.call('HSET', k, 'failures', '0', 'spread', '0')
 end
 redis.call('DEL', KEYS[2])
-return redis.call('HGETALL', k)
+return reply(k)
 `)
 
 // probeNowScript makes the next probe of an open breaker due at once.
@@ -170,10 +183,10 @@ redis.call('HSET', k, 'last_probe', ARGV[2])
 if ARGV[3] == '1' then
   close(k, ARGV[2])
   redis.call('HSET', k, 'failures', '0')
-  return redis.call('HGETALL', k)
+  return reply(k)
 end
 local iv = math.min(tonumber(redis.call('HGET', k, 'interval') or '0') * 2, tonumber(ARGV[5]))
 redis.call('HSET', k, 'reason', ARGV[4], 'interval', string.format('%d', iv),
   'next_probe', string.format('%d', tonumber(ARGV[2]) + iv))
-return redis.call('HGETALL', k)
+return reply(k)
 `)

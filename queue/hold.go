@@ -129,3 +129,22 @@ func (q *Queue) RouteHold(ctx context.Context, route string) (string, bool, erro
 	}
 	return reason, true, nil
 }
+
+// HeldRoutes reports which of routes are held, in one round trip.
+func (q *Queue) HeldRoutes(ctx context.Context, routes []string) (map[string]bool, error) {
+	cmds := make([]*redis.IntCmd, len(routes))
+	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, r := range routes {
+			cmds[i] = p.Exists(ctx, keysFor(r).hold)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("hold state of routes: %w", err)
+	}
+	out := make(map[string]bool, len(routes))
+	for i, r := range routes {
+		out[r] = cmds[i].Val() == 1
+	}
+	return out, nil
+}

@@ -51,6 +51,9 @@ type gate struct {
 	wake chan struct{}
 	// released, when set, is told that held routes were released.
 	released func()
+	// reconcileNow makes the reconcile loop run at once (buffered, one
+	// slot).
+	reconcileNow chan struct{}
 
 	mu sync.Mutex
 	// refused holds, per credential (or delegated mailbox), when Entra
@@ -149,6 +152,20 @@ func (g *gate) check(ctx context.Context, route string) error {
 	return nil
 }
 
+// checkNow is check with the records read from Redis now, in one round
+// trip: a send that starts after "holdfast breaker trip" returned is held
+// on every replica, whatever its cache says.
+func (g *gate) checkNow(ctx context.Context, route string) error {
+	cred, mbx, ok := routeBreakers(route)
+	if !ok {
+		return nil
+	}
+	// With Redis unreadable, check falls back to the cached records and
+	// the local breakers.
+	_, _ = g.set.Fresh(ctx, cred, mbx)
+	return g.check(ctx, route)
+}
+
 // failed counts a credential or mailbox failure of a route, or, when the
 // breaker was already open, holds the route.
 func (g *gate) failed(ctx context.Context, route string, err error) {
@@ -197,42 +214,23 @@ func (g *gate) delivered(ctx context.Context, route string) {
 	}
 }
 
-// transition holds or releases the routes under a breaker that changed.
+// transition reacts to a breaker that changed, on this replica: a
+// closed credential breaker re-reads its files (another replica's probe
+// most likely closed it with a rotated file this replica has not re-read
+// yet) and forgets refusals; then the held set is reconciled at once.
 func (g *gate) transition(t breaker.Transition) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	routes, err := g.routesUnder(ctx, t.Name)
-	if err != nil {
-		g.log.Error("cannot list routes for breaker transition", "breaker", t.Name, "err", err)
-		return
-	}
-	g.log.Warn("breaker "+t.To.String(), "breaker", t.Name, "reason", t.Reason, "routes", len(routes))
-	if t.To == breaker.Open {
-		g.holdRoutes(ctx, routes)
-		return
-	}
-	g.forgetRefusals()
-	if cred, ok := strings.CutPrefix(t.Name, "cred:"); ok && g.x != nil {
-		// Another replica's probe closed it, most likely with a rotated
-		// file this replica has not re-read yet.
-		if err := g.x.reloadCredential(cred); err != nil {
-			g.log.Warn("cannot reload credential", "credential", cred, "err", err)
+	g.log.Warn("breaker "+t.To.String(), "breaker", t.Name, "reason", t.Reason, "generation", t.Generation)
+	if t.To == breaker.Closed {
+		g.forgetRefusals()
+		if cred, ok := strings.CutPrefix(t.Name, "cred:"); ok && g.x != nil {
+			if err := g.x.reloadCredential(cred); err != nil {
+				g.log.Warn("cannot reload credential", "credential", cred, "err", err)
+			}
 		}
 	}
-	for _, r := range routes {
-		if g.check(ctx, r) != nil {
-			continue // its other breaker is still open
-		}
-		// Held mail goes out now, oldest first, at the mailbox's limits.
-		if _, err := g.q.Flush(ctx, r); err != nil {
-			g.log.Error("cannot flush released route", "route", r, "err", err)
-		}
-		if err := g.q.ReleaseRoute(ctx, r); err != nil {
-			g.log.Error("cannot release route", "route", r, "err", err)
-		}
-	}
-	if g.released != nil {
-		g.released()
+	select {
+	case g.reconcileNow <- struct{}{}:
+	default:
 	}
 }
 
@@ -251,24 +249,16 @@ func (g *gate) routesUnder(ctx context.Context, name string) ([]string, error) {
 	return out, nil
 }
 
+// holdRoutes holds those of routes whose breakers are open, as this
+// replica last read them.
 func (g *gate) holdRoutes(ctx context.Context, routes []string) {
 	for _, r := range routes {
-		reason := g.check(ctx, r)
-		if reason == nil {
+		cred, mbx, ok := routeBreakers(r)
+		if !ok {
 			continue
 		}
-		if err := g.q.HoldRoute(ctx, r, upstream.ClassOf(reason).String()+": "+reasonText(reason)); err != nil {
-			g.log.Error("cannot hold route", "route", r, "err", err)
-		}
+		g.hold(ctx, r, g.set.Cached(cred), g.set.Cached(mbx))
 	}
-}
-
-func reasonText(err error) string {
-	var ue *upstream.Error
-	if errors.As(err, &ue) {
-		return ue.Text
-	}
-	return err.Error()
 }
 
 // probeLoop probes open breakers when their probe is due, one replica in

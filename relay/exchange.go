@@ -216,7 +216,7 @@ func (x *exchange) GrantCredential(ctx context.Context, mailbox string) (string,
 // Send sends by Graph for apps configured so, by SMTP otherwise.
 func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
 	if x.gate != nil {
-		if err := x.gate.check(ctx, m.Route); err != nil {
+		if err := x.gate.checkNow(ctx, m.Route); err != nil {
 			return "", err
 		}
 	}

@@ -125,17 +125,15 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	)
 	if sender == nil && o.Delivery.Sender == "exchange" {
 		g := &gate{q: s.queue, log: log.With("component", "breaker"), escalate: o.Breakers.EscalateMailboxes,
-			wake: make(chan struct{}, 1)}
-		onTransition := g.transition
-		if o.Breakers.WebhookURL != "" {
-			s.webhook = breaker.NewWebhook(o.Breakers.WebhookURL, &http.Client{Timeout: 10 * time.Second}, log)
-			onTransition = func(t breaker.Transition) {
-				g.transition(t)
-				s.webhook.Notify(t)
-			}
-		}
+			wake: make(chan struct{}, 1), reconcileNow: make(chan struct{}, 1)}
 		bo := o.Breakers.Options()
-		bo.OnTransition, bo.Logger = onTransition, log
+		bo.OnTransition, bo.Logger = g.transition, log
+		if o.Breakers.WebhookURL != "" {
+			// One webhook per transition fleet-wide: from the replica
+			// whose script made it.
+			s.webhook = breaker.NewWebhook(o.Breakers.WebhookURL, &http.Client{Timeout: 10 * time.Second}, log)
+			bo.OnMade = s.webhook.Notify
+		}
 		g.set = breaker.New(s.rdb, bo)
 		onChange := func(name string) {
 			log.Info("credential file changed; the next token request uses it", "component", "auth", "credential", name)
@@ -276,6 +274,7 @@ func (s *Server) Start() {
 	if s.gate != nil {
 		go s.gate.set.Watch(ctx)
 		go s.gate.probeLoop(ctx, time.Second)
+		go s.gate.reconcileLoop(ctx, s.gate.set.Poll())
 	}
 	if s.deliverer != nil {
 		s.wg.Add(1)
