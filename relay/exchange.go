@@ -162,6 +162,7 @@ func (x *exchange) route(creds map[string]*auth.Credential, gated bool) o365.Rou
 			return r, err
 		}
 		r.Tokens = gatedTokens{TokenSource: r.Tokens, gate: x.gate, route: m.Route}
+		r.Check = func(ctx context.Context) error { return x.gate.checkNow(ctx, m.Route) }
 		return r, nil
 	}
 }
@@ -215,12 +216,19 @@ func (x *exchange) GrantCredential(ctx context.Context, mailbox string) (string,
 
 // Send sends by Graph for apps configured so, by SMTP otherwise.
 func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
+	graph := x.via[m.App] == "graph" && x.graph != nil
 	if x.gate != nil {
-		if err := x.gate.checkNow(ctx, m.Route); err != nil {
+		// Over SMTP the route's Check reads the records again just
+		// before MAIL FROM; Graph sends right after this.
+		check := x.gate.check
+		if graph {
+			check = x.gate.checkNow
+		}
+		if err := check(ctx, m.Route); err != nil {
 			return "", err
 		}
 	}
-	if x.via[m.App] == "graph" && x.graph != nil {
+	if graph {
 		return x.graph.Send(ctx, m)
 	}
 	return x.smtp.Send(ctx, m)

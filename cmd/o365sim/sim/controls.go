@@ -56,6 +56,25 @@ func (s *Sim) rotateSecret(tenant, clientID, newValue string) bool {
 	return true
 }
 
+// AddSecret adds a new secret to the app, valid for 180 days, and keeps
+// the others: a client still using an expired one gets AADSTS7000222,
+// as after a rotation in the portal that leaves the old secret to expire.
+func (s *Sim) AddSecret(tenant, clientID, newValue string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := s.findApp(tenant, clientID)
+	if a == nil {
+		return
+	}
+	now := s.now()
+	a.secrets = append(a.secrets, secret{Secret: Secret{
+		Value:       newValue,
+		ExpiresAt:   now.Add(rotatedSecretLifetime),
+		KeyID:       newGUID(),
+		DisplayName: "added " + now.UTC().Format(time.DateOnly),
+	}, start: now})
+}
+
 // IssueRefreshToken creates a delegated grant of mailbox to the app, with
 // the scopes https://outlook.office.com/SMTP.Send and offline_access, and
 // returns its first refresh token. It returns "" if the tenant, app or

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"testing"
+	"time"
+)
+
+// The fleet tests: the breaker among relay processes as a real fleet runs
+// them (issue "The breaker in a real fleet").
+
+// checkOnce fails the test unless every message 0…n-1 was delivered
+// exactly once.
+func (f *incFleet) checkOnce(n int) {
+	f.tb.Helper()
+	seen := map[string]int{}
+	for _, r := range f.sim.Received() {
+		seen[r.MessageID]++
+	}
+	for i := range n {
+		if c := seen[incMessageID(i)]; c != 1 {
+			f.tb.Errorf("message %d delivered %d times, want once", i, c)
+		}
+	}
+	if len(seen) != n {
+		f.tb.Errorf("%d distinct messages delivered, want %d", len(seen), n)
+	}
+}
+
+// waitHeld waits until the queue holds n messages, counting those still
+// leased with the held ones when leased is true (a send that leased its
+// message before the hold, and waits for a connection slot, settles it as
+// held later).
+func (f *incFleet) waitHeld(n int, leased bool, d time.Duration) {
+	f.tb.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		st, err := f.q.Stats(f.tb.Context())
+		held := st.Total.Held
+		if leased {
+			held += st.Total.Leased
+		}
+		if err == nil && held == int64(n) && st.Total.Ready+st.Total.Scheduled == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			f.tb.Fatalf("after %v the queue holds %+v (%v), want %d held", d, st.Total, err, n)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// TestResetWhileOffline: an operator resets a tripped breaker while no
+// relay runs; the first relay to start releases its held mail, all of it
+// delivered within 5 s.
+func TestResetWhileOffline(t *testing.T) {
+	const before, held = 20, 30
+	f := startIncFleet(t, incFleetOptions{mailboxes: 5})
+	sub := f.startSubmitter(4, func(n int) string { return f.mailboxes[n%len(f.mailboxes)] })
+	for n := range before {
+		sub.submit(n)
+	}
+	f.waitDelivered(before, 10*time.Second)
+	f.cli(0, "breaker", "trip", incCred)
+	for n := before; n < before+held; n++ {
+		sub.submit(n)
+	}
+	sub.close()
+	sub.results(t, before+held)
+	f.waitHeld(held, false, 5*time.Second)
+	for _, r := range f.relays {
+		r.stop(t)
+	}
+	f.cli(0, "breaker", "reset", incCred)
+	start := time.Now()
+	f.restart(0)
+	f.waitDelivered(before+held, time.Until(start.Add(5*time.Second)))
+	t.Logf("start to all held mail delivered: %v", time.Since(start).Round(time.Millisecond))
+	time.Sleep(300 * time.Millisecond) // room for a duplicate to show
+	f.checkOnce(before + held)
+}
+
+// TestTripLatency: mail flows through three relays when an operator trips
+// the credential's breaker. Once "holdfast breaker trip" has returned, no
+// relay begins a delivery (MAIL FROM at Exchange), and everything
+// submitted after it is held; a reset (or the first probe, which succeeds)
+// delivers it all exactly once.
+func TestTripLatency(t *testing.T) {
+	const total = 300
+	f := startIncFleet(t, incFleetOptions{mailboxes: 5, relays: 3})
+	sub := f.startSubmitter(6, func(n int) string { return f.mailboxes[n%len(f.mailboxes)] })
+	n := 0
+	for ; n < 100; n++ {
+		sub.submit(n)
+	}
+	f.waitDelivered(50, 10*time.Second)
+	// Keep mail flowing while the operator trips the breaker.
+	stop := make(chan struct{})
+	fed := make(chan int)
+	go func() {
+		i := n
+		defer func() { fed <- i }()
+		for ; i < total; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			sub.submit(i)
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	f.cli(0, "breaker", "trip", incCred)
+	tripped := time.Now()
+	// The first probe is due incOpenInterval after the trip, and
+	// succeeds: the checks below come before it.
+	time.Sleep(incOpenInterval / 2)
+	close(stop)
+	n = <-fed
+	sub.close()
+	subs := sub.results(t, n)
+	received := f.sim.Received()
+	delivered := len(received)
+	f.waitHeld(n-delivered, true, time.Until(tripped.Add(incOpenInterval*3/4)))
+
+	var last time.Time
+	late := 0
+	for _, r := range received {
+		if r.Started.After(last) {
+			last = r.Started
+		}
+		if !r.Started.Before(tripped) {
+			late++
+		}
+	}
+	t.Logf("last delivery began %v before the trip returned", tripped.Sub(last).Round(time.Microsecond))
+	if late > 0 {
+		t.Errorf("%d deliveries began after 'holdfast breaker trip' returned", late)
+	}
+	after := 0
+	for _, s := range subs {
+		if s.at.After(tripped) {
+			after++
+		}
+	}
+	if after == 0 {
+		t.Fatal("nothing was submitted after the trip: the test proves nothing")
+	}
+	f.cli(1, "breaker", "reset", incCred)
+	f.waitDelivered(n, 10*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	f.checkOnce(n)
+	f.checkRunning()
+}
