@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -73,6 +74,11 @@ type CredentialOptions struct {
 	// OnChange is called with Name after a changed secret or certificate
 	// has been loaded, e.g. to make the breaker probe at once.
 	OnChange func(name string)
+
+	// OnIssued is called with Name and the fingerprint of the secret or
+	// certificate used (see Fingerprint) after each token the token
+	// endpoint issued: proof that this material works.
+	OnIssued func(name, fingerprint string)
 
 	// Now is the clock. Default: time.Now.
 	Now func() time.Time
@@ -223,6 +229,13 @@ func (c *Credential) Expiry() (time.Time, bool) {
 	return c.mat.leaf.NotAfter, true
 }
 
+// Fingerprint identifies the secret or certificate loaded now: 16 hex
+// digits of the SHA-256 of its files, never the secret itself. Replicas
+// whose files hold the same material have the same fingerprint.
+func (c *Credential) Fingerprint() string { return c.material().fingerprint() }
+
+func (m *material) fingerprint() string { return hex.EncodeToString(m.sum[:8]) }
+
 func (c *Credential) material() *material {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -269,6 +282,7 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 		err = tokenErr(err, c.opts.Now(), scrub...)
 		var te *TokenError
 		if errors.As(err, &te) {
+			te.Fingerprint = m.fingerprint()
 			log.Warn("token request rejected", "status", te.HTTPStatus, "error", te.Code,
 				"aadsts", te.AADSTS, "suberror", te.SubError, "correlation_id", te.CorrelationID)
 		} else {
@@ -277,6 +291,9 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 		return nil, err
 	}
 	stampExpiry(tok, start)
+	if c.opts.OnIssued != nil {
+		c.opts.OnIssued(c.opts.Name, m.fingerprint())
+	}
 	log.Debug("token issued", "expiry", tok.Expiry, "duration", c.opts.Now().Sub(start))
 	return tok, nil
 }

@@ -126,6 +126,9 @@ type Status struct {
 	// Spread is how many distinct members (delegated mailboxes) have
 	// failed in a row under the breaker; see RecordSpread.
 	Spread int64 `json:"spread"`
+	// GoodFingerprint identifies the secret or certificate that last got
+	// a token (see Succeeded).
+	GoodFingerprint string `json:"good_fingerprint,omitempty"`
 }
 
 // Transition is a change of a breaker's state as seen by one replica.
@@ -154,9 +157,20 @@ type Set struct {
 	o   Options
 	log *slog.Logger
 
+	id string // this replica, for probes asked for by it
+
 	mu   sync.Mutex
 	brks map[string]*entry
 }
+
+// ErrStale is returned by RecordAs for a failure of a secret or
+// certificate other than the one that last got a token: it did not count,
+// and the caller's files are older (or newer) than the ones that work.
+var ErrStale = errors.New("breaker: failure of a secret other than the one that works")
+
+// probeHere is how long an immediate probe asked for by one replica is
+// kept for it (ProbeNowHere) before any replica may run it.
+const probeHere = 5 * time.Second
 
 // entry is the local state of one breaker. Guarded by Set.mu.
 type entry struct {
@@ -175,8 +189,11 @@ func New(rdb redis.UniversalClient, o Options) *Set {
 	if err := o.validate(); err != nil {
 		panic(err)
 	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
 	return &Set{
 		rdb:  rdb,
+		id:   hex.EncodeToString(b[:]),
 		o:    o,
 		log:  o.Logger.With("component", "breaker"),
 		brks: make(map[string]*entry),
@@ -291,19 +308,28 @@ func (s *Set) register(ctx context.Context, name string) error {
 
 // run runs a script that returns the record and stores what it returns.
 func (s *Set) run(ctx context.Context, sc *redis.Script, name string, args ...any) (Status, error) {
-	if err := s.register(ctx, name); err != nil {
+	v, err := s.runRaw(ctx, sc, name, args...)
+	if err != nil {
 		return Status{}, err
+	}
+	return parsePairs(name, v), nil
+}
+
+// runRaw is run returning the script's reply: the record, then any flag.
+func (s *Set) runRaw(ctx context.Context, sc *redis.Script, name string, args ...any) ([]string, error) {
+	if err := s.register(ctx, name); err != nil {
+		return nil, err
 	}
 	v, err := sc.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)}, args...).StringSlice()
 	if err != nil {
-		return Status{}, err
+		return nil, err
 	}
 	st := parsePairs(name, v)
 	if moved := len(v) >= 2 && v[len(v)-2] == "moved"; moved {
 		s.made(ctx, st)
 	}
 	s.observe(st)
-	return st, nil
+	return v, nil
 }
 
 // made tells the fleet about a transition this Set's script made: a
@@ -391,6 +417,15 @@ func (s *Set) read(ctx context.Context, name string) (Status, error) {
 // the fleet-wide count; it costs no Redis round trip when this replica
 // read a zero count within Poll.
 func (s *Set) Record(ctx context.Context, name string, err error) error {
+	return s.RecordAs(ctx, name, err, "")
+}
+
+// RecordAs is Record for a failure of the secret or certificate with the
+// given fingerprint ("" when not known). When the breaker's record names
+// another fingerprint as the one that last got a token, the failure does
+// not count and RecordAs returns ErrStale: a replica whose files are not
+// rotated yet must not undo a rotation for the fleet.
+func (s *Set) RecordAs(ctx context.Context, name string, err error, fingerprint string) error {
 	if verr := validName(name); verr != nil {
 		return verr
 	}
@@ -420,10 +455,33 @@ func (s *Set) Record(ctx context.Context, name string, err error) error {
 	if SecretExpired(err) {
 		immediate = "1"
 	}
-	_, rerr := s.run(ctx, failScript, name, ms(now), s.o.Threshold, s.o.OpenInterval.Milliseconds(),
-		ms(now.Add(s.o.OpenInterval)), immediate, Reason(err))
+	v, rerr := s.runRaw(ctx, failScript, name, ms(now), s.o.Threshold, s.o.OpenInterval.Milliseconds(),
+		ms(now.Add(s.o.OpenInterval)), immediate, Reason(err), fingerprint)
 	if rerr != nil {
 		return fmt.Errorf("breaker %s: record failure: %w", name, rerr)
+	}
+	if len(v) >= 2 && v[len(v)-2] == "stale" {
+		return fmt.Errorf("breaker %s: %w", name, ErrStale)
+	}
+	return nil
+}
+
+// Succeeded records that the secret or certificate with the given
+// fingerprint just got a token: failures of another one do not count
+// (see RecordAs). It costs a round trip only when the fingerprint differs
+// from the one this Set last recorded or read.
+func (s *Set) Succeeded(ctx context.Context, name, fingerprint string) error {
+	if err := validName(name); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	same := s.entry(name).st.GoodFingerprint == fingerprint
+	s.mu.Unlock()
+	if same || fingerprint == "" {
+		return nil
+	}
+	if _, err := s.run(ctx, goodScript, name, fingerprint); err != nil {
+		return fmt.Errorf("breaker %s: record success: %w", name, err)
 	}
 	return nil
 }
@@ -490,7 +548,21 @@ func (s *Set) ProbeNow(ctx context.Context, name string) (bool, error) {
 	if err := validName(name); err != nil {
 		return false, err
 	}
-	n, err := probeNowScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)}).Int()
+	return s.probeNow(ctx, name, "", 0)
+}
+
+// ProbeNowHere is ProbeNow for this replica's own probe loop: for
+// probeHere, no other replica takes the probe. A replica whose secret file
+// just changed asks so, since the others may still have the old one.
+func (s *Set) ProbeNowHere(ctx context.Context, name string) (bool, error) {
+	if err := validName(name); err != nil {
+		return false, err
+	}
+	return s.probeNow(ctx, name, s.id, ms(s.o.Now().Add(probeHere)))
+}
+
+func (s *Set) probeNow(ctx context.Context, name, by string, until int64) (bool, error) {
+	n, err := probeNowScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)}, by, until).Int()
 	if err != nil {
 		return false, fmt.Errorf("breaker %s: probe now: %w", name, err)
 	}
@@ -510,7 +582,7 @@ func (s *Set) AcquireProbe(ctx context.Context, name string) (bool, error) {
 	token := hex.EncodeToString(b[:])
 	now := s.o.Now()
 	n, err := acquireScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)},
-		ms(now), ms(now.Add(s.o.ProbeLease)), token).Int()
+		ms(now), ms(now.Add(s.o.ProbeLease)), token, s.id).Int()
 	if err != nil {
 		return false, fmt.Errorf("breaker %s: acquire probe: %w", name, err)
 	}
@@ -689,5 +761,7 @@ func (st *Status) set(k, v string) {
 		st.Interval = time.Duration(n) * time.Millisecond
 	case "spread":
 		st.Spread = n
+	case "good_fp":
+		st.GoodFingerprint = v
 	}
 }

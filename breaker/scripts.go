@@ -38,15 +38,25 @@ end
 `
 
 // failScript counts one failure and opens the breaker when the count
-// reaches the threshold, or at once when asked.
+// reaches the threshold, or at once when asked. A failure of a secret or
+// certificate other than the one that last got a token (good_fp) does not
+// count: the caller's files are stale, and it is told so by "stale", "1"
+// after the record.
 //
 // ARGV[1] now, ARGV[2] threshold, ARGV[3] open interval ms,
 // ARGV[4] next probe (now + open interval), ARGV[5] "1" to open at once,
-// ARGV[6] reason.
+// ARGV[6] reason, ARGV[7] fingerprint of the material used, or "".
 var failScript = redis.NewScript(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'open' then
   return reply(k)
+end
+local good = redis.call('HGET', k, 'good_fp')
+if ARGV[7] ~= '' and good and good ~= '' and good ~= ARGV[7] then
+  local r = redis.call('HGETALL', k)
+  table.insert(r, 'stale')
+  table.insert(r, '1')
+  return r
 end
 local f = redis.call('HINCRBY', k, 'failures', 1)
 if f >= tonumber(ARGV[2]) or ARGV[5] == '1' then
@@ -133,22 +143,34 @@ redis.call('DEL', KEYS[2])
 return reply(k)
 `)
 
-// probeNowScript makes the next probe of an open breaker due at once.
-// Returns 1 if the breaker is open, 0 otherwise.
+// probeNowScript makes the next probe of an open breaker due at once,
+// for any replica, or, when ARGV[1] names one, for that replica only
+// until ARGV[2] (unix ms). Returns 1 if the breaker is open, 0 otherwise.
 var probeNowScript = redis.NewScript(`
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') ~= 'open' then
   return 0
 end
-redis.call('HSET', k, 'probe_now', '1')
+redis.call('HSET', k, 'probe_now', '1', 'probe_by', ARGV[1], 'probe_by_until', ARGV[2])
 return 1
+`)
+
+// goodScript records the fingerprint of the secret or certificate that
+// last got a token. ARGV[1] fingerprint.
+var goodScript = redis.NewScript(`
+redis.call('HSET', KEYS[1], 'good_fp', ARGV[1])
+return redis.call('HGETALL', KEYS[1])
 `)
 
 // acquireScript grants the probe lease to one caller: the breaker is open,
 // no lease is live, and the probe is due or was asked for. Returns 1 when
 // granted, 0 otherwise.
 //
-// ARGV[1] now, ARGV[2] lease expiry (now + lease), ARGV[3] token.
+// An immediate probe asked for one replica (see probeNowScript) goes to
+// that replica only, until its time runs out.
+//
+// ARGV[1] now, ARGV[2] lease expiry (now + lease), ARGV[3] token,
+// ARGV[4] the caller's replica id.
 var acquireScript = redis.NewScript(`
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') ~= 'open' then
@@ -158,7 +180,12 @@ local now = tonumber(ARGV[1])
 if tonumber(redis.call('HGET', k, 'lease_until') or '0') > now then
   return 0
 end
-if redis.call('HGET', k, 'probe_now') ~= '1' and now < tonumber(redis.call('HGET', k, 'next_probe') or '0') then
+local now_asked = redis.call('HGET', k, 'probe_now') == '1'
+if not now_asked and now < tonumber(redis.call('HGET', k, 'next_probe') or '0') then
+  return 0
+end
+local by = redis.call('HGET', k, 'probe_by')
+if now_asked and by and by ~= '' and by ~= ARGV[4] and now < tonumber(redis.call('HGET', k, 'probe_by_until') or '0') then
   return 0
 end
 redis.call('HSET', k, 'lease_token', ARGV[3], 'lease_until', ARGV[2], 'probe_now', '0')

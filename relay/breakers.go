@@ -59,7 +59,14 @@ type gate struct {
 	// refused holds, per credential (or delegated mailbox), when Entra
 	// last refused it: see token.
 	refused map[string]time.Time
+	// stale holds, per credential, the fingerprint of this replica's
+	// material that failed while another works (breakers_stale.go).
+	stale map[string]string
 }
+
+// breakerRecheck is when a send held back by a breaker or a stale
+// credential is due again.
+const breakerRecheck = time.Second
 
 // refusalHold is how long after Entra refuses a credential (400 or 401:
 // an expired or wrong secret, a revoked grant) this replica asks again
@@ -79,6 +86,9 @@ func (g *gate) token(ctx context.Context, route string, src o365.TokenSource) (*
 		return nil, err
 	}
 	delegated, cred, mailbox, _ := parseRoute(route)
+	if !delegated && g.staleFor(cred) {
+		return nil, staleError(cred)
+	}
 	key := credentialBreaker(cred)
 	if delegated {
 		key = mailboxBreaker(mailbox)
@@ -115,7 +125,7 @@ func (g *gate) forgetRefusals() {
 // replica's probe loop to look now.
 func (g *gate) probeNow(ctx context.Context, name string) error {
 	g.forgetRefusals()
-	if _, err := g.set.ProbeNow(ctx, name); err != nil {
+	if _, err := g.set.ProbeNowHere(ctx, name); err != nil {
 		return err
 	}
 	select {
@@ -146,7 +156,7 @@ func (g *gate) check(ctx context.Context, route string) error {
 				text += ": " + st.Reason
 			}
 			return &upstream.Error{Class: b.class, Text: text,
-				RetryAfter: time.Second, Err: errors.Join(errBreakerOpen, err)}
+				RetryAfter: breakerRecheck, Err: errors.Join(errBreakerOpen, err)}
 		}
 	}
 	return nil
@@ -177,12 +187,13 @@ func (g *gate) failed(ctx context.Context, route string, err error) {
 		g.holdRoutes(ctx, []string{route})
 		return
 	}
-	name := cred
 	if upstream.ClassOf(err) == upstream.Mailbox {
-		name = mbx
-	}
-	if rerr := g.set.Record(ctx, name, err); rerr != nil {
-		g.log.Warn("cannot record failure on breaker", "breaker", name, "err", rerr)
+		if rerr := g.set.Record(ctx, mbx, err); rerr != nil {
+			g.log.Warn("cannot record failure on breaker", "breaker", mbx, "err", rerr)
+		}
+	} else {
+		_, credName, _, _ := parseRoute(route)
+		g.recordCredentialFailure(ctx, cred, credName, err)
 	}
 	if delegated, _, mailbox, _ := parseRoute(route); delegated && delegatedAuthRejected(err) {
 		// One mailbox's 535 is that mailbox's problem; several in a row
@@ -280,6 +291,9 @@ func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
 		for _, st := range list {
 			if st.State != breaker.Open {
 				continue
+			}
+			if cred, ok := strings.CutPrefix(st.Name, "cred:"); ok && g.staleFor(cred) {
+				continue // its probe would fail on this replica's old file
 			}
 			if ok, err := g.set.AcquireProbe(ctx, st.Name); err != nil || !ok {
 				continue

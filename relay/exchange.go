@@ -70,9 +70,15 @@ func exchangeTLS(o ExchangeOptions) (*tls.Config, error) {
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
-// newExchange builds the exchange sender. onChange is told when a
-// credential's secret or certificate file changes.
-func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string), log *slog.Logger) (*exchange, error) {
+// credentialHooks are told about the credentials' material: onChange when
+// a secret or certificate file changes, onIssued when it got a token.
+type credentialHooks struct {
+	onChange func(name string)
+	onIssued func(name, fingerprint string)
+}
+
+// newExchange builds the exchange sender.
+func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, log *slog.Logger) (*exchange, error) {
 	tlsConfig, err := exchangeTLS(o.Exchange)
 	if err != nil {
 		return nil, err
@@ -103,7 +109,7 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 		co := auth.CredentialOptions{
 			Name: c.Name, Tenant: c.Tenant, ClientID: c.ClientID, Authority: c.Authority,
 			ClientSecretFile: c.ClientSecretFile, CertFile: c.CertFile, KeyFile: c.KeyFile,
-			Scope: outlookScope, HTTPClient: httpClient, OnChange: onChange, Logger: log,
+			Scope: outlookScope, HTTPClient: httpClient, OnChange: hooks.onChange, OnIssued: hooks.onIssued, Logger: log,
 			ReloadInterval: credentialReload,
 		}
 		if x.creds[c.Name], err = auth.NewCredential(co); err != nil {

@@ -141,7 +141,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 				log.Warn("cannot request a probe", "credential", name, "err", err)
 			}
 		}
-		if s.exchange, err = newExchange(o, s.rdb, onChange, log); err != nil {
+		if s.exchange, err = newExchange(o, s.rdb, credentialHooks{onChange, g.issued}, log); err != nil {
 			return nil, err
 		}
 		g.x, s.exchange.gate, s.gate = s.exchange, g, g
@@ -184,6 +184,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		if s.gate != nil {
 			dc.OnAuthFailure = s.gate.failed
 			dc.OnDelivered = s.gate.delivered
+			dc.Skip = s.gate.skip
 		}
 		s.deliverer = newDeliverer(s.queue, sender, dc, log)
 		in.queued = s.deliverer.notify
