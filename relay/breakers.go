@@ -102,6 +102,9 @@ func (g *gate) token(ctx context.Context, route string, src o365.TokenSource) (*
 	}
 	tok, err := src.Token(ctx)
 	var te *auth.TokenError
+	if !delegated && errors.As(err, &te) && g.refusedStale(cred, te) {
+		return nil, staleError(cred)
+	}
 	if errors.As(err, &te) && (te.HTTPStatus == 400 || te.HTTPStatus == 401) {
 		g.mu.Lock()
 		if g.refused == nil {

@@ -89,6 +89,22 @@ func staleError(cred string) error {
 		Text: "this relay's secret for " + cred + " is older than the one that works; another relay sends it"}
 }
 
+// refusedStale reports whether Entra refused material other than the one
+// that last got a token, as this replica last read the breaker's record
+// (the record is re-read at each transition): if so this replica is now
+// stale for the credential, and the send waits instead of failing.
+func (g *gate) refusedStale(cred string, te *auth.TokenError) bool {
+	if te.HTTPStatus != 400 && te.HTTPStatus != 401 {
+		return false
+	}
+	good := g.set.Cached(credentialBreaker(cred)).GoodFingerprint
+	if good == "" || te.Fingerprint == "" || good == te.Fingerprint {
+		return false
+	}
+	g.markStale(cred, te.Fingerprint)
+	return true
+}
+
 // recordCredentialFailure counts a credential failure on the fleet-wide
 // breaker, unless it is a failure of stale material.
 func (g *gate) recordCredentialFailure(ctx context.Context, name, cred string, err error) {

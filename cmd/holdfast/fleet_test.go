@@ -3,6 +3,8 @@ package main
 import (
 	"testing"
 	"time"
+
+	"holdfast/cmd/o365sim/sim"
 )
 
 // The fleet tests: the breaker among relay processes as a real fleet runs
@@ -151,4 +153,124 @@ func TestTripLatency(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	f.checkOnce(n)
 	f.checkRunning()
+}
+
+// TestStaggeredRotation: three relays, each with its own secret file, as
+// pods mounting a Secret. The secret expires and the breaker opens; then
+// the new secret reaches the relays' files one at a time, 10 s apart,
+// with the old secret deleted (AADSTS7000215) or kept, expired
+// (AADSTS7000222). The breaker never opens again after the first file
+// changes; the first delivery comes within 2 s of it; every message is
+// delivered exactly once; and a relay still on the old secret sends at
+// most one refused token request.
+func TestStaggeredRotation(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		rotate func(s *sim.Sim)
+	}{
+		{"old deleted", func(s *sim.Sim) { s.RotateSecret(incTenant, incClientID, incRotated) }},
+		{"old kept expired", func(s *sim.Sim) { s.AddSecret(incTenant, incClientID, incRotated) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) { staggeredRotation(t, tc.rotate) })
+	}
+}
+
+func staggeredRotation(t *testing.T, rotate func(s *sim.Sim)) {
+	const (
+		before  = 30
+		outage  = 60
+		stagger = 10 * time.Second
+		during  = 60 // submitted while the files change, one every 0.5 s
+	)
+	f := startIncFleet(t, incFleetOptions{mailboxes: 5, relays: 3, ownSecrets: true})
+	polls := f.pollBreaker(incCred)
+	sub := f.startSubmitter(6, func(n int) string { return f.mailboxes[n%len(f.mailboxes)] })
+	n := 0
+	for ; n < before; n++ {
+		sub.submit(n)
+	}
+	f.waitDelivered(before, 10*time.Second)
+
+	// The secret expires; once the relays' tokens are due for renewal,
+	// mail opens the breaker.
+	tExpiry := time.Now()
+	f.sim.ExpireSecret(incTenant, incClientID)
+	time.Sleep(incQuiet)
+	for ; n < before+outage; n++ {
+		sub.submit(n)
+		time.Sleep(20 * time.Millisecond)
+	}
+	incWait(t, 10*time.Second, "the breaker open", func() bool {
+		for _, p := range polls {
+			if _, ok := p.first(tExpiry, isOpen); ok {
+				return true
+			}
+		}
+		return false
+	})
+	f.waitHeld(before+outage-f.delivered(), true, 5*time.Second)
+
+	// The rotation reaches one file at a time, with mail flowing.
+	rotate(f.sim)
+	atRotation := f.counters()
+	var tFirst time.Time
+	feed := make(chan struct{})
+	go func() {
+		defer close(feed)
+		for i := range during {
+			sub.submit(before + outage + i)
+			time.Sleep(stagger * 2 / during)
+		}
+	}()
+	for i, path := range f.secretFiles {
+		if i > 0 {
+			time.Sleep(stagger)
+		}
+		incWriteFile(t, path, incRotated+"\n")
+		if i == 0 {
+			tFirst = time.Now()
+			first := time.Time{}
+			incWait(t, 2*time.Second, "a delivery within 2 s of the first file change", func() bool {
+				for _, r := range f.sim.Received() {
+					if r.Started.After(tFirst) {
+						first = r.Started
+						return true
+					}
+				}
+				return false
+			})
+			t.Logf("first file change to first delivery: %v", first.Sub(tFirst).Round(time.Millisecond))
+		}
+	}
+	<-feed
+	sub.close()
+	total := before + outage + during
+	sub.results(t, total)
+	f.waitDelivered(total, 15*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	f.checkOnce(total)
+	f.checkRunning()
+
+	// Never open again after the first file change.
+	for _, p := range polls {
+		p.checkErrors(t)
+		closed, ok := p.first(tFirst, isClosed)
+		if !ok {
+			t.Errorf("relay-%d never showed the breaker closed after the rotation", p.relay+1)
+			continue
+		}
+		for _, o := range p.between(closed.at, time.Now()) {
+			if isOpen(o.st) {
+				t.Errorf("relay-%d: the breaker opened again at %v (%s)", p.relay+1, o.at.Sub(tFirst).Round(time.Millisecond), o.st.Reason)
+				break
+			}
+		}
+	}
+	// The two relays still on the old secret: one refused token request
+	// each at most.
+	after := f.counters()
+	if got := after.TokenErrors - atRotation.TokenErrors; got > len(f.relays)-1 {
+		t.Errorf("%d refused token requests after the rotation, want at most %d (one per stale relay)", got, len(f.relays)-1)
+	}
+	t.Logf("refused token requests after the rotation: %d", after.TokenErrors-atRotation.TokenErrors)
 }
