@@ -310,10 +310,20 @@ func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
 	}
 }
 
+// probeTries is how many mailboxes a credential probe tries when
+// mailboxes fail it on their own account.
+const probeTries = 3
+
 // probe runs a token fetch and an SMTP AUTH, sending nothing, as a route
 // under the breaker (or, for a credential with no route yet, a token
 // fetch only). Files are re-read first: the rotation that asked for this
 // probe may have been seen by another replica first.
+//
+// A credential's probe tests the credential, not a mailbox: it uses an
+// app-only route whose mailbox is not known to be broken (no open
+// mailbox breaker, no failure counted on it). A mailbox-class failure is
+// recorded on that mailbox's breaker, and the probe tries another
+// mailbox, up to probeTries.
 func (g *gate) probe(ctx context.Context, name string) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
@@ -322,21 +332,17 @@ func (g *gate) probe(ctx context.Context, name string) error {
 		return err
 	}
 	credName, isCred := strings.CutPrefix(name, "cred:")
-	var probeRoute string
-	for _, rt := range routes {
-		// A credential's breaker is probed with an app-only token when it
-		// has an app route: that is what the credential itself proves.
-		if delegated, cred, _, _ := parseRoute(rt); probeRoute == "" || (isCred && !delegated) {
-			probeRoute, credName = rt, cred
-			if isCred && !delegated {
-				break
-			}
-		}
+	candidates := routes
+	if isCred {
+		candidates = g.probeRoutes(ctx, routes)
+	}
+	if len(candidates) > 0 {
+		_, credName, _, _ = parseRoute(candidates[0])
 	}
 	if err := g.x.reloadCredential(credName); err != nil {
 		g.log.Warn("cannot reload credential before probing", "credential", credName, "err", err)
 	}
-	if probeRoute == "" {
+	if len(candidates) == 0 {
 		c := g.x.creds[credName]
 		if !isCred || c == nil {
 			return fmt.Errorf("breaker %s has no route and no credential to probe", name)
@@ -345,9 +351,56 @@ func (g *gate) probe(ctx context.Context, name string) error {
 		_, err := c.Token(ctx)
 		return err
 	}
-	r, err := g.x.route(g.x.creds, false)(ctx, &queue.Message{Route: probeRoute})
-	if err != nil {
-		return err
+	var perr error
+	for i, rt := range candidates[:min(len(candidates), probeTries)] {
+		r, err := g.x.route(g.x.creds, false)(ctx, &queue.Message{Route: rt})
+		if err != nil {
+			return err
+		}
+		perr = g.x.smtp.Probe(ctx, r)
+		if perr == nil || !isCred || upstream.ClassOf(perr) != upstream.Mailbox {
+			return perr
+		}
+		_, mbx, _ := routeBreakers(rt)
+		g.log.Warn("credential probe failed on a mailbox of its own account; trying another",
+			"breaker", name, "mailbox", mbx, "try", i+1, "err", perr)
+		if err := g.set.Record(ctx, mbx, perr); err != nil {
+			g.log.Warn("cannot record failure on breaker", "breaker", mbx, "err", err)
+		}
 	}
-	return g.x.smtp.Probe(ctx, r)
+	return perr
+}
+
+// probeRoutes orders the routes a credential's probe may use: app-only
+// routes (an app-only token is what the credential itself proves) whose
+// mailbox is not known to be broken, then delegated ones when there is no
+// app-only route at all.
+func (g *gate) probeRoutes(ctx context.Context, routes []string) []string {
+	var app, delegated []string
+	for _, rt := range routes {
+		isDelegated, _, _, _ := parseRoute(rt)
+		if isDelegated {
+			delegated = append(delegated, rt)
+			continue
+		}
+		app = append(app, rt)
+	}
+	if len(app) == 0 {
+		return delegated[:min(len(delegated), 1)]
+	}
+	names := make([]string, len(app))
+	for i, rt := range app {
+		_, names[i], _ = routeBreakers(rt)
+	}
+	sts, err := g.set.Fresh(ctx, names...)
+	if err != nil {
+		return app
+	}
+	var healthy []string
+	for i, st := range sts {
+		if st.State == breaker.Closed && st.Failures == 0 {
+			healthy = append(healthy, app[i])
+		}
+	}
+	return healthy
 }

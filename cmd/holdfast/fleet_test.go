@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -273,4 +274,100 @@ func staggeredRotation(t *testing.T, rotate func(s *sim.Sim)) {
 		t.Errorf("%d refused token requests after the rotation, want at most %d (one per stale relay)", got, len(f.relays)-1)
 	}
 	t.Logf("refused token requests after the rotation: %d", after.TokenErrors-atRotation.TokenErrors)
+}
+
+// TestBrokenProbeMailbox: the credential's first mailbox has SMTP AUTH
+// disabled (535 5.7.139) during an expiry and a rotation. The credential's
+// breaker closes within 2 s of the rotation, probing with another
+// mailbox; the other mailboxes' mail is delivered, and the broken
+// mailbox's mail stays held on its own breaker.
+func TestBrokenProbeMailbox(t *testing.T) {
+	const before, outage = 20, 40
+	f := startIncFleet(t, incFleetOptions{mailboxes: 5})
+	broken := f.mailboxes[0]
+	polls := f.pollBreaker(incCred)
+	sub := f.startSubmitter(4, func(n int) string { return f.mailboxes[n%len(f.mailboxes)] })
+	n := 0
+	for ; n < before; n++ {
+		sub.submit(n)
+	}
+	f.waitDelivered(before, 10*time.Second)
+
+	f.sim.DisableSMTPAuth(broken, true)
+	tExpiry := time.Now()
+	f.sim.ExpireSecret(incTenant, incClientID)
+	time.Sleep(incQuiet)
+	for ; n < before+outage; n++ {
+		sub.submit(n)
+		time.Sleep(20 * time.Millisecond)
+	}
+	sub.close()
+	sub.results(t, before+outage)
+	incWait(t, 10*time.Second, "the credential's breaker open", func() bool {
+		for _, p := range polls {
+			if _, ok := p.first(tExpiry, isOpen); ok {
+				return true
+			}
+		}
+		return false
+	})
+	time.Sleep(incPropagation)
+
+	f.sim.RotateSecret(incTenant, incClientID, incRotated)
+	incWriteFile(t, f.secretFile, incRotated+"\n")
+	tRotation := time.Now()
+	incWait(t, 2*time.Second+incReload, "the credential's breaker closed", func() bool {
+		for _, p := range polls {
+			if _, ok := p.first(tRotation, isClosed); ok {
+				return true
+			}
+		}
+		return false
+	})
+	var closedAt time.Time
+	for _, p := range polls {
+		if o, ok := p.first(tRotation, isClosed); ok && (closedAt.IsZero() || o.st.Since.Before(closedAt)) {
+			closedAt = o.st.Since
+		}
+	}
+	// The file is re-read every incReload; the breaker closes within 2 s
+	// of the relay seeing it.
+	t.Logf("rotation to the credential's breaker closed: %v", closedAt.Sub(tRotation).Round(time.Millisecond))
+	if lag := closedAt.Sub(tRotation); lag > 2*time.Second {
+		t.Errorf("the credential's breaker closed %v after the rotation, want within 2s", lag)
+	}
+
+	wantOthers := 0
+	for i := range before + outage {
+		if f.mailboxes[i%len(f.mailboxes)] != broken {
+			wantOthers++
+		}
+	}
+	incWait(t, 10*time.Second, "the other mailboxes' mail delivered", func() bool {
+		got := 0
+		for _, r := range f.sim.Received() {
+			if r.Mailbox != broken {
+				got++
+			}
+		}
+		return got == wantOthers
+	})
+	mbx := "mbx:" + broken
+	route := "app:contoso:" + broken
+	incWait(t, 10*time.Second, "the broken mailbox's mail held on its own breaker", func() bool {
+		reason, held, err := f.q.RouteHold(t.Context(), route)
+		return err == nil && held && strings.Contains(reason, mbx)
+	})
+	var st struct {
+		State string `json:"state"`
+	}
+	if code, err := f.do(0, "GET", "/v1/breakers/"+mbx, incAdminToken, "", &st); err != nil || code != 200 || st.State != "open" {
+		t.Errorf("GET /v1/breakers/%s: %d %v %+v, want open", mbx, code, err, st)
+	}
+	if _, ok := polls[0].last(); ok {
+		if o, _ := polls[0].last(); !isClosed(o.st) {
+			t.Errorf("the credential's breaker is %s at the end, want closed", o.st.State)
+		}
+	}
+	f.checkRunning()
 }
