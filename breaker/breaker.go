@@ -16,9 +16,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
-
-	"holdfast/auth"
-	"holdfast/relay/upstream"
 )
 
 // State is a breaker's fleet-wide state.
@@ -203,52 +200,47 @@ func New(rdb redis.UniversalClient, o Options) *Set {
 // Poll is how often this Set re-reads the records (Options.Poll).
 func (s *Set) Poll() time.Duration { return s.o.Poll }
 
-// Counts reports whether err counts on a breaker: a Credential or Mailbox
-// failure, or a token error saying the client secret expired.
-func Counts(err error) bool {
-	if err == nil {
-		return false
-	}
-	if SecretExpired(err) {
-		return true
-	}
-	c := upstream.ClassOf(err)
-	return c == upstream.Credential || c == upstream.Mailbox
+// Failure is what a breaker needs to know of a failed request, asked of
+// the error itself: the relay's classification (relay/upstream.Error)
+// answers. Declared here so that breaker depends on no classification.
+type Failure interface {
+	error
+	// BreakerCounts reports whether the failure counts: the
+	// credential's or the mailbox's own fault.
+	BreakerCounts() bool
+	// BreakerOpensNow reports whether it opens the breaker at once, e.g.
+	// an expired client secret.
+	BreakerOpensNow() bool
+	// BreakerReason is the upstream's code and text, stored as the reason.
+	BreakerReason() string
 }
 
-// SecretExpired reports whether err says the client secret has expired
-// (AADSTS7000222). Such an error opens its breaker at once.
-func SecretExpired(err error) bool {
-	var te *auth.TokenError
-	if errors.As(err, &te) {
-		return te.SecretExpired()
-	}
-	return err != nil && strings.Contains(err.Error(), auth.AADSTSSecretExpired)
+// Counts reports whether err counts on a breaker: a Failure that says so.
+// Any other error (a bare network error) never counts.
+func Counts(err error) bool {
+	var f Failure
+	return errors.As(err, &f) && f.BreakerCounts()
+}
+
+// opensNow reports whether err opens its breaker at once.
+func opensNow(err error) bool {
+	var f Failure
+	return errors.As(err, &f) && f.BreakerOpensNow()
 }
 
 // maxReason bounds the stored reason.
 const maxReason = 512
 
-// Reason returns the text stored as a breaker's reason: the upstream's
-// code and text, e.g. "invalid_client AADSTS7000222: The provided client
-// secret keys for app '…' are expired.".
+// Reason returns the text stored as a breaker's reason: the Failure's
+// BreakerReason, or the error's text.
 func Reason(err error) string {
+	var f Failure
 	var r string
-	var te *auth.TokenError
-	var ue *upstream.Error
 	switch {
 	case err == nil:
 		return ""
-	case errors.As(err, &te):
-		r = strings.TrimSpace(te.Code + " " + te.AADSTS)
-		if te.Description != "" {
-			if te.AADSTS != "" {
-				r += ":"
-			}
-			r += " " + te.Description
-		}
-	case errors.As(err, &ue) && ue.Code != 0:
-		r = strings.TrimSpace(fmt.Sprintf("%d %s %s", ue.Code, ue.Enhanced, ue.Text))
+	case errors.As(err, &f):
+		r = f.BreakerReason()
 	default:
 		r = err.Error()
 	}
@@ -412,8 +404,8 @@ func (s *Set) read(ctx context.Context, name string) (Status, error) {
 }
 
 // Record reports the outcome of a request under the breaker: nil is a
-// success. Only Credential and Mailbox failures count; a failure saying
-// the client secret expired opens the breaker at once. A success resets
+// success. Only failures that say they count do (see Failure); one that
+// says so opens the breaker at once. A success resets
 // the fleet-wide count; it costs no Redis round trip when this replica
 // read a zero count within Poll.
 func (s *Set) Record(ctx context.Context, name string, err error) error {
@@ -452,7 +444,7 @@ func (s *Set) RecordAs(ctx context.Context, name string, err error, fingerprint 
 	}
 	now := s.o.Now()
 	immediate := "0"
-	if SecretExpired(err) {
+	if opensNow(err) {
 		immediate = "1"
 	}
 	v, rerr := s.runRaw(ctx, failScript, name, ms(now), s.o.Threshold, s.o.OpenInterval.Milliseconds(),
