@@ -126,6 +126,9 @@ type Status struct {
 	// GoodFingerprint identifies the secret or certificate that last got
 	// a token (see Succeeded).
 	GoodFingerprint string `json:"good_fingerprint,omitempty"`
+	// StaleReplicas name the replicas that said their material is not
+	// the one that works (see MarkStale), sorted.
+	StaleReplicas []string `json:"stale_replicas,omitempty"`
 }
 
 // Transition is a change of a breaker's state as seen by one replica.
@@ -458,6 +461,27 @@ func (s *Set) RecordAs(ctx context.Context, name string, err error, fingerprint 
 	return nil
 }
 
+// staleField prefixes the record fields naming stale replicas.
+const staleField = "stale:"
+
+// MarkStale records, for operators, that replica's material for the
+// breaker is stale (since now), or that it is no longer.
+func (s *Set) MarkStale(ctx context.Context, name, replica string, stale bool) error {
+	if err := validName(name); err != nil {
+		return err
+	}
+	var err error
+	if stale {
+		err = s.rdb.HSet(ctx, recordKey(name), staleField+replica, ms(s.o.Now())).Err()
+	} else {
+		err = s.rdb.HDel(ctx, recordKey(name), staleField+replica).Err()
+	}
+	if err != nil {
+		return fmt.Errorf("breaker %s: mark stale: %w", name, err)
+	}
+	return nil
+}
+
 // Succeeded records that the secret or certificate with the given
 // fingerprint just got a token: failures of another one do not count
 // (see RecordAs). It costs a round trip only when the fingerprint differs
@@ -755,5 +779,10 @@ func (st *Status) set(k, v string) {
 		st.Spread = n
 	case "good_fp":
 		st.GoodFingerprint = v
+	default:
+		if r, ok := strings.CutPrefix(k, staleField); ok {
+			i, _ := slices.BinarySearch(st.StaleReplicas, r)
+			st.StaleReplicas = slices.Insert(st.StaleReplicas, i, r)
+		}
 	}
 }

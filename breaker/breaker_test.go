@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -502,17 +503,17 @@ func TestStatusAndList(t *testing.T) {
 	record(t, b, "mbx:alice", mailboxErr)
 	want := Status{Name: "app:contoso", State: Open, Reason: "535 5.7.3 Authentication unsuccessful",
 		Since: opened, Failures: 3, Generation: 1, NextProbe: opened.Add(30 * time.Second), Interval: 30 * time.Second}
-	if got := status(t, b, "app:contoso"); got != want {
+	if got := status(t, b, "app:contoso"); !reflect.DeepEqual(got, want) {
 		t.Fatalf("Status = %+v\nwant     %+v", got, want)
 	}
-	if got := status(t, b, "unknown"); got != (Status{Name: "unknown"}) {
+	if got := status(t, b, "unknown"); !reflect.DeepEqual(got, Status{Name: "unknown"}) {
 		t.Fatalf("Status of a breaker without a record = %+v", got)
 	}
 	list, err := b.List(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(list) != 3 || list[0] != want || list[1].Name != "mbx:alice" || list[1].Failures != 1 || list[2].Name != "unknown" {
+	if len(list) != 3 || !reflect.DeepEqual(list[0], want) || list[1].Name != "mbx:alice" || list[1].Failures != 1 || list[2].Name != "unknown" {
 		t.Fatalf("List = %+v", list)
 	}
 }
@@ -665,5 +666,46 @@ func TestSpreadOpensAcrossDistinctMembers(t *testing.T) {
 	spread(a, "dave@contoso.com", delegated)
 	if st := status(t, a, cred); st.State != Closed || st.Spread != 1 {
 		t.Fatalf("after reset: %+v, want a fresh spread of 1", st)
+	}
+}
+
+// TestFingerprints: once a secret has got a token, failures of another
+// one do not count (ErrStale), and the replicas that said so are listed.
+func TestFingerprints(t *testing.T) {
+	ctx := context.Background()
+	sets, _ := replicas(t, 2, nil)
+	a, b := sets[0], sets[1]
+	const name = "cred:contoso"
+	// Before any token, every failure counts.
+	if err := a.RecordAs(ctx, name, credErr, "old"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Succeeded(ctx, name, "new"); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		if err := b.RecordAs(ctx, name, errExpired, "old"); !errors.Is(err, ErrStale) {
+			t.Fatalf("failure of the old secret: %v, want ErrStale", err)
+		}
+	}
+	if err := b.MarkStale(ctx, name, "relay-2", true); err != nil {
+		t.Fatal(err)
+	}
+	st := status(t, a, name)
+	if st.State != Closed || st.GoodFingerprint != "new" || !reflect.DeepEqual(st.StaleReplicas, []string{"relay-2"}) {
+		t.Fatalf("after stale failures: %+v, want closed, good fingerprint new, relay-2 stale", st)
+	}
+	// The secret that works failing counts, and an expired one opens.
+	if err := a.RecordAs(ctx, name, errExpired, "new"); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(t, b, name); st.State != Open {
+		t.Fatalf("after the working secret expired: %+v, want open", st)
+	}
+	if err := b.MarkStale(ctx, name, "relay-2", false); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(t, b, name); len(st.StaleReplicas) != 0 {
+		t.Fatalf("stale replicas after relay-2 rejoined: %v", st.StaleReplicas)
 	}
 }

@@ -24,6 +24,9 @@ package breaker
 //	lease_token  the prober's token; lease_until its expiry (unix ms)
 //	last_probe   unix ms of the last probe result
 //	spread       how many members the spread set holds
+//	good_fp      fingerprint of the secret or certificate that last got a token
+//	probe_by     replica an immediate probe is kept for; probe_by_until until when (unix ms)
+//	stale:NAME   unix ms since replica NAME's material was found stale
 const (
 	namesKey      = "hf:brk:names"
 	eventsChannel = "hf:brk:events"

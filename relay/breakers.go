@@ -62,6 +62,8 @@ type gate struct {
 	// stale holds, per credential, the fingerprint of this replica's
 	// material that failed while another works (breakers_stale.go).
 	stale map[string]string
+	// replica names this relay to operators (its hostname).
+	replica string
 }
 
 // breakerRecheck is when a send held back by a breaker or a stale

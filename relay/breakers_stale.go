@@ -46,6 +46,9 @@ func (g *gate) markStale(cred, fingerprint string) {
 	g.stale[cred] = fingerprint
 	g.mu.Unlock()
 	if first {
+		if err := g.set.MarkStale(context.Background(), credentialBreaker(cred), g.replica, true); err != nil {
+			g.log.Warn("cannot record this relay as stale", "credential", cred, "err", err)
+		}
 		g.log.Warn("this relay's secret or certificate file is older than the one that works for the fleet; "+
 			"it leaves the credential's mail to the other relays until the file changes",
 			"credential", cred, "fingerprint", fingerprint)
@@ -66,11 +69,17 @@ func (g *gate) staleFor(cred string) bool {
 		return true
 	}
 	g.mu.Lock()
-	if g.stale[cred] == fp {
+	rejoined := g.stale[cred] == fp
+	if rejoined {
 		delete(g.stale, cred)
 	}
 	g.mu.Unlock()
-	g.log.Info("this relay's credential file changed; it sends again", "credential", cred)
+	if rejoined {
+		g.log.Info("this relay's credential file changed; it sends again", "credential", cred)
+		if err := g.set.MarkStale(context.Background(), credentialBreaker(cred), g.replica, false); err != nil {
+			g.log.Warn("cannot record this relay as no longer stale", "credential", cred, "err", err)
+		}
+	}
 	return false
 }
 

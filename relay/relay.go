@@ -125,7 +125,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	)
 	if sender == nil && o.Delivery.Sender == "exchange" {
 		g := &gate{q: s.queue, log: log.With("component", "breaker"), escalate: o.Breakers.EscalateMailboxes,
-			wake: make(chan struct{}, 1), reconcileNow: make(chan struct{}, 1)}
+			wake: make(chan struct{}, 1), reconcileNow: make(chan struct{}, 1), replica: o.Hostname}
 		bo := o.Breakers.Options()
 		bo.OnTransition, bo.Logger = g.transition, log
 		if o.Breakers.WebhookURL != "" {

@@ -267,6 +267,19 @@ func staggeredRotation(t *testing.T, rotate func(s *sim.Sim)) {
 			}
 		}
 	}
+	// The status endpoint listed the relays still on the old secret.
+	staleSeen := map[string]bool{}
+	for _, p := range polls {
+		for _, o := range p.between(tFirst, time.Now()) {
+			for _, r := range o.st.StaleReplicas {
+				staleSeen[r] = true
+			}
+		}
+	}
+	if staleSeen["relay-1.test"] || len(staleSeen) == 0 {
+		t.Errorf("/v1/breakers listed %v as stale, want some of relay-2.test and relay-3.test", staleSeen)
+	}
+	t.Logf("listed as stale during the rotation: %v", staleSeen)
 	// The two relays still on the old secret: one refused token request
 	// each at most.
 	after := f.counters()
