@@ -52,6 +52,36 @@ func (f *incFleet) waitHeld(n int, leased bool, d time.Duration) {
 	}
 }
 
+// expireUntilOpen submits messages 0…before-1 and waits for them to be
+// delivered; then (after also, when not nil) expires the secret and, once
+// the relays' tokens are due for renewal, submits the next outage
+// messages, and waits for the credential's breaker to open.
+func (f *incFleet) expireUntilOpen(sub *incSubmitter, polls []*incPoller, before, outage int, also func()) {
+	f.tb.Helper()
+	for n := range before {
+		sub.submit(n)
+	}
+	f.waitDelivered(before, 10*time.Second)
+	if also != nil {
+		also()
+	}
+	tExpiry := time.Now()
+	f.sim.ExpireSecret(incTenant, incClientID)
+	time.Sleep(incQuiet)
+	for n := before; n < before+outage; n++ {
+		sub.submit(n)
+		time.Sleep(20 * time.Millisecond)
+	}
+	incWait(f.tb, 10*time.Second, "the credential's breaker open", func() bool {
+		for _, p := range polls {
+			if _, ok := p.first(tExpiry, isOpen); ok {
+				return true
+			}
+		}
+		return false
+	})
+}
+
 // TestResetWhileOffline: an operator resets a tripped breaker while no
 // relay runs; the first relay to start releases its held mail, all of it
 // delivered within 5 s.
@@ -186,29 +216,7 @@ func staggeredRotation(t *testing.T, rotate func(s *sim.Sim)) {
 	f := startIncFleet(t, incFleetOptions{mailboxes: 5, relays: 3, ownSecrets: true})
 	polls := f.pollBreaker(incCred)
 	sub := f.startSubmitter(6, func(n int) string { return f.mailboxes[n%len(f.mailboxes)] })
-	n := 0
-	for ; n < before; n++ {
-		sub.submit(n)
-	}
-	f.waitDelivered(before, 10*time.Second)
-
-	// The secret expires; once the relays' tokens are due for renewal,
-	// mail opens the breaker.
-	tExpiry := time.Now()
-	f.sim.ExpireSecret(incTenant, incClientID)
-	time.Sleep(incQuiet)
-	for ; n < before+outage; n++ {
-		sub.submit(n)
-		time.Sleep(20 * time.Millisecond)
-	}
-	incWait(t, 10*time.Second, "the breaker open", func() bool {
-		for _, p := range polls {
-			if _, ok := p.first(tExpiry, isOpen); ok {
-				return true
-			}
-		}
-		return false
-	})
+	f.expireUntilOpen(sub, polls, before, outage, nil)
 	f.waitHeld(before+outage-f.delivered(), true, 5*time.Second)
 
 	// The rotation reaches one file at a time, with mail flowing.
@@ -300,30 +308,9 @@ func TestBrokenProbeMailbox(t *testing.T) {
 	broken := f.mailboxes[0]
 	polls := f.pollBreaker(incCred)
 	sub := f.startSubmitter(4, func(n int) string { return f.mailboxes[n%len(f.mailboxes)] })
-	n := 0
-	for ; n < before; n++ {
-		sub.submit(n)
-	}
-	f.waitDelivered(before, 10*time.Second)
-
-	f.sim.DisableSMTPAuth(broken, true)
-	tExpiry := time.Now()
-	f.sim.ExpireSecret(incTenant, incClientID)
-	time.Sleep(incQuiet)
-	for ; n < before+outage; n++ {
-		sub.submit(n)
-		time.Sleep(20 * time.Millisecond)
-	}
+	f.expireUntilOpen(sub, polls, before, outage, func() { f.sim.DisableSMTPAuth(broken, true) })
 	sub.close()
 	sub.results(t, before+outage)
-	incWait(t, 10*time.Second, "the credential's breaker open", func() bool {
-		for _, p := range polls {
-			if _, ok := p.first(tExpiry, isOpen); ok {
-				return true
-			}
-		}
-		return false
-	})
 	time.Sleep(incPropagation)
 
 	f.sim.RotateSecret(incTenant, incClientID, incRotated)
