@@ -118,7 +118,9 @@ func TestResetWhileOffline(t *testing.T) {
 // submitted after it is held; a reset (or the first probe, which succeeds)
 // delivers it all exactly once.
 func TestTripLatency(t *testing.T) {
-	const total = 300
+	// total bounds the feed, which runs until well after the trip
+	// returned (the command may take a while on a loaded machine).
+	const total = 3000
 	f := startIncFleet(t, incFleetOptions{mailboxes: 5, relays: 3})
 	sub := f.startSubmitter(6, func(n int) string { return f.mailboxes[n%len(f.mailboxes)] })
 	n := 0
@@ -139,7 +141,7 @@ func TestTripLatency(t *testing.T) {
 			default:
 			}
 			sub.submit(i)
-			time.Sleep(5 * time.Millisecond)
+			time.Sleep(10 * time.Millisecond)
 		}
 	}()
 	time.Sleep(200 * time.Millisecond)
