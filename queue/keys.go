@@ -19,8 +19,10 @@ import (
 //	hf:{T}:r:ROUTE:live      zset    id -> submit time (unix ms), every message not yet delivered or dead
 //	hf:{T}:r:ROUTE:hold      string  the hold reason; present while the route is held
 //	hf:{T}:r:ROUTE:held      string  when the current hold started (unix ms); present while held
+//	hf:{T}:r:ROUTE:fence     hash    breaker name -> the newest generation a hold or release of the route applied
 //	hf:{T}:i:ROUTE:KEY       string  idempotency key -> message id
-//	hf:routes                set     every route that has had a message
+//	hf:routes                set     every route that has had a message, until pruned
+//	hf:routes:idle           zset    route -> when it was first seen with no message (unix ms)
 //	hf:min:MINUTE            hash    fleet-wide counts of one minute (unix minutes); see minutes.go
 //	hf:auth:ip:IP            string  failed authentications from a client IP in the current window
 //	hf:auth:user:NAME        string  failed authentications for an SMTP user name in the current window
@@ -56,7 +58,10 @@ const (
 	stDead      = "dead"
 )
 
-const routesKey = keyPrefix + "routes"
+const (
+	routesKey     = keyPrefix + "routes"
+	idleRoutesKey = routesKey + ":idle"
+)
 
 // minuteKey is the hash of the fleet-wide counts of the minute starting at
 // unix minute m.
@@ -83,6 +88,7 @@ type routeKeys struct {
 	live   string
 	hold   string
 	held   string
+	fence  string
 }
 
 func keysFor(route string) routeKeys {
@@ -96,6 +102,7 @@ func keysFor(route string) routeKeys {
 		live:   base + "live",
 		hold:   base + "hold",
 		held:   base + "held",
+		fence:  base + "fence",
 	}
 }
 

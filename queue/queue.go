@@ -82,7 +82,7 @@ type Queue struct {
 	opts Options
 
 	mu     sync.Mutex
-	routes map[string]bool // routes known to be in routesKey
+	routes map[string]time.Time // routes this process added to routesKey, and when
 
 	waitAOF     bool // the server has WAITAOF (Redis 7.2+); set once waitChecked
 	waitChecked bool
@@ -97,7 +97,7 @@ var ErrLeaseLost = errors.New("lease lost: it expired before the worker reported
 
 // New returns a queue stored in rdb.
 func New(rdb redis.UniversalClient, opts Options) *Queue {
-	return &Queue{rdb: rdb, opts: opts.withDefaults(), routes: map[string]bool{}}
+	return &Queue{rdb: rdb, opts: opts.withDefaults(), routes: map[string]time.Time{}}
 }
 
 // Options returns the queue's options, defaults filled in.
@@ -108,7 +108,7 @@ func (q *Queue) Options() Options { return q.opts }
 // the first message and dup true, and stores nothing.
 //
 // It costs one round trip to Redis, plus one the first time this process
-// sees the route.
+// sees the route (and once a minute after).
 func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool, err error) {
 	if !ValidRoute(m.Route) {
 		return "", false, fmt.Errorf("enqueue: invalid route name %q", m.Route)
@@ -251,19 +251,20 @@ func versionAtLeast(v string, major, minor int) bool {
 	return ma > major || ma == major && mi >= minor
 }
 
-// registerRoute records the route in the set of routes, once per process.
+// registerRoute records the route in the set of routes, once per process
+// and registerEvery (PruneRoutes may have removed it).
 func (q *Queue) registerRoute(ctx context.Context, route string) error {
 	q.mu.Lock()
-	known := q.routes[route]
+	at, known := q.routes[route]
 	q.mu.Unlock()
-	if known {
+	if known && time.Since(at) < registerEvery {
 		return nil
 	}
 	if err := q.rdb.SAdd(ctx, routesKey, route).Err(); err != nil {
 		return fmt.Errorf("register route %s: %w", route, err)
 	}
 	q.mu.Lock()
-	q.routes[route] = true
+	q.routes[route] = time.Now()
 	q.mu.Unlock()
 	return nil
 }

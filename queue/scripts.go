@@ -289,60 +289,6 @@ end
 return out
 `)
 
-// holdScript holds a route, or updates the reason of a held one. The hold
-// start is only set when the route was not held, so a second hold keeps
-// the first one's start.
-//
-// KEYS[1] hold, KEYS[2] held (hold start). ARGV[1] reason, ARGV[2] now.
-//
-// Returns 1 when the route was newly held, 0 when it already was.
-var holdScript = redis.NewScript(`
-local fresh = redis.call('EXISTS', KEYS[1]) == 0
-if fresh then
-  redis.call('SET', KEYS[2], ARGV[2])
-else
-  redis.call('SET', KEYS[2], ARGV[2], 'NX')
-end
-redis.call('SET', KEYS[1], ARGV[1])
-if fresh then return 1 end
-return 0
-`)
-
-// releaseScript ends a route's hold. Each live message (leased ones
-// included) first gets the time it spent held, up to the held grace,
-// added to its expiry: exp += min(now - max(hold start, submit), grace)
-// when that is positive.
-//
-// KEYS[1] live, KEYS[2] hold, KEYS[3] held (hold start).
-// ARGV[1] now, ARGV[2] held grace in ms, ARGV[3] message key prefix.
-//
-// Returns how many messages got a longer lifetime.
-var releaseScript = redis.NewScript(`
-local now = tonumber(ARGV[1])
-local grace = tonumber(ARGV[2])
-local start = tonumber(redis.call('GET', KEYS[3]))
-local credited = 0
-if start and redis.call('EXISTS', KEYS[2]) == 1 then
-  local page = 1000
-  local from = 0
-  while true do
-    local live = redis.call('ZRANGE', KEYS[1], from, from + page - 1, 'WITHSCORES')
-    for i = 1, #live, 2 do
-      local credit = math.min(now - math.max(start, tonumber(live[i + 1])), grace)
-      local key = ARGV[3] .. live[i]
-      if credit > 0 and redis.call('EXISTS', key) == 1 then
-        redis.call('HINCRBY', key, 'exp', credit)
-        credited = credited + 1
-      end
-    end
-    if #live < 2 * page then break end
-    from = from + page
-  end
-end
-redis.call('DEL', KEYS[2], KEYS[3])
-return credited
-`)
-
 // getScript reads a message with its due time and its route's hold reason
 // in one atomic step.
 //

@@ -51,6 +51,9 @@ type deliveryConfig struct {
 	OnAuthFailure AuthFailureFunc
 	// OnDelivered, when set, is told about each delivered message's route.
 	OnDelivered func(ctx context.Context, route string)
+	// Skip, when set, names routes this replica must not lease from now
+	// (the breakers: a credential whose file here is stale).
+	Skip func(route string) bool
 	// ThrottleDelay is the wait after a throttled reply that names no
 	// time. Default one minute.
 	ThrottleDelay time.Duration
@@ -155,7 +158,7 @@ func (d *deliverer) run(ctx context.Context) {
 func (d *deliverer) pass(ctx context.Context, routes []string, held map[string]bool) (leased bool, next time.Time) {
 	for _, route := range routes {
 		room := d.room(route)
-		if room == 0 || held[route] {
+		if room == 0 || held[route] || d.cfg.Skip != nil && d.cfg.Skip(route) {
 			continue
 		}
 		n := d.takeSlots(ctx)

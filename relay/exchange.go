@@ -70,9 +70,15 @@ func exchangeTLS(o ExchangeOptions) (*tls.Config, error) {
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
-// newExchange builds the exchange sender. onChange is told when a
-// credential's secret or certificate file changes.
-func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string), mx *metrics, authMx *auth.Metrics, log *slog.Logger) (*exchange, error) {
+// credentialHooks are told about the credentials' material: onChange when
+// a secret or certificate file changes, onIssued when it got a token.
+type credentialHooks struct {
+	onChange func(name string)
+	onIssued func(name, fingerprint string)
+}
+
+// newExchange builds the exchange sender.
+func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx *metrics, authMx *auth.Metrics, log *slog.Logger) (*exchange, error) {
 	tlsConfig, err := exchangeTLS(o.Exchange)
 	if err != nil {
 		return nil, err
@@ -101,7 +107,7 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 	}
 	for _, c := range o.Credentials {
 		co := c.authOptions(outlookScope, httpClient, log)
-		co.OnChange, co.ReloadInterval = onChange, credentialReload
+		co.OnChange, co.OnIssued, co.ReloadInterval = hooks.onChange, hooks.onIssued, credentialReload
 		co.Metrics = authMx
 		authMx.Credential(c.Name)
 		if x.creds[c.Name], err = auth.NewCredential(co); err != nil {
@@ -161,6 +167,7 @@ func (x *exchange) route(creds map[string]*auth.Credential, gated bool) o365.Rou
 			return r, err
 		}
 		r.Tokens = gatedTokens{TokenSource: r.Tokens, gate: x.gate, route: m.Route}
+		r.Check = func(ctx context.Context) error { return x.gate.checkNow(ctx, m.Route) }
 		return r, nil
 	}
 }
@@ -214,12 +221,19 @@ func (x *exchange) GrantCredential(ctx context.Context, mailbox string) (string,
 
 // Send sends by Graph for apps configured so, by SMTP otherwise.
 func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
+	graph := x.via[m.App] == "graph" && x.graph != nil
 	if x.gate != nil {
-		if err := x.gate.check(ctx, m.Route); err != nil {
+		// Over SMTP the route's Check reads the records again just
+		// before MAIL FROM; Graph sends right after this.
+		check := x.gate.check
+		if graph {
+			check = x.gate.checkNow
+		}
+		if err := check(ctx, m.Route); err != nil {
 			return "", err
 		}
 	}
-	if x.via[m.App] == "graph" && x.graph != nil {
+	if graph {
 		return x.graph.Send(ctx, m)
 	}
 	return x.smtp.Send(ctx, m)

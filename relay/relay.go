@@ -134,21 +134,19 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	)
 	if sender == nil && o.Delivery.Sender == "exchange" {
 		g := &gate{q: s.queue, log: log.With("component", "breaker"), escalate: o.Breakers.EscalateMailboxes,
-			wake: make(chan struct{}, 1)}
-		onTransition := func(t breaker.Transition) {
+			wake: make(chan struct{}, 1), reconcileNow: make(chan struct{}, 1), replica: o.Hostname}
+		bo := o.Breakers.Options()
+		bo.OnTransition = func(t breaker.Transition) {
 			s.metrics.transition(breakerKind(t.Name), t.To.String())
 			g.transition(t)
 		}
+		bo.Logger = log
 		if o.Breakers.WebhookURL != "" {
+			// One webhook per transition fleet-wide: from the replica
+			// whose script made it.
 			s.webhook = breaker.NewWebhook(o.Breakers.WebhookURL, &http.Client{Timeout: 10 * time.Second}, log)
-			counted := onTransition
-			onTransition = func(t breaker.Transition) {
-				counted(t)
-				s.webhook.Notify(t)
-			}
+			bo.OnMade = s.webhook.Notify
 		}
-		bo := o.Breakers.Options()
-		bo.OnTransition, bo.Logger = onTransition, log
 		g.set = breaker.New(s.rdb, bo)
 		onChange := func(name string) {
 			log.Info("credential file changed; the next token request uses it", "component", "auth", "credential", name)
@@ -157,7 +155,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 			}
 			s.expiry.Reloaded(name)
 		}
-		if s.exchange, err = newExchange(o, s.rdb, onChange, s.metrics, authMx, log); err != nil {
+		if s.exchange, err = newExchange(o, s.rdb, credentialHooks{onChange, g.issued}, s.metrics, authMx, log); err != nil {
 			return nil, err
 		}
 		g.x, s.exchange.gate, s.gate = s.exchange, g, g
@@ -209,6 +207,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		if s.gate != nil {
 			dc.OnAuthFailure = s.gate.failed
 			dc.OnDelivered = s.gate.delivered
+			dc.Skip = s.gate.skip
 		}
 		dc.Metrics = s.metrics
 		if s.exchange != nil {
@@ -306,6 +305,7 @@ func (s *Server) Start() {
 	if s.gate != nil {
 		go s.gate.set.Watch(ctx)
 		go s.gate.probeLoop(ctx, time.Second)
+		go s.gate.reconcileLoop(ctx, s.gate.set.Poll())
 	}
 	s.wg.Add(1)
 	go func() {

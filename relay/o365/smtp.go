@@ -32,6 +32,10 @@ type Route struct {
 	Mailbox string
 	Tokens  TokenSource
 	Kind    AuthKind
+	// Check, when set, runs just before the message is sent (MAIL FROM),
+	// on a connection ready to send: an error abandons the send with
+	// nothing sent. The relay's breakers use it.
+	Check func(ctx context.Context) error
 }
 
 // Router returns the route of a message.
@@ -207,6 +211,12 @@ func (s *SMTPSender) Send(ctx context.Context, m *queue.Message) (string, error)
 		}
 		return "", &upstream.Error{Class: upstream.Throttled, RetryAfter: wait,
 			Text: fmt.Sprintf("%s has sent %d messages in the last minute", route.Mailbox, s.o.PerMinute)}
+	}
+	if route.Check != nil {
+		if err := route.Check(ctx); err != nil {
+			s.put(c)
+			return "", err
+		}
 	}
 	// Shutting down (ctx cancelled) must not wait for a silent server.
 	stop := context.AfterFunc(ctx, func() { c.c.Close() })

@@ -123,6 +123,9 @@ type Received struct {
 	Via           string `json:"via"` // "smtp" or "graph"
 	TokenClientID string `json:"token_client_id"`
 	Delegated     bool   `json:"delegated"`
+	// Started is when the sending began: MAIL FROM over SMTP, the
+	// request over Graph.
+	Started time.Time `json:"started"`
 }
 
 // Counters are what the simulator observed since start or the last reset.

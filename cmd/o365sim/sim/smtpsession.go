@@ -51,6 +51,7 @@ type smtpSession struct {
 	slot    string // the key in s.active this session holds, once authenticated
 	from    string
 	to      []string
+	mailAt  time.Time // when MAIL FROM came
 }
 
 var (
@@ -202,7 +203,7 @@ func (ss *smtpSession) Mail(from string, _ *smtp.MailOptions) error {
 	if ss.mailbox == nil {
 		return errNotAuthed
 	}
-	ss.from, ss.to = from, nil
+	ss.from, ss.to, ss.mailAt = from, nil, time.Now()
 	return nil
 }
 
@@ -265,6 +266,7 @@ func (ss *smtpSession) Data(r io.Reader) error {
 		Via:           "smtp",
 		TokenClientID: claims.AppID,
 		Delegated:     claims.delegated(),
+		Started:       ss.mailAt,
 	})
 	if ss.rc != nil {
 		ss.rc.setDataReply("250 2.0.0 OK " + msgID + " [Hostname=" + smtpHost + "]")
