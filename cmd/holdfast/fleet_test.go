@@ -202,7 +202,9 @@ func TestStaggeredRotation(t *testing.T) {
 		rotate func(s *sim.Sim)
 	}{
 		{"old deleted", func(s *sim.Sim) { s.RotateSecret(incTenant, incClientID, incRotated) }},
-		{"old kept expired", func(s *sim.Sim) { s.AddSecret(incTenant, incClientID, sim.Secret{Value: incRotated, ExpiresAt: time.Now().Add(180 * 24 * time.Hour)}) }},
+		{"old kept expired", func(s *sim.Sim) {
+			s.AddSecret(incTenant, incClientID, sim.Secret{Value: incRotated, ExpiresAt: time.Now().Add(180 * 24 * time.Hour)})
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) { staggeredRotation(t, tc.rotate) })
 	}
