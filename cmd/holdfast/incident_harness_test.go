@@ -134,6 +134,8 @@ type incFleet struct {
 	secretFile string
 	mailboxes  []string // box1@contoso.com … boxN@contoso.com
 	relays     []*incRelay
+	configs    []string // the configuration file of each relay
+	redis      *redistest.Server
 	http       *http.Client
 	closeOnce  sync.Once
 }
@@ -142,12 +144,18 @@ type incFleetOptions struct {
 	mailboxes int
 	// grants configures exchange.grant_key_file, for delegated mailboxes.
 	grants bool
+	// redis are options of the Redis server (the fault tests set its
+	// appendfsync).
+	redis []redistest.Option
+	// edit, when set, rewrites the configuration of replica n (the fault
+	// tests set delivery and exchange timeouts this way).
+	edit func(n int, config string) string
 }
 
 func startIncFleet(tb testing.TB, o incFleetOptions) *incFleet {
 	tb.Helper()
-	srv := redistest.Start(tb)
-	f := &incFleet{tb: tb, dir: tb.TempDir(), http: &http.Client{Timeout: 5 * time.Second}}
+	srv := redistest.Start(tb, o.redis...)
+	f := &incFleet{tb: tb, dir: tb.TempDir(), redis: srv, http: &http.Client{Timeout: 5 * time.Second}}
 	f.q = queue.New(srv.Client(tb), queue.Options{})
 	var boxes []sim.Mailbox
 	for i := 1; i <= o.mailboxes; i++ {
@@ -185,7 +193,12 @@ func startIncFleet(tb testing.TB, o incFleetOptions) *incFleet {
 	}
 	for i := 1; i <= 2; i++ {
 		path := filepath.Join(f.dir, fmt.Sprintf("relay-%d.yaml", i))
-		incWriteFile(tb, path, f.config(i, srv.Addr(), string(hash), caFile, grantKey))
+		config := f.config(i, srv.Addr(), string(hash), caFile, grantKey)
+		if o.edit != nil {
+			config = o.edit(i, config)
+		}
+		incWriteFile(tb, path, config)
+		f.configs = append(f.configs, path)
 		f.relays = append(f.relays, startIncRelay(tb, fmt.Sprintf("relay-%d", i), path))
 	}
 	return f

@@ -16,12 +16,14 @@ type faultJSON struct {
 	SMTPTransient    string `json:"smtp_transient,omitempty"`
 	SMTPDown         bool   `json:"smtp_down,omitempty"`
 	SMTPStall        string `json:"smtp_stall,omitempty"`
+	SMTPStallMailbox string `json:"smtp_stall_mailbox,omitempty"`
 	GraphThrottle    string `json:"graph_throttle,omitempty"`
 }
 
 // MarshalJSON writes f as the admin API shows it.
 func (f Fault) MarshalJSON() ([]byte, error) {
-	j := faultJSON{TokenUnavailable: f.TokenUnavailable, SMTPTransient: f.SMTPTransient, SMTPDown: f.SMTPDown, SMTPStall: f.SMTPStall}
+	j := faultJSON{TokenUnavailable: f.TokenUnavailable, SMTPTransient: f.SMTPTransient, SMTPDown: f.SMTPDown, SMTPStall: f.SMTPStall,
+		SMTPStallMailbox: f.SMTPStallMailbox}
 	if f.TokenThrottle > 0 {
 		j.TokenThrottle = f.TokenThrottle.String()
 	}
@@ -62,6 +64,7 @@ func (f *Fault) UnmarshalJSON(b []byte) error {
 		return fmt.Errorf("smtp_stall: %q is not \"greeting\", \"data\" or empty", j.SMTPStall)
 	}
 	out.TokenUnavailable, out.SMTPTransient, out.SMTPDown, out.SMTPStall = j.TokenUnavailable, j.SMTPTransient, j.SMTPDown, j.SMTPStall
+	out.SMTPStallMailbox = j.SMTPStallMailbox
 	*f = out
 	return nil
 }
