@@ -6,7 +6,7 @@ VERSION       := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS       := -X main.version=$(VERSION)
 # staticcheck 2026.2.2; bump it when a new Go release needs a newer one.
 STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
-FUZZTIME      ?= 30s
+FUZZTIME      ?= 60s
 ENSURE_REDIS  := deploy/local/ensure-redis.sh
 
 .PHONY: build run stop test test-cluster lint bench fuzz clean
@@ -59,7 +59,7 @@ bench: build
 	$(GO) test -run '^$$' -bench Incident -benchtime 1x -count 3 ./cmd/holdfast/
 	deploy/bench/ingress.sh
 
-## fuzz: run each fuzz target for FUZZTIME (default 30s)
+## fuzz: run each fuzz target for FUZZTIME (default 60s; 7 targets, about 8 minutes)
 fuzz:
 	@set -e; for file in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
 		dir=$$(dirname "$$file"); \

@@ -276,7 +276,10 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 		}
 		return nil, err
 	}
-	stampExpiry(tok, start)
+	if err := stampExpiry(tok, start); err != nil {
+		log.Warn("token request failed", "err", err)
+		return nil, err
+	}
 	log.Debug("token issued", "expiry", tok.Expiry, "duration", c.opts.Now().Sub(start))
 	return tok, nil
 }
