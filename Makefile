@@ -9,7 +9,7 @@ STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME      ?= 60s
 ENSURE_REDIS  := deploy/local/ensure-redis.sh
 
-.PHONY: build run stop test test-cluster lint bench fuzz clean
+.PHONY: build run stop test test-cluster test-faults lint bench bench-compare fuzz clean
 
 ## build: compile bin/holdfast, stamped with the git version
 build:
@@ -33,6 +33,15 @@ test:
 test-cluster:
 	@$(ENSURE_REDIS)
 	$(GO) test -race -count=1 -run Cluster ./queue/...
+
+## test-faults: the fault suite (cmd/holdfast/faults_test.go, about 5 minutes):
+## relays killed with SIGKILL under load, Redis killed, hung and down, upstream
+## faults, a stalled mailbox, a Redis Cluster failover. Each case logs a table
+## of figures. FAULTS selects cases by name (a go test -run pattern).
+FAULTS        ?= ^TestFault
+test-faults:
+	@$(ENSURE_REDIS)
+	$(GO) test -tags faults -count=1 -v -timeout 20m -run '$(FAULTS)' ./cmd/holdfast/
 
 ## lint: go vet, gofmt and staticcheck; any finding fails
 lint: bin/staticcheck
@@ -58,6 +67,14 @@ bench: build
 	$(GO) test -run '^$$' -bench EndToEnd -benchtime 5000x -count 3 ./relay/
 	$(GO) test -run '^$$' -bench Incident -benchtime 1x -count 3 ./cmd/holdfast/
 	deploy/bench/ingress.sh
+
+## bench-compare: Holdfast and a private Postfix instance side by side, with the
+## same load tool (hfload) and AUTH PLAIN: ingress, end to end, peak RSS with
+## 100,000 queued, against the targets (deploy/bench/compare.sh, about 10
+## minutes; run as root: it installs postfix, sasl2-bin and libsasl2-modules)
+bench-compare:
+	@$(ENSURE_REDIS)
+	deploy/bench/compare.sh
 
 ## fuzz: run each fuzz target for FUZZTIME (default 60s; 7 targets, about 8 minutes)
 fuzz:

@@ -51,6 +51,9 @@ func (f *faultFleet) kill(i int) {
 	f.mu.Unlock()
 	_ = r.cmd.Process.Kill()
 	<-r.exited
+	// A killed relay has nothing to stop, and its logs would bury those
+	// of the running ones if the test fails.
+	r.stopOnce.Do(func() {})
 }
 
 // restart starts relay i again with its configuration, once it exited.

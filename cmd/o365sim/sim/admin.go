@@ -153,6 +153,9 @@ func (s *Sim) adminHandler() http.Handler {
 	mux.HandleFunc("GET /admin/received", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.Received())
 	})
+	mux.HandleFunc("GET /admin/received/count", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]int{"count": s.ReceivedCount()})
+	})
 	mux.HandleFunc("GET /admin/counters", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.Counters())
 	})
