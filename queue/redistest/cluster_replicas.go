@@ -3,7 +3,6 @@ package redistest
 import (
 	"context"
 	"fmt"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -18,27 +17,7 @@ import (
 // test ends.
 func StartClusterWithReplicas(t testing.TB, masters int) *Cluster {
 	t.Helper()
-	if masters < 3 {
-		t.Fatalf("redistest: a Redis Cluster needs at least 3 masters, got %d", masters)
-	}
-	lookPath(t, "redis-server", missingServer)
-	cli := lookPath(t, "redis-cli", missingCLI)
-
-	c := &Cluster{}
-	for range 2 * masters {
-		c.nodes = append(c.nodes, Start(t, withCluster()))
-	}
-	args := append([]string{"--cluster", "create"}, c.Addrs()...)
-	args = append(args, "--cluster-replicas", "1", "--cluster-yes")
-	ctx, cancel := context.WithTimeout(context.Background(), clusterCreateTimeout)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput(); err != nil {
-		t.Fatalf("redistest: redis-cli --cluster create: %v\n%s", err, out)
-	}
-	if err := c.waitReady(); err != nil {
-		t.Fatalf("redistest: %v", err)
-	}
-	return c
+	return startCluster(t, masters, 1)
 }
 
 // Role returns "master" or "slave", as INFO replication says.
