@@ -75,7 +75,6 @@ func TestFaultCrashNeedsFastSlots(t *testing.T) {
 	begin := time.Now()
 	load := s.start(10, 1, messages, 200, alternate(2))
 
-	all := append([]*incRelay(nil), f.relays...)
 	inFlight := 0
 	var restartTook []time.Duration
 	for k := range kills {
@@ -90,9 +89,6 @@ func TestFaultCrashNeedsFastSlots(t *testing.T) {
 		at := time.Now()
 		f.restart(i)
 		restartTook = append(restartTook, time.Since(at))
-		f.mu.Lock()
-		all = append(all, f.relays[i])
-		f.mu.Unlock()
 	}
 	killsDone := time.Since(begin)
 	load.wait()
@@ -254,7 +250,7 @@ func redisOutage(t *testing.T, hung bool, answerWithin time.Duration, delivery b
 		time.Sleep(200 * time.Millisecond)
 	}
 	var firstDelivery time.Duration
-	for time.Since(back) < 30*time.Second {
+	for delivery && time.Since(back) < 30*time.Second {
 		if f.delivered() > deliveredBefore+deliveredDuring {
 			firstDelivery = time.Since(back)
 			break
@@ -268,7 +264,11 @@ func redisOutage(t *testing.T, hung bool, answerWithin time.Duration, delivery b
 	for n, r := range probes.acked() {
 		acked[n] = r
 	}
-	drain, drained := f.waitDrained(acked, 60*time.Second)
+	var drain time.Duration
+	drained := false
+	if delivery {
+		drain, drained = f.waitDrained(acked, 60*time.Second)
+	}
 
 	var codes = map[string]int{}
 	var took []time.Duration
@@ -301,9 +301,13 @@ func redisOutage(t *testing.T, hung bool, answerWithin time.Duration, delivery b
 	rows = append(rows,
 		[]string{"answer time p50 / p99 / max", ms(percentile(took, 50)) + " / " + ms(percentile(took, 99)) + " / " + ms(percentile(took, 100))},
 		[]string{"first 250 after Redis returned", ms(firstAck)},
-		[]string{"first delivery after Redis returned", ms(firstDelivery)},
-		[]string{"backlog and later mail drained in", fmt.Sprintf("%s (%v)", ms(drain), drained)},
 	)
+	if delivery {
+		rows = append(rows,
+			[]string{"first delivery after Redis returned", ms(firstDelivery)},
+			[]string{"backlog and later mail drained in", fmt.Sprintf("%s (%v)", ms(drain), drained)},
+		)
+	}
 	table(t, "Redis "+what+" for 10 s", rows)
 
 	if during == 0 {
@@ -431,14 +435,15 @@ func TestFaultUpstream(t *testing.T) {
 }
 
 // Isolation: one mailbox stalls after DATA (each of its deliveries hangs
-// until the relay's data timeout) while 600 messages for three other
+// for the relay's data timeout, 5 minutes) while 600 messages for three other
 // mailboxes are submitted. Ingress stays fast and the other mailboxes
 // drain as if the stalled one were not there.
 func TestFaultIsolation(t *testing.T) {
-	// The stalled mailbox's deliveries hang until the relay's data
-	// timeout, 10 s here so that the relays can stop at the end.
-	f := startFaultFleet(t, incFleetOptions{mailboxes: 4,
-		edit: faultConfig{exchange: []string{"data_timeout: 10s"}}.edit})
+	f := startFaultFleet(t, incFleetOptions{mailboxes: 4})
+	// The stalled sessions end when the simulator closes. Close it before
+	// the relays stop, so that they stop within the harness's bound: how
+	// long shutdown takes with a stalled upstream is not this case.
+	defer f.sim.Close()
 	stalled, others := f.mailboxes[0], f.mailboxes[1:]
 
 	// Baseline: the other mailboxes' 600 messages with nothing stalled.
