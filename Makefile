@@ -76,7 +76,7 @@ bench-compare:
 	@$(ENSURE_REDIS)
 	deploy/bench/compare.sh
 
-## fuzz: run each fuzz target for FUZZTIME (default 60s; 7 targets, about 8 minutes)
+## fuzz: run each fuzz target for FUZZTIME (default 60s; 6 targets, about 7 minutes)
 fuzz:
 	@set -e; for file in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
 		dir=$$(dirname "$$file"); \

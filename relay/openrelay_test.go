@@ -24,11 +24,17 @@ import (
 var openRelaySenders = []string{"billing@contoso.com", "kelly@bank.example", "@kontoso.example", "@bånk.example"}
 
 func newOpenRelayEnv(t *testing.T) *smtpEnv {
-	e := newSMTPEnv(t)
-	app := e.f.apps.byUser[crmUser]
-	app.Senders = openRelaySenders
-	app.rules = parseSenderRules(openRelaySenders)
-	return e
+	return newSMTPEnv(t, func(o *Options) {
+		// o.Apps shares its array with the fixture's options, whose
+		// elements the fixture's apps point to: this changes the
+		// application the listeners will serve, before they start.
+		app := &o.Apps[0]
+		if app.Username != crmUser {
+			t.Fatalf("the fixture's first application is %q, want %q", app.Username, crmUser)
+		}
+		app.Senders = openRelaySenders
+		app.rules = parseSenderRules(openRelaySenders)
+	})
 }
 
 // swaksRun runs swaks against addr with args and returns its transcript.
