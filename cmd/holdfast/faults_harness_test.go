@@ -346,6 +346,18 @@ func (f *faultFleet) settle(d time.Duration) time.Duration {
 	return time.Since(start)
 }
 
+// outcome waits up to d for every acknowledged message of l to be
+// delivered and the queue to empty, or else for the queue to settle, and
+// counts what happened.
+func (f *faultFleet) outcome(l *faultLedger, d time.Duration) (c faultCount, lost []int, drain time.Duration, drained bool) {
+	drain, drained = f.waitDrained(l.acked(), d)
+	if !drained {
+		f.settle(15 * time.Second)
+	}
+	c, lost = f.count(l)
+	return c, lost, drain, drained
+}
+
 // faultCount is the outcome of a case's messages.
 type faultCount struct {
 	submitted, acked, refused, delivered, lost, duplicates, unackedDelivered int

@@ -148,12 +148,7 @@ func TestFaultRedisRestart(t *testing.T) {
 			time.Sleep(4 * time.Second)
 			load.stop()
 
-			acked := ledger.acked()
-			drain, drained := f.waitDrained(acked, 45*time.Second)
-			if !drained {
-				f.settle(15 * time.Second)
-			}
-			c, lost := f.count(ledger)
+			c, lost, drain, drained := f.outcome(ledger, 45*time.Second)
 			window := 0
 			var refusedDuring, ackedAfter int
 			for _, r := range ledger.all() {
@@ -555,12 +550,7 @@ func clusterFailover(t *testing.T, wait bool) {
 	time.Sleep(4 * time.Second)
 	load.stop()
 
-	acked := ledger.acked()
-	drain, drained := f.waitDrained(acked, 45*time.Second)
-	if !drained {
-		f.settle(10 * time.Second)
-	}
-	c, lost := f.count(ledger)
+	c, lost, drain, drained := f.outcome(ledger, 45*time.Second)
 	var refusedDuring, ackedAfter, lostAfter int
 	got := f.deliveries()
 	for _, r := range ledger.all() {
