@@ -11,7 +11,7 @@ import (
 // RedisClient returns a client for the configured Redis: a single node, or
 // a Redis Cluster when several addresses are given or Cluster is set.
 func RedisClient(o RedisOptions) redis.UniversalClient {
-	return redis.NewUniversalClient(&redis.UniversalOptions{
+	return followFailover(redis.NewUniversalClient(&redis.UniversalOptions{
 		Addrs:         o.Addrs,
 		IsClusterMode: o.Cluster,
 		Username:      o.Username,
@@ -20,7 +20,7 @@ func RedisClient(o RedisOptions) redis.UniversalClient {
 		DialTimeout:   5 * time.Second,
 		ReadTimeout:   10 * time.Second,
 		WriteTimeout:  10 * time.Second,
-	})
+	}))
 }
 
 // NewLogger returns the logger the options ask for, writing to w.
