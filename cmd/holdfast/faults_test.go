@@ -593,9 +593,12 @@ func clusterFailover(t *testing.T, wait bool) {
 // redisAddrsLine is the harness's single-Redis address line.
 var redisAddrsLine = regexp.MustCompile(`(?m)^  addrs: \["127\.0\.0\.1:\d+"\]\n`)
 
-// Redis Cluster failover without WAIT: the relays reconnect; the loss of
-// writes the dead master had not replicated is measured.
-func TestFaultClusterFailover(t *testing.T) { clusterFailover(t, false) }
+// Redis Cluster failover without WAIT: the relays follow the failover;
+// the loss of writes the dead master had not replicated is measured. A
+// connection slot whose release failed while the master was away stays
+// taken for its 2-minute TTL and stalls its mailbox, so delivery after
+// the promotion holds only with slots that expire within seconds.
+func TestFaultClusterFailoverNeedsFastSlots(t *testing.T) { clusterFailover(t, false) }
 
 // With redis.min_replicas_acked: 1 every 250 waits for a replica's copy,
 // so a failover loses nothing acknowledged. The option comes with the
