@@ -6,12 +6,12 @@ VERSION       := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS       := -X main.version=$(VERSION)
 # staticcheck 2026.2.2; bump it when a new Go release needs a newer one.
 STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
-FUZZTIME      ?= 30s
+FUZZTIME      ?= 60s
 ENSURE_REDIS  := deploy/local/ensure-redis.sh
 ENSURE_CHROMIUM := deploy/local/ensure-chromium.sh
 ENSURE_PROMTOOL := deploy/local/ensure-promtool.sh
 
-.PHONY: build run stop test test-cluster lint bench fuzz clean demo
+.PHONY: build run stop test test-cluster test-faults lint bench bench-compare fuzz clean demo
 
 ## build: compile bin/holdfast, stamped with the git version, and the load tool bin/hfload
 build:
@@ -39,6 +39,15 @@ test:
 test-cluster:
 	@$(ENSURE_REDIS)
 	$(GO) test -race -count=1 -run Cluster ./queue/...
+
+## test-faults: the fault suite (cmd/holdfast/faults_test.go, about 5 minutes):
+## relays killed with SIGKILL under load, Redis killed, hung and down, upstream
+## faults, a stalled mailbox, a Redis Cluster failover. Each case logs a table
+## of figures. FAULTS selects cases by name (a go test -run pattern).
+FAULTS        ?= ^TestFault
+test-faults:
+	@$(ENSURE_REDIS)
+	$(GO) test -tags faults -count=1 -v -timeout 20m -run '$(FAULTS)' ./cmd/holdfast/
 
 ## lint: go vet, gofmt, staticcheck, and promtool on the alert rules and their
 ## unit tests; any finding fails
@@ -97,7 +106,15 @@ demo: build
 	@$(GO) build -o bin/holdfast-demo ./cmd/holdfast-demo
 	@bin/holdfast-demo --holdfast bin/holdfast
 
-## fuzz: run each fuzz target for FUZZTIME (default 30s)
+## bench-compare: Holdfast and a private Postfix instance side by side, with the
+## same load tool (hfload) and AUTH PLAIN: ingress, end to end, peak RSS with
+## 100,000 queued, against the targets (deploy/bench/compare.sh, about 10
+## minutes; run as root: it installs postfix, sasl2-bin and libsasl2-modules)
+bench-compare:
+	@$(ENSURE_REDIS)
+	deploy/bench/compare.sh
+
+## fuzz: run each fuzz target for FUZZTIME (default 60s; 6 targets, about 7 minutes)
 fuzz:
 	@set -e; for file in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
 		dir=$$(dirname "$$file"); \

@@ -293,7 +293,10 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 		}
 		return nil, err
 	}
-	stampExpiry(tok, start)
+	if err := stampExpiry(tok, start); err != nil {
+		log.Warn("token request failed", "err", err)
+		return nil, err
+	}
 	if c.opts.OnIssued != nil {
 		c.opts.OnIssued(c.opts.Name, m.fingerprint())
 	}

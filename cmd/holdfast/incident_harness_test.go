@@ -140,6 +140,7 @@ type incFleet struct {
 	relays      []*incRelay
 	http        *http.Client
 	closeOnce   sync.Once
+	redis       *redistest.Server
 }
 
 type incFleetOptions struct {
@@ -153,12 +154,18 @@ type incFleetOptions struct {
 	mailboxSetup func(boxes []sim.Mailbox)
 	// grants configures exchange.grant_key_file, for delegated mailboxes.
 	grants bool
+	// redis are options of the Redis server (the fault tests set its
+	// appendfsync).
+	redis []redistest.Option
+	// edit, when set, rewrites the configuration of replica n (the fault
+	// tests set delivery and exchange timeouts this way).
+	edit func(n int, config string) string
 }
 
 func startIncFleet(tb testing.TB, o incFleetOptions) *incFleet {
 	tb.Helper()
-	srv := redistest.Start(tb)
-	f := &incFleet{tb: tb, dir: tb.TempDir(), http: &http.Client{Timeout: 5 * time.Second}}
+	srv := redistest.Start(tb, o.redis...)
+	f := &incFleet{tb: tb, dir: tb.TempDir(), redis: srv, http: &http.Client{Timeout: 5 * time.Second}}
 	f.q = queue.New(srv.Client(tb), queue.Options{})
 	var boxes []sim.Mailbox
 	for i := 1; i <= o.mailboxes; i++ {
@@ -208,7 +215,11 @@ func startIncFleet(tb testing.TB, o incFleetOptions) *incFleet {
 		}
 		f.secretFiles = append(f.secretFiles, secret)
 		path := filepath.Join(f.dir, fmt.Sprintf("relay-%d.yaml", i))
-		incWriteFile(tb, path, f.config(i, srv.Addr(), string(hash), caFile, grantKey, secret))
+		config := f.config(i, srv.Addr(), string(hash), caFile, grantKey, secret)
+		if o.edit != nil {
+			config = o.edit(i, config)
+		}
+		incWriteFile(tb, path, config)
 		f.configs = append(f.configs, path)
 		f.relays = append(f.relays, startIncRelay(tb, fmt.Sprintf("relay-%d", i), path))
 	}

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"holdfast/queue"
 	"holdfast/relay/upstream"
@@ -103,31 +105,67 @@ func (g *GraphSender) post(ctx context.Context, r Route, m *queue.Message) (stri
 	if resp.StatusCode == http.StatusAccepted {
 		return "202 Accepted by Graph sendMail", resp.StatusCode, nil
 	}
+	return "", resp.StatusCode, ClassifyGraph(ParseGraphError(resp.StatusCode, resp.Header, raw), r.Kind)
+}
+
+// maxGraphText bounds the code and message kept from a Graph error.
+const maxGraphText = 512
+
+// ParseGraphError reads a Graph error answer: its status, Retry-After
+// header and JSON body {"error": {"code": ..., "message": ...}}. A body
+// that is not such JSON leaves Code and Message empty. Code and Message
+// are cut to one line of at most 512 bytes, since they end up in logs and
+// in the queue's last error.
+func ParseGraphError(status int, h http.Header, body []byte) GraphFailure {
 	var ge struct {
 		Error struct {
 			Code    string `json:"code"`
 			Message string `json:"message"`
 		} `json:"error"`
 	}
-	_ = json.Unmarshal(raw, &ge)
-	return "", resp.StatusCode, ClassifyGraph(GraphFailure{
-		HTTPStatus: resp.StatusCode,
-		Code:       ge.Error.Code,
-		Message:    ge.Error.Message,
-		RetryAfter: retryAfter(resp.Header.Get("Retry-After")),
-	}, r.Kind)
+	_ = json.Unmarshal(body, &ge)
+	return GraphFailure{
+		HTTPStatus: status,
+		Code:       oneLine(ge.Error.Code),
+		Message:    oneLine(ge.Error.Message),
+		RetryAfter: retryAfter(h.Get("Retry-After")),
+	}
 }
 
-// retryAfter parses a Retry-After header in seconds or as an HTTP date.
+// oneLine replaces control characters and invalid UTF-8 with spaces and
+// cuts s to maxGraphText bytes.
+func oneLine(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r == utf8.RuneError || unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, strings.ToValidUTF8(s, " "))
+	if len(s) > maxGraphText {
+		n := maxGraphText
+		for n > 0 && !utf8.RuneStart(s[n]) {
+			n--
+		}
+		s = s[:n]
+	}
+	return strings.TrimSpace(s)
+}
+
+// maxRetryAfter caps a Retry-After: a larger figure is not meant, and
+// would overflow time.Duration.
+const maxRetryAfter = 24 * time.Hour
+
+// retryAfter parses a Retry-After header in seconds or as an HTTP date,
+// capped at maxRetryAfter.
 func retryAfter(v string) time.Duration {
 	if v == "" {
 		return 0
 	}
-	if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && n >= 0 {
-		return time.Duration(n) * time.Second
+	if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil && n >= 0 {
+		return time.Duration(min(n, int64(maxRetryAfter/time.Second))) * time.Second
 	}
 	if t, err := http.ParseTime(v); err == nil {
-		return max(0, time.Until(t))
+		return min(max(0, time.Until(t)), maxRetryAfter)
 	}
 	return 0
 }

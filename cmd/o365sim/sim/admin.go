@@ -16,12 +16,14 @@ type faultJSON struct {
 	SMTPTransient    string `json:"smtp_transient,omitempty"`
 	SMTPDown         bool   `json:"smtp_down,omitempty"`
 	SMTPStall        string `json:"smtp_stall,omitempty"`
+	SMTPStallMailbox string `json:"smtp_stall_mailbox,omitempty"`
 	GraphThrottle    string `json:"graph_throttle,omitempty"`
 }
 
 // MarshalJSON writes f as the admin API shows it.
 func (f Fault) MarshalJSON() ([]byte, error) {
-	j := faultJSON{TokenUnavailable: f.TokenUnavailable, SMTPTransient: f.SMTPTransient, SMTPDown: f.SMTPDown, SMTPStall: f.SMTPStall}
+	j := faultJSON{TokenUnavailable: f.TokenUnavailable, SMTPTransient: f.SMTPTransient, SMTPDown: f.SMTPDown, SMTPStall: f.SMTPStall,
+		SMTPStallMailbox: f.SMTPStallMailbox}
 	if f.TokenThrottle > 0 {
 		j.TokenThrottle = f.TokenThrottle.String()
 	}
@@ -62,6 +64,7 @@ func (f *Fault) UnmarshalJSON(b []byte) error {
 		return fmt.Errorf("smtp_stall: %q is not \"greeting\", \"data\" or empty", j.SMTPStall)
 	}
 	out.TokenUnavailable, out.SMTPTransient, out.SMTPDown, out.SMTPStall = j.TokenUnavailable, j.SMTPTransient, j.SMTPDown, j.SMTPStall
+	out.SMTPStallMailbox = j.SMTPStallMailbox
 	*f = out
 	return nil
 }
@@ -208,6 +211,9 @@ func (s *Sim) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /admin/received", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.Received())
+	})
+	mux.HandleFunc("GET /admin/received/count", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]int{"count": s.ReceivedCount()})
 	})
 	mux.HandleFunc("GET /admin/counters", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.Counters())

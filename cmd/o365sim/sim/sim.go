@@ -106,6 +106,10 @@ type Fault struct {
 	// the simulator closes; clearing the fault does not revive it.
 	// Each takes precedence over SMTPTransient at the same step.
 	SMTPStall string
+	// SMTPStallMailbox stalls as SMTPStall "data" does, but only the
+	// messages of sessions authenticated as this mailbox: one mailbox
+	// hangs while the others work.
+	SMTPStallMailbox string
 	// GraphThrottle answers sendMail with 429 ApplicationThrottled and a
 	// Retry-After of this many seconds (rounded up).
 	GraphThrottle time.Duration

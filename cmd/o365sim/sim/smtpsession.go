@@ -235,7 +235,7 @@ func (ss *smtpSession) Data(r io.Reader) error {
 	if m == nil {
 		return errNotAuthed
 	}
-	if ss.s.faults().SMTPStall == "data" {
+	if f := ss.s.faults(); f.SMTPStall == "data" || (f.SMTPStallMailbox != "" && strings.EqualFold(f.SMTPStallMailbox, m.address)) {
 		ss.stall()
 		return errTransient
 	}
