@@ -221,7 +221,7 @@ func (q *Queue) Requeue(ctx context.Context, id string) error {
 	if ok == 0 {
 		return fmt.Errorf("%s is %s, not dead: only dead letters can be requeued", id, m.State)
 	}
-	return nil
+	return q.markDue(ctx, m.Route)
 }
 
 // Delete removes a message in any state. A leased message's worker will
@@ -249,7 +249,7 @@ func (q *Queue) Flush(ctx context.Context, route string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("flush %s: %w", route, err)
 	}
-	return n, nil
+	return n, q.markDue(ctx, route)
 }
 
 // HoldRoute holds a route: none of its messages are leased, none spends an
@@ -287,7 +287,8 @@ func (q *Queue) ReleaseRoute(ctx context.Context, route string) error {
 	if err != nil {
 		return fmt.Errorf("release %s: %w", route, err)
 	}
-	return nil
+	// Due again: the index held it HeldRecheck away.
+	return q.markDue(ctx, route)
 }
 
 // RouteHold returns the route's hold reason and whether it is held.
