@@ -24,9 +24,43 @@ type Sender interface {
 // route. The auth circuit breaker plugs in here; it may hold the route.
 type AuthFailureFunc func(ctx context.Context, route string, err error)
 
+// A reservation is room to send one message now, taken before the
+// message is leased (see capacity).
+type reservation interface {
+	// Bind returns a context that carries the reservation to the
+	// sender's Send.
+	Bind(ctx context.Context) context.Context
+	// Cancel gives back a reservation no message used.
+	Cancel()
+}
+
+// capacity is the sender's own limits: a route's messages are leased only
+// when it has room to send them now, so that those limits never fail a
+// delivery.
+type capacity interface {
+	// Reserve takes room for up to n messages of the route. With none
+	// it returns how long until room may free up.
+	Reserve(ctx context.Context, route string, n int) ([]reservation, time.Duration, error)
+}
+
+// noReservation is the reservation of a sender without limits.
+type noReservation struct{}
+
+func (noReservation) Bind(ctx context.Context) context.Context { return ctx }
+func (noReservation) Cancel()                                  {}
+
+func unlimited(n int) []reservation {
+	out := make([]reservation, n)
+	for i := range out {
+		out[i] = noReservation{}
+	}
+	return out
+}
+
 // deliveryQueue is what the delivery workers need of the queue.
 type deliveryQueue interface {
-	Routes(ctx context.Context) ([]string, error)
+	DueRoutes(ctx context.Context, max int) ([]string, time.Time, error)
+	SweepDue(ctx context.Context) (int, error)
 	Lease(ctx context.Context, route string, n int, d time.Duration) (queue.LeaseResult, error)
 	Extend(ctx context.Context, l *queue.Lease, d time.Duration) error
 	Ack(ctx context.Context, l *queue.Lease, reply string) error
@@ -58,7 +92,15 @@ type deliveryConfig struct {
 	// process, e.g. at the mailbox's connection limit. 0 means no cap
 	// beyond Workers.
 	PerRoute int
+	// Capacity, when set, is asked for room before each lease.
+	Capacity capacity
+	// Sweep is how often the due-route index is checked for routes a
+	// stopped process left unmarked. Default 5 minutes.
+	Sweep time.Duration
 }
+
+// dueBatch is the most routes one pass reads from the due index.
+const dueBatch = 1000
 
 // deliverer leases due messages and hands them to the sender, at most
 // Workers at a time.
@@ -75,6 +117,9 @@ type deliverer struct {
 
 	mu       sync.Mutex
 	inFlight map[string]int // deliveries in flight per route
+	// full holds routes the sender had no room for, until when to ask
+	// again; only run's goroutine uses it.
+	full map[string]time.Time
 	// sendCtx is cancelled when the shutdown grace period ends.
 	sendCtx    context.Context
 	cancelSend context.CancelFunc
@@ -84,12 +129,16 @@ func newDeliverer(q deliveryQueue, s Sender, cfg deliveryConfig, log *slog.Logge
 	if cfg.ThrottleDelay <= 0 {
 		cfg.ThrottleDelay = time.Minute
 	}
+	if cfg.Sweep <= 0 {
+		cfg.Sweep = 5 * time.Minute
+	}
 	d := &deliverer{
 		q: q, sender: s, cfg: cfg, log: log.With("component", "delivery"),
 		wake:     make(chan struct{}, 1),
 		freed:    make(chan struct{}, 1),
 		slots:    make(chan struct{}, cfg.Workers),
 		inFlight: map[string]int{},
+		full:     map[string]time.Time{},
 	}
 	for range cfg.Workers {
 		d.slots <- struct{}{}
@@ -108,81 +157,105 @@ func (d *deliverer) notify() {
 }
 
 // run leases and delivers until ctx ends, then waits for the deliveries in
-// flight (up to the grace period) and returns.
+// flight (up to the grace period) and returns. Each pass reads the routes
+// due now from the queue's index and sleeps until the next due time, a
+// wake-up (a local enqueue or release), a finished delivery or Poll (for
+// mail enqueued by other replicas).
 func (d *deliverer) run(ctx context.Context) {
 	defer d.drain()
-	var routes []string
-	var refreshed time.Time
-	// held are routes found held since the last refresh: passes skip
-	// them, so that a held route costs one Lease (which also expires its
-	// mail past the held grace) per Poll, not one per delivery elsewhere.
-	held := map[string]bool{}
+	var swept time.Time
 	for ctx.Err() == nil {
-		if time.Since(refreshed) >= d.cfg.Poll || routes == nil {
-			rs, err := d.q.Routes(ctx)
-			if err != nil {
-				d.log.Warn("cannot list routes", "err", err)
-				d.sleep(ctx, d.cfg.Poll)
-				continue
+		if time.Since(swept) >= d.cfg.Sweep {
+			if n, err := d.q.SweepDue(ctx); err != nil {
+				d.log.Warn("cannot check the due-route index", "err", err)
+			} else if n > 0 {
+				d.log.Info("due-route index repaired", "routes", n)
 			}
-			routes, refreshed = rs, time.Now()
-			clear(held)
+			swept = time.Now()
 		}
-		leased, next := d.pass(ctx, routes, held)
+		routes, next, err := d.q.DueRoutes(ctx, dueBatch)
+		if err != nil {
+			if ctx.Err() == nil {
+				d.log.Warn("cannot read due routes", "err", err)
+			}
+			d.sleep(ctx, d.cfg.Poll)
+			continue
+		}
+		leased, retry := d.pass(ctx, routes)
 		if leased {
 			continue
 		}
 		wait := d.cfg.Poll
-		if !next.IsZero() {
-			wait = min(wait, max(time.Until(next), 10*time.Millisecond))
+		for _, t := range []time.Time{next, retry} {
+			if !t.IsZero() {
+				wait = min(wait, max(time.Until(t), 10*time.Millisecond))
+			}
 		}
-		if d.sleep(ctx, wait) {
-			// Woken by a local enqueue (its route may be new) or a
-			// released route.
-			refreshed = time.Time{}
-		}
+		d.sleep(ctx, wait)
 	}
 }
 
-// pass leases from every route not known to be held once, as far as free
-// workers allow, and adds the routes it finds held to held. It reports
-// whether it leased anything and the earliest due time it saw.
-func (d *deliverer) pass(ctx context.Context, routes []string, held map[string]bool) (leased bool, next time.Time) {
+// pass leases from each due route, as far as free workers and the
+// sender's room allow. It reports whether it leased anything and the
+// earliest time a route it had no room for may have some.
+func (d *deliverer) pass(ctx context.Context, routes []string) (leased bool, retry time.Time) {
+	now := time.Now()
+	for r, t := range d.full {
+		if !t.After(now) {
+			delete(d.full, r)
+		}
+	}
 	for _, route := range routes {
 		room := d.room(route)
-		if room == 0 || held[route] {
+		if t, ok := d.full[route]; room == 0 || ok {
+			if ok && (retry.IsZero() || t.Before(retry)) {
+				retry = t
+			}
 			continue
 		}
 		n := d.takeSlots(ctx)
 		if n == 0 {
-			return leased, next
+			return leased, retry
 		}
 		if n > room {
 			d.giveSlots(n - room)
 			n = room
 		}
+		rs, wait, err := d.reserve(ctx, route, n)
+		if err != nil || len(rs) == 0 {
+			d.giveSlots(n)
+			if err != nil && ctx.Err() == nil {
+				d.log.Warn("cannot reserve room to send", "route", route, "err", err)
+				wait = d.cfg.Poll
+			}
+			until := now.Add(max(wait, 10*time.Millisecond))
+			d.full[route] = until
+			if retry.IsZero() || until.Before(retry) {
+				retry = until
+			}
+			continue
+		}
+		d.giveSlots(n - len(rs))
+		n = len(rs)
 		res, err := d.q.Lease(ctx, route, n, d.cfg.Lease)
 		if err != nil {
+			cancelAll(rs)
 			d.giveSlots(n)
 			if ctx.Err() == nil {
 				d.log.Warn("lease failed", "route", route, "err", err)
 			}
 			continue
 		}
+		cancelAll(rs[len(res.Leases):])
 		d.giveSlots(n - len(res.Leases))
-		if res.Held {
-			held[route] = true
-		}
-		if !res.NextDue.IsZero() && (next.IsZero() || res.NextDue.Before(next)) {
-			next = res.NextDue
-		}
 		d.addInFlight(route, len(res.Leases))
-		for _, l := range res.Leases {
+		for i, l := range res.Leases {
 			leased = true
+			r := rs[i]
 			d.wg.Add(1)
 			go func() {
 				defer d.wg.Done()
-				d.deliver(l)
+				d.deliver(l, r)
 				d.addInFlight(route, -1)
 				d.giveSlots(1)
 				select {
@@ -192,7 +265,21 @@ func (d *deliverer) pass(ctx context.Context, routes []string, held map[string]b
 			}()
 		}
 	}
-	return leased, next
+	return leased, retry
+}
+
+// reserve asks the sender's capacity for room for n messages.
+func (d *deliverer) reserve(ctx context.Context, route string, n int) ([]reservation, time.Duration, error) {
+	if d.cfg.Capacity == nil {
+		return unlimited(n), 0, nil
+	}
+	return d.cfg.Capacity.Reserve(ctx, route, n)
+}
+
+func cancelAll(rs []reservation) {
+	for _, r := range rs {
+		r.Cancel()
+	}
 }
 
 // room is how many more deliveries of the route may start now.
@@ -241,18 +328,16 @@ func (d *deliverer) giveSlots(n int) {
 }
 
 // sleep waits for d, a local enqueue, a finished delivery or the end of
-// ctx. It reports whether a local enqueue woke it.
-func (d *deliverer) sleep(ctx context.Context, wait time.Duration) bool {
+// ctx.
+func (d *deliverer) sleep(ctx context.Context, wait time.Duration) {
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
 	case <-t.C:
 	case <-d.freed:
 	case <-d.wake:
-		return true
 	case <-ctx.Done():
 	}
-	return false
 }
 
 // drain waits for deliveries in flight, cancelling them after the grace
@@ -272,14 +357,21 @@ func (d *deliverer) drain() {
 
 // deliver sends one leased message, keeps its lease alive meanwhile, and
 // settles it by the outcome's class.
-func (d *deliverer) deliver(l *queue.Lease) {
+func (d *deliverer) deliver(l *queue.Lease, r reservation) {
 	log := d.log.With("msg", l.ID, "route", l.Route)
-	ctx, cancel := context.WithCancel(d.sendCtx)
-	defer cancel()
-	stopExtend := d.keepLease(ctx, l, log)
+	ctx, cancel := context.WithCancelCause(d.sendCtx)
+	defer cancel(nil)
+	stopExtend := d.keepLease(ctx, l, cancel, log)
 	start := time.Now()
-	reply, err := d.sender.Send(ctx, l.Message)
+	reply, err := d.sender.Send(r.Bind(ctx), l.Message)
 	stopExtend()
+	r.Cancel() // gives back what the send did not use
+	if err != nil && errors.Is(context.Cause(ctx), queue.ErrLeaseLost) {
+		// Another worker may own the message now; whatever this send did,
+		// the lease's holder settles it.
+		log.Warn("lease lost during the send; the send was abandoned", "err", err)
+		return
+	}
 
 	// Settle with a context of its own: a cancelled send must still hand
 	// its message back.
@@ -343,8 +435,11 @@ func (d *deliverer) settleFailure(ctx context.Context, l *queue.Lease, err error
 }
 
 // keepLease extends the lease every third of its length until the
-// returned function is called.
-func (d *deliverer) keepLease(ctx context.Context, l *queue.Lease, log *slog.Logger) (stop func()) {
+// returned function is called. When the lease is lost, or cannot be
+// extended before it would run out, it cancels the send with
+// queue.ErrLeaseLost: another worker may take the message, and this send
+// must stop before the message's final dot.
+func (d *deliverer) keepLease(ctx context.Context, l *queue.Lease, abandon context.CancelCauseFunc, log *slog.Logger) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -356,9 +451,22 @@ func (d *deliverer) keepLease(ctx context.Context, l *queue.Lease, log *slog.Log
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if err := d.q.Extend(ctx, l, d.cfg.Lease); err != nil && ctx.Err() == nil {
-					log.Warn("cannot extend lease", "err", err)
-				}
+			}
+			err := d.q.Extend(ctx, l, d.cfg.Lease)
+			if ctx.Err() != nil {
+				return
+			}
+			switch {
+			case errors.Is(err, queue.ErrLeaseLost):
+				abandon(queue.ErrLeaseLost)
+				return
+			case err != nil && time.Until(l.LeaseEnd) < d.cfg.Lease/3:
+				// The next extension would come too late.
+				log.Warn("cannot extend lease; abandoning the send", "err", err)
+				abandon(queue.ErrLeaseLost)
+				return
+			case err != nil:
+				log.Warn("cannot extend lease", "err", err)
 			}
 		}
 	}()

@@ -269,3 +269,25 @@ func (x *exchange) reload() error {
 
 // close closes idle upstream connections.
 func (x *exchange) close() { x.smtp.Close() }
+
+// smtpReservation is a reservation of the SMTP sender's (an o365.Grant).
+type smtpReservation struct{ g *o365.Grant }
+
+func (r smtpReservation) Bind(ctx context.Context) context.Context { return o365.WithGrant(ctx, r.g) }
+func (r smtpReservation) Cancel()                                  { r.g.Cancel() }
+
+// Reserve takes room in the mailbox's connection slots and rate for up to
+// n messages of an exchange route (see capacity). A route that is not an
+// exchange route needs none: its messages fail in Send.
+func (x *exchange) Reserve(ctx context.Context, route string, n int) ([]reservation, time.Duration, error) {
+	_, _, mailbox, ok := parseRoute(route)
+	if !ok {
+		return unlimited(n), 0, nil
+	}
+	grants, wait, err := x.smtp.Reserve(ctx, mailbox, n)
+	out := make([]reservation, len(grants))
+	for i, g := range grants {
+		out[i] = smtpReservation{g}
+	}
+	return out, wait, err
+}

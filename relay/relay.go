@@ -182,6 +182,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 			// More deliveries of one mailbox than it has connections
 			// would only wait for a slot.
 			dc.PerRoute = o.Exchange.MaxConnectionsPerMailbox
+			dc.Capacity = s.exchange
 		}
 		if s.gate != nil {
 			dc.OnAuthFailure = s.gate.failed
