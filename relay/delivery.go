@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"holdfast/queue"
@@ -123,7 +124,14 @@ type deliverer struct {
 	// sendCtx is cancelled when the shutdown grace period ends.
 	sendCtx    context.Context
 	cancelSend context.CancelFunc
+	// stopBy, when set (unix ns), replaces Grace: deliveries in flight
+	// are cancelled at that time.
+	stopBy atomic.Int64
 }
+
+// stopAt makes the coming shutdown cancel deliveries still in flight at
+// t, instead of after Grace.
+func (d *deliverer) stopAt(t time.Time) { d.stopBy.Store(t.UnixNano()) }
 
 func newDeliverer(q deliveryQueue, s Sender, cfg deliveryConfig, log *slog.Logger) *deliverer {
 	if cfg.ThrottleDelay <= 0 {
@@ -345,9 +353,13 @@ func (d *deliverer) sleep(ctx context.Context, wait time.Duration) {
 func (d *deliverer) drain() {
 	done := make(chan struct{})
 	go func() { d.wg.Wait(); close(done) }()
+	grace := d.cfg.Grace
+	if by := d.stopBy.Load(); by != 0 {
+		grace = time.Until(time.Unix(0, by))
+	}
 	select {
 	case <-done:
-	case <-time.After(d.cfg.Grace):
+	case <-time.After(grace):
 		d.log.Warn("shutdown grace period over; cancelling deliveries in flight")
 		d.cancelSend()
 		<-done

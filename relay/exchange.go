@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -227,13 +228,12 @@ func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
 }
 
 // watch reloads every credential's files when they change, until ctx
-// ends.
-func (x *exchange) watch(ctx context.Context) {
-	for _, c := range x.creds {
-		go c.Watch(ctx)
-	}
-	for _, c := range x.graphCreds {
-		go c.Watch(ctx)
+// ends, in goroutines of wg.
+func (x *exchange) watch(ctx context.Context, wg *sync.WaitGroup) {
+	for _, list := range []map[string]*auth.Credential{x.creds, x.graphCreds} {
+		for _, c := range list {
+			wg.Go(func() { c.Watch(ctx) })
+		}
 	}
 }
 

@@ -21,6 +21,11 @@ type Options struct {
 	// Hostname is the name the relay gives itself in its SMTP greeting
 	// and Received: headers. Default: the machine's host name.
 	Hostname string `yaml:"hostname"`
+	// ShutdownTimeout is the whole budget of a graceful stop: ingress,
+	// the API and delivery stop in parallel within it, and deliveries
+	// that cannot finish are handed back without spending an attempt.
+	// Default 25s, under Kubernetes' default grace of 30s.
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
 
 	Redis    RedisOptions    `yaml:"redis"`
 	SMTP     SMTPOptions     `yaml:"smtp"`
@@ -308,8 +313,9 @@ func DefaultOptions() Options {
 		host = "localhost"
 	}
 	return Options{
-		Hostname: host,
-		Redis:    RedisOptions{Addrs: []string{"127.0.0.1:6379"}},
+		Hostname:        host,
+		ShutdownTimeout: Duration(25 * time.Second),
+		Redis:           RedisOptions{Addrs: []string{"127.0.0.1:6379"}},
 		SMTP: SMTPOptions{
 			Listeners:           []Listener{{Addr: "127.0.0.1:2525"}},
 			MaxMessageBytes:     35 << 20,
@@ -428,6 +434,9 @@ func (o *Options) Validate() error {
 	}
 	if o.Hostname == "" || strings.ContainsAny(o.Hostname, " \t\r\n") {
 		return bad("hostname", "must be a host name without spaces")
+	}
+	if o.ShutdownTimeout < Duration(time.Second) {
+		return bad("shutdown_timeout", "must be at least 1s, got %v", o.ShutdownTimeout.D())
 	}
 	if len(o.Redis.Addrs) == 0 {
 		return bad("redis.addrs", "at least one host:port is required")
