@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/url"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,6 +20,7 @@ import (
 
 	"holdfast/auth"
 	"holdfast/queue"
+	"holdfast/relay/destination"
 	"holdfast/relay/o365"
 	"holdfast/relay/upstream"
 )
@@ -43,6 +47,8 @@ type exchange struct {
 	grants *auth.GrantStore
 	// gate, when set, holds mail whose breaker is open.
 	gate *gate
+	// dest is this replica's dead-destination breakers.
+	dest *destination.Set
 }
 
 var (
@@ -83,7 +89,10 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 		via:        map[string]string{},
 		creds:      map[string]*auth.Credential{},
 		graphCreds: map[string]*auth.Credential{},
+		dest:       destination.New(destination.Options{ProbeInterval: o.Exchange.DeadDestinationProbe.D(),
+			Logger: log.With("component", "destination")}),
 	}
+	httpClient.Transport = x.dest.Transport(httpClient.Transport, endpointOf(o.Exchange.GraphURL), classifyResponse)
 	if o.Exchange.GrantKeyFile != "" {
 		key, err := auth.LoadKeyFile(o.Exchange.GrantKeyFile)
 		if err != nil {
@@ -130,6 +139,7 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 		Limits:            queue.NewLimiter(rdb, nil),
 		Router:            x.route(x.creds, true),
 		Logger:            log.With("component", "smtp-out"),
+		Endpoint:          smtpEndpoint{x.dest},
 	})
 	if err != nil {
 		return nil, err
@@ -284,10 +294,56 @@ func (x *exchange) Reserve(ctx context.Context, route string, n int) ([]reservat
 	if !ok {
 		return unlimited(n), 0, nil
 	}
+	// A dead endpoint leases nothing; a half-open one, its one test.
+	for _, ep := range []string{destination.Token, destination.SMTP} {
+		room, wait := x.dest.Room(ep)
+		if room == 0 {
+			return nil, wait, nil
+		}
+		if room > 0 {
+			n = min(n, room)
+		}
+	}
 	grants, wait, err := x.smtp.Reserve(ctx, mailbox, n)
 	out := make([]reservation, len(grants))
 	for i, g := range grants {
 		out[i] = smtpReservation{g}
 	}
 	return out, wait, err
+}
+
+// smtpEndpoint is the SMTP endpoint's dead-destination breaker.
+type smtpEndpoint struct{ s *destination.Set }
+
+func (e smtpEndpoint) Allow() (func(error), error) { return e.s.Allow(destination.SMTP) }
+
+// endpointOf names the endpoint of an HTTP request: Graph by its host,
+// the token endpoint by its OAuth path.
+func endpointOf(graphURL string) func(*http.Request) string {
+	graphHost := ""
+	if u, err := url.Parse(graphURL); err == nil {
+		graphHost = u.Host
+	}
+	return func(r *http.Request) string {
+		switch {
+		case graphHost != "" && r.URL.Host == graphHost:
+			return destination.Graph
+		case strings.Contains(r.URL.Path, "/oauth2/"):
+			return destination.Token
+		}
+		return ""
+	}
+}
+
+// classifyResponse is what an HTTP answer of Graph or the token endpoint
+// means, by the classification of the o365 package: nil below 400.
+func classifyResponse(resp *http.Response) error {
+	if resp.StatusCode < 400 {
+		return nil
+	}
+	ra := destination.RetryAfter(resp.Header)
+	if strings.Contains(resp.Request.URL.Path, "/oauth2/") {
+		return o365.ClassifyToken(o365.TokenFailure{HTTPStatus: resp.StatusCode, RetryAfter: ra}, o365.AppOnly)
+	}
+	return o365.ClassifyGraph(o365.GraphFailure{HTTPStatus: resp.StatusCode, RetryAfter: ra}, o365.AppOnly)
 }

@@ -123,6 +123,11 @@ type ExchangeOptions struct {
 	// encrypts delegated refresh tokens in Redis. Needed to register
 	// delegated mailboxes.
 	GrantKeyFile string `yaml:"grant_key_file"`
+	// DeadDestinationProbe is how long an endpoint (SMTP, Graph, the
+	// token endpoint) that failed 3 times in a row is left alone by this
+	// replica before one request tests it; meanwhile no message that
+	// needs it is leased. Default 10s.
+	DeadDestinationProbe Duration `yaml:"dead_destination_probe"`
 }
 
 // RedisOptions say where the queue lives.
@@ -349,6 +354,7 @@ func DefaultOptions() Options {
 			MaxConnectionsPerMailbox: 3,
 			MessagesPerMinute:        30,
 			ConnectTimeout:           Duration(15 * time.Second),
+			DeadDestinationProbe:     Duration(10 * time.Second),
 			CommandTimeout:           Duration(time.Minute),
 			DataTimeout:              Duration(5 * time.Minute),
 		},

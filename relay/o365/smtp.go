@@ -79,6 +79,16 @@ type SMTPOptions struct {
 	Limits      Limits
 	Router      Router
 	Logger      *slog.Logger
+	// Endpoint, when set, guards each connection: it is asked before
+	// dialling and told whether the server was reached and greeted.
+	Endpoint Endpoint
+}
+
+// Endpoint is a dead-destination breaker for the SMTP endpoint (see
+// relay/destination): Allow refuses while it is open, with an error to
+// return; otherwise done must be told the outcome.
+type Endpoint interface {
+	Allow() (done func(err error), err error)
 }
 
 func (o SMTPOptions) withDefaults() SMTPOptions {
@@ -408,6 +418,23 @@ func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
 }
 
 func (s *SMTPSender) dial(ctx context.Context) (*smtp.Client, error) {
+	if s.o.Endpoint == nil {
+		return s.connect(ctx)
+	}
+	done, err := s.o.Endpoint.Allow()
+	if err != nil {
+		return nil, err
+	}
+	c, err := s.connect(ctx)
+	if ctx.Err() != nil && err != nil {
+		err = ctx.Err() // cancelled: says nothing of the endpoint
+	}
+	done(err)
+	return c, err
+}
+
+// connect dials and, unless InsecurePlaintext, starts TLS.
+func (s *SMTPSender) connect(ctx context.Context) (*smtp.Client, error) {
 	d := net.Dialer{Timeout: s.o.DialTimeout}
 	nc, err := d.DialContext(ctx, "tcp", s.o.Addr)
 	if err != nil {
