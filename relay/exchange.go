@@ -89,7 +89,7 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 		via:        map[string]string{},
 		creds:      map[string]*auth.Credential{},
 		graphCreds: map[string]*auth.Credential{},
-		dest:       destination.New(destination.Options{ProbeInterval: o.Exchange.DeadDestinationProbe.D(),
+		dest: destination.New(destination.Options{ProbeInterval: o.Exchange.DeadDestinationProbe.D(),
 			Logger: log.With("component", "destination")}),
 	}
 	httpClient.Transport = x.dest.Transport(httpClient.Transport, endpointOf(o.Exchange.GraphURL), classifyResponse)
