@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"holdfast/queue"
+	"holdfast/relay/destination"
 	"holdfast/relay/upstream"
 )
 
@@ -411,6 +412,14 @@ func (d *deliverer) settleFailure(ctx context.Context, l *queue.Lease, err error
 		if _, serr := d.q.Defer(ctx, l, 0, "delivery interrupted by shutdown"); serr != nil {
 			log.Error("cannot hand back message after shutdown", "err", serr)
 		}
+		return
+	}
+	if errors.Is(err, destination.ErrPaused) {
+		// The relay's own dead-destination breaker: no failure.
+		if _, serr := d.q.Defer(ctx, l, upstream.RetryAfterOf(err), err.Error()); serr != nil {
+			log.Error("cannot hand back message", "err", serr)
+		}
+		log.Debug("endpoint paused; message handed back", "err", err)
 		return
 	}
 	var (

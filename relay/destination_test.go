@@ -25,7 +25,7 @@ type cutProxy struct {
 	wg     sync.WaitGroup
 }
 
-func startCutProxy(t *testing.T) *cutProxy {
+func startCutProxy(t testing.TB) *cutProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

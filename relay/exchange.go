@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -92,7 +91,7 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 		dest: destination.New(destination.Options{ProbeInterval: o.Exchange.DeadDestinationProbe.D(),
 			Logger: log.With("component", "destination")}),
 	}
-	httpClient.Transport = x.dest.Transport(httpClient.Transport, endpointOf(o.Exchange.GraphURL), classifyResponse)
+	httpClient.Transport = x.dest.Transport(httpClient.Transport, tokenEndpoint, classifyToken)
 	if o.Exchange.GrantKeyFile != "" {
 		key, err := auth.LoadKeyFile(o.Exchange.GrantKeyFile)
 		if err != nil {
@@ -232,7 +231,16 @@ func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
 		}
 	}
 	if x.via[m.App] == "graph" && x.graph != nil {
-		return x.graph.Send(ctx, m)
+		// Graph's breaker judges the classified sendMail outcome, which
+		// names Graph's throttling (the token endpoint's is judged by
+		// the HTTP client's transport).
+		done, err := x.dest.Allow(destination.Graph)
+		if err != nil {
+			return "", err
+		}
+		reply, err := x.graph.Send(ctx, m)
+		done(err)
+		return reply, err
 	}
 	return x.smtp.Send(ctx, m)
 }
@@ -317,33 +325,20 @@ type smtpEndpoint struct{ s *destination.Set }
 
 func (e smtpEndpoint) Allow() (func(error), error) { return e.s.Allow(destination.SMTP) }
 
-// endpointOf names the endpoint of an HTTP request: Graph by its host,
-// the token endpoint by its OAuth path.
-func endpointOf(graphURL string) func(*http.Request) string {
-	graphHost := ""
-	if u, err := url.Parse(graphURL); err == nil {
-		graphHost = u.Host
+// tokenEndpoint names the token endpoint's requests by their OAuth path;
+// the transport leaves other requests (Graph's) alone.
+func tokenEndpoint(r *http.Request) string {
+	if strings.Contains(r.URL.Path, "/oauth2/") {
+		return destination.Token
 	}
-	return func(r *http.Request) string {
-		switch {
-		case graphHost != "" && r.URL.Host == graphHost:
-			return destination.Graph
-		case strings.Contains(r.URL.Path, "/oauth2/"):
-			return destination.Token
-		}
-		return ""
-	}
+	return ""
 }
 
-// classifyResponse is what an HTTP answer of Graph or the token endpoint
-// means, by the classification of the o365 package: nil below 400.
-func classifyResponse(resp *http.Response) error {
+// classifyToken is what an answer of the token endpoint means, by the
+// classification of the o365 package: nil below 400.
+func classifyToken(resp *http.Response) error {
 	if resp.StatusCode < 400 {
 		return nil
 	}
-	ra := destination.RetryAfter(resp.Header)
-	if strings.Contains(resp.Request.URL.Path, "/oauth2/") {
-		return o365.ClassifyToken(o365.TokenFailure{HTTPStatus: resp.StatusCode, RetryAfter: ra}, o365.AppOnly)
-	}
-	return o365.ClassifyGraph(o365.GraphFailure{HTTPStatus: resp.StatusCode, RetryAfter: ra}, o365.AppOnly)
+	return o365.ClassifyToken(o365.TokenFailure{HTTPStatus: resp.StatusCode, RetryAfter: destination.RetryAfter(resp.Header)}, o365.AppOnly)
 }

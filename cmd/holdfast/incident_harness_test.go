@@ -136,18 +136,21 @@ type incFleet struct {
 	relays     []*incRelay
 	http       *http.Client
 	closeOnce  sync.Once
+	lease      time.Duration // delivery.lease when set
 }
 
 type incFleetOptions struct {
 	mailboxes int
 	// grants configures exchange.grant_key_file, for delegated mailboxes.
 	grants bool
+	// lease sets delivery.lease.
+	lease time.Duration
 }
 
 func startIncFleet(tb testing.TB, o incFleetOptions) *incFleet {
 	tb.Helper()
 	srv := redistest.Start(tb)
-	f := &incFleet{tb: tb, dir: tb.TempDir(), http: &http.Client{Timeout: 5 * time.Second}}
+	f := &incFleet{tb: tb, dir: tb.TempDir(), http: &http.Client{Timeout: 5 * time.Second}, lease: o.lease}
 	f.q = queue.New(srv.Client(tb), queue.Options{})
 	var boxes []sim.Mailbox
 	for i := 1; i <= o.mailboxes; i++ {
@@ -228,6 +231,12 @@ apps:
 		strings.Join(quoted, ", "), f.mailboxes[0])
 	for _, m := range f.mailboxes {
 		fmt.Fprintf(&b, "      %q: %q\n", m, m)
+	}
+	if f.lease > 0 {
+		// Into the delivery section above.
+		s := strings.Replace(b.String(), "delivery:\n", fmt.Sprintf("delivery:\n  lease: %s\n", f.lease), 1)
+		b.Reset()
+		b.WriteString(s)
 	}
 	fmt.Fprintf(&b, `credentials:
   - name: contoso

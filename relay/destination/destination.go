@@ -58,6 +58,7 @@ type endpoint struct {
 	opened    time.Time // when the breaker last opened; under Set.mu
 	suspended time.Time // Retry-After: no requests before; under Set.mu
 	probing   time.Time // when Room last handed out the half-open test; under Set.mu
+	last      string    // the last failure, for the refusals it causes; under Set.mu
 }
 
 // New returns a set of closed breakers.
@@ -162,24 +163,37 @@ func (s *Set) Allow(name string) (done func(err error), err error) {
 	suspended := time.Until(e.suspended)
 	s.mu.Unlock()
 	if suspended > 0 {
-		return nil, s.refused(name, suspended)
+		return nil, s.refused(e, name, suspended)
 	}
 	d, err := e.cb.Allow()
 	if err != nil {
-		return nil, s.refused(name, s.o.ProbeInterval)
+		return nil, s.refused(e, name, s.o.ProbeInterval)
 	}
 	return func(err error) {
-		if ra := upstream.RetryAfterOf(err); ra > 0 && (upstream.ClassOf(err) == upstream.Throttled || Dead(err)) {
+		throttled := upstream.ClassOf(err) == upstream.Throttled
+		if Dead(err) || throttled {
+			s.mu.Lock()
+			e.last = err.Error()
+			s.mu.Unlock()
+		}
+		if ra := upstream.RetryAfterOf(err); ra > 0 && (throttled || Dead(err)) {
 			s.Suspend(name, ra)
 		}
 		d(err)
 	}, nil
 }
 
-func (s *Set) refused(name string, wait time.Duration) error {
-	return &upstream.Error{Class: upstream.Throttled, RetryAfter: wait,
-		Text: fmt.Sprintf("the %s endpoint is not answering; the relay waits %v before trying it again", name, wait.Round(time.Millisecond))}
+func (s *Set) refused(e *endpoint, name string, wait time.Duration) error {
+	s.mu.Lock()
+	last := e.last
+	s.mu.Unlock()
+	return &upstream.Error{Class: upstream.Throttled, RetryAfter: wait, Err: ErrPaused,
+		Text: fmt.Sprintf("the relay leaves the %s endpoint alone for %v after: %s", name, wait.Round(time.Millisecond), last)}
 }
+
+// ErrPaused is wrapped by the errors of requests an open or suspended
+// breaker refused: the relay's own wait, not a delivery failure.
+var ErrPaused = errors.New("endpoint paused")
 
 // Suspend stops requests to the endpoint for d, as its Retry-After asked.
 func (s *Set) Suspend(name string, d time.Duration) {
