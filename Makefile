@@ -45,6 +45,9 @@ bin/staticcheck:
 	GOBIN=$(CURDIR)/bin $(GO) install $(STATICCHECK)
 
 ## bench: the queue, SMTP ingress and end-to-end benchmarks (Go, 3 runs each); the
+## delivery scale benchmarks (1, 100 and 10,000 mailboxes; one busy route beside
+## 10,000 idle ones; a held backlog released by 1, 2 and 3 replicas; a dead SMTP
+## endpoint's connection attempts per probe interval); the
 ## incident report (3 runs of about 25 s: two relays, the simulator's secret expiring
 ## mid-way and rotated: upstream requests wasted after the expiry, ms from the
 ## rotation to the first delivery and to the backlog drained); then the ingress
@@ -56,6 +59,7 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 20000x -count 3 -benchmem ./queue/
 	$(GO) test -run '^$$' -bench SMTPIngress -benchtime 20000x -count 3 -benchmem ./relay/
 	$(GO) test -run '^$$' -bench EndToEnd -benchtime 5000x -count 3 ./relay/
+	$(GO) test -run '^$$' -bench 'DeliveryRoutes|BusyRoute|HeldRelease|DeadUpstream' -benchtime 1x -count 3 ./relay/
 	$(GO) test -run '^$$' -bench Incident -benchtime 1x -count 3 ./cmd/holdfast/
 	deploy/bench/ingress.sh
 

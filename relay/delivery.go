@@ -120,7 +120,8 @@ type deliverer struct {
 	mu       sync.Mutex
 	inFlight map[string]int // deliveries in flight per route
 	// full holds routes the sender had no room for, until when to ask
-	// again; only run's goroutine uses it.
+	// again, or until one of the route's deliveries here ends (its
+	// connection is then free for the next message).
 	full map[string]time.Time
 	// sendCtx is cancelled when the shutdown grace period ends.
 	sendCtx    context.Context
@@ -172,16 +173,8 @@ func (d *deliverer) notify() {
 // mail enqueued by other replicas).
 func (d *deliverer) run(ctx context.Context) {
 	defer d.drain()
-	var swept time.Time
+	d.wg.Go(func() { d.sweep(ctx) })
 	for ctx.Err() == nil {
-		if time.Since(swept) >= d.cfg.Sweep {
-			if n, err := d.q.SweepDue(ctx); err != nil {
-				d.log.Warn("cannot check the due-route index", "err", err)
-			} else if n > 0 {
-				d.log.Info("due-route index repaired", "routes", n)
-			}
-			swept = time.Now()
-		}
 		routes, next, err := d.q.DueRoutes(ctx, dueBatch)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -204,19 +197,34 @@ func (d *deliverer) run(ctx context.Context) {
 	}
 }
 
+// sweep repairs the due-route index at start and every Sweep, beside the
+// dispatcher: its cost follows the number of routes.
+func (d *deliverer) sweep(ctx context.Context) {
+	t := time.NewTicker(d.cfg.Sweep)
+	defer t.Stop()
+	for {
+		if n, err := d.q.SweepDue(ctx); err != nil && ctx.Err() == nil {
+			d.log.Warn("cannot check the due-route index", "err", err)
+		} else if n > 0 {
+			d.log.Info("due-route index repaired", "routes", n)
+			d.notify()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // pass leases from each due route, as far as free workers and the
 // sender's room allow. It reports whether it leased anything and the
 // earliest time a route it had no room for may have some.
 func (d *deliverer) pass(ctx context.Context, routes []string) (leased bool, retry time.Time) {
 	now := time.Now()
-	for r, t := range d.full {
-		if !t.After(now) {
-			delete(d.full, r)
-		}
-	}
 	for _, route := range routes {
 		room := d.room(route)
-		if t, ok := d.full[route]; room == 0 || ok {
+		if t, ok := d.isFull(route, now); room == 0 || ok {
 			if ok && (retry.IsZero() || t.Before(retry)) {
 				retry = t
 			}
@@ -238,7 +246,7 @@ func (d *deliverer) pass(ctx context.Context, routes []string) (leased bool, ret
 				wait = d.cfg.Poll
 			}
 			until := now.Add(max(wait, 10*time.Millisecond))
-			d.full[route] = until
+			d.setFull(route, until)
 			if retry.IsZero() || until.Before(retry) {
 				retry = until
 			}
@@ -266,6 +274,7 @@ func (d *deliverer) pass(ctx context.Context, routes []string) (leased bool, ret
 				defer d.wg.Done()
 				d.deliver(l, r)
 				d.addInFlight(route, -1)
+				d.setFull(route, time.Time{})
 				d.giveSlots(1)
 				select {
 				case d.freed <- struct{}{}:
@@ -275,6 +284,31 @@ func (d *deliverer) pass(ctx context.Context, routes []string) (leased bool, ret
 		}
 	}
 	return leased, retry
+}
+
+// isFull reports whether the sender had no room for the route lately,
+// and until when.
+func (d *deliverer) isFull(route string, now time.Time) (time.Time, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	t, ok := d.full[route]
+	if ok && !t.After(now) {
+		delete(d.full, route)
+		return time.Time{}, false
+	}
+	return t, ok
+}
+
+// setFull records that the route has no room until t; a zero t clears
+// it.
+func (d *deliverer) setFull(route string, t time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if t.IsZero() {
+		delete(d.full, route)
+	} else {
+		d.full[route] = t
+	}
 }
 
 // reserve asks the sender's capacity for room for n messages.

@@ -19,24 +19,28 @@ func (s *countingSender) Send(ctx context.Context, m *queue.Message) (string, er
 	return "250 2.0.0 OK", nil
 }
 
-// drainRoutes enqueues perRoute messages on each route, runs a deliverer
-// with 8 workers until all are delivered, and returns how long that took.
+// drainRoutes starts a deliverer with 8 workers, lets it settle (its
+// start-up index sweep), then enqueues perRoute messages on each route and
+// returns how long from the first enqueue until all were delivered.
 func drainRoutes(b *testing.B, q *queue.Queue, routes []string, perRoute int) time.Duration {
 	b.Helper()
 	ctx := context.Background()
+	s := &countingSender{}
+	d := newDeliverer(q, s, deliveryConfig{Workers: 8, Lease: time.Minute, Poll: 50 * time.Millisecond, Grace: time.Second}, discardLogger())
+	dctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { d.run(dctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	time.Sleep(500 * time.Millisecond)
+	start := time.Now()
 	for _, r := range routes {
 		for range perRoute {
 			if _, _, err := q.Enqueue(ctx, queue.Submission{Route: r, From: "a@example.com", To: []string{"b@example.org"}, Body: []byte("Subject: x\r\n\r\nhi\r\n")}); err != nil {
 				b.Fatal(err)
 			}
+			d.notify()
 		}
 	}
-	s := &countingSender{}
-	d := newDeliverer(q, s, deliveryConfig{Workers: 8, Lease: time.Minute, Poll: 50 * time.Millisecond, Grace: time.Second}, discardLogger())
-	dctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	start := time.Now()
-	go func() { d.run(dctx); close(done) }()
 	want := int64(len(routes) * perRoute)
 	deadline := time.Now().Add(5 * time.Minute)
 	for s.n.Load() < want {
@@ -45,10 +49,7 @@ func drainRoutes(b *testing.B, q *queue.Queue, routes []string, perRoute int) ti
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	took := time.Since(start)
-	cancel()
-	<-done
-	return took
+	return time.Since(start)
 }
 
 // idleRoutes gives the queue n routes that had mail, all of it delivered.
@@ -83,11 +84,11 @@ func BenchmarkDeliveryRoutes(b *testing.B) {
 	}
 }
 
-// BenchmarkBusyRoute measures one busy route's delivery rate (2,000
+// BenchmarkBusyRoute measures one busy route's delivery rate (6,000
 // messages) alone, then beside 10,000 idle routes, and reports the ratio
 // (1 means the idle routes cost nothing).
 func BenchmarkBusyRoute(b *testing.B) {
-	const msgs = 2000
+	const msgs = 6000
 	var alone, crowded time.Duration
 	for range b.N {
 		q := queue.New(newFixture(b).redis.Client(b), queue.Options{})
@@ -102,13 +103,13 @@ func BenchmarkBusyRoute(b *testing.B) {
 }
 
 // BenchmarkHeldRelease measures the release of a held backlog of one
-// mailbox (300 messages) through the simulator by 1, 2 and 3 replicas
+// mailbox (1,000 messages) through the simulator by 1, 2 and 3 replicas
 // sharing its 3 connection slots, from the release to the last message
 // at the simulator.
 func BenchmarkHeldRelease(b *testing.B) {
 	for _, replicas := range []int{1, 2, 3} {
 		b.Run(fmt.Sprintf("replicas=%d", replicas), func(b *testing.B) {
-			const backlog = 300
+			const backlog = 1000
 			var took time.Duration
 			for range b.N {
 				e := newExchangeEnv(b, replicas, func(o *Options) {
