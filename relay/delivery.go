@@ -272,7 +272,7 @@ func (d *deliverer) pass(ctx context.Context, routes []string) (leased bool, ret
 			d.wg.Add(1)
 			go func() {
 				defer d.wg.Done()
-				d.deliver(l, r)
+				d.lane(ctx, l, r)
 				d.addInFlight(route, -1)
 				d.setFull(route, time.Time{})
 				d.giveSlots(1)
@@ -284,6 +284,33 @@ func (d *deliverer) pass(ctx context.Context, routes []string) (leased bool, ret
 		}
 	}
 	return leased, retry
+}
+
+// laneRun is how many messages a worker sends in a row on one route
+// before it goes back to the dispatcher, so that other routes get their
+// turn.
+const laneRun = 100
+
+// lane delivers l, then keeps the worker and the sender's room on the
+// route for its next due messages, while they are delivered, there are
+// more and the sender has room, up to laneRun in a row.
+func (d *deliverer) lane(ctx context.Context, l *queue.Lease, r reservation) {
+	route := l.Route
+	for i := 1; ; i++ {
+		if !d.deliver(l, r) || i == laneRun || ctx.Err() != nil || d.sendCtx.Err() != nil {
+			return
+		}
+		rs, _, err := d.reserve(ctx, route, 1)
+		if err != nil || len(rs) == 0 {
+			return
+		}
+		res, err := d.q.Lease(ctx, route, 1, d.cfg.Lease)
+		if err != nil || len(res.Leases) == 0 {
+			cancelAll(rs)
+			return
+		}
+		l, r = res.Leases[0], rs[0]
+	}
 }
 
 // isFull reports whether the sender had no room for the route lately,
@@ -403,8 +430,9 @@ func (d *deliverer) drain() {
 }
 
 // deliver sends one leased message, keeps its lease alive meanwhile, and
-// settles it by the outcome's class.
-func (d *deliverer) deliver(l *queue.Lease, r reservation) {
+// settles it by the outcome's class. It reports whether the message was
+// delivered and recorded so.
+func (d *deliverer) deliver(l *queue.Lease, r reservation) bool {
 	log := d.log.With("msg", l.ID, "route", l.Route)
 	ctx, cancel := context.WithCancelCause(d.sendCtx)
 	defer cancel(nil)
@@ -417,7 +445,7 @@ func (d *deliverer) deliver(l *queue.Lease, r reservation) {
 		// Another worker may own the message now; whatever this send did,
 		// the lease's holder settles it.
 		log.Warn("lease lost during the send; the send was abandoned", "err", err)
-		return
+		return false
 	}
 
 	// Settle with a context of its own: a cancelled send must still hand
@@ -427,15 +455,16 @@ func (d *deliverer) deliver(l *queue.Lease, r reservation) {
 	if err == nil {
 		if err := d.q.Ack(sctx, l, reply); err != nil {
 			log.Error("delivered, but the queue could not record it; it may be delivered again", "err", err)
-			return
+			return false
 		}
 		log.Info("delivered", "attempts", l.Attempts, "took", time.Since(start), "reply", reply)
 		if d.cfg.OnDelivered != nil {
 			d.cfg.OnDelivered(sctx, l.Route)
 		}
-		return
+		return true
 	}
 	d.settleFailure(sctx, l, err, log)
+	return false
 }
 
 // settleFailure applies the failure's class to the message.
