@@ -319,38 +319,29 @@ func (s *SMTPSender) granted(ctx context.Context, r Route, g *Grant) (*conn, err
 		slot = c.slot
 	}
 	g.s = nil
+	return s.openOn(ctx, r, slot)
+}
+
+// openOn opens a connection on a held slot, which it releases when the
+// connection cannot be opened; reap renews it while the connection lives.
+func (s *SMTPSender) openOn(ctx context.Context, r Route, slot *queue.Slot) (*conn, error) {
 	c, err := s.open(ctx, r)
 	if err != nil {
 		_ = s.o.Limits.Release(context.WithoutCancel(ctx), slot)
 		return nil, err
 	}
-	s.hold(c, slot)
-	return c, nil
-}
-
-// hold records that c holds slot, for reap to renew.
-func (s *SMTPSender) hold(c *conn, slot *queue.Slot) {
 	s.mu.Lock()
 	c.slot, c.renewed = slot, time.Now()
 	s.live[c] = true
 	s.mu.Unlock()
+	return c, nil
 }
 
 // get returns an idle connection of the mailbox, or opens one when the
 // fleet has a free slot for it.
 func (s *SMTPSender) get(ctx context.Context, r Route) (*conn, error) {
-	for {
-		s.mu.Lock()
-		list := s.idle[r.Mailbox]
-		var c *conn
-		if n := len(list); n > 0 {
-			c, s.idle[r.Mailbox] = list[n-1], list[:n-1]
-		}
-		s.mu.Unlock()
-		if c == nil {
-			break
-		}
-		if time.Since(c.used) < s.o.IdleTimeout && c.c.Reset() == nil {
+	for c := s.takeIdle(r.Mailbox); c != nil; c = s.takeIdle(r.Mailbox) {
+		if c.c.Reset() == nil {
 			return c, nil
 		}
 		s.discard(c)
@@ -359,13 +350,7 @@ func (s *SMTPSender) get(ctx context.Context, r Route) (*conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := s.open(ctx, r)
-	if err != nil {
-		_ = s.o.Limits.Release(context.WithoutCancel(ctx), slot)
-		return nil, err
-	}
-	s.hold(c, slot)
-	return c, nil
+	return s.openOn(ctx, r, slot)
 }
 
 func (s *SMTPSender) acquire(ctx context.Context, mailbox string) (*queue.Slot, error) {
