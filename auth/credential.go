@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -73,6 +74,13 @@ type CredentialOptions struct {
 	// OnChange is called with Name after a changed secret or certificate
 	// has been loaded, e.g. to make the breaker probe at once.
 	OnChange func(name string)
+
+	// Metrics, when set, counts this credential's token requests.
+	Metrics *Metrics
+	// OnIssued is called with Name and the fingerprint of the secret or
+	// certificate used (see Fingerprint) after each token the token
+	// endpoint issued: proof that this material works.
+	OnIssued func(name, fingerprint string)
 
 	// Now is the clock. Default: time.Now.
 	Now func() time.Time
@@ -223,6 +231,13 @@ func (c *Credential) Expiry() (time.Time, bool) {
 	return c.mat.leaf.NotAfter, true
 }
 
+// Fingerprint identifies the secret or certificate loaded now: 16 hex
+// digits of the SHA-256 of its files, never the secret itself. Replicas
+// whose files hold the same material have the same fingerprint.
+func (c *Credential) Fingerprint() string { return c.material().fingerprint() }
+
+func (m *material) fingerprint() string { return hex.EncodeToString(m.sum[:8]) }
+
 func (c *Credential) material() *material {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -265,10 +280,12 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 	scrub = append(scrub, params.Get("refresh_token"))
 
 	tok, err := cfg.Token(c.base)
+	c.opts.Metrics.tokenRequest(c.opts.Name, err)
 	if err != nil {
 		err = tokenErr(err, c.opts.Now(), scrub...)
 		var te *TokenError
 		if errors.As(err, &te) {
+			te.Fingerprint = m.fingerprint()
 			log.Warn("token request rejected", "status", te.HTTPStatus, "error", te.Code,
 				"aadsts", te.AADSTS, "suberror", te.SubError, "correlation_id", te.CorrelationID)
 		} else {
@@ -277,6 +294,9 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 		return nil, err
 	}
 	stampExpiry(tok, start)
+	if c.opts.OnIssued != nil {
+		c.opts.OnIssued(c.opts.Name, m.fingerprint())
+	}
 	log.Debug("token issued", "expiry", tok.Expiry, "duration", c.opts.Now().Sub(start))
 	return tok, nil
 }

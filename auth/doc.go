@@ -12,7 +12,9 @@
 // callers sharing one request; errors are returned as *TokenError and are
 // never cached, so a breaker must gate calls while a credential is broken.
 // Reload and Watch pick up a rotated secret or certificate file without a
-// restart. A GrantStore keeps mailboxes' delegated refresh tokens in Redis,
+// restart. AppCredentials reads the app registration's secrets and
+// certificates, with their end dates, from Microsoft Graph, marking the one
+// the Credential holds. A GrantStore keeps mailboxes' delegated refresh tokens in Redis,
 // sealed with AES-256-GCM, and its DelegatedSource redeems them, writing
 // rotated refresh tokens back with a compare-and-set. NewXOAUTH2Client
 // authenticates an SMTP session with a token.

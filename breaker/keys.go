@@ -7,6 +7,12 @@ package breaker
 //	hf:{brk:NAME}:spread   set   members (delegated mailboxes) that failed
 //	                             in a row under a credential's breaker
 //	hf:brk:names           set   every breaker name that has had a record
+//	hf:brk:log             zset  the latest transitions, fleet-wide: one
+//	                             JSON Transition (From left out) per member,
+//	                             scored by its time (unix ms)
+//	hf:brk:events          pub/sub channel: "NAME GENERATION" after each
+//	                             transition, published by the replica whose
+//	                             script made it
 //
 // Record fields:
 //
@@ -21,8 +27,23 @@ package breaker
 //	lease_token  the prober's token; lease_until its expiry (unix ms)
 //	last_probe   unix ms of the last probe result
 //	spread       how many members the spread set holds
-const namesKey = "hf:brk:names"
+//	good_fp      fingerprint of the secret or certificate that last got a token
+//	probe_by     replica an immediate probe is kept for; probe_by_until until when (unix ms)
+//	stale:NAME   unix ms since replica NAME's material was found stale
+const (
+	namesKey      = "hf:brk:names"
+	logKey        = "hf:brk:log"
+	eventsChannel = "hf:brk:events"
+)
 
 func recordKey(name string) string { return "hf:{brk:" + name + "}" }
 
 func spreadKey(name string) string { return recordKey(name) + ":spread" }
+
+// noticeKey marks a recurring notice (kind, name, level) as sent until it
+// expires; see Notices.Claim:
+//
+//	hf:{ntc:KIND:NAME}:LEVEL   string  "1", with the notice's period as TTL
+func noticeKey(kind, name, level string) string {
+	return "hf:{ntc:" + kind + ":" + name + "}:" + level
+}

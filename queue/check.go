@@ -15,8 +15,9 @@ import (
 var ErrNotDurable = errors.New("redis is not configured to keep mail durably")
 
 // CheckDurability checks that every Redis node (every master on Redis
-// Cluster) has AOF on and maxmemory-policy noeviction, without which
-// accepted mail can be lost on restart or evicted under memory pressure.
+// Cluster) has AOF on, appendfsync other than "no", and maxmemory-policy
+// noeviction, without which accepted mail can be lost on restart or a host
+// crash, or evicted under memory pressure.
 // It returns one warning per problem found. With strict, any problem is
 // also an error wrapping ErrNotDurable.
 //
@@ -68,6 +69,9 @@ func checkNode(ctx context.Context, c *redis.Client) ([]string, error) {
 	}
 	if v, ok := get("appendonly"); ok && v != "yes" {
 		warnings = append(warnings, fmt.Sprintf("%s: appendonly is %q: accepted mail is lost if Redis restarts; set appendonly yes", addr, v))
+	}
+	if v, ok := get("appendfsync"); ok && v == "no" {
+		warnings = append(warnings, fmt.Sprintf("%s: appendfsync is \"no\": the kernel decides when the AOF reaches the disk, and a host crash loses the mail of the last 30 seconds or more; set appendfsync everysec or always", addr))
 	}
 	if v, ok := get("maxmemory-policy"); ok && v != "noeviction" {
 		warnings = append(warnings, fmt.Sprintf("%s: maxmemory-policy is %q: Redis may evict queued mail under memory pressure; set maxmemory-policy noeviction", addr, v))

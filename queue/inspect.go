@@ -19,6 +19,10 @@ type RouteStats struct {
 	Dead       int64
 	Oldest     time.Time // submit time of the oldest message not yet delivered or dead
 	HoldReason string    // set while the route is held
+	// ReadySince is the earliest due time of a ready message: how long
+	// the longest-waiting ready message has waited for a worker. Zero
+	// when none is ready.
+	ReadySince time.Time
 }
 
 // Stats is the whole queue's counts: per route, and their totals (whose
@@ -37,43 +41,44 @@ func (s RouteStats) OldestAge(now time.Time) time.Duration {
 	return now.Sub(s.Oldest)
 }
 
-// Stats counts messages by state for every route, in one pipelined round
-// trip (one per cluster node on Redis Cluster).
+// statsBatch is how many routes one run of the stats script counts on a
+// single Redis server: enough that a scrape over 10,000 routes costs a
+// few dozen script runs, few enough that one run blocks Redis for about a
+// millisecond. On Redis Cluster each route's keys live in their own slot,
+// so every route is a run of its own.
+const statsBatch = 250
+
+// Stats counts messages by state for every route in one pipelined round
+// trip (one per cluster node on Redis Cluster), after the one that lists
+// the routes.
 func (q *Queue) Stats(ctx context.Context) (Stats, error) {
 	routes, err := q.Routes(ctx)
 	if err != nil {
 		return Stats{}, err
 	}
-	now := q.opts.Now().UnixMilli()
-	pipe := q.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, len(routes))
-	for i, r := range routes {
-		rk := keysFor(r)
-		// EVAL rather than EVALSHA: a pipeline cannot fall back on NOSCRIPT.
-		cmds[i] = statsScript.Eval(ctx, pipe, []string{rk.due, rk.leased, rk.dead, rk.live, rk.hold}, now)
+	batch := statsBatch
+	if _, cluster := q.rdb.(*redis.ClusterClient); cluster {
+		batch = 1
 	}
-	if len(routes) > 0 {
-		// Errors are read per command below.
-		_, _ = pipe.Exec(ctx)
+	res, err := q.statsPipeline(ctx, routes, batch, q.opts.Now().UnixMilli(), false)
+	if err != nil {
+		return Stats{}, err
 	}
-	var st Stats
+	st := Stats{Routes: make([]RouteStats, 0, len(routes))}
 	for i, r := range routes {
-		res, err := cmds[i].Slice()
-		if err != nil {
-			return Stats{}, fmt.Errorf("stats of %s: %w", r, err)
-		}
+		v := res[i*statsFields : (i+1)*statsFields]
+		num := func(j int) int64 { n, _ := v[j].(int64); return n }
 		rs := RouteStats{
-			Route:     r,
-			Ready:     res[0].(int64),
-			Scheduled: res[1].(int64),
-			Leased:    res[2].(int64),
-			Held:      res[3].(int64),
-			Dead:      res[4].(int64),
-			Oldest:    fromMillis(res[5].(int64)),
+			Route:      r,
+			Ready:      num(0),
+			Scheduled:  num(1),
+			Leased:     num(2),
+			Held:       num(3),
+			Dead:       num(4),
+			Oldest:     fromMillis(num(5)),
+			ReadySince: fromMillis(num(7)),
 		}
-		if len(res) > 6 {
-			rs.HoldReason, _ = res[6].(string)
-		}
+		rs.HoldReason, _ = v[6].(string)
 		st.Routes = append(st.Routes, rs)
 		t := &st.Total
 		t.Ready += rs.Ready
@@ -84,8 +89,75 @@ func (q *Queue) Stats(ctx context.Context) (Stats, error) {
 		if !rs.Oldest.IsZero() && (t.Oldest.IsZero() || rs.Oldest.Before(t.Oldest)) {
 			t.Oldest = rs.Oldest
 		}
+		if !rs.ReadySince.IsZero() && (t.ReadySince.IsZero() || rs.ReadySince.Before(t.ReadySince)) {
+			t.ReadySince = rs.ReadySince
+		}
 	}
 	return st, nil
+}
+
+// statsFields is how many values the stats script returns per route.
+const statsFields = 8
+
+// statsPipeline runs the stats script over the routes, batch routes per
+// run, in one pipeline, and returns its values in route order. It sends
+// the script's SHA rather than its body, which would be most of the bytes
+// of a pipeline over thousands of routes; when Redis does not know the
+// script yet (a restart, a failover), it loads it and runs the pipeline
+// once more.
+func (q *Queue) statsPipeline(ctx context.Context, routes []string, batch int, now int64, loaded bool) ([]any, error) {
+	if len(routes) == 0 {
+		return nil, nil
+	}
+	pipe := q.rdb.Pipeline()
+	var cmds []*redis.Cmd
+	script := statsScript
+	for i := 0; i < len(routes); i += batch {
+		part := routes[i:min(i+batch, len(routes))]
+		if batch == 1 {
+			rk := keysFor(part[0])
+			cmds = append(cmds, statsScript.EvalSha(ctx, pipe, []string{rk.due, rk.leased, rk.dead, rk.live, rk.hold}, now))
+			continue
+		}
+		script = statsBatchScript
+		args := make([]any, 0, 1+len(part))
+		args = append(args, now)
+		for _, r := range part {
+			args = append(args, routeKeyPrefix(routeTag(r))+r+":")
+		}
+		cmds = append(cmds, statsBatchScript.EvalSha(ctx, pipe, nil, args...))
+	}
+	// Errors are read per command below.
+	_, _ = pipe.Exec(ctx)
+	out := make([]any, 0, statsFields*len(routes))
+	for i, c := range cmds {
+		res, err := c.Slice()
+		if redis.HasErrorPrefix(err, "NOSCRIPT") && !loaded {
+			if err := loadEverywhere(ctx, q.rdb, script); err != nil {
+				return nil, fmt.Errorf("stats: load script: %w", err)
+			}
+			return q.statsPipeline(ctx, routes, batch, now, true)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("stats of %s: %w", routes[i*batch], err)
+		}
+		out = append(out, res...)
+	}
+	if len(out) != statsFields*len(routes) {
+		return nil, fmt.Errorf("stats: %d values for %d routes", len(out), len(routes))
+	}
+	return out, nil
+}
+
+// loadEverywhere loads a script on every master of a cluster, or on the
+// one server.
+func loadEverywhere(ctx context.Context, rdb redis.UniversalClient, sc *redis.Script) error {
+	if c, ok := rdb.(*redis.ClusterClient); ok {
+		return c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+			return sc.Load(ctx, n).Err()
+		})
+	}
+	return sc.Load(ctx, rdb).Err()
 }
 
 // messageFields are the fields Get reads, in the order it reads them.
@@ -250,55 +322,4 @@ func (q *Queue) Flush(ctx context.Context, route string) (int, error) {
 		return 0, fmt.Errorf("flush %s: %w", route, err)
 	}
 	return n, q.markDue(ctx, route)
-}
-
-// HoldRoute holds a route: none of its messages are leased, none spends an
-// attempt, and their backoff stops growing, until ReleaseRoute. Messages
-// already leased finish their attempt. Holding a held route updates the
-// reason and keeps the time the hold started, from which ReleaseRoute
-// credits held time (see Options.HeldGrace).
-func (q *Queue) HoldRoute(ctx context.Context, route, reason string) error {
-	if reason == "" {
-		reason = "held"
-	}
-	if err := q.registerRoute(ctx, route); err != nil {
-		return err
-	}
-	rk := keysFor(route)
-	if err := holdScript.Run(ctx, q.rdb, []string{rk.hold, rk.held}, reason, q.opts.Now().UnixMilli()).Err(); err != nil {
-		return fmt.Errorf("hold %s: %w", route, err)
-	}
-	return nil
-}
-
-// ReleaseRoute ends a route's hold. Its messages become leasable at their
-// due times, and each one's lifetime is extended by the time it spent held
-// (since the hold started or since it was submitted, whichever is later),
-// up to Options.HeldGrace. Releasing a route that is not held does
-// nothing.
-//
-// It updates every waiting or leased message of the route in one atomic
-// step, which blocks Redis for roughly half a second on a route of
-// 100,000 messages.
-func (q *Queue) ReleaseRoute(ctx context.Context, route string) error {
-	rk := keysFor(route)
-	err := releaseScript.Run(ctx, q.rdb, []string{rk.live, rk.hold, rk.held},
-		q.opts.Now().UnixMilli(), q.opts.HeldGrace.Milliseconds(), msgKeyPrefix(rk.tag)).Err()
-	if err != nil {
-		return fmt.Errorf("release %s: %w", route, err)
-	}
-	// Due again: the index held it HeldRecheck away.
-	return q.markDue(ctx, route)
-}
-
-// RouteHold returns the route's hold reason and whether it is held.
-func (q *Queue) RouteHold(ctx context.Context, route string) (string, bool, error) {
-	reason, err := q.rdb.Get(ctx, keysFor(route).hold).Result()
-	if errors.Is(err, redis.Nil) {
-		return "", false, nil
-	}
-	if err != nil {
-		return "", false, fmt.Errorf("hold state of %s: %w", route, err)
-	}
-	return reason, true, nil
 }

@@ -1,8 +1,10 @@
 package queue
 
 import (
-	"fmt"
+	"encoding/binary"
+	"encoding/hex"
 	"hash/fnv"
+	"strconv"
 	"strings"
 )
 
@@ -17,10 +19,15 @@ import (
 //	hf:{T}:r:ROUTE:live      zset    id -> submit time (unix ms), every message not yet delivered or dead
 //	hf:{T}:r:ROUTE:hold      string  the hold reason; present while the route is held
 //	hf:{T}:r:ROUTE:held      string  when the current hold started (unix ms); present while held
+//	hf:{T}:r:ROUTE:fence     hash    breaker name -> the newest generation a hold or release of the route applied
 //	hf:{T}:r:ROUTE:seq       string  counts the route's leases; orders index updates
 //	hf:{T}:r:ROUTE:l:TOKEN   set     ids leased by one lease token, while it lasts
 //	hf:{T}:i:ROUTE:KEY       string  idempotency key -> message id
-//	hf:routes                set     every route that has had a message
+//	hf:routes                set     every route that has had a message, until pruned
+//	hf:routes:idle           zset    route -> when it was first seen with no message (unix ms)
+//	hf:min:MINUTE            hash    fleet-wide counts of one minute (unix minutes); see minutes.go
+//	hf:auth:ip:IP            string  failed authentications from a client IP in the current window
+//	hf:auth:user:NAME        string  failed authentications for an SMTP user name in the current window
 //
 // The due-route index (see due.go) lives on its own hash tag:
 //
@@ -68,7 +75,16 @@ const (
 	stDead      = "dead"
 )
 
-const routesKey = keyPrefix + "routes"
+const (
+	routesKey     = keyPrefix + "routes"
+	idleRoutesKey = routesKey + ":idle"
+)
+
+// minuteKey is the hash of the fleet-wide counts of the minute starting at
+// unix minute m.
+func minuteKey(m int64) string {
+	return keyPrefix + "min:" + strconv.FormatInt(m, 10)
+}
 
 // routeTag returns the hash tag shared by a route's keys and messages: eight
 // hex digits of the FNV-1a hash of the route name. Two routes may share a
@@ -76,7 +92,8 @@ const routesKey = keyPrefix + "routes"
 func routeTag(route string) string {
 	h := fnv.New32a()
 	h.Write([]byte(route))
-	return fmt.Sprintf("%08x", h.Sum32())
+	var b [4]byte
+	return hex.EncodeToString(binary.BigEndian.AppendUint32(b[:0], h.Sum32()))
 }
 
 // routeKeys are the keys of one route.
@@ -90,6 +107,7 @@ type routeKeys struct {
 	held   string
 	seq    string
 	base   string
+	fence  string
 }
 
 // leaseSet is the key that records the ids leased with one token.
@@ -110,6 +128,7 @@ func keysFor(route string) routeKeys {
 		held:   base + "held",
 		seq:    base + "seq",
 		base:   base,
+		fence:  base + "fence",
 	}
 }
 
@@ -168,4 +187,10 @@ func ValidID(id string) bool {
 		}
 	}
 	return true
+}
+
+// authFailKey is the failure counter of one client IP ("ip") or SMTP user
+// name ("user"). Each is its own slot on Redis Cluster.
+func authFailKey(kind, name string) string {
+	return keyPrefix + "auth:" + kind + ":" + name
 }

@@ -43,6 +43,13 @@ type Options struct {
 	HeldRecheck time.Duration
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
+	// MinReplicas is how many replicas must have a new message before
+	// Enqueue returns: WAITAOF (the replicas wrote it to their AOF) on
+	// Redis 7.2 and later, WAIT (they have it) before. Default 0, the
+	// primary alone. Only for a single Redis primary, not a Cluster.
+	MinReplicas int
+	// ReplicasTimeout bounds the wait for MinReplicas. Default 1 second.
+	ReplicasTimeout time.Duration
 }
 
 func (o Options) withDefaults() Options {
@@ -70,6 +77,9 @@ func (o Options) withDefaults() Options {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.ReplicasTimeout <= 0 {
+		o.ReplicasTimeout = time.Second
+	}
 	return o
 }
 
@@ -79,7 +89,10 @@ type Queue struct {
 	opts Options
 
 	mu     sync.Mutex
-	routes map[string]bool // routes known to be in routesKey
+	routes map[string]time.Time // routes this process added to routesKey, and when
+
+	waitAOF     bool // the server has WAITAOF (Redis 7.2+); set once waitChecked
+	waitChecked bool
 }
 
 // ErrNotFound is returned for a message id that does not exist.
@@ -91,7 +104,7 @@ var ErrLeaseLost = errors.New("lease lost: it expired before the worker reported
 
 // New returns a queue stored in rdb.
 func New(rdb redis.UniversalClient, opts Options) *Queue {
-	return &Queue{rdb: rdb, opts: opts.withDefaults(), routes: map[string]bool{}}
+	return &Queue{rdb: rdb, opts: opts.withDefaults(), routes: map[string]time.Time{}}
 }
 
 // Options returns the queue's options, defaults filled in.
@@ -102,7 +115,7 @@ func (q *Queue) Options() Options { return q.opts }
 // the first message and dup true, and stores nothing.
 //
 // It costs one round trip to Redis, plus one the first time this process
-// sees the route.
+// sees the route (and once a minute after).
 func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool, err error) {
 	if !ValidRoute(m.Route) {
 		return "", false, fmt.Errorf("enqueue: invalid route name %q", m.Route)
@@ -125,10 +138,15 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 	if m.IdempotencyKey != "" {
 		keys = append(keys, idemKey(m.Route, m.IdempotencyKey))
 	}
-	res, err := enqueueScript.Run(ctx, q.rdb, keys,
-		id, m.Route, m.App, m.From, strings.Join(m.To, "\n"), m.Body,
+	args := []any{id, m.Route, m.App, m.From, strings.Join(m.To, "\n"), m.Body,
 		now.UnixMilli(), now.Add(q.opts.Lifetime).UnixMilli(),
-		q.opts.IdempotencyTTL.Milliseconds(), m.IdempotencyKey).Slice()
+		q.opts.IdempotencyTTL.Milliseconds(), m.IdempotencyKey}
+	var res []any
+	if q.opts.MinReplicas > 0 {
+		res, err = q.enqueueReplicated(ctx, keys, args)
+	} else {
+		res, err = enqueueScript.Run(ctx, q.rdb, keys, args...).Slice()
+	}
 	if err != nil {
 		return "", false, fmt.Errorf("enqueue: %w", err)
 	}
@@ -142,19 +160,124 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 	return got, dup, nil
 }
 
-// registerRoute records the route in the set of routes, once per process.
+// ErrNotReplicated is returned by Enqueue when fewer replicas than
+// Options.MinReplicas acknowledged the message in time. The message is
+// stored on the primary and will be delivered; the submitter is told to
+// try again, so a retry may deliver it twice.
+var ErrNotReplicated = errors.New("too few replicas acknowledged the message in time")
+
+// enqueueReplicated runs the enqueue script and WAITAOF or WAIT in one
+// pipeline, on one connection: WAIT counts the writes of its own
+// connection.
+func (q *Queue) enqueueReplicated(ctx context.Context, keys []string, args []any) ([]any, error) {
+	c, ok := q.rdb.(*redis.Client)
+	if !ok {
+		return nil, fmt.Errorf("min replicas: needs a single Redis primary, not a %T", q.rdb)
+	}
+	aof, err := q.hasWaitAOF(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	ms := q.opts.ReplicasTimeout.Milliseconds()
+	for attempt := 0; ; attempt++ {
+		pipe := c.Pipeline()
+		enq := enqueueScript.EvalSha(ctx, pipe, keys, args...)
+		var wait *redis.Cmd
+		if aof {
+			wait = pipe.Do(ctx, "WAITAOF", 0, q.opts.MinReplicas, ms)
+		} else {
+			wait = pipe.Do(ctx, "WAIT", q.opts.MinReplicas, ms)
+		}
+		_, _ = pipe.Exec(ctx)
+		if err := enq.Err(); err != nil {
+			if attempt == 0 && redis.HasErrorPrefix(err, "NOSCRIPT") {
+				if err := enqueueScript.Load(ctx, c).Err(); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			return nil, err
+		}
+		res, _ := enq.Result()
+		out, _ := res.([]any)
+		if len(out) == 2 && out[1] == int64(1) {
+			// A duplicate: the first copy was acknowledged before.
+			return out, nil
+		}
+		got, err := wait.Result()
+		if err != nil {
+			return nil, fmt.Errorf("wait for replicas: %w", err)
+		}
+		acked := int64(0)
+		switch v := got.(type) {
+		case int64: // WAIT: replicas
+			acked = v
+		case []any: // WAITAOF: {local, replicas}
+			if len(v) == 2 {
+				acked, _ = v[1].(int64)
+			}
+		}
+		if acked < int64(q.opts.MinReplicas) {
+			return nil, fmt.Errorf("%w: %d of %d within %v", ErrNotReplicated, acked, q.opts.MinReplicas, q.opts.ReplicasTimeout)
+		}
+		return out, nil
+	}
+}
+
+// hasWaitAOF reports, once per queue, whether the server offers WAITAOF
+// (Redis 7.2 and later).
+func (q *Queue) hasWaitAOF(ctx context.Context, c *redis.Client) (bool, error) {
+	q.mu.Lock()
+	checked, aof := q.waitChecked, q.waitAOF
+	q.mu.Unlock()
+	if checked {
+		return aof, nil
+	}
+	info, err := c.Info(ctx, "server").Result()
+	if err != nil {
+		return false, fmt.Errorf("redis version: %w", err)
+	}
+	aof = versionAtLeast(infoValue(info, "redis_version"), 7, 2)
+	q.mu.Lock()
+	q.waitChecked, q.waitAOF = true, aof
+	q.mu.Unlock()
+	return aof, nil
+}
+
+// infoValue returns the value of a "name:value" line of INFO.
+func infoValue(info, name string) string {
+	for line := range strings.SplitSeq(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), name+":"); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// versionAtLeast reports whether a "major.minor.patch" version is at
+// least major.minor.
+func versionAtLeast(v string, major, minor int) bool {
+	var ma, mi int
+	if _, err := fmt.Sscanf(v, "%d.%d", &ma, &mi); err != nil {
+		return false
+	}
+	return ma > major || ma == major && mi >= minor
+}
+
+// registerRoute records the route in the set of routes, once per process
+// and registerEvery (PruneRoutes may have removed it).
 func (q *Queue) registerRoute(ctx context.Context, route string) error {
 	q.mu.Lock()
-	known := q.routes[route]
+	at, known := q.routes[route]
 	q.mu.Unlock()
-	if known {
+	if known && time.Since(at) < registerEvery {
 		return nil
 	}
 	if err := q.rdb.SAdd(ctx, routesKey, route).Err(); err != nil {
 		return fmt.Errorf("register route %s: %w", route, err)
 	}
 	q.mu.Lock()
-	q.routes[route] = true
+	q.routes[route] = time.Now()
 	q.mu.Unlock()
 	return nil
 }

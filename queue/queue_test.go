@@ -488,9 +488,13 @@ func TestStatsCountsEveryState(t *testing.T) {
 	}
 	want := queue.RouteStats{Ready: 4, Scheduled: 1, Leased: 1, Dead: 1}
 	got := st.Total
-	got.Oldest = time.Time{}
+	got.Oldest, got.ReadySince = time.Time{}, time.Time{}
 	if got != want || len(st.Routes) != 2 || st.Total.OldestAge(clk.Now()) != 10*time.Second {
 		t.Fatalf("stats: %+v, want %+v over 2 routes, oldest 10s", st, want)
+	}
+	// The ready messages have been due since they were enqueued.
+	if wait := clk.Now().Sub(st.Total.ReadySince); wait != 10*time.Second {
+		t.Errorf("oldest ready message due %v ago, want 10s", wait)
 	}
 }
 

@@ -263,81 +263,68 @@ for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[1], id) end
 return #ids
 `)
 
-// statsScript counts a route's messages by state.
+// routeStat is the Lua function both stats scripts share: it appends
+// eight values for one route to out: ready, scheduled, leased, held,
+// dead, oldest submit time or -1, hold reason or false, earliest due time
+// of a ready message or -1. An empty route (no message waiting, no dead
+// letter, not held) costs one call.
+const routeStat = `
+local function stat(due, leased, dead, live, hold, now, out)
+  local n = #out
+  if redis.call('EXISTS', live, dead, hold) == 0 then
+    out[n+1], out[n+2], out[n+3], out[n+4], out[n+5], out[n+6], out[n+7], out[n+8] = 0, 0, 0, 0, 0, -1, false, -1
+    return
+  end
+  local ready, scheduled, nleased, held, oldest, since = 0, 0, 0, 0, -1, -1
+  local reason = redis.call('GET', hold)
+  local first = redis.call('ZRANGE', live, 0, 0, 'WITHSCORES')
+  if first[2] then
+    oldest = tonumber(first[2])
+    local total = redis.call('ZCARD', due)
+    if total > 0 then
+      if reason then
+        held = total
+      else
+        local earliest = tonumber(redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')[2])
+        if earliest <= now then
+          ready = redis.call('ZCOUNT', due, '-inf', now)
+          since = earliest
+        end
+        scheduled = total - ready
+      end
+    end
+    nleased = redis.call('ZCARD', leased)
+  end
+  out[n+1], out[n+2], out[n+3], out[n+4] = ready, scheduled, nleased, held
+  out[n+5], out[n+6], out[n+7], out[n+8] = redis.call('ZCARD', dead), oldest, reason, since
+end
+`
+
+// statsScript counts one route's messages by state (see routeStat).
 //
 // KEYS[1] due, KEYS[2] leased, KEYS[3] dead, KEYS[4] live, KEYS[5] hold.
 // ARGV[1] now.
-//
-// Returns {ready, scheduled, leased, held, dead, oldest submit time or -1,
-// hold reason or false}.
-var statsScript = redis.NewScript(`
-local now = ARGV[1]
-local ready = redis.call('ZCOUNT', KEYS[1], '-inf', now)
-local scheduled = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
-local held = 0
-local reason = redis.call('GET', KEYS[5])
-if reason then
-  held = ready + scheduled
-  ready, scheduled = 0, 0
-end
-local oldest = -1
-local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
-if first[2] then oldest = tonumber(first[2]) end
-return {ready, scheduled, redis.call('ZCARD', KEYS[2]), held, redis.call('ZCARD', KEYS[3]), oldest, reason}
+var statsScript = redis.NewScript(routeStat + `
+local out = {}
+stat(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1]), out)
+return out
 `)
 
-// holdScript holds a route, or updates the reason of a held one. The hold
-// start is only set when the route was not held, so a second hold keeps
-// the first one's start.
+// statsBatchScript counts the messages of many routes on a single Redis
+// server (never Redis Cluster, where every key a script reads must be
+// declared and in one slot). It builds each route's keys from the route's
+// key prefix, which is a fifth of the bytes of its five key names.
 //
-// KEYS[1] hold, KEYS[2] held (hold start). ARGV[1] reason, ARGV[2] now.
-//
-// Returns 1 when the route was newly held, 0 when it already was.
-var holdScript = redis.NewScript(`
-local fresh = redis.call('EXISTS', KEYS[1]) == 0
-if fresh then
-  redis.call('SET', KEYS[2], ARGV[2])
-else
-  redis.call('SET', KEYS[2], ARGV[2], 'NX')
-end
-redis.call('SET', KEYS[1], ARGV[1])
-if fresh then return 1 end
-return 0
-`)
-
-// releaseScript ends a route's hold. Each live message (leased ones
-// included) first gets the time it spent held, up to the held grace,
-// added to its expiry: exp += min(now - max(hold start, submit), grace)
-// when that is positive.
-//
-// KEYS[1] live, KEYS[2] hold, KEYS[3] held (hold start).
-// ARGV[1] now, ARGV[2] held grace in ms, ARGV[3] message key prefix.
-//
-// Returns how many messages got a longer lifetime.
-var releaseScript = redis.NewScript(`
+// ARGV[1] now, ARGV[2...] the routes' key prefixes (routeKeyPrefix(tag)
+// + route + ":").
+var statsBatchScript = redis.NewScript(routeStat + `
 local now = tonumber(ARGV[1])
-local grace = tonumber(ARGV[2])
-local start = tonumber(redis.call('GET', KEYS[3]))
-local credited = 0
-if start and redis.call('EXISTS', KEYS[2]) == 1 then
-  local page = 1000
-  local from = 0
-  while true do
-    local live = redis.call('ZRANGE', KEYS[1], from, from + page - 1, 'WITHSCORES')
-    for i = 1, #live, 2 do
-      local credit = math.min(now - math.max(start, tonumber(live[i + 1])), grace)
-      local key = ARGV[3] .. live[i]
-      if credit > 0 and redis.call('EXISTS', key) == 1 then
-        redis.call('HINCRBY', key, 'exp', credit)
-        credited = credited + 1
-      end
-    end
-    if #live < 2 * page then break end
-    from = from + page
-  end
+local out = {}
+for i = 2, #ARGV do
+  local p = ARGV[i]
+  stat(p .. 'due', p .. 'leased', p .. 'dead', p .. 'live', p .. 'hold', now, out)
 end
-redis.call('DEL', KEYS[2], KEYS[3])
-return credited
+return out
 `)
 
 // getScript reads a message with its due time and its route's hold reason

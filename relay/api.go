@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -29,8 +28,9 @@ const maxIdempotencyKey = 255
 // queue could not store or read a message.
 const storeRetryAfter = "30"
 
-// readyTimeout bounds one readiness check.
-const readyTimeout = 5 * time.Second
+// readyTimeout bounds one readiness check: /readyz answers within it,
+// even when Redis hangs.
+const readyTimeout = time.Second
 
 // api is the HTTP API. Its routes are registered in newAPI.
 type api struct {
@@ -114,11 +114,13 @@ func (j *jsonNoRoute) Write(b []byte) (int, error) {
 //
 // The request body is the raw RFC 5322 message, headers and body, as it
 // should be delivered; at most maxBytes after line endings are normalised.
-// Bare LF line endings, as most HTTP clients send, are turned into CRLF
-// before the message is stored; CRLF line endings are kept as they are.
-// The message must start with a header section: one or more "Name: value"
-// lines (with folded continuation lines) up to the first empty line. NUL
-// bytes are refused.
+// A message whose lines all end in LF, as most HTTP clients send, has them
+// turned into CRLF before it is stored; a message with any CR must use CRLF
+// throughout. The message then passes the validator SMTP ingress uses
+// (checkMessage), with the same reason text in a 400: no NUL bytes, no CR
+// or LF outside CRLF, no line over smtp.max_line_length, and a header
+// section first: one or more "Name: value" lines (with folded continuation
+// lines) up to the first empty line.
 //
 // The envelope is given in the query string:
 //
@@ -145,8 +147,10 @@ func (j *jsonNoRoute) Write(b []byte) (int, error) {
 // /v1/messages/{id} once the message is durably queued; 400 for a bad
 // envelope, key or message; 401 for a missing or wrong token; 403 for a
 // sender the application may not use; 413 for a message over the size
-// limit; 503 with Retry-After when the queue could not store it, in which
-// case nothing was stored.
+// limit; 429 after too many wrong tokens from the client's IP; 503 with
+// Retry-After when the relay holds as many messages in memory as
+// smtp.max_inflight_bytes allows, or when the queue could not store it in
+// time, in which case nothing was stored.
 func (h *api) postMessage(w http.ResponseWriter, r *http.Request) {
 	app := h.authenticate(w, r)
 	if app == nil {
@@ -169,30 +173,8 @@ func (h *api) postMessage(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusForbidden, "sender_not_permitted", fmt.Sprintf("5.7.60 Client does not have permissions to send as this sender (%s); send from an address or domain this application is configured for, or ask the operator to add it.", from))
 		return
 	}
-
-	body, status := h.readBody(w, r)
-	switch status {
-	case 0:
-	case http.StatusRequestEntityTooLarge:
-		fail(status, "too_large", fmt.Sprintf("The message is larger than the limit of %d bytes; send a smaller message.", h.maxBytes))
-		return
-	default:
-		fail(http.StatusBadRequest, "unreadable_body", "The request body could not be read completely; send the request again.")
-		return
-	}
-	body = toCRLF(body)
-	switch {
-	case len(body) == 0:
-		fail(http.StatusBadRequest, "empty_body", "The request body is empty; send the raw RFC 5322 message, headers and body, as the request body.")
-		return
-	case int64(len(body)) > h.maxBytes:
-		fail(http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("The message is larger than the limit of %d bytes once its line endings are CRLF; send a smaller message.", h.maxBytes))
-		return
-	case bytes.IndexByte(body, 0) >= 0:
-		fail(http.StatusBadRequest, "nul_in_body", "The message contains NUL bytes, which mail cannot carry; encode binary content as MIME parts (base64).")
-		return
-	case !hasHeaderSection(body):
-		fail(http.StatusBadRequest, "not_a_message", "The body does not start with a header section; send a raw RFC 5322 message: header lines such as \"Subject: hello\", an empty line, then the body.")
+	if err := h.in.checkSender(r.Context(), app, from); err != nil {
+		h.failSender(w, r, app, err)
 		return
 	}
 
@@ -200,15 +182,43 @@ func (h *api) postMessage(w http.ResponseWriter, r *http.Request) {
 	if r.TLS != nil {
 		protocol = "HTTPS"
 	}
-	id, dup, err := h.in.accept(r.Context(), submission{
+	sub := submission{
 		app:        app,
 		from:       from,
 		to:         to,
-		body:       body,
 		idemKey:    scopedKey(app, key),
 		protocol:   protocol,
 		remoteAddr: r.RemoteAddr,
-	})
+	}
+	buf := h.in.newBody()
+	defer buf.release()
+	switch err := h.readBody(w, r, buf, h.in.stamp(sub)); {
+	case err == nil:
+	case errors.Is(err, errInflightFull):
+		w.Header().Set("Retry-After", storeRetryAfter)
+		fail(http.StatusServiceUnavailable, "insufficient_storage", "Insufficient system storage: the relay holds as many messages in memory as it may; send it again after the Retry-After delay.")
+		return
+	case errors.Is(err, errBodyTooBig):
+		fail(http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("The message is larger than the limit of %d bytes once its line endings are CRLF; send a smaller message.", h.maxBytes))
+		return
+	default:
+		fail(http.StatusBadRequest, "unreadable_body", "The request body could not be read completely; send the request again.")
+		return
+	}
+	if len(buf.body()) == 0 {
+		fail(http.StatusBadRequest, "empty_body", "The request body is empty; send the raw RFC 5322 message, headers and body, as the request body.")
+		return
+	}
+	if f := h.in.check(buf.body()); f != nil {
+		fail(http.StatusBadRequest, f.code, f.httpMessage())
+		return
+	}
+	sub.body = buf.bytes()
+	id, dup, err := h.in.accept(r.Context(), sub)
+	if _, ok := asNoMailbox(err); ok {
+		h.failSender(w, r, app, err)
+		return
+	}
 	if err != nil {
 		// accept has logged why.
 		w.Header().Set("Retry-After", storeRetryAfter)
@@ -315,77 +325,36 @@ func scopedKey(app *App, key string) string {
 	return strconv.Itoa(len(app.Name)) + ":" + app.Name + ":" + key
 }
 
-// readBody reads the request body, at most h.maxBytes. It returns a
-// non-zero status when it could not: 413 when the body is too large, 400
-// when reading failed.
-func (h *api) readBody(w http.ResponseWriter, r *http.Request) ([]byte, int) {
+// readBody reads the request body into buf after prefix, at most
+// h.maxBytes once LF line endings are CRLF. It returns errBodyTooBig,
+// errInflightFull, or the error that stopped the read.
+func (h *api) readBody(w http.ResponseWriter, r *http.Request, buf *bodyBuf, prefix []byte) error {
 	if r.ContentLength > h.maxBytes {
-		return nil, http.StatusRequestEntityTooLarge
+		return errBodyTooBig
 	}
-	var buf bytes.Buffer
-	if r.ContentLength > 0 {
-		buf.Grow(int(r.ContentLength))
+	if err := buf.setPrefix(prefix); err != nil {
+		return err
 	}
-	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, h.maxBytes))
+	if err := buf.reserve(r.ContentLength); err != nil {
+		return err
+	}
+	err := buf.readFrom(http.MaxBytesReader(w, r.Body, h.maxBytes), h.maxBytes)
+	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+		return errBodyTooBig
+	}
 	if err != nil {
-		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return nil, http.StatusRequestEntityTooLarge
+		if !errors.Is(err, errBodyTooBig) && !errors.Is(err, errInflightFull) {
+			h.log.Info("request body unreadable", "remote", r.RemoteAddr, "err", err)
 		}
-		h.log.Info("request body unreadable", "remote", r.RemoteAddr, "err", err)
-		return nil, http.StatusBadRequest
+		return err
 	}
-	return buf.Bytes(), 0
-}
-
-// toCRLF turns every LF not preceded by CR into CRLF. A body that already
-// uses CRLF throughout is returned as it is.
-func toCRLF(b []byte) []byte {
-	bare := bytes.Count(b, []byte("\n")) - bytes.Count(b, []byte("\r\n"))
-	if bare == 0 {
-		return b
+	if err := buf.bareLFToCRLF(); err != nil {
+		return err
 	}
-	out := make([]byte, 0, len(b)+bare)
-	for i, c := range b {
-		if c == '\n' && (i == 0 || b[i-1] != '\r') {
-			out = append(out, '\r')
-		}
-		out = append(out, c)
+	if int64(len(buf.body())) > h.maxBytes {
+		return errBodyTooBig
 	}
-	return out
-}
-
-// hasHeaderSection reports whether a CRLF message starts with a header
-// section (RFC 5322 section 2.2): at least one line, up to the first empty
-// line or the end, each either a field "Name: value" whose name is
-// printable ASCII without spaces, or a continuation starting with a space
-// or tab after a field.
-func hasHeaderSection(msg []byte) bool {
-	fields := 0
-	rest := msg
-	for len(rest) > 0 {
-		var line []byte
-		line, rest, _ = bytes.Cut(rest, []byte("\r\n"))
-		if len(line) == 0 {
-			break
-		}
-		if line[0] == ' ' || line[0] == '\t' {
-			if fields == 0 {
-				return false
-			}
-			continue
-		}
-		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 {
-			return false
-		}
-		for _, c := range line[:colon] {
-			if c <= ' ' || c > '~' {
-				return false
-			}
-		}
-		fields++
-	}
-	return fields > 0
+	return nil
 }
 
 // messageStatus is the JSON of GET /v1/messages/{id}. Times are RFC 3339
@@ -464,7 +433,7 @@ func (h *api) getMessage(w http.ResponseWriter, r *http.Request) {
 		notFound()
 		return
 	case err != nil:
-		h.log.Error("message status failed", "msg", id, "app", app.Name, "err", err)
+		h.log.Error("message status failed", "id", id, "app", app.Name, "err", err)
 		w.Header().Set("Retry-After", storeRetryAfter)
 		h.fail(w, r, app, http.StatusServiceUnavailable, "queue_unavailable", "The queue could not be read; try again after the Retry-After delay.")
 		return
@@ -505,11 +474,18 @@ func (h *api) authenticate(w http.ResponseWriter, r *http.Request) *App {
 		h.fail(w, r, nil, http.StatusUnauthorized, "missing_token", "Send the application's API token as \"Authorization: Bearer <token>\".")
 		return nil
 	}
+	ip := clientIPString(r.RemoteAddr)
+	if b := h.in.guard.blocked(r.Context(), "http", ip, ""); b != nil {
+		w.Header().Set("Retry-After", strconv.Itoa(int(max(b.Until.Seconds(), 1))))
+		h.fail(w, r, nil, http.StatusTooManyRequests, "too_many_failures", "Too many requests with a wrong token came from this address; no token is checked from it until the Retry-After delay has passed. Fix the application's token, then try again.")
+		return nil
+	}
 	var app *App
 	if token, ok := bearerToken(r); ok {
 		app = h.apps.checkToken(token)
 	}
 	if app == nil {
+		h.in.guard.failed(r.Context(), ip, "")
 		w.Header().Set("WWW-Authenticate", `Bearer realm="holdfast", error="invalid_token"`)
 		h.fail(w, r, nil, http.StatusUnauthorized, "invalid_token", "The bearer token is not valid; check the application's API token, sent as \"Authorization: Bearer <token>\".")
 		return nil

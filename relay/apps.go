@@ -3,9 +3,11 @@ package relay
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/crypto/bcrypt"
 
@@ -23,10 +25,16 @@ type apps struct {
 	// not once per SMTP session. Only successes are cached.
 	mu       sync.Mutex
 	verified map[[32]byte]*App
+	checking map[[32]byte]*passwordCheck // bcrypt checks in progress
+
+	// pool runs the bcrypt checks; nil runs them at once.
+	pool bcryptPool
+	// bcryptRuns counts the bcrypt checks run.
+	bcryptRuns atomic.Int64
 }
 
 func newApps(list []App) *apps {
-	a := &apps{byUser: map[string]*App{}, byToken: map[string]*App{}, verified: map[[32]byte]*App{}}
+	a := &apps{byUser: map[string]*App{}, byToken: map[string]*App{}, verified: map[[32]byte]*App{}, checking: map[[32]byte]*passwordCheck{}}
 	for i := range list {
 		app := &list[i]
 		app.rules = parseSenderRules(app.Senders)
@@ -41,29 +49,77 @@ func newApps(list []App) *apps {
 }
 
 // checkPassword returns the application whose SMTP user name and password
-// these are, or nil.
-func (a *apps) checkPassword(user, password string) *App {
+// these are, or nil. A pair that passed before is answered from the cache.
+// Otherwise, gate, when not nil, runs first and may refuse the check with
+// its error; then bcrypt runs on the pool, failing with errBcryptBusy when
+// no worker came free in time. Checks of the same pair at the same time
+// share one gate and one bcrypt run, so that a client opening many
+// sessions at once is counted and charged once. uncount, when not nil, is
+// called once gate has passed and the password matched, or no worker came
+// free to check it: the attempt gate counted was no failure.
+func (a *apps) checkPassword(user, password string, gate func() error, uncount func()) (*App, error) {
 	key := sha256.Sum256([]byte(user + "\x00" + password))
 	a.mu.Lock()
-	app := a.verified[key]
+	if app := a.verified[key]; app != nil {
+		a.mu.Unlock()
+		return app, nil
+	}
+	if c := a.checking[key]; c != nil {
+		a.mu.Unlock()
+		<-c.done
+		return c.app, c.err
+	}
+	c := &passwordCheck{done: make(chan struct{})}
+	a.checking[key] = c
 	a.mu.Unlock()
-	if app != nil {
-		return app
-	}
-	app = a.byUser[user]
-	if app == nil {
-		// Spend the same time as a wrong password, so that user names
-		// cannot be probed by timing.
-		_ = bcrypt.CompareHashAndPassword(dummyHash(), []byte(password))
-		return nil
-	}
-	if bcrypt.CompareHashAndPassword([]byte(app.PasswordHash), []byte(password)) != nil {
-		return nil
+
+	c.app, c.err = a.bcryptCheck(user, password, gate)
+	if uncount != nil && (c.app != nil || errors.Is(c.err, errBcryptBusy)) {
+		uncount()
 	}
 	a.mu.Lock()
-	a.verified[key] = app
+	delete(a.checking, key)
+	if c.app != nil {
+		a.verified[key] = c.app
+	}
 	a.mu.Unlock()
-	return app
+	close(c.done)
+	return c.app, c.err
+}
+
+// passwordCheck is a bcrypt check in progress, which others of the same
+// pair wait for.
+type passwordCheck struct {
+	done chan struct{}
+	app  *App
+	err  error
+}
+
+// bcryptCheck runs gate, then bcrypt on the pool.
+func (a *apps) bcryptCheck(user, password string, gate func() error) (*App, error) {
+	if gate != nil {
+		if err := gate(); err != nil {
+			return nil, err
+		}
+	}
+	app := a.byUser[user]
+	hash := dummyHash()
+	if app != nil {
+		hash = []byte(app.PasswordHash)
+	}
+	// An unknown user costs the same time as a wrong password, so that
+	// user names cannot be probed by timing.
+	var match bool
+	if err := a.pool.run(func() {
+		a.bcryptRuns.Add(1)
+		match = bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil
+	}); err != nil {
+		return nil, err
+	}
+	if app == nil || !match {
+		return nil, nil
+	}
+	return app, nil
 }
 
 // dummyHash is a bcrypt hash, at the default cost, that no password

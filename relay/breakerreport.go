@@ -43,9 +43,15 @@ type BreakerStatus struct {
 	Routes []string `json:"routes"`
 	// Credential names a credential breaker's app registration, and
 	// CredentialExpires is when its secret or certificate expires, when
-	// known (the credential's expires_at, or the certificate's NotAfter).
+	// known: from a relay, the soonest date its expiry monitor knows
+	// (expires_at, the certificate's NotAfter, Graph); from the command
+	// line, expires_at or else the certificate's NotAfter.
 	Credential        string    `json:"credential,omitempty"`
 	CredentialExpires time.Time `json:"credential_expires_at,omitzero"`
+	// StaleReplicas are the relays (by hostname) whose secret or
+	// certificate file is older than the one that works: they leave the
+	// credential's mail to the others until their file changes.
+	StaleReplicas []string `json:"stale_replicas,omitempty"`
 }
 
 // BreakerReporter describes the fleet's breakers with the mail they hold.
@@ -64,11 +70,7 @@ func NewBreakerReporter(set *breaker.Set, q *queue.Queue, o Options) *BreakerRep
 	exp := map[string]time.Time{}
 	for _, c := range o.Credentials {
 		exp[c.Name] = configuredExpiry(c, func() (time.Time, bool) {
-			ac, err := auth.NewCredential(auth.CredentialOptions{
-				Name: c.Name, Tenant: c.Tenant, ClientID: c.ClientID, Authority: c.Authority,
-				ClientSecretFile: c.ClientSecretFile, CertFile: c.CertFile, KeyFile: c.KeyFile,
-				Scope: outlookScope,
-			})
+			ac, err := auth.NewCredential(c.authOptions(outlookScope, nil, nil))
 			if err != nil {
 				return time.Time{}, false
 			}
@@ -176,15 +178,16 @@ func (r *BreakerReporter) Get(ctx context.Context, name string) (BreakerStatus, 
 
 func (r *BreakerReporter) describe(st breaker.Status, stats queue.Stats) BreakerStatus {
 	b := BreakerStatus{
-		Name:       st.Name,
-		Kind:       "mailbox",
-		State:      st.State.String(),
-		Reason:     st.Reason,
-		Since:      st.Since,
-		Failures:   st.Failures,
-		Generation: st.Generation,
-		LastProbe:  st.LastProbe,
-		Routes:     []string{},
+		Name:          st.Name,
+		Kind:          "mailbox",
+		State:         st.State.String(),
+		Reason:        st.Reason,
+		Since:         st.Since,
+		Failures:      st.Failures,
+		Generation:    st.Generation,
+		LastProbe:     st.LastProbe,
+		StaleReplicas: st.StaleReplicas,
+		Routes:        []string{},
 	}
 	if c, ok := strings.CutPrefix(st.Name, "cred:"); ok {
 		b.Kind, b.Credential = "credential", c

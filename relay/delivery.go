@@ -87,6 +87,9 @@ type deliveryConfig struct {
 	OnAuthFailure AuthFailureFunc
 	// OnDelivered, when set, is told about each delivered message's route.
 	OnDelivered func(ctx context.Context, route string)
+	// Skip, when set, names routes this replica must not lease from now
+	// (the breakers: a credential whose file here is stale).
+	Skip func(route string) bool
 	// ThrottleDelay is the wait after a throttled reply that names no
 	// time. Default one minute.
 	ThrottleDelay time.Duration
@@ -99,6 +102,11 @@ type deliveryConfig struct {
 	// Sweep is how often the due-route index is checked for routes a
 	// stopped process left unmarked. Default 5 minutes.
 	Sweep time.Duration
+	// Metrics, when set, records outcomes, latency and send durations.
+	Metrics *metrics
+	// Transport, when set, names the upstream transport of a message
+	// ("smtp" or "graph") for the send duration metric.
+	Transport func(m *queue.Message) string
 }
 
 // dueBatch is the most routes one pass reads from the due index.
@@ -224,7 +232,7 @@ func (d *deliverer) pass(ctx context.Context, routes []string) (leased bool, ret
 	now := time.Now()
 	for _, route := range routes {
 		room := d.room(route)
-		if t, ok := d.isFull(route, now); room == 0 || ok {
+		if t, ok := d.isFull(route, now); room == 0 || ok || d.cfg.Skip != nil && d.cfg.Skip(route) {
 			if ok && (retry.IsZero() || t.Before(retry)) {
 				retry = t
 			}
@@ -433,13 +441,16 @@ func (d *deliverer) drain() {
 // settles it by the outcome's class. It reports whether the message was
 // delivered and recorded so.
 func (d *deliverer) deliver(l *queue.Lease, r reservation) bool {
-	log := d.log.With("msg", l.ID, "route", l.Route)
+	log := d.log.With("id", l.ID, "route", l.Route)
 	ctx, cancel := context.WithCancelCause(d.sendCtx)
 	defer cancel(nil)
 	stopExtend := d.keepLease(ctx, l, cancel, log)
 	start := time.Now()
 	reply, err := d.sender.Send(r.Bind(ctx), l.Message)
 	stopExtend()
+	if d.cfg.Metrics != nil && d.cfg.Transport != nil {
+		d.cfg.Metrics.sent(d.cfg.Transport(l.Message), time.Since(start))
+	}
 	r.Cancel() // gives back what the send did not use
 	if err != nil && errors.Is(context.Cause(ctx), queue.ErrLeaseLost) {
 		// Another worker may own the message now; whatever this send did,
@@ -458,6 +469,7 @@ func (d *deliverer) deliver(l *queue.Lease, r reservation) bool {
 			return false
 		}
 		log.Info("delivered", "attempts", l.Attempts, "took", time.Since(start), "reply", reply)
+		d.cfg.Metrics.delivered(routeCredential(l.Route), time.Since(l.Submitted))
 		if d.cfg.OnDelivered != nil {
 			d.cfg.OnDelivered(sctx, l.Route)
 		}
@@ -515,6 +527,7 @@ func (d *deliverer) settleFailure(ctx context.Context, l *queue.Lease, err error
 		log.Error("cannot record delivery failure", "class", class, "err", serr, "failure", err)
 		return
 	}
+	d.cfg.Metrics.failed(class, state)
 	log.Warn("delivery failed", "class", class, "now", state, "attempts", l.Attempts, "err", err)
 }
 

@@ -76,9 +76,15 @@ func exchangeTLS(o ExchangeOptions) (*tls.Config, error) {
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
-// newExchange builds the exchange sender. onChange is told when a
-// credential's secret or certificate file changes.
-func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string), log *slog.Logger) (*exchange, error) {
+// credentialHooks are told about the credentials' material: onChange when
+// a secret or certificate file changes, onIssued when it got a token.
+type credentialHooks struct {
+	onChange func(name string)
+	onIssued func(name, fingerprint string)
+}
+
+// newExchange builds the exchange sender.
+func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx *metrics, authMx *auth.Metrics, log *slog.Logger) (*exchange, error) {
 	tlsConfig, err := exchangeTLS(o.Exchange)
 	if err != nil {
 		return nil, err
@@ -109,12 +115,10 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 		}
 	}
 	for _, c := range o.Credentials {
-		co := auth.CredentialOptions{
-			Name: c.Name, Tenant: c.Tenant, ClientID: c.ClientID, Authority: c.Authority,
-			ClientSecretFile: c.ClientSecretFile, CertFile: c.CertFile, KeyFile: c.KeyFile,
-			Scope: outlookScope, HTTPClient: httpClient, OnChange: onChange, Logger: log,
-			ReloadInterval: credentialReload,
-		}
+		co := c.authOptions(outlookScope, httpClient, log)
+		co.OnChange, co.OnIssued, co.ReloadInterval = hooks.onChange, hooks.onIssued, credentialReload
+		co.Metrics = authMx
+		authMx.Credential(c.Name)
 		if x.creds[c.Name], err = auth.NewCredential(co); err != nil {
 			return nil, fmt.Errorf("credentials %s: %w", c.Name, err)
 		}
@@ -139,6 +143,7 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 		Router:            x.route(x.creds, true),
 		Logger:            log.With("component", "smtp-out"),
 		Endpoint:          smtpEndpoint{x.dest},
+		OnAuth:            mx.upstreamAuth,
 	})
 	if err != nil {
 		return nil, err
@@ -172,6 +177,7 @@ func (x *exchange) route(creds map[string]*auth.Credential, gated bool) o365.Rou
 			return r, err
 		}
 		r.Tokens = gatedTokens{TokenSource: r.Tokens, gate: x.gate, route: m.Route}
+		r.Check = func(ctx context.Context) error { return x.gate.checkNow(ctx, m.Route) }
 		return r, nil
 	}
 }
@@ -225,12 +231,19 @@ func (x *exchange) GrantCredential(ctx context.Context, mailbox string) (string,
 
 // Send sends by Graph for apps configured so, by SMTP otherwise.
 func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
+	graph := x.via[m.App] == "graph" && x.graph != nil
 	if x.gate != nil {
-		if err := x.gate.check(ctx, m.Route); err != nil {
+		// Over SMTP the route's Check reads the records again just
+		// before MAIL FROM; Graph sends right after this.
+		check := x.gate.check
+		if graph {
+			check = x.gate.checkNow
+		}
+		if err := check(ctx, m.Route); err != nil {
 			return "", err
 		}
 	}
-	if x.via[m.App] == "graph" && x.graph != nil {
+	if graph {
 		// Graph's breaker judges the classified sendMail outcome, which
 		// names Graph's throttling (the token endpoint's is judged by
 		// the HTTP client's transport).
@@ -341,4 +354,12 @@ func classifyToken(resp *http.Response) error {
 		return nil
 	}
 	return o365.ClassifyToken(o365.TokenFailure{HTTPStatus: resp.StatusCode, RetryAfter: destination.RetryAfter(resp.Header)}, o365.AppOnly)
+}
+
+// transport names the upstream transport a message goes by.
+func (x *exchange) transport(m *queue.Message) string {
+	if x.via[m.App] == "graph" && x.graph != nil {
+		return "graph"
+	}
+	return "smtp"
 }

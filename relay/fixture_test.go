@@ -50,6 +50,7 @@ func newFixture(t testing.TB) *fixture {
 			Senders: []string{"web@fabrikam.example"}},
 	}
 	o.SMTP.Listeners = []Listener{{Addr: "127.0.0.1:0", Insecure: true}}
+	o.Ops.Addr = "127.0.0.1:0"
 	if err := o.Validate(); err != nil {
 		t.Fatalf("test options: %v", err)
 	}

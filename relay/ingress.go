@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"time"
 
@@ -33,6 +34,20 @@ type ingress struct {
 	// route, when set, decides a message's route; otherwise it is the
 	// app's Route.
 	route func(ctx context.Context, app *App, from string) (string, error)
+	// metrics, when set, counts accepted messages and times them.
+	metrics *metrics
+	// budget bounds the message bodies in memory; nil means no bound.
+	budget *inflight
+	// maxLine is the longest message line, CRLF included; 0 means the
+	// default of smtp.max_line_length.
+	maxLine int
+	// timeout bounds storing one message; 0 means no bound beyond ctx.
+	timeout time.Duration
+	// guard throttles authentication guessing; nil does not throttle.
+	guard *authGuard
+	// healthy, when set, says why new mail must be refused now (Redis
+	// not durable under redis.strict), or nil.
+	healthy func() error
 }
 
 // submission is a message handed to Holdfast by an application.
@@ -40,7 +55,7 @@ type submission struct {
 	app        *App
 	from       string
 	to         []string
-	body       []byte
+	body       []byte // as stored: the Received: header (see stamp), then the message
 	idemKey    string
 	protocol   string // for Received: "ESMTPSA" (TLS), "ESMTPA", "HTTP" or "HTTPS"
 	remoteAddr string // client address, host:port
@@ -51,21 +66,65 @@ type submission struct {
 // temporary failure and try again.
 var errStore = errors.New("the queue could not store the message")
 
+// newBody returns an empty message buffer counted against the budget.
+func (in *ingress) newBody() *bodyBuf {
+	b := in.budget
+	if b == nil {
+		b = newInflight(math.MaxInt64)
+	}
+	return newBodyBuf(b)
+}
+
+// fits reports whether a message of n bytes fits in the budget now.
+func (in *ingress) fits(n int64) bool {
+	return in.budget == nil || in.budget.inUse()+n <= in.budget.max
+}
+
+// stamp returns the Received: header for s, or nil when the relay has no
+// host name. It goes at the start of the body buffer, before the message
+// is read into it, so that the message is never copied to prepend it.
+func (in *ingress) stamp(s submission) []byte {
+	if in.hostname == "" {
+		return nil
+	}
+	var b bytes.Buffer
+	writeReceived(&b, in.hostname, s, in.now())
+	return b.Bytes()
+}
+
+// check runs the message validator with this ingress's line limit.
+func (in *ingress) check(msg []byte) *bodyFault {
+	maxLine := in.maxLine
+	if maxLine <= 0 {
+		maxLine = DefaultOptions().SMTP.MaxLineLength
+	}
+	return checkMessage(msg, maxLine)
+}
+
 // accept stores a submission and returns its queue id. dup is true when an
 // idempotency key matched an earlier message, which is not stored twice.
-// Nothing is stored unless it returns a nil error.
+// Nothing is stored unless it returns a nil error. s.body is stored as it
+// is: the caller has put the Received: header of stamp first.
 func (in *ingress) accept(ctx context.Context, s submission) (id string, dup bool, err error) {
-	body := s.body
-	if in.hostname != "" {
-		var b bytes.Buffer
-		b.Grow(len(body) + 256)
-		writeReceived(&b, in.hostname, s, in.now())
-		b.Write(body)
-		body = b.Bytes()
+	start := time.Now()
+	if in.healthy != nil {
+		if err := in.healthy(); err != nil {
+			in.log.Error("message refused", "app", s.app.Name, "err", err)
+			return "", false, fmt.Errorf("%w: %w", errStore, err)
+		}
+	}
+	if in.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, in.timeout)
+		defer cancel()
 	}
 	route := s.app.Route
 	if in.route != nil {
 		if route, err = in.route(ctx, s.app, s.from); err != nil {
+			if _, ok := asNoMailbox(err); ok {
+				in.log.Info("refused: no mailbox sends as the sender", "app", s.app.Name, "err", err)
+				return "", false, err
+			}
 			in.log.Error("routing failed", "app", s.app.Name, "err", err)
 			return "", false, fmt.Errorf("%w: %w", errStore, err)
 		}
@@ -75,7 +134,7 @@ func (in *ingress) accept(ctx context.Context, s submission) (id string, dup boo
 		App:            s.app.Name,
 		From:           s.from,
 		To:             s.to,
-		Body:           body,
+		Body:           s.body,
 		IdempotencyKey: s.idemKey,
 	})
 	if err != nil {
@@ -85,7 +144,10 @@ func (in *ingress) accept(ctx context.Context, s submission) (id string, dup boo
 	if in.queued != nil && !dup {
 		in.queued()
 	}
-	in.log.Info("queued", "msg", id, "app", s.app.Name, "from", s.from, "rcpts", len(s.to), "bytes", len(body), "via", s.protocol, "dup", dup)
+	if !dup {
+		in.metrics.accepted(s.protocol, s.app.Name, time.Since(start))
+	}
+	in.log.Info("queued", "id", id, "app", s.app.Name, "from", s.from, "rcpts", len(s.to), "bytes", len(s.body), "via", s.protocol, "dup", dup)
 	return id, dup, nil
 }
 

@@ -45,6 +45,13 @@ type Options struct {
 	// Breakers configure the auth circuit breakers of the "exchange"
 	// sender.
 	Breakers BreakerOptions `yaml:"breakers"`
+	// AuthThrottle limits password and token guessing.
+	AuthThrottle ThrottleOptions `yaml:"auth_throttle"`
+	// Expiry configures the credential expiry monitor of the "exchange"
+	// sender.
+	Expiry ExpiryOptions `yaml:"expiry"`
+	// Ops is the operators' listener: status page and metrics.
+	Ops OpsOptions `yaml:"ops"`
 }
 
 // BreakerOptions configure the auth circuit breakers.
@@ -147,6 +154,8 @@ type RedisOptions struct {
 	// Strict refuses to start when Redis has AOF off or a maxmemory-policy
 	// other than noeviction. Default false: a loud warning only.
 	Strict bool `yaml:"strict"`
+
+	RedisGuards `yaml:",inline"`
 }
 
 // SMTPOptions configure SMTP ingress.
@@ -174,6 +183,11 @@ type SMTPOptions struct {
 	// (Postfix's smtpd_client_connection_count_limit).
 	MaxConnections      int `yaml:"max_connections"`
 	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
+	// MaxInflightBytes bounds the message bodies held in memory at once,
+	// SMTP and HTTP together. A MAIL FROM whose SIZE does not fit, or a
+	// message that grows past it, gets 452 4.3.1 (HTTP 503). Default
+	// 268435456 (256 MiB).
+	MaxInflightBytes int64 `yaml:"max_inflight_bytes"`
 }
 
 // Listener is one SMTP listening address.
@@ -274,7 +288,9 @@ type App struct {
 	// Credential names the app registration that sends its mail (the
 	// "exchange" sender).
 	Credential string `yaml:"credential"`
-	// Mailbox is the mailbox its mail is sent as by default.
+	// Mailbox is the mailbox that sends its mail from this address; any
+	// other sender needs a SenderMailboxes entry or a delegated grant, or
+	// is refused at MAIL FROM (see noMailboxError).
 	Mailbox string `yaml:"mailbox"`
 	// SenderMailboxes maps envelope senders (addresses or @domains) to the
 	// mailbox that sends their mail, ahead of Mailbox. An envelope sender
@@ -320,7 +336,7 @@ func DefaultOptions() Options {
 	return Options{
 		Hostname:        host,
 		ShutdownTimeout: Duration(25 * time.Second),
-		Redis:           RedisOptions{Addrs: []string{"127.0.0.1:6379"}},
+		Redis:           RedisOptions{Addrs: []string{"127.0.0.1:6379"}, RedisGuards: defaultRedisGuards()},
 		SMTP: SMTPOptions{
 			Listeners:           []Listener{{Addr: "127.0.0.1:2525"}},
 			MaxMessageBytes:     35 << 20,
@@ -330,8 +346,10 @@ func DefaultOptions() Options {
 			WriteTimeout:        Duration(5 * time.Minute),
 			MaxConnections:      1000,
 			MaxConnectionsPerIP: 50,
+			MaxInflightBytes:    defaultMaxInflightBytes,
 		},
 		HTTP: HTTPOptions{Addr: "127.0.0.1:8025"},
+		Ops:  defaultOpsOptions(),
 		Queue: QueueOptions{
 			Lifetime:           Duration(120 * time.Hour),
 			BackoffBase:        Duration(time.Minute),
@@ -364,6 +382,8 @@ func DefaultOptions() Options {
 			MaxInterval:       Duration(5 * time.Minute),
 			EscalateMailboxes: 3,
 		},
+		AuthThrottle: defaultThrottle(),
+		Expiry:       ExpiryOptions{CheckInterval: Duration(defaultExpiryCheckInterval)},
 	}
 }
 
@@ -491,6 +511,9 @@ func (o *Options) Validate() error {
 	if o.SMTP.MaxConnectionsPerIP < 1 {
 		return bad("smtp.max_connections_per_ip", "must be at least 1")
 	}
+	if err := o.validateIngress(); err != nil {
+		return err
+	}
 	if _, _, err := net.SplitHostPort(o.HTTP.Addr); err != nil {
 		return bad("http.addr", "%q is not host:port", o.HTTP.Addr)
 	}
@@ -499,6 +522,9 @@ func (o *Options) Validate() error {
 	}
 	if t := o.HTTP.AdminTokenSHA256; t != "" && !isHexSHA256(t) {
 		return bad("http.admin_token_sha256", "not 64 hex digits; make one with \"holdfast creds token\"")
+	}
+	if err := o.validateOps(); err != nil {
+		return err
 	}
 	for _, d := range []struct {
 		field string
@@ -542,6 +568,9 @@ func (o *Options) Validate() error {
 	case "off":
 	case "exchange":
 		if err := o.validateExchange(); err != nil {
+			return err
+		}
+		if err := o.Expiry.validate(); err != nil {
 			return err
 		}
 		if u := o.Breakers.WebhookURL; u != "" {

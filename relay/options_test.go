@@ -131,6 +131,8 @@ func TestValidate(t *testing.T) {
 		{"queue.idempotency_ttl", func(o *relay.Options) { o.Queue.IdempotencyTTL = 0 }},
 		{"queue.held_grace", func(o *relay.Options) { o.Queue.HeldGrace = 0 }},
 		{"http.admin_token_sha256", func(o *relay.Options) { o.HTTP.AdminTokenSHA256 = "admin" }},
+		{"ops.addr", func(o *relay.Options) { o.Ops.Addr = "8026" }},
+		{"ops.basic_auth", func(o *relay.Options) { o.Ops.BasicAuth = true }},
 		{"breakers.open_interval", func(o *relay.Options) { o.Breakers.OpenInterval = 0 }},
 		{"breakers.max_interval", func(o *relay.Options) { o.Breakers.MaxInterval = relay.Duration(time.Second) }},
 		{"breakers.threshold", func(o *relay.Options) { o.Breakers.Threshold = 0 }},
@@ -434,7 +436,11 @@ func TestExampleListsEveryOption(t *testing.T) {
 func yamlPaths(t reflect.Type, prefix string) []string {
 	var out []string
 	for f := range t.Fields() {
-		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		name, flags, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if flags == "inline" && f.Type.Kind() == reflect.Struct {
+			out = append(out, yamlPaths(f.Type, prefix)...)
+			continue
+		}
 		if name == "" || name == "-" {
 			continue
 		}

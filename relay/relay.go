@@ -12,8 +12,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"holdfast/auth"
 	"holdfast/breaker"
 	"holdfast/queue"
 	"holdfast/relay/dirsender"
@@ -39,6 +41,13 @@ type Server struct {
 	exchange  *exchange // nil unless delivery.sender is "exchange"
 	gate      *gate     // the auth circuit breakers, with exchange
 	webhook   *breaker.Webhook
+	durable   *durability
+	expiry    *ExpiryMonitor // with exchange
+
+	reg     *prometheus.Registry
+	metrics *metrics // nil when ops.noMetrics turns the hot path's metrics off
+	opsSrv  *http.Server
+	opsLn   net.Listener
 
 	stopping atomic.Bool
 	cancel   context.CancelFunc
@@ -69,19 +78,10 @@ func (o BreakerOptions) Options() breaker.Options {
 }
 
 // breakerReporter describes the breakers with this relay's live view of
-// its credentials' expiry (a rotated certificate's new NotAfter).
+// its credentials' expiry: the expiry monitor's soonest date (a rotated
+// certificate's new NotAfter, Graph's end date of the secret in use).
 func (s *Server) breakerReporter() *BreakerReporter {
-	byName := map[string]Credential{}
-	for _, c := range s.opts.Credentials {
-		byName[c.Name] = c
-	}
-	return newBreakerReporter(s.gate.set, s.queue, s.opts, func(name string) time.Time {
-		c, ok := byName[name]
-		if !ok || s.exchange.creds[name] == nil {
-			return time.Time{}
-		}
-		return configuredExpiry(c, s.exchange.creds[name].Expiry)
-	})
+	return newBreakerReporter(s.gate.set, s.queue, s.opts, s.expiry.ExpiresAt)
 }
 
 // newSender builds the configured upstream.
@@ -99,7 +99,12 @@ func newSender(o DeliveryOptions) (Sender, error) {
 // Start. The options must have passed Validate. sender, when not nil,
 // replaces the configured one.
 func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Server, error) {
-	s := &Server{opts: o, log: log, errs: make(chan error, len(o.SMTP.Listeners)+2)}
+	s := &Server{opts: o, log: log, errs: make(chan error, len(o.SMTP.Listeners)+3)}
+	s.reg = prometheus.NewRegistry()
+	authMx := auth.NewMetrics(s.reg)
+	if !o.Ops.noMetrics {
+		s.metrics = newMetrics(s.reg, o.Ops.Version)
+	}
 	s.rdb = RedisClient(o.Redis)
 	ok := false
 	defer func() {
@@ -117,7 +122,11 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	if err != nil {
 		return nil, fmt.Errorf("redis %v: %w", o.Redis.Addrs, err)
 	}
-	s.queue = queue.New(s.rdb, o.Queue.Options())
+	s.durable = &durability{rdb: s.rdb, strict: o.Redis.Strict, interval: o.Redis.CheckInterval.D(), log: log.With("component", "queue")}
+	s.durable.set(warnings)
+	qo := o.Queue.Options()
+	qo.MinReplicas, qo.ReplicasTimeout = o.Redis.MinReplicasAcked, o.Redis.ReplicasTimeout.D()
+	s.queue = queue.New(s.rdb, qo)
 
 	var (
 		route   func(ctx context.Context, app *App, from string) (string, error)
@@ -125,28 +134,34 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	)
 	if sender == nil && o.Delivery.Sender == "exchange" {
 		g := &gate{q: s.queue, log: log.With("component", "breaker"), escalate: o.Breakers.EscalateMailboxes,
-			wake: make(chan struct{}, 1)}
-		onTransition := g.transition
-		if o.Breakers.WebhookURL != "" {
-			s.webhook = breaker.NewWebhook(o.Breakers.WebhookURL, &http.Client{Timeout: 10 * time.Second}, log)
-			onTransition = func(t breaker.Transition) {
-				g.transition(t)
-				s.webhook.Notify(t)
-			}
-		}
+			wake: make(chan struct{}, 1), reconcileNow: make(chan struct{}, 1), replica: o.Hostname}
 		bo := o.Breakers.Options()
-		bo.OnTransition, bo.Logger = onTransition, log
+		bo.OnTransition = func(t breaker.Transition) {
+			s.metrics.transition(breakerKind(t.Name), t.To.String())
+			g.transition(t)
+		}
+		bo.Logger = log
+		if o.Breakers.WebhookURL != "" {
+			// One webhook per transition fleet-wide: from the replica
+			// whose script made it.
+			s.webhook = breaker.NewWebhook(o.Breakers.WebhookURL, &http.Client{Timeout: 10 * time.Second}, log)
+			bo.OnMade = s.webhook.Notify
+		}
 		g.set = breaker.New(s.rdb, bo)
 		onChange := func(name string) {
 			log.Info("credential file changed; the next token request uses it", "component", "auth", "credential", name)
 			if err := g.probeNow(context.Background(), credentialBreaker(name)); err != nil {
 				log.Warn("cannot request a probe", "credential", name, "err", err)
 			}
+			s.expiry.Reloaded(name)
 		}
-		if s.exchange, err = newExchange(o, s.rdb, onChange, log); err != nil {
+		if s.exchange, err = newExchange(o, s.rdb, credentialHooks{onChange, g.issued}, s.metrics, authMx, log); err != nil {
 			return nil, err
 		}
 		g.x, s.exchange.gate, s.gate = s.exchange, g, g
+		if err := s.newExpiryMonitor(); err != nil {
+			return nil, err
+		}
 		sender = s.exchange
 		var idx grantIndex
 		if s.exchange.grants != nil {
@@ -170,7 +185,13 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	}
 
 	a := newApps(o.Apps)
-	in := &ingress{hostname: o.Hostname, store: s.queue, log: log.With("component", "ingress"), now: time.Now, route: route}
+	a.pool = newBcryptPool(o.AuthThrottle.BcryptWorkers)
+	in := &ingress{hostname: o.Hostname, store: s.queue, log: log.With("component", "ingress"), now: time.Now, route: route,
+		budget: newInflight(o.SMTP.MaxInflightBytes), maxLine: o.SMTP.MaxLineLength, timeout: o.Redis.IngressTimeout.D(),
+		healthy: s.durable.err,
+		guard: newAuthGuard(queue.NewAuthThrottle(s.rdb, o.AuthThrottle.MaxFailures, o.AuthThrottle.Window.D()),
+			o.Redis.IngressTimeout.D(), s.reg, log),
+		metrics: s.metrics}
 	if sender != nil {
 		dc := deliveryConfig{
 			Workers: o.Delivery.Workers,
@@ -187,6 +208,11 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		if s.gate != nil {
 			dc.OnAuthFailure = s.gate.failed
 			dc.OnDelivered = s.gate.delivered
+			dc.Skip = s.gate.skip
+		}
+		dc.Metrics = s.metrics
+		if s.exchange != nil {
+			dc.Transport = s.exchange.transport
 		}
 		s.deliverer = newDeliverer(s.queue, sender, dc, log)
 		in.queued = s.deliverer.notify
@@ -212,6 +238,9 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	}
 	if s.gate != nil {
 		handler.handleBreakers(s.breakerReporter(), s.gate.set, o.HTTP.AdminTokenSHA256)
+	}
+	if err := s.setupOps(); err != nil {
+		return nil, err
 	}
 	s.httpSrv = &http.Server{
 		Handler:           handler,
@@ -245,10 +274,10 @@ func (s *Server) ready(ctx context.Context) error {
 	if s.stopping.Load() {
 		return errors.New("shutting down")
 	}
-	if err := s.rdb.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("redis unreachable: %w", err)
+	if err := s.durable.err(); err != nil {
+		return err
 	}
-	return nil
+	return pingRedis(ctx, s.rdb)
 }
 
 // Start serves in the background until Shutdown.
@@ -277,7 +306,17 @@ func (s *Server) Start() {
 	if s.gate != nil {
 		s.wg.Go(func() { s.gate.set.Watch(ctx) })
 		s.wg.Go(func() { s.gate.probeLoop(ctx, time.Second) })
+		s.wg.Go(func() { s.gate.reconcileLoop(ctx, s.gate.set.Poll()) })
 	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.durable.run(ctx)
+	}()
+	if s.expiry != nil {
+		s.wg.Go(func() { s.expiry.Run(ctx) })
+	}
+	s.startOps(ctx)
 	if s.deliverer != nil {
 		s.wg.Add(1)
 		go func() {
@@ -305,8 +344,10 @@ func (s *Server) Reload() error {
 		return nil
 	}
 	err := s.exchange.reload()
-	// SIGHUP also probes every open credential breaker at once.
+	// SIGHUP also probes every open credential breaker at once, and
+	// reads the expiry again.
 	for name := range s.exchange.creds {
+		s.expiry.Reloaded(name)
 		if perr := s.gate.probeNow(context.Background(), credentialBreaker(name)); perr != nil {
 			err = errors.Join(err, perr)
 		}
@@ -355,8 +396,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			fail(fmt.Errorf("http: %w", err))
 		}
 	})
+	if s.opsSrv != nil {
+		stop.Go(func() {
+			if err := s.opsSrv.Shutdown(ctx); err != nil {
+				fail(fmt.Errorf("ops: %w", err))
+			}
+		})
+	}
 	stop.Wait()
 	s.wg.Wait()
+	s.smtp.in.budget.wait()
 	if s.exchange != nil {
 		s.exchange.close()
 	}
@@ -375,18 +424,26 @@ func (s *Server) closeAll() {
 	if s.httpLn != nil {
 		s.httpLn.Close()
 	}
+	if s.opsLn != nil {
+		s.opsLn.Close()
+	}
 	s.rdb.Close()
 }
 
 // Run runs the relay until ctx ends, then shuts it down gracefully. Each
 // value on reload (SIGHUP) re-reads the credential files; reload may be
-// nil.
-func Run(ctx context.Context, o Options, log *slog.Logger, reload <-chan struct{}) error {
+// nil. Each ready function is called once every listener serves (systemd's
+// READY=1).
+func Run(ctx context.Context, o Options, log *slog.Logger, reload <-chan struct{}, ready ...func()) error {
+	setMemoryLimit(o.SMTP.MaxInflightBytes, log)
 	s, err := New(ctx, o, nil, log)
 	if err != nil {
 		return err
 	}
 	s.Start()
+	for _, f := range ready {
+		f()
+	}
 	var runErr error
 wait:
 	for {

@@ -21,24 +21,12 @@ import (
 // delivering with the dir sender into a temporary folder.
 func startRelay(t *testing.T) (*Server, string) {
 	t.Helper()
-	f := newFixture(t)
-	o := f.opts
-	o.Redis.Addrs = []string{f.redis.Addr()}
-	o.Redis.Strict = true
-	o.HTTP.Addr = "127.0.0.1:0"
-	o.Delivery.Dir = t.TempDir()
-	o.Delivery.Poll = Duration(50 * time.Millisecond)
-	s, err := New(context.Background(), o, nil, discardLogger())
-	if err != nil {
-		t.Fatalf("new relay: %v", err)
-	}
-	s.Start()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
+	var outbox string
+	s := startRelayOn(t, newFixture(t), func(o *Options) {
+		o.Redis.Strict = true
+		outbox = o.Delivery.Dir
 	})
-	return s, o.Delivery.Dir
+	return s, outbox
 }
 
 func TestRelayEndToEnd(t *testing.T) {

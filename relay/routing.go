@@ -81,7 +81,11 @@ func (r *exchangeRouting) route(ctx context.Context, app *App, from string) (str
 			return grantRoute(cred, from), nil
 		}
 	}
-	return appRoute(app.Credential, senderMailbox(app, from)), nil
+	mbx, ok := senderMailbox(app, from)
+	if !ok {
+		return "", &noMailboxError{app: app.Name, from: from, mailbox: mbx}
+	}
+	return appRoute(app.Credential, mbx), nil
 }
 
 func (r *exchangeRouting) grant(ctx context.Context, mailbox string) (string, bool, error) {
@@ -114,21 +118,31 @@ func (r *exchangeRouting) forget(mailbox string) {
 
 // senderMailbox is the mailbox an app's message from this sender is sent
 // as: sender_mailboxes by address, then by @domain, then the app's
-// mailbox.
-func senderMailbox(app *App, from string) string {
+// mailbox. ok is false when the sender falls through to the app's
+// mailbox without being that mailbox: nothing in the configuration says
+// that mailbox may send as the sender, and Exchange would refuse it
+// (SendAsDenied) after the message was accepted.
+func senderMailbox(app *App, from string) (mailbox string, ok bool) {
 	from = strings.ToLower(from)
 	var byDomain string
 	for rule, mbx := range app.SenderMailboxes {
 		rule = strings.ToLower(strings.TrimSpace(rule))
 		if rule == from {
-			return mbx
+			return mbx, true
 		}
 		if d, ok := strings.CutPrefix(rule, "@"); ok && strings.HasSuffix(from, "@"+d) {
 			byDomain = mbx
 		}
 	}
 	if byDomain != "" {
-		return byDomain
+		return byDomain, true
 	}
-	return app.Mailbox
+	return app.Mailbox, strings.EqualFold(app.Mailbox, from)
+}
+
+// routeCredential is the credential an exchange route sends with, or ""
+// for a route of another sender.
+func routeCredential(route string) string {
+	_, cred, _, _ := parseRoute(route)
+	return cred
 }

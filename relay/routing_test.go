@@ -28,7 +28,7 @@ func TestExchangeRouting(t *testing.T) {
 		{"billing@contoso.com", "app:contoso:billing@contoso.com"},
 		{"BILLING@contoso.com", "app:contoso:billing@contoso.com"},
 		{"bob@sales.contoso.com", "app:contoso:sales@contoso.com"},
-		{"anyone@contoso.com", "app:contoso:noreply@contoso.com"},
+		{"NoReply@contoso.com", "app:contoso:noreply@contoso.com"},
 	} {
 		got, err := r.route(context.Background(), app, tc.from)
 		if err != nil || got != tc.want {
@@ -38,6 +38,13 @@ func TestExchangeRouting(t *testing.T) {
 		if !ok || cred == "" || mbx == "" || delegated != (got[:4] == "mbx:") {
 			t.Errorf("parseRoute(%q) = %v %q %q %v", got, delegated, cred, mbx, ok)
 		}
+	}
+	// A sender that is neither mapped, nor granted, nor the app's mailbox
+	// has no mailbox to send it: Exchange would refuse it (SendAsDenied).
+	if got, err := r.route(context.Background(), app, "anyone@contoso.com"); err == nil {
+		t.Errorf("route(anyone@contoso.com) = %q, want a no-mailbox error", got)
+	} else if _, ok := asNoMailbox(err); !ok {
+		t.Errorf("route(anyone@contoso.com): %v, want a *noMailboxError", err)
 	}
 	// Lookups are cached: routing the same senders again asks nothing.
 	before := g.lookups.Load()

@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -21,8 +20,9 @@ import (
 )
 
 const (
-	// smtpEnqueueTimeout bounds storing one message in the queue.
-	smtpEnqueueTimeout = 30 * time.Second
+	// smtpSenderCheckTimeout bounds the look-up, at MAIL FROM, of the
+	// mailbox that sends as the sender.
+	smtpSenderCheckTimeout = 30 * time.Second
 	// smtpGoodbyeTimeout bounds writing a 421 to a client that does not
 	// read, and the wait for sessions to end after shutdown closed them.
 	smtpGoodbyeTimeout = 5 * time.Second
@@ -236,10 +236,13 @@ func smtpReplyLine(e *smtp.SMTPError) string {
 	return fmt.Sprintf("%d %d.%d.%d %s\r\n", e.Code, c[0], c[1], c[2], e.Message)
 }
 
-func clientIP(a net.Addr) string {
-	host, _, err := net.SplitHostPort(a.String())
+func clientIP(a net.Addr) string { return clientIPString(a.String()) }
+
+// clientIPString is the IP of a host:port address.
+func clientIPString(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return a.String()
+		return addr
 	}
 	return host
 }
@@ -437,6 +440,7 @@ type smtpSession struct {
 	from string
 	utf8 bool
 	to   []string
+	size int64 // the SIZE parameter of MAIL, 0 when not given
 }
 
 var (
@@ -464,10 +468,32 @@ func (s *smtpSession) Auth(mech string) (sasl.Server, error) {
 	return nil, smtp.ErrAuthUnknownMechanism
 }
 
-// authenticate checks a user name and password. A failure logs neither:
-// clients sometimes put the password in the user name.
+// authenticate checks a user name and password. A client IP or user name
+// that failed too often is refused with 454 4.7.0 before any check. A
+// failure logs neither name nor password: clients sometimes put the
+// password in the user name.
 func (s *smtpSession) authenticate(mech, user, password string) error {
-	app := s.ing.apps.checkPassword(user, password)
+	ip, guard, ctx := s.tc.ip, s.ing.in.guard, s.ing.base
+	if b := guard.blocked(ctx, "smtp", ip, user); b != nil {
+		s.refusalDelay()
+		return errSMTPAuthThrottled
+	}
+	app, err := s.ing.apps.checkPassword(user, password, func() error {
+		// Counted before bcrypt runs: guesses sent at once cannot all
+		// pass the check above while the count is still low.
+		if b := guard.attempt(ctx, "smtp", ip, user); b != nil {
+			return errAuthThrottled
+		}
+		return nil
+	}, func() { guard.succeeded(ctx, ip, user) })
+	switch {
+	case errors.Is(err, errAuthThrottled):
+		s.refusalDelay()
+		return errSMTPAuthThrottled
+	case err != nil:
+		s.log.Warn("authentication deferred", "mechanism", mech, "err", err)
+		return errSMTPAuthThrottled
+	}
 	if app == nil {
 		s.log.Warn("authentication failed", "mechanism", mech)
 		return errSMTPAuthFailed
@@ -477,6 +503,17 @@ func (s *smtpSession) authenticate(mech, user, password string) error {
 	s.mu.Unlock()
 	s.log.Info("authenticated", "app", app.Name, "mechanism", mech)
 	return nil
+}
+
+// refusalDelay waits the guard's delay, or less when shutdown ends
+// first.
+func (s *smtpSession) refusalDelay() {
+	t := time.NewTimer(s.ing.in.guard.delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-s.ing.base.Done():
+	}
 }
 
 func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
@@ -495,12 +532,34 @@ func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 		err = errSMTPNeedsUTF8
 	case !s.app.maySend(from):
 		err = errSMTPSenderNotAllowed
+	default:
+		err = s.checkSender(from)
 	}
 	if err != nil {
 		s.log.Info("MAIL refused", "app", appName(s.app), "from", from, "reply", err.Message)
 		return err
 	}
-	s.from, s.utf8, s.to = from, opts.UTF8, nil
+	if opts.Size > 0 && !s.ing.in.fits(opts.Size) {
+		s.log.Info("MAIL refused", "app", appName(s.app), "from", from, "size", opts.Size, "reply", errSMTPInsufficientStorage.Message)
+		return errSMTPInsufficientStorage
+	}
+	s.from, s.utf8, s.to, s.size = from, opts.UTF8, nil, opts.Size
+	return nil
+}
+
+// checkSender refuses a sender that no mailbox sends as, at MAIL FROM
+// (see noMailboxError).
+func (s *smtpSession) checkSender(from string) *smtp.SMTPError {
+	ctx, cancel := context.WithTimeout(s.ing.base, smtpSenderCheckTimeout)
+	defer cancel()
+	err := s.ing.in.checkSender(ctx, s.app, from)
+	if nm, ok := asNoMailbox(err); ok {
+		return nm.smtpError()
+	}
+	if err != nil {
+		s.log.Error("cannot check the sender's mailbox", "app", s.app.Name, "err", err)
+		return errSMTPStoreFailed
+	}
 	return nil
 }
 
@@ -531,51 +590,63 @@ func (s *smtpSession) Data(r io.Reader) error {
 	defer s.tc.endData()
 
 	s.mu.Lock()
-	app, from, to := s.app, s.from, slices.Clone(s.to)
+	app, from, to, size := s.app, s.from, slices.Clone(s.to), s.size
 	s.mu.Unlock()
 	if app == nil || from == "" || len(to) == 0 {
 		// go-smtp only starts DATA after MAIL and RCPT were accepted.
 		return errSMTPAuthRequired
 	}
 
-	body, err := readSMTPMessage(r, s.ing.opts.MaxMessageBytes)
-	if err == nil {
-		err = checkSMTPMessage(body)
-	}
-	if err != nil {
-		if e, ok := err.(*smtp.SMTPError); ok {
-			s.log.Info("DATA refused", "app", app.Name, "from", from, "reply", e.Message)
-		}
-		return err
-	}
-
-	ctx, cancel := context.WithTimeout(s.ing.base, smtpEnqueueTimeout)
-	defer cancel()
 	_, isTLS := s.conn.TLSConnectionState()
 	// RFC 3848: ESMTPA is ESMTP with AUTH; ESMTPSA adds STARTTLS.
 	protocol := "ESMTPA"
 	if isTLS {
 		protocol = "ESMTPSA"
 	}
-	id, _, err := s.ing.in.accept(ctx, submission{
+	sub := submission{
 		app:        app,
 		from:       from,
 		to:         to,
-		body:       body,
 		protocol:   protocol,
 		remoteAddr: s.conn.Conn().RemoteAddr().String(),
 		helo:       s.conn.Hostname(),
-	})
+	}
+	buf := s.ing.in.newBody()
+	defer buf.release()
+	err := buf.setPrefix(s.ing.in.stamp(sub))
+	if err == nil && size > 0 && size <= s.ing.opts.MaxMessageBytes {
+		err = buf.reserve(size)
+	}
+	if err == nil {
+		err = buf.readFrom(r, s.ing.opts.MaxMessageBytes)
+	}
+	if err != nil {
+		reply := smtpReadError(err)
+		if reply != nil {
+			s.log.Info("DATA refused", "app", app.Name, "from", from, "reply", reply.Message)
+			return reply
+		}
+		return err
+	}
+	if f := s.ing.in.check(buf.body()); f != nil {
+		s.log.Info("DATA refused", "app", app.Name, "from", from, "reply", f.smtp.Message)
+		return f.smtp
+	}
+	sub.body = buf.bytes()
+	id, _, err := s.ing.in.accept(s.ing.base, sub)
+	if nm, ok := asNoMailbox(err); ok {
+		return nm.smtpError()
+	}
 	if err != nil {
 		return errSMTPStoreFailed // accept has logged why
 	}
-	s.log.Debug("message stored", "msg", id, "app", app.Name, "from", from, "rcpts", len(to), "bytes", len(body))
+	s.log.Debug("message stored", "id", id, "app", app.Name, "from", from, "rcpts", len(to), "bytes", len(sub.body))
 	return smtpQueued(id)
 }
 
 func (s *smtpSession) Reset() {
 	s.mu.Lock()
-	s.from, s.utf8, s.to = "", false, nil
+	s.from, s.utf8, s.to, s.size = "", false, nil, 0
 	s.mu.Unlock()
 }
 
@@ -586,45 +657,21 @@ func (s *smtpSession) Logout() error {
 	return nil
 }
 
-// readSMTPMessage reads a message of at most max bytes.
-func readSMTPMessage(r io.Reader, max int64) ([]byte, error) {
-	var buf bytes.Buffer
-	_, err := buf.ReadFrom(io.LimitReader(r, max+1))
+// smtpReadError is the reply to a message that could not be read to its
+// end, or nil when nobody reads the reply.
+func smtpReadError(err error) *smtp.SMTPError {
 	switch {
-	case errors.Is(err, smtp.ErrDataTooLarge):
-		return nil, errSMTPMessageTooBig
+	case errors.Is(err, errInflightFull):
+		return errSMTPInsufficientStorage
+	case errors.Is(err, errBodyTooBig), errors.Is(err, smtp.ErrDataTooLarge):
+		return errSMTPMessageTooBig
 	case errors.Is(err, smtp.ErrTooLongLine):
-		return nil, errSMTPLineTooLong
+		return errSMTPLineTooLong
 	case errors.Is(err, smtp.ErrDataReset):
-		// BDAT was aborted by RSET or a closed connection; nobody
-		// reads this reply.
-		return nil, err
-	case err != nil:
-		return nil, errSMTPReadFailed
-	case int64(buf.Len()) > max:
-		return nil, errSMTPMessageTooBig
+		// BDAT was aborted by RSET or a closed connection.
+		return nil
 	}
-	return buf.Bytes(), nil
-}
-
-// checkSMTPMessage refuses NUL bytes, and CR or LF other than in CRLF.
-func checkSMTPMessage(body []byte) error {
-	if bytes.IndexByte(body, 0) >= 0 {
-		return errSMTPNULBytes
-	}
-	for i := 0; i < len(body); i++ {
-		switch body[i] {
-		case '\n':
-			if i == 0 || body[i-1] != '\r' {
-				return errSMTPBareLF
-			}
-		case '\r':
-			if i+1 == len(body) || body[i+1] != '\n' {
-				return errSMTPBareCR
-			}
-		}
-	}
-	return nil
+	return errSMTPReadFailed
 }
 
 // validAddress reports whether a is a plain mailbox (see parseAddress).

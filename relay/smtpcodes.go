@@ -23,6 +23,11 @@ var (
 	// section 6).
 	errSMTPAuthFailed = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
 
+	// errSMTPAuthThrottled: 454 temporary authentication failure (RFC 4954
+	// section 6), X.7.0: the client IP or user name failed too often, and
+	// its attempts are refused unchecked until the window passes.
+	errSMTPAuthThrottled = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many failed authentications, try again later"}
+
 	// errSMTPAuthMalformed: 501 syntax error in a SASL response (RFC 4954
 	// section 4), X.5.2 syntax error.
 	errSMTPAuthMalformed = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: "Malformed authentication response"}
@@ -66,6 +71,15 @@ var (
 	// errSMTPNULBytes: 550, X.6.0 other or undefined media error; RFC 5322
 	// section 3.5 has no NUL in message text.
 	errSMTPNULBytes = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "NUL bytes are not allowed in messages"}
+
+	// errSMTPBadHeader: 550, X.6.0 other or undefined media error: the
+	// message does not start with a header section (RFC 5322 section 2.2).
+	errSMTPBadHeader = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Malformed header section"}
+
+	// errSMTPInsufficientStorage: 452 insufficient system storage (RFC
+	// 5321), X.3.1 mail system full: the memory budget for messages in
+	// flight has no room for this one now; the client retries later.
+	errSMTPInsufficientStorage = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Insufficient system storage"}
 
 	// errSMTPStoreFailed: 451 local error in processing (RFC 5321), X.3.0
 	// other mail system status. The queue could not store the message.

@@ -42,12 +42,13 @@ type command struct {
 
 // commands is every subcommand, in the order the usage text lists them.
 var commands = []*command{
-	{path: "serve", synopsis: "[--config FILE]", brief: "run the relay until SIGINT or SIGTERM", run: serve},
+	{path: "serve", synopsis: "[--config FILE] [--check-config]", brief: "run the relay until SIGINT or SIGTERM", run: serve},
 	{path: "queue stats", synopsis: "[--json]", brief: "count messages per route and state", run: queueStats},
 	{path: "queue list", synopsis: "--route R --state S [--offset N] [--limit N] [--json]", brief: "list a route's messages in one state", run: queueList},
 	{path: "queue show", synopsis: "ID [--json]", brief: "show one message", run: queueShow},
 	{path: "queue requeue", synopsis: "ID...", brief: "move dead letters back to the queue, due now", run: queueRequeue},
 	{path: "queue delete", synopsis: "ID...", brief: "delete messages in any state", run: queueDelete},
+	{path: "queue purge", synopsis: "[--route R] [--state S] [--yes]", brief: "delete every message of a route and/or a state, after a count and a confirmation", run: queuePurge},
 	{path: "queue flush", synopsis: "[--route R]", brief: "make scheduled messages due now, ignoring backoff", run: queueFlush},
 	{path: "queue drain", synopsis: "[--route R] [--timeout D]", brief: "deliver everything queued now, ignoring backoff, and report what remains", run: queueDrain},
 	{path: "breaker status", synopsis: "[--json]", brief: "show every auth breaker: state, since, reason, failures, next probe", run: breakerStatus},
@@ -56,6 +57,8 @@ var commands = []*command{
 	{path: "breaker probe", synopsis: "NAME...", brief: "probe open breakers now, ignoring their interval", run: breakerProbe},
 	{path: "creds hash", synopsis: "", brief: "print the bcrypt password_hash of a password read on stdin", run: credsHash},
 	{path: "creds token", synopsis: "", brief: "print a new HTTP bearer token and its token_sha256", run: credsToken},
+	{path: "creds unblock", synopsis: "--ip ADDRESS | --user NAME", brief: "clear the failed-authentication count of a client IP or SMTP user, lifting its block", run: credsUnblock},
+	{path: "creds check", synopsis: "[--within 30d] [--json]", brief: "print every credential's expiry, its source and days left, and test a live token request; fail within --within", run: credsCheck},
 	{path: "creds devcert", synopsis: "--out DIR [--host H,...]", brief: "write a self-signed development certificate", run: credsDevcert},
 	{path: "version", synopsis: "", brief: "print the version", run: printVersion},
 }
@@ -68,6 +71,16 @@ type usageError struct {
 }
 
 func (e *usageError) Error() string { return e.msg }
+
+// exitCodeError is a failure that exits with its own status rather than
+// exitError, for scripts that tell failures apart.
+type exitCodeError struct {
+	code int
+	err  error
+}
+
+func (e *exitCodeError) Error() string { return e.err.Error() }
+func (e *exitCodeError) Unwrap() error { return e.err }
 
 func usagef(format string, args ...any) error {
 	return &usageError{msg: fmt.Sprintf(format, args...)}
@@ -83,6 +96,9 @@ func run(ctx context.Context, args []string, e *env) int {
 	if isHelp(args[0]) {
 		writeUsage(e.stdout, "")
 		return exitOK
+	}
+	if args[0] == "--version" || args[0] == "-version" {
+		args = append([]string{"version"}, args[1:]...)
 	}
 	c, rest := findCommand(args)
 	if c == nil {
@@ -111,7 +127,10 @@ func run(ctx context.Context, args []string, e *env) int {
 		}
 	}
 	err := c.run(ctx, e, fs, rest)
-	var ue *usageError
+	var (
+		ue *usageError
+		ce *exitCodeError
+	)
 	switch {
 	case err == nil:
 		return exitOK
@@ -123,6 +142,9 @@ func run(ctx context.Context, args []string, e *env) int {
 			fs.Usage()
 		}
 		return exitUsage
+	case errors.As(err, &ce):
+		fmt.Fprintf(e.stderr, "holdfast: %s: %v\n", c.path, err)
+		return ce.code
 	default:
 		fmt.Fprintf(e.stderr, "holdfast: %s: %v\n", c.path, err)
 		return exitError

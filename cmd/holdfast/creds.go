@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"holdfast/queue"
 )
 
 // credsHash reads a password from stdin and prints its bcrypt hash.
@@ -203,4 +205,45 @@ func writeFile(path string, data []byte, perm os.FileMode) error {
 		return err
 	}
 	return os.Rename(f.Name(), path)
+}
+
+// credsUnblock clears the failed-authentication count of a client IP or an
+// SMTP user name, lifting its block at once on every relay.
+func credsUnblock(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
+	config := configFlag(fs, e)
+	ip := fs.String("ip", "", "the client IP address to unblock")
+	user := fs.String("user", "", "the SMTP user name to unblock")
+	if err := noArgs(fs, args); err != nil {
+		return err
+	}
+	kind, name := "ip", *ip
+	switch {
+	case *ip != "" && *user != "":
+		return usagef("give --ip or --user, not both")
+	case *user != "":
+		kind, name = "user", *user
+	case *ip == "":
+		return usagef("give --ip ADDRESS or --user NAME")
+	case net.ParseIP(*ip) == nil:
+		return usagef("--ip %q is not an IP address", *ip)
+	}
+	if kind == "ip" {
+		name = net.ParseIP(name).String()
+	}
+	o, rdb, err := openRedis(*config)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = rdb.Close() }()
+	th := queue.NewAuthThrottle(rdb, o.AuthThrottle.MaxFailures, o.AuthThrottle.Window.D())
+	had, err := th.Unblock(ctx, kind, name)
+	if err != nil {
+		return err
+	}
+	if had {
+		fmt.Fprintf(e.stdout, "%s %s: failures cleared; it may authenticate again\n", kind, name)
+	} else {
+		fmt.Fprintf(e.stdout, "%s %s: had no failures counted; nothing to clear\n", kind, name)
+	}
+	return nil
 }

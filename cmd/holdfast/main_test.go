@@ -313,6 +313,8 @@ smtp:
   listeners:
     - addr: 127.0.0.1:0
       insecure: true
+ops:
+  addr: 127.0.0.1:0
 apps:
   - name: crm
     token_sha256: %s
@@ -543,6 +545,8 @@ func TestServe(t *testing.T) {
 smtp:
   listeners: [{addr: "127.0.0.1:0", insecure: true}]
 http:
+  addr: 127.0.0.1:0
+ops:
   addr: 127.0.0.1:0
 delivery:
   dir: %s

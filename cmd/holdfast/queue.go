@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -22,6 +23,9 @@ import (
 // for the operator commands.
 func openRedis(path string) (relay.Options, redis.UniversalClient, error) {
 	o, err := relay.Load(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return relay.Options{}, nil, fmt.Errorf("%w; point at the relays' configuration with --config FILE or $HOLDFAST_CONFIG (make run's is deploy/local/holdfast.dev.yaml)", err)
+	}
 	if err != nil {
 		return relay.Options{}, nil, err
 	}
@@ -318,7 +322,12 @@ func queueShow(ctx context.Context, e *env, fs *flag.FlagSet, args []string) err
 	field("lease ends", when(m.LeaseEnd))
 	field("updated", when(m.Updated))
 	field("done", when(m.Done))
-	field("last error", oneLine(m.LastError, 0))
+	if m.State == queue.Delivered {
+		// What the upstream said when it took the message.
+		field("upstream reply", oneLine(m.LastError, 0))
+	} else {
+		field("last error", oneLine(m.LastError, 0))
+	}
 	field("reason", oneLine(m.Reason, 0))
 	field("hold reason", oneLine(m.HoldReason, 0))
 	field("idempotency key", m.IdempotencyKey)

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 
@@ -14,10 +15,18 @@ import (
 // serve runs the relay until ctx is cancelled (SIGINT or SIGTERM).
 func serve(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 	config := configFlag(fs, e)
+	check := fs.Bool("check-config", false, "load and validate the configuration (secret files included), print \"config ok\" and exit 0, or print the error and exit 2")
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
 	o, err := relay.Load(*config)
+	if *check {
+		if err != nil {
+			return &exitCodeError{code: exitUsage, err: err}
+		}
+		fmt.Fprintln(e.stdout, "config ok")
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -25,7 +34,28 @@ func serve(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 	// go-redis has one process-wide logger; route it through ours.
 	redis.SetLogger(redisLogger{log.With("component", "redis")})
 	log.Info("holdfast starting", "version", version, "config", *config)
-	return relay.Run(ctx, o, log, e.reload)
+	o.Ops.Version = version
+	// Under systemd (Type=notify), say when the relay takes mail and when
+	// it starts to stop.
+	socket := e.getenv("NOTIFY_SOCKET")
+	notify := func(state string) {
+		if err := sdNotify(socket, state); err != nil {
+			log.Warn("cannot notify the service manager", "err", err)
+		}
+	}
+	var wg sync.WaitGroup
+	done := make(chan struct{})
+	wg.Go(func() {
+		select {
+		case <-ctx.Done():
+			notify("STOPPING=1")
+		case <-done:
+		}
+	})
+	err = relay.Run(ctx, o, log, e.reload, func() { notify("READY=1") })
+	close(done)
+	wg.Wait()
+	return err
 }
 
 // redisLogger writes go-redis's internal messages (failed dials, pool

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -28,22 +29,26 @@ type fileConfig struct {
 			ClientID string `yaml:"client_id"`
 			Secrets  []struct {
 				Value       string `yaml:"value"`
+				ValueFile   string `yaml:"value_file"`
 				ExpiresAt   string `yaml:"expires_at"`
 				KeyID       string `yaml:"key_id"`
 				DisplayName string `yaml:"display_name"`
 			} `yaml:"secrets"`
 			CertificateFiles []string `yaml:"certificate_files"`
 			SendAs           []string `yaml:"send_as"`
+			GraphRoles       []string `yaml:"graph_roles"`
+			OwnsItself       bool     `yaml:"owns_itself"`
 		} `yaml:"apps"`
 		Mailboxes []struct {
-			Address          string `yaml:"address"`
-			SMTPAuthDisabled bool   `yaml:"smtp_auth_disabled"`
+			Address          string   `yaml:"address"`
+			SMTPAuthDisabled bool     `yaml:"smtp_auth_disabled"`
+			SendAs           []string `yaml:"send_as"`
 		} `yaml:"mailboxes"`
 	} `yaml:"tenants"`
 }
 
-// loadConfig reads the YAML seed strictly. Certificate files are relative
-// to the seed's directory.
+// loadConfig reads the YAML seed strictly. Certificate and secret files
+// are relative to the seed's directory.
 func loadConfig(path string) (sim.Config, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
@@ -65,9 +70,14 @@ func loadConfig(path string) (sim.Config, error) {
 	for ti, t := range fc.Tenants {
 		tn := sim.Tenant{ID: t.ID}
 		for ai, a := range t.Apps {
-			app := sim.App{ClientID: a.ClientID, SendAsMailboxes: a.SendAs}
+			app := sim.App{ClientID: a.ClientID, SendAsMailboxes: a.SendAs, GraphRoles: a.GraphRoles, OwnsItself: a.OwnsItself}
 			for si, sec := range a.Secrets {
 				s := sim.Secret{Value: sec.Value, KeyID: sec.KeyID, DisplayName: sec.DisplayName}
+				if sec.ValueFile != "" {
+					if s.Value, err = readSecretFile(dir, sec.ValueFile, sec.Value); err != nil {
+						return sim.Config{}, fmt.Errorf("%s: tenants[%d].apps[%d].secrets[%d].value_file: %w", path, ti, ai, si, err)
+					}
+				}
 				if sec.ExpiresAt != "" {
 					if s.ExpiresAt, err = time.Parse(time.RFC3339, sec.ExpiresAt); err != nil {
 						return sim.Config{}, fmt.Errorf("%s: tenants[%d].apps[%d].secrets[%d].expires_at: %w", path, ti, ai, si, err)
@@ -88,9 +98,30 @@ func loadConfig(path string) (sim.Config, error) {
 			tn.Apps = append(tn.Apps, app)
 		}
 		for _, m := range t.Mailboxes {
-			tn.Mailboxes = append(tn.Mailboxes, sim.Mailbox{Address: m.Address, SMTPAuthDisabled: m.SMTPAuthDisabled})
+			tn.Mailboxes = append(tn.Mailboxes, sim.Mailbox{Address: m.Address, SMTPAuthDisabled: m.SMTPAuthDisabled, SendAs: m.SendAs})
 		}
 		cfg.Tenants = append(cfg.Tenants, tn)
 	}
 	return cfg, nil
+}
+
+// readSecretFile reads a secret's value_file, trimmed of surrounding
+// white space, so that a restarted simulator agrees with a relay reading
+// the same file. Setting value as well is an error.
+func readSecretFile(dir, file, value string) (string, error) {
+	if value != "" {
+		return "", errors.New("set value or value_file, not both")
+	}
+	if !filepath.IsAbs(file) {
+		file = filepath.Join(dir, file)
+	}
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		return "", err
+	}
+	v := strings.TrimSpace(string(raw))
+	if v == "" {
+		return "", fmt.Errorf("%s is empty", file)
+	}
+	return v, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"holdfast/cmd/o365sim/sim"
@@ -29,5 +30,35 @@ func TestConfigUnknownField(t *testing.T) {
 	}
 	if _, err := loadConfig(p); err == nil {
 		t.Fatal("unknown field accepted")
+	}
+}
+
+// TestConfigSecretFile: a secret read from value_file, relative to the
+// seed, so that the simulator restarted after a rotation agrees with the
+// relay that reads the same file.
+func TestConfigSecretFile(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "app.secret"), []byte("rotated-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	seed := func(secret string) string {
+		p := filepath.Join(dir, "sim.yaml")
+		cfg := "tenants:\n  - id: t.example.com\n    apps:\n      - client_id: c\n        secrets:\n          - " + secret + "\n"
+		if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cfg, err := loadConfig(seed("value_file: app.secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Tenants[0].Apps[0].Secrets[0].Value; got != "rotated-secret" {
+		t.Errorf("secret %q, want the file's rotated-secret", got)
+	}
+	for _, bad := range []string{"value_file: missing.secret", "{value: x, value_file: app.secret}"} {
+		if _, err := loadConfig(seed(bad)); err == nil || !strings.Contains(err.Error(), "value_file") {
+			t.Errorf("%s: error %v, want one naming value_file", bad, err)
+		}
 	}
 }

@@ -3,9 +3,9 @@
 # 127.0.0.1:6390, the Exchange Online simulator in place of Microsoft
 # (deploy/local/sim.yaml), a self-signed certificate in var/dev, and the
 # relay, built from source into bin/holdfast, in the foreground with
-# deploy/local/holdfast.dev.yaml. Ctrl-C stops the relay and the
-# simulator; the Redis keeps running for the next run ("make stop" stops
-# it).
+# deploy/local/holdfast.dev.yaml. Ctrl-C stops the relay, then the
+# simulator (so deliveries in flight finish); the Redis keeps running for
+# the next run ("make stop" stops it).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -70,17 +70,26 @@ fi
 # Build once, then run the binary itself: it gets Ctrl-C directly and its
 # exit status is the relay's own ("go run" exits 1 whenever it is
 # interrupted).
+# -v names each package as it is compiled: the first build takes a few
+# minutes, later ones seconds.
 version=$(git describe --always --dirty 2>/dev/null || echo dev)
-go build -ldflags "-X main.version=$version" -o bin/holdfast ./cmd/holdfast
-go build -o bin/o365sim ./cmd/o365sim
+echo "run: building bin/holdfast and bin/o365sim… (the first build compiles every dependency and takes a few minutes)"
+go build -v -ldflags "-X main.version=$version" -o bin/holdfast ./cmd/holdfast
+go build -v -o bin/o365sim ./cmd/o365sim
+echo "run: built"
 
 bin/holdfast creds devcert --out var/dev
 [ -s var/dev/dev.secret ] || echo dev-secret-value >var/dev/dev.secret
 [ -s var/dev/grants.key ] || od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >var/dev/grants.key
 
-# The simulator runs in the background for as long as the relay does.
+# The simulator runs in the background for as long as the relay does. It
+# reads its app's secret from var/dev/dev.secret (sim.yaml), the file the
+# relay reads, so the two agree after a rotation and a restart. setsid
+# keeps it out of the terminal's process group: Ctrl-C reaches the relay
+# only, and the simulator is stopped (by PID) once the relay has finished
+# its deliveries in flight.
 rm -f var/dev/sim-ca.pem
-bin/o365sim --config deploy/local/sim.yaml --ca-out var/dev/sim-ca.pem 2>var/dev/o365sim.log &
+setsid bin/o365sim --config deploy/local/sim.yaml --ca-out var/dev/sim-ca.pem 2>var/dev/o365sim.log &
 sim_pid=$!
 stop_sim() { kill "$sim_pid" 2>/dev/null && wait "$sim_pid" 2>/dev/null || true; }
 trap stop_sim EXIT
@@ -103,5 +112,5 @@ status=0
 bin/holdfast serve --config deploy/local/holdfast.dev.yaml || status=$?
 trap - INT TERM
 echo
-echo "run: the relay stopped, and so does the simulator. The development Redis (pid $pid) is still running; \"make stop\" stops it."
+echo "run: the relay stopped; now stopping the simulator. The development Redis (pid $pid) is still running; \"make stop\" stops it."
 exit "$status"

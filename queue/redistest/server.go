@@ -141,6 +141,35 @@ func (s *Server) Kill(t testing.TB) {
 	}
 }
 
+// Pause stops the server with SIGSTOP, sent to its PID: it keeps its
+// connections open but answers nothing, like a hung Redis. The server is
+// resumed (SIGCONT) when the test ends, before it is stopped, unless
+// Resume was called first.
+func (s *Server) Pause(t testing.TB) {
+	t.Helper()
+	s.signal(t, syscall.SIGSTOP)
+	t.Cleanup(func() { s.signal(t, syscall.SIGCONT) })
+}
+
+// Resume continues a server stopped by Pause (SIGCONT, by PID).
+func (s *Server) Resume(t testing.TB) {
+	t.Helper()
+	s.signal(t, syscall.SIGCONT)
+}
+
+func (s *Server) signal(t testing.TB, sig syscall.Signal) {
+	t.Helper()
+	s.mu.Lock()
+	p := s.proc
+	s.mu.Unlock()
+	if p == nil {
+		t.Fatalf("redistest: signal %v: the server on %s is not running", sig, s.Addr())
+	}
+	if err := p.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		t.Fatalf("redistest: signal %v to redis-server on %s: %v", sig, s.Addr(), err)
+	}
+}
+
 // Stop stops the server with SIGTERM, kills it if it has not exited after
 // 5 seconds, and waits for it to exit. It does nothing if the server is not
 // running.

@@ -33,6 +33,10 @@ type Route struct {
 	Mailbox string
 	Tokens  TokenSource
 	Kind    AuthKind
+	// Check, when set, runs just before the message is sent (MAIL FROM),
+	// on a connection ready to send: an error abandons the send with
+	// nothing sent. The relay's breakers use it.
+	Check func(ctx context.Context) error
 }
 
 // Router returns the route of a message.
@@ -79,6 +83,8 @@ type SMTPOptions struct {
 	Limits      Limits
 	Router      Router
 	Logger      *slog.Logger
+	// OnAuth, when set, is told the result of every AUTH XOAUTH2.
+	OnAuth func(err error)
 	// Endpoint, when set, guards each connection: it is asked before
 	// dialling and told whether the server was reached and greeted.
 	Endpoint Endpoint
@@ -230,7 +236,7 @@ func (s *SMTPSender) Send(ctx context.Context, m *queue.Message) (string, error)
 		if err != nil {
 			return "", err
 		}
-		return s.submit(ctx, c, m)
+		return s.submit(ctx, c, route, m)
 	}
 	// The connection slot comes first: a send counted against the rate
 	// must be one that has a connection to go out on.
@@ -246,13 +252,19 @@ func (s *SMTPSender) Send(ctx context.Context, m *queue.Message) (string, error)
 		return "", &upstream.Error{Class: upstream.Throttled, RetryAfter: wait,
 			Text: fmt.Sprintf("%s has sent %d messages in the last minute", route.Mailbox, s.o.PerMinute)}
 	}
-	return s.submit(ctx, c, m)
+	return s.submit(ctx, c, route, m)
 }
 
 // submit sends the message on c and keeps or discards c after.
 // Cancelling ctx (shutdown, or the message's lease lost) closes the
 // connection: a message not yet ended by its final dot is not sent.
-func (s *SMTPSender) submit(ctx context.Context, c *conn, m *queue.Message) (string, error) {
+func (s *SMTPSender) submit(ctx context.Context, c *conn, route Route, m *queue.Message) (string, error) {
+	if route.Check != nil {
+		if err := route.Check(ctx); err != nil {
+			s.put(c)
+			return "", err
+		}
+	}
 	stop := context.AfterFunc(ctx, func() { c.c.Close() })
 	reply, err := s.transact(ctx, c, m)
 	if !stop() {
@@ -384,6 +396,9 @@ func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
 		}
 		stop := context.AfterFunc(ctx, func() { c.Close() })
 		err = c.Auth(auth.NewXOAUTH2Client(r.Mailbox, tok.AccessToken))
+		if s.o.OnAuth != nil {
+			s.o.OnAuth(err)
+		}
 		if !stop() {
 			c.Close()
 			return nil, &upstream.Error{Class: upstream.Transient, Text: "AUTH interrupted", Err: ctx.Err()}

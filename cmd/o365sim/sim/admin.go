@@ -94,6 +94,65 @@ func (s *Sim) adminHandler() http.Handler {
 			w.WriteHeader(http.StatusNoContent)
 		}
 	})
+	mux.HandleFunc("POST /admin/secrets/end", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Tenant      string `json:"tenant"`
+			ClientID    string `json:"client_id"`
+			KeyID       string `json:"key_id"`
+			Secret      string `json:"secret"`
+			EndDateTime string `json:"end_date_time"`
+		}
+		if !decode(w, r, &req) {
+			return
+		}
+		which := req.KeyID
+		if (req.KeyID == "") == (req.Secret == "") {
+			adminError(w, http.StatusBadRequest, "give key_id or secret, not both")
+			return
+		}
+		if which == "" {
+			which = req.Secret
+		}
+		end, ok := adminTime(w, "end_date_time", req.EndDateTime)
+		if ok && found(w, s.SetSecretEnd(req.Tenant, req.ClientID, which, end), "app or secret") {
+			w.WriteHeader(http.StatusNoContent)
+		}
+	})
+	mux.HandleFunc("POST /admin/secrets/add", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Tenant      string `json:"tenant"`
+			ClientID    string `json:"client_id"`
+			Secret      string `json:"secret"`
+			EndDateTime string `json:"end_date_time"`
+			DisplayName string `json:"display_name"`
+		}
+		if !decode(w, r, &req) {
+			return
+		}
+		if req.Secret == "" {
+			adminError(w, http.StatusBadRequest, "secret is empty")
+			return
+		}
+		end, ok := adminTime(w, "end_date_time", req.EndDateTime)
+		if !ok {
+			return
+		}
+		id := s.AddSecret(req.Tenant, req.ClientID, Secret{Value: req.Secret, ExpiresAt: end, DisplayName: req.DisplayName})
+		if found(w, id != "", "app") {
+			writeJSON(w, http.StatusOK, map[string]string{"key_id": id})
+		}
+	})
+	mux.HandleFunc("POST /admin/apps/graph-roles", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Tenant     string   `json:"tenant"`
+			ClientID   string   `json:"client_id"`
+			Roles      []string `json:"roles"`
+			OwnsItself bool     `json:"owns_itself"`
+		}
+		if decode(w, r, &req) && found(w, s.SetGraphRoles(req.Tenant, req.ClientID, req.Roles, req.OwnsItself), "app") {
+			w.WriteHeader(http.StatusNoContent)
+		}
+	})
 	mux.HandleFunc("POST /admin/grants/issue", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
 			Tenant   string `json:"tenant"`
@@ -169,6 +228,20 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 		return false
 	}
 	return true
+}
+
+// adminTime reads an RFC 3339 time; "" is the zero time (never expires).
+// On failure it writes a 400.
+func adminTime(w http.ResponseWriter, field, v string) (time.Time, bool) {
+	if v == "" {
+		return time.Time{}, true
+	}
+	t, err := time.Parse(time.RFC3339, v)
+	if err != nil {
+		adminError(w, http.StatusBadRequest, field+": not an RFC 3339 time such as 2027-02-14T00:00:00Z")
+		return time.Time{}, false
+	}
+	return t, true
 }
 
 func found(w http.ResponseWriter, ok bool, what string) bool {

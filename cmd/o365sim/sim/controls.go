@@ -56,6 +56,58 @@ func (s *Sim) rotateSecret(tenant, clientID, newValue string) bool {
 	return true
 }
 
+// SetSecretEnd moves the end date (endDateTime) of one of the app's
+// secrets, found by its key id or its value; a zero end never expires. It
+// reports whether the app and the secret were found.
+func (s *Sim) SetSecretEnd(tenant, clientID, keyIDOrValue string, end time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := s.findApp(tenant, clientID)
+	if a == nil {
+		return false
+	}
+	for i := range a.secrets {
+		k := &a.secrets[i]
+		if strings.EqualFold(k.KeyID, keyIDOrValue) || k.Value == keyIDOrValue {
+			k.ExpiresAt = end
+			return true
+		}
+	}
+	return false
+}
+
+// AddSecret adds a secret to the app beside the ones it has, as the
+// portal's "New client secret" does, and returns its key id. An empty
+// KeyID gets a generated one. It returns "" for an unknown app.
+func (s *Sim) AddSecret(tenant, clientID string, sec Secret) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := s.findApp(tenant, clientID)
+	if a == nil || sec.Value == "" {
+		return ""
+	}
+	if sec.KeyID == "" {
+		sec.KeyID = newGUID()
+	}
+	a.secrets = append(a.secrets, secret{Secret: sec, start: s.now()})
+	return sec.KeyID
+}
+
+// SetGraphRoles replaces the app's Graph application permissions and
+// whether it owns itself (see App.GraphRoles). Tokens issued before keep
+// the roles they carry, as Entra's do. It reports whether the app exists.
+func (s *Sim) SetGraphRoles(tenant, clientID string, roles []string, ownsItself bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := s.findApp(tenant, clientID)
+	if a == nil {
+		return false
+	}
+	a.graphRoles = append([]string{}, roles...)
+	a.ownsItself = ownsItself
+	return true
+}
+
 // IssueRefreshToken creates a delegated grant of mailbox to the app, with
 // the scopes https://outlook.office.com/SMTP.Send and offline_access, and
 // returns its first refresh token. It returns "" if the tenant, app or
@@ -215,4 +267,19 @@ func (s *Sim) record(r Received) {
 // maySendAs reports whether app-only tokens of a may send as m.
 func (a *app) maySendAs(m *mailbox) bool {
 	return m.tenant == a.tenant && (a.sendAll || a.sendAs[strings.ToLower(m.address)])
+}
+
+// sendsAs reports whether the mailbox may send as addr: itself, or a
+// sender it has SendAs on.
+func (m *mailbox) sendsAs(addr string) bool {
+	addr = strings.ToLower(addr)
+	if addr == strings.ToLower(m.address) {
+		return true
+	}
+	for _, a := range m.sendAs {
+		if a == addr || strings.HasPrefix(a, "@") && strings.HasSuffix(addr, a) {
+			return true
+		}
+	}
+	return false
 }

@@ -1,6 +1,7 @@
 // Package sim simulates the parts of Microsoft Entra ID and Exchange
 // Online that Holdfast talks to, on loopback, with the status codes and
-// reply texts of O365-REFERENCE.md. It is for local runs, demos and the
+// reply texts those services send (the same replies relay/o365's
+// classification table is tested with). It is for local runs, demos and the
 // tests of other packages; it owns no production code path.
 //
 // One Sim serves three listeners:
@@ -10,7 +11,10 @@
 //     secret in the form or a private_key_jwt assertion; refresh_token for
 //     delegated grants, which rotates the refresh token), POST
 //     /v1.0/users/{id|upn}/sendMail (the MIME form only) and GET
-//     /v1.0/applications(appId='…') with $select.
+//     /v1.0/applications(appId='…') with $select, which needs the role
+//     Application.Read.All (or Application.ReadWrite.OwnedBy on an app
+//     that owns itself) and answers 403 Authorization_RequestDenied
+//     without it.
 //   - SMTP submission (SMTPAddr): STARTTLS, then AUTH XOAUTH2 only.
 //     Before STARTTLS the simulator answers as Exchange does; after it a
 //     go-smtp server runs the session (see smtp.go).
@@ -30,6 +34,12 @@
 //
 //	POST /admin/secrets/expire     {"tenant", "client_id"}             the app's secrets expire now (AADSTS7000222)
 //	POST /admin/secrets/rotate     {"tenant", "client_id", "secret"}   one new secret, valid 180 days, replaces them
+//	POST /admin/secrets/end        {"tenant", "client_id", "key_id" or "secret", "end_date_time"}
+//	                               move one secret's end date (RFC 3339; "" never expires)
+//	POST /admin/secrets/add        {"tenant", "client_id", "secret", "end_date_time", "display_name"}
+//	                               200 {"key_id"}: one more secret beside the others
+//	POST /admin/apps/graph-roles   {"tenant", "client_id", "roles", "owns_itself"} the app's Graph
+//	                               permissions, for tokens issued from now on (see App.GraphRoles)
 //	POST /admin/grants/issue       {"tenant", "client_id", "mailbox"}  200 {"refresh_token"}: a new delegated grant
 //	POST /admin/grants/revoke      {"mailbox"} or {"refresh_token"}    revoke grants (AADSTS50173)
 //	POST /admin/mailboxes/smtp-auth {"mailbox", "disabled"}            SMTP AUTH off or on (535 5.7.139)
@@ -39,7 +49,7 @@
 //	                               "graph_throttle": "10s"};
 //	                               replaces the current faults, {} clears them
 //	GET  /admin/fault              the current faults
-//	GET  /admin/received           200 [Received…], data base64
+//	GET  /admin/received           200 [Received…], data as text
 //	GET  /admin/counters           200 Counters
 //	POST /admin/reset              clear received messages, counters and faults
 //

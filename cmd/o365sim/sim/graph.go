@@ -99,6 +99,7 @@ func (s *Sim) graphAuth(w http.ResponseWriter, r *http.Request) *accessClaims {
 // handleSendMail serves the MIME form of sendMail: a base64 body sent as
 // text/plain. A request over 4 MB gets 413 RequestEntityTooLarge.
 func (s *Sim) handleSendMail(w http.ResponseWriter, r *http.Request) {
+	started := time.Now()
 	claims := s.graphAuth(w, r)
 	if claims == nil {
 		return
@@ -189,6 +190,7 @@ func (s *Sim) handleSendMail(w http.ResponseWriter, r *http.Request) {
 		Via:           "graph",
 		TokenClientID: claims.AppID,
 		Delegated:     claims.delegated(),
+		Started:       started,
 	})
 	w.Header().Set("request-id", newGUID())
 	w.WriteHeader(http.StatusAccepted)
@@ -241,6 +243,30 @@ type keyCredential struct {
 // neverExpires is how a secret without an expiry is shown.
 var neverExpires = time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)
 
+// mayReadApp reports whether a token with claims may read the app
+// registration target (nil when unknown): Application.Read.All or
+// Application.ReadWrite.All, or Application.ReadWrite.OwnedBy for an app
+// that owns itself reading itself. s.mu is held.
+func (s *Sim) mayReadApp(claims *accessClaims, target *app) bool {
+	if hasRole(claims.Roles, roleApplicationReadAll) || hasRole(claims.Roles, roleApplicationRWAll) {
+		return true
+	}
+	if !hasRole(claims.Roles, roleApplicationOwnedBy) || target == nil {
+		return false
+	}
+	self := s.findApp(claims.Tid, claims.AppID)
+	return self == target && self.ownsItself
+}
+
+func hasRole(roles []string, role string) bool {
+	for _, r := range roles {
+		if strings.EqualFold(r, role) {
+			return true
+		}
+	}
+	return false
+}
+
 // handleApplication serves GET /v1.0/applications(appId='…') for the apps
 // of the token's tenant, honouring $select.
 func (s *Sim) handleApplication(w http.ResponseWriter, r *http.Request) {
@@ -256,6 +282,11 @@ func (s *Sim) handleApplication(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	a := s.findApp(claims.Tid, sub[1])
+	if !s.mayReadApp(claims, a) {
+		s.mu.Unlock()
+		s.writeGraphError(w, r, http.StatusForbidden, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
+		return
+	}
 	out := map[string]any{}
 	if a != nil {
 		pcs := []passwordCredential{}

@@ -49,6 +49,16 @@ type App struct {
 	// (SMTP.SendAsApp plus FullAccess, or Mail.Send for Graph); "*" means
 	// every mailbox of the tenant.
 	SendAsMailboxes []string
+	// GraphRoles are the application permissions granted on Microsoft
+	// Graph, carried as "roles" in its app-only Graph tokens. Nil means
+	// Mail.Send and Application.Read.All; an empty, non-nil list grants
+	// nothing. Reading an application needs Application.Read.All (or
+	// Application.ReadWrite.All), or Application.ReadWrite.OwnedBy with
+	// OwnsItself.
+	GraphRoles []string
+	// OwnsItself lists the app's service principal as an owner of its own
+	// registration, for Application.ReadWrite.OwnedBy.
+	OwnsItself bool
 }
 
 // Secret is a client secret. A zero ExpiresAt never expires; an empty
@@ -64,6 +74,11 @@ type Secret struct {
 type Mailbox struct {
 	Address          string
 	SMTPAuthDisabled bool
+	// SendAs are the other senders, addresses or whole @domains, this
+	// mailbox holds Exchange's SendAs permission on: over SMTP it may
+	// use them as envelope sender and From. Without it a mailbox sends
+	// only as itself.
+	SendAs []string
 }
 
 // Fault makes the simulator fail on purpose until the next SetFault or
@@ -108,6 +123,9 @@ type Received struct {
 	Via           string `json:"via"` // "smtp" or "graph"
 	TokenClientID string `json:"token_client_id"`
 	Delegated     bool   `json:"delegated"`
+	// Started is when the sending began: MAIL FROM over SMTP, the
+	// request over Graph.
+	Started time.Time `json:"started"`
 }
 
 // Counters are what the simulator observed since start or the last reset.
@@ -122,11 +140,15 @@ type Counters struct {
 
 // ClientCounters count requests per client id.
 type ClientCounters struct {
-	TokenRequests    int `json:"token_requests"`
-	TokenErrors      int `json:"token_errors"`
-	SMTPAuthAttempts int `json:"smtp_auth_attempts"`
-	SMTPAuthFailures int `json:"smtp_auth_failures"`
-	GraphRequests    int `json:"graph_requests"`
+	TokenRequests int `json:"token_requests"`
+	// GraphTokenRequests are the client-credentials token requests for
+	// https://graph.microsoft.com/.default, also counted in
+	// TokenRequests.
+	GraphTokenRequests int `json:"graph_token_requests"`
+	TokenErrors        int `json:"token_errors"`
+	SMTPAuthAttempts   int `json:"smtp_auth_attempts"`
+	SMTPAuthFailures   int `json:"smtp_auth_failures"`
+	GraphRequests      int `json:"graph_requests"`
 }
 
 // MailboxCounters count per mailbox.
@@ -150,6 +172,11 @@ const (
 	// rotatedSecretLifetime is the lifetime of a secret set by
 	// RotateSecret, the portal's recommended 180 days.
 	rotatedSecretLifetime = 180 * 24 * time.Hour
+
+	roleMailSend           = "Mail.Send"
+	roleApplicationReadAll = "Application.Read.All"
+	roleApplicationRWAll   = "Application.ReadWrite.All"
+	roleApplicationOwnedBy = "Application.ReadWrite.OwnedBy"
 
 	audOutlook    = "https://outlook.office.com"
 	audOutlook365 = "https://outlook.office365.com"
@@ -197,6 +224,9 @@ type app struct {
 	certs    []appCert
 	sendAll  bool
 	sendAs   map[string]bool
+	// graphRoles go into app-only Graph tokens; ownsItself is App.OwnsItself.
+	graphRoles []string
+	ownsItself bool
 }
 
 type secret struct {
@@ -217,6 +247,7 @@ type mailbox struct {
 	id           string
 	tenant       *tenant
 	smtpDisabled bool
+	sendAs       []string // lower-case addresses and @domains
 }
 
 // grant is a delegated consent of one mailbox to one app, with the refresh
@@ -286,7 +317,11 @@ func New(cfg Config) (*Sim, error) {
 			if s.mailboxes[key] != nil {
 				return nil, fmt.Errorf("mailbox %s: duplicate", m.Address)
 			}
-			s.mailboxes[key] = &mailbox{address: m.Address, id: guidFrom("mailbox:" + key), tenant: tn, smtpDisabled: m.SMTPAuthDisabled}
+			mb := &mailbox{address: m.Address, id: guidFrom("mailbox:" + key), tenant: tn, smtpDisabled: m.SMTPAuthDisabled}
+			for _, a := range m.SendAs {
+				mb.sendAs = append(mb.sendAs, strings.ToLower(a))
+			}
+			s.mailboxes[key] = mb
 		}
 	}
 	certs, err := newCerts()
@@ -305,7 +340,11 @@ func newApp(tn *tenant, a App, start time.Time) (*app, error) {
 	if a.ClientID == "" {
 		return nil, errors.New("app with an empty ClientID")
 	}
-	ap := &app{clientID: a.ClientID, tenant: tn, sendAs: map[string]bool{}}
+	ap := &app{clientID: a.ClientID, tenant: tn, sendAs: map[string]bool{}, ownsItself: a.OwnsItself,
+		graphRoles: []string{roleMailSend, roleApplicationReadAll}}
+	if a.GraphRoles != nil {
+		ap.graphRoles = append([]string{}, a.GraphRoles...)
+	}
 	for _, sec := range a.Secrets {
 		if sec.KeyID == "" {
 			sec.KeyID = newGUID()

@@ -51,6 +51,7 @@ type smtpSession struct {
 	slot    string // the key in s.active this session holds, once authenticated
 	from    string
 	to      []string
+	mailAt  time.Time // when MAIL FROM came
 }
 
 var (
@@ -202,7 +203,7 @@ func (ss *smtpSession) Mail(from string, _ *smtp.MailOptions) error {
 	if ss.mailbox == nil {
 		return errNotAuthed
 	}
-	ss.from, ss.to = from, nil
+	ss.from, ss.to, ss.mailAt = from, nil, time.Now()
 	return nil
 }
 
@@ -221,7 +222,8 @@ func (ss *smtpSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 }
 
 // Data accepts a message whose envelope sender, and From header if any,
-// is the authenticated mailbox. Exchange checks SendAs at the end of DATA.
+// is the authenticated mailbox or one it has SendAs on. Exchange checks
+// SendAs at the end of DATA.
 func (ss *smtpSession) Data(r io.Reader) error {
 	data, err := io.ReadAll(r)
 	if err != nil {
@@ -240,13 +242,13 @@ func (ss *smtpSession) Data(r io.Reader) error {
 	if ss.s.faults().SMTPTransient == "451" {
 		return errTransient
 	}
-	if !strings.EqualFold(from, m.address) {
+	if !m.sendsAs(from) {
 		return errSendAsDenied(m.address, from)
 	}
 	msgID := ""
 	if msg, err := mail.ReadMessage(bytes.NewReader(data)); err == nil {
 		if hf := msg.Header.Get("From"); hf != "" {
-			if addrs, err := mail.ParseAddressList(hf); err == nil && len(addrs) == 1 && !strings.EqualFold(addrs[0].Address, m.address) {
+			if addrs, err := mail.ParseAddressList(hf); err == nil && len(addrs) == 1 && !m.sendsAs(addrs[0].Address) {
 				return errSendAsDenied(m.address, addrs[0].Address)
 			}
 		}
@@ -264,6 +266,7 @@ func (ss *smtpSession) Data(r io.Reader) error {
 		Via:           "smtp",
 		TokenClientID: claims.AppID,
 		Delegated:     claims.delegated(),
+		Started:       ss.mailAt,
 	})
 	if ss.rc != nil {
 		ss.rc.setDataReply("250 2.0.0 OK " + msgID + " [Hostname=" + smtpHost + "]")

@@ -98,6 +98,9 @@ func (s *Sim) handleToken(w http.ResponseWriter, r *http.Request) {
 	}
 	c := s.client(key)
 	c.TokenRequests++
+	if strings.EqualFold(strings.TrimSpace(form.Get("scope")), audGraph+"/.default") {
+		c.GraphTokenRequests++
+	}
 	f := s.fault
 	var resp *tokenResponse
 	var aerr *aadError
@@ -292,7 +295,7 @@ func (s *Sim) accessToken(a *app, aud string, m *mailbox, scp string) (string, e
 		c.Idtyp = "app"
 		c.Oid = guidFrom("sp:" + strings.ToLower(a.clientID))
 		if aud == audGraph {
-			c.Roles = []string{"Mail.Send", "Application.Read.All"}
+			c.Roles = append([]string{}, a.graphRoles...)
 		} else {
 			c.Roles = []string{"SMTP.SendAsApp"}
 		}

@@ -1,0 +1,207 @@
+package auth
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha1"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// GraphScope is the scope of the app-only token that reads the app
+// registration from Microsoft Graph.
+const GraphScope = "https://graph.microsoft.com/.default"
+
+// Graph permissions that let an app read its own registration.
+const (
+	PermissionApplicationReadAll = "Application.Read.All"
+	PermissionOwnedBy            = "Application.ReadWrite.OwnedBy"
+)
+
+// maxGraphBody bounds the application object read from Graph.
+const maxGraphBody = 1 << 20
+
+// AppCredential is one client secret or certificate listed on the app
+// registration in Microsoft Graph. It holds no secret: Graph shows only a
+// secret's first three characters.
+type AppCredential struct {
+	// Kind is "secret" (passwordCredentials) or "certificate"
+	// (keyCredentials).
+	Kind        string
+	KeyID       string
+	DisplayName string
+	// Hint is a secret's first three characters.
+	Hint string
+	// Thumbprint is a certificate's customKeyIdentifier: the SHA-1
+	// thumbprint, upper-case hex.
+	Thumbprint string
+	Start, End time.Time
+	// InUse is true for the secret or certificate this Credential holds:
+	// a secret whose hint is the first three characters of ours, or a
+	// certificate whose thumbprint is our leaf's. Two secrets that start
+	// alike are both marked: the hint cannot tell them apart.
+	InUse bool
+}
+
+// GraphError is an error answer of Microsoft Graph.
+type GraphError struct {
+	HTTPStatus int
+	Code       string // e.g. "Authorization_RequestDenied"
+	Message    string
+}
+
+func (e *GraphError) Error() string {
+	return fmt.Sprintf("graph: %d %s: %s", e.HTTPStatus, e.Code, e.Message)
+}
+
+// Forbidden reports whether Graph refused to show the application: the
+// app lacks Application.Read.All (or Application.ReadWrite.OwnedBy while
+// being an owner of itself).
+func (e *GraphError) Forbidden() bool { return e.HTTPStatus == http.StatusForbidden }
+
+// MissingPermission says what to grant after a Forbidden answer.
+func (e *GraphError) MissingPermission() string {
+	return PermissionApplicationReadAll + " (or " + PermissionOwnedBy + " with the app as an owner of itself)"
+}
+
+// InUse returns what identifies the loaded secret or certificate in Graph:
+// the secret's first three characters (Graph's hint), or the
+// certificate's SHA-1 thumbprint in upper-case hex. The other is empty.
+func (c *Credential) InUse() (hint, thumbprint string) {
+	m := c.material()
+	if m.leaf != nil {
+		sum := sha1.Sum(m.leaf.Raw)
+		return "", strings.ToUpper(hex.EncodeToString(sum[:]))
+	}
+	return m.secret[:min(3, len(m.secret))], ""
+}
+
+// graphApplication is the part of a Graph application object read here.
+type graphApplication struct {
+	PasswordCredentials []struct {
+		DisplayName   string `json:"displayName"`
+		EndDateTime   string `json:"endDateTime"`
+		Hint          string `json:"hint"`
+		KeyID         string `json:"keyId"`
+		StartDateTime string `json:"startDateTime"`
+	} `json:"passwordCredentials"`
+	KeyCredentials []struct {
+		CustomKeyIdentifier string `json:"customKeyIdentifier"`
+		DisplayName         string `json:"displayName"`
+		EndDateTime         string `json:"endDateTime"`
+		KeyID               string `json:"keyId"`
+		StartDateTime       string `json:"startDateTime"`
+	} `json:"keyCredentials"`
+}
+
+// AppCredentials reads the app registration's secrets and certificates
+// from Microsoft Graph (graphURL, e.g. https://graph.microsoft.com) with
+// a fresh app-only token of this credential for GraphScope:
+// GET /v1.0/applications(appId='…')?$select=passwordCredentials,keyCredentials.
+// A token failure is a *TokenError; an error answer of Graph is a
+// *GraphError (Forbidden when the app may not read itself).
+func (c *Credential) AppCredentials(ctx context.Context, graphURL string) ([]AppCredential, error) {
+	tok, err := c.redeem(c.log, []string{GraphScope}, nil)
+	if err != nil {
+		return nil, err
+	}
+	u := strings.TrimRight(graphURL, "/") + "/v1.0/applications(appId='" + url.PathEscape(c.opts.ClientID) +
+		"')?$select=passwordCredentials,keyCredentials"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("graph: %w", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.opts.HTTPClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("graph: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxGraphBody))
+	if err != nil {
+		return nil, fmt.Errorf("graph: read application: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, graphErr(resp.StatusCode, body)
+	}
+	var app graphApplication
+	if err := json.Unmarshal(body, &app); err != nil {
+		return nil, fmt.Errorf("graph: application: %w", err)
+	}
+	hint, thumb := c.InUse()
+	var out []AppCredential
+	for _, p := range app.PasswordCredentials {
+		ac := AppCredential{Kind: "secret", KeyID: p.KeyID, DisplayName: p.DisplayName, Hint: p.Hint}
+		if ac.End, err = graphTime("endDateTime", p.EndDateTime); err != nil {
+			return nil, err
+		}
+		ac.Start, _ = graphTime("startDateTime", p.StartDateTime)
+		ac.InUse = hint != "" && p.Hint == hint
+		out = append(out, ac)
+	}
+	for _, k := range app.KeyCredentials {
+		ac := AppCredential{Kind: "certificate", KeyID: k.KeyID, DisplayName: k.DisplayName,
+			Thumbprint: thumbprintHex(k.CustomKeyIdentifier)}
+		if ac.End, err = graphTime("endDateTime", k.EndDateTime); err != nil {
+			return nil, err
+		}
+		ac.Start, _ = graphTime("startDateTime", k.StartDateTime)
+		ac.InUse = thumb != "" && ac.Thumbprint == thumb
+		out = append(out, ac)
+	}
+	return out, nil
+}
+
+// graphErr reads Graph's error body {"error": {"code", "message"}}.
+func graphErr(status int, body []byte) *GraphError {
+	var b struct {
+		Error struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	e := &GraphError{HTTPStatus: status}
+	if json.Unmarshal(body, &b) == nil {
+		e.Code, e.Message = b.Error.Code, truncate(b.Error.Message, maxDescriptionLen)
+	}
+	if e.Code == "" {
+		e.Code = http.StatusText(status)
+	}
+	return e
+}
+
+func graphTime(field, v string) (time.Time, error) {
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("graph: %s %q: %w", field, v, err)
+	}
+	return t.UTC(), nil
+}
+
+// thumbprintHex normalises a customKeyIdentifier to upper-case hex. The
+// portal stores a certificate's SHA-1 thumbprint there; depending on the
+// tool that uploaded it, it reads as hex, as base64 of the 20 bytes, or as
+// base64 of the hex text.
+func thumbprintHex(v string) string {
+	v = strings.TrimSpace(v)
+	if b, err := hex.DecodeString(v); err == nil && len(b) == sha1.Size {
+		return strings.ToUpper(v)
+	}
+	if b, err := base64.StdEncoding.DecodeString(v); err == nil {
+		if len(b) == sha1.Size {
+			return strings.ToUpper(hex.EncodeToString(b))
+		}
+		if h, err := hex.DecodeString(string(bytes.TrimSpace(b))); err == nil && len(h) == sha1.Size {
+			return strings.ToUpper(string(bytes.TrimSpace(b)))
+		}
+	}
+	return strings.ToUpper(v)
+}

@@ -1,0 +1,55 @@
+package breaker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Notices lets a fleet of replicas send a recurring notice, such as "the
+// credential expires in 20 days", once per period between them, across
+// restarts: the first replica to claim it in Redis sends it.
+type Notices struct {
+	rdb redis.UniversalClient
+}
+
+// NewNotices returns notices kept in rdb.
+func NewNotices(rdb redis.UniversalClient) *Notices { return &Notices{rdb: rdb} }
+
+// Claim reports whether the caller is the first, fleet-wide, to claim the
+// notice kind/name/level within every: the claim lasts every, and the
+// first call after it ends claims it again.
+func (n *Notices) Claim(ctx context.Context, kind, name, level string, every time.Duration) (bool, error) {
+	ok, err := n.rdb.SetNX(ctx, noticeKey(kind, name, level), "1", every).Result()
+	if err != nil {
+		return false, fmt.Errorf("notice %s %s: %w", kind, name, err)
+	}
+	return ok, nil
+}
+
+// Post sends v as JSON to the webhook now, for events other than
+// transitions (e.g. "credential.expiring"). It retries like transitions
+// and returns when the receiver accepted it, the tries are spent, or ctx
+// ends. Unlike Notify it blocks, so call it from a goroutine that may
+// wait.
+func (w *Webhook) Post(ctx context.Context, v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("webhook encode: %w", err)
+	}
+	delay := w.backoff
+	for try := 1; ; try++ {
+		if err = w.post(ctx, body); err == nil || try == webhookTries {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (after %d tries: %v)", ctx.Err(), try, err)
+		case <-time.After(delay):
+		}
+		delay *= 2
+	}
+}

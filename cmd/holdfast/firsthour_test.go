@@ -1,0 +1,166 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"holdfast/queue"
+	"holdfast/queue/redistest"
+)
+
+func TestVersionFlag(t *testing.T) {
+	for _, arg := range []string{"--version", "-version"} {
+		if out := mustRun(t, arg); out != "holdfast "+version+"\n" {
+			t.Errorf("holdfast %s printed %q, want %q", arg, out, "holdfast "+version+"\n")
+		}
+	}
+}
+
+// TestQueueWithoutConfig: without --config and with no ./holdfast.yaml,
+// the error says how to point at a configuration.
+func TestQueueWithoutConfig(t *testing.T) {
+	t.Chdir(t.TempDir())
+	for _, args := range [][]string{{"queue", "stats"}, {"breaker", "status"}} {
+		r := runCmd(t, args...)
+		if r.code != exitError || !strings.Contains(r.stderr, "open holdfast.yaml") ||
+			!strings.Contains(r.stderr, "--config FILE or $HOLDFAST_CONFIG") || strings.Count(r.stderr, "\n") != 1 {
+			t.Errorf("%v: exit %d, stderr %q; want 1 and one line saying how to point at a configuration", args, r.code, r.stderr)
+		}
+	}
+}
+
+// TestQueueShowDelivered: the 250 of a delivered message is its upstream
+// reply, not an error.
+func TestQueueShowDelivered(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfig(t, srv.Addr())
+	q := queue.New(srv.Client(t), queue.Options{})
+	ctx := t.Context()
+	if _, _, err := q.Enqueue(ctx, queue.Submission{Route: "crm", App: "crm", From: "a@contoso.com", To: []string{"b@example.org"}, Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	l := leaseOne(ctx, t, q, "crm")
+	if err := q.Ack(ctx, l, "250 2.0.0 OK <x@sim> [Hostname=SIM]"); err != nil {
+		t.Fatal(err)
+	}
+	out := mustRun(t, "queue", "show", "--config", cfg, l.ID)
+	if !strings.Contains(out, "upstream reply:") || !strings.Contains(out, "250 2.0.0 OK") || strings.Contains(out, "last error") {
+		t.Errorf("show of a delivered message:\n%s", out)
+	}
+	// A retried message keeps "last error".
+	if _, _, err := q.Enqueue(ctx, queue.Submission{Route: "web", App: "web", From: "a@contoso.com", To: []string{"b@example.org"}, Body: []byte("y")}); err != nil {
+		t.Fatal(err)
+	}
+	l = leaseOne(ctx, t, q, "web")
+	if _, err := q.Retry(ctx, l, "421 4.3.2 try later"); err != nil {
+		t.Fatal(err)
+	}
+	if out := mustRun(t, "queue", "show", "--config", cfg, l.ID); !strings.Contains(out, "last error:") {
+		t.Errorf("show of a retried message:\n%s", out)
+	}
+}
+
+// TestQueuePurge deletes by route, by state and by both, against a real
+// Redis, only with --yes or a "y" on a terminal, and says how many.
+func TestQueuePurge(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfig(t, srv.Addr())
+	q := queue.New(srv.Client(t), queue.Options{})
+	ctx := t.Context()
+	enqueue := func(route string, n int) {
+		t.Helper()
+		for i := range n {
+			if _, _, err := q.Enqueue(ctx, queue.Submission{Route: route, App: "crm", From: "a@contoso.com",
+				To: []string{fmt.Sprintf("r%d@example.org", i)}, Body: []byte("x")}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// crm: 3 dead and 600 queued (more than one batch); web: 2 dead, 4 queued.
+	enqueue("crm", 3)
+	for range 3 {
+		if err := q.Fail(ctx, leaseOne(ctx, t, q, "crm"), "550 5.1.1 unknown"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	enqueue("crm", 600)
+	enqueue("web", 2)
+	for range 2 {
+		if err := q.Fail(ctx, leaseOne(ctx, t, q, "web"), "550 5.1.1 unknown"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	enqueue("web", 4)
+	counts := func() (crmReady, crmDead, webReady, webDead int64) {
+		t.Helper()
+		st, err := q.Stats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range st.Routes {
+			switch r.Route {
+			case "crm":
+				crmReady, crmDead = r.Ready, r.Dead
+			case "web":
+				webReady, webDead = r.Ready, r.Dead
+			}
+		}
+		return
+	}
+
+	// Refusals: no filter, a bad state, no --yes without a terminal, "n".
+	if r := runCmd(t, "queue", "purge", "--config", cfg); r.code != exitUsage || !strings.Contains(r.stderr, "give --route, --state or both") {
+		t.Errorf("purge without a filter: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if r := runCmd(t, "queue", "purge", "--config", cfg, "--state", "lost"); r.code != exitUsage || !strings.Contains(r.stderr, `--state "lost"`) {
+		t.Errorf("purge --state lost: exit %d, stderr %q", r.code, r.stderr)
+	}
+	r := runCmd(t, "queue", "purge", "--config", cfg, "--state", "dead")
+	if r.code != exitError || !strings.Contains(r.stderr, "5 messages in state dead would be deleted; run again with --yes") {
+		t.Errorf("purge without --yes: exit %d, stderr %q", r.code, r.stderr)
+	}
+	r = runTTY(t, "n\n", "queue", "purge", "--config", cfg, "--state", "dead")
+	if r.code != exitOK || !strings.Contains(r.stdout, "delete 5 messages in state dead?") || !strings.Contains(r.stdout, "nothing deleted") {
+		t.Errorf("purge answered n: exit %d, stdout %q", r.code, r.stdout)
+	}
+	if a, b, c, d := counts(); a != 600 || b != 3 || c != 4 || d != 2 {
+		t.Fatalf("after the refusals: crm %d queued %d dead, web %d queued %d dead; want nothing deleted", a, b, c, d)
+	}
+
+	// By state and route, with "y" on a terminal.
+	r = runTTY(t, "y\n", "queue", "purge", "--config", cfg, "--state", "dead", "--route", "web")
+	if r.code != exitOK || !strings.Contains(r.stdout, "deleted 2 messages in state dead of route web") {
+		t.Errorf("purge web dead: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	// By state, every route.
+	out := mustRun(t, "queue", "purge", "--config", cfg, "--state", "dead", "--yes")
+	if !strings.Contains(out, "route crm: 3 dead messages deleted") || !strings.Contains(out, "deleted 3 messages in state dead") {
+		t.Errorf("purge dead:\n%s", out)
+	}
+	if a, b, c, d := counts(); a != 600 || b != 0 || c != 4 || d != 0 {
+		t.Fatalf("after purging dead: crm %d queued %d dead, web %d queued %d dead", a, b, c, d)
+	}
+	// By route, every state: more than one batch.
+	out = mustRun(t, "queue", "purge", "--config", cfg, "--route", "crm", "--yes")
+	if !strings.Contains(out, "deleted 600 messages of route crm") {
+		t.Errorf("purge crm:\n%s", out)
+	}
+	if a, b, c, d := counts(); a != 0 || b != 0 || c != 4 || d != 0 {
+		t.Fatalf("after purging crm: crm %d queued %d dead, web %d queued %d dead; want web untouched", a, b, c, d)
+	}
+	if out := mustRun(t, "queue", "purge", "--config", cfg, "--route", "crm", "--yes"); out != "no messages of route crm\n" {
+		t.Errorf("purge of an empty route printed %q", out)
+	}
+}
+
+// runTTY runs holdfast with stdin as a terminal that answers stdin.
+func runTTY(t *testing.T, stdin string, args ...string) result {
+	t.Helper()
+	var stdout, stderr strings.Builder
+	e := &env{stdin: strings.NewReader(stdin), stdout: &stdout, stderr: &stderr, stdinTTY: true,
+		getenv: func(string) string { return "" }, now: time.Now}
+	code := run(t.Context(), args, e)
+	return result{code, stdout.String(), stderr.String()}
+}

@@ -1,0 +1,108 @@
+package sim
+
+import (
+	"testing"
+	"time"
+)
+
+const appPath = "/v1.0/applications(appId='" + appID + "')?$select=passwordCredentials,keyCredentials"
+
+// passwordEnds returns each listed secret's endDateTime by hint.
+func passwordEnds(t *testing.T, m map[string]any) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	pcs, _ := m["passwordCredentials"].([]any)
+	for _, p := range pcs {
+		pc := p.(map[string]any)
+		out[pc["hint"].(string)] = pc["endDateTime"].(string)
+	}
+	return out
+}
+
+func TestAdminMovesSecretEndAndAddsSecret(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.Tenants[0].Apps[0].Secrets[0].KeyID = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee" })
+	tok := f.appToken(t, appID, appSecret, graphScope)
+	end := f.clock.Now().Add(20 * 24 * time.Hour).UTC()
+
+	status := f.admin(t, "POST", "/admin/secrets/end", map[string]any{"tenant": tenantID, "client_id": appID,
+		"key_id": "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee", "end_date_time": end.Format(time.RFC3339)}, nil)
+	if status != 204 {
+		t.Fatalf("move end: %d", status)
+	}
+	var added map[string]string
+	newEnd := end.Add(180 * 24 * time.Hour)
+	status = f.admin(t, "POST", "/admin/secrets/add", map[string]any{"tenant": tenantID, "client_id": appID,
+		"secret": "Qrs-next", "end_date_time": newEnd.Format(time.RFC3339), "display_name": "next"}, &added)
+	if status != 200 || added["key_id"] == "" {
+		t.Fatalf("add: %d %v", status, added)
+	}
+	_, m := f.graphDo(t, "GET", appPath, tok, "", nil)
+	ends := passwordEnds(t, m)
+	if len(ends) != 2 || ends["Abc"] != end.Format(time.RFC3339) || ends["Qrs"] != newEnd.Format(time.RFC3339) {
+		t.Fatalf("passwordCredentials %v", m["passwordCredentials"])
+	}
+	// Both secrets work until their own end.
+	f.appToken(t, appID, "Qrs-next", graphScope)
+	f.clock.Add(21 * 24 * time.Hour)
+	if _, err := f.ccConfig(appID, appSecret, graphScope).Token(f.ctx()); err == nil {
+		t.Fatal("the moved secret still works past its end")
+	}
+	f.appToken(t, appID, "Qrs-next", graphScope)
+
+	// By value, and the errors.
+	if s := f.admin(t, "POST", "/admin/secrets/end", map[string]any{"tenant": tenantID, "client_id": appID, "secret": "Qrs-next", "end_date_time": ""}, nil); s != 204 {
+		t.Fatalf("by value: %d", s)
+	}
+	for _, body := range []map[string]any{
+		{"tenant": tenantID, "client_id": appID, "end_date_time": "2027-01-01T00:00:00Z"},
+		{"tenant": tenantID, "client_id": appID, "secret": "Qrs-next", "end_date_time": "tomorrow"},
+	} {
+		if s := f.admin(t, "POST", "/admin/secrets/end", body, nil); s != 400 {
+			t.Fatalf("%v: %d, want 400", body, s)
+		}
+	}
+	if s := f.admin(t, "POST", "/admin/secrets/end", map[string]any{"tenant": tenantID, "client_id": appID, "secret": "nope"}, nil); s != 404 {
+		t.Fatalf("unknown secret: %d", s)
+	}
+}
+
+func TestGraphApplicationNeedsPermission(t *testing.T) {
+	f := newFixture(t, func(c *Config) {
+		c.Tenants[0].Apps[0].GraphRoles = []string{"Mail.Send"}
+		c.Tenants[0].Apps[1].GraphRoles = []string{"Application.ReadWrite.OwnedBy"}
+		c.Tenants[0].Apps[1].OwnsItself = true
+	})
+	tok := f.appToken(t, appID, appSecret, graphScope)
+	if roles := claimsOf(t, tok)["roles"].([]any); len(roles) != 1 || roles[0] != "Mail.Send" {
+		t.Fatalf("roles %v", roles)
+	}
+	resp, m := f.graphDo(t, "GET", appPath, tok, "", nil)
+	if code, msg := graphCode(m); resp.StatusCode != 403 || code != "Authorization_RequestDenied" || msg != "Insufficient privileges to complete the operation." {
+		t.Fatalf("without Application.Read.All: %d %s %q", resp.StatusCode, code, msg)
+	}
+
+	// OwnedBy reads the app itself, and no other.
+	other := f.appToken(t, otherApp, "other-secret", graphScope)
+	if resp, m := f.graphDo(t, "GET", "/v1.0/applications(appId='"+otherApp+"')", other, "", nil); resp.StatusCode != 200 || m["appId"] != otherApp {
+		t.Fatalf("OwnedBy on itself: %d %v", resp.StatusCode, m)
+	}
+	if resp, _ := f.graphDo(t, "GET", appPath, other, "", nil); resp.StatusCode != 403 {
+		t.Fatalf("OwnedBy on another app: %d", resp.StatusCode)
+	}
+
+	// Granted at run time: tokens issued from then on carry the role.
+	if s := f.admin(t, "POST", "/admin/apps/graph-roles", map[string]any{"tenant": tenantID, "client_id": appID, "roles": []string{"Application.Read.All"}}, nil); s != 204 {
+		t.Fatalf("graph-roles: %d", s)
+	}
+	if resp, _ := f.graphDo(t, "GET", appPath, tok, "", nil); resp.StatusCode != 403 {
+		t.Fatalf("old token: %d", resp.StatusCode)
+	}
+	tok = f.appToken(t, appID, appSecret, graphScope)
+	if resp, m := f.graphDo(t, "GET", appPath, tok, "", nil); resp.StatusCode != 200 || len(passwordEnds(t, m)) != 1 {
+		t.Fatalf("after the grant: %d %v", resp.StatusCode, m)
+	}
+	f.appToken(t, appID, appSecret, outlookScope)
+	if c := f.Counters().Clients[appID]; c.TokenRequests != 3 || c.GraphTokenRequests != 2 {
+		t.Fatalf("counters %+v, want 3 token requests, 2 of them for Graph", c)
+	}
+}

@@ -1,0 +1,77 @@
+package queue_test
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"holdfast/queue"
+	"holdfast/queue/redistest"
+)
+
+// TestAuthThrottleWindow: the count blocks at the threshold, per IP and
+// per user separately, and the block ends with the window.
+func TestAuthThrottleWindow(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	th := queue.NewAuthThrottle(srv.Client(t), 3, 300*time.Millisecond)
+	for range 3 {
+		if b, err := th.Blocked(ctx, "192.0.2.1", "crm"); b != nil || err != nil {
+			t.Fatalf("blocked before the threshold: %+v %v", b, err)
+		}
+		if err := th.Failed(ctx, "192.0.2.1", "crm"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := th.Blocked(ctx, "192.0.2.1", "")
+	if err != nil || b == nil || b.Kind != "ip" || b.Until <= 0 || b.Until > 300*time.Millisecond {
+		t.Fatalf("after 3 failures: %+v %v, want an ip block with time left", b, err)
+	}
+	if b, _ := th.Blocked(ctx, "192.0.2.2", "crm"); b == nil || b.Kind != "user" {
+		t.Fatalf("the user from another IP: %+v, want a user block", b)
+	}
+	if b, _ := th.Blocked(ctx, "192.0.2.2", "web"); b != nil {
+		t.Fatalf("another IP and user: %+v, want none", b)
+	}
+	time.Sleep(400 * time.Millisecond)
+	if b, _ := th.Blocked(ctx, "192.0.2.1", "crm"); b != nil {
+		t.Fatalf("after the window: %+v, want none", b)
+	}
+}
+
+// TestAuthThrottleAttemptsAtOnce: attempts counted before their check let
+// exactly Max through, however many come at once, and a success takes
+// back only its own count.
+func TestAuthThrottleAttemptsAtOnce(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	th := queue.NewAuthThrottle(srv.Client(t), 10, time.Minute)
+	var allowed atomic.Int64
+	var wg sync.WaitGroup
+	for range 40 {
+		wg.Go(func() {
+			b, err := th.Attempt(ctx, "192.0.2.9", "")
+			if err != nil {
+				t.Error(err)
+			}
+			if b == nil {
+				allowed.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if n := allowed.Load(); n != 10 {
+		t.Fatalf("%d of 40 attempts at once allowed, want 10", n)
+	}
+	if b, _ := th.Attempt(ctx, "192.0.2.10", ""); b != nil {
+		t.Fatal("another IP is blocked")
+	}
+	if err := th.Succeeded(ctx, "192.0.2.10", ""); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := th.Blocked(ctx, "192.0.2.9", ""); b == nil {
+		t.Fatal("another IP's success cleared the block")
+	}
+}

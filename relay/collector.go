@@ -1,0 +1,160 @@
+package relay
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"holdfast/breaker"
+	"holdfast/queue"
+)
+
+// scrapeTimeout bounds the Redis reads of one scrape.
+const scrapeTimeout = 5 * time.Second
+
+// stateCollector reads the queue depth and the breakers at scrape time:
+// a fixed number of Redis round trips (the route set, one pipeline of
+// per-route counts, the breaker names and one pipeline of breaker
+// records; one pipeline per node on Redis Cluster), however many routes
+// and breakers exist.
+type stateCollector struct {
+	q     *queue.Queue
+	set   *breaker.Set // nil without the exchange sender
+	creds []string     // configured credentials: their series always exist
+	now   func() time.Time
+	log   interface{ Warn(string, ...any) }
+
+	depth, oldestReady, oldestHeld, brkOpen, mbxOpen *prometheus.Desc
+}
+
+func newStateCollector(q *queue.Queue, set *breaker.Set, creds []string, log interface{ Warn(string, ...any) }) *stateCollector {
+	return &stateCollector{
+		q: q, set: set, creds: creds, now: time.Now, log: log,
+		depth: prometheus.NewDesc("holdfast_queue_messages",
+			"Messages in the queue by state (ready, scheduled, sending, held, dead) and credential.",
+			[]string{"state", "credential"}, nil),
+		oldestReady: prometheus.NewDesc("holdfast_queue_oldest_ready_age_seconds",
+			"How long the longest-waiting ready message has been due without a worker taking it.", nil, nil),
+		oldestHeld: prometheus.NewDesc("holdfast_queue_oldest_held_age_seconds",
+			"Age of the oldest message held by an open auth breaker.", nil, nil),
+		brkOpen: prometheus.NewDesc("holdfast_breaker_open",
+			"1 while the credential's auth breaker is open, else 0.", []string{"credential"}, nil),
+		mbxOpen: prometheus.NewDesc("holdfast_mailbox_breakers_open",
+			"Open mailbox auth breakers among the credential's routes.", []string{"credential"}, nil),
+	}
+}
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.depth, c.oldestReady, c.oldestHeld, c.brkOpen, c.mbxOpen} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+	defer cancel()
+	stats, err := c.q.Stats(ctx)
+	if err != nil {
+		c.log.Warn("metrics: cannot read the queue", "err", err)
+		ch <- prometheus.NewInvalidMetric(c.depth, err)
+		return
+	}
+	now := c.now()
+	type counts struct{ ready, scheduled, sending, held, dead int64 }
+	byCred := map[string]*counts{}
+	for _, cr := range c.creds {
+		byCred[cr] = &counts{}
+	}
+	for _, rs := range stats.Routes {
+		cr := routeCredential(rs.Route)
+		n := byCred[cr]
+		if n == nil {
+			n = &counts{}
+			byCred[cr] = n
+		}
+		n.ready += rs.Ready
+		n.scheduled += rs.Scheduled
+		n.sending += rs.Leased
+		n.held += rs.Held
+		n.dead += rs.Dead
+	}
+	for cr, n := range byCred {
+		for _, v := range []struct {
+			state string
+			n     int64
+		}{{"ready", n.ready}, {"scheduled", n.scheduled}, {"sending", n.sending}, {"held", n.held}, {"dead", n.dead}} {
+			ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(v.n), v.state, cr)
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(c.oldestReady, prometheus.GaugeValue, ageSeconds(now, stats.Total.ReadySince))
+	ch <- prometheus.MustNewConstMetric(c.oldestHeld, prometheus.GaugeValue, ageSeconds(now, oldestHeld(stats)))
+	if c.set == nil {
+		return
+	}
+	list, err := c.set.List(ctx)
+	if err != nil {
+		c.log.Warn("metrics: cannot read the breakers", "err", err)
+		ch <- prometheus.NewInvalidMetric(c.brkOpen, err)
+		return
+	}
+	open, mbx := openBreakers(list, stats.Routes, c.creds)
+	for cr, v := range open {
+		ch <- prometheus.MustNewConstMetric(c.brkOpen, prometheus.GaugeValue, v, cr)
+	}
+	for cr, n := range mbx {
+		ch <- prometheus.MustNewConstMetric(c.mbxOpen, prometheus.GaugeValue, float64(n), cr)
+	}
+}
+
+// openBreakers maps each credential to 1 when its breaker is open, and
+// counts the open mailbox breakers among each credential's routes.
+func openBreakers(list []breaker.Status, routes []queue.RouteStats, creds []string) (open map[string]float64, mbx map[string]int) {
+	open, mbx = map[string]float64{}, map[string]int{}
+	for _, cr := range creds {
+		open[cr], mbx[cr] = 0, 0
+	}
+	openMbx := map[string]bool{}
+	for _, st := range list {
+		if st.State != breaker.Open {
+			continue
+		}
+		if cr, ok := strings.CutPrefix(st.Name, "cred:"); ok {
+			open[cr] = 1
+		} else {
+			openMbx[st.Name] = true
+		}
+	}
+	seen := map[[2]string]bool{}
+	for _, rs := range routes {
+		credName, mbxName, ok := routeBreakers(rs.Route)
+		if !ok || !openMbx[mbxName] {
+			continue
+		}
+		cr := strings.TrimPrefix(credName, "cred:")
+		if k := [2]string{cr, mbxName}; !seen[k] {
+			seen[k] = true
+			mbx[cr]++
+		}
+	}
+	return open, mbx
+}
+
+func ageSeconds(now, t time.Time) float64 {
+	if t.IsZero() {
+		return 0
+	}
+	return max(0, now.Sub(t).Seconds())
+}
+
+// oldestHeld is the submit time of the oldest message on a held route.
+func oldestHeld(stats queue.Stats) time.Time {
+	var oldest time.Time
+	for _, rs := range stats.Routes {
+		if rs.Held > 0 && !rs.Oldest.IsZero() && (oldest.IsZero() || rs.Oldest.Before(oldest)) {
+			oldest = rs.Oldest
+		}
+	}
+	return oldest
+}

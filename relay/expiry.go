@@ -1,0 +1,572 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"holdfast/auth"
+	"holdfast/breaker"
+)
+
+// Where an expiry date comes from: the label "source" of
+// holdfast_credential_expiry_timestamp_seconds.
+const (
+	SourceConfig      = "config"      // the credential's expires_at
+	SourceCertificate = "certificate" // the certificate file's NotAfter
+	SourceGraph       = "graph"       // the app registration in Microsoft Graph
+)
+
+// Expiry levels: how close a credential is to its expiry.
+const (
+	LevelUnknown  = "unknown"  // no source gave a date
+	LevelOK       = "ok"       // more than 30 days left
+	LevelWarning  = "warning"  // 30 days or less
+	LevelCritical = "critical" // 7 days or less
+	LevelExpired  = "expired"  // past the date
+)
+
+// Thresholds of the levels, the same as the alert rules'.
+const (
+	expiryWarnWithin     = 30 * 24 * time.Hour
+	expiryCriticalWithin = 7 * 24 * time.Hour
+)
+
+// Once a day per credential, the monitor logs a warning and posts
+// credential.expiring. The fleet-wide claim lasts a little less than a
+// day, so that a check every 12 h, whose ticks drift by milliseconds,
+// still finds it gone after two ticks.
+const (
+	expiryNoticeKind  = "credential-expiry"
+	expiryNoticeEvery = 24*time.Hour - 10*time.Minute
+	// EventCredentialExpiring is the webhook event type of the notice.
+	EventCredentialExpiring = "credential.expiring"
+)
+
+// expiryRetryEvery is how often a Graph read put off while the
+// credential's breaker was open is tried again.
+const expiryRetryEvery = 30 * time.Second
+
+// expiryEventTimeout bounds the posting of one webhook event, retries
+// included.
+const expiryEventTimeout = 2 * time.Minute
+
+// Expiry is one known end date of a credential's secret or certificate.
+type Expiry struct {
+	Credential string `json:"credential"`
+	// Source is config, certificate or graph.
+	Source string `json:"source"`
+	// Hint (a secret's first three characters, as Graph shows it) or
+	// Thumbprint (a certificate's SHA-1, upper-case hex) tell Graph's
+	// entries apart; KeyID and DisplayName are Graph's.
+	Hint        string    `json:"hint,omitempty"`
+	Thumbprint  string    `json:"thumbprint,omitempty"`
+	KeyID       string    `json:"key_id,omitempty"`
+	DisplayName string    `json:"display_name,omitempty"`
+	ExpiresAt   time.Time `json:"expires_at"`
+	// InUse is true for the dates of the secret or certificate Holdfast
+	// sends with: always for config and certificate; for graph, the
+	// entry whose hint or thumbprint is that of the loaded one. The other
+	// Graph entries show, for instance, a newer secret not yet deployed.
+	InUse bool `json:"in_use"`
+}
+
+// CredentialExpiry is what the monitor knows of one credential.
+type CredentialExpiry struct {
+	Credential string `json:"credential"`
+	// Expiries are every known date, in-use ones first, then by source
+	// and date.
+	Expiries []Expiry `json:"expiries"`
+	// ExpiresAt is the soonest in-use date, and Source where it comes
+	// from; zero and "" when no source knows.
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	Source    string    `json:"source,omitempty"`
+	// Level is unknown, ok, warning, critical or expired at CheckedAt.
+	Level     string    `json:"level"`
+	CheckedAt time.Time `json:"checked_at,omitzero"`
+	// GraphError is why Graph could not be read at the last check; ""
+	// when it was.
+	GraphError string `json:"graph_error,omitempty"`
+}
+
+// DaysLeft is the number of days to ExpiresAt from now, rounded up (a
+// credential expiring in 2 hours has 1 day left); 0 or less once past.
+func (c CredentialExpiry) DaysLeft(now time.Time) int { return daysLeft(c.ExpiresAt.Sub(now)) }
+
+func daysLeft(d time.Duration) int {
+	days := d.Hours() / 24
+	if d > 0 {
+		return int(math.Ceil(days))
+	}
+	return int(math.Floor(days))
+}
+
+// expiryLevel says how close the end is, seen at now.
+func expiryLevel(end, now time.Time) string {
+	switch left := end.Sub(now); {
+	case end.IsZero():
+		return LevelUnknown
+	case left <= 0:
+		return LevelExpired
+	case left <= expiryCriticalWithin:
+		return LevelCritical
+	case left <= expiryWarnWithin:
+		return LevelWarning
+	}
+	return LevelOK
+}
+
+// noticeClaimer grants a recurring notice to one replica per period
+// (breaker.Notices).
+type noticeClaimer interface {
+	Claim(ctx context.Context, kind, name, level string, every time.Duration) (bool, error)
+}
+
+// eventPoster posts a webhook event (breaker.Webhook).
+type eventPoster interface {
+	Post(ctx context.Context, v any) error
+}
+
+// expiryConfig builds an ExpiryMonitor.
+type expiryConfig struct {
+	credentials []Credential
+	// live are the loaded credentials by name; one missing has only its
+	// expires_at.
+	live     map[string]*auth.Credential
+	graphURL string
+	interval time.Duration
+	// notices and events, when set, make checks notify (see notify).
+	notices noticeClaimer
+	events  eventPoster
+	// graphAllowed, when set, says whether a credential may request a
+	// token now: not while its breaker is open. A Graph read it refuses
+	// waits for the next retry tick.
+	graphAllowed func(ctx context.Context, name string) bool
+	// retry is how often a Graph read put off is tried again. Default
+	// expiryRetryEvery.
+	retry time.Duration
+	log   *slog.Logger
+	now   func() time.Time
+}
+
+// ExpiryMonitor reads when each credential's secret or certificate
+// expires, from the configuration (expires_at), the certificate's
+// NotAfter and Microsoft Graph, at start, every check interval and after
+// a reload. Within 30 days of the soonest date it logs a warning and
+// posts credential.expiring on the breaker webhook once a day per
+// credential across the fleet. It is a prometheus.Collector of
+// holdfast_credential_expiry_timestamp_seconds{credential,source}.
+type ExpiryMonitor struct {
+	cfg  expiryConfig
+	desc *prometheus.Desc
+	wake chan struct{}
+	wg   sync.WaitGroup // webhook posts
+
+	mu      sync.Mutex
+	state   map[string]*CredentialExpiry
+	pending map[string]bool   // credentials reloaded since the last check
+	putOff  map[string]bool   // Graph not read: the breaker was open
+	denied  map[string]bool   // Graph 403 logged
+	failed  map[string]string // last Graph failure logged
+}
+
+var _ prometheus.Collector = (*ExpiryMonitor)(nil)
+
+func newExpiryMonitor(cfg expiryConfig) *ExpiryMonitor {
+	if cfg.now == nil {
+		cfg.now = time.Now
+	}
+	if cfg.retry <= 0 {
+		cfg.retry = expiryRetryEvery
+	}
+	if cfg.log == nil {
+		cfg.log = slog.New(slog.DiscardHandler)
+	}
+	cfg.log = cfg.log.With("component", "expiry")
+	m := &ExpiryMonitor{
+		cfg: cfg,
+		desc: prometheus.NewDesc("holdfast_credential_expiry_timestamp_seconds",
+			"When a credential's secret or certificate expires, in Unix seconds, by where the date comes from (config, certificate, graph).",
+			[]string{"credential", "source"}, nil),
+		wake:    make(chan struct{}, 1),
+		state:   map[string]*CredentialExpiry{},
+		pending: map[string]bool{},
+		putOff:  map[string]bool{},
+		denied:  map[string]bool{},
+		failed:  map[string]string{},
+	}
+	now := cfg.now()
+	for _, c := range cfg.credentials {
+		m.state[c.Name] = summarise(c.Name, m.localExpiries(c), now)
+	}
+	return m
+}
+
+// localExpiries are the dates known without asking Graph.
+func (m *ExpiryMonitor) localExpiries(c Credential) []Expiry {
+	var out []Expiry
+	if t, err := c.Expiry(); err == nil && !t.IsZero() {
+		out = append(out, Expiry{Credential: c.Name, Source: SourceConfig, ExpiresAt: t, InUse: true})
+	}
+	if live := m.cfg.live[c.Name]; live != nil {
+		if t, ok := live.Expiry(); ok {
+			_, thumb := live.InUse()
+			out = append(out, Expiry{Credential: c.Name, Source: SourceCertificate, Thumbprint: thumb, ExpiresAt: t.UTC(), InUse: true})
+		}
+	}
+	return out
+}
+
+// summarise sorts the dates and picks the soonest in use.
+func summarise(name string, list []Expiry, now time.Time) *CredentialExpiry {
+	order := map[string]int{SourceConfig: 0, SourceCertificate: 1, SourceGraph: 2}
+	slices.SortStableFunc(list, func(a, b Expiry) int {
+		switch {
+		case a.InUse != b.InUse:
+			if a.InUse {
+				return -1
+			}
+			return 1
+		case a.Source != b.Source:
+			return order[a.Source] - order[b.Source]
+		}
+		return a.ExpiresAt.Compare(b.ExpiresAt)
+	})
+	ce := &CredentialExpiry{Credential: name, Expiries: list}
+	for _, e := range list {
+		if e.InUse && (ce.ExpiresAt.IsZero() || e.ExpiresAt.Before(ce.ExpiresAt)) {
+			ce.ExpiresAt, ce.Source = e.ExpiresAt, e.Source
+		}
+	}
+	ce.Level = expiryLevel(ce.ExpiresAt, now)
+	return ce
+}
+
+// Expiries returns what is known of every credential, in configuration
+// order.
+func (m *ExpiryMonitor) Expiries() []CredentialExpiry {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]CredentialExpiry, 0, len(m.cfg.credentials))
+	for _, c := range m.cfg.credentials {
+		ce := *m.state[c.Name]
+		ce.Expiries = slices.Clone(ce.Expiries)
+		out = append(out, ce)
+	}
+	return out
+}
+
+// ExpiresAt is a credential's soonest known in-use expiry; zero when no
+// source knows it or the credential is not configured.
+func (m *ExpiryMonitor) ExpiresAt(name string) time.Time {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if ce := m.state[name]; ce != nil {
+		return ce.ExpiresAt
+	}
+	return time.Time{}
+}
+
+// Describe implements prometheus.Collector.
+func (m *ExpiryMonitor) Describe(ch chan<- *prometheus.Desc) { ch <- m.desc }
+
+// Collect implements prometheus.Collector: per credential and source, the
+// soonest in-use date.
+func (m *ExpiryMonitor) Collect(ch chan<- prometheus.Metric) {
+	for _, ce := range m.Expiries() {
+		soonest := map[string]time.Time{}
+		for _, e := range ce.Expiries {
+			if t, ok := soonest[e.Source]; e.InUse && (!ok || e.ExpiresAt.Before(t)) {
+				soonest[e.Source] = e.ExpiresAt
+			}
+		}
+		for _, src := range []string{SourceConfig, SourceCertificate, SourceGraph} {
+			if t, ok := soonest[src]; ok {
+				ch <- prometheus.MustNewConstMetric(m.desc, prometheus.GaugeValue, float64(t.Unix()), ce.Credential, src)
+			}
+		}
+	}
+}
+
+// Reloaded tells the monitor that a credential's files changed: it is
+// checked again at once. It never blocks.
+func (m *ExpiryMonitor) Reloaded(name string) {
+	m.mu.Lock()
+	m.pending[name] = true
+	m.mu.Unlock()
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run checks every credential now and every check interval, and a
+// reloaded credential at once, until ctx ends; then it waits for webhook
+// posts in flight.
+func (m *ExpiryMonitor) Run(ctx context.Context) {
+	defer m.wg.Wait()
+	m.CheckAll(ctx)
+	t := time.NewTicker(m.cfg.interval)
+	defer t.Stop()
+	retry := time.NewTicker(m.cfg.retry)
+	defer retry.Stop()
+	for {
+		var names map[string]bool
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			m.CheckAll(ctx)
+			continue
+		case <-m.wake:
+			m.mu.Lock()
+			names, m.pending = m.pending, map[string]bool{}
+			m.mu.Unlock()
+		case <-retry.C:
+			m.mu.Lock()
+			names = maps.Clone(m.putOff)
+			m.mu.Unlock()
+		}
+		for _, c := range m.cfg.credentials {
+			if names[c.Name] {
+				m.check(ctx, c)
+			}
+		}
+	}
+}
+
+// CheckAll reads every credential's expiry now.
+func (m *ExpiryMonitor) CheckAll(ctx context.Context) {
+	for _, c := range m.cfg.credentials {
+		if ctx.Err() != nil {
+			return
+		}
+		m.check(ctx, c)
+	}
+}
+
+// check reads one credential's dates, stores them and notifies.
+func (m *ExpiryMonitor) check(ctx context.Context, c Credential) {
+	list := m.localExpiries(c)
+	graphErr := ""
+	if live := m.cfg.live[c.Name]; live != nil && m.cfg.graphURL != "" {
+		allowed := m.cfg.graphAllowed == nil || m.cfg.graphAllowed(ctx, c.Name)
+		m.mu.Lock()
+		if allowed {
+			delete(m.putOff, c.Name)
+		} else {
+			m.putOff[c.Name] = true
+		}
+		m.mu.Unlock()
+		var graph []Expiry
+		var err error
+		if allowed {
+			graph, err = m.readGraph(ctx, c.Name, live)
+		} else {
+			err = errors.New("not read while the credential's breaker is open; tried again every " + m.cfg.retry.String())
+		}
+		if err != nil {
+			graphErr = err.Error()
+			var ge *auth.GraphError
+			if !errors.As(err, &ge) || !ge.Forbidden() {
+				// Keep the last dates read: a passing failure does not
+				// make them wrong.
+				list = append(list, m.graphExpiries(c.Name)...)
+			}
+		}
+		list = append(list, graph...)
+	}
+	now := m.cfg.now()
+	ce := summarise(c.Name, list, now)
+	ce.CheckedAt, ce.GraphError = now, graphErr
+	m.mu.Lock()
+	m.state[c.Name] = ce
+	m.mu.Unlock()
+	m.cfg.log.Debug("credential expiry checked", "credential", c.Name, "expires_at", ce.ExpiresAt,
+		"source", ce.Source, "level", ce.Level)
+	m.notify(ctx, *ce, now)
+}
+
+// graphExpiries are the Graph dates of the last check.
+func (m *ExpiryMonitor) graphExpiries(name string) []Expiry {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []Expiry
+	for _, e := range m.state[name].Expiries {
+		if e.Source == SourceGraph {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// readGraph lists the app registration's secrets and certificates. A 403
+// is logged once at info, naming the missing permission; other failures
+// once per distinct error at warning.
+func (m *ExpiryMonitor) readGraph(ctx context.Context, name string, live *auth.Credential) ([]Expiry, error) {
+	list, err := live.AppCredentials(ctx, m.cfg.graphURL)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err != nil {
+		var ge *auth.GraphError
+		switch {
+		case errors.As(err, &ge) && ge.Forbidden():
+			if !m.denied[name] {
+				m.denied[name] = true
+				m.cfg.log.Info("cannot read the credential's expiry from Microsoft Graph; using expires_at and the certificate instead. Grant the app "+ge.MissingPermission()+" to read it",
+					"credential", name, "missing_permission", auth.PermissionApplicationReadAll, "graph_error", ge.Code)
+			}
+		case m.failed[name] != err.Error():
+			m.failed[name] = err.Error()
+			m.cfg.log.Warn("cannot read the credential's expiry from Microsoft Graph", "credential", name, "err", err)
+		}
+		return nil, err
+	}
+	if m.denied[name] || m.failed[name] != "" {
+		m.cfg.log.Info("the credential's expiry is readable from Microsoft Graph again", "credential", name)
+	}
+	delete(m.denied, name)
+	delete(m.failed, name)
+	out := make([]Expiry, 0, len(list))
+	for _, ac := range list {
+		out = append(out, Expiry{Credential: name, Source: SourceGraph, Hint: ac.Hint, Thumbprint: ac.Thumbprint,
+			KeyID: ac.KeyID, DisplayName: ac.DisplayName, ExpiresAt: ac.End, InUse: ac.InUse})
+	}
+	return out, nil
+}
+
+// ExpiringEvent is the body of the credential.expiring webhook event.
+type ExpiringEvent struct {
+	Type string `json:"type"`
+	// ID is the same on every replica for one credential, level and day,
+	// so that a receiver can drop repeats.
+	ID         string    `json:"id"`
+	Credential string    `json:"credential"`
+	Level      string    `json:"level"`
+	ExpiresAt  time.Time `json:"expires_at"`
+	DaysLeft   int       `json:"days_left"`
+	Source     string    `json:"source"`
+	// NewestExpiresAt is the end of the newest secret or certificate
+	// listed in Graph, when it ends later than the one in use: one
+	// already created and waiting to be deployed.
+	NewestExpiresAt time.Time `json:"newest_expires_at,omitzero"`
+	Message         string    `json:"message"`
+	At              time.Time `json:"at"`
+}
+
+// notify logs and posts credential.expiring, once a day per credential
+// and level across the fleet, when the soonest date is 30 days away or
+// less.
+func (m *ExpiryMonitor) notify(ctx context.Context, ce CredentialExpiry, now time.Time) {
+	if m.cfg.notices == nil {
+		return
+	}
+	switch ce.Level {
+	case LevelWarning, LevelCritical, LevelExpired:
+	default:
+		return
+	}
+	ok, err := m.cfg.notices.Claim(ctx, expiryNoticeKind, ce.Credential, ce.Level, expiryNoticeEvery)
+	if err != nil {
+		// Better twice than never.
+		m.cfg.log.Warn("cannot tell whether another replica warned today; warning anyway", "credential", ce.Credential, "err", err)
+	} else if !ok {
+		return
+	}
+	ev := ExpiringEvent{
+		Type:       EventCredentialExpiring,
+		ID:         fmt.Sprintf("%s:%s:%s:%s", EventCredentialExpiring, ce.Credential, ce.Level, now.UTC().Format(time.DateOnly)),
+		Credential: ce.Credential,
+		Level:      ce.Level,
+		ExpiresAt:  ce.ExpiresAt.UTC(),
+		DaysLeft:   ce.DaysLeft(now),
+		Source:     ce.Source,
+		At:         now.UTC(),
+	}
+	for _, e := range ce.Expiries {
+		if e.ExpiresAt.After(ce.ExpiresAt) && e.ExpiresAt.After(ev.NewestExpiresAt) && e.Source == SourceGraph {
+			ev.NewestExpiresAt = e.ExpiresAt.UTC()
+		}
+	}
+	ev.Message = expiryMessage(ev)
+	level := slog.LevelWarn
+	if ce.Level != LevelWarning {
+		level = slog.LevelError
+	}
+	m.cfg.log.Log(ctx, level, ev.Message, "credential", ce.Credential, "level", ce.Level,
+		"expires_at", ev.ExpiresAt, "days_left", ev.DaysLeft, "source", ce.Source)
+	if m.cfg.events == nil {
+		return
+	}
+	m.wg.Go(func() {
+		pctx, cancel := context.WithTimeout(ctx, expiryEventTimeout)
+		defer cancel()
+		if err := m.cfg.events.Post(pctx, ev); err != nil {
+			m.cfg.log.Error("cannot post "+EventCredentialExpiring, "credential", ce.Credential, "err", err)
+		}
+	})
+}
+
+// expiryMessage says what is wrong and what to do.
+func expiryMessage(ev ExpiringEvent) string {
+	var msg string
+	if ev.Level == LevelExpired {
+		msg = fmt.Sprintf("credential %s expired on %s (from %s)", ev.Credential, ev.ExpiresAt.Format(time.RFC3339), ev.Source)
+	} else {
+		msg = fmt.Sprintf("credential %s expires in %d days, on %s (from %s)", ev.Credential, ev.DaysLeft, ev.ExpiresAt.Format(time.RFC3339), ev.Source)
+	}
+	if !ev.NewestExpiresAt.IsZero() {
+		return msg + fmt.Sprintf("; a newer secret or certificate ending %s is registered: deploy it to client_secret_file (or cert_file); no restart needed",
+			ev.NewestExpiresAt.Format(time.DateOnly))
+	}
+	return msg + "; rotate it: create a new secret or certificate, write it to client_secret_file (or cert_file), no restart needed, then update expires_at"
+}
+
+// authOptions are the auth options of a configured credential for scope.
+func (c Credential) authOptions(scope string, client *http.Client, log *slog.Logger) auth.CredentialOptions {
+	return auth.CredentialOptions{
+		Name: c.Name, Tenant: c.Tenant, ClientID: c.ClientID, Authority: c.Authority,
+		ClientSecretFile: c.ClientSecretFile, CertFile: c.CertFile, KeyFile: c.KeyFile,
+		Scope: scope, HTTPClient: client, Logger: log,
+	}
+}
+
+// newExpiryMonitor builds the relay's expiry monitor over the exchange
+// sender's credentials, notifying on the breaker webhook, and registers
+// it.
+func (s *Server) newExpiryMonitor() error {
+	cfg := expiryConfig{
+		credentials: s.opts.Credentials,
+		live:        s.exchange.creds,
+		graphURL:    s.opts.Exchange.GraphURL,
+		interval:    s.opts.Expiry.CheckInterval.D(),
+		notices:     breaker.NewNotices(s.rdb),
+		log:         s.log,
+		// No token request under an open breaker, this one included.
+		graphAllowed: func(ctx context.Context, name string) bool {
+			ok, _ := s.gate.set.Allow(ctx, credentialBreaker(name))
+			return ok
+		},
+	}
+	if s.webhook != nil {
+		cfg.events = s.webhook
+	}
+	s.expiry = newExpiryMonitor(cfg)
+	if err := s.reg.Register(s.expiry); err != nil {
+		return fmt.Errorf("expiry monitor metrics: %w", err)
+	}
+	return nil
+}
+
+// Expiry is the relay's credential expiry monitor; nil unless
+// delivery.sender is "exchange".
+func (s *Server) Expiry() *ExpiryMonitor { return s.expiry }

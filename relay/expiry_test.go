@@ -1,0 +1,407 @@
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"holdfast/cmd/o365sim/sim"
+)
+
+// webhookSink records the JSON bodies posted to it.
+type webhookSink struct {
+	srv *httptest.Server
+
+	mu     sync.Mutex
+	bodies []map[string]any
+}
+
+func newWebhookSink(t *testing.T) *webhookSink {
+	t.Helper()
+	w := &webhookSink{}
+	w.srv = httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		raw, _ := io.ReadAll(r.Body)
+		var m map[string]any
+		if err := json.Unmarshal(raw, &m); err != nil {
+			t.Errorf("webhook body is not JSON: %s", raw)
+		}
+		w.mu.Lock()
+		w.bodies = append(w.bodies, m)
+		w.mu.Unlock()
+	}))
+	t.Cleanup(w.srv.Close)
+	return w
+}
+
+// events returns the bodies of one event type.
+func (w *webhookSink) events(typ string) []map[string]any {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []map[string]any
+	for _, b := range w.bodies {
+		if b["type"] == typ {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// expiryGauge is the text exposition of the expiry gauge for the given
+// "credential source unix" lines.
+func expiryGauge(lines ...string) string {
+	var b strings.Builder
+	b.WriteString("# HELP holdfast_credential_expiry_timestamp_seconds When a credential's secret or certificate expires, in Unix seconds, by where the date comes from (config, certificate, graph).\n")
+	b.WriteString("# TYPE holdfast_credential_expiry_timestamp_seconds gauge\n")
+	for _, l := range lines {
+		var cred, src string
+		var v int64
+		fmt.Sscan(l, &cred, &src, &v)
+		fmt.Fprintf(&b, "holdfast_credential_expiry_timestamp_seconds{credential=%q,source=%q} %d\n", cred, src, v)
+	}
+	return b.String()
+}
+
+// gaugeIs reports whether the relay's registry holds exactly want.
+func gaugeIs(s *Server, want string) bool {
+	return testutil.GatherAndCompare(s.reg, strings.NewReader(want), "holdfast_credential_expiry_timestamp_seconds") == nil
+}
+
+// TestExpiryGraphEndDate moves the secret's end date in Graph to 20 days
+// ahead: within one check interval it shows as the gauge, exact to the
+// second, as one warning log line and as one credential.expiring webhook,
+// however many replicas run and checks pass.
+func TestExpiryGraphEndDate(t *testing.T) {
+	const interval = 2 * time.Second
+	hook := newWebhookSink(t)
+	newer := time.Now().Add(400 * 24 * time.Hour).UTC().Truncate(time.Second)
+	e := newExchangeEnv(t, 2, func(o *Options) {
+		o.Expiry.CheckInterval = Duration(interval)
+		o.Breakers.WebhookURL = hook.srv.URL + "/hooks/secret-token"
+	})
+	if id := e.sim.AddSecret(simTenant, simClientID, sim.Secret{Value: "Xyz~next-secret", ExpiresAt: newer, DisplayName: "next"}); id == "" {
+		t.Fatal("AddSecret")
+	}
+	// The check at start reads the year-long secret: no warning.
+	waitFor(t, 2*interval, "the first Graph read", func() bool {
+		ce := e.relays[0].Expiry().Expiries()[0]
+		return ce.Source == SourceGraph && ce.Level == LevelOK
+	})
+
+	end := time.Now().Add(20 * 24 * time.Hour).UTC().Truncate(time.Second)
+	if !e.sim.SetSecretEnd(simTenant, simClientID, simSecret, end) {
+		t.Fatal("SetSecretEnd")
+	}
+	moved := time.Now()
+	want := expiryGauge(fmt.Sprintf("contoso graph %d", end.Unix()))
+	waitFor(t, interval+time.Second, "the gauge at the new end date", func() bool {
+		return gaugeIs(e.relays[0], want) && gaugeIs(e.relays[1], want)
+	})
+	took := time.Since(moved)
+	if took > interval+time.Second {
+		t.Fatalf("seen after %s, check interval %s", took, interval)
+	}
+	t.Logf("the new end date was in both replicas' gauges %s after it moved (check interval %s)", took.Round(time.Millisecond), interval)
+	if b, err := e.relays[0].breakerReporter().Get(context.Background(), "cred:contoso"); err != nil || !b.CredentialExpires.Equal(end) {
+		t.Fatalf("GET /v1/breakers/cred:contoso: credential_expires_at %s (%v), want %s", b.CredentialExpires, err, end)
+	}
+	waitFor(t, 5*time.Second, "the webhook", func() bool { return len(hook.events("credential.expiring")) > 0 })
+
+	ev := hook.events("credential.expiring")[0]
+	if ev["credential"] != "contoso" || ev["level"] != "warning" || ev["days_left"] != float64(20) || ev["source"] != "graph" ||
+		ev["expires_at"] != end.Format(time.RFC3339) || ev["newest_expires_at"] != newer.Format(time.RFC3339) ||
+		!strings.HasPrefix(ev["id"].(string), "credential.expiring:contoso:warning:") ||
+		!strings.Contains(ev["message"].(string), "expires in 20 days") {
+		t.Fatalf("event %v", ev)
+	}
+	ce := e.relays[1].Expiry().Expiries()[0]
+	if ce.ExpiresAt != end || ce.Level != LevelWarning || len(ce.Expiries) != 2 || !ce.Expiries[0].InUse ||
+		ce.Expiries[0].Hint != simSecret[:3] || ce.Expiries[1].InUse || ce.Expiries[1].Hint != "Xyz" || !ce.Expiries[1].ExpiresAt.Equal(newer) {
+		t.Fatalf("expiries %+v", ce)
+	}
+
+	// More checks on both replicas, and a reload: still once a day.
+	e.relays[1].Expiry().Reloaded("contoso")
+	time.Sleep(2*interval + 500*time.Millisecond)
+	if n := len(hook.events("credential.expiring")); n != 1 {
+		t.Fatalf("%d credential.expiring events, want 1 a day", n)
+	}
+	logs := e.logs.String()
+	if n := strings.Count(logs, "credential contoso expires in 20 days"); n != 1 {
+		t.Fatalf("%d warning lines, want 1:\n%s", n, logs)
+	}
+	if !strings.Contains(logs, "level=WARN msg=\"credential contoso expires in 20 days") || !strings.Contains(logs, "days_left=20") {
+		t.Fatalf("no warning line:\n%s", logs)
+	}
+	if strings.Contains(logs, "secret-token") || strings.Contains(logs, simSecret) {
+		t.Fatal("the logs show the webhook URL's token or the secret")
+	}
+}
+
+// rsaCert writes a self-signed RSA certificate valid until notAfter, and
+// its key, into dir; it returns the files and the certificate PEM.
+func rsaCert(t *testing.T, dir string, notAfter time.Time) (certFile, keyFile string, certPEM []byte) {
+	t.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "holdfast-expiry-test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	writeFile(t, certFile, string(certPEM))
+	writeFile(t, keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})))
+	return certFile, keyFile, certPEM
+}
+
+// TestExpirySources: a config expires_at and a certificate's NotAfter show
+// under their own source label; an app that may not read itself in Graph
+// falls back to them, and says so once, at info, naming the permission.
+func TestExpirySources(t *testing.T) {
+	const certClientID = "22222222-3333-4444-8555-666666666666"
+	notAfter := time.Now().Add(90 * 24 * time.Hour).UTC().Truncate(time.Second)
+	certFile, keyFile, certPEM := rsaCert(t, t.TempDir(), notAfter)
+	e := newExchangeEnvSim(t, 1, func(c *sim.Config) {
+		c.Tenants[0].Apps[0].GraphRoles = []string{"Mail.Send"}
+		c.Tenants[0].Apps = append(c.Tenants[0].Apps, sim.App{ClientID: certClientID, CertificatesPEM: [][]byte{certPEM}})
+	}, func(o *Options) {
+		o.Expiry.CheckInterval = Duration(time.Second)
+		o.Credentials[0].ExpiresAt = "2027-02-14T11:30:00Z"
+		o.Credentials = append(o.Credentials, Credential{Name: "certs", Tenant: simTenant, ClientID: certClientID,
+			Authority: o.Credentials[0].Authority, CertFile: certFile, KeyFile: keyFile})
+	})
+	configured := time.Date(2027, 2, 14, 11, 30, 0, 0, time.UTC)
+	want := expiryGauge(
+		fmt.Sprintf("certs certificate %d", notAfter.Unix()),
+		fmt.Sprintf("certs graph %d", notAfter.Unix()),
+		fmt.Sprintf("contoso config %d", configured.Unix()),
+	)
+	waitFor(t, 5*time.Second, "both credentials checked", func() bool {
+		for _, ce := range e.relays[0].Expiry().Expiries() {
+			if ce.CheckedAt.IsZero() {
+				return false
+			}
+		}
+		return true
+	})
+	if err := testutil.GatherAndCompare(e.relays[0].reg, strings.NewReader(want), "holdfast_credential_expiry_timestamp_seconds"); err != nil {
+		t.Fatal(err)
+	}
+	list := e.relays[0].Expiry().Expiries()
+	if c := list[0]; c.Credential != "contoso" || c.Source != SourceConfig || c.Level != LevelOK ||
+		!strings.Contains(c.GraphError, "Authorization_RequestDenied") {
+		t.Fatalf("contoso %+v", c)
+	}
+	if c := list[1]; c.Credential != "certs" || c.Source != SourceCertificate || !c.ExpiresAt.Equal(notAfter) || c.GraphError != "" ||
+		len(c.Expiries) != 2 || c.Expiries[1].Source != SourceGraph || !c.Expiries[1].InUse || c.Expiries[1].Thumbprint != c.Expiries[0].Thumbprint {
+		t.Fatalf("certs %+v", c)
+	}
+
+	// Checked again at every interval; the refusal is logged once.
+	time.Sleep(2500 * time.Millisecond)
+	logs := e.logs.String()
+	if n := strings.Count(logs, "cannot read the credential's expiry from Microsoft Graph"); n != 1 {
+		t.Fatalf("%d lines about Graph, want 1:\n%s", n, logs)
+	}
+	if !strings.Contains(logs, "level=INFO msg=\"cannot read the credential's expiry from Microsoft Graph") ||
+		!strings.Contains(logs, "missing_permission=Application.Read.All") {
+		t.Fatalf("the refusal is not logged at info with the permission:\n%s", logs)
+	}
+}
+
+func TestExpiryLevels(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	day := 24 * time.Hour
+	for _, tc := range []struct {
+		end   time.Time
+		level string
+		days  int
+	}{
+		{time.Time{}, LevelUnknown, 0},
+		{now.Add(31 * day), LevelOK, 31},
+		{now.Add(30 * day), LevelWarning, 30},
+		{now.Add(20*day - time.Minute), LevelWarning, 20},
+		{now.Add(7 * day), LevelCritical, 7},
+		{now.Add(2 * time.Hour), LevelCritical, 1},
+		{now, LevelExpired, 0},
+		{now.Add(-36 * time.Hour), LevelExpired, -2},
+	} {
+		ce := CredentialExpiry{ExpiresAt: tc.end}
+		if got := expiryLevel(tc.end, now); got != tc.level {
+			t.Errorf("%s: level %s, want %s", tc.end, got, tc.level)
+		}
+		if !tc.end.IsZero() && ce.DaysLeft(now) != tc.days {
+			t.Errorf("%s: %d days left, want %d", tc.end, ce.DaysLeft(now), tc.days)
+		}
+	}
+}
+
+func TestExpiryMetricLint(t *testing.T) {
+	m := newExpiryMonitor(expiryConfig{credentials: []Credential{{Name: "contoso", ExpiresAt: "2027-02-14"}}})
+	problems, err := testutil.CollectAndLint(m)
+	if err != nil || len(problems) != 0 {
+		t.Fatalf("lint: %v %v", err, problems)
+	}
+	if err := testutil.CollectAndCompare(m, strings.NewReader(expiryGauge(
+		fmt.Sprintf("contoso config %d", time.Date(2027, 2, 14, 0, 0, 0, 0, time.UTC).Unix())))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestExpiryRereadOnReload rotates the secret file to a newer secret: the
+// monitor reads Graph again at once, long before its interval, and finds
+// the new secret in use.
+func TestExpiryRereadOnReload(t *testing.T) {
+	e := newExchangeEnv(t, 1, func(o *Options) { o.Expiry.CheckInterval = Duration(time.Hour) })
+	mon := e.relays[0].Expiry()
+	waitFor(t, 5*time.Second, "the check at start", func() bool { return !mon.Expiries()[0].CheckedAt.IsZero() })
+	first := mon.Expiries()[0]
+
+	newer := time.Now().Add(200 * 24 * time.Hour).UTC().Truncate(time.Second)
+	e.sim.AddSecret(simTenant, simClientID, sim.Secret{Value: "Rot~rotated-secret", ExpiresAt: newer})
+	writeFile(t, e.secretFile, "Rot~rotated-secret\n")
+	waitFor(t, 5*time.Second, "a check after the reload", func() bool {
+		ce := mon.Expiries()[0]
+		return ce.CheckedAt.After(first.CheckedAt) && ce.ExpiresAt.Equal(newer)
+	})
+	ce := mon.Expiries()[0]
+	if len(ce.Expiries) != 2 || ce.Expiries[0].Hint != "Rot" || !ce.Expiries[0].InUse || ce.Expiries[1].InUse {
+		t.Fatalf("after the rotation %+v", ce.Expiries)
+	}
+	want := expiryGauge(fmt.Sprintf("contoso graph %d", newer.Unix()))
+	if err := testutil.GatherAndCompare(e.relays[0].reg, strings.NewReader(want), "holdfast_credential_expiry_timestamp_seconds"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestExpiryNoTokenUnderOpenBreaker: while the credential's breaker is
+// open the monitor requests no token, keeps the Graph dates it had, and
+// reads Graph again soon after the breaker lets it.
+func TestExpiryNoTokenUnderOpenBreaker(t *testing.T) {
+	e := newExchangeEnv(t, 1, func(o *Options) { o.Expiry.CheckInterval = Duration(time.Second) })
+	mon := e.relays[0].Expiry()
+	waitFor(t, 5*time.Second, "the check at start", func() bool { return mon.Expiries()[0].Source == SourceGraph })
+	if err := e.relays[0].gate.set.Trip(context.Background(), credentialBreaker("contoso"), "test"); err != nil {
+		t.Fatal(err)
+	}
+	before := e.sim.Counters().Clients[simClientID]
+	time.Sleep(2500 * time.Millisecond) // two check intervals
+	if after := e.sim.Counters().Clients[simClientID]; after.TokenRequests != before.TokenRequests {
+		t.Fatalf("%d token requests under the open breaker", after.TokenRequests-before.TokenRequests)
+	}
+	ce := mon.Expiries()[0]
+	if ce.Source != SourceGraph || !strings.Contains(ce.GraphError, "breaker is open") {
+		t.Fatalf("under the open breaker: %+v", ce)
+	}
+
+	// The same monitor logic with a short retry: allowed again, Graph is
+	// read at the next retry, not the next interval.
+	var mu sync.Mutex
+	allowed := false
+	live := e.relays[0].exchange.creds
+	m := newExpiryMonitor(expiryConfig{credentials: e.opts.Credentials, live: live, graphURL: e.opts.Exchange.GraphURL,
+		interval: time.Hour, retry: 100 * time.Millisecond,
+		graphAllowed: func(context.Context, string) bool { mu.Lock(); defer mu.Unlock(); return allowed }})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); m.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, 5*time.Second, "the first check", func() bool { return !m.Expiries()[0].CheckedAt.IsZero() })
+	if ce := m.Expiries()[0]; ce.Source != "" || ce.GraphError == "" {
+		t.Fatalf("not allowed: %+v", ce)
+	}
+	mu.Lock()
+	allowed = true
+	mu.Unlock()
+	waitFor(t, 2*time.Second, "Graph read at a retry", func() bool { return m.Expiries()[0].Source == SourceGraph })
+}
+
+// memNotices is an in-memory noticeClaimer: one claim per key.
+type memNotices struct {
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+func (n *memNotices) Claim(_ context.Context, kind, name, level string, _ time.Duration) (bool, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	k := kind + "/" + name + "/" + level
+	if n.seen[k] {
+		return false, nil
+	}
+	n.seen[k] = true
+	return true, nil
+}
+
+// memEvents records posted events.
+type memEvents struct {
+	mu  sync.Mutex
+	got []ExpiringEvent
+}
+
+func (p *memEvents) Post(_ context.Context, v any) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.got = append(p.got, v.(ExpiringEvent))
+	return nil
+}
+
+// TestExpiryNotifyLevels: critical within 7 days and expired past the
+// date are logged at error; more than 30 days left notifies no one.
+func TestExpiryNotifyLevels(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	logs := &syncBuffer{}
+	events := &memEvents{}
+	m := newExpiryMonitor(expiryConfig{
+		credentials: []Credential{
+			{Name: "soon", ExpiresAt: "2026-12-06T12:00:00Z"},
+			{Name: "gone", ExpiresAt: "2026-11-30"},
+			{Name: "fine", ExpiresAt: "2027-06-01"},
+		},
+		notices: &memNotices{seen: map[string]bool{}},
+		events:  events,
+		log:     slog.New(slog.NewTextHandler(logs, nil)),
+		now:     func() time.Time { return now },
+	})
+	m.CheckAll(context.Background())
+	m.CheckAll(context.Background())
+	m.wg.Wait()
+	if len(events.got) != 2 {
+		t.Fatalf("events %+v", events.got)
+	}
+	byName := map[string]ExpiringEvent{}
+	for _, ev := range events.got {
+		byName[ev.Credential] = ev
+	}
+	if ev := byName["soon"]; ev.Level != LevelCritical || ev.DaysLeft != 5 || ev.Source != SourceConfig || ev.ID != "credential.expiring:soon:critical:2026-12-01" {
+		t.Fatalf("soon: %+v", ev)
+	}
+	if ev := byName["gone"]; ev.Level != LevelExpired || ev.DaysLeft != -2 || !strings.Contains(ev.Message, "credential gone expired on 2026-11-30T00:00:00Z") {
+		t.Fatalf("gone: %+v", ev)
+	}
+	out := logs.String()
+	if strings.Count(out, "level=ERROR") != 2 || !strings.Contains(out, `msg="credential soon expires in 5 days`) || strings.Contains(out, "fine") {
+		t.Fatalf("logs:\n%s", out)
+	}
+}

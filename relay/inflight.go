@@ -1,0 +1,220 @@
+package relay
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"runtime/debug"
+	"sync"
+	"time"
+)
+
+// errInflightFull: the memory budget for message bodies has no room.
+var errInflightFull = errors.New("the memory budget for messages in flight is used up")
+
+// errBodyTooBig: a message grew past the size limit.
+var errBodyTooBig = errors.New("message over the size limit")
+
+// inflight is the memory budget for message bodies held at once, shared by
+// SMTP and HTTP ingress (smtp.max_inflight_bytes). Readers take bytes
+// before they allocate them and give them back once the message is stored
+// or refused. After a burst that used much of the budget has drained, the
+// freed memory is handed back to the operating system.
+type inflight struct {
+	max int64
+
+	mu   sync.Mutex
+	used int64
+	high int64 // most bytes used since the memory was last returned
+
+	freeing   sync.WaitGroup
+	lastFree  time.Time
+	freeAfter int64 // a burst this large is returned to the OS once drained
+}
+
+func newInflight(max int64) *inflight {
+	return &inflight{max: max, freeAfter: max / 4}
+}
+
+// take reserves n bytes, or reports that they do not fit.
+func (b *inflight) take(n int64) bool {
+	if n <= 0 {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.used+n > b.max {
+		return false
+	}
+	b.used += n
+	b.high = max(b.high, b.used)
+	return true
+}
+
+// give returns n bytes taken earlier.
+func (b *inflight) give(n int64) {
+	if n <= 0 {
+		return
+	}
+	b.mu.Lock()
+	b.used -= n
+	free := b.used == 0 && b.high >= b.freeAfter && time.Since(b.lastFree) > time.Second
+	if free {
+		b.high, b.lastFree = 0, time.Now()
+		b.freeing.Add(1)
+	}
+	b.mu.Unlock()
+	if free {
+		// Go returns freed heap to the OS only lazily; after a burst of
+		// large messages the process would keep its peak for minutes.
+		go func() {
+			defer b.freeing.Done()
+			debug.FreeOSMemory()
+		}()
+	}
+}
+
+// wait waits for a return of memory to the OS in progress.
+func (b *inflight) wait() { b.freeing.Wait() }
+
+// inUse reports the bytes taken now.
+func (b *inflight) inUse() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.used
+}
+
+// bodyBuf holds one message in a single buffer whose memory is counted
+// against the budget: the Received: header first, then the body as read.
+// It grows by doubling, taking the new size from the budget before it
+// allocates, so that the bytes counted are the bytes held (the old buffer
+// included while it is copied).
+type bodyBuf struct {
+	budget *inflight
+	buf    []byte
+	held   int64
+	prefix int // length of the Received: header at the start
+}
+
+func newBodyBuf(budget *inflight) *bodyBuf { return &bodyBuf{budget: budget} }
+
+// grow makes room for at least n more bytes. It grows by half, not by
+// doubling, so that a buffer is at most half again as large as its
+// message, and the old and new buffers together, while one is copied into
+// the other, at most 2.5 times.
+func (b *bodyBuf) grow(n int) error {
+	if cap(b.buf)-len(b.buf) >= n {
+		return nil
+	}
+	size := max(cap(b.buf)+cap(b.buf)/2, len(b.buf)+n, 64<<10)
+	if !b.budget.take(int64(size)) {
+		return errInflightFull
+	}
+	nb := make([]byte, len(b.buf), size)
+	copy(nb, b.buf)
+	b.budget.give(b.held)
+	b.buf, b.held = nb, int64(size)
+	return nil
+}
+
+// reserve sizes the buffer for a message of about n bytes after the
+// header, when the client said so (SMTP SIZE, HTTP Content-Length).
+func (b *bodyBuf) reserve(n int64) error {
+	if n <= 0 {
+		return nil
+	}
+	return b.grow(int(n) + 1)
+}
+
+// setPrefix writes the Received: header; it must come before any body.
+func (b *bodyBuf) setPrefix(p []byte) error {
+	if err := b.grow(len(p)); err != nil {
+		return err
+	}
+	b.buf = append(b.buf, p...)
+	b.prefix = len(p)
+	return nil
+}
+
+// readFrom reads r to its end. More than max body bytes is errBodyTooBig;
+// a read error is returned as it is.
+func (b *bodyBuf) readFrom(r io.Reader, max int64) error {
+	for {
+		if err := b.grow(1); err != nil {
+			return err
+		}
+		n, err := r.Read(b.buf[len(b.buf):cap(b.buf)])
+		b.buf = b.buf[:len(b.buf)+n]
+		if int64(len(b.buf)-b.prefix) > max {
+			return errBodyTooBig
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// memoryHeadroom is what the process may use beyond the bodies budget
+// before the garbage collector works harder to stay within it.
+const memoryHeadroom = 64 << 20
+
+// setMemoryLimit sets the Go runtime's soft memory limit to the bodies
+// budget plus memoryHeadroom, unless GOMEMLIMIT says otherwise. Without it
+// the collector lets the heap grow to twice what is live, so a burst of
+// large messages could take twice the budget.
+func setMemoryLimit(budget int64, log *slog.Logger) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	limit := budget + memoryHeadroom
+	debug.SetMemoryLimit(limit)
+	log.Debug("memory limit set", "bytes", limit)
+}
+
+// body is the message as read, without the header.
+func (b *bodyBuf) body() []byte { return b.buf[b.prefix:] }
+
+// bytes is the whole buffer: header and body.
+func (b *bodyBuf) bytes() []byte { return b.buf }
+
+// bareLFToCRLF turns a body that uses LF line endings only (no CR at all)
+// into CRLF, as HTTP clients send. A body with any CR is kept as it is.
+func (b *bodyBuf) bareLFToCRLF() error {
+	body := b.body()
+	if bytes.IndexByte(body, '\r') >= 0 {
+		return nil
+	}
+	lfs := bytes.Count(body, []byte{'\n'})
+	if lfs == 0 {
+		return nil
+	}
+	// Convert from the end, in place, once the buffer has room.
+	if err := b.grow(lfs); err != nil {
+		return err
+	}
+	old := len(b.buf)
+	b.buf = b.buf[:old+lfs]
+	w := len(b.buf)
+	for r := old - 1; r >= b.prefix; r-- {
+		c := b.buf[r]
+		w--
+		b.buf[w] = c
+		if c == '\n' {
+			w--
+			b.buf[w] = '\r'
+		}
+	}
+	return nil
+}
+
+// release gives the buffer's memory back to the budget. The buffer must
+// not be used after.
+func (b *bodyBuf) release() {
+	b.budget.give(b.held)
+	b.buf, b.held = nil, 0
+}

@@ -1,0 +1,112 @@
+package relay
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestInflightBudgetSMTP: while one transfer holds most of the budget, a
+// MAIL FROM whose SIZE does not fit and a DATA that grows past the budget
+// get 452 4.3.1; once the first message is stored, the same message is
+// taken.
+func TestInflightBudgetSMTP(t *testing.T) {
+	const maxMsg = 200 << 10
+	e := newSMTPEnv(t, func(o *Options) {
+		o.SMTP.MaxMessageBytes = maxMsg
+		o.SMTP.MaxInflightBytes = 300 << 10
+	})
+	e.f.ingest.budget = newInflight(300 << 10)
+	big := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 98)+"\r\n", 1800) // 180 KB
+
+	// A holds about 180 KB of the 300 KB budget in a transfer in progress.
+	a := dialSMTP(t, e.insecure)
+	a.login()
+	a.cmd("MAIL FROM:<billing@contoso.com> SIZE=184000", "250 ")
+	a.cmd("RCPT TO:<x@example.org>", "250 ")
+	a.cmd("DATA", "354 ")
+	a.write(big)
+	waitFor(t, 5*time.Second, "A's body in the budget", func() bool { return e.f.ingest.budget.inUse() >= 150<<10 })
+
+	b := dialSMTP(t, e.insecure)
+	b.login()
+	b.cmd("MAIL FROM:<billing@contoso.com> SIZE=184000", "452 4.3.1 Insufficient system storage")
+	b.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	b.cmd("RCPT TO:<x@example.org>", "250 ")
+	b.cmd("DATA", "354 ")
+	b.write(big + ".\r\n")
+	b.expect("452 4.3.1 Insufficient system storage")
+
+	a.write(".\r\n")
+	a.expect("250 2.0.0 Queued as ")
+	if n := e.f.ingest.budget.inUse(); n != 0 {
+		t.Errorf("%d bytes still counted after both messages ended", n)
+	}
+	b.cmd("MAIL FROM:<billing@contoso.com> SIZE=184000", "250 ")
+	b.cmd("RCPT TO:<x@example.org>", "250 ")
+	b.cmd("DATA", "354 ")
+	b.write(big + ".\r\n")
+	b.expect("250 2.0.0 Queued as ")
+	if n := len(smtpReady(t, e.f)); n != 2 {
+		t.Errorf("%d messages queued, want 2", n)
+	}
+}
+
+// TestInflightBudgetHTTP: the HTTP API shares the budget and answers 503
+// with Retry-After when a message does not fit.
+func TestInflightBudgetHTTP(t *testing.T) {
+	e := newAPIEnv(t, apiConfig{maxBytes: 200 << 10})
+	e.f.ingest.budget = newInflight(300 << 10)
+	if !e.f.ingest.budget.take(200 << 10) {
+		t.Fatal("take")
+	}
+	big := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 98)+"\r\n", 1800)
+	r := e.post(t, crmToken, "from=billing@contoso.com&to=a@x.example", big, nil)
+	wantError(t, r, 503, "insufficient_storage")
+	if r.header.Get("Retry-After") == "" {
+		t.Error("no Retry-After")
+	}
+	e.f.ingest.budget.give(200 << 10)
+	accepted(t, e.post(t, crmToken, "from=billing@contoso.com&to=a@x.example", big, nil))
+	if n := e.f.ingest.budget.inUse(); n != 0 {
+		t.Errorf("%d bytes still counted", n)
+	}
+}
+
+// TestBodyBufCopies: a message read with its size known is held once; the
+// stored bytes are the Received: header and the message, in one buffer.
+func TestBodyBufCopies(t *testing.T) {
+	budget := newInflight(1 << 30)
+	b := newBodyBuf(budget)
+	msg := strings.Repeat("y", 10<<20)
+	if err := b.setPrefix([]byte("Received: x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.reserve(int64(len(msg))); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.readFrom(strings.NewReader(msg), 20<<20); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(b.bytes()); got != "Received: x\r\n"+msg {
+		t.Fatal("stored bytes differ")
+	}
+	if held := budget.inUse(); held > int64(len(msg))+64<<10 {
+		t.Errorf("%d bytes held for a %d-byte message with its size known", held, len(msg))
+	}
+	b.release()
+
+	// Without a size, the buffer grows by half: at most 1.5 times the
+	// message when done.
+	b = newBodyBuf(budget)
+	if err := b.readFrom(strings.NewReader(msg), 20<<20); err != nil {
+		t.Fatal(err)
+	}
+	if held := budget.inUse(); held > int64(len(msg))*3/2 {
+		t.Errorf("%d bytes held for a %d-byte message of unknown size", held, len(msg))
+	}
+	b.release()
+	if budget.inUse() != 0 {
+		t.Errorf("%d bytes still counted", budget.inUse())
+	}
+}

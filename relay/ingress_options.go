@@ -1,0 +1,112 @@
+package relay
+
+import (
+	"fmt"
+	"time"
+)
+
+// RedisGuards bound how long ingress waits for Redis and say how durable
+// an acknowledgement is. They are part of the redis section.
+type RedisGuards struct {
+	// DialTimeout, ReadTimeout and WriteTimeout are go-redis's own
+	// timeouts for connecting and for each command's network I/O.
+	// Defaults 5s, 3s and 3s: a hung Redis fails a command within
+	// seconds instead of holding a client's connection.
+	DialTimeout  Duration `yaml:"dial_timeout"`
+	ReadTimeout  Duration `yaml:"read_timeout"`
+	WriteTimeout Duration `yaml:"write_timeout"`
+	// IngressTimeout bounds storing one submitted message, replication
+	// wait included. Past it SMTP answers 451 4.3.0 and HTTP 503.
+	// Default 3s.
+	IngressTimeout Duration `yaml:"ingress_timeout"`
+	// CheckInterval is how often the durability check (AOF on, fsync on,
+	// no eviction) runs again while the relay runs. Default 1m.
+	CheckInterval Duration `yaml:"check_interval"`
+	// MinReplicasAcked is how many replicas must have a message (WAIT),
+	// or, on Redis 7.2 and later, how many must have it in their AOF
+	// (WAITAOF), before it is acknowledged. Default 0: the primary alone.
+	MinReplicasAcked int `yaml:"min_replicas_acked"`
+	// ReplicasTimeout is how long to wait for those replicas; past it the
+	// client gets a temporary failure. Default 1s.
+	ReplicasTimeout Duration `yaml:"replicas_timeout"`
+}
+
+// ThrottleOptions limit password and token guessing, counted across every
+// replica in Redis.
+type ThrottleOptions struct {
+	// MaxFailures is how many failed AUTH commands (or HTTP 401s) from one
+	// client IP, or for one SMTP user name, are allowed within Window.
+	// Past it, further attempts from that IP or for that user are refused
+	// (SMTP 454 4.7.0, HTTP 429) without checking the password, until the
+	// window passes or "holdfast creds unblock" clears the block.
+	// Default 10.
+	MaxFailures int `yaml:"max_failures"`
+	// Window is the time over which failures are counted. Default 5m.
+	Window Duration `yaml:"window"`
+	// BcryptWorkers is how many password checks run at once; the others
+	// wait their turn (at most 10s, then AUTH answers 454 4.7.0). Default
+	// 0: half the CPUs, at least one, so that guesses leave CPU to the
+	// sessions already authenticated.
+	BcryptWorkers int `yaml:"bcrypt_workers"`
+}
+
+func defaultRedisGuards() RedisGuards {
+	return RedisGuards{
+		DialTimeout:     Duration(5 * time.Second),
+		ReadTimeout:     Duration(3 * time.Second),
+		WriteTimeout:    Duration(3 * time.Second),
+		IngressTimeout:  Duration(3 * time.Second),
+		CheckInterval:   Duration(time.Minute),
+		ReplicasTimeout: Duration(time.Second),
+	}
+}
+
+func defaultThrottle() ThrottleOptions {
+	return ThrottleOptions{MaxFailures: 10, Window: Duration(5 * time.Minute)}
+}
+
+// defaultMaxInflightBytes is the default of smtp.max_inflight_bytes.
+const defaultMaxInflightBytes = 256 << 20
+
+// validateIngress checks the options of this file and
+// smtp.max_inflight_bytes.
+func (o *Options) validateIngress() error {
+	bad := func(field, format string, args ...any) error {
+		return fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...))
+	}
+	for _, d := range []struct {
+		field string
+		v     Duration
+	}{
+		{"redis.dial_timeout", o.Redis.DialTimeout},
+		{"redis.read_timeout", o.Redis.ReadTimeout},
+		{"redis.write_timeout", o.Redis.WriteTimeout},
+		{"redis.ingress_timeout", o.Redis.IngressTimeout},
+		{"redis.check_interval", o.Redis.CheckInterval},
+		{"redis.replicas_timeout", o.Redis.ReplicasTimeout},
+		{"auth_throttle.window", o.AuthThrottle.Window},
+	} {
+		if d.v <= 0 {
+			return bad(d.field, "must be positive")
+		}
+	}
+	if o.Redis.MinReplicasAcked < 0 {
+		return bad("redis.min_replicas_acked", "must not be negative")
+	}
+	if o.Redis.MinReplicasAcked > 0 && (o.Redis.Cluster || len(o.Redis.Addrs) > 1) {
+		return bad("redis.min_replicas_acked", "needs a single Redis primary; Redis Cluster is not supported")
+	}
+	if o.Redis.MinReplicasAcked > 0 && (o.Redis.ReplicasTimeout >= o.Redis.IngressTimeout || o.Redis.ReplicasTimeout >= o.Redis.ReadTimeout) {
+		return bad("redis.replicas_timeout", "must be shorter than redis.ingress_timeout and redis.read_timeout")
+	}
+	if o.AuthThrottle.MaxFailures < 1 {
+		return bad("auth_throttle.max_failures", "must be at least 1")
+	}
+	if o.AuthThrottle.BcryptWorkers < 0 {
+		return bad("auth_throttle.bcrypt_workers", "must not be negative (0 is half the CPUs)")
+	}
+	if o.SMTP.MaxInflightBytes < o.SMTP.MaxMessageBytes {
+		return bad("smtp.max_inflight_bytes", "must be at least smtp.max_message_bytes (%d)", o.SMTP.MaxMessageBytes)
+	}
+	return nil
+}

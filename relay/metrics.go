@@ -1,0 +1,218 @@
+package relay
+
+import (
+	"context"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"holdfast/queue"
+	"holdfast/relay/upstream"
+)
+
+// latencyBuckets resolve a delivery's latency from 100 ms to 24 h: a
+// healthy relay delivers in well under a second, an incident holds mail
+// for hours.
+var latencyBuckets = []float64{
+	0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+	60, 120, 300, 600, 1800,
+	3600, 7200, 4 * 3600, 8 * 3600, 12 * 3600, 24 * 3600,
+}
+
+// metrics are the relay's own Prometheus metrics. A nil *metrics records
+// nothing: the relay runs the same with metrics off.
+type metrics struct {
+	received  *prometheus.CounterVec
+	accept    *prometheus.HistogramVec
+	outcomes  *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+	send      *prometheus.HistogramVec
+	authTries *prometheus.CounterVec
+	trans     *prometheus.CounterVec
+
+	// minute holds what this process delivered since the last flush to
+	// the fleet's per-minute counts.
+	mu     sync.Mutex
+	minute queue.MinuteDelta
+}
+
+func newMetrics(reg prometheus.Registerer, version string) *metrics {
+	m := &metrics{
+		received: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "holdfast_messages_received_total",
+			Help: "Messages accepted from applications, by ingress (smtp or http) and app.",
+		}, []string{"ingress", "app"}),
+		accept: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "holdfast_ingress_accept_duration_seconds",
+			Help:    "Time to route and durably store one submitted message, by ingress.",
+			Buckets: []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5},
+		}, []string{"ingress"}),
+		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "holdfast_deliveries_total",
+			Help: "Delivery attempts by outcome (delivered, retried, held, dead) and error class (none for delivered).",
+		}, []string{"outcome", "class"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:                            "holdfast_delivery_latency_seconds",
+			Help:                            "Time from acceptance to the upstream's 250 (SMTP) or 202 (Graph), by credential.",
+			Buckets:                         latencyBuckets,
+			NativeHistogramBucketFactor:     1.1,
+			NativeHistogramMaxBucketNumber:  160,
+			NativeHistogramMinResetDuration: time.Hour,
+		}, []string{"credential"}),
+		send: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "holdfast_upstream_send_duration_seconds",
+			Help:    "Duration of one upstream send, successful or not, by transport (smtp or graph).",
+			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300},
+		}, []string{"transport"}),
+		authTries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "holdfast_upstream_auth_total",
+			Help: "SMTP AUTH XOAUTH2 attempts against Exchange Online, by result (ok or error).",
+		}, []string{"result"}),
+		trans: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "holdfast_breaker_transitions_total",
+			Help: "Auth circuit breaker transitions seen by this replica, by kind (credential or mailbox) and new state.",
+		}, []string{"kind", "to"}),
+		minute: queue.MinuteDelta{Latency: map[int]int64{}},
+	}
+	build := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "holdfast_build_info",
+		Help:        "Always 1; the labels name the running build.",
+		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
+	})
+	build.Set(1)
+	reg.MustRegister(m.received, m.accept, m.outcomes, m.latency, m.send, m.authTries, m.trans, build)
+	for _, r := range []string{"ok", "error"} {
+		m.authTries.WithLabelValues(r)
+	}
+	for _, kind := range []string{"credential", "mailbox"} {
+		for _, to := range []string{"open", "closed", "half_open"} {
+			m.trans.WithLabelValues(kind, to)
+		}
+	}
+	return m
+}
+
+// ingressOf is the ingress label of a submission's protocol.
+func ingressOf(protocol string) string {
+	if protocol == "HTTP" || protocol == "HTTPS" {
+		return "http"
+	}
+	return "smtp"
+}
+
+func (m *metrics) accepted(protocol, app string, took time.Duration) {
+	if m == nil {
+		return
+	}
+	ing := ingressOf(protocol)
+	m.received.WithLabelValues(ing, app).Inc()
+	m.accept.WithLabelValues(ing).Observe(took.Seconds())
+}
+
+// delivered records a message the upstream accepted after latency.
+func (m *metrics) delivered(credential string, latency time.Duration) {
+	if m == nil {
+		return
+	}
+	m.outcomes.WithLabelValues("delivered", "none").Inc()
+	m.latency.WithLabelValues(credential).Observe(latency.Seconds())
+	b := latencyBucket(latency)
+	m.mu.Lock()
+	m.minute.Delivered++
+	m.minute.Latency[b]++
+	m.mu.Unlock()
+}
+
+// latencyBucket is the index of the first bucket holding d, or
+// len(latencyBuckets) past the last.
+func latencyBucket(d time.Duration) int {
+	s := d.Seconds()
+	for i, le := range latencyBuckets {
+		if s <= le {
+			return i
+		}
+	}
+	return len(latencyBuckets)
+}
+
+// failed records a failed attempt that left the message in state.
+func (m *metrics) failed(class upstream.Class, state queue.State) {
+	if m == nil {
+		return
+	}
+	outcome := "retried"
+	switch state {
+	case queue.Held:
+		outcome = "held"
+	case queue.Dead:
+		outcome = "dead"
+	}
+	m.outcomes.WithLabelValues(outcome, class.String()).Inc()
+}
+
+func (m *metrics) sent(transport string, took time.Duration) {
+	if m == nil || transport == "" {
+		return
+	}
+	m.send.WithLabelValues(transport).Observe(took.Seconds())
+}
+
+func (m *metrics) upstreamAuth(err error) {
+	if m == nil {
+		return
+	}
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.authTries.WithLabelValues(result).Inc()
+}
+
+func (m *metrics) transition(kind, to string) {
+	if m == nil {
+		return
+	}
+	m.trans.WithLabelValues(kind, to).Inc()
+}
+
+// takeMinute returns what was delivered since the last call and starts
+// afresh.
+func (m *metrics) takeMinute() queue.MinuteDelta {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	d := m.minute
+	m.minute = queue.MinuteDelta{Latency: map[int]int64{}}
+	return d
+}
+
+// flushMinutes adds this process's deliveries, and a sample of the held
+// messages, to the fleet's per-minute counts every interval until ctx
+// ends, and once more then.
+func (m *metrics) flushMinutes(ctx context.Context, q *queue.Queue, every time.Duration, held func(context.Context) (int64, error)) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	flush := func(ctx context.Context) {
+		d := m.takeMinute()
+		d.Held = -1
+		if n, err := held(ctx); err == nil {
+			d.Held = n
+		}
+		if err := q.AddMinute(ctx, time.Now(), d); err != nil {
+			// Lost counts only thin the status page's chart.
+			return
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			flush(fctx)
+			cancel()
+			return
+		case <-t.C:
+			flush(ctx)
+		}
+	}
+}

@@ -1,0 +1,216 @@
+package relay
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"holdfast/breaker"
+	"holdfast/queue"
+	"holdfast/relay/ops"
+)
+
+// minuteFlush is how often each replica adds its deliveries to the
+// fleet's per-minute counts.
+const minuteFlush = 10 * time.Second
+
+// setupOps registers the relay's metrics on s.reg and binds the
+// operators' listener, unless ops.addr is empty.
+func (s *Server) setupOps() error {
+	var set *breaker.Set
+	if s.gate != nil {
+		set = s.gate.set
+	}
+	creds := make([]string, 0, len(s.opts.Credentials))
+	for _, c := range s.opts.Credentials {
+		creds = append(creds, c.Name)
+	}
+	s.reg.MustRegister(newStateCollector(s.queue, set, creds, s.log.With("component", "metrics")))
+	s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "holdfast_ready",
+		Help: "1 when /readyz answers 200: Redis reachable and the relay taking mail.",
+	}, func() float64 {
+		ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+		defer cancel()
+		if s.ready(ctx) != nil {
+			return 0
+		}
+		return 1
+	}))
+	if s.opts.Ops.Addr == "" {
+		return nil
+	}
+	cfg := ops.Config{
+		Gatherer: s.reg,
+		Ready:    s.ready,
+		Status:   &opsStatus{s: s},
+		Expiry:   s.expirySource(),
+		Log:      s.log.With("component", "ops"),
+	}
+	if s.opts.Ops.BasicAuth {
+		cfg.AdminSHA256, _ = hex.DecodeString(s.opts.HTTP.AdminTokenSHA256)
+	}
+	var err error
+	if s.opsLn, err = net.Listen("tcp", s.opts.Ops.Addr); err != nil {
+		return fmt.Errorf("ops listener %s: %w", s.opts.Ops.Addr, err)
+	}
+	s.opsSrv = &http.Server{
+		Handler:           ops.New(cfg),
+		ReadHeaderTimeout: 10 * time.Second,
+		WriteTimeout:      time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	return nil
+}
+
+// OpsAddr is the bound address of the operators' listener, "" when off.
+func (s *Server) OpsAddr() string {
+	if s.opsLn == nil {
+		return ""
+	}
+	return s.opsLn.Addr().String()
+}
+
+// Registry is the relay's Prometheus registry, which /metrics serves.
+func (s *Server) Registry() *prometheus.Registry { return s.reg }
+
+// startOps serves the operators' listener and flushes the per-minute
+// counts until ctx ends.
+func (s *Server) startOps(ctx context.Context) {
+	if s.metrics != nil {
+		every := minuteFlush
+		if s.opts.Ops.minuteFlush > 0 {
+			every = s.opts.Ops.minuteFlush.D()
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.metrics.flushMinutes(ctx, s.queue, every, func(ctx context.Context) (int64, error) {
+				st, err := s.queue.Stats(ctx)
+				return st.Total.Held, err
+			})
+		}()
+	}
+	if s.opsSrv == nil {
+		return
+	}
+	s.goServe(func() error {
+		if err := s.opsSrv.Serve(s.opsLn); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+}
+
+// opsStatus reads the status page's numbers the way the JSON endpoints
+// do: the breakers through the BreakerReporter of GET /v1/breakers, the
+// queue through queue.Stats.
+type opsStatus struct {
+	s *Server
+}
+
+func (o *opsStatus) Status(ctx context.Context) (ops.Status, error) {
+	s := o.s
+	now := time.Now()
+	st := ops.Status{Now: now}
+	stats, err := s.queue.Stats(ctx)
+	if err != nil {
+		return st, err
+	}
+	t := stats.Total
+	st.Queue = ops.Depth{Ready: t.Ready, Scheduled: t.Scheduled, Sending: t.Leased, Held: t.Held, Dead: t.Dead}
+	st.OldestReady = ops.Seconds(time.Duration(ageSeconds(now, t.ReadySince) * float64(time.Second)))
+	st.OldestHeld = ops.Seconds(time.Duration(ageSeconds(now, oldestHeld(stats)) * float64(time.Second)))
+
+	minutes, err := s.queue.Minutes(ctx, now, 60)
+	if err != nil {
+		return st, err
+	}
+	st.Latency = latencySummary(minutes)
+	for _, m := range minutes {
+		st.Minutes = append(st.Minutes, ops.Minute{Start: m.Start, Delivered: m.Delivered, Held: m.Held})
+	}
+	if s.gate == nil {
+		return st, nil
+	}
+	list, err := s.breakerReporter().List(ctx)
+	if err != nil {
+		return st, err
+	}
+	for _, b := range list {
+		ob := ops.Breaker{Name: b.Name, State: b.State, Reason: b.Reason, Since: b.Since, Held: b.HeldMessages}
+		switch {
+		case b.Kind == "credential":
+			ob.Name = b.Credential
+			st.Breakers = append(st.Breakers, ob)
+		case b.State == breaker.Open.String():
+			st.OpenMailboxCount++
+			if len(st.OpenMailboxes) < ops.MaxOpenMailboxes {
+				ob.Name = strings.TrimPrefix(b.Name, "mbx:")
+				st.OpenMailboxes = append(st.OpenMailboxes, ob)
+			}
+		}
+	}
+	recent, err := s.gate.set.Recent(ctx, 20)
+	if err != nil {
+		return st, err
+	}
+	for _, tr := range recent {
+		st.Transitions = append(st.Transitions, ops.Transition{Breaker: tr.Name, To: tr.To.String(), Reason: tr.Reason, At: tr.At})
+	}
+	return st, nil
+}
+
+// latencySummary is the p50 and p95 of the minutes' latency buckets,
+// interpolated within a bucket as Prometheus's histogram_quantile does.
+func latencySummary(minutes []queue.Minute) ops.Latency {
+	counts := make([]int64, len(latencyBuckets)+1)
+	var total int64
+	for _, m := range minutes {
+		for i, n := range m.Latency {
+			if i >= 0 && i < len(counts) {
+				counts[i] += n
+				total += n
+			}
+		}
+	}
+	l := ops.Latency{Count: total}
+	if total == 0 {
+		return l
+	}
+	l.P50 = ops.Seconds(bucketQuantile(0.5, counts, total))
+	l.P95 = ops.Seconds(bucketQuantile(0.95, counts, total))
+	return l
+}
+
+func bucketQuantile(q float64, counts []int64, total int64) time.Duration {
+	rank := q * float64(total)
+	var seen int64
+	for i, n := range counts {
+		if float64(seen+n) < rank || n == 0 {
+			seen += n
+			continue
+		}
+		if i == len(latencyBuckets) {
+			// Past the last bucket: its bound is all that is known.
+			return time.Duration(latencyBuckets[i-1] * float64(time.Second))
+		}
+		lo := 0.0
+		if i > 0 {
+			lo = latencyBuckets[i-1]
+		}
+		hi := latencyBuckets[i]
+		sec := lo + (hi-lo)*(rank-float64(seen))/float64(n)
+		return time.Duration(math.Round(sec*1000) * float64(time.Millisecond))
+	}
+	return 0
+}

@@ -1,0 +1,129 @@
+package ops
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type fakeStatus struct{ st Status }
+
+func (f fakeStatus) Status(context.Context) (Status, error) { return f.st, nil }
+
+type fakeExpiry []Expiry
+
+func (f fakeExpiry) Expiries(context.Context) ([]Expiry, error) { return f, nil }
+
+func get(t *testing.T, h http.Handler, path, password string) (int, string) {
+	t.Helper()
+	r := httptest.NewRequest(http.MethodGet, path, nil)
+	if password != "" {
+		r.SetBasicAuth("ops", password)
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	b, _ := io.ReadAll(w.Result().Body)
+	return w.Code, string(b)
+}
+
+// TestBasicAuth: with an admin token, / and /metrics want it as the
+// password; /healthz and /readyz stay open for probes.
+func TestBasicAuth(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "holdfast_test", Help: "test"})
+	reg.MustRegister(g)
+	sum := sha256.Sum256([]byte("admin-token"))
+	h := New(Config{Gatherer: reg, Ready: func(context.Context) error { return nil },
+		Status: fakeStatus{}, AdminSHA256: sum[:]})
+	for _, path := range []string{"/", "/metrics", "/status.json"} {
+		if code, _ := get(t, h, path, ""); code != http.StatusUnauthorized {
+			t.Errorf("%s without the token: %d, want 401", path, code)
+		}
+		if code, _ := get(t, h, path, "wrong"); code != http.StatusUnauthorized {
+			t.Errorf("%s with a wrong token: %d, want 401", path, code)
+		}
+		if code, _ := get(t, h, path, "admin-token"); code != http.StatusOK {
+			t.Errorf("%s with the token: %d, want 200", path, code)
+		}
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		if code, _ := get(t, h, path, ""); code != http.StatusOK {
+			t.Errorf("%s: %d, want 200 without a token", path, code)
+		}
+	}
+	if _, body := get(t, h, "/metrics", "admin-token"); !strings.Contains(body, "holdfast_test 0") {
+		t.Errorf("/metrics does not serve the registry:\n%s", body)
+	}
+}
+
+// TestReadyz: a failing readiness check answers 503 with its reason.
+func TestReadyz(t *testing.T) {
+	h := New(Config{Gatherer: prometheus.NewRegistry(), Status: fakeStatus{},
+		Ready: func(context.Context) error { return errors.New("redis unreachable") }})
+	code, body := get(t, h, "/readyz", "")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "redis unreachable") {
+		t.Errorf("/readyz: %d %q", code, body)
+	}
+}
+
+// TestExpiryLevels: amber under 30 days, red under 7 and once expired.
+func TestExpiryLevels(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	day := 24 * time.Hour
+	h := New(Config{Gatherer: prometheus.NewRegistry(), Ready: func(context.Context) error { return nil },
+		Status: fakeStatus{Status{Now: now}},
+		Expiry: fakeExpiry{
+			{Credential: "far", At: now.Add(90 * day), Source: "config"},
+			{Credential: "soon", At: now.Add(29*day + time.Hour), Source: "graph"},
+			{Credential: "close", At: now.Add(6*day + time.Hour), Source: "certificate"},
+			{Credential: "gone", At: now.Add(-2*day - time.Hour), Source: "config"},
+			{Credential: "unknown"},
+		}})
+	_, body := get(t, h, "/", "")
+	for _, want := range []string{
+		`<tr class="level-ok">
+      <td>far</td>`,
+		`<tr class="level-warn">
+      <td>soon</td>`,
+		`<td class="days nowrap">29 days</td>`,
+		`<tr class="level-crit">
+      <td>close</td>`,
+		`<td class="days nowrap">6 days</td>`,
+		`<tr class="level-crit">
+      <td>gone</td>`,
+		`<td class="days nowrap">expired 2 days ago</td>`,
+		`<tr class="level-unknown">
+      <td>unknown</td>`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("the page lacks %q", want)
+		}
+	}
+}
+
+// TestChartScale: bars scale to the busiest minute, held points follow
+// the samples.
+func TestChartScale(t *testing.T) {
+	start := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	var ms []Minute
+	for i := range 60 {
+		ms = append(ms, Minute{Start: start.Add(time.Duration(i) * time.Minute)})
+	}
+	ms[10].Delivered = 80
+	ms[59].Held = 40
+	c := drawChart(ms)
+	if c.Top != 100 || len(c.Bars) != 1 || len(c.HeldDots) != 1 || c.TotalDone != 80 || c.LastHeld != 40 {
+		t.Fatalf("chart %+v", c)
+	}
+	if b := c.Bars[0]; b.X != 101 || b.H != 80.0/100*(chartH-chartPadT) {
+		t.Errorf("bar %+v", b)
+	}
+}

@@ -1,0 +1,84 @@
+package ops
+
+import (
+	"strconv"
+	"time"
+)
+
+// Status is the fleet's state as the status page shows it. The numbers
+// are the ones GET /v1/breakers and "holdfast queue stats" give.
+type Status struct {
+	Now time.Time `json:"now"`
+	// Breakers are the credential breakers, one per configured
+	// credential.
+	Breakers []Breaker `json:"credential_breakers"`
+	// OpenMailboxes are the first MaxOpenMailboxes open mailbox breakers;
+	// OpenMailboxCount counts them all.
+	OpenMailboxes    []Breaker `json:"open_mailbox_breakers"`
+	OpenMailboxCount int       `json:"open_mailbox_breaker_count"`
+	Queue            Depth     `json:"queue"`
+	// OldestReady is how long the longest-waiting ready message has
+	// waited for a worker; OldestHeld the age of the oldest held message.
+	OldestReady Seconds `json:"oldest_ready_seconds"`
+	OldestHeld  Seconds `json:"oldest_held_seconds"`
+	// Latency is the delivery latency over the last hour, fleet-wide.
+	Latency Latency `json:"latency_last_hour"`
+	// Expiries are filled in from the ExpirySource.
+	Expiries []Expiry `json:"credential_expiry"`
+	// Transitions are the latest breaker transitions, newest first.
+	Transitions []Transition `json:"transitions"`
+	// Minutes are the last hour's per-minute counts, oldest first.
+	Minutes []Minute `json:"minutes"`
+}
+
+// MaxOpenMailboxes is how many open mailbox breakers the page lists.
+const MaxOpenMailboxes = 50
+
+// Breaker is one breaker's state.
+type Breaker struct {
+	Name   string    `json:"name"`
+	State  string    `json:"state"`
+	Reason string    `json:"reason,omitempty"`
+	Since  time.Time `json:"since,omitzero"`
+	Held   int64     `json:"held_messages"`
+}
+
+// Depth counts the queue's messages by state.
+type Depth struct {
+	Ready     int64 `json:"ready"`
+	Scheduled int64 `json:"scheduled"`
+	Sending   int64 `json:"sending"`
+	Held      int64 `json:"held"`
+	Dead      int64 `json:"dead"`
+}
+
+// Latency is a delivery latency summary.
+type Latency struct {
+	Count int64   `json:"count"`
+	P50   Seconds `json:"p50_seconds"`
+	P95   Seconds `json:"p95_seconds"`
+}
+
+// Transition is one breaker transition.
+type Transition struct {
+	Breaker string    `json:"breaker"`
+	To      string    `json:"to"`
+	Reason  string    `json:"reason,omitempty"`
+	At      time.Time `json:"at"`
+}
+
+// Minute is one minute's delivered messages and the held messages
+// sampled in it.
+type Minute struct {
+	Start     time.Time `json:"start"`
+	Delivered int64     `json:"delivered"`
+	Held      int64     `json:"held"`
+}
+
+// Seconds is a duration written in JSON as seconds.
+type Seconds time.Duration
+
+// MarshalJSON writes whole seconds.
+func (s Seconds) MarshalJSON() ([]byte, error) {
+	return strconv.AppendInt(nil, int64(time.Duration(s)/time.Second), 10), nil
+}

@@ -1,0 +1,226 @@
+package relay
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"holdfast/queue"
+	"holdfast/queue/redistest"
+)
+
+// startRelayOn runs a whole relay over f's redis-server, with the dir
+// sender, after change has adjusted its options.
+func startRelayOn(t testing.TB, f *fixture, change func(*Options)) *Server {
+	t.Helper()
+	o := f.opts
+	o.Redis.Addrs = []string{f.redis.Addr()}
+	o.HTTP.Addr = "127.0.0.1:0"
+	o.Delivery.Dir = t.TempDir()
+	o.Delivery.Poll = Duration(50 * time.Millisecond)
+	if change != nil {
+		change(&o)
+	}
+	if err := o.Validate(); err != nil {
+		t.Fatalf("options: %v", err)
+	}
+	s, err := New(context.Background(), o, nil, discardLogger())
+	if err != nil {
+		t.Fatalf("new relay: %v", err)
+	}
+	s.Start()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+	})
+	return s
+}
+
+// getReadyz returns /readyz's status and body, and how long it took.
+func getReadyz(t *testing.T, s *Server) (int, string, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get("http://" + s.HTTPAddr() + "/readyz")
+	if err != nil {
+		t.Fatalf("GET /readyz: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), time.Since(start)
+}
+
+// postMessage submits a small message over HTTP and returns the status and
+// how long it took.
+func postMessage(t *testing.T, s *Server) (int, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+s.HTTPAddr()+"/v1/messages?from=billing@contoso.com&to=a@example.org",
+		strings.NewReader("Subject: t\r\n\r\nhi\r\n"))
+	req.Header.Set("Authorization", "Bearer "+crmToken)
+	resp, err := (&http.Client{Timeout: 20 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatalf("POST: %v", err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode, time.Since(start)
+}
+
+// smtpSubmit sends one small message over SMTP and returns the reply to
+// the end of DATA and how long that reply took.
+func smtpSubmit(t *testing.T, s *Server) (string, time.Duration) {
+	t.Helper()
+	c := dialSMTP(t, s.SMTPAddrs()[0])
+	c.login()
+	c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	c.cmd("RCPT TO:<a@example.org>", "250 ")
+	c.cmd("DATA", "354 ")
+	start := time.Now()
+	c.write("Subject: t\r\n\r\nhi\r\n.\r\n")
+	reply, err := c.readReply()
+	if err != nil {
+		t.Fatalf("reply to DATA: %v", err)
+	}
+	return reply, time.Since(start)
+}
+
+// TestHungRedisFailsFast stops redis-server with SIGSTOP: SMTP answers 451
+// 4.3.0 and HTTP 503 at the ingress deadline, /readyz says what is wrong
+// within a second; once Redis continues, mail is taken again.
+func TestHungRedisFailsFast(t *testing.T) {
+	f := newFixture(t)
+	s := startRelayOn(t, f, func(o *Options) { o.Redis.IngressTimeout = Duration(time.Second) })
+	if code, body, _ := getReadyz(t, s); code != 200 {
+		t.Fatalf("/readyz before: %d %s", code, body)
+	}
+
+	f.redis.Pause(t)
+	code, body, took := getReadyz(t, s)
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "did not answer") {
+		t.Errorf("/readyz with Redis stopped: %d %s; want 503 saying Redis did not answer", code, body)
+	}
+	if took > 1500*time.Millisecond {
+		t.Errorf("/readyz took %v with Redis stopped; want about 1s", took)
+	}
+	reply, took := smtpSubmit(t, s)
+	if !strings.HasPrefix(reply, "451 4.3.0 ") || took > 2500*time.Millisecond {
+		t.Errorf("SMTP with Redis stopped: %q after %v; want 451 4.3.0 within the 1s deadline", reply, took)
+	}
+	status, took := postMessage(t, s)
+	if status != http.StatusServiceUnavailable || took > 2500*time.Millisecond {
+		t.Errorf("HTTP with Redis stopped: %d after %v; want 503 within the 1s deadline", status, took)
+	}
+
+	f.redis.Resume(t)
+	if reply, _ := smtpSubmit(t, s); !strings.HasPrefix(reply, "250 ") {
+		t.Errorf("SMTP after Redis continued: %q", reply)
+	}
+	if code, body, _ := getReadyz(t, s); code != 200 {
+		t.Errorf("/readyz after: %d %s", code, body)
+	}
+}
+
+// TestDurabilityCheckedWhileRunning turns AOF off, then eviction on, on a
+// running Redis: under strict, /readyz fails and new mail is refused with
+// 451 (HTTP 503) while queued mail stays; fixed, mail is taken again.
+func TestDurabilityCheckedWhileRunning(t *testing.T) {
+	f := newFixture(t)
+	s := startRelayOn(t, f, func(o *Options) {
+		o.Redis.Strict = true
+		o.Redis.CheckInterval = Duration(50 * time.Millisecond)
+		o.Delivery.Sender = "off"
+	})
+	if reply, _ := smtpSubmit(t, s); !strings.HasPrefix(reply, "250 ") {
+		t.Fatalf("SMTP while durable: %q", reply)
+	}
+	rdb := f.redis.Client(t)
+	ctx := context.Background()
+	for _, tc := range []struct{ name, value, want string }{
+		{"appendonly", "no", "appendonly"},
+		{"maxmemory-policy", "allkeys-lru", "maxmemory-policy"},
+		{"appendfsync", "no", "appendfsync"},
+	} {
+		old, err := rdb.ConfigGet(ctx, tc.name).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rdb.ConfigSet(ctx, tc.name, tc.value).Err(); err != nil {
+			t.Fatal(err)
+		}
+		waitReady(t, s, false, tc.want)
+		if reply, _ := smtpSubmit(t, s); !strings.HasPrefix(reply, "451 ") {
+			t.Errorf("%s %s: SMTP reply %q, want 451", tc.name, tc.value, reply)
+		}
+		if status, _ := postMessage(t, s); status != http.StatusServiceUnavailable {
+			t.Errorf("%s %s: HTTP status %d, want 503", tc.name, tc.value, status)
+		}
+		if err := rdb.ConfigSet(ctx, tc.name, old[tc.name]).Err(); err != nil {
+			t.Fatal(err)
+		}
+		waitReady(t, s, true, "")
+	}
+	// The message taken before is still queued, and only it.
+	ms, err := s.Queue().List(ctx, "crm", queue.Ready, 0, 10)
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("queued messages %d (%v), want the 1 taken while durable", len(ms), err)
+	}
+}
+
+// waitReady waits up to 5 s for /readyz to answer 200 (ready) or 503 with
+// a body containing want.
+func waitReady(t *testing.T, s *Server, ready bool, want string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, body, _ := getReadyz(t, s)
+		if ready && code == 200 || !ready && code == 503 && strings.Contains(body, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz is %d %s; want ready=%v (%s)", code, body, ready, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestMinReplicasAcked: with redis.min_replicas_acked, SMTP and HTTP
+// acknowledge only once a real replica has the message, and answer with a
+// temporary failure when no replica does.
+func TestMinReplicasAcked(t *testing.T) {
+	f := newFixture(t)
+	port := strings.TrimPrefix(f.redis.Addr(), "127.0.0.1:")
+	replica := redistest.Start(t, redistest.WithArgs("--replicaof", "127.0.0.1", port))
+	rc := replica.Client(t)
+	waitFor(t, 10*time.Second, "the replica to connect", func() bool {
+		info, _ := rc.Info(context.Background(), "replication").Result()
+		return strings.Contains(info, "master_link_status:up")
+	})
+	s := startRelayOn(t, f, func(o *Options) {
+		o.Redis.MinReplicasAcked = 1
+		o.Redis.ReplicasTimeout = Duration(300 * time.Millisecond)
+		o.Delivery.Sender = "off"
+	})
+	reply, _ := smtpSubmit(t, s)
+	if !strings.HasPrefix(reply, "250 ") {
+		t.Fatalf("SMTP with a replica: %q", reply)
+	}
+	id := reply[strings.LastIndexByte(reply, ' ')+1:]
+	if n, _ := rc.Keys(context.Background(), "*"+id).Result(); len(n) != 1 {
+		t.Errorf("the replica lacks %s when it is acknowledged", id)
+	}
+	if status, _ := postMessage(t, s); status != http.StatusAccepted {
+		t.Errorf("HTTP with a replica: %d", status)
+	}
+
+	replica.Kill(t)
+	if reply, _ := smtpSubmit(t, s); !strings.HasPrefix(reply, "451 4.3.0 ") {
+		t.Errorf("SMTP without a replica: %q, want 451 4.3.0", reply)
+	}
+	if status, _ := postMessage(t, s); status != http.StatusServiceUnavailable {
+		t.Errorf("HTTP without a replica: %d, want 503", status)
+	}
+}

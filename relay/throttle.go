@@ -1,0 +1,175 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"runtime"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"holdfast/queue"
+)
+
+// authLimiter is what ingress needs of the fleet-wide failure counts.
+type authLimiter interface {
+	Blocked(ctx context.Context, ip, user string) (*queue.Block, error)
+	Failed(ctx context.Context, ip, user string) error
+	Attempt(ctx context.Context, ip, user string) (*queue.Block, error)
+	Succeeded(ctx context.Context, ip, user string) error
+}
+
+var _ authLimiter = (*queue.AuthThrottle)(nil)
+
+// authRefusalDelay is how long a throttled AUTH waits before its 454, as
+// Postfix's smtpd_error_sleep_time: a guesser's connection makes one
+// attempt a second at most, and a sleeping session costs no CPU.
+const authRefusalDelay = time.Second
+
+// authThrottleTimeout bounds each look-up of the failure counts: a hung
+// Redis must not hold AUTH longer than this.
+const authThrottleTimeout = 3 * time.Second
+
+// authGuard throttles password and token guessing for both ingresses: it
+// refuses clients whose IP (or SMTP user name) has failed too often, and
+// counts the refusals. When Redis cannot answer, authentication goes on
+// unthrottled (logged): the bcrypt pool still bounds its cost.
+type authGuard struct {
+	limits  authLimiter
+	timeout time.Duration
+	delay   time.Duration // before an SMTP refusal; authRefusalDelay
+	refused *prometheus.CounterVec
+	log     *slog.Logger
+}
+
+// newAuthGuard builds the guard and registers
+// holdfast_auth_throttled_total{ingress} on reg.
+func newAuthGuard(limits authLimiter, timeout time.Duration, reg prometheus.Registerer, log *slog.Logger) *authGuard {
+	if timeout <= 0 {
+		timeout = authThrottleTimeout
+	}
+	g := &authGuard{
+		limits:  limits,
+		timeout: timeout,
+		delay:   authRefusalDelay,
+		refused: promauto.With(reg).NewCounterVec(prometheus.CounterOpts{
+			Name: "holdfast_auth_throttled_total",
+			Help: "Authentication attempts refused without a password or token check, because their client IP or user name failed too often.",
+		}, []string{"ingress"}),
+		log: log.With("component", "auth-throttle"),
+	}
+	for _, ingress := range []string{"smtp", "http"} {
+		g.refused.WithLabelValues(ingress)
+	}
+	return g
+}
+
+// blocked returns the block that refuses this attempt, or nil: for the
+// HTTP API, whose token check is cheap, failures are counted after the
+// check (failed).
+func (g *authGuard) blocked(ctx context.Context, ingress, ip, user string) *queue.Block {
+	if g == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	b, err := g.limits.Blocked(ctx, ip, user)
+	return g.verdict(ingress, ip, b, err)
+}
+
+// attempt counts a password check about to run and returns the block that
+// refuses it, or nil: for SMTP, so that no more than the allowed number of
+// bcrypt checks run per window even when guesses come at once. A check
+// that succeeds calls succeeded.
+func (g *authGuard) attempt(ctx context.Context, ingress, ip, user string) *queue.Block {
+	if g == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	b, err := g.limits.Attempt(ctx, ip, user)
+	return g.verdict(ingress, ip, b, err)
+}
+
+// verdict counts and logs a refusal (never with the user name: clients
+// sometimes put the password there). When Redis could not answer, the
+// attempt goes on.
+func (g *authGuard) verdict(ingress, ip string, b *queue.Block, err error) *queue.Block {
+	if err != nil {
+		g.log.Warn("cannot read the failure counts; authentication is not throttled", "err", err)
+		return nil
+	}
+	if b != nil {
+		g.refused.WithLabelValues(ingress).Inc()
+		g.log.Info("authentication refused: too many failures", "ingress", ingress, "remote_ip", ip, "blocked", b.Kind, "for", b.Until.Round(time.Second).String())
+	}
+	return b
+}
+
+// succeeded takes back the count of an attempt that succeeded.
+func (g *authGuard) succeeded(ctx context.Context, ip, user string) {
+	if g == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	if err := g.limits.Succeeded(ctx, ip, user); err != nil {
+		g.log.Warn("cannot take back a successful authentication's count", "err", err)
+	}
+}
+
+// failed counts a failed attempt.
+func (g *authGuard) failed(ctx context.Context, ip, user string) {
+	if g == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	if err := g.limits.Failed(ctx, ip, user); err != nil {
+		g.log.Warn("cannot count a failed authentication", "err", err)
+	}
+}
+
+// bcryptPool runs password checks a few at a time, so that guesses queue
+// behind each other instead of taking every CPU from sessions already
+// authenticated.
+type bcryptPool chan struct{}
+
+// errAuthThrottled: the client IP or user name failed too often.
+var errAuthThrottled = errors.New("too many failed authentications")
+
+// errBcryptBusy: the pool had no free worker within the wait.
+var errBcryptBusy = errors.New("too many password checks waiting")
+
+// bcryptWait bounds the wait for a free password-check worker.
+const bcryptWait = 10 * time.Second
+
+// newBcryptPool returns a pool of n workers; n < 1 means half the CPUs,
+// at least one.
+func newBcryptPool(n int) bcryptPool {
+	if n < 1 {
+		n = max(1, runtime.GOMAXPROCS(0)/2)
+	}
+	return make(bcryptPool, n)
+}
+
+// run runs check on a free worker, waiting at most bcryptWait. A nil pool
+// runs it at once.
+func (p bcryptPool) run(check func()) error {
+	if p == nil {
+		check()
+		return nil
+	}
+	t := time.NewTimer(bcryptWait)
+	defer t.Stop()
+	select {
+	case p <- struct{}{}:
+	case <-t.C:
+		return errBcryptBusy
+	}
+	defer func() { <-p }()
+	check()
+	return nil
+}

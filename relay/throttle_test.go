@@ -1,0 +1,177 @@
+package relay
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"holdfast/queue"
+)
+
+var (
+	attackerIP = net.IPv4(127, 0, 0, 1)
+	otherIP    = net.IPv4(127, 0, 0, 2)
+	thirdIP    = net.IPv4(127, 0, 0, 3)
+)
+
+// smtpAuth opens a session from ip and tries one AUTH PLAIN, returning the
+// reply.
+func smtpAuthFrom(t *testing.T, addr string, ip net.IP, user, password string) string {
+	t.Helper()
+	c := dialSMTPRaw(t, addr, ip)
+	c.expect("220 ")
+	c.cmd("EHLO client.test", "250 ")
+	c.write("AUTH PLAIN " + smtpPlain("", user, password) + "\r\n")
+	reply, err := c.readReply()
+	if err != nil {
+		t.Fatalf("AUTH: %v", err)
+	}
+	c.nc.Close()
+	return reply
+}
+
+// TestAuthThrottleSMTP: 100 wrong passwords from one IP run bcrypt at most
+// 10 times; past the threshold the IP and the user name get 454 4.7.0
+// unchecked, another IP and user keep working, a success from another IP
+// resets nothing, the refusals are counted, and unblocking clears a block.
+func TestAuthThrottleSMTP(t *testing.T) {
+	f := newFixture(t)
+	s := startRelayOn(t, f, nil)
+	// Refusals wait a second each; the test makes 90 of them.
+	s.smtp.in.guard.delay = time.Millisecond
+	addr := s.SMTPAddrs()[0]
+
+	c := dialSMTPRaw(t, addr, attackerIP)
+	c.expect("220 ")
+	c.cmd("EHLO client.test", "250 ")
+	replies := map[string]int{}
+	for i := range 100 {
+		c.write("AUTH PLAIN " + smtpPlain("", crmUser, "guess-"+string(rune('a'+i%26))) + "\r\n")
+		reply, err := c.readReply()
+		if err != nil {
+			t.Fatalf("attempt %d: %v", i, err)
+		}
+		replies[reply[:9]]++
+	}
+	if runs := s.smtp.apps.bcryptRuns.Load(); runs > 10 {
+		t.Errorf("%d bcrypt runs for 100 wrong passwords, want at most 10", runs)
+	}
+	if replies["535 5.7.8"] != 10 || replies["454 4.7.0"] != 90 {
+		t.Errorf("replies %v, want 10 × 535 5.7.8 then 90 × 454 4.7.0", replies)
+	}
+
+	// The right password from the blocked IP is refused unchecked too.
+	if r := smtpAuthFrom(t, addr, attackerIP, webUser, webPassword); !strings.HasPrefix(r, "454 4.7.0 ") {
+		t.Errorf("right password from the blocked IP: %q, want 454 4.7.0", r)
+	}
+	// The blocked user name is refused from any IP.
+	if r := smtpAuthFrom(t, addr, thirdIP, crmUser, crmPassword); !strings.HasPrefix(r, "454 4.7.0 ") {
+		t.Errorf("blocked user from another IP: %q, want 454 4.7.0", r)
+	}
+	// Another IP and user are not affected, and their success resets
+	// nothing.
+	if r := smtpAuthFrom(t, addr, otherIP, webUser, webPassword); !strings.HasPrefix(r, "235 ") {
+		t.Errorf("another IP and user: %q, want 235", r)
+	}
+	if r := smtpAuthFrom(t, addr, attackerIP, webUser, webPassword); !strings.HasPrefix(r, "454 4.7.0 ") {
+		t.Errorf("blocked IP after another IP's success: %q, want 454 4.7.0", r)
+	}
+	if n := testutil.ToFloat64(s.smtp.in.guard.refused.WithLabelValues("smtp")); n != 93 {
+		t.Errorf("holdfast_auth_throttled_total{ingress=smtp} = %v, want 93", n)
+	}
+
+	th := queue.NewAuthThrottle(f.redis.Client(t), 10, 5*time.Minute)
+	if ok, err := th.Unblock(context.Background(), "ip", "127.0.0.1"); !ok || err != nil {
+		t.Fatalf("unblock ip: %v %v", ok, err)
+	}
+	if r := smtpAuthFrom(t, addr, attackerIP, webUser, webPassword); !strings.HasPrefix(r, "235 ") {
+		t.Errorf("after unblocking the IP: %q, want 235", r)
+	}
+	if r := smtpAuthFrom(t, addr, otherIP, crmUser, crmPassword); !strings.HasPrefix(r, "454 4.7.0 ") {
+		t.Errorf("the user is still blocked: %q, want 454 4.7.0", r)
+	}
+	if ok, err := th.Unblock(context.Background(), "user", crmUser); !ok || err != nil {
+		t.Fatalf("unblock user: %v %v", ok, err)
+	}
+	if r := smtpAuthFrom(t, addr, otherIP, crmUser, crmPassword); !strings.HasPrefix(r, "235 ") {
+		t.Errorf("after unblocking the user: %q, want 235", r)
+	}
+}
+
+// httpFrom posts a message from ip with token.
+func httpFrom(t *testing.T, s *Server, ip net.IP, token string) (int, http.Header) {
+	t.Helper()
+	tr := &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}}).DialContext}
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+s.HTTPAddr()+"/v1/messages?from=billing@contoso.com&to=a@example.org",
+		strings.NewReader("Subject: t\r\n\r\nhi\r\n"))
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatalf("POST: %v", err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode, resp.Header
+}
+
+// TestAuthThrottleHTTP: wrong bearer tokens from one IP get 401 up to the
+// threshold, then 429 with Retry-After, even with the right token; another
+// IP is not affected.
+func TestAuthThrottleHTTP(t *testing.T) {
+	f := newFixture(t)
+	s := startRelayOn(t, f, nil)
+	for i := range 10 {
+		if code, _ := httpFrom(t, s, attackerIP, "wrong-token"); code != http.StatusUnauthorized {
+			t.Fatalf("wrong token %d: %d, want 401", i, code)
+		}
+	}
+	code, hdr := httpFrom(t, s, attackerIP, "wrong-token")
+	if code != http.StatusTooManyRequests || hdr.Get("Retry-After") == "" {
+		t.Errorf("11th wrong token: %d Retry-After %q, want 429 with Retry-After", code, hdr.Get("Retry-After"))
+	}
+	if code, _ := httpFrom(t, s, attackerIP, crmToken); code != http.StatusTooManyRequests {
+		t.Errorf("right token from the blocked IP: %d, want 429", code)
+	}
+	if code, _ := httpFrom(t, s, otherIP, crmToken); code != http.StatusAccepted {
+		t.Errorf("right token from another IP: %d, want 202", code)
+	}
+	if n := testutil.ToFloat64(s.smtp.in.guard.refused.WithLabelValues("http")); n != 2 {
+		t.Errorf("holdfast_auth_throttled_total{ingress=http} = %v, want 2", n)
+	}
+}
+
+// TestAuthThrottleManySessionsAtOnce: an application opening 20 sessions
+// at once with the right password is neither throttled nor charged 20
+// bcrypt runs.
+func TestAuthThrottleManySessionsAtOnce(t *testing.T) {
+	f := newFixture(t)
+	s := startRelayOn(t, f, nil)
+	addr := s.SMTPAddrs()[0]
+	replies := make([]string, 20)
+	done := make(chan struct{})
+	for i := range replies {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			replies[i] = smtpAuthFrom(t, addr, attackerIP, crmUser, crmPassword)
+		}()
+	}
+	for range replies {
+		<-done
+	}
+	for i, r := range replies {
+		if !strings.HasPrefix(r, "235 ") {
+			t.Errorf("session %d: %q, want 235", i, r)
+		}
+	}
+	if runs := s.smtp.apps.bcryptRuns.Load(); runs != 1 {
+		t.Errorf("%d bcrypt runs for 20 sessions with one password, want 1", runs)
+	}
+	if b, err := queue.NewAuthThrottle(f.redis.Client(t), 10, time.Minute).Blocked(context.Background(), "127.0.0.1", crmUser); b != nil || err != nil {
+		t.Errorf("after 20 successes: block %+v, %v; want none", b, err)
+	}
+}
