@@ -111,7 +111,8 @@ func (q *Queue) releaseSteps(ctx context.Context, route string, fence Fence, eac
 		total += n
 		switch status {
 		case 1:
-			return total, nil
+			// Due again: the due-route index held it HeldRecheck away.
+			return total, q.markDue(ctx, route)
 		case -1:
 			return total, fmt.Errorf("release %s: %w", route, ErrStaleFence)
 		}

@@ -293,7 +293,7 @@ func (q *Queue) Requeue(ctx context.Context, id string) error {
 	if ok == 0 {
 		return fmt.Errorf("%s is %s, not dead: only dead letters can be requeued", id, m.State)
 	}
-	return nil
+	return q.markDue(ctx, m.Route)
 }
 
 // Delete removes a message in any state. A leased message's worker will
@@ -321,5 +321,5 @@ func (q *Queue) Flush(ctx context.Context, route string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("flush %s: %w", route, err)
 	}
-	return n, nil
+	return n, q.markDue(ctx, route)
 }

@@ -37,6 +37,10 @@ type Options struct {
 	// passed. Default 5 days; zero or negative means the default. To
 	// count held time in full, set it to time.Millisecond.
 	HeldGrace time.Duration
+	// HeldRecheck is how often a held route is leased anyway, to
+	// dead-letter its messages past their lifetime (see HeldGrace).
+	// Default 1 minute.
+	HeldRecheck time.Duration
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 	// MinReplicas is how many replicas must have a new message before
@@ -66,6 +70,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.HeldGrace <= 0 {
 		o.HeldGrace = 5 * 24 * time.Hour
+	}
+	if o.HeldRecheck <= 0 {
+		o.HeldRecheck = time.Minute
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -144,7 +151,13 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 		return "", false, fmt.Errorf("enqueue: %w", err)
 	}
 	got, _ := res[0].(string)
-	return got, res[1].(int64) == 1, nil
+	dup = res[1].(int64) == 1
+	if !dup {
+		// The message is stored either way; an unmarked route is found
+		// by the next SweepDue.
+		_ = q.markDue(ctx, m.Route)
+	}
+	return got, dup, nil
 }
 
 // ErrNotReplicated is returned by Enqueue when fewer replicas than

@@ -141,6 +141,7 @@ type incFleet struct {
 	http        *http.Client
 	closeOnce   sync.Once
 	redis       *redistest.Server
+	lease       time.Duration // delivery.lease when set
 }
 
 type incFleetOptions struct {
@@ -160,12 +161,14 @@ type incFleetOptions struct {
 	// edit, when set, rewrites the configuration of replica n (the fault
 	// tests set delivery and exchange timeouts this way).
 	edit func(n int, config string) string
+	// lease sets delivery.lease.
+	lease time.Duration
 }
 
 func startIncFleet(tb testing.TB, o incFleetOptions) *incFleet {
 	tb.Helper()
 	srv := redistest.Start(tb, o.redis...)
-	f := &incFleet{tb: tb, dir: tb.TempDir(), redis: srv, http: &http.Client{Timeout: 5 * time.Second}}
+	f := &incFleet{tb: tb, dir: tb.TempDir(), redis: srv, http: &http.Client{Timeout: 5 * time.Second}, lease: o.lease}
 	f.q = queue.New(srv.Client(tb), queue.Options{})
 	var boxes []sim.Mailbox
 	for i := 1; i <= o.mailboxes; i++ {
@@ -284,6 +287,12 @@ apps:
 		strings.Join(quoted, ", "), f.mailboxes[0])
 	for _, m := range f.mailboxes {
 		fmt.Fprintf(&b, "      %q: %q\n", m, m)
+	}
+	if f.lease > 0 {
+		// Into the delivery section above.
+		s := strings.Replace(b.String(), "delivery:\n", fmt.Sprintf("delivery:\n  lease: %s\n", f.lease), 1)
+		b.Reset()
+		b.WriteString(s)
 	}
 	fmt.Fprintf(&b, `credentials:
   - name: contoso

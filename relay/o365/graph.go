@@ -67,6 +67,10 @@ func (g *GraphSender) Send(ctx context.Context, m *queue.Message) (string, error
 		return "", &upstream.Error{Class: upstream.Permanent,
 			Text: fmt.Sprintf("message of %d bytes is over Graph's limit of %d bytes of MIME, and SMTP is not enabled for this route", len(m.Body), MaxGraphMIME)}
 	}
+	// Graph needs no SMTP connection: free the reserved one.
+	if gr, _ := ctx.Value(grantKey{}).(*Grant); gr != nil {
+		gr.Release()
+	}
 	r, err := g.o.Router(ctx, m)
 	if err != nil {
 		return "", err
