@@ -23,7 +23,7 @@ const (
 	DefaultAuthority      = "https://login.microsoftonline.com"
 	DefaultScope          = "https://outlook.office365.com/.default"
 	DefaultReloadInterval = 5 * time.Second
-	DefaultRefreshBefore  = 5 * time.Minute
+	DefaultRefreshBefore  = 10 * time.Minute
 	DefaultDialTimeout    = 10 * time.Second
 	DefaultHTTPTimeout    = 30 * time.Second
 )
@@ -66,8 +66,8 @@ type CredentialOptions struct {
 	ReloadInterval time.Duration
 
 	// RefreshBefore is how long before expiry a cached token is replaced.
-	// Default: 5 min. Tokens living less than twice this are replaced
-	// half-way through their lifetime.
+	// Default and minimum: 10 min (MinRefreshBefore). Tokens living less
+	// than twice this are replaced half-way through their lifetime.
 	RefreshBefore time.Duration
 
 	// OnChange is called with Name after a changed secret or certificate
@@ -153,8 +153,8 @@ func (o *CredentialOptions) setDefaults() error {
 		return errors.New("credential: key_file needs cert_file")
 	case o.ReloadInterval < 0:
 		return errors.New("credential: reload_interval must not be negative")
-	case o.RefreshBefore < 0:
-		return errors.New("credential: refresh_before must not be negative")
+	case o.RefreshBefore != 0 && o.RefreshBefore < MinRefreshBefore:
+		return fmt.Errorf("credential: refresh_before %s is below the minimum %s", o.RefreshBefore, MinRefreshBefore)
 	}
 	if o.Name == "" {
 		o.Name = o.ClientID

@@ -22,8 +22,10 @@ type fileConfig struct {
 		SMTP  string `yaml:"smtp"`
 		Admin string `yaml:"admin"`
 	} `yaml:"listen"`
-	TokenLifetime string `yaml:"token_lifetime"`
-	Tenants       []struct {
+	TokenLifetime       string `yaml:"token_lifetime"`
+	Seed                uint64 `yaml:"seed"`
+	ExpiringTokenMargin string `yaml:"expiring_token_margin"`
+	Tenants             []struct {
 		ID   string `yaml:"id"`
 		Apps []struct {
 			ClientID string `yaml:"client_id"`
@@ -64,6 +66,12 @@ func loadConfig(path string) (sim.Config, error) {
 	if fc.TokenLifetime != "" {
 		if cfg.TokenLifetime, err = time.ParseDuration(fc.TokenLifetime); err != nil {
 			return sim.Config{}, fmt.Errorf("%s: token_lifetime: %w", path, err)
+		}
+	}
+	cfg.Seed = fc.Seed
+	if fc.ExpiringTokenMargin != "" {
+		if cfg.ExpiringTokenMargin, err = time.ParseDuration(fc.ExpiringTokenMargin); err != nil {
+			return sim.Config{}, fmt.Errorf("%s: expiring_token_margin: %w", path, err)
 		}
 	}
 	dir := filepath.Dir(path)

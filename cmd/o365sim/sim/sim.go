@@ -23,8 +23,16 @@ type Config struct {
 	// Now is the simulator's clock for tokens, grants and secret expiry;
 	// default time.Now. TLS certificates always use the real clock.
 	Now func() time.Time
-	// TokenLifetime is the lifetime of access tokens; default 1h.
+	// TokenLifetime, when set, is the lifetime of every access token.
+	// Default: Entra's, a random lifetime from 60 to 90 minutes per token.
 	TokenLifetime time.Duration
+	// Seed makes the random token lifetimes repeatable; 0 draws a seed.
+	Seed uint64
+	// ExpiringTokenMargin, when set, makes SMTP AUTH refuse a token with
+	// this long or less left before its expiry with "501 5.5.127 Invalid
+	// XOAUTH2 auth data - Token will expire soon", as Exchange Online's
+	// high volume endpoint does. SetExpiringTokenMargin changes it.
+	ExpiringTokenMargin time.Duration
 	// HTTPSAddr, SMTPAddr and AdminAddr are the listen addresses; each
 	// defaults to 127.0.0.1:0 and must be a loopback address.
 	HTTPSAddr, SMTPAddr, AdminAddr string
@@ -183,7 +191,7 @@ const (
 // Sim is a running Exchange Online and Entra ID simulator.
 type Sim struct {
 	now      func() time.Time
-	lifetime time.Duration
+	lifetime time.Duration // fixed token lifetime; 0: random (see lifetimes.go)
 	certs    *certs
 	key      []byte // signs access tokens
 	addrs    [3]string
@@ -195,6 +203,8 @@ type Sim struct {
 	mailboxes map[string]*mailbox
 	grants    map[string]*grant // by refresh token
 	fault     Fault
+	rng       *lifetimeRand // draws token lifetimes
+	margin    time.Duration // ExpiringTokenMargin
 	received  []Received
 	clients   map[string]*ClientCounters
 	mcount    map[string]*MailboxCounters
@@ -262,6 +272,8 @@ func New(cfg Config) (*Sim, error) {
 	s := &Sim{
 		now:       cfg.Now,
 		lifetime:  cfg.TokenLifetime,
+		rng:       newLifetimeRand(cfg.Seed),
+		margin:    cfg.ExpiringTokenMargin,
 		tenants:   map[string]*tenant{},
 		mailboxes: map[string]*mailbox{},
 		grants:    map[string]*grant{},
@@ -272,8 +284,8 @@ func New(cfg Config) (*Sim, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	if s.lifetime <= 0 {
-		s.lifetime = time.Hour
+	if s.lifetime < 0 {
+		return nil, errors.New("negative token lifetime")
 	}
 	for i, a := range []string{cfg.HTTPSAddr, cfg.SMTPAddr, cfg.AdminAddr} {
 		if a == "" {
