@@ -29,8 +29,8 @@ const (
 )
 
 // CredentialOptions configures an Entra ID app registration used with the
-// client credentials grant. Exactly one of ClientSecretFile and CertFile is
-// set.
+// client credentials grant. Exactly one of ClientSecretFile, CertFile and
+// ClientAssertionFile is set.
 type CredentialOptions struct {
 	// Name identifies the credential in logs and in OnChange. Default:
 	// ClientID.
@@ -51,6 +51,12 @@ type CredentialOptions struct {
 	// empty the key is read from CertFile.
 	CertFile string
 	KeyFile  string
+
+	// ClientAssertionFile holds a JWT issued by another identity provider
+	// that Entra trusts through a federated identity credential, e.g. the
+	// service-account token AKS workload identity projects (its path in
+	// AZURE_FEDERATED_TOKEN_FILE). It is re-read like the other files.
+	ClientAssertionFile string
 
 	// Scope requested with client credentials. Default:
 	// https://outlook.office365.com/.default.
@@ -145,10 +151,10 @@ func (o *CredentialOptions) setDefaults() error {
 		return fmt.Errorf("credential: tenant %q is not a tenant id or domain", o.Tenant)
 	case o.ClientID == "":
 		return errors.New("credential: client_id is required")
-	case o.ClientSecretFile == "" && o.CertFile == "":
-		return errors.New("credential: one of client_secret_file and cert_file is required")
-	case o.ClientSecretFile != "" && o.CertFile != "":
-		return errors.New("credential: client_secret_file and cert_file are mutually exclusive")
+	case countSet(o.ClientSecretFile, o.CertFile, o.ClientAssertionFile) == 0:
+		return errors.New("credential: one of client_secret_file, cert_file and client_assertion_file is required")
+	case countSet(o.ClientSecretFile, o.CertFile, o.ClientAssertionFile) > 1:
+		return errors.New("credential: client_secret_file, cert_file and client_assertion_file are mutually exclusive")
 	case o.KeyFile != "" && o.CertFile == "":
 		return errors.New("credential: key_file needs cert_file")
 	case o.ReloadInterval < 0:
@@ -253,7 +259,17 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 		cfg.EndpointParams[k] = v
 	}
 	var scrub []string
-	if m.key != nil {
+	switch {
+	case m.fed != nil:
+		if err := m.fed.check(start); err != nil {
+			c.opts.Metrics.tokenRequest(c.opts.Name, err)
+			log.Warn("client assertion expired, not sent", "file", m.fed.file, "exp", m.fed.exp)
+			return nil, err
+		}
+		cfg.EndpointParams.Set("client_assertion_type", clientAssertionType)
+		cfg.EndpointParams.Set("client_assertion", m.fed.jwt)
+		scrub = append(scrub, m.fed.jwt)
+	case m.key != nil:
 		jwt, err := m.assertion(c.tokenURL, c.opts.ClientID, start)
 		if err != nil {
 			return nil, fmt.Errorf("credential %s: %w", c.opts.Name, err)
@@ -261,7 +277,7 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 		cfg.EndpointParams.Set("client_assertion_type", clientAssertionType)
 		cfg.EndpointParams.Set("client_assertion", jwt)
 		scrub = append(scrub, jwt)
-	} else {
+	default:
 		cfg.ClientSecret = m.secret
 		scrub = append(scrub, m.secret)
 	}
