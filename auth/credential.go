@@ -152,7 +152,7 @@ func (o *CredentialOptions) setDefaults() error {
 	case o.ClientID == "":
 		return errors.New("credential: client_id is required")
 	case countSet(o.ClientSecretFile, o.CertFile, o.ClientAssertionFile) == 0:
-		return errors.New("credential: one of client_secret_file, cert_file and client_assertion_file is required")
+		return errors.New("credential: one of client_secret_file and cert_file, or client_assertion_file, is required")
 	case countSet(o.ClientSecretFile, o.CertFile, o.ClientAssertionFile) > 1:
 		return errors.New("credential: client_secret_file, cert_file and client_assertion_file are mutually exclusive")
 	case o.KeyFile != "" && o.CertFile == "":
