@@ -50,6 +50,9 @@ type Tenant struct {
 type App struct {
 	ClientID string
 	Secrets  []Secret
+	// FederatedCredentials are the federated identity credentials: JWTs
+	// from these issuers and subjects are accepted as client assertions.
+	FederatedCredentials []FederatedCredential
 	// CertificatesPEM are the public certificates accepted for
 	// private_key_jwt client assertions.
 	CertificatesPEM [][]byte
@@ -234,6 +237,7 @@ type app struct {
 	// graphRoles go into app-only Graph tokens; ownsItself is App.OwnsItself.
 	graphRoles []string
 	ownsItself bool
+	federated  []FederatedCredential
 }
 
 type secret struct {
@@ -359,6 +363,15 @@ func newApp(tn *tenant, a App, start time.Time) (*app, error) {
 			sec.KeyID = newGUID()
 		}
 		ap.secrets = append(ap.secrets, secret{Secret: sec, start: start})
+	}
+	for _, fc := range a.FederatedCredentials {
+		if fc.Issuer == "" || fc.Subject == "" {
+			return nil, fmt.Errorf("app %s: a federated credential needs an issuer and a subject", a.ClientID)
+		}
+		if len(fc.Audiences) == 0 {
+			fc.Audiences = []string{federatedAudience}
+		}
+		ap.federated = append(ap.federated, fc)
 	}
 	for i, p := range a.CertificatesPEM {
 		c, err := parseCertPEM(p)
