@@ -136,7 +136,11 @@ func ClassifyToken(f TokenFailure, kind AuthKind) *upstream.Error {
 		e.Class = upstream.Mailbox
 	default:
 		// invalid_client, unauthorized_client, invalid_tenant,
-		// invalid_request (older tenant-not-found), invalid_scope.
+		// invalid_request (older tenant-not-found), invalid_scope:
+		// among them a wrong or expired secret (AADSTS7000215,
+		// 7000222), certificate (700027) or federated assertion
+		// (700211 issuer, 700212 audience, 700213 subject, 700024
+		// validity), and an assertion file found expired before sending.
 		e.Class = upstream.Credential
 	}
 	return e
