@@ -40,6 +40,11 @@ type fileConfig struct {
 			SendAs           []string `yaml:"send_as"`
 			GraphRoles       []string `yaml:"graph_roles"`
 			OwnsItself       bool     `yaml:"owns_itself"`
+			Federated        []struct {
+				Issuer    string   `yaml:"issuer"`
+				Subject   string   `yaml:"subject"`
+				Audiences []string `yaml:"audiences"`
+			} `yaml:"federated_credentials"`
 		} `yaml:"apps"`
 		Mailboxes []struct {
 			Address          string   `yaml:"address"`
@@ -79,6 +84,9 @@ func loadConfig(path string) (sim.Config, error) {
 		tn := sim.Tenant{ID: t.ID}
 		for ai, a := range t.Apps {
 			app := sim.App{ClientID: a.ClientID, SendAsMailboxes: a.SendAs, GraphRoles: a.GraphRoles, OwnsItself: a.OwnsItself}
+			for _, fc := range a.Federated {
+				app.FederatedCredentials = append(app.FederatedCredentials, sim.FederatedCredential{Issuer: fc.Issuer, Subject: fc.Subject, Audiences: fc.Audiences})
+			}
 			for si, sec := range a.Secrets {
 				s := sim.Secret{Value: sec.Value, KeyID: sec.KeyID, DisplayName: sec.DisplayName}
 				if sec.ValueFile != "" {
