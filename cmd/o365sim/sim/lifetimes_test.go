@@ -64,7 +64,12 @@ func TestSMTPRefusesTokenExpiringSoon(t *testing.T) {
 	f.clock.Add(time.Second)
 	err := f.dialTLS(t).Auth(&xoauth2{user: alice, token: tok})
 	wantSMTPError(t, err, 501, smtp.EnhancedCode{5, 5, 127}, "Invalid XOAUTH2 auth data - Token will expire soon")
-	f.SetExpiringTokenMargin(0)
+	if code := f.admin(t, "POST", "/admin/tokens/expiring-margin", map[string]string{"margin": "soon"}, nil); code != 400 {
+		t.Fatalf("bad margin: status %d", code)
+	}
+	if code := f.admin(t, "POST", "/admin/tokens/expiring-margin", map[string]string{"margin": "0s"}, nil); code != 204 {
+		t.Fatalf("margin 0s: status %d", code)
+	}
 	if err := f.dialTLS(t).Auth(&xoauth2{user: alice, token: tok}); err != nil {
 		t.Fatalf("margin off: %v", err)
 	}
