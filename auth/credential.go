@@ -24,14 +24,14 @@ const (
 	DefaultAuthority      = "https://login.microsoftonline.com"
 	DefaultScope          = "https://outlook.office365.com/.default"
 	DefaultReloadInterval = 5 * time.Second
-	DefaultRefreshBefore  = 5 * time.Minute
+	DefaultRefreshBefore  = 10 * time.Minute
 	DefaultDialTimeout    = 10 * time.Second
 	DefaultHTTPTimeout    = 30 * time.Second
 )
 
 // CredentialOptions configures an Entra ID app registration used with the
-// client credentials grant. Exactly one of ClientSecretFile and CertFile is
-// set.
+// client credentials grant. Exactly one of ClientSecretFile, CertFile and
+// ClientAssertionFile is set.
 type CredentialOptions struct {
 	// Name identifies the credential in logs and in OnChange. Default:
 	// ClientID.
@@ -53,6 +53,12 @@ type CredentialOptions struct {
 	CertFile string
 	KeyFile  string
 
+	// ClientAssertionFile holds a JWT issued by another identity provider
+	// that Entra trusts through a federated identity credential, e.g. the
+	// service-account token AKS workload identity projects (its path in
+	// AZURE_FEDERATED_TOKEN_FILE). It is re-read like the other files.
+	ClientAssertionFile string
+
 	// Scope requested with client credentials. Default:
 	// https://outlook.office365.com/.default.
 	Scope string
@@ -67,8 +73,8 @@ type CredentialOptions struct {
 	ReloadInterval time.Duration
 
 	// RefreshBefore is how long before expiry a cached token is replaced.
-	// Default: 5 min. Tokens living less than twice this are replaced
-	// half-way through their lifetime.
+	// Default and minimum: 10 min (MinRefreshBefore). Tokens living less
+	// than twice this are replaced half-way through their lifetime.
 	RefreshBefore time.Duration
 
 	// OnChange is called with Name after a changed secret or certificate
@@ -150,16 +156,16 @@ func (o *CredentialOptions) setDefaults() error {
 		return fmt.Errorf("credential: tenant %q is not a tenant id or domain", o.Tenant)
 	case o.ClientID == "":
 		return errors.New("credential: client_id is required")
-	case o.ClientSecretFile == "" && o.CertFile == "":
-		return errors.New("credential: one of client_secret_file and cert_file is required")
-	case o.ClientSecretFile != "" && o.CertFile != "":
-		return errors.New("credential: client_secret_file and cert_file are mutually exclusive")
+	case countSet(o.ClientSecretFile, o.CertFile, o.ClientAssertionFile) == 0:
+		return errors.New("credential: one of client_secret_file and cert_file, or client_assertion_file, is required")
+	case countSet(o.ClientSecretFile, o.CertFile, o.ClientAssertionFile) > 1:
+		return errors.New("credential: client_secret_file, cert_file and client_assertion_file are mutually exclusive")
 	case o.KeyFile != "" && o.CertFile == "":
 		return errors.New("credential: key_file needs cert_file")
 	case o.ReloadInterval < 0:
 		return errors.New("credential: reload_interval must not be negative")
-	case o.RefreshBefore < 0:
-		return errors.New("credential: refresh_before must not be negative")
+	case o.RefreshBefore != 0 && o.RefreshBefore < MinRefreshBefore:
+		return fmt.Errorf("credential: refresh_before %s is below the minimum %s", o.RefreshBefore, MinRefreshBefore)
 	}
 	if o.Name == "" {
 		o.Name = o.ClientID
@@ -265,7 +271,17 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 		cfg.EndpointParams[k] = v
 	}
 	var scrub []string
-	if m.key != nil {
+	switch {
+	case m.fed != nil:
+		if err := m.fed.check(start); err != nil {
+			c.opts.Metrics.tokenRequest(c.opts.Name, err)
+			log.Warn("client assertion expired, not sent", "file", m.fed.file, "exp", m.fed.exp)
+			return nil, err
+		}
+		cfg.EndpointParams.Set("client_assertion_type", clientAssertionType)
+		cfg.EndpointParams.Set("client_assertion", m.fed.jwt)
+		scrub = append(scrub, m.fed.jwt)
+	case m.key != nil:
 		jwt, err := m.assertion(c.tokenURL, c.opts.ClientID, start)
 		if err != nil {
 			return nil, fmt.Errorf("credential %s: %w", c.opts.Name, err)
@@ -273,7 +289,7 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 		cfg.EndpointParams.Set("client_assertion_type", clientAssertionType)
 		cfg.EndpointParams.Set("client_assertion", jwt)
 		scrub = append(scrub, jwt)
-	} else {
+	default:
 		cfg.ClientSecret = m.secret
 		scrub = append(scrub, m.secret)
 	}

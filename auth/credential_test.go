@@ -105,7 +105,6 @@ func TestTokenRefreshesRefreshBeforeExpiry(t *testing.T) {
 	f := newFakeEntra(t, secretHandler(t, 3600))
 	c := secretCredential(t, f, writeFile(t, t.TempDir(), "secret", secretV1), func(o *CredentialOptions) {
 		o.Now = clock.Now
-		o.RefreshBefore = 5 * time.Minute
 	})
 	ctx := t.Context()
 	tok, err := c.Token(ctx)
@@ -115,19 +114,19 @@ func TestTokenRefreshesRefreshBeforeExpiry(t *testing.T) {
 	if want := clock.Now().Add(time.Hour); !tok.Expiry.Equal(want) {
 		t.Fatalf("expiry = %v, want %v (from expires_in and the injected clock)", tok.Expiry, want)
 	}
-	clock.Add(54*time.Minute + 59*time.Second)
+	clock.Add(49*time.Minute + 59*time.Second)
 	if _, err := c.Token(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if n := f.requests(); n != 1 {
-		t.Fatalf("%d requests at 5m01s before expiry, want 1 (cached)", n)
+		t.Fatalf("%d requests at 10m01s before expiry, want 1 (cached)", n)
 	}
 	clock.Add(time.Second)
 	if _, err := c.Token(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if n := f.requests(); n != 2 {
-		t.Fatalf("%d requests at 5m before expiry, want 2 (refreshed)", n)
+		t.Fatalf("%d requests at 10m before expiry, want 2 (refreshed)", n)
 	}
 }
 

@@ -19,12 +19,16 @@ type material struct {
 	key    *rsa.PrivateKey     // certificate credential
 	chain  []*x509.Certificate // leaf first
 	leaf   *x509.Certificate
-	x5t    string   // base64url SHA-256 of the leaf's DER
-	sum    [32]byte // SHA-256 over the files' contents; decides whether a reload changed anything
+	x5t    string     // base64url SHA-256 of the leaf's DER
+	fed    *federated // federated credential (see federated.go)
+	sum    [32]byte   // SHA-256 over the files' contents; decides whether a reload changed anything
 }
 
 // loadMaterial reads the secret file, or the certificate and key files.
 func loadMaterial(o *CredentialOptions) (*material, error) {
+	if o.ClientAssertionFile != "" {
+		return loadFederated(o.ClientAssertionFile)
+	}
 	if o.ClientSecretFile != "" {
 		raw, err := readCredentialFile(o.ClientSecretFile, "client secret")
 		if err != nil {
@@ -91,9 +95,12 @@ func (c *Credential) Reload() (changed bool, err error) {
 		return false, nil
 	}
 	c.cache.reset()
-	if m.leaf != nil {
+	switch {
+	case m.fed != nil:
+		c.log.Info("client assertion reloaded", "file", m.fed.file, "exp", m.fed.exp)
+	case m.leaf != nil:
 		c.log.Info("certificate reloaded", "not_after", m.leaf.NotAfter, "x5t", m.x5t)
-	} else {
+	default:
 		c.log.Info("client secret reloaded")
 	}
 	if c.opts.OnChange != nil {

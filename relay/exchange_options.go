@@ -108,12 +108,14 @@ func (c *Credential) validate(field string) error {
 	if u, err := url.Parse(c.Authority); err != nil || u.Scheme != "https" || u.Host == "" {
 		return fmt.Errorf("%s.authority: %q is not an https URL", field, c.Authority)
 	}
-	secret, cert := c.ClientSecretFile != "", c.CertFile != "" || c.KeyFile != ""
+	secret, cert, fed := c.ClientSecretFile != "", c.CertFile != "" || c.KeyFile != "", c.ClientAssertionFile != ""
 	switch {
 	case secret && cert:
 		return fmt.Errorf("%s.client_secret_file: set a client secret or a certificate, not both", field)
-	case !secret && !cert:
-		return fmt.Errorf("%s.client_secret_file: set client_secret_file, or cert_file and key_file", field)
+	case fed && (secret || cert):
+		return fmt.Errorf("%s.client_assertion_file: set exactly one of client_secret_file, cert_file and key_file, or client_assertion_file", field)
+	case !secret && !cert && !fed:
+		return fmt.Errorf("%s.client_secret_file: set client_secret_file, cert_file and key_file, or client_assertion_file", field)
 	case cert && (c.CertFile == "" || c.KeyFile == ""):
 		return fmt.Errorf("%s.cert_file: a certificate credential needs both cert_file and key_file", field)
 	}

@@ -536,7 +536,8 @@ func (c Credential) authOptions(scope string, client *http.Client, log *slog.Log
 	return auth.CredentialOptions{
 		Name: c.Name, Tenant: c.Tenant, ClientID: c.ClientID, Authority: c.Authority,
 		ClientSecretFile: c.ClientSecretFile, CertFile: c.CertFile, KeyFile: c.KeyFile,
-		Scope: scope, HTTPClient: client, Logger: log,
+		ClientAssertionFile: c.ClientAssertionFile,
+		Scope:               scope, HTTPClient: client, Logger: log,
 	}
 }
 

@@ -94,6 +94,10 @@ type Credential struct {
 	// certificate credential, reloaded like the secret.
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
+	// ClientAssertionFile holds a JWT from another identity provider
+	// trusted by a federated identity credential on the app (workload
+	// identity federation), reloaded like the secret.
+	ClientAssertionFile string `yaml:"client_assertion_file"`
 	// ExpiresAt is when the secret or certificate expires (RFC 3339 or
 	// YYYY-MM-DD), for the expiry monitor. Optional.
 	ExpiresAt string `yaml:"expires_at"`

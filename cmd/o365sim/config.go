@@ -22,8 +22,10 @@ type fileConfig struct {
 		SMTP  string `yaml:"smtp"`
 		Admin string `yaml:"admin"`
 	} `yaml:"listen"`
-	TokenLifetime string `yaml:"token_lifetime"`
-	Tenants       []struct {
+	TokenLifetime       string `yaml:"token_lifetime"`
+	Seed                uint64 `yaml:"seed"`
+	ExpiringTokenMargin string `yaml:"expiring_token_margin"`
+	Tenants             []struct {
 		ID   string `yaml:"id"`
 		Apps []struct {
 			ClientID string `yaml:"client_id"`
@@ -38,6 +40,11 @@ type fileConfig struct {
 			SendAs           []string `yaml:"send_as"`
 			GraphRoles       []string `yaml:"graph_roles"`
 			OwnsItself       bool     `yaml:"owns_itself"`
+			Federated        []struct {
+				Issuer    string   `yaml:"issuer"`
+				Subject   string   `yaml:"subject"`
+				Audiences []string `yaml:"audiences"`
+			} `yaml:"federated_credentials"`
 		} `yaml:"apps"`
 		Mailboxes []struct {
 			Address          string   `yaml:"address"`
@@ -66,11 +73,20 @@ func loadConfig(path string) (sim.Config, error) {
 			return sim.Config{}, fmt.Errorf("%s: token_lifetime: %w", path, err)
 		}
 	}
+	cfg.Seed = fc.Seed
+	if fc.ExpiringTokenMargin != "" {
+		if cfg.ExpiringTokenMargin, err = time.ParseDuration(fc.ExpiringTokenMargin); err != nil {
+			return sim.Config{}, fmt.Errorf("%s: expiring_token_margin: %w", path, err)
+		}
+	}
 	dir := filepath.Dir(path)
 	for ti, t := range fc.Tenants {
 		tn := sim.Tenant{ID: t.ID}
 		for ai, a := range t.Apps {
 			app := sim.App{ClientID: a.ClientID, SendAsMailboxes: a.SendAs, GraphRoles: a.GraphRoles, OwnsItself: a.OwnsItself}
+			for _, fc := range a.Federated {
+				app.FederatedCredentials = append(app.FederatedCredentials, sim.FederatedCredential{Issuer: fc.Issuer, Subject: fc.Subject, Audiences: fc.Audiences})
+			}
 			for si, sec := range a.Secrets {
 				s := sim.Secret{Value: sec.Value, KeyID: sec.KeyID, DisplayName: sec.DisplayName}
 				if sec.ValueFile != "" {

@@ -64,6 +64,11 @@ func ClassifySMTP(r SMTPReply, kind AuthKind, freshToken bool) *upstream.Error {
 	case r.Code == 535 && r.Enhanced == "5.7.139":
 		// SMTP AUTH disabled for the mailbox or the tenant.
 		e.Class = upstream.Mailbox
+	case tokenExpiringSoon(r):
+		// The high volume endpoint refuses a token close to its expiry.
+		// The sender retries at once with a new token; reaching here means
+		// even a new one was refused, which is not the credential's fault.
+		e.Class = upstream.Transient
 	case r.Code == 501 && r.Enhanced == "5.5.124":
 		// The mailbox address given in XOAUTH2 is not valid.
 		e.Class = upstream.Mailbox
@@ -88,6 +93,20 @@ func ClassifySMTP(r SMTPReply, kind AuthKind, freshToken bool) *upstream.Error {
 		e.Class = upstream.Permanent
 	}
 	return e
+}
+
+// tokenExpiringSoon reports the reply "501 5.5.127 Invalid XOAUTH2 auth
+// data - Token will expire soon".
+func tokenExpiringSoon(r SMTPReply) bool {
+	return r.Code == 501 && r.Enhanced == "5.5.127"
+}
+
+// RetryWithNewToken reports whether an AUTH reply to a cached token means
+// only that this token is stale, so that the sender fetches a new one and
+// authenticates again at once, spending no attempt: 535 5.7.3 (the token
+// may have expired early) and 501 5.5.127 (it expires soon).
+func RetryWithNewToken(r SMTPReply, freshToken bool) bool {
+	return !freshToken && (tokenExpiringSoon(r) || r.Code == 535 && r.Enhanced == "5.7.3")
 }
 
 // TokenFailure is what the token endpoint said, as far as classification
@@ -118,7 +137,11 @@ func ClassifyToken(f TokenFailure, kind AuthKind) *upstream.Error {
 		e.Class = upstream.Mailbox
 	default:
 		// invalid_client, unauthorized_client, invalid_tenant,
-		// invalid_request (older tenant-not-found), invalid_scope.
+		// invalid_request (older tenant-not-found), invalid_scope:
+		// among them a wrong or expired secret (AADSTS7000215,
+		// 7000222), certificate (700027) or federated assertion
+		// (700211 issuer, 700212 audience, 700213 subject, 700024
+		// validity), and an assertion file found expired before sending.
 		e.Class = upstream.Credential
 		// The one AADSTS number acted on: an expired secret will not
 		// come back by itself, so its breaker opens at once.

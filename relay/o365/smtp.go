@@ -383,7 +383,8 @@ func (s *SMTPSender) acquire(ctx context.Context, mailbox string) (*queue.Slot, 
 }
 
 // open dials, secures and authenticates a connection as the route's
-// mailbox. A 535 5.7.3 on a cached token is retried once with a new one.
+// mailbox. A cached token refused as stale (see RetryWithNewToken) is
+// replaced and AUTH retried once with the new one.
 func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
 	for fresh := false; ; fresh = true {
 		tok, err := r.Tokens.Token(ctx)
@@ -408,8 +409,7 @@ func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
 		}
 		c.Close()
 		uerr := smtpError("AUTH", err, r.Kind, fresh)
-		var se *smtp.SMTPError
-		if !fresh && errors.As(err, &se) && se.Code == 535 && se.EnhancedCode == (smtp.EnhancedCode{5, 7, 3}) {
+		if RetryWithNewToken(SMTPReply{Code: uerr.Code, Enhanced: uerr.Enhanced, Text: uerr.Text}, fresh) {
 			r.Tokens.Invalidate()
 			continue
 		}

@@ -199,6 +199,21 @@ func (s *Sim) adminHandler() http.Handler {
 			w.WriteHeader(http.StatusNoContent)
 		}
 	})
+	mux.HandleFunc("POST /admin/tokens/expiring-margin", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Margin string `json:"margin"`
+		}
+		if !decode(w, r, &req) {
+			return
+		}
+		d, err := time.ParseDuration(req.Margin)
+		if err != nil || d < 0 {
+			http.Error(w, "margin: want a duration such as \"10m\", or \"0s\" for off", http.StatusBadRequest)
+			return
+		}
+		s.SetExpiringTokenMargin(d)
+		w.WriteHeader(http.StatusNoContent)
+	})
 	mux.HandleFunc("POST /admin/fault", func(w http.ResponseWriter, r *http.Request) {
 		var f Fault
 		if decode(w, r, &f) {

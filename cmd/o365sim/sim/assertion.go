@@ -22,6 +22,9 @@ func (s *Sim) checkAssertion(a *app, tenantID string, form url.Values) *aadError
 	if err != nil {
 		return &aadError{400, "invalid_request", 50027, "JWT token is invalid or malformed.", ""}
 	}
+	if fed := j.federatedClaims(a); fed != nil {
+		return s.checkFederated(a, fed)
+	}
 	var cert *appCert
 	var thumb string
 	if t := j.headerString("x5t#S256"); t != "" {
@@ -68,6 +71,13 @@ func (s *Sim) checkAssertion(a *app, tenantID string, form url.Values) *aadError
 	if !audOK {
 		return &aadError{401, "invalid_client", 700027, fmt.Sprintf("Client assertion audience claim does not match Realm issuer. Expected audience '%s'.", s.TokenURL(tenantID)), ""}
 	}
+	return s.checkValidity(&c)
+}
+
+// checkValidity answers AADSTS700024 for an assertion outside its
+// validity: no exp, exp past, nbf or iat in the future. s.mu is held.
+func (s *Sim) checkValidity(c *assertionClaims) *aadError {
+	now := s.now()
 	n := float64(now.Unix())
 	if c.Exp == nil || *c.Exp <= n || (c.Nbf != nil && *c.Nbf > n) || (c.Iat != nil && *c.Iat > n) {
 		from := "unknown"

@@ -43,6 +43,8 @@
 //	POST /admin/grants/issue       {"tenant", "client_id", "mailbox"}  200 {"refresh_token"}: a new delegated grant
 //	POST /admin/grants/revoke      {"mailbox"} or {"refresh_token"}    revoke grants (AADSTS50173)
 //	POST /admin/mailboxes/smtp-auth {"mailbox", "disabled"}            SMTP AUTH off or on (535 5.7.139)
+//	POST /admin/tokens/expiring-margin {"margin": "10m"}  SMTP AUTH answers 501 5.5.127 for
+//	                               tokens this close to expiry; "0s" turns it off
 //	POST /admin/fault              Fault, e.g. {"token_throttle": "30s", "token_unavailable": true,
 //	                               "smtp_transient": "421"|"451", "smtp_down": true,
 //	                               "smtp_stall": "greeting"|"data",

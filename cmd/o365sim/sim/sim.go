@@ -23,8 +23,16 @@ type Config struct {
 	// Now is the simulator's clock for tokens, grants and secret expiry;
 	// default time.Now. TLS certificates always use the real clock.
 	Now func() time.Time
-	// TokenLifetime is the lifetime of access tokens; default 1h.
+	// TokenLifetime, when set, is the lifetime of every access token.
+	// Default: Entra's, a random lifetime from 60 to 90 minutes per token.
 	TokenLifetime time.Duration
+	// Seed makes the random token lifetimes repeatable; 0 draws a seed.
+	Seed uint64
+	// ExpiringTokenMargin, when set, makes SMTP AUTH refuse a token with
+	// this long or less left before its expiry with "501 5.5.127 Invalid
+	// XOAUTH2 auth data - Token will expire soon", as Exchange Online's
+	// high volume endpoint does. SetExpiringTokenMargin changes it.
+	ExpiringTokenMargin time.Duration
 	// HTTPSAddr, SMTPAddr and AdminAddr are the listen addresses; each
 	// defaults to 127.0.0.1:0 and must be a loopback address.
 	HTTPSAddr, SMTPAddr, AdminAddr string
@@ -42,6 +50,9 @@ type Tenant struct {
 type App struct {
 	ClientID string
 	Secrets  []Secret
+	// FederatedCredentials are the federated identity credentials: JWTs
+	// from these issuers and subjects are accepted as client assertions.
+	FederatedCredentials []FederatedCredential
 	// CertificatesPEM are the public certificates accepted for
 	// private_key_jwt client assertions.
 	CertificatesPEM [][]byte
@@ -190,7 +201,7 @@ const (
 // Sim is a running Exchange Online and Entra ID simulator.
 type Sim struct {
 	now      func() time.Time
-	lifetime time.Duration
+	lifetime time.Duration // fixed token lifetime; 0: random (see lifetimes.go)
 	certs    *certs
 	key      []byte // signs access tokens
 	addrs    [3]string
@@ -202,6 +213,8 @@ type Sim struct {
 	mailboxes map[string]*mailbox
 	grants    map[string]*grant // by refresh token
 	fault     Fault
+	rng       *lifetimeRand // draws token lifetimes
+	margin    time.Duration // ExpiringTokenMargin
 	received  []Received
 	clients   map[string]*ClientCounters
 	mcount    map[string]*MailboxCounters
@@ -231,6 +244,7 @@ type app struct {
 	// graphRoles go into app-only Graph tokens; ownsItself is App.OwnsItself.
 	graphRoles []string
 	ownsItself bool
+	federated  []FederatedCredential
 }
 
 type secret struct {
@@ -269,6 +283,8 @@ func New(cfg Config) (*Sim, error) {
 	s := &Sim{
 		now:       cfg.Now,
 		lifetime:  cfg.TokenLifetime,
+		rng:       newLifetimeRand(cfg.Seed),
+		margin:    cfg.ExpiringTokenMargin,
 		tenants:   map[string]*tenant{},
 		mailboxes: map[string]*mailbox{},
 		grants:    map[string]*grant{},
@@ -279,8 +295,8 @@ func New(cfg Config) (*Sim, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	if s.lifetime <= 0 {
-		s.lifetime = time.Hour
+	if s.lifetime < 0 {
+		return nil, errors.New("negative token lifetime")
 	}
 	for i, a := range []string{cfg.HTTPSAddr, cfg.SMTPAddr, cfg.AdminAddr} {
 		if a == "" {
@@ -354,6 +370,15 @@ func newApp(tn *tenant, a App, start time.Time) (*app, error) {
 			sec.KeyID = newGUID()
 		}
 		ap.secrets = append(ap.secrets, secret{Secret: sec, start: start})
+	}
+	for _, fc := range a.FederatedCredentials {
+		if fc.Issuer == "" || fc.Subject == "" {
+			return nil, fmt.Errorf("app %s: a federated credential needs an issuer and a subject", a.ClientID)
+		}
+		if len(fc.Audiences) == 0 {
+			fc.Audiences = []string{federatedAudience}
+		}
+		ap.federated = append(ap.federated, fc)
 	}
 	for i, p := range a.CertificatesPEM {
 		c, err := parseCertPEM(p)

@@ -202,8 +202,8 @@ func TestSMTPAuthFailures(t *testing.T) {
 		})
 	}
 	t.Run("expired token", func(t *testing.T) {
-		f.clock.Add(61 * time.Minute)
-		defer f.clock.Add(-61 * time.Minute)
+		f.clock.Add(91 * time.Minute) // past the longest lifetime Entra draws
+		defer f.clock.Add(-91 * time.Minute)
 		c := f.dialTLS(t)
 		wantSMTPError(t, c.Auth(&xoauth2{user: alice, token: tok}), 535, failed, failedText)
 	})

@@ -169,6 +169,9 @@ func (ss *smtpSession) authenticate(resp []byte) *smtp.SMTPError {
 	if m.smtpDisabled {
 		return fail(errAuthDisabled)
 	}
+	if s.expiringSoon(claims.Exp) {
+		return fail(errTokenExpiringSoon)
+	}
 	key := strings.ToLower(m.address)
 	mc := s.mailboxCounters(key)
 	mc.MaxConcurrentSMTP = max(mc.MaxConcurrentSMTP, s.active[key]+1)

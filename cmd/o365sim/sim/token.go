@@ -203,11 +203,11 @@ func (s *Sim) clientCredentials(a *app, scope string) (*tokenResponse, *aadError
 		}
 		return nil, &aadError{400, "invalid_resource", 500011, fmt.Sprintf("The resource principal named %s was not found in the tenant named %s. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant.", strings.TrimSuffix(scope, "/.default"), a.tenant.id), ""}
 	}
-	tok, err := s.accessToken(a, aud, nil, "")
+	tok, life, err := s.accessToken(a, aud, nil, "")
 	if err != nil {
 		return nil, &aadError{500, "server_error", 50000, "There was an error issuing a token.", ""}
 	}
-	secs := int64(s.lifetime / time.Second)
+	secs := int64(life / time.Second)
 	return &tokenResponse{TokenType: "Bearer", ExpiresIn: secs, ExtExpiresIn: secs, AccessToken: tok}, nil
 }
 
@@ -258,7 +258,7 @@ func (s *Sim) refresh(a *app, form url.Values) (*tokenResponse, *aadError) {
 	if m == nil {
 		return nil, errBadGrant
 	}
-	tok, err := s.accessToken(a, audOutlook, m, "SMTP.Send")
+	tok, life, err := s.accessToken(a, audOutlook, m, "SMTP.Send")
 	if err != nil {
 		return nil, &aadError{500, "server_error", 50000, "There was an error issuing a token.", ""}
 	}
@@ -266,7 +266,7 @@ func (s *Sim) refresh(a *app, form url.Values) (*tokenResponse, *aadError) {
 	s.mailboxCounters(m.address).RefreshTokenRedemptions++
 	next := newRefreshToken()
 	s.grants[next] = g
-	secs := int64(s.lifetime / time.Second)
+	secs := int64(life / time.Second)
 	return &tokenResponse{
 		TokenType:    "Bearer",
 		Scope:        strings.Join(resource, " "),
@@ -278,15 +278,17 @@ func (s *Sim) refresh(a *app, form url.Values) (*tokenResponse, *aadError) {
 }
 
 // accessToken signs an access token for aud: app-only when m is nil,
-// else delegated for m with the scopes scp.
-func (s *Sim) accessToken(a *app, aud string, m *mailbox, scp string) (string, error) {
+// else delegated for m with the scopes scp. It returns the token and its
+// lifetime; s.mu is held.
+func (s *Sim) accessToken(a *app, aud string, m *mailbox, scp string) (string, time.Duration, error) {
 	now := s.now()
+	life := s.tokenLifetime()
 	c := accessClaims{
 		Aud:   aud,
 		Iss:   "https://sts.windows.net/" + a.tenant.id + "/",
 		Iat:   now.Unix(),
 		Nbf:   now.Unix(),
-		Exp:   now.Add(s.lifetime).Unix(),
+		Exp:   now.Add(life).Unix(),
 		AppID: a.clientID,
 		Tid:   a.tenant.id,
 		Ver:   "1.0",
@@ -305,7 +307,8 @@ func (s *Sim) accessToken(a *app, aud string, m *mailbox, scp string) (string, e
 		c.Scp = scp
 		c.UPN = m.address
 	}
-	return signHS256(s.key, c)
+	tok, err := signHS256(s.key, c)
+	return tok, life, err
 }
 
 // parseAccessToken verifies a token issued by this simulator. It returns
