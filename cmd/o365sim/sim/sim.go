@@ -51,8 +51,9 @@ type App struct {
 	SendAsMailboxes []string
 	// GraphRoles are the application permissions granted on Microsoft
 	// Graph, carried as "roles" in its app-only Graph tokens. Nil means
-	// Mail.Send and Application.Read.All; an empty, non-nil list grants
-	// nothing. Reading an application needs Application.Read.All (or
+	// Mail.Send, Mail.ReadBasic.All and Application.Read.All; an empty,
+	// non-nil list grants nothing. Listing a mailbox's Sent Items needs
+	// Mail.ReadBasic.All, Mail.ReadBasic or Mail.Read. Reading an application needs Application.Read.All (or
 	// Application.ReadWrite.All), or Application.ReadWrite.OwnedBy with
 	// OwnsItself.
 	GraphRoles []string
@@ -109,6 +110,17 @@ type Fault struct {
 	// GraphThrottle answers sendMail with 429 ApplicationThrottled and a
 	// Retry-After of this many seconds (rounded up).
 	GraphThrottle time.Duration
+	// GraphAfterSend makes sendMail record the message, as Exchange does
+	// when it sent it, and then fail: "500" or "504" answers with that
+	// status, "hang" never answers until the client gives up (or 5
+	// minutes pass, or the simulator closes).
+	GraphAfterSend string
+	// GraphFail answers sendMail with this 5xx status ("500" or "503")
+	// without recording the message.
+	GraphFail string
+	// GraphAcceptedRetryAfter adds a Retry-After of this many seconds
+	// (rounded up) to sendMail's 202.
+	GraphAcceptedRetryAfter time.Duration
 }
 
 // Received is a message Exchange accepted.
@@ -171,6 +183,7 @@ const (
 	rotatedSecretLifetime = 180 * 24 * time.Hour
 
 	roleMailSend           = "Mail.Send"
+	roleMailReadBasicAll   = "Mail.ReadBasic.All"
 	roleApplicationReadAll = "Application.Read.All"
 	roleApplicationRWAll   = "Application.ReadWrite.All"
 	roleApplicationOwnedBy = "Application.ReadWrite.OwnedBy"
@@ -338,7 +351,7 @@ func newApp(tn *tenant, a App, start time.Time) (*app, error) {
 		return nil, errors.New("app with an empty ClientID")
 	}
 	ap := &app{clientID: a.ClientID, tenant: tn, sendAs: map[string]bool{}, ownsItself: a.OwnsItself,
-		graphRoles: []string{roleMailSend, roleApplicationReadAll}}
+		graphRoles: []string{roleMailSend, roleMailReadBasicAll, roleApplicationReadAll}}
 	if a.GraphRoles != nil {
 		ap.graphRoles = append([]string{}, a.GraphRoles...)
 	}
