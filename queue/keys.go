@@ -45,6 +45,9 @@ const (
 	fDoneAt   = "done"  // delivered or dead-lettered at, unix ms
 	fReason   = "why"   // dead-letter reason
 	fIdemKey  = "idem"
+	// fAmbiguous is "1" once an attempt ended without knowing whether the
+	// upstream sent the message; see MarkAmbiguous.
+	fAmbiguous = "amb"
 )
 
 // Stored states. Ready, scheduled and held are all stQueued; which one a
