@@ -138,6 +138,8 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 			HTTPClient: httpClient,
 			Router:     x.route(x.graphCreds, true),
 			Large:      x.smtp,
+			// Only the per-message flags are used, which need no options.
+			Outcomes: queue.New(rdb, queue.Options{}),
 		})
 		if err != nil {
 			return nil, err
