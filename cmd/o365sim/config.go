@@ -22,8 +22,9 @@ type fileConfig struct {
 		SMTP  string `yaml:"smtp"`
 		Admin string `yaml:"admin"`
 	} `yaml:"listen"`
-	TokenLifetime string `yaml:"token_lifetime"`
-	Tenants       []struct {
+	TokenLifetime  string `yaml:"token_lifetime"`
+	RecipientQuota int    `yaml:"recipient_quota"`
+	Tenants        []struct {
 		ID   string `yaml:"id"`
 		Apps []struct {
 			ClientID string `yaml:"client_id"`
@@ -60,7 +61,10 @@ func loadConfig(path string) (sim.Config, error) {
 	if err := dec.Decode(&fc); err != nil && !errors.Is(err, io.EOF) {
 		return sim.Config{}, fmt.Errorf("%s: %w", path, err)
 	}
-	cfg := sim.Config{HTTPSAddr: fc.Listen.HTTPS, SMTPAddr: fc.Listen.SMTP, AdminAddr: fc.Listen.Admin}
+	cfg := sim.Config{HTTPSAddr: fc.Listen.HTTPS, SMTPAddr: fc.Listen.SMTP, AdminAddr: fc.Listen.Admin, RecipientQuota: fc.RecipientQuota}
+	if fc.RecipientQuota < 0 {
+		return sim.Config{}, fmt.Errorf("%s: recipient_quota: must not be negative", path)
+	}
 	if fc.TokenLifetime != "" {
 		if cfg.TokenLifetime, err = time.ParseDuration(fc.TokenLifetime); err != nil {
 			return sim.Config{}, fmt.Errorf("%s: token_lifetime: %w", path, err)

@@ -19,7 +19,10 @@
 //     Application.Read.All (or Application.ReadWrite.OwnedBy on an app
 //     that owns itself) and answers 403 Authorization_RequestDenied
 //     without it.
-//   - SMTP submission (SMTPAddr): STARTTLS, then AUTH XOAUTH2 only.
+//   - SMTP submission (SMTPAddr): STARTTLS, then AUTH XOAUTH2 only. A
+//     mailbox sends to at most Config.RecipientQuota (10,000) recipients
+//     in a rolling 24 hours; the message that would go over gets 554 5.2.0
+//     SubmissionQuotaExceededException.
 //     Before STARTTLS the simulator answers as Exchange does; after it a
 //     go-smtp server runs the session (see smtp.go).
 //   - The admin API (AdminURL), plain HTTP and JSON.

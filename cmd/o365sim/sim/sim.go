@@ -25,6 +25,11 @@ type Config struct {
 	Now func() time.Time
 	// TokenLifetime is the lifetime of access tokens; default 1h.
 	TokenLifetime time.Duration
+	// RecipientQuota is how many recipients one mailbox may send to in a
+	// rolling 24 hours, as Exchange Online's recipient rate limit; default
+	// 10,000. A message that would go over it gets 554 5.2.0
+	// SubmissionQuotaExceededException.
+	RecipientQuota int
 	// HTTPSAddr, SMTPAddr and AdminAddr are the listen addresses; each
 	// defaults to 127.0.0.1:0 and must be a loopback address.
 	HTTPSAddr, SMTPAddr, AdminAddr string
@@ -197,6 +202,7 @@ const (
 type Sim struct {
 	now      func() time.Time
 	lifetime time.Duration
+	quota    int // recipients per mailbox per rolling 24 hours
 	certs    *certs
 	key      []byte // signs access tokens
 	addrs    [3]string
@@ -258,6 +264,9 @@ type mailbox struct {
 	tenant       *tenant
 	smtpDisabled bool
 	sendAs       []string // lower-case addresses and @domains
+	// sent counts the recipients of the messages it sent, for the
+	// recipient quota (see quota.go).
+	sent []quotaEntry
 }
 
 // grant is a delegated consent of one mailbox to one app, with the refresh
@@ -275,6 +284,7 @@ func New(cfg Config) (*Sim, error) {
 	s := &Sim{
 		now:       cfg.Now,
 		lifetime:  cfg.TokenLifetime,
+		quota:     cfg.RecipientQuota,
 		tenants:   map[string]*tenant{},
 		mailboxes: map[string]*mailbox{},
 		grants:    map[string]*grant{},
