@@ -22,6 +22,7 @@ import (
 //	hf:{T}:i:ROUTE:KEY       string  idempotency key -> message id
 //	hf:routes                set     every route that has had a message
 //	hf:min:MINUTE            hash    fleet-wide counts of one minute (unix minutes); see minutes.go
+//	hf:rcpt:MAILBOX          zset    "id:n" -> send time (unix ms): recipients a mailbox sent to, for Exchange's rolling quota
 //	hf:auth:ip:IP            string  failed authentications from a client IP in the current window
 //	hf:auth:user:NAME        string  failed authentications for an SMTP user name in the current window
 const keyPrefix = "hf:"
@@ -157,6 +158,12 @@ func ValidID(id string) bool {
 		}
 	}
 	return true
+}
+
+// recipientsKey is the fleet-wide log of the recipients mailbox sent to
+// (see Limiter.CountRecipients). Each mailbox is its own slot.
+func recipientsKey(mailbox string) string {
+	return keyPrefix + "rcpt:" + strings.ToLower(mailbox)
 }
 
 // authFailKey is the failure counter of one client IP ("ip") or SMTP user
