@@ -42,6 +42,9 @@ type exchange struct {
 	grants *auth.GrantStore
 	// gate, when set, holds mail whose breaker is open.
 	gate *gate
+	// recipients counts what each mailbox sent, for Exchange's quota.
+	recipients recipientLog
+	log        *slog.Logger
 }
 
 var (
@@ -82,6 +85,8 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 		via:        map[string]string{},
 		creds:      map[string]*auth.Credential{},
 		graphCreds: map[string]*auth.Credential{},
+		recipients: queue.NewLimiter(rdb, nil),
+		log:        log.With("component", "exchange"),
 	}
 	if o.Exchange.GrantKeyFile != "" {
 		key, err := auth.LoadKeyFile(o.Exchange.GrantKeyFile)
@@ -221,10 +226,14 @@ func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
 			return "", err
 		}
 	}
+	var reply string
+	var err error
 	if x.via[m.App] == "graph" && x.graph != nil {
-		return x.graph.Send(ctx, m)
+		reply, err = x.graph.Send(ctx, m)
+	} else {
+		reply, err = x.smtp.Send(ctx, m)
 	}
-	return x.smtp.Send(ctx, m)
+	return reply, quotaAware(ctx, x.recipients, m, err, x.log)
 }
 
 // watch reloads every credential's files when they change, until ctx
