@@ -42,9 +42,8 @@ type exchange struct {
 	grants *auth.GrantStore
 	// gate, when set, holds mail whose breaker is open.
 	gate *gate
-	// recipients counts what each mailbox sent, for Exchange's quota.
-	recipients recipientLog
-	log        *slog.Logger
+	// quota counts what each mailbox sent, for Exchange's recipient quota.
+	quota *recipientQuota
 }
 
 var (
@@ -85,8 +84,8 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 		via:        map[string]string{},
 		creds:      map[string]*auth.Credential{},
 		graphCreds: map[string]*auth.Credential{},
-		recipients: queue.NewLimiter(rdb, nil),
-		log:        log.With("component", "exchange"),
+		quota: &recipientQuota{rl: queue.NewLimiter(rdb, nil), limit: o.Exchange.RecipientsPerDay,
+			log: log.With("component", "exchange")},
 	}
 	if o.Exchange.GrantKeyFile != "" {
 		key, err := auth.LoadKeyFile(o.Exchange.GrantKeyFile)
@@ -226,14 +225,17 @@ func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
 			return "", err
 		}
 	}
+	counted, err := x.quota.reserve(ctx, m)
+	if err != nil {
+		return "", err
+	}
 	var reply string
-	var err error
 	if x.via[m.App] == "graph" && x.graph != nil {
 		reply, err = x.graph.Send(ctx, m)
 	} else {
 		reply, err = x.smtp.Send(ctx, m)
 	}
-	return reply, quotaAware(ctx, x.recipients, m, err, x.log)
+	return reply, x.quota.settle(ctx, m, counted, err)
 }
 
 // watch reloads every credential's files when they change, until ctx

@@ -3,6 +3,7 @@ package o365_test
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"net/http"
 	"strings"
@@ -131,8 +132,8 @@ func TestGraphUnknownOutcomeNoDuplicate(t *testing.T) {
 			m := graphMessage("0123abcdmsg"+strings.ReplaceAll(tc.fault, "h", "x"), tc.msgID)
 			e.sim.SetFault(sim.Fault{GraphAfterSend: tc.fault})
 			_, err := e.send.Send(ctx, m)
-			if err == nil || upstream.ClassOf(err) != upstream.Transient {
-				t.Fatalf("first attempt: %v, want a transient error", err)
+			if err == nil || upstream.ClassOf(err) != upstream.Transient || !errors.Is(err, o365.ErrOutcomeUnknown) {
+				t.Fatalf("first attempt: %v, want a transient error whose outcome is unknown", err)
 			}
 			if amb, _ := e.out.Ambiguous(ctx, m.ID); !amb {
 				t.Fatal("the unknown outcome was not recorded")
@@ -190,8 +191,8 @@ func TestGraphPlainFailureSentOnce(t *testing.T) {
 	l.Close()
 	refused := newGraphEnv(t, time.Second, closed)
 	rm := graphMessage("0123abcdrefused", "<refused@test>")
-	if _, err := refused.send.Send(ctx, rm); upstream.ClassOf(err) != upstream.Transient {
-		t.Fatalf("refused: %v", err)
+	if _, err := refused.send.Send(ctx, rm); upstream.ClassOf(err) != upstream.Transient || errors.Is(err, o365.ErrOutcomeUnknown) {
+		t.Fatalf("refused: %v, want transient with a known outcome", err)
 	}
 	if amb, _ := refused.out.Ambiguous(ctx, rm.ID); amb {
 		t.Fatal("a refused connection was taken for an unknown outcome")
