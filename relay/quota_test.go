@@ -9,32 +9,34 @@ import (
 	"holdfast/queue"
 )
 
-// TestExchangeRecipientQuotaDefers: once a mailbox has sent to its quota
-// of recipients, Exchange answers 554 5.2.0 SubmissionQuotaExceeded. The
-// message is neither dead-lettered nor charged an attempt: it waits until
-// the oldest recipients Holdfast counted for that mailbox leave the
-// 24-hour window.
-func TestExchangeRecipientQuotaDefers(t *testing.T) {
-	e := newExchangeEnvSim(t, 1, func(c *sim.Config) { c.RecipientQuota = 2 }, nil)
-	from := "noreply@contoso.com"
+// fillQuota delivers two messages from noreply@ (through relays 0 and
+// then the last one), submits a third, and waits until it is deferred
+// with a LastError containing reason. It returns when the first was
+// delivered and the third message.
+func fillQuota(t *testing.T, e *exchangeEnv, reason string) (firstAt time.Time, over *queue.Message) {
+	t.Helper()
+	from, last := "noreply@contoso.com", len(e.relays)-1
 	first := e.submit(t, 0, from, "a@example.org", exchangeMessage(1, from))
 	waitFor(t, 10*time.Second, "the first message delivered", func() bool { return e.get(t, first).State == queue.Delivered })
-	firstAt := e.get(t, first).Done
-	time.Sleep(50 * time.Millisecond)
-	second := e.submit(t, 0, from, "b@example.org", exchangeMessage(2, from))
+	firstAt = e.get(t, first).Done
+	second := e.submit(t, last, from, "b@example.org", exchangeMessage(2, from))
 	waitFor(t, 10*time.Second, "the second message delivered", func() bool { return e.get(t, second).State == queue.Delivered })
-
-	over := e.submit(t, 0, from, "c@example.org", exchangeMessage(3, from))
-	waitFor(t, 10*time.Second, "the message over quota deferred", func() bool {
-		m := e.get(t, over)
-		return m.State == queue.Scheduled && strings.Contains(m.LastError, "SubmissionQuotaExceeded")
+	id := e.submit(t, last, from, "c@example.org", exchangeMessage(3, from))
+	waitFor(t, 10*time.Second, "the third message deferred", func() bool {
+		m := e.get(t, id)
+		return m.State == queue.Scheduled && strings.Contains(m.LastError, reason)
 	})
-	m := e.get(t, over)
+	return firstAt, e.get(t, id)
+}
+
+// checkQuotaWait checks that the message over quota was charged no
+// attempt, is due when the first send leaves the 24-hour window, and that
+// Exchange has the first two messages only.
+func checkQuotaWait(t *testing.T, e *exchangeEnv, firstAt time.Time, m *queue.Message) {
+	t.Helper()
 	if m.Attempts != 0 {
 		t.Errorf("%d attempts charged, want 0", m.Attempts)
 	}
-	// Due when the first message's recipient leaves the window, not after
-	// a fixed delay.
 	want := firstAt.Add(24 * time.Hour)
 	if d := m.Due.Sub(want); d < -time.Second || d > time.Second {
 		t.Errorf("due %v, want %v (the first send + 24 h), off by %v", m.Due, want, d)
@@ -44,35 +46,25 @@ func TestExchangeRecipientQuotaDefers(t *testing.T) {
 	}
 }
 
+// TestExchangeRecipientQuotaDefers: once a mailbox has sent to its quota
+// of recipients, Exchange answers 554 5.2.0 SubmissionQuotaExceeded. The
+// message is neither dead-lettered nor charged an attempt: it waits until
+// the oldest recipients Holdfast counted for that mailbox leave the
+// 24-hour window.
+func TestExchangeRecipientQuotaDefers(t *testing.T) {
+	e := newExchangeEnvSim(t, 1, func(c *sim.Config) { c.RecipientQuota = 2 }, nil)
+	firstAt, m := fillQuota(t, e, "SubmissionQuotaExceeded")
+	checkQuotaWait(t, e, firstAt, m)
+}
+
 // TestExchangeRecipientQuotaCountedFleetWide: with Holdfast's own limit
-// below Exchange's, the message that would go over it waits, uncharged,
-// until the first send leaves the window, and Exchange never refuses one.
+// below Exchange's, two replicas share one count; the message that would
+// go over it waits, uncharged, until the first send leaves the window,
+// and Exchange never refuses one. Another mailbox has its own count.
 func TestExchangeRecipientQuotaCountedFleetWide(t *testing.T) {
 	e := newExchangeEnv(t, 2, func(o *Options) { o.Exchange.RecipientsPerDay = 2 })
-	from := "noreply@contoso.com"
-	first := e.submit(t, 0, from, "a@example.org", exchangeMessage(1, from))
-	waitFor(t, 10*time.Second, "the first message delivered", func() bool { return e.get(t, first).State == queue.Delivered })
-	firstAt := e.get(t, first).Done
-	second := e.submit(t, 1, from, "b@example.org", exchangeMessage(2, from))
-	waitFor(t, 10*time.Second, "the second message delivered", func() bool { return e.get(t, second).State == queue.Delivered })
-
-	over := e.submit(t, 1, from, "c@example.org", exchangeMessage(3, from))
-	waitFor(t, 10*time.Second, "the message over the limit deferred", func() bool {
-		m := e.get(t, over)
-		return m.State == queue.Scheduled && strings.Contains(m.LastError, "recipients of the last 24 hours")
-	})
-	m := e.get(t, over)
-	if m.Attempts != 0 {
-		t.Errorf("%d attempts charged, want 0", m.Attempts)
-	}
-	want := firstAt.Add(24 * time.Hour)
-	if d := m.Due.Sub(want); d < -time.Second || d > time.Second {
-		t.Errorf("due %v, want %v (the first send + 24 h), off by %v", m.Due, want, d)
-	}
-	if n := e.sim.ReceivedCount(); n != 2 {
-		t.Errorf("Exchange has %d messages, want 2", n)
-	}
-	// Another mailbox has its own count.
+	firstAt, m := fillQuota(t, e, "recipients of the last 24 hours")
+	checkQuotaWait(t, e, firstAt, m)
 	other := e.submit(t, 0, "billing@contoso.com", "d@example.org", exchangeMessage(4, "billing@contoso.com"))
 	waitFor(t, 10*time.Second, "another mailbox's message delivered", func() bool { return e.get(t, other).State == queue.Delivered })
 }
