@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -76,6 +77,10 @@ type CredentialOptions struct {
 
 	// Metrics, when set, counts this credential's token requests.
 	Metrics *Metrics
+	// OnIssued is called with Name and the fingerprint of the secret or
+	// certificate used (see Fingerprint) after each token the token
+	// endpoint issued: proof that this material works.
+	OnIssued func(name, fingerprint string)
 
 	// Now is the clock. Default: time.Now.
 	Now func() time.Time
@@ -226,6 +231,13 @@ func (c *Credential) Expiry() (time.Time, bool) {
 	return c.mat.leaf.NotAfter, true
 }
 
+// Fingerprint identifies the secret or certificate loaded now: 16 hex
+// digits of the SHA-256 of its files, never the secret itself. Replicas
+// whose files hold the same material have the same fingerprint.
+func (c *Credential) Fingerprint() string { return c.material().fingerprint() }
+
+func (m *material) fingerprint() string { return hex.EncodeToString(m.sum[:8]) }
+
 func (c *Credential) material() *material {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -273,6 +285,7 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 		err = tokenErr(err, c.opts.Now(), scrub...)
 		var te *TokenError
 		if errors.As(err, &te) {
+			te.Fingerprint = m.fingerprint()
 			log.Warn("token request rejected", "status", te.HTTPStatus, "error", te.Code,
 				"aadsts", te.AADSTS, "suberror", te.SubError, "correlation_id", te.CorrelationID)
 		} else {
@@ -280,7 +293,13 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 		}
 		return nil, err
 	}
-	stampExpiry(tok, start)
+	if err := stampExpiry(tok, start); err != nil {
+		log.Warn("token request failed", "err", err)
+		return nil, err
+	}
+	if c.opts.OnIssued != nil {
+		c.opts.OnIssued(c.opts.Name, m.fingerprint())
+	}
 	log.Debug("token issued", "expiry", tok.Expiry, "duration", c.opts.Now().Sub(start))
 	return tok, nil
 }

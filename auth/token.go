@@ -3,6 +3,8 @@ package auth
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"math"
 	"strconv"
 	"sync"
 	"time"
@@ -106,7 +108,13 @@ func (c *tokenCache) reset() {
 	c.mu.Unlock()
 }
 
-// expiresIn returns the expires_in field of a token response.
+// maxTokenLifetime caps expires_in: Entra ID issues tokens for at most
+// 24 hours, and a larger figure would overflow time.Duration.
+const maxTokenLifetime = 24 * time.Hour
+
+// expiresIn returns the expires_in field of a token response, capped at
+// maxTokenLifetime. ok is false when the field is missing or not a
+// number; a zero or negative lifetime is returned as it is.
 func expiresIn(tok *oauth2.Token) (time.Duration, bool) {
 	var secs float64
 	switch v := tok.Extra("expires_in").(type) {
@@ -127,16 +135,27 @@ func expiresIn(tok *oauth2.Token) (time.Duration, bool) {
 	default:
 		return 0, false
 	}
-	if secs <= 0 {
+	if math.IsNaN(secs) {
 		return 0, false
+	}
+	if secs >= maxTokenLifetime.Seconds() {
+		return maxTokenLifetime, true
 	}
 	return time.Duration(secs * float64(time.Second)), true
 }
 
 // stampExpiry sets tok.Expiry from expires_in against the injected clock,
 // so that tests with a fake clock see consistent expiries.
-func stampExpiry(tok *oauth2.Token, now time.Time) {
-	if d, ok := expiresIn(tok); ok {
-		tok.Expiry = now.Add(d)
+// A token that is expired already (expires_in zero or negative) is an
+// error: using it would only fail upstream.
+func stampExpiry(tok *oauth2.Token, now time.Time) error {
+	d, ok := expiresIn(tok)
+	if !ok {
+		return nil
 	}
+	if d <= 0 {
+		return fmt.Errorf("token endpoint: the token it issued is already expired (expires_in %v)", tok.Extra("expires_in"))
+	}
+	tok.Expiry = now.Add(d)
+	return nil
 }

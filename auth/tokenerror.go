@@ -55,6 +55,10 @@ type TokenError struct {
 	RetryAfter    time.Duration // from Retry-After on 429 and 503
 	CorrelationID string
 	TraceID       string
+	// Fingerprint identifies the secret or certificate the request used
+	// (Credential.Fingerprint), so that a refusal of an old secret is
+	// told from a refusal of the one that works.
+	Fingerprint string
 }
 
 // Error returns e.g.

@@ -98,8 +98,14 @@ func TestTokenErrorFromEndpoint(t *testing.T) {
 			if !errors.As(err, &te) {
 				t.Fatalf("err = %T %v, want *TokenError", err, err)
 			}
-			if *te != tt.want {
-				t.Errorf("got  %#v\nwant %#v", *te, tt.want)
+			// The error names the material the request used.
+			want := tt.want
+			want.Fingerprint = c.Fingerprint()
+			if len(want.Fingerprint) != 16 {
+				t.Errorf("Fingerprint() = %q, want 16 hex digits", want.Fingerprint)
+			}
+			if *te != want {
+				t.Errorf("got  %#v\nwant %#v", *te, want)
 			}
 			if te.SecretExpired() != (tt.want.AADSTS == AADSTSSecretExpired) {
 				t.Errorf("SecretExpired() = %v", te.SecretExpired())

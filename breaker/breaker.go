@@ -16,9 +16,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
-
-	"holdfast/auth"
-	"holdfast/relay/upstream"
 )
 
 // State is a breaker's fleet-wide state.
@@ -54,8 +51,13 @@ type Options struct {
 	// clocks (to well under the open interval).
 	Now func() time.Time
 	// OnTransition, if set, is called once for each generation change
-	// this Set sees, from Record, Trip, Reset, ProbeResult, Allow or Watch.
+	// this Set sees, from Record, Trip, Reset, ProbeResult, Allow, Fresh
+	// or Watch.
 	OnTransition func(Transition)
+	// OnMade, if set, is called once for each transition that a script
+	// run by this Set made: across the fleet, exactly one replica calls it
+	// per transition (webhooks go from there).
+	OnMade func(Transition)
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -121,10 +123,19 @@ type Status struct {
 	// Spread is how many distinct members (delegated mailboxes) have
 	// failed in a row under the breaker; see RecordSpread.
 	Spread int64 `json:"spread"`
+	// GoodFingerprint identifies the secret or certificate that last got
+	// a token (see Succeeded).
+	GoodFingerprint string `json:"good_fingerprint,omitempty"`
+	// StaleReplicas name the replicas that said their material is not
+	// the one that works (see MarkStale), sorted.
+	StaleReplicas []string `json:"stale_replicas,omitempty"`
 }
 
 // Transition is a change of a breaker's state as seen by one replica.
 type Transition struct {
+	// ID names the transition fleet-wide ("NAME@GENERATION"): a
+	// receiver of webhooks deduplicates retries by it.
+	ID         string    `json:"id"`
 	Name       string    `json:"breaker"`
 	From       State     `json:"from"`
 	To         State     `json:"to"`
@@ -146,9 +157,20 @@ type Set struct {
 	o   Options
 	log *slog.Logger
 
+	id string // this replica, for probes asked for by it
+
 	mu   sync.Mutex
 	brks map[string]*entry
 }
+
+// ErrStale is returned by RecordAs for a failure of a secret or
+// certificate other than the one that last got a token: it did not count,
+// and the caller's files are older (or newer) than the ones that work.
+var ErrStale = errors.New("breaker: failure of a secret other than the one that works")
+
+// probeHere is how long an immediate probe asked for by one replica is
+// kept for it (ProbeNowHere) before any replica may run it.
+const probeHere = 5 * time.Second
 
 // entry is the local state of one breaker. Guarded by Set.mu.
 type entry struct {
@@ -167,60 +189,61 @@ func New(rdb redis.UniversalClient, o Options) *Set {
 	if err := o.validate(); err != nil {
 		panic(err)
 	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
 	return &Set{
 		rdb:  rdb,
+		id:   hex.EncodeToString(b[:]),
 		o:    o,
 		log:  o.Logger.With("component", "breaker"),
 		brks: make(map[string]*entry),
 	}
 }
 
-// Counts reports whether err counts on a breaker: a Credential or Mailbox
-// failure, or a token error saying the client secret expired.
-func Counts(err error) bool {
-	if err == nil {
-		return false
-	}
-	if SecretExpired(err) {
-		return true
-	}
-	c := upstream.ClassOf(err)
-	return c == upstream.Credential || c == upstream.Mailbox
+// Poll is how often this Set re-reads the records (Options.Poll).
+func (s *Set) Poll() time.Duration { return s.o.Poll }
+
+// Failure is what a breaker needs to know of a failed request, asked of
+// the error itself: the relay's classification (relay/upstream.Error)
+// answers. Declared here so that breaker depends on no classification.
+type Failure interface {
+	error
+	// BreakerCounts reports whether the failure counts: the
+	// credential's or the mailbox's own fault.
+	BreakerCounts() bool
+	// BreakerOpensNow reports whether it opens the breaker at once, e.g.
+	// an expired client secret.
+	BreakerOpensNow() bool
+	// BreakerReason is the upstream's code and text, stored as the reason.
+	BreakerReason() string
 }
 
-// SecretExpired reports whether err says the client secret has expired
-// (AADSTS7000222). Such an error opens its breaker at once.
-func SecretExpired(err error) bool {
-	var te *auth.TokenError
-	if errors.As(err, &te) {
-		return te.SecretExpired()
-	}
-	return err != nil && strings.Contains(err.Error(), auth.AADSTSSecretExpired)
+// Counts reports whether err counts on a breaker: a Failure that says so.
+// Any other error (a bare network error) never counts.
+func Counts(err error) bool {
+	var f Failure
+	return errors.As(err, &f) && f.BreakerCounts()
+}
+
+// opensNow reports whether err opens its breaker at once.
+func opensNow(err error) bool {
+	var f Failure
+	return errors.As(err, &f) && f.BreakerOpensNow()
 }
 
 // maxReason bounds the stored reason.
 const maxReason = 512
 
-// Reason returns the text stored as a breaker's reason: the upstream's
-// code and text, e.g. "invalid_client AADSTS7000222: The provided client
-// secret keys for app '…' are expired.".
+// Reason returns the text stored as a breaker's reason: the Failure's
+// BreakerReason, or the error's text.
 func Reason(err error) string {
+	var f Failure
 	var r string
-	var te *auth.TokenError
-	var ue *upstream.Error
 	switch {
 	case err == nil:
 		return ""
-	case errors.As(err, &te):
-		r = strings.TrimSpace(te.Code + " " + te.AADSTS)
-		if te.Description != "" {
-			if te.AADSTS != "" {
-				r += ":"
-			}
-			r += " " + te.Description
-		}
-	case errors.As(err, &ue) && ue.Code != 0:
-		r = strings.TrimSpace(fmt.Sprintf("%d %s %s", ue.Code, ue.Enhanced, ue.Text))
+	case errors.As(err, &f):
+		r = f.BreakerReason()
 	default:
 		r = err.Error()
 	}
@@ -280,16 +303,45 @@ func (s *Set) register(ctx context.Context, name string) error {
 
 // run runs a script that returns the record and stores what it returns.
 func (s *Set) run(ctx context.Context, sc *redis.Script, name string, args ...any) (Status, error) {
-	if err := s.register(ctx, name); err != nil {
-		return Status{}, err
-	}
-	v, err := sc.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)}, args...).StringSlice()
+	v, err := s.runRaw(ctx, sc, name, args...)
 	if err != nil {
 		return Status{}, err
 	}
+	return parsePairs(name, v), nil
+}
+
+// runRaw is run returning the script's reply: the record, then any flag.
+func (s *Set) runRaw(ctx context.Context, sc *redis.Script, name string, args ...any) ([]string, error) {
+	if err := s.register(ctx, name); err != nil {
+		return nil, err
+	}
+	v, err := sc.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)}, args...).StringSlice()
+	if err != nil {
+		return nil, err
+	}
 	st := parsePairs(name, v)
+	if moved := len(v) >= 2 && v[len(v)-2] == "moved"; moved {
+		s.made(ctx, st)
+	}
 	s.observe(st)
-	return st, nil
+	return v, nil
+}
+
+// made tells the fleet about a transition this Set's script made: a
+// message on the events channel, which every replica's Watch reads at
+// once, and OnMade.
+func (s *Set) made(ctx context.Context, st Status) {
+	if err := s.rdb.Publish(ctx, eventsChannel, st.Name+" "+strconv.FormatInt(st.Generation, 10)).Err(); err != nil {
+		s.log.Warn("cannot publish breaker transition; replicas see it at their next poll", "breaker", st.Name, "err", err)
+	}
+	if s.o.OnMade != nil {
+		s.o.OnMade(newTransition(st, 1-st.State))
+	}
+}
+
+func newTransition(st Status, from State) Transition {
+	return Transition{ID: st.Name + "@" + strconv.FormatInt(st.Generation, 10), Name: st.Name, From: from,
+		To: st.State, Reason: st.Reason, At: st.Since, Generation: st.Generation}
 }
 
 func ms(t time.Time) int64 { return t.UnixMilli() }
@@ -321,6 +373,28 @@ func (s *Set) Allow(ctx context.Context, name string) (bool, error) {
 	return st.State == Closed, nil
 }
 
+// Fresh reads the records of the named breakers from Redis now, in one
+// round trip, bypassing the cache: a request that must not start under a
+// breaker an operator just tripped checks with it.
+func (s *Set) Fresh(ctx context.Context, names ...string) ([]Status, error) {
+	cmds := make([]*redis.MapStringStringCmd, len(names))
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, n := range names {
+			cmds[i] = p.HGetAll(ctx, recordKey(n))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("breaker: read: %w", err)
+	}
+	out := make([]Status, len(names))
+	for i, n := range names {
+		out[i] = parseMap(n, cmds[i].Val())
+		s.observe(out[i])
+	}
+	return out, nil
+}
+
 // read reads a record from Redis and stores it.
 func (s *Set) read(ctx context.Context, name string) (Status, error) {
 	m, err := s.rdb.HGetAll(ctx, recordKey(name)).Result()
@@ -333,11 +407,20 @@ func (s *Set) read(ctx context.Context, name string) (Status, error) {
 }
 
 // Record reports the outcome of a request under the breaker: nil is a
-// success. Only Credential and Mailbox failures count; a failure saying
-// the client secret expired opens the breaker at once. A success resets
+// success. Only failures that say they count do (see Failure); one that
+// says so opens the breaker at once. A success resets
 // the fleet-wide count; it costs no Redis round trip when this replica
 // read a zero count within Poll.
 func (s *Set) Record(ctx context.Context, name string, err error) error {
+	return s.RecordAs(ctx, name, err, "")
+}
+
+// RecordAs is Record for a failure of the secret or certificate with the
+// given fingerprint ("" when not known). When the breaker's record names
+// another fingerprint as the one that last got a token, the failure does
+// not count and RecordAs returns ErrStale: a replica whose files are not
+// rotated yet must not undo a rotation for the fleet.
+func (s *Set) RecordAs(ctx context.Context, name string, err error, fingerprint string) error {
 	if verr := validName(name); verr != nil {
 		return verr
 	}
@@ -364,13 +447,57 @@ func (s *Set) Record(ctx context.Context, name string, err error) error {
 	}
 	now := s.o.Now()
 	immediate := "0"
-	if SecretExpired(err) {
+	if opensNow(err) {
 		immediate = "1"
 	}
-	_, rerr := s.run(ctx, failScript, name, ms(now), s.o.Threshold, s.o.OpenInterval.Milliseconds(),
-		ms(now.Add(s.o.OpenInterval)), immediate, Reason(err))
+	v, rerr := s.runRaw(ctx, failScript, name, ms(now), s.o.Threshold, s.o.OpenInterval.Milliseconds(),
+		ms(now.Add(s.o.OpenInterval)), immediate, Reason(err), fingerprint)
 	if rerr != nil {
 		return fmt.Errorf("breaker %s: record failure: %w", name, rerr)
+	}
+	if len(v) >= 2 && v[len(v)-2] == "stale" {
+		return fmt.Errorf("breaker %s: %w", name, ErrStale)
+	}
+	return nil
+}
+
+// staleField prefixes the record fields naming stale replicas.
+const staleField = "stale:"
+
+// MarkStale records, for operators, that replica's material for the
+// breaker is stale (since now), or that it is no longer.
+func (s *Set) MarkStale(ctx context.Context, name, replica string, stale bool) error {
+	if err := validName(name); err != nil {
+		return err
+	}
+	var err error
+	if stale {
+		err = s.rdb.HSet(ctx, recordKey(name), staleField+replica, ms(s.o.Now())).Err()
+	} else {
+		err = s.rdb.HDel(ctx, recordKey(name), staleField+replica).Err()
+	}
+	if err != nil {
+		return fmt.Errorf("breaker %s: mark stale: %w", name, err)
+	}
+	return nil
+}
+
+// Succeeded records that the secret or certificate with the given
+// fingerprint just got a token: failures of another one do not count
+// (see RecordAs). It costs a round trip only when the fingerprint differs
+// from the one this Set last recorded or read.
+func (s *Set) Succeeded(ctx context.Context, name, fingerprint string) error {
+	if err := validName(name); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	same := s.entry(name).st.GoodFingerprint == fingerprint
+	s.mu.Unlock()
+	if same || fingerprint == "" {
+		return nil
+	}
+	if _, err := s.run(ctx, goodScript, name, fingerprint); err != nil {
+		return fmt.Errorf("breaker %s: record success: %w", name, err)
 	}
 	return nil
 }
@@ -437,7 +564,21 @@ func (s *Set) ProbeNow(ctx context.Context, name string) (bool, error) {
 	if err := validName(name); err != nil {
 		return false, err
 	}
-	n, err := probeNowScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)}).Int()
+	return s.probeNow(ctx, name, "", 0)
+}
+
+// ProbeNowHere is ProbeNow for this replica's own probe loop: for
+// probeHere, no other replica takes the probe. A replica whose secret file
+// just changed asks so, since the others may still have the old one.
+func (s *Set) ProbeNowHere(ctx context.Context, name string) (bool, error) {
+	if err := validName(name); err != nil {
+		return false, err
+	}
+	return s.probeNow(ctx, name, s.id, ms(s.o.Now().Add(probeHere)))
+}
+
+func (s *Set) probeNow(ctx context.Context, name, by string, until int64) (bool, error) {
+	n, err := probeNowScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)}, by, until).Int()
 	if err != nil {
 		return false, fmt.Errorf("breaker %s: probe now: %w", name, err)
 	}
@@ -457,7 +598,7 @@ func (s *Set) AcquireProbe(ctx context.Context, name string) (bool, error) {
 	token := hex.EncodeToString(b[:])
 	now := s.o.Now()
 	n, err := acquireScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)},
-		ms(now), ms(now.Add(s.o.ProbeLease)), token).Int()
+		ms(now), ms(now.Add(s.o.ProbeLease)), token, s.id).Int()
 	if err != nil {
 		return false, fmt.Errorf("breaker %s: acquire probe: %w", name, err)
 	}
@@ -572,7 +713,8 @@ func (s *Set) observe(st Status) {
 	var tr *Transition
 	if st.Generation > e.seen.Generation {
 		if st.State != e.seen.State {
-			tr = &Transition{Name: st.Name, From: e.seen.State, To: st.State, Reason: st.Reason, At: st.Since, Generation: st.Generation}
+			t := newTransition(st, e.seen.State)
+			tr = &t
 		}
 		if st.State == Closed {
 			e.local = s.newLocal(st.Name)
@@ -636,5 +778,12 @@ func (st *Status) set(k, v string) {
 		st.Interval = time.Duration(n) * time.Millisecond
 	case "spread":
 		st.Spread = n
+	case "good_fp":
+		st.GoodFingerprint = v
+	default:
+		if r, ok := strings.CutPrefix(k, staleField); ok {
+			i, _ := slices.BinarySearch(st.StaleReplicas, r)
+			st.StaleReplicas = slices.Insert(st.StaleReplicas, i, r)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,9 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"holdfast/auth"
 	"holdfast/queue/redistest"
-	"holdfast/relay/upstream"
 )
 
 // clock is a controllable clock shared by the replicas of a test.
@@ -54,14 +53,22 @@ func replicas(t *testing.T, n int, edit func(i int, o *Options)) ([]*Set, *clock
 	return sets, clk
 }
 
+// failure is a Failure as the relay's classification would report it.
+type failure struct {
+	counts, now bool
+	reason      string
+}
+
+func (f *failure) Error() string         { return f.reason }
+func (f *failure) BreakerCounts() bool   { return f.counts }
+func (f *failure) BreakerOpensNow() bool { return f.now }
+func (f *failure) BreakerReason() string { return f.reason }
+
 var (
-	credErr = &upstream.Error{Class: upstream.Credential, Code: 535, Enhanced: "5.7.3",
-		Text: "Authentication unsuccessful"}
-	mailboxErr = &upstream.Error{Class: upstream.Mailbox, Code: 535, Enhanced: "5.7.139",
-		Text: "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant"}
-	expiredErr = &upstream.Error{Class: upstream.Credential, Err: &auth.TokenError{
-		HTTPStatus: 401, Code: "invalid_client", AADSTS: auth.AADSTSSecretExpired,
-		Description: "The provided client secret keys for app '3f1b8a52' are expired."}}
+	credErr    = &failure{counts: true, reason: "535 5.7.3 Authentication unsuccessful"}
+	mailboxErr = &failure{counts: true,
+		reason: "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant"}
+	errExpired = fmt.Errorf("token request: %w", &failure{counts: true, now: true, reason: expiredReason})
 )
 
 const expiredReason = "invalid_client AADSTS7000222: The provided client secret keys for app '3f1b8a52' are expired."
@@ -141,9 +148,8 @@ func TestSecretExpiredOpensAtOnce(t *testing.T) {
 		err    error
 		reason string
 	}{
-		{"token error", expiredErr, expiredReason},
-		{"bare token error", expiredErr.Err, expiredReason},
-		{"text only", errors.New("token: AADSTS7000222: secret expired"), "token: AADSTS7000222: secret expired"},
+		{"wrapped", errExpired, expiredReason},
+		{"bare", errors.Unwrap(errExpired), expiredReason},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sets, _ := replicas(t, 2, nil)
@@ -164,10 +170,10 @@ func TestNonCountingClassesNeverCount(t *testing.T) {
 		name string
 		err  error
 	}{
-		{"throttled 432", &upstream.Error{Class: upstream.Throttled, Code: 432, Enhanced: "4.3.2", Text: "STOREDRV.ClientSubmit; sender thread limit exceeded"}},
-		{"throttled 429", &upstream.Error{Class: upstream.Throttled, Code: 429, RetryAfter: time.Second}},
-		{"transient 421", &upstream.Error{Class: upstream.Transient, Code: 421, Enhanced: "4.3.2", Text: "Service not available"}},
-		{"permanent 550", &upstream.Error{Class: upstream.Permanent, Code: 550, Enhanced: "5.1.1", Text: "RESOLVER.ADR.RecipNotFound"}},
+		{"throttled 432", &failure{reason: "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded"}},
+		{"throttled 429", &failure{reason: "429"}},
+		{"transient 421", &failure{reason: "421 4.3.2 Service not available"}},
+		{"permanent 550", &failure{reason: "550 5.1.1 RESOLVER.ADR.RecipNotFound"}},
 		{"network", fmt.Errorf("dial smtp.office365.com:587: %w", context.DeadlineExceeded)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -220,7 +226,7 @@ func TestAcquireProbeSingleWinner(t *testing.T) {
 	if ok, err := a.AcquireProbe(ctx, name); ok || err != nil {
 		t.Fatalf("AcquireProbe on a closed breaker = %v, %v", ok, err)
 	}
-	record(t, a, name, expiredErr)
+	record(t, a, name, errExpired)
 	clk.Add(30*time.Second - time.Millisecond)
 	if ok, _ := b.AcquireProbe(ctx, name); ok {
 		t.Fatal("AcquireProbe granted before the open interval")
@@ -289,7 +295,7 @@ func TestProbeNow(t *testing.T) {
 	if open, err := a.ProbeNow(ctx, name); open || err != nil {
 		t.Fatalf("ProbeNow on a closed breaker = %v, %v; want false, nil", open, err)
 	}
-	record(t, a, name, expiredErr)
+	record(t, a, name, errExpired)
 	if ok, _ := b.AcquireProbe(ctx, name); ok {
 		t.Fatal("probe granted right after opening")
 	}
@@ -316,7 +322,7 @@ func TestProbeFailureDoublesInterval(t *testing.T) {
 	s := sets[0]
 	ctx := context.Background()
 	const name = "app:contoso"
-	record(t, s, name, expiredErr)
+	record(t, s, name, errExpired)
 	if st := status(t, s, name); st.Interval != 30*time.Second {
 		t.Fatalf("first interval %v, want 30s", st.Interval)
 	}
@@ -326,9 +332,8 @@ func TestProbeFailureDoublesInterval(t *testing.T) {
 		if ok, err := s.AcquireProbe(ctx, name); !ok || err != nil {
 			t.Fatalf("probe %d: AcquireProbe = %v, %v", i, ok, err)
 		}
-		probeErr := &upstream.Error{Class: upstream.Credential, Err: &auth.TokenError{
-			HTTPStatus: 401, Code: "invalid_client", AADSTS: auth.AADSTSInvalidSecret,
-			Description: fmt.Sprintf("Invalid client secret provided (%d).", i)}}
+		probeErr := &failure{counts: true,
+			reason: fmt.Sprintf("invalid_client AADSTS7000215: Invalid client secret provided (%d).", i)}
 		if err := s.ProbeResult(ctx, name, probeErr); err != nil {
 			t.Fatal(err)
 		}
@@ -498,17 +503,17 @@ func TestStatusAndList(t *testing.T) {
 	record(t, b, "mbx:alice", mailboxErr)
 	want := Status{Name: "app:contoso", State: Open, Reason: "535 5.7.3 Authentication unsuccessful",
 		Since: opened, Failures: 3, Generation: 1, NextProbe: opened.Add(30 * time.Second), Interval: 30 * time.Second}
-	if got := status(t, b, "app:contoso"); got != want {
+	if got := status(t, b, "app:contoso"); !reflect.DeepEqual(got, want) {
 		t.Fatalf("Status = %+v\nwant     %+v", got, want)
 	}
-	if got := status(t, b, "unknown"); got != (Status{Name: "unknown"}) {
+	if got := status(t, b, "unknown"); !reflect.DeepEqual(got, Status{Name: "unknown"}) {
 		t.Fatalf("Status of a breaker without a record = %+v", got)
 	}
 	list, err := b.List(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(list) != 3 || list[0] != want || list[1].Name != "mbx:alice" || list[1].Failures != 1 || list[2].Name != "unknown" {
+	if len(list) != 3 || !reflect.DeepEqual(list[0], want) || list[1].Name != "mbx:alice" || list[1].Failures != 1 || list[2].Name != "unknown" {
 		t.Fatalf("List = %+v", list)
 	}
 }
@@ -615,7 +620,7 @@ func TestSpreadOpensAcrossDistinctMembers(t *testing.T) {
 	a, b := sets[0], sets[1]
 	ctx := context.Background()
 	const cred = "cred:contoso"
-	delegated := &upstream.Error{Class: upstream.Mailbox, Code: 535, Enhanced: "5.7.3", Text: "Authentication unsuccessful"}
+	delegated := &failure{counts: true, reason: "535 5.7.3 Authentication unsuccessful"}
 	spread := func(s *Set, member string, err error) {
 		t.Helper()
 		if rerr := s.RecordSpread(ctx, cred, member, err, 3); rerr != nil {
@@ -631,7 +636,7 @@ func TestSpreadOpensAcrossDistinctMembers(t *testing.T) {
 		t.Fatalf("one mailbox failing: %+v, want closed, spread 1", st)
 	}
 	// Non-counting failures are ignored.
-	spread(a, "bob@contoso.com", &upstream.Error{Class: upstream.Transient, Code: 421})
+	spread(a, "bob@contoso.com", &failure{reason: "421"})
 	if st := status(t, a, cred); st.Spread != 1 {
 		t.Fatalf("a transient failure joined the spread: %+v", st)
 	}
@@ -661,5 +666,46 @@ func TestSpreadOpensAcrossDistinctMembers(t *testing.T) {
 	spread(a, "dave@contoso.com", delegated)
 	if st := status(t, a, cred); st.State != Closed || st.Spread != 1 {
 		t.Fatalf("after reset: %+v, want a fresh spread of 1", st)
+	}
+}
+
+// TestFingerprints: once a secret has got a token, failures of another
+// one do not count (ErrStale), and the replicas that said so are listed.
+func TestFingerprints(t *testing.T) {
+	ctx := context.Background()
+	sets, _ := replicas(t, 2, nil)
+	a, b := sets[0], sets[1]
+	const name = "cred:contoso"
+	// Before any token, every failure counts.
+	if err := a.RecordAs(ctx, name, credErr, "old"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Succeeded(ctx, name, "new"); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		if err := b.RecordAs(ctx, name, errExpired, "old"); !errors.Is(err, ErrStale) {
+			t.Fatalf("failure of the old secret: %v, want ErrStale", err)
+		}
+	}
+	if err := b.MarkStale(ctx, name, "relay-2", true); err != nil {
+		t.Fatal(err)
+	}
+	st := status(t, a, name)
+	if st.State != Closed || st.GoodFingerprint != "new" || !reflect.DeepEqual(st.StaleReplicas, []string{"relay-2"}) {
+		t.Fatalf("after stale failures: %+v, want closed, good fingerprint new, relay-2 stale", st)
+	}
+	// The secret that works failing counts, and an expired one opens.
+	if err := a.RecordAs(ctx, name, errExpired, "new"); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(t, b, name); st.State != Open {
+		t.Fatalf("after the working secret expired: %+v, want open", st)
+	}
+	if err := b.MarkStale(ctx, name, "relay-2", false); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(t, b, name); len(st.StaleReplicas) != 0 {
+		t.Fatalf("stale replicas after relay-2 rejoined: %v", st.StaleReplicas)
 	}
 }

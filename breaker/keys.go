@@ -10,6 +10,9 @@ package breaker
 //	hf:brk:log             zset  the latest transitions, fleet-wide: one
 //	                             JSON Transition (From left out) per member,
 //	                             scored by its time (unix ms)
+//	hf:brk:events          pub/sub channel: "NAME GENERATION" after each
+//	                             transition, published by the replica whose
+//	                             script made it
 //
 // Record fields:
 //
@@ -24,9 +27,13 @@ package breaker
 //	lease_token  the prober's token; lease_until its expiry (unix ms)
 //	last_probe   unix ms of the last probe result
 //	spread       how many members the spread set holds
+//	good_fp      fingerprint of the secret or certificate that last got a token
+//	probe_by     replica an immediate probe is kept for; probe_by_until until when (unix ms)
+//	stale:NAME   unix ms since replica NAME's material was found stale
 const (
-	namesKey = "hf:brk:names"
-	logKey   = "hf:brk:log"
+	namesKey      = "hf:brk:names"
+	logKey        = "hf:brk:log"
+	eventsChannel = "hf:brk:events"
 )
 
 func recordKey(name string) string { return "hf:{brk:" + name + "}" }

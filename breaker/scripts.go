@@ -9,15 +9,28 @@ import "github.com/redis/go-redis/v9"
 
 // transitions defines the two transitions, prepended to the scripts that
 // make them: open(reason, now, interval, next probe) and close(now). Each
-// bumps the generation and ends any probe lease.
+// bumps the generation and ends any probe lease. reply(k) returns the
+// record as HGETALL does, followed by "moved", "1" when this call made a
+// transition: its caller reports it (webhook, pub/sub) for the fleet.
 const transitions = `
+local moved = false
+local function reply(k)
+  local r = redis.call('HGETALL', k)
+  if moved then
+    table.insert(r, 'moved')
+    table.insert(r, '1')
+  end
+  return r
+end
 local function open(k, reason, now, interval, nextProbe)
+  moved = true
   redis.call('HINCRBY', k, 'generation', 1)
   redis.call('HSET', k, 'state', 'open', 'reason', reason, 'since', now,
     'interval', interval, 'next_probe', nextProbe, 'probe_now', '0')
   redis.call('HDEL', k, 'lease_token', 'lease_until')
 end
 local function close(k, now)
+  moved = true
   redis.call('HINCRBY', k, 'generation', 1)
   redis.call('HSET', k, 'state', 'closed', 'reason', '', 'since', now, 'probe_now', '0')
   redis.call('HDEL', k, 'lease_token', 'lease_until')
@@ -25,15 +38,25 @@ end
 `
 
 // failScript counts one failure and opens the breaker when the count
-// reaches the threshold, or at once when asked.
+// reaches the threshold, or at once when asked. A failure of a secret or
+// certificate other than the one that last got a token (good_fp) does not
+// count: the caller's files are stale, and it is told so by "stale", "1"
+// after the record.
 //
 // ARGV[1] now, ARGV[2] threshold, ARGV[3] open interval ms,
 // ARGV[4] next probe (now + open interval), ARGV[5] "1" to open at once,
-// ARGV[6] reason.
+// ARGV[6] reason, ARGV[7] fingerprint of the material used, or "".
 var failScript = redis.NewScript(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'open' then
-  return redis.call('HGETALL', k)
+  return reply(k)
+end
+local good = redis.call('HGET', k, 'good_fp')
+if ARGV[7] ~= '' and good and good ~= '' and good ~= ARGV[7] then
+  local r = redis.call('HGETALL', k)
+  table.insert(r, 'stale')
+  table.insert(r, '1')
+  return r
 end
 local f = redis.call('HINCRBY', k, 'failures', 1)
 if f >= tonumber(ARGV[2]) or ARGV[5] == '1' then
@@ -41,7 +64,7 @@ if f >= tonumber(ARGV[2]) or ARGV[5] == '1' then
 else
   redis.call('HSETNX', k, 'state', 'closed')
 end
-return redis.call('HGETALL', k)
+return reply(k)
 `)
 
 // successScript resets the consecutive failure count and the spread of a
@@ -72,7 +95,7 @@ return redis.call('HGETALL', k)
 var spreadScript = redis.NewScript(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'open' then
-  return redis.call('HGETALL', k)
+  return reply(k)
 end
 redis.call('SADD', KEYS[2], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[7])
@@ -88,7 +111,7 @@ else
   redis.call('HSET', k, 'spread', c)
   redis.call('HSETNX', k, 'state', 'closed')
 end
-return redis.call('HGETALL', k)
+return reply(k)
 `)
 
 // tripScript opens the breaker on an operator's request. An open breaker
@@ -99,10 +122,10 @@ var tripScript = redis.NewScript(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'open' then
   redis.call('HSET', k, 'reason', ARGV[4])
-  return redis.call('HGETALL', k)
+  return reply(k)
 end
 open(k, ARGV[4], ARGV[1], ARGV[2], ARGV[3])
-return redis.call('HGETALL', k)
+return reply(k)
 `)
 
 // resetScript closes the breaker and clears its failure count.
@@ -117,25 +140,37 @@ if redis.call('EXISTS', k) == 1 then
   redis.call('HSET', k, 'failures', '0', 'spread', '0')
 end
 redis.call('DEL', KEYS[2])
-return redis.call('HGETALL', k)
+return reply(k)
 `)
 
-// probeNowScript makes the next probe of an open breaker due at once.
-// Returns 1 if the breaker is open, 0 otherwise.
+// probeNowScript makes the next probe of an open breaker due at once,
+// for any replica, or, when ARGV[1] names one, for that replica only
+// until ARGV[2] (unix ms). Returns 1 if the breaker is open, 0 otherwise.
 var probeNowScript = redis.NewScript(`
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') ~= 'open' then
   return 0
 end
-redis.call('HSET', k, 'probe_now', '1')
+redis.call('HSET', k, 'probe_now', '1', 'probe_by', ARGV[1], 'probe_by_until', ARGV[2])
 return 1
+`)
+
+// goodScript records the fingerprint of the secret or certificate that
+// last got a token. ARGV[1] fingerprint.
+var goodScript = redis.NewScript(`
+redis.call('HSET', KEYS[1], 'good_fp', ARGV[1])
+return redis.call('HGETALL', KEYS[1])
 `)
 
 // acquireScript grants the probe lease to one caller: the breaker is open,
 // no lease is live, and the probe is due or was asked for. Returns 1 when
 // granted, 0 otherwise.
 //
-// ARGV[1] now, ARGV[2] lease expiry (now + lease), ARGV[3] token.
+// An immediate probe asked for one replica (see probeNowScript) goes to
+// that replica only, until its time runs out.
+//
+// ARGV[1] now, ARGV[2] lease expiry (now + lease), ARGV[3] token,
+// ARGV[4] the caller's replica id.
 var acquireScript = redis.NewScript(`
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') ~= 'open' then
@@ -145,7 +180,12 @@ local now = tonumber(ARGV[1])
 if tonumber(redis.call('HGET', k, 'lease_until') or '0') > now then
   return 0
 end
-if redis.call('HGET', k, 'probe_now') ~= '1' and now < tonumber(redis.call('HGET', k, 'next_probe') or '0') then
+local now_asked = redis.call('HGET', k, 'probe_now') == '1'
+if not now_asked and now < tonumber(redis.call('HGET', k, 'next_probe') or '0') then
+  return 0
+end
+local by = redis.call('HGET', k, 'probe_by')
+if now_asked and by and by ~= '' and by ~= ARGV[4] and now < tonumber(redis.call('HGET', k, 'probe_by_until') or '0') then
   return 0
 end
 redis.call('HSET', k, 'lease_token', ARGV[3], 'lease_until', ARGV[2], 'probe_now', '0')
@@ -170,10 +210,10 @@ redis.call('HSET', k, 'last_probe', ARGV[2])
 if ARGV[3] == '1' then
   close(k, ARGV[2])
   redis.call('HSET', k, 'failures', '0')
-  return redis.call('HGETALL', k)
+  return reply(k)
 end
 local iv = math.min(tonumber(redis.call('HGET', k, 'interval') or '0') * 2, tonumber(ARGV[5]))
 redis.call('HSET', k, 'reason', ARGV[4], 'interval', string.format('%d', iv),
   'next_probe', string.format('%d', tonumber(ARGV[2]) + iv))
-return redis.call('HGETALL', k)
+return reply(k)
 `)

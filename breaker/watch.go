@@ -2,24 +2,46 @@ package breaker
 
 import (
 	"context"
+	"strings"
 	"time"
 )
 
-// Watch re-reads every breaker's record each Poll until ctx ends, so that
-// OnTransition fires on this replica for transitions made by others. A
-// replica starts from "closed, generation 0": a breaker already open when
-// Watch starts is reported once as a transition to open.
+// Watch keeps this Set's view of every breaker current until ctx ends, so
+// that OnTransition fires on this replica for transitions made by others:
+// at once for each transition published on the events channel (within
+// milliseconds fleet-wide), and by re-reading every record each Poll,
+// which also covers a missed message or a lost subscription. A replica
+// starts from "closed, generation 0": a breaker already open when Watch
+// starts is reported once as a transition to open.
 func (s *Set) Watch(ctx context.Context) {
+	ps := s.rdb.Subscribe(ctx, eventsChannel)
+	defer func() { _ = ps.Close() }()
+	events := ps.Channel()
 	t := time.NewTicker(s.o.Poll)
 	defer t.Stop()
 	for {
 		if _, err := s.List(ctx); err != nil && ctx.Err() == nil {
 			s.log.Warn("breaker watch", "err", err)
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+		for waiting := true; waiting; {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				waiting = false
+			case m, ok := <-events:
+				if !ok {
+					events = nil
+					continue
+				}
+				name, _, _ := strings.Cut(m.Payload, " ")
+				if validName(name) != nil {
+					continue
+				}
+				if _, err := s.read(ctx, name); err != nil && ctx.Err() == nil {
+					s.log.Warn("breaker watch", "breaker", name, "err", err)
+				}
+			}
 		}
 	}
 }

@@ -293,7 +293,7 @@ func (q *Queue) Requeue(ctx context.Context, id string) error {
 	if ok == 0 {
 		return fmt.Errorf("%s is %s, not dead: only dead letters can be requeued", id, m.State)
 	}
-	return nil
+	return q.markDue(ctx, m.Route)
 }
 
 // Delete removes a message in any state. A leased message's worker will
@@ -321,55 +321,5 @@ func (q *Queue) Flush(ctx context.Context, route string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("flush %s: %w", route, err)
 	}
-	return n, nil
-}
-
-// HoldRoute holds a route: none of its messages are leased, none spends an
-// attempt, and their backoff stops growing, until ReleaseRoute. Messages
-// already leased finish their attempt. Holding a held route updates the
-// reason and keeps the time the hold started, from which ReleaseRoute
-// credits held time (see Options.HeldGrace).
-func (q *Queue) HoldRoute(ctx context.Context, route, reason string) error {
-	if reason == "" {
-		reason = "held"
-	}
-	if err := q.registerRoute(ctx, route); err != nil {
-		return err
-	}
-	rk := keysFor(route)
-	if err := holdScript.Run(ctx, q.rdb, []string{rk.hold, rk.held}, reason, q.opts.Now().UnixMilli()).Err(); err != nil {
-		return fmt.Errorf("hold %s: %w", route, err)
-	}
-	return nil
-}
-
-// ReleaseRoute ends a route's hold. Its messages become leasable at their
-// due times, and each one's lifetime is extended by the time it spent held
-// (since the hold started or since it was submitted, whichever is later),
-// up to Options.HeldGrace. Releasing a route that is not held does
-// nothing.
-//
-// It updates every waiting or leased message of the route in one atomic
-// step, which blocks Redis for roughly half a second on a route of
-// 100,000 messages.
-func (q *Queue) ReleaseRoute(ctx context.Context, route string) error {
-	rk := keysFor(route)
-	err := releaseScript.Run(ctx, q.rdb, []string{rk.live, rk.hold, rk.held},
-		q.opts.Now().UnixMilli(), q.opts.HeldGrace.Milliseconds(), msgKeyPrefix(rk.tag)).Err()
-	if err != nil {
-		return fmt.Errorf("release %s: %w", route, err)
-	}
-	return nil
-}
-
-// RouteHold returns the route's hold reason and whether it is held.
-func (q *Queue) RouteHold(ctx context.Context, route string) (string, bool, error) {
-	reason, err := q.rdb.Get(ctx, keysFor(route).hold).Result()
-	if errors.Is(err, redis.Nil) {
-		return "", false, nil
-	}
-	if err != nil {
-		return "", false, fmt.Errorf("hold state of %s: %w", route, err)
-	}
-	return reason, true, nil
+	return n, q.markDue(ctx, route)
 }

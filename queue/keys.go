@@ -19,13 +19,30 @@ import (
 //	hf:{T}:r:ROUTE:live      zset    id -> submit time (unix ms), every message not yet delivered or dead
 //	hf:{T}:r:ROUTE:hold      string  the hold reason; present while the route is held
 //	hf:{T}:r:ROUTE:held      string  when the current hold started (unix ms); present while held
+//	hf:{T}:r:ROUTE:fence     hash    breaker name -> the newest generation a hold or release of the route applied
+//	hf:{T}:r:ROUTE:seq       string  counts the route's leases; orders index updates
+//	hf:{T}:r:ROUTE:l:TOKEN   set     ids leased by one lease token, while it lasts
 //	hf:{T}:i:ROUTE:KEY       string  idempotency key -> message id
-//	hf:routes                set     every route that has had a message
+//	hf:routes                set     every route that has had a message, until pruned
+//	hf:routes:idle           zset    route -> when it was first seen with no message (unix ms)
 //	hf:min:MINUTE            hash    fleet-wide counts of one minute (unix minutes); see minutes.go
 //	hf:rcpt:MAILBOX          zset    "id:n" -> send time (unix ms): recipients a mailbox sent to, for Exchange's rolling quota
 //	hf:auth:ip:IP            string  failed authentications from a client IP in the current window
 //	hf:auth:user:NAME        string  failed authentications for an SMTP user name in the current window
+//
+// The due-route index (see due.go) lives on its own hash tag:
+//
+//	hf:{due}:routes          zset    route -> when it next needs a lease (unix ms)
+//	hf:{due}:dirty           set     routes changed since their last lease
+//	hf:{due}:seq             hash    route -> lease sequence of its index entry
 const keyPrefix = "hf:"
+
+// Keys of the due-route index.
+const (
+	dueIndexKey = keyPrefix + "{due}:routes"
+	dueDirtyKey = keyPrefix + "{due}:dirty"
+	dueSeqKey   = keyPrefix + "{due}:seq"
+)
 
 // Message hash fields.
 const (
@@ -49,6 +66,8 @@ const (
 	// fAmbiguous is "1" once an attempt ended without knowing whether the
 	// upstream sent the message; see MarkAmbiguous.
 	fAmbiguous = "amb"
+	// "settled" holds "TOKEN:OUTCOME" of the last settled lease; only
+	// the scripts read it.
 )
 
 // Stored states. Ready, scheduled and held are all stQueued; which one a
@@ -60,7 +79,10 @@ const (
 	stDead      = "dead"
 )
 
-const routesKey = keyPrefix + "routes"
+const (
+	routesKey     = keyPrefix + "routes"
+	idleRoutesKey = routesKey + ":idle"
+)
 
 // minuteKey is the hash of the fleet-wide counts of the minute starting at
 // unix minute m.
@@ -87,6 +109,14 @@ type routeKeys struct {
 	live   string
 	hold   string
 	held   string
+	seq    string
+	base   string
+	fence  string
+}
+
+// leaseSet is the key that records the ids leased with one token.
+func (rk routeKeys) leaseSet(token string) string {
+	return rk.base + "l:" + token
 }
 
 func keysFor(route string) routeKeys {
@@ -100,6 +130,9 @@ func keysFor(route string) routeKeys {
 		live:   base + "live",
 		hold:   base + "hold",
 		held:   base + "held",
+		seq:    base + "seq",
+		base:   base,
+		fence:  base + "fence",
 	}
 }
 

@@ -26,22 +26,42 @@ type LeaseResult struct {
 // messages, those whose lifetime has run out even after crediting their
 // time held up to Options.HeldGrace.
 func (q *Queue) Lease(ctx context.Context, route string, n int, d time.Duration) (LeaseResult, error) {
+	return q.lease(ctx, route, n, d, newToken())
+}
+
+// lease is Lease with a given token; the same token leases nothing more.
+func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration, token string) (LeaseResult, error) {
 	if n <= 0 {
 		n = 1
 	}
+	// Clear the route's dirty mark before looking: a change stored after
+	// this look marks it again.
+	if err := q.rdb.SRem(ctx, dueDirtyKey, route).Err(); err != nil {
+		return LeaseResult{}, fmt.Errorf("lease %s: %w", route, err)
+	}
 	now := q.opts.Now()
 	rk := keysFor(route)
-	token := newToken()
 	until := now.Add(d)
 	res, err := leaseScript.Run(ctx, q.rdb,
-		[]string{rk.due, rk.leased, rk.dead, rk.live, rk.hold, rk.held},
+		[]string{rk.due, rk.leased, rk.dead, rk.live, rk.hold, rk.held, rk.seq, rk.leaseSet(token)},
 		now.UnixMilli(), until.UnixMilli(), n, token, msgKeyPrefix(rk.tag),
 		q.opts.HeldGrace.Milliseconds()).Slice()
 	if err != nil {
 		return LeaseResult{}, fmt.Errorf("lease %s: %w", route, err)
 	}
+	next, seq, deadline := res[0].(int64), res[2].(int64), res[3].(int64)
+	at := next
+	switch {
+	case next == -2:
+		at = now.Add(q.opts.HeldRecheck).UnixMilli()
+	case deadline >= 0 && (at < 0 || deadline < at):
+		at = deadline
+	}
+	if err := q.index(ctx, route, seq, at); err != nil {
+		return LeaseResult{}, err
+	}
 	var out LeaseResult
-	switch next := res[0].(int64); {
+	switch {
 	case next == -2:
 		out.Held = true
 	case next >= 0:
@@ -141,6 +161,8 @@ func (q *Queue) settle(ctx context.Context, l *Lease, outcome, reply string, spe
 	default:
 		l.State = Scheduled
 		l.Due = due.UTC()
+		// Due again, perhaps before the lease deadline the index holds.
+		_ = q.markDue(ctx, l.Route)
 	}
 	return l.State, nil
 }

@@ -129,11 +129,31 @@ func (l *Limiter) Release(ctx context.Context, s *Slot) error {
 // recorded in the last window. Otherwise it records nothing and returns
 // how long to wait before trying again.
 func (l *Limiter) TakeSend(ctx context.Context, mailbox string, limit int, window time.Duration) (time.Duration, error) {
+	_, wait, err := l.ReserveSend(ctx, mailbox, limit, window)
+	return wait, err
+}
+
+// ReserveSend is TakeSend that also returns the recorded send's token,
+// with which ReturnSend gives it back when the send does not happen.
+func (l *Limiter) ReserveSend(ctx context.Context, mailbox string, limit int, window time.Duration) (string, time.Duration, error) {
 	_, sends := limitKeys(mailbox)
+	token := newToken()
 	ms, err := rateScript.Run(ctx, l.rdb, []string{sends},
-		l.now().UnixMilli(), limit, window.Milliseconds(), newToken()).Int64()
+		l.now().UnixMilli(), limit, window.Milliseconds(), token).Int64()
 	if err != nil {
-		return 0, fmt.Errorf("send rate of %s: %w", mailbox, err)
+		return "", 0, fmt.Errorf("send rate of %s: %w", mailbox, err)
 	}
-	return time.Duration(ms) * time.Millisecond, nil
+	if ms > 0 {
+		return "", time.Duration(ms) * time.Millisecond, nil
+	}
+	return token, 0, nil
+}
+
+// ReturnSend forgets a send recorded by ReserveSend.
+func (l *Limiter) ReturnSend(ctx context.Context, mailbox, token string) error {
+	_, sends := limitKeys(mailbox)
+	if err := l.rdb.ZRem(ctx, sends, token).Err(); err != nil {
+		return fmt.Errorf("return send of %s: %w", mailbox, err)
+	}
+	return nil
 }

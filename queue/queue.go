@@ -37,6 +37,10 @@ type Options struct {
 	// passed. Default 5 days; zero or negative means the default. To
 	// count held time in full, set it to time.Millisecond.
 	HeldGrace time.Duration
+	// HeldRecheck is how often a held route is leased anyway, to
+	// dead-letter its messages past their lifetime (see HeldGrace).
+	// Default 1 minute.
+	HeldRecheck time.Duration
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 	// MinReplicas is how many replicas must have a new message before
@@ -67,6 +71,9 @@ func (o Options) withDefaults() Options {
 	if o.HeldGrace <= 0 {
 		o.HeldGrace = 5 * 24 * time.Hour
 	}
+	if o.HeldRecheck <= 0 {
+		o.HeldRecheck = time.Minute
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -82,7 +89,7 @@ type Queue struct {
 	opts Options
 
 	mu     sync.Mutex
-	routes map[string]bool // routes known to be in routesKey
+	routes map[string]time.Time // routes this process added to routesKey, and when
 
 	waitAOF     bool // the server has WAITAOF (Redis 7.2+); set once waitChecked
 	waitChecked bool
@@ -97,7 +104,7 @@ var ErrLeaseLost = errors.New("lease lost: it expired before the worker reported
 
 // New returns a queue stored in rdb.
 func New(rdb redis.UniversalClient, opts Options) *Queue {
-	return &Queue{rdb: rdb, opts: opts.withDefaults(), routes: map[string]bool{}}
+	return &Queue{rdb: rdb, opts: opts.withDefaults(), routes: map[string]time.Time{}}
 }
 
 // Options returns the queue's options, defaults filled in.
@@ -108,7 +115,7 @@ func (q *Queue) Options() Options { return q.opts }
 // the first message and dup true, and stores nothing.
 //
 // It costs one round trip to Redis, plus one the first time this process
-// sees the route.
+// sees the route (and once a minute after).
 func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool, err error) {
 	if !ValidRoute(m.Route) {
 		return "", false, fmt.Errorf("enqueue: invalid route name %q", m.Route)
@@ -144,7 +151,13 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 		return "", false, fmt.Errorf("enqueue: %w", err)
 	}
 	got, _ := res[0].(string)
-	return got, res[1].(int64) == 1, nil
+	dup = res[1].(int64) == 1
+	if !dup {
+		// The message is stored either way; an unmarked route is found
+		// by the next SweepDue.
+		_ = q.markDue(ctx, m.Route)
+	}
+	return got, dup, nil
 }
 
 // ErrNotReplicated is returned by Enqueue when fewer replicas than
@@ -251,19 +264,20 @@ func versionAtLeast(v string, major, minor int) bool {
 	return ma > major || ma == major && mi >= minor
 }
 
-// registerRoute records the route in the set of routes, once per process.
+// registerRoute records the route in the set of routes, once per process
+// and registerEvery (PruneRoutes may have removed it).
 func (q *Queue) registerRoute(ctx context.Context, route string) error {
 	q.mu.Lock()
-	known := q.routes[route]
+	at, known := q.routes[route]
 	q.mu.Unlock()
-	if known {
+	if known && time.Since(at) < registerEvery {
 		return nil
 	}
 	if err := q.rdb.SAdd(ctx, routesKey, route).Err(); err != nil {
 		return fmt.Errorf("register route %s: %w", route, err)
 	}
 	q.mu.Lock()
-	q.routes[route] = true
+	q.routes[route] = time.Now()
 	q.mu.Unlock()
 	return nil
 }

@@ -46,17 +46,48 @@ return {ARGV[1], 0}
 // exp + min(now - max(hold start, submit), grace). A hold without a start
 // time (set before the start was recorded) is given one now.
 //
+// A lease is idempotent: run again with the same token (as a client's
+// retry after a lost reply does), it changes nothing and returns the
+// messages the first run leased that this token still holds.
+//
 // KEYS[1] due, KEYS[2] leased, KEYS[3] dead, KEYS[4] live, KEYS[5] hold,
-// KEYS[6] held (hold start).
+// KEYS[6] held (hold start), KEYS[7] lease sequence, KEYS[8] the token's
+// lease set.
 // ARGV[1] now, ARGV[2] lease deadline, ARGV[3] n, ARGV[4] lease token,
 // ARGV[5] message key prefix, ARGV[6] held grace in ms.
 //
-// Returns {next, leased}: next is the due time of the earliest message
-// left in the queue (-1 when none, -2 when the route is held); leased is a
-// list of {id, route, app, from, to, body, sub, exp, att, err} entries.
+// Returns {next, leased, seq, deadline}: next is the due time of the
+// earliest message left in the queue (-1 when none, -2 when the route is
+// held); leased is a list of {id, route, app, from, to, body, sub, exp,
+// att, err} entries; seq is the route's lease sequence after this lease;
+// deadline is the earliest lease deadline on the route (-1 when none).
 var leaseScript = redis.NewScript(`
 local now = tonumber(ARGV[1])
 local prefix = ARGV[5]
+
+local function summary(leased)
+  local seq = redis.call('INCR', KEYS[7])
+  local deadline = -1
+  local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  if first[2] then deadline = tonumber(first[2]) end
+  if redis.call('EXISTS', KEYS[5]) == 1 then return {-2, leased, seq, deadline} end
+  local next = -1
+  first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  if first[2] then next = tonumber(first[2]) end
+  return {next, leased, seq, deadline}
+end
+
+if redis.call('EXISTS', KEYS[8]) == 1 then
+  local again = {}
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[8])) do
+    local key = prefix .. id
+    local m = redis.call('HMGET', key, 'route', 'app', 'from', 'to', 'body', 'sub', 'exp', 'att', 'err', 'lease', 'st')
+    if m[10] == ARGV[4] and m[11] == 'leased' then
+      table.insert(again, {id, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9] or ''})
+    end
+  end
+  return summary(again)
+end
 
 -- expire dead-letters a message whose queue lifetime has run out; the
 -- caller has taken it out of due.
@@ -103,7 +134,7 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
       end
     end
   end
-  return {-2, {}}
+  return summary({})
 end
 
 local leased = {}
@@ -118,15 +149,16 @@ for _, id in ipairs(ids) do
     else
       redis.call('ZADD', KEYS[2], ARGV[2], id)
       redis.call('HSET', key, 'st', 'leased', 'lease', ARGV[4], 'lu', ARGV[2], 'upd', now)
+      redis.call('HDEL', key, 'settled')
       table.insert(leased, {id, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9] or ''})
+      redis.call('SADD', KEYS[8], id)
     end
   end
 end
-
-local next = -1
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if first[2] then next = tonumber(first[2]) end
-return {next, leased}
+if #leased > 0 then
+  redis.call('PEXPIREAT', KEYS[8], ARGV[2])
+end
+return summary(leased)
 `)
 
 // extendScript moves a lease's deadline.
@@ -155,15 +187,21 @@ return 1
 //
 // A "retry" of a message past its expiry dead-letters it. Returns the
 // state the message is now in, or 0 when the lease is no longer held by
-// this token.
+// this token. Settling is idempotent: run again with the same token and
+// outcome (as a client's retry after a lost reply does), it changes
+// nothing and returns the state the first run left, as long as the
+// message was not leased again since.
 var settleScript = redis.NewScript(`
-if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[2] or redis.call('HGET', KEYS[1], 'st') ~= 'leased' then
+local done = redis.call('HMGET', KEYS[1], 'settled', 'st')
+if done[1] and done[1] == ARGV[2] .. ':' .. ARGV[4] then return done[2] end
+if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[2] or done[2] ~= 'leased' then
   return 0
 end
 local now = tonumber(ARGV[3])
 local outcome = ARGV[4]
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[1], 'lease', 'lu')
+redis.call('HSET', KEYS[1], 'settled', ARGV[2] .. ':' .. ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'att', tonumber(ARGV[6]))
 redis.call('HSET', KEYS[1], 'err', ARGV[5], 'upd', now)
 
@@ -287,60 +325,6 @@ for i = 2, #ARGV do
   stat(p .. 'due', p .. 'leased', p .. 'dead', p .. 'live', p .. 'hold', now, out)
 end
 return out
-`)
-
-// holdScript holds a route, or updates the reason of a held one. The hold
-// start is only set when the route was not held, so a second hold keeps
-// the first one's start.
-//
-// KEYS[1] hold, KEYS[2] held (hold start). ARGV[1] reason, ARGV[2] now.
-//
-// Returns 1 when the route was newly held, 0 when it already was.
-var holdScript = redis.NewScript(`
-local fresh = redis.call('EXISTS', KEYS[1]) == 0
-if fresh then
-  redis.call('SET', KEYS[2], ARGV[2])
-else
-  redis.call('SET', KEYS[2], ARGV[2], 'NX')
-end
-redis.call('SET', KEYS[1], ARGV[1])
-if fresh then return 1 end
-return 0
-`)
-
-// releaseScript ends a route's hold. Each live message (leased ones
-// included) first gets the time it spent held, up to the held grace,
-// added to its expiry: exp += min(now - max(hold start, submit), grace)
-// when that is positive.
-//
-// KEYS[1] live, KEYS[2] hold, KEYS[3] held (hold start).
-// ARGV[1] now, ARGV[2] held grace in ms, ARGV[3] message key prefix.
-//
-// Returns how many messages got a longer lifetime.
-var releaseScript = redis.NewScript(`
-local now = tonumber(ARGV[1])
-local grace = tonumber(ARGV[2])
-local start = tonumber(redis.call('GET', KEYS[3]))
-local credited = 0
-if start and redis.call('EXISTS', KEYS[2]) == 1 then
-  local page = 1000
-  local from = 0
-  while true do
-    local live = redis.call('ZRANGE', KEYS[1], from, from + page - 1, 'WITHSCORES')
-    for i = 1, #live, 2 do
-      local credit = math.min(now - math.max(start, tonumber(live[i + 1])), grace)
-      local key = ARGV[3] .. live[i]
-      if credit > 0 and redis.call('EXISTS', key) == 1 then
-        redis.call('HINCRBY', key, 'exp', credit)
-        credited = credited + 1
-      end
-    end
-    if #live < 2 * page then break end
-    from = from + page
-  end
-end
-redis.call('DEL', KEYS[2], KEYS[3])
-return credited
 `)
 
 // getScript reads a message with its due time and its route's hold reason

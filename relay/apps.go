@@ -147,10 +147,10 @@ func (a *apps) checkToken(token string) *App {
 // sender. The null sender is refused: applications submit new mail, not
 // bounces.
 func (app *App) maySend(from string) bool {
-	// Lower-case first: lower-casing can change the length (U+212A KELVIN
-	// SIGN is 3 bytes, "k" is 1), so an index taken before would point
-	// elsewhere.
-	from = strings.ToLower(from)
+	// Only ASCII letters are folded: Unicode case mapping would make
+	// U+212A KELVIN SIGN a "k" and U+0130 a plain "i", so that an address
+	// Exchange treats as another one would pass for an allowed sender.
+	from = lowerASCII(from)
 	at := strings.LastIndexByte(from, '@')
 	if at < 0 {
 		return false
@@ -165,6 +165,16 @@ func (app *App) maySend(from string) bool {
 		}
 	}
 	return false
+}
+
+// lowerASCII maps A-Z to a-z and leaves every other byte as it is.
+func lowerASCII(s string) string {
+	return strings.Map(func(r rune) rune {
+		if 'A' <= r && r <= 'Z' {
+			return r + ('a' - 'A')
+		}
+		return r
+	}, s)
 }
 
 // senderRule is one entry of App.Senders: an address or a whole domain.
@@ -186,7 +196,7 @@ func parseSenderRules(senders []string) []senderRule {
 }
 
 func parseSenderRule(s string) (senderRule, error) {
-	s = strings.ToLower(strings.TrimSpace(s))
+	s = lowerASCII(strings.TrimSpace(s))
 	if d, ok := strings.CutPrefix(s, "@"); ok {
 		if _, err := parseAddress("x@" + d); err != nil {
 			return senderRule{}, fmt.Errorf("%q is not an @domain", s)

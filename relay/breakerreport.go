@@ -48,6 +48,10 @@ type BreakerStatus struct {
 	// line, expires_at or else the certificate's NotAfter.
 	Credential        string    `json:"credential,omitempty"`
 	CredentialExpires time.Time `json:"credential_expires_at,omitzero"`
+	// StaleReplicas are the relays (by hostname) whose secret or
+	// certificate file is older than the one that works: they leave the
+	// credential's mail to the others until their file changes.
+	StaleReplicas []string `json:"stale_replicas,omitempty"`
 }
 
 // BreakerReporter describes the fleet's breakers with the mail they hold.
@@ -174,15 +178,16 @@ func (r *BreakerReporter) Get(ctx context.Context, name string) (BreakerStatus, 
 
 func (r *BreakerReporter) describe(st breaker.Status, stats queue.Stats) BreakerStatus {
 	b := BreakerStatus{
-		Name:       st.Name,
-		Kind:       "mailbox",
-		State:      st.State.String(),
-		Reason:     st.Reason,
-		Since:      st.Since,
-		Failures:   st.Failures,
-		Generation: st.Generation,
-		LastProbe:  st.LastProbe,
-		Routes:     []string{},
+		Name:          st.Name,
+		Kind:          "mailbox",
+		State:         st.State.String(),
+		Reason:        st.Reason,
+		Since:         st.Since,
+		Failures:      st.Failures,
+		Generation:    st.Generation,
+		LastProbe:     st.LastProbe,
+		StaleReplicas: st.StaleReplicas,
+		Routes:        []string{},
 	}
 	if c, ok := strings.CutPrefix(st.Name, "cred:"); ok {
 		b.Kind, b.Credential = "credential", c

@@ -51,12 +51,24 @@ type gate struct {
 	wake chan struct{}
 	// released, when set, is told that held routes were released.
 	released func()
+	// reconcileNow makes the reconcile loop run at once (buffered, one
+	// slot).
+	reconcileNow chan struct{}
 
 	mu sync.Mutex
 	// refused holds, per credential (or delegated mailbox), when Entra
 	// last refused it: see token.
 	refused map[string]time.Time
+	// stale holds, per credential, the fingerprint of this replica's
+	// material that failed while another works (breakers_stale.go).
+	stale map[string]string
+	// replica names this relay to operators (its hostname).
+	replica string
 }
+
+// breakerRecheck is when a send held back by a breaker or a stale
+// credential is due again.
+const breakerRecheck = time.Second
 
 // refusalHold is how long after Entra refuses a credential (400 or 401:
 // an expired or wrong secret, a revoked grant) this replica asks again
@@ -76,6 +88,9 @@ func (g *gate) token(ctx context.Context, route string, src o365.TokenSource) (*
 		return nil, err
 	}
 	delegated, cred, mailbox, _ := parseRoute(route)
+	if !delegated && g.staleFor(cred) {
+		return nil, staleError(cred)
+	}
 	key := credentialBreaker(cred)
 	if delegated {
 		key = mailboxBreaker(mailbox)
@@ -89,6 +104,9 @@ func (g *gate) token(ctx context.Context, route string, src o365.TokenSource) (*
 	}
 	tok, err := src.Token(ctx)
 	var te *auth.TokenError
+	if !delegated && errors.As(err, &te) && g.refusedStale(cred, te) {
+		return nil, staleError(cred)
+	}
 	if errors.As(err, &te) && (te.HTTPStatus == 400 || te.HTTPStatus == 401) {
 		g.mu.Lock()
 		if g.refused == nil {
@@ -112,7 +130,7 @@ func (g *gate) forgetRefusals() {
 // replica's probe loop to look now.
 func (g *gate) probeNow(ctx context.Context, name string) error {
 	g.forgetRefusals()
-	if _, err := g.set.ProbeNow(ctx, name); err != nil {
+	if _, err := g.set.ProbeNowHere(ctx, name); err != nil {
 		return err
 	}
 	select {
@@ -143,10 +161,24 @@ func (g *gate) check(ctx context.Context, route string) error {
 				text += ": " + st.Reason
 			}
 			return &upstream.Error{Class: b.class, Text: text,
-				RetryAfter: time.Second, Err: errors.Join(errBreakerOpen, err)}
+				RetryAfter: breakerRecheck, Err: errors.Join(errBreakerOpen, err)}
 		}
 	}
 	return nil
+}
+
+// checkNow is check with the records read from Redis now, in one round
+// trip: a send that starts after "holdfast breaker trip" returned is held
+// on every replica, whatever its cache says.
+func (g *gate) checkNow(ctx context.Context, route string) error {
+	cred, mbx, ok := routeBreakers(route)
+	if !ok {
+		return nil
+	}
+	// With Redis unreadable, check falls back to the cached records and
+	// the local breakers.
+	_, _ = g.set.Fresh(ctx, cred, mbx)
+	return g.check(ctx, route)
 }
 
 // failed counts a credential or mailbox failure of a route, or, when the
@@ -160,12 +192,13 @@ func (g *gate) failed(ctx context.Context, route string, err error) {
 		g.holdRoutes(ctx, []string{route})
 		return
 	}
-	name := cred
 	if upstream.ClassOf(err) == upstream.Mailbox {
-		name = mbx
-	}
-	if rerr := g.set.Record(ctx, name, err); rerr != nil {
-		g.log.Warn("cannot record failure on breaker", "breaker", name, "err", rerr)
+		if rerr := g.set.Record(ctx, mbx, err); rerr != nil {
+			g.log.Warn("cannot record failure on breaker", "breaker", mbx, "err", rerr)
+		}
+	} else {
+		_, credName, _, _ := parseRoute(route)
+		g.recordCredentialFailure(ctx, cred, credName, err)
 	}
 	if delegated, _, mailbox, _ := parseRoute(route); delegated && delegatedAuthRejected(err) {
 		// One mailbox's 535 is that mailbox's problem; several in a row
@@ -197,42 +230,23 @@ func (g *gate) delivered(ctx context.Context, route string) {
 	}
 }
 
-// transition holds or releases the routes under a breaker that changed.
+// transition reacts to a breaker that changed, on this replica: a
+// closed credential breaker re-reads its files (another replica's probe
+// most likely closed it with a rotated file this replica has not re-read
+// yet) and forgets refusals; then the held set is reconciled at once.
 func (g *gate) transition(t breaker.Transition) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	routes, err := g.routesUnder(ctx, t.Name)
-	if err != nil {
-		g.log.Error("cannot list routes for breaker transition", "breaker", t.Name, "err", err)
-		return
-	}
-	g.log.Warn("breaker "+t.To.String(), "breaker", t.Name, "reason", t.Reason, "routes", len(routes))
-	if t.To == breaker.Open {
-		g.holdRoutes(ctx, routes)
-		return
-	}
-	g.forgetRefusals()
-	if cred, ok := strings.CutPrefix(t.Name, "cred:"); ok && g.x != nil {
-		// Another replica's probe closed it, most likely with a rotated
-		// file this replica has not re-read yet.
-		if err := g.x.reloadCredential(cred); err != nil {
-			g.log.Warn("cannot reload credential", "credential", cred, "err", err)
+	g.log.Warn("breaker "+t.To.String(), "breaker", t.Name, "reason", t.Reason, "generation", t.Generation)
+	if t.To == breaker.Closed {
+		g.forgetRefusals()
+		if cred, ok := strings.CutPrefix(t.Name, "cred:"); ok && g.x != nil {
+			if err := g.x.reloadCredential(cred); err != nil {
+				g.log.Warn("cannot reload credential", "credential", cred, "err", err)
+			}
 		}
 	}
-	for _, r := range routes {
-		if g.check(ctx, r) != nil {
-			continue // its other breaker is still open
-		}
-		// Held mail goes out now, oldest first, at the mailbox's limits.
-		if _, err := g.q.Flush(ctx, r); err != nil {
-			g.log.Error("cannot flush released route", "route", r, "err", err)
-		}
-		if err := g.q.ReleaseRoute(ctx, r); err != nil {
-			g.log.Error("cannot release route", "route", r, "err", err)
-		}
-	}
-	if g.released != nil {
-		g.released()
+	select {
+	case g.reconcileNow <- struct{}{}:
+	default:
 	}
 }
 
@@ -251,24 +265,16 @@ func (g *gate) routesUnder(ctx context.Context, name string) ([]string, error) {
 	return out, nil
 }
 
+// holdRoutes holds those of routes whose breakers are open, as this
+// replica last read them.
 func (g *gate) holdRoutes(ctx context.Context, routes []string) {
 	for _, r := range routes {
-		reason := g.check(ctx, r)
-		if reason == nil {
+		cred, mbx, ok := routeBreakers(r)
+		if !ok {
 			continue
 		}
-		if err := g.q.HoldRoute(ctx, r, upstream.ClassOf(reason).String()+": "+reasonText(reason)); err != nil {
-			g.log.Error("cannot hold route", "route", r, "err", err)
-		}
+		g.hold(ctx, r, g.set.Cached(cred), g.set.Cached(mbx))
 	}
-}
-
-func reasonText(err error) string {
-	var ue *upstream.Error
-	if errors.As(err, &ue) {
-		return ue.Text
-	}
-	return err.Error()
 }
 
 // probeLoop probes open breakers when their probe is due, one replica in
@@ -291,6 +297,9 @@ func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
 			if st.State != breaker.Open {
 				continue
 			}
+			if cred, ok := strings.CutPrefix(st.Name, "cred:"); ok && g.staleFor(cred) {
+				continue // its probe would fail on this replica's old file
+			}
 			if ok, err := g.set.AcquireProbe(ctx, st.Name); err != nil || !ok {
 				continue
 			}
@@ -303,10 +312,20 @@ func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
 	}
 }
 
+// probeTries is how many mailboxes a credential probe tries when
+// mailboxes fail it on their own account.
+const probeTries = 3
+
 // probe runs a token fetch and an SMTP AUTH, sending nothing, as a route
 // under the breaker (or, for a credential with no route yet, a token
 // fetch only). Files are re-read first: the rotation that asked for this
 // probe may have been seen by another replica first.
+//
+// A credential's probe tests the credential, not a mailbox: it uses an
+// app-only route whose mailbox is not known to be broken (no open
+// mailbox breaker, no failure counted on it). A mailbox-class failure is
+// recorded on that mailbox's breaker, and the probe tries another
+// mailbox, up to probeTries.
 func (g *gate) probe(ctx context.Context, name string) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
@@ -315,21 +334,17 @@ func (g *gate) probe(ctx context.Context, name string) error {
 		return err
 	}
 	credName, isCred := strings.CutPrefix(name, "cred:")
-	var probeRoute string
-	for _, rt := range routes {
-		// A credential's breaker is probed with an app-only token when it
-		// has an app route: that is what the credential itself proves.
-		if delegated, cred, _, _ := parseRoute(rt); probeRoute == "" || (isCred && !delegated) {
-			probeRoute, credName = rt, cred
-			if isCred && !delegated {
-				break
-			}
-		}
+	candidates := routes
+	if isCred {
+		candidates = g.probeRoutes(ctx, routes)
+	}
+	if len(candidates) > 0 {
+		_, credName, _, _ = parseRoute(candidates[0])
 	}
 	if err := g.x.reloadCredential(credName); err != nil {
 		g.log.Warn("cannot reload credential before probing", "credential", credName, "err", err)
 	}
-	if probeRoute == "" {
+	if len(candidates) == 0 {
 		c := g.x.creds[credName]
 		if !isCred || c == nil {
 			return fmt.Errorf("breaker %s has no route and no credential to probe", name)
@@ -338,11 +353,58 @@ func (g *gate) probe(ctx context.Context, name string) error {
 		_, err := c.Token(ctx)
 		return err
 	}
-	r, err := g.x.route(g.x.creds, false)(ctx, &queue.Message{Route: probeRoute})
-	if err != nil {
-		return err
+	var perr error
+	for i, rt := range candidates[:min(len(candidates), probeTries)] {
+		r, err := g.x.route(g.x.creds, false)(ctx, &queue.Message{Route: rt})
+		if err != nil {
+			return err
+		}
+		perr = g.x.smtp.Probe(ctx, r)
+		if perr == nil || !isCred || upstream.ClassOf(perr) != upstream.Mailbox {
+			return perr
+		}
+		_, mbx, _ := routeBreakers(rt)
+		g.log.Warn("credential probe failed on a mailbox of its own account; trying another",
+			"breaker", name, "mailbox", mbx, "try", i+1, "err", perr)
+		if err := g.set.Record(ctx, mbx, perr); err != nil {
+			g.log.Warn("cannot record failure on breaker", "breaker", mbx, "err", err)
+		}
 	}
-	return g.x.smtp.Probe(ctx, r)
+	return perr
+}
+
+// probeRoutes orders the routes a credential's probe may use: app-only
+// routes (an app-only token is what the credential itself proves) whose
+// mailbox is not known to be broken, then delegated ones when there is no
+// app-only route at all.
+func (g *gate) probeRoutes(ctx context.Context, routes []string) []string {
+	var app, delegated []string
+	for _, rt := range routes {
+		isDelegated, _, _, _ := parseRoute(rt)
+		if isDelegated {
+			delegated = append(delegated, rt)
+			continue
+		}
+		app = append(app, rt)
+	}
+	if len(app) == 0 {
+		return delegated[:min(len(delegated), 1)]
+	}
+	names := make([]string, len(app))
+	for i, rt := range app {
+		_, names[i], _ = routeBreakers(rt)
+	}
+	sts, err := g.set.Fresh(ctx, names...)
+	if err != nil {
+		return app
+	}
+	var healthy []string
+	for i, st := range sts {
+		if st.State == breaker.Closed && st.Failures == 0 {
+			healthy = append(healthy, app[i])
+		}
+	}
+	return healthy
 }
 
 // breakerKind is "credential" or "mailbox" for a breaker name.

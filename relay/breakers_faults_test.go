@@ -103,6 +103,9 @@ func newNeverTripsEnv(t *testing.T, tc neverTripsCase) *exchangeEnv {
 		o.Exchange.ConnectTimeout = Duration(time.Second)
 		o.Exchange.CommandTimeout = Duration(time.Second)
 		o.Exchange.DataTimeout = Duration(300 * time.Millisecond)
+		// Faults of the endpoint itself must still fail messages often
+		// enough to show that they never trip an auth breaker.
+		o.Exchange.DeadDestinationProbe = Duration(100 * time.Millisecond)
 		for i := range o.Apps {
 			if tc.graph {
 				o.Apps[i].Via = "graph"

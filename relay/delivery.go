@@ -5,9 +5,11 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"holdfast/queue"
+	"holdfast/relay/destination"
 	"holdfast/relay/upstream"
 )
 
@@ -24,9 +26,43 @@ type Sender interface {
 // route. The auth circuit breaker plugs in here; it may hold the route.
 type AuthFailureFunc func(ctx context.Context, route string, err error)
 
+// A reservation is room to send one message now, taken before the
+// message is leased (see capacity).
+type reservation interface {
+	// Bind returns a context that carries the reservation to the
+	// sender's Send.
+	Bind(ctx context.Context) context.Context
+	// Cancel gives back a reservation no message used.
+	Cancel()
+}
+
+// capacity is the sender's own limits: a route's messages are leased only
+// when it has room to send them now, so that those limits never fail a
+// delivery.
+type capacity interface {
+	// Reserve takes room for up to n messages of the route. With none
+	// it returns how long until room may free up.
+	Reserve(ctx context.Context, route string, n int) ([]reservation, time.Duration, error)
+}
+
+// noReservation is the reservation of a sender without limits.
+type noReservation struct{}
+
+func (noReservation) Bind(ctx context.Context) context.Context { return ctx }
+func (noReservation) Cancel()                                  {}
+
+func unlimited(n int) []reservation {
+	out := make([]reservation, n)
+	for i := range out {
+		out[i] = noReservation{}
+	}
+	return out
+}
+
 // deliveryQueue is what the delivery workers need of the queue.
 type deliveryQueue interface {
-	Routes(ctx context.Context) ([]string, error)
+	DueRoutes(ctx context.Context, max int) ([]string, time.Time, error)
+	SweepDue(ctx context.Context) (int, error)
 	Lease(ctx context.Context, route string, n int, d time.Duration) (queue.LeaseResult, error)
 	Extend(ctx context.Context, l *queue.Lease, d time.Duration) error
 	Ack(ctx context.Context, l *queue.Lease, reply string) error
@@ -51,6 +87,9 @@ type deliveryConfig struct {
 	OnAuthFailure AuthFailureFunc
 	// OnDelivered, when set, is told about each delivered message's route.
 	OnDelivered func(ctx context.Context, route string)
+	// Skip, when set, names routes this replica must not lease from now
+	// (the breakers: a credential whose file here is stale).
+	Skip func(route string) bool
 	// ThrottleDelay is the wait after a throttled reply that names no
 	// time. Default one minute.
 	ThrottleDelay time.Duration
@@ -58,12 +97,20 @@ type deliveryConfig struct {
 	// process, e.g. at the mailbox's connection limit. 0 means no cap
 	// beyond Workers.
 	PerRoute int
+	// Capacity, when set, is asked for room before each lease.
+	Capacity capacity
+	// Sweep is how often the due-route index is checked for routes a
+	// stopped process left unmarked. Default 5 minutes.
+	Sweep time.Duration
 	// Metrics, when set, records outcomes, latency and send durations.
 	Metrics *metrics
 	// Transport, when set, names the upstream transport of a message
 	// ("smtp" or "graph") for the send duration metric.
 	Transport func(m *queue.Message) string
 }
+
+// dueBatch is the most routes one pass reads from the due index.
+const dueBatch = 1000
 
 // deliverer leases due messages and hands them to the sender, at most
 // Workers at a time.
@@ -80,14 +127,28 @@ type deliverer struct {
 
 	mu       sync.Mutex
 	inFlight map[string]int // deliveries in flight per route
+	// full holds routes the sender had no room for, until when to ask
+	// again, or until one of the route's deliveries here ends (its
+	// connection is then free for the next message).
+	full map[string]time.Time
 	// sendCtx is cancelled when the shutdown grace period ends.
 	sendCtx    context.Context
 	cancelSend context.CancelFunc
+	// stopBy, when set (unix ns), replaces Grace: deliveries in flight
+	// are cancelled at that time.
+	stopBy atomic.Int64
 }
+
+// stopAt makes the coming shutdown cancel deliveries still in flight at
+// t, instead of after Grace.
+func (d *deliverer) stopAt(t time.Time) { d.stopBy.Store(t.UnixNano()) }
 
 func newDeliverer(q deliveryQueue, s Sender, cfg deliveryConfig, log *slog.Logger) *deliverer {
 	if cfg.ThrottleDelay <= 0 {
 		cfg.ThrottleDelay = time.Minute
+	}
+	if cfg.Sweep <= 0 {
+		cfg.Sweep = 5 * time.Minute
 	}
 	d := &deliverer{
 		q: q, sender: s, cfg: cfg, log: log.With("component", "delivery"),
@@ -95,6 +156,7 @@ func newDeliverer(q deliveryQueue, s Sender, cfg deliveryConfig, log *slog.Logge
 		freed:    make(chan struct{}, 1),
 		slots:    make(chan struct{}, cfg.Workers),
 		inFlight: map[string]int{},
+		full:     map[string]time.Time{},
 	}
 	for range cfg.Workers {
 		d.slots <- struct{}{}
@@ -113,82 +175,114 @@ func (d *deliverer) notify() {
 }
 
 // run leases and delivers until ctx ends, then waits for the deliveries in
-// flight (up to the grace period) and returns.
+// flight (up to the grace period) and returns. Each pass reads the routes
+// due now from the queue's index and sleeps until the next due time, a
+// wake-up (a local enqueue or release), a finished delivery or Poll (for
+// mail enqueued by other replicas).
 func (d *deliverer) run(ctx context.Context) {
 	defer d.drain()
-	var routes []string
-	var refreshed time.Time
-	// held are routes found held since the last refresh: passes skip
-	// them, so that a held route costs one Lease (which also expires its
-	// mail past the held grace) per Poll, not one per delivery elsewhere.
-	held := map[string]bool{}
+	d.wg.Go(func() { d.sweep(ctx) })
 	for ctx.Err() == nil {
-		if time.Since(refreshed) >= d.cfg.Poll || routes == nil {
-			rs, err := d.q.Routes(ctx)
-			if err != nil {
-				d.log.Warn("cannot list routes", "err", err)
-				d.sleep(ctx, d.cfg.Poll)
-				continue
+		routes, next, err := d.q.DueRoutes(ctx, dueBatch)
+		if err != nil {
+			if ctx.Err() == nil {
+				d.log.Warn("cannot read due routes", "err", err)
 			}
-			routes, refreshed = rs, time.Now()
-			clear(held)
+			d.sleep(ctx, d.cfg.Poll)
+			continue
 		}
-		leased, next := d.pass(ctx, routes, held)
+		leased, retry := d.pass(ctx, routes)
 		if leased {
 			continue
 		}
 		wait := d.cfg.Poll
-		if !next.IsZero() {
-			wait = min(wait, max(time.Until(next), 10*time.Millisecond))
+		for _, t := range []time.Time{next, retry} {
+			if !t.IsZero() {
+				wait = min(wait, max(time.Until(t), 10*time.Millisecond))
+			}
 		}
-		if d.sleep(ctx, wait) {
-			// Woken by a local enqueue (its route may be new) or a
-			// released route.
-			refreshed = time.Time{}
+		d.sleep(ctx, wait)
+	}
+}
+
+// sweep repairs the due-route index at start and every Sweep, beside the
+// dispatcher: its cost follows the number of routes.
+func (d *deliverer) sweep(ctx context.Context) {
+	t := time.NewTicker(d.cfg.Sweep)
+	defer t.Stop()
+	for {
+		if n, err := d.q.SweepDue(ctx); err != nil && ctx.Err() == nil {
+			d.log.Warn("cannot check the due-route index", "err", err)
+		} else if n > 0 {
+			d.log.Info("due-route index repaired", "routes", n)
+			d.notify()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
 }
 
-// pass leases from every route not known to be held once, as far as free
-// workers allow, and adds the routes it finds held to held. It reports
-// whether it leased anything and the earliest due time it saw.
-func (d *deliverer) pass(ctx context.Context, routes []string, held map[string]bool) (leased bool, next time.Time) {
+// pass leases from each due route, as far as free workers and the
+// sender's room allow. It reports whether it leased anything and the
+// earliest time a route it had no room for may have some.
+func (d *deliverer) pass(ctx context.Context, routes []string) (leased bool, retry time.Time) {
+	now := time.Now()
 	for _, route := range routes {
 		room := d.room(route)
-		if room == 0 || held[route] {
+		if t, ok := d.isFull(route, now); room == 0 || ok || d.cfg.Skip != nil && d.cfg.Skip(route) {
+			if ok && (retry.IsZero() || t.Before(retry)) {
+				retry = t
+			}
 			continue
 		}
 		n := d.takeSlots(ctx)
 		if n == 0 {
-			return leased, next
+			return leased, retry
 		}
 		if n > room {
 			d.giveSlots(n - room)
 			n = room
 		}
+		rs, wait, err := d.reserve(ctx, route, n)
+		if err != nil || len(rs) == 0 {
+			d.giveSlots(n)
+			if err != nil && ctx.Err() == nil {
+				d.log.Warn("cannot reserve room to send", "route", route, "err", err)
+				wait = d.cfg.Poll
+			}
+			until := now.Add(max(wait, 10*time.Millisecond))
+			d.setFull(route, until)
+			if retry.IsZero() || until.Before(retry) {
+				retry = until
+			}
+			continue
+		}
+		d.giveSlots(n - len(rs))
+		n = len(rs)
 		res, err := d.q.Lease(ctx, route, n, d.cfg.Lease)
 		if err != nil {
+			cancelAll(rs)
 			d.giveSlots(n)
 			if ctx.Err() == nil {
 				d.log.Warn("lease failed", "route", route, "err", err)
 			}
 			continue
 		}
+		cancelAll(rs[len(res.Leases):])
 		d.giveSlots(n - len(res.Leases))
-		if res.Held {
-			held[route] = true
-		}
-		if !res.NextDue.IsZero() && (next.IsZero() || res.NextDue.Before(next)) {
-			next = res.NextDue
-		}
 		d.addInFlight(route, len(res.Leases))
-		for _, l := range res.Leases {
+		for i, l := range res.Leases {
 			leased = true
+			r := rs[i]
 			d.wg.Add(1)
 			go func() {
 				defer d.wg.Done()
-				d.deliver(l)
+				d.lane(ctx, l, r)
 				d.addInFlight(route, -1)
+				d.setFull(route, time.Time{})
 				d.giveSlots(1)
 				select {
 				case d.freed <- struct{}{}:
@@ -197,7 +291,73 @@ func (d *deliverer) pass(ctx context.Context, routes []string, held map[string]b
 			}()
 		}
 	}
-	return leased, next
+	return leased, retry
+}
+
+// laneRun is how many messages a worker sends in a row on one route
+// before it goes back to the dispatcher, so that other routes get their
+// turn.
+const laneRun = 100
+
+// lane delivers l, then keeps the worker and the sender's room on the
+// route for its next due messages, while they are delivered, there are
+// more and the sender has room, up to laneRun in a row.
+func (d *deliverer) lane(ctx context.Context, l *queue.Lease, r reservation) {
+	route := l.Route
+	for i := 1; ; i++ {
+		if !d.deliver(l, r) || i == laneRun || ctx.Err() != nil || d.sendCtx.Err() != nil {
+			return
+		}
+		rs, _, err := d.reserve(ctx, route, 1)
+		if err != nil || len(rs) == 0 {
+			return
+		}
+		res, err := d.q.Lease(ctx, route, 1, d.cfg.Lease)
+		if err != nil || len(res.Leases) == 0 {
+			cancelAll(rs)
+			return
+		}
+		l, r = res.Leases[0], rs[0]
+	}
+}
+
+// isFull reports whether the sender had no room for the route lately,
+// and until when.
+func (d *deliverer) isFull(route string, now time.Time) (time.Time, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	t, ok := d.full[route]
+	if ok && !t.After(now) {
+		delete(d.full, route)
+		return time.Time{}, false
+	}
+	return t, ok
+}
+
+// setFull records that the route has no room until t; a zero t clears
+// it.
+func (d *deliverer) setFull(route string, t time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if t.IsZero() {
+		delete(d.full, route)
+	} else {
+		d.full[route] = t
+	}
+}
+
+// reserve asks the sender's capacity for room for n messages.
+func (d *deliverer) reserve(ctx context.Context, route string, n int) ([]reservation, time.Duration, error) {
+	if d.cfg.Capacity == nil {
+		return unlimited(n), 0, nil
+	}
+	return d.cfg.Capacity.Reserve(ctx, route, n)
+}
+
+func cancelAll(rs []reservation) {
+	for _, r := range rs {
+		r.Cancel()
+	}
 }
 
 // room is how many more deliveries of the route may start now.
@@ -246,18 +406,16 @@ func (d *deliverer) giveSlots(n int) {
 }
 
 // sleep waits for d, a local enqueue, a finished delivery or the end of
-// ctx. It reports whether a local enqueue woke it.
-func (d *deliverer) sleep(ctx context.Context, wait time.Duration) bool {
+// ctx.
+func (d *deliverer) sleep(ctx context.Context, wait time.Duration) {
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
 	case <-t.C:
 	case <-d.freed:
 	case <-d.wake:
-		return true
 	case <-ctx.Done():
 	}
-	return false
 }
 
 // drain waits for deliveries in flight, cancelling them after the grace
@@ -265,9 +423,13 @@ func (d *deliverer) sleep(ctx context.Context, wait time.Duration) bool {
 func (d *deliverer) drain() {
 	done := make(chan struct{})
 	go func() { d.wg.Wait(); close(done) }()
+	grace := d.cfg.Grace
+	if by := d.stopBy.Load(); by != 0 {
+		grace = time.Until(time.Unix(0, by))
+	}
 	select {
 	case <-done:
-	case <-time.After(d.cfg.Grace):
+	case <-time.After(grace):
 		d.log.Warn("shutdown grace period over; cancelling deliveries in flight")
 		d.cancelSend()
 		<-done
@@ -276,17 +438,25 @@ func (d *deliverer) drain() {
 }
 
 // deliver sends one leased message, keeps its lease alive meanwhile, and
-// settles it by the outcome's class.
-func (d *deliverer) deliver(l *queue.Lease) {
+// settles it by the outcome's class. It reports whether the message was
+// delivered and recorded so.
+func (d *deliverer) deliver(l *queue.Lease, r reservation) bool {
 	log := d.log.With("id", l.ID, "route", l.Route)
-	ctx, cancel := context.WithCancel(d.sendCtx)
-	defer cancel()
-	stopExtend := d.keepLease(ctx, l, log)
+	ctx, cancel := context.WithCancelCause(d.sendCtx)
+	defer cancel(nil)
+	stopExtend := d.keepLease(ctx, l, cancel, log)
 	start := time.Now()
-	reply, err := d.sender.Send(ctx, l.Message)
+	reply, err := d.sender.Send(r.Bind(ctx), l.Message)
 	stopExtend()
 	if d.cfg.Metrics != nil && d.cfg.Transport != nil {
 		d.cfg.Metrics.sent(d.cfg.Transport(l.Message), time.Since(start))
+	}
+	r.Cancel() // gives back what the send did not use
+	if err != nil && errors.Is(context.Cause(ctx), queue.ErrLeaseLost) {
+		// Another worker may own the message now; whatever this send did,
+		// the lease's holder settles it.
+		log.Warn("lease lost during the send; the send was abandoned", "err", err)
+		return false
 	}
 
 	// Settle with a context of its own: a cancelled send must still hand
@@ -296,16 +466,17 @@ func (d *deliverer) deliver(l *queue.Lease) {
 	if err == nil {
 		if err := d.q.Ack(sctx, l, reply); err != nil {
 			log.Error("delivered, but the queue could not record it; it may be delivered again", "err", err)
-			return
+			return false
 		}
 		log.Info("delivered", "attempts", l.Attempts, "took", time.Since(start), "reply", reply)
 		d.cfg.Metrics.delivered(routeCredential(l.Route), time.Since(l.Submitted))
 		if d.cfg.OnDelivered != nil {
 			d.cfg.OnDelivered(sctx, l.Route)
 		}
-		return
+		return true
 	}
 	d.settleFailure(sctx, l, err, log)
+	return false
 }
 
 // settleFailure applies the failure's class to the message.
@@ -316,6 +487,14 @@ func (d *deliverer) settleFailure(ctx context.Context, l *queue.Lease, err error
 		if _, serr := d.q.Defer(ctx, l, 0, "delivery interrupted by shutdown"); serr != nil {
 			log.Error("cannot hand back message after shutdown", "err", serr)
 		}
+		return
+	}
+	if errors.Is(err, destination.ErrPaused) {
+		// The relay's own dead-destination breaker: no failure.
+		if _, serr := d.q.Defer(ctx, l, upstream.RetryAfterOf(err), err.Error()); serr != nil {
+			log.Error("cannot hand back message", "err", serr)
+		}
+		log.Debug("endpoint paused; message handed back", "err", err)
 		return
 	}
 	var (
@@ -353,8 +532,11 @@ func (d *deliverer) settleFailure(ctx context.Context, l *queue.Lease, err error
 }
 
 // keepLease extends the lease every third of its length until the
-// returned function is called.
-func (d *deliverer) keepLease(ctx context.Context, l *queue.Lease, log *slog.Logger) (stop func()) {
+// returned function is called. When the lease is lost, or cannot be
+// extended before it would run out, it cancels the send with
+// queue.ErrLeaseLost: another worker may take the message, and this send
+// must stop before the message's final dot.
+func (d *deliverer) keepLease(ctx context.Context, l *queue.Lease, abandon context.CancelCauseFunc, log *slog.Logger) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -366,9 +548,22 @@ func (d *deliverer) keepLease(ctx context.Context, l *queue.Lease, log *slog.Log
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if err := d.q.Extend(ctx, l, d.cfg.Lease); err != nil && ctx.Err() == nil {
-					log.Warn("cannot extend lease", "err", err)
-				}
+			}
+			err := d.q.Extend(ctx, l, d.cfg.Lease)
+			if ctx.Err() != nil {
+				return
+			}
+			switch {
+			case errors.Is(err, queue.ErrLeaseLost):
+				abandon(queue.ErrLeaseLost)
+				return
+			case err != nil && time.Until(l.LeaseEnd) < d.cfg.Lease/3:
+				// The next extension would come too late.
+				log.Warn("cannot extend lease; abandoning the send", "err", err)
+				abandon(queue.ErrLeaseLost)
+				return
+			case err != nil:
+				log.Warn("cannot extend lease", "err", err)
 			}
 		}
 	}()

@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
+	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -16,6 +19,7 @@ import (
 
 	"holdfast/auth"
 	"holdfast/queue"
+	"holdfast/relay/destination"
 	"holdfast/relay/o365"
 	"holdfast/relay/upstream"
 )
@@ -42,6 +46,8 @@ type exchange struct {
 	grants *auth.GrantStore
 	// gate, when set, holds mail whose breaker is open.
 	gate *gate
+	// dest is this replica's dead-destination breakers.
+	dest *destination.Set
 	// quota counts what each mailbox sent, for Exchange's recipient quota.
 	quota *recipientQuota
 }
@@ -72,9 +78,15 @@ func exchangeTLS(o ExchangeOptions) (*tls.Config, error) {
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
-// newExchange builds the exchange sender. onChange is told when a
-// credential's secret or certificate file changes.
-func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string), mx *metrics, authMx *auth.Metrics, log *slog.Logger) (*exchange, error) {
+// credentialHooks are told about the credentials' material: onChange when
+// a secret or certificate file changes, onIssued when it got a token.
+type credentialHooks struct {
+	onChange func(name string)
+	onIssued func(name, fingerprint string)
+}
+
+// newExchange builds the exchange sender.
+func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx *metrics, authMx *auth.Metrics, log *slog.Logger) (*exchange, error) {
 	tlsConfig, err := exchangeTLS(o.Exchange)
 	if err != nil {
 		return nil, err
@@ -84,9 +96,12 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 		via:        map[string]string{},
 		creds:      map[string]*auth.Credential{},
 		graphCreds: map[string]*auth.Credential{},
+		dest: destination.New(destination.Options{ProbeInterval: o.Exchange.DeadDestinationProbe.D(),
+			Logger: log.With("component", "destination")}),
 		quota: &recipientQuota{rl: queue.NewLimiter(rdb, nil), limit: o.Exchange.RecipientsPerDay,
 			log: log.With("component", "exchange")},
 	}
+	httpClient.Transport = x.dest.Transport(httpClient.Transport, tokenEndpoint, classifyToken)
 	if o.Exchange.GrantKeyFile != "" {
 		key, err := auth.LoadKeyFile(o.Exchange.GrantKeyFile)
 		if err != nil {
@@ -105,7 +120,7 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 	}
 	for _, c := range o.Credentials {
 		co := c.authOptions(outlookScope, httpClient, log)
-		co.OnChange, co.ReloadInterval = onChange, credentialReload
+		co.OnChange, co.OnIssued, co.ReloadInterval = hooks.onChange, hooks.onIssued, credentialReload
 		co.Metrics = authMx
 		authMx.Credential(c.Name)
 		if x.creds[c.Name], err = auth.NewCredential(co); err != nil {
@@ -131,6 +146,7 @@ func newExchange(o Options, rdb redis.UniversalClient, onChange func(name string
 		Limits:            queue.NewLimiter(rdb, nil),
 		Router:            x.route(x.creds, true),
 		Logger:            log.With("component", "smtp-out"),
+		Endpoint:          smtpEndpoint{x.dest},
 		OnAuth:            mx.upstreamAuth,
 	})
 	if err != nil {
@@ -167,6 +183,7 @@ func (x *exchange) route(creds map[string]*auth.Credential, gated bool) o365.Rou
 			return r, err
 		}
 		r.Tokens = gatedTokens{TokenSource: r.Tokens, gate: x.gate, route: m.Route}
+		r.Check = func(ctx context.Context) error { return x.gate.checkNow(ctx, m.Route) }
 		return r, nil
 	}
 }
@@ -220,8 +237,15 @@ func (x *exchange) GrantCredential(ctx context.Context, mailbox string) (string,
 
 // Send sends by Graph for apps configured so, by SMTP otherwise.
 func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
+	graph := x.via[m.App] == "graph" && x.graph != nil
 	if x.gate != nil {
-		if err := x.gate.check(ctx, m.Route); err != nil {
+		// Over SMTP the route's Check reads the records again just
+		// before MAIL FROM; Graph sends right after this.
+		check := x.gate.check
+		if graph {
+			check = x.gate.checkNow
+		}
+		if err := check(ctx, m.Route); err != nil {
 			return "", err
 		}
 	}
@@ -230,8 +254,16 @@ func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
 		return "", err
 	}
 	var reply string
-	if x.via[m.App] == "graph" && x.graph != nil {
+	if graph {
+		// Graph's breaker judges the classified sendMail outcome, which
+		// names Graph's throttling (the token endpoint's is judged by
+		// the HTTP client's transport).
+		done, derr := x.dest.Allow(destination.Graph)
+		if derr != nil {
+			return "", x.quota.settle(ctx, m, counted, derr)
+		}
 		reply, err = x.graph.Send(ctx, m)
+		done(err)
 	} else {
 		reply, err = x.smtp.Send(ctx, m)
 	}
@@ -239,13 +271,12 @@ func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
 }
 
 // watch reloads every credential's files when they change, until ctx
-// ends.
-func (x *exchange) watch(ctx context.Context) {
-	for _, c := range x.creds {
-		go c.Watch(ctx)
-	}
-	for _, c := range x.graphCreds {
-		go c.Watch(ctx)
+// ends, in goroutines of wg.
+func (x *exchange) watch(ctx context.Context, wg *sync.WaitGroup) {
+	for _, list := range []map[string]*auth.Credential{x.creds, x.graphCreds} {
+		for _, c := range list {
+			wg.Go(func() { c.Watch(ctx) })
+		}
 	}
 }
 
@@ -281,6 +312,61 @@ func (x *exchange) reload() error {
 
 // close closes idle upstream connections.
 func (x *exchange) close() { x.smtp.Close() }
+
+// smtpReservation is a reservation of the SMTP sender's (an o365.Grant).
+type smtpReservation struct{ g *o365.Grant }
+
+func (r smtpReservation) Bind(ctx context.Context) context.Context { return o365.WithGrant(ctx, r.g) }
+func (r smtpReservation) Cancel()                                  { r.g.Cancel() }
+
+// Reserve takes room in the mailbox's connection slots and rate for up to
+// n messages of an exchange route (see capacity). A route that is not an
+// exchange route needs none: its messages fail in Send.
+func (x *exchange) Reserve(ctx context.Context, route string, n int) ([]reservation, time.Duration, error) {
+	_, _, mailbox, ok := parseRoute(route)
+	if !ok {
+		return unlimited(n), 0, nil
+	}
+	// A dead endpoint leases nothing; a half-open one, its one test.
+	for _, ep := range []string{destination.Token, destination.SMTP} {
+		room, wait := x.dest.Room(ep)
+		if room == 0 {
+			return nil, wait, nil
+		}
+		if room > 0 {
+			n = min(n, room)
+		}
+	}
+	grants, wait, err := x.smtp.Reserve(ctx, mailbox, n)
+	out := make([]reservation, len(grants))
+	for i, g := range grants {
+		out[i] = smtpReservation{g}
+	}
+	return out, wait, err
+}
+
+// smtpEndpoint is the SMTP endpoint's dead-destination breaker.
+type smtpEndpoint struct{ s *destination.Set }
+
+func (e smtpEndpoint) Allow() (func(error), error) { return e.s.Allow(destination.SMTP) }
+
+// tokenEndpoint names the token endpoint's requests by their OAuth path;
+// the transport leaves other requests (Graph's) alone.
+func tokenEndpoint(r *http.Request) string {
+	if strings.Contains(r.URL.Path, "/oauth2/") {
+		return destination.Token
+	}
+	return ""
+}
+
+// classifyToken is what an answer of the token endpoint means, by the
+// classification of the o365 package: nil below 400.
+func classifyToken(resp *http.Response) error {
+	if resp.StatusCode < 400 {
+		return nil
+	}
+	return o365.ClassifyToken(o365.TokenFailure{HTTPStatus: resp.StatusCode, RetryAfter: destination.RetryAfter(resp.Header)}, o365.AppOnly)
+}
 
 // transport names the upstream transport a message goes by.
 func (x *exchange) transport(m *queue.Message) string {

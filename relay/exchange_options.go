@@ -45,6 +45,7 @@ func (o *Options) validateExchange() error {
 		{"exchange.connect_timeout", x.ConnectTimeout},
 		{"exchange.command_timeout", x.CommandTimeout},
 		{"exchange.data_timeout", x.DataTimeout},
+		{"exchange.dead_destination_probe", x.DeadDestinationProbe},
 	} {
 		if d.v < Duration(100*time.Millisecond) {
 			return fmt.Errorf("%s: must be at least 100ms", d.field)

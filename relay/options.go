@@ -21,6 +21,11 @@ type Options struct {
 	// Hostname is the name the relay gives itself in its SMTP greeting
 	// and Received: headers. Default: the machine's host name.
 	Hostname string `yaml:"hostname"`
+	// ShutdownTimeout is the whole budget of a graceful stop: ingress,
+	// the API and delivery stop in parallel within it, and deliveries
+	// that cannot finish are handed back without spending an attempt.
+	// Default 25s, under Kubernetes' default grace of 30s.
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
 
 	Redis    RedisOptions    `yaml:"redis"`
 	SMTP     SMTPOptions     `yaml:"smtp"`
@@ -129,6 +134,11 @@ type ExchangeOptions struct {
 	// encrypts delegated refresh tokens in Redis. Needed to register
 	// delegated mailboxes.
 	GrantKeyFile string `yaml:"grant_key_file"`
+	// DeadDestinationProbe is how long an endpoint (SMTP, Graph, the
+	// token endpoint) that failed 3 times in a row is left alone by this
+	// replica before one request tests it; meanwhile no message that
+	// needs it is leased. Default 10s.
+	DeadDestinationProbe Duration `yaml:"dead_destination_probe"`
 }
 
 // RedisOptions say where the queue lives.
@@ -328,8 +338,9 @@ func DefaultOptions() Options {
 		host = "localhost"
 	}
 	return Options{
-		Hostname: host,
-		Redis:    RedisOptions{Addrs: []string{"127.0.0.1:6379"}, RedisGuards: defaultRedisGuards()},
+		Hostname:        host,
+		ShutdownTimeout: Duration(25 * time.Second),
+		Redis:           RedisOptions{Addrs: []string{"127.0.0.1:6379"}, RedisGuards: defaultRedisGuards()},
 		SMTP: SMTPOptions{
 			Listeners:           []Listener{{Addr: "127.0.0.1:2525"}},
 			MaxMessageBytes:     35 << 20,
@@ -366,6 +377,7 @@ func DefaultOptions() Options {
 			MessagesPerMinute:        30,
 			RecipientsPerDay:         10000,
 			ConnectTimeout:           Duration(15 * time.Second),
+			DeadDestinationProbe:     Duration(10 * time.Second),
 			CommandTimeout:           Duration(time.Minute),
 			DataTimeout:              Duration(5 * time.Minute),
 		},
@@ -453,6 +465,9 @@ func (o *Options) Validate() error {
 	}
 	if o.Hostname == "" || strings.ContainsAny(o.Hostname, " \t\r\n") {
 		return bad("hostname", "must be a host name without spaces")
+	}
+	if o.ShutdownTimeout < Duration(time.Second) {
+		return bad("shutdown_timeout", "must be at least 1s, got %v", o.ShutdownTimeout.D())
 	}
 	if len(o.Redis.Addrs) == 0 {
 		return bad("redis.addrs", "at least one host:port is required")

@@ -19,7 +19,7 @@ import (
 // (ContextTimeoutEnabled), so that a hung Redis fails an ingress write at
 // its deadline and /readyz within a second.
 func RedisClient(o RedisOptions) redis.UniversalClient {
-	return redis.NewUniversalClient(&redis.UniversalOptions{
+	return followFailover(redis.NewUniversalClient(&redis.UniversalOptions{
 		Addrs:                 o.Addrs,
 		IsClusterMode:         o.Cluster,
 		Username:              o.Username,
@@ -29,7 +29,7 @@ func RedisClient(o RedisOptions) redis.UniversalClient {
 		ReadTimeout:           o.ReadTimeout.D(),
 		WriteTimeout:          o.WriteTimeout.D(),
 		ContextTimeoutEnabled: true,
-	})
+	}))
 }
 
 // NewLogger returns the logger the options ask for, writing to w.

@@ -21,9 +21,9 @@ import (
 	"holdfast/relay/dirsender"
 )
 
-// shutdownGrace bounds a graceful shutdown: SMTP transfers and deliveries
-// in flight get this long to finish.
-const shutdownGrace = 30 * time.Second
+// handBack is the part of the shutdown budget kept for handing the
+// messages of unfinished deliveries back to the queue.
+const handBack = time.Second
 
 // Server is a running relay: SMTP listeners, the HTTP API and the delivery
 // workers, over one queue.
@@ -134,21 +134,19 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	)
 	if sender == nil && o.Delivery.Sender == "exchange" {
 		g := &gate{q: s.queue, log: log.With("component", "breaker"), escalate: o.Breakers.EscalateMailboxes,
-			wake: make(chan struct{}, 1)}
-		onTransition := func(t breaker.Transition) {
+			wake: make(chan struct{}, 1), reconcileNow: make(chan struct{}, 1), replica: o.Hostname}
+		bo := o.Breakers.Options()
+		bo.OnTransition = func(t breaker.Transition) {
 			s.metrics.transition(breakerKind(t.Name), t.To.String())
 			g.transition(t)
 		}
+		bo.Logger = log
 		if o.Breakers.WebhookURL != "" {
+			// One webhook per transition fleet-wide: from the replica
+			// whose script made it.
 			s.webhook = breaker.NewWebhook(o.Breakers.WebhookURL, &http.Client{Timeout: 10 * time.Second}, log)
-			counted := onTransition
-			onTransition = func(t breaker.Transition) {
-				counted(t)
-				s.webhook.Notify(t)
-			}
+			bo.OnMade = s.webhook.Notify
 		}
-		bo := o.Breakers.Options()
-		bo.OnTransition, bo.Logger = onTransition, log
 		g.set = breaker.New(s.rdb, bo)
 		onChange := func(name string) {
 			log.Info("credential file changed; the next token request uses it", "component", "auth", "credential", name)
@@ -157,7 +155,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 			}
 			s.expiry.Reloaded(name)
 		}
-		if s.exchange, err = newExchange(o, s.rdb, onChange, s.metrics, authMx, log); err != nil {
+		if s.exchange, err = newExchange(o, s.rdb, credentialHooks{onChange, g.issued}, s.metrics, authMx, log); err != nil {
 			return nil, err
 		}
 		g.x, s.exchange.gate, s.gate = s.exchange, g, g
@@ -199,16 +197,18 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 			Workers: o.Delivery.Workers,
 			Lease:   o.Delivery.Lease.D(),
 			Poll:    o.Delivery.Poll.D(),
-			Grace:   shutdownGrace,
+			Grace:   o.ShutdownTimeout.D() - handBack,
 		}
 		if s.exchange != nil {
 			// More deliveries of one mailbox than it has connections
 			// would only wait for a slot.
 			dc.PerRoute = o.Exchange.MaxConnectionsPerMailbox
+			dc.Capacity = s.exchange
 		}
 		if s.gate != nil {
 			dc.OnAuthFailure = s.gate.failed
 			dc.OnDelivered = s.gate.delivered
+			dc.Skip = s.gate.skip
 		}
 		dc.Metrics = s.metrics
 		if s.exchange != nil {
@@ -301,11 +301,12 @@ func (s *Server) Start() {
 		return err
 	})
 	if s.exchange != nil {
-		s.exchange.watch(ctx)
+		s.exchange.watch(ctx, &s.wg)
 	}
 	if s.gate != nil {
-		go s.gate.set.Watch(ctx)
-		go s.gate.probeLoop(ctx, time.Second)
+		s.wg.Go(func() { s.gate.set.Watch(ctx) })
+		s.wg.Go(func() { s.gate.probeLoop(ctx, time.Second) })
+		s.wg.Go(func() { s.gate.reconcileLoop(ctx, s.gate.set.Poll()) })
 	}
 	s.wg.Add(1)
 	go func() {
@@ -357,27 +358,52 @@ func (s *Server) Reload() error {
 // Err delivers the first error of a listener that stopped by itself.
 func (s *Server) Err() <-chan error { return s.errs }
 
-// Shutdown stops taking mail (SMTP clients get 421, /readyz fails), lets
-// SMTP transfers and deliveries in flight finish until ctx ends (then
-// hands unfinished deliveries back to the queue), and closes Redis.
+// Shutdown stops taking mail (readiness fails first: /readyz, and SMTP
+// clients get 421), then stops SMTP ingress, the HTTP API and delivery in
+// parallel, all within ctx: deliveries still running shortly before ctx
+// ends are cancelled and their messages handed back to the queue without
+// spending an attempt. Then it closes Redis.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopping.Store(true)
 	s.log.Info("shutting down")
-	var errs []error
-	if err := s.smtp.shutdown(ctx); err != nil {
-		errs = append(errs, fmt.Errorf("smtp: %w", err))
-	}
-	if err := s.httpSrv.Shutdown(ctx); err != nil {
-		errs = append(errs, fmt.Errorf("http: %w", err))
-	}
-	if s.opsSrv != nil {
-		if err := s.opsSrv.Shutdown(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("ops: %w", err))
+	if s.deliverer != nil {
+		by := time.Now().Add(time.Hour)
+		if dl, ok := ctx.Deadline(); ok {
+			by = dl
 		}
+		s.deliverer.stopAt(by.Add(-handBack))
 	}
 	if s.cancel != nil {
-		s.cancel()
+		s.cancel() // delivery, probes and watchers
 	}
+	var (
+		mu   sync.Mutex
+		errs []error
+		stop sync.WaitGroup
+	)
+	fail := func(err error) {
+		mu.Lock()
+		errs = append(errs, err)
+		mu.Unlock()
+	}
+	stop.Go(func() {
+		if err := s.smtp.shutdown(ctx); err != nil {
+			fail(fmt.Errorf("smtp: %w", err))
+		}
+	})
+	stop.Go(func() {
+		if err := s.httpSrv.Shutdown(ctx); err != nil {
+			fail(fmt.Errorf("http: %w", err))
+		}
+	})
+	if s.opsSrv != nil {
+		stop.Go(func() {
+			if err := s.opsSrv.Shutdown(ctx); err != nil {
+				fail(fmt.Errorf("ops: %w", err))
+			}
+		})
+	}
+	stop.Wait()
 	s.wg.Wait()
 	s.smtp.in.budget.wait()
 	if s.exchange != nil {
@@ -435,7 +461,7 @@ wait:
 			}
 		}
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	sctx, cancel := context.WithTimeout(context.Background(), o.ShutdownTimeout.D())
 	defer cancel()
 	return errors.Join(runErr, s.Shutdown(sctx))
 }

@@ -37,7 +37,10 @@ type config struct {
 	size     int
 	timeout  time.Duration
 	startTLS bool
-	jsonOut  bool
+	// reconnect opens a new connection (with STARTTLS when asked, and
+	// AUTH) for every message, as many applications do.
+	reconnect bool
+	jsonOut   bool
 }
 
 // result is what a run measured.
@@ -59,13 +62,14 @@ func main() {
 	flag.StringVar(&c.addr, "smtp", "127.0.0.1:2587", "SMTP `host:port` (loopback only)")
 	flag.StringVar(&c.user, "user", "demo", "SMTP AUTH user")
 	flag.StringVar(&c.pass, "pass", "demo-password", "SMTP AUTH password")
-	flag.StringVar(&c.from, "from", "load@example.com", "envelope sender")
+	flag.StringVar(&c.from, "from", "load@example.com", "envelope sender; a comma-separated list is used in turn, one address per message")
 	flag.StringVar(&c.to, "to", "sink@example.org", "envelope recipient")
 	flag.IntVar(&c.sessions, "sessions", 20, "concurrent SMTP sessions")
 	flag.IntVar(&c.messages, "messages", 20000, "messages to send in all")
 	flag.IntVar(&c.size, "size", 2048, "message size in bytes")
 	flag.DurationVar(&c.timeout, "timeout", 60*time.Second, "stop after this long even if messages remain")
 	flag.BoolVar(&c.startTLS, "starttls", false, "use STARTTLS (certificate not verified)")
+	flag.BoolVar(&c.reconnect, "reconnect", false, "a new connection, STARTTLS (with -starttls) and AUTH for every message; the latency then includes them")
 	flag.BoolVar(&c.jsonOut, "json", false, "print the result as JSON")
 	flag.Parse()
 	if err := c.check(); err != nil {
@@ -110,7 +114,11 @@ func message(from, to string, size int) []byte {
 }
 
 func run(c config) result {
-	body := message(c.from, c.to, c.size)
+	froms := strings.Split(c.from, ",")
+	bodies := make([][]byte, len(froms))
+	for i, f := range froms {
+		bodies[i] = message(f, c.to, c.size)
+	}
 	deadline := time.Now().Add(c.timeout)
 	var (
 		next      atomic.Int64
@@ -135,6 +143,26 @@ func run(c config) result {
 			defer wg.Done()
 			var own []time.Duration
 			defer func() { mu.Lock(); latencies = append(latencies, own...); mu.Unlock() }()
+			if c.reconnect {
+				for n := next.Add(1); n <= int64(c.messages) && time.Now().Before(deadline); n = next.Add(1) {
+					i := int(n) % len(froms)
+					t0 := time.Now()
+					cl, err := dial(c, deadline)
+					if err == nil {
+						err = send(cl, froms[i], c.to, bodies[i])
+						if err == nil {
+							err = cl.Quit()
+						}
+						cl.Close()
+					}
+					if err != nil {
+						fail(err)
+						continue
+					}
+					own = append(own, time.Since(t0))
+				}
+				return
+			}
 			cl, err := dial(c, deadline)
 			if err != nil {
 				fail(err)
@@ -145,9 +173,10 @@ func run(c config) result {
 					cl.Close()
 				}
 			}()
-			for next.Add(1) <= int64(c.messages) && time.Now().Before(deadline) {
+			for n := next.Add(1); n <= int64(c.messages) && time.Now().Before(deadline); n = next.Add(1) {
+				i := int(n) % len(froms)
 				t0 := time.Now()
-				if err := send(cl, c.from, c.to, body); err != nil {
+				if err := send(cl, froms[i], c.to, bodies[i]); err != nil {
 					fail(err)
 					cl.Close() // not reused: its session state is unknown
 					if cl, err = dial(c, deadline); err != nil {
@@ -165,7 +194,7 @@ func run(c config) result {
 	elapsed := time.Since(start)
 	slices.Sort(latencies)
 	r := result{
-		Sessions: c.sessions, Size: len(body), Accepted: int64(len(latencies)), Failed: failed.Load(),
+		Sessions: c.sessions, Size: len(bodies[0]), Accepted: int64(len(latencies)), Failed: failed.Load(),
 		Seconds: elapsed.Seconds(), FirstError: firstErr,
 	}
 	if n := len(latencies); n > 0 {

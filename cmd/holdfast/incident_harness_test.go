@@ -132,28 +132,55 @@ type incFleet struct {
 	q          *queue.Queue
 	dir        string
 	secretFile string
-	mailboxes  []string // box1@contoso.com … boxN@contoso.com
-	relays     []*incRelay
-	http       *http.Client
-	closeOnce  sync.Once
+	// secretFiles are each relay's secret file: all secretFile, unless
+	// incFleetOptions.ownSecrets.
+	secretFiles []string
+	configs     []string // each relay's configuration file
+	mailboxes   []string // box1@contoso.com … boxN@contoso.com
+	relays      []*incRelay
+	http        *http.Client
+	closeOnce   sync.Once
+	redis       *redistest.Server
+	lease       time.Duration // delivery.lease when set
 }
 
 type incFleetOptions struct {
 	mailboxes int
+	// relays is how many relay processes run; default 2.
+	relays int
+	// ownSecrets gives each relay its own secret file, as pods each
+	// mounting a Secret are.
+	ownSecrets bool
+	// mailboxSetup changes the simulator's mailboxes before it starts.
+	mailboxSetup func(boxes []sim.Mailbox)
 	// grants configures exchange.grant_key_file, for delegated mailboxes.
 	grants bool
+	// redis are options of the Redis server (the fault tests set its
+	// appendfsync).
+	redis []redistest.Option
+	// edit, when set, rewrites the configuration of replica n (the fault
+	// tests set delivery and exchange timeouts this way).
+	edit func(n int, config string) string
+	// lease sets delivery.lease.
+	lease time.Duration
 }
 
 func startIncFleet(tb testing.TB, o incFleetOptions) *incFleet {
 	tb.Helper()
-	srv := redistest.Start(tb)
-	f := &incFleet{tb: tb, dir: tb.TempDir(), http: &http.Client{Timeout: 5 * time.Second}}
+	srv := redistest.Start(tb, o.redis...)
+	f := &incFleet{tb: tb, dir: tb.TempDir(), redis: srv, http: &http.Client{Timeout: 5 * time.Second}, lease: o.lease}
 	f.q = queue.New(srv.Client(tb), queue.Options{})
 	var boxes []sim.Mailbox
 	for i := 1; i <= o.mailboxes; i++ {
 		addr := fmt.Sprintf("box%d@contoso.com", i)
 		f.mailboxes = append(f.mailboxes, addr)
 		boxes = append(boxes, sim.Mailbox{Address: addr})
+	}
+	if o.mailboxSetup != nil {
+		o.mailboxSetup(boxes)
+	}
+	if o.relays == 0 {
+		o.relays = 2
 	}
 	s, err := sim.New(sim.Config{TokenLifetime: incTokenLifetime, Tenants: []sim.Tenant{{
 		ID: incTenant,
@@ -183,16 +210,46 @@ func startIncFleet(tb testing.TB, o incFleetOptions) *incFleet {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	for i := 1; i <= 2; i++ {
+	for i := 1; i <= o.relays; i++ {
+		secret := f.secretFile
+		if o.ownSecrets {
+			secret = filepath.Join(f.dir, fmt.Sprintf("relay-%d.secret", i))
+			incWriteFile(tb, secret, incSecret+"\n")
+		}
+		f.secretFiles = append(f.secretFiles, secret)
 		path := filepath.Join(f.dir, fmt.Sprintf("relay-%d.yaml", i))
-		incWriteFile(tb, path, f.config(i, srv.Addr(), string(hash), caFile, grantKey))
+		config := f.config(i, srv.Addr(), string(hash), caFile, grantKey, secret)
+		if o.edit != nil {
+			config = o.edit(i, config)
+		}
+		incWriteFile(tb, path, config)
+		f.configs = append(f.configs, path)
 		f.relays = append(f.relays, startIncRelay(tb, fmt.Sprintf("relay-%d", i), path))
 	}
 	return f
 }
 
+// restart starts relay i again after it was stopped.
+func (f *incFleet) restart(i int) {
+	f.tb.Helper()
+	f.relays[i] = startIncRelay(f.tb, f.relays[i].name, f.configs[i])
+}
+
+// cli runs a holdfast command with relay i's configuration, as an
+// operator would, and returns its output.
+func (f *incFleet) cli(i int, args ...string) string {
+	f.tb.Helper()
+	cmd := exec.Command(os.Args[0], append([]string{args[0], args[1], "--config", f.configs[i]}, args[2:]...)...)
+	cmd.Env = append(os.Environ(), incidentExecEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		f.tb.Fatalf("holdfast %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
 // config is the configuration of replica n.
-func (f *incFleet) config(n int, redisAddr, passwordHash, caFile, grantKey string) string {
+func (f *incFleet) config(n int, redisAddr, passwordHash, caFile, grantKey, secretFile string) string {
 	quoted := make([]string, len(f.mailboxes))
 	for i, m := range f.mailboxes {
 		quoted[i] = fmt.Sprintf("%q", m)
@@ -231,6 +288,12 @@ apps:
 	for _, m := range f.mailboxes {
 		fmt.Fprintf(&b, "      %q: %q\n", m, m)
 	}
+	if f.lease > 0 {
+		// Into the delivery section above.
+		s := strings.Replace(b.String(), "delivery:\n", fmt.Sprintf("delivery:\n  lease: %s\n", f.lease), 1)
+		b.Reset()
+		b.WriteString(s)
+	}
 	fmt.Fprintf(&b, `credentials:
   - name: contoso
     tenant: %s
@@ -246,7 +309,7 @@ exchange:
 breakers:
   open_interval: %s
   max_interval: %s
-`, incTenant, incClientID, f.sim.AuthorityURL(), f.secretFile, f.sim.SMTPAddr(), f.sim.GraphURL(), caFile,
+`, incTenant, incClientID, f.sim.AuthorityURL(), secretFile, f.sim.SMTPAddr(), f.sim.GraphURL(), caFile,
 		incPerMinute, grantKey, incOpenInterval, incMaxInterval)
 	return b.String()
 }

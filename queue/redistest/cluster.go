@@ -35,6 +35,13 @@ type Cluster struct {
 // Redis Cluster needs at least 3 masters.
 func StartCluster(t testing.TB, masters int) *Cluster {
 	t.Helper()
+	return startCluster(t, masters, 0)
+}
+
+// startCluster starts masters × (1 + replicas) nodes and joins them with
+// redis-cli --cluster create --cluster-replicas replicas.
+func startCluster(t testing.TB, masters, replicas int) *Cluster {
+	t.Helper()
 	if masters < 3 {
 		t.Fatalf("redistest: a Redis Cluster needs at least 3 masters, got %d", masters)
 	}
@@ -42,12 +49,12 @@ func StartCluster(t testing.TB, masters int) *Cluster {
 	cli := lookPath(t, "redis-cli", missingCLI)
 
 	c := &Cluster{}
-	for range masters {
+	for range masters * (1 + replicas) {
 		c.nodes = append(c.nodes, Start(t, withCluster()))
 	}
 
 	args := append([]string{"--cluster", "create"}, c.Addrs()...)
-	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
 	ctx, cancel := context.WithTimeout(context.Background(), clusterCreateTimeout)
 	defer cancel()
 	if out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput(); err != nil {

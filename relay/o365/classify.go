@@ -114,6 +114,7 @@ type TokenFailure struct {
 // of an auth outage.
 func ClassifyToken(f TokenFailure, kind AuthKind) *upstream.Error {
 	e := &upstream.Error{Code: f.HTTPStatus, Text: strings.TrimSpace(f.Code + " " + f.AADSTS + ": " + f.Text)}
+	e.Reason = e.Text
 	switch {
 	case f.HTTPStatus == 429:
 		e.Class, e.RetryAfter = upstream.Throttled, f.RetryAfter
@@ -125,6 +126,9 @@ func ClassifyToken(f TokenFailure, kind AuthKind) *upstream.Error {
 		// invalid_client, unauthorized_client, invalid_tenant,
 		// invalid_request (older tenant-not-found), invalid_scope.
 		e.Class = upstream.Credential
+		// The one AADSTS number acted on: an expired secret will not
+		// come back by itself, so its breaker opens at once.
+		e.OpensAtOnce = f.AADSTS == auth.AADSTSSecretExpired
 	}
 	return e
 }

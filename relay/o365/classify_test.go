@@ -88,6 +88,14 @@ func TestClassifyToken(t *testing.T) {
 			if e.RetryAfter != tc.f.RetryAfter {
 				t.Fatalf("retry after %v, want %v", e.RetryAfter, tc.f.RetryAfter)
 			}
+			// Only an expired secret opens its breaker at once; the
+			// breaker asks the error, not its text.
+			if want := tc.f.AADSTS == "AADSTS7000222"; e.BreakerOpensNow() != want {
+				t.Fatalf("BreakerOpensNow() = %v, want %v", e.BreakerOpensNow(), want)
+			}
+			if e.BreakerCounts() != (tc.want == upstream.Credential || tc.want == upstream.Mailbox) {
+				t.Fatalf("BreakerCounts() = %v for class %v", e.BreakerCounts(), e.Class)
+			}
 		})
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"holdfast/queue"
 	"holdfast/relay/upstream"
@@ -71,6 +73,10 @@ func (g *GraphSender) Send(ctx context.Context, m *queue.Message) (string, error
 		return "", &upstream.Error{Class: upstream.Permanent,
 			Text: fmt.Sprintf("message of %d bytes is over Graph's limit of %d bytes of MIME, and SMTP is not enabled for this route", len(m.Body), MaxGraphMIME)}
 	}
+	// Graph needs no SMTP connection: free the reserved one.
+	if gr, _ := ctx.Value(grantKey{}).(*Grant); gr != nil {
+		gr.Release()
+	}
 	r, err := g.o.Router(ctx, m)
 	if err != nil {
 		return "", err
@@ -123,38 +129,73 @@ func (g *GraphSender) post(ctx context.Context, r Route, raw []byte) (reply stri
 	if resp.StatusCode == http.StatusAccepted {
 		return "202 Accepted by Graph sendMail", resp.StatusCode, false, nil
 	}
-	fail := graphFailure(resp)
-	return "", resp.StatusCode, resp.StatusCode >= 500, ClassifyGraph(fail, r.Kind)
+	return "", resp.StatusCode, resp.StatusCode >= 500, ClassifyGraph(graphFailure(resp), r.Kind)
 }
 
-// graphFailure reads Graph's error body and Retry-After.
+// graphFailure reads a failed Graph answer (see ParseGraphError).
 func graphFailure(resp *http.Response) GraphFailure {
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	return ParseGraphError(resp.StatusCode, resp.Header, raw)
+}
+
+// maxGraphText bounds the code and message kept from a Graph error.
+const maxGraphText = 512
+
+// ParseGraphError reads a Graph error answer: its status, Retry-After
+// header and JSON body {"error": {"code": ..., "message": ...}}. A body
+// that is not such JSON leaves Code and Message empty. Code and Message
+// are cut to one line of at most 512 bytes, since they end up in logs and
+// in the queue's last error.
+func ParseGraphError(status int, h http.Header, body []byte) GraphFailure {
 	var ge struct {
 		Error struct {
 			Code    string `json:"code"`
 			Message string `json:"message"`
 		} `json:"error"`
 	}
-	_ = json.Unmarshal(raw, &ge)
+	_ = json.Unmarshal(body, &ge)
 	return GraphFailure{
-		HTTPStatus: resp.StatusCode,
-		Code:       ge.Error.Code,
-		Message:    ge.Error.Message,
-		RetryAfter: retryAfter(resp.Header.Get("Retry-After")),
+		HTTPStatus: status,
+		Code:       oneLine(ge.Error.Code),
+		Message:    oneLine(ge.Error.Message),
+		RetryAfter: retryAfter(h.Get("Retry-After")),
 	}
 }
 
-// retryAfter parses a Retry-After header in seconds or as an HTTP date.
+// oneLine replaces control characters and invalid UTF-8 with spaces and
+// cuts s to maxGraphText bytes.
+func oneLine(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r == utf8.RuneError || unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, strings.ToValidUTF8(s, " "))
+	if len(s) > maxGraphText {
+		n := maxGraphText
+		for n > 0 && !utf8.RuneStart(s[n]) {
+			n--
+		}
+		s = s[:n]
+	}
+	return strings.TrimSpace(s)
+}
+
+// maxRetryAfter caps a Retry-After: a larger figure is not meant, and
+// would overflow time.Duration.
+const maxRetryAfter = 24 * time.Hour
+
+// retryAfter parses a Retry-After header in seconds or as an HTTP date,
+// capped at maxRetryAfter.
 func retryAfter(v string) time.Duration {
 	if v == "" {
 		return 0
 	}
-	if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && n >= 0 {
-		return time.Duration(n) * time.Second
+	if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil && n >= 0 {
+		return time.Duration(min(n, int64(maxRetryAfter/time.Second))) * time.Second
 	}
 	if t, err := http.ParseTime(v); err == nil {
-		return max(0, time.Until(t))
+		return min(max(0, time.Until(t)), maxRetryAfter)
 	}
 	return 0
 }

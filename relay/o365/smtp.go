@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -32,6 +33,10 @@ type Route struct {
 	Mailbox string
 	Tokens  TokenSource
 	Kind    AuthKind
+	// Check, when set, runs just before the message is sent (MAIL FROM),
+	// on a connection ready to send: an error abandons the send with
+	// nothing sent. The relay's breakers use it.
+	Check func(ctx context.Context) error
 }
 
 // Router returns the route of a message.
@@ -43,6 +48,8 @@ type Limits interface {
 	Renew(ctx context.Context, s *queue.Slot, ttl time.Duration) error
 	Release(ctx context.Context, s *queue.Slot) error
 	TakeSend(ctx context.Context, mailbox string, limit int, window time.Duration) (time.Duration, error)
+	ReserveSend(ctx context.Context, mailbox string, limit int, window time.Duration) (string, time.Duration, error)
+	ReturnSend(ctx context.Context, mailbox, token string) error
 }
 
 var _ Limits = (*queue.Limiter)(nil)
@@ -78,6 +85,16 @@ type SMTPOptions struct {
 	Logger      *slog.Logger
 	// OnAuth, when set, is told the result of every AUTH XOAUTH2.
 	OnAuth func(err error)
+	// Endpoint, when set, guards each connection: it is asked before
+	// dialling and told whether the server was reached and greeted.
+	Endpoint Endpoint
+}
+
+// Endpoint is a dead-destination breaker for the SMTP endpoint (see
+// relay/destination): Allow refuses while it is open, with an error to
+// return; otherwise done must be told the outcome.
+type Endpoint interface {
+	Allow() (done func(err error), err error)
 }
 
 func (o SMTPOptions) withDefaults() SMTPOptions {
@@ -118,6 +135,7 @@ type SMTPSender struct {
 
 	mu   sync.Mutex
 	idle map[string][]*conn // by mailbox
+	live map[*conn]bool     // every connection holding a slot; renewed by reap
 
 	stop chan struct{} // closed by Close; ends the reaper
 	done chan struct{}
@@ -129,7 +147,7 @@ type conn struct {
 	slot    *queue.Slot
 	mailbox string
 	used    time.Time
-	renewed time.Time // when slot was last taken or renewed
+	renewed time.Time // when slot was last taken or renewed; under SMTPSender.mu
 }
 
 // NewSMTPSender returns a sender. o.Router and o.Limits are required.
@@ -137,13 +155,14 @@ func NewSMTPSender(o SMTPOptions) (*SMTPSender, error) {
 	if o.Router == nil || o.Limits == nil {
 		return nil, errors.New("o365: SMTP sender needs a router and limits")
 	}
-	s := &SMTPSender{o: o.withDefaults(), idle: map[string][]*conn{}, stop: make(chan struct{}), done: make(chan struct{})}
+	s := &SMTPSender{o: o.withDefaults(), idle: map[string][]*conn{}, live: map[*conn]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
 	go s.reap()
 	return s, nil
 }
 
 // reap closes connections idle longer than IdleTimeout, so that their
-// fleet-wide slots go to whoever needs them.
+// fleet-wide slots go to whoever needs them, and renews the slots of the
+// others, idle or busy, every third of their lifetime.
 func (s *SMTPSender) reap() {
 	defer close(s.done)
 	t := time.NewTicker(s.o.IdleTimeout / 2)
@@ -171,16 +190,33 @@ func (s *SMTPSender) reap() {
 				s.idle[mbx] = keep
 			}
 		}
+		var renew []*conn
+		for c := range s.live {
+			if !slices.Contains(old, c) && time.Since(c.renewed) >= slotTTL/3 {
+				renew = append(renew, c)
+			}
+		}
 		s.mu.Unlock()
 		for _, c := range old {
 			_ = c.c.Quit()
 			s.discard(c)
 		}
+		for _, c := range renew {
+			if err := s.o.Limits.Renew(context.Background(), c.slot, slotTTL); err != nil {
+				s.o.Logger.Warn("cannot renew a connection slot", "mailbox", c.mailbox, "err", err)
+				continue
+			}
+			s.mu.Lock()
+			c.renewed = time.Now()
+			s.mu.Unlock()
+		}
 	}
 }
 
-// slotTTL is how long a connection slot lives without renewal.
-const slotTTL = 2 * time.Minute
+// slotTTL is how long a connection slot lives without renewal: a
+// replica that dies without releasing its slots (kill -9) holds them this
+// long at most. reap renews live ones every third of it.
+const slotTTL = 6 * time.Second
 
 // slotDelay is when a message that found every connection slot of its
 // mailbox taken is tried again: connections are released within
@@ -193,6 +229,14 @@ func (s *SMTPSender) Send(ctx context.Context, m *queue.Message) (string, error)
 	route, err := s.o.Router(ctx, m)
 	if err != nil {
 		return "", err
+	}
+	if g := grantOf(ctx, route.Mailbox); g != nil {
+		// Room was reserved before the message was leased.
+		c, err := s.granted(ctx, route, g)
+		if err != nil {
+			return "", err
+		}
+		return s.submit(ctx, c, route, m)
 	}
 	// The connection slot comes first: a send counted against the rate
 	// must be one that has a connection to go out on.
@@ -208,9 +252,21 @@ func (s *SMTPSender) Send(ctx context.Context, m *queue.Message) (string, error)
 		return "", &upstream.Error{Class: upstream.Throttled, RetryAfter: wait,
 			Text: fmt.Sprintf("%s has sent %d messages in the last minute", route.Mailbox, s.o.PerMinute)}
 	}
-	// Shutting down (ctx cancelled) must not wait for a silent server.
+	return s.submit(ctx, c, route, m)
+}
+
+// submit sends the message on c and keeps or discards c after.
+// Cancelling ctx (shutdown, or the message's lease lost) closes the
+// connection: a message not yet ended by its final dot is not sent.
+func (s *SMTPSender) submit(ctx context.Context, c *conn, route Route, m *queue.Message) (string, error) {
+	if route.Check != nil {
+		if err := route.Check(ctx); err != nil {
+			s.put(c)
+			return "", err
+		}
+	}
 	stop := context.AfterFunc(ctx, func() { c.c.Close() })
-	reply, err := s.transact(c, m)
+	reply, err := s.transact(ctx, c, m)
 	if !stop() {
 		// The reply, if one came, stands: the message was accepted.
 		s.discard(c)
@@ -241,21 +297,63 @@ func (s *SMTPSender) waitRate(ctx context.Context, mailbox string) (time.Duratio
 	}
 }
 
+// takeIdle returns one of this replica's idle connections to the
+// mailbox that is young enough to reuse, or nil.
+func (s *SMTPSender) takeIdle(mailbox string) *conn {
+	for {
+		s.mu.Lock()
+		list := s.idle[mailbox]
+		var c *conn
+		if n := len(list); n > 0 {
+			c, s.idle[mailbox] = list[n-1], list[:n-1]
+		}
+		s.mu.Unlock()
+		if c == nil || time.Since(c.used) < s.o.IdleTimeout {
+			return c
+		}
+		s.discard(c)
+	}
+}
+
+// granted returns the grant's connection, or a new one on the grant's
+// slot (also when the granted connection no longer answers).
+func (s *SMTPSender) granted(ctx context.Context, r Route, g *Grant) (*conn, error) {
+	slot := g.slot
+	if c := g.conn; c != nil {
+		if c.c.Reset() == nil {
+			g.s = nil
+			return c, nil
+		}
+		_ = c.c.Close()
+		s.mu.Lock()
+		delete(s.live, c)
+		s.mu.Unlock()
+		slot = c.slot
+	}
+	g.s = nil
+	return s.openOn(ctx, r, slot)
+}
+
+// openOn opens a connection on a held slot, which it releases when the
+// connection cannot be opened; reap renews it while the connection lives.
+func (s *SMTPSender) openOn(ctx context.Context, r Route, slot *queue.Slot) (*conn, error) {
+	c, err := s.open(ctx, r)
+	if err != nil {
+		_ = s.o.Limits.Release(context.WithoutCancel(ctx), slot)
+		return nil, err
+	}
+	s.mu.Lock()
+	c.slot, c.renewed = slot, time.Now()
+	s.live[c] = true
+	s.mu.Unlock()
+	return c, nil
+}
+
 // get returns an idle connection of the mailbox, or opens one when the
 // fleet has a free slot for it.
 func (s *SMTPSender) get(ctx context.Context, r Route) (*conn, error) {
-	for {
-		s.mu.Lock()
-		list := s.idle[r.Mailbox]
-		var c *conn
-		if n := len(list); n > 0 {
-			c, s.idle[r.Mailbox] = list[n-1], list[:n-1]
-		}
-		s.mu.Unlock()
-		if c == nil {
-			break
-		}
-		if time.Since(c.used) < s.o.IdleTimeout && c.c.Reset() == nil {
+	for c := s.takeIdle(r.Mailbox); c != nil; c = s.takeIdle(r.Mailbox) {
+		if c.c.Reset() == nil {
 			return c, nil
 		}
 		s.discard(c)
@@ -264,13 +362,7 @@ func (s *SMTPSender) get(ctx context.Context, r Route) (*conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := s.open(ctx, r)
-	if err != nil {
-		_ = s.o.Limits.Release(context.WithoutCancel(ctx), slot)
-		return nil, err
-	}
-	c.slot, c.renewed = slot, time.Now()
-	return c, nil
+	return s.openOn(ctx, r, slot)
 }
 
 func (s *SMTPSender) acquire(ctx context.Context, mailbox string) (*queue.Slot, error) {
@@ -326,6 +418,23 @@ func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
 }
 
 func (s *SMTPSender) dial(ctx context.Context) (*smtp.Client, error) {
+	if s.o.Endpoint == nil {
+		return s.connect(ctx)
+	}
+	done, err := s.o.Endpoint.Allow()
+	if err != nil {
+		return nil, err
+	}
+	c, err := s.connect(ctx)
+	if ctx.Err() != nil && err != nil {
+		err = ctx.Err() // cancelled: says nothing of the endpoint
+	}
+	done(err)
+	return c, err
+}
+
+// connect dials and, unless InsecurePlaintext, starts TLS.
+func (s *SMTPSender) connect(ctx context.Context) (*smtp.Client, error) {
 	d := net.Dialer{Timeout: s.o.DialTimeout}
 	nc, err := d.DialContext(ctx, "tcp", s.o.Addr)
 	if err != nil {
@@ -372,7 +481,8 @@ func (s *SMTPSender) dial(ctx context.Context) (*smtp.Client, error) {
 // go one by one: a permanently rejected recipient does not fail the
 // others, and is named in the returned reply. A temporary rejection of any
 // recipient retries the whole message later, so that nobody gets it twice.
-func (s *SMTPSender) transact(c *conn, m *queue.Message) (string, error) {
+// A ctx cancelled before the final dot abandons the message.
+func (s *SMTPSender) transact(ctx context.Context, c *conn, m *queue.Message) (string, error) {
 	if err := c.c.Mail(m.From, nil); err != nil {
 		return "", smtpError("MAIL FROM", err, AppOnly, true)
 	}
@@ -402,6 +512,11 @@ func (s *SMTPSender) transact(c *conn, m *queue.Message) (string, error) {
 		w.Close()
 		return "", &upstream.Error{Class: upstream.Transient, Text: "write message", Err: err}
 	}
+	if err := ctx.Err(); err != nil {
+		// Cancelled before the final dot: the message is not sent. The
+		// caller closes the connection mid-DATA.
+		return "", &upstream.Error{Class: upstream.Transient, Text: "send abandoned before the end of DATA", Err: err}
+	}
 	resp, err := w.CloseWithResponse()
 	if err != nil {
 		return "", smtpError("end of DATA", err, AppOnly, true)
@@ -414,16 +529,9 @@ func (s *SMTPSender) transact(c *conn, m *queue.Message) (string, error) {
 	return reply, nil
 }
 
-// put keeps a connection for the mailbox's next message. Its slot is
-// renewed once a third of its lifetime has passed, not per message.
+// put keeps a connection for the mailbox's next message. reap renews its
+// slot.
 func (s *SMTPSender) put(c *conn) {
-	if time.Since(c.renewed) >= slotTTL/3 {
-		if err := s.o.Limits.Renew(context.Background(), c.slot, slotTTL); err != nil {
-			s.discard(c)
-			return
-		}
-		c.renewed = time.Now()
-	}
 	s.mu.Lock()
 	s.idle[c.mailbox] = append(s.idle[c.mailbox], c)
 	s.mu.Unlock()
@@ -432,6 +540,9 @@ func (s *SMTPSender) put(c *conn) {
 // discard closes a connection and frees its slot.
 func (s *SMTPSender) discard(c *conn) {
 	_ = c.c.Close()
+	s.mu.Lock()
+	delete(s.live, c)
+	s.mu.Unlock()
 	if c.slot != nil {
 		_ = s.o.Limits.Release(context.Background(), c.slot)
 	}

@@ -10,6 +10,7 @@ package upstream
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -56,6 +57,12 @@ type Error struct {
 	Text       string        // the upstream's text, never a secret or token
 	RetryAfter time.Duration // for Throttled: when to try again
 	Err        error         // the underlying error, if any
+	// OpensAtOnce says the failure opens its breaker without waiting for
+	// the threshold: Entra said the client secret has expired.
+	OpensAtOnce bool
+	// Reason is what a breaker records as its reason; default: the code,
+	// enhanced code and text.
+	Reason string
 }
 
 func (e *Error) Error() string {
@@ -78,6 +85,33 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() error { return e.Err }
+
+// The breaker package asks a failure these questions through an interface
+// of its own (breaker.Failure); the answers come from the class decided by
+// the senders' classification.
+
+// BreakerCounts reports whether the failure counts on a breaker: a
+// Credential or Mailbox failure.
+func (e *Error) BreakerCounts() bool { return e.Class == Credential || e.Class == Mailbox }
+
+// BreakerOpensNow reports whether the failure opens its breaker at once.
+func (e *Error) BreakerOpensNow() bool { return e.OpensAtOnce }
+
+// BreakerReason is the upstream's code and text, e.g. "535 5.7.3
+// Authentication unsuccessful" or "invalid_client AADSTS7000222: The
+// provided client secret keys for app '…' are expired.".
+func (e *Error) BreakerReason() string {
+	if e.Reason != "" {
+		return e.Reason
+	}
+	if e.Code == 0 {
+		if e.Text != "" {
+			return e.Text
+		}
+		return e.Error()
+	}
+	return strings.Join(strings.Fields(fmt.Sprintf("%d %s %s", e.Code, e.Enhanced, e.Text)), " ")
+}
 
 // ClassOf returns the class of a delivery error. An error that is not an
 // *Error, such as a bare network error, is Transient: it is retried, never

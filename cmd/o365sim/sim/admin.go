@@ -16,6 +16,7 @@ type faultJSON struct {
 	SMTPTransient    string `json:"smtp_transient,omitempty"`
 	SMTPDown         bool   `json:"smtp_down,omitempty"`
 	SMTPStall        string `json:"smtp_stall,omitempty"`
+	SMTPStallMailbox string `json:"smtp_stall_mailbox,omitempty"`
 	GraphThrottle    string `json:"graph_throttle,omitempty"`
 	GraphAfterSend   string `json:"graph_after_send,omitempty"`
 	GraphFail        string `json:"graph_fail,omitempty"`
@@ -25,7 +26,7 @@ type faultJSON struct {
 // MarshalJSON writes f as the admin API shows it.
 func (f Fault) MarshalJSON() ([]byte, error) {
 	j := faultJSON{TokenUnavailable: f.TokenUnavailable, SMTPTransient: f.SMTPTransient, SMTPDown: f.SMTPDown, SMTPStall: f.SMTPStall,
-		GraphAfterSend: f.GraphAfterSend, GraphFail: f.GraphFail}
+		SMTPStallMailbox: f.SMTPStallMailbox, GraphAfterSend: f.GraphAfterSend, GraphFail: f.GraphFail}
 	if f.GraphAcceptedRetryAfter > 0 {
 		j.GraphAcceptedRA = f.GraphAcceptedRetryAfter.String()
 	}
@@ -85,6 +86,7 @@ func (f *Fault) UnmarshalJSON(b []byte) error {
 		return fmt.Errorf("smtp_stall: %q is not \"greeting\", \"data\" or empty", j.SMTPStall)
 	}
 	out.TokenUnavailable, out.SMTPTransient, out.SMTPDown, out.SMTPStall = j.TokenUnavailable, j.SMTPTransient, j.SMTPDown, j.SMTPStall
+	out.SMTPStallMailbox = j.SMTPStallMailbox
 	*f = out
 	return nil
 }
@@ -231,6 +233,9 @@ func (s *Sim) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /admin/received", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.Received())
+	})
+	mux.HandleFunc("GET /admin/received/count", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]int{"count": s.ReceivedCount()})
 	})
 	mux.HandleFunc("GET /admin/counters", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.Counters())

@@ -100,6 +100,7 @@ func (s *Sim) graphAuth(w http.ResponseWriter, r *http.Request) *accessClaims {
 // handleSendMail serves the MIME form of sendMail: a base64 body sent as
 // text/plain. A request over 4 MB gets 413 RequestEntityTooLarge.
 func (s *Sim) handleSendMail(w http.ResponseWriter, r *http.Request) {
+	started := time.Now()
 	claims := s.graphAuth(w, r)
 	if claims == nil {
 		return
@@ -194,6 +195,7 @@ func (s *Sim) handleSendMail(w http.ResponseWriter, r *http.Request) {
 		Via:           "graph",
 		TokenClientID: claims.AppID,
 		Delegated:     claims.delegated(),
+		Started:       started,
 	})
 	f := s.faults()
 	switch f.GraphAfterSend {

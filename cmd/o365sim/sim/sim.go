@@ -112,6 +112,10 @@ type Fault struct {
 	// the simulator closes; clearing the fault does not revive it.
 	// Each takes precedence over SMTPTransient at the same step.
 	SMTPStall string
+	// SMTPStallMailbox stalls as SMTPStall "data" does, but only the
+	// messages of sessions authenticated as this mailbox: one mailbox
+	// hangs while the others work.
+	SMTPStallMailbox string
 	// GraphThrottle answers sendMail with 429 ApplicationThrottled and a
 	// Retry-After of this many seconds (rounded up).
 	GraphThrottle time.Duration
@@ -140,6 +144,9 @@ type Received struct {
 	Via           string `json:"via"` // "smtp" or "graph"
 	TokenClientID string `json:"token_client_id"`
 	Delegated     bool   `json:"delegated"`
+	// Started is when the sending began: MAIL FROM over SMTP, the
+	// request over Graph.
+	Started time.Time `json:"started"`
 }
 
 // Counters are what the simulator observed since start or the last reset.

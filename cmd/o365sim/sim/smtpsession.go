@@ -51,6 +51,7 @@ type smtpSession struct {
 	slot    string // the key in s.active this session holds, once authenticated
 	from    string
 	to      []string
+	mailAt  time.Time // when MAIL FROM came
 }
 
 var (
@@ -202,7 +203,7 @@ func (ss *smtpSession) Mail(from string, _ *smtp.MailOptions) error {
 	if ss.mailbox == nil {
 		return errNotAuthed
 	}
-	ss.from, ss.to = from, nil
+	ss.from, ss.to, ss.mailAt = from, nil, time.Now()
 	return nil
 }
 
@@ -234,7 +235,7 @@ func (ss *smtpSession) Data(r io.Reader) error {
 	if m == nil {
 		return errNotAuthed
 	}
-	if ss.s.faults().SMTPStall == "data" {
+	if f := ss.s.faults(); f.SMTPStall == "data" || (f.SMTPStallMailbox != "" && strings.EqualFold(f.SMTPStallMailbox, m.address)) {
 		ss.stall()
 		return errTransient
 	}
@@ -268,6 +269,7 @@ func (ss *smtpSession) Data(r io.Reader) error {
 		Via:           "smtp",
 		TokenClientID: claims.AppID,
 		Delegated:     claims.delegated(),
+		Started:       ss.mailAt,
 	})
 	if ss.rc != nil {
 		ss.rc.setDataReply("250 2.0.0 OK " + msgID + " [Hostname=" + smtpHost + "]")

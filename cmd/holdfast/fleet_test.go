@@ -1,0 +1,377 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"holdfast/cmd/o365sim/sim"
+)
+
+// The fleet tests: the breaker among relay processes as a real fleet runs
+// them (issue "The breaker in a real fleet").
+
+// checkOnce fails the test unless every message 0…n-1 was delivered
+// exactly once.
+func (f *incFleet) checkOnce(n int) {
+	f.tb.Helper()
+	seen := map[string]int{}
+	for _, r := range f.sim.Received() {
+		seen[r.MessageID]++
+	}
+	for i := range n {
+		if c := seen[incMessageID(i)]; c != 1 {
+			f.tb.Errorf("message %d delivered %d times, want once", i, c)
+		}
+	}
+	if len(seen) != n {
+		f.tb.Errorf("%d distinct messages delivered, want %d", len(seen), n)
+	}
+}
+
+// waitHeld waits until the queue holds n messages, counting those still
+// leased with the held ones when leased is true (a send that leased its
+// message before the hold, and waits for a connection slot, settles it as
+// held later).
+func (f *incFleet) waitHeld(n int, leased bool, d time.Duration) {
+	f.tb.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		st, err := f.q.Stats(f.tb.Context())
+		held := st.Total.Held
+		if leased {
+			held += st.Total.Leased
+		}
+		if err == nil && held == int64(n) && st.Total.Ready+st.Total.Scheduled == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			f.tb.Fatalf("after %v the queue holds %+v (%v), want %d held", d, st.Total, err, n)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// expireUntilOpen submits messages 0…before-1 and waits for them to be
+// delivered; then (after also, when not nil) expires the secret and, once
+// the relays' tokens are due for renewal, submits the next outage
+// messages, and waits for the credential's breaker to open.
+func (f *incFleet) expireUntilOpen(sub *incSubmitter, polls []*incPoller, before, outage int, also func()) {
+	f.tb.Helper()
+	for n := range before {
+		sub.submit(n)
+	}
+	f.waitDelivered(before, 10*time.Second)
+	if also != nil {
+		also()
+	}
+	tExpiry := time.Now()
+	f.sim.ExpireSecret(incTenant, incClientID)
+	time.Sleep(incQuiet)
+	for n := before; n < before+outage; n++ {
+		sub.submit(n)
+		time.Sleep(20 * time.Millisecond)
+	}
+	incWait(f.tb, 10*time.Second, "the credential's breaker open", func() bool {
+		for _, p := range polls {
+			if _, ok := p.first(tExpiry, isOpen); ok {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// TestResetWhileOffline: an operator resets a tripped breaker while no
+// relay runs; the first relay to start releases its held mail, all of it
+// delivered within 5 s.
+func TestResetWhileOffline(t *testing.T) {
+	const before, held = 20, 30
+	f := startIncFleet(t, incFleetOptions{mailboxes: 5})
+	sub := f.startSubmitter(4, func(n int) string { return f.mailboxes[n%len(f.mailboxes)] })
+	for n := range before {
+		sub.submit(n)
+	}
+	f.waitDelivered(before, 10*time.Second)
+	f.cli(0, "breaker", "trip", incCred)
+	for n := before; n < before+held; n++ {
+		sub.submit(n)
+	}
+	sub.close()
+	sub.results(t, before+held)
+	f.waitHeld(held, false, 5*time.Second)
+	for _, r := range f.relays {
+		r.stop(t)
+	}
+	f.cli(0, "breaker", "reset", incCred)
+	start := time.Now()
+	f.restart(0)
+	f.waitDelivered(before+held, time.Until(start.Add(5*time.Second)))
+	t.Logf("start to all held mail delivered: %v", time.Since(start).Round(time.Millisecond))
+	time.Sleep(300 * time.Millisecond) // room for a duplicate to show
+	f.checkOnce(before + held)
+}
+
+// TestTripLatency: mail flows through three relays when an operator trips
+// the credential's breaker. Once "holdfast breaker trip" has returned, no
+// relay begins a delivery (MAIL FROM at Exchange), and everything
+// submitted after it is held; a reset (or the first probe, which succeeds)
+// delivers it all exactly once.
+func TestTripLatency(t *testing.T) {
+	// total bounds the feed, which runs until well after the trip
+	// returned (the command may take a while on a loaded machine).
+	const total = 3000
+	f := startIncFleet(t, incFleetOptions{mailboxes: 5, relays: 3})
+	sub := f.startSubmitter(6, func(n int) string { return f.mailboxes[n%len(f.mailboxes)] })
+	n := 0
+	for ; n < 100; n++ {
+		sub.submit(n)
+	}
+	f.waitDelivered(50, 10*time.Second)
+	// Keep mail flowing while the operator trips the breaker.
+	stop := make(chan struct{})
+	fed := make(chan int)
+	go func() {
+		i := n
+		defer func() { fed <- i }()
+		for ; i < total; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			sub.submit(i)
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	f.cli(0, "breaker", "trip", incCred)
+	tripped := time.Now()
+	// The first probe is due incOpenInterval after the trip, and
+	// succeeds: the checks below come before it.
+	time.Sleep(incOpenInterval / 2)
+	close(stop)
+	n = <-fed
+	sub.close()
+	subs := sub.results(t, n)
+	received := f.sim.Received()
+	delivered := len(received)
+	f.waitHeld(n-delivered, true, time.Until(tripped.Add(incOpenInterval*3/4)))
+
+	var last time.Time
+	late := 0
+	for _, r := range received {
+		if r.Started.After(last) {
+			last = r.Started
+		}
+		if !r.Started.Before(tripped) {
+			late++
+		}
+	}
+	t.Logf("last delivery began %v before the trip returned", tripped.Sub(last).Round(time.Microsecond))
+	if late > 0 {
+		t.Errorf("%d deliveries began after 'holdfast breaker trip' returned", late)
+	}
+	after := 0
+	for _, s := range subs {
+		if s.at.After(tripped) {
+			after++
+		}
+	}
+	if after == 0 {
+		t.Fatal("nothing was submitted after the trip: the test proves nothing")
+	}
+	f.cli(1, "breaker", "reset", incCred)
+	f.waitDelivered(n, 10*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	f.checkOnce(n)
+	f.checkRunning()
+}
+
+// TestStaggeredRotation: three relays, each with its own secret file, as
+// pods mounting a Secret. The secret expires and the breaker opens; then
+// the new secret reaches the relays' files one at a time, 10 s apart,
+// with the old secret deleted (AADSTS7000215) or kept, expired
+// (AADSTS7000222). The breaker never opens again after the first file
+// changes; the first delivery comes within 2 s of it; every message is
+// delivered exactly once; and a relay still on the old secret sends at
+// most one refused token request.
+func TestStaggeredRotation(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		rotate func(s *sim.Sim)
+	}{
+		{"old deleted", func(s *sim.Sim) { s.RotateSecret(incTenant, incClientID, incRotated) }},
+		{"old kept expired", func(s *sim.Sim) {
+			s.AddSecret(incTenant, incClientID, sim.Secret{Value: incRotated, ExpiresAt: time.Now().Add(180 * 24 * time.Hour)})
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { staggeredRotation(t, tc.rotate) })
+	}
+}
+
+func staggeredRotation(t *testing.T, rotate func(s *sim.Sim)) {
+	const (
+		before  = 30
+		outage  = 60
+		stagger = 10 * time.Second
+		during  = 60 // submitted while the files change, one every 0.5 s
+	)
+	f := startIncFleet(t, incFleetOptions{mailboxes: 5, relays: 3, ownSecrets: true})
+	polls := f.pollBreaker(incCred)
+	sub := f.startSubmitter(6, func(n int) string { return f.mailboxes[n%len(f.mailboxes)] })
+	f.expireUntilOpen(sub, polls, before, outage, nil)
+	f.waitHeld(before+outage-f.delivered(), true, 5*time.Second)
+
+	// The rotation reaches one file at a time, with mail flowing.
+	rotate(f.sim)
+	atRotation := f.counters()
+	var tFirst time.Time
+	feed := make(chan struct{})
+	go func() {
+		defer close(feed)
+		for i := range during {
+			sub.submit(before + outage + i)
+			time.Sleep(stagger * 2 / during)
+		}
+	}()
+	for i, path := range f.secretFiles {
+		if i > 0 {
+			time.Sleep(stagger)
+		}
+		incWriteFile(t, path, incRotated+"\n")
+		if i == 0 {
+			tFirst = time.Now()
+			first := time.Time{}
+			incWait(t, 2*time.Second, "a delivery within 2 s of the first file change", func() bool {
+				for _, r := range f.sim.Received() {
+					if r.Started.After(tFirst) {
+						first = r.Started
+						return true
+					}
+				}
+				return false
+			})
+			t.Logf("first file change to first delivery: %v", first.Sub(tFirst).Round(time.Millisecond))
+		}
+	}
+	<-feed
+	sub.close()
+	total := before + outage + during
+	sub.results(t, total)
+	f.waitDelivered(total, 15*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	f.checkOnce(total)
+	f.checkRunning()
+
+	// Never open again after the first file change.
+	for _, p := range polls {
+		p.checkErrors(t)
+		closed, ok := p.first(tFirst, isClosed)
+		if !ok {
+			t.Errorf("relay-%d never showed the breaker closed after the rotation", p.relay+1)
+			continue
+		}
+		for _, o := range p.between(closed.at, time.Now()) {
+			if isOpen(o.st) {
+				t.Errorf("relay-%d: the breaker opened again at %v (%s)", p.relay+1, o.at.Sub(tFirst).Round(time.Millisecond), o.st.Reason)
+				break
+			}
+		}
+	}
+	// The status endpoint listed the relays still on the old secret.
+	staleSeen := map[string]bool{}
+	for _, p := range polls {
+		for _, o := range p.between(tFirst, time.Now()) {
+			for _, r := range o.st.StaleReplicas {
+				staleSeen[r] = true
+			}
+		}
+	}
+	if staleSeen["relay-1.test"] || len(staleSeen) == 0 {
+		t.Errorf("/v1/breakers listed %v as stale, want some of relay-2.test and relay-3.test", staleSeen)
+	}
+	t.Logf("listed as stale during the rotation: %v", staleSeen)
+	// The two relays still on the old secret: one refused token request
+	// each at most.
+	after := f.counters()
+	if got := after.TokenErrors - atRotation.TokenErrors; got > len(f.relays)-1 {
+		t.Errorf("%d refused token requests after the rotation, want at most %d (one per stale relay)", got, len(f.relays)-1)
+	}
+	t.Logf("refused token requests after the rotation: %d", after.TokenErrors-atRotation.TokenErrors)
+}
+
+// TestBrokenProbeMailbox: the credential's first mailbox has SMTP AUTH
+// disabled (535 5.7.139) during an expiry and a rotation. The credential's
+// breaker closes within 2 s of the rotation, probing with another
+// mailbox; the other mailboxes' mail is delivered, and the broken
+// mailbox's mail stays held on its own breaker.
+func TestBrokenProbeMailbox(t *testing.T) {
+	const before, outage = 20, 40
+	f := startIncFleet(t, incFleetOptions{mailboxes: 5})
+	broken := f.mailboxes[0]
+	polls := f.pollBreaker(incCred)
+	sub := f.startSubmitter(4, func(n int) string { return f.mailboxes[n%len(f.mailboxes)] })
+	f.expireUntilOpen(sub, polls, before, outage, func() { f.sim.DisableSMTPAuth(broken, true) })
+	sub.close()
+	sub.results(t, before+outage)
+	time.Sleep(incPropagation)
+
+	f.sim.RotateSecret(incTenant, incClientID, incRotated)
+	incWriteFile(t, f.secretFile, incRotated+"\n")
+	tRotation := time.Now()
+	incWait(t, 2*time.Second+incReload, "the credential's breaker closed", func() bool {
+		for _, p := range polls {
+			if _, ok := p.first(tRotation, isClosed); ok {
+				return true
+			}
+		}
+		return false
+	})
+	var closedAt time.Time
+	for _, p := range polls {
+		if o, ok := p.first(tRotation, isClosed); ok && (closedAt.IsZero() || o.st.Since.Before(closedAt)) {
+			closedAt = o.st.Since
+		}
+	}
+	// The file is re-read every incReload; the breaker closes within 2 s
+	// of the relay seeing it.
+	t.Logf("rotation to the credential's breaker closed: %v", closedAt.Sub(tRotation).Round(time.Millisecond))
+	if lag := closedAt.Sub(tRotation); lag > 2*time.Second {
+		t.Errorf("the credential's breaker closed %v after the rotation, want within 2s", lag)
+	}
+
+	wantOthers := 0
+	for i := range before + outage {
+		if f.mailboxes[i%len(f.mailboxes)] != broken {
+			wantOthers++
+		}
+	}
+	incWait(t, 10*time.Second, "the other mailboxes' mail delivered", func() bool {
+		got := 0
+		for _, r := range f.sim.Received() {
+			if r.Mailbox != broken {
+				got++
+			}
+		}
+		return got == wantOthers
+	})
+	mbx := "mbx:" + broken
+	route := "app:contoso:" + broken
+	incWait(t, 10*time.Second, "the broken mailbox's mail held on its own breaker", func() bool {
+		reason, held, err := f.q.RouteHold(t.Context(), route)
+		return err == nil && held && strings.Contains(reason, mbx)
+	})
+	var st struct {
+		State string `json:"state"`
+	}
+	if code, err := f.do(0, "GET", "/v1/breakers/"+mbx, incAdminToken, "", &st); err != nil || code != 200 || st.State != "open" {
+		t.Errorf("GET /v1/breakers/%s: %d %v %+v, want open", mbx, code, err, st)
+	}
+	if _, ok := polls[0].last(); ok {
+		if o, _ := polls[0].last(); !isClosed(o.st) {
+			t.Errorf("the credential's breaker is %s at the end, want closed", o.st.State)
+		}
+	}
+	f.checkRunning()
+}

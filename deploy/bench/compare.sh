@@ -1,0 +1,362 @@
+#!/usr/bin/env bash
+# Holdfast and Postfix side by side, on this machine, in one run, loaded by
+# the same tool (hfload) with the same authentication (AUTH PLAIN).
+#
+#   Holdfast: a private redis-server (AOF on, appendfsync everysec), the
+#   relay delivering to the Exchange Online simulator with 20 sending
+#   mailboxes.
+#   Postfix: Debian's postfix as a private instance (its own
+#   config_directory and queue_directory under a temporary directory),
+#   listening on loopback only, SASL AUTH through Cyrus sasldb, relaying
+#   everything to Debian's smtp-sink on loopback.
+#
+# Loads, in rounds alternated between the two relays:
+#   persistent: SESSIONS (20) sessions, MESSAGES (20,000) messages of SIZE
+#               (2 KB), AUTH once per session, no TLS;
+#   reconnect:  a new connection, STARTTLS and AUTH for every message,
+#               RECONNECT_MESSAGES (3,000) messages over 20 sessions.
+# Then Holdfast's peak RSS with QUEUED (100,000) messages queued
+# (delivery off, so that they stay queued).
+#
+# It prints ingress messages/s and p99, end-to-end messages/s (until the
+# sink or the simulator has every message), the Holdfast/Postfix ratios,
+# the peak RSS, and pass or short against the targets: ingress >= 6x
+# Postfix, end to end >= 3x Postfix, peak RSS < 150 MB. It installs what
+# it needs (postfix, sasl2-bin, libsasl2-modules, redis-server, time) when
+# run as root. Nothing listens on port 25 before, during or after the run;
+# everything it starts it stops by PID.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+MESSAGES=${MESSAGES:-20000}
+RECONNECT_MESSAGES=${RECONNECT_MESSAGES:-3000}
+QUEUED=${QUEUED:-100000}
+SESSIONS=${SESSIONS:-20}
+SIZE=${SIZE:-2048}
+MAILBOXES=20
+E2E_TIMEOUT=${E2E_TIMEOUT:-180}
+PASSWORD=bench-password
+
+top=$(cd "$(dirname "$0")/../.." && pwd)
+bin=$top/bin
+say() { printf 'compare: %s\n' "$*" >&2; }
+
+# --- what it needs -----------------------------------------------------------
+need=()
+command -v postfix >/dev/null 2>&1 || need+=(postfix)
+command -v smtp-sink >/dev/null 2>&1 || need+=(postfix)
+command -v saslpasswd2 >/dev/null 2>&1 || need+=(sasl2-bin)
+ls /usr/lib/*/sasl2/libsasldb.so* >/dev/null 2>&1 || need+=(libsasl2-modules libsasl2-modules-db)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if [ "${#need[@]}" -gt 0 ]; then
+	if [ "$(id -u)" -ne 0 ]; then
+		say "missing: ${need[*]}; run as root, or: sudo apt-get install -y ${need[*]}"
+		exit 1
+	fi
+	say "installing ${need[*]} (postfix with \"No configuration\": its own instance is never set up)"
+	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >&2
+fi
+if [ "$(id -u)" -ne 0 ]; then
+	say "Postfix's master runs as root: run this as root"
+	exit 1
+fi
+port25() { python3 -c 'import socket,sys; s=socket.socket(); sys.exit(0 if s.connect_ex(("127.0.0.1",25))==0 else 1)'; }
+if port25; then
+	say "something listens on port 25 (the package's default Postfix?): stop it first; this script never uses port 25"
+	exit 1
+fi
+
+say "building bin/holdfast, bin/hfload and bin/o365sim"
+(cd "$top" && go build -o bin/holdfast ./cmd/holdfast && go build -o bin/hfload ./cmd/hfload && go build -o bin/o365sim ./cmd/o365sim)
+
+work=$(mktemp -d /tmp/holdfast-compare.XXXXXX)
+chmod 755 "$work"
+pids=()
+pf=$work/postfix
+cleanup() {
+	local i
+	if [ -s "$pf/queue/pid/master.pid" ]; then
+		kill -TERM "$(tr -d ' ' <"$pf/queue/pid/master.pid")" 2>/dev/null || true
+	fi
+	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+		kill -TERM "${pids[i]}" 2>/dev/null && wait "${pids[i]}" 2>/dev/null || true
+	done
+	sleep 1
+	if [ -n "${KEEP:-}" ]; then say "kept $work"; else rm -rf "$work"; fi
+	if port25; then say "WARNING: something listens on port 25 now"; fi
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+	for _ in $(seq 1 150); do
+		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+		sleep 0.1
+	done
+	say "nothing listens on 127.0.0.1:$1"
+	return 1
+}
+json() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+
+"$bin/holdfast" creds devcert --out "$work/tls" --host bench.localhost,127.0.0.1 >/dev/null
+boxes=""
+for i in $(seq 1 $MAILBOXES); do boxes="$boxes${boxes:+,}box$i@bench.example"; done
+
+# --- Holdfast: Redis, the simulator, the relay --------------------------------
+redis_port=$(free_port)
+redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$work" --appendonly yes \
+	--appendfsync everysec --save '' --maxmemory-policy noeviction --daemonize no \
+	--logfile "$work/redis.log" &
+pids+=($!)
+wait_port "$redis_port"
+
+sim_smtp=$(free_port) sim_https=$(free_port) sim_admin=$(free_port)
+{
+	echo "listen: {https: 127.0.0.1:$sim_https, smtp: 127.0.0.1:$sim_smtp, admin: 127.0.0.1:$sim_admin}"
+	echo "token_lifetime: 1h"
+	echo "tenants:"
+	echo "  - id: bench.example"
+	echo "    apps:"
+	echo "      - client_id: 0b0e0c00-1111-4222-8333-444455556666"
+	echo "        secrets: [{value: bench-secret-value}]"
+	echo "        send_as: [\"*\"]"
+	echo "    mailboxes:"
+	for b in ${boxes//,/ }; do echo "      - address: $b"; done
+} >"$work/sim.yaml"
+"$bin/o365sim" --config "$work/sim.yaml" --ca-out "$work/sim-ca.pem" 2>"$work/sim.log" &
+pids+=($!)
+wait_port "$sim_admin"
+echo bench-secret-value >"$work/bench.secret"
+sim_count() { json "$(curl -s "http://127.0.0.1:$sim_admin/admin/received/count")" count; }
+
+hf_plain=$(free_port) hf_tls=$(free_port) hf_http=$(free_port)
+hash=$("$bin/holdfast" creds hash <<<"$PASSWORD")
+holdfast_config() { # $1: exchange or off
+	cat <<YAML
+hostname: bench.localhost
+redis:
+  addrs: ["127.0.0.1:$redis_port"]
+smtp:
+  cert_file: $work/tls/cert.pem
+  key_file: $work/tls/key.pem
+  listeners:
+    - addr: "127.0.0.1:$hf_plain"
+      insecure: true
+    - addr: "127.0.0.1:$hf_tls"
+http:
+  addr: "127.0.0.1:$hf_http"
+delivery:
+  sender: "$1"
+  workers: 60
+log:
+  level: warn
+apps:
+  - name: bench
+    username: bench
+    password_hash: "$hash"
+    senders: ["@bench.example"]
+    credential: bench
+    mailbox: box1@bench.example
+    sender_mailboxes:
+$(for b in ${boxes//,/ }; do echo "      \"$b\": \"$b\""; done)
+credentials:
+  - name: bench
+    tenant: bench.example
+    client_id: 0b0e0c00-1111-4222-8333-444455556666
+    authority: "https://127.0.0.1:$sim_https"
+    client_secret_file: $work/bench.secret
+exchange:
+  smtp_addr: "127.0.0.1:$sim_smtp"
+  graph_url: "https://127.0.0.1:$sim_https"
+  ca_file: $work/sim-ca.pem
+  messages_per_minute: 1000000
+YAML
+}
+holdfast_config exchange >"$work/holdfast.yaml"
+holdfast_config off >"$work/holdfast-queue.yaml"
+"$bin/holdfast" serve --config "$work/holdfast.yaml" >"$work/holdfast.log" 2>&1 &
+hf_pid=$!
+pids+=($hf_pid)
+wait_port "$hf_plain"
+
+# --- Postfix: a private instance, smtp-sink -----------------------------------
+sink_port=$(free_port) pf_port=$(free_port)
+smtp-sink -c -u nobody "127.0.0.1:$sink_port" 1000 >"$work/sink.out" 2>"$work/sink.err" &
+pids+=($!)
+wait_port "$sink_port"
+# smtp-sink -c prints "sess=N quit=N mesg=N" after each change, ended by a
+# carriage return.
+sink_count() { tr '\r' '\n' <"$work/sink.out" | sed -n 's/.*mesg=\([0-9]*\).*/\1/p' | tail -1; }
+
+# Debian's smtpd reads smtpd.conf from $config_directory/sasl.
+mkdir -p "$pf/etc/sasl" "$pf/queue" "$pf/data"
+chown postfix "$pf/data"
+cat >"$pf/etc/main.cf" <<CF
+compatibility_level = 3.6
+queue_directory = $pf/queue
+data_directory = $pf/data
+meta_directory = /etc/postfix
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = bench.localhost
+mydomain = localhost
+myorigin = \$myhostname
+mydestination =
+local_transport = error:local delivery is off
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.1/32
+relayhost = [127.0.0.1]:$sink_port
+smtp_dns_support_level = disabled
+smtp_tls_security_level = none
+smtpd_peername_lookup = no
+smtpd_tls_cert_file = $work/tls/cert.pem
+smtpd_tls_key_file = $work/tls/key.pem
+smtpd_tls_security_level = may
+smtpd_tls_auth_only = no
+smtpd_sasl_auth_enable = yes
+smtpd_sasl_type = cyrus
+smtpd_sasl_path = smtpd
+cyrus_sasl_config_path = $pf/etc/sasl
+alias_maps =
+alias_database =
+smtpd_sasl_local_domain = bench.localhost
+smtpd_sasl_security_options = noanonymous
+smtpd_relay_restrictions = permit_sasl_authenticated, reject
+smtpd_recipient_restrictions = permit_sasl_authenticated, reject
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+smtpd_client_message_rate_limit = 0
+maillog_file_prefixes = /tmp
+maillog_file = $pf/maillog
+CF
+# The package's services, without chroot (the private queue has no copy
+# of /etc), and smtpd on a loopback port instead of port 25.
+awk -v port="$pf_port" '
+	/^smtp[ \t]+inet/ { print "127.0.0.1:" port " inet n - n - - smtpd"; next }
+	/^[a-z]/ && NF >= 8 { $5 = "n" }
+	{ print }
+' /etc/postfix/master.cf >"$pf/etc/master.cf"
+cat >"$pf/etc/sasl/smtpd.conf" <<SASL
+pwcheck_method: auxprop
+auxprop_plugin: sasldb
+sasldb_path: $pf/etc/sasl/sasldb2
+mech_list: PLAIN LOGIN
+SASL
+echo "$PASSWORD" | saslpasswd2 -f "$pf/etc/sasl/sasldb2" -c -p -u bench.localhost bench
+chown root:postfix "$pf/etc/sasl/sasldb2"
+chmod 640 "$pf/etc/sasl/sasldb2"
+postfix -c "$pf/etc" check >&2 || { say "postfix check failed:"; cat "$pf/maillog" >&2; exit 1; }
+postfix -c "$pf/etc" start >&2 || { say "postfix start failed:"; cat "$pf/maillog" >&2; exit 1; }
+wait_port "$pf_port"
+pf_pid=$(tr -d ' ' <"$pf/queue/pid/master.pid")
+say "Postfix master pid $pf_pid on 127.0.0.1:$pf_port, smtp-sink on $sink_port; Holdfast pid $hf_pid on $hf_plain (plain) and $hf_tls (STARTTLS)"
+if port25; then say "port 25 is in use"; exit 1; fi
+
+# --- the rounds -------------------------------------------------------------------
+results=$work/results.txt
+: >"$results"
+# run_round NAME PATTERN PORT FROM MESSAGES EXTRA...
+run_round() {
+	local name=$1 pattern=$2 port=$3 from=$4 n=$5
+	shift 5
+	local before out start end count rate p99
+	if [ "$name" = holdfast ]; then before=$(sim_count); else before=$(sink_count); fi
+	before=${before:-0}
+	count=$before
+	start=$(date +%s.%N)
+	out=$("$bin/hfload" -smtp "127.0.0.1:$port" -user bench -pass "$PASSWORD" -from "$from" \
+		-sessions "$SESSIONS" -messages "$n" -size "$SIZE" -timeout 600s -json "$@") || true
+	local accepted failed
+	accepted=$(json "$out" accepted) failed=$(json "$out" failed)
+	if [ "$failed" -gt 0 ]; then say "$name $pattern: $failed failed, first error: $(json "$out" first_error)"; fi
+	for _ in $(seq 1 $((E2E_TIMEOUT * 10))); do
+		if [ "$name" = holdfast ]; then count=$(sim_count); else count=$(sink_count); fi
+		count=${count:-0}
+		[ $((count - before)) -ge "$accepted" ] && break
+		sleep 0.1
+	done
+	end=$(date +%s.%N)
+	rate=$(json "$out" messages_per_second) p99=$(json "$out" p99_ms)
+	local e2e
+	e2e=$(python3 -c "print('%.0f' % ($((count - before)) / ($end - $start)))")
+	printf '%-9s %-10s ingress %6.0f msg/s  p99 %7.2f ms  end to end %6s msg/s  (%s accepted, %s failed, %s delivered)\n' \
+		"$name" "$pattern" "$rate" "$p99" "$e2e" "$accepted" "$failed" "$((count - before))" >&2
+	if [ "$accepted" -eq 0 ]; then
+		say "$name accepted nothing: no figures"
+		exit 1
+	fi
+	echo "$name $pattern $rate $p99 $e2e" >>"$results"
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+	say "round $round of $ROUNDS"
+	if [ $((round % 2)) -eq 1 ]; then order="holdfast postfix"; else order="postfix holdfast"; fi
+	for relay in $order; do
+		if [ "$relay" = holdfast ]; then
+			run_round holdfast persistent "$hf_plain" "$boxes" "$MESSAGES"
+		else
+			run_round postfix persistent "$pf_port" load@bench.example "$MESSAGES"
+		fi
+	done
+	for relay in $order; do
+		if [ "$relay" = holdfast ]; then
+			run_round holdfast reconnect "$hf_tls" "$boxes" "$RECONNECT_MESSAGES" -reconnect -starttls
+		else
+			run_round postfix reconnect "$pf_port" load@bench.example "$RECONNECT_MESSAGES" -reconnect -starttls
+		fi
+	done
+done
+
+# --- peak RSS with QUEUED messages queued -----------------------------------------
+say "Holdfast's peak RSS with $QUEUED messages queued (delivery off)"
+kill -TERM "$hf_pid"
+wait "$hf_pid" || true
+redis-cli -p "$redis_port" FLUSHALL >/dev/null
+"$bin/holdfast" serve --config "$work/holdfast-queue.yaml" >"$work/holdfast-queue.log" 2>&1 &
+hf_pid=$!
+pids+=($hf_pid)
+wait_port "$hf_plain"
+"$bin/hfload" -smtp "127.0.0.1:$hf_plain" -user bench -pass "$PASSWORD" -from "$boxes" \
+	-sessions "$SESSIONS" -messages "$QUEUED" -size "$SIZE" -timeout 600s -json >"$work/queued.json"
+rss_kb=$(awk '/^VmHWM/ {print $2}' "/proc/$hf_pid/status")
+echo "rss $rss_kb $(json "$(cat "$work/queued.json")" accepted)" >>"$results"
+
+# --- summary ----------------------------------------------------------------------------
+python3 - "$results" "$ROUNDS" "$MESSAGES" "$RECONNECT_MESSAGES" "$QUEUED" <<'PY'
+import statistics as st, sys
+path, rounds, msgs, recon, queued = sys.argv[1:]
+rows = {}
+rss = None
+for line in open(path):
+    f = line.split()
+    if f[0] == "rss":
+        rss = (int(f[1]) / 1024, int(f[2]))
+        continue
+    rows.setdefault((f[0], f[1]), []).append([float(x) for x in f[2:]])
+def med(relay, pattern, i):
+    return st.median(r[i] for r in rows[(relay, pattern)])
+print()
+print("Holdfast vs Postfix, %s rounds alternated, 20 sessions, 2 KB messages, AUTH PLAIN on both (medians)" % rounds)
+print("%-34s %12s %12s %8s %8s  %s" % ("", "Holdfast", "Postfix", "ratio", "target", "result"))
+def line(label, i, target=None, unit=""):
+    for pattern in ("persistent", "reconnect"):
+        h, p = med("holdfast", pattern, i), med("postfix", pattern, i)
+        t = "" if target is None else ">= %gx" % target
+        if h == 0 or p == 0:
+            print("%-34s %12.1f %12.1f %8s %8s  %s" % (label % pattern, h, p, "n/a", t, "no figure"))
+            continue
+        ratio = h / p
+        res = "" if not t else ("pass" if ratio >= target else "short")
+        print("%-34s %12.1f %12.1f %7.2fx %8s  %s" % (label % pattern, h, p, ratio, t, res))
+line("ingress msg/s (%s)", 0, 6)
+for pattern in ("persistent", "reconnect"):
+    print("%-34s %12.2f %12.2f" % ("ingress p99 ms (%s)" % pattern, med("holdfast", pattern, 1), med("postfix", pattern, 1)))
+line("end-to-end msg/s (%s)", 2, 3)
+if rss:
+    print("%-34s %12.0f %12s %8s %8s  %s" % ("Holdfast peak RSS MiB, %d queued" % rss[1], rss[0], "", "", "< 150", "pass" if rss[0] < 150 else "short"))
+print("(persistent: %s messages per round, AUTH once per session; reconnect: %s messages, a new connection + STARTTLS + AUTH each)" % (msgs, recon))
+PY

@@ -1,0 +1,206 @@
+package queue
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"holdfast/queue/redistest"
+)
+
+func submitTo(t *testing.T, q *Queue, route string) string {
+	t.Helper()
+	id, _, err := q.Enqueue(context.Background(), Submission{Route: route, From: "a@example.com", To: []string{"b@example.org"}, Body: []byte("x")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func dueNow(t *testing.T, q *Queue) ([]string, time.Time) {
+	t.Helper()
+	routes, next, err := q.DueRoutes(context.Background(), 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(routes)
+	return routes, next
+}
+
+// TestDueIndex: only routes with mail due now (or a lease to reclaim) are
+// due; idle routes cost nothing; a held route is not due until released.
+func TestDueIndex(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Start(t).Client(t)
+	now := time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
+	q := New(rdb, Options{Now: func() time.Time { return now }, BackoffBase: time.Minute})
+
+	// 50 routes that had mail, all delivered: idle.
+	for i := range 50 {
+		route := "idle" + string(rune('a'+i%26)) + string(rune('a'+i/26))
+		submitTo(t, q, route)
+		res, err := q.Lease(ctx, route, 1, time.Minute)
+		if err != nil || len(res.Leases) != 1 {
+			t.Fatalf("lease %s: %+v %v", route, res, err)
+		}
+		if err := q.Ack(ctx, res.Leases[0], "250 ok"); err != nil {
+			t.Fatal(err)
+		}
+		// The entry stays at the lease deadline until a lease finds the
+		// route empty.
+		now = now.Add(time.Minute + time.Millisecond)
+		if _, err := q.Lease(ctx, route, 1, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, next := dueNow(t, q); len(got) != 0 || !next.IsZero() {
+		t.Fatalf("idle routes due: %v next %v", got, next)
+	}
+
+	submitTo(t, q, "busy")
+	if got, _ := dueNow(t, q); !slices.Equal(got, []string{"busy"}) {
+		t.Fatalf("due after enqueue: %v", got)
+	}
+	res, err := q.Lease(ctx, "busy", 10, time.Minute)
+	if err != nil || len(res.Leases) != 1 {
+		t.Fatalf("lease busy: %+v %v", res, err)
+	}
+	// Leased: not due until its lease deadline, then due (to reclaim it).
+	if got, next := dueNow(t, q); len(got) != 0 || !next.Equal(now.Add(time.Minute)) {
+		t.Fatalf("due while leased: %v next %v", got, next)
+	}
+	// Handed back for later: due at once (dirty), and a lease moves the
+	// entry to the retry time.
+	if _, err := q.Retry(ctx, res.Leases[0], "421 try later"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := dueNow(t, q); !slices.Equal(got, []string{"busy"}) {
+		t.Fatalf("due after retry: %v", got)
+	}
+	if res, err := q.Lease(ctx, "busy", 10, time.Minute); err != nil || len(res.Leases) != 0 {
+		t.Fatalf("lease before backoff: %+v %v", res, err)
+	}
+	got, next := dueNow(t, q)
+	if len(got) != 0 || next.IsZero() || !next.After(now) {
+		t.Fatalf("due during backoff: %v next %v", got, next)
+	}
+	now = next
+	if got, _ := dueNow(t, q); !slices.Equal(got, []string{"busy"}) {
+		t.Fatalf("due after backoff: %v", got)
+	}
+
+	// Held: a lease finds it held and the entry moves HeldRecheck away.
+	if err := q.HoldRoute(ctx, "busy", "breaker open"); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := q.Lease(ctx, "busy", 10, time.Minute); err != nil || !res.Held {
+		t.Fatalf("lease held: %+v %v", res, err)
+	}
+	if got, next := dueNow(t, q); len(got) != 0 || !next.Equal(now.Add(q.opts.HeldRecheck)) {
+		t.Fatalf("held route due: %v next %v", got, next)
+	}
+	if err := q.ReleaseRoute(ctx, "busy"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := dueNow(t, q); !slices.Equal(got, []string{"busy"}) {
+		t.Fatalf("due after release: %v", got)
+	}
+}
+
+// TestDueIndexStaleUpdate: an index update from an earlier lease does not
+// overwrite a later lease's.
+func TestDueIndexStaleUpdate(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Start(t).Client(t)
+	q := New(rdb, Options{})
+	if err := q.index(ctx, "r", 5, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.index(ctx, "r", 4, -1); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := rdb.ZScore(ctx, dueIndexKey, "r").Result(); err != nil || s != 1000 {
+		t.Fatalf("entry after a stale update: %v %v", s, err)
+	}
+}
+
+// TestSweepDue: a route whose mark was lost (the process stopped between
+// storing and marking) is found by SweepDue.
+func TestSweepDue(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Start(t).Client(t)
+	q := New(rdb, Options{})
+	submitTo(t, q, "lost")
+	submitTo(t, q, "kept")
+	if _, err := q.Lease(ctx, "kept", 10, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Del(ctx, dueDirtyKey).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := dueNow(t, q); len(got) != 0 {
+		t.Fatalf("due before the sweep: %v", got)
+	}
+	n, err := q.SweepDue(ctx)
+	if err != nil || n != 1 {
+		t.Fatalf("sweep: %d %v, want 1", n, err)
+	}
+	if got, _ := dueNow(t, q); !slices.Equal(got, []string{"lost"}) {
+		t.Fatalf("due after the sweep: %v", got)
+	}
+}
+
+// TestLeaseRerun: the lease script run again with the same token, as
+// go-redis does after a read timeout, leases nothing more and returns the
+// same messages; a settle run again counts its attempt once.
+func TestLeaseRerun(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Start(t).Client(t)
+	q := New(rdb, Options{})
+	for range 3 {
+		submitTo(t, q, "crm")
+	}
+	first, err := q.lease(ctx, "crm", 2, time.Minute, "tok1")
+	if err != nil || len(first.Leases) != 2 {
+		t.Fatalf("lease: %+v %v", first, err)
+	}
+	again, err := q.lease(ctx, "crm", 2, time.Minute, "tok1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := func(r LeaseResult) []string {
+		var out []string
+		for _, l := range r.Leases {
+			out = append(out, l.ID)
+		}
+		slices.Sort(out)
+		return out
+	}
+	if !slices.Equal(ids(first), ids(again)) {
+		t.Fatalf("re-run leased %v, first run %v", ids(again), ids(first))
+	}
+	st, err := q.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Total.Leased != 2 || st.Total.Ready != 1 {
+		t.Fatalf("after the re-run: %+v", st)
+	}
+
+	l := first.Leases[0]
+	twin := *l
+	if _, err := q.Retry(ctx, l, "421 busy"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Retry(ctx, &twin, "421 busy"); err != nil {
+		t.Fatalf("settle re-run: %v", err)
+	}
+	m, err := q.Get(ctx, l.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Attempts != 1 {
+		t.Fatalf("attempts after a settle re-run: %d, want 1", m.Attempts)
+	}
+}

@@ -1,0 +1,24 @@
+package queue
+
+import (
+	"context"
+	"time"
+)
+
+// ReleaseSteps releases a route and returns how many steps it took.
+func ReleaseSteps(ctx context.Context, q *Queue, route string, fence Fence) (int, error) {
+	steps := 0
+	_, err := q.releaseSteps(ctx, route, fence, func(time.Duration) { steps++ })
+	return steps, err
+}
+
+// ReleaseStepsThen releases a route, calling between after the first step.
+func ReleaseStepsThen(ctx context.Context, q *Queue, route string, fence Fence, between func()) error {
+	steps := 0
+	_, err := q.releaseSteps(ctx, route, fence, func(time.Duration) {
+		if steps++; steps == 1 {
+			between()
+		}
+	})
+	return err
+}

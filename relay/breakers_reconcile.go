@@ -1,0 +1,155 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"holdfast/breaker"
+	"holdfast/queue"
+	"holdfast/relay/upstream"
+)
+
+// Route holds follow the breaker records by reconciliation, not by the
+// transitions a replica happens to observe: at start, at every breaker
+// poll and at once after a transition, each replica makes the held set
+// match the records. A route under an open breaker is held; a held route
+// whose breakers are all closed is released. Every hold and release
+// carries the generations of the records it was decided on (queue.Fence),
+// so an older release cannot undo a newer hold. A reset made while every
+// relay was down is applied by the first one that starts, and a release
+// that failed is retried at the next poll.
+
+// pruneEvery is how often a replica prunes routes idle for routeIdle.
+const (
+	pruneEvery = 10 * time.Minute
+	routeIdle  = 24 * time.Hour
+)
+
+// reconcileLoop reconciles the held set every poll and after each
+// transition, until ctx ends.
+func (g *gate) reconcileLoop(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var pruned time.Time
+	for {
+		if err := g.reconcile(ctx); err != nil && ctx.Err() == nil {
+			g.log.Warn("cannot reconcile held routes with the breakers", "err", err)
+		}
+		if time.Since(pruned) >= pruneEvery {
+			pruned = time.Now()
+			if gone, err := g.q.PruneRoutes(ctx, routeIdle); err != nil && ctx.Err() == nil {
+				g.log.Warn("cannot prune idle routes", "err", err)
+			} else if len(gone) > 0 {
+				g.log.Info("pruned routes idle for a day", "routes", len(gone))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-g.reconcileNow:
+		}
+	}
+}
+
+// reconcile makes the held set match the breaker records once.
+func (g *gate) reconcile(ctx context.Context) error {
+	routes, err := g.q.Routes(ctx)
+	if err != nil {
+		return err
+	}
+	var exchangeRoutes []string
+	for _, r := range routes {
+		if _, _, ok := routeBreakers(r); ok {
+			exchangeRoutes = append(exchangeRoutes, r)
+		}
+	}
+	if len(exchangeRoutes) == 0 {
+		return nil
+	}
+	list, err := g.set.List(ctx)
+	if err != nil {
+		return err
+	}
+	records := make(map[string]breaker.Status, len(list))
+	for _, st := range list {
+		records[st.Name] = st
+	}
+	held, err := g.q.HeldRoutes(ctx, exchangeRoutes)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	released := 0
+	for _, r := range exchangeRoutes {
+		cred, mbx, _ := routeBreakers(r)
+		c, m := records[cred], records[mbx]
+		c.Name, m.Name = cred, mbx
+		switch {
+		case c.State == breaker.Open || m.State == breaker.Open:
+			if !held[r] {
+				g.hold(ctx, r, c, m)
+			}
+		case held[r]:
+			ok, err := g.release(ctx, r, c, m)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			if ok {
+				released++
+			}
+		}
+	}
+	if released > 0 {
+		g.log.Info("released held routes", "routes", released)
+		if g.released != nil {
+			g.released()
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// fence is what a hold or release of a route is decided on.
+func fence(cred, mbx breaker.Status) queue.Fence {
+	return queue.Fence{cred.Name: cred.Generation, mbx.Name: mbx.Generation}
+}
+
+// hold holds a route whose credential or mailbox breaker is open in the
+// records given. A stale fence means a newer release or hold was applied:
+// the next reconciliation decides.
+func (g *gate) hold(ctx context.Context, route string, cred, mbx breaker.Status) {
+	st, class := cred, upstream.Credential
+	if cred.State != breaker.Open {
+		st, class = mbx, upstream.Mailbox
+	}
+	if st.State != breaker.Open {
+		return
+	}
+	reason := class.String() + ": breaker " + st.Name + " open"
+	if st.Reason != "" {
+		reason += ": " + st.Reason
+	}
+	fresh, err := g.q.HoldRouteAt(ctx, route, reason, fence(cred, mbx))
+	switch {
+	case errors.Is(err, queue.ErrStaleFence):
+	case err != nil:
+		g.log.Error("cannot hold route", "route", route, "err", err)
+	case fresh:
+		g.log.Info("route held", "route", route, "breaker", st.Name, "generation", st.Generation)
+	}
+}
+
+// release releases a held route whose breakers are both closed in the
+// records given; its held mail goes out now, oldest first, at the
+// mailbox's limits. It reports whether the route was released.
+func (g *gate) release(ctx context.Context, route string, cred, mbx breaker.Status) (bool, error) {
+	if _, err := g.q.Flush(ctx, route); err != nil {
+		return false, err
+	}
+	err := g.q.ReleaseRouteAt(ctx, route, fence(cred, mbx))
+	if errors.Is(err, queue.ErrStaleFence) {
+		return false, nil
+	}
+	return err == nil, err
+}

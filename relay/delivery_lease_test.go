@@ -1,0 +1,75 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"holdfast/queue"
+)
+
+// dotSender stands for an upstream whose send takes until done is
+// closed; it "writes the final dot" only when its context is still live
+// then.
+type dotSender struct {
+	started   chan struct{}
+	done      chan struct{}
+	dots      atomic.Int32
+	abandoned atomic.Int32
+	cause     atomic.Value
+}
+
+func (s *dotSender) Send(ctx context.Context, m *queue.Message) (string, error) {
+	close(s.started)
+	select {
+	case <-s.done:
+	case <-ctx.Done():
+	}
+	if ctx.Err() != nil {
+		s.abandoned.Add(1)
+		s.cause.Store(context.Cause(ctx))
+		return "", ctx.Err()
+	}
+	s.dots.Add(1)
+	return "250 2.0.0 OK", nil
+}
+
+// TestDeliveryLeaseLostMidSend: when a message's lease is lost during its
+// send (another worker took it over), the send is abandoned before the
+// final dot, so that the message is not delivered twice.
+func TestDeliveryLeaseLostMidSend(t *testing.T) {
+	f := newFixture(t)
+	rdb := f.redis.Client(t)
+	s := &dotSender{started: make(chan struct{}), done: make(chan struct{})}
+	id := enqueueTo(t, f, "someone@example.org")
+	startDeliverer(t, f.queue, s, deliveryConfig{Lease: 600 * time.Millisecond})
+	select {
+	case <-s.started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the message was never sent")
+	}
+	// Another worker's lease replaces this one.
+	key := "hf:{" + id[:8] + "}:m:" + id
+	if err := rdb.HSet(context.Background(), key, "lease", "another-worker").Err(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for s.abandoned.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(s.done)
+	time.Sleep(100 * time.Millisecond)
+	if s.dots.Load() != 0 || s.abandoned.Load() != 1 {
+		t.Fatalf("after the lease was lost: %d sends completed, %d abandoned; want 0 and 1", s.dots.Load(), s.abandoned.Load())
+	}
+	if c, _ := s.cause.Load().(error); !errors.Is(c, queue.ErrLeaseLost) {
+		t.Fatalf("send cancelled by %v, want the lost lease", c)
+	}
+	// The new holder settles the message: this worker left it alone.
+	m, err := f.queue.Get(context.Background(), id)
+	if err != nil || m.State != queue.Leased || m.Attempts != 0 {
+		t.Fatalf("message after the abandoned send: %+v %v", m, err)
+	}
+}

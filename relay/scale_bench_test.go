@@ -1,0 +1,189 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"holdfast/queue"
+)
+
+// countingSender accepts every message at once and counts them.
+type countingSender struct{ n atomic.Int64 }
+
+func (s *countingSender) Send(ctx context.Context, m *queue.Message) (string, error) {
+	s.n.Add(1)
+	return "250 2.0.0 OK", nil
+}
+
+// drainRoutes starts a deliverer with 8 workers, lets it settle (its
+// start-up index sweep), then enqueues perRoute messages on each route and
+// returns how long from the first enqueue until all were delivered.
+func drainRoutes(b *testing.B, q *queue.Queue, routes []string, perRoute int) time.Duration {
+	b.Helper()
+	ctx := context.Background()
+	s := &countingSender{}
+	d := newDeliverer(q, s, deliveryConfig{Workers: 8, Lease: time.Minute, Poll: 50 * time.Millisecond, Grace: time.Second}, discardLogger())
+	dctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { d.run(dctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	time.Sleep(500 * time.Millisecond)
+	start := time.Now()
+	for _, r := range routes {
+		for range perRoute {
+			if _, _, err := q.Enqueue(ctx, queue.Submission{Route: r, From: "a@example.com", To: []string{"b@example.org"}, Body: []byte("Subject: x\r\n\r\nhi\r\n")}); err != nil {
+				b.Fatal(err)
+			}
+			d.notify()
+		}
+	}
+	want := int64(len(routes) * perRoute)
+	deadline := time.Now().Add(5 * time.Minute)
+	for s.n.Load() < want {
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d delivered", s.n.Load(), want)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// idleRoutes gives the queue n routes that had mail, all of it delivered.
+func idleRoutes(b *testing.B, q *queue.Queue, n int) {
+	b.Helper()
+	routes := make([]string, n)
+	for i := range routes {
+		routes[i] = fmt.Sprintf("app:contoso:idle%d@contoso.com", i)
+	}
+	drainRoutes(b, q, routes, 1)
+}
+
+// BenchmarkDeliveryRoutes measures delivery through the queue and the
+// dispatcher, with an upstream that accepts at once, of 2,000 messages
+// spread over 1, 100 or 10,000 routes (mailboxes).
+func BenchmarkDeliveryRoutes(b *testing.B) {
+	for _, n := range []int{1, 100, 10_000} {
+		b.Run(fmt.Sprintf("mailboxes=%d", n), func(b *testing.B) {
+			const total = 2000
+			per := max(1, total/n)
+			var took time.Duration
+			for range b.N {
+				q := queue.New(newFixture(b).redis.Client(b), queue.Options{})
+				routes := make([]string, n)
+				for i := range routes {
+					routes[i] = fmt.Sprintf("app:contoso:box%d@contoso.com", i)
+				}
+				took += drainRoutes(b, q, routes, per)
+			}
+			b.ReportMetric(float64(b.N*n*per)/took.Seconds(), "delivered/s")
+		})
+	}
+}
+
+// BenchmarkBusyRoute measures one busy route's delivery rate (6,000
+// messages) alone, then beside 10,000 idle routes, and reports the ratio
+// (1 means the idle routes cost nothing).
+func BenchmarkBusyRoute(b *testing.B) {
+	const msgs = 6000
+	var alone, crowded time.Duration
+	for range b.N {
+		q := queue.New(newFixture(b).redis.Client(b), queue.Options{})
+		alone += drainRoutes(b, q, []string{"app:contoso:busy@contoso.com"}, msgs)
+		q = queue.New(newFixture(b).redis.Client(b), queue.Options{})
+		idleRoutes(b, q, 10_000)
+		crowded += drainRoutes(b, q, []string{"app:contoso:busy@contoso.com"}, msgs)
+	}
+	b.ReportMetric(float64(b.N*msgs)/alone.Seconds(), "alone/s")
+	b.ReportMetric(float64(b.N*msgs)/crowded.Seconds(), "beside-10k-idle/s")
+	b.ReportMetric(alone.Seconds()/crowded.Seconds(), "ratio")
+}
+
+// BenchmarkHeldRelease measures the release of a held backlog of one
+// mailbox (1,000 messages) through the simulator by 1, 2 and 3 replicas
+// sharing its 3 connection slots, from the release to the last message
+// at the simulator.
+func BenchmarkHeldRelease(b *testing.B) {
+	for _, replicas := range []int{1, 2, 3} {
+		b.Run(fmt.Sprintf("replicas=%d", replicas), func(b *testing.B) {
+			const backlog = 1000
+			var took time.Duration
+			for range b.N {
+				e := newExchangeEnv(b, replicas, func(o *Options) {
+					o.Log.Level = "warn"
+					o.Exchange.MessagesPerMinute = 1_000_000
+					o.Delivery.Workers = 8
+				})
+				ctx := context.Background()
+				route := "app:contoso:billing@contoso.com"
+				if err := e.f.queue.HoldRoute(ctx, route, "bench"); err != nil {
+					b.Fatal(err)
+				}
+				body := []byte("From: <billing@contoso.com>\r\nSubject: bench\r\n\r\n" + strings.Repeat("z", 2000) + "\r\n")
+				for range backlog {
+					if _, _, err := e.f.queue.Enqueue(ctx, queue.Submission{Route: route, App: "crm",
+						From: "billing@contoso.com", To: []string{"sink@example.org"}, Body: body}); err != nil {
+						b.Fatal(err)
+					}
+				}
+				time.Sleep(200 * time.Millisecond) // every replica sees the route held
+				start := time.Now()
+				if err := e.f.queue.ReleaseRoute(ctx, route); err != nil {
+					b.Fatal(err)
+				}
+				deadline := time.Now().Add(2 * time.Minute)
+				for e.sim.ReceivedCount() < backlog {
+					if time.Now().After(deadline) {
+						b.Fatalf("%d of %d delivered", e.sim.ReceivedCount(), backlog)
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+				took += time.Since(start)
+			}
+			b.ReportMetric(took.Seconds()/float64(b.N), "s/release")
+		})
+	}
+}
+
+// BenchmarkDeadUpstream counts what a replica sends to an SMTP endpoint
+// that drops every connection for 5 s, with 40 messages queued and a
+// probe interval of 1 s: connection attempts per probe interval, and
+// delivery attempts spent.
+func BenchmarkDeadUpstream(b *testing.B) {
+	const probe, dead, msgs = time.Second, 5 * time.Second, 40
+	var conns, spent int64
+	for range b.N {
+		proxy := startCutProxy(b)
+		proxy.cut.Store(true)
+		e := newExchangeEnv(b, 1, func(o *Options) {
+			proxy.target.Store(o.Exchange.SMTPAddr)
+			o.Exchange.SMTPAddr = proxy.ln.Addr().String()
+			o.Exchange.DeadDestinationProbe = Duration(probe)
+			o.Log.Level = "warn"
+		})
+		ctx := context.Background()
+		route := "app:contoso:billing@contoso.com"
+		var ids []string
+		for range msgs {
+			id, _, err := e.f.queue.Enqueue(ctx, queue.Submission{Route: route, App: "crm",
+				From: "billing@contoso.com", To: []string{"sink@example.org"}, Body: []byte("Subject: x\r\n\r\nhi\r\n")})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ids = append(ids, id)
+		}
+		e.relays[0].deliverer.notify()
+		time.Sleep(dead)
+		conns += proxy.conns.Load()
+		for _, id := range ids {
+			if m, err := e.f.queue.Get(ctx, id); err == nil {
+				spent += int64(m.Attempts)
+			}
+		}
+	}
+	b.ReportMetric(float64(conns)/float64(b.N)/(dead.Seconds()/probe.Seconds()), "conns/probe-interval")
+	b.ReportMetric(float64(spent)/float64(b.N), "attempts-spent")
+}
