@@ -26,6 +26,7 @@ import (
 //	hf:routes                set     every route that has had a message, until pruned
 //	hf:routes:idle           zset    route -> when it was first seen with no message (unix ms)
 //	hf:min:MINUTE            hash    fleet-wide counts of one minute (unix minutes); see minutes.go
+//	hf:rcpt:MAILBOX          zset    "id:n" -> send time (unix ms): recipients a mailbox sent to, for Exchange's rolling quota
 //	hf:auth:ip:IP            string  failed authentications from a client IP in the current window
 //	hf:auth:user:NAME        string  failed authentications for an SMTP user name in the current window
 //
@@ -62,6 +63,9 @@ const (
 	fDoneAt   = "done"  // delivered or dead-lettered at, unix ms
 	fReason   = "why"   // dead-letter reason
 	fIdemKey  = "idem"
+	// fAmbiguous is "1" once an attempt ended without knowing whether the
+	// upstream sent the message; see MarkAmbiguous.
+	fAmbiguous = "amb"
 	// "settled" holds "TOKEN:OUTCOME" of the last settled lease; only
 	// the scripts read it.
 )
@@ -187,6 +191,12 @@ func ValidID(id string) bool {
 		}
 	}
 	return true
+}
+
+// recipientsKey is the fleet-wide log of the recipients mailbox sent to
+// (see Limiter.CountRecipients). Each mailbox is its own slot.
+func recipientsKey(mailbox string) string {
+	return keyPrefix + "rcpt:" + strings.ToLower(mailbox)
 }
 
 // authFailKey is the failure counter of one client IP ("ip") or SMTP user

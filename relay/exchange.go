@@ -48,6 +48,8 @@ type exchange struct {
 	gate *gate
 	// dest is this replica's dead-destination breakers.
 	dest *destination.Set
+	// quota counts what each mailbox sent, for Exchange's recipient quota.
+	quota *recipientQuota
 }
 
 var (
@@ -96,6 +98,8 @@ func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx
 		graphCreds: map[string]*auth.Credential{},
 		dest: destination.New(destination.Options{ProbeInterval: o.Exchange.DeadDestinationProbe.D(),
 			Logger: log.With("component", "destination")}),
+		quota: &recipientQuota{rl: queue.NewLimiter(rdb, nil), limit: o.Exchange.RecipientsPerDay,
+			log: log.With("component", "exchange")},
 	}
 	httpClient.Transport = x.dest.Transport(httpClient.Transport, tokenEndpoint, classifyToken)
 	if o.Exchange.GrantKeyFile != "" {
@@ -154,6 +158,8 @@ func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx
 			HTTPClient: httpClient,
 			Router:     x.route(x.graphCreds, true),
 			Large:      x.smtp,
+			// Only the per-message flags are used, which need no options.
+			Outcomes: queue.New(rdb, queue.Options{}),
 		})
 		if err != nil {
 			return nil, err
@@ -243,19 +249,25 @@ func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
 			return "", err
 		}
 	}
+	counted, err := x.quota.reserve(ctx, m)
+	if err != nil {
+		return "", err
+	}
+	var reply string
 	if graph {
 		// Graph's breaker judges the classified sendMail outcome, which
 		// names Graph's throttling (the token endpoint's is judged by
 		// the HTTP client's transport).
-		done, err := x.dest.Allow(destination.Graph)
-		if err != nil {
-			return "", err
+		done, derr := x.dest.Allow(destination.Graph)
+		if derr != nil {
+			return "", x.quota.settle(ctx, m, counted, derr)
 		}
-		reply, err := x.graph.Send(ctx, m)
+		reply, err = x.graph.Send(ctx, m)
 		done(err)
-		return reply, err
+	} else {
+		reply, err = x.smtp.Send(ctx, m)
 	}
-	return x.smtp.Send(ctx, m)
+	return reply, x.quota.settle(ctx, m, counted, err)
 }
 
 // watch reloads every credential's files when they change, until ctx

@@ -35,6 +35,9 @@ func (o *Options) validateExchange() error {
 	if x.MessagesPerMinute < 1 {
 		return fmt.Errorf("exchange.messages_per_minute: must be at least 1")
 	}
+	if x.RecipientsPerDay < 0 {
+		return fmt.Errorf("exchange.recipients_per_day: must not be negative")
+	}
 	for _, d := range []struct {
 		field string
 		v     Duration

@@ -34,6 +34,7 @@ func TestValidateExchange(t *testing.T) {
 		{"exchange.graph_url", func(o *Options) { o.Exchange.GraphURL = "http://graph.microsoft.com" }},
 		{"exchange.max_connections_per_mailbox", func(o *Options) { o.Exchange.MaxConnectionsPerMailbox = 0 }},
 		{"exchange.messages_per_minute", func(o *Options) { o.Exchange.MessagesPerMinute = 0 }},
+		{"exchange.recipients_per_day", func(o *Options) { o.Exchange.RecipientsPerDay = -1 }},
 		{"exchange.command_timeout", func(o *Options) { o.Exchange.CommandTimeout = Duration(time.Millisecond) }},
 		{"credentials", func(o *Options) { o.Credentials = nil }},
 		{"credentials[0].name", func(o *Options) { o.Credentials[0].Name = "a:b" }},

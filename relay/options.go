@@ -123,6 +123,10 @@ type ExchangeOptions struct {
 	// MessagesPerMinute per mailbox across every replica. Default 30,
 	// Exchange Online's limit.
 	MessagesPerMinute int `yaml:"messages_per_minute"`
+	// RecipientsPerDay per mailbox across every replica, in a rolling
+	// 24 hours. Default 10,000, Exchange Online's quota; 0 still counts
+	// but leaves the limit to Exchange.
+	RecipientsPerDay int `yaml:"recipients_per_day"`
 	// ConnectTimeout bounds the TCP connection to SMTPAddr,
 	// CommandTimeout the wait for each reply (the greeting, EHLO,
 	// STARTTLS and AUTH included) and DataTimeout the reply after a
@@ -375,6 +379,7 @@ func DefaultOptions() Options {
 			GraphURL:                 "https://graph.microsoft.com",
 			MaxConnectionsPerMailbox: 3,
 			MessagesPerMinute:        30,
+			RecipientsPerDay:         10000,
 			ConnectTimeout:           Duration(15 * time.Second),
 			DeadDestinationProbe:     Duration(10 * time.Second),
 			CommandTimeout:           Duration(time.Minute),

@@ -25,6 +25,7 @@ type fileConfig struct {
 	TokenLifetime       string `yaml:"token_lifetime"`
 	Seed                uint64 `yaml:"seed"`
 	ExpiringTokenMargin string `yaml:"expiring_token_margin"`
+	RecipientQuota      int    `yaml:"recipient_quota"`
 	Tenants             []struct {
 		ID   string `yaml:"id"`
 		Apps []struct {
@@ -67,7 +68,10 @@ func loadConfig(path string) (sim.Config, error) {
 	if err := dec.Decode(&fc); err != nil && !errors.Is(err, io.EOF) {
 		return sim.Config{}, fmt.Errorf("%s: %w", path, err)
 	}
-	cfg := sim.Config{HTTPSAddr: fc.Listen.HTTPS, SMTPAddr: fc.Listen.SMTP, AdminAddr: fc.Listen.Admin}
+	cfg := sim.Config{HTTPSAddr: fc.Listen.HTTPS, SMTPAddr: fc.Listen.SMTP, AdminAddr: fc.Listen.Admin, RecipientQuota: fc.RecipientQuota}
+	if fc.RecipientQuota < 0 {
+		return sim.Config{}, fmt.Errorf("%s: recipient_quota: must not be negative", path)
+	}
 	if fc.TokenLifetime != "" {
 		if cfg.TokenLifetime, err = time.ParseDuration(fc.TokenLifetime); err != nil {
 			return sim.Config{}, fmt.Errorf("%s: token_lifetime: %w", path, err)

@@ -5,6 +5,7 @@
 package o365
 
 import (
+	"errors"
 	"strings"
 	"time"
 
@@ -44,6 +45,11 @@ const (
 	concurrencyDelay = 30 * time.Second
 )
 
+// ErrSubmissionQuota is carried by the Throttled error of Exchange's
+// 554 5.2.0 SubmissionQuotaExceededException, so that the caller can wait
+// for the mailbox's rolling quota to have room instead of quotaDelay.
+var ErrSubmissionQuota = errors.New("the mailbox's recipient quota for the rolling 24 hours is spent")
+
 // ClassifySMTP classifies a failed SMTP reply. freshToken says whether the
 // token used for AUTH was fetched for this attempt; a 535 5.7.3 on a
 // cached token may only mean the token expired early, so it is transient
@@ -79,7 +85,7 @@ func ClassifySMTP(r SMTPReply, kind AuthKind, freshToken bool) *upstream.Error {
 	case r.Code == 432:
 		e.Class, e.RetryAfter = upstream.Throttled, concurrencyDelay
 	case strings.Contains(text, "submissionquotaexceeded"):
-		e.Class, e.RetryAfter = upstream.Throttled, quotaDelay
+		e.Class, e.RetryAfter, e.Err = upstream.Throttled, quotaDelay, ErrSubmissionQuota
 	case r.Code == 550 && strings.HasPrefix(r.Enhanced, "5.2.25") && r.Enhanced != "5.2.252":
 		e.Class, e.RetryAfter = upstream.Throttled, penaltyDelay
 	case r.Code >= 400 && r.Code < 500:

@@ -1,6 +1,7 @@
 package o365
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -118,5 +119,19 @@ func TestClassifyGraph(t *testing.T) {
 				t.Fatalf("class %v after %v, want %v after %v", e.Class, e.RetryAfter, tc.want, tc.f.RetryAfter)
 			}
 		})
+	}
+}
+
+// TestClassifySubmissionQuota: Exchange's quota reply, in the full form
+// the simulator sends, is marked so that the relay can wait for the
+// rolling window; other 554 5.2.0 replies are not.
+func TestClassifySubmissionQuota(t *testing.T) {
+	quota := ClassifySMTP(SMTPReply{554, "5.2.0", "STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Cannot submit message.[EndDiagnosticData]"}, AppOnly, true)
+	if quota.Class != upstream.Throttled || !errors.Is(quota, ErrSubmissionQuota) {
+		t.Fatalf("quota reply: %+v", quota)
+	}
+	sendAs := ClassifySMTP(SMTPReply{554, "5.2.0", "STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied"}, AppOnly, true)
+	if errors.Is(sendAs, ErrSubmissionQuota) {
+		t.Fatalf("SendAs denied marked as the quota: %+v", sendAs)
 	}
 }

@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -35,6 +37,10 @@ type GraphOptions struct {
 	Large interface {
 		Send(ctx context.Context, m *queue.Message) (string, error)
 	}
+	// Outcomes remembers which messages had an attempt with an unknown
+	// outcome; before sending one of those again, the sender looks for it
+	// in the mailbox's Sent Items. Nil turns the lookup off.
+	Outcomes Outcomes
 }
 
 // GraphSender delivers messages with Graph's sendMail, raw MIME in base64.
@@ -75,41 +81,61 @@ func (g *GraphSender) Send(ctx context.Context, m *queue.Message) (string, error
 	if err != nil {
 		return "", err
 	}
+	raw, msgID := withMessageID(m.Body, m.ID, r.Mailbox)
+	if reply, sent, err := g.sentBefore(ctx, r, m.ID, msgID); err != nil || sent {
+		return reply, err
+	}
 	// A 401 on a cached token may only mean it expired early: try once
 	// more with a new one before blaming the credential.
 	for fresh := false; ; fresh = true {
-		reply, status, err := g.post(ctx, r, m)
+		reply, status, unknown, err := g.post(ctx, r, raw)
 		if status == http.StatusUnauthorized && !fresh {
 			r.Tokens.Invalidate()
 			continue
+		}
+		if unknown {
+			err = g.markUnknown(ctx, m.ID, err)
 		}
 		return reply, err
 	}
 }
 
-func (g *GraphSender) post(ctx context.Context, r Route, m *queue.Message) (string, int, error) {
+// post sends raw MIME with sendMail. unknown is true when the outcome is
+// not known: Graph answered 5xx, or the connection failed or timed out
+// after the request was written. Either way Exchange may have sent the
+// message. Any 202 is a send, with or without Retry-After.
+func (g *GraphSender) post(ctx context.Context, r Route, raw []byte) (reply string, status int, unknown bool, err error) {
 	tok, err := r.Tokens.Token(ctx)
 	if err != nil {
-		return "", 0, tokenError(err, r.Kind)
+		return "", 0, false, tokenError(err, r.Kind)
 	}
 	u := g.o.BaseURL + "/v1.0/users/" + url.PathEscape(r.Mailbox) + "/sendMail"
-	body := base64.StdEncoding.EncodeToString(m.Body)
+	body := base64.StdEncoding.EncodeToString(raw)
+	var wrote atomic.Bool
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		WroteRequest: func(i httptrace.WroteRequestInfo) { wrote.Store(i.Err == nil) },
+	})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader(body))
 	if err != nil {
-		return "", 0, err
+		return "", 0, false, err
 	}
 	req.Header.Set("Content-Type", "text/plain")
 	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
 	resp, err := g.o.HTTPClient.Do(req)
 	if err != nil {
-		return "", 0, &upstream.Error{Class: upstream.Transient, Text: "POST sendMail", Err: err}
+		return "", 0, wrote.Load(), &upstream.Error{Class: upstream.Transient, Text: "POST sendMail", Err: err}
 	}
 	defer resp.Body.Close()
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode == http.StatusAccepted {
-		return "202 Accepted by Graph sendMail", resp.StatusCode, nil
+		return "202 Accepted by Graph sendMail", resp.StatusCode, false, nil
 	}
-	return "", resp.StatusCode, ClassifyGraph(ParseGraphError(resp.StatusCode, resp.Header, raw), r.Kind)
+	return "", resp.StatusCode, resp.StatusCode >= 500, ClassifyGraph(graphFailure(resp), r.Kind)
+}
+
+// graphFailure reads a failed Graph answer (see ParseGraphError).
+func graphFailure(resp *http.Response) GraphFailure {
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	return ParseGraphError(resp.StatusCode, resp.Header, raw)
 }
 
 // maxGraphText bounds the code and message kept from a Graph error.

@@ -579,7 +579,11 @@ func smtpError(command string, err error, kind AuthKind, fresh bool) *upstream.E
 			ec = fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
 		}
 		e := ClassifySMTP(SMTPReply{Code: se.Code, Enhanced: ec, Text: se.Message}, kind, fresh)
-		e.Err = errors.New(command)
+		if e.Err != nil {
+			e.Err = fmt.Errorf("%s: %w", command, e.Err)
+		} else {
+			e.Err = errors.New(command)
+		}
 		return e
 	}
 	return &upstream.Error{Class: upstream.Transient, Text: command, Err: err}

@@ -18,12 +18,18 @@ type faultJSON struct {
 	SMTPStall        string `json:"smtp_stall,omitempty"`
 	SMTPStallMailbox string `json:"smtp_stall_mailbox,omitempty"`
 	GraphThrottle    string `json:"graph_throttle,omitempty"`
+	GraphAfterSend   string `json:"graph_after_send,omitempty"`
+	GraphFail        string `json:"graph_fail,omitempty"`
+	GraphAcceptedRA  string `json:"graph_accepted_retry_after,omitempty"`
 }
 
 // MarshalJSON writes f as the admin API shows it.
 func (f Fault) MarshalJSON() ([]byte, error) {
 	j := faultJSON{TokenUnavailable: f.TokenUnavailable, SMTPTransient: f.SMTPTransient, SMTPDown: f.SMTPDown, SMTPStall: f.SMTPStall,
-		SMTPStallMailbox: f.SMTPStallMailbox}
+		SMTPStallMailbox: f.SMTPStallMailbox, GraphAfterSend: f.GraphAfterSend, GraphFail: f.GraphFail}
+	if f.GraphAcceptedRetryAfter > 0 {
+		j.GraphAcceptedRA = f.GraphAcceptedRetryAfter.String()
+	}
 	if f.TokenThrottle > 0 {
 		j.TokenThrottle = f.TokenThrottle.String()
 	}
@@ -53,6 +59,22 @@ func (f *Fault) UnmarshalJSON(b []byte) error {
 			return fmt.Errorf("graph_throttle: %w", err)
 		}
 	}
+	if j.GraphAcceptedRA != "" {
+		if out.GraphAcceptedRetryAfter, err = time.ParseDuration(j.GraphAcceptedRA); err != nil {
+			return fmt.Errorf("graph_accepted_retry_after: %w", err)
+		}
+	}
+	switch j.GraphAfterSend {
+	case "", "500", "504", "hang":
+	default:
+		return fmt.Errorf("graph_after_send: %q is not \"500\", \"504\", \"hang\" or empty", j.GraphAfterSend)
+	}
+	switch j.GraphFail {
+	case "", "500", "503":
+	default:
+		return fmt.Errorf("graph_fail: %q is not \"500\", \"503\" or empty", j.GraphFail)
+	}
+	out.GraphAfterSend, out.GraphFail = j.GraphAfterSend, j.GraphFail
 	switch j.SMTPTransient {
 	case "", "421", "451":
 	default:

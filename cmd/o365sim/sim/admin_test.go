@@ -53,6 +53,16 @@ func TestAdminAPI(t *testing.T) {
 	if got := f.faults(); got.TokenThrottle != 5*time.Second || got.GraphThrottle != time.Minute || got.SMTPStall != "data" {
 		t.Fatalf("Fault %+v", got)
 	}
+	must(f.admin(t, "POST", "/admin/fault", map[string]any{"graph_after_send": "hang", "graph_fail": "503", "graph_accepted_retry_after": "30s"}, nil), 204)
+	must(f.admin(t, "GET", "/admin/fault", nil, &fault), 200)
+	if fault["graph_after_send"] != "hang" || fault["graph_fail"] != "503" || fault["graph_accepted_retry_after"] != "30s" {
+		t.Fatalf("graph faults %v", fault)
+	}
+	if got := f.faults(); got.GraphAfterSend != "hang" || got.GraphFail != "503" || got.GraphAcceptedRetryAfter != 30*time.Second {
+		t.Fatalf("graph Fault %+v", got)
+	}
+	must(f.admin(t, "POST", "/admin/fault", map[string]any{"graph_after_send": "502"}, nil), 400)
+	must(f.admin(t, "POST", "/admin/fault", map[string]any{"graph_fail": "429"}, nil), 400)
 	must(f.admin(t, "POST", "/admin/fault", map[string]any{"smtp_transient": "500"}, nil), 400)
 	must(f.admin(t, "POST", "/admin/fault", map[string]any{"smtp_stall": "forever"}, nil), 400)
 	must(f.admin(t, "POST", "/admin/fault", map[string]any{"no_such_field": true}, nil), 400)

@@ -10,12 +10,19 @@
 //     POST /{tenant}/oauth2/v2.0/token (client_credentials with a client
 //     secret in the form or a private_key_jwt assertion; refresh_token for
 //     delegated grants, which rotates the refresh token), POST
-//     /v1.0/users/{id|upn}/sendMail (the MIME form only) and GET
+//     /v1.0/users/{id|upn}/sendMail (the MIME form only), GET
+//     /v1.0/users/{id|upn}/mailFolders/SentItems/messages filtered by
+//     internetMessageId eq '…' (needs Mail.ReadBasic.All, Mail.Read.All
+//     or delegated Mail.ReadBasic/Mail.Read; Sent Items hold every
+//     message the mailbox sent since the last reset), and GET
 //     /v1.0/applications(appId='…') with $select, which needs the role
 //     Application.Read.All (or Application.ReadWrite.OwnedBy on an app
 //     that owns itself) and answers 403 Authorization_RequestDenied
 //     without it.
-//   - SMTP submission (SMTPAddr): STARTTLS, then AUTH XOAUTH2 only.
+//   - SMTP submission (SMTPAddr): STARTTLS, then AUTH XOAUTH2 only. A
+//     mailbox sends to at most Config.RecipientQuota (10,000) recipients
+//     in a rolling 24 hours; the message that would go over gets 554 5.2.0
+//     SubmissionQuotaExceededException.
 //     Before STARTTLS the simulator answers as Exchange does; after it a
 //     go-smtp server runs the session (see smtp.go).
 //   - The admin API (AdminURL), plain HTTP and JSON.
@@ -48,7 +55,10 @@
 //	POST /admin/fault              Fault, e.g. {"token_throttle": "30s", "token_unavailable": true,
 //	                               "smtp_transient": "421"|"451", "smtp_down": true,
 //	                               "smtp_stall": "greeting"|"data",
-//	                               "graph_throttle": "10s"};
+//	                               "graph_throttle": "10s",
+//	                               "graph_after_send": "500"|"504"|"hang",
+//	                               "graph_fail": "500"|"503",
+//	                               "graph_accepted_retry_after": "30s"};
 //	                               replaces the current faults, {} clears them
 //	GET  /admin/fault              the current faults
 //	GET  /admin/received           200 [Received…], data as text
@@ -74,4 +84,8 @@
 //     out: "greeting" accepts new connections and never greets them;
 //     "data" never answers the end of DATA and does not record the
 //     message.
+//   - Fault.GraphAfterSend records the message, as a send that went out,
+//     and then answers 500 ErrorInternalServerError or 504, or hangs;
+//     Fault.GraphFail answers 500 or 503 ServiceUnavailable without
+//     recording it.
 package sim

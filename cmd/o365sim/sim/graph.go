@@ -21,6 +21,7 @@ func (s *Sim) httpsHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /{tenant}/oauth2/v2.0/token", s.handleToken)
 	mux.HandleFunc("POST /v1.0/users/{user}/sendMail", s.handleSendMail)
+	mux.HandleFunc("GET /v1.0/users/{user}/mailFolders/{folder}/messages", s.handleFolderMessages)
 	mux.HandleFunc("GET /v1.0/{resource}", s.handleApplication)
 	return mux
 }
@@ -109,6 +110,10 @@ func (s *Sim) handleSendMail(w http.ResponseWriter, r *http.Request) {
 		s.writeGraphError(w, r, http.StatusTooManyRequests, "ApplicationThrottled", "Application is over its MailboxConcurrency limit.")
 		return
 	}
+	if code := s.faults().GraphFail; code != "" {
+		s.writeGraphFault(w, r, code)
+		return
+	}
 	user := r.PathValue("user")
 	s.mu.Lock()
 	m := s.findMailbox(user)
@@ -192,6 +197,22 @@ func (s *Sim) handleSendMail(w http.ResponseWriter, r *http.Request) {
 		Delegated:     claims.delegated(),
 		Started:       started,
 	})
+	f := s.faults()
+	switch f.GraphAfterSend {
+	case "hang":
+		select {
+		case <-r.Context().Done():
+		case <-time.After(stallTimeout):
+		}
+		return
+	case "":
+	default:
+		s.writeGraphFault(w, r, f.GraphAfterSend)
+		return
+	}
+	if f.GraphAcceptedRetryAfter > 0 {
+		w.Header().Set("Retry-After", retryAfter(f.GraphAcceptedRetryAfter))
+	}
 	w.Header().Set("request-id", newGUID())
 	w.WriteHeader(http.StatusAccepted)
 }

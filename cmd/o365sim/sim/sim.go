@@ -33,6 +33,11 @@ type Config struct {
 	// XOAUTH2 auth data - Token will expire soon", as Exchange Online's
 	// high volume endpoint does. SetExpiringTokenMargin changes it.
 	ExpiringTokenMargin time.Duration
+	// RecipientQuota is how many recipients one mailbox may send to in a
+	// rolling 24 hours, as Exchange Online's recipient rate limit; default
+	// 10,000. A message that would go over it gets 554 5.2.0
+	// SubmissionQuotaExceededException.
+	RecipientQuota int
 	// HTTPSAddr, SMTPAddr and AdminAddr are the listen addresses; each
 	// defaults to 127.0.0.1:0 and must be a loopback address.
 	HTTPSAddr, SMTPAddr, AdminAddr string
@@ -62,8 +67,9 @@ type App struct {
 	SendAsMailboxes []string
 	// GraphRoles are the application permissions granted on Microsoft
 	// Graph, carried as "roles" in its app-only Graph tokens. Nil means
-	// Mail.Send and Application.Read.All; an empty, non-nil list grants
-	// nothing. Reading an application needs Application.Read.All (or
+	// Mail.Send, Mail.ReadBasic.All and Application.Read.All; an empty,
+	// non-nil list grants nothing. Listing a mailbox's Sent Items needs
+	// Mail.ReadBasic.All, Mail.ReadBasic or Mail.Read. Reading an application needs Application.Read.All (or
 	// Application.ReadWrite.All), or Application.ReadWrite.OwnedBy with
 	// OwnsItself.
 	GraphRoles []string
@@ -124,6 +130,17 @@ type Fault struct {
 	// GraphThrottle answers sendMail with 429 ApplicationThrottled and a
 	// Retry-After of this many seconds (rounded up).
 	GraphThrottle time.Duration
+	// GraphAfterSend makes sendMail record the message, as Exchange does
+	// when it sent it, and then fail: "500" or "504" answers with that
+	// status, "hang" never answers until the client gives up (or 5
+	// minutes pass, or the simulator closes).
+	GraphAfterSend string
+	// GraphFail answers sendMail with this 5xx status ("500" or "503")
+	// without recording the message.
+	GraphFail string
+	// GraphAcceptedRetryAfter adds a Retry-After of this many seconds
+	// (rounded up) to sendMail's 202.
+	GraphAcceptedRetryAfter time.Duration
 }
 
 // Received is a message Exchange accepted.
@@ -189,6 +206,7 @@ const (
 	rotatedSecretLifetime = 180 * 24 * time.Hour
 
 	roleMailSend           = "Mail.Send"
+	roleMailReadBasicAll   = "Mail.ReadBasic.All"
 	roleApplicationReadAll = "Application.Read.All"
 	roleApplicationRWAll   = "Application.ReadWrite.All"
 	roleApplicationOwnedBy = "Application.ReadWrite.OwnedBy"
@@ -202,6 +220,7 @@ const (
 type Sim struct {
 	now      func() time.Time
 	lifetime time.Duration // fixed token lifetime; 0: random (see lifetimes.go)
+	quota    int           // recipients per mailbox per rolling 24 hours
 	certs    *certs
 	key      []byte // signs access tokens
 	addrs    [3]string
@@ -266,6 +285,9 @@ type mailbox struct {
 	tenant       *tenant
 	smtpDisabled bool
 	sendAs       []string // lower-case addresses and @domains
+	// sent counts the recipients of the messages it sent, for the
+	// recipient quota (see quota.go).
+	sent []quotaEntry
 }
 
 // grant is a delegated consent of one mailbox to one app, with the refresh
@@ -285,6 +307,7 @@ func New(cfg Config) (*Sim, error) {
 		lifetime:  cfg.TokenLifetime,
 		rng:       newLifetimeRand(cfg.Seed),
 		margin:    cfg.ExpiringTokenMargin,
+		quota:     cfg.RecipientQuota,
 		tenants:   map[string]*tenant{},
 		mailboxes: map[string]*mailbox{},
 		grants:    map[string]*grant{},
@@ -361,7 +384,7 @@ func newApp(tn *tenant, a App, start time.Time) (*app, error) {
 		return nil, errors.New("app with an empty ClientID")
 	}
 	ap := &app{clientID: a.ClientID, tenant: tn, sendAs: map[string]bool{}, ownsItself: a.OwnsItself,
-		graphRoles: []string{roleMailSend, roleApplicationReadAll}}
+		graphRoles: []string{roleMailSend, roleMailReadBasicAll, roleApplicationReadAll}}
 	if a.GraphRoles != nil {
 		ap.graphRoles = append([]string{}, a.GraphRoles...)
 	}

@@ -260,6 +260,9 @@ func (ss *smtpSession) Data(r io.Reader) error {
 	if msgID == "" {
 		msgID = "<" + newGUID() + "@" + smtpHost + ">"
 	}
+	if !ss.s.takeQuota(m, len(to)) {
+		return errQuotaExceeded
+	}
 	ss.s.record(Received{
 		Mailbox:       m.address,
 		From:          from,

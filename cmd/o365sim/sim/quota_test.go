@@ -1,0 +1,47 @@
+package sim
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// TestRecipientQuota: a mailbox sends to at most RecipientQuota
+// recipients in a rolling 24 hours; the message that would go over gets
+// 554 5.2.0 SubmissionQuotaExceededException and is not recorded, and
+// room comes back as the oldest recipients leave the window.
+func TestRecipientQuota(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.RecipientQuota = 3 })
+	tok := f.appToken(t, appID, appSecret, outlookScope)
+	c := f.dialTLS(t)
+	if err := c.Auth(&xoauth2{user: alice, token: tok}); err != nil {
+		t.Fatal(err)
+	}
+	send := func(id string, to ...string) error {
+		return c.SendMail(alice, to, strings.NewReader(testMessage(alice, to[0], id)))
+	}
+	if err := send("<q1@test>", "a@fabrikam.com", "b@fabrikam.com"); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Add(time.Hour)
+	if err := send("<q2@test>", "c@fabrikam.com"); err != nil {
+		t.Fatal(err)
+	}
+	err := send("<q3@test>", "d@fabrikam.com")
+	wantSMTPError(t, err, 554, smtp.EnhancedCode{5, 2, 0}, errQuotaExceeded.Message)
+	if !strings.Contains(err.Error(), "SubmissionQuotaExceededException") || f.ReceivedCount() != 2 {
+		t.Fatalf("over quota: %v, %d received", err, f.ReceivedCount())
+	}
+	// The first message's two recipients leave the window 24 h after it.
+	f.clock.Add(23*time.Hour - time.Second)
+	wantSMTPError(t, send("<q4@test>", "d@fabrikam.com"), 554, smtp.EnhancedCode{5, 2, 0}, errQuotaExceeded.Message)
+	f.clock.Add(time.Second)
+	if err := send("<q5@test>", "d@fabrikam.com", "e@fabrikam.com"); err != nil {
+		t.Fatalf("after the oldest left the window: %v", err)
+	}
+	if f.ReceivedCount() != 3 {
+		t.Fatalf("%d received, want 3", f.ReceivedCount())
+	}
+}
