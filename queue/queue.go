@@ -170,9 +170,9 @@ var ErrNotReplicated = errors.New("too few replicas acknowledged the message in 
 // pipeline, on one connection: WAIT counts the writes of its own
 // connection.
 func (q *Queue) enqueueReplicated(ctx context.Context, keys []string, args []any) ([]any, error) {
-	c, ok := q.rdb.(*redis.Client)
-	if !ok {
-		return nil, fmt.Errorf("min replicas: needs a single Redis primary, not a %T", q.rdb)
+	c, err := q.primaryFor(ctx, keys[0])
+	if err != nil {
+		return nil, err
 	}
 	aof, err := q.hasWaitAOF(ctx, c)
 	if err != nil {
@@ -222,6 +222,23 @@ func (q *Queue) enqueueReplicated(ctx context.Context, keys []string, args []any
 		}
 		return out, nil
 	}
+}
+
+// primaryFor is the client of the primary that holds key: the one Redis
+// of a single-node setup, or, on Redis Cluster, the master of the key's
+// slot, where WAIT and WAITAOF count that master's replicas.
+func (q *Queue) primaryFor(ctx context.Context, key string) (*redis.Client, error) {
+	switch c := q.rdb.(type) {
+	case *redis.Client:
+		return c, nil
+	case *redis.ClusterClient:
+		m, err := c.MasterForKey(ctx, key)
+		if err != nil {
+			return nil, fmt.Errorf("min replicas: the master of %s: %w", key, err)
+		}
+		return m, nil
+	}
+	return nil, fmt.Errorf("min replicas: needs a single Redis or a Redis Cluster, not a %T", q.rdb)
 }
 
 // hasWaitAOF reports, once per queue, whether the server offers WAITAOF

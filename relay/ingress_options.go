@@ -93,9 +93,6 @@ func (o *Options) validateIngress() error {
 	if o.Redis.MinReplicasAcked < 0 {
 		return bad("redis.min_replicas_acked", "must not be negative")
 	}
-	if o.Redis.MinReplicasAcked > 0 && (o.Redis.Cluster || len(o.Redis.Addrs) > 1) {
-		return bad("redis.min_replicas_acked", "needs a single Redis primary; Redis Cluster is not supported")
-	}
 	if o.Redis.MinReplicasAcked > 0 && (o.Redis.ReplicasTimeout >= o.Redis.IngressTimeout || o.Redis.ReplicasTimeout >= o.Redis.ReadTimeout) {
 		return bad("redis.replicas_timeout", "must be shorter than redis.ingress_timeout and redis.read_timeout")
 	}

@@ -190,7 +190,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		budget: newInflight(o.SMTP.MaxInflightBytes), maxLine: o.SMTP.MaxLineLength, timeout: o.Redis.IngressTimeout.D(),
 		healthy: s.durable.err,
 		guard: newAuthGuard(queue.NewAuthThrottle(s.rdb, o.AuthThrottle.MaxFailures, o.AuthThrottle.Window.D()),
-			o.Redis.IngressTimeout.D(), s.reg, log),
+			authThrottleTimeout, s.reg, log),
 		metrics: s.metrics}
 	if sender != nil {
 		dc := deliveryConfig{

@@ -29,8 +29,10 @@ var _ authLimiter = (*queue.AuthThrottle)(nil)
 const authRefusalDelay = time.Second
 
 // authThrottleTimeout bounds each look-up of the failure counts: a hung
-// Redis must not hold AUTH longer than this.
-const authThrottleTimeout = 3 * time.Second
+// Redis must not hold AUTH longer than this, nor add much to the write
+// deadline (redis.ingress_timeout) that the same session then meets. A
+// look-up takes well under a millisecond when Redis answers.
+const authThrottleTimeout = 500 * time.Millisecond
 
 // authGuard throttles password and token guessing for both ingresses: it
 // refuses clients whose IP (or SMTP user name) has failed too often, and
