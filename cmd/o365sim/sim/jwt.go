@@ -29,6 +29,9 @@ type accessClaims struct {
 	Roles []string `json:"roles,omitempty"`
 	Scp   string   `json:"scp,omitempty"`
 	UPN   string   `json:"upn,omitempty"`
+	// Rh is Entra's opaque revalidation claim; here, for app-only tokens,
+	// the app's token epoch (see Sim.RevokeAppTokens).
+	Rh string `json:"rh,omitempty"`
 	Ver   string   `json:"ver"`
 }
 

@@ -109,6 +109,10 @@ type Fault struct {
 	// GraphThrottle answers sendMail with 429 ApplicationThrottled and a
 	// Retry-After of this many seconds (rounded up).
 	GraphThrottle time.Duration
+	// AuthDelay is how long each AUTH XOAUTH2 takes to be answered, as
+	// Exchange's token validation takes a round trip or more: sessions
+	// opened together then AUTH together.
+	AuthDelay time.Duration
 }
 
 // Received is a message Exchange accepted.
@@ -227,6 +231,9 @@ type app struct {
 	// graphRoles go into app-only Graph tokens; ownsItself is App.OwnsItself.
 	graphRoles []string
 	ownsItself bool
+	// epoch goes into the app's app-only tokens; RevokeAppTokens moves
+	// it on, so that every token issued before is refused.
+	epoch int
 }
 
 type secret struct {
