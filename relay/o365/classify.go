@@ -5,6 +5,7 @@
 package o365
 
 import (
+	"errors"
 	"strings"
 	"time"
 
@@ -88,6 +89,14 @@ func ClassifySMTP(r SMTPReply, kind AuthKind, freshToken bool) *upstream.Error {
 		e.Class = upstream.Permanent
 	}
 	return e
+}
+
+// TokenRefused reports whether err is Exchange refusing the token offered
+// at AUTH (535 5.7.3), whatever class the token's kind and freshness gave
+// it.
+func TokenRefused(err error) bool {
+	var ue *upstream.Error
+	return errors.As(err, &ue) && ue.Code == 535 && ue.Enhanced == "5.7.3"
 }
 
 // TokenFailure is what the token endpoint said, as far as classification

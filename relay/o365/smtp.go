@@ -123,6 +123,8 @@ type SMTPSender struct {
 	mu   sync.Mutex
 	idle map[string][]*conn // by mailbox
 
+	flights authFlights
+
 	stop chan struct{} // closed by Close; ends the reaper
 	done chan struct{}
 }
@@ -302,37 +304,83 @@ func (s *SMTPSender) acquire(ctx context.Context, mailbox string) (*queue.Slot, 
 
 // open dials, secures and authenticates a connection as the route's
 // mailbox. A 535 5.7.3 on a cached token is retried once with a new one.
+// AUTHs with one token take turns until one has a verdict (authflight.go).
 func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
-	for fresh := false; ; fresh = true {
+	var last string
+	for range 3 {
 		tok, err := r.Tokens.Token(ctx)
 		if err != nil {
 			return nil, tokenError(err, r.Kind)
 		}
-		c, err := s.dial(ctx)
-		if err != nil {
+		if tok.AccessToken == last {
+			// The token refused in another session's turn is still the
+			// one the source gives.
+			return nil, refusedElsewhere(nil)
+		}
+		f, lead := s.flights.enter(tok.AccessToken)
+		if lead {
+			c, tokenOK, err := s.openFresh(ctx, r, tok.AccessToken)
+			s.flights.end(tok.AccessToken, f, tokenOK, err)
+			return c, err
+		}
+		if err := f.wait(ctx); err != nil {
 			return nil, err
 		}
-		stop := context.AfterFunc(ctx, func() { c.Close() })
-		err = c.Auth(auth.NewXOAUTH2Client(r.Mailbox, tok.AccessToken))
-		if s.o.OnAuth != nil {
-			s.o.OnAuth(err)
+		switch {
+		case refusal(f.err):
+			return nil, refusedElsewhere(f.err)
+		case f.tokenOK || f.err != nil:
+			// The token works, or the turn ended without a verdict on it
+			// (the connection failed): go ahead without a turn.
+			c, _, err := s.openFresh(ctx, r, tok.AccessToken)
+			return c, err
 		}
-		if !stop() {
-			c.Close()
-			return nil, &upstream.Error{Class: upstream.Transient, Text: "AUTH interrupted", Err: ctx.Err()}
-		}
-		if err == nil {
-			return &conn{c: c, mailbox: r.Mailbox, used: time.Now()}, nil
-		}
-		c.Close()
-		uerr := smtpError("AUTH", err, r.Kind, fresh)
-		var se *smtp.SMTPError
-		if !fresh && errors.As(err, &se) && se.Code == 535 && se.EnhancedCode == (smtp.EnhancedCode{5, 7, 3}) {
-			r.Tokens.Invalidate()
-			continue
-		}
-		return nil, uerr
+		// The token was refused and a new one works: take the source's
+		// token again.
+		last = tok.AccessToken
 	}
+	return nil, refusedElsewhere(nil)
+}
+
+// openFresh authenticates with a cached token and, when Exchange refuses
+// it, once more with a new one. tokenOK says whether the cached token
+// itself authenticated.
+func (s *SMTPSender) openFresh(ctx context.Context, r Route, token string) (*conn, bool, error) {
+	c, retry, err := s.authenticate(ctx, r, token, false)
+	if !retry {
+		return c, err == nil, err
+	}
+	r.Tokens.Invalidate()
+	tok, err := r.Tokens.Token(ctx)
+	if err != nil {
+		return nil, false, tokenError(err, r.Kind)
+	}
+	c, _, err = s.authenticate(ctx, r, tok.AccessToken, true)
+	return c, false, err
+}
+
+// authenticate dials and authenticates with token. retry reports a 535
+// 5.7.3 on a cached token, which a new token may cure.
+func (s *SMTPSender) authenticate(ctx context.Context, r Route, token string, fresh bool) (*conn, bool, error) {
+	c, err := s.dial(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	err = c.Auth(auth.NewXOAUTH2Client(r.Mailbox, token))
+	if s.o.OnAuth != nil {
+		s.o.OnAuth(err)
+	}
+	if !stop() {
+		c.Close()
+		return nil, false, &upstream.Error{Class: upstream.Transient, Text: "AUTH interrupted", Err: ctx.Err()}
+	}
+	if err == nil {
+		return &conn{c: c, mailbox: r.Mailbox, used: time.Now()}, false, nil
+	}
+	c.Close()
+	uerr := smtpError("AUTH", err, r.Kind, fresh)
+	return nil, !fresh && TokenRefused(uerr), uerr
 }
 
 func (s *SMTPSender) dial(ctx context.Context) (*smtp.Client, error) {

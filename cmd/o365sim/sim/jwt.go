@@ -31,8 +31,8 @@ type accessClaims struct {
 	UPN   string   `json:"upn,omitempty"`
 	// Rh is Entra's opaque revalidation claim; here, for app-only tokens,
 	// the app's token epoch (see Sim.RevokeAppTokens).
-	Rh string `json:"rh,omitempty"`
-	Ver   string   `json:"ver"`
+	Rh  string `json:"rh,omitempty"`
+	Ver string `json:"ver"`
 }
 
 func (c *accessClaims) delegated() bool { return c.Idtyp == "user" }
