@@ -5,7 +5,6 @@
 package o365
 
 import (
-	"errors"
 	"strings"
 	"time"
 
@@ -53,7 +52,7 @@ func ClassifySMTP(r SMTPReply, kind AuthKind, freshToken bool) *upstream.Error {
 	e := &upstream.Error{Code: r.Code, Enhanced: r.Enhanced, Text: r.Text}
 	text := strings.ToLower(r.Text)
 	switch {
-	case r.Code == 535 && r.Enhanced == "5.7.3":
+	case smtpTokenRefused(r.Code, r.Enhanced):
 		switch {
 		case !freshToken:
 			e.Class = upstream.Transient
@@ -89,14 +88,6 @@ func ClassifySMTP(r SMTPReply, kind AuthKind, freshToken bool) *upstream.Error {
 		e.Class = upstream.Permanent
 	}
 	return e
-}
-
-// TokenRefused reports whether err is Exchange refusing the token offered
-// at AUTH (535 5.7.3), whatever class the token's kind and freshness gave
-// it.
-func TokenRefused(err error) bool {
-	var ue *upstream.Error
-	return errors.As(err, &ue) && ue.Code == 535 && ue.Enhanced == "5.7.3"
 }
 
 // TokenFailure is what the token endpoint said, as far as classification
@@ -150,9 +141,9 @@ func ClassifyGraph(f GraphFailure, kind AuthKind) *upstream.Error {
 	switch {
 	case f.HTTPStatus == 429:
 		e.Class, e.RetryAfter = upstream.Throttled, f.RetryAfter
-	case f.HTTPStatus == 401 && kind == Delegated:
+	case GraphTokenRefused(f.HTTPStatus) && kind == Delegated:
 		e.Class = upstream.Mailbox
-	case f.HTTPStatus == 401:
+	case GraphTokenRefused(f.HTTPStatus):
 		e.Class = upstream.Credential
 	case f.HTTPStatus == 403:
 		// The app may not act for this mailbox (application access
