@@ -40,9 +40,10 @@ type authFlights struct {
 type flight struct {
 	done chan struct{} // closed when the verdict is in
 	at   time.Time     // when it ended
-	// tokenOK: the token authenticated. Otherwise err is the outcome of
-	// the retry with a new token (nil: the new token works).
-	tokenOK bool
+	// refused: Exchange refused the token, and err is the outcome of the
+	// retry with a new one (nil: the new token works). Otherwise the
+	// token authenticated (err nil) or the turn ended without a verdict.
+	refused bool
 	err     error
 }
 
@@ -69,14 +70,14 @@ func (a *authFlights) enter(token string) (f *flight, lead bool) {
 	return f, true
 }
 
-// end gives the verdict of a turn. A token that authenticated is
-// forgotten, so that later sessions AUTH without waiting unless another
-// AUTH of it is in flight; a refused one is remembered.
-func (a *authFlights) end(token string, f *flight, tokenOK bool, err error) {
+// end gives the verdict of a turn. A refused token is remembered; any
+// other is forgotten, so that later sessions AUTH without waiting unless
+// another AUTH of it is in flight.
+func (a *authFlights) end(token string, f *flight, refused bool, err error) {
 	k := sha256.Sum256([]byte(token))
 	a.mu.Lock()
-	f.tokenOK, f.err, f.at = tokenOK, err, time.Now()
-	if tokenOK || !refusal(err) && err != nil {
+	f.refused, f.err, f.at = refused, err, time.Now()
+	if !refused {
 		delete(a.m, k)
 	}
 	a.mu.Unlock()
@@ -91,11 +92,6 @@ func (f *flight) wait(ctx context.Context) error {
 	case <-ctx.Done():
 		return &upstream.Error{Class: upstream.Transient, Text: "AUTH interrupted", Err: ctx.Err()}
 	}
-}
-
-// refusal reports whether err is Exchange refusing a token at AUTH.
-func refusal(err error) bool {
-	return err != nil && TokenRefused(err)
 }
 
 // refusedElsewhere is what a session gets when its token, and the new one

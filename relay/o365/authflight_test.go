@@ -17,13 +17,14 @@ func TestAuthFlights(t *testing.T) {
 	dialFailed := &upstream.Error{Class: upstream.Transient, Text: "connect", Err: errors.New("refused")}
 	for _, tc := range []struct {
 		name     string
-		tokenOK  bool
+		refused  bool
 		err      error
 		remember bool
 	}{
-		{"works", true, nil, false},
-		{"refused, a new token works", false, nil, true},
-		{"refused, the new one too", false, refused, true},
+		{"works", false, nil, false},
+		{"refused, a new token works", true, nil, true},
+		{"refused, the new one too", true, refused, true},
+		{"refused, the token request too", true, &upstream.Error{Class: upstream.Credential, Code: 401}, true},
 		{"no verdict", false, dialFailed, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -39,21 +40,21 @@ func TestAuthFlights(t *testing.T) {
 			if other, lead := a.enter("another token"); !lead {
 				t.Fatal("another token waited for this one's turn")
 			} else {
-				a.end("another token", other, true, nil)
+				a.end("another token", other, false, nil)
 			}
-			a.end(tok, f, tc.tokenOK, tc.err)
+			a.end(tok, f, tc.refused, tc.err)
 			if err := g.wait(context.Background()); err != nil {
 				t.Fatal(err)
 			}
-			if g.tokenOK != tc.tokenOK || g.err != tc.err {
-				t.Fatalf("the waiting session saw %v, %v", g.tokenOK, g.err)
+			if g.refused != tc.refused || g.err != tc.err {
+				t.Fatalf("the waiting session saw %v, %v", g.refused, g.err)
 			}
 			h, lead := a.enter(tok)
 			if lead == tc.remember {
 				t.Fatalf("after the turn: lead %v, want the token remembered %v", lead, tc.remember)
 			}
 			if lead {
-				a.end(tok, h, true, nil)
+				a.end(tok, h, false, nil)
 			}
 		})
 	}
@@ -65,5 +66,5 @@ func TestAuthFlights(t *testing.T) {
 	if err := g.wait(ctx); upstream.ClassOf(err) != upstream.Transient {
 		t.Fatalf("a cancelled wait: %v", err)
 	}
-	a.end("slow", f, true, nil)
+	a.end("slow", f, false, nil)
 }

@@ -319,17 +319,19 @@ func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
 		}
 		f, lead := s.flights.enter(tok.AccessToken)
 		if lead {
-			c, tokenOK, err := s.openFresh(ctx, r, tok.AccessToken)
-			s.flights.end(tok.AccessToken, f, tokenOK, err)
+			c, refused, err := s.openFresh(ctx, r, tok.AccessToken)
+			s.flights.end(tok.AccessToken, f, refused, err)
 			return c, err
 		}
 		if err := f.wait(ctx); err != nil {
 			return nil, err
 		}
 		switch {
-		case refusal(f.err):
+		case f.refused && f.err != nil:
+			// The token was refused, and the retry failed: that one
+			// failure is what the breaker hears of it.
 			return nil, refusedElsewhere(f.err)
-		case f.tokenOK || f.err != nil:
+		case !f.refused:
 			// The token works, or the turn ended without a verdict on it
 			// (the connection failed): go ahead without a turn.
 			c, _, err := s.openFresh(ctx, r, tok.AccessToken)
@@ -343,20 +345,20 @@ func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
 }
 
 // openFresh authenticates with a cached token and, when Exchange refuses
-// it, once more with a new one. tokenOK says whether the cached token
-// itself authenticated.
+// it, once more with a new one. refused says whether Exchange refused the
+// cached token.
 func (s *SMTPSender) openFresh(ctx context.Context, r Route, token string) (*conn, bool, error) {
 	c, retry, err := s.authenticate(ctx, r, token, false)
 	if !retry {
-		return c, err == nil, err
+		return c, false, err
 	}
 	r.Tokens.Invalidate()
 	tok, err := r.Tokens.Token(ctx)
 	if err != nil {
-		return nil, false, tokenError(err, r.Kind)
+		return nil, true, tokenError(err, r.Kind)
 	}
 	c, _, err = s.authenticate(ctx, r, tok.AccessToken, true)
-	return c, false, err
+	return c, true, err
 }
 
 // authenticate dials and authenticates with token. retry reports a 535
