@@ -107,7 +107,7 @@ func (g *gate) token(ctx context.Context, route string, src o365.TokenSource) (*
 	if !delegated && errors.As(err, &te) && g.refusedStale(cred, te) {
 		return nil, staleError(cred)
 	}
-	if errors.As(err, &te) && (te.HTTPStatus == 400 || te.HTTPStatus == 401) {
+	if o365.EntraRefused(err) {
 		g.mu.Lock()
 		if g.refused == nil {
 			g.refused = map[string]time.Time{}
@@ -200,20 +200,13 @@ func (g *gate) failed(ctx context.Context, route string, err error) {
 		_, credName, _, _ := parseRoute(route)
 		g.recordCredentialFailure(ctx, cred, credName, err)
 	}
-	if delegated, _, mailbox, _ := parseRoute(route); delegated && delegatedAuthRejected(err) {
+	if delegated, _, mailbox, _ := parseRoute(route); delegated && o365.DelegatedTokenRefused(err) {
 		// One mailbox's 535 is that mailbox's problem; several in a row
 		// point at the app registration.
 		if rerr := g.set.RecordSpread(ctx, cred, mailbox, err, g.escalate); rerr != nil {
 			g.log.Warn("cannot record failure on breaker", "breaker", cred, "err", rerr)
 		}
 	}
-}
-
-// delegatedAuthRejected reports whether err is Exchange's 535 5.7.3 to a
-// delegated token.
-func delegatedAuthRejected(err error) bool {
-	var ue *upstream.Error
-	return errors.As(err, &ue) && ue.Class == upstream.Mailbox && ue.Code == 535 && ue.Enhanced == "5.7.3"
 }
 
 // delivered resets the route's breakers' failure counts; it costs nothing

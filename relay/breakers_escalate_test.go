@@ -6,6 +6,7 @@ import (
 
 	"holdfast/auth"
 	"holdfast/breaker"
+	"holdfast/relay/o365"
 	"holdfast/relay/upstream"
 
 	"golang.org/x/oauth2"
@@ -62,7 +63,7 @@ func TestDelegatedRejectionsEscalate(t *testing.T) {
 	}
 	// App-only routes are not escalated: their 535 is already the
 	// credential's.
-	if delegatedAuthRejected(&upstream.Error{Class: upstream.Credential, Code: 535, Enhanced: "5.7.3"}) {
+	if o365.DelegatedTokenRefused(&upstream.Error{Class: upstream.Credential, Code: 535, Enhanced: "5.7.3"}) {
 		t.Fatal("an app-only 535 counted as a delegated rejection")
 	}
 }

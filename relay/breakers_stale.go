@@ -6,6 +6,7 @@ import (
 
 	"holdfast/auth"
 	"holdfast/breaker"
+	"holdfast/relay/o365"
 	"holdfast/relay/upstream"
 )
 
@@ -103,7 +104,7 @@ func staleError(cred string) error {
 // (the record is re-read at each transition): if so this replica is now
 // stale for the credential, and the send waits instead of failing.
 func (g *gate) refusedStale(cred string, te *auth.TokenError) bool {
-	if te.HTTPStatus != 400 && te.HTTPStatus != 401 {
+	if !o365.EntraRefused(te) {
 		return false
 	}
 	good := g.set.Cached(credentialBreaker(cred)).GoodFingerprint

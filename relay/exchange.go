@@ -21,7 +21,6 @@ import (
 	"holdfast/queue"
 	"holdfast/relay/destination"
 	"holdfast/relay/o365"
-	"holdfast/relay/upstream"
 )
 
 // Scopes of the two kinds of app-only tokens.
@@ -203,20 +202,20 @@ func (x *exchange) plainRoute(creds map[string]*auth.Credential) o365.Router {
 	return func(ctx context.Context, m *queue.Message) (o365.Route, error) {
 		delegated, name, mailbox, ok := parseRoute(m.Route)
 		if !ok {
-			return o365.Route{}, &upstream.Error{Class: upstream.Transient,
-				Text: fmt.Sprintf("route %q is not an exchange route (app:CRED:MAILBOX or mbx:CRED:MAILBOX)", m.Route)}
+			return o365.Route{}, o365.ClassifyRoute(o365.RouteMalformed,
+				fmt.Sprintf("route %q is not an exchange route (app:CRED:MAILBOX or mbx:CRED:MAILBOX)", m.Route))
 		}
 		cred := creds[name]
 		if cred == nil {
-			return o365.Route{}, &upstream.Error{Class: upstream.Credential,
-				Text: fmt.Sprintf("credential %q of route %s is not configured", name, m.Route)}
+			return o365.Route{}, o365.ClassifyRoute(o365.CredentialMissing,
+				fmt.Sprintf("credential %q of route %s is not configured", name, m.Route))
 		}
 		if !delegated {
 			return o365.Route{Mailbox: mailbox, Tokens: cred, Kind: o365.AppOnly}, nil
 		}
 		if x.grants == nil {
-			return o365.Route{}, &upstream.Error{Class: upstream.Mailbox,
-				Text: "delegated grants are not configured (exchange.grant_key_file)"}
+			return o365.Route{}, o365.ClassifyRoute(o365.GrantsMissing,
+				"delegated grants are not configured (exchange.grant_key_file)")
 		}
 		return o365.Route{Mailbox: mailbox, Tokens: x.grants.TokenSource(cred, mailbox), Kind: o365.Delegated}, nil
 	}

@@ -133,34 +133,44 @@ func writeFile(t testing.TB, path, content string) {
 // submit sends one message over SMTP to a relay and returns its queue id.
 func (e *exchangeEnv) submit(t *testing.T, relay int, from, to, body string) string {
 	t.Helper()
-	c, err := smtp.Dial(e.relays[relay].SMTPAddrs()[0])
+	id, err := e.trySubmit(relay, from, to, body)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return id
+}
+
+// trySubmit is submit returning its error, for use off the test's
+// goroutine.
+func (e *exchangeEnv) trySubmit(relay int, from, to, body string) (string, error) {
+	c, err := smtp.Dial(e.relays[relay].SMTPAddrs()[0])
+	if err != nil {
+		return "", err
 	}
 	defer c.Close()
 	if err := c.Auth(sasl.NewPlainClient("", crmUser, crmPassword)); err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	if err := c.Mail(from, nil); err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	if err := c.Rcpt(to, nil); err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	w, err := c.Data()
 	if err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	w.Write([]byte(body))
 	resp, err := w.CloseWithResponse()
 	if err != nil {
-		t.Fatalf("DATA: %v", err)
+		return "", fmt.Errorf("DATA: %w", err)
 	}
 	_, id, ok := strings.Cut(resp.StatusText, "Queued as ")
 	if !ok {
-		t.Fatalf("reply %q", resp.StatusText)
+		return "", fmt.Errorf("reply %q", resp.StatusText)
 	}
-	return id
+	return id, nil
 }
 
 func exchangeMessage(n int, from string) string {

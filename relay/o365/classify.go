@@ -58,7 +58,7 @@ func ClassifySMTP(r SMTPReply, kind AuthKind, freshToken bool) *upstream.Error {
 	e := &upstream.Error{Code: r.Code, Enhanced: r.Enhanced, Text: r.Text}
 	text := strings.ToLower(r.Text)
 	switch {
-	case r.Code == 535 && r.Enhanced == "5.7.3":
+	case smtpTokenRefused(r.Code, r.Enhanced):
 		switch {
 		case !freshToken:
 			e.Class = upstream.Transient
@@ -170,9 +170,9 @@ func ClassifyGraph(f GraphFailure, kind AuthKind) *upstream.Error {
 	switch {
 	case f.HTTPStatus == 429:
 		e.Class, e.RetryAfter = upstream.Throttled, f.RetryAfter
-	case f.HTTPStatus == 401 && kind == Delegated:
+	case GraphTokenRefused(f.HTTPStatus) && kind == Delegated:
 		e.Class = upstream.Mailbox
-	case f.HTTPStatus == 401:
+	case GraphTokenRefused(f.HTTPStatus):
 		e.Class = upstream.Credential
 	case f.HTTPStatus == 403:
 		// The app may not act for this mailbox (application access

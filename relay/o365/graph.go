@@ -89,7 +89,7 @@ func (g *GraphSender) Send(ctx context.Context, m *queue.Message) (string, error
 	// more with a new one before blaming the credential.
 	for fresh := false; ; fresh = true {
 		reply, status, unknown, err := g.post(ctx, r, raw)
-		if status == http.StatusUnauthorized && !fresh {
+		if GraphTokenRefused(status) && !fresh {
 			r.Tokens.Invalidate()
 			continue
 		}

@@ -137,6 +137,8 @@ type SMTPSender struct {
 	idle map[string][]*conn // by mailbox
 	live map[*conn]bool     // every connection holding a slot; renewed by reap
 
+	flights authFlights
+
 	stop chan struct{} // closed by Close; ends the reaper
 	done chan struct{}
 }
@@ -384,37 +386,86 @@ func (s *SMTPSender) acquire(ctx context.Context, mailbox string) (*queue.Slot, 
 
 // open dials, secures and authenticates a connection as the route's
 // mailbox. A cached token refused as stale (see RetryWithNewToken) is
-// replaced and AUTH retried once with the new one.
+// replaced and AUTH retried once with the new one. AUTHs with one token
+// take turns until one has a verdict (authflight.go).
 func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
-	for fresh := false; ; fresh = true {
+	var last string
+	for range 3 {
 		tok, err := r.Tokens.Token(ctx)
 		if err != nil {
 			return nil, tokenError(err, r.Kind)
 		}
-		c, err := s.dial(ctx)
-		if err != nil {
+		if tok.AccessToken == last {
+			// The token refused in another session's turn is still the
+			// one the source gives.
+			return nil, refusedElsewhere(nil)
+		}
+		f, lead := s.flights.enter(tok.AccessToken)
+		if lead {
+			c, refused, err := s.openFresh(ctx, r, tok.AccessToken)
+			s.flights.end(tok.AccessToken, f, refused, err)
+			return c, err
+		}
+		if err := f.wait(ctx); err != nil {
 			return nil, err
 		}
-		stop := context.AfterFunc(ctx, func() { c.Close() })
-		err = c.Auth(auth.NewXOAUTH2Client(r.Mailbox, tok.AccessToken))
-		if s.o.OnAuth != nil {
-			s.o.OnAuth(err)
+		switch {
+		case f.refused && f.err != nil:
+			// The token was refused, and the retry failed: that one
+			// failure is what the breaker hears of it.
+			return nil, refusedElsewhere(f.err)
+		case !f.refused:
+			// The token works, or the turn ended without a verdict on it
+			// (the connection failed): go ahead without a turn.
+			c, _, err := s.openFresh(ctx, r, tok.AccessToken)
+			return c, err
 		}
-		if !stop() {
-			c.Close()
-			return nil, &upstream.Error{Class: upstream.Transient, Text: "AUTH interrupted", Err: ctx.Err()}
-		}
-		if err == nil {
-			return &conn{c: c, mailbox: r.Mailbox, used: time.Now()}, nil
-		}
-		c.Close()
-		uerr := smtpError("AUTH", err, r.Kind, fresh)
-		if RetryWithNewToken(SMTPReply{Code: uerr.Code, Enhanced: uerr.Enhanced, Text: uerr.Text}, fresh) {
-			r.Tokens.Invalidate()
-			continue
-		}
-		return nil, uerr
+		// The token was refused and a new one works: take the source's
+		// token again.
+		last = tok.AccessToken
 	}
+	return nil, refusedElsewhere(nil)
+}
+
+// openFresh authenticates with a cached token and, when Exchange refuses
+// it, once more with a new one. refused says whether Exchange refused the
+// cached token.
+func (s *SMTPSender) openFresh(ctx context.Context, r Route, token string) (*conn, bool, error) {
+	c, retry, err := s.authenticate(ctx, r, token, false)
+	if !retry {
+		return c, false, err
+	}
+	r.Tokens.Invalidate()
+	tok, err := r.Tokens.Token(ctx)
+	if err != nil {
+		return nil, true, tokenError(err, r.Kind)
+	}
+	c, _, err = s.authenticate(ctx, r, tok.AccessToken, true)
+	return c, true, err
+}
+
+// authenticate dials and authenticates with token. retry reports a refusal
+// 5.7.3 on a cached token, which a new token may cure.
+func (s *SMTPSender) authenticate(ctx context.Context, r Route, token string, fresh bool) (*conn, bool, error) {
+	c, err := s.dial(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	err = c.Auth(auth.NewXOAUTH2Client(r.Mailbox, token))
+	if s.o.OnAuth != nil {
+		s.o.OnAuth(err)
+	}
+	if !stop() {
+		c.Close()
+		return nil, false, &upstream.Error{Class: upstream.Transient, Text: "AUTH interrupted", Err: ctx.Err()}
+	}
+	if err == nil {
+		return &conn{c: c, mailbox: r.Mailbox, used: time.Now()}, false, nil
+	}
+	c.Close()
+	uerr := smtpError("AUTH", err, r.Kind, fresh)
+	return nil, RetryWithNewToken(SMTPReply{Code: uerr.Code, Enhanced: uerr.Enhanced, Text: uerr.Text}, fresh), uerr
 }
 
 func (s *SMTPSender) dial(ctx context.Context) (*smtp.Client, error) {

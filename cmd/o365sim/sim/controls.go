@@ -157,6 +157,21 @@ func (s *Sim) RevokeMailboxGrants(mailbox string) {
 	}
 }
 
+// RevokeAppTokens revokes every app-only access token the app holds, as
+// an administrator's revocation or a tenant-wide token policy change does:
+// SMTP AUTH with one of them gets 535 5.7.3. Tokens issued afterwards
+// work. It reports whether the app exists.
+func (s *Sim) RevokeAppTokens(tenant, clientID string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := s.findApp(tenant, clientID)
+	if a == nil {
+		return false
+	}
+	a.epoch++
+	return true
+}
+
 // DisableSMTPAuth turns SMTP AUTH off or on for a mailbox.
 func (s *Sim) DisableSMTPAuth(mailbox string, disabled bool) { s.disableSMTPAuth(mailbox, disabled) }
 

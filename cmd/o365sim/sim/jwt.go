@@ -29,7 +29,10 @@ type accessClaims struct {
 	Roles []string `json:"roles,omitempty"`
 	Scp   string   `json:"scp,omitempty"`
 	UPN   string   `json:"upn,omitempty"`
-	Ver   string   `json:"ver"`
+	// Rh is Entra's opaque revalidation claim; here, for app-only tokens,
+	// the app's token epoch (see Sim.RevokeAppTokens).
+	Rh  string `json:"rh,omitempty"`
+	Ver string `json:"ver"`
 }
 
 func (c *accessClaims) delegated() bool { return c.Idtyp == "user" }

@@ -141,6 +141,10 @@ type Fault struct {
 	// GraphAcceptedRetryAfter adds a Retry-After of this many seconds
 	// (rounded up) to sendMail's 202.
 	GraphAcceptedRetryAfter time.Duration
+	// AuthDelay is how long each AUTH XOAUTH2 takes to be answered, as
+	// Exchange's token validation takes a round trip or more: sessions
+	// opened together then AUTH together.
+	AuthDelay time.Duration
 }
 
 // Received is a message Exchange accepted.
@@ -264,6 +268,9 @@ type app struct {
 	graphRoles []string
 	ownsItself bool
 	federated  []FederatedCredential
+	// epoch goes into the app's app-only tokens; RevokeAppTokens moves
+	// it on, so that every token issued before is refused.
+	epoch int
 }
 
 type secret struct {

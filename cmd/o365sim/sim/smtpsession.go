@@ -5,6 +5,7 @@ import (
 	"io"
 	"log"
 	"net/mail"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -105,6 +106,9 @@ func (x *xoauth2Server) Next(resp []byte) ([]byte, bool, error) {
 		return []byte{}, false, nil
 	}
 	x.started = true
+	if d := x.ss.s.faults().AuthDelay; d > 0 {
+		time.Sleep(d)
+	}
 	if err := x.ss.authenticate(resp); err != nil {
 		return nil, false, err
 	}
@@ -162,7 +166,7 @@ func (ss *smtpSession) authenticate(resp []byte) *smtp.SMTPError {
 		}
 	} else {
 		a := s.findApp(claims.Tid, claims.AppID)
-		if a == nil || !a.maySendAs(m) {
+		if a == nil || !a.maySendAs(m) || claims.Rh != strconv.Itoa(a.epoch) {
 			return fail(errAuthFailed)
 		}
 	}

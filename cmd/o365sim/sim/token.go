@@ -295,6 +295,7 @@ func (s *Sim) accessToken(a *app, aud string, m *mailbox, scp string) (string, t
 	}
 	if m == nil {
 		c.Idtyp = "app"
+		c.Rh = strconv.Itoa(a.epoch)
 		c.Oid = guidFrom("sp:" + strings.ToLower(a.clientID))
 		if aud == audGraph {
 			c.Roles = append([]string{}, a.graphRoles...)

@@ -1,0 +1,97 @@
+package relay
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"holdfast/breaker"
+	"holdfast/cmd/o365sim/sim"
+	"holdfast/queue"
+)
+
+// TestBreakerBurst: 20 parallel sessions of one credential, on 20
+// app-only routes, meet a revoked token. At most the breaker's threshold
+// of AUTH failures reach Exchange: the first refusal of the token makes
+// the other sessions holding it wait for the verdict of the retry with a
+// new token instead of each trying the refused one. Every message is
+// then delivered exactly once.
+func TestBreakerBurst(t *testing.T) {
+	const sessions = 20
+	threshold := breaker.DefaultOptions().Threshold
+	e := newExchangeEnv(t, 1, func(o *Options) {
+		o.Delivery.Workers = sessions
+		o.Queue.BackoffBase = Duration(100 * time.Millisecond)
+		o.Queue.BackoffMax = Duration(400 * time.Millisecond)
+		for i := range o.Apps {
+			for n := 1; n <= sessions; n++ {
+				box := fmt.Sprintf("box%d@contoso.com", n)
+				o.Apps[i].SenderMailboxes[box] = box
+			}
+		}
+	})
+	// A delivery first, so that the relay holds a token that worked.
+	warm := e.submit(t, 0, "billing@contoso.com", "r@example.org", exchangeMessage(0, "billing@contoso.com"))
+	waitFor(t, 10*time.Second, "the first delivery", func() bool { return e.get(t, warm).State == queue.Delivered })
+	// Exchange answers AUTH in tens of milliseconds, not at once: the
+	// sessions meet the revoked token together.
+	e.sim.SetFault(sim.Fault{AuthDelay: 50 * time.Millisecond})
+	before := e.sim.Counters().Clients[simClientID]
+
+	if !e.sim.RevokeAppTokens(simTenant, simClientID) {
+		t.Fatal("the simulator does not know the app")
+	}
+	// The messages are accepted while the relay is not delivering, so
+	// that the workers take them together.
+	if err := e.relays[0].gate.set.Trip(t.Context(), credentialBreaker("contoso"), "burst test"); err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]string, sessions)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for n := range sessions {
+		wg.Go(func() {
+			from := fmt.Sprintf("box%d@contoso.com", n+1)
+			id, err := e.trySubmit(0, from, fmt.Sprintf("r%d@example.org", n), exchangeMessage(n+1, from))
+			mu.Lock()
+			defer mu.Unlock()
+			ids[n] = id
+			if err != nil {
+				errs = append(errs, err)
+			}
+		})
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		t.Fatalf("submissions failed: %v", errs)
+	}
+	if err := e.relays[0].gate.set.Reset(t.Context(), credentialBreaker("contoso")); err != nil {
+		t.Fatal(err)
+	}
+
+	waitFor(t, 15*time.Second, "every message delivered", func() bool {
+		for _, id := range ids {
+			if e.get(t, id).State != queue.Delivered {
+				return false
+			}
+		}
+		return true
+	})
+	after := e.sim.Counters().Clients[simClientID]
+	failures := after.SMTPAuthFailures - before.SMTPAuthFailures
+	t.Logf("%d AUTH attempts, %d failed, %d token requests", after.SMTPAuthAttempts-before.SMTPAuthAttempts, failures, after.TokenRequests-before.TokenRequests)
+	if failures > threshold {
+		t.Errorf("%d AUTH failures reached Exchange; want at most the threshold, %d", failures, threshold)
+	}
+	got := map[string]int{}
+	for _, r := range e.sim.Received() {
+		got[r.MessageID]++
+	}
+	for n := range sessions + 1 {
+		if id := fmt.Sprintf("<m%d@test>", n); got[id] != 1 {
+			t.Errorf("%s delivered %d times", id, got[id])
+		}
+	}
+}
