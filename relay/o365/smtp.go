@@ -445,7 +445,7 @@ func (s *SMTPSender) openFresh(ctx context.Context, r Route, token string) (*con
 }
 
 // authenticate dials and authenticates with token. retry reports a refusal
-// 5.7.3 on a cached token, which a new token may cure.
+// of a cached token (see RetryWithNewToken), which a new token may cure.
 func (s *SMTPSender) authenticate(ctx context.Context, r Route, token string, fresh bool) (*conn, bool, error) {
 	c, err := s.dial(ctx)
 	if err != nil {
