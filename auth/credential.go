@@ -301,7 +301,7 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 		err = tokenErr(err, c.opts.Now(), scrub...)
 		var te *TokenError
 		if errors.As(err, &te) {
-			te.Fingerprint = m.fingerprint()
+			te.Fingerprint, te.Written = m.fingerprint(), m.written
 			log.Warn("token request rejected", "status", te.HTTPStatus, "error", te.Code,
 				"aadsts", te.AADSTS, "suberror", te.SubError, "correlation_id", te.CorrelationID)
 		} else {

@@ -22,10 +22,31 @@ type material struct {
 	x5t    string     // base64url SHA-256 of the leaf's DER
 	fed    *federated // federated credential (see federated.go)
 	sum    [32]byte   // SHA-256 over the files' contents; decides whether a reload changed anything
+	// written is when the newest of its files was written (their
+	// modification time, links followed): zero when not known.
+	written time.Time
 }
 
-// loadMaterial reads the secret file, or the certificate and key files.
+// loadMaterial reads the secret file, the certificate and key files, or
+// the assertion file, and notes when they were written.
 func loadMaterial(o *CredentialOptions) (*material, error) {
+	m, err := readMaterial(o)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range []string{o.ClientAssertionFile, o.ClientSecretFile, o.CertFile, o.KeyFile} {
+		if f == "" {
+			continue
+		}
+		if fi, err := os.Stat(f); err == nil && fi.ModTime().After(m.written) {
+			m.written = fi.ModTime()
+		}
+	}
+	return m, nil
+}
+
+// readMaterial reads the files of loadMaterial.
+func readMaterial(o *CredentialOptions) (*material, error) {
 	if o.ClientAssertionFile != "" {
 		return loadFederated(o.ClientAssertionFile)
 	}

@@ -59,6 +59,9 @@ type TokenError struct {
 	// (Credential.Fingerprint), so that a refusal of an old secret is
 	// told from a refusal of the one that works.
 	Fingerprint string
+	// Written is when that material's files were written (zero when not
+	// known): a replica's stale file is older than the one that works.
+	Written time.Time
 }
 
 // Error returns e.g.

@@ -126,6 +126,8 @@ type Status struct {
 	// GoodFingerprint identifies the secret or certificate that last got
 	// a token (see Succeeded).
 	GoodFingerprint string `json:"good_fingerprint,omitempty"`
+	// GoodSince is when GoodFingerprint's material first got a token.
+	GoodSince time.Time `json:"good_since,omitzero"`
 	// StaleReplicas name the replicas that said their material is not
 	// the one that works (see MarkStale), sorted.
 	StaleReplicas []string `json:"stale_replicas,omitempty"`
@@ -412,15 +414,39 @@ func (s *Set) read(ctx context.Context, name string) (Status, error) {
 // the fleet-wide count; it costs no Redis round trip when this replica
 // read a zero count within Poll.
 func (s *Set) Record(ctx context.Context, name string, err error) error {
-	return s.RecordAs(ctx, name, err, "")
+	return s.RecordAs(ctx, name, err, Material{})
 }
 
-// RecordAs is Record for a failure of the secret or certificate with the
-// given fingerprint ("" when not known). When the breaker's record names
-// another fingerprint as the one that last got a token, the failure does
-// not count and RecordAs returns ErrStale: a replica whose files are not
-// rotated yet must not undo a rotation for the fleet.
-func (s *Set) RecordAs(ctx context.Context, name string, err error, fingerprint string) error {
+// Material identifies the secret or certificate a request used.
+type Material struct {
+	// Fingerprint is a hash of it ("" when not known).
+	Fingerprint string
+	// Written is when its files were written (zero when not known).
+	Written time.Time
+}
+
+// Stale reports whether m is older material than the breaker's record
+// names as the one that works: another fingerprint, written before that
+// one first got a token.
+func (m Material) Stale(st Status) bool {
+	if m.Fingerprint == "" || st.GoodFingerprint == "" || m.Fingerprint == st.GoodFingerprint {
+		return false
+	}
+	return m.Written.IsZero() || st.GoodSince.IsZero() || !m.Written.After(st.GoodSince)
+}
+
+// RecordAs is Record for a failure of the material m. When the breaker's
+// record names another fingerprint as the one that works and m is older
+// than it (Material.Stale), the failure does not count and RecordAs
+// returns ErrStale: a replica whose files are not rotated yet must not
+// undo a rotation for the fleet. Material written after the working one
+// got its first token (a wrong new secret) counts as any failure does.
+func (s *Set) RecordAs(ctx context.Context, name string, err error, m Material) error {
+	fingerprint := m.Fingerprint
+	written := ""
+	if !m.Written.IsZero() {
+		written = strconv.FormatInt(ms(m.Written), 10)
+	}
 	if verr := validName(name); verr != nil {
 		return verr
 	}
@@ -451,7 +477,7 @@ func (s *Set) RecordAs(ctx context.Context, name string, err error, fingerprint 
 		immediate = "1"
 	}
 	v, rerr := s.runRaw(ctx, failScript, name, ms(now), s.o.Threshold, s.o.OpenInterval.Milliseconds(),
-		ms(now.Add(s.o.OpenInterval)), immediate, Reason(err), fingerprint)
+		ms(now.Add(s.o.OpenInterval)), immediate, Reason(err), fingerprint, written)
 	if rerr != nil {
 		return fmt.Errorf("breaker %s: record failure: %w", name, rerr)
 	}
@@ -496,7 +522,7 @@ func (s *Set) Succeeded(ctx context.Context, name, fingerprint string) error {
 	if same || fingerprint == "" {
 		return nil
 	}
-	if _, err := s.run(ctx, goodScript, name, fingerprint); err != nil {
+	if _, err := s.run(ctx, goodScript, name, fingerprint, ms(s.o.Now())); err != nil {
 		return fmt.Errorf("breaker %s: record success: %w", name, err)
 	}
 	return nil
@@ -780,6 +806,8 @@ func (st *Status) set(k, v string) {
 		st.Spread = n
 	case "good_fp":
 		st.GoodFingerprint = v
+	case "good_since":
+		st.GoodSince = t()
 	default:
 		if r, ok := strings.CutPrefix(k, staleField); ok {
 			i, _ := slices.BinarySearch(st.StaleReplicas, r)

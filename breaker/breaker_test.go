@@ -677,14 +677,15 @@ func TestFingerprints(t *testing.T) {
 	a, b := sets[0], sets[1]
 	const name = "cred:contoso"
 	// Before any token, every failure counts.
-	if err := a.RecordAs(ctx, name, credErr, "old"); err != nil {
+	old := Material{Fingerprint: "old", Written: time.Now().Add(-time.Hour)}
+	if err := a.RecordAs(ctx, name, credErr, old); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.Succeeded(ctx, name, "new"); err != nil {
 		t.Fatal(err)
 	}
 	for range 5 {
-		if err := b.RecordAs(ctx, name, errExpired, "old"); !errors.Is(err, ErrStale) {
+		if err := b.RecordAs(ctx, name, errExpired, old); !errors.Is(err, ErrStale) {
 			t.Fatalf("failure of the old secret: %v, want ErrStale", err)
 		}
 	}
@@ -696,7 +697,7 @@ func TestFingerprints(t *testing.T) {
 		t.Fatalf("after stale failures: %+v, want closed, good fingerprint new, relay-2 stale", st)
 	}
 	// The secret that works failing counts, and an expired one opens.
-	if err := a.RecordAs(ctx, name, errExpired, "new"); err != nil {
+	if err := a.RecordAs(ctx, name, errExpired, Material{Fingerprint: "new"}); err != nil {
 		t.Fatal(err)
 	}
 	if st := status(t, b, name); st.State != Open {
@@ -707,5 +708,46 @@ func TestFingerprints(t *testing.T) {
 	}
 	if st := status(t, b, name); len(st.StaleReplicas) != 0 {
 		t.Fatalf("stale replicas after relay-2 rejoined: %v", st.StaleReplicas)
+	}
+}
+
+// TestWrongNewSecretCounts: material written after the working one first
+// got a token (a new secret that is wrong) is not stale: its failures
+// count, so a relay whose operator wrote a bad secret opens the breaker
+// instead of standing aside for good. Older material stays stale.
+func TestWrongNewSecretCounts(t *testing.T) {
+	ctx := context.Background()
+	sets, _ := replicas(t, 1, nil)
+	a := sets[0]
+	const name = "cred:contoso"
+	if err := a.Succeeded(ctx, name, "good"); err != nil {
+		t.Fatal(err)
+	}
+	st := status(t, a, name)
+	if st.GoodFingerprint != "good" || st.GoodSince.IsZero() {
+		t.Fatalf("after a success: %+v, want good fingerprint good and its time", st)
+	}
+	older := Material{Fingerprint: "old", Written: st.GoodSince.Add(-time.Minute)}
+	if !older.Stale(st) {
+		t.Fatal("material written before the working one is not stale")
+	}
+	if err := a.RecordAs(ctx, name, credErr, older); !errors.Is(err, ErrStale) {
+		t.Fatalf("failure of older material: %v, want ErrStale", err)
+	}
+	// Succeeded again with the same fingerprint keeps its time.
+	if err := a.Succeeded(ctx, name, "good"); err != nil {
+		t.Fatal(err)
+	}
+	wrong := Material{Fingerprint: "wrong", Written: st.GoodSince.Add(time.Second)}
+	if wrong.Stale(st) {
+		t.Fatal("material written after the working one is stale")
+	}
+	for range 3 {
+		if err := a.RecordAs(ctx, name, credErr, wrong); err != nil {
+			t.Fatalf("failure of newer material: %v, want counted", err)
+		}
+	}
+	if st := status(t, a, name); st.State != Open {
+		t.Fatalf("after 3 failures of a newer wrong secret: %+v, want open", st)
 	}
 }

@@ -40,19 +40,24 @@ end
 // failScript counts one failure and opens the breaker when the count
 // reaches the threshold, or at once when asked. A failure of a secret or
 // certificate other than the one that last got a token (good_fp) does not
-// count: the caller's files are stale, and it is told so by "stale", "1"
-// after the record.
+// count when the caller's material is older than good_since (or its age
+// is not known): the caller's files are stale, and it is told so by
+// "stale", "1" after the record. Material written after the working one
+// was proven (a new secret that is wrong) counts as any failure does.
 //
 // ARGV[1] now, ARGV[2] threshold, ARGV[3] open interval ms,
 // ARGV[4] next probe (now + open interval), ARGV[5] "1" to open at once,
-// ARGV[6] reason, ARGV[7] fingerprint of the material used, or "".
+// ARGV[6] reason, ARGV[7] fingerprint of the material used, or "",
+// ARGV[8] when that material was written (unix ms), or "".
 var failScript = redis.NewScript(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'open' then
   return reply(k)
 end
 local good = redis.call('HGET', k, 'good_fp')
-if ARGV[7] ~= '' and good and good ~= '' and good ~= ARGV[7] then
+local since = tonumber(redis.call('HGET', k, 'good_since') or '')
+local newer = ARGV[8] ~= '' and since ~= nil and tonumber(ARGV[8]) > since
+if ARGV[7] ~= '' and good and good ~= '' and good ~= ARGV[7] and not newer then
   local r = redis.call('HGETALL', k)
   table.insert(r, 'stale')
   table.insert(r, '1')
@@ -156,9 +161,12 @@ return 1
 `)
 
 // goodScript records the fingerprint of the secret or certificate that
-// last got a token. ARGV[1] fingerprint.
+// last got a token, and since when it is the one that works (kept while
+// the fingerprint stays the same). ARGV[1] fingerprint, ARGV[2] now.
 var goodScript = redis.NewScript(`
-redis.call('HSET', KEYS[1], 'good_fp', ARGV[1])
+if redis.call('HGET', KEYS[1], 'good_fp') ~= ARGV[1] then
+  redis.call('HSET', KEYS[1], 'good_fp', ARGV[1], 'good_since', ARGV[2])
+end
 return redis.call('HGETALL', KEYS[1])
 `)
 

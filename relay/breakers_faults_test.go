@@ -69,8 +69,16 @@ func TestBreakerNeverTrips(t *testing.T) {
 	// Control: a wrong client secret (401 invalid_client, AADSTS7000215)
 	// is a credential failure, and the checks above see its breaker open
 	// and its route held.
+	// The secret that works got a token first, so the breaker's record
+	// names it: a wrong secret written after it is not stale material and
+	// still counts.
 	t.Run("control: wrong secret trips", func(t *testing.T) {
 		e := newNeverTripsEnv(t, neverTripsCase{})
+		e.submit(t, 0, "billing@contoso.com", "first@example.org", exchangeMessage(100, "billing@contoso.com"))
+		waitFor(t, 10*time.Second, "the secret that works recorded", func() bool {
+			st, err := e.relays[0].gate.set.Status(context.Background(), credentialBreaker("contoso"))
+			return err == nil && st.GoodFingerprint != ""
+		})
 		writeFile(t, e.secretFile, "not-the-secret~0\n")
 		if err := e.relays[0].Reload(); err != nil {
 			t.Fatal(err)

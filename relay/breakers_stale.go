@@ -12,8 +12,9 @@ import (
 
 // A Kubernetes Secret reaches each pod's file at a different moment. The
 // breaker record keeps the fingerprint of the secret or certificate that
-// last got a token; a credential failure of another one does not touch
-// the fleet-wide breaker (breaker.ErrStale). It marks this replica stale
+// last got a token, and since when; a credential failure of another one
+// whose files were written before that does not touch the fleet-wide
+// breaker (breaker.ErrStale). It marks this replica stale
 // for that credential instead: the replica stops leasing the credential's
 // routes and lets the others deliver, says so once, and rejoins as soon
 // as its file changes.
@@ -26,14 +27,14 @@ func (g *gate) issued(name, fingerprint string) {
 	}
 }
 
-// fingerprintOf is the fingerprint of the material a failed token
-// request used, or "" when err is not one.
-func fingerprintOf(err error) string {
+// materialOf is the material a failed token request used: its
+// fingerprint and when its files were written; zero when err is not one.
+func materialOf(err error) breaker.Material {
 	var te *auth.TokenError
 	if errors.As(err, &te) {
-		return te.Fingerprint
+		return breaker.Material{Fingerprint: te.Fingerprint, Written: te.Written}
 	}
-	return ""
+	return breaker.Material{}
 }
 
 // markStale notes that this replica's material for a credential failed
@@ -99,16 +100,18 @@ func staleError(cred string) error {
 		Text: "this relay's secret for " + cred + " is older than the one that works; another relay sends it"}
 }
 
-// refusedStale reports whether Entra refused material other than the one
-// that last got a token, as this replica last read the breaker's record
-// (the record is re-read at each transition): if so this replica is now
-// stale for the credential, and the send waits instead of failing.
+// refusedStale reports whether Entra refused material older than the one
+// that works, as this replica last read the breaker's record (the record
+// is re-read at each transition): if so this replica is now stale for the
+// credential, and the send waits instead of failing. Material written
+// after the working one got its first token (a new secret that is wrong)
+// is not stale: its failures count.
 func (g *gate) refusedStale(cred string, te *auth.TokenError) bool {
 	if !o365.EntraRefused(te) {
 		return false
 	}
-	good := g.set.Cached(credentialBreaker(cred)).GoodFingerprint
-	if good == "" || te.Fingerprint == "" || good == te.Fingerprint {
+	m := breaker.Material{Fingerprint: te.Fingerprint, Written: te.Written}
+	if !m.Stale(g.set.Cached(credentialBreaker(cred))) {
 		return false
 	}
 	g.markStale(cred, te.Fingerprint)
@@ -118,10 +121,11 @@ func (g *gate) refusedStale(cred string, te *auth.TokenError) bool {
 // recordCredentialFailure counts a credential failure on the fleet-wide
 // breaker, unless it is a failure of stale material.
 func (g *gate) recordCredentialFailure(ctx context.Context, name, cred string, err error) {
-	rerr := g.set.RecordAs(ctx, name, err, fingerprintOf(err))
+	m := materialOf(err)
+	rerr := g.set.RecordAs(ctx, name, err, m)
 	switch {
 	case errors.Is(rerr, breaker.ErrStale):
-		g.markStale(cred, fingerprintOf(err))
+		g.markStale(cred, m.Fingerprint)
 	case rerr != nil:
 		g.log.Warn("cannot record failure on breaker", "breaker", name, "err", rerr)
 	}
