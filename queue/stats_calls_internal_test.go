@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -37,12 +38,15 @@ return {ready, scheduled, redis.call('ZCARD', leased), held, redis.call('ZCARD',
 // TestStatsShortcutsAgree: for routes of every shape (empty, one ready or
 // scheduled message, several due at once or later, leased, held, dead,
 // and mixes of those) both stats scripts give exactly the figures of the
-// full count, oldest and earliest-ready times included.
+// full count, oldest and earliest-ready times included, and Summarize
+// gives exactly Stats' figures summed by group, on a single server and
+// one route per run as on Redis Cluster.
 func TestStatsShortcutsAgree(t *testing.T) {
 	ctx := context.Background()
 	rdb := redistest.Start(t).Client(t)
-	q := New(rdb, Options{})
-	now := time.Now().UnixMilli()
+	clock := time.Now().Truncate(time.Millisecond)
+	q := New(rdb, Options{Now: func() time.Time { return clock }})
+	now := clock.UnixMilli()
 	// Each shape lists the due offsets (ms from now) of its queued
 	// messages, then how many more to lease, to dead-letter, and whether
 	// to hold the route.
@@ -133,6 +137,42 @@ func TestStatsShortcutsAgree(t *testing.T) {
 			if g := got[i*statsFields : (i+1)*statsFields]; !slices.Equal(g, want) {
 				t.Errorf("%s %+v: %s script gives %v, want %v", route, shapes[i], name, g, want)
 			}
+		}
+	}
+	checkSummary(t, q, routes)
+}
+
+func checkSummary(t *testing.T, q *Queue, routes []string) {
+	t.Helper()
+	ctx := context.Background()
+	st, err := q.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	group := func(r string) string { return fmt.Sprint("g", len(r)%3, r[len(r)-1]%2) }
+	want := Summary{Groups: map[string]RouteStats{}}
+	for _, rs := range st.Routes {
+		g := group(rs.Route)
+		w := want.Groups[g]
+		w.Route = g
+		w.Ready += rs.Ready
+		w.Scheduled += rs.Scheduled
+		w.Leased += rs.Leased
+		w.Held += rs.Held
+		w.Dead += rs.Dead
+		want.Groups[g] = w
+		if rs.Held > 0 && !rs.Oldest.IsZero() && (want.OldestHeld.IsZero() || rs.Oldest.Before(want.OldestHeld)) {
+			want.OldestHeld = rs.Oldest
+		}
+	}
+	want.ReadySince = st.Total.ReadySince
+	for _, batch := range []int{statsBatch, 1, 3} {
+		got, err := q.summarize(ctx, routes, group, batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("batch %d: summary %+v, want %+v", batch, got, want)
 		}
 	}
 }
