@@ -62,6 +62,7 @@ func TestStatsShortcutsAgree(t *testing.T) {
 		{due: []int64{0}},
 		{due: []int64{60_000}},
 		{due: []int64{-2000, -1000}},
+		{due: []int64{-1000, 0}},
 		{due: []int64{-2000, 60_000}},
 		{due: []int64{60_000, 90_000}},
 		{due: []int64{-3000, -2000, -1000, 60_000, 70_000}},

@@ -93,42 +93,24 @@ const summaryFields = 5
 // scheduled, leased, held, dead. One EXISTS tells an empty route (one
 // call) and a route whose only keys are its due and live sets (due
 // counted once, the other three twice, so the answer 1 means due alone);
-// such a route needs only the head of its due set, and its count when it
-// has more than one message. Any other route takes the full count, as
-// routeStat does.
-const routeSummary = `
+// such a route needs only its due counts (see dueCounts). Any other route
+// takes the full count, as routeStat does.
+const routeSummary = dueCounts + `
 local function summ(due, leased, dead, live, hold, g, now, out)
   local keys = redis.call('EXISTS', due, dead, dead, hold, hold, leased, leased)
   if keys == 0 then return end
   local ready, scheduled, nleased, held, ndead, since = 0, 0, 0, 0, 0, -1
   if keys == 1 then
-    local head = redis.call('ZRANGE', due, 0, 1, 'WITHSCORES')
-    local total = 1
-    if head[4] then total = redis.call('ZCARD', due) end
-    local earliest = tonumber(head[2])
-    if earliest <= now then
-      since = earliest
-      if total == 1 or tonumber(head[4]) > now then
-        ready = 1
-      else
-        ready = redis.call('ZCOUNT', due, '-inf', now)
-      end
-    end
-    scheduled = total - ready
+    ready, scheduled, since = dueCounts(due, now)
   else
     local first = redis.call('ZRANGE', live, 0, 0, 'WITHSCORES')
     if first[2] then
-      local total = redis.call('ZCARD', due)
       if redis.call('EXISTS', hold) == 1 then
-        held = total
-        if total > 0 and (out[2] < 0 or tonumber(first[2]) < out[2]) then out[2] = tonumber(first[2]) end
-      elseif total > 0 then
-        local earliest = tonumber(redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')[2])
-        if earliest <= now then
-          ready = redis.call('ZCOUNT', due, '-inf', now)
-          since = earliest
-        end
-        scheduled = total - ready
+        held = redis.call('ZCARD', due)
+        local oldest = tonumber(first[2])
+        if held > 0 and (out[2] < 0 or oldest < out[2]) then out[2] = oldest end
+      else
+        ready, scheduled, since = dueCounts(due, now)
       end
       nleased = redis.call('ZCARD', leased)
     end
