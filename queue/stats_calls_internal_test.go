@@ -140,10 +140,10 @@ func TestStatsShortcutsAgree(t *testing.T) {
 			}
 		}
 	}
-	checkSummary(t, q, routes)
+	checkSummary(t, q)
 }
 
-func checkSummary(t *testing.T, q *Queue, routes []string) {
+func checkSummary(t *testing.T, q *Queue) {
 	t.Helper()
 	ctx := context.Background()
 	st, err := q.Stats(ctx)
@@ -153,6 +153,7 @@ func checkSummary(t *testing.T, q *Queue, routes []string) {
 	group := func(r string) string { return fmt.Sprint("g", len(r)%3, r[len(r)-1]%2) }
 	want := Summary{Groups: map[string]RouteStats{}}
 	for _, rs := range st.Routes {
+		want.Routes = append(want.Routes, rs.Route)
 		g := group(rs.Route)
 		w := want.Groups[g]
 		w.Route = g
@@ -168,12 +169,20 @@ func checkSummary(t *testing.T, q *Queue, routes []string) {
 	}
 	want.ReadySince = st.Total.ReadySince
 	for _, batch := range []int{statsBatch, 1, 3} {
-		got, err := q.summarize(ctx, routes, group, batch)
+		got, err := q.summarize(ctx, want.Routes, group, batch)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("batch %d: summary %+v, want %+v", batch, got, want)
 		}
+	}
+	got, err := q.Summarize(ctx, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(got.Routes)
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("Summarize: %+v, want %+v", got, want)
 	}
 }

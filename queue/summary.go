@@ -20,15 +20,22 @@ type Summary struct {
 	// OldestHeld is the submit time of the oldest message on a held
 	// route, zero when none is held.
 	OldestHeld time.Time
+	// Routes are every route counted, in no order.
+	Routes []string
 }
 
-// Summarize counts the messages of the routes by the group each belongs
+// Summarize counts the messages of every route by the group each belongs
 // to, in one pipelined round trip (one per cluster node on Redis
-// Cluster). Its counts and times are exactly those Stats gives, summed by
+// Cluster) after the one that lists the routes. Its counts and times are exactly those Stats gives, summed by
 // group, but it costs Redis less: a route with waiting mail and nothing
 // leased, dead or held costs two to four calls, and only counts come
 // back, not eight values per route.
-func (q *Queue) Summarize(ctx context.Context, routes []string, group func(route string) string) (Summary, error) {
+func (q *Queue) Summarize(ctx context.Context, group func(route string) string) (Summary, error) {
+	// Unsorted: the counts do not depend on the order.
+	routes, err := q.rdb.SMembers(ctx, routesKey).Result()
+	if err != nil {
+		return Summary{}, fmt.Errorf("summarize: list routes: %w", err)
+	}
 	batch := statsBatch
 	if _, cluster := q.rdb.(*redis.ClusterClient); cluster {
 		batch = 1
@@ -50,7 +57,7 @@ func (q *Queue) summarize(ctx context.Context, routes []string, group func(route
 		}
 		of[i] = n
 	}
-	sum := Summary{Groups: make(map[string]RouteStats, len(names))}
+	sum := Summary{Groups: make(map[string]RouteStats, len(names)), Routes: routes}
 	runs, err := q.routePipeline(ctx, routes, batch, summaryScript, summaryBatchScript,
 		[]any{q.opts.Now().UnixMilli(), len(names)}, func(i int) []any { return of[i : i+1] }, false)
 	if err != nil {

@@ -55,11 +55,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
 	defer cancel()
-	routes, err := c.q.Routes(ctx)
-	var sum queue.Summary
-	if err == nil {
-		sum, err = c.q.Summarize(ctx, routes, routeCredential)
-	}
+	sum, err := c.q.Summarize(ctx, routeCredential)
 	if err != nil {
 		c.log.Warn("metrics: cannot read the queue", "err", err)
 		ch <- prometheus.NewInvalidMetric(c.depth, err)
@@ -90,7 +86,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.NewInvalidMetric(c.brkOpen, err)
 		return
 	}
-	open, mbx := openBreakers(list, routes, c.creds)
+	open, mbx := openBreakers(list, sum.Routes, c.creds)
 	for cr, v := range open {
 		ch <- prometheus.MustNewConstMetric(c.brkOpen, prometheus.GaugeValue, v, cr)
 	}
