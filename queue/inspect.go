@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -100,51 +101,78 @@ func (q *Queue) Stats(ctx context.Context) (Stats, error) {
 const statsFields = 8
 
 // statsPipeline runs the stats script over the routes, batch routes per
-// run, in one pipeline, and returns its values in route order. It sends
-// the script's SHA rather than its body, which would be most of the bytes
-// of a pipeline over thousands of routes; when Redis does not know the
-// script yet (a restart, a failover), it loads it and runs the pipeline
-// once more.
+// run, and returns its values in route order.
 func (q *Queue) statsPipeline(ctx context.Context, routes []string, batch int, now int64, loaded bool) ([]any, error) {
-	if len(routes) == 0 {
-		return nil, nil
+	runs, err := q.routePipeline(ctx, routes, batch, statsScript, statsBatchScript, []any{now}, nil, loaded)
+	if err != nil {
+		return nil, fmt.Errorf("stats: %w", err)
 	}
-	pipe := q.rdb.Pipeline()
-	var cmds []*redis.Cmd
-	script := statsScript
-	for i := 0; i < len(routes); i += batch {
-		part := routes[i:min(i+batch, len(routes))]
-		if batch == 1 {
-			rk := keysFor(part[0])
-			cmds = append(cmds, statsScript.EvalSha(ctx, pipe, []string{rk.due, rk.leased, rk.dead, rk.live, rk.hold}, now))
-			continue
-		}
-		script = statsBatchScript
-		args := make([]any, 0, 1+len(part))
-		args = append(args, now)
-		for _, r := range part {
-			args = append(args, routeKeyPrefix(routeTag(r))+r+":")
-		}
-		cmds = append(cmds, statsBatchScript.EvalSha(ctx, pipe, nil, args...))
-	}
-	// Errors are read per command below.
-	_, _ = pipe.Exec(ctx)
 	out := make([]any, 0, statsFields*len(routes))
-	for i, c := range cmds {
-		res, err := c.Slice()
-		if redis.HasErrorPrefix(err, "NOSCRIPT") && !loaded {
-			if err := loadEverywhere(ctx, q.rdb, script); err != nil {
-				return nil, fmt.Errorf("stats: load script: %w", err)
-			}
-			return q.statsPipeline(ctx, routes, batch, now, true)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("stats of %s: %w", routes[i*batch], err)
-		}
+	for _, res := range runs {
 		out = append(out, res...)
 	}
 	if len(out) != statsFields*len(routes) {
 		return nil, fmt.Errorf("stats: %d values for %d routes", len(out), len(routes))
+	}
+	return out, nil
+}
+
+// routePipeline runs a per-route script over the routes in one pipeline
+// and returns each run's values. On a single server (batch > 1) batched
+// runs once per batch routes, given head, then each route's key prefix
+// (routeKeyPrefix(tag) + route + ":") followed by extra(i) for the i-th
+// route; a fifth of the bytes of its five key names. On Redis Cluster
+// (batch 1) single runs once per route with the route's due, leased,
+// dead, live and hold keys, given head then extra(i). It sends the
+// scripts' SHA rather than their body, which would be most of the bytes
+// of a pipeline over thousands of routes; when Redis does not know the
+// script yet (a restart, a failover), it loads it and runs the pipeline
+// once more.
+func (q *Queue) routePipeline(ctx context.Context, routes []string, batch int, single, batched *redis.Script,
+	head []any, extra func(i int) []any, loaded bool) ([][]any, error) {
+	if len(routes) == 0 {
+		return nil, nil
+	}
+	more := func(i int) []any {
+		if extra == nil {
+			return nil
+		}
+		return extra(i)
+	}
+	pipe := q.rdb.Pipeline()
+	var cmds []*redis.Cmd
+	script := single
+	for i := 0; i < len(routes); i += batch {
+		part := routes[i:min(i+batch, len(routes))]
+		if batch == 1 {
+			rk := keysFor(part[0])
+			cmds = append(cmds, single.EvalSha(ctx, pipe, []string{rk.due, rk.leased, rk.dead, rk.live, rk.hold},
+				append(slices.Clip(head), more(i)...)...))
+			continue
+		}
+		script = batched
+		args := append(make([]any, 0, len(head)+2*len(part)), head...)
+		for j, r := range part {
+			args = append(args, routeKeyPrefix(routeTag(r))+r+":")
+			args = append(args, more(i+j)...)
+		}
+		cmds = append(cmds, batched.EvalSha(ctx, pipe, nil, args...))
+	}
+	// Errors are read per command below.
+	_, _ = pipe.Exec(ctx)
+	out := make([][]any, 0, len(cmds))
+	for i, c := range cmds {
+		res, err := c.Slice()
+		if redis.HasErrorPrefix(err, "NOSCRIPT") && !loaded {
+			if err := loadEverywhere(ctx, q.rdb, script); err != nil {
+				return nil, fmt.Errorf("load script: %w", err)
+			}
+			return q.routePipeline(ctx, routes, batch, single, batched, head, extra, true)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", routes[i*batch], err)
+		}
+		out = append(out, res)
 	}
 	return out, nil
 }

@@ -263,40 +263,62 @@ for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[1], id) end
 return #ids
 `)
 
+// dueCounts is a Lua function the stats and summary scripts share: it
+// counts the due set of a route that is not held and returns its ready
+// and scheduled messages and the earliest due time of a ready one (-1
+// for none). The first two members tell most routes' counts (one message,
+// or none due yet, or only the first due); ZCARD and ZCOUNT run only
+// when they do not.
+const dueCounts = `
+local function dueCounts(due, now)
+  local head = redis.call('ZRANGE', due, 0, 1, 'WITHSCORES')
+  if not head[2] then return 0, 0, -1 end
+  local total = 1
+  if head[4] then total = redis.call('ZCARD', due) end
+  local earliest = tonumber(head[2])
+  if earliest > now then return 0, total, -1 end
+  local ready = 1
+  if head[4] and tonumber(head[4]) <= now then ready = redis.call('ZCOUNT', due, '-inf', now) end
+  return ready, total - ready, earliest
+end
+`
+
 // routeStat is the Lua function both stats scripts share: it appends
 // eight values for one route to out: ready, scheduled, leased, held,
 // dead, oldest submit time or -1, hold reason or false, earliest due time
-// of a ready message or -1. An empty route (no message waiting, no dead
-// letter, not held) costs one call.
-const routeStat = `
+// of a ready message or -1. A scrape runs it for every route, so it spends
+// as few calls as it can: an empty route (no message waiting, no dead
+// letter, not held) costs one call; a route whose only key is its live
+// set (messages waiting, none leased or dead, not held: the common case)
+// costs three, and up to five when more than one of its messages is due;
+// any other route reads its hold reason and counts its leased and dead
+// messages as well.
+const routeStat = dueCounts + `
 local function stat(due, leased, dead, live, hold, now, out)
   local n = #out
-  if redis.call('EXISTS', live, dead, hold) == 0 then
+  local keys = redis.call('EXISTS', live, dead, hold, leased)
+  if keys == 0 then
     out[n+1], out[n+2], out[n+3], out[n+4], out[n+5], out[n+6], out[n+7], out[n+8] = 0, 0, 0, 0, 0, -1, false, -1
     return
   end
-  local ready, scheduled, nleased, held, oldest, since = 0, 0, 0, 0, -1, -1
-  local reason = redis.call('GET', hold)
+  local ready, scheduled, nleased, held, ndead, oldest, since = 0, 0, 0, 0, 0, -1, -1
+  local reason = false
   local first = redis.call('ZRANGE', live, 0, 0, 'WITHSCORES')
+  if keys > 1 or not first[2] then
+    reason = redis.call('GET', hold)
+    ndead = redis.call('ZCARD', dead)
+    if first[2] then nleased = redis.call('ZCARD', leased) end
+  end
   if first[2] then
     oldest = tonumber(first[2])
-    local total = redis.call('ZCARD', due)
-    if total > 0 then
-      if reason then
-        held = total
-      else
-        local earliest = tonumber(redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')[2])
-        if earliest <= now then
-          ready = redis.call('ZCOUNT', due, '-inf', now)
-          since = earliest
-        end
-        scheduled = total - ready
-      end
+    if reason then
+      held = redis.call('ZCARD', due)
+    else
+      ready, scheduled, since = dueCounts(due, now)
     end
-    nleased = redis.call('ZCARD', leased)
   end
   out[n+1], out[n+2], out[n+3], out[n+4] = ready, scheduled, nleased, held
-  out[n+5], out[n+6], out[n+7], out[n+8] = redis.call('ZCARD', dead), oldest, reason, since
+  out[n+5], out[n+6], out[n+7], out[n+8] = ndead, oldest, reason, since
 end
 `
 

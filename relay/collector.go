@@ -16,7 +16,7 @@ const scrapeTimeout = 5 * time.Second
 
 // stateCollector reads the queue depth and the breakers at scrape time:
 // a fixed number of Redis round trips (the route set, one pipeline of
-// per-route counts, the breaker names and one pipeline of breaker
+// counts summed by credential, the breaker names and one pipeline of breaker
 // records; one pipeline per node on Redis Cluster), however many routes
 // and breakers exist.
 type stateCollector struct {
@@ -55,41 +55,28 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
 	defer cancel()
-	stats, err := c.q.Stats(ctx)
+	sum, err := c.q.Summarize(ctx, routeCredential)
 	if err != nil {
 		c.log.Warn("metrics: cannot read the queue", "err", err)
 		ch <- prometheus.NewInvalidMetric(c.depth, err)
 		return
 	}
 	now := c.now()
-	type counts struct{ ready, scheduled, sending, held, dead int64 }
-	byCred := map[string]*counts{}
 	for _, cr := range c.creds {
-		byCred[cr] = &counts{}
-	}
-	for _, rs := range stats.Routes {
-		cr := routeCredential(rs.Route)
-		n := byCred[cr]
-		if n == nil {
-			n = &counts{}
-			byCred[cr] = n
+		if _, ok := sum.Groups[cr]; !ok {
+			sum.Groups[cr] = queue.RouteStats{}
 		}
-		n.ready += rs.Ready
-		n.scheduled += rs.Scheduled
-		n.sending += rs.Leased
-		n.held += rs.Held
-		n.dead += rs.Dead
 	}
-	for cr, n := range byCred {
+	for cr, n := range sum.Groups {
 		for _, v := range []struct {
 			state string
 			n     int64
-		}{{"ready", n.ready}, {"scheduled", n.scheduled}, {"sending", n.sending}, {"held", n.held}, {"dead", n.dead}} {
+		}{{"ready", n.Ready}, {"scheduled", n.Scheduled}, {"sending", n.Leased}, {"held", n.Held}, {"dead", n.Dead}} {
 			ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(v.n), v.state, cr)
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(c.oldestReady, prometheus.GaugeValue, ageSeconds(now, stats.Total.ReadySince))
-	ch <- prometheus.MustNewConstMetric(c.oldestHeld, prometheus.GaugeValue, ageSeconds(now, oldestHeld(stats)))
+	ch <- prometheus.MustNewConstMetric(c.oldestReady, prometheus.GaugeValue, ageSeconds(now, sum.ReadySince))
+	ch <- prometheus.MustNewConstMetric(c.oldestHeld, prometheus.GaugeValue, ageSeconds(now, sum.OldestHeld))
 	if c.set == nil {
 		return
 	}
@@ -99,7 +86,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.NewInvalidMetric(c.brkOpen, err)
 		return
 	}
-	open, mbx := openBreakers(list, stats.Routes, c.creds)
+	open, mbx := openBreakers(list, sum.Routes, c.creds)
 	for cr, v := range open {
 		ch <- prometheus.MustNewConstMetric(c.brkOpen, prometheus.GaugeValue, v, cr)
 	}
@@ -110,7 +97,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 
 // openBreakers maps each credential to 1 when its breaker is open, and
 // counts the open mailbox breakers among each credential's routes.
-func openBreakers(list []breaker.Status, routes []queue.RouteStats, creds []string) (open map[string]float64, mbx map[string]int) {
+func openBreakers(list []breaker.Status, routes []string, creds []string) (open map[string]float64, mbx map[string]int) {
 	open, mbx = map[string]float64{}, map[string]int{}
 	for _, cr := range creds {
 		open[cr], mbx[cr] = 0, 0
@@ -127,8 +114,8 @@ func openBreakers(list []breaker.Status, routes []queue.RouteStats, creds []stri
 		}
 	}
 	seen := map[[2]string]bool{}
-	for _, rs := range routes {
-		credName, mbxName, ok := routeBreakers(rs.Route)
+	for _, r := range routes {
+		credName, mbxName, ok := routeBreakers(r)
 		if !ok || !openMbx[mbxName] {
 			continue
 		}
