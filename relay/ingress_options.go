@@ -74,21 +74,16 @@ func (o *Options) validateIngress() error {
 	bad := func(field, format string, args ...any) error {
 		return fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...))
 	}
-	for _, d := range []struct {
-		field string
-		v     Duration
-	}{
-		{"redis.dial_timeout", o.Redis.DialTimeout},
-		{"redis.read_timeout", o.Redis.ReadTimeout},
-		{"redis.write_timeout", o.Redis.WriteTimeout},
-		{"redis.ingress_timeout", o.Redis.IngressTimeout},
-		{"redis.check_interval", o.Redis.CheckInterval},
-		{"redis.replicas_timeout", o.Redis.ReplicasTimeout},
-		{"auth_throttle.window", o.AuthThrottle.Window},
-	} {
-		if d.v <= 0 {
-			return bad(d.field, "must be positive")
-		}
+	if err := positive(
+		durationField{"redis.dial_timeout", o.Redis.DialTimeout},
+		durationField{"redis.read_timeout", o.Redis.ReadTimeout},
+		durationField{"redis.write_timeout", o.Redis.WriteTimeout},
+		durationField{"redis.ingress_timeout", o.Redis.IngressTimeout},
+		durationField{"redis.check_interval", o.Redis.CheckInterval},
+		durationField{"redis.replicas_timeout", o.Redis.ReplicasTimeout},
+		durationField{"auth_throttle.window", o.AuthThrottle.Window},
+	); err != nil {
+		return err
 	}
 	if o.Redis.MinReplicasAcked < 0 {
 		return bad("redis.min_replicas_acked", "must not be negative")

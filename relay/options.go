@@ -535,22 +535,17 @@ func (o *Options) Validate() error {
 	if err := o.validateOps(); err != nil {
 		return err
 	}
-	for _, d := range []struct {
-		field string
-		v     Duration
-	}{
-		{"queue.lifetime", o.Queue.Lifetime},
-		{"queue.backoff_base", o.Queue.BackoffBase},
-		{"queue.backoff_max", o.Queue.BackoffMax},
-		{"queue.delivered_retention", o.Queue.DeliveredRetention},
-		{"queue.idempotency_ttl", o.Queue.IdempotencyTTL},
-		{"queue.held_grace", o.Queue.HeldGrace},
-		{"breakers.open_interval", o.Breakers.OpenInterval},
-		{"breakers.max_interval", o.Breakers.MaxInterval},
-	} {
-		if d.v <= 0 {
-			return bad(d.field, "must be positive")
-		}
+	if err := positive(
+		durationField{"queue.lifetime", o.Queue.Lifetime},
+		durationField{"queue.backoff_base", o.Queue.BackoffBase},
+		durationField{"queue.backoff_max", o.Queue.BackoffMax},
+		durationField{"queue.delivered_retention", o.Queue.DeliveredRetention},
+		durationField{"queue.idempotency_ttl", o.Queue.IdempotencyTTL},
+		durationField{"queue.held_grace", o.Queue.HeldGrace},
+		durationField{"breakers.open_interval", o.Breakers.OpenInterval},
+		durationField{"breakers.max_interval", o.Breakers.MaxInterval},
+	); err != nil {
+		return err
 	}
 	if o.Queue.BackoffMax < o.Queue.BackoffBase {
 		return bad("queue.backoff_max", "must be at least queue.backoff_base")
@@ -678,4 +673,21 @@ func parseLevel(s string) (slog.Level, error) {
 	var l slog.Level
 	err := l.UnmarshalText([]byte(s))
 	return l, err
+}
+
+// durationField is a duration option and its name, for positive.
+type durationField struct {
+	field string
+	v     Duration
+}
+
+// positive returns an error naming the first of fields that is not
+// positive.
+func positive(fields ...durationField) error {
+	for _, d := range fields {
+		if d.v <= 0 {
+			return fmt.Errorf("%s: must be positive", d.field)
+		}
+	}
+	return nil
 }
