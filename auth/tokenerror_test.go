@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -104,6 +105,16 @@ func TestTokenErrorFromEndpoint(t *testing.T) {
 			if len(want.Fingerprint) != 16 {
 				t.Errorf("Fingerprint() = %q, want 16 hex digits", want.Fingerprint)
 			}
+			// And when its file was written.
+			fi, err := os.Stat(c.opts.ClientSecretFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want.Written = fi.ModTime()
+			if !te.Written.Equal(want.Written) {
+				t.Errorf("Written = %v, want the secret file's modification time %v", te.Written, want.Written)
+			}
+			want.Written = te.Written // same instant; compare the rest as values
 			if *te != want {
 				t.Errorf("got  %#v\nwant %#v", *te, want)
 			}
