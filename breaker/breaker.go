@@ -432,8 +432,16 @@ func (m Material) Stale(st Status) bool {
 	if m.Fingerprint == "" || st.GoodFingerprint == "" || m.Fingerprint == st.GoodFingerprint {
 		return false
 	}
-	return m.Written.IsZero() || st.GoodSince.IsZero() || !m.Written.After(st.GoodSince)
+	return m.Written.IsZero() || st.GoodSince.IsZero() || !m.Written.After(st.GoodSince.Add(-writtenSlack))
 }
+
+// writtenSlack is how much earlier than GoodSince material may have been
+// written and still count as newer. File modification times come from the
+// kernel's coarse clock, a few milliseconds behind the time Go reads: a
+// file written just after a token was issued can carry an earlier time.
+// A replica's stale file is older by the Secret's propagation, seconds to
+// minutes, or far more.
+const writtenSlack = time.Second
 
 // RecordAs is Record for a failure of the material m. When the breaker's
 // record names another fingerprint as the one that works and m is older
@@ -477,7 +485,7 @@ func (s *Set) RecordAs(ctx context.Context, name string, err error, m Material) 
 		immediate = "1"
 	}
 	v, rerr := s.runRaw(ctx, failScript, name, ms(now), s.o.Threshold, s.o.OpenInterval.Milliseconds(),
-		ms(now.Add(s.o.OpenInterval)), immediate, Reason(err), fingerprint, written)
+		ms(now.Add(s.o.OpenInterval)), immediate, Reason(err), fingerprint, written, writtenSlack.Milliseconds())
 	if rerr != nil {
 		return fmt.Errorf("breaker %s: record failure: %w", name, rerr)
 	}

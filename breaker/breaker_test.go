@@ -727,7 +727,7 @@ func TestWrongNewSecretCounts(t *testing.T) {
 	if st.GoodFingerprint != "good" || st.GoodSince.IsZero() {
 		t.Fatalf("after a success: %+v, want good fingerprint good and its time", st)
 	}
-	older := Material{Fingerprint: "old", Written: st.GoodSince.Add(-time.Minute)}
+	older := Material{Fingerprint: "old", Written: st.GoodSince.Add(-2 * writtenSlack)}
 	if !older.Stale(st) {
 		t.Fatal("material written before the working one is not stale")
 	}
@@ -738,7 +738,9 @@ func TestWrongNewSecretCounts(t *testing.T) {
 	if err := a.Succeeded(ctx, name, "good"); err != nil {
 		t.Fatal(err)
 	}
-	wrong := Material{Fingerprint: "wrong", Written: st.GoodSince.Add(time.Second)}
+	// A file written just after the token can carry a slightly earlier
+	// time: file times come from the kernel's coarse clock.
+	wrong := Material{Fingerprint: "wrong", Written: st.GoodSince.Add(-5 * time.Millisecond)}
 	if wrong.Stale(st) {
 		t.Fatal("material written after the working one is stale")
 	}

@@ -48,7 +48,8 @@ end
 // ARGV[1] now, ARGV[2] threshold, ARGV[3] open interval ms,
 // ARGV[4] next probe (now + open interval), ARGV[5] "1" to open at once,
 // ARGV[6] reason, ARGV[7] fingerprint of the material used, or "",
-// ARGV[8] when that material was written (unix ms), or "".
+// ARGV[8] when that material was written (unix ms), or "", ARGV[9] the
+// slack in ms given to that time (see writtenSlack).
 var failScript = redis.NewScript(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'open' then
@@ -56,7 +57,7 @@ if redis.call('HGET', k, 'state') == 'open' then
 end
 local good = redis.call('HGET', k, 'good_fp')
 local since = tonumber(redis.call('HGET', k, 'good_since') or '')
-local newer = ARGV[8] ~= '' and since ~= nil and tonumber(ARGV[8]) > since
+local newer = ARGV[8] ~= '' and since ~= nil and tonumber(ARGV[8]) > since - tonumber(ARGV[9])
 if ARGV[7] ~= '' and good and good ~= '' and good ~= ARGV[7] and not newer then
   local r = redis.call('HGETALL', k)
   table.insert(r, 'stale')
