@@ -47,6 +47,8 @@ type exchange struct {
 	gate *gate
 	// dest is this replica's dead-destination breakers.
 	dest *destination.Set
+	// endpoints is which of them each route's messages need.
+	endpoints routeEndpoints
 	// quota counts what each mailbox sent, for Exchange's recipient quota.
 	quota *recipientQuota
 }
@@ -110,6 +112,7 @@ func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx
 			return nil, fmt.Errorf("exchange.grant_key_file: %w", err)
 		}
 	}
+	x.endpoints = newRouteEndpoints(o.Apps)
 	usesGraph := map[string]bool{}
 	for _, a := range o.Apps {
 		x.via[a.Name] = a.Via
@@ -322,19 +325,17 @@ func (r smtpReservation) Cancel()                                  { r.g.Cancel(
 // n messages of an exchange route (see capacity). A route that is not an
 // exchange route needs none: its messages fail in Send.
 func (x *exchange) Reserve(ctx context.Context, route string, n int) ([]reservation, time.Duration, error) {
-	_, _, mailbox, ok := parseRoute(route)
+	delegated, cred, mailbox, ok := parseRoute(route)
 	if !ok {
 		return unlimited(n), 0, nil
 	}
 	// A dead endpoint leases nothing; a half-open one, its one test.
-	for _, ep := range []string{destination.Token, destination.SMTP} {
-		room, wait := x.dest.Room(ep)
-		if room == 0 {
-			return nil, wait, nil
-		}
-		if room > 0 {
-			n = min(n, room)
-		}
+	room, wait := x.endpoints.room(x.dest, delegated, cred)
+	if room == 0 {
+		return nil, wait, nil
+	}
+	if room > 0 {
+		n = min(n, room)
 	}
 	grants, wait, err := x.smtp.Reserve(ctx, mailbox, n)
 	out := make([]reservation, len(grants))
