@@ -57,8 +57,14 @@ func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration,
 	case deadline >= 0 && (at < 0 || deadline < at):
 		at = deadline
 	}
-	if err := q.index(ctx, route, seq, at); err != nil {
-		return LeaseResult{}, err
+	// The messages are leased now and belong to the caller, whatever
+	// follows: dropping them would leave them sent by nobody until the
+	// lease ran out. So a cancelled ctx (a shutdown) does not stop the
+	// index update, and a failed one marks the route dirty for the next
+	// pass instead of failing the Lease.
+	ictx := context.WithoutCancel(ctx)
+	if err := q.index(ictx, route, seq, at); err != nil {
+		_ = q.markDue(ictx, route) // best effort: Redis has just refused the update
 	}
 	var out LeaseResult
 	switch {

@@ -596,3 +596,65 @@ func TestCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// cancelAfterScript cancels its context once the first script run
+// answers, as a shutdown landing between a Lease's script and what
+// follows it would.
+type cancelAfterScript struct {
+	mu     sync.Mutex
+	cancel context.CancelFunc
+}
+
+func (h *cancelAfterScript) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *cancelAfterScript) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func (h *cancelAfterScript) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		name := cmd.Name()
+		if (name == "evalsha" || name == "eval") && err == nil {
+			h.mu.Lock()
+			if h.cancel != nil {
+				h.cancel()
+				h.cancel = nil
+			}
+			h.mu.Unlock()
+		}
+		return err
+	}
+}
+
+// TestLeaseCancelledAfterScript: a Lease whose context is cancelled
+// after its script leased the messages still hands them to the caller;
+// otherwise they would sit leased, sent by nobody, until the lease ran
+// out.
+func TestLeaseCancelledAfterScript(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	hook := &cancelAfterScript{}
+	rdb.AddHook(hook)
+	q := queue.New(rdb, queue.Options{})
+	id := enqueue(t, q, msg("crm", 1))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	hook.mu.Lock()
+	hook.cancel = cancel
+	hook.mu.Unlock()
+	res, err := q.Lease(ctx, "crm", 1, time.Minute)
+	if ctx.Err() == nil {
+		t.Fatal("the hook did not cancel the lease's context")
+	}
+	if err != nil || len(res.Leases) != 1 || res.Leases[0].ID != id {
+		t.Fatalf("lease cancelled after its script: %+v, %v; want message %s leased to the caller", res, err, id)
+	}
+	if err := q.Ack(context.Background(), res.Leases[0], "250 2.0.0 OK"); err != nil {
+		t.Fatalf("ack: %v", err)
+	}
+	if m := get(t, q, id); m.State != queue.Delivered {
+		t.Fatalf("state %s, want delivered", m.State)
+	}
+}
