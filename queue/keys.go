@@ -28,6 +28,8 @@ import (
 //	hf:rcpt:MAILBOX          zset    "id:n" -> send time (unix ms): recipients a mailbox sent to, for Exchange's rolling quota
 //	hf:auth:ip:IP            string  failed authentications from a client IP in the current window
 //	hf:auth:user:NAME        string  failed authentications for an SMTP user name in the current window
+//	hf:{lim:MAILBOX}:conns   zset    connection token -> expiry (unix ms): a mailbox's connection slots
+//	hf:{lim:MAILBOX}:sends   zset    send token -> send time (unix ms): a mailbox's sends in the rate window
 //
 // The due-route index (see due.go) lives on its own hash tag:
 //
@@ -207,4 +209,11 @@ func recipientsKey(mailbox string) string {
 // name ("user"). Each is its own slot on Redis Cluster.
 func authFailKey(kind, name string) string {
 	return keyPrefix + "auth:" + kind + ":" + name
+}
+
+// limitKeys are the connection-slot and send-rate keys of a mailbox (see
+// Limiter). Both share the mailbox's hash tag.
+func limitKeys(mailbox string) (conns, sends string) {
+	base := keyPrefix + "{lim:" + mailbox + "}:"
+	return base + "conns", base + "sends"
 }
