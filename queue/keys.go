@@ -142,6 +142,13 @@ func keysFor(route string) routeKeys {
 	}
 }
 
+// routeBase is the prefix of every key of a route: the route's key
+// prefix, the route and ":"; the key's kind follows it. The batched
+// stats and summary scripts build a route's keys from it.
+func routeBase(route string) string {
+	return routeKeyPrefix(routeTag(route)) + route + ":"
+}
+
 // routeKeyPrefix is the prefix of the route keys of a tag; the route name
 // and the key's kind follow it.
 func routeKeyPrefix(tag string) string {
