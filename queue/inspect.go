@@ -49,6 +49,15 @@ func (s RouteStats) OldestAge(now time.Time) time.Duration {
 // so every route is a run of its own.
 const statsBatch = 250
 
+// routeBatch is how many routes one run of a per-route script counts:
+// statsBatch on a single server, 1 on Redis Cluster.
+func (q *Queue) routeBatch() int {
+	if _, cluster := q.rdb.(*redis.ClusterClient); cluster {
+		return 1
+	}
+	return statsBatch
+}
+
 // Stats counts messages by state for every route in one pipelined round
 // trip (one per cluster node on Redis Cluster), after the one that lists
 // the routes.
@@ -57,11 +66,7 @@ func (q *Queue) Stats(ctx context.Context) (Stats, error) {
 	if err != nil {
 		return Stats{}, err
 	}
-	batch := statsBatch
-	if _, cluster := q.rdb.(*redis.ClusterClient); cluster {
-		batch = 1
-	}
-	res, err := q.statsPipeline(ctx, routes, batch, q.opts.Now().UnixMilli(), false)
+	res, err := q.statsPipeline(ctx, routes, q.routeBatch(), q.opts.Now().UnixMilli(), false)
 	if err != nil {
 		return Stats{}, err
 	}
@@ -120,7 +125,7 @@ func (q *Queue) statsPipeline(ctx context.Context, routes []string, batch int, n
 // routePipeline runs a per-route script over the routes in one pipeline
 // and returns each run's values. On a single server (batch > 1) batched
 // runs once per batch routes, given head, then each route's key prefix
-// (routeKeyPrefix(tag) + route + ":") followed by extra(i) for the i-th
+// (routeBase) followed by extra(i) for the i-th
 // route; a fifth of the bytes of its five key names. On Redis Cluster
 // (batch 1) single runs once per route with the route's due, leased,
 // dead, live and hold keys, given head then extra(i). It sends the
@@ -153,7 +158,7 @@ func (q *Queue) routePipeline(ctx context.Context, routes []string, batch int, s
 		script = batched
 		args := append(make([]any, 0, len(head)+2*len(part)), head...)
 		for j, r := range part {
-			args = append(args, routeKeyPrefix(routeTag(r))+r+":")
+			args = append(args, routeBase(r))
 			args = append(args, more(i+j)...)
 		}
 		cmds = append(cmds, batched.EvalSha(ctx, pipe, nil, args...))

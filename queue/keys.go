@@ -28,6 +28,8 @@ import (
 //	hf:rcpt:MAILBOX          zset    "id:n" -> send time (unix ms): recipients a mailbox sent to, for Exchange's rolling quota
 //	hf:auth:ip:IP            string  failed authentications from a client IP in the current window
 //	hf:auth:user:NAME        string  failed authentications for an SMTP user name in the current window
+//	hf:{lim:MAILBOX}:conns   zset    connection token -> expiry (unix ms): a mailbox's connection slots
+//	hf:{lim:MAILBOX}:sends   zset    send token -> send time (unix ms): a mailbox's sends in the rate window
 //
 // The due-route index (see due.go) lives on its own hash tag:
 //
@@ -140,6 +142,13 @@ func keysFor(route string) routeKeys {
 	}
 }
 
+// routeBase is the prefix of every key of a route: the route's key
+// prefix, the route and ":"; the key's kind follows it. The batched
+// stats and summary scripts build a route's keys from it.
+func routeBase(route string) string {
+	return routeKeyPrefix(routeTag(route)) + route + ":"
+}
+
 // routeKeyPrefix is the prefix of the route keys of a tag; the route name
 // and the key's kind follow it.
 func routeKeyPrefix(tag string) string {
@@ -207,4 +216,11 @@ func recipientsKey(mailbox string) string {
 // name ("user"). Each is its own slot on Redis Cluster.
 func authFailKey(kind, name string) string {
 	return keyPrefix + "auth:" + kind + ":" + name
+}
+
+// limitKeys are the connection-slot and send-rate keys of a mailbox (see
+// Limiter). Both share the mailbox's hash tag.
+func limitKeys(mailbox string) (conns, sends string) {
+	base := keyPrefix + "{lim:" + mailbox + "}:"
+	return base + "conns", base + "sends"
 }

@@ -11,15 +11,8 @@ import (
 
 // Per-mailbox limits shared by every replica. Exchange Online allows each
 // mailbox 3 concurrent SMTP connections and 30 messages a minute; a
-// Limiter keeps the whole fleet within such limits.
-//
-//	hf:{lim:MAILBOX}:conns   zset  connection token -> expiry (unix ms)
-//	hf:{lim:MAILBOX}:sends   zset  send token -> send time (unix ms)
-
-func limitKeys(mailbox string) (conns, sends string) {
-	base := keyPrefix + "{lim:" + mailbox + "}:"
-	return base + "conns", base + "sends"
-}
+// Limiter keeps the whole fleet within such limits. Its keys are in
+// keys.go (limitKeys).
 
 // acquireScript takes a connection slot if fewer than the limit are held.
 // Slots whose holder did not renew them in time are dropped first.

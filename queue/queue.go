@@ -114,8 +114,9 @@ func (q *Queue) Options() Options { return q.opts }
 // m.IdempotencyKey was used before on the same route, it returns the id of
 // the first message and dup true, and stores nothing.
 //
-// It costs one round trip to Redis, plus one the first time this process
-// sees the route (and once a minute after).
+// It costs two round trips to Redis: one stores the message, one marks
+// its route due (see markDue); plus one the first time this process sees
+// the route (and once a minute after).
 func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool, err error) {
 	if !ValidRoute(m.Route) {
 		return "", false, fmt.Errorf("enqueue: invalid route name %q", m.Route)

@@ -65,6 +65,13 @@ var leaseScript = redis.NewScript(`
 local now = tonumber(ARGV[1])
 local prefix = ARGV[5]
 
+-- entry is what the lease returns for message id, from the first nine
+-- fields of an HMGET in the order route, app, from, to, body, sub, exp,
+-- att, err.
+local function entry(id, m)
+  return {id, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9] or ''}
+end
+
 local function summary(leased)
   local seq = redis.call('INCR', KEYS[7])
   local deadline = -1
@@ -83,7 +90,7 @@ if redis.call('EXISTS', KEYS[8]) == 1 then
     local key = prefix .. id
     local m = redis.call('HMGET', key, 'route', 'app', 'from', 'to', 'body', 'sub', 'exp', 'att', 'err', 'lease', 'st')
     if m[10] == ARGV[4] and m[11] == 'leased' then
-      table.insert(again, {id, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9] or ''})
+      table.insert(again, entry(id, m))
     end
   end
   return summary(again)
@@ -150,7 +157,7 @@ for _, id in ipairs(ids) do
       redis.call('ZADD', KEYS[2], ARGV[2], id)
       redis.call('HSET', key, 'st', 'leased', 'lease', ARGV[4], 'lu', ARGV[2], 'upd', now)
       redis.call('HDEL', key, 'settled')
-      table.insert(leased, {id, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9] or ''})
+      table.insert(leased, entry(id, m))
       redis.call('SADD', KEYS[8], id)
     end
   end
@@ -201,9 +208,8 @@ local now = tonumber(ARGV[3])
 local outcome = ARGV[4]
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[1], 'lease', 'lu')
-redis.call('HSET', KEYS[1], 'settled', ARGV[2] .. ':' .. ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'att', tonumber(ARGV[6]))
-redis.call('HSET', KEYS[1], 'err', ARGV[5], 'upd', now)
+redis.call('HSET', KEYS[1], 'settled', ARGV[2] .. ':' .. ARGV[4], 'err', ARGV[5], 'upd', now)
 
 if outcome == 'retry' and tonumber(redis.call('HGET', KEYS[1], 'exp')) <= now then
   outcome = 'dead'

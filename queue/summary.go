@@ -26,21 +26,17 @@ type Summary struct {
 
 // Summarize counts the messages of every route by the group each belongs
 // to, in one pipelined round trip (one per cluster node on Redis
-// Cluster) after the one that lists the routes. Its counts and times are exactly those Stats gives, summed by
-// group, but it costs Redis less: a route with waiting mail and nothing
-// leased, dead or held costs two to four calls, and only counts come
-// back, not eight values per route.
+// Cluster) after the one that lists the routes. Its counts and times are
+// exactly those Stats gives, summed by group, but it costs Redis less: a
+// route with waiting mail and nothing leased, dead or held costs two to
+// four calls, and only counts come back, not eight values per route.
 func (q *Queue) Summarize(ctx context.Context, group func(route string) string) (Summary, error) {
 	// Unsorted: the counts do not depend on the order.
 	routes, err := q.rdb.SMembers(ctx, routesKey).Result()
 	if err != nil {
 		return Summary{}, fmt.Errorf("summarize: list routes: %w", err)
 	}
-	batch := statsBatch
-	if _, cluster := q.rdb.(*redis.ClusterClient); cluster {
-		batch = 1
-	}
-	return q.summarize(ctx, routes, group, batch)
+	return q.summarize(ctx, routes, group, q.routeBatch())
 }
 
 func (q *Queue) summarize(ctx context.Context, routes []string, group func(route string) string, batch int) (Summary, error) {

@@ -33,16 +33,6 @@ type Block struct {
 	Until time.Duration // time left in the window
 }
 
-// failScript counts one failure: KEYS[1] the counter, ARGV[1] the window
-// in ms. The window starts at the first failure. Returns the new count.
-var failScript = redis.NewScript(`
-local n = redis.call('INCR', KEYS[1])
-if n == 1 or redis.call('PTTL', KEYS[1]) < 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-end
-return n
-`)
-
 // Blocked reports whether ip or user (either may be "") has used up its
 // failures. It returns nil when neither is blocked.
 func (a *AuthThrottle) Blocked(ctx context.Context, ip, user string) (*Block, error) {
@@ -89,7 +79,7 @@ func (a *AuthThrottle) Failed(ctx context.Context, ip, user string) error {
 		if k.name == "" {
 			continue
 		}
-		if err := failScript.Run(ctx, a.rdb, []string{authFailKey(k.kind, k.name)}, a.window.Milliseconds()).Err(); err != nil {
+		if err := countScript.Run(ctx, a.rdb, []string{authFailKey(k.kind, k.name)}, a.window.Milliseconds()).Err(); err != nil {
 			return fmt.Errorf("auth throttle: %w", err)
 		}
 	}
@@ -106,7 +96,7 @@ func (a *AuthThrottle) Attempt(ctx context.Context, ip, user string) (*Block, er
 		if k.name == "" {
 			continue
 		}
-		res, err := attemptScript.Run(ctx, a.rdb, []string{authFailKey(k.kind, k.name)}, a.window.Milliseconds()).Int64Slice()
+		res, err := countScript.Run(ctx, a.rdb, []string{authFailKey(k.kind, k.name)}, a.window.Milliseconds()).Int64Slice()
 		if err != nil {
 			return nil, fmt.Errorf("auth throttle: %w", err)
 		}
@@ -131,10 +121,10 @@ func (a *AuthThrottle) Succeeded(ctx context.Context, ip, user string) error {
 	return nil
 }
 
-// attemptScript counts one attempt: KEYS[1] the counter, ARGV[1] the
-// window in ms. The window starts at the first count. Returns {count, ms
-// left in the window}.
-var attemptScript = redis.NewScript(`
+// countScript counts one failure, or one attempt (see Attempt): KEYS[1]
+// the counter, ARGV[1] the window in ms. The window starts at the first
+// count. Returns {count, ms left in the window}.
+var countScript = redis.NewScript(`
 local n = redis.call('INCR', KEYS[1])
 local ttl = redis.call('PTTL', KEYS[1])
 if n == 1 or ttl < 0 then
