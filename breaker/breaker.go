@@ -427,12 +427,14 @@ type Material struct {
 
 // Stale reports whether m is older material than the breaker's record
 // names as the one that works: another fingerprint, written before that
-// one first got a token.
+// one first got a token. failScript decides the same in Redis when it
+// records a failure; both compare whole milliseconds, the record's unit,
+// and TestStaleAgrees holds them to one answer.
 func (m Material) Stale(st Status) bool {
 	if m.Fingerprint == "" || st.GoodFingerprint == "" || m.Fingerprint == st.GoodFingerprint {
 		return false
 	}
-	return m.Written.IsZero() || st.GoodSince.IsZero() || !m.Written.After(st.GoodSince.Add(-writtenSlack))
+	return m.Written.IsZero() || st.GoodSince.IsZero() || ms(m.Written) <= ms(st.GoodSince)-writtenSlack.Milliseconds()
 }
 
 // writtenSlack is how much earlier than GoodSince material may have been

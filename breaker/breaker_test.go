@@ -753,3 +753,50 @@ func TestWrongNewSecretCounts(t *testing.T) {
 		t.Fatalf("after 3 failures of a newer wrong secret: %+v, want open", st)
 	}
 }
+
+// TestStaleAgrees: Material.Stale, which a replica asks of its cached
+// record, gives the answer failScript gives in Redis for every case,
+// down to the millisecond at the slack's edge.
+func TestStaleAgrees(t *testing.T) {
+	ctx := context.Background()
+	sets, _ := replicas(t, 1, nil)
+	a := sets[0]
+	const good = "cred:good"
+	if err := a.Succeeded(ctx, good, "good"); err != nil {
+		t.Fatal(err)
+	}
+	since := status(t, a, good).GoodSince
+	edge := since.Add(-writtenSlack)
+	cases := map[string]Material{
+		"no fingerprint":       {Written: since.Add(-time.Hour)},
+		"the working one":      {Fingerprint: "good", Written: since.Add(-time.Hour)},
+		"age unknown":          {Fingerprint: "other"},
+		"an hour older":        {Fingerprint: "other", Written: since.Add(-time.Hour)},
+		"at the slack's edge":  {Fingerprint: "other", Written: edge},
+		"within the edge's ms": {Fingerprint: "other", Written: edge.Add(500 * time.Microsecond)},
+		"a ms past the edge":   {Fingerprint: "other", Written: edge.Add(time.Millisecond)},
+		"within the slack":     {Fingerprint: "other", Written: since.Add(-5 * time.Millisecond)},
+		"newer":                {Fingerprint: "other", Written: since.Add(time.Minute)},
+	}
+	i := 0
+	for what, m := range cases {
+		// A breaker of its own per case, so that no failure opens another's.
+		i++
+		name := fmt.Sprintf("cred:case%d", i)
+		if err := a.Succeeded(ctx, name, "good"); err != nil {
+			t.Fatal(err)
+		}
+		st := status(t, a, name)
+		st.GoodSince = since
+		if err := a.rdb.HSet(ctx, recordKey(name), "good_since", ms(since)).Err(); err != nil {
+			t.Fatal(err)
+		}
+		err := a.RecordAs(ctx, name, credErr, m)
+		if err != nil && !errors.Is(err, ErrStale) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if got, want := m.Stale(st), errors.Is(err, ErrStale); got != want {
+			t.Errorf("%s: Material.Stale says %v, failScript says %v", what, got, want)
+		}
+	}
+}

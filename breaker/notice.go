@@ -40,16 +40,6 @@ func (w *Webhook) Post(ctx context.Context, v any) error {
 	if err != nil {
 		return fmt.Errorf("webhook encode: %w", err)
 	}
-	delay := w.backoff
-	for try := 1; ; try++ {
-		if err = w.post(ctx, body); err == nil || try == webhookTries {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (after %d tries: %v)", ctx.Err(), try, err)
-		case <-time.After(delay):
-		}
-		delay *= 2
-	}
+	_, err = w.deliver(ctx, body, nil)
+	return err
 }

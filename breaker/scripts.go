@@ -49,7 +49,8 @@ end
 // ARGV[4] next probe (now + open interval), ARGV[5] "1" to open at once,
 // ARGV[6] reason, ARGV[7] fingerprint of the material used, or "",
 // ARGV[8] when that material was written (unix ms), or "", ARGV[9] the
-// slack in ms given to that time (see writtenSlack).
+// slack in ms given to that time (see writtenSlack). The stale test is
+// Material.Stale's, which TestStaleAgrees keeps in step with this one.
 var failScript = redis.NewScript(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'open' then

@@ -136,21 +136,33 @@ func (w *Webhook) send(ctx context.Context, t Transition) {
 		w.log.Error("webhook encode", "err", err)
 		return
 	}
+	tries, err := w.deliver(ctx, body, func(try int, delay time.Duration, err error) {
+		w.log.Warn("webhook failed, retrying", "breaker", t.Name, "try", try, "in", delay, "err", err)
+	})
+	if err != nil && tries > 0 {
+		w.log.Error("webhook failed, giving up", "breaker", t.Name, "to", t.To,
+			"generation", t.Generation, "tries", tries, "err", err)
+	}
+}
+
+// deliver posts body up to webhookTries times, doubling the delay from
+// w.backoff between tries and calling retrying before each wait. It
+// returns the tries made and the last error, nil once the receiver
+// accepted it; when ctx ends during a wait, tries is 0 and the error
+// wraps ctx's.
+func (w *Webhook) deliver(ctx context.Context, body []byte, retrying func(try int, delay time.Duration, err error)) (int, error) {
 	delay := w.backoff
 	for try := 1; ; try++ {
-		err = w.post(ctx, body)
-		if err == nil {
-			return
+		err := w.post(ctx, body)
+		if err == nil || try == webhookTries || ctx.Err() != nil {
+			return try, err
 		}
-		if try == webhookTries || ctx.Err() != nil {
-			w.log.Error("webhook failed, giving up", "breaker", t.Name, "to", t.To,
-				"generation", t.Generation, "tries", try, "err", err)
-			return
+		if retrying != nil {
+			retrying(try, delay, err)
 		}
-		w.log.Warn("webhook failed, retrying", "breaker", t.Name, "try", try, "in", delay, "err", err)
 		select {
 		case <-ctx.Done():
-			return
+			return 0, fmt.Errorf("%w (after %d tries: %v)", ctx.Err(), try, err)
 		case <-time.After(delay):
 		}
 		delay *= 2
