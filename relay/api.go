@@ -173,7 +173,8 @@ func (h *api) postMessage(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusForbidden, "sender_not_permitted", fmt.Sprintf("5.7.60 Client does not have permissions to send as this sender (%s); send from an address or domain this application is configured for, or ask the operator to add it.", from))
 		return
 	}
-	if err := h.in.checkSender(r.Context(), app, from); err != nil {
+	route, err := h.in.senderRoute(r.Context(), app, from)
+	if err != nil {
 		h.failSender(w, r, app, err)
 		return
 	}
@@ -185,6 +186,7 @@ func (h *api) postMessage(w http.ResponseWriter, r *http.Request) {
 	sub := submission{
 		app:        app,
 		from:       from,
+		route:      route,
 		to:         to,
 		idemKey:    scopedKey(app, key),
 		protocol:   protocol,
@@ -215,10 +217,6 @@ func (h *api) postMessage(w http.ResponseWriter, r *http.Request) {
 	}
 	sub.body = buf.bytes()
 	id, dup, err := h.in.accept(r.Context(), sub)
-	if _, ok := asNoMailbox(err); ok {
-		h.failSender(w, r, app, err)
-		return
-	}
 	if err != nil {
 		// accept has logged why.
 		w.Header().Set("Retry-After", storeRetryAfter)

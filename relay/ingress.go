@@ -31,8 +31,8 @@ type ingress struct {
 	// queued, when set, is called after each message is stored: it wakes
 	// the delivery workers.
 	queued func()
-	// route, when set, decides a message's route; otherwise it is the
-	// app's Route.
+	// route, when set, decides a message's route (see senderRoute);
+	// otherwise it is the app's Route.
 	route func(ctx context.Context, app *App, from string) (string, error)
 	// metrics, when set, counts accepted messages and times them.
 	metrics *metrics
@@ -54,6 +54,7 @@ type ingress struct {
 type submission struct {
 	app        *App
 	from       string
+	route      string // from senderRoute, at MAIL FROM or before the body is read
 	to         []string
 	body       []byte // as stored: the Received: header (see stamp), then the message
 	idemKey    string
@@ -104,7 +105,8 @@ func (in *ingress) check(msg []byte) *bodyFault {
 // accept stores a submission and returns its queue id. dup is true when an
 // idempotency key matched an earlier message, which is not stored twice.
 // Nothing is stored unless it returns a nil error. s.body is stored as it
-// is: the caller has put the Received: header of stamp first.
+// is: the caller has put the Received: header of stamp first, and s.route
+// is the route senderRoute decided.
 func (in *ingress) accept(ctx context.Context, s submission) (id string, dup bool, err error) {
 	start := time.Now()
 	if in.healthy != nil {
@@ -118,19 +120,8 @@ func (in *ingress) accept(ctx context.Context, s submission) (id string, dup boo
 		ctx, cancel = context.WithTimeout(ctx, in.timeout)
 		defer cancel()
 	}
-	route := s.app.Route
-	if in.route != nil {
-		if route, err = in.route(ctx, s.app, s.from); err != nil {
-			if _, ok := asNoMailbox(err); ok {
-				in.log.Info("refused: no mailbox sends as the sender", "app", s.app.Name, "err", err)
-				return "", false, err
-			}
-			in.log.Error("routing failed", "app", s.app.Name, "err", err)
-			return "", false, fmt.Errorf("%w: %w", errStore, err)
-		}
-	}
 	id, dup, err = in.store.Enqueue(ctx, queue.Submission{
-		Route:          route,
+		Route:          s.route,
 		App:            s.app.Name,
 		From:           s.from,
 		To:             s.to,

@@ -508,11 +508,11 @@ func (o *Options) Validate() error {
 	if o.SMTP.MaxLineLength < 1000 {
 		return bad("smtp.max_line_length", "must be at least 1000 (RFC 5321)")
 	}
-	if o.SMTP.ReadTimeout <= 0 {
-		return bad("smtp.read_timeout", "must be positive")
-	}
-	if o.SMTP.WriteTimeout <= 0 {
-		return bad("smtp.write_timeout", "must be positive")
+	if err := positive(
+		durationField{"smtp.read_timeout", o.SMTP.ReadTimeout},
+		durationField{"smtp.write_timeout", o.SMTP.WriteTimeout},
+	); err != nil {
+		return err
 	}
 	if o.SMTP.MaxConnections < 1 {
 		return bad("smtp.max_connections", "must be at least 1")
@@ -565,8 +565,8 @@ func (o *Options) Validate() error {
 	if o.Delivery.Lease < Duration(5*time.Second) {
 		return bad("delivery.lease", "must be at least 5s")
 	}
-	if o.Delivery.Poll <= 0 {
-		return bad("delivery.poll", "must be positive")
+	if err := positive(durationField{"delivery.poll", o.Delivery.Poll}); err != nil {
+		return err
 	}
 	switch o.Delivery.Sender {
 	case "off":

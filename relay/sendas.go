@@ -35,17 +35,16 @@ func (e *noMailboxError) smtpError() *smtp.SMTPError {
 		Message: "Client does not have permissions to send as this sender: " + e.hint()}
 }
 
-// checkSender reports whether the app's mail from this sender has a
-// mailbox to send it, before the message is transferred: nil when it
-// has, or when routing does not depend on the sender; a *noMailboxError
-// when it has not; another error when the check could not be made (the
-// grant lookup failed).
-func (in *ingress) checkSender(ctx context.Context, app *App, from string) error {
+// senderRoute returns the route of the app's mail from this sender,
+// decided once, before the message is transferred: the app's Route when
+// routing does not depend on the sender. It fails with a *noMailboxError
+// when no mailbox sends as the sender, or with another error when the
+// check could not be made (the grant lookup failed).
+func (in *ingress) senderRoute(ctx context.Context, app *App, from string) (string, error) {
 	if in.route == nil {
-		return nil
+		return app.Route, nil
 	}
-	_, err := in.route(ctx, app, from)
-	return err
+	return in.route(ctx, app, from)
 }
 
 // asNoMailbox returns err's *noMailboxError, if it is one.

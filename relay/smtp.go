@@ -435,12 +435,13 @@ type smtpSession struct {
 
 	// mu guards the fields below: on BDAT, go-smtp runs Data on a
 	// goroutine of its own while the session reads the next command.
-	mu   sync.Mutex
-	app  *App
-	from string
-	utf8 bool
-	to   []string
-	size int64 // the SIZE parameter of MAIL, 0 when not given
+	mu    sync.Mutex
+	app   *App
+	from  string
+	route string // from senderRoute at MAIL
+	utf8  bool
+	to    []string
+	size  int64 // the SIZE parameter of MAIL, 0 when not given
 }
 
 var (
@@ -520,6 +521,7 @@ func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var err *smtp.SMTPError
+	var route string
 	switch {
 	case s.app == nil:
 		err = errSMTPAuthRequired
@@ -533,7 +535,7 @@ func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 	case !s.app.maySend(from):
 		err = errSMTPSenderNotAllowed
 	default:
-		err = s.checkSender(from)
+		route, err = s.senderRoute(from)
 	}
 	if err != nil {
 		s.log.Info("MAIL refused", "app", appName(s.app), "from", from, "reply", err.Message)
@@ -543,24 +545,24 @@ func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 		s.log.Info("MAIL refused", "app", appName(s.app), "from", from, "size", opts.Size, "reply", errSMTPInsufficientStorage.Message)
 		return errSMTPInsufficientStorage
 	}
-	s.from, s.utf8, s.to, s.size = from, opts.UTF8, nil, opts.Size
+	s.from, s.route, s.utf8, s.to, s.size = from, route, opts.UTF8, nil, opts.Size
 	return nil
 }
 
-// checkSender refuses a sender that no mailbox sends as, at MAIL FROM
-// (see noMailboxError).
-func (s *smtpSession) checkSender(from string) *smtp.SMTPError {
+// senderRoute decides the route of the mail from this sender at MAIL
+// FROM, refusing a sender that no mailbox sends as (see noMailboxError).
+func (s *smtpSession) senderRoute(from string) (string, *smtp.SMTPError) {
 	ctx, cancel := context.WithTimeout(s.ing.base, smtpSenderCheckTimeout)
 	defer cancel()
-	err := s.ing.in.checkSender(ctx, s.app, from)
+	route, err := s.ing.in.senderRoute(ctx, s.app, from)
 	if nm, ok := asNoMailbox(err); ok {
-		return nm.smtpError()
+		return "", nm.smtpError()
 	}
 	if err != nil {
 		s.log.Error("cannot check the sender's mailbox", "app", s.app.Name, "err", err)
-		return errSMTPStoreFailed
+		return "", errSMTPStoreFailed
 	}
-	return nil
+	return route, nil
 }
 
 func (s *smtpSession) Rcpt(to string, _ *smtp.RcptOptions) error {
@@ -590,7 +592,7 @@ func (s *smtpSession) Data(r io.Reader) error {
 	defer s.tc.endData()
 
 	s.mu.Lock()
-	app, from, to, size := s.app, s.from, slices.Clone(s.to), s.size
+	app, from, route, to, size := s.app, s.from, s.route, slices.Clone(s.to), s.size
 	s.mu.Unlock()
 	if app == nil || from == "" || len(to) == 0 {
 		// go-smtp only starts DATA after MAIL and RCPT were accepted.
@@ -606,6 +608,7 @@ func (s *smtpSession) Data(r io.Reader) error {
 	sub := submission{
 		app:        app,
 		from:       from,
+		route:      route,
 		to:         to,
 		protocol:   protocol,
 		remoteAddr: s.conn.Conn().RemoteAddr().String(),
@@ -634,9 +637,6 @@ func (s *smtpSession) Data(r io.Reader) error {
 	}
 	sub.body = buf.bytes()
 	id, _, err := s.ing.in.accept(s.ing.base, sub)
-	if nm, ok := asNoMailbox(err); ok {
-		return nm.smtpError()
-	}
 	if err != nil {
 		return errSMTPStoreFailed // accept has logged why
 	}
@@ -646,7 +646,7 @@ func (s *smtpSession) Data(r io.Reader) error {
 
 func (s *smtpSession) Reset() {
 	s.mu.Lock()
-	s.from, s.utf8, s.to, s.size = "", false, nil, 0
+	s.from, s.route, s.utf8, s.to, s.size = "", "", false, nil, 0
 	s.mu.Unlock()
 }
 
