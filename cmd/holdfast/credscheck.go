@@ -32,7 +32,7 @@ func credsCheck(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	if err != nil {
 		return usagef("--within: %v", err)
 	}
-	o, err := relay.Load(*config)
+	o, err := loadConfig(*config)
 	if err != nil {
 		return err
 	}

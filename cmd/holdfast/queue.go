@@ -19,13 +19,20 @@ import (
 	"holdfast/relay"
 )
 
+// loadConfig loads the configuration at path; a missing file's error says
+// how to point at the right one.
+func loadConfig(path string) (relay.Options, error) {
+	o, err := relay.Load(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return relay.Options{}, fmt.Errorf("%w; point at the relays' configuration with --config FILE or $HOLDFAST_CONFIG (make run's is deploy/local/holdfast.dev.yaml)", err)
+	}
+	return o, err
+}
+
 // openRedis loads the configuration at path and connects to its Redis,
 // for the operator commands.
 func openRedis(path string) (relay.Options, redis.UniversalClient, error) {
-	o, err := relay.Load(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return relay.Options{}, nil, fmt.Errorf("%w; point at the relays' configuration with --config FILE or $HOLDFAST_CONFIG (make run's is deploy/local/holdfast.dev.yaml)", err)
-	}
+	o, err := loadConfig(path)
 	if err != nil {
 		return relay.Options{}, nil, err
 	}

@@ -19,7 +19,7 @@ func serve(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
-	o, err := relay.Load(*config)
+	o, err := loadConfig(*config)
 	if *check {
 		if err != nil {
 			return &exitCodeError{code: exitUsage, err: err}

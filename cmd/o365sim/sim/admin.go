@@ -91,22 +91,24 @@ func (f *Fault) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// appRef names an app in an admin request body.
+type appRef struct {
+	Tenant   string `json:"tenant"`
+	ClientID string `json:"client_id"`
+}
+
 func (s *Sim) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /admin/secrets/expire", func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			Tenant   string `json:"tenant"`
-			ClientID string `json:"client_id"`
-		}
+		var req appRef
 		if decode(w, r, &req) && found(w, s.expireSecret(req.Tenant, req.ClientID), "app") {
 			w.WriteHeader(http.StatusNoContent)
 		}
 	})
 	mux.HandleFunc("POST /admin/secrets/rotate", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
-			Tenant   string `json:"tenant"`
-			ClientID string `json:"client_id"`
-			Secret   string `json:"secret"`
+			appRef
+			Secret string `json:"secret"`
 		}
 		if !decode(w, r, &req) {
 			return
@@ -121,8 +123,7 @@ func (s *Sim) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("POST /admin/secrets/end", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
-			Tenant      string `json:"tenant"`
-			ClientID    string `json:"client_id"`
+			appRef
 			KeyID       string `json:"key_id"`
 			Secret      string `json:"secret"`
 			EndDateTime string `json:"end_date_time"`
@@ -145,8 +146,7 @@ func (s *Sim) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("POST /admin/secrets/add", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
-			Tenant      string `json:"tenant"`
-			ClientID    string `json:"client_id"`
+			appRef
 			Secret      string `json:"secret"`
 			EndDateTime string `json:"end_date_time"`
 			DisplayName string `json:"display_name"`
@@ -169,8 +169,7 @@ func (s *Sim) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("POST /admin/apps/graph-roles", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
-			Tenant     string   `json:"tenant"`
-			ClientID   string   `json:"client_id"`
+			appRef
 			Roles      []string `json:"roles"`
 			OwnsItself bool     `json:"owns_itself"`
 		}
@@ -180,9 +179,8 @@ func (s *Sim) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("POST /admin/grants/issue", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
-			Tenant   string `json:"tenant"`
-			ClientID string `json:"client_id"`
-			Mailbox  string `json:"mailbox"`
+			appRef
+			Mailbox string `json:"mailbox"`
 		}
 		if !decode(w, r, &req) {
 			return

@@ -13,24 +13,29 @@ func (s *Sim) findApp(tenantID, clientID string) *app {
 	return t.apps[strings.ToLower(clientID)]
 }
 
+// withApp runs change on the app under the lock and reports whether the
+// app exists and change succeeded.
+func (s *Sim) withApp(tenant, clientID string, change func(a *app) bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := s.findApp(tenant, clientID)
+	return a != nil && change(a)
+}
+
 // ExpireSecret makes every client secret of the app expire now: from then
 // on they get AADSTS7000222.
 func (s *Sim) ExpireSecret(tenant, clientID string) { s.expireSecret(tenant, clientID) }
 
 func (s *Sim) expireSecret(tenant, clientID string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	a := s.findApp(tenant, clientID)
-	if a == nil {
-		return false
-	}
-	now := s.now()
-	for i := range a.secrets {
-		if a.secrets[i].ExpiresAt.IsZero() || a.secrets[i].ExpiresAt.After(now) {
-			a.secrets[i].ExpiresAt = now
+	return s.withApp(tenant, clientID, func(a *app) bool {
+		now := s.now()
+		for i := range a.secrets {
+			if a.secrets[i].ExpiresAt.IsZero() || a.secrets[i].ExpiresAt.After(now) {
+				a.secrets[i].ExpiresAt = now
+			}
 		}
-	}
-	return true
+		return true
+	})
 }
 
 // RotateSecret replaces the app's secrets with one new secret, valid for
@@ -40,40 +45,32 @@ func (s *Sim) RotateSecret(tenant, clientID, newValue string) {
 }
 
 func (s *Sim) rotateSecret(tenant, clientID, newValue string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	a := s.findApp(tenant, clientID)
-	if a == nil {
-		return false
-	}
-	now := s.now()
-	a.secrets = []secret{{Secret: Secret{
-		Value:       newValue,
-		ExpiresAt:   now.Add(rotatedSecretLifetime),
-		KeyID:       newGUID(),
-		DisplayName: "rotated " + now.UTC().Format(time.DateOnly),
-	}, start: now}}
-	return true
+	return s.withApp(tenant, clientID, func(a *app) bool {
+		now := s.now()
+		a.secrets = []secret{{Secret: Secret{
+			Value:       newValue,
+			ExpiresAt:   now.Add(rotatedSecretLifetime),
+			KeyID:       newGUID(),
+			DisplayName: "rotated " + now.UTC().Format(time.DateOnly),
+		}, start: now}}
+		return true
+	})
 }
 
 // SetSecretEnd moves the end date (endDateTime) of one of the app's
 // secrets, found by its key id or its value; a zero end never expires. It
 // reports whether the app and the secret were found.
 func (s *Sim) SetSecretEnd(tenant, clientID, keyIDOrValue string, end time.Time) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	a := s.findApp(tenant, clientID)
-	if a == nil {
-		return false
-	}
-	for i := range a.secrets {
-		k := &a.secrets[i]
-		if strings.EqualFold(k.KeyID, keyIDOrValue) || k.Value == keyIDOrValue {
-			k.ExpiresAt = end
-			return true
+	return s.withApp(tenant, clientID, func(a *app) bool {
+		for i := range a.secrets {
+			k := &a.secrets[i]
+			if strings.EqualFold(k.KeyID, keyIDOrValue) || k.Value == keyIDOrValue {
+				k.ExpiresAt = end
+				return true
+			}
 		}
-	}
-	return false
+		return false
+	})
 }
 
 // AddSecret adds a secret to the app beside the ones it has, as the
@@ -97,15 +94,11 @@ func (s *Sim) AddSecret(tenant, clientID string, sec Secret) string {
 // whether it owns itself (see App.GraphRoles). Tokens issued before keep
 // the roles they carry, as Entra's do. It reports whether the app exists.
 func (s *Sim) SetGraphRoles(tenant, clientID string, roles []string, ownsItself bool) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	a := s.findApp(tenant, clientID)
-	if a == nil {
-		return false
-	}
-	a.graphRoles = append([]string{}, roles...)
-	a.ownsItself = ownsItself
-	return true
+	return s.withApp(tenant, clientID, func(a *app) bool {
+		a.graphRoles = append([]string{}, roles...)
+		a.ownsItself = ownsItself
+		return true
+	})
 }
 
 // IssueRefreshToken creates a delegated grant of mailbox to the app, with
@@ -162,14 +155,10 @@ func (s *Sim) RevokeMailboxGrants(mailbox string) {
 // SMTP AUTH with one of them gets 535 5.7.3. Tokens issued afterwards
 // work. It reports whether the app exists.
 func (s *Sim) RevokeAppTokens(tenant, clientID string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	a := s.findApp(tenant, clientID)
-	if a == nil {
-		return false
-	}
-	a.epoch++
-	return true
+	return s.withApp(tenant, clientID, func(a *app) bool {
+		a.epoch++
+		return true
+	})
 }
 
 // DisableSMTPAuth turns SMTP AUTH off or on for a mailbox.
