@@ -72,6 +72,9 @@ func TestStatsShortcutsAgree(t *testing.T) {
 		{dead: 2},
 		{due: []int64{-1000, 60_000}, hold: true},
 		{hold: true},
+		{dead: 1, hold: true},
+		{lease: 1, hold: true},
+		{due: []int64{-1000}, dead: 1, hold: true},
 		{due: []int64{-1000}, lease: 1, dead: 1, hold: true},
 	}
 	var routes []string

@@ -93,36 +93,54 @@ const summaryFields = 5
 // one route's counts to its group's in out, whose first two values are
 // the earliest due time of a ready message and the oldest submit time on
 // a held route (-1 for none), then five counts per group: ready,
-// scheduled, leased, held, dead. One EXISTS tells an empty route (one
-// call) and a route whose only keys are its due and live sets (due
-// counted once, the other three twice, so the answer 1 means due alone);
-// such a route needs only its due counts (see dueCounts). Any other route
-// takes the full count, as routeStat does.
+// scheduled, leased, held, dead. A scrape runs it for every route, so
+// it spends as few calls as it can. One EXISTS of the due, dead, hold and
+// leased keys tells an empty route (one call). When it counts one key
+// and that is the due set, the route's only keys are its due and live
+// sets, and its due counts (see dueCounts) are all it needs: two calls
+// for the common route, a few more when more than one of its messages is
+// due. A held route whose only other key is its due set needs its
+// oldest message and its due count. Any other route takes the full
+// count, as routeStat does. live may be nil: the key is then built from
+// the route's key prefix p, only when it is needed.
 const routeSummary = dueCounts + `
-local function summ(due, leased, dead, live, hold, g, now, out)
-  local keys = redis.call('EXISTS', due, dead, dead, hold, hold, leased, leased)
-  if keys == 0 then return end
-  local ready, scheduled, nleased, held, ndead, since = 0, 0, 0, 0, 0, -1
-  if keys == 1 then
-    ready, scheduled, since = dueCounts(due, now)
-  else
-    local first = redis.call('ZRANGE', live, 0, 0, 'WITHSCORES')
-    if first[2] then
-      if redis.call('EXISTS', hold) == 1 then
-        held = redis.call('ZCARD', due)
-        local oldest = tonumber(first[2])
-        if held > 0 and (out[2] < 0 or oldest < out[2]) then out[2] = oldest end
-      else
-        ready, scheduled, since = dueCounts(due, now)
-      end
-      nleased = redis.call('ZCARD', leased)
-    end
-    ndead = redis.call('ZCARD', dead)
-  end
+local function add(out, g, ready, scheduled, nleased, held, ndead, since)
   if since >= 0 and (out[1] < 0 or since < out[1]) then out[1] = since end
   local b = 2 + (g - 1) * 5
   out[b+1], out[b+2], out[b+3] = out[b+1] + ready, out[b+2] + scheduled, out[b+3] + nleased
   out[b+4], out[b+5] = out[b+4] + held, out[b+5] + ndead
+end
+
+local function summ(due, leased, dead, live, hold, p, g, now, out)
+  local keys = redis.call('EXISTS', due, dead, hold, leased)
+  if keys == 0 then return end
+  local ready, scheduled, since = 0, 0, -1
+  if keys == 1 then
+    ready, scheduled, since = dueCounts(due, now)
+    if ready + scheduled > 0 then
+      add(out, g, ready, scheduled, 0, 0, 0, since)
+      return
+    end
+  end
+  local nleased, held, ndead = 0, 0, 0
+  local first = redis.call('ZRANGE', live or (p .. 'live'), 0, 0, 'WITHSCORES')
+  if first[2] then
+    if redis.call('EXISTS', hold) == 1 then
+      held = redis.call('ZCARD', due)
+      local oldest = tonumber(first[2])
+      if held > 0 and (out[2] < 0 or oldest < out[2]) then out[2] = oldest end
+      if held > 0 and keys == 2 then
+        -- The hold and the due set are its only keys: nothing leased or dead.
+        add(out, g, 0, 0, 0, held, 0, -1)
+        return
+      end
+    else
+      ready, scheduled, since = dueCounts(due, now)
+    end
+    nleased = redis.call('ZCARD', leased)
+  end
+  ndead = redis.call('ZCARD', dead)
+  add(out, g, ready, scheduled, nleased, held, ndead, since)
 end
 
 local function zeros(groups)
@@ -139,7 +157,7 @@ end
 // (from 1).
 var summaryScript = redis.NewScript(routeSummary + `
 local out = zeros(tonumber(ARGV[2]))
-summ(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[3]), tonumber(ARGV[1]), out)
+summ(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], nil, tonumber(ARGV[3]), tonumber(ARGV[1]), out)
 return out
 `)
 
@@ -153,7 +171,7 @@ local now = tonumber(ARGV[1])
 local out = zeros(tonumber(ARGV[2]))
 for i = 3, #ARGV, 2 do
   local p = ARGV[i]
-  summ(p .. 'due', p .. 'leased', p .. 'dead', p .. 'live', p .. 'hold', tonumber(ARGV[i+1]), now, out)
+  summ(p .. 'due', p .. 'leased', p .. 'dead', nil, p .. 'hold', p, tonumber(ARGV[i+1]), now, out)
 end
 return out
 `)
