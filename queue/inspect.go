@@ -52,10 +52,17 @@ const statsBatch = 250
 // routeBatch is how many routes one run of a per-route script counts:
 // statsBatch on a single server, 1 on Redis Cluster.
 func (q *Queue) routeBatch() int {
-	if _, cluster := q.rdb.(*redis.ClusterClient); cluster {
+	if q.cluster() {
 		return 1
 	}
 	return statsBatch
+}
+
+// cluster reports whether the queue is on Redis Cluster, where a script
+// may only touch keys of one slot.
+func (q *Queue) cluster() bool {
+	_, ok := q.rdb.(*redis.ClusterClient)
+	return ok
 }
 
 // Stats counts messages by state for every route in one pipelined round

@@ -114,9 +114,10 @@ func (q *Queue) Options() Options { return q.opts }
 // m.IdempotencyKey was used before on the same route, it returns the id of
 // the first message and dup true, and stores nothing.
 //
-// It costs two round trips to Redis: one stores the message, one marks
-// its route due (see markDue); plus one the first time this process sees
-// the route (and once a minute after).
+// It costs one round trip to Redis, which stores the message and marks
+// its route due (two on Redis Cluster, where the due index is in another
+// slot; see markDue), plus one the first time this process sees the
+// route (and once a minute after).
 func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool, err error) {
 	if !ValidRoute(m.Route) {
 		return "", false, fmt.Errorf("enqueue: invalid route name %q", m.Route)
@@ -139,9 +140,15 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 	if m.IdempotencyKey != "" {
 		keys = append(keys, idemKey(m.Route, m.IdempotencyKey))
 	}
+	// On a single server the script marks the route due itself.
+	marked := !q.cluster()
+	mark := ""
+	if marked {
+		keys, mark = append(keys, dueDirtyKey), "1"
+	}
 	args := []any{id, m.Route, m.App, m.From, strings.Join(m.To, "\n"), m.Body,
 		now.UnixMilli(), now.Add(q.opts.Lifetime).UnixMilli(),
-		q.opts.IdempotencyTTL.Milliseconds(), m.IdempotencyKey}
+		q.opts.IdempotencyTTL.Milliseconds(), m.IdempotencyKey, mark}
 	var res []any
 	if q.opts.MinReplicas > 0 {
 		res, err = q.enqueueReplicated(ctx, keys, args)
@@ -153,7 +160,7 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 	}
 	got, _ := res[0].(string)
 	dup = res[1].(int64) == 1
-	if !dup {
+	if !dup && !marked {
 		// The message is stored either way; an unmarked route is found
 		// by the next SweepDue.
 		_ = q.markDue(ctx, m.Route)

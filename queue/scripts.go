@@ -10,16 +10,20 @@ import "github.com/redis/go-redis/v9"
 
 // enqueueScript stores a new message, due now.
 //
-// KEYS[1] message hash, KEYS[2] due, KEYS[3] live, KEYS[4] idempotency key
-// (optional).
+// KEYS[1] message hash, KEYS[2] due, KEYS[3] live, then the idempotency
+// key when ARGV[10] is not empty, then the due index's dirty set when
+// ARGV[11] is "1" (on a single server: on Redis Cluster it is in another
+// slot, and Enqueue marks the route in a call of its own).
 // ARGV[1] id, ARGV[2] route, ARGV[3] app, ARGV[4] from, ARGV[5] recipients
 // joined by "\n", ARGV[6] body, ARGV[7] now, ARGV[8] expiry time,
-// ARGV[9] idempotency key lifetime in ms, ARGV[10] idempotency key.
+// ARGV[9] idempotency key lifetime in ms, ARGV[10] idempotency key,
+// ARGV[11] "1" to mark the route dirty.
 //
 // Returns {id, 0} for a new message, or {existing id, 1} when the
 // idempotency key was seen before.
 var enqueueScript = redis.NewScript(`
-if KEYS[4] then
+local idem = ARGV[10] ~= ''
+if idem then
   local existing = redis.call('GET', KEYS[4])
   if existing then return {existing, 1} end
 end
@@ -29,10 +33,11 @@ redis.call('HSET', KEYS[1],
   'sub', ARGV[7], 'exp', ARGV[8], 'att', 0, 'st', 'queued', 'upd', ARGV[7])
 redis.call('ZADD', KEYS[2], ARGV[7], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[7], ARGV[1])
-if KEYS[4] then
+if idem then
   redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[9])
   redis.call('HSET', KEYS[1], 'idem', ARGV[10])
 end
+if ARGV[11] == '1' then redis.call('SADD', KEYS[#KEYS], ARGV[2]) end
 return {ARGV[1], 0}
 `)
 
