@@ -49,24 +49,32 @@ func (q *Queue) MarkDue(ctx context.Context, routes ...string) error {
 	return q.markDue(ctx, routes...)
 }
 
-// indexScript sets a route's index entry unless a later lease already
-// did.
+// indexLua is setIndex, which sets a route's index entry unless a later
+// lease already did: index and seqs are the index and sequences keys, seq
+// the lease's sequence, at when the route next needs a lease (unix ms;
+// negative: never, the entry is removed). It returns 1 when the entry was
+// set, 0 when a later lease's stands. indexScript runs it after a Lease
+// on Redis Cluster; on a single server the lease script runs it itself.
+const indexLua = `
+local function setIndex(index, seqs, route, seq, at)
+  local last = tonumber(redis.call('HGET', seqs, route) or '0')
+  if seq <= last then return 0 end
+  redis.call('HSET', seqs, route, seq)
+  if at < 0 then
+    redis.call('ZREM', index, route)
+  else
+    redis.call('ZADD', index, at, route)
+  end
+  return 1
+end
+`
+
+// indexScript runs setIndex (see indexLua).
 //
 // KEYS[1] index, KEYS[2] sequences. ARGV[1] route, ARGV[2] the lease's
-// sequence, ARGV[3] when the route next needs a lease (unix ms; negative:
-// never, the entry is removed).
-//
-// Returns 1 when the entry was set, 0 when a later lease's stands.
-var indexScript = redis.NewScript(`
-local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-if tonumber(ARGV[2]) <= last then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-if tonumber(ARGV[3]) < 0 then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-else
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-end
-return 1
+// sequence, ARGV[3] when the route next needs a lease.
+var indexScript = redis.NewScript(indexLua + `
+return setIndex(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
 `)
 
 // dueScript reads the routes due by now: the dirty ones, then the

@@ -34,37 +34,43 @@ func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration,
 	if n <= 0 {
 		n = 1
 	}
-	// Clear the route's dirty mark before looking: a change stored after
-	// this look marks it again.
-	if err := q.rdb.SRem(ctx, dueDirtyKey, route).Err(); err != nil {
-		return LeaseResult{}, fmt.Errorf("lease %s: %w", route, err)
-	}
 	now := q.opts.Now()
 	rk := keysFor(route)
 	until := now.Add(d)
-	res, err := leaseScript.Run(ctx, q.rdb,
-		[]string{rk.due, rk.leased, rk.dead, rk.live, rk.hold, rk.held, rk.seq, rk.leaseSet(token)},
-		now.UnixMilli(), until.UnixMilli(), n, token, msgKeyPrefix(rk.tag),
-		q.opts.HeldGrace.Milliseconds()).Slice()
+	keys := []string{rk.due, rk.leased, rk.dead, rk.live, rk.hold, rk.held, rk.seq, rk.leaseSet(token)}
+	args := []any{now.UnixMilli(), until.UnixMilli(), n, token, msgKeyPrefix(rk.tag), q.opts.HeldGrace.Milliseconds()}
+	single := !q.cluster()
+	if single {
+		// The script clears the dirty mark and sets the index entry.
+		keys = append(keys, dueDirtyKey, dueIndexKey, dueSeqKey)
+		args = append(args, q.opts.HeldRecheck.Milliseconds(), route)
+	} else if err := q.rdb.SRem(ctx, dueDirtyKey, route).Err(); err != nil {
+		// Clear the route's dirty mark before looking: a change stored
+		// after this look marks it again.
+		return LeaseResult{}, fmt.Errorf("lease %s: %w", route, err)
+	}
+	res, err := leaseScript.Run(ctx, q.rdb, keys, args...).Slice()
 	if err != nil {
 		return LeaseResult{}, fmt.Errorf("lease %s: %w", route, err)
 	}
 	next, seq, deadline := res[0].(int64), res[2].(int64), res[3].(int64)
-	at := next
-	switch {
-	case next == -2:
-		at = now.Add(q.opts.HeldRecheck).UnixMilli()
-	case deadline >= 0 && (at < 0 || deadline < at):
-		at = deadline
-	}
-	// The messages are leased now and belong to the caller, whatever
-	// follows: dropping them would leave them sent by nobody until the
-	// lease ran out. So a cancelled ctx (a shutdown) does not stop the
-	// index update, and a failed one marks the route dirty for the next
-	// pass instead of failing the Lease.
-	ictx := context.WithoutCancel(ctx)
-	if err := q.index(ictx, route, seq, at); err != nil {
-		_ = q.markDue(ictx, route) // best effort: Redis has just refused the update
+	if !single {
+		at := next
+		switch {
+		case next == -2:
+			at = now.Add(q.opts.HeldRecheck).UnixMilli()
+		case deadline >= 0 && (at < 0 || deadline < at):
+			at = deadline
+		}
+		// The messages are leased now and belong to the caller, whatever
+		// follows: dropping them would leave them sent by nobody until
+		// the lease ran out. So a cancelled ctx (a shutdown) does not
+		// stop the index update, and a failed one marks the route dirty
+		// for the next pass instead of failing the Lease.
+		ictx := context.WithoutCancel(ctx)
+		if err := q.index(ictx, route, seq, at); err != nil {
+			_ = q.markDue(ictx, route) // best effort: Redis has just refused the update
+		}
 	}
 	var out LeaseResult
 	switch {

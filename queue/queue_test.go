@@ -632,10 +632,19 @@ func (h *cancelAfterScript) ProcessHook(next redis.ProcessHook) redis.ProcessHoo
 // otherwise they would sit leased, sent by nobody, until the lease ran
 // out.
 func TestLeaseCancelledAfterScript(t *testing.T) {
-	srv := redistest.Start(t)
-	rdb := srv.Client(t)
+	t.Run("server", func(t *testing.T) {
+		rdb := redistest.Start(t).Client(t)
+		testLeaseCancelledAfterScript(t, rdb, rdb)
+	})
+	t.Run("Cluster", func(t *testing.T) {
+		rdb := redistest.StartCluster(t, 3).Client(t)
+		testLeaseCancelledAfterScript(t, rdb, rdb)
+	})
+}
+
+func testLeaseCancelledAfterScript(t *testing.T, rdb redis.UniversalClient, hooks interface{ AddHook(redis.Hook) }) {
 	hook := &cancelAfterScript{}
-	rdb.AddHook(hook)
+	hooks.AddHook(hook)
 	q := queue.New(rdb, queue.Options{})
 	id := enqueue(t, q, msg("crm", 1))
 

@@ -57,18 +57,24 @@ return {ARGV[1], 0}
 //
 // KEYS[1] due, KEYS[2] leased, KEYS[3] dead, KEYS[4] live, KEYS[5] hold,
 // KEYS[6] held (hold start), KEYS[7] lease sequence, KEYS[8] the token's
-// lease set.
+// lease set; on a single server also KEYS[9] the due index's dirty set,
+// KEYS[10] the index, KEYS[11] its sequences: the script then clears the
+// route's dirty mark first and sets its index entry last (see due.go),
+// which Lease does in calls of their own on Redis Cluster.
 // ARGV[1] now, ARGV[2] lease deadline, ARGV[3] n, ARGV[4] lease token,
-// ARGV[5] message key prefix, ARGV[6] held grace in ms.
+// ARGV[5] message key prefix, ARGV[6] held grace in ms; on a single
+// server ARGV[7] the held recheck in ms, ARGV[8] the route.
 //
 // Returns {next, leased, seq, deadline}: next is the due time of the
 // earliest message left in the queue (-1 when none, -2 when the route is
 // held); leased is a list of {id, route, app, from, to, body, sub, exp,
 // att, err} entries; seq is the route's lease sequence after this lease;
 // deadline is the earliest lease deadline on the route (-1 when none).
-var leaseScript = redis.NewScript(`
+var leaseScript = redis.NewScript(indexLua + `
 local now = tonumber(ARGV[1])
 local prefix = ARGV[5]
+local single = KEYS[9] ~= nil
+if single then redis.call('SREM', KEYS[9], ARGV[8]) end
 
 -- entry is what the lease returns for message id, from the first nine
 -- fields of an HMGET in the order route, app, from, to, body, sub, exp,
@@ -82,10 +88,22 @@ local function summary(leased)
   local deadline = -1
   local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
   if first[2] then deadline = tonumber(first[2]) end
-  if redis.call('EXISTS', KEYS[5]) == 1 then return {-2, leased, seq, deadline} end
   local next = -1
-  first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  if first[2] then next = tonumber(first[2]) end
+  if redis.call('EXISTS', KEYS[5]) == 1 then
+    next = -2
+  else
+    first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    if first[2] then next = tonumber(first[2]) end
+  end
+  if single then
+    local at = next
+    if next == -2 then
+      at = now + tonumber(ARGV[7])
+    elseif deadline >= 0 and (at < 0 or deadline < at) then
+      at = deadline
+    end
+    setIndex(KEYS[10], KEYS[11], ARGV[8], seq, at)
+  end
   return {next, leased, seq, deadline}
 end
 
