@@ -150,6 +150,9 @@ func (s *Sim) adminHandler() http.Handler {
 			Secret      string `json:"secret"`
 			EndDateTime string `json:"end_date_time"`
 			DisplayName string `json:"display_name"`
+			// Propagation delays the secret's first use (see
+			// Secret.ValidFrom), as a Go duration such as "20s".
+			Propagation string `json:"propagation"`
 		}
 		if !decode(w, r, &req) {
 			return
@@ -162,7 +165,16 @@ func (s *Sim) adminHandler() http.Handler {
 		if !ok {
 			return
 		}
-		id := s.AddSecret(req.Tenant, req.ClientID, Secret{Value: req.Secret, ExpiresAt: end, DisplayName: req.DisplayName})
+		var from time.Time
+		if req.Propagation != "" {
+			d, err := time.ParseDuration(req.Propagation)
+			if err != nil || d < 0 {
+				adminError(w, http.StatusBadRequest, "propagation: not a duration such as 20s")
+				return
+			}
+			from = s.now().Add(d)
+		}
+		id := s.AddSecret(req.Tenant, req.ClientID, Secret{Value: req.Secret, ExpiresAt: end, DisplayName: req.DisplayName, ValidFrom: from})
 		if found(w, id != "", "app") {
 			writeJSON(w, http.StatusOK, map[string]string{"key_id": id})
 		}

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -104,5 +105,31 @@ func TestGraphApplicationNeedsPermission(t *testing.T) {
 	f.appToken(t, appID, appSecret, outlookScope)
 	if c := f.Counters().Clients[appID]; c.TokenRequests != 3 || c.GraphTokenRequests != 2 {
 		t.Fatalf("counters %+v, want 3 token requests, 2 of them for Graph", c)
+	}
+}
+
+// TestAddedSecretPropagates: a secret added with a propagation delay is
+// refused as Entra refuses an unknown one (AADSTS7000215) until the
+// delay ends, then works; a bad delay is refused.
+func TestAddedSecretPropagates(t *testing.T) {
+	f := newFixture(t)
+	if s := f.admin(t, "POST", "/admin/secrets/add", map[string]any{"tenant": tenantID, "client_id": appID,
+		"secret": "Prop-new", "propagation": "20s"}, nil); s != 200 {
+		t.Fatalf("add: %d", s)
+	}
+	_, err := f.ccConfig(appID, "Prop-new", graphScope).Token(f.ctx())
+	if err == nil || !strings.Contains(err.Error(), "AADSTS7000215") {
+		t.Fatalf("token with a secret still propagating: %v, want AADSTS7000215", err)
+	}
+	f.clock.Add(19 * time.Second)
+	if _, err := f.ccConfig(appID, "Prop-new", graphScope).Token(f.ctx()); err == nil {
+		t.Fatal("the secret works 1 s before its propagation ends")
+	}
+	f.clock.Add(time.Second)
+	f.appToken(t, appID, "Prop-new", graphScope)
+	f.appToken(t, appID, appSecret, graphScope) // the old one is untouched
+	if s := f.admin(t, "POST", "/admin/secrets/add", map[string]any{"tenant": tenantID, "client_id": appID,
+		"secret": "Prop-bad", "propagation": "soon"}, nil); s != 400 {
+		t.Fatalf("bad propagation: %d, want 400", s)
 	}
 }

@@ -85,6 +85,10 @@ type Secret struct {
 	ExpiresAt   time.Time
 	KeyID       string
 	DisplayName string
+	// ValidFrom is when Entra has propagated the secret: until then a
+	// token request with it is answered AADSTS7000215, as Entra answers
+	// a secret created moments ago. Zero: at once.
+	ValidFrom time.Time
 }
 
 // Mailbox is an Exchange Online mailbox.

@@ -176,6 +176,10 @@ func (s *Sim) authenticateClient(a *app, tenantID string, form url.Values, grant
 				if !k.ExpiresAt.IsZero() && !now.Before(k.ExpiresAt) {
 					return errExpiredSecret(a.clientID)
 				}
+				if now.Before(k.ValidFrom) {
+					// Not propagated yet: Entra does not know it.
+					return errBadSecret(a.clientID)
+				}
 				return nil
 			}
 		}
