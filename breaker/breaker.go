@@ -652,6 +652,22 @@ func (s *Set) AcquireProbe(ctx context.Context, name string) (bool, error) {
 // doubles the open interval up to MaxInterval. It returns ErrLeaseLost
 // when this replica does not hold the lease.
 func (s *Set) ProbeResult(ctx context.Context, name string, probeErr error) error {
+	return s.probeResult(ctx, name, probeErr, 0)
+}
+
+// ProbeRetry records a failed probe that is to be tried again after
+// after, by this replica (others may take it probeHere later), without
+// doubling the open interval: for a secret just rotated that Entra has
+// not yet propagated. It returns ErrLeaseLost when this replica does not
+// hold the lease.
+func (s *Set) ProbeRetry(ctx context.Context, name string, probeErr error, after time.Duration) error {
+	if probeErr == nil || after <= 0 {
+		return fmt.Errorf("breaker %s: probe retry needs a failure and a positive delay", name)
+	}
+	return s.probeResult(ctx, name, probeErr, after)
+}
+
+func (s *Set) probeResult(ctx context.Context, name string, probeErr error, retry time.Duration) error {
 	if err := validName(name); err != nil {
 		return err
 	}
@@ -667,8 +683,9 @@ func (s *Set) ProbeResult(ctx context.Context, name string, probeErr error) erro
 	if probeErr == nil {
 		success = "1"
 	}
-	_, err := s.run(ctx, resultScript, name, token, ms(s.o.Now()), success, Reason(probeErr),
-		s.o.MaxInterval.Milliseconds())
+	now := s.o.Now()
+	_, err := s.run(ctx, resultScript, name, token, ms(now), success, Reason(probeErr),
+		s.o.MaxInterval.Milliseconds(), retry.Milliseconds(), s.id, ms(now.Add(retry+probeHere)))
 	if err != nil {
 		if strings.Contains(err.Error(), "lease lost") {
 			return fmt.Errorf("breaker %s: %w", name, ErrLeaseLost)

@@ -800,3 +800,53 @@ func TestStaleAgrees(t *testing.T) {
 		}
 	}
 }
+
+// TestProbeRetryKeepsInterval: a probe retried for a secret still
+// propagating is due after the delay, for the same replica first, and
+// leaves the open interval as it was; a normal failure afterwards doubles
+// it as usual.
+func TestProbeRetryKeepsInterval(t *testing.T) {
+	sets, clk := replicas(t, 2, nil)
+	a, b := sets[0], sets[1]
+	ctx := context.Background()
+	const name = "cred:contoso"
+	record(t, a, name, errExpired)
+	notYet := &failure{counts: true, reason: "invalid_client AADSTS7000215: Invalid client secret provided."}
+	for i, after := range []time.Duration{time.Second, 2 * time.Second, 3 * time.Second} {
+		if i == 0 {
+			// A's file changed: the first probe is asked for at once.
+			if _, err := a.ProbeNowHere(ctx, name); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if ok, err := a.AcquireProbe(ctx, name); !ok || err != nil {
+			t.Fatalf("retry %d: A's AcquireProbe = %v, %v", i, ok, err)
+		}
+		if err := a.ProbeRetry(ctx, name, notYet, after); err != nil {
+			t.Fatal(err)
+		}
+		st := status(t, a, name)
+		if st.State != Open || st.Interval != 30*time.Second || !st.NextProbe.Equal(clk.Now().Add(after)) || st.Reason != notYet.reason {
+			t.Fatalf("after retry %d: %+v; want open, interval 30s, next probe in %v", i, st, after)
+		}
+		clk.Add(after)
+		// Due now, and kept for A: B may not take it.
+		if ok, _ := b.AcquireProbe(ctx, name); ok {
+			t.Fatalf("retry %d: B took the retry kept for A", i)
+		}
+	}
+	// A does not come back for it: B may, once the reservation ends.
+	clk.Add(probeHere)
+	if ok, _ := b.AcquireProbe(ctx, name); !ok {
+		t.Fatal("B did not get the retry after A's reservation ended")
+	}
+	if err := b.ProbeResult(ctx, name, credErr); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(t, a, name); st.Interval != time.Minute {
+		t.Fatalf("a normal failure after retries: interval %v, want 1m (30s doubled once)", st.Interval)
+	}
+	if err := a.ProbeRetry(ctx, name, nil, time.Second); err == nil {
+		t.Fatal("ProbeRetry without a failure was taken")
+	}
+}

@@ -28,7 +28,7 @@ package breaker
 //	last_probe   unix ms of the last probe result
 //	spread       how many members the spread set holds
 //	good_fp      fingerprint of the secret or certificate that last got a token
-//	probe_by     replica an immediate probe is kept for; probe_by_until until when (unix ms)
+//	probe_by     replica the next probe is kept for (an immediate one or a retry); probe_by_until until when (unix ms)
 //	stale:NAME   unix ms since replica NAME's material was found stale
 const (
 	namesKey      = "hf:brk:names"

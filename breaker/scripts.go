@@ -176,8 +176,9 @@ return redis.call('HGETALL', KEYS[1])
 // no lease is live, and the probe is due or was asked for. Returns 1 when
 // granted, 0 otherwise.
 //
-// An immediate probe asked for one replica (see probeNowScript) goes to
-// that replica only, until its time runs out.
+// A probe reserved for one replica (an immediate one, see
+// probeNowScript, or a retry, see resultScript) goes to that replica
+// only, until its time runs out.
 //
 // ARGV[1] now, ARGV[2] lease expiry (now + lease), ARGV[3] token,
 // ARGV[4] the caller's replica id.
@@ -195,10 +196,10 @@ if not now_asked and now < tonumber(redis.call('HGET', k, 'next_probe') or '0') 
   return 0
 end
 local by = redis.call('HGET', k, 'probe_by')
-if now_asked and by and by ~= '' and by ~= ARGV[4] and now < tonumber(redis.call('HGET', k, 'probe_by_until') or '0') then
+if by and by ~= '' and by ~= ARGV[4] and now < tonumber(redis.call('HGET', k, 'probe_by_until') or '0') then
   return 0
 end
-redis.call('HSET', k, 'lease_token', ARGV[3], 'lease_until', ARGV[2], 'probe_now', '0')
+redis.call('HSET', k, 'lease_token', ARGV[3], 'lease_until', ARGV[2], 'probe_now', '0', 'probe_by', '')
 return 1
 `)
 
@@ -208,8 +209,14 @@ return 1
 // lease (it expired and another replica took it, or an operator reset
 // the breaker).
 //
+// A failure with a retry delay (ARGV[6] > 0) keeps the interval: the
+// next probe is due after the delay, for the caller's replica (ARGV[7])
+// until ARGV[8], as probeNowScript reserves one.
+//
 // ARGV[1] token, ARGV[2] now, ARGV[3] "1" for success, ARGV[4] reason,
-// ARGV[5] max interval ms.
+// ARGV[5] max interval ms, ARGV[6] retry delay ms (0: double the
+// interval), ARGV[7] replica id, ARGV[8] end of its reservation (unix
+// ms).
 var resultScript = redis.NewScript(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'lease_token') ~= ARGV[1] then
@@ -220,6 +227,12 @@ redis.call('HSET', k, 'last_probe', ARGV[2])
 if ARGV[3] == '1' then
   close(k, ARGV[2])
   redis.call('HSET', k, 'failures', '0')
+  return reply(k)
+end
+local retry = tonumber(ARGV[6])
+if retry > 0 then
+  redis.call('HSET', k, 'reason', ARGV[4], 'next_probe', string.format('%d', tonumber(ARGV[2]) + retry),
+    'probe_by', ARGV[7], 'probe_by_until', ARGV[8])
   return reply(k)
 end
 local iv = math.min(tonumber(redis.call('HGET', k, 'interval') or '0') * 2, tonumber(ARGV[5]))

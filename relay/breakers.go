@@ -54,6 +54,8 @@ type gate struct {
 	// reconcileNow makes the reconcile loop run at once (buffered, one
 	// slot).
 	reconcileNow chan struct{}
+	// propagationWindow: see breakers_propagation.go.
+	propagationWindow time.Duration
 
 	mu sync.Mutex
 	// refused holds, per credential (or delegated mailbox), when Entra
@@ -62,6 +64,9 @@ type gate struct {
 	// stale holds, per credential, the fingerprint of this replica's
 	// material that failed while another works (breakers_stale.go).
 	stale map[string]string
+	// changed holds, per credential, when this replica's files of it last
+	// changed (breakers_propagation.go).
+	changed map[string]time.Time
 	// replica names this relay to operators (its hostname).
 	replica string
 }
@@ -275,12 +280,20 @@ func (g *gate) holdRoutes(ctx context.Context, routes []string) {
 func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
+	// retry fires when the earliest probe retried for a secret still
+	// propagating is due: sooner than the next tick.
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	var retryAt time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-g.wake:
+		case <-retry.C:
+			retryAt = time.Time{}
 		}
 		list, err := g.set.List(ctx)
 		if err != nil {
@@ -297,6 +310,18 @@ func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
 				continue
 			}
 			perr := g.probe(ctx, st.Name)
+			if after, ok := g.propagating(st.Name, perr); ok {
+				if err := g.set.ProbeRetry(ctx, st.Name, perr, after); err != nil {
+					g.log.Warn("cannot record probe result", "breaker", st.Name, "err", err)
+				}
+				if at := time.Now().Add(after); retryAt.IsZero() || at.Before(retryAt) {
+					retryAt = at
+					retry.Reset(after)
+				}
+				g.log.Info("breaker probed; the new secret is not propagated yet, probing again soon",
+					"breaker", st.Name, "in", after, "err", perr)
+				continue
+			}
 			if err := g.set.ProbeResult(ctx, st.Name, perr); err != nil {
 				g.log.Warn("cannot record probe result", "breaker", st.Name, "err", err)
 			}

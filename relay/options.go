@@ -72,6 +72,13 @@ type BreakerOptions struct {
 	// credential failing "535 5.7.3" in a row, with no success between
 	// them, open the credential's breaker. Default 3.
 	EscalateMailboxes int `yaml:"escalate_mailboxes"`
+	// PropagationWindow is how long after this replica's secret file
+	// changed a probe refused with AADSTS7000215 (Entra does not know the
+	// secret yet: a new one takes time to propagate) is retried on a
+	// short schedule of its own, a tenth of the time since the change,
+	// from 1 s up to 30 s, instead of doubling the open interval. Default
+	// 5m; 0 turns it off.
+	PropagationWindow Duration `yaml:"propagation_window"`
 }
 
 // Credential is one Entra ID app registration, with a client secret or a
@@ -390,6 +397,7 @@ func DefaultOptions() Options {
 			OpenInterval:      Duration(30 * time.Second),
 			MaxInterval:       Duration(5 * time.Minute),
 			EscalateMailboxes: 3,
+			PropagationWindow: Duration(5 * time.Minute),
 		},
 		AuthThrottle: defaultThrottle(),
 		Expiry:       ExpiryOptions{CheckInterval: Duration(defaultExpiryCheckInterval)},
@@ -558,6 +566,9 @@ func (o *Options) Validate() error {
 	}
 	if o.Breakers.EscalateMailboxes < 2 {
 		return bad("breakers.escalate_mailboxes", "must be at least 2: one mailbox failing is that mailbox's breaker")
+	}
+	if o.Breakers.PropagationWindow < 0 {
+		return bad("breakers.propagation_window", "must not be negative (0 turns it off)")
 	}
 	if o.Delivery.Workers < 1 {
 		return bad("delivery.workers", "must be at least 1")

@@ -218,7 +218,7 @@ func TestDefaultOptions(t *testing.T) {
 		{"queue.held_grace", o.Queue.HeldGrace.D(), 5 * 24 * time.Hour},
 		{"delivery.workers", o.Delivery.Workers, 8},
 		{"breakers", o.Breakers, relay.BreakerOptions{Threshold: 3, OpenInterval: relay.Duration(30 * time.Second),
-			MaxInterval: relay.Duration(5 * time.Minute), EscalateMailboxes: 3}},
+			MaxInterval: relay.Duration(5 * time.Minute), EscalateMailboxes: 3, PropagationWindow: relay.Duration(5 * time.Minute)}},
 		{"log", o.Log, relay.LogOptions{Level: "info", Format: "text"}},
 	}
 	for _, c := range checks {

@@ -134,7 +134,8 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	)
 	if sender == nil && o.Delivery.Sender == "exchange" {
 		g := &gate{q: s.queue, log: log.With("component", "breaker"), escalate: o.Breakers.EscalateMailboxes,
-			wake: make(chan struct{}, 1), reconcileNow: make(chan struct{}, 1), replica: o.Hostname}
+			wake: make(chan struct{}, 1), reconcileNow: make(chan struct{}, 1), replica: o.Hostname,
+			propagationWindow: o.Breakers.PropagationWindow.D()}
 		bo := o.Breakers.Options()
 		bo.OnTransition = func(t breaker.Transition) {
 			s.metrics.transition(breakerKind(t.Name), t.To.String())
@@ -150,6 +151,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		g.set = breaker.New(s.rdb, bo)
 		onChange := func(name string) {
 			log.Info("credential file changed; the next token request uses it", "component", "auth", "credential", name)
+			g.fileChanged(name)
 			if err := g.probeNow(context.Background(), credentialBreaker(name)); err != nil {
 				log.Warn("cannot request a probe", "credential", name, "err", err)
 			}

@@ -375,3 +375,82 @@ func TestBrokenProbeMailbox(t *testing.T) {
 	}
 	f.checkRunning()
 }
+
+// TestPropagatingSecret: the new secret is written to the relays' file
+// at once, but Entra refuses it (AADSTS7000215) for 20 s while it
+// propagates. The probes of those 20 s are retried on a short schedule
+// that does not double the breaker's open interval, and the first
+// delivery comes within 3 s of the propagation's end. The configured
+// max_interval is the default 5 minutes, so that doubling would show.
+func TestPropagatingSecret(t *testing.T) {
+	const (
+		before, outage = 10, 30
+		propagation    = 20 * time.Second
+	)
+	f := startIncFleet(t, incFleetOptions{mailboxes: 3, edit: func(_ int, config string) string {
+		return strings.Replace(config, "max_interval: "+incMaxInterval.String(), "max_interval: 5m", 1)
+	}})
+	polls := f.pollBreaker(incCred)
+	sub := f.startSubmitter(4, func(n int) string { return f.mailboxes[n%len(f.mailboxes)] })
+	f.expireUntilOpen(sub, polls, before, outage, nil)
+	sub.close()
+	sub.results(t, before+outage)
+
+	// The rotation: a new secret, not yet propagated, in the file at once.
+	tChange := time.Now()
+	tValid := tChange.Add(propagation)
+	f.sim.AddSecret(incTenant, incClientID, sim.Secret{Value: incRotated,
+		ExpiresAt: tChange.Add(180 * 24 * time.Hour), ValidFrom: tValid})
+	atChange := f.counters()
+	var interval string
+	if o, ok := polls[0].last(); ok {
+		interval = o.st.ProbeInterval
+	}
+	incWriteFile(t, f.secretFile, incRotated+"\n")
+
+	var first time.Time
+	incWait(t, propagation+10*time.Second, "a delivery after the propagation", func() bool {
+		for _, r := range f.sim.Received() {
+			if r.Started.After(tChange) {
+				first = r.Started
+				return true
+			}
+		}
+		return false
+	})
+	if first.Before(tValid) {
+		t.Fatalf("delivered %v before the secret propagated", tValid.Sub(first))
+	}
+	late := first.Sub(tValid)
+	t.Logf("propagation end to first delivery: %v; token requests refused meanwhile: %d",
+		late.Round(time.Millisecond), f.counters().TokenErrors-atChange.TokenErrors)
+	if late > 3*time.Second {
+		t.Errorf("first delivery %v after the propagation ended, want within 3s", late.Round(time.Millisecond))
+	}
+	f.waitDelivered(before+outage, 15*time.Second)
+	f.checkOnce(before + outage)
+
+	// The open interval did not grow while the secret propagated, and
+	// the breaker closed once, never to open again.
+	for _, p := range polls {
+		p.checkErrors(t)
+		for _, o := range p.between(tChange, tValid) {
+			if o.st.State == "open" && o.st.ProbeInterval != interval {
+				t.Errorf("relay-%d: probe interval %s at %v after the file changed, want %s as before",
+					p.relay+1, o.st.ProbeInterval, o.at.Sub(tChange).Round(time.Millisecond), interval)
+				break
+			}
+		}
+		closed, ok := p.first(tChange, isClosed)
+		if !ok {
+			t.Errorf("relay-%d never showed the breaker closed", p.relay+1)
+			continue
+		}
+		for _, o := range p.between(closed.at, time.Now()) {
+			if isOpen(o.st) {
+				t.Errorf("relay-%d: the breaker opened again (%s)", p.relay+1, o.st.Reason)
+				break
+			}
+		}
+	}
+}

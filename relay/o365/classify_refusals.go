@@ -48,6 +48,14 @@ func EntraRefused(err error) bool {
 	return errors.As(err, &te) && entraRefusedStatus(te.HTTPStatus)
 }
 
+// SecretUnknown reports whether a failed token request is Entra not
+// knowing the client secret sent (AADSTS7000215): a wrong secret, an old
+// one deleted, or a new one Entra has not yet propagated.
+func SecretUnknown(err error) bool {
+	var te *auth.TokenError
+	return errors.As(err, &te) && te.AADSTS == auth.AADSTSInvalidSecret
+}
+
 func entraRefusedStatus(status int) bool {
 	return status == http.StatusBadRequest || status == http.StatusUnauthorized
 }
