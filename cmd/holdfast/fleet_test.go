@@ -267,17 +267,7 @@ func staggeredRotation(t *testing.T, rotate func(s *sim.Sim)) {
 	// Never open again after the first file change.
 	for _, p := range polls {
 		p.checkErrors(t)
-		closed, ok := p.first(tFirst, isClosed)
-		if !ok {
-			t.Errorf("relay-%d never showed the breaker closed after the rotation", p.relay+1)
-			continue
-		}
-		for _, o := range p.between(closed.at, time.Now()) {
-			if isOpen(o.st) {
-				t.Errorf("relay-%d: the breaker opened again at %v (%s)", p.relay+1, o.at.Sub(tFirst).Round(time.Millisecond), o.st.Reason)
-				break
-			}
-		}
+		p.checkClosedForGood(t, tFirst)
 	}
 	// The status endpoint listed the relays still on the old secret.
 	staleSeen := map[string]bool{}
@@ -441,16 +431,23 @@ func TestPropagatingSecret(t *testing.T) {
 				break
 			}
 		}
-		closed, ok := p.first(tChange, isClosed)
-		if !ok {
-			t.Errorf("relay-%d never showed the breaker closed", p.relay+1)
-			continue
-		}
-		for _, o := range p.between(closed.at, time.Now()) {
-			if isOpen(o.st) {
-				t.Errorf("relay-%d: the breaker opened again (%s)", p.relay+1, o.st.Reason)
-				break
-			}
+		p.checkClosedForGood(t, tChange)
+	}
+}
+
+// checkClosedForGood fails the test unless the poller saw the breaker
+// closed after from, and never open again after that.
+func (p *incPoller) checkClosedForGood(tb testing.TB, from time.Time) {
+	tb.Helper()
+	closed, ok := p.first(from, isClosed)
+	if !ok {
+		tb.Errorf("relay-%d never showed the breaker closed after the rotation", p.relay+1)
+		return
+	}
+	for _, o := range p.between(closed.at, time.Now()) {
+		if isOpen(o.st) {
+			tb.Errorf("relay-%d: the breaker opened again at %v (%s)", p.relay+1, o.at.Sub(from).Round(time.Millisecond), o.st.Reason)
+			return
 		}
 	}
 }
