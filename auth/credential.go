@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -46,6 +47,13 @@ type CredentialOptions struct {
 	// ClientSecretFile holds the client secret value. Surrounding
 	// whitespace is ignored.
 	ClientSecretFile string
+
+	// ClientSecretFiles are several secrets of the app, each a file or a
+	// directory of files (see secrets.go), instead of ClientSecretFile.
+	// SecretExpires gives, by the path as listed (or as found in a listed
+	// directory), when a secret expires: the latest is tried first.
+	ClientSecretFiles []string
+	SecretExpires     map[string]time.Time
 
 	// CertFile holds the PEM certificate, optionally followed by its chain.
 	// KeyFile holds its RSA private key in PEM (PKCS#8 or PKCS#1); when
@@ -108,8 +116,11 @@ type Credential struct {
 
 	cache tokenCache
 
-	mu  sync.Mutex // guards mat
+	mu  sync.Mutex // guards mat and inUse
 	mat *material
+	// inUse is the index in mat.secrets of the secret that got the last
+	// token, tried first; 0 after a reload.
+	inUse int
 }
 
 // NewHTTPClient returns an HTTP client for the token endpoint with a 10 s
@@ -156,9 +167,11 @@ func (o *CredentialOptions) setDefaults() error {
 		return fmt.Errorf("credential: tenant %q is not a tenant id or domain", o.Tenant)
 	case o.ClientID == "":
 		return errors.New("credential: client_id is required")
-	case countSet(o.ClientSecretFile, o.CertFile, o.ClientAssertionFile) == 0:
+	case o.ClientSecretFile != "" && len(o.ClientSecretFiles) > 0:
+		return errors.New("credential: client_secret_file and client_secret_files are mutually exclusive")
+	case countSet(o.ClientSecretFile+strings.Join(o.ClientSecretFiles, ""), o.CertFile, o.ClientAssertionFile) == 0:
 		return errors.New("credential: one of client_secret_file and cert_file, or client_assertion_file, is required")
-	case countSet(o.ClientSecretFile, o.CertFile, o.ClientAssertionFile) > 1:
+	case countSet(o.ClientSecretFile+strings.Join(o.ClientSecretFiles, ""), o.CertFile, o.ClientAssertionFile) > 1:
 		return errors.New("credential: client_secret_file, cert_file and client_assertion_file are mutually exclusive")
 	case o.KeyFile != "" && o.CertFile == "":
 		return errors.New("credential: key_file needs cert_file")
@@ -240,7 +253,13 @@ func (c *Credential) Expiry() (time.Time, bool) {
 // Fingerprint identifies the secret or certificate loaded now: 16 hex
 // digits of the SHA-256 of its files, never the secret itself. Replicas
 // whose files hold the same material have the same fingerprint.
-func (c *Credential) Fingerprint() string { return c.material().fingerprint() }
+func (c *Credential) Fingerprint() string {
+	m, i := c.secretInUse()
+	if len(m.secrets) > 0 {
+		return m.secrets[i].fingerprint()
+	}
+	return m.fingerprint()
+}
 
 func (m *material) fingerprint() string { return hex.EncodeToString(m.sum[:8]) }
 
@@ -258,7 +277,45 @@ func (c *Credential) fetch() (*oauth2.Token, error) {
 // authentication: the secret in the form, or a fresh client assertion.
 // params adds form fields, e.g. grant_type=refresh_token.
 func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values) (*oauth2.Token, error) {
-	m := c.material()
+	m, first := c.secretInUse()
+	if len(m.secrets) == 0 {
+		return c.redeemWith(log, scopes, params, m, nil)
+	}
+	// The secret in use first, then the others in their order, while
+	// Entra says the one tried expired or is unknown.
+	order := append([]int{first}, slices.DeleteFunc(seq(len(m.secrets)), func(i int) bool { return i == first })...)
+	var err error
+	for n, i := range order {
+		var tok *oauth2.Token
+		tok, err = c.redeemWith(log, scopes, params, m, &m.secrets[i])
+		if err == nil {
+			c.useSecret(m, i)
+			return tok, nil
+		}
+		var te *TokenError
+		if !errors.As(err, &te) || !secretRefused(te) {
+			return nil, err
+		}
+		if n+1 < len(order) {
+			log.Warn("client secret refused; trying the next one", "file", m.secrets[i].file,
+				"hint", m.secrets[i].hint(), "aadsts", te.AADSTS)
+		}
+	}
+	return nil, err
+}
+
+// seq returns 0, 1, …, n-1.
+func seq(n int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = i
+	}
+	return out
+}
+
+// redeemWith is redeem with material m and, for a secret credential, one
+// of its secrets.
+func (c *Credential) redeemWith(log *slog.Logger, scopes []string, params url.Values, m *material, sec *secretFile) (*oauth2.Token, error) {
 	start := c.opts.Now()
 	cfg := &clientcredentials.Config{
 		ClientID:       c.opts.ClientID,
@@ -290,8 +347,12 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 		cfg.EndpointParams.Set("client_assertion", jwt)
 		scrub = append(scrub, jwt)
 	default:
-		cfg.ClientSecret = m.secret
-		scrub = append(scrub, m.secret)
+		cfg.ClientSecret = sec.value
+		scrub = append(scrub, sec.value)
+	}
+	fingerprint, written := m.fingerprint(), m.written
+	if sec != nil {
+		fingerprint, written = sec.fingerprint(), sec.written
 	}
 	scrub = append(scrub, params.Get("refresh_token"))
 
@@ -301,7 +362,7 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 		err = tokenErr(err, c.opts.Now(), scrub...)
 		var te *TokenError
 		if errors.As(err, &te) {
-			te.Fingerprint, te.Written = m.fingerprint(), m.written
+			te.Fingerprint, te.Written = fingerprint, written
 			log.Warn("token request rejected", "status", te.HTTPStatus, "error", te.Code,
 				"aadsts", te.AADSTS, "suberror", te.SubError, "correlation_id", te.CorrelationID)
 		} else {
@@ -314,7 +375,7 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 		return nil, err
 	}
 	if c.opts.OnIssued != nil {
-		c.opts.OnIssued(c.opts.Name, m.fingerprint())
+		c.opts.OnIssued(c.opts.Name, fingerprint)
 	}
 	log.Debug("token issued", "expiry", tok.Expiry, "duration", c.opts.Now().Sub(start))
 	return tok, nil

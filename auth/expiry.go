@@ -75,12 +75,15 @@ func (e *GraphError) MissingPermission() string {
 // the secret's first three characters (Graph's hint), or the
 // certificate's SHA-1 thumbprint in upper-case hex. The other is empty.
 func (c *Credential) InUse() (hint, thumbprint string) {
-	m := c.material()
+	m, i := c.secretInUse()
 	if m.leaf != nil {
 		sum := sha1.Sum(m.leaf.Raw)
 		return "", strings.ToUpper(hex.EncodeToString(sum[:]))
 	}
-	return m.secret[:min(3, len(m.secret))], ""
+	if len(m.secrets) == 0 {
+		return "", ""
+	}
+	return m.secrets[i].hint(), ""
 }
 
 // graphApplication is the part of a Graph application object read here.

@@ -15,13 +15,13 @@ import (
 // material is one loaded version of a credential's secret or certificate.
 // It is immutable once loaded.
 type material struct {
-	secret string              // client secret credential
-	key    *rsa.PrivateKey     // certificate credential
-	chain  []*x509.Certificate // leaf first
-	leaf   *x509.Certificate
-	x5t    string     // base64url SHA-256 of the leaf's DER
-	fed    *federated // federated credential (see federated.go)
-	sum    [32]byte   // SHA-256 over the files' contents; decides whether a reload changed anything
+	secrets []secretFile        // client secret credential (see secrets.go)
+	key     *rsa.PrivateKey     // certificate credential
+	chain   []*x509.Certificate // leaf first
+	leaf    *x509.Certificate
+	x5t     string     // base64url SHA-256 of the leaf's DER
+	fed     *federated // federated credential (see federated.go)
+	sum     [32]byte   // SHA-256 over the files' contents; decides whether a reload changed anything
 	// written is when the newest of its files was written (their
 	// modification time, links followed): zero when not known.
 	written time.Time
@@ -34,7 +34,12 @@ func loadMaterial(o *CredentialOptions) (*material, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, f := range []string{o.ClientAssertionFile, o.ClientSecretFile, o.CertFile, o.KeyFile} {
+	for _, s := range m.secrets {
+		if s.written.After(m.written) {
+			m.written = s.written
+		}
+	}
+	for _, f := range []string{o.ClientAssertionFile, o.CertFile, o.KeyFile} {
 		if f == "" {
 			continue
 		}
@@ -50,16 +55,8 @@ func readMaterial(o *CredentialOptions) (*material, error) {
 	if o.ClientAssertionFile != "" {
 		return loadFederated(o.ClientAssertionFile)
 	}
-	if o.ClientSecretFile != "" {
-		raw, err := readCredentialFile(o.ClientSecretFile, "client secret")
-		if err != nil {
-			return nil, err
-		}
-		secret := string(bytes.TrimSpace(raw))
-		if secret == "" {
-			return nil, fmt.Errorf("client secret file %s is empty", o.ClientSecretFile)
-		}
-		return &material{secret: secret, sum: sha256.Sum256(raw)}, nil
+	if o.ClientSecretFile != "" || len(o.ClientSecretFiles) > 0 {
+		return loadSecrets(o)
 	}
 	certPEM, err := readCredentialFile(o.CertFile, "certificate")
 	if err != nil {
@@ -109,7 +106,7 @@ func (c *Credential) Reload() (changed bool, err error) {
 	c.mu.Lock()
 	changed = m.sum != c.mat.sum
 	if changed {
-		c.mat = m
+		c.mat, c.inUse = m, 0
 	}
 	c.mu.Unlock()
 	if !changed {

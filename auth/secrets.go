@@ -1,0 +1,170 @@
+package auth
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+// An app registration may hold several client secrets at once, as
+// Microsoft recommends for rotation: add the new secret, deploy it, delete
+// the old one later. A credential given ClientSecretFiles loads them all,
+// tries the one with the latest known expiry first, and when Entra says a
+// secret expired (AADSTS7000222) or does not know it (AADSTS7000215), tries
+// the next before reporting a failure. The one that got the last token is
+// the one in use, tried first from then on.
+
+// secretFile is one loaded client secret.
+type secretFile struct {
+	file    string
+	value   string
+	sum     [32]byte  // SHA-256 of the file's content
+	written time.Time // the file's modification time; zero when unknown
+	expires time.Time // from SecretExpires; zero when unknown
+}
+
+func (s *secretFile) fingerprint() string { return hex.EncodeToString(s.sum[:8]) }
+
+// hint is what Graph shows of the secret: its first three characters.
+func (s *secretFile) hint() string { return s.value[:min(3, len(s.value))] }
+
+// SecretInfo describes one of a credential's client secrets, never the
+// secret itself.
+type SecretInfo struct {
+	File      string    `json:"file"`
+	Hint      string    `json:"hint"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"` // from the configuration; zero when unknown
+	InUse     bool      `json:"in_use"`              // it got the last token
+}
+
+// secretPaths expands ClientSecretFiles: a directory stands for the
+// regular files in it whose names do not start with a dot (a Kubernetes
+// Secret volume's keys), in name order.
+func secretPaths(entries []string) ([]string, error) {
+	var out []string
+	for _, e := range entries {
+		fi, err := os.Stat(e)
+		if err != nil {
+			if os.IsNotExist(err) {
+				return nil, fmt.Errorf("client secret file %s does not exist", e)
+			}
+			return nil, fmt.Errorf("read client secret file: %w", err)
+		}
+		if !fi.IsDir() {
+			out = append(out, e)
+			continue
+		}
+		des, err := os.ReadDir(e)
+		if err != nil {
+			return nil, fmt.Errorf("read client secret directory: %w", err)
+		}
+		n := len(out)
+		for _, de := range des {
+			p := filepath.Join(e, de.Name())
+			if strings.HasPrefix(de.Name(), ".") {
+				continue
+			}
+			if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+				out = append(out, p)
+			}
+		}
+		if len(out) == n {
+			return nil, fmt.Errorf("client secret directory %s holds no secret file", e)
+		}
+	}
+	return out, nil
+}
+
+// loadSecrets reads the client secrets of o, the one with the latest
+// known expiry first, then those of unknown expiry in the order given.
+func loadSecrets(o *CredentialOptions) (*material, error) {
+	entries := o.ClientSecretFiles
+	if o.ClientSecretFile != "" {
+		entries = []string{o.ClientSecretFile}
+	}
+	paths, err := secretPaths(entries)
+	if err != nil {
+		return nil, err
+	}
+	m := &material{}
+	h := sha256.New()
+	for _, p := range paths {
+		raw, err := readCredentialFile(p, "client secret")
+		if err != nil {
+			return nil, err
+		}
+		s := secretFile{file: p, value: string(bytes.TrimSpace(raw)), sum: sha256.Sum256(raw), expires: o.SecretExpires[p]}
+		if fi, err := os.Stat(p); err == nil {
+			s.written = fi.ModTime()
+		}
+		m.secrets = append(m.secrets, s)
+		h.Write([]byte(p))
+		h.Write([]byte{0})
+		h.Write(s.sum[:])
+	}
+	if len(m.secrets) == 1 {
+		m.sum = m.secrets[0].sum // as the fingerprint of a single secret always was
+	} else {
+		copy(m.sum[:], h.Sum(nil))
+	}
+	slices.SortStableFunc(m.secrets, func(a, b secretFile) int {
+		switch {
+		case a.expires.IsZero() || b.expires.IsZero():
+			return boolOrder(b.expires.IsZero()) - boolOrder(a.expires.IsZero())
+		default:
+			return b.expires.Compare(a.expires)
+		}
+	})
+	return m, nil
+}
+
+// boolOrder is 1 for true and 0 for false.
+func boolOrder(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// secretRefused reports whether a token error is one that another of the
+// app's secrets may not get: this secret expired or is unknown.
+func secretRefused(te *TokenError) bool {
+	return te.AADSTS == AADSTSSecretExpired || te.AADSTS == AADSTSInvalidSecret
+}
+
+// Secrets describes the credential's client secrets, in the order they
+// are tried; nil for a certificate or federated credential.
+func (c *Credential) Secrets() []SecretInfo {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []SecretInfo
+	for i, s := range c.mat.secrets {
+		out = append(out, SecretInfo{File: s.file, Hint: s.hint(), ExpiresAt: s.expires, InUse: i == c.inUse})
+	}
+	return out
+}
+
+// secretInUse returns the secret tried first: the one that got the last
+// token.
+func (c *Credential) secretInUse() (*material, int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mat, c.inUse
+}
+
+// useSecret makes the i-th secret of m the one in use, unless the files
+// were reloaded meanwhile.
+func (c *Credential) useSecret(m *material, i int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.mat == m && c.inUse != i {
+		c.inUse = i
+		c.log.Info("client secret in use changed", "file", m.secrets[i].file, "hint", m.secrets[i].hint())
+	}
+}

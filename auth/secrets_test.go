@@ -1,0 +1,152 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+// secretsEntra answers a token for the secrets in good, AADSTS7000222 for
+// those in expired and AADSTS7000215 for any other, and records the
+// secrets it was sent.
+type secretsEntra struct {
+	mu            sync.Mutex
+	good, expired map[string]bool
+	sent          []string
+}
+
+func (s *secretsEntra) handle(t testing.TB) func(w http.ResponseWriter, _ *http.Request, form url.Values) {
+	return func(w http.ResponseWriter, _ *http.Request, form url.Values) {
+		sec := form.Get("client_secret")
+		s.mu.Lock()
+		s.sent = append(s.sent, sec)
+		good, expired := s.good[sec], s.expired[sec]
+		s.mu.Unlock()
+		switch {
+		case good:
+			writeToken(w, "token-for-"+sec, 3600, "")
+		case expired:
+			writeFixture(t, w, http.StatusUnauthorized, "aadsts7000222")
+		default:
+			writeFixture(t, w, http.StatusUnauthorized, "aadsts7000215")
+		}
+	}
+}
+
+func (s *secretsEntra) set(good, expired []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.good, s.expired = map[string]bool{}, map[string]bool{}
+	for _, g := range good {
+		s.good[g] = true
+	}
+	for _, e := range expired {
+		s.expired[e] = true
+	}
+	s.sent = nil
+}
+
+func (s *secretsEntra) tried() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.sent...)
+}
+
+// TestSecretFiles: with two secrets the one with the latest configured
+// expiry is sent first; when Entra says it expired, the other is tried
+// in the same Token call and stays in use; when every secret is refused,
+// the last refusal is returned; a directory of secret files counts its
+// files, not its hidden entries.
+func TestSecretFiles(t *testing.T) {
+	dir := t.TempDir()
+	oldFile := writeFile(t, dir, "old", "Old-secret\n")
+	newFile := writeFile(t, dir, "new", "New-secret\n")
+	se := &secretsEntra{}
+	se.set([]string{"Old-secret", "New-secret"}, nil)
+	f := newFakeEntra(t, se.handle(t))
+	now := time.Now()
+	c := secretCredential(t, f, "", func(o *CredentialOptions) {
+		o.ClientSecretFiles = []string{oldFile, newFile}
+		o.SecretExpires = map[string]time.Time{oldFile: now.Add(24 * time.Hour), newFile: now.Add(180 * 24 * time.Hour)}
+	})
+	ctx := context.Background()
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := se.tried(); len(got) != 1 || got[0] != "New-secret" {
+		t.Fatalf("sent %v, want the later-expiring New-secret first", got)
+	}
+	infos := c.Secrets()
+	if len(infos) != 2 || infos[0].Hint != "New" || !infos[0].InUse || infos[1].Hint != "Old" || infos[1].InUse ||
+		!infos[1].ExpiresAt.Equal(now.Add(24*time.Hour)) {
+		t.Fatalf("Secrets() = %+v", infos)
+	}
+	if hint, _ := c.InUse(); hint != "New" {
+		t.Fatalf("InUse hint %q, want New", hint)
+	}
+
+	// The new one expires: the old one is tried at once, and kept.
+	se.set([]string{"Old-secret"}, []string{"New-secret"})
+	c.Invalidate()
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatalf("Token with one secret expired: %v", err)
+	}
+	if got := se.tried(); len(got) != 2 || got[0] != "New-secret" || got[1] != "Old-secret" {
+		t.Fatalf("sent %v, want New-secret then Old-secret", got)
+	}
+	oldFP := c.Fingerprint()
+	c.Invalidate()
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := se.tried(); len(got) != 3 || got[2] != "Old-secret" {
+		t.Fatalf("sent %v, want Old-secret, the one in use, tried first", got)
+	}
+	if hint, _ := c.InUse(); hint != "Old" || c.Fingerprint() != oldFP {
+		t.Fatalf("in use %q (%s), want Old", hint, c.Fingerprint())
+	}
+
+	// Both refused: the last refusal, naming its secret's fingerprint.
+	se.set(nil, []string{"New-secret"})
+	c.Invalidate()
+	_, err := c.Token(ctx)
+	var te *TokenError
+	if !errors.As(err, &te) || te.AADSTS == "" || len(se.tried()) != 2 {
+		t.Fatalf("every secret refused: %v after %v", err, se.tried())
+	}
+
+	// A directory: its hidden entries (a Kubernetes volume's ..data) do not count.
+	sdir := filepath.Join(dir, "secrets")
+	if err := os.MkdirAll(filepath.Join(sdir, "..data"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, sdir, "a", "Aaa-secret")
+	writeFile(t, sdir, "b", "Bbb-secret")
+	writeFile(t, sdir, ".hidden", "Hid-secret")
+	se.set([]string{"Bbb-secret"}, nil)
+	d := secretCredential(t, f, "", func(o *CredentialOptions) { o.ClientSecretFiles = []string{sdir} })
+	if _, err := d.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := se.tried(); len(got) != 2 || got[0] != "Aaa-secret" || got[1] != "Bbb-secret" {
+		t.Fatalf("directory: sent %v, want Aaa-secret then Bbb-secret (name order, no hidden file)", got)
+	}
+	if len(d.Secrets()) != 2 {
+		t.Fatalf("directory: %+v", d.Secrets())
+	}
+	for _, bad := range [][]string{{filepath.Join(dir, "missing")}, {t.TempDir()}} {
+		if _, err := NewCredential(CredentialOptions{Tenant: testTenant, ClientID: testClientID, ClientSecretFiles: bad}); err == nil {
+			t.Errorf("client_secret_files %v: no error", bad)
+		}
+	}
+	if _, err := NewCredential(CredentialOptions{Tenant: testTenant, ClientID: testClientID,
+		ClientSecretFile: oldFile, ClientSecretFiles: []string{newFile}}); err == nil {
+		t.Error("client_secret_file with client_secret_files: no error")
+	}
+}
