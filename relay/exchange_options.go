@@ -111,8 +111,12 @@ func (c *Credential) validate(field string) error {
 	if u, err := url.Parse(c.Authority); err != nil || u.Scheme != "https" || u.Host == "" {
 		return fmt.Errorf("%s.authority: %q is not an https URL", field, c.Authority)
 	}
-	secret, cert, fed := c.ClientSecretFile != "", c.CertFile != "" || c.KeyFile != "", c.ClientAssertionFile != ""
+	secret, cert, fed := c.ClientSecretFile != "" || len(c.ClientSecretFiles) > 0, c.CertFile != "" || c.KeyFile != "", c.ClientAssertionFile != ""
 	switch {
+	case c.ClientSecretFile != "" && len(c.ClientSecretFiles) > 0:
+		return fmt.Errorf("%s.client_secret_files: set client_secret_file or client_secret_files, not both", field)
+	case len(c.ExpiresAtByFile) > 0 && len(c.ClientSecretFiles) == 0:
+		return fmt.Errorf("%s.expires_at_by_file: only with client_secret_files (for one secret, use expires_at)", field)
 	case secret && cert:
 		return fmt.Errorf("%s.client_secret_file: set a client secret or a certificate, not both", field)
 	case fed && (secret || cert):
@@ -125,7 +129,26 @@ func (c *Credential) validate(field string) error {
 	if _, err := c.Expiry(); err != nil {
 		return fmt.Errorf("%s.expires_at: %v", field, err)
 	}
+	if _, err := c.secretExpiries(); err != nil {
+		return fmt.Errorf("%s.expires_at_by_file: %v", field, err)
+	}
 	return nil
+}
+
+// secretExpiries parses ExpiresAtByFile.
+func (c *Credential) secretExpiries() (map[string]time.Time, error) {
+	if len(c.ExpiresAtByFile) == 0 {
+		return nil, nil
+	}
+	out := map[string]time.Time{}
+	for file, v := range c.ExpiresAtByFile {
+		t, err := parseDate(v)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", file, err)
+		}
+		out[file] = t
+	}
+	return out, nil
 }
 
 // Expiry parses ExpiresAt; the zero time when it is not set.
@@ -133,10 +156,15 @@ func (c *Credential) Expiry() (time.Time, error) {
 	if c.ExpiresAt == "" {
 		return time.Time{}, nil
 	}
+	return parseDate(c.ExpiresAt)
+}
+
+// parseDate parses an RFC 3339 time or a YYYY-MM-DD date.
+func parseDate(v string) (time.Time, error) {
 	for _, layout := range []string{time.RFC3339, "2006-01-02"} {
-		if t, err := time.Parse(layout, c.ExpiresAt); err == nil {
+		if t, err := time.Parse(layout, v); err == nil {
 			return t.UTC(), nil
 		}
 	}
-	return time.Time{}, fmt.Errorf("%q is neither RFC 3339 nor YYYY-MM-DD", c.ExpiresAt)
+	return time.Time{}, fmt.Errorf("%q is neither RFC 3339 nor YYYY-MM-DD", v)
 }

@@ -218,6 +218,11 @@ func (m *ExpiryMonitor) localExpiries(c Credential) []Expiry {
 		out = append(out, Expiry{Credential: c.Name, Source: SourceConfig, ExpiresAt: t, InUse: true})
 	}
 	if live := m.cfg.live[c.Name]; live != nil {
+		for _, s := range live.Secrets() {
+			if !s.ExpiresAt.IsZero() {
+				out = append(out, Expiry{Credential: c.Name, Source: SourceConfig, Hint: s.Hint, ExpiresAt: s.ExpiresAt.UTC(), InUse: s.InUse})
+			}
+		}
 		if t, ok := live.Expiry(); ok {
 			_, thumb := live.InUse()
 			out = append(out, Expiry{Credential: c.Name, Source: SourceCertificate, Thumbprint: thumb, ExpiresAt: t.UTC(), InUse: true})
@@ -533,9 +538,11 @@ func expiryMessage(ev ExpiringEvent) string {
 
 // authOptions are the auth options of a configured credential for scope.
 func (c Credential) authOptions(scope string, client *http.Client, log *slog.Logger) auth.CredentialOptions {
+	secretExpires, _ := c.secretExpiries() // checked by Validate
 	return auth.CredentialOptions{
 		Name: c.Name, Tenant: c.Tenant, ClientID: c.ClientID, Authority: c.Authority,
-		ClientSecretFile: c.ClientSecretFile, CertFile: c.CertFile, KeyFile: c.KeyFile,
+		ClientSecretFile: c.ClientSecretFile, ClientSecretFiles: c.ClientSecretFiles, SecretExpires: secretExpires,
+		CertFile: c.CertFile, KeyFile: c.KeyFile,
 		ClientAssertionFile: c.ClientAssertionFile,
 		Scope:               scope, HTTPClient: client, Logger: log,
 	}

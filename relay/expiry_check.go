@@ -44,19 +44,20 @@ func CheckCredentials(ctx context.Context, o Options, log *slog.Logger) ([]Crede
 		}
 		live[c.Name] = ac
 	}
+	// The live token requests first: with several secrets, they find
+	// the one in use, which the dates below are marked by.
+	for name, c := range live {
+		tctx, cancel := context.WithTimeout(ctx, checkTokenTimeout)
+		if _, err := c.Token(tctx); err != nil {
+			loadErr[name] = err.Error()
+		}
+		cancel()
+	}
 	m := newExpiryMonitor(expiryConfig{credentials: o.Credentials, live: live, graphURL: o.Exchange.GraphURL, log: log})
 	m.CheckAll(ctx)
 	var out []CredentialCheck
 	for _, ce := range m.Expiries() {
-		cc := CredentialCheck{CredentialExpiry: ce, TokenError: loadErr[ce.Credential]}
-		if c := live[ce.Credential]; c != nil {
-			tctx, cancel := context.WithTimeout(ctx, checkTokenTimeout)
-			if _, err := c.Token(tctx); err != nil {
-				cc.TokenError = err.Error()
-			}
-			cancel()
-		}
-		out = append(out, cc)
+		out = append(out, CredentialCheck{CredentialExpiry: ce, TokenError: loadErr[ce.Credential]})
 	}
 	return out, ctx.Err()
 }

@@ -17,7 +17,20 @@ func (s *Server) expirySource() ops.ExpirySource {
 		list := s.expiry.Expiries()
 		out := make([]ops.Expiry, 0, len(list))
 		for _, ce := range list {
-			out = append(out, ops.Expiry{Credential: ce.Credential, At: ce.ExpiresAt, Source: ce.Source})
+			e := ops.Expiry{Credential: ce.Credential, At: ce.ExpiresAt, Source: ce.Source}
+			for _, x := range ce.Expiries {
+				key := ""
+				switch {
+				case x.Hint != "":
+					key = "secret " + x.Hint + "…"
+				case x.Thumbprint != "":
+					key = "certificate " + x.Thumbprint
+				default:
+					continue
+				}
+				e.Keys = append(e.Keys, ops.ExpiryKey{Key: key, At: x.ExpiresAt, Source: x.Source, InUse: x.InUse})
+			}
+			out = append(out, e)
 		}
 		return out, nil
 	})

@@ -97,6 +97,18 @@ type Credential struct {
 	// ClientSecretFile holds the client secret. It is re-read when it
 	// changes and on SIGHUP; no restart is needed after a rotation.
 	ClientSecretFile string `yaml:"client_secret_file"`
+	// ClientSecretFiles hold several secrets of the app at once, for a
+	// rotation without a failed send: each entry a file or a directory of
+	// secret files (hidden entries skipped). The secret with the latest
+	// expiry in ExpiresAtByFile is tried first, then the others in the
+	// order given; when Entra says one expired or does not know it, the
+	// next is tried before anything counts as a failure. Instead of
+	// client_secret_file.
+	ClientSecretFiles []string `yaml:"client_secret_files"`
+	// ExpiresAtByFile gives, by path as listed in client_secret_files (or
+	// found in a listed directory), when each secret expires (RFC 3339 or
+	// YYYY-MM-DD), for that order and for the expiry monitor. Optional.
+	ExpiresAtByFile map[string]string `yaml:"expires_at_by_file"`
 	// CertFile and KeyFile are the PEM certificate and RSA key of a
 	// certificate credential, reloaded like the secret.
 	CertFile string `yaml:"cert_file"`

@@ -179,3 +179,39 @@ func TestCredsCheckBadFlags(t *testing.T) {
 		t.Fatalf("missing config: exit %d, stderr %q", r.code, r.stderr)
 	}
 }
+
+// TestCredsCheckTwoSecrets: with client_secret_files, the check lists each
+// secret's configured date by its hint and marks the one that got the
+// live token: here the older one, since Entra says the newer one expired.
+func TestCredsCheckTwoSecrets(t *testing.T) {
+	e := newCheckEnv(t, time.Now().Add(100*24*time.Hour))
+	const second = "Nxt~second-secret-value"
+	e.sim.AddSecret(checkTenant, checkClientID, sim.Secret{Value: second, ExpiresAt: time.Now().Add(-time.Hour)})
+	raw, err := os.ReadFile(e.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`client_secret_file: "([^"]+)"`).FindStringSubmatch(string(raw))
+	secondFile := filepath.Join(filepath.Dir(m[1]), "second")
+	incWriteFile(t, secondFile, second+"\n")
+	cfg := strings.Replace(string(raw), m[0], fmt.Sprintf(
+		"client_secret_files: [%q, %q]\n    expires_at_by_file: {%q: \"2027-03-01\", %q: \"2027-09-01\"}",
+		m[1], secondFile, m[1], secondFile), 1)
+	incWriteFile(t, e.config, cfg)
+
+	r := runProcess(t, "creds", "check", "--config", e.config)
+	if r.code != exitOK {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	for _, want := range []string{
+		`contoso +config +yes +secret Chk… +2027-03-01T00:00:00Z`,
+		`contoso +config +no +secret Nxt… +2027-09-01T00:00:00Z`,
+	} {
+		if !regexp.MustCompile(want).MatchString(r.stdout) {
+			t.Errorf("no line %q in:\n%s", want, r.stdout)
+		}
+	}
+	if strings.Contains(r.stdout+r.stderr, second) || strings.Contains(r.stdout+r.stderr, checkSecret) {
+		t.Fatal("a secret is printed")
+	}
+}

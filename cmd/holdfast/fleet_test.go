@@ -1,6 +1,9 @@
 package main
 
 import (
+	"fmt"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -450,4 +453,67 @@ func (p *incPoller) checkClosedForGood(tb testing.TB, from time.Time) {
 			return
 		}
 	}
+}
+
+// TestOverlappingSecrets: the app holds two secrets and the relays are
+// given both (client_secret_files). The one in use expires while mail
+// flows: the relays move to the other without a failed send, so no
+// message is held and the breaker never changes state.
+func TestOverlappingSecrets(t *testing.T) {
+	const total = 120
+	var second string
+	f := startIncFleet(t, incFleetOptions{mailboxes: 3, edit: func(_ int, config string) string {
+		m := regexp.MustCompile(`client_secret_file: "([^"]+)"`).FindStringSubmatch(config)
+		if m == nil {
+			t.Fatal("no client_secret_file in the relay's configuration")
+		}
+		second = filepath.Join(filepath.Dir(m[1]), "contoso-second.secret")
+		incWriteFile(t, second, incRotated+"\n")
+		return strings.Replace(config, m[0], fmt.Sprintf("client_secret_files: [%q, %q]", m[1], second), 1)
+	}})
+	f.sim.AddSecret(incTenant, incClientID, sim.Secret{Value: incRotated, ExpiresAt: time.Now().Add(180 * 24 * time.Hour)})
+	polls := f.pollBreaker(incCred)
+	sub := f.startSubmitter(4, func(n int) string { return f.mailboxes[n%len(f.mailboxes)] })
+	start := time.Now()
+	for n := range total {
+		sub.submit(n)
+		time.Sleep(50 * time.Millisecond)
+		if n == total/3 {
+			// The first secret, the one in use, expires now. After a
+			// pause the relays' connections have closed and their
+			// tokens are due: the next sends need a new token.
+			if !f.sim.SetSecretEnd(incTenant, incClientID, incSecret, time.Now()) {
+				t.Fatal("the simulator does not know the first secret")
+			}
+			time.Sleep(incQuiet)
+		}
+	}
+	sub.close()
+	sub.results(t, total)
+	f.waitDelivered(total, 15*time.Second)
+	f.checkOnce(total)
+	f.checkRunning()
+
+	refused := f.counters().TokenErrors
+	if refused == 0 {
+		t.Error("the simulator refused no token request: the expired secret was never tried")
+	}
+	moved := 0
+	for _, r := range f.relays {
+		moved += len(r.logLines("client secret in use changed"))
+	}
+	if moved == 0 {
+		t.Error("no relay logged that it moved to the second secret")
+	}
+	for _, p := range polls {
+		p.checkErrors(t)
+		for _, o := range p.between(start, time.Now()) {
+			if o.st.State != "closed" || o.st.Generation != 0 || o.st.HeldMessages != 0 {
+				t.Errorf("relay-%d: breaker %s, generation %d, %d held at %v; want closed, no transition, none held",
+					p.relay+1, o.st.State, o.st.Generation, o.st.HeldMessages, o.at.Sub(start).Round(time.Millisecond))
+				break
+			}
+		}
+	}
+	t.Logf("token requests refused: %d; relays that moved to the second secret: %d", refused, moved)
 }

@@ -54,6 +54,18 @@ type Expiry struct {
 	Credential string    `json:"credential"`
 	At         time.Time `json:"expires_at,omitzero"`
 	Source     string    `json:"source,omitempty"`
+	// Keys are the credential's secrets and certificates with a known
+	// date, such as the two secrets of a rotation.
+	Keys []ExpiryKey `json:"keys,omitempty"`
+}
+
+// ExpiryKey is one secret (by Graph's hint) or certificate (by
+// thumbprint) of a credential.
+type ExpiryKey struct {
+	Key    string    `json:"key"` // "secret ABC…" or "certificate THUMBPRINT"
+	At     time.Time `json:"expires_at"`
+	Source string    `json:"source"`
+	InUse  bool      `json:"in_use"` // Holdfast sends with it
 }
 
 // probeTimeout bounds one readiness check and one status read.

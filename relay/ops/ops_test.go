@@ -81,7 +81,10 @@ func TestExpiryLevels(t *testing.T) {
 	h := New(Config{Gatherer: prometheus.NewRegistry(), Ready: func(context.Context) error { return nil },
 		Status: fakeStatus{Status{Now: now}},
 		Expiry: fakeExpiry{
-			{Credential: "far", At: now.Add(90 * day), Source: "config"},
+			{Credential: "far", At: now.Add(90 * day), Source: "config", Keys: []ExpiryKey{
+				{Key: "secret New…", At: now.Add(90 * day), Source: "config", InUse: true},
+				{Key: "secret Old…", At: now.Add(2 * day), Source: "config"},
+			}},
 			{Credential: "soon", At: now.Add(29*day + time.Hour), Source: "graph"},
 			{Credential: "close", At: now.Add(6*day + time.Hour), Source: "certificate"},
 			{Credential: "gone", At: now.Add(-2*day - time.Hour), Source: "config"},
@@ -100,6 +103,8 @@ func TestExpiryLevels(t *testing.T) {
 		`<tr class="level-crit">
       <td>gone</td>`,
 		`<td class="days nowrap">expired 2 days ago</td>`,
+		// Both secrets of a rotation, the one sent with marked.
+		`<div class="nowrap">secret New… 2026-05-30 (config) <b>in use</b></div><div class="nowrap">secret Old… 2026-03-03 (config)</div>`,
 		`<tr class="level-unknown">
       <td>unknown</td>`,
 	} {
