@@ -284,10 +284,9 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 	// The secret in use first, then the others in their order, while
 	// Entra says the one tried expired or is unknown.
 	order := append([]int{first}, slices.DeleteFunc(seq(len(m.secrets)), func(i int) bool { return i == first })...)
-	var err error
+	var firstErr error
 	for n, i := range order {
-		var tok *oauth2.Token
-		tok, err = c.redeemWith(log, scopes, params, m, &m.secrets[i])
+		tok, err := c.redeemWith(log, scopes, params, m, &m.secrets[i])
 		if err == nil {
 			c.useSecret(m, i)
 			return tok, nil
@@ -296,12 +295,18 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 		if !errors.As(err, &te) || !secretRefused(te) {
 			return nil, err
 		}
+		if firstErr == nil {
+			firstErr = err
+		}
 		if n+1 < len(order) {
 			log.Warn("client secret refused; trying the next one", "file", m.secrets[i].file,
 				"hint", m.secrets[i].hint(), "aadsts", te.AADSTS)
 		}
 	}
-	return nil, err
+	// Every secret refused: the refusal of the one in use, whose
+	// fingerprint is the one the breaker knows as working, so that it
+	// counts as a failure of the credential rather than of old files.
+	return nil, firstErr
 }
 
 // seq returns 0, 1, …, n-1.

@@ -116,7 +116,8 @@ func loadSecrets(o *CredentialOptions) (*material, error) {
 	slices.SortStableFunc(m.secrets, func(a, b secretFile) int {
 		switch {
 		case a.expires.IsZero() || b.expires.IsZero():
-			return boolOrder(b.expires.IsZero()) - boolOrder(a.expires.IsZero())
+			// Known dates first.
+			return boolOrder(a.expires.IsZero()) - boolOrder(b.expires.IsZero())
 		default:
 			return b.expires.Compare(a.expires)
 		}

@@ -112,13 +112,17 @@ func TestSecretFiles(t *testing.T) {
 		t.Fatalf("in use %q (%s), want Old", hint, c.Fingerprint())
 	}
 
-	// Both refused: the last refusal, naming its secret's fingerprint.
-	se.set(nil, []string{"New-secret"})
+	// Both refused: the refusal of the one in use (Old), with its
+	// fingerprint, which the breaker knows as the working one.
+	se.set(nil, []string{"Old-secret"})
 	c.Invalidate()
 	_, err := c.Token(ctx)
 	var te *TokenError
-	if !errors.As(err, &te) || te.AADSTS == "" || len(se.tried()) != 2 {
-		t.Fatalf("every secret refused: %v after %v", err, se.tried())
+	if !errors.As(err, &te) {
+		t.Fatalf("every secret refused: %v, want a TokenError", err)
+	}
+	if te.AADSTS != AADSTSSecretExpired || te.Fingerprint != oldFP || len(se.tried()) != 2 {
+		t.Fatalf("every secret refused: %v (fingerprint %s, want %s) after %v", err, te.Fingerprint, oldFP, se.tried())
 	}
 
 	// A directory: its hidden entries (a Kubernetes volume's ..data) do not count.
@@ -139,6 +143,21 @@ func TestSecretFiles(t *testing.T) {
 	}
 	if len(d.Secrets()) != 2 {
 		t.Fatalf("directory: %+v", d.Secrets())
+	}
+	// Known dates first, the latest first; then the others in the order given.
+	undated := writeFile(t, dir, "undated", "Und-secret")
+	early := writeFile(t, dir, "early", "Ear-secret")
+	late := writeFile(t, dir, "late", "Lat-secret")
+	se.set(nil, nil)
+	o := secretCredential(t, f, "", func(o *CredentialOptions) {
+		o.ClientSecretFiles = []string{undated, early, late}
+		o.SecretExpires = map[string]time.Time{early: now.Add(time.Hour), late: now.Add(48 * time.Hour)}
+	})
+	if _, err := o.Token(ctx); err == nil {
+		t.Fatal("no secret is good: no error")
+	}
+	if got := se.tried(); len(got) != 3 || got[0] != "Lat-secret" || got[1] != "Ear-secret" || got[2] != "Und-secret" {
+		t.Fatalf("order %v, want Lat, Ear, then the undated Und", got)
 	}
 	for _, bad := range [][]string{{filepath.Join(dir, "missing")}, {t.TempDir()}} {
 		if _, err := NewCredential(CredentialOptions{Tenant: testTenant, ClientID: testClientID, ClientSecretFiles: bad}); err == nil {
