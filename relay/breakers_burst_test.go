@@ -17,10 +17,19 @@ import (
 // the other sessions holding it wait for the verdict of the retry with a
 // new token instead of each trying the refused one. Every message is
 // then delivered exactly once.
+//
+// With three relays sharing the queue, each holds its own token; every
+// relay's workers take the mail together, and the count holds fleet-wide.
 func TestBreakerBurst(t *testing.T) {
+	for _, replicas := range []int{1, 3} {
+		t.Run(fmt.Sprintf("relays=%d", replicas), func(t *testing.T) { breakerBurst(t, replicas) })
+	}
+}
+
+func breakerBurst(t *testing.T, replicas int) {
 	const sessions = 20
 	threshold := breaker.DefaultOptions().Threshold
-	e := newExchangeEnv(t, 1, func(o *Options) {
+	e := newExchangeEnv(t, replicas, func(o *Options) {
 		o.Delivery.Workers = sessions
 		o.Queue.BackoffBase = Duration(100 * time.Millisecond)
 		o.Queue.BackoffMax = Duration(400 * time.Millisecond)
@@ -31,7 +40,12 @@ func TestBreakerBurst(t *testing.T) {
 			}
 		}
 	})
-	// A delivery first, so that the relay holds a token that worked.
+	// A delivery first, so that the relays hold tokens that worked.
+	for _, r := range e.relays {
+		if _, err := r.exchange.creds["contoso"].Token(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
 	warm := e.submit(t, 0, "billing@contoso.com", "r@example.org", exchangeMessage(0, "billing@contoso.com"))
 	waitFor(t, 10*time.Second, "the first delivery", func() bool { return e.get(t, warm).State == queue.Delivered })
 	// Exchange answers AUTH in tens of milliseconds, not at once: the
