@@ -91,6 +91,10 @@ type CredentialOptions struct {
 
 	// Metrics, when set, counts this credential's token requests.
 	Metrics *Metrics
+	// OnSecretInUse is called with Name when another of ClientSecretFiles
+	// became the one in use (the one sent first had been refused).
+	OnSecretInUse func(name string)
+
 	// OnIssued is called with Name and the fingerprint of the secret or
 	// certificate used (see Fingerprint) after each token the token
 	// endpoint issued: proof that this material works.

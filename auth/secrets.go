@@ -163,9 +163,16 @@ func (c *Credential) secretInUse() (*material, int) {
 // were reloaded meanwhile.
 func (c *Credential) useSecret(m *material, i int) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.mat == m && c.inUse != i {
+	changed := c.mat == m && c.inUse != i
+	if changed {
 		c.inUse = i
-		c.log.Info("client secret in use changed", "file", m.secrets[i].file, "hint", m.secrets[i].hint())
+	}
+	c.mu.Unlock()
+	if !changed {
+		return
+	}
+	c.log.Info("client secret in use changed", "file", m.secrets[i].file, "hint", m.secrets[i].hint())
+	if c.opts.OnSecretInUse != nil {
+		c.opts.OnSecretInUse(c.opts.Name)
 	}
 }

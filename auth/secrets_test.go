@@ -71,9 +71,11 @@ func TestSecretFiles(t *testing.T) {
 	se.set([]string{"Old-secret", "New-secret"}, nil)
 	f := newFakeEntra(t, se.handle(t))
 	now := time.Now()
+	var switched []string
 	c := secretCredential(t, f, "", func(o *CredentialOptions) {
 		o.ClientSecretFiles = []string{oldFile, newFile}
 		o.SecretExpires = map[string]time.Time{oldFile: now.Add(24 * time.Hour), newFile: now.Add(180 * 24 * time.Hour)}
+		o.OnSecretInUse = func(name string) { switched = append(switched, name) }
 	})
 	ctx := context.Background()
 	if _, err := c.Token(ctx); err != nil {
@@ -110,6 +112,9 @@ func TestSecretFiles(t *testing.T) {
 	}
 	if hint, _ := c.InUse(); hint != "Old" || c.Fingerprint() != oldFP {
 		t.Fatalf("in use %q (%s), want Old", hint, c.Fingerprint())
+	}
+	if len(switched) != 1 || switched[0] != "crm" {
+		t.Fatalf("OnSecretInUse calls %v, want one for crm", switched)
 	}
 
 	// Both refused: the refusal of the one in use (Old), with its
