@@ -125,6 +125,9 @@ type Credential struct {
 	// inUse is the index in mat.secrets of the secret that got the last
 	// token, tried first; 0 after a reload.
 	inUse int
+	// graphDates are Graph's end dates of the secrets, by hint (see
+	// SetSecretDates).
+	graphDates map[string]time.Time
 }
 
 // NewHTTPClient returns an HTTP client for the token endpoint with a 10 s

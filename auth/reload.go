@@ -107,6 +107,7 @@ func (c *Credential) Reload() (changed bool, err error) {
 	changed = m.sum != c.mat.sum
 	if changed {
 		c.mat, c.inUse = m, 0
+		_ = c.preferLatestLocked()
 	}
 	c.mu.Unlock()
 	if !changed {

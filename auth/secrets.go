@@ -139,6 +139,65 @@ func secretRefused(te *TokenError) bool {
 	return te.AADSTS == AADSTSSecretExpired || te.AADSTS == AADSTSInvalidSecret
 }
 
+// SetSecretDates gives the end dates Graph lists for the app's secrets,
+// by hint. A date from Graph comes before the configured one. When
+// another secret than the one in use now has the latest date, it becomes
+// the one tried first: should Entra refuse it, the next token request
+// goes back to the others. Hints shared by two loaded secrets are
+// ignored. It reports whether the secret tried first changed.
+func (c *Credential) SetSecretDates(byHint map[string]time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.mat
+	if len(m.secrets) < 2 {
+		return false
+	}
+	seen := map[string]int{}
+	for _, s := range m.secrets {
+		seen[s.hint()]++
+	}
+	c.graphDates = map[string]time.Time{}
+	for h, t := range byHint {
+		if seen[h] == 1 {
+			c.graphDates[h] = t
+		}
+	}
+	return c.preferLatestLocked()
+}
+
+// preferLatestLocked makes the secret with the latest end date the one
+// tried first, when its date is later than that of the one in use, and
+// reports whether it did. c.mu is held.
+func (c *Credential) preferLatestLocked() bool {
+	m := c.mat
+	if len(m.secrets) < 2 {
+		return false
+	}
+	best := 0
+	for i := range m.secrets {
+		if c.dateLocked(i).After(c.dateLocked(best)) {
+			best = i
+		}
+	}
+	if best != c.inUse && c.dateLocked(best).After(c.dateLocked(c.inUse)) {
+		c.inUse = best
+		c.log.Info("client secret with the latest end date preferred", "file", m.secrets[best].file,
+			"hint", m.secrets[best].hint(), "expires_at", c.dateLocked(best))
+		return true
+	}
+	return false
+}
+
+// dateLocked is the end date of the i-th secret: Graph's, else the
+// configured one, else zero. c.mu is held.
+func (c *Credential) dateLocked(i int) time.Time {
+	s := &c.mat.secrets[i]
+	if t, ok := c.graphDates[s.hint()]; ok {
+		return t
+	}
+	return s.expires
+}
+
 // Secrets describes the credential's client secrets, in the order they
 // are tried; nil for a certificate or federated credential.
 func (c *Credential) Secrets() []SecretInfo {

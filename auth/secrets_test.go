@@ -174,3 +174,60 @@ func TestSecretFiles(t *testing.T) {
 		t.Error("client_secret_file with client_secret_files: no error")
 	}
 }
+
+// TestSecretDatesFromGraph: Graph's end dates order the secrets before
+// the configured ones: the secret Graph gives the latest date is tried
+// first from the next token request on, and stays first after a reload
+// of unchanged files; a hint two secrets share is ignored.
+func TestSecretDatesFromGraph(t *testing.T) {
+	dir := t.TempDir()
+	a := writeFile(t, dir, "a", "Aaa-secret")
+	b := writeFile(t, dir, "b", "Bbb-secret")
+	se := &secretsEntra{}
+	se.set([]string{"Aaa-secret", "Bbb-secret"}, nil)
+	f := newFakeEntra(t, se.handle(t))
+	now := time.Now()
+	c := secretCredential(t, f, "", func(o *CredentialOptions) {
+		o.ClientSecretFiles = []string{a, b}
+		o.SecretExpires = map[string]time.Time{a: now.Add(30 * 24 * time.Hour)} // b undated
+	})
+	ctx := context.Background()
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := se.tried(); len(got) != 1 || got[0] != "Aaa-secret" {
+		t.Fatalf("before Graph: sent %v, want Aaa-secret (the dated one)", got)
+	}
+	if c.SetSecretDates(map[string]time.Time{"Aaa": now.Add(30 * 24 * time.Hour)}) {
+		t.Fatal("no later date, yet the secret tried first changed")
+	}
+	if !c.SetSecretDates(map[string]time.Time{"Aaa": now.Add(30 * 24 * time.Hour), "Bbb": now.Add(200 * 24 * time.Hour)}) {
+		t.Fatal("Graph's later date for Bbb did not make it first")
+	}
+	se.set([]string{"Aaa-secret", "Bbb-secret"}, nil)
+	c.Invalidate()
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := se.tried(); len(got) != 1 || got[0] != "Bbb-secret" {
+		t.Fatalf("after Graph: sent %v, want Bbb-secret", got)
+	}
+	if hint, _ := c.InUse(); hint != "Bbb" {
+		t.Fatalf("in use %q, want Bbb", hint)
+	}
+	// A reload of changed files keeps Graph's dates.
+	replaceFile(t, a, "Aaa-secret\n")
+	if changed, err := c.Reload(); err != nil || !changed {
+		t.Fatalf("reload: %v, %v", changed, err)
+	}
+	if hint, _ := c.InUse(); hint != "Bbb" {
+		t.Fatalf("after a reload: in use %q, want Bbb", hint)
+	}
+	// Two secrets with one hint: Graph's dates cannot tell them apart.
+	x := writeFile(t, dir, "x", "Same-1")
+	y := writeFile(t, dir, "y", "Same-2")
+	d := secretCredential(t, f, "", func(o *CredentialOptions) { o.ClientSecretFiles = []string{x, y} })
+	if d.SetSecretDates(map[string]time.Time{"Sam": now.Add(time.Hour)}) {
+		t.Fatal("a shared hint's date was used")
+	}
+}

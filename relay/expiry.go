@@ -376,6 +376,26 @@ func (m *ExpiryMonitor) check(ctx context.Context, c Credential) {
 		var err error
 		if allowed {
 			graph, err = m.readGraph(ctx, c.Name, live)
+			if err == nil {
+				// With several secrets, the one Graph gives the latest
+				// end date is tried first.
+				dates := map[string]time.Time{}
+				for _, e := range graph {
+					if e.Hint != "" {
+						dates[e.Hint] = e.ExpiresAt
+					}
+				}
+				if live.SetSecretDates(dates) {
+					// Another secret is tried first now: mark its dates.
+					list = m.localExpiries(c)
+					hint, _ := live.InUse()
+					for i := range graph {
+						if graph[i].Hint != "" {
+							graph[i].InUse = graph[i].Hint == hint
+						}
+					}
+				}
+			}
 		} else {
 			err = errors.New("not read while the credential's breaker is open; tried again every " + m.cfg.retry.String())
 		}

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"holdfast/cmd/o365sim/sim"
+	"holdfast/queue"
 )
 
 // webhookSink records the JSON bodies posted to it.
@@ -403,5 +404,41 @@ func TestExpiryNotifyLevels(t *testing.T) {
 	out := logs.String()
 	if strings.Count(out, "level=ERROR") != 2 || !strings.Contains(out, `msg="credential soon expires in 5 days`) || strings.Contains(out, "fine") {
 		t.Fatalf("logs:\n%s", out)
+	}
+}
+
+// TestSecretsOrderedByGraph: with two secret files and no configured
+// dates, the secret Graph gives the later end date becomes the one tried
+// first once the monitor has read Graph, its dates are marked in use,
+// and mail is delivered with it.
+func TestSecretsOrderedByGraph(t *testing.T) {
+	const second = "Nxt~second-secret-value"
+	later := time.Now().Add(400 * 24 * time.Hour).UTC().Truncate(time.Second)
+	e := newExchangeEnvSim(t, 1, func(c *sim.Config) {
+		c.Tenants[0].Apps[0].Secrets = append(c.Tenants[0].Apps[0].Secrets, sim.Secret{Value: second, ExpiresAt: later})
+	}, func(o *Options) {
+		first := o.Credentials[0].ClientSecretFile
+		path := filepath.Join(filepath.Dir(first), "second.secret")
+		writeFile(t, path, second+"\n")
+		o.Credentials[0].ClientSecretFile = ""
+		o.Credentials[0].ClientSecretFiles = []string{first, path}
+	})
+	cred := e.relays[0].exchange.creds["contoso"]
+	waitFor(t, 5*time.Second, "the later secret preferred after the Graph read", func() bool {
+		hint, _ := cred.InUse()
+		return hint == "Nxt"
+	})
+	waitFor(t, 5*time.Second, "its Graph date marked in use", func() bool {
+		for _, x := range e.relays[0].Expiry().Expiries()[0].Expiries {
+			if x.Source == SourceGraph && x.InUse {
+				return x.Hint == "Nxt" && x.ExpiresAt.Equal(later)
+			}
+		}
+		return false
+	})
+	id := e.submit(t, 0, "billing@contoso.com", "r@example.org", exchangeMessage(1, "billing@contoso.com"))
+	waitFor(t, 10*time.Second, "the delivery", func() bool { return e.get(t, id).State == queue.Delivered })
+	if hint, _ := cred.InUse(); hint != "Nxt" {
+		t.Fatalf("after the delivery the secret in use is %q, want Nxt", hint)
 	}
 }

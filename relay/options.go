@@ -100,7 +100,8 @@ type Credential struct {
 	// ClientSecretFiles hold several secrets of the app at once, for a
 	// rotation without a failed send: each entry a file or a directory of
 	// secret files (hidden entries skipped). The secret with the latest
-	// expiry in ExpiresAtByFile is tried first, then the others in the
+	// end date (from Graph, else ExpiresAtByFile) is tried first, then
+	// the others in the
 	// order given; when Entra says one expired or does not know it, the
 	// next is tried before anything counts as a failure. Instead of
 	// client_secret_file.
