@@ -1,9 +1,6 @@
 package relay
 
-import (
-	"fmt"
-	"time"
-)
+import "time"
 
 // RedisGuards bound how long ingress waits for Redis and say how durable
 // an acknowledgement is. They are part of the redis section.
@@ -71,9 +68,6 @@ const defaultMaxInflightBytes = 256 << 20
 // validateIngress checks the options of this file and
 // smtp.max_inflight_bytes.
 func (o *Options) validateIngress() error {
-	bad := func(field, format string, args ...any) error {
-		return fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...))
-	}
 	if err := positive(
 		durationField{"redis.dial_timeout", o.Redis.DialTimeout},
 		durationField{"redis.read_timeout", o.Redis.ReadTimeout},

@@ -485,9 +485,6 @@ func (o *Options) readSecretFiles() error {
 // Validate checks the options and names the first bad field. It fills in
 // the per-app defaults (Username, Route).
 func (o *Options) Validate() error {
-	bad := func(field, format string, args ...any) error {
-		return fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...))
-	}
 	if o.Hostname == "" || strings.ContainsAny(o.Hostname, " \t\r\n") {
 		return bad("hostname", "must be a host name without spaces")
 	}
@@ -700,6 +697,11 @@ func parseLevel(s string) (slog.Level, error) {
 }
 
 // durationField is a duration option and its name, for positive.
+// bad is a validation error naming the field, as "field: what is wrong".
+func bad(field, format string, args ...any) error {
+	return fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...))
+}
+
 type durationField struct {
 	field string
 	v     Duration
