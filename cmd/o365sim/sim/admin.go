@@ -167,9 +167,8 @@ func (s *Sim) adminHandler() http.Handler {
 		}
 		var from time.Time
 		if req.Propagation != "" {
-			d, err := time.ParseDuration(req.Propagation)
-			if err != nil || d < 0 {
-				adminError(w, http.StatusBadRequest, "propagation: not a duration such as 20s")
+			d, ok := adminDuration(w, "propagation", req.Propagation, `"20s"`)
+			if !ok {
 				return
 			}
 			from = s.now().Add(d)
@@ -238,9 +237,8 @@ func (s *Sim) adminHandler() http.Handler {
 		if !decode(w, r, &req) {
 			return
 		}
-		d, err := time.ParseDuration(req.Margin)
-		if err != nil || d < 0 {
-			http.Error(w, "margin: want a duration such as \"10m\", or \"0s\" for off", http.StatusBadRequest)
+		d, ok := adminDuration(w, "margin", req.Margin, `"10m", or "0s" for off`)
+		if !ok {
 			return
 		}
 		s.SetExpiringTokenMargin(d)
@@ -295,6 +293,17 @@ func adminTime(w http.ResponseWriter, field, v string) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return t, true
+}
+
+// adminDuration parses a Go duration that must not be negative, or
+// answers 400 naming the field and giving an example.
+func adminDuration(w http.ResponseWriter, field, v, example string) (time.Duration, bool) {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		adminError(w, http.StatusBadRequest, field+": not a duration such as "+example)
+		return 0, false
+	}
+	return d, true
 }
 
 func found(w http.ResponseWriter, ok bool, what string) bool {
