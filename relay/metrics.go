@@ -46,7 +46,7 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		}, []string{"ingress", "app"}),
 		accept: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "holdfast_ingress_accept_duration_seconds",
-			Help:    "Time to route and durably store one submitted message, by ingress.",
+			Help:    "Time to durably store one submitted message, by ingress (its route was decided at MAIL FROM, or before the HTTP body was read).",
 			Buckets: []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5},
 		}, []string{"ingress"}),
 		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
