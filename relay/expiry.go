@@ -98,6 +98,21 @@ type CredentialExpiry struct {
 	GraphError string `json:"graph_error,omitempty"`
 }
 
+// Key names the secret (by Graph's hint) or certificate (by thumbprint)
+// the date belongs to; "" when it names neither.
+func (x Expiry) Key() string {
+	switch {
+	case x.Hint != "":
+		return "secret " + x.Hint + "…"
+	case x.Thumbprint != "":
+		return "certificate " + x.Thumbprint
+	}
+	return ""
+}
+
+// DaysLeft is the number of days to the date from now, rounded up.
+func (x Expiry) DaysLeft(now time.Time) int { return daysLeft(x.ExpiresAt.Sub(now)) }
+
 // DaysLeft is the number of days to ExpiresAt from now, rounded up (a
 // credential expiring in 2 hours has 1 day left); 0 or less once past.
 func (c CredentialExpiry) DaysLeft(now time.Time) int { return daysLeft(c.ExpiresAt.Sub(now)) }

@@ -19,16 +19,9 @@ func (s *Server) expirySource() ops.ExpirySource {
 		for _, ce := range list {
 			e := ops.Expiry{Credential: ce.Credential, At: ce.ExpiresAt, Source: ce.Source}
 			for _, x := range ce.Expiries {
-				key := ""
-				switch {
-				case x.Hint != "":
-					key = "secret " + x.Hint + "…"
-				case x.Thumbprint != "":
-					key = "certificate " + x.Thumbprint
-				default:
-					continue
+				if key := x.Key(); key != "" {
+					e.Keys = append(e.Keys, ops.ExpiryKey{Key: key, At: x.ExpiresAt, Source: x.Source, InUse: x.InUse})
 				}
-				e.Keys = append(e.Keys, ops.ExpiryKey{Key: key, At: x.ExpiresAt, Source: x.Source, InUse: x.InUse})
 			}
 			out = append(out, e)
 		}

@@ -83,17 +83,11 @@ func printChecks(e *env, checks []relay.CredentialCheck, now time.Time) error {
 	fmt.Fprintln(tw, "\nCREDENTIAL\tSOURCE\tIN USE\tKEY\tEXPIRES\tDAYS LEFT")
 	for _, c := range checks {
 		for _, x := range c.Expiries {
-			key, inUse := "-", "no"
-			switch {
-			case x.Hint != "":
-				key = "secret " + x.Hint + "…"
-			case x.Thumbprint != "":
-				key = "certificate " + x.Thumbprint
-			}
+			inUse := "no"
 			if x.InUse {
 				inUse = "yes"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", c.Credential, x.Source, inUse, key, stamp(x.ExpiresAt), relay.CredentialExpiry{ExpiresAt: x.ExpiresAt}.DaysLeft(now))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", c.Credential, x.Source, inUse, orDash(x.Key()), stamp(x.ExpiresAt), x.DaysLeft(now))
 		}
 	}
 	if err := tw.Flush(); err != nil {
