@@ -31,10 +31,11 @@ func queuePurge(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	}
 	states := queue.States
 	if *state != "" {
-		if !slices.Contains(queue.States, queue.State(*state)) {
+		st, ok := queue.ParseState(*state)
+		if !ok || !slices.Contains(queue.States, st) {
 			return usagef("--state %q: want one of %s", *state, stateNames())
 		}
-		states = []queue.State{queue.State(*state)}
+		states, *state = []queue.State{st}, string(st)
 	}
 	q, closeQueue, err := openQueue(*config)
 	if err != nil {
