@@ -57,6 +57,8 @@ if [ "${#need[@]}" -gt 0 ]; then
 	fi
 	say "installing ${need[*]} (postfix with \"No configuration\": its own instance is never set up)"
 	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+	# The package lists of a fresh machine are empty until an update.
+	apt-get update -qq >&2
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >&2
 fi
 if [ "$(id -u)" -ne 0 ]; then
