@@ -120,7 +120,7 @@ type Credential struct {
 
 	cache tokenCache
 
-	mu  sync.Mutex // guards mat and inUse
+	mu  sync.Mutex // guards the fields below
 	mat *material
 	// inUse is the index in mat.secrets of the secret that got the last
 	// token, tried first; 0 after a reload.
@@ -128,6 +128,9 @@ type Credential struct {
 	// graphDates are Graph's end dates of the secrets, by hint (see
 	// SetSecretDates).
 	graphDates map[string]time.Time
+	// refusedAt is when Entra last refused each secret of mat, by index:
+	// a refused secret is not preferred again for refusedMemory.
+	refusedAt map[int]time.Time
 }
 
 // NewHTTPClient returns an HTTP client for the token endpoint with a 10 s
@@ -302,6 +305,7 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 		if !errors.As(err, &te) || !secretRefused(te) {
 			return nil, err
 		}
+		c.refused(m, i)
 		if firstErr == nil {
 			firstErr = err
 		}

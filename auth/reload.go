@@ -106,7 +106,7 @@ func (c *Credential) Reload() (changed bool, err error) {
 	c.mu.Lock()
 	changed = m.sum != c.mat.sum
 	if changed {
-		c.mat, c.inUse = m, 0
+		c.mat, c.inUse, c.refusedAt = m, 0, nil
 		_ = c.preferLatestLocked()
 	}
 	c.mu.Unlock()

@@ -173,9 +173,9 @@ func (c *Credential) preferLatestLocked() bool {
 	if len(m.secrets) < 2 {
 		return false
 	}
-	best := 0
+	best := c.inUse
 	for i := range m.secrets {
-		if c.dateLocked(i).After(c.dateLocked(best)) {
+		if c.dateLocked(i).After(c.dateLocked(best)) && time.Since(c.refusedAt[i]) > refusedMemory {
 			best = i
 		}
 	}
@@ -216,6 +216,25 @@ func (c *Credential) secretInUse() (*material, int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.mat, c.inUse
+}
+
+// refusedMemory is how long a secret Entra refused is not preferred for
+// its later end date: long enough that the expiry monitor, told that the
+// secret in use changed, does not make it first again at once; short
+// enough that a new secret still propagating is tried again soon.
+const refusedMemory = time.Hour
+
+// refused records that Entra refused the i-th secret of m now.
+func (c *Credential) refused(m *material, i int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.mat != m {
+		return
+	}
+	if c.refusedAt == nil {
+		c.refusedAt = map[int]time.Time{}
+	}
+	c.refusedAt[i] = time.Now()
 }
 
 // useSecret makes the i-th secret of m the one in use, unless the files

@@ -223,6 +223,20 @@ func TestSecretDatesFromGraph(t *testing.T) {
 	if hint, _ := c.InUse(); hint != "Bbb" {
 		t.Fatalf("after a reload: in use %q, want Bbb", hint)
 	}
+	// Entra refuses the later one (not propagated yet, say): the other is
+	// used, and Graph's dates read again do not make the refused one
+	// first again at once.
+	se.set([]string{"Aaa-secret"}, nil)
+	c.Invalidate()
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if hint, _ := c.InUse(); hint != "Aaa" {
+		t.Fatalf("after Bbb was refused: in use %q, want Aaa", hint)
+	}
+	if c.SetSecretDates(map[string]time.Time{"Aaa": now.Add(30 * 24 * time.Hour), "Bbb": now.Add(200 * 24 * time.Hour)}) {
+		t.Fatal("a secret refused just now was preferred again")
+	}
 	// Two secrets with one hint: Graph's dates cannot tell them apart.
 	x := writeFile(t, dir, "x", "Same-1")
 	y := writeFile(t, dir, "y", "Same-2")
