@@ -110,7 +110,7 @@ func (g *gate) refusedStale(cred string, te *auth.TokenError) bool {
 	if !o365.EntraRefused(te) {
 		return false
 	}
-	m := breaker.Material{Fingerprint: te.Fingerprint, Written: te.Written}
+	m := materialOf(te)
 	if !m.Stale(g.set.Cached(credentialBreaker(cred))) {
 		return false
 	}

@@ -242,7 +242,7 @@ func (x *exchange) GrantCredential(ctx context.Context, mailbox string) (string,
 
 // Send sends by Graph for apps configured so, by SMTP otherwise.
 func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
-	graph := x.via[m.App] == "graph" && x.graph != nil
+	graph := x.transport(m) == "graph"
 	if x.gate != nil {
 		// Over SMTP the route's Check reads the records again just
 		// before MAIL FROM; Graph sends right after this.

@@ -696,12 +696,12 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, err
 }
 
-// durationField is a duration option and its name, for positive.
 // bad is a validation error naming the field, as "field: what is wrong".
 func bad(field, format string, args ...any) error {
 	return fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...))
 }
 
+// durationField is a duration option and its name, for positive.
 type durationField struct {
 	field string
 	v     Duration

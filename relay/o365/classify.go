@@ -112,7 +112,7 @@ func tokenExpiringSoon(r SMTPReply) bool {
 // authenticates again at once, spending no attempt: 535 5.7.3 (the token
 // may have expired early) and 501 5.5.127 (it expires soon).
 func RetryWithNewToken(r SMTPReply, freshToken bool) bool {
-	return !freshToken && (tokenExpiringSoon(r) || r.Code == 535 && r.Enhanced == "5.7.3")
+	return !freshToken && (tokenExpiringSoon(r) || smtpTokenRefused(r.Code, r.Enhanced))
 }
 
 // TokenFailure is what the token endpoint said, as far as classification
