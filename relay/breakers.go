@@ -365,7 +365,7 @@ func (g *gate) probe(ctx context.Context, name string) error {
 	if len(candidates) == 0 {
 		c := g.x.creds[credName]
 		if !isCred || c == nil {
-			return fmt.Errorf("breaker %s has no route and no credential to probe", name)
+			return fmt.Errorf("breaker %s cannot be probed: no queued mail uses it and its credential is not configured; it is probed again when mail for it arrives, or close it with \"holdfast breaker reset %s\"", name, name)
 		}
 		c.Invalidate()
 		_, err := c.Token(ctx)
