@@ -565,10 +565,10 @@ func expiryMessage(ev ExpiringEvent) string {
 		msg = fmt.Sprintf("credential %s expires in %d days, on %s (from %s)", ev.Credential, ev.DaysLeft, ev.ExpiresAt.Format(time.RFC3339), ev.Source)
 	}
 	if !ev.NewestExpiresAt.IsZero() {
-		return msg + fmt.Sprintf("; a newer secret or certificate ending %s is registered: deploy it to client_secret_file (or cert_file); no restart needed",
+		return msg + fmt.Sprintf("; a newer secret or certificate ending %s is registered: deploy it to client_secret_file (or as one more file of client_secret_files, or to cert_file); no restart needed",
 			ev.NewestExpiresAt.Format(time.DateOnly))
 	}
-	return msg + "; rotate it: create a new secret or certificate, write it to client_secret_file (or cert_file), no restart needed, then update expires_at"
+	return msg + "; rotate it: create a new secret or certificate, write it to client_secret_file (or as one more file of client_secret_files, or to cert_file), no restart needed, then update expires_at (or expires_at_by_file)"
 }
 
 // authOptions are the auth options of a configured credential for scope.
