@@ -43,12 +43,6 @@ func (q *Queue) markDue(ctx context.Context, routes ...string) error {
 	return nil
 }
 
-// MarkDue marks routes for the dispatcher's next pass, e.g. routes it
-// read as due but had no capacity for.
-func (q *Queue) MarkDue(ctx context.Context, routes ...string) error {
-	return q.markDue(ctx, routes...)
-}
-
 // indexLua is setIndex, which sets a route's index entry unless a later
 // lease already did: index and seqs are the index and sequences keys, seq
 // the lease's sequence, at when the route next needs a lease (unix ms;
@@ -147,27 +141,26 @@ func (q *Queue) SweepDue(ctx context.Context) (int, error) {
 		batch := routes[:min(sweepBatch, len(routes))]
 		routes = routes[len(batch):]
 		pipe := q.rdb.Pipeline()
-		type check struct{ due, leased, hold *redis.IntCmd }
-		checks := make([]check, len(batch))
+		// A route needs an entry while it has queued or leased mail, or
+		// a hold (an empty set does not exist).
+		needs := make([]*redis.IntCmd, len(batch))
 		scores := make([]*redis.FloatCmd, len(batch))
 		for i, r := range batch {
 			rk := keysFor(r)
-			checks[i] = check{pipe.ZCard(ctx, rk.due), pipe.ZCard(ctx, rk.leased), pipe.Exists(ctx, rk.hold)}
+			needs[i] = pipe.Exists(ctx, rk.due, rk.leased, rk.hold)
 			scores[i] = pipe.ZScore(ctx, dueIndexKey, r)
 		}
 		_, _ = pipe.Exec(ctx) // each command's error is read below
 		for i, r := range batch {
-			for _, c := range []*redis.IntCmd{checks[i].due, checks[i].leased, checks[i].hold} {
-				if err := c.Err(); err != nil {
-					return 0, fmt.Errorf("sweep due index: %w", err)
-				}
+			if err := needs[i].Err(); err != nil {
+				return 0, fmt.Errorf("sweep due index: %w", err)
 			}
 			if err := scores[i].Err(); err == nil {
 				continue
 			} else if !errors.Is(err, redis.Nil) {
 				return 0, fmt.Errorf("sweep due index: %w", err)
 			}
-			if checks[i].due.Val()+checks[i].leased.Val()+checks[i].hold.Val() > 0 {
+			if needs[i].Val() > 0 {
 				lost = append(lost, r)
 			}
 		}
