@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"strconv"
@@ -28,7 +29,7 @@ import (
 //	hf:rcpt:MAILBOX          zset    "id:n" -> send time (unix ms): recipients a mailbox sent to, for Exchange's rolling quota;
 //	                                 "#total" -> minus their sum (see quota.go)
 //	hf:auth:ip:IP            string  failed authentications from a client IP in the current window
-//	hf:auth:user:NAME        string  failed authentications for an SMTP user name in the current window
+//	hf:auth:user:HASH        string  failed authentications for an SMTP user name (hex of 16 bytes of its SHA-256) in the current window
 //	hf:{lim:MAILBOX}:conns   zset    connection token -> expiry (unix ms): a mailbox's connection slots
 //	hf:{lim:MAILBOX}:sends   zset    send token -> send time (unix ms): a mailbox's sends in the rate window
 //
@@ -214,8 +215,14 @@ func recipientsKey(mailbox string) string {
 }
 
 // authFailKey is the failure counter of one client IP ("ip") or SMTP user
-// name ("user"). Each is its own slot on Redis Cluster.
+// name ("user"). Each is its own slot on Redis Cluster. A user name is
+// hashed: clients sometimes send the password in it, and Redis keys show
+// in SCAN, MONITOR, the slow log and the append-only file.
 func authFailKey(kind, name string) string {
+	if kind == "user" {
+		sum := sha256.Sum256([]byte(name))
+		name = hex.EncodeToString(sum[:16])
+	}
 	return keyPrefix + "auth:" + kind + ":" + name
 }
 
