@@ -273,8 +273,13 @@ func (s *Server) HTTPAddr() string { return s.httpLn.Addr().String() }
 // Queue is the relay's queue.
 func (s *Server) Queue() *queue.Queue { return s.queue }
 
-// ready reports whether the relay can take mail.
+// ready reports whether the relay can take mail, within readyTimeout
+// whatever Redis does. The ops listener's /readyz, the one Kubernetes
+// probes, bounds its handler at 5 s for the status read; readiness itself
+// answers within the second here.
 func (s *Server) ready(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+	defer cancel()
 	if s.stopping.Load() {
 		return errors.New("shutting down")
 	}
