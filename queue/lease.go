@@ -152,10 +152,14 @@ func (q *Queue) Fail(ctx context.Context, l *Lease, reason string) error {
 func (q *Queue) settle(ctx context.Context, l *Lease, outcome, reply string, spend int, due time.Time) (State, error) {
 	now := q.opts.Now()
 	rk := keysFor(l.Route)
-	res, err := settleScript.Run(ctx, q.rdb,
-		[]string{msgKey(l.ID), rk.due, rk.leased, rk.dead, rk.live},
+	keys := []string{msgKey(l.ID), rk.due, rk.leased, rk.dead, rk.live}
+	single := !q.cluster()
+	if single {
+		keys = append(keys, dueDirtyKey) // the script marks the route due
+	}
+	res, err := settleScript.Run(ctx, q.rdb, keys,
 		l.ID, l.token, now.UnixMilli(), outcome, reply, spend, due.UnixMilli(),
-		q.opts.DeliveredRetention.Milliseconds()).Result()
+		q.opts.DeliveredRetention.Milliseconds(), l.Route).Result()
 	if err != nil {
 		return "", fmt.Errorf("%s %s: %w", outcome, l.ID, err)
 	}
@@ -174,7 +178,9 @@ func (q *Queue) settle(ctx context.Context, l *Lease, outcome, reply string, spe
 		l.State = Scheduled
 		l.Due = due.UTC()
 		// Due again, perhaps before the lease deadline the index holds.
-		_ = q.markDue(ctx, l.Route)
+		if !single {
+			_ = q.markDue(ctx, l.Route)
+		}
 	}
 	return l.State, nil
 }

@@ -209,11 +209,13 @@ return 1
 // settleScript ends a lease.
 //
 // KEYS[1] message hash, KEYS[2] due, KEYS[3] leased, KEYS[4] dead,
-// KEYS[5] live.
+// KEYS[5] live; on a single server also KEYS[6], the due index's dirty
+// set, which a message back in the queue marks its route in (ARGV[9]);
+// on Redis Cluster settle marks it in a call of its own.
 // ARGV[1] id, ARGV[2] lease token, ARGV[3] now, ARGV[4] outcome: "ack",
 // "retry" or "dead", ARGV[5] last reply or error, ARGV[6] attempts to add
 // (0 or 1), ARGV[7] due time for "retry", ARGV[8] how long a delivered
-// message's record is kept, in ms.
+// message's record is kept, in ms, ARGV[9] the route.
 //
 // A "retry" of a message past its expiry dead-letters it. Returns the
 // state the message is now in, or 0 when the lease is no longer held by
@@ -253,6 +255,7 @@ elseif outcome == 'dead' then
 end
 redis.call('ZADD', KEYS[2], ARGV[7], ARGV[1])
 redis.call('HSET', KEYS[1], 'st', 'queued')
+if KEYS[6] then redis.call('SADD', KEYS[6], ARGV[9]) end
 return 'queued'
 `)
 
