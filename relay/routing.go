@@ -123,10 +123,12 @@ func (r *exchangeRouting) forget(mailbox string) {
 // that mailbox may send as the sender, and Exchange would refuse it
 // (SendAsDenied) after the message was accepted.
 func senderMailbox(app *App, from string) (mailbox string, ok bool) {
-	from = strings.ToLower(from)
+	// ASCII folding only, as the sender check (maySend): Unicode folding
+	// would take a KELVIN SIGN for "k".
+	from = lowerASCII(from)
 	var byDomain string
 	for rule, mbx := range app.SenderMailboxes {
-		rule = strings.ToLower(strings.TrimSpace(rule))
+		rule = lowerASCII(strings.TrimSpace(rule))
 		if rule == from {
 			return mbx, true
 		}
@@ -137,7 +139,7 @@ func senderMailbox(app *App, from string) (mailbox string, ok bool) {
 	if byDomain != "" {
 		return byDomain, true
 	}
-	return app.Mailbox, strings.EqualFold(app.Mailbox, from)
+	return app.Mailbox, lowerASCII(app.Mailbox) == from
 }
 
 // routeCredential is the credential an exchange route sends with, or ""

@@ -62,3 +62,25 @@ func TestExchangeRouting(t *testing.T) {
 		t.Error("a dir-sender route parsed as an exchange route")
 	}
 }
+
+// TestSenderMailboxFoldsASCIIOnly: a sender's letters are matched against
+// sender_mailboxes with ASCII case folding only, as the sender check
+// does: a KELVIN SIGN (which Unicode lower-cases to "k") is not the
+// mailbox spelled with "k".
+func TestSenderMailboxFoldsASCIIOnly(t *testing.T) {
+	app := &App{Mailbox: "noreply@contoso.com", SenderMailboxes: map[string]string{
+		"Kim@Contoso.com": "kim@contoso.com",
+		"@contoso.com":    "shared@contoso.com",
+	}}
+	for _, tc := range []struct{ from, want string }{
+		{"KIM@contoso.COM", "kim@contoso.com"},
+		{"\u212Aim@contoso.com", "shared@contoso.com"},
+	} {
+		if got, ok := senderMailbox(app, tc.from); !ok || got != tc.want {
+			t.Errorf("senderMailbox(%q) = %q, %v; want %q", tc.from, got, ok, tc.want)
+		}
+	}
+	if got, ok := senderMailbox(&App{Mailbox: "kim@contoso.com"}, "\u212Aim@contoso.com"); ok {
+		t.Errorf("the app's mailbox matched a KELVIN SIGN sender: %q", got)
+	}
+}
