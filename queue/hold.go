@@ -62,6 +62,9 @@ func (q *Queue) HoldRouteAt(ctx context.Context, route, reason string, fence Fen
 	case n < 0:
 		return false, fmt.Errorf("hold %s: %w", route, ErrStaleFence)
 	}
+	if err := q.logChange(ctx, route); err != nil {
+		return false, fmt.Errorf("hold %s: %w", route, err)
+	}
 	return n == 1, nil
 }
 
@@ -111,6 +114,9 @@ func (q *Queue) releaseSteps(ctx context.Context, route string, fence Fence, eac
 		total += n
 		switch status {
 		case 1:
+			if err := q.logChange(ctx, route); err != nil {
+				return total, fmt.Errorf("release %s: %w", route, err)
+			}
 			// Due again: the due-route index held it HeldRecheck away.
 			return total, q.markDue(ctx, route)
 		case -1:

@@ -121,7 +121,11 @@ func (q *Queue) statsPipeline(ctx context.Context, routes []string, batch int, n
 	}
 	out := make([]any, 0, statsFields*len(routes))
 	for _, res := range runs {
-		out = append(out, res...)
+		vals, ok := res.([]any)
+		if !ok {
+			return nil, fmt.Errorf("stats: a script returned %T", res)
+		}
+		out = append(out, vals...)
 	}
 	if len(out) != statsFields*len(routes) {
 		return nil, fmt.Errorf("stats: %d values for %d routes", len(out), len(routes))
@@ -130,7 +134,7 @@ func (q *Queue) statsPipeline(ctx context.Context, routes []string, batch int, n
 }
 
 // routePipeline runs a per-route script over the routes in one pipeline
-// and returns each run's values. On a single server (batch > 1) batched
+// and returns each run's reply. On a single server (batch > 1) batched
 // runs once per batch routes, given head, then each route's key prefix
 // (routeBase) followed by extra(i) for the i-th
 // route; a fifth of the bytes of its five key names. On Redis Cluster
@@ -141,7 +145,7 @@ func (q *Queue) statsPipeline(ctx context.Context, routes []string, batch int, n
 // script yet (a restart, a failover), it loads it and runs the pipeline
 // once more.
 func (q *Queue) routePipeline(ctx context.Context, routes []string, batch int, single, batched *redis.Script,
-	head []any, extra func(i int) []any, loaded bool) ([][]any, error) {
+	head []any, extra func(i int) []any, loaded bool) ([]any, error) {
 	if len(routes) == 0 {
 		return nil, nil
 	}
@@ -172,9 +176,9 @@ func (q *Queue) routePipeline(ctx context.Context, routes []string, batch int, s
 	}
 	// Errors are read per command below.
 	_, _ = pipe.Exec(ctx)
-	out := make([][]any, 0, len(cmds))
+	out := make([]any, 0, len(cmds))
 	for i, c := range cmds {
-		res, err := c.Slice()
+		res, err := c.Result()
 		if redis.HasErrorPrefix(err, "NOSCRIPT") && !loaded {
 			if err := loadEverywhere(ctx, q.rdb, script); err != nil {
 				return nil, fmt.Errorf("load script: %w", err)
@@ -333,6 +337,9 @@ func (q *Queue) Requeue(ctx context.Context, id string) error {
 	if ok == 0 {
 		return fmt.Errorf("%s is %s, not dead: only dead letters can be requeued", id, m.State)
 	}
+	if err := q.logChange(ctx, m.Route); err != nil {
+		return fmt.Errorf("requeue %s: %w", id, err)
+	}
 	return q.markDue(ctx, m.Route)
 }
 
@@ -351,6 +358,9 @@ func (q *Queue) Delete(ctx context.Context, id string) error {
 	if n == 0 {
 		return fmt.Errorf("delete %s: %w", id, ErrNotFound)
 	}
+	if err := q.logChange(ctx, m.Route); err != nil {
+		return fmt.Errorf("delete %s: %w", id, err)
+	}
 	return nil
 }
 
@@ -360,6 +370,11 @@ func (q *Queue) Flush(ctx context.Context, route string) (int, error) {
 	n, err := flushScript.Run(ctx, q.rdb, []string{keysFor(route).due}, q.opts.Now().UnixMilli()).Int()
 	if err != nil {
 		return 0, fmt.Errorf("flush %s: %w", route, err)
+	}
+	if n > 0 {
+		if err := q.logChange(ctx, route); err != nil {
+			return n, fmt.Errorf("flush %s: %w", route, err)
+		}
 	}
 	return n, q.markDue(ctx, route)
 }

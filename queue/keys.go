@@ -38,6 +38,8 @@ import (
 //	hf:{due}:routes          zset    route -> when it next needs a lease (unix ms)
 //	hf:{due}:dirty           set     routes changed since their last lease
 //	hf:{due}:seq             hash    route -> lease sequence of its index entry
+//	hf:{due}:changes         zset    route -> change sequence of its last change (see changeLua); "#" -> the newest
+//	                                 sequence, "@" -> when the log was started (unix ms); single server only
 const keyPrefix = "hf:"
 
 // Keys of the due-route index.
@@ -45,6 +47,7 @@ const (
 	dueIndexKey = keyPrefix + "{due}:routes"
 	dueDirtyKey = keyPrefix + "{due}:dirty"
 	dueSeqKey   = keyPrefix + "{due}:seq"
+	changesKey  = keyPrefix + "{due}:changes"
 )
 
 // Message hash fields.

@@ -42,7 +42,7 @@ func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration,
 	single := !q.cluster()
 	if single {
 		// The script clears the dirty mark and sets the index entry.
-		keys = append(keys, dueDirtyKey, dueIndexKey, dueSeqKey)
+		keys = append(keys, dueDirtyKey, dueIndexKey, dueSeqKey, changesKey)
 		args = append(args, q.opts.HeldRecheck.Milliseconds(), route)
 	} else if err := q.rdb.SRem(ctx, dueDirtyKey, route).Err(); err != nil {
 		// Clear the route's dirty mark before looking: a change stored
@@ -155,7 +155,7 @@ func (q *Queue) settle(ctx context.Context, l *Lease, outcome, reply string, spe
 	keys := []string{msgKey(l.ID), rk.due, rk.leased, rk.dead, rk.live}
 	single := !q.cluster()
 	if single {
-		keys = append(keys, dueDirtyKey) // the script marks the route due
+		keys = append(keys, dueDirtyKey, changesKey) // the script marks the route due and logs the change
 	}
 	res, err := settleScript.Run(ctx, q.rdb, keys,
 		l.ID, l.token, now.UnixMilli(), outcome, reply, spend, due.UnixMilli(),

@@ -90,6 +90,12 @@ func (q *Queue) prune(ctx context.Context, route string) (bool, error) {
 	if err := q.rdb.ZRem(ctx, idleRoutesKey, route).Err(); err != nil {
 		return false, err
 	}
+	if !q.cluster() {
+		// The change log keeps a route only while it exists.
+		if err := q.rdb.ZRem(ctx, changesKey, route).Err(); err != nil {
+			return false, err
+		}
+	}
 	q.mu.Lock()
 	delete(q.routes, route)
 	q.mu.Unlock()

@@ -144,7 +144,7 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 	marked := !q.cluster()
 	mark := ""
 	if marked {
-		keys, mark = append(keys, dueDirtyKey), "1"
+		keys, mark = append(keys, dueDirtyKey, changesKey), "1"
 	}
 	args := []any{id, m.Route, m.App, m.From, strings.Join(m.To, "\n"), m.Body,
 		now.UnixMilli(), now.Add(q.opts.Lifetime).UnixMilli(),

@@ -8,12 +8,38 @@ import "github.com/redis/go-redis/v9"
 // hash tag. Message keys are built inside the scripts from the tag's
 // message prefix (ARGV) and the id; they share the same tag.
 
+// changeLua defines logChange(log, route, now): it records in the change
+// log (changesKey) that the route's counts changed. The log keeps each
+// route once, scored by a sequence that grows with every change, so a
+// Summarizer asks for the routes changed since the sequence it last saw.
+// Member "#" holds the newest sequence, and "@" the time the log was
+// started, which tells a reader that the log was lost and started again
+// (a Redis restart without the key, a flush). Only a single server keeps
+// the log: on Redis Cluster it lives in another slot than the route.
+const changeLua = `
+local function logChange(log, route, now)
+  local seq = redis.call('ZINCRBY', log, 1, '#')
+  if seq == '1' then redis.call('ZADD', log, now, '@') end
+  redis.call('ZADD', log, seq, route)
+end
+`
+
+// changeScript records a change of a route made by a script that cannot
+// take the log's key: holds, releases and the operator's commands.
+//
+// KEYS[1] the change log. ARGV[1] now, ARGV[2] the route.
+var changeScript = redis.NewScript(changeLua + `
+logChange(KEYS[1], ARGV[2], ARGV[1])
+return 1
+`)
+
 // enqueueScript stores a new message, due now.
 //
 // KEYS[1] message hash, KEYS[2] due, KEYS[3] live, then the idempotency
-// key when ARGV[10] is not empty, then the due index's dirty set when
-// ARGV[11] is "1" (on a single server: on Redis Cluster it is in another
-// slot, and Enqueue marks the route in a call of its own).
+// key when ARGV[10] is not empty, then the due index's dirty set and the
+// change log when ARGV[11] is "1" (on a single server: on Redis Cluster
+// they are in another slot, and Enqueue marks the route in a call of its
+// own).
 // ARGV[1] id, ARGV[2] route, ARGV[3] app, ARGV[4] from, ARGV[5] recipients
 // joined by "\n", ARGV[6] body, ARGV[7] now, ARGV[8] expiry time,
 // ARGV[9] idempotency key lifetime in ms, ARGV[10] idempotency key,
@@ -21,7 +47,7 @@ import "github.com/redis/go-redis/v9"
 //
 // Returns {id, 0} for a new message, or {existing id, 1} when the
 // idempotency key was seen before.
-var enqueueScript = redis.NewScript(`
+var enqueueScript = redis.NewScript(changeLua + `
 local idem = ARGV[10] ~= ''
 if idem then
   local existing = redis.call('GET', KEYS[4])
@@ -37,7 +63,10 @@ if idem then
   redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[9])
   redis.call('HSET', KEYS[1], 'idem', ARGV[10])
 end
-if ARGV[11] == '1' then redis.call('SADD', KEYS[#KEYS], ARGV[2]) end
+if ARGV[11] == '1' then
+  redis.call('SADD', KEYS[#KEYS - 1], ARGV[2])
+  logChange(KEYS[#KEYS], ARGV[2], ARGV[7])
+end
 return {ARGV[1], 0}
 `)
 
@@ -58,9 +87,10 @@ return {ARGV[1], 0}
 // KEYS[1] due, KEYS[2] leased, KEYS[3] dead, KEYS[4] live, KEYS[5] hold,
 // KEYS[6] held (hold start), KEYS[7] lease sequence, KEYS[8] the token's
 // lease set; on a single server also KEYS[9] the due index's dirty set,
-// KEYS[10] the index, KEYS[11] its sequences: the script then clears the
-// route's dirty mark first and sets its index entry last (see due.go),
-// which Lease does in calls of their own on Redis Cluster.
+// KEYS[10] the index, KEYS[11] its sequences, KEYS[12] the change log:
+// the script then clears the route's dirty mark first, sets its index
+// entry last (see due.go), which Lease does in calls of their own on
+// Redis Cluster, and logs a change when it moved a message.
 // ARGV[1] now, ARGV[2] lease deadline, ARGV[3] n, ARGV[4] lease token,
 // ARGV[5] message key prefix, ARGV[6] held grace in ms; on a single
 // server ARGV[7] the held recheck in ms, ARGV[8] the route.
@@ -70,10 +100,11 @@ return {ARGV[1], 0}
 // held); leased is a list of {id, route, app, from, to, body, sub, exp,
 // att, err} entries; seq is the route's lease sequence after this lease;
 // deadline is the earliest lease deadline on the route (-1 when none).
-var leaseScript = redis.NewScript(indexLua + `
+var leaseScript = redis.NewScript(indexLua + changeLua + `
 local now = tonumber(ARGV[1])
 local prefix = ARGV[5]
 local single = KEYS[9] ~= nil
+local moved = false
 if single then redis.call('SREM', KEYS[9], ARGV[8]) end
 
 -- entry is what the lease returns for message id, from the first nine
@@ -103,6 +134,7 @@ local function summary(leased)
       at = deadline
     end
     setIndex(KEYS[10], KEYS[11], ARGV[8], seq, at)
+    if moved then logChange(KEYS[12], ARGV[8], now) end
   end
   return {next, leased, seq, deadline}
 end
@@ -122,6 +154,7 @@ end
 -- expire dead-letters a message whose queue lifetime has run out; the
 -- caller has taken it out of due.
 local function expire(id, key, why, last)
+  moved = true
   if not last or last == '' then last = 'no delivery attempt completed' end
   redis.call('ZREM', KEYS[4], id)
   redis.call('ZADD', KEYS[3], now, id)
@@ -131,6 +164,7 @@ end
 
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. now, 'LIMIT', 0, 100)
 for _, id in ipairs(expired) do
+  moved = true
   redis.call('ZREM', KEYS[2], id)
   local key = prefix .. id
   if redis.call('EXISTS', key) == 1 then
@@ -154,6 +188,7 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
     local key = prefix .. id
     local m = redis.call('HMGET', key, 'st', 'exp', 'err')
     if not m[1] then
+      moved = true
       redis.call('ZREM', KEYS[4], id)
       redis.call('ZREM', KEYS[1], id)
     elseif m[1] ~= 'leased' then
@@ -170,6 +205,7 @@ end
 local leased = {}
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 for _, id in ipairs(ids) do
+  moved = true
   local key = prefix .. id
   redis.call('ZREM', KEYS[1], id)
   local m = redis.call('HMGET', key, 'route', 'app', 'from', 'to', 'body', 'sub', 'exp', 'att', 'err')
@@ -210,8 +246,9 @@ return 1
 //
 // KEYS[1] message hash, KEYS[2] due, KEYS[3] leased, KEYS[4] dead,
 // KEYS[5] live; on a single server also KEYS[6], the due index's dirty
-// set, which a message back in the queue marks its route in (ARGV[9]);
-// on Redis Cluster settle marks it in a call of its own.
+// set, which a message back in the queue marks its route in (ARGV[9]),
+// and KEYS[7], the change log; on Redis Cluster settle marks the route
+// in a call of its own.
 // ARGV[1] id, ARGV[2] lease token, ARGV[3] now, ARGV[4] outcome: "ack",
 // "retry" or "dead", ARGV[5] last reply or error, ARGV[6] attempts to add
 // (0 or 1), ARGV[7] due time for "retry", ARGV[8] how long a delivered
@@ -223,7 +260,7 @@ return 1
 // outcome (as a client's retry after a lost reply does), it changes
 // nothing and returns the state the first run left, as long as the
 // message was not leased again since.
-var settleScript = redis.NewScript(`
+var settleScript = redis.NewScript(changeLua + `
 local done = redis.call('HMGET', KEYS[1], 'settled', 'st')
 if done[1] and done[1] == ARGV[2] .. ':' .. ARGV[4] then return done[2] end
 if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[2] or done[2] ~= 'leased' then
@@ -235,6 +272,7 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[1], 'lease', 'lu')
 redis.call('HINCRBY', KEYS[1], 'att', tonumber(ARGV[6]))
 redis.call('HSET', KEYS[1], 'settled', ARGV[2] .. ':' .. ARGV[4], 'err', ARGV[5], 'upd', now)
+if KEYS[7] then logChange(KEYS[7], ARGV[9], now) end
 
 if outcome == 'retry' and tonumber(redis.call('HGET', KEYS[1], 'exp')) <= now then
   outcome = 'dead'
@@ -297,21 +335,29 @@ return #ids
 
 // dueCounts is a Lua function the stats and summary scripts share: it
 // counts the due set of a route that is not held and returns its ready
-// and scheduled messages and the earliest due time of a ready one (-1
-// for none). The first two members tell most routes' counts (one message,
-// or none due yet, or only the first due); ZCARD and ZCOUNT run only
-// when they do not.
+// and scheduled messages, the earliest due time of a ready one and the
+// earliest due time of a scheduled one (-1 for none). The first two
+// members tell most routes' counts (one message, or none due yet, or only
+// the first due); ZCARD and ZCOUNT run only when they do not, and the
+// earliest scheduled one is looked up only when some are ready and some
+// scheduled.
 const dueCounts = `
 local function dueCounts(due, now)
   local head = redis.call('ZRANGE', due, 0, 1, 'WITHSCORES')
-  if not head[2] then return 0, 0, -1 end
+  if not head[2] then return 0, 0, -1, -1 end
   local total = 1
   if head[4] then total = redis.call('ZCARD', due) end
   local earliest = tonumber(head[2])
-  if earliest > now then return 0, total, -1 end
-  local ready = 1
-  if head[4] and tonumber(head[4]) <= now then ready = redis.call('ZCOUNT', due, '-inf', now) end
-  return ready, total - ready, earliest
+  if earliest > now then return 0, total, -1, earliest end
+  if not head[4] then return 1, 0, earliest, -1 end
+  local second = tonumber(head[4])
+  if second > now then return 1, total - 1, earliest, second end
+  local ready = redis.call('ZCOUNT', due, '-inf', now)
+  local untl = -1
+  if ready < total then
+    untl = tonumber(redis.call('ZRANGEBYSCORE', due, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)[2])
+  end
+  return ready, total - ready, earliest, untl
 end
 `
 

@@ -172,10 +172,12 @@ func checkSummary(t *testing.T, q *Queue) {
 	}
 	want.ReadySince = st.Total.ReadySince
 	for _, batch := range []int{statsBatch, 1, 3} {
-		got, err := q.summarize(ctx, want.Routes, group, batch)
-		if err != nil {
+		s := q.NewSummarizer(group)
+		s.counts = map[string]routeCount{}
+		if err := s.count(ctx, want.Routes, q.opts.Now().UnixMilli(), batch); err != nil {
 			t.Fatal(err)
 		}
+		got := s.sum(want.Routes)
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("batch %d: summary %+v, want %+v", batch, got, want)
 		}

@@ -3,6 +3,9 @@ package queue
 import (
 	"context"
 	"fmt"
+	"math"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -24,154 +27,289 @@ type Summary struct {
 	Routes []string
 }
 
-// Summarize counts the messages of every route by the group each belongs
-// to, in one pipelined round trip (one per cluster node on Redis
-// Cluster) after the one that lists the routes. Its counts and times are
-// exactly those Stats gives, summed by group, but it costs Redis less: a
-// route with waiting mail and nothing leased, dead or held costs two to
-// four calls, and only counts come back, not eight values per route.
+// SummaryRefresh is how often a Summarizer counts every route again even
+// when the change log says nothing changed: it bounds how long a change
+// the log missed (one made by a process of an older version, or lost
+// with the log in a Redis restart) stays out of the counts.
+const SummaryRefresh = 10 * time.Minute
+
+// Summarizer sums the queue by group of routes, for a scrape that comes
+// back every few seconds. Its counts and times are exactly those Stats
+// gives, summed by group.
+//
+// On a single Redis server it keeps each route's counts between calls
+// and counts again only the routes that need it: those the change log
+// names since the last call (every script that changes a route's
+// messages logs the route), those whose next scheduled message has come
+// due since, and new ones. A call then costs one round trip for the
+// route set and the log, and one pipeline for the routes counted,
+// however many routes there are. The first call, and one every
+// SummaryRefresh, counts every route. On Redis Cluster, where the log
+// cannot be written in the script that changes a route, every call
+// counts every route.
+//
+// A Summarizer is safe for concurrent use; calls run one at a time.
+type Summarizer struct {
+	q     *Queue
+	group func(route string) string
+
+	mu     sync.Mutex
+	counts map[string]routeCount // by route, from the last call
+	epoch  float64               // the change log's start ("@") at the last call
+	seq    float64               // the newest change sequence seen
+	full   time.Time             // when every route was last counted
+}
+
+// routeCount is one route's counts, as the summary scripts return them.
+type routeCount struct {
+	group                                string
+	ready, scheduled, leased, held, dead int64
+	// since is the earliest due time of a ready message, oldestHeld the
+	// oldest submit time if held, and until when the next scheduled
+	// message comes due (unix ms, -1 for none).
+	since, oldestHeld, until int64
+}
+
+// NewSummarizer returns a Summarizer that groups routes with group.
+func (q *Queue) NewSummarizer(group func(route string) string) *Summarizer {
+	return &Summarizer{q: q, group: group}
+}
+
+// Summarize counts every route's messages by group once; see Summarizer.
 func (q *Queue) Summarize(ctx context.Context, group func(route string) string) (Summary, error) {
-	// Unsorted: the counts do not depend on the order.
-	routes, err := q.rdb.SMembers(ctx, routesKey).Result()
+	return q.NewSummarizer(group).Summarize(ctx)
+}
+
+// Summarize counts the queue by group; see Summarizer.
+func (s *Summarizer) Summarize(ctx context.Context) (Summary, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := s.q
+	now := q.opts.Now()
+	single := !q.cluster()
+	full := !single || s.counts == nil || now.Sub(s.full) >= SummaryRefresh
+	pipe := q.rdb.Pipeline()
+	members := pipe.SMembers(ctx, routesKey) // unsorted: the counts do not depend on the order
+	var marks *redis.FloatSliceCmd
+	var changes *redis.ZSliceCmd
+	if single {
+		// The log's start and newest sequence first: a change logged
+		// after them is read again next time.
+		marks = pipe.ZMScore(ctx, changesKey, "@", "#")
+		if !full {
+			changes = pipe.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{Key: changesKey, ByScore: true,
+				Start: "(" + strconv.FormatFloat(s.seq, 'f', -1, 64), Stop: "+inf"})
+		}
+	}
+	// Errors are read per command below.
+	_, _ = pipe.Exec(ctx)
+	routes, err := members.Result()
 	if err != nil {
 		return Summary{}, fmt.Errorf("summarize: list routes: %w", err)
 	}
-	return q.summarize(ctx, routes, group, q.routeBatch())
-}
-
-func (q *Queue) summarize(ctx context.Context, routes []string, group func(route string) string, batch int) (Summary, error) {
-	idx := map[string]int{}
-	var names []string
-	of := make([]any, len(routes))
-	for i, r := range routes {
-		g := group(r)
-		n, ok := idx[g]
-		if !ok {
-			n = len(names) + 1
-			idx[g] = n
-			names = append(names, g)
+	recount := map[string]bool{}
+	var seq float64
+	if single {
+		m, err := marks.Result()
+		if err != nil || len(m) != 2 {
+			return Summary{}, fmt.Errorf("summarize: read change log: %w", err)
 		}
-		of[i] = n
+		// A missing member reads as 0.
+		epoch := m[0]
+		seq = m[1]
+		// The log was started again since the last call, or lost.
+		if epoch != s.epoch || seq < s.seq {
+			full = true
+		}
+		s.epoch = epoch
+		if changes != nil && !full {
+			log, err := changes.Result()
+			if err != nil {
+				return Summary{}, fmt.Errorf("summarize: read change log: %w", err)
+			}
+			for _, z := range log {
+				if r := z.Member.(string); r != "#" && r != "@" {
+					recount[r] = true
+				}
+			}
+		}
 	}
-	sum := Summary{Groups: make(map[string]RouteStats, len(names)), Routes: routes}
-	runs, err := q.routePipeline(ctx, routes, batch, summaryScript, summaryBatchScript,
-		[]any{q.opts.Now().UnixMilli(), len(names)}, func(i int) []any { return of[i : i+1] }, false)
-	if err != nil {
+	var todo []string
+	if full {
+		todo = routes
+		s.counts = make(map[string]routeCount, len(routes))
+	} else {
+		present := make(map[string]bool, len(routes))
+		nowMs := now.UnixMilli()
+		for _, r := range routes {
+			present[r] = true
+			c, ok := s.counts[r]
+			if !ok || recount[r] || (c.until >= 0 && c.until <= nowMs) {
+				todo = append(todo, r)
+			}
+		}
+		for r := range s.counts {
+			if !present[r] {
+				delete(s.counts, r)
+			}
+		}
+	}
+	if err := s.count(ctx, todo, now.UnixMilli(), q.routeBatch()); err != nil {
+		// Counts half-updated: the next call counts every route.
+		s.counts = nil
 		return Summary{}, fmt.Errorf("summarize: %w", err)
 	}
+	if full {
+		s.full = now
+	}
+	s.seq = seq
+	return s.sum(routes), nil
+}
+
+// count runs the summary script over the routes and stores their counts.
+func (s *Summarizer) count(ctx context.Context, routes []string, now int64, batch int) error {
+	runs, err := s.q.routePipeline(ctx, routes, batch, summaryScript, summaryBatchScript,
+		[]any{now}, nil, false)
+	if err != nil {
+		return err
+	}
+	i := 0
+	for _, run := range runs {
+		v, ok := run.(string)
+		if !ok || len(v)%summaryBytes != 0 {
+			return fmt.Errorf("a summary script returned %T of %d bytes", run, len(v))
+		}
+		for ; len(v) > 0; v = v[summaryBytes:] {
+			if i >= len(routes) {
+				return fmt.Errorf("more counts than the %d routes", len(routes))
+			}
+			num := func(k int) int64 {
+				var b uint64
+				for j := 7; j >= 0; j-- {
+					b = b<<8 | uint64(v[8*k+j])
+				}
+				return int64(math.Float64frombits(b))
+			}
+			r := routes[i]
+			g := s.counts[r].group
+			if g == "" {
+				g = s.group(r)
+			}
+			s.counts[r] = routeCount{group: g, ready: num(0), scheduled: num(1), leased: num(2),
+				held: num(3), dead: num(4), since: num(5), oldestHeld: num(6), until: num(7)}
+			i++
+		}
+	}
+	if i != len(routes) {
+		return fmt.Errorf("counts for %d of %d routes", i, len(routes))
+	}
+	return nil
+}
+
+// sum adds up the stored counts by group.
+func (s *Summarizer) sum(routes []string) Summary {
+	sum := Summary{Groups: map[string]RouteStats{}, Routes: routes}
 	earliest := func(t *time.Time, ms int64) {
 		if ms >= 0 && (t.IsZero() || fromMillis(ms).Before(*t)) {
 			*t = fromMillis(ms)
 		}
 	}
-	for _, v := range runs {
-		if len(v) != 2+summaryFields*len(names) {
-			return Summary{}, fmt.Errorf("summarize: %d values for %d groups", len(v), len(names))
-		}
-		num := func(j int) int64 { n, _ := v[j].(int64); return n }
-		earliest(&sum.ReadySince, num(0))
-		earliest(&sum.OldestHeld, num(1))
-		for g, name := range names {
-			b := 2 + g*summaryFields
-			t := sum.Groups[name]
-			t.Route = name
-			t.Ready += num(b)
-			t.Scheduled += num(b + 1)
-			t.Leased += num(b + 2)
-			t.Held += num(b + 3)
-			t.Dead += num(b + 4)
-			sum.Groups[name] = t
-		}
+	for _, c := range s.counts {
+		earliest(&sum.ReadySince, c.since)
+		earliest(&sum.OldestHeld, c.oldestHeld)
+		t := sum.Groups[c.group]
+		t.Route = c.group
+		t.Ready += c.ready
+		t.Scheduled += c.scheduled
+		t.Leased += c.leased
+		t.Held += c.held
+		t.Dead += c.dead
+		sum.Groups[c.group] = t
 	}
-	return sum, nil
+	return sum
 }
 
-// summaryFields is how many counts the summary scripts return per group.
-const summaryFields = 5
+// logChange records in the change log that the route's counts changed,
+// for a change made outside the scripts that log their own (holds,
+// releases, the operator's commands). Redis Cluster keeps no log.
+func (q *Queue) logChange(ctx context.Context, route string) error {
+	if q.cluster() {
+		return nil
+	}
+	if err := changeScript.Run(ctx, q.rdb, []string{changesKey}, q.opts.Now().UnixMilli(), route).Err(); err != nil {
+		return fmt.Errorf("log change: %w", err)
+	}
+	return nil
+}
 
-// routeSummary is the Lua function both summary scripts share: it adds
-// one route's counts to its group's in out, whose first two values are
-// the earliest due time of a ready message and the oldest submit time on
-// a held route (-1 for none), then five counts per group: ready,
-// scheduled, leased, held, dead. A scrape runs it for every route, so
-// it spends as few calls as it can. One EXISTS of the due, dead, hold and
-// leased keys tells an empty route (one call). When it counts one key
-// and that is the due set, the route's only keys are its due and live
-// sets, and its due counts (see dueCounts) are all it needs: two calls
-// for the common route, a few more when more than one of its messages is
-// due. A held route whose only other key is its due set needs its
-// oldest message and its due count. Any other route takes the full
-// count, as routeStat does. live may be nil: the key is then built from
-// the route's key prefix p, only when it is needed.
+// summaryBytes is how many bytes the summary scripts return per route:
+// eight numbers, each a little-endian float64 (Lua's numbers; a count or
+// a time in unix ms is exact in one).
+const summaryBytes = 8 * 8
+
+// routeSummary is the Lua function both summary scripts share: it appends
+// eight numbers for one route to out, packed as summaryBytes bytes: ready, scheduled, leased, held and
+// dead counts, the earliest due time of a ready message, the oldest
+// submit time if the route is held with messages, and when its next
+// scheduled message comes due (times in unix ms, -1 for none). A full
+// count runs it for every route, so it spends as few calls as it can.
+// One EXISTS of the due, dead, hold and leased keys tells an empty route
+// (one call). When it counts one key and that is the due set, the
+// route's only keys are its due and live sets, and its due counts (see
+// dueCounts) are all it needs: two calls for the common route, a few
+// more when more than one of its messages is due. A held route whose
+// only other key is its due set needs its oldest message and its due
+// count. Any other route takes the full count, as routeStat does. live
+// may be nil: the key is then built from the route's key prefix p, only
+// when it is needed.
 const routeSummary = dueCounts + `
-local function add(out, g, ready, scheduled, nleased, held, ndead, since)
-  if since >= 0 and (out[1] < 0 or since < out[1]) then out[1] = since end
-  local b = 2 + (g - 1) * 5
-  out[b+1], out[b+2], out[b+3] = out[b+1] + ready, out[b+2] + scheduled, out[b+3] + nleased
-  out[b+4], out[b+5] = out[b+4] + held, out[b+5] + ndead
-end
-
-local function summ(due, leased, dead, live, hold, p, g, now, out)
+local function summ(due, leased, dead, live, hold, p, now, out)
+  local n = #out
+  local ready, scheduled, nleased, held, ndead, since, oldest, untl = 0, 0, 0, 0, 0, -1, -1, -1
   local keys = redis.call('EXISTS', due, dead, hold, leased)
-  if keys == 0 then return end
-  local ready, scheduled, since = 0, 0, -1
   if keys == 1 then
-    ready, scheduled, since = dueCounts(due, now)
-    if ready + scheduled > 0 then
-      add(out, g, ready, scheduled, 0, 0, 0, since)
-      return
-    end
+    ready, scheduled, since, untl = dueCounts(due, now)
   end
-  local nleased, held, ndead = 0, 0, 0
-  local first = redis.call('ZRANGE', live or (p .. 'live'), 0, 0, 'WITHSCORES')
-  if first[2] then
-    if redis.call('EXISTS', hold) == 1 then
-      held = redis.call('ZCARD', due)
-      local oldest = tonumber(first[2])
-      if held > 0 and (out[2] < 0 or oldest < out[2]) then out[2] = oldest end
-      if held > 0 and keys == 2 then
+  if keys > 1 or (keys == 1 and ready + scheduled == 0) then
+    local first = redis.call('ZRANGE', live or (p .. 'live'), 0, 0, 'WITHSCORES')
+    local short = false
+    if first[2] then
+      if redis.call('EXISTS', hold) == 1 then
+        held = redis.call('ZCARD', due)
+        if held > 0 then oldest = tonumber(first[2]) end
         -- The hold and the due set are its only keys: nothing leased or dead.
-        add(out, g, 0, 0, 0, held, 0, -1)
-        return
+        short = held > 0 and keys == 2
+      else
+        ready, scheduled, since, untl = dueCounts(due, now)
       end
-    else
-      ready, scheduled, since = dueCounts(due, now)
+      if not short then nleased = redis.call('ZCARD', leased) end
     end
-    nleased = redis.call('ZCARD', leased)
+    if not short then ndead = redis.call('ZCARD', dead) end
   end
-  ndead = redis.call('ZCARD', dead)
-  add(out, g, ready, scheduled, nleased, held, ndead, since)
-end
-
-local function zeros(groups)
-  local out = {-1, -1}
-  for i = 3, 2 + 5 * groups do out[i] = 0 end
-  return out
+  out[n+1] = struct.pack('<dddddddd', ready, scheduled, nleased, held, ndead, since, oldest, untl)
 end
 `
 
-// summaryScript adds up one route's counts (see routeSummary).
+// summaryScript counts one route (see routeSummary).
 //
 // KEYS[1] due, KEYS[2] leased, KEYS[3] dead, KEYS[4] live, KEYS[5] hold.
-// ARGV[1] now, ARGV[2] the number of groups, ARGV[3] the route's group
-// (from 1).
+// ARGV[1] now.
 var summaryScript = redis.NewScript(routeSummary + `
-local out = zeros(tonumber(ARGV[2]))
-summ(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], nil, tonumber(ARGV[3]), tonumber(ARGV[1]), out)
-return out
+local out = {}
+summ(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], nil, tonumber(ARGV[1]), out)
+return out[1]
 `)
 
-// summaryBatchScript adds up the counts of many routes on a single Redis
-// server (never Redis Cluster; see statsBatchScript).
+// summaryBatchScript counts many routes on a single Redis server (never
+// Redis Cluster; see statsBatchScript).
 //
-// ARGV[1] now, ARGV[2] the number of groups, then for each route its key
-// prefix and its group (from 1).
+// ARGV[1] now, then each route's key prefix.
 var summaryBatchScript = redis.NewScript(routeSummary + `
 local now = tonumber(ARGV[1])
-local out = zeros(tonumber(ARGV[2]))
-for i = 3, #ARGV, 2 do
+local out = {}
+for i = 2, #ARGV do
   local p = ARGV[i]
-  summ(p .. 'due', p .. 'leased', p .. 'dead', nil, p .. 'hold', p, tonumber(ARGV[i+1]), now, out)
+  summ(p .. 'due', p .. 'leased', p .. 'dead', nil, p .. 'hold', p, now, out)
 end
-return out
+return table.concat(out)
 `)

@@ -15,12 +15,13 @@ import (
 const scrapeTimeout = 5 * time.Second
 
 // stateCollector reads the queue depth and the breakers at scrape time:
-// a fixed number of Redis round trips (the route set, one pipeline of
-// counts summed by credential, the breaker names and one pipeline of breaker
-// records; one pipeline per node on Redis Cluster), however many routes
-// and breakers exist.
+// a fixed number of Redis round trips (the route set with the queue's
+// change log, one pipeline of counts of the routes changed since the last
+// scrape, the breaker names and one pipeline of breaker records; one
+// pipeline per node on Redis Cluster, where every route is counted),
+// however many routes and breakers exist.
 type stateCollector struct {
-	q     *queue.Queue
+	sum   *queue.Summarizer
 	set   *breaker.Set // nil without the exchange sender
 	creds []string     // configured credentials: their series always exist
 	now   func() time.Time
@@ -31,7 +32,7 @@ type stateCollector struct {
 
 func newStateCollector(q *queue.Queue, set *breaker.Set, creds []string, log interface{ Warn(string, ...any) }) *stateCollector {
 	return &stateCollector{
-		q: q, set: set, creds: creds, now: time.Now, log: log,
+		sum: q.NewSummarizer(routeCredential), set: set, creds: creds, now: time.Now, log: log,
 		depth: prometheus.NewDesc("holdfast_queue_messages",
 			"Messages in the queue by state (ready, scheduled, sending, held, dead) and credential.",
 			[]string{"state", "credential"}, nil),
@@ -55,7 +56,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
 	defer cancel()
-	sum, err := c.q.Summarize(ctx, routeCredential)
+	sum, err := c.sum.Summarize(ctx)
 	if err != nil {
 		c.log.Warn("metrics: cannot read the queue", "err", err)
 		ch <- prometheus.NewInvalidMetric(c.depth, err)
