@@ -37,6 +37,10 @@
 // record closes. Breakers of upstream endpoints that are down (dead
 // destinations) are a different matter, decided per replica in the relay.
 //
+// Attempts (EnterAttempt, ExitAttempt) bound the upstream attempts of a
+// credential in doubt at once, fleet-wide, so that no more refusals than
+// Threshold reach the upstream before the breaker opens; see Attempts.
+//
 // It does not deliver mail, fetch tokens, run probes or hold queue routes:
 // the relay reports each credential or mailbox failure to it
 // (relay.AuthFailureFunc), runs the probe, and makes the queue's held

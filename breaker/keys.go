@@ -6,6 +6,12 @@ package breaker
 //	hf:{brk:NAME}          hash  the breaker record (fields below)
 //	hf:{brk:NAME}:spread   set   members (delegated mailboxes) that failed
 //	                             in a row under a credential's breaker
+//	hf:{brk:NAME}:places   zset  attempts in doubt: place token -> expiry
+//	                             (unix ms); see Attempts
+//	hf:{brk:NAME}:attempt  hash  gen (the record's generation it counts
+//	                             for), refused (attempts refused in a row),
+//	                             reply (the last refusal), cured (unix ms
+//	                             a new token last cured a refusal)
 //	hf:brk:names           set   every breaker name that has had a record
 //	hf:brk:log             zset  the latest transitions, fleet-wide: one
 //	                             JSON Transition (From left out) per member,
@@ -39,6 +45,10 @@ const (
 func recordKey(name string) string { return "hf:{brk:" + name + "}" }
 
 func spreadKey(name string) string { return recordKey(name) + ":spread" }
+
+func placesKey(name string) string { return recordKey(name) + ":places" }
+
+func attemptKey(name string) string { return recordKey(name) + ":attempt" }
 
 // noticeKey marks a recurring notice (kind, name, level) as sent until it
 // expires; see Notices.Claim:

@@ -67,6 +67,9 @@ type gate struct {
 	// changed holds, per credential, when this replica's files of it last
 	// changed (breakers_propagation.go).
 	changed map[string]time.Time
+	// cured holds, per credential breaker, the newest cure of a refused
+	// token this replica acted on (breakers_turn.go).
+	cured map[string]time.Time
 	// replica names this relay to operators (its hostname).
 	replica string
 }

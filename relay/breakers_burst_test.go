@@ -18,15 +18,26 @@ import (
 // new token instead of each trying the refused one. Every message is
 // then delivered exactly once.
 //
-// With three relays sharing the queue, each holds its own token; every
-// relay's workers take the mail together, and the count holds fleet-wide.
+// With three and five relays sharing the queue, each holds its own
+// token; every relay's workers take the mail together, and the count
+// holds fleet-wide, more relays than the threshold included. "denied"
+// takes the app's permission away instead, so that the new token each
+// session fetches after the refusal is refused too; the breaker opens,
+// and once the permission is back and the breaker reset, the mail goes.
 func TestBreakerBurst(t *testing.T) {
-	for _, replicas := range []int{1, 3} {
-		t.Run(fmt.Sprintf("relays=%d", replicas), func(t *testing.T) { breakerBurst(t, replicas) })
+	for _, c := range []struct {
+		replicas int
+		denied   bool
+	}{{1, false}, {3, false}, {5, false}, {1, true}, {3, true}} {
+		name := fmt.Sprintf("relays=%d", c.replicas)
+		if c.denied {
+			name += "/denied"
+		}
+		t.Run(name, func(t *testing.T) { breakerBurst(t, c.replicas, c.denied) })
 	}
 }
 
-func breakerBurst(t *testing.T, replicas int) {
+func breakerBurst(t *testing.T, replicas int, denied bool) {
 	const sessions = 20
 	threshold := breaker.DefaultOptions().Threshold
 	e := newExchangeEnv(t, replicas, func(o *Options) {
@@ -53,7 +64,7 @@ func breakerBurst(t *testing.T, replicas int) {
 	e.sim.SetFault(sim.Fault{AuthDelay: 50 * time.Millisecond})
 	before := e.sim.Counters().Clients[simClientID]
 
-	if !e.sim.RevokeAppTokens(simTenant, simClientID) {
+	if !e.sim.RevokeAppTokens(simTenant, simClientID) || (denied && !e.sim.DenySendAsApp(simTenant, simClientID, true)) {
 		t.Fatal("the simulator does not know the app")
 	}
 	// The messages are accepted while the relay is not delivering, so
@@ -81,8 +92,27 @@ func breakerBurst(t *testing.T, replicas int) {
 	if len(errs) > 0 {
 		t.Fatalf("submissions failed: %v", errs)
 	}
-	if err := e.relays[0].gate.set.Reset(t.Context(), credentialBreaker("contoso")); err != nil {
+	set := e.relays[0].gate.set
+	if err := set.Reset(t.Context(), credentialBreaker("contoso")); err != nil {
 		t.Fatal(err)
+	}
+	if denied {
+		waitFor(t, 15*time.Second, "the breaker open", func() bool {
+			st, err := set.Status(t.Context(), credentialBreaker("contoso"))
+			return err == nil && st.State == breaker.Open
+		})
+		// The failures that reached Exchange before it opened.
+		mid := e.sim.Counters().Clients[simClientID]
+		t.Logf("before the breaker opened: %d AUTH attempts, %d failed", mid.SMTPAuthAttempts-before.SMTPAuthAttempts,
+			mid.SMTPAuthFailures-before.SMTPAuthFailures)
+		if n := mid.SMTPAuthFailures - before.SMTPAuthFailures; n > threshold {
+			t.Errorf("%d AUTH failures reached Exchange before the breaker opened; want at most the threshold, %d", n, threshold)
+		}
+		e.sim.DenySendAsApp(simTenant, simClientID, false)
+		before = mid
+		if err := set.Reset(t.Context(), credentialBreaker("contoso")); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	waitFor(t, 15*time.Second, "every message delivered", func() bool {

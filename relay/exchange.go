@@ -189,6 +189,9 @@ func (x *exchange) route(creds map[string]*auth.Credential, gated bool) o365.Rou
 		}
 		r.Tokens = gatedTokens{TokenSource: r.Tokens, gate: x.gate, route: m.Route}
 		r.Check = func(ctx context.Context) error { return x.gate.checkNow(ctx, m.Route) }
+		if r.Kind == o365.AppOnly {
+			r.Turn = x.gate.authTurn(m.Route)
+		}
 		return r, nil
 	}
 }

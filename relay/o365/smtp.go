@@ -37,7 +37,55 @@ type Route struct {
 	// on a connection ready to send: an error abandons the send with
 	// nothing sent. The relay's breakers use it.
 	Check func(ctx context.Context) error
+	// Turn, when set, is asked for a place before each AUTH with the
+	// route's credential, so that only a few AUTHs of one credential are
+	// in doubt at a time, fleet-wide (the relay's breakers). With wait
+	// it may wait for one; without, it answers at once. It returns an
+	// error wrapping ErrNoTurn when no place came, or the error to count
+	// in place of an AUTH (the credential was refused too often).
+	Turn func(ctx context.Context, wait bool) (AuthTurn, error)
 }
+
+// AuthTurn is a place for one AUTH, from Route.Turn.
+type AuthTurn struct {
+	// Refresh asks for a new token before the AUTH: another session
+	// found its cached token refused and a new one good.
+	Refresh bool
+	// Exit gives the place back with the AUTH's outcome and error.
+	Exit func(o AuthOutcome, err error)
+}
+
+// AuthOutcome is how an AUTH ended, for AuthTurn.Exit.
+type AuthOutcome int
+
+const (
+	// AuthNeutral: the AUTH says nothing of the credential (the
+	// connection failed, the mailbox's own refusal).
+	AuthNeutral AuthOutcome = iota
+	// AuthOK: the token worked.
+	AuthOK
+	// AuthCured: a new token worked after the cached one was refused.
+	AuthCured
+	// AuthRefused: Exchange refused the token.
+	AuthRefused
+)
+
+// authOutcome is the outcome of an AUTH that returned err; refused says
+// Exchange refused the token as a cached token may be (RetryWithNewToken).
+func authOutcome(err error, refused, fresh bool) AuthOutcome {
+	switch {
+	case err == nil && fresh:
+		return AuthCured
+	case err == nil:
+		return AuthOK
+	case refused || upstream.ClassOf(err) == upstream.Credential:
+		return AuthRefused
+	}
+	return AuthNeutral
+}
+
+// ErrNoTurn is wrapped by the error of a Route.Turn that got no place.
+var ErrNoTurn = errors.New("other AUTHs with this credential are in doubt")
 
 // Router returns the route of a message.
 type Router func(ctx context.Context, m *queue.Message) (Route, error)
@@ -402,7 +450,7 @@ func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
 		}
 		f, lead := s.flights.enter(tok.AccessToken)
 		if lead {
-			c, refused, err := s.openFresh(ctx, r, tok.AccessToken)
+			c, refused, err := s.openFresh(ctx, r)
 			s.flights.end(tok.AccessToken, f, refused, err)
 			return c, err
 		}
@@ -417,7 +465,7 @@ func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
 		case !f.refused:
 			// The token works, or the turn ended without a verdict on it
 			// (the connection failed): go ahead without a turn.
-			c, _, err := s.openFresh(ctx, r, tok.AccessToken)
+			c, _, err := s.openFresh(ctx, r)
 			return c, err
 		}
 		// The token was refused and a new one works: take the source's
@@ -427,21 +475,66 @@ func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
 	return nil, refusedElsewhere(nil)
 }
 
-// openFresh authenticates with a cached token and, when Exchange refuses
-// it, once more with a new one. refused says whether Exchange refused the
-// cached token.
-func (s *SMTPSender) openFresh(ctx context.Context, r Route, token string) (*conn, bool, error) {
-	c, retry, err := s.authenticate(ctx, r, token, false)
+// openFresh authenticates with the source's token and, when Exchange
+// refuses it as a cached token may be, once more with a new one. Each
+// AUTH first takes a place (Route.Turn); the second does not wait for
+// one, and without it the send waits as throttled for another session's
+// verdict. refused says whether Exchange refused the first token.
+func (s *SMTPSender) openFresh(ctx context.Context, r Route) (*conn, bool, error) {
+	turn, err := s.turn(ctx, r, true)
+	if err != nil {
+		return nil, false, err
+	}
+	if turn.Refresh {
+		r.Tokens.Invalidate()
+	}
+	// The source's token now: the one the caller had may have been
+	// replaced in another session's turn.
+	tok, err := r.Tokens.Token(ctx)
+	if err != nil {
+		turn.Exit(AuthNeutral, err)
+		return nil, false, tokenError(err, r.Kind)
+	}
+	c, retry, err := s.authenticate(ctx, r, tok.AccessToken, false)
+	turn.Exit(authOutcome(err, retry, false), err)
 	if !retry {
 		return c, false, err
 	}
 	r.Tokens.Invalidate()
-	tok, err := r.Tokens.Token(ctx)
-	if err != nil {
-		return nil, true, tokenError(err, r.Kind)
+	tok, terr := r.Tokens.Token(ctx)
+	if terr != nil {
+		return nil, true, tokenError(terr, r.Kind)
+	}
+	again, terr := s.turn(ctx, r, false)
+	if errors.Is(terr, ErrNoTurn) {
+		// Another session's new token is being tried: its verdict is
+		// this one's too.
+		return nil, true, &upstream.Error{Class: upstream.Throttled, RetryAfter: flightWait,
+			Text: "the cached token was refused, and another session's AUTH with a new one is in doubt", Err: err}
+	}
+	if terr != nil {
+		return nil, true, terr
 	}
 	c, _, err = s.authenticate(ctx, r, tok.AccessToken, true)
+	again.Exit(authOutcome(err, false, true), err)
 	return c, true, err
+}
+
+// turn takes a place for an AUTH of the route (see Route.Turn); a route
+// without Turn always has one.
+func (s *SMTPSender) turn(ctx context.Context, r Route, wait bool) (AuthTurn, error) {
+	if r.Turn == nil {
+		return AuthTurn{Exit: func(AuthOutcome, error) {}}, nil
+	}
+	t, err := r.Turn(ctx, wait)
+	if errors.Is(err, ErrNoTurn) && wait {
+		return t, &upstream.Error{Class: upstream.Throttled, RetryAfter: flightWait,
+			Text: "other AUTHs with this credential are in doubt; waiting for their verdict", Err: err}
+	}
+	if err == nil && t.Exit == nil {
+		t.Exit = func(AuthOutcome, error) {}
+	}
+	return t, err
 }
 
 // authenticate dials and authenticates with token. retry reports a refusal

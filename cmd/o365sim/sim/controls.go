@@ -161,6 +161,18 @@ func (s *Sim) RevokeAppTokens(tenant, clientID string) bool {
 	})
 }
 
+// DenySendAsApp takes the app's SMTP.SendAsApp permission away, or gives
+// it back. While it is denied, SMTP AUTH with any of the app's app-only
+// tokens, new ones included, gets 535 5.7.3, as Exchange answers an app
+// whose permission or service principal is missing. It reports whether
+// the app exists.
+func (s *Sim) DenySendAsApp(tenant, clientID string, denied bool) bool {
+	return s.withApp(tenant, clientID, func(a *app) bool {
+		a.denied = denied
+		return true
+	})
+}
+
 // DisableSMTPAuth turns SMTP AUTH off or on for a mailbox.
 func (s *Sim) DisableSMTPAuth(mailbox string, disabled bool) { s.disableSMTPAuth(mailbox, disabled) }
 
@@ -270,7 +282,7 @@ func (s *Sim) record(r Received) {
 
 // maySendAs reports whether app-only tokens of a may send as m.
 func (a *app) maySendAs(m *mailbox) bool {
-	return m.tenant == a.tenant && (a.sendAll || a.sendAs[strings.ToLower(m.address)])
+	return !a.denied && m.tenant == a.tenant && (a.sendAll || a.sendAs[strings.ToLower(m.address)])
 }
 
 // sendsAs reports whether the mailbox may send as addr: itself, or a

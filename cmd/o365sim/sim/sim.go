@@ -268,6 +268,7 @@ type app struct {
 	certs    []appCert
 	sendAll  bool
 	sendAs   map[string]bool
+	denied   bool // DenySendAsApp
 	// graphRoles go into app-only Graph tokens; ownsItself is App.OwnsItself.
 	graphRoles []string
 	ownsItself bool

@@ -1,0 +1,177 @@
+package breaker
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Attempts bound how many upstream attempts of one credential are in
+// doubt at a time, fleet-wide: a breaker opens after Threshold counted
+// failures, but attempts started together by many sessions on many
+// replicas would each reach the upstream before the first failure is
+// counted. So an attempt that could be refused (an AUTH with the
+// credential's token) first takes a place. A first attempt may take one
+// while its in-flight and refused attempts since the last success stay
+// under Threshold-1 (at least 1); the last place is kept for a retry with
+// a new token after a refusal, which is how a revoked or stale cached
+// token is cured. Once the refusals reach that bound (Threshold for a
+// retry) and no attempt is in doubt, no place is given until an attempt
+// succeeds or the breaker changes state: the caller counts a failure with
+// the last refusal's reply instead, and the breaker opens without another request reaching
+// the upstream. So at most Threshold refusals reach it before the breaker
+// opens, however many sessions and replicas try. While the breaker is
+// open its own probe lease decides, and every attempt is let through.
+//
+// A refusal cured by a new token is recorded too: each replica is told
+// once, at its next place, to fetch a new token before its AUTH rather
+// than find its own cached one refused.
+
+// attemptTTL is how long a place is kept when its holder never gives it
+// back (a process killed during its AUTH).
+const attemptTTL = 30 * time.Second
+
+// Verdict is what EnterAttempt decides.
+type Verdict int
+
+const (
+	// Go: attempt now, and give the place back with ExitAttempt.
+	Go Verdict = iota
+	// Wait: other attempts are in doubt; ask again shortly.
+	Wait
+	// Refused: too many attempts in a row were refused; count a failure
+	// with Attempt.Reply, without an attempt.
+	Refused
+)
+
+// Attempt is EnterAttempt's answer.
+type Attempt struct {
+	Verdict Verdict
+	// Reply is the last refusal's reply, with Refused.
+	Reply string
+	// CuredAt is when a cached token was last refused and a new one
+	// worked (zero: never since the breaker's last transition).
+	CuredAt time.Time
+}
+
+// Outcome is how an attempt ended, for ExitAttempt.
+type Outcome int
+
+const (
+	// Neutral: the attempt says nothing of the credential (the
+	// connection failed, a mailbox's own refusal).
+	Neutral Outcome = iota
+	// Succeeded: the credential worked.
+	Succeeded
+	// Cured: the credential worked with a new token after its cached one
+	// was refused.
+	Cured
+	// Failed: the upstream refused the credential.
+	Failed
+)
+
+// enterScript gives a place for one attempt (see Attempts).
+//
+// KEYS[1] the record, KEYS[2] the places (token -> expiry, unix ms),
+// KEYS[3] the attempt state (gen, refused, reply, cured).
+// ARGV[1] now, ARGV[2] threshold, ARGV[3] the place's token, ARGV[4] its
+// lifetime in ms, ARGV[5] "1" for a retry with a new token.
+//
+// Returns {verdict, reply, cured}: verdict 0 go, 1 wait, 2 refused.
+var enterScript = redis.NewScript(`
+local rec = redis.call('HMGET', KEYS[1], 'state', 'generation')
+local gen = rec[2] or '0'
+local st = redis.call('HMGET', KEYS[3], 'gen', 'refused', 'reply', 'cured')
+if st[1] ~= gen then
+  redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[3], 'gen', gen, 'refused', 0)
+  st = {gen, '0', '', '0'}
+end
+local cured = st[4] or '0'
+if rec[1] == 'open' then return {0, '', cured} end
+local now, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+if ARGV[5] ~= '1' then limit = math.max(1, limit - 1) end
+local refused = tonumber(st[2] or '0')
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local inflight = redis.call('ZCARD', KEYS[2])
+-- Refused only once no attempt is in doubt: one in flight may cure it.
+if refused >= limit and inflight == 0 then return {2, st[3] or '', cured} end
+if refused + inflight >= limit then return {1, '', cured} end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return {0, '', cured}
+`)
+
+// exitScript gives a place back with the attempt's outcome.
+//
+// KEYS as enterScript's. ARGV[1] now, ARGV[2] the place's token,
+// ARGV[3] the outcome (see Outcome), ARGV[4] the refusal's reply.
+var exitScript = redis.NewScript(`
+redis.call('ZREM', KEYS[2], ARGV[2])
+local outcome = tonumber(ARGV[3])
+if outcome == 0 then return 0 end
+local gen = redis.call('HGET', KEYS[1], 'generation') or '0'
+if redis.call('HGET', KEYS[3], 'gen') ~= gen then
+  redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[3], 'gen', gen, 'refused', 0)
+end
+if outcome == 3 then
+  redis.call('HINCRBY', KEYS[3], 'refused', 1)
+  redis.call('HSET', KEYS[3], 'reply', ARGV[4])
+  return 0
+end
+redis.call('HSET', KEYS[3], 'refused', 0)
+if outcome == 2 then redis.call('HSET', KEYS[3], 'cured', ARGV[1]) end
+return 0
+`)
+
+// EnterAttempt asks for a place for one attempt under the breaker name
+// (see Attempts); retry says it retries with a new token after a
+// refusal. token names the place; ExitAttempt gives it back.
+func (s *Set) EnterAttempt(ctx context.Context, name, token string, retry bool) (Attempt, error) {
+	if err := validName(name); err != nil {
+		return Attempt{}, err
+	}
+	r := "0"
+	if retry {
+		r = "1"
+	}
+	v, err := enterScript.Run(ctx, s.rdb, []string{recordKey(name), placesKey(name), attemptKey(name)},
+		ms(s.o.Now()), s.o.Threshold, token, attemptTTL.Milliseconds(), r).Slice()
+	if err != nil {
+		return Attempt{}, fmt.Errorf("breaker %s: enter attempt: %w", name, err)
+	}
+	if len(v) != 3 {
+		return Attempt{}, fmt.Errorf("breaker %s: enter attempt: %d values", name, len(v))
+	}
+	verdict, _ := v[0].(int64)
+	a := Attempt{Verdict: Verdict(verdict)}
+	a.Reply, _ = v[1].(string)
+	cured, _ := v[2].(string)
+	if n, _ := strconv.ParseInt(cured, 10, 64); n > 0 {
+		a.CuredAt = time.UnixMilli(n)
+	}
+	return a, nil
+}
+
+// ExitAttempt gives back the place token took, with the attempt's
+// outcome; reply is the upstream's refusal, for Failed. It returns the
+// time it recorded, which a Cured outcome stores as Attempt.CuredAt.
+func (s *Set) ExitAttempt(ctx context.Context, name, token string, o Outcome, reply string) (time.Time, error) {
+	if err := validName(name); err != nil {
+		return time.Time{}, err
+	}
+	now := time.UnixMilli(ms(s.o.Now()))
+	err := exitScript.Run(ctx, s.rdb, []string{recordKey(name), placesKey(name), attemptKey(name)},
+		ms(now), token, int(o), reply).Err()
+	if err != nil {
+		return now, fmt.Errorf("breaker %s: exit attempt: %w", name, err)
+	}
+	return now, nil
+}
+
+// Threshold is how many counted failures in a row open a breaker.
+func (s *Set) Threshold() int { return s.o.Threshold }

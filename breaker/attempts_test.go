@@ -1,0 +1,125 @@
+package breaker
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+)
+
+func enter(t *testing.T, s *Set, name, token string, retry bool) Attempt {
+	t.Helper()
+	a, err := s.EnterAttempt(context.Background(), name, token, retry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func exit(t *testing.T, s *Set, name, token string, o Outcome) time.Time {
+	t.Helper()
+	at, err := s.ExitAttempt(context.Background(), name, token, o, "535 5.7.3 Authentication unsuccessful")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return at
+}
+
+// TestAttemptsBoundRefusals: three replicas (threshold 3) ask for places
+// for AUTHs together. Two first attempts get one and the third waits;
+// after two refusals a retry with a new token takes the kept place, and
+// a first attempt still waits for its verdict. A cure frees every place
+// and is told to the next attempt. Refusals that reach the bound with
+// nothing in doubt make every attempt Refused, with the last reply,
+// until a breaker transition starts the count again.
+func TestAttemptsBoundRefusals(t *testing.T) {
+	sets, clk := replicas(t, 3, nil)
+	a, b, c := sets[0], sets[1], sets[2]
+	const name = "cred:contoso"
+	if v := enter(t, a, name, "a1", false).Verdict; v != Go {
+		t.Fatalf("first place: %v", v)
+	}
+	if v := enter(t, b, name, "b1", false).Verdict; v != Go {
+		t.Fatalf("second place: %v", v)
+	}
+	if v := enter(t, c, name, "c1", false).Verdict; v != Wait {
+		t.Fatalf("third first attempt: %v, want Wait (the last place is kept for a retry)", v)
+	}
+	exit(t, a, name, "a1", Failed)
+	exit(t, b, name, "b1", Failed)
+	if v := enter(t, a, name, "a2", true).Verdict; v != Go {
+		t.Fatalf("retry with a new token after two refusals: %v, want Go", v)
+	}
+	if v := enter(t, b, name, "b2", true).Verdict; v != Wait {
+		t.Fatalf("second retry while the first is in doubt: %v, want Wait", v)
+	}
+	if v := enter(t, c, name, "c2", false).Verdict; v != Wait {
+		t.Fatalf("first attempt while a retry is in doubt: %v, want Wait, not Refused", v)
+	}
+	clk.Add(time.Second)
+	cured := exit(t, a, name, "a2", Cured)
+	got := enter(t, c, name, "c3", false)
+	if got.Verdict != Go || !got.CuredAt.Equal(cured) {
+		t.Fatalf("after a cure: %+v, want Go with CuredAt %v", got, cured)
+	}
+	exit(t, c, name, "c3", Succeeded)
+
+	// Refused twice in a row with nothing in doubt: first attempts are
+	// Refused; a retry may still take the last place.
+	for i := range 2 {
+		tok := fmt.Sprint("r", i)
+		if v := enter(t, a, name, tok, false).Verdict; v != Go {
+			t.Fatalf("attempt %d: %v", i, v)
+		}
+		exit(t, a, name, tok, Failed)
+	}
+	got = enter(t, b, name, "b3", false)
+	if got.Verdict != Refused || got.Reply != "535 5.7.3 Authentication unsuccessful" {
+		t.Fatalf("after two refusals: %+v, want Refused with the reply", got)
+	}
+	if v := enter(t, b, name, "b4", true).Verdict; v != Go {
+		t.Fatalf("retry after two refusals: %v, want Go", v)
+	}
+	exit(t, b, name, "b4", Failed)
+	if v := enter(t, c, name, "c4", true).Verdict; v != Refused {
+		t.Fatalf("retry after three refusals: %v, want Refused", v)
+	}
+
+	// A transition starts the count again; an open breaker lets every
+	// attempt through (its probe lease decides).
+	record(t, a, name, credErr)
+	record(t, a, name, credErr)
+	record(t, a, name, credErr)
+	if st := status(t, a, name); st.State != Open {
+		t.Fatalf("breaker %v, want open", st.State)
+	}
+	for i := range 5 {
+		if v := enter(t, c, name, fmt.Sprint("o", i), false).Verdict; v != Go {
+			t.Fatalf("open breaker, attempt %d: %v, want Go", i, v)
+		}
+	}
+	if err := a.Reset(context.Background(), name); err != nil {
+		t.Fatal(err)
+	}
+	if v := enter(t, c, name, "c5", false).Verdict; v != Go {
+		t.Fatalf("after a reset: %v, want Go", v)
+	}
+}
+
+// TestAttemptPlaceLapses: a place whose holder never gives it back (a
+// killed process) is free again after attemptTTL.
+func TestAttemptPlaceLapses(t *testing.T) {
+	sets, clk := replicas(t, 1, func(_ int, o *Options) { o.Threshold = 2 })
+	s := sets[0]
+	const name = "cred:contoso"
+	if v := enter(t, s, name, "dead", false).Verdict; v != Go {
+		t.Fatalf("first place: %v", v)
+	}
+	if v := enter(t, s, name, "next", false).Verdict; v != Wait {
+		t.Fatalf("second first attempt, threshold 2: %v, want Wait", v)
+	}
+	clk.Add(attemptTTL + time.Millisecond)
+	if v := enter(t, s, name, "next", false).Verdict; v != Go {
+		t.Fatalf("after the place lapsed: %v, want Go", v)
+	}
+}

@@ -1,0 +1,108 @@
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"time"
+
+	"holdfast/breaker"
+	"holdfast/relay/o365"
+	"holdfast/relay/upstream"
+)
+
+// The AUTHs of an app-only credential take places fleet-wide (see
+// breaker's Attempts), so that no more refusals than the breaker's
+// threshold reach Exchange before it opens, whatever the number of
+// sessions and replicas. A first AUTH waits for a place; the retry with
+// a new token after a refusal takes one only if it is free at once.
+
+// authTurnWait is how long an AUTH waits for a place before its message
+// is deferred as throttled; authTurnPoll is how often it asks meanwhile.
+const (
+	authTurnWait = 5 * time.Second
+	authTurnPoll = 25 * time.Millisecond
+)
+
+// authTurn returns the route's o365.Route.Turn: places under its
+// credential breaker.
+func (g *gate) authTurn(route string) func(context.Context, bool) (o365.AuthTurn, error) {
+	cred, _, ok := routeBreakers(route)
+	if !ok {
+		return nil
+	}
+	return func(ctx context.Context, wait bool) (o365.AuthTurn, error) {
+		token := rand.Text()
+		deadline := time.Now().Add(authTurnWait)
+		for {
+			a, err := g.set.EnterAttempt(ctx, cred, token, !wait)
+			if err != nil {
+				// Redis unreadable: the AUTH goes ahead, as sends do on
+				// the local breakers then.
+				g.log.Warn("cannot take an AUTH place; going ahead", "breaker", cred, "err", err)
+				return o365.AuthTurn{}, nil
+			}
+			switch a.Verdict {
+			case breaker.Go:
+				return o365.AuthTurn{Refresh: g.newCure(cred, a.CuredAt), Exit: g.exitTurn(cred, token)}, nil
+			case breaker.Refused:
+				return o365.AuthTurn{}, &upstream.Error{Class: upstream.Credential, Reason: a.Reply,
+					Text: "AUTH not tried: this credential's AUTHs were refused too often in a row, fleet-wide: " + a.Reply}
+			}
+			if !wait || !time.Now().Before(deadline) {
+				return o365.AuthTurn{}, fmt.Errorf("breaker %s: %w", cred, o365.ErrNoTurn)
+			}
+			select {
+			case <-ctx.Done():
+				return o365.AuthTurn{}, ctx.Err()
+			case <-time.After(authTurnPoll):
+			}
+		}
+	}
+}
+
+// exitTurn gives a place back with the AUTH's outcome.
+func (g *gate) exitTurn(cred, token string) func(o365.AuthOutcome, error) {
+	return func(outcome o365.AuthOutcome, err error) {
+		o, reply := breaker.Neutral, ""
+		switch outcome {
+		case o365.AuthCured:
+			o = breaker.Cured
+		case o365.AuthOK:
+			o = breaker.Succeeded
+		case o365.AuthRefused:
+			o, reply = breaker.Failed, breaker.Reason(err)
+		}
+		// The place is given back even when the send was cancelled.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		at, xerr := g.set.ExitAttempt(ctx, cred, token, o, reply)
+		if xerr != nil {
+			g.log.Warn("cannot give an AUTH place back; it lapses by itself", "breaker", cred, "err", xerr)
+		}
+		if o == breaker.Cured {
+			// This replica's token is the new one already.
+			g.newCure(cred, at)
+		}
+	}
+}
+
+// newCure reports whether a cure of a refused token at the time given is
+// one this replica has not acted on yet, and marks it acted on: its
+// cached token is then likely refused too, and is replaced before the
+// AUTH.
+func (g *gate) newCure(cred string, at time.Time) bool {
+	if at.IsZero() {
+		return false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !at.After(g.cured[cred]) {
+		return false
+	}
+	if g.cured == nil {
+		g.cured = map[string]time.Time{}
+	}
+	g.cured[cred] = at
+	return true
+}
