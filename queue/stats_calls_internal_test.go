@@ -174,7 +174,7 @@ func checkSummary(t *testing.T, q *Queue) {
 	for _, batch := range []int{statsBatch, 1, 3} {
 		s := q.NewSummarizer(group)
 		s.counts = map[string]routeCount{}
-		if err := s.count(ctx, want.Routes, q.opts.Now().UnixMilli(), batch); err != nil {
+		if err := s.count(ctx, s.counts, want.Routes, q.opts.Now().UnixMilli(), batch); err != nil {
 			t.Fatal(err)
 		}
 		got := s.sum(want.Routes)

@@ -27,11 +27,12 @@ type Summary struct {
 	Routes []string
 }
 
-// SummaryRefresh is how often a Summarizer counts every route again even
-// when the change log says nothing changed: it bounds how long a change
-// the log missed (one made by a process of an older version, or lost
-// with the log in a Redis restart) stays out of the counts.
-const SummaryRefresh = 10 * time.Minute
+// SummaryRefresh is how often a Summarizer's owner should call Refresh:
+// it bounds how long a change the change log missed (one made by a
+// process of an older version, or lost with the log in a Redis restart)
+// stays out of the counts. Summarize counts every route itself when no
+// Refresh came for twice as long.
+const SummaryRefresh = 5 * time.Minute
 
 // Summarizer sums the queue by group of routes, for a scrape that comes
 // back every few seconds. Its counts and times are exactly those Stats
@@ -43,10 +44,12 @@ const SummaryRefresh = 10 * time.Minute
 // messages logs the route), those whose next scheduled message has come
 // due since, and new ones. A call then costs one round trip for the
 // route set and the log, and one pipeline for the routes counted,
-// however many routes there are. The first call, and one every
-// SummaryRefresh, counts every route. On Redis Cluster, where the log
-// cannot be written in the script that changes a route, every call
-// counts every route.
+// however many routes there are. Refresh counts every route, off the
+// scrape's path: its owner calls it at start and every SummaryRefresh. A
+// call with no counts yet, or after the log was lost, counts every route
+// itself. On Redis Cluster, where the log cannot be written in the
+// script that changes a route, every call counts every route and Refresh
+// does nothing.
 //
 // A Summarizer is safe for concurrent use; calls run one at a time.
 type Summarizer struct {
@@ -87,7 +90,7 @@ func (s *Summarizer) Summarize(ctx context.Context) (Summary, error) {
 	q := s.q
 	now := q.opts.Now()
 	single := !q.cluster()
-	full := !single || s.counts == nil || now.Sub(s.full) >= SummaryRefresh
+	full := !single || s.counts == nil || now.Sub(s.full) >= 2*SummaryRefresh
 	pipe := q.rdb.Pipeline()
 	members := pipe.SMembers(ctx, routesKey) // unsorted: the counts do not depend on the order
 	var marks *redis.FloatSliceCmd
@@ -138,6 +141,7 @@ func (s *Summarizer) Summarize(ctx context.Context) (Summary, error) {
 	if full {
 		todo = routes
 		s.counts = make(map[string]routeCount, len(routes))
+		s.seq = 0
 	} else {
 		present := make(map[string]bool, len(routes))
 		nowMs := now.UnixMilli()
@@ -154,7 +158,7 @@ func (s *Summarizer) Summarize(ctx context.Context) (Summary, error) {
 			}
 		}
 	}
-	if err := s.count(ctx, todo, now.UnixMilli(), q.routeBatch()); err != nil {
+	if err := s.count(ctx, s.counts, todo, now.UnixMilli(), q.routeBatch()); err != nil {
 		// Counts half-updated: the next call counts every route.
 		s.counts = nil
 		return Summary{}, fmt.Errorf("summarize: %w", err)
@@ -166,8 +170,41 @@ func (s *Summarizer) Summarize(ctx context.Context) (Summary, error) {
 	return s.sum(routes), nil
 }
 
-// count runs the summary script over the routes and stores their counts.
-func (s *Summarizer) count(ctx context.Context, routes []string, now int64, batch int) error {
+// Refresh counts every route again, without holding up Summarize
+// meanwhile; see Summarizer. A change made while it counts is counted
+// again by the next Summarize.
+func (s *Summarizer) Refresh(ctx context.Context) error {
+	q := s.q
+	if q.cluster() {
+		return nil
+	}
+	now := q.opts.Now()
+	pipe := q.rdb.Pipeline()
+	// The log's marks before the routes are counted.
+	marks := pipe.ZMScore(ctx, changesKey, "@", "#")
+	members := pipe.SMembers(ctx, routesKey)
+	_, _ = pipe.Exec(ctx)
+	m, err := marks.Result()
+	if err != nil || len(m) != 2 {
+		return fmt.Errorf("summarize: read change log: %w", err)
+	}
+	routes, err := members.Result()
+	if err != nil {
+		return fmt.Errorf("summarize: list routes: %w", err)
+	}
+	counts := make(map[string]routeCount, len(routes))
+	if err := s.count(ctx, counts, routes, now.UnixMilli(), q.routeBatch()); err != nil {
+		return fmt.Errorf("summarize: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.counts, s.epoch, s.seq, s.full = counts, m[0], m[1], now
+	return nil
+}
+
+// count runs the summary script over the routes and stores their counts
+// in counts.
+func (s *Summarizer) count(ctx context.Context, counts map[string]routeCount, routes []string, now int64, batch int) error {
 	runs, err := s.q.routePipeline(ctx, routes, batch, summaryScript, summaryBatchScript,
 		[]any{now}, nil, false)
 	if err != nil {
@@ -191,11 +228,11 @@ func (s *Summarizer) count(ctx context.Context, routes []string, now int64, batc
 				return int64(math.Float64frombits(b))
 			}
 			r := routes[i]
-			g := s.counts[r].group
+			g := counts[r].group
 			if g == "" {
 				g = s.group(r)
 			}
-			s.counts[r] = routeCount{group: g, ready: num(0), scheduled: num(1), leased: num(2),
+			counts[r] = routeCount{group: g, ready: num(0), scheduled: num(1), leased: num(2),
 				held: num(3), dead: num(4), since: num(5), oldestHeld: num(6), until: num(7)}
 			i++
 		}

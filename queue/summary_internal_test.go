@@ -174,6 +174,24 @@ func TestSummarizerFollowsChanges(t *testing.T) {
 		t.Errorf("a call with nothing changed ran %d count scripts, want 0", n)
 	}
 
+	// Refresh counts every route without a Summarize: a Summarizer
+	// refreshed first then counts only what changed after.
+	fresh := q.NewSummarizer(group)
+	if err := fresh.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range routes[:5] {
+		submitTo(t, q, r)
+	}
+	before = runs.n.Load()
+	s = fresh
+	check(-1, "a refresh and five enqueues")
+	// check ran this Summarizer (one script for the five routes) and a
+	// full count (one script for all 40 on a single server).
+	if n := runs.n.Load() - before; n != 2 {
+		t.Errorf("after a refresh, the call and a full count ran %d count scripts, want 2", n)
+	}
+
 	// A lost change log (a flush, a restart without it) makes the next
 	// call count every route.
 	submitTo(t, q, routes[0])

@@ -30,9 +30,9 @@ type stateCollector struct {
 	depth, oldestReady, oldestHeld, brkOpen, mbxOpen *prometheus.Desc
 }
 
-func newStateCollector(q *queue.Queue, set *breaker.Set, creds []string, log interface{ Warn(string, ...any) }) *stateCollector {
+func newStateCollector(sum *queue.Summarizer, set *breaker.Set, creds []string, log interface{ Warn(string, ...any) }) *stateCollector {
 	return &stateCollector{
-		sum: q.NewSummarizer(routeCredential), set: set, creds: creds, now: time.Now, log: log,
+		sum: sum, set: set, creds: creds, now: time.Now, log: log,
 		depth: prometheus.NewDesc("holdfast_queue_messages",
 			"Messages in the queue by state (ready, scheduled, sending, held, dead) and credential.",
 			[]string{"state", "credential"}, nil),

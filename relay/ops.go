@@ -34,7 +34,8 @@ func (s *Server) setupOps() error {
 	for _, c := range s.opts.Credentials {
 		creds = append(creds, c.Name)
 	}
-	s.reg.MustRegister(newStateCollector(s.queue, set, creds, s.log.With("component", "metrics")))
+	s.summary = s.queue.NewSummarizer(routeCredential)
+	s.reg.MustRegister(newStateCollector(s.summary, set, creds, s.log.With("component", "metrics")))
 	s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "holdfast_ready",
 		Help: "1 when /readyz answers 200: Redis reachable and the relay taking mail.",
@@ -83,9 +84,10 @@ func (s *Server) OpsAddr() string {
 // Registry is the relay's Prometheus registry, which /metrics serves.
 func (s *Server) Registry() *prometheus.Registry { return s.reg }
 
-// startOps serves the operators' listener and flushes the per-minute
-// counts until ctx ends.
+// startOps serves the operators' listener, keeps the queue's summary
+// fresh and flushes the per-minute counts until ctx ends.
 func (s *Server) startOps(ctx context.Context) {
+	s.wg.Go(func() { s.refreshSummary(ctx) })
 	if s.metrics != nil {
 		every := minuteFlush
 		if s.opts.Ops.minuteFlush > 0 {
@@ -95,8 +97,12 @@ func (s *Server) startOps(ctx context.Context) {
 		go func() {
 			defer s.wg.Done()
 			s.metrics.flushMinutes(ctx, s.queue, every, func(ctx context.Context) (int64, error) {
-				st, err := s.queue.Stats(ctx)
-				return st.Total.Held, err
+				sum, err := s.summary.Summarize(ctx)
+				var held int64
+				for _, g := range sum.Groups {
+					held += g.Held
+				}
+				return held, err
 			})
 		}()
 	}
@@ -109,6 +115,23 @@ func (s *Server) startOps(ctx context.Context) {
 		}
 		return nil
 	})
+}
+
+// refreshSummary counts every route of the queue's summary at start and
+// every queue.SummaryRefresh, so that no scrape waits for a full count.
+func (s *Server) refreshSummary(ctx context.Context) {
+	t := time.NewTicker(queue.SummaryRefresh)
+	defer t.Stop()
+	for {
+		if err := s.summary.Refresh(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("cannot count the queue for the metrics; the next scrape counts what it needs", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // opsStatus reads the status page's numbers the way the JSON endpoints

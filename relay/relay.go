@@ -46,6 +46,9 @@ type Server struct {
 
 	reg     *prometheus.Registry
 	metrics *metrics // nil when ops.noMetrics turns the hot path's metrics off
+	// summary sums the queue by credential for the scrape and the
+	// per-minute counts; refreshed off the scrape's path (startOps).
+	summary *queue.Summarizer
 	opsSrv  *http.Server
 	opsLn   net.Listener
 
