@@ -30,9 +30,10 @@ import (
 // once, at its next place, to fetch a new token before its AUTH rather
 // than find its own cached one refused.
 
-// attemptTTL is how long a place is kept when its holder never gives it
-// back (a process killed during its AUTH).
-const attemptTTL = 30 * time.Second
+// AttemptTTL is how long a place is kept without RenewAttempt: a place
+// whose holder was killed during its attempt lapses within it. A holder
+// renews its place about every AttemptTTL/3 while the attempt lasts.
+const AttemptTTL = 3 * time.Second
 
 // Verdict is what EnterAttempt decides.
 type Verdict int
@@ -140,7 +141,7 @@ func (s *Set) EnterAttempt(ctx context.Context, name, token string, retry bool) 
 		r = "1"
 	}
 	v, err := enterScript.Run(ctx, s.rdb, []string{recordKey(name), placesKey(name), attemptKey(name)},
-		ms(s.o.Now()), s.o.Threshold, token, attemptTTL.Milliseconds(), r).Slice()
+		ms(s.o.Now()), s.o.Threshold, token, AttemptTTL.Milliseconds(), r).Slice()
 	if err != nil {
 		return Attempt{}, fmt.Errorf("breaker %s: enter attempt: %w", name, err)
 	}
@@ -155,6 +156,19 @@ func (s *Set) EnterAttempt(ctx context.Context, name, token string, retry bool) 
 		a.CuredAt = time.UnixMilli(n)
 	}
 	return a, nil
+}
+
+// RenewAttempt keeps the place token took for another AttemptTTL; a
+// place that lapsed meanwhile is not taken again.
+func (s *Set) RenewAttempt(ctx context.Context, name, token string) error {
+	if err := validName(name); err != nil {
+		return err
+	}
+	until := ms(s.o.Now().Add(AttemptTTL))
+	if err := s.rdb.ZAddXX(ctx, placesKey(name), redis.Z{Score: float64(until), Member: token}).Err(); err != nil {
+		return fmt.Errorf("breaker %s: renew attempt: %w", name, err)
+	}
+	return nil
 }
 
 // ExitAttempt gives back the place token took, with the attempt's

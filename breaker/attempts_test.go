@@ -106,8 +106,9 @@ func TestAttemptsBoundRefusals(t *testing.T) {
 	}
 }
 
-// TestAttemptPlaceLapses: a place whose holder never gives it back (a
-// killed process) is free again after attemptTTL.
+// TestAttemptPlaceLapses: a place kept by RenewAttempt stays taken past
+// AttemptTTL; one whose holder stops renewing it (a killed process) is
+// free again AttemptTTL after the last renewal.
 func TestAttemptPlaceLapses(t *testing.T) {
 	sets, clk := replicas(t, 1, func(_ int, o *Options) { o.Threshold = 2 })
 	s := sets[0]
@@ -118,7 +119,16 @@ func TestAttemptPlaceLapses(t *testing.T) {
 	if v := enter(t, s, name, "next", false).Verdict; v != Wait {
 		t.Fatalf("second first attempt, threshold 2: %v, want Wait", v)
 	}
-	clk.Add(attemptTTL + time.Millisecond)
+	for range 3 {
+		clk.Add(AttemptTTL / 2)
+		if err := s.RenewAttempt(context.Background(), name, "dead"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if v := enter(t, s, name, "next", false).Verdict; v != Wait {
+		t.Fatalf("a renewed place, 1.5 AttemptTTL on: %v, want Wait", v)
+	}
+	clk.Add(AttemptTTL + time.Millisecond)
 	if v := enter(t, s, name, "next", false).Verdict; v != Go {
 		t.Fatalf("after the place lapsed: %v, want Go", v)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"sync"
 	"time"
 
 	"holdfast/breaker"
@@ -44,7 +45,12 @@ func (g *gate) authTurn(route string) func(context.Context, bool) (o365.AuthTurn
 			}
 			switch a.Verdict {
 			case breaker.Go:
-				return o365.AuthTurn{Refresh: g.newCure(cred, a.CuredAt), Exit: g.exitTurn(cred, token)}, nil
+				stop := g.renewTurn(cred, token)
+				exit := g.exitTurn(cred, token)
+				return o365.AuthTurn{Refresh: g.newCure(cred, a.CuredAt), Exit: func(o o365.AuthOutcome, err error) {
+					stop()
+					exit(o, err)
+				}}, nil
 			case breaker.Refused:
 				return o365.AuthTurn{}, &upstream.Error{Class: upstream.Credential, Reason: a.Reply,
 					Text: "AUTH not tried: this credential's AUTHs were refused too often in a row, fleet-wide: " + a.Reply}
@@ -58,6 +64,32 @@ func (g *gate) authTurn(route string) func(context.Context, bool) (o365.AuthTurn
 			case <-time.After(authTurnPoll):
 			}
 		}
+	}
+}
+
+// renewTurn keeps a place taken while its AUTH lasts, so that the place
+// of a relay killed during its AUTH lapses within breaker.AttemptTTL. The
+// returned func stops renewing, and returns once the renewal has ended.
+func (g *gate) renewTurn(cred, token string) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(breaker.AttemptTTL / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := g.set.RenewAttempt(ctx, cred, token); err != nil && ctx.Err() == nil {
+					g.log.Warn("cannot renew an AUTH place", "breaker", cred, "err", err)
+				}
+			}
+		}
+	})
+	return func() {
+		cancel()
+		wg.Wait()
 	}
 }
 
