@@ -26,6 +26,7 @@ import (
 //	hf:routes                set     every route that has had a message, until pruned
 //	hf:routes:idle           zset    route -> when it was first seen with no message (unix ms)
 //	hf:min:MINUTE            hash    fleet-wide counts of one minute (unix minutes); see minutes.go
+//	hf:fallback:graph        zset    route -> until when its mail goes by Graph, not SMTP (unix ms); see fallback.go
 //	hf:rcpt:MAILBOX          zset    "id:n" -> send time (unix ms): recipients a mailbox sent to, for Exchange's rolling quota;
 //	                                 "#total" -> minus their sum (see quota.go)
 //	hf:auth:ip:IP            string  failed authentications from a client IP in the current window
@@ -86,8 +87,9 @@ const (
 )
 
 const (
-	routesKey     = keyPrefix + "routes"
-	idleRoutesKey = routesKey + ":idle"
+	routesKey        = keyPrefix + "routes"
+	idleRoutesKey    = routesKey + ":idle"
+	graphFallbackKey = keyPrefix + "fallback:graph"
 )
 
 // minuteKey is the hash of the fleet-wide counts of the minute starting at

@@ -51,6 +51,10 @@ type exchange struct {
 	endpoints routeEndpoints
 	// quota counts what each mailbox sent, for Exchange's recipient quota.
 	quota *recipientQuota
+	// fallback holds the apps with fallback: graph; fallbacks the routes
+	// that send by Graph for it (exchange_fallback.go).
+	fallback  map[string]bool
+	fallbacks *graphFallbacks
 }
 
 var (
@@ -103,6 +107,9 @@ func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx
 			Logger: log.With("component", "destination")}),
 		quota: &recipientQuota{rl: queue.NewLimiter(rdb, nil), limit: o.Exchange.RecipientsPerDay,
 			log: log.With("component", "exchange")},
+		fallback: map[string]bool{},
+		fallbacks: &graphFallbacks{q: queue.New(rdb, queue.Options{}), recheck: o.Exchange.FallbackRecheck.D(),
+			log: log.With("component", "exchange")},
 	}
 	httpClient.Transport = x.dest.Transport(httpClient.Transport, tokenEndpoint, classifyToken)
 	if o.Exchange.GrantKeyFile != "" {
@@ -118,7 +125,8 @@ func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx
 	usesGraph := map[string]bool{}
 	for _, a := range o.Apps {
 		x.via[a.Name] = a.Via
-		if a.Via == "graph" {
+		x.fallback[a.Name] = a.Fallback == "graph"
+		if a.Via == "graph" || a.Fallback == "graph" {
 			usesGraph[a.Credential] = true
 		}
 	}
@@ -245,7 +253,8 @@ func (x *exchange) GrantCredential(ctx context.Context, mailbox string) (string,
 
 // Send sends by Graph for apps configured so, by SMTP otherwise.
 func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
-	graph := x.transport(m) == "graph"
+	graph := x.via[m.App] == "graph" || (x.fallback[m.App] && x.fallbacks.uses(ctx, m.Route))
+	graph = graph && x.graph != nil
 	if x.gate != nil {
 		// Over SMTP the route's Check reads the records again just
 		// before MAIL FROM; Graph sends right after this.
@@ -274,6 +283,9 @@ func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
 		done(err)
 	} else {
 		reply, err = x.smtp.Send(ctx, m)
+		if x.fallback[m.App] && errors.Is(err, o365.ErrSMTPAuthDisabled) {
+			err = x.fallBack(ctx, m, err)
+		}
 	}
 	return reply, x.quota.settle(ctx, m, counted, err)
 }
@@ -376,7 +388,7 @@ func classifyToken(resp *http.Response) error {
 
 // transport names the upstream transport a message goes by.
 func (x *exchange) transport(m *queue.Message) string {
-	if x.via[m.App] == "graph" && x.graph != nil {
+	if x.graph != nil && (x.via[m.App] == "graph" || (x.fallback[m.App] && x.fallbacks.cached(m.Route))) {
 		return "graph"
 	}
 	return "smtp"

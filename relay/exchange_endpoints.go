@@ -18,19 +18,25 @@ type routeEndpoints struct {
 }
 
 // newRouteEndpoints records the transport of every app: Graph for
-// via: graph, Exchange's SMTP endpoint otherwise.
+// via: graph, Exchange's SMTP endpoint otherwise, and both for fallback:
+// graph.
 func newRouteEndpoints(apps []App) routeEndpoints {
 	r := routeEndpoints{byCredential: map[string][]string{}}
 	for _, a := range apps {
-		ep := destination.SMTP
-		if a.Via == "graph" {
-			ep = destination.Graph
+		eps := []string{destination.SMTP}
+		switch {
+		case a.Via == "graph":
+			eps = []string{destination.Graph}
+		case a.Fallback == "graph":
+			eps = append(eps, destination.Graph)
 		}
-		if !slices.Contains(r.byCredential[a.Credential], ep) {
-			r.byCredential[a.Credential] = append(r.byCredential[a.Credential], ep)
-		}
-		if !slices.Contains(r.all, ep) {
-			r.all = append(r.all, ep)
+		for _, ep := range eps {
+			if !slices.Contains(r.byCredential[a.Credential], ep) {
+				r.byCredential[a.Credential] = append(r.byCredential[a.Credential], ep)
+			}
+			if !slices.Contains(r.all, ep) {
+				r.all = append(r.all, ep)
+			}
 		}
 	}
 	return r

@@ -46,6 +46,7 @@ func (o *Options) validateExchange() error {
 		{"exchange.command_timeout", x.CommandTimeout},
 		{"exchange.data_timeout", x.DataTimeout},
 		{"exchange.dead_destination_probe", x.DeadDestinationProbe},
+		{"exchange.fallback_recheck", x.FallbackRecheck},
 	} {
 		if d.v < Duration(100*time.Millisecond) {
 			return fmt.Errorf("%s: must be at least 100ms", d.field)
@@ -90,6 +91,13 @@ func (o *Options) validateExchange() error {
 		case "smtp", "graph":
 		default:
 			return fmt.Errorf("%s.via: must be smtp or graph, not %q", field, a.Via)
+		}
+		switch {
+		case a.Fallback == "":
+		case a.Fallback != "graph":
+			return fmt.Errorf("%s.fallback: must be graph or left out, not %q", field, a.Fallback)
+		case a.Via == "graph":
+			return fmt.Errorf("%s.fallback: graph is a fallback for via: smtp; this app already sends by Graph", field)
 		}
 	}
 	return nil

@@ -63,6 +63,9 @@ func TestValidateExchange(t *testing.T) {
 		{"apps[0].sender_mailboxes", func(o *Options) { o.Apps[0].SenderMailboxes = map[string]string{"not an address": "a@b.c"} }},
 		{"apps[0].sender_mailboxes[@contoso.com]", func(o *Options) { o.Apps[0].SenderMailboxes = map[string]string{"@contoso.com": "x"} }},
 		{"apps[0].via", func(o *Options) { o.Apps[0].Via = "ews" }},
+		{"apps[0].fallback", func(o *Options) { o.Apps[0].Fallback = "smtp" }},
+		{"apps[0].fallback", func(o *Options) { o.Apps[0].Via, o.Apps[0].Fallback = "graph", "graph" }},
+		{"exchange.fallback_recheck", func(o *Options) { o.Exchange.FallbackRecheck = Duration(time.Millisecond) }},
 		{"expiry.check_interval", func(o *Options) { o.Expiry.CheckInterval = Duration(time.Millisecond) }},
 	} {
 		t.Run(tc.field, func(t *testing.T) {

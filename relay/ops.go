@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -162,6 +164,9 @@ func (o *opsStatus) Status(ctx context.Context) (ops.Status, error) {
 	for _, m := range minutes {
 		st.Minutes = append(st.Minutes, ops.Minute{Start: m.Start, Delivered: m.Delivered, Held: m.Held})
 	}
+	if err := o.transports(ctx, &st); err != nil {
+		return st, err
+	}
 	if s.gate == nil {
 		return st, nil
 	}
@@ -191,6 +196,30 @@ func (o *opsStatus) Status(ctx context.Context) (ops.Status, error) {
 		st.Transitions = append(st.Transitions, ops.Transition{Breaker: tr.Name, To: tr.To.String(), Reason: tr.Reason, At: tr.At})
 	}
 	return st, nil
+}
+
+// transports fills in how each app's routes send, and the routes that
+// send by Graph as a fallback.
+func (o *opsStatus) transports(ctx context.Context, st *ops.Status) error {
+	x := o.s.exchange
+	if x == nil {
+		return nil
+	}
+	for _, a := range o.s.opts.Apps {
+		st.Transports = append(st.Transports, ops.Transport{App: a.Name, Via: a.Via, Fallback: a.Fallback})
+	}
+	routes, err := x.fallbacks.all(ctx)
+	if err != nil {
+		return err
+	}
+	st.GraphFallbackCount = len(routes)
+	for _, r := range slices.Sorted(maps.Keys(routes)) {
+		if len(st.GraphFallbacks) == ops.MaxOpenMailboxes {
+			break
+		}
+		st.GraphFallbacks = append(st.GraphFallbacks, ops.Fallback{Route: r, Until: routes[r]})
+	}
+	return nil
 }
 
 // latencySummary is the p50 and p95 of the minutes' latency buckets,

@@ -163,6 +163,10 @@ type ExchangeOptions struct {
 	// replica before one request tests it; meanwhile no message that
 	// needs it is leased. Default 10s.
 	DeadDestinationProbe Duration `yaml:"dead_destination_probe"`
+	// FallbackRecheck is how long a route of an app with fallback: graph
+	// sends by Graph after Exchange said SMTP AUTH is disabled for its
+	// mailbox; then SMTP is tried again. Default 1h.
+	FallbackRecheck Duration `yaml:"fallback_recheck"`
 }
 
 // RedisOptions say where the queue lives.
@@ -327,6 +331,12 @@ type App struct {
 	// Via is "smtp" (default) or "graph". Graph messages over 3 MB go by
 	// SMTP.
 	Via string `yaml:"via"`
+	// Fallback is "" or "graph" (with via: smtp): a route whose mailbox
+	// Exchange says has SMTP AUTH disabled (535 5.7.139) sends by Graph
+	// instead of being held, when the credential's Graph token carries
+	// the Mail.Send application permission; SMTP is tried again after
+	// exchange.fallback_recheck.
+	Fallback string `yaml:"fallback"`
 
 	// rules are Senders parsed, set by newApps.
 	rules []senderRule
@@ -402,6 +412,7 @@ func DefaultOptions() Options {
 			RecipientsPerDay:         10000,
 			ConnectTimeout:           Duration(15 * time.Second),
 			DeadDestinationProbe:     Duration(10 * time.Second),
+			FallbackRecheck:          Duration(time.Hour),
 			CommandTimeout:           Duration(time.Minute),
 			DataTimeout:              Duration(5 * time.Minute),
 		},

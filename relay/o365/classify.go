@@ -50,6 +50,11 @@ const (
 // for the mailbox's rolling quota to have room instead of quotaDelay.
 var ErrSubmissionQuota = errors.New("the mailbox's recipient quota for the rolling 24 hours is spent")
 
+// ErrSMTPAuthDisabled is carried by the Mailbox error of 535 5.7.139:
+// SMTP AUTH is disabled for the mailbox or the whole tenant, which Graph
+// does not need.
+var ErrSMTPAuthDisabled = errors.New("SMTP AUTH is disabled for the mailbox or the tenant")
+
 // ClassifySMTP classifies a failed SMTP reply. freshToken says whether the
 // token used for AUTH was fetched for this attempt; a 535 5.7.3 on a
 // cached token may only mean the token expired early, so it is transient
@@ -69,7 +74,7 @@ func ClassifySMTP(r SMTPReply, kind AuthKind, freshToken bool) *upstream.Error {
 		}
 	case r.Code == 535 && r.Enhanced == "5.7.139":
 		// SMTP AUTH disabled for the mailbox or the tenant.
-		e.Class = upstream.Mailbox
+		e.Class, e.Err = upstream.Mailbox, ErrSMTPAuthDisabled
 	case tokenExpiringSoon(r):
 		// The high volume endpoint refuses a token close to its expiry.
 		// The sender retries at once with a new token; reaching here means

@@ -132,3 +132,24 @@ func TestChartScale(t *testing.T) {
 		t.Errorf("bar %+v", b)
 	}
 }
+
+// TestTransports: the page says how each app's routes send and lists the
+// routes that send by Graph as a fallback, with when SMTP is tried again.
+func TestTransports(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	h := New(Config{Gatherer: prometheus.NewRegistry(), Ready: func(context.Context) error { return nil },
+		Status: fakeStatus{Status{Now: now,
+			Transports:         []Transport{{App: "crm", Via: "smtp", Fallback: "graph"}, {App: "billing", Via: "graph"}},
+			GraphFallbacks:     []Fallback{{Route: "app:contoso:sales@contoso.com", Until: now.Add(time.Hour)}},
+			GraphFallbackCount: 1}}})
+	_, body := get(t, h, "/", "")
+	for _, want := range []string{
+		`<tr><td>crm</td><td>smtp</td><td>graph</td></tr>`,
+		`<tr><td>billing</td><td>graph</td><td>held</td></tr>`,
+		`<tr><td>app:contoso:sales@contoso.com</td><td>2026-03-01 13:00:00Z</td></tr>`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("the page lacks %q", want)
+		}
+	}
+}

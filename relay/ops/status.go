@@ -29,6 +29,29 @@ type Status struct {
 	Transitions []Transition `json:"transitions"`
 	// Minutes are the last hour's per-minute counts, oldest first.
 	Minutes []Minute `json:"minutes"`
+	// Transports say how each app's routes send.
+	Transports []Transport `json:"transports"`
+	// GraphFallbacks are the first MaxOpenMailboxes routes that send by
+	// Graph because Exchange said SMTP AUTH is disabled for their mailbox
+	// (fallback: graph); GraphFallbackCount counts them all.
+	GraphFallbacks     []Fallback `json:"graph_fallbacks"`
+	GraphFallbackCount int        `json:"graph_fallback_count"`
+}
+
+// Transport is how an app's routes send: Via ("smtp" or "graph"), and
+// Fallback ("graph" or "") for routes whose mailbox has SMTP AUTH
+// disabled.
+type Transport struct {
+	App      string `json:"app"`
+	Via      string `json:"via"`
+	Fallback string `json:"fallback,omitempty"`
+}
+
+// Fallback is a route that sends by Graph until a time, when SMTP is
+// tried again.
+type Fallback struct {
+	Route string    `json:"route"`
+	Until time.Time `json:"until"`
 }
 
 // MaxOpenMailboxes is how many open mailbox breakers the page lists.

@@ -122,7 +122,8 @@ func (s *Sim) handleSendMail(w http.ResponseWriter, r *http.Request) {
 		if claims.delegated() {
 			allowed = strings.EqualFold(claims.UPN, m.address) && hasScope(claims.Scp, "Mail.Send")
 		} else if a := s.findApp(claims.Tid, claims.AppID); a != nil {
-			allowed = a.maySendAs(m)
+			// App-only sendMail needs the Mail.Send application permission.
+			allowed = a.maySendAs(m) && hasRole(claims.Roles, roleMailSend)
 		}
 	} else {
 		m = nil

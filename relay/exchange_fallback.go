@@ -1,0 +1,124 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"holdfast/queue"
+	"holdfast/relay/o365"
+	"holdfast/relay/upstream"
+)
+
+// An app with fallback: graph sends a route's mail by Graph once Exchange
+// says SMTP AUTH is disabled for the route's mailbox (535 5.7.139), as
+// long as the credential's Graph token carries Mail.Send. The decision is
+// the fleet's (queue.SetGraphFallback), made by the first send that meets
+// the refusal and kept for exchange.fallback_recheck; then the next send
+// tries SMTP again, and a refusal decides again. Messages are not held or
+// spent meanwhile: the send that meets the refusal is retried at once.
+
+// fallbackRead is how long a replica trusts its copy of the fleet's
+// fallback routes.
+const fallbackRead = 10 * time.Second
+
+// fallbackRetry is when the message whose send met the refusal is due
+// again, by Graph.
+const fallbackRetry = 500 * time.Millisecond
+
+// graphFallbacks is this replica's view of the routes that send by Graph
+// as a fallback.
+type graphFallbacks struct {
+	q       *queue.Queue
+	recheck time.Duration
+	log     *slog.Logger
+
+	mu     sync.Mutex
+	routes map[string]time.Time // route -> until
+	read   time.Time            // when routes was read from Redis
+	warned map[string]bool      // credentials logged as lacking Mail.Send
+}
+
+// uses reports whether the route sends by Graph now, reading the fleet's
+// routes when this replica's copy is older than fallbackRead. With Redis
+// unreadable it keeps its copy.
+func (f *graphFallbacks) uses(ctx context.Context, route string) bool {
+	f.mu.Lock()
+	stale := time.Since(f.read) >= fallbackRead
+	f.mu.Unlock()
+	if stale {
+		routes, err := f.q.GraphFallbacks(ctx)
+		f.mu.Lock()
+		f.read = time.Now()
+		if err == nil {
+			f.routes = routes
+		}
+		f.mu.Unlock()
+	}
+	return f.cached(route)
+}
+
+// cached is uses without reading Redis.
+func (f *graphFallbacks) cached(route string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return time.Now().Before(f.routes[route])
+}
+
+// all returns the routes that send by Graph now, with until when.
+func (f *graphFallbacks) all(ctx context.Context) (map[string]time.Time, error) {
+	return f.q.GraphFallbacks(ctx)
+}
+
+// fallBack answers an SMTP send of m that Exchange refused with 535
+// 5.7.139: the route sends by Graph from now on, and the message is
+// retried at once, unspent; or, when the credential's Graph token lacks
+// Mail.Send (or cannot be had), the refusal stands and the mailbox's
+// breaker holds the route as before.
+func (x *exchange) fallBack(ctx context.Context, m *queue.Message, refusal error) error {
+	delegated, cred, mailbox, ok := parseRoute(m.Route)
+	src := x.graphCreds[cred]
+	if !ok || delegated || src == nil || x.graph == nil {
+		return refusal
+	}
+	tok, err := src.Token(ctx)
+	if err != nil {
+		x.fallbacks.log.Warn("fallback: graph: cannot get a Graph token; the mailbox's mail is held",
+			"credential", cred, "mailbox", mailbox, "err", err)
+		return refusal
+	}
+	if !o365.TokenHasRole(tok.AccessToken, o365.MailSendRole) {
+		f := x.fallbacks
+		f.mu.Lock()
+		first := !f.warned[cred]
+		if f.warned == nil {
+			f.warned = map[string]bool{}
+		}
+		f.warned[cred] = true
+		f.mu.Unlock()
+		if first {
+			f.log.Warn("fallback: graph needs the Mail.Send application permission (admin-consented) on the app registration; "+
+				"until it has it, mailboxes with SMTP AUTH disabled are held", "credential", cred, "mailbox", mailbox)
+		}
+		return refusal
+	}
+	until, decided, err := x.fallbacks.q.SetGraphFallback(ctx, m.Route, time.Now().Add(x.fallbacks.recheck))
+	if err != nil {
+		return refusal
+	}
+	x.fallbacks.mu.Lock()
+	if x.fallbacks.routes == nil {
+		x.fallbacks.routes = map[string]time.Time{}
+	}
+	x.fallbacks.routes[m.Route] = until
+	x.fallbacks.mu.Unlock()
+	if decided {
+		x.fallbacks.log.Info("SMTP AUTH is disabled for the mailbox; its mail goes by Graph (fallback: graph)",
+			"route", m.Route, "until", until.UTC().Format(time.RFC3339))
+	}
+	return &upstream.Error{Class: upstream.Throttled, RetryAfter: fallbackRetry, Err: refusal,
+		Text: fmt.Sprintf("SMTP AUTH is disabled for %s; its mail goes by Graph until %s (fallback: graph)",
+			mailbox, until.UTC().Format(time.RFC3339))}
+}
