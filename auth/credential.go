@@ -128,6 +128,8 @@ type Credential struct {
 	// graphDates are Graph's end dates of the secrets, by hint (see
 	// SetSecretDates).
 	graphDates map[string]time.Time
+	// retired holds, by hint, when a rotation removes a secret (Retire).
+	retired map[string]time.Time
 	// refusedAt is when Entra last refused each secret of mat, by index:
 	// a refused secret is not preferred again for refusedMemory.
 	refusedAt map[int]time.Time

@@ -188,14 +188,33 @@ func (c *Credential) preferLatestLocked() bool {
 	return false
 }
 
+// Retire says that the secret with this hint is to be removed at the
+// time given (a rotation replaced it): its end date counts as that time
+// at the latest, so that a secret ending later is tried first. It
+// reports whether the secret tried first changed.
+func (c *Credential) Retire(hint string, at time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.retired == nil {
+		c.retired = map[string]time.Time{}
+	}
+	c.retired[hint] = at
+	return c.preferLatestLocked()
+}
+
 // dateLocked is the end date of the i-th secret: Graph's, else the
-// configured one, else zero. c.mu is held.
+// configured one, else zero; no later than a retirement (Retire). c.mu
+// is held.
 func (c *Credential) dateLocked(i int) time.Time {
 	s := &c.mat.secrets[i]
-	if t, ok := c.graphDates[s.hint()]; ok {
-		return t
+	t, ok := c.graphDates[s.hint()]
+	if !ok {
+		t = s.expires
 	}
-	return s.expires
+	if r, ok := c.retired[s.hint()]; ok && (t.IsZero() || r.Before(t)) {
+		t = r
+	}
+	return t
 }
 
 // Secrets describes the credential's client secrets, in the order they

@@ -27,6 +27,7 @@ import (
 //	hf:routes:idle           zset    route -> when it was first seen with no message (unix ms)
 //	hf:min:MINUTE            hash    fleet-wide counts of one minute (unix minutes); see minutes.go
 //	hf:fallback:graph        zset    route -> until when its mail goes by Graph, not SMTP (unix ms); see fallback.go
+//	hf:rot:CREDENTIAL        hash    a credential's secret rotation waiting to remove the old secret; see rotation.go
 //	hf:rcpt:MAILBOX          zset    "id:n" -> send time (unix ms): recipients a mailbox sent to, for Exchange's rolling quota;
 //	                                 "#total" -> minus their sum (see quota.go)
 //	hf:auth:ip:IP            string  failed authentications from a client IP in the current window
@@ -91,6 +92,9 @@ const (
 	idleRoutesKey    = routesKey + ":idle"
 	graphFallbackKey = keyPrefix + "fallback:graph"
 )
+
+// rotationKey holds a credential's pending secret rotation.
+func rotationKey(credential string) string { return keyPrefix + "rot:" + credential }
 
 // minuteKey is the hash of the fleet-wide counts of the minute starting at
 // unix minute m.

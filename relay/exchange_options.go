@@ -140,6 +140,22 @@ func (c *Credential) validate(field string) error {
 	if _, err := c.secretExpiries(); err != nil {
 		return fmt.Errorf("%s.expires_at_by_file: %v", field, err)
 	}
+	if c.RotateGrace == 0 {
+		c.RotateGrace = Duration(7 * 24 * time.Hour)
+	}
+	if c.RotateLifetime == 0 {
+		c.RotateLifetime = Duration(180 * 24 * time.Hour)
+	}
+	switch {
+	case c.AutoRotateBefore < 0 || c.RotateGrace < 0:
+		return fmt.Errorf("%s.auto_rotate_before: durations cannot be negative", field)
+	case c.RotateLifetime < Duration(24*time.Hour) || c.RotateLifetime > Duration(2*365*24*time.Hour):
+		return fmt.Errorf("%s.rotate_lifetime: from 1d to 730d (Entra's longest)", field)
+	case c.AutoRotateBefore > 0 && len(c.ClientSecretFiles) == 0:
+		return fmt.Errorf("%s.auto_rotate_before: needs client_secret_files naming a directory the relay may write the new secret in", field)
+	case c.AutoRotateBefore >= c.RotateLifetime:
+		return fmt.Errorf("%s.auto_rotate_before: must be shorter than rotate_lifetime (%v), or every new secret would be rotated at once", field, c.RotateLifetime.D())
+	}
 	return nil
 }
 

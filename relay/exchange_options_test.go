@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 func exchangeTestOptions() Options {
@@ -62,6 +64,13 @@ func TestValidateExchange(t *testing.T) {
 		{"apps[0].mailbox", func(o *Options) { o.Apps[0].Mailbox = "noreply" }},
 		{"apps[0].sender_mailboxes", func(o *Options) { o.Apps[0].SenderMailboxes = map[string]string{"not an address": "a@b.c"} }},
 		{"apps[0].sender_mailboxes[@contoso.com]", func(o *Options) { o.Apps[0].SenderMailboxes = map[string]string{"@contoso.com": "x"} }},
+		{"credentials[0].auto_rotate_before", func(o *Options) { o.Credentials[0].AutoRotateBefore = Duration(14 * 24 * time.Hour) }},
+		{"credentials[0].auto_rotate_before", func(o *Options) {
+			o.Credentials[0].ClientSecretFile = ""
+			o.Credentials[0].ClientSecretFiles = []string{"/run/secrets"}
+			o.Credentials[0].AutoRotateBefore = Duration(200 * 24 * time.Hour)
+		}},
+		{"credentials[0].rotate_lifetime", func(o *Options) { o.Credentials[0].RotateLifetime = Duration(time.Hour) }},
 		{"apps[0].via", func(o *Options) { o.Apps[0].Via = "ews" }},
 		{"apps[0].fallback", func(o *Options) { o.Apps[0].Fallback = "smtp" }},
 		{"apps[0].fallback", func(o *Options) { o.Apps[0].Via, o.Apps[0].Fallback = "graph", "graph" }},
@@ -84,5 +93,24 @@ func TestValidateExchange(t *testing.T) {
 	}
 	if exp, _ := o.Credentials[0].Expiry(); exp.Format("2006-01-02") != "2027-02-14" {
 		t.Fatalf("expiry %v", exp)
+	}
+}
+
+// TestDurationDays: durations take whole days ("14d") as well as Go's
+// units; a bad one is refused with its line.
+func TestDurationDays(t *testing.T) {
+	var o struct {
+		A, B Duration
+	}
+	if err := yaml.Unmarshal([]byte("a: 14d\nb: 90m\n"), &o); err != nil {
+		t.Fatal(err)
+	}
+	if o.A.D() != 14*24*time.Hour || o.B.D() != 90*time.Minute {
+		t.Fatalf("parsed %v and %v", o.A.D(), o.B.D())
+	}
+	for _, bad := range []string{"a: 1.5d\n", "a: -2d\n", "a: d\n"} {
+		if err := yaml.Unmarshal([]byte(bad), &o); err == nil || !strings.Contains(err.Error(), "14d") {
+			t.Errorf("%q: %v, want an error naming the forms", bad, err)
+		}
 	}
 }

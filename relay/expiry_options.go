@@ -13,6 +13,10 @@ type ExpiryOptions struct {
 	// also read at start and whenever a secret or certificate file
 	// changes. Default 12h; at least 1s.
 	CheckInterval Duration `yaml:"check_interval"`
+
+	// rotateEvery, for tests, replaces rotateEvery: how often a relay
+	// looks for a secret to rotate or an old one to remove.
+	rotateEvery time.Duration
 }
 
 // defaultExpiryCheckInterval is ExpiryOptions.CheckInterval's default.

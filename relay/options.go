@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -121,6 +122,18 @@ type Credential struct {
 	// ExpiresAt is when the secret or certificate expires (RFC 3339 or
 	// YYYY-MM-DD), for the expiry monitor. Optional.
 	ExpiresAt string `yaml:"expires_at"`
+	// AutoRotateBefore, when set, makes the relay rotate the client
+	// secret this long before the one in use expires (see "holdfast creds
+	// rotate"): it needs client_secret_files naming a directory the relay
+	// may write, and Graph's Application.ReadWrite.OwnedBy with the app an
+	// owner of itself.
+	AutoRotateBefore Duration `yaml:"auto_rotate_before"`
+	// RotateGrace is how long a rotation keeps the old secret in Entra
+	// after the new one was created; default 7d.
+	RotateGrace Duration `yaml:"rotate_grace"`
+	// RotateLifetime is how long a secret a rotation creates lasts;
+	// default 180d.
+	RotateLifetime Duration `yaml:"rotate_lifetime"`
 }
 
 // ExchangeOptions configure delivery to Exchange Online.
@@ -351,12 +364,24 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	if err := n.Decode(&s); err != nil {
 		return err
 	}
-	v, err := time.ParseDuration(s)
+	v, err := parseDuration(s)
 	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration such as 90s, 5m or 120h", n.Line, s)
+		return fmt.Errorf("line %d: %q is not a duration such as 90s, 5m, 120h or 14d", n.Line, s)
 	}
 	*d = Duration(v)
 	return nil
+}
+
+// parseDuration is time.ParseDuration with whole days ("14d") as well.
+func parseDuration(s string) (time.Duration, error) {
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n < 0 || n > 100_000 {
+			return 0, fmt.Errorf("%q: bad number of days", s)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	return time.ParseDuration(s)
 }
 
 // MarshalYAML writes the duration as a string.

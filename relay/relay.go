@@ -43,6 +43,7 @@ type Server struct {
 	webhook   *breaker.Webhook
 	durable   *durability
 	expiry    *ExpiryMonitor // with exchange
+	rotator   *rotator       // with exchange
 
 	reg     *prometheus.Registry
 	metrics *metrics // nil when ops.noMetrics turns the hot path's metrics off
@@ -169,6 +170,8 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		if err := s.newExpiryMonitor(); err != nil {
 			return nil, err
 		}
+		s.rotator = newRotator(o, s.exchange.creds, s.exchange.reloadCredential, s.queue, g.set,
+			breaker.NewNotices(s.rdb), s.webhook, s.expiry, log)
 		sender = s.exchange
 		var idx grantIndex
 		if s.exchange.grants != nil {
@@ -327,6 +330,13 @@ func (s *Server) Start() {
 	}()
 	if s.expiry != nil {
 		s.wg.Go(func() { s.expiry.Run(ctx) })
+	}
+	if s.rotator != nil {
+		every := rotateEvery
+		if s.opts.Expiry.rotateEvery > 0 {
+			every = s.opts.Expiry.rotateEvery
+		}
+		s.wg.Go(func() { s.rotator.run(ctx, every) })
 	}
 	s.startOps(ctx)
 	if s.deliverer != nil {

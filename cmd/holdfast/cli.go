@@ -59,6 +59,7 @@ var commands = []*command{
 	{path: "creds token", synopsis: "", brief: "print a new HTTP bearer token and its token_sha256", run: credsToken},
 	{path: "creds unblock", synopsis: "--ip ADDRESS | --user NAME", brief: "clear the failed-authentication count of a client IP or SMTP user, lifting its block", run: credsUnblock},
 	{path: "creds check", synopsis: "[--within 30d] [--json]", brief: "print every credential's expiry, its source and days left, and test a live token request; fail within --within", run: credsCheck},
+	{path: "creds rotate", synopsis: "[--print] CREDENTIAL", brief: "create a new client secret with Graph, write it to the secret directory and retire the old one after rotate_grace; --print shows it instead", run: credsRotate},
 	{path: "creds devcert", synopsis: "--out DIR [--host H,...]", brief: "write a self-signed development certificate", run: credsDevcert},
 	{path: "version", synopsis: "", brief: "print the version", run: printVersion},
 }

@@ -127,3 +127,49 @@ func parseWithin(s string) (time.Duration, error) {
 	}
 	return d, nil
 }
+
+// credsRotate creates a new client secret for a credential with Graph's
+// addPassword and, when its secret directory can be written, writes it
+// there and waits until Entra accepts it; the relays then use it, and
+// remove the old secret after rotate_grace. With --print (or a read-only
+// directory) it prints the new secret instead, for the operator to store.
+func credsRotate(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
+	config := configFlag(fs, e)
+	print := fs.Bool("print", false, "print the new secret instead of writing it (for a read-only Kubernetes Secret)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("creds rotate takes one credential name")
+	}
+	o, err := loadConfig(*config)
+	if err != nil {
+		return err
+	}
+	res, err := relay.RotateCredential(ctx, o, fs.Arg(0), *print, slog.New(slog.DiscardHandler))
+	if res.Secret != "" {
+		fmt.Fprintln(e.stdout, res.Secret)
+		fmt.Fprintf(e.stderr, "The new client secret of %s (hint %s, key %s, ending %s) is printed above and written nowhere.\n"+
+			"Store it where the relays read their secret (a Kubernetes Secret, a vault), deploy it, and once every relay\n"+
+			"uses it remove the old secret (key %s) from the app registration.\n",
+			fs.Arg(0), res.Hint, res.KeyID, res.End.UTC().Format(time.DateOnly), orUnknown(res.OldKeyID))
+	}
+	if err != nil {
+		return err
+	}
+	if res.File != "" {
+		fmt.Fprintf(e.stdout, "new client secret of %s: hint %s, key %s, ends %s, written to %s and accepted by Entra\n",
+			fs.Arg(0), res.Hint, res.KeyID, res.End.UTC().Format(time.DateOnly), res.File)
+		if res.OldKeyID != "" {
+			fmt.Fprintf(e.stdout, "the old secret (key %s) is removed after rotate_grace, once the new one has got a token\n", res.OldKeyID)
+		}
+	}
+	return nil
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "not found in Graph"
+	}
+	return s
+}

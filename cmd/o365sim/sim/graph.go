@@ -23,6 +23,8 @@ func (s *Sim) httpsHandler() http.Handler {
 	mux.HandleFunc("POST /v1.0/users/{user}/sendMail", s.handleSendMail)
 	mux.HandleFunc("GET /v1.0/users/{user}/mailFolders/{folder}/messages", s.handleFolderMessages)
 	mux.HandleFunc("GET /v1.0/{resource}", s.handleApplication)
+	mux.HandleFunc("POST /v1.0/{resource}/addPassword", s.handleAddPassword)
+	mux.HandleFunc("POST /v1.0/{resource}/removePassword", s.handleRemovePassword)
 	return mux
 }
 

@@ -41,6 +41,10 @@ type Config struct {
 	// HTTPSAddr, SMTPAddr and AdminAddr are the listen addresses; each
 	// defaults to 127.0.0.1:0 and must be a loopback address.
 	HTTPSAddr, SMTPAddr, AdminAddr string
+	// PasswordPropagation is how long a secret created with Graph's
+	// addPassword is answered AADSTS7000215, as Entra answers a secret
+	// it has not propagated yet. SetPasswordPropagation changes it.
+	PasswordPropagation time.Duration
 }
 
 // Tenant is an Entra tenant with its app registrations and mailboxes.
@@ -242,6 +246,7 @@ type Sim struct {
 	fault     Fault
 	rng       *lifetimeRand // draws token lifetimes
 	margin    time.Duration // ExpiringTokenMargin
+	propagate time.Duration // PasswordPropagation
 	received  []Received
 	clients   map[string]*ClientCounters
 	mcount    map[string]*MailboxCounters
@@ -320,6 +325,7 @@ func New(cfg Config) (*Sim, error) {
 		rng:       newLifetimeRand(cfg.Seed),
 		margin:    cfg.ExpiringTokenMargin,
 		quota:     cfg.RecipientQuota,
+		propagate: cfg.PasswordPropagation,
 		tenants:   map[string]*tenant{},
 		mailboxes: map[string]*mailbox{},
 		grants:    map[string]*grant{},

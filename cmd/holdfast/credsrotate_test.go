@@ -1,0 +1,98 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"holdfast/cmd/o365sim/sim"
+	"holdfast/queue/redistest"
+)
+
+// TestCredsRotate: "holdfast creds rotate" writes a new secret into the
+// credential's secret directory once Entra accepts it, and says where;
+// "--print" prints one instead and writes nothing; an app without the
+// permission is told which it needs, with exit 1.
+func TestCredsRotate(t *testing.T) {
+	s, err := sim.New(sim.Config{PasswordPropagation: time.Second, Tenants: []sim.Tenant{{ID: checkTenant, Apps: []sim.App{{
+		ClientID: checkClientID, Secrets: []sim.Secret{{Value: checkSecret, ExpiresAt: time.Now().Add(20 * 24 * time.Hour)}},
+		GraphRoles: []string{"Application.ReadWrite.OwnedBy"}, OwnsItself: true}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	redis := redistest.Start(t)
+	dir, secrets := t.TempDir(), t.TempDir()
+	caFile := filepath.Join(dir, "ca.pem")
+	incWriteFile(t, filepath.Join(secrets, "current"), checkSecret+"\n")
+	incWriteFile(t, caFile, string(s.CACertPEM()))
+	cfg := fmt.Sprintf(`redis:
+  addrs: [%q]
+smtp:
+  listeners:
+    - addr: 127.0.0.1:0
+      insecure: true
+delivery:
+  sender: exchange
+apps:
+  - name: crm
+    token_sha256: %s
+    senders: ["@contoso.com"]
+    credential: contoso
+    mailbox: noreply@contoso.com
+credentials:
+  - name: contoso
+    tenant: %s
+    client_id: %s
+    authority: %q
+    client_secret_files: [%q]
+exchange:
+  graph_url: %q
+  ca_file: %q
+`, redis.Addr(), incSHA256("token"), checkTenant, checkClientID, s.AuthorityURL(), secrets, s.GraphURL(), caFile)
+	config := filepath.Join(dir, "holdfast.yaml")
+	incWriteFile(t, config, cfg)
+
+	r := runProcess(t, "creds", "rotate", "--config", config, "contoso")
+	if r.code != exitOK || !strings.Contains(r.stdout, "written to "+secrets+"/holdfast-") || !strings.Contains(r.stdout, "accepted by Entra") {
+		t.Fatalf("rotate: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	files, _ := filepath.Glob(filepath.Join(secrets, "holdfast-*.secret"))
+	if len(files) != 1 {
+		t.Fatalf("secret files: %v", files)
+	}
+	written, _ := os.ReadFile(files[0])
+	if strings.Contains(r.stdout+r.stderr, strings.TrimSpace(string(written))) {
+		t.Error("the written secret is printed too")
+	}
+
+	// --print: the secret on stdout, nothing written. The rotation claim
+	// of the first run (15 minutes) goes with the rest of Redis.
+	if err := redis.Client(t).FlushDB(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	r = runProcess(t, "creds", "rotate", "--config", config, "--print", "contoso")
+	secret := strings.TrimSpace(r.stdout)
+	if r.code != exitOK || len(secret) != 40 || !strings.Contains(r.stderr, "written nowhere") {
+		t.Fatalf("rotate --print: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	if files, _ := filepath.Glob(filepath.Join(secrets, "holdfast-*.secret")); len(files) != 1 {
+		t.Errorf("--print wrote a file: %v", files)
+	}
+
+	// Without the permission.
+	if err := redis.Client(t).FlushDB(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	s.SetGraphRoles(checkTenant, checkClientID, []string{"Application.Read.All"}, false)
+	r = runProcess(t, "creds", "rotate", "--config", config, "contoso")
+	if r.code != exitError || !strings.Contains(r.stderr, "Application.ReadWrite.OwnedBy") {
+		t.Fatalf("without the permission: exit %d\nstderr:\n%s", r.code, r.stderr)
+	}
+}
