@@ -60,7 +60,8 @@ func appSecrets(t *testing.T, e *exchangeEnv) []string {
 // one got a token. Every message is delivered once, none held, and the
 // breaker never moves.
 func TestRotateSecret(t *testing.T) {
-	e, dir := rotationEnv(t, nil)
+	hook := newWebhookSink(t)
+	e, dir := rotationEnv(t, func(o *Options) { o.Breakers.WebhookURL = hook.srv.URL + "/hooks/secret-token" })
 	r := e.relays[0]
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -133,10 +134,19 @@ func TestRotateSecret(t *testing.T) {
 		t.Errorf("breaker: %+v, %v; want closed, never moved", st, err)
 	}
 	logs := e.logs.String()
-	for _, step := range []string{RotationCreated, RotationPropagated, RotationSwitched, RotationRemoved} {
+	waitFor(t, 5*time.Second, "the webhook's four steps", func() bool { return len(hook.events(EventCredentialRotation)) == 4 })
+	for i, step := range []string{RotationCreated, RotationPropagated, RotationSwitched, RotationRemoved} {
 		if !strings.Contains(logs, "step="+step) {
 			t.Errorf("no log line of the step %q", step)
 		}
+		ev := hook.events(EventCredentialRotation)[i]
+		if ev["step"] != step || ev["credential"] != "contoso" || ev["message"] == "" {
+			t.Errorf("webhook event %d: %v, want step %s", i, ev, step)
+		}
+	}
+	secret, _ := os.ReadFile(res.File)
+	if strings.Contains(logs, strings.TrimSpace(string(secret))) || strings.Contains(fmt.Sprint(hook.events(EventCredentialRotation)), strings.TrimSpace(string(secret))) {
+		t.Error("the new secret is in a log line or a webhook event")
 	}
 	t.Logf("%d messages during the rotation; the rotation took %v", len(ids), took)
 }
