@@ -43,6 +43,17 @@ func (q *Queue) markDue(ctx context.Context, routes ...string) error {
 	return nil
 }
 
+// markOrKeep marks a route due, or, when Redis cannot be written (the
+// index's slot away in a Redis Cluster failover), keeps it for
+// DueRoutes.
+func (q *Queue) markOrKeep(ctx context.Context, route string) {
+	if err := q.markDue(ctx, route); err != nil {
+		q.mu.Lock()
+		q.unmarked[route] = true
+		q.mu.Unlock()
+	}
+}
+
 // indexLua is setIndex, which sets a route's index entry unless a later
 // lease already did: index and seqs are the index and sequences keys, seq
 // the lease's sequence, at when the route next needs a lease (unix ms;
@@ -108,6 +119,15 @@ func (q *Queue) DueRoutes(ctx context.Context, max int) ([]string, time.Time, er
 			}
 		}
 	}
+	// Routes this process could not mark.
+	q.mu.Lock()
+	for r := range q.unmarked {
+		if !seen[r] && len(out) < max {
+			seen[r] = true
+			out = append(out, r)
+		}
+	}
+	q.mu.Unlock()
 	var next time.Time
 	if at := res[2].(int64); at >= 0 {
 		next = fromMillis(at)
@@ -128,9 +148,10 @@ func (q *Queue) index(ctx context.Context, route string, seq int64, at int64) er
 const sweepBatch = 500
 
 // SweepDue marks dirty every route that has queued or leased mail, or a
-// hold, but no index entry, and returns how many it marked. It repairs
-// the index after a process stopped between storing a change and marking
-// its route; the dispatcher runs it at start and then rarely.
+// hold, but no index entry, and every route not held whose entry is later
+// than its earliest due message, and returns how many it marked. It
+// repairs the index after a process stopped between storing a change and
+// marking its route; the dispatcher runs it at start and then rarely.
 func (q *Queue) SweepDue(ctx context.Context) (int, error) {
 	routes, err := q.Routes(ctx)
 	if err != nil {
@@ -144,23 +165,34 @@ func (q *Queue) SweepDue(ctx context.Context) (int, error) {
 		// A route needs an entry while it has queued or leased mail, or
 		// a hold (an empty set does not exist).
 		needs := make([]*redis.IntCmd, len(batch))
+		held := make([]*redis.IntCmd, len(batch))
+		heads := make([]*redis.ZSliceCmd, len(batch))
 		scores := make([]*redis.FloatCmd, len(batch))
 		for i, r := range batch {
 			rk := keysFor(r)
 			needs[i] = pipe.Exists(ctx, rk.due, rk.leased, rk.hold)
+			held[i] = pipe.Exists(ctx, rk.hold)
+			heads[i] = pipe.ZRangeWithScores(ctx, rk.due, 0, 0)
 			scores[i] = pipe.ZScore(ctx, dueIndexKey, r)
 		}
 		_, _ = pipe.Exec(ctx) // each command's error is read below
 		for i, r := range batch {
-			if err := needs[i].Err(); err != nil {
-				return 0, fmt.Errorf("sweep due index: %w", err)
+			for _, c := range []redis.Cmder{needs[i], held[i], heads[i]} {
+				if err := c.Err(); err != nil {
+					return 0, fmt.Errorf("sweep due index: %w", err)
+				}
 			}
-			if err := scores[i].Err(); err == nil {
-				continue
-			} else if !errors.Is(err, redis.Nil) {
+			score, err := scores[i].Result()
+			switch {
+			case err == nil:
+				// An entry later than the route's earliest due message
+				// (not held) is one a lost mark left behind.
+				if h := heads[i].Val(); held[i].Val() == 0 && len(h) == 1 && h[0].Score < score {
+					lost = append(lost, r)
+				}
+			case !errors.Is(err, redis.Nil):
 				return 0, fmt.Errorf("sweep due index: %w", err)
-			}
-			if needs[i].Val() > 0 {
+			case needs[i].Val() > 0:
 				lost = append(lost, r)
 			}
 		}

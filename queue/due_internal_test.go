@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"holdfast/queue/redistest"
 )
 
@@ -148,6 +150,65 @@ func TestSweepDue(t *testing.T) {
 	}
 	if got, _ := dueNow(t, q); !slices.Equal(got, []string{"lost"}) {
 		t.Fatalf("due after the sweep: %v", got)
+	}
+}
+
+// TestSweepDueStaleEntry: a route whose index entry is an hour ahead of
+// its ready message (the entry of a lease whose messages were since
+// settled, and a mark lost after a new message) is found by SweepDue; a
+// held route, whose entry is its recheck, is not.
+func TestSweepDueStaleEntry(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Start(t).Client(t)
+	q := New(rdb, Options{})
+	later := float64(time.Now().Add(time.Hour).UnixMilli())
+	for _, r := range []string{"stale", "held"} {
+		submitTo(t, q, r)
+		if err := rdb.ZAdd(ctx, dueIndexKey, redis.Z{Score: later, Member: r}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := q.HoldRoute(ctx, "held", "breaker open"); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Del(ctx, dueDirtyKey).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := dueNow(t, q); len(got) != 0 {
+		t.Fatalf("due before the sweep: %v", got)
+	}
+	n, err := q.SweepDue(ctx)
+	if err != nil || n != 1 {
+		t.Fatalf("sweep: %d %v, want 1", n, err)
+	}
+	if got, _ := dueNow(t, q); !slices.Equal(got, []string{"stale"}) {
+		t.Fatalf("due after the sweep: %v", got)
+	}
+}
+
+// TestUnmarkedRouteIsDue: a route this process changed but could not
+// mark due is returned by DueRoutes until a Lease of it ran.
+func TestUnmarkedRouteIsDue(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Start(t).Client(t)
+	q := New(rdb, Options{})
+	submitTo(t, q, "r")
+	if err := rdb.Del(ctx, dueDirtyKey).Err(); err != nil {
+		t.Fatal(err)
+	}
+	q.mu.Lock()
+	q.unmarked["r"] = true
+	q.mu.Unlock()
+	for range 2 {
+		if got, _ := dueNow(t, q); !slices.Equal(got, []string{"r"}) {
+			t.Fatalf("due: %v, want r until it is leased", got)
+		}
+	}
+	if _, err := q.Lease(ctx, "r", 10, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := dueNow(t, q); len(got) != 0 {
+		t.Fatalf("due after the lease: %v", got)
 	}
 }
 

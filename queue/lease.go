@@ -53,6 +53,9 @@ func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration,
 	if err != nil {
 		return LeaseResult{}, fmt.Errorf("lease %s: %w", route, err)
 	}
+	q.mu.Lock()
+	delete(q.unmarked, route)
+	q.mu.Unlock()
 	next, seq, deadline := res[0].(int64), res[2].(int64), res[3].(int64)
 	if !single {
 		at := next
@@ -179,7 +182,7 @@ func (q *Queue) settle(ctx context.Context, l *Lease, outcome, reply string, spe
 		l.Due = due.UTC()
 		// Due again, perhaps before the lease deadline the index holds.
 		if !single {
-			_ = q.markDue(ctx, l.Route)
+			q.markOrKeep(ctx, l.Route)
 		}
 	}
 	return l.State, nil

@@ -90,6 +90,10 @@ type Queue struct {
 
 	mu     sync.Mutex
 	routes map[string]time.Time // routes this process added to routesKey, and when
+	// unmarked are routes this process changed but could not mark due
+	// (Redis Cluster, the index's slot unreachable): DueRoutes returns
+	// them until a Lease of each has run.
+	unmarked map[string]bool
 
 	waitAOF     bool // the server has WAITAOF (Redis 7.2+); set once waitChecked
 	waitChecked bool
@@ -104,7 +108,7 @@ var ErrLeaseLost = errors.New("lease lost: it expired before the worker reported
 
 // New returns a queue stored in rdb.
 func New(rdb redis.UniversalClient, opts Options) *Queue {
-	return &Queue{rdb: rdb, opts: opts.withDefaults(), routes: map[string]time.Time{}}
+	return &Queue{rdb: rdb, opts: opts.withDefaults(), routes: map[string]time.Time{}, unmarked: map[string]bool{}}
 }
 
 // Options returns the queue's options, defaults filled in.
@@ -156,14 +160,19 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 		res, err = enqueueScript.Run(ctx, q.rdb, keys, args...).Slice()
 	}
 	if err != nil {
+		if !marked {
+			// The message may be stored all the same (too few replicas
+			// acknowledged it, a reply lost): a mark costs nothing if not.
+			q.markOrKeep(ctx, m.Route)
+		}
 		return "", false, fmt.Errorf("enqueue: %w", err)
 	}
 	got, _ := res[0].(string)
 	dup = res[1].(int64) == 1
 	if !dup && !marked {
-		// The message is stored either way; an unmarked route is found
-		// by the next SweepDue.
-		_ = q.markDue(ctx, m.Route)
+		// The message is stored either way; a route left unmarked is
+		// leased at this process's next DueRoutes, or found by SweepDue.
+		q.markOrKeep(ctx, m.Route)
 	}
 	return got, dup, nil
 }

@@ -583,6 +583,9 @@ func clusterFailover(t *testing.T, wait bool) {
 	if ackedAfter == 0 {
 		t.Errorf("nothing acknowledged after the promotion: the relays did not reconnect")
 	}
+	if !drained {
+		t.Errorf("the queue still held ready or leased messages %s after the load: a route left unmarked by the failover", ms(drain))
+	}
 	if lostAfter > 0 {
 		t.Errorf("%d messages acknowledged after the promotion not delivered", lostAfter)
 	}
