@@ -46,6 +46,10 @@ const (
 	// Refused: too many attempts in a row were refused; count a failure
 	// with Attempt.Reply, without an attempt.
 	Refused
+	// GoFresh: attempt now with a new token, not the cached one: the
+	// last refusal was of a cached token, and the retry that would have
+	// tested a new one ended without a verdict.
+	GoFresh
 )
 
 // Attempt is EnterAttempt's answer.
@@ -72,16 +76,20 @@ const (
 	Cured
 	// Failed: the upstream refused the credential.
 	Failed
+	// FailedStale: the upstream refused a cached token, which a new one
+	// may cure.
+	FailedStale
 )
 
 // enterScript gives a place for one attempt (see Attempts).
 //
 // KEYS[1] the record, KEYS[2] the places (token -> expiry, unix ms),
-// KEYS[3] the attempt state (gen, refused, reply, cured).
+// KEYS[3] the attempt state (gen, refused, stale, reply, cured).
 // ARGV[1] now, ARGV[2] threshold, ARGV[3] the place's token, ARGV[4] its
 // lifetime in ms, ARGV[5] "1" for a retry with a new token.
 //
-// Returns {verdict, reply, cured}: verdict 0 go, 1 wait, 2 refused.
+// Returns {verdict, reply, cured}: verdict 0 go, 1 wait, 2 refused, 3 go
+// with a new token.
 var enterScript = redis.NewScript(`
 local rec = redis.call('HMGET', KEYS[1], 'state', 'generation')
 local gen = rec[2] or '0'
@@ -98,12 +106,20 @@ if ARGV[5] ~= '1' then limit = math.max(1, limit - 1) end
 local refused = tonumber(st[2] or '0')
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local inflight = redis.call('ZCARD', KEYS[2])
--- Refused only once no attempt is in doubt: one in flight may cure it.
-if refused >= limit and inflight == 0 then return {2, st[3] or '', cured} end
-if refused + inflight >= limit then return {1, '', cured} end
+local verdict = 0
+if refused >= limit and inflight == 0 then
+  -- Nothing in doubt that may cure it. After a cached token's refusal
+  -- whose retry told nothing, one more attempt tests a new token.
+  if redis.call('HGET', KEYS[3], 'stale') ~= '1' or refused >= tonumber(ARGV[2]) then
+    return {2, st[3] or '', cured}
+  end
+  verdict = 3
+elseif refused + inflight >= limit then
+  return {1, '', cured}
+end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return {0, '', cured}
+return {verdict, '', cured}
 `)
 
 // exitScript gives a place back with the attempt's outcome.
@@ -119,12 +135,12 @@ if redis.call('HGET', KEYS[3], 'gen') ~= gen then
   redis.call('DEL', KEYS[3])
   redis.call('HSET', KEYS[3], 'gen', gen, 'refused', 0)
 end
-if outcome == 3 then
+if outcome >= 3 then
   redis.call('HINCRBY', KEYS[3], 'refused', 1)
-  redis.call('HSET', KEYS[3], 'reply', ARGV[4])
+  redis.call('HSET', KEYS[3], 'reply', ARGV[4], 'stale', outcome == 4 and '1' or '0')
   return 0
 end
-redis.call('HSET', KEYS[3], 'refused', 0)
+redis.call('HSET', KEYS[3], 'refused', 0, 'stale', '0')
 if outcome == 2 then redis.call('HSET', KEYS[3], 'cured', ARGV[1]) end
 return 0
 `)
@@ -158,14 +174,26 @@ func (s *Set) EnterAttempt(ctx context.Context, name, token string, retry bool) 
 	return a, nil
 }
 
+// renewScript keeps a place for another lifetime, and the places' key as
+// long: the key's expiry is always the latest place's.
+//
+// KEYS[1] the places. ARGV[1] now, ARGV[2] the token, ARGV[3] the
+// lifetime in ms.
+var renewScript = redis.NewScript(`
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+`)
+
 // RenewAttempt keeps the place token took for another AttemptTTL; a
 // place that lapsed meanwhile is not taken again.
 func (s *Set) RenewAttempt(ctx context.Context, name, token string) error {
 	if err := validName(name); err != nil {
 		return err
 	}
-	until := ms(s.o.Now().Add(AttemptTTL))
-	if err := s.rdb.ZAddXX(ctx, placesKey(name), redis.Z{Score: float64(until), Member: token}).Err(); err != nil {
+	err := renewScript.Run(ctx, s.rdb, []string{placesKey(name)}, ms(s.o.Now()), token, AttemptTTL.Milliseconds()).Err()
+	if err != nil {
 		return fmt.Errorf("breaker %s: renew attempt: %w", name, err)
 	}
 	return nil

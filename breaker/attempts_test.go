@@ -133,3 +133,56 @@ func TestAttemptPlaceLapses(t *testing.T) {
 		t.Fatalf("after the place lapsed: %v, want Go", v)
 	}
 }
+
+// TestAttemptStaleThenFresh: two cached tokens refused, and the retry
+// that would test a new one ends without a verdict (a dropped
+// connection): the next first attempt is told to use a new token rather
+// than Refused; its refusal then makes attempts Refused. A success
+// recorded on the breaker (a delivery on a connection already open)
+// clears the refusals.
+func TestAttemptStaleThenFresh(t *testing.T) {
+	sets, _ := replicas(t, 1, nil)
+	s := sets[0]
+	const name = "cred:contoso"
+	for _, tok := range []string{"a", "b"} {
+		if v := enter(t, s, name, tok, false).Verdict; v != Go {
+			t.Fatalf("first attempt %s: %v", tok, v)
+		}
+		exit(t, s, name, tok, FailedStale)
+	}
+	if v := enter(t, s, name, "retry", true).Verdict; v != Go {
+		t.Fatalf("retry: %v", v)
+	}
+	exit(t, s, name, "retry", Neutral)
+	if v := enter(t, s, name, "c", false).Verdict; v != GoFresh {
+		t.Fatalf("after stale refusals and a retry without a verdict: %v, want GoFresh", v)
+	}
+	exit(t, s, name, "c", Failed)
+	if v := enter(t, s, name, "d", false).Verdict; v != Refused {
+		t.Fatalf("after the new token's refusal: %v, want Refused", v)
+	}
+	record(t, s, name, credErr)
+	record(t, s, name, nil)
+	if v := enter(t, s, name, "e", false).Verdict; v != Go {
+		t.Fatalf("after a success on the breaker: %v, want Go", v)
+	}
+}
+
+// TestAttemptRenewKeepsKey: renewing a place keeps the places' key
+// alive, not only the place's score.
+func TestAttemptRenewKeepsKey(t *testing.T) {
+	sets, _ := replicas(t, 1, nil)
+	s := sets[0]
+	const name = "cred:contoso"
+	if v := enter(t, s, name, "a", false).Verdict; v != Go {
+		t.Fatal(v)
+	}
+	time.Sleep(AttemptTTL / 2)
+	if err := s.RenewAttempt(context.Background(), name, "a"); err != nil {
+		t.Fatal(err)
+	}
+	ttl, err := s.rdb.PTTL(context.Background(), placesKey(name)).Result()
+	if err != nil || ttl < AttemptTTL*9/10 {
+		t.Fatalf("the places' key expires in %v after a renewal (%v), want about %v", ttl, err, AttemptTTL)
+	}
+}

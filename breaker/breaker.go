@@ -317,7 +317,7 @@ func (s *Set) runRaw(ctx context.Context, sc *redis.Script, name string, args ..
 	if err := s.register(ctx, name); err != nil {
 		return nil, err
 	}
-	v, err := sc.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)}, args...).StringSlice()
+	v, err := sc.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name), attemptKey(name)}, args...).StringSlice()
 	if err != nil {
 		return nil, err
 	}

@@ -10,8 +10,9 @@ package breaker
 //	                             (unix ms); see Attempts
 //	hf:{brk:NAME}:attempt  hash  gen (the record's generation it counts
 //	                             for), refused (attempts refused in a row),
-//	                             reply (the last refusal), cured (unix ms
-//	                             a new token last cured a refusal)
+//	                             stale ("1" when the last was of a cached
+//	                             token), reply (the last refusal), cured
+//	                             (unix ms a new token last cured a refusal)
 //	hf:brk:names           set   every breaker name that has had a record
 //	hf:brk:log             zset  the latest transitions, fleet-wide: one
 //	                             JSON Transition (From left out) per member,

@@ -2,8 +2,8 @@ package breaker
 
 import "github.com/redis/go-redis/v9"
 
-// Every script takes the breaker record as KEYS[1] and its spread set as
-// KEYS[2]. Times are unix ms from the caller's clock, so that every
+// Every script takes the breaker record as KEYS[1], its spread set as
+// KEYS[2] and its attempt state (see Attempts) as KEYS[3]. Times are unix ms from the caller's clock, so that every
 // replica and every test uses one clock. Scripts that change the record
 // return it as HGETALL does.
 
@@ -75,13 +75,17 @@ return reply(k)
 `)
 
 // successScript resets the consecutive failure count and the spread of a
-// closed breaker. A success seen while open (a request that started
-// before the breaker opened) changes nothing: only a probe closes.
+// closed breaker, and the refusals its attempts count. A success seen
+// while open (a request that started before the breaker opened) changes
+// nothing: only a probe closes.
 var successScript = redis.NewScript(`
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'closed' then
   if tonumber(redis.call('HGET', k, 'failures') or '0') > 0 then
     redis.call('HSET', k, 'failures', '0')
+  end
+  if tonumber(redis.call('HGET', KEYS[3], 'refused') or '0') > 0 then
+    redis.call('HSET', KEYS[3], 'refused', '0')
   end
   if tonumber(redis.call('HGET', k, 'spread') or '0') > 0 then
     redis.call('HSET', k, 'spread', '0')

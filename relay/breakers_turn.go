@@ -44,10 +44,11 @@ func (g *gate) authTurn(route string) func(context.Context, bool) (o365.AuthTurn
 				return o365.AuthTurn{}, nil
 			}
 			switch a.Verdict {
-			case breaker.Go:
+			case breaker.Go, breaker.GoFresh:
 				stop := g.renewTurn(cred, token)
 				exit := g.exitTurn(cred, token)
-				return o365.AuthTurn{Refresh: g.newCure(cred, a.CuredAt), Exit: func(o o365.AuthOutcome, err error) {
+				refresh := g.newCure(cred, a.CuredAt) || a.Verdict == breaker.GoFresh
+				return o365.AuthTurn{Refresh: refresh, Exit: func(o o365.AuthOutcome, err error) {
 					stop()
 					exit(o, err)
 				}}, nil
@@ -104,6 +105,8 @@ func (g *gate) exitTurn(cred, token string) func(o365.AuthOutcome, error) {
 			o = breaker.Succeeded
 		case o365.AuthRefused:
 			o, reply = breaker.Failed, breaker.Reason(err)
+		case o365.AuthStale:
+			o, reply = breaker.FailedStale, breaker.Reason(err)
 		}
 		// The place is given back even when the send was cancelled.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)

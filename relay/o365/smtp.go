@@ -68,17 +68,23 @@ const (
 	AuthCured
 	// AuthRefused: Exchange refused the token.
 	AuthRefused
+	// AuthStale: Exchange refused a cached token, as a stale one may be
+	// (RetryWithNewToken): a new one may cure it.
+	AuthStale
 )
 
-// authOutcome is the outcome of an AUTH that returned err; refused says
-// Exchange refused the token as a cached token may be (RetryWithNewToken).
-func authOutcome(err error, refused, fresh bool) AuthOutcome {
+// authOutcome is the outcome of an AUTH that returned err; stale says
+// Exchange refused the token as a cached token may be refused
+// (RetryWithNewToken); cure says the token replaced a refused one.
+func authOutcome(err error, stale, cure bool) AuthOutcome {
 	switch {
-	case err == nil && fresh:
+	case err == nil && cure:
 		return AuthCured
 	case err == nil:
 		return AuthOK
-	case refused || upstream.ClassOf(err) == upstream.Credential:
+	case stale:
+		return AuthStale
+	case upstream.ClassOf(err) == upstream.Credential:
 		return AuthRefused
 	}
 	return AuthNeutral
@@ -495,7 +501,9 @@ func (s *SMTPSender) openFresh(ctx context.Context, r Route) (*conn, bool, error
 		turn.Exit(AuthNeutral, err)
 		return nil, false, tokenError(err, r.Kind)
 	}
-	c, retry, err := s.authenticate(ctx, r, tok.AccessToken, false)
+	// A token fetched for this turn is a new one: its refusal is not
+	// retried.
+	c, retry, err := s.authenticate(ctx, r, tok.AccessToken, turn.Refresh)
 	turn.Exit(authOutcome(err, retry, false), err)
 	if !retry {
 		return c, false, err
