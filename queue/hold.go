@@ -62,9 +62,9 @@ func (q *Queue) HoldRouteAt(ctx context.Context, route, reason string, fence Fen
 	case n < 0:
 		return false, fmt.Errorf("hold %s: %w", route, ErrStaleFence)
 	}
-	if err := q.logChange(ctx, route); err != nil {
-		return false, fmt.Errorf("hold %s: %w", route, err)
-	}
+	// The metrics count the route again within SummaryRefresh should
+	// the change log miss it.
+	_ = q.logChange(ctx, route)
 	return n == 1, nil
 }
 
@@ -114,9 +114,7 @@ func (q *Queue) releaseSteps(ctx context.Context, route string, fence Fence, eac
 		total += n
 		switch status {
 		case 1:
-			if err := q.logChange(ctx, route); err != nil {
-				return total, fmt.Errorf("release %s: %w", route, err)
-			}
+			_ = q.logChange(ctx, route) // see HoldRouteAt
 			// Due again: the due-route index held it HeldRecheck away.
 			return total, q.markDue(ctx, route)
 		case -1:

@@ -337,9 +337,7 @@ func (q *Queue) Requeue(ctx context.Context, id string) error {
 	if ok == 0 {
 		return fmt.Errorf("%s is %s, not dead: only dead letters can be requeued", id, m.State)
 	}
-	if err := q.logChange(ctx, m.Route); err != nil {
-		return fmt.Errorf("requeue %s: %w", id, err)
-	}
+	_ = q.logChange(ctx, m.Route) // see HoldRouteAt
 	return q.markDue(ctx, m.Route)
 }
 
@@ -358,9 +356,7 @@ func (q *Queue) Delete(ctx context.Context, id string) error {
 	if n == 0 {
 		return fmt.Errorf("delete %s: %w", id, ErrNotFound)
 	}
-	if err := q.logChange(ctx, m.Route); err != nil {
-		return fmt.Errorf("delete %s: %w", id, err)
-	}
+	_ = q.logChange(ctx, m.Route) // see HoldRouteAt
 	return nil
 }
 
@@ -372,9 +368,7 @@ func (q *Queue) Flush(ctx context.Context, route string) (int, error) {
 		return 0, fmt.Errorf("flush %s: %w", route, err)
 	}
 	if n > 0 {
-		if err := q.logChange(ctx, route); err != nil {
-			return n, fmt.Errorf("flush %s: %w", route, err)
-		}
+		_ = q.logChange(ctx, route) // see HoldRouteAt
 	}
 	return n, q.markDue(ctx, route)
 }

@@ -49,13 +49,21 @@ func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration,
 		// after this look marks it again.
 		return LeaseResult{}, fmt.Errorf("lease %s: %w", route, err)
 	}
-	res, err := leaseScript.Run(ctx, q.rdb, keys, args...).Slice()
-	if err != nil {
-		return LeaseResult{}, fmt.Errorf("lease %s: %w", route, err)
-	}
+	// Forgotten before looking, as the dirty mark: a change that cannot
+	// be marked after this look keeps the route again.
 	q.mu.Lock()
+	wasUnmarked := q.unmarked[route]
 	delete(q.unmarked, route)
 	q.mu.Unlock()
+	res, err := leaseScript.Run(ctx, q.rdb, keys, args...).Slice()
+	if err != nil {
+		if wasUnmarked {
+			q.mu.Lock()
+			q.unmarked[route] = true
+			q.mu.Unlock()
+		}
+		return LeaseResult{}, fmt.Errorf("lease %s: %w", route, err)
+	}
 	next, seq, deadline := res[0].(int64), res[2].(int64), res[3].(int64)
 	if !single {
 		at := next
@@ -72,7 +80,7 @@ func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration,
 		// for the next pass instead of failing the Lease.
 		ictx := context.WithoutCancel(ctx)
 		if err := q.index(ictx, route, seq, at); err != nil {
-			_ = q.markDue(ictx, route) // best effort: Redis has just refused the update
+			q.markOrKeep(ictx, route) // Redis has just refused the update
 		}
 	}
 	var out LeaseResult

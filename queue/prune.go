@@ -105,6 +105,10 @@ func (q *Queue) prune(ctx context.Context, route string) (bool, error) {
 		if err == nil {
 			err = q.rdb.SAdd(ctx, routesKey, route).Err()
 		}
+		if err == nil {
+			// Its change may have left the log with the route.
+			_ = q.logChange(ctx, route)
+		}
 		return false, err
 	}
 	return true, nil
