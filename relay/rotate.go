@@ -164,16 +164,37 @@ func RotateCredential(ctx context.Context, o Options, name string, print bool, l
 	return r.Rotate(ctx, name, print)
 }
 
+// errRotating is a rotation that did not start: another one holds the
+// claim, or one waits to remove its old secret.
+var errRotating = errors.New("a rotation of this credential is under way")
+
 // Rotate rotates the named credential's client secret. With print, or
 // when the credential's secret directory cannot be written, the new
 // secret is returned in RotateResult.Secret instead of being written, and
 // nothing waits to remove the old one.
 func (r *rotator) Rotate(ctx context.Context, name string, print bool) (RotateResult, error) {
 	res, err := r.rotate(ctx, name, print)
-	if err != nil {
+	if err != nil && !errors.Is(err, errRotating) {
 		r.step(ctx, name, RotationFailed, res.KeyID, res.Hint, "rotation failed: "+err.Error())
 	}
 	return res, err
+}
+
+// discard removes a secret a failed rotation created and nobody will
+// store, so that failed rotations do not pile up valid secrets.
+func (r *rotator) discard(ctx context.Context, name string, res RotateResult, pending string) {
+	if pending != "" {
+		_ = os.Remove(pending)
+	}
+	if res.KeyID == "" || res.Secret != "" {
+		return
+	}
+	if err := r.live[name].RemovePassword(context.WithoutCancel(ctx), r.graphURL, res.KeyID); err != nil {
+		r.log.Error("cannot remove the secret a failed rotation created; remove it from the app registration",
+			"credential", name, "key_id", res.KeyID, "err", err)
+		return
+	}
+	r.log.Info("removed the secret the failed rotation created", "credential", name, "key_id", res.KeyID)
 }
 
 func (r *rotator) rotate(ctx context.Context, name string, print bool) (RotateResult, error) {
@@ -185,6 +206,21 @@ func (r *rotator) rotate(ctx context.Context, name string, print bool) (RotateRe
 	if c.ClientSecretFile == "" && len(c.ClientSecretFiles) == 0 {
 		return RotateResult{}, fmt.Errorf("credential %s has no client secret to rotate (certificates and federated credentials are renewed elsewhere)", name)
 	}
+	if p, ok, err := r.q.PendingRotation(ctx, name); err != nil {
+		return RotateResult{}, err
+	} else if ok {
+		return RotateResult{}, fmt.Errorf("%w: credential %s waits to remove its old secret (key %s) after %s; rotate again after that",
+			errRotating, name, p.OldKeyID, p.RemoveAfter.UTC().Format(time.RFC3339))
+	}
+	// Claimed first: a rotation that cannot go on is not tried again by
+	// every relay every minute.
+	ok, err := r.claims.Claim(ctx, "rotate", name, "lease", rotateClaim)
+	if err != nil {
+		return RotateResult{}, fmt.Errorf("claim the rotation: %w", err)
+	}
+	if !ok {
+		return RotateResult{}, fmt.Errorf("%w: another relay is rotating credential %s, or did less than %v ago", errRotating, name, rotateClaim)
+	}
 	dir := ""
 	if !print {
 		var why string
@@ -193,33 +229,32 @@ func (r *rotator) rotate(ctx context.Context, name string, print bool) (RotateRe
 			return RotateResult{}, fmt.Errorf("credential %s: %s; rotate with --print and store the new secret yourself", name, why)
 		}
 	}
-	ok, err := r.claims.Claim(ctx, "rotate", name, "lease", rotateClaim)
-	if err != nil {
-		return RotateResult{}, fmt.Errorf("claim the rotation: %w", err)
-	}
-	if !ok {
-		return RotateResult{}, fmt.Errorf("another relay is rotating credential %s, or did less than %v ago", name, rotateClaim)
-	}
-	// The secret in use, to be replaced: its key in Graph and its file.
-	oldHint, _ := live.InUse()
-	oldFile := ""
-	for _, s := range live.Secrets() {
-		if s.InUse {
-			oldFile = s.File
-		}
-	}
 	list, err := live.AppCredentials(ctx, r.graphURL)
 	if err != nil {
 		return RotateResult{}, graphWriteError("read the app registration", err)
 	}
 	dates := map[string]time.Time{}
-	oldKeyID := ""
+	hints := map[string]int{}
 	for _, ac := range list {
 		if ac.Kind == "secret" {
 			dates[ac.Hint] = ac.End
-			if ac.Hint == oldHint {
-				oldKeyID = ac.KeyID
-			}
+			hints[ac.Hint]++
+		}
+	}
+	// The secret in use, to be replaced, as the relays choose it (by
+	// Graph's dates): its key in Graph and its file. Two secrets sharing
+	// its hint leave its key unknown, and it is not removed.
+	live.SetSecretDates(dates)
+	oldHint, _ := live.InUse()
+	oldFile, oldKeyID := "", ""
+	for _, s := range live.Secrets() {
+		if s.InUse {
+			oldFile = s.File
+		}
+	}
+	for _, ac := range list {
+		if ac.Kind == "secret" && ac.Hint == oldHint && hints[oldHint] == 1 {
+			oldKeyID = ac.KeyID
 		}
 	}
 	now := r.now()
@@ -246,11 +281,13 @@ func (r *rotator) rotate(ctx context.Context, name string, print bool) (RotateRe
 		return res, fmt.Errorf("write the new secret to %s: %w; the secret is printed instead, store it yourself", dir, err)
 	}
 	if err := r.waitPropagated(ctx, live, ns.Value); err != nil {
-		return res, fmt.Errorf("%w; the new secret is kept in %s", err, pending)
+		r.discard(ctx, name, res, pending)
+		return res, err
 	}
 	r.step(ctx, name, RotationPropagated, ns.KeyID, ns.Hint, "Entra accepts the new secret")
 	if err := os.Rename(pending, file); err != nil {
-		return res, fmt.Errorf("put the new secret in place: %w; it is kept in %s", err, pending)
+		r.discard(ctx, name, res, pending)
+		return res, fmt.Errorf("put the new secret in place: %w", err)
 	}
 	res.File = file
 	// In use: loaded, and tried first for its later end date.
@@ -421,8 +458,17 @@ func (r *rotator) tick(ctx context.Context, name string) {
 	}
 	r.log.Info("the client secret in use expires within auto_rotate_before; rotating", "credential", name,
 		"expires_at", end, "auto_rotate_before", c.AutoRotateBefore.D())
-	if _, err := r.Rotate(ctx, name, false); err != nil {
+	res, err := r.Rotate(ctx, name, false)
+	switch {
+	case errors.Is(err, errRotating):
+	case err != nil:
 		r.log.Error("cannot rotate the credential's secret", "credential", name, "err", err)
+		if res.Secret != "" {
+			// Handed back for an operator to store, but no one reads
+			// it here.
+			res.Secret = ""
+			r.discard(ctx, name, res, "")
+		}
 	}
 }
 

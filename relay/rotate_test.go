@@ -104,6 +104,10 @@ func TestRotateSecret(t *testing.T) {
 	if got := appSecrets(t, e); len(got) != 2 {
 		t.Errorf("app secrets after the rotation: %v, want the old and the new", got)
 	}
+	// A second rotation waits until the first has removed its old secret.
+	if _, err := r.rotator.Rotate(t.Context(), "contoso", false); err == nil || !strings.Contains(err.Error(), "waits to remove its old secret") {
+		t.Errorf("a second rotation during the grace: %v, want it refused", err)
+	}
 	waitFor(t, 15*time.Second, "the old secret removed", func() bool {
 		got := appSecrets(t, e)
 		return len(got) == 1 && got[0] == res.Hint
