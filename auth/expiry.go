@@ -8,9 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 )
@@ -111,29 +109,9 @@ type graphApplication struct {
 // A token failure is a *TokenError; an error answer of Graph is a
 // *GraphError (Forbidden when the app may not read itself).
 func (c *Credential) AppCredentials(ctx context.Context, graphURL string) ([]AppCredential, error) {
-	tok, err := c.redeem(c.log, []string{GraphScope}, nil)
+	body, err := c.graphApp(ctx, graphURL, http.MethodGet, "?$select=passwordCredentials,keyCredentials", nil)
 	if err != nil {
 		return nil, err
-	}
-	u := strings.TrimRight(graphURL, "/") + "/v1.0/applications(appId='" + url.PathEscape(c.opts.ClientID) +
-		"')?$select=passwordCredentials,keyCredentials"
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return nil, fmt.Errorf("graph: %w", err)
-	}
-	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
-	req.Header.Set("Accept", "application/json")
-	resp, err := c.opts.HTTPClient.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("graph: %w", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxGraphBody))
-	if err != nil {
-		return nil, fmt.Errorf("graph: read application: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, graphErr(resp.StatusCode, body)
 	}
 	var app graphApplication
 	if err := json.Unmarshal(body, &app); err != nil {

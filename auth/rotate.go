@@ -34,7 +34,7 @@ type NewSecret struct {
 func (c *Credential) AddPassword(ctx context.Context, graphURL, displayName string, end time.Time) (NewSecret, error) {
 	body, _ := json.Marshal(map[string]any{"passwordCredential": map[string]string{
 		"displayName": displayName, "endDateTime": end.UTC().Format(time.RFC3339)}})
-	raw, err := c.graphPost(ctx, graphURL, "addPassword", body)
+	raw, err := c.graphApp(ctx, graphURL, http.MethodPost, "/addPassword", body)
 	if err != nil {
 		return NewSecret{}, err
 	}
@@ -59,32 +59,38 @@ func (c *Credential) AddPassword(ctx context.Context, graphURL, displayName stri
 // needs.
 func (c *Credential) RemovePassword(ctx context.Context, graphURL, keyID string) error {
 	body, _ := json.Marshal(map[string]string{"keyId": keyID})
-	_, err := c.graphPost(ctx, graphURL, "removePassword", body)
+	_, err := c.graphApp(ctx, graphURL, http.MethodPost, "/removePassword", body)
 	return err
 }
 
-// graphPost posts body to the credential's app registration's action
-// with an app-only Graph token and returns the answer's body.
-func (c *Credential) graphPost(ctx context.Context, graphURL, action string, body []byte) ([]byte, error) {
+// graphApp sends a request to the credential's own app registration in
+// Graph (applications(appId='…') followed by suffix: a query or an
+// action) with a fresh app-only token for GraphScope, and returns the
+// answer's body. A token failure is a *TokenError; an error answer of
+// Graph is a *GraphError.
+func (c *Credential) graphApp(ctx context.Context, graphURL, method, suffix string, body []byte) ([]byte, error) {
 	tok, err := c.redeem(c.log, []string{GraphScope}, nil)
 	if err != nil {
 		return nil, err
 	}
-	u := strings.TrimRight(graphURL, "/") + "/v1.0/applications(appId='" + url.PathEscape(c.opts.ClientID) + "')/" + action
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
+	u := strings.TrimRight(graphURL, "/") + "/v1.0/applications(appId='" + url.PathEscape(c.opts.ClientID) + "')" + suffix
+	req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("graph: %w", err)
 	}
 	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
-	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := c.opts.HTTPClient.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("graph: %s: %w", action, err)
+		return nil, fmt.Errorf("graph: %w", err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxGraphBody))
 	if err != nil {
-		return nil, fmt.Errorf("graph: %s: %w", action, err)
+		return nil, fmt.Errorf("graph: read the answer: %w", err)
 	}
 	if resp.StatusCode >= 300 {
 		return nil, graphErr(resp.StatusCode, raw)
