@@ -547,11 +547,17 @@ func (m *ExpiryMonitor) notify(ctx context.Context, ce CredentialExpiry, now tim
 	if m.cfg.events == nil {
 		return
 	}
-	m.wg.Go(func() {
-		pctx, cancel := context.WithTimeout(ctx, expiryEventTimeout)
+	postEvent(ctx, &m.wg, m.cfg.events, m.cfg.log, EventCredentialExpiring, ce.Credential, ev)
+}
+
+// postEvent posts a webhook event of a credential in a goroutine of wg,
+// within expiryEventTimeout even when ctx ends, and logs a failure.
+func postEvent(ctx context.Context, wg *sync.WaitGroup, p eventPoster, log *slog.Logger, kind, credential string, ev any) {
+	wg.Go(func() {
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), expiryEventTimeout)
 		defer cancel()
-		if err := m.cfg.events.Post(pctx, ev); err != nil {
-			m.cfg.log.Error("cannot post "+EventCredentialExpiring, "credential", ce.Credential, "err", err)
+		if err := p.Post(pctx, ev); err != nil {
+			log.Error("cannot post "+kind, "credential", credential, "err", err)
 		}
 	})
 }

@@ -540,11 +540,5 @@ func (r *rotator) step(ctx context.Context, name, step, keyID, hint, msg string)
 	now := r.now().UTC()
 	ev := RotationEvent{Type: EventCredentialRotation, ID: fmt.Sprintf("%s:%s:%s:%s", EventCredentialRotation, name, step, keyID),
 		Credential: name, Step: step, KeyID: keyID, Hint: hint, Message: msg, At: now}
-	r.wg.Go(func() {
-		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), expiryEventTimeout)
-		defer cancel()
-		if err := r.events.Post(pctx, ev); err != nil {
-			r.log.Error("cannot post "+EventCredentialRotation, "credential", name, "err", err)
-		}
-	})
+	postEvent(ctx, &r.wg, r.events, r.log, EventCredentialRotation, name, ev)
 }
