@@ -30,8 +30,22 @@ type checkEnv struct {
 
 func newCheckEnv(t *testing.T, secretEnd time.Time) *checkEnv {
 	t.Helper()
-	s, err := sim.New(sim.Config{Tenants: []sim.Tenant{{ID: checkTenant, Apps: []sim.App{{ClientID: checkClientID,
-		Secrets: []sim.Secret{{Value: checkSecret, ExpiresAt: secretEnd}}}}}}})
+	s := startCheckSim(t, sim.App{ClientID: checkClientID, Secrets: []sim.Secret{{Value: checkSecret, ExpiresAt: secretEnd}}})
+	dir := t.TempDir()
+	secretFile := filepath.Join(dir, "secret")
+	incWriteFile(t, secretFile, checkSecret+"\n")
+	// creds check never contacts Redis.
+	return &checkEnv{sim: s, config: writeCheckConfig(t, s, dir, "127.0.0.1:1", fmt.Sprintf("client_secret_file: %q", secretFile))}
+}
+
+// startCheckSim starts a simulator with one tenant holding app.
+func startCheckSim(t *testing.T, app sim.App, edit ...func(*sim.Config)) *sim.Sim {
+	t.Helper()
+	cfg := sim.Config{Tenants: []sim.Tenant{{ID: checkTenant, Apps: []sim.App{app}}}}
+	for _, e := range edit {
+		e(&cfg)
+	}
+	s, err := sim.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,12 +53,18 @@ func newCheckEnv(t *testing.T, secretEnd time.Time) *checkEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	dir := t.TempDir()
-	secretFile, caFile := filepath.Join(dir, "secret"), filepath.Join(dir, "ca.pem")
-	incWriteFile(t, secretFile, checkSecret+"\n")
+	return s
+}
+
+// writeCheckConfig writes, in dir, a configuration whose one credential
+// uses the simulator, its secret given by secretLine (a YAML key and
+// value), and returns its path.
+func writeCheckConfig(t *testing.T, s *sim.Sim, dir, redisAddr, secretLine string) string {
+	t.Helper()
+	caFile := filepath.Join(dir, "ca.pem")
 	incWriteFile(t, caFile, string(s.CACertPEM()))
 	cfg := fmt.Sprintf(`redis:
-  addrs: ["127.0.0.1:1"]
+  addrs: [%q]
 smtp:
   listeners:
     - addr: 127.0.0.1:0
@@ -62,14 +82,14 @@ credentials:
     tenant: %s
     client_id: %s
     authority: %q
-    client_secret_file: %q
+    %s
 exchange:
   graph_url: %q
   ca_file: %q
-`, incSHA256("token"), checkTenant, checkClientID, s.AuthorityURL(), secretFile, s.GraphURL(), caFile)
+`, redisAddr, incSHA256("token"), checkTenant, checkClientID, s.AuthorityURL(), secretLine, s.GraphURL(), caFile)
 	path := filepath.Join(dir, "holdfast.yaml")
 	incWriteFile(t, path, cfg)
-	return &checkEnv{sim: s, config: path}
+	return path
 }
 
 // runProcess runs the holdfast binary (this test binary as holdfast) and

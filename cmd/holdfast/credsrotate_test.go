@@ -17,47 +17,14 @@ import (
 // "--print" prints one instead and writes nothing; an app without the
 // permission is told which it needs, with exit 1.
 func TestCredsRotate(t *testing.T) {
-	s, err := sim.New(sim.Config{PasswordPropagation: time.Second, Tenants: []sim.Tenant{{ID: checkTenant, Apps: []sim.App{{
-		ClientID: checkClientID, Secrets: []sim.Secret{{Value: checkSecret, ExpiresAt: time.Now().Add(20 * 24 * time.Hour)}},
-		GraphRoles: []string{"Application.ReadWrite.OwnedBy"}, OwnsItself: true}}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s := startCheckSim(t, sim.App{ClientID: checkClientID,
+		Secrets:    []sim.Secret{{Value: checkSecret, ExpiresAt: time.Now().Add(20 * 24 * time.Hour)}},
+		GraphRoles: []string{"Application.ReadWrite.OwnedBy"}, OwnsItself: true},
+		func(c *sim.Config) { c.PasswordPropagation = time.Second })
 	redis := redistest.Start(t)
 	dir, secrets := t.TempDir(), t.TempDir()
-	caFile := filepath.Join(dir, "ca.pem")
 	incWriteFile(t, filepath.Join(secrets, "current"), checkSecret+"\n")
-	incWriteFile(t, caFile, string(s.CACertPEM()))
-	cfg := fmt.Sprintf(`redis:
-  addrs: [%q]
-smtp:
-  listeners:
-    - addr: 127.0.0.1:0
-      insecure: true
-delivery:
-  sender: exchange
-apps:
-  - name: crm
-    token_sha256: %s
-    senders: ["@contoso.com"]
-    credential: contoso
-    mailbox: noreply@contoso.com
-credentials:
-  - name: contoso
-    tenant: %s
-    client_id: %s
-    authority: %q
-    client_secret_files: [%q]
-exchange:
-  graph_url: %q
-  ca_file: %q
-`, redis.Addr(), incSHA256("token"), checkTenant, checkClientID, s.AuthorityURL(), secrets, s.GraphURL(), caFile)
-	config := filepath.Join(dir, "holdfast.yaml")
-	incWriteFile(t, config, cfg)
+	config := writeCheckConfig(t, s, dir, redis.Addr(), fmt.Sprintf("client_secret_files: [%q]", secrets))
 
 	r := runProcess(t, "creds", "rotate", "--config", config, "contoso")
 	if r.code != exitOK || !strings.Contains(r.stdout, "written to "+secrets+"/holdfast-") || !strings.Contains(r.stdout, "accepted by Entra") {
