@@ -182,7 +182,7 @@ func checkSummary(t *testing.T, q *Queue) {
 			t.Errorf("batch %d: summary %+v, want %+v", batch, got, want)
 		}
 	}
-	got, err := q.Summarize(ctx, group)
+	got, err := q.NewSummarizer(group).Summarize(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -78,11 +78,6 @@ func (q *Queue) NewSummarizer(group func(route string) string) *Summarizer {
 	return &Summarizer{q: q, group: group}
 }
 
-// Summarize counts every route's messages by group once; see Summarizer.
-func (q *Queue) Summarize(ctx context.Context, group func(route string) string) (Summary, error) {
-	return q.NewSummarizer(group).Summarize(ctx)
-}
-
 // Summarize counts the queue by group; see Summarizer.
 func (s *Summarizer) Summarize(ctx context.Context) (Summary, error) {
 	s.mu.Lock()

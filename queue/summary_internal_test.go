@@ -65,7 +65,7 @@ func TestSummarizerFollowsChanges(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want, err := q.Summarize(ctx, group)
+		want, err := q.NewSummarizer(group).Summarize(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -253,8 +253,10 @@ func (x *exchange) GrantCredential(ctx context.Context, mailbox string) (string,
 
 // Send sends by Graph for apps configured so, by SMTP otherwise.
 func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
-	graph := x.via[m.App] == "graph" || (x.fallback[m.App] && x.fallbacks.uses(ctx, m.Route))
-	graph = graph && x.graph != nil
+	if x.fallback[m.App] {
+		x.fallbacks.refresh(ctx)
+	}
+	graph := x.transport(m) == "graph"
 	if x.gate != nil {
 		// Over SMTP the route's Check reads the records again just
 		// before MAIL FROM; Graph sends right after this.

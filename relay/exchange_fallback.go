@@ -41,35 +41,30 @@ type graphFallbacks struct {
 	warned map[string]bool      // credentials logged as lacking Mail.Send
 }
 
-// uses reports whether the route sends by Graph now, reading the fleet's
-// routes when this replica's copy is older than fallbackRead. With Redis
-// unreadable it keeps its copy.
-func (f *graphFallbacks) uses(ctx context.Context, route string) bool {
+// refresh reads the fleet's routes when this replica's copy is older than
+// fallbackRead. With Redis unreadable it keeps its copy.
+func (f *graphFallbacks) refresh(ctx context.Context) {
 	f.mu.Lock()
 	stale := time.Since(f.read) >= fallbackRead
 	f.mu.Unlock()
-	if stale {
-		routes, err := f.q.GraphFallbacks(ctx)
-		f.mu.Lock()
-		f.read = time.Now()
-		if err == nil {
-			f.routes = routes
-		}
-		f.mu.Unlock()
+	if !stale {
+		return
 	}
-	return f.cached(route)
+	routes, err := f.q.GraphFallbacks(ctx)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.read = time.Now()
+	if err == nil {
+		f.routes = routes
+	}
 }
 
-// cached is uses without reading Redis.
+// cached reports whether the route sends by Graph now, by this replica's
+// copy.
 func (f *graphFallbacks) cached(route string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return time.Now().Before(f.routes[route])
-}
-
-// all returns the routes that send by Graph now, with until when.
-func (f *graphFallbacks) all(ctx context.Context) (map[string]time.Time, error) {
-	return f.q.GraphFallbacks(ctx)
 }
 
 // fallBack answers an SMTP send of m that Exchange refused with 535

@@ -208,7 +208,7 @@ func (o *opsStatus) transports(ctx context.Context, st *ops.Status) error {
 	for _, a := range o.s.opts.Apps {
 		st.Transports = append(st.Transports, ops.Transport{App: a.Name, Via: a.Via, Fallback: a.Fallback})
 	}
-	routes, err := x.fallbacks.all(ctx)
+	routes, err := x.fallbacks.q.GraphFallbacks(ctx)
 	if err != nil {
 		return err
 	}
