@@ -136,7 +136,7 @@ func boolOrder(b bool) int {
 // secretRefused reports whether a token error is one that another of the
 // app's secrets may not get: this secret expired or is unknown.
 func secretRefused(te *TokenError) bool {
-	return te.AADSTS == AADSTSSecretExpired || te.AADSTS == AADSTSInvalidSecret
+	return te.SecretExpired() || te.SecretUnknown()
 }
 
 // SetSecretDates gives the end dates Graph lists for the app's secrets,
@@ -175,11 +175,12 @@ func (c *Credential) preferLatestLocked() bool {
 	}
 	best := c.inUse
 	for i := range m.secrets {
-		if c.dateLocked(i).After(c.dateLocked(best)) && time.Since(c.refusedAt[i]) > refusedMemory {
+		if c.dateLocked(i).After(c.dateLocked(best)) && c.opts.Now().Sub(c.refusedAt[i]) > refusedMemory {
 			best = i
 		}
 	}
-	if best != c.inUse && c.dateLocked(best).After(c.dateLocked(c.inUse)) {
+	// best differs only when its date is later than the one in use.
+	if best != c.inUse {
 		c.inUse = best
 		c.log.Info("client secret with the latest end date preferred", "file", m.secrets[best].file,
 			"hint", m.secrets[best].hint(), "expires_at", c.dateLocked(best))
@@ -253,7 +254,7 @@ func (c *Credential) refused(m *material, i int) {
 	if c.refusedAt == nil {
 		c.refusedAt = map[int]time.Time{}
 	}
-	c.refusedAt[i] = time.Now()
+	c.refusedAt[i] = c.opts.Now()
 }
 
 // useSecret makes the i-th secret of m the one in use, unless the files

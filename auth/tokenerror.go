@@ -104,6 +104,13 @@ func (e *TokenError) SecretExpired() bool {
 	return e.AADSTS == AADSTSSecretExpired
 }
 
+// SecretUnknown reports whether the endpoint did not know the client
+// secret sent (AADSTS7000215): a wrong secret, an old one deleted, or a
+// new one not propagated yet.
+func (e *TokenError) SecretUnknown() bool {
+	return e.AADSTS == AADSTSInvalidSecret
+}
+
 // entraError is the JSON error body of the token endpoint.
 type entraError struct {
 	Error         string `json:"error"`

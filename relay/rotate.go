@@ -15,6 +15,7 @@ import (
 	"holdfast/auth"
 	"holdfast/breaker"
 	"holdfast/queue"
+	"holdfast/relay/o365"
 )
 
 // A client secret rotation, by "holdfast creds rotate" or a credential's
@@ -376,8 +377,7 @@ func (r *rotator) waitPropagated(ctx context.Context, live *auth.Credential, sec
 		if err == nil {
 			return nil
 		}
-		var te *auth.TokenError
-		if !errors.As(err, &te) || te.AADSTS != "AADSTS7000215" {
+		if !o365.SecretUnknown(err) {
 			return fmt.Errorf("a token request with the new secret: %w", err)
 		}
 		if r.now().After(deadline) {

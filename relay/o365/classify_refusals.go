@@ -53,7 +53,7 @@ func EntraRefused(err error) bool {
 // one deleted, or a new one Entra has not yet propagated.
 func SecretUnknown(err error) bool {
 	var te *auth.TokenError
-	return errors.As(err, &te) && te.AADSTS == auth.AADSTSInvalidSecret
+	return errors.As(err, &te) && te.SecretUnknown()
 }
 
 func entraRefusedStatus(status int) bool {
