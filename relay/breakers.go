@@ -367,8 +367,11 @@ func (g *gate) probe(ctx context.Context, name string) error {
 	}
 	if len(candidates) == 0 {
 		c := g.x.creds[credName]
-		if !isCred || c == nil {
-			return fmt.Errorf("breaker %s cannot be probed: no queued mail uses it and its credential is not configured; it is probed again when mail for it arrives, or close it with \"holdfast breaker reset %s\"", name, name)
+		switch {
+		case !isCred:
+			return fmt.Errorf("breaker %s cannot be probed: no queued mail uses its mailbox; it is probed again when mail for it arrives, or close it with \"holdfast breaker reset %s\"", name, name)
+		case c == nil:
+			return fmt.Errorf("breaker %s cannot be probed: no queued mail uses it and credential %q is not configured; add the credential, or close the breaker with \"holdfast breaker reset %s\"", name, credName, name)
 		}
 		c.Invalidate()
 		_, err := c.Token(ctx)
