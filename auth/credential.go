@@ -51,7 +51,8 @@ type CredentialOptions struct {
 	// ClientSecretFiles are several secrets of the app, each a file or a
 	// directory of files (see secrets.go), instead of ClientSecretFile.
 	// SecretExpires gives, by the path as listed (or as found in a listed
-	// directory), when a secret expires: the latest is tried first.
+	// directory), cleaned (filepath.Clean), when a secret expires: the
+	// latest is tried first.
 	ClientSecretFiles []string
 	SecretExpires     map[string]time.Time
 

@@ -99,7 +99,7 @@ func loadSecrets(o *CredentialOptions) (*material, error) {
 		if err != nil {
 			return nil, err
 		}
-		s := secretFile{file: p, value: string(bytes.TrimSpace(raw)), sum: sha256.Sum256(raw), expires: o.SecretExpires[p]}
+		s := secretFile{file: p, value: string(bytes.TrimSpace(raw)), sum: sha256.Sum256(raw), expires: o.SecretExpires[filepath.Clean(p)]}
 		if fi, err := os.Stat(p); err == nil {
 			s.written = fi.ModTime()
 		}

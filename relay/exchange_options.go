@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net"
 	"net/url"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -170,9 +171,25 @@ func (c *Credential) secretExpiries() (map[string]time.Time, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %v", file, err)
 		}
-		out[file] = t
+		if !c.listsSecretFile(file) {
+			return nil, fmt.Errorf("%s is neither one of client_secret_files %q nor a file in one of them; its date would be ignored",
+				file, c.ClientSecretFiles)
+		}
+		out[filepath.Clean(file)] = t
 	}
 	return out, nil
+}
+
+// listsSecretFile reports whether file is one of ClientSecretFiles, or a
+// file directly in one of them (a directory), paths compared cleaned.
+func (c *Credential) listsSecretFile(file string) bool {
+	file = filepath.Clean(file)
+	for _, e := range c.ClientSecretFiles {
+		if e = filepath.Clean(e); file == e || filepath.Dir(file) == e {
+			return true
+		}
+	}
+	return false
 }
 
 // Expiry parses ExpiresAt; the zero time when it is not set.
