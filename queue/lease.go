@@ -38,12 +38,12 @@ func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration,
 	rk := keysFor(route)
 	until := now.Add(d)
 	keys := []string{rk.due, rk.leased, rk.dead, rk.live, rk.hold, rk.held, rk.seq, rk.leaseSet(token)}
-	args := []any{now.UnixMilli(), until.UnixMilli(), n, token, msgKeyPrefix(rk.tag), q.opts.HeldGrace.Milliseconds()}
+	args := []any{now.UnixMilli(), until.UnixMilli(), n, token, msgKeyPrefix(rk.tag), q.opts.HeldGrace.Milliseconds(),
+		q.opts.HeldRecheck.Milliseconds(), route}
 	single := !q.cluster()
 	if single {
 		// The script clears the dirty mark and sets the index entry.
 		keys = append(keys, dueDirtyKey, dueIndexKey, dueSeqKey, changesKey)
-		args = append(args, q.opts.HeldRecheck.Milliseconds(), route)
 	} else if err := q.rdb.SRem(ctx, dueDirtyKey, route).Err(); err != nil {
 		// Clear the route's dirty mark before looking: a change stored
 		// after this look marks it again.
@@ -64,15 +64,8 @@ func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration,
 		}
 		return LeaseResult{}, fmt.Errorf("lease %s: %w", route, err)
 	}
-	next, seq, deadline := res[0].(int64), res[2].(int64), res[3].(int64)
+	next, seq, at := res[0].(int64), res[2].(int64), res[4].(int64)
 	if !single {
-		at := next
-		switch {
-		case next == -2:
-			at = now.Add(q.opts.HeldRecheck).UnixMilli()
-		case deadline >= 0 && (at < 0 || deadline < at):
-			at = deadline
-		}
 		// The messages are leased now and belong to the caller, whatever
 		// follows: dropping them would leave them sent by nobody until
 		// the lease ran out. So a cancelled ctx (a shutdown) does not

@@ -92,14 +92,15 @@ return {ARGV[1], 0}
 // entry last (see due.go), which Lease does in calls of their own on
 // Redis Cluster, and logs a change when it moved a message.
 // ARGV[1] now, ARGV[2] lease deadline, ARGV[3] n, ARGV[4] lease token,
-// ARGV[5] message key prefix, ARGV[6] held grace in ms; on a single
-// server ARGV[7] the held recheck in ms, ARGV[8] the route.
+// ARGV[5] message key prefix, ARGV[6] held grace in ms, ARGV[7] the held
+// recheck in ms, ARGV[8] the route.
 //
-// Returns {next, leased, seq, deadline}: next is the due time of the
+// Returns {next, leased, seq, deadline, at}: next is the due time of the
 // earliest message left in the queue (-1 when none, -2 when the route is
 // held); leased is a list of {id, route, app, from, to, body, sub, exp,
 // att, err} entries; seq is the route's lease sequence after this lease;
-// deadline is the earliest lease deadline on the route (-1 when none).
+// deadline is the earliest lease deadline on the route (-1 when none); at
+// is when the route next needs a lease, its index entry (-1: none).
 var leaseScript = redis.NewScript(indexLua + changeLua + `
 local now = tonumber(ARGV[1])
 local prefix = ARGV[5]
@@ -126,17 +127,17 @@ local function summary(leased)
     first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
     if first[2] then next = tonumber(first[2]) end
   end
+  local at = next
+  if next == -2 then
+    at = now + tonumber(ARGV[7])
+  elseif deadline >= 0 and (at < 0 or deadline < at) then
+    at = deadline
+  end
   if single then
-    local at = next
-    if next == -2 then
-      at = now + tonumber(ARGV[7])
-    elseif deadline >= 0 and (at < 0 or deadline < at) then
-      at = deadline
-    end
     setIndex(KEYS[10], KEYS[11], ARGV[8], seq, at)
     if moved then logChange(KEYS[12], ARGV[8], now) end
   end
-  return {next, leased, seq, deadline}
+  return {next, leased, seq, deadline, at}
 end
 
 if redis.call('EXISTS', KEYS[8]) == 1 then
