@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -202,7 +204,7 @@ func (r *rotator) rotate(ctx context.Context, name string, print bool) (RotateRe
 	c, ok := r.creds[name]
 	live := r.live[name]
 	if !ok || live == nil {
-		return RotateResult{}, fmt.Errorf("no credential %q is configured", name)
+		return RotateResult{}, fmt.Errorf("no credential %q is configured; the configured ones are %q", name, slices.Sorted(maps.Keys(r.creds)))
 	}
 	if c.ClientSecretFile == "" && len(c.ClientSecretFiles) == 0 {
 		return RotateResult{}, fmt.Errorf("credential %s has no client secret to rotate (certificates and federated credentials are renewed elsewhere)", name)
