@@ -199,7 +199,13 @@ type SMTPSender struct {
 
 // conn is an authenticated submission connection and its fleet-wide slot.
 type conn struct {
-	c       *smtp.Client
+	c *smtp.Client
+	// w, when the server offers PIPELINING, sends the transactions
+	// (pipeline.go).
+	w *wire
+	// kept says the connection carried a message before: its next
+	// transaction starts with RSET.
+	kept    bool
 	slot    *queue.Slot
 	mailbox string
 	used    time.Time
@@ -321,22 +327,41 @@ func (s *SMTPSender) submit(ctx context.Context, c *conn, route Route, m *queue.
 			return "", err
 		}
 	}
-	stop := context.AfterFunc(ctx, func() { c.c.Close() })
-	reply, err := s.transact(ctx, c, m)
-	if !stop() {
-		// The reply, if one came, stands: the message was accepted.
-		s.discard(c)
-		if err == nil {
-			return reply, nil
+	for {
+		stop := context.AfterFunc(ctx, func() { c.c.Close() })
+		var reply string
+		var err error
+		if c.w != nil {
+			reply, err = s.pipelined(ctx, c, m, c.kept)
+		} else {
+			reply, err = s.transact(ctx, c, m)
 		}
-		return "", &upstream.Error{Class: upstream.Transient, Text: "send interrupted", Err: ctx.Err()}
+		if !stop() {
+			// The reply, if one came, stands: the message was accepted.
+			s.discard(c)
+			if err == nil {
+				return reply, nil
+			}
+			return "", &upstream.Error{Class: upstream.Transient, Text: "send interrupted", Err: ctx.Err()}
+		}
+		if errors.Is(err, errStaleConn) {
+			// Nothing was sent: the message goes on another connection,
+			// kept or new.
+			s.o.Logger.Debug("a kept connection did not answer; sending on another", "mailbox", c.mailbox, "err", err)
+			s.discard(c)
+			if c, err = s.get(ctx, route); err != nil {
+				return "", err
+			}
+			continue
+		}
+		if err != nil {
+			s.discard(c)
+			return "", err
+		}
+		c.kept = true
+		s.put(c)
+		return reply, nil
 	}
-	if err != nil {
-		s.discard(c)
-		return "", err
-	}
-	s.put(c)
-	return reply, nil
 }
 
 // waitRate takes a send from the mailbox's rate, waiting up to MaxWait.
@@ -376,7 +401,7 @@ func (s *SMTPSender) takeIdle(mailbox string) *conn {
 func (s *SMTPSender) granted(ctx context.Context, r Route, g *Grant) (*conn, error) {
 	slot := g.slot
 	if c := g.conn; c != nil {
-		if c.c.Reset() == nil {
+		if c.w != nil || c.c.Reset() == nil {
 			g.s = nil
 			return c, nil
 		}
@@ -409,7 +434,7 @@ func (s *SMTPSender) openOn(ctx context.Context, r Route, slot *queue.Slot) (*co
 // fleet has a free slot for it.
 func (s *SMTPSender) get(ctx context.Context, r Route) (*conn, error) {
 	for c := s.takeIdle(r.Mailbox); c != nil; c = s.takeIdle(r.Mailbox) {
-		if c.c.Reset() == nil {
+		if c.w != nil || c.c.Reset() == nil {
 			return c, nil
 		}
 		s.discard(c)
@@ -548,7 +573,7 @@ func (s *SMTPSender) turn(ctx context.Context, r Route, wait bool) (AuthTurn, er
 // authenticate dials and authenticates with token. retry reports a refusal
 // of a cached token (see RetryWithNewToken), which a new token may cure.
 func (s *SMTPSender) authenticate(ctx context.Context, r Route, token string, fresh bool) (*conn, bool, error) {
-	c, err := s.dial(ctx)
+	c, w, err := s.dial(ctx)
 	if err != nil {
 		return nil, false, err
 	}
@@ -562,39 +587,46 @@ func (s *SMTPSender) authenticate(ctx context.Context, r Route, token string, fr
 		return nil, false, &upstream.Error{Class: upstream.Transient, Text: "AUTH interrupted", Err: ctx.Err()}
 	}
 	if err == nil {
-		return &conn{c: c, mailbox: r.Mailbox, used: time.Now()}, false, nil
+		cn := &conn{c: c, mailbox: r.Mailbox, used: time.Now()}
+		if ok, _ := c.Extension("PIPELINING"); ok {
+			w.eightBit, _ = c.Extension("8BITMIME")
+			cn.w = w
+		}
+		return cn, false, nil
 	}
 	c.Close()
 	uerr := smtpError("AUTH", err, r.Kind, fresh)
 	return nil, RetryWithNewToken(SMTPReply{Code: uerr.Code, Enhanced: uerr.Enhanced, Text: uerr.Text}, fresh), uerr
 }
 
-func (s *SMTPSender) dial(ctx context.Context) (*smtp.Client, error) {
+func (s *SMTPSender) dial(ctx context.Context) (*smtp.Client, *wire, error) {
 	if s.o.Endpoint == nil {
 		return s.connect(ctx)
 	}
 	done, err := s.o.Endpoint.Allow()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	c, err := s.connect(ctx)
+	c, w, err := s.connect(ctx)
 	if ctx.Err() != nil && err != nil {
 		err = ctx.Err() // cancelled: says nothing of the endpoint
 	}
 	done(err)
-	return c, err
+	return c, w, err
 }
 
-// connect dials and, unless InsecurePlaintext, starts TLS.
-func (s *SMTPSender) connect(ctx context.Context) (*smtp.Client, error) {
+// connect dials and, unless InsecurePlaintext, starts TLS. It returns the
+// session's go-smtp client and the wire under it.
+func (s *SMTPSender) connect(ctx context.Context) (*smtp.Client, *wire, error) {
 	d := net.Dialer{Timeout: s.o.DialTimeout}
 	nc, err := d.DialContext(ctx, "tcp", s.o.Addr)
 	if err != nil {
-		return nil, &upstream.Error{Class: upstream.Transient, Text: "connect to " + s.o.Addr, Err: err}
+		return nil, nil, &upstream.Error{Class: upstream.Transient, Text: "connect to " + s.o.Addr, Err: err}
 	}
 	var c *smtp.Client
+	var w *wire
 	if s.o.InsecurePlaintext {
-		c = smtp.NewClient(nc)
+		c, w = smtp.NewClient(nc), newWire(nc)
 	} else {
 		cfg := s.o.TLS.Clone()
 		if cfg == nil {
@@ -604,29 +636,28 @@ func (s *SMTPSender) connect(ctx context.Context) (*smtp.Client, error) {
 			cfg.ServerName, _, _ = net.SplitHostPort(s.o.Addr)
 		}
 		cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS12)
-		// go-smtp waits up to 5 minutes for each of the greeting, EHLO
-		// and STARTTLS, whatever deadline the connection had: closing it
-		// is what bounds the handshake by CommandTimeout and by ctx.
+		// Closing the connection is what bounds the greeting, EHLO and
+		// STARTTLS by ctx; CommandTimeout bounds them as a whole.
 		hctx, cancel := context.WithTimeout(ctx, s.o.CommandTimeout)
 		stop := context.AfterFunc(hctx, func() { nc.Close() })
-		c, err = smtp.NewClientStartTLS(nc, cfg)
+		tc, err := startTLS(nc, cfg)
 		interrupted := !stop()
 		cancel()
 		if interrupted {
-			if err == nil {
-				c.Close()
-			}
-			return nil, &upstream.Error{Class: upstream.Transient,
+			nc.Close()
+			return nil, nil, &upstream.Error{Class: upstream.Transient,
 				Text: fmt.Sprintf("no greeting, EHLO or STARTTLS reply from %s within %v", s.o.Addr, s.o.CommandTimeout),
 				Err:  cmp.Or(ctx.Err(), hctx.Err())}
 		}
 		if err != nil {
-			return nil, smtpError("STARTTLS", err, AppOnly, false)
+			nc.Close()
+			return nil, nil, smtpError("STARTTLS", err, AppOnly, false)
 		}
+		c, w = smtp.NewClient(newGreetedConn(tc)), newWire(tc)
 	}
 	c.CommandTimeout = s.o.CommandTimeout
 	c.SubmissionTimeout = s.o.DataTimeout
-	return c, nil
+	return c, w, nil
 }
 
 // transact sends one message on an authenticated connection. Recipients

@@ -1,0 +1,245 @@
+package o365
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"holdfast/queue"
+	"holdfast/relay/upstream"
+)
+
+// Exchange Online offers PIPELINING (RFC 2920). go-smtp's client sends one
+// command and waits for its reply, so a message on a kept connection took
+// five round trips: RSET, MAIL FROM, RCPT TO, DATA and the message. On a
+// server that offers PIPELINING, a wire sends RSET, MAIL FROM, every RCPT
+// TO and DATA in one write, reads their replies, then sends the message:
+// two round trips. go-smtp keeps the session's greeting, EHLO and AUTH.
+
+// wire is a session's own ends under its go-smtp client. The go-smtp
+// client reads nothing after AUTH, so the wire's reader starts where the
+// client's ended.
+type wire struct {
+	nc       net.Conn
+	r        *textproto.Reader
+	bw       *bufio.Writer
+	eightBit bool // the server offers 8BITMIME: MAIL FROM says BODY=8BITMIME, as go-smtp's does
+}
+
+func newWire(nc net.Conn) *wire {
+	return &wire{nc: nc, r: textproto.NewReader(bufio.NewReader(nc)), bw: bufio.NewWriter(nc)}
+}
+
+// errStaleConn reports that a kept connection did not answer the RSET
+// that opened its next transaction: nothing of the message was sent.
+var errStaleConn = errors.New("the kept connection did not answer RSET")
+
+// helloName is what EHLO says, go-smtp's default.
+const helloName = "localhost"
+
+// startTLS runs the plaintext part of a session on nc (greeting, EHLO,
+// STARTTLS) and returns the TLS connection, not yet handshaken: its first
+// write does it, as go-smtp's STARTTLS does. Replies are returned as
+// *smtp.SMTPError, as go-smtp returns them. The caller bounds it by
+// closing nc.
+func startTLS(nc net.Conn, cfg *tls.Config) (*tls.Conn, error) {
+	// Byte by byte, so that nothing after the STARTTLS reply is taken from
+	// the TLS handshake.
+	r := textproto.NewReader(bufio.NewReaderSize(byteReader{nc}, 16))
+	if _, _, err := readReply(r, 220); err != nil {
+		return nil, err
+	}
+	if _, err := nc.Write([]byte("EHLO " + helloName + "\r\n")); err != nil {
+		return nil, err
+	}
+	_, msg, err := readReply(r, 250)
+	if err != nil {
+		return nil, err
+	}
+	if !hasExtension(msg, "STARTTLS") {
+		return nil, errors.New("smtp: server doesn't support STARTTLS")
+	}
+	if _, err := nc.Write([]byte("STARTTLS\r\n")); err != nil {
+		return nil, err
+	}
+	if _, _, err := readReply(r, 220); err != nil {
+		return nil, err
+	}
+	return tls.Client(nc, cfg), nil
+}
+
+// byteReader reads at most one byte at a time.
+type byteReader struct {
+	r interface{ Read([]byte) (int, error) }
+}
+
+func (b byteReader) Read(p []byte) (int, error) {
+	if len(p) > 1 {
+		p = p[:1]
+	}
+	return b.r.Read(p)
+}
+
+// hasExtension reports whether an EHLO reply's text names ext.
+func hasExtension(ehlo, ext string) bool {
+	lines := strings.Split(ehlo, "\n")
+	for _, l := range lines[1:] {
+		name, _, _ := strings.Cut(l, " ")
+		if strings.EqualFold(name, ext) {
+			return true
+		}
+	}
+	return false
+}
+
+// greetedConn gives a go-smtp client, started after STARTTLS was done by
+// hand, the greeting it reads first; the server sends none after
+// STARTTLS.
+type greetedConn struct {
+	net.Conn
+	greeting *strings.Reader
+}
+
+func (g *greetedConn) Read(p []byte) (int, error) {
+	if g.greeting.Len() > 0 {
+		return g.greeting.Read(p)
+	}
+	return g.Conn.Read(p)
+}
+
+func newGreetedConn(c net.Conn) *greetedConn {
+	return &greetedConn{Conn: c, greeting: strings.NewReader("220 TLS started\r\n")}
+}
+
+// readReply reads one reply and returns it as go-smtp's client would: an
+// unexpected code as *smtp.SMTPError with its enhanced code parsed.
+func readReply(r *textproto.Reader, expect int) (int, string, error) {
+	code, msg, err := r.ReadResponse(expect)
+	var pe *textproto.Error
+	if errors.As(err, &pe) {
+		return code, msg, replyError(pe.Code, pe.Msg)
+	}
+	return code, msg, err
+}
+
+// replyError is the *smtp.SMTPError of a reply, go-smtp's way: an enhanced
+// code at the start of the text is taken out of it (and off the start of
+// each further line).
+func replyError(code int, msg string) *smtp.SMTPError {
+	e := &smtp.SMTPError{Code: code, Message: msg}
+	first, rest, ok := strings.Cut(msg, " ")
+	if !ok {
+		return e
+	}
+	parts := strings.Split(first, ".")
+	if len(parts) != 3 {
+		return e
+	}
+	var ec smtp.EnhancedCode
+	for i, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil {
+			return e
+		}
+		ec[i] = n
+	}
+	e.EnhancedCode = ec
+	e.Message = strings.ReplaceAll(rest, "\n"+first+" ", "\n")
+	return e
+}
+
+// pipelined sends the message on c's wire. reset opens the transaction
+// with RSET, which checks that a kept connection still answers; when it
+// does not, the error wraps errStaleConn and nothing was sent. Outcomes
+// and their errors are those of transact.
+func (s *SMTPSender) pipelined(ctx context.Context, c *conn, m *queue.Message, reset bool) (string, error) {
+	w := c.w
+	for _, a := range append([]string{m.From}, m.To...) {
+		if strings.ContainsAny(a, "\r\n") {
+			return "", smtpError("MAIL FROM", errors.New("smtp: A line must not contain CR or LF"), AppOnly, true)
+		}
+	}
+	_ = w.nc.SetDeadline(time.Now().Add(s.o.CommandTimeout))
+	defer w.nc.SetDeadline(time.Time{})
+	if reset {
+		w.bw.WriteString("RSET\r\n")
+	}
+	w.bw.WriteString("MAIL FROM:<" + m.From + ">")
+	if w.eightBit {
+		w.bw.WriteString(" BODY=8BITMIME")
+	}
+	w.bw.WriteString("\r\n")
+	for _, rcpt := range m.To {
+		w.bw.WriteString("RCPT TO:<" + rcpt + ">\r\n")
+	}
+	w.bw.WriteString("DATA\r\n")
+	if err := w.bw.Flush(); err != nil {
+		if reset {
+			return "", errors.Join(errStaleConn, err)
+		}
+		return "", smtpError("MAIL FROM", err, AppOnly, true)
+	}
+	if reset {
+		if _, _, err := readReply(w.r, 250); err != nil {
+			return "", errors.Join(errStaleConn, err)
+		}
+	}
+	if _, _, err := readReply(w.r, 250); err != nil {
+		return "", smtpError("MAIL FROM", err, AppOnly, true)
+	}
+	var rejected []string
+	accepted := 0
+	for _, rcpt := range m.To {
+		_, _, err := readReply(w.r, 250)
+		if err == nil {
+			accepted++
+			continue
+		}
+		ue := smtpError("RCPT TO "+rcpt, err, AppOnly, true)
+		if ue.Class != upstream.Permanent {
+			return "", ue
+		}
+		rejected = append(rejected, rcpt+": "+ue.Error())
+	}
+	_, _, dataErr := readReply(w.r, 354)
+	if accepted == 0 {
+		// The server refused DATA too, or the connection is closed after
+		// it: either way nothing goes out.
+		return "", &upstream.Error{Class: upstream.Permanent, Code: 550,
+			Text: "every recipient was rejected: " + strings.Join(rejected, "; ")}
+	}
+	if dataErr != nil {
+		return "", smtpError("DATA", dataErr, AppOnly, true)
+	}
+	dw := textproto.NewWriter(w.bw).DotWriter()
+	if _, err := dw.Write(m.Body); err != nil {
+		return "", &upstream.Error{Class: upstream.Transient, Text: "write message", Err: err}
+	}
+	if err := ctx.Err(); err != nil {
+		// Cancelled before the final dot: the message is not sent. The
+		// caller closes the connection mid-DATA.
+		return "", &upstream.Error{Class: upstream.Transient, Text: "send abandoned before the end of DATA", Err: err}
+	}
+	if err := dw.Close(); err != nil {
+		return "", &upstream.Error{Class: upstream.Transient, Text: "write message", Err: err}
+	}
+	_ = w.nc.SetDeadline(time.Now().Add(s.o.DataTimeout))
+	_, msg, err := readReply(w.r, 250)
+	if err != nil {
+		return "", smtpError("end of DATA", err, AppOnly, true)
+	}
+	c.used = time.Now()
+	reply := "250 " + msg
+	if len(rejected) > 0 {
+		reply += "; rejected: " + strings.Join(rejected, "; ")
+	}
+	return reply, nil
+}

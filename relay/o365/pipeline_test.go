@@ -1,0 +1,314 @@
+package o365_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"golang.org/x/oauth2"
+
+	"holdfast/queue"
+	"holdfast/relay/o365"
+	"holdfast/relay/upstream"
+)
+
+// sink is an in-process SMTP server that takes any XOAUTH2 token and
+// refuses recipients that start with "bad".
+type sink struct {
+	mu  sync.Mutex
+	got []string // "from>to,to:body"
+}
+
+func (k *sink) NewSession(*smtp.Conn) (smtp.Session, error) { return &sinkSession{k: k}, nil }
+
+type sinkSession struct {
+	k    *sink
+	from string
+	to   []string
+}
+
+func (s *sinkSession) AuthMechanisms() []string { return []string{"XOAUTH2"} }
+func (s *sinkSession) Auth(string) (sasl.Server, error) {
+	return anyToken{}, nil
+}
+func (s *sinkSession) Mail(from string, _ *smtp.MailOptions) error { s.from = from; return nil }
+func (s *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if strings.HasPrefix(to, "bad") {
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 10}, Message: "Recipient not found"}
+	}
+	s.to = append(s.to, to)
+	return nil
+}
+func (s *sinkSession) Data(r io.Reader) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	s.k.mu.Lock()
+	s.k.got = append(s.k.got, s.from+">"+strings.Join(s.to, ",")+":"+string(b))
+	s.k.mu.Unlock()
+	return nil
+}
+func (s *sinkSession) Reset()        { s.from, s.to = "", nil }
+func (s *sinkSession) Logout() error { return nil }
+
+func (k *sink) received() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return append([]string(nil), k.got...)
+}
+
+type anyToken struct{}
+
+func (anyToken) Next([]byte) ([]byte, bool, error) { return nil, true, nil }
+
+// proxy sits between the sender and the sink. It counts the sender's
+// writes as the reads that carry them, can hide an EHLO keyword, and can
+// cut every connection.
+type proxy struct {
+	ln     net.Listener
+	to     string
+	hide   string // an EHLO keyword the sender does not see
+	writes atomic.Int64
+	conns  atomic.Int64
+
+	mu   sync.Mutex
+	open []net.Conn
+	wg   sync.WaitGroup
+}
+
+func newProxy(t *testing.T, to, hide string) *proxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, to: to, hide: hide}
+	p.wg.Go(p.serve)
+	t.Cleanup(func() { ln.Close(); p.cut(); p.wg.Wait() })
+	return p
+}
+
+func (p *proxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		u, err := net.Dial("tcp", p.to)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.conns.Add(1)
+		p.mu.Lock()
+		p.open = append(p.open, c, u)
+		p.mu.Unlock()
+		p.wg.Go(func() {
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := c.Read(buf)
+				if n > 0 {
+					p.writes.Add(1)
+					u.Write(buf[:n])
+				}
+				if err != nil {
+					u.Close()
+					return
+				}
+			}
+		})
+		p.wg.Go(func() {
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := u.Read(buf)
+				if n > 0 {
+					out := buf[:n]
+					if p.hide != "" {
+						out = bytes.ReplaceAll(out, []byte("250-"+p.hide+"\r\n"), []byte("250-X"+p.hide+"\r\n"))
+					}
+					c.Write(out)
+				}
+				if err != nil {
+					c.Close()
+					return
+				}
+			}
+		})
+	}
+}
+
+// cut closes every connection through the proxy.
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.open {
+		c.Close()
+	}
+	p.open = nil
+}
+
+// freeLimits is an o365.Limits with no limit.
+type freeLimits struct{}
+
+func (freeLimits) AcquireConn(context.Context, string, int, time.Duration) (*queue.Slot, error) {
+	return &queue.Slot{}, nil
+}
+func (freeLimits) Renew(context.Context, *queue.Slot, time.Duration) error { return nil }
+func (freeLimits) Release(context.Context, *queue.Slot) error              { return nil }
+func (freeLimits) TakeSend(context.Context, string, int, time.Duration) (time.Duration, error) {
+	return 0, nil
+}
+func (freeLimits) ReserveSend(context.Context, string, int, time.Duration) (string, time.Duration, error) {
+	return "", 0, nil
+}
+func (freeLimits) ReturnSend(context.Context, string, string) error { return nil }
+
+type fixedToken struct{}
+
+func (fixedToken) Token(context.Context) (*oauth2.Token, error) {
+	return &oauth2.Token{AccessToken: "token"}, nil
+}
+func (fixedToken) Invalidate() {}
+
+// newSinkSender starts a sink behind a proxy that hides hide from EHLO,
+// and a sender to it over plaintext.
+func newSinkSender(t *testing.T, hide string) (*sink, *proxy, *o365.SMTPSender) {
+	t.Helper()
+	k := &sink{}
+	srv := smtp.NewServer(k)
+	srv.AllowInsecureAuth = true
+	srv.Domain = "sink.localhost"
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = srv.Serve(ln) })
+	t.Cleanup(func() { srv.Close(); wg.Wait() })
+	p := newProxy(t, ln.Addr().String(), hide)
+	s, err := o365.NewSMTPSender(o365.SMTPOptions{
+		Addr:              p.ln.Addr().String(),
+		InsecurePlaintext: true,
+		IdleTimeout:       time.Minute,
+		PerMinute:         1000,
+		Limits:            freeLimits{},
+		Router: func(context.Context, *queue.Message) (o365.Route, error) {
+			return o365.Route{Mailbox: "box@contoso.com", Tokens: fixedToken{}, Kind: o365.AppOnly}, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return k, p, s
+}
+
+func sinkMessage(i int, to ...string) *queue.Message {
+	return &queue.Message{ID: fmt.Sprint("m", i), From: "box@contoso.com", To: to,
+		Body: []byte(fmt.Sprintf("Subject: %d\r\n\r\n.leading dot\r\nline %d\r\n", i, i))}
+}
+
+// sendSome sends n messages one after another on the sender's kept
+// connection and returns the sender's writes per message after the
+// first.
+func sendSome(t *testing.T, p *proxy, s *o365.SMTPSender, n int) float64 {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := s.Send(ctx, sinkMessage(0, "a@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	before := p.writes.Load()
+	for i := 1; i <= n; i++ {
+		if _, err := s.Send(ctx, sinkMessage(i, "a@example.org")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return float64(p.writes.Load()-before) / float64(n)
+}
+
+// TestPipelinedSend: on a server that offers PIPELINING, a message on a
+// kept connection goes in two writes (RSET, MAIL FROM, RCPT TO and DATA,
+// then the message), every message arrives whole, dot-stuffing undone,
+// and rejected recipients are named in the reply as before.
+func TestPipelinedSend(t *testing.T) {
+	k, p, s := newSinkSender(t, "")
+	perMsg := sendSome(t, p, s, 20)
+	if perMsg > 2.5 {
+		t.Fatalf("%.1f writes per message on a kept connection, want 2", perMsg)
+	}
+	got := k.received()
+	if len(got) != 21 || got[5] != "box@contoso.com>a@example.org:Subject: 5\r\n\r\n.leading dot\r\nline 5\r\n" {
+		t.Fatalf("received %d, the sixth %q", len(got), got[5])
+	}
+	if n := p.conns.Load(); n != 1 {
+		t.Fatalf("%d connections, want 1", n)
+	}
+
+	ctx := context.Background()
+	reply, err := s.Send(ctx, sinkMessage(30, "a@example.org", "bad1@example.org", "b@example.org"))
+	if err != nil || !strings.Contains(reply, "rejected: bad1@example.org") {
+		t.Fatalf("partial recipients: %q, %v", reply, err)
+	}
+	if got := k.received(); got[len(got)-1][:strings.Index(got[len(got)-1], ":")] != "box@contoso.com>a@example.org,b@example.org" {
+		t.Fatalf("delivered as %q", got[len(got)-1])
+	}
+	_, err = s.Send(ctx, sinkMessage(31, "bad1@example.org", "bad2@example.org"))
+	if upstream.ClassOf(err) != upstream.Permanent || !strings.Contains(err.Error(), "every recipient was rejected") {
+		t.Fatalf("every recipient rejected: %v", err)
+	}
+	// The session is in step after a refused DATA: the next message goes.
+	if _, err := s.Send(ctx, sinkMessage(32, "c@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	if got := k.received(); len(got) != 23 {
+		t.Fatalf("received %d, want 23", len(got))
+	}
+}
+
+// TestUnpipelinedSend: without PIPELINING the sender goes command by
+// command, as go-smtp does, and delivers the same.
+func TestUnpipelinedSend(t *testing.T) {
+	k, p, s := newSinkSender(t, "PIPELINING")
+	perMsg := sendSome(t, p, s, 10)
+	if perMsg < 4 {
+		t.Fatalf("%.1f writes per message without PIPELINING: it was pipelined", perMsg)
+	}
+	if got := k.received(); len(got) != 11 || !strings.HasSuffix(got[10], "line 10\r\n") {
+		t.Fatalf("received %d: %q", len(got), got)
+	}
+}
+
+// TestKeptConnectionClosed: a kept connection the server closed while
+// idle fails its RSET; the message goes on a new connection, once, and
+// the send succeeds.
+func TestKeptConnectionClosed(t *testing.T) {
+	k, p, s := newSinkSender(t, "")
+	ctx := context.Background()
+	if _, err := s.Send(ctx, sinkMessage(1, "a@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	p.cut()
+	reply, err := s.Send(ctx, sinkMessage(2, "a@example.org"))
+	if err != nil {
+		t.Fatalf("after the server closed the kept connection: %v", err)
+	}
+	if !strings.HasPrefix(reply, "250 ") {
+		t.Fatalf("reply %q", reply)
+	}
+	got := k.received()
+	if len(got) != 2 || !strings.HasSuffix(got[1], "line 2\r\n") {
+		t.Fatalf("received %q", got)
+	}
+	if n := p.conns.Load(); n != 2 {
+		t.Fatalf("%d connections, want 2", n)
+	}
+}
