@@ -108,11 +108,16 @@ func (b *bodyBuf) grow(n int) error {
 	if cap(b.buf)-len(b.buf) >= n {
 		return nil
 	}
-	size := max(cap(b.buf)+cap(b.buf)/2, len(b.buf)+n, 64<<10)
+	size := max(cap(b.buf)+cap(b.buf)/2, len(b.buf)+n, firstBuf)
 	if !b.budget.take(int64(size)) {
 		return errInflightFull
 	}
-	nb := make([]byte, len(b.buf), size)
+	var nb []byte
+	if size == firstBuf {
+		nb = (*firstBufs.Get().(*[]byte))[:len(b.buf)]
+	} else {
+		nb = make([]byte, len(b.buf), size)
+	}
 	copy(nb, b.buf)
 	b.budget.give(b.held)
 	b.buf, b.held = nb, int64(size)
@@ -216,5 +221,20 @@ func (b *bodyBuf) bareLFToCRLF() error {
 // not be used after.
 func (b *bodyBuf) release() {
 	b.budget.give(b.held)
+	if cap(b.buf) == firstBuf {
+		buf := b.buf[:0]
+		firstBufs.Put(&buf)
+	}
 	b.buf, b.held = nil, 0
 }
+
+// firstBuf is the size of a message's first buffer, which holds most
+// messages whole. Those buffers are reused rather than allocated and
+// cleared for every message. A buffer goes back only when released, once
+// the message is stored or refused; nothing keeps its bytes after.
+const firstBuf = 64 << 10
+
+var firstBufs = sync.Pool{New: func() any {
+	b := make([]byte, 0, firstBuf)
+	return &b
+}}

@@ -110,3 +110,50 @@ func TestBodyBufCopies(t *testing.T) {
 		t.Errorf("%d bytes still counted", budget.inUse())
 	}
 }
+
+// TestBodyBufReuse: a released first buffer serves the next message, and
+// nothing of the message before shows in it; a message that grew past
+// the first buffer keeps its own, and every byte is given back.
+func TestBodyBufReuse(t *testing.T) {
+	budget := newInflight(1 << 30)
+	long := strings.Repeat("long message ", 4000) // 52,000 bytes
+	b := newBodyBuf(budget)
+	if err := b.readFrom(strings.NewReader(long), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	b.release()
+	if b.bytes() != nil {
+		t.Fatal("a released buffer is still in use")
+	}
+	reused := false
+	for range 10 { // the pool may drop a buffer; one of ten reuses is enough
+		b = newBodyBuf(budget)
+		if err := b.setPrefix([]byte("Received: y\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.readFrom(strings.NewReader("short\r\n"), 1<<20); err != nil {
+			t.Fatal(err)
+		}
+		if got := string(b.bytes()); got != "Received: y\r\nshort\r\n" {
+			t.Fatalf("stored %q", got)
+		}
+		if full := b.bytes()[:cap(b.bytes())]; strings.Contains(string(full), "long message") {
+			reused = true
+		}
+		b.release()
+	}
+	if !reused {
+		t.Error("no first buffer was reused in ten messages")
+	}
+	big := newBodyBuf(budget)
+	if err := big.readFrom(strings.NewReader(strings.Repeat("z", 200<<10)), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if c := cap(big.bytes()); c == firstBuf {
+		t.Fatalf("a 200 KiB message in a %d-byte buffer", c)
+	}
+	big.release()
+	if budget.inUse() != 0 {
+		t.Errorf("%d bytes still counted", budget.inUse())
+	}
+}
