@@ -51,7 +51,7 @@ func TestBreakerNeverTrips(t *testing.T) {
 		{name: "550 5.1.1 unknown recipient", unknownRcpt: true, lastErr: []string{"permanent: 550 every recipient was rejected"}},
 		{name: "SMTP 421", fault: sim.Fault{SMTPTransient: "421"}, lastErr: []string{"transient: 421 4.3.2"}},
 		{name: "SMTP 451", fault: sim.Fault{SMTPTransient: "451"}, lastErr: []string{"transient: 451 4.7.0"}},
-		{name: "SMTP timeout after DATA", fault: sim.Fault{SMTPStall: "data"}, lastErr: []string{"transient: end of DATA", "i/o timeout"}},
+		{name: "SMTP timeout after the message", fault: sim.Fault{SMTPStall: "data"}, lastErr: []string{"transient: BDAT LAST", "i/o timeout"}},
 		{name: "SMTP no greeting", fault: sim.Fault{SMTPStall: "greeting"}, lastErr: []string{"transient: no greeting, EHLO or STARTTLS reply"}},
 		{name: "SMTP connection refused", fault: sim.Fault{SMTPDown: true}, lastErr: []string{"transient: connect to", "connection refused"}},
 		{name: "token 429", fault: sim.Fault{TokenThrottle: time.Second}, lastErr: []string{"throttled: 429"}, throttled: true, seen: tokenErrors},

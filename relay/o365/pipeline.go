@@ -2,6 +2,7 @@ package o365
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -17,12 +18,19 @@ import (
 	"holdfast/relay/upstream"
 )
 
-// Exchange Online offers PIPELINING (RFC 2920). go-smtp's client sends one
-// command and waits for its reply, so a message on a kept connection took
-// five round trips: RSET, MAIL FROM, RCPT TO, DATA and the message. On a
-// server that offers PIPELINING, a wire sends RSET, MAIL FROM, every RCPT
-// TO and DATA in one write, reads their replies, then sends the message:
-// two round trips. go-smtp keeps the session's greeting, EHLO and AUTH.
+// Exchange Online offers PIPELINING (RFC 2920) and CHUNKING (RFC 3030).
+// go-smtp's client sends one command and waits for its reply, so a message
+// on a kept connection took five round trips: RSET, MAIL FROM, RCPT TO,
+// DATA and the message. On a server that offers PIPELINING, a wire sends
+// RSET, MAIL FROM, every RCPT TO and DATA in one write, reads their
+// replies, then sends the message: two round trips. A message to one
+// recipient, on a server that also offers CHUNKING, goes in one: the
+// message follows RCPT TO as one BDAT LAST chunk, not dot-stuffed. If the
+// recipient is refused, the server refuses the BDAT and discards its
+// chunk, so nothing is sent. With several recipients the message waits
+// for their replies, so that one refused for now keeps it from all of
+// them (retried whole later, nobody gets it twice). go-smtp keeps the
+// session's greeting, EHLO and AUTH.
 
 // wire is a session's own ends under its go-smtp client. The go-smtp
 // client reads nothing after AUTH, so the wire's reader starts where the
@@ -32,6 +40,16 @@ type wire struct {
 	r        *textproto.Reader
 	bw       *bufio.Writer
 	eightBit bool // the server offers 8BITMIME: MAIL FROM says BODY=8BITMIME, as go-smtp's does
+	chunking bool // the server offers CHUNKING
+}
+
+// chunkable reports whether a body goes as one BDAT chunk exactly as DATA
+// would send it: every line ended by CRLF, the last one too. DATA turns a
+// bare LF into CRLF and ends the message with one; BDAT sends the bytes
+// as they are.
+func chunkable(body []byte) bool {
+	return len(body) > 0 && bytes.HasSuffix(body, []byte("\r\n")) &&
+		bytes.Count(body, []byte("\n")) == bytes.Count(body, []byte("\r\n"))
 }
 
 func newWire(nc net.Conn) *wire {
@@ -180,7 +198,16 @@ func (s *SMTPSender) pipelined(ctx context.Context, c *conn, m *queue.Message, r
 	for _, rcpt := range m.To {
 		w.bw.WriteString("RCPT TO:<" + rcpt + ">\r\n")
 	}
-	w.bw.WriteString("DATA\r\n")
+	chunk := w.chunking && len(m.To) == 1 && chunkable(m.Body)
+	if chunk {
+		if err := ctx.Err(); err != nil {
+			return "", &upstream.Error{Class: upstream.Transient, Text: "send abandoned before the message", Err: err}
+		}
+		w.bw.WriteString("BDAT " + strconv.Itoa(len(m.Body)) + " LAST\r\n")
+		w.bw.Write(m.Body)
+	} else {
+		w.bw.WriteString("DATA\r\n")
+	}
 	if err := w.bw.Flush(); err != nil {
 		if reset {
 			return "", errors.Join(errStaleConn, err)
@@ -208,6 +235,20 @@ func (s *SMTPSender) pipelined(ctx context.Context, c *conn, m *queue.Message, r
 			return "", ue
 		}
 		rejected = append(rejected, rcpt+": "+ue.Error())
+	}
+	if chunk {
+		_ = w.nc.SetDeadline(time.Now().Add(s.o.DataTimeout))
+		_, msg, err := readReply(w.r, 250)
+		if accepted == 0 {
+			// The server refused the BDAT too and discarded its chunk.
+			return "", &upstream.Error{Class: upstream.Permanent, Code: 550,
+				Text: "every recipient was rejected: " + strings.Join(rejected, "; ")}
+		}
+		if err != nil {
+			return "", smtpError("BDAT LAST", err, AppOnly, true)
+		}
+		c.used = time.Now()
+		return "250 " + msg, nil
 	}
 	_, _, dataErr := readReply(w.r, 354)
 	if accepted == 0 {

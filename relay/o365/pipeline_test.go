@@ -21,8 +21,9 @@ import (
 	"holdfast/relay/upstream"
 )
 
-// sink is an in-process SMTP server that takes any XOAUTH2 token and
-// refuses recipients that start with "bad".
+// sink is an in-process SMTP server that takes any XOAUTH2 token, refuses
+// recipients that start with "bad" and, for now, those that start with
+// "later".
 type sink struct {
 	mu  sync.Mutex
 	got []string // "from>to,to:body"
@@ -44,6 +45,9 @@ func (s *sinkSession) Mail(from string, _ *smtp.MailOptions) error { s.from = fr
 func (s *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if strings.HasPrefix(to, "bad") {
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 10}, Message: "Recipient not found"}
+	}
+	if strings.HasPrefix(to, "later") {
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 3}, Message: "Try again later"}
 	}
 	s.to = append(s.to, to)
 	return nil
@@ -77,7 +81,7 @@ func (anyToken) Next([]byte) ([]byte, bool, error) { return nil, true, nil }
 type proxy struct {
 	ln     net.Listener
 	to     string
-	hide   string // an EHLO keyword the sender does not see
+	hide   []string // EHLO keywords the sender does not see
 	writes atomic.Int64
 	conns  atomic.Int64
 
@@ -86,7 +90,7 @@ type proxy struct {
 	wg   sync.WaitGroup
 }
 
-func newProxy(t *testing.T, to, hide string) *proxy {
+func newProxy(t *testing.T, to string, hide []string) *proxy {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -132,8 +136,8 @@ func (p *proxy) serve() {
 				n, err := u.Read(buf)
 				if n > 0 {
 					out := buf[:n]
-					if p.hide != "" {
-						out = bytes.ReplaceAll(out, []byte("250-"+p.hide+"\r\n"), []byte("250-X"+p.hide+"\r\n"))
+					for _, h := range p.hide {
+						out = bytes.ReplaceAll(out, []byte("250-"+h+"\r\n"), []byte("250-X"+h+"\r\n"))
 					}
 					c.Write(out)
 				}
@@ -179,9 +183,9 @@ func (fixedToken) Token(context.Context) (*oauth2.Token, error) {
 }
 func (fixedToken) Invalidate() {}
 
-// newSinkSender starts a sink behind a proxy that hides hide from EHLO,
-// and a sender to it over plaintext.
-func newSinkSender(t *testing.T, hide string) (*sink, *proxy, *o365.SMTPSender) {
+// newSinkSender starts a sink behind a proxy that hides the keywords hide
+// from EHLO, and a sender to it over plaintext.
+func newSinkSender(t *testing.T, hide ...string) (*sink, *proxy, *o365.SMTPSender) {
 	t.Helper()
 	k := &sink{}
 	srv := smtp.NewServer(k)
@@ -217,36 +221,86 @@ func sinkMessage(i int, to ...string) *queue.Message {
 		Body: []byte(fmt.Sprintf("Subject: %d\r\n\r\n.leading dot\r\nline %d\r\n", i, i))}
 }
 
-// sendSome sends n messages one after another on the sender's kept
-// connection and returns the sender's writes per message after the
-// first.
-func sendSome(t *testing.T, p *proxy, s *o365.SMTPSender, n int) float64 {
+// sendSome sends n messages to the recipients one after another on the
+// sender's kept connection and returns the sender's writes per message
+// after the first.
+func sendSome(t *testing.T, p *proxy, s *o365.SMTPSender, n int, to ...string) float64 {
 	t.Helper()
 	ctx := context.Background()
-	if _, err := s.Send(ctx, sinkMessage(0, "a@example.org")); err != nil {
+	if _, err := s.Send(ctx, sinkMessage(0, to...)); err != nil {
 		t.Fatal(err)
 	}
 	before := p.writes.Load()
 	for i := 1; i <= n; i++ {
-		if _, err := s.Send(ctx, sinkMessage(i, "a@example.org")); err != nil {
+		if _, err := s.Send(ctx, sinkMessage(i, to...)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	return float64(p.writes.Load()-before) / float64(n)
 }
 
-// TestPipelinedSend: on a server that offers PIPELINING, a message on a
-// kept connection goes in two writes (RSET, MAIL FROM, RCPT TO and DATA,
-// then the message), every message arrives whole, dot-stuffing undone,
-// and rejected recipients are named in the reply as before.
-func TestPipelinedSend(t *testing.T) {
-	k, p, s := newSinkSender(t, "")
-	perMsg := sendSome(t, p, s, 20)
-	if perMsg > 2.5 {
-		t.Fatalf("%.1f writes per message on a kept connection, want 2", perMsg)
+// TestChunkedSend: on a server that offers PIPELINING and CHUNKING, a
+// message to one recipient on a kept connection goes in one write (RSET,
+// MAIL FROM, RCPT TO, BDAT LAST and the message), as sent, leading dots
+// and all. A refused recipient refuses the chunk and nothing is sent; the
+// session stays in step.
+func TestChunkedSend(t *testing.T) {
+	k, p, s := newSinkSender(t)
+	if perMsg := sendSome(t, p, s, 20, "a@example.org"); perMsg > 1.5 {
+		t.Fatalf("%.1f writes per message on a kept connection, want 1", perMsg)
 	}
 	got := k.received()
 	if len(got) != 21 || got[5] != "box@contoso.com>a@example.org:Subject: 5\r\n\r\n.leading dot\r\nline 5\r\n" {
+		t.Fatalf("received %d, the sixth %q", len(got), got[5])
+	}
+	ctx := context.Background()
+	for _, to := range []string{"bad1@example.org", "later1@example.org"} {
+		_, err := s.Send(ctx, sinkMessage(30, to))
+		want := upstream.Permanent
+		if to[0] == 'l' {
+			want = upstream.Transient
+		}
+		if upstream.ClassOf(err) != want {
+			t.Fatalf("to %s: %v, want %v", to, err, want)
+		}
+		if _, err := s.Send(ctx, sinkMessage(31, "c@example.org")); err != nil {
+			t.Fatalf("the message after one to %s: %v", to, err)
+		}
+	}
+	if got := k.received(); len(got) != 23 || !strings.HasPrefix(got[22], "box@contoso.com>c@example.org:") {
+		t.Fatalf("received %d: %q", len(got), got[len(got)-1])
+	}
+	// A body with a bare LF goes by DATA, which ends its lines with CRLF.
+	m := sinkMessage(40, "a@example.org")
+	m.Body = []byte("Subject: lf\n\nbare\n")
+	if _, err := s.Send(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if got := k.received(); !strings.HasSuffix(got[len(got)-1], ":Subject: lf\r\n\r\nbare\r\n") {
+		t.Fatalf("received %q", got[len(got)-1])
+	}
+}
+
+// TestPipelinedSend: on a server that offers PIPELINING, a message to
+// several recipients (or on a server without CHUNKING, to one) on a kept
+// connection goes in two writes (RSET, MAIL FROM, RCPT TO and DATA, then
+// the message), every message arrives whole, dot-stuffing undone, and
+// rejected recipients are named in the reply as before. A recipient
+// refused for now keeps the message from all of them.
+func TestPipelinedSend(t *testing.T) {
+	k, p, s := newSinkSender(t)
+	if perMsg := sendSome(t, p, s, 10, "a@example.org", "b@example.org"); perMsg > 2.5 || perMsg < 1.5 {
+		t.Fatalf("%.1f writes per message to two recipients on a kept connection, want 2", perMsg)
+	}
+	k1, p1, s1 := newSinkSender(t, "CHUNKING")
+	if perMsg := sendSome(t, p1, s1, 10, "a@example.org"); perMsg > 2.5 || perMsg < 1.5 {
+		t.Fatalf("%.1f writes per message without CHUNKING, want 2", perMsg)
+	}
+	if got := k1.received(); len(got) != 11 || got[5] != "box@contoso.com>a@example.org:Subject: 5\r\n\r\n.leading dot\r\nline 5\r\n" {
+		t.Fatalf("without CHUNKING: received %d, the sixth %q", len(got), got[5])
+	}
+	got := k.received()
+	if len(got) != 11 || got[5] != "box@contoso.com>a@example.org,b@example.org:Subject: 5\r\n\r\n.leading dot\r\nline 5\r\n" {
 		t.Fatalf("received %d, the sixth %q", len(got), got[5])
 	}
 	if n := p.conns.Load(); n != 1 {
@@ -269,8 +323,12 @@ func TestPipelinedSend(t *testing.T) {
 	if _, err := s.Send(ctx, sinkMessage(32, "c@example.org")); err != nil {
 		t.Fatal(err)
 	}
-	if got := k.received(); len(got) != 23 {
-		t.Fatalf("received %d, want 23", len(got))
+	_, err = s.Send(ctx, sinkMessage(33, "d@example.org", "later2@example.org"))
+	if upstream.ClassOf(err) != upstream.Transient {
+		t.Fatalf("a recipient refused for now: %v", err)
+	}
+	if got := k.received(); len(got) != 13 {
+		t.Fatalf("received %d, want 13: the message with a recipient refused for now went out", len(got))
 	}
 }
 
@@ -278,7 +336,7 @@ func TestPipelinedSend(t *testing.T) {
 // command, as go-smtp does, and delivers the same.
 func TestUnpipelinedSend(t *testing.T) {
 	k, p, s := newSinkSender(t, "PIPELINING")
-	perMsg := sendSome(t, p, s, 10)
+	perMsg := sendSome(t, p, s, 10, "a@example.org")
 	if perMsg < 4 {
 		t.Fatalf("%.1f writes per message without PIPELINING: it was pipelined", perMsg)
 	}
@@ -291,7 +349,7 @@ func TestUnpipelinedSend(t *testing.T) {
 // idle fails its RSET; the message goes on a new connection, once, and
 // the send succeeds.
 func TestKeptConnectionClosed(t *testing.T) {
-	k, p, s := newSinkSender(t, "")
+	k, p, s := newSinkSender(t)
 	ctx := context.Background()
 	if _, err := s.Send(ctx, sinkMessage(1, "a@example.org")); err != nil {
 		t.Fatal(err)

@@ -590,6 +590,7 @@ func (s *SMTPSender) authenticate(ctx context.Context, r Route, token string, fr
 		cn := &conn{c: c, mailbox: r.Mailbox, used: time.Now()}
 		if ok, _ := c.Extension("PIPELINING"); ok {
 			w.eightBit, _ = c.Extension("8BITMIME")
+			w.chunking, _ = c.Extension("CHUNKING")
 			cn.w = w
 		}
 		return cn, false, nil
