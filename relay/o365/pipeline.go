@@ -6,10 +6,12 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"net/textproto"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -56,8 +58,9 @@ func newWire(nc net.Conn) *wire {
 	return &wire{nc: nc, r: textproto.NewReader(bufio.NewReader(nc)), bw: bufio.NewWriter(nc)}
 }
 
-// errStaleConn reports that a kept connection did not answer the RSET
-// that opened its next transaction: nothing of the message was sent.
+// errStaleConn reports that a kept connection was closed before it
+// answered the RSET that opened its next transaction: nothing of the
+// message was sent.
 var errStaleConn = errors.New("the kept connection did not answer RSET")
 
 // helloName is what EHLO says, go-smtp's default.
@@ -92,6 +95,22 @@ func startTLS(nc net.Conn, cfg *tls.Config) (*tls.Conn, error) {
 		return nil, err
 	}
 	return tls.Client(nc, cfg), nil
+}
+
+// closedBefore reports whether err says that the server closed the
+// connection, or said it would (421), before it answered a command: it
+// then acted on nothing sent after. A timeout says nothing of the kind.
+func closedBefore(err error) bool {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return se.Code == 421
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return false
+	}
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // byteReader reads at most one byte at a time.
@@ -209,14 +228,24 @@ func (s *SMTPSender) pipelined(ctx context.Context, c *conn, m *queue.Message, r
 		w.bw.WriteString("DATA\r\n")
 	}
 	if err := w.bw.Flush(); err != nil {
-		if reset {
+		if reset && closedBefore(err) {
 			return "", errors.Join(errStaleConn, err)
 		}
 		return "", smtpError("MAIL FROM", err, AppOnly, true)
 	}
 	if reset {
 		if _, _, err := readReply(w.r, 250); err != nil {
-			return "", errors.Join(errStaleConn, err)
+			var se *smtp.SMTPError
+			switch {
+			case closedBefore(err):
+				return "", errors.Join(errStaleConn, err)
+			case !errors.As(err, &se):
+				// No reply in time: the server may yet act on what
+				// followed.
+				return "", smtpError("RSET", err, AppOnly, true)
+			}
+			// Another refusal of RSET: the server reads on, and its
+			// replies to the message's commands follow.
 		}
 	}
 	if _, _, err := readReply(w.r, 250); err != nil {

@@ -84,6 +84,7 @@ type proxy struct {
 	hide   []string // EHLO keywords the sender does not see
 	writes atomic.Int64
 	conns  atomic.Int64
+	mute   atomic.Bool // the server's replies are dropped
 
 	mu   sync.Mutex
 	open []net.Conn
@@ -134,7 +135,7 @@ func (p *proxy) serve() {
 			buf := make([]byte, 64<<10)
 			for {
 				n, err := u.Read(buf)
-				if n > 0 {
+				if n > 0 && !p.mute.Load() {
 					out := buf[:n]
 					for _, h := range p.hide {
 						out = bytes.ReplaceAll(out, []byte("250-"+h+"\r\n"), []byte("250-X"+h+"\r\n"))
@@ -187,6 +188,12 @@ func (fixedToken) Invalidate() {}
 // from EHLO, and a sender to it over plaintext.
 func newSinkSender(t *testing.T, hide ...string) (*sink, *proxy, *o365.SMTPSender) {
 	t.Helper()
+	return newSinkSenderWith(t, time.Minute, hide...)
+}
+
+// newSinkSenderWith is newSinkSender with the sender's CommandTimeout.
+func newSinkSenderWith(t *testing.T, timeout time.Duration, hide ...string) (*sink, *proxy, *o365.SMTPSender) {
+	t.Helper()
 	k := &sink{}
 	srv := smtp.NewServer(k)
 	srv.AllowInsecureAuth = true
@@ -202,6 +209,8 @@ func newSinkSender(t *testing.T, hide ...string) (*sink, *proxy, *o365.SMTPSende
 	s, err := o365.NewSMTPSender(o365.SMTPOptions{
 		Addr:              p.ln.Addr().String(),
 		InsecurePlaintext: true,
+		CommandTimeout:    timeout,
+		DataTimeout:       timeout,
 		IdleTimeout:       time.Minute,
 		PerMinute:         1000,
 		Limits:            freeLimits{},
@@ -368,5 +377,27 @@ func TestKeptConnectionClosed(t *testing.T) {
 	}
 	if n := p.conns.Load(); n != 2 {
 		t.Fatalf("%d connections, want 2", n)
+	}
+}
+
+// TestKeptConnectionSilent: a kept connection that answers nothing in
+// time may still act on the message sent after its RSET, so the message is
+// not sent again on another connection: the send fails as transient.
+func TestKeptConnectionSilent(t *testing.T) {
+	k, p, s := newSinkSenderWith(t, 300*time.Millisecond)
+	ctx := context.Background()
+	if _, err := s.Send(ctx, sinkMessage(1, "a@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	p.mute.Store(true)
+	_, err := s.Send(ctx, sinkMessage(2, "a@example.org"))
+	if upstream.ClassOf(err) != upstream.Transient || !strings.Contains(err.Error(), "RSET") {
+		t.Fatalf("a silent kept connection: %v", err)
+	}
+	if n := p.conns.Load(); n != 1 {
+		t.Fatalf("%d connections: the message was sent again on another", n)
+	}
+	if got := k.received(); len(got) != 2 {
+		t.Fatalf("the sink has %d messages; the silent server took the second too", len(got))
 	}
 }
