@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"slices"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -27,6 +28,8 @@ type quotaEntry struct {
 
 // takeQuota counts n recipients sent by m now, or reports false, counting
 // nothing, when they would take m over its quota in the rolling window.
+// Entries leave from the front, oldest first, while the clock only moves
+// on; after it went back, every entry is checked.
 func (s *Sim) takeQuota(m *mailbox, n int) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -35,18 +38,32 @@ func (s *Sim) takeQuota(m *mailbox, n int) bool {
 		limit = defaultRecipientQuota
 	}
 	now := s.now()
-	keep := m.sent[:0]
-	used := 0
-	for _, e := range m.sent {
-		if now.Sub(e.at) < quotaWindow {
-			keep = append(keep, e)
-			used += e.n
+	if m.unordered {
+		keep := m.sent[:0]
+		m.used = 0
+		for _, e := range m.sent {
+			if now.Sub(e.at) < quotaWindow {
+				keep = append(keep, e)
+				m.used += e.n
+			}
 		}
+		m.sent = keep
+		m.unordered = !slices.IsSortedFunc(keep, func(a, b quotaEntry) int { return a.at.Compare(b.at) })
+	} else {
+		i := 0
+		for i < len(m.sent) && now.Sub(m.sent[i].at) >= quotaWindow {
+			m.used -= m.sent[i].n
+			i++
+		}
+		m.sent = m.sent[i:]
 	}
-	m.sent = keep
-	if used+n > limit {
+	if m.used+n > limit {
 		return false
 	}
+	if k := len(m.sent); k > 0 && now.Before(m.sent[k-1].at) {
+		m.unordered = true
+	}
 	m.sent = append(m.sent, quotaEntry{at: now, n: n})
+	m.used += n
 	return true
 }

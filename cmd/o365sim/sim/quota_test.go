@@ -45,3 +45,39 @@ func TestRecipientQuota(t *testing.T) {
 		t.Fatalf("%d received, want 3", f.ReceivedCount())
 	}
 }
+
+// TestRecipientQuotaClockBack: entries leave the window in time order,
+// also after the clock went back and an entry is earlier than the one
+// before it; and the count stays the sum of what is in the window.
+func TestRecipientQuotaClockBack(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.RecipientQuota = 3 })
+	m := &mailbox{address: "q@contoso.com"}
+	if !f.takeQuota(m, 2) {
+		t.Fatal("2 of 3 refused")
+	}
+	f.clock.Add(-2 * time.Hour)
+	if !f.takeQuota(m, 1) || f.takeQuota(m, 1) {
+		t.Fatal("the third recipient refused, or a fourth taken")
+	}
+	// 22 h after the first: the later-sent entry, 2 h earlier, has left.
+	f.clock.Add(24 * time.Hour)
+	if !f.takeQuota(m, 1) || f.takeQuota(m, 1) {
+		t.Fatalf("after the earlier entry left: used %d of 3", m.used)
+	}
+	// 24 h after the first: it has left too.
+	f.clock.Add(2 * time.Hour)
+	if !f.takeQuota(m, 2) || f.takeQuota(m, 1) || m.used != 3 || len(m.sent) != 2 {
+		t.Fatalf("after the first left: used %d in %d entries", m.used, len(m.sent))
+	}
+	// Many sends leave one by one from the front.
+	m = &mailbox{address: "r@contoso.com"}
+	for i := range 100 {
+		f.clock.Add(quotaWindow / 2)
+		if !f.takeQuota(m, 1) {
+			t.Fatalf("send %d refused, used %d", i, m.used)
+		}
+	}
+	if m.used != len(m.sent) || len(m.sent) > 2 {
+		t.Fatalf("used %d in %d entries", m.used, len(m.sent))
+	}
+}

@@ -305,6 +305,10 @@ type mailbox struct {
 	// sent counts the recipients of the messages it sent, for the
 	// recipient quota (see quota.go).
 	sent []quotaEntry
+	// used is the recipients counted in sent; unordered says an entry
+	// in sent is earlier than one before it (the clock went back).
+	used      int
+	unordered bool
 }
 
 // grant is a delegated consent of one mailbox to one app, with the refresh
