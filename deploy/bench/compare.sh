@@ -15,13 +15,19 @@
 #               (2 KB), AUTH once per session, no TLS;
 #   reconnect:  a new connection, STARTTLS and AUTH for every message,
 #               RECONNECT_MESSAGES (3,000) messages over 20 sessions.
+# Each load runs twice a round: with delivery paused on both relays (a
+# second Holdfast with delivery off, on a Redis of its own; Postfix with
+# every message put on hold at the end of DATA, then deleted), which is
+# how fast each takes a burst of mail; and with delivery running, where
+# the relay, its upstream and the load share the 2 cores until the sink
+# or the simulator has every message (end to end).
 # Then Holdfast's peak RSS with QUEUED (100,000) messages queued
 # (delivery off, so that they stay queued).
 #
-# It prints ingress messages/s and p99, end-to-end messages/s (until the
-# sink or the simulator has every message), the Holdfast/Postfix ratios,
-# the peak RSS, and pass or short against the targets: ingress >= 6x
-# Postfix, end to end >= 3x Postfix, peak RSS < 150 MB. It installs what
+# It prints ingress messages/s and p99 both ways, end-to-end messages/s,
+# the Holdfast/Postfix ratios, the peak RSS, and pass or short against
+# the targets: ingress >= 6x Postfix (shown for both ways of measuring
+# it), end to end >= 3x Postfix, peak RSS < 150 MB. It installs what
 # it needs (postfix, sasl2-bin, libsasl2-modules, redis-server, time) when
 # run as root. Nothing listens on port 25 before, during or after the run;
 # everything it starts it stops by PID.
@@ -134,7 +140,7 @@ wait_port "$sim_admin"
 echo bench-secret-value >"$work/bench.secret"
 sim_count() { json "$(curl -s "http://127.0.0.1:$sim_admin/admin/received/count")" count; }
 
-hf_plain=$(free_port) hf_tls=$(free_port) hf_http=$(free_port)
+hf_plain=$(free_port) hf_tls=$(free_port) hf_http=$(free_port) hf_ops=$(free_port)
 hash=$("$bin/holdfast" creds hash <<<"$PASSWORD")
 holdfast_config() { # $1: exchange or off
 	cat <<YAML
@@ -150,6 +156,8 @@ smtp:
     - addr: "127.0.0.1:$hf_tls"
 http:
   addr: "127.0.0.1:$hf_http"
+ops:
+  addr: "127.0.0.1:$hf_ops"
 delivery:
   sender: "$1"
   workers: 60
@@ -183,6 +191,23 @@ holdfast_config off >"$work/holdfast-queue.yaml"
 hf_pid=$!
 pids+=($hf_pid)
 wait_port "$hf_plain"
+
+# The paused rounds' Holdfast: delivery off, its own Redis (same settings)
+# and ports, emptied after each round.
+mkdir -p "$work/paused"
+redis2_port=$(free_port)
+redis-server --bind 127.0.0.1 --port "$redis2_port" --dir "$work/paused" --appendonly yes \
+	--appendfsync everysec --save '' --maxmemory-policy noeviction --daemonize no \
+	--logfile "$work/redis-paused.log" &
+pids+=($!)
+wait_port "$redis2_port"
+hp_plain=$(free_port) hp_tls=$(free_port) hp_http=$(free_port) hp_ops=$(free_port)
+holdfast_config off | sed -e "s/127.0.0.1:$redis_port/127.0.0.1:$redis2_port/" -e "s/127.0.0.1:$hf_plain/127.0.0.1:$hp_plain/" \
+	-e "s/127.0.0.1:$hf_tls/127.0.0.1:$hp_tls/" -e "s/127.0.0.1:$hf_http/127.0.0.1:$hp_http/" \
+	-e "s/127.0.0.1:$hf_ops/127.0.0.1:$hp_ops/" >"$work/holdfast-paused.yaml"
+"$bin/holdfast" serve --config "$work/holdfast-paused.yaml" >"$work/holdfast-paused.log" 2>&1 &
+pids+=($!)
+wait_port "$hp_plain"
 
 # --- Postfix: a private instance, smtp-sink -----------------------------------
 sink_port=$(free_port) pf_port=$(free_port)
@@ -261,20 +286,45 @@ if port25; then say "port 25 is in use"; exit 1; fi
 # --- the rounds -------------------------------------------------------------------
 results=$work/results.txt
 : >"$results"
-# run_round NAME PATTERN PORT FROM MESSAGES EXTRA...
+# Postfix's paused rounds: every message accepted goes on hold (the same
+# queue file write, in the hold queue, and no delivery).
+postfix_hold() { # on or off
+	local r=""
+	[ "$1" = on ] && r="check_client_access static:HOLD"
+	postconf -c "$pf/etc" -e "smtpd_end_of_data_restrictions = $r"
+	postfix -c "$pf/etc" reload >/dev/null 2>&1
+	sleep 1
+}
+# run_round NAME PATTERN MODE PORT FROM MESSAGES EXTRA...; MODE is
+# "paused" (ingress only, then the queue is emptied) or "flowing".
 run_round() {
-	local name=$1 pattern=$2 port=$3 from=$4 n=$5
-	shift 5
+	local name=$1 pattern=$2 mode=$3 port=$4 from=$5 n=$6
+	shift 6
 	local before out start end count rate p99
 	if [ "$name" = holdfast ]; then before=$(sim_count); else before=$(sink_count); fi
 	before=${before:-0}
 	count=$before
+	[ "$name/$mode" = postfix/paused ] && postfix_hold on
 	start=$(date +%s.%N)
 	out=$("$bin/hfload" -smtp "127.0.0.1:$port" -user bench -pass "$PASSWORD" -from "$from" \
 		-sessions "$SESSIONS" -messages "$n" -size "$SIZE" -timeout 600s -json "$@") || true
 	local accepted failed
 	accepted=$(json "$out" accepted) failed=$(json "$out" failed)
-	if [ "$failed" -gt 0 ]; then say "$name $pattern: $failed failed, first error: $(json "$out" first_error)"; fi
+	if [ "$failed" -gt 0 ]; then say "$name $pattern $mode: $failed failed, first error: $(json "$out" first_error)"; fi
+	rate=$(json "$out" messages_per_second) p99=$(json "$out" p99_ms)
+	if [ "$mode" = paused ]; then
+		if [ "$name" = holdfast ]; then
+			redis-cli -p "$redis2_port" FLUSHALL >/dev/null
+		else
+			postsuper -c "$pf/etc" -d ALL hold 2>/dev/null
+			postfix_hold off
+		fi
+		printf '%-9s %-10s ingress %6.0f msg/s  p99 %7.2f ms  with delivery paused  (%s accepted, %s failed)\n' \
+			"$name" "$pattern" "$rate" "$p99" "$accepted" "$failed" >&2
+		[ "$accepted" -eq 0 ] && { say "$name accepted nothing: no figures"; exit 1; }
+		echo "$name $pattern-paused $rate $p99 0" >>"$results"
+		return
+	fi
 	for _ in $(seq 1 $((E2E_TIMEOUT * 10))); do
 		if [ "$name" = holdfast ]; then count=$(sim_count); else count=$(sink_count); fi
 		count=${count:-0}
@@ -282,7 +332,6 @@ run_round() {
 		sleep 0.1
 	done
 	end=$(date +%s.%N)
-	rate=$(json "$out" messages_per_second) p99=$(json "$out" p99_ms)
 	local e2e
 	e2e=$(python3 -c "print('%.0f' % ($((count - before)) / ($end - $start)))")
 	printf '%-9s %-10s ingress %6.0f msg/s  p99 %7.2f ms  end to end %6s msg/s  (%s accepted, %s failed, %s delivered)\n' \
@@ -297,19 +346,25 @@ run_round() {
 for round in $(seq 1 "$ROUNDS"); do
 	say "round $round of $ROUNDS"
 	if [ $((round % 2)) -eq 1 ]; then order="holdfast postfix"; else order="postfix holdfast"; fi
-	for relay in $order; do
-		if [ "$relay" = holdfast ]; then
-			run_round holdfast persistent "$hf_plain" "$boxes" "$MESSAGES"
-		else
-			run_round postfix persistent "$pf_port" load@bench.example "$MESSAGES"
-		fi
-	done
-	for relay in $order; do
-		if [ "$relay" = holdfast ]; then
-			run_round holdfast reconnect "$hf_tls" "$boxes" "$RECONNECT_MESSAGES" -reconnect -starttls
-		else
-			run_round postfix reconnect "$pf_port" load@bench.example "$RECONNECT_MESSAGES" -reconnect -starttls
-		fi
+	for mode in paused flowing; do
+		for relay in $order; do
+			if [ "$relay" = holdfast ]; then
+				port=$hf_plain
+				[ "$mode" = paused ] && port=$hp_plain
+				run_round holdfast persistent "$mode" "$port" "$boxes" "$MESSAGES"
+			else
+				run_round postfix persistent "$mode" "$pf_port" load@bench.example "$MESSAGES"
+			fi
+		done
+		for relay in $order; do
+			if [ "$relay" = holdfast ]; then
+				port=$hf_tls
+				[ "$mode" = paused ] && port=$hp_tls
+				run_round holdfast reconnect "$mode" "$port" "$boxes" "$RECONNECT_MESSAGES" -reconnect -starttls
+			else
+				run_round postfix reconnect "$mode" "$pf_port" load@bench.example "$RECONNECT_MESSAGES" -reconnect -starttls
+			fi
+		done
 	done
 done
 
@@ -343,22 +398,25 @@ def med(relay, pattern, i):
     return st.median(r[i] for r in rows[(relay, pattern)])
 print()
 print("Holdfast vs Postfix, %s rounds alternated, 20 sessions, 2 KB messages, AUTH PLAIN on both (medians)" % rounds)
-print("%-34s %12s %12s %8s %8s  %s" % ("", "Holdfast", "Postfix", "ratio", "target", "result"))
-def line(label, i, target=None, unit=""):
-    for pattern in ("persistent", "reconnect"):
+print("%-40s %12s %12s %8s %8s  %s" % ("", "Holdfast", "Postfix", "ratio", "target", "result"))
+def line(label, i, target=None, patterns=("persistent", "reconnect")):
+    for pattern in patterns:
         h, p = med("holdfast", pattern, i), med("postfix", pattern, i)
         t = "" if target is None else ">= %gx" % target
         if h == 0 or p == 0:
-            print("%-34s %12.1f %12.1f %8s %8s  %s" % (label % pattern, h, p, "n/a", t, "no figure"))
+            print("%-40s %12.1f %12.1f %8s %8s  %s" % (label % pattern, h, p, "n/a", t, "no figure"))
             continue
         ratio = h / p
         res = "" if not t else ("pass" if ratio >= target else "short")
-        print("%-34s %12.1f %12.1f %7.2fx %8s  %s" % (label % pattern, h, p, ratio, t, res))
-line("ingress msg/s (%s)", 0, 6)
-for pattern in ("persistent", "reconnect"):
-    print("%-34s %12.2f %12.2f" % ("ingress p99 ms (%s)" % pattern, med("holdfast", pattern, 1), med("postfix", pattern, 1)))
+        print("%-40s %12.1f %12.1f %7.2fx %8s  %s" % (label % pattern, h, p, ratio, t, res))
+line("ingress msg/s (%s)", 0, 6, ("persistent-paused", "reconnect-paused"))
+line("ingress msg/s (%s, delivering)", 0, 6)
+for pattern in ("persistent-paused", "reconnect-paused", "persistent", "reconnect"):
+    label = pattern if pattern.endswith("-paused") else pattern + ", delivering"
+    print("%-40s %12.2f %12.2f" % ("ingress p99 ms (%s)" % label, med("holdfast", pattern, 1), med("postfix", pattern, 1)))
 line("end-to-end msg/s (%s)", 2, 3)
 if rss:
-    print("%-34s %12.0f %12s %8s %8s  %s" % ("Holdfast peak RSS MiB, %d queued" % rss[1], rss[0], "", "", "< 150", "pass" if rss[0] < 150 else "short"))
-print("(persistent: %s messages per round, AUTH once per session; reconnect: %s messages, a new connection + STARTTLS + AUTH each)" % (msgs, recon))
+    print("%-40s %12.0f %12s %8s %8s  %s" % ("Holdfast peak RSS MiB, %d queued" % rss[1], rss[0], "", "", "< 150", "pass" if rss[0] < 150 else "short"))
+print("(persistent: %s messages per round, AUTH once per session; reconnect: %s messages, a new connection + STARTTLS + AUTH each;" % (msgs, recon))
+print(" -paused: delivery paused on both relays; delivering: delivery running, the relay sharing the cores with it, its upstream and the load)")
 PY
