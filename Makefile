@@ -111,9 +111,10 @@ demo: build
 	@bin/holdfast-demo --holdfast bin/holdfast
 
 ## bench-compare: Holdfast and a private Postfix instance side by side, with the
-## same load tool (hfload) and AUTH PLAIN: ingress, end to end, peak RSS with
-## 100,000 queued, against the targets (deploy/bench/compare.sh, about 10
-## minutes; run as root: it installs postfix, sasl2-bin and libsasl2-modules)
+## same load tool (hfload) and AUTH PLAIN: ingress with delivery paused and with
+## it running, end to end, peak RSS with 100,000 queued, against the targets
+## (deploy/bench/compare.sh, about 13 minutes; run as root: it installs postfix,
+## sasl2-bin and libsasl2-modules)
 bench-compare:
 	@$(ENSURE_REDIS)
 	deploy/bench/compare.sh
