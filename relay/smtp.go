@@ -285,17 +285,67 @@ type smtpConn struct {
 	dataEnded   bool     // the transfer ended; its reply is the next write
 	interrupted bool     // shutdown moved the read deadline to now
 	saidBye     bool     // the 421 was sent
+
+	// wmu guards pending: replies written and not yet sent. They go out
+	// before the next read (a client answers only what it has read) or
+	// at close, in one write: go-smtp writes every line of a reply on its
+	// own, and the 7 lines of an EHLO reply, twice with STARTTLS, were 14
+	// system calls a connection.
+	wmu     sync.Mutex
+	pending []byte
 }
 
+// maxPending is the most replies held before they are sent anyway.
+const maxPending = 16 << 10
+
 func (c *smtpConn) Read(b []byte) (int, error) {
+	if err := c.flush(); err != nil {
+		return 0, err
+	}
 	if c.byeIfClosing() {
+		_ = c.flush()
 		return 0, io.EOF
 	}
 	n, err := c.Conn.Read(b)
 	if n == 0 && isTimeout(err) && c.byeIfClosing() {
+		_ = c.flush()
 		return 0, io.EOF
 	}
 	return n, err
+}
+
+// SetWriteDeadline sends the pending replies under the deadline they were
+// written with, then sets t: crypto/tls, closing, sends its alert with a
+// deadline of its own and then sets the deadline to now.
+func (c *smtpConn) SetWriteDeadline(t time.Time) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_ = c.flushLocked()
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// SetDeadline is SetWriteDeadline for reads and writes.
+func (c *smtpConn) SetDeadline(t time.Time) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_ = c.flushLocked()
+	return c.Conn.SetDeadline(t)
+}
+
+// flush sends the pending replies.
+func (c *smtpConn) flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.flushLocked()
+}
+
+func (c *smtpConn) flushLocked() error {
+	if len(c.pending) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.pending)
+	c.pending = c.pending[:0]
+	return err
 }
 
 func (c *smtpConn) Write(b []byte) (int, error) {
@@ -310,10 +360,22 @@ func (c *smtpConn) Write(b []byte) (int, error) {
 	if mute {
 		return 0, net.ErrClosed
 	}
-	return c.Conn.Write(b)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if len(c.pending)+len(b) > maxPending {
+		if err := c.flushLocked(); err != nil {
+			return 0, err
+		}
+		if len(b) > maxPending {
+			return c.Conn.Write(b)
+		}
+	}
+	c.pending = append(c.pending, b...)
+	return len(b), nil
 }
 
 func (c *smtpConn) Close() error {
+	_ = c.flush() // the last reply, such as QUIT's
 	err := c.Conn.Close()
 	c.closeOnce.Do(func() { c.ing.release(c) })
 	return err

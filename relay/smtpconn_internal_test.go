@@ -1,0 +1,78 @@
+package relay
+
+import (
+	"bytes"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// recordingConn records each write it is given and reads from r.
+type recordingConn struct {
+	net.Conn // nil: only the methods below are used
+	r        *strings.Reader
+
+	mu     sync.Mutex
+	writes []string
+}
+
+func (c *recordingConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.writes = append(c.writes, string(b))
+	return len(b), nil
+}
+func (c *recordingConn) Read(b []byte) (int, error)       { return c.r.Read(b) }
+func (c *recordingConn) Close() error                     { return nil }
+func (c *recordingConn) SetDeadline(time.Time) error      { return nil }
+func (c *recordingConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *recordingConn) SetWriteDeadline(time.Time) error { return nil }
+func (c *recordingConn) sent() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.writes...)
+}
+
+// TestSMTPConnCoalescesReplies: the lines of replies go out in one write,
+// before the next read; a deadline change and the close send what is
+// pending first, and a write larger than the buffer goes at once.
+func TestSMTPConnCoalescesReplies(t *testing.T) {
+	rc := &recordingConn{r: strings.NewReader("MAIL FROM:<a@b>\r\n")}
+	ing := &smtpIngress{conns: map[*smtpConn]struct{}{}, perIP: map[string]int{}, drained: make(chan struct{})}
+	c := &smtpConn{Conn: rc, ing: ing, ip: "127.0.0.1"}
+	c.top = c
+	ing.conns[c], ing.perIP[c.ip] = struct{}{}, 1
+	for _, l := range []string{"250-relay.example Hello\r\n", "250-PIPELINING\r\n", "250 8BITMIME\r\n"} {
+		if n, err := c.Write([]byte(l)); n != len(l) || err != nil {
+			t.Fatalf("write: %d, %v", n, err)
+		}
+	}
+	if got := rc.sent(); len(got) != 0 {
+		t.Fatalf("sent before the next read: %q", got)
+	}
+	buf := make([]byte, 64)
+	if n, err := c.Read(buf); err != nil || string(buf[:n]) != "MAIL FROM:<a@b>\r\n" {
+		t.Fatalf("read %q, %v", buf[:n], err)
+	}
+	if got := rc.sent(); len(got) != 1 || got[0] != "250-relay.example Hello\r\n250-PIPELINING\r\n250 8BITMIME\r\n" {
+		t.Fatalf("sent %q, want the three lines in one write", got)
+	}
+	c.Write([]byte("250 2.0.0 OK\r\n"))
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	if got := rc.sent(); len(got) != 2 || got[1] != "250 2.0.0 OK\r\n" {
+		t.Fatalf("a new write deadline: sent %q", got)
+	}
+	big := bytes.Repeat([]byte("x"), maxPending+1)
+	c.Write([]byte("354 go on\r\n"))
+	c.Write(big)
+	if got := rc.sent(); len(got) != 4 || got[2] != "354 go on\r\n" || len(got[3]) != len(big) {
+		t.Fatalf("a large write: %d writes", len(got))
+	}
+	c.Write([]byte("221 2.0.0 Bye\r\n"))
+	c.Close()
+	if got := rc.sent(); len(got) != 5 || got[4] != "221 2.0.0 Bye\r\n" {
+		t.Fatalf("close: sent %q", got[len(got)-1])
+	}
+}
