@@ -118,12 +118,15 @@ boxes=""
 for i in $(seq 1 $MAILBOXES); do boxes="$boxes${boxes:+,}box$i@bench.example"; done
 
 # --- Holdfast: Redis, the simulator, the relay --------------------------------
+start_redis() { # PORT DIR: a private redis-server, AOF on, appendfsync everysec
+	redis-server --bind 127.0.0.1 --port "$1" --dir "$2" --appendonly yes \
+		--appendfsync everysec --save '' --maxmemory-policy noeviction --daemonize no \
+		--logfile "$2/redis.log" &
+	pids+=($!)
+	wait_port "$1"
+}
 redis_port=$(free_port)
-redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$work" --appendonly yes \
-	--appendfsync everysec --save '' --maxmemory-policy noeviction --daemonize no \
-	--logfile "$work/redis.log" &
-pids+=($!)
-wait_port "$redis_port"
+start_redis "$redis_port" "$work"
 
 sim_smtp=$(free_port) sim_https=$(free_port) sim_admin=$(free_port)
 {
@@ -200,11 +203,7 @@ wait_port "$hf_plain"
 # and ports, emptied after each round.
 mkdir -p "$work/paused"
 redis2_port=$(free_port)
-redis-server --bind 127.0.0.1 --port "$redis2_port" --dir "$work/paused" --appendonly yes \
-	--appendfsync everysec --save '' --maxmemory-policy noeviction --daemonize no \
-	--logfile "$work/redis-paused.log" &
-pids+=($!)
-wait_port "$redis2_port"
+start_redis "$redis2_port" "$work/paused"
 hp_plain=$(free_port) hp_tls=$(free_port) hp_http=$(free_port) hp_ops=$(free_port)
 holdfast_config off | sed -e "s/127.0.0.1:$redis_port/127.0.0.1:$redis2_port/" -e "s/127.0.0.1:$hf_plain/127.0.0.1:$hp_plain/" \
 	-e "s/127.0.0.1:$hf_tls/127.0.0.1:$hp_tls/" -e "s/127.0.0.1:$hf_http/127.0.0.1:$hp_http/" \

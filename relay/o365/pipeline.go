@@ -251,27 +251,19 @@ func (s *SMTPSender) pipelined(ctx context.Context, c *conn, m *queue.Message, r
 	if _, _, err := readReply(w.r, 250); err != nil {
 		return "", smtpError("MAIL FROM", err, AppOnly, true)
 	}
-	var rejected []string
-	accepted := 0
-	for _, rcpt := range m.To {
+	accepted, rejected, err := recipients(m.To, func(string) error {
 		_, _, err := readReply(w.r, 250)
-		if err == nil {
-			accepted++
-			continue
-		}
-		ue := smtpError("RCPT TO "+rcpt, err, AppOnly, true)
-		if ue.Class != upstream.Permanent {
-			return "", ue
-		}
-		rejected = append(rejected, rcpt+": "+ue.Error())
+		return err
+	})
+	if err != nil {
+		return "", err
 	}
 	if chunk {
 		_ = w.nc.SetDeadline(time.Now().Add(s.o.DataTimeout))
 		_, msg, err := readReply(w.r, 250)
 		if accepted == 0 {
 			// The server refused the BDAT too and discarded its chunk.
-			return "", &upstream.Error{Class: upstream.Permanent, Code: 550,
-				Text: "every recipient was rejected: " + strings.Join(rejected, "; ")}
+			return "", allRejected(rejected)
 		}
 		if err != nil {
 			return "", smtpError("BDAT LAST", err, AppOnly, true)
@@ -283,8 +275,7 @@ func (s *SMTPSender) pipelined(ctx context.Context, c *conn, m *queue.Message, r
 	if accepted == 0 {
 		// The server refused DATA too, or the connection is closed after
 		// it: either way nothing goes out.
-		return "", &upstream.Error{Class: upstream.Permanent, Code: 550,
-			Text: "every recipient was rejected: " + strings.Join(rejected, "; ")}
+		return "", allRejected(rejected)
 	}
 	if dataErr != nil {
 		return "", smtpError("DATA", dataErr, AppOnly, true)

@@ -670,23 +670,12 @@ func (s *SMTPSender) transact(ctx context.Context, c *conn, m *queue.Message) (s
 	if err := c.c.Mail(m.From, nil); err != nil {
 		return "", smtpError("MAIL FROM", err, AppOnly, true)
 	}
-	var rejected []string
-	accepted := 0
-	for _, rcpt := range m.To {
-		err := c.c.Rcpt(rcpt, nil)
-		if err == nil {
-			accepted++
-			continue
-		}
-		ue := smtpError("RCPT TO "+rcpt, err, AppOnly, true)
-		if ue.Class != upstream.Permanent {
-			return "", ue
-		}
-		rejected = append(rejected, rcpt+": "+ue.Error())
+	accepted, rejected, err := recipients(m.To, func(rcpt string) error { return c.c.Rcpt(rcpt, nil) })
+	if err != nil {
+		return "", err
 	}
 	if accepted == 0 {
-		return "", &upstream.Error{Class: upstream.Permanent, Code: 550,
-			Text: "every recipient was rejected: " + strings.Join(rejected, "; ")}
+		return "", allRejected(rejected)
 	}
 	w, err := c.c.Data()
 	if err != nil {
@@ -711,6 +700,33 @@ func (s *SMTPSender) transact(ctx context.Context, c *conn, m *queue.Message) (s
 		reply += "; rejected: " + strings.Join(rejected, "; ")
 	}
 	return reply, nil
+}
+
+// recipients reads the reply to each RCPT TO of to, in order, from reply:
+// it counts the accepted ones and names the permanently rejected ones for
+// the message's reply. Any other rejection is returned as the error: the
+// message is retried whole later, so that nobody gets it twice.
+func recipients(to []string, reply func(rcpt string) error) (accepted int, rejected []string, err error) {
+	for _, rcpt := range to {
+		err := reply(rcpt)
+		if err == nil {
+			accepted++
+			continue
+		}
+		ue := smtpError("RCPT TO "+rcpt, err, AppOnly, true)
+		if ue.Class != upstream.Permanent {
+			return 0, nil, ue
+		}
+		rejected = append(rejected, rcpt+": "+ue.Error())
+	}
+	return accepted, rejected, nil
+}
+
+// allRejected is the error of a message whose every recipient was
+// rejected.
+func allRejected(rejected []string) *upstream.Error {
+	return &upstream.Error{Class: upstream.Permanent, Code: 550,
+		Text: "every recipient was rejected: " + strings.Join(rejected, "; ")}
 }
 
 // put keeps a connection for the mailbox's next message. reap renews its
