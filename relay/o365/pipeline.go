@@ -222,6 +222,10 @@ func (s *SMTPSender) pipelined(ctx context.Context, c *conn, m *queue.Message, r
 		if err := ctx.Err(); err != nil {
 			return "", &upstream.Error{Class: upstream.Transient, Text: "send abandoned before the message", Err: err}
 		}
+		// The message is sent without a time limit, as go-smtp sends a
+		// message after DATA: a large one on a slow link takes as long as
+		// it takes, and ctx ends it. The replies are awaited from the end.
+		_ = w.nc.SetWriteDeadline(time.Time{})
 		w.bw.WriteString("BDAT " + strconv.Itoa(len(m.Body)) + " LAST\r\n")
 		w.bw.Write(m.Body)
 	} else {
@@ -232,6 +236,9 @@ func (s *SMTPSender) pipelined(ctx context.Context, c *conn, m *queue.Message, r
 			return "", errors.Join(errStaleConn, err)
 		}
 		return "", smtpError("MAIL FROM", err, AppOnly, true)
+	}
+	if chunk {
+		_ = w.nc.SetReadDeadline(time.Now().Add(s.o.CommandTimeout))
 	}
 	if reset {
 		if _, _, err := readReply(w.r, 250); err != nil {
@@ -280,6 +287,7 @@ func (s *SMTPSender) pipelined(ctx context.Context, c *conn, m *queue.Message, r
 	if dataErr != nil {
 		return "", smtpError("DATA", dataErr, AppOnly, true)
 	}
+	_ = w.nc.SetWriteDeadline(time.Time{}) // as for BDAT above
 	dw := textproto.NewWriter(w.bw).DotWriter()
 	if _, err := dw.Write(m.Body); err != nil {
 		return "", &upstream.Error{Class: upstream.Transient, Text: "write message", Err: err}

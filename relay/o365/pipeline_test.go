@@ -85,6 +85,7 @@ type proxy struct {
 	writes atomic.Int64
 	conns  atomic.Int64
 	mute   atomic.Bool // the server's replies are dropped
+	slow   atomic.Bool // the sender's bytes are passed on at about 12 MB/s
 
 	mu   sync.Mutex
 	open []net.Conn
@@ -124,6 +125,9 @@ func (p *proxy) serve() {
 				if n > 0 {
 					p.writes.Add(1)
 					u.Write(buf[:n])
+					if p.slow.Load() {
+						time.Sleep(5 * time.Millisecond)
+					}
 				}
 				if err != nil {
 					u.Close()
@@ -188,11 +192,12 @@ func (fixedToken) Invalidate() {}
 // from EHLO, and a sender to it over plaintext.
 func newSinkSender(t *testing.T, hide ...string) (*sink, *proxy, *o365.SMTPSender) {
 	t.Helper()
-	return newSinkSenderWith(t, time.Minute, hide...)
+	return newSinkSenderWith(t, time.Minute, time.Minute, hide...)
 }
 
-// newSinkSenderWith is newSinkSender with the sender's CommandTimeout.
-func newSinkSenderWith(t *testing.T, timeout time.Duration, hide ...string) (*sink, *proxy, *o365.SMTPSender) {
+// newSinkSenderWith is newSinkSender with the sender's CommandTimeout and
+// DataTimeout.
+func newSinkSenderWith(t *testing.T, command, data time.Duration, hide ...string) (*sink, *proxy, *o365.SMTPSender) {
 	t.Helper()
 	k := &sink{}
 	srv := smtp.NewServer(k)
@@ -209,8 +214,8 @@ func newSinkSenderWith(t *testing.T, timeout time.Duration, hide ...string) (*si
 	s, err := o365.NewSMTPSender(o365.SMTPOptions{
 		Addr:              p.ln.Addr().String(),
 		InsecurePlaintext: true,
-		CommandTimeout:    timeout,
-		DataTimeout:       timeout,
+		CommandTimeout:    command,
+		DataTimeout:       data,
 		IdleTimeout:       time.Minute,
 		PerMinute:         1000,
 		Limits:            freeLimits{},
@@ -384,7 +389,7 @@ func TestKeptConnectionClosed(t *testing.T) {
 // time may still act on the message sent after its RSET, so the message is
 // not sent again on another connection: the send fails as transient.
 func TestKeptConnectionSilent(t *testing.T) {
-	k, p, s := newSinkSenderWith(t, 300*time.Millisecond)
+	k, p, s := newSinkSenderWith(t, 300*time.Millisecond, 300*time.Millisecond)
 	ctx := context.Background()
 	if _, err := s.Send(ctx, sinkMessage(1, "a@example.org")); err != nil {
 		t.Fatal(err)
@@ -399,5 +404,29 @@ func TestKeptConnectionSilent(t *testing.T) {
 	}
 	if got := k.received(); len(got) != 2 {
 		t.Fatalf("the sink has %d messages; the silent server took the second too", len(got))
+	}
+}
+
+// TestSlowLargeMessage: a message that takes longer to send than
+// CommandTimeout is sent, by BDAT and by DATA, as go-smtp sends one after
+// DATA; the replies are awaited from its end.
+func TestSlowLargeMessage(t *testing.T) {
+	k, p, s := newSinkSenderWith(t, 300*time.Millisecond, 10*time.Second)
+	p.slow.Store(true)
+	ctx := context.Background()
+	body := []byte("Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("y", 1000)+"\r\n", 16000)) // 16 MB
+	for _, to := range [][]string{{"a@example.org"}, {"a@example.org", "b@example.org"}} {
+		start := time.Now()
+		m := sinkMessage(1, to...)
+		m.Body = body
+		if _, err := s.Send(ctx, m); err != nil {
+			t.Fatalf("to %v: %v", to, err)
+		}
+		if took := time.Since(start); took < 300*time.Millisecond {
+			t.Fatalf("to %v: sent in %v, within CommandTimeout: the test shows nothing", to, took)
+		}
+	}
+	if got := k.received(); len(got) != 2 || !strings.HasSuffix(got[1], strings.Repeat("y", 1000)+"\r\n") {
+		t.Fatalf("received %d", len(got))
 	}
 }
