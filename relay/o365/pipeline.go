@@ -72,9 +72,9 @@ const helloName = "localhost"
 // *smtp.SMTPError, as go-smtp returns them. The caller bounds it by
 // closing nc.
 func startTLS(nc net.Conn, cfg *tls.Config) (*tls.Conn, error) {
-	// Byte by byte, so that nothing after the STARTTLS reply is taken from
-	// the TLS handshake.
-	r := textproto.NewReader(bufio.NewReaderSize(byteReader{nc}, 16))
+	// The server sends nothing after its STARTTLS reply until the client
+	// begins TLS, so this reader, dropped after, holds nothing of TLS.
+	r := textproto.NewReader(bufio.NewReader(nc))
 	if _, _, err := readReply(r, 220); err != nil {
 		return nil, err
 	}
@@ -111,18 +111,6 @@ func closedBefore(err error) bool {
 	}
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
-}
-
-// byteReader reads at most one byte at a time.
-type byteReader struct {
-	r interface{ Read([]byte) (int, error) }
-}
-
-func (b byteReader) Read(p []byte) (int, error) {
-	if len(p) > 1 {
-		p = p[:1]
-	}
-	return b.r.Read(p)
 }
 
 // hasExtension reports whether an EHLO reply's text names ext.
@@ -199,10 +187,12 @@ func replyError(code int, msg string) *smtp.SMTPError {
 // and their errors are those of transact.
 func (s *SMTPSender) pipelined(ctx context.Context, c *conn, m *queue.Message, reset bool) (string, error) {
 	w := c.w
-	for _, a := range append([]string{m.From}, m.To...) {
-		if strings.ContainsAny(a, "\r\n") {
-			return "", smtpError("MAIL FROM", errors.New("smtp: A line must not contain CR or LF"), AppOnly, true)
-		}
+	bad := strings.ContainsAny(m.From, "\r\n")
+	for _, a := range m.To {
+		bad = bad || strings.ContainsAny(a, "\r\n")
+	}
+	if bad {
+		return "", smtpError("MAIL FROM", errors.New("smtp: A line must not contain CR or LF"), AppOnly, true)
 	}
 	_ = w.nc.SetDeadline(time.Now().Add(s.o.CommandTimeout))
 	defer w.nc.SetDeadline(time.Time{})
@@ -276,7 +266,7 @@ func (s *SMTPSender) pipelined(ctx context.Context, c *conn, m *queue.Message, r
 			return "", smtpError("BDAT LAST", err, AppOnly, true)
 		}
 		c.used = time.Now()
-		return "250 " + msg, nil
+		return sentReply(msg, nil), nil
 	}
 	_, _, dataErr := readReply(w.r, 354)
 	if accepted == 0 {
@@ -306,9 +296,5 @@ func (s *SMTPSender) pipelined(ctx context.Context, c *conn, m *queue.Message, r
 		return "", smtpError("end of DATA", err, AppOnly, true)
 	}
 	c.used = time.Now()
-	reply := "250 " + msg
-	if len(rejected) > 0 {
-		reply += "; rejected: " + strings.Join(rejected, "; ")
-	}
-	return reply, nil
+	return sentReply(msg, rejected), nil
 }

@@ -203,7 +203,7 @@ type conn struct {
 	// w, when the server offers PIPELINING, sends the transactions
 	// (pipeline.go).
 	w *wire
-	// kept says the connection carried a message before: its next
+	// kept says the connection was idle before (put): its next
 	// transaction starts with RSET.
 	kept    bool
 	slot    *queue.Slot
@@ -358,7 +358,6 @@ func (s *SMTPSender) submit(ctx context.Context, c *conn, route Route, m *queue.
 			s.discard(c)
 			return "", err
 		}
-		c.kept = true
 		s.put(c)
 		return reply, nil
 	}
@@ -695,11 +694,17 @@ func (s *SMTPSender) transact(ctx context.Context, c *conn, m *queue.Message) (s
 		return "", smtpError("end of DATA", err, AppOnly, true)
 	}
 	c.used = time.Now()
-	reply := "250 " + resp.StatusText
+	return sentReply(resp.StatusText, rejected), nil
+}
+
+// sentReply is the reply recorded for a sent message: the server's text
+// after 250, and the recipients it rejected.
+func sentReply(text string, rejected []string) string {
+	reply := "250 " + text
 	if len(rejected) > 0 {
 		reply += "; rejected: " + strings.Join(rejected, "; ")
 	}
-	return reply, nil
+	return reply
 }
 
 // recipients reads the reply to each RCPT TO of to, in order, from reply:
@@ -732,6 +737,7 @@ func allRejected(rejected []string) *upstream.Error {
 // put keeps a connection for the mailbox's next message. reap renews its
 // slot.
 func (s *SMTPSender) put(c *conn) {
+	c.kept = true
 	s.mu.Lock()
 	s.idle[c.mailbox] = append(s.idle[c.mailbox], c)
 	s.mu.Unlock()
