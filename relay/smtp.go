@@ -303,12 +303,10 @@ func (c *smtpConn) Read(b []byte) (int, error) {
 		return 0, err
 	}
 	if c.byeIfClosing() {
-		_ = c.flush()
 		return 0, io.EOF
 	}
 	n, err := c.Conn.Read(b)
 	if n == 0 && isTimeout(err) && c.byeIfClosing() {
-		_ = c.flush()
 		return 0, io.EOF
 	}
 	return n, err
@@ -404,6 +402,7 @@ func (c *smtpConn) byeIfClosing() bool {
 	if first && canWrite {
 		_ = c.Conn.SetWriteDeadline(time.Now().Add(smtpGoodbyeTimeout))
 		_, _ = io.WriteString(top, smtpReplyLine(errSMTPShuttingDown))
+		_ = c.flush()
 	}
 	return true
 }
