@@ -64,7 +64,7 @@ func (q *Queue) HoldRouteAt(ctx context.Context, route, reason string, fence Fen
 	}
 	// The metrics count the route again within SummaryRefresh should
 	// the change log miss it.
-	_ = q.logChange(ctx, route)
+	q.logChange(ctx, route)
 	return n == 1, nil
 }
 
@@ -114,7 +114,7 @@ func (q *Queue) releaseSteps(ctx context.Context, route string, fence Fence, eac
 		total += n
 		switch status {
 		case 1:
-			_ = q.logChange(ctx, route) // see HoldRouteAt
+			q.logChange(ctx, route)
 			// Due again: the due-route index held it HeldRecheck away.
 			return total, q.markDue(ctx, route)
 		case -1:

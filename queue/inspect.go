@@ -337,7 +337,7 @@ func (q *Queue) Requeue(ctx context.Context, id string) error {
 	if ok == 0 {
 		return fmt.Errorf("%s is %s, not dead: only dead letters can be requeued", id, m.State)
 	}
-	_ = q.logChange(ctx, m.Route) // see HoldRouteAt
+	q.logChange(ctx, m.Route)
 	return q.markDue(ctx, m.Route)
 }
 
@@ -356,7 +356,7 @@ func (q *Queue) Delete(ctx context.Context, id string) error {
 	if n == 0 {
 		return fmt.Errorf("delete %s: %w", id, ErrNotFound)
 	}
-	_ = q.logChange(ctx, m.Route) // see HoldRouteAt
+	q.logChange(ctx, m.Route)
 	return nil
 }
 
@@ -368,7 +368,7 @@ func (q *Queue) Flush(ctx context.Context, route string) (int, error) {
 		return 0, fmt.Errorf("flush %s: %w", route, err)
 	}
 	if n > 0 {
-		_ = q.logChange(ctx, route) // see HoldRouteAt
+		q.logChange(ctx, route)
 	}
 	return n, q.markDue(ctx, route)
 }

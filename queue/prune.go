@@ -107,7 +107,7 @@ func (q *Queue) prune(ctx context.Context, route string) (bool, error) {
 		}
 		if err == nil {
 			// Its change may have left the log with the route.
-			_ = q.logChange(ctx, route)
+			q.logChange(ctx, route)
 		}
 		return false, err
 	}

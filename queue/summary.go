@@ -136,7 +136,6 @@ func (s *Summarizer) Summarize(ctx context.Context) (Summary, error) {
 	if full {
 		todo = routes
 		s.counts = make(map[string]routeCount, len(routes))
-		s.seq = 0
 	} else {
 		present := make(map[string]bool, len(routes))
 		nowMs := now.UnixMilli()
@@ -263,15 +262,14 @@ func (s *Summarizer) sum(routes []string) Summary {
 
 // logChange records in the change log that the route's counts changed,
 // for a change made outside the scripts that log their own (holds,
-// releases, the operator's commands). Redis Cluster keeps no log.
-func (q *Queue) logChange(ctx context.Context, route string) error {
+// releases, the operator's commands). Redis Cluster keeps no log. It is
+// best effort: the change itself is made, and a record the log missed is
+// counted again by the Summarizer's next full count.
+func (q *Queue) logChange(ctx context.Context, route string) {
 	if q.cluster() {
-		return nil
+		return
 	}
-	if err := changeScript.Run(ctx, q.rdb, []string{changesKey}, q.opts.Now().UnixMilli(), route).Err(); err != nil {
-		return fmt.Errorf("log change: %w", err)
-	}
-	return nil
+	_ = changeScript.Run(ctx, q.rdb, []string{changesKey}, q.opts.Now().UnixMilli(), route).Err()
 }
 
 // summaryBytes is how many bytes the summary scripts return per route:
