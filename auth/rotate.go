@@ -3,8 +3,6 @@ package auth
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -110,12 +108,4 @@ func (c *Credential) TrySecret(ctx context.Context, secret string) error {
 		return tokenErr(err, c.opts.Now(), secret)
 	}
 	return nil
-}
-
-// SecretFingerprint is the fingerprint a credential gives a secret file
-// of this content, as the breaker's record of the material that works
-// keeps it.
-func SecretFingerprint(content []byte) string {
-	sum := sha256.Sum256(content)
-	return hex.EncodeToString(sum[:8])
 }

@@ -148,8 +148,10 @@ func (c *Credential) validate(field string) error {
 		c.RotateLifetime = Duration(180 * 24 * time.Hour)
 	}
 	switch {
-	case c.AutoRotateBefore < 0 || c.RotateGrace < 0:
+	case c.AutoRotateBefore < 0:
 		return fmt.Errorf("%s.auto_rotate_before: durations cannot be negative", field)
+	case c.RotateGrace < 0:
+		return fmt.Errorf("%s.rotate_grace: durations cannot be negative", field)
 	case c.RotateLifetime < Duration(24*time.Hour) || c.RotateLifetime > Duration(2*365*24*time.Hour):
 		return fmt.Errorf("%s.rotate_lifetime: from 1d to 730d (Entra's longest)", field)
 	case c.AutoRotateBefore > 0 && len(c.ClientSecretFiles) == 0:

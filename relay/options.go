@@ -364,7 +364,7 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	if err := n.Decode(&s); err != nil {
 		return err
 	}
-	v, err := parseDuration(s)
+	v, err := ParseDuration(s)
 	if err != nil {
 		return fmt.Errorf("line %d: %q is not a duration such as 90s, 5m, 120h or 14d", n.Line, s)
 	}
@@ -372,8 +372,9 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
-// parseDuration is time.ParseDuration with whole days ("14d") as well.
-func parseDuration(s string) (time.Duration, error) {
+// ParseDuration is time.ParseDuration with whole days ("14d") as well,
+// as the configuration's durations are written.
+func ParseDuration(s string) (time.Duration, error) {
 	if days, ok := strings.CutSuffix(s, "d"); ok {
 		n, err := strconv.Atoi(days)
 		if err != nil || n < 0 || n > 100_000 {

@@ -215,15 +215,8 @@ func (r *rotator) rotate(ctx context.Context, name string, print bool) (RotateRe
 		return RotateResult{}, fmt.Errorf("%w: credential %s waits to remove its old secret (key %s) after %s; rotate again after that",
 			errRotating, name, p.OldKeyID, p.RemoveAfter.UTC().Format(time.RFC3339))
 	}
-	// Claimed first: a rotation that cannot go on is not tried again by
-	// every relay every minute.
-	ok, err := r.claims.Claim(ctx, "rotate", name, "lease", rotateClaim)
-	if err != nil {
-		return RotateResult{}, fmt.Errorf("claim the rotation: %w", err)
-	}
-	if !ok {
-		return RotateResult{}, fmt.Errorf("%w: another relay is rotating credential %s, or did less than %v ago", errRotating, name, rotateClaim)
-	}
+	// A directory that cannot take the secret is told before the claim,
+	// which would refuse the --print the error advises for its lifetime.
 	dir := ""
 	if !print {
 		var why string
@@ -231,6 +224,15 @@ func (r *rotator) rotate(ctx context.Context, name string, print bool) (RotateRe
 		if dir == "" {
 			return RotateResult{}, fmt.Errorf("credential %s: %s; rotate with --print and store the new secret yourself", name, why)
 		}
+	}
+	// Claimed before Graph is asked: a rotation that cannot go on is not
+	// tried again by every relay every minute.
+	ok, err := r.claims.Claim(ctx, "rotate", name, "lease", rotateClaim)
+	if err != nil {
+		return RotateResult{}, fmt.Errorf("claim the rotation: %w", err)
+	}
+	if !ok {
+		return RotateResult{}, fmt.Errorf("%w: another relay is rotating credential %s, or did less than %v ago", errRotating, name, rotateClaim)
 	}
 	list, err := live.AppCredentials(ctx, r.graphURL)
 	if err != nil {
@@ -279,9 +281,10 @@ func (r *rotator) rotate(ctx context.Context, name string, print bool) (RotateRe
 	base := "holdfast-" + now.UTC().Format("20060102-150405") + ".secret"
 	file, pending := filepath.Join(dir, base), filepath.Join(dir, "."+base)
 	if err := writeAtomic(pending, content); err != nil {
-		// The secret exists in Entra: hand it over rather than lose it.
+		// The secret exists in Entra: hand it over rather than lose it
+		// (the command prints it; a relay removes it again).
 		res.Secret = ns.Value
-		return res, fmt.Errorf("write the new secret to %s: %w; the secret is printed instead, store it yourself", dir, err)
+		return res, fmt.Errorf("write the new secret to %s: %w; make the directory writable, or rotate with --print", dir, err)
 	}
 	if err := r.waitPropagated(ctx, live, ns.Value); err != nil {
 		r.discard(ctx, name, res, pending)
@@ -311,7 +314,7 @@ func (r *rotator) rotate(ctx context.Context, name string, print bool) (RotateRe
 		return res, fmt.Errorf("the new secret (hint %s) was written to %s but secret %s is still in use", ns.Hint, file, hint)
 	}
 	err = r.q.SetRotation(ctx, queue.Rotation{Credential: name, OldKeyID: oldKeyID, OldHint: oldHint, OldFile: oldFile,
-		NewKeyID: ns.KeyID, NewHint: ns.Hint, NewFingerprint: auth.SecretFingerprint(content),
+		NewKeyID: ns.KeyID, NewHint: ns.Hint, NewFingerprint: live.Fingerprint(), // the new secret's: in use, as checked above
 		At: now, RemoveAfter: removeAfter})
 	if err != nil {
 		return res, err
@@ -444,17 +447,7 @@ func (r *rotator) tick(ctx context.Context, name string) {
 	if c.AutoRotateBefore <= 0 || r.expiry == nil {
 		return
 	}
-	end := time.Time{}
-	for _, ce := range r.expiry.Expiries() {
-		if ce.Credential != name {
-			continue
-		}
-		for _, e := range ce.Expiries {
-			if e.InUse && e.Hint != "" && !e.ExpiresAt.IsZero() {
-				end = e.ExpiresAt
-			}
-		}
-	}
+	end := r.expiry.ExpiresAt(name)
 	if end.IsZero() || end.Sub(r.now()) > c.AutoRotateBefore.D() {
 		return
 	}
@@ -463,8 +456,7 @@ func (r *rotator) tick(ctx context.Context, name string) {
 	res, err := r.Rotate(ctx, name, false)
 	switch {
 	case errors.Is(err, errRotating):
-	case err != nil:
-		r.log.Error("cannot rotate the credential's secret", "credential", name, "err", err)
+	case err != nil: // logged and posted by Rotate
 		if res.Secret != "" {
 			// Handed back for an operator to store, but no one reads
 			// it here.

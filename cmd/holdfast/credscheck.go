@@ -114,15 +114,11 @@ func graphAdvice(msg string) string {
 
 // parseWithin reads "30d", "72h", "90m" or "0".
 func parseWithin(s string) (time.Duration, error) {
-	if n, ok := strings.CutSuffix(s, "d"); ok {
-		days, err := strconv.Atoi(n)
-		if err != nil || days < 0 {
-			return 0, fmt.Errorf("%q is not a number of days such as 30d", s)
-		}
-		return time.Duration(days) * 24 * time.Hour, nil
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d < 0 {
+	d, err := relay.ParseDuration(s)
+	switch {
+	case (err != nil || d < 0) && strings.HasSuffix(s, "d"):
+		return 0, fmt.Errorf("%q is not a number of days such as 30d", s)
+	case err != nil || d < 0:
 		return 0, fmt.Errorf("%q is not a duration such as 30d or 72h", s)
 	}
 	return d, nil
