@@ -54,7 +54,7 @@ func (g *gate) authTurn(route string) func(context.Context, bool) (o365.AuthTurn
 				}}, nil
 			case breaker.Refused:
 				return o365.AuthTurn{}, &upstream.Error{Class: upstream.Credential, Reason: a.Reply,
-					Text: "AUTH not tried: this credential's AUTHs were refused too often in a row, fleet-wide: " + a.Reply}
+					Text: "AUTH not tried: this credential's AUTHs were refused too often in a row, fleet-wide (check it with \"holdfast creds check\"; the breaker's probe tries it again): " + a.Reply}
 			}
 			if !wait || !time.Now().Before(deadline) {
 				return o365.AuthTurn{}, fmt.Errorf("breaker %s: %w", cred, o365.ErrNoTurn)

@@ -41,6 +41,31 @@ type graphFallbacks struct {
 	warned map[string]bool      // credentials logged as lacking Mail.Send
 }
 
+// warnOnce reports whether the credential's missing Mail.Send is to be
+// logged: the first time only.
+func (f *graphFallbacks) warnOnce(cred string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.warned[cred] {
+		return false
+	}
+	if f.warned == nil {
+		f.warned = map[string]bool{}
+	}
+	f.warned[cred] = true
+	return true
+}
+
+// set records that the route goes by Graph until then.
+func (f *graphFallbacks) set(route string, until time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.routes == nil {
+		f.routes = map[string]time.Time{}
+	}
+	f.routes[route] = until
+}
+
 // refresh reads the fleet's routes when this replica's copy is older than
 // fallbackRead. With Redis unreadable it keeps its copy.
 func (f *graphFallbacks) refresh(ctx context.Context) {
@@ -80,20 +105,12 @@ func (x *exchange) fallBack(ctx context.Context, m *queue.Message, refusal error
 	}
 	tok, err := src.Token(ctx)
 	if err != nil {
-		x.fallbacks.log.Warn("fallback: graph: cannot get a Graph token; the mailbox's mail is held",
-			"credential", cred, "mailbox", mailbox, "err", err)
+		x.fallbacks.log.Warn("fallback: graph: cannot get a Graph token; the mailbox's mail is held. "+
+			"Check the credential with \"holdfast creds check\"", "credential", cred, "mailbox", mailbox, "err", err)
 		return refusal
 	}
 	if !o365.TokenHasRole(tok.AccessToken, o365.MailSendRole) {
-		f := x.fallbacks
-		f.mu.Lock()
-		first := !f.warned[cred]
-		if f.warned == nil {
-			f.warned = map[string]bool{}
-		}
-		f.warned[cred] = true
-		f.mu.Unlock()
-		if first {
+		if f := x.fallbacks; f.warnOnce(cred) {
 			f.log.Warn("fallback: graph needs the Mail.Send application permission (admin-consented) on the app registration; "+
 				"until it has it, mailboxes with SMTP AUTH disabled are held", "credential", cred, "mailbox", mailbox)
 		}
@@ -101,14 +118,11 @@ func (x *exchange) fallBack(ctx context.Context, m *queue.Message, refusal error
 	}
 	until, decided, err := x.fallbacks.q.SetGraphFallback(ctx, m.Route, time.Now().Add(x.fallbacks.recheck))
 	if err != nil {
+		x.fallbacks.log.Warn("fallback: graph: cannot record the route's fallback; the mailbox's mail is held and tried again",
+			"route", m.Route, "err", err)
 		return refusal
 	}
-	x.fallbacks.mu.Lock()
-	if x.fallbacks.routes == nil {
-		x.fallbacks.routes = map[string]time.Time{}
-	}
-	x.fallbacks.routes[m.Route] = until
-	x.fallbacks.mu.Unlock()
+	x.fallbacks.set(m.Route, until)
 	if decided {
 		x.fallbacks.log.Info("SMTP AUTH is disabled for the mailbox; its mail goes by Graph (fallback: graph)",
 			"route", m.Route, "until", until.UTC().Format(time.RFC3339))
