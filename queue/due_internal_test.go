@@ -222,11 +222,11 @@ func TestLeaseRerun(t *testing.T) {
 	for range 3 {
 		submitTo(t, q, "crm")
 	}
-	first, err := q.lease(ctx, "crm", 2, time.Minute, "tok1")
+	first, err := q.lease(ctx, "crm", 2, time.Minute, "tok1", nil, "")
 	if err != nil || len(first.Leases) != 2 {
 		t.Fatalf("lease: %+v %v", first, err)
 	}
-	again, err := q.lease(ctx, "crm", 2, time.Minute, "tok1")
+	again, err := q.lease(ctx, "crm", 2, time.Minute, "tok1", nil, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,5 +263,21 @@ func TestLeaseRerun(t *testing.T) {
 	}
 	if m.Attempts != 1 {
 		t.Fatalf("attempts after a settle re-run: %d, want 1", m.Attempts)
+	}
+
+	// An ack with the next lease, run again with the same tokens, acks
+	// once and leases the same message.
+	acked := first.Leases[1]
+	twin = *acked
+	next, err := q.lease(ctx, "crm", 1, time.Minute, "tok2", acked, "250 OK")
+	if err != nil || len(next.Leases) != 1 {
+		t.Fatalf("ack and lease: %+v %v", next, err)
+	}
+	again, err = q.lease(ctx, "crm", 1, time.Minute, "tok2", &twin, "250 OK")
+	if err != nil || !slices.Equal(ids(next), ids(again)) {
+		t.Fatalf("ack and lease re-run: %v %v, first run %v", ids(again), err, ids(next))
+	}
+	if m, err = q.Get(ctx, acked.ID); err != nil || m.State != Delivered || m.Attempts != 1 {
+		t.Fatalf("acked message after the re-run: %+v %v; want delivered after 1 attempt", m, err)
 	}
 }

@@ -26,11 +26,22 @@ type LeaseResult struct {
 // messages, those whose lifetime has run out even after crediting their
 // time held up to Options.HeldGrace.
 func (q *Queue) Lease(ctx context.Context, route string, n int, d time.Duration) (LeaseResult, error) {
-	return q.lease(ctx, route, n, d, newToken())
+	return q.lease(ctx, route, n, d, newToken(), nil, "")
+}
+
+// AckNext is Ack of l with the upstream's reply, then Lease of up to n
+// more of its route until now+d, in one round trip: the worker that
+// delivered a message takes the route's next ones. When the lease of l
+// was lost, it returns ErrLeaseLost and leases nothing. After an error of
+// another kind, whether l was acked is not known, as with Ack.
+func (q *Queue) AckNext(ctx context.Context, l *Lease, reply string, n int, d time.Duration) (LeaseResult, error) {
+	return q.lease(ctx, l.Route, n, d, newToken(), l, reply)
 }
 
 // lease is Lease with a given token; the same token leases nothing more.
-func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration, token string) (LeaseResult, error) {
+// With ack set, the same script first acks that message of the route
+// (see AckNext).
+func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration, token string, ack *Lease, reply string) (LeaseResult, error) {
 	if n <= 0 {
 		n = 1
 	}
@@ -51,18 +62,36 @@ func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration,
 	}
 	// Forgotten before looking, as the dirty mark: a change that cannot
 	// be marked after this look keeps the route again.
+	script, what := leaseScript, "lease "+route
+	if ack != nil {
+		script, what = ackLeaseScript, "ack "+ack.ID+" and lease "+route
+		keys = append(keys, msgKey(ack.ID))
+		args = append(args, ack.ID, ack.token, reply, q.opts.DeliveredRetention.Milliseconds())
+	}
 	q.mu.Lock()
 	wasUnmarked := q.unmarked[route]
 	delete(q.unmarked, route)
 	q.mu.Unlock()
-	res, err := leaseScript.Run(ctx, q.rdb, keys, args...).Slice()
+	res, err := script.Run(ctx, q.rdb, keys, args...).Slice()
+	if err == nil && len(res) == 1 {
+		// The ack found its lease lost, and nothing was looked at.
+		if !single {
+			q.markOrKeep(context.WithoutCancel(ctx), route) // the dirty mark cleared above
+		}
+		err = ErrLeaseLost
+	}
 	if err != nil {
 		if wasUnmarked {
 			q.mu.Lock()
 			q.unmarked[route] = true
 			q.mu.Unlock()
 		}
-		return LeaseResult{}, fmt.Errorf("lease %s: %w", route, err)
+		return LeaseResult{}, fmt.Errorf("%s: %w", what, err)
+	}
+	if ack != nil {
+		ack.Attempts++
+		ack.LastError = reply
+		ack.State = Delivered
 	}
 	next, seq, at := res[0].(int64), res[2].(int64), res[4].(int64)
 	if !single {

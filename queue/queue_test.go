@@ -597,6 +597,78 @@ func TestCluster(t *testing.T) {
 	}
 }
 
+// TestAckNext: a worker acks its message and leases the route's next in
+// one call; an ack whose lease was lost leases nothing.
+func TestAckNext(t *testing.T) {
+	t.Run("server", func(t *testing.T) {
+		testAckNext(t, redistest.Start(t).Client(t), "crm")
+	})
+	t.Run("Cluster", func(t *testing.T) {
+		testAckNext(t, redistest.StartCluster(t, 3).Client(t), "app:fabrikam")
+	})
+}
+
+func testAckNext(t *testing.T, rdb redis.UniversalClient, route string) {
+	ctx := context.Background()
+	clk := newClock()
+	q := queue.New(rdb, queue.Options{Now: clk.Now})
+	var ids []string
+	for i := range 3 {
+		ids = append(ids, enqueue(t, q, msg(route, i)))
+		clk.Add(time.Millisecond)
+	}
+	other := enqueue(t, q, msg("other", 9))
+
+	first := lease(t, q, route, 1, time.Minute).Leases[0]
+	res, err := q.AckNext(ctx, first, "250 2.0.0 OK", 1, time.Minute)
+	if err != nil || len(res.Leases) != 1 || res.Leases[0].ID != ids[1] {
+		t.Fatalf("ack and lease: %+v %v; want %s leased", res, err, ids[1])
+	}
+	if m := get(t, q, first.ID); m.State != queue.Delivered || m.Attempts != 1 || m.LastError != "250 2.0.0 OK" {
+		t.Fatalf("acked message: %+v", m)
+	}
+	if first.State != queue.Delivered || first.Attempts != 1 {
+		t.Fatalf("the caller's lease after the ack: %+v", first.Message)
+	}
+	second := res.Leases[0]
+	if m := get(t, q, second.ID); m.State != queue.Leased || !m.LeaseEnd.Equal(clk.Now().Add(time.Minute)) {
+		t.Fatalf("next message: %+v", m)
+	}
+
+	// The second lease runs out and another worker takes both messages
+	// left: the late ack fails and leases nothing.
+	clk.Add(2 * time.Minute)
+	taken := lease(t, q, route, 10, time.Minute)
+	if len(taken.Leases) != 2 {
+		t.Fatalf("the other worker leased %d messages, want 2", len(taken.Leases))
+	}
+	res, err = q.AckNext(ctx, second, "250 2.0.0 OK", 1, time.Minute)
+	if !errors.Is(err, queue.ErrLeaseLost) || len(res.Leases) != 0 {
+		t.Fatalf("ack of a lost lease: %+v %v; want ErrLeaseLost and nothing leased", res, err)
+	}
+	if m := get(t, q, second.ID); m.State != queue.Leased || m.Attempts != 1 {
+		t.Fatalf("message whose late ack failed: %+v; want leased by the other worker, its lost attempt counted", m)
+	}
+	for _, l := range taken.Leases {
+		if err := q.Ack(ctx, l, "250"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Nothing left on the route: the ack leases nothing, and the other
+	// route's message is untouched.
+	last := taken.Leases[0]
+	if m := get(t, q, other); m.State != queue.Ready {
+		t.Fatalf("other route's message: %+v", m)
+	}
+	if _, err := q.AckNext(ctx, last, "250", 1, time.Minute); err != nil {
+		t.Fatalf("ack again of an acked message: %v", err)
+	}
+	st, err := q.Stats(ctx)
+	if err != nil || st.Total.Ready != 1 || st.Total.Leased != 0 {
+		t.Fatalf("stats at the end: %+v %v; want only the other route's message", st.Total, err)
+	}
+}
+
 // cancelAfterScript cancels its context once the first script run
 // answers, as a shutdown landing between a Lease's script and what
 // follows it would.

@@ -101,7 +101,14 @@ return {ARGV[1], 0}
 // att, err} entries; seq is the route's lease sequence after this lease;
 // deadline is the earliest lease deadline on the route (-1 when none); at
 // is when the route next needs a lease, its index entry (-1: none).
-var leaseScript = redis.NewScript(indexLua + changeLua + `
+var leaseScript = redis.NewScript(indexLua + changeLua + leaseLua + `
+return lease(KEYS, ARGV)
+`)
+
+// leaseLua defines lease(KEYS, ARGV), the body of leaseScript, for the
+// scripts that lease.
+const leaseLua = `
+local function lease(KEYS, ARGV)
 local now = tonumber(ARGV[1])
 local prefix = ARGV[5]
 local single = KEYS[9] ~= nil
@@ -226,7 +233,8 @@ if #leased > 0 then
   redis.call('PEXPIREAT', KEYS[8], ARGV[2])
 end
 return summary(leased)
-`)
+end
+`
 
 // extendScript moves a lease's deadline.
 //
@@ -261,7 +269,14 @@ return 1
 // outcome (as a client's retry after a lost reply does), it changes
 // nothing and returns the state the first run left, as long as the
 // message was not leased again since.
-var settleScript = redis.NewScript(changeLua + `
+var settleScript = redis.NewScript(changeLua + settleLua + `
+return settle(KEYS, ARGV)
+`)
+
+// settleLua defines settle(KEYS, ARGV), the body of settleScript, for the
+// scripts that settle.
+const settleLua = `
+local function settle(KEYS, ARGV)
 local done = redis.call('HMGET', KEYS[1], 'settled', 'st')
 if done[1] and done[1] == ARGV[2] .. ':' .. ARGV[4] then return done[2] end
 if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[2] or done[2] ~= 'leased' then
@@ -296,6 +311,32 @@ redis.call('ZADD', KEYS[2], ARGV[7], ARGV[1])
 redis.call('HSET', KEYS[1], 'st', 'queued')
 if KEYS[6] then redis.call('SADD', KEYS[6], ARGV[9]) end
 return 'queued'
+end
+`
+
+// ackLeaseScript acks one leased message of a route, as settleScript
+// does, then leases from the route as leaseScript does: a worker that
+// delivered a message takes the next in the same round trip. When the
+// ack finds the lease lost, nothing is leased. Run again with the same
+// tokens, it changes nothing and returns what the first run leased.
+//
+// KEYS: leaseScript's (8, or 12 on a single server), then the acked
+// message's hash. ARGV: leaseScript's 8, then the acked message's id,
+// its lease token, the upstream's reply and how long a delivered
+// message's record is kept, in ms.
+//
+// Returns {0} when the ack found the lease lost, else leaseScript's
+// answer.
+var ackLeaseScript = redis.NewScript(indexLua + changeLua + leaseLua + settleLua + `
+local n = #KEYS - 1
+local lk, la = {}, {}
+for i = 1, n do lk[i] = KEYS[i] end
+for i = 1, 8 do la[i] = ARGV[i] end
+local sk = {KEYS[n + 1], KEYS[1], KEYS[2], KEYS[3], KEYS[4]}
+if n > 8 then sk[6], sk[7] = KEYS[9], KEYS[12] end
+local st = settle(sk, {ARGV[9], ARGV[10], ARGV[1], 'ack', ARGV[11], 1, 0, ARGV[12], ARGV[8]})
+if st ~= 'delivered' then return {0} end
+return lease(lk, la)
 `)
 
 // requeueScript moves a dead letter back to the queue, due now, with a new

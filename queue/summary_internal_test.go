@@ -99,9 +99,14 @@ func TestSummarizerFollowsChanges(t *testing.T) {
 			l := leases[i]
 			leases = slices.Delete(leases, i, i+1)
 			var err error
-			switch rng.IntN(3) {
+			switch rng.IntN(4) {
 			case 0:
 				op, err = "ack", q.Ack(ctx, l, "250 OK")
+			case 3:
+				op = "ack and lease"
+				var next LeaseResult
+				next, err = q.AckNext(ctx, l, "250 OK", 1+rng.IntN(2), time.Minute)
+				leases = append(leases, next.Leases...)
 			case 1:
 				op = "retry"
 				_, err = q.Defer(ctx, l, time.Duration(rng.IntN(20))*time.Second, "451 later")

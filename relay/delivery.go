@@ -66,6 +66,7 @@ type deliveryQueue interface {
 	Lease(ctx context.Context, route string, n int, d time.Duration) (queue.LeaseResult, error)
 	Extend(ctx context.Context, l *queue.Lease, d time.Duration) error
 	Ack(ctx context.Context, l *queue.Lease, reply string) error
+	AckNext(ctx context.Context, l *queue.Lease, reply string, n int, d time.Duration) (queue.LeaseResult, error)
 	Retry(ctx context.Context, l *queue.Lease, lastErr string) (queue.State, error)
 	Defer(ctx context.Context, l *queue.Lease, delay time.Duration, reason string) (queue.State, error)
 	Fail(ctx context.Context, l *queue.Lease, reason string) error
@@ -301,23 +302,22 @@ const laneRun = 100
 
 // lane delivers l, then keeps the worker and the sender's room on the
 // route for its next due messages, while they are delivered, there are
-// more and the sender has room, up to laneRun in a row.
+// more and the sender has room, up to laneRun in a row. The room for the
+// next message is taken before the delivered one is acked, so that the
+// ack leases the next message in the same round trip.
 func (d *deliverer) lane(ctx context.Context, l *queue.Lease, r reservation) {
 	route := l.Route
-	for i := 1; ; i++ {
-		if !d.deliver(l, r) || i == laneRun || ctx.Err() != nil || d.sendCtx.Err() != nil {
-			return
-		}
-		rs, _, err := d.reserve(ctx, route, 1)
-		if err != nil || len(rs) == 0 {
-			return
-		}
-		res, err := d.q.Lease(ctx, route, 1, d.cfg.Lease)
-		if err != nil || len(res.Leases) == 0 {
-			cancelAll(rs)
-			return
-		}
-		l, r = res.Leases[0], rs[0]
+	for i := 1; l != nil; i++ {
+		l, r = d.deliver(l, r, func() reservation {
+			if i == laneRun || ctx.Err() != nil || d.sendCtx.Err() != nil {
+				return nil
+			}
+			rs, _, err := d.reserve(ctx, route, 1)
+			if err != nil || len(rs) == 0 {
+				return nil
+			}
+			return rs[0]
+		})
 	}
 }
 
@@ -438,9 +438,11 @@ func (d *deliverer) drain() {
 }
 
 // deliver sends one leased message, keeps its lease alive meanwhile, and
-// settles it by the outcome's class. It reports whether the message was
-// delivered and recorded so.
-func (d *deliverer) deliver(l *queue.Lease, r reservation) bool {
+// settles it by the outcome's class. When the message was delivered and
+// more gives room for another of its route, the ack leases that message
+// too: deliver returns its lease and the room, or nil when there was none
+// (the room then given back).
+func (d *deliverer) deliver(l *queue.Lease, r reservation, more func() reservation) (*queue.Lease, reservation) {
 	log := d.log.With("id", l.ID, "route", l.Route)
 	ctx, cancel := context.WithCancelCause(d.sendCtx)
 	defer cancel(nil)
@@ -456,27 +458,41 @@ func (d *deliverer) deliver(l *queue.Lease, r reservation) bool {
 		// Another worker may own the message now; whatever this send did,
 		// the lease's holder settles it.
 		log.Warn("lease lost during the send; the send was abandoned", "err", err)
-		return false
+		return nil, nil
 	}
 
 	// Settle with a context of its own: a cancelled send must still hand
 	// its message back.
 	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer scancel()
-	if err == nil {
-		if err := d.q.Ack(sctx, l, reply); err != nil {
-			log.Error("delivered, but the queue could not record it; it may be delivered again", "err", err)
-			return false
-		}
-		log.Info("delivered", "attempts", l.Attempts, "took", time.Since(start), "reply", reply)
-		d.cfg.Metrics.delivered(routeCredential(l.Route), time.Since(l.Submitted))
-		if d.cfg.OnDelivered != nil {
-			d.cfg.OnDelivered(sctx, l.Route)
-		}
-		return true
+	if err != nil {
+		d.settleFailure(sctx, l, err, log)
+		return nil, nil
 	}
-	d.settleFailure(sctx, l, err, log)
-	return false
+	var next *queue.Lease
+	nr := more()
+	if nr != nil {
+		var res queue.LeaseResult
+		res, err = d.q.AckNext(sctx, l, reply, 1, d.cfg.Lease)
+		if len(res.Leases) > 0 {
+			next = res.Leases[0]
+		} else {
+			nr.Cancel()
+			nr = nil
+		}
+	} else {
+		err = d.q.Ack(sctx, l, reply)
+	}
+	if err != nil {
+		log.Error("delivered, but the queue could not record it; it may be delivered again", "err", err)
+		return nil, nil
+	}
+	log.Info("delivered", "attempts", l.Attempts, "took", time.Since(start), "reply", reply)
+	d.cfg.Metrics.delivered(routeCredential(l.Route), time.Since(l.Submitted))
+	if d.cfg.OnDelivered != nil {
+		d.cfg.OnDelivered(sctx, l.Route)
+	}
+	return next, nr
 }
 
 // settleFailure applies the failure's class to the message.
