@@ -24,7 +24,8 @@ import (
 // the last refusal's reply instead, and the breaker opens without another request reaching
 // the upstream. So at most Threshold refusals reach it before the breaker
 // opens, however many sessions and replicas try. While the breaker is
-// open its own probe lease decides, and every attempt is let through.
+// open no place is given (Held): the attempt waits with the mail it
+// carries, and the breaker's probe, which takes no place, decides.
 //
 // A refusal cured by a new token is recorded too: each replica is told
 // once, at its next place, to fetch a new token before its AUTH rather
@@ -50,12 +51,16 @@ const (
 	// last refusal was of a cached token, and the retry that would have
 	// tested a new one ended without a verdict.
 	GoFresh
+	// Held: the breaker is open; hold the mail. Attempt.Reply is the
+	// breaker's reason.
+	Held
 )
 
 // Attempt is EnterAttempt's answer.
 type Attempt struct {
 	Verdict Verdict
-	// Reply is the last refusal's reply, with Refused.
+	// Reply is the last refusal's reply with Refused, the breaker's
+	// reason with Held.
 	Reply string
 	// CuredAt is when a cached token was last refused and a new one
 	// worked (zero: never since the breaker's last transition).
@@ -89,9 +94,9 @@ const (
 // lifetime in ms, ARGV[5] "1" for a retry with a new token.
 //
 // Returns {verdict, reply, cured}: verdict 0 go, 1 wait, 2 refused, 3 go
-// with a new token.
+// with a new token, 4 held: the breaker is open (reply: its reason).
 var enterScript = redis.NewScript(`
-local rec = redis.call('HMGET', KEYS[1], 'state', 'generation')
+local rec = redis.call('HMGET', KEYS[1], 'state', 'generation', 'reason')
 local gen = rec[2] or '0'
 local st = redis.call('HMGET', KEYS[3], 'gen', 'refused', 'reply', 'cured')
 if st[1] ~= gen then
@@ -100,7 +105,7 @@ if st[1] ~= gen then
   st = {gen, '0', '', '0'}
 end
 local cured = st[4] or '0'
-if rec[1] == 'open' then return {0, '', cured} end
+if rec[1] == 'open' then return {4, rec[3] or '', cured} end
 local now, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 if ARGV[5] ~= '1' then limit = math.max(1, limit - 1) end
 local refused = tonumber(st[2] or '0')

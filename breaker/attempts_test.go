@@ -85,8 +85,8 @@ func TestAttemptsBoundRefusals(t *testing.T) {
 		t.Fatalf("retry after three refusals: %v, want Refused", v)
 	}
 
-	// A transition starts the count again; an open breaker lets every
-	// attempt through (its probe lease decides).
+	// A transition starts the count again; an open breaker gives no
+	// place (its probe, which takes none, decides).
 	record(t, a, name, credErr)
 	record(t, a, name, credErr)
 	record(t, a, name, credErr)
@@ -94,8 +94,9 @@ func TestAttemptsBoundRefusals(t *testing.T) {
 		t.Fatalf("breaker %v, want open", st.State)
 	}
 	for i := range 5 {
-		if v := enter(t, c, name, fmt.Sprint("o", i), false).Verdict; v != Go {
-			t.Fatalf("open breaker, attempt %d: %v, want Go", i, v)
+		a := enter(t, c, name, fmt.Sprint("o", i), i%2 == 1)
+		if a.Verdict != Held || a.Reply != credErr.Error() {
+			t.Fatalf("open breaker, attempt %d: %v %q, want Held with the breaker's reason %q", i, a.Verdict, a.Reply, credErr.Error())
 		}
 	}
 	if err := a.Reset(context.Background(), name); err != nil {

@@ -161,18 +161,22 @@ func (g *gate) check(ctx context.Context, route string) error {
 	}{{cred, upstream.Credential}, {mbx, upstream.Mailbox}} {
 		allowed, err := g.set.Allow(ctx, b.name)
 		if !allowed {
-			st := g.set.Cached(b.name)
-			// Retried shortly: the route is held meanwhile, and this
-			// replica's view of the breaker may be a poll behind.
-			text := "breaker " + b.name + " open"
-			if st.Reason != "" {
-				text += ": " + st.Reason
-			}
-			return &upstream.Error{Class: b.class, Text: text,
-				RetryAfter: breakerRecheck, Err: errors.Join(errBreakerOpen, err)}
+			return openError(b.name, b.class, g.set.Cached(b.name).Reason, err)
 		}
 	}
 	return nil
+}
+
+// openError is the error of a send held by the open breaker name: it is
+// retried shortly, the route held meanwhile, since this replica's view of
+// the breaker may be a poll behind. err is what the breaker said, if
+// anything.
+func openError(name string, class upstream.Class, reason string, err error) error {
+	text := "breaker " + name + " open"
+	if reason != "" {
+		text += ": " + reason
+	}
+	return &upstream.Error{Class: class, Text: text, RetryAfter: breakerRecheck, Err: errors.Join(errBreakerOpen, err)}
 }
 
 // checkNow is check with the records read from Redis now, in one round

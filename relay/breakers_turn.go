@@ -52,6 +52,11 @@ func (g *gate) authTurn(route string) func(context.Context, bool) (o365.AuthTurn
 					stop()
 					exit(o, err)
 				}}, nil
+			case breaker.Held:
+				// The breaker opened while this AUTH waited for a place, and
+				// this replica's view of it is a poll behind: the mail is
+				// held as check holds it.
+				return o365.AuthTurn{}, openError(cred, upstream.Credential, a.Reply, nil)
 			case breaker.Refused:
 				return o365.AuthTurn{}, &upstream.Error{Class: upstream.Credential, Reason: a.Reply,
 					Text: "AUTH not tried: this credential's AUTHs were refused too often in a row, fleet-wide (check it with \"holdfast creds check\"; the breaker's probe tries it again): " + a.Reply}
