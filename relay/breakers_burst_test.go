@@ -9,6 +9,7 @@ import (
 	"holdfast/breaker"
 	"holdfast/cmd/o365sim/sim"
 	"holdfast/queue"
+	"holdfast/relay/o365"
 )
 
 // TestBreakerBurst: 20 parallel sessions of one credential, on 20
@@ -137,5 +138,41 @@ func breakerBurst(t *testing.T, replicas int, denied bool) {
 		if id := fmt.Sprintf("<m%d@test>", n); got[id] != 1 {
 			t.Errorf("%s delivered %d times", id, got[id])
 		}
+	}
+}
+
+// TestFreshAuthCures: after two relays' cached tokens were refused, the
+// next AUTH is told to try a new token (breaker.GoFresh). When it works,
+// that is a cure the other relays must hear of, so that they replace
+// their own cached tokens before their AUTHs instead of having each
+// refused in turn.
+func TestFreshAuthCures(t *testing.T) {
+	e := newExchangeEnv(t, 2, nil)
+	ctx := t.Context()
+	cred := credentialBreaker("contoso")
+	other := e.relays[1].gate.set
+	for _, tok := range []string{"p1", "p2"} {
+		if a, err := other.EnterAttempt(ctx, cred, tok, false); err != nil || a.Verdict != breaker.Go {
+			t.Fatalf("place %s: %+v %v", tok, a, err)
+		}
+	}
+	for _, tok := range []string{"p1", "p2"} {
+		if _, err := other.ExitAttempt(ctx, cred, tok, breaker.FailedStale, "535 5.7.3 Authentication unsuccessful"); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	turn, err := e.relays[0].gate.authTurn("app:contoso:box1@contoso.com")(ctx, true)
+	if err != nil || !turn.Refresh {
+		t.Fatalf("AUTH after two stale refusals: %+v %v; want a place with a new token", turn, err)
+	}
+	turn.Exit(o365.AuthOK, nil)
+
+	a, err := other.EnterAttempt(ctx, cred, "p3", false)
+	if err != nil || a.Verdict != breaker.Go {
+		t.Fatalf("place after the new token worked: %+v %v", a, err)
+	}
+	if a.CuredAt.IsZero() {
+		t.Fatal("the new token worked, but the other relays are not told to replace their cached tokens (no cure recorded)")
 	}
 }

@@ -46,7 +46,7 @@ func (g *gate) authTurn(route string) func(context.Context, bool) (o365.AuthTurn
 			switch a.Verdict {
 			case breaker.Go, breaker.GoFresh:
 				stop := g.renewTurn(cred, token)
-				exit := g.exitTurn(cred, token)
+				exit := g.exitTurn(cred, token, a.Verdict == breaker.GoFresh)
 				refresh := g.newCure(cred, a.CuredAt) || a.Verdict == breaker.GoFresh
 				return o365.AuthTurn{Refresh: refresh, Exit: func(o o365.AuthOutcome, err error) {
 					stop()
@@ -99,18 +99,21 @@ func (g *gate) renewTurn(cred, token string) (stop func()) {
 	}
 }
 
-// exitTurn gives a place back with the AUTH's outcome.
-func (g *gate) exitTurn(cred, token string) func(o365.AuthOutcome, error) {
+// exitTurn gives a place back with the AUTH's outcome. fresh says the
+// place was given to test a new token after a cached one's refusal
+// (breaker.GoFresh): its success is a cure, which the other replicas
+// hear of and replace their own cached tokens.
+func (g *gate) exitTurn(cred, token string, fresh bool) func(o365.AuthOutcome, error) {
 	return func(outcome o365.AuthOutcome, err error) {
 		o, reply := breaker.Neutral, ""
-		switch outcome {
-		case o365.AuthCured:
+		switch {
+		case outcome == o365.AuthCured, outcome == o365.AuthOK && fresh:
 			o = breaker.Cured
-		case o365.AuthOK:
+		case outcome == o365.AuthOK:
 			o = breaker.Succeeded
-		case o365.AuthRefused:
+		case outcome == o365.AuthRefused:
 			o, reply = breaker.Failed, breaker.Reason(err)
-		case o365.AuthStale:
+		case outcome == o365.AuthStale:
 			o, reply = breaker.FailedStale, breaker.Reason(err)
 		}
 		// The place is given back even when the send was cancelled.
