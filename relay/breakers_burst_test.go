@@ -109,6 +109,19 @@ func breakerBurst(t *testing.T, replicas int, denied bool) {
 		if n := mid.SMTPAuthFailures - before.SMTPAuthFailures; n > threshold {
 			t.Errorf("%d AUTH failures reached Exchange before the breaker opened; want at most the threshold, %d", n, threshold)
 		}
+		// The sends in flight when it opened report their failures as
+		// they end; a report landing after the reset below would count
+		// against the reset breaker and open it again. So the reset
+		// waits until no message is leased: each send's failure was
+		// recorded before its message was handed back.
+		waitFor(t, 10*time.Second, "no send in flight", func() bool {
+			for _, id := range ids {
+				if e.get(t, id).State == queue.Leased {
+					return false
+				}
+			}
+			return true
+		})
 		e.sim.DenySendAsApp(simTenant, simClientID, false)
 		before = mid
 		if err := set.Reset(t.Context(), credentialBreaker("contoso")); err != nil {
