@@ -199,6 +199,13 @@ func newSinkSender(t *testing.T, hide ...string) (*sink, *proxy, *o365.SMTPSende
 // DataTimeout.
 func newSinkSenderWith(t *testing.T, command, data time.Duration, hide ...string) (*sink, *proxy, *o365.SMTPSender) {
 	t.Helper()
+	return newSinkSenderEdit(t, func(o *o365.SMTPOptions) { o.CommandTimeout, o.DataTimeout = command, data }, hide...)
+}
+
+// newSinkSenderEdit is newSinkSender with the sender's options changed by
+// edit.
+func newSinkSenderEdit(t *testing.T, edit func(*o365.SMTPOptions), hide ...string) (*sink, *proxy, *o365.SMTPSender) {
+	t.Helper()
 	k := &sink{}
 	srv := smtp.NewServer(k)
 	srv.AllowInsecureAuth = true
@@ -211,18 +218,20 @@ func newSinkSenderWith(t *testing.T, command, data time.Duration, hide ...string
 	wg.Go(func() { _ = srv.Serve(ln) })
 	t.Cleanup(func() { srv.Close(); wg.Wait() })
 	p := newProxy(t, ln.Addr().String(), hide)
-	s, err := o365.NewSMTPSender(o365.SMTPOptions{
+	o := o365.SMTPOptions{
 		Addr:              p.ln.Addr().String(),
 		InsecurePlaintext: true,
-		CommandTimeout:    command,
-		DataTimeout:       data,
+		CommandTimeout:    time.Minute,
+		DataTimeout:       time.Minute,
 		IdleTimeout:       time.Minute,
 		PerMinute:         1000,
 		Limits:            freeLimits{},
 		Router: func(context.Context, *queue.Message) (o365.Route, error) {
 			return o365.Route{Mailbox: "box@contoso.com", Tokens: fixedToken{}, Kind: o365.AppOnly}, nil
 		},
-	})
+	}
+	edit(&o)
+	s, err := o365.NewSMTPSender(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -428,5 +437,60 @@ func TestSlowLargeMessage(t *testing.T) {
 	}
 	if got := k.received(); len(got) != 2 || !strings.HasSuffix(got[1], strings.Repeat("y", 1000)+"\r\n") {
 		t.Fatalf("received %d", len(got))
+	}
+}
+
+// lostLimits is freeLimits whose slots are lost once lost is set, as a
+// Redis failover without the slot records loses them.
+type lostLimits struct {
+	freeLimits
+	lost     atomic.Bool
+	acquired atomic.Int64
+	renewed  atomic.Int64
+}
+
+func (l *lostLimits) AcquireConn(ctx context.Context, mailbox string, max int, ttl time.Duration) (*queue.Slot, error) {
+	l.acquired.Add(1)
+	return l.freeLimits.AcquireConn(ctx, mailbox, max, ttl)
+}
+
+func (l *lostLimits) Renew(context.Context, *queue.Slot, time.Duration) error {
+	l.renewed.Add(1)
+	if l.lost.Load() {
+		return queue.ErrSlotLost
+	}
+	return nil
+}
+
+// TestLostSlotClosesConnection: a kept connection whose fleet-wide slot
+// expired (another replica may hold it now) is closed, and the next
+// message goes on a connection with a slot of its own, so that the
+// mailbox stays within Exchange's connection limit.
+func TestLostSlotClosesConnection(t *testing.T) {
+	limits := &lostLimits{}
+	_, p, s := newSinkSenderEdit(t, func(o *o365.SMTPOptions) {
+		o.Limits = limits
+		o.IdleTimeout = 4 * time.Second // the reaper looks every 2 s
+	})
+	ctx := context.Background()
+	if _, err := s.Send(ctx, sinkMessage(0, "a@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	limits.lost.Store(true)
+	deadline := time.Now().Add(10 * time.Second)
+	for limits.renewed.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the kept connection's slot was never renewed")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := s.Send(ctx, sinkMessage(1, "a@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.conns.Load(); got != 2 {
+		t.Fatalf("%d connections opened; want 2: the connection whose slot was lost must not be used again", got)
+	}
+	if got := limits.acquired.Load(); got != 2 {
+		t.Fatalf("%d slots taken; want 2", got)
 	}
 }

@@ -210,6 +210,11 @@ type conn struct {
 	mailbox string
 	used    time.Time
 	renewed time.Time // when slot was last taken or renewed; under SMTPSender.mu
+	// lost says its slot expired and may be another's now (a Redis
+	// failover that lost the slot, a replica stalled past slotTTL): the
+	// connection is closed as soon as it is idle, so that the mailbox
+	// stays within its connection limit. Under SMTPSender.mu.
+	lost bool
 }
 
 // NewSMTPSender returns a sender. o.Router and o.Limits are required.
@@ -264,14 +269,36 @@ func (s *SMTPSender) reap() {
 			s.discard(c)
 		}
 		for _, c := range renew {
-			if err := s.o.Limits.Renew(context.Background(), c.slot, slotTTL); err != nil {
+			err := s.o.Limits.Renew(context.Background(), c.slot, slotTTL)
+			switch {
+			case errors.Is(err, queue.ErrSlotLost):
+				s.o.Logger.Warn("a connection slot expired and may be another's; closing its connection", "mailbox", c.mailbox)
+				s.loseSlot(c)
+			case err != nil:
 				s.o.Logger.Warn("cannot renew a connection slot", "mailbox", c.mailbox, "err", err)
-				continue
+			default:
+				s.mu.Lock()
+				c.renewed = time.Now()
+				s.mu.Unlock()
 			}
-			s.mu.Lock()
-			c.renewed = time.Now()
-			s.mu.Unlock()
 		}
+	}
+}
+
+// loseSlot closes a connection whose slot expired: at once when it is
+// idle, or when its send ends (put).
+func (s *SMTPSender) loseSlot(c *conn) {
+	s.mu.Lock()
+	c.lost = true
+	list := s.idle[c.mailbox]
+	i := slices.Index(list, c)
+	if i >= 0 {
+		s.idle[c.mailbox] = slices.Delete(list, i, i+1)
+	}
+	s.mu.Unlock()
+	if i >= 0 {
+		_ = c.c.Quit()
+		s.discard(c)
 	}
 }
 
@@ -739,8 +766,15 @@ func allRejected(rejected []string) *upstream.Error {
 func (s *SMTPSender) put(c *conn) {
 	c.kept = true
 	s.mu.Lock()
-	s.idle[c.mailbox] = append(s.idle[c.mailbox], c)
+	lost := c.lost
+	if !lost {
+		s.idle[c.mailbox] = append(s.idle[c.mailbox], c)
+	}
 	s.mu.Unlock()
+	if lost {
+		_ = c.c.Quit()
+		s.discard(c)
+	}
 }
 
 // discard closes a connection and frees its slot.
