@@ -41,7 +41,8 @@ type reservation interface {
 // delivery.
 type capacity interface {
 	// Reserve takes room for up to n messages of the route. With none
-	// it returns how long until room may free up.
+	// it returns how long until room may free up. With an error, the
+	// room it returns was taken before the error, and is given back.
 	Reserve(ctx context.Context, route string, n int) ([]reservation, time.Duration, error)
 }
 
@@ -249,6 +250,9 @@ func (d *deliverer) pass(ctx context.Context, routes []string) (leased bool, ret
 		}
 		rs, wait, err := d.reserve(ctx, route, n)
 		if err != nil || len(rs) == 0 {
+			// Room taken before the capacity failed goes back: each holds
+			// a connection of the sender's.
+			cancelAll(rs)
 			d.giveSlots(n)
 			if err != nil && ctx.Err() == nil {
 				d.log.Warn("cannot reserve room to send", "route", route, "err", err)
@@ -314,6 +318,7 @@ func (d *deliverer) lane(ctx context.Context, l *queue.Lease, r reservation) {
 			}
 			rs, _, err := d.reserve(ctx, route, 1)
 			if err != nil || len(rs) == 0 {
+				cancelAll(rs)
 				return nil
 			}
 			return rs[0]

@@ -248,3 +248,64 @@ func TestDeliveryExtendsLongLeases(t *testing.T) {
 		t.Fatalf("sent %d times; the lease was not kept alive", n)
 	}
 }
+
+// flakyCapacity gives room as asked, except that its first answer to a
+// request for several is one reservation and an error, as a sender's
+// capacity answers when Redis fails half-way (the connection slot of the
+// second message cannot be read). Every reservation it gives must come
+// back: used by a send or cancelled, each ends with Cancel.
+type flakyCapacity struct {
+	mu     sync.Mutex
+	failed bool
+	given  []*countedReservation
+}
+
+type countedReservation struct{ cancelled atomic.Int32 }
+
+func (r *countedReservation) Bind(ctx context.Context) context.Context { return ctx }
+func (r *countedReservation) Cancel()                                  { r.cancelled.Add(1) }
+
+func (c *flakyCapacity) Reserve(_ context.Context, _ string, n int) ([]reservation, time.Duration, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []reservation
+	for range n {
+		r := &countedReservation{}
+		c.given = append(c.given, r)
+		out = append(out, r)
+		if n > 1 && !c.failed {
+			c.failed = true
+			return out, 0, errors.New("send rate of box@contoso.com: dial tcp 127.0.0.1:6380: connect: connection refused")
+		}
+	}
+	return out, 0, nil
+}
+
+// TestDeliveryGivesBackPartialRoom: room reserved for some messages
+// before the sender's capacity failed for the next is given back, not
+// dropped: a dropped reservation keeps its connection out of use (and its
+// fleet-wide slot renewed) for good.
+func TestDeliveryGivesBackPartialRoom(t *testing.T) {
+	f := newFixture(t)
+	s := &fakeSender{}
+	var ids []string
+	for range 6 {
+		ids = append(ids, enqueueTo(t, f, "someone@example.org"))
+	}
+	c := &flakyCapacity{}
+	stop := startDeliverer(t, f.queue, s, deliveryConfig{Workers: 4, Capacity: c})
+	for _, id := range ids {
+		waitState(t, f, id, queue.Delivered)
+	}
+	stop()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.failed {
+		t.Fatal("the capacity never failed half-way")
+	}
+	for i, r := range c.given {
+		if n := r.cancelled.Load(); n != 1 {
+			t.Errorf("reservation %d of %d ended with %d Cancel calls, want 1", i+1, len(c.given), n)
+		}
+	}
+}
