@@ -551,7 +551,24 @@ func clusterFailover(t *testing.T, wait bool) {
 	time.Sleep(4 * time.Second)
 	load.stop()
 
-	c, lost, drain, drained := f.outcome(ledger, 45*time.Second)
+	// Drained: the queue holds nothing waiting or leased, and what must
+	// arrive has. Without WAIT, a message acknowledged before the
+	// promotion may be among the writes the dead master took with it:
+	// that loss is measured below, and does not keep the queue from
+	// counting as drained.
+	must := ledger.acked()
+	if !wait {
+		for n, r := range must {
+			if !r.start.After(killedAt.Add(promoted)) {
+				delete(must, n)
+			}
+		}
+	}
+	drain, drained := f.waitDrained(must, 45*time.Second)
+	if !drained {
+		f.settle(15 * time.Second)
+	}
+	c, lost := f.count(ledger)
 	var refusedDuring, ackedAfter, lostAfter int
 	got := f.deliveries()
 	for _, r := range ledger.all() {
@@ -584,7 +601,7 @@ func clusterFailover(t *testing.T, wait bool) {
 		t.Errorf("nothing acknowledged after the promotion: the relays did not reconnect")
 	}
 	if !drained {
-		t.Errorf("the queue still held ready or leased messages %s after the load: a route left unmarked by the failover", ms(drain))
+		t.Errorf("the queue still held ready or leased messages, or messages acknowledged after the promotion were not delivered, %s after the load: a route left unmarked by the failover", ms(drain))
 	}
 	if lostAfter > 0 {
 		t.Errorf("%d messages acknowledged after the promotion not delivered", lostAfter)
