@@ -259,14 +259,13 @@ func (s *SMTPSender) reap() {
 		}
 		var renew []*conn
 		for c := range s.live {
-			if !slices.Contains(old, c) && time.Since(c.renewed) >= slotTTL/3 {
+			if !c.lost && !slices.Contains(old, c) && time.Since(c.renewed) >= slotTTL/3 {
 				renew = append(renew, c)
 			}
 		}
 		s.mu.Unlock()
 		for _, c := range old {
-			_ = c.c.Quit()
-			s.discard(c)
+			s.quit(c)
 		}
 		for _, c := range renew {
 			err := s.o.Limits.Renew(context.Background(), c.slot, slotTTL)
@@ -297,8 +296,7 @@ func (s *SMTPSender) loseSlot(c *conn) {
 	}
 	s.mu.Unlock()
 	if i >= 0 {
-		_ = c.c.Quit()
-		s.discard(c)
+		s.quit(c)
 	}
 }
 
@@ -772,18 +770,26 @@ func (s *SMTPSender) put(c *conn) {
 	}
 	s.mu.Unlock()
 	if lost {
-		_ = c.c.Quit()
-		s.discard(c)
+		s.quit(c)
 	}
 }
 
-// discard closes a connection and frees its slot.
+// quit says goodbye on a connection that is not wanted any more, then
+// discards it.
+func (s *SMTPSender) quit(c *conn) {
+	_ = c.c.Quit()
+	s.discard(c)
+}
+
+// discard closes a connection and frees its slot; a slot that expired is
+// no longer this connection's to free.
 func (s *SMTPSender) discard(c *conn) {
 	_ = c.c.Close()
 	s.mu.Lock()
 	delete(s.live, c)
+	lost := c.lost
 	s.mu.Unlock()
-	if c.slot != nil {
+	if c.slot != nil && !lost {
 		_ = s.o.Limits.Release(context.Background(), c.slot)
 	}
 }
@@ -803,8 +809,7 @@ func (s *SMTPSender) Close() error {
 	s.mu.Unlock()
 	for _, list := range idle {
 		for _, c := range list {
-			_ = c.c.Quit()
-			s.discard(c)
+			s.quit(c)
 		}
 	}
 	return nil
