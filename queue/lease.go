@@ -62,9 +62,9 @@ func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration,
 	}
 	// Forgotten before looking, as the dirty mark: a change that cannot
 	// be marked after this look keeps the route again.
-	script, what := leaseScript, "lease "+route
+	script := leaseScript
 	if ack != nil {
-		script, what = ackLeaseScript, "ack "+ack.ID+" and lease "+route
+		script = ackLeaseScript
 		keys = append(keys, msgKey(ack.ID))
 		args = append(args, ack.ID, ack.token, reply, q.opts.DeliveredRetention.Milliseconds())
 	}
@@ -86,7 +86,10 @@ func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration,
 			q.unmarked[route] = true
 			q.mu.Unlock()
 		}
-		return LeaseResult{}, fmt.Errorf("%s: %w", what, err)
+		if ack != nil {
+			return LeaseResult{}, fmt.Errorf("ack %s and lease %s: %w", ack.ID, route, err)
+		}
+		return LeaseResult{}, fmt.Errorf("lease %s: %w", route, err)
 	}
 	if ack != nil {
 		ack.Attempts++

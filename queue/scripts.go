@@ -105,14 +105,15 @@ var leaseScript = redis.NewScript(indexLua + changeLua + leaseLua + `
 return lease(KEYS, ARGV)
 `)
 
-// leaseLua defines lease(KEYS, ARGV), the body of leaseScript, for the
-// scripts that lease.
+// leaseLua defines lease(KEYS, ARGV, changed), the body of leaseScript,
+// for the scripts that lease; changed says the caller changed the route
+// already, so that a change is logged even when the lease moves nothing.
 const leaseLua = `
-local function lease(KEYS, ARGV)
+local function lease(KEYS, ARGV, changed)
 local now = tonumber(ARGV[1])
 local prefix = ARGV[5]
 local single = KEYS[9] ~= nil
-local moved = false
+local moved = changed or false
 if single then redis.call('SREM', KEYS[9], ARGV[8]) end
 
 -- entry is what the lease returns for message id, from the first nine
@@ -332,11 +333,11 @@ local n = #KEYS - 1
 local lk, la = {}, {}
 for i = 1, n do lk[i] = KEYS[i] end
 for i = 1, 8 do la[i] = ARGV[i] end
+-- The ack's change is logged by the lease, once.
 local sk = {KEYS[n + 1], KEYS[1], KEYS[2], KEYS[3], KEYS[4]}
-if n > 8 then sk[6], sk[7] = KEYS[9], KEYS[12] end
 local st = settle(sk, {ARGV[9], ARGV[10], ARGV[1], 'ack', ARGV[11], 1, 0, ARGV[12], ARGV[8]})
 if st ~= 'delivered' then return {0} end
-return lease(lk, la)
+return lease(lk, la, true)
 `)
 
 // requeueScript moves a dead letter back to the queue, due now, with a new
