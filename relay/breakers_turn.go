@@ -45,10 +45,10 @@ func (g *gate) authTurn(route string) func(context.Context, bool) (o365.AuthTurn
 			}
 			switch a.Verdict {
 			case breaker.Go, breaker.GoFresh:
+				fresh := a.Verdict == breaker.GoFresh
 				stop := g.renewTurn(cred, token)
-				exit := g.exitTurn(cred, token, a.Verdict == breaker.GoFresh)
-				refresh := g.newCure(cred, a.CuredAt) || a.Verdict == breaker.GoFresh
-				return o365.AuthTurn{Refresh: refresh, Exit: func(o o365.AuthOutcome, err error) {
+				exit := g.exitTurn(cred, token, fresh)
+				return o365.AuthTurn{Refresh: g.newCure(cred, a.CuredAt) || fresh, Exit: func(o o365.AuthOutcome, err error) {
 					stop()
 					exit(o, err)
 				}}, nil
