@@ -149,22 +149,22 @@ sim_count() { json "$(curl -s "http://127.0.0.1:$sim_admin/admin/received/count"
 
 hf_plain=$(free_port) hf_tls=$(free_port) hf_http=$(free_port) hf_ops=$(free_port)
 hash=$("$bin/holdfast" creds hash <<<"$PASSWORD")
-holdfast_config() { # $1: exchange or off
+holdfast_config() { # SENDER (exchange or off) REDIS PLAIN TLS HTTP OPS: the ports
 	cat <<YAML
 hostname: bench.localhost
 redis:
-  addrs: ["127.0.0.1:$redis_port"]
+  addrs: ["127.0.0.1:$2"]
 smtp:
   cert_file: $work/tls/cert.pem
   key_file: $work/tls/key.pem
   listeners:
-    - addr: "127.0.0.1:$hf_plain"
+    - addr: "127.0.0.1:$3"
       insecure: true
-    - addr: "127.0.0.1:$hf_tls"
+    - addr: "127.0.0.1:$4"
 http:
-  addr: "127.0.0.1:$hf_http"
+  addr: "127.0.0.1:$5"
 ops:
-  addr: "127.0.0.1:$hf_ops"
+  addr: "127.0.0.1:$6"
 delivery:
   sender: "$1"
   workers: 60
@@ -192,8 +192,8 @@ exchange:
   messages_per_minute: 1000000
 YAML
 }
-holdfast_config exchange >"$work/holdfast.yaml"
-holdfast_config off >"$work/holdfast-queue.yaml"
+holdfast_config exchange "$redis_port" "$hf_plain" "$hf_tls" "$hf_http" "$hf_ops" >"$work/holdfast.yaml"
+holdfast_config off "$redis_port" "$hf_plain" "$hf_tls" "$hf_http" "$hf_ops" >"$work/holdfast-queue.yaml"
 "$bin/holdfast" serve --config "$work/holdfast.yaml" >"$work/holdfast.log" 2>&1 &
 hf_pid=$!
 pids+=($hf_pid)
@@ -205,9 +205,7 @@ mkdir -p "$work/paused"
 redis2_port=$(free_port)
 start_redis "$redis2_port" "$work/paused"
 hp_plain=$(free_port) hp_tls=$(free_port) hp_http=$(free_port) hp_ops=$(free_port)
-holdfast_config off | sed -e "s/127.0.0.1:$redis_port/127.0.0.1:$redis2_port/" -e "s/127.0.0.1:$hf_plain/127.0.0.1:$hp_plain/" \
-	-e "s/127.0.0.1:$hf_tls/127.0.0.1:$hp_tls/" -e "s/127.0.0.1:$hf_http/127.0.0.1:$hp_http/" \
-	-e "s/127.0.0.1:$hf_ops/127.0.0.1:$hp_ops/" >"$work/holdfast-paused.yaml"
+holdfast_config off "$redis2_port" "$hp_plain" "$hp_tls" "$hp_http" "$hp_ops" >"$work/holdfast-paused.yaml"
 "$bin/holdfast" serve --config "$work/holdfast-paused.yaml" >"$work/holdfast-paused.log" 2>&1 &
 pids+=($!)
 wait_port "$hp_plain"
@@ -346,27 +344,31 @@ run_round() {
 	echo "$name $pattern $rate $p99 $e2e" >>"$results"
 }
 
+# round_of RELAY PATTERN MODE: run_round with the relay's port and sender
+# and the pattern's load.
+round_of() {
+	local port from n=$MESSAGES extra=()
+	if [ "$2" = reconnect ]; then n=$RECONNECT_MESSAGES extra=(-reconnect -starttls -x25519); fi
+	case "$1/$2/$3" in
+	holdfast/persistent/paused) port=$hp_plain ;;
+	holdfast/persistent/*) port=$hf_plain ;;
+	holdfast/reconnect/paused) port=$hp_tls ;;
+	holdfast/reconnect/*) port=$hf_tls ;;
+	*) port=$pf_port ;;
+	esac
+	from=load@bench.example
+	[ "$1" = holdfast ] && from=$boxes
+	run_round "$1" "$2" "$3" "$port" "$from" "$n" "${extra[@]}"
+}
+
 for round in $(seq 1 "$ROUNDS"); do
 	say "round $round of $ROUNDS"
 	if [ $((round % 2)) -eq 1 ]; then order="holdfast postfix"; else order="postfix holdfast"; fi
 	for mode in paused flowing; do
-		for relay in $order; do
-			if [ "$relay" = holdfast ]; then
-				port=$hf_plain
-				[ "$mode" = paused ] && port=$hp_plain
-				run_round holdfast persistent "$mode" "$port" "$boxes" "$MESSAGES"
-			else
-				run_round postfix persistent "$mode" "$pf_port" load@bench.example "$MESSAGES"
-			fi
-		done
-		for relay in $order; do
-			if [ "$relay" = holdfast ]; then
-				port=$hf_tls
-				[ "$mode" = paused ] && port=$hp_tls
-				run_round holdfast reconnect "$mode" "$port" "$boxes" "$RECONNECT_MESSAGES" -reconnect -starttls -x25519
-			else
-				run_round postfix reconnect "$mode" "$pf_port" load@bench.example "$RECONNECT_MESSAGES" -reconnect -starttls -x25519
-			fi
+		for pattern in persistent reconnect; do
+			for relay in $order; do
+				round_of "$relay" "$pattern" "$mode"
+			done
 		done
 	done
 done
