@@ -466,27 +466,16 @@ func (d *deliverer) deliver(l *queue.Lease, r reservation, more func() reservati
 		return nil, nil
 	}
 
-	// Settle with a context of its own: a cancelled send must still hand
-	// its message back.
-	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer scancel()
 	if err != nil {
-		d.settleFailure(sctx, l, err, log)
+		d.settleFailure(l, err, log)
 		return nil, nil
 	}
-	var next *queue.Lease
-	nr := more()
-	if nr != nil {
-		var res queue.LeaseResult
-		res, err = d.q.AckNext(sctx, l, reply, 1, d.cfg.Lease)
-		if len(res.Leases) > 0 {
-			next = res.Leases[0]
-		} else {
-			nr.Cancel()
-			nr = nil
-		}
-	} else {
-		err = d.q.Ack(sctx, l, reply)
+	next, nr, err := d.ack(l, reply, more(), log)
+	if errors.Is(err, queue.ErrLeaseLost) {
+		// Recorded by a try whose answer was lost, or the lease ran out
+		// and another worker holds the message now.
+		log.Warn("delivered, but the lease was gone when the delivery was recorded; it may be delivered again", "err", err)
+		return nil, nil
 	}
 	if err != nil {
 		log.Error("delivered, but the queue could not record it; it may be delivered again", "err", err)
@@ -495,55 +484,122 @@ func (d *deliverer) deliver(l *queue.Lease, r reservation, more func() reservati
 	log.Info("delivered", "attempts", l.Attempts, "took", time.Since(start), "reply", reply)
 	d.cfg.Metrics.delivered(routeCredential(l.Route), time.Since(l.Submitted))
 	if d.cfg.OnDelivered != nil {
-		d.cfg.OnDelivered(sctx, l.Route)
+		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+		d.cfg.OnDelivered(ctx, l.Route)
+		cancel()
 	}
 	return next, nr
 }
 
+// settleTimeout bounds one try at recording a message's outcome.
+const settleTimeout = 10 * time.Second
+
+// ack records l as delivered with reply. With room for another message
+// of the route (nr), the same call leases it: ack returns its lease and
+// the room, or gives the room back when there was none.
+func (d *deliverer) ack(l *queue.Lease, reply string, nr reservation, log *slog.Logger) (*queue.Lease, reservation, error) {
+	if nr != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+		res, err := d.q.AckNext(ctx, l, reply, 1, d.cfg.Lease)
+		cancel()
+		if err == nil && len(res.Leases) > 0 {
+			return res.Leases[0], nr, nil
+		}
+		nr.Cancel()
+		if err == nil || errors.Is(err, queue.ErrLeaseLost) {
+			return nil, nil, err
+		}
+		log.Warn("cannot record the delivery yet; trying again", "err", err)
+	}
+	return nil, nil, d.record(l, log, func(ctx context.Context) error {
+		return d.q.Ack(ctx, l, reply)
+	})
+}
+
+// record runs settle, which records l's outcome, until it succeeds, the
+// queue finds the lease lost, the lease is about to run out, or shutdown
+// cancels deliveries. An outcome lost to a Redis restart or failover
+// would otherwise leave the message leased until its lease runs out, and
+// a delivered one sent again after that.
+func (d *deliverer) record(l *queue.Lease, log *slog.Logger, settle func(context.Context) error) error {
+	wait := 50 * time.Millisecond
+	for tries := 1; ; tries++ {
+		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+		err := settle(ctx)
+		cancel()
+		if err == nil || errors.Is(err, queue.ErrLeaseLost) || time.Until(l.LeaseEnd) < wait || d.sendCtx.Err() != nil {
+			if err == nil && tries > 1 {
+				log.Info("outcome recorded after Redis came back", "tries", tries)
+			}
+			return err
+		}
+		if tries == 1 {
+			log.Warn("cannot record the outcome; trying again until the lease runs out", "err", err, "lease_end", l.LeaseEnd)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-d.sendCtx.Done():
+		}
+		t.Stop()
+		wait = min(2*wait, time.Second)
+	}
+}
+
 // settleFailure applies the failure's class to the message.
-func (d *deliverer) settleFailure(ctx context.Context, l *queue.Lease, err error, log *slog.Logger) {
+func (d *deliverer) settleFailure(l *queue.Lease, err error, log *slog.Logger) {
 	class := upstream.ClassOf(err)
 	if errors.Is(err, context.Canceled) && d.sendCtx.Err() != nil {
 		// Cancelled by shutdown: not the message's fault.
-		if _, serr := d.q.Defer(ctx, l, 0, "delivery interrupted by shutdown"); serr != nil {
+		if serr := d.record(l, log, func(ctx context.Context) error {
+			_, err := d.q.Defer(ctx, l, 0, "delivery interrupted by shutdown")
+			return err
+		}); serr != nil {
 			log.Error("cannot hand back message after shutdown", "err", serr)
 		}
 		return
 	}
 	if errors.Is(err, destination.ErrPaused) {
 		// The relay's own dead-destination breaker: no failure.
-		if _, serr := d.q.Defer(ctx, l, upstream.RetryAfterOf(err), err.Error()); serr != nil {
+		if serr := d.record(l, log, func(ctx context.Context) error {
+			_, err := d.q.Defer(ctx, l, upstream.RetryAfterOf(err), err.Error())
+			return err
+		}); serr != nil {
 			log.Error("cannot hand back message", "err", serr)
 		}
 		log.Debug("endpoint paused; message handed back", "err", err)
 		return
 	}
-	var (
-		state queue.State
-		serr  error
-	)
-	switch class {
-	case upstream.Permanent:
-		serr = d.q.Fail(ctx, l, err.Error())
-		state = queue.Dead
-	case upstream.Throttled:
-		delay := upstream.RetryAfterOf(err)
-		if delay <= 0 {
-			delay = d.cfg.ThrottleDelay
-		}
-		state, serr = d.q.Defer(ctx, l, delay, err.Error())
-	case upstream.Credential, upstream.Mailbox:
+	if class == upstream.Credential || class == upstream.Mailbox {
 		if d.cfg.OnAuthFailure != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 			d.cfg.OnAuthFailure(ctx, l.Route, err)
+			cancel()
 		}
-		delay := upstream.RetryAfterOf(err)
-		if delay <= 0 {
-			delay = d.q.Backoff(l.Attempts + 1)
-		}
-		state, serr = d.q.Defer(ctx, l, delay, err.Error())
-	default:
-		state, serr = d.q.Retry(ctx, l, err.Error())
 	}
+	var state queue.State
+	serr := d.record(l, log, func(ctx context.Context) (serr error) {
+		switch class {
+		case upstream.Permanent:
+			serr = d.q.Fail(ctx, l, err.Error())
+			state = queue.Dead
+		case upstream.Throttled:
+			delay := upstream.RetryAfterOf(err)
+			if delay <= 0 {
+				delay = d.cfg.ThrottleDelay
+			}
+			state, serr = d.q.Defer(ctx, l, delay, err.Error())
+		case upstream.Credential, upstream.Mailbox:
+			delay := upstream.RetryAfterOf(err)
+			if delay <= 0 {
+				delay = d.q.Backoff(l.Attempts + 1)
+			}
+			state, serr = d.q.Defer(ctx, l, delay, err.Error())
+		default:
+			state, serr = d.q.Retry(ctx, l, err.Error())
+		}
+		return serr
+	})
 	if serr != nil {
 		log.Error("cannot record delivery failure", "class", class, "err", serr, "failure", err)
 		return

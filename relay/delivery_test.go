@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"holdfast/queue"
+	"holdfast/queue/redistest"
 	"holdfast/relay/upstream"
 )
 
@@ -307,5 +308,44 @@ func TestDeliveryGivesBackPartialRoom(t *testing.T) {
 		if n := r.cancelled.Load(); n != 1 {
 			t.Errorf("reservation %d of %d ended with %d Cancel calls, want 1", i+1, len(c.given), n)
 		}
+	}
+}
+
+// TestDeliveryOutcomeOutlastsRedisRestart: a message whose send ends
+// while Redis is down has its outcome recorded once Redis is back, within
+// its lease. A delivered one is neither left leased until the lease runs
+// out nor sent again; a failed one is scheduled for its retry.
+func TestDeliveryOutcomeOutlastsRedisRestart(t *testing.T) {
+	for _, c := range []struct {
+		rcpt string
+		want queue.State
+	}{
+		{"someone@example.org", queue.Delivered},
+		{"busy@example.org", queue.Scheduled},
+	} {
+		t.Run(string(c.want), func(t *testing.T) {
+			f := newFixture(t, redistest.WithArgs("--appendfsync", "always"))
+			s := &fakeSender{block: make(chan struct{})}
+			id := enqueueTo(t, f, c.rcpt)
+			// The lease outlasts waitState's 10 s: only the outcome ends
+			// it in time.
+			startDeliverer(t, f.queue, s, deliveryConfig{Workers: 1, Lease: time.Minute})
+			for s.sends(id) == 0 {
+				time.Sleep(5 * time.Millisecond)
+			}
+			f.redis.Kill(t)
+			close(s.block) // the send ends with Redis down: its outcome cannot be recorded
+			time.Sleep(2 * time.Second)
+			f.redis.Restart(t)
+			restarted := time.Now()
+			m := waitState(t, f, id, c.want)
+			t.Logf("recorded %v after the restart", time.Since(restarted).Round(time.Millisecond))
+			if n := s.sends(id); n != 1 {
+				t.Errorf("message sent %d times, want 1", n)
+			}
+			if m.Attempts != 1 {
+				t.Errorf("attempts %d, want 1", m.Attempts)
+			}
+		})
 	}
 }

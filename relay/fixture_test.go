@@ -37,9 +37,9 @@ type fixture struct {
 	opts   Options
 }
 
-func newFixture(t testing.TB) *fixture {
+func newFixture(t testing.TB, opts ...redistest.Option) *fixture {
 	t.Helper()
-	srv := redistest.Start(t)
+	srv := redistest.Start(t, opts...)
 	q := queue.New(srv.Client(t), queue.Options{})
 	o := DefaultOptions()
 	o.Hostname = "relay.test"
