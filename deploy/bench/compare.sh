@@ -23,10 +23,16 @@
 # second Holdfast with delivery off, on a Redis of its own; Postfix with
 # every message put on hold at the end of DATA, then deleted), which is
 # how fast each takes a burst of mail; and with delivery running, where
-# the relay, its upstream and the load share the 2 cores until the sink
-# or the simulator has every message (end to end).
+# the relay shares its CPUs with its upstream (and with the load, see
+# CPUs) until the sink or the simulator has every message (end to end).
 # Then Holdfast's peak RSS with QUEUED (100,000) messages queued
 # (delivery off, so that they stay queued).
+#
+# CPUs: with 4 or more CPUs, the load tool runs on half of them and
+# everything else (both relays, Redis, the simulator, smtp-sink) on the
+# other half, so that the load does not take the relays' CPU. With fewer
+# all share them. LOAD_CPUS and RELAY_CPUS (taskset lists, e.g. 2-3 and
+# 0-1) set the split by hand; LOAD_CPUS= (empty) turns it off.
 #
 # It prints ingress messages/s and p99 both ways, end-to-end messages/s,
 # the Holdfast/Postfix ratios, the peak RSS, and pass or short against
@@ -81,6 +87,36 @@ if port25; then
 	exit 1
 fi
 
+# The CPU split: RELAY_CPUS for the relays and their upstreams, LOAD_CPUS
+# for hfload; the on_relay_cpus and on_load_cpus prefixes run a command on
+# them.
+if [ -z "${LOAD_CPUS+set}" ]; then
+	read -r RELAY_CPUS LOAD_CPUS < <(python3 -c '
+import os
+c = sorted(os.sched_getaffinity(0))
+h = len(c) // 2
+print(",".join(map(str, c[:h])), ",".join(map(str, c[h:]))) if len(c) >= 4 else print("", "")')
+fi
+RELAY_CPUS=${RELAY_CPUS:-}
+LOAD_CPUS=${LOAD_CPUS:-}
+if [ -n "$LOAD_CPUS" ] && [ -z "$RELAY_CPUS" ]; then
+	say "LOAD_CPUS is set: set RELAY_CPUS too (e.g. RELAY_CPUS=0-1 LOAD_CPUS=2-3), or LOAD_CPUS= to share all CPUs"
+	exit 1
+fi
+if [ -n "$LOAD_CPUS" ]; then
+	command -v taskset >/dev/null 2>&1 || { say "taskset is missing: apt-get install util-linux, or LOAD_CPUS= to share all CPUs"; exit 1; }
+	say "the load on CPUs $LOAD_CPUS; the relays, Redis, the simulator and smtp-sink on CPUs $RELAY_CPUS"
+	cpu_note="the load tool on CPUs $LOAD_CPUS, the relays and their upstreams on CPUs $RELAY_CPUS"
+else
+	cpu_note="all processes sharing $(nproc) CPUs"
+fi
+# Prefixes, not functions: a function run with & is a subshell, and $!
+# would be its PID instead of the process's.
+on_relay_cpus=() on_load_cpus=()
+if [ -n "$LOAD_CPUS" ]; then
+	on_relay_cpus=(taskset -c "$RELAY_CPUS") on_load_cpus=(taskset -c "$LOAD_CPUS")
+fi
+
 say "building bin/holdfast, bin/hfload and bin/o365sim"
 (cd "$top" && go build -o bin/holdfast ./cmd/holdfast && go build -o bin/hfload ./cmd/hfload && go build -o bin/o365sim ./cmd/o365sim)
 
@@ -119,7 +155,7 @@ for i in $(seq 1 $MAILBOXES); do boxes="$boxes${boxes:+,}box$i@bench.example"; d
 
 # --- Holdfast: Redis, the simulator, the relay --------------------------------
 start_redis() { # PORT DIR: a private redis-server, AOF on, appendfsync everysec
-	redis-server --bind 127.0.0.1 --port "$1" --dir "$2" --appendonly yes \
+	"${on_relay_cpus[@]}" redis-server --bind 127.0.0.1 --port "$1" --dir "$2" --appendonly yes \
 		--appendfsync everysec --save '' --maxmemory-policy noeviction --daemonize no \
 		--logfile "$2/redis.log" &
 	pids+=($!)
@@ -141,7 +177,7 @@ sim_smtp=$(free_port) sim_https=$(free_port) sim_admin=$(free_port)
 	echo "    mailboxes:"
 	for b in ${boxes//,/ }; do echo "      - address: $b"; done
 } >"$work/sim.yaml"
-"$bin/o365sim" --config "$work/sim.yaml" --ca-out "$work/sim-ca.pem" 2>"$work/sim.log" &
+"${on_relay_cpus[@]}" "$bin/o365sim" --config "$work/sim.yaml" --ca-out "$work/sim-ca.pem" 2>"$work/sim.log" &
 pids+=($!)
 wait_port "$sim_admin"
 echo bench-secret-value >"$work/bench.secret"
@@ -194,7 +230,7 @@ YAML
 }
 holdfast_config exchange "$redis_port" "$hf_plain" "$hf_tls" "$hf_http" "$hf_ops" >"$work/holdfast.yaml"
 holdfast_config off "$redis_port" "$hf_plain" "$hf_tls" "$hf_http" "$hf_ops" >"$work/holdfast-queue.yaml"
-"$bin/holdfast" serve --config "$work/holdfast.yaml" >"$work/holdfast.log" 2>&1 &
+"${on_relay_cpus[@]}" "$bin/holdfast" serve --config "$work/holdfast.yaml" >"$work/holdfast.log" 2>&1 &
 hf_pid=$!
 pids+=($hf_pid)
 wait_port "$hf_plain"
@@ -206,13 +242,13 @@ redis2_port=$(free_port)
 start_redis "$redis2_port" "$work/paused"
 hp_plain=$(free_port) hp_tls=$(free_port) hp_http=$(free_port) hp_ops=$(free_port)
 holdfast_config off "$redis2_port" "$hp_plain" "$hp_tls" "$hp_http" "$hp_ops" >"$work/holdfast-paused.yaml"
-"$bin/holdfast" serve --config "$work/holdfast-paused.yaml" >"$work/holdfast-paused.log" 2>&1 &
+"${on_relay_cpus[@]}" "$bin/holdfast" serve --config "$work/holdfast-paused.yaml" >"$work/holdfast-paused.log" 2>&1 &
 pids+=($!)
 wait_port "$hp_plain"
 
 # --- Postfix: a private instance, smtp-sink -----------------------------------
 sink_port=$(free_port) pf_port=$(free_port)
-smtp-sink -c -u nobody "127.0.0.1:$sink_port" 1000 >"$work/sink.out" 2>"$work/sink.err" &
+"${on_relay_cpus[@]}" smtp-sink -c -u nobody "127.0.0.1:$sink_port" 1000 >"$work/sink.out" 2>"$work/sink.err" &
 pids+=($!)
 wait_port "$sink_port"
 # smtp-sink -c prints "sess=N quit=N mesg=N" after each change, ended by a
@@ -278,7 +314,7 @@ echo "$PASSWORD" | saslpasswd2 -f "$pf/etc/sasl/sasldb2" -c -p -u bench.localhos
 chown root:postfix "$pf/etc/sasl/sasldb2"
 chmod 640 "$pf/etc/sasl/sasldb2"
 postfix -c "$pf/etc" check >&2 || { say "postfix check failed:"; cat "$pf/maillog" >&2; exit 1; }
-postfix -c "$pf/etc" start >&2 || { say "postfix start failed:"; cat "$pf/maillog" >&2; exit 1; }
+"${on_relay_cpus[@]}" postfix -c "$pf/etc" start >&2 || { say "postfix start failed:"; cat "$pf/maillog" >&2; exit 1; }
 wait_port "$pf_port"
 pf_pid=$(tr -d ' ' <"$pf/queue/pid/master.pid")
 say "Postfix master pid $pf_pid on 127.0.0.1:$pf_port, smtp-sink on $sink_port; Holdfast pid $hf_pid on $hf_plain (plain) and $hf_tls (STARTTLS)"
@@ -307,7 +343,7 @@ run_round() {
 	count=$before
 	[ "$name/$mode" = postfix/paused ] && postfix_hold on
 	start=$(date +%s.%N)
-	out=$("$bin/hfload" -smtp "127.0.0.1:$port" -user bench -pass "$PASSWORD" -from "$from" \
+	out=$("${on_load_cpus[@]}" "$bin/hfload" -smtp "127.0.0.1:$port" -user bench -pass "$PASSWORD" -from "$from" \
 		-sessions "$SESSIONS" -messages "$n" -size "$SIZE" -timeout 600s -json "$@") || true
 	local accepted failed
 	accepted=$(json "$out" accepted) failed=$(json "$out" failed)
@@ -378,19 +414,19 @@ say "Holdfast's peak RSS with $QUEUED messages queued (delivery off)"
 kill -TERM "$hf_pid"
 wait "$hf_pid" || true
 redis-cli -p "$redis_port" FLUSHALL >/dev/null
-"$bin/holdfast" serve --config "$work/holdfast-queue.yaml" >"$work/holdfast-queue.log" 2>&1 &
+"${on_relay_cpus[@]}" "$bin/holdfast" serve --config "$work/holdfast-queue.yaml" >"$work/holdfast-queue.log" 2>&1 &
 hf_pid=$!
 pids+=($hf_pid)
 wait_port "$hf_plain"
-"$bin/hfload" -smtp "127.0.0.1:$hf_plain" -user bench -pass "$PASSWORD" -from "$boxes" \
+"${on_load_cpus[@]}" "$bin/hfload" -smtp "127.0.0.1:$hf_plain" -user bench -pass "$PASSWORD" -from "$boxes" \
 	-sessions "$SESSIONS" -messages "$QUEUED" -size "$SIZE" -timeout 600s -json >"$work/queued.json"
 rss_kb=$(awk '/^VmHWM/ {print $2}' "/proc/$hf_pid/status")
 echo "rss $rss_kb $(json "$(cat "$work/queued.json")" accepted)" >>"$results"
 
 # --- summary ----------------------------------------------------------------------------
-python3 - "$results" "$ROUNDS" "$MESSAGES" "$RECONNECT_MESSAGES" "$QUEUED" <<'PY'
+python3 - "$results" "$ROUNDS" "$MESSAGES" "$RECONNECT_MESSAGES" "$QUEUED" "$cpu_note" <<'PY'
 import statistics as st, sys
-path, rounds, msgs, recon, queued = sys.argv[1:]
+path, rounds, msgs, recon, queued, cpus = sys.argv[1:]
 rows = {}
 rss = None
 for line in open(path):
@@ -423,5 +459,6 @@ line("end-to-end msg/s (%s)", 2, 3)
 if rss:
     print("%-40s %12.0f %12s %8s %8s  %s" % ("Holdfast peak RSS MiB, %d queued" % rss[1], rss[0], "", "", "< 150", "pass" if rss[0] < 150 else "short"))
 print("(persistent: %s messages per round, AUTH once per session; reconnect: %s messages, a new connection + STARTTLS + AUTH each;" % (msgs, recon))
-print(" -paused: delivery paused on both relays; delivering: delivery running, the relay sharing the cores with it, its upstream and the load)")
+print(" -paused: delivery paused on both relays; delivering: delivery running, the relay sharing its CPUs with its upstream;")
+print(" %s)" % cpus)
 PY
