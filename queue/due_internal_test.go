@@ -265,19 +265,55 @@ func TestLeaseRerun(t *testing.T) {
 		t.Fatalf("attempts after a settle re-run: %d, want 1", m.Attempts)
 	}
 
-	// An ack with the next lease, run again with the same tokens, acks
-	// once and leases the same message.
+	// An ack with the next lease, called again for the same lease (as
+	// after a reply lost to a Redis hang or failover), acks once and
+	// returns the same lease: the next lease's token follows from the
+	// acked one's.
 	acked := first.Leases[1]
 	twin = *acked
-	next, err := q.lease(ctx, "crm", 1, time.Minute, "tok2", acked, "250 OK")
+	next, err := q.AckNext(ctx, acked, "250 OK", 1, time.Minute)
 	if err != nil || len(next.Leases) != 1 {
 		t.Fatalf("ack and lease: %+v %v", next, err)
 	}
-	again, err = q.lease(ctx, "crm", 1, time.Minute, "tok2", &twin, "250 OK")
+	again, err = q.AckNext(ctx, &twin, "250 OK", 1, time.Minute)
 	if err != nil || !slices.Equal(ids(next), ids(again)) {
-		t.Fatalf("ack and lease re-run: %v %v, first run %v", ids(again), err, ids(next))
+		t.Fatalf("ack and lease called again: %v %v, first call %v", ids(again), err, ids(next))
+	}
+	if again.Leases[0].token != next.Leases[0].token {
+		t.Fatalf("ack and lease called again: lease token %s, first call %s", again.Leases[0].token, next.Leases[0].token)
+	}
+	if st, err = q.Stats(ctx); err != nil || st.Total.Leased != 1 {
+		t.Fatalf("after the second call: %+v %v; want only the message the ack's lease took leased", st, err)
 	}
 	if m, err = q.Get(ctx, acked.ID); err != nil || m.State != Delivered || m.Attempts != 1 {
 		t.Fatalf("acked message after the re-run: %+v %v; want delivered after 1 attempt", m, err)
+	}
+}
+
+// TestAckNextSharedToken: the messages of one lease share its token; each
+// one's ack takes a lease of its own, not the one an ack of another took.
+func TestAckNextSharedToken(t *testing.T) {
+	ctx := context.Background()
+	q := New(redistest.Start(t).Client(t), Options{})
+	for range 4 {
+		submitTo(t, q, "crm")
+	}
+	first, err := q.Lease(ctx, "crm", 2, time.Minute)
+	if err != nil || len(first.Leases) != 2 {
+		t.Fatalf("lease: %+v %v", first, err)
+	}
+	var next []string
+	for _, l := range first.Leases {
+		res, err := q.AckNext(ctx, l, "250 OK", 1, time.Minute)
+		if err != nil || len(res.Leases) != 1 {
+			t.Fatalf("ack of %s and lease: %+v %v", l.ID, res, err)
+		}
+		next = append(next, res.Leases[0].ID)
+	}
+	if next[0] == next[1] {
+		t.Fatalf("both acks returned the lease of %s", next[0])
+	}
+	if st, err := q.Stats(ctx); err != nil || st.Total.Leased != 2 || st.Total.Ready != 0 {
+		t.Fatalf("after both acks: %+v %v; want 2 leased, none ready", st, err)
 	}
 }

@@ -33,9 +33,11 @@ func (q *Queue) Lease(ctx context.Context, route string, n int, d time.Duration)
 // more of its route until now+d, in one round trip: the worker that
 // delivered a message takes the route's next ones. When the lease of l
 // was lost, it returns ErrLeaseLost and leases nothing. After an error of
-// another kind, whether l was acked is not known, as with Ack.
+// another kind, whether l was acked is not known, as with Ack; called
+// again for l, it acks l if that was not done and returns what the first
+// call leased, while that lease lasts.
 func (q *Queue) AckNext(ctx context.Context, l *Lease, reply string, n int, d time.Duration) (LeaseResult, error) {
-	return q.lease(ctx, l.Route, n, d, newToken(), l, reply)
+	return q.lease(ctx, l.Route, n, d, followToken(l), l, reply)
 }
 
 // lease is Lease with a given token; the same token leases nothing more.

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"strings"
@@ -129,6 +130,15 @@ func newToken() string {
 		panic("queue: crypto/rand failed: " + err.Error())
 	}
 	return hex.EncodeToString(b[:])
+}
+
+// followToken is the token of the lease that AckNext takes with the ack
+// of l: the same for every call for l, so that a call repeated after a
+// lost reply finds what the first one leased. A token can lease several
+// messages, so the acked message's id is part of it.
+func followToken(l *Lease) string {
+	sum := sha256.Sum256([]byte("next:" + l.token + ":" + l.ID))
+	return hex.EncodeToString(sum[:12])
 }
 
 func fromMillis(ms int64) time.Time {
