@@ -136,14 +136,27 @@ type deliverer struct {
 	// sendCtx is cancelled when the shutdown grace period ends.
 	sendCtx    context.Context
 	cancelSend context.CancelFunc
+	// settleBy, set when shutdown starts (unix ns), is when its budget
+	// ends, handBack after deliveries in flight are cancelled: no try at
+	// recording an outcome begun after that start runs past it.
+	settleBy atomic.Int64
 	// stopBy, when set (unix ns), replaces Grace: deliveries in flight
 	// are cancelled at that time.
 	stopBy atomic.Int64
 }
 
 // stopAt makes the coming shutdown cancel deliveries still in flight at
-// t, instead of after Grace.
-func (d *deliverer) stopAt(t time.Time) { d.stopBy.Store(t.UnixNano()) }
+// t, instead of after Grace, and end handBack later.
+func (d *deliverer) stopAt(t time.Time) {
+	d.stopBy.Store(t.UnixNano())
+	d.settleBy.Store(t.Add(handBack).UnixNano())
+}
+
+// pastSettleBy reports whether the shutdown budget has ended.
+func (d *deliverer) pastSettleBy() bool {
+	by := d.settleBy.Load()
+	return by != 0 && time.Now().UnixNano() >= by
+}
 
 func newDeliverer(q deliveryQueue, s Sender, cfg deliveryConfig, log *slog.Logger) *deliverer {
 	if cfg.ThrottleDelay <= 0 {
@@ -432,6 +445,7 @@ func (d *deliverer) drain() {
 	if by := d.stopBy.Load(); by != 0 {
 		grace = time.Until(time.Unix(0, by))
 	}
+	d.settleBy.CompareAndSwap(0, time.Now().Add(grace+handBack).UnixNano())
 	select {
 	case <-done:
 	case <-time.After(grace):
@@ -484,50 +498,65 @@ func (d *deliverer) deliver(l *queue.Lease, r reservation, more func() reservati
 	log.Info("delivered", "attempts", l.Attempts, "took", time.Since(start), "reply", reply)
 	d.cfg.Metrics.delivered(routeCredential(l.Route), time.Since(l.Submitted))
 	if d.cfg.OnDelivered != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+		ctx, cancel := d.settleContext()
 		d.cfg.OnDelivered(ctx, l.Route)
 		cancel()
 	}
 	return next, nr
 }
 
-// settleTimeout bounds one try at recording a message's outcome.
-const settleTimeout = 10 * time.Second
+// settleTimeout bounds one try at recording a message's outcome. A try
+// that a hung Redis holds when shutdown starts can end that much after
+// the shutdown budget (go-redis does not abandon a command in flight when
+// its context is cancelled, only at the context's deadline).
+const settleTimeout = 3 * time.Second
+
+// settleContext is the context of one try at recording an outcome: it
+// ends after settleTimeout, or when the shutdown budget does.
+func (d *deliverer) settleContext() (context.Context, context.CancelFunc) {
+	end := time.Now().Add(settleTimeout)
+	if by := d.settleBy.Load(); by != 0 && by < end.UnixNano() {
+		end = time.Unix(0, by)
+	}
+	return context.WithDeadline(context.Background(), end)
+}
 
 // ack records l as delivered with reply. With room for another message
 // of the route (nr), the same call leases it: ack returns its lease and
-// the room, or gives the room back when there was none.
+// the room, or gives the room back when there was none. Called again
+// after an error, the ack-and-lease returns what an earlier call leased
+// if that call reached Redis.
 func (d *deliverer) ack(l *queue.Lease, reply string, nr reservation, log *slog.Logger) (*queue.Lease, reservation, error) {
-	if nr != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
-		res, err := d.q.AckNext(ctx, l, reply, 1, d.cfg.Lease)
-		cancel()
-		if err == nil && len(res.Leases) > 0 {
-			return res.Leases[0], nr, nil
-		}
-		nr.Cancel()
-		if err == nil || errors.Is(err, queue.ErrLeaseLost) {
-			return nil, nil, err
-		}
-		log.Warn("cannot record the delivery yet; trying again", "err", err)
+	if nr == nil {
+		return nil, nil, d.record(l, log, func(ctx context.Context) error {
+			return d.q.Ack(ctx, l, reply)
+		})
 	}
-	return nil, nil, d.record(l, log, func(ctx context.Context) error {
-		return d.q.Ack(ctx, l, reply)
+	var res queue.LeaseResult
+	err := d.record(l, log, func(ctx context.Context) (err error) {
+		res, err = d.q.AckNext(ctx, l, reply, 1, d.cfg.Lease)
+		return err
 	})
+	if err == nil && len(res.Leases) > 0 {
+		return res.Leases[0], nr, nil
+	}
+	nr.Cancel()
+	return nil, nil, err
 }
 
 // record runs settle, which records l's outcome, until it succeeds, the
 // queue finds the lease lost, the lease is about to run out, or shutdown
-// cancels deliveries. An outcome lost to a Redis restart or failover
-// would otherwise leave the message leased until its lease runs out, and
-// a delivered one sent again after that.
+// cancels deliveries; settleContext bounds each try. An outcome lost to a
+// Redis restart or failover would otherwise leave the message leased
+// until its lease runs out, and a delivered one sent again after that.
 func (d *deliverer) record(l *queue.Lease, log *slog.Logger, settle func(context.Context) error) error {
 	wait := 50 * time.Millisecond
 	for tries := 1; ; tries++ {
-		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+		ctx, cancel := d.settleContext()
 		err := settle(ctx)
 		cancel()
-		if err == nil || errors.Is(err, queue.ErrLeaseLost) || time.Until(l.LeaseEnd) < wait || d.sendCtx.Err() != nil {
+		if err == nil || errors.Is(err, queue.ErrLeaseLost) || time.Until(l.LeaseEnd) < wait ||
+			d.sendCtx.Err() != nil || d.pastSettleBy() {
 			if err == nil && tries > 1 {
 				log.Info("outcome recorded after Redis came back", "tries", tries)
 			}
@@ -572,7 +601,7 @@ func (d *deliverer) settleFailure(l *queue.Lease, err error, log *slog.Logger) {
 	}
 	if class == upstream.Credential || class == upstream.Mailbox {
 		if d.cfg.OnAuthFailure != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
+			ctx, cancel := d.settleContext()
 			d.cfg.OnAuthFailure(ctx, l.Route, err)
 			cancel()
 		}

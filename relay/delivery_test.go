@@ -349,3 +349,80 @@ func TestDeliveryOutcomeOutlastsRedisRestart(t *testing.T) {
 		})
 	}
 }
+
+// lostReplyQueue runs AckNext in Redis, then reports an error the first
+// time, as when Redis hung or failed over before the reply came back.
+type lostReplyQueue struct {
+	*queue.Queue
+	lost atomic.Bool
+}
+
+func (q *lostReplyQueue) AckNext(ctx context.Context, l *queue.Lease, reply string, n int, d time.Duration) (queue.LeaseResult, error) {
+	res, err := q.Queue.AckNext(ctx, l, reply, n, d)
+	if err == nil && q.lost.CompareAndSwap(false, true) {
+		return queue.LeaseResult{}, errors.New("read tcp 127.0.0.1:6380: i/o timeout")
+	}
+	return res, err
+}
+
+// TestDeliveryAckNextLostReply: when the reply to an ack that leased the
+// route's next message is lost, the worker asks again and gets that
+// lease, and sends the message at once. It is not left leased by nobody
+// until the lease runs out.
+func TestDeliveryAckNextLostReply(t *testing.T) {
+	f := newFixture(t)
+	s := &fakeSender{}
+	first := enqueueTo(t, f, "someone@example.org")
+	second := enqueueTo(t, f, "someone@example.org")
+	q := &lostReplyQueue{Queue: f.queue}
+	// The lease outlasts waitState's 10 s: only this worker can send the
+	// second message in time.
+	startDeliverer(t, q, s, deliveryConfig{Workers: 1, Lease: time.Minute})
+	waitState(t, f, first, queue.Delivered)
+	m := waitState(t, f, second, queue.Delivered)
+	if !q.lost.Load() {
+		t.Fatal("no ack-and-lease reply was lost")
+	}
+	if m.Attempts != 1 || s.sends(first) != 1 || s.sends(second) != 1 {
+		t.Errorf("second message: %d attempts; sends %d and %d; want 1 each", m.Attempts, s.sends(first), s.sends(second))
+	}
+}
+
+// TestDeliveryShutdownRedisHung: a worker trying to record an outcome on
+// a hung Redis stops at the end of the shutdown budget, or of the try it
+// is in (settleTimeout), as does the dispatcher (go-redis's read timeout).
+func TestDeliveryShutdownRedisHung(t *testing.T) {
+	f := newFixture(t)
+	o := f.opts
+	o.Redis.Addrs = []string{f.redis.Addr()}
+	rdb := RedisClient(o.Redis) // a context's deadline bounds each command
+	t.Cleanup(func() { _ = rdb.Close() })
+	q := queue.New(rdb, queue.Options{})
+	s := &fakeSender{block: make(chan struct{})}
+	id := enqueueTo(t, f, "someone@example.org")
+	d := newDeliverer(q, s, deliveryConfig{Workers: 1, Lease: time.Minute, Poll: 50 * time.Millisecond, Grace: time.Minute}, discardLogger())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	for s.sends(id) == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	f.redis.Pause(t)
+	close(s.block) // the ack waits on the hung Redis
+	time.Sleep(200 * time.Millisecond)
+	// As Server.Shutdown does: deliveries in flight are cancelled at
+	// the deadline less handBack.
+	const budget = 1200 * time.Millisecond
+	start := time.Now()
+	d.stopAt(start.Add(budget - handBack))
+	cancel()
+	<-done
+	took := time.Since(start)
+	limit := max(budget, settleTimeout, o.Redis.ReadTimeout.D())
+	t.Logf("shutdown took %v; budget %v, a try at most %v", took.Round(time.Millisecond), budget, limit)
+	if took > limit+500*time.Millisecond {
+		t.Errorf("shutdown took %v, more than its budget or one try (%v)", took.Round(time.Millisecond), limit)
+	}
+	f.redis.Resume(t)
+}
