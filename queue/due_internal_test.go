@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -315,5 +316,56 @@ func TestAckNextSharedToken(t *testing.T) {
 	}
 	if st, err := q.Stats(ctx); err != nil || st.Total.Leased != 2 || st.Total.Ready != 0 {
 		t.Fatalf("after both acks: %+v %v; want 2 leased, none ready", st, err)
+	}
+}
+
+// TestWithdraw: a withdrawn message is deleted if it was stored and not
+// leased; a withdrawn id that was not stored yet is not stored by an
+// Enqueue that runs later; a message a worker leased first is not
+// touched.
+func TestWithdraw(t *testing.T) {
+	ctx := context.Background()
+	q := New(redistest.Start(t).Client(t), Options{})
+	sub := Submission{Route: "crm", From: "a@example.com", To: []string{"b@example.org"}, Body: []byte("x")}
+
+	// Stored, then withdrawn.
+	id := submitTo(t, q, "crm")
+	if err := q.Withdraw(ctx, "crm", id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Get(ctx, id); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("withdrawn stored message: %v, want ErrNotFound", err)
+	}
+
+	// Withdrawn before the store runs: the store, run as Enqueue does
+	// with the same id, stores nothing.
+	rk := keysFor("crm")
+	late := newID(rk.tag, time.Now())
+	if err := q.Withdraw(ctx, "crm", late); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	res, err := enqueueScript.Run(ctx, q.rdb, []string{msgKey(late), rk.due, rk.live, withdrawnKey(late)},
+		late, sub.Route, "", sub.From, sub.To[0], sub.Body, now.UnixMilli(), now.Add(time.Hour).UnixMilli(), 0, "", "").Slice()
+	if err != nil || res[1].(int64) != 2 {
+		t.Fatalf("store after the withdrawal: %v %v; want it refused as withdrawn", res, err)
+	}
+	if _, err := q.Get(ctx, late); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("message stored after its withdrawal: %v", err)
+	}
+
+	// Leased first: too late, and the message stays.
+	leased := submitTo(t, q, "crm")
+	if res, err := q.Lease(ctx, "crm", 1, time.Minute); err != nil || len(res.Leases) != 1 || res.Leases[0].ID != leased {
+		t.Fatalf("lease: %+v %v", res, err)
+	}
+	if err := q.Withdraw(ctx, "crm", leased); !errors.Is(err, ErrTooLate) {
+		t.Fatalf("withdrawal of a leased message: %v, want ErrTooLate", err)
+	}
+	if m, err := q.Get(ctx, leased); err != nil || m.State != Leased {
+		t.Fatalf("leased message after a refused withdrawal: %+v %v", m, err)
+	}
+	if st, err := q.Stats(ctx); err != nil || st.Total.Ready != 0 || st.Total.Leased != 1 {
+		t.Fatalf("stats: %+v %v; want only the leased message", st, err)
 	}
 }

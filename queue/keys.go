@@ -13,6 +13,7 @@ import (
 // ever touches one Redis Cluster slot.
 //
 //	hf:{T}:m:ID              hash    one message (see the field names below)
+//	hf:{T}:w:ID              string  a withdrawn message id: an Enqueue of it that runs later stores nothing (see Withdraw)
 //	hf:{T}:r:ROUTE:due       zset    id -> due time (unix ms): ready and scheduled
 //	hf:{T}:r:ROUTE:leased    zset    id -> lease deadline (unix ms)
 //	hf:{T}:r:ROUTE:dead      zset    id -> dead-letter time (unix ms)
@@ -174,6 +175,12 @@ func msgKeyPrefix(tag string) string {
 
 func msgKey(id string) string {
 	return msgKeyPrefix(id[:tagLen]) + id
+}
+
+// withdrawnKey marks the id of a message whose Enqueue failed as
+// withdrawn (see Withdraw).
+func withdrawnKey(id string) string {
+	return keyPrefix + "{" + id[:tagLen] + "}:w:" + id
 }
 
 func idemKey(route, key string) string {

@@ -118,6 +118,12 @@ func (q *Queue) Options() Options { return q.opts }
 // m.IdempotencyKey was used before on the same route, it returns the id of
 // the first message and dup true, and stores nothing.
 //
+// An error after the message was sent to Redis (a timeout, a lost reply,
+// too few replicas) comes with the id the message has if Redis stores it
+// all the same, as a hung Redis does when it resumes: Withdraw of that id
+// makes sure it is not, or is not stored for long. Before that, the id is
+// empty.
+//
 // It costs one round trip to Redis, which stores the message and marks
 // its route due (two on Redis Cluster, where the due index is in another
 // slot; see markDue), plus one the first time this process sees the
@@ -140,7 +146,7 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 	now := q.opts.Now()
 	rk := keysFor(m.Route)
 	id = newID(rk.tag, now)
-	keys := []string{msgKey(id), rk.due, rk.live}
+	keys := []string{msgKey(id), rk.due, rk.live, withdrawnKey(id)}
 	if m.IdempotencyKey != "" {
 		keys = append(keys, idemKey(m.Route, m.IdempotencyKey))
 	}
@@ -165,9 +171,12 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 			// acknowledged it, a reply lost): a mark costs nothing if not.
 			q.markOrKeep(ctx, m.Route)
 		}
-		return "", false, fmt.Errorf("enqueue: %w", err)
+		return id, false, fmt.Errorf("enqueue: %w", err)
 	}
 	got, _ := res[0].(string)
+	if res[1].(int64) == 2 {
+		return id, false, fmt.Errorf("enqueue %s: %w", id, ErrWithdrawn)
+	}
 	dup = res[1].(int64) == 1
 	if !dup && !marked {
 		// The message is stored either way; a route left unmarked is
@@ -175,6 +184,46 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 		q.markOrKeep(ctx, m.Route)
 	}
 	return got, dup, nil
+}
+
+// ErrWithdrawn is returned by an Enqueue whose id was withdrawn before it
+// ran.
+var ErrWithdrawn = errors.New("the message was withdrawn")
+
+// ErrTooLate is returned by Withdraw when the message was stored and a
+// worker has leased or settled it since: it is being delivered.
+var ErrTooLate = errors.New("the message is already being delivered")
+
+// withdrawnTTL is how long a withdrawal mark is kept. An Enqueue held by
+// a hung Redis runs when Redis resumes, and the caller keeps withdrawing
+// until it can reach Redis; the mark only has to outlast the moments
+// between the two.
+const withdrawnTTL = time.Hour
+
+// Withdraw makes sure the message that a failed Enqueue returned id for
+// is not stored: deleted if it was stored and no worker has leased it
+// yet, or, if it was not stored yet, its id marked for an hour so that
+// the Enqueue stores nothing should it still run. It returns
+// ErrTooLate when a worker took the message first. Withdraw is for
+// messages whose submitter was told they were not taken; the route is
+// the one given to Enqueue.
+func (q *Queue) Withdraw(ctx context.Context, route, id string) error {
+	if len(id) < tagLen {
+		return fmt.Errorf("withdraw: invalid message id %q", id)
+	}
+	rk := keysFor(route)
+	n, err := withdrawScript.Run(ctx, q.rdb,
+		[]string{msgKey(id), rk.due, rk.leased, rk.dead, rk.live, withdrawnKey(id)},
+		id, withdrawnTTL.Milliseconds()).Int()
+	switch {
+	case err != nil:
+		return fmt.Errorf("withdraw %s: %w", id, err)
+	case n < 0:
+		return fmt.Errorf("withdraw %s: %w", id, ErrTooLate)
+	case n > 0:
+		q.logChange(ctx, route)
+	}
+	return nil
 }
 
 // ErrNotReplicated is returned by Enqueue when fewer replicas than

@@ -33,10 +33,13 @@ logChange(KEYS[1], ARGV[2], ARGV[1])
 return 1
 `)
 
-// enqueueScript stores a new message, due now.
+// enqueueScript stores a new message, due now, unless its id was
+// withdrawn (an Enqueue that runs after its caller gave up on it and
+// withdrew it; see withdrawScript).
 //
-// KEYS[1] message hash, KEYS[2] due, KEYS[3] live, then the idempotency
-// key when ARGV[10] is not empty, then the due index's dirty set and the
+// KEYS[1] message hash, KEYS[2] due, KEYS[3] live, KEYS[4] the id's
+// withdrawal mark, then the idempotency key when ARGV[10] is not empty,
+// then the due index's dirty set and the
 // change log when ARGV[11] is "1" (on a single server: on Redis Cluster
 // they are in another slot, and Enqueue marks the route in a call of its
 // own).
@@ -45,12 +48,13 @@ return 1
 // ARGV[9] idempotency key lifetime in ms, ARGV[10] idempotency key,
 // ARGV[11] "1" to mark the route dirty.
 //
-// Returns {id, 0} for a new message, or {existing id, 1} when the
-// idempotency key was seen before.
+// Returns {id, 0} for a new message, {existing id, 1} when the
+// idempotency key was seen before, or {id, 2} when the id was withdrawn.
 var enqueueScript = redis.NewScript(changeLua + `
+if redis.call('EXISTS', KEYS[4]) == 1 then return {ARGV[1], 2} end
 local idem = ARGV[10] ~= ''
 if idem then
-  local existing = redis.call('GET', KEYS[4])
+  local existing = redis.call('GET', KEYS[5])
   if existing then return {existing, 1} end
 end
 redis.call('HSET', KEYS[1],
@@ -60,7 +64,7 @@ redis.call('HSET', KEYS[1],
 redis.call('ZADD', KEYS[2], ARGV[7], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[7], ARGV[1])
 if idem then
-  redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[9])
+  redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[9])
   redis.call('HSET', KEYS[1], 'idem', ARGV[10])
 end
 if ARGV[11] == '1' then
@@ -353,6 +357,27 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[4], redis.call('HGET', KEYS[1], 'sub'), ARGV[1])
 redis.call('HSET', KEYS[1], 'st', 'queued', 'exp', ARGV[3], 'upd', ARGV[2])
 redis.call('HDEL', KEYS[1], 'why', 'done')
+return 1
+`)
+
+// withdrawScript makes sure a message whose Enqueue failed is not stored:
+// if it was stored and no worker has leased it, it is deleted; if it was
+// not stored yet, its id is marked so that the Enqueue, should it still
+// run, stores nothing.
+//
+// KEYS[1] message hash, KEYS[2] due, KEYS[3] leased, KEYS[4] dead,
+// KEYS[5] live, KEYS[6] the id's withdrawal mark. ARGV[1] id, ARGV[2] how
+// long the mark is kept, in ms.
+//
+// Returns 1 when the message was deleted, 0 when it was not stored, or
+// -1 when it was stored and a worker has leased or settled it since.
+var withdrawScript = redis.NewScript(`
+local st = redis.call('HGET', KEYS[1], 'st')
+if st and st ~= 'queued' then return -1 end
+redis.call('SET', KEYS[6], '1', 'PX', ARGV[2])
+if not st then return 0 end
+for i = 2, 5 do redis.call('ZREM', KEYS[i], ARGV[1]) end
+redis.call('DEL', KEYS[1])
 return 1
 `)
 
