@@ -48,6 +48,9 @@ type ingress struct {
 	// healthy, when set, says why new mail must be refused now (Redis
 	// not durable under redis.strict), or nil.
 	healthy func() error
+	// withdraw, when set, takes back a message whose store failed but
+	// may have reached Redis (see withdrawer).
+	withdraw *withdrawer
 }
 
 // submission is a message handed to Holdfast by an application.
@@ -104,7 +107,9 @@ func (in *ingress) check(msg []byte) *bodyFault {
 
 // accept stores a submission and returns its queue id. dup is true when an
 // idempotency key matched an earlier message, which is not stored twice.
-// Nothing is stored unless it returns a nil error. s.body is stored as it
+// Nothing is stored unless it returns a nil error: a store that failed
+// after reaching Redis is withdrawn (see withdrawer), except one with an
+// idempotency key, whose retry finds it. s.body is stored as it
 // is: the caller has put the Received: header of stamp first, and s.route
 // is the route senderRoute decided.
 func (in *ingress) accept(ctx context.Context, s submission) (id string, dup bool, err error) {
@@ -130,6 +135,12 @@ func (in *ingress) accept(ctx context.Context, s submission) (id string, dup boo
 	})
 	if err != nil {
 		in.log.Error("enqueue failed", "app", s.app.Name, "err", err)
+		// The submitter is told nothing was kept. A store that reached a
+		// hung Redis runs when it resumes: withdraw it. A submission with
+		// an idempotency key needs none; its retry finds the message.
+		if id != "" && s.idemKey == "" && in.withdraw != nil && ambiguous(err) {
+			in.withdraw.add(s.route, id)
+		}
 		return "", false, fmt.Errorf("%w: %w", errStore, err)
 	}
 	if in.queued != nil && !dup {

@@ -124,6 +124,34 @@ func TestHungRedisFailsFast(t *testing.T) {
 	}
 }
 
+// TestHungRedisRefusalsNotStored: the stores that a hung Redis holds
+// when SMTP answers 451 and HTTP 503 run when Redis continues; the
+// refused messages are withdrawn, so that a client sending them again
+// does not have them delivered twice.
+func TestHungRedisRefusalsNotStored(t *testing.T) {
+	f := newFixture(t)
+	s := startRelayOn(t, f, func(o *Options) {
+		o.Redis.IngressTimeout = Duration(time.Second)
+		o.Delivery.Sender = "off"
+	})
+	if reply, _ := smtpSubmit(t, s); !strings.HasPrefix(reply, "250 ") {
+		t.Fatalf("SMTP before: %q", reply)
+	}
+	f.redis.Pause(t)
+	if reply, _ := smtpSubmit(t, s); !strings.HasPrefix(reply, "451 4.3.0 ") {
+		t.Errorf("SMTP with Redis stopped: %q, want 451 4.3.0", reply)
+	}
+	if status, _ := postMessage(t, s); status != http.StatusServiceUnavailable {
+		t.Errorf("HTTP with Redis stopped: %d, want 503", status)
+	}
+	f.redis.Resume(t)
+	waitFor(t, 10*time.Second, "the refused messages withdrawn", func() bool { return s.smtp.in.withdraw.pending() == 0 })
+	ms, err := s.Queue().List(context.Background(), "crm", queue.Ready, 0, 10)
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("queued messages %d (%v), want only the 1 taken before Redis stopped", len(ms), err)
+	}
+}
+
 // TestDurabilityCheckedWhileRunning turns AOF off, then eviction on, on a
 // running Redis: under strict, /readyz fails and new mail is refused with
 // 451 (HTTP 503) while queued mail stays; fixed, mail is taken again.

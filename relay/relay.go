@@ -55,8 +55,11 @@ type Server struct {
 
 	stopping atomic.Bool
 	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	errs     chan error
+	// stopWithdraw ends the withdrawer once SMTP and HTTP ingress have
+	// stopped, so that a message refused while they drain is withdrawn.
+	stopWithdraw context.CancelFunc
+	wg           sync.WaitGroup
+	errs         chan error
 }
 
 // Options converts the configuration's queue section for queue.New.
@@ -201,7 +204,8 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		healthy: s.durable.err,
 		guard: newAuthGuard(queue.NewAuthThrottle(s.rdb, o.AuthThrottle.MaxFailures, o.AuthThrottle.Window.D()),
 			authThrottleTimeout, s.reg, log),
-		metrics: s.metrics}
+		metrics:  s.metrics,
+		withdraw: newWithdrawer(s.queue, o.Redis.IngressTimeout.D(), log.With("component", "ingress"))}
 	if sender != nil {
 		dc := deliveryConfig{
 			Workers: o.Delivery.Workers,
@@ -299,6 +303,9 @@ func (s *Server) ready(ctx context.Context) error {
 func (s *Server) Start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
+	wctx, stopWithdraw := context.WithCancel(context.Background())
+	s.stopWithdraw = stopWithdraw
+	s.wg.Go(func() { s.smtp.in.withdraw.run(wctx) })
 	for i, ln := range s.smtpLns {
 		insecure := s.opts.SMTP.Listeners[i].Insecure
 		s.goServe(func() error { return s.smtp.serve(ln, insecure) })
@@ -426,6 +433,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		})
 	}
 	stop.Wait()
+	if s.stopWithdraw != nil {
+		s.stopWithdraw()
+	}
 	s.wg.Wait()
 	s.smtp.in.budget.wait()
 	if s.exchange != nil {

@@ -1,0 +1,141 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"holdfast/queue"
+)
+
+// withdrawer takes back messages that were refused with a temporary
+// failure after their store was sent to Redis: a hung Redis runs the
+// store when it resumes, and the client, told that nothing was kept,
+// sends the message again. One goroutine withdraws them in the order they
+// were refused, as soon as Redis answers.
+type withdrawer struct {
+	q     withdrawStore
+	log   *slog.Logger
+	try   time.Duration // bounds one withdrawal
+	kick  chan struct{}
+	mu    sync.Mutex
+	queue []withdrawal
+	done  bool // run has returned: nothing more is withdrawn
+}
+
+// withdrawStore is what the withdrawer needs of the queue.
+type withdrawStore interface {
+	Withdraw(ctx context.Context, route, id string) error
+}
+
+type withdrawal struct{ route, id string }
+
+// maxWithdrawals bounds the withdrawals waiting for Redis; past it the
+// oldest is dropped, logged.
+const maxWithdrawals = 100_000
+
+func newWithdrawer(q withdrawStore, try time.Duration, log *slog.Logger) *withdrawer {
+	if try <= 0 {
+		try = 3 * time.Second
+	}
+	return &withdrawer{q: q, log: log, try: try, kick: make(chan struct{}, 1)}
+}
+
+// ambiguous reports whether a store that failed with err may have reached
+// Redis: everything but a failure to connect.
+func ambiguous(err error) bool {
+	var op *net.OpError
+	return !(errors.As(err, &op) && op.Op == "dial")
+}
+
+// add asks for the message id of route to be withdrawn.
+func (w *withdrawer) add(route, id string) {
+	w.mu.Lock()
+	if w.done {
+		w.mu.Unlock()
+		w.log.Warn("refused message not withdrawn (shutting down): if Redis stored it, it will be delivered, and again if the client resends it", "id", id, "route", route)
+		return
+	}
+	if len(w.queue) >= maxWithdrawals {
+		old := w.queue[0]
+		w.queue = w.queue[1:]
+		w.log.Warn("too many refused messages waiting to be withdrawn; dropped the oldest: if Redis stored it, it will be delivered", "id", old.id, "route", old.route)
+	}
+	w.queue = append(w.queue, withdrawal{route, id})
+	w.mu.Unlock()
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+}
+
+// pending returns how many withdrawals wait for Redis.
+func (w *withdrawer) pending() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.queue)
+}
+
+// run withdraws until ctx ends, then makes one last pass bounded by
+// w.try and logs what it could not withdraw.
+func (w *withdrawer) run(ctx context.Context) {
+	wait := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		if w.pass(context.Background()) {
+			wait = 100 * time.Millisecond
+			select {
+			case <-w.kick:
+			case <-ctx.Done():
+			}
+			continue
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+		wait = min(2*wait, 5*time.Second)
+	}
+	last, cancel := context.WithTimeout(context.Background(), w.try)
+	defer cancel()
+	w.pass(last)
+	w.mu.Lock()
+	left := w.queue
+	w.queue, w.done = nil, true
+	w.mu.Unlock()
+	for _, l := range left {
+		w.log.Warn("refused message not withdrawn (Redis unreachable at shutdown): if Redis stored it, it will be delivered, and again if the client resends it", "id", l.id, "route", l.route)
+	}
+}
+
+// pass withdraws the waiting messages in order, and reports whether it
+// got through them all; it stops at the first that Redis does not answer.
+func (w *withdrawer) pass(ctx context.Context) bool {
+	for {
+		w.mu.Lock()
+		if len(w.queue) == 0 {
+			w.mu.Unlock()
+			return true
+		}
+		l := w.queue[0]
+		w.mu.Unlock()
+		tctx, cancel := context.WithTimeout(ctx, w.try)
+		err := w.q.Withdraw(tctx, l.route, l.id)
+		cancel()
+		switch {
+		case errors.Is(err, queue.ErrTooLate):
+			w.log.Warn("a refused message was stored all the same and is being delivered; if the client resends it, it is delivered twice", "id", l.id, "route", l.route)
+		case err != nil:
+			return false
+		default:
+			w.log.Info("refused message withdrawn", "id", l.id, "route", l.route)
+		}
+		w.mu.Lock()
+		w.queue = w.queue[1:]
+		w.mu.Unlock()
+	}
+}
