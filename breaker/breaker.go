@@ -650,7 +650,8 @@ func (s *Set) AcquireProbe(ctx context.Context, name string) (bool, error) {
 // ProbeResult records the result of the probe this replica acquired: nil
 // closes the breaker; an error keeps it open with the error's reason and
 // doubles the open interval up to MaxInterval. It returns ErrLeaseLost
-// when this replica does not hold the lease.
+// when this replica does not hold the lease. After another error the
+// result was not written, and can be tried again.
 func (s *Set) ProbeResult(ctx context.Context, name string, probeErr error) error {
 	return s.probeResult(ctx, name, probeErr, 0)
 }
@@ -690,6 +691,13 @@ func (s *Set) probeResult(ctx context.Context, name string, probeErr error, retr
 		if strings.Contains(err.Error(), "lease lost") {
 			return fmt.Errorf("breaker %s: %w", name, ErrLeaseLost)
 		}
+		// Not written (Redis away): the lease is still this replica's,
+		// and the result can be written again while it lasts.
+		s.mu.Lock()
+		if e.token == "" {
+			e.token = token
+		}
+		s.mu.Unlock()
 		return fmt.Errorf("breaker %s: probe result: %w", name, err)
 	}
 	return nil

@@ -850,3 +850,33 @@ func TestProbeRetryKeepsInterval(t *testing.T) {
 		t.Fatal("ProbeRetry without a failure was taken")
 	}
 }
+
+// TestProbeResultAfterRedisBlip: a probe result that could not be written
+// (Redis away for a moment) can be written again by the replica holding
+// the probe: its lease is not forgotten with the failed write, which would
+// leave the breaker open until the lease ran out.
+func TestProbeResultAfterRedisBlip(t *testing.T) {
+	srv := redistest.Start(t, redistest.WithArgs("--appendfsync", "always"))
+	clk := newClock()
+	s := New(srv.Client(t), Options{Now: clk.Now})
+	ctx := context.Background()
+	const name = "app:contoso"
+	for range 3 {
+		record(t, s, name, credErr)
+	}
+	clk.Add(30 * time.Second)
+	if ok, err := s.AcquireProbe(ctx, name); !ok || err != nil {
+		t.Fatalf("no probe: %v", err)
+	}
+	srv.Kill(t)
+	if err := s.ProbeResult(ctx, name, nil); err == nil || errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("probe result with Redis down: %v, want a Redis error", err)
+	}
+	srv.Restart(t)
+	if err := s.ProbeResult(ctx, name, nil); err != nil {
+		t.Fatalf("probe result written again: %v", err)
+	}
+	if st := status(t, s, name); st.State != Closed {
+		t.Fatalf("after the probe result: %+v, want closed", st)
+	}
+}
