@@ -317,10 +317,19 @@ func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
 				continue
 			}
 			perr := g.probe(ctx, st.Name)
+			if errors.Is(perr, errProbeNotRun) {
+				// Nothing was asked of Microsoft: no failure of the
+				// credential, so the open interval is not doubled.
+				g.writeProbe(ctx, st.Name, func(ctx context.Context) error {
+					return g.set.ProbeRetry(ctx, st.Name, perr, probeNotRunRetry)
+				})
+				g.log.Warn("breaker probe could not run; trying again soon", "breaker", st.Name, "in", probeNotRunRetry, "err", perr)
+				continue
+			}
 			if after, ok := g.propagating(st.Name, perr); ok {
-				if err := g.set.ProbeRetry(ctx, st.Name, perr, after); err != nil {
-					g.log.Warn("cannot record probe result", "breaker", st.Name, "err", err)
-				}
+				g.writeProbe(ctx, st.Name, func(ctx context.Context) error {
+					return g.set.ProbeRetry(ctx, st.Name, perr, after)
+				})
 				if at := time.Now().Add(after); retryAt.IsZero() || at.Before(retryAt) {
 					retryAt = at
 					retry.Reset(after)
@@ -329,11 +338,49 @@ func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
 					"breaker", st.Name, "in", after, "err", perr)
 				continue
 			}
-			if err := g.set.ProbeResult(ctx, st.Name, perr); err != nil {
-				g.log.Warn("cannot record probe result", "breaker", st.Name, "err", err)
-			}
+			g.writeProbe(ctx, st.Name, func(ctx context.Context) error {
+				return g.set.ProbeResult(ctx, st.Name, perr)
+			})
 			g.log.Info("breaker probed", "breaker", st.Name, "ok", perr == nil, "err", perr)
 		}
+	}
+}
+
+// errProbeNotRun marks a probe that stopped before asking Microsoft
+// anything, because Redis did not answer.
+var errProbeNotRun = errors.New("probe not run")
+
+// probeNotRunRetry is how soon a probe that could not run is tried again.
+const probeNotRunRetry = 5 * time.Second
+
+// probeWriteFor is how long a probe's result is tried again while Redis
+// does not take it: well within the probe's lease (30 s by default), after
+// which another replica probes again.
+const probeWriteFor = 20 * time.Second
+
+// writeProbe runs write, which records a probe's result, until it
+// succeeds, the probe's lease is found lost, probeWriteFor has passed or
+// ctx ends. A result lost to a moment without Redis would leave the
+// breaker open, its mail held, until the probe's lease ran out.
+func (g *gate) writeProbe(ctx context.Context, name string, write func(context.Context) error) {
+	wait := 100 * time.Millisecond
+	until := time.Now().Add(probeWriteFor)
+	for {
+		err := write(ctx)
+		if err == nil {
+			return
+		}
+		if errors.Is(err, breaker.ErrLeaseLost) || ctx.Err() != nil || time.Now().Add(wait).After(until) {
+			g.log.Warn("cannot record probe result", "breaker", name, "err", err)
+			return
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+		wait = min(2*wait, 2*time.Second)
 	}
 }
 
@@ -356,7 +403,7 @@ func (g *gate) probe(ctx context.Context, name string) error {
 	defer cancel()
 	routes, err := g.routesUnder(ctx, name)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: the routes under the breaker could not be read: %w", errProbeNotRun, err)
 	}
 	credName, isCred := strings.CutPrefix(name, "cred:")
 	candidates := routes

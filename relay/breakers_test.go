@@ -158,3 +158,54 @@ func TestBreakerIncident(t *testing.T) {
 		t.Errorf("webhook saw %d opens and %d closes from 3 relays, want exactly one of each", opened, closed)
 	}
 }
+
+// TestProbeNotRunKeepsInterval: a probe that stops before asking
+// Microsoft anything, because Redis does not answer, is no failure of the
+// credential. The breaker's open interval is not doubled (up to 5 min of
+// held mail after a moment without Redis), and the probe is tried again
+// within seconds.
+func TestProbeNotRunKeepsInterval(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	ctx := context.Background()
+	e.submit(t, 0, "billing@contoso.com", "a@example.org", exchangeMessage(1, "billing@contoso.com"))
+	waitFor(t, 10*time.Second, "the first message delivered", func() bool { return e.sim.ReceivedCount() == 1 })
+	r := e.relays[0]
+	name := credentialBreaker("contoso")
+	if err := r.gate.set.Trip(ctx, name, "operator test"); err != nil {
+		t.Fatal(err)
+	}
+	tripped, err := r.gate.set.Status(ctx, name)
+	if err != nil || tripped.State != breaker.Open {
+		t.Fatalf("after the trip: %+v %v", tripped, err)
+	}
+	// The list of routes becomes unreadable: the probe cannot find the
+	// routes it would test.
+	rdb := e.f.redis.Client(t)
+	if err := rdb.Rename(ctx, "hf:routes", "hf:routes.saved").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Set(ctx, "hf:routes", "not a set", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.gate.probeNow(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	var st breaker.Status
+	waitFor(t, 10*time.Second, "the probe run", func() bool {
+		st, err = r.gate.set.Status(ctx, name)
+		return err == nil && !st.LastProbe.IsZero()
+	})
+	if st.State != breaker.Open || st.Interval != tripped.Interval {
+		t.Errorf("after a probe that could not run: %s, interval %v; want open, interval %v as before", st.State, st.Interval, tripped.Interval)
+	}
+	if err := rdb.Del(ctx, "hf:routes").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Rename(ctx, "hf:routes.saved", "hf:routes").Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "the breaker closed by the probe tried again", func() bool {
+		st, err = r.gate.set.Status(ctx, name)
+		return err == nil && st.State == breaker.Closed
+	})
+}
