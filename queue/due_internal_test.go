@@ -369,3 +369,49 @@ func TestWithdraw(t *testing.T) {
 		t.Fatalf("stats: %+v %v; want only the leased message", st, err)
 	}
 }
+
+// TestLeaseOrphanReleased: a Lease that fails on a hung Redis runs when
+// Redis continues, leasing a message no worker knows of. The route's next
+// Lease hands it back without spending an attempt and leases it, instead
+// of leaving it to wait for the lease to run out.
+func TestLeaseOrphanReleased(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = rdb.Close() })
+	q := New(rdb, Options{})
+	id := submitTo(t, q, "crm")
+	if _, err := q.Lease(ctx, "other", 1, time.Minute); err != nil { // loads the script
+		t.Fatal(err)
+	}
+	srv.Pause(t)
+	tctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err := q.Lease(tctx, "crm", 1, time.Hour)
+	cancel()
+	if err == nil {
+		t.Fatal("a lease on a hung Redis succeeded")
+	}
+	srv.Resume(t)
+	waitUntil := time.Now().Add(5 * time.Second)
+	for {
+		m, err := q.Get(ctx, id)
+		if err == nil && m.State == Leased {
+			break // the failed lease ran when Redis continued
+		}
+		if time.Now().After(waitUntil) {
+			t.Fatalf("the failed lease never ran: %+v %v", m, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	routes, _, err := q.DueRoutes(ctx, 10)
+	if err != nil || !slices.Contains(routes, "crm") {
+		t.Fatalf("due routes %v (%v), want crm, whose failed lease is to be handed back", routes, err)
+	}
+	res, err := q.Lease(ctx, "crm", 1, time.Minute)
+	if err != nil || len(res.Leases) != 1 || res.Leases[0].ID != id {
+		t.Fatalf("lease after the failed one: %+v %v; want %s", res, err, id)
+	}
+	if a := res.Leases[0].Attempts; a != 0 {
+		t.Fatalf("attempts %d after a failed lease handed back, want 0", a)
+	}
+}

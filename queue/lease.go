@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -27,6 +28,35 @@ type LeaseResult struct {
 // time held up to Options.HeldGrace.
 func (q *Queue) Lease(ctx context.Context, route string, n int, d time.Duration) (LeaseResult, error) {
 	return q.lease(ctx, route, n, d, newToken(), nil, "")
+}
+
+// releaseOrphans hands back, due now and without spending an attempt,
+// what the route's failed leases leased if Redis ran them after all.
+func (q *Queue) releaseOrphans(ctx context.Context, route string) error {
+	q.mu.Lock()
+	tokens := q.orphans[route]
+	delete(q.orphans, route)
+	q.mu.Unlock()
+	if len(tokens) == 0 {
+		return nil
+	}
+	rk := keysFor(route)
+	released := 0
+	for i, token := range tokens {
+		n, err := releaseScript.Run(ctx, q.rdb, []string{rk.leaseSet(token), rk.leased, rk.due},
+			token, q.opts.Now().UnixMilli(), msgKeyPrefix(rk.tag)).Int()
+		if err != nil {
+			q.mu.Lock()
+			q.orphans[route] = append(q.orphans[route], tokens[i:]...)
+			q.mu.Unlock()
+			return fmt.Errorf("hand back a failed lease's messages: %w", err)
+		}
+		released += n
+	}
+	if released > 0 {
+		q.logChange(ctx, route)
+	}
+	return nil
 }
 
 // AckNext is Ack of l with the upstream's reply, then Lease of up to n
@@ -70,6 +100,9 @@ func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration,
 		keys = append(keys, msgKey(ack.ID))
 		args = append(args, ack.ID, ack.token, reply, q.opts.DeliveredRetention.Milliseconds())
 	}
+	if err := q.releaseOrphans(ctx, route); err != nil {
+		return LeaseResult{}, fmt.Errorf("lease %s: %w", route, err)
+	}
 	q.mu.Lock()
 	wasUnmarked := q.unmarked[route]
 	delete(q.unmarked, route)
@@ -83,11 +116,18 @@ func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration,
 		err = ErrLeaseLost
 	}
 	if err != nil {
+		q.mu.Lock()
 		if wasUnmarked {
-			q.mu.Lock()
 			q.unmarked[route] = true
-			q.mu.Unlock()
 		}
+		if ack == nil && !errors.Is(err, ErrLeaseLost) {
+			// The lease may have run all the same: its messages are
+			// handed back at the route's next Lease, which DueRoutes
+			// asks for.
+			q.orphans[route] = append(q.orphans[route], token)
+			q.unmarked[route] = true
+		}
+		q.mu.Unlock()
 		if ack != nil {
 			return LeaseResult{}, fmt.Errorf("ack %s and lease %s: %w", ack.ID, route, err)
 		}

@@ -94,6 +94,10 @@ type Queue struct {
 	// (Redis Cluster, the index's slot unreachable): DueRoutes returns
 	// them until a Lease of each has run.
 	unmarked map[string]bool
+	// orphans are the tokens of leases that failed, by route: Redis may
+	// have run them after all (a hung Redis resuming), leasing messages
+	// no worker knows of. The next Lease of the route hands them back.
+	orphans map[string][]string
 
 	waitAOF     bool // the server has WAITAOF (Redis 7.2+); set once waitChecked
 	waitChecked bool
@@ -108,7 +112,8 @@ var ErrLeaseLost = errors.New("lease lost: it expired before the worker reported
 
 // New returns a queue stored in rdb.
 func New(rdb redis.UniversalClient, opts Options) *Queue {
-	return &Queue{rdb: rdb, opts: opts.withDefaults(), routes: map[string]time.Time{}, unmarked: map[string]bool{}}
+	return &Queue{rdb: rdb, opts: opts.withDefaults(), routes: map[string]time.Time{}, unmarked: map[string]bool{},
+		orphans: map[string][]string{}}
 }
 
 // Options returns the queue's options, defaults filled in.

@@ -360,6 +360,31 @@ redis.call('HDEL', KEYS[1], 'why', 'done')
 return 1
 `)
 
+// releaseScript hands back the messages a lease token still holds: due
+// now, without spending an attempt. It is for leases that failed, which
+// Redis may have run all the same.
+//
+// KEYS[1] the token's lease set, KEYS[2] leased, KEYS[3] due. ARGV[1]
+// the token, ARGV[2] now, ARGV[3] the prefix of the message keys.
+//
+// Returns how many messages it handed back.
+var releaseScript = redis.NewScript(`
+local n = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = ARGV[3] .. id
+  local m = redis.call('HMGET', key, 'lease', 'st')
+  if m[1] == ARGV[1] and m[2] == 'leased' then
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('ZADD', KEYS[3], ARGV[2], id)
+    redis.call('HSET', key, 'st', 'queued', 'lease', '', 'upd', ARGV[2])
+    redis.call('HDEL', key, 'lu')
+    n = n + 1
+  end
+end
+redis.call('DEL', KEYS[1])
+return n
+`)
+
 // withdrawScript makes sure a message whose Enqueue failed is not stored:
 // if it was stored and no worker has leased it, it is deleted; if it was
 // not stored yet, its id is marked so that the Enqueue, should it still
