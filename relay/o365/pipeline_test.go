@@ -470,7 +470,12 @@ func TestLostSlotClosesConnection(t *testing.T) {
 	limits := &lostLimits{}
 	_, p, s := newSinkSenderEdit(t, func(o *o365.SMTPOptions) {
 		o.Limits = limits
-		o.IdleTimeout = 4 * time.Second // the reaper looks every 2 s
+		// The reaper looks every 3 s and renews a slot 2 s old: it
+		// renews this one at least a second before the connection is
+		// idle for 6 s and closed. (With 4 s, a look just before the
+		// slot was 2 s old came next when the connection was idle for 4
+		// s, and closed it unrenewed.)
+		o.IdleTimeout = 6 * time.Second
 	})
 	ctx := context.Background()
 	if _, err := s.Send(ctx, sinkMessage(0, "a@example.org")); err != nil {
