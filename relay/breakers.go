@@ -363,24 +363,18 @@ const probeWriteFor = 20 * time.Second
 // ctx ends. A result lost to a moment without Redis would leave the
 // breaker open, its mail held, until the probe's lease ran out.
 func (g *gate) writeProbe(ctx context.Context, name string, write func(context.Context) error) {
-	wait := 100 * time.Millisecond
+	b := backoff{next: 100 * time.Millisecond, max: 2 * time.Second}
 	until := time.Now().Add(probeWriteFor)
 	for {
 		err := write(ctx)
 		if err == nil {
 			return
 		}
-		if errors.Is(err, breaker.ErrLeaseLost) || ctx.Err() != nil || time.Now().Add(wait).After(until) {
+		if errors.Is(err, breaker.ErrLeaseLost) || ctx.Err() != nil || time.Now().Add(b.next).After(until) {
 			g.log.Warn("cannot record probe result", "breaker", name, "err", err)
 			return
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-		}
-		t.Stop()
-		wait = min(2*wait, 2*time.Second)
+		b.wait(ctx)
 	}
 }
 

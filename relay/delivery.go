@@ -550,12 +550,12 @@ func (d *deliverer) ack(l *queue.Lease, reply string, nr reservation, log *slog.
 // Redis restart or failover would otherwise leave the message leased
 // until its lease runs out, and a delivered one sent again after that.
 func (d *deliverer) record(l *queue.Lease, log *slog.Logger, settle func(context.Context) error) error {
-	wait := 50 * time.Millisecond
+	b := backoff{next: 50 * time.Millisecond, max: time.Second}
 	for tries := 1; ; tries++ {
 		ctx, cancel := d.settleContext()
 		err := settle(ctx)
 		cancel()
-		if err == nil || errors.Is(err, queue.ErrLeaseLost) || time.Until(l.LeaseEnd) < wait ||
+		if err == nil || errors.Is(err, queue.ErrLeaseLost) || time.Until(l.LeaseEnd) < b.next ||
 			d.sendCtx.Err() != nil || d.pastSettleBy() {
 			if err == nil && tries > 1 {
 				log.Info("outcome recorded after Redis came back", "tries", tries)
@@ -565,13 +565,7 @@ func (d *deliverer) record(l *queue.Lease, log *slog.Logger, settle func(context
 		if tries == 1 {
 			log.Warn("cannot record the outcome; trying again until the lease runs out", "err", err, "lease_end", l.LeaseEnd)
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-d.sendCtx.Done():
-		}
-		t.Stop()
-		wait = min(2*wait, time.Second)
+		b.wait(d.sendCtx)
 	}
 }
 

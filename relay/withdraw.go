@@ -82,23 +82,18 @@ func (w *withdrawer) pending() int {
 // run withdraws until ctx ends, then makes one last pass bounded by
 // w.try and logs what it could not withdraw.
 func (w *withdrawer) run(ctx context.Context) {
-	wait := 100 * time.Millisecond
+	const first = 100 * time.Millisecond
+	b := backoff{next: first, max: 5 * time.Second}
 	for ctx.Err() == nil {
 		if w.pass(context.Background()) {
-			wait = 100 * time.Millisecond
+			b.next = first
 			select {
 			case <-w.kick:
 			case <-ctx.Done():
 			}
 			continue
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-		}
-		t.Stop()
-		wait = min(2*wait, 5*time.Second)
+		b.wait(ctx)
 	}
 	last, cancel := context.WithTimeout(context.Background(), w.try)
 	defer cancel()
