@@ -116,7 +116,11 @@ func (q *Queue) releaseSteps(ctx context.Context, route string, fence Fence, eac
 		case 1:
 			q.logChange(ctx, route)
 			// Due again: the due-route index held it HeldRecheck away.
-			return total, q.markDue(ctx, route)
+			// The release is done; a mark that cannot be written keeps
+			// the route for this process's DueRoutes instead of failing
+			// it (nobody would release it again).
+			q.markOrKeep(ctx, route)
+			return total, nil
 		case -1:
 			return total, fmt.Errorf("release %s: %w", route, ErrStaleFence)
 		}

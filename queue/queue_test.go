@@ -739,3 +739,64 @@ func testLeaseCancelledAfterScript(t *testing.T, rdb redis.UniversalClient, hook
 		t.Fatalf("state %s, want delivered", m.State)
 	}
 }
+
+// failDueMark refuses, while on, the writes that mark a route due, as
+// Redis does when the due index's slot is on a master that is failing
+// over.
+type failDueMark struct {
+	mu      sync.Mutex
+	enabled bool
+}
+
+func (h *failDueMark) set(v bool) { h.mu.Lock(); h.enabled = v; h.mu.Unlock() }
+
+func (h *failDueMark) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *failDueMark) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.mu.Lock()
+		enabled := h.enabled
+		h.mu.Unlock()
+		a := cmd.Args()
+		if enabled && len(a) > 1 && strings.EqualFold(fmt.Sprint(a[0]), "sadd") && a[1] == "hf:{due}:dirty" {
+			err := errors.New("READONLY You can't write against a read only replica.")
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h *failDueMark) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestReleaseMarkFails: a release whose due mark cannot be written is
+// still a release, and the route is leased at this process's next look,
+// not when the due index's held-route recheck comes (a minute later).
+func TestReleaseMarkFails(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Start(t).Client(t)
+	hook := &failDueMark{}
+	rdb.AddHook(hook)
+	q := queue.New(rdb, queue.Options{})
+	id := enqueue(t, q, msg("crm", 1))
+	if err := q.HoldRoute(ctx, "crm", "credential breaker open"); err != nil {
+		t.Fatal(err)
+	}
+	if res := lease(t, q, "crm", 1, time.Minute); len(res.Leases) != 0 {
+		t.Fatalf("a held route leased %d messages", len(res.Leases))
+	}
+	hook.set(true)
+	if err := q.ReleaseRoute(ctx, "crm"); err != nil {
+		t.Fatalf("release with the due mark refused: %v", err)
+	}
+	hook.set(false)
+	routes, _, err := q.DueRoutes(ctx, 10)
+	if err != nil || len(routes) != 1 || routes[0] != "crm" {
+		t.Fatalf("due routes after the release: %v %v; want crm", routes, err)
+	}
+	if res := lease(t, q, "crm", 1, time.Minute); len(res.Leases) != 1 || res.Leases[0].ID != id {
+		t.Fatalf("lease after the release: %+v; want %s", res, id)
+	}
+}
