@@ -2,7 +2,6 @@ package queue
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -31,15 +30,9 @@ func (q *Queue) Lease(ctx context.Context, route string, n int, d time.Duration)
 }
 
 // releaseOrphans hands back, due now and without spending an attempt,
-// what the route's failed leases leased if Redis ran them after all.
-func (q *Queue) releaseOrphans(ctx context.Context, route string) error {
-	q.mu.Lock()
-	tokens := q.orphans[route]
-	delete(q.orphans, route)
-	q.mu.Unlock()
-	if len(tokens) == 0 {
-		return nil
-	}
+// what the route's failed leases (tokens) leased if Redis ran them after
+// all. Those it cannot hand back are kept for the route's next Lease.
+func (q *Queue) releaseOrphans(ctx context.Context, route string, tokens []string) error {
 	rk := keysFor(route)
 	released := 0
 	for i, token := range tokens {
@@ -48,6 +41,7 @@ func (q *Queue) releaseOrphans(ctx context.Context, route string) error {
 		if err != nil {
 			q.mu.Lock()
 			q.orphans[route] = append(q.orphans[route], tokens[i:]...)
+			q.unmarked[route] = true
 			q.mu.Unlock()
 			return fmt.Errorf("hand back a failed lease's messages: %w", err)
 		}
@@ -100,13 +94,17 @@ func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration,
 		keys = append(keys, msgKey(ack.ID))
 		args = append(args, ack.ID, ack.token, reply, q.opts.DeliveredRetention.Milliseconds())
 	}
-	if err := q.releaseOrphans(ctx, route); err != nil {
-		return LeaseResult{}, fmt.Errorf("lease %s: %w", route, err)
-	}
 	q.mu.Lock()
 	wasUnmarked := q.unmarked[route]
 	delete(q.unmarked, route)
+	orphans := q.orphans[route]
+	delete(q.orphans, route)
 	q.mu.Unlock()
+	if len(orphans) > 0 {
+		if err := q.releaseOrphans(ctx, route, orphans); err != nil {
+			return LeaseResult{}, fmt.Errorf("lease %s: %w", route, err)
+		}
+	}
 	res, err := script.Run(ctx, q.rdb, keys, args...).Slice()
 	if err == nil && len(res) == 1 {
 		// The ack found its lease lost, and nothing was looked at.
@@ -120,7 +118,7 @@ func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration,
 		if wasUnmarked {
 			q.unmarked[route] = true
 		}
-		if ack == nil && !errors.Is(err, ErrLeaseLost) {
+		if ack == nil {
 			// The lease may have run all the same: its messages are
 			// handed back at the route's next Lease, which DueRoutes
 			// asks for.
