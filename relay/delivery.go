@@ -569,25 +569,28 @@ func (d *deliverer) record(l *queue.Lease, log *slog.Logger, settle func(context
 	}
 }
 
+// giveBack returns l to the queue, due after delay, without spending an
+// attempt; reason is its last error.
+func (d *deliverer) giveBack(l *queue.Lease, delay time.Duration, reason string, log *slog.Logger) error {
+	return d.record(l, log, func(ctx context.Context) error {
+		_, err := d.q.Defer(ctx, l, delay, reason)
+		return err
+	})
+}
+
 // settleFailure applies the failure's class to the message.
 func (d *deliverer) settleFailure(l *queue.Lease, err error, log *slog.Logger) {
 	class := upstream.ClassOf(err)
 	if errors.Is(err, context.Canceled) && d.sendCtx.Err() != nil {
 		// Cancelled by shutdown: not the message's fault.
-		if serr := d.record(l, log, func(ctx context.Context) error {
-			_, err := d.q.Defer(ctx, l, 0, "delivery interrupted by shutdown")
-			return err
-		}); serr != nil {
+		if serr := d.giveBack(l, 0, "delivery interrupted by shutdown", log); serr != nil {
 			log.Error("cannot hand back message after shutdown", "err", serr)
 		}
 		return
 	}
 	if errors.Is(err, destination.ErrPaused) {
 		// The relay's own dead-destination breaker: no failure.
-		if serr := d.record(l, log, func(ctx context.Context) error {
-			_, err := d.q.Defer(ctx, l, upstream.RetryAfterOf(err), err.Error())
-			return err
-		}); serr != nil {
+		if serr := d.giveBack(l, upstream.RetryAfterOf(err), err.Error(), log); serr != nil {
 			log.Error("cannot hand back message", "err", serr)
 		}
 		log.Debug("endpoint paused; message handed back", "err", err)
