@@ -53,3 +53,51 @@ func TestAmbiguousFlag(t *testing.T) {
 		t.Fatal("a deleted message came back ambiguous")
 	}
 }
+
+// TestSettleSetsAmbiguous: a lease marked ambiguous sets the flag in the
+// script that ends it (retry, defer and dead letter), and only then: an
+// acked message, or another in the same lease, is not flagged. Running
+// the settle again, as after a lost reply, keeps the flag.
+func TestSettleSetsAmbiguous(t *testing.T) {
+	q, _, _ := newQueue(t)
+	ctx := context.Background()
+	ids := make([]string, 5)
+	for i := range ids {
+		ids[i] = enqueue(t, q, msg("r", i+1))
+	}
+	res := lease(t, q, "r", 5, time.Minute)
+	if len(res.Leases) != 5 {
+		t.Fatalf("leased %d", len(res.Leases))
+	}
+	byID := map[string]*queue.Lease{}
+	for _, l := range res.Leases {
+		byID[l.ID] = l
+	}
+	for _, i := range []int{0, 1, 2, 3} {
+		byID[ids[i]].SetAmbiguous()
+	}
+	if _, err := q.Retry(ctx, byID[ids[0]], "504"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Retry(ctx, byID[ids[0]], "504"); err != nil {
+		t.Fatalf("retry run again: %v", err)
+	}
+	if _, err := q.Defer(ctx, byID[ids[1]], time.Minute, "shutdown"); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Fail(ctx, byID[ids[2]], "550"); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Ack(ctx, byID[ids[3]], "250"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Retry(ctx, byID[ids[4]], "451"); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []bool{true, true, true, false, false} {
+		amb, err := q.Ambiguous(ctx, ids[i])
+		if err != nil || amb != want {
+			t.Errorf("message %d: ambiguous=%v err=%v, want %v", i, amb, err, want)
+		}
+	}
+}

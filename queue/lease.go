@@ -233,9 +233,13 @@ func (q *Queue) settle(ctx context.Context, l *Lease, outcome, reply string, spe
 	if single {
 		keys = append(keys, dueDirtyKey, changesKey) // the script marks the route due and logs the change
 	}
+	ambiguous := ""
+	if l.ambiguous {
+		ambiguous = fAmbiguous
+	}
 	res, err := settleScript.Run(ctx, q.rdb, keys,
 		l.ID, l.token, now.UnixMilli(), outcome, reply, spend, due.UnixMilli(),
-		q.opts.DeliveredRetention.Milliseconds(), l.Route).Result()
+		q.opts.DeliveredRetention.Milliseconds(), l.Route, ambiguous).Result()
 	if err != nil {
 		return "", fmt.Errorf("%s %s: %w", outcome, l.ID, err)
 	}

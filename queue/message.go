@@ -85,8 +85,17 @@ type Message struct {
 // settle the message, and only until the lease expires.
 type Lease struct {
 	*Message
-	token string
+	token     string
+	ambiguous bool
 }
+
+// SetAmbiguous records that the attempt under this lease may have
+// delivered the message though it failed (see MarkAmbiguous). Retry,
+// Defer and Fail then set the message's ambiguity flag in the same
+// script that ends the lease, so that the flag is not lost when a
+// separate MarkAmbiguous could not reach Redis: a settle is tried again
+// until it is recorded.
+func (l *Lease) SetAmbiguous() { l.ambiguous = true }
 
 // idAlphabet is Crockford's base32 in lower case: no i, l, o or u.
 const idAlphabet = "0123456789abcdefghjkmnpqrstvwxyz"

@@ -266,7 +266,9 @@ return 1
 // ARGV[1] id, ARGV[2] lease token, ARGV[3] now, ARGV[4] outcome: "ack",
 // "retry" or "dead", ARGV[5] last reply or error, ARGV[6] attempts to add
 // (0 or 1), ARGV[7] due time for "retry", ARGV[8] how long a delivered
-// message's record is kept, in ms, ARGV[9] the route.
+// message's record is kept, in ms, ARGV[9] the route, ARGV[10] the
+// ambiguity flag's field, set to "1" unless the outcome is "ack", or ""
+// (absent from the ack-and-lease script's call).
 //
 // A "retry" of a message past its expiry dead-letters it. Returns the
 // state the message is now in, or 0 when the lease is no longer held by
@@ -293,6 +295,7 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[1], 'lease', 'lu')
 redis.call('HINCRBY', KEYS[1], 'att', tonumber(ARGV[6]))
 redis.call('HSET', KEYS[1], 'settled', ARGV[2] .. ':' .. ARGV[4], 'err', ARGV[5], 'upd', now)
+if ARGV[10] and ARGV[10] ~= '' and outcome ~= 'ack' then redis.call('HSET', KEYS[1], ARGV[10], '1') end
 if KEYS[7] then logChange(KEYS[7], ARGV[9], now) end
 
 if outcome == 'retry' and tonumber(redis.call('HGET', KEYS[1], 'exp')) <= now then

@@ -581,6 +581,11 @@ func (d *deliverer) giveBack(l *queue.Lease, delay time.Duration, reason string,
 // settleFailure applies the failure's class to the message.
 func (d *deliverer) settleFailure(l *queue.Lease, err error, log *slog.Logger) {
 	class := upstream.ClassOf(err)
+	if errors.Is(err, upstream.ErrOutcomeUnknown) {
+		// The sender marked the message already, unless Redis failed
+		// it; the settle below, tried until recorded, marks it too.
+		l.SetAmbiguous()
+	}
 	if errors.Is(err, context.Canceled) && d.sendCtx.Err() != nil {
 		// Cancelled by shutdown: not the message's fault.
 		if serr := d.giveBack(l, 0, "delivery interrupted by shutdown", log); serr != nil {

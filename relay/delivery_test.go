@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -73,6 +74,10 @@ func outcome(rcpt string) error {
 		return &upstream.Error{Class: upstream.Credential, Code: 401, Text: "invalid_client AADSTS7000222"}
 	case "netdown":
 		return errors.New("dial tcp 127.0.0.1:587: connect: connection refused")
+	case "unsure":
+		// Graph's 504 after sendMail was written, as GraphSender reports
+		// it when it could not mark the message itself.
+		return fmt.Errorf("%w (%w)", &upstream.Error{Class: upstream.Transient, Code: 504, Text: "GatewayTimeout"}, upstream.ErrOutcomeUnknown)
 	}
 	return nil
 }
@@ -347,6 +352,35 @@ func TestDeliveryOutcomeOutlastsRedisRestart(t *testing.T) {
 				t.Errorf("attempts %d, want 1", m.Attempts)
 			}
 		})
+	}
+}
+
+// TestDeliveryUnknownOutcomeFlagged: a send that failed but may have
+// delivered the message ends its lease with the message flagged, so the
+// next attempt asks the upstream first, even when the sender's own mark
+// could not reach Redis (here Redis is down when the send ends, and the
+// sender never marks it).
+func TestDeliveryUnknownOutcomeFlagged(t *testing.T) {
+	f := newFixture(t, redistest.WithArgs("--appendfsync", "always"))
+	s := &fakeSender{block: make(chan struct{})}
+	id := enqueueTo(t, f, "unsure@example.org")
+	other := enqueueTo(t, f, "busy@example.org")
+	startDeliverer(t, f.queue, s, deliveryConfig{Workers: 2, Lease: time.Minute})
+	for s.sends(id) == 0 || s.sends(other) == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	f.redis.Kill(t)
+	close(s.block)
+	time.Sleep(time.Second)
+	f.redis.Restart(t)
+	waitState(t, f, id, queue.Scheduled)
+	waitState(t, f, other, queue.Scheduled)
+	ctx := context.Background()
+	if amb, err := f.queue.Ambiguous(ctx, id); err != nil || !amb {
+		t.Errorf("message whose send may have gone out: ambiguous=%v err=%v, want flagged", amb, err)
+	}
+	if amb, err := f.queue.Ambiguous(ctx, other); err != nil || amb {
+		t.Errorf("message refused with a plain 451: ambiguous=%v err=%v, want not flagged", amb, err)
 	}
 }
 

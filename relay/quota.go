@@ -71,7 +71,7 @@ func (q *recipientQuota) settle(ctx context.Context, m *queue.Message, counted b
 	}
 	_, _, mailbox, _ := parseRoute(m.Route)
 	ctx = context.WithoutCancel(ctx)
-	if counted && !errors.Is(err, o365.ErrOutcomeUnknown) {
+	if counted && !errors.Is(err, upstream.ErrOutcomeUnknown) {
 		if rerr := q.rl.ReleaseRecipients(ctx, mailbox, m.ID, len(m.To)); rerr != nil {
 			q.log.Warn("cannot release the recipients of an unsent message", "id", m.ID, "mailbox", mailbox, "err", rerr)
 		}

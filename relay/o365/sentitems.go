@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -76,14 +75,10 @@ func (g *GraphSender) sentBefore(ctx context.Context, r Route, id, msgID string)
 	return fmt.Sprintf("found %s in the Sent Items of %s after an attempt with an unknown outcome", msgID, r.Mailbox), true, nil
 }
 
-// ErrOutcomeUnknown marks a failed send that may still have sent the
-// message.
-var ErrOutcomeUnknown = errors.New("the message may have been sent")
-
 // markUnknown records that the attempt that failed with err may have sent
 // message id. The record must outlive a cancelled send.
 func (g *GraphSender) markUnknown(ctx context.Context, id string, err error) error {
-	err = fmt.Errorf("%w (%w)", err, ErrOutcomeUnknown)
+	err = fmt.Errorf("%w (%w)", err, upstream.ErrOutcomeUnknown)
 	if g.o.Outcomes == nil {
 		return err
 	}

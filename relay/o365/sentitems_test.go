@@ -132,7 +132,7 @@ func TestGraphUnknownOutcomeNoDuplicate(t *testing.T) {
 			m := graphMessage("0123abcdmsg"+strings.ReplaceAll(tc.fault, "h", "x"), tc.msgID)
 			e.sim.SetFault(sim.Fault{GraphAfterSend: tc.fault})
 			_, err := e.send.Send(ctx, m)
-			if err == nil || upstream.ClassOf(err) != upstream.Transient || !errors.Is(err, o365.ErrOutcomeUnknown) {
+			if err == nil || upstream.ClassOf(err) != upstream.Transient || !errors.Is(err, upstream.ErrOutcomeUnknown) {
 				t.Fatalf("first attempt: %v, want a transient error whose outcome is unknown", err)
 			}
 			if amb, _ := e.out.Ambiguous(ctx, m.ID); !amb {
@@ -191,7 +191,7 @@ func TestGraphPlainFailureSentOnce(t *testing.T) {
 	l.Close()
 	refused := newGraphEnv(t, time.Second, closed)
 	rm := graphMessage("0123abcdrefused", "<refused@test>")
-	if _, err := refused.send.Send(ctx, rm); upstream.ClassOf(err) != upstream.Transient || errors.Is(err, o365.ErrOutcomeUnknown) {
+	if _, err := refused.send.Send(ctx, rm); upstream.ClassOf(err) != upstream.Transient || errors.Is(err, upstream.ErrOutcomeUnknown) {
 		t.Fatalf("refused: %v, want transient with a known outcome", err)
 	}
 	if amb, _ := refused.out.Ambiguous(ctx, rm.ID); amb {

@@ -113,6 +113,12 @@ func (e *Error) BreakerReason() string {
 	return strings.Join(strings.Fields(fmt.Sprintf("%d %s %s", e.Code, e.Enhanced, e.Text)), " ")
 }
 
+// ErrOutcomeUnknown marks a failed send that may still have sent the
+// message: the request was written and no answer says what became of
+// it. Such a message is flagged, so that its next attempt first asks the
+// upstream whether it went out.
+var ErrOutcomeUnknown = errors.New("the message may have been sent")
+
 // ClassOf returns the class of a delivery error. An error that is not an
 // *Error, such as a bare network error, is Transient: it is retried, never
 // bounced.
