@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"holdfast/queue"
 	"holdfast/queue/redistest"
 )
@@ -144,11 +146,27 @@ func TestHungRedisRefusalsNotStored(t *testing.T) {
 	if status, _ := postMessage(t, s); status != http.StatusServiceUnavailable {
 		t.Errorf("HTTP with Redis stopped: %d, want 503", status)
 	}
+	w := s.smtp.in.withdraw
+	if n := w.pending(); n != 2 {
+		t.Errorf("%d withdrawals waiting while Redis is stopped, want 2", n)
+	}
 	f.redis.Resume(t)
-	waitFor(t, 10*time.Second, "the refused messages withdrawn", func() bool { return s.smtp.in.withdraw.pending() == 0 })
+	waitFor(t, 10*time.Second, "the refused messages withdrawn", func() bool { return w.pending() == 0 })
 	ms, err := s.Queue().List(context.Background(), "crm", queue.Ready, 0, 10)
 	if err != nil || len(ms) != 1 {
 		t.Fatalf("queued messages %d (%v), want only the 1 taken before Redis stopped", len(ms), err)
+	}
+	for result, want := range map[string]float64{withdrawn: 2, withdrawTooLate: 0, withdrawDropped: 0, withdrawShut: 0} {
+		if n := testutil.ToFloat64(w.ended.WithLabelValues(result)); n != want {
+			t.Errorf("holdfast_ingress_withdrawals_total{result=%q} = %v, want %v", result, n, want)
+		}
+	}
+	fams := scrape(t, s)
+	if f := fams["holdfast_ingress_withdrawals_pending"]; f == nil || f.GetMetric()[0].GetGauge().GetValue() != 0 {
+		t.Errorf("holdfast_ingress_withdrawals_pending after the withdrawals: %v, want 0", f)
+	}
+	if fams["holdfast_ingress_withdrawals_total"] == nil {
+		t.Error("holdfast_ingress_withdrawals_total is not exported")
 	}
 }
 

@@ -8,6 +8,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
 	"holdfast/queue"
 )
 
@@ -17,14 +20,25 @@ import (
 // sends the message again. One goroutine withdraws them in the order they
 // were refused, as soon as Redis answers.
 type withdrawer struct {
-	q     withdrawStore
-	log   *slog.Logger
-	try   time.Duration // bounds one withdrawal
-	kick  chan struct{}
+	q    withdrawStore
+	log  *slog.Logger
+	try  time.Duration // bounds one withdrawal
+	kick chan struct{}
+	// ended counts the withdrawals by how they ended:
+	// holdfast_ingress_withdrawals_total{result}.
+	ended *prometheus.CounterVec
 	mu    sync.Mutex
 	queue []withdrawal
 	done  bool // run has returned: nothing more is withdrawn
 }
+
+// Results of a withdrawal, the label of holdfast_ingress_withdrawals_total.
+const (
+	withdrawn       = "withdrawn"       // taken out, or kept from being stored
+	withdrawTooLate = "too_late"        // a worker had taken it: it is delivered
+	withdrawDropped = "dropped"         // over maxWithdrawals while Redis was away
+	withdrawShut    = "not_at_shutdown" // Redis unreachable when the relay stopped
+)
 
 // withdrawStore is what the withdrawer needs of the queue.
 type withdrawStore interface {
@@ -37,11 +51,26 @@ type withdrawal struct{ route, id string }
 // oldest is dropped, logged.
 const maxWithdrawals = 100_000
 
-func newWithdrawer(q withdrawStore, try time.Duration, log *slog.Logger) *withdrawer {
+// newWithdrawer builds the withdrawer and registers its metrics on reg:
+// holdfast_ingress_withdrawals_total{result} and
+// holdfast_ingress_withdrawals_pending.
+func newWithdrawer(q withdrawStore, try time.Duration, reg prometheus.Registerer, log *slog.Logger) *withdrawer {
 	if try <= 0 {
 		try = 3 * time.Second
 	}
-	return &withdrawer{q: q, log: log, try: try, kick: make(chan struct{}, 1)}
+	w := &withdrawer{q: q, log: log, try: try, kick: make(chan struct{}, 1)}
+	w.ended = promauto.With(reg).NewCounterVec(prometheus.CounterOpts{
+		Name: "holdfast_ingress_withdrawals_total",
+		Help: "Messages refused with a temporary failure after their store was sent to Redis, by how their withdrawal ended: withdrawn, too_late (a worker took it first: it is delivered, and again if the client resends it), dropped or not_at_shutdown (not withdrawn: if Redis stored it, it is delivered).",
+	}, []string{"result"})
+	for _, r := range []string{withdrawn, withdrawTooLate, withdrawDropped, withdrawShut} {
+		w.ended.WithLabelValues(r)
+	}
+	promauto.With(reg).NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "holdfast_ingress_withdrawals_pending",
+		Help: "Refused messages waiting for Redis to answer so that they can be withdrawn.",
+	}, func() float64 { return float64(w.pending()) })
+	return w
 }
 
 // ambiguous reports whether a store that failed with err may have reached
@@ -57,12 +86,14 @@ func (w *withdrawer) add(route, id string) {
 	if w.done {
 		w.mu.Unlock()
 		w.log.Warn("refused message not withdrawn (shutting down): if Redis stored it, it will be delivered, and again if the client resends it", "id", id, "route", route)
+		w.ended.WithLabelValues(withdrawShut).Inc()
 		return
 	}
 	if len(w.queue) >= maxWithdrawals {
 		old := w.queue[0]
 		w.queue = w.queue[1:]
 		w.log.Warn("too many refused messages waiting to be withdrawn; dropped the oldest: if Redis stored it, it will be delivered", "id", old.id, "route", old.route)
+		w.ended.WithLabelValues(withdrawDropped).Inc()
 	}
 	w.queue = append(w.queue, withdrawal{route, id})
 	w.mu.Unlock()
@@ -105,6 +136,7 @@ func (w *withdrawer) run(ctx context.Context) {
 	for _, l := range left {
 		w.log.Warn("refused message not withdrawn (Redis unreachable at shutdown): if Redis stored it, it will be delivered, and again if the client resends it", "id", l.id, "route", l.route)
 	}
+	w.ended.WithLabelValues(withdrawShut).Add(float64(len(left)))
 }
 
 // pass withdraws the waiting messages in order, and reports whether it
@@ -124,10 +156,12 @@ func (w *withdrawer) pass(ctx context.Context) bool {
 		switch {
 		case errors.Is(err, queue.ErrTooLate):
 			w.log.Warn("a refused message was stored all the same and is being delivered; if the client resends it, it is delivered twice", "id", l.id, "route", l.route)
+			w.ended.WithLabelValues(withdrawTooLate).Inc()
 		case err != nil:
 			return false
 		default:
 			w.log.Info("refused message withdrawn", "id", l.id, "route", l.route)
+			w.ended.WithLabelValues(withdrawn).Inc()
 		}
 		w.mu.Lock()
 		w.queue = w.queue[1:]
