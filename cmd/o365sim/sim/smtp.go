@@ -287,16 +287,24 @@ func remoteIP(c net.Conn) string {
 
 // replyConn is a TLS session handed to go-smtp. It drops go-smtp's
 // greeting (the client had it before STARTTLS) and replaces go-smtp's
-// reply texts with Exchange's.
+// reply texts with Exchange's. It holds the replies until go-smtp reads
+// again or closes, so that the replies to a group of pipelined commands
+// go out together, in one TLS record, as RFC 2920 asks of a server:
+// go-smtp writes each reply on its own, and a client's MAIL, RCPT and
+// BDAT group cost three records and three system calls.
 type replyConn struct {
 	net.Conn
 	hello string // "HOST Hello [ip]"
 
 	mu        sync.Mutex
 	greeted   bool
-	pending   []byte
+	pending   []byte // a reply line not yet ended
+	out       []byte // replies not yet sent
 	dataReply string // the reply to the end of the current message
 }
+
+// maxHeld is the most reply bytes held before they are sent anyway.
+const maxHeld = 16 << 10
 
 func (c *replyConn) setDataReply(s string) {
 	c.mu.Lock()
@@ -308,7 +316,6 @@ func (c *replyConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.pending = append(c.pending, p...)
-	var out []byte
 	for {
 		i := bytes.Index(c.pending, []byte("\r\n"))
 		if i < 0 {
@@ -317,16 +324,46 @@ func (c *replyConn) Write(p []byte) (int, error) {
 		line := string(c.pending[:i])
 		c.pending = c.pending[i+2:]
 		if line, ok := c.rewrite(line); ok {
-			out = append(out, line...)
-			out = append(out, "\r\n"...)
+			c.out = append(c.out, line...)
+			c.out = append(c.out, "\r\n"...)
 		}
 	}
-	if len(out) > 0 {
-		if _, err := c.Conn.Write(out); err != nil {
+	if len(c.out) > maxHeld {
+		if err := c.flushLocked(); err != nil {
 			return 0, err
 		}
 	}
 	return len(p), nil
+}
+
+// Read sends the held replies first: the client may be waiting for them
+// before it sends more.
+func (c *replyConn) Read(p []byte) (int, error) {
+	if err := c.flush(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(p)
+}
+
+// Close sends the held replies, such as QUIT's, then closes.
+func (c *replyConn) Close() error {
+	_ = c.flush()
+	return c.Conn.Close()
+}
+
+func (c *replyConn) flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.flushLocked()
+}
+
+func (c *replyConn) flushLocked() error {
+	if len(c.out) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.out)
+	c.out = c.out[:0]
+	return err
 }
 
 // rewrite maps one go-smtp reply line to Exchange's; c.mu is held.

@@ -368,6 +368,56 @@ func TestSMTPPipelinedSTARTTLS(t *testing.T) {
 	}
 }
 
+// TestSMTPPipelinedRepliesTogether: the replies to a group of pipelined
+// commands go out together, in one TLS record, as a server that offers
+// PIPELINING sends them (RFC 2920, section 3.2), rather than a record and
+// a system call each.
+func TestSMTPPipelinedRepliesTogether(t *testing.T) {
+	f := newFixture(t)
+	nc, err := net.Dial("tcp", f.SMTPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReader(nc)
+	_, _ = r.ReadString('\n')
+	fmt.Fprint(nc, "STARTTLS\r\n")
+	if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "220 ") {
+		t.Fatalf("STARTTLS: %q %v", line, err)
+	}
+	tc := tls.Client(nc, &tls.Config{RootCAs: f.RootCAs(), ServerName: "localhost"})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprint(tc, "EHLO x\r\n")
+	tr := bufio.NewReader(tc)
+	for {
+		line, err := tr.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(line, "250 ") {
+			break
+		}
+	}
+	fmt.Fprint(tc, "RSET\r\nNOOP\r\nNOOP\r\n")
+	buf := make([]byte, 4096)
+	n, err := tc.Read(buf) // one record at most
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "250 2.0.0 Resetting\r\n250 2.0.0 OK\r\n250 2.0.0 OK\r\n"
+	if got := string(buf[:n]); got != want {
+		t.Fatalf("first TLS record after the group %q, want all three replies %q", got, want)
+	}
+	fmt.Fprint(tc, "QUIT\r\n")
+	n, err = tc.Read(buf)
+	if err != nil || string(buf[:n]) != "221 2.0.0 Service closing transmission channel\r\n" {
+		t.Fatalf("QUIT: %q %v, want the 221 before the connection closes", buf[:n], err)
+	}
+}
+
 // TestSMTPStall checks that a stalled server makes the client time out:
 // "greeting" accepts connections and says nothing, "data" never answers
 // the end of a message and does not record it. A session stalled at DATA

@@ -292,6 +292,7 @@ func (ss *smtpSession) stall() {
 	if ss.rc == nil {
 		return
 	}
+	_ = ss.rc.flush() // the replies before the stalled one
 	_ = ss.rc.Conn.SetReadDeadline(time.Now().Add(stallTimeout))
 	_, _ = io.Copy(io.Discard, ss.rc.Conn)
 	_ = ss.rc.Conn.Close()
