@@ -332,19 +332,20 @@ func TestSMTPFaults(t *testing.T) {
 	}
 }
 
-// TestSMTPPipelinedSTARTTLS checks that commands sent after STARTTLS in
-// plaintext are dropped, not answered inside TLS.
-func TestSMTPPipelinedSTARTTLS(t *testing.T) {
-	f := newFixture(t)
+// startTLS connects to the simulator's SMTP port, sends plain (which must
+// include STARTTLS) after the greeting, reads up to the 220 that answers
+// STARTTLS, and returns the TLS session. The connection has 5 s.
+func startTLS(t *testing.T, f *fixture, plain string) *tls.Conn {
+	t.Helper()
 	nc, err := net.Dial("tcp", f.SMTPAddr())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(func() { nc.Close() })
 	_ = nc.SetDeadline(time.Now().Add(5 * time.Second))
 	r := bufio.NewReader(nc)
 	_, _ = r.ReadString('\n')
-	fmt.Fprint(nc, "EHLO x\r\nSTARTTLS\r\nMAIL FROM:<a@b>\r\n")
+	fmt.Fprint(nc, plain)
 	for {
 		line, err := r.ReadString('\n')
 		if err != nil {
@@ -358,6 +359,14 @@ func TestSMTPPipelinedSTARTTLS(t *testing.T) {
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
 	}
+	return tc
+}
+
+// TestSMTPPipelinedSTARTTLS checks that commands sent after STARTTLS in
+// plaintext are dropped, not answered inside TLS.
+func TestSMTPPipelinedSTARTTLS(t *testing.T) {
+	f := newFixture(t)
+	tc := startTLS(t, f, "EHLO x\r\nSTARTTLS\r\nMAIL FROM:<a@b>\r\n")
 	fmt.Fprint(tc, "NOOP\r\n")
 	line, err := bufio.NewReader(tc).ReadString('\n')
 	if err != nil {
@@ -374,22 +383,7 @@ func TestSMTPPipelinedSTARTTLS(t *testing.T) {
 // a system call each.
 func TestSMTPPipelinedRepliesTogether(t *testing.T) {
 	f := newFixture(t)
-	nc, err := net.Dial("tcp", f.SMTPAddr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	_ = nc.SetDeadline(time.Now().Add(5 * time.Second))
-	r := bufio.NewReader(nc)
-	_, _ = r.ReadString('\n')
-	fmt.Fprint(nc, "STARTTLS\r\n")
-	if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "220 ") {
-		t.Fatalf("STARTTLS: %q %v", line, err)
-	}
-	tc := tls.Client(nc, &tls.Config{RootCAs: f.RootCAs(), ServerName: "localhost"})
-	if err := tc.Handshake(); err != nil {
-		t.Fatal(err)
-	}
+	tc := startTLS(t, f, "STARTTLS\r\n")
 	fmt.Fprint(tc, "EHLO x\r\n")
 	tr := bufio.NewReader(tc)
 	for {
