@@ -61,6 +61,9 @@ type gate struct {
 	// refused holds, per credential (or delegated mailbox), when Entra
 	// last refused it: see token.
 	refused map[string]time.Time
+	// turns holds, per credential (or delegated mailbox), the turn of
+	// its token requests: see token.
+	turns map[string]chan struct{}
 	// stale holds, per credential, the fingerprint of this replica's
 	// material that failed while another works (breakers_stale.go).
 	stale map[string]string
@@ -96,12 +99,22 @@ func (g *gate) token(ctx context.Context, route string, src o365.TokenSource) (*
 		return nil, err
 	}
 	delegated, cred, mailbox, _ := parseRoute(route)
-	if !delegated && g.staleFor(cred) {
-		return nil, staleError(cred)
-	}
 	key := credentialBreaker(cred)
 	if delegated {
 		key = mailboxBreaker(mailbox)
+	}
+	// One request per key at a time, checked and recorded in its turn:
+	// a send that asks while a request is out waits for its verdict, so
+	// no second request starts between a refusal and its record.
+	turn := g.tokenTurn(key)
+	select {
+	case turn <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-turn }()
+	if !delegated && g.staleFor(cred) {
+		return nil, staleError(cred)
 	}
 	g.mu.Lock()
 	wait := time.Until(g.refused[key].Add(refusalHold))
@@ -124,6 +137,22 @@ func (g *gate) token(ctx context.Context, route string, src o365.TokenSource) (*
 		g.mu.Unlock()
 	}
 	return tok, err
+}
+
+// tokenTurn returns the turn of a credential's (or delegated mailbox's)
+// token requests: a channel of one slot.
+func (g *gate) tokenTurn(key string) chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.turns == nil {
+		g.turns = map[string]chan struct{}{}
+	}
+	t := g.turns[key]
+	if t == nil {
+		t = make(chan struct{}, 1)
+		g.turns[key] = t
+	}
+	return t
 }
 
 // forgetRefusals lets token ask Entra at once again: the files changed,
