@@ -179,10 +179,12 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 		return id, false, fmt.Errorf("enqueue: %w", err)
 	}
 	got, _ := res[0].(string)
-	if res[1].(int64) == 2 {
+	switch res[1].(int64) {
+	case 1:
+		dup = true
+	case 2:
 		return id, false, fmt.Errorf("enqueue %s: %w", id, ErrWithdrawn)
 	}
-	dup = res[1].(int64) == 1
 	if !dup && !marked {
 		// The message is stored either way; a route left unmarked is
 		// leased at this process's next DueRoutes, or found by SweepDue.
@@ -213,8 +215,8 @@ const withdrawnTTL = time.Hour
 // messages whose submitter was told they were not taken; the route is
 // the one given to Enqueue.
 func (q *Queue) Withdraw(ctx context.Context, route, id string) error {
-	if len(id) < tagLen {
-		return fmt.Errorf("withdraw: invalid message id %q", id)
+	if !ValidID(id) {
+		return fmt.Errorf("withdraw %q: not a message id", id)
 	}
 	rk := keysFor(route)
 	n, err := withdrawScript.Run(ctx, q.rdb,

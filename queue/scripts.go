@@ -399,14 +399,12 @@ return n
 //
 // Returns 1 when the message was deleted, 0 when it was not stored, or
 // -1 when it was stored and a worker has leased or settled it since.
-var withdrawScript = redis.NewScript(`
+var withdrawScript = redis.NewScript(removeLua + `
 local st = redis.call('HGET', KEYS[1], 'st')
 if st and st ~= 'queued' then return -1 end
 redis.call('SET', KEYS[6], '1', 'PX', ARGV[2])
 if not st then return 0 end
-for i = 2, 5 do redis.call('ZREM', KEYS[i], ARGV[1]) end
-redis.call('DEL', KEYS[1])
-return 1
+return remove(KEYS, ARGV[1])
 `)
 
 // deleteScript removes a message from its route and deletes it.
@@ -415,10 +413,20 @@ return 1
 // KEYS[5] live. ARGV[1] id.
 //
 // Returns 1, or 0 when there was no such message.
-var deleteScript = redis.NewScript(`
-for i = 2, 5 do redis.call('ZREM', KEYS[i], ARGV[1]) end
-return redis.call('DEL', KEYS[1])
+var deleteScript = redis.NewScript(removeLua + `
+return remove(KEYS, ARGV[1])
 `)
+
+// removeLua defines remove(KEYS, id), for the scripts that delete a
+// message: it takes id out of its route's sets (KEYS[2] to KEYS[5]: due,
+// leased, dead, live) and deletes its hash (KEYS[1]). Returns 1, or 0
+// when there was no hash.
+const removeLua = `
+local function remove(KEYS, id)
+  for i = 2, 5 do redis.call('ZREM', KEYS[i], id) end
+  return redis.call('DEL', KEYS[1])
+end
+`
 
 // flushScript makes every scheduled message of a route due now.
 //
