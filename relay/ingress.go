@@ -138,7 +138,7 @@ func (in *ingress) accept(ctx context.Context, s submission) (id string, dup boo
 		// The submitter is told nothing was kept. A store that reached a
 		// hung Redis runs when it resumes: withdraw it. A submission with
 		// an idempotency key needs none; its retry finds the message.
-		if id != "" && s.idemKey == "" && in.withdraw != nil && ambiguous(err) {
+		if id != "" && s.idemKey == "" && in.withdraw != nil && mayHaveReachedRedis(err) {
 			in.withdraw.add(s.route, id)
 		}
 		return "", false, fmt.Errorf("%w: %w", errStore, err)

@@ -73,9 +73,9 @@ func newWithdrawer(q withdrawStore, try time.Duration, reg prometheus.Registerer
 	return w
 }
 
-// ambiguous reports whether a store that failed with err may have reached
-// Redis: everything but a failure to connect.
-func ambiguous(err error) bool {
+// mayHaveReachedRedis reports whether a store that failed with err may
+// have reached Redis: everything but a failure to connect.
+func mayHaveReachedRedis(err error) bool {
 	var op *net.OpError
 	return !(errors.As(err, &op) && op.Op == "dial")
 }
