@@ -346,20 +346,27 @@ func startTLS(t *testing.T, f *fixture, plain string) *tls.Conn {
 	r := bufio.NewReader(nc)
 	_, _ = r.ReadString('\n')
 	fmt.Fprint(nc, plain)
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			t.Fatal(err)
-		}
-		if strings.HasPrefix(line, "220 ") {
-			break
-		}
-	}
+	skipTo(t, r, "220 ")
 	tc := tls.Client(nc, &tls.Config{RootCAs: f.RootCAs(), ServerName: "localhost"})
 	if err := tc.Handshake(); err != nil {
 		t.Fatal(err)
 	}
 	return tc
+}
+
+// skipTo reads reply lines up to and including the first that starts
+// with prefix.
+func skipTo(t *testing.T, r *bufio.Reader, prefix string) {
+	t.Helper()
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("reading up to %q: %v", prefix, err)
+		}
+		if strings.HasPrefix(line, prefix) {
+			return
+		}
+	}
 }
 
 // TestSMTPPipelinedSTARTTLS checks that commands sent after STARTTLS in
@@ -385,16 +392,7 @@ func TestSMTPPipelinedRepliesTogether(t *testing.T) {
 	f := newFixture(t)
 	tc := startTLS(t, f, "STARTTLS\r\n")
 	fmt.Fprint(tc, "EHLO x\r\n")
-	tr := bufio.NewReader(tc)
-	for {
-		line, err := tr.ReadString('\n')
-		if err != nil {
-			t.Fatal(err)
-		}
-		if strings.HasPrefix(line, "250 ") {
-			break
-		}
-	}
+	skipTo(t, bufio.NewReader(tc), "250 ")
 	fmt.Fprint(tc, "RSET\r\nNOOP\r\nNOOP\r\n")
 	buf := make([]byte, 4096)
 	n, err := tc.Read(buf) // one record at most
