@@ -290,9 +290,13 @@ type smtpConn struct {
 	// before the next read (a client answers only what it has read) or
 	// at close, in one write: go-smtp writes every line of a reply on its
 	// own, and the 7 lines of an EHLO reply, twice with STARTTLS, were 14
-	// system calls a connection.
+	// system calls a connection. A client that pipelines (RFC 2920) gets
+	// the replies to its whole group in one write too.
 	wmu     sync.Mutex
 	pending []byte
+	// wdl is the write deadline last set through this connection; zero
+	// is none.
+	wdl time.Time
 }
 
 // maxPending is the most replies held before they are sent anyway.
@@ -312,13 +316,16 @@ func (c *smtpConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// SetWriteDeadline sends the pending replies under the deadline they were
-// written with, then sets t: crypto/tls, closing, sends its alert with a
-// deadline of its own and then sets the deadline to now.
+// SetWriteDeadline sets t. A deadline earlier than the one the pending
+// replies were written under sends them first: crypto/tls, closing,
+// sends its alert with a deadline of its own and then sets the deadline
+// to now. A later one, as go-smtp sets before each reply, keeps them for
+// the next read, so that the replies to a pipelined group go out
+// together.
 func (c *smtpConn) SetWriteDeadline(t time.Time) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	_ = c.flushLocked()
+	c.beforeDeadline(t)
 	return c.Conn.SetWriteDeadline(t)
 }
 
@@ -326,8 +333,17 @@ func (c *smtpConn) SetWriteDeadline(t time.Time) error {
 func (c *smtpConn) SetDeadline(t time.Time) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	_ = c.flushLocked()
+	c.beforeDeadline(t)
 	return c.Conn.SetDeadline(t)
+}
+
+// beforeDeadline sends the pending replies unless the write deadline t is
+// later than the current one (zero is none, the latest), and records t.
+func (c *smtpConn) beforeDeadline(t time.Time) {
+	if later := t.IsZero() || !c.wdl.IsZero() && t.After(c.wdl); !later {
+		_ = c.flushLocked()
+	}
+	c.wdl = t
 }
 
 // flush sends the pending replies.
@@ -400,7 +416,11 @@ func (c *smtpConn) byeIfClosing() bool {
 	canWrite := top != net.Conn(c) || !c.tlsStarted
 	c.mu.Unlock()
 	if first && canWrite {
-		_ = c.Conn.SetWriteDeadline(time.Now().Add(smtpGoodbyeTimeout))
+		// The pending replies go out with the 421, under its deadline.
+		c.wmu.Lock()
+		c.wdl = time.Now().Add(smtpGoodbyeTimeout)
+		_ = c.Conn.SetWriteDeadline(c.wdl)
+		c.wmu.Unlock()
 		_, _ = io.WriteString(top, smtpReplyLine(errSMTPShuttingDown))
 		_ = c.flush()
 	}

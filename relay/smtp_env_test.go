@@ -40,6 +40,13 @@ type smtpEnv struct {
 
 func newSMTPEnv(t testing.TB, change ...func(*Options)) *smtpEnv {
 	t.Helper()
+	return newSMTPEnvListening(t, nil, change...)
+}
+
+// newSMTPEnvListening is newSMTPEnv with its listeners wrapped by wrap,
+// unless wrap is nil.
+func newSMTPEnvListening(t testing.TB, wrap func(net.Listener) net.Listener, change ...func(*Options)) *smtpEnv {
+	t.Helper()
 	f := newFixture(t)
 	o := f.opts
 	o.SMTP.ReadTimeout = Duration(smtpReplyTimeout)
@@ -63,6 +70,9 @@ func newSMTPEnv(t testing.TB, change ...func(*Options)) *smtpEnv {
 			e.insecure = l.Addr().String()
 		} else {
 			e.addr = l.Addr().String()
+		}
+		if wrap != nil {
+			l = wrap(l)
 		}
 		go func() { served <- e.ing.serve(l, insecure) }()
 	}

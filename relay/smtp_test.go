@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -453,6 +454,117 @@ func TestSMTPPipelining(t *testing.T) {
 	if body := smtpBody(t, e.f, id1); !bytes.Contains(body, []byte(" with ESMTPA (app crm)\r\n")) {
 		t.Errorf("stored body %q lacks the ESMTPA trace", body)
 	}
+}
+
+// writeCountingListener records every write made to the connections it
+// accepts.
+type writeCountingListener struct {
+	net.Listener
+	mu     sync.Mutex
+	writes []string
+}
+
+func (l *writeCountingListener) Accept() (net.Conn, error) {
+	nc, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &writeCountingConn{Conn: nc, l: l}, nil
+}
+
+func (l *writeCountingListener) sent() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.writes)
+}
+
+type writeCountingConn struct {
+	net.Conn
+	l *writeCountingListener
+}
+
+func (c *writeCountingConn) Write(b []byte) (int, error) {
+	c.l.mu.Lock()
+	c.l.writes = append(c.l.writes, string(b))
+	c.l.mu.Unlock()
+	return c.Conn.Write(b)
+}
+
+// TestSMTPPipelinedRepliesInOneWrite: a client that pipelines MAIL, RCPT
+// and DATA (RFC 2920), as an MTA relaying through Holdfast does, gets
+// their replies in one write, and the message's reply and QUIT's in
+// another, on both listeners.
+func TestSMTPPipelinedRepliesInOneWrite(t *testing.T) {
+	var (
+		mu        sync.Mutex
+		listeners []*writeCountingListener
+	)
+	e := newSMTPEnvListening(t, func(l net.Listener) net.Listener {
+		w := &writeCountingListener{Listener: l}
+		mu.Lock()
+		listeners = append(listeners, w)
+		mu.Unlock()
+		return w
+	})
+	counted := func(addr string) *writeCountingListener {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, l := range listeners {
+			if l.Addr().String() == addr {
+				return l
+			}
+		}
+		t.Fatalf("no listener on %s", addr)
+		return nil
+	}
+	for _, tc := range []struct {
+		name string
+		addr string
+		dial func() *smtpTestConn
+	}{
+		{"plain", e.insecure, func() *smtpTestConn {
+			c := dialSMTP(t, e.insecure)
+			c.login()
+			return c
+		}},
+		{"STARTTLS", e.addr, func() *smtpTestConn {
+			c := dialSMTPStartTLS(t, e, true)
+			c.login()
+			return c
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := counted(tc.addr)
+			c := tc.dial()
+			before := len(l.sent())
+			c.write("MAIL FROM:<billing@contoso.com>\r\nRCPT TO:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+			for _, want := range []string{"250 ", "250 ", "250 ", "354 "} {
+				c.expect(want)
+			}
+			c.write("Subject: pipelined\r\n\r\nhi\r\n.\r\nQUIT\r\n")
+			c.expect("250 2.0.0 Queued as ")
+			c.expect("221 ")
+			c.expectClosed()
+			writes := l.sent()[before:]
+			// Over TLS the server's close_notify alert is a write of its own.
+			want := 2
+			if tc.name == "STARTTLS" {
+				want = 3
+			}
+			if len(writes) != want {
+				t.Errorf("%d writes for the pipelined group, the message and QUIT, want %d (their sizes: %v)",
+					len(writes), want, lens(writes))
+			}
+		})
+	}
+}
+
+func lens(ss []string) []int {
+	n := make([]int, len(ss))
+	for i, s := range ss {
+		n[i] = len(s)
+	}
+	return n
 }
 
 func TestSMTPRedisDownDuringData(t *testing.T) {

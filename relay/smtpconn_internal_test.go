@@ -36,8 +36,9 @@ func (c *recordingConn) sent() []string {
 }
 
 // TestSMTPConnCoalescesReplies: the lines of replies go out in one write,
-// before the next read; a deadline change and the close send what is
-// pending first, and a write larger than the buffer goes at once.
+// before the next read; a later write deadline keeps what is pending, an
+// earlier one (crypto/tls closing) and the close send it first, and a
+// write larger than the buffer goes at once.
 func TestSMTPConnCoalescesReplies(t *testing.T) {
 	rc := &recordingConn{r: strings.NewReader("MAIL FROM:<a@b>\r\n")}
 	ing := &smtpIngress{conns: map[*smtpConn]struct{}{}, perIP: map[string]int{}, drained: make(chan struct{})}
@@ -64,15 +65,29 @@ func TestSMTPConnCoalescesReplies(t *testing.T) {
 	if got := rc.sent(); len(got) != 2 || got[1] != "250 2.0.0 OK\r\n" {
 		t.Fatalf("a new write deadline: sent %q", got)
 	}
+	// go-smtp sets a later deadline before each reply of a pipelined
+	// group; crypto/tls's close sets one of now.
+	c.Write([]byte("250 2.1.0 Sender OK\r\n"))
+	c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	c.Write([]byte("250 2.1.5 Recipient OK\r\n"))
+	c.SetWriteDeadline(time.Now().Add(3 * time.Second))
+	if got := rc.sent(); len(got) != 2 {
+		t.Fatalf("a later write deadline: sent %q, want the replies kept", got[2:])
+	}
+	c.SetWriteDeadline(time.Now())
+	if got := rc.sent(); len(got) != 3 || got[2] != "250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n" {
+		t.Fatalf("an earlier write deadline: sent %q, want both replies in one write", got[2:])
+	}
+	c.SetWriteDeadline(time.Now().Add(time.Second))
 	big := bytes.Repeat([]byte("x"), maxPending+1)
 	c.Write([]byte("354 go on\r\n"))
 	c.Write(big)
-	if got := rc.sent(); len(got) != 4 || got[2] != "354 go on\r\n" || len(got[3]) != len(big) {
+	if got := rc.sent(); len(got) != 5 || got[3] != "354 go on\r\n" || len(got[4]) != len(big) {
 		t.Fatalf("a large write: %d writes", len(got))
 	}
 	c.Write([]byte("221 2.0.0 Bye\r\n"))
 	c.Close()
-	if got := rc.sent(); len(got) != 5 || got[4] != "221 2.0.0 Bye\r\n" {
+	if got := rc.sent(); len(got) != 6 || got[5] != "221 2.0.0 Bye\r\n" {
 		t.Fatalf("close: sent %q", got[len(got)-1])
 	}
 }
