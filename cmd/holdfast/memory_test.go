@@ -68,6 +68,8 @@ smtp:
   max_inflight_bytes: %d
 http:
   addr: 127.0.0.1:0
+ops:
+  addr: 127.0.0.1:0
 delivery:
   sender: "off"
 log:

@@ -90,6 +90,8 @@ smtp:
   listeners: [{addr: "127.0.0.1:0", insecure: true}]
 http:
   addr: %s
+ops:
+  addr: 127.0.0.1:0
 delivery:
   dir: %s
 apps:
