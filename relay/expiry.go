@@ -432,7 +432,7 @@ func (m *ExpiryMonitor) check(ctx context.Context, c Credential) {
 	m.state[c.Name] = ce
 	m.mu.Unlock()
 	m.cfg.log.Debug("credential expiry checked", "credential", c.Name, "expires_at", ce.ExpiresAt,
-		"source", ce.Source, "level", ce.Level)
+		"expiry_source", ce.Source, "expiry_level", ce.Level)
 	m.notify(ctx, *ce, now)
 }
 
@@ -542,8 +542,8 @@ func (m *ExpiryMonitor) notify(ctx context.Context, ce CredentialExpiry, now tim
 	if ce.Level != LevelWarning {
 		level = slog.LevelError
 	}
-	m.cfg.log.Log(ctx, level, ev.Message, "credential", ce.Credential, "level", ce.Level,
-		"expires_at", ev.ExpiresAt, "days_left", ev.DaysLeft, "source", ce.Source)
+	m.cfg.log.Log(ctx, level, ev.Message, "credential", ce.Credential, "expiry_level", ce.Level,
+		"expires_at", ev.ExpiresAt, "days_left", ev.DaysLeft, "expiry_source", ce.Source)
 	if m.cfg.events == nil {
 		return
 	}

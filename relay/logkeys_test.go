@@ -5,9 +5,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"io"
+	"io/fs"
 	"log/slog"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -111,4 +116,81 @@ func jsonKeys(line []byte) ([]string, error) {
 		return nil, err
 	}
 	return keys, nil
+}
+
+// TestLogKeysNotReserved reads every log call of the module's code: no
+// attribute may take a key of slog's own record fields. A JSON line with
+// "level" twice reads, to most log pipelines, as the attribute's level,
+// not the record's, and an ERROR would be filed as something else.
+func TestLogKeysNotReserved(t *testing.T) {
+	reserved := map[string]bool{slog.TimeKey: true, slog.LevelKey: true, slog.MessageKey: true, slog.SourceKey: true}
+	// skip is how many leading arguments of each logging method are not
+	// attributes.
+	skip := map[string]int{
+		"Debug": 1, "Info": 1, "Warn": 1, "Error": 1,
+		"DebugContext": 2, "InfoContext": 2, "WarnContext": 2, "ErrorContext": 2,
+		"Log": 3, "LogAttrs": 3, "With": 0,
+	}
+	attrFuncs := map[string]bool{"String": true, "Int": true, "Int64": true, "Uint64": true, "Float64": true,
+		"Bool": true, "Time": true, "Duration": true, "Any": true, "Group": true}
+	fset := token.NewFileSet()
+	files := 0
+	err := filepath.WalkDir("..", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "var" || d.Name() == "testdata" || strings.HasPrefix(d.Name(), ".")) && path != ".." {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		f, err := parser.ParseFile(fset, path, nil, 0)
+		if err != nil {
+			return err
+		}
+		files++
+		ast.Inspect(f, func(n ast.Node) bool {
+			call, ok := n.(*ast.CallExpr)
+			if !ok {
+				return true
+			}
+			sel, ok := call.Fun.(*ast.SelectorExpr)
+			if !ok {
+				return true
+			}
+			check := func(arg ast.Expr) {
+				if lit, ok := arg.(*ast.BasicLit); ok && lit.Kind == token.STRING {
+					if k, err := strconv.Unquote(lit.Value); err == nil && reserved[k] {
+						t.Errorf("%s: log attribute key %q is slog's own", fset.Position(lit.Pos()), k)
+					}
+				}
+			}
+			if pkg, ok := sel.X.(*ast.Ident); ok && pkg.Name == "slog" && attrFuncs[sel.Sel.Name] && len(call.Args) > 0 {
+				check(call.Args[0])
+				return true
+			}
+			n0, ok := skip[sel.Sel.Name]
+			if !ok || len(call.Args) < n0 {
+				return true
+			}
+			// Keys are the string literals of the key-value list; an
+			// argument of another kind is an slog.Attr.
+			args := call.Args[n0:]
+			for i := 0; i < len(args); i++ {
+				if lit, ok := args[i].(*ast.BasicLit); ok && lit.Kind == token.STRING {
+					check(lit)
+					i++
+				}
+			}
+			return true
+		})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files < 50 {
+		t.Fatalf("read %d Go files, want the whole module", files)
+	}
 }
