@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,36 @@ func TestVersionFlag(t *testing.T) {
 		if out := mustRun(t, arg); out != "holdfast "+version+"\n" {
 			t.Errorf("holdfast %s printed %q, want %q", arg, out, "holdfast "+version+"\n")
 		}
+	}
+}
+
+// TestIsTerminal: only a terminal counts as one. /dev/null is a character
+// device too, and "queue purge </dev/null" from cron asked its question,
+// read no answer and deleted nothing, with exit 0.
+func TestIsTerminal(t *testing.T) {
+	devNull, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devNull.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	for _, f := range []*os.File{devNull, r} {
+		if isTerminal(f) {
+			t.Errorf("%s taken for a terminal", f.Name())
+		}
+	}
+	pty, err := os.OpenFile("/dev/ptmx", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatalf("open a pseudo-terminal: %v", err)
+	}
+	defer pty.Close()
+	if !isTerminal(pty) {
+		t.Error("a pseudo-terminal not taken for a terminal")
 	}
 }
 

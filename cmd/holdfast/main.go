@@ -12,6 +12,8 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+
+	"golang.org/x/term"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -50,8 +52,7 @@ func main() {
 	os.Exit(code)
 }
 
-// isTerminal reports whether f is a character device such as a terminal.
-func isTerminal(f *os.File) bool {
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
-}
+// isTerminal reports whether f is a terminal. A character device is not
+// enough: /dev/null is one, and a cron job that runs a command with
+// </dev/null must not be asked a question.
+func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
