@@ -3,6 +3,7 @@ package ops
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -151,5 +152,24 @@ func TestTransports(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("the page lacks %q", want)
 		}
+	}
+}
+
+// TestLatencyJSON: /status.json gives the latency percentiles the page
+// shows, to the millisecond; whole seconds wrote 50 ms as 0.
+func TestLatencyJSON(t *testing.T) {
+	b, err := json.Marshal(Latency{Count: 7, P50: Seconds(50 * time.Millisecond), P95: Seconds(1500*time.Millisecond + 400*time.Microsecond)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"count":7,"p50_seconds":0.05,"p95_seconds":1.5}`; string(b) != want {
+		t.Errorf("latency as JSON: %s, want %s", b, want)
+	}
+	var back Latency
+	if err := json.Unmarshal(b, &back); err != nil || back != (Latency{Count: 7, P50: Seconds(50 * time.Millisecond), P95: Seconds(1500 * time.Millisecond)}) {
+		t.Errorf("latency read back: %+v, %v", back, err)
+	}
+	if page := human(Seconds(50 * time.Millisecond)); page != "50ms" {
+		t.Errorf("the page shows 50 ms as %q", page)
 	}
 }

@@ -1,6 +1,8 @@
 package ops
 
 import (
+	"encoding/json"
+	"math"
 	"strconv"
 	"time"
 )
@@ -80,6 +82,35 @@ type Latency struct {
 	Count int64   `json:"count"`
 	P50   Seconds `json:"p50_seconds"`
 	P95   Seconds `json:"p95_seconds"`
+}
+
+// MarshalJSON writes the percentiles in seconds to the millisecond, as
+// the status page shows them: most deliveries take well under a second,
+// and whole seconds would write them as 0.
+func (l Latency) MarshalJSON() ([]byte, error) {
+	ms := func(s Seconds) float64 {
+		return float64(time.Duration(s).Round(time.Millisecond)/time.Millisecond) / 1000
+	}
+	return json.Marshal(struct {
+		Count int64   `json:"count"`
+		P50   float64 `json:"p50_seconds"`
+		P95   float64 `json:"p95_seconds"`
+	}{l.Count, ms(l.P50), ms(l.P95)})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (l *Latency) UnmarshalJSON(b []byte) error {
+	var v struct {
+		Count int64   `json:"count"`
+		P50   float64 `json:"p50_seconds"`
+		P95   float64 `json:"p95_seconds"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	sec := func(f float64) Seconds { return Seconds(time.Duration(math.Round(f*1000)) * time.Millisecond) }
+	*l = Latency{Count: v.Count, P50: sec(v.P50), P95: sec(v.P95)}
+	return nil
 }
 
 // Transition is one breaker transition.
