@@ -11,11 +11,17 @@ ENSURE_REDIS  := deploy/local/ensure-redis.sh
 ENSURE_CHROMIUM := deploy/local/ensure-chromium.sh
 ENSURE_PROMTOOL := deploy/local/ensure-promtool.sh
 
-.PHONY: build run stop test test-cluster test-faults lint bench bench-compare fuzz clean demo
+.PHONY: help build run stop test test-cluster test-faults lint bench bench-compare fuzz clean demo
 
-## build: compile bin/holdfast, stamped with the git version, and the load tool bin/hfload
+## help: list these targets with what each does
+help:
+	@awk '/^## [a-z-]+:/ { sub(/^## /, ""); print; next } /^## / { sub(/^## /, "    "); print }' Makefile
+
+## build: compile bin/holdfast, stamped with the git version, the Exchange
+## Online simulator bin/o365sim and the load tool bin/hfload
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/holdfast ./cmd/holdfast
+	$(GO) build -o bin/o365sim ./cmd/o365sim
 	$(GO) build -o bin/hfload ./cmd/hfload
 
 ## run: start a development Redis (127.0.0.1:6390) and the relay in the foreground
