@@ -128,6 +128,7 @@ func (c *Credential) AppCredentials(ctx context.Context, graphURL string) ([]App
 		ac.InUse = hint != "" && p.Hint == hint
 		out = append(out, ac)
 	}
+	preferValid(out, c.opts.Now())
 	for _, k := range app.KeyCredentials {
 		ac := AppCredential{Kind: "certificate", KeyID: k.KeyID, DisplayName: k.DisplayName,
 			Thumbprint: thumbprintHex(k.CustomKeyIdentifier)}
@@ -139,6 +140,31 @@ func (c *Credential) AppCredentials(ctx context.Context, graphURL string) ([]App
 		out = append(out, ac)
 	}
 	return out, nil
+}
+
+// preferValid settles a hint that several secrets share: a hint is only
+// the first three characters of a secret. The token this read was made
+// with proves the secret in use valid now, so a matching secret that has
+// expired or not yet started is not the one, unless none is valid.
+func preferValid(list []AppCredential, now time.Time) {
+	valid := func(a AppCredential) bool { return now.Before(a.End) && !now.Before(a.Start) }
+	var matched, anyValid int
+	for _, a := range list {
+		if a.Kind == "secret" && a.InUse {
+			matched++
+			if valid(a) {
+				anyValid++
+			}
+		}
+	}
+	if matched < 2 || anyValid == 0 {
+		return
+	}
+	for i, a := range list {
+		if a.Kind == "secret" && a.InUse && !valid(a) {
+			list[i].InUse = false
+		}
+	}
 }
 
 // graphErr reads Graph's error body {"error": {"code", "message"}}.

@@ -66,6 +66,33 @@ func TestAppCredentialsMatchesTheSecretInUse(t *testing.T) {
 	}
 }
 
+// TestAppCredentialsSharedHint: a hint is a secret's first three
+// characters, so two secrets can share it. The expired one is not the
+// one in use: the token of this very read was made with it.
+func TestAppCredentialsSharedHint(t *testing.T) {
+	expired := time.Now().Add(-time.Hour).UTC().Truncate(time.Second)
+	valid := time.Now().Add(180 * 24 * time.Hour).UTC().Truncate(time.Second)
+	c, s := simCredential(t, sim.App{ClientID: testClientID, Secrets: []sim.Secret{
+		{Value: "fle~expired-secret", ExpiresAt: expired, DisplayName: "old"},
+		{Value: "fle~rotated-secret", ExpiresAt: valid, DisplayName: "new"},
+	}}, "fle~rotated-secret", "", "")
+	list, err := c.AppCredentials(context.Background(), s.GraphURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 2 {
+		t.Fatalf("%d credentials: %+v", len(list), list)
+	}
+	for _, a := range list {
+		if a.Hint != "fle" {
+			t.Fatalf("hint %q, want fle: %+v", a.Hint, a)
+		}
+		if want := a.DisplayName == "new"; a.InUse != want {
+			t.Errorf("%s (ends %v): in use %v, want %v", a.DisplayName, a.End, a.InUse, want)
+		}
+	}
+}
+
 func TestAppCredentialsMatchesTheCertificateByThumbprint(t *testing.T) {
 	key := testKey(t, 0)
 	notAfter := time.Now().Add(40 * 24 * time.Hour).UTC().Truncate(time.Second)
