@@ -269,7 +269,13 @@ func (g *gate) delivered(ctx context.Context, route string) {
 // most likely closed it with a rotated file this replica has not re-read
 // yet) and forgets refusals; then the held set is reconciled at once.
 func (g *gate) transition(t breaker.Transition) {
-	g.log.Warn("breaker "+t.To.String(), "breaker", t.Name, "reason", t.Reason, "generation", t.Generation)
+	// An open or half-open breaker holds mail; a closed one is the
+	// recovery, news but not a warning.
+	level := slog.LevelWarn
+	if t.To == breaker.Closed {
+		level = slog.LevelInfo
+	}
+	g.log.Log(context.Background(), level, "breaker "+t.To.String(), "breaker", t.Name, "reason", t.Reason, "generation", t.Generation)
 	if t.To == breaker.Closed {
 		g.forgetRefusals()
 		if cred, ok := strings.CutPrefix(t.Name, "cred:"); ok && g.x != nil {

@@ -3,6 +3,8 @@ package relay
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -67,5 +69,21 @@ func TestTokenRefusalHoldsConcurrentRequests(t *testing.T) {
 	}
 	if refused != 1 || held != sends-1 {
 		t.Errorf("%d sends refused and %d held, want 1 and %d", refused, held, sends-1)
+	}
+}
+
+// TestTransitionLogLevels: a breaker that opens is logged as a warning, one
+// that closes again as news: an alert on warnings fires for the outage,
+// not for its end.
+func TestTransitionLogLevels(t *testing.T) {
+	logs := &syncBuffer{}
+	g := &gate{log: slog.New(slog.NewTextHandler(logs, nil)), reconcileNow: make(chan struct{}, 1)}
+	g.transition(breaker.Transition{Name: "cred:contoso", To: breaker.Open, Reason: "invalid_client AADSTS7000222"})
+	g.transition(breaker.Transition{Name: "cred:contoso", To: breaker.Closed})
+	out := logs.String()
+	for _, want := range []string{`level=WARN msg="breaker open" breaker=cred:contoso`, `level=INFO msg="breaker closed" breaker=cred:contoso`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("logs lack %q:\n%s", want, out)
+		}
 	}
 }
