@@ -78,7 +78,9 @@ func (e *Error) Error() string {
 	} else if e.Text != "" {
 		msg += ": " + e.Text
 	}
-	if e.Err != nil {
+	// An underlying error that carries the same text (a token endpoint's
+	// refusal does) would say it all twice.
+	if e.Err != nil && (e.Text == "" || !strings.Contains(e.Err.Error(), e.Text)) {
 		msg += ": " + e.Err.Error()
 	}
 	return msg

@@ -35,3 +35,19 @@ func TestClassOf(t *testing.T) {
 		t.Error("class names")
 	}
 }
+
+// TestErrorSaysItOnce: an error whose underlying error carries the same
+// text, as a token endpoint's refusal does, says it once; another
+// underlying error is kept.
+func TestErrorSaysItOnce(t *testing.T) {
+	const text = "AADSTS7000222: The provided client secret keys for app 'x' are expired."
+	refused := &Error{Class: Credential, Code: 401, Enhanced: "invalid_client", Text: text,
+		Err: fmt.Errorf("token endpoint: 401 invalid_client %s", text)}
+	if got, want := refused.Error(), "credential: 401 invalid_client "+text; got != want {
+		t.Errorf("message %q, want %q", got, want)
+	}
+	timeout := &Error{Class: Transient, Text: "BDAT LAST", Err: errors.New("read tcp: i/o timeout")}
+	if got, want := timeout.Error(), "transient: BDAT LAST: read tcp: i/o timeout"; got != want {
+		t.Errorf("message %q, want %q", got, want)
+	}
+}
