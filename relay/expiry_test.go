@@ -247,6 +247,8 @@ func TestExpiryLevels(t *testing.T) {
 		{now.Add(2 * time.Hour), LevelCritical, 1},
 		{now, LevelExpired, 0},
 		{now.Add(-36 * time.Hour), LevelExpired, -2},
+		// Graph's date for a secret without an end, past a time.Duration.
+		{time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC), LevelOK, 2912109},
 	} {
 		ce := CredentialExpiry{ExpiresAt: tc.end}
 		if got := expiryLevel(tc.end, now); got != tc.level {

@@ -173,3 +173,15 @@ func TestLatencyJSON(t *testing.T) {
 		t.Errorf("the page shows 50 ms as %q", page)
 	}
 }
+
+// TestDaysLeftFarOff: Graph shows a secret without an end as 9999-12-31,
+// past the 292 years a time.Duration holds; it read 106751 days.
+func TestDaysLeftFarOff(t *testing.T) {
+	now := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
+	if got := daysLeft(time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC), now); got != "2912107 days" {
+		t.Errorf("days left to 9999-12-31: %q", got)
+	}
+	if got := daysLeft(now.Add(36*time.Hour), now); got != "1 day" {
+		t.Errorf("days left in 36 hours: %q", got)
+	}
+}

@@ -93,11 +93,14 @@ func daysLeft(at, now time.Time) string {
 	if at.IsZero() {
 		return "unknown"
 	}
-	left := at.Sub(now)
+	// In milliseconds: a time.Duration ends 292 years out, and Graph
+	// shows a secret without an end as 9999-12-31.
+	left := at.UnixMilli() - now.UnixMilli()
+	day := int64(24 * time.Hour / time.Millisecond)
 	if left <= 0 {
-		return "expired " + plural(int(-left/(24*time.Hour)), "day") + " ago"
+		return "expired " + plural(int(-left/day), "day") + " ago"
 	}
-	return plural(int(left/(24*time.Hour)), "day")
+	return plural(int(left/day), "day")
 }
 
 func plural(n int, unit string) string {
