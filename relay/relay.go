@@ -353,7 +353,7 @@ func (s *Server) Start() {
 			s.deliverer.run(ctx)
 		}()
 	}
-	s.log.Info("holdfast started", "smtp", s.SMTPAddrs(), "http", s.HTTPAddr(), "workers", s.opts.Delivery.Workers)
+	s.log.Info("holdfast started", "smtp", s.SMTPAddrs(), "http", s.HTTPAddr(), "ops", s.OpsAddr(), "workers", s.opts.Delivery.Workers)
 }
 
 func (s *Server) goServe(serve func() error) {

@@ -103,7 +103,7 @@ if ! kill -0 "$sim_pid" 2>/dev/null; then
 fi
 echo "run: started the Exchange Online simulator (pid $sim_pid): SMTP 127.0.0.1:5587, Entra and Graph https://127.0.0.1:8443, admin http://127.0.0.1:8099/admin"
 
-echo "run: starting the relay: SMTP 127.0.0.1:2525 (STARTTLS) and 127.0.0.1:2587 (no TLS), HTTP 127.0.0.1:8025; Ctrl-C stops it"
+echo "run: starting the relay: SMTP 127.0.0.1:2525 (STARTTLS) and 127.0.0.1:2587 (no TLS), HTTP 127.0.0.1:8025, status page and /metrics http://127.0.0.1:8026/; Ctrl-C stops it"
 # A trap (not an ignored signal) lets this script outlive Ctrl-C and print
 # the note below, while the relay still gets SIGINT and shuts down
 # gracefully.
