@@ -14,9 +14,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -108,15 +110,24 @@ func (c config) check() error {
 }
 
 // message builds a message of about size bytes with CRLF lines of 76
-// characters.
+// characters, but for its Message-ID header, which send writes first:
+// each message's is its own, so that a receiver can count duplicates.
 func message(from, to string, size int) []byte {
 	var b strings.Builder
-	fmt.Fprintf(&b, "From: <%s>\r\nTo: <%s>\r\nSubject: hfload\r\nMessage-ID: <hfload@example.com>\r\n\r\n", from, to)
+	fmt.Fprintf(&b, "From: <%s>\r\nTo: <%s>\r\nSubject: hfload\r\n\r\n", from, to)
 	line := strings.Repeat("x", 76) + "\r\n"
-	for b.Len()+len(line) <= size {
+	for b.Len()+len(messageIDHeader("00000000", 0))+len(line) <= size {
 		b.WriteString(line)
 	}
 	return []byte(b.String())
+}
+
+// messageIDHeader is the Message-ID header of message n of run.
+func messageIDHeader(run string, n int64) []byte {
+	h := append([]byte("Message-ID: <hfload."), run...)
+	h = append(h, '.')
+	h = strconv.AppendInt(h, n, 10)
+	return append(h, "@example.com>\r\n"...)
 }
 
 func run(c config) result {
@@ -126,6 +137,7 @@ func run(c config) result {
 		bodies[i] = message(f, c.to, c.size)
 	}
 	deadline := time.Now().Add(c.timeout)
+	run := fmt.Sprintf("%08x", rand.Uint32())
 	var (
 		next      atomic.Int64
 		failed    atomic.Int64
@@ -155,7 +167,7 @@ func run(c config) result {
 					t0 := time.Now()
 					cl, err := dial(c, deadline)
 					if err == nil {
-						err = send(cl, froms[i], c.to, bodies[i])
+						err = send(cl, froms[i], c.to, messageIDHeader(run, n), bodies[i])
 						if err == nil {
 							err = cl.Quit()
 						}
@@ -182,7 +194,7 @@ func run(c config) result {
 			for n := next.Add(1); n <= int64(c.messages) && time.Now().Before(deadline); n = next.Add(1) {
 				i := int(n) % len(froms)
 				t0 := time.Now()
-				if err := send(cl, froms[i], c.to, bodies[i]); err != nil {
+				if err := send(cl, froms[i], c.to, messageIDHeader(run, n), bodies[i]); err != nil {
 					fail(err)
 					cl.Close() // not reused: its session state is unknown
 					if cl, err = dial(c, deadline); err != nil {
@@ -200,7 +212,7 @@ func run(c config) result {
 	elapsed := time.Since(start)
 	slices.Sort(latencies)
 	r := result{
-		Sessions: c.sessions, Size: len(bodies[0]), Accepted: int64(len(latencies)), Failed: failed.Load(),
+		Sessions: c.sessions, Size: len(bodies[0]) + len(messageIDHeader(run, int64(c.messages))), Accepted: int64(len(latencies)), Failed: failed.Load(),
 		Seconds: elapsed.Seconds(), FirstError: firstErr,
 	}
 	if n := len(latencies); n > 0 {
@@ -243,7 +255,7 @@ func dial(c config, deadline time.Time) (*smtp.Client, error) {
 	return cl, nil
 }
 
-func send(cl *smtp.Client, from, to string, body []byte) error {
+func send(cl *smtp.Client, from, to string, id, body []byte) error {
 	if err := cl.Mail(from, nil); err != nil {
 		return err
 	}
@@ -252,6 +264,9 @@ func send(cl *smtp.Client, from, to string, body []byte) error {
 	}
 	w, err := cl.Data()
 	if err != nil {
+		return err
+	}
+	if _, err := w.Write(id); err != nil {
 		return err
 	}
 	if _, err := w.Write(body); err != nil {
