@@ -242,6 +242,14 @@ func authFailKey(kind, name string) string {
 	return keyPrefix + "auth:" + kind + ":" + name
 }
 
+// authKnownKey is the set of client IPs that authenticated as an SMTP user
+// lately, scored by the last time (see AuthThrottle). The user name is
+// hashed as in authFailKey.
+func authKnownKey(user string) string {
+	sum := sha256.Sum256([]byte(user))
+	return keyPrefix + "auth:known:" + hex.EncodeToString(sum[:16])
+}
+
 // limitKeys are the connection-slot and send-rate keys of a mailbox (see
 // Limiter). Both share the mailbox's hash tag.
 func limitKeys(mailbox string) (conns, sends string) {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -15,15 +17,84 @@ import (
 // that IP or for that user are refused without checking the password,
 // until the window, which starts at the first failure, passes. A success
 // resets nothing: neither its own count nor another IP's.
+//
+// A user's block does not refuse the IPs that authenticated as that user
+// within KnownFor: otherwise anyone who knows an application's user name
+// could lock the application out by guessing from other addresses. Those
+// IPs stay under their own IP count.
 type AuthThrottle struct {
 	rdb    redis.UniversalClient
 	max    int64
 	window time.Duration
+	now    func() time.Time
+
+	mu sync.Mutex
+	// recorded is when this process last recorded each user and IP as
+	// known, so that a success writes to Redis once per knownRefresh.
+	recorded map[[2]string]time.Time
 }
+
+// KnownFor is how long an IP that authenticated as a user is exempt from
+// that user's block.
+const KnownFor = 7 * 24 * time.Hour
+
+// knownRefresh is how often a process records again a user and IP that
+// keep authenticating.
+const knownRefresh = time.Hour
+
+// maxRecorded bounds the process's memory of recorded users and IPs.
+const maxRecorded = 10000
 
 // NewAuthThrottle returns a throttle allowing max failures per window.
 func NewAuthThrottle(rdb redis.UniversalClient, max int, window time.Duration) *AuthThrottle {
-	return &AuthThrottle{rdb: rdb, max: int64(max), window: window}
+	return &AuthThrottle{rdb: rdb, max: int64(max), window: window, now: time.Now, recorded: map[[2]string]time.Time{}}
+}
+
+// known reports whether ip authenticated as user within KnownFor.
+func (a *AuthThrottle) known(ctx context.Context, ip, user string) (bool, error) {
+	if ip == "" || user == "" {
+		return false, nil
+	}
+	at, err := a.rdb.ZScore(ctx, authKnownKey(user), ip).Result()
+	if errors.Is(err, redis.Nil) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("auth throttle: %w", err)
+	}
+	return a.now().Sub(time.UnixMilli(int64(at))) < KnownFor, nil
+}
+
+// remember records that ip authenticated as user, unless this process did
+// within knownRefresh.
+func (a *AuthThrottle) remember(ctx context.Context, ip, user string) error {
+	if ip == "" || user == "" {
+		return nil
+	}
+	now := a.now()
+	k := [2]string{user, ip}
+	a.mu.Lock()
+	if t, ok := a.recorded[k]; ok && now.Sub(t) < knownRefresh {
+		a.mu.Unlock()
+		return nil
+	}
+	if len(a.recorded) >= maxRecorded {
+		clear(a.recorded)
+	}
+	a.recorded[k] = now
+	a.mu.Unlock()
+	key := authKnownKey(user)
+	pipe := a.rdb.Pipeline()
+	pipe.ZAdd(ctx, key, redis.Z{Score: float64(now.UnixMilli()), Member: ip})
+	pipe.ZRemRangeByScore(ctx, key, "-inf", strconv.FormatInt(now.Add(-KnownFor).UnixMilli(), 10))
+	pipe.PExpire(ctx, key, KnownFor)
+	if _, err := pipe.Exec(ctx); err != nil {
+		a.mu.Lock()
+		delete(a.recorded, k)
+		a.mu.Unlock()
+		return fmt.Errorf("auth throttle: %w", err)
+	}
+	return nil
 }
 
 // Block is a refusal: who is blocked and for how long yet.
@@ -66,6 +137,11 @@ func (a *AuthThrottle) Blocked(ctx context.Context, ip, user string) (*Block, er
 			return nil, fmt.Errorf("auth throttle: %w", err)
 		}
 		if n >= a.max {
+			if p.kind == "user" {
+				if ok, err := a.known(ctx, ip, user); err != nil || ok {
+					return nil, err
+				}
+			}
 			return &Block{Kind: p.kind, Name: p.name, Until: max(p.ttl.Val(), 0)}, nil
 		}
 	}
@@ -101,14 +177,20 @@ func (a *AuthThrottle) Attempt(ctx context.Context, ip, user string) (*Block, er
 			return nil, fmt.Errorf("auth throttle: %w", err)
 		}
 		if len(res) == 2 && res[0] > a.max {
+			if k.kind == "user" {
+				if ok, err := a.known(ctx, ip, user); err != nil || ok {
+					return nil, err
+				}
+			}
 			return &Block{Kind: k.kind, Name: k.name, Until: time.Duration(max(res[1], 0)) * time.Millisecond}, nil
 		}
 	}
 	return nil, nil
 }
 
-// Succeeded takes back the count of an Attempt whose check succeeded. It
-// changes no other count: a success from one IP does not clear another's.
+// Succeeded takes back the count of an Attempt whose check succeeded, and
+// records ip as known for user. It changes no other count: a success
+// from one IP does not clear another's.
 func (a *AuthThrottle) Succeeded(ctx context.Context, ip, user string) error {
 	for _, k := range []struct{ kind, name string }{{"ip", ip}, {"user", user}} {
 		if k.name == "" {
@@ -118,7 +200,7 @@ func (a *AuthThrottle) Succeeded(ctx context.Context, ip, user string) error {
 			return fmt.Errorf("auth throttle: %w", err)
 		}
 	}
-	return nil
+	return a.remember(ctx, ip, user)
 }
 
 // countScript counts one failure, or one attempt (see Attempt): KEYS[1]

@@ -2,6 +2,7 @@ package queue_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -73,5 +74,51 @@ func TestAuthThrottleAttemptsAtOnce(t *testing.T) {
 	}
 	if b, _ := th.Blocked(ctx, "192.0.2.9", ""); b == nil {
 		t.Fatal("another IP's success cleared the block")
+	}
+}
+
+// TestAuthThrottleKnownIP: guesses from other addresses block a user
+// name, but not for an IP that authenticated as that user: otherwise
+// anyone who knows an application's user name could lock it out. The
+// known IP stays under its own count, and a new IP is refused.
+func TestAuthThrottleKnownIP(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	th := queue.NewAuthThrottle(srv.Client(t), 3, time.Minute)
+	const app, user = "192.0.2.10", "crm"
+	if b, err := th.Attempt(ctx, app, user); b != nil || err != nil {
+		t.Fatalf("first attempt: %+v %v", b, err)
+	}
+	if err := th.Succeeded(ctx, app, user); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if err := th.Failed(ctx, fmt.Sprintf("198.51.100.%d", i), user); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, _ := th.Blocked(ctx, "198.51.100.99", user); b == nil || b.Kind != "user" {
+		t.Fatalf("a new IP for the guessed user: %+v, want a user block", b)
+	}
+	if b, _ := th.Attempt(ctx, "198.51.100.99", user); b == nil || b.Kind != "user" {
+		t.Fatalf("an attempt from a new IP: %+v, want a user block", b)
+	}
+	if b, err := th.Blocked(ctx, app, user); b != nil || err != nil {
+		t.Fatalf("the application's own IP: %+v %v, want no block", b, err)
+	}
+	if b, err := th.Attempt(ctx, app, user); b != nil || err != nil {
+		t.Fatalf("an attempt from the application's IP: %+v %v, want none", b, err)
+	}
+	if err := th.Succeeded(ctx, app, user); err != nil {
+		t.Fatal(err)
+	}
+	// The known IP failing keeps its own count.
+	for range 3 {
+		if err := th.Failed(ctx, app, user); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, _ := th.Blocked(ctx, app, user); b == nil || b.Kind != "ip" {
+		t.Fatalf("the known IP after 3 failures of its own: %+v, want an ip block", b)
 	}
 }

@@ -103,6 +103,35 @@ func TestAuthThrottleSMTP(t *testing.T) {
 	}
 }
 
+// TestAuthThrottleSMTPKnownIP: wrong passwords for an application's user
+// name from another address block that name, but the application, from
+// the IP it authenticated from before, keeps authenticating; the right
+// password from a new IP is still refused.
+func TestAuthThrottleSMTPKnownIP(t *testing.T) {
+	f := newFixture(t)
+	s := startRelayOn(t, f, nil)
+	s.smtp.in.guard.delay = time.Millisecond
+	addr := s.SMTPAddrs()[0]
+	if r := smtpAuthFrom(t, addr, otherIP, crmUser, crmPassword); !strings.HasPrefix(r, "235 ") {
+		t.Fatalf("the application before the guesses: %q, want 235", r)
+	}
+	c := dialSMTPRaw(t, addr, attackerIP)
+	c.expect("220 ")
+	c.cmd("EHLO client.test", "250 ")
+	for i := range 12 {
+		c.write("AUTH PLAIN " + smtpPlain("", crmUser, "guess-"+string(rune('a'+i))) + "\r\n")
+		if _, err := c.readReply(); err != nil {
+			t.Fatalf("guess %d: %v", i, err)
+		}
+	}
+	if r := smtpAuthFrom(t, addr, thirdIP, crmUser, crmPassword); !strings.HasPrefix(r, "454 4.7.0 ") {
+		t.Errorf("the right password from a new IP: %q, want 454 4.7.0", r)
+	}
+	if r := smtpAuthFrom(t, addr, otherIP, crmUser, crmPassword); !strings.HasPrefix(r, "235 ") {
+		t.Errorf("the application from its own IP during the guesses: %q, want 235", r)
+	}
+}
+
 // httpFrom posts a message from ip with token.
 func httpFrom(t *testing.T, s *Server, ip net.IP, token string) (int, http.Header) {
 	t.Helper()
