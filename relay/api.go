@@ -41,6 +41,7 @@ type api struct {
 	ready    func(context.Context) error
 	maxBytes int64
 	log      *slog.Logger
+	sample   *logSampler // one refusal line per status and client IP per interval
 }
 
 // newAPI returns the HTTP API handler. ready reports whether the relay can
@@ -65,6 +66,7 @@ func newAPI(in *ingress, a *apps, st store, ready func(context.Context) error, m
 		ready:    ready,
 		maxBytes: maxBytes,
 		log:      log.With("component", "http"),
+		sample:   newLogSampler(logSampleEvery),
 	}
 	h.mux.HandleFunc("POST /v1/messages", h.postMessage)
 	h.mux.HandleFunc("GET /v1/messages/{id}", h.getMessage)
@@ -503,12 +505,16 @@ func (h *api) fail(w http.ResponseWriter, r *http.Request, app *App, status int,
 	if status >= 500 {
 		level = slog.LevelWarn
 	}
+	defer writeError(w, status, code, msg)
+	ok, held := h.sample.allow(strconv.Itoa(status) + " " + clientIPString(r.RemoteAddr))
+	if !ok {
+		return
+	}
 	attrs := []any{"method", r.Method, "path", r.URL.Path, "status", status, "error", code, "remote", r.RemoteAddr}
 	if app != nil {
 		attrs = append(attrs, "app", app.Name)
 	}
-	h.log.Log(r.Context(), level, "request refused", attrs...)
-	writeError(w, status, code, msg)
+	h.log.Log(r.Context(), level, "request refused", withHeld(attrs, held)...)
 }
 
 // apiError is the body of every error reply.

@@ -39,6 +39,7 @@ type smtpIngress struct {
 	apps     *apps
 	tls      *tls.Config // nil when no listener offers STARTTLS
 	log      *slog.Logger
+	sample   *logSampler // one refused-connection line per client IP per interval
 
 	// base is the parent of the context of every enqueue. It is
 	// cancelled when shutdown ends, not when it starts, so that a DATA
@@ -72,6 +73,7 @@ func newSMTPIngress(o Options, in *ingress, a *apps, tlsConfig *tls.Config, log 
 		conns:    map[*smtpConn]struct{}{},
 		perIP:    map[string]int{},
 		drained:  make(chan struct{}),
+		sample:   newLogSampler(logSampleEvery),
 	}
 	if tlsConfig != nil {
 		// The hook marks a connection as soon as its TLS handshake starts:
@@ -225,7 +227,9 @@ func (s *smtpIngress) release(c *smtpConn) {
 // write does not wait for the client.
 func (s *smtpIngress) refuse(nc net.Conn, reply *smtp.SMTPError) {
 	defer nc.Close()
-	s.log.Info("connection refused", "remote", nc.RemoteAddr().String(), "reply", reply.Message)
+	if ok, held := s.sample.allow(clientIP(nc.RemoteAddr())); ok {
+		s.log.Info("connection refused", withHeld([]any{"remote", nc.RemoteAddr().String(), "reply", reply.Message}, held)...)
+	}
 	_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
 	_, _ = io.WriteString(nc, smtpReplyLine(reply))
 }

@@ -44,6 +44,7 @@ type authGuard struct {
 	delay   time.Duration // before an SMTP refusal; authRefusalDelay
 	refused *prometheus.CounterVec
 	log     *slog.Logger
+	sample  *logSampler // one refusal line per IP per interval
 }
 
 // newAuthGuard builds the guard and registers
@@ -60,7 +61,8 @@ func newAuthGuard(limits authLimiter, timeout time.Duration, reg prometheus.Regi
 			Name: "holdfast_auth_throttled_total",
 			Help: "Authentication attempts refused without a password or token check, because their client IP or user name failed too often.",
 		}, []string{"ingress"}),
-		log: log.With("component", "auth-throttle"),
+		log:    log.With("component", "auth-throttle"),
+		sample: newLogSampler(logSampleEvery),
 	}
 	for _, ingress := range []string{"smtp", "http"} {
 		g.refused.WithLabelValues(ingress)
@@ -105,7 +107,10 @@ func (g *authGuard) verdict(ingress, ip string, b *queue.Block, err error) *queu
 	}
 	if b != nil {
 		g.refused.WithLabelValues(ingress).Inc()
-		g.log.Info("authentication refused: too many failures", "ingress", ingress, "remote_ip", ip, "blocked", b.Kind, "for", b.Until.Round(time.Second).String())
+		if ok, held := g.sample.allow(ingress + " " + ip); ok {
+			g.log.Info("authentication refused: too many failures", withHeld([]any{"ingress", ingress, "remote_ip", ip,
+				"blocked", b.Kind, "for", b.Until.Round(time.Second).String()}, held)...)
+		}
 	}
 	return b
 }

@@ -1,0 +1,77 @@
+package relay
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestLogSampler: one line a key per interval; the next line let through
+// says how many were held back; keys are apart; a nil sampler lets all
+// through.
+func TestLogSampler(t *testing.T) {
+	now := time.Unix(1000, 0)
+	s := newLogSampler(10 * time.Second)
+	s.now = func() time.Time { return now }
+	if ok, held := s.allow("a"); !ok || held != 0 {
+		t.Fatalf("first line: %v %d", ok, held)
+	}
+	for range 5 {
+		if ok, _ := s.allow("a"); ok {
+			t.Fatal("a line within the interval let through")
+		}
+	}
+	if ok, _ := s.allow("b"); !ok {
+		t.Fatal("another key's first line held back")
+	}
+	now = now.Add(10 * time.Second)
+	if ok, held := s.allow("a"); !ok || held != 5 {
+		t.Fatalf("after the interval: %v, %d held back, want true, 5", ok, held)
+	}
+	var none *logSampler
+	if ok, _ := none.allow("a"); !ok {
+		t.Fatal("a nil sampler held a line back")
+	}
+}
+
+// TestRefusalLogsSampled: a storm of wrong tokens from one address writes
+// a line per kind of refusal, not two per request.
+func TestRefusalLogsSampled(t *testing.T) {
+	f := newFixture(t)
+	o := f.opts
+	o.Redis.Addrs = []string{f.redis.Addr()}
+	o.HTTP.Addr = "127.0.0.1:0"
+	o.Delivery.Dir = t.TempDir()
+	logs := &syncBuffer{}
+	s, err := New(context.Background(), o, nil, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+	})
+	codes := map[int]int{}
+	for range 40 {
+		code, _ := httpFrom(t, s, attackerIP, "wrong-token")
+		codes[code]++
+	}
+	if codes[http.StatusUnauthorized] != 10 || codes[http.StatusTooManyRequests] != 30 {
+		t.Fatalf("replies %v, want 10 × 401 then 30 × 429", codes)
+	}
+	out := logs.String()
+	for msg, want := range map[string]int{
+		"status=401":                       1,
+		"status=429":                       1,
+		"authentication refused: too many": 1,
+	} {
+		if n := strings.Count(out, msg); n != want {
+			t.Errorf("%d lines with %q, want %d:\n%s", n, msg, want, out)
+		}
+	}
+}
