@@ -50,8 +50,8 @@ func NewAuthThrottle(rdb redis.UniversalClient, max int, window time.Duration) *
 	return &AuthThrottle{rdb: rdb, max: int64(max), window: window, now: time.Now, recorded: map[[2]string]time.Time{}}
 }
 
-// known reports whether ip authenticated as user within KnownFor.
-func (a *AuthThrottle) known(ctx context.Context, ip, user string) (bool, error) {
+// Known reports whether ip authenticated as user within KnownFor.
+func (a *AuthThrottle) Known(ctx context.Context, ip, user string) (bool, error) {
 	if ip == "" || user == "" {
 		return false, nil
 	}
@@ -138,7 +138,7 @@ func (a *AuthThrottle) Blocked(ctx context.Context, ip, user string) (*Block, er
 		}
 		if n >= a.max {
 			if p.kind == "user" {
-				if ok, err := a.known(ctx, ip, user); err != nil || ok {
+				if ok, err := a.Known(ctx, ip, user); err != nil || ok {
 					return nil, err
 				}
 			}
@@ -178,7 +178,7 @@ func (a *AuthThrottle) Attempt(ctx context.Context, ip, user string) (*Block, er
 		}
 		if len(res) == 2 && res[0] > a.max {
 			if k.kind == "user" {
-				if ok, err := a.known(ctx, ip, user); err != nil || ok {
+				if ok, err := a.Known(ctx, ip, user); err != nil || ok {
 					return nil, err
 				}
 			}

@@ -28,7 +28,7 @@ type apps struct {
 	checking map[[32]byte]*passwordCheck // bcrypt checks in progress
 
 	// pool runs the bcrypt checks; nil runs them at once.
-	pool bcryptPool
+	pool *bcryptPool
 	// bcryptRuns counts the bcrypt checks run.
 	bcryptRuns atomic.Int64
 }
@@ -51,13 +51,14 @@ func newApps(list []App) *apps {
 // checkPassword returns the application whose SMTP user name and password
 // these are, or nil. A pair that passed before is answered from the cache.
 // Otherwise, gate, when not nil, runs first and may refuse the check with
-// its error; then bcrypt runs on the pool, failing with errBcryptBusy when
-// no worker came free in time. Checks of the same pair at the same time
+// its error, or say the client is known; then bcrypt runs on the pool
+// (see bcryptPool), failing with errBcryptBusy when no worker came free
+// in time. Checks of the same pair at the same time
 // share one gate and one bcrypt run, so that a client opening many
 // sessions at once is counted and charged once. uncount, when not nil, is
 // called once gate has passed and the password matched, or no worker came
 // free to check it: the attempt gate counted was no failure.
-func (a *apps) checkPassword(user, password string, gate func() error, uncount func()) (*App, error) {
+func (a *apps) checkPassword(user, password string, gate func() (known bool, err error), uncount func()) (*App, error) {
 	key := sha256.Sum256([]byte(user + "\x00" + password))
 	a.mu.Lock()
 	if app := a.verified[key]; app != nil {
@@ -96,9 +97,11 @@ type passwordCheck struct {
 }
 
 // bcryptCheck runs gate, then bcrypt on the pool.
-func (a *apps) bcryptCheck(user, password string, gate func() error) (*App, error) {
+func (a *apps) bcryptCheck(user, password string, gate func() (bool, error)) (*App, error) {
+	known := false
 	if gate != nil {
-		if err := gate(); err != nil {
+		var err error
+		if known, err = gate(); err != nil {
 			return nil, err
 		}
 	}
@@ -110,7 +113,7 @@ func (a *apps) bcryptCheck(user, password string, gate func() error) (*App, erro
 	// An unknown user costs the same time as a wrong password, so that
 	// user names cannot be probed by timing.
 	var match bool
-	if err := a.pool.run(func() {
+	if err := a.pool.run(known, func() {
 		a.bcryptRuns.Add(1)
 		match = bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil
 	}); err != nil {

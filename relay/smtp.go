@@ -564,13 +564,13 @@ func (s *smtpSession) authenticate(mech, user, password string) error {
 		s.refusalDelay()
 		return errSMTPAuthThrottled
 	}
-	app, err := s.ing.apps.checkPassword(user, password, func() error {
+	app, err := s.ing.apps.checkPassword(user, password, func() (bool, error) {
 		// Counted before bcrypt runs: guesses sent at once cannot all
 		// pass the check above while the count is still low.
 		if b := guard.attempt(ctx, "smtp", ip, user); b != nil {
-			return errAuthThrottled
+			return false, errAuthThrottled
 		}
-		return nil
+		return guard.known(ctx, ip, user), nil
 	}, func() { guard.succeeded(ctx, ip, user) })
 	switch {
 	case errors.Is(err, errAuthThrottled):

@@ -19,6 +19,7 @@ type authLimiter interface {
 	Failed(ctx context.Context, ip, user string) error
 	Attempt(ctx context.Context, ip, user string) (*queue.Block, error)
 	Succeeded(ctx context.Context, ip, user string) error
+	Known(ctx context.Context, ip, user string) (bool, error)
 }
 
 var _ authLimiter = (*queue.AuthThrottle)(nil)
@@ -115,6 +116,18 @@ func (g *authGuard) verdict(ingress, ip string, b *queue.Block, err error) *queu
 	return b
 }
 
+// known reports whether ip authenticated as user lately; false when Redis
+// cannot say.
+func (g *authGuard) known(ctx context.Context, ip, user string) bool {
+	if g == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	ok, err := g.limits.Known(ctx, ip, user)
+	return err == nil && ok
+}
+
 // succeeded takes back the count of an attempt that succeeded.
 func (g *authGuard) succeeded(ctx context.Context, ip, user string) {
 	if g == nil {
@@ -141,8 +154,15 @@ func (g *authGuard) failed(ctx context.Context, ip, user string) {
 
 // bcryptPool runs password checks a few at a time, so that guesses queue
 // behind each other instead of taking every CPU from sessions already
-// authenticated.
-type bcryptPool chan struct{}
+// authenticated. One more worker takes only the checks of known clients
+// (an IP that authenticated as the user lately), so that a storm of
+// guesses, which has to wait for the shared workers, does not keep an
+// application whose password is not cached yet (after a restart) waiting
+// too.
+type bcryptPool struct {
+	shared chan struct{}
+	known  chan struct{}
+}
 
 // errAuthThrottled: the client IP or user name failed too often.
 var errAuthThrottled = errors.New("too many failed authentications")
@@ -153,30 +173,39 @@ var errBcryptBusy = errors.New("too many password checks waiting")
 // bcryptWait bounds the wait for a free password-check worker.
 const bcryptWait = 10 * time.Second
 
-// newBcryptPool returns a pool of n workers; n < 1 means half the CPUs,
-// at least one.
-func newBcryptPool(n int) bcryptPool {
+// newBcryptPool returns a pool of n shared workers, and the known
+// clients' one; n < 1 means half the CPUs, at least one.
+func newBcryptPool(n int) *bcryptPool {
 	if n < 1 {
 		n = max(1, runtime.GOMAXPROCS(0)/2)
 	}
-	return make(bcryptPool, n)
+	return &bcryptPool{shared: make(chan struct{}, n), known: make(chan struct{}, 1)}
 }
 
-// run runs check on a free worker, waiting at most bcryptWait. A nil pool
-// runs it at once.
-func (p bcryptPool) run(check func()) error {
+// run runs check on a free worker, waiting at most bcryptWait: a shared
+// one, or for a known client whichever of a shared one and the known
+// clients' one comes free first. A nil pool runs it at once.
+func (p *bcryptPool) run(known bool, check func()) error {
 	if p == nil {
 		check()
 		return nil
 	}
 	t := time.NewTimer(bcryptWait)
 	defer t.Stop()
+	var reserved chan struct{} // nil: never ready
+	if known {
+		reserved = p.known
+	}
+	var slot chan struct{}
 	select {
-	case p <- struct{}{}:
+	case p.shared <- struct{}{}:
+		slot = p.shared
+	case reserved <- struct{}{}:
+		slot = reserved
 	case <-t.C:
 		return errBcryptBusy
 	}
-	defer func() { <-p }()
+	defer func() { <-slot }()
 	check()
 	return nil
 }

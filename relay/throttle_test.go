@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -202,5 +203,65 @@ func TestAuthThrottleManySessionsAtOnce(t *testing.T) {
 	}
 	if b, err := queue.NewAuthThrottle(f.redis.Client(t), 10, time.Minute).Blocked(context.Background(), "127.0.0.1", crmUser); b != nil || err != nil {
 		t.Errorf("after 20 successes: block %+v, %v; want none", b, err)
+	}
+}
+
+// TestBcryptPoolKnownClient: while guesses hold the shared workers, a
+// known client's check runs on the worker kept for known clients; an
+// unknown one waits for a shared worker.
+func TestBcryptPoolKnownClient(t *testing.T) {
+	p := newBcryptPool(1)
+	hold, started := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { _ = p.run(false, func() { close(started); <-hold }) })
+	<-started
+	unknown, known := make(chan error, 1), make(chan error, 1)
+	wg.Go(func() { unknown <- p.run(false, func() {}) })
+	wg.Go(func() { known <- p.run(true, func() {}) })
+	select {
+	case err := <-known:
+		if err != nil {
+			t.Errorf("known client: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("a known client's check waited behind the guess holding the shared worker")
+	}
+	select {
+	case <-unknown:
+		t.Error("an unknown client's check ran while the shared worker was busy")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(hold)
+	if err := <-unknown; err != nil {
+		t.Errorf("unknown client once the worker was free: %v", err)
+	}
+}
+
+// TestAuthKnownClientWhileGuessesWait: after a restart (no password
+// cached), the application's first AUTH from its usual IP does not queue
+// behind guesses that hold every shared bcrypt worker.
+func TestAuthKnownClientWhileGuessesWait(t *testing.T) {
+	f := newFixture(t)
+	s := startRelayOn(t, f, nil)
+	addr := s.SMTPAddrs()[0]
+	if r := smtpAuthFrom(t, addr, otherIP, crmUser, crmPassword); !strings.HasPrefix(r, "235 ") {
+		t.Fatalf("first AUTH: %q", r)
+	}
+	a := s.smtp.apps
+	a.mu.Lock()
+	clear(a.verified)
+	a.mu.Unlock()
+	for range cap(a.pool.shared) {
+		a.pool.shared <- struct{}{}
+	}
+	defer func() {
+		for range cap(a.pool.shared) {
+			<-a.pool.shared
+		}
+	}()
+	start := time.Now()
+	if r := smtpAuthFrom(t, addr, otherIP, crmUser, crmPassword); !strings.HasPrefix(r, "235 ") {
+		t.Errorf("the application's AUTH while every shared worker is busy: %q after %v, want 235", r, time.Since(start).Round(time.Millisecond))
 	}
 }
