@@ -65,9 +65,10 @@ func (a *AuthThrottle) Known(ctx context.Context, ip, user string) (bool, error)
 	return a.now().Sub(time.UnixMilli(int64(at))) < KnownFor, nil
 }
 
-// remember records that ip authenticated as user, unless this process did
-// within knownRefresh.
-func (a *AuthThrottle) remember(ctx context.Context, ip, user string) error {
+// Remember records that ip authenticated as user, unless this process did
+// within knownRefresh. Succeeded calls it; a success that needed no
+// Attempt (a password already checked) calls it alone.
+func (a *AuthThrottle) Remember(ctx context.Context, ip, user string) error {
 	if ip == "" || user == "" {
 		return nil
 	}
@@ -200,7 +201,7 @@ func (a *AuthThrottle) Succeeded(ctx context.Context, ip, user string) error {
 			return fmt.Errorf("auth throttle: %w", err)
 		}
 	}
-	return a.remember(ctx, ip, user)
+	return a.Remember(ctx, ip, user)
 }
 
 // countScript counts one failure, or one attempt (see Attempt): KEYS[1]

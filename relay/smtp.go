@@ -584,6 +584,9 @@ func (s *smtpSession) authenticate(mech, user, password string) error {
 		s.log.Warn("authentication failed", "mechanism", mech)
 		return errSMTPAuthFailed
 	}
+	// A success the password cache answered counted no attempt; its IP is
+	// recorded as known all the same (at most once an hour).
+	guard.remember(ctx, ip, user)
 	s.mu.Lock()
 	s.app = app
 	s.mu.Unlock()

@@ -20,6 +20,7 @@ type authLimiter interface {
 	Attempt(ctx context.Context, ip, user string) (*queue.Block, error)
 	Succeeded(ctx context.Context, ip, user string) error
 	Known(ctx context.Context, ip, user string) (bool, error)
+	Remember(ctx context.Context, ip, user string) error
 }
 
 var _ authLimiter = (*queue.AuthThrottle)(nil)
@@ -126,6 +127,20 @@ func (g *authGuard) known(ctx context.Context, ip, user string) bool {
 	defer cancel()
 	ok, err := g.limits.Known(ctx, ip, user)
 	return err == nil && ok
+}
+
+// remember records ip as known for user after a success that the
+// password cache answered, so that an application's new address (a new
+// pod) is known too.
+func (g *authGuard) remember(ctx context.Context, ip, user string) {
+	if g == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	if err := g.limits.Remember(ctx, ip, user); err != nil {
+		g.log.Warn("cannot record a client that authenticated", "err", err)
+	}
 }
 
 // succeeded takes back the count of an attempt that succeeded.

@@ -133,6 +133,38 @@ func TestAuthThrottleSMTPKnownIP(t *testing.T) {
 	}
 }
 
+// TestAuthThrottleSMTPKnownIPCached: an application's new address (a new
+// pod) whose AUTH the password cache answered is known too.
+func TestAuthThrottleSMTPKnownIPCached(t *testing.T) {
+	f := newFixture(t)
+	s := startRelayOn(t, f, nil)
+	s.smtp.in.guard.delay = time.Millisecond
+	addr := s.SMTPAddrs()[0]
+	for _, ip := range []net.IP{otherIP, thirdIP} {
+		if r := smtpAuthFrom(t, addr, ip, crmUser, crmPassword); !strings.HasPrefix(r, "235 ") {
+			t.Fatalf("the application from %v before the guesses: %q, want 235", ip, r)
+		}
+	}
+	if runs := s.smtp.apps.bcryptRuns.Load(); runs != 1 {
+		t.Fatalf("%d bcrypt runs, want 1: the second AUTH is the cache's", runs)
+	}
+	c := dialSMTPRaw(t, addr, attackerIP)
+	c.expect("220 ")
+	c.cmd("EHLO client.test", "250 ")
+	for i := range 12 {
+		c.write("AUTH PLAIN " + smtpPlain("", crmUser, "guess-"+string(rune('a'+i))) + "\r\n")
+		if _, err := c.readReply(); err != nil {
+			t.Fatalf("guess %d: %v", i, err)
+		}
+	}
+	if r := smtpAuthFrom(t, addr, thirdIP, crmUser, crmPassword); !strings.HasPrefix(r, "235 ") {
+		t.Errorf("the application's second address during the guesses: %q, want 235", r)
+	}
+	if r := smtpAuthFrom(t, addr, net.IPv4(127, 0, 0, 4), crmUser, crmPassword); !strings.HasPrefix(r, "454 4.7.0 ") {
+		t.Errorf("a new address during the guesses: %q, want 454 4.7.0", r)
+	}
+}
+
 // httpFrom posts a message from ip with token.
 func httpFrom(t *testing.T, s *Server, ip net.IP, token string) (int, http.Header) {
 	t.Helper()
