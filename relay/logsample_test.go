@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"context"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -40,22 +39,8 @@ func TestLogSampler(t *testing.T) {
 // TestRefusalLogsSampled: a storm of wrong tokens from one address writes
 // a line per kind of refusal, not two per request.
 func TestRefusalLogsSampled(t *testing.T) {
-	f := newFixture(t)
-	o := f.opts
-	o.Redis.Addrs = []string{f.redis.Addr()}
-	o.HTTP.Addr = "127.0.0.1:0"
-	o.Delivery.Dir = t.TempDir()
 	logs := &syncBuffer{}
-	s, err := New(context.Background(), o, nil, slog.New(slog.NewTextHandler(logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Start()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
-	})
+	s := startRelayLogged(t, newFixture(t), nil, slog.New(slog.NewTextHandler(logs, nil)))
 	codes := map[int]int{}
 	for range 40 {
 		code, _ := httpFrom(t, s, attackerIP, "wrong-token")

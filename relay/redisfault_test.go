@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -18,6 +19,12 @@ import (
 // sender, after change has adjusted its options.
 func startRelayOn(t testing.TB, f *fixture, change func(*Options)) *Server {
 	t.Helper()
+	return startRelayLogged(t, f, change, discardLogger())
+}
+
+// startRelayLogged is startRelayOn logging to log.
+func startRelayLogged(t testing.TB, f *fixture, change func(*Options), log *slog.Logger) *Server {
+	t.Helper()
 	o := f.opts
 	o.Redis.Addrs = []string{f.redis.Addr()}
 	o.HTTP.Addr = "127.0.0.1:0"
@@ -29,7 +36,7 @@ func startRelayOn(t testing.TB, f *fixture, change func(*Options)) *Server {
 	if err := o.Validate(); err != nil {
 		t.Fatalf("options: %v", err)
 	}
-	s, err := New(context.Background(), o, nil, discardLogger())
+	s, err := New(context.Background(), o, nil, log)
 	if err != nil {
 		t.Fatalf("new relay: %v", err)
 	}

@@ -104,6 +104,20 @@ func TestAuthThrottleSMTP(t *testing.T) {
 	}
 }
 
+// guessFrom tries n wrong passwords for user from ip, in one session.
+func guessFrom(t *testing.T, addr string, ip net.IP, user string, n int) {
+	t.Helper()
+	c := dialSMTPRaw(t, addr, ip)
+	c.expect("220 ")
+	c.cmd("EHLO client.test", "250 ")
+	for i := range n {
+		c.write("AUTH PLAIN " + smtpPlain("", user, "guess-"+string(rune('a'+i%26))) + "\r\n")
+		if _, err := c.readReply(); err != nil {
+			t.Fatalf("guess %d: %v", i, err)
+		}
+	}
+}
+
 // TestAuthThrottleSMTPKnownIP: wrong passwords for an application's user
 // name from another address block that name, but the application, from
 // the IP it authenticated from before, keeps authenticating; the right
@@ -116,15 +130,7 @@ func TestAuthThrottleSMTPKnownIP(t *testing.T) {
 	if r := smtpAuthFrom(t, addr, otherIP, crmUser, crmPassword); !strings.HasPrefix(r, "235 ") {
 		t.Fatalf("the application before the guesses: %q, want 235", r)
 	}
-	c := dialSMTPRaw(t, addr, attackerIP)
-	c.expect("220 ")
-	c.cmd("EHLO client.test", "250 ")
-	for i := range 12 {
-		c.write("AUTH PLAIN " + smtpPlain("", crmUser, "guess-"+string(rune('a'+i))) + "\r\n")
-		if _, err := c.readReply(); err != nil {
-			t.Fatalf("guess %d: %v", i, err)
-		}
-	}
+	guessFrom(t, addr, attackerIP, crmUser, 12)
 	if r := smtpAuthFrom(t, addr, thirdIP, crmUser, crmPassword); !strings.HasPrefix(r, "454 4.7.0 ") {
 		t.Errorf("the right password from a new IP: %q, want 454 4.7.0", r)
 	}
@@ -148,15 +154,7 @@ func TestAuthThrottleSMTPKnownIPCached(t *testing.T) {
 	if runs := s.smtp.apps.bcryptRuns.Load(); runs != 1 {
 		t.Fatalf("%d bcrypt runs, want 1: the second AUTH is the cache's", runs)
 	}
-	c := dialSMTPRaw(t, addr, attackerIP)
-	c.expect("220 ")
-	c.cmd("EHLO client.test", "250 ")
-	for i := range 12 {
-		c.write("AUTH PLAIN " + smtpPlain("", crmUser, "guess-"+string(rune('a'+i))) + "\r\n")
-		if _, err := c.readReply(); err != nil {
-			t.Fatalf("guess %d: %v", i, err)
-		}
-	}
+	guessFrom(t, addr, attackerIP, crmUser, 12)
 	if r := smtpAuthFrom(t, addr, thirdIP, crmUser, crmPassword); !strings.HasPrefix(r, "235 ") {
 		t.Errorf("the application's second address during the guesses: %q, want 235", r)
 	}
