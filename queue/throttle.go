@@ -66,8 +66,9 @@ func (a *AuthThrottle) Known(ctx context.Context, ip, user string) (bool, error)
 }
 
 // Remember records that ip authenticated as user, unless this process did
-// within knownRefresh. Succeeded calls it; a success that needed no
-// Attempt (a password already checked) calls it alone.
+// within knownRefresh. The caller calls it after every verified success,
+// and only then: Succeeded also takes back attempts that were never
+// checked.
 func (a *AuthThrottle) Remember(ctx context.Context, ip, user string) error {
 	if ip == "" || user == "" {
 		return nil
@@ -189,9 +190,9 @@ func (a *AuthThrottle) Attempt(ctx context.Context, ip, user string) (*Block, er
 	return nil, nil
 }
 
-// Succeeded takes back the count of an Attempt whose check succeeded, and
-// records ip as known for user. It changes no other count: a success
-// from one IP does not clear another's.
+// Succeeded takes back the count of an Attempt whose check succeeded, or
+// that could not be checked. It changes no other count: a success from
+// one IP does not clear another's.
 func (a *AuthThrottle) Succeeded(ctx context.Context, ip, user string) error {
 	for _, k := range []struct{ kind, name string }{{"ip", ip}, {"user", user}} {
 		if k.name == "" {
@@ -201,7 +202,7 @@ func (a *AuthThrottle) Succeeded(ctx context.Context, ip, user string) error {
 			return fmt.Errorf("auth throttle: %w", err)
 		}
 	}
-	return a.Remember(ctx, ip, user)
+	return nil
 }
 
 // countScript counts one failure, or one attempt (see Attempt): KEYS[1]

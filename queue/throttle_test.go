@@ -92,6 +92,12 @@ func TestAuthThrottleKnownIP(t *testing.T) {
 	if err := th.Succeeded(ctx, app, user); err != nil {
 		t.Fatal(err)
 	}
+	if known, err := th.Known(ctx, app, user); known || err != nil {
+		t.Fatalf("known after Succeeded alone: %v %v; only Remember records", known, err)
+	}
+	if err := th.Remember(ctx, app, user); err != nil {
+		t.Fatal(err)
+	}
 	for i := range 5 {
 		if err := th.Failed(ctx, fmt.Sprintf("198.51.100.%d", i), user); err != nil {
 			t.Fatal(err)

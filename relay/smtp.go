@@ -584,8 +584,9 @@ func (s *smtpSession) authenticate(mech, user, password string) error {
 		s.log.Warn("authentication failed", "mechanism", mech)
 		return errSMTPAuthFailed
 	}
-	// A success the password cache answered counted no attempt; its IP is
-	// recorded as known all the same (at most once an hour).
+	// Every verified success, checked now or answered by the password
+	// cache, records its IP as known (at most once an hour); an attempt
+	// that no worker was free to check is not one.
 	guard.remember(ctx, ip, user)
 	s.mu.Lock()
 	s.app = app

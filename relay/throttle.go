@@ -129,9 +129,8 @@ func (g *authGuard) known(ctx context.Context, ip, user string) bool {
 	return err == nil && ok
 }
 
-// remember records ip as known for user after a success that the
-// password cache answered, so that an application's new address (a new
-// pod) is known too.
+// remember records ip as known for user after a verified success, so
+// that an application's addresses, new pods' too, are known.
 func (g *authGuard) remember(ctx context.Context, ip, user string) {
 	if g == nil {
 		return
@@ -177,6 +176,7 @@ func (g *authGuard) failed(ctx context.Context, ip, user string) {
 type bcryptPool struct {
 	shared chan struct{}
 	known  chan struct{}
+	wait   time.Duration // bcryptWait
 }
 
 // errAuthThrottled: the client IP or user name failed too often.
@@ -194,10 +194,10 @@ func newBcryptPool(n int) *bcryptPool {
 	if n < 1 {
 		n = max(1, runtime.GOMAXPROCS(0)/2)
 	}
-	return &bcryptPool{shared: make(chan struct{}, n), known: make(chan struct{}, 1)}
+	return &bcryptPool{shared: make(chan struct{}, n), known: make(chan struct{}, 1), wait: bcryptWait}
 }
 
-// run runs check on a free worker, waiting at most bcryptWait: a shared
+// run runs check on a free worker, waiting at most p.wait: a shared
 // one, or for a known client whichever of a shared one and the known
 // clients' one comes free first. A nil pool runs it at once.
 func (p *bcryptPool) run(known bool, check func()) error {
@@ -205,7 +205,7 @@ func (p *bcryptPool) run(known bool, check func()) error {
 		check()
 		return nil
 	}
-	t := time.NewTimer(bcryptWait)
+	t := time.NewTimer(p.wait)
 	defer t.Stop()
 	var reserved chan struct{} // nil: never ready
 	if known {

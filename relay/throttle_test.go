@@ -236,6 +236,31 @@ func TestAuthThrottleManySessionsAtOnce(t *testing.T) {
 	}
 }
 
+// TestAuthBusyNotKnown: an attempt that no bcrypt worker was free to
+// check takes its count back, but its IP is not recorded as known: its
+// password was never checked.
+func TestAuthBusyNotKnown(t *testing.T) {
+	f := newFixture(t)
+	s := startRelayOn(t, f, nil)
+	a := s.smtp.apps
+	a.pool.wait = 50 * time.Millisecond
+	for range cap(a.pool.shared) {
+		a.pool.shared <- struct{}{}
+	}
+	defer func() {
+		for range cap(a.pool.shared) {
+			<-a.pool.shared
+		}
+	}()
+	if r := smtpAuthFrom(t, s.SMTPAddrs()[0], attackerIP, crmUser, "a-guess"); !strings.HasPrefix(r, "454 4.7.0 ") {
+		t.Fatalf("AUTH with every worker busy: %q, want 454 4.7.0", r)
+	}
+	th := queue.NewAuthThrottle(f.redis.Client(t), 10, 5*time.Minute)
+	if known, err := th.Known(context.Background(), "127.0.0.1", crmUser); known || err != nil {
+		t.Errorf("an unchecked guess's IP recorded as known: %v %v", known, err)
+	}
+}
+
 // TestBcryptPoolKnownClient: while guesses hold the shared workers, a
 // known client's check runs on the worker kept for known clients; an
 // unknown one waits for a shared worker.
