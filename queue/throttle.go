@@ -26,7 +26,6 @@ type AuthThrottle struct {
 	rdb    redis.UniversalClient
 	max    int64
 	window time.Duration
-	now    func() time.Time
 
 	mu sync.Mutex
 	// recorded is when this process last recorded each user and IP as
@@ -47,7 +46,7 @@ const maxRecorded = 10000
 
 // NewAuthThrottle returns a throttle allowing max failures per window.
 func NewAuthThrottle(rdb redis.UniversalClient, max int, window time.Duration) *AuthThrottle {
-	return &AuthThrottle{rdb: rdb, max: int64(max), window: window, now: time.Now, recorded: map[[2]string]time.Time{}}
+	return &AuthThrottle{rdb: rdb, max: int64(max), window: window, recorded: map[[2]string]time.Time{}}
 }
 
 // Known reports whether ip authenticated as user within KnownFor.
@@ -62,7 +61,7 @@ func (a *AuthThrottle) Known(ctx context.Context, ip, user string) (bool, error)
 	if err != nil {
 		return false, fmt.Errorf("auth throttle: %w", err)
 	}
-	return a.now().Sub(time.UnixMilli(int64(at))) < KnownFor, nil
+	return time.Since(time.UnixMilli(int64(at))) < KnownFor, nil
 }
 
 // Remember records that ip authenticated as user, unless this process did
@@ -73,7 +72,7 @@ func (a *AuthThrottle) Remember(ctx context.Context, ip, user string) error {
 	if ip == "" || user == "" {
 		return nil
 	}
-	now := a.now()
+	now := time.Now()
 	k := [2]string{user, ip}
 	a.mu.Lock()
 	if t, ok := a.recorded[k]; ok && now.Sub(t) < knownRefresh {
