@@ -505,16 +505,14 @@ func (h *api) fail(w http.ResponseWriter, r *http.Request, app *App, status int,
 	if status >= 500 {
 		level = slog.LevelWarn
 	}
-	defer writeError(w, status, code, msg)
-	ok, held := h.sample.allow(strconv.Itoa(status) + " " + clientIPString(r.RemoteAddr))
-	if !ok {
-		return
+	if ok, held := h.sample.allow(strconv.Itoa(status) + " " + clientIPString(r.RemoteAddr)); ok {
+		attrs := []any{"method", r.Method, "path", r.URL.Path, "status", status, "error", code, "remote", r.RemoteAddr}
+		if app != nil {
+			attrs = append(attrs, "app", app.Name)
+		}
+		h.log.Log(r.Context(), level, "request refused", withHeld(attrs, held)...)
 	}
-	attrs := []any{"method", r.Method, "path", r.URL.Path, "status", status, "error", code, "remote", r.RemoteAddr}
-	if app != nil {
-		attrs = append(attrs, "app", app.Name)
-	}
-	h.log.Log(r.Context(), level, "request refused", withHeld(attrs, held)...)
+	writeError(w, status, code, msg)
 }
 
 // apiError is the body of every error reply.
