@@ -80,8 +80,10 @@ func (e *Error) Error() string {
 	}
 	// An underlying error that carries the same text (a token endpoint's
 	// refusal does) would say it all twice.
-	if e.Err != nil && (e.Text == "" || !strings.Contains(e.Err.Error(), e.Text)) {
-		msg += ": " + e.Err.Error()
+	if e.Err != nil {
+		if under := e.Err.Error(); e.Text == "" || !strings.Contains(under, e.Text) {
+			msg += ": " + under
+		}
 	}
 	return msg
 }
