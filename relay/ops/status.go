@@ -84,27 +84,24 @@ type Latency struct {
 	P95   Seconds `json:"p95_seconds"`
 }
 
-// MarshalJSON writes the percentiles in seconds to the millisecond, as
-// the status page shows them: most deliveries take well under a second,
-// and whole seconds would write them as 0.
-func (l Latency) MarshalJSON() ([]byte, error) {
-	ms := func(s Seconds) float64 {
-		return float64(time.Duration(s).Round(time.Millisecond)/time.Millisecond) / 1000
-	}
-	return json.Marshal(struct {
-		Count int64   `json:"count"`
-		P50   float64 `json:"p50_seconds"`
-		P95   float64 `json:"p95_seconds"`
-	}{l.Count, ms(l.P50), ms(l.P95)})
+// latencyJSON is Latency as JSON: the percentiles in seconds to the
+// millisecond, as the status page shows them. Most deliveries take well
+// under a second, and whole seconds would write them as 0.
+type latencyJSON struct {
+	Count int64   `json:"count"`
+	P50   float64 `json:"p50_seconds"`
+	P95   float64 `json:"p95_seconds"`
 }
 
-// UnmarshalJSON reads what MarshalJSON writes.
-func (l *Latency) UnmarshalJSON(b []byte) error {
-	var v struct {
-		Count int64   `json:"count"`
-		P50   float64 `json:"p50_seconds"`
-		P95   float64 `json:"p95_seconds"`
+func (l Latency) MarshalJSON() ([]byte, error) {
+	ms := func(s Seconds) float64 {
+		return float64(time.Duration(s).Round(time.Millisecond).Milliseconds()) / 1000
 	}
+	return json.Marshal(latencyJSON{l.Count, ms(l.P50), ms(l.P95)})
+}
+
+func (l *Latency) UnmarshalJSON(b []byte) error {
+	var v latencyJSON
 	if err := json.Unmarshal(b, &v); err != nil {
 		return err
 	}
