@@ -116,7 +116,8 @@ func message(from, to string, size int) []byte {
 	var b strings.Builder
 	fmt.Fprintf(&b, "From: <%s>\r\nTo: <%s>\r\nSubject: hfload\r\n\r\n", from, to)
 	line := strings.Repeat("x", 76) + "\r\n"
-	for b.Len()+len(messageIDHeader("00000000", 0))+len(line) <= size {
+	id := len(messageIDHeader("00000000", 0))
+	for b.Len()+id+len(line) <= size {
 		b.WriteString(line)
 	}
 	return []byte(b.String())
