@@ -153,7 +153,7 @@ func TestMetricsLint(t *testing.T) {
 	}
 	allowed := map[string]bool{"ingress": true, "app": true, "outcome": true, "class": true, "credential": true,
 		"result": true, "kind": true, "to": true, "transport": true, "state": true, "source": true,
-		"version": true, "goversion": true}
+		"version": true, "goversion": true, "limit": true}
 	for _, f := range fams {
 		if !strings.HasPrefix(f.GetName(), "holdfast_") {
 			t.Errorf("metric %s does not start with holdfast_", f.GetName())

@@ -235,6 +235,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		}
 	}
 	s.smtp = newSMTPIngress(o, in, a, tlsConfig, log)
+	s.reg.MustRegister(s.smtp.collectors()...)
 	for _, l := range o.SMTP.Listeners {
 		ln, err := net.Listen("tcp", l.Addr)
 		if err != nil {

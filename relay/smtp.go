@@ -17,6 +17,7 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 const (
@@ -26,6 +27,12 @@ const (
 	// smtpGoodbyeTimeout bounds writing a 421 to a client that does not
 	// read, and the wait for sessions to end after shutdown closed them.
 	smtpGoodbyeTimeout = 5 * time.Second
+	// smtpEvictIdle is how long an unauthenticated connection must have
+	// waited for its client's next bytes before a new connection may take
+	// its place in a full connection table. A client that means to send
+	// answers within a round trip; one that holds a slot in silence, or
+	// stalls a TLS handshake, does not.
+	smtpEvictIdle = time.Second
 )
 
 // smtpIngress is the SMTP submission endpoint: STARTTLS, AUTH PLAIN and
@@ -54,8 +61,17 @@ type smtpIngress struct {
 	listeners []net.Listener
 	conns     map[*smtpConn]struct{}
 	perIP     map[string]int
+	evicting  int           // connections in conns told to go, not yet closed
 	drained   chan struct{} // closed once closing and no connection is left
 	drainOnce sync.Once
+
+	// evictIdle is how long (ns) an unauthenticated connection must have
+	// waited for its client before a new connection may take its place in
+	// a full table: smtpEvictIdle, which tests change while serving.
+	evictIdle atomic.Int64
+
+	refused *prometheus.CounterVec // connections refused, by limit
+	evicted prometheus.Counter     // idle unauthenticated connections closed to make room
 }
 
 // newSMTPIngress builds SMTP ingress. tlsConfig may be nil only when every
@@ -75,6 +91,18 @@ func newSMTPIngress(o Options, in *ingress, a *apps, tlsConfig *tls.Config, log 
 		drained:  make(chan struct{}),
 		sample:   newLogSampler(logSampleEvery),
 	}
+	s.evictIdle.Store(int64(smtpEvictIdle))
+	s.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "holdfast_smtp_connections_refused_total",
+		Help: "SMTP connections refused with 421 at connect, by the limit reached (total or per_ip).",
+	}, []string{"limit"})
+	for _, l := range []string{"total", "per_ip"} {
+		s.refused.WithLabelValues(l)
+	}
+	s.evicted = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "holdfast_smtp_connections_evicted_total",
+		Help: "Unauthenticated SMTP connections, idle for a second or more, closed to make room for a new connection in a full table.",
+	})
 	if tlsConfig != nil {
 		// The hook marks a connection as soon as its TLS handshake starts:
 		// from then on, a 421 must go through the TLS layer or not at all.
@@ -191,22 +219,67 @@ func (s *smtpIngress) shutdown(ctx context.Context) error {
 }
 
 // admit registers a new connection, or returns a refusal when a connection
-// limit is reached or shutdown has begun.
+// limit is reached or shutdown has begun. When the table is full, the
+// unauthenticated connection that has waited longest for its client, if
+// for evictIdle or more, is told to go and the new one takes its place:
+// otherwise anyone could hold every slot without a password, from a few
+// addresses, for the whole read timeout. Authenticated connections are
+// never closed to make room.
 func (s *smtpIngress) admit(nc net.Conn) (*smtpConn, *smtp.SMTPError) {
 	ip := clientIP(nc.RemoteAddr())
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	var victim *smtpConn
 	switch {
 	case s.closing.Load():
+		s.mu.Unlock()
 		return nil, errSMTPShuttingDown
-	case len(s.conns) >= s.opts.MaxConnections, s.perIP[ip] >= s.opts.MaxConnectionsPerIP:
+	case s.perIP[ip] >= s.opts.MaxConnectionsPerIP:
+		s.mu.Unlock()
+		s.refused.WithLabelValues("per_ip").Inc()
 		return nil, errSMTPTooManyConnections
+	case len(s.conns)-s.evicting >= s.opts.MaxConnections:
+		if victim = s.idlestUnauthenticated(); victim == nil {
+			s.mu.Unlock()
+			s.refused.WithLabelValues("total").Inc()
+			return nil, errSMTPTooManyConnections
+		}
+		victim.evicted.Store(true)
+		s.evicting++
 	}
 	c := &smtpConn{Conn: nc, ing: s, ip: ip}
 	c.top = c
 	s.conns[c] = struct{}{}
 	s.perIP[ip]++
+	s.mu.Unlock()
+	if victim != nil {
+		s.evicted.Inc()
+		s.log.Info("idle unauthenticated connection closed to make room", "remote", victim.RemoteAddr().String(),
+			"for", nc.RemoteAddr().String())
+		victim.interrupt()
+	}
 	return c, nil
+}
+
+// idlestUnauthenticated returns the connection, not authenticated and not
+// already told to go, that has waited longest for its client, if that is
+// evictIdle or more; or nil. s.mu is held.
+func (s *smtpIngress) idlestUnauthenticated() *smtpConn {
+	var idlest *smtpConn
+	oldest := time.Now().UnixNano() - s.evictIdle.Load()
+	for c := range s.conns {
+		if c.authenticated.Load() || c.evicted.Load() {
+			continue
+		}
+		if w := c.waitingSince.Load(); w != 0 && w <= oldest {
+			idlest, oldest = c, w
+		}
+	}
+	return idlest
+}
+
+// collectors are the ingress's metrics, for the relay's registry.
+func (s *smtpIngress) collectors() []prometheus.Collector {
+	return []prometheus.Collector{s.refused, s.evicted}
 }
 
 // release forgets a closed connection.
@@ -214,6 +287,9 @@ func (s *smtpIngress) release(c *smtpConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.conns, c)
+	if c.evicted.Load() {
+		s.evicting--
+	}
 	if s.perIP[c.ip]--; s.perIP[c.ip] <= 0 {
 		delete(s.perIP, c.ip)
 	}
@@ -275,12 +351,18 @@ func (l *smtpListener) Accept() (net.Conn, error) {
 // smtpConn is one client connection, below TLS. It lets shutdown end a
 // session between commands: once the ingress is closing, a read that is
 // not part of a message transfer answers "421 4.3.2" and then reports
-// end of input, so that go-smtp closes the connection.
+// end of input, so that go-smtp closes the connection. A connection
+// evicted from a full table (see admit) ends the same way, with its own
+// 421.
 type smtpConn struct {
 	net.Conn
 	ing       *smtpIngress
 	ip        string
 	closeOnce sync.Once
+
+	authenticated atomic.Bool  // AUTH succeeded: never evicted
+	evicted       atomic.Bool  // told to go to make room; set under ing.mu
+	waitingSince  atomic.Int64 // when a read began waiting for the client (Unix ns), or 0
 
 	mu          sync.Mutex
 	top         net.Conn // where go-smtp writes replies: this connection or the TLS one over it
@@ -288,7 +370,8 @@ type smtpConn struct {
 	inData      bool     // a message transfer is running; reads must not be cut short
 	dataEnded   bool     // the transfer ended; its reply is the next write
 	interrupted bool     // shutdown moved the read deadline to now
-	saidBye     bool     // the 421 was sent
+	saidBye     bool     // the session was told to end
+	byeSent     bool     // its 421 went out: nothing is sent after it
 
 	// wmu guards pending: replies written and not yet sent. They go out
 	// before the next read (a client answers only what it has read) or
@@ -313,7 +396,9 @@ func (c *smtpConn) Read(b []byte) (int, error) {
 	if c.byeIfClosing() {
 		return 0, io.EOF
 	}
+	c.waitingSince.Store(time.Now().UnixNano())
 	n, err := c.Conn.Read(b)
+	c.waitingSince.Store(0)
 	if n == 0 && isTimeout(err) && c.byeIfClosing() {
 		return 0, io.EOF
 	}
@@ -371,9 +456,12 @@ func (c *smtpConn) Write(b []byte) (int, error) {
 	if c.dataEnded {
 		c.inData, c.dataEnded = false, false
 	}
-	// A goodbye can cut a TLS handshake short; go-smtp then answers in
-	// plaintext, which the client would read as a corrupt TLS record.
-	mute := c.saidBye && c.tlsStarted && c.top == net.Conn(c)
+	// The 421 is the session's last reply: go-smtp may still answer the
+	// end of input it sees after it (a failed STARTTLS handshake gets
+	// "550 Handshake error"). A goodbye can also cut a TLS handshake
+	// short; go-smtp's plaintext answer would then read as a corrupt TLS
+	// record.
+	mute := c.byeSent || c.saidBye && c.tlsStarted && c.top == net.Conn(c)
 	c.mu.Unlock()
 	if mute {
 		return 0, net.ErrClosed
@@ -400,11 +488,17 @@ func (c *smtpConn) Close() error {
 }
 
 // byeIfClosing reports whether the session must end because the ingress is
-// closing and no message transfer runs. The first time, it writes the 421
-// where go-smtp writes its replies. go-smtp reads only between commands
-// or during a transfer, so the 421 never splits another reply.
+// closing, or the connection was evicted, and no message transfer runs.
+// The first time, it writes the 421 where go-smtp writes its replies.
+// go-smtp reads only between commands or during a transfer, so the 421
+// never splits another reply.
 func (c *smtpConn) byeIfClosing() bool {
-	if !c.ing.closing.Load() {
+	bye := errSMTPShuttingDown
+	switch {
+	case c.ing.closing.Load():
+	case c.evicted.Load():
+		bye = errSMTPEvicted
+	default:
 		return false
 	}
 	c.mu.Lock()
@@ -425,8 +519,11 @@ func (c *smtpConn) byeIfClosing() bool {
 		c.wdl = time.Now().Add(smtpGoodbyeTimeout)
 		_ = c.Conn.SetWriteDeadline(c.wdl)
 		c.wmu.Unlock()
-		_, _ = io.WriteString(top, smtpReplyLine(errSMTPShuttingDown))
+		_, _ = io.WriteString(top, smtpReplyLine(bye))
 		_ = c.flush()
+		c.mu.Lock()
+		c.byeSent = true
+		c.mu.Unlock()
 	}
 	return true
 }
@@ -588,6 +685,7 @@ func (s *smtpSession) authenticate(mech, user, password string) error {
 	// cache, records its IP as known (at most once an hour); an attempt
 	// that no worker was free to check is not one.
 	guard.remember(ctx, ip, user)
+	s.tc.authenticated.Store(true)
 	s.mu.Lock()
 	s.app = app
 	s.mu.Unlock()

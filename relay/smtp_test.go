@@ -18,6 +18,7 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"holdfast/queue"
 )
@@ -385,6 +386,8 @@ func TestSMTPConnectionLimits(t *testing.T) {
 		o.SMTP.MaxConnectionsPerIP = 2
 		o.SMTP.MaxConnections = 3
 	})
+	// The connections below are never idle long enough to be evicted.
+	e.ing.evictIdle.Store(int64(time.Hour))
 	const tooMany = "421 4.7.0 Too many connections, try again later"
 	ip1, ip2, ip3 := net.IPv4(127, 0, 0, 1), net.IPv4(127, 0, 0, 2), net.IPv4(127, 0, 0, 3)
 	first := dialSMTPRaw(t, e.insecure, ip1)
@@ -399,6 +402,13 @@ func TestSMTPConnectionLimits(t *testing.T) {
 	over = dialSMTPRaw(t, e.addr, ip3)
 	over.expect(tooMany)
 	over.expectClosed()
+
+	if n := testutil.ToFloat64(e.ing.refused.WithLabelValues("per_ip")); n != 1 {
+		t.Errorf("holdfast_smtp_connections_refused_total{limit=per_ip} = %v, want 1", n)
+	}
+	if n := testutil.ToFloat64(e.ing.refused.WithLabelValues("total")); n != 1 {
+		t.Errorf("holdfast_smtp_connections_refused_total{limit=total} = %v, want 1", n)
+	}
 
 	// A closed connection frees its place, once the server has finished
 	// with it (just after the client sees it closed).
@@ -417,6 +427,127 @@ func TestSMTPConnectionLimits(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// A full connection table makes room for a new connection by closing the
+// unauthenticated connection that has waited longest for its client; an
+// authenticated one is never closed for it.
+func TestSMTPFullTableEvictsIdleUnauthenticated(t *testing.T) {
+	e := newSMTPEnv(t, func(o *Options) {
+		o.SMTP.MaxConnections = 3
+		o.SMTP.MaxConnectionsPerIP = 10
+	})
+	e.ing.evictIdle.Store(int64(50 * time.Millisecond))
+	const tooMany = "421 4.7.0 Too many connections, try again later"
+	app := dialSMTP(t, e.insecure)
+	app.login()
+	idle1 := dialSMTPRaw(t, e.insecure, net.IPv4(127, 0, 0, 2))
+	idle1.expect("220 ")
+	idle1.cmd("EHLO idle.test", "250 ")
+	time.Sleep(20 * time.Millisecond)
+	idle2 := dialSMTPRaw(t, e.insecure, net.IPv4(127, 0, 0, 3))
+	idle2.expect("220 ")
+	time.Sleep(100 * time.Millisecond)
+
+	// The table is full: the newcomer gets in, and the connection that
+	// waited longest goes.
+	second := dialSMTP(t, e.insecure)
+	idle1.expect("421 4.7.0 Too many connections, unauthenticated idle sessions are closed first")
+	idle1.expectClosed()
+	idle2.cmd("NOOP", "250 ")
+	second.login()
+	second.send("billing@contoso.com", []string{"a@example.org"}, "Subject: t\r\n\r\nhi\r\n.\r\n")
+
+	time.Sleep(100 * time.Millisecond)
+	third := dialSMTP(t, e.insecure)
+	idle2.expect("421 4.7.0 ")
+	idle2.expectClosed()
+	third.login()
+
+	// Every connection is authenticated now: a newcomer is refused.
+	time.Sleep(100 * time.Millisecond)
+	over := dialSMTPRaw(t, e.insecure, nil)
+	over.expect(tooMany)
+	over.expectClosed()
+	for _, c := range []*smtpTestConn{app, second, third} {
+		c.cmd("NOOP", "250 ")
+	}
+	if got := strings.Count(e.logs.String(), "idle unauthenticated connection closed"); got != 2 {
+		t.Errorf("%d eviction log lines, want 2:\n%s", got, e.logs.String())
+	}
+	if n := testutil.ToFloat64(e.ing.evicted); n != 2 {
+		t.Errorf("holdfast_smtp_connections_evicted_total = %v, want 2", n)
+	}
+	if n := testutil.ToFloat64(e.ing.refused.WithLabelValues("total")); n != 1 {
+		t.Errorf("holdfast_smtp_connections_refused_total{limit=total} = %v, want 1", n)
+	}
+}
+
+// A connection waiting for its client for less than evictIdle, as one that
+// has just connected, is not closed to make room: the newcomer is refused.
+func TestSMTPFullTableKeepsBusyConnections(t *testing.T) {
+	e := newSMTPEnv(t, func(o *Options) {
+		o.SMTP.MaxConnections = 1
+		o.SMTP.MaxConnectionsPerIP = 10
+	})
+	e.ing.evictIdle.Store(int64(time.Hour))
+	first := dialSMTP(t, e.insecure)
+	over := dialSMTPRaw(t, e.insecure, nil)
+	over.expect("421 4.7.0 Too many connections, try again later")
+	over.expectClosed()
+	first.cmd("EHLO client.test", "250 ")
+}
+
+// A client that says STARTTLS and then sends no handshake holds its slot
+// in silence too.
+func TestSMTPFullTableEvictsStalledSTARTTLS(t *testing.T) {
+	e := newSMTPEnv(t, func(o *Options) {
+		o.SMTP.MaxConnections = 1
+		o.SMTP.MaxConnectionsPerIP = 10
+	})
+	e.ing.evictIdle.Store(int64(50 * time.Millisecond))
+	stalled := dialSMTP(t, e.addr)
+	stalled.cmd("EHLO client.test", "250 ")
+	stalled.cmd("STARTTLS", "220 ")
+	time.Sleep(150 * time.Millisecond)
+	dialSMTP(t, e.addr).cmd("EHLO client.test", "250 ")
+	stalled.expect("421 4.7.0 ")
+	stalled.expectClosed()
+}
+
+// A connection whose AUTH waits for a bcrypt worker is not waiting for its
+// client, and is not closed to make room, however long the check waits.
+func TestSMTPFullTableKeepsAuthInProgress(t *testing.T) {
+	s := startRelayOn(t, newFixture(t), func(o *Options) {
+		o.SMTP.MaxConnections = 1
+		o.SMTP.MaxConnectionsPerIP = 10
+	})
+	s.smtp.evictIdle.Store(int64(50 * time.Millisecond))
+	addr := s.SMTPAddrs()[0]
+	pool := s.smtp.apps.pool
+	for range cap(pool.shared) {
+		pool.shared <- struct{}{}
+	}
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			for range cap(pool.shared) {
+				<-pool.shared
+			}
+		}
+	}
+	defer release()
+	c := dialSMTP(t, addr)
+	c.cmd("EHLO client.test", "250 ")
+	c.write("AUTH PLAIN " + smtpPlain("", crmUser, crmPassword) + "\r\n")
+	time.Sleep(150 * time.Millisecond)
+	over := dialSMTPRaw(t, addr, nil)
+	over.expect("421 4.7.0 Too many connections, try again later")
+	over.expectClosed()
+	release()
+	c.expect("235 2.0.0 ")
+	c.cmd("NOOP", "250 ")
 }
 
 func TestSMTPPipelining(t *testing.T) {
