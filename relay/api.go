@@ -194,7 +194,7 @@ func (h *api) postMessage(w http.ResponseWriter, r *http.Request) {
 		protocol:   protocol,
 		remoteAddr: r.RemoteAddr,
 	}
-	buf := h.in.newBody()
+	buf := h.in.newBody(app.Name)
 	defer buf.release()
 	switch err := h.readBody(w, r, buf, h.in.stamp(sub)); {
 	case err == nil:

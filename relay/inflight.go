@@ -18,48 +18,74 @@ var errInflightFull = errors.New("the memory budget for messages in flight is us
 var errBodyTooBig = errors.New("message over the size limit")
 
 // inflight is the memory budget for message bodies held at once, shared by
-// SMTP and HTTP ingress (smtp.max_inflight_bytes). Readers take bytes
-// before they allocate them and give them back once the message is stored
-// or refused. After a burst that used much of the budget has drained, the
-// freed memory is handed back to the operating system.
+// SMTP and HTTP ingress (smtp.max_inflight_bytes), of which one
+// application may hold at most perApp (smtp.max_inflight_bytes_per_app).
+// Readers take bytes before they allocate them and give them back once
+// the message is stored or refused. After a burst that used much of the
+// budget has drained, the freed memory is handed back to the operating
+// system.
 type inflight struct {
-	max int64
+	max    int64
+	perApp int64 // 0 is no bound but max
 
 	mu   sync.Mutex
 	used int64
-	high int64 // most bytes used since the memory was last returned
+	apps map[string]int64 // bytes taken by each application, when perApp is set
+	high int64            // most bytes used since the memory was last returned
 
 	freeing   sync.WaitGroup
 	lastFree  time.Time
 	freeAfter int64 // a burst this large is returned to the OS once drained
 }
 
-func newInflight(max int64) *inflight {
-	return &inflight{max: max, freeAfter: max / 4}
+// newInflight returns a budget of max bytes, of which one application may
+// hold perApp; perApp 0 does not bound applications.
+func newInflight(max, perApp int64) *inflight {
+	return &inflight{max: max, perApp: perApp, apps: map[string]int64{}, freeAfter: max / 4}
 }
 
-// take reserves n bytes, or reports that they do not fit.
-func (b *inflight) take(n int64) bool {
+// take reserves n bytes for app, or reports that they do not fit. An
+// empty app name counts against the whole budget only.
+func (b *inflight) take(app string, n int64) bool {
 	if n <= 0 {
 		return true
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.used+n > b.max {
+	if !b.fitsLocked(app, n) {
 		return false
 	}
 	b.used += n
+	if b.perApp > 0 && app != "" {
+		b.apps[app] += n
+	}
 	b.high = max(b.high, b.used)
 	return true
 }
 
-// give returns n bytes taken earlier.
-func (b *inflight) give(n int64) {
+// fits reports whether n more bytes for app fit now.
+func (b *inflight) fits(app string, n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.fitsLocked(app, n)
+}
+
+func (b *inflight) fitsLocked(app string, n int64) bool {
+	return b.used+n <= b.max && (b.perApp <= 0 || app == "" || b.apps[app]+n <= b.perApp)
+}
+
+// give returns n bytes that app took earlier.
+func (b *inflight) give(app string, n int64) {
 	if n <= 0 {
 		return
 	}
 	b.mu.Lock()
 	b.used -= n
+	if b.perApp > 0 && app != "" {
+		if b.apps[app] -= n; b.apps[app] <= 0 {
+			delete(b.apps, app)
+		}
+	}
 	free := b.used == 0 && b.high >= b.freeAfter && time.Since(b.lastFree) > time.Second
 	if free {
 		b.high, b.lastFree = 0, time.Now()
@@ -93,6 +119,7 @@ func (b *inflight) inUse() int64 {
 // included while it is copied).
 type bodyBuf struct {
 	budget *inflight
+	app    string // whose share of the budget it counts against
 	buf    []byte
 	held   int64
 	prefix int // length of the Received: header at the start
@@ -109,7 +136,7 @@ func (b *bodyBuf) grow(n int) error {
 		return nil
 	}
 	size := max(cap(b.buf)+cap(b.buf)/2, len(b.buf)+n, firstBuf)
-	if !b.budget.take(int64(size)) {
+	if !b.budget.take(b.app, int64(size)) {
 		return errInflightFull
 	}
 	var nb []byte
@@ -119,7 +146,7 @@ func (b *bodyBuf) grow(n int) error {
 		nb = make([]byte, len(b.buf), size)
 	}
 	copy(nb, b.buf)
-	b.budget.give(b.held)
+	b.budget.give(b.app, b.held)
 	b.buf, b.held = nb, int64(size)
 	return nil
 }
@@ -220,7 +247,7 @@ func (b *bodyBuf) bareLFToCRLF() error {
 // release gives the buffer's memory back to the budget. The buffer must
 // not be used after.
 func (b *bodyBuf) release() {
-	b.budget.give(b.held)
+	b.budget.give(b.app, b.held)
 	if cap(b.buf) == firstBuf {
 		buf := b.buf[:0]
 		firstBufs.Put(&buf)

@@ -16,7 +16,7 @@ func TestInflightBudgetSMTP(t *testing.T) {
 		o.SMTP.MaxMessageBytes = maxMsg
 		o.SMTP.MaxInflightBytes = 300 << 10
 	})
-	e.f.ingest.budget = newInflight(300 << 10)
+	e.f.ingest.budget = newInflight(300<<10, 0)
 	big := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 98)+"\r\n", 1800) // 180 KB
 
 	// A holds about 180 KB of the 300 KB budget in a transfer in progress.
@@ -52,12 +52,89 @@ func TestInflightBudgetSMTP(t *testing.T) {
 	}
 }
 
+// TestInflightBudgetPerApp: one application's transfers cannot take the
+// whole budget. While crm holds most of its share, its next message does
+// not fit although the budget has room; another application's does.
+func TestInflightBudgetPerApp(t *testing.T) {
+	const maxMsg = 200 << 10
+	e := newSMTPEnv(t, func(o *Options) {
+		o.SMTP.MaxMessageBytes = maxMsg
+		o.SMTP.MaxInflightBytes = 600 << 10
+	})
+	e.f.ingest.budget = newInflight(600<<10, 300<<10)
+	big := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 98)+"\r\n", 1800) // 180 KB
+
+	// crm holds about 180 KB of the 600 KB budget in a transfer in
+	// progress; a second 180 KB would pass its share of 300 KB.
+	a := dialSMTP(t, e.insecure)
+	a.login()
+	a.cmd("MAIL FROM:<billing@contoso.com> SIZE=184000", "250 ")
+	a.cmd("RCPT TO:<x@example.org>", "250 ")
+	a.cmd("DATA", "354 ")
+	a.write(big)
+	waitFor(t, 5*time.Second, "A's body in the budget", func() bool { return e.f.ingest.budget.inUse() >= 150<<10 })
+
+	b := dialSMTP(t, e.insecure)
+	b.login()
+	b.cmd("MAIL FROM:<billing@contoso.com> SIZE=184000", "452 4.3.1 Insufficient system storage")
+	b.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	b.cmd("RCPT TO:<x@example.org>", "250 ")
+	b.cmd("DATA", "354 ")
+	b.write(big + ".\r\n")
+	b.expect("452 4.3.1 Insufficient system storage")
+
+	// web has the rest of the budget.
+	w := dialSMTP(t, e.insecure)
+	w.cmd("EHLO client.test", "250 ")
+	w.cmd("AUTH PLAIN "+smtpPlain("", webUser, webPassword), "235 ")
+	w.cmd("MAIL FROM:<web@fabrikam.example> SIZE=184000", "250 ")
+	w.cmd("RCPT TO:<x@example.org>", "250 ")
+	w.cmd("DATA", "354 ")
+	w.write(big + ".\r\n")
+	w.expect("250 2.0.0 Queued as ")
+
+	a.write(".\r\n")
+	a.expect("250 2.0.0 Queued as ")
+	// With A stored, crm's share has room again.
+	b.cmd("MAIL FROM:<billing@contoso.com> SIZE=184000", "250 ")
+	b.cmd("RCPT TO:<x@example.org>", "250 ")
+	b.cmd("DATA", "354 ")
+	b.write(big + ".\r\n")
+	b.expect("250 2.0.0 Queued as ")
+	if n := e.f.ingest.budget.inUse(); n != 0 {
+		t.Errorf("%d bytes still counted after every message ended", n)
+	}
+}
+
+// TestInflightPerAppDefault: an application's share is half the budget,
+// but never less than one message of the largest size.
+func TestInflightPerAppDefault(t *testing.T) {
+	for _, c := range []struct{ budget, maxMsg, set, want int64 }{
+		{256 << 20, 35 << 20, 0, 128 << 20},
+		{40 << 20, 35 << 20, 0, 35 << 20},
+		{256 << 20, 35 << 20, 200 << 20, 200 << 20},
+	} {
+		o := SMTPOptions{MaxInflightBytes: c.budget, MaxMessageBytes: c.maxMsg, MaxInflightBytesPerApp: c.set}
+		if got := o.inflightPerApp(); got != c.want {
+			t.Errorf("budget %d, max message %d, set %d: share %d, want %d", c.budget, c.maxMsg, c.set, got, c.want)
+		}
+	}
+	b := newInflight(100, 60)
+	if !b.take("a", 60) || b.take("a", 1) || !b.take("b", 40) || b.take("", 1) {
+		t.Error("a share of 60 in a budget of 100: want a's 60 taken, a's 61st byte refused, b's 40 taken, then nothing more")
+	}
+	b.give("a", 60)
+	if !b.fits("a", 60) || b.fits("b", 21) {
+		t.Error("after a gave back its 60: want a's 60 to fit, and b's 21 more not (its share is 60)")
+	}
+}
+
 // TestInflightBudgetHTTP: the HTTP API shares the budget and answers 503
 // with Retry-After when a message does not fit.
 func TestInflightBudgetHTTP(t *testing.T) {
 	e := newAPIEnv(t, apiConfig{maxBytes: 200 << 10})
-	e.f.ingest.budget = newInflight(300 << 10)
-	if !e.f.ingest.budget.take(200 << 10) {
+	e.f.ingest.budget = newInflight(300<<10, 0)
+	if !e.f.ingest.budget.take("", 200<<10) {
 		t.Fatal("take")
 	}
 	big := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 98)+"\r\n", 1800)
@@ -66,17 +143,32 @@ func TestInflightBudgetHTTP(t *testing.T) {
 	if r.header.Get("Retry-After") == "" {
 		t.Error("no Retry-After")
 	}
-	e.f.ingest.budget.give(200 << 10)
+	e.f.ingest.budget.give("", 200<<10)
 	accepted(t, e.post(t, crmToken, "from=billing@contoso.com&to=a@x.example", big, nil))
 	if n := e.f.ingest.budget.inUse(); n != 0 {
 		t.Errorf("%d bytes still counted", n)
 	}
 }
 
+// TestInflightPerAppHTTP: the HTTP API counts a message against its
+// application's share too.
+func TestInflightPerAppHTTP(t *testing.T) {
+	e := newAPIEnv(t, apiConfig{maxBytes: 200 << 10})
+	e.f.ingest.budget = newInflight(600<<10, 300<<10)
+	if !e.f.ingest.budget.take("crm", 200<<10) {
+		t.Fatal("take")
+	}
+	big := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 98)+"\r\n", 1800)
+	wantError(t, e.post(t, crmToken, "from=billing@contoso.com&to=a@x.example", big, nil), 503, "insufficient_storage")
+	accepted(t, e.post(t, webToken, "from=web@fabrikam.example&to=a@x.example", big, nil))
+	e.f.ingest.budget.give("crm", 200<<10)
+	accepted(t, e.post(t, crmToken, "from=billing@contoso.com&to=a@x.example", big, nil))
+}
+
 // TestBodyBufCopies: a message read with its size known is held once; the
 // stored bytes are the Received: header and the message, in one buffer.
 func TestBodyBufCopies(t *testing.T) {
-	budget := newInflight(1 << 30)
+	budget := newInflight(1<<30, 0)
 	b := newBodyBuf(budget)
 	msg := strings.Repeat("y", 10<<20)
 	if err := b.setPrefix([]byte("Received: x\r\n")); err != nil {
@@ -115,7 +207,7 @@ func TestBodyBufCopies(t *testing.T) {
 // nothing of the message before shows in it; a message that grew past
 // the first buffer keeps its own, and every byte is given back.
 func TestBodyBufReuse(t *testing.T) {
-	budget := newInflight(1 << 30)
+	budget := newInflight(1<<30, 0)
 	long := strings.Repeat("long message ", 4000) // 52,000 bytes
 	reused := false
 	// The pool keeps a buffer per P: a goroutine moved to another P

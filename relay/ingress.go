@@ -70,18 +70,22 @@ type submission struct {
 // temporary failure and try again.
 var errStore = errors.New("the queue could not store the message")
 
-// newBody returns an empty message buffer counted against the budget.
-func (in *ingress) newBody() *bodyBuf {
+// newBody returns an empty message buffer counted against the budget and
+// app's share of it.
+func (in *ingress) newBody(app string) *bodyBuf {
 	b := in.budget
 	if b == nil {
-		b = newInflight(math.MaxInt64)
+		b = newInflight(math.MaxInt64, 0)
 	}
-	return newBodyBuf(b)
+	buf := newBodyBuf(b)
+	buf.app = app
+	return buf
 }
 
-// fits reports whether a message of n bytes fits in the budget now.
-func (in *ingress) fits(n int64) bool {
-	return in.budget == nil || in.budget.inUse()+n <= in.budget.max
+// fits reports whether a message of n bytes from app fits in the budget
+// now.
+func (in *ingress) fits(app string, n int64) bool {
+	return in.budget == nil || in.budget.fits(app, n)
 }
 
 // stamp returns the Received: header for s, or nil when the relay has no

@@ -94,5 +94,18 @@ func (o *Options) validateIngress() error {
 	if o.SMTP.MaxInflightBytes < o.SMTP.MaxMessageBytes {
 		return bad("smtp.max_inflight_bytes", "must be at least smtp.max_message_bytes (%d)", o.SMTP.MaxMessageBytes)
 	}
+	if p := o.SMTP.MaxInflightBytesPerApp; p != 0 && (p < o.SMTP.MaxMessageBytes || p > o.SMTP.MaxInflightBytes) {
+		return bad("smtp.max_inflight_bytes_per_app", "must be 0 (half of smtp.max_inflight_bytes), or from smtp.max_message_bytes (%d) to smtp.max_inflight_bytes (%d)",
+			o.SMTP.MaxMessageBytes, o.SMTP.MaxInflightBytes)
+	}
 	return nil
+}
+
+// inflightPerApp is the bytes one application may hold of the in-flight
+// budget (see SMTPOptions.MaxInflightBytesPerApp).
+func (o SMTPOptions) inflightPerApp() int64 {
+	if o.MaxInflightBytesPerApp > 0 {
+		return o.MaxInflightBytesPerApp
+	}
+	return max(o.MaxInflightBytes/2, o.MaxMessageBytes)
 }

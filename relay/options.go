@@ -235,6 +235,12 @@ type SMTPOptions struct {
 	// message that grows past it, gets 452 4.3.1 (HTTP 503). Default
 	// 268435456 (256 MiB).
 	MaxInflightBytes int64 `yaml:"max_inflight_bytes"`
+	// MaxInflightBytesPerApp bounds one application's share of
+	// MaxInflightBytes, so that one application's slow or many transfers
+	// leave room for the others: past it, that application gets 452 4.3.1
+	// (HTTP 503) while others are still taken. Default 0: half of
+	// MaxInflightBytes, or MaxMessageBytes if that is more.
+	MaxInflightBytesPerApp int64 `yaml:"max_inflight_bytes_per_app"`
 }
 
 // Listener is one SMTP listening address.

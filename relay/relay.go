@@ -200,7 +200,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	a := newApps(o.Apps)
 	a.pool = newBcryptPool(o.AuthThrottle.BcryptWorkers)
 	in := &ingress{hostname: o.Hostname, store: s.queue, log: log.With("component", "ingress"), now: time.Now, route: route,
-		budget: newInflight(o.SMTP.MaxInflightBytes), maxLine: o.SMTP.MaxLineLength, timeout: o.Redis.IngressTimeout.D(),
+		budget: newInflight(o.SMTP.MaxInflightBytes, o.SMTP.inflightPerApp()), maxLine: o.SMTP.MaxLineLength, timeout: o.Redis.IngressTimeout.D(),
 		healthy: s.durable.err,
 		guard: newAuthGuard(queue.NewAuthThrottle(s.rdb, o.AuthThrottle.MaxFailures, o.AuthThrottle.Window.D()),
 			authThrottleTimeout, s.reg, log),

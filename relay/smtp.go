@@ -728,7 +728,7 @@ func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 		s.log.Info("MAIL refused", "app", appName(s.app), "from", from, "reply", err.Message)
 		return err
 	}
-	if opts.Size > 0 && !s.ing.in.fits(opts.Size) {
+	if opts.Size > 0 && !s.ing.in.fits(s.app.Name, opts.Size) {
 		s.log.Info("MAIL refused", "app", appName(s.app), "from", from, "size", opts.Size, "reply", errSMTPInsufficientStorage.Message)
 		return errSMTPInsufficientStorage
 	}
@@ -801,7 +801,7 @@ func (s *smtpSession) Data(r io.Reader) error {
 		remoteAddr: s.conn.Conn().RemoteAddr().String(),
 		helo:       s.conn.Hostname(),
 	}
-	buf := s.ing.in.newBody()
+	buf := s.ing.in.newBody(app.Name)
 	defer buf.release()
 	err := buf.setPrefix(s.ing.in.stamp(sub))
 	if err == nil && size > 0 && size <= s.ing.opts.MaxMessageBytes {
