@@ -32,6 +32,7 @@ var agreedMetrics = map[string]metric{
 	"holdfast_breaker_open":                        {"gauge", []string{"credential"}},
 	"holdfast_mailbox_breakers_open":               {"gauge", []string{"credential"}},
 	"holdfast_credential_expiry_timestamp_seconds": {"gauge", []string{"credential", "source"}},
+	"holdfast_smtp_connections_refused_total":      {"counter", []string{"limit"}},
 	"holdfast_ready":                               {"gauge", nil},
 	"holdfast_build_info":                          {"gauge", []string{"version", "goversion"}},
 }
