@@ -117,7 +117,6 @@ func (c *Credential) AppCredentials(ctx context.Context, graphURL string) ([]App
 	if err := json.Unmarshal(body, &app); err != nil {
 		return nil, fmt.Errorf("graph: application: %w", err)
 	}
-	hint, thumb := c.InUse()
 	var out []AppCredential
 	for _, p := range app.PasswordCredentials {
 		ac := AppCredential{Kind: "secret", KeyID: p.KeyID, DisplayName: p.DisplayName, Hint: p.Hint}
@@ -125,10 +124,8 @@ func (c *Credential) AppCredentials(ctx context.Context, graphURL string) ([]App
 			return nil, err
 		}
 		ac.Start, _ = graphTime("startDateTime", p.StartDateTime)
-		ac.InUse = hint != "" && p.Hint == hint
 		out = append(out, ac)
 	}
-	preferValid(out, c.opts.Now())
 	for _, k := range app.KeyCredentials {
 		ac := AppCredential{Kind: "certificate", KeyID: k.KeyID, DisplayName: k.DisplayName,
 			Thumbprint: thumbprintHex(k.CustomKeyIdentifier)}
@@ -136,10 +133,40 @@ func (c *Credential) AppCredentials(ctx context.Context, graphURL string) ([]App
 			return nil, err
 		}
 		ac.Start, _ = graphTime("startDateTime", k.StartDateTime)
-		ac.InUse = thumb != "" && ac.Thumbprint == thumb
 		out = append(out, ac)
 	}
+	c.MarkInUse(out)
 	return out, nil
+}
+
+// MarkInUse sets InUse on the entries of list, as AppCredentials returns
+// it, that are the secret or certificate this credential uses now: again
+// after SetSecretDates changed which secret is tried first.
+func (c *Credential) MarkInUse(list []AppCredential) {
+	hint, thumb := c.InUse()
+	for i, a := range list {
+		switch a.Kind {
+		case "secret":
+			list[i].InUse = hint != "" && a.Hint == hint
+		case "certificate":
+			list[i].InUse = thumb != "" && a.Thumbprint == thumb
+		}
+	}
+	preferValid(list, c.opts.Now())
+}
+
+// SecretDates are the end dates of list's secrets by hint, for
+// SetSecretDates. Of several secrets that share a hint, the latest date
+// counts: the secret of this credential with that hint is taken to be
+// the newest, as preferValid does.
+func SecretDates(list []AppCredential) map[string]time.Time {
+	dates := map[string]time.Time{}
+	for _, a := range list {
+		if a.Kind == "secret" && a.Hint != "" && a.End.After(dates[a.Hint]) {
+			dates[a.Hint] = a.End
+		}
+	}
+	return dates
 }
 
 // preferValid settles a hint that several secrets share: a hint is only

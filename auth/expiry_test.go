@@ -93,6 +93,23 @@ func TestAppCredentialsSharedHint(t *testing.T) {
 	}
 }
 
+// TestSecretDatesSharedHint: of secrets sharing a hint the latest date
+// counts, whatever Graph's order; certificates have no hint.
+func TestSecretDatesSharedHint(t *testing.T) {
+	early, late := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, list := range [][]AppCredential{
+		{{Kind: "secret", Hint: "abc", End: late}, {Kind: "secret", Hint: "abc", End: early}},
+		{{Kind: "secret", Hint: "abc", End: early}, {Kind: "secret", Hint: "abc", End: late}},
+	} {
+		list = append(list, AppCredential{Kind: "certificate", Thumbprint: "AA", End: late},
+			AppCredential{Kind: "secret", Hint: "xyz", End: early})
+		got := SecretDates(list)
+		if len(got) != 2 || !got["abc"].Equal(late) || !got["xyz"].Equal(early) {
+			t.Errorf("SecretDates(%+v) = %v, want abc %v and xyz %v", list, got, late, early)
+		}
+	}
+}
+
 func TestAppCredentialsMatchesTheCertificateByThumbprint(t *testing.T) {
 	key := testKey(t, 0)
 	notAfter := time.Now().Add(40 * 24 * time.Hour).UTC().Truncate(time.Second)

@@ -392,26 +392,18 @@ func (m *ExpiryMonitor) check(ctx context.Context, c Credential) {
 		var graph []Expiry
 		var err error
 		if allowed {
-			graph, err = m.readGraph(ctx, c.Name, live)
-			if err == nil {
-				// With several secrets, the one Graph gives the latest
-				// end date is tried first.
-				dates := map[string]time.Time{}
-				for _, e := range graph {
-					if e.Hint != "" {
-						dates[e.Hint] = e.ExpiresAt
-					}
-				}
-				if live.SetSecretDates(dates) {
-					// Another secret is tried first now: mark its dates.
-					list = m.localExpiries(c)
-					hint, _ := live.InUse()
-					for i := range graph {
-						if graph[i].Hint != "" {
-							graph[i].InUse = graph[i].Hint == hint
-						}
-					}
-				}
+			var acs []auth.AppCredential
+			acs, err = m.readGraph(ctx, c.Name, live)
+			// With several secrets, the one Graph gives the latest end
+			// date is tried first.
+			if err == nil && live.SetSecretDates(auth.SecretDates(acs)) {
+				// Another secret is tried first now: mark its dates.
+				list = m.localExpiries(c)
+				live.MarkInUse(acs)
+			}
+			for _, ac := range acs {
+				graph = append(graph, Expiry{Credential: c.Name, Source: SourceGraph, Hint: ac.Hint, Thumbprint: ac.Thumbprint,
+					KeyID: ac.KeyID, DisplayName: ac.DisplayName, ExpiresAt: ac.End, InUse: ac.InUse})
 			}
 		} else {
 			err = errors.New("not read while the credential's breaker is open; tried again every " + m.cfg.retry.String())
@@ -454,7 +446,7 @@ func (m *ExpiryMonitor) graphExpiries(name string) []Expiry {
 // readGraph lists the app registration's secrets and certificates. A 403
 // is logged once at info, naming the missing permission; other failures
 // once per distinct error at warning.
-func (m *ExpiryMonitor) readGraph(ctx context.Context, name string, live *auth.Credential) ([]Expiry, error) {
+func (m *ExpiryMonitor) readGraph(ctx context.Context, name string, live *auth.Credential) ([]auth.AppCredential, error) {
 	list, err := live.AppCredentials(ctx, m.cfg.graphURL)
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -478,12 +470,7 @@ func (m *ExpiryMonitor) readGraph(ctx context.Context, name string, live *auth.C
 	}
 	delete(m.denied, name)
 	delete(m.failed, name)
-	out := make([]Expiry, 0, len(list))
-	for _, ac := range list {
-		out = append(out, Expiry{Credential: name, Source: SourceGraph, Hint: ac.Hint, Thumbprint: ac.Thumbprint,
-			KeyID: ac.KeyID, DisplayName: ac.DisplayName, ExpiresAt: ac.End, InUse: ac.InUse})
-	}
-	return out, nil
+	return list, nil
 }
 
 // ExpiringEvent is the body of the credential.expiring webhook event.

@@ -444,3 +444,47 @@ func TestSecretsOrderedByGraph(t *testing.T) {
 		t.Fatalf("after the delivery the secret in use is %q, want Nxt", hint)
 	}
 }
+
+// TestSecretsOrderedByGraphSharedHint: Graph also lists an expired secret
+// that shares its 3-character hint with the later one. The later one is
+// still preferred, and of the two only the valid one is marked in use:
+// the credential is not reported expired.
+func TestSecretsOrderedByGraphSharedHint(t *testing.T) {
+	const second = "Nxt~second-secret-value"
+	later := time.Now().Add(400 * 24 * time.Hour).UTC().Truncate(time.Second)
+	gone := time.Now().Add(-24 * time.Hour).UTC().Truncate(time.Second)
+	e := newExchangeEnvSim(t, 1, func(c *sim.Config) {
+		c.Tenants[0].Apps[0].Secrets = append(c.Tenants[0].Apps[0].Secrets,
+			sim.Secret{Value: second, ExpiresAt: later},
+			sim.Secret{Value: "Nxt~an-older-secret-value", ExpiresAt: gone})
+	}, func(o *Options) {
+		first := o.Credentials[0].ClientSecretFile
+		path := filepath.Join(filepath.Dir(first), "second.secret")
+		writeFile(t, path, second+"\n")
+		o.Credentials[0].ClientSecretFile = ""
+		o.Credentials[0].ClientSecretFiles = []string{first, path}
+	})
+	cred := e.relays[0].exchange.creds["contoso"]
+	waitFor(t, 5*time.Second, "the later secret preferred after the Graph read", func() bool {
+		hint, _ := cred.InUse()
+		return hint == "Nxt"
+	})
+	var ce CredentialExpiry
+	waitFor(t, 5*time.Second, "its Graph date marked in use", func() bool {
+		ce = e.relays[0].Expiry().Expiries()[0]
+		for _, x := range ce.Expiries {
+			if x.Source == SourceGraph && x.InUse && x.Hint == "Nxt" && x.ExpiresAt.Equal(later) {
+				return true
+			}
+		}
+		return false
+	})
+	for _, x := range ce.Expiries {
+		if x.InUse && x.ExpiresAt.Equal(gone) {
+			t.Errorf("the expired secret sharing the hint is marked in use: %+v", x)
+		}
+	}
+	if ce.Level == LevelExpired {
+		t.Errorf("the credential is reported expired: %+v", ce)
+	}
+}
