@@ -2,6 +2,7 @@ package relay
 
 import (
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -58,5 +59,25 @@ func TestRefusalLogsSampled(t *testing.T) {
 		if n := strings.Count(out, msg); n != want {
 			t.Errorf("%d lines with %q, want %d:\n%s", n, msg, want, out)
 		}
+	}
+}
+
+// TestSMTPErrorLogSampled: connections reset by their clients, each an
+// error line of go-smtp's, write one line per kind of error every
+// interval, not one each.
+func TestSMTPErrorLogSampled(t *testing.T) {
+	e := newSMTPEnv(t)
+	for range 8 {
+		c := dialSMTP(t, e.insecure)
+		c.write("EHLO client.test\r\n")
+		c.expect("250 ")
+		c.write("NOOP\r\n")
+		c.nc.(*net.TCPConn).SetLinger(0)
+		c.nc.Close()
+	}
+	waitFor(t, 5*time.Second, "a go-smtp error line", func() bool { return strings.Contains(e.logs.String(), "go-smtp: ") })
+	time.Sleep(200 * time.Millisecond)
+	if n := strings.Count(e.logs.String(), "go-smtp: "); n != 1 {
+		t.Errorf("%d go-smtp error lines for 8 resets, want 1:\n%s", n, e.logs.String())
 	}
 }

@@ -226,8 +226,8 @@ type SMTPOptions struct {
 	WriteTimeout Duration `yaml:"write_timeout"`
 	// MaxConnections in all, and per client IP. Defaults 1000 and 50
 	// (Postfix's smtpd_client_connection_count_limit). In a full table a
-	// new connection takes the place of the unauthenticated connection
-	// that has waited longest, a second or more, for its client.
+	// new connection takes the place of the oldest connection that has
+	// gone a second or more without authenticating.
 	MaxConnections      int `yaml:"max_connections"`
 	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
 	// MaxInflightBytes bounds the message bodies held in memory at once,

@@ -27,12 +27,12 @@ const (
 	// smtpGoodbyeTimeout bounds writing a 421 to a client that does not
 	// read, and the wait for sessions to end after shutdown closed them.
 	smtpGoodbyeTimeout = 5 * time.Second
-	// smtpEvictIdle is how long an unauthenticated connection must have
-	// waited for its client's next bytes before a new connection may take
-	// its place in a full connection table. A client that means to send
-	// answers within a round trip; one that holds a slot in silence, or
-	// stalls a TLS handshake, does not.
-	smtpEvictIdle = time.Second
+	// smtpEvictAge is how long a connection must have gone without
+	// authenticating before a new connection may take its place in a full
+	// connection table. An application authenticates within a few round
+	// trips of connecting; a client that holds a slot, silent or sending
+	// commands that lead nowhere, does not.
+	smtpEvictAge = time.Second
 )
 
 // smtpIngress is the SMTP submission endpoint: STARTTLS, AUTH PLAIN and
@@ -47,6 +47,8 @@ type smtpIngress struct {
 	tls      *tls.Config // nil when no listener offers STARTTLS
 	log      *slog.Logger
 	sample   *logSampler // one refused-connection line per client IP per interval
+	// errSample: one go-smtp error line per kind of error per interval.
+	errSample *logSampler
 
 	// base is the parent of the context of every enqueue. It is
 	// cancelled when shutdown ends, not when it starts, so that a DATA
@@ -65,13 +67,13 @@ type smtpIngress struct {
 	drained   chan struct{} // closed once closing and no connection is left
 	drainOnce sync.Once
 
-	// evictIdle is how long (ns) an unauthenticated connection must have
-	// waited for its client before a new connection may take its place in
-	// a full table: smtpEvictIdle, which tests change while serving.
-	evictIdle atomic.Int64
+	// evictAge is how long (ns) a connection must have gone without
+	// authenticating before a new connection may take its place in a full
+	// table: smtpEvictAge, which tests change while serving.
+	evictAge atomic.Int64
 
 	refused *prometheus.CounterVec // connections refused, by limit
-	evicted prometheus.Counter     // idle unauthenticated connections closed to make room
+	evicted prometheus.Counter     // unauthenticated connections closed to make room
 }
 
 // newSMTPIngress builds SMTP ingress. tlsConfig may be nil only when every
@@ -79,19 +81,20 @@ type smtpIngress struct {
 func newSMTPIngress(o Options, in *ingress, a *apps, tlsConfig *tls.Config, log *slog.Logger) *smtpIngress {
 	base, cancel := context.WithCancel(context.Background())
 	s := &smtpIngress{
-		opts:     o.SMTP,
-		hostname: o.Hostname,
-		in:       in,
-		apps:     a,
-		log:      log.With("component", "smtp"),
-		base:     base,
-		cancel:   cancel,
-		conns:    map[*smtpConn]struct{}{},
-		perIP:    map[string]int{},
-		drained:  make(chan struct{}),
-		sample:   newLogSampler(logSampleEvery),
+		opts:      o.SMTP,
+		hostname:  o.Hostname,
+		in:        in,
+		apps:      a,
+		log:       log.With("component", "smtp"),
+		base:      base,
+		cancel:    cancel,
+		conns:     map[*smtpConn]struct{}{},
+		perIP:     map[string]int{},
+		drained:   make(chan struct{}),
+		sample:    newLogSampler(logSampleEvery),
+		errSample: newLogSampler(logSampleEvery),
 	}
-	s.evictIdle.Store(int64(smtpEvictIdle))
+	s.evictAge.Store(int64(smtpEvictAge))
 	s.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "holdfast_smtp_connections_refused_total",
 		Help: "SMTP connections refused with 421 at connect, by the limit reached (total or per_ip).",
@@ -101,7 +104,7 @@ func newSMTPIngress(o Options, in *ingress, a *apps, tlsConfig *tls.Config, log 
 	}
 	s.evicted = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "holdfast_smtp_connections_evicted_total",
-		Help: "Unauthenticated SMTP connections, idle for a second or more, closed to make room for a new connection in a full table.",
+		Help: "SMTP connections unauthenticated for a second or more, closed to make room for a new connection in a full table.",
 	})
 	if tlsConfig != nil {
 		// The hook marks a connection as soon as its TLS handshake starts:
@@ -141,7 +144,7 @@ func (s *smtpIngress) serve(l net.Listener, insecure bool) error {
 	srv.AllowInsecureAuth = insecure
 	srv.EnableSMTPUTF8 = true
 	srv.TLSConfig = s.tls
-	srv.ErrorLog = smtpErrorLog{s.log}
+	srv.ErrorLog = smtpErrorLog{s.log, s.errSample}
 
 	s.mu.Lock()
 	if s.closing.Load() {
@@ -220,11 +223,12 @@ func (s *smtpIngress) shutdown(ctx context.Context) error {
 
 // admit registers a new connection, or returns a refusal when a connection
 // limit is reached or shutdown has begun. When the table is full, the
-// unauthenticated connection that has waited longest for its client, if
-// for evictIdle or more, is told to go and the new one takes its place:
-// otherwise anyone could hold every slot without a password, from a few
-// addresses, for the whole read timeout. Authenticated connections are
-// never closed to make room.
+// oldest connection that has gone evictAge or more without
+// authenticating, and is waiting for its client, is told to go and the
+// new one takes its place: otherwise anyone could hold every slot without
+// a password, from a few addresses, for the whole read timeout.
+// Authenticated connections are never closed to make room, nor is one
+// whose command the relay is working on (a password check).
 func (s *smtpIngress) admit(nc net.Conn) (*smtpConn, *smtp.SMTPError) {
 	ip := clientIP(nc.RemoteAddr())
 	s.mu.Lock()
@@ -238,7 +242,7 @@ func (s *smtpIngress) admit(nc net.Conn) (*smtpConn, *smtp.SMTPError) {
 		s.refused.WithLabelValues("per_ip").Inc()
 		return nil, errSMTPTooManyConnections
 	case len(s.conns)-s.evicting >= s.opts.MaxConnections:
-		if victim = s.idlestUnauthenticated(); victim == nil {
+		if victim = s.oldestUnauthenticated(); victim == nil {
 			s.mu.Unlock()
 			s.refused.WithLabelValues("total").Inc()
 			return nil, errSMTPTooManyConnections
@@ -246,35 +250,37 @@ func (s *smtpIngress) admit(nc net.Conn) (*smtpConn, *smtp.SMTPError) {
 		victim.evicted.Store(true)
 		s.evicting++
 	}
-	c := &smtpConn{Conn: nc, ing: s, ip: ip}
+	c := &smtpConn{Conn: nc, ing: s, ip: ip, admitted: time.Now()}
 	c.top = c
 	s.conns[c] = struct{}{}
 	s.perIP[ip]++
 	s.mu.Unlock()
 	if victim != nil {
 		s.evicted.Inc()
-		s.log.Info("idle unauthenticated connection closed to make room", "remote", victim.RemoteAddr().String(),
-			"for", nc.RemoteAddr().String())
+		if ok, held := s.sample.allow("evicted " + victim.ip); ok {
+			s.log.Info("unauthenticated connection closed to make room", withHeld([]any{"remote", victim.RemoteAddr().String(),
+				"for", nc.RemoteAddr().String(), "connected_for", time.Since(victim.admitted).Round(time.Millisecond)}, held)...)
+		}
 		victim.interrupt()
 	}
 	return c, nil
 }
 
-// idlestUnauthenticated returns the connection, not authenticated and not
-// already told to go, that has waited longest for its client, if that is
-// evictIdle or more; or nil. s.mu is held.
-func (s *smtpIngress) idlestUnauthenticated() *smtpConn {
-	var idlest *smtpConn
-	oldest := time.Now().UnixNano() - s.evictIdle.Load()
+// oldestUnauthenticated returns the oldest connection that is not
+// authenticated, not already told to go, waiting for its client, and
+// connected for evictAge or more; or nil. s.mu is held.
+func (s *smtpIngress) oldestUnauthenticated() *smtpConn {
+	var victim *smtpConn
+	oldest := time.Now().Add(-time.Duration(s.evictAge.Load()))
 	for c := range s.conns {
-		if c.authenticated.Load() || c.evicted.Load() {
+		if c.authenticated.Load() || c.evicted.Load() || !c.waiting.Load() {
 			continue
 		}
-		if w := c.waitingSince.Load(); w != 0 && w <= oldest {
-			idlest, oldest = c, w
+		if !c.admitted.After(oldest) {
+			victim, oldest = c, c.admitted
 		}
 	}
-	return idlest
+	return victim
 }
 
 // collectors are the ingress's metrics, for the relay's registry.
@@ -360,9 +366,10 @@ type smtpConn struct {
 	ip        string
 	closeOnce sync.Once
 
-	authenticated atomic.Bool  // AUTH succeeded: never evicted
-	evicted       atomic.Bool  // told to go to make room; set under ing.mu
-	waitingSince  atomic.Int64 // when a read began waiting for the client (Unix ns), or 0
+	authenticated atomic.Bool // AUTH succeeded: never evicted
+	evicted       atomic.Bool // told to go to make room; set under ing.mu
+	waiting       atomic.Bool // a read waits for the client
+	admitted      time.Time   // when the connection was taken in
 
 	mu          sync.Mutex
 	top         net.Conn // where go-smtp writes replies: this connection or the TLS one over it
@@ -396,9 +403,9 @@ func (c *smtpConn) Read(b []byte) (int, error) {
 	if c.byeIfClosing() {
 		return 0, io.EOF
 	}
-	c.waitingSince.Store(time.Now().UnixNano())
+	c.waiting.Store(true)
 	n, err := c.Conn.Read(b)
-	c.waitingSince.Store(0)
+	c.waiting.Store(false)
 	if n == 0 && isTimeout(err) && c.byeIfClosing() {
 		return 0, io.EOF
 	}
@@ -926,7 +933,14 @@ func (s saslReplies) Next(response []byte) ([]byte, bool, error) {
 
 // smtpErrorLog passes go-smtp's own error messages, connection errors and
 // recovered panics, to slog.
-type smtpErrorLog struct{ log *slog.Logger }
+// smtpErrorLog writes go-smtp's error lines as warnings, one line per kind
+// of error (the text after the last colon, as "connection reset by peer")
+// every interval: clients that reset their connections by the thousand
+// do not flood the log. Panics are always written.
+type smtpErrorLog struct {
+	log    *slog.Logger
+	sample *logSampler
+}
 
 func (l smtpErrorLog) Printf(format string, v ...any) { l.print(fmt.Sprintf(format, v...)) }
 
@@ -937,5 +951,8 @@ func (l smtpErrorLog) print(msg string) {
 		l.log.Error("go-smtp: "+msg, "panic", true)
 		return
 	}
-	l.log.Warn("go-smtp: " + msg)
+	kind := msg[strings.LastIndex(msg, ": ")+1:]
+	if ok, held := l.sample.allow(kind); ok {
+		l.log.Warn("go-smtp: "+msg, withHeld(nil, held)...)
+	}
 }

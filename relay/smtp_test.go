@@ -386,8 +386,8 @@ func TestSMTPConnectionLimits(t *testing.T) {
 		o.SMTP.MaxConnectionsPerIP = 2
 		o.SMTP.MaxConnections = 3
 	})
-	// The connections below are never idle long enough to be evicted.
-	e.ing.evictIdle.Store(int64(time.Hour))
+	// The connections below are never old enough to be evicted.
+	e.ing.evictAge.Store(int64(time.Hour))
 	const tooMany = "421 4.7.0 Too many connections, try again later"
 	ip1, ip2, ip3 := net.IPv4(127, 0, 0, 1), net.IPv4(127, 0, 0, 2), net.IPv4(127, 0, 0, 3)
 	first := dialSMTPRaw(t, e.insecure, ip1)
@@ -430,14 +430,14 @@ func TestSMTPConnectionLimits(t *testing.T) {
 }
 
 // A full connection table makes room for a new connection by closing the
-// unauthenticated connection that has waited longest for its client; an
-// authenticated one is never closed for it.
-func TestSMTPFullTableEvictsIdleUnauthenticated(t *testing.T) {
+// oldest connection that has not authenticated; an authenticated one is
+// never closed for it.
+func TestSMTPFullTableEvictsOldestUnauthenticated(t *testing.T) {
 	e := newSMTPEnv(t, func(o *Options) {
 		o.SMTP.MaxConnections = 3
 		o.SMTP.MaxConnectionsPerIP = 10
 	})
-	e.ing.evictIdle.Store(int64(50 * time.Millisecond))
+	e.ing.evictAge.Store(int64(50 * time.Millisecond))
 	const tooMany = "421 4.7.0 Too many connections, try again later"
 	app := dialSMTP(t, e.insecure)
 	app.login()
@@ -449,10 +449,10 @@ func TestSMTPFullTableEvictsIdleUnauthenticated(t *testing.T) {
 	idle2.expect("220 ")
 	time.Sleep(100 * time.Millisecond)
 
-	// The table is full: the newcomer gets in, and the connection that
-	// waited longest goes.
+	// The table is full: the newcomer gets in, and the oldest
+	// unauthenticated connection goes.
 	second := dialSMTP(t, e.insecure)
-	idle1.expect("421 4.7.0 Too many connections, unauthenticated idle sessions are closed first")
+	idle1.expect("421 4.7.0 Too many connections, unauthenticated sessions are closed first")
 	idle1.expectClosed()
 	idle2.cmd("NOOP", "250 ")
 	second.login()
@@ -472,7 +472,7 @@ func TestSMTPFullTableEvictsIdleUnauthenticated(t *testing.T) {
 	for _, c := range []*smtpTestConn{app, second, third} {
 		c.cmd("NOOP", "250 ")
 	}
-	if got := strings.Count(e.logs.String(), "idle unauthenticated connection closed"); got != 2 {
+	if got := strings.Count(e.logs.String(), "unauthenticated connection closed"); got != 2 {
 		t.Errorf("%d eviction log lines, want 2:\n%s", got, e.logs.String())
 	}
 	if n := testutil.ToFloat64(e.ing.evicted); n != 2 {
@@ -483,19 +483,40 @@ func TestSMTPFullTableEvictsIdleUnauthenticated(t *testing.T) {
 	}
 }
 
-// A connection waiting for its client for less than evictIdle, as one that
-// has just connected, is not closed to make room: the newcomer is refused.
+// A connection younger than the eviction age is not closed to make room:
+// the newcomer is refused.
 func TestSMTPFullTableKeepsBusyConnections(t *testing.T) {
 	e := newSMTPEnv(t, func(o *Options) {
 		o.SMTP.MaxConnections = 1
 		o.SMTP.MaxConnectionsPerIP = 10
 	})
-	e.ing.evictIdle.Store(int64(time.Hour))
+	e.ing.evictAge.Store(int64(time.Hour))
 	first := dialSMTP(t, e.insecure)
 	over := dialSMTPRaw(t, e.insecure, nil)
 	over.expect("421 4.7.0 Too many connections, try again later")
 	over.expectClosed()
 	first.cmd("EHLO client.test", "250 ")
+}
+
+// A client that never authenticates cannot keep its slot by sending a
+// command more often than the eviction age: what counts is how long it has
+// been connected without authenticating.
+func TestSMTPFullTableEvictsChattyUnauthenticated(t *testing.T) {
+	e := newSMTPEnv(t, func(o *Options) {
+		o.SMTP.MaxConnections = 1
+		o.SMTP.MaxConnectionsPerIP = 10
+	})
+	e.ing.evictAge.Store(int64(300 * time.Millisecond))
+	chatty := dialSMTP(t, e.addr)
+	chatty.cmd("EHLO client.test", "250 ")
+	for start := time.Now(); time.Since(start) < 500*time.Millisecond; {
+		chatty.cmd("NOOP", "250 ")
+		time.Sleep(30 * time.Millisecond)
+	}
+	dialSMTP(t, e.addr).cmd("EHLO client.test", "250 ")
+	chatty.write("NOOP\r\n")
+	chatty.expect("421 4.7.0 Too many connections, unauthenticated sessions are closed first")
+	chatty.expectClosed()
 }
 
 // A client that says STARTTLS and then sends no handshake holds its slot
@@ -505,7 +526,7 @@ func TestSMTPFullTableEvictsStalledSTARTTLS(t *testing.T) {
 		o.SMTP.MaxConnections = 1
 		o.SMTP.MaxConnectionsPerIP = 10
 	})
-	e.ing.evictIdle.Store(int64(50 * time.Millisecond))
+	e.ing.evictAge.Store(int64(50 * time.Millisecond))
 	stalled := dialSMTP(t, e.addr)
 	stalled.cmd("EHLO client.test", "250 ")
 	stalled.cmd("STARTTLS", "220 ")
@@ -522,7 +543,7 @@ func TestSMTPFullTableKeepsAuthInProgress(t *testing.T) {
 		o.SMTP.MaxConnections = 1
 		o.SMTP.MaxConnectionsPerIP = 10
 	})
-	s.smtp.evictIdle.Store(int64(50 * time.Millisecond))
+	s.smtp.evictAge.Store(int64(50 * time.Millisecond))
 	addr := s.SMTPAddrs()[0]
 	pool := s.smtp.apps.pool
 	for range cap(pool.shared) {

@@ -15,9 +15,9 @@ var (
 	// errSMTPTooManyConnections: 421 service not available (RFC 5321),
 	// X.7.0 other security or policy status.
 	errSMTPTooManyConnections = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many connections, try again later"}
-	// errSMTPEvicted: the same, to an unauthenticated idle connection
-	// closed to make room for a new one.
-	errSMTPEvicted = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many connections, unauthenticated idle sessions are closed first"}
+	// errSMTPEvicted: the same, to an unauthenticated connection closed to
+	// make room for a new one.
+	errSMTPEvicted = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many connections, unauthenticated sessions are closed first"}
 
 	// errSMTPAuthRequired: 530 authentication required (RFC 4954 section 6).
 	errSMTPAuthRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
