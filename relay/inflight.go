@@ -120,6 +120,9 @@ func (b *inflight) inUse() int64 {
 type bodyBuf struct {
 	budget *inflight
 	app    string // whose share of the budget it counts against
+	// limit, once readFrom has set it, is the most the buffer grows to:
+	// the header, the largest body and one byte to tell a body too big.
+	limit  int
 	buf    []byte
 	held   int64
 	prefix int // length of the Received: header at the start
@@ -129,13 +132,20 @@ func newBodyBuf(budget *inflight) *bodyBuf { return &bodyBuf{budget: budget} }
 
 // grow makes room for at least n more bytes. It grows by half, not by
 // doubling, so that a buffer is at most half again as large as its
-// message, and the old and new buffers together, while one is copied into
-// the other, at most 2.5 times.
+// message, and never past the limit: the old and new buffers together,
+// while one is copied into the other, are at most twice the largest
+// message (see minInflightBytes). Past the limit the body is too big.
 func (b *bodyBuf) grow(n int) error {
 	if cap(b.buf)-len(b.buf) >= n {
 		return nil
 	}
+	if b.limit > 0 && len(b.buf)+n > b.limit {
+		return errBodyTooBig
+	}
 	size := max(cap(b.buf)+cap(b.buf)/2, len(b.buf)+n, firstBuf)
+	if b.limit > 0 {
+		size = min(size, b.limit)
+	}
 	if !b.budget.take(b.app, int64(size)) {
 		return errInflightFull
 	}
@@ -173,6 +183,7 @@ func (b *bodyBuf) setPrefix(p []byte) error {
 // readFrom reads r to its end. More than max body bytes is errBodyTooBig;
 // a read error is returned as it is.
 func (b *bodyBuf) readFrom(r io.Reader, max int64) error {
+	b.limit = b.prefix + int(max) + 1
 	for {
 		if err := b.grow(1); err != nil {
 			return err

@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"errors"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -107,11 +109,11 @@ func TestInflightBudgetPerApp(t *testing.T) {
 }
 
 // TestInflightPerAppDefault: an application's share is half the budget,
-// but never less than one message of the largest size.
+// but never less than what one message of the largest size may need.
 func TestInflightPerAppDefault(t *testing.T) {
 	for _, c := range []struct{ budget, maxMsg, set, want int64 }{
 		{256 << 20, 35 << 20, 0, 128 << 20},
-		{40 << 20, 35 << 20, 0, 35 << 20},
+		{100 << 20, 35 << 20, 0, 70<<20 + 64<<10},
 		{256 << 20, 35 << 20, 200 << 20, 200 << 20},
 	} {
 		o := SMTPOptions{MaxInflightBytes: c.budget, MaxMessageBytes: c.maxMsg, MaxInflightBytesPerApp: c.set}
@@ -163,6 +165,53 @@ func TestInflightPerAppHTTP(t *testing.T) {
 	accepted(t, e.post(t, webToken, "from=web@fabrikam.example&to=a@x.example", big, nil))
 	e.f.ingest.budget.give("crm", 200<<10)
 	accepted(t, e.post(t, crmToken, "from=billing@contoso.com&to=a@x.example", big, nil))
+}
+
+// chunkReader returns its data n bytes a read, as a network peer does.
+type chunkReader struct {
+	data []byte
+	n    int
+}
+
+func (r *chunkReader) Read(p []byte) (int, error) {
+	if len(r.data) == 0 {
+		return 0, io.EOF
+	}
+	k := copy(p[:min(len(p), r.n)], r.data)
+	r.data = r.data[k:]
+	return k, nil
+}
+
+// TestBodyBufLargestFitsMinimumBudget: a message of the largest size,
+// without a size given, read a few KB at a time, fits in the smallest
+// budget the options allow; one byte more is too big, not "full".
+func TestBodyBufLargestFitsMinimumBudget(t *testing.T) {
+	const maxMsg = 10 << 20
+	o := DefaultOptions().SMTP
+	o.MaxMessageBytes = maxMsg
+	budget := newInflight(minInflightBytes(o), 0)
+	prefix := []byte("Received: from client.test by relay.test; " + strings.Repeat("x", 300) + "\r\n")
+	for _, size := range []int{maxMsg, maxMsg - 100_000, 3 << 20} {
+		b := newBodyBuf(budget)
+		if err := b.setPrefix(prefix); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.readFrom(&chunkReader{data: make([]byte, size), n: 4096}, maxMsg); err != nil {
+			t.Errorf("a %d-byte message in a budget of %d: %v", size, budget.max, err)
+		}
+		b.release()
+	}
+	b := newBodyBuf(budget)
+	if err := b.setPrefix(prefix); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.readFrom(&chunkReader{data: make([]byte, maxMsg+1), n: 4096}, maxMsg); !errors.Is(err, errBodyTooBig) {
+		t.Errorf("a message one byte over the limit: %v, want errBodyTooBig", err)
+	}
+	b.release()
+	if n := budget.inUse(); n != 0 {
+		t.Errorf("%d bytes still counted", n)
+	}
 }
 
 // TestBodyBufCopies: a message read with its size known is held once; the

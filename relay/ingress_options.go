@@ -91,12 +91,13 @@ func (o *Options) validateIngress() error {
 	if o.AuthThrottle.BcryptWorkers < 0 {
 		return bad("auth_throttle.bcrypt_workers", "must not be negative (0 is half the CPUs)")
 	}
-	if o.SMTP.MaxInflightBytes < o.SMTP.MaxMessageBytes {
-		return bad("smtp.max_inflight_bytes", "must be at least smtp.max_message_bytes (%d)", o.SMTP.MaxMessageBytes)
+	least := minInflightBytes(o.SMTP)
+	if o.SMTP.MaxInflightBytes < least {
+		return bad("smtp.max_inflight_bytes", "must be at least twice smtp.max_message_bytes plus 64 KiB (%d): a message of the largest size needs that much while its buffer grows", least)
 	}
-	if p := o.SMTP.MaxInflightBytesPerApp; p != 0 && (p < o.SMTP.MaxMessageBytes || p > o.SMTP.MaxInflightBytes) {
-		return bad("smtp.max_inflight_bytes_per_app", "must be 0 (half of smtp.max_inflight_bytes), or from smtp.max_message_bytes (%d) to smtp.max_inflight_bytes (%d)",
-			o.SMTP.MaxMessageBytes, o.SMTP.MaxInflightBytes)
+	if p := o.SMTP.MaxInflightBytesPerApp; p != 0 && (p < least || p > o.SMTP.MaxInflightBytes) {
+		return bad("smtp.max_inflight_bytes_per_app", "must be 0 (half of smtp.max_inflight_bytes), or from twice smtp.max_message_bytes plus 64 KiB (%d) to smtp.max_inflight_bytes (%d)",
+			least, o.SMTP.MaxInflightBytes)
 	}
 	return nil
 }
@@ -107,5 +108,14 @@ func (o SMTPOptions) inflightPerApp() int64 {
 	if o.MaxInflightBytesPerApp > 0 {
 		return o.MaxInflightBytesPerApp
 	}
-	return max(o.MaxInflightBytes/2, o.MaxMessageBytes)
+	return max(o.MaxInflightBytes/2, minInflightBytes(o))
+}
+
+// minInflightBytes is the smallest budget, or application share of it,
+// that holds one message of the largest size however it arrives: its
+// buffer grows by half, up to the size limit, and holds the old buffer
+// and the new one while it copies; with a size given, the first buffer
+// and the sized one.
+func minInflightBytes(o SMTPOptions) int64 {
+	return 2*o.MaxMessageBytes + firstBuf
 }

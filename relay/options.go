@@ -239,7 +239,8 @@ type SMTPOptions struct {
 	// MaxInflightBytes, so that one application's slow or many transfers
 	// leave room for the others: past it, that application gets 452 4.3.1
 	// (HTTP 503) while others are still taken. Default 0: half of
-	// MaxInflightBytes, or MaxMessageBytes if that is more.
+	// MaxInflightBytes, or twice MaxMessageBytes plus 64 KiB if that is
+	// more (what one message of the largest size may need).
 	MaxInflightBytesPerApp int64 `yaml:"max_inflight_bytes_per_app"`
 }
 
