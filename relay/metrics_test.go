@@ -133,8 +133,35 @@ func TestDeliveryLatencyHistogram(t *testing.T) {
 	}
 }
 
+// TestCapacityGauges: /metrics says how many SMTP connections are open and
+// how many body bytes are held, and carries the Go runtime's and the
+// process's own metrics (goroutines, memory, open files).
+func TestCapacityGauges(t *testing.T) {
+	f := newFixture(t)
+	s := startRelayOn(t, f, nil)
+	for range 2 {
+		dialSMTP(t, s.SMTPAddrs()[0])
+	}
+	var fams map[string]*dto.MetricFamily
+	waitFor(t, 5*time.Second, "2 connections in holdfast_smtp_connections", func() bool {
+		fams = scrape(t, s)
+		v, _ := series(fams, "holdfast_smtp_connections", nil)
+		return v == 2
+	})
+	if v, ok := series(fams, "holdfast_inflight_bytes", nil); !ok || v != 0 {
+		t.Errorf("holdfast_inflight_bytes = %v (present %v), want 0", v, ok)
+	}
+	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes", "process_open_fds"} {
+		if v, ok := series(fams, name, nil); !ok || v <= 0 {
+			t.Errorf("%s = %v (present %v), want more than 0", name, v, ok)
+		}
+	}
+}
+
 // TestMetricsLint: the whole set passes the Prometheus linter, every name
-// starts with holdfast_, and no label carries a mailbox or message.
+// starts with holdfast_ (but the Go runtime's go_ and the process's
+// process_, named by client_golang), and no label carries a mailbox or
+// message.
 func TestMetricsLint(t *testing.T) {
 	e := newExchangeEnv(t, 1, nil)
 	e.submit(t, 0, "billing@contoso.com", "a@example.org", exchangeMessage(1, "billing@contoso.com"))
@@ -153,9 +180,9 @@ func TestMetricsLint(t *testing.T) {
 	}
 	allowed := map[string]bool{"ingress": true, "app": true, "outcome": true, "class": true, "credential": true,
 		"result": true, "kind": true, "to": true, "transport": true, "state": true, "source": true,
-		"version": true, "goversion": true, "limit": true}
+		"version": true, "goversion": true, "limit": true, "quantile": true}
 	for _, f := range fams {
-		if !strings.HasPrefix(f.GetName(), "holdfast_") {
+		if n := f.GetName(); !strings.HasPrefix(n, "holdfast_") && !strings.HasPrefix(n, "go_") && !strings.HasPrefix(n, "process_") {
 			t.Errorf("metric %s does not start with holdfast_", f.GetName())
 		}
 		for _, m := range f.GetMetric() {

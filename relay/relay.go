@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
 
 	"holdfast/auth"
@@ -236,6 +237,11 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	}
 	s.smtp = newSMTPIngress(o, in, a, tlsConfig, log)
 	s.reg.MustRegister(s.smtp.collectors()...)
+	s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "holdfast_inflight_bytes",
+		Help: "Message body bytes held in memory now, SMTP and HTTP together (smtp.max_inflight_bytes bounds them).",
+	}, func() float64 { return float64(in.budget.inUse()) }),
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, l := range o.SMTP.Listeners {
 		ln, err := net.Listen("tcp", l.Addr)
 		if err != nil {

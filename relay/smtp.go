@@ -285,7 +285,15 @@ func (s *smtpIngress) oldestUnauthenticated() *smtpConn {
 
 // collectors are the ingress's metrics, for the relay's registry.
 func (s *smtpIngress) collectors() []prometheus.Collector {
-	return []prometheus.Collector{s.refused, s.evicted}
+	open := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "holdfast_smtp_connections",
+		Help: "SMTP connections open now (smtp.max_connections bounds them).",
+	}, func() float64 {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return float64(len(s.conns))
+	})
+	return []prometheus.Collector{s.refused, s.evicted, open}
 }
 
 // release forgets a closed connection.
