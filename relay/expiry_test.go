@@ -418,13 +418,7 @@ func TestSecretsOrderedByGraph(t *testing.T) {
 	later := time.Now().Add(400 * 24 * time.Hour).UTC().Truncate(time.Second)
 	e := newExchangeEnvSim(t, 1, func(c *sim.Config) {
 		c.Tenants[0].Apps[0].Secrets = append(c.Tenants[0].Apps[0].Secrets, sim.Secret{Value: second, ExpiresAt: later})
-	}, func(o *Options) {
-		first := o.Credentials[0].ClientSecretFile
-		path := filepath.Join(filepath.Dir(first), "second.secret")
-		writeFile(t, path, second+"\n")
-		o.Credentials[0].ClientSecretFile = ""
-		o.Credentials[0].ClientSecretFiles = []string{first, path}
-	})
+	}, withSecondSecretFile(t, second))
 	cred := e.relays[0].exchange.creds["contoso"]
 	waitFor(t, 5*time.Second, "the later secret preferred after the Graph read", func() bool {
 		hint, _ := cred.InUse()
@@ -457,13 +451,7 @@ func TestSecretsOrderedByGraphSharedHint(t *testing.T) {
 		c.Tenants[0].Apps[0].Secrets = append(c.Tenants[0].Apps[0].Secrets,
 			sim.Secret{Value: second, ExpiresAt: later},
 			sim.Secret{Value: "Nxt~an-older-secret-value", ExpiresAt: gone})
-	}, func(o *Options) {
-		first := o.Credentials[0].ClientSecretFile
-		path := filepath.Join(filepath.Dir(first), "second.secret")
-		writeFile(t, path, second+"\n")
-		o.Credentials[0].ClientSecretFile = ""
-		o.Credentials[0].ClientSecretFiles = []string{first, path}
-	})
+	}, withSecondSecretFile(t, second))
 	cred := e.relays[0].exchange.creds["contoso"]
 	waitFor(t, 5*time.Second, "the later secret preferred after the Graph read", func() bool {
 		hint, _ := cred.InUse()
@@ -486,5 +474,17 @@ func TestSecretsOrderedByGraphSharedHint(t *testing.T) {
 	}
 	if ce.Level == LevelExpired {
 		t.Errorf("the credential is reported expired: %+v", ce)
+	}
+}
+
+// withSecondSecretFile configures the credential with two secret files:
+// the fixture's, then one holding second.
+func withSecondSecretFile(t *testing.T, second string) func(*Options) {
+	return func(o *Options) {
+		first := o.Credentials[0].ClientSecretFile
+		path := filepath.Join(filepath.Dir(first), "second.secret")
+		writeFile(t, path, second+"\n")
+		o.Credentials[0].ClientSecretFile = ""
+		o.Credentials[0].ClientSecretFiles = []string{first, path}
 	}
 }

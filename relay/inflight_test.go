@@ -2,6 +2,7 @@ package relay
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -13,42 +14,13 @@ import (
 // get 452 4.3.1; once the first message is stored, the same message is
 // taken.
 func TestInflightBudgetSMTP(t *testing.T) {
-	const maxMsg = 200 << 10
-	e := newSMTPEnv(t, func(o *Options) {
-		o.SMTP.MaxMessageBytes = maxMsg
-		o.SMTP.MaxInflightBytes = 300 << 10
-	})
-	e.f.ingest.budget = newInflight(300<<10, 0)
-	big := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 98)+"\r\n", 1800) // 180 KB
-
-	// A holds about 180 KB of the 300 KB budget in a transfer in progress.
-	a := dialSMTP(t, e.insecure)
-	a.login()
-	a.cmd("MAIL FROM:<billing@contoso.com> SIZE=184000", "250 ")
-	a.cmd("RCPT TO:<x@example.org>", "250 ")
-	a.cmd("DATA", "354 ")
-	a.write(big)
-	waitFor(t, 5*time.Second, "A's body in the budget", func() bool { return e.f.ingest.budget.inUse() >= 150<<10 })
-
-	b := dialSMTP(t, e.insecure)
-	b.login()
-	b.cmd("MAIL FROM:<billing@contoso.com> SIZE=184000", "452 4.3.1 Insufficient system storage")
-	b.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
-	b.cmd("RCPT TO:<x@example.org>", "250 ")
-	b.cmd("DATA", "354 ")
-	b.write(big + ".\r\n")
-	b.expect("452 4.3.1 Insufficient system storage")
-
+	e, big, a, b := holdAndRefuse(t, newInflight(300<<10, 0))
 	a.write(".\r\n")
 	a.expect("250 2.0.0 Queued as ")
 	if n := e.f.ingest.budget.inUse(); n != 0 {
 		t.Errorf("%d bytes still counted after both messages ended", n)
 	}
-	b.cmd("MAIL FROM:<billing@contoso.com> SIZE=184000", "250 ")
-	b.cmd("RCPT TO:<x@example.org>", "250 ")
-	b.cmd("DATA", "354 ")
-	b.write(big + ".\r\n")
-	b.expect("250 2.0.0 Queued as ")
+	b.sendSized("billing@contoso.com", big)
 	if n := len(smtpReady(t, e.f)); n != 2 {
 		t.Errorf("%d messages queued, want 2", n)
 	}
@@ -58,25 +30,48 @@ func TestInflightBudgetSMTP(t *testing.T) {
 // whole budget. While crm holds most of its share, its next message does
 // not fit although the budget has room; another application's does.
 func TestInflightBudgetPerApp(t *testing.T) {
-	const maxMsg = 200 << 10
-	e := newSMTPEnv(t, func(o *Options) {
-		o.SMTP.MaxMessageBytes = maxMsg
-		o.SMTP.MaxInflightBytes = 600 << 10
-	})
-	e.f.ingest.budget = newInflight(600<<10, 300<<10)
-	big := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 98)+"\r\n", 1800) // 180 KB
-
 	// crm holds about 180 KB of the 600 KB budget in a transfer in
 	// progress; a second 180 KB would pass its share of 300 KB.
-	a := dialSMTP(t, e.insecure)
+	e, big, a, b := holdAndRefuse(t, newInflight(600<<10, 300<<10))
+
+	// web has the rest of the budget.
+	w := dialSMTP(t, e.insecure)
+	w.cmd("EHLO client.test", "250 ")
+	w.cmd("AUTH PLAIN "+smtpPlain("", webUser, webPassword), "235 ")
+	w.sendSized("web@fabrikam.example", big)
+
+	a.write(".\r\n")
+	a.expect("250 2.0.0 Queued as ")
+	// With A stored, crm's share has room again.
+	b.sendSized("billing@contoso.com", big)
+	if n := e.f.ingest.budget.inUse(); n != 0 {
+		t.Errorf("%d bytes still counted after every message ended", n)
+	}
+}
+
+// holdAndRefuse starts SMTP ingress with budget (messages up to 200 KB),
+// where crm's transfer A holds a message of about 180 KB, its end not
+// sent yet. crm's second session B is refused the same message with
+// 452 4.3.1: at MAIL FROM with SIZE, and at the end of DATA without. It
+// returns the ingress, the message, and A and B.
+func holdAndRefuse(t *testing.T, budget *inflight) (e *smtpEnv, big string, a, b *smtpTestConn) {
+	t.Helper()
+	e = newSMTPEnv(t, func(o *Options) {
+		o.SMTP.MaxMessageBytes = 200 << 10
+		o.SMTP.MaxInflightBytes = budget.max
+	})
+	e.f.ingest.budget = budget
+	big = "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 98)+"\r\n", 1800) // 180 KB
+
+	a = dialSMTP(t, e.insecure)
 	a.login()
 	a.cmd("MAIL FROM:<billing@contoso.com> SIZE=184000", "250 ")
 	a.cmd("RCPT TO:<x@example.org>", "250 ")
 	a.cmd("DATA", "354 ")
 	a.write(big)
-	waitFor(t, 5*time.Second, "A's body in the budget", func() bool { return e.f.ingest.budget.inUse() >= 150<<10 })
+	waitFor(t, 5*time.Second, "A's body in the budget", func() bool { return budget.inUse() >= 150<<10 })
 
-	b := dialSMTP(t, e.insecure)
+	b = dialSMTP(t, e.insecure)
 	b.login()
 	b.cmd("MAIL FROM:<billing@contoso.com> SIZE=184000", "452 4.3.1 Insufficient system storage")
 	b.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
@@ -84,28 +79,18 @@ func TestInflightBudgetPerApp(t *testing.T) {
 	b.cmd("DATA", "354 ")
 	b.write(big + ".\r\n")
 	b.expect("452 4.3.1 Insufficient system storage")
+	return e, big, a, b
+}
 
-	// web has the rest of the budget.
-	w := dialSMTP(t, e.insecure)
-	w.cmd("EHLO client.test", "250 ")
-	w.cmd("AUTH PLAIN "+smtpPlain("", webUser, webPassword), "235 ")
-	w.cmd("MAIL FROM:<web@fabrikam.example> SIZE=184000", "250 ")
-	w.cmd("RCPT TO:<x@example.org>", "250 ")
-	w.cmd("DATA", "354 ")
-	w.write(big + ".\r\n")
-	w.expect("250 2.0.0 Queued as ")
-
-	a.write(".\r\n")
-	a.expect("250 2.0.0 Queued as ")
-	// With A stored, crm's share has room again.
-	b.cmd("MAIL FROM:<billing@contoso.com> SIZE=184000", "250 ")
-	b.cmd("RCPT TO:<x@example.org>", "250 ")
-	b.cmd("DATA", "354 ")
-	b.write(big + ".\r\n")
-	b.expect("250 2.0.0 Queued as ")
-	if n := e.f.ingest.budget.inUse(); n != 0 {
-		t.Errorf("%d bytes still counted after every message ended", n)
-	}
+// sendSized sends msg from from to x@example.org with MAIL FROM's SIZE
+// set, and expects it queued.
+func (c *smtpTestConn) sendSized(from, msg string) {
+	c.t.Helper()
+	c.cmd(fmt.Sprintf("MAIL FROM:<%s> SIZE=%d", from, len(msg)+2000), "250 ")
+	c.cmd("RCPT TO:<x@example.org>", "250 ")
+	c.cmd("DATA", "354 ")
+	c.write(msg + ".\r\n")
+	c.expect("250 2.0.0 Queued as ")
 }
 
 // TestInflightPerAppDefault: an application's share is half the budget,

@@ -429,15 +429,22 @@ func TestSMTPConnectionLimits(t *testing.T) {
 	}
 }
 
+// newSMTPTable is SMTP ingress whose connection table holds max
+// connections (10 per IP), evicting unauthenticated ones after age.
+func newSMTPTable(t *testing.T, max int, age time.Duration) *smtpEnv {
+	e := newSMTPEnv(t, func(o *Options) {
+		o.SMTP.MaxConnections = max
+		o.SMTP.MaxConnectionsPerIP = 10
+	})
+	e.ing.evictAge.Store(int64(age))
+	return e
+}
+
 // A full connection table makes room for a new connection by closing the
 // oldest connection that has not authenticated; an authenticated one is
 // never closed for it.
 func TestSMTPFullTableEvictsOldestUnauthenticated(t *testing.T) {
-	e := newSMTPEnv(t, func(o *Options) {
-		o.SMTP.MaxConnections = 3
-		o.SMTP.MaxConnectionsPerIP = 10
-	})
-	e.ing.evictAge.Store(int64(50 * time.Millisecond))
+	e := newSMTPTable(t, 3, 50*time.Millisecond)
 	const tooMany = "421 4.7.0 Too many connections, try again later"
 	app := dialSMTP(t, e.insecure)
 	app.login()
@@ -486,11 +493,7 @@ func TestSMTPFullTableEvictsOldestUnauthenticated(t *testing.T) {
 // A connection younger than the eviction age is not closed to make room:
 // the newcomer is refused.
 func TestSMTPFullTableKeepsBusyConnections(t *testing.T) {
-	e := newSMTPEnv(t, func(o *Options) {
-		o.SMTP.MaxConnections = 1
-		o.SMTP.MaxConnectionsPerIP = 10
-	})
-	e.ing.evictAge.Store(int64(time.Hour))
+	e := newSMTPTable(t, 1, time.Hour)
 	first := dialSMTP(t, e.insecure)
 	over := dialSMTPRaw(t, e.insecure, nil)
 	over.expect("421 4.7.0 Too many connections, try again later")
@@ -502,11 +505,7 @@ func TestSMTPFullTableKeepsBusyConnections(t *testing.T) {
 // command more often than the eviction age: what counts is how long it has
 // been connected without authenticating.
 func TestSMTPFullTableEvictsChattyUnauthenticated(t *testing.T) {
-	e := newSMTPEnv(t, func(o *Options) {
-		o.SMTP.MaxConnections = 1
-		o.SMTP.MaxConnectionsPerIP = 10
-	})
-	e.ing.evictAge.Store(int64(300 * time.Millisecond))
+	e := newSMTPTable(t, 1, 300*time.Millisecond)
 	chatty := dialSMTP(t, e.addr)
 	chatty.cmd("EHLO client.test", "250 ")
 	for start := time.Now(); time.Since(start) < 500*time.Millisecond; {
@@ -522,11 +521,7 @@ func TestSMTPFullTableEvictsChattyUnauthenticated(t *testing.T) {
 // A client that says STARTTLS and then sends no handshake holds its slot
 // in silence too.
 func TestSMTPFullTableEvictsStalledSTARTTLS(t *testing.T) {
-	e := newSMTPEnv(t, func(o *Options) {
-		o.SMTP.MaxConnections = 1
-		o.SMTP.MaxConnectionsPerIP = 10
-	})
-	e.ing.evictAge.Store(int64(50 * time.Millisecond))
+	e := newSMTPTable(t, 1, 50*time.Millisecond)
 	stalled := dialSMTP(t, e.addr)
 	stalled.cmd("EHLO client.test", "250 ")
 	stalled.cmd("STARTTLS", "220 ")
