@@ -33,6 +33,9 @@ var agreedMetrics = map[string]metric{
 	"holdfast_mailbox_breakers_open":               {"gauge", []string{"credential"}},
 	"holdfast_credential_expiry_timestamp_seconds": {"gauge", []string{"credential", "source"}},
 	"holdfast_smtp_connections_refused_total":      {"counter", []string{"limit"}},
+	"holdfast_smtp_connections_evicted_total":      {"counter", nil},
+	"holdfast_smtp_connections":                    {"gauge", nil},
+	"holdfast_inflight_bytes":                      {"gauge", nil},
 	"holdfast_ready":                               {"gauge", nil},
 	"holdfast_build_info":                          {"gauge", []string{"version", "goversion"}},
 }
