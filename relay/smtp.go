@@ -511,7 +511,9 @@ func (c *smtpConn) byeIfClosing() bool {
 	bye := errSMTPShuttingDown
 	switch {
 	case c.ing.closing.Load():
-	case c.evicted.Load():
+	case c.evicted.Load() && !c.authenticated.Load():
+		// A connection that authenticated between being chosen and
+		// being told stays: the table holds one more until it ends.
 		bye = errSMTPEvicted
 	default:
 		return false

@@ -91,3 +91,25 @@ func TestSMTPConnCoalescesReplies(t *testing.T) {
 		t.Fatalf("close: sent %q", got[len(got)-1])
 	}
 }
+
+// TestSMTPConnEvictedAfterAuth: a connection told to go that authenticated
+// in the moment between being chosen and its next read keeps its session;
+// one that did not gets the 421 and end of input.
+func TestSMTPConnEvictedAfterAuth(t *testing.T) {
+	for _, authed := range []bool{true, false} {
+		rc := &recordingConn{r: strings.NewReader("NOOP\r\n")}
+		ing := &smtpIngress{conns: map[*smtpConn]struct{}{}, perIP: map[string]int{}, drained: make(chan struct{})}
+		c := &smtpConn{Conn: rc, ing: ing, ip: "127.0.0.1"}
+		c.top = c
+		c.evicted.Store(true)
+		c.authenticated.Store(authed)
+		buf := make([]byte, 64)
+		n, err := c.Read(buf)
+		if authed && (err != nil || string(buf[:n]) != "NOOP\r\n") {
+			t.Errorf("authenticated: read %q, %v; want the command", buf[:n], err)
+		}
+		if !authed && (n != 0 || err == nil || !strings.HasPrefix(strings.Join(rc.sent(), ""), "421 4.7.0 ")) {
+			t.Errorf("not authenticated: read %q, %v, sent %q; want end of input after a 421", buf[:n], err, rc.sent())
+		}
+	}
+}
