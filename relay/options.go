@@ -267,6 +267,12 @@ type HTTPOptions struct {
 	// answer 403.
 	AdminTokenSHA256     string `yaml:"admin_token_sha256"`
 	AdminTokenSHA256File string `yaml:"admin_token_sha256_file"`
+	// MaxConnections bounds the API's open connections. In a full table a
+	// new connection takes the place of the oldest one not in a request
+	// (idle between requests, or a second without sending one); when
+	// every one is in a request, the newcomer gets 503 with Retry-After.
+	// Default 1000.
+	MaxConnections int `yaml:"max_connections"`
 }
 
 // QueueOptions tune the queue; see queue.Options.
@@ -421,7 +427,7 @@ func DefaultOptions() Options {
 			MaxConnectionsPerIP: 50,
 			MaxInflightBytes:    defaultMaxInflightBytes,
 		},
-		HTTP: HTTPOptions{Addr: "127.0.0.1:8025"},
+		HTTP: HTTPOptions{Addr: "127.0.0.1:8025", MaxConnections: 1000},
 		Ops:  defaultOpsOptions(),
 		Queue: QueueOptions{
 			Lifetime:           Duration(120 * time.Hour),
@@ -586,6 +592,9 @@ func (o *Options) Validate() error {
 	}
 	if err := o.validateIngress(); err != nil {
 		return err
+	}
+	if o.HTTP.MaxConnections < 1 {
+		return bad("http.max_connections", "must be at least 1")
 	}
 	if _, _, err := net.SplitHostPort(o.HTTP.Addr); err != nil {
 		return bad("http.addr", "%q is not host:port", o.HTTP.Addr)

@@ -126,6 +126,7 @@ func TestValidate(t *testing.T) {
 		{"smtp.max_inflight_bytes_per_app", func(o *relay.Options) { o.SMTP.MaxInflightBytesPerApp = o.SMTP.MaxInflightBytes + 1 }},
 		{"smtp.max_inflight_bytes_per_app", func(o *relay.Options) { o.SMTP.MaxInflightBytesPerApp = -1 }},
 		{"http.addr", func(o *relay.Options) { o.HTTP.Addr = "8025" }},
+		{"http.max_connections", func(o *relay.Options) { o.HTTP.MaxConnections = 0 }},
 		{"http.cert_file", func(o *relay.Options) { o.HTTP.CertFile = "c.pem" }},
 		{"http.cert_file", func(o *relay.Options) { o.HTTP.KeyFile = "k.pem" }},
 		// Validate reports the queue durations as one group.

@@ -38,6 +38,7 @@ type Server struct {
 	smtpLns   []net.Listener
 	httpSrv   *http.Server
 	httpLn    net.Listener
+	httpConns *httpConns
 	deliverer *deliverer
 	exchange  *exchange // nil unless delivery.sender is "exchange"
 	gate      *gate     // the auth circuit breakers, with exchange
@@ -249,10 +250,13 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		}
 		s.smtpLns = append(s.smtpLns, ln)
 	}
-	s.httpLn, err = net.Listen("tcp", o.HTTP.Addr)
+	httpLn, err := net.Listen("tcp", o.HTTP.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("http listener %s: %w", o.HTTP.Addr, err)
 	}
+	s.httpConns = newHTTPConns(o.HTTP.MaxConnections, o.HTTP.CertFile != "", log.With("component", "http"))
+	s.reg.MustRegister(s.httpConns.collectors()...)
+	s.httpLn = s.httpConns.listener(httpLn)
 	handler := newAPI(in, a, s.queue, s.ready, o.SMTP.MaxMessageBytes, log)
 	if s.exchange != nil && s.exchange.grants != nil {
 		handler.handleMailboxes(s.exchange.grants, routing.forget)
@@ -270,6 +274,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		WriteTimeout:      time.Minute,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ConnState:         s.httpConns.connState,
 	}
 	ok = true
 	return s, nil

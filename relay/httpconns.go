@@ -1,0 +1,201 @@
+package relay
+
+import (
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// httpConnAge is how long an HTTP connection must have gone without
+// sending a request before a new connection may take its place in a full
+// table. A client that means to send a request sends it at once.
+const httpConnAge = time.Second
+
+// httpConns bounds the HTTP API's connections (http.max_connections). In
+// a full table a new connection takes the place of the oldest one that is
+// not in a request: idle between requests (keep-alive, which a client
+// must be ready to see closed), or connected for httpConnAge without
+// sending one. When every connection is in a request, the newcomer gets
+// 503 with Retry-After and is closed. Without it, a client could hold
+// file descriptors by the thousand, and take them from SMTP and Redis.
+type httpConns struct {
+	max int
+	tls bool // the API serves TLS: a refused newcomer is closed without a reply
+	age atomic.Int64
+	log *slog.Logger
+
+	mu      sync.Mutex
+	conns   map[net.Conn]*httpConn // by the connection Accept returned
+	closing int                    // connections in conns told to go, not yet closed
+
+	refused prometheus.Counter
+	evicted prometheus.Counter
+	sample  *logSampler
+}
+
+type httpConn struct {
+	state   http.ConnState
+	since   time.Time // when it entered state
+	closing bool
+}
+
+func newHTTPConns(max int, tls bool, log *slog.Logger) *httpConns {
+	h := &httpConns{max: max, tls: tls, log: log, conns: map[net.Conn]*httpConn{}, sample: newLogSampler(logSampleEvery),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "holdfast_http_connections_refused_total",
+			Help: "HTTP API connections refused with 503 at connect: every connection was in a request (http.max_connections).",
+		}),
+		evicted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "holdfast_http_connections_evicted_total",
+			Help: "HTTP API connections not in a request, closed to make room for a new connection in a full table.",
+		}),
+	}
+	h.age.Store(int64(httpConnAge))
+	return h
+}
+
+// collectors are the table's metrics, for the relay's registry.
+func (h *httpConns) collectors() []prometheus.Collector {
+	open := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "holdfast_http_connections",
+		Help: "HTTP API connections open now (http.max_connections bounds them).",
+	}, func() float64 {
+		open, _, _ := h.counts()
+		return float64(open)
+	})
+	return []prometheus.Collector{h.refused, h.evicted, open}
+}
+
+// counts reports the open connections, those told to go, and those in a
+// request.
+func (h *httpConns) counts() (open, closing, active int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, c := range h.conns {
+		if c.state == http.StateActive {
+			active++
+		}
+	}
+	return len(h.conns), h.closing, active
+}
+
+// listener wraps l so that its connections are counted.
+func (h *httpConns) listener(l net.Listener) net.Listener {
+	return &httpListener{Listener: l, conns: h}
+}
+
+// connState is the server's ConnState hook: it follows each connection's
+// state and forgets closed ones.
+func (h *httpConns) connState(nc net.Conn, state http.ConnState) {
+	if t, ok := nc.(*tls.Conn); ok {
+		nc = t.NetConn()
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c := h.conns[nc]
+	if c == nil {
+		return
+	}
+	switch state {
+	case http.StateClosed, http.StateHijacked:
+		if c.closing {
+			h.closing--
+		}
+		delete(h.conns, nc)
+	default:
+		c.state, c.since = state, time.Now()
+	}
+}
+
+// admit takes nc in, closing a connection not in a request to make room
+// when the table is full, or reports false.
+func (h *httpConns) admit(nc net.Conn) bool {
+	h.mu.Lock()
+	var victim net.Conn
+	if len(h.conns)-h.closing >= h.max {
+		if victim = h.victimLocked(); victim == nil {
+			h.mu.Unlock()
+			return false
+		}
+		h.conns[victim].closing = true
+		h.closing++
+	}
+	h.conns[nc] = &httpConn{state: http.StateNew, since: time.Now()}
+	h.mu.Unlock()
+	if victim != nil {
+		h.evicted.Inc()
+		if ok, held := h.sample.allow(clientIP(victim.RemoteAddr())); ok {
+			h.log.Info("HTTP connection not in a request closed to make room", withHeld([]any{"remote", victim.RemoteAddr().String(),
+				"for", nc.RemoteAddr().String()}, held)...)
+		}
+		victim.Close()
+	}
+	return true
+}
+
+// victimLocked returns the connection to close for a newcomer: the one
+// idle between requests longest, else the oldest that has sent no request
+// for the table's age; or nil. h.mu is held.
+func (h *httpConns) victimLocked() net.Conn {
+	var idle, fresh net.Conn
+	var idleSince, freshSince time.Time
+	cutoff := time.Now().Add(-time.Duration(h.age.Load()))
+	for nc, c := range h.conns {
+		switch {
+		case c.closing:
+		case c.state == http.StateIdle && (idle == nil || c.since.Before(idleSince)):
+			idle, idleSince = nc, c.since
+		case c.state == http.StateNew && !c.since.After(cutoff) && (fresh == nil || c.since.Before(freshSince)):
+			fresh, freshSince = nc, c.since
+		}
+	}
+	if idle != nil {
+		return idle
+	}
+	return fresh
+}
+
+// refuse answers a newcomer that found no room and closes it: 503 on
+// plain HTTP; over TLS, where a reply needs a handshake, nothing.
+func (h *httpConns) refuse(nc net.Conn) {
+	defer nc.Close()
+	h.refused.Inc()
+	if ok, held := h.sample.allow("refused " + clientIP(nc.RemoteAddr())); ok {
+		h.log.Info("HTTP connection refused: every connection is in a request", withHeld([]any{"remote", nc.RemoteAddr().String()}, held)...)
+	}
+	if h.tls {
+		return
+	}
+	const body = `{"error":"too_many_connections","message":"The relay has as many HTTP connections as it may, each in a request; send the request again after the Retry-After delay."}` + "\n"
+	_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = io.WriteString(nc, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\n"+
+		"Content-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+}
+
+// httpListener admits connections within the table and refuses the
+// others.
+type httpListener struct {
+	net.Listener
+	conns *httpConns
+}
+
+func (l *httpListener) Accept() (net.Conn, error) {
+	for {
+		nc, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if l.conns.admit(nc) {
+			return nc, nil
+		}
+		l.conns.refuse(nc)
+	}
+}

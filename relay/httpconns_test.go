@@ -1,0 +1,138 @@
+package relay
+
+import (
+	"bufio"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// dialHTTPRaw connects to the HTTP API and sends nothing.
+func dialHTTPRaw(t *testing.T, s *Server) net.Conn {
+	t.Helper()
+	nc, err := net.DialTimeout("tcp", s.HTTPAddr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	return nc
+}
+
+// waitClosed fails the test unless the server closes nc within 5 s,
+// and returns what it sent first.
+func waitClosed(t *testing.T, nc net.Conn) string {
+	t.Helper()
+	_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, err := io.ReadAll(nc)
+	if err != nil && !isConnReset(err) {
+		t.Fatalf("waiting for the server to close: %v (read %q)", err, b)
+	}
+	return string(b)
+}
+
+// TestHTTPFullTable: with every HTTP connection slot taken, a new
+// request gets in by closing the oldest connection that is not in a
+// request (connected a second without sending one); when every connection
+// is in a request, a newcomer gets 503 with Retry-After.
+func TestHTTPFullTable(t *testing.T) {
+	f := newFixture(t)
+	logs := &syncBuffer{}
+	s := startRelayLogged(t, f, func(o *Options) { o.HTTP.MaxConnections = 2 }, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	defer func() {
+		if t.Failed() {
+			t.Logf("logs:\n%s", logs.String())
+		}
+	}()
+	s.httpConns.age.Store(int64(50 * time.Millisecond))
+	silent := dialHTTPRaw(t, s)
+	time.Sleep(20 * time.Millisecond)
+	dialHTTPRaw(t, s)
+	time.Sleep(100 * time.Millisecond)
+
+	if code, _ := httpFrom(t, s, nil, crmToken); code != http.StatusAccepted {
+		t.Fatalf("a request with the table full of silent connections: %d, want 202", code)
+	}
+	if got := waitClosed(t, silent); got != "" {
+		t.Errorf("the silent connection got %q before it was closed", got)
+	}
+
+	// The request's connection is gone once the server has seen its
+	// client close it.
+	waitFor(t, 5*time.Second, "only the second silent connection left", func() bool {
+		open, _, _ := s.httpConns.counts()
+		return open == 1
+	})
+	// Two requests whose bodies are still coming take both slots: the
+	// second closes the silent connection.
+	for range 2 {
+		busy := dialHTTPRaw(t, s)
+		_, _ = io.WriteString(busy, "POST /v1/messages?from=billing@contoso.com&to=a@example.org HTTP/1.1\r\nHost: x\r\n"+
+			"Authorization: Bearer "+crmToken+"\r\nContent-Length: 100\r\n\r\nSubject: t\r\n")
+	}
+	waitFor(t, 5*time.Second, "both requests in progress", func() bool {
+		_, _, active := s.httpConns.counts()
+		return active == 2
+	})
+	time.Sleep(100 * time.Millisecond)
+	over := dialHTTPRaw(t, s)
+	resp, err := http.ReadResponse(bufio.NewReader(over), nil)
+	if err != nil {
+		t.Fatalf("the newcomer: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" ||
+		!strings.Contains(string(body), `"error":"too_many_connections"`) {
+		t.Errorf("the newcomer: %d, Retry-After %q, %s; want 503 too_many_connections with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
+	if n := testutil.ToFloat64(s.httpConns.evicted); n != 2 {
+		t.Errorf("holdfast_http_connections_evicted_total = %v, want 2", n)
+	}
+	if n := testutil.ToFloat64(s.httpConns.refused); n != 1 {
+		t.Errorf("holdfast_http_connections_refused_total = %v, want 1", n)
+	}
+}
+
+// TestHTTPFullTableClosesIdleKeepAlive: a connection kept alive between
+// requests goes first, even a young one; a client reconnects for its next
+// request as HTTP lets it.
+func TestHTTPFullTableClosesIdleKeepAlive(t *testing.T) {
+	s := startRelayOn(t, newFixture(t), func(o *Options) { o.HTTP.MaxConnections = 1 })
+	s.httpConns.age.Store(int64(time.Hour))
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	post := func() int {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+s.HTTPAddr()+"/v1/messages?from=billing@contoso.com&to=a@example.org",
+			strings.NewReader("Subject: t\r\n\r\nhi\r\n"))
+		req.Header.Set("Authorization", "Bearer "+crmToken)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("POST: %v", err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post(); code != http.StatusAccepted {
+		t.Fatalf("first request: %d", code)
+	}
+	waitFor(t, 5*time.Second, "the kept connection idle", func() bool {
+		open, _, active := s.httpConns.counts()
+		return open == 1 && active == 0
+	})
+	if code, _ := httpFrom(t, s, nil, crmToken); code != http.StatusAccepted {
+		t.Fatalf("a request while the only slot holds an idle connection: %d, want 202", code)
+	}
+	waitFor(t, 5*time.Second, "the slot free again", func() bool {
+		open, _, _ := s.httpConns.counts()
+		return open == 0
+	})
+	if code := post(); code != http.StatusAccepted {
+		t.Fatalf("the kept-alive client's next request: %d, want 202", code)
+	}
+}
