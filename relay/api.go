@@ -521,7 +521,14 @@ type apiError struct {
 	Message string `json:"message"`
 }
 
+// writeError answers with an error and closes the connection after it
+// without reading more of the request: its body may be unread (a wrong
+// token is refused first), and net/http would otherwise read up to
+// 256 KiB of it, however slowly it comes, before and after the answer,
+// holding a connection slot all along.
 func writeError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Connection", "close")
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now())
 	writeJSON(w, status, apiError{Error: code, Message: msg})
 }
 

@@ -115,6 +115,8 @@ func TestHTTPFullTableClosesIdleKeepAlive(t *testing.T) {
 		if err != nil {
 			t.Fatalf("POST: %v", err)
 		}
+		// Read to its end, or the transport does not keep the connection.
+		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 		return resp.StatusCode
 	}
@@ -135,4 +137,28 @@ func TestHTTPFullTableClosesIdleKeepAlive(t *testing.T) {
 	if code := post(); code != http.StatusAccepted {
 		t.Fatalf("the kept-alive client's next request: %d, want 202", code)
 	}
+}
+
+// TestHTTPRefusalDoesNotWaitForTheBody: a request refused before its body
+// is read (a wrong token) gets its answer at once and its connection is
+// closed, instead of the server reading the rest of a body that may
+// trickle for the whole read timeout while it holds a connection slot.
+func TestHTTPRefusalDoesNotWaitForTheBody(t *testing.T) {
+	s := startRelayOn(t, newFixture(t), nil)
+	nc := dialHTTPRaw(t, s)
+	_, _ = io.WriteString(nc, "POST /v1/messages?from=billing@contoso.com&to=a@example.org HTTP/1.1\r\nHost: x\r\n"+
+		"Authorization: Bearer wrong-token\r\nContent-Length: 100000\r\n\r\nSubject: t\r\n")
+	_ = nc.SetReadDeadline(time.Now().Add(3 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
+	if err != nil {
+		t.Fatalf("no answer while the body is unsent: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("status %d, want 401", resp.StatusCode)
+	}
+	waitFor(t, 3*time.Second, "the connection gone from the table", func() bool {
+		open, _, _ := s.httpConns.counts()
+		return open == 0
+	})
 }
