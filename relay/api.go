@@ -344,7 +344,9 @@ func (h *api) readBody(w http.ResponseWriter, r *http.Request, buf *bodyBuf, pre
 	}
 	if err != nil {
 		if !errors.Is(err, errBodyTooBig) && !errors.Is(err, errInflightFull) {
-			h.log.Info("request body unreadable", "remote", r.RemoteAddr, "err", err)
+			if ok, held := h.sample.allow("unreadable " + clientIPString(r.RemoteAddr)); ok {
+				h.log.Info("request body unreadable", withHeld([]any{"remote", r.RemoteAddr, "err", err}, held)...)
+			}
 		}
 		return err
 	}

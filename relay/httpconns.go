@@ -39,16 +39,49 @@ type httpConns struct {
 	refused prometheus.Counter
 	evicted prometheus.Counter
 	sample  *logSampler
+
+	// lingering bounds the refused connections read out after their 503
+	// (see refuse); lingerers waits for them.
+	lingering chan struct{}
+	lingerers sync.WaitGroup
 }
+
+// httpLinger bounds how long a refused connection is read out after its
+// 503, and httpLingerers how many are at once; past that, one is closed
+// at once.
+const (
+	httpLinger    = time.Second
+	httpLingerers = 64
+)
 
 type httpConn struct {
 	state   http.ConnState
 	since   time.Time // when it entered state
 	closing bool
+	// reading: bytes of a request arrived since the connection was
+	// taken in or last went idle. net/http calls a connection active only
+	// once a request's header is whole; closing it before could cut a
+	// request that the relay then stores while its client sees an error.
+	reading atomic.Bool
+}
+
+// trackedConn is an admitted connection: it notes when bytes arrive.
+type trackedConn struct {
+	net.Conn
+	entry *httpConn
+}
+
+func (c *trackedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.entry.reading.Store(true)
+	}
+	return n, err
 }
 
 func newHTTPConns(max int, tls bool, log *slog.Logger) *httpConns {
 	h := &httpConns{max: max, tls: tls, log: log, conns: map[net.Conn]*httpConn{}, sample: newLogSampler(logSampleEvery),
+		lingering: make(chan struct{}, httpLingerers),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "holdfast_http_connections_refused_total",
 			Help: "HTTP API connections refused with 503 at connect: every connection was in a request (http.max_connections).",
@@ -112,23 +145,28 @@ func (h *httpConns) connState(nc net.Conn, state http.ConnState) {
 		delete(h.conns, nc)
 	default:
 		c.state, c.since = state, time.Now()
+		if state == http.StateIdle {
+			c.reading.Store(false)
+		}
 	}
 }
 
 // admit takes nc in, closing a connection not in a request to make room
-// when the table is full, or reports false.
-func (h *httpConns) admit(nc net.Conn) bool {
+// when the table is full, and returns it as tracked; or nil when there is
+// no room.
+func (h *httpConns) admit(nc net.Conn) net.Conn {
 	h.mu.Lock()
 	var victim net.Conn
 	if len(h.conns)-h.closing >= h.max {
 		if victim = h.victimLocked(); victim == nil {
 			h.mu.Unlock()
-			return false
+			return nil
 		}
 		h.conns[victim].closing = true
 		h.closing++
 	}
-	h.conns[nc] = &httpConn{state: http.StateNew, since: time.Now()}
+	tc := &trackedConn{Conn: nc, entry: &httpConn{state: http.StateNew, since: time.Now()}}
+	h.conns[tc] = tc.entry
 	h.mu.Unlock()
 	if victim != nil {
 		h.evicted.Inc()
@@ -138,19 +176,20 @@ func (h *httpConns) admit(nc net.Conn) bool {
 		}
 		victim.Close()
 	}
-	return true
+	return tc
 }
 
 // victimLocked returns the connection to close for a newcomer: the one
-// idle between requests longest, else the oldest that has sent no request
-// for the table's age; or nil. h.mu is held.
+// idle between requests longest, else the oldest that has sent nothing for
+// the table's age; never one whose next request has begun to arrive; or
+// nil. h.mu is held.
 func (h *httpConns) victimLocked() net.Conn {
 	var idle, fresh net.Conn
 	var idleSince, freshSince time.Time
 	cutoff := time.Now().Add(-time.Duration(h.age.Load()))
 	for nc, c := range h.conns {
 		switch {
-		case c.closing:
+		case c.closing, c.reading.Load():
 		case c.state == http.StateIdle && (idle == nil || c.since.Before(idleSince)):
 			idle, idleSince = nc, c.since
 		case c.state == http.StateNew && !c.since.After(cutoff) && (fresh == nil || c.since.Before(freshSince)):
@@ -164,21 +203,45 @@ func (h *httpConns) victimLocked() net.Conn {
 }
 
 // refuse answers a newcomer that found no room and closes it: 503 on
-// plain HTTP; over TLS, where a reply needs a handshake, nothing.
+// plain HTTP; over TLS, where a reply needs a handshake, nothing. A client
+// sends its request without waiting: closed with the request unread, the
+// connection would be reset and the 503 lost, so it is closed for writing
+// and read out for up to httpLinger first, as net/http does.
 func (h *httpConns) refuse(nc net.Conn) {
-	defer nc.Close()
 	h.refused.Inc()
 	if ok, held := h.sample.allow("refused " + clientIP(nc.RemoteAddr())); ok {
 		h.log.Info("HTTP connection refused: every connection is in a request", withHeld([]any{"remote", nc.RemoteAddr().String()}, held)...)
 	}
 	if h.tls {
+		nc.Close()
 		return
 	}
 	const body = `{"error":"too_many_connections","message":"The relay has as many HTTP connections as it may, each in a request; send the request again after the Retry-After delay."}` + "\n"
 	_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
 	_, _ = io.WriteString(nc, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\n"+
 		"Content-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+	tc, ok := nc.(*net.TCPConn)
+	if !ok {
+		nc.Close()
+		return
+	}
+	select {
+	case h.lingering <- struct{}{}:
+	default:
+		nc.Close()
+		return
+	}
+	h.lingerers.Go(func() {
+		defer func() { <-h.lingering }()
+		defer nc.Close()
+		_ = tc.CloseWrite()
+		_ = nc.SetReadDeadline(time.Now().Add(httpLinger))
+		_, _ = io.Copy(io.Discard, io.LimitReader(nc, 256<<10))
+	})
 }
+
+// wait waits for the refused connections being read out.
+func (h *httpConns) wait() { h.lingerers.Wait() }
 
 // httpListener admits connections within the table and refuses the
 // others.
@@ -193,8 +256,8 @@ func (l *httpListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if l.conns.admit(nc) {
-			return nc, nil
+		if tc := l.conns.admit(nc); tc != nil {
+			return tc, nil
 		}
 		l.conns.refuse(nc)
 	}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -90,11 +91,24 @@ func TestHTTPFullTable(t *testing.T) {
 		!strings.Contains(string(body), `"error":"too_many_connections"`) {
 		t.Errorf("the newcomer: %d, Retry-After %q, %s; want 503 too_many_connections with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"), body)
 	}
+	// A client that sends its request at once, in two writes as many do,
+	// still reads the 503: the connection is read out, not reset.
+	late := dialHTTPRaw(t, s)
+	_, _ = io.WriteString(late, "POST /v1/messages?from=billing@contoso.com&to=a@example.org HTTP/1.1\r\nHost: x\r\n"+
+		"Authorization: Bearer "+crmToken+"\r\nContent-Length: 19\r\n\r\n")
+	time.Sleep(100 * time.Millisecond)
+	if _, err := io.WriteString(late, "Subject: t\r\n\r\nhi\r\n"); err != nil {
+		t.Errorf("a newcomer's body, after the 503 was sent: %v, want it taken", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if resp, err := http.ReadResponse(bufio.NewReader(late), nil); err != nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("a newcomer that sent its request: %v, %v; want 503", resp, err)
+	}
 	if n := testutil.ToFloat64(s.httpConns.evicted); n != 2 {
 		t.Errorf("holdfast_http_connections_evicted_total = %v, want 2", n)
 	}
-	if n := testutil.ToFloat64(s.httpConns.refused); n != 1 {
-		t.Errorf("holdfast_http_connections_refused_total = %v, want 1", n)
+	if n := testutil.ToFloat64(s.httpConns.refused); n != 2 {
+		t.Errorf("holdfast_http_connections_refused_total = %v, want 2", n)
 	}
 }
 
@@ -161,4 +175,45 @@ func TestHTTPRefusalDoesNotWaitForTheBody(t *testing.T) {
 		open, _, _ := s.httpConns.counts()
 		return open == 0
 	})
+}
+
+// TestHTTPFullTableSparesRequestInProgress: a connection whose next
+// request has begun to arrive, its header not whole yet (net/http still
+// counts it idle, or new), is not closed to make room: closing it could
+// cut a request the relay goes on to store.
+func TestHTTPFullTableSparesRequestInProgress(t *testing.T) {
+	s := startRelayOn(t, newFixture(t), func(o *Options) { o.HTTP.MaxConnections = 1 })
+	s.httpConns.age.Store(int64(50 * time.Millisecond))
+	const msg = "Subject: t\r\n\r\nhi\r\n"
+	head := "POST /v1/messages?from=billing@contoso.com&to=a@example.org HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + crmToken + "\r\n"
+	for _, kept := range []bool{true, false} {
+		nc := dialHTTPRaw(t, s)
+		br := bufio.NewReader(nc)
+		if kept {
+			// A first request, answered; the connection is kept.
+			_, _ = io.WriteString(nc, head+"Content-Length: "+strconv.Itoa(len(msg))+"\r\n\r\n"+msg)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil || resp.StatusCode != http.StatusAccepted {
+				t.Fatalf("first request: %v %v", resp, err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+		}
+		// The next request's first lines, and a pause.
+		_, _ = io.WriteString(nc, head)
+		time.Sleep(150 * time.Millisecond)
+		over := dialHTTPRaw(t, s)
+		if resp, err := http.ReadResponse(bufio.NewReader(over), nil); err != nil || resp.StatusCode != http.StatusServiceUnavailable {
+			t.Errorf("kept %v: the newcomer got %v, %v; want 503", kept, resp, err)
+		}
+		_, _ = io.WriteString(nc, "Content-Length: "+strconv.Itoa(len(msg))+"\r\n\r\n"+msg)
+		_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusAccepted {
+			t.Errorf("kept %v: the request in progress got %v, %v; want 202", kept, resp, err)
+		}
+		nc.Close()
+		waitFor(t, 5*time.Second, "the slot free", func() bool {
+			open, _, _ := s.httpConns.counts()
+			return open == 0
+		})
+	}
 }

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -79,5 +80,27 @@ func TestSMTPErrorLogSampled(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	if n := strings.Count(e.logs.String(), "go-smtp: "); n != 1 {
 		t.Errorf("%d go-smtp error lines for 8 resets, want 1:\n%s", n, e.logs.String())
+	}
+}
+
+// TestUnreadableBodyLogSampled: requests whose clients go away mid-body
+// write one "request body unreadable" line per client IP every interval.
+func TestUnreadableBodyLogSampled(t *testing.T) {
+	logs := &syncBuffer{}
+	s := startRelayLogged(t, newFixture(t), nil, slog.New(slog.NewTextHandler(logs, nil)))
+	for range 8 {
+		nc, err := net.Dial("tcp", s.HTTPAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.WriteString(nc, "POST /v1/messages?from=billing@contoso.com&to=a@example.org HTTP/1.1\r\nHost: x\r\n"+
+			"Authorization: Bearer "+crmToken+"\r\nContent-Length: 1000\r\n\r\nSubject: t\r\n")
+		time.Sleep(20 * time.Millisecond)
+		nc.Close()
+	}
+	waitFor(t, 5*time.Second, "an unreadable-body line", func() bool { return strings.Contains(logs.String(), "request body unreadable") })
+	time.Sleep(200 * time.Millisecond)
+	if n := strings.Count(logs.String(), "request body unreadable"); n != 1 {
+		t.Errorf("%d unreadable-body lines for 8 requests, want 1:\n%s", n, logs.String())
 	}
 }

@@ -450,6 +450,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.wg.Wait()
 	s.smtp.in.budget.wait()
+	s.httpConns.wait()
 	if s.exchange != nil {
 		s.exchange.close()
 	}
