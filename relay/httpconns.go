@@ -20,10 +20,10 @@ import (
 const httpConnAge = time.Second
 
 // httpConns bounds the HTTP API's connections (http.max_connections). In
-// a full table a new connection takes the place of the oldest one that is
-// not in a request: idle between requests (keep-alive, which a client
-// must be ready to see closed), or connected for httpConnAge without
-// sending one. When every connection is in a request, the newcomer gets
+// a full table a new connection takes the place of one that is not in a
+// request: connected for httpConnAge without sending anything, else idle
+// between requests (keep-alive, which a client must be ready to see
+// closed). When every connection is in a request, the newcomer gets
 // 503 with Retry-After and is closed. Without it, a client could hold
 // file descriptors by the thousand, and take them from SMTP and Redis.
 type httpConns struct {
@@ -179,10 +179,11 @@ func (h *httpConns) admit(nc net.Conn) net.Conn {
 	return tc
 }
 
-// victimLocked returns the connection to close for a newcomer: the one
-// idle between requests longest, else the oldest that has sent nothing for
-// the table's age; never one whose next request has begun to arrive; or
-// nil. h.mu is held.
+// victimLocked returns the connection to close for a newcomer: the oldest
+// that has sent nothing for the table's age, else the one idle between
+// requests longest; never one whose next request has begun to arrive; or
+// nil. Silent connections go first: under a flood of them, an
+// application's kept connections stay. h.mu is held.
 func (h *httpConns) victimLocked() net.Conn {
 	var idle, fresh net.Conn
 	var idleSince, freshSince time.Time
@@ -196,10 +197,10 @@ func (h *httpConns) victimLocked() net.Conn {
 			fresh, freshSince = nc, c.since
 		}
 	}
-	if idle != nil {
-		return idle
+	if fresh != nil {
+		return fresh
 	}
-	return fresh
+	return idle
 }
 
 // refuse answers a newcomer that found no room and closes it: 503 on

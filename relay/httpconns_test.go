@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strconv"
 	"strings"
 	"testing"
@@ -215,5 +216,42 @@ func TestHTTPFullTableSparesRequestInProgress(t *testing.T) {
 			open, _, _ := s.httpConns.counts()
 			return open == 0
 		})
+	}
+}
+
+// TestHTTPFullTableClosesSilentBeforeKept: with a silent connection old
+// enough to go and an application's connection kept between requests, the
+// silent one goes.
+func TestHTTPFullTableClosesSilentBeforeKept(t *testing.T) {
+	s := startRelayOn(t, newFixture(t), func(o *Options) { o.HTTP.MaxConnections = 2 })
+	s.httpConns.age.Store(int64(50 * time.Millisecond))
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	var kept net.Conn
+	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { kept = i.Conn }}
+	post := func() {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+s.HTTPAddr()+"/v1/messages?from=billing@contoso.com&to=a@example.org",
+			strings.NewReader("Subject: t\r\n\r\nhi\r\n"))
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
+		req.Header.Set("Authorization", "Bearer "+crmToken)
+		resp, err := client.Do(req)
+		if err != nil || resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("POST: %v %v", resp, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	post()
+	first := kept
+	silent := dialHTTPRaw(t, s)
+	time.Sleep(100 * time.Millisecond)
+	if code, _ := httpFrom(t, s, nil, crmToken); code != http.StatusAccepted {
+		t.Fatalf("a newcomer: %d", code)
+	}
+	waitClosed(t, silent)
+	post()
+	if kept != first {
+		t.Error("the kept connection was closed to make room, with a silent one old enough to go")
 	}
 }
