@@ -66,10 +66,7 @@ func TestHTTPFullTable(t *testing.T) {
 
 	// The request's connection is gone once the server has seen its
 	// client close it.
-	waitFor(t, 5*time.Second, "only the second silent connection left", func() bool {
-		open, _, _ := s.httpConns.counts()
-		return open == 1
-	})
+	waitHTTPOpen(t, s, 1)
 	// Two requests whose bodies are still coming take both slots: the
 	// second closes the silent connection.
 	for range 2 {
@@ -119,22 +116,8 @@ func TestHTTPFullTable(t *testing.T) {
 func TestHTTPFullTableClosesIdleKeepAlive(t *testing.T) {
 	s := startRelayOn(t, newFixture(t), func(o *Options) { o.HTTP.MaxConnections = 1 })
 	s.httpConns.age.Store(int64(time.Hour))
-	tr := &http.Transport{}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	post := func() int {
-		req, _ := http.NewRequest(http.MethodPost, "http://"+s.HTTPAddr()+"/v1/messages?from=billing@contoso.com&to=a@example.org",
-			strings.NewReader("Subject: t\r\n\r\nhi\r\n"))
-		req.Header.Set("Authorization", "Bearer "+crmToken)
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatalf("POST: %v", err)
-		}
-		// Read to its end, or the transport does not keep the connection.
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		return resp.StatusCode
-	}
+	kc := newKeptClient(t, s)
+	post := kc.post
 	if code := post(); code != http.StatusAccepted {
 		t.Fatalf("first request: %d", code)
 	}
@@ -145,10 +128,7 @@ func TestHTTPFullTableClosesIdleKeepAlive(t *testing.T) {
 	if code, _ := httpFrom(t, s, nil, crmToken); code != http.StatusAccepted {
 		t.Fatalf("a request while the only slot holds an idle connection: %d, want 202", code)
 	}
-	waitFor(t, 5*time.Second, "the slot free again", func() bool {
-		open, _, _ := s.httpConns.counts()
-		return open == 0
-	})
+	waitHTTPOpen(t, s, 0)
 	if code := post(); code != http.StatusAccepted {
 		t.Fatalf("the kept-alive client's next request: %d, want 202", code)
 	}
@@ -172,10 +152,7 @@ func TestHTTPRefusalDoesNotWaitForTheBody(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("status %d, want 401", resp.StatusCode)
 	}
-	waitFor(t, 3*time.Second, "the connection gone from the table", func() bool {
-		open, _, _ := s.httpConns.counts()
-		return open == 0
-	})
+	waitHTTPOpen(t, s, 0)
 }
 
 // TestHTTPFullTableSparesRequestInProgress: a connection whose next
@@ -212,10 +189,7 @@ func TestHTTPFullTableSparesRequestInProgress(t *testing.T) {
 			t.Errorf("kept %v: the request in progress got %v, %v; want 202", kept, resp, err)
 		}
 		nc.Close()
-		waitFor(t, 5*time.Second, "the slot free", func() bool {
-			open, _, _ := s.httpConns.counts()
-			return open == 0
-		})
+		waitHTTPOpen(t, s, 0)
 	}
 }
 
@@ -225,33 +199,63 @@ func TestHTTPFullTableSparesRequestInProgress(t *testing.T) {
 func TestHTTPFullTableClosesSilentBeforeKept(t *testing.T) {
 	s := startRelayOn(t, newFixture(t), func(o *Options) { o.HTTP.MaxConnections = 2 })
 	s.httpConns.age.Store(int64(50 * time.Millisecond))
-	tr := &http.Transport{}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	var kept net.Conn
-	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { kept = i.Conn }}
-	post := func() {
-		req, _ := http.NewRequest(http.MethodPost, "http://"+s.HTTPAddr()+"/v1/messages?from=billing@contoso.com&to=a@example.org",
-			strings.NewReader("Subject: t\r\n\r\nhi\r\n"))
-		req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
-		req.Header.Set("Authorization", "Bearer "+crmToken)
-		resp, err := client.Do(req)
-		if err != nil || resp.StatusCode != http.StatusAccepted {
-			t.Fatalf("POST: %v %v", resp, err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+	kc := newKeptClient(t, s)
+	if code := kc.post(); code != http.StatusAccepted {
+		t.Fatalf("first request: %d", code)
 	}
-	post()
-	first := kept
+	first := kc.last
 	silent := dialHTTPRaw(t, s)
 	time.Sleep(100 * time.Millisecond)
 	if code, _ := httpFrom(t, s, nil, crmToken); code != http.StatusAccepted {
 		t.Fatalf("a newcomer: %d", code)
 	}
 	waitClosed(t, silent)
-	post()
-	if kept != first {
+	if code := kc.post(); code != http.StatusAccepted {
+		t.Fatalf("second request: %d", code)
+	}
+	if kc.last != first {
 		t.Error("the kept connection was closed to make room, with a silent one old enough to go")
 	}
+}
+
+// keptClient posts messages to a relay's API over a connection it keeps
+// between requests, as an HTTP client library does.
+type keptClient struct {
+	t      *testing.T
+	s      *Server
+	client *http.Client
+	last   net.Conn // the connection of the last post
+}
+
+func newKeptClient(t *testing.T, s *Server) *keptClient {
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &keptClient{t: t, s: s, client: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
+}
+
+// post sends one message and returns the status.
+func (k *keptClient) post() int {
+	k.t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+k.s.HTTPAddr()+"/v1/messages?from=billing@contoso.com&to=a@example.org",
+		strings.NewReader("Subject: t\r\n\r\nhi\r\n"))
+	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { k.last = i.Conn }}
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
+	req.Header.Set("Authorization", "Bearer "+crmToken)
+	resp, err := k.client.Do(req)
+	if err != nil {
+		k.t.Fatalf("POST: %v", err)
+	}
+	// Read to its end, or the transport does not keep the connection.
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// waitHTTPOpen waits until the API has n connections open.
+func waitHTTPOpen(t *testing.T, s *Server, n int) {
+	t.Helper()
+	waitFor(t, 5*time.Second, strconv.Itoa(n)+" HTTP connections open", func() bool {
+		open, _, _ := s.httpConns.counts()
+		return open == n
+	})
 }
