@@ -523,14 +523,19 @@ type apiError struct {
 	Message string `json:"message"`
 }
 
-// writeError answers with an error and closes the connection after it
-// without reading more of the request: its body may be unread (a wrong
-// token is refused first), and net/http would otherwise read up to
-// 256 KiB of it, however slowly it comes, before and after the answer,
-// holding a connection slot all along.
+// errorBodyDrain bounds how long the rest of a refused request's body is
+// read before the answer.
+const errorBodyDrain = time.Second
+
+// writeError answers with an error. The request's body may be unread (a
+// wrong token is refused first); net/http reads up to 256 KiB of it
+// before it answers, so that the client, still sending, reads the answer
+// rather than a reset. That read is bounded to errorBodyDrain: a body
+// that trickles would otherwise hold the answer back, and a connection
+// slot, for the whole read timeout. When it runs out, the connection is
+// closed after the answer.
 func writeError(w http.ResponseWriter, status int, code, msg string) {
-	w.Header().Set("Connection", "close")
-	_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(errorBodyDrain))
 	writeJSON(w, status, apiError{Error: code, Message: msg})
 }
 
