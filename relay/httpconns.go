@@ -2,6 +2,7 @@ package relay
 
 import (
 	"crypto/tls"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
@@ -101,15 +102,14 @@ func (h *httpConns) collectors() []prometheus.Collector {
 		Name: "holdfast_http_connections",
 		Help: "HTTP API connections open now (http.max_connections bounds them).",
 	}, func() float64 {
-		open, _, _ := h.counts()
+		open, _ := h.counts()
 		return float64(open)
 	})
 	return []prometheus.Collector{h.refused, h.evicted, open}
 }
 
-// counts reports the open connections, those told to go, and those in a
-// request.
-func (h *httpConns) counts() (open, closing, active int) {
+// counts reports the open connections and those in a request.
+func (h *httpConns) counts() (open, active int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, c := range h.conns {
@@ -117,12 +117,18 @@ func (h *httpConns) counts() (open, closing, active int) {
 			active++
 		}
 	}
-	return len(h.conns), h.closing, active
+	return len(h.conns), active
 }
 
 // listener wraps l so that its connections are counted.
 func (h *httpConns) listener(l net.Listener) net.Listener {
-	return &httpListener{Listener: l, conns: h}
+	return &gatedListener{Listener: l, admit: func(nc net.Conn) net.Conn {
+		if tc := h.admit(nc); tc != nil {
+			return tc
+		}
+		h.refuse(nc)
+		return nil
+	}}
 }
 
 // connState is the server's ConnState hook: it follows each connection's
@@ -170,7 +176,7 @@ func (h *httpConns) admit(nc net.Conn) net.Conn {
 	h.mu.Unlock()
 	if victim != nil {
 		h.evicted.Inc()
-		if ok, held := h.sample.allow(clientIP(victim.RemoteAddr())); ok {
+		if ok, held := h.sample.allow("evicted " + clientIP(victim.RemoteAddr())); ok {
 			h.log.Info("HTTP connection not in a request closed to make room", withHeld([]any{"remote", victim.RemoteAddr().String(),
 				"for", nc.RemoteAddr().String()}, held)...)
 		}
@@ -217,10 +223,9 @@ func (h *httpConns) refuse(nc net.Conn) {
 		nc.Close()
 		return
 	}
-	const body = `{"error":"too_many_connections","message":"The relay has as many HTTP connections as it may, each in a request; send the request again after the Retry-After delay."}` + "\n"
 	_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
 	_, _ = io.WriteString(nc, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\n"+
-		"Content-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+		"Content-Length: "+strconv.Itoa(len(tooManyConnections))+"\r\n\r\n"+tooManyConnections)
 	tc, ok := nc.(*net.TCPConn)
 	if !ok {
 		nc.Close()
@@ -241,25 +246,13 @@ func (h *httpConns) refuse(nc net.Conn) {
 	})
 }
 
+// tooManyConnections is the body of refuse's 503, as writeError writes
+// an error.
+var tooManyConnections = func() string {
+	b, _ := json.Marshal(apiError{Error: "too_many_connections",
+		Message: "The relay has as many HTTP connections as it may, each in a request; send the request again after the Retry-After delay."})
+	return string(b) + "\n"
+}()
+
 // wait waits for the refused connections being read out.
 func (h *httpConns) wait() { h.lingerers.Wait() }
-
-// httpListener admits connections within the table and refuses the
-// others.
-type httpListener struct {
-	net.Listener
-	conns *httpConns
-}
-
-func (l *httpListener) Accept() (net.Conn, error) {
-	for {
-		nc, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		if tc := l.conns.admit(nc); tc != nil {
-			return tc, nil
-		}
-		l.conns.refuse(nc)
-	}
-}

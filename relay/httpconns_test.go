@@ -75,7 +75,7 @@ func TestHTTPFullTable(t *testing.T) {
 			"Authorization: Bearer "+crmToken+"\r\nContent-Length: 100\r\n\r\nSubject: t\r\n")
 	}
 	waitFor(t, 5*time.Second, "both requests in progress", func() bool {
-		_, _, active := s.httpConns.counts()
+		_, active := s.httpConns.counts()
 		return active == 2
 	})
 	time.Sleep(100 * time.Millisecond)
@@ -122,7 +122,7 @@ func TestHTTPFullTableClosesIdleKeepAlive(t *testing.T) {
 		t.Fatalf("first request: %d", code)
 	}
 	waitFor(t, 5*time.Second, "the kept connection idle", func() bool {
-		open, _, active := s.httpConns.counts()
+		open, active := s.httpConns.counts()
 		return open == 1 && active == 0
 	})
 	if code, _ := httpFrom(t, s, nil, crmToken); code != http.StatusAccepted {
@@ -255,7 +255,7 @@ func (k *keptClient) post() int {
 func waitHTTPOpen(t *testing.T, s *Server, n int) {
 	t.Helper()
 	waitFor(t, 5*time.Second, strconv.Itoa(n)+" HTTP connections open", func() bool {
-		open, _, _ := s.httpConns.counts()
+		open, _ := s.httpConns.counts()
 		return open == n
 	})
 }

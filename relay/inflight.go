@@ -56,7 +56,7 @@ func (b *inflight) take(app string, n int64) bool {
 		return false
 	}
 	b.used += n
-	if b.perApp > 0 && app != "" {
+	if b.shares(app) {
 		b.apps[app] += n
 	}
 	b.high = max(b.high, b.used)
@@ -71,8 +71,11 @@ func (b *inflight) fits(app string, n int64) bool {
 }
 
 func (b *inflight) fitsLocked(app string, n int64) bool {
-	return b.used+n <= b.max && (b.perApp <= 0 || app == "" || b.apps[app]+n <= b.perApp)
+	return b.used+n <= b.max && (!b.shares(app) || b.apps[app]+n <= b.perApp)
 }
+
+// shares reports whether app's bytes count against a share of their own.
+func (b *inflight) shares(app string) bool { return b.perApp > 0 && app != "" }
 
 // give returns n bytes that app took earlier.
 func (b *inflight) give(app string, n int64) {
@@ -81,7 +84,7 @@ func (b *inflight) give(app string, n int64) {
 	}
 	b.mu.Lock()
 	b.used -= n
-	if b.perApp > 0 && app != "" {
+	if b.shares(app) {
 		if b.apps[app] -= n; b.apps[app] <= 0 {
 			delete(b.apps, app)
 		}

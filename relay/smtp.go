@@ -157,7 +157,15 @@ func (s *smtpIngress) serve(l net.Listener, insecure bool) error {
 	s.mu.Unlock()
 
 	s.log.Info("listening", "addr", l.Addr().String(), "insecure", insecure)
-	err := srv.Serve(&smtpListener{Listener: l, ing: s})
+	err := srv.Serve(&gatedListener{Listener: l, admit: func(nc net.Conn) net.Conn {
+		c, reply := s.admit(nc)
+		if reply != nil {
+			// Greeted with the 421 and closed.
+			s.refuse(nc, reply)
+			return nil
+		}
+		return c
+	}})
 	if s.closing.Load() {
 		return nil
 	}
@@ -341,24 +349,22 @@ func clientIPString(addr string) string {
 	return host
 }
 
-// smtpListener admits connections within the connection limits and greets
-// the others with a 421.
-type smtpListener struct {
+// gatedListener hands out the connections admit takes in; admit refuses
+// the others itself and returns nil for them.
+type gatedListener struct {
 	net.Listener
-	ing *smtpIngress
+	admit func(net.Conn) net.Conn
 }
 
-func (l *smtpListener) Accept() (net.Conn, error) {
+func (l *gatedListener) Accept() (net.Conn, error) {
 	for {
 		nc, err := l.Listener.Accept()
 		if err != nil {
 			return nil, err
 		}
-		c, reply := l.ing.admit(nc)
-		if reply == nil {
+		if c := l.admit(nc); c != nil {
 			return c, nil
 		}
-		l.ing.refuse(nc, reply)
 	}
 }
 
@@ -942,8 +948,7 @@ func (s saslReplies) Next(response []byte) ([]byte, bool, error) {
 }
 
 // smtpErrorLog passes go-smtp's own error messages, connection errors and
-// recovered panics, to slog.
-// smtpErrorLog writes go-smtp's error lines as warnings, one line per kind
+// recovered panics, to slog: errors as warnings, one line per kind
 // of error (the text after the last colon, as "connection reset by peer")
 // every interval: clients that reset their connections by the thousand
 // do not flood the log. Panics are always written.

@@ -132,37 +132,35 @@ func (g *authGuard) known(ctx context.Context, ip, user string) bool {
 // remember records ip as known for user after a verified success, so
 // that an application's addresses, new pods' too, are known.
 func (g *authGuard) remember(ctx context.Context, ip, user string) {
-	if g == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, g.timeout)
-	defer cancel()
-	if err := g.limits.Remember(ctx, ip, user); err != nil {
-		g.log.Warn("cannot record a client that authenticated", "err", err)
-	}
+	g.write(ctx, "cannot record a client that authenticated", func(l authLimiter, ctx context.Context) error {
+		return l.Remember(ctx, ip, user)
+	})
 }
 
 // succeeded takes back the count of an attempt that succeeded.
 func (g *authGuard) succeeded(ctx context.Context, ip, user string) {
-	if g == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, g.timeout)
-	defer cancel()
-	if err := g.limits.Succeeded(ctx, ip, user); err != nil {
-		g.log.Warn("cannot take back a successful authentication's count", "err", err)
-	}
+	g.write(ctx, "cannot take back a successful authentication's count", func(l authLimiter, ctx context.Context) error {
+		return l.Succeeded(ctx, ip, user)
+	})
 }
 
 // failed counts a failed attempt.
 func (g *authGuard) failed(ctx context.Context, ip, user string) {
+	g.write(ctx, "cannot count a failed authentication", func(l authLimiter, ctx context.Context) error {
+		return l.Failed(ctx, ip, user)
+	})
+}
+
+// write runs one of the limiter's writes within the guard's timeout, and
+// logs failure when it fails: authentication goes on either way.
+func (g *authGuard) write(ctx context.Context, failure string, w func(authLimiter, context.Context) error) {
 	if g == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
-	if err := g.limits.Failed(ctx, ip, user); err != nil {
-		g.log.Warn("cannot count a failed authentication", "err", err)
+	if err := w(g.limits, ctx); err != nil {
+		g.log.Warn(failure, "err", err)
 	}
 }
 
