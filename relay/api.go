@@ -196,7 +196,12 @@ func (h *api) postMessage(w http.ResponseWriter, r *http.Request) {
 	}
 	buf := h.in.newBody(app.Name)
 	defer buf.release()
-	switch err := h.readBody(w, r, buf, h.in.stamp(sub)); {
+	err = h.readBody(w, r, buf, h.in.stamp(sub))
+	// net/http set the write deadline when the header arrived; a slow
+	// body may have used it up, and the answer to a stored message must
+	// still reach the client.
+	renewWriteDeadline(w, r)
+	switch {
 	case err == nil:
 	case errors.Is(err, errInflightFull):
 		w.Header().Set("Retry-After", storeRetryAfter)
@@ -323,6 +328,14 @@ func scopedKey(app *App, key string) string {
 		return ""
 	}
 	return strconv.Itoa(len(app.Name)) + ":" + app.Name + ":" + key
+}
+
+// renewWriteDeadline gives the answer to r the server's whole write
+// timeout from now.
+func renewWriteDeadline(w http.ResponseWriter, r *http.Request) {
+	if srv, ok := r.Context().Value(http.ServerContextKey).(*http.Server); ok && srv.WriteTimeout > 0 {
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(srv.WriteTimeout))
+	}
 }
 
 // readBody reads the request body into buf after prefix, at most

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"log/slog"
 	"net"
@@ -258,4 +259,51 @@ func waitHTTPOpen(t *testing.T, s *Server, n int) {
 		open, _ := s.httpConns.counts()
 		return open == n
 	})
+}
+
+// TestHTTPSlowUploadGetsItsAnswer: a body that takes longer to arrive
+// than the write timeout still gets its 202. The write deadline net/http
+// sets when the header is read would otherwise have passed by the time
+// the message is stored, and the client would see its connection cut
+// after the relay had taken the message.
+func TestHTTPSlowUploadGetsItsAnswer(t *testing.T) {
+	f := newFixture(t)
+	o := f.opts
+	o.Redis.Addrs = []string{f.redis.Addr()}
+	o.HTTP.Addr = "127.0.0.1:0"
+	o.Delivery.Sender = "off"
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(context.Background(), o, nil, discardLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.httpSrv.WriteTimeout = 300 * time.Millisecond
+	s.Start()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+	})
+
+	nc := dialHTTPRaw(t, s)
+	body := "Subject: slow\r\n\r\nhi\r\n"
+	_, _ = io.WriteString(nc, "POST /v1/messages?from=billing@contoso.com&to=a@example.org HTTP/1.1\r\nHost: x\r\n"+
+		"Authorization: Bearer "+crmToken+"\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body[:5])
+	time.Sleep(600 * time.Millisecond)
+	_, _ = io.WriteString(nc, body[5:])
+	_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
+	if err != nil {
+		t.Fatalf("a body slower than the write timeout: %v, want its answer", err)
+	}
+	reply, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted || !strings.Contains(string(reply), `"id":"`) {
+		t.Fatalf("a body slower than the write timeout: %d %s, want 202 with an id", resp.StatusCode, reply)
+	}
+	if n := stats(t, f).Ready; n != 1 {
+		t.Errorf("ready %d, want 1", n)
+	}
 }
