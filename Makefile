@@ -119,7 +119,7 @@ demo: build
 ## bench-compare: Holdfast and a private Postfix instance side by side, with the
 ## same load tool (hfload) and AUTH PLAIN: ingress with delivery paused and with
 ## it running, end to end, peak RSS with 100,000 queued, against the targets
-## (deploy/bench/compare.sh, about 10 minutes; run as root: it installs postfix,
+## (deploy/bench/compare.sh, 10 to 30 minutes by machine; run as root: it installs postfix,
 ## sasl2-bin and libsasl2-modules; with 4 or more CPUs the load runs on half of them)
 bench-compare:
 	@$(ENSURE_REDIS)
