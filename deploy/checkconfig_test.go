@@ -2,13 +2,21 @@ package deploy
 
 import (
 	"bytes"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
+	"math/big"
 	"os"
 	"os/exec"
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 // secretFileContent is a stand-in for each kind of secret file, valid
@@ -29,15 +37,57 @@ func secretFileContent(t *testing.T, key string, certDir string) []byte {
 		return []byte("$2a$10$2OvstUfjsrs0hQXNF4kdLe.imTGW.MDdlaN0Uut9ezKjRICZnVK.6\n")
 	case "token_sha256_file", "admin_token_sha256_file":
 		return []byte(strings.Repeat("ab", 32) + "\n")
-	case "cert_file":
-		return read("cert.pem")
-	case "key_file":
+	case "cert_file", "key_file":
+		if strings.HasPrefix(key, "credentials[") {
+			// An Entra certificate credential signs with RS256/PS256.
+			cert, key := rsaCert(t)
+			if field == "cert_file" {
+				return cert
+			}
+			return key
+		}
+		if field == "cert_file" {
+			return read("cert.pem")
+		}
 		return read("key.pem")
 	default:
 		t.Fatalf("%s: no stand-in for this kind of file", key)
 		return nil
 	}
 }
+
+// rsaCert returns one RSA certificate and key for the test binary's
+// whole run, in PEM, for the certificate credential's files.
+var rsaCert = func() func(t *testing.T) (certPEM, keyPEM []byte) {
+	var (
+		once      sync.Once
+		cert, key []byte
+		onceErr   error
+	)
+	return func(t *testing.T) ([]byte, []byte) {
+		t.Helper()
+		once.Do(func() {
+			k, err := rsa.GenerateKey(rand.Reader, 2048)
+			if err != nil {
+				onceErr = err
+				return
+			}
+			tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "holdfast"},
+				NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
+			der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+			if err != nil {
+				onceErr = err
+				return
+			}
+			cert = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+			key = pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)})
+		})
+		if onceErr != nil {
+			t.Fatal(onceErr)
+		}
+		return cert, key
+	}
+}()
 
 // TestConfigMapConfigLoads runs "holdfast serve --check-config" on the
 // holdfast.yaml of the base's and the overlay's ConfigMap, with each

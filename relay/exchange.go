@@ -130,19 +130,19 @@ func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx
 			usesGraph[a.Credential] = true
 		}
 	}
-	for _, c := range o.Credentials {
+	for i, c := range o.Credentials {
 		co := c.authOptions(outlookScope, httpClient, log)
 		co.OnChange, co.OnIssued, co.ReloadInterval = hooks.onChange, hooks.onIssued, credentialReload
 		co.OnSecretInUse = hooks.onSecretInUse
 		co.Metrics = authMx
 		authMx.Credential(c.Name)
 		if x.creds[c.Name], err = auth.NewCredential(co); err != nil {
-			return nil, fmt.Errorf("credentials %s: %w", c.Name, err)
+			return nil, credentialError(i, err)
 		}
 		if usesGraph[c.Name] {
 			co.Scope, co.OnChange = graphScope, nil
 			if x.graphCreds[c.Name], err = auth.NewCredential(co); err != nil {
-				return nil, fmt.Errorf("credentials %s: %w", c.Name, err)
+				return nil, credentialError(i, err)
 			}
 		}
 	}

@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -190,13 +189,13 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 			return nil, err
 		}
 	}
-	var tlsConfig *tls.Config
-	if o.SMTP.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(o.SMTP.CertFile, o.SMTP.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("smtp.cert_file: %w", err)
-		}
-		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	tlsConfig, err := listenerTLS("smtp", o.SMTP.CertFile, o.SMTP.KeyFile)
+	if err != nil {
+		return nil, err
+	}
+	httpTLS, err := listenerTLS("http", o.HTTP.CertFile, o.HTTP.KeyFile)
+	if err != nil {
+		return nil, err
 	}
 
 	a := newApps(o.Apps)
@@ -275,6 +274,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		ConnState:         s.httpConns.connState,
+		TLSConfig:         httpTLS,
 	}
 	ok = true
 	return s, nil
@@ -324,8 +324,8 @@ func (s *Server) Start() {
 	}
 	s.goServe(func() error {
 		var err error
-		if s.opts.HTTP.CertFile != "" {
-			err = s.httpSrv.ServeTLS(s.httpLn, s.opts.HTTP.CertFile, s.opts.HTTP.KeyFile)
+		if s.httpSrv.TLSConfig != nil {
+			err = s.httpSrv.ServeTLS(s.httpLn, "", "")
 		} else {
 			err = s.httpSrv.Serve(s.httpLn)
 		}

@@ -21,6 +21,9 @@ func serve(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 	}
 	o, err := loadConfig(*config)
 	if *check {
+		if err == nil {
+			err = o.CheckFiles()
+		}
 		if err != nil {
 			return &exitCodeError{code: exitUsage, err: err}
 		}
