@@ -593,6 +593,27 @@ func (s *Set) Reset(ctx context.Context, name string) error {
 	return nil
 }
 
+// Forget closes the breaker if it is open and removes its record, for a
+// breaker no relay checks any more (a credential taken out of the
+// configuration): List no longer names it. A relay that records a failure
+// for the name afterwards starts a fresh record.
+func (s *Set) Forget(ctx context.Context, name string) error {
+	if err := s.Reset(ctx, name); err != nil {
+		return err
+	}
+	if err := s.rdb.SRem(ctx, namesKey, name).Err(); err != nil {
+		return fmt.Errorf("breaker %s: forget: %w", name, err)
+	}
+	// The record and its companions share one hash slot.
+	if err := s.rdb.Del(ctx, recordKey(name), spreadKey(name), placesKey(name), attemptKey(name)).Err(); err != nil {
+		return fmt.Errorf("breaker %s: forget: %w", name, err)
+	}
+	s.mu.Lock()
+	delete(s.brks, name)
+	s.mu.Unlock()
+	return nil
+}
+
 // ProbeNow makes the next probe of an open breaker due at once, for a
 // rotated secret or certificate, SIGHUP, or "holdfast breaker probe NAME".
 // It reports whether the breaker was open.

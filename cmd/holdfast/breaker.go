@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -88,8 +89,11 @@ func orDash(s string) string {
 	return s
 }
 
-// breakerVerb runs one operator verb on the named breakers.
-func breakerVerb(verb string, do func(ctx context.Context, set *breaker.Set, name string) error) func(context.Context, *env, *flag.FlagSet, []string) error {
+// breakerVerb runs one operator verb on the named breakers. Every name
+// is checked before any is changed: a name no relay checks (a typo, a
+// credential not in the configuration) is refused, except by reset,
+// which forgets such a breaker instead.
+func breakerVerb(verb string, forget bool, do func(ctx context.Context, set *breaker.Set, name string) error) func(context.Context, *env, *flag.FlagSet, []string) error {
 	return func(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 		config := configFlag(fs, e)
 		names, err := parseArgs(fs, args)
@@ -106,10 +110,33 @@ func breakerVerb(verb string, do func(ctx context.Context, set *breaker.Set, nam
 		defer func() { _ = rdb.Close() }()
 		set := newBreakerSet(o, rdb)
 		report := relay.NewBreakerReporter(set, queue.New(rdb, o.Queue.Options()), o)
-		for _, name := range names {
-			name, known := report.Known(name)
-			if !known {
-				fmt.Fprintf(e.stderr, "holdfast: warning: %s is neither cred:NAME of a configured credential nor mbx:ADDRESS; no relay checks it\n", name)
+		known := make([]bool, len(names))
+		var unknown []string
+		for i, name := range names {
+			names[i], known[i] = report.Known(name)
+			if !known[i] {
+				unknown = append(unknown, name)
+			}
+		}
+		if len(unknown) > 0 && !forget {
+			creds := make([]string, len(o.Credentials))
+			for i, c := range o.Credentials {
+				creds[i] = "cred:" + c.Name
+			}
+			configured := "none is configured"
+			if len(creds) > 0 {
+				configured = "configured: " + strings.Join(creds, ", ")
+			}
+			return usagef("%s: no relay checks such a breaker; name cred:NAME of a credential in %s (%s) or mbx:ADDRESS",
+				strings.Join(unknown, ", "), *config, configured)
+		}
+		for i, name := range names {
+			if forget && !known[i] {
+				if err := set.Forget(ctx, name); err != nil {
+					return fmt.Errorf("%s: %w", name, err)
+				}
+				fmt.Fprintf(e.stdout, "%s: forgotten: no relay checks it; its record is removed\n", name)
+				continue
 			}
 			if err := do(ctx, set, name); err != nil {
 				return fmt.Errorf("%s: %w", name, err)
@@ -121,13 +148,13 @@ func breakerVerb(verb string, do func(ctx context.Context, set *breaker.Set, nam
 }
 
 var (
-	breakerTrip = breakerVerb("tripped: its mail is held until reset or a successful probe", func(ctx context.Context, set *breaker.Set, name string) error {
+	breakerTrip = breakerVerb("tripped: its mail is held until reset or a successful probe", false, func(ctx context.Context, set *breaker.Set, name string) error {
 		return set.Trip(ctx, name, "tripped by an operator")
 	})
-	breakerReset = breakerVerb("reset: closed, its mail is released", func(ctx context.Context, set *breaker.Set, name string) error {
+	breakerReset = breakerVerb("reset: closed, its mail is released", true, func(ctx context.Context, set *breaker.Set, name string) error {
 		return set.Reset(ctx, name)
 	})
-	breakerProbe = breakerVerb("probe requested: a relay probes it within a second", func(ctx context.Context, set *breaker.Set, name string) error {
+	breakerProbe = breakerVerb("probe requested: a relay probes it within a second", false, func(ctx context.Context, set *breaker.Set, name string) error {
 		open, err := set.ProbeNow(ctx, name)
 		if err == nil && !open {
 			return fmt.Errorf("it is closed; there is nothing to probe")

@@ -9,7 +9,7 @@ import (
 
 func TestBreakerCommands(t *testing.T) {
 	srv := redistest.Start(t)
-	cfg := writeConfig(t, srv.Addr())
+	cfg := writeConfigCredentials(t, srv.Addr(), "contoso")
 
 	out := mustRun(t, "breaker", "trip", "--config", cfg, "cred:contoso")
 	if !strings.Contains(out, "cred:contoso: tripped") {
@@ -40,11 +40,46 @@ func TestBreakerCommands(t *testing.T) {
 	if r := runCmd(t, "breaker", "trip", "--config", cfg); r.code != exitUsage {
 		t.Fatalf("trip without a name: exit %d", r.code)
 	}
-	// A name no relay checks is tripped as asked, with a warning; a
-	// mailbox is named in lower case, as the relays check it.
-	r = runCmd(t, "breaker", "trip", "--config", cfg, "contoso", "mbx:Alice@Contoso.com")
-	if r.code != exitOK || !strings.Contains(r.stderr, "warning: contoso is neither") || strings.Contains(r.stderr, "alice") ||
-		!strings.Contains(r.stdout, "mbx:alice@contoso.com: tripped") {
-		t.Fatalf("trip of unchecked names: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	// A mailbox is named in lower case, as the relays check it.
+	r = runCmd(t, "breaker", "trip", "--config", cfg, "mbx:Alice@Contoso.com")
+	if r.code != exitOK || strings.Contains(r.stderr, "alice") || !strings.Contains(r.stdout, "mbx:alice@contoso.com: tripped") {
+		t.Fatalf("trip of a mailbox: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestBreakerUnknownName: a name no relay checks (a typo, a credential
+// not in the configuration) is refused by trip and probe, and opens
+// nothing; reset forgets a record left by a credential taken out of the
+// configuration, so that it is no longer listed or exported as open.
+func TestBreakerUnknownName(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfigCredentials(t, srv.Addr(), "contoso")
+	mustRun(t, "breaker", "trip", "--config", cfg, "cred:contoso")
+
+	for _, verb := range []string{"trip", "probe"} {
+		r := runCmd(t, "breaker", verb, "--config", cfg, "cred:nope", "contoso")
+		if r.code != exitUsage || r.stdout != "" || !strings.Contains(r.stderr, "cred:nope") ||
+			!strings.Contains(r.stderr, "cred:contoso") {
+			t.Fatalf("%s of unknown names: exit %d, stdout %q, stderr %q; want exit 2 naming it and the known ones", verb, r.code, r.stdout, r.stderr)
+		}
+	}
+	var list []struct {
+		Name  string `json:"name"`
+		State string `json:"state"`
+	}
+	decode(t, mustRun(t, "breaker", "status", "--config", cfg, "--json"), &list)
+	if len(list) != 1 || list[0].Name != "cred:contoso" {
+		t.Fatalf("after refused trips the breakers are %+v; want cred:contoso only", list)
+	}
+
+	// The credential leaves the configuration while its breaker is open.
+	other := writeConfigCredentials(t, srv.Addr(), "fabrikam")
+	r := runCmd(t, "breaker", "reset", "--config", other, "cred:contoso")
+	if r.code != exitOK || !strings.Contains(r.stdout, "cred:contoso: forgotten") {
+		t.Fatalf("reset of a credential no longer configured: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	decode(t, mustRun(t, "breaker", "status", "--config", other, "--json"), &list)
+	if len(list) != 1 || list[0].Name != "cred:fabrikam" || list[0].State != "closed" {
+		t.Fatalf("after forgetting cred:contoso the breakers are %+v; want cred:fabrikam, closed", list)
 	}
 }

@@ -327,6 +327,27 @@ apps:
 	return path
 }
 
+// writeConfigCredentials is writeConfig with the named credentials
+// configured (their secret files are not read).
+func writeConfigCredentials(t *testing.T, addr string, names ...string) string {
+	t.Helper()
+	path := writeConfig(t, addr)
+	var b strings.Builder
+	b.WriteString("credentials:\n")
+	for _, n := range names {
+		fmt.Fprintf(&b, "  - name: %s\n    tenant: %s.example.com\n    client_id: 0d0e0f00-1111-4222-8333-444455556666\n    client_secret_file: /nonexistent/%s.secret\n", n, n, n)
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(b.String()); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // statsLine returns the fields of the stats table's line for route.
 func statsLine(t *testing.T, out, route string) []string {
 	t.Helper()
