@@ -27,7 +27,8 @@ package breaker
 //	reason       upstream code and text of the failure that opened it
 //	since        unix ms of the last transition
 //	generation   incremented on every transition
-//	failures     consecutive counted failures, fleet-wide
+//	failures     consecutive counted failures, fleet-wide, failed probes
+//	             included
 //	interval     current open interval, ms
 //	next_probe   unix ms after which a probe may run
 //	probe_now    "1" while an immediate probe is requested

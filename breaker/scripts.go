@@ -207,9 +207,9 @@ redis.call('HSET', k, 'lease_token', ARGV[3], 'lease_until', ARGV[2], 'probe_now
 return 1
 `)
 
-// resultScript records the prober's result. Success closes the breaker;
-// failure keeps it open with the new reason and doubles the interval up
-// to the cap. Fails with "lease lost" when the caller does not hold the
+// resultScript records the prober's result. Success closes the breaker
+// and clears the failure count; failure counts one more, keeps it open
+// with the new reason and doubles the interval up to the cap. Fails with "lease lost" when the caller does not hold the
 // lease (it expired and another replica took it, or an operator reset
 // the breaker).
 //
@@ -233,6 +233,7 @@ if ARGV[3] == '1' then
   redis.call('HSET', k, 'failures', '0')
   return reply(k)
 end
+redis.call('HINCRBY', k, 'failures', 1)
 local retry = tonumber(ARGV[6])
 if retry > 0 then
   redis.call('HSET', k, 'reason', ARGV[4], 'next_probe', string.format('%d', tonumber(ARGV[2]) + retry),

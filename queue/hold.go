@@ -139,21 +139,29 @@ func (q *Queue) RouteHold(ctx context.Context, route string) (string, bool, erro
 	return reason, true, nil
 }
 
-// HeldRoutes reports which of routes are held, in one round trip.
-func (q *Queue) HeldRoutes(ctx context.Context, routes []string) (map[string]bool, error) {
-	cmds := make([]*redis.IntCmd, len(routes))
+// HeldRoutes reports the hold reason of each of routes that is held, in
+// one round trip: a route not held is left out.
+func (q *Queue) HeldRoutes(ctx context.Context, routes []string) (map[string]string, error) {
+	cmds := make([]*redis.StringCmd, len(routes))
 	_, err := q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, r := range routes {
-			cmds[i] = p.Exists(ctx, keysFor(r).hold)
+			cmds[i] = p.Get(ctx, keysFor(r).hold)
 		}
 		return nil
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("hold state of routes: %w", err)
 	}
-	out := make(map[string]bool, len(routes))
+	out := make(map[string]string, len(routes))
 	for i, r := range routes {
-		out[r] = cmds[i].Val() == 1
+		reason, err := cmds[i].Result()
+		switch {
+		case errors.Is(err, redis.Nil):
+		case err != nil:
+			return nil, fmt.Errorf("hold state of %s: %w", r, err)
+		default:
+			out[r] = reason
+		}
 	}
 	return out, nil
 }

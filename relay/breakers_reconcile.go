@@ -86,12 +86,15 @@ func (g *gate) reconcile(ctx context.Context) error {
 		cred, mbx, _ := routeBreakers(r)
 		c, m := records[cred], records[mbx]
 		c.Name, m.Name = cred, mbx
+		reason, isHeld := held[r]
 		switch {
 		case c.State == breaker.Open || m.State == breaker.Open:
-			if !held[r] {
+			// A hold whose reason is not the breaker's (a failed probe
+			// after an operator's trip) is brought up to date.
+			if !isHeld || reason != holdReason(c, m) {
 				g.hold(ctx, r, c, m)
 			}
-		case held[r]:
+		case isHeld:
 			ok, err := g.release(ctx, r, c, m)
 			if err != nil {
 				errs = append(errs, err)
@@ -119,18 +122,11 @@ func fence(cred, mbx breaker.Status) queue.Fence {
 // records given. A stale fence means a newer release or hold was applied:
 // the next reconciliation decides.
 func (g *gate) hold(ctx context.Context, route string, cred, mbx breaker.Status) {
-	st, class := cred, upstream.Credential
-	if cred.State != breaker.Open {
-		st, class = mbx, upstream.Mailbox
-	}
+	st, _ := openBreaker(cred, mbx)
 	if st.State != breaker.Open {
 		return
 	}
-	reason := class.String() + ": breaker " + st.Name + " open"
-	if st.Reason != "" {
-		reason += ": " + st.Reason
-	}
-	fresh, err := g.q.HoldRouteAt(ctx, route, reason, fence(cred, mbx))
+	fresh, err := g.q.HoldRouteAt(ctx, route, holdReason(cred, mbx), fence(cred, mbx))
 	switch {
 	case errors.Is(err, queue.ErrStaleFence):
 	case err != nil:
@@ -138,6 +134,27 @@ func (g *gate) hold(ctx context.Context, route string, cred, mbx breaker.Status)
 	case fresh:
 		g.log.Info("route held", "route", route, "breaker", st.Name, "generation", st.Generation)
 	}
+}
+
+// openBreaker is the breaker that holds a route, with its class: its
+// credential's when open, else its mailbox's.
+func openBreaker(cred, mbx breaker.Status) (breaker.Status, upstream.Class) {
+	if cred.State != breaker.Open {
+		return mbx, upstream.Mailbox
+	}
+	return cred, upstream.Credential
+}
+
+// holdReason is what a route held by the open one of its breakers says,
+// e.g. "credential: breaker cred:contoso open: invalid_client
+// AADSTS7000222: ...".
+func holdReason(cred, mbx breaker.Status) string {
+	st, class := openBreaker(cred, mbx)
+	reason := class.String() + ": breaker " + st.Name + " open"
+	if st.Reason != "" {
+		reason += ": " + st.Reason
+	}
+	return reason
 }
 
 // release releases a held route whose breakers are both closed in the

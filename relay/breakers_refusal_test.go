@@ -14,6 +14,7 @@ import (
 
 	"holdfast/auth"
 	"holdfast/breaker"
+	"holdfast/queue"
 	"holdfast/relay/upstream"
 )
 
@@ -85,5 +86,42 @@ func TestTransitionLogLevels(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("logs lack %q:\n%s", want, out)
 		}
+	}
+}
+
+// TestHoldReasonFollowsProbe: mail held by an operator's trip says so;
+// once a probe fails, the held mail says why Entra refused, as the
+// breaker does, and the failed probe counts as a failure in a row.
+func TestHoldReasonFollowsProbe(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	ctx := context.Background()
+	set := e.relays[0].gate.set
+	brk := credentialBreaker("contoso")
+	if err := set.Trip(ctx, brk, "tripped by an operator"); err != nil {
+		t.Fatal(err)
+	}
+	id := e.submit(t, 0, "billing@contoso.com", "a@example.org", exchangeMessage(1, "billing@contoso.com"))
+	waitFor(t, 10*time.Second, "the message held", func() bool { return e.get(t, id).State == queue.Held })
+	if m := e.get(t, id); !strings.Contains(m.HoldReason, "tripped by an operator") {
+		t.Fatalf("hold reason after the trip: %q", m.HoldReason)
+	}
+
+	e.sim.ExpireSecret(simTenant, simClientID)
+	e.relays[0].exchange.creds["contoso"].Invalidate()
+	if open, err := set.ProbeNow(ctx, brk); err != nil || !open {
+		t.Fatalf("probe now: open %v, %v", open, err)
+	}
+	waitFor(t, 10*time.Second, "the failed probe's reason on the held mail", func() bool {
+		return strings.Contains(e.get(t, id).HoldReason, "AADSTS7000222")
+	})
+	st, err := set.Status(ctx, brk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != breaker.Open || !strings.Contains(st.Reason, "AADSTS7000222") || st.Failures != 1 {
+		t.Errorf("breaker after a failed probe: state %v, failures %d, reason %q; want open, 1, AADSTS7000222", st.State, st.Failures, st.Reason)
+	}
+	if m := e.get(t, id); m.State != queue.Held || m.Attempts != 0 {
+		t.Errorf("message after the failed probe: state %v, attempts %d; want held, 0", m.State, m.Attempts)
 	}
 }
