@@ -40,7 +40,38 @@ our_redis() {
 	esac
 }
 
+# running_run prints the PID in var/dev/run.pid if that process is a
+# running run.sh: another "make run".
+running_run() {
+	local pid
+	[ -f var/dev/run.pid ] || return 1
+	pid=$(cat var/dev/run.pid)
+	[[ "$pid" =~ ^[0-9]+$ ]] && [ "$pid" != "$$" ] || return 1
+	kill -0 "$pid" 2>/dev/null || return 1
+	tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'run\.sh' || return 1
+	echo "$pid"
+}
+
+# port_taken answers whether something accepts connections on
+# 127.0.0.1:$1.
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 mkdir -p "$redis_dir" var/dev var/outbox
+
+# One "make run" at a time: a second would replace the simulator's CA
+# under the first one's relay, then fail on the ports the first holds.
+if other=$(running_run); then
+	echo "run: make run is already running (pid $other); use it, or stop it first (Ctrl-C in its terminal)" >&2
+	exit 1
+fi
+for p in 2525 2587 8025 8026 5587 8443 8099; do
+	if port_taken "$p"; then
+		echo "run: 127.0.0.1:$p is in use (the relay or the simulator needs it); stop what listens there (ss -ltnp 'sport = :$p' names it) and retry" >&2
+		exit 1
+	fi
+done
+echo $$ >var/dev/run.pid
+trap 'rm -f var/dev/run.pid' EXIT
 
 if pid=$(our_redis); then
 	echo "run: reusing the development Redis on 127.0.0.1:$port (pid $pid)"
@@ -73,7 +104,11 @@ fi
 # -v names each package as it is compiled: the first build takes a few
 # minutes, later ones seconds.
 version=$(git describe --always --dirty 2>/dev/null || echo dev)
-echo "run: building bin/holdfast and bin/o365sim… (the first build compiles every dependency and takes a few minutes)"
+if [ -x bin/holdfast ]; then
+	echo "run: building bin/holdfast and bin/o365sim…"
+else
+	echo "run: building bin/holdfast and bin/o365sim… (the first build compiles every dependency and takes a few minutes)"
+fi
 go build -v -ldflags "-X main.version=$version" -o bin/holdfast ./cmd/holdfast
 go build -v -o bin/o365sim ./cmd/o365sim
 echo "run: built"
@@ -91,7 +126,10 @@ bin/holdfast creds devcert --out var/dev
 rm -f var/dev/sim-ca.pem
 setsid bin/o365sim --config deploy/local/sim.yaml --ca-out var/dev/sim-ca.pem 2>var/dev/o365sim.log &
 sim_pid=$!
-stop_sim() { kill "$sim_pid" 2>/dev/null && wait "$sim_pid" 2>/dev/null || true; }
+stop_sim() {
+	kill "$sim_pid" 2>/dev/null && wait "$sim_pid" 2>/dev/null || true
+	rm -f var/dev/run.pid
+}
 trap stop_sim EXIT
 for _ in $(seq 50); do
 	[ -s var/dev/sim-ca.pem ] && (exec 3<>/dev/tcp/127.0.0.1/5587) 2>/dev/null && break
@@ -112,5 +150,9 @@ status=0
 bin/holdfast serve --config deploy/local/holdfast.dev.yaml || status=$?
 trap - INT TERM
 echo
-echo "run: the relay stopped; now stopping the simulator. The development Redis (pid $pid) is still running; \"make stop\" stops it."
+if our_redis >/dev/null; then
+	echo "run: the relay stopped; now stopping the simulator. The development Redis (pid $pid) is still running; \"make stop\" stops it."
+else
+	echo "run: the relay stopped; now stopping the simulator. The development Redis is no longer running."
+fi
 exit "$status"
