@@ -489,7 +489,7 @@ func Parse(data []byte) (Options, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&o); err != nil && !errors.Is(err, io.EOF) {
-		return Options{}, fmt.Errorf("parse: %w", err)
+		return Options{}, fmt.Errorf("parse: %w", explainYAML(data, err))
 	}
 	if err := o.readSecretFiles(); err != nil {
 		return Options{}, err
@@ -666,7 +666,7 @@ func (o *Options) Validate() error {
 		return bad("delivery.sender", "unknown sender %q (known: exchange, dir, off)", o.Delivery.Sender)
 	}
 	if _, err := parseLevel(o.Log.Level); err != nil {
-		return bad("log.level", "%v", err)
+		return bad("log.level", "%q is not debug, info, warn or error", o.Log.Level)
 	}
 	if o.Log.Format != "text" && o.Log.Format != "json" {
 		return bad("log.format", "must be text or json, not %q", o.Log.Format)

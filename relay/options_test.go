@@ -239,21 +239,27 @@ func TestDefaultOptions(t *testing.T) {
 	}
 }
 
+// TestParseUnknownKey: an unknown key is named by its line and its path
+// in the configuration, with the options its section takes.
 func TestParseUnknownKey(t *testing.T) {
-	tests := []struct{ yaml, key, line string }{
-		{"colour: red\n" + minimalYAML, "colour", "line 1"},
-		{"smtp:\n  listner: []\n", "listner", "line 2"},
-		{"redis:\n  addrs: [\"127.0.0.1:6379\"]\n  pasword: x\n", "pasword", "line 3"},
-		{"apps:\n  - name: crm\n    passwrod_hash: x\n", "passwrod_hash", "line 3"},
+	tests := []struct{ yaml, path, line, options string }{
+		{"colour: red\n" + minimalYAML, "colour", "line 1", "hostname, shutdown_timeout,"},
+		{"smtp:\n  listner: []\n", "smtp.listner", "line 2", "listeners,"},
+		{"redis:\n  addrs: [\"127.0.0.1:6379\"]\n  pasword: x\n", "redis.pasword", "line 3", "password, password_file,"},
+		{"apps:\n  - name: crm\n    passwrod_hash: x\n", "apps[0].passwrod_hash", "line 3", "password_hash, password_hash_file,"},
+		{"smtp:\n  listeners:\n    - addr: 127.0.0.1:2525\n    - {addr: 127.0.0.1:2587, insecur: true}\n", "smtp.listeners[1].insecur", "line 4", "addr, insecure"},
 	}
 	for _, tt := range tests {
-		t.Run(tt.key, func(t *testing.T) {
+		t.Run(tt.path, func(t *testing.T) {
 			_, err := relay.Parse([]byte(tt.yaml))
 			if err == nil {
-				t.Fatalf("Parse accepted the unknown key %s", tt.key)
+				t.Fatalf("Parse accepted the unknown key %s", tt.path)
 			}
-			if !strings.Contains(err.Error(), tt.key) || !strings.Contains(err.Error(), tt.line) {
-				t.Fatalf("Parse: %v\nwant an error naming %s at %s", err, tt.key, tt.line)
+			if !strings.Contains(err.Error(), tt.line+": "+tt.path+": ") || !strings.Contains(err.Error(), tt.options) {
+				t.Fatalf("Parse: %v\nwant an error naming %s at %s, with the options %s", err, tt.path, tt.line, tt.options)
+			}
+			if strings.Contains(err.Error(), "relay.") {
+				t.Errorf("Parse: %v\nnames a Go type", err)
 			}
 		})
 	}
@@ -280,8 +286,12 @@ func TestParseBadDuration(t *testing.T) {
 
 func TestParseBadType(t *testing.T) {
 	_, err := relay.Parse([]byte("delivery:\n  workers: many\n"))
-	if err == nil || !strings.Contains(err.Error(), "line 2") {
-		t.Fatalf("Parse of workers: many = %v; want an error at line 2", err)
+	if err == nil || !strings.Contains(err.Error(), "line 2: delivery.workers: ") || !strings.Contains(err.Error(), "many") {
+		t.Fatalf("Parse of workers: many = %v; want an error at line 2 naming delivery.workers and the value", err)
+	}
+	_, err = relay.Parse([]byte("log:\n  level: verbose\n" + minimalYAML))
+	if err == nil || !strings.Contains(err.Error(), "log.level") || !strings.Contains(err.Error(), "debug, info, warn or error") {
+		t.Fatalf("Parse of level: verbose = %v; want an error listing the levels", err)
 	}
 }
 
