@@ -121,7 +121,14 @@ func run(ctx context.Context, args []string, e *env) int {
 	fs := flag.NewFlagSet("holdfast "+c.path, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: holdfast %s %s\n\n%s.\n", c.path, c.synopsis, c.brief)
+		line := "usage: holdfast " + c.path
+		if fs.Lookup("config") != nil && !strings.Contains(c.synopsis, "--config") {
+			line += " [--config FILE]"
+		}
+		if c.synopsis != "" {
+			line += " " + c.synopsis
+		}
+		fmt.Fprintf(fs.Output(), "%s\n\n%s.\n", line, c.brief)
 		if hasFlags(fs) {
 			fmt.Fprintln(fs.Output(), "\nflags:")
 			fs.PrintDefaults()
@@ -192,8 +199,9 @@ func writeUsage(w io.Writer, group string) {
 	}
 	tw.Flush()
 	fmt.Fprint(w, `
-The serve and queue commands read the configuration from --config FILE
-(default: $HOLDFAST_CONFIG, else ./holdfast.yaml).
+Every command but creds hash, creds token, creds devcert and version reads
+the relays' configuration from --config FILE (default: $HOLDFAST_CONFIG,
+else ./holdfast.yaml).
 Run "holdfast COMMAND -h" for a command's arguments and flags.
 `)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -79,6 +80,16 @@ func TestQueueShowDelivered(t *testing.T) {
 	out := mustRun(t, "queue", "show", "--config", cfg, l.ID)
 	if !strings.Contains(out, "upstream reply:") || !strings.Contains(out, "250 2.0.0 OK") || strings.Contains(out, "last error") {
 		t.Errorf("show of a delivered message:\n%s", out)
+	}
+	// Its record is kept for queue.delivered_retention (7 days by
+	// default) from delivery; its queue lifetime no longer matters.
+	m, err := q.Get(ctx, l.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keptUntil := m.Done.Add(7 * 24 * time.Hour).UTC().Format(time.RFC3339)
+	if !strings.Contains(out, "kept until:      "+keptUntil) || strings.Contains(out, "expires:") {
+		t.Errorf("show of a delivered message does not say it is kept until %s:\n%s", keptUntil, out)
 	}
 	// A retried message keeps "last error".
 	if _, _, err := q.Enqueue(ctx, queue.Submission{Route: "web", App: "web", From: "a@contoso.com", To: []string{"b@example.org"}, Body: []byte("y")}); err != nil {
@@ -194,4 +205,37 @@ func runTTY(t *testing.T, stdin string, args ...string) result {
 		getenv: func(string) string { return "" }, now: time.Now}
 	code := run(t.Context(), args, e)
 	return result{code, stdout.String(), stderr.String()}
+}
+
+// TestMissingSecretFileNoConfigHint: a configuration that is there but
+// names a missing secret file gets the file's error, not advice to point
+// at another configuration.
+func TestMissingSecretFileNoConfigHint(t *testing.T) {
+	cfg := writeConfig(t, "127.0.0.1:1")
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	missing := filepath.Join(t.TempDir(), "crm.hash")
+	b = []byte(strings.Replace(string(b), "    senders:", "    password_hash_file: "+missing+"\n    senders:", 1))
+	if err := os.WriteFile(cfg, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := runCmd(t, "queue", "stats", "--config", cfg)
+	if r.code != exitError || !strings.Contains(r.stderr, "apps[0].password_hash_file") || !strings.Contains(r.stderr, missing) ||
+		strings.Contains(r.stderr, "--config FILE") {
+		t.Errorf("exit %d, stderr %q; want 1 naming the field and the file, and no --config hint", r.code, r.stderr)
+	}
+}
+
+// TestJSONReadable: the commands' JSON keeps <, > and & as they are
+// (upstream replies quote addresses in angle brackets), not \u003c.
+func TestJSONReadable(t *testing.T) {
+	var b strings.Builder
+	if err := writeJSON(&b, map[string]string{"last_error": "550 5.1.1 <ann@example.org>: unknown & gone"}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), `"550 5.1.1 <ann@example.org>: unknown & gone"`) {
+		t.Errorf("writeJSON printed %s", b.String())
+	}
 }

@@ -250,7 +250,10 @@ func TestUsage(t *testing.T) {
 		{[]string{"serve", "--config"}, exitUsage, "flag needs an argument"},
 		{[]string{"help"}, exitOK, ""},
 		{[]string{"queue", "help"}, exitOK, ""},
-		{[]string{"queue", "stats", "-h"}, exitOK, "usage: holdfast queue stats [--json]"},
+		{[]string{"queue", "stats", "-h"}, exitOK, "usage: holdfast queue stats [--config FILE] [--json]\n"},
+		{[]string{"breaker", "trip", "-h"}, exitOK, "usage: holdfast breaker trip [--config FILE] NAME...\n"},
+		{[]string{"serve", "-h"}, exitOK, "usage: holdfast serve [--config FILE] [--check-config]\n"},
+		{[]string{"creds", "hash", "-h"}, exitOK, "usage: holdfast creds hash\n"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

@@ -23,7 +23,8 @@ import (
 // how to point at the right one.
 func loadConfig(path string) (relay.Options, error) {
 	o, err := relay.Load(path)
-	if errors.Is(err, os.ErrNotExist) {
+	// The configuration itself is missing, not a file it names.
+	if _, serr := os.Stat(path); err != nil && errors.Is(serr, os.ErrNotExist) {
 		return relay.Options{}, fmt.Errorf("%w; point at the relays' configuration with --config FILE or $HOLDFAST_CONFIG (make run's is deploy/local/holdfast.dev.yaml)", err)
 	}
 	return o, err
@@ -324,7 +325,13 @@ func queueShow(ctx context.Context, e *env, fs *flag.FlagSet, args []string) err
 	field("size", fmt.Sprintf("%d bytes", m.Size))
 	field("attempts", fmt.Sprint(m.Attempts))
 	field("submitted", when(m.Submitted))
-	field("expires", when(m.Expires))
+	if m.State == queue.Delivered && !m.Done.IsZero() {
+		// Its lifetime no longer matters: its record, without the body,
+		// is kept for queue.delivered_retention from delivery.
+		field("kept until", when(m.Done.Add(q.Options().DeliveredRetention)))
+	} else {
+		field("expires", when(m.Expires))
+	}
 	field("due", when(m.Due))
 	field("lease ends", when(m.LeaseEnd))
 	field("updated", when(m.Updated))
@@ -419,6 +426,8 @@ func queueFlush(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
+	// For a terminal or a script, not a web page.
+	enc.SetEscapeHTML(false)
 	return enc.Encode(v)
 }
 
