@@ -491,8 +491,12 @@ func (h *api) authenticate(w http.ResponseWriter, r *http.Request) *App {
 	}
 	ip := clientIPString(r.RemoteAddr)
 	if b := h.in.guard.blocked(r.Context(), "http", ip, ""); b != nil {
-		w.Header().Set("Retry-After", strconv.Itoa(int(max(b.Until.Seconds(), 1))))
-		h.fail(w, r, nil, http.StatusTooManyRequests, "too_many_failures", "Too many requests with a wrong token came from this address; no token is checked from it until the Retry-After delay has passed. Fix the application's token, then try again.")
+		wait := int(max(b.Until.Seconds(), 1))
+		w.Header().Set("Retry-After", strconv.Itoa(wait))
+		h.fail(w, r, nil, http.StatusTooManyRequests, "too_many_failures", fmt.Sprintf(
+			"Too many failed authentications came from this address (SMTP passwords and API tokens count together); "+
+				"none is checked from it for %d s (Retry-After). Fix the application's password or token; "+
+				"an operator can lift the block at once with: holdfast creds unblock --ip %s", wait, ip))
 		return nil
 	}
 	var app *App

@@ -18,6 +18,8 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"holdfast/queue"
 )
 
 const (
@@ -682,12 +684,13 @@ func (s *smtpSession) authenticate(mech, user, password string) error {
 	ip, guard, ctx := s.tc.ip, s.ing.in.guard, s.ing.base
 	if b := guard.blocked(ctx, "smtp", ip, user); b != nil {
 		s.refusalDelay()
-		return errSMTPAuthThrottled
+		return authThrottled(b)
 	}
+	var block *queue.Block
 	app, err := s.ing.apps.checkPassword(user, password, func() (bool, error) {
 		// Counted before bcrypt runs: guesses sent at once cannot all
 		// pass the check above while the count is still low.
-		if b := guard.attempt(ctx, "smtp", ip, user); b != nil {
+		if block = guard.attempt(ctx, "smtp", ip, user); block != nil {
 			return false, errAuthThrottled
 		}
 		return guard.known(ctx, ip, user), nil
@@ -695,7 +698,7 @@ func (s *smtpSession) authenticate(mech, user, password string) error {
 	switch {
 	case errors.Is(err, errAuthThrottled):
 		s.refusalDelay()
-		return errSMTPAuthThrottled
+		return authThrottled(block)
 	case err != nil:
 		s.log.Warn("authentication deferred", "mechanism", mech, "err", err)
 		return errSMTPAuthThrottled

@@ -1,6 +1,13 @@
 package relay
 
-import "github.com/emersion/go-smtp"
+import (
+	"fmt"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"holdfast/queue"
+)
 
 // The replies of SMTP ingress. Basic codes are from RFC 5321 section 4.2.3,
 // enhanced codes from RFC 3463 and the IANA "SMTP Enhanced Status Codes"
@@ -28,7 +35,8 @@ var (
 
 	// errSMTPAuthThrottled: 454 temporary authentication failure (RFC 4954
 	// section 6), X.7.0: the client IP or user name failed too often, and
-	// its attempts are refused unchecked until the window passes.
+	// its attempts are refused unchecked until the window passes (see
+	// authThrottled), or the check could not run now.
 	errSMTPAuthThrottled = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many failed authentications, try again later"}
 
 	// errSMTPAuthMalformed: 501 syntax error in a SASL response (RFC 4954
@@ -97,4 +105,21 @@ var (
 // completed (RFC 5321), X.0.0 other undefined status, with the queue id.
 func smtpQueued(id string) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Queued as " + id}
+}
+
+// authThrottled is errSMTPAuthThrottled for a client the failed-
+// authentication count blocks: it says for how long and how an operator
+// lifts the block. A blocked user name is not echoed: clients sometimes
+// put the password there.
+func authThrottled(b *queue.Block) *smtp.SMTPError {
+	if b == nil {
+		return errSMTPAuthThrottled
+	}
+	what, lift := "for this user name", "holdfast creds unblock --user NAME"
+	if b.Kind == "ip" {
+		what, lift = "from this address", "holdfast creds unblock --ip "+b.Name
+	}
+	return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+		Message: fmt.Sprintf("Too many failed authentications %s; try again in %s, or have an operator run: %s",
+			what, max(b.Until.Round(time.Second), time.Second), lift)}
 }

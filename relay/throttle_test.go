@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -318,5 +319,38 @@ func TestAuthKnownClientWhileGuessesWait(t *testing.T) {
 	start := time.Now()
 	if r := smtpAuthFrom(t, addr, otherIP, crmUser, crmPassword); !strings.HasPrefix(r, "235 ") {
 		t.Errorf("the application's AUTH while every shared worker is busy: %q after %v, want 235", r, time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// TestAuthThrottleRepliesSayWhatToDo: the failure count of an address is
+// shared by SMTP and HTTP. After wrong SMTP passwords, the 454 says how
+// long the block lasts and how an operator lifts it, and the HTTP 429 for
+// the same address does not blame a token.
+func TestAuthThrottleRepliesSayWhatToDo(t *testing.T) {
+	f := newFixture(t)
+	s := startRelayOn(t, f, nil)
+	s.smtp.in.guard.delay = time.Millisecond
+	guessFrom(t, s.SMTPAddrs()[0], attackerIP, "nobody-"+crmUser, 10)
+
+	r := smtpAuthFrom(t, s.SMTPAddrs()[0], attackerIP, webUser, webPassword)
+	if !strings.HasPrefix(r, "454 4.7.0 ") || !strings.Contains(r, "try again in ") ||
+		!strings.Contains(r, "holdfast creds unblock --ip 127.0.0.1") {
+		t.Errorf("AUTH from the blocked address: %q; want 454 4.7.0 with the time left and the unblock command", r)
+	}
+
+	tr := &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: attackerIP}}).DialContext}
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+s.HTTPAddr()+"/v1/messages?from=billing@contoso.com&to=a@example.org",
+		strings.NewReader("Subject: t\r\n\r\nhi\r\n"))
+	req.Header.Set("Authorization", "Bearer "+crmToken)
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests || strings.Contains(string(body), "wrong token") ||
+		!strings.Contains(string(body), "SMTP passwords and API tokens") || !strings.Contains(string(body), "holdfast creds unblock --ip 127.0.0.1") {
+		t.Errorf("HTTP from the blocked address: %d %s; want 429 naming both kinds of failure and the unblock command", resp.StatusCode, body)
 	}
 }
