@@ -95,6 +95,10 @@ type CredentialOptions struct {
 	// OnSecretInUse is called with Name when another of ClientSecretFiles
 	// became the one in use (the one sent first had been refused).
 	OnSecretInUse func(name string)
+	// OnSecretExpired is called with Name when Entra first answers that
+	// one of the loaded secrets expired (AADSTS7000222); see
+	// SecretInfo.ExpiredAt.
+	OnSecretExpired func(name string)
 
 	// OnIssued is called with Name and the fingerprint of the secret or
 	// certificate used (see Fingerprint) after each token the token
@@ -308,7 +312,7 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 		if !errors.As(err, &te) || !secretRefused(te) {
 			return nil, err
 		}
-		c.refused(m, i)
+		c.refused(m, i, te)
 		if firstErr == nil {
 			firstErr = err
 		}

@@ -27,6 +27,9 @@ type secretFile struct {
 	sum     [32]byte  // SHA-256 of the file's content
 	written time.Time // the file's modification time; zero when unknown
 	expires time.Time // from SecretExpires; zero when unknown
+	// expired is when Entra first answered that this secret expired;
+	// zero when it has not. Guarded by the credential's mu.
+	expired time.Time
 }
 
 func (s *secretFile) fingerprint() string { return hex.EncodeToString(s.sum[:8]) }
@@ -41,6 +44,9 @@ type SecretInfo struct {
 	Hint      string    `json:"hint"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"` // from the configuration; zero when unknown
 	InUse     bool      `json:"in_use"`              // it got the last token
+	// ExpiredAt is when Entra answered that the secret expired
+	// (AADSTS7000222): zero until it does, and for the files read since.
+	ExpiredAt time.Time `json:"expired_at,omitzero"`
 }
 
 // secretPaths expands ClientSecretFiles: a directory stands for the
@@ -225,7 +231,7 @@ func (c *Credential) Secrets() []SecretInfo {
 	defer c.mu.Unlock()
 	var out []SecretInfo
 	for i, s := range c.mat.secrets {
-		out = append(out, SecretInfo{File: s.file, Hint: s.hint(), ExpiresAt: s.expires, InUse: i == c.inUse})
+		out = append(out, SecretInfo{File: s.file, Hint: s.hint(), ExpiresAt: s.expires, InUse: i == c.inUse, ExpiredAt: s.expired})
 	}
 	return out
 }
@@ -244,17 +250,27 @@ func (c *Credential) secretInUse() (*material, int) {
 // enough that a new secret still propagating is tried again soon.
 const refusedMemory = time.Hour
 
-// refused records that Entra refused the i-th secret of m now.
-func (c *Credential) refused(m *material, i int) {
+// refused records that Entra refused the i-th secret of m now, and when
+// it said the secret expired, tells OnSecretExpired the first time.
+func (c *Credential) refused(m *material, i int, te *TokenError) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.mat != m {
+		c.mu.Unlock()
 		return
 	}
+	now := c.opts.Now()
 	if c.refusedAt == nil {
 		c.refusedAt = map[int]time.Time{}
 	}
-	c.refusedAt[i] = c.opts.Now()
+	c.refusedAt[i] = now
+	first := te.SecretExpired() && m.secrets[i].expired.IsZero()
+	if first {
+		m.secrets[i].expired = now
+	}
+	c.mu.Unlock()
+	if first && c.opts.OnSecretExpired != nil {
+		c.opts.OnSecretExpired(c.opts.Name)
+	}
 }
 
 // useSecret makes the i-th secret of m the one in use, unless the files

@@ -24,6 +24,8 @@ func TestBreakerIncident(t *testing.T) {
 	var hookMu sync.Mutex
 	// What a webhook receiver sees: plain JSON.
 	type transition struct {
+		Type   string `json:"type"` // credential.expiring; none for a transition
+		Level  string `json:"level"`
 		ID     string `json:"id"`
 		Name   string `json:"breaker"`
 		To     string `json:"to"`
@@ -134,13 +136,20 @@ func TestBreakerIncident(t *testing.T) {
 	time.Sleep(time.Second) // room for a copy to show
 	hookMu.Lock()
 	defer hookMu.Unlock()
-	opened, closed := 0, 0
+	opened, closed, expired := 0, 0, 0
 	ids := map[string]bool{}
 	for _, h := range hooks {
 		if h.ID == "" || ids[h.ID] {
 			t.Errorf("webhook event id %q missing or repeated", h.ID)
 		}
 		ids[h.ID] = true
+		if h.Type == "credential.expiring" {
+			// Entra said the secret expired: one notice for the fleet.
+			if h.Level == LevelExpired {
+				expired++
+			}
+			continue
+		}
 		if h.Name != credentialBreaker("contoso") {
 			t.Errorf("webhook for %q", h.Name)
 		}
@@ -154,8 +163,8 @@ func TestBreakerIncident(t *testing.T) {
 			closed++
 		}
 	}
-	if opened != 1 || closed != 1 {
-		t.Errorf("webhook saw %d opens and %d closes from 3 relays, want exactly one of each", opened, closed)
+	if opened != 1 || closed != 1 || expired != 1 {
+		t.Errorf("webhook saw %d opens, %d closes and %d expired notices from 3 relays, want exactly one of each", opened, closed, expired)
 	}
 }
 

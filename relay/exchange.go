@@ -85,11 +85,13 @@ func exchangeTLS(o ExchangeOptions) (*tls.Config, error) {
 
 // credentialHooks are told about the credentials' material: onChange when
 // a secret or certificate file changes, onIssued when it got a token,
-// onSecretInUse when another of several secrets became the one in use.
+// onSecretInUse when another of several secrets became the one in use,
+// onSecretExpired when Entra said one expired.
 type credentialHooks struct {
-	onChange      func(name string)
-	onIssued      func(name, fingerprint string)
-	onSecretInUse func(name string)
+	onChange        func(name string)
+	onIssued        func(name, fingerprint string)
+	onSecretExpired func(name string)
+	onSecretInUse   func(name string)
 }
 
 // newExchange builds the exchange sender.
@@ -133,7 +135,7 @@ func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx
 	for i, c := range o.Credentials {
 		co := c.authOptions(outlookScope, httpClient, log)
 		co.OnChange, co.OnIssued, co.ReloadInterval = hooks.onChange, hooks.onIssued, credentialReload
-		co.OnSecretInUse = hooks.onSecretInUse
+		co.OnSecretInUse, co.OnSecretExpired = hooks.onSecretInUse, hooks.onSecretExpired
 		co.Metrics = authMx
 		authMx.Credential(c.Name)
 		if x.creds[c.Name], err = auth.NewCredential(co); err != nil {

@@ -24,6 +24,9 @@ const (
 	SourceConfig      = "config"      // the credential's expires_at
 	SourceCertificate = "certificate" // the certificate file's NotAfter
 	SourceGraph       = "graph"       // the app registration in Microsoft Graph
+	// SourceEntra is Entra's answer to a token request that the secret
+	// expired (AADSTS7000222), dated when it said so.
+	SourceEntra = "entra"
 )
 
 // Expiry levels: how close a credential is to its expiry.
@@ -191,6 +194,7 @@ type ExpiryMonitor struct {
 	mu      sync.Mutex
 	state   map[string]*CredentialExpiry
 	pending map[string]bool   // credentials reloaded since the last check
+	refused map[string]bool   // credentials Entra said expired since the last look
 	putOff  map[string]bool   // Graph not read: the breaker was open
 	denied  map[string]bool   // Graph 403 logged
 	failed  map[string]string // last Graph failure logged
@@ -212,11 +216,12 @@ func newExpiryMonitor(cfg expiryConfig) *ExpiryMonitor {
 	m := &ExpiryMonitor{
 		cfg: cfg,
 		desc: prometheus.NewDesc("holdfast_credential_expiry_timestamp_seconds",
-			"When a credential's secret or certificate expires, in Unix seconds, by where the date comes from (config, certificate, graph).",
+			"When a credential's secret or certificate expires, in Unix seconds, by where the date comes from (entra, config, certificate, graph).",
 			[]string{"credential", "source"}, nil),
 		wake:    make(chan struct{}, 1),
 		state:   map[string]*CredentialExpiry{},
 		pending: map[string]bool{},
+		refused: map[string]bool{},
 		putOff:  map[string]bool{},
 		denied:  map[string]bool{},
 		failed:  map[string]string{},
@@ -239,6 +244,9 @@ func (m *ExpiryMonitor) localExpiries(c Credential) []Expiry {
 			if !s.ExpiresAt.IsZero() {
 				out = append(out, Expiry{Credential: c.Name, Source: SourceConfig, Hint: s.Hint, ExpiresAt: s.ExpiresAt.UTC(), InUse: s.InUse})
 			}
+			if !s.ExpiredAt.IsZero() {
+				out = append(out, Expiry{Credential: c.Name, Source: SourceEntra, Hint: s.Hint, ExpiresAt: s.ExpiredAt.UTC(), InUse: s.InUse})
+			}
 		}
 		if t, ok := live.Expiry(); ok {
 			_, thumb := live.InUse()
@@ -250,7 +258,7 @@ func (m *ExpiryMonitor) localExpiries(c Credential) []Expiry {
 
 // summarise sorts the dates and picks the soonest in use.
 func summarise(name string, list []Expiry, now time.Time) *CredentialExpiry {
-	order := map[string]int{SourceConfig: 0, SourceCertificate: 1, SourceGraph: 2}
+	order := map[string]int{SourceEntra: 0, SourceConfig: 1, SourceCertificate: 2, SourceGraph: 3}
 	slices.SortStableFunc(list, func(a, b Expiry) int {
 		switch {
 		case a.InUse != b.InUse:
@@ -311,7 +319,7 @@ func (m *ExpiryMonitor) Collect(ch chan<- prometheus.Metric) {
 				soonest[e.Source] = e.ExpiresAt
 			}
 		}
-		for _, src := range []string{SourceConfig, SourceCertificate, SourceGraph} {
+		for _, src := range []string{SourceEntra, SourceConfig, SourceCertificate, SourceGraph} {
 			if t, ok := soonest[src]; ok {
 				ch <- prometheus.MustNewConstMetric(m.desc, prometheus.GaugeValue, float64(t.Unix()), ce.Credential, src)
 			}
@@ -331,6 +339,21 @@ func (m *ExpiryMonitor) Reloaded(name string) {
 	}
 }
 
+// SecretExpired tells the monitor that Entra answered that a secret of
+// the credential expired (AADSTS7000222): its level is worked out again
+// at once from what is known, that answer included, without reading
+// Graph, which would be one more token request with the refused secret.
+// It never blocks.
+func (m *ExpiryMonitor) SecretExpired(name string) {
+	m.mu.Lock()
+	m.refused[name] = true
+	m.mu.Unlock()
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
 // Run checks every credential now and every check interval, and a
 // reloaded credential at once, until ctx ends; then it waits for webhook
 // posts in flight.
@@ -342,7 +365,7 @@ func (m *ExpiryMonitor) Run(ctx context.Context) {
 	retry := time.NewTicker(m.cfg.retry)
 	defer retry.Stop()
 	for {
-		var names map[string]bool
+		var names, refused map[string]bool
 		select {
 		case <-ctx.Done():
 			return
@@ -352,6 +375,7 @@ func (m *ExpiryMonitor) Run(ctx context.Context) {
 		case <-m.wake:
 			m.mu.Lock()
 			names, m.pending = m.pending, map[string]bool{}
+			refused, m.refused = m.refused, map[string]bool{}
 			m.mu.Unlock()
 		case <-retry.C:
 			m.mu.Lock()
@@ -359,11 +383,27 @@ func (m *ExpiryMonitor) Run(ctx context.Context) {
 			m.mu.Unlock()
 		}
 		for _, c := range m.cfg.credentials {
-			if names[c.Name] {
+			switch {
+			case names[c.Name]:
 				m.check(ctx, c)
+			case refused[c.Name]:
+				m.recount(ctx, c)
 			}
 		}
 	}
+}
+
+// recount works out one credential's level again from the local dates
+// and the Graph dates of the last check, stores it and notifies.
+func (m *ExpiryMonitor) recount(ctx context.Context, c Credential) {
+	list := append(m.localExpiries(c), m.graphExpiries(c.Name)...)
+	now := m.cfg.now()
+	ce := summarise(c.Name, list, now)
+	m.mu.Lock()
+	ce.CheckedAt, ce.GraphError = now, m.state[c.Name].GraphError
+	m.state[c.Name] = ce
+	m.mu.Unlock()
+	m.notify(ctx, *ce, now)
 }
 
 // CheckAll reads every credential's expiry now.

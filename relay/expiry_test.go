@@ -68,7 +68,7 @@ func (w *webhookSink) events(typ string) []map[string]any {
 // "credential source unix" lines.
 func expiryGauge(lines ...string) string {
 	var b strings.Builder
-	b.WriteString("# HELP holdfast_credential_expiry_timestamp_seconds When a credential's secret or certificate expires, in Unix seconds, by where the date comes from (config, certificate, graph).\n")
+	b.WriteString("# HELP holdfast_credential_expiry_timestamp_seconds When a credential's secret or certificate expires, in Unix seconds, by where the date comes from (entra, config, certificate, graph).\n")
 	b.WriteString("# TYPE holdfast_credential_expiry_timestamp_seconds gauge\n")
 	for _, l := range lines {
 		var cred, src string
@@ -487,4 +487,39 @@ func withSecondSecretFile(t *testing.T, second string) func(*Options) {
 		o.Credentials[0].ClientSecretFile = ""
 		o.Credentials[0].ClientSecretFiles = []string{first, path}
 	}
+}
+
+// TestExpiryEntraSaysExpired: when Entra answers that the secret in use
+// expired (AADSTS7000222), the monitor says expired at once, with Entra
+// as the source, whatever date it read earlier; the breaker being open,
+// it cannot read Graph again. A rotated secret file clears it.
+func TestExpiryEntraSaysExpired(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	mon := e.relays[0].Expiry()
+	waitFor(t, 5*time.Second, "the check at start", func() bool { return mon.Expiries()[0].Source == SourceGraph })
+	if ce := mon.Expiries()[0]; ce.Level != LevelOK {
+		t.Fatalf("at start: %+v", ce)
+	}
+
+	e.sim.ExpireSecret(simTenant, simClientID)
+	e.relays[0].exchange.creds["contoso"].Invalidate()
+	id := e.submit(t, 0, "billing@contoso.com", "a@example.org", exchangeMessage(1, "billing@contoso.com"))
+	waitFor(t, 10*time.Second, "the message held", func() bool { return e.get(t, id).State == queue.Held })
+	waitFor(t, 5*time.Second, "the monitor told by Entra", func() bool { return mon.Expiries()[0].Level == LevelExpired })
+	ce := mon.Expiries()[0]
+	if ce.Source != SourceEntra || ce.ExpiresAt.After(time.Now()) || time.Since(ce.ExpiresAt) > 15*time.Second {
+		t.Errorf("after AADSTS7000222: source %q, expires_at %v; want %q and about now", ce.Source, ce.ExpiresAt, SourceEntra)
+	}
+	if v := e.metricSum(t, 0, "holdfast_credential_expiry_timestamp_seconds", map[string]string{"credential": "contoso", "source": SourceEntra}); v <= 0 || v > float64(time.Now().Unix()) {
+		t.Errorf("holdfast_credential_expiry_timestamp_seconds{source=entra} = %v; want about now", v)
+	}
+
+	const rotated = "second-secret-value~9876543210"
+	e.sim.RotateSecret(simTenant, simClientID, rotated)
+	writeFile(t, e.secretFile, rotated+"\n")
+	waitFor(t, 15*time.Second, "the rotated secret delivering", func() bool { return e.get(t, id).State == queue.Delivered })
+	waitFor(t, 10*time.Second, "the monitor past the rotation", func() bool {
+		ce := mon.Expiries()[0]
+		return ce.Level == LevelOK && ce.Source == SourceGraph
+	})
 }

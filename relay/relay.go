@@ -167,7 +167,9 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		}
 		// The expiry monitor marks the dates of the secret in use.
 		inUse := func(name string) { s.expiry.Reloaded(name) }
-		if s.exchange, err = newExchange(o, s.rdb, credentialHooks{onChange, g.issued, inUse}, s.metrics, authMx, log); err != nil {
+		expired := func(name string) { s.expiry.SecretExpired(name) }
+		hooks := credentialHooks{onChange: onChange, onIssued: g.issued, onSecretExpired: expired, onSecretInUse: inUse}
+		if s.exchange, err = newExchange(o, s.rdb, hooks, s.metrics, authMx, log); err != nil {
 			return nil, err
 		}
 		g.x, s.exchange.gate, s.gate = s.exchange, g, g

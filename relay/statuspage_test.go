@@ -72,6 +72,23 @@ func TestStatusPageInChromium(t *testing.T) {
 		e.submit(t, 0, "billing@contoso.com", fmt.Sprintf("ok%d@example.org", i), exchangeMessage(i, "billing@contoso.com"))
 	}
 	waitFor(t, 10*time.Second, "the first deliveries", func() bool { return e.sim.ReceivedCount() == sent })
+	base := "http://" + r.OpsAddr()
+
+	// Before Entra refuses the secret, the configured date decides: 12
+	// days, amber.
+	ctx := browser(t, 1100, 1300)
+	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.CSS("#expiry"))); err != nil {
+		t.Fatalf("chromium: %v", err)
+	}
+	expiryClass := see(t, ctx, chromedp.AttributeValue(chromedp.CSS("#expiry tr.level-warn"), "class")).Value
+	expiryDays := see(t, ctx, chromedp.Text(chromedp.CSS("#expiry tr.level-warn td.days")))
+	amber := see(t, ctx, chromedp.Evaluate[string](`getComputedStyle(document.querySelector("#expiry tr.level-warn")).backgroundColor`))
+	if expiryClass != "level-warn" || strings.TrimSpace(expiryDays) != "12 days" {
+		t.Errorf("expiry row class %q, days %q; want amber (level-warn) and \"12 days\"", expiryClass, expiryDays)
+	}
+	if amber != "rgb(255, 243, 214)" {
+		t.Errorf("expiry row background %s, want the amber rgb(255, 243, 214)", amber)
+	}
 
 	// The secret expires at Entra. The cached token and the idle
 	// connections go, as they would within the hour (idle connections
@@ -85,7 +102,6 @@ func TestStatusPageInChromium(t *testing.T) {
 	for i := range held {
 		e.submit(t, 0, "billing@contoso.com", fmt.Sprintf("held%d@example.org", i), exchangeMessage(100+i, "billing@contoso.com"))
 	}
-	base := "http://" + r.OpsAddr()
 	var st ops.Status
 	waitFor(t, 15*time.Second, "the breaker open, the mail held and counted", func() bool {
 		resp, err := http.Get(base + "/status.json")
@@ -122,16 +138,15 @@ func TestStatusPageInChromium(t *testing.T) {
 		t.Errorf("status.json queue %+v; queue stats %+v", st.Queue, qs.Total)
 	}
 
-	ctx := browser(t, 1100, 1300)
 	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.CSS("#breakers"))); err != nil {
 		t.Fatalf("chromium: %v", err)
 	}
 	title := see(t, ctx, chromedp.Title())
 	breakers := see(t, ctx, chromedp.Text(chromedp.CSS("#breakers")))
 	heldTile := see(t, ctx, chromedp.Text(chromedp.CSS("#held")))
-	expiryClass := see(t, ctx, chromedp.AttributeValue(chromedp.CSS("#expiry tr.level-warn"), "class")).Value
-	expiryDays := see(t, ctx, chromedp.Text(chromedp.CSS("#expiry tr.level-warn td.days")))
-	amber := see(t, ctx, chromedp.Evaluate[string](`getComputedStyle(document.querySelector("#expiry tr.level-warn")).backgroundColor`))
+	// Entra said the secret expired: that outranks the configured date.
+	expired := see(t, ctx, chromedp.Text(chromedp.CSS("#expiry tr.level-crit")))
+	red := see(t, ctx, chromedp.Evaluate[string](`getComputedStyle(document.querySelector("#expiry tr.level-crit")).backgroundColor`))
 	bars := see(t, ctx, chromedp.Evaluate[int](`document.querySelectorAll("#chart svg rect.delivered").length`))
 	lines := see(t, ctx, chromedp.Evaluate[int](`document.querySelectorAll("#chart svg polyline.held").length`))
 	shot := see(t, ctx, chromedp.FullScreenshot(100))
@@ -147,11 +162,11 @@ func TestStatusPageInChromium(t *testing.T) {
 	if got := strings.Fields(heldTile); len(got) < 2 || got[0] != fmt.Sprint(held) || got[1] != "held" {
 		t.Errorf("held tile reads %q, want %d held", heldTile, held)
 	}
-	if expiryClass != "level-warn" || strings.TrimSpace(expiryDays) != "12 days" {
-		t.Errorf("expiry row class %q, days %q; want amber (level-warn) and \"12 days\"", expiryClass, expiryDays)
+	if !strings.Contains(expired, "contoso") || !strings.Contains(expired, "expired") || !strings.Contains(expired, "entra") {
+		t.Errorf("after AADSTS7000222 the expiry row reads %q; want contoso, expired, source entra", expired)
 	}
-	if amber != "rgb(255, 243, 214)" {
-		t.Errorf("expiry row background %s, want the amber rgb(255, 243, 214)", amber)
+	if red == amber {
+		t.Errorf("the expired row is amber (%s), not red", red)
 	}
 	if bars < 1 || lines != 1 {
 		t.Errorf("chart has %d delivered bars and %d held lines; want bars for the %d delivered and one held line", bars, lines, sent)
