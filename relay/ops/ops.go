@@ -145,7 +145,19 @@ func (h *handler) read(ctx context.Context) (Status, error) {
 		}
 		st.Expiries = exp
 	}
+	// Lists, even empty, are lists in /status.json: [] rather than null.
+	st.Breakers, st.OpenMailboxes = nonNil(st.Breakers), nonNil(st.OpenMailboxes)
+	st.Expiries, st.Transitions, st.Minutes = nonNil(st.Expiries), nonNil(st.Transitions), nonNil(st.Minutes)
+	st.Transports, st.GraphFallbacks = nonNil(st.Transports), nonNil(st.GraphFallbacks)
 	return st, nil
+}
+
+// nonNil is l, or an empty slice when l is nil.
+func nonNil[T any](l []T) []T {
+	if l == nil {
+		return []T{}
+	}
+	return l
 }
 
 func (h *handler) statusJSON(w http.ResponseWriter, r *http.Request) {

@@ -185,3 +185,23 @@ func TestDaysLeftFarOff(t *testing.T) {
 		t.Errorf("days left in 36 hours: %q", got)
 	}
 }
+
+// TestStatusJSONEmptyLists: a fleet with nothing to list answers [] for
+// each list, never null, so that a script can iterate without a check.
+func TestStatusJSONEmptyLists(t *testing.T) {
+	h := New(Config{Gatherer: prometheus.NewRegistry(), Ready: func(context.Context) error { return nil },
+		Status: fakeStatus{}, Expiry: fakeExpiry(nil)})
+	code, body := get(t, h, "/status.json", "")
+	if code != http.StatusOK {
+		t.Fatalf("/status.json: %d %s", code, body)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal([]byte(body), &doc); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"credential_breakers", "open_mailbox_breakers", "credential_expiry", "transitions", "minutes", "transports", "graph_fallbacks"} {
+		if l, ok := doc[k].([]any); !ok || len(l) != 0 {
+			t.Errorf("%s: %v, want []", k, doc[k])
+		}
+	}
+}
