@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"time"
 )
@@ -97,12 +98,54 @@ type appRef struct {
 	ClientID string `json:"client_id"`
 }
 
+// adminSecret is one of an app's secrets as the admin API shows it after
+// a change: its hint (first three characters), never its value.
+type adminSecret struct {
+	KeyID       string    `json:"key_id"`
+	DisplayName string    `json:"display_name,omitempty"`
+	Hint        string    `json:"hint"`
+	EndDateTime time.Time `json:"end_date_time,omitzero"`
+}
+
+// secretsOf describes the app's secrets now.
+func (s *Sim) secretsOf(ref appRef) map[string]any {
+	var out []adminSecret
+	s.withApp(ref.Tenant, ref.ClientID, func(a *app) bool {
+		for _, k := range a.secrets {
+			out = append(out, adminSecret{KeyID: k.KeyID, DisplayName: k.DisplayName, Hint: k.Value[:min(3, len(k.Value))], EndDateTime: k.ExpiresAt.UTC()})
+		}
+		return true
+	})
+	return map[string]any{"tenant": ref.Tenant, "client_id": ref.ClientID, "secrets": out}
+}
+
+// adminIndex answers GET /admin: what the admin API offers.
+const adminIndex = `Exchange Online simulator: admin API (JSON bodies; see the package documentation of cmd/o365sim/sim)
+
+POST /admin/secrets/expire            {"tenant", "client_id"}: the app's secrets expire now
+POST /admin/secrets/rotate            {"tenant", "client_id", "secret"}: one new secret replaces them
+POST /admin/secrets/end               move one secret's end date
+POST /admin/secrets/add               one more secret beside the others
+POST /admin/apps/graph-roles          the app's Graph permissions
+POST /admin/grants/issue, /revoke     delegated grants
+POST /admin/mailboxes/smtp-auth       SMTP AUTH off or on for a mailbox
+POST /admin/tokens/expiring-margin    refuse tokens this close to expiry
+POST /admin/fault, GET /admin/fault   throttling, transient failures, stalls, SMTP down
+GET  /admin/received, /received/count the messages received
+GET  /admin/counters                  requests by kind
+POST /admin/reset                     clear messages, counters and faults
+`
+
 func (s *Sim) adminHandler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /admin", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, adminIndex)
+	})
 	mux.HandleFunc("POST /admin/secrets/expire", func(w http.ResponseWriter, r *http.Request) {
 		var req appRef
 		if decode(w, r, &req) && found(w, s.expireSecret(req.Tenant, req.ClientID), "app") {
-			w.WriteHeader(http.StatusNoContent)
+			writeJSON(w, http.StatusOK, s.secretsOf(req))
 		}
 	})
 	mux.HandleFunc("POST /admin/secrets/rotate", func(w http.ResponseWriter, r *http.Request) {
@@ -118,7 +161,7 @@ func (s *Sim) adminHandler() http.Handler {
 			return
 		}
 		if found(w, s.rotateSecret(req.Tenant, req.ClientID, req.Secret), "app") {
-			w.WriteHeader(http.StatusNoContent)
+			writeJSON(w, http.StatusOK, s.secretsOf(req.appRef))
 		}
 	})
 	mux.HandleFunc("POST /admin/secrets/end", func(w http.ResponseWriter, r *http.Request) {

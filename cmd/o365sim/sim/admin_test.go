@@ -3,6 +3,7 @@ package sim
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -73,16 +74,39 @@ func TestAdminAPI(t *testing.T) {
 
 	// Secrets.
 	cfg := f.ccConfig(appID, appSecret, outlookScope)
-	must(f.admin(t, "POST", "/admin/secrets/expire", map[string]string{"tenant": tenantID, "client_id": appID}, nil), 204)
+	var secrets struct {
+		Secrets []struct {
+			Hint        string    `json:"hint"`
+			EndDateTime time.Time `json:"end_date_time"`
+		} `json:"secrets"`
+	}
+	must(f.admin(t, "POST", "/admin/secrets/expire", map[string]string{"tenant": tenantID, "client_id": appID}, &secrets), 200)
 	if _, err := cfg.Token(f.ctx()); err == nil || !strings.Contains(err.Error(), "AADSTS7000222") {
 		t.Fatalf("after expire: %v", err)
 	}
-	must(f.admin(t, "POST", "/admin/secrets/rotate", map[string]string{"tenant": tenantID, "client_id": appID, "secret": "rotated"}, nil), 204)
+	if len(secrets.Secrets) != 1 || secrets.Secrets[0].Hint != appSecret[:3] || time.Since(secrets.Secrets[0].EndDateTime) > time.Minute {
+		t.Fatalf("expire answered %+v; want the secret's hint and an end date of about now", secrets)
+	}
+	must(f.admin(t, "POST", "/admin/secrets/rotate", map[string]string{"tenant": tenantID, "client_id": appID, "secret": "rotated"}, &secrets), 200)
+	if len(secrets.Secrets) != 1 || secrets.Secrets[0].Hint != "rot" || !secrets.Secrets[0].EndDateTime.After(time.Now().Add(170*24*time.Hour)) {
+		t.Fatalf("rotate answered %+v; want the new secret's hint and an end date 180 days out", secrets)
+	}
 	tok, err := f.ccConfig(appID, "rotated", outlookScope).Token(f.ctx())
 	if err != nil {
 		t.Fatalf("after rotate: %v", err)
 	}
 	must(f.admin(t, "POST", "/admin/secrets/expire", map[string]string{"tenant": tenantID, "client_id": "nope"}, nil), 404)
+
+	// GET /admin lists the endpoints.
+	resp, err := http.Get(f.AdminURL() + "/admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	index, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(index), "POST /admin/secrets/expire") {
+		t.Fatalf("GET /admin: %d %s", resp.StatusCode, index)
+	}
 
 	// SMTP AUTH switch.
 	must(f.admin(t, "POST", "/admin/mailboxes/smtp-auth", map[string]any{"mailbox": alice, "disabled": true}, nil), 204)

@@ -39,8 +39,9 @@
 // answers 204 unless stated; an unknown tenant, app or mailbox gets 404.
 // Errors are {"error": "text"}.
 //
-//	POST /admin/secrets/expire     {"tenant", "client_id"}             the app's secrets expire now (AADSTS7000222)
-//	POST /admin/secrets/rotate     {"tenant", "client_id", "secret"}   one new secret, valid 180 days, replaces them
+//	GET  /admin                    this list, in short
+//	POST /admin/secrets/expire     {"tenant", "client_id"}             200 {"secrets"}: the app's secrets expire now (AADSTS7000222)
+//	POST /admin/secrets/rotate     {"tenant", "client_id", "secret"}   200 {"secrets"}: one new secret, valid 180 days, replaces them
 //	POST /admin/secrets/end        {"tenant", "client_id", "key_id" or "secret", "end_date_time"}
 //	                               move one secret's end date (RFC 3339; "" never expires)
 //	POST /admin/secrets/add        {"tenant", "client_id", "secret", "end_date_time", "display_name", "propagation"}
