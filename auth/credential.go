@@ -96,8 +96,8 @@ type CredentialOptions struct {
 	// became the one in use (the one sent first had been refused).
 	OnSecretInUse func(name string)
 	// OnSecretExpired is called with Name when Entra first answers that
-	// one of the loaded secrets expired (AADSTS7000222); see
-	// SecretInfo.ExpiredAt.
+	// one of the loaded secrets expired (AADSTS7000222) and no other
+	// secret got a token in its place; see SecretInfo.ExpiredAt.
 	OnSecretExpired func(name string)
 
 	// OnIssued is called with Name and the fingerprint of the secret or
@@ -301,7 +301,10 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 	// The secret in use first, then the others in their order, while
 	// Entra says the one tried expired or is unknown.
 	order := append([]int{first}, slices.DeleteFunc(seq(len(m.secrets)), func(i int) bool { return i == first })...)
-	var firstErr error
+	var (
+		firstErr error
+		expired  bool // Entra said a secret expired for the first time
+	)
 	for n, i := range order {
 		tok, err := c.redeemWith(log, scopes, params, m, &m.secrets[i])
 		if err == nil {
@@ -310,9 +313,10 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 		}
 		var te *TokenError
 		if !errors.As(err, &te) || !secretRefused(te) {
+			// Whether the next secret works is not known: no news.
 			return nil, err
 		}
-		c.refused(m, i, te)
+		expired = c.refused(m, i, te) || expired
 		if firstErr == nil {
 			firstErr = err
 		}
@@ -324,6 +328,7 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 	// Every secret refused: the refusal of the one in use, whose
 	// fingerprint is the one the breaker knows as working, so that it
 	// counts as a failure of the credential rather than of old files.
+	c.toldExpired(expired)
 	return nil, firstErr
 }
 

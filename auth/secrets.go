@@ -250,13 +250,14 @@ func (c *Credential) secretInUse() (*material, int) {
 // enough that a new secret still propagating is tried again soon.
 const refusedMemory = time.Hour
 
-// refused records that Entra refused the i-th secret of m now, and when
-// it said the secret expired, tells OnSecretExpired the first time.
-func (c *Credential) refused(m *material, i int, te *TokenError) {
+// refused records that Entra refused the i-th secret of m now. When it
+// said the secret expired, the secret is stamped so; refused reports
+// whether that is news.
+func (c *Credential) refused(m *material, i int, te *TokenError) bool {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.mat != m {
-		c.mu.Unlock()
-		return
+		return false
 	}
 	now := c.opts.Now()
 	if c.refusedAt == nil {
@@ -267,8 +268,14 @@ func (c *Credential) refused(m *material, i int, te *TokenError) {
 	if first {
 		m.secrets[i].expired = now
 	}
-	c.mu.Unlock()
-	if first && c.opts.OnSecretExpired != nil {
+	return first
+}
+
+// toldExpired calls OnSecretExpired when news is true: once no secret got
+// a token, not while another may still work (that one becomes the one in
+// use, and the credential has not expired).
+func (c *Credential) toldExpired(news bool) {
+	if news && c.opts.OnSecretExpired != nil {
 		c.opts.OnSecretExpired(c.opts.Name)
 	}
 }

@@ -523,3 +523,61 @@ func TestExpiryEntraSaysExpired(t *testing.T) {
 		return ce.Level == LevelOK && ce.Source == SourceGraph
 	})
 }
+
+// TestExpiryFallbackSecretNotExpired: with two secret files, Entra says
+// the one in use expired and the other works: mail keeps flowing on the
+// other, and the credential is never reported expired (no log at error,
+// no credential.expiring notice), which would also use up the fleet's
+// one expired notice of the day.
+func TestExpiryFallbackSecretNotExpired(t *testing.T) {
+	const second = "Snd~second-secret-value"
+	var mu sync.Mutex
+	var notices []ExpiringEvent
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var ev ExpiringEvent
+		if json.NewDecoder(r.Body).Decode(&ev) == nil && ev.Type == "credential.expiring" {
+			mu.Lock()
+			notices = append(notices, ev)
+			mu.Unlock()
+		}
+	}))
+	defer hook.Close()
+	e := newExchangeEnvSim(t, 1, func(c *sim.Config) {
+		// The first secret ends later: it stays the one tried first.
+		c.Tenants[0].Apps[0].Secrets = append(c.Tenants[0].Apps[0].Secrets,
+			sim.Secret{Value: second, ExpiresAt: time.Now().Add(200 * 24 * time.Hour)})
+	}, func(o *Options) {
+		withSecondSecretFile(t, second)(o)
+		o.Breakers.WebhookURL = hook.URL
+	})
+	mon := e.relays[0].Expiry()
+	cred := e.relays[0].exchange.creds["contoso"]
+	waitFor(t, 5*time.Second, "the check at start", func() bool { return mon.Expiries()[0].Source == SourceGraph })
+	if hint, _ := cred.InUse(); hint != simSecret[:3] {
+		t.Fatalf("secret in use %q at start, want the first", hint)
+	}
+
+	if !e.sim.SetSecretEnd(simTenant, simClientID, simSecret, time.Now().Add(-time.Second)) {
+		t.Fatal("cannot end the first secret")
+	}
+	cred.Invalidate()
+	id := e.submit(t, 0, "billing@contoso.com", "a@example.org", exchangeMessage(1, "billing@contoso.com"))
+	waitFor(t, 10*time.Second, "delivery with the second secret", func() bool { return e.get(t, id).State == queue.Delivered })
+	if hint, _ := cred.InUse(); hint != second[:3] {
+		t.Errorf("secret in use %q after the fallback, want the second", hint)
+	}
+	time.Sleep(time.Second) // room for a wrong notice to show
+	if ce := mon.Expiries()[0]; ce.Level == LevelExpired {
+		t.Errorf("the credential is reported expired while its second secret works: %+v", ce)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, ev := range notices {
+		if ev.Level == LevelExpired {
+			t.Errorf("an expired notice went out while the second secret works: %+v", ev)
+		}
+	}
+	if strings.Contains(e.logs.String(), "expiry_level=expired") {
+		t.Error("the relay logged the credential as expired")
+	}
+}
