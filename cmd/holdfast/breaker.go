@@ -91,11 +91,16 @@ func orDash(s string) string {
 
 // breakerVerb runs one operator verb on the named breakers. Every name
 // is checked before any is changed: a name no relay checks (a typo, a
-// credential not in the configuration) is refused, except by reset,
-// which forgets such a breaker instead.
-func breakerVerb(verb string, forget bool, do func(ctx context.Context, set *breaker.Set, name string) error) func(context.Context, *env, *flag.FlagSet, []string) error {
+// credential not in the configuration) is refused. With forgettable, the
+// verb takes --forget, which instead removes the record of such a name,
+// for a credential taken out of the configuration.
+func breakerVerb(verb string, forgettable bool, do func(ctx context.Context, set *breaker.Set, name string) error) func(context.Context, *env, *flag.FlagSet, []string) error {
 	return func(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 		config := configFlag(fs, e)
+		forget := new(bool)
+		if forgettable {
+			forget = fs.Bool("forget", false, "remove the records of breakers no configured credential has (a credential taken out of the configuration), instead of resetting")
+		}
 		names, err := parseArgs(fs, args)
 		if err != nil {
 			return err
@@ -110,15 +115,19 @@ func breakerVerb(verb string, forget bool, do func(ctx context.Context, set *bre
 		defer func() { _ = rdb.Close() }()
 		set := newBreakerSet(o, rdb)
 		report := relay.NewBreakerReporter(set, queue.New(rdb, o.Queue.Options()), o)
-		known := make([]bool, len(names))
-		var unknown []string
+		// refused are the names no relay checks; with --forget, those
+		// that relays check.
+		var refused []string
 		for i, name := range names {
-			names[i], known[i] = report.Known(name)
-			if !known[i] {
-				unknown = append(unknown, name)
+			var known bool
+			if names[i], known = report.Known(name); known == *forget {
+				refused = append(refused, names[i])
 			}
 		}
-		if len(unknown) > 0 && !forget {
+		if *forget {
+			return forgetBreakers(ctx, e, set, names, refused, *config)
+		}
+		if len(refused) > 0 {
 			creds := make([]string, len(o.Credentials))
 			for i, c := range o.Credentials {
 				creds[i] = "cred:" + c.Name
@@ -127,17 +136,14 @@ func breakerVerb(verb string, forget bool, do func(ctx context.Context, set *bre
 			if len(creds) > 0 {
 				configured = "configured: " + strings.Join(creds, ", ")
 			}
-			return usagef("%s: no relay checks such a breaker; name cred:NAME of a credential in %s (%s) or mbx:ADDRESS",
-				strings.Join(unknown, ", "), *config, configured)
-		}
-		for i, name := range names {
-			if forget && !known[i] {
-				if err := set.Forget(ctx, name); err != nil {
-					return fmt.Errorf("%s: %w", name, err)
-				}
-				fmt.Fprintf(e.stdout, "%s: forgotten: no relay checks it; its record is removed\n", name)
-				continue
+			hint := ""
+			if forgettable {
+				hint = "; to remove the record of a credential taken out of the configuration, use --forget"
 			}
+			return usagef("%s: no relay checks such a breaker; name cred:NAME of a credential in %s (%s) or mbx:ADDRESS%s",
+				strings.Join(refused, ", "), *config, configured, hint)
+		}
+		for _, name := range names {
 			if err := do(ctx, set, name); err != nil {
 				return fmt.Errorf("%s: %w", name, err)
 			}
@@ -145,6 +151,39 @@ func breakerVerb(verb string, forget bool, do func(ctx context.Context, set *bre
 		}
 		return nil
 	}
+}
+
+// forgetBreakers removes the records of names, which must each have one
+// and be checked by no relay of config (configured lists those that are).
+func forgetBreakers(ctx context.Context, e *env, set *breaker.Set, names, configured []string, config string) error {
+	if len(configured) > 0 {
+		return usagef("%s: relays of %s check it; --forget removes only breakers no relay checks (reset closes a breaker)",
+			strings.Join(configured, ", "), config)
+	}
+	list, err := set.List(ctx)
+	if err != nil {
+		return err
+	}
+	recorded := map[string]bool{}
+	for _, st := range list {
+		recorded[st.Name] = true
+	}
+	var missing []string
+	for _, name := range names {
+		if !recorded[name] {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		return usagef("%s: no such breaker record (see holdfast breaker status)", strings.Join(missing, ", "))
+	}
+	for _, name := range names {
+		if err := set.Forget(ctx, name); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		fmt.Fprintf(e.stdout, "%s: forgotten: its record is removed\n", name)
+	}
+	return nil
 }
 
 var (

@@ -73,10 +73,22 @@ func TestBreakerUnknownName(t *testing.T) {
 	}
 
 	// The credential leaves the configuration while its breaker is open.
+	// A plain reset refuses the name (a typo, or the wrong --config, must
+	// not remove a record relays use) and points at --forget.
 	other := writeConfigCredentials(t, srv.Addr(), "fabrikam")
 	r := runCmd(t, "breaker", "reset", "--config", other, "cred:contoso")
+	if r.code != exitUsage || r.stdout != "" || !strings.Contains(r.stderr, "--forget") {
+		t.Fatalf("reset of a credential no longer configured: exit %d, stdout %q, stderr %q; want 2 pointing at --forget", r.code, r.stdout, r.stderr)
+	}
+	for _, names := range [][]string{{"cred:fabrikam"}, {"cred:nope"}, {"cred:contoso", "cred:fabrikam"}} {
+		r := runCmd(t, append([]string{"breaker", "reset", "--forget", "--config", other}, names...)...)
+		if r.code != exitUsage || r.stdout != "" {
+			t.Fatalf("reset --forget %v (configured, or without a record): exit %d, stdout %q, stderr %q; want 2 and nothing removed", names, r.code, r.stdout, r.stderr)
+		}
+	}
+	r = runCmd(t, "breaker", "reset", "--forget", "--config", other, "cred:contoso")
 	if r.code != exitOK || !strings.Contains(r.stdout, "cred:contoso: forgotten") {
-		t.Fatalf("reset of a credential no longer configured: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+		t.Fatalf("reset --forget of a credential no longer configured: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
 	decode(t, mustRun(t, "breaker", "status", "--config", other, "--json"), &list)
 	if len(list) != 1 || list[0].Name != "cred:fabrikam" || list[0].State != "closed" {

@@ -53,7 +53,7 @@ var commands = []*command{
 	{path: "queue drain", synopsis: "[--route R] [--timeout D]", brief: "deliver everything queued now, ignoring backoff, and report what remains", run: queueDrain},
 	{path: "breaker status", synopsis: "[--json]", brief: "show every auth breaker: state, since, reason, failures, next probe", run: breakerStatus},
 	{path: "breaker trip", synopsis: "NAME...", brief: "open breakers by hand: their mail is held", run: breakerTrip},
-	{path: "breaker reset", synopsis: "NAME...", brief: "close breakers by hand: their mail is released", run: breakerReset},
+	{path: "breaker reset", synopsis: "[--forget] NAME...", brief: "close breakers by hand: their mail is released", run: breakerReset},
 	{path: "breaker probe", synopsis: "NAME...", brief: "probe open breakers now, ignoring their interval", run: breakerProbe},
 	{path: "creds hash", synopsis: "", brief: "print the bcrypt password_hash of a password read on stdin", run: credsHash},
 	{path: "creds token", synopsis: "", brief: "print a new HTTP bearer token and its token_sha256", run: credsToken},
