@@ -289,6 +289,17 @@ func TestParseBadType(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "line 2: delivery.workers: ") || !strings.Contains(err.Error(), "many") {
 		t.Fatalf("Parse of workers: many = %v; want an error at line 2 naming delivery.workers and the value", err)
 	}
+	for _, tt := range []struct{ yaml, want string }{
+		{"log:\n  level:\n    x: 1\n", "line 3: log.level: a section of options where one value belongs"},
+		{"queue:\n  lifetime: [1]\n", "line 2: queue.lifetime: a list where one value belongs"},
+		{"smtp:\n  listeners: {addr: x}\n", "line 2: smtp.listeners: a section of options where a list belongs"},
+		// Two options on the line: the decoder's words, not a guess.
+		{"smtp: {listeners: [{addr: x, insecure: maybe}, {addr: y}]}\n", "line 1: cannot unmarshal !!str `maybe` into bool"},
+	} {
+		if _, err := relay.Parse([]byte(tt.yaml)); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Parse(%q) = %v; want %q", tt.yaml, err, tt.want)
+		}
+	}
 	_, err = relay.Parse([]byte("log:\n  level: verbose\n" + minimalYAML))
 	if err == nil || !strings.Contains(err.Error(), "log.level") || !strings.Contains(err.Error(), "debug, info, warn or error") {
 		t.Fatalf("Parse of level: verbose = %v; want an error listing the levels", err)

@@ -15,12 +15,14 @@ var (
 	lineError    = regexp.MustCompile(`^line (\d+): (.*)$`)
 	unknownField = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
 	wrongType    = regexp.MustCompile("^cannot unmarshal !!\\w+ `(.*)` into (\\S+)$")
+	wrongShape   = regexp.MustCompile(`^cannot unmarshal !!(seq|map) into (\S+)$`)
 )
 
 // yamlPlace is one key of the configuration: where it is, its path
 // (smtp.listeners[1].addr) and the type of the section that holds it.
 type yamlPlace struct {
 	line, valueLine int
+	valueKind       yaml.Kind
 	key, path       string
 	section         string
 	sectionType     reflect.Type
@@ -68,20 +70,59 @@ func explainLine(msg string, places []yamlPlace) string {
 		}
 		return msg
 	}
-	// The innermost key whose value is on the line.
+	// The key whose value, of the kind the message is about, is on the
+	// line: the innermost when they nest; when two that do not nest are
+	// (flow style), the message stays as it is rather than name the
+	// wrong one.
+	kind := yaml.ScalarNode
+	shape := wrongShape.FindStringSubmatch(what)
+	switch {
+	case shape == nil:
+	case shape[1] == "seq":
+		kind = yaml.SequenceNode
+	default:
+		kind = yaml.MappingNode
+	}
 	var at *yamlPlace
 	for i := range places {
-		if places[i].valueLine == line {
-			at = &places[i]
+		p := &places[i]
+		switch {
+		case p.valueLine != line || p.valueKind != kind:
+		case at == nil || strings.HasPrefix(p.path, at.path+".") || strings.HasPrefix(p.path, at.path+"["):
+			at = p
+		case !strings.HasPrefix(at.path, p.path+".") && !strings.HasPrefix(at.path, p.path+"["):
+			return msg
 		}
 	}
 	if at == nil {
 		return msg
 	}
-	if w := wrongType.FindStringSubmatch(what); w != nil {
+	switch w := wrongType.FindStringSubmatch(what); {
+	case w != nil:
 		what = fmt.Sprintf("%q %s", w[1], wantedType(w[2]))
+	case shape != nil:
+		what = shapeName(shape[1]) + " where " + wantedShape(shape[2]) + " belongs"
 	}
 	return fmt.Sprintf("line %d: %s: %s", line, at.path, strings.TrimPrefix(what, fmt.Sprintf("line %d: ", line)))
+}
+
+// shapeName names a YAML node kind as the decoder's message does.
+func shapeName(tag string) string {
+	if tag == "seq" {
+		return "a list"
+	}
+	return "a section of options"
+}
+
+// wantedShape says what a Go type named by the decoder is in YAML.
+func wantedShape(goType string) string {
+	switch {
+	case strings.HasPrefix(goType, "[]"):
+		return "a list"
+	case strings.HasPrefix(goType, "map[") || strings.Contains(goType, "."):
+		return "a section of options"
+	}
+	return "one value"
 }
 
 // wantedType says in words what a Go type named by the decoder takes.
@@ -126,7 +167,7 @@ func collectPlaces(n *yaml.Node, path string, t reflect.Type, out *[]yamlPlace) 
 			if path != "" {
 				p = path + "." + k.Value
 			}
-			*out = append(*out, yamlPlace{line: k.Line, valueLine: v.Line, key: k.Value, path: p, section: path, sectionType: t})
+			*out = append(*out, yamlPlace{line: k.Line, valueLine: v.Line, valueKind: v.Kind, key: k.Value, path: p, section: path, sectionType: t})
 			collectPlaces(v, p, childType(t, k.Value), out)
 		}
 	}
