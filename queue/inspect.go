@@ -245,6 +245,9 @@ func (q *Queue) Get(ctx context.Context, id string) (*Message, error) {
 		IdempotencyKey: s(14),
 	}
 	due, hold := s(15), s(16)
+	if ttl, ok := f[len(f)-1].(int64); ok && ttl > 0 {
+		m.KeptUntil = q.opts.Now().Add(time.Duration(ttl) * time.Millisecond)
+	}
 	switch s(5) {
 	case stLeased:
 		m.State = Leased

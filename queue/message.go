@@ -79,6 +79,10 @@ type Message struct {
 	HoldReason     string    // why its route is held
 	LeaseEnd       time.Time // lease deadline while leased
 	IdempotencyKey string
+	// KeptUntil is when the record goes (a delivered message's, after
+	// DeliveredRetention); zero while it is kept until settled or
+	// deleted. Set by Get.
+	KeptUntil time.Time
 }
 
 // Lease is a worker's claim on a message. Only the holder of the lease can

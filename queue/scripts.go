@@ -539,14 +539,16 @@ return out
 // to read.
 //
 // Returns the field values, then the due time (false unless queued), then
-// the route's hold reason (false unless held); or an empty list when there
-// is no such message.
+// the route's hold reason (false unless held), then the record's time to
+// live in ms (-1 when it has none); or an empty list when there is no such
+// message.
 var getScript = redis.NewScript(`
 local route = redis.call('HGET', KEYS[1], 'route')
 if not route then return {} end
 local out = redis.call('HMGET', KEYS[1], unpack(ARGV, 3))
 local base = ARGV[1] .. route
-table.insert(out, redis.call('ZSCORE', base .. ':due', ARGV[2]))
-table.insert(out, redis.call('GET', base .. ':hold'))
+out[#out + 1] = redis.call('ZSCORE', base .. ':due', ARGV[2]) or ''
+out[#out + 1] = redis.call('GET', base .. ':hold') or ''
+out[#out + 1] = redis.call('PTTL', KEYS[1])
 return out
 `)

@@ -180,6 +180,7 @@ type messageJSON struct {
 	LeaseEnd       *time.Time `json:"lease_end,omitempty"`
 	Updated        *time.Time `json:"updated,omitempty"`
 	Done           *time.Time `json:"done,omitempty"`
+	KeptUntil      *time.Time `json:"kept_until,omitempty"`
 	LastError      string     `json:"last_error,omitempty"`
 	Reason         string     `json:"reason,omitempty"`
 	HoldReason     string     `json:"hold_reason,omitempty"`
@@ -198,7 +199,7 @@ func toMessageJSON(m *queue.Message) messageJSON {
 		ID: m.ID, Route: m.Route, App: m.App, State: string(m.State), From: m.From, To: m.To,
 		Size: m.Size, Attempts: m.Attempts,
 		Submitted: t(m.Submitted), Expires: t(m.Expires), Due: t(m.Due), LeaseEnd: t(m.LeaseEnd),
-		Updated: t(m.Updated), Done: t(m.Done),
+		Updated: t(m.Updated), Done: t(m.Done), KeptUntil: t(m.KeptUntil),
 		LastError: m.LastError, Reason: m.Reason, HoldReason: m.HoldReason, IdempotencyKey: m.IdempotencyKey,
 	}
 }
@@ -325,10 +326,11 @@ func queueShow(ctx context.Context, e *env, fs *flag.FlagSet, args []string) err
 	field("size", fmt.Sprintf("%d bytes", m.Size))
 	field("attempts", fmt.Sprint(m.Attempts))
 	field("submitted", when(m.Submitted))
-	if m.State == queue.Delivered && !m.Done.IsZero() {
+	if m.State == queue.Delivered {
 		// Its lifetime no longer matters: its record, without the body,
-		// is kept for queue.delivered_retention from delivery.
-		field("kept until", when(m.Done.Add(q.Options().DeliveredRetention)))
+		// goes queue.delivered_retention after delivery, as the relay
+		// that delivered it set it.
+		field("kept until", when(m.KeptUntil))
 	} else {
 		field("expires", when(m.Expires))
 	}
