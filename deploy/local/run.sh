@@ -43,12 +43,13 @@ our_redis() {
 # running_run prints the PID in var/dev/run.pid if that process is a
 # running run.sh: another "make run".
 running_run() {
-	local pid
+	local pid args
 	[ -f var/dev/run.pid ] || return 1
 	pid=$(cat var/dev/run.pid)
 	[[ "$pid" =~ ^[0-9]+$ ]] && [ "$pid" != "$$" ] || return 1
 	kill -0 "$pid" 2>/dev/null || return 1
-	tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'run\.sh' || return 1
+	args=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || ps -o args= -p "$pid") || return 1
+	[[ "$args" == *run.sh* ]] || return 1
 	echo "$pid"
 }
 
