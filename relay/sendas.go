@@ -63,5 +63,5 @@ func (h *api) failSender(w http.ResponseWriter, r *http.Request, app *App, err e
 	}
 	h.in.log.Error("cannot check the sender's mailbox", "app", app.Name, "err", err)
 	w.Header().Set("Retry-After", storeRetryAfter)
-	h.fail(w, r, app, http.StatusServiceUnavailable, "queue_unavailable", "The relay could not look up the sender's mailbox and nothing was kept; send it again after the Retry-After delay.")
+	h.fail(w, r, app, http.StatusServiceUnavailable, "queue_unavailable", "The relay could not look up the sender's mailbox in its store (Redis), and nothing was kept; send it again after the Retry-After delay.")
 }

@@ -701,7 +701,7 @@ func (s *smtpSession) authenticate(mech, user, password string) error {
 		return authThrottled(block)
 	case err != nil:
 		s.log.Warn("authentication deferred", "mechanism", mech, "err", err)
-		return errSMTPAuthThrottled
+		return errSMTPAuthTemporary
 	}
 	if app == nil {
 		s.log.Warn("authentication failed", "mechanism", mech)

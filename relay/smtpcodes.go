@@ -36,8 +36,11 @@ var (
 	// errSMTPAuthThrottled: 454 temporary authentication failure (RFC 4954
 	// section 6), X.7.0: the client IP or user name failed too often, and
 	// its attempts are refused unchecked until the window passes (see
-	// authThrottled), or the check could not run now.
+	// authThrottled).
 	errSMTPAuthThrottled = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many failed authentications, try again later"}
+	// errSMTPAuthTemporary: the same code when the password could not be
+	// checked now (every bcrypt worker busy); RFC 4954's own words.
+	errSMTPAuthTemporary = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure, try again later"}
 
 	// errSMTPAuthMalformed: 501 syntax error in a SASL response (RFC 4954
 	// section 4), X.5.2 syntax error.
