@@ -811,6 +811,7 @@ func TestProbeRetryKeepsInterval(t *testing.T) {
 	ctx := context.Background()
 	const name = "cred:contoso"
 	record(t, a, name, errExpired)
+	failures := status(t, a, name).Failures
 	notYet := &failure{counts: true, reason: "invalid_client AADSTS7000215: Invalid client secret provided."}
 	for i, after := range []time.Duration{time.Second, 2 * time.Second, 3 * time.Second} {
 		if i == 0 {
@@ -826,8 +827,9 @@ func TestProbeRetryKeepsInterval(t *testing.T) {
 			t.Fatal(err)
 		}
 		st := status(t, a, name)
-		if st.State != Open || st.Interval != 30*time.Second || !st.NextProbe.Equal(clk.Now().Add(after)) || st.Reason != notYet.reason {
-			t.Fatalf("after retry %d: %+v; want open, interval 30s, next probe in %v", i, st, after)
+		if st.State != Open || st.Interval != 30*time.Second || !st.NextProbe.Equal(clk.Now().Add(after)) || st.Reason != notYet.reason ||
+			st.Failures != failures {
+			t.Fatalf("after retry %d: %+v; want open, interval 30s, next probe in %v, still %d failures", i, st, after, failures)
 		}
 		clk.Add(after)
 		// Due now, and kept for A: B may not take it.
@@ -843,8 +845,8 @@ func TestProbeRetryKeepsInterval(t *testing.T) {
 	if err := b.ProbeResult(ctx, name, credErr); err != nil {
 		t.Fatal(err)
 	}
-	if st := status(t, a, name); st.Interval != time.Minute {
-		t.Fatalf("a normal failure after retries: interval %v, want 1m (30s doubled once)", st.Interval)
+	if st := status(t, a, name); st.Interval != time.Minute || st.Failures != failures+1 {
+		t.Fatalf("a normal failure after retries: interval %v, %d failures; want 1m (30s doubled once) and %d", st.Interval, st.Failures, failures+1)
 	}
 	if err := a.ProbeRetry(ctx, name, nil, time.Second); err == nil {
 		t.Fatal("ProbeRetry without a failure was taken")

@@ -28,7 +28,7 @@ package breaker
 //	since        unix ms of the last transition
 //	generation   incremented on every transition
 //	failures     consecutive counted failures, fleet-wide, failed probes
-//	             included
+//	             included (not their retries while a secret propagates)
 //	interval     current open interval, ms
 //	next_probe   unix ms after which a probe may run
 //	probe_now    "1" while an immediate probe is requested

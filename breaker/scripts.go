@@ -209,7 +209,8 @@ return 1
 
 // resultScript records the prober's result. Success closes the breaker
 // and clears the failure count; failure counts one more, keeps it open
-// with the new reason and doubles the interval up to the cap. Fails with "lease lost" when the caller does not hold the
+// with the new reason and doubles the interval up to the cap. A retry (a
+// secret still propagating) counts no failure. Fails with "lease lost" when the caller does not hold the
 // lease (it expired and another replica took it, or an operator reset
 // the breaker).
 //
@@ -233,13 +234,13 @@ if ARGV[3] == '1' then
   redis.call('HSET', k, 'failures', '0')
   return reply(k)
 end
-redis.call('HINCRBY', k, 'failures', 1)
 local retry = tonumber(ARGV[6])
 if retry > 0 then
   redis.call('HSET', k, 'reason', ARGV[4], 'next_probe', string.format('%d', tonumber(ARGV[2]) + retry),
     'probe_by', ARGV[7], 'probe_by_until', ARGV[8])
   return reply(k)
 end
+redis.call('HINCRBY', k, 'failures', 1)
 local iv = math.min(tonumber(redis.call('HGET', k, 'interval') or '0') * 2, tonumber(ARGV[5]))
 redis.call('HSET', k, 'reason', ARGV[4], 'interval', string.format('%d', iv),
   'next_probe', string.format('%d', tonumber(ARGV[2]) + iv))
