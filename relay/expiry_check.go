@@ -15,8 +15,10 @@ const checkTokenTimeout = 30 * time.Second
 // CredentialCheck is what CheckCredentials found for one credential.
 type CredentialCheck struct {
 	CredentialExpiry
-	// TokenError is why the live token request failed, or why the
-	// credential's files could not be read; "" when a token was issued.
+	// TokenOK is true when the live token request got a token;
+	// TokenError is why it failed, or why the credential's files could
+	// not be read.
+	TokenOK    bool   `json:"token_ok"`
 	TokenError string `json:"token_error,omitempty"`
 }
 
@@ -57,7 +59,8 @@ func CheckCredentials(ctx context.Context, o Options, log *slog.Logger) ([]Crede
 	m.CheckAll(ctx)
 	var out []CredentialCheck
 	for _, ce := range m.Expiries() {
-		out = append(out, CredentialCheck{CredentialExpiry: ce, TokenError: loadErr[ce.Credential]})
+		_, failed := loadErr[ce.Credential]
+		out = append(out, CredentialCheck{CredentialExpiry: ce, TokenOK: !failed, TokenError: loadErr[ce.Credential]})
 	}
 	return out, ctx.Err()
 }

@@ -164,6 +164,13 @@ func TestCredsCheck(t *testing.T) {
 	if f := summaryLine(t, r.stdout); f[5] != "FAILED" {
 		t.Fatalf("summary %v", f)
 	}
+	// For a script: the token failed, and Entra's refusal dates the
+	// expiry.
+	r = runProcess(t, "creds", "check", "--config", e.config, "--within", "0", "--json")
+	if r.code != exitError || !strings.Contains(r.stdout, `"token_ok": false`) || !strings.Contains(r.stdout, `"level": "expired"`) ||
+		!strings.Contains(r.stdout, `"source": "entra"`) {
+		t.Fatalf("expired, --json: exit %d\nstdout:\n%s", r.code, r.stdout)
+	}
 }
 
 func TestCredsCheckGraphForbidden(t *testing.T) {
@@ -171,7 +178,8 @@ func TestCredsCheckGraphForbidden(t *testing.T) {
 	e.sim.SetGraphRoles(checkTenant, checkClientID, []string{"Mail.Send"}, false)
 	r := runCmd(t, "creds", "check", "--config", e.config, "--json")
 	// No date is known without Graph: not a failure, but said.
-	if r.code != exitOK || !strings.Contains(r.stdout, `"level": "unknown"`) || !strings.Contains(r.stdout, "Authorization_RequestDenied") {
+	if r.code != exitOK || !strings.Contains(r.stdout, `"level": "unknown"`) || !strings.Contains(r.stdout, "Authorization_RequestDenied") ||
+		!strings.Contains(r.stdout, `"token_ok": true`) {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
 	}
 	r = runCmd(t, "creds", "check", "--config", e.config)
