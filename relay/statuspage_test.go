@@ -89,6 +89,11 @@ func TestStatusPageInChromium(t *testing.T) {
 	if amber != "rgb(255, 243, 214)" {
 		t.Errorf("expiry row background %s, want the amber rgb(255, 243, 214)", amber)
 	}
+	// No card scrolls sideways on a desktop screen.
+	wide := see(t, ctx, chromedp.Evaluate[[]string](`[...document.querySelectorAll("section")].filter(s => s.scrollWidth > s.clientWidth).map(s => s.id + " " + s.scrollWidth + ">" + s.clientWidth)`))
+	if len(wide) > 0 {
+		t.Errorf("cards wider than their place at 1100 px: %v", wide)
+	}
 
 	// The secret expires at Entra. The cached token and the idle
 	// connections go, as they would within the hour (idle connections
@@ -162,7 +167,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	if got := strings.Fields(heldTile); len(got) < 2 || got[0] != fmt.Sprint(held) || got[1] != "held" {
 		t.Errorf("held tile reads %q, want %d held", heldTile, held)
 	}
-	if !strings.Contains(expired, "contoso") || !strings.Contains(expired, "expired") || !strings.Contains(expired, "entra") {
+	if !strings.Contains(expired, "contoso") || !strings.Contains(expired, "expired today") || !strings.Contains(expired, "entra") {
 		t.Errorf("after AADSTS7000222 the expiry row reads %q; want contoso, expired, source entra", expired)
 	}
 	if red == amber {

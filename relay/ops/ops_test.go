@@ -184,6 +184,9 @@ func TestDaysLeftFarOff(t *testing.T) {
 	if got := daysLeft(now.Add(36*time.Hour), now); got != "1 day" {
 		t.Errorf("days left in 36 hours: %q", got)
 	}
+	if got := daysLeft(now.Add(-time.Hour), now); got != "expired today" {
+		t.Errorf("an hour past the end: %q", got)
+	}
 }
 
 // TestStatusJSONEmptyLists: a fleet with nothing to list answers [] for

@@ -97,7 +97,10 @@ func daysLeft(at, now time.Time) string {
 	// shows a secret without an end as 9999-12-31.
 	left := at.UnixMilli() - now.UnixMilli()
 	day := int64(24 * time.Hour / time.Millisecond)
-	if left <= 0 {
+	switch {
+	case left <= 0 && -left < day:
+		return "expired today"
+	case left <= 0:
 		return "expired " + plural(int(-left/day), "day") + " ago"
 	}
 	return plural(int(left/day), "day")
