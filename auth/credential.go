@@ -308,6 +308,7 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 	for n, i := range order {
 		tok, err := c.redeemWith(log, scopes, params, m, &m.secrets[i])
 		if err == nil {
+			c.worked(m, i)
 			c.useSecret(m, i)
 			return tok, nil
 		}

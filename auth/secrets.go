@@ -271,6 +271,38 @@ func (c *Credential) refused(m *material, i int, te *TokenError) bool {
 	return first
 }
 
+// MarkExpired records that Entra said, at at, that the secret whose
+// fingerprint is fingerprint expired, as another replica of the fleet was
+// told: when it is the secret in use here and not marked yet, it is
+// marked as refused would have, and OnSecretExpired is called. It reports
+// whether it marked it.
+func (c *Credential) MarkExpired(fingerprint string, at time.Time) bool {
+	c.mu.Lock()
+	m, i := c.mat, c.inUse
+	news := i < len(m.secrets) && m.secrets[i].fingerprint() == fingerprint && m.secrets[i].expired.IsZero()
+	if news {
+		m.secrets[i].expired = at
+	}
+	c.mu.Unlock()
+	c.toldExpired(news)
+	return news
+}
+
+// worked clears the expired mark of the i-th secret of m, which just got a
+// token: Entra does not issue one for an expired secret. OnSecretInUse is
+// called when there was a mark.
+func (c *Credential) worked(m *material, i int) {
+	c.mu.Lock()
+	cleared := c.mat == m && !m.secrets[i].expired.IsZero()
+	if cleared {
+		m.secrets[i].expired = time.Time{}
+	}
+	c.mu.Unlock()
+	if cleared && c.opts.OnSecretInUse != nil {
+		c.opts.OnSecretInUse(c.opts.Name)
+	}
+}
+
 // toldExpired calls OnSecretExpired when news is true: once no secret got
 // a token, not while another may still work (that one becomes the one in
 // use, and the credential has not expired).

@@ -3,8 +3,10 @@ package relay
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
+	"holdfast/auth"
 	"holdfast/breaker"
 	"holdfast/queue"
 	"holdfast/relay/upstream"
@@ -55,6 +57,11 @@ func (g *gate) reconcileLoop(ctx context.Context, every time.Duration) {
 
 // reconcile makes the held set match the breaker records once.
 func (g *gate) reconcile(ctx context.Context) error {
+	list, err := g.set.List(ctx)
+	if err != nil {
+		return err
+	}
+	g.markExpired(list)
 	routes, err := g.q.Routes(ctx)
 	if err != nil {
 		return err
@@ -67,10 +74,6 @@ func (g *gate) reconcile(ctx context.Context) error {
 	}
 	if len(exchangeRoutes) == 0 {
 		return nil
-	}
-	list, err := g.set.List(ctx)
-	if err != nil {
-		return err
 	}
 	records := make(map[string]breaker.Status, len(list))
 	for _, st := range list {
@@ -111,6 +114,27 @@ func (g *gate) reconcile(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// markExpired tells this replica's credentials what the fleet was told:
+// a credential breaker open because Entra said the secret expired
+// (AADSTS7000222) marks the secret in use here expired too, when it is
+// the one the breaker knows as working (its fingerprint). A replica with a
+// cached token may not ask Entra for an hour; its expiry monitor should
+// not say "ok" meanwhile.
+func (g *gate) markExpired(list []breaker.Status) {
+	if g.x == nil {
+		return
+	}
+	for _, st := range list {
+		cred, ok := strings.CutPrefix(st.Name, "cred:")
+		// A fingerprint that got a token since the breaker opened (a
+		// rotated secret, its probe about to close it) works.
+		if ok && st.State == breaker.Open && st.GoodFingerprint != "" && st.GoodSince.Before(st.Since) &&
+			strings.Contains(st.Reason, auth.AADSTSSecretExpired) {
+			g.x.secretExpired(cred, st.GoodFingerprint, st.Since)
+		}
+	}
 }
 
 // fence is what a hold or release of a route is decided on.

@@ -321,6 +321,15 @@ func (x *exchange) reloadCredential(name string) error {
 	return errors.Join(errs...)
 }
 
+// secretExpired marks the named credential's secret in use as expired
+// since at when its fingerprint is fingerprint: the fleet's breaker opened
+// because Entra said so of that secret (see gate.markExpired).
+func (x *exchange) secretExpired(name, fingerprint string, at time.Time) {
+	if c := x.creds[name]; c != nil {
+		c.MarkExpired(fingerprint, at)
+	}
+}
+
 // reload re-reads every credential's files now (SIGHUP).
 func (x *exchange) reload() error {
 	var errs []error

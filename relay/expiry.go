@@ -561,8 +561,16 @@ func (m *ExpiryMonitor) notify(ctx context.Context, ce CredentialExpiry, now tim
 		Source:     ce.Source,
 		At:         now.UTC(),
 	}
+	// A later Graph date of a secret Entra has refused as expired is an
+	// old reading of that secret, not a newer one to deploy.
+	refused := map[string]bool{}
 	for _, e := range ce.Expiries {
-		if e.ExpiresAt.After(ce.ExpiresAt) && e.ExpiresAt.After(ev.NewestExpiresAt) && e.Source == SourceGraph {
+		if e.Source == SourceEntra {
+			refused[e.Key()] = true
+		}
+	}
+	for _, e := range ce.Expiries {
+		if e.ExpiresAt.After(ce.ExpiresAt) && e.ExpiresAt.After(ev.NewestExpiresAt) && e.Source == SourceGraph && !refused[e.Key()] {
 			ev.NewestExpiresAt = e.ExpiresAt.UTC()
 		}
 	}

@@ -24,6 +24,7 @@ import (
 
 	"holdfast/cmd/o365sim/sim"
 	"holdfast/queue"
+	"holdfast/relay/o365"
 )
 
 // webhookSink records the JSON bodies posted to it.
@@ -513,6 +514,11 @@ func TestExpiryEntraSaysExpired(t *testing.T) {
 	if v := e.metricSum(t, 0, "holdfast_credential_expiry_timestamp_seconds", map[string]string{"credential": "contoso", "source": SourceEntra}); v <= 0 || v > float64(time.Now().Unix()) {
 		t.Errorf("holdfast_credential_expiry_timestamp_seconds{source=entra} = %v; want about now", v)
 	}
+	// Graph's earlier date of this same secret is not "a newer secret".
+	waitFor(t, 5*time.Second, "the expired notice", func() bool { return strings.Contains(e.logs.String(), "credential contoso expired") })
+	if strings.Contains(e.logs.String(), "newer secret") {
+		t.Errorf("the notice sends the operator to deploy the secret that just expired:\n%s", e.logs.String())
+	}
 
 	const rotated = "second-secret-value~9876543210"
 	e.sim.RotateSecret(simTenant, simClientID, rotated)
@@ -579,5 +585,52 @@ func TestExpiryFallbackSecretNotExpired(t *testing.T) {
 	}
 	if strings.Contains(e.logs.String(), "expiry_level=expired") {
 		t.Error("the relay logged the credential as expired")
+	}
+}
+
+// TestExpiryEntraFleetWide: the fleet's breaker opens because one relay
+// was told the secret expired (AADSTS7000222); every relay whose file
+// holds that secret (the fingerprint the breaker knows as working) says
+// expired too, without a token request of its own: its cached token may
+// keep it from asking Entra for an hour.
+func TestExpiryEntraFleetWide(t *testing.T) {
+	e := newExchangeEnv(t, 3, nil)
+	for i, r := range e.relays {
+		waitFor(t, 5*time.Second, fmt.Sprintf("relay %d's check at start", i), func() bool { return r.Expiry().Expiries()[0].Source == SourceGraph })
+	}
+	// A delivery: the breaker knows the working secret's fingerprint.
+	id := e.submit(t, 0, "billing@contoso.com", "warm@example.org", exchangeMessage(1, "billing@contoso.com"))
+	waitFor(t, 10*time.Second, "a delivery", func() bool { return e.get(t, id).State == queue.Delivered })
+
+	// Relay 0's refused token request, as the delivery path records it.
+	before := e.sim.Counters().Clients[simClientID].TokenRequests
+	refused := o365.ClassifyToken(o365.TokenFailure{HTTPStatus: 401, Code: "invalid_client", AADSTS: "AADSTS7000222",
+		Text: "The provided client secret keys for app '…' are expired."}, o365.AppOnly)
+	e.relays[0].gate.failed(context.Background(), "app:contoso:billing@contoso.com", refused)
+	for i, r := range e.relays {
+		waitFor(t, 5*time.Second, fmt.Sprintf("relay %d saying expired", i), func() bool {
+			ce := r.Expiry().Expiries()[0]
+			return ce.Level == LevelExpired && ce.Source == SourceEntra
+		})
+	}
+	if n := e.sim.Counters().Clients[simClientID].TokenRequests - before; n != 0 {
+		t.Errorf("%d token requests to learn the expiry fleet-wide, want none", n)
+	}
+
+	// A relay whose file holds another secret (rotated already) does not
+	// take the fleet's refusal for its own.
+	writeFile(t, e.secretFile, "a-rotated-secret-value\n")
+	for _, r := range e.relays {
+		if _, err := r.exchange.creds["contoso"].Reload(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(2 * time.Second) // a few reconciliations
+	for i, r := range e.relays {
+		for _, x := range r.Expiry().Expiries()[0].Expiries {
+			if x.Source == SourceEntra && x.InUse {
+				t.Errorf("relay %d: its rotated secret is marked expired: %+v", i, x)
+			}
+		}
 	}
 }
