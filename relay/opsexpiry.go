@@ -17,7 +17,7 @@ func (s *Server) expirySource() ops.ExpirySource {
 		list := s.expiry.Expiries()
 		out := make([]ops.Expiry, 0, len(list))
 		for _, ce := range list {
-			e := ops.Expiry{Credential: ce.Credential, At: ce.ExpiresAt, Source: ce.Source}
+			e := ops.Expiry{Credential: ce.Credential, At: ce.ExpiresAt, Source: ce.Source, Level: ce.Level}
 			for _, x := range ce.Expiries {
 				if key := x.Key(); key != "" {
 					e.Keys = append(e.Keys, ops.ExpiryKey{Key: key, At: x.ExpiresAt, Source: x.Source, InUse: x.InUse})

@@ -173,6 +173,16 @@ func TestStatusPageInChromium(t *testing.T) {
 	if red == amber {
 		t.Errorf("the expired row is amber (%s), not red", red)
 	}
+	var after ops.Status
+	resp, err := http.Get(base + "/status.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = json.NewDecoder(resp.Body).Decode(&after)
+	resp.Body.Close()
+	if err != nil || len(after.Expiries) != 1 || after.Expiries[0].Level != LevelExpired || after.Expiries[0].Source != SourceEntra {
+		t.Errorf("status.json credential_expiry %+v (%v); want level expired, source entra", after.Expiries, err)
+	}
 	if bars < 1 || lines != 1 {
 		t.Errorf("chart has %d delivered bars and %d held lines; want bars for the %d delivered and one held line", bars, lines, sent)
 	}

@@ -54,6 +54,9 @@ type Expiry struct {
 	Credential string    `json:"credential"`
 	At         time.Time `json:"expires_at,omitzero"`
 	Source     string    `json:"source,omitempty"`
+	// Level is the expiry monitor's: unknown, ok, warning, critical or
+	// expired.
+	Level string `json:"level,omitempty"`
 	// Keys are the credential's secrets and certificates with a known
 	// date, such as the two secrets of a rotation.
 	Keys []ExpiryKey `json:"keys,omitempty"`
