@@ -25,12 +25,7 @@ func TestBreakerCommands(t *testing.T) {
 		t.Fatalf("probe: %q", out)
 	}
 	mustRun(t, "breaker", "reset", "--config", cfg, "cred:contoso")
-	var list []struct {
-		Name  string `json:"name"`
-		State string `json:"state"`
-	}
-	decode(t, mustRun(t, "breaker", "status", "--config", cfg, "--json"), &list)
-	if len(list) != 1 || list[0].State != "closed" {
+	if list := breakerList(t, cfg); len(list) != 1 || list[0].State != "closed" {
 		t.Fatalf("status after reset: %+v", list)
 	}
 	r := runCmd(t, "breaker", "probe", "--config", cfg, "cred:contoso")
@@ -63,12 +58,7 @@ func TestBreakerUnknownName(t *testing.T) {
 			t.Fatalf("%s of unknown names: exit %d, stdout %q, stderr %q; want exit 2 naming it and the known ones", verb, r.code, r.stdout, r.stderr)
 		}
 	}
-	var list []struct {
-		Name  string `json:"name"`
-		State string `json:"state"`
-	}
-	decode(t, mustRun(t, "breaker", "status", "--config", cfg, "--json"), &list)
-	if len(list) != 1 || list[0].Name != "cred:contoso" {
+	if list := breakerList(t, cfg); len(list) != 1 || list[0].Name != "cred:contoso" {
 		t.Fatalf("after refused trips the breakers are %+v; want cred:contoso only", list)
 	}
 
@@ -90,8 +80,21 @@ func TestBreakerUnknownName(t *testing.T) {
 	if r.code != exitOK || !strings.Contains(r.stdout, "cred:contoso: forgotten") {
 		t.Fatalf("reset --forget of a credential no longer configured: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
-	decode(t, mustRun(t, "breaker", "status", "--config", other, "--json"), &list)
-	if len(list) != 1 || list[0].Name != "cred:fabrikam" || list[0].State != "closed" {
+	if list := breakerList(t, other); len(list) != 1 || list[0].Name != "cred:fabrikam" || list[0].State != "closed" {
 		t.Fatalf("after forgetting cred:contoso the breakers are %+v; want cred:fabrikam, closed", list)
 	}
+}
+
+// breakerRow is a breaker as "breaker status --json" lists it.
+type breakerRow struct {
+	Name  string `json:"name"`
+	State string `json:"state"`
+}
+
+// breakerList runs "breaker status --json" with the configuration cfg.
+func breakerList(t *testing.T, cfg string) []breakerRow {
+	t.Helper()
+	var list []breakerRow
+	decode(t, mustRun(t, "breaker", "status", "--config", cfg, "--json"), &list)
+	return list
 }
