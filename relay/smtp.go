@@ -18,8 +18,6 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"github.com/prometheus/client_golang/prometheus"
-
-	"holdfast/queue"
 )
 
 const (
@@ -686,19 +684,20 @@ func (s *smtpSession) authenticate(mech, user, password string) error {
 		s.refusalDelay()
 		return authThrottled(b)
 	}
-	var block *queue.Block
 	app, err := s.ing.apps.checkPassword(user, password, func() (bool, error) {
 		// Counted before bcrypt runs: guesses sent at once cannot all
 		// pass the check above while the count is still low.
-		if block = guard.attempt(ctx, "smtp", ip, user); block != nil {
-			return false, errAuthThrottled
+		if b := guard.attempt(ctx, "smtp", ip, user); b != nil {
+			return false, authBlockedError{b}
 		}
 		return guard.known(ctx, ip, user), nil
 	}, func() { guard.succeeded(ctx, ip, user) })
+	var blocked authBlockedError
 	switch {
-	case errors.Is(err, errAuthThrottled):
+	case errors.As(err, &blocked):
+		// Sessions that waited on the same check get the same block.
 		s.refusalDelay()
-		return authThrottled(block)
+		return authThrottled(blocked.Block)
 	case err != nil:
 		s.log.Warn("authentication deferred", "mechanism", mech, "err", err)
 		return errSMTPAuthTemporary

@@ -33,13 +33,10 @@ var (
 	// section 6).
 	errSMTPAuthFailed = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
 
-	// errSMTPAuthThrottled: 454 temporary authentication failure (RFC 4954
-	// section 6), X.7.0: the client IP or user name failed too often, and
-	// its attempts are refused unchecked until the window passes (see
-	// authThrottled).
-	errSMTPAuthThrottled = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many failed authentications, try again later"}
-	// errSMTPAuthTemporary: the same code when the password could not be
-	// checked now (every bcrypt worker busy); RFC 4954's own words.
+	// errSMTPAuthTemporary: 454 temporary authentication failure (RFC 4954
+	// section 6), X.7.0, when the password could not be checked now (every
+	// bcrypt worker busy), in RFC 4954's own words. A client that failed
+	// too often gets the same code from authThrottled.
 	errSMTPAuthTemporary = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure, try again later"}
 
 	// errSMTPAuthMalformed: 501 syntax error in a SASL response (RFC 4954
@@ -110,14 +107,11 @@ func smtpQueued(id string) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Queued as " + id}
 }
 
-// authThrottled is errSMTPAuthThrottled for a client the failed-
-// authentication count blocks: it says for how long and how an operator
-// lifts the block. A blocked user name is not echoed: clients sometimes
-// put the password there.
+// authThrottled is the 454 for a client the failed-authentication count
+// blocks: it says for how long and how an operator lifts the block. A
+// blocked user name is not echoed: clients sometimes put the password
+// there.
 func authThrottled(b *queue.Block) *smtp.SMTPError {
-	if b == nil {
-		return errSMTPAuthThrottled
-	}
 	what, lift := "for this user name", "holdfast creds unblock --user NAME"
 	if b.Kind == "ip" {
 		what, lift = "from this address", "holdfast creds unblock --ip "+b.Name

@@ -177,8 +177,11 @@ type bcryptPool struct {
 	wait   time.Duration // bcryptWait
 }
 
-// errAuthThrottled: the client IP or user name failed too often.
-var errAuthThrottled = errors.New("too many failed authentications")
+// authBlockedError: the client IP or user name failed too often; Block
+// says which and for how long, for the reply.
+type authBlockedError struct{ *queue.Block }
+
+func (authBlockedError) Error() string { return "too many failed authentications" }
 
 // errBcryptBusy: the pool had no free worker within the wait.
 var errBcryptBusy = errors.New("too many password checks waiting")
