@@ -29,6 +29,10 @@ const (
 	SourceEntra = "entra"
 )
 
+// sources are every source, in the order their dates are listed and
+// exported.
+var sources = []string{SourceEntra, SourceConfig, SourceCertificate, SourceGraph}
+
 // Expiry levels: how close a credential is to its expiry.
 const (
 	LevelUnknown  = "unknown"  // no source gave a date
@@ -258,7 +262,6 @@ func (m *ExpiryMonitor) localExpiries(c Credential) []Expiry {
 
 // summarise sorts the dates and picks the soonest in use.
 func summarise(name string, list []Expiry, now time.Time) *CredentialExpiry {
-	order := map[string]int{SourceEntra: 0, SourceConfig: 1, SourceCertificate: 2, SourceGraph: 3}
 	slices.SortStableFunc(list, func(a, b Expiry) int {
 		switch {
 		case a.InUse != b.InUse:
@@ -267,7 +270,7 @@ func summarise(name string, list []Expiry, now time.Time) *CredentialExpiry {
 			}
 			return 1
 		case a.Source != b.Source:
-			return order[a.Source] - order[b.Source]
+			return slices.Index(sources, a.Source) - slices.Index(sources, b.Source)
 		}
 		return a.ExpiresAt.Compare(b.ExpiresAt)
 	})
@@ -319,7 +322,7 @@ func (m *ExpiryMonitor) Collect(ch chan<- prometheus.Metric) {
 				soonest[e.Source] = e.ExpiresAt
 			}
 		}
-		for _, src := range []string{SourceEntra, SourceConfig, SourceCertificate, SourceGraph} {
+		for _, src := range sources {
 			if t, ok := soonest[src]; ok {
 				ch <- prometheus.MustNewConstMetric(m.desc, prometheus.GaugeValue, float64(t.Unix()), ce.Credential, src)
 			}
@@ -329,24 +332,19 @@ func (m *ExpiryMonitor) Collect(ch chan<- prometheus.Metric) {
 
 // Reloaded tells the monitor that a credential's files changed: it is
 // checked again at once. It never blocks.
-func (m *ExpiryMonitor) Reloaded(name string) {
-	m.mu.Lock()
-	m.pending[name] = true
-	m.mu.Unlock()
-	select {
-	case m.wake <- struct{}{}:
-	default:
-	}
-}
+func (m *ExpiryMonitor) Reloaded(name string) { m.ask(m.pending, name) }
 
 // SecretExpired tells the monitor that Entra answered that a secret of
 // the credential expired (AADSTS7000222): its level is worked out again
 // at once from what is known, that answer included, without reading
 // Graph, which would be one more token request with the refused secret.
 // It never blocks.
-func (m *ExpiryMonitor) SecretExpired(name string) {
+func (m *ExpiryMonitor) SecretExpired(name string) { m.ask(m.refused, name) }
+
+// ask adds name to one of the monitor's sets of work and wakes Run.
+func (m *ExpiryMonitor) ask(set map[string]bool, name string) {
 	m.mu.Lock()
-	m.refused[name] = true
+	set[name] = true
 	m.mu.Unlock()
 	select {
 	case m.wake <- struct{}{}:
@@ -394,16 +392,12 @@ func (m *ExpiryMonitor) Run(ctx context.Context) {
 }
 
 // recount works out one credential's level again from the local dates
-// and the Graph dates of the last check, stores it and notifies.
+// and the Graph dates of the last check, without reading Graph.
 func (m *ExpiryMonitor) recount(ctx context.Context, c Credential) {
-	list := append(m.localExpiries(c), m.graphExpiries(c.Name)...)
-	now := m.cfg.now()
-	ce := summarise(c.Name, list, now)
 	m.mu.Lock()
-	ce.CheckedAt, ce.GraphError = now, m.state[c.Name].GraphError
-	m.state[c.Name] = ce
+	graphErr := m.state[c.Name].GraphError
 	m.mu.Unlock()
-	m.notify(ctx, *ce, now)
+	m.settle(ctx, c.Name, append(m.localExpiries(c), m.graphExpiries(c.Name)...), graphErr)
 }
 
 // CheckAll reads every credential's expiry now.
@@ -459,13 +453,19 @@ func (m *ExpiryMonitor) check(ctx context.Context, c Credential) {
 		}
 		list = append(list, graph...)
 	}
+	m.settle(ctx, c.Name, list, graphErr)
+}
+
+// settle sums up one credential's dates, stores the result and
+// notifies.
+func (m *ExpiryMonitor) settle(ctx context.Context, name string, list []Expiry, graphErr string) {
 	now := m.cfg.now()
-	ce := summarise(c.Name, list, now)
+	ce := summarise(name, list, now)
 	ce.CheckedAt, ce.GraphError = now, graphErr
 	m.mu.Lock()
-	m.state[c.Name] = ce
+	m.state[name] = ce
 	m.mu.Unlock()
-	m.cfg.log.Debug("credential expiry checked", "credential", c.Name, "expires_at", ce.ExpiresAt,
+	m.cfg.log.Debug("credential expiry checked", "credential", name, "expires_at", ce.ExpiresAt,
 		"expiry_source", ce.Source, "expiry_level", ce.Level)
 	m.notify(ctx, *ce, now)
 }
