@@ -88,9 +88,9 @@ func explainLine(msg string, places []yamlPlace) string {
 		p := &places[i]
 		switch {
 		case p.valueLine != line || p.valueKind != kind:
-		case at == nil || strings.HasPrefix(p.path, at.path+".") || strings.HasPrefix(p.path, at.path+"["):
+		case at == nil || within(p.path, at.path):
 			at = p
-		case !strings.HasPrefix(at.path, p.path+".") && !strings.HasPrefix(at.path, p.path+"["):
+		case !within(at.path, p.path):
 			return msg
 		}
 	}
@@ -104,6 +104,12 @@ func explainLine(msg string, places []yamlPlace) string {
 		what = shapeName(shape[1]) + " where " + wantedShape(shape[2]) + " belongs"
 	}
 	return fmt.Sprintf("line %d: %s: %s", line, at.path, strings.TrimPrefix(what, fmt.Sprintf("line %d: ", line)))
+}
+
+// within reports whether the option at path inner is inside the one at
+// outer.
+func within(inner, outer string) bool {
+	return strings.HasPrefix(inner, outer+".") || strings.HasPrefix(inner, outer+"[")
 }
 
 // shapeName names a YAML node kind as the decoder's message does.
@@ -134,11 +140,8 @@ func wantedType(goType string) string {
 		return "is not a number"
 	case goType == "bool":
 		return "is not true or false"
-	case strings.HasPrefix(goType, "[]"):
-		return "is not a list"
-	default:
-		return "is not a section of options"
 	}
+	return "is not " + wantedShape(goType)
 }
 
 // collectPlaces notes every key under n, whose path is path and whose
