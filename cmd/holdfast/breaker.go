@@ -115,19 +115,19 @@ func breakerVerb(verb string, forgettable bool, do func(ctx context.Context, set
 		defer func() { _ = rdb.Close() }()
 		set := newBreakerSet(o, rdb)
 		report := relay.NewBreakerReporter(set, queue.New(rdb, o.Queue.Options()), o)
-		// refused are the names no relay checks; with --forget, those
-		// that relays check.
-		var refused []string
+		var checked, unchecked []string // by the relays of config
 		for i, name := range names {
 			var known bool
-			if names[i], known = report.Known(name); known == *forget {
-				refused = append(refused, names[i])
+			if names[i], known = report.Known(name); known {
+				checked = append(checked, names[i])
+			} else {
+				unchecked = append(unchecked, names[i])
 			}
 		}
 		if *forget {
-			return forgetBreakers(ctx, e, set, names, refused, *config)
+			return forgetBreakers(ctx, e, set, names, checked, *config)
 		}
-		if len(refused) > 0 {
+		if len(unchecked) > 0 {
 			creds := make([]string, len(o.Credentials))
 			for i, c := range o.Credentials {
 				creds[i] = "cred:" + c.Name
@@ -141,7 +141,7 @@ func breakerVerb(verb string, forgettable bool, do func(ctx context.Context, set
 				hint = "; to remove the record of a credential taken out of the configuration, use --forget"
 			}
 			return usagef("%s: no relay checks such a breaker; name cred:NAME of a credential in %s (%s) or mbx:ADDRESS%s",
-				strings.Join(refused, ", "), *config, configured, hint)
+				strings.Join(unchecked, ", "), *config, configured, hint)
 		}
 		for _, name := range names {
 			if err := do(ctx, set, name); err != nil {
@@ -154,11 +154,11 @@ func breakerVerb(verb string, forgettable bool, do func(ctx context.Context, set
 }
 
 // forgetBreakers removes the records of names, which must each have one
-// and be checked by no relay of config (configured lists those that are).
-func forgetBreakers(ctx context.Context, e *env, set *breaker.Set, names, configured []string, config string) error {
-	if len(configured) > 0 {
+// and be checked by no relay of config (checked lists those that are).
+func forgetBreakers(ctx context.Context, e *env, set *breaker.Set, names, checked []string, config string) error {
+	if len(checked) > 0 {
 		return usagef("%s: relays of %s check it; --forget removes only breakers no relay checks (reset closes a breaker)",
-			strings.Join(configured, ", "), config)
+			strings.Join(checked, ", "), config)
 	}
 	list, err := set.List(ctx)
 	if err != nil {

@@ -23,11 +23,14 @@ import (
 // how to point at the right one.
 func loadConfig(path string) (relay.Options, error) {
 	o, err := relay.Load(path)
+	if err == nil {
+		return o, nil
+	}
 	// The configuration itself is missing, not a file it names.
-	if _, serr := os.Stat(path); err != nil && errors.Is(serr, os.ErrNotExist) {
+	if _, serr := os.Stat(path); errors.Is(serr, os.ErrNotExist) {
 		return relay.Options{}, fmt.Errorf("%w; point at the relays' configuration with --config FILE or $HOLDFAST_CONFIG (make run's is deploy/local/holdfast.dev.yaml)", err)
 	}
-	return o, err
+	return relay.Options{}, err
 }
 
 // openRedis loads the configuration at path and connects to its Redis,
