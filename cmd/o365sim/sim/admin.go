@@ -112,7 +112,7 @@ func (s *Sim) secretsOf(ref appRef) map[string]any {
 	var out []adminSecret
 	s.withApp(ref.Tenant, ref.ClientID, func(a *app) bool {
 		for _, k := range a.secrets {
-			out = append(out, adminSecret{KeyID: k.KeyID, DisplayName: k.DisplayName, Hint: k.Value[:min(3, len(k.Value))], EndDateTime: k.ExpiresAt.UTC()})
+			out = append(out, adminSecret{KeyID: k.KeyID, DisplayName: k.DisplayName, Hint: k.hint(), EndDateTime: k.ExpiresAt.UTC()})
 		}
 		return true
 	})

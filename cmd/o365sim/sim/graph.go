@@ -322,7 +322,7 @@ func (s *Sim) handleApplication(w http.ResponseWriter, r *http.Request) {
 			pcs = append(pcs, passwordCredential{
 				DisplayName:   k.DisplayName,
 				EndDateTime:   end.UTC().Format(time.RFC3339),
-				Hint:          k.Value[:min(3, len(k.Value))],
+				Hint:          k.hint(),
 				KeyID:         k.KeyID,
 				StartDateTime: k.start.UTC().Format(time.RFC3339),
 			})

@@ -95,6 +95,9 @@ type Secret struct {
 	ValidFrom time.Time
 }
 
+// hint is what Graph shows of a secret: its first three characters.
+func (k Secret) hint() string { return k.Value[:min(3, len(k.Value))] }
+
 // Mailbox is an Exchange Online mailbox.
 type Mailbox struct {
 	Address          string
