@@ -383,6 +383,7 @@ type smtpConn struct {
 	authenticated atomic.Bool // AUTH succeeded: never evicted
 	evicted       atomic.Bool // told to go to make room; set under ing.mu
 	waiting       atomic.Bool // a read waits for the client
+	readEOF       atomic.Bool // the client closed its side: no more bytes come
 	admitted      time.Time   // when the connection was taken in
 
 	mu          sync.Mutex
@@ -420,6 +421,9 @@ func (c *smtpConn) Read(b []byte) (int, error) {
 	c.waiting.Store(true)
 	n, err := c.Conn.Read(b)
 	c.waiting.Store(false)
+	if errors.Is(err, io.EOF) {
+		c.readEOF.Store(true)
+	}
 	if n == 0 && isTimeout(err) && c.byeIfClosing() {
 		return 0, io.EOF
 	}
@@ -834,6 +838,14 @@ func (s *smtpSession) Data(r io.Reader) error {
 	}
 	if err == nil {
 		err = buf.readFrom(r, s.ing.opts.MaxMessageBytes)
+	}
+	if _, bdat := r.(*io.PipeReader); err == nil && bdat && s.tc.readEOF.Load() {
+		// go-smtp reads a chunk with a LimitReader and takes an early end
+		// of the connection for the chunk's end: the message may be cut
+		// short, so none of it is queued. A client that closes its side
+		// right after a whole last chunk gets the same 451 if it still
+		// reads, and sends the message again.
+		err = errSMTPChunkCut
 	}
 	if err != nil {
 		reply := smtpReadError(err)

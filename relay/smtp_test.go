@@ -960,3 +960,41 @@ func TestSMTPSwaks(t *testing.T) {
 		t.Errorf("stored from %q to %q", msg.From, msg.To)
 	}
 }
+
+// TestSMTPBDATTruncated: a connection that ends inside a BDAT chunk, even
+// one marked LAST, stores nothing and, when the client only half-closed,
+// answers 451.
+func TestSMTPBDATTruncated(t *testing.T) {
+	e := newSMTPEnv(t)
+	for _, tc := range []struct {
+		name  string
+		chunk string
+	}{
+		{"one LAST chunk", "BDAT 10000 LAST\r\nSubject: t\r\n\r\nonly the start of it\r\n"},
+		{"second chunk LAST", "BDAT 12\r\nSubject: t\r\n"},
+	} {
+		c := dialSMTP(t, e.insecure)
+		c.login()
+		c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+		c.cmd("RCPT TO:<x@example.org>", "250 ")
+		c.write(tc.chunk)
+		if strings.HasPrefix(tc.chunk, "BDAT 12\r\n") {
+			c.expect("250 ")
+			c.write("BDAT 5000 LAST\r\n\r\nthe rest, cut short\r\n")
+		}
+		if err := c.nc.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		c.expect("451 4.4.2 ")
+	}
+	if n := len(smtpReady(t, e.f)); n != 0 {
+		t.Errorf("%d truncated messages stored, want none", n)
+	}
+	// A whole BDAT message is still taken.
+	c := dialSMTP(t, e.insecure)
+	c.login()
+	c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	c.cmd("RCPT TO:<x@example.org>", "250 ")
+	c.write("BDAT 16 LAST\r\nSubject: t\r\n\r\nhi\r\n")
+	c.expect("250 2.0.0 Queued as ")
+}

@@ -99,6 +99,11 @@ var (
 	// errSMTPReadFailed: 451 local error in processing (RFC 5321), X.4.2
 	// bad connection. The message could not be read to its end.
 	errSMTPReadFailed = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Error reading the message"}
+
+	// errSMTPChunkCut: as errSMTPReadFailed, for a connection that ended
+	// inside a BDAT chunk (go-smtp hands over the bytes that came as if
+	// they were the whole chunk).
+	errSMTPChunkCut = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "The connection ended inside a BDAT chunk; nothing was queued"}
 )
 
 // smtpQueued is the reply to a stored message: 250 requested action
