@@ -741,6 +741,8 @@ func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 	switch {
 	case s.app == nil:
 		err = errSMTPAuthRequired
+	case s.from != "":
+		err = errSMTPNestedMail
 	case from == "":
 		// The null sender is for bounces; applications submit new mail.
 		err = errSMTPSenderNotAllowed

@@ -998,3 +998,26 @@ func TestSMTPBDATTruncated(t *testing.T) {
 	c.write("BDAT 16 LAST\r\nSubject: t\r\n\r\nhi\r\n")
 	c.expect("250 2.0.0 Queued as ")
 }
+
+// TestSMTPNestedMail: MAIL inside a transaction is refused, as RFC 5321
+// says, and the recipients already accepted are kept.
+func TestSMTPNestedMail(t *testing.T) {
+	e := newSMTPEnv(t)
+	c := dialSMTP(t, e.insecure)
+	c.login()
+	c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	c.cmd("RCPT TO:<first@example.org>", "250 ")
+	c.cmd("MAIL FROM:<billing@contoso.com>", "503 5.5.1 ")
+	c.cmd("RCPT TO:<second@example.org>", "250 ")
+	c.cmd("DATA", "354 ")
+	c.write("Subject: t\r\n\r\nhi\r\n.\r\n")
+	c.expect("250 2.0.0 Queued as ")
+	ms := smtpReady(t, e.f)
+	if len(ms) != 1 || !slices.Equal(ms[0].To, []string{"first@example.org", "second@example.org"}) {
+		t.Errorf("ready %v, want one message to first@ and second@", ms)
+	}
+	// After RSET a new transaction starts.
+	c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	c.cmd("RSET", "250 ")
+	c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+}

@@ -104,6 +104,11 @@ var (
 	// inside a BDAT chunk (go-smtp hands over the bytes that came as if
 	// they were the whole chunk).
 	errSMTPChunkCut = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "The connection ended inside a BDAT chunk; nothing was queued"}
+
+	// errSMTPNestedMail: 503 bad sequence of commands (RFC 5321 section
+	// 4.1.1.2: MAIL inside a transaction). The transaction goes on; RSET
+	// ends it.
+	errSMTPNestedMail = &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "Nested MAIL command: a transaction is open; send RSET first"}
 )
 
 // smtpQueued is the reply to a stored message: 250 requested action
