@@ -56,6 +56,12 @@ type Submission struct {
 	// on the same route return the first message's id instead of storing a
 	// second copy, for as long as Options.IdempotencyTTL.
 	IdempotencyKey string
+	// Fingerprint, when set with IdempotencyKey, identifies what the
+	// submitter sent under the key (any string without a line break,
+	// such as a hash of the envelope and the message). A later enqueue
+	// with the same key and another fingerprint stores nothing and
+	// fails with ErrKeyReused.
+	Fingerprint string
 }
 
 // Message is a stored message. Body is only filled in by Lease.

@@ -121,7 +121,9 @@ func (q *Queue) Options() Options { return q.opts }
 
 // Enqueue stores a message durably, due now, and returns its id. When
 // m.IdempotencyKey was used before on the same route, it returns the id of
-// the first message and dup true, and stores nothing.
+// the first message and dup true, and stores nothing; if that use had
+// another Fingerprint, it returns the first message's id and
+// ErrKeyReused, and stores nothing.
 //
 // An error after the message was sent to Redis (a timeout, a lost reply,
 // too few replicas) comes with the id the message has if Redis stores it
@@ -139,6 +141,9 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 	}
 	if len(m.To) == 0 {
 		return "", false, errors.New("enqueue: no recipients")
+	}
+	if strings.ContainsAny(m.Fingerprint, "\r\n") {
+		return "", false, errors.New("enqueue: the fingerprint contains a line break")
 	}
 	for _, a := range append([]string{m.From}, m.To...) {
 		if strings.ContainsAny(a, "\r\n\x00") {
@@ -163,7 +168,7 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 	}
 	args := []any{id, m.Route, m.App, m.From, strings.Join(m.To, "\n"), m.Body,
 		now.UnixMilli(), now.Add(q.opts.Lifetime).UnixMilli(),
-		q.opts.IdempotencyTTL.Milliseconds(), m.IdempotencyKey, mark}
+		q.opts.IdempotencyTTL.Milliseconds(), m.IdempotencyKey, mark, m.Fingerprint}
 	var res []any
 	if q.opts.MinReplicas > 0 {
 		res, err = q.enqueueReplicated(ctx, keys, args)
@@ -184,6 +189,8 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 		dup = true
 	case 2:
 		return id, false, fmt.Errorf("enqueue %s: %w", id, ErrWithdrawn)
+	case 3:
+		return got, false, fmt.Errorf("enqueue: idempotency key of %s: %w", got, ErrKeyReused)
 	}
 	if !dup && !marked {
 		// The message is stored either way; a route left unmarked is
@@ -196,6 +203,11 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 // ErrWithdrawn is returned by an Enqueue whose id was withdrawn before it
 // ran.
 var ErrWithdrawn = errors.New("the message was withdrawn")
+
+// ErrKeyReused is returned by an Enqueue whose idempotency key was used
+// for another submission (another Fingerprint) on the same route, with
+// the id of that submission's message. Nothing is stored.
+var ErrKeyReused = errors.New("the idempotency key was used for another message")
 
 // ErrTooLate is returned by Withdraw when the message was stored and a
 // worker has leased or settled it since: it is being delivered.

@@ -144,12 +144,46 @@ func TestIdempotencyKey(t *testing.T) {
 	}
 }
 
+func TestIdempotencyFingerprint(t *testing.T) {
+	q, _, _ := newQueue(t)
+	ctx := context.Background()
+	m := msg("crm", 1)
+	m.IdempotencyKey, m.Fingerprint = "invoice-7", "aa"
+	first := enqueue(t, q, m)
+
+	m.Fingerprint = "bb"
+	id, dup, err := q.Enqueue(ctx, m)
+	if !errors.Is(err, queue.ErrKeyReused) || id != first || dup {
+		t.Fatalf("same key, other fingerprint: id %q dup %v err %v; want %q and ErrKeyReused", id, dup, err, first)
+	}
+	for _, print := range []string{"aa", ""} {
+		m.Fingerprint = print
+		if id, dup, err := q.Enqueue(ctx, m); err != nil || !dup || id != first {
+			t.Fatalf("same key, fingerprint %q: id %q dup %v err %v; want %q, true", print, id, dup, err, first)
+		}
+	}
+
+	// A key stored without a fingerprint (as before fingerprints were
+	// kept) matches any later submission under it.
+	m.IdempotencyKey, m.Fingerprint = "invoice-8", ""
+	second := enqueue(t, q, m)
+	m.Fingerprint = "cc"
+	if id, dup, err := q.Enqueue(ctx, m); err != nil || !dup || id != second {
+		t.Fatalf("key without a fingerprint: id %q dup %v err %v; want %q, true", id, dup, err, second)
+	}
+	st, _ := q.Stats(ctx)
+	if st.Total.Ready != 2 {
+		t.Fatalf("ready = %d, want 2", st.Total.Ready)
+	}
+}
+
 func TestEnqueueRefusesBadInput(t *testing.T) {
 	q, _, _ := newQueue(t)
 	for name, m := range map[string]queue.Submission{
-		"no recipients":    {Route: "crm", From: "a@b.c", Body: []byte("x")},
-		"bad route":        {Route: "has space", From: "a@b.c", To: []string{"x@y.z"}},
-		"injected address": {Route: "crm", From: "a@b.c\r\nBcc: x@y.z", To: []string{"x@y.z"}},
+		"no recipients":                 {Route: "crm", From: "a@b.c", Body: []byte("x")},
+		"bad route":                     {Route: "has space", From: "a@b.c", To: []string{"x@y.z"}},
+		"injected address":              {Route: "crm", From: "a@b.c\r\nBcc: x@y.z", To: []string{"x@y.z"}},
+		"fingerprint with a line break": {Route: "crm", From: "a@b.c", To: []string{"x@y.z"}, IdempotencyKey: "k", Fingerprint: "a\nb"},
 	} {
 		if _, _, err := q.Enqueue(context.Background(), m); err == nil {
 			t.Errorf("%s: enqueue succeeded", name)

@@ -46,16 +46,29 @@ return 1
 // ARGV[1] id, ARGV[2] route, ARGV[3] app, ARGV[4] from, ARGV[5] recipients
 // joined by "\n", ARGV[6] body, ARGV[7] now, ARGV[8] expiry time,
 // ARGV[9] idempotency key lifetime in ms, ARGV[10] idempotency key,
-// ARGV[11] "1" to mark the route dirty.
+// ARGV[11] "1" to mark the route dirty, ARGV[12] the submission's
+// fingerprint ("" for none).
+//
+// The idempotency key holds "ID\nFINGERPRINT", or the bare id when the
+// submission had no fingerprint (and in keys stored before fingerprints).
 //
 // Returns {id, 0} for a new message, {existing id, 1} when the
-// idempotency key was seen before, or {id, 2} when the id was withdrawn.
+// idempotency key was seen before with the same fingerprint (or where
+// either has none), {existing id, 3} when it was seen with another, or
+// {id, 2} when the id was withdrawn.
 var enqueueScript = redis.NewScript(changeLua + `
 if redis.call('EXISTS', KEYS[4]) == 1 then return {ARGV[1], 2} end
 local idem = ARGV[10] ~= ''
 if idem then
   local existing = redis.call('GET', KEYS[5])
-  if existing then return {existing, 1} end
+  if existing then
+    local nl = string.find(existing, '\n', 1, true)
+    if not nl then return {existing, 1} end
+    local first = string.sub(existing, 1, nl - 1)
+    local print = string.sub(existing, nl + 1)
+    if ARGV[12] ~= '' and print ~= '' and print ~= ARGV[12] then return {first, 3} end
+    return {first, 1}
+  end
 end
 redis.call('HSET', KEYS[1],
   'route', ARGV[2], 'app', ARGV[3], 'from', ARGV[4], 'to', ARGV[5],
@@ -64,7 +77,9 @@ redis.call('HSET', KEYS[1],
 redis.call('ZADD', KEYS[2], ARGV[7], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[7], ARGV[1])
 if idem then
-  redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[9])
+  local value = ARGV[1]
+  if ARGV[12] ~= '' then value = ARGV[1] .. '\n' .. ARGV[12] end
+  redis.call('SET', KEYS[5], value, 'PX', ARGV[9])
   redis.call('HSET', KEYS[1], 'idem', ARGV[10])
 end
 if ARGV[11] == '1' then

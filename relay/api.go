@@ -2,6 +2,8 @@ package relay
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -143,13 +146,15 @@ func (j *jsonNoRoute) Write(b []byte) (int, error) {
 //	                 repeated submission with the same key by the same
 //	                 application returns the first message's id with
 //	                 "duplicate": true and stores nothing, for as long as
-//	                 the queue remembers keys (queue.idempotency_ttl).
+//	                 the queue remembers keys (queue.idempotency_ttl). The
+//	                 same key with another envelope or message is refused
+//	                 with 422.
 //
 // Replies: 202 {"id": ..., "duplicate": bool} with Location
 // /v1/messages/{id} once the message is durably queued; 400 for a bad
 // envelope, key or message; 401 for a missing or wrong token; 403 for a
 // sender the application may not use; 413 for a message over the size
-// limit; 429 after too many wrong tokens from the client's IP; 503 with
+// limit; 422 for an Idempotency-Key used for another message; 429 after too many wrong tokens from the client's IP; 503 with
 // Retry-After when the relay holds as many messages in memory as
 // smtp.max_inflight_bytes allows, or when the queue could not store it in
 // time, in which case nothing was stored.
@@ -223,7 +228,14 @@ func (h *api) postMessage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sub.body = buf.bytes()
+	if sub.idemKey != "" {
+		sub.print = fingerprint(from, to, buf.body())
+	}
 	id, dup, err := h.in.accept(r.Context(), sub)
+	if errors.Is(err, queue.ErrKeyReused) {
+		fail(http.StatusUnprocessableEntity, "idempotency_key_reused", fmt.Sprintf("The Idempotency-Key was used for another message (%s), with another envelope or body, and nothing was stored; send a new message with a new key.", id))
+		return
+	}
 	if err != nil {
 		// accept has logged why.
 		w.Header().Set("Retry-After", storeRetryAfter)
@@ -317,6 +329,24 @@ func idempotencyKey(hdr http.Header) (string, bool) {
 		}
 	}
 	return k, true
+}
+
+// fingerprint identifies what a submission under an Idempotency-Key
+// carries: its sender, its recipients in any order, and the message as
+// stored (line endings made CRLF), without the Received: header, which
+// differs between retries. It is hex, so it has no line break.
+func fingerprint(from string, to []string, msg []byte) string {
+	rcpts := slices.Clone(to)
+	slices.Sort(rcpts)
+	h := sha256.New()
+	h.Write([]byte(from))
+	for _, a := range rcpts {
+		h.Write([]byte{0})
+		h.Write([]byte(a))
+	}
+	h.Write([]byte{0, 0})
+	h.Write(msg)
+	return hex.EncodeToString(h.Sum(nil)[:16])
 }
 
 // scopedKey makes an Idempotency-Key unique to the application, so that

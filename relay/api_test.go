@@ -262,6 +262,38 @@ func TestAPIPostIdempotency(t *testing.T) {
 	}
 }
 
+// A key used again for another message must not pass for a repeat: the
+// client would take the second message for stored while nothing was.
+func TestAPIPostIdempotencyKeyReused(t *testing.T) {
+	e := newAPIEnv(t, apiConfig{})
+	query := "from=billing@contoso.com&to=a@x.example"
+	key := map[string]string{"Idempotency-Key": "invoice-9"}
+	id, _ := accepted(t, e.post(t, crmToken, query, testMessage, key))
+
+	for _, tc := range []struct{ name, query, body string }{
+		{"other body", query, "Subject: another invoice\n\nSomething else.\n"},
+		{"other recipient", "from=billing@contoso.com&to=b@x.example", testMessage},
+		{"another recipient added", query + "&to=b@x.example", testMessage},
+	} {
+		r := e.post(t, crmToken, tc.query, tc.body, key)
+		if msg := wantError(t, r, http.StatusUnprocessableEntity, "idempotency_key_reused").Message; !strings.Contains(msg, id) {
+			t.Errorf("%s: message %q does not name the first message %s", tc.name, msg, id)
+		}
+	}
+	// The same message again is still a repeat, and line endings the
+	// relay rewrites do not make it another message.
+	crlf := strings.ReplaceAll(testMessage, "\n", "\r\n")
+	for _, body := range []string{testMessage, crlf} {
+		got, dup := accepted(t, e.post(t, crmToken, query, body, key))
+		if got != id || !dup {
+			t.Errorf("repeat: id %s duplicate %v, want %s and true", got, dup, id)
+		}
+	}
+	if n := stats(t, e.f).Ready; n != 1 {
+		t.Errorf("%d messages queued, want 1", n)
+	}
+}
+
 func TestAPIPostErrors(t *testing.T) {
 	const maxBytes = 512
 	e := newAPIEnv(t, apiConfig{maxBytes: maxBytes})

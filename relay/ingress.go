@@ -61,6 +61,7 @@ type submission struct {
 	to         []string
 	body       []byte // as stored: the Received: header (see stamp), then the message
 	idemKey    string
+	print      string // with idemKey: what the submitter sent under it (see fingerprint)
 	protocol   string // for Received: "ESMTPSA" (TLS), "ESMTPA", "HTTP" or "HTTPS"
 	remoteAddr string // client address, host:port
 	helo       string // SMTP HELO/EHLO name, empty for HTTP
@@ -111,6 +112,8 @@ func (in *ingress) check(msg []byte) *bodyFault {
 
 // accept stores a submission and returns its queue id. dup is true when an
 // idempotency key matched an earlier message, which is not stored twice.
+// A key that an earlier message used with another envelope or body stores
+// nothing and returns that message's id with queue.ErrKeyReused.
 // Nothing is stored unless it returns a nil error: a store that failed
 // after reaching Redis is withdrawn (see withdrawer), except one with an
 // idempotency key, whose retry finds it. s.body is stored as it
@@ -136,7 +139,13 @@ func (in *ingress) accept(ctx context.Context, s submission) (id string, dup boo
 		To:             s.to,
 		Body:           s.body,
 		IdempotencyKey: s.idemKey,
+		Fingerprint:    s.print,
 	})
+	if errors.Is(err, queue.ErrKeyReused) {
+		// Not a store failure: the client's own mistake, answered at once.
+		in.log.Info("idempotency key reused for another message", "app", s.app.Name, "first", id, "via", s.protocol)
+		return id, false, err
+	}
 	if err != nil {
 		in.log.Error("enqueue failed", "app", s.app.Name, "err", err)
 		// The submitter is told nothing was kept. A store that reached a
