@@ -1,10 +1,12 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -240,6 +242,9 @@ func (g *gate) failed(ctx context.Context, route string, err error) {
 	} else {
 		_, credName, _, _ := parseRoute(route)
 		g.recordCredentialFailure(ctx, cred, credName, err)
+		if o365.AppTokenRefused(err) {
+			g.recordAppRefusal(ctx, mbx, err)
+		}
 	}
 	if delegated, _, mailbox, _ := parseRoute(route); delegated && o365.DelegatedTokenRefused(err) {
 		// One mailbox's 535 is that mailbox's problem; several in a row
@@ -247,6 +252,21 @@ func (g *gate) failed(ctx context.Context, route string, err error) {
 		if rerr := g.set.RecordSpread(ctx, cred, mailbox, err, g.escalate); rerr != nil {
 			g.log.Warn("cannot record failure on breaker", "breaker", cred, "err", rerr)
 		}
+	}
+}
+
+// recordAppRefusal counts Exchange's refusal of an app-only token at a
+// mailbox (535 5.7.3) on the mailbox's breaker as well as the
+// credential's. Exchange gives the same reply when the token is bad and
+// when the service principal has no permission on this one mailbox
+// (FullAccess, or an RBAC scope without it). In the second case the
+// mailbox's breaker opens after its own failures and holds its mail; the
+// credential's probe passes over a mailbox with failures (probeRoutes),
+// so the credential's breaker, which the same refusals may have opened,
+// closes at the next probe and the other mailboxes' mail goes.
+func (g *gate) recordAppRefusal(ctx context.Context, mbx string, err error) {
+	if rerr := g.set.Record(ctx, mbx, err); rerr != nil {
+		g.log.Warn("cannot record failure on breaker", "breaker", mbx, "err", rerr)
 	}
 }
 
@@ -464,6 +484,11 @@ func (g *gate) probe(ctx context.Context, name string) error {
 			return err
 		}
 		perr = g.x.smtp.Probe(ctx, r)
+		if isCred && o365.AppTokenRefused(perr) {
+			// Maybe this mailbox's alone: the next probe tries another.
+			_, mbx, _ := routeBreakers(rt)
+			g.recordAppRefusal(ctx, mbx, perr)
+		}
 		if perr == nil || !isCred || upstream.ClassOf(perr) != upstream.Mailbox {
 			return perr
 		}
@@ -479,8 +504,9 @@ func (g *gate) probe(ctx context.Context, name string) error {
 
 // probeRoutes orders the routes a credential's probe may use: app-only
 // routes (an app-only token is what the credential itself proves) whose
-// mailbox is not known to be broken, then delegated ones when there is no
-// app-only route at all.
+// mailbox is not known to be broken; failing that, those whose mailbox's
+// breaker counts failures but is closed, fewest first; and delegated ones
+// when there is no app-only route at all.
 func (g *gate) probeRoutes(ctx context.Context, routes []string) []string {
 	var app, delegated []string
 	for _, rt := range routes {
@@ -502,13 +528,34 @@ func (g *gate) probeRoutes(ctx context.Context, routes []string) []string {
 	if err != nil {
 		return app
 	}
+	type failing struct {
+		route    string
+		failures int64
+	}
 	var healthy []string
+	var others []failing
 	for i, st := range sts {
-		if st.State == breaker.Closed && st.Failures == 0 {
+		switch {
+		case st.State == breaker.Closed && st.Failures == 0:
 			healthy = append(healthy, app[i])
+		case st.State == breaker.Closed:
+			others = append(others, failing{app[i], st.Failures})
 		}
 	}
-	return healthy
+	if len(healthy) > 0 {
+		return healthy
+	}
+	// Every mailbox has failed lately: the credential is tested where it
+	// failed least, rather than by a token alone, which an app-only
+	// token refused at every mailbox would pass. Mailboxes whose own
+	// breakers are open are left out: their mail stays held whatever the
+	// credential's probe says.
+	slices.SortStableFunc(others, func(a, b failing) int { return cmp.Compare(a.failures, b.failures) })
+	out := make([]string, len(others))
+	for i, o := range others {
+		out[i] = o.route
+	}
+	return out
 }
 
 // breakerKind is "credential" or "mailbox" for a breaker name.

@@ -2,10 +2,15 @@ package relay
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"testing"
+	"time"
 
 	"holdfast/auth"
 	"holdfast/breaker"
+	"holdfast/cmd/o365sim/sim"
+	"holdfast/queue"
 	"holdfast/relay/o365"
 	"holdfast/relay/upstream"
 
@@ -104,4 +109,114 @@ func TestRefusedCredentialsAskOncePerHold(t *testing.T) {
 	if g.token(ctx, route, src); src.requests != 3 {
 		t.Fatalf("after the files changed: %d requests, want 3", src.requests)
 	}
+}
+
+// TestAppOnlyRefusalAtOneMailbox: an app-only token that Exchange refuses
+// at one mailbox (535 5.7.3: the service principal has no FullAccess on
+// it) while it works at the others. The refusals also count on that
+// mailbox's breaker, which opens and holds its mail; the credential's
+// breaker, which the same refusals may open first, is closed by a probe
+// at a mailbox that has not failed, and the other mailboxes' mail flows
+// with the broken one's held rather than with the whole credential
+// opening and closing by turns.
+func TestAppOnlyRefusalAtOneMailbox(t *testing.T) {
+	const broken = "box10@contoso.com"
+	e := newExchangeEnvSim(t, 2, func(c *sim.Config) {
+		var boxes []string
+		for i := 1; i <= 9; i++ {
+			boxes = append(boxes, fmt.Sprintf("box%d@contoso.com", i))
+		}
+		c.Tenants[0].Apps[0].SendAsMailboxes = append(boxes, "noreply@contoso.com", "billing@contoso.com")
+	}, func(o *Options) {
+		o.Delivery.Workers = 4
+		o.Queue.BackoffBase = Duration(200 * time.Millisecond)
+		o.Queue.BackoffMax = Duration(time.Second)
+		o.Breakers.OpenInterval = Duration(time.Second)
+		o.Breakers.MaxInterval = Duration(2 * time.Second)
+		for i := range o.Apps {
+			for n := 1; n <= 10; n++ {
+				box := fmt.Sprintf("box%d@contoso.com", n)
+				o.Apps[i].SenderMailboxes[box] = box
+			}
+		}
+	})
+	set := e.relays[0].gate.set
+	status := func(name string) breaker.Status {
+		t.Helper()
+		st, err := set.Status(t.Context(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+
+	var held []string
+	for n := range 6 {
+		held = append(held, e.submit(t, n%2, broken, fmt.Sprintf("h%d@example.org", n), exchangeMessage(100+n, broken)))
+	}
+	waitFor(t, 20*time.Second, "the broken mailbox's breaker open", func() bool {
+		return status(mailboxBreaker(broken)).State == breaker.Open
+	})
+	waitFor(t, 20*time.Second, "the credential's breaker closed", func() bool {
+		return status(credentialBreaker("contoso")).State == breaker.Closed
+	})
+
+	// The healthy mailboxes' mail now goes, while the broken one's waits.
+	var ids []string
+	for n := range 27 {
+		from := fmt.Sprintf("box%d@contoso.com", n%9+1)
+		ids = append(ids, e.submit(t, n%2, from, fmt.Sprintf("r%d@example.org", n), exchangeMessage(n, from)))
+	}
+	waitFor(t, 20*time.Second, "the healthy mailboxes' mail delivered", func() bool {
+		for _, id := range ids {
+			if e.get(t, id).State != queue.Delivered {
+				return false
+			}
+		}
+		return true
+	})
+	if st := status(credentialBreaker("contoso")); st.State != breaker.Closed {
+		t.Errorf("credential breaker %+v after the healthy mail went, want closed", st)
+	}
+	for _, id := range held {
+		if m := e.get(t, id); m.State == queue.Delivered || m.State == queue.Dead {
+			t.Errorf("%s of the broken mailbox is %s, want held", id, m.State)
+		}
+	}
+}
+
+// TestProbeRoutesFallBackToFailingMailboxes: a credential's probe prefers
+// mailboxes with no failure; when every mailbox has failed lately it
+// tests the one that failed least, not a token alone (which an app-only
+// token refused at every mailbox would pass), and it never picks a
+// mailbox whose own breaker is open.
+func TestProbeRoutesFallBackToFailingMailboxes(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	g := &gate{set: breaker.New(f.redis.Client(t), breaker.Options{}), q: f.queue, log: discardLogger(), escalate: 3}
+	refused := &upstream.Error{Class: upstream.Credential, Code: 535, Enhanced: "5.7.3", Text: "Authentication unsuccessful"}
+	a, b, c := "app:contoso:a@contoso.com", "app:contoso:b@contoso.com", "app:contoso:c@contoso.com"
+	routes := []string{a, b, c}
+	fail := func(route string, n int) {
+		for range n {
+			g.failed(ctx, route, refused)
+		}
+	}
+	want := func(step string, exp ...string) {
+		t.Helper()
+		if got := g.probeRoutes(ctx, routes); !slices.Equal(got, exp) {
+			t.Fatalf("%s: probe routes %v, want %v", step, got, exp)
+		}
+	}
+	want("no failures", a, b, c)
+	fail(a, 1)
+	want("a failed", b, c)
+	fail(b, 2)
+	fail(c, 1)
+	want("every mailbox failed", a, c, b)
+	fail(a, 2)
+	if st, _ := g.set.Status(ctx, mailboxBreaker("a@contoso.com")); st.State != breaker.Open {
+		t.Fatalf("a's breaker %+v after three refusals, want open", st)
+	}
+	want("a open", c, b)
 }

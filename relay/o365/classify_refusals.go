@@ -31,6 +31,13 @@ func DelegatedTokenRefused(err error) bool {
 	return upstream.ClassOf(err) == upstream.Mailbox && TokenRefused(err)
 }
 
+// AppTokenRefused reports whether err is Exchange refusing a new app-only
+// token at AUTH: a credential-class 535 5.7.3, which may yet be one
+// mailbox's missing permission.
+func AppTokenRefused(err error) bool {
+	return upstream.ClassOf(err) == upstream.Credential && TokenRefused(err)
+}
+
 // GraphTokenRefused reports whether a Graph status is Graph refusing the
 // bearer token (401 InvalidAuthenticationToken). On a cached token it may
 // only mean the token expired early, so the sender tries once more with a

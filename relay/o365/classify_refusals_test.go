@@ -15,18 +15,19 @@ func TestTokenRefused(t *testing.T) {
 		kind  AuthKind
 		fresh bool
 		want  bool
-		// delegated is DelegatedTokenRefused's answer.
-		delegated bool
+		// delegated and app are DelegatedTokenRefused's and
+		// AppTokenRefused's answers.
+		delegated, app bool
 	}{
-		{SMTPReply{535, "5.7.3", "Authentication unsuccessful [host]"}, AppOnly, true, true, false},
-		{SMTPReply{535, "5.7.3", "Authentication unsuccessful [host]"}, AppOnly, false, true, false},
-		{SMTPReply{535, "5.7.3", "Authentication unsuccessful [host]"}, Delegated, true, true, true},
-		{SMTPReply{535, "5.7.3", "Authentication unsuccessful [host]"}, Delegated, false, true, false},
-		{SMTPReply{535, "5.7.139", "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox."}, AppOnly, true, false, false},
-		{SMTPReply{535, "5.7.139", "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox."}, Delegated, true, false, false},
-		{SMTPReply{501, "5.5.124", "Invalid XOAUTH2 auth data - User address provided is not valid"}, AppOnly, true, false, false},
-		{SMTPReply{451, "5.7.3", "STARTTLS is required to send mail"}, AppOnly, true, false, false},
-		{SMTPReply{530, "5.7.57", "Client not authenticated to send mail"}, AppOnly, true, false, false},
+		{SMTPReply{535, "5.7.3", "Authentication unsuccessful [host]"}, AppOnly, true, true, false, true},
+		{SMTPReply{535, "5.7.3", "Authentication unsuccessful [host]"}, AppOnly, false, true, false, false},
+		{SMTPReply{535, "5.7.3", "Authentication unsuccessful [host]"}, Delegated, true, true, true, false},
+		{SMTPReply{535, "5.7.3", "Authentication unsuccessful [host]"}, Delegated, false, true, false, false},
+		{SMTPReply{535, "5.7.139", "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox."}, AppOnly, true, false, false, false},
+		{SMTPReply{535, "5.7.139", "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox."}, Delegated, true, false, false, false},
+		{SMTPReply{501, "5.5.124", "Invalid XOAUTH2 auth data - User address provided is not valid"}, AppOnly, true, false, false, false},
+		{SMTPReply{451, "5.7.3", "STARTTLS is required to send mail"}, AppOnly, true, false, false, false},
+		{SMTPReply{530, "5.7.57", "Client not authenticated to send mail"}, AppOnly, true, false, false, false},
 	} {
 		t.Run(fmt.Sprintf("%d %s kind %d fresh %v", tc.reply.Code, tc.reply.Enhanced, tc.kind, tc.fresh), func(t *testing.T) {
 			e := ClassifySMTP(tc.reply, tc.kind, tc.fresh)
@@ -35,6 +36,9 @@ func TestTokenRefused(t *testing.T) {
 			}
 			if got := DelegatedTokenRefused(e); got != tc.delegated {
 				t.Errorf("DelegatedTokenRefused = %v, want %v", got, tc.delegated)
+			}
+			if got := AppTokenRefused(e); got != tc.app {
+				t.Errorf("AppTokenRefused = %v, want %v", got, tc.app)
 			}
 		})
 	}
