@@ -27,17 +27,22 @@ const httpConnAge = time.Second
 // closed). When every connection is in a request, the newcomer gets
 // 503 with Retry-After and is closed. Without it, a client could hold
 // file descriptors by the thousand, and take them from SMTP and Redis.
+// One client address is held to maxPerIP connections the same way, among
+// its own (http.max_connections_per_ip), so that it cannot fill the
+// table with requests in progress.
 type httpConns struct {
-	max int
-	tls bool // the API serves TLS: a refused newcomer is closed without a reply
-	age atomic.Int64
-	log *slog.Logger
+	max      int
+	maxPerIP int
+	tls      bool // the API serves TLS: a refused newcomer is closed without a reply
+	age      atomic.Int64
+	log      *slog.Logger
 
 	mu      sync.Mutex
 	conns   map[net.Conn]*httpConn // by the connection Accept returned
 	closing int                    // connections in conns told to go, not yet closed
+	perIP   map[string]int         // connections in conns not told to go, by client IP
 
-	refused prometheus.Counter
+	refused *prometheus.CounterVec // by limit: total, per_ip
 	evicted prometheus.Counter
 	sample  *logSampler
 
@@ -56,6 +61,7 @@ const (
 )
 
 type httpConn struct {
+	ip      string
 	state   http.ConnState
 	since   time.Time // when it entered state
 	closing bool
@@ -80,17 +86,20 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
-func newHTTPConns(max int, tls bool, log *slog.Logger) *httpConns {
-	h := &httpConns{max: max, tls: tls, log: log, conns: map[net.Conn]*httpConn{}, sample: newLogSampler(logSampleEvery),
-		lingering: make(chan struct{}, httpLingerers),
-		refused: prometheus.NewCounter(prometheus.CounterOpts{
+func newHTTPConns(max, maxPerIP int, tls bool, log *slog.Logger) *httpConns {
+	h := &httpConns{max: max, maxPerIP: maxPerIP, tls: tls, log: log, conns: map[net.Conn]*httpConn{}, perIP: map[string]int{},
+		sample: newLogSampler(logSampleEvery), lingering: make(chan struct{}, httpLingerers),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "holdfast_http_connections_refused_total",
-			Help: "HTTP API connections refused with 503 at connect: every connection was in a request (http.max_connections).",
-		}),
+			Help: "HTTP API connections refused with 503 at connect, by the limit reached: total (every connection was in a request, http.max_connections) or per_ip (every connection of the client's address was, http.max_connections_per_ip).",
+		}, []string{"limit"}),
 		evicted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "holdfast_http_connections_evicted_total",
 			Help: "HTTP API connections not in a request, closed to make room for a new connection in a full table.",
 		}),
+	}
+	for _, l := range []string{"total", "per_ip"} {
+		h.refused.WithLabelValues(l)
 	}
 	h.age.Store(int64(httpConnAge))
 	return h
@@ -123,11 +132,11 @@ func (h *httpConns) counts() (open, active int) {
 // listener wraps l so that its connections are counted.
 func (h *httpConns) listener(l net.Listener) net.Listener {
 	return &gatedListener{Listener: l, admit: func(nc net.Conn) net.Conn {
-		if tc := h.admit(nc); tc != nil {
-			return tc
+		tc, limit := h.admit(nc)
+		if tc == nil {
+			h.refuse(nc, limit)
 		}
-		h.refuse(nc)
-		return nil
+		return tc
 	}}
 }
 
@@ -147,6 +156,8 @@ func (h *httpConns) connState(nc net.Conn, state http.ConnState) {
 	case http.StateClosed, http.StateHijacked:
 		if c.closing {
 			h.closing--
+		} else {
+			h.leaveIPLocked(c.ip)
 		}
 		delete(h.conns, nc)
 	default:
@@ -158,21 +169,34 @@ func (h *httpConns) connState(nc net.Conn, state http.ConnState) {
 }
 
 // admit takes nc in, closing a connection not in a request to make room
-// when the table is full, and returns it as tracked; or nil when there is
-// no room.
-func (h *httpConns) admit(nc net.Conn) net.Conn {
+// when its address has its share of connections, or the table is full,
+// and returns it as tracked; or nil and the limit ("per_ip" or "total")
+// when there is no room.
+func (h *httpConns) admit(nc net.Conn) (net.Conn, string) {
+	ip := clientIP(nc.RemoteAddr())
 	h.mu.Lock()
 	var victim net.Conn
-	if len(h.conns)-h.closing >= h.max {
-		if victim = h.victimLocked(); victim == nil {
+	switch {
+	case h.perIP[ip] >= h.maxPerIP:
+		if victim = h.victimLocked(ip); victim == nil {
 			h.mu.Unlock()
-			return nil
+			return nil, "per_ip"
 		}
-		h.conns[victim].closing = true
-		h.closing++
+	case len(h.conns)-h.closing >= h.max:
+		if victim = h.victimLocked(""); victim == nil {
+			h.mu.Unlock()
+			return nil, "total"
+		}
 	}
-	tc := &trackedConn{Conn: nc, entry: &httpConn{state: http.StateNew, since: time.Now()}}
+	if victim != nil {
+		c := h.conns[victim]
+		c.closing = true
+		h.closing++
+		h.leaveIPLocked(c.ip)
+	}
+	tc := &trackedConn{Conn: nc, entry: &httpConn{ip: ip, state: http.StateNew, since: time.Now()}}
 	h.conns[tc] = tc.entry
+	h.perIP[ip]++
 	h.mu.Unlock()
 	if victim != nil {
 		h.evicted.Inc()
@@ -182,21 +206,31 @@ func (h *httpConns) admit(nc net.Conn) net.Conn {
 		}
 		victim.Close()
 	}
-	return tc
+	return tc, ""
 }
 
-// victimLocked returns the connection to close for a newcomer: the oldest
-// that has sent nothing for the table's age, else the one idle between
-// requests longest; never one whose next request has begun to arrive; or
-// nil. Silent connections go first: under a flood of them, an
-// application's kept connections stay. h.mu is held.
-func (h *httpConns) victimLocked() net.Conn {
+// leaveIPLocked counts a connection of ip out. h.mu is held.
+func (h *httpConns) leaveIPLocked(ip string) {
+	if h.perIP[ip] <= 1 {
+		delete(h.perIP, ip)
+		return
+	}
+	h.perIP[ip]--
+}
+
+// victimLocked returns the connection to close for a newcomer, among
+// those of ip (all when ip is ""): the oldest that has sent nothing for
+// the table's age, else the one idle between requests longest; never one
+// whose next request has begun to arrive; or nil. Silent connections go
+// first: under a flood of them, an application's kept connections stay.
+// h.mu is held.
+func (h *httpConns) victimLocked(ip string) net.Conn {
 	var idle, fresh net.Conn
 	var idleSince, freshSince time.Time
 	cutoff := time.Now().Add(-time.Duration(h.age.Load()))
 	for nc, c := range h.conns {
 		switch {
-		case c.closing, c.reading.Load():
+		case c.closing, c.reading.Load(), ip != "" && c.ip != ip:
 		case c.state == http.StateIdle && (idle == nil || c.since.Before(idleSince)):
 			idle, idleSince = nc, c.since
 		case c.state == http.StateNew && !c.since.After(cutoff) && (fresh == nil || c.since.Before(freshSince)):
@@ -214,10 +248,14 @@ func (h *httpConns) victimLocked() net.Conn {
 // sends its request without waiting: closed with the request unread, the
 // connection would be reset and the 503 lost, so it is closed for writing
 // and read out for up to httpLinger first, as net/http does.
-func (h *httpConns) refuse(nc net.Conn) {
-	h.refused.Inc()
+func (h *httpConns) refuse(nc net.Conn, limit string) {
+	h.refused.WithLabelValues(limit).Inc()
+	msg, body := "HTTP connection refused: every connection is in a request", tooManyConnections
+	if limit == "per_ip" {
+		msg, body = "HTTP connection refused: every connection from its address is in a request", tooManyConnectionsPerIP
+	}
 	if ok, held := h.sample.allow("refused " + clientIP(nc.RemoteAddr())); ok {
-		h.log.Info("HTTP connection refused: every connection is in a request", withHeld([]any{"remote", nc.RemoteAddr().String()}, held)...)
+		h.log.Info(msg, withHeld([]any{"remote", nc.RemoteAddr().String()}, held)...)
 	}
 	if h.tls {
 		nc.Close()
@@ -225,7 +263,7 @@ func (h *httpConns) refuse(nc net.Conn) {
 	}
 	_ = nc.SetWriteDeadline(time.Now().Add(time.Second))
 	_, _ = io.WriteString(nc, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\n"+
-		"Content-Length: "+strconv.Itoa(len(tooManyConnections))+"\r\n\r\n"+tooManyConnections)
+		"Content-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
 	tc, ok := nc.(*net.TCPConn)
 	if !ok {
 		nc.Close()
@@ -246,13 +284,17 @@ func (h *httpConns) refuse(nc net.Conn) {
 	})
 }
 
-// tooManyConnections is the body of refuse's 503, as writeError writes
-// an error.
-var tooManyConnections = func() string {
-	b, _ := json.Marshal(apiError{Error: "too_many_connections",
-		Message: "The relay has as many HTTP connections as it may, each in a request; send the request again after the Retry-After delay."})
+// tooManyConnections and tooManyConnectionsPerIP are the bodies of
+// refuse's 503, as writeError writes an error.
+var (
+	tooManyConnections      = errorBody("The relay has as many HTTP connections as it may, each in a request; send the request again after the Retry-After delay.")
+	tooManyConnectionsPerIP = errorBody("The relay has as many HTTP connections from your address as it takes from one address (http.max_connections_per_ip), each in a request; send the request again after the Retry-After delay, or on a connection you keep open.")
+)
+
+func errorBody(msg string) string {
+	b, _ := json.Marshal(apiError{Error: "too_many_connections", Message: msg})
 	return string(b) + "\n"
-}()
+}
 
 // wait waits for the refused connections being read out.
 func (h *httpConns) wait() { h.lingerers.Wait() }

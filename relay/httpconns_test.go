@@ -106,8 +106,8 @@ func TestHTTPFullTable(t *testing.T) {
 	if n := testutil.ToFloat64(s.httpConns.evicted); n != 2 {
 		t.Errorf("holdfast_http_connections_evicted_total = %v, want 2", n)
 	}
-	if n := testutil.ToFloat64(s.httpConns.refused); n != 2 {
-		t.Errorf("holdfast_http_connections_refused_total = %v, want 2", n)
+	if n := testutil.ToFloat64(s.httpConns.refused.WithLabelValues("total")); n != 2 {
+		t.Errorf("holdfast_http_connections_refused_total{limit=\"total\"} = %v, want 2", n)
 	}
 }
 
@@ -305,5 +305,74 @@ func TestHTTPSlowUploadGetsItsAnswer(t *testing.T) {
 	}
 	if n := stats(t, f).Ready; n != 1 {
 		t.Errorf("ready %d, want 1", n)
+	}
+}
+
+// dialHTTPFrom connects to the HTTP API from ip and sends nothing.
+func dialHTTPFrom(t *testing.T, s *Server, ip net.IP) net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: 5 * time.Second}
+	nc, err := d.Dial("tcp", s.HTTPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	return nc
+}
+
+// TestHTTPConnectionsPerIP: one address holds at most
+// http.max_connections_per_ip connections. Past it, a new connection
+// from that address takes the place of one of its own that is not in a
+// request, or gets 503; other addresses are not affected, and the table
+// as a whole is not full.
+func TestHTTPConnectionsPerIP(t *testing.T) {
+	f := newFixture(t)
+	s := startRelayOn(t, f, func(o *Options) {
+		o.HTTP.MaxConnections = 100
+		o.HTTP.MaxConnectionsPerIP = 2
+	})
+	s.httpConns.age.Store(int64(50 * time.Millisecond))
+
+	// Two silent connections: a third from the address closes the older.
+	silent := dialHTTPFrom(t, s, attackerIP)
+	time.Sleep(20 * time.Millisecond)
+	dialHTTPFrom(t, s, attackerIP)
+	time.Sleep(100 * time.Millisecond)
+	if code, _ := httpFrom(t, s, attackerIP, crmToken); code != http.StatusAccepted {
+		t.Fatalf("a request from an address at its limit with silent connections: %d, want 202", code)
+	}
+	if got := waitClosed(t, silent); got != "" {
+		t.Errorf("the silent connection got %q before it was closed", got)
+	}
+
+	// Two requests in progress: a third connection from the address gets
+	// 503, while another address gets in.
+	for range 2 {
+		busy := dialHTTPFrom(t, s, attackerIP)
+		_, _ = io.WriteString(busy, "POST /v1/messages?from=billing@contoso.com&to=a@example.org HTTP/1.1\r\nHost: x\r\n"+
+			"Authorization: Bearer "+crmToken+"\r\nContent-Length: 100\r\n\r\nSubject: t\r\n")
+	}
+	waitFor(t, 5*time.Second, "both requests in progress", func() bool {
+		_, active := s.httpConns.counts()
+		return active == 2
+	})
+	over := dialHTTPFrom(t, s, attackerIP)
+	resp, err := http.ReadResponse(bufio.NewReader(over), nil)
+	if err != nil {
+		t.Fatalf("the address's third connection: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" ||
+		!strings.Contains(string(body), `"error":"too_many_connections"`) || !strings.Contains(string(body), "your address") {
+		t.Errorf("the address's third connection: %d, Retry-After %q, %s; want 503 too_many_connections for the address", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
+	if code, _ := httpFrom(t, s, otherIP, crmToken); code != http.StatusAccepted {
+		t.Errorf("another address: %d, want 202", code)
+	}
+	if n := testutil.ToFloat64(s.httpConns.refused.WithLabelValues("per_ip")); n != 1 {
+		t.Errorf(`holdfast_http_connections_refused_total{limit="per_ip"} = %v, want 1`, n)
+	}
+	if n := testutil.ToFloat64(s.httpConns.refused.WithLabelValues("total")); n != 0 {
+		t.Errorf(`holdfast_http_connections_refused_total{limit="total"} = %v, want 0`, n)
 	}
 }

@@ -273,6 +273,10 @@ type HTTPOptions struct {
 	// every one is in a request, the newcomer gets 503 with Retry-After.
 	// Default 1000.
 	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerIP bounds one client address's share of them: past
+	// it, a new connection from the address takes the place of one of its
+	// own not in a request, or gets 503. Default 100.
+	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
 }
 
 // QueueOptions tune the queue; see queue.Options.
@@ -427,7 +431,7 @@ func DefaultOptions() Options {
 			MaxConnectionsPerIP: 50,
 			MaxInflightBytes:    defaultMaxInflightBytes,
 		},
-		HTTP: HTTPOptions{Addr: "127.0.0.1:8025", MaxConnections: 1000},
+		HTTP: HTTPOptions{Addr: "127.0.0.1:8025", MaxConnections: 1000, MaxConnectionsPerIP: 100},
 		Ops:  defaultOpsOptions(),
 		Queue: QueueOptions{
 			Lifetime:           Duration(120 * time.Hour),
@@ -595,6 +599,9 @@ func (o *Options) Validate() error {
 	}
 	if o.HTTP.MaxConnections < 1 {
 		return bad("http.max_connections", "must be at least 1")
+	}
+	if o.HTTP.MaxConnectionsPerIP < 1 {
+		return bad("http.max_connections_per_ip", "must be at least 1")
 	}
 	if _, _, err := net.SplitHostPort(o.HTTP.Addr); err != nil {
 		return bad("http.addr", "%q is not host:port", o.HTTP.Addr)

@@ -255,7 +255,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	if err != nil {
 		return nil, fmt.Errorf("http listener %s: %w", o.HTTP.Addr, err)
 	}
-	s.httpConns = newHTTPConns(o.HTTP.MaxConnections, o.HTTP.CertFile != "", log.With("component", "http"))
+	s.httpConns = newHTTPConns(o.HTTP.MaxConnections, o.HTTP.MaxConnectionsPerIP, o.HTTP.CertFile != "", log.With("component", "http"))
 	s.reg.MustRegister(s.httpConns.collectors()...)
 	s.httpLn = s.httpConns.listener(httpLn)
 	handler := newAPI(in, a, s.queue, s.ready, o.SMTP.MaxMessageBytes, log)
