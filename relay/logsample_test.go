@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net"
@@ -8,6 +9,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"holdfast/queue"
 )
 
 // TestLogSampler: one line a key per interval; the next line let through
@@ -102,5 +107,28 @@ func TestUnreadableBodyLogSampled(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	if n := strings.Count(logs.String(), "request body unreadable"); n != 1 {
 		t.Errorf("%d unreadable-body lines for 8 requests, want 1:\n%s", n, logs.String())
+	}
+}
+
+// failingLimiter is an authLimiter whose Redis does not answer.
+type failingLimiter struct{ authLimiter }
+
+func (failingLimiter) Blocked(context.Context, string, string) (*queue.Block, error) {
+	return nil, context.DeadlineExceeded
+}
+
+// TestUnreadableCountsLogSampled: with the failure counts unreadable,
+// authentication goes on, and the warning is written once an interval,
+// not once an attempt.
+func TestUnreadableCountsLogSampled(t *testing.T) {
+	logs := &syncBuffer{}
+	g := newAuthGuard(failingLimiter{}, time.Second, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(logs, nil)))
+	for range 50 {
+		if b := g.blocked(t.Context(), "http", "192.0.2.1", ""); b != nil {
+			t.Fatalf("blocked with the counts unreadable: %+v", b)
+		}
+	}
+	if n := strings.Count(logs.String(), "cannot read the failure counts"); n != 1 {
+		t.Errorf("%d warnings for 50 attempts, want 1:\n%s", n, logs.String())
 	}
 }

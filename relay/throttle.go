@@ -104,7 +104,11 @@ func (g *authGuard) attempt(ctx context.Context, ingress, ip, user string) *queu
 // attempt goes on.
 func (g *authGuard) verdict(ingress, ip string, b *queue.Block, err error) *queue.Block {
 	if err != nil {
-		g.log.Warn("cannot read the failure counts; authentication is not throttled", "err", err)
+		// One line per interval: a slow Redis under a flood of guesses
+		// would otherwise write one a request.
+		if ok, held := g.sample.allow("unreadable counts"); ok {
+			g.log.Warn("cannot read the failure counts; authentication is not throttled", withHeld([]any{"err", err}, held)...)
+		}
 		return nil
 	}
 	if b != nil {
