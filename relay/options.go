@@ -230,6 +230,11 @@ type SMTPOptions struct {
 	// gone a second or more without authenticating.
 	MaxConnections      int `yaml:"max_connections"`
 	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
+	// MaxErrors is how many permanent (5xx) refusals of its commands a
+	// connection may get with no message queued between them; the next
+	// command gets 421 4.7.0 and the connection is closed. Default 20
+	// (Postfix's smtpd_hard_error_limit).
+	MaxErrors int `yaml:"max_errors"`
 	// MaxInflightBytes bounds the message bodies held in memory at once,
 	// SMTP and HTTP together. A MAIL FROM whose SIZE does not fit, or a
 	// message that grows past it, gets 452 4.3.1 (HTTP 503). Default
@@ -429,6 +434,7 @@ func DefaultOptions() Options {
 			WriteTimeout:        Duration(5 * time.Minute),
 			MaxConnections:      1000,
 			MaxConnectionsPerIP: 50,
+			MaxErrors:           20,
 			MaxInflightBytes:    defaultMaxInflightBytes,
 		},
 		HTTP: HTTPOptions{Addr: "127.0.0.1:8025", MaxConnections: 1000, MaxConnectionsPerIP: 100},
@@ -593,6 +599,9 @@ func (o *Options) Validate() error {
 	}
 	if o.SMTP.MaxConnectionsPerIP < 1 {
 		return bad("smtp.max_connections_per_ip", "must be at least 1")
+	}
+	if o.SMTP.MaxErrors < 1 {
+		return bad("smtp.max_errors", "must be at least 1")
 	}
 	if err := o.validateIngress(); err != nil {
 		return err

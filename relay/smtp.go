@@ -380,11 +380,13 @@ type smtpConn struct {
 	ip        string
 	closeOnce sync.Once
 
-	authenticated atomic.Bool // AUTH succeeded: never evicted
-	evicted       atomic.Bool // told to go to make room; set under ing.mu
-	waiting       atomic.Bool // a read waits for the client
-	readEOF       atomic.Bool // the client closed its side: no more bytes come
-	admitted      time.Time   // when the connection was taken in
+	authenticated atomic.Bool  // AUTH succeeded: never evicted
+	evicted       atomic.Bool  // told to go to make room; set under ing.mu
+	waiting       atomic.Bool  // a read waits for the client
+	readEOF       atomic.Bool  // the client closed its side: no more bytes come
+	refusals      atomic.Int32 // permanent refusals since the last message queued
+	tooManyErrors atomic.Bool  // refusals reached smtp.max_errors: the session ends
+	admitted      time.Time    // when the connection was taken in
 
 	mu          sync.Mutex
 	top         net.Conn // where go-smtp writes replies: this connection or the TLS one over it
@@ -525,6 +527,8 @@ func (c *smtpConn) byeIfClosing() bool {
 		// A connection that authenticated between being chosen and
 		// being told stays: the table holds one more until it ends.
 		bye = errSMTPEvicted
+	case c.tooManyErrors.Load():
+		bye = errSMTPTooManyErrors
 	default:
 		return false
 	}
@@ -708,7 +712,7 @@ func (s *smtpSession) authenticate(mech, user, password string) error {
 	}
 	if app == nil {
 		s.log.Warn("authentication failed", "mechanism", mech)
-		return errSMTPAuthFailed
+		return s.refused(errSMTPAuthFailed)
 	}
 	// Every verified success, checked now or answered by the password
 	// cache, records its IP as known (at most once an hour); an attempt
@@ -757,7 +761,7 @@ func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	if err != nil {
 		s.log.Info("MAIL refused", "app", appName(s.app), "from", from, "reply", err.Message)
-		return err
+		return s.refused(err)
 	}
 	if opts.Size > 0 && !s.ing.in.fits(s.app.Name, opts.Size) {
 		s.log.Info("MAIL refused", "app", appName(s.app), "from", from, "size", opts.Size, "reply", errSMTPInsufficientStorage.Message)
@@ -799,7 +803,7 @@ func (s *smtpSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 	}
 	if err != nil {
 		s.log.Info("RCPT refused", "app", appName(s.app), "to", to, "reply", err.Message)
-		return err
+		return s.refused(err)
 	}
 	s.to = append(s.to, to)
 	return nil
@@ -853,13 +857,13 @@ func (s *smtpSession) Data(r io.Reader) error {
 		reply := smtpReadError(err)
 		if reply != nil {
 			s.log.Info("DATA refused", "app", app.Name, "from", from, "reply", reply.Message)
-			return reply
+			return s.refused(reply)
 		}
 		return err
 	}
 	if f := s.ing.in.check(buf.body()); f != nil {
 		s.log.Info("DATA refused", "app", app.Name, "from", from, "reply", f.smtp.Message)
-		return f.smtp
+		return s.refused(f.smtp)
 	}
 	sub.body = buf.bytes()
 	id, _, err := s.ing.in.accept(s.ing.base, sub)
@@ -867,7 +871,24 @@ func (s *smtpSession) Data(r io.Reader) error {
 		return errSMTPStoreFailed // accept has logged why
 	}
 	s.log.Debug("message stored", "id", id, "app", app.Name, "from", from, "rcpts", len(to), "bytes", len(sub.body))
+	s.tc.refusals.Store(0)
 	return smtpQueued(id)
+}
+
+// refused counts a refusal of the client's command toward
+// smtp.max_errors and returns it. Only permanent (5xx) ones count: a
+// temporary one (too many recipients, no room, the queue unavailable)
+// is the relay's condition, not the client's mistake. At the limit the
+// session ends at its next command, with 421.
+func (s *smtpSession) refused(err *smtp.SMTPError) *smtp.SMTPError {
+	if err.Code < 500 {
+		return err
+	}
+	if int(s.tc.refusals.Add(1)) == s.ing.opts.MaxErrors {
+		s.tc.tooManyErrors.Store(true)
+		s.log.Info("closing the connection: too many errors", "app", appName(s.app), "errors", s.ing.opts.MaxErrors)
+	}
+	return err
 }
 
 func (s *smtpSession) Reset() {

@@ -1021,3 +1021,34 @@ func TestSMTPNestedMail(t *testing.T) {
 	c.cmd("RSET", "250 ")
 	c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
 }
+
+// TestSMTPErrorLimit: a session that gets smtp.max_errors permanent
+// refusals in a row, with no message queued between them, is told 421
+// and closed; refusals for a temporary cause (too many recipients) do not
+// count, and a queued message starts the count again.
+func TestSMTPErrorLimit(t *testing.T) {
+	e := newSMTPEnv(t, func(o *Options) {
+		o.SMTP.MaxErrors = 3
+		o.SMTP.MaxRecipients = 1
+	})
+	c := dialSMTP(t, e.insecure)
+	c.login()
+	c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	c.cmd("RCPT TO:<x@-one.example>", "501 5.1.3 ")
+	c.cmd("RCPT TO:<x@example.org>", "250 ")
+	for range 5 {
+		c.cmd("RCPT TO:<y@example.org>", "452 ")
+	}
+	c.cmd("RCPT TO:<x@-two.example>", "501 5.1.3 ")
+	c.cmd("DATA", "354 ")
+	c.write("Subject: t\r\n\r\nhi\r\n.\r\n")
+	c.expect("250 2.0.0 Queued as ")
+
+	// The count starts again: two more refusals leave the session open.
+	c.cmd("MAIL FROM:<ceo@elsewhere.example>", "550 ")
+	c.cmd("MAIL FROM:<ceo@elsewhere.example>", "550 ")
+	c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	c.cmd("RCPT TO:<x@-three.example>", "501 5.1.3 ")
+	c.cmd("NOOP", "421 4.7.0 Too many errors")
+	c.expectClosed()
+}

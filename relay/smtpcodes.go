@@ -26,6 +26,10 @@ var (
 	// make room for a new one.
 	errSMTPEvicted = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many connections, unauthenticated sessions are closed first"}
 
+	// errSMTPTooManyErrors: the same, to a connection that got
+	// smtp.max_errors permanent refusals with no message queued between.
+	errSMTPTooManyErrors = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many errors; closing the connection"}
+
 	// errSMTPAuthRequired: 530 authentication required (RFC 4954 section 6).
 	errSMTPAuthRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
 
