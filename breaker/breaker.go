@@ -144,6 +144,11 @@ type Transition struct {
 	Reason     string    `json:"reason,omitempty"`
 	At         time.Time `json:"at"`
 	Generation int64     `json:"generation"`
+	// Found: the state began before this replica's Set was made, and
+	// this is the first record of the breaker it read: a relay that
+	// starts while a breaker is open finds it so, it does not see it
+	// open.
+	Found bool `json:"-"`
 }
 
 // ErrLeaseLost is returned by ProbeResult when this replica does not hold
@@ -159,7 +164,8 @@ type Set struct {
 	o   Options
 	log *slog.Logger
 
-	id string // this replica, for probes asked for by it
+	id      string    // this replica, for probes asked for by it
+	started time.Time // when the Set was made (see Transition.Found)
 
 	mu   sync.Mutex
 	brks map[string]*entry
@@ -180,6 +186,7 @@ type entry struct {
 	st         Status    // last record read
 	fetched    time.Time // when st was read; zero if never
 	seen       Status    // state and generation last reported as a transition
+	observed   bool      // a record of the breaker was read
 	registered bool      // name is in namesKey
 	token      string    // probe lease token, while this replica holds it
 }
@@ -194,11 +201,12 @@ func New(rdb redis.UniversalClient, o Options) *Set {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return &Set{
-		rdb:  rdb,
-		id:   hex.EncodeToString(b[:]),
-		o:    o,
-		log:  o.Logger.With("component", "breaker"),
-		brks: make(map[string]*entry),
+		rdb:     rdb,
+		id:      hex.EncodeToString(b[:]),
+		started: o.Now(),
+		o:       o,
+		log:     o.Logger.With("component", "breaker"),
+		brks:    make(map[string]*entry),
 	}
 }
 
@@ -792,10 +800,13 @@ func (s *Set) observe(st Status) {
 	}
 	e.st = st
 	e.fetched = s.o.Now()
+	first := !e.observed
+	e.observed = true
 	var tr *Transition
 	if st.Generation > e.seen.Generation {
 		if st.State != e.seen.State {
 			t := newTransition(st, e.seen.State)
+			t.Found = first && st.Since.Before(s.started)
 			tr = &t
 		}
 		if st.State == Closed {
@@ -808,7 +819,7 @@ func (s *Set) observe(st Status) {
 		return
 	}
 	s.log.Info("breaker transition", "breaker", tr.Name, "from", tr.From, "to", tr.To,
-		"reason", tr.Reason, "generation", tr.Generation)
+		"reason", tr.Reason, "generation", tr.Generation, "found", tr.Found)
 	s.logTransition(*tr)
 	if s.o.OnTransition != nil {
 		s.o.OnTransition(*tr)

@@ -882,3 +882,54 @@ func TestProbeResultAfterRedisBlip(t *testing.T) {
 		t.Fatalf("after the probe result: %+v, want closed", st)
 	}
 }
+
+// TestTransitionFound: a replica that starts while a breaker is open
+// finds it open (Transition.Found), while changes it sees happen, and a
+// breaker that opens after it started, are not found.
+func TestTransitionFound(t *testing.T) {
+	srv := redistest.Start(t)
+	clk := newClock()
+	var mu sync.Mutex
+	var got []Transition
+	newSet := func() *Set {
+		return New(srv.Client(t), Options{Now: clk.Now, Poll: time.Nanosecond, OnTransition: func(tr Transition) {
+			mu.Lock()
+			got = append(got, tr)
+			mu.Unlock()
+		}})
+	}
+	a := newSet()
+	for range 3 {
+		record(t, a, "cred:old", credErr)
+	}
+	clk.Add(time.Second)
+	b := newSet()
+	for range 3 {
+		record(t, a, "cred:new", credErr)
+	}
+	mu.Lock()
+	got = nil
+	mu.Unlock()
+	allow(t, b, "cred:old")
+	allow(t, b, "cred:new")
+	if err := a.Reset(t.Context(), "cred:old"); err != nil {
+		t.Fatal(err)
+	}
+	allow(t, b, "cred:old")
+
+	mu.Lock()
+	defer mu.Unlock()
+	want := []struct {
+		name  string
+		to    State
+		found bool
+	}{{"cred:old", Open, true}, {"cred:new", Open, false}, {"cred:old", Closed, false}}
+	if len(got) != len(want) {
+		t.Fatalf("replica b saw %+v, want %d transitions", got, len(want))
+	}
+	for i, w := range want {
+		if got[i].Name != w.name || got[i].To != w.to || got[i].Found != w.found {
+			t.Errorf("transition %d: %s to %s found %v, want %s to %s found %v", i, got[i].Name, got[i].To, got[i].Found, w.name, w.to, w.found)
+		}
+	}
+}

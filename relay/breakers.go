@@ -295,7 +295,13 @@ func (g *gate) transition(t breaker.Transition) {
 	if t.To == breaker.Closed {
 		level = slog.LevelInfo
 	}
-	g.log.Log(context.Background(), level, "breaker "+t.To.String(), "breaker", t.Name, "reason", t.Reason, "generation", t.Generation)
+	msg := "breaker " + t.To.String()
+	if t.Found {
+		// Opened before this relay started: not news, but its mail is
+		// held all the same.
+		msg = "breaker found " + t.To.String()
+	}
+	g.log.Log(context.Background(), level, msg, "breaker", t.Name, "reason", t.Reason, "generation", t.Generation, "since", t.At)
 	if t.To == breaker.Closed {
 		g.forgetRefusals()
 		if cred, ok := strings.CutPrefix(t.Name, "cred:"); ok && g.x != nil {

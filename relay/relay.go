@@ -146,7 +146,10 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 			propagationWindow: o.Breakers.PropagationWindow.D()}
 		bo := o.Breakers.Options()
 		bo.OnTransition = func(t breaker.Transition) {
-			s.metrics.transition(breakerKind(t.Name), t.To.String())
+			if !t.Found {
+				// A restart does not count the breakers it finds open.
+				s.metrics.transition(breakerKind(t.Name), t.To.String())
+			}
 			g.transition(t)
 		}
 		bo.Logger = log
