@@ -24,6 +24,7 @@ import (
 //	hf:{T}:r:ROUTE:seq       string  counts the route's leases; orders index updates
 //	hf:{T}:r:ROUTE:l:TOKEN   set     ids leased by one lease token, while it lasts
 //	hf:{T}:i:ROUTE:KEY       string  idempotency key -> message id
+//	hf:{T}:f:ROUTE:KEY       string  idempotency key -> the fingerprint of its submission, when it had one
 //	hf:routes                set     every route that has had a message, until pruned
 //	hf:routes:idle           zset    route -> when it was first seen with no message (unix ms)
 //	hf:min:MINUTE            hash    fleet-wide counts of one minute (unix minutes); see minutes.go
@@ -185,6 +186,13 @@ func withdrawnKey(id string) string {
 
 func idemKey(route, key string) string {
 	return keyPrefix + "{" + routeTag(route) + "}:i:" + route + ":" + key
+}
+
+// idemPrintKey holds the fingerprint of the submission that first used
+// an idempotency key; apart from idemKey, so that the id stays a plain
+// value for relays that do not know fingerprints.
+func idemPrintKey(route, key string) string {
+	return keyPrefix + "{" + routeTag(route) + "}:f:" + route + ":" + key
 }
 
 // tagLen is the length of a route tag, which is also the length of the

@@ -158,7 +158,7 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 	id = newID(rk.tag, now)
 	keys := []string{msgKey(id), rk.due, rk.live, withdrawnKey(id)}
 	if m.IdempotencyKey != "" {
-		keys = append(keys, idemKey(m.Route, m.IdempotencyKey))
+		keys = append(keys, idemKey(m.Route, m.IdempotencyKey), idemPrintKey(m.Route, m.IdempotencyKey))
 	}
 	// On a single server the script marks the route due itself.
 	marked := !q.cluster()
@@ -285,8 +285,10 @@ func (q *Queue) enqueueReplicated(ctx context.Context, keys []string, args []any
 		}
 		res, _ := enq.Result()
 		out, _ := res.([]any)
-		if len(out) == 2 && out[1] == int64(1) {
-			// A duplicate: the first copy was acknowledged before.
+		if len(out) == 2 && (out[1] == int64(1) || out[1] == int64(3)) {
+			// A duplicate, or a key reused for another message:
+			// nothing was written, and the first copy was acknowledged
+			// before.
 			return out, nil
 		}
 		got, err := wait.Result()

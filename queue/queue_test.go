@@ -145,11 +145,20 @@ func TestIdempotencyKey(t *testing.T) {
 }
 
 func TestIdempotencyFingerprint(t *testing.T) {
-	q, _, _ := newQueue(t)
+	q, _, srv := newQueue(t)
 	ctx := context.Background()
 	m := msg("crm", 1)
 	m.IdempotencyKey, m.Fingerprint = "invoice-7", "aa"
 	first := enqueue(t, q, m)
+	// The key's value stays the bare id, which relays that do not know
+	// fingerprints read during a rolling upgrade.
+	var ids []string
+	for _, k := range srv.Client(t).Keys(ctx, "hf:*:i:crm:invoice-7").Val() {
+		ids = append(ids, srv.Client(t).Get(ctx, k).Val())
+	}
+	if len(ids) != 1 || ids[0] != first {
+		t.Fatalf("idempotency key values %q, want [%s]", ids, first)
+	}
 
 	m.Fingerprint = "bb"
 	id, dup, err := q.Enqueue(ctx, m)

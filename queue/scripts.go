@@ -38,8 +38,8 @@ return 1
 // withdrew it; see withdrawScript).
 //
 // KEYS[1] message hash, KEYS[2] due, KEYS[3] live, KEYS[4] the id's
-// withdrawal mark, then the idempotency key when ARGV[10] is not empty,
-// then the due index's dirty set and the
+// withdrawal mark, then the idempotency key and its fingerprint's key
+// when ARGV[10] is not empty, then the due index's dirty set and the
 // change log when ARGV[11] is "1" (on a single server: on Redis Cluster
 // they are in another slot, and Enqueue marks the route in a call of its
 // own).
@@ -49,25 +49,19 @@ return 1
 // ARGV[11] "1" to mark the route dirty, ARGV[12] the submission's
 // fingerprint ("" for none).
 //
-// The idempotency key holds "ID\nFINGERPRINT", or the bare id when the
-// submission had no fingerprint (and in keys stored before fingerprints).
-//
 // Returns {id, 0} for a new message, {existing id, 1} when the
 // idempotency key was seen before with the same fingerprint (or where
-// either has none), {existing id, 3} when it was seen with another, or
-// {id, 2} when the id was withdrawn.
+// either has none, as keys stored before fingerprints), {existing id, 3}
+// when it was seen with another, or {id, 2} when the id was withdrawn.
 var enqueueScript = redis.NewScript(changeLua + `
 if redis.call('EXISTS', KEYS[4]) == 1 then return {ARGV[1], 2} end
 local idem = ARGV[10] ~= ''
 if idem then
   local existing = redis.call('GET', KEYS[5])
   if existing then
-    local nl = string.find(existing, '\n', 1, true)
-    if not nl then return {existing, 1} end
-    local first = string.sub(existing, 1, nl - 1)
-    local print = string.sub(existing, nl + 1)
-    if ARGV[12] ~= '' and print ~= '' and print ~= ARGV[12] then return {first, 3} end
-    return {first, 1}
+    local print = redis.call('GET', KEYS[6])
+    if print and ARGV[12] ~= '' and print ~= ARGV[12] then return {existing, 3} end
+    return {existing, 1}
   end
 end
 redis.call('HSET', KEYS[1],
@@ -77,9 +71,8 @@ redis.call('HSET', KEYS[1],
 redis.call('ZADD', KEYS[2], ARGV[7], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[7], ARGV[1])
 if idem then
-  local value = ARGV[1]
-  if ARGV[12] ~= '' then value = ARGV[1] .. '\n' .. ARGV[12] end
-  redis.call('SET', KEYS[5], value, 'PX', ARGV[9])
+  redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[9])
+  if ARGV[12] ~= '' then redis.call('SET', KEYS[6], ARGV[12], 'PX', ARGV[9]) end
   redis.call('HSET', KEYS[1], 'idem', ARGV[10])
 end
 if ARGV[11] == '1' then

@@ -147,8 +147,8 @@ func (j *jsonNoRoute) Write(b []byte) (int, error) {
 //	                 application returns the first message's id with
 //	                 "duplicate": true and stores nothing, for as long as
 //	                 the queue remembers keys (queue.idempotency_ttl). The
-//	                 same key with another envelope or message is refused
-//	                 with 422.
+//	                 same key with another sender or other recipients is
+//	                 refused with 422.
 //
 // Replies: 202 {"id": ..., "duplicate": bool} with Location
 // /v1/messages/{id} once the message is durably queued; 400 for a bad
@@ -229,11 +229,11 @@ func (h *api) postMessage(w http.ResponseWriter, r *http.Request) {
 	}
 	sub.body = buf.bytes()
 	if sub.idemKey != "" {
-		sub.print = fingerprint(from, to, buf.body())
+		sub.print = fingerprint(from, to)
 	}
 	id, dup, err := h.in.accept(r.Context(), sub)
 	if errors.Is(err, queue.ErrKeyReused) {
-		fail(http.StatusUnprocessableEntity, "idempotency_key_reused", fmt.Sprintf("The Idempotency-Key was used for another message (%s), with another envelope or body, and nothing was stored; send a new message with a new key.", id))
+		fail(http.StatusUnprocessableEntity, "idempotency_key_reused", fmt.Sprintf("The Idempotency-Key was used for message %s, from another sender or to other recipients; nothing was stored. A retry must carry the same sender and recipients; another message needs another key.", id))
 		return
 	}
 	if err != nil {
@@ -331,11 +331,12 @@ func idempotencyKey(hdr http.Header) (string, bool) {
 	return k, true
 }
 
-// fingerprint identifies what a submission under an Idempotency-Key
-// carries: its sender, its recipients in any order, and the message as
-// stored (line endings made CRLF), without the Received: header, which
-// differs between retries. It is hex, so it has no line break.
-func fingerprint(from string, to []string, msg []byte) string {
+// fingerprint identifies the envelope of a submission under an
+// Idempotency-Key: its sender and its recipients in any order. The
+// message is left out: many mail libraries give a rebuilt message a new
+// Date:, Message-ID: and MIME boundaries, and a retry of it must still
+// find the first. It is hex, so it has no line break.
+func fingerprint(from string, to []string) string {
 	rcpts := slices.Clone(to)
 	slices.Sort(rcpts)
 	h := sha256.New()
@@ -344,8 +345,6 @@ func fingerprint(from string, to []string, msg []byte) string {
 		h.Write([]byte{0})
 		h.Write([]byte(a))
 	}
-	h.Write([]byte{0, 0})
-	h.Write(msg)
 	return hex.EncodeToString(h.Sum(nil)[:16])
 }
 

@@ -61,7 +61,7 @@ type submission struct {
 	to         []string
 	body       []byte // as stored: the Received: header (see stamp), then the message
 	idemKey    string
-	print      string // with idemKey: what the submitter sent under it (see fingerprint)
+	print      string // with idemKey: the envelope sent under it (see fingerprint)
 	protocol   string // for Received: "ESMTPSA" (TLS), "ESMTPA", "HTTP" or "HTTPS"
 	remoteAddr string // client address, host:port
 	helo       string // SMTP HELO/EHLO name, empty for HTTP
@@ -112,7 +112,7 @@ func (in *ingress) check(msg []byte) *bodyFault {
 
 // accept stores a submission and returns its queue id. dup is true when an
 // idempotency key matched an earlier message, which is not stored twice.
-// A key that an earlier message used with another envelope or body stores
+// A key that an earlier message used with another envelope stores
 // nothing and returns that message's id with queue.ErrKeyReused.
 // Nothing is stored unless it returns a nil error: a store that failed
 // after reaching Redis is withdrawn (see withdrawer), except one with an
