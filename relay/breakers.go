@@ -461,9 +461,9 @@ func (g *gate) probe(ctx context.Context, name string) error {
 		return fmt.Errorf("%w: the routes under the breaker could not be read: %w", errProbeNotRun, err)
 	}
 	credName, isCred := strings.CutPrefix(name, "cred:")
-	candidates := routes
+	candidates, failing := routes, false
 	if isCred {
-		candidates = g.probeRoutes(ctx, routes)
+		candidates, failing = g.probeRoutes(ctx, routes)
 	}
 	if len(candidates) > 0 {
 		_, credName, _, _ = parseRoute(candidates[0])
@@ -472,16 +472,7 @@ func (g *gate) probe(ctx context.Context, name string) error {
 		g.log.Warn("cannot reload credential before probing", "credential", credName, "err", err)
 	}
 	if len(candidates) == 0 {
-		c := g.x.creds[credName]
-		switch {
-		case !isCred:
-			return fmt.Errorf("breaker %s cannot be probed: no queued mail uses its mailbox; it is probed again when mail for it arrives, or close it with \"holdfast breaker reset %s\"", name, name)
-		case c == nil:
-			return fmt.Errorf("breaker %s cannot be probed: no queued mail uses it and credential %q is not configured; add the credential, or close the breaker with \"holdfast breaker reset %s\"", name, credName, name)
-		}
-		c.Invalidate()
-		_, err := c.Token(ctx)
-		return err
+		return g.probeToken(ctx, name, credName, isCred)
 	}
 	var perr error
 	for i, rt := range candidates[:min(len(candidates), probeTries)] {
@@ -505,15 +496,36 @@ func (g *gate) probe(ctx context.Context, name string) error {
 			g.log.Warn("cannot record failure on breaker", "breaker", mbx, "err", err)
 		}
 	}
+	if failing {
+		// Mailboxes that had failed before failed again on their own
+		// account: the credential is tested by a token, as with no
+		// mailbox to try.
+		return g.probeToken(ctx, name, credName, isCred)
+	}
 	return perr
+}
+
+// probeToken is a credential's probe with no route to try: a token
+// fetch only.
+func (g *gate) probeToken(ctx context.Context, name, credName string, isCred bool) error {
+	c := g.x.creds[credName]
+	switch {
+	case !isCred:
+		return fmt.Errorf("breaker %s cannot be probed: no queued mail uses its mailbox; it is probed again when mail for it arrives, or close it with \"holdfast breaker reset %s\"", name, name)
+	case c == nil:
+		return fmt.Errorf("breaker %s cannot be probed: no queued mail uses it and credential %q is not configured; add the credential, or close the breaker with \"holdfast breaker reset %s\"", name, credName, name)
+	}
+	c.Invalidate()
+	_, err := c.Token(ctx)
+	return err
 }
 
 // probeRoutes orders the routes a credential's probe may use: app-only
 // routes (an app-only token is what the credential itself proves) whose
 // mailbox is not known to be broken; failing that, those whose mailbox's
-// breaker counts failures but is closed, fewest first; and delegated ones
-// when there is no app-only route at all.
-func (g *gate) probeRoutes(ctx context.Context, routes []string) []string {
+// breaker counts failures but is closed, fewest first (the bool is then
+// true); and delegated ones when there is no app-only route at all.
+func (g *gate) probeRoutes(ctx context.Context, routes []string) ([]string, bool) {
 	var app, delegated []string
 	for _, rt := range routes {
 		isDelegated, _, _, _ := parseRoute(rt)
@@ -524,7 +536,7 @@ func (g *gate) probeRoutes(ctx context.Context, routes []string) []string {
 		app = append(app, rt)
 	}
 	if len(app) == 0 {
-		return delegated[:min(len(delegated), 1)]
+		return delegated[:min(len(delegated), 1)], false
 	}
 	names := make([]string, len(app))
 	for i, rt := range app {
@@ -532,7 +544,7 @@ func (g *gate) probeRoutes(ctx context.Context, routes []string) []string {
 	}
 	sts, err := g.set.Fresh(ctx, names...)
 	if err != nil {
-		return app
+		return app, false
 	}
 	type failing struct {
 		route    string
@@ -549,7 +561,7 @@ func (g *gate) probeRoutes(ctx context.Context, routes []string) []string {
 		}
 	}
 	if len(healthy) > 0 {
-		return healthy
+		return healthy, false
 	}
 	// Every mailbox has failed lately: the credential is tested where it
 	// failed least, rather than by a token alone, which an app-only
@@ -561,7 +573,7 @@ func (g *gate) probeRoutes(ctx context.Context, routes []string) []string {
 	for i, o := range others {
 		out[i] = o.route
 	}
-	return out
+	return out, len(out) > 0
 }
 
 // breakerKind is "credential" or "mailbox" for a breaker name.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -204,7 +205,7 @@ func TestProbeRoutesFallBackToFailingMailboxes(t *testing.T) {
 	}
 	want := func(step string, exp ...string) {
 		t.Helper()
-		if got := g.probeRoutes(ctx, routes); !slices.Equal(got, exp) {
+		if got, _ := g.probeRoutes(ctx, routes); !slices.Equal(got, exp) {
 			t.Fatalf("%s: probe routes %v, want %v", step, got, exp)
 		}
 	}
@@ -219,4 +220,59 @@ func TestProbeRoutesFallBackToFailingMailboxes(t *testing.T) {
 		t.Fatalf("a's breaker %+v after three refusals, want open", st)
 	}
 	want("a open", c, b)
+}
+
+// TestCredentialProbePastDisabledMailbox: when the only mailbox with mail
+// has failed on its own account (535 5.7.139, SMTP AUTH disabled for it),
+// the credential's probe tries it, and on that mailbox's failure tests
+// the credential by a token, as with no mailbox to try: the credential's
+// breaker closes at its first probe instead of failing on the mailbox.
+func TestCredentialProbePastDisabledMailbox(t *testing.T) {
+	const box = "box3@contoso.com"
+	e := newExchangeEnvSim(t, 1, func(c *sim.Config) {
+		for i := range c.Tenants[0].Mailboxes {
+			if c.Tenants[0].Mailboxes[i].Address == box {
+				c.Tenants[0].Mailboxes[i].SMTPAuthDisabled = true
+			}
+		}
+	}, func(o *Options) {
+		o.Breakers.OpenInterval = Duration(time.Second)
+		for i := range o.Apps {
+			o.Apps[i].SenderMailboxes[box] = box
+		}
+	})
+	set := e.relays[0].gate.set
+	status := func(name string) breaker.Status {
+		t.Helper()
+		st, err := set.Status(t.Context(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	// The credential's breaker is open and the mail held, so only the
+	// probe goes to Exchange; the mailbox failed once before.
+	if err := set.Trip(t.Context(), credentialBreaker("contoso"), "test"); err != nil {
+		t.Fatal(err)
+	}
+	e.submit(t, 0, box, "r@example.org", exchangeMessage(1, box))
+	disabled := &upstream.Error{Class: upstream.Mailbox, Code: 535, Enhanced: "5.7.139", Text: "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox."}
+	if err := set.Record(t.Context(), mailboxBreaker(box), disabled); err != nil {
+		t.Fatal(err)
+	}
+	const probed = `msg="breaker probed" component=breaker breaker=cred:contoso`
+	waitFor(t, 15*time.Second, "the credential's breaker closed by a probe", func() bool {
+		// The probe's line is written after its result.
+		return status(credentialBreaker("contoso")).State == breaker.Closed &&
+			strings.Contains(e.logs.String(), probed+" ok=true")
+	})
+	probes := 0
+	for line := range strings.SplitSeq(e.logs.String(), "\n") {
+		if strings.Contains(line, probed) {
+			probes++
+		}
+	}
+	if probes != 1 {
+		t.Errorf("%d probes of the credential before it closed, want 1:\n%s", probes, e.logs.String())
+	}
 }
