@@ -278,6 +278,16 @@ func (c *Credential) Fingerprint() string {
 	return m.fingerprint()
 }
 
+// Written is when the files of the secret or certificate loaded now were
+// written (their modification time): zero when not known.
+func (c *Credential) Written() time.Time {
+	m, i := c.secretInUse()
+	if len(m.secrets) > 0 {
+		return m.secrets[i].written
+	}
+	return m.written
+}
+
 func (m *material) fingerprint() string { return hex.EncodeToString(m.sum[:8]) }
 
 func (c *Credential) material() *material {

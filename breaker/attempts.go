@@ -30,6 +30,18 @@ import (
 // A refusal cured by a new token is recorded too: each replica is told
 // once, at its next place, to fetch a new token before its AUTH rather
 // than find its own cached one refused.
+//
+// Each attempt names its member (the mailbox it authenticates as): an
+// upstream may refuse a good credential at one member alone (Exchange
+// answers an app-only token at a mailbox the app has no permission on as
+// it answers a bad token). While every refusal since the last success
+// was at one member, an attempt at another member may take the last
+// place, which then tests the credential elsewhere, and a first attempt
+// at that member gets RefusedHere rather than Refused: the caller counts
+// a failure of the member, not of the credential. A refusal at a second
+// member (or at an unnamed one) makes the bound apply as above, so still
+// at most Threshold refusals reach the upstream before the breaker
+// opens.
 
 // AttemptTTL is how long a place is kept without RenewAttempt: a place
 // whose holder was killed during its attempt lapses within it. A holder
@@ -54,13 +66,17 @@ const (
 	// Held: the breaker is open; hold the mail. Attempt.Reply is the
 	// breaker's reason.
 	Held
+	// RefusedHere: every refusal since the last success was at this
+	// attempt's member, too many in a row; count a failure of the member
+	// with Attempt.Reply, without an attempt.
+	RefusedHere
 )
 
 // Attempt is EnterAttempt's answer.
 type Attempt struct {
 	Verdict Verdict
-	// Reply is the last refusal's reply with Refused, the breaker's
-	// reason with Held.
+	// Reply is the last refusal's reply with Refused and RefusedHere,
+	// the breaker's reason with Held.
 	Reply string
 	// CuredAt is when a cached token was last refused and a new one
 	// worked (zero: never since the breaker's last transition).
@@ -89,39 +105,52 @@ const (
 // enterScript gives a place for one attempt (see Attempts).
 //
 // KEYS[1] the record, KEYS[2] the places (token -> expiry, unix ms),
-// KEYS[3] the attempt state (gen, refused, stale, reply, cured).
+// KEYS[3] the attempt state (gen, refused, stale, reply, cured, and
+// lone: the member every refusal since the last success was at, or ""
+// once they were at two or at an unnamed one).
 // ARGV[1] now, ARGV[2] threshold, ARGV[3] the place's token, ARGV[4] its
-// lifetime in ms, ARGV[5] "1" for a retry with a new token.
+// lifetime in ms, ARGV[5] "1" for a retry with a new token, ARGV[6] the
+// attempt's member ("" for none).
 //
 // Returns {verdict, reply, cured}: verdict 0 go, 1 wait, 2 refused, 3 go
-// with a new token, 4 held: the breaker is open (reply: its reason).
+// with a new token, 4 held: the breaker is open (reply: its reason), 5
+// refused at this member alone.
 var enterScript = redis.NewScript(`
 local rec = redis.call('HMGET', KEYS[1], 'state', 'generation', 'reason')
 local gen = rec[2] or '0'
-local st = redis.call('HMGET', KEYS[3], 'gen', 'refused', 'reply', 'cured')
+local st = redis.call('HMGET', KEYS[3], 'gen', 'refused', 'reply', 'cured', 'lone')
 if st[1] ~= gen then
   redis.call('DEL', KEYS[3])
   redis.call('HSET', KEYS[3], 'gen', gen, 'refused', 0)
-  st = {gen, '0', '', '0'}
+  st = {gen, '0', '', '0', ''}
 end
 local cured = st[4] or '0'
 if rec[1] == 'open' then return {4, rec[3] or '', cured} end
 local now, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
-if ARGV[5] ~= '1' then limit = math.max(1, limit - 1) end
 local refused = tonumber(st[2] or '0')
+local lone = st[5] or ''
+if refused == 0 then lone = '' end
+-- here: at the one member every refusal was at; elsewhere: at another.
+local here = lone ~= '' and ARGV[6] == lone
+local elsewhere = lone ~= '' and ARGV[6] ~= '' and ARGV[6] ~= lone
+local stale = redis.call('HGET', KEYS[3], 'stale') == '1'
+if here or (ARGV[5] ~= '1' and not elsewhere) then limit = math.max(1, limit - 1) end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local inflight = redis.call('ZCARD', KEYS[2])
 local verdict = 0
 if refused >= limit and inflight == 0 then
+  if here then return {5, st[3] or '', cured} end
   -- Nothing in doubt that may cure it. After a cached token's refusal
   -- whose retry told nothing, one more attempt tests a new token.
-  if redis.call('HGET', KEYS[3], 'stale') ~= '1' or refused >= tonumber(ARGV[2]) then
+  if not stale or refused >= tonumber(ARGV[2]) then
     return {2, st[3] or '', cured}
   end
   verdict = 3
 elseif refused + inflight >= limit then
   return {1, '', cured}
 end
+-- A test elsewhere after a cached token's refusal uses a new token.
+if elsewhere and stale then verdict = 3 end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return {verdict, '', cured}
@@ -130,7 +159,8 @@ return {verdict, '', cured}
 // exitScript gives a place back with the attempt's outcome.
 //
 // KEYS as enterScript's. ARGV[1] now, ARGV[2] the place's token,
-// ARGV[3] the outcome (see Outcome), ARGV[4] the refusal's reply.
+// ARGV[3] the outcome (see Outcome), ARGV[4] the refusal's reply,
+// ARGV[5] the attempt's member.
 var exitScript = redis.NewScript(`
 redis.call('ZREM', KEYS[2], ARGV[2])
 local outcome = tonumber(ARGV[3])
@@ -141,19 +171,21 @@ if redis.call('HGET', KEYS[3], 'gen') ~= gen then
   redis.call('HSET', KEYS[3], 'gen', gen, 'refused', 0)
 end
 if outcome >= 3 then
-  redis.call('HINCRBY', KEYS[3], 'refused', 1)
-  redis.call('HSET', KEYS[3], 'reply', ARGV[4], 'stale', outcome == 4 and '1' or '0')
+  local n = redis.call('HINCRBY', KEYS[3], 'refused', 1)
+  local lone = ARGV[5]
+  if n > 1 and redis.call('HGET', KEYS[3], 'lone') ~= lone then lone = '' end
+  redis.call('HSET', KEYS[3], 'reply', ARGV[4], 'stale', outcome == 4 and '1' or '0', 'lone', lone)
   return 0
 end
-redis.call('HSET', KEYS[3], 'refused', 0, 'stale', '0')
+redis.call('HSET', KEYS[3], 'refused', 0, 'stale', '0', 'lone', '')
 if outcome == 2 then redis.call('HSET', KEYS[3], 'cured', ARGV[1]) end
 return 0
 `)
 
-// EnterAttempt asks for a place for one attempt under the breaker name
-// (see Attempts); retry says it retries with a new token after a
-// refusal. token names the place; ExitAttempt gives it back.
-func (s *Set) EnterAttempt(ctx context.Context, name, token string, retry bool) (Attempt, error) {
+// EnterAttempt asks for a place for one attempt at member under the
+// breaker name (see Attempts); retry says it retries with a new token
+// after a refusal. token names the place; ExitAttempt gives it back.
+func (s *Set) EnterAttempt(ctx context.Context, name, token, member string, retry bool) (Attempt, error) {
 	if err := validName(name); err != nil {
 		return Attempt{}, err
 	}
@@ -162,7 +194,7 @@ func (s *Set) EnterAttempt(ctx context.Context, name, token string, retry bool) 
 		r = "1"
 	}
 	v, err := enterScript.Run(ctx, s.rdb, []string{recordKey(name), placesKey(name), attemptKey(name)},
-		ms(s.o.Now()), s.o.Threshold, token, AttemptTTL.Milliseconds(), r).Slice()
+		ms(s.o.Now()), s.o.Threshold, token, AttemptTTL.Milliseconds(), r, member).Slice()
 	if err != nil {
 		return Attempt{}, fmt.Errorf("breaker %s: enter attempt: %w", name, err)
 	}
@@ -204,16 +236,16 @@ func (s *Set) RenewAttempt(ctx context.Context, name, token string) error {
 	return nil
 }
 
-// ExitAttempt gives back the place token took, with the attempt's
-// outcome; reply is the upstream's refusal, for Failed. It returns the
+// ExitAttempt gives back the place token took at member, with the
+// attempt's outcome; reply is the upstream's refusal, for Failed. It returns the
 // time it recorded, which a Cured outcome stores as Attempt.CuredAt.
-func (s *Set) ExitAttempt(ctx context.Context, name, token string, o Outcome, reply string) (time.Time, error) {
+func (s *Set) ExitAttempt(ctx context.Context, name, token, member string, o Outcome, reply string) (time.Time, error) {
 	if err := validName(name); err != nil {
 		return time.Time{}, err
 	}
 	now := time.UnixMilli(ms(s.o.Now()))
 	err := exitScript.Run(ctx, s.rdb, []string{recordKey(name), placesKey(name), attemptKey(name)},
-		ms(now), token, int(o), reply).Err()
+		ms(now), token, int(o), reply, member).Err()
 	if err != nil {
 		return now, fmt.Errorf("breaker %s: exit attempt: %w", name, err)
 	}

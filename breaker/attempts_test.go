@@ -9,7 +9,12 @@ import (
 
 func enter(t *testing.T, s *Set, name, token string, retry bool) Attempt {
 	t.Helper()
-	a, err := s.EnterAttempt(context.Background(), name, token, retry)
+	return enterAt(t, s, name, token, "", retry)
+}
+
+func enterAt(t *testing.T, s *Set, name, token, member string, retry bool) Attempt {
+	t.Helper()
+	a, err := s.EnterAttempt(context.Background(), name, token, member, retry)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -18,7 +23,12 @@ func enter(t *testing.T, s *Set, name, token string, retry bool) Attempt {
 
 func exit(t *testing.T, s *Set, name, token string, o Outcome) time.Time {
 	t.Helper()
-	at, err := s.ExitAttempt(context.Background(), name, token, o, "535 5.7.3 Authentication unsuccessful")
+	return exitAt(t, s, name, token, "", o)
+}
+
+func exitAt(t *testing.T, s *Set, name, token, member string, o Outcome) time.Time {
+	t.Helper()
+	at, err := s.ExitAttempt(context.Background(), name, token, member, o, "535 5.7.3 Authentication unsuccessful")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,5 +195,82 @@ func TestAttemptRenewKeepsKey(t *testing.T) {
 	ttl, err := s.rdb.PTTL(context.Background(), placesKey(name)).Result()
 	if err != nil || ttl < AttemptTTL*9/10 {
 		t.Fatalf("the places' key expires in %v after a renewal (%v), want about %v", ttl, err, AttemptTTL)
+	}
+}
+
+// TestAttemptsOneMemberRefused: a good credential refused at one member
+// only (an app without permission on one mailbox). Its cached token and
+// the retry with a new one are refused there; that member's next
+// attempts get RefusedHere, which counts against it alone, while an
+// attempt at another member takes the last place and tests the
+// credential there. A success elsewhere clears the refusals. Refusals at
+// two members make every attempt Refused, after no more than Threshold
+// refusals, as with unnamed members.
+func TestAttemptsOneMemberRefused(t *testing.T) {
+	sets, _ := replicas(t, 2, nil)
+	a, b := sets[0], sets[1]
+	const name = "cred:contoso"
+	if v := enterAt(t, a, name, "m1", "m", false).Verdict; v != Go {
+		t.Fatalf("first attempt at m: %v", v)
+	}
+	exitAt(t, a, name, "m1", "m", FailedStale)
+	if v := enterAt(t, a, name, "m2", "m", true).Verdict; v != Go {
+		t.Fatalf("retry at m with a new token: %v, want Go", v)
+	}
+	exitAt(t, a, name, "m2", "m", Failed)
+	for _, s := range []*Set{a, b} {
+		for _, retry := range []bool{false, true} {
+			got := enterAt(t, s, name, "m3", "m", retry)
+			if got.Verdict != RefusedHere || got.Reply != "535 5.7.3 Authentication unsuccessful" {
+				t.Fatalf("attempt at m (retry %v) after its two refusals: %+v, want RefusedHere with the reply", retry, got)
+			}
+		}
+	}
+	if v := enterAt(t, b, name, "x1", "x", false).Verdict; v != Go {
+		t.Fatalf("first attempt at x after two refusals at m alone: %v, want Go (Refused before)", v)
+	}
+	if v := enterAt(t, b, name, "y1", "y", false).Verdict; v != Wait {
+		t.Fatalf("attempt at y while x tests the credential: %v, want Wait", v)
+	}
+	exitAt(t, b, name, "x1", "x", Succeeded)
+	if v := enterAt(t, a, name, "m4", "m", false).Verdict; v != Go {
+		t.Fatalf("attempt at m after a success elsewhere: %v, want Go", v)
+	}
+	exitAt(t, a, name, "m4", "m", Failed)
+	if v := enterAt(t, b, name, "y2", "y", false).Verdict; v != Go {
+		t.Fatalf("attempt at y after one refusal at m: %v, want Go", v)
+	}
+	exitAt(t, b, name, "y2", "y", Failed)
+
+	// Refused at two members: every attempt is Refused, at m too.
+	if v := enterAt(t, a, name, "z1", "z", true).Verdict; v != Go {
+		t.Fatalf("retry at z after refusals at m and y: %v, want Go (the last place)", v)
+	}
+	exitAt(t, a, name, "z1", "z", Failed)
+	for _, member := range []string{"m", "y", "z", "w", ""} {
+		if v := enterAt(t, b, name, "r", member, false).Verdict; v != Refused {
+			t.Fatalf("attempt at %q after three refusals at three members: %v, want Refused", member, v)
+		}
+	}
+}
+
+// TestAttemptsOneMemberStale: when cached tokens were refused at one
+// member, the test elsewhere uses a new token.
+func TestAttemptsOneMemberStale(t *testing.T) {
+	sets, _ := replicas(t, 1, nil)
+	s := sets[0]
+	const name = "cred:contoso"
+	for _, tok := range []string{"m1", "m2"} {
+		if v := enterAt(t, s, name, tok, "m", false).Verdict; v != Go {
+			t.Fatalf("attempt %s at m: %v", tok, v)
+		}
+	}
+	exitAt(t, s, name, "m1", "m", FailedStale)
+	exitAt(t, s, name, "m2", "m", FailedStale)
+	if v := enterAt(t, s, name, "m3", "m", true).Verdict; v != RefusedHere {
+		t.Fatalf("retry at m after two refusals there: %v, want RefusedHere", v)
+	}
+	if v := enterAt(t, s, name, "x1", "x", false).Verdict; v != GoFresh {
+		t.Fatalf("attempt at x after cached tokens refused at m: %v, want GoFresh", v)
 	}
 }

@@ -43,7 +43,7 @@ type Options struct {
 	Threshold    int           // consecutive counted failures, fleet-wide, that open a breaker; default 3
 	OpenInterval time.Duration // wait before the first probe; default 30s
 	MaxInterval  time.Duration // cap of the doubling open interval; default 5m
-	ProbeLease   time.Duration // how long a prober holds the probe; default 30s
+	ProbeLease   time.Duration // how long a probe is held without RenewProbe; default 10s
 	Poll         time.Duration // how often cached records are re-read; default 500ms
 
 	// Now is the clock; default time.Now. Every replica's clock is used
@@ -60,6 +60,11 @@ type Options struct {
 	OnMade func(Transition)
 	// Logger; default slog.Default().
 	Logger *slog.Logger
+	// Replica names this replica (its hostname), the same across its
+	// restarts: a replica started again after it was killed while it
+	// held a probe's lease takes the probe over (see AcquireProbe).
+	// Empty: none.
+	Replica string
 }
 
 // DefaultOptions returns the options with every default filled in.
@@ -80,7 +85,7 @@ func (o *Options) setDefaults() {
 		o.MaxInterval = 5 * time.Minute
 	}
 	if o.ProbeLease == 0 {
-		o.ProbeLease = 30 * time.Second
+		o.ProbeLease = 10 * time.Second
 	}
 	if o.Poll == 0 {
 		o.Poll = 500 * time.Millisecond
@@ -209,6 +214,10 @@ func New(rdb redis.UniversalClient, o Options) *Set {
 		brks:    make(map[string]*entry),
 	}
 }
+
+// ProbeLease is how long a probe lease lasts without RenewProbe
+// (Options.ProbeLease).
+func (s *Set) ProbeLease() time.Duration { return s.o.ProbeLease }
 
 // Poll is how often this Set re-reads the records (Options.Poll).
 func (s *Set) Poll() time.Duration { return s.o.Poll }
@@ -633,7 +642,8 @@ func (s *Set) ProbeNow(ctx context.Context, name string) (bool, error) {
 }
 
 // ProbeNowHere is ProbeNow for this replica's own probe loop: for
-// probeHere, no other replica takes the probe. A replica whose secret file
+// probeHere, or until probeHere after another replica's live probe lease
+// ends, no other replica takes the probe. A replica whose secret file
 // just changed asks so, since the others may still have the old one.
 func (s *Set) ProbeNowHere(ctx context.Context, name string) (bool, error) {
 	if err := validName(name); err != nil {
@@ -643,7 +653,7 @@ func (s *Set) ProbeNowHere(ctx context.Context, name string) (bool, error) {
 }
 
 func (s *Set) probeNow(ctx context.Context, name, by string, until int64) (bool, error) {
-	n, err := probeNowScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)}, by, until).Int()
+	n, err := probeNowScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)}, by, until, probeHere.Milliseconds()).Int()
 	if err != nil {
 		return false, fmt.Errorf("breaker %s: probe now: %w", name, err)
 	}
@@ -653,7 +663,9 @@ func (s *Set) probeNow(ctx context.Context, name, by string, until int64) (bool,
 // AcquireProbe reports whether this caller is the fleet's single prober
 // for the breaker: it is open, the probe is due (or was asked for with
 // ProbeNow) and no other lease is live. The winner must call ProbeResult
-// within ProbeLease.
+// (or ReleaseProbe) within ProbeLease, or keep the lease with RenewProbe
+// meanwhile: the lease of a prober that died lapses within ProbeLease,
+// or at once for the same replica (Options.Replica) started again.
 func (s *Set) AcquireProbe(ctx context.Context, name string) (bool, error) {
 	if err := validName(name); err != nil {
 		return false, err
@@ -663,7 +675,7 @@ func (s *Set) AcquireProbe(ctx context.Context, name string) (bool, error) {
 	token := hex.EncodeToString(b[:])
 	now := s.o.Now()
 	n, err := acquireScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)},
-		ms(now), ms(now.Add(s.o.ProbeLease)), token, s.id).Int()
+		ms(now), ms(now.Add(s.o.ProbeLease)), token, s.id, s.o.Replica).Int()
 	if err != nil {
 		return false, fmt.Errorf("breaker %s: acquire probe: %w", name, err)
 	}
@@ -674,6 +686,61 @@ func (s *Set) AcquireProbe(ctx context.Context, name string) (bool, error) {
 	s.entry(name).token = token
 	s.mu.Unlock()
 	return true, nil
+}
+
+// RenewProbe keeps the probe lease this replica holds for another
+// ProbeLease. It returns ErrLeaseLost when this replica does not hold it.
+func (s *Set) RenewProbe(ctx context.Context, name string) error {
+	token, err := s.leaseToken(name)
+	if err != nil {
+		return err
+	}
+	err = renewProbeScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)}, token, ms(s.o.Now().Add(s.o.ProbeLease))).Err()
+	return s.leaseErr(name, "renew probe", err)
+}
+
+// ReleaseProbe gives the probe lease this replica holds back with no
+// result, due at once for any other replica: for a replica that found
+// it cannot probe (its secret is older than the one that works). It
+// returns ErrLeaseLost when this replica does not hold the lease.
+func (s *Set) ReleaseProbe(ctx context.Context, name string) error {
+	token, err := s.leaseToken(name)
+	if err != nil {
+		return err
+	}
+	err = releaseProbeScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)}, token).Err()
+	if err == nil || strings.Contains(err.Error(), "lease lost") {
+		s.mu.Lock()
+		if e := s.brks[name]; e != nil && e.token == token {
+			e.token = ""
+		}
+		s.mu.Unlock()
+	}
+	return s.leaseErr(name, "release probe", err)
+}
+
+// leaseToken is the token of the probe lease this replica holds.
+func (s *Set) leaseToken(name string) (string, error) {
+	if err := validName(name); err != nil {
+		return "", err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e := s.brks[name]; e != nil && e.token != "" {
+		return e.token, nil
+	}
+	return "", fmt.Errorf("breaker %s: %w", name, ErrLeaseLost)
+}
+
+// leaseErr names a failed lease script's error, ErrLeaseLost included.
+func (s *Set) leaseErr(name, what string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case strings.Contains(err.Error(), "lease lost"):
+		return fmt.Errorf("breaker %s: %w", name, ErrLeaseLost)
+	}
+	return fmt.Errorf("breaker %s: %s: %w", name, what, err)
 }
 
 // ProbeResult records the result of the probe this replica acquired: nil

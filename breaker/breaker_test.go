@@ -265,11 +265,11 @@ func TestProbeLeaseExpires(t *testing.T) {
 	if ok, _ := a.AcquireProbe(ctx, name); !ok {
 		t.Fatal("A did not get the due probe")
 	}
-	clk.Add(29 * time.Second)
+	clk.Add(a.ProbeLease() - time.Millisecond)
 	if ok, _ := b.AcquireProbe(ctx, name); ok {
 		t.Fatal("B got the probe while A's lease is live")
 	}
-	clk.Add(time.Second)
+	clk.Add(time.Millisecond)
 	if ok, _ := b.AcquireProbe(ctx, name); !ok {
 		t.Fatal("B did not get the probe after A's lease expired")
 	}
@@ -284,6 +284,133 @@ func TestProbeLeaseExpires(t *testing.T) {
 	}
 	if err := b.ProbeResult(ctx, name, nil); !errors.Is(err, ErrLeaseLost) {
 		t.Fatalf("second ProbeResult = %v, want ErrLeaseLost", err)
+	}
+}
+
+// TestProbeLeaseRenewed: a prober that renews its lease keeps it past
+// ProbeLease; once it stops (a killed process), the lease lapses within
+// ProbeLease of the last renewal. A renewal by a replica that lost the
+// lease fails with ErrLeaseLost.
+func TestProbeLeaseRenewed(t *testing.T) {
+	sets, clk := replicas(t, 2, nil)
+	a, b := sets[0], sets[1]
+	ctx := context.Background()
+	const name = "cred:contoso"
+	record(t, a, name, errExpired)
+	clk.Add(30 * time.Second)
+	if ok, _ := a.AcquireProbe(ctx, name); !ok {
+		t.Fatal("A did not get the due probe")
+	}
+	for range 5 {
+		clk.Add(a.ProbeLease() / 2)
+		if err := a.RenewProbe(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+		if ok, _ := b.AcquireProbe(ctx, name); ok {
+			t.Fatal("B got the probe while A renews its lease")
+		}
+	}
+	clk.Add(a.ProbeLease())
+	if ok, _ := b.AcquireProbe(ctx, name); !ok {
+		t.Fatal("B did not get the probe a lease after A's last renewal")
+	}
+	if err := a.RenewProbe(ctx, name); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("A's renewal after B took the probe = %v, want ErrLeaseLost", err)
+	}
+	if err := b.ProbeResult(ctx, name, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestProbeReservedPastLease: a replica whose file changed asks for the
+// probe while another replica's lease is live (a prober that was killed
+// in its probe): when the lease lapses, the probe is the asker's, not a
+// third replica's, which may still have the old secret.
+func TestProbeReservedPastLease(t *testing.T) {
+	sets, clk := replicas(t, 3, nil)
+	dead, asker, other := sets[0], sets[1], sets[2]
+	ctx := context.Background()
+	const name = "cred:contoso"
+	record(t, dead, name, errExpired)
+	clk.Add(30 * time.Second)
+	if ok, _ := dead.AcquireProbe(ctx, name); !ok {
+		t.Fatal("the first prober did not get the due probe")
+	}
+	if _, err := asker.ProbeNowHere(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(dead.ProbeLease() + time.Millisecond)
+	if ok, _ := other.AcquireProbe(ctx, name); ok {
+		t.Fatal("a third replica took the probe reserved for the one whose file changed, once the dead lease lapsed")
+	}
+	if ok, _ := asker.AcquireProbe(ctx, name); !ok {
+		t.Fatal("the replica whose file changed did not get the probe once the dead lease lapsed")
+	}
+}
+
+// TestProbeTakenOverByRestartedReplica: a replica killed while it held
+// a probe's lease is started again (the same replica name, a new
+// process): it takes the probe over at once, while another replica
+// still waits for the lease, and the dead process's result is refused.
+func TestProbeTakenOverByRestartedReplica(t *testing.T) {
+	sets, clk := replicas(t, 3, func(i int, o *Options) { o.Replica = []string{"relay-1", "relay-1", "relay-2"}[i] })
+	dead, again, other := sets[0], sets[1], sets[2]
+	ctx := context.Background()
+	const name = "cred:contoso"
+	record(t, dead, name, errExpired)
+	clk.Add(30 * time.Second)
+	if ok, _ := dead.AcquireProbe(ctx, name); !ok {
+		t.Fatal("relay-1 did not get the due probe")
+	}
+	if ok, _ := other.AcquireProbe(ctx, name); ok {
+		t.Fatal("relay-2 got the probe while relay-1's lease is live")
+	}
+	if ok, _ := dead.AcquireProbe(ctx, name); ok {
+		t.Fatal("relay-1's own process got its live probe again")
+	}
+	if ok, _ := again.AcquireProbe(ctx, name); !ok {
+		t.Fatal("relay-1 started again did not take over the probe its killed process held")
+	}
+	if err := dead.ProbeResult(ctx, name, nil); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("the killed process's result = %v, want ErrLeaseLost", err)
+	}
+	if ok, _ := other.AcquireProbe(ctx, name); ok {
+		t.Fatal("relay-2 got the probe relay-1 took over")
+	}
+	if err := again.ProbeResult(ctx, name, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReleaseProbe: a prober that gives its lease back leaves the probe
+// due at once for another replica, with nothing counted and the interval
+// kept; its result afterwards is refused.
+func TestReleaseProbe(t *testing.T) {
+	sets, clk := replicas(t, 2, nil)
+	a, b := sets[0], sets[1]
+	ctx := context.Background()
+	const name = "cred:contoso"
+	record(t, a, name, errExpired)
+	clk.Add(30 * time.Second)
+	if ok, _ := a.AcquireProbe(ctx, name); !ok {
+		t.Fatal("A did not get the due probe")
+	}
+	before := status(t, a, name)
+	if err := a.ReleaseProbe(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.ProbeResult(ctx, name, nil); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("ProbeResult after ReleaseProbe = %v, want ErrLeaseLost", err)
+	}
+	after := status(t, a, name)
+	if after.State != Open || after.Failures != before.Failures || after.Interval != before.Interval {
+		t.Fatalf("after the release %+v, want as before: %+v", after, before)
+	}
+	if ok, _ := b.AcquireProbe(ctx, name); !ok {
+		t.Fatal("B did not get the probe A gave back")
+	}
+	if err := a.ReleaseProbe(ctx, name); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("A's second release = %v, want ErrLeaseLost", err)
 	}
 }
 
@@ -544,7 +671,7 @@ func TestLocalBreakerWithoutRedis(t *testing.T) {
 func TestOptions(t *testing.T) {
 	d := DefaultOptions()
 	if d.Threshold != 3 || d.OpenInterval != 30*time.Second || d.MaxInterval != 5*time.Minute ||
-		d.ProbeLease != 30*time.Second || d.Poll != 500*time.Millisecond || d.Now == nil || d.Logger == nil {
+		d.ProbeLease != 10*time.Second || d.Poll != 500*time.Millisecond || d.Now == nil || d.Logger == nil {
 		t.Fatalf("DefaultOptions = %+v", d)
 	}
 	for _, tc := range []struct {

@@ -156,13 +156,45 @@ return reply(k)
 
 // probeNowScript makes the next probe of an open breaker due at once,
 // for any replica, or, when ARGV[1] names one, for that replica only
-// until ARGV[2] (unix ms). Returns 1 if the breaker is open, 0 otherwise.
+// until ARGV[2] (unix ms), or until ARGV[3] ms after the live lease of
+// another probe ends, if that is later: a probe that another replica
+// runs (or ran, and died) must not pass the reservation by.
+// Returns 1 if the breaker is open, 0 otherwise.
 var probeNowScript = redis.NewScript(`
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') ~= 'open' then
   return 0
 end
-redis.call('HSET', k, 'probe_now', '1', 'probe_by', ARGV[1], 'probe_by_until', ARGV[2])
+local untilMs = ARGV[2]
+if ARGV[1] ~= '' then
+  local after = tonumber(redis.call('HGET', k, 'lease_until') or '0') + tonumber(ARGV[3])
+  if after > tonumber(untilMs) then untilMs = string.format('%d', after) end
+end
+redis.call('HSET', k, 'probe_now', '1', 'probe_by', ARGV[1], 'probe_by_until', untilMs)
+return 1
+`)
+
+// renewProbeScript keeps the caller's probe lease until ARGV[2]. Fails
+// with "lease lost" when the caller does not hold it. ARGV[1] token.
+var renewProbeScript = redis.NewScript(`
+local k = KEYS[1]
+if redis.call('HGET', k, 'lease_token') ~= ARGV[1] then
+  return redis.error_reply('lease lost')
+end
+redis.call('HSET', k, 'lease_until', ARGV[2])
+return 1
+`)
+
+// releaseProbeScript gives the caller's probe lease back with no result:
+// the probe is due at once, for any replica. Fails with "lease lost"
+// when the caller does not hold it. ARGV[1] token.
+var releaseProbeScript = redis.NewScript(`
+local k = KEYS[1]
+if redis.call('HGET', k, 'lease_token') ~= ARGV[1] then
+  return redis.error_reply('lease lost')
+end
+redis.call('HDEL', k, 'lease_token', 'lease_until')
+redis.call('HSET', k, 'probe_now', '1', 'probe_by', '')
 return 1
 `)
 
@@ -184,8 +216,12 @@ return redis.call('HGETALL', KEYS[1])
 // probeNowScript, or a retry, see resultScript) goes to that replica
 // only, until its time runs out.
 //
+// A live lease is not granted again, except to the replica named in it
+// (ARGV[5]) from another process (ARGV[4]): the same replica started
+// again after it was killed in its probe takes its probe over.
+//
 // ARGV[1] now, ARGV[2] lease expiry (now + lease), ARGV[3] token,
-// ARGV[4] the caller's replica id.
+// ARGV[4] the caller's id (one per Set), ARGV[5] its replica name, or "".
 var acquireScript = redis.NewScript(`
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') ~= 'open' then
@@ -193,7 +229,12 @@ if redis.call('HGET', k, 'state') ~= 'open' then
 end
 local now = tonumber(ARGV[1])
 if tonumber(redis.call('HGET', k, 'lease_until') or '0') > now then
-  return 0
+  local held = redis.call('HMGET', k, 'lease_replica', 'lease_set')
+  if ARGV[5] == '' or held[1] ~= ARGV[5] or held[2] == ARGV[4] then
+    return 0
+  end
+  redis.call('HSET', k, 'lease_token', ARGV[3], 'lease_until', ARGV[2], 'lease_set', ARGV[4])
+  return 1
 end
 local now_asked = redis.call('HGET', k, 'probe_now') == '1'
 if not now_asked and now < tonumber(redis.call('HGET', k, 'next_probe') or '0') then
@@ -203,7 +244,8 @@ local by = redis.call('HGET', k, 'probe_by')
 if by and by ~= '' and by ~= ARGV[4] and now < tonumber(redis.call('HGET', k, 'probe_by_until') or '0') then
   return 0
 end
-redis.call('HSET', k, 'lease_token', ARGV[3], 'lease_until', ARGV[2], 'probe_now', '0', 'probe_by', '')
+redis.call('HSET', k, 'lease_token', ARGV[3], 'lease_until', ARGV[2], 'probe_now', '0', 'probe_by', '',
+  'lease_replica', ARGV[5], 'lease_set', ARGV[4])
 return 1
 `)
 

@@ -77,6 +77,9 @@ type gate struct {
 	cured map[string]time.Time
 	// replica names this relay to operators (its hostname).
 	replica string
+	// mailboxesDue: a credential's breaker closed, and the open mailbox
+	// breakers are to be probed at once (see transition).
+	mailboxesDue bool
 }
 
 // breakerRecheck is when a send held back by a breaker or a stale
@@ -308,6 +311,16 @@ func (g *gate) transition(t breaker.Transition) {
 			if err := g.x.reloadCredential(cred); err != nil {
 				g.log.Warn("cannot reload credential", "credential", cred, "err", err)
 			}
+			// A refusal at one mailbox may have been the credential's
+			// (Exchange answers both 535 5.7.3): mailboxes that opened
+			// meanwhile are probed now, not an open interval later.
+			g.mu.Lock()
+			g.mailboxesDue = true
+			g.mu.Unlock()
+			select {
+			case g.wake <- struct{}{}:
+			default:
+			}
 		}
 	}
 	select {
@@ -367,6 +380,7 @@ func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
 		if err != nil {
 			continue
 		}
+		g.probeMailboxesNow(ctx, list)
 		for _, st := range list {
 			if st.State != breaker.Open {
 				continue
@@ -374,35 +388,109 @@ func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
 			if cred, ok := strings.CutPrefix(st.Name, "cred:"); ok && g.staleFor(cred) {
 				continue // its probe would fail on this replica's old file
 			}
+			if strings.HasPrefix(st.Name, "mbx:") && g.staleAny() {
+				continue // the other replicas probe mailboxes with the secret that works
+			}
 			if ok, err := g.set.AcquireProbe(ctx, st.Name); err != nil || !ok {
 				continue
 			}
-			perr := g.probe(ctx, st.Name)
-			if errors.Is(perr, errProbeNotRun) {
-				// Nothing was asked of Microsoft: no failure of the
-				// credential, so the open interval is not doubled.
-				g.writeProbe(ctx, st.Name, func(ctx context.Context) error {
-					return g.set.ProbeRetry(ctx, st.Name, perr, probeNotRunRetry)
-				})
-				g.log.Warn("breaker probe could not run; trying again soon", "breaker", st.Name, "in", probeNotRunRetry, "err", perr)
-				continue
-			}
-			if after, ok := g.propagating(st.Name, perr); ok {
-				g.writeProbe(ctx, st.Name, func(ctx context.Context) error {
-					return g.set.ProbeRetry(ctx, st.Name, perr, after)
-				})
+			if after := g.runProbe(ctx, st.Name); after > 0 {
 				if at := time.Now().Add(after); retryAt.IsZero() || at.Before(retryAt) {
 					retryAt = at
 					retry.Reset(after)
 				}
-				g.log.Info("breaker probed; the new secret is not propagated yet, probing again soon",
-					"breaker", st.Name, "in", after, "err", perr)
-				continue
 			}
-			g.writeProbe(ctx, st.Name, func(ctx context.Context) error {
-				return g.set.ProbeResult(ctx, st.Name, perr)
-			})
-			g.log.Info("breaker probed", "breaker", st.Name, "ok", perr == nil, "err", perr)
+		}
+	}
+}
+
+// runProbe runs the probe of breaker name, whose lease this replica just
+// took, keeping the lease while the probe and the writing of its result
+// last, and records the result. It returns when this replica is to probe
+// again (a secret still propagating), or 0.
+func (g *gate) runProbe(ctx context.Context, name string) time.Duration {
+	stop := g.keepProbe(name)
+	defer stop()
+	perr := g.probe(ctx, name)
+	switch after, propagating := g.propagating(name, perr); {
+	case errors.Is(perr, errProbeStale):
+		g.writeProbe(ctx, name, func(ctx context.Context) error { return g.set.ReleaseProbe(ctx, name) })
+		g.log.Info("breaker probe handed to another relay: this relay's secret is older than the one that works",
+			"breaker", name, "err", perr)
+	case errors.Is(perr, errProbeNotRun):
+		// Nothing was asked of Microsoft: no failure of the
+		// credential, so the open interval is not doubled.
+		g.writeProbe(ctx, name, func(ctx context.Context) error {
+			return g.set.ProbeRetry(ctx, name, perr, probeNotRunRetry)
+		})
+		g.log.Warn("breaker probe could not run; trying again soon", "breaker", name, "in", probeNotRunRetry, "err", perr)
+	case propagating:
+		g.writeProbe(ctx, name, func(ctx context.Context) error {
+			return g.set.ProbeRetry(ctx, name, perr, after)
+		})
+		g.log.Info("breaker probed; the new secret is not propagated yet, probing again soon",
+			"breaker", name, "in", after, "err", perr)
+		return after
+	default:
+		g.writeProbe(ctx, name, func(ctx context.Context) error {
+			return g.set.ProbeResult(ctx, name, perr)
+		})
+		g.log.Info("breaker probed", "breaker", name, "ok", perr == nil, "err", perr)
+	}
+	return 0
+}
+
+// keepProbe renews the probe lease of breaker name until the returned
+// func is called, which returns once the renewal has ended: the lease of
+// a relay killed in its probe lapses within the breakers' ProbeLease,
+// while a live probe keeps it however long Microsoft takes to answer.
+func (g *gate) keepProbe(name string) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(g.set.ProbeLease() / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				err := g.set.RenewProbe(ctx, name)
+				switch {
+				case errors.Is(err, breaker.ErrLeaseLost):
+					return
+				case err != nil && ctx.Err() == nil:
+					g.log.Warn("cannot renew the probe's lease", "breaker", name, "err", err)
+				}
+			}
+		}
+	})
+	return func() {
+		cancel()
+		wg.Wait()
+	}
+}
+
+// errProbeStale marks a probe refused for this replica's material, older
+// than the one that works: the probe is handed to another replica.
+var errProbeStale = errors.New("this relay's secret is older than the one that works")
+
+// probeMailboxesNow makes the probes of the open mailbox breakers in
+// list due at once, fleet-wide, after a credential's breaker closed.
+func (g *gate) probeMailboxesNow(ctx context.Context, list []breaker.Status) {
+	g.mu.Lock()
+	due := g.mailboxesDue
+	g.mailboxesDue = false
+	g.mu.Unlock()
+	if !due {
+		return
+	}
+	for _, st := range list {
+		if st.State != breaker.Open || !strings.HasPrefix(st.Name, "mbx:") {
+			continue
+		}
+		if _, err := g.set.ProbeNow(ctx, st.Name); err != nil {
+			g.log.Warn("cannot request a probe", "breaker", st.Name, "err", err)
 		}
 	}
 }
@@ -415,8 +503,7 @@ var errProbeNotRun = errors.New("probe not run")
 const probeNotRunRetry = 5 * time.Second
 
 // probeWriteFor is how long a probe's result is tried again while Redis
-// does not take it: well within the probe's lease (30 s by default), after
-// which another replica probes again.
+// does not take it; keepProbe renews the lease meanwhile.
 const probeWriteFor = 20 * time.Second
 
 // writeProbe runs write, which records a probe's result, until it
@@ -453,7 +540,7 @@ const probeTries = 3
 // mailbox breaker, no failure counted on it). A mailbox-class failure is
 // recorded on that mailbox's breaker, and the probe tries another
 // mailbox, up to probeTries.
-func (g *gate) probe(ctx context.Context, name string) error {
+func (g *gate) probe(ctx context.Context, name string) (result error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	routes, err := g.routesUnder(ctx, name)
@@ -468,6 +555,11 @@ func (g *gate) probe(ctx context.Context, name string) error {
 	if len(candidates) > 0 {
 		_, credName, _, _ = parseRoute(candidates[0])
 	}
+	defer func() {
+		if g.probeRefusedStale(ctx, credName, result) {
+			result = fmt.Errorf("%w: %w", errProbeStale, result)
+		}
+	}()
 	if err := g.x.reloadCredential(credName); err != nil {
 		g.log.Warn("cannot reload credential before probing", "credential", credName, "err", err)
 	}

@@ -165,12 +165,12 @@ func TestFreshAuthCures(t *testing.T) {
 	cred := credentialBreaker("contoso")
 	other := e.relays[1].gate.set
 	for _, tok := range []string{"p1", "p2"} {
-		if a, err := other.EnterAttempt(ctx, cred, tok, false); err != nil || a.Verdict != breaker.Go {
+		if a, err := other.EnterAttempt(ctx, cred, tok, "", false); err != nil || a.Verdict != breaker.Go {
 			t.Fatalf("place %s: %+v %v", tok, a, err)
 		}
 	}
 	for _, tok := range []string{"p1", "p2"} {
-		if _, err := other.ExitAttempt(ctx, cred, tok, breaker.FailedStale, "535 5.7.3 Authentication unsuccessful"); err != nil {
+		if _, err := other.ExitAttempt(ctx, cred, tok, "", breaker.FailedStale, "535 5.7.3 Authentication unsuccessful"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -181,7 +181,7 @@ func TestFreshAuthCures(t *testing.T) {
 	}
 	turn.Exit(o365.AuthOK, nil)
 
-	a, err := other.EnterAttempt(ctx, cred, "p3", false)
+	a, err := other.EnterAttempt(ctx, cred, "p3", "", false)
 	if err != nil || a.Verdict != breaker.Go {
 		t.Fatalf("place after the new token worked: %+v %v", a, err)
 	}

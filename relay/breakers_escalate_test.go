@@ -142,14 +142,7 @@ func TestAppOnlyRefusalAtOneMailbox(t *testing.T) {
 		}
 	})
 	set := e.relays[0].gate.set
-	status := func(name string) breaker.Status {
-		t.Helper()
-		st, err := set.Status(t.Context(), name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
+	status := statusOf(t, set)
 
 	var held []string
 	for n := range 6 {
@@ -242,14 +235,7 @@ func TestCredentialProbePastDisabledMailbox(t *testing.T) {
 		}
 	})
 	set := e.relays[0].gate.set
-	status := func(name string) breaker.Status {
-		t.Helper()
-		st, err := set.Status(t.Context(), name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
+	status := statusOf(t, set)
 	// The credential's breaker is open and the mail held, so only the
 	// probe goes to Exchange; the mailbox failed once before.
 	if err := set.Trip(t.Context(), credentialBreaker("contoso"), "test"); err != nil {
@@ -274,5 +260,72 @@ func TestCredentialProbePastDisabledMailbox(t *testing.T) {
 	}
 	if probes != 1 {
 		t.Errorf("%d probes of the credential before it closed, want 1:\n%s", probes, e.logs.String())
+	}
+}
+
+// statusOf returns a reader of breakers' states in set that fails the
+// test when Redis cannot be read.
+func statusOf(t *testing.T, set *breaker.Set) func(name string) breaker.Status {
+	return func(name string) breaker.Status {
+		t.Helper()
+		st, err := set.Status(t.Context(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+}
+
+// TestAppOnlyRefusalLeavesCredentialClosed: one mailbox the app has no
+// permission on gets mail together with nine healthy ones, on two
+// relays. Exchange refuses the token at that mailbox alone; its AUTHs
+// are then refused there without a try and count on its own breaker,
+// which opens, while the healthy mailboxes' AUTHs go on. The
+// credential's breaker never opens, so no healthy message waits for a
+// probe.
+func TestAppOnlyRefusalLeavesCredentialClosed(t *testing.T) {
+	const broken = "box10@contoso.com"
+	e := newExchangeEnvSim(t, 2, func(c *sim.Config) {
+		var boxes []string
+		for i := 1; i <= 9; i++ {
+			boxes = append(boxes, fmt.Sprintf("box%d@contoso.com", i))
+		}
+		c.Tenants[0].Apps[0].SendAsMailboxes = append(boxes, "noreply@contoso.com", "billing@contoso.com")
+	}, func(o *Options) {
+		o.Delivery.Workers = 4
+		o.Queue.BackoffBase = Duration(200 * time.Millisecond)
+		o.Queue.BackoffMax = Duration(time.Second)
+		for i := range o.Apps {
+			for n := 1; n <= 10; n++ {
+				box := fmt.Sprintf("box%d@contoso.com", n)
+				o.Apps[i].SenderMailboxes[box] = box
+			}
+		}
+	})
+	status := statusOf(t, e.relays[0].gate.set)
+	var held, ids []string
+	for n := range 36 {
+		if n%4 == 0 {
+			held = append(held, e.submit(t, n%2, broken, fmt.Sprintf("h%d@example.org", n), exchangeMessage(100+n, broken)))
+			continue
+		}
+		from := fmt.Sprintf("box%d@contoso.com", n%9+1)
+		ids = append(ids, e.submit(t, n%2, from, fmt.Sprintf("r%d@example.org", n), exchangeMessage(n, from)))
+	}
+	waitFor(t, 20*time.Second, "the healthy mailboxes' mail delivered and the broken mailbox's breaker open", func() bool {
+		for _, id := range ids {
+			if e.get(t, id).State != queue.Delivered {
+				return false
+			}
+		}
+		return status(mailboxBreaker(broken)).State == breaker.Open
+	})
+	if st := status(credentialBreaker("contoso")); st.Generation != 0 {
+		t.Errorf("credential breaker %+v: it opened (generation %d) for one mailbox's refusals", st, st.Generation)
+	}
+	for _, id := range held {
+		if m := e.get(t, id); m.State == queue.Delivered || m.State == queue.Dead {
+			t.Errorf("%s of the broken mailbox is %s, want held", id, m.State)
+		}
 	}
 }

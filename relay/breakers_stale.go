@@ -85,6 +85,70 @@ func (g *gate) staleFor(cred string) bool {
 	return false
 }
 
+// staleAny reports whether this replica is stale for any credential.
+func (g *gate) staleAny() bool {
+	g.mu.Lock()
+	creds := make([]string, 0, len(g.stale))
+	for cred := range g.stale {
+		creds = append(creds, cred)
+	}
+	g.mu.Unlock()
+	for _, cred := range creds {
+		if g.staleFor(cred) {
+			return true
+		}
+	}
+	return false
+}
+
+// probeRefusedStale reports whether a probe failed because Entra refused
+// this replica's material of credential cred while the fleet's record,
+// read now, names newer material as the one that works: this replica is
+// then stale for it, and the probe is not its to decide. A replica whose
+// file has not changed since the breaker opened knows of no newer
+// material until another replica's token says so.
+func (g *gate) probeRefusedStale(ctx context.Context, cred string, err error) bool {
+	var te *auth.TokenError
+	if cred == "" || !errors.As(err, &te) || !o365.EntraRefused(te) {
+		return false
+	}
+	sts, rerr := g.set.Fresh(ctx, credentialBreaker(cred))
+	if rerr != nil || len(sts) == 0 || !materialOf(te).Stale(sts[0]) {
+		return false
+	}
+	g.markStale(cred, te.Fingerprint)
+	return true
+}
+
+// probeAtStart asks, for each credential whose breaker is open, for a
+// probe by this replica at once when its secret or certificate is news
+// to the breaker: its files were written after the breaker opened (a
+// redeploy with a rotated secret), or it got a token since (a relay
+// restarted after it was killed in its probe). Either way its mail need
+// not wait for the open interval. A relay started with the files it had
+// when the breaker opened (or was tripped) waits for the probe as the
+// others do.
+func (g *gate) probeAtStart(ctx context.Context) {
+	if g.x == nil {
+		return
+	}
+	for name, c := range g.x.creds {
+		sts, err := g.set.Fresh(ctx, credentialBreaker(name))
+		if err != nil || len(sts) == 0 || sts[0].State != breaker.Open {
+			continue
+		}
+		st := sts[0]
+		proven := st.GoodFingerprint == c.Fingerprint() && !st.GoodSince.Before(st.Since)
+		if !proven && !c.Written().After(st.Since) {
+			continue
+		}
+		g.log.Info("credential breaker found open at start; probing it with this relay's secret", "credential", name)
+		if err := g.probeNow(ctx, credentialBreaker(name)); err != nil {
+			g.log.Warn("cannot request a probe", "credential", name, "err", err)
+		}
+	}
+}
+
 // skip tells the dispatcher which routes this replica leaves alone: those
 // of credentials it is stale for.
 func (g *gate) skip(route string) bool {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,15 +29,17 @@ const (
 // authTurn returns the route's o365.Route.Turn: places under its
 // credential breaker.
 func (g *gate) authTurn(route string) func(context.Context, bool) (o365.AuthTurn, error) {
-	cred, _, ok := routeBreakers(route)
+	_, _, mailbox, ok := parseRoute(route)
 	if !ok {
 		return nil
 	}
+	cred, _, _ := routeBreakers(route)
+	mailbox = strings.ToLower(mailbox)
 	return func(ctx context.Context, wait bool) (o365.AuthTurn, error) {
 		token := rand.Text()
 		deadline := time.Now().Add(authTurnWait)
 		for {
-			a, err := g.set.EnterAttempt(ctx, cred, token, !wait)
+			a, err := g.set.EnterAttempt(ctx, cred, token, mailbox, !wait)
 			if err != nil {
 				// Redis unreadable: the AUTH goes ahead, as sends do on
 				// the local breakers then.
@@ -47,7 +50,7 @@ func (g *gate) authTurn(route string) func(context.Context, bool) (o365.AuthTurn
 			case breaker.Go, breaker.GoFresh:
 				fresh := a.Verdict == breaker.GoFresh
 				stop := g.renewTurn(cred, token)
-				exit := g.exitTurn(cred, token, fresh)
+				exit := g.exitTurn(cred, token, mailbox, fresh)
 				return o365.AuthTurn{Refresh: g.newCure(cred, a.CuredAt) || fresh, Exit: func(o o365.AuthOutcome, err error) {
 					stop()
 					exit(o, err)
@@ -57,6 +60,12 @@ func (g *gate) authTurn(route string) func(context.Context, bool) (o365.AuthTurn
 				// this replica's view of it is a poll behind: the mail is
 				// held as check holds it.
 				return o365.AuthTurn{}, openError(cred, upstream.Credential, a.Reply, nil)
+			case breaker.RefusedHere:
+				// Refused at this mailbox alone, while the token may work
+				// at others: the mailbox's failure, not the credential's.
+				return o365.AuthTurn{}, &upstream.Error{Class: upstream.Mailbox, Reason: a.Reply,
+					Text: "AUTH not tried: Exchange refused this credential's token at this mailbox, and at no other, too often in a row; " +
+						"the app may lack its permission on the mailbox (FullAccess, or an RBAC for Applications scope): " + a.Reply}
 			case breaker.Refused:
 				return o365.AuthTurn{}, &upstream.Error{Class: upstream.Credential, Reason: a.Reply,
 					Text: "AUTH not tried: this credential's AUTHs were refused too often in a row, fleet-wide (check it with \"holdfast creds check\"; the breaker's probe tries it again): " + a.Reply}
@@ -103,7 +112,7 @@ func (g *gate) renewTurn(cred, token string) (stop func()) {
 // place was given to test a new token after a cached one's refusal
 // (breaker.GoFresh): its success is a cure, which the other replicas
 // hear of and replace their own cached tokens.
-func (g *gate) exitTurn(cred, token string, fresh bool) func(o365.AuthOutcome, error) {
+func (g *gate) exitTurn(cred, token, mailbox string, fresh bool) func(o365.AuthOutcome, error) {
 	return func(outcome o365.AuthOutcome, err error) {
 		o, reply := breaker.Neutral, ""
 		switch {
@@ -119,7 +128,7 @@ func (g *gate) exitTurn(cred, token string, fresh bool) func(o365.AuthOutcome, e
 		// The place is given back even when the send was cancelled.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		at, xerr := g.set.ExitAttempt(ctx, cred, token, o, reply)
+		at, xerr := g.set.ExitAttempt(ctx, cred, token, mailbox, o, reply)
 		if xerr != nil {
 			g.log.Warn("cannot give an AUTH place back; it lapses by itself", "breaker", cred, "err", xerr)
 		}

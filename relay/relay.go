@@ -153,6 +153,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 			g.transition(t)
 		}
 		bo.Logger = log
+		bo.Replica = o.Hostname
 		if o.Breakers.WebhookURL != "" {
 			// One webhook per transition fleet-wide: from the replica
 			// whose script made it.
@@ -346,6 +347,7 @@ func (s *Server) Start() {
 		s.wg.Go(func() { s.gate.set.Watch(ctx) })
 		s.wg.Go(func() { s.gate.probeLoop(ctx, time.Second) })
 		s.wg.Go(func() { s.gate.reconcileLoop(ctx, s.gate.set.Poll()) })
+		s.wg.Go(func() { s.gate.probeAtStart(ctx) })
 	}
 	s.wg.Add(1)
 	go func() {

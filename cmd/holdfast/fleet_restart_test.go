@@ -1,0 +1,193 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"holdfast/breaker"
+	"holdfast/cmd/o365sim/sim"
+)
+
+// TestRedeployAfterRotation: the end of the February 2025 outage, the
+// secret rotated and every relay redeployed with it. The relays stop
+// while the credential's breaker is open, its next probe most of an open
+// interval away, and start again with the new secret in their files: a
+// relay that starts with a secret other than the one whose failure
+// opened the breaker probes at once, so the held mail is delivered
+// within 5 s of the start, not at the next probe.
+func TestRedeployAfterRotation(t *testing.T) {
+	const before, outage = 10, 30
+	// The default open interval, not the harness's short one.
+	defaults := func(_ int, config string) string {
+		return strings.Replace(config, fmt.Sprintf("open_interval: %s\n  max_interval: %s", incOpenInterval, incMaxInterval),
+			"open_interval: 30s\n  max_interval: 5m", 1)
+	}
+	f := startIncFleet(t, incFleetOptions{mailboxes: 5, relays: 2, ownSecrets: true, edit: defaults})
+	set := breaker.New(f.redis.Client(t), breaker.Options{})
+	sub := f.startSubmitter(2, func(n int) string { return f.mailboxes[n%len(f.mailboxes)] })
+	for n := range before {
+		sub.submit(n)
+	}
+	f.waitDelivered(before, 10*time.Second)
+	f.sim.ExpireSecret(incTenant, incClientID)
+	time.Sleep(incQuiet)
+	for n := before; n < before+outage; n++ {
+		sub.submit(n)
+	}
+	incWait(t, 15*time.Second, "the credential's breaker open", func() bool {
+		st, err := set.Status(t.Context(), incCred)
+		return err == nil && st.State == breaker.Open && st.Interval == 30*time.Second
+	})
+	sub.close()
+	sub.results(t, before+outage)
+
+	for _, r := range f.relays {
+		r.stop(t)
+	}
+	f.sim.RotateSecret(incTenant, incClientID, incRotated)
+	for _, path := range f.secretFiles {
+		incWriteFile(t, path, incRotated+"\n")
+	}
+	start := time.Now()
+	for i := range f.relays {
+		f.restart(i)
+	}
+	f.waitDelivered(before+outage, 5*time.Second)
+	t.Logf("relays started to the held mail delivered: %v", time.Since(start).Round(time.Millisecond))
+	time.Sleep(300 * time.Millisecond) // room for a duplicate to show
+	f.checkOnce(before + outage)
+}
+
+// TestRotationProberKilled: three relays, each with its own secret file.
+// The secret expires and the credential's breaker opens, holding the mail;
+// then the secret is rotated at Entra (the old one deleted) and the new
+// one reaches the relays' files one at a time, rotationStagger apart, as
+// in TestStaggeredRotation. While relay 1's probe with the new secret is
+// stalled in SMTP AUTH (the simulator's AuthDelay), relay 1 is killed
+// with SIGKILL and started again at once with the same, new, file: the
+// probe it held dies with it. The fleet must not wait out the dead
+// prober's lease: the first delivery comes within 5 s of the first file
+// change, every message is delivered exactly once, a relay still on the
+// old secret sends at most one refused token request, and the breaker,
+// once closed, stays closed.
+func TestRotationProberKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a fleet test of about a minute")
+	}
+	const (
+		before, outage = 30, 60
+		// rotationStagger separates the changes of the three files.
+		rotationStagger = 20 * time.Second
+		// authStall is how long the simulator takes to answer each SMTP
+		// AUTH while relay 1 probes: its probe is cut in the middle.
+		authStall = 2 * time.Second
+		// probing is how long after relay 1 logs its file change it is
+		// killed: its probe has its token and waits on AUTH by then.
+		probing = 500 * time.Millisecond
+		// firstWithin bounds the first file change to the first delivery:
+		// relay 1, started again, takes over the probe its killed process
+		// held, rather than wait for the lease to lapse.
+		firstWithin = 5 * time.Second
+		during      = 100 // submitted from the rotation on, one every 0.5 s
+	)
+	f := startIncFleet(t, incFleetOptions{mailboxes: 5, relays: 3, ownSecrets: true})
+	// Mail is submitted to relays 2 and 3 and the breaker read from them:
+	// they run throughout, while relay 1's process is replaced (and the
+	// harness reads f.relays without a lock, so the submitter and the
+	// pollers get a fleet of their own that the restart does not touch).
+	up := &incFleet{tb: t, http: f.http, relays: []*incRelay{f.relays[1], f.relays[2]}}
+	polls := up.pollBreaker(incCred)
+	for _, p := range polls {
+		p.relay++ // numbered as in f, for the messages
+	}
+	sub := up.startSubmitter(4, func(n int) string { return f.mailboxes[n%len(f.mailboxes)] })
+	f.expireUntilOpen(sub, polls, before, outage, nil)
+	f.waitHeld(before+outage-f.delivered(), true, 5*time.Second)
+
+	f.sim.RotateSecret(incTenant, incClientID, incRotated)
+	atRotation := f.counters()
+	feed := make(chan struct{})
+	go func() {
+		defer close(feed)
+		for i := range during {
+			sub.submit(before + outage + i)
+			time.Sleep(500 * time.Millisecond)
+		}
+	}()
+
+	// Relay 1's file changes while AUTH stalls; relay 1 dies mid-probe.
+	f.sim.SetFault(sim.Fault{AuthDelay: authStall})
+	incWriteFile(t, f.secretFiles[0], incRotated+"\n")
+	t0 := time.Now()
+	const changed = "credential file changed; the next token request uses it"
+	incWait(t, 5*time.Second, "relay-1 to see its file change", func() bool {
+		_, ok := f.relays[0].logLine(changed)
+		return ok
+	})
+	time.Sleep(probing)
+	killed := f.killAndRestart(0)
+	f.sim.SetFault(sim.Fault{})
+	t.Logf("relay-1 killed %v after its file changed, and started again", time.Since(t0).Round(time.Millisecond))
+	if _, ok := killed.logLine("breaker probed"); ok {
+		t.Fatal("relay-1 finished its probe before it was killed: the test proves nothing")
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("relay-1 logs until it was killed:\n%s", incLogExcerpt(killed.out.String()))
+		}
+	})
+
+	for i := 1; i < len(f.secretFiles); i++ {
+		incSleepUntil(t0.Add(time.Duration(i) * rotationStagger))
+		incWriteFile(t, f.secretFiles[i], incRotated+"\n")
+	}
+	<-feed
+	sub.close()
+	total := before + outage + during
+	sub.results(t, total)
+	f.waitDelivered(total, 15*time.Second)
+	time.Sleep(300 * time.Millisecond) // room for a duplicate to show
+	f.checkOnce(total)
+	f.checkEmpty(t.Context())
+	f.checkRunning()
+
+	// The first delivery after the first file change: within firstWithin.
+	var first time.Time
+	for _, r := range f.sim.Received() {
+		if r.Started.After(t0) && (first.IsZero() || r.Started.Before(first)) {
+			first = r.Started
+		}
+	}
+	t.Logf("first file change to first delivery: %v", first.Sub(t0).Round(time.Millisecond))
+	if lag := first.Sub(t0); lag > firstWithin {
+		t.Errorf("first delivery %v after the first file change, want within %v: the killed prober's lease held the probe",
+			lag.Round(time.Millisecond), firstWithin)
+	}
+	// Never open again once closed after the first file change.
+	for _, p := range polls {
+		p.checkErrors(t)
+		p.checkClosedForGood(t, t0)
+	}
+	// One refused token request at most for each relay still on the old
+	// secret.
+	refused := f.counters().TokenErrors - atRotation.TokenErrors
+	t.Logf("refused token requests after the rotation: %d", refused)
+	if stale := len(f.relays) - 1; refused > stale {
+		t.Errorf("%d refused token requests after the rotation, want at most %d (one per stale relay)", refused, stale)
+	}
+}
+
+// killAndRestart sends SIGKILL to relay i, waits for it to exit and
+// starts it again at once with its configuration. It returns the killed
+// process, whose logs stay readable.
+func (f *incFleet) killAndRestart(i int) *incRelay {
+	f.tb.Helper()
+	r := f.relays[i]
+	_ = r.cmd.Process.Kill()
+	<-r.exited
+	r.stopOnce.Do(func() {}) // killed on purpose: no SIGTERM check
+	f.restart(i)
+	return r
+}
