@@ -73,13 +73,16 @@ return redis.call('HINCRBY', KEYS[1], 'gen', 1)
 `)
 
 // rotateScript replaces the refresh token only if the stored generation is
-// the one the caller redeemed.
+// the one the caller redeemed. Redis runs it past its maxmemory too (the
+// Redis 7 flag allow-oom): the token Entra just issued must be kept while
+// a queue that grew during an outage fills Redis, and it replaces one of
+// the same size.
 //
 // KEYS[1] grant hash
 // ARGV[1] redeemed generation, ARGV[2] sealed refresh token, ARGV[3] now (unix ms)
 // Returns the new generation, 0 if the generation changed, -1 if there is
 // no grant.
-var rotateScript = redis.NewScript(`
+var rotateScript = redis.NewScript(`#!lua flags=allow-oom
 local gen = redis.call('HGET', KEYS[1], 'gen')
 if not gen then return -1 end
 if gen ~= ARGV[1] then return 0 end

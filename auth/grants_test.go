@@ -2,6 +2,7 @@ package auth
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -408,5 +409,27 @@ func TestGrantStoreOnCluster(t *testing.T) {
 	}
 	if _, rt, err := g.load(ctx, "c@contoso.com", true); err != nil || rt != "rotated-c@contoso.com" {
 		t.Fatalf("load = %q, %v", rt, err)
+	}
+}
+
+// TestGrantRotateWhileRedisFull: a refresh token Entra issued is stored
+// while Redis is past its maxmemory (noeviction), as a queue that grew
+// during an outage leaves it; a new grant is refused.
+func TestGrantRotateWhileRedisFull(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	g := newGrantStore(t, rdb, testGrantKey)
+	ctx := t.Context()
+	if err := g.Put(ctx, mailboxA, "crm", rtInitial); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.ConfigSet(context.Background(), "maxmemory", "0") })
+	if gen, err := g.Rotate(ctx, mailboxA, 1, "rotated-refresh-token"); err != nil || gen != 2 {
+		t.Fatalf("Rotate with Redis full = %d, %v; want 2, nil", gen, err)
+	}
+	if err := g.Put(ctx, "new@contoso.com", "crm", rtInitial); err == nil {
+		t.Error("Put of a new grant with Redis full succeeded; want Redis's refusal")
 	}
 }

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"strconv"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // Attempts bound how many upstream attempts of one credential are in
@@ -115,7 +113,7 @@ const (
 // Returns {verdict, reply, cured}: verdict 0 go, 1 wait, 2 refused, 3 go
 // with a new token, 4 held: the breaker is open (reply: its reason), 5
 // refused at this member alone.
-var enterScript = redis.NewScript(`
+var enterScript = flagged(`
 local rec = redis.call('HMGET', KEYS[1], 'state', 'generation', 'reason')
 local gen = rec[2] or '0'
 local st = redis.call('HMGET', KEYS[3], 'gen', 'refused', 'reply', 'cured', 'lone')
@@ -161,7 +159,7 @@ return {verdict, '', cured}
 // KEYS as enterScript's. ARGV[1] now, ARGV[2] the place's token,
 // ARGV[3] the outcome (see Outcome), ARGV[4] the refusal's reply,
 // ARGV[5] the attempt's member.
-var exitScript = redis.NewScript(`
+var exitScript = flagged(`
 redis.call('ZREM', KEYS[2], ARGV[2])
 local outcome = tonumber(ARGV[3])
 if outcome == 0 then return 0 end
@@ -216,7 +214,7 @@ func (s *Set) EnterAttempt(ctx context.Context, name, token, member string, retr
 //
 // KEYS[1] the places. ARGV[1] now, ARGV[2] the token, ARGV[3] the
 // lifetime in ms.
-var renewScript = redis.NewScript(`
+var renewScript = flagged(`
 if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
 redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])

@@ -311,7 +311,7 @@ func (s *Set) register(ctx context.Context, name string) error {
 	if done {
 		return nil
 	}
-	if err := s.rdb.SAdd(ctx, namesKey, name).Err(); err != nil {
+	if err := registerScript.Run(ctx, s.rdb, []string{namesKey}, name).Err(); err != nil {
 		return fmt.Errorf("breaker %s: register: %w", name, err)
 	}
 	s.mu.Lock()
@@ -695,7 +695,7 @@ func (s *Set) RenewProbe(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	err = renewProbeScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)}, token, ms(s.o.Now().Add(s.o.ProbeLease))).Err()
+	err = leaseScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)}, token, "renew", ms(s.o.Now().Add(s.o.ProbeLease))).Err()
 	return s.leaseErr(name, "renew probe", err)
 }
 
@@ -708,7 +708,7 @@ func (s *Set) ReleaseProbe(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	err = releaseProbeScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)}, token).Err()
+	err = leaseScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)}, token, "release", 0).Err()
 	if err == nil || strings.Contains(err.Error(), "lease lost") {
 		s.mu.Lock()
 		if e := s.brks[name]; e != nil && e.token == token {

@@ -296,11 +296,7 @@ func TestProbeLeaseRenewed(t *testing.T) {
 	a, b := sets[0], sets[1]
 	ctx := context.Background()
 	const name = "cred:contoso"
-	record(t, a, name, errExpired)
-	clk.Add(30 * time.Second)
-	if ok, _ := a.AcquireProbe(ctx, name); !ok {
-		t.Fatal("A did not get the due probe")
-	}
+	probing(t, a, clk, name)
 	for range 5 {
 		clk.Add(a.ProbeLease() / 2)
 		if err := a.RenewProbe(ctx, name); err != nil {
@@ -331,11 +327,7 @@ func TestProbeReservedPastLease(t *testing.T) {
 	dead, asker, other := sets[0], sets[1], sets[2]
 	ctx := context.Background()
 	const name = "cred:contoso"
-	record(t, dead, name, errExpired)
-	clk.Add(30 * time.Second)
-	if ok, _ := dead.AcquireProbe(ctx, name); !ok {
-		t.Fatal("the first prober did not get the due probe")
-	}
+	probing(t, dead, clk, name)
 	if _, err := asker.ProbeNowHere(ctx, name); err != nil {
 		t.Fatal(err)
 	}
@@ -357,11 +349,7 @@ func TestProbeTakenOverByRestartedReplica(t *testing.T) {
 	dead, again, other := sets[0], sets[1], sets[2]
 	ctx := context.Background()
 	const name = "cred:contoso"
-	record(t, dead, name, errExpired)
-	clk.Add(30 * time.Second)
-	if ok, _ := dead.AcquireProbe(ctx, name); !ok {
-		t.Fatal("relay-1 did not get the due probe")
-	}
+	probing(t, dead, clk, name)
 	if ok, _ := other.AcquireProbe(ctx, name); ok {
 		t.Fatal("relay-2 got the probe while relay-1's lease is live")
 	}
@@ -390,11 +378,7 @@ func TestReleaseProbe(t *testing.T) {
 	a, b := sets[0], sets[1]
 	ctx := context.Background()
 	const name = "cred:contoso"
-	record(t, a, name, errExpired)
-	clk.Add(30 * time.Second)
-	if ok, _ := a.AcquireProbe(ctx, name); !ok {
-		t.Fatal("A did not get the due probe")
-	}
+	probing(t, a, clk, name)
 	before := status(t, a, name)
 	if err := a.ReleaseProbe(ctx, name); err != nil {
 		t.Fatal(err)
@@ -1058,5 +1042,16 @@ func TestTransitionFound(t *testing.T) {
 		if got[i].Name != w.name || got[i].To != w.to || got[i].Found != w.found {
 			t.Errorf("transition %d: %s to %s found %v, want %s to %s found %v", i, got[i].Name, got[i].To, got[i].Found, w.name, w.to, w.found)
 		}
+	}
+}
+
+// probing opens breaker name with an expired secret, lets its probe
+// fall due and has s take it.
+func probing(t *testing.T, s *Set, clk *clock, name string) {
+	t.Helper()
+	record(t, s, name, errExpired)
+	clk.Add(s.o.OpenInterval)
+	if ok, err := s.AcquireProbe(context.Background(), name); err != nil || !ok {
+		t.Fatalf("the due probe was not taken: %v, %v", ok, err)
 	}
 }

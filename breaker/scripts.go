@@ -7,6 +7,18 @@ import "github.com/redis/go-redis/v9"
 // replica and every test uses one clock. Scripts that change the record
 // return it as HGETALL does.
 
+// flagged returns a script that Redis runs past its maxmemory too (the
+// Redis 7 flag allow-oom): a queue that grew while a breaker held its
+// mail fills Redis, and only a breaker that can close (probe, reset)
+// lets it drain. Each script changes a few fields of one breaker's keys,
+// which share one hash slot.
+func flagged(src string) *redis.Script {
+	return redis.NewScript("#!lua flags=allow-oom\n" + src)
+}
+
+// registerScript adds ARGV[1] to the names set KEYS[1].
+var registerScript = flagged(`return redis.call('SADD', KEYS[1], ARGV[1])`)
+
 // transitions defines the two transitions, prepended to the scripts that
 // make them: open(reason, now, interval, next probe) and close(now). Each
 // bumps the generation and ends any probe lease. reply(k) returns the
@@ -51,7 +63,7 @@ end
 // ARGV[8] when that material was written (unix ms), or "", ARGV[9] the
 // slack in ms given to that time (see writtenSlack). The stale test is
 // Material.Stale's, which TestStaleAgrees keeps in step with this one.
-var failScript = redis.NewScript(transitions + `
+var failScript = flagged(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'open' then
   return reply(k)
@@ -78,7 +90,7 @@ return reply(k)
 // closed breaker, and the refusals its attempts count. A success seen
 // while open (a request that started before the breaker opened) changes
 // nothing: only a probe closes.
-var successScript = redis.NewScript(`
+var successScript = flagged(`
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'closed' then
   if tonumber(redis.call('HGET', k, 'failures') or '0') > 0 then
@@ -103,7 +115,7 @@ return redis.call('HGETALL', k)
 // ARGV[1] now, ARGV[2] n, ARGV[3] open interval ms, ARGV[4] next probe,
 // ARGV[5] member, ARGV[6] reason of this failure, ARGV[7] how long the
 // spread is remembered after its last failure, ms.
-var spreadScript = redis.NewScript(transitions + `
+var spreadScript = flagged(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'open' then
   return reply(k)
@@ -129,7 +141,7 @@ return reply(k)
 // keeps its generation and gets the new reason.
 //
 // ARGV[1] now, ARGV[2] open interval ms, ARGV[3] next probe, ARGV[4] reason.
-var tripScript = redis.NewScript(transitions + `
+var tripScript = flagged(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'open' then
   redis.call('HSET', k, 'reason', ARGV[4])
@@ -142,7 +154,7 @@ return reply(k)
 // resetScript closes the breaker and clears its failure count.
 //
 // ARGV[1] now.
-var resetScript = redis.NewScript(transitions + `
+var resetScript = flagged(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'open' then
   close(k, ARGV[1])
@@ -160,7 +172,7 @@ return reply(k)
 // another probe ends, if that is later: a probe that another replica
 // runs (or ran, and died) must not pass the reservation by.
 // Returns 1 if the breaker is open, 0 otherwise.
-var probeNowScript = redis.NewScript(`
+var probeNowScript = flagged(`
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') ~= 'open' then
   return 0
@@ -174,34 +186,28 @@ redis.call('HSET', k, 'probe_now', '1', 'probe_by', ARGV[1], 'probe_by_until', u
 return 1
 `)
 
-// renewProbeScript keeps the caller's probe lease until ARGV[2]. Fails
-// with "lease lost" when the caller does not hold it. ARGV[1] token.
-var renewProbeScript = redis.NewScript(`
+// leaseScript renews the caller's probe lease until ARGV[3], or, with
+// ARGV[2] "release", gives it back with no result: the probe is then due
+// at once, for any replica. Fails with "lease lost" when the caller does
+// not hold the lease. ARGV[1] token.
+var leaseScript = flagged(`
 local k = KEYS[1]
 if redis.call('HGET', k, 'lease_token') ~= ARGV[1] then
   return redis.error_reply('lease lost')
 end
-redis.call('HSET', k, 'lease_until', ARGV[2])
-return 1
-`)
-
-// releaseProbeScript gives the caller's probe lease back with no result:
-// the probe is due at once, for any replica. Fails with "lease lost"
-// when the caller does not hold it. ARGV[1] token.
-var releaseProbeScript = redis.NewScript(`
-local k = KEYS[1]
-if redis.call('HGET', k, 'lease_token') ~= ARGV[1] then
-  return redis.error_reply('lease lost')
+if ARGV[2] == 'release' then
+  redis.call('HDEL', k, 'lease_token', 'lease_until')
+  redis.call('HSET', k, 'probe_now', '1', 'probe_by', '')
+else
+  redis.call('HSET', k, 'lease_until', ARGV[3])
 end
-redis.call('HDEL', k, 'lease_token', 'lease_until')
-redis.call('HSET', k, 'probe_now', '1', 'probe_by', '')
 return 1
 `)
 
 // goodScript records the fingerprint of the secret or certificate that
 // last got a token, and since when it is the one that works (kept while
 // the fingerprint stays the same). ARGV[1] fingerprint, ARGV[2] now.
-var goodScript = redis.NewScript(`
+var goodScript = flagged(`
 if redis.call('HGET', KEYS[1], 'good_fp') ~= ARGV[1] then
   redis.call('HSET', KEYS[1], 'good_fp', ARGV[1], 'good_since', ARGV[2])
 end
@@ -222,7 +228,7 @@ return redis.call('HGETALL', KEYS[1])
 //
 // ARGV[1] now, ARGV[2] lease expiry (now + lease), ARGV[3] token,
 // ARGV[4] the caller's id (one per Set), ARGV[5] its replica name, or "".
-var acquireScript = redis.NewScript(`
+var acquireScript = flagged(`
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') ~= 'open' then
   return 0
@@ -264,7 +270,7 @@ return 1
 // ARGV[5] max interval ms, ARGV[6] retry delay ms (0: double the
 // interval), ARGV[7] replica id, ARGV[8] end of its reservation (unix
 // ms).
-var resultScript = redis.NewScript(transitions + `
+var resultScript = flagged(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'lease_token') ~= ARGV[1] then
   return redis.error_reply('lease lost')

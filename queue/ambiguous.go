@@ -12,7 +12,7 @@ import (
 //
 // KEYS[1] message hash. ARGV[1] the flag's field name.
 // Returns 1, or 0 when there is no such message.
-var markAmbiguousScript = redis.NewScript(`
+var markAmbiguousScript = drainScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], '1')
 return 1

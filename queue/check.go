@@ -17,7 +17,8 @@ var ErrNotDurable = errors.New("redis is not configured to keep mail durably")
 // CheckDurability checks that every Redis node (every master on Redis
 // Cluster) has AOF on, appendfsync other than "no", and maxmemory-policy
 // noeviction, without which accepted mail can be lost on restart or a host
-// crash, or evicted under memory pressure.
+// crash, or evicted under memory pressure, and that it runs Redis 7.0 or
+// later, without which no message is stored or delivered.
 // It returns one warning per problem found. With strict, any problem is
 // also an error wrapping ErrNotDurable.
 //
@@ -59,6 +60,13 @@ func checkNode(ctx context.Context, c *redis.Client) ([]string, error) {
 		return nil, fmt.Errorf("%s: %w", addr, err)
 	}
 	var warnings []string
+	// The queue's scripts carry Redis 7 flags (see full.go): an older
+	// Redis refuses every one of them.
+	if info, err := c.Info(ctx, "server").Result(); err == nil {
+		if v := infoValue(info, "redis_version"); v != "" && !versionAtLeast(v, 7, 0) {
+			warnings = append(warnings, fmt.Sprintf("%s: Redis %s: Holdfast needs Redis 7.0 or later; upgrade Redis", addr, v))
+		}
+	}
 	get := func(name string) (string, bool) {
 		v, err := c.ConfigGet(ctx, name).Result()
 		if err != nil {

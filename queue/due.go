@@ -28,16 +28,13 @@ import (
 // SweepDue, which marks dirty every route with mail but no entry.
 
 // markDue marks routes dirty: the dispatcher looks at them on its next
-// pass.
+// pass. It works with Redis full too (see drainScript): a route marked
+// after a release, a flush or a requeue is one whose mail can drain.
 func (q *Queue) markDue(ctx context.Context, routes ...string) error {
 	if len(routes) == 0 {
 		return nil
 	}
-	members := make([]any, len(routes))
-	for i, r := range routes {
-		members[i] = r
-	}
-	if err := q.rdb.SAdd(ctx, dueDirtyKey, members...).Err(); err != nil {
+	if err := q.add(ctx, dueDirtyKey, "", routes...); err != nil {
 		return fmt.Errorf("mark routes due: %w", err)
 	}
 	return nil
@@ -78,7 +75,7 @@ end
 //
 // KEYS[1] index, KEYS[2] sequences. ARGV[1] route, ARGV[2] the lease's
 // sequence, ARGV[3] when the route next needs a lease.
-var indexScript = redis.NewScript(indexLua + `
+var indexScript = drainScript(indexLua + `
 return setIndex(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
 `)
 

@@ -27,7 +27,7 @@ func (q *Queue) SetGraphFallback(ctx context.Context, route string, until time.T
 //
 // KEYS[1] the fallback routes. ARGV[1] now, ARGV[2] until, ARGV[3] the
 // route. Returns {until, 1 when set here}.
-var setFallbackScript = redis.NewScript(`
+var setFallbackScript = drainScript(`
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
 local cur = redis.call('ZSCORE', KEYS[1], ARGV[3])
 if cur then return {tonumber(cur), 0} end

@@ -35,7 +35,9 @@ end
 // ARGV[1] reason, ARGV[2] now, ARGV[3..] fence: breaker name, generation.
 //
 // Returns 1 when the route was newly held, 0 when it already was, -1 when
-// the fence is stale.
+// the fence is stale. A hold adds state rather than draining any, so it
+// is not a drainScript: with Redis full it fails (as does registerRoute
+// before it), and the relay's reconciliation tries it again.
 var holdScript = redis.NewScript(fenceLua + `
 if not fenced(KEYS[3], 3) then return -1 end
 apply(KEYS[3], 3)
@@ -67,7 +69,7 @@ return 0
 // Returns {status, next cursor, credited}: status 1 when the route is no
 // longer held, 0 when more steps are needed (from next cursor), -1 when
 // the fence is stale.
-var releaseChunkScript = redis.NewScript(fenceLua + `
+var releaseChunkScript = drainScript(fenceLua + `
 if not fenced(KEYS[4], 6) then return {-1, '0', 0} end
 local now = tonumber(ARGV[1])
 local grace = tonumber(ARGV[2])
@@ -108,7 +110,7 @@ return {1, '0', credited}
 // KEYS[6] held, KEYS[7] fence.
 //
 // Returns 1 when the route was empty, 0 otherwise.
-var pruneScript = redis.NewScript(`
+var pruneScript = drainScript(`
 for i = 1, 4 do
   if redis.call('ZCARD', KEYS[i]) > 0 then return 0 end
 end

@@ -20,7 +20,7 @@ import (
 // KEYS[1] conns. ARGV[1] now, ARGV[2] limit, ARGV[3] token, ARGV[4] slot
 // expiry, ARGV[5] slot lifetime in ms. Returns 1 when the slot was taken,
 // else 0.
-var acquireScript = redis.NewScript(`
+var acquireScript = drainScript(`
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
@@ -33,7 +33,7 @@ return 1
 //
 // KEYS[1] sends. ARGV[1] now, ARGV[2] limit, ARGV[3] window in ms,
 // ARGV[4] token. Returns 0 when the send was recorded, else the wait in ms.
-var rateScript = redis.NewScript(`
+var rateScript = drainScript(`
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
@@ -92,18 +92,26 @@ func (l *Limiter) AcquireConn(ctx context.Context, mailbox string, max int, ttl 
 // another replica may hold it now, so its connection must be closed.
 var ErrSlotLost = errors.New("connection slot expired; close its connection")
 
+// renewScript moves a held slot's expiry, and the key's.
+//
+// KEYS[1] conns. ARGV[1] token, ARGV[2] slot expiry, ARGV[3] slot
+// lifetime in ms. Returns 1 when the slot was renewed, 0 when it is no
+// longer held.
+var renewScript = drainScript(`
+local n = redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return n
+`)
+
 // Renew extends a held slot to ttl from now.
 func (l *Limiter) Renew(ctx context.Context, s *Slot, ttl time.Duration) error {
 	conns, _ := limitKeys(s.mailbox)
 	until := l.now().Add(ttl).UnixMilli()
-	pipe := l.rdb.TxPipeline()
-	renewed := pipe.ZAddArgs(ctx, conns, redis.ZAddArgs{XX: true, Ch: true,
-		Members: []redis.Z{{Score: float64(until), Member: s.token}}})
-	pipe.PExpire(ctx, conns, ttl)
-	if _, err := pipe.Exec(ctx); err != nil {
+	renewed, err := renewScript.Run(ctx, l.rdb, []string{conns}, s.token, until, ttl.Milliseconds()).Int()
+	if err != nil {
 		return fmt.Errorf("renew connection slot for %s: %w", s.mailbox, err)
 	}
-	if renewed.Val() == 0 {
+	if renewed == 0 {
 		return fmt.Errorf("renew connection slot for %s: %w", s.mailbox, ErrSlotLost)
 	}
 	return nil

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -57,7 +58,8 @@ func (q *Queue) PruneRoutes(ctx context.Context, idle time.Duration) ([]string, 
 				err = q.rdb.ZRem(ctx, idleRoutesKey, r).Err()
 			}
 		case !seen:
-			err = q.rdb.ZAdd(ctx, idleRoutesKey, redis.Z{Score: float64(now.UnixMilli()), Member: r}).Err()
+			// With Redis full too: pruning frees memory.
+			err = q.add(ctx, idleRoutesKey, strconv.FormatInt(now.UnixMilli(), 10), r)
 		case now.Sub(time.UnixMilli(first)) >= idle:
 			var gone bool
 			if gone, err = q.prune(ctx, r); gone {
@@ -103,7 +105,7 @@ func (q *Queue) prune(ctx context.Context, route string) (bool, error) {
 	// registered: put the route back.
 	if n, err := q.rdb.Exists(ctx, rk.live).Result(); err != nil || n > 0 {
 		if err == nil {
-			err = q.rdb.SAdd(ctx, routesKey, route).Err()
+			err = q.add(ctx, routesKey, "", route)
 		}
 		if err == nil {
 			// Its change may have left the log with the route.

@@ -129,7 +129,8 @@ func (q *Queue) Options() Options { return q.opts }
 // too few replicas) comes with the id the message has if Redis stores it
 // all the same, as a hung Redis does when it resumes: Withdraw of that id
 // makes sure it is not, or is not stored for long. Before that, the id is
-// empty.
+// empty. An error for which RedisFull is true (Redis past its maxmemory)
+// stored nothing, and needs no Withdraw.
 //
 // It costs one round trip to Redis, which stores the message and marks
 // its route due (two on Redis Cluster, where the due index is in another
@@ -176,9 +177,10 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 		res, err = enqueueScript.Run(ctx, q.rdb, keys, args...).Slice()
 	}
 	if err != nil {
-		if !marked {
+		if !marked && !RedisFull(err) {
 			// The message may be stored all the same (too few replicas
 			// acknowledged it, a reply lost): a mark costs nothing if not.
+			// Redis full refused the script whole: nothing was stored.
 			q.markOrKeep(ctx, m.Route)
 		}
 		return id, false, fmt.Errorf("enqueue: %w", err)

@@ -45,7 +45,7 @@ end
 // window (ms), ARGV[3] member, ARGV[4] n, ARGV[5] limit (0: no limit).
 // Returns 0 when counted, or how many ms until enough recipients leave
 // the window for these to fit.
-var reserveRecipientsScript = redis.NewScript(recipientsLua + `
+var reserveRecipientsScript = drainScript(recipientsLua + `
 local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local n, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
 local total = used(KEYS[1], now - window)
@@ -71,7 +71,7 @@ return 0
 
 // releaseRecipientsScript takes a reservation back out of the log and
 // its total. KEYS[1] the log, ARGV[1] member, ARGV[2] n.
-var releaseRecipientsScript = redis.NewScript(`
+var releaseRecipientsScript = drainScript(`
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 and redis.call('ZSCORE', KEYS[1], '#total') then
   redis.call('ZINCRBY', KEYS[1], tonumber(ARGV[2]), '#total')
 end

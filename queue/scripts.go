@@ -6,7 +6,10 @@ import "github.com/redis/go-redis/v9"
 // times are unix milliseconds from the caller's clock, so tests can drive
 // the queue with a controlled clock. Every KEYS entry of one call shares one
 // hash tag. Message keys are built inside the scripts from the tag's
-// message prefix (ARGV) and the id; they share the same tag.
+// message prefix (ARGV) and the id; they share the same tag. The scripts
+// that take mail towards delivery or out of Redis, or keep a lease, are
+// declared with drainScript: Redis runs them past its maxmemory too. The
+// enqueue script (storeScript) it then refuses. See full.go.
 
 // changeLua defines logChange(log, route, now): it records in the change
 // log (changesKey) that the route's counts changed. The log keeps each
@@ -28,7 +31,7 @@ end
 // take the log's key: holds, releases and the operator's commands.
 //
 // KEYS[1] the change log. ARGV[1] now, ARGV[2] the route.
-var changeScript = redis.NewScript(changeLua + `
+var changeScript = drainScript(changeLua + `
 logChange(KEYS[1], ARGV[2], ARGV[1])
 return 1
 `)
@@ -53,7 +56,8 @@ return 1
 // idempotency key was seen before with the same fingerprint (or where
 // either has none, as keys stored before fingerprints), {existing id, 3}
 // when it was seen with another, or {id, 2} when the id was withdrawn.
-var enqueueScript = redis.NewScript(changeLua + `
+// Redis past its maxmemory refuses it whole, before it runs (storeScript).
+var enqueueScript = storeScript(changeLua + `
 if redis.call('EXISTS', KEYS[4]) == 1 then return {ARGV[1], 2} end
 local idem = ARGV[10] ~= ''
 if idem then
@@ -113,7 +117,7 @@ return {ARGV[1], 0}
 // att, err} entries; seq is the route's lease sequence after this lease;
 // deadline is the earliest lease deadline on the route (-1 when none); at
 // is when the route next needs a lease, its index entry (-1: none).
-var leaseScript = redis.NewScript(indexLua + changeLua + leaseLua + `
+var leaseScript = drainScript(indexLua + changeLua + leaseLua + `
 return lease(KEYS, ARGV)
 `)
 
@@ -255,7 +259,7 @@ end
 // ARGV[1] id, ARGV[2] lease token, ARGV[3] new deadline, ARGV[4] now.
 //
 // Returns 1, or 0 when the lease is no longer held by this token.
-var extendScript = redis.NewScript(`
+var extendScript = drainScript(`
 if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[2] or redis.call('HGET', KEYS[1], 'st') ~= 'leased' then
   return 0
 end
@@ -284,7 +288,7 @@ return 1
 // outcome (as a client's retry after a lost reply does), it changes
 // nothing and returns the state the first run left, as long as the
 // message was not leased again since.
-var settleScript = redis.NewScript(changeLua + settleLua + `
+var settleScript = drainScript(changeLua + settleLua + `
 return settle(KEYS, ARGV)
 `)
 
@@ -343,7 +347,7 @@ end
 //
 // Returns {0} when the ack found the lease lost, else leaseScript's
 // answer.
-var ackLeaseScript = redis.NewScript(indexLua + changeLua + leaseLua + settleLua + `
+var ackLeaseScript = drainScript(indexLua + changeLua + leaseLua + settleLua + `
 local n = #KEYS - 1
 local lk, la = {}, {}
 for i = 1, n do lk[i] = KEYS[i] end
@@ -362,7 +366,7 @@ return lease(lk, la, true)
 // ARGV[1] id, ARGV[2] now, ARGV[3] new expiry time.
 //
 // Returns 1, or 0 when the message is not a dead letter.
-var requeueScript = redis.NewScript(`
+var requeueScript = drainScript(`
 if redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then return 0 end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[4], redis.call('HGET', KEYS[1], 'sub'), ARGV[1])
@@ -379,7 +383,7 @@ return 1
 // the token, ARGV[2] now, ARGV[3] the prefix of the message keys.
 //
 // Returns how many messages it handed back.
-var releaseScript = redis.NewScript(`
+var releaseScript = drainScript(`
 local n = 0
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local key = ARGV[3] .. id
@@ -407,7 +411,7 @@ return n
 //
 // Returns 1 when the message was deleted, 0 when it was not stored, or
 // -1 when it was stored and a worker has leased or settled it since.
-var withdrawScript = redis.NewScript(removeLua + `
+var withdrawScript = drainScript(removeLua + `
 local st = redis.call('HGET', KEYS[1], 'st')
 if st and st ~= 'queued' then return -1 end
 redis.call('SET', KEYS[6], '1', 'PX', ARGV[2])
@@ -421,7 +425,7 @@ return remove(KEYS, ARGV[1])
 // KEYS[5] live. ARGV[1] id.
 //
 // Returns 1, or 0 when there was no such message.
-var deleteScript = redis.NewScript(removeLua + `
+var deleteScript = drainScript(removeLua + `
 return remove(KEYS, ARGV[1])
 `)
 
@@ -439,7 +443,7 @@ end
 // flushScript makes every scheduled message of a route due now.
 //
 // KEYS[1] due. ARGV[1] now. Returns how many messages it moved.
-var flushScript = redis.NewScript(`
+var flushScript = drainScript(`
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
 for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[1], id) end
 return #ids

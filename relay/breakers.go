@@ -445,30 +445,13 @@ func (g *gate) runProbe(ctx context.Context, name string) time.Duration {
 // a relay killed in its probe lapses within the breakers' ProbeLease,
 // while a live probe keeps it however long Microsoft takes to answer.
 func (g *gate) keepProbe(name string) (stop func()) {
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		t := time.NewTicker(g.set.ProbeLease() / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				err := g.set.RenewProbe(ctx, name)
-				switch {
-				case errors.Is(err, breaker.ErrLeaseLost):
-					return
-				case err != nil && ctx.Err() == nil:
-					g.log.Warn("cannot renew the probe's lease", "breaker", name, "err", err)
-				}
-			}
+	return renewing(g.set.ProbeLease()/3, func(ctx context.Context) bool {
+		err := g.set.RenewProbe(ctx, name)
+		if err != nil && !errors.Is(err, breaker.ErrLeaseLost) && ctx.Err() == nil {
+			g.log.Warn("cannot renew the probe's lease", "breaker", name, "err", err)
 		}
+		return !errors.Is(err, breaker.ErrLeaseLost)
 	})
-	return func() {
-		cancel()
-		wg.Wait()
-	}
 }
 
 // errProbeStale marks a probe refused for this replica's material, older

@@ -122,24 +122,9 @@ func TestRefusedCredentialsAskOncePerHold(t *testing.T) {
 // opening and closing by turns.
 func TestAppOnlyRefusalAtOneMailbox(t *testing.T) {
 	const broken = "box10@contoso.com"
-	e := newExchangeEnvSim(t, 2, func(c *sim.Config) {
-		var boxes []string
-		for i := 1; i <= 9; i++ {
-			boxes = append(boxes, fmt.Sprintf("box%d@contoso.com", i))
-		}
-		c.Tenants[0].Apps[0].SendAsMailboxes = append(boxes, "noreply@contoso.com", "billing@contoso.com")
-	}, func(o *Options) {
-		o.Delivery.Workers = 4
-		o.Queue.BackoffBase = Duration(200 * time.Millisecond)
-		o.Queue.BackoffMax = Duration(time.Second)
+	e := newBox10Env(t, func(o *Options) {
 		o.Breakers.OpenInterval = Duration(time.Second)
 		o.Breakers.MaxInterval = Duration(2 * time.Second)
-		for i := range o.Apps {
-			for n := 1; n <= 10; n++ {
-				box := fmt.Sprintf("box%d@contoso.com", n)
-				o.Apps[i].SenderMailboxes[box] = box
-			}
-		}
 	})
 	set := e.relays[0].gate.set
 	status := statusOf(t, set)
@@ -285,23 +270,7 @@ func statusOf(t *testing.T, set *breaker.Set) func(name string) breaker.Status {
 // probe.
 func TestAppOnlyRefusalLeavesCredentialClosed(t *testing.T) {
 	const broken = "box10@contoso.com"
-	e := newExchangeEnvSim(t, 2, func(c *sim.Config) {
-		var boxes []string
-		for i := 1; i <= 9; i++ {
-			boxes = append(boxes, fmt.Sprintf("box%d@contoso.com", i))
-		}
-		c.Tenants[0].Apps[0].SendAsMailboxes = append(boxes, "noreply@contoso.com", "billing@contoso.com")
-	}, func(o *Options) {
-		o.Delivery.Workers = 4
-		o.Queue.BackoffBase = Duration(200 * time.Millisecond)
-		o.Queue.BackoffMax = Duration(time.Second)
-		for i := range o.Apps {
-			for n := 1; n <= 10; n++ {
-				box := fmt.Sprintf("box%d@contoso.com", n)
-				o.Apps[i].SenderMailboxes[box] = box
-			}
-		}
-	})
+	e := newBox10Env(t, nil)
 	status := statusOf(t, e.relays[0].gate.set)
 	var held, ids []string
 	for n := range 36 {
@@ -328,4 +297,32 @@ func TestAppOnlyRefusalLeavesCredentialClosed(t *testing.T) {
 			t.Errorf("%s of the broken mailbox is %s, want held", id, m.State)
 		}
 	}
+}
+
+// newBox10Env is two relays sending from box1…box10, of which the
+// simulator's app may not send as box10: its service principal lacks the
+// permission there, and Exchange answers its token 535 5.7.3 at box10
+// alone. change, when set, edits the relays' options further.
+func newBox10Env(t *testing.T, change func(*Options)) *exchangeEnv {
+	t.Helper()
+	return newExchangeEnvSim(t, 2, func(c *sim.Config) {
+		var boxes []string
+		for i := 1; i <= 9; i++ {
+			boxes = append(boxes, fmt.Sprintf("box%d@contoso.com", i))
+		}
+		c.Tenants[0].Apps[0].SendAsMailboxes = append(boxes, "noreply@contoso.com", "billing@contoso.com")
+	}, func(o *Options) {
+		o.Delivery.Workers = 4
+		o.Queue.BackoffBase = Duration(200 * time.Millisecond)
+		o.Queue.BackoffMax = Duration(time.Second)
+		for i := range o.Apps {
+			for n := 1; n <= 10; n++ {
+				box := fmt.Sprintf("box%d@contoso.com", n)
+				o.Apps[i].SenderMailboxes[box] = box
+			}
+		}
+		if change != nil {
+			change(o)
+		}
+	})
 }

@@ -86,18 +86,30 @@ func (g *gate) authTurn(route string) func(context.Context, bool) (o365.AuthTurn
 // of a relay killed during its AUTH lapses within breaker.AttemptTTL. The
 // returned func stops renewing, and returns once the renewal has ended.
 func (g *gate) renewTurn(cred, token string) (stop func()) {
+	return renewing(breaker.AttemptTTL/3, func(ctx context.Context) bool {
+		if err := g.set.RenewAttempt(ctx, cred, token); err != nil && ctx.Err() == nil {
+			g.log.Warn("cannot renew an AUTH place", "breaker", cred, "err", err)
+		}
+		return true
+	})
+}
+
+// renewing calls renew every interval until renew returns false or the
+// returned func is called; that func returns once renewing has ended.
+// renew's context ends when it is called.
+func renewing(every time.Duration, renew func(context.Context) bool) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		t := time.NewTicker(breaker.AttemptTTL / 3)
+		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if err := g.set.RenewAttempt(ctx, cred, token); err != nil && ctx.Err() == nil {
-					g.log.Warn("cannot renew an AUTH place", "breaker", cred, "err", err)
+				if !renew(ctx) {
+					return
 				}
 			}
 		}

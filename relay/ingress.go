@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"sync"
 	"time"
 
 	"holdfast/queue"
@@ -51,6 +52,9 @@ type ingress struct {
 	// withdraw, when set, takes back a message whose store failed but
 	// may have reached Redis (see withdrawer).
 	withdraw *withdrawer
+	// full samples the warning that Redis is full (see warnFull).
+	full     *logSampler
+	fullOnce sync.Once
 }
 
 // submission is a message handed to Holdfast by an application.
@@ -147,7 +151,11 @@ func (in *ingress) accept(ctx context.Context, s submission) (id string, dup boo
 		return id, false, err
 	}
 	if err != nil {
-		in.log.Error("enqueue failed", "app", s.app.Name, "err", err)
+		if queue.RedisFull(err) {
+			in.warnFull(s.app.Name, err)
+		} else {
+			in.log.Error("enqueue failed", "app", s.app.Name, "err", err)
+		}
 		// The submitter is told nothing was kept. A store that reached a
 		// hung Redis runs when it resumes: withdraw it. A submission with
 		// an idempotency key needs none; its retry finds the message.
@@ -164,6 +172,19 @@ func (in *ingress) accept(ctx context.Context, s submission) (id string, dup boo
 	}
 	in.log.Info("queued", "id", id, "app", s.app.Name, "from", s.from, "rcpts", len(s.to), "bytes", len(s.body), "via", s.protocol, "dup", dup)
 	return id, dup, nil
+}
+
+// warnFull logs, at most once per logSampleEvery, that a message was
+// refused because Redis reached its maxmemory (queue.RedisFull), and what
+// to do: every refusal meanwhile would write the same line.
+func (in *ingress) warnFull(app string, err error) {
+	in.fullOnce.Do(func() { in.full = newLogSampler(logSampleEvery) })
+	if ok, held := in.full.allow("redis full"); ok {
+		in.log.Error("Redis reached its maxmemory: new mail is refused (SMTP 451 4.3.0, HTTP 503) "+
+			"until memory is freed; mail already queued or held stays and is delivered, which frees memory. "+
+			"Raise Redis's maxmemory, or free memory in Redis",
+			withHeld([]any{"app", app, "err", err}, held)...)
+	}
 }
 
 // writeReceived writes a Received: trace header (RFC 5321 section 4.4).

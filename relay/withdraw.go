@@ -74,10 +74,13 @@ func newWithdrawer(q withdrawStore, try time.Duration, reg prometheus.Registerer
 }
 
 // mayHaveReachedRedis reports whether a store that failed with err may
-// have reached Redis: everything but a failure to connect.
+// have reached Redis: everything but a failure to connect, and Redis
+// past its maxmemory, which refuses the store whole (queue.RedisFull).
+// A withdrawal of the latter would only write a mark into the memory
+// the queue's draining frees.
 func mayHaveReachedRedis(err error) bool {
 	var op *net.OpError
-	return !(errors.As(err, &op) && op.Op == "dial")
+	return !(errors.As(err, &op) && op.Op == "dial") && !queue.RedisFull(err)
 }
 
 // add asks for the message id of route to be withdrawn.
