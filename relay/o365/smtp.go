@@ -319,8 +319,15 @@ func (s *SMTPSender) Send(ctx context.Context, m *queue.Message) (string, error)
 	}
 	if g := grantOf(ctx, route.Mailbox); g != nil {
 		// Room was reserved before the message was leased.
+		send := g.send
 		c, err := s.granted(ctx, route, g)
 		if err != nil {
+			// Nothing went out (no connection, token or AUTH): the send
+			// counted in the mailbox's rate is given back, or retries
+			// while Exchange is away would spend the mailbox's minute.
+			if send != "" {
+				_ = s.o.Limits.ReturnSend(context.WithoutCancel(ctx), route.Mailbox, send)
+			}
 			return "", err
 		}
 		return s.submit(ctx, c, route, m)
