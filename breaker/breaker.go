@@ -783,10 +783,8 @@ func (s *Set) probeResult(ctx context.Context, name string, probeErr error, retr
 	now := s.o.Now()
 	_, err := s.run(ctx, resultScript, name, token, ms(now), success, Reason(probeErr),
 		s.o.MaxInterval.Milliseconds(), retry.Milliseconds(), s.id, ms(now.Add(retry+probeHere)))
-	if err != nil {
-		if strings.Contains(err.Error(), "lease lost") {
-			return fmt.Errorf("breaker %s: %w", name, ErrLeaseLost)
-		}
+	err = s.leaseErr(name, "probe result", err)
+	if err != nil && !errors.Is(err, ErrLeaseLost) {
 		// Not written (Redis away): the lease is still this replica's,
 		// and the result can be written again while it lasts.
 		s.mu.Lock()
@@ -794,9 +792,8 @@ func (s *Set) probeResult(ctx context.Context, name string, probeErr error, retr
 			e.token = token
 		}
 		s.mu.Unlock()
-		return fmt.Errorf("breaker %s: probe result: %w", name, err)
 	}
-	return nil
+	return err
 }
 
 // Cached returns the breaker's record as this Set last read it, with no

@@ -58,7 +58,7 @@ type Submission struct {
 	IdempotencyKey string
 	// Fingerprint, when set with IdempotencyKey, identifies what the
 	// submitter sent under the key (any string without a line break,
-	// such as a hash of the envelope and the message). A later enqueue
+	// such as a hash of the envelope). A later enqueue
 	// with the same key and another fingerprint stores nothing and
 	// fails with ErrKeyReused.
 	Fingerprint string

@@ -175,11 +175,16 @@ func (g *gate) probeNow(ctx context.Context, name string) error {
 	if _, err := g.set.ProbeNowHere(ctx, name); err != nil {
 		return err
 	}
+	g.wakeProbes()
+	return nil
+}
+
+// wakeProbes makes the probe loop look at once.
+func (g *gate) wakeProbes() {
 	select {
 	case g.wake <- struct{}{}:
 	default:
 	}
-	return nil
 }
 
 // check returns errBreakerOpen, as a held failure of the right class,
@@ -239,14 +244,18 @@ func (g *gate) failed(ctx context.Context, route string, err error) {
 		return
 	}
 	if upstream.ClassOf(err) == upstream.Mailbox {
-		if rerr := g.set.Record(ctx, mbx, err); rerr != nil {
-			g.log.Warn("cannot record failure on breaker", "breaker", mbx, "err", rerr)
-		}
+		g.record(ctx, mbx, err)
 	} else {
 		_, credName, _, _ := parseRoute(route)
 		g.recordCredentialFailure(ctx, cred, credName, err)
 		if o365.AppTokenRefused(err) {
-			g.recordAppRefusal(ctx, mbx, err)
+			// Exchange gives the same reply when the token is bad and
+			// when the service principal has no permission on this one
+			// mailbox (FullAccess, or an RBAC scope without it): it
+			// counts on the mailbox's breaker too, which then holds that
+			// mailbox alone, while the credential's probe passes over a
+			// mailbox with failures (probeRoutes).
+			g.record(ctx, mbx, err)
 		}
 	}
 	if delegated, _, mailbox, _ := parseRoute(route); delegated && o365.DelegatedTokenRefused(err) {
@@ -258,18 +267,11 @@ func (g *gate) failed(ctx context.Context, route string, err error) {
 	}
 }
 
-// recordAppRefusal counts Exchange's refusal of an app-only token at a
-// mailbox (535 5.7.3) on the mailbox's breaker as well as the
-// credential's. Exchange gives the same reply when the token is bad and
-// when the service principal has no permission on this one mailbox
-// (FullAccess, or an RBAC scope without it). In the second case the
-// mailbox's breaker opens after its own failures and holds its mail; the
-// credential's probe passes over a mailbox with failures (probeRoutes),
-// so the credential's breaker, which the same refusals may have opened,
-// closes at the next probe and the other mailboxes' mail goes.
-func (g *gate) recordAppRefusal(ctx context.Context, mbx string, err error) {
-	if rerr := g.set.Record(ctx, mbx, err); rerr != nil {
-		g.log.Warn("cannot record failure on breaker", "breaker", mbx, "err", rerr)
+// record counts a failure (or, with a nil err, a success) on breaker
+// name, logging what Redis did not take.
+func (g *gate) record(ctx context.Context, name string, err error) {
+	if rerr := g.set.Record(ctx, name, err); rerr != nil {
+		g.log.Warn("cannot record failure on breaker", "breaker", name, "err", rerr)
 	}
 }
 
@@ -317,10 +319,7 @@ func (g *gate) transition(t breaker.Transition) {
 			g.mu.Lock()
 			g.mailboxesDue = true
 			g.mu.Unlock()
-			select {
-			case g.wake <- struct{}{}:
-			default:
-			}
+			g.wakeProbes()
 		}
 	}
 	select {
@@ -556,20 +555,17 @@ func (g *gate) probe(ctx context.Context, name string) (result error) {
 			return err
 		}
 		perr = g.x.smtp.Probe(ctx, r)
+		_, mbx, _ := routeBreakers(rt)
 		if isCred && o365.AppTokenRefused(perr) {
 			// Maybe this mailbox's alone: the next probe tries another.
-			_, mbx, _ := routeBreakers(rt)
-			g.recordAppRefusal(ctx, mbx, perr)
+			g.record(ctx, mbx, perr)
 		}
 		if perr == nil || !isCred || upstream.ClassOf(perr) != upstream.Mailbox {
 			return perr
 		}
-		_, mbx, _ := routeBreakers(rt)
 		g.log.Warn("credential probe failed on a mailbox of its own account; trying another",
 			"breaker", name, "mailbox", mbx, "try", i+1, "err", perr)
-		if err := g.set.Record(ctx, mbx, perr); err != nil {
-			g.log.Warn("cannot record failure on breaker", "breaker", mbx, "err", err)
-		}
+		g.record(ctx, mbx, perr)
 	}
 	if failing {
 		// Mailboxes that had failed before failed again on their own

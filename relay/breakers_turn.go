@@ -29,12 +29,11 @@ const (
 // authTurn returns the route's o365.Route.Turn: places under its
 // credential breaker.
 func (g *gate) authTurn(route string) func(context.Context, bool) (o365.AuthTurn, error) {
-	_, _, mailbox, ok := parseRoute(route)
+	cred, mbx, ok := routeBreakers(route)
 	if !ok {
 		return nil
 	}
-	cred, _, _ := routeBreakers(route)
-	mailbox = strings.ToLower(mailbox)
+	mailbox := strings.TrimPrefix(mbx, "mbx:")
 	return func(ctx context.Context, wait bool) (o365.AuthTurn, error) {
 		token := rand.Text()
 		deadline := time.Now().Add(authTurnWait)

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"math"
 	"net"
-	"sync"
 	"time"
 
 	"holdfast/queue"
@@ -53,8 +52,7 @@ type ingress struct {
 	// may have reached Redis (see withdrawer).
 	withdraw *withdrawer
 	// full samples the warning that Redis is full (see warnFull).
-	full     *logSampler
-	fullOnce sync.Once
+	full *logSampler
 }
 
 // submission is a message handed to Holdfast by an application.
@@ -178,7 +176,6 @@ func (in *ingress) accept(ctx context.Context, s submission) (id string, dup boo
 // refused because Redis reached its maxmemory (queue.RedisFull), and what
 // to do: every refusal meanwhile would write the same line.
 func (in *ingress) warnFull(app string, err error) {
-	in.fullOnce.Do(func() { in.full = newLogSampler(logSampleEvery) })
 	if ok, held := in.full.allow("redis full"); ok {
 		in.log.Error("Redis reached its maxmemory: new mail is refused (SMTP 451 4.3.0, HTTP 503) "+
 			"until memory is freed; mail already queued or held stays and is delivered, which frees memory. "+

@@ -212,6 +212,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		guard: newAuthGuard(queue.NewAuthThrottle(s.rdb, o.AuthThrottle.MaxFailures, o.AuthThrottle.Window.D()),
 			authThrottleTimeout, s.reg, log),
 		metrics:  s.metrics,
+		full:     newLogSampler(logSampleEvery),
 		withdraw: newWithdrawer(s.queue, o.Redis.IngressTimeout.D(), s.reg, log.With("component", "ingress"))}
 	if sender != nil {
 		dc := deliveryConfig{
