@@ -130,12 +130,7 @@ func breakerBurst(t *testing.T, replicas int, denied bool) {
 	}
 
 	waitFor(t, 15*time.Second, "every message delivered", func() bool {
-		for _, id := range ids {
-			if e.get(t, id).State != queue.Delivered {
-				return false
-			}
-		}
-		return true
+		return e.allDelivered(t, ids)
 	})
 	after := e.sim.Counters().Clients[simClientID]
 	failures := after.SMTPAuthFailures - before.SMTPAuthFailures

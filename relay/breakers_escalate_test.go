@@ -147,12 +147,7 @@ func TestAppOnlyRefusalAtOneMailbox(t *testing.T) {
 		ids = append(ids, e.submit(t, n%2, from, fmt.Sprintf("r%d@example.org", n), exchangeMessage(n, from)))
 	}
 	waitFor(t, 20*time.Second, "the healthy mailboxes' mail delivered", func() bool {
-		for _, id := range ids {
-			if e.get(t, id).State != queue.Delivered {
-				return false
-			}
-		}
-		return true
+		return e.allDelivered(t, ids)
 	})
 	if st := status(credentialBreaker("contoso")); st.State != breaker.Closed {
 		t.Errorf("credential breaker %+v after the healthy mail went, want closed", st)
@@ -282,12 +277,7 @@ func TestAppOnlyRefusalLeavesCredentialClosed(t *testing.T) {
 		ids = append(ids, e.submit(t, n%2, from, fmt.Sprintf("r%d@example.org", n), exchangeMessage(n, from)))
 	}
 	waitFor(t, 20*time.Second, "the healthy mailboxes' mail delivered and the broken mailbox's breaker open", func() bool {
-		for _, id := range ids {
-			if e.get(t, id).State != queue.Delivered {
-				return false
-			}
-		}
-		return status(mailboxBreaker(broken)).State == breaker.Open
+		return e.allDelivered(t, ids) && status(mailboxBreaker(broken)).State == breaker.Open
 	})
 	if st := status(credentialBreaker("contoso")); st.Generation != 0 {
 		t.Errorf("credential breaker %+v: it opened (generation %d) for one mailbox's refusals", st, st.Generation)

@@ -208,12 +208,7 @@ func testNeverTrips(t *testing.T, tc neverTripsCase, threshold, messages int) {
 		ids = append(ids[:0], e.submit(t, 0, "billing@contoso.com", "known@example.org", exchangeMessage(messages, "billing@contoso.com")))
 	}
 	waitFor(t, 8*time.Second, "the mail delivered after the fault cleared", func() bool {
-		for _, id := range ids {
-			if e.get(t, id).State != queue.Delivered {
-				return false
-			}
-		}
-		return true
+		return e.allDelivered(t, ids)
 	})
 	got := map[string]int{}
 	for _, r := range e.sim.Received() {

@@ -42,12 +42,7 @@ func TestGraphFallback(t *testing.T) {
 	}
 	delivered := func(ids ...string) func() bool {
 		return func() bool {
-			for _, id := range ids {
-				if e.get(t, id).State != queue.Delivered {
-					return false
-				}
-			}
-			return true
+			return e.allDelivered(t, ids)
 		}
 	}
 	waitFor(t, 15*time.Second, "every message delivered", delivered(ids...))

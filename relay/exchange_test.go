@@ -44,6 +44,17 @@ func newExchangeEnv(t testing.TB, replicas int, change func(*Options)) *exchange
 	return newExchangeEnvSim(t, replicas, nil, change)
 }
 
+// allDelivered reports whether every message of ids is delivered.
+func (e *exchangeEnv) allDelivered(t *testing.T, ids []string) bool {
+	t.Helper()
+	for _, id := range ids {
+		if e.get(t, id).State != queue.Delivered {
+			return false
+		}
+	}
+	return true
+}
+
 // newExchangeEnvSim is newExchangeEnv with editSim changing the
 // simulator's seed first.
 func newExchangeEnvSim(t testing.TB, replicas int, editSim func(*sim.Config), change func(*Options)) *exchangeEnv {

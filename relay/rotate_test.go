@@ -11,7 +11,6 @@ import (
 
 	"holdfast/breaker"
 	"holdfast/cmd/o365sim/sim"
-	"holdfast/queue"
 )
 
 // rotationEnv is an exchange environment whose credential reads its
@@ -117,12 +116,7 @@ func TestRotateSecret(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	waitFor(t, 15*time.Second, "every message delivered", func() bool {
-		for _, id := range ids {
-			if e.get(t, id).State != queue.Delivered {
-				return false
-			}
-		}
-		return true
+		return e.allDelivered(t, ids)
 	})
 	count := map[string]int{}
 	for _, m := range e.sim.Received() {
