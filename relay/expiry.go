@@ -332,19 +332,21 @@ func (m *ExpiryMonitor) Collect(ch chan<- prometheus.Metric) {
 
 // Reloaded tells the monitor that a credential's files changed: it is
 // checked again at once. It never blocks.
-func (m *ExpiryMonitor) Reloaded(name string) { m.ask(m.pending, name) }
+func (m *ExpiryMonitor) Reloaded(name string) { m.ask(&m.pending, name) }
 
 // SecretExpired tells the monitor that Entra answered that a secret of
 // the credential expired (AADSTS7000222): its level is worked out again
 // at once from what is known, that answer included, without reading
 // Graph, which would be one more token request with the refused secret.
 // It never blocks.
-func (m *ExpiryMonitor) SecretExpired(name string) { m.ask(m.refused, name) }
+func (m *ExpiryMonitor) SecretExpired(name string) { m.ask(&m.refused, name) }
 
-// ask adds name to one of the monitor's sets of work and wakes Run.
-func (m *ExpiryMonitor) ask(set map[string]bool, name string) {
+// ask adds name to one of the monitor's sets of work and wakes Run. The
+// set is read under the lock: Run takes each set whole and leaves an
+// empty one in its place.
+func (m *ExpiryMonitor) ask(set *map[string]bool, name string) {
 	m.mu.Lock()
-	set[name] = true
+	(*set)[name] = true
 	m.mu.Unlock()
 	select {
 	case m.wake <- struct{}{}:

@@ -299,6 +299,31 @@ func TestExpiryRereadOnReload(t *testing.T) {
 	}
 }
 
+// TestExpiryReloadedWhileRunning: file changes reported while the
+// monitor works through earlier ones (a Secret's files replaced one by
+// one, each a reload) are each taken: the last one is checked, and
+// nothing is written to a set the monitor has taken.
+func TestExpiryReloadedWhileRunning(t *testing.T) {
+	e := newExchangeEnv(t, 1, func(o *Options) { o.Expiry.CheckInterval = Duration(time.Hour) })
+	mon := e.relays[0].Expiry()
+	waitFor(t, 5*time.Second, "the check at start", func() bool { return !mon.Expiries()[0].CheckedAt.IsZero() })
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for range 50 {
+				mon.Reloaded("contoso")
+				time.Sleep(time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	last := time.Now()
+	mon.Reloaded("contoso")
+	waitFor(t, 5*time.Second, "a check after the last reload", func() bool {
+		return mon.Expiries()[0].CheckedAt.After(last)
+	})
+}
+
 // TestExpiryNoTokenUnderOpenBreaker: while the credential's breaker is
 // open the monitor requests no token, keeps the Graph dates it had, and
 // reads Graph again soon after the breaker lets it.
