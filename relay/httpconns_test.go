@@ -344,6 +344,12 @@ func TestHTTPConnectionsPerIP(t *testing.T) {
 	if got := waitClosed(t, silent); got != "" {
 		t.Errorf("the silent connection got %q before it was closed", got)
 	}
+	// The request's connection, closed by its client, leaves the table
+	// (until then it counts, active or idle): the second silent one stays.
+	waitFor(t, 5*time.Second, "the request's connection gone", func() bool {
+		open, _ := s.httpConns.counts()
+		return open == 1
+	})
 
 	// Two requests in progress: a third connection from the address gets
 	// 503, while another address gets in.
