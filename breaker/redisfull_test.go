@@ -61,3 +61,32 @@ func TestBreakerWhileRedisFull(t *testing.T) {
 		t.Errorf("ExitAttempt with Redis full: %v", err)
 	}
 }
+
+// TestTransitionLogWhileRedisFull: the transitions of a breaker worked
+// while Redis is at its maxmemory still reach the fleet's log, which the
+// status page shows.
+func TestTransitionLogWhileRedisFull(t *testing.T) {
+	srv := redistest.Start(t)
+	clk := newClock()
+	s := New(srv.Client(t), Options{Now: clk.Now, Replica: "relay-1"})
+	ctx := context.Background()
+	const name = "cred:contoso"
+	if err := srv.Client(t).ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Client(t).ConfigSet(context.Background(), "maxmemory", "0") })
+	if err := s.Trip(ctx, name, "rotating"); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(time.Second)
+	if err := s.Reset(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Recent(ctx, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].To != Closed || got[1].To != Open || got[1].Reason != "rotating" {
+		t.Errorf("log with Redis full: %+v; want the close, then the open with its reason", got)
+	}
+}

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // logKeep is how many transitions the fleet's log keeps.
@@ -24,6 +22,15 @@ type logEntry struct {
 	Generation int64  `json:"generation"`
 }
 
+// logScript adds member ARGV[2] at score ARGV[1] to the log KEYS[1], once,
+// and keeps the newest ARGV[3]. It runs past maxmemory: the log is
+// bounded, and the transitions of a breaker that held mail until Redis
+// filled are the ones an operator looks for afterwards.
+var logScript = flagged(`
+redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[3]) - 1)
+return 1`)
+
 // logTransition adds a transition to the fleet's log. A failure is only
 // logged: the log is for people, the record decides.
 func (s *Set) logTransition(tr Transition) {
@@ -34,12 +41,7 @@ func (s *Set) logTransition(tr Transition) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.ZAddNX(ctx, logKey, redis.Z{Score: float64(e.At), Member: string(member)})
-		p.ZRemRangeByRank(ctx, logKey, 0, -logKeep-1)
-		return nil
-	})
-	if err != nil {
+	if err := logScript.Run(ctx, s.rdb, []string{logKey}, e.At, member, logKeep).Err(); err != nil {
 		s.log.Warn("cannot add to the breaker transition log", "breaker", tr.Name, "err", err)
 	}
 }
