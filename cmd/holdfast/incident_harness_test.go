@@ -153,6 +153,10 @@ type incFleetOptions struct {
 	ownSecrets bool
 	// mailboxSetup changes the simulator's mailboxes before it starts.
 	mailboxSetup func(boxes []sim.Mailbox)
+	// sendAs are the mailboxes the app may send as (SMTP.SendAsApp and
+	// FullAccess); default every one. SMTP AUTH as another mailbox gets
+	// 535 5.7.3, as it does with a bad token.
+	sendAs []string
 	// grants configures exchange.grant_key_file, for delegated mailboxes.
 	grants bool
 	// redis are options of the Redis server (the fault tests set its
@@ -182,9 +186,13 @@ func startIncFleet(tb testing.TB, o incFleetOptions) *incFleet {
 	if o.relays == 0 {
 		o.relays = 2
 	}
+	sendAs := o.sendAs
+	if sendAs == nil {
+		sendAs = []string{"*"}
+	}
 	s, err := sim.New(sim.Config{TokenLifetime: incTokenLifetime, Tenants: []sim.Tenant{{
 		ID: incTenant,
-		Apps: []sim.App{{ClientID: incClientID, SendAsMailboxes: []string{"*"},
+		Apps: []sim.App{{ClientID: incClientID, SendAsMailboxes: sendAs,
 			Secrets: []sim.Secret{{Value: incSecret, ExpiresAt: time.Now().Add(365 * 24 * time.Hour)}}}},
 		Mailboxes: boxes,
 	}}})

@@ -20,6 +20,15 @@ import (
 // all; a refused one is refused once, and the others wait as throttled,
 // spending no attempt and counting no failure, while that one refusal
 // reaches the breaker.
+//
+// Exchange refuses an app-only token at a mailbox the app has no
+// permission on as it refuses a bad token (535 5.7.3), so a refusal is a
+// verdict on the token at its mailbox only. A session for another
+// mailbox does not wait on it as throttled when its AUTHs are bounded
+// otherwise: it goes ahead, taking a fleet-wide place for its AUTH
+// (Route.Turn), which the breaker's attempts give at another mailbox
+// only while the refusals were all at one; or it is a breaker's probe,
+// one session of its own.
 
 // refusedMemory is how long a refused token is remembered, so that a
 // session that took it from the cache before it was dropped does not try
@@ -38,8 +47,9 @@ type authFlights struct {
 
 // flight is one AUTH turn of a token.
 type flight struct {
-	done chan struct{} // closed when the verdict is in
-	at   time.Time     // when it ended
+	done    chan struct{} // closed when the verdict is in
+	at      time.Time     // when it ended
+	mailbox string        // the mailbox the turn's AUTHs were at
 	// refused: Exchange refused the token, and err is the outcome of the
 	// retry with a new one (nil: the new token works). Otherwise the
 	// token authenticated (err nil) or the turn ended without a verdict.
@@ -47,17 +57,18 @@ type flight struct {
 	err     error
 }
 
-// enter returns the token's turn: lead is true when the caller takes it
-// and must end it, false when the caller is to wait on f.done (f may have
-// ended already: a refused token is remembered).
-func (a *authFlights) enter(token string) (f *flight, lead bool) {
+// enter returns the token's turn for an AUTH at mailbox: lead is true
+// when the caller takes it and must end it, false when the caller is to
+// wait on f.done (f may have ended already: a refused token is
+// remembered for refusedMemory).
+func (a *authFlights) enter(token, mailbox string) (f *flight, lead bool) {
 	k := sha256.Sum256([]byte(token))
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.m == nil {
 		a.m = map[[sha256.Size]byte]*flight{}
 	}
-	if f := a.m[k]; f != nil {
+	if f := a.m[k]; f != nil && (f.at.IsZero() || time.Since(f.at) <= refusedMemory) {
 		return f, false
 	}
 	for key, old := range a.m {
@@ -65,7 +76,7 @@ func (a *authFlights) enter(token string) (f *flight, lead bool) {
 			delete(a.m, key)
 		}
 	}
-	f = &flight{done: make(chan struct{})}
+	f = &flight{done: make(chan struct{}), mailbox: mailbox}
 	a.m[k] = f
 	return f, true
 }

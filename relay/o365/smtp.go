@@ -449,7 +449,7 @@ func (s *SMTPSender) granted(ctx context.Context, r Route, g *Grant) (*conn, err
 // openOn opens a connection on a held slot, which it releases when the
 // connection cannot be opened; reap renews it while the connection lives.
 func (s *SMTPSender) openOn(ctx context.Context, r Route, slot *queue.Slot) (*conn, error) {
-	c, err := s.open(ctx, r)
+	c, err := s.open(ctx, r, false)
 	if err != nil {
 		_ = s.o.Limits.Release(context.WithoutCancel(ctx), slot)
 		return nil, err
@@ -497,8 +497,9 @@ func (s *SMTPSender) acquire(ctx context.Context, mailbox string) (*queue.Slot, 
 // open dials, secures and authenticates a connection as the route's
 // mailbox. A cached token refused as stale (see RetryWithNewToken) is
 // replaced and AUTH retried once with the new one. AUTHs with one token
-// take turns until one has a verdict (authflight.go).
-func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
+// take turns until one has a verdict (authflight.go). probe says the
+// session is a breaker's probe.
+func (s *SMTPSender) open(ctx context.Context, r Route, probe bool) (*conn, error) {
 	var last string
 	for range 3 {
 		tok, err := r.Tokens.Token(ctx)
@@ -510,7 +511,7 @@ func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
 			// one the source gives.
 			return nil, refusedElsewhere(nil)
 		}
-		f, lead := s.flights.enter(tok.AccessToken)
+		f, lead := s.flights.enter(tok.AccessToken, r.Mailbox)
 		if lead {
 			c, refused, err := s.openFresh(ctx, r)
 			s.flights.end(tok.AccessToken, f, refused, err)
@@ -520,6 +521,13 @@ func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
 			return nil, err
 		}
 		switch {
+		case f.refused && f.err != nil && !strings.EqualFold(f.mailbox, r.Mailbox) && (r.Turn != nil || probe):
+			// Refused at another mailbox, which may be that mailbox's
+			// alone (the app lacks its permission there): the AUTH here
+			// takes a fleet-wide place, or is a probe's, and tests the
+			// token at this mailbox.
+			c, _, err := s.openFresh(ctx, r)
+			return c, err
 		case f.refused && f.err != nil:
 			// The token was refused, and the retry failed: that one
 			// failure is what the breaker hears of it.
@@ -878,7 +886,7 @@ func (s *SMTPSender) Probe(ctx context.Context, r Route) error {
 		return err
 	}
 	defer s.o.Limits.Release(context.WithoutCancel(ctx), slot)
-	c, err := s.open(ctx, r)
+	c, err := s.open(ctx, r, true)
 	if err != nil {
 		return err
 	}

@@ -42,6 +42,14 @@ func (s *Sim) tokenLifetime() time.Duration {
 	return minTokenLifetime + time.Duration(s.rng.r.Int64N(span+1))*time.Second
 }
 
+// SetTokenLifetime sets Config.TokenLifetime for the tokens issued from
+// now on; 0 draws Entra's lifetimes again.
+func (s *Sim) SetTokenLifetime(d time.Duration) {
+	s.mu.Lock()
+	s.lifetime = max(d, 0)
+	s.mu.Unlock()
+}
+
 // SetExpiringTokenMargin sets Config.ExpiringTokenMargin; 0 turns the
 // refusal off.
 func (s *Sim) SetExpiringTokenMargin(d time.Duration) {
