@@ -16,8 +16,9 @@ import (
 // app-only routes, meet a revoked token. At most the breaker's threshold
 // of AUTH failures reach Exchange: the first refusal of the token makes
 // the other sessions holding it wait for the verdict of the retry with a
-// new token instead of each trying the refused one. Every message is
-// then delivered exactly once.
+// new token; past a refusal at another mailbox, a session tries the token
+// only with one of the fleet-wide places, which the threshold bounds.
+// Every message is then delivered exactly once.
 //
 // With three and five relays sharing the queue, each holds its own
 // token; every relay's workers take the mail together, and the count

@@ -50,7 +50,7 @@ func (g *gate) authTurn(route string) func(context.Context, bool) (o365.AuthTurn
 				fresh := a.Verdict == breaker.GoFresh
 				stop := g.renewTurn(cred, token)
 				exit := g.exitTurn(cred, token, mailbox, fresh)
-				return o365.AuthTurn{Refresh: g.newCure(cred, a.CuredAt) || fresh, Exit: func(o o365.AuthOutcome, err error) {
+				return o365.AuthTurn{Refresh: g.newCure(cred, a.CuredAt) || fresh, Placed: true, Exit: func(o o365.AuthOutcome, err error) {
 					stop()
 					exit(o, err)
 				}}, nil

@@ -231,6 +231,25 @@ func TestRotationPastRefusingMailboxes(t *testing.T) {
 	}
 	t.Logf("relay-1's sends deferred as throttled after the first file change, by second:\n%s", b.String())
 
+	// The premise: relay 1 probed a mailbox without the permission after
+	// the first file change, and Exchange refused its token there.
+	refusals := 0
+	for _, line := range relay1.logLines("breaker probed") {
+		var l struct {
+			Time    time.Time `json:"time"`
+			Breaker string    `json:"breaker"`
+			OK      bool      `json:"ok"`
+			Err     string    `json:"err"`
+		}
+		if json.Unmarshal([]byte(line), &l) == nil && !l.Time.Before(t0) && !l.OK &&
+			slices.Contains(denied, strings.TrimPrefix(l.Breaker, "mbx:")) && strings.Contains(l.Err, "5.7.3") {
+			refusals++
+		}
+	}
+	if refusals == 0 {
+		t.Error("relay-1 had no 535 5.7.3 probing a mailbox without the permission after the first file change: the test proves nothing")
+	}
+
 	if drained == 0 {
 		t.Fatalf("the healthy mailboxes' held mail was not all delivered within %v of the first file change (%d of %d)",
 			time.Since(t0).Round(time.Millisecond), deliveredHealthy(), healthyUpTo(before+outage))

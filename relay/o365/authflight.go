@@ -24,11 +24,12 @@ import (
 // Exchange refuses an app-only token at a mailbox the app has no
 // permission on as it refuses a bad token (535 5.7.3), so a refusal is a
 // verdict on the token at its mailbox only. A session for another
-// mailbox does not wait on it as throttled when its AUTHs are bounded
-// otherwise: it goes ahead, taking a fleet-wide place for its AUTH
-// (Route.Turn), which the breaker's attempts give at another mailbox
-// only while the refusals were all at one; or it is a breaker's probe,
-// one session of its own.
+// mailbox still waits for a verdict in flight, but once it is a refusal
+// the session does not wait on it as throttled when its AUTHs are
+// bounded otherwise: it goes ahead with a fleet-wide place taken
+// (Route.Turn, AuthTurn.Placed), which the breaker gives only while the
+// refusals since the last success and the AUTHs in doubt stay below its
+// threshold; or it is a breaker's probe, one session of its own.
 
 // refusedMemory is how long a refused token is remembered, so that a
 // session that took it from the cache before it was dropped does not try

@@ -44,6 +44,9 @@ type Route struct {
 	// error wrapping ErrNoTurn when no place came, or the error to count
 	// in place of an AUTH (the credential was refused too often).
 	Turn func(ctx context.Context, wait bool) (AuthTurn, error)
+	// probe: the route is opened for a breaker's probe (Probe), one
+	// session of its own.
+	probe bool
 }
 
 // AuthTurn is a place for one AUTH, from Route.Turn.
@@ -53,6 +56,9 @@ type AuthTurn struct {
 	Refresh bool
 	// Exit gives the place back with the AUTH's outcome and error.
 	Exit func(o AuthOutcome, err error)
+	// Placed: a place was taken. Without it (the places could not be
+	// read) the AUTH may go ahead, unbounded fleet-wide.
+	Placed bool
 }
 
 // AuthOutcome is how an AUTH ended, for AuthTurn.Exit.
@@ -449,7 +455,7 @@ func (s *SMTPSender) granted(ctx context.Context, r Route, g *Grant) (*conn, err
 // openOn opens a connection on a held slot, which it releases when the
 // connection cannot be opened; reap renews it while the connection lives.
 func (s *SMTPSender) openOn(ctx context.Context, r Route, slot *queue.Slot) (*conn, error) {
-	c, err := s.open(ctx, r, false)
+	c, err := s.open(ctx, r)
 	if err != nil {
 		_ = s.o.Limits.Release(context.WithoutCancel(ctx), slot)
 		return nil, err
@@ -497,9 +503,8 @@ func (s *SMTPSender) acquire(ctx context.Context, mailbox string) (*queue.Slot, 
 // open dials, secures and authenticates a connection as the route's
 // mailbox. A cached token refused as stale (see RetryWithNewToken) is
 // replaced and AUTH retried once with the new one. AUTHs with one token
-// take turns until one has a verdict (authflight.go). probe says the
-// session is a breaker's probe.
-func (s *SMTPSender) open(ctx context.Context, r Route, probe bool) (*conn, error) {
+// take turns until one has a verdict (authflight.go).
+func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
 	var last string
 	for range 3 {
 		tok, err := r.Tokens.Token(ctx)
@@ -513,7 +518,7 @@ func (s *SMTPSender) open(ctx context.Context, r Route, probe bool) (*conn, erro
 		}
 		f, lead := s.flights.enter(tok.AccessToken, r.Mailbox)
 		if lead {
-			c, refused, err := s.openFresh(ctx, r)
+			c, refused, err := s.openFresh(ctx, r, nil)
 			s.flights.end(tok.AccessToken, f, refused, err)
 			return c, err
 		}
@@ -521,12 +526,16 @@ func (s *SMTPSender) open(ctx context.Context, r Route, probe bool) (*conn, erro
 			return nil, err
 		}
 		switch {
-		case f.refused && f.err != nil && !strings.EqualFold(f.mailbox, r.Mailbox) && (r.Turn != nil || probe):
+		case f.refused && f.err != nil && !strings.EqualFold(f.mailbox, r.Mailbox) && r.probe:
 			// Refused at another mailbox, which may be that mailbox's
-			// alone (the app lacks its permission there): the AUTH here
-			// takes a fleet-wide place, or is a probe's, and tests the
-			// token at this mailbox.
-			c, _, err := s.openFresh(ctx, r)
+			// alone (the app lacks its permission there): a probe tests
+			// the token at its own.
+			c, _, err := s.openFresh(ctx, r, nil)
+			return c, err
+		case f.refused && f.err != nil && !strings.EqualFold(f.mailbox, r.Mailbox) && r.Turn != nil:
+			// So does a session that takes a fleet-wide place, which
+			// bounds the refusals across mailboxes.
+			c, _, err := s.openFresh(ctx, r, f.err)
 			return c, err
 		case f.refused && f.err != nil:
 			// The token was refused, and the retry failed: that one
@@ -535,7 +544,7 @@ func (s *SMTPSender) open(ctx context.Context, r Route, probe bool) (*conn, erro
 		case !f.refused:
 			// The token works, or the turn ended without a verdict on it
 			// (the connection failed): go ahead without a turn.
-			c, _, err := s.openFresh(ctx, r)
+			c, _, err := s.openFresh(ctx, r, nil)
 			return c, err
 		}
 		// The token was refused and a new one works: take the source's
@@ -550,10 +559,16 @@ func (s *SMTPSender) open(ctx context.Context, r Route, probe bool) (*conn, erro
 // AUTH first takes a place (Route.Turn); the second does not wait for
 // one, and without it the send waits as throttled for another session's
 // verdict. refused says whether Exchange refused the first token.
-func (s *SMTPSender) openFresh(ctx context.Context, r Route) (*conn, bool, error) {
+// elsewhere, when set, is the token's refusal at another mailbox: the
+// AUTH goes ahead only with a place, else waits as throttled.
+func (s *SMTPSender) openFresh(ctx context.Context, r Route, elsewhere error) (*conn, bool, error) {
 	turn, err := s.turn(ctx, r, true)
 	if err != nil {
 		return nil, false, err
+	}
+	if elsewhere != nil && !turn.Placed {
+		turn.Exit(AuthNeutral, nil)
+		return nil, false, refusedElsewhere(elsewhere)
 	}
 	if turn.Refresh {
 		r.Tokens.Invalidate()
@@ -886,7 +901,8 @@ func (s *SMTPSender) Probe(ctx context.Context, r Route) error {
 		return err
 	}
 	defer s.o.Limits.Release(context.WithoutCancel(ctx), slot)
-	c, err := s.open(ctx, r, true)
+	r.probe = true
+	c, err := s.open(ctx, r)
 	if err != nil {
 		return err
 	}
