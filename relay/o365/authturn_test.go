@@ -3,7 +3,6 @@ package o365_test
 import (
 	"context"
 	"io"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -95,22 +94,13 @@ func TestRefusalAtAnotherMailbox(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			k := &permSink{denied: map[string]bool{denied: true}, auths: map[string]int{}}
-			srv := smtp.NewServer(k)
-			srv.AllowInsecureAuth = true
-			srv.Domain = "sink.localhost"
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			var wg sync.WaitGroup
-			wg.Go(func() { _ = srv.Serve(ln) })
-			t.Cleanup(func() { srv.Close(); wg.Wait() })
+			addr := serveSMTP(t, k)
 			turn := placed
 			route := func(mailbox string) o365.Route {
 				return o365.Route{Mailbox: mailbox, Tokens: fixedToken{}, Kind: o365.AppOnly, Turn: turn}
 			}
 			s, err := o365.NewSMTPSender(o365.SMTPOptions{
-				Addr: ln.Addr().String(), InsecurePlaintext: true,
+				Addr: addr, InsecurePlaintext: true,
 				CommandTimeout: 10 * time.Second, DataTimeout: 10 * time.Second, IdleTimeout: time.Minute,
 				PerMinute: 1000, Limits: freeLimits{},
 				Router: func(_ context.Context, m *queue.Message) (o365.Route, error) { return route(m.From), nil },

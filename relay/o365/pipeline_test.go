@@ -207,17 +207,7 @@ func newSinkSenderWith(t *testing.T, command, data time.Duration, hide ...string
 func newSinkSenderEdit(t *testing.T, edit func(*o365.SMTPOptions), hide ...string) (*sink, *proxy, *o365.SMTPSender) {
 	t.Helper()
 	k := &sink{}
-	srv := smtp.NewServer(k)
-	srv.AllowInsecureAuth = true
-	srv.Domain = "sink.localhost"
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = srv.Serve(ln) })
-	t.Cleanup(func() { srv.Close(); wg.Wait() })
-	p := newProxy(t, ln.Addr().String(), hide)
+	p := newProxy(t, serveSMTP(t, k), hide)
 	o := o365.SMTPOptions{
 		Addr:              p.ln.Addr().String(),
 		InsecurePlaintext: true,
@@ -237,6 +227,23 @@ func newSinkSenderEdit(t *testing.T, edit func(*o365.SMTPOptions), hide ...strin
 	}
 	t.Cleanup(func() { s.Close() })
 	return k, p, s
+}
+
+// serveSMTP serves b over plaintext SMTP on a loopback port until the
+// test ends, and returns its address.
+func serveSMTP(t *testing.T, b smtp.Backend) string {
+	t.Helper()
+	srv := smtp.NewServer(b)
+	srv.AllowInsecureAuth = true
+	srv.Domain = "sink.localhost"
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = srv.Serve(ln) })
+	t.Cleanup(func() { srv.Close(); wg.Wait() })
+	return ln.Addr().String()
 }
 
 func sinkMessage(i int, to ...string) *queue.Message {
