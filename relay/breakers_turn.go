@@ -29,11 +29,11 @@ const (
 // authTurn returns the route's o365.Route.Turn: places under its
 // credential breaker.
 func (g *gate) authTurn(route string) func(context.Context, bool) (o365.AuthTurn, error) {
-	cred, mbx, ok := routeBreakers(route)
+	_, c, m, ok := parseRoute(route)
 	if !ok {
 		return nil
 	}
-	mailbox := strings.TrimPrefix(mbx, "mbx:")
+	cred, mailbox := credentialBreaker(c), strings.ToLower(m)
 	return func(ctx context.Context, wait bool) (o365.AuthTurn, error) {
 		token := rand.Text()
 		deadline := time.Now().Add(authTurnWait)

@@ -526,15 +526,11 @@ func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
 			return nil, err
 		}
 		switch {
-		case f.refused && f.err != nil && !strings.EqualFold(f.mailbox, r.Mailbox) && r.probe:
+		case f.refused && f.err != nil && !strings.EqualFold(f.mailbox, r.Mailbox):
 			// Refused at another mailbox, which may be that mailbox's
-			// alone (the app lacks its permission there): a probe tests
-			// the token at its own.
-			c, _, err := s.openFresh(ctx, r, nil)
-			return c, err
-		case f.refused && f.err != nil && !strings.EqualFold(f.mailbox, r.Mailbox) && r.Turn != nil:
-			// So does a session that takes a fleet-wide place, which
-			// bounds the refusals across mailboxes.
+			// alone (the app lacks its permission there): a probe, or a
+			// session with a fleet-wide place, which bounds the refusals
+			// across mailboxes, tests the token at its own.
 			c, _, err := s.openFresh(ctx, r, f.err)
 			return c, err
 		case f.refused && f.err != nil:
@@ -560,13 +556,14 @@ func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
 // one, and without it the send waits as throttled for another session's
 // verdict. refused says whether Exchange refused the first token.
 // elsewhere, when set, is the token's refusal at another mailbox: the
-// AUTH goes ahead only with a place, else waits as throttled.
+// AUTH goes ahead only with a place or for a probe, else waits as
+// throttled.
 func (s *SMTPSender) openFresh(ctx context.Context, r Route, elsewhere error) (*conn, bool, error) {
 	turn, err := s.turn(ctx, r, true)
 	if err != nil {
 		return nil, false, err
 	}
-	if elsewhere != nil && !turn.Placed {
+	if elsewhere != nil && !turn.Placed && !r.probe {
 		turn.Exit(AuthNeutral, nil)
 		return nil, false, refusedElsewhere(elsewhere)
 	}
