@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -80,6 +81,9 @@ type gate struct {
 	// mailboxesDue: a credential's breaker closed, and the open mailbox
 	// breakers are to be probed at once (see transition).
 	mailboxesDue bool
+	// unasked holds the breakers whose immediate probe this replica asked
+	// for while Redis did not answer: the probe loop asks again.
+	unasked map[string]bool
 }
 
 // breakerRecheck is when a send held back by a breaker or a stale
@@ -169,14 +173,47 @@ func (g *gate) forgetRefusals() {
 }
 
 // probeNow asks the fleet for an immediate probe of the breaker, and this
-// replica's probe loop to look now.
+// replica's probe loop to look now. A request Redis does not take is kept,
+// and the probe loop asks again each second until Redis answers: the file
+// change that asked for it is not reported twice.
 func (g *gate) probeNow(ctx context.Context, name string) error {
 	g.forgetRefusals()
-	if _, err := g.set.ProbeNowHere(ctx, name); err != nil {
-		return err
+	_, err := g.set.ProbeNowHere(ctx, name)
+	g.mu.Lock()
+	if g.unasked == nil {
+		g.unasked = map[string]bool{}
+	}
+	if err != nil {
+		g.unasked[name] = true
+	} else {
+		delete(g.unasked, name)
+	}
+	g.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("%w; asked again once Redis answers", err)
 	}
 	g.wakeProbes()
 	return nil
+}
+
+// askAgain asks again for the immediate probes that Redis did not take.
+// It stops at the first request Redis still does not take.
+func (g *gate) askAgain(ctx context.Context) {
+	g.mu.Lock()
+	names := slices.Sorted(maps.Keys(g.unasked))
+	g.mu.Unlock()
+	for _, name := range names {
+		open, err := g.set.ProbeNowHere(ctx, name)
+		if err != nil {
+			return
+		}
+		g.mu.Lock()
+		delete(g.unasked, name)
+		g.mu.Unlock()
+		if open {
+			g.log.Info("probe asked for again now that Redis answers", "breaker", name)
+		}
+	}
 }
 
 // wakeProbes makes the probe loop look at once.
@@ -375,6 +412,7 @@ func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
 		case <-retry.C:
 			retryAt = time.Time{}
 		}
+		g.askAgain(ctx)
 		list, err := g.set.List(ctx)
 		if err != nil {
 			continue
@@ -472,7 +510,11 @@ func (g *gate) probeMailboxesNow(ctx context.Context, list []breaker.Status) {
 			continue
 		}
 		if _, err := g.set.ProbeNow(ctx, st.Name); err != nil {
-			g.log.Warn("cannot request a probe", "breaker", st.Name, "err", err)
+			g.log.Warn("cannot request a probe; asked again in a second", "breaker", st.Name, "err", err)
+			g.mu.Lock()
+			g.mailboxesDue = true
+			g.mu.Unlock()
+			return
 		}
 	}
 }

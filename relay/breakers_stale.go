@@ -3,6 +3,9 @@ package relay
 import (
 	"context"
 	"errors"
+	"maps"
+	"slices"
+	"time"
 
 	"holdfast/auth"
 	"holdfast/breaker"
@@ -127,26 +130,49 @@ func (g *gate) probeRefusedStale(ctx context.Context, cred string, err error) bo
 // restarted after it was killed in its probe). Either way its mail need
 // not wait for the open interval. A relay started with the files it had
 // when the breaker opened (or was tripped) waits for the probe as the
-// others do.
+// others do. A breaker whose record Redis does not give is read again
+// every second until it does.
 func (g *gate) probeAtStart(ctx context.Context) {
 	if g.x == nil {
 		return
 	}
-	for name, c := range g.x.creds {
-		sts, err := g.set.Fresh(ctx, credentialBreaker(name))
-		if err != nil || len(sts) == 0 || sts[0].State != breaker.Open {
-			continue
+	unread := slices.Sorted(maps.Keys(g.x.creds))
+	for {
+		unread = slices.DeleteFunc(unread, func(name string) bool {
+			return g.probeAtStartOne(ctx, name) == nil
+		})
+		if len(unread) == 0 {
+			return
 		}
-		st := sts[0]
-		proven := st.GoodFingerprint == c.Fingerprint() && !st.GoodSince.Before(st.Since)
-		if !proven && !c.Written().After(st.Since) {
-			continue
-		}
-		g.log.Info("credential breaker found open at start; probing it with this relay's secret", "credential", name)
-		if err := g.probeNow(ctx, credentialBreaker(name)); err != nil {
-			g.log.Warn("cannot request a probe", "credential", name, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
 		}
 	}
+}
+
+// probeAtStartOne is probeAtStart for credential name. It fails when
+// Redis does not give the breaker's record.
+func (g *gate) probeAtStartOne(ctx context.Context, name string) error {
+	c := g.x.creds[name]
+	sts, err := g.set.Fresh(ctx, credentialBreaker(name))
+	if err != nil {
+		return err
+	}
+	if len(sts) == 0 || sts[0].State != breaker.Open {
+		return nil
+	}
+	st := sts[0]
+	proven := st.GoodFingerprint == c.Fingerprint() && !st.GoodSince.Before(st.Since)
+	if !proven && !c.Written().After(st.Since) {
+		return nil
+	}
+	g.log.Info("credential breaker found open at start; probing it with this relay's secret", "credential", name)
+	if err := g.probeNow(ctx, credentialBreaker(name)); err != nil {
+		g.log.Warn("cannot request a probe", "credential", name, "err", err)
+	}
+	return nil
 }
 
 // skip tells the dispatcher which routes this replica leaves alone: those

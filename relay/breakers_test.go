@@ -218,3 +218,39 @@ func TestProbeNotRunKeepsInterval(t *testing.T) {
 		return err == nil && st.State == breaker.Closed
 	})
 }
+
+// TestMailboxProbesAskedAgain: after a credential's breaker closed, the
+// open mailbox breakers are probed at once; a request Redis did not take
+// is asked again, not dropped until the mailboxes' open interval ends.
+func TestMailboxProbesAskedAgain(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	ctx := context.Background()
+	r := e.relays[0]
+	name := mailboxBreaker("billing@contoso.com")
+	if err := r.gate.set.Trip(ctx, name, "operator test"); err != nil {
+		t.Fatal(err)
+	}
+	id := e.submit(t, 0, "billing@contoso.com", "a@example.org", exchangeMessage(1, "billing@contoso.com"))
+	waitFor(t, 10*time.Second, "the message held", func() bool { return e.get(t, id).State == queue.Held })
+	list, err := r.gate.set.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A gate of its own, so that the relay's probe loop does not take
+	// the request first.
+	g := &gate{set: r.gate.set, log: discardLogger(), mailboxesDue: true}
+	failed, cancel := context.WithCancel(ctx)
+	cancel()
+	g.probeMailboxesNow(failed, list)
+	if !g.mailboxesDue {
+		t.Fatal("a request Redis did not take was dropped")
+	}
+	g.probeMailboxesNow(ctx, list)
+	if g.mailboxesDue {
+		t.Error("the request is still due after Redis took it")
+	}
+	// The relay's probe loop runs the probe; the interval is 30 s.
+	waitFor(t, 10*time.Second, "the held message delivered by the mailbox's probe", func() bool {
+		return e.get(t, id).State == queue.Delivered
+	})
+}

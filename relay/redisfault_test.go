@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"holdfast/breaker"
 	"holdfast/queue"
 	"holdfast/queue/redistest"
 )
@@ -276,4 +278,99 @@ func TestMinReplicasAcked(t *testing.T) {
 	if status, _ := postMessage(t, s); status != http.StatusServiceUnavailable {
 		t.Errorf("HTTP without a replica: %d, want 503", status)
 	}
+}
+
+// TestFileChangeWhileRedisHung: a secret file that changes while Redis is
+// hung cannot ask the fleet for a probe at that moment. The request is
+// asked again once Redis answers, so held mail flows within seconds of
+// Redis coming back, not at the end of the breaker's open interval.
+func TestFileChangeWhileRedisHung(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	ctx := context.Background()
+	r := e.relays[0]
+	name := credentialBreaker("contoso")
+	e.sim.ExpireSecret(simTenant, simClientID)
+	r.exchange.creds["contoso"].Invalidate()
+	var ids []string
+	for n := range 5 {
+		ids = append(ids, e.submit(t, 0, "billing@contoso.com", fmt.Sprintf("r%d@example.org", n), exchangeMessage(n, "billing@contoso.com")))
+	}
+	waitFor(t, 10*time.Second, "the breaker open and the mail held", func() bool {
+		st, err := r.gate.set.Status(ctx, name)
+		qs, _ := e.f.queue.Stats(ctx)
+		return err == nil && st.State == breaker.Open && qs.Total.Held == 5
+	})
+
+	const rotated = "rotated-secret~43"
+	e.sim.RotateSecret(simTenant, simClientID, rotated)
+	e.f.redis.Pause(t)
+	writeFile(t, e.secretFile, rotated+"\n")
+	waitFor(t, 15*time.Second, "the relay failing to ask for a probe", func() bool {
+		return strings.Contains(e.logs.String(), "cannot request a probe")
+	})
+	e.f.redis.Resume(t)
+	resumed := time.Now()
+	// The breaker's next scheduled probe is 30 s after it opened.
+	waitFor(t, 10*time.Second, "the held mail delivered after Redis came back", func() bool { return e.allDelivered(t, ids) })
+	t.Logf("Redis back to all delivered: %v", time.Since(resumed).Round(time.Millisecond))
+}
+
+// TestStartWhileBreakerUnreadable: a relay started with a rotated secret
+// probes an open breaker at once; when Redis does not give the breaker's
+// record at start, the relay reads it again until it does, rather than
+// leaving the held mail to the end of the open interval.
+func TestStartWhileBreakerUnreadable(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	ctx := context.Background()
+	name := credentialBreaker("contoso")
+	if err := e.relays[0].gate.set.Trip(ctx, name, "operator test"); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for n := range 3 {
+		ids = append(ids, e.submit(t, 0, "billing@contoso.com", fmt.Sprintf("r%d@example.org", n), exchangeMessage(n, "billing@contoso.com")))
+	}
+	waitFor(t, 10*time.Second, "the mail held", func() bool {
+		qs, _ := e.f.queue.Stats(ctx)
+		return qs.Total.Held == 3
+	})
+	stop, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	e.relays[0].Shutdown(stop)
+
+	// The redeploy: a new secret in Entra and in the file, and a relay
+	// started with it while the breaker's record cannot be read.
+	const rotated = "rotated-secret~44"
+	e.sim.RotateSecret(simTenant, simClientID, rotated)
+	writeFile(t, e.secretFile, rotated+"\n")
+	rdb := e.f.redis.Client(t)
+	record := "hf:{brk:" + name + "}"
+	if err := rdb.Rename(ctx, record, record+".saved").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Set(ctx, record, "not a record", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	r, err := New(ctx, e.opts, nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Start()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		r.Shutdown(ctx)
+	})
+	time.Sleep(2 * time.Second)
+	if e.sim.ReceivedCount() != 0 {
+		t.Fatalf("%d delivered while the breaker's record was unreadable", e.sim.ReceivedCount())
+	}
+	if err := rdb.Rename(ctx, record+".saved", record).Err(); err != nil {
+		t.Fatal(err)
+	}
+	readable := time.Now()
+	// The breaker's next scheduled probe is 30 s after the trip.
+	waitFor(t, 10*time.Second, "the held mail delivered once the record was readable", func() bool { return e.allDelivered(t, ids) })
+	t.Logf("record readable to all delivered: %v", time.Since(readable).Round(time.Millisecond))
 }

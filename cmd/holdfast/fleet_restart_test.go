@@ -19,12 +19,7 @@ import (
 // within 5 s of the start, not at the next probe.
 func TestRedeployAfterRotation(t *testing.T) {
 	const before, outage = 10, 30
-	// The default open interval, not the harness's short one.
-	defaults := func(_ int, config string) string {
-		return strings.Replace(config, fmt.Sprintf("open_interval: %s\n  max_interval: %s", incOpenInterval, incMaxInterval),
-			"open_interval: 30s\n  max_interval: 5m", 1)
-	}
-	f := startIncFleet(t, incFleetOptions{mailboxes: 5, relays: 2, ownSecrets: true, edit: defaults})
+	f := startIncFleet(t, incFleetOptions{mailboxes: 5, relays: 2, ownSecrets: true, edit: incDefaultIntervals})
 	set := breaker.New(f.redis.Client(t), breaker.Options{})
 	sub := f.startSubmitter(2, func(n int) string { return f.mailboxes[n%len(f.mailboxes)] })
 	for n := range before {
@@ -56,6 +51,57 @@ func TestRedeployAfterRotation(t *testing.T) {
 	}
 	f.waitDelivered(before+outage, 5*time.Second)
 	t.Logf("relays started to the held mail delivered: %v", time.Since(start).Round(time.Millisecond))
+	time.Sleep(300 * time.Millisecond) // room for a duplicate to show
+	f.checkOnce(before + outage)
+}
+
+// incDefaultIntervals gives a relay's configuration the default open
+// interval, not the harness's short one.
+func incDefaultIntervals(_ int, config string) string {
+	return strings.Replace(config, fmt.Sprintf("open_interval: %s\n  max_interval: %s", incOpenInterval, incMaxInterval),
+		"open_interval: 30s\n  max_interval: 5m", 1)
+}
+
+// TestRotationWhileRedisHung: the credential's breaker is open, and the
+// new secret reaches relay 1's file while Redis is stopped (SIGSTOP): the
+// relay cannot ask the fleet for a probe then. It asks again once Redis
+// answers, so the held mail is delivered within 5 s of Redis coming back,
+// not at the breaker's next scheduled probe, 30 s after it opened. Relay 2
+// keeps the old secret throughout.
+func TestRotationWhileRedisHung(t *testing.T) {
+	const before, outage = 10, 20
+	f := startIncFleet(t, incFleetOptions{mailboxes: 5, relays: 2, ownSecrets: true, edit: incDefaultIntervals})
+	set := breaker.New(f.redis.Client(t), breaker.Options{})
+	sub := f.startSubmitter(2, func(n int) string { return f.mailboxes[n%len(f.mailboxes)] })
+	for n := range before {
+		sub.submit(n)
+	}
+	f.waitDelivered(before, 10*time.Second)
+	f.sim.ExpireSecret(incTenant, incClientID)
+	time.Sleep(incQuiet)
+	for n := before; n < before+outage; n++ {
+		sub.submit(n)
+	}
+	incWait(t, 15*time.Second, "the credential's breaker open", func() bool {
+		st, err := set.Status(t.Context(), incCred)
+		return err == nil && st.State == breaker.Open
+	})
+	sub.close()
+	sub.results(t, before+outage)
+	f.waitHeld(outage, true, 5*time.Second)
+
+	f.sim.RotateSecret(incTenant, incClientID, incRotated)
+	f.redis.Pause(t)
+	incWriteFile(t, f.secretFiles[0], incRotated+"\n")
+	incWait(t, 15*time.Second, "relay-1 failing to ask for a probe", func() bool {
+		_, ok := f.relays[0].logLine("cannot request a probe")
+		return ok
+	})
+	time.Sleep(2 * time.Second) // Redis stays away a while longer
+	f.redis.Resume(t)
+	resumed := time.Now()
+	f.waitDelivered(before+outage, 5*time.Second)
+	t.Logf("Redis back to the held mail delivered: %v", time.Since(resumed).Round(time.Millisecond))
 	time.Sleep(300 * time.Millisecond) // room for a duplicate to show
 	f.checkOnce(before + outage)
 }
