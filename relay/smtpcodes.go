@@ -91,6 +91,10 @@ var (
 	// message does not start with a header section (RFC 5322 section 2.2).
 	errSMTPBadHeader = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Malformed header section"}
 
+	// errSMTPJSON: 550, X.6.0 other or undefined media error: the message
+	// is a JSON document, not an RFC 5322 message.
+	errSMTPJSON = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "The message is JSON, not an RFC 5322 message"}
+
 	// errSMTPInsufficientStorage: 452 insufficient system storage (RFC
 	// 5321), X.3.1 mail system full: the memory budget for messages in
 	// flight has no room for this one now; the client retries later.

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bytes"
+	"encoding/json"
 
 	"github.com/emersion/go-smtp"
 )
@@ -29,6 +30,8 @@ var (
 		"Wrap long lines, or encode the content as quoted-printable or base64."}
 	faultBadHeader = &bodyFault{errSMTPBadHeader, "not_a_message",
 		"Send a raw RFC 5322 message: header lines such as \"Subject: hello\", an empty line, then the body."}
+	faultJSON = &bodyFault{errSMTPJSON, "not_a_message",
+		"Send the raw RFC 5322 message as the body: header lines such as \"Subject: hello\", an empty line, then the body; the envelope goes in the query string."}
 )
 
 // checkMessage is the one validator of both ingresses. A message is
@@ -62,10 +65,20 @@ func checkMessage(body []byte, maxLine int) *bodyFault {
 	if len(body)-start > maxLine {
 		return faultLongLine
 	}
+	if isJSON(body) {
+		return faultJSON
+	}
 	if !hasHeaderSection(body) {
 		return faultBadHeader
 	}
 	return nil
+}
+
+// isJSON reports whether the message is a JSON object or array: sent by
+// mistake, a line such as {"a":1} reads as a header field named {"a" and
+// the message would go out empty.
+func isJSON(body []byte) bool {
+	return len(body) > 0 && (body[0] == '{' || body[0] == '[') && json.Valid(body)
 }
 
 // hasHeaderSection reports whether a CRLF message starts with a header

@@ -24,6 +24,11 @@ func TestValidatorSameVerdictBothIngresses(t *testing.T) {
 		{"over-long header", "Subject: " + long + "\r\n\r\nhello\r\n", "line_too_long"},
 		{"header injection", "Subject: t\r\nBcc victim@example.org\r\n\r\nhello\r\n", "not_a_message"},
 		{"no header", "hello\r\n", "not_a_message"},
+		// JSON sent by mistake reads as one header field named {"a":
+		// accepted, it would go out as an empty message.
+		{"JSON object", "{\"a\":1}\r\n", "not_a_message"},
+		{"JSON object on lines", "{\r\n  \"subject\": \"hello\",\r\n  \"body\": \"hi\"\r\n}\r\n", "not_a_message"},
+		{"JSON array", "[{\"to\":\"x@example.org\"}]\r\n", "not_a_message"},
 	}
 	smtpEnv := newSMTPEnv(t)
 	api := newAPIEnv(t, apiConfig{})
