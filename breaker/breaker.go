@@ -54,9 +54,12 @@ type Options struct {
 	// this Set sees, from Record, Trip, Reset, ProbeResult, Allow, Fresh
 	// or Watch.
 	OnTransition func(Transition)
-	// OnMade, if set, is called once for each transition that a script
-	// run by this Set made: across the fleet, exactly one replica calls it
-	// per transition (webhooks go from there).
+	// OnMade, if set, is called once per transition across the fleet
+	// (webhooks go from there): by the replica whose script made it, or,
+	// when that replica lost the script's reply, by the first other
+	// replica to see it. When Redis does not answer the claim, the
+	// replica calls it anyway: a transition may then be told twice, with
+	// the same ID, rather than not at all.
 	OnMade func(Transition)
 	// Logger; default slog.Default().
 	Logger *slog.Logger
@@ -350,12 +353,57 @@ func (s *Set) runRaw(ctx context.Context, sc *redis.Script, name string, args ..
 // message on the events channel, which every replica's Watch reads at
 // once, and OnMade.
 func (s *Set) made(ctx context.Context, st Status) {
+	tr := newTransition(st, 1-st.State)
+	// The notice is claimed before the others are told.
+	claimed := s.claim(tr)
 	if err := s.rdb.Publish(ctx, eventsChannel, st.Name+" "+strconv.FormatInt(st.Generation, 10)).Err(); err != nil {
 		s.log.Warn("cannot publish breaker transition; replicas see it at their next poll", "breaker", st.Name, "err", err)
 	}
-	if s.o.OnMade != nil {
-		s.o.OnMade(newTransition(st, 1-st.State))
+	if claimed {
+		s.o.OnMade(tr)
 	}
+}
+
+// notifyScript claims the notice of the transition of a breaker to
+// generation ARGV[1] at ARGV[2] (unix ms): it returns 1 when no replica
+// has claimed it, or a later one, yet. A transition is later by its
+// generation, or by its time for a record made anew (Forget, or a Redis
+// that lost it) whose generations start again.
+var notifyScript = flagged(`
+local v = redis.call('GET', KEYS[1])
+if v then
+  local g, t = string.match(v, '^(%d+) (%d+)$')
+  if g and tonumber(g) >= tonumber(ARGV[1]) and tonumber(t) >= tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2])
+return 1`)
+
+// notify calls OnMade for a transition this Set saw unless another
+// replica has claimed it: the replica whose script made it claims it
+// first (see made), and the others that see it claim it in case that
+// replica lost the script's reply.
+func (s *Set) notify(tr Transition) {
+	if s.claim(tr) {
+		s.o.OnMade(tr)
+	}
+}
+
+// claim reports whether this Set is to call OnMade for a transition: it
+// claimed its notice, or Redis did not answer the claim.
+func (s *Set) claim(tr Transition) bool {
+	if s.o.OnMade == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	n, err := notifyScript.Run(ctx, s.rdb, []string{notifiedKey(tr.Name)}, tr.Generation, ms(tr.At)).Int()
+	if err != nil {
+		s.log.Warn("cannot claim the breaker transition's notice; sending it anyway", "breaker", tr.Name, "err", err)
+		return true
+	}
+	return n == 1
 }
 
 func newTransition(st Status, from State) Transition {
@@ -622,7 +670,7 @@ func (s *Set) Forget(ctx context.Context, name string) error {
 		return fmt.Errorf("breaker %s: forget: %w", name, err)
 	}
 	// The record and its companions share one hash slot.
-	if err := s.rdb.Del(ctx, recordKey(name), spreadKey(name), placesKey(name), attemptKey(name)).Err(); err != nil {
+	if err := s.rdb.Del(ctx, recordKey(name), spreadKey(name), placesKey(name), attemptKey(name), notifiedKey(name)).Err(); err != nil {
 		return fmt.Errorf("breaker %s: forget: %w", name, err)
 	}
 	s.mu.Lock()
@@ -887,6 +935,11 @@ func (s *Set) observe(st Status) {
 	s.logTransition(*tr)
 	if s.o.OnTransition != nil {
 		s.o.OnTransition(*tr)
+	}
+	if !tr.Found {
+		// A breaker found as it is at start was told of when it
+		// changed.
+		s.notify(*tr)
 	}
 }
 

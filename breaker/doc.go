@@ -21,9 +21,11 @@
 // rotated yet must not reopen a breaker that a rotated replica closed.
 //
 // Propagation. The script that makes a transition reports it to its
-// caller, which publishes it on a pub/sub channel and alone calls
-// Options.OnMade (so a webhook goes out once per transition, fleet-wide,
-// with an event id). Watch re-reads a record at once when its transition
+// caller, which claims its notice, publishes it on a pub/sub channel and
+// calls Options.OnMade (so a webhook goes out once per transition,
+// fleet-wide, with an event id); a replica that sees a transition whose
+// notice no replica claimed (its maker lost the script's reply) calls
+// OnMade instead. Watch re-reads a record at once when its transition
 // is published, and every record each Poll as a fallback; OnTransition
 // fires on each replica for each transition it sees. Fresh reads records
 // with no cache, for a check that must follow an operator's trip at once.

@@ -13,6 +13,9 @@ package breaker
 //	                             stale ("1" when the last was of a cached
 //	                             token), reply (the last refusal), cured
 //	                             (unix ms a new token last cured a refusal)
+//	hf:{brk:NAME}:notified string "GENERATION SINCE" (unix ms) of the
+//	                             latest transition whose notice a replica
+//	                             claimed (OnMade)
 //	hf:brk:names           set   every breaker name that has had a record
 //	hf:brk:log             zset  the latest transitions, fleet-wide: one
 //	                             JSON Transition (From left out) per member,
@@ -51,6 +54,8 @@ func spreadKey(name string) string { return recordKey(name) + ":spread" }
 func placesKey(name string) string { return recordKey(name) + ":places" }
 
 func attemptKey(name string) string { return recordKey(name) + ":attempt" }
+
+func notifiedKey(name string) string { return recordKey(name) + ":notified" }
 
 // noticeKey marks a recurring notice (kind, name, level) as sent until it
 // expires; see Notices.Claim:
