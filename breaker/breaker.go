@@ -588,6 +588,17 @@ func (s *Set) MarkStale(ctx context.Context, name, replica string, stale bool) e
 // (see RecordAs). It costs a round trip only when the fingerprint differs
 // from the one this Set last recorded or read.
 func (s *Set) Succeeded(ctx context.Context, name, fingerprint string) error {
+	return s.succeeded(ctx, name, fingerprint, s.o.Now(), false)
+}
+
+// SucceededAt is Succeeded for a token got at an earlier moment, whose
+// record Redis did not take then: it is not recorded if the breaker
+// already names material that got its token later.
+func (s *Set) SucceededAt(ctx context.Context, name, fingerprint string, at time.Time) error {
+	return s.succeeded(ctx, name, fingerprint, at, true)
+}
+
+func (s *Set) succeeded(ctx context.Context, name, fingerprint string, at time.Time, late bool) error {
 	if err := validName(name); err != nil {
 		return err
 	}
@@ -597,7 +608,11 @@ func (s *Set) Succeeded(ctx context.Context, name, fingerprint string) error {
 	if same || fingerprint == "" {
 		return nil
 	}
-	if _, err := s.run(ctx, goodScript, name, fingerprint, ms(s.o.Now())); err != nil {
+	flag := "0"
+	if late {
+		flag = "1"
+	}
+	if _, err := s.run(ctx, goodScript, name, fingerprint, ms(at), flag); err != nil {
 		return fmt.Errorf("breaker %s: record success: %w", name, err)
 	}
 	return nil

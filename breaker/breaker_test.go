@@ -1055,3 +1055,31 @@ func probing(t *testing.T, s *Set, clk *clock, name string) {
 		t.Fatalf("the due probe was not taken: %v, %v", ok, err)
 	}
 }
+
+// TestSucceededAtLate: a record of the material that works made late,
+// for a token got while Redis did not answer, does not replace material
+// that got its token since.
+func TestSucceededAtLate(t *testing.T) {
+	ctx := context.Background()
+	sets, clk := replicas(t, 2, nil)
+	a, b := sets[0], sets[1]
+	const name = "cred:contoso"
+	issued := clk.Now()
+	clk.Add(time.Second)
+	if err := a.Succeeded(ctx, name, "newer"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SucceededAt(ctx, name, "older", issued); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(t, a, name); st.GoodFingerprint != "newer" {
+		t.Errorf("after a late record of older material the good fingerprint is %q, want newer", st.GoodFingerprint)
+	}
+	later := clk.Now().Add(time.Second)
+	if err := b.SucceededAt(ctx, name, "latest", later); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(t, a, name); st.GoodFingerprint != "latest" || !st.GoodSince.Equal(later) {
+		t.Errorf("after a late record of newer material: %q since %v, want latest since %v", st.GoodFingerprint, st.GoodSince, later)
+	}
+}

@@ -206,9 +206,12 @@ return 1
 
 // goodScript records the fingerprint of the secret or certificate that
 // last got a token, and since when it is the one that works (kept while
-// the fingerprint stays the same). ARGV[1] fingerprint, ARGV[2] now.
+// the fingerprint stays the same). ARGV[1] fingerprint, ARGV[2] when it
+// got its token; ARGV[3] "1" for a record made late (Set.SucceededAt),
+// left out when the record names material that got its token later.
 var goodScript = flagged(`
-if redis.call('HGET', KEYS[1], 'good_fp') ~= ARGV[1] then
+local fp = redis.call('HMGET', KEYS[1], 'good_fp', 'good_since')
+if fp[1] ~= ARGV[1] and (ARGV[3] ~= '1' or tonumber(fp[2] or '0') < tonumber(ARGV[2])) then
   redis.call('HSET', KEYS[1], 'good_fp', ARGV[1], 'good_since', ARGV[2])
 end
 return redis.call('HGETALL', KEYS[1])

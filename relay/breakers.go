@@ -84,6 +84,9 @@ type gate struct {
 	// unasked holds the breakers whose immediate probe this replica asked
 	// for while Redis did not answer: the probe loop asks again.
 	unasked map[string]bool
+	// unrecorded holds, per credential, the material that got a token
+	// while Redis did not answer: the probe loop records it (see issued).
+	unrecorded map[string]issuedAt
 }
 
 // breakerRecheck is when a send held back by a breaker or a stale
@@ -413,6 +416,7 @@ func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
 			retryAt = time.Time{}
 		}
 		g.askAgain(ctx)
+		g.recordAgain(ctx)
 		list, err := g.set.List(ctx)
 		if err != nil {
 			continue
@@ -520,7 +524,8 @@ func (g *gate) probeMailboxesNow(ctx context.Context, list []breaker.Status) {
 }
 
 // errProbeNotRun marks a probe that stopped before asking Microsoft
-// anything, because Redis did not answer.
+// anything, because Redis did not answer, or whose refusal by Entra could
+// not be told from a stale secret's, for the same reason.
 var errProbeNotRun = errors.New("probe not run")
 
 // probeNotRunRetry is how soon a probe that could not run is tried again.
@@ -580,7 +585,11 @@ func (g *gate) probe(ctx context.Context, name string) (result error) {
 		_, credName, _, _ = parseRoute(candidates[0])
 	}
 	defer func() {
-		if g.probeRefusedStale(ctx, credName, result) {
+		switch stale, err := g.probeRefusedStale(ctx, credName, result); {
+		case err != nil:
+			result = fmt.Errorf("%w: Entra refused this relay's secret, and whether another works could not be read: %w (%w)",
+				errProbeNotRun, err, result)
+		case stale:
 			result = fmt.Errorf("%w: %w", errProbeStale, result)
 		}
 	}()

@@ -22,11 +22,55 @@ import (
 // routes and lets the others deliver, says so once, and rejoins as soon
 // as its file changes.
 
-// issued records that a credential's material just got a token.
+// issued records that a credential's material just got a token. A
+// record Redis does not take is made again by the probe loop, each second
+// until Redis answers (recordAgain): the next token may be an hour away.
 func (g *gate) issued(name, fingerprint string) {
-	ctx := context.Background()
-	if err := g.set.Succeeded(ctx, credentialBreaker(name), fingerprint); err != nil {
-		g.log.Warn("cannot record the credential that works", "credential", name, "err", err)
+	at := time.Now()
+	err := g.set.Succeeded(context.Background(), credentialBreaker(name), fingerprint)
+	g.mu.Lock()
+	if g.unrecorded == nil {
+		g.unrecorded = map[string]issuedAt{}
+	}
+	if err != nil {
+		g.unrecorded[name] = issuedAt{fingerprint, at}
+	} else {
+		delete(g.unrecorded, name)
+	}
+	g.mu.Unlock()
+	if err != nil {
+		g.log.Warn("cannot record the credential that works; recorded again once Redis answers", "credential", name, "err", err)
+	}
+}
+
+// issuedAt is material that got a token, and when.
+type issuedAt struct {
+	fingerprint string
+	at          time.Time
+}
+
+// recordAgain makes the records of the material that works that Redis
+// did not take. It stops at the first one Redis still does not take.
+func (g *gate) recordAgain(ctx context.Context) {
+	g.mu.Lock()
+	names := slices.Sorted(maps.Keys(g.unrecorded))
+	g.mu.Unlock()
+	for _, name := range names {
+		g.mu.Lock()
+		rec, ok := g.unrecorded[name]
+		g.mu.Unlock()
+		if !ok {
+			continue
+		}
+		if err := g.set.SucceededAt(ctx, credentialBreaker(name), rec.fingerprint, rec.at); err != nil {
+			return
+		}
+		g.mu.Lock()
+		if g.unrecorded[name] == rec {
+			delete(g.unrecorded, name)
+		}
+		g.mu.Unlock()
+		g.log.Info("recorded the credential that works now that Redis answers", "credential", name)
 	}
 }
 
@@ -110,17 +154,23 @@ func (g *gate) staleAny() bool {
 // then stale for it, and the probe is not its to decide. A replica whose
 // file has not changed since the breaker opened knows of no newer
 // material until another replica's token says so.
-func (g *gate) probeRefusedStale(ctx context.Context, cred string, err error) bool {
+//
+// When Redis does not give the record, it cannot tell: it fails, and the
+// probe counts as not run rather than as a failure of the credential.
+func (g *gate) probeRefusedStale(ctx context.Context, cred string, err error) (bool, error) {
 	var te *auth.TokenError
 	if cred == "" || !errors.As(err, &te) || !o365.EntraRefused(te) {
-		return false
+		return false, nil
 	}
 	sts, rerr := g.set.Fresh(ctx, credentialBreaker(cred))
-	if rerr != nil || len(sts) == 0 || !materialOf(te).Stale(sts[0]) {
-		return false
+	if rerr != nil {
+		return false, rerr
+	}
+	if len(sts) == 0 || !materialOf(te).Stale(sts[0]) {
+		return false, nil
 	}
 	g.markStale(cred, te.Fingerprint)
-	return true
+	return true, nil
 }
 
 // probeAtStart asks, for each credential whose breaker is open, for a

@@ -1,11 +1,14 @@
 package relay
 
 import (
+	"context"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"holdfast/auth"
 	"holdfast/breaker"
 )
 
@@ -46,5 +49,50 @@ func TestStaleProbeHandedBack(t *testing.T) {
 	other := breaker.New(e.f.redis.Client(t), breaker.Options{})
 	if ok, err := other.AcquireProbe(ctx, name); err != nil || !ok {
 		t.Errorf("another relay's AcquireProbe = %v, %v; want the probe, due at once", ok, err)
+	}
+}
+
+// TestIssuedWhileRedisDown: a token got with new material while Redis is
+// down (a restart, a failover) could not record that material as the one
+// that works. The relay records it once Redis is back, not at its next
+// token, an hour later: until then a relay with the older secret would
+// not be seen as stale, and its refusals would open the fleet's breaker.
+func TestIssuedWhileRedisDown(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	g := e.relays[0].gate
+	name := credentialBreaker("contoso")
+	const fp = "0123456789abcdef"
+	e.f.redis.Stop(t)
+	g.issued("contoso", fp)
+	if !strings.Contains(e.logs.String(), "cannot record the credential that works") {
+		t.Fatal("the record did not fail with Redis down")
+	}
+	e.f.redis.Restart(t)
+	status := statusOf(t, breaker.New(e.f.redis.Client(t), breaker.Options{}))
+	waitFor(t, 5*time.Second, "the material that works recorded once Redis is back", func() bool {
+		return status(name).GoodFingerprint == fp
+	})
+}
+
+// TestRefusedStaleUnreadable: a probe refused by Entra while the breaker's
+// record cannot be read is neither handed back as stale nor counted as a
+// failure of the credential (which would double the open interval): it
+// counts as not run, and is tried again soon.
+func TestRefusedStaleUnreadable(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	g := e.relays[0].gate
+	refused := &auth.TokenError{HTTPStatus: 401, Code: "invalid_client", AADSTS: "AADSTS7000215",
+		Fingerprint: "0123456789abcdef", Written: time.Now()}
+	stale, err := g.probeRefusedStale(t.Context(), "contoso", refused)
+	if stale || err != nil {
+		t.Fatalf("with the record readable: stale %v, err %v; want neither", stale, err)
+	}
+	gone, cancel := context.WithCancel(t.Context())
+	cancel()
+	if stale, err := g.probeRefusedStale(gone, "contoso", refused); stale || err == nil {
+		t.Errorf("with the record unreadable: stale %v, err %v; want an error", stale, err)
+	}
+	if stale, err := g.probeRefusedStale(gone, "contoso", errors.New("dial tcp: refused")); stale || err != nil {
+		t.Errorf("for a failure other than Entra's refusal: stale %v, err %v; want neither", stale, err)
 	}
 }
