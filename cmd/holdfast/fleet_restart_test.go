@@ -19,24 +19,7 @@ import (
 // within 5 s of the start, not at the next probe.
 func TestRedeployAfterRotation(t *testing.T) {
 	const before, outage = 10, 30
-	f := startIncFleet(t, incFleetOptions{mailboxes: 5, relays: 2, ownSecrets: true, edit: incDefaultIntervals})
-	set := breaker.New(f.redis.Client(t), breaker.Options{})
-	sub := f.startSubmitter(2, func(n int) string { return f.mailboxes[n%len(f.mailboxes)] })
-	for n := range before {
-		sub.submit(n)
-	}
-	f.waitDelivered(before, 10*time.Second)
-	f.sim.ExpireSecret(incTenant, incClientID)
-	time.Sleep(incQuiet)
-	for n := before; n < before+outage; n++ {
-		sub.submit(n)
-	}
-	incWait(t, 15*time.Second, "the credential's breaker open", func() bool {
-		st, err := set.Status(t.Context(), incCred)
-		return err == nil && st.State == breaker.Open && st.Interval == 30*time.Second
-	})
-	sub.close()
-	sub.results(t, before+outage)
+	f := startExpiredFleet(t, before, outage)
 
 	for _, r := range f.relays {
 		r.stop(t)
@@ -55,6 +38,33 @@ func TestRedeployAfterRotation(t *testing.T) {
 	f.checkOnce(before + outage)
 }
 
+// startExpiredFleet starts two relays, each with its own secret file and
+// the default open interval; delivers messages 0…before-1; then expires
+// the secret, submits the next outage messages, each answered 250, and
+// waits for the credential's breaker to open for 30 s.
+func startExpiredFleet(t *testing.T, before, outage int) *incFleet {
+	t.Helper()
+	f := startIncFleet(t, incFleetOptions{mailboxes: 5, relays: 2, ownSecrets: true, edit: incDefaultIntervals})
+	set := breaker.New(f.redis.Client(t), breaker.Options{})
+	sub := f.startSubmitter(2, func(n int) string { return f.mailboxes[n%len(f.mailboxes)] })
+	for n := range before {
+		sub.submit(n)
+	}
+	f.waitDelivered(before, 10*time.Second)
+	f.sim.ExpireSecret(incTenant, incClientID)
+	time.Sleep(incQuiet)
+	for n := before; n < before+outage; n++ {
+		sub.submit(n)
+	}
+	incWait(t, 15*time.Second, "the credential's breaker open", func() bool {
+		st, err := set.Status(t.Context(), incCred)
+		return err == nil && st.State == breaker.Open && st.Interval == 30*time.Second
+	})
+	sub.close()
+	sub.results(t, before+outage)
+	return f
+}
+
 // incDefaultIntervals gives a relay's configuration the default open
 // interval, not the harness's short one.
 func incDefaultIntervals(_ int, config string) string {
@@ -70,24 +80,7 @@ func incDefaultIntervals(_ int, config string) string {
 // keeps the old secret throughout.
 func TestRotationWhileRedisHung(t *testing.T) {
 	const before, outage = 10, 20
-	f := startIncFleet(t, incFleetOptions{mailboxes: 5, relays: 2, ownSecrets: true, edit: incDefaultIntervals})
-	set := breaker.New(f.redis.Client(t), breaker.Options{})
-	sub := f.startSubmitter(2, func(n int) string { return f.mailboxes[n%len(f.mailboxes)] })
-	for n := range before {
-		sub.submit(n)
-	}
-	f.waitDelivered(before, 10*time.Second)
-	f.sim.ExpireSecret(incTenant, incClientID)
-	time.Sleep(incQuiet)
-	for n := before; n < before+outage; n++ {
-		sub.submit(n)
-	}
-	incWait(t, 15*time.Second, "the credential's breaker open", func() bool {
-		st, err := set.Status(t.Context(), incCred)
-		return err == nil && st.State == breaker.Open
-	})
-	sub.close()
-	sub.results(t, before+outage)
+	f := startExpiredFleet(t, before, outage)
 	f.waitHeld(outage, true, 5*time.Second)
 
 	f.sim.RotateSecret(incTenant, incClientID, incRotated)
