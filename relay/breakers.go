@@ -81,12 +81,10 @@ type gate struct {
 	// mailboxesDue: a credential's breaker closed, and the open mailbox
 	// breakers are to be probed at once (see transition).
 	mailboxesDue bool
-	// unasked holds the breakers whose immediate probe this replica asked
-	// for while Redis did not answer: the probe loop asks again.
-	unasked map[string]bool
-	// unrecorded holds, per credential, the material that got a token
-	// while Redis did not answer: the probe loop records it (see issued).
-	unrecorded map[string]issuedAt
+	// redos holds the Redis writes, by what they do, that failed while
+	// Redis did not answer: see keep.
+	redos map[string]redoWrite
+	redoN uint64 // counts keep's stored writes
 }
 
 // breakerRecheck is when a send held back by a breaker or a stale
@@ -176,22 +174,17 @@ func (g *gate) forgetRefusals() {
 }
 
 // probeNow asks the fleet for an immediate probe of the breaker, and this
-// replica's probe loop to look now. A request Redis does not take is kept,
-// and the probe loop asks again each second until Redis answers: the file
-// change that asked for it is not reported twice.
+// replica's probe loop to look now. A request Redis does not take is
+// asked again (keep): the file change that asked for it is not reported
+// twice.
 func (g *gate) probeNow(ctx context.Context, name string) error {
 	g.forgetRefusals()
-	_, err := g.set.ProbeNowHere(ctx, name)
-	g.mu.Lock()
-	if g.unasked == nil {
-		g.unasked = map[string]bool{}
+	ask := func(ctx context.Context) error {
+		_, err := g.set.ProbeNowHere(ctx, name)
+		return err
 	}
-	if err != nil {
-		g.unasked[name] = true
-	} else {
-		delete(g.unasked, name)
-	}
-	g.mu.Unlock()
+	err := ask(ctx)
+	g.keep("probe of "+name, err, ask)
 	if err != nil {
 		return fmt.Errorf("%w; asked again once Redis answers", err)
 	}
@@ -199,23 +192,53 @@ func (g *gate) probeNow(ctx context.Context, name string) error {
 	return nil
 }
 
-// askAgain asks again for the immediate probes that Redis did not take.
-// It stops at the first request Redis still does not take.
-func (g *gate) askAgain(ctx context.Context) {
+// redoWrite is a Redis write to make again, and which keep call stored it.
+type redoWrite struct {
+	write func(context.Context) error
+	n     uint64
+}
+
+// keep notes how a Redis write made in answer to an event (a file change,
+// a token, a start) ended, under what names it. When it failed (err), the
+// probe loop makes it again with again each second until Redis takes it
+// (redo): the event is not seen twice, so the write would be lost to a
+// moment without Redis. A later write under the same name replaces it.
+func (g *gate) keep(what string, err error, again func(context.Context) error) {
 	g.mu.Lock()
-	names := slices.Sorted(maps.Keys(g.unasked))
+	defer g.mu.Unlock()
+	if err == nil {
+		delete(g.redos, what)
+		return
+	}
+	if g.redos == nil {
+		g.redos = map[string]redoWrite{}
+	}
+	g.redoN++
+	g.redos[what] = redoWrite{again, g.redoN}
+}
+
+// redo makes again the writes keep holds. It stops at the first one
+// Redis still does not take.
+func (g *gate) redo(ctx context.Context) {
+	g.mu.Lock()
+	names := slices.Sorted(maps.Keys(g.redos))
 	g.mu.Unlock()
-	for _, name := range names {
-		open, err := g.set.ProbeNowHere(ctx, name)
-		if err != nil {
+	for _, what := range names {
+		g.mu.Lock()
+		w, ok := g.redos[what]
+		g.mu.Unlock()
+		if !ok {
+			continue
+		}
+		if err := w.write(ctx); err != nil {
 			return
 		}
 		g.mu.Lock()
-		delete(g.unasked, name)
-		g.mu.Unlock()
-		if open {
-			g.log.Info("probe asked for again now that Redis answers", "breaker", name)
+		if g.redos[what].n == w.n {
+			delete(g.redos, what)
 		}
+		g.mu.Unlock()
+		g.log.Info("done now that Redis answers", "what", what)
 	}
 }
 
@@ -415,8 +438,7 @@ func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
 		case <-retry.C:
 			retryAt = time.Time{}
 		}
-		g.askAgain(ctx)
-		g.recordAgain(ctx)
+		g.redo(ctx)
 		list, err := g.set.List(ctx)
 		if err != nil {
 			continue
@@ -509,17 +531,22 @@ func (g *gate) probeMailboxesNow(ctx context.Context, list []breaker.Status) {
 	if !due {
 		return
 	}
+	// Once Redis fails a request, the others are kept without trying.
+	var err error
 	for _, st := range list {
 		if st.State != breaker.Open || !strings.HasPrefix(st.Name, "mbx:") {
 			continue
 		}
-		if _, err := g.set.ProbeNow(ctx, st.Name); err != nil {
-			g.log.Warn("cannot request a probe; asked again in a second", "breaker", st.Name, "err", err)
-			g.mu.Lock()
-			g.mailboxesDue = true
-			g.mu.Unlock()
-			return
+		ask := func(ctx context.Context) error {
+			_, err := g.set.ProbeNow(ctx, st.Name)
+			return err
 		}
+		if err == nil {
+			if err = ask(ctx); err != nil {
+				g.log.Warn("cannot request the mailboxes' probes; asked again once Redis answers", "breaker", st.Name, "err", err)
+			}
+		}
+		g.keep("probe of "+st.Name, err, ask)
 	}
 }
 

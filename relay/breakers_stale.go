@@ -3,8 +3,6 @@ package relay
 import (
 	"context"
 	"errors"
-	"maps"
-	"slices"
 	"time"
 
 	"holdfast/auth"
@@ -23,54 +21,16 @@ import (
 // as its file changes.
 
 // issued records that a credential's material just got a token. A
-// record Redis does not take is made again by the probe loop, each second
-// until Redis answers (recordAgain): the next token may be an hour away.
+// record Redis does not take is made again (keep): the next token may be
+// an hour away.
 func (g *gate) issued(name, fingerprint string) {
 	at := time.Now()
 	err := g.set.Succeeded(context.Background(), credentialBreaker(name), fingerprint)
-	g.mu.Lock()
-	if g.unrecorded == nil {
-		g.unrecorded = map[string]issuedAt{}
-	}
-	if err != nil {
-		g.unrecorded[name] = issuedAt{fingerprint, at}
-	} else {
-		delete(g.unrecorded, name)
-	}
-	g.mu.Unlock()
+	g.keep("record of the credential that works: "+name, err, func(ctx context.Context) error {
+		return g.set.SucceededAt(ctx, credentialBreaker(name), fingerprint, at)
+	})
 	if err != nil {
 		g.log.Warn("cannot record the credential that works; recorded again once Redis answers", "credential", name, "err", err)
-	}
-}
-
-// issuedAt is material that got a token, and when.
-type issuedAt struct {
-	fingerprint string
-	at          time.Time
-}
-
-// recordAgain makes the records of the material that works that Redis
-// did not take. It stops at the first one Redis still does not take.
-func (g *gate) recordAgain(ctx context.Context) {
-	g.mu.Lock()
-	names := slices.Sorted(maps.Keys(g.unrecorded))
-	g.mu.Unlock()
-	for _, name := range names {
-		g.mu.Lock()
-		rec, ok := g.unrecorded[name]
-		g.mu.Unlock()
-		if !ok {
-			continue
-		}
-		if err := g.set.SucceededAt(ctx, credentialBreaker(name), rec.fingerprint, rec.at); err != nil {
-			return
-		}
-		g.mu.Lock()
-		if g.unrecorded[name] == rec {
-			delete(g.unrecorded, name)
-		}
-		g.mu.Unlock()
-		g.log.Info("recorded the credential that works now that Redis answers", "credential", name)
 	}
 }
 
@@ -181,24 +141,14 @@ func (g *gate) probeRefusedStale(ctx context.Context, cred string, err error) (b
 // not wait for the open interval. A relay started with the files it had
 // when the breaker opened (or was tripped) waits for the probe as the
 // others do. A breaker whose record Redis does not give is read again
-// every second until it does.
+// (keep).
 func (g *gate) probeAtStart(ctx context.Context) {
 	if g.x == nil {
 		return
 	}
-	unread := slices.Sorted(maps.Keys(g.x.creds))
-	for {
-		unread = slices.DeleteFunc(unread, func(name string) bool {
-			return g.probeAtStartOne(ctx, name) == nil
-		})
-		if len(unread) == 0 {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
+	for name := range g.x.creds {
+		check := func(ctx context.Context) error { return g.probeAtStartOne(ctx, name) }
+		g.keep("start-up probe check of "+name, check(ctx), check)
 	}
 }
 
