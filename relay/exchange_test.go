@@ -33,6 +33,7 @@ type exchangeEnv struct {
 	relays     []*Server
 	secretFile string
 	logs       *syncBuffer
+	log        *slog.Logger // the relays' logger, writing to logs
 	opts       Options
 }
 
@@ -117,19 +118,9 @@ func newExchangeEnvSim(t testing.TB, replicas int, editSim func(*sim.Config), ch
 			t.Logf("relay logs:\n%s", e.logs.String())
 		}
 	})
-	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	e.log = slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	for range replicas {
-		r, err := New(context.Background(), o, nil, log)
-		if err != nil {
-			t.Fatalf("new relay: %v", err)
-		}
-		r.Start()
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			r.Shutdown(ctx)
-		})
-		e.relays = append(e.relays, r)
+		e.relays = append(e.relays, runRelay(t, o, e.log))
 	}
 	return e
 }

@@ -38,6 +38,13 @@ func startRelayLogged(t testing.TB, f *fixture, change func(*Options), log *slog
 	if err := o.Validate(); err != nil {
 		t.Fatalf("options: %v", err)
 	}
+	return runRelay(t, o, log)
+}
+
+// runRelay starts a relay with options o, which must be valid, and stops
+// it when the test ends.
+func runRelay(t testing.TB, o Options, log *slog.Logger) *Server {
+	t.Helper()
 	s, err := New(context.Background(), o, nil, log)
 	if err != nil {
 		t.Fatalf("new relay: %v", err)
@@ -351,17 +358,7 @@ func TestStartWhileBreakerUnreadable(t *testing.T) {
 	if err := rdb.Set(ctx, record, "not a record", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	r, err := New(ctx, e.opts, nil, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.Start()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		r.Shutdown(ctx)
-	})
+	runRelay(t, e.opts, e.log)
 	time.Sleep(2 * time.Second)
 	if e.sim.ReceivedCount() != 0 {
 		t.Fatalf("%d delivered while the breaker's record was unreadable", e.sim.ReceivedCount())
