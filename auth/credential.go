@@ -319,7 +319,7 @@ func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values
 		tok, err := c.redeemWith(log, scopes, params, m, &m.secrets[i])
 		if err == nil {
 			c.worked(m, i)
-			c.useSecret(m, i)
+			c.useSecret(m, first, i)
 			return tok, nil
 		}
 		var te *TokenError

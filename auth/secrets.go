@@ -150,12 +150,13 @@ func secretRefused(te *TokenError) bool {
 // another secret than the one in use now has the latest date, it becomes
 // the one tried first: should Entra refuse it, the next token request
 // goes back to the others. Hints shared by two loaded secrets are
-// ignored. It reports whether the secret tried first changed.
+// ignored. It reports whether the secret tried first changed; when it
+// did, the next Token call requests a token with that secret.
 func (c *Credential) SetSecretDates(byHint map[string]time.Time) bool {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	m := c.mat
 	if len(m.secrets) < 2 {
+		c.mu.Unlock()
 		return false
 	}
 	seen := map[string]int{}
@@ -168,7 +169,10 @@ func (c *Credential) SetSecretDates(byHint map[string]time.Time) bool {
 			c.graphDates[h] = t
 		}
 	}
-	return c.preferLatestLocked()
+	changed := c.preferLatestLocked()
+	c.mu.Unlock()
+	c.preferred(changed)
+	return changed
 }
 
 // preferLatestLocked makes the secret with the latest end date the one
@@ -198,15 +202,27 @@ func (c *Credential) preferLatestLocked() bool {
 // Retire says that the secret with this hint is to be removed at the
 // time given (a rotation replaced it): its end date counts as that time
 // at the latest, so that a secret ending later is tried first. It
-// reports whether the secret tried first changed.
+// reports whether the secret tried first changed, as SetSecretDates.
 func (c *Credential) Retire(hint string, at time.Time) bool {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.retired == nil {
 		c.retired = map[string]time.Time{}
 	}
 	c.retired[hint] = at
-	return c.preferLatestLocked()
+	changed := c.preferLatestLocked()
+	c.mu.Unlock()
+	c.preferred(changed)
+	return changed
+}
+
+// preferred drops the cached token and detaches a token request under
+// way when changed, another secret being tried first now: the next
+// Token call sends that one, rather than wait for an answer to the
+// previous one.
+func (c *Credential) preferred(changed bool) {
+	if changed {
+		c.cache.reset()
+	}
 }
 
 // dateLocked is the end date of the i-th secret: Graph's, else the
@@ -312,11 +328,13 @@ func (c *Credential) toldExpired(news bool) {
 	}
 }
 
-// useSecret makes the i-th secret of m the one in use, unless the files
-// were reloaded meanwhile.
-func (c *Credential) useSecret(m *material, i int) {
+// useSecret makes the i-th secret of m the one in use in place of the
+// first, which a token request tried first and Entra refused. It does
+// not when the files were reloaded meanwhile, or another secret was
+// preferred (SetSecretDates, Retire) while the request was under way.
+func (c *Credential) useSecret(m *material, first, i int) {
 	c.mu.Lock()
-	changed := c.mat == m && c.inUse != i
+	changed := c.mat == m && c.inUse == first && first != i
 	if changed {
 		c.inUse = i
 	}

@@ -245,3 +245,71 @@ func TestSecretDatesFromGraph(t *testing.T) {
 		t.Fatal("a shared hint's date was used")
 	}
 }
+
+// TestPreferredDuringFetch: a secret preferred while a token request with
+// the previous one is under way is the one the next Token call sends, and
+// the request under way, answered late, does not make the previous one
+// the secret in use again. A rotation checks the new secret this way.
+func TestPreferredDuringFetch(t *testing.T) {
+	dir := t.TempDir()
+	a := writeFile(t, dir, "a", "Aaa-secret")
+	b := writeFile(t, dir, "b", "Bbb-secret")
+	se := &secretsEntra{}
+	se.set([]string{"Aaa-secret", "Bbb-secret"}, nil)
+	arrived, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	f := newFakeEntra(t, func(w http.ResponseWriter, r *http.Request, form url.Values) {
+		if form.Get("client_secret") == "Aaa-secret" {
+			once.Do(func() { close(arrived) })
+			<-release
+		}
+		se.handle(t)(w, r, form)
+	})
+	now := time.Now()
+	c := secretCredential(t, f, "", func(o *CredentialOptions) {
+		o.ClientSecretFiles = []string{a, b}
+		o.SecretExpires = map[string]time.Time{a: now.Add(30 * 24 * time.Hour)}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	released := sync.OnceFunc(func() { close(release) })
+	defer released()
+
+	wg.Go(func() { _, _ = c.Token(ctx) }) // sends Aaa-secret, answered late
+	<-arrived
+	if !c.SetSecretDates(map[string]time.Time{"Aaa": now.Add(30 * 24 * time.Hour), "Bbb": now.Add(200 * 24 * time.Hour)}) {
+		t.Fatal("Graph's later date for Bbb did not make it first")
+	}
+	c.Invalidate()
+	type result struct {
+		access string
+		err    error
+	}
+	second := make(chan result, 1)
+	wg.Go(func() {
+		tok, err := c.Token(ctx)
+		r := result{err: err}
+		if tok != nil {
+			r.access = tok.AccessToken
+		}
+		second <- r
+	})
+	var got result
+	select {
+	case got = <-second:
+	case <-time.After(5 * time.Second):
+		// It waits for the request under way: let that one answer.
+		released()
+		got = <-second
+	}
+	released()
+	wg.Wait()
+	if got.err != nil || got.access != "token-for-Bbb-secret" {
+		t.Errorf("Token after Bbb was preferred: %q, %v; want a token for Bbb-secret", got.access, got.err)
+	}
+	if hint, _ := c.InUse(); hint != "Bbb" {
+		t.Errorf("in use %q after the late answer for Aaa, want Bbb", hint)
+	}
+}

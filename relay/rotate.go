@@ -436,9 +436,8 @@ func (r *rotator) tick(ctx context.Context, name string) {
 	if ok {
 		// Every relay prefers the new secret once it has it: the old
 		// one counts as ending at its removal.
-		if live := r.live[name]; live != nil && pending.OldHint != "" && pending.OldHint != pending.NewHint &&
-			live.Retire(pending.OldHint, pending.RemoveAfter) {
-			live.Invalidate()
+		if live := r.live[name]; live != nil && pending.OldHint != "" && pending.OldHint != pending.NewHint {
+			live.Retire(pending.OldHint, pending.RemoveAfter)
 		}
 		r.removeOld(ctx, pending)
 		return
