@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -379,7 +380,11 @@ func TestLeaseOrphanReleased(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
 	t.Cleanup(func() { _ = rdb.Close() })
-	q := New(rdb, Options{})
+	// A clock that moves on at every reading, as a busy machine's does
+	// between two steps of one Lease.
+	var ms atomic.Int64
+	base := time.Now()
+	q := New(rdb, Options{Now: func() time.Time { return base.Add(time.Duration(ms.Add(1)) * time.Millisecond) }})
 	id := submitTo(t, q, "crm")
 	if _, err := q.Lease(ctx, "other", 1, time.Minute); err != nil { // loads the script
 		t.Fatal(err)

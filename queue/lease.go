@@ -29,15 +29,17 @@ func (q *Queue) Lease(ctx context.Context, route string, n int, d time.Duration)
 	return q.lease(ctx, route, n, d, newToken(), nil, "")
 }
 
-// releaseOrphans hands back, due now and without spending an attempt,
-// what the route's failed leases (tokens) leased if Redis ran them after
-// all. Those it cannot hand back are kept for the route's next Lease.
-func (q *Queue) releaseOrphans(ctx context.Context, route string, tokens []string) error {
+// releaseOrphans hands back, due at now and without spending an
+// attempt, what the route's failed leases (tokens) leased if Redis ran
+// them after all. Those it cannot hand back are kept for the route's next
+// Lease, which passes its own now: what it hands back is due for that
+// Lease, however long the hand-back took.
+func (q *Queue) releaseOrphans(ctx context.Context, route string, tokens []string, now time.Time) error {
 	rk := keysFor(route)
 	released := 0
 	for i, token := range tokens {
 		n, err := releaseScript.Run(ctx, q.rdb, []string{rk.leaseSet(token), rk.leased, rk.due},
-			token, q.opts.Now().UnixMilli(), msgKeyPrefix(rk.tag)).Int()
+			token, now.UnixMilli(), msgKeyPrefix(rk.tag)).Int()
 		if err != nil {
 			q.mu.Lock()
 			q.orphans[route] = append(q.orphans[route], tokens[i:]...)
@@ -101,7 +103,7 @@ func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration,
 	delete(q.orphans, route)
 	q.mu.Unlock()
 	if len(orphans) > 0 {
-		if err := q.releaseOrphans(ctx, route, orphans); err != nil {
+		if err := q.releaseOrphans(ctx, route, orphans, now); err != nil {
 			return LeaseResult{}, fmt.Errorf("lease %s: %w", route, err)
 		}
 	}
