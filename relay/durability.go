@@ -17,49 +17,70 @@ import (
 // durabilityCheckTimeout bounds one run of the durability check.
 const durabilityCheckTimeout = 10 * time.Second
 
+// uncheckedRetry is how often the check runs until it has passed once:
+// while Redis has not answered since the relay started.
+const uncheckedRetry = time.Second
+
 // durability runs the Redis durability check again every interval while
 // the relay runs. Under strict, a Redis found not durable (AOF off,
 // appendfsync no, an evicting maxmemory-policy) makes the relay not ready:
 // ingress refuses new mail with a temporary failure, held and queued mail
-// stay where they are, and delivery goes on.
+// stay where they are, and delivery goes on. Until a check has passed
+// once (Redis did not answer when the relay started), the relay is not
+// ready either, and the check runs every uncheckedRetry.
 type durability struct {
 	rdb      redis.UniversalClient
+	addrs    []string // as configured, for the log
 	strict   bool
 	interval time.Duration
 	log      *slog.Logger
 
 	mu      sync.Mutex
+	checked bool   // a check has passed since the relay started
 	problem string // why Redis is not durable; "" when it is, or not strict
 	last    string // the warnings of the last run, to log changes once
+	failed  string // the error of the last failed check while unchecked, to log changes once
 }
 
 // errNotDurable is why ingress refuses mail while Redis is not durable
 // under strict.
 var errNotDurable = errors.New("redis is not durable")
 
-// err returns why Redis is not durable under strict, or nil.
+// errUnchecked is why ingress refuses mail until a check has passed.
+var errUnchecked = errors.New("redis has not answered since the relay started")
+
+// err returns why new mail is refused now: Redis unchecked, or not
+// durable under strict; else nil.
 func (d *durability) err() error {
 	if d == nil {
 		return nil
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if !d.checked {
+		return fmt.Errorf("%w: %s", errUnchecked, d.failed)
+	}
 	if d.problem == "" {
 		return nil
 	}
 	return fmt.Errorf("%w: %s", errNotDurable, d.problem)
 }
 
-// set records the result of a check run that started out durable.
+// set records the result of a check run.
 func (d *durability) set(warnings []string) {
 	joined := strings.Join(warnings, "; ")
 	d.mu.Lock()
+	waited := !d.checked && d.failed != ""
+	d.checked, d.failed = true, ""
 	changed := joined != d.last
 	d.last = joined
 	if d.strict {
 		d.problem = joined
 	}
 	d.mu.Unlock()
+	if waited {
+		d.log.Info("redis answers: the relay takes mail")
+	}
 	if !changed {
 		return
 	}
@@ -73,10 +94,38 @@ func (d *durability) set(warnings []string) {
 	}
 }
 
-// run checks every interval until ctx ends. A check that cannot reach
-// Redis changes nothing: /readyz reports that on its own.
+// fail records a check that could not reach Redis. Once a check has
+// passed, that changes nothing: /readyz reports it on its own.
+func (d *durability) fail(err error) {
+	msg := err.Error()
+	d.mu.Lock()
+	checked, news := d.checked, msg != d.failed
+	if !checked {
+		d.failed = msg
+	}
+	d.mu.Unlock()
+	switch {
+	case checked:
+		d.log.Warn("redis durability: check failed", "err", err)
+	case news:
+		d.log.Error("redis does not answer; no mail is taken until it does, checked again every "+uncheckedRetry.String(),
+			"addrs", d.addrs, "err", err)
+	}
+}
+
+// due is how long until the next check.
+func (d *durability) due() time.Duration {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.checked {
+		return uncheckedRetry
+	}
+	return d.interval
+}
+
+// run checks until ctx ends.
 func (d *durability) run(ctx context.Context) {
-	t := time.NewTicker(d.interval)
+	t := time.NewTimer(d.due())
 	defer t.Stop()
 	for {
 		select {
@@ -87,12 +136,14 @@ func (d *durability) run(ctx context.Context) {
 		cctx, cancel := context.WithTimeout(ctx, durabilityCheckTimeout)
 		warnings, err := queue.CheckDurability(cctx, d.rdb, false)
 		cancel()
-		if err != nil {
-			if ctx.Err() == nil {
-				d.log.Warn("redis durability: check failed", "err", err)
-			}
-			continue
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			d.fail(err)
+		default:
+			d.set(warnings)
 		}
-		d.set(warnings)
+		t.Reset(d.due())
 	}
 }

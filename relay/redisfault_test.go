@@ -371,3 +371,36 @@ func TestStartWhileBreakerUnreadable(t *testing.T) {
 	waitFor(t, 10*time.Second, "the held mail delivered once the record was readable", func() bool { return e.allDelivered(t, ids) })
 	t.Logf("record readable to all delivered: %v", time.Since(readable).Round(time.Millisecond))
 }
+
+// TestStrictStartWithoutRedis: a relay under redis.strict starts while
+// Redis is stopped, refusing mail with 451 and not ready; Redis then
+// comes back without AOF, and the relay stays not ready, now saying
+// why; once AOF is on, it takes mail.
+func TestStrictStartWithoutRedis(t *testing.T) {
+	f := newFixture(t, redistest.WithArgs("--appendonly", "no"))
+	f.redis.Stop(t)
+	s := startRelayOn(t, f, func(o *Options) {
+		o.Redis.Strict = true
+		o.Redis.CheckInterval = Duration(100 * time.Millisecond)
+		o.Delivery.Sender = "off"
+	})
+	waitReady(t, s, false, "has not answered since the relay started")
+	if reply, _ := smtpSubmit(t, s); !strings.HasPrefix(reply, "451 4.3.0 ") {
+		t.Errorf("SMTP before Redis answered: %q, want 451 4.3.0", reply)
+	}
+	if status, _ := postMessage(t, s); status != http.StatusServiceUnavailable {
+		t.Errorf("HTTP before Redis answered: status %d, want 503", status)
+	}
+	f.redis.Restart(t)
+	waitReady(t, s, false, "appendonly")
+	if reply, _ := smtpSubmit(t, s); !strings.HasPrefix(reply, "451 4.3.0 ") {
+		t.Errorf("SMTP with Redis back without AOF: %q, want 451 4.3.0", reply)
+	}
+	if err := f.redis.Client(t).ConfigSet(context.Background(), "appendonly", "yes").Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, s, true, "")
+	if reply, _ := smtpSubmit(t, s); !strings.HasPrefix(reply, "250 ") {
+		t.Errorf("SMTP with Redis durable: %q, want 250", reply)
+	}
+}

@@ -103,8 +103,13 @@ func newSender(o DeliveryOptions) (Sender, error) {
 	return nil, fmt.Errorf("delivery.sender: unknown sender %q", o.Sender)
 }
 
+// startCheckTimeout bounds the Redis check when the relay starts: a Redis
+// that has not answered by then is checked again once the relay runs.
+const startCheckTimeout = 5 * time.Second
+
 // New checks Redis, binds every listener and returns a relay ready to
-// Start. The options must have passed Validate. sender, when not nil,
+// Start. A Redis that does not answer is checked again once the relay
+// runs; one found not durable under redis.strict is an error. The options must have passed Validate. sender, when not nil,
 // replaces the configured one.
 func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Server, error) {
 	s := &Server{opts: o, log: log, errs: make(chan error, len(o.SMTP.Listeners)+3)}
@@ -121,17 +126,25 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		}
 	}()
 
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	// A Redis found not durable under strict stops the start. One that
+	// does not answer does not: the relay starts without taking mail
+	// (not ready, 451 4.3.0) and checks again each second, as a relay
+	// whose Redis stopped answering while it ran.
+	cctx, cancel := context.WithTimeout(ctx, startCheckTimeout)
 	warnings, err := queue.CheckDurability(cctx, s.rdb, o.Redis.Strict)
 	cancel()
 	for _, w := range warnings {
 		log.Warn("redis durability: "+w, "component", "queue")
 	}
-	if err != nil {
+	if errors.Is(err, queue.ErrNotDurable) || ctx.Err() != nil {
 		return nil, fmt.Errorf("redis %v: %w", o.Redis.Addrs, err)
 	}
-	s.durable = &durability{rdb: s.rdb, strict: o.Redis.Strict, interval: o.Redis.CheckInterval.D(), log: log.With("component", "queue")}
-	s.durable.set(warnings)
+	s.durable = &durability{rdb: s.rdb, addrs: o.Redis.Addrs, strict: o.Redis.Strict, interval: o.Redis.CheckInterval.D(), log: log.With("component", "queue")}
+	if err != nil {
+		s.durable.fail(err)
+	} else {
+		s.durable.set(warnings)
+	}
 	qo := o.Queue.Options()
 	qo.MinReplicas, qo.ReplicasTimeout = o.Redis.MinReplicasAcked, o.Redis.ReplicasTimeout.D()
 	s.queue = queue.New(s.rdb, qo)

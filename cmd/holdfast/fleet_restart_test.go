@@ -1,10 +1,16 @@
 package main
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-smtp"
 
 	"holdfast/breaker"
 	"holdfast/cmd/o365sim/sim"
@@ -229,4 +235,112 @@ func (f *incFleet) killAndRestart(i int) *incRelay {
 	r.stopOnce.Do(func() {}) // killed on purpose: no SIGTERM check
 	f.restart(i)
 	return r
+}
+
+// TestStartWithoutRedis: relay 2 is started again while Redis is down
+// (killed with SIGKILL), or hung (SIGSTOP), as a pod rescheduled during a
+// Redis outage is. It must start and wait rather than exit: /healthz
+// answers 200, /readyz answers 503 saying why, and a submission to it is
+// refused with 451 4.3.0, never 250. Once Redis is back, relay 2 becomes
+// ready within a few seconds by itself, and mail submitted to both relays
+// is delivered exactly once.
+func TestStartWithoutRedis(t *testing.T) {
+	for _, mode := range []string{"down", "hung"} {
+		t.Run(mode, func(t *testing.T) {
+			const before, after = 10, 20
+			f := startIncFleet(t, incFleetOptions{mailboxes: 5, relays: 2})
+			from := func(n int) string { return f.mailboxes[n%len(f.mailboxes)] }
+			sub := f.startSubmitter(2, from)
+			for n := range before {
+				sub.submit(n)
+			}
+			sub.close()
+			sub.results(t, before)
+			f.waitDelivered(before, 10*time.Second)
+
+			f.relays[1].stop(t)
+			if mode == "down" {
+				f.redis.Kill(t)
+			} else {
+				f.redis.Pause(t)
+			}
+			f.restart(1)
+			get := func(i int, path string) (int, string) { return f.relays[i].opsGet(t, f.http, path) }
+			if code, body := get(1, "/healthz"); code != http.StatusOK {
+				t.Errorf("/healthz while Redis is %s: %d %s, want 200", mode, code, body)
+			}
+			if code, body := get(1, "/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(strings.ToLower(body), "redis") {
+				t.Errorf("/readyz while Redis is %s: %d %q, want 503 naming Redis", mode, code, body)
+			}
+			probe := &incSubmitter{f: f}
+			c, err := probe.dial(1)
+			if err != nil {
+				t.Fatalf("relay-2 while Redis is %s: %v", mode, err)
+			}
+			_, err = probe.send(c, before, from(before))
+			c.Close()
+			var se *smtp.SMTPError
+			if !errors.As(err, &se) || se.Code != 451 || se.EnhancedCode != (smtp.EnhancedCode{4, 3, 0}) {
+				t.Errorf("a submission to relay-2 while Redis is %s: %v, want 451 4.3.0", mode, err)
+			}
+
+			if mode == "down" {
+				f.redis.Restart(t)
+			} else {
+				f.redis.Resume(t)
+			}
+			back := time.Now()
+			incWait(t, 15*time.Second, "relay-2 ready", func() bool {
+				code, _ := get(1, "/readyz")
+				return code == http.StatusOK
+			})
+			t.Logf("Redis back to relay-2 ready: %v", time.Since(back).Round(time.Millisecond))
+			// Relay 1 ran through the outage: its Redis client retries
+			// its dials once a second.
+			incWait(t, 15*time.Second, "relay-1 ready", func() bool {
+				code, _ := get(0, "/readyz")
+				return code == http.StatusOK
+			})
+			t.Logf("Redis back to both relays ready: %v", time.Since(back).Round(time.Millisecond))
+			sub = f.startSubmitter(2, from)
+			for n := before; n < before+after; n++ {
+				sub.submit(n)
+			}
+			sub.close()
+			subs := sub.results(t, after)
+			toRelay2 := 0
+			for _, s := range subs {
+				if s.relay == 1 {
+					toRelay2++
+				}
+			}
+			if toRelay2 == 0 {
+				t.Error("no message was submitted to relay-2 once Redis was back")
+			}
+			f.waitDelivered(before+after, 15*time.Second)
+			time.Sleep(300 * time.Millisecond) // room for a duplicate to show
+			f.checkOnce(before + after)
+		})
+	}
+}
+
+// opsGet gets path from the relay's ops listener, read from its start
+// line, and returns the status and body (0 and the error when the
+// request failed).
+func (r *incRelay) opsGet(tb testing.TB, c *http.Client, path string) (int, string) {
+	tb.Helper()
+	line, _ := r.logLine("holdfast started")
+	var l struct {
+		Ops string `json:"ops"`
+	}
+	if err := json.Unmarshal([]byte(line), &l); err != nil || l.Ops == "" {
+		tb.Fatalf("%s: cannot read the ops address from %s (%v)", r.name, line, err)
+	}
+	resp, err := c.Get("http://" + l.Ops + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
 }
