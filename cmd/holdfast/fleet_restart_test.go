@@ -344,3 +344,34 @@ func (r *incRelay) opsGet(tb testing.TB, c *http.Client, path string) (int, stri
 	body, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(body)
 }
+
+// TestRedisDownLogs: while Redis is down, every loop of a relay that
+// polls it fails the same way several times a second. The relay says so
+// (a warning of each kind at once) without writing each failure: at most
+// 40 warnings and errors in 12 s, where a line per failure is about 110.
+func TestRedisDownLogs(t *testing.T) {
+	f := startIncFleet(t, incFleetOptions{mailboxes: 5, relays: 1})
+	r := f.relays[0]
+	time.Sleep(time.Second)
+	from := len(r.out.String())
+	f.redis.Kill(t)
+	time.Sleep(12 * time.Second)
+	logs := r.out.String()[from:]
+	kinds := map[string]int{}
+	total := 0
+	for _, line := range strings.Split(logs, "\n") {
+		var l struct{ Level, Msg string }
+		if json.Unmarshal([]byte(line), &l) != nil || (l.Level != "WARN" && l.Level != "ERROR") {
+			continue
+		}
+		kinds[l.Msg]++
+		total++
+	}
+	t.Logf("warnings and errors in 12 s with Redis down: %d, by message: %v", total, kinds)
+	if kinds["cannot read due routes"] == 0 {
+		t.Error("the relay did not say that it cannot read the queue")
+	}
+	if total > 40 {
+		t.Errorf("%d warnings and errors in 12 s with Redis down, want at most 40", total)
+	}
+}
