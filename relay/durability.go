@@ -17,8 +17,8 @@ import (
 // durabilityCheckTimeout bounds one run of the durability check.
 const durabilityCheckTimeout = 10 * time.Second
 
-// uncheckedRetry is how often the check runs until it has passed once:
-// while Redis has not answered since the relay started.
+// uncheckedRetry is how often the check runs until it has passed once
+// since the relay started.
 const uncheckedRetry = time.Second
 
 // durability runs the Redis durability check again every interval while
@@ -47,7 +47,7 @@ type durability struct {
 var errNotDurable = errors.New("redis is not durable")
 
 // errUnchecked is why ingress refuses mail until a check has passed.
-var errUnchecked = errors.New("redis has not answered since the relay started")
+var errUnchecked = errors.New("no check of redis has passed since the relay started")
 
 // err returns why new mail is refused now: Redis unchecked, or not
 // durable under strict; else nil.
@@ -79,7 +79,7 @@ func (d *durability) set(warnings []string) {
 	}
 	d.mu.Unlock()
 	if waited {
-		d.log.Info("redis answers: the relay takes mail")
+		d.log.Info("redis checked: the relay takes mail")
 	}
 	if !changed {
 		return
@@ -108,7 +108,7 @@ func (d *durability) fail(err error) {
 	case checked:
 		d.log.Warn("redis durability: check failed", "err", err)
 	case news:
-		d.log.Error("redis does not answer; no mail is taken until it does, checked again every "+uncheckedRetry.String(),
+		d.log.Error("cannot use redis; no mail is taken until it can, checked again every "+uncheckedRetry.String(),
 			"addrs", d.addrs, "err", err)
 	}
 }

@@ -2,23 +2,36 @@ package relay
 
 import (
 	"context"
+	"encoding/binary"
+	"hash/maphash"
 	"log/slog"
 	"strings"
 )
 
-// repeatHandler writes a warning or error once per logSampleEvery while
-// it repeats word for word: the same level, message and attributes,
-// those of the logger included. The next one written after that carries
-// how many were held back (like_lines_held_back). While Redis or an
-// upstream is down, each loop that polls it fails the same way many
-// times a second; the log says so once every 10 s instead. Lines below
-// warning, and lines that differ in any attribute (another credential,
-// another error), are written as they come.
+// CollapseRepeats returns a logger that writes through log's handler, but
+// writes a warning or error once per 10 s while it repeats word for word:
+// the same level, message and attributes, those of the logger included.
+// The next one written after that carries how many were held back
+// (like_lines_held_back); failures after the last one written are not
+// counted anywhere. Lines below warning, and lines that differ in any
+// attribute (another credential, another error), are written as they
+// come. It is for the loops that poll Redis and the Redis client, which
+// while Redis is away fail the same way many times a second; lines
+// where each occurrence matters (authentication failures, operators'
+// actions) do not go through it.
+func CollapseRepeats(log *slog.Logger) *slog.Logger {
+	return slog.New(newRepeatHandler(log.Handler()))
+}
+
+// repeatHandler is CollapseRepeats's handler.
 type repeatHandler struct {
 	next   slog.Handler
 	prefix string // the logger's groups and attributes, as text
 	sample *logSampler
 }
+
+// repeatSeed hashes the lines' text: the sampler keeps 8 bytes a line.
+var repeatSeed = maphash.MakeSeed()
 
 func newRepeatHandler(next slog.Handler) *repeatHandler {
 	return &repeatHandler{next: next, sample: newLogSampler(logSampleEvery)}
@@ -32,16 +45,17 @@ func (h *repeatHandler) Handle(ctx context.Context, r slog.Record) error {
 	if r.Level < slog.LevelWarn {
 		return h.next.Handle(ctx, r)
 	}
-	var key strings.Builder
-	key.WriteString(h.prefix)
-	key.WriteString(r.Level.String())
-	key.WriteByte(0)
-	key.WriteString(r.Message)
+	var text strings.Builder
+	text.WriteString(h.prefix)
+	text.WriteString(r.Level.String())
+	text.WriteByte(0)
+	text.WriteString(r.Message)
 	r.Attrs(func(a slog.Attr) bool {
-		writeAttr(&key, a)
+		writeAttr(&text, a)
 		return true
 	})
-	ok, held := h.sample.allow(key.String())
+	key := binary.LittleEndian.AppendUint64(nil, maphash.String(repeatSeed, text.String()))
+	ok, held := h.sample.allow(string(key))
 	if !ok {
 		return nil
 	}

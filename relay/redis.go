@@ -32,20 +32,17 @@ func RedisClient(o RedisOptions) redis.UniversalClient {
 	}))
 }
 
-// NewLogger returns the logger the options ask for, writing to w. A
-// warning or error repeated word for word is written once every 10 s
-// (repeatHandler).
+// NewLogger returns the logger the options ask for, writing to w.
 func NewLogger(o LogOptions, w io.Writer) *slog.Logger {
 	level, err := parseLevel(o.Level)
 	if err != nil {
 		level = slog.LevelInfo
 	}
 	ho := &slog.HandlerOptions{Level: level}
-	var h slog.Handler = slog.NewTextHandler(w, ho)
 	if o.Format == "json" {
-		h = slog.NewJSONHandler(w, ho)
+		return slog.New(slog.NewJSONHandler(w, ho))
 	}
-	return slog.New(newRepeatHandler(h))
+	return slog.New(slog.NewTextHandler(w, ho))
 }
 
 // pingRedis reports whether Redis answers PING within ctx, saying what is

@@ -384,7 +384,7 @@ func TestStrictStartWithoutRedis(t *testing.T) {
 		o.Redis.CheckInterval = Duration(100 * time.Millisecond)
 		o.Delivery.Sender = "off"
 	})
-	waitReady(t, s, false, "has not answered since the relay started")
+	waitReady(t, s, false, "no check of redis has passed since the relay started")
 	if reply, _ := smtpSubmit(t, s); !strings.HasPrefix(reply, "451 4.3.0 ") {
 		t.Errorf("SMTP before Redis answered: %q, want 451 4.3.0", reply)
 	}
@@ -402,5 +402,40 @@ func TestStrictStartWithoutRedis(t *testing.T) {
 	waitReady(t, s, true, "")
 	if reply, _ := smtpSubmit(t, s); !strings.HasPrefix(reply, "250 ") {
 		t.Errorf("SMTP with Redis durable: %q, want 250", reply)
+	}
+}
+
+// TestStartWithRedisRefusingUs: a Redis that refuses the configured
+// password, or wants one that is not configured, stops the start with
+// Redis's refusal: it does not mend itself, unlike a Redis that cannot be
+// reached (TestStrictStartWithoutRedis).
+func TestStartWithRedisRefusingUs(t *testing.T) {
+	f := newFixture(t)
+	if err := f.redis.Client(t).ConfigSet(context.Background(), "requirepass", "right-password").Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ password, want string }{
+		{"wrong-password", "WRONGPASS"},
+		{"", "NOAUTH"},
+	} {
+		o := f.opts
+		o.Redis.Addrs = []string{f.redis.Addr()}
+		o.Redis.Password = tc.password
+		o.HTTP.Addr = "127.0.0.1:0"
+		o.Delivery.Sender = "off"
+		if err := o.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		s, err := New(context.Background(), o, nil, discardLogger())
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			s.Shutdown(ctx)
+			cancel()
+			t.Errorf("password %q: the relay started", tc.password)
+			continue
+		}
+		if !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("password %q: %v, want Redis's %s", tc.password, err, tc.want)
+		}
 	}
 }

@@ -119,6 +119,9 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		s.metrics = newMetrics(s.reg, o.Ops.Version)
 	}
 	s.rdb = RedisClient(o.Redis)
+	// The loops that poll Redis (delivery, the breakers) fail the same
+	// way many times a second while it is away.
+	quiet := CollapseRepeats(log)
 	ok := false
 	defer func() {
 		if !ok {
@@ -126,17 +129,19 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		}
 	}()
 
-	// A Redis found not durable under strict stops the start. One that
-	// does not answer does not: the relay starts without taking mail
-	// (not ready, 451 4.3.0) and checks again each second, as a relay
-	// whose Redis stopped answering while it ran.
+	// A Redis found not durable under strict stops the start, as does one
+	// that refuses the configured user or password: neither mends
+	// itself. One that cannot be reached, or is loading its data, does
+	// not: the relay starts without taking mail (not ready, 451 4.3.0)
+	// and checks again each second, as a relay whose Redis stopped
+	// answering while it ran.
 	cctx, cancel := context.WithTimeout(ctx, startCheckTimeout)
 	warnings, err := queue.CheckDurability(cctx, s.rdb, o.Redis.Strict)
 	cancel()
 	for _, w := range warnings {
 		log.Warn("redis durability: "+w, "component", "queue")
 	}
-	if errors.Is(err, queue.ErrNotDurable) || ctx.Err() != nil {
+	if errors.Is(err, queue.ErrNotDurable) || redis.IsAuthError(err) || redis.IsPermissionError(err) || ctx.Err() != nil {
 		return nil, fmt.Errorf("redis %v: %w", o.Redis.Addrs, err)
 	}
 	s.durable = &durability{rdb: s.rdb, addrs: o.Redis.Addrs, strict: o.Redis.Strict, interval: o.Redis.CheckInterval.D(), log: log.With("component", "queue")}
@@ -154,7 +159,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		routing *exchangeRouting
 	)
 	if sender == nil && o.Delivery.Sender == "exchange" {
-		g := &gate{q: s.queue, log: log.With("component", "breaker"), escalate: o.Breakers.EscalateMailboxes,
+		g := &gate{q: s.queue, log: quiet.With("component", "breaker"), escalate: o.Breakers.EscalateMailboxes,
 			wake: make(chan struct{}, 1), reconcileNow: make(chan struct{}, 1), replica: o.Hostname,
 			propagationWindow: o.Breakers.PropagationWindow.D()}
 		bo := o.Breakers.Options()
@@ -165,7 +170,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 			}
 			g.transition(t)
 		}
-		bo.Logger = log
+		bo.Logger = quiet
 		bo.Replica = o.Hostname
 		if o.Breakers.WebhookURL != "" {
 			// One webhook per transition fleet-wide: from the replica
@@ -249,7 +254,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		if s.exchange != nil {
 			dc.Transport = s.exchange.transport
 		}
-		s.deliverer = newDeliverer(s.queue, sender, dc, log)
+		s.deliverer = newDeliverer(s.queue, sender, dc, quiet)
 		in.queued = s.deliverer.notify
 		if s.gate != nil {
 			s.gate.released = s.deliverer.notify

@@ -34,12 +34,15 @@ func serve(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 		return err
 	}
 	log := relay.NewLogger(o.Log, e.stderr)
-	// go-redis has one process-wide logger; route it through ours.
-	redis.SetLogger(redisLogger{log.With("component", "redis")})
+	// go-redis has one process-wide logger; route it through ours. While
+	// Redis is away it logs each failed dial: a line repeated word for
+	// word is written once every 10 s.
+	redis.SetLogger(redisLogger{relay.CollapseRepeats(log).With("component", "redis")})
 	log.Info("holdfast starting", "version", version, "config", *config)
 	o.Ops.Version = version
-	// Under systemd (Type=notify), say when the relay takes mail and when
-	// it starts to stop.
+	// Under systemd (Type=notify), say when the relay's listeners serve
+	// (while Redis does not answer, they refuse mail until it does) and
+	// when it starts to stop.
 	socket := e.getenv("NOTIFY_SOCKET")
 	notify := func(state string) {
 		if err := sdNotify(socket, state); err != nil {
