@@ -17,6 +17,9 @@ type ExpiryOptions struct {
 	// rotateEvery, for tests, replaces rotateEvery: how often a relay
 	// looks for a secret to rotate or an old one to remove.
 	rotateEvery time.Duration
+	// rotations, for tests, wraps where the relay records its rotations
+	// (the queue), to fail a write.
+	rotations func(rotationStore) rotationStore
 }
 
 // defaultExpiryCheckInterval is ExpiryOptions.CheckInterval's default.

@@ -198,8 +198,13 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		if err := s.newExpiryMonitor(); err != nil {
 			return nil, err
 		}
-		s.rotator = newRotator(o, s.exchange.creds, s.exchange.reloadCredential, s.queue, g.set,
+		var rotations rotationStore = s.queue
+		if o.Expiry.rotations != nil {
+			rotations = o.Expiry.rotations(rotations)
+		}
+		s.rotator = newRotator(o, s.exchange.creds, s.exchange.reloadCredential, rotations, g.set,
 			breaker.NewNotices(s.rdb), s.webhook, s.expiry, log)
+		s.rotator.keep = g.keep
 		sender = s.exchange
 		var idx grantIndex
 		if s.exchange.grants != nil {

@@ -91,13 +91,17 @@ type rotator struct {
 	live     map[string]*auth.Credential
 	reload   func(name string) error // re-reads a credential's files on this relay
 	graphURL string
-	q        *queue.Queue
+	q        rotationStore
 	set      *breaker.Set
 	claims   noticeClaimer
 	events   eventPoster // nil without a webhook
 	expiry   *ExpiryMonitor
 	log      *slog.Logger
 	now      func() time.Time
+	// keep, in a relay, has a record of the rotation that Redis did not
+	// take made again once it does (gate.keep); nil in "holdfast creds
+	// rotate", where such a failure is the command's error.
+	keep func(what string, err error, again func(context.Context) error)
 	// propagation bounds the wait for a new secret; poll is how often it
 	// is tried meanwhile.
 	propagation, poll time.Duration
@@ -109,9 +113,17 @@ type rotator struct {
 	waiting map[string]string
 }
 
+// rotationStore records the rotations waiting to remove their old
+// secret: the queue.
+type rotationStore interface {
+	PendingRotation(ctx context.Context, credential string) (queue.Rotation, bool, error)
+	SetRotation(ctx context.Context, r queue.Rotation) error
+	EndRotation(ctx context.Context, credential string) error
+}
+
 // newRotator builds the rotator of the credentials of o, loaded in live;
 // reload re-reads one's files. A nil webhook posts nothing.
-func newRotator(o Options, live map[string]*auth.Credential, reload func(string) error, q *queue.Queue,
+func newRotator(o Options, live map[string]*auth.Credential, reload func(string) error, q rotationStore,
 	set *breaker.Set, claims noticeClaimer, webhook *breaker.Webhook, expiry *ExpiryMonitor, log *slog.Logger) *rotator {
 	r := &rotator{creds: map[string]Credential{}, live: live, reload: reload, graphURL: o.Exchange.GraphURL,
 		q: q, set: set, claims: claims, expiry: expiry, log: log.With("component", "rotation"), now: time.Now,
@@ -313,11 +325,19 @@ func (r *rotator) rotate(ctx context.Context, name string, print bool) (RotateRe
 	if hint, _ := live.InUse(); hint != ns.Hint {
 		return res, fmt.Errorf("the new secret (hint %s) was written to %s but secret %s is still in use", ns.Hint, file, hint)
 	}
-	err = r.q.SetRotation(ctx, queue.Rotation{Credential: name, OldKeyID: oldKeyID, OldHint: oldHint, OldFile: oldFile,
+	rot := queue.Rotation{Credential: name, OldKeyID: oldKeyID, OldHint: oldHint, OldFile: oldFile,
 		NewKeyID: ns.KeyID, NewHint: ns.Hint, NewFingerprint: live.Fingerprint(), // the new secret's: in use, as checked above
-		At: now, RemoveAfter: removeAfter})
-	if err != nil {
-		return res, err
+		At: now, RemoveAfter: removeAfter}
+	if err := r.q.SetRotation(ctx, rot); err != nil {
+		// The new secret is in use: the rotation is done but for its
+		// record, without which the old secret would stay. The claim
+		// keeps other relays from rotating meanwhile.
+		if r.keep == nil {
+			return res, err
+		}
+		r.log.Warn("cannot record the rotation; recorded once Redis answers, and the old secret is removed after that",
+			"credential", name, "err", err)
+		r.keep("record of the rotation of "+name, err, func(ctx context.Context) error { return r.q.SetRotation(ctx, rot) })
 	}
 	msg := fmt.Sprintf("the new secret (hint %s) is in use, from %s", ns.Hint, file)
 	if oldKeyID != "" {
@@ -497,7 +517,14 @@ func (r *rotator) removeOld(ctx context.Context, p queue.Rotation) {
 		_ = os.Remove(p.OldFile)
 	}
 	if err := r.q.EndRotation(ctx, p.Credential); err != nil {
-		r.log.Warn("cannot end the rotation", "credential", p.Credential, "err", err)
+		// Else the rotation would wait for its claim to lapse (15 min)
+		// to remove the secret again, refusing new rotations until then.
+		r.log.Warn("cannot end the rotation; ended once Redis answers", "credential", p.Credential, "err", err)
+		if r.keep != nil {
+			r.keep("end of the rotation of "+p.Credential, err, func(ctx context.Context) error {
+				return r.q.EndRotation(ctx, p.Credential)
+			})
+		}
 	}
 	if err := r.reload(p.Credential); err != nil {
 		r.log.Warn("cannot reload the credential", "credential", p.Credential, "err", err)

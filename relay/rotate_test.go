@@ -1,16 +1,20 @@
 package relay
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"holdfast/breaker"
 	"holdfast/cmd/o365sim/sim"
+	"holdfast/queue"
 )
 
 // rotationEnv is an exchange environment whose credential reads its
@@ -207,5 +211,74 @@ func TestRotatePrint(t *testing.T) {
 	})
 	if pending, ok, err := e.relays[0].queue.PendingRotation(t.Context(), "contoso"); err != nil || ok {
 		t.Errorf("a printed rotation left a removal pending: %+v %v", pending, err)
+	}
+}
+
+// failingRotations is the queue's record of rotations, failing its first
+// SetRotation and its first EndRotation as a moment without Redis would.
+type failingRotations struct {
+	rotationStore
+	setFails, endFails atomic.Int32
+}
+
+var errNoRedis = errors.New("dial tcp 127.0.0.1:1: connect: connection refused")
+
+func (f *failingRotations) SetRotation(ctx context.Context, r queue.Rotation) error {
+	if f.setFails.Add(-1) >= 0 {
+		return errNoRedis
+	}
+	return f.rotationStore.SetRotation(ctx, r)
+}
+
+func (f *failingRotations) EndRotation(ctx context.Context, credential string) error {
+	if f.endFails.Add(-1) >= 0 {
+		return errNoRedis
+	}
+	return f.rotationStore.EndRotation(ctx, credential)
+}
+
+// TestRotationRecordedLate: Redis fails the record of a rotation whose
+// new secret is in use already, and then the end of that rotation. The
+// rotation succeeds all the same; the record is made once Redis takes it,
+// the old secret is removed after the grace, and the rotation ends
+// within seconds, not when its claim lapses.
+func TestRotationRecordedLate(t *testing.T) {
+	fr := &failingRotations{}
+	fr.setFails.Store(1)
+	fr.endFails.Store(1)
+	e, _ := rotationEnv(t, func(o *Options) {
+		o.Expiry.rotations = func(s rotationStore) rotationStore {
+			fr.rotationStore = s
+			return fr
+		}
+	})
+	r := e.relays[0]
+	res, err := r.rotator.Rotate(t.Context(), "contoso", false)
+	if err != nil {
+		t.Fatalf("rotation whose record Redis failed: %v", err)
+	}
+	if hint, _ := r.exchange.creds["contoso"].InUse(); hint != res.Hint {
+		t.Errorf("secret in use: hint %s, want the new one, %s", hint, res.Hint)
+	}
+	waitFor(t, 5*time.Second, "the rotation recorded", func() bool {
+		p, ok, err := r.Queue().PendingRotation(t.Context(), "contoso")
+		return err == nil && ok && p.NewHint == res.Hint
+	})
+	waitFor(t, 15*time.Second, "the old secret removed", func() bool {
+		got := appSecrets(t, e)
+		return len(got) == 1 && got[0] == res.Hint
+	})
+	waitFor(t, 5*time.Second, "the rotation ended", func() bool {
+		_, ok, err := r.Queue().PendingRotation(t.Context(), "contoso")
+		return err == nil && !ok
+	})
+	logs := e.logs.String()
+	for _, what := range []string{"record of the rotation of contoso", "end of the rotation of contoso"} {
+		if !strings.Contains(logs, "what=\""+what+"\"") {
+			t.Errorf("no log line says the %s was made once Redis answered", what)
+		}
+	}
+	if strings.Contains(logs, "step="+RotationFailed) {
+		t.Error("the rotation was reported failed")
 	}
 }
