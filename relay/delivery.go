@@ -197,14 +197,30 @@ func (d *deliverer) notify() {
 func (d *deliverer) run(ctx context.Context) {
 	defer d.drain()
 	d.wg.Go(func() { d.sweep(ctx) })
+	// Since when, and how often, the due routes could not be read: the
+	// warnings are written once every 10 s while they repeat, so the
+	// line that says the queue is read again dates the outage's end.
+	var (
+		failing  time.Time
+		failures int
+	)
 	for ctx.Err() == nil {
 		routes, next, err := d.q.DueRoutes(ctx, dueBatch)
 		if err != nil {
 			if ctx.Err() == nil {
+				if failing.IsZero() {
+					failing = time.Now()
+				}
+				failures++
 				d.log.Warn("cannot read due routes", "err", err)
 			}
 			d.sleep(ctx, d.cfg.Poll)
 			continue
+		}
+		if !failing.IsZero() {
+			d.log.Info("due routes read again; delivery goes on", "failing_for", time.Since(failing).Round(time.Millisecond),
+				"failed_reads", failures)
+			failing, failures = time.Time{}, 0
 		}
 		leased, retry := d.pass(ctx, routes)
 		if leased {

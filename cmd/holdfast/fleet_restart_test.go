@@ -349,6 +349,8 @@ func (r *incRelay) opsGet(tb testing.TB, c *http.Client, path string) (int, stri
 // polls it fails the same way several times a second. The relay says so
 // (a warning of each kind at once) without writing each failure: at most
 // 40 warnings and errors in 12 s, where a line per failure is about 110.
+// Once Redis is back, one line says that delivery goes on, and for how
+// long it could not read the queue.
 func TestRedisDownLogs(t *testing.T) {
 	f := startIncFleet(t, incFleetOptions{mailboxes: 5, relays: 1})
 	r := f.relays[0]
@@ -374,4 +376,24 @@ func TestRedisDownLogs(t *testing.T) {
 	if total > 40 {
 		t.Errorf("%d warnings and errors in 12 s with Redis down, want at most 40", total)
 	}
+	f.redis.Restart(t)
+	incWait(t, 10*time.Second, "the relay saying that delivery goes on", func() bool {
+		_, ok := r.logLine("due routes read again; delivery goes on")
+		return ok
+	})
+	line, _ := r.logLine("due routes read again; delivery goes on")
+	var l struct {
+		FailingFor  time.Duration `json:"failing_for"`
+		FailedReads int           `json:"failed_reads"`
+	}
+	if err := json.Unmarshal([]byte(line), &l); err != nil {
+		t.Fatalf("%s: %v", line, err)
+	}
+	// Redis was away 12 s and more; the first read to fail may end a
+	// second or two after the kill, as the Redis client dials again.
+	if l.FailingFor < 9*time.Second || l.FailingFor > 30*time.Second || l.FailedReads <= kinds["cannot read due routes"] {
+		t.Errorf("%s: want failing_for between 9 s and 30 s, and more failed reads than the %d lines written",
+			line, kinds["cannot read due routes"])
+	}
+	t.Logf("after Redis came back: %s", line)
 }
