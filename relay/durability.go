@@ -108,7 +108,8 @@ func (d *durability) fail(err error) {
 	case checked:
 		d.log.Warn("redis durability: check failed", "err", err)
 	case news:
-		d.log.Error("cannot use redis; no mail is taken until it can, checked again every "+uncheckedRetry.String(),
+		d.log.Error("cannot use redis; no mail is taken until it can, checked again every "+uncheckedRetry.String()+
+			"; check that Redis runs and that redis.addrs reaches it",
 			"addrs", d.addrs, "err", err)
 	}
 }

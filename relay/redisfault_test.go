@@ -434,8 +434,8 @@ func TestStartWithRedisRefusingUs(t *testing.T) {
 			t.Errorf("password %q: the relay started", tc.password)
 			continue
 		}
-		if !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("password %q: %v, want Redis's %s", tc.password, err, tc.want)
+		if !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "set redis.username and redis.password") {
+			t.Errorf("password %q: %v, want Redis's %s and what to set", tc.password, err, tc.want)
 		}
 	}
 }

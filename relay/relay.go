@@ -108,9 +108,10 @@ func newSender(o DeliveryOptions) (Sender, error) {
 const startCheckTimeout = 5 * time.Second
 
 // New checks Redis, binds every listener and returns a relay ready to
-// Start. A Redis that does not answer is checked again once the relay
-// runs; one found not durable under redis.strict is an error. The options must have passed Validate. sender, when not nil,
-// replaces the configured one.
+// Start. A Redis that cannot be used yet is checked again once the relay
+// runs; one that refuses the configured user, or is found not durable
+// under redis.strict, is an error. The options must have passed
+// Validate. sender, when not nil, replaces the configured one.
 func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Server, error) {
 	s := &Server{opts: o, log: log, errs: make(chan error, len(o.SMTP.Listeners)+3)}
 	s.reg = prometheus.NewRegistry()
@@ -141,7 +142,11 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	for _, w := range warnings {
 		log.Warn("redis durability: "+w, "component", "queue")
 	}
-	if errors.Is(err, queue.ErrNotDurable) || redis.IsAuthError(err) || redis.IsPermissionError(err) || ctx.Err() != nil {
+	if redis.IsAuthError(err) || redis.IsPermissionError(err) {
+		return nil, fmt.Errorf("redis %v: %w; set redis.username and redis.password (or redis.password_file) to a user Redis accepts, allowed the commands Holdfast runs",
+			o.Redis.Addrs, err)
+	}
+	if errors.Is(err, queue.ErrNotDurable) || ctx.Err() != nil {
 		return nil, fmt.Errorf("redis %v: %w", o.Redis.Addrs, err)
 	}
 	s.durable = &durability{rdb: s.rdb, addrs: o.Redis.Addrs, strict: o.Redis.Strict, interval: o.Redis.CheckInterval.D(), log: log.With("component", "queue")}
