@@ -207,7 +207,10 @@ func (s *Sim) handleSendMail(w http.ResponseWriter, r *http.Request) {
 		case <-r.Context().Done():
 		case <-time.After(stallTimeout):
 		}
-		return
+		// Returning would answer 200 with no body, which a client
+		// that gave up at that moment could still read. Drop the
+		// connection unanswered instead.
+		panic(http.ErrAbortHandler)
 	case "":
 	default:
 		s.writeGraphFault(w, r, f.GraphAfterSend)

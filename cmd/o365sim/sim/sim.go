@@ -143,8 +143,8 @@ type Fault struct {
 	GraphThrottle time.Duration
 	// GraphAfterSend makes sendMail record the message, as Exchange does
 	// when it sent it, and then fail: "500" or "504" answers with that
-	// status, "hang" never answers until the client gives up (or 5
-	// minutes pass, or the simulator closes).
+	// status, "hang" never answers: it drops the connection when the
+	// client gives up, 5 minutes pass or the simulator closes.
 	GraphAfterSend string
 	// GraphFail answers sendMail with this 5xx status ("500" or "503")
 	// without recording the message.
