@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/http"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"holdfast/cmd/o365sim/sim"
+	"holdfast/relay"
 )
 
 // The fleet tests: the breaker among relay processes as a real fleet runs
@@ -150,16 +152,24 @@ func TestTripLatency(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	f.cli(0, "breaker", "trip", incCred)
 	tripped := time.Now()
-	// The first probe is due incOpenInterval after the trip, and
-	// succeeds: the checks below come before it.
-	time.Sleep(incOpenInterval / 2)
+	// The first probe succeeds, and the checks below come before it. It
+	// is due an open interval after the trip took effect, which may be
+	// well before the command returned on a loaded machine: read when.
+	var st relay.BreakerStatus
+	if code, err := f.do(1, "GET", "/v1/breakers/"+incCred, incAdminToken, "", &st); err != nil || code != http.StatusOK || st.State != "open" {
+		t.Fatalf("breaker after the trip: %d %v %+v", code, err, st)
+	}
+	if left := time.Until(st.NextProbe); left < incOpenInterval/2 {
+		t.Fatalf("the first probe is due %v after 'holdfast breaker trip' returned: too soon to check anything", left)
+	}
+	time.Sleep(time.Until(st.NextProbe) / 2)
 	close(stop)
 	n = <-fed
 	sub.close()
 	subs := sub.results(t, n)
 	received := f.sim.Received()
 	delivered := len(received)
-	f.waitHeld(n-delivered, true, time.Until(tripped.Add(incOpenInterval*3/4)))
+	f.waitHeld(n-delivered, true, time.Until(st.NextProbe.Add(-incOpenInterval/8)))
 
 	var last time.Time
 	late := 0

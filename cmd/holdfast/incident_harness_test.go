@@ -248,7 +248,9 @@ func (f *incFleet) restart(i int) {
 func (f *incFleet) cli(i int, args ...string) string {
 	f.tb.Helper()
 	cmd := exec.Command(os.Args[0], append([]string{args[0], args[1], "--config", f.configs[i]}, args[2:]...)...)
-	cmd.Env = append(os.Environ(), incidentExecEnv+"=1")
+	// Under -race the runtime waits a second before exiting, which would
+	// put a second between a command's effect and its return.
+	cmd.Env = append(os.Environ(), incidentExecEnv+"=1", "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		f.tb.Fatalf("holdfast %s: %v\n%s", strings.Join(args, " "), err, out)
