@@ -156,6 +156,12 @@ type Fault struct {
 	// Exchange's token validation takes a round trip or more: sessions
 	// opened together then AUTH together.
 	AuthDelay time.Duration
+	// SMTPRoundTrip delays each write of the SMTP server, the greeting,
+	// every reply and the TLS handshake's, by this long, as a network
+	// with this round trip does: a session's set-up (greeting, EHLO,
+	// STARTTLS, the handshake, EHLO) then takes a few of them before
+	// its AUTH.
+	SMTPRoundTrip time.Duration
 }
 
 // Received is a message Exchange accepted.

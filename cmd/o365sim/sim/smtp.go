@@ -195,8 +195,9 @@ func (f *smtpFront) plaintext(nc net.Conn) {
 		}
 	}()
 	_ = nc.SetDeadline(time.Now().Add(plaintextTimeout))
+	wc := &distantConn{Conn: nc, s: f.s}
 	write := func(lines ...string) bool {
-		_, err := io.WriteString(nc, strings.Join(lines, "\r\n")+"\r\n")
+		_, err := io.WriteString(wc, strings.Join(lines, "\r\n")+"\r\n")
 		return err == nil
 	}
 	switch fault := f.s.faults(); {
@@ -237,7 +238,7 @@ func (f *smtpFront) plaintext(nc net.Conn) {
 			if !write("220 2.0.0 SMTP server ready") {
 				return
 			}
-			tc := tls.Server(nc, f.tls)
+			tc := tls.Server(wc, f.tls)
 			if err := tc.Handshake(); err != nil {
 				return
 			}
@@ -400,4 +401,18 @@ func (c *replyConn) rewrite(line string) (string, bool) {
 		return "221 2.0.0 Service closing transmission channel", true
 	}
 	return line, true
+}
+
+// distantConn is a session's connection as seen across a network: each
+// write waits Fault.SMTPRoundTrip first.
+type distantConn struct {
+	net.Conn
+	s *Sim
+}
+
+func (c *distantConn) Write(b []byte) (int, error) {
+	if d := c.s.faults().SMTPRoundTrip; d > 0 {
+		time.Sleep(d)
+	}
+	return c.Conn.Write(b)
 }
