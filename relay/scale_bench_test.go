@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"holdfast/cmd/o365sim/sim"
 	"holdfast/queue"
 )
 
@@ -146,6 +147,43 @@ func BenchmarkHeldRelease(b *testing.B) {
 			b.ReportMetric(took.Seconds()/float64(b.N), "s/release")
 		})
 	}
+}
+
+// BenchmarkNewSessions measures how fast two replicas send one message
+// to each of 200 mailboxes, each in a session of its own, with the
+// simulator answering across a 20 ms round trip: every session takes
+// the credential's fleet-wide AUTH places (two at the default
+// threshold) for its AUTH, so the time a place is held bounds the
+// credential's new sessions a second.
+func BenchmarkNewSessions(b *testing.B) {
+	const boxes = 200
+	var took time.Duration
+	for range b.N {
+		e := newExchangeEnvSim(b, 2, func(c *sim.Config) {
+			for i := range boxes {
+				c.Tenants[0].Mailboxes = append(c.Tenants[0].Mailboxes, sim.Mailbox{Address: fmt.Sprintf("session%d@contoso.com", i)})
+			}
+		}, func(o *Options) { o.Log.Level = "warn" })
+		e.sim.SetFault(sim.Fault{SMTPRoundTrip: 20 * time.Millisecond})
+		ctx := context.Background()
+		start := time.Now()
+		for i := range boxes {
+			from := fmt.Sprintf("session%d@contoso.com", i)
+			if _, _, err := e.f.queue.Enqueue(ctx, queue.Submission{Route: "app:contoso:" + from, App: "crm",
+				From: from, To: []string{"sink@example.org"}, Body: []byte("From: <" + from + ">\r\nSubject: bench\r\n\r\nhi\r\n")}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		deadline := time.Now().Add(2 * time.Minute)
+		for e.sim.ReceivedCount() < boxes {
+			if time.Now().After(deadline) {
+				b.Fatalf("%d of %d delivered", e.sim.ReceivedCount(), boxes)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		took += time.Since(start)
+	}
+	b.ReportMetric(float64(b.N*boxes)/took.Seconds(), "sessions/s")
 }
 
 // BenchmarkDeadUpstream counts what a replica sends to an SMTP endpoint

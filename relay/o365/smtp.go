@@ -559,12 +559,22 @@ func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
 // AUTH goes ahead only with a place or for a probe, else waits as
 // throttled.
 func (s *SMTPSender) openFresh(ctx context.Context, r Route, elsewhere error) (*conn, bool, error) {
+	// The session is set up (greeting, EHLO, STARTTLS, EHLO) before the
+	// place is taken, so that a place is held for the AUTH alone: the
+	// places bound how many AUTHs of a credential are in flight
+	// fleet-wide, and so how many sessions it opens a second.
+	c, w, err := s.dial(ctx)
+	if err != nil {
+		return nil, false, err
+	}
 	turn, err := s.turn(ctx, r, true)
 	if err != nil {
+		c.Close()
 		return nil, false, err
 	}
 	if elsewhere != nil && !turn.Placed && !r.probe {
 		turn.Exit(AuthNeutral, nil)
+		c.Close()
 		return nil, false, refusedElsewhere(elsewhere)
 	}
 	if turn.Refresh {
@@ -575,14 +585,15 @@ func (s *SMTPSender) openFresh(ctx context.Context, r Route, elsewhere error) (*
 	tok, err := r.Tokens.Token(ctx)
 	if err != nil {
 		turn.Exit(AuthNeutral, err)
+		c.Close()
 		return nil, false, tokenError(err, r.Kind)
 	}
 	// A token fetched for this turn is a new one: its refusal is not
 	// retried.
-	c, retry, err := s.authenticate(ctx, r, tok.AccessToken, turn.Refresh)
+	cn, retry, err := s.authOn(ctx, c, w, r, tok.AccessToken, turn.Refresh)
 	turn.Exit(authOutcome(err, retry, false), err)
 	if !retry {
-		return c, false, err
+		return cn, false, err
 	}
 	r.Tokens.Invalidate()
 	tok, terr := r.Tokens.Token(ctx)
@@ -599,9 +610,9 @@ func (s *SMTPSender) openFresh(ctx context.Context, r Route, elsewhere error) (*
 	if terr != nil {
 		return nil, true, terr
 	}
-	c, _, err = s.authenticate(ctx, r, tok.AccessToken, true)
+	cn, _, err = s.authenticate(ctx, r, tok.AccessToken, true)
 	again.Exit(authOutcome(err, false, true), err)
-	return c, true, err
+	return cn, true, err
 }
 
 // turn takes a place for an AUTH of the route (see Route.Turn); a route
@@ -628,8 +639,14 @@ func (s *SMTPSender) authenticate(ctx context.Context, r Route, token string, fr
 	if err != nil {
 		return nil, false, err
 	}
+	return s.authOn(ctx, c, w, r, token, fresh)
+}
+
+// authOn authenticates on a session dial set up, and closes it unless
+// the AUTH succeeded.
+func (s *SMTPSender) authOn(ctx context.Context, c *smtp.Client, w *wire, r Route, token string, fresh bool) (*conn, bool, error) {
 	stop := context.AfterFunc(ctx, func() { c.Close() })
-	err = c.Auth(auth.NewXOAUTH2Client(r.Mailbox, token))
+	err := c.Auth(auth.NewXOAUTH2Client(r.Mailbox, token))
 	if s.o.OnAuth != nil {
 		s.o.OnAuth(err)
 	}
@@ -692,20 +709,28 @@ func (s *SMTPSender) connect(ctx context.Context) (*smtp.Client, *wire, error) {
 		// STARTTLS by ctx; CommandTimeout bounds them as a whole.
 		hctx, cancel := context.WithTimeout(ctx, s.o.CommandTimeout)
 		stop := context.AfterFunc(hctx, func() { nc.Close() })
+		command := "STARTTLS"
 		tc, err := startTLS(nc, cfg)
+		if err == nil {
+			// The handshake and the EHLO after it, which go-smtp would
+			// leave to the first command: the session is ready for
+			// its AUTH when it is returned.
+			c, w = smtp.NewClient(newGreetedConn(tc)), newWire(tc)
+			c.CommandTimeout = s.o.CommandTimeout
+			command, err = "TLS handshake and EHLO", c.Hello(helloName)
+		}
 		interrupted := !stop()
 		cancel()
 		if interrupted {
 			nc.Close()
 			return nil, nil, &upstream.Error{Class: upstream.Transient,
-				Text: fmt.Sprintf("no greeting, EHLO or STARTTLS reply from %s within %v", s.o.Addr, s.o.CommandTimeout),
+				Text: fmt.Sprintf("no greeting, EHLO or STARTTLS reply or TLS handshake from %s within %v", s.o.Addr, s.o.CommandTimeout),
 				Err:  cmp.Or(ctx.Err(), hctx.Err())}
 		}
 		if err != nil {
 			nc.Close()
-			return nil, nil, smtpError("STARTTLS", err, AppOnly, false)
+			return nil, nil, smtpError(command, err, AppOnly, false)
 		}
-		c, w = smtp.NewClient(newGreetedConn(tc)), newWire(tc)
 	}
 	c.CommandTimeout = s.o.CommandTimeout
 	c.SubmissionTimeout = s.o.DataTimeout
