@@ -193,7 +193,7 @@ type ExpiryMonitor struct {
 	cfg  expiryConfig
 	desc *prometheus.Desc
 	wake chan struct{}
-	wg   sync.WaitGroup // webhook posts
+	line eventLine // webhook posts
 
 	mu      sync.Mutex
 	state   map[string]*CredentialExpiry
@@ -358,7 +358,7 @@ func (m *ExpiryMonitor) ask(set *map[string]bool, name string) {
 // reloaded credential at once, until ctx ends; then it waits for webhook
 // posts in flight.
 func (m *ExpiryMonitor) Run(ctx context.Context) {
-	defer m.wg.Wait()
+	defer m.line.wait()
 	m.CheckAll(ctx)
 	t := time.NewTicker(m.cfg.interval)
 	defer t.Stop()
@@ -586,13 +586,36 @@ func (m *ExpiryMonitor) notify(ctx context.Context, ce CredentialExpiry, now tim
 	if m.cfg.events == nil {
 		return
 	}
-	postEvent(ctx, &m.wg, m.cfg.events, m.cfg.log, EventCredentialExpiring, ce.Credential, ev)
+	m.line.post(ctx, m.cfg.events, m.cfg.log, EventCredentialExpiring, ce.Credential, ev)
 }
 
-// postEvent posts a webhook event of a credential in a goroutine of wg,
-// within expiryEventTimeout even when ctx ends, and logs a failure.
-func postEvent(ctx context.Context, wg *sync.WaitGroup, p eventPoster, log *slog.Logger, kind, credential string, ev any) {
-	wg.Go(func() {
+// eventLine posts webhook events in goroutines of its WaitGroup, each
+// credential's after the one made before it has been posted (or given
+// up): a receiver sees a rotation's steps in the order they were taken,
+// also when it answered one of them late.
+type eventLine struct {
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	last map[string]chan struct{} // closed when the credential's last event is done
+}
+
+// post posts ev, an event of credential, after the credential's earlier
+// events, each within expiryEventTimeout even when ctx ends; it logs a
+// failure.
+func (l *eventLine) post(ctx context.Context, p eventPoster, log *slog.Logger, kind, credential string, ev any) {
+	done := make(chan struct{})
+	l.mu.Lock()
+	before := l.last[credential]
+	if l.last == nil {
+		l.last = map[string]chan struct{}{}
+	}
+	l.last[credential] = done
+	l.mu.Unlock()
+	l.wg.Go(func() {
+		defer close(done)
+		if before != nil {
+			<-before
+		}
 		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), expiryEventTimeout)
 		defer cancel()
 		if err := p.Post(pctx, ev); err != nil {
@@ -600,6 +623,9 @@ func postEvent(ctx context.Context, wg *sync.WaitGroup, p eventPoster, log *slog
 		}
 	})
 }
+
+// wait returns once every event posted so far is done.
+func (l *eventLine) wait() { l.wg.Wait() }
 
 // expiryMessage says what is wrong and what to do.
 func expiryMessage(ev ExpiringEvent) string {

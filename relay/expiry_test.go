@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -415,7 +416,7 @@ func TestExpiryNotifyLevels(t *testing.T) {
 	})
 	m.CheckAll(context.Background())
 	m.CheckAll(context.Background())
-	m.wg.Wait()
+	m.line.wait()
 	if len(events.got) != 2 {
 		t.Fatalf("events %+v", events.got)
 	}
@@ -657,5 +658,59 @@ func TestExpiryEntraFleetWide(t *testing.T) {
 				t.Errorf("relay %d: its rotated secret is marked expired: %+v", i, x)
 			}
 		}
+	}
+}
+
+// slowPoster records what it is given, and answers credential a's
+// created step only once another event has been recorded, or 300 ms
+// have passed.
+type slowPoster struct {
+	mu    sync.Mutex
+	got   []string
+	later chan struct{} // closed when another event is recorded
+}
+
+func (p *slowPoster) Post(_ context.Context, v any) error {
+	ev := v.(RotationEvent)
+	name := ev.Credential + ":" + ev.Step
+	slow := name == "a:"+RotationCreated
+	if slow {
+		select {
+		case <-p.later:
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.got = append(p.got, name)
+	if !slow && len(p.got) == 1 {
+		close(p.later)
+	}
+	return nil
+}
+
+// TestEventsInOrder: a receiver that answers an event late still gets a
+// credential's events in the order they were made; another credential's
+// do not wait for them.
+func TestEventsInOrder(t *testing.T) {
+	p := &slowPoster{later: make(chan struct{})}
+	var line eventLine
+	log := slog.New(slog.DiscardHandler)
+	for _, ev := range []RotationEvent{{Credential: "a", Step: RotationCreated}, {Credential: "a", Step: RotationPropagated},
+		{Credential: "a", Step: RotationSwitched}} {
+		line.post(context.Background(), p, log, EventCredentialRotation, ev.Credential, ev)
+	}
+	line.wait()
+	want := []string{"a:" + RotationCreated, "a:" + RotationPropagated, "a:" + RotationSwitched}
+	if !slices.Equal(p.got, want) {
+		t.Errorf("posted %v, want %v", p.got, want)
+	}
+
+	p = &slowPoster{later: make(chan struct{})}
+	line.post(context.Background(), p, log, EventCredentialRotation, "a", RotationEvent{Credential: "a", Step: RotationCreated})
+	line.post(context.Background(), p, log, EventCredentialRotation, "b", RotationEvent{Credential: "b", Step: RotationCreated})
+	line.wait()
+	if want := []string{"b:" + RotationCreated, "a:" + RotationCreated}; !slices.Equal(p.got, want) {
+		t.Errorf("posted %v, want %v: b's event waited for a's", p.got, want)
 	}
 }

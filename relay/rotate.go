@@ -106,8 +106,8 @@ type rotator struct {
 	// is tried meanwhile.
 	propagation, poll time.Duration
 
-	wg sync.WaitGroup // webhook posts
-	mu sync.Mutex
+	line eventLine // webhook posts
+	mu   sync.Mutex
 	// waiting holds, per credential, the last reason a pending removal
 	// waited, logged once.
 	waiting map[string]string
@@ -175,7 +175,7 @@ func RotateCredential(ctx context.Context, o Options, name string, print bool, l
 	r := newRotator(o, live, reload, queue.New(rdb, queue.Options{}), breaker.New(rdb, breaker.Options{Logger: log}),
 		breaker.NewNotices(rdb), webhook, nil, log)
 	// The relay's own loop is not running here: wait for the posts.
-	defer r.wg.Wait()
+	defer r.line.wait()
 	return r.Rotate(ctx, name, print)
 }
 
@@ -431,7 +431,7 @@ func graphWriteError(what string, err error) error {
 // credentials whose secret in use expires within auto_rotate_before,
 // every rotateEvery, until ctx ends.
 func (r *rotator) run(ctx context.Context, every time.Duration) {
-	defer r.wg.Wait()
+	defer r.line.wait()
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -560,5 +560,5 @@ func (r *rotator) step(ctx context.Context, name, step, keyID, hint, msg string)
 	now := r.now().UTC()
 	ev := RotationEvent{Type: EventCredentialRotation, ID: fmt.Sprintf("%s:%s:%s:%s", EventCredentialRotation, name, step, keyID),
 		Credential: name, Step: step, KeyID: keyID, Hint: hint, Message: msg, At: now}
-	postEvent(ctx, &r.wg, r.events, r.log, EventCredentialRotation, name, ev)
+	r.line.post(ctx, r.events, r.log, EventCredentialRotation, name, ev)
 }
