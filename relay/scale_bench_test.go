@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"holdfast/breaker"
 	"holdfast/cmd/o365sim/sim"
 	"holdfast/queue"
 )
@@ -105,8 +106,8 @@ func BenchmarkBusyRoute(b *testing.B) {
 
 // BenchmarkHeldRelease measures the release of a held backlog of one
 // mailbox (1,000 messages) through the simulator by 1, 2 and 3 replicas
-// sharing its 3 connection slots, from the release to the last message
-// at the simulator.
+// sharing its 3 connection slots, from an operator's reset of the
+// mailbox's breaker to the last message at the simulator.
 func BenchmarkHeldRelease(b *testing.B) {
 	for _, replicas := range []int{1, 2, 3} {
 		b.Run(fmt.Sprintf("replicas=%d", replicas), func(b *testing.B) {
@@ -120,9 +121,14 @@ func BenchmarkHeldRelease(b *testing.B) {
 				})
 				ctx := context.Background()
 				route := "app:contoso:billing@contoso.com"
-				if err := e.f.queue.HoldRoute(ctx, route, "bench"); err != nil {
+				// The mailbox's breaker holds the route: a hold of the
+				// queue's alone is released by the relays' next
+				// reconciliation with the breakers, at any moment.
+				set, name := e.relays[0].gate.set, mailboxBreaker("billing@contoso.com")
+				if err := set.Trip(ctx, name, "bench"); err != nil {
 					b.Fatal(err)
 				}
+				e.waitOpen(b, name)
 				body := []byte("From: <billing@contoso.com>\r\nSubject: bench\r\n\r\n" + strings.Repeat("z", 2000) + "\r\n")
 				for range backlog {
 					if _, _, err := e.f.queue.Enqueue(ctx, queue.Submission{Route: route, App: "crm",
@@ -130,22 +136,68 @@ func BenchmarkHeldRelease(b *testing.B) {
 						b.Fatal(err)
 					}
 				}
-				time.Sleep(200 * time.Millisecond) // every replica sees the route held
+				e.waitHeld(b, route, backlog)
+				if n := e.sim.ReceivedCount(); n != 0 {
+					b.Fatalf("%d messages delivered before the release", n)
+				}
 				start := time.Now()
-				if err := e.f.queue.ReleaseRoute(ctx, route); err != nil {
+				if err := set.Reset(ctx, name); err != nil {
 					b.Fatal(err)
 				}
-				deadline := time.Now().Add(2 * time.Minute)
-				for e.sim.ReceivedCount() < backlog {
-					if time.Now().After(deadline) {
-						b.Fatalf("%d of %d delivered", e.sim.ReceivedCount(), backlog)
-					}
-					time.Sleep(5 * time.Millisecond)
-				}
+				e.waitReceived(b, backlog)
 				took += time.Since(start)
 			}
 			b.ReportMetric(took.Seconds()/float64(b.N), "s/release")
 		})
+	}
+}
+
+// waitOpen waits until every replica sees the breaker name open, for up
+// to 10 s.
+func (e *exchangeEnv) waitOpen(b *testing.B, name string) {
+	b.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for _, r := range e.relays {
+		for r.gate.set.Cached(name).State != breaker.Open {
+			if time.Now().After(deadline) {
+				b.Fatalf("%s not open after 10 s", name)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
+
+// waitHeld waits until route holds n messages, all held, for up to 10 s.
+func (e *exchangeEnv) waitHeld(b *testing.B, route string, n int) {
+	b.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := e.f.queue.Stats(context.Background())
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, rs := range st.Routes {
+			if rs.Route == route && rs.Held == int64(n) && rs.Ready+rs.Scheduled+rs.Leased == 0 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%s does not hold its %d messages after 10 s: %+v", route, n, st.Routes)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// waitReceived waits until the simulator has received n messages, for up
+// to 2 minutes.
+func (e *exchangeEnv) waitReceived(b *testing.B, n int) {
+	b.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for e.sim.ReceivedCount() < n {
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d delivered", e.sim.ReceivedCount(), n)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -174,13 +226,7 @@ func BenchmarkNewSessions(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		deadline := time.Now().Add(2 * time.Minute)
-		for e.sim.ReceivedCount() < boxes {
-			if time.Now().After(deadline) {
-				b.Fatalf("%d of %d delivered", e.sim.ReceivedCount(), boxes)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		e.waitReceived(b, boxes)
 		took += time.Since(start)
 	}
 	b.ReportMetric(float64(b.N*boxes)/took.Seconds(), "sessions/s")

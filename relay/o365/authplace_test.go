@@ -10,7 +10,6 @@ import (
 
 	"golang.org/x/oauth2/clientcredentials"
 
-	"holdfast/cmd/o365sim/sim"
 	"holdfast/queue"
 	"holdfast/relay/o365"
 )
@@ -22,18 +21,7 @@ import (
 // credential, bound how many sessions it opens a second. Between the
 // place's taking and its return the sender writes one thing, the AUTH.
 func TestAuthPlaceCoversAuthAlone(t *testing.T) {
-	s, err := sim.New(sim.Config{Tenants: []sim.Tenant{{
-		ID:        tenant,
-		Apps:      []sim.App{{ClientID: clientID, Secrets: []sim.Secret{{Value: secret}}, SendAsMailboxes: []string{"*"}}},
-		Mailboxes: []sim.Mailbox{{Address: mailbox}},
-	}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s := startSim(t)
 	p := newProxy(t, s.SMTPAddr(), nil)
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{RootCAs: s.RootCAs()}

@@ -64,9 +64,8 @@ type graphEnv struct {
 	send *o365.GraphSender
 }
 
-// newGraphEnv starts the simulator and a Graph sender whose requests time
-// out after timeout; baseURL, when set, replaces the simulator's Graph.
-func newGraphEnv(t *testing.T, timeout time.Duration, baseURL string) *graphEnv {
+// startSim starts the simulator with the app and its one mailbox.
+func startSim(t *testing.T) *sim.Sim {
 	t.Helper()
 	s, err := sim.New(sim.Config{Tenants: []sim.Tenant{{
 		ID:        tenant,
@@ -80,6 +79,14 @@ func newGraphEnv(t *testing.T, timeout time.Duration, baseURL string) *graphEnv 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// newGraphEnv starts the simulator and a Graph sender whose requests time
+// out after timeout; baseURL, when set, replaces the simulator's Graph.
+func newGraphEnv(t *testing.T, timeout time.Duration, baseURL string) *graphEnv {
+	t.Helper()
+	s := startSim(t)
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{RootCAs: s.RootCAs()}
 	client := &http.Client{Transport: tr, Timeout: timeout}
@@ -90,6 +97,7 @@ func newGraphEnv(t *testing.T, timeout time.Duration, baseURL string) *graphEnv 
 		baseURL = s.GraphURL()
 	}
 	e := &graphEnv{sim: s, out: &outcomes{amb: map[string]bool{}}}
+	var err error
 	e.send, err = o365.NewGraphSender(o365.GraphOptions{
 		BaseURL:    baseURL,
 		HTTPClient: client,
