@@ -3,10 +3,13 @@ package relay
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"holdfast/breaker"
 	"holdfast/cmd/o365sim/sim"
@@ -270,4 +273,93 @@ func BenchmarkDeadUpstream(b *testing.B) {
 	}
 	b.ReportMetric(float64(conns)/float64(b.N)/(dead.Seconds()/probe.Seconds()), "conns/probe-interval")
 	b.ReportMetric(float64(spent)/float64(b.N), "attempts-spent")
+}
+
+// BenchmarkReconcileRoutes measures one reconciliation of a replica's
+// held set with the breakers, over 2,000 mailboxes of one credential
+// with a message each: holding them all once the credential's breaker
+// opens, and releasing them all once it closes. Redis is on loopback,
+// or 1 ms away as a managed Redis in another zone is.
+func BenchmarkReconcileRoutes(b *testing.B) {
+	const boxes = 2000
+	for _, rtt := range []time.Duration{0, time.Millisecond} {
+		b.Run(fmt.Sprintf("redis-rtt=%v", rtt), func(b *testing.B) {
+			var hold, release time.Duration
+			for range b.N {
+				srv := newFixture(b).redis
+				rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), Dialer: distantDialer(rtt)})
+				b.Cleanup(func() { _ = rdb.Close() })
+				q := queue.New(rdb, queue.Options{})
+				g := &gate{set: breaker.New(rdb, breaker.Options{}), q: q, log: discardLogger()}
+				ctx := context.Background()
+				fill := queue.New(srv.Client(b), queue.Options{})
+				for i := range boxes {
+					from := fmt.Sprintf("box%d@contoso.com", i)
+					if _, _, err := fill.Enqueue(ctx, queue.Submission{Route: "app:contoso:" + from, App: "crm",
+						From: from, To: []string{"sink@example.org"}, Body: []byte("Subject: x\r\n\r\nhi\r\n")}); err != nil {
+						b.Fatal(err)
+					}
+				}
+				cred := credentialBreaker("contoso")
+				if err := g.set.Trip(ctx, cred, "bench"); err != nil {
+					b.Fatal(err)
+				}
+				hold += timeReconcile(b, g, boxes)
+				if err := g.set.Reset(ctx, cred); err != nil {
+					b.Fatal(err)
+				}
+				release += timeReconcile(b, g, 0)
+			}
+			b.ReportMetric(hold.Seconds()/float64(b.N), "s/hold")
+			b.ReportMetric(release.Seconds()/float64(b.N), "s/release")
+		})
+	}
+}
+
+// distantDialer dials Redis over connections whose every write waits
+// rtt first: each command, or pipeline, costs a round trip of rtt.
+func distantDialer(rtt time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil || rtt == 0 {
+			return c, err
+		}
+		return &slowConn{Conn: c, delay: rtt}, nil
+	}
+}
+
+// slowConn waits delay before each write.
+type slowConn struct {
+	net.Conn
+	delay time.Duration
+}
+
+func (c *slowConn) Write(p []byte) (int, error) {
+	time.Sleep(c.delay)
+	return c.Conn.Write(p)
+}
+
+// timeReconcile runs one reconciliation and checks that it leaves held
+// routes held.
+func timeReconcile(b *testing.B, g *gate, held int) time.Duration {
+	b.Helper()
+	ctx := context.Background()
+	start := time.Now()
+	if err := g.reconcile(ctx); err != nil {
+		b.Fatal(err)
+	}
+	took := time.Since(start)
+	routes, err := g.q.Routes(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	got, err := g.q.HeldRoutes(ctx, routes)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if len(got) != held {
+		b.Fatalf("%d routes held after the reconciliation, want %d", len(got), held)
+	}
+	return took
 }
