@@ -340,8 +340,8 @@ func (c *slowConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-// timeReconcile runs one reconciliation and checks that it leaves held
-// routes held.
+// timeReconcile times one reconciliation and checks that held routes
+// are held after it.
 func timeReconcile(b *testing.B, g *gate, held int) time.Duration {
 	b.Helper()
 	ctx := context.Background()
