@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -128,14 +129,17 @@ type routeChange struct {
 }
 
 // apply makes the changes, reconcileConcurrency at a time. It returns
-// how many routes were released and the releases' errors.
+// how many routes were released and, when some were not, how many and
+// the first error: with Redis away every release fails alike, and one
+// line says so rather than one error a route.
 func (g *gate) apply(ctx context.Context, todo []routeChange) (int, error) {
 	work := make(chan routeChange)
 	var (
 		wg       sync.WaitGroup
 		mu       sync.Mutex
 		released int
-		errs     []error
+		failed   int
+		first    error
 	)
 	for range min(reconcileConcurrency, len(todo)) {
 		wg.Go(func() {
@@ -147,7 +151,10 @@ func (g *gate) apply(ctx context.Context, todo []routeChange) (int, error) {
 				ok, err := g.release(ctx, ch.route, ch.cred, ch.mbx)
 				mu.Lock()
 				if err != nil {
-					errs = append(errs, err)
+					if failed == 0 {
+						first = err
+					}
+					failed++
 				}
 				if ok {
 					released++
@@ -161,7 +168,10 @@ func (g *gate) apply(ctx context.Context, todo []routeChange) (int, error) {
 	}
 	close(work)
 	wg.Wait()
-	return released, errors.Join(errs...)
+	if failed > 0 {
+		return released, fmt.Errorf("%d held routes not released, tried again at the next breaker poll; the first: %w", failed, first)
+	}
+	return released, nil
 }
 
 // markExpired tells this replica's credentials what the fleet was told:
