@@ -138,6 +138,10 @@ type Credential struct {
 	// refusedAt is when Entra last refused each secret of mat, by index:
 	// a refused secret is not preferred again for refusedMemory.
 	refusedAt map[int]time.Time
+	// proven is mat once it got a token; trial is the request under way
+	// while it has not (see trial).
+	proven *material
+	trial  *trial
 }
 
 // NewHTTPClient returns an HTTP client for the token endpoint with a 10 s
@@ -244,7 +248,9 @@ func (c *Credential) ClientID() string { return c.opts.ClientID }
 // until RefreshBefore ahead of its expiry; concurrent callers share one
 // request. ctx bounds the wait only: the request itself runs under the
 // HTTP client's timeouts and its result serves the other callers. An error
-// answer from the endpoint is a *TokenError and is not cached.
+// answer from the endpoint is a *TokenError and is not cached; Entra's
+// refusal of the client also answers the requests that waited for it
+// (see trial).
 func (c *Credential) Token(ctx context.Context) (*oauth2.Token, error) {
 	return c.cache.get(ctx, c.fetch)
 }
@@ -300,11 +306,10 @@ func (c *Credential) fetch() (*oauth2.Token, error) {
 	return c.redeem(c.log, []string{c.opts.Scope}, nil)
 }
 
-// redeem makes one token request with the credential's client
-// authentication: the secret in the form, or a fresh client assertion.
-// params adds form fields, e.g. grant_type=refresh_token.
-func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values) (*oauth2.Token, error) {
-	m, first := c.secretInUse()
+// redeemMaterial makes one token request with material m: the secret in
+// the form, the first-th of m first, or a fresh client assertion. params
+// adds form fields, e.g. grant_type=refresh_token.
+func (c *Credential) redeemMaterial(log *slog.Logger, scopes []string, params url.Values, m *material, first int) (*oauth2.Token, error) {
 	if len(m.secrets) == 0 {
 		return c.redeemWith(log, scopes, params, m, nil)
 	}

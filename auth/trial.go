@@ -1,0 +1,107 @@
+package auth
+
+import (
+	"errors"
+	"log/slog"
+	"net/url"
+
+	"golang.org/x/oauth2"
+)
+
+// A token request made with material that has not got a token yet (the
+// files as loaded at start or after they changed, or after Entra refused
+// them) is a trial. While it is under way the credential's other token
+// requests, for any scope or grant, wait for its answer instead of sending
+// the same secret, certificate or assertion beside it. When Entra refuses
+// the client (invalid_client: a secret unknown or expired, a certificate
+// or assertion not accepted, which no scope changes), they all return that
+// refusal: Entra sees one refused request, not one per scope or mailbox.
+// When the trial fails for another reason (the endpoint unreachable or
+// throttled, a grant refused), the requests that waited go side by side;
+// once the material got a token, all requests do.
+//
+// A relay that starts on a secret deleted at Entra refreshes the tokens
+// of its delegated mailboxes at about the same moment, one request each;
+// without trials, Entra would see as many refused requests as mailboxes.
+
+// trial is a token request under way with material not yet proven.
+type trial struct {
+	m     *material
+	first int // the secret of m tried first (inUse), for a secret credential
+	done  chan struct{}
+	// refusal is what the waiters return: the trial's invalid_client
+	// answer. When nil, each waiter tries again itself.
+	refusal *TokenError
+}
+
+// redeem makes a token request with the credential's client
+// authentication (see redeemMaterial), as a trial or beside other
+// requests; see trial.
+func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values) (*oauth2.Token, error) {
+	m, first, tr, lead := c.joinTrial()
+	if tr != nil && !lead {
+		<-tr.done
+		if tr.refusal != nil {
+			log.Debug("token request not sent: Entra refused these client credentials to the request it waited for",
+				"aadsts", tr.refusal.AADSTS)
+			cp := *tr.refusal
+			return nil, &cp
+		}
+		// The trial got a token, or failed for a reason of its own
+		// (the endpoint unreachable, throttled, a grant refused): the
+		// requests that waited for it go side by side, so that an
+		// endpoint that times out delays them once, not once each.
+		m, first = c.secretInUse()
+		tr = nil
+	}
+	tok, err := c.redeemMaterial(log, scopes, params, m, first)
+	c.endTrial(m, tr, err)
+	return tok, err
+}
+
+// joinTrial returns the material and the secret to try first, and how to
+// send: side by side (tr nil), as the trial (lead), or once the trial
+// under way (tr, not lead) has ended.
+func (c *Credential) joinTrial() (m *material, first int, tr *trial, lead bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m, first = c.mat, c.inUse
+	switch {
+	case c.proven == m:
+		return m, first, nil, false
+	case c.trial != nil && c.trial.m == m && c.trial.first == first:
+		return m, first, c.trial, false
+	}
+	c.trial = &trial{m: m, first: first, done: make(chan struct{})}
+	return m, first, c.trial, true
+}
+
+// endTrial records what a request with m ended with: m is proven by a
+// token, or by a grant refused (Entra checks the client before the
+// grant), and no longer proven once Entra refuses the client. When the
+// request was a trial, its waiters go on.
+func (c *Credential) endTrial(m *material, tr *trial, err error) {
+	var te *TokenError
+	isTE := errors.As(err, &te)
+	c.mu.Lock()
+	switch {
+	case err == nil || isTE && te.Code == CodeInvalidGrant:
+		if c.mat == m {
+			c.proven = m
+		}
+	case isTE && te.Code == CodeInvalidClient:
+		if c.proven == m {
+			c.proven = nil
+		}
+		if tr != nil {
+			tr.refusal = te
+		}
+	}
+	if tr != nil && c.trial == tr {
+		c.trial = nil
+	}
+	c.mu.Unlock()
+	if tr != nil {
+		close(tr.done)
+	}
+}
