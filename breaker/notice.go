@@ -31,15 +31,16 @@ func (n *Notices) Claim(ctx context.Context, kind, name, level string, every tim
 }
 
 // Post sends v as JSON to the webhook now, for events other than
-// transitions (e.g. "credential.expiring"). It retries like transitions
-// and returns when the receiver accepted it, the tries are spent, or ctx
-// ends. Unlike Notify it blocks, so call it from a goroutine that may
-// wait.
+// transitions (e.g. "credential.expiring"). It makes the quick tries of
+// a transition, not the slow ones after them (a caller that waits for it
+// at shutdown must not wait long), and returns when the receiver
+// accepted it, the tries are spent, or ctx ends. Unlike Notify it
+// blocks, so call it from a goroutine that may wait.
 func (w *Webhook) Post(ctx context.Context, v any) error {
 	body, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("webhook encode: %w", err)
 	}
-	_, err = w.deliver(ctx, body, nil)
+	_, err = w.deliver(ctx, body, 0, nil)
 	return err
 }

@@ -17,20 +17,29 @@ import (
 // Webhook defaults.
 const (
 	webhookQueue   = 64                     // transitions waiting to be sent
-	webhookTries   = 5                      // attempts per transition
-	webhookBackoff = 500 * time.Millisecond // first retry delay, doubled after each try
+	webhookTries   = 5                      // quick attempts per transition
+	webhookBackoff = 500 * time.Millisecond // first retry delay, doubled after each quick try
 	webhookTimeout = 10 * time.Second       // per attempt
+	// After the quick tries, a transition is tried again every
+	// webhookSlowEvery until webhookPatience after it was made: a
+	// receiver down for a restart or a deploy still gets it.
+	webhookSlowEvery = 30 * time.Second
+	webhookPatience  = 30 * time.Minute
 )
 
 // Webhook POSTs each transition as JSON to a URL from a background
-// goroutine, retrying with exponential backoff. Notify never blocks: when
-// the queue is full the oldest waiting transition is dropped and logged.
-// Its Notify method fits Options.OnTransition.
+// goroutine, in order, retrying with exponential backoff (webhookTries
+// quick tries), then every webhookSlowEvery until webhookPatience after
+// the transition; later transitions wait meanwhile. Notify never blocks: when the queue
+// is full the oldest waiting transition is dropped and logged. Its Notify
+// method fits Options.OnTransition.
 type Webhook struct {
-	url     string
-	client  *http.Client
-	log     *slog.Logger
-	backoff time.Duration
+	url       string
+	client    *http.Client
+	log       *slog.Logger
+	backoff   time.Duration
+	slowEvery time.Duration
+	patience  time.Duration
 
 	mu      sync.Mutex
 	queue   []Transition
@@ -55,13 +64,15 @@ func newWebhook(url string, client *http.Client, log *slog.Logger, backoff time.
 		log = slog.Default()
 	}
 	w := &Webhook{
-		url:     url,
-		client:  client,
-		log:     log.With("component", "breaker-webhook"),
-		backoff: backoff,
-		wake:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
+		url:       url,
+		client:    client,
+		log:       log.With("component", "breaker-webhook"),
+		backoff:   backoff,
+		slowEvery: webhookSlowEvery,
+		patience:  webhookPatience,
+		wake:      make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
 	}
 	go w.loop()
 	return w
@@ -129,33 +140,52 @@ func (w *Webhook) loop() {
 	}
 }
 
-// send posts t, retrying up to webhookTries times.
+// send posts t, with the retries of deliver.
 func (w *Webhook) send(ctx context.Context, t Transition) {
 	body, err := json.Marshal(t)
 	if err != nil {
 		w.log.Error("webhook encode", "err", err)
 		return
 	}
-	tries, err := w.deliver(ctx, body, func(try int, delay time.Duration, err error) {
+	// The patience counts from the transition, so that transitions
+	// queued behind one that waited for the receiver do not each wait
+	// as long again.
+	patience := w.patience
+	if !t.At.IsZero() {
+		patience = max(0, min(patience, w.patience-time.Since(t.At)))
+	}
+	tries, err := w.deliver(ctx, body, patience, func(try int, delay time.Duration, err error) {
 		w.log.Warn("webhook failed, retrying", "breaker", t.Name, "try", try, "in", delay, "err", err)
 	})
-	if err != nil && tries > 0 {
+	switch {
+	case err == nil && tries > webhookTries:
+		w.log.Info("webhook delivered after the receiver failed", "breaker", t.Name, "to", t.To,
+			"generation", t.Generation, "tries", tries)
+	case err != nil && tries > 0:
 		w.log.Error("webhook failed, giving up", "breaker", t.Name, "to", t.To,
 			"generation", t.Generation, "tries", tries, "err", err)
 	}
 }
 
 // deliver posts body up to webhookTries times, doubling the delay from
-// w.backoff between tries and calling retrying before each wait. It
-// returns the tries made and the last error, nil once the receiver
+// w.backoff between tries, then every w.slowEvery while that stays
+// within patience of the first try; it calls retrying before each wait.
+// It returns the tries made and the last error, nil once the receiver
 // accepted it; when ctx ends during a wait, tries is 0 and the error
 // wraps ctx's.
-func (w *Webhook) deliver(ctx context.Context, body []byte, retrying func(try int, delay time.Duration, err error)) (int, error) {
+func (w *Webhook) deliver(ctx context.Context, body []byte, patience time.Duration, retrying func(try int, delay time.Duration, err error)) (int, error) {
+	first := time.Now()
 	delay := w.backoff
 	for try := 1; ; try++ {
 		err := w.post(ctx, body)
-		if err == nil || try == webhookTries || ctx.Err() != nil {
+		if err == nil || ctx.Err() != nil {
 			return try, err
+		}
+		if try >= webhookTries {
+			delay = w.slowEvery
+			if time.Since(first)+delay > patience {
+				return try, err
+			}
 		}
 		if retrying != nil {
 			retrying(try, delay, err)
@@ -165,7 +195,9 @@ func (w *Webhook) deliver(ctx context.Context, body []byte, retrying func(try in
 			return 0, fmt.Errorf("%w (after %d tries: %v)", ctx.Err(), try, err)
 		case <-time.After(delay):
 		}
-		delay *= 2
+		if try < webhookTries {
+			delay *= 2
+		}
 	}
 }
 

@@ -54,24 +54,120 @@ func TestWebhookRetries(t *testing.T) {
 	}
 }
 
+// TestWebhookGivesUp: a receiver that never accepts gets the quick tries,
+// then the slow ones until the patience runs out, of each transition in
+// turn.
 func TestWebhookGivesUp(t *testing.T) {
-	var calls atomic.Int32
+	var mu sync.Mutex
+	var names []string
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		calls.Add(1)
+		var tr struct{ Breaker string }
+		_ = json.NewDecoder(r.Body).Decode(&tr)
+		mu.Lock()
+		names = append(names, tr.Breaker)
+		mu.Unlock()
 		w.WriteHeader(http.StatusInternalServerError)
 	}))
 	defer srv.Close()
 	w := newWebhook(srv.URL, srv.Client(), nil, time.Millisecond)
+	w.slowEvery, w.patience = 5*time.Millisecond, 100*time.Millisecond
 	w.Notify(Transition{Name: "a", To: Open})
 	w.Notify(Transition{Name: "b", To: Open})
+	calls := func() (a, b int, ordered bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		ordered = true
+		for i, n := range names {
+			if n == "a" {
+				a++
+				ordered = ordered && (i == 0 || names[i-1] == "a")
+			} else {
+				b++
+			}
+		}
+		return a, b, ordered
+	}
 	deadline := time.Now().Add(5 * time.Second)
-	for calls.Load() < 2*webhookTries && time.Now().Before(deadline) {
+	for {
+		a1, b1, _ := calls()
+		time.Sleep(300 * time.Millisecond) // longer than the patience
+		a2, b2, _ := calls()
+		if a1 == a2 && b1 == b2 && b2 > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	w.Close()
+	a, b, ordered := calls()
+	t.Logf("tries: %d for the first transition, %d for the second", a, b)
+	if a <= webhookTries || b <= webhookTries {
+		t.Errorf("%d and %d tries, want more than the %d quick ones for each", a, b, webhookTries)
+	}
+	// The quick tries take 15 ms here; then one every 5 ms up to 100 ms.
+	if most := webhookTries + 100/5; a > most || b > most {
+		t.Errorf("%d and %d tries, want at most %d within the patience", a, b, most)
+	}
+	if !ordered {
+		t.Errorf("tries of the two transitions interleaved: %v", names)
+	}
+}
+
+// TestWebhookOutlivesOutage: a receiver down for longer than the quick
+// tries gets the transition once it is back, and the next one after it.
+func TestWebhookOutlivesOutage(t *testing.T) {
+	const downFor = 3 * webhookTries
+	var calls atomic.Int32
+	got := make(chan string, 2)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) <= downFor {
+			http.Error(w, "deploying", http.StatusBadGateway)
+			return
+		}
+		var tr struct{ Breaker string }
+		_ = json.NewDecoder(r.Body).Decode(&tr)
+		got <- tr.Breaker
+	}))
+	defer srv.Close()
+	w := newWebhook(srv.URL, srv.Client(), nil, time.Millisecond)
+	w.slowEvery, w.patience = 5*time.Millisecond, time.Minute
+	defer w.Close()
+	w.Notify(Transition{Name: "a", To: Open})
+	w.Notify(Transition{Name: "a", To: Closed})
+	for _, want := range []string{"a", "a"} {
+		select {
+		case name := <-got:
+			if name != want {
+				t.Fatalf("delivered %q, want %q", name, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("not delivered after %d calls; the receiver failed the first %d", calls.Load(), downFor)
+		}
+	}
+	if n := calls.Load(); n != downFor+2 {
+		t.Errorf("%d calls, want %d (the failed ones, then one for each transition)", n, downFor+2)
+	}
+}
+
+// TestWebhookPatienceFromTransition: a transition that waited in the
+// queue past the patience (behind others, while the receiver was down)
+// gets the quick tries only.
+func TestWebhookPatienceFromTransition(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+	w := newWebhook(srv.URL, srv.Client(), nil, time.Millisecond)
+	w.slowEvery, w.patience = 5*time.Millisecond, time.Minute
+	w.Notify(Transition{Name: "a", To: Open, At: time.Now().Add(-2 * time.Minute)})
+	deadline := time.Now().Add(5 * time.Second)
+	for calls.Load() < webhookTries && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	time.Sleep(50 * time.Millisecond)
+	time.Sleep(100 * time.Millisecond) // room for slow tries, were there any
 	w.Close()
-	if n := calls.Load(); n != 2*webhookTries {
-		t.Fatalf("%d calls, want %d (%d tries for each of two transitions)", n, 2*webhookTries, webhookTries)
+	if n := calls.Load(); n != webhookTries {
+		t.Errorf("%d tries of a transition made 2 minutes before, with a patience of 1 minute; want the %d quick ones", n, webhookTries)
 	}
 }
 
