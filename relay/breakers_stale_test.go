@@ -10,6 +10,7 @@ import (
 
 	"holdfast/auth"
 	"holdfast/breaker"
+	"holdfast/queue"
 )
 
 // TestStaleProbeHandedBack: the fleet's record names a newer secret as
@@ -99,5 +100,50 @@ func TestRefusedStaleUnreadable(t *testing.T) {
 	}
 	if stale, err := g.probeRefusedStale(gone, "contoso", errors.New("dial tcp: refused")); stale || err != nil {
 		t.Errorf("for a failure other than Entra's refusal: stale %v, err %v; want neither", stale, err)
+	}
+}
+
+// TestStaleFromExpiryRead: the fleet's record names a newer secret as the
+// one that works, and Entra has deleted the secret this relay's older
+// file holds. The relay's expiry read (at start, on SIGHUP, each check
+// interval) gets its Graph token refused: that tells it it is stale, as a
+// refused delivery would, so mail submitted next waits for another relay
+// without this one trying it, or sending the deleted secret again.
+func TestStaleFromExpiryRead(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	r := e.relays[0]
+	g := r.gate
+	status := statusOf(t, g.set)
+	ctx := t.Context()
+	name := credentialBreaker("contoso")
+	// The relay's own expiry read at start comes first: its token would
+	// rightly win over the record below.
+	waitFor(t, 10*time.Second, "the expiry check's token", func() bool {
+		return strings.Contains(e.logs.String(), "credential expiry checked")
+	})
+	e.sim.RotateSecret(simTenant, simClientID, "rotated-"+simSecret)
+	// The newer secret got its token more than a second after this
+	// relay's file was written (see breaker.Material.Stale).
+	time.Sleep(1100 * time.Millisecond)
+	if err := g.set.Succeeded(ctx, name, "0123456789abcdef"); err != nil {
+		t.Fatal(err)
+	}
+	r.expiry.CheckAll(ctx)
+	if got := status(name).StaleReplicas; !slices.Contains(got, g.replica) {
+		t.Fatalf("after a refused expiry read, stale replicas %v, want %s listed", got, g.replica)
+	}
+	refused := e.sim.Counters().Clients[simClientID].TokenErrors
+	id := e.submit(t, 0, "billing@contoso.com", "a@example.org", exchangeMessage(1, "billing@contoso.com"))
+	// A stale relay does not lease the credential's routes: the message
+	// waits for another relay.
+	time.Sleep(2 * time.Second)
+	if m := e.get(t, id); m.State != queue.Ready || m.Attempts != 0 {
+		t.Errorf("message %s %d attempts after 2 s, want it waiting untried for another relay", m.State, m.Attempts)
+	}
+	if got := e.sim.Counters().Clients[simClientID].TokenErrors - refused; got != 0 {
+		t.Errorf("%d more refused token requests after the expiry read, want none", got)
+	}
+	if st := status(name); st.State != breaker.Closed || st.Failures != 0 {
+		t.Errorf("breaker %+v after the stale relay's refusals, want closed with no failure", st)
 	}
 }
