@@ -138,10 +138,12 @@ type Credential struct {
 	// refusedAt is when Entra last refused each secret of mat, by index:
 	// a refused secret is not preferred again for refusedMemory.
 	refusedAt map[int]time.Time
-	// proven is mat once it got a token; trial is the request under way
-	// while it has not (see trial).
-	proven *material
-	trial  *trial
+	// proven is mat once it got a token, and provenFirst the secret
+	// tried first then; trial is the request under way while they have
+	// not (see trial).
+	proven      *material
+	provenFirst int
+	trial       *trial
 }
 
 // NewHTTPClient returns an HTTP client for the token endpoint with a 10 s
@@ -303,7 +305,7 @@ func (c *Credential) material() *material {
 }
 
 func (c *Credential) fetch() (*oauth2.Token, error) {
-	return c.redeem(c.log, []string{c.opts.Scope}, nil)
+	return c.redeem(context.Background(), c.log, []string{c.opts.Scope}, nil)
 }
 
 // redeemMaterial makes one token request with material m: the secret in

@@ -102,7 +102,7 @@ func (s *DelegatedSource) fetch() (*oauth2.Token, error) {
 			return nil, fmt.Errorf("grant %s belongs to credential %q, not %q; its queued mail waits for a grant of %q (PUT /v1/mailboxes/{address})",
 				s.mailbox, gr.Credential, s.cred.Name(), s.cred.Name())
 		}
-		tok, err := s.cred.redeem(s.log, DelegatedScopes, url.Values{
+		tok, err := s.cred.redeem(ctx, s.log, DelegatedScopes, url.Values{
 			"grant_type":    {"refresh_token"},
 			"refresh_token": {rt},
 		})

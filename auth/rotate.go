@@ -67,7 +67,7 @@ func (c *Credential) RemovePassword(ctx context.Context, graphURL, keyID string)
 // answer's body. A token failure is a *TokenError; an error answer of
 // Graph is a *GraphError.
 func (c *Credential) graphApp(ctx context.Context, graphURL, method, suffix string, body []byte) ([]byte, error) {
-	tok, err := c.redeem(c.log, []string{GraphScope}, nil)
+	tok, err := c.redeem(ctx, c.log, []string{GraphScope}, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -1,7 +1,9 @@
 package auth
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/url"
 
@@ -10,7 +12,7 @@ import (
 
 // A token request made with material that has not got a token yet (the
 // files as loaded at start or after they changed, or after Entra refused
-// them) is a trial. While it is under way the credential's other token
+// them; for several secret files, the secret tried first) is a trial. While it is under way the credential's other token
 // requests, for any scope or grant, wait for its answer instead of sending
 // the same secret, certificate or assertion beside it. When Entra refuses
 // the client (invalid_client: a secret unknown or expired, a certificate
@@ -32,31 +34,43 @@ type trial struct {
 	// refusal is what the waiters return: the trial's invalid_client
 	// answer. When nil, each waiter tries again itself.
 	refusal *TokenError
+	waiting int // requests waiting for it, guarded by Credential.mu
 }
 
 // redeem makes a token request with the credential's client
 // authentication (see redeemMaterial), as a trial or beside other
-// requests; see trial.
-func (c *Credential) redeem(log *slog.Logger, scopes []string, params url.Values) (*oauth2.Token, error) {
-	m, first, tr, lead := c.joinTrial()
-	if tr != nil && !lead {
-		<-tr.done
-		if tr.refusal != nil {
-			log.Debug("token request not sent: Entra refused these client credentials to the request it waited for",
-				"aadsts", tr.refusal.AADSTS)
-			cp := *tr.refusal
-			return nil, &cp
+// requests; see trial. ctx bounds only the wait for a trial: the request
+// itself runs under the HTTP client's timeouts.
+func (c *Credential) redeem(ctx context.Context, log *slog.Logger, scopes []string, params url.Values) (*oauth2.Token, error) {
+	for {
+		m, first, tr, lead := c.joinTrial()
+		if tr != nil && !lead {
+			select {
+			case <-tr.done:
+			case <-ctx.Done():
+				return nil, fmt.Errorf("credential %s: waiting for the token request under way: %w", c.opts.Name, ctx.Err())
+			}
+			if tr.refusal != nil {
+				cp := *tr.refusal
+				return nil, &cp
+			}
+			c.mu.Lock()
+			moved := c.mat != tr.m
+			c.mu.Unlock()
+			if moved {
+				continue // new files, with a trial of their own
+			}
+			// The trial got a token, or failed for a reason of its own
+			// (the endpoint unreachable, throttled, a grant refused): the
+			// requests that waited for it now go side by side rather than
+			// each wait for the one before.
+			m, first = c.secretInUse()
+			tr = nil
 		}
-		// The trial got a token, or failed for a reason of its own
-		// (the endpoint unreachable, throttled, a grant refused): the
-		// requests that waited for it go side by side, so that an
-		// endpoint that times out delays them once, not once each.
-		m, first = c.secretInUse()
-		tr = nil
+		tok, err := c.redeemMaterial(log, scopes, params, m, first)
+		c.endTrial(m, tr, err)
+		return tok, err
 	}
-	tok, err := c.redeemMaterial(log, scopes, params, m, first)
-	c.endTrial(m, tr, err)
-	return tok, err
 }
 
 // joinTrial returns the material and the secret to try first, and how to
@@ -67,9 +81,10 @@ func (c *Credential) joinTrial() (m *material, first int, tr *trial, lead bool) 
 	defer c.mu.Unlock()
 	m, first = c.mat, c.inUse
 	switch {
-	case c.proven == m:
+	case c.proven == m && c.provenFirst == first:
 		return m, first, nil, false
 	case c.trial != nil && c.trial.m == m && c.trial.first == first:
+		c.trial.waiting++
 		return m, first, c.trial, false
 	}
 	c.trial = &trial{m: m, first: first, done: make(chan struct{})}
@@ -87,7 +102,9 @@ func (c *Credential) endTrial(m *material, tr *trial, err error) {
 	switch {
 	case err == nil || isTE && te.Code == CodeInvalidGrant:
 		if c.mat == m {
-			c.proven = m
+			// The secret in use now is the one that got the token
+			// (useSecret), or the one tried first.
+			c.proven, c.provenFirst = m, c.inUse
 		}
 	case isTE && te.Code == CodeInvalidClient:
 		if c.proven == m {
@@ -100,7 +117,14 @@ func (c *Credential) endTrial(m *material, tr *trial, err error) {
 	if tr != nil && c.trial == tr {
 		c.trial = nil
 	}
+	waited := 0
+	if tr != nil && tr.refusal != nil {
+		waited = tr.waiting
+	}
 	c.mu.Unlock()
+	if waited > 0 {
+		c.log.Debug("Entra refused the client credentials; the requests that waited get that refusal", "waited", waited)
+	}
 	if tr != nil {
 		close(tr.done)
 	}

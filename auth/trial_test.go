@@ -41,6 +41,9 @@ func newTrialEntra(t *testing.T) *trialEntra {
 		}
 		writeToken(w, "token-"+form.Get("scope"), 3600, "")
 	})
+	// Run before the server closes: a test that failed holding requests
+	// lets them answer, so that it ends rather than hangs.
+	t.Cleanup(func() { e.hold.Store(false); e.releaseAll() })
 	return e
 }
 
@@ -76,6 +79,27 @@ func (e *trialEntra) arrival(d time.Duration) bool {
 	}
 }
 
+// waitTrial waits up to 10 s for n requests to wait for c's trial.
+func waitTrial(t *testing.T, c *Credential, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c.mu.Lock()
+		waiting := 0
+		if c.trial != nil {
+			waiting = c.trial.waiting
+		}
+		c.mu.Unlock()
+		if waiting >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d requests wait for the trial after 10 s, want %d", waiting, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // TestTrialSharesRefusal: a credential whose secret has not got a token
 // yet sends one request at a time; when Entra refuses the client, a
 // request for another scope made meanwhile returns that refusal without
@@ -102,9 +126,12 @@ func TestTrialSharesRefusal(t *testing.T) {
 		if !e.arrival(5 * time.Second) {
 			t.Fatal("the Exchange token request did not arrive")
 		}
-		wg.Go(func() { _, graph = c.redeem(c.log, []string{GraphScope}, nil) })
+		wg.Go(func() { _, graph = c.redeem(ctx, c.log, []string{GraphScope}, nil) })
 		if sideBySide && e.arrival(5*time.Second) {
 			more++
+		}
+		if !sideBySide {
+			waitTrial(t, c, 1)
 		}
 		more += e.arrivals(300 * time.Millisecond)
 		e.releaseAll()
@@ -174,7 +201,17 @@ func TestTrialDelegated(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
 	var refuse, unavailable atomic.Bool
 	var inFlight, most atomic.Int64
+	// hold, when not nil, holds the first request until closed.
+	var holdMu sync.Mutex
+	var hold chan struct{}
 	f := newFakeEntra(t, func(w http.ResponseWriter, r *http.Request, form url.Values) {
+		holdMu.Lock()
+		h := hold
+		hold = nil
+		holdMu.Unlock()
+		if h != nil {
+			<-h
+		}
 		n := inFlight.Add(1)
 		defer inFlight.Add(-1)
 		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
@@ -200,15 +237,25 @@ func TestTrialDelegated(t *testing.T) {
 		boxes = append(boxes, box)
 	}
 	// refreshAll refreshes every mailbox's token at once with a new
-	// credential, as a relay starting, and returns the errors.
+	// credential, as a relay starting, and returns the errors. The first
+	// request is held at Entra until all the others wait for it.
 	refreshAll := func(secret string) []error {
 		cred := secretCredential(t, f, writeFile(t, t.TempDir(), "secret", secret), nil)
+		release := make(chan struct{})
+		holdMu.Lock()
+		hold = release
+		holdMu.Unlock()
+		released := sync.OnceFunc(func() { close(release) })
+		t.Cleanup(released) // a failed wait below must not leave it held
+		defer released()
 		errs := make([]error, len(boxes))
 		var wg sync.WaitGroup
 		for i, box := range boxes {
 			src := g.TokenSource(cred, box)
 			wg.Go(func() { _, errs[i] = src.Token(t.Context()) })
 		}
+		waitTrial(t, cred, len(boxes)-1)
+		released()
 		wg.Wait()
 		return errs
 	}
@@ -257,4 +304,58 @@ func TestTrialDelegated(t *testing.T) {
 		t.Errorf("at most %d refresh at a time with a secret that got a token, want them side by side", most.Load())
 	}
 	t.Logf("refreshes at a time with a good secret: at most %d", most.Load())
+}
+
+// TestTrialPreferredSecret: with two secret files, Graph's later date
+// makes the second secret the one tried first. It has never got a token,
+// and Entra does not know it yet: requests for two scopes made at once
+// send it once, not once each, before falling back to the first.
+func TestTrialPreferredSecret(t *testing.T) {
+	dir := t.TempDir()
+	a := writeFile(t, dir, "a", "Aaa-secret")
+	b := writeFile(t, dir, "b", "Bbb-secret")
+	se := &secretsEntra{}
+	se.set([]string{"Aaa-secret"}, nil)
+	var bArrived sync.Once
+	arrived, release := make(chan struct{}), make(chan struct{})
+	released := sync.OnceFunc(func() { close(release) })
+	f := newFakeEntra(t, func(w http.ResponseWriter, r *http.Request, form url.Values) {
+		if form.Get("client_secret") == "Bbb-secret" {
+			bArrived.Do(func() { close(arrived) })
+			<-release
+		}
+		se.handle(t)(w, r, form)
+	})
+	now := time.Now()
+	t.Cleanup(released) // before the server closes, should the test fail holding Bbb-secret
+	c := secretCredential(t, f, "", func(o *CredentialOptions) { o.ClientSecretFiles = []string{a, b} })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !c.SetSecretDates(map[string]time.Time{"Aaa": now.Add(10 * 24 * time.Hour), "Bbb": now.Add(200 * 24 * time.Hour)}) {
+		t.Fatal("Graph's later date for Bbb did not make it first")
+	}
+	c.Invalidate()
+	var wg sync.WaitGroup
+	var exchange, graph error
+	wg.Go(func() { _, exchange = c.Token(ctx) })
+	<-arrived
+	wg.Go(func() { _, graph = c.redeem(ctx, c.log, []string{GraphScope}, nil) })
+	waitTrial(t, c, 1)
+	released()
+	wg.Wait()
+	if exchange != nil || graph != nil {
+		t.Fatalf("tokens: %v, %v; want both from Aaa-secret after Bbb-secret was refused", exchange, graph)
+	}
+	sentB := 0
+	for _, s := range se.tried() {
+		if s == "Bbb-secret" {
+			sentB++
+		}
+	}
+	if sentB != 1 {
+		t.Errorf("Bbb-secret sent %d times for two scopes asked at once, want 1 (sent: %v)", sentB, se.tried())
+	}
 }
