@@ -256,15 +256,7 @@ func TestPreferredDuringFetch(t *testing.T) {
 	b := writeFile(t, dir, "b", "Bbb-secret")
 	se := &secretsEntra{}
 	se.set([]string{"Aaa-secret", "Bbb-secret"}, nil)
-	arrived, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	f := newFakeEntra(t, func(w http.ResponseWriter, r *http.Request, form url.Values) {
-		if form.Get("client_secret") == "Aaa-secret" {
-			once.Do(func() { close(arrived) })
-			<-release
-		}
-		se.handle(t)(w, r, form)
-	})
+	f, arrived, released := holdSecret(t, se, "Aaa-secret")
 	now := time.Now()
 	c := secretCredential(t, f, "", func(o *CredentialOptions) {
 		o.ClientSecretFiles = []string{a, b}
@@ -274,7 +266,6 @@ func TestPreferredDuringFetch(t *testing.T) {
 	defer cancel()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	released := sync.OnceFunc(func() { close(release) })
 	defer released()
 
 	wg.Go(func() { _, _ = c.Token(ctx) }) // sends Aaa-secret, answered late
@@ -312,4 +303,23 @@ func TestPreferredDuringFetch(t *testing.T) {
 	if hint, _ := c.InUse(); hint != "Bbb" {
 		t.Errorf("in use %q after the late answer for Aaa, want Bbb", hint)
 	}
+}
+
+// holdSecret is a fake token endpoint answering as se does, that holds
+// each request sending secret until released is called; arrived is closed
+// when the first one comes. released also runs at the test's cleanup,
+// before the server closes, so that a failed test does not hang.
+func holdSecret(t *testing.T, se *secretsEntra, secret string) (f *fakeEntra, arrived chan struct{}, released func()) {
+	arrived, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	f = newFakeEntra(t, func(w http.ResponseWriter, r *http.Request, form url.Values) {
+		if form.Get("client_secret") == secret {
+			once.Do(func() { close(arrived) })
+			<-release
+		}
+		se.handle(t)(w, r, form)
+	})
+	released = sync.OnceFunc(func() { close(release) })
+	t.Cleanup(released)
+	return f, arrived, released
 }

@@ -316,18 +316,8 @@ func TestTrialPreferredSecret(t *testing.T) {
 	b := writeFile(t, dir, "b", "Bbb-secret")
 	se := &secretsEntra{}
 	se.set([]string{"Aaa-secret"}, nil)
-	var bArrived sync.Once
-	arrived, release := make(chan struct{}), make(chan struct{})
-	released := sync.OnceFunc(func() { close(release) })
-	f := newFakeEntra(t, func(w http.ResponseWriter, r *http.Request, form url.Values) {
-		if form.Get("client_secret") == "Bbb-secret" {
-			bArrived.Do(func() { close(arrived) })
-			<-release
-		}
-		se.handle(t)(w, r, form)
-	})
+	f, arrived, released := holdSecret(t, se, "Bbb-secret")
 	now := time.Now()
-	t.Cleanup(released) // before the server closes, should the test fail holding Bbb-secret
 	c := secretCredential(t, f, "", func(o *CredentialOptions) { o.ClientSecretFiles = []string{a, b} })
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
