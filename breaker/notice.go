@@ -41,6 +41,6 @@ func (w *Webhook) Post(ctx context.Context, v any) error {
 	if err != nil {
 		return fmt.Errorf("webhook encode: %w", err)
 	}
-	_, err = w.deliver(ctx, body, 0, nil)
+	_, err = w.deliver(ctx, body, time.Time{}, nil)
 	return err
 }

@@ -30,9 +30,9 @@ const (
 // Webhook POSTs each transition as JSON to a URL from a background
 // goroutine, in order, retrying with exponential backoff (webhookTries
 // quick tries), then every webhookSlowEvery until webhookPatience after
-// the transition; later transitions wait meanwhile. Notify never blocks: when the queue
-// is full the oldest waiting transition is dropped and logged. Its Notify
-// method fits Options.OnTransition.
+// the transition; later transitions wait meanwhile. Notify never blocks:
+// when the queue is full the oldest waiting transition is dropped and
+// logged. Its Notify method fits Options.OnTransition.
 type Webhook struct {
 	url       string
 	client    *http.Client
@@ -150,11 +150,11 @@ func (w *Webhook) send(ctx context.Context, t Transition) {
 	// The patience counts from the transition, so that transitions
 	// queued behind one that waited for the receiver do not each wait
 	// as long again.
-	patience := w.patience
-	if !t.At.IsZero() {
-		patience = max(0, min(patience, w.patience-time.Since(t.At)))
+	made := t.At
+	if made.IsZero() || made.After(time.Now()) {
+		made = time.Now()
 	}
-	tries, err := w.deliver(ctx, body, patience, func(try int, delay time.Duration, err error) {
+	tries, err := w.deliver(ctx, body, made.Add(w.patience), func(try int, delay time.Duration, err error) {
 		w.log.Warn("webhook failed, retrying", "breaker", t.Name, "try", try, "in", delay, "err", err)
 	})
 	switch {
@@ -168,22 +168,20 @@ func (w *Webhook) send(ctx context.Context, t Transition) {
 }
 
 // deliver posts body up to webhookTries times, doubling the delay from
-// w.backoff between tries, then every w.slowEvery while that stays
-// within patience of the first try; it calls retrying before each wait.
-// It returns the tries made and the last error, nil once the receiver
-// accepted it; when ctx ends during a wait, tries is 0 and the error
-// wraps ctx's.
-func (w *Webhook) deliver(ctx context.Context, body []byte, patience time.Duration, retrying func(try int, delay time.Duration, err error)) (int, error) {
-	first := time.Now()
-	delay := w.backoff
+// w.backoff between tries, then every w.slowEvery while the next try
+// comes before until; it calls retrying before each wait. It returns the
+// tries made and the last error, nil once the receiver accepted it; when
+// ctx ends during a wait, tries is 0 and the error wraps ctx's.
+func (w *Webhook) deliver(ctx context.Context, body []byte, until time.Time, retrying func(try int, delay time.Duration, err error)) (int, error) {
 	for try := 1; ; try++ {
 		err := w.post(ctx, body)
 		if err == nil || ctx.Err() != nil {
 			return try, err
 		}
+		delay := w.backoff << (try - 1)
 		if try >= webhookTries {
 			delay = w.slowEvery
-			if time.Since(first)+delay > patience {
+			if time.Now().Add(delay).After(until) {
 				return try, err
 			}
 		}
@@ -194,9 +192,6 @@ func (w *Webhook) deliver(ctx context.Context, body []byte, patience time.Durati
 		case <-ctx.Done():
 			return 0, fmt.Errorf("%w (after %d tries: %v)", ctx.Err(), try, err)
 		case <-time.After(delay):
-		}
-		if try < webhookTries {
-			delay *= 2
 		}
 	}
 }
