@@ -138,12 +138,10 @@ type Credential struct {
 	// refusedAt is when Entra last refused each secret of mat, by index:
 	// a refused secret is not preferred again for refusedMemory.
 	refusedAt map[int]time.Time
-	// proven is mat once it got a token, and provenFirst the secret
-	// tried first then; trial is the request under way while they have
-	// not (see trial).
-	proven      *material
-	provenFirst int
-	trial       *trial
+	// proven is mat and the secret tried first once they got a token;
+	// trial is the request under way while they have not (see trial).
+	proven tried
+	trial  *trial
 }
 
 // NewHTTPClient returns an HTTP client for the token endpoint with a 10 s

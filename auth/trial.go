@@ -12,11 +12,12 @@ import (
 
 // A token request made with material that has not got a token yet (the
 // files as loaded at start or after they changed, or after Entra refused
-// them; for several secret files, the secret tried first) is a trial. While it is under way the credential's other token
-// requests, for any scope or grant, wait for its answer instead of sending
-// the same secret, certificate or assertion beside it. When Entra refuses
-// the client (invalid_client: a secret unknown or expired, a certificate
-// or assertion not accepted, which no scope changes), they all return that
+// them; for several secret files, the secret tried first) is a trial.
+// While it is under way the credential's other token requests, for any
+// scope or grant, wait for its answer instead of sending the same secret,
+// certificate or assertion beside it. When Entra refuses the client
+// (invalid_client: a secret unknown or expired, a certificate or
+// assertion not accepted, which no scope changes), they all return that
 // refusal: Entra sees one refused request, not one per scope or mailbox.
 // When the trial fails for another reason (the endpoint unreachable or
 // throttled, a grant refused), the requests that waited go side by side;
@@ -26,11 +27,17 @@ import (
 // of its delegated mailboxes at about the same moment, one request each;
 // without trials, Entra would see as many refused requests as mailboxes.
 
+// tried names what a request sends: the material and, for several
+// secret files, the one tried first (Credential.inUse).
+type tried struct {
+	m     *material
+	first int
+}
+
 // trial is a token request under way with material not yet proven.
 type trial struct {
-	m     *material
-	first int // the secret of m tried first (inUse), for a secret credential
-	done  chan struct{}
+	tried
+	done chan struct{}
 	// refusal is what the waiters return: the trial's invalid_client
 	// answer. When nil, each waiter tries again itself.
 	refusal *TokenError
@@ -79,16 +86,16 @@ func (c *Credential) redeem(ctx context.Context, log *slog.Logger, scopes []stri
 func (c *Credential) joinTrial() (m *material, first int, tr *trial, lead bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	m, first = c.mat, c.inUse
+	now := tried{c.mat, c.inUse}
 	switch {
-	case c.proven == m && c.provenFirst == first:
-		return m, first, nil, false
-	case c.trial != nil && c.trial.m == m && c.trial.first == first:
+	case c.proven == now:
+		return now.m, now.first, nil, false
+	case c.trial != nil && c.trial.tried == now:
 		c.trial.waiting++
-		return m, first, c.trial, false
+		return now.m, now.first, c.trial, false
 	}
-	c.trial = &trial{m: m, first: first, done: make(chan struct{})}
-	return m, first, c.trial, true
+	c.trial = &trial{tried: now, done: make(chan struct{})}
+	return now.m, now.first, c.trial, true
 }
 
 // endTrial records what a request with m ended with: m is proven by a
@@ -104,11 +111,11 @@ func (c *Credential) endTrial(m *material, tr *trial, err error) {
 		if c.mat == m {
 			// The secret in use now is the one that got the token
 			// (useSecret), or the one tried first.
-			c.proven, c.provenFirst = m, c.inUse
+			c.proven = tried{m, c.inUse}
 		}
 	case isTE && te.Code == CodeInvalidClient:
-		if c.proven == m {
-			c.proven = nil
+		if c.proven.m == m {
+			c.proven = tried{}
 		}
 		if tr != nil {
 			tr.refusal = te
