@@ -105,6 +105,11 @@ type CredentialOptions struct {
 	// endpoint issued: proof that this material works.
 	OnIssued func(name, fingerprint string)
 
+	// OnRefused is called with Name and each error answer of the token
+	// endpoint (its Fingerprint and Written set), for any scope or grant:
+	// a refusal of this material, which the caller may hold against it.
+	OnRefused func(name string, te *TokenError)
+
 	// Now is the clock. Default: time.Now.
 	Now func() time.Time
 
@@ -409,6 +414,9 @@ func (c *Credential) redeemWith(log *slog.Logger, scopes []string, params url.Va
 			te.Fingerprint, te.Written = fingerprint, written
 			log.Warn("token request rejected", "status", te.HTTPStatus, "error", te.Code,
 				"aadsts", te.AADSTS, "suberror", te.SubError, "correlation_id", te.CorrelationID)
+			if c.opts.OnRefused != nil {
+				c.opts.OnRefused(c.opts.Name, te)
+			}
 		} else {
 			log.Warn("token request failed", "err", err)
 		}

@@ -85,11 +85,13 @@ func exchangeTLS(o ExchangeOptions) (*tls.Config, error) {
 
 // credentialHooks are told about the credentials' material: onChange when
 // a secret or certificate file changes, onIssued when it got a token,
-// onSecretInUse when another of several secrets became the one in use,
-// onSecretExpired when Entra said one expired.
+// onRefused when the token endpoint refused it (any scope: delivery,
+// expiry read, rotation), onSecretInUse when another of several secrets
+// became the one in use, onSecretExpired when Entra said one expired.
 type credentialHooks struct {
 	onChange        func(name string)
 	onIssued        func(name, fingerprint string)
+	onRefused       func(name string, te *auth.TokenError)
 	onSecretExpired func(name string)
 	onSecretInUse   func(name string)
 }
@@ -135,6 +137,7 @@ func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx
 	for i, c := range o.Credentials {
 		co := c.authOptions(outlookScope, httpClient, log)
 		co.OnChange, co.OnIssued, co.ReloadInterval = hooks.onChange, hooks.onIssued, credentialReload
+		co.OnRefused = hooks.onRefused
 		co.OnSecretInUse, co.OnSecretExpired = hooks.onSecretInUse, hooks.onSecretExpired
 		co.Metrics = authMx
 		authMx.Credential(c.Name)

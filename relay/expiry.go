@@ -175,11 +175,6 @@ type expiryConfig struct {
 	// token now: not while its breaker is open. A Graph read it refuses
 	// waits for the next retry tick.
 	graphAllowed func(ctx context.Context, name string) bool
-	// refused, when set, is told of each Graph read whose token Entra
-	// refused, as the gate is of a delivery's: a relay whose secret is
-	// older than the one that works for the fleet then stands aside
-	// before its first delivery sends that secret again.
-	refused func(name string, te *auth.TokenError)
 	// retry is how often a Graph read put off is tried again. Default
 	// expiryRetryEvery.
 	retry time.Duration
@@ -495,9 +490,6 @@ func (m *ExpiryMonitor) graphExpiries(name string) []Expiry {
 // once per distinct error at warning.
 func (m *ExpiryMonitor) readGraph(ctx context.Context, name string, live *auth.Credential) ([]auth.AppCredential, error) {
 	list, err := live.AppCredentials(ctx, m.cfg.graphURL)
-	if te := (*auth.TokenError)(nil); errors.As(err, &te) && m.cfg.refused != nil {
-		m.cfg.refused(name, te)
-	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err != nil {
@@ -678,7 +670,6 @@ func (s *Server) newExpiryMonitor() error {
 			ok, _ := s.gate.set.Allow(ctx, credentialBreaker(name))
 			return ok
 		},
-		refused: func(name string, te *auth.TokenError) { s.gate.refusedStale(name, te) },
 	}
 	if s.webhook != nil {
 		cfg.events = s.webhook

@@ -195,7 +195,12 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		// The expiry monitor marks the dates of the secret in use.
 		inUse := func(name string) { s.expiry.Reloaded(name) }
 		expired := func(name string) { s.expiry.SecretExpired(name) }
-		hooks := credentialHooks{onChange: onChange, onIssued: g.issued, onSecretExpired: expired, onSecretInUse: inUse}
+		// A refusal of material older than the one that works marks this
+		// relay stale, whatever asked for the token: the expiry read at
+		// start tells a relay on an old secret before its first delivery.
+		refused := func(name string, te *auth.TokenError) { g.refusedStale(name, te) }
+		hooks := credentialHooks{onChange: onChange, onIssued: g.issued, onRefused: refused,
+			onSecretExpired: expired, onSecretInUse: inUse}
 		if s.exchange, err = newExchange(o, s.rdb, hooks, s.metrics, authMx, log); err != nil {
 			return nil, err
 		}
