@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -38,6 +39,19 @@ func (s State) String() string {
 // MarshalText writes "closed" or "open".
 func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
+// UnmarshalText reads "closed" or "open".
+func (s *State) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "open":
+		*s = Open
+	case "closed":
+		*s = Closed
+	default:
+		return fmt.Errorf("breaker: unknown state %q", b)
+	}
+	return nil
+}
+
 // Options configure a Set. The zero value of each field is its default.
 type Options struct {
 	Threshold    int           // consecutive counted failures, fleet-wide, that open a breaker; default 3
@@ -59,13 +73,16 @@ type Options struct {
 	// when that replica lost the script's reply, by the first other
 	// replica to see it. When Redis does not answer the claim, the
 	// replica calls it anyway: a transition may then be told twice, with
-	// the same ID, rather than not at all.
+	// the same ID, rather than not at all. Watch also calls it for a
+	// transition whose claimant stopped renewing its claim (see
+	// NoticeLease): a Webhook that tracks this Set renews the claims.
 	OnMade func(Transition)
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 	// Replica names this replica (its hostname), the same across its
 	// restarts: a replica started again after it was killed while it
-	// held a probe's lease takes the probe over (see AcquireProbe).
+	// held a probe's lease takes the probe over (see AcquireProbe), and
+	// the notices it had claimed but not posted (see NoticeLease).
 	// Empty: none.
 	Replica string
 }
@@ -174,6 +191,9 @@ type Set struct {
 
 	id      string    // this replica, for probes asked for by it
 	started time.Time // when the Set was made (see Transition.Found)
+	// noticeLease is NoticeLease; tests shorten it.
+	noticeLease time.Duration
+	released    atomic.Bool // ReleaseNotices was called
 
 	mu   sync.Mutex
 	brks map[string]*entry
@@ -209,12 +229,13 @@ func New(rdb redis.UniversalClient, o Options) *Set {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return &Set{
-		rdb:     rdb,
-		id:      hex.EncodeToString(b[:]),
-		started: o.Now(),
-		o:       o,
-		log:     o.Logger.With("component", "breaker"),
-		brks:    make(map[string]*entry),
+		rdb:         rdb,
+		id:          hex.EncodeToString(b[:]),
+		started:     o.Now(),
+		noticeLease: NoticeLease,
+		o:           o,
+		log:         o.Logger.With("component", "breaker"),
+		brks:        make(map[string]*entry),
 	}
 }
 
@@ -364,22 +385,6 @@ func (s *Set) made(ctx context.Context, st Status) {
 	}
 }
 
-// notifyScript claims the notice of the transition of a breaker to
-// generation ARGV[1] at ARGV[2] (unix ms): it returns 1 when no replica
-// has claimed it, or a later one, yet. A transition is later by its
-// generation, or by its time for a record made anew (Forget, or a Redis
-// that lost it) whose generations start again.
-var notifyScript = flagged(`
-local v = redis.call('GET', KEYS[1])
-if v then
-  local g, t = string.match(v, '^(%d+) (%d+)$')
-  if g and tonumber(g) >= tonumber(ARGV[1]) and tonumber(t) >= tonumber(ARGV[2]) then
-    return 0
-  end
-end
-redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2])
-return 1`)
-
 // notify calls OnMade for a transition this Set saw unless another
 // replica has claimed it: the replica whose script made it claims it
 // first (see made), and the others that see it claim it in case that
@@ -388,22 +393,6 @@ func (s *Set) notify(tr Transition) {
 	if s.claim(tr) {
 		s.o.OnMade(tr)
 	}
-}
-
-// claim reports whether this Set is to call OnMade for a transition: it
-// claimed its notice, or Redis did not answer the claim.
-func (s *Set) claim(tr Transition) bool {
-	if s.o.OnMade == nil {
-		return false
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	n, err := notifyScript.Run(ctx, s.rdb, []string{notifiedKey(tr.Name)}, tr.Generation, ms(tr.At)).Int()
-	if err != nil {
-		s.log.Warn("cannot claim the breaker transition's notice; sending it anyway", "breaker", tr.Name, "err", err)
-		return true
-	}
-	return n == 1
 }
 
 func newTransition(st Status, from State) Transition {

@@ -25,7 +25,10 @@
 // calls Options.OnMade (so a webhook goes out once per transition,
 // fleet-wide, with an event id); a replica that sees a transition whose
 // notice no replica claimed (its maker lost the script's reply) calls
-// OnMade instead. Watch re-reads a record at once when its transition
+// OnMade instead. A claim is a lease (NoticeLease) that the replica's
+// Webhook renews until the notice is posted; Watch takes over, and calls
+// OnMade for, a claim whose replica stopped renewing it (see ledger.go).
+// Watch re-reads a record at once when its transition
 // is published, and every record each Poll as a fallback; OnTransition
 // fires on each replica for each transition it sees. Fresh reads records
 // with no cache, for a check that must follow an operator's trip at once.

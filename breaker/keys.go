@@ -16,7 +16,14 @@ package breaker
 //	hf:{brk:NAME}:notified string "GENERATION SINCE" (unix ms) of the
 //	                             latest transition whose notice a replica
 //	                             claimed (OnMade)
+//	hf:{brk:NAME}:claims   hash  the claims of notices not yet posted:
+//	                             "GENERATION SINCE" -> "UNTIL CLAIMANT
+//	                             REPLICA TRANSITION" (the lease in unix
+//	                             ms, the claimant's id, its replica name,
+//	                             the transition as JSON); see ledger.go
 //	hf:brk:names           set   every breaker name that has had a record
+//	hf:brk:notices         zset  "GENERATION SINCE\nNAME" of every claim
+//	                             in a claims hash, scored by its lease
 //	hf:brk:log             zset  the latest transitions, fleet-wide: one
 //	                             JSON Transition (From left out) per member,
 //	                             scored by its time (unix ms)
@@ -44,6 +51,7 @@ package breaker
 const (
 	namesKey      = "hf:brk:names"
 	logKey        = "hf:brk:log"
+	noticesKey    = "hf:brk:notices"
 	eventsChannel = "hf:brk:events"
 )
 
@@ -56,6 +64,8 @@ func placesKey(name string) string { return recordKey(name) + ":places" }
 func attemptKey(name string) string { return recordKey(name) + ":attempt" }
 
 func notifiedKey(name string) string { return recordKey(name) + ":notified" }
+
+func claimsKey(name string) string { return recordKey(name) + ":claims" }
 
 // noticeKey marks a recurring notice (kind, name, level) as sent until it
 // expires; see Notices.Claim:

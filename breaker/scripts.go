@@ -2,10 +2,12 @@ package breaker
 
 import "github.com/redis/go-redis/v9"
 
-// Every script takes the breaker record as KEYS[1], its spread set as
-// KEYS[2] and its attempt state (see Attempts) as KEYS[3]. Times are unix ms from the caller's clock, so that every
-// replica and every test uses one clock. Scripts that change the record
-// return it as HGETALL does.
+// Every script here takes the breaker record as KEYS[1], its spread set
+// as KEYS[2] and its attempt state (see Attempts) as KEYS[3]. Times are
+// unix ms from the caller's clock, so that every replica and every test
+// uses one clock. Scripts that change the record return it as HGETALL
+// does. The notice ledger's scripts (ledger.go) take a breaker's claims
+// and read Redis's clock.
 
 // flagged returns a script that Redis runs past its maxmemory too (the
 // Redis 7 flag allow-oom): a queue that grew while a breaker held its

@@ -13,15 +13,28 @@ import (
 // which also covers a missed message or a lost subscription. A replica
 // starts from "closed, generation 0": a breaker already open when Watch
 // starts is reported once as a transition to open.
+//
+// With OnMade set, each poll also takes over the notices whose poster
+// stopped renewing its claim (see NoticeLease), and the first poll those
+// of an earlier process of this replica.
 func (s *Set) Watch(ctx context.Context) {
 	ps := s.rdb.Subscribe(ctx, eventsChannel)
 	defer func() { _ = ps.Close() }()
 	events := ps.Channel()
 	t := time.NewTicker(s.o.Poll)
 	defer t.Stop()
+	// Every claim is read until a first pass has read them all.
+	all := true
 	for {
 		if _, err := s.List(ctx); err != nil && ctx.Err() == nil {
 			s.log.Warn("breaker watch", "err", err)
+		}
+		if err := s.takeOver(ctx, all); err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("breaker watch: notices of stopped replicas", "err", err)
+			}
+		} else {
+			all = false
 		}
 		for waiting := true; waiting; {
 			select {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"sync"
 	"time"
 )
@@ -32,7 +33,13 @@ const (
 // quick tries), then every webhookSlowEvery until webhookPatience after
 // the transition; later transitions wait meanwhile. Notify never blocks:
 // when the queue is full the oldest waiting transition is dropped and
-// logged. Its Notify method fits Options.OnTransition.
+// logged (with a Ledger, its claim then lapses and a relay takes it over).
+// Its Notify method fits Options.OnMade.
+//
+// With a Ledger (Track), the claims of the transitions it has still to
+// post are kept alive every NoticeLease/3, ended when each is posted or
+// given up, and handed back at Close: a transition whose relay was killed
+// or stopped before posting it is posted by another.
 type Webhook struct {
 	url       string
 	client    *http.Client
@@ -40,14 +47,37 @@ type Webhook struct {
 	backoff   time.Duration
 	slowEvery time.Duration
 	patience  time.Duration
+	keepEvery time.Duration
+
+	ctx    context.Context // ends at Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 
 	mu      sync.Mutex
+	ledger  Ledger
+	tracked chan struct{} // closed by Track
+	track   sync.Once
 	queue   []Transition
+	current *Transition // being posted
+	recent  []string    // the IDs of the latest transitions posted or given up
 	wake    chan struct{}
-	stop    chan struct{}
-	done    chan struct{}
 	stopped bool
 }
+
+// A Ledger keeps, fleet-wide, the claims of the transitions' notices that
+// a Webhook posts (Set implements it; see NoticeLease).
+type Ledger interface {
+	// KeepNotices renews the claims of transitions still to be posted.
+	KeepNotices(ctx context.Context, ts []Transition)
+	// NoticeDone ends the claim of a transition posted or given up.
+	NoticeDone(ctx context.Context, t Transition)
+	// ReleaseNotices hands back the claims of transitions this Webhook
+	// will not post.
+	ReleaseNotices(ctx context.Context, ts []Transition)
+}
+
+// ledgerTimeout bounds each call to the Ledger.
+const ledgerTimeout = 2 * time.Second
 
 // NewWebhook starts a notifier posting to url with client (default
 // http.DefaultClient) and log (default slog.Default()). Call Close to
@@ -63,6 +93,7 @@ func newWebhook(url string, client *http.Client, log *slog.Logger, backoff time.
 	if log == nil {
 		log = slog.Default()
 	}
+	ctx, cancel := context.WithCancel(context.Background())
 	w := &Webhook{
 		url:       url,
 		client:    client,
@@ -70,18 +101,33 @@ func newWebhook(url string, client *http.Client, log *slog.Logger, backoff time.
 		backoff:   backoff,
 		slowEvery: webhookSlowEvery,
 		patience:  webhookPatience,
+		keepEvery: NoticeLease / 3,
+		ctx:       ctx,
+		cancel:    cancel,
 		wake:      make(chan struct{}, 1),
-		stop:      make(chan struct{}),
-		done:      make(chan struct{}),
+		tracked:   make(chan struct{}),
 	}
-	go w.loop()
+	w.wg.Go(w.loop)
+	w.wg.Go(w.keep)
 	return w
 }
 
-// Notify queues t to be sent.
+// Track makes the Webhook keep the claims of its transitions in l. Call
+// it before the first Notify.
+func (w *Webhook) Track(l Ledger) {
+	w.mu.Lock()
+	w.ledger = l
+	w.mu.Unlock()
+	w.track.Do(func() { close(w.tracked) })
+}
+
+// Notify queues t to be sent, unless it is queued, being sent or was
+// sent lately (a transition this relay claimed and took over again).
 func (w *Webhook) Notify(t Transition) {
 	w.mu.Lock()
-	if w.stopped {
+	same := func(q Transition) bool { return t.ID != "" && q.ID == t.ID }
+	if w.stopped || w.current != nil && same(*w.current) || slices.ContainsFunc(w.queue, same) ||
+		t.ID != "" && slices.Contains(w.recent, t.ID) {
 		w.mu.Unlock()
 		return
 	}
@@ -99,53 +145,122 @@ func (w *Webhook) Notify(t Transition) {
 	}
 }
 
-// Close stops the notifier; transitions still queued are not sent. It
-// waits for an attempt in flight to end.
+// Close stops the notifier: an attempt in flight is cancelled. It then
+// hands the claims of the transitions not posted back to the Ledger, for
+// another relay to post them (a transition whose cancelled POST the
+// receiver had taken is then posted twice, with the same ID). Stop the
+// Set's Watch first.
 func (w *Webhook) Close() {
 	w.mu.Lock()
-	if !w.stopped {
-		w.stopped = true
-		close(w.stop)
-	}
+	w.stopped = true
 	w.mu.Unlock()
-	<-w.done
+	w.cancel()
+	w.wg.Wait()
+	w.mu.Lock()
+	left := w.pending()
+	w.queue, w.current = nil, nil
+	l := w.ledger
+	w.mu.Unlock()
+	if l != nil && len(left) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), ledgerTimeout)
+		defer cancel()
+		l.ReleaseNotices(ctx, left)
+	}
+}
+
+// pending returns the transition being posted and those queued. w.mu is
+// held.
+func (w *Webhook) pending() []Transition {
+	var out []Transition
+	if w.current != nil {
+		out = append(out, *w.current)
+	}
+	return append(out, w.queue...)
 }
 
 func (w *Webhook) loop() {
-	defer close(w.done)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		<-w.stop
-		cancel()
-	}()
 	for {
 		w.mu.Lock()
-		var t Transition
 		ok := len(w.queue) > 0
+		var t Transition
 		if ok {
 			t = w.queue[0]
 			w.queue = w.queue[1:]
+			w.current = &t
 		}
 		w.mu.Unlock()
 		if !ok {
 			select {
-			case <-w.stop:
+			case <-w.ctx.Done():
 				return
 			case <-w.wake:
 				continue
 			}
 		}
-		w.send(ctx, t)
+		if !w.send(w.ctx, t) {
+			// Stopped in the middle: Close hands it back.
+			return
+		}
+		w.mu.Lock()
+		l := w.ledger
+		w.mu.Unlock()
+		if l != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), ledgerTimeout)
+			l.NoticeDone(ctx, t)
+			cancel()
+		}
+		// Current until its claim is ended, and remembered after: a
+		// claim that lapsed meanwhile, taken over by this relay's own
+		// Watch, is not posted again.
+		w.mu.Lock()
+		w.current = nil
+		if t.ID != "" {
+			w.recent = append(w.recent, t.ID)
+			if len(w.recent) > webhookQueue {
+				w.recent = w.recent[1:]
+			}
+		}
+		w.mu.Unlock()
 	}
 }
 
-// send posts t, with the retries of deliver.
-func (w *Webhook) send(ctx context.Context, t Transition) {
+// keep renews the claims of the transitions still to be posted every
+// keepEvery, once a Ledger is tracked.
+func (w *Webhook) keep() {
+	select {
+	case <-w.ctx.Done():
+		return
+	case <-w.tracked:
+	}
+	w.mu.Lock()
+	every := w.keepEvery
+	w.mu.Unlock()
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-w.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		w.mu.Lock()
+		left, l := w.pending(), w.ledger
+		w.mu.Unlock()
+		if l != nil && len(left) > 0 {
+			ctx, cancel := context.WithTimeout(w.ctx, ledgerTimeout)
+			l.KeepNotices(ctx, left)
+			cancel()
+		}
+	}
+}
+
+// send posts t, with the retries of deliver. It reports whether it is
+// done with t: posted, or given up; not when ctx ended first.
+func (w *Webhook) send(ctx context.Context, t Transition) bool {
 	body, err := json.Marshal(t)
 	if err != nil {
 		w.log.Error("webhook encode", "err", err)
-		return
+		return true
 	}
 	// The patience counts from the transition, so that transitions
 	// queued behind one that waited for the receiver do not each wait
@@ -161,10 +276,13 @@ func (w *Webhook) send(ctx context.Context, t Transition) {
 	case err == nil && tries > webhookTries:
 		w.log.Info("webhook delivered after the receiver failed", "breaker", t.Name, "to", t.To,
 			"generation", t.Generation, "tries", tries)
-	case err != nil && tries > 0:
+	case err != nil && ctx.Err() != nil:
+		return false
+	case err != nil:
 		w.log.Error("webhook failed, giving up", "breaker", t.Name, "to", t.To,
 			"generation", t.Generation, "tries", tries, "err", err)
 	}
+	return true
 }
 
 // deliver posts body up to webhookTries times, doubling the delay from

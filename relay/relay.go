@@ -184,6 +184,11 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 			bo.OnMade = s.webhook.Notify
 		}
 		g.set = breaker.New(s.rdb, bo)
+		if s.webhook != nil {
+			// A transition this relay does not get to post (killed,
+			// stopped) is posted by another.
+			s.webhook.Track(g.set)
+		}
 		onChange := func(name string) {
 			log.Info("credential file changed; the next token request uses it", "component", "auth", "credential", name)
 			g.fileChanged(name)
