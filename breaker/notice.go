@@ -30,6 +30,15 @@ func (n *Notices) Claim(ctx context.Context, kind, name, level string, every tim
 	return ok, nil
 }
 
+// Release gives up the claim of the notice kind/name/level, which its
+// claimant could not send: the next Claim, by any replica, gets it.
+func (n *Notices) Release(ctx context.Context, kind, name, level string) error {
+	if err := n.rdb.Del(ctx, noticeKey(kind, name, level)).Err(); err != nil {
+		return fmt.Errorf("notice %s %s: %w", kind, name, err)
+	}
+	return nil
+}
+
 // Post sends v as JSON to the webhook now, for events other than
 // transitions (e.g. "credential.expiring"). It makes the quick tries of
 // a transition, not the slow ones after them (a caller that waits for it

@@ -150,9 +150,10 @@ func expiryLevel(end, now time.Time) string {
 }
 
 // noticeClaimer grants a recurring notice to one replica per period
-// (breaker.Notices).
+// (breaker.Notices), and takes back a grant whose notice was not sent.
 type noticeClaimer interface {
 	Claim(ctx context.Context, kind, name, level string, every time.Duration) (bool, error)
+	Release(ctx context.Context, kind, name, level string) error
 }
 
 // eventPoster posts a webhook event (breaker.Webhook).
@@ -586,7 +587,20 @@ func (m *ExpiryMonitor) notify(ctx context.Context, ce CredentialExpiry, now tim
 	if m.cfg.events == nil {
 		return
 	}
-	m.line.post(ctx, m.cfg.events, m.cfg.log, EventCredentialExpiring, ce.Credential, ev)
+	// A notice the receiver did not take is posted again at the next
+	// check that finds the credential at this level, by any replica.
+	release := func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), expiryEventTimeout)
+		defer cancel()
+		if err := m.cfg.notices.Release(rctx, expiryNoticeKind, ce.Credential, ce.Level); err != nil {
+			m.cfg.log.Warn("cannot give the day's expiry notice back; it is posted again tomorrow",
+				"credential", ce.Credential, "err", err)
+			return
+		}
+		m.cfg.log.Info("the day's expiry notice is posted again at the next check",
+			"credential", ce.Credential, "expiry_level", ce.Level)
+	}
+	m.line.post(ctx, m.cfg.events, m.cfg.log, EventCredentialExpiring, ce.Credential, ev, release)
 }
 
 // eventLine posts webhook events in goroutines of its WaitGroup, each
@@ -602,7 +616,9 @@ type eventLine struct {
 // post posts ev, an event of credential, after the credential's earlier
 // events, each within expiryEventTimeout even when ctx ends; it logs a
 // failure.
-func (l *eventLine) post(ctx context.Context, p eventPoster, log *slog.Logger, kind, credential string, ev any) {
+//
+// failed, when set, is called after an event that could not be posted.
+func (l *eventLine) post(ctx context.Context, p eventPoster, log *slog.Logger, kind, credential string, ev any, failed func()) {
 	done := make(chan struct{})
 	l.mu.Lock()
 	before := l.last[credential]
@@ -620,6 +636,9 @@ func (l *eventLine) post(ctx context.Context, p eventPoster, log *slog.Logger, k
 		defer cancel()
 		if err := p.Post(pctx, ev); err != nil {
 			log.Error("cannot post "+kind, "credential", credential, "err", err)
+			if failed != nil {
+				failed()
+			}
 		}
 	})
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -23,8 +24,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"holdfast/breaker"
 	"holdfast/cmd/o365sim/sim"
 	"holdfast/queue"
+	"holdfast/queue/redistest"
 	"holdfast/relay/o365"
 )
 
@@ -384,6 +387,13 @@ func (n *memNotices) Claim(_ context.Context, kind, name, level string, _ time.D
 	return true, nil
 }
 
+func (n *memNotices) Release(_ context.Context, kind, name, level string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.seen, kind+"/"+name+"/"+level)
+	return nil
+}
+
 // memEvents records posted events.
 type memEvents struct {
 	mu  sync.Mutex
@@ -698,7 +708,7 @@ func TestEventsInOrder(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	for _, ev := range []RotationEvent{{Credential: "a", Step: RotationCreated}, {Credential: "a", Step: RotationPropagated},
 		{Credential: "a", Step: RotationSwitched}} {
-		line.post(context.Background(), p, log, EventCredentialRotation, ev.Credential, ev)
+		line.post(context.Background(), p, log, EventCredentialRotation, ev.Credential, ev, nil)
 	}
 	line.wait()
 	want := []string{"a:" + RotationCreated, "a:" + RotationPropagated, "a:" + RotationSwitched}
@@ -707,10 +717,59 @@ func TestEventsInOrder(t *testing.T) {
 	}
 
 	p = &slowPoster{later: make(chan struct{})}
-	line.post(context.Background(), p, log, EventCredentialRotation, "a", RotationEvent{Credential: "a", Step: RotationCreated})
-	line.post(context.Background(), p, log, EventCredentialRotation, "b", RotationEvent{Credential: "b", Step: RotationCreated})
+	line.post(context.Background(), p, log, EventCredentialRotation, "a", RotationEvent{Credential: "a", Step: RotationCreated}, nil)
+	line.post(context.Background(), p, log, EventCredentialRotation, "b", RotationEvent{Credential: "b", Step: RotationCreated}, nil)
 	line.wait()
 	if want := []string{"b:" + RotationCreated, "a:" + RotationCreated}; !slices.Equal(p.got, want) {
 		t.Errorf("posted %v, want %v: b's event waited for a's", p.got, want)
+	}
+}
+
+// flakyEvents fails the first fail posts, then records the events.
+type flakyEvents struct {
+	memEvents
+	fail int
+}
+
+func (p *flakyEvents) Post(ctx context.Context, v any) error {
+	p.mu.Lock()
+	if p.fail > 0 {
+		p.fail--
+		p.mu.Unlock()
+		return errors.New("webhook: 503 Service Unavailable")
+	}
+	p.mu.Unlock()
+	return p.memEvents.Post(ctx, v)
+}
+
+// TestExpiryNoticeAfterFailedPost: a day's expiry notice that could not
+// be posted (the receiver down through the tries) is posted at the next
+// check, by another replica, the same day; not the next day.
+func TestExpiryNoticeAfterFailedPost(t *testing.T) {
+	srv := redistest.Start(t)
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	events := &flakyEvents{fail: 1}
+	replica := func() *ExpiryMonitor {
+		return newExpiryMonitor(expiryConfig{
+			credentials: []Credential{{Name: "contoso", ExpiresAt: "2026-12-20"}},
+			notices:     breaker.NewNotices(srv.Client(t)),
+			events:      events,
+			log:         discardLogger(),
+			now:         func() time.Time { return now },
+		})
+	}
+	a, b := replica(), replica()
+	a.CheckAll(t.Context())
+	a.line.wait()
+	if events.fail != 0 || len(events.got) != 0 {
+		t.Fatalf("first post: %d failures left, %d posted; want it failed", events.fail, len(events.got))
+	}
+	now = now.Add(4 * time.Hour)
+	b.CheckAll(t.Context())
+	b.line.wait()
+	a.CheckAll(t.Context())
+	a.line.wait()
+	if len(events.got) != 1 || events.got[0].ID != "credential.expiring:contoso:warning:2026-12-01" {
+		t.Fatalf("posted %+v after the failed post and two checks; want the day's notice once", events.got)
 	}
 }

@@ -560,5 +560,5 @@ func (r *rotator) step(ctx context.Context, name, step, keyID, hint, msg string)
 	now := r.now().UTC()
 	ev := RotationEvent{Type: EventCredentialRotation, ID: fmt.Sprintf("%s:%s:%s:%s", EventCredentialRotation, name, step, keyID),
 		Credential: name, Step: step, KeyID: keyID, Hint: hint, Message: msg, At: now}
-	r.line.post(ctx, r.events, r.log, EventCredentialRotation, name, ev)
+	r.line.post(ctx, r.events, r.log, EventCredentialRotation, name, ev, nil)
 }
