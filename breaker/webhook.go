@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -59,7 +60,7 @@ type Webhook struct {
 	track   sync.Once
 	queue   []Transition
 	current *Transition // being posted
-	recent  []string    // the IDs of the latest transitions posted or given up
+	recent  []string    // sameKey of the latest transitions posted or given up
 	wake    chan struct{}
 	stopped bool
 }
@@ -75,6 +76,9 @@ type Ledger interface {
 	// will not post.
 	ReleaseNotices(ctx context.Context, ts []Transition)
 }
+
+// sameKey tells transitions apart: by ID and time.
+func sameKey(t Transition) string { return t.ID + " " + strconv.FormatInt(ms(t.At), 10) }
 
 // ledgerTimeout bounds each call to the Ledger.
 const ledgerTimeout = 2 * time.Second
@@ -125,9 +129,12 @@ func (w *Webhook) Track(l Ledger) {
 // sent lately (a transition this relay claimed and took over again).
 func (w *Webhook) Notify(t Transition) {
 	w.mu.Lock()
-	same := func(q Transition) bool { return t.ID != "" && q.ID == t.ID }
+	// The same transition: its ID and time (a breaker made anew, after
+	// Forget, counts its generations, and so its IDs, again).
+	key := sameKey(t)
+	same := func(q Transition) bool { return t.ID != "" && sameKey(q) == key }
 	if w.stopped || w.current != nil && same(*w.current) || slices.ContainsFunc(w.queue, same) ||
-		t.ID != "" && slices.Contains(w.recent, t.ID) {
+		t.ID != "" && slices.Contains(w.recent, key) {
 		w.mu.Unlock()
 		return
 	}
@@ -215,7 +222,7 @@ func (w *Webhook) loop() {
 		w.mu.Lock()
 		w.current = nil
 		if t.ID != "" {
-			w.recent = append(w.recent, t.ID)
+			w.recent = append(w.recent, sameKey(t))
 			if len(w.recent) > webhookQueue {
 				w.recent = w.recent[1:]
 			}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -228,5 +229,50 @@ func TestWebhookErrorHidesURL(t *testing.T) {
 	err := w.post(t.Context(), []byte("{}"))
 	if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "webhook POST") {
 		t.Fatalf("post error %v", err)
+	}
+}
+
+// TestWebhookRepostsAfterForget: a breaker forgotten and made anew counts
+// its generations again, so a new transition may carry the ID of one
+// posted before; it is posted all the same. The same transition notified
+// again (taken over by this relay's own Watch) is not.
+func TestWebhookRepostsAfterForget(t *testing.T) {
+	var mu sync.Mutex
+	var got []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var tr Transition
+		_ = json.NewDecoder(r.Body).Decode(&tr)
+		mu.Lock()
+		got = append(got, tr.ID+" "+tr.At.Format(time.RFC3339))
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	w := newWebhook(srv.URL, srv.Client(), nil, time.Millisecond)
+	defer w.Close()
+	first := Transition{ID: "cred:contoso@1", Name: "cred:contoso", To: Open, Generation: 1,
+		At: time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)}
+	again := first
+	again.At = first.At.Add(time.Hour)
+	posted := func(n int) []string {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			mu.Lock()
+			out := slices.Clone(got)
+			mu.Unlock()
+			if len(out) >= n || time.Now().After(deadline) {
+				return out
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	w.Notify(first)
+	posted(1)
+	w.Notify(first)
+	w.Notify(again)
+	time.Sleep(100 * time.Millisecond) // room for a repeat to show
+	want := []string{"cred:contoso@1 2026-12-01T08:00:00Z", "cred:contoso@1 2026-12-01T09:00:00Z"}
+	if out := posted(2); !slices.Equal(out, want) {
+		t.Fatalf("posted %v, want %v", out, want)
 	}
 }
