@@ -126,10 +126,13 @@ local upTo = '+inf'
 if ARGV[1] ~= 'all' then upTo = nowMs() end
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', upTo, 'LIMIT', 0, tonumber(ARGV[2]))`)
 
-// listScript files member in the fleet's list of claims (KEYS[1]) with
-// score ARGV[1]; flagged, as the claims are, so that it works while
-// Redis is past its maxmemory.
-var listScript = flagged(`return redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])`)
+// listScript files member ARGV[2] in the fleet's list of claims (KEYS[1])
+// with score ARGV[1], or, with ARGV[3] "NX", only when it is not listed
+// yet; flagged, as the claims are, so that it works while Redis is past
+// its maxmemory.
+var listScript = flagged(`
+if ARGV[3] == 'NX' then return redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[2]) end
+return redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])`)
 
 // noticeField is the field of tr's claim in its breaker's claims.
 func noticeField(tr Transition) string {
@@ -153,11 +156,12 @@ func (s *Set) claim(tr Transition) bool {
 		return true
 	}
 	// Listed first: a claim that Redis files while the list is out of
-	// reach would never be found. The claim's lease, from Redis's
-	// clock, then lists it again; a member listed for nothing is
-	// removed by the first takeOver that reads it.
+	// reach would never be found. Only if not listed yet: by this
+	// replica's clock, it must not move a claimant's lease. The claim's
+	// lease, from Redis's clock, then lists it again; a member listed
+	// for nothing is removed by the first takeOver that reads it.
 	member := noticeMember(tr.Name, noticeField(tr))
-	s.list(ctx, member, ms(s.o.Now().Add(s.noticeLease)))
+	s.list(ctx, member, ms(s.o.Now().Add(s.noticeLease)), true)
 	u, err := notifyScript.Run(ctx, s.rdb, []string{notifiedKey(tr.Name), claimsKey(tr.Name)},
 		tr.Generation, ms(tr.At), body, s.noticeLease.Milliseconds(), s.id, s.o.Replica).Int64()
 	if err != nil {
@@ -165,16 +169,21 @@ func (s *Set) claim(tr Transition) bool {
 		return true
 	}
 	if u > 0 {
-		s.list(ctx, member, u)
+		s.list(ctx, member, u, false)
 	}
 	return u > 0
 }
 
 // list files a claim's lease in the fleet's list of notices being
-// posted (noticesKey), which Watch reads for lapsed ones. A failure is
-// logged: the poster's next KeepNotices files it again.
-func (s *Set) list(ctx context.Context, member string, until int64) {
-	if err := listScript.Run(ctx, s.rdb, []string{noticesKey}, until, member).Err(); err != nil {
+// posted (noticesKey), which Watch reads for lapsed ones; with onlyNew,
+// only a member not listed yet. A failure is logged: the poster's next
+// KeepNotices files it again.
+func (s *Set) list(ctx context.Context, member string, until int64, onlyNew bool) {
+	mode := ""
+	if onlyNew {
+		mode = "NX"
+	}
+	if err := listScript.Run(ctx, s.rdb, []string{noticesKey}, until, member, mode).Err(); err != nil {
 		s.log.Warn("cannot list the breaker notice's claim", "claim", member, "err", err)
 	}
 }
@@ -205,7 +214,7 @@ func (s *Set) moveLeases(ctx context.Context, ts []Transition, lease time.Durati
 			continue
 		}
 		if u > 0 {
-			s.list(ctx, noticeMember(tr.Name, field), u)
+			s.list(ctx, noticeMember(tr.Name, field), u, false)
 		}
 	}
 }
@@ -291,7 +300,7 @@ func (s *Set) takeClaim(ctx context.Context, member, field, name string) error {
 			return nil
 		}
 		u, _ := v[2].(int64)
-		s.list(ctx, member, u)
+		s.list(ctx, member, u, false)
 		s.log.Info("taking over the breaker transition's notice from a replica that stopped posting it",
 			"breaker", name, "to", tr.To, "generation", tr.Generation)
 		s.o.OnMade(tr)

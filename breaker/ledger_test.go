@@ -309,3 +309,27 @@ func TestNoticeTooOldNotTaken(t *testing.T) {
 	}
 	f.waitPosted(t, 0)
 }
+
+// TestNoticeListedByClaimant: a replica that sees a transition another
+// has claimed, with its clock an hour ahead, leaves the claim's listing
+// as the claimant made it, by Redis's clock: a takeover is not put off.
+func TestNoticeListedByClaimant(t *testing.T) {
+	srv := redistest.Start(t)
+	made := func(Transition) {}
+	a := New(srv.Client(t), Options{OnMade: made})
+	ahead := New(srv.Client(t), Options{OnMade: made, Now: func() time.Time { return time.Now().Add(time.Hour) }})
+	tr := Transition{ID: "cred:contoso@1", Name: "cred:contoso", To: Open, Generation: 1,
+		At: time.Now().Truncate(time.Millisecond)}
+	if !a.claim(tr) {
+		t.Fatal("the first claim was refused")
+	}
+	rdb := srv.Client(t)
+	member := noticeMember(tr.Name, noticeField(tr))
+	before := rdb.ZScore(t.Context(), noticesKey, member).Val()
+	if ahead.claim(tr) {
+		t.Fatal("a second claim of the same transition was granted")
+	}
+	if after := rdb.ZScore(t.Context(), noticesKey, member).Val(); after != before {
+		t.Errorf("the claim's listing moved from %v to %v by a replica that did not claim it", before, after)
+	}
+}

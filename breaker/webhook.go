@@ -61,6 +61,9 @@ type Webhook struct {
 	queue   []Transition
 	current *Transition // being posted
 	recent  []string    // sameKey of the latest transitions posted or given up
+	// redo are transitions posted whose claims were taken over again
+	// (their NoticeDone failed): keep ends them.
+	redo    []Transition
 	wake    chan struct{}
 	stopped bool
 }
@@ -133,8 +136,16 @@ func (w *Webhook) Notify(t Transition) {
 	// Forget, counts its generations, and so its IDs, again).
 	key := sameKey(t)
 	same := func(q Transition) bool { return t.ID != "" && sameKey(q) == key }
-	if w.stopped || w.current != nil && same(*w.current) || slices.ContainsFunc(w.queue, same) ||
-		t.ID != "" && slices.Contains(w.recent, key) {
+	if t.ID != "" && slices.Contains(w.recent, key) {
+		// Posted, but its claim was left (a Redis blip at NoticeDone)
+		// and this relay's Watch took it over: end the claim, not post.
+		if w.ledger != nil && !slices.ContainsFunc(w.redo, same) {
+			w.redo = append(w.redo, t)
+		}
+		w.mu.Unlock()
+		return
+	}
+	if w.stopped || w.current != nil && same(*w.current) || slices.ContainsFunc(w.queue, same) {
 		w.mu.Unlock()
 		return
 	}
@@ -232,7 +243,8 @@ func (w *Webhook) loop() {
 }
 
 // keep renews the claims of the transitions still to be posted every
-// keepEvery, once a Ledger is tracked.
+// keepEvery, once a Ledger is tracked, and ends those of transitions
+// posted whose claims were taken over again.
 func (w *Webhook) keep() {
 	select {
 	case <-w.ctx.Done():
@@ -251,13 +263,20 @@ func (w *Webhook) keep() {
 		case <-tick.C:
 		}
 		w.mu.Lock()
-		left, l := w.pending(), w.ledger
+		left, redo, l := w.pending(), w.redo, w.ledger
+		w.redo = nil
 		w.mu.Unlock()
-		if l != nil && len(left) > 0 {
-			ctx, cancel := context.WithTimeout(w.ctx, ledgerTimeout)
-			l.KeepNotices(ctx, left)
-			cancel()
+		if l == nil {
+			continue
 		}
+		ctx, cancel := context.WithTimeout(w.ctx, ledgerTimeout)
+		if len(left) > 0 {
+			l.KeepNotices(ctx, left)
+		}
+		for _, t := range redo {
+			l.NoticeDone(ctx, t)
+		}
+		cancel()
 	}
 }
 

@@ -1,6 +1,7 @@
 package breaker
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -274,5 +275,63 @@ func TestWebhookRepostsAfterForget(t *testing.T) {
 	want := []string{"cred:contoso@1 2026-12-01T08:00:00Z", "cred:contoso@1 2026-12-01T09:00:00Z"}
 	if out := posted(2); !slices.Equal(out, want) {
 		t.Fatalf("posted %v, want %v", out, want)
+	}
+}
+
+// doneLedger records the transitions whose claims a Webhook ended.
+type doneLedger struct {
+	mu   sync.Mutex
+	done []string
+}
+
+func (l *doneLedger) KeepNotices(context.Context, []Transition)    {}
+func (l *doneLedger) ReleaseNotices(context.Context, []Transition) {}
+func (l *doneLedger) NoticeDone(_ context.Context, t Transition) {
+	l.mu.Lock()
+	l.done = append(l.done, t.ID)
+	l.mu.Unlock()
+}
+
+func (l *doneLedger) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.done)
+}
+
+// TestWebhookEndsRetakenClaim: a transition posted whose claim was left
+// (NoticeDone failed in a Redis blip) lapses, and this relay's own Watch
+// takes it over. The Webhook does not post it again; it ends its claim
+// again, rather than let it lapse and be taken over every lease.
+func TestWebhookEndsRetakenClaim(t *testing.T) {
+	var posts atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { posts.Add(1) }))
+	defer srv.Close()
+	w := newWebhook(srv.URL, srv.Client(), nil, time.Millisecond)
+	w.keepEvery = 10 * time.Millisecond
+	l := &doneLedger{}
+	w.Track(l)
+	defer w.Close()
+	tr := Transition{ID: "cred:contoso@1", Name: "cred:contoso", To: Open, Generation: 1, At: time.Now()}
+	w.Notify(tr)
+	deadline := time.Now().Add(5 * time.Second)
+	for l.count() < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the posted transition's claim was not ended")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	w.Notify(tr) // taken over again
+	for l.count() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the claim taken over again was not ended again")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := posts.Load(); n != 1 {
+		t.Errorf("posted %d times, want 1", n)
+	}
+	if n := l.count(); n != 2 {
+		t.Errorf("claim ended %d times, want 2", n)
 	}
 }

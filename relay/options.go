@@ -20,7 +20,9 @@ import (
 // reads a YAML file over them. The YAML names are the yaml tags.
 type Options struct {
 	// Hostname is the name the relay gives itself in its SMTP greeting
-	// and Received: headers. Default: the machine's host name.
+	// and Received: headers, and the name it is known by among the
+	// fleet's relays across its restarts (breaker.Options.Replica): give
+	// each relay its own. Default: the machine's host name.
 	Hostname string `yaml:"hostname"`
 	// ShutdownTimeout is the whole budget of a graceful stop: ingress,
 	// the API and delivery stop in parallel within it, and deliveries
