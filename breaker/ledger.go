@@ -101,8 +101,8 @@ return u`)
 // ""): the claim is then the caller's (ARGV[2]) for ARGV[4] ms. A
 // transition more than ARGV[5] ms old is given up: its claim is removed.
 //
-// Returns {"take", transition JSON, lease end}, {"held", lease end} for
-// a claim still live, or {"done"} for none.
+// Returns {"take", transition JSON, lease end}, {"held"} for a claim
+// still live, or {"done"} for none.
 var takeScript = flagged(nowLua + claimLua + `
 local c = claimOf(ARGV[1])
 if not c then return {'done'} end
@@ -113,7 +113,7 @@ if at < now - tonumber(ARGV[5]) then
   return {'done'}
 end
 local again = ARGV[3] ~= '' and c.replica == ARGV[3] and c.by ~= ARGV[2]
-if c.until_ > now and not again then return {'held', c.until_} end
+if c.until_ > now and not again then return {'held'} end
 local u = now + tonumber(ARGV[4])
 setClaim(ARGV[1], u, ARGV[2], ARGV[3], c.tr)
 return {'take', c.tr, u}`)
@@ -139,8 +139,10 @@ func noticeField(tr Transition) string {
 	return strconv.FormatInt(tr.Generation, 10) + " " + strconv.FormatInt(ms(tr.At), 10)
 }
 
-// noticeMember is tr's claim's member in the fleet's list (noticesKey).
-func noticeMember(name, field string) string { return field + "\n" + name }
+// noticeMember is tr's claim's member in the fleet's list (noticesKey),
+// "GENERATION AT\nNAME": what tells one transition from another, also
+// after Forget, when a breaker made anew counts its generations again.
+func noticeMember(tr Transition) string { return noticeField(tr) + "\n" + tr.Name }
 
 // claim reports whether this Set is to call OnMade for a transition: it
 // claimed its notice, or Redis did not answer the claim.
@@ -160,7 +162,7 @@ func (s *Set) claim(tr Transition) bool {
 	// replica's clock, it must not move a claimant's lease. The claim's
 	// lease, from Redis's clock, then lists it again; a member listed
 	// for nothing is removed by the first takeOver that reads it.
-	member := noticeMember(tr.Name, noticeField(tr))
+	member := noticeMember(tr)
 	s.list(ctx, member, ms(s.o.Now().Add(s.noticeLease)), true)
 	u, err := notifyScript.Run(ctx, s.rdb, []string{notifiedKey(tr.Name), claimsKey(tr.Name)},
 		tr.Generation, ms(tr.At), body, s.noticeLease.Milliseconds(), s.id, s.o.Replica).Int64()
@@ -207,14 +209,13 @@ func (s *Set) ReleaseNotices(ctx context.Context, ts []Transition) {
 
 func (s *Set) moveLeases(ctx context.Context, ts []Transition, lease time.Duration, failure string) {
 	for _, tr := range ts {
-		field := noticeField(tr)
-		u, err := keepScript.Run(ctx, s.rdb, []string{claimsKey(tr.Name)}, field, s.id, lease.Milliseconds()).Int64()
+		u, err := keepScript.Run(ctx, s.rdb, []string{claimsKey(tr.Name)}, noticeField(tr), s.id, lease.Milliseconds()).Int64()
 		if err != nil {
 			s.log.Warn(failure, "breaker", tr.Name, "err", err)
 			continue
 		}
 		if u > 0 {
-			s.list(ctx, noticeMember(tr.Name, field), u, false)
+			s.list(ctx, noticeMember(tr), u, false)
 		}
 	}
 }
@@ -222,13 +223,12 @@ func (s *Set) moveLeases(ctx context.Context, ts []Transition, lease time.Durati
 // NoticeDone records that the notice of tr was posted, or given up: no
 // replica takes it over.
 func (s *Set) NoticeDone(ctx context.Context, tr Transition) {
-	field := noticeField(tr)
-	if err := s.rdb.HDel(ctx, claimsKey(tr.Name), field).Err(); err != nil {
+	if err := s.rdb.HDel(ctx, claimsKey(tr.Name), noticeField(tr)).Err(); err != nil {
 		s.log.Warn("cannot record the breaker notice as posted; another replica may post it again",
 			"breaker", tr.Name, "err", err)
 		return
 	}
-	if err := s.rdb.ZRem(ctx, noticesKey, noticeMember(tr.Name, field)).Err(); err != nil {
+	if err := s.rdb.ZRem(ctx, noticesKey, noticeMember(tr)).Err(); err != nil {
 		s.log.Warn("cannot unlist the posted breaker notice", "breaker", tr.Name, "err", err)
 	}
 }

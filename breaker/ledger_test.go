@@ -324,7 +324,7 @@ func TestNoticeListedByClaimant(t *testing.T) {
 		t.Fatal("the first claim was refused")
 	}
 	rdb := srv.Client(t)
-	member := noticeMember(tr.Name, noticeField(tr))
+	member := noticeMember(tr)
 	before := rdb.ZScore(t.Context(), noticesKey, member).Val()
 	if ahead.claim(tr) {
 		t.Fatal("a second claim of the same transition was granted")

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 )
@@ -60,7 +59,7 @@ type Webhook struct {
 	track   sync.Once
 	queue   []Transition
 	current *Transition // being posted
-	recent  []string    // sameKey of the latest transitions posted or given up
+	recent  []string    // noticeMember of the latest transitions posted or given up
 	// redo are transitions posted whose claims were taken over again
 	// (their NoticeDone failed): keep ends them.
 	redo    []Transition
@@ -79,9 +78,6 @@ type Ledger interface {
 	// will not post.
 	ReleaseNotices(ctx context.Context, ts []Transition)
 }
-
-// sameKey tells transitions apart: by ID and time.
-func sameKey(t Transition) string { return t.ID + " " + strconv.FormatInt(ms(t.At), 10) }
 
 // ledgerTimeout bounds each call to the Ledger.
 const ledgerTimeout = 2 * time.Second
@@ -132,10 +128,9 @@ func (w *Webhook) Track(l Ledger) {
 // sent lately (a transition this relay claimed and took over again).
 func (w *Webhook) Notify(t Transition) {
 	w.mu.Lock()
-	// The same transition: its ID and time (a breaker made anew, after
-	// Forget, counts its generations, and so its IDs, again).
-	key := sameKey(t)
-	same := func(q Transition) bool { return t.ID != "" && sameKey(q) == key }
+	// The same transition: the same claim (see noticeMember).
+	key := noticeMember(t)
+	same := func(q Transition) bool { return t.ID != "" && noticeMember(q) == key }
 	if t.ID != "" && slices.Contains(w.recent, key) {
 		// Posted, but its claim was left (a Redis blip at NoticeDone)
 		// and this relay's Watch took it over: end the claim, not post.
@@ -233,7 +228,7 @@ func (w *Webhook) loop() {
 		w.mu.Lock()
 		w.current = nil
 		if t.ID != "" {
-			w.recent = append(w.recent, sameKey(t))
+			w.recent = append(w.recent, noticeMember(t))
 			if len(w.recent) > webhookQueue {
 				w.recent = w.recent[1:]
 			}
