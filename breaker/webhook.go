@@ -55,8 +55,6 @@ type Webhook struct {
 
 	mu      sync.Mutex
 	ledger  Ledger
-	tracked chan struct{} // closed by Track
-	track   sync.Once
 	queue   []Transition
 	current *Transition // being posted
 	recent  []string    // noticeMember of the latest transitions posted or given up
@@ -108,20 +106,21 @@ func newWebhook(url string, client *http.Client, log *slog.Logger, backoff time.
 		ctx:       ctx,
 		cancel:    cancel,
 		wake:      make(chan struct{}, 1),
-		tracked:   make(chan struct{}),
 	}
 	w.wg.Go(w.loop)
-	w.wg.Go(w.keep)
 	return w
 }
 
-// Track makes the Webhook keep the claims of its transitions in l. Call
-// it before the first Notify.
+// Track makes the Webhook keep the claims of its transitions in l, and
+// starts their renewal. Call it once, before the first Notify.
 func (w *Webhook) Track(l Ledger) {
 	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopped || w.ledger != nil {
+		return
+	}
 	w.ledger = l
-	w.mu.Unlock()
-	w.track.Do(func() { close(w.tracked) })
+	w.wg.Go(func() { w.keep(l, w.keepEvery) })
 }
 
 // Notify queues t to be sent, unless it is queued, being sent or was
@@ -237,18 +236,10 @@ func (w *Webhook) loop() {
 	}
 }
 
-// keep renews the claims of the transitions still to be posted every
-// keepEvery, once a Ledger is tracked, and ends those of transitions
-// posted whose claims were taken over again.
-func (w *Webhook) keep() {
-	select {
-	case <-w.ctx.Done():
-		return
-	case <-w.tracked:
-	}
-	w.mu.Lock()
-	every := w.keepEvery
-	w.mu.Unlock()
+// keep renews in l the claims of the transitions still to be posted
+// every keepEvery, and ends those of transitions posted whose claims were
+// taken over again.
+func (w *Webhook) keep(l Ledger, every time.Duration) {
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
@@ -258,12 +249,9 @@ func (w *Webhook) keep() {
 		case <-tick.C:
 		}
 		w.mu.Lock()
-		left, redo, l := w.pending(), w.redo, w.ledger
+		left, redo := w.pending(), w.redo
 		w.redo = nil
 		w.mu.Unlock()
-		if l == nil {
-			continue
-		}
 		ctx, cancel := context.WithTimeout(w.ctx, ledgerTimeout)
 		if len(left) > 0 {
 			l.KeepNotices(ctx, left)
