@@ -229,11 +229,18 @@ func TestRotationProberKilled(t *testing.T) {
 // process, whose logs stay readable.
 func (f *incFleet) killAndRestart(i int) *incRelay {
 	f.tb.Helper()
+	r := f.kill(i)
+	f.restart(i)
+	return r
+}
+
+// kill sends SIGKILL to relay i and waits for it to exit. It returns the
+// killed process, whose logs stay readable.
+func (f *incFleet) kill(i int) *incRelay {
 	r := f.relays[i]
 	_ = r.cmd.Process.Kill()
 	<-r.exited
 	r.stopOnce.Do(func() {}) // killed on purpose: no SIGTERM check
-	f.restart(i)
 	return r
 }
 

@@ -87,9 +87,7 @@ func TestWebhookAfterKill(t *testing.T) {
 				}
 				return false
 			})
-			_ = f.relays[poster].cmd.Process.Kill()
-			<-f.relays[poster].exited
-			f.relays[poster].stopOnce.Do(func() {}) // killed on purpose
+			f.kill(poster)
 			killed := time.Now()
 			if restart {
 				f.restart(poster)
