@@ -79,11 +79,12 @@ type Options struct {
 	OnMade func(Transition)
 	// Logger; default slog.Default().
 	Logger *slog.Logger
-	// Replica names this replica (its hostname), the same across its
-	// restarts: a replica started again after it was killed while it
-	// held a probe's lease takes the probe over (see AcquireProbe), and
-	// the notices it had claimed but not posted (see NoticeLease).
-	// Empty: none.
+	// Replica names this replica, unique among the replicas running at
+	// once and the same across its restarts: a replica started again
+	// after it was killed while it held a probe's lease takes the probe
+	// over (see AcquireProbe), and the notices it had claimed but not
+	// posted (see NoticeLease). Watch tells when another running process
+	// has the same name (see ReplicaShared). Empty: none.
 	Replica string
 }
 
@@ -194,6 +195,7 @@ type Set struct {
 	// noticeLease is NoticeLease; tests shorten it.
 	noticeLease time.Duration
 	released    atomic.Bool // ReleaseNotices was called
+	shared      atomic.Bool // ReplicaShared; see announcer
 
 	mu   sync.Mutex
 	brks map[string]*entry

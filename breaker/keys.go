@@ -27,6 +27,9 @@ package breaker
 //	hf:brk:log             zset  the latest transitions, fleet-wide: one
 //	                             JSON Transition (From left out) per member,
 //	                             scored by its time (unix ms)
+//	hf:brk:replica:NAME    string the id of the process that last
+//	                             announced replica name NAME (see
+//	                             Set.ReplicaShared), with a TTL
 //	hf:brk:events          pub/sub channel: "NAME GENERATION" after each
 //	                             transition, published by the replica whose
 //	                             script made it
@@ -66,6 +69,8 @@ func attemptKey(name string) string { return recordKey(name) + ":attempt" }
 func notifiedKey(name string) string { return recordKey(name) + ":notified" }
 
 func claimsKey(name string) string { return recordKey(name) + ":claims" }
+
+func replicaKey(replica string) string { return "hf:brk:replica:" + replica }
 
 // noticeKey marks a recurring notice (kind, name, level) as sent until it
 // expires; see Notices.Claim:

@@ -14,6 +14,9 @@ import (
 // starts from "closed, generation 0": a breaker already open when Watch
 // starts is reported once as a transition to open.
 //
+// With Options.Replica set, Watch also tells whether another process
+// runs under the same name (see ReplicaShared).
+//
 // With OnMade set, each poll also takes over the notices whose poster
 // stopped renewing its claim (see NoticeLease), and the first poll those
 // of an earlier process of this replica.
@@ -25,7 +28,15 @@ func (s *Set) Watch(ctx context.Context) {
 	defer t.Stop()
 	// Every claim is read until a first pass has read them all.
 	all := true
+	// The replica's name is announced at the first poll Redis answers,
+	// then every announcePolls poll periods.
+	an := s.newAnnouncer()
 	for {
+		if an.due() {
+			if err := an.announce(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("breaker watch: cannot announce this replica's name", "err", err)
+			}
+		}
 		if _, err := s.List(ctx); err != nil && ctx.Err() == nil {
 			s.log.Warn("breaker watch", "err", err)
 		}

@@ -37,6 +37,7 @@ var agreedMetrics = map[string]metric{
 	"holdfast_smtp_connections":                    {"gauge", nil},
 	"holdfast_inflight_bytes":                      {"gauge", nil},
 	"holdfast_ready":                               {"gauge", nil},
+	"holdfast_replica_name_shared":                 {"gauge", nil},
 	"holdfast_build_info":                          {"gauge", []string{"version", "goversion"}},
 }
 

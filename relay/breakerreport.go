@@ -48,7 +48,7 @@ type BreakerStatus struct {
 	// line, expires_at or else the certificate's NotAfter.
 	Credential        string    `json:"credential,omitempty"`
 	CredentialExpires time.Time `json:"credential_expires_at,omitzero"`
-	// StaleReplicas are the relays (by hostname) whose secret or
+	// StaleReplicas are the relays (by Options.Replica) whose secret or
 	// certificate file is older than the one that works: they leave the
 	// credential's mail to the others until their file changes.
 	StaleReplicas []string `json:"stale_replicas,omitempty"`

@@ -76,7 +76,7 @@ type gate struct {
 	// cured holds, per credential breaker, the newest cure of a refused
 	// token this replica acted on (breakers_turn.go).
 	cured map[string]time.Time
-	// replica names this relay to operators (its hostname).
+	// replica names this relay among the fleet's (Options.Replica).
 	replica string
 	// mailboxesDue: a credential's breaker closed, and the open mailbox
 	// breakers are to be probed at once (see transition).

@@ -20,10 +20,15 @@ import (
 // reads a YAML file over them. The YAML names are the yaml tags.
 type Options struct {
 	// Hostname is the name the relay gives itself in its SMTP greeting
-	// and Received: headers, and the name it is known by among the
-	// fleet's relays across its restarts (breaker.Options.Replica): give
-	// each relay its own. Default: the machine's host name.
+	// and Received: headers. Every relay of a fleet may share it.
+	// Default: the machine's host name.
 	Hostname string `yaml:"hostname"`
+	// Replica is the name the relay is known by among the relays that
+	// share its Redis, the same across its restarts
+	// (breaker.Options.Replica): it must differ between relays that run
+	// at the same time. Default: the machine's host name (in Kubernetes,
+	// the pod's name); set it when several relays run on one machine.
+	Replica string `yaml:"replica"`
 	// ShutdownTimeout is the whole budget of a graceful stop: ingress,
 	// the API and delivery stop in parallel within it, and deliveries
 	// that cannot finish are handed back without spending an attempt.
@@ -425,6 +430,7 @@ func DefaultOptions() Options {
 	}
 	return Options{
 		Hostname:        host,
+		Replica:         host,
 		ShutdownTimeout: Duration(25 * time.Second),
 		Redis:           RedisOptions{Addrs: []string{"127.0.0.1:6379"}, RedisGuards: defaultRedisGuards()},
 		SMTP: SMTPOptions{
@@ -551,6 +557,9 @@ func (o *Options) readSecretFiles() error {
 func (o *Options) Validate() error {
 	if o.Hostname == "" || strings.ContainsAny(o.Hostname, " \t\r\n") {
 		return bad("hostname", "must be a host name without spaces")
+	}
+	if o.Replica == "" || len(o.Replica) > maxReplicaLen || strings.IndexFunc(o.Replica, notReplicaRune) >= 0 {
+		return bad("replica", "must be 1 to %d letters, digits or . _ - : (a pod's or host's name), got %q", maxReplicaLen, o.Replica)
 	}
 	if o.ShutdownTimeout < Duration(time.Second) {
 		return bad("shutdown_timeout", "must be at least 1s, got %v", o.ShutdownTimeout.D())
@@ -772,6 +781,19 @@ func parseLevel(s string) (slog.Level, error) {
 // bad is a validation error naming the field, as "field: what is wrong".
 func bad(field, format string, args ...any) error {
 	return fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...))
+}
+
+// maxReplicaLen bounds Options.Replica, as DNS bounds a host name.
+const maxReplicaLen = 253
+
+// notReplicaRune reports whether r may not be in Options.Replica, which
+// Redis records keep between spaces.
+func notReplicaRune(r rune) bool {
+	switch {
+	case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+		return false
+	}
+	return !strings.ContainsRune("._-:", r)
 }
 
 // durationField is a duration option and its name, for positive.

@@ -81,6 +81,11 @@ func TestValidateAccepts(t *testing.T) {
 		{"HTTP-only app", func(o *relay.Options) { o.Apps[0].PasswordHash = "" }},
 		{"two apps on one route", func(o *relay.Options) { o.Apps[1].Route = "crm" }},
 		{"json debug log", func(o *relay.Options) { o.Log = relay.LogOptions{Level: "debug", Format: "json"} }},
+		{"replica named as a pod", func(o *relay.Options) { o.Replica = "holdfast-7d9c5b6f4-x2x9z" }},
+		{"replica named as a host", func(o *relay.Options) { o.Replica = "mail-relay_01.eu-west-1.compute.internal" }},
+		{"replica named by host and port", func(o *relay.Options) { o.Replica = "vm1:2525" }},
+		{"replica of the longest name", func(o *relay.Options) { o.Replica = strings.Repeat("r", 253) }},
+		{"hostname shared, replica set", func(o *relay.Options) { o.Hostname, o.Replica = "relay.example.com", "relay-1" }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -102,6 +107,10 @@ func TestValidate(t *testing.T) {
 	}{
 		{"hostname", func(o *relay.Options) { o.Hostname = "" }},
 		{"hostname", func(o *relay.Options) { o.Hostname = "relay one" }},
+		{"replica", func(o *relay.Options) { o.Replica = "" }},
+		{"replica", func(o *relay.Options) { o.Replica = "relay 1" }},
+		{"replica", func(o *relay.Options) { o.Replica = "relay-1\nx" }},
+		{"replica", func(o *relay.Options) { o.Replica = strings.Repeat("r", 254) }},
 		{"redis.addrs", func(o *relay.Options) { o.Redis.Addrs = nil }},
 		{"redis.addrs[0]", func(o *relay.Options) { o.Redis.Addrs = []string{"localhost"} }},
 		{"redis.addrs[1]", func(o *relay.Options) { o.Redis.Addrs = []string{"10.0.0.1:7000", "10.0.0.2"} }},
@@ -236,6 +245,9 @@ func TestDefaultOptions(t *testing.T) {
 	if o.Hostname == "" {
 		t.Error("default hostname is empty")
 	}
+	if host, _ := os.Hostname(); host != "" && o.Replica != host {
+		t.Errorf("default replica = %q, want the machine's host name %q", o.Replica, host)
+	}
 	if len(o.Apps) != 0 {
 		t.Errorf("default apps = %v, want none", o.Apps)
 	}
@@ -245,7 +257,7 @@ func TestDefaultOptions(t *testing.T) {
 // in the configuration, with the options its section takes.
 func TestParseUnknownKey(t *testing.T) {
 	tests := []struct{ yaml, path, line, options string }{
-		{"colour: red\n" + minimalYAML, "colour", "line 1", "hostname, shutdown_timeout,"},
+		{"colour: red\n" + minimalYAML, "colour", "line 1", "hostname, replica, shutdown_timeout,"},
 		{"smtp:\n  listner: []\n", "smtp.listner", "line 2", "listeners,"},
 		{"redis:\n  addrs: [\"127.0.0.1:6379\"]\n  pasword: x\n", "redis.pasword", "line 3", "password, password_file,"},
 		{"apps:\n  - name: crm\n    passwrod_hash: x\n", "apps[0].passwrod_hash", "line 3", "password_hash, password_hash_file,"},
@@ -445,7 +457,7 @@ func TestExampleListsEveryOption(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Options whose default cannot be written down appear in a comment.
-	commented := map[string]bool{"hostname": true}
+	commented := map[string]bool{"hostname": true, "replica": true}
 	for _, path := range yamlPaths(reflect.TypeFor[relay.Options](), "") {
 		if commented[path] {
 			if !strings.Contains(string(data), "# "+path+":") {

@@ -165,7 +165,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	)
 	if sender == nil && o.Delivery.Sender == "exchange" {
 		g := &gate{q: s.queue, log: quiet.With("component", "breaker"), escalate: o.Breakers.EscalateMailboxes,
-			wake: make(chan struct{}, 1), reconcileNow: make(chan struct{}, 1), replica: o.Hostname,
+			wake: make(chan struct{}, 1), reconcileNow: make(chan struct{}, 1), replica: o.Replica,
 			propagationWindow: o.Breakers.PropagationWindow.D()}
 		bo := o.Breakers.Options()
 		bo.OnTransition = func(t breaker.Transition) {
@@ -176,7 +176,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 			g.transition(t)
 		}
 		bo.Logger = quiet
-		bo.Replica = o.Hostname
+		bo.Replica = o.Replica
 		if o.Breakers.WebhookURL != "" {
 			// One webhook per transition fleet-wide: from the replica
 			// whose script made it.
@@ -287,6 +287,18 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		Help: "Message body bytes held in memory now, SMTP and HTTP together (smtp.max_inflight_bytes bounds them).",
 	}, func() float64 { return float64(in.budget.inUse()) }),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if s.gate != nil {
+		set := s.gate.set
+		s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "holdfast_replica_name_shared",
+			Help: "1 while another running relay has this relay's replica name (option replica), else 0.",
+		}, func() float64 {
+			if set.ReplicaShared() {
+				return 1
+			}
+			return 0
+		}))
+	}
 	for _, l := range o.SMTP.Listeners {
 		ln, err := net.Listen("tcp", l.Addr)
 		if err != nil {
@@ -411,7 +423,8 @@ func (s *Server) Start() {
 			s.deliverer.run(ctx)
 		}()
 	}
-	s.log.Info("holdfast started", "smtp", s.SMTPAddrs(), "http", s.HTTPAddr(), "ops", s.OpsAddr(), "workers", s.opts.Delivery.Workers)
+	s.log.Info("holdfast started", "smtp", s.SMTPAddrs(), "http", s.HTTPAddr(), "ops", s.OpsAddr(), "workers", s.opts.Delivery.Workers,
+		"replica", s.opts.Replica)
 }
 
 func (s *Server) goServe(serve func() error) {

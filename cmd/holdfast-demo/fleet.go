@@ -205,6 +205,7 @@ func (f *fleet) relayConfig(p plan, n int, redisAddr, passwordHash, caFile, ops 
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `hostname: relay-%d.demo
+replica: relay-%d
 redis:
   addrs: [%q]
 smtp:
@@ -229,7 +230,7 @@ apps:
     credential: %s
     mailbox: %s
     sender_mailboxes:
-`, n, redisAddr, sha256Hex(adminToken), appUser, passwordHash, strings.Join(quoted, ", "), credName, f.mailboxes[0])
+`, n, n, redisAddr, sha256Hex(adminToken), appUser, passwordHash, strings.Join(quoted, ", "), credName, f.mailboxes[0])
 	for _, m := range f.mailboxes {
 		fmt.Fprintf(&b, "      %q: %q\n", m, m)
 	}

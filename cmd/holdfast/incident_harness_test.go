@@ -266,6 +266,7 @@ func (f *incFleet) config(n int, redisAddr, passwordHash, caFile, grantKey, secr
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `hostname: relay-%d.test
+replica: relay-%d
 redis:
   addrs: [%q]
 smtp:
@@ -293,7 +294,7 @@ apps:
     credential: contoso
     mailbox: %s
     sender_mailboxes:
-`, n, redisAddr, incSHA256(incAdminToken), incBackoff, incUser, passwordHash, incSHA256(incAppToken),
+`, n, n, redisAddr, incSHA256(incAdminToken), incBackoff, incUser, passwordHash, incSHA256(incAppToken),
 		strings.Join(quoted, ", "), f.mailboxes[0])
 	for _, m := range f.mailboxes {
 		fmt.Fprintf(&b, "      %q: %q\n", m, m)
