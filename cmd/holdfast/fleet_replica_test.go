@@ -26,10 +26,9 @@ var sharedHostname = regexp.MustCompile(`(?m)^hostname: .*$`)
 func TestFleetSharesHostname(t *testing.T) {
 	const host = "relay.example.com"
 	rcv := newWebhookReceiver(t)
-	f := startIncFleet(t, incFleetOptions{mailboxes: 2, edit: func(_ int, config string) string {
-		config = sharedHostname.ReplaceAllString(config, "hostname: "+host)
-		return strings.Replace(config, "breakers:\n", fmt.Sprintf("breakers:\n  webhook_url: %q\n", rcv.URL), 1)
-	}})
+	f := startIncFleet(t, incFleetOptions{mailboxes: 2, edit: rcv.configure(func(_ int, config string) string {
+		return sharedHostname.ReplaceAllString(config, "hostname: "+host)
+	})})
 	for i, r := range f.relays {
 		if g := smtpGreeting(t, r.smtpAddr); !strings.HasPrefix(g, "220 "+host+" ") {
 			t.Errorf("relay-%d greets with %q, want the configured hostname %s", i+1, g, host)
@@ -37,16 +36,7 @@ func TestFleetSharesHostname(t *testing.T) {
 	}
 	f.cli(0, "breaker", "trip", incCred)
 	const id = incCred + "@1"
-	poster := -1
-	incWait(t, 10*time.Second, "a relay trying the webhook", func() bool {
-		for i, r := range f.relays {
-			if _, ok := r.logLine("webhook failed, retrying"); ok {
-				poster = i
-				return true
-			}
-		}
-		return false
-	})
+	poster := f.webhookPoster()
 	// The other relay is restarted, as a rolling update does.
 	other := 1 - poster
 	f.relays[other].stop(t)

@@ -49,6 +49,34 @@ func newWebhookReceiver(t *testing.T) *webhookReceiver {
 	return r
 }
 
+// configure returns an incFleetOptions.edit that sets the breakers'
+// webhook to r, after edit when it is not nil.
+func (r *webhookReceiver) configure(edit func(n int, config string) string) func(n int, config string) string {
+	return func(n int, config string) string {
+		if edit != nil {
+			config = edit(n, config)
+		}
+		return strings.Replace(config, "breakers:\n", fmt.Sprintf("breakers:\n  webhook_url: %q\n", r.URL), 1)
+	}
+}
+
+// webhookPoster waits for a relay to try the breakers' webhook and
+// returns its index: the relay that claimed the transition's notice.
+func (f *incFleet) webhookPoster() int {
+	f.tb.Helper()
+	poster := -1
+	incWait(f.tb, 10*time.Second, "a relay trying the webhook", func() bool {
+		for i, r := range f.relays {
+			if _, ok := r.logLine("webhook failed, retrying"); ok {
+				poster = i
+				return true
+			}
+		}
+		return false
+	})
+	return poster
+}
+
 // posts returns the posts of transition id received so far.
 func (r *webhookReceiver) posts(id string) []webhookPost {
 	r.mu.Lock()
@@ -71,22 +99,10 @@ func TestWebhookAfterKill(t *testing.T) {
 	for _, restart := range []bool{false, true} {
 		t.Run(map[bool]string{false: "gone", true: "restarted"}[restart], func(t *testing.T) {
 			rcv := newWebhookReceiver(t)
-			f := startIncFleet(t, incFleetOptions{mailboxes: 2, edit: func(_ int, config string) string {
-				return strings.Replace(config, "breakers:\n", fmt.Sprintf("breakers:\n  webhook_url: %q\n", rcv.URL), 1)
-			}})
+			f := startIncFleet(t, incFleetOptions{mailboxes: 2, edit: rcv.configure(nil)})
 			f.cli(0, "breaker", "trip", incCred)
 			const id = incCred + "@1"
-			// The relay that claimed the notice is the one trying it.
-			poster := -1
-			incWait(t, 10*time.Second, "a relay trying the webhook", func() bool {
-				for i, r := range f.relays {
-					if _, ok := r.logLine("webhook failed, retrying"); ok {
-						poster = i
-						return true
-					}
-				}
-				return false
-			})
+			poster := f.webhookPoster()
 			f.kill(poster)
 			killed := time.Now()
 			if restart {
