@@ -38,6 +38,17 @@ func (s *Server) setupOps() error {
 	}
 	s.summary = s.queue.NewSummarizer(routeCredential)
 	s.reg.MustRegister(newStateCollector(s.summary, set, creds, s.log.With("component", "metrics")))
+	if set != nil {
+		s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "holdfast_replica_name_shared",
+			Help: "1 while another running relay has this relay's replica name (option replica), else 0.",
+		}, func() float64 {
+			if set.ReplicaShared() {
+				return 1
+			}
+			return 0
+		}))
+	}
 	s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "holdfast_ready",
 		Help: "1 when /readyz answers 200: Redis reachable and the relay taking mail.",

@@ -287,18 +287,6 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		Help: "Message body bytes held in memory now, SMTP and HTTP together (smtp.max_inflight_bytes bounds them).",
 	}, func() float64 { return float64(in.budget.inUse()) }),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if s.gate != nil {
-		set := s.gate.set
-		s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "holdfast_replica_name_shared",
-			Help: "1 while another running relay has this relay's replica name (option replica), else 0.",
-		}, func() float64 {
-			if set.ReplicaShared() {
-				return 1
-			}
-			return 0
-		}))
-	}
 	for _, l := range o.SMTP.Listeners {
 		ln, err := net.Listen("tcp", l.Addr)
 		if err != nil {
