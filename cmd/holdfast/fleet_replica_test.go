@@ -2,11 +2,9 @@ package main
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"regexp"
 	"strconv"
 	"strings"
@@ -17,6 +15,9 @@ import (
 // sharedHostname gives every relay of a fleet the same hostname, as one
 // ConfigMap does for every pod of a Deployment.
 var sharedHostname = regexp.MustCompile(`(?m)^hostname: .*$`)
+
+// sharedSample is the sample of holdfast_replica_name_shared on /metrics.
+var sharedSample = regexp.MustCompile(`(?m)^holdfast_replica_name_shared (\S+)$`)
 
 // TestFleetSharesHostname: the relays of a fleet share one
 // configuration, and so one hostname (the name in their SMTP greeting).
@@ -65,14 +66,7 @@ func TestFleetSharedReplicaReported(t *testing.T) {
 	}})
 	shared := func(i int) float64 {
 		t.Helper()
-		line, _ := f.relays[i].logLine("holdfast started")
-		var l struct {
-			Ops string `json:"ops"`
-		}
-		if err := json.Unmarshal([]byte(line), &l); err != nil || l.Ops == "" {
-			t.Fatalf("relay-%d: no ops address in %q", i+1, line)
-		}
-		resp, err := http.Get("http://" + l.Ops + "/metrics")
+		resp, err := f.http.Get("http://" + f.relays[i].opsAddr + "/metrics")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -81,7 +75,7 @@ func TestFleetSharedReplicaReported(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m := regexp.MustCompile(`(?m)^holdfast_replica_name_shared (\S+)$`).FindSubmatch(body)
+		m := sharedSample.FindSubmatch(body)
 		if m == nil {
 			t.Fatalf("relay-%d exports no holdfast_replica_name_shared", i+1)
 		}

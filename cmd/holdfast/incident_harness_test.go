@@ -410,6 +410,7 @@ type incRelay struct {
 	stopOnce sync.Once
 	smtpAddr string
 	httpAddr string
+	opsAddr  string
 }
 
 // startIncRelay starts "holdfast serve --config config" and waits until
@@ -434,11 +435,12 @@ func startIncRelay(tb testing.TB, name, config string) *incRelay {
 			var l struct {
 				SMTP []string `json:"smtp"`
 				HTTP string   `json:"http"`
+				Ops  string   `json:"ops"`
 			}
 			if err := json.Unmarshal([]byte(line), &l); err != nil || len(l.SMTP) != 1 || l.HTTP == "" {
 				tb.Fatalf("%s: cannot read the listeners from %s (%v)", name, line, err)
 			}
-			r.smtpAddr, r.httpAddr = l.SMTP[0], l.HTTP
+			r.smtpAddr, r.httpAddr, r.opsAddr = l.SMTP[0], l.HTTP, l.Ops
 			return r
 		}
 		select {
