@@ -55,13 +55,26 @@ func (g *gate) markStale(cred, fingerprint string) {
 	g.stale[cred] = fingerprint
 	g.mu.Unlock()
 	if first {
-		if err := g.set.MarkStale(context.Background(), credentialBreaker(cred), g.replica, true); err != nil {
-			g.log.Warn("cannot record this relay as stale", "credential", cred, "err", err)
+		if err := g.recordStale(cred, true); err != nil {
+			g.log.Warn("cannot record this relay as stale; recorded once Redis answers", "credential", cred, "err", err)
 		}
 		g.log.Warn("this relay's secret or certificate file is older than the one that works for the fleet; "+
 			"it leaves the credential's mail to the other relays until the file changes",
 			"credential", cred, "fingerprint", fingerprint)
 	}
+}
+
+// recordStale records in the credential's breaker record that this
+// replica is stale for it, or no longer is. A record Redis does not take
+// is made again once it answers (keep), the latest of the two winning:
+// operators read it in `holdfast breaker status` and the status page.
+func (g *gate) recordStale(cred string, stale bool) error {
+	mark := func(ctx context.Context) error {
+		return g.set.MarkStale(ctx, credentialBreaker(cred), g.replica, stale)
+	}
+	err := mark(context.Background())
+	g.keep("stale mark of this relay for "+cred, err, mark)
+	return err
 }
 
 // staleFor reports whether this replica is stale for a credential: its
@@ -85,8 +98,8 @@ func (g *gate) staleFor(cred string) bool {
 	g.mu.Unlock()
 	if rejoined {
 		g.log.Info("this relay's credential file changed; it sends again", "credential", cred)
-		if err := g.set.MarkStale(context.Background(), credentialBreaker(cred), g.replica, false); err != nil {
-			g.log.Warn("cannot record this relay as no longer stale", "credential", cred, "err", err)
+		if err := g.recordStale(cred, false); err != nil {
+			g.log.Warn("cannot record this relay as no longer stale; recorded once Redis answers", "credential", cred, "err", err)
 		}
 	}
 	return false

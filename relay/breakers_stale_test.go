@@ -147,3 +147,48 @@ func TestStaleFromExpiryRead(t *testing.T) {
 		t.Errorf("breaker %+v after the stale relay's refusals, want closed with no failure", st)
 	}
 }
+
+// TestStaleMarkWhileRedisDown: a relay that finds itself stale while
+// Redis is down (a restart, a failover), or whose file changes then,
+// records it once Redis is back, as it does the material that works:
+// `holdfast breaker status` and the status page would otherwise name a
+// relay that sends as stale, or miss one that does not, until its next
+// change.
+func TestStaleMarkWhileRedisDown(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	g := e.relays[0].gate
+	name := credentialBreaker("contoso")
+	fp := g.x.creds["contoso"].Fingerprint()
+	status := func() []string {
+		t.Helper()
+		// A client of its own: the test's view, whatever the relay's pool holds.
+		return statusOf(t, breaker.New(e.f.redis.Client(t), breaker.Options{}))(name).StaleReplicas
+	}
+
+	e.f.redis.Stop(t)
+	g.markStale("contoso", fp)
+	if !strings.Contains(e.logs.String(), "cannot record this relay as stale") {
+		t.Fatal("the stale mark did not fail with Redis down")
+	}
+	e.f.redis.Restart(t)
+	waitFor(t, 5*time.Second, "the relay recorded as stale once Redis is back", func() bool {
+		return slices.Contains(status(), g.replica)
+	})
+
+	// The file changes while Redis is down: the relay sends again, and
+	// its mark is taken away once Redis is back.
+	e.f.redis.Stop(t)
+	g.mu.Lock()
+	g.stale["contoso"] = "another file's fingerprint"
+	g.mu.Unlock()
+	if g.staleFor("contoso") {
+		t.Fatal("stale after the file changed")
+	}
+	if !strings.Contains(e.logs.String(), "cannot record this relay as no longer stale") {
+		t.Fatal("taking the mark away did not fail with Redis down")
+	}
+	e.f.redis.Restart(t)
+	waitFor(t, 5*time.Second, "the stale mark taken away once Redis is back", func() bool {
+		return !slices.Contains(status(), g.replica)
+	})
+}
