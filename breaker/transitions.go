@@ -11,9 +11,12 @@ import (
 const logKeep = 100
 
 // logEntry is a transition as the log stores it. From is left out: it is
-// one replica's view, while the rest is the same on every replica, so that
-// every replica that sees a transition writes the same member and the log
-// holds it once.
+// one replica's view. Every replica that sees a transition writes it, and
+// the log holds it once: one entry per breaker, state and time (logScript).
+// The reason can differ between them: an operator's trip of an open
+// breaker replaces its record's reason, and a replica that reads the
+// record for the first time after that finds the same opening with the
+// new reason. The log keeps the first.
 type logEntry struct {
 	Name       string `json:"breaker"`
 	To         string `json:"to"`
@@ -22,11 +25,17 @@ type logEntry struct {
 	Generation int64  `json:"generation"`
 }
 
-// logScript adds member ARGV[2] at score ARGV[1] to the log KEYS[1], once,
-// and keeps the newest ARGV[3]. It runs past maxmemory: the log is
-// bounded, and the transitions of a breaker that held mail until Redis
-// filled are the ones an operator looks for afterwards.
+// logScript adds member ARGV[2] at score ARGV[1] (the transition's time)
+// to the log KEYS[1], unless it holds an entry of the same breaker
+// (ARGV[4]) and state (ARGV[5]) at that time, and keeps the newest
+// ARGV[3]. It runs past maxmemory: the log is bounded, and the
+// transitions of a breaker that held mail until Redis filled are the ones
+// an operator looks for afterwards.
 var logScript = flagged(`
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1])) do
+  local ok, e = pcall(cjson.decode, m)
+  if ok and type(e) == 'table' and e.breaker == ARGV[4] and e.to == ARGV[5] then return 0 end
+end
 redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[2])
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[3]) - 1)
 return 1`)
@@ -41,7 +50,7 @@ func (s *Set) logTransition(tr Transition) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if err := logScript.Run(ctx, s.rdb, []string{logKey}, e.At, member, logKeep).Err(); err != nil {
+	if err := logScript.Run(ctx, s.rdb, []string{logKey}, e.At, member, logKeep, e.Name, e.To).Err(); err != nil {
 		s.log.Warn("cannot add to the breaker transition log", "breaker", tr.Name, "err", err)
 	}
 }

@@ -54,3 +54,32 @@ func TestRecentTransitions(t *testing.T) {
 		t.Errorf("the log holds %d (err %v), want at most %d", len(all), err, logKeep)
 	}
 }
+
+// TestFoundOpeningLoggedOnce: a breaker tripped again while open keeps
+// its opening time, with a newer generation and reason. A process that
+// reads it for the first time (a relay starting, or `holdfast breaker
+// status`) finds it open; that is the same opening the log holds, not
+// another one.
+func TestFoundOpeningLoggedOnce(t *testing.T) {
+	sets, clk := replicas(t, 3, nil)
+	ctx := context.Background()
+	if err := sets[0].Trip(ctx, "cred:contoso", "first reason"); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(time.Second)
+	if err := sets[0].Trip(ctx, "cred:contoso", "second reason"); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range sets[1:] {
+		if _, err := s.List(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := sets[0].Recent(ctx, 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].To != Open || got[0].Reason != "first reason" {
+		t.Errorf("log %+v, want the one opening, with the reason it opened for", got)
+	}
+}
