@@ -3,9 +3,9 @@
 # 127.0.0.1:6390, the Exchange Online simulator in place of Microsoft
 # (deploy/local/sim.yaml), a self-signed certificate in var/dev, and the
 # relay, built from source into bin/holdfast, in the foreground with
-# deploy/local/holdfast.dev.yaml. Ctrl-C stops the relay, then the
-# simulator (so deliveries in flight finish); the Redis keeps running for
-# the next run ("make stop" stops it).
+# deploy/local/holdfast.dev.yaml. Ctrl-C, or closing the terminal, stops
+# the relay, then the simulator (so deliveries in flight finish); the
+# Redis keeps running for the next run ("make stop" stops it).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -145,11 +145,22 @@ echo "run: started the Exchange Online simulator (pid $sim_pid): SMTP 127.0.0.1:
 echo "run: starting the relay: SMTP 127.0.0.1:2525 (STARTTLS) and 127.0.0.1:2587 (no TLS), HTTP 127.0.0.1:8025, status page and /metrics http://127.0.0.1:8026/; Ctrl-C stops it"
 # A trap (not an ignored signal) lets this script outlive Ctrl-C and print
 # the note below, while the relay still gets SIGINT and shuts down
-# gracefully.
-trap ':' INT TERM
+# gracefully. A closed terminal sends SIGHUP instead, which the relay
+# takes as "re-read the credential files", and a kill of this script's
+# PID sends SIGTERM to it alone: the relay runs in the background, so
+# that a trap can stop it at once, as Ctrl-C does, rather than leave it
+# running without a terminal or a script (Go turns SIGINT back on, which
+# bash turns off for a background command).
+trap ':' INT
+bin/holdfast serve --config deploy/local/holdfast.dev.yaml &
+relay_pid=$!
+trap 'kill -TERM "$relay_pid" 2>/dev/null || true' HUP TERM
+# wait returns early for each trapped signal: wait again until the relay
+# has exited, then take its status.
+while kill -0 "$relay_pid" 2>/dev/null; do wait "$relay_pid" || true; done
 status=0
-bin/holdfast serve --config deploy/local/holdfast.dev.yaml || status=$?
-trap - INT TERM
+wait "$relay_pid" || status=$?
+trap - INT TERM HUP
 echo
 if our_redis >/dev/null; then
 	echo "run: the relay stopped; now stopping the simulator. The development Redis (pid $pid) is still running; \"make stop\" stops it."
