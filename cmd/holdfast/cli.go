@@ -105,6 +105,9 @@ func run(ctx context.Context, args []string, e *env) int {
 	if c == nil {
 		group := args[0]
 		switch {
+		case flagsFirst(args) != "":
+			fmt.Fprintf(e.stderr, "holdfast: flags go after the command: %s\n", flagsFirst(args))
+			return exitUsage
 		case !isGroup(group):
 			fmt.Fprintf(e.stderr, "holdfast: unknown command %q\n", group)
 			group = ""
@@ -169,6 +172,21 @@ func findCommand(args []string) (*command, []string) {
 		}
 	}
 	return nil, nil
+}
+
+// flagsFirst returns the command line args meant, with the flags moved
+// after the command, when they start with flags given before a command
+// (holdfast --config FILE queue stats); otherwise "".
+func flagsFirst(args []string) string {
+	if len(args) == 0 || !strings.HasPrefix(args[0], "-") {
+		return ""
+	}
+	for i := 1; i < len(args); i++ {
+		if c, rest := findCommand(args[i:]); c != nil {
+			return strings.Join(append(append([]string{"holdfast", c.path}, args[:i]...), rest...), " ")
+		}
+	}
+	return ""
 }
 
 func isGroup(name string) bool {

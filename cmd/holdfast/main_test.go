@@ -230,6 +230,9 @@ func TestUsage(t *testing.T) {
 	}{
 		{nil, exitUsage, "usage:"},
 		{[]string{"frobnicate"}, exitUsage, `holdfast: unknown command "frobnicate"`},
+		{[]string{"--config", "h.yaml", "queue", "stats", "--json"}, exitUsage,
+			"holdfast: flags go after the command: holdfast queue stats --config h.yaml --json\n"},
+		{[]string{"--config", "h.yaml", "frobnicate"}, exitUsage, `holdfast: unknown command "--config"`},
 		{[]string{"queue"}, exitUsage, "usage: holdfast queue COMMAND"},
 		{[]string{"queue", "frobnicate"}, exitUsage, `holdfast: queue: unknown command "frobnicate"`},
 		{[]string{"queue", "show"}, exitUsage, "holdfast: queue show: give exactly one message id"},
