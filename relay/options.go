@@ -506,7 +506,11 @@ func Parse(data []byte) (Options, error) {
 	o := DefaultOptions()
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	if err := dec.Decode(&o); err != nil && !errors.Is(err, io.EOF) {
+	switch err := dec.Decode(&o); {
+	case errors.Is(err, io.EOF):
+		return Options{}, errors.New("the file holds no settings (it is empty, or only comments); " +
+			"start from holdfast.example.yaml")
+	case err != nil:
 		return Options{}, fmt.Errorf("parse: %w", explainYAML(data, err))
 	}
 	if err := o.readSecretFiles(); err != nil {

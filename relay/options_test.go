@@ -321,8 +321,10 @@ func TestParseBadType(t *testing.T) {
 }
 
 func TestParseEmpty(t *testing.T) {
-	if _, err := relay.Parse(nil); err == nil {
-		t.Fatal("Parse(nil) succeeded; the defaults alone are not a configuration")
+	for _, empty := range []string{"", "\n", "# only a comment\n"} {
+		if _, err := relay.Parse([]byte(empty)); err == nil || !strings.Contains(err.Error(), "holds no settings") {
+			t.Errorf("Parse(%q) = %v; want it called empty, not a setting it lacks", empty, err)
+		}
 	}
 	_, err := relay.Parse([]byte("smtp:\n  listeners: [{addr: \"127.0.0.1:2587\", insecure: true}]\n"))
 	if err == nil || !strings.HasPrefix(err.Error(), "apps:") {
