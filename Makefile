@@ -113,7 +113,8 @@ bench: build
 	@$(GO) run ./cmd/hfbench $(BENCH_OUT)
 
 ## demo: the February 2025 incident replayed against the simulator in about a
-## minute (two relays, a Redis of its own); ends with a table, fails on any loss
+## minute and a half (two relays, a Redis of its own); ends with a table, fails
+## on any loss
 demo: build
 	@$(ENSURE_REDIS)
 	@$(GO) build -o bin/holdfast-demo ./cmd/holdfast-demo

@@ -223,7 +223,8 @@ func (d *demo) play(ctx context.Context) (tally, error) {
 	}
 	d.showMetrics(ctx, "   relay-1's /metrics after the recovery:")
 	wastedAll := (atRotation.TokenErrors - atExpiry.TokenErrors) + (atRotation.SMTPAuthFailures - atExpiry.SMTPAuthFailures)
-	d.say("Result (upstream requests refused from the expiry to the rotation, opening included: %d):", wastedAll)
+	d.say("Result (Microsoft refused %d requests from the expiry to the rotation: %d that opened the breaker, then %d while it was open, wasted):",
+		wastedAll, wastedAll-t.Wasted, t.Wasted)
 	if err := t.write(d.out); err != nil {
 		return t, err
 	}
