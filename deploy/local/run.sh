@@ -150,21 +150,43 @@ echo "run: starting the relay: SMTP 127.0.0.1:2525 (STARTTLS) and 127.0.0.1:2587
 # PID sends SIGTERM to it alone: the relay runs in the background, so
 # that a trap can stop it at once, as Ctrl-C does, rather than leave it
 # running without a terminal or a script (Go turns SIGINT back on, which
-# bash turns off for a background command).
-trap ':' INT
+# bash turns off for a background command). The relay is told once: a
+# second SIGINT or SIGTERM makes it quit without finishing its
+# deliveries, as after Ctrl-C and then a closed terminal. A signal that
+# comes before the relay has started is passed on as it starts.
+relay_pid= stopping=
+stop_relay() {
+	[ -z "$stopping" ] || return 0
+	stopping=1
+	[ -z "$relay_pid" ] || kill -TERM "$relay_pid" 2>/dev/null || true
+}
+trap 'stopping=1' INT
+trap stop_relay HUP TERM
 bin/holdfast serve --config deploy/local/holdfast.dev.yaml &
 relay_pid=$!
-trap 'kill -TERM "$relay_pid" 2>/dev/null || true' HUP TERM
-# wait returns early for each trapped signal: wait again until the relay
-# has exited, then take its status.
-while kill -0 "$relay_pid" 2>/dev/null; do wait "$relay_pid" || true; done
-status=0
-wait "$relay_pid" || status=$?
-trap - INT TERM HUP
-echo
-if our_redis >/dev/null; then
-	echo "run: the relay stopped; now stopping the simulator. The development Redis (pid $pid) is still running; \"make stop\" stops it."
-else
-	echo "run: the relay stopped; now stopping the simulator. The development Redis is no longer running."
+if [ -n "$stopping" ]; then
+	kill -TERM "$relay_pid" 2>/dev/null || true
 fi
+# wait returns early, above 128, for each trapped signal: wait again while
+# the relay runs, then take its status.
+status=0
+while :; do
+	wait "$relay_pid" && status=0 || status=$?
+	running=$(jobs -rp)
+	case $'\n'"$running"$'\n' in
+	*$'\n'"$relay_pid"$'\n'*) ;;
+	*) break ;;
+	esac
+done
+trap - INT TERM HUP
+# After a hangup the terminal is gone: the notes below cannot be written,
+# and that must not change the exit status.
+{
+	echo
+	if our_redis >/dev/null; then
+		echo "run: the relay stopped; now stopping the simulator. The development Redis (pid $pid) is still running; \"make stop\" stops it."
+	else
+		echo "run: the relay stopped; now stopping the simulator. The development Redis is no longer running."
+	fi
+} 2>/dev/null || true
 exit "$status"
