@@ -40,6 +40,25 @@ import (
 // member (or at an unnamed one) makes the bound apply as above, so still
 // at most Threshold refusals reach the upstream before the breaker
 // opens.
+//
+// The members an attempt succeeded at within a day are kept. A refusal
+// at a member that is not one of them (a mailbox that has not sent with
+// the credential lately, such as one added without the app's permission)
+// is that member's alone while the members so refused since the last
+// success are at most a quarter of those it worked at: it is not counted
+// against the credential, and ExitAttempt says so, for the caller to
+// count a failure of the member. A credential revoked or deprived of its
+// permission is refused at the members it worked at too, which count as
+// above, and at more new members than a quarter of those only where it
+// worked at few. Before any success (a fresh start, a Redis that lost its
+// data), every refusal counts, as above.
+
+// worksFor is how long a member an attempt succeeded at is kept as one
+// where the credential works; worksKeep bounds how many are kept.
+const (
+	worksFor  = 24 * time.Hour
+	worksKeep = 10000
+)
 
 // AttemptTTL is how long a place is kept without RenewAttempt: a place
 // whose holder was killed during its attempt lapses within it. A holder
@@ -156,17 +175,33 @@ return {verdict, '', cured}
 
 // exitScript gives a place back with the attempt's outcome.
 //
-// KEYS as enterScript's. ARGV[1] now, ARGV[2] the place's token,
-// ARGV[3] the outcome (see Outcome), ARGV[4] the refusal's reply,
-// ARGV[5] the attempt's member.
+// KEYS as enterScript's, KEYS[4] the members it worked at (member ->
+// unix ms), KEYS[5] the members it was refused at, where it had not
+// worked, since the last success. ARGV[1] now, ARGV[2] the place's token, ARGV[3] the outcome
+// (see Outcome), ARGV[4] the refusal's reply, ARGV[5] the attempt's
+// member, ARGV[6] how long a member is kept in KEYS[4] (ms), ARGV[7] how
+// many are kept.
+//
+// Returns 1 for a refusal that is the member's alone (see Attempts), else
+// 0.
 var exitScript = flagged(`
 redis.call('ZREM', KEYS[2], ARGV[2])
 local outcome = tonumber(ARGV[3])
 if outcome == 0 then return 0 end
+local now = tonumber(ARGV[1])
 local gen = redis.call('HGET', KEYS[1], 'generation') or '0'
 if redis.call('HGET', KEYS[3], 'gen') ~= gen then
-  redis.call('DEL', KEYS[3])
+  redis.call('DEL', KEYS[3], KEYS[5])
   redis.call('HSET', KEYS[3], 'gen', gen, 'refused', 0)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[6]))
+if outcome >= 3 and ARGV[5] ~= '' and not redis.call('ZSCORE', KEYS[4], ARGV[5]) then
+  local works = redis.call('ZCARD', KEYS[4])
+  if works > 0 then
+    redis.call('SADD', KEYS[5], ARGV[5])
+    redis.call('PEXPIRE', KEYS[5], ARGV[6])
+    if redis.call('SCARD', KEYS[5]) * 4 <= works then return 1 end
+  end
 end
 if outcome >= 3 then
   local n = redis.call('HINCRBY', KEYS[3], 'refused', 1)
@@ -176,7 +211,13 @@ if outcome >= 3 then
   return 0
 end
 redis.call('HSET', KEYS[3], 'refused', 0, 'stale', '0', 'lone', '')
+redis.call('DEL', KEYS[5])
 if outcome == 2 then redis.call('HSET', KEYS[3], 'cured', ARGV[1]) end
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[4], now, ARGV[5])
+  redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[7]) - 1)
+  redis.call('PEXPIRE', KEYS[4], ARGV[6])
+end
 return 0
 `)
 
@@ -235,19 +276,22 @@ func (s *Set) RenewAttempt(ctx context.Context, name, token string) error {
 }
 
 // ExitAttempt gives back the place token took at member, with the
-// attempt's outcome; reply is the upstream's refusal, for Failed. It returns the
-// time it recorded, which a Cured outcome stores as Attempt.CuredAt.
-func (s *Set) ExitAttempt(ctx context.Context, name, token, member string, o Outcome, reply string) (time.Time, error) {
+// attempt's outcome; reply is the upstream's refusal, for Failed. It
+// returns the time it recorded, which a Cured outcome stores as
+// Attempt.CuredAt, and whether a refusal was the member's alone (see
+// Attempts): not counted against the credential, for the caller to count
+// against the member.
+func (s *Set) ExitAttempt(ctx context.Context, name, token, member string, o Outcome, reply string) (at time.Time, memberOnly bool, err error) {
 	if err := validName(name); err != nil {
-		return time.Time{}, err
+		return time.Time{}, false, err
 	}
 	now := time.UnixMilli(ms(s.o.Now()))
-	err := exitScript.Run(ctx, s.rdb, []string{recordKey(name), placesKey(name), attemptKey(name)},
-		ms(now), token, int(o), reply, member).Err()
+	n, err := exitScript.Run(ctx, s.rdb, []string{recordKey(name), placesKey(name), attemptKey(name), worksKey(name), unprovenKey(name)},
+		ms(now), token, int(o), reply, member, worksFor.Milliseconds(), worksKeep).Int()
 	if err != nil {
-		return now, fmt.Errorf("breaker %s: exit attempt: %w", name, err)
+		return now, false, fmt.Errorf("breaker %s: exit attempt: %w", name, err)
 	}
-	return now, nil
+	return now, n == 1, nil
 }
 
 // Threshold is how many counted failures in a row open a breaker.

@@ -26,9 +26,20 @@ func exit(t *testing.T, s *Set, name, token string, o Outcome) time.Time {
 	return exitAt(t, s, name, token, "", o)
 }
 
+// exitOnly gives a place back and reports whether a refusal was the
+// member's alone.
+func exitOnly(t *testing.T, s *Set, name, token, member string, o Outcome) bool {
+	t.Helper()
+	_, only, err := s.ExitAttempt(context.Background(), name, token, member, o, "535 5.7.3 Authentication unsuccessful")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return only
+}
+
 func exitAt(t *testing.T, s *Set, name, token, member string, o Outcome) time.Time {
 	t.Helper()
-	at, err := s.ExitAttempt(context.Background(), name, token, member, o, "535 5.7.3 Authentication unsuccessful")
+	at, _, err := s.ExitAttempt(context.Background(), name, token, member, o, "535 5.7.3 Authentication unsuccessful")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,6 +262,56 @@ func TestAttemptsOneMemberRefused(t *testing.T) {
 		if v := enterAt(t, b, name, "r", member, false).Verdict; v != Refused {
 			t.Fatalf("attempt at %q after three refusals at three members: %v, want Refused", member, v)
 		}
+	}
+}
+
+// TestAttemptsMemberNeverWorked: once the credential worked at some
+// members, a refusal at one it did not work at within a day is that
+// member's alone (a mailbox added without the app's permission): not
+// counted against the credential, so refusals at several such members do
+// not open it, while they are at most a quarter of the members it worked
+// at. Past that, before any success, and a day after the last, every
+// refusal counts.
+func TestAttemptsMemberNeverWorked(t *testing.T) {
+	sets, clk := replicas(t, 1, nil)
+	s := sets[0]
+	const name = "cred:contoso"
+	try := func(token, member string, o Outcome) bool {
+		t.Helper()
+		if v := enterAt(t, s, name, token, member, false).Verdict; v != Go {
+			t.Fatalf("attempt at %s: %v, want Go", member, v)
+		}
+		return exitOnly(t, s, name, token, member, o)
+	}
+	if try("a1", "a", Failed) {
+		t.Fatal("a refusal before any success was taken as the member's alone")
+	}
+	const worked = 20
+	for i := range worked {
+		try(fmt.Sprint("w", i), fmt.Sprint("w", i), Succeeded)
+	}
+	for i := range worked / 4 {
+		m := fmt.Sprint("n", i)
+		for _, o := range []Outcome{FailedStale, Failed} { // the cached token, then a new one
+			if !try(fmt.Sprint("t", i, o), m, o) {
+				t.Fatalf("the refusal at %s (%v), where the credential never worked while it did at %d others, counted against it", m, o, worked)
+			}
+		}
+	}
+	if v := enterAt(t, s, name, "g1", "g", false).Verdict; v != Go {
+		t.Fatalf("attempt at g after refusals at five members it never worked at: %v, want Go", v)
+	}
+	exitAt(t, s, name, "g1", "g", Neutral)
+	if try("n5", "n5", Failed) {
+		t.Error("a refusal at a sixth new member, past a quarter of the 20 it worked at, was taken as the member's alone")
+	}
+	try("w0", "w0", Succeeded)
+	if !try("n6", "n6", Failed) {
+		t.Error("after a success, a refusal at a new member counted against the credential")
+	}
+	clk.Add(worksFor + time.Minute)
+	if try("n7", "n7", Failed) {
+		t.Error("a refusal a day after the last success was taken as the member's alone")
 	}
 }
 

@@ -676,7 +676,7 @@ func (s *Set) Forget(ctx context.Context, name string) error {
 		return fmt.Errorf("breaker %s: forget: %w", name, err)
 	}
 	// The record and its companions share one hash slot.
-	if err := s.rdb.Del(ctx, recordKey(name), spreadKey(name), placesKey(name), attemptKey(name), notifiedKey(name)).Err(); err != nil {
+	if err := s.rdb.Del(ctx, recordKey(name), spreadKey(name), placesKey(name), attemptKey(name), worksKey(name), unprovenKey(name), notifiedKey(name)).Err(); err != nil {
 		return fmt.Errorf("breaker %s: forget: %w", name, err)
 	}
 	s.mu.Lock()

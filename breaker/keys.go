@@ -12,7 +12,12 @@ package breaker
 //	                             for), refused (attempts refused in a row),
 //	                             stale ("1" when the last was of a cached
 //	                             token), reply (the last refusal), cured
-//	                             (unix ms a new token last cured a refusal)
+//	                             (unix ms a new token last cured a refusal),
+//	                             lone (the member every refusal was at)
+//	hf:{brk:NAME}:works    zset  members an attempt succeeded at ->
+//	                             when (unix ms), for a day; see Attempts
+//	hf:{brk:NAME}:unproven set   members refused since the last success
+//	                             that are not in works
 //	hf:{brk:NAME}:notified string "GENERATION SINCE" (unix ms) of the
 //	                             latest transition whose notice a replica
 //	                             claimed (OnMade)
@@ -65,6 +70,10 @@ func spreadKey(name string) string { return recordKey(name) + ":spread" }
 func placesKey(name string) string { return recordKey(name) + ":places" }
 
 func attemptKey(name string) string { return recordKey(name) + ":attempt" }
+
+func worksKey(name string) string { return recordKey(name) + ":works" }
+
+func unprovenKey(name string) string { return recordKey(name) + ":unproven" }
 
 func notifiedKey(name string) string { return recordKey(name) + ":notified" }
 

@@ -57,7 +57,7 @@ func TestBreakerWhileRedisFull(t *testing.T) {
 	if err != nil || a.Verdict != Go {
 		t.Errorf("EnterAttempt with Redis full = %+v, %v; want Go", a, err)
 	}
-	if _, err := s.ExitAttempt(ctx, name, "tok", "box", Succeeded, ""); err != nil {
+	if _, _, err := s.ExitAttempt(ctx, name, "tok", "box", Succeeded, ""); err != nil {
 		t.Errorf("ExitAttempt with Redis full: %v", err)
 	}
 }

@@ -166,7 +166,7 @@ func TestFreshAuthCures(t *testing.T) {
 		}
 	}
 	for _, tok := range []string{"p1", "p2"} {
-		if _, err := other.ExitAttempt(ctx, cred, tok, "", breaker.FailedStale, "535 5.7.3 Authentication unsuccessful"); err != nil {
+		if _, _, err := other.ExitAttempt(ctx, cred, tok, "", breaker.FailedStale, "535 5.7.3 Authentication unsuccessful"); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -316,3 +316,66 @@ func newBox10Env(t *testing.T, change func(*Options)) *exchangeEnv {
 		}
 	})
 }
+
+// TestMailboxesWithoutPermission: of 24 mailboxes that send, four
+// came without the app's permission (a new hire's mailbox, a shared one
+// the admin forgot). The healthy ones have sent, and keep their sessions
+// open; then each of the four gets mail at once. Exchange refuses the
+// token at the four alone: that is not the credential's failure while
+// the mailboxes that sent with it lately still do, so its breaker stays
+// closed, each of the four opens its own, and the healthy mail goes on.
+func TestMailboxesWithoutPermission(t *testing.T) {
+	const healthy, broken = 20, 4
+	box := func(n int) string { return fmt.Sprintf("box%d@contoso.com", n) }
+	e := newExchangeEnvSim(t, 2, func(c *sim.Config) {
+		var boxes []string
+		for n := 1; n <= healthy; n++ {
+			boxes = append(boxes, box(n))
+		}
+		c.Tenants[0].Apps[0].SendAsMailboxes = append(boxes, "noreply@contoso.com", "billing@contoso.com")
+	}, func(o *Options) {
+		o.Delivery.Workers = 8
+		o.Queue.BackoffBase = Duration(200 * time.Millisecond)
+		o.Queue.BackoffMax = Duration(time.Second)
+		for i := range o.Apps {
+			for n := 1; n <= healthy+broken; n++ {
+				o.Apps[i].SenderMailboxes[box(n)] = box(n)
+			}
+		}
+	})
+	status := statusOf(t, e.relays[0].gate.set)
+	var first []string
+	for n := 1; n <= healthy; n++ {
+		first = append(first, e.submit(t, n%2, box(n), fmt.Sprintf("a%d@example.org", n), exchangeMessage(n, box(n))))
+	}
+	waitFor(t, 20*time.Second, "the healthy mailboxes' first mail delivered", func() bool { return e.allDelivered(t, first) })
+
+	var held, later []string
+	for n := healthy + 1; n <= healthy+broken; n++ {
+		for k := range 2 {
+			held = append(held, e.submit(t, k, box(n), fmt.Sprintf("h%d.%d@example.org", n, k), exchangeMessage(100+10*n+k, box(n))))
+		}
+	}
+	for n := 1; n <= healthy; n++ {
+		later = append(later, e.submit(t, n%2, box(n), fmt.Sprintf("b%d@example.org", n), exchangeMessage(200+n, box(n))))
+	}
+	waitFor(t, 20*time.Second, "the healthy mail delivered and the four mailboxes' breakers open", func() bool {
+		if !e.allDelivered(t, later) {
+			return false
+		}
+		for n := healthy + 1; n <= healthy+broken; n++ {
+			if status(mailboxBreaker(box(n))).State != breaker.Open {
+				return false
+			}
+		}
+		return true
+	})
+	if st := status(credentialBreaker("contoso")); st.Generation != 0 {
+		t.Errorf("credential breaker %+v: it opened (generation %d) for mailboxes without the app's permission", st, st.Generation)
+	}
+	for _, id := range held {
+		if m := e.get(t, id); m.State == queue.Delivered || m.State == queue.Dead {
+			t.Errorf("%s of a mailbox without the permission is %s, want held", id, m.State)
+		}
+	}
+}

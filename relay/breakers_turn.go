@@ -50,9 +50,9 @@ func (g *gate) authTurn(route string) func(context.Context, bool) (o365.AuthTurn
 				fresh := a.Verdict == breaker.GoFresh
 				stop := g.renewTurn(cred, token)
 				exit := g.exitTurn(cred, token, mailbox, fresh)
-				return o365.AuthTurn{Refresh: g.newCure(cred, a.CuredAt) || fresh, Placed: true, Exit: func(o o365.AuthOutcome, err error) {
+				return o365.AuthTurn{Refresh: g.newCure(cred, a.CuredAt) || fresh, Placed: true, Exit: func(o o365.AuthOutcome, err error) error {
 					stop()
-					exit(o, err)
+					return exit(o, err)
 				}}, nil
 			case breaker.Held:
 				// The breaker opened while this AUTH waited for a place, and
@@ -122,9 +122,12 @@ func renewing(every time.Duration, renew func(context.Context) bool) (stop func(
 // exitTurn gives a place back with the AUTH's outcome. fresh says the
 // place was given to test a new token after a cached one's refusal
 // (breaker.GoFresh): its success is a cure, which the other replicas
-// hear of and replace their own cached tokens.
-func (g *gate) exitTurn(cred, token, mailbox string, fresh bool) func(o365.AuthOutcome, error) {
-	return func(outcome o365.AuthOutcome, err error) {
+// hear of and replace their own cached tokens. It returns the mailbox's
+// failure to count in place of a refusal that was the mailbox's alone:
+// the credential has not worked there within a day, while it has at
+// other mailboxes.
+func (g *gate) exitTurn(cred, token, mailbox string, fresh bool) func(o365.AuthOutcome, error) error {
+	return func(outcome o365.AuthOutcome, err error) error {
 		o, reply := breaker.Neutral, ""
 		switch {
 		case outcome == o365.AuthCured, outcome == o365.AuthOK && fresh:
@@ -139,7 +142,7 @@ func (g *gate) exitTurn(cred, token, mailbox string, fresh bool) func(o365.AuthO
 		// The place is given back even when the send was cancelled.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		at, xerr := g.set.ExitAttempt(ctx, cred, token, mailbox, o, reply)
+		at, only, xerr := g.set.ExitAttempt(ctx, cred, token, mailbox, o, reply)
 		if xerr != nil {
 			g.log.Warn("cannot give an AUTH place back; it lapses by itself", "breaker", cred, "err", xerr)
 		}
@@ -147,6 +150,13 @@ func (g *gate) exitTurn(cred, token, mailbox string, fresh bool) func(o365.AuthO
 			// This replica's token is the new one already.
 			g.newCure(cred, at)
 		}
+		if only {
+			return &upstream.Error{Class: upstream.Mailbox, Reason: reply, Err: err,
+				Text: "Exchange refused this credential's token at this mailbox, where it has not worked within a day, " +
+					"while it works at other mailboxes; the app may lack its permission on the mailbox " +
+					"(FullAccess, or an RBAC for Applications scope): " + reply}
+		}
+		return nil
 	}
 }
 

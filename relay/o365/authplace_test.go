@@ -36,11 +36,12 @@ func TestAuthPlaceCoversAuthAlone(t *testing.T) {
 	)
 	turn := func(context.Context, bool) (o365.AuthTurn, error) {
 		at := p.writes.Load()
-		return o365.AuthTurn{Placed: true, Exit: func(o o365.AuthOutcome, _ error) {
+		return o365.AuthTurn{Placed: true, Exit: func(o o365.AuthOutcome, _ error) error {
 			mu.Lock()
 			defer mu.Unlock()
 			during = append(during, p.writes.Load()-at)
 			ended = append(ended, o)
+			return nil
 		}}, nil
 	}
 	snd, err := o365.NewSMTPSender(o365.SMTPOptions{

@@ -54,8 +54,10 @@ type AuthTurn struct {
 	// Refresh asks for a new token before the AUTH: another session
 	// found its cached token refused and a new one good.
 	Refresh bool
-	// Exit gives the place back with the AUTH's outcome and error.
-	Exit func(o AuthOutcome, err error)
+	// Exit gives the place back with the AUTH's outcome and error. It
+	// returns the error to count in place of err, or nil: a refusal the
+	// places found to be the mailbox's alone is the mailbox's failure.
+	Exit func(o AuthOutcome, err error) error
 	// Placed: a place was taken. Without it (the places could not be
 	// read) the AUTH may go ahead, unbounded fleet-wide.
 	Placed bool
@@ -591,7 +593,9 @@ func (s *SMTPSender) openFresh(ctx context.Context, r Route, elsewhere error) (*
 	// A token fetched for this turn is a new one: its refusal is not
 	// retried.
 	cn, retry, err := s.authOn(ctx, c, w, r, tok.AccessToken, turn.Refresh)
-	turn.Exit(authOutcome(err, retry, false), err)
+	if instead := turn.Exit(authOutcome(err, retry, false), err); instead != nil {
+		err = instead
+	}
 	if !retry {
 		return cn, false, err
 	}
@@ -611,7 +615,9 @@ func (s *SMTPSender) openFresh(ctx context.Context, r Route, elsewhere error) (*
 		return nil, true, terr
 	}
 	cn, _, err = s.authenticate(ctx, r, tok.AccessToken, true)
-	again.Exit(authOutcome(err, false, true), err)
+	if instead := again.Exit(authOutcome(err, false, true), err); instead != nil {
+		err = instead
+	}
 	return cn, true, err
 }
 
@@ -619,7 +625,7 @@ func (s *SMTPSender) openFresh(ctx context.Context, r Route, elsewhere error) (*
 // without Turn always has one.
 func (s *SMTPSender) turn(ctx context.Context, r Route, wait bool) (AuthTurn, error) {
 	if r.Turn == nil {
-		return AuthTurn{Exit: func(AuthOutcome, error) {}}, nil
+		return AuthTurn{Exit: func(AuthOutcome, error) error { return nil }}, nil
 	}
 	t, err := r.Turn(ctx, wait)
 	if errors.Is(err, ErrNoTurn) && wait {
@@ -627,7 +633,7 @@ func (s *SMTPSender) turn(ctx context.Context, r Route, wait bool) (AuthTurn, er
 			Text: "other AUTHs with this credential are in doubt; waiting for their verdict", Err: err}
 	}
 	if err == nil && t.Exit == nil {
-		t.Exit = func(AuthOutcome, error) {}
+		t.Exit = func(AuthOutcome, error) error { return nil }
 	}
 	return t, err
 }
