@@ -60,6 +60,10 @@ type gate struct {
 	// propagationWindow: see breakers_propagation.go.
 	propagationWindow time.Duration
 
+	// staleMu orders this replica's writes of its stale marks
+	// (recordStale), each of the state when it is made.
+	staleMu sync.Mutex
+
 	mu sync.Mutex
 	// refused holds, per credential (or delegated mailbox), when Entra
 	// last refused it: see token.

@@ -22,7 +22,10 @@ import (
 
 // issued records that a credential's material just got a token. A
 // record Redis does not take is made again (keep): the next token may be
-// an hour away.
+// an hour away. Material that got a token is not stale: this replica is
+// then recorded as not stale for the credential, which also takes away a
+// mark an earlier process under its name left (one killed while stale,
+// whose file changed before this one started).
 func (g *gate) issued(name, fingerprint string) {
 	at := time.Now()
 	err := g.set.Succeeded(context.Background(), credentialBreaker(name), fingerprint)
@@ -31,6 +34,16 @@ func (g *gate) issued(name, fingerprint string) {
 	})
 	if err != nil {
 		g.log.Warn("cannot record the credential that works; recorded again once Redis answers", "credential", name, "err", err)
+	}
+	g.mu.Lock()
+	_, was := g.stale[name]
+	delete(g.stale, name)
+	g.mu.Unlock()
+	if was {
+		g.log.Info("this relay's credential got a token; it sends again", "credential", name)
+	}
+	if err := g.recordStale(name); err != nil && !errors.Is(err, errStaleChanged) {
+		g.log.Warn("cannot record this relay as no longer stale; recorded once Redis answers", "credential", name, "err", err)
 	}
 }
 
@@ -55,7 +68,7 @@ func (g *gate) markStale(cred, fingerprint string) {
 	g.stale[cred] = fingerprint
 	g.mu.Unlock()
 	if first {
-		if err := g.recordStale(cred, true); err != nil {
+		if err := g.recordStale(cred); err != nil && !errors.Is(err, errStaleChanged) {
 			g.log.Warn("cannot record this relay as stale; recorded once Redis answers", "credential", cred, "err", err)
 		}
 		g.log.Warn("this relay's secret or certificate file is older than the one that works for the fleet; "+
@@ -64,13 +77,33 @@ func (g *gate) markStale(cred, fingerprint string) {
 	}
 }
 
-// recordStale records in the credential's breaker record that this
-// replica is stale for it, or no longer is. A record Redis does not take
-// is made again once it answers (keep), the latest of the two winning:
-// operators read it in `holdfast breaker status` and the status page.
-func (g *gate) recordStale(cred string, stale bool) error {
+// errStaleChanged: this replica's stale state for a credential changed
+// while it was being recorded; it is recorded again.
+var errStaleChanged = errors.New("the stale state changed while it was recorded")
+
+// recordStale records in the credential's breaker record whether this
+// replica is stale for it now, for operators (`holdfast breaker status`,
+// the status page). The writes are made one at a time, each of the state
+// when it is made; one that Redis did not take, or during which the
+// state changed, is made again once Redis answers (keep), so the record
+// ends with the latest state.
+func (g *gate) recordStale(cred string) error {
 	mark := func(ctx context.Context) error {
-		return g.set.MarkStale(ctx, credentialBreaker(cred), g.replica, stale)
+		g.staleMu.Lock()
+		defer g.staleMu.Unlock()
+		g.mu.Lock()
+		_, stale := g.stale[cred]
+		g.mu.Unlock()
+		if err := g.set.MarkStale(ctx, credentialBreaker(cred), g.replica, stale); err != nil {
+			return err
+		}
+		g.mu.Lock()
+		_, now := g.stale[cred]
+		g.mu.Unlock()
+		if now != stale {
+			return errStaleChanged
+		}
+		return nil
 	}
 	err := mark(context.Background())
 	g.keep("stale mark of this relay for "+cred, err, mark)
@@ -98,7 +131,7 @@ func (g *gate) staleFor(cred string) bool {
 	g.mu.Unlock()
 	if rejoined {
 		g.log.Info("this relay's credential file changed; it sends again", "credential", cred)
-		if err := g.recordStale(cred, false); err != nil {
+		if err := g.recordStale(cred); err != nil && !errors.Is(err, errStaleChanged) {
 			g.log.Warn("cannot record this relay as no longer stale; recorded once Redis answers", "credential", cred, "err", err)
 		}
 	}

@@ -192,3 +192,23 @@ func TestStaleMarkWhileRedisDown(t *testing.T) {
 		return !slices.Contains(status(), g.replica)
 	})
 }
+
+// TestStaleMarkOfEarlierProcessCleared: a relay killed while stale, whose
+// file was then replaced, starts again under the same replica name. The
+// new process never found itself stale, so it has no mark of its own to
+// take away; its first token tells it that the mark left under its name
+// is not its, and it takes it away.
+func TestStaleMarkOfEarlierProcessCleared(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	g := e.relays[0].gate
+	name := credentialBreaker("contoso")
+	status := statusOf(t, breaker.New(e.f.redis.Client(t), breaker.Options{}))
+	// The earlier process's mark.
+	if err := g.set.MarkStale(t.Context(), name, g.replica, true); err != nil {
+		t.Fatal(err)
+	}
+	g.issued("contoso", g.x.creds["contoso"].Fingerprint())
+	if got := status(name).StaleReplicas; slices.Contains(got, g.replica) {
+		t.Errorf("stale replicas %v after this process's token, want %s no longer listed", got, g.replica)
+	}
+}
