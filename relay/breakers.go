@@ -448,6 +448,7 @@ func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
 			continue
 		}
 		g.probeMailboxesNow(ctx, list)
+		waiting := g.mailboxesUnderOpenCredentials(ctx, list)
 		for _, st := range list {
 			if st.State != breaker.Open {
 				continue
@@ -457,6 +458,9 @@ func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
 			}
 			if strings.HasPrefix(st.Name, "mbx:") && g.staleAny() {
 				continue // the other replicas probe mailboxes with the secret that works
+			}
+			if waiting[st.Name] {
+				continue // probed once its credential's breaker closes
 			}
 			if ok, err := g.set.AcquireProbe(ctx, st.Name); err != nil || !ok {
 				continue
@@ -469,6 +473,48 @@ func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
 			}
 		}
 	}
+}
+
+// mailboxesUnderOpenCredentials returns the open mailbox breakers in list
+// whose every route is under an open credential breaker. Their probes
+// wait: the token they would fetch, or the AUTH with it, fails on the
+// credential's account, and would count on the mailbox with the
+// credential's reason. They are probed at once when the credential's
+// breaker closes (probeMailboxesNow). It reads the routes only while a
+// credential's breaker and a mailbox's are open together; when it cannot,
+// none waits.
+func (g *gate) mailboxesUnderOpenCredentials(ctx context.Context, list []breaker.Status) map[string]bool {
+	openCreds, openMailbox := map[string]bool{}, false
+	for _, st := range list {
+		if st.State != breaker.Open {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(st.Name, "cred:"):
+			openCreds[st.Name] = true
+		case strings.HasPrefix(st.Name, "mbx:"):
+			openMailbox = true
+		}
+	}
+	if len(openCreds) == 0 || !openMailbox {
+		return nil
+	}
+	routes, err := g.q.Routes(ctx)
+	if err != nil {
+		return nil
+	}
+	// Per mailbox breaker: whether all its routes' credentials are open.
+	waiting := map[string]bool{}
+	for _, r := range routes {
+		cred, mbx, ok := routeBreakers(r)
+		if !ok {
+			continue
+		}
+		if w, seen := waiting[mbx]; !seen || w {
+			waiting[mbx] = openCreds[cred]
+		}
+	}
+	return waiting
 }
 
 // runProbe runs the probe of breaker name, whose lease this replica just

@@ -379,3 +379,53 @@ func TestMailboxesWithoutPermission(t *testing.T) {
 		}
 	}
 }
+
+// TestMailboxProbeWaitsForCredential: a mailbox's breaker is open (the
+// app lacks its permission there) when the credential's secret expires
+// and its breaker opens. The mailbox's probe, due meanwhile, would fetch
+// a token Entra refuses and count the credential's failure on the
+// mailbox, with the credential's reason: it waits instead, and runs once
+// the credential's breaker closes (probeMailboxesNow).
+func TestMailboxProbeWaitsForCredential(t *testing.T) {
+	const broken = "box10@contoso.com"
+	e := newBox10Env(t, func(o *Options) { o.Breakers.OpenInterval = Duration(time.Second) })
+	g := e.relays[0].gate
+	status := statusOf(t, g.set)
+	mbx := mailboxBreaker(broken)
+	e.submit(t, 0, broken, "a@example.org", exchangeMessage(1, broken))
+	waitFor(t, 20*time.Second, "the mailbox's breaker open", func() bool { return status(mbx).State == breaker.Open })
+
+	e.sim.ExpireSecret(simTenant, simClientID)
+	if err := g.set.Trip(t.Context(), credentialBreaker("contoso"), "the secret expired"); err != nil {
+		t.Fatal(err)
+	}
+	before := status(mbx)
+	probed := func() int {
+		n := 0
+		for _, l := range strings.Split(e.logs.String(), "\n") {
+			if strings.Contains(l, `msg="breaker probed"`) && strings.Contains(l, " breaker="+mbx+" ") {
+				n++
+			}
+		}
+		return n
+	}
+	probes := probed()
+	// Several of the mailbox's open intervals (1 s, doubling on each
+	// failed probe).
+	time.Sleep(4 * time.Second)
+	after := status(mbx)
+	if after.Failures != before.Failures || after.Reason != before.Reason {
+		t.Errorf("mailbox breaker went from %d failures (%q) to %d (%q) while the credential's was open; want it untouched",
+			before.Failures, before.Reason, after.Failures, after.Reason)
+	}
+	if n := probed() - probes; n != 0 {
+		t.Errorf("the mailbox was probed %d times while the credential's breaker was open, want none", n)
+	}
+	// Once the credential works again and its breaker closes, the
+	// mailbox's probe runs at once.
+	e.sim.RotateSecret(simTenant, simClientID, simSecret)
+	if err := g.set.Reset(t.Context(), credentialBreaker("contoso")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the mailbox probed after the credential's breaker closed", func() bool { return probed() > probes })
+}
