@@ -119,8 +119,12 @@ func newExchangeEnvSim(t testing.TB, replicas int, editSim func(*sim.Config), ch
 		}
 	})
 	e.log = slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	for range replicas {
-		e.relays = append(e.relays, runRelay(t, o, e.log))
+	for i := range replicas {
+		// Each relay its own name in the fleet, as the replica option
+		// requires.
+		ro := o
+		ro.Replica = fmt.Sprintf("relay-%d", i+1)
+		e.relays = append(e.relays, runRelay(t, ro, e.log))
 	}
 	return e
 }
