@@ -179,3 +179,38 @@ func TestMetricNamesAgreed(t *testing.T) {
 		t.Errorf("the rules and dashboard use only %d metrics", len(used))
 	}
 }
+
+// fleetWide are the metrics every replica exports for the whole fleet,
+// the same on each (see the README's Monitoring): the gauges read from
+// Redis at scrape time, and the count of breaker transitions, which
+// every replica sees. Summed across the job they count each replica
+// again.
+var fleetWide = []string{
+	"holdfast_queue_messages",
+	"holdfast_queue_oldest_ready_age_seconds",
+	"holdfast_queue_oldest_held_age_seconds",
+	"holdfast_breaker_open",
+	"holdfast_mailbox_breakers_open",
+	"holdfast_credential_expiry_timestamp_seconds",
+	"holdfast_breaker_transitions_total",
+}
+
+// TestFleetWideMetricsNotSummed: no alert rule or panel sums across
+// replicas a metric that every replica exports for the whole fleet: the
+// aggregation nearest such a metric is not sum (max by credential, then
+// sum of the credentials, is right).
+func TestFleetWideMetricsNotSummed(t *testing.T) {
+	aggregation := regexp.MustCompile(`\b(sum|max|min|avg|count|topk|bottomk)\b`)
+	for where, q := range queries(t) {
+		for _, loc := range metricName.FindAllStringIndex(q, -1) {
+			m := q[loc[0]:loc[1]]
+			if !slices.Contains(fleetWide, baseName(m)) {
+				continue
+			}
+			aggs := aggregation.FindAllString(q[:loc[0]], -1)
+			if len(aggs) > 0 && aggs[len(aggs)-1] == "sum" {
+				t.Errorf("%s sums %s across replicas, which every replica exports for the whole fleet; take max: %s", where, m, q)
+			}
+		}
+	}
+}
