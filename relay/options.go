@@ -507,8 +507,8 @@ func Parse(data []byte) (Options, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	switch err := dec.Decode(&o); {
-	case errors.Is(err, io.EOF):
-		return Options{}, errors.New("the file holds no settings (it is empty, or only comments); " +
+	case errors.Is(err, io.EOF) || err == nil && emptyYAML(data):
+		return Options{}, errors.New("the file holds no settings (it is empty, only comments, or a null document); " +
 			"start from holdfast.example.yaml")
 	case err != nil:
 		return Options{}, fmt.Errorf("parse: %w", explainYAML(data, err))
@@ -520,6 +520,20 @@ func Parse(data []byte) (Options, error) {
 		return Options{}, err
 	}
 	return o, nil
+}
+
+// emptyYAML reports whether data's first document holds nothing: "---",
+// "null" or "~" alone, as a template that rendered no settings leaves.
+func emptyYAML(data []byte) bool {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return false
+	}
+	if len(doc.Content) == 0 {
+		return true
+	}
+	n := doc.Content[0]
+	return n.Kind == yaml.ScalarNode && n.Tag == "!!null"
 }
 
 // readSecretFiles fills each secret from its *_file, when one is given.

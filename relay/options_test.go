@@ -321,7 +321,7 @@ func TestParseBadType(t *testing.T) {
 }
 
 func TestParseEmpty(t *testing.T) {
-	for _, empty := range []string{"", "\n", "# only a comment\n"} {
+	for _, empty := range []string{"", "\n", "# only a comment\n", "---\n", "null\n", "~\n", "---\n# rendered empty\n"} {
 		if _, err := relay.Parse([]byte(empty)); err == nil || !strings.Contains(err.Error(), "holds no settings") {
 			t.Errorf("Parse(%q) = %v; want it called empty, not a setting it lacks", empty, err)
 		}
