@@ -104,9 +104,9 @@ func run(ctx context.Context, args []string, e *env) int {
 	c, rest := findCommand(args)
 	if c == nil {
 		group := args[0]
-		switch {
-		case flagsFirst(args) != "":
-			fmt.Fprintf(e.stderr, "holdfast: flags go after the command: %s\n", flagsFirst(args))
+		switch meant := flagsFirst(args); {
+		case meant != "":
+			fmt.Fprintf(e.stderr, "holdfast: flags go after the command: %s\n", meant)
 			return exitUsage
 		case !isGroup(group):
 			fmt.Fprintf(e.stderr, "holdfast: unknown command %q\n", group)
@@ -183,10 +183,26 @@ func flagsFirst(args []string) string {
 	}
 	for i := 1; i < len(args); i++ {
 		if c, rest := findCommand(args[i:]); c != nil {
-			return strings.Join(append(append([]string{"holdfast", c.path}, args[:i]...), rest...), " ")
+			line := []string{"holdfast", c.path}
+			for _, a := range append(append([]string(nil), args[:i]...), rest...) {
+				line = append(line, shellQuote(a))
+			}
+			return strings.Join(line, " ")
 		}
 	}
 	return ""
+}
+
+// shellQuote quotes a for a shell when it holds anything but letters,
+// digits and ./:=@%+,_-.
+func shellQuote(a string) string {
+	plain := a != "" && strings.IndexFunc(a, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("./:=@%+,_-", r))
+	}) < 0
+	if plain {
+		return a
+	}
+	return "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
 }
 
 func isGroup(name string) bool {

@@ -233,6 +233,8 @@ func TestUsage(t *testing.T) {
 		{[]string{"--config", "h.yaml", "queue", "stats", "--json"}, exitUsage,
 			"holdfast: flags go after the command: holdfast queue stats --config h.yaml --json\n"},
 		{[]string{"--config", "h.yaml", "frobnicate"}, exitUsage, `holdfast: unknown command "--config"`},
+		{[]string{"--config", "my holdfast's.yaml", "breaker", "status"}, exitUsage,
+			`holdfast: flags go after the command: holdfast breaker status --config 'my holdfast'\''s.yaml'` + "\n"},
 		{[]string{"queue"}, exitUsage, "usage: holdfast queue COMMAND"},
 		{[]string{"queue", "frobnicate"}, exitUsage, `holdfast: queue: unknown command "frobnicate"`},
 		{[]string{"queue", "show"}, exitUsage, "holdfast: queue show: give exactly one message id"},
