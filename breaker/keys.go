@@ -31,7 +31,8 @@ package breaker
 //	                             in a claims hash, scored by its lease
 //	hf:brk:log             zset  the latest transitions, fleet-wide: one
 //	                             JSON Transition (From left out) per member,
-//	                             scored by its time (unix ms)
+//	                             scored by its time (unix ms), one per
+//	                             breaker, state and time (logScript)
 //	hf:brk:replica:NAME    string the id of the process that last
 //	                             announced replica name NAME (see
 //	                             Set.ReplicaShared), with a TTL

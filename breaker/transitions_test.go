@@ -56,7 +56,7 @@ func TestRecentTransitions(t *testing.T) {
 }
 
 // TestFoundOpeningLoggedOnce: a breaker tripped again while open keeps
-// its opening time, with a newer generation and reason. A process that
+// its opening time and generation, with a new reason. A process that
 // reads it for the first time (a relay starting, or `holdfast breaker
 // status`) finds it open; that is the same opening the log holds, not
 // another one.
