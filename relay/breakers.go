@@ -657,6 +657,10 @@ func (g *gate) probe(ctx context.Context, name string) (result error) {
 	candidates, failing := routes, false
 	if isCred {
 		candidates, failing = g.probeRoutes(ctx, routes)
+	} else if candidates = g.underClosedCredentials(routes); len(candidates) == 0 && len(routes) > 0 {
+		// Its credential's breaker opened since the probe loop looked
+		// (this relay's view): the probe waits for it to close.
+		return fmt.Errorf("%w: the breaker of its credential is open; it is probed once that closes", errProbeNotRun)
 	}
 	if len(candidates) > 0 {
 		_, credName, _, _ = parseRoute(candidates[0])
@@ -702,6 +706,19 @@ func (g *gate) probe(ctx context.Context, name string) (result error) {
 		return g.probeToken(ctx, name, credName, isCred)
 	}
 	return perr
+}
+
+// underClosedCredentials returns those of routes whose credential's
+// breaker is not open, as this replica last saw it.
+func (g *gate) underClosedCredentials(routes []string) []string {
+	var out []string
+	for _, r := range routes {
+		if cred, _, ok := routeBreakers(r); ok && g.set.Cached(cred).State == breaker.Open {
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // probeToken is a credential's probe with no route to try: a token

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"errors"
 	"context"
 	"fmt"
 	"slices"
@@ -428,4 +429,28 @@ func TestMailboxProbeWaitsForCredential(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the mailbox probed after the credential's breaker closed", func() bool { return probed() > probes })
+}
+
+// TestMailboxProbeAfterCredentialOpened: a mailbox's probe that was due
+// in the same sweep as the token refusal that opened its credential's
+// breaker finds the breaker open in this relay's view and does not run:
+// it would fetch a token Entra refuses.
+func TestMailboxProbeAfterCredentialOpened(t *testing.T) {
+	const broken = "box10@contoso.com"
+	e := newBox10Env(t, nil)
+	g := e.relays[0].gate
+	mbx := mailboxBreaker(broken)
+	e.submit(t, 0, broken, "a@example.org", exchangeMessage(1, broken))
+	waitFor(t, 20*time.Second, "the mailbox's breaker open", func() bool { return g.set.Cached(mbx).State == breaker.Open })
+	e.sim.ExpireSecret(simTenant, simClientID)
+	if err := g.set.Trip(t.Context(), credentialBreaker("contoso"), "the secret expired"); err != nil {
+		t.Fatal(err)
+	}
+	refused := e.sim.Counters().Clients[simClientID].TokenErrors
+	if err := g.probe(t.Context(), mbx); !errors.Is(err, errProbeNotRun) {
+		t.Errorf("the mailbox's probe under an open credential breaker = %v, want it not run", err)
+	}
+	if n := e.sim.Counters().Clients[simClientID].TokenErrors - refused; n != 0 {
+		t.Errorf("%d token requests refused by the mailbox's probe, want none", n)
+	}
 }
