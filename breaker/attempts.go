@@ -45,11 +45,11 @@ import (
 // at a member that is not one of them (a mailbox that has not sent with
 // the credential lately, such as one added without the app's permission)
 // is that member's alone while the members so refused since the last
-// success are at most a quarter of those it worked at: it is not counted
+// success are at most half of those it worked at: it is not counted
 // against the credential, and ExitAttempt says so, for the caller to
 // count a failure of the member. A credential revoked or deprived of its
 // permission is refused at the members it worked at too, which count as
-// above, and at more new members than a quarter of those only where it
+// above, and at more new members than half of those only where it
 // worked at few. Before any success (a fresh start, a Redis that lost its
 // data), every refusal counts, as above.
 
@@ -200,7 +200,7 @@ if outcome >= 3 and ARGV[5] ~= '' and not redis.call('ZSCORE', KEYS[4], ARGV[5])
   if works > 0 then
     redis.call('SADD', KEYS[5], ARGV[5])
     redis.call('PEXPIRE', KEYS[5], ARGV[6])
-    if redis.call('SCARD', KEYS[5]) * 4 <= works then return 1 end
+    if redis.call('SCARD', KEYS[5]) * 2 <= works then return 1 end
   end
 end
 if outcome >= 3 then
