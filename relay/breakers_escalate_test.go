@@ -1,8 +1,8 @@
 package relay
 
 import (
-	"errors"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -296,20 +296,28 @@ func TestAppOnlyRefusalLeavesCredentialClosed(t *testing.T) {
 // alone. change, when set, edits the relays' options further.
 func newBox10Env(t *testing.T, change func(*Options)) *exchangeEnv {
 	t.Helper()
+	return newBoxesEnv(t, 9, 10, 4, change)
+}
+
+// newBoxesEnv is two relays, with workers delivery workers each, sending
+// from box1…box<total>, of which the simulator's app has the permission
+// on box1…box<permitted> only.
+func newBoxesEnv(t *testing.T, permitted, total, workers int, change func(*Options)) *exchangeEnv {
+	t.Helper()
+	box := func(n int) string { return fmt.Sprintf("box%d@contoso.com", n) }
 	return newExchangeEnvSim(t, 2, func(c *sim.Config) {
 		var boxes []string
-		for i := 1; i <= 9; i++ {
-			boxes = append(boxes, fmt.Sprintf("box%d@contoso.com", i))
+		for n := 1; n <= permitted; n++ {
+			boxes = append(boxes, box(n))
 		}
 		c.Tenants[0].Apps[0].SendAsMailboxes = append(boxes, "noreply@contoso.com", "billing@contoso.com")
 	}, func(o *Options) {
-		o.Delivery.Workers = 4
+		o.Delivery.Workers = workers
 		o.Queue.BackoffBase = Duration(200 * time.Millisecond)
 		o.Queue.BackoffMax = Duration(time.Second)
 		for i := range o.Apps {
-			for n := 1; n <= 10; n++ {
-				box := fmt.Sprintf("box%d@contoso.com", n)
-				o.Apps[i].SenderMailboxes[box] = box
+			for n := 1; n <= total; n++ {
+				o.Apps[i].SenderMailboxes[box(n)] = box(n)
 			}
 		}
 		if change != nil {
@@ -328,22 +336,7 @@ func newBox10Env(t *testing.T, change func(*Options)) *exchangeEnv {
 func TestMailboxesWithoutPermission(t *testing.T) {
 	const healthy, broken = 20, 4
 	box := func(n int) string { return fmt.Sprintf("box%d@contoso.com", n) }
-	e := newExchangeEnvSim(t, 2, func(c *sim.Config) {
-		var boxes []string
-		for n := 1; n <= healthy; n++ {
-			boxes = append(boxes, box(n))
-		}
-		c.Tenants[0].Apps[0].SendAsMailboxes = append(boxes, "noreply@contoso.com", "billing@contoso.com")
-	}, func(o *Options) {
-		o.Delivery.Workers = 8
-		o.Queue.BackoffBase = Duration(200 * time.Millisecond)
-		o.Queue.BackoffMax = Duration(time.Second)
-		for i := range o.Apps {
-			for n := 1; n <= healthy+broken; n++ {
-				o.Apps[i].SenderMailboxes[box(n)] = box(n)
-			}
-		}
-	})
+	e := newBoxesEnv(t, healthy, healthy+broken, 8, nil)
 	status := statusOf(t, e.relays[0].gate.set)
 	var first []string
 	for n := 1; n <= healthy; n++ {

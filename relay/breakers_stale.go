@@ -42,8 +42,14 @@ func (g *gate) issued(name, fingerprint string) {
 	if was {
 		g.log.Info("this relay's credential got a token; it sends again", "credential", name)
 	}
-	if err := g.recordStale(name); err != nil && !errors.Is(err, errStaleChanged) {
-		g.log.Warn("cannot record this relay as no longer stale; recorded once Redis answers", "credential", name, "err", err)
+	g.recordNotStale(name)
+}
+
+// recordNotStale records that this replica is not stale for a
+// credential (recordStale), saying so when Redis does not take it.
+func (g *gate) recordNotStale(cred string) {
+	if err := g.recordStale(cred); err != nil && !errors.Is(err, errStaleChanged) {
+		g.log.Warn("cannot record this relay as no longer stale; recorded once Redis answers", "credential", cred, "err", err)
 	}
 }
 
@@ -131,9 +137,7 @@ func (g *gate) staleFor(cred string) bool {
 	g.mu.Unlock()
 	if rejoined {
 		g.log.Info("this relay's credential file changed; it sends again", "credential", cred)
-		if err := g.recordStale(cred); err != nil && !errors.Is(err, errStaleChanged) {
-			g.log.Warn("cannot record this relay as no longer stale; recorded once Redis answers", "credential", cred, "err", err)
-		}
+		g.recordNotStale(cred)
 	}
 	return false
 }
