@@ -60,10 +60,6 @@ type gate struct {
 	// propagationWindow: see breakers_propagation.go.
 	propagationWindow time.Duration
 
-	// staleMu orders this replica's writes of its stale marks
-	// (recordStale), each of the state when it is made.
-	staleMu sync.Mutex
-
 	mu sync.Mutex
 	// refused holds, per credential (or delegated mailbox), when Entra
 	// last refused it: see token.
@@ -447,6 +443,7 @@ func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
 		if err != nil {
 			continue
 		}
+		g.reconcileStale(ctx, list)
 		g.probeMailboxesNow(ctx, list)
 		waiting := g.mailboxesUnderOpenCredentials(ctx, list)
 		for _, st := range list {

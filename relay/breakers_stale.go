@@ -3,6 +3,8 @@ package relay
 import (
 	"context"
 	"errors"
+	"slices"
+	"strings"
 	"time"
 
 	"holdfast/auth"
@@ -22,10 +24,7 @@ import (
 
 // issued records that a credential's material just got a token. A
 // record Redis does not take is made again (keep): the next token may be
-// an hour away. Material that got a token is not stale: this replica is
-// then recorded as not stale for the credential, which also takes away a
-// mark an earlier process under its name left (one killed while stale,
-// whose file changed before this one started).
+// an hour away.
 func (g *gate) issued(name, fingerprint string) {
 	at := time.Now()
 	err := g.set.Succeeded(context.Background(), credentialBreaker(name), fingerprint)
@@ -34,22 +33,6 @@ func (g *gate) issued(name, fingerprint string) {
 	})
 	if err != nil {
 		g.log.Warn("cannot record the credential that works; recorded again once Redis answers", "credential", name, "err", err)
-	}
-	g.mu.Lock()
-	_, was := g.stale[name]
-	delete(g.stale, name)
-	g.mu.Unlock()
-	if was {
-		g.log.Info("this relay's credential got a token; it sends again", "credential", name)
-	}
-	g.recordNotStale(name)
-}
-
-// recordNotStale records that this replica is not stale for a
-// credential (recordStale), saying so when Redis does not take it.
-func (g *gate) recordNotStale(cred string) {
-	if err := g.recordStale(cred); err != nil && !errors.Is(err, errStaleChanged) {
-		g.log.Warn("cannot record this relay as no longer stale; recorded once Redis answers", "credential", cred, "err", err)
 	}
 }
 
@@ -74,7 +57,7 @@ func (g *gate) markStale(cred, fingerprint string) {
 	g.stale[cred] = fingerprint
 	g.mu.Unlock()
 	if first {
-		if err := g.recordStale(cred); err != nil && !errors.Is(err, errStaleChanged) {
+		if err := g.set.MarkStale(context.Background(), credentialBreaker(cred), g.replica, true); err != nil {
 			g.log.Warn("cannot record this relay as stale; recorded once Redis answers", "credential", cred, "err", err)
 		}
 		g.log.Warn("this relay's secret or certificate file is older than the one that works for the fleet; "+
@@ -83,37 +66,27 @@ func (g *gate) markStale(cred, fingerprint string) {
 	}
 }
 
-// errStaleChanged: this replica's stale state for a credential changed
-// while it was being recorded; it is recorded again.
-var errStaleChanged = errors.New("the stale state changed while it was recorded")
-
-// recordStale records in the credential's breaker record whether this
-// replica is stale for it now, for operators (`holdfast breaker status`,
-// the status page). The writes are made one at a time, each of the state
-// when it is made; one that Redis did not take, or during which the
-// state changed, is made again once Redis answers (keep), so the record
-// ends with the latest state.
-func (g *gate) recordStale(cred string) error {
-	mark := func(ctx context.Context) error {
-		g.staleMu.Lock()
-		defer g.staleMu.Unlock()
-		g.mu.Lock()
-		_, stale := g.stale[cred]
-		g.mu.Unlock()
-		if err := g.set.MarkStale(ctx, credentialBreaker(cred), g.replica, stale); err != nil {
-			return err
+// reconcileStale makes this replica's stale marks in the credential
+// breakers' records, as list holds them, match its state: a mark or its
+// removal that Redis did not take, or that reached it out of order, and a
+// mark an earlier process under this replica's name left (one killed
+// while stale, whose file changed before this one started), are written
+// again. It runs at each breaker poll, and writes only what differs.
+func (g *gate) reconcileStale(ctx context.Context, list []breaker.Status) {
+	for _, st := range list {
+		cred, ok := strings.CutPrefix(st.Name, "cred:")
+		if !ok {
+			continue
 		}
-		g.mu.Lock()
-		_, now := g.stale[cred]
-		g.mu.Unlock()
-		if now != stale {
-			return errStaleChanged
+		stale := g.staleFor(cred)
+		if slices.Contains(st.StaleReplicas, g.replica) == stale {
+			continue
 		}
-		return nil
+		if err := g.set.MarkStale(ctx, st.Name, g.replica, stale); err != nil {
+			return // Redis does not answer: the next poll tries again
+		}
+		g.log.Info("recorded this relay's stale state for the credential", "credential", cred, "stale", stale)
 	}
-	err := mark(context.Background())
-	g.keep("stale mark of this relay for "+cred, err, mark)
-	return err
 }
 
 // staleFor reports whether this replica is stale for a credential: its
@@ -137,7 +110,9 @@ func (g *gate) staleFor(cred string) bool {
 	g.mu.Unlock()
 	if rejoined {
 		g.log.Info("this relay's credential file changed; it sends again", "credential", cred)
-		g.recordNotStale(cred)
+		if err := g.set.MarkStale(context.Background(), credentialBreaker(cred), g.replica, false); err != nil {
+			g.log.Warn("cannot record this relay as no longer stale; recorded once Redis answers", "credential", cred, "err", err)
+		}
 	}
 	return false
 }
