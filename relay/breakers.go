@@ -473,43 +473,35 @@ func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
 }
 
 // mailboxesUnderOpenCredentials returns the open mailbox breakers in list
-// whose every route is under an open credential breaker. Their probes
-// wait: the token they would fetch, or the AUTH with it, fails on the
-// credential's account, and would count on the mailbox with the
-// credential's reason. They are probed at once when the credential's
-// breaker closes (probeMailboxesNow). It reads the routes only while a
-// credential's breaker and a mailbox's are open together; when it cannot,
-// none waits.
+// whose every route is under an open credential breaker
+// (credentialsOpen). Their probes wait: the token they would fetch, or
+// the AUTH with it, fails on the credential's account, and would count on
+// the mailbox with the credential's reason. They are probed at once when
+// the credential's breaker closes (probeMailboxesNow). It reads the
+// routes only while a credential's breaker and a mailbox's are open
+// together; when it cannot, none waits.
 func (g *gate) mailboxesUnderOpenCredentials(ctx context.Context, list []breaker.Status) map[string]bool {
-	openCreds, openMailbox := map[string]bool{}, false
+	var credOpen, mailboxOpen bool
 	for _, st := range list {
-		if st.State != breaker.Open {
-			continue
-		}
-		switch {
-		case strings.HasPrefix(st.Name, "cred:"):
-			openCreds[st.Name] = true
-		case strings.HasPrefix(st.Name, "mbx:"):
-			openMailbox = true
-		}
+		credOpen = credOpen || st.State == breaker.Open && strings.HasPrefix(st.Name, "cred:")
+		mailboxOpen = mailboxOpen || st.State == breaker.Open && strings.HasPrefix(st.Name, "mbx:")
 	}
-	if len(openCreds) == 0 || !openMailbox {
+	if !credOpen || !mailboxOpen {
 		return nil
 	}
 	routes, err := g.q.Routes(ctx)
 	if err != nil {
 		return nil
 	}
-	// Per mailbox breaker: whether all its routes' credentials are open.
-	waiting := map[string]bool{}
+	byMailbox := map[string][]string{}
 	for _, r := range routes {
-		cred, mbx, ok := routeBreakers(r)
-		if !ok {
-			continue
+		if _, mbx, ok := routeBreakers(r); ok {
+			byMailbox[mbx] = append(byMailbox[mbx], r)
 		}
-		if w, seen := waiting[mbx]; !seen || w {
-			waiting[mbx] = openCreds[cred]
-		}
+	}
+	waiting := map[string]bool{}
+	for mbx, rs := range byMailbox {
+		waiting[mbx] = g.credentialsOpen(rs)
 	}
 	return waiting
 }
@@ -654,10 +646,13 @@ func (g *gate) probe(ctx context.Context, name string) (result error) {
 	candidates, failing := routes, false
 	if isCred {
 		candidates, failing = g.probeRoutes(ctx, routes)
-	} else if candidates = g.underClosedCredentials(routes); len(candidates) == 0 && len(routes) > 0 {
-		// Its credential's breaker opened since the probe loop looked
-		// (this relay's view): the probe waits for it to close.
-		return fmt.Errorf("%w: the breaker of its credential is open; it is probed once that closes", errProbeNotRun)
+	} else {
+		// Its credential's breaker may have opened since the probe loop
+		// looked: the routes under it wait for it to close.
+		candidates = slices.DeleteFunc(slices.Clone(routes), func(r string) bool { return g.credentialsOpen([]string{r}) })
+		if len(candidates) == 0 && len(routes) > 0 {
+			return fmt.Errorf("%w: the breaker of its credential is open; it is probed once that closes", errProbeNotRun)
+		}
 	}
 	if len(candidates) > 0 {
 		_, credName, _, _ = parseRoute(candidates[0])
@@ -705,17 +700,15 @@ func (g *gate) probe(ctx context.Context, name string) (result error) {
 	return perr
 }
 
-// underClosedCredentials returns those of routes whose credential's
-// breaker is not open, as this replica last saw it.
-func (g *gate) underClosedCredentials(routes []string) []string {
-	var out []string
+// credentialsOpen reports whether routes, one or more, are all under
+// credential breakers that are open, as this replica last read them.
+func (g *gate) credentialsOpen(routes []string) bool {
 	for _, r := range routes {
-		if cred, _, ok := routeBreakers(r); ok && g.set.Cached(cred).State == breaker.Open {
-			continue
+		if cred, _, ok := routeBreakers(r); !ok || g.set.Cached(cred).State != breaker.Open {
+			return false
 		}
-		out = append(out, r)
 	}
-	return out
+	return len(routes) > 0
 }
 
 // probeToken is a credential's probe with no route to try: a token
