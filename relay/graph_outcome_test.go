@@ -81,3 +81,35 @@ func TestGraphAcceptedWithRetryAfter(t *testing.T) {
 		t.Errorf("%d attempts, want the first to deliver", m.Attempts)
 	}
 }
+
+// TestGraphSendAsDeniedFailsTheMessage: Graph's 403 ErrorSendAsDenied (a
+// From header the mailbox may not send as) fails that message, as SMTP's
+// 554 5.2.252 does: dead-lettered after one attempt with Graph's reason,
+// while the mailbox's breaker stays closed and its other mail goes.
+// Counted as the mailbox's, three such messages opened its breaker and
+// held all its mail.
+func TestGraphSendAsDeniedFailsTheMessage(t *testing.T) {
+	e := newGraphOutcomeEnv(t)
+	var denied []string
+	for n := range 4 {
+		denied = append(denied, e.submit(t, 0, "billing@contoso.com", "a@example.org", exchangeMessage(10+n, "ceo@contoso.com")))
+	}
+	waitFor(t, 15*time.Second, "the denied messages settled", func() bool {
+		for _, id := range denied {
+			if e.get(t, id).State != queue.Dead {
+				return false
+			}
+		}
+		return true
+	})
+	for _, id := range denied {
+		if m := e.get(t, id); m.Attempts != 1 || !strings.Contains(m.LastError, "ErrorSendAsDenied") {
+			t.Errorf("%s: %d attempts, last reply %q; want one attempt refused with ErrorSendAsDenied", id, m.Attempts, m.LastError)
+		}
+	}
+	ok := e.submit(t, 0, "billing@contoso.com", "a@example.org", exchangeMessage(20, "billing@contoso.com"))
+	waitFor(t, 10*time.Second, "the mailbox's other message delivered", func() bool { return e.get(t, ok).State == queue.Delivered })
+	for _, p := range e.breakerProblems(t) {
+		t.Error(p)
+	}
+}

@@ -55,11 +55,31 @@ var ErrSubmissionQuota = errors.New("the mailbox's recipient quota for the rolli
 // does not need.
 var ErrSMTPAuthDisabled = errors.New("SMTP AUTH is disabled for the mailbox or the tenant")
 
-// ClassifySMTP classifies a failed SMTP reply. freshToken says whether the
-// token used for AUTH was fetched for this attempt; a 535 5.7.3 on a
-// cached token may only mean the token expired early, so it is transient
-// (the sender drops the token and the next attempt fetches a new one).
-func ClassifySMTP(r SMTPReply, kind AuthKind, freshToken bool) *upstream.Error {
+// Step is the part of an SMTP session a reply answered.
+type Step int
+
+const (
+	// AtMessage: MAIL FROM, RCPT TO, DATA, BDAT or the end of the data.
+	// A reply there may be about the message.
+	AtMessage Step = iota
+	// AtSession: the greeting, EHLO or STARTTLS before the AUTH. A
+	// refusal there is of the session or the endpoint, not the message,
+	// and is tried again later (as Postfix defers, by default, past a
+	// server that greets with 5xx).
+	AtSession
+	// AtAuth: AUTH XOAUTH2, and over plaintext the greeting and EHLO
+	// that go-smtp sends with it. A refusal there that the table does
+	// not list holds the mailbox's mail on its breaker: mail must never
+	// bounce because of an auth outage.
+	AtAuth
+)
+
+// ClassifySMTP classifies a failed SMTP reply to the step at. freshToken
+// says whether the token used for AUTH was fetched for this attempt; a
+// 535 5.7.3 on a cached token may only mean the token expired early, so
+// it is transient (the sender drops the token and the next attempt
+// fetches a new one).
+func ClassifySMTP(r SMTPReply, at Step, kind AuthKind, freshToken bool) *upstream.Error {
 	e := &upstream.Error{Code: r.Code, Enhanced: r.Enhanced, Text: r.Text}
 	text := strings.ToLower(r.Text)
 	switch {
@@ -91,8 +111,18 @@ func ClassifySMTP(r SMTPReply, kind AuthKind, freshToken bool) *upstream.Error {
 		e.Class, e.RetryAfter = upstream.Throttled, concurrencyDelay
 	case strings.Contains(text, "submissionquotaexceeded"):
 		e.Class, e.RetryAfter, e.Err = upstream.Throttled, quotaDelay, ErrSubmissionQuota
-	case r.Code == 550 && strings.HasPrefix(r.Enhanced, "5.2.25") && r.Enhanced != "5.2.252":
+	case strings.Contains(text, "sendasdenied"):
+		// 554 5.2.252 SendAsDenied, or the older 554 5.2.0 form: this
+		// message's sender, whichever code carries it.
+		e.Class = upstream.Permanent
+	case r.Code == 550 && strings.HasPrefix(r.Enhanced, "5.2.25"):
+		// 550 5.2.251 to 5.2.255 "Sender throttled due to continuous
+		// ...": the mailbox is blocked for a while.
 		e.Class, e.RetryAfter = upstream.Throttled, penaltyDelay
+	case at == AtSession:
+		e.Class = upstream.Transient
+	case at == AtAuth && r.Code >= 500:
+		e.Class = upstream.Mailbox
 	case r.Code >= 400 && r.Code < 500:
 		e.Class = upstream.Transient
 	case r.Code >= 500 && r.Code < 600 && strings.HasPrefix(r.Enhanced, "4."):
@@ -179,6 +209,10 @@ func ClassifyGraph(f GraphFailure, kind AuthKind) *upstream.Error {
 		e.Class = upstream.Mailbox
 	case GraphTokenRefused(f.HTTPStatus):
 		e.Class = upstream.Credential
+	case f.HTTPStatus == 403 && f.Code == "ErrorSendAsDenied":
+		// The mailbox may not send as this message's From, as SMTP's
+		// 554 5.2.252: the message's own failure.
+		e.Class = upstream.Permanent
 	case f.HTTPStatus == 403:
 		// The app may not act for this mailbox (application access
 		// policy, missing permission on the mailbox).

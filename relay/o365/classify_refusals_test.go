@@ -30,7 +30,7 @@ func TestTokenRefused(t *testing.T) {
 		{SMTPReply{530, "5.7.57", "Client not authenticated to send mail"}, AppOnly, true, false, false, false},
 	} {
 		t.Run(fmt.Sprintf("%d %s kind %d fresh %v", tc.reply.Code, tc.reply.Enhanced, tc.kind, tc.fresh), func(t *testing.T) {
-			e := ClassifySMTP(tc.reply, tc.kind, tc.fresh)
+			e := ClassifySMTP(tc.reply, AtAuth, tc.kind, tc.fresh)
 			if got := TokenRefused(e); got != tc.want {
 				t.Errorf("TokenRefused = %v, want %v", got, tc.want)
 			}

@@ -33,6 +33,8 @@ func TestClassifySMTP(t *testing.T) {
 		{"concurrent connections", SMTPReply{432, "4.3.2", "Concurrent connections limit exceeded. Visit https://aka.ms/concurrent_sending for more information."}, AppOnly, true, upstream.Throttled, concurrencyDelay},
 		{"daily recipients", SMTPReply{554, "5.2.0", "STOREDRV.Submission.Exception:SubmissionQuotaExceededException"}, AppOnly, true, upstream.Throttled, quotaDelay},
 		{"repeat penalty 251", SMTPReply{550, "5.2.251", "Sender throttled due to continuous invalid recipient errors"}, AppOnly, true, upstream.Throttled, penaltyDelay},
+		{"repeat penalty 252", SMTPReply{550, "5.2.252", "Sender throttled due to continuous send as denied errors"}, AppOnly, true, upstream.Throttled, penaltyDelay},
+		{"SendAs denied on a 550", SMTPReply{550, "5.2.252", "SendAsDenied; a@contoso.com not allowed to send as b@contoso.com"}, AppOnly, true, upstream.Permanent, 0},
 		{"repeat penalty 255", SMTPReply{550, "5.2.255", "Sender throttled due to continuous send as denied errors"}, AppOnly, true, upstream.Throttled, penaltyDelay},
 		{"service not active", SMTPReply{421, "4.3.2", "Service not active"}, AppOnly, true, upstream.Transient, 0},
 		{"temporary server error", SMTPReply{451, "4.7.0", "Temporary server error. Please try again later. PRX4"}, AppOnly, true, upstream.Transient, 0},
@@ -41,12 +43,40 @@ func TestClassifySMTP(t *testing.T) {
 		{"too big", SMTPReply{552, "5.3.4", "Message size exceeds fixed maximum message size"}, AppOnly, true, upstream.Permanent, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := ClassifySMTP(tc.reply, tc.kind, tc.fresh)
+			e := ClassifySMTP(tc.reply, AtMessage, tc.kind, tc.fresh)
 			if e.Class != tc.want || e.RetryAfter != tc.after {
 				t.Fatalf("class %v, retry after %v; want %v, %v", e.Class, e.RetryAfter, tc.want, tc.after)
 			}
 			if e.Code != tc.reply.Code || e.Enhanced != tc.reply.Enhanced || e.Text != tc.reply.Text {
 				t.Fatalf("reply not kept: %+v", e)
+			}
+		})
+	}
+}
+
+// The step a reply answered: refusals before the message never make it
+// fail for good.
+func TestClassifySMTPSteps(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		reply SMTPReply
+		at    Step
+		want  upstream.Class
+	}{
+		{"5xx greeting", SMTPReply{554, "5.7.1", "Access denied"}, AtSession, upstream.Transient},
+		{"5xx EHLO", SMTPReply{550, "", "Client host rejected"}, AtSession, upstream.Transient},
+		{"5xx STARTTLS", SMTPReply{554, "5.7.3", "Unable to initialize security subsystem"}, AtSession, upstream.Transient},
+		{"unknown mechanism", SMTPReply{504, "5.7.4", "Unrecognized authentication type"}, AtAuth, upstream.Mailbox},
+		{"other 535", SMTPReply{535, "5.7.8", "Authentication credentials invalid"}, AtAuth, upstream.Mailbox},
+		{"535 without an enhanced code", SMTPReply{535, "", "Authentication failed"}, AtAuth, upstream.Mailbox},
+		{"temporary AUTH failure", SMTPReply{454, "4.7.0", "Temporary authentication failure"}, AtAuth, upstream.Transient},
+		{"bad token at AUTH", SMTPReply{535, "5.7.3", "Authentication unsuccessful [host]"}, AtAuth, upstream.Credential},
+		{"SMTP AUTH off at AUTH", SMTPReply{535, "5.7.139", "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox."}, AtAuth, upstream.Mailbox},
+		{"the same 5xx at the message", SMTPReply{554, "5.7.1", "Access denied"}, AtMessage, upstream.Permanent},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if e := ClassifySMTP(tc.reply, tc.at, AppOnly, true); e.Class != tc.want {
+				t.Fatalf("class %v, want %v", e.Class, tc.want)
 			}
 		})
 	}
@@ -110,6 +140,7 @@ func TestClassifyGraph(t *testing.T) {
 		{"bad token, app-only", GraphFailure{401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.", 0}, AppOnly, upstream.Credential},
 		{"bad token, delegated", GraphFailure{401, "InvalidAuthenticationToken", "Access token has expired or is not yet valid.", 0}, Delegated, upstream.Mailbox},
 		{"access denied", GraphFailure{403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.", 0}, AppOnly, upstream.Mailbox},
+		{"SendAs denied", GraphFailure{403, "ErrorSendAsDenied", "The user account which was used to submit this request does not have the right to send mail on behalf of the specified sending account., Cannot submit message.", 0}, AppOnly, upstream.Permanent},
 		{"throttled", GraphFailure{429, "ApplicationThrottled", "Application is over its MailboxConcurrency limit.", 12 * time.Second}, AppOnly, upstream.Throttled},
 		{"bad base64", GraphFailure{400, "ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content.", 0}, AppOnly, upstream.Permanent},
 		{"service unavailable", GraphFailure{503, "ServiceUnavailable", "", 0}, AppOnly, upstream.Transient},
@@ -126,11 +157,11 @@ func TestClassifyGraph(t *testing.T) {
 // the simulator sends, is marked so that the relay can wait for the
 // rolling window; other 554 5.2.0 replies are not.
 func TestClassifySubmissionQuota(t *testing.T) {
-	quota := ClassifySMTP(SMTPReply{554, "5.2.0", "STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Cannot submit message.[EndDiagnosticData]"}, AppOnly, true)
+	quota := ClassifySMTP(SMTPReply{554, "5.2.0", "STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Cannot submit message.[EndDiagnosticData]"}, AtMessage, AppOnly, true)
 	if quota.Class != upstream.Throttled || !errors.Is(quota, ErrSubmissionQuota) {
 		t.Fatalf("quota reply: %+v", quota)
 	}
-	sendAs := ClassifySMTP(SMTPReply{554, "5.2.0", "STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied"}, AppOnly, true)
+	sendAs := ClassifySMTP(SMTPReply{554, "5.2.0", "STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied"}, AtMessage, AppOnly, true)
 	if errors.Is(sendAs, ErrSubmissionQuota) {
 		t.Fatalf("SendAs denied marked as the quota: %+v", sendAs)
 	}

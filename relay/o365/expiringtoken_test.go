@@ -13,7 +13,7 @@ var expiringSoon = SMTPReply{501, "5.5.127", "Invalid XOAUTH2 auth data - Token 
 func TestClassifyTokenExpiringSoon(t *testing.T) {
 	for _, kind := range []AuthKind{AppOnly, Delegated} {
 		for _, fresh := range []bool{false, true} {
-			if c := ClassifySMTP(expiringSoon, kind, fresh).Class; c != upstream.Transient {
+			if c := ClassifySMTP(expiringSoon, AtAuth, kind, fresh).Class; c != upstream.Transient {
 				t.Errorf("kind %d fresh %v: class %v, want transient (never credential or mailbox)", kind, fresh, c)
 			}
 		}

@@ -192,7 +192,7 @@ func (s *SMTPSender) pipelined(ctx context.Context, c *conn, m *queue.Message, r
 		bad = bad || strings.ContainsAny(a, "\r\n")
 	}
 	if bad {
-		return "", smtpError("MAIL FROM", errors.New("smtp: A line must not contain CR or LF"), AppOnly, true)
+		return "", smtpError("MAIL FROM", AtMessage, errors.New("smtp: A line must not contain CR or LF"), AppOnly, true)
 	}
 	_ = w.nc.SetDeadline(time.Now().Add(s.o.CommandTimeout))
 	defer w.nc.SetDeadline(time.Time{})
@@ -225,7 +225,7 @@ func (s *SMTPSender) pipelined(ctx context.Context, c *conn, m *queue.Message, r
 		if reset && closedBefore(err) {
 			return "", errors.Join(errStaleConn, err)
 		}
-		return "", smtpError("MAIL FROM", err, AppOnly, true)
+		return "", smtpError("MAIL FROM", AtMessage, err, AppOnly, true)
 	}
 	if chunk {
 		_ = w.nc.SetReadDeadline(time.Now().Add(s.o.CommandTimeout))
@@ -239,14 +239,14 @@ func (s *SMTPSender) pipelined(ctx context.Context, c *conn, m *queue.Message, r
 			case !errors.As(err, &se):
 				// No reply in time: the server may yet act on what
 				// followed.
-				return "", smtpError("RSET", err, AppOnly, true)
+				return "", smtpError("RSET", AtMessage, err, AppOnly, true)
 			}
 			// Another refusal of RSET: the server reads on, and its
 			// replies to the message's commands follow.
 		}
 	}
 	if _, _, err := readReply(w.r, 250); err != nil {
-		return "", smtpError("MAIL FROM", err, AppOnly, true)
+		return "", smtpError("MAIL FROM", AtMessage, err, AppOnly, true)
 	}
 	accepted, rejected, err := recipients(m.To, func(string) error {
 		_, _, err := readReply(w.r, 250)
@@ -263,7 +263,7 @@ func (s *SMTPSender) pipelined(ctx context.Context, c *conn, m *queue.Message, r
 			return "", allRejected(rejected)
 		}
 		if err != nil {
-			return "", smtpError("BDAT LAST", err, AppOnly, true)
+			return "", smtpError("BDAT LAST", AtMessage, err, AppOnly, true)
 		}
 		c.used = time.Now()
 		return sentReply(msg, nil), nil
@@ -275,7 +275,7 @@ func (s *SMTPSender) pipelined(ctx context.Context, c *conn, m *queue.Message, r
 		return "", allRejected(rejected)
 	}
 	if dataErr != nil {
-		return "", smtpError("DATA", dataErr, AppOnly, true)
+		return "", smtpError("DATA", AtMessage, dataErr, AppOnly, true)
 	}
 	_ = w.nc.SetWriteDeadline(time.Time{}) // as for BDAT above
 	dw := textproto.NewWriter(w.bw).DotWriter()
@@ -293,7 +293,7 @@ func (s *SMTPSender) pipelined(ctx context.Context, c *conn, m *queue.Message, r
 	_ = w.nc.SetDeadline(time.Now().Add(s.o.DataTimeout))
 	_, msg, err := readReply(w.r, 250)
 	if err != nil {
-		return "", smtpError("end of DATA", err, AppOnly, true)
+		return "", smtpError("end of DATA", AtMessage, err, AppOnly, true)
 	}
 	c.used = time.Now()
 	return sentReply(msg, rejected), nil

@@ -670,7 +670,7 @@ func (s *SMTPSender) authOn(ctx context.Context, c *smtp.Client, w *wire, r Rout
 		return cn, false, nil
 	}
 	c.Close()
-	uerr := smtpError("AUTH", err, r.Kind, fresh)
+	uerr := smtpError("AUTH", AtAuth, err, r.Kind, fresh)
 	return nil, RetryWithNewToken(SMTPReply{Code: uerr.Code, Enhanced: uerr.Enhanced, Text: uerr.Text}, fresh), uerr
 }
 
@@ -735,7 +735,7 @@ func (s *SMTPSender) connect(ctx context.Context) (*smtp.Client, *wire, error) {
 		}
 		if err != nil {
 			nc.Close()
-			return nil, nil, smtpError(command, err, AppOnly, false)
+			return nil, nil, smtpError(command, AtSession, err, AppOnly, false)
 		}
 	}
 	c.CommandTimeout = s.o.CommandTimeout
@@ -750,7 +750,7 @@ func (s *SMTPSender) connect(ctx context.Context) (*smtp.Client, *wire, error) {
 // A ctx cancelled before the final dot abandons the message.
 func (s *SMTPSender) transact(ctx context.Context, c *conn, m *queue.Message) (string, error) {
 	if err := c.c.Mail(m.From, nil); err != nil {
-		return "", smtpError("MAIL FROM", err, AppOnly, true)
+		return "", smtpError("MAIL FROM", AtMessage, err, AppOnly, true)
 	}
 	accepted, rejected, err := recipients(m.To, func(rcpt string) error { return c.c.Rcpt(rcpt, nil) })
 	if err != nil {
@@ -761,7 +761,7 @@ func (s *SMTPSender) transact(ctx context.Context, c *conn, m *queue.Message) (s
 	}
 	w, err := c.c.Data()
 	if err != nil {
-		return "", smtpError("DATA", err, AppOnly, true)
+		return "", smtpError("DATA", AtMessage, err, AppOnly, true)
 	}
 	if _, err := w.Write(m.Body); err != nil {
 		w.Close()
@@ -774,7 +774,7 @@ func (s *SMTPSender) transact(ctx context.Context, c *conn, m *queue.Message) (s
 	}
 	resp, err := w.CloseWithResponse()
 	if err != nil {
-		return "", smtpError("end of DATA", err, AppOnly, true)
+		return "", smtpError("end of DATA", AtMessage, err, AppOnly, true)
 	}
 	c.used = time.Now()
 	return sentReply(resp.StatusText, rejected), nil
@@ -801,7 +801,7 @@ func recipients(to []string, reply func(rcpt string) error) (accepted int, rejec
 			accepted++
 			continue
 		}
-		ue := smtpError("RCPT TO "+rcpt, err, AppOnly, true)
+		ue := smtpError("RCPT TO "+rcpt, AtMessage, err, AppOnly, true)
 		if ue.Class != upstream.Permanent {
 			return 0, nil, ue
 		}
@@ -873,15 +873,16 @@ func (s *SMTPSender) Close() error {
 	return nil
 }
 
-// smtpError turns a go-smtp error into a classified upstream error.
-func smtpError(command string, err error, kind AuthKind, fresh bool) *upstream.Error {
+// smtpError turns a go-smtp error to command, at step at, into a
+// classified upstream error.
+func smtpError(command string, at Step, err error, kind AuthKind, fresh bool) *upstream.Error {
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
 		ec := ""
 		if se.EnhancedCode != smtp.NoEnhancedCode && se.EnhancedCode != (smtp.EnhancedCode{}) {
 			ec = fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
 		}
-		e := ClassifySMTP(SMTPReply{Code: se.Code, Enhanced: ec, Text: se.Message}, kind, fresh)
+		e := ClassifySMTP(SMTPReply{Code: se.Code, Enhanced: ec, Text: se.Message}, at, kind, fresh)
 		if e.Err != nil {
 			e.Err = fmt.Errorf("%s: %w", command, e.Err)
 		} else {
