@@ -100,6 +100,12 @@ type CredentialOptions struct {
 	// secret got a token in its place; see SecretInfo.ExpiredAt.
 	OnSecretExpired func(name string)
 
+	// PropagationWindow is how long after a secret's file was written
+	// Entra's AADSTS7000222 for it may mean that Entra has not
+	// propagated a new secret yet, as it sometimes answers: within it
+	// the secret is not marked expired. Zero: always marked.
+	PropagationWindow time.Duration
+
 	// OnIssued is called with Name and the fingerprint of the secret or
 	// certificate used (see Fingerprint) after each token the token
 	// endpoint issued: proof that this material works.
@@ -128,7 +134,8 @@ type Credential struct {
 	// request's context: fetches are shared between callers.
 	base context.Context
 
-	cache tokenCache
+	cache   tokenCache
+	fetches fetchGroup // the cache's fetches
 
 	mu  sync.Mutex // guards the fields below
 	mat *material
@@ -177,6 +184,7 @@ func NewCredential(o CredentialOptions) (*Credential, error) {
 		base:     context.WithValue(context.Background(), oauth2.HTTPClient, o.HTTPClient),
 		cache:    tokenCache{now: o.Now, before: o.RefreshBefore},
 	}
+	c.cache.fetches = &c.fetches
 	m, err := loadMaterial(&c.opts)
 	if err != nil {
 		return nil, fmt.Errorf("credential %s: %w", o.Name, err)
@@ -259,6 +267,11 @@ func (c *Credential) ClientID() string { return c.opts.ClientID }
 func (c *Credential) Token(ctx context.Context) (*oauth2.Token, error) {
 	return c.cache.get(ctx, c.fetch)
 }
+
+// Wait waits until the token requests in flight, whose callers may have
+// stopped waiting, have ended and called the hooks (OnIssued, OnRefused),
+// or until ctx ends: before the things the hooks use are closed.
+func (c *Credential) Wait(ctx context.Context) error { return c.fetches.wait(ctx) }
 
 // Invalidate drops the cached token, e.g. after the server rejected it.
 // The next Token call requests a new one.

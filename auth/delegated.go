@@ -51,7 +51,7 @@ func (g *GrantStore) TokenSource(cred *Credential, mailbox string) *DelegatedSou
 		cred:    cred,
 		mailbox: m,
 		log:     cred.log.With("mailbox", m),
-		cache:   tokenCache{now: cred.opts.Now, before: cred.opts.RefreshBefore},
+		cache:   tokenCache{now: cred.opts.Now, before: cred.opts.RefreshBefore, fetches: &g.fetches},
 	}
 	g.sources[k] = s
 	return s
@@ -66,6 +66,11 @@ func (g *GrantStore) invalidateSources(mailbox string) {
 		}
 	}
 }
+
+// Wait waits until the delegated token requests in flight have ended and
+// stored the refresh tokens Entra rotated, or until ctx ends: before the
+// store's Redis client is closed.
+func (g *GrantStore) Wait(ctx context.Context) error { return g.fetches.wait(ctx) }
 
 // Mailbox returns the normalised mailbox address.
 func (s *DelegatedSource) Mailbox() string { return s.mailbox }

@@ -112,6 +112,8 @@ type GrantStore struct {
 
 	mu      sync.Mutex
 	sources map[sourceKey]*DelegatedSource
+
+	fetches fetchGroup // the sources' token requests
 }
 
 type sourceKey struct {

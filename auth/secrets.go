@@ -267,8 +267,9 @@ func (c *Credential) secretInUse() (*material, int) {
 const refusedMemory = time.Hour
 
 // refused records that Entra refused the i-th secret of m now. When it
-// said the secret expired, the secret is stamped so; refused reports
-// whether that is news.
+// said the secret expired, the secret is stamped so, unless its file was
+// written within the propagation window; refused reports whether that is
+// news.
 func (c *Credential) refused(m *material, i int, te *TokenError) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -280,7 +281,9 @@ func (c *Credential) refused(m *material, i int, te *TokenError) bool {
 		c.refusedAt = map[int]time.Time{}
 	}
 	c.refusedAt[i] = now
-	first := te.SecretExpired() && m.secrets[i].expired.IsZero()
+	written := m.secrets[i].written
+	propagating := c.opts.PropagationWindow > 0 && !written.IsZero() && now.Sub(written) < c.opts.PropagationWindow
+	first := te.SecretExpired() && m.secrets[i].expired.IsZero() && !propagating
 	if first {
 		m.secrets[i].expired = now
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -322,4 +323,89 @@ func holdSecret(t *testing.T, se *secretsEntra, secret string) (f *fakeEntra, ar
 	released = sync.OnceFunc(func() { close(release) })
 	t.Cleanup(released)
 	return f, arrived, released
+}
+
+// TestExpiredWhilePropagating: Entra at times answers AADSTS7000222 for a
+// new secret it has not propagated yet. A secret whose file was written
+// within the propagation window is not marked expired for it (no
+// ExpiredAt, no OnSecretExpired); one written before is, at once.
+func TestExpiredWhilePropagating(t *testing.T) {
+	dir := t.TempDir()
+	file := writeFile(t, dir, "secret", "New-secret\n")
+	se := &secretsEntra{}
+	se.set(nil, []string{"New-secret"})
+	f := newFakeEntra(t, se.handle(t))
+	var told int
+	c := secretCredential(t, f, "", func(o *CredentialOptions) {
+		o.ClientSecretFile = file
+		o.PropagationWindow = time.Minute
+		o.OnSecretExpired = func(string) { told++ }
+	})
+	ctx := context.Background()
+	_, err := c.Token(ctx)
+	var te *TokenError
+	if !errors.As(err, &te) || !te.SecretExpired() {
+		t.Fatalf("Token: %v, want AADSTS7000222", err)
+	}
+	if infos := c.Secrets(); len(infos) != 1 || !infos[0].ExpiredAt.IsZero() || told != 0 {
+		t.Fatalf("a secret written just now, refused as expired: %+v, %d calls of OnSecretExpired; want it not marked", infos, told)
+	}
+
+	// The same file, written two minutes ago: past the window.
+	old := time.Now().Add(-2 * time.Minute)
+	if err := os.Chtimes(file, old, old); err != nil {
+		t.Fatal(err)
+	}
+	c = secretCredential(t, f, "", func(o *CredentialOptions) {
+		o.ClientSecretFile = file
+		o.PropagationWindow = time.Minute
+		o.OnSecretExpired = func(string) { told++ }
+	})
+	if _, err := c.Token(ctx); err == nil {
+		t.Fatal("Token: no error")
+	}
+	if infos := c.Secrets(); len(infos) != 1 || infos[0].ExpiredAt.IsZero() || told != 1 {
+		t.Fatalf("a secret written before the window, refused as expired: %+v, %d calls of OnSecretExpired; want it marked once", infos, told)
+	}
+}
+
+// TestWaitForFetchInFlight: a caller that stopped waiting leaves its
+// token request running; Wait returns only once it has ended and called
+// OnIssued, or when its own ctx ends first.
+func TestWaitForFetchInFlight(t *testing.T) {
+	dir := t.TempDir()
+	file := writeFile(t, dir, "secret", "Good-secret\n")
+	se := &secretsEntra{}
+	se.set([]string{"Good-secret"}, nil)
+	f, arrived, release := holdSecret(t, se, "Good-secret")
+	var issued atomic.Int64
+	c := secretCredential(t, f, file, func(o *CredentialOptions) {
+		o.OnIssued = func(string, string) { issued.Add(1) }
+	})
+	if err := c.Wait(t.Context()); err != nil {
+		t.Fatalf("Wait with nothing in flight: %v", err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	got := make(chan error, 1)
+	go func() {
+		_, err := c.Token(ctx)
+		got <- err
+	}()
+	<-arrived
+	cancel()
+	if err := <-got; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Token after its ctx ended: %v", err)
+	}
+	short, stop := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer stop()
+	if err := c.Wait(short); err == nil {
+		t.Fatal("Wait returned while the request was still in flight")
+	}
+	release()
+	if err := c.Wait(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if issued.Load() != 1 {
+		t.Fatalf("Wait returned before the request called OnIssued (%d calls)", issued.Load())
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"math"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -18,6 +19,8 @@ import (
 type tokenCache struct {
 	now    func() time.Time
 	before time.Duration // refresh at least this long before expiry
+	// fetches tracks the fetches' goroutines, for the owner's Wait.
+	fetches *fetchGroup
 
 	mu      sync.Mutex
 	tok     *oauth2.Token
@@ -48,7 +51,8 @@ func (c *tokenCache) get(ctx context.Context, fetch func() (*oauth2.Token, error
 	if call == nil {
 		call = &fetchCall{done: make(chan struct{})}
 		c.call = call
-		go c.run(call, c.gen, fetch)
+		gen := c.gen
+		c.fetches.Go(func() { c.run(call, gen, fetch) })
 	}
 	c.mu.Unlock()
 
@@ -74,6 +78,37 @@ func (c *tokenCache) run(call *fetchCall, gen uint64, fetch func() (*oauth2.Toke
 	}
 	c.mu.Unlock()
 	close(call.done)
+}
+
+// fetchGroup tracks token requests in flight.
+type fetchGroup struct {
+	wg sync.WaitGroup
+	n  atomic.Int64
+}
+
+// Go runs f on a goroutine of the group.
+func (g *fetchGroup) Go(f func()) {
+	g.n.Add(1)
+	g.wg.Go(func() {
+		defer g.n.Add(-1)
+		f()
+	})
+}
+
+// wait waits until the group's fetches have ended, or ctx has: their own
+// timeouts bound them, ctx the caller's patience.
+func (g *fetchGroup) wait(ctx context.Context) error {
+	if g.n.Load() == 0 {
+		return nil
+	}
+	done := make(chan struct{})
+	go func() { g.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%d token requests still in flight: %w", g.n.Load(), ctx.Err())
+	}
 }
 
 // refreshAt returns when a token fetched at start and expiring at expiry

@@ -9,7 +9,8 @@ import (
 
 // Entra takes a while to propagate a new client secret: for seconds,
 // sometimes minutes, after it is created a token request with it is
-// refused with AADSTS7000215, as for a secret it does not know. A probe
+// refused with AADSTS7000215, as for a secret it does not know, or at
+// times AADSTS7000222, as for an expired one. A probe
 // that a rotation asked for must not take that for a verdict: the open
 // interval would double, and the mail would wait minutes after the
 // secret began to work. So within the propagation window after this
@@ -41,7 +42,7 @@ func (g *gate) fileChanged(cred string) {
 // Entra took, plus a second.
 func (g *gate) propagating(name string, perr error) (time.Duration, bool) {
 	cred, ok := strings.CutPrefix(name, "cred:")
-	if !ok || g.propagationWindow <= 0 || !o365.SecretUnknown(perr) {
+	if !ok || g.propagationWindow <= 0 || !o365.SecretMayBePropagating(perr) {
 		return 0, false
 	}
 	g.mu.Lock()

@@ -139,6 +139,7 @@ func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx
 		co.OnChange, co.OnIssued, co.ReloadInterval = hooks.onChange, hooks.onIssued, credentialReload
 		co.OnRefused = hooks.onRefused
 		co.OnSecretInUse, co.OnSecretExpired = hooks.onSecretInUse, hooks.onSecretExpired
+		co.PropagationWindow = o.Breakers.PropagationWindow.D()
 		co.Metrics = authMx
 		authMx.Credential(c.Name)
 		if x.creds[c.Name], err = auth.NewCredential(co); err != nil {
@@ -347,7 +348,22 @@ func (x *exchange) reload() error {
 }
 
 // close closes idle upstream connections.
-func (x *exchange) close() { x.smtp.Close() }
+// close closes the SMTP sender's connections and waits, within ctx, for
+// the token requests in flight: their hooks and a rotated refresh token
+// still need Redis, which the caller closes next.
+func (x *exchange) close(ctx context.Context) error {
+	x.smtp.Close()
+	var errs []error
+	for _, creds := range []map[string]*auth.Credential{x.creds, x.graphCreds} {
+		for _, c := range creds {
+			errs = append(errs, c.Wait(ctx))
+		}
+	}
+	if x.grants != nil {
+		errs = append(errs, x.grants.Wait(ctx))
+	}
+	return errors.Join(errs...)
+}
 
 // smtpReservation is a reservation of the SMTP sender's (an o365.Grant).
 type smtpReservation struct{ g *o365.Grant }

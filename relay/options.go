@@ -81,11 +81,13 @@ type BreakerOptions struct {
 	// them, open the credential's breaker. Default 3.
 	EscalateMailboxes int `yaml:"escalate_mailboxes"`
 	// PropagationWindow is how long after this replica's secret file
-	// changed a probe refused with AADSTS7000215 (Entra does not know the
-	// secret yet: a new one takes time to propagate) is retried on a
-	// short schedule of its own, a tenth of the time since the change,
-	// from 1 s up to 30 s, instead of doubling the open interval. Default
-	// 5m; 0 turns it off.
+	// changed a probe refused with AADSTS7000215 or AADSTS7000222 (Entra
+	// does not know the secret yet, or takes it for expired: a new one
+	// takes time to propagate) is retried on a short schedule of its
+	// own, a tenth of the time since the change, from 1 s up to 30 s,
+	// instead of doubling the open interval; and how long after a secret
+	// file was written an AADSTS7000222 does not mark the secret expired.
+	// Default 5m; 0 turns it off.
 	PropagationWindow Duration `yaml:"propagation_window"`
 }
 

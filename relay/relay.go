@@ -499,7 +499,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.smtp.in.budget.wait()
 	s.httpConns.wait()
 	if s.exchange != nil {
-		s.exchange.close()
+		if err := s.exchange.close(ctx); err != nil {
+			s.log.Warn("stopping with token requests in flight", "err", err)
+		}
 	}
 	if s.webhook != nil {
 		s.webhook.Close()

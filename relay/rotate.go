@@ -394,7 +394,8 @@ func writeAtomic(path string, content []byte) error {
 }
 
 // waitPropagated waits until Entra gives a token for the new secret:
-// Entra answers AADSTS7000215 until it has propagated it.
+// until it has propagated it, Entra answers AADSTS7000215, or at times
+// AADSTS7000222.
 func (r *rotator) waitPropagated(ctx context.Context, live *auth.Credential, secret string) error {
 	deadline := r.now().Add(r.propagation)
 	for {
@@ -402,11 +403,11 @@ func (r *rotator) waitPropagated(ctx context.Context, live *auth.Credential, sec
 		if err == nil {
 			return nil
 		}
-		if !o365.SecretUnknown(err) {
+		if !o365.SecretMayBePropagating(err) {
 			return fmt.Errorf("a token request with the new secret: %w", err)
 		}
 		if r.now().After(deadline) {
-			return fmt.Errorf("the new secret is still refused after %v: Entra has not propagated it (AADSTS7000215)", r.propagation)
+			return fmt.Errorf("the new secret is still refused after %v: Entra has not propagated it (%w)", r.propagation, err)
 		}
 		select {
 		case <-ctx.Done():

@@ -153,6 +153,37 @@ func TestRotateSecret(t *testing.T) {
 	t.Logf("%d messages during the rotation; the rotation took %v", len(ids), took)
 }
 
+// TestRotateWhileRefusedAsExpired: Entra answers AADSTS7000222 for the
+// new secret until it has propagated it, as it does at times: the
+// rotation waits for it as for AADSTS7000215, puts it in use, and the
+// credential is never reported expired.
+func TestRotateWhileRefusedAsExpired(t *testing.T) {
+	e, _ := rotationEnv(t, nil)
+	e.sim.SetPasswordPropagation(2*time.Second, true)
+	r := e.relays[0]
+	start := time.Now()
+	res, err := r.rotator.Rotate(t.Context(), "contoso", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took < 2*time.Second {
+		t.Errorf("rotation took %v: it did not wait for Entra's 2 s propagation", took)
+	}
+	if hint, _ := r.exchange.creds["contoso"].InUse(); hint != res.Hint {
+		t.Errorf("secret in use: hint %s, want the new one, %s", hint, res.Hint)
+	}
+	id := e.submit(t, 0, "billing@contoso.com", "x@example.org", exchangeMessage(1, "billing@contoso.com"))
+	waitFor(t, 10*time.Second, "a message delivered with the new secret", func() bool { return e.get(t, id).State == queue.Delivered })
+	for _, ce := range r.Expiry().Expiries() {
+		if ce.Level == LevelExpired {
+			t.Errorf("credential reported expired after the rotation: %+v", ce)
+		}
+	}
+	if strings.Contains(e.logs.String(), "credential contoso expired") {
+		t.Errorf("an expired notice during the rotation:\n%s", e.logs.String())
+	}
+}
+
 // TestAutoRotate: a credential whose secret in use ends within
 // auto_rotate_before is rotated by the relay itself, once: the new
 // secret ends after it.

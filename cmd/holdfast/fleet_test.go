@@ -391,7 +391,14 @@ func TestBrokenProbeMailbox(t *testing.T) {
 // that does not double the breaker's open interval, and the first
 // delivery comes within 3 s of the propagation's end. The configured
 // max_interval is the default 5 minutes, so that doubling would show.
-func TestPropagatingSecret(t *testing.T) {
+func TestPropagatingSecret(t *testing.T) { testPropagatingSecret(t, false) }
+
+// TestPropagatingSecretRefusedAsExpired: the same, with Entra refusing
+// the new secret as expired (AADSTS7000222) while it propagates, as it
+// does at times.
+func TestPropagatingSecretRefusedAsExpired(t *testing.T) { testPropagatingSecret(t, true) }
+
+func testPropagatingSecret(t *testing.T, refusedAsExpired bool) {
 	const (
 		before, outage = 10, 30
 		propagation    = 20 * time.Second
@@ -409,7 +416,7 @@ func TestPropagatingSecret(t *testing.T) {
 	tChange := time.Now()
 	tValid := tChange.Add(propagation)
 	f.sim.AddSecret(incTenant, incClientID, sim.Secret{Value: incRotated,
-		ExpiresAt: tChange.Add(180 * 24 * time.Hour), ValidFrom: tValid})
+		ExpiresAt: tChange.Add(180 * 24 * time.Hour), ValidFrom: tValid, RefusedAsExpired: refusedAsExpired})
 	atChange := f.counters()
 	var interval string
 	if o, ok := polls[0].last(); ok {

@@ -55,12 +55,13 @@ func EntraRefused(err error) bool {
 	return errors.As(err, &te) && entraRefusedStatus(te.HTTPStatus)
 }
 
-// SecretUnknown reports whether a failed token request is Entra not
-// knowing the client secret sent (AADSTS7000215): a wrong secret, an old
-// one deleted, or a new one Entra has not yet propagated.
-func SecretUnknown(err error) bool {
+// SecretMayBePropagating reports whether a failed token request is an
+// answer Entra gives a client secret it has not propagated yet:
+// AADSTS7000215, as for a secret it does not know (a wrong one, an old one
+// deleted), or at times AADSTS7000222, as for one expired.
+func SecretMayBePropagating(err error) bool {
 	var te *auth.TokenError
-	return errors.As(err, &te) && te.SecretUnknown()
+	return errors.As(err, &te) && (te.SecretUnknown() || te.SecretExpired())
 }
 
 func entraRefusedStatus(status int) bool {

@@ -196,6 +196,10 @@ func (s *Sim) adminHandler() http.Handler {
 			// Propagation delays the secret's first use (see
 			// Secret.ValidFrom), as a Go duration such as "20s".
 			Propagation string `json:"propagation"`
+			// PropagationAnswer is "unknown" (AADSTS7000215, the
+			// default) or "expired" (AADSTS7000222): Entra's answer
+			// meanwhile.
+			PropagationAnswer string `json:"propagation_answer"`
 		}
 		if !decode(w, r, &req) {
 			return
@@ -216,7 +220,12 @@ func (s *Sim) adminHandler() http.Handler {
 			}
 			from = s.now().Add(d)
 		}
-		id := s.AddSecret(req.Tenant, req.ClientID, Secret{Value: req.Secret, ExpiresAt: end, DisplayName: req.DisplayName, ValidFrom: from})
+		if req.PropagationAnswer != "" && req.PropagationAnswer != "unknown" && req.PropagationAnswer != "expired" {
+			adminError(w, http.StatusBadRequest, `propagation_answer must be "unknown" or "expired"`)
+			return
+		}
+		id := s.AddSecret(req.Tenant, req.ClientID, Secret{Value: req.Secret, ExpiresAt: end, DisplayName: req.DisplayName,
+			ValidFrom: from, RefusedAsExpired: req.PropagationAnswer == "expired"})
 		if found(w, id != "", "app") {
 			writeJSON(w, http.StatusOK, map[string]string{"key_id": id})
 		}

@@ -44,9 +44,11 @@
 //	POST /admin/secrets/rotate     {"tenant", "client_id", "secret"}   200 {"secrets"}: one new secret, valid 180 days, replaces them
 //	POST /admin/secrets/end        {"tenant", "client_id", "key_id" or "secret", "end_date_time"}
 //	                               move one secret's end date (RFC 3339; "" never expires)
-//	POST /admin/secrets/add        {"tenant", "client_id", "secret", "end_date_time", "display_name", "propagation"}
-//	                               200 {"key_id"}: one more secret beside the others; with
-//	                               "propagation" ("20s") it is refused (AADSTS7000215) that long
+//	POST /admin/secrets/add        {"tenant", "client_id", "secret", "end_date_time", "display_name", "propagation",
+//	                               "propagation_answer"} 200 {"key_id"}: one more secret beside the others;
+//	                               with "propagation" ("20s") it is refused that long, as unknown
+//	                               (AADSTS7000215) or, with "propagation_answer": "expired", as expired
+//	                               (AADSTS7000222)
 //	POST /admin/apps/graph-roles   {"tenant", "client_id", "roles", "owns_itself"} the app's Graph
 //	                               permissions, for tokens issued from now on (see App.GraphRoles)
 //	POST /admin/grants/issue       {"tenant", "client_id", "mailbox"}  200 {"refresh_token"}: a new delegated grant

@@ -26,10 +26,11 @@ func (s *Sim) mayWriteApp(claims *accessClaims, target *app) bool {
 	return self == target && self.ownsItself
 }
 
-// SetPasswordPropagation changes Config.PasswordPropagation.
-func (s *Sim) SetPasswordPropagation(d time.Duration) {
+// SetPasswordPropagation changes Config.PasswordPropagation and
+// Config.PasswordRefusedAsExpired.
+func (s *Sim) SetPasswordPropagation(d time.Duration, refusedAsExpired bool) {
 	s.mu.Lock()
-	s.propagate = d
+	s.propagate, s.propagateExpired = d, refusedAsExpired
 	s.mu.Unlock()
 }
 
@@ -108,7 +109,7 @@ func (s *Sim) handleAddPassword(w http.ResponseWriter, r *http.Request) {
 		end = now.AddDate(2, 0, 0)
 	}
 	sec := Secret{Value: newSecretValue(), ExpiresAt: end, KeyID: newGUID(),
-		DisplayName: body.PasswordCredential.DisplayName, ValidFrom: now.Add(s.propagate)}
+		DisplayName: body.PasswordCredential.DisplayName, ValidFrom: now.Add(s.propagate), RefusedAsExpired: s.propagateExpired}
 	a.secrets = append(a.secrets, secret{Secret: sec, start: now})
 	s.mu.Unlock()
 	writeJSON(w, http.StatusOK, map[string]any{

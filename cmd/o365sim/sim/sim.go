@@ -45,6 +45,9 @@ type Config struct {
 	// addPassword is answered AADSTS7000215, as Entra answers a secret
 	// it has not propagated yet. SetPasswordPropagation changes it.
 	PasswordPropagation time.Duration
+	// PasswordRefusedAsExpired answers AADSTS7000222 instead meanwhile
+	// (see Secret.RefusedAsExpired). SetPasswordPropagation changes it.
+	PasswordRefusedAsExpired bool
 }
 
 // Tenant is an Entra tenant with its app registrations and mailboxes.
@@ -93,6 +96,10 @@ type Secret struct {
 	// token request with it is answered AADSTS7000215, as Entra answers
 	// a secret created moments ago. Zero: at once.
 	ValidFrom time.Time
+	// RefusedAsExpired makes the answer before ValidFrom AADSTS7000222,
+	// the secret expired, which Entra too gives at times for a secret
+	// it has not propagated yet.
+	RefusedAsExpired bool
 }
 
 // hint is what Graph shows of a secret: its first three characters.
@@ -256,10 +263,12 @@ type Sim struct {
 	rng       *lifetimeRand // draws token lifetimes
 	margin    time.Duration // ExpiringTokenMargin
 	propagate time.Duration // PasswordPropagation
-	received  []Received
-	clients   map[string]*ClientCounters
-	mcount    map[string]*MailboxCounters
-	active    map[string]int // authenticated SMTP sessions per mailbox
+	// propagateExpired is PasswordRefusedAsExpired.
+	propagateExpired bool
+	received         []Received
+	clients          map[string]*ClientCounters
+	mcount           map[string]*MailboxCounters
+	active           map[string]int // authenticated SMTP sessions per mailbox
 
 	https    *http.Server
 	admin    *http.Server
@@ -338,7 +347,7 @@ func New(cfg Config) (*Sim, error) {
 		rng:       newLifetimeRand(cfg.Seed),
 		margin:    cfg.ExpiringTokenMargin,
 		quota:     cfg.RecipientQuota,
-		propagate: cfg.PasswordPropagation,
+		propagate: cfg.PasswordPropagation, propagateExpired: cfg.PasswordRefusedAsExpired,
 		tenants:   map[string]*tenant{},
 		mailboxes: map[string]*mailbox{},
 		grants:    map[string]*grant{},

@@ -177,7 +177,11 @@ func (s *Sim) authenticateClient(a *app, tenantID string, form url.Values, grant
 					return errExpiredSecret(a.clientID)
 				}
 				if now.Before(k.ValidFrom) {
-					// Not propagated yet: Entra does not know it.
+					// Not propagated yet: Entra does not know it, or
+					// takes it for expired.
+					if k.RefusedAsExpired {
+						return errExpiredSecret(a.clientID)
+					}
 					return errBadSecret(a.clientID)
 				}
 				return nil
