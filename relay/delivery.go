@@ -109,7 +109,18 @@ type deliveryConfig struct {
 	// Transport, when set, names the upstream transport of a message
 	// ("smtp" or "graph") for the send duration metric.
 	Transport func(m *queue.Message) string
+	// StalledAfter is how long a send runs before its worker is handed
+	// to other routes (see stalled). Default stalledAfter.
+	StalledAfter time.Duration
 }
+
+// stalledAfter is how long a send may run before it counts as stalled:
+// its worker is handed to the other routes, up to Workers such sends at
+// once. A send normally takes well under a second; one that waits for
+// Exchange's reply after the data may wait the data timeout (5 minutes),
+// and a few stalled mailboxes, each with its three connections, would
+// otherwise hold every worker that long.
+const stalledAfter = 15 * time.Second
 
 // dueBatch is the most routes one pass reads from the due index.
 const dueBatch = 1000
@@ -143,6 +154,9 @@ type deliverer struct {
 	// stopBy, when set (unix ns), replaces Grace: deliveries in flight
 	// are cancelled at that time.
 	stopBy atomic.Int64
+	// stalled counts the sends whose worker was handed on (see
+	// stalledAfter); at most Workers.
+	stalled atomic.Int64
 }
 
 // stopAt makes the coming shutdown cancel deliveries still in flight at
@@ -164,6 +178,9 @@ func newDeliverer(q deliveryQueue, s Sender, cfg deliveryConfig, log *slog.Logge
 	}
 	if cfg.Sweep <= 0 {
 		cfg.Sweep = 5 * time.Minute
+	}
+	if cfg.StalledAfter <= 0 {
+		cfg.StalledAfter = stalledAfter
 	}
 	d := &deliverer{
 		q: q, sender: s, cfg: cfg, log: log.With("component", "delivery"),
@@ -314,10 +331,12 @@ func (d *deliverer) pass(ctx context.Context, routes []string) (leased bool, ret
 			d.wg.Add(1)
 			go func() {
 				defer d.wg.Done()
-				d.lane(ctx, l, r)
+				handedOn := d.lane(ctx, l, r)
 				d.addInFlight(route, -1)
 				d.setFull(route, time.Time{})
-				d.giveSlots(1)
+				if !handedOn {
+					d.giveSlots(1)
+				}
 				select {
 				case d.freed <- struct{}{}:
 				default:
@@ -338,10 +357,13 @@ const laneRun = 100
 // more and the sender has room, up to laneRun in a row. The room for the
 // next message is taken before the delivered one is acked, so that the
 // ack leases the next message in the same round trip.
-func (d *deliverer) lane(ctx context.Context, l *queue.Lease, r reservation) {
+//
+// It reports whether it handed its worker on during a stalled send (see
+// stalledAfter): the caller then has no worker to give back.
+func (d *deliverer) lane(ctx context.Context, l *queue.Lease, r reservation) (handedOn bool) {
 	route := l.Route
-	for i := 1; l != nil; i++ {
-		l, r = d.deliver(l, r, func() reservation {
+	for i := 1; l != nil && !handedOn; i++ {
+		l, r, handedOn = d.deliver(l, r, func() reservation {
 			if i == laneRun || ctx.Err() != nil || d.sendCtx.Err() != nil {
 				return nil
 			}
@@ -352,6 +374,43 @@ func (d *deliverer) lane(ctx context.Context, l *queue.Lease, r reservation) {
 			}
 			return rs[0]
 		})
+	}
+	return handedOn
+}
+
+// watchStalled hands the worker of a send on to the other routes once
+// the send has run StalledAfter, if fewer than Workers sends have
+// handed theirs on: the dispatcher may then start another delivery,
+// while the route's own count in flight still bounds its deliveries. The
+// returned func, called when the send ends, reports whether the worker
+// was handed on.
+func (d *deliverer) watchStalled(l *queue.Lease, log *slog.Logger) (end func() bool) {
+	var handed bool
+	fired := make(chan struct{})
+	t := time.AfterFunc(d.cfg.StalledAfter, func() {
+		defer close(fired)
+		if d.stalled.Add(1) > int64(d.cfg.Workers) {
+			d.stalled.Add(-1)
+			return
+		}
+		handed = true
+		log.Warn("send still running; its worker goes to other mailboxes meanwhile",
+			"after", d.cfg.StalledAfter, "sends_handed_on", d.stalled.Load())
+		d.giveSlots(1)
+		select {
+		case d.freed <- struct{}{}:
+		default:
+		}
+	})
+	return func() bool {
+		if t.Stop() {
+			return false
+		}
+		<-fired // the timer's func has run, or is running
+		if handed {
+			d.stalled.Add(-1)
+		}
+		return handed
 	}
 }
 
@@ -477,14 +536,20 @@ func (d *deliverer) drain() {
 // more gives room for another of its route, the ack leases that message
 // too: deliver returns its lease and the room, or nil when there was none
 // (the room then given back).
-func (d *deliverer) deliver(l *queue.Lease, r reservation, more func() reservation) (*queue.Lease, reservation) {
+func (d *deliverer) deliver(l *queue.Lease, r reservation, more func() reservation) (next *queue.Lease, nr reservation, handedOn bool) {
 	log := d.log.With("id", l.ID, "route", l.Route)
 	ctx, cancel := context.WithCancelCause(d.sendCtx)
 	defer cancel(nil)
 	stopExtend := d.keepLease(ctx, l, cancel, log)
 	start := time.Now()
+	endStalled := d.watchStalled(l, log)
 	reply, err := d.sender.Send(r.Bind(ctx), l.Message)
+	handedOn = endStalled()
 	stopExtend()
+	if handedOn {
+		// No worker to send the route's next message on.
+		more = func() reservation { return nil }
+	}
 	if d.cfg.Metrics != nil && d.cfg.Transport != nil {
 		d.cfg.Metrics.sent(d.cfg.Transport(l.Message), time.Since(start))
 	}
@@ -493,23 +558,23 @@ func (d *deliverer) deliver(l *queue.Lease, r reservation, more func() reservati
 		// Another worker may own the message now; whatever this send did,
 		// the lease's holder settles it.
 		log.Warn("lease lost during the send; the send was abandoned", "err", err)
-		return nil, nil
+		return nil, nil, handedOn
 	}
 
 	if err != nil {
 		d.settleFailure(l, err, log)
-		return nil, nil
+		return nil, nil, handedOn
 	}
-	next, nr, err := d.ack(l, reply, more(), log)
+	next, nr, err = d.ack(l, reply, more(), log)
 	if errors.Is(err, queue.ErrLeaseLost) {
 		// Recorded by a try whose answer was lost, or the lease ran out
 		// and another worker holds the message now.
 		log.Warn("delivered, but the lease was gone when the delivery was recorded; it may be delivered again", "err", err)
-		return nil, nil
+		return nil, nil, handedOn
 	}
 	if err != nil {
 		log.Error("delivered, but the queue could not record it; it may be delivered again", "err", err)
-		return nil, nil
+		return nil, nil, handedOn
 	}
 	log.Info("delivered", "attempts", l.Attempts, "took", time.Since(start), "reply", reply)
 	d.cfg.Metrics.delivered(routeCredential(l.Route), time.Since(l.Submitted))
@@ -518,7 +583,7 @@ func (d *deliverer) deliver(l *queue.Lease, r reservation, more func() reservati
 		d.cfg.OnDelivered(ctx, l.Route)
 		cancel()
 	}
-	return next, nr
+	return next, nr, handedOn
 }
 
 // settleTimeout bounds one try at recording a message's outcome. A try

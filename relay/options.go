@@ -331,6 +331,9 @@ type DeliveryOptions struct {
 	Sender string `yaml:"sender"`
 	// Dir is the folder of the "dir" sender. Default "./var/outbox".
 	Dir string `yaml:"dir"`
+
+	// stalledAfter replaces stalledAfter (delivery.go) in tests.
+	stalledAfter time.Duration
 }
 
 // LogOptions configure logging.

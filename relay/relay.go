@@ -258,6 +258,8 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 			Lease:   o.Delivery.Lease.D(),
 			Poll:    o.Delivery.Poll.D(),
 			Grace:   o.ShutdownTimeout.D() - handBack,
+			// Zero: stalledAfter.
+			StalledAfter: o.Delivery.stalledAfter,
 		}
 		if s.exchange != nil {
 			// More deliveries of one mailbox than it has connections
