@@ -247,6 +247,48 @@ func (q *Queue) Withdraw(ctx context.Context, route, id string) error {
 	return nil
 }
 
+// A Withdrawal names a message for WithdrawEach: the route and id given
+// to and by a failed Enqueue.
+type Withdrawal struct{ Route, ID string }
+
+// WithdrawEach withdraws each message as Withdraw does, all in one round
+// trip, and returns each one's error in order. Sent while Redis is hung,
+// the withdrawals wait in its input with the stores they take back, and
+// run when it resumes, before a worker can lease what those stored.
+func (q *Queue) WithdrawEach(ctx context.Context, ws []Withdrawal) []error {
+	errs := make([]error, len(ws))
+	pipe := q.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(ws))
+	for i, w := range ws {
+		if !ValidID(w.ID) {
+			errs[i] = fmt.Errorf("withdraw %q: not a message id", w.ID)
+			continue
+		}
+		rk := keysFor(w.Route)
+		// Eval, not EvalSha: a pipeline cannot load the script on a
+		// NOSCRIPT, and this runs only after a failed store.
+		cmds[i] = withdrawScript.Eval(ctx, pipe,
+			[]string{msgKey(w.ID), rk.due, rk.leased, rk.dead, rk.live, withdrawnKey(w.ID)},
+			w.ID, withdrawnTTL.Milliseconds())
+	}
+	_, _ = pipe.Exec(ctx) // each command carries its own error
+	for i, c := range cmds {
+		if c == nil {
+			continue
+		}
+		n, err := c.Int()
+		switch {
+		case err != nil:
+			errs[i] = fmt.Errorf("withdraw %s: %w", ws[i].ID, err)
+		case n < 0:
+			errs[i] = fmt.Errorf("withdraw %s: %w", ws[i].ID, ErrTooLate)
+		case n > 0:
+			q.logChange(ctx, ws[i].Route)
+		}
+	}
+	return errs
+}
+
 // ErrNotReplicated is returned by Enqueue when fewer replicas than
 // Options.MinReplicas acknowledged the message in time. The message is
 // stored on the primary and will be delivered; the submitter is told to

@@ -6,7 +6,9 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -183,6 +185,53 @@ func TestHungRedisRefusalsNotStored(t *testing.T) {
 	}
 	if fams["holdfast_ingress_withdrawals_total"] == nil {
 		t.Error("holdfast_ingress_withdrawals_total is not exported")
+	}
+}
+
+// TestLongHungRedisRefusalsNotDelivered: Redis hangs for 8 s while 10
+// messages are submitted, each refused with 451 after the 1 s ingress
+// timeout. When it resumes, the stores it held run, and so do the
+// withdrawals the relay kept sending meanwhile, all of them: none of the
+// refused messages is delivered. Sent one at a time, after a pause that
+// had grown to 5 s, the withdrawals came seconds after the resumption,
+// when workers had delivered most of them (too_late).
+func TestLongHungRedisRefusalsNotDelivered(t *testing.T) {
+	f := newFixture(t)
+	var outbox string
+	s := startRelayOn(t, f, func(o *Options) {
+		o.Redis.IngressTimeout = Duration(time.Second)
+		o.Delivery.Dir = t.TempDir()
+		outbox = o.Delivery.Dir
+	})
+	// A first message: the route is known to this relay, whose refused
+	// stores then go to Redis whole.
+	if reply, _ := smtpSubmit(t, s); !strings.HasPrefix(reply, "250 ") {
+		t.Fatalf("SMTP before: %q", reply)
+	}
+	waitFor(t, 5*time.Second, "the first message delivered", func() bool {
+		got, _ := filepath.Glob(filepath.Join(outbox, "*.eml"))
+		return len(got) == 1
+	})
+	f.redis.Pause(t)
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Go(func() {
+			if reply, _ := smtpSubmit(t, s); !strings.HasPrefix(reply, "451 4.3.0 ") {
+				t.Errorf("SMTP with Redis stopped: %q, want 451 4.3.0", reply)
+			}
+		})
+	}
+	wg.Wait()
+	w := s.smtp.in.withdraw
+	time.Sleep(7 * time.Second)
+	f.redis.Resume(t)
+	waitFor(t, 10*time.Second, "the withdrawals settled", func() bool { return w.pending() == 0 })
+	time.Sleep(500 * time.Millisecond)
+	got, _ := filepath.Glob(filepath.Join(outbox, "*.eml"))
+	too := testutil.ToFloat64(w.ended.WithLabelValues(withdrawTooLate))
+	if len(got) != 1 || too != 0 || testutil.ToFloat64(w.ended.WithLabelValues(withdrawn)) != 10 {
+		t.Errorf("%d refused messages delivered, %v withdrawn too late, %v withdrawn; want 0, 0, 10",
+			len(got)-1, too, testutil.ToFloat64(w.ended.WithLabelValues(withdrawn)))
 	}
 }
 

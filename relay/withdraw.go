@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -42,8 +43,11 @@ const (
 
 // withdrawStore is what the withdrawer needs of the queue.
 type withdrawStore interface {
-	Withdraw(ctx context.Context, route, id string) error
+	WithdrawEach(ctx context.Context, ws []queue.Withdrawal) []error
 }
+
+// withdrawBatch is how many withdrawals one round trip sends.
+const withdrawBatch = 500
 
 type withdrawal struct{ route, id string }
 
@@ -115,9 +119,16 @@ func (w *withdrawer) pending() int {
 
 // run withdraws until ctx ends, then makes one last pass bounded by
 // w.try and logs what it could not withdraw.
+//
+// While Redis does not answer, a pass is sent again at most a quarter of
+// a second after the last one ended: the withdrawals of a pass that a
+// hung Redis holds run when it resumes, in the same turn as the stores
+// they take back, before any worker can lease those. A longer pause
+// between passes would let workers lease and deliver, at the resumption,
+// messages whose clients were told they were not taken.
 func (w *withdrawer) run(ctx context.Context) {
 	const first = 100 * time.Millisecond
-	b := backoff{next: first, max: 5 * time.Second}
+	b := backoff{next: first, max: 250 * time.Millisecond}
 	for ctx.Err() == nil {
 		if w.pass(context.Background()) {
 			b.next = first
@@ -142,32 +153,46 @@ func (w *withdrawer) run(ctx context.Context) {
 	w.ended.WithLabelValues(withdrawShut).Add(float64(len(left)))
 }
 
-// pass withdraws the waiting messages in order, and reports whether it
-// got through them all; it stops at the first that Redis does not answer.
+// pass withdraws the waiting messages, withdrawBatch to a round trip,
+// and reports whether it got through them all; it stops at the first
+// round trip that Redis does not answer in full.
 func (w *withdrawer) pass(ctx context.Context) bool {
 	for {
 		w.mu.Lock()
-		if len(w.queue) == 0 {
-			w.mu.Unlock()
+		batch := slices.Clone(w.queue[:min(len(w.queue), withdrawBatch)])
+		w.mu.Unlock()
+		if len(batch) == 0 {
 			return true
 		}
-		l := w.queue[0]
-		w.mu.Unlock()
+		ws := make([]queue.Withdrawal, len(batch))
+		for i, l := range batch {
+			ws[i] = queue.Withdrawal{Route: l.route, ID: l.id}
+		}
 		tctx, cancel := context.WithTimeout(ctx, w.try)
-		err := w.q.Withdraw(tctx, l.route, l.id)
+		errs := w.q.WithdrawEach(tctx, ws)
 		cancel()
-		switch {
-		case errors.Is(err, queue.ErrTooLate):
-			w.log.Warn("a refused message was stored all the same and is being delivered; if the client resends it, it is delivered twice", "id", l.id, "route", l.route)
-			w.ended.WithLabelValues(withdrawTooLate).Inc()
-		case err != nil:
-			return false
-		default:
-			w.log.Info("refused message withdrawn", "id", l.id, "route", l.route)
-			w.ended.WithLabelValues(withdrawn).Inc()
+		settled := map[withdrawal]bool{}
+		answered := true
+		for i, err := range errs {
+			l := batch[i]
+			switch {
+			case errors.Is(err, queue.ErrTooLate):
+				w.log.Warn("a refused message was stored all the same and is being delivered; if the client resends it, it is delivered twice", "id", l.id, "route", l.route)
+				w.ended.WithLabelValues(withdrawTooLate).Inc()
+			case err != nil:
+				answered = false
+				continue
+			default:
+				w.log.Info("refused message withdrawn", "id", l.id, "route", l.route)
+				w.ended.WithLabelValues(withdrawn).Inc()
+			}
+			settled[l] = true
 		}
 		w.mu.Lock()
-		w.queue = w.queue[1:]
+		w.queue = slices.DeleteFunc(w.queue, func(l withdrawal) bool { return settled[l] })
 		w.mu.Unlock()
+		if !answered {
+			return false
+		}
 	}
 }
