@@ -49,6 +49,9 @@ type smtpIngress struct {
 	sample   *logSampler // one refused-connection line per client IP per interval
 	// errSample: one go-smtp error line per kind of error per interval.
 	errSample *logSampler
+	// cmdSample: one line of a refused command or failed AUTH per client
+	// IP and kind per interval (logRefusal).
+	cmdSample *logSampler
 
 	// base is the parent of the context of every enqueue. It is
 	// cancelled when shutdown ends, not when it starts, so that a DATA
@@ -93,6 +96,7 @@ func newSMTPIngress(o Options, in *ingress, a *apps, tlsConfig *tls.Config, log 
 		drained:   make(chan struct{}),
 		sample:    newLogSampler(logSampleEvery),
 		errSample: newLogSampler(logSampleEvery),
+		cmdSample: newLogSampler(logSampleEvery),
 	}
 	s.evictAge.Store(int64(smtpEvictAge))
 	s.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -669,7 +673,7 @@ func (s *smtpSession) Auth(mech string) (sasl.Server, error) {
 	case sasl.Plain:
 		return saslReplies{sasl.NewPlainServer(func(identity, user, password string) error {
 			if identity != "" && identity != user {
-				s.log.Warn("authentication failed", "mechanism", mech, "reason", "authorization identity differs from user")
+				s.logRefusal(slog.LevelWarn, "authentication failed", "mechanism", mech, "reason", "authorization identity differs from user")
 				return errSMTPAuthFailed
 			}
 			return s.authenticate(mech, user, password)
@@ -711,7 +715,7 @@ func (s *smtpSession) authenticate(mech, user, password string) error {
 		return errSMTPAuthTemporary
 	}
 	if app == nil {
-		s.log.Warn("authentication failed", "mechanism", mech)
+		s.logRefusal(slog.LevelWarn, "authentication failed", "mechanism", mech, "reason", "unknown user or wrong password")
 		return s.refused(errSMTPAuthFailed)
 	}
 	// Every verified success, checked now or answered by the password
@@ -760,11 +764,11 @@ func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 		route, err = s.senderRoute(from)
 	}
 	if err != nil {
-		s.log.Info("MAIL refused", "app", appName(s.app), "from", from, "reply", err.Message)
+		s.logRefusal(slog.LevelInfo, "MAIL refused", "app", appName(s.app), "from", from, "reply", err.Message)
 		return s.refused(err)
 	}
 	if opts.Size > 0 && !s.ing.in.fits(s.app.Name, opts.Size) {
-		s.log.Info("MAIL refused", "app", appName(s.app), "from", from, "size", opts.Size, "reply", errSMTPInsufficientStorage.Message)
+		s.logRefusal(slog.LevelInfo, "MAIL refused", "app", appName(s.app), "from", from, "size", opts.Size, "reply", errSMTPInsufficientStorage.Message)
 		return errSMTPInsufficientStorage
 	}
 	s.from, s.route, s.utf8, s.to, s.size = from, route, opts.UTF8, nil, opts.Size
@@ -802,7 +806,7 @@ func (s *smtpSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 		err = errSMTPTooManyRecipients
 	}
 	if err != nil {
-		s.log.Info("RCPT refused", "app", appName(s.app), "to", to, "reply", err.Message)
+		s.logRefusal(slog.LevelInfo, "RCPT refused", "app", appName(s.app), "to", to, "reply", err.Message)
 		return s.refused(err)
 	}
 	s.to = append(s.to, to)
@@ -856,13 +860,13 @@ func (s *smtpSession) Data(r io.Reader) error {
 	if err != nil {
 		reply := smtpReadError(err)
 		if reply != nil {
-			s.log.Info("DATA refused", "app", app.Name, "from", from, "reply", reply.Message)
+			s.logRefusal(slog.LevelInfo, "DATA refused", "app", app.Name, "from", from, "reply", reply.Message)
 			return s.refused(reply)
 		}
 		return err
 	}
 	if f := s.ing.in.check(buf.body()); f != nil {
-		s.log.Info("DATA refused", "app", app.Name, "from", from, "reply", f.smtp.Message)
+		s.logRefusal(slog.LevelInfo, "DATA refused", "app", app.Name, "from", from, "reply", f.smtp.Message)
 		return s.refused(f.smtp)
 	}
 	sub.body = buf.bytes()
@@ -873,6 +877,17 @@ func (s *smtpSession) Data(r io.Reader) error {
 	s.log.Debug("message stored", "id", id, "app", app.Name, "from", from, "rcpts", len(to), "bytes", len(sub.body))
 	s.tc.refusals.Store(0)
 	return smtpQueued(id)
+}
+
+// logRefusal logs a refused command or a failed AUTH at level: one line
+// per client IP and kind (msg) every logSampleEvery, which says how many
+// like lines were held back since the last. A client that sends
+// thousands of refused commands, or a fleet of guessers, writes a line
+// every 10 s; the metrics still count each.
+func (s *smtpSession) logRefusal(level slog.Level, msg string, attrs ...any) {
+	if ok, held := s.ing.cmdSample.allow(s.tc.ip + " " + msg); ok {
+		s.log.Log(context.Background(), level, msg, withHeld(attrs, held)...)
+	}
 }
 
 // refused counts a refusal of the client's command toward

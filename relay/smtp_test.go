@@ -1052,3 +1052,45 @@ func TestSMTPErrorLimit(t *testing.T) {
 	c.cmd("NOOP", "421 4.7.0 Too many errors")
 	c.expectClosed()
 }
+
+// TestSMTPRefusalsNotFlooded: one client's refused commands and failed
+// AUTHs write one line per kind and address every 10 s, which then says
+// how many like lines were held back, not one line each: 2,000 RCPTs
+// past the limit in one transaction wrote 2,000 lines.
+func TestSMTPRefusalsNotFlooded(t *testing.T) {
+	e := newSMTPEnv(t, func(o *Options) { o.SMTP.MaxRecipients = 3 })
+	c := dialSMTP(t, e.insecure)
+	c.login()
+	c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	for n := range 3 {
+		c.cmd(fmt.Sprintf("RCPT TO:<r%d@example.org>", n), "250 ")
+	}
+	for n := range 2000 {
+		c.cmd(fmt.Sprintf("RCPT TO:<over%d@example.org>", n), "452 4.5.3 ")
+	}
+	c.cmd("DATA", "354 ")
+	c.write("Subject: t\r\n\r\nhi\r\n.\r\n")
+	c.expect("250 2.0.0 Queued as ")
+	for n := range 5 {
+		f := dialSMTP(t, e.insecure)
+		f.cmd("EHLO client.test", "250 ")
+		f.cmd("AUTH PLAIN "+smtpPlain("", fmt.Sprint("nobody", n), "wrong"), "535 ")
+	}
+	logs := e.logs.String()
+	if n := strings.Count(logs, "RCPT refused"); n != 1 {
+		t.Errorf("%d lines of refused RCPTs for one client, want 1", n)
+	}
+	if n := strings.Count(logs, "authentication failed"); n != 1 {
+		t.Errorf("%d lines of failed AUTHs for one client, want 1", n)
+	}
+	// The next line of a kind says how many were held back.
+	e.ing.cmdSample.now = func() time.Time { return time.Now().Add(time.Minute) }
+	c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	for n := range 3 {
+		c.cmd(fmt.Sprintf("RCPT TO:<again%d@example.org>", n), "250 ")
+	}
+	c.cmd("RCPT TO:<over@example.org>", "452 4.5.3 ")
+	if !strings.Contains(e.logs.String(), "like_lines_held_back=1999") {
+		t.Errorf("the next refused RCPT's line does not count the 1,999 held back:\n%s", e.logs.String()[max(0, len(e.logs.String())-2000):])
+	}
+}
