@@ -20,6 +20,12 @@ import (
 // table. A client that means to send a request sends it at once.
 const httpConnAge = time.Second
 
+// httpHeaderAge is how long a request's header may have been arriving,
+// not whole yet, before a new connection may take its connection's place
+// in a full table. A client sends a header in one write; one that
+// trickles it for seconds holds a connection as a silent one does.
+const httpHeaderAge = 5 * time.Second
+
 // httpConns bounds the HTTP API's connections (http.max_connections). In
 // a full table a new connection takes the place of one that is not in a
 // request: connected for httpConnAge without sending anything, else idle
@@ -35,7 +41,9 @@ type httpConns struct {
 	maxPerIP int
 	tls      bool // the API serves TLS: a refused newcomer is closed without a reply
 	age      atomic.Int64
-	log      *slog.Logger
+	// headerAge: httpHeaderAge, changed by tests.
+	headerAge atomic.Int64
+	log       *slog.Logger
 
 	mu      sync.Mutex
 	conns   map[net.Conn]*httpConn // by the connection Accept returned
@@ -70,6 +78,8 @@ type httpConn struct {
 	// once a request's header is whole; closing it before could cut a
 	// request that the relay then stores while its client sees an error.
 	reading atomic.Bool
+	// readingSince is when reading began (unix ns).
+	readingSince atomic.Int64
 }
 
 // trackedConn is an admitted connection: it notes when bytes arrive.
@@ -80,7 +90,8 @@ type trackedConn struct {
 
 func (c *trackedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
-	if n > 0 {
+	if n > 0 && !c.entry.reading.Load() {
+		c.entry.readingSince.Store(time.Now().UnixNano())
 		c.entry.reading.Store(true)
 	}
 	return n, err
@@ -102,6 +113,7 @@ func newHTTPConns(max, maxPerIP int, tls bool, log *slog.Logger) *httpConns {
 		h.refused.WithLabelValues(l)
 	}
 	h.age.Store(int64(httpConnAge))
+	h.headerAge.Store(int64(httpHeaderAge))
 	return h
 }
 
@@ -220,25 +232,38 @@ func (h *httpConns) leaveIPLocked(ip string) {
 
 // victimLocked returns the connection to close for a newcomer, among
 // those of ip (all when ip is ""): the oldest that has sent nothing for
-// the table's age, else the one idle between requests longest; never one
-// whose next request has begun to arrive; or nil. Silent connections go
-// first: under a flood of them, an application's kept connections stay.
+// the table's age, else the one whose request header has been arriving
+// the longest, for the header age at least, else the one idle between
+// requests longest; never one whose header is whole (a request in the
+// relay's hands) or began to arrive less than the header age ago; or
+// nil. Silent and trickling connections go first: under a flood of
+// them, an application's kept connections stay.
 // h.mu is held.
 func (h *httpConns) victimLocked(ip string) net.Conn {
-	var idle, fresh net.Conn
+	var idle, fresh, slow net.Conn
 	var idleSince, freshSince time.Time
-	cutoff := time.Now().Add(-time.Duration(h.age.Load()))
+	var slowSince int64
+	now := time.Now()
+	cutoff := now.Add(-time.Duration(h.age.Load()))
+	headerCutoff := now.Add(-time.Duration(h.headerAge.Load())).UnixNano()
 	for nc, c := range h.conns {
 		switch {
-		case c.closing, c.reading.Load(), ip != "" && c.ip != ip:
+		case c.closing, ip != "" && c.ip != ip, c.state == http.StateActive:
+		case c.reading.Load():
+			if at := c.readingSince.Load(); at <= headerCutoff && (slow == nil || at < slowSince) {
+				slow, slowSince = nc, at
+			}
 		case c.state == http.StateIdle && (idle == nil || c.since.Before(idleSince)):
 			idle, idleSince = nc, c.since
 		case c.state == http.StateNew && !c.since.After(cutoff) && (fresh == nil || c.since.Before(freshSince)):
 			fresh, freshSince = nc, c.since
 		}
 	}
-	if fresh != nil {
+	switch {
+	case fresh != nil:
 		return fresh
+	case slow != nil:
+		return slow
 	}
 	return idle
 }

@@ -10,6 +10,7 @@ import (
 	"net/http/httptrace"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -192,6 +193,39 @@ func TestHTTPFullTableSparesRequestInProgress(t *testing.T) {
 		nc.Close()
 		waitHTTPOpen(t, s, 0)
 	}
+}
+
+// TestHTTPFullTableClosesSlowHeaders: a connection whose request header
+// has been arriving for the header age (5 s; a client sends its header at
+// once) goes for a newcomer in a full table, as a silent one does: a few
+// addresses trickling headers and connecting again at the header timeout
+// would otherwise hold every connection. The newcomer's request is
+// answered.
+func TestHTTPFullTableClosesSlowHeaders(t *testing.T) {
+	s := startRelayOn(t, newFixture(t), func(o *Options) { o.HTTP.MaxConnections = 1 })
+	s.httpConns.headerAge.Store(int64(200 * time.Millisecond))
+	slow := dialHTTPRaw(t, s)
+	_, _ = io.WriteString(slow, "POST /v1/messages?from=billing@contoso.com&to=a@example.org HTTP/1.1\r\n")
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			if _, err := io.WriteString(slow, "X"); err != nil {
+				return
+			}
+		}
+	})
+	defer func() { close(stop); wg.Wait() }()
+	time.Sleep(400 * time.Millisecond)
+	if code, _ := httpFrom(t, s, nil, crmToken); code != http.StatusAccepted {
+		t.Fatalf("a newcomer while a header trickles: %d, want 202", code)
+	}
+	waitClosed(t, slow)
 }
 
 // TestHTTPFullTableClosesSilentBeforeKept: with a silent connection old
