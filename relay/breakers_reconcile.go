@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -120,6 +122,32 @@ func (g *gate) reconcile(ctx context.Context) error {
 // core, so that ingress and delivery still find a connection.
 const reconcileConcurrency = 8
 
+// releaseChunk is how many routes a reconciliation checks are still held
+// in one round trip before it releases them.
+const releaseChunk = 50
+
+// stillHeld reads which routes of the chunk's releases are held now. When
+// it cannot read them, it says all are.
+func (g *gate) stillHeld(ctx context.Context, chunk []routeChange) func(route string) bool {
+	var routes []string
+	for _, ch := range chunk {
+		if ch.release {
+			routes = append(routes, ch.route)
+		}
+	}
+	if len(routes) == 0 {
+		return func(string) bool { return true }
+	}
+	held, err := g.q.HeldRoutes(ctx, routes)
+	if err != nil {
+		return func(string) bool { return true }
+	}
+	return func(route string) bool {
+		_, ok := held[route]
+		return ok
+	}
+}
+
 // routeChange is a hold or release of a route, with the breaker records
 // it is decided on.
 type routeChange struct {
@@ -163,8 +191,18 @@ func (g *gate) apply(ctx context.Context, todo []routeChange) (int, error) {
 			}
 		})
 	}
-	for _, ch := range todo {
-		work <- ch
+	// The relays of a fleet see a breaker close within a second of each
+	// other, and each would release every route: each goes through the
+	// routes in an order of its own and, before each chunk, leaves out
+	// those another relay has released meanwhile.
+	rand.Shuffle(len(todo), func(i, j int) { todo[i], todo[j] = todo[j], todo[i] })
+	for chunk := range slices.Chunk(todo, releaseChunk) {
+		stillHeld := g.stillHeld(ctx, chunk)
+		for _, ch := range chunk {
+			if !ch.release || stillHeld(ch.route) {
+				work <- ch
+			}
+		}
 	}
 	close(work)
 	wg.Wait()

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -362,4 +364,82 @@ func timeReconcile(b *testing.B, g *gate, held int) time.Duration {
 		b.Fatalf("%d routes held after the reconciliation, want %d", len(got), held)
 	}
 	return took
+}
+
+// BenchmarkReconcileRoutesFleet: three relays see a credential's breaker
+// close at once and release its 2,000 held routes together, as a fleet
+// does after a rotation. s/release is the time until all three are done;
+// cmds/route the Redis commands all three sent for each route.
+func BenchmarkReconcileRoutesFleet(b *testing.B) {
+	const boxes, relays = 2000, 3
+	var release time.Duration
+	var cmds float64
+	for range b.N {
+		srv := newFixture(b).redis
+		var gates []*gate
+		for range relays {
+			rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+			b.Cleanup(func() { _ = rdb.Close() })
+			gates = append(gates, &gate{set: breaker.New(rdb, breaker.Options{}), q: queue.New(rdb, queue.Options{}), log: discardLogger()})
+		}
+		ctx := context.Background()
+		fill := queue.New(srv.Client(b), queue.Options{})
+		for i := range boxes {
+			from := fmt.Sprintf("box%d@contoso.com", i)
+			if _, _, err := fill.Enqueue(ctx, queue.Submission{Route: "app:contoso:" + from, App: "crm",
+				From: from, To: []string{"sink@example.org"}, Body: []byte("Subject: x\r\n\r\nhi\r\n")}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		cred := credentialBreaker("contoso")
+		if err := gates[0].set.Trip(ctx, cred, "bench"); err != nil {
+			b.Fatal(err)
+		}
+		timeReconcile(b, gates[0], boxes)
+		if err := gates[0].set.Reset(ctx, cred); err != nil {
+			b.Fatal(err)
+		}
+		before := commandsProcessed(b, srv.Client(b))
+		start := time.Now()
+		var wg sync.WaitGroup
+		for _, g := range gates {
+			wg.Go(func() {
+				if err := g.reconcile(ctx); err != nil {
+					b.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		release += time.Since(start)
+		cmds += float64(commandsProcessed(b, srv.Client(b))-before) / boxes
+		if got, err := gates[0].q.HeldRoutes(ctx, routesOf(b, gates[0])); err != nil || len(got) != 0 {
+			b.Fatalf("%d routes held after the fleet's reconciliation (%v)", len(got), err)
+		}
+	}
+	b.ReportMetric(release.Seconds()/float64(b.N), "s/release")
+	b.ReportMetric(cmds/float64(b.N), "cmds/route")
+}
+
+func routesOf(b *testing.B, g *gate) []string {
+	routes, err := g.q.Routes(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return routes
+}
+
+// commandsProcessed is Redis's count of commands run so far.
+func commandsProcessed(b *testing.B, rdb *redis.Client) int64 {
+	info, err := rdb.Info(context.Background(), "stats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, "total_commands_processed:"); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	b.Fatal("no total_commands_processed in INFO")
+	return 0
 }
