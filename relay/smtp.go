@@ -433,7 +433,20 @@ func (c *smtpConn) Read(b []byte) (int, error) {
 	if n == 0 && isTimeout(err) && c.byeIfClosing() {
 		return 0, io.EOF
 	}
+	if isTimeout(err) && c.transferring() {
+		// go-smtp answers a BDAT chunk it could not read with the error's
+		// text under 554 unless the error is an SMTP reply: a client that
+		// got 554 would bounce a message it may send again.
+		return n, errSMTPDataTimeout
+	}
 	return n, err
+}
+
+// transferring reports whether a message transfer is running.
+func (c *smtpConn) transferring() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.inData && !c.dataEnded
 }
 
 // SetWriteDeadline sets t. A deadline earlier than the one the pending

@@ -1094,3 +1094,23 @@ func TestSMTPRefusalsNotFlooded(t *testing.T) {
 		t.Errorf("the next refused RCPT's line does not count the 1,999 held back:\n%s", e.logs.String()[max(0, len(e.logs.String())-2000):])
 	}
 }
+
+// TestSMTPBDATTimeoutIsTemporary: a BDAT chunk that stops arriving until
+// the read timeout gets a temporary 451 4.4.2, which a client retries,
+// not go-smtp's "554 5.0.0 Error: transaction failed: read tcp ...: i/o
+// timeout", which it bounces; nothing is queued.
+func TestSMTPBDATTimeoutIsTemporary(t *testing.T) {
+	e := newSMTPEnv(t, func(o *Options) { o.SMTP.ReadTimeout = Duration(500 * time.Millisecond) })
+	c := dialSMTP(t, e.insecure)
+	c.login()
+	c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	c.cmd("RCPT TO:<a@example.org>", "250 ")
+	c.write("BDAT 1000 LAST\r\nSubject: t\r\n\r\nonly the start")
+	reply, err := c.readReply()
+	if err != nil || !strings.HasPrefix(reply, "451 4.4.2 ") {
+		t.Fatalf("a BDAT chunk cut by the read timeout: %q, %v; want 451 4.4.2", reply, err)
+	}
+	if n := len(smtpReady(t, e.f)); n != 0 {
+		t.Errorf("%d messages queued, want none", n)
+	}
+}

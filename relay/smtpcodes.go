@@ -108,6 +108,10 @@ var (
 	// bad connection. The message could not be read to its end.
 	errSMTPReadFailed = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Error reading the message"}
 
+	// errSMTPDataTimeout: as errSMTPReadFailed, for a message that
+	// stopped arriving until the read timeout.
+	errSMTPDataTimeout = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Timed out waiting for the message data; nothing was queued"}
+
 	// errSMTPChunkCut: as errSMTPReadFailed, for a connection that ended
 	// inside a BDAT chunk (go-smtp hands over the bytes that came as if
 	// they were the whole chunk).
