@@ -101,6 +101,8 @@ type Queue struct {
 
 	waitAOF     bool // the server has WAITAOF (Redis 7.2+); set once waitChecked
 	waitChecked bool
+
+	clock redisClock // see clock.go
 }
 
 // ErrNotFound is returned for a message id that does not exist.
@@ -169,7 +171,7 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 	}
 	args := []any{id, m.Route, m.App, m.From, strings.Join(m.To, "\n"), m.Body,
 		now.UnixMilli(), now.Add(q.opts.Lifetime).UnixMilli(),
-		q.opts.IdempotencyTTL.Milliseconds(), m.IdempotencyKey, mark, m.Fingerprint}
+		q.opts.IdempotencyTTL.Milliseconds(), m.IdempotencyKey, mark, m.Fingerprint, q.storeDeadline(ctx)}
 	var res []any
 	if q.opts.MinReplicas > 0 {
 		res, err = q.enqueueReplicated(ctx, keys, args)
@@ -193,6 +195,11 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 		return id, false, fmt.Errorf("enqueue %s: %w", id, ErrWithdrawn)
 	case 3:
 		return got, false, fmt.Errorf("enqueue: idempotency key of %s: %w", got, ErrKeyReused)
+	case 4:
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) > deadlineMargin {
+			q.clockSuspect()
+		}
+		return id, false, fmt.Errorf("enqueue %s: %w", id, ErrPastDeadline)
 	}
 	if !dup && !marked {
 		// The message is stored either way; a route left unmarked is
@@ -205,6 +212,10 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 // ErrWithdrawn is returned by an Enqueue whose id was withdrawn before it
 // ran.
 var ErrWithdrawn = errors.New("the message was withdrawn")
+
+// ErrPastDeadline is returned by an Enqueue that Redis ran after its
+// context's deadline: nothing was stored (see clock.go).
+var ErrPastDeadline = errors.New("the store reached Redis after its deadline; nothing was stored")
 
 // ErrKeyReused is returned by an Enqueue whose idempotency key was used
 // for another submission (another Fingerprint) on the same route, with

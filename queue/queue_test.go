@@ -843,3 +843,35 @@ func TestReleaseMarkFails(t *testing.T) {
 		t.Fatalf("lease after the release: %+v; want %s", res, id)
 	}
 }
+
+// TestEnqueuePastDeadlineStoresNothing: a store that a hung Redis holds
+// past its context's deadline (its submitter told 451) stores nothing
+// when Redis resumes, so no worker can deliver it before its withdrawal;
+// one that Redis runs in time is stored.
+func TestEnqueuePastDeadlineStoresNothing(t *testing.T) {
+	q, _, srv := newQueue(t)
+	ctx := context.Background()
+	// In time, under a deadline: stored (and the clock measured).
+	short, cancel := context.WithTimeout(ctx, 3*time.Second)
+	first, _, err := q.Enqueue(short, msg("r1", 1))
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Pause(t)
+	late, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	id, _, err := q.Enqueue(late, msg("r1", 2))
+	cancel()
+	if err == nil || id == "" {
+		t.Fatalf("enqueue with Redis stopped: %q, %v; want a timeout with the message's id", id, err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	srv.Resume(t)
+	// The held store has run by the time Redis answers another command.
+	if _, err := q.Get(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Get(ctx, id); !errors.Is(err, queue.ErrNotFound) {
+		t.Fatalf("the store that came past its deadline: Get = %v, want ErrNotFound", err)
+	}
+}

@@ -50,14 +50,22 @@ return 1
 // joined by "\n", ARGV[6] body, ARGV[7] now, ARGV[8] expiry time,
 // ARGV[9] idempotency key lifetime in ms, ARGV[10] idempotency key,
 // ARGV[11] "1" to mark the route dirty, ARGV[12] the submission's
-// fingerprint ("" for none).
+// fingerprint ("" for none), ARGV[13] the store's deadline in Redis's
+// clock, unix ms (0: none; see clock.go).
 //
 // Returns {id, 0} for a new message, {existing id, 1} when the
 // idempotency key was seen before with the same fingerprint (or where
 // either has none, as keys stored before fingerprints), {existing id, 3}
-// when it was seen with another, or {id, 2} when the id was withdrawn.
+// when it was seen with another, {id, 2} when the id was withdrawn, or
+// {id, 4} when it ran past its deadline; with 2 and 4 nothing is stored.
 // Redis past its maxmemory refuses it whole, before it runs (storeScript).
 var enqueueScript = storeScript(changeLua + `
+local deadline = tonumber(ARGV[13])
+if deadline and deadline > 0 then
+  if redis.replicate_commands then redis.replicate_commands() end
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > deadline then return {ARGV[1], 4} end
+end
 if redis.call('EXISTS', KEYS[4]) == 1 then return {ARGV[1], 2} end
 local idem = ARGV[10] ~= ''
 if idem then
