@@ -110,7 +110,7 @@ type deliveryConfig struct {
 	// ("smtp" or "graph") for the send duration metric.
 	Transport func(m *queue.Message) string
 	// StalledAfter is how long a send runs before its worker is handed
-	// to other routes (see stalled). Default stalledAfter.
+	// to other routes (see watchStalled). Default stalledAfter.
 	StalledAfter time.Duration
 }
 
@@ -384,7 +384,7 @@ func (d *deliverer) lane(ctx context.Context, l *queue.Lease, r reservation) (ha
 // while the route's own count in flight still bounds its deliveries. The
 // returned func, called when the send ends, reports whether the worker
 // was handed on.
-func (d *deliverer) watchStalled(l *queue.Lease, log *slog.Logger) (end func() bool) {
+func (d *deliverer) watchStalled(log *slog.Logger) (end func() bool) {
 	var handed bool
 	fired := make(chan struct{})
 	t := time.AfterFunc(d.cfg.StalledAfter, func() {
@@ -542,7 +542,7 @@ func (d *deliverer) deliver(l *queue.Lease, r reservation, more func() reservati
 	defer cancel(nil)
 	stopExtend := d.keepLease(ctx, l, cancel, log)
 	start := time.Now()
-	endStalled := d.watchStalled(l, log)
+	endStalled := d.watchStalled(log)
 	reply, err := d.sender.Send(r.Bind(ctx), l.Message)
 	handedOn = endStalled()
 	stopExtend()

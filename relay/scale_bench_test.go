@@ -16,6 +16,7 @@ import (
 	"holdfast/breaker"
 	"holdfast/cmd/o365sim/sim"
 	"holdfast/queue"
+	"holdfast/queue/redistest"
 )
 
 // countingSender accepts every message at once and counts them.
@@ -294,14 +295,7 @@ func BenchmarkReconcileRoutes(b *testing.B) {
 				q := queue.New(rdb, queue.Options{})
 				g := &gate{set: breaker.New(rdb, breaker.Options{}), q: q, log: discardLogger()}
 				ctx := context.Background()
-				fill := queue.New(srv.Client(b), queue.Options{})
-				for i := range boxes {
-					from := fmt.Sprintf("box%d@contoso.com", i)
-					if _, _, err := fill.Enqueue(ctx, queue.Submission{Route: "app:contoso:" + from, App: "crm",
-						From: from, To: []string{"sink@example.org"}, Body: []byte("Subject: x\r\n\r\nhi\r\n")}); err != nil {
-						b.Fatal(err)
-					}
-				}
+				fillMailboxes(b, srv, boxes)
 				cred := credentialBreaker("contoso")
 				if err := g.set.Trip(ctx, cred, "bench"); err != nil {
 					b.Fatal(err)
@@ -366,6 +360,20 @@ func timeReconcile(b *testing.B, g *gate, held int) time.Duration {
 	return took
 }
 
+// fillMailboxes queues one message for each of boxes mailboxes of the
+// credential contoso, each its own route.
+func fillMailboxes(b *testing.B, srv *redistest.Server, boxes int) {
+	b.Helper()
+	fill := queue.New(srv.Client(b), queue.Options{})
+	for i := range boxes {
+		from := fmt.Sprintf("box%d@contoso.com", i)
+		if _, _, err := fill.Enqueue(context.Background(), queue.Submission{Route: "app:contoso:" + from, App: "crm",
+			From: from, To: []string{"sink@example.org"}, Body: []byte("Subject: x\r\n\r\nhi\r\n")}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkReconcileRoutesFleet: three relays see a credential's breaker
 // close at once and release its 2,000 held routes together, as a fleet
 // does after a rotation. s/release is the time until all three are done;
@@ -383,14 +391,7 @@ func BenchmarkReconcileRoutesFleet(b *testing.B) {
 			gates = append(gates, &gate{set: breaker.New(rdb, breaker.Options{}), q: queue.New(rdb, queue.Options{}), log: discardLogger()})
 		}
 		ctx := context.Background()
-		fill := queue.New(srv.Client(b), queue.Options{})
-		for i := range boxes {
-			from := fmt.Sprintf("box%d@contoso.com", i)
-			if _, _, err := fill.Enqueue(ctx, queue.Submission{Route: "app:contoso:" + from, App: "crm",
-				From: from, To: []string{"sink@example.org"}, Body: []byte("Subject: x\r\n\r\nhi\r\n")}); err != nil {
-				b.Fatal(err)
-			}
-		}
+		fillMailboxes(b, srv, boxes)
 		cred := credentialBreaker("contoso")
 		if err := gates[0].set.Trip(ctx, cred, "bench"); err != nil {
 			b.Fatal(err)
