@@ -346,7 +346,7 @@ func (c *Credential) redeemMaterial(log *slog.Logger, scopes []string, params ur
 			return tok, nil
 		}
 		var te *TokenError
-		if !errors.As(err, &te) || !secretRefused(te) {
+		if !errors.As(err, &te) || !te.SecretRefused() {
 			// Whether the next secret works is not known: no news.
 			return nil, err
 		}

@@ -139,12 +139,6 @@ func boolOrder(b bool) int {
 	return 0
 }
 
-// secretRefused reports whether a token error is one that another of the
-// app's secrets may not get: this secret expired or is unknown.
-func secretRefused(te *TokenError) bool {
-	return te.SecretExpired() || te.SecretUnknown()
-}
-
 // SetSecretDates gives the end dates Graph lists for the app's secrets,
 // by hint. A date from Graph comes before the configured one. When
 // another secret than the one in use now has the latest date, it becomes

@@ -111,6 +111,14 @@ func (e *TokenError) SecretUnknown() bool {
 	return e.AADSTS == AADSTSInvalidSecret
 }
 
+// SecretRefused reports whether the endpoint refused the client secret
+// itself: expired (AADSTS7000222) or unknown (AADSTS7000215). Another of
+// the app's secrets may still get a token; and Entra answers either for
+// a new secret it has not propagated yet.
+func (e *TokenError) SecretRefused() bool {
+	return e.SecretExpired() || e.SecretUnknown()
+}
+
 // entraError is the JSON error body of the token endpoint.
 type entraError struct {
 	Error         string `json:"error"`

@@ -61,7 +61,7 @@ func EntraRefused(err error) bool {
 // deleted), or at times AADSTS7000222, as for one expired.
 func SecretMayBePropagating(err error) bool {
 	var te *auth.TokenError
-	return errors.As(err, &te) && (te.SecretUnknown() || te.SecretExpired())
+	return errors.As(err, &te) && te.SecretRefused()
 }
 
 func entraRefusedStatus(status int) bool {
