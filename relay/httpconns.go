@@ -73,12 +73,11 @@ type httpConn struct {
 	state   http.ConnState
 	since   time.Time // when it entered state
 	closing bool
-	// reading: bytes of a request arrived since the connection was
-	// taken in or last went idle. net/http calls a connection active only
-	// once a request's header is whole; closing it before could cut a
-	// request that the relay then stores while its client sees an error.
-	reading atomic.Bool
-	// readingSince is when reading began (unix ns).
+	// readingSince is when the first bytes of a request arrived since
+	// the connection was taken in or last went idle (unix ns), 0 when
+	// none have. net/http calls a connection active only once a
+	// request's header is whole; closing it before could cut a request
+	// that the relay then stores while its client sees an error.
 	readingSince atomic.Int64
 }
 
@@ -90,9 +89,8 @@ type trackedConn struct {
 
 func (c *trackedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
-	if n > 0 && !c.entry.reading.Load() {
-		c.entry.readingSince.Store(time.Now().UnixNano())
-		c.entry.reading.Store(true)
+	if n > 0 {
+		c.entry.readingSince.CompareAndSwap(0, time.Now().UnixNano())
 	}
 	return n, err
 }
@@ -175,7 +173,7 @@ func (h *httpConns) connState(nc net.Conn, state http.ConnState) {
 	default:
 		c.state, c.since = state, time.Now()
 		if state == http.StateIdle {
-			c.reading.Store(false)
+			c.readingSince.Store(0)
 		}
 	}
 }
@@ -247,10 +245,11 @@ func (h *httpConns) victimLocked(ip string) net.Conn {
 	cutoff := now.Add(-time.Duration(h.age.Load()))
 	headerCutoff := now.Add(-time.Duration(h.headerAge.Load())).UnixNano()
 	for nc, c := range h.conns {
+		reading := c.readingSince.Load()
 		switch {
 		case c.closing, ip != "" && c.ip != ip, c.state == http.StateActive:
-		case c.reading.Load():
-			if at := c.readingSince.Load(); at <= headerCutoff && (slow == nil || at < slowSince) {
+		case reading != 0:
+			if at := reading; at <= headerCutoff && (slow == nil || at < slowSince) {
 				slow, slowSince = nc, at
 			}
 		case c.state == http.StateIdle && (idle == nil || c.since.Before(idleSince)):
