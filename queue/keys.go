@@ -119,6 +119,31 @@ func routeTag(route string) string {
 	return hex.EncodeToString(b[:])
 }
 
+// Kinds of route key: the last part of hf:{T}:r:ROUTE:KIND. Scripts that
+// find a route's keys from its routeBase append them with luaRouteKey.
+const (
+	kindDue    = "due"
+	kindLeased = "leased"
+	kindDead   = "dead"
+	kindLive   = "live"
+	kindHold   = "hold"
+	kindHeld   = "held"
+	kindSeq    = "seq"
+	kindFence  = "fence"
+)
+
+// luaRouteKey is the Lua expression of the key of kind of the route whose
+// routeBase is the Lua expression base.
+func luaRouteKey(base, kind string) string {
+	return "(" + base + " .. '" + kind + "')"
+}
+
+// luaRouteBase is the Lua expression of a route's routeBase, from the Lua
+// expressions of its routeKeyPrefix and of its name.
+func luaRouteBase(prefix, route string) string {
+	return "(" + prefix + " .. " + route + " .. ':')"
+}
+
 // routeKeys are the keys of one route.
 type routeKeys struct {
 	tag    string
@@ -143,15 +168,15 @@ func keysFor(route string) routeKeys {
 	base := routeKeyPrefix(tag) + route + ":"
 	return routeKeys{
 		tag:    tag,
-		due:    base + "due",
-		leased: base + "leased",
-		dead:   base + "dead",
-		live:   base + "live",
-		hold:   base + "hold",
-		held:   base + "held",
-		seq:    base + "seq",
+		due:    base + kindDue,
+		leased: base + kindLeased,
+		dead:   base + kindDead,
+		live:   base + kindLive,
+		hold:   base + kindHold,
+		held:   base + kindHeld,
+		seq:    base + kindSeq,
 		base:   base,
-		fence:  base + "fence",
+		fence:  base + kindFence,
 	}
 }
 

@@ -546,7 +546,8 @@ local now = tonumber(ARGV[1])
 local out = {}
 for i = 2, #ARGV do
   local p = ARGV[i]
-  stat(p .. 'due', p .. 'leased', p .. 'dead', p .. 'live', p .. 'hold', now, out)
+  stat(` + luaRouteKey("p", kindDue) + `, ` + luaRouteKey("p", kindLeased) + `, ` + luaRouteKey("p", kindDead) + `,
+    ` + luaRouteKey("p", kindLive) + `, ` + luaRouteKey("p", kindHold) + `, now, out)
 end
 return out
 `)
@@ -566,9 +567,9 @@ var getScript = redis.NewScript(`
 local route = redis.call('HGET', KEYS[1], 'route')
 if not route then return {} end
 local out = redis.call('HMGET', KEYS[1], unpack(ARGV, 3))
-local base = ARGV[1] .. route
-out[#out + 1] = redis.call('ZSCORE', base .. ':due', ARGV[2]) or ''
-out[#out + 1] = redis.call('GET', base .. ':hold') or ''
+local base = ` + luaRouteBase("ARGV[1]", "route") + `
+out[#out + 1] = redis.call('ZSCORE', ` + luaRouteKey("base", kindDue) + `, ARGV[2]) or ''
+out[#out + 1] = redis.call('GET', ` + luaRouteKey("base", kindHold) + `) or ''
 out[#out + 1] = redis.call('PTTL', KEYS[1])
 return out
 `)

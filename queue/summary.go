@@ -292,7 +292,7 @@ const summaryBytes = 8 * 8
 // count. Any other route takes the full count, as routeStat does. live
 // may be nil: the key is then built from the route's key prefix p, only
 // when it is needed.
-const routeSummary = dueCounts + `
+var routeSummary = dueCounts + `
 local function summ(due, leased, dead, live, hold, p, now, out)
   local n = #out
   local ready, scheduled, nleased, held, ndead, since, oldest, untl = 0, 0, 0, 0, 0, -1, -1, -1
@@ -301,7 +301,7 @@ local function summ(due, leased, dead, live, hold, p, now, out)
     ready, scheduled, since, untl = dueCounts(due, now)
   end
   if keys > 1 or (keys == 1 and ready + scheduled == 0) then
-    local first = redis.call('ZRANGE', live or (p .. 'live'), 0, 0, 'WITHSCORES')
+    local first = redis.call('ZRANGE', live or ` + luaRouteKey("p", kindLive) + `, 0, 0, 'WITHSCORES')
     local short = false
     if first[2] then
       if redis.call('EXISTS', hold) == 1 then
@@ -339,7 +339,8 @@ local now = tonumber(ARGV[1])
 local out = {}
 for i = 2, #ARGV do
   local p = ARGV[i]
-  summ(p .. 'due', p .. 'leased', p .. 'dead', nil, p .. 'hold', p, now, out)
+  summ(` + luaRouteKey("p", kindDue) + `, ` + luaRouteKey("p", kindLeased) + `, ` + luaRouteKey("p", kindDead) + `,
+    nil, ` + luaRouteKey("p", kindHold) + `, p, now, out)
 end
 return table.concat(out)
 `)
