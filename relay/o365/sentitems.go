@@ -37,29 +37,47 @@ func (g *GraphSender) sentBefore(ctx context.Context, r Route, id, msgID string)
 	if !unknown {
 		return "", false, nil
 	}
+	// A 401 on a cached token may only mean it expired early, as in Send.
+	for fresh := false; ; fresh = true {
+		found, status, err := g.findSent(ctx, r, msgID)
+		if GraphTokenRefused(status) && !fresh {
+			r.Tokens.Invalidate()
+			continue
+		}
+		if err != nil || !found {
+			return "", false, err
+		}
+		return fmt.Sprintf("found %s in the Sent Items of %s after an attempt with an unknown outcome", msgID, r.Mailbox), true, nil
+	}
+}
+
+// findSent looks for msgID in the mailbox's Sent Items. status is Graph's
+// HTTP status, 0 when it did not answer. A lookup that Graph refuses for
+// good finds nothing, with no error (see sentBefore).
+func (g *GraphSender) findSent(ctx context.Context, r Route, msgID string) (found bool, status int, err error) {
 	tok, err := r.Tokens.Token(ctx)
 	if err != nil {
-		return "", false, tokenError(err, r.Kind)
+		return false, 0, tokenError(err, r.Kind)
 	}
 	filter := "internetMessageId eq '" + strings.ReplaceAll(msgID, "'", "''") + "'"
 	u := g.o.BaseURL + "/v1.0/users/" + url.PathEscape(r.Mailbox) + "/mailFolders/SentItems/messages?$filter=" +
 		strings.ReplaceAll(url.QueryEscape(filter), "+", "%20") + "&$select=id"
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return "", false, err
+		return false, 0, err
 	}
 	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
 	resp, err := g.o.HTTPClient.Do(req)
 	if err != nil {
-		return "", false, &upstream.Error{Class: upstream.Transient, Text: "GET Sent Items after an unknown outcome", Err: err}
+		return false, 0, &upstream.Error{Class: upstream.Transient, Text: "GET Sent Items after an unknown outcome", Err: err}
 	}
 	defer resp.Body.Close()
 	switch {
 	case resp.StatusCode == http.StatusOK:
 	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusUnauthorized || resp.StatusCode >= 500:
-		return "", false, ClassifyGraph(graphFailure(resp), r.Kind)
+		return false, resp.StatusCode, ClassifyGraph(graphFailure(resp), r.Kind)
 	default:
-		return "", false, nil
+		return false, resp.StatusCode, nil
 	}
 	var list struct {
 		Value []struct {
@@ -67,12 +85,9 @@ func (g *GraphSender) sentBefore(ctx context.Context, r Route, id, msgID string)
 		} `json:"value"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&list); err != nil {
-		return "", false, &upstream.Error{Class: upstream.Transient, Text: "reading Sent Items", Err: err}
+		return false, resp.StatusCode, &upstream.Error{Class: upstream.Transient, Text: "reading Sent Items", Err: err}
 	}
-	if len(list.Value) == 0 {
-		return "", false, nil
-	}
-	return fmt.Sprintf("found %s in the Sent Items of %s after an attempt with an unknown outcome", msgID, r.Mailbox), true, nil
+	return len(list.Value) > 0, resp.StatusCode, nil
 }
 
 // markUnknown records that the attempt that failed with err may have sent

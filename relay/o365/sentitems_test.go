@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,13 +32,24 @@ const (
 type simTokens struct {
 	cfg    clientcredentials.Config
 	client *http.Client
+	// stale makes Token return a token Graph refuses, until Invalidate.
+	stale       atomic.Bool
+	invalidated atomic.Int32
 }
 
 func (s *simTokens) Token(ctx context.Context) (*oauth2.Token, error) {
+	if s.stale.Load() {
+		// A cached token Exchange no longer takes (expired early, or
+		// issued before a change): Graph answers 401 to it.
+		return &oauth2.Token{AccessToken: "stale-cached-token"}, nil
+	}
 	return s.cfg.Token(context.WithValue(ctx, oauth2.HTTPClient, s.client))
 }
 
-func (s *simTokens) Invalidate() {}
+func (s *simTokens) Invalidate() {
+	s.stale.Store(false)
+	s.invalidated.Add(1)
+}
 
 // outcomes is an in-memory o365.Outcomes.
 type outcomes struct {
@@ -59,9 +71,10 @@ func (o *outcomes) Ambiguous(_ context.Context, id string) (bool, error) {
 }
 
 type graphEnv struct {
-	sim  *sim.Sim
-	out  *outcomes
-	send *o365.GraphSender
+	sim    *sim.Sim
+	out    *outcomes
+	send   *o365.GraphSender
+	tokens *simTokens
 }
 
 // startSim starts the simulator with the app and its one mailbox.
@@ -96,7 +109,7 @@ func newGraphEnv(t *testing.T, timeout time.Duration, baseURL string) *graphEnv 
 	if baseURL == "" {
 		baseURL = s.GraphURL()
 	}
-	e := &graphEnv{sim: s, out: &outcomes{amb: map[string]bool{}}}
+	e := &graphEnv{sim: s, out: &outcomes{amb: map[string]bool{}}, tokens: tokens}
 	var err error
 	e.send, err = o365.NewGraphSender(o365.GraphOptions{
 		BaseURL:    baseURL,
@@ -159,6 +172,33 @@ func TestGraphUnknownOutcomeNoDuplicate(t *testing.T) {
 				t.Errorf("added Message-ID %q, want <%s@contoso.com>", got[0].MessageID, m.ID)
 			}
 		})
+	}
+}
+
+// TestSentItemsLookupRetriesStaleToken: a Sent Items lookup whose cached
+// token Graph refuses (401) is tried once more with a new token, as
+// sendMail is, and finds the message: it is neither sent again nor
+// counted against the credential.
+func TestSentItemsLookupRetriesStaleToken(t *testing.T) {
+	e := newGraphEnv(t, time.Second, "")
+	ctx := context.Background()
+	m := graphMessage("0123abcdstale", "<stale@test>")
+	e.sim.SetFault(sim.Fault{GraphAfterSend: "500"})
+	if _, err := e.send.Send(ctx, m); !errors.Is(err, upstream.ErrOutcomeUnknown) {
+		t.Fatalf("first attempt: %v, want an unknown outcome", err)
+	}
+	e.sim.SetFault(sim.Fault{})
+	e.tokens.stale.Store(true)
+	reply, err := e.send.Send(ctx, m)
+	if err != nil || !strings.Contains(reply, "Sent Items") {
+		t.Fatalf("second attempt with a stale cached token: %q %v (class %v), want found in Sent Items",
+			reply, err, upstream.ClassOf(err))
+	}
+	if n := e.tokens.invalidated.Load(); n != 1 {
+		t.Errorf("the cached token was invalidated %d times, want 1", n)
+	}
+	if n := e.sim.ReceivedCount(); n != 1 {
+		t.Fatalf("Exchange got %d copies, want 1", n)
 	}
 }
 
