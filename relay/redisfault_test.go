@@ -488,3 +488,64 @@ func TestStartWithRedisRefusingUs(t *testing.T) {
 		}
 	}
 }
+
+// TestScrapesWhileRedisHung: with Redis stopped, scrapes that Prometheus
+// abandons at a short scrape_timeout share one read of the queue instead
+// of each starting its own, and each abandoned scrape is one log line,
+// not one per metric family. The scrape after Redis continues is whole.
+func TestScrapesWhileRedisHung(t *testing.T) {
+	f := newFixture(t)
+	logs := &syncBuffer{}
+	s := startRelayLogged(t, f, nil, slog.New(slog.NewTextHandler(logs, nil)))
+	scrape := func(timeout time.Duration) (int, string, error) {
+		c := &http.Client{Timeout: timeout}
+		resp, err := c.Get("http://" + s.OpsAddr() + "/metrics")
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), err
+	}
+	if code, _, err := scrape(5 * time.Second); code != http.StatusOK {
+		t.Fatalf("scrape before: %d %v", code, err)
+	}
+	before := len(logs.String())
+
+	f.redis.Pause(t)
+	const abandoned = 6
+	for range abandoned {
+		if _, _, err := scrape(300 * time.Millisecond); err == nil {
+			t.Fatal("a scrape with Redis stopped answered within 300 ms")
+		}
+	}
+	// Every abandoned scrape's handler finishes within the scrape's bound
+	// of its Redis reads (scrapeTimeout) after Redis stopped.
+	time.Sleep(scrapeTimeout + time.Second)
+	f.redis.Resume(t)
+	code, body, err := scrape(5 * time.Second)
+	// The queue's figures are read from Redis.
+	const fromRedis = "holdfast_queue_oldest_held_age_seconds 0"
+	if code != http.StatusOK || !strings.Contains(body, fromRedis) {
+		t.Fatalf("scrape after Redis continued: %d %v, figures read from Redis present %v", code, err, strings.Contains(body, fromRedis))
+	}
+
+	during := logs.String()[before:]
+	if n := strings.Count(during, "metrics: cannot read the queue"); n != 1 {
+		t.Errorf("%d reads of the queue failed for %d scrapes, want 1 shared by all", n, abandoned)
+	}
+	var lines []string
+	for l := range strings.Lines(during) {
+		if !strings.Contains(l, "component=delivery") {
+			lines = append(lines, l)
+		}
+	}
+	// One line for the failed read of the queue, one for the scrape
+	// that read, one for each abandoned scrape.
+	if n := len(lines); n > abandoned+2 {
+		t.Errorf("%d log lines for %d abandoned scrapes, want at most %d:\n%s", n, abandoned, abandoned+2, during)
+	}
+	if n := strings.Count(during, "scrape"); n < 1 {
+		t.Errorf("no line says a scrape was abandoned:\n%s", during)
+	}
+}

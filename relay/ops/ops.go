@@ -89,10 +89,10 @@ func New(cfg Config) http.Handler {
 		cfg.Log = slog.Default()
 	}
 	h := &handler{cfg: cfg, mux: http.NewServeMux(), page: newPageRenderer()}
-	h.mux.Handle("GET /metrics", h.protect(promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{
+	h.mux.Handle("GET /metrics", h.protect(scrape(promhttp.HandlerFor(&sharedGatherer{g: cfg.Gatherer, log: cfg.Log}, promhttp.HandlerOpts{
 		ErrorHandling: promhttp.ContinueOnError,
 		ErrorLog:      slog.NewLogLogger(cfg.Log.Handler(), slog.LevelWarn),
-	})))
+	}), cfg.Log)))
 	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = io.WriteString(w, "ok\n")
