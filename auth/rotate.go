@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -54,11 +55,28 @@ func (c *Credential) AddPassword(ctx context.Context, graphURL, displayName stri
 
 // RemovePassword deletes a client secret of the credential's own app
 // registration with Graph's removePassword; it needs what AddPassword
-// needs.
+// needs. A key that is not on the registration (removed by an earlier
+// try whose answer was lost) is removed: Graph answers 400 to it, as it
+// does to a request it cannot take, so after a 400 RemovePassword lists
+// the registration's secrets and returns Graph's error if the key is
+// still there, or cannot be read.
 func (c *Credential) RemovePassword(ctx context.Context, graphURL, keyID string) error {
 	body, _ := json.Marshal(map[string]string{"keyId": keyID})
 	_, err := c.graphApp(ctx, graphURL, http.MethodPost, "/removePassword", body)
-	return err
+	var ge *GraphError
+	if !errors.As(err, &ge) || ge.HTTPStatus != http.StatusBadRequest {
+		return err
+	}
+	list, lerr := c.AppCredentials(ctx, graphURL)
+	if lerr != nil {
+		return fmt.Errorf("%w (and cannot list the app's secrets to see whether the key is gone: %v)", err, lerr)
+	}
+	for _, a := range list {
+		if a.Kind == "secret" && strings.EqualFold(a.KeyID, keyID) {
+			return err
+		}
+	}
+	return nil
 }
 
 // graphApp sends a request to the credential's own app registration in

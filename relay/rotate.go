@@ -505,9 +505,8 @@ func (r *rotator) removeOld(ctx context.Context, p queue.Rotation) {
 		return
 	}
 	if live := r.live[p.Credential]; live != nil && p.OldKeyID != "" {
-		err := live.RemovePassword(ctx, r.graphURL, p.OldKeyID)
-		var ge *auth.GraphError
-		if err != nil && !(errors.As(err, &ge) && ge.HTTPStatus == 400) {
+		// A key already gone (an earlier try's answer lost) is removed.
+		if err := live.RemovePassword(ctx, r.graphURL, p.OldKeyID); err != nil {
 			err = graphWriteError("remove the old secret", err)
 			r.step(ctx, p.Credential, RotationFailed, p.OldKeyID, p.OldHint, err.Error())
 			return
