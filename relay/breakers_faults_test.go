@@ -22,6 +22,14 @@ type neverTripsCase struct {
 	// unknownRcpt sends to recipients Exchange rejects with 550 5.1.1;
 	// the mail is dead-lettered at once and there is no fault to clear.
 	unknownRcpt bool
+	// permanent faults dead-letter each message at its first attempt,
+	// with the reply in its Reason; once the fault clears, a new
+	// message is delivered.
+	permanent bool
+	// clearWithin bounds the wait for the mail to be delivered once the
+	// fault clears (default 8 s): a throttled reply with no Retry-After
+	// holds the mailbox for its class's delay.
+	clearWithin time.Duration
 	// lastErr is what each message's LastError (Reason, for 550) holds
 	// once the fault has failed it: its class and the upstream's code.
 	lastErr []string
@@ -47,8 +55,13 @@ func TestBreakerNeverTrips(t *testing.T) {
 	}
 	tokenErrors := func(c sim.Counters) int { return c.Clients[simClientID].TokenErrors }
 	graphRequests := func(c sim.Counters) int { return c.Clients[simClientID].GraphRequests }
+	smtpRefused := func(c sim.Counters) int { return c.Clients[simClientID].SMTPRefusedByFault }
 	cases := []neverTripsCase{
 		{name: "550 5.1.1 unknown recipient", unknownRcpt: true, lastErr: []string{"permanent: 550 every recipient was rejected"}},
+		{name: "550 5.7.60 sender not permitted", fault: sim.Fault{SMTPMailRefusal: "sender_not_permitted"}, permanent: true,
+			lastErr: []string{"permanent: 550 5.7.60"}},
+		{name: "432 sender thread limit", fault: sim.Fault{SMTPDataRefusal: "thread_limit"}, throttled: true, seen: smtpRefused,
+			lastErr: []string{"throttled: 432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded"}, clearWithin: 45 * time.Second},
 		{name: "SMTP 421", fault: sim.Fault{SMTPTransient: "421"}, lastErr: []string{"transient: 421 4.3.2"}},
 		{name: "SMTP 451", fault: sim.Fault{SMTPTransient: "451"}, lastErr: []string{"transient: 451 4.7.0"}},
 		{name: "SMTP timeout after the message", fault: sim.Fault{SMTPStall: "data"}, lastErr: []string{"transient: BDAT LAST", "i/o timeout"}},
@@ -104,6 +117,60 @@ func TestBreakerNeverTrips(t *testing.T) {
 	})
 }
 
+// TestDisabledAppHoldsMail: an app registration disabled in Entra gets
+// 400 unauthorized_client AADSTS7000112 for every token. That is the
+// credential's failure: its breaker opens, the mail is held, not
+// bounced, and once the app is enabled again the breaker's probe closes
+// it and every message is delivered once.
+func TestDisabledAppHoldsMail(t *testing.T) {
+	e := newExchangeEnv(t, 1, func(o *Options) {
+		o.Queue.BackoffBase = Duration(100 * time.Millisecond)
+		o.Queue.BackoffMax = Duration(400 * time.Millisecond)
+		o.Breakers.OpenInterval = Duration(time.Second)
+	})
+	ctx := context.Background()
+	e.sim.DisableApp(simTenant, simClientID, true)
+	// The token the relay got at start stops working too, as it would by
+	// expiring: the relay must ask Entra for a new one. (SMTP sessions
+	// that authenticated before would go on sending.)
+	e.sim.RevokeAppTokens(simTenant, simClientID)
+	var ids []string
+	for i := 1; i <= 5; i++ {
+		ids = append(ids, e.submit(t, 0, "billing@contoso.com", fmt.Sprintf("r%d@example.org", i), exchangeMessage(i, "billing@contoso.com")))
+	}
+	brk := credentialBreaker("contoso")
+	waitFor(t, 10*time.Second, "the credential breaker open", func() bool {
+		st, err := e.relays[0].gate.set.Status(ctx, brk)
+		return err == nil && st.State == breaker.Open
+	})
+	st, _ := e.relays[0].gate.set.Status(ctx, brk)
+	if !strings.Contains(st.Reason, "AADSTS7000112") {
+		t.Errorf("breaker reason %q does not name AADSTS7000112", st.Reason)
+	}
+	for _, id := range ids {
+		if m := e.get(t, id); m.State == queue.Dead || m.State == queue.Delivered {
+			t.Errorf("%s %s while the app is disabled (%q)", id, m.State, m.Reason)
+		}
+	}
+
+	e.sim.DisableApp(simTenant, simClientID, false)
+	waitFor(t, 20*time.Second, "every message delivered once the app is enabled", func() bool {
+		return e.allDelivered(t, ids)
+	})
+	got := map[string]int{}
+	for _, r := range e.sim.Received() {
+		got[r.MessageID]++
+	}
+	for id, n := range got {
+		if n != 1 {
+			t.Errorf("%s delivered %d times", id, n)
+		}
+	}
+	if len(got) != len(ids) {
+		t.Errorf("%d distinct messages delivered, want %d", len(got), len(ids))
+	}
+}
+
 // newNeverTripsEnv starts one relay against the simulator, with retries a
 // few hundred milliseconds apart, SMTP timeouts of a second or less and,
 // for tc.graph, the app on Graph.
@@ -152,7 +219,7 @@ func testNeverTrips(t *testing.T, tc neverTripsCase, threshold, messages int) {
 			}
 			attempts += m.Attempts
 			text := m.LastError
-			if tc.unknownRcpt {
+			if tc.unknownRcpt || tc.permanent {
 				text = m.Reason
 			}
 			for _, want := range tc.lastErr {
@@ -192,6 +259,10 @@ func testNeverTrips(t *testing.T, tc neverTripsCase, threshold, messages int) {
 			if m.State != queue.Dead || m.Attempts != 1 || !strings.Contains(m.Reason, "550 5.1.1") {
 				t.Errorf("%s: %s after %d attempts (%q); want dead once with the 550 5.1.1 reply", id, m.State, m.Attempts, m.Reason)
 			}
+		case tc.permanent:
+			if m.State != queue.Dead || m.Attempts != 1 {
+				t.Errorf("%s: %s after %d attempts (%q); want dead once", id, m.State, m.Attempts, m.Reason)
+			}
 		case m.State == queue.Dead:
 			t.Errorf("%s dead-lettered by a fault that is not permanent: %q", id, m.Reason)
 		case tc.throttled && m.Attempts != 0:
@@ -203,11 +274,15 @@ func testNeverTrips(t *testing.T, tc neverTripsCase, threshold, messages int) {
 	}
 
 	e.sim.SetFault(sim.Fault{})
-	if tc.unknownRcpt {
+	if tc.unknownRcpt || tc.permanent {
 		// The route still delivers.
 		ids = append(ids[:0], e.submit(t, 0, "billing@contoso.com", "known@example.org", exchangeMessage(messages, "billing@contoso.com")))
 	}
-	waitFor(t, 8*time.Second, "the mail delivered after the fault cleared", func() bool {
+	within := 8 * time.Second
+	if tc.clearWithin > 0 {
+		within = tc.clearWithin
+	}
+	waitFor(t, within, "the mail delivered after the fault cleared", func() bool {
 		return e.allDelivered(t, ids)
 	})
 	got := map[string]int{}

@@ -22,12 +22,15 @@ type faultJSON struct {
 	GraphAfterSend   string `json:"graph_after_send,omitempty"`
 	GraphFail        string `json:"graph_fail,omitempty"`
 	GraphAcceptedRA  string `json:"graph_accepted_retry_after,omitempty"`
+	SMTPMailRefusal  string `json:"smtp_mail_refusal,omitempty"`
+	SMTPDataRefusal  string `json:"smtp_data_refusal,omitempty"`
 }
 
 // MarshalJSON writes f as the admin API shows it.
 func (f Fault) MarshalJSON() ([]byte, error) {
 	j := faultJSON{TokenUnavailable: f.TokenUnavailable, SMTPTransient: f.SMTPTransient, SMTPDown: f.SMTPDown, SMTPStall: f.SMTPStall,
-		SMTPStallMailbox: f.SMTPStallMailbox, GraphAfterSend: f.GraphAfterSend, GraphFail: f.GraphFail}
+		SMTPStallMailbox: f.SMTPStallMailbox, GraphAfterSend: f.GraphAfterSend, GraphFail: f.GraphFail,
+		SMTPMailRefusal: f.SMTPMailRefusal, SMTPDataRefusal: f.SMTPDataRefusal}
 	if f.GraphAcceptedRetryAfter > 0 {
 		j.GraphAcceptedRA = f.GraphAcceptedRetryAfter.String()
 	}
@@ -87,7 +90,17 @@ func (f *Fault) UnmarshalJSON(b []byte) error {
 		return fmt.Errorf("smtp_stall: %q is not \"greeting\", \"data\" or empty", j.SMTPStall)
 	}
 	out.TokenUnavailable, out.SMTPTransient, out.SMTPDown, out.SMTPStall = j.TokenUnavailable, j.SMTPTransient, j.SMTPDown, j.SMTPStall
-	out.SMTPStallMailbox = j.SMTPStallMailbox
+	switch j.SMTPMailRefusal {
+	case "", "sender_not_permitted":
+	default:
+		return fmt.Errorf("smtp_mail_refusal: %q is not \"sender_not_permitted\" or empty", j.SMTPMailRefusal)
+	}
+	switch j.SMTPDataRefusal {
+	case "", "thread_limit":
+	default:
+		return fmt.Errorf("smtp_data_refusal: %q is not \"thread_limit\" or empty", j.SMTPDataRefusal)
+	}
+	out.SMTPStallMailbox, out.SMTPMailRefusal, out.SMTPDataRefusal = j.SMTPStallMailbox, j.SMTPMailRefusal, j.SMTPDataRefusal
 	*f = out
 	return nil
 }
@@ -127,10 +140,11 @@ POST /admin/secrets/rotate            {"tenant", "client_id", "secret"}: one new
 POST /admin/secrets/end               move one secret's end date
 POST /admin/secrets/add               one more secret beside the others
 POST /admin/apps/graph-roles          the app's Graph permissions
+POST /admin/apps/disabled             the app off (AADSTS7000112) or on
 POST /admin/grants/issue, /revoke     delegated grants
 POST /admin/mailboxes/smtp-auth       SMTP AUTH off or on for a mailbox
 POST /admin/tokens/expiring-margin    refuse tokens this close to expiry
-POST /admin/fault, GET /admin/fault   throttling, transient failures, stalls, SMTP down
+POST /admin/fault, GET /admin/fault   throttling, transient failures, stalls, SMTP down, refusals
 GET  /admin/received, /received/count the messages received
 GET  /admin/counters                  requests by kind
 POST /admin/reset                     clear messages, counters and faults
@@ -237,6 +251,15 @@ func (s *Sim) adminHandler() http.Handler {
 			OwnsItself bool     `json:"owns_itself"`
 		}
 		if decode(w, r, &req) && found(w, s.SetGraphRoles(req.Tenant, req.ClientID, req.Roles, req.OwnsItself), "app") {
+			w.WriteHeader(http.StatusNoContent)
+		}
+	})
+	mux.HandleFunc("POST /admin/apps/disabled", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			appRef
+			Disabled bool `json:"disabled"`
+		}
+		if decode(w, r, &req) && found(w, s.DisableApp(req.Tenant, req.ClientID, req.Disabled), "app") {
 			w.WriteHeader(http.StatusNoContent)
 		}
 	})

@@ -161,6 +161,18 @@ func (s *Sim) RevokeAppTokens(tenant, clientID string) bool {
 	})
 }
 
+// DisableApp disables the app's service principal in Entra, or enables
+// it again. While it is disabled, every token request of the app gets
+// 400 unauthorized_client AADSTS7000112; tokens issued before stay valid
+// until they expire (RevokeAppTokens ends them). It reports whether the
+// app exists.
+func (s *Sim) DisableApp(tenant, clientID string, disabled bool) bool {
+	return s.withApp(tenant, clientID, func(a *app) bool {
+		a.disabled = disabled
+		return true
+	})
+}
+
 // DenySendAsApp takes the app's SMTP.SendAsApp permission away, or gives
 // it back. While it is denied, SMTP AUTH with any of the app's app-only
 // tokens, new ones included, gets 535 5.7.3, as Exchange answers an app
@@ -254,6 +266,14 @@ func (s *Sim) Counters() Counters {
 }
 
 // client returns the counters of clientID; s.mu must be held.
+// countRefusal counts a refusal by Fault.SMTPMailRefusal or
+// Fault.SMTPDataRefusal for the client.
+func (s *Sim) countRefusal(clientID string) {
+	s.mu.Lock()
+	s.client(clientID).SMTPRefusedByFault++
+	s.mu.Unlock()
+}
+
 func (s *Sim) client(clientID string) *ClientCounters {
 	c := s.clients[clientID]
 	if c == nil {

@@ -51,6 +51,8 @@
 //	                               (AADSTS7000222)
 //	POST /admin/apps/graph-roles   {"tenant", "client_id", "roles", "owns_itself"} the app's Graph
 //	                               permissions, for tokens issued from now on (see App.GraphRoles)
+//	POST /admin/apps/disabled      {"tenant", "client_id", "disabled"} the app's service principal off or on:
+//	                               token requests get AADSTS7000112; tokens issued before stay valid
 //	POST /admin/grants/issue       {"tenant", "client_id", "mailbox"}  200 {"refresh_token"}: a new delegated grant
 //	POST /admin/grants/revoke      {"mailbox"} or {"refresh_token"}    revoke grants (AADSTS50173)
 //	POST /admin/mailboxes/smtp-auth {"mailbox", "disabled"}            SMTP AUTH off or on (535 5.7.139)
@@ -62,7 +64,9 @@
 //	                               "graph_throttle": "10s",
 //	                               "graph_after_send": "500"|"504"|"hang",
 //	                               "graph_fail": "500"|"503",
-//	                               "graph_accepted_retry_after": "30s"};
+//	                               "graph_accepted_retry_after": "30s",
+//	                               "smtp_mail_refusal": "sender_not_permitted" (550 5.7.60 to MAIL FROM),
+//	                               "smtp_data_refusal": "thread_limit" (432 4.3.2 sender thread limit)};
 //	                               replaces the current faults, {} clears them
 //	GET  /admin/fault              the current faults
 //	GET  /admin/received           200 [Received…], data as text

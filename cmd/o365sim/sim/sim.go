@@ -169,6 +169,15 @@ type Fault struct {
 	// STARTTLS, the handshake, EHLO) then takes a few of them before
 	// its AUTH.
 	SMTPRoundTrip time.Duration
+	// SMTPMailRefusal answers every MAIL FROM with one of Exchange's
+	// refusals of the sender: "sender_not_permitted" is 550 5.7.60
+	// "SMTP; Client does not have permissions to send as this sender".
+	SMTPMailRefusal string
+	// SMTPDataRefusal answers the end of every message with one of
+	// Exchange's refusals, without recording it: "thread_limit" is 432
+	// 4.3.2 "STOREDRV.ClientSubmit; sender thread limit exceeded", the
+	// other form of the concurrency limit.
+	SMTPDataRefusal string
 }
 
 // Received is a message Exchange accepted.
@@ -209,6 +218,9 @@ type ClientCounters struct {
 	SMTPAuthAttempts   int `json:"smtp_auth_attempts"`
 	SMTPAuthFailures   int `json:"smtp_auth_failures"`
 	GraphRequests      int `json:"graph_requests"`
+	// SMTPRefusedByFault counts the MAIL FROMs and message ends that
+	// Fault.SMTPMailRefusal and Fault.SMTPDataRefusal refused.
+	SMTPRefusedByFault int `json:"smtp_refused_by_fault"`
 }
 
 // MailboxCounters count per mailbox.
@@ -295,7 +307,9 @@ type app struct {
 	// graphRoles go into app-only Graph tokens; ownsItself is App.OwnsItself.
 	graphRoles []string
 	ownsItself bool
-	federated  []FederatedCredential
+	// disabled refuses every token request: AADSTS7000112.
+	disabled  bool
+	federated []FederatedCredential
 	// epoch goes into the app's app-only tokens; RevokeAppTokens moves
 	// it on, so that every token issued before is refused.
 	epoch int

@@ -314,6 +314,18 @@ func TestSMTPFaults(t *testing.T) {
 	err = c.SendMail(alice, []string{"dave@fabrikam.com"}, strings.NewReader(testMessage(alice, "dave@fabrikam.com", "<m6@x>")))
 	wantSMTPError(t, err, 451, smtp.EnhancedCode{4, 7, 0}, "Temporary server error. Please try again later. PRX4")
 
+	f.SetFault(Fault{SMTPMailRefusal: "sender_not_permitted"})
+	wantSMTPError(t, c.Mail(alice, nil), 550, smtp.EnhancedCode{5, 7, 60}, "SMTP; Client does not have permissions to send as this sender")
+	if err := c.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	f.SetFault(Fault{SMTPDataRefusal: "thread_limit"})
+	err = c.SendMail(alice, []string{"dave@fabrikam.com"}, strings.NewReader(testMessage(alice, "dave@fabrikam.com", "<m8@x>")))
+	wantSMTPError(t, err, 432, smtp.EnhancedCode{4, 3, 2}, "STOREDRV.ClientSubmit; sender thread limit exceeded")
+	if n := f.ReceivedCount(); n != 0 {
+		t.Fatalf("%d messages recorded under the faults", n)
+	}
+
 	f.SetFault(Fault{SMTPDown: true})
 	if nc, err := net.DialTimeout("tcp", f.SMTPAddr(), time.Second); err == nil {
 		nc.Close()

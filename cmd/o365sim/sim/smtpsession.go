@@ -210,6 +210,10 @@ func (ss *smtpSession) Mail(from string, _ *smtp.MailOptions) error {
 	if ss.mailbox == nil {
 		return errNotAuthed
 	}
+	if ss.s.faults().SMTPMailRefusal == "sender_not_permitted" {
+		ss.s.countRefusal(ss.claims.AppID)
+		return errNotPermitted
+	}
 	ss.from, ss.to, ss.mailAt = from, nil, time.Now()
 	return nil
 }
@@ -248,6 +252,10 @@ func (ss *smtpSession) Data(r io.Reader) error {
 	}
 	if ss.s.faults().SMTPTransient == "451" {
 		return errTransient
+	}
+	if ss.s.faults().SMTPDataRefusal == "thread_limit" {
+		ss.s.countRefusal(claims.AppID)
+		return errThreadLimit
 	}
 	if !m.sendsAs(from) {
 		return errSendAsDenied(m.address, from)

@@ -153,6 +153,9 @@ func (s *Sim) token(tenantID string, form url.Values) (*tokenResponse, *aadError
 	if a == nil {
 		return nil, &aadError{400, "unauthorized_client", 700016, fmt.Sprintf("Application with identifier '%s' was not found in the directory '%s'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant.", clientID, tenantID), ""}
 	}
+	if a.disabled {
+		return nil, &aadError{400, "unauthorized_client", 7000112, fmt.Sprintf("Application '%s'(%s) is disabled.", a.clientID, a.clientID), ""}
+	}
 	if aerr := s.authenticateClient(a, tenantID, form, grantType); aerr != nil {
 		return nil, aerr
 	}

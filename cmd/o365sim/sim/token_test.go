@@ -116,6 +116,25 @@ func TestExpiredSecret(t *testing.T) {
 	}
 }
 
+// TestDisabledApp: a disabled service principal gets AADSTS7000112 for
+// every token request, with the right secret; enabled again, it gets
+// tokens.
+func TestDisabledApp(t *testing.T) {
+	f := newFixture(t)
+	if !f.DisableApp(tenantID, appID, true) {
+		t.Fatal("the app was not found")
+	}
+	resp, body := f.postToken(t, tenantID, url.Values{"grant_type": {"client_credentials"}, "client_id": {appID}, "client_secret": {appSecret}, "scope": {"https://outlook.office365.com/.default"}})
+	if resp.StatusCode != 400 {
+		t.Errorf("status %d, want 400", resp.StatusCode)
+	}
+	checkAADError(t, body, "unauthorized_client", 7000112, "Application '"+appID+"'("+appID+") is disabled.")
+	f.DisableApp(tenantID, appID, false)
+	if _, err := f.ccConfig(appID, appSecret, "https://outlook.office365.com/.default").Token(f.ctx()); err != nil {
+		t.Fatalf("enabled again: %v", err)
+	}
+}
+
 func TestTokenErrors(t *testing.T) {
 	f := newFixture(t)
 	cc := func(v url.Values) url.Values {
