@@ -78,13 +78,15 @@ func newWithdrawer(q withdrawStore, try time.Duration, reg prometheus.Registerer
 }
 
 // mayHaveReachedRedis reports whether a store that failed with err may
-// have reached Redis: everything but a failure to connect, and Redis
-// past its maxmemory, which refuses the store whole (queue.RedisFull).
-// A withdrawal of the latter would only write a mark into the memory
-// the queue's draining frees.
+// have stored the message: everything but a failure to connect, Redis
+// past its maxmemory, which refuses the store whole (queue.RedisFull),
+// and a store that ran and answered that it stored nothing (past its
+// deadline, or withdrawn already). A withdrawal of these would only
+// write a mark.
 func mayHaveReachedRedis(err error) bool {
 	var op *net.OpError
-	return !(errors.As(err, &op) && op.Op == "dial") && !queue.RedisFull(err)
+	return !(errors.As(err, &op) && op.Op == "dial") && !queue.RedisFull(err) &&
+		!errors.Is(err, queue.ErrPastDeadline) && !errors.Is(err, queue.ErrWithdrawn)
 }
 
 // add asks for the message id of route to be withdrawn.
