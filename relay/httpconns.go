@@ -249,8 +249,8 @@ func (h *httpConns) victimLocked(ip string) net.Conn {
 		switch {
 		case c.closing, ip != "" && c.ip != ip, c.state == http.StateActive:
 		case reading != 0:
-			if at := reading; at <= headerCutoff && (slow == nil || at < slowSince) {
-				slow, slowSince = nc, at
+			if reading <= headerCutoff && (slow == nil || reading < slowSince) {
+				slow, slowSince = nc, reading
 			}
 		case c.state == http.StateIdle && (idle == nil || c.since.Before(idleSince)):
 			idle, idleSince = nc, c.since
