@@ -267,11 +267,16 @@ func (s *Sim) Counters() Counters {
 
 // client returns the counters of clientID; s.mu must be held.
 // countRefusal counts a refusal by Fault.SMTPMailRefusal or
-// Fault.SMTPDataRefusal for the client.
-func (s *Sim) countRefusal(clientID string) {
+// Fault.SMTPDataRefusal for the token's client, spelt as registered, as
+// Auth counts it.
+func (s *Sim) countRefusal(claims *accessClaims) {
 	s.mu.Lock()
-	s.client(clientID).SMTPRefusedByFault++
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	id := claims.AppID
+	if a := s.findApp(claims.Tid, claims.AppID); a != nil {
+		id = a.clientID
+	}
+	s.client(id).SMTPRefusedByFault++
 }
 
 func (s *Sim) client(clientID string) *ClientCounters {

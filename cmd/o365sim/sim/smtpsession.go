@@ -205,16 +205,22 @@ func validAddress(a string) bool {
 }
 
 func (ss *smtpSession) Mail(from string, _ *smtp.MailOptions) error {
+	// s.mu before ss.mu, as Auth takes them: the faults are read first.
+	refuse := ss.s.faults().SMTPMailRefusal == "sender_not_permitted"
 	ss.mu.Lock()
-	defer ss.mu.Unlock()
 	if ss.mailbox == nil {
+		ss.mu.Unlock()
 		return errNotAuthed
 	}
-	if ss.s.faults().SMTPMailRefusal == "sender_not_permitted" {
-		ss.s.countRefusal(ss.claims.AppID)
+	claims := ss.claims
+	if !refuse {
+		ss.from, ss.to, ss.mailAt = from, nil, time.Now()
+	}
+	ss.mu.Unlock()
+	if refuse {
+		ss.s.countRefusal(claims)
 		return errNotPermitted
 	}
-	ss.from, ss.to, ss.mailAt = from, nil, time.Now()
 	return nil
 }
 
@@ -254,7 +260,7 @@ func (ss *smtpSession) Data(r io.Reader) error {
 		return errTransient
 	}
 	if ss.s.faults().SMTPDataRefusal == "thread_limit" {
-		ss.s.countRefusal(claims.AppID)
+		ss.s.countRefusal(claims)
 		return errThreadLimit
 	}
 	if !m.sendsAs(from) {
