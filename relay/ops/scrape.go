@@ -2,6 +2,7 @@ package ops
 
 import (
 	"bytes"
+	"errors"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -18,8 +19,10 @@ import (
 // reads of their own.
 //
 // It logs a Gather's error once, and serves the families it gathered
-// without it, as promhttp.ContinueOnError would: a scrape that joins a
-// failed Gather adds no line of its own.
+// without the error, so that a scrape that joins a failed Gather adds no
+// line of its own; promhttp.ContinueOnError serves them the same way.
+// A Gather that gathered nothing, or panicked, fails every scrape that
+// shares it.
 type sharedGatherer struct {
 	g   prometheus.Gatherer
 	log *slog.Logger
@@ -31,9 +34,10 @@ type sharedGatherer struct {
 // gathering is one Gather that scrapes share; done is closed when mfs
 // and err are set.
 type gathering struct {
-	done chan struct{}
-	mfs  []*dto.MetricFamily
-	err  error // logged by the scrape that ran the Gather
+	done    chan struct{}
+	mfs     []*dto.MetricFamily
+	err     error // logged by the scrape that ran the Gather
+	joiners int   // scrapes that joined it, under sharedGatherer.mu
 }
 
 func (s *sharedGatherer) Gather() ([]*dto.MetricFamily, error) {
@@ -45,24 +49,36 @@ func (s *sharedGatherer) Gather() ([]*dto.MetricFamily, error) {
 		s.mu.Unlock()
 		func() {
 			defer func() {
+				if g.mfs == nil && g.err == nil {
+					// Gather panicked: the scrapes that joined it fail too.
+					g.err = errGatherPanicked
+				}
 				s.mu.Lock()
 				s.cur = nil
 				s.mu.Unlock()
 				close(g.done)
 			}()
 			g.mfs, g.err = s.g.Gather()
-			if g.err != nil {
+			if g.err != nil && len(g.mfs) > 0 {
 				s.log.Warn("metrics: some figures could not be gathered; the scrape serves the others", "err", g.err)
 			}
 		}()
 	} else {
+		g.joiners++
 		s.mu.Unlock()
 		<-g.done
+	}
+	if len(g.mfs) == 0 {
+		// Nothing to serve: promhttp answers 500 with the error.
+		return nil, g.err
 	}
 	// The families are only read; each scrape may reorder or filter its
 	// own slice of them.
 	return append([]*dto.MetricFamily(nil), g.mfs...), nil
 }
+
+// errGatherPanicked fails the scrapes that joined a Gather that panicked.
+var errGatherPanicked = errors.New("metrics: gathering the figures panicked")
 
 // bufferedResponse holds a reply until it is complete.
 type bufferedResponse struct {
