@@ -69,7 +69,7 @@ func (c *Credential) RemovePassword(ctx context.Context, graphURL, keyID string)
 	}
 	list, lerr := c.AppCredentials(ctx, graphURL)
 	if lerr != nil {
-		return fmt.Errorf("%w (and cannot list the app's secrets to see whether the key is gone: %v)", err, lerr)
+		return fmt.Errorf("%w (and cannot list the app's secrets to see whether the key is gone: %w)", err, lerr)
 	}
 	for _, a := range list {
 		if a.Kind == "secret" && strings.EqualFold(a.KeyID, keyID) {
