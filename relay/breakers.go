@@ -673,13 +673,26 @@ func (g *gate) probe(ctx context.Context, name string) (result error) {
 		return g.probeToken(ctx, name, credName, isCred)
 	}
 	var perr error
+	smtpOff := false
 	for i, rt := range candidates[:min(len(candidates), probeTries)] {
+		if g.x.routeByGraph(rt) {
+			// Graph has no AUTH to try without sending: a Graph token
+			// tests the credential, and the route's next send its
+			// mailbox.
+			return g.probeGraphToken(ctx, credName)
+		}
 		r, err := g.x.route(g.x.creds, false)(ctx, &queue.Message{Route: rt})
 		if err != nil {
 			return err
 		}
 		perr = g.x.smtp.Probe(ctx, r)
 		_, mbx, _ := routeBreakers(rt)
+		if isCred && errors.Is(perr, o365.ErrSMTPAuthDisabled) {
+			// SMTP AUTH off for the mailbox or the tenant says nothing of
+			// the credential; the mailbox's own sends count it.
+			smtpOff = true
+			continue
+		}
 		if isCred && o365.AppTokenRefused(perr) {
 			// Maybe this mailbox's alone: the next probe tries another.
 			g.record(ctx, mbx, perr)
@@ -691,13 +704,24 @@ func (g *gate) probe(ctx context.Context, name string) (result error) {
 			"breaker", name, "mailbox", mbx, "try", i+1, "err", perr)
 		g.record(ctx, mbx, perr)
 	}
-	if failing {
+	if failing || smtpOff {
 		// Mailboxes that had failed before failed again on their own
-		// account: the credential is tested by a token, as with no
-		// mailbox to try.
+		// account, or have SMTP AUTH off: the credential is tested by a
+		// token, as with no mailbox to try.
 		return g.probeToken(ctx, name, credName, isCred)
 	}
 	return perr
+}
+
+// probeGraphToken tests a credential by a new token for Graph.
+func (g *gate) probeGraphToken(ctx context.Context, credName string) error {
+	c := g.x.graphCreds[credName]
+	if c == nil {
+		return fmt.Errorf("credential %q has no Graph token source", credName)
+	}
+	c.Invalidate()
+	_, err := c.Token(ctx)
+	return err
 }
 
 // credentialsOpen reports whether routes, one or more, are all under

@@ -55,6 +55,9 @@ type exchange struct {
 	// that send by Graph for it (exchange_fallback.go).
 	fallback  map[string]bool
 	fallbacks *graphFallbacks
+	// graphOnly holds the credentials every app of which sends by Graph;
+	// credFallback those with an app with fallback: graph.
+	graphOnly, credFallback map[string]bool
 }
 
 var (
@@ -127,12 +130,23 @@ func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx
 	}
 	x.endpoints = newRouteEndpoints(o.Apps)
 	usesGraph := map[string]bool{}
+	x.graphOnly, x.credFallback = map[string]bool{}, map[string]bool{}
+	bySMTP := map[string]bool{}
 	for _, a := range o.Apps {
 		x.via[a.Name] = a.Via
 		x.fallback[a.Name] = a.Fallback == "graph"
 		if a.Via == "graph" || a.Fallback == "graph" {
 			usesGraph[a.Credential] = true
 		}
+		if a.Via != "graph" {
+			bySMTP[a.Credential] = true
+		}
+		if a.Fallback == "graph" {
+			x.credFallback[a.Credential] = true
+		}
+	}
+	for c := range usesGraph {
+		x.graphOnly[c] = !bySMTP[c]
 	}
 	for i, c := range o.Credentials {
 		co := c.authOptions(outlookScope, httpClient, log)
@@ -416,6 +430,18 @@ func classifyToken(resp *http.Response) error {
 		return nil
 	}
 	return o365.ClassifyToken(o365.TokenFailure{HTTPStatus: resp.StatusCode, RetryAfter: destination.RetryAfter(resp.Header)}, o365.AppOnly)
+}
+
+// routeByGraph reports whether the mail of route goes by Graph: every app
+// of its credential sends by Graph, or the route is one that fallback:
+// graph sends by Graph now. Its breakers' probes then test the credential
+// by Graph too (gate.probe).
+func (x *exchange) routeByGraph(route string) bool {
+	_, cred, _, ok := parseRoute(route)
+	if !ok || x.graphCreds[cred] == nil {
+		return false
+	}
+	return x.graphOnly[cred] || (x.credFallback[cred] && x.fallbacks.cached(route))
 }
 
 // transport names the upstream transport a message goes by.

@@ -1,0 +1,158 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"holdfast/breaker"
+	"holdfast/cmd/o365sim/sim"
+	"holdfast/queue"
+)
+
+// TestGraphOnlyRotation: an app that sends by Graph, in a tenant with
+// SMTP AUTH disabled for every mailbox (a common set-up for Graph
+// senders). The secret expires and the credential's breaker opens; after
+// the rotation, the breaker's probe tests the credential the way its
+// mail goes, by Graph, and closes at once: the held mail is delivered
+// within seconds, and no mailbox's breaker counts a failure for the
+// SMTP AUTH the mail never uses.
+func TestGraphOnlyRotation(t *testing.T) {
+	const boxes = 5
+	e := newExchangeEnvSim(t, 2, func(c *sim.Config) {
+		for i := range c.Tenants[0].Mailboxes {
+			c.Tenants[0].Mailboxes[i].SMTPAuthDisabled = true
+		}
+	}, func(o *Options) {
+		for i := range o.Apps {
+			o.Apps[i].Via = "graph"
+			o.Apps[i].SenderMailboxes = map[string]string{}
+			for m := 1; m <= boxes; m++ {
+				addr := fmt.Sprintf("box%d@contoso.com", m)
+				o.Apps[i].SenderMailboxes[addr] = addr
+			}
+		}
+	})
+	ctx := context.Background()
+	send := func(n int) {
+		from := fmt.Sprintf("box%d@contoso.com", n%boxes+1)
+		e.submit(t, n%2, from, fmt.Sprintf("r%d@example.org", n), exchangeMessage(n, from))
+	}
+	for n := range 10 {
+		send(n)
+	}
+	waitFor(t, 10*time.Second, "the first 10 delivered", func() bool { return e.sim.ReceivedCount() == 10 })
+
+	e.sim.ExpireSecret(simTenant, simClientID)
+	for _, r := range e.relays {
+		r.exchange.graphCreds["contoso"].Invalidate()
+		r.exchange.creds["contoso"].Invalidate()
+	}
+	for n := 10; n < 20; n++ {
+		send(n)
+	}
+	brk := credentialBreaker("contoso")
+	waitFor(t, 10*time.Second, "the credential breaker open", func() bool {
+		st, err := e.relays[0].gate.set.Status(ctx, brk)
+		return err == nil && st.State == breaker.Open
+	})
+
+	const rotated = "rotated-secret~graph"
+	e.sim.RotateSecret(simTenant, simClientID, rotated)
+	writeFile(t, e.secretFile, rotated+"\n")
+	start := time.Now()
+	waitFor(t, 10*time.Second, "all 20 delivered after the rotation", func() bool { return e.sim.ReceivedCount() >= 20 })
+	t.Logf("rotation to all delivered: %v", time.Since(start).Round(time.Millisecond))
+	seen := map[string]int{}
+	for _, r := range e.sim.Received() {
+		seen[r.MessageID]++
+		if r.Via != "graph" {
+			t.Errorf("%s went by %s", r.MessageID, r.Via)
+		}
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("%s delivered %d times", id, n)
+		}
+	}
+	for m := 1; m <= boxes; m++ {
+		name := mailboxBreaker(fmt.Sprintf("box%d@contoso.com", m))
+		st, err := e.relays[0].gate.set.Status(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.State != breaker.Closed || st.Failures != 0 {
+			t.Errorf("%s: %s with %d failures (%s), want closed with none", name, st.State, st.Failures, st.Reason)
+		}
+	}
+}
+
+// TestProbeSkipsSMTPAuthOff: the only mail held by an expired secret is
+// for mailboxes with SMTP AUTH off. After the rotation, the credential's
+// probe meets 535 5.7.139 at each; that says nothing of the credential,
+// so the probe tests it with a token and the breaker closes at once.
+// The mail is then tried, fails on its mailboxes' own account, and
+// waits; none bounces.
+func TestProbeSkipsSMTPAuthOff(t *testing.T) {
+	off := map[string]bool{"box1@contoso.com": true, "box2@contoso.com": true, "box3@contoso.com": true}
+	e := newExchangeEnvSim(t, 1, func(c *sim.Config) {
+		for i, m := range c.Tenants[0].Mailboxes {
+			c.Tenants[0].Mailboxes[i].SMTPAuthDisabled = off[m.Address]
+		}
+	}, func(o *Options) {
+		for i := range o.Apps {
+			o.Apps[i].SenderMailboxes = map[string]string{}
+			for m := 1; m <= 4; m++ {
+				addr := fmt.Sprintf("box%d@contoso.com", m)
+				o.Apps[i].SenderMailboxes[addr] = addr
+			}
+		}
+	})
+	ctx := context.Background()
+	// A message for a mailbox that works proves the secret first.
+	first := e.submit(t, 0, "box4@contoso.com", "r@example.org", exchangeMessage(0, "box4@contoso.com"))
+	waitFor(t, 10*time.Second, "the first message delivered", func() bool { return e.allDelivered(t, []string{first}) })
+
+	e.sim.ExpireSecret(simTenant, simClientID)
+	e.relays[0].exchange.creds["contoso"].Invalidate()
+	// The credential's breaker opens before any of the three mailboxes
+	// is tried, as it would on a refusal elsewhere in the fleet.
+	brk := credentialBreaker("contoso")
+	if err := e.relays[0].gate.set.Trip(ctx, brk, "invalid_client AADSTS7000222"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the credential breaker open", func() bool {
+		st, err := e.relays[0].gate.set.Status(ctx, brk)
+		return err == nil && st.State == breaker.Open
+	})
+	var ids []string
+	for n := 1; n <= 3; n++ {
+		from := fmt.Sprintf("box%d@contoso.com", n)
+		ids = append(ids, e.submit(t, 0, from, fmt.Sprintf("r%d@example.org", n), exchangeMessage(n, from)))
+	}
+
+	const rotated = "rotated-secret~smtpoff"
+	e.sim.RotateSecret(simTenant, simClientID, rotated)
+	writeFile(t, e.secretFile, rotated+"\n")
+	start := time.Now()
+	waitFor(t, 5*time.Second, "the credential breaker closed after the rotation", func() bool {
+		st, err := e.relays[0].gate.set.Status(ctx, brk)
+		return err == nil && st.State == breaker.Closed
+	})
+	t.Logf("rotation to the breaker closed: %v", time.Since(start).Round(time.Millisecond))
+	waitFor(t, 10*time.Second, "each message tried, and refused on its mailbox's account", func() bool {
+		for _, id := range ids {
+			if !strings.Contains(e.get(t, id).LastError, "mailbox: 535 5.7.139") {
+				return false
+			}
+		}
+		return true
+	})
+	for _, id := range ids {
+		if m := e.get(t, id); m.State == queue.Dead || m.State == queue.Delivered {
+			t.Errorf("%s %s (%q), want held", id, m.State, m.Reason)
+		}
+	}
+}
