@@ -675,10 +675,12 @@ func (g *gate) probe(ctx context.Context, name string) (result error) {
 	var perr error
 	smtpOff := false
 	for i, rt := range candidates[:min(len(candidates), probeTries)] {
-		if g.x.routeByGraph(rt) {
+		if isCred && g.x.routeByGraph(rt) {
 			// Graph has no AUTH to try without sending: a Graph token
-			// tests the credential, and the route's next send its
-			// mailbox.
+			// tests the credential. (A mailbox's breaker is still probed
+			// by SMTP AUTH: a Graph token says nothing of one mailbox,
+			// and a probe that passed on it alone would close and reopen
+			// the breaker of a mailbox Graph refuses, every interval.)
 			return g.probeGraphToken(ctx, credName)
 		}
 		r, err := g.x.route(g.x.creds, false)(ctx, &queue.Message{Route: rt})

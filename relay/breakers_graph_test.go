@@ -156,3 +156,45 @@ func TestProbeSkipsSMTPAuthOff(t *testing.T) {
 		}
 	}
 }
+
+// TestGraphRefusedMailboxStaysOpen: a mailbox whose Graph sends are
+// refused (403, no permission for it) opens its own breaker, whose
+// probes do not pass on a token alone: it stays open, with its interval
+// growing, instead of closing and reopening every interval, each time
+// with more refused sends. The simulator refuses the mailbox to SMTP AUTH
+// too (it keeps one list of mailboxes the app may send as), which is what
+// the probe meets.
+func TestGraphRefusedMailboxStaysOpen(t *testing.T) {
+	e := newExchangeEnvSim(t, 1, func(c *sim.Config) {
+		c.Tenants[0].Apps[0].SendAsMailboxes = []string{"box1@contoso.com"}
+	}, func(o *Options) {
+		o.Breakers.OpenInterval = Duration(time.Second)
+		o.Breakers.MaxInterval = Duration(8 * time.Second)
+		o.Queue.BackoffBase = Duration(200 * time.Millisecond)
+		for i := range o.Apps {
+			o.Apps[i].Via = "graph"
+			o.Apps[i].SenderMailboxes = map[string]string{"box2@contoso.com": "box2@contoso.com"}
+		}
+	})
+	for n := range 10 {
+		e.submit(t, 0, "box2@contoso.com", fmt.Sprintf("r%d@example.org", n), exchangeMessage(n, "box2@contoso.com"))
+	}
+	ctx := context.Background()
+	name := mailboxBreaker("box2@contoso.com")
+	waitFor(t, 10*time.Second, "the mailbox's breaker open", func() bool {
+		st, err := e.relays[0].gate.set.Status(ctx, name)
+		return err == nil && st.State == breaker.Open
+	})
+	before := e.sim.Counters().Clients[simClientID].GraphRequests
+	time.Sleep(12 * time.Second)
+	refused := e.sim.Counters().Clients[simClientID].GraphRequests - before
+	logs := e.logs.String()
+	opened, probed := strings.Count(logs, `msg="breaker open" component=breaker breaker=`+name), strings.Count(logs, `msg="breaker probed" component=breaker breaker=`+name)
+	t.Logf("in 12 s: %d Graph requests, %d openings, %d probes", refused, opened, probed)
+	if opened != 1 || refused != 0 {
+		t.Errorf("the breaker opened %d times and Graph got %d more requests in 12 s, want once and none", opened, refused)
+	}
+	if probed < 2 {
+		t.Errorf("%d probes in 12 s with a 1 s open interval", probed)
+	}
+}

@@ -434,8 +434,8 @@ func classifyToken(resp *http.Response) error {
 
 // routeByGraph reports whether the mail of route goes by Graph: every app
 // of its credential sends by Graph, or the route is one that fallback:
-// graph sends by Graph now. Its breakers' probes then test the credential
-// by Graph too (gate.probe).
+// graph sends by Graph now. A credential's probe at such a route tests
+// the credential by Graph too (gate.probe).
 func (x *exchange) routeByGraph(route string) bool {
 	_, cred, _, ok := parseRoute(route)
 	if !ok || x.graphCreds[cred] == nil {
