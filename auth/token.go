@@ -96,20 +96,23 @@ func (g *fetchGroup) Go(f func()) {
 }
 
 // wait waits until the group's fetches have ended, or ctx has: their own
-// timeouts bound them, ctx the caller's patience.
+// timeouts bound them, ctx the caller's patience. It looks every
+// fetchPoll rather than start a goroutine of its own to wait on wg.
 func (g *fetchGroup) wait(ctx context.Context) error {
-	if g.n.Load() == 0 {
-		return nil
+	t := time.NewTicker(fetchPoll)
+	defer t.Stop()
+	for g.n.Load() > 0 {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return fmt.Errorf("%d token requests still in flight: %w", g.n.Load(), ctx.Err())
+		}
 	}
-	done := make(chan struct{})
-	go func() { g.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("%d token requests still in flight: %w", g.n.Load(), ctx.Err())
-	}
+	return nil
 }
+
+// fetchPoll is how often wait looks at the fetches in flight.
+const fetchPoll = 10 * time.Millisecond
 
 // refreshAt returns when a token fetched at start and expiring at expiry
 // must be refreshed: before ahead of expiry, or half-way through its
