@@ -240,22 +240,7 @@ const withdrawnTTL = time.Hour
 // messages whose submitter was told they were not taken; the route is
 // the one given to Enqueue.
 func (q *Queue) Withdraw(ctx context.Context, route, id string) error {
-	if !ValidID(id) {
-		return fmt.Errorf("withdraw %q: not a message id", id)
-	}
-	rk := keysFor(route)
-	n, err := withdrawScript.Run(ctx, q.rdb,
-		[]string{msgKey(id), rk.due, rk.leased, rk.dead, rk.live, withdrawnKey(id)},
-		id, withdrawnTTL.Milliseconds()).Int()
-	switch {
-	case err != nil:
-		return fmt.Errorf("withdraw %s: %w", id, err)
-	case n < 0:
-		return fmt.Errorf("withdraw %s: %w", id, ErrTooLate)
-	case n > 0:
-		q.logChange(ctx, route)
-	}
-	return nil
+	return q.WithdrawEach(ctx, []Withdrawal{{Route: route, ID: id}})[0]
 }
 
 // A Withdrawal names a message for WithdrawEach: the route and id given
@@ -283,6 +268,7 @@ func (q *Queue) WithdrawEach(ctx context.Context, ws []Withdrawal) []error {
 			w.ID, withdrawnTTL.Milliseconds())
 	}
 	_, _ = pipe.Exec(ctx) // each command carries its own error
+	changed := map[string]bool{}
 	for i, c := range cmds {
 		if c == nil {
 			continue
@@ -293,7 +279,9 @@ func (q *Queue) WithdrawEach(ctx context.Context, ws []Withdrawal) []error {
 			errs[i] = fmt.Errorf("withdraw %s: %w", ws[i].ID, err)
 		case n < 0:
 			errs[i] = fmt.Errorf("withdraw %s: %w", ws[i].ID, ErrTooLate)
-		case n > 0:
+		case n > 0 && !changed[ws[i].Route]:
+			// One change a route, however many of its messages went.
+			changed[ws[i].Route] = true
 			q.logChange(ctx, ws[i].Route)
 		}
 	}
