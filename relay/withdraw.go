@@ -29,7 +29,7 @@ type withdrawer struct {
 	// holdfast_ingress_withdrawals_total{result}.
 	ended *prometheus.CounterVec
 	mu    sync.Mutex
-	queue []withdrawal
+	queue []queue.Withdrawal
 	done  bool // run has returned: nothing more is withdrawn
 }
 
@@ -48,8 +48,6 @@ type withdrawStore interface {
 
 // withdrawBatch is how many withdrawals one round trip sends.
 const withdrawBatch = 500
-
-type withdrawal struct{ route, id string }
 
 // maxWithdrawals bounds the withdrawals waiting for Redis; past it the
 // oldest is dropped, logged.
@@ -101,10 +99,10 @@ func (w *withdrawer) add(route, id string) {
 	if len(w.queue) >= maxWithdrawals {
 		old := w.queue[0]
 		w.queue = w.queue[1:]
-		w.log.Warn("too many refused messages waiting to be withdrawn; dropped the oldest: if Redis stored it, it will be delivered", "id", old.id, "route", old.route)
+		w.log.Warn("too many refused messages waiting to be withdrawn; dropped the oldest: if Redis stored it, it will be delivered", "id", old.ID, "route", old.Route)
 		w.ended.WithLabelValues(withdrawDropped).Inc()
 	}
-	w.queue = append(w.queue, withdrawal{route, id})
+	w.queue = append(w.queue, queue.Withdrawal{Route: route, ID: id})
 	w.mu.Unlock()
 	select {
 	case w.kick <- struct{}{}:
@@ -150,7 +148,7 @@ func (w *withdrawer) run(ctx context.Context) {
 	w.queue, w.done = nil, true
 	w.mu.Unlock()
 	for _, l := range left {
-		w.log.Warn("refused message not withdrawn (Redis unreachable at shutdown): if Redis stored it, it will be delivered, and again if the client resends it", "id", l.id, "route", l.route)
+		w.log.Warn("refused message not withdrawn (Redis unreachable at shutdown): if Redis stored it, it will be delivered, and again if the client resends it", "id", l.ID, "route", l.Route)
 	}
 	w.ended.WithLabelValues(withdrawShut).Add(float64(len(left)))
 }
@@ -166,32 +164,28 @@ func (w *withdrawer) pass(ctx context.Context) bool {
 		if len(batch) == 0 {
 			return true
 		}
-		ws := make([]queue.Withdrawal, len(batch))
-		for i, l := range batch {
-			ws[i] = queue.Withdrawal{Route: l.route, ID: l.id}
-		}
 		tctx, cancel := context.WithTimeout(ctx, w.try)
-		errs := w.q.WithdrawEach(tctx, ws)
+		errs := w.q.WithdrawEach(tctx, batch)
 		cancel()
-		settled := map[withdrawal]bool{}
+		settled := map[queue.Withdrawal]bool{}
 		answered := true
 		for i, err := range errs {
 			l := batch[i]
 			switch {
 			case errors.Is(err, queue.ErrTooLate):
-				w.log.Warn("a refused message was stored all the same and is being delivered; if the client resends it, it is delivered twice", "id", l.id, "route", l.route)
+				w.log.Warn("a refused message was stored all the same and is being delivered; if the client resends it, it is delivered twice", "id", l.ID, "route", l.Route)
 				w.ended.WithLabelValues(withdrawTooLate).Inc()
 			case err != nil:
 				answered = false
 				continue
 			default:
-				w.log.Info("refused message withdrawn", "id", l.id, "route", l.route)
+				w.log.Info("refused message withdrawn", "id", l.ID, "route", l.Route)
 				w.ended.WithLabelValues(withdrawn).Inc()
 			}
 			settled[l] = true
 		}
 		w.mu.Lock()
-		w.queue = slices.DeleteFunc(w.queue, func(l withdrawal) bool { return settled[l] })
+		w.queue = slices.DeleteFunc(w.queue, func(l queue.Withdrawal) bool { return settled[l] })
 		w.mu.Unlock()
 		if !answered {
 			return false
