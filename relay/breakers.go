@@ -670,7 +670,7 @@ func (g *gate) probe(ctx context.Context, name string) (result error) {
 		g.log.Warn("cannot reload credential before probing", "credential", credName, "err", err)
 	}
 	if len(candidates) == 0 {
-		return g.probeToken(ctx, name, credName, isCred)
+		return g.probeToken(ctx, name, credName, isCred, g.x.creds)
 	}
 	var perr error
 	smtpOff := false
@@ -681,7 +681,7 @@ func (g *gate) probe(ctx context.Context, name string) (result error) {
 			// by SMTP AUTH: a Graph token says nothing of one mailbox,
 			// and a probe that passed on it alone would close and reopen
 			// the breaker of a mailbox Graph refuses, every interval.)
-			return g.probeGraphToken(ctx, credName)
+			return g.probeToken(ctx, name, credName, isCred, g.x.graphCreds)
 		}
 		r, err := g.x.route(g.x.creds, false)(ctx, &queue.Message{Route: rt})
 		if err != nil {
@@ -710,20 +710,9 @@ func (g *gate) probe(ctx context.Context, name string) (result error) {
 		// Mailboxes that had failed before failed again on their own
 		// account, or have SMTP AUTH off: the credential is tested by a
 		// token, as with no mailbox to try.
-		return g.probeToken(ctx, name, credName, isCred)
+		return g.probeToken(ctx, name, credName, isCred, g.x.creds)
 	}
 	return perr
-}
-
-// probeGraphToken tests a credential by a new token for Graph.
-func (g *gate) probeGraphToken(ctx context.Context, credName string) error {
-	c := g.x.graphCreds[credName]
-	if c == nil {
-		return fmt.Errorf("credential %q has no Graph token source", credName)
-	}
-	c.Invalidate()
-	_, err := c.Token(ctx)
-	return err
 }
 
 // credentialsOpen reports whether routes, one or more, are all under
@@ -737,10 +726,11 @@ func (g *gate) credentialsOpen(routes []string) bool {
 	return len(routes) > 0
 }
 
-// probeToken is a credential's probe with no route to try: a token
-// fetch only.
-func (g *gate) probeToken(ctx context.Context, name, credName string, isCred bool) error {
-	c := g.x.creds[credName]
+// probeToken is a credential's probe by a token fetch only, from creds
+// (the SMTP or the Graph token sources): with no route to try, or at a
+// route whose mail goes by Graph.
+func (g *gate) probeToken(ctx context.Context, name, credName string, isCred bool, creds map[string]*auth.Credential) error {
+	c := creds[credName]
 	switch {
 	case !isCred:
 		return fmt.Errorf("breaker %s cannot be probed: no queued mail uses its mailbox; it is probed again when mail for it arrives, or close it with \"holdfast breaker reset %s\"", name, name)
