@@ -157,17 +157,8 @@ func TestDisabledAppHoldsMail(t *testing.T) {
 	waitFor(t, 20*time.Second, "every message delivered once the app is enabled", func() bool {
 		return e.allDelivered(t, ids)
 	})
-	got := map[string]int{}
-	for _, r := range e.sim.Received() {
-		got[r.MessageID]++
-	}
-	for id, n := range got {
-		if n != 1 {
-			t.Errorf("%s delivered %d times", id, n)
-		}
-	}
-	if len(got) != len(ids) {
-		t.Errorf("%d distinct messages delivered, want %d", len(got), len(ids))
+	if n, _ := e.receivedOnce(t); n != len(ids) {
+		t.Errorf("%d distinct messages delivered, want %d", n, len(ids))
 	}
 }
 
@@ -285,20 +276,12 @@ func testNeverTrips(t *testing.T, tc neverTripsCase, threshold, messages int) {
 	waitFor(t, within, "the mail delivered after the fault cleared", func() bool {
 		return e.allDelivered(t, ids)
 	})
-	got := map[string]int{}
-	for _, r := range e.sim.Received() {
-		got[r.MessageID]++
-		if want := map[bool]string{false: "smtp", true: "graph"}[tc.graph]; r.Via != want {
-			t.Errorf("%s went by %s, want %s", r.MessageID, r.Via, want)
-		}
+	n, via := e.receivedOnce(t)
+	if n != len(ids) {
+		t.Errorf("%d distinct messages delivered, want %d", n, len(ids))
 	}
-	if len(got) != len(ids) {
-		t.Errorf("%d distinct messages delivered, want %d", len(got), len(ids))
-	}
-	for id, n := range got {
-		if n != 1 {
-			t.Errorf("%s delivered %d times", id, n)
-		}
+	if want := map[bool]string{false: "smtp", true: "graph"}[tc.graph]; len(via) != 1 || !via[want] {
+		t.Errorf("the mail went by %v, want %s only", via, want)
 	}
 	if tc.throttled {
 		for _, id := range ids {

@@ -114,17 +114,8 @@ func TestBreakerIncident(t *testing.T) {
 	start := time.Now()
 	waitFor(t, 15*time.Second, "all 40 delivered after rotation", func() bool { return e.sim.ReceivedCount() >= 40 })
 	t.Logf("rotation to all delivered: %v", time.Since(start).Round(time.Millisecond))
-	seen := map[string]int{}
-	for _, r := range e.sim.Received() {
-		seen[r.MessageID]++
-	}
-	if len(seen) != 40 {
-		t.Errorf("%d distinct messages delivered, want 40", len(seen))
-	}
-	for id, n := range seen {
-		if n != 1 {
-			t.Errorf("%s delivered %d times", id, n)
-		}
+	if n, _ := e.receivedOnce(t); n != 40 {
+		t.Errorf("%d distinct messages delivered, want 40", n)
 	}
 	// The fleet posts each transition once, from the relay whose script
 	// made it: open, then closed, each with its own event id.

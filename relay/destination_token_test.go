@@ -87,13 +87,5 @@ func TestTokenEndpointDownTenSeconds(t *testing.T) {
 	if strings.Contains(e.logs.String(), `msg="breaker open"`) {
 		t.Error("an auth breaker opening was logged")
 	}
-	seen := map[string]int{}
-	for _, r := range e.sim.Received() {
-		seen[r.MessageID]++
-	}
-	for id, n := range seen {
-		if n != 1 {
-			t.Errorf("%s delivered %d times", id, n)
-		}
-	}
+	e.receivedOnce(t)
 }

@@ -45,6 +45,24 @@ func newExchangeEnv(t testing.TB, replicas int, change func(*Options)) *exchange
 	return newExchangeEnvSim(t, replicas, nil, change)
 }
 
+// receivedOnce fails the test for each message Exchange received more
+// than once, and returns how many distinct messages it received, and by
+// which transports ("smtp", "graph").
+func (e *exchangeEnv) receivedOnce(t *testing.T) (distinct int, via map[string]bool) {
+	t.Helper()
+	seen, via := map[string]int{}, map[string]bool{}
+	for _, r := range e.sim.Received() {
+		seen[r.MessageID]++
+		via[r.Via] = true
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("%s delivered %d times", id, n)
+		}
+	}
+	return len(seen), via
+}
+
 // allDelivered reports whether every message of ids is delivered.
 func (e *exchangeEnv) allDelivered(t *testing.T, ids []string) bool {
 	t.Helper()
