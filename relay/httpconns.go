@@ -89,7 +89,7 @@ type trackedConn struct {
 
 func (c *trackedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
-	if n > 0 {
+	if n > 0 && c.entry.readingSince.Load() == 0 {
 		c.entry.readingSince.CompareAndSwap(0, time.Now().UnixNano())
 	}
 	return n, err
