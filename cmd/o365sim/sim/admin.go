@@ -141,6 +141,7 @@ POST /admin/secrets/end               move one secret's end date
 POST /admin/secrets/add               one more secret beside the others
 POST /admin/apps/graph-roles          the app's Graph permissions
 POST /admin/apps/disabled             the app off (AADSTS7000112) or on
+POST /admin/apps/send-as              {"tenant", "client_id", "mailbox", "allowed"}: the app may send as it, or not
 POST /admin/grants/issue, /revoke     delegated grants
 POST /admin/mailboxes/smtp-auth       SMTP AUTH off or on for a mailbox
 POST /admin/tokens/expiring-margin    refuse tokens this close to expiry
@@ -260,6 +261,23 @@ func (s *Sim) adminHandler() http.Handler {
 			Disabled bool `json:"disabled"`
 		}
 		if decode(w, r, &req) && found(w, s.DisableApp(req.Tenant, req.ClientID, req.Disabled), "app") {
+			w.WriteHeader(http.StatusNoContent)
+		}
+	})
+	mux.HandleFunc("POST /admin/apps/send-as", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			appRef
+			Mailbox string `json:"mailbox"`
+			Allowed bool   `json:"allowed"`
+		}
+		if !decode(w, r, &req) {
+			return
+		}
+		if req.Mailbox == "" {
+			adminError(w, http.StatusBadRequest, "give mailbox")
+			return
+		}
+		if found(w, s.SetSendAs(req.Tenant, req.ClientID, req.Mailbox, req.Allowed), "app") {
 			w.WriteHeader(http.StatusNoContent)
 		}
 	})

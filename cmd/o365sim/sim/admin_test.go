@@ -113,6 +113,16 @@ func TestAdminAPI(t *testing.T) {
 	c := f.dialTLS(t)
 	wantSMTPError(t, c.Auth(&xoauth2{user: alice, token: tok.AccessToken}), 535, smtp.EnhancedCode{5, 7, 139}, errAuthDisabled.Message)
 	must(f.admin(t, "POST", "/admin/mailboxes/smtp-auth", map[string]any{"mailbox": alice, "disabled": false}, nil), 204)
+
+	// The app's access to one mailbox.
+	access := func(allowed bool) map[string]any {
+		return map[string]any{"tenant": tenantID, "client_id": appID, "mailbox": alice, "allowed": allowed}
+	}
+	must(f.admin(t, "POST", "/admin/apps/send-as", access(false), nil), 204)
+	wantSMTPError(t, c.Auth(&xoauth2{user: alice, token: tok.AccessToken}), 535, smtp.EnhancedCode{5, 7, 3}, errAuthFailed.Message)
+	must(f.admin(t, "POST", "/admin/apps/send-as", access(true), nil), 204)
+	must(f.admin(t, "POST", "/admin/apps/send-as", map[string]any{"tenant": tenantID, "client_id": "nope", "mailbox": alice}, nil), 404)
+	must(f.admin(t, "POST", "/admin/apps/send-as", map[string]any{"tenant": tenantID, "client_id": appID}, nil), 400)
 	if err := c.Auth(&xoauth2{user: alice, token: tok.AccessToken}); err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +149,7 @@ func TestAdminAPI(t *testing.T) {
 	}
 	var counters Counters
 	must(f.admin(t, "GET", "/admin/counters", nil, &counters), 200)
-	if cc := counters.Clients[appID]; cc.SMTPAuthAttempts != 2 || cc.SMTPAuthFailures != 1 || cc.TokenErrors != 2 {
+	if cc := counters.Clients[appID]; cc.SMTPAuthAttempts != 3 || cc.SMTPAuthFailures != 2 || cc.TokenErrors != 2 {
 		t.Fatalf("counters %+v", counters)
 	}
 	must(f.admin(t, "POST", "/admin/reset", nil, nil), 204)

@@ -185,6 +185,22 @@ func (s *Sim) DenySendAsApp(tenant, clientID string, denied bool) bool {
 	})
 }
 
+// SetSendAs lets the app's app-only tokens send as mailbox, or stops
+// them, as a tenant's administrator adds a mailbox to the app's
+// application access policy or takes it out: refused, Graph answers
+// 403 ErrorAccessDenied and SMTP AUTH 535 5.7.3. It reports whether the
+// app exists.
+func (s *Sim) SetSendAs(tenant, clientID, mailbox string, allowed bool) bool {
+	return s.withApp(tenant, clientID, func(a *app) bool {
+		if allowed {
+			a.sendAs[strings.ToLower(mailbox)] = true
+		} else {
+			delete(a.sendAs, strings.ToLower(mailbox))
+		}
+		return true
+	})
+}
+
 // DisableSMTPAuth turns SMTP AUTH off or on for a mailbox.
 func (s *Sim) DisableSMTPAuth(mailbox string, disabled bool) { s.disableSMTPAuth(mailbox, disabled) }
 

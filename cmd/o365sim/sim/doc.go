@@ -53,6 +53,9 @@
 //	                               permissions, for tokens issued from now on (see App.GraphRoles)
 //	POST /admin/apps/disabled      {"tenant", "client_id", "disabled"} the app's service principal off or on:
 //	                               token requests get AADSTS7000112; tokens issued before stay valid
+//	POST /admin/apps/send-as       {"tenant", "client_id", "mailbox", "allowed"} the app's app-only tokens may
+//	                               send as the mailbox, or not (Graph 403 ErrorAccessDenied, 535 5.7.3),
+//	                               as an application access policy that takes the mailbox in or leaves it out
 //	POST /admin/grants/issue       {"tenant", "client_id", "mailbox"}  200 {"refresh_token"}: a new delegated grant
 //	POST /admin/grants/revoke      {"mailbox"} or {"refresh_token"}    revoke grants (AADSTS50173)
 //	POST /admin/mailboxes/smtp-auth {"mailbox", "disabled"}            SMTP AUTH off or on (535 5.7.139)
