@@ -224,11 +224,11 @@ func TestLeaseRerun(t *testing.T) {
 	for range 3 {
 		submitTo(t, q, "crm")
 	}
-	first, err := q.lease(ctx, "crm", 2, time.Minute, "tok1", nil, "")
+	first, err := q.lease(ctx, "crm", 2, time.Minute, "tok1", nil, "", false)
 	if err != nil || len(first.Leases) != 2 {
 		t.Fatalf("lease: %+v %v", first, err)
 	}
-	again, err := q.lease(ctx, "crm", 2, time.Minute, "tok1", nil, "")
+	again, err := q.lease(ctx, "crm", 2, time.Minute, "tok1", nil, "", false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -357,3 +357,77 @@ func TestHeldLifetimeCluster(t *testing.T) {
 		t.Fatalf("route hold: %q %v %v", reason, held, err)
 	}
 }
+
+// TestLeaseTrial: a breaker's probe leases one message of a held route,
+// the earliest, due or not, while the route stays held for everything
+// else. A message past its lifetime before its time held is credited is
+// not tried (a failed trial would dead-letter it), yet stays alive by
+// that credit until lifetime and grace have run out.
+func TestLeaseTrial(t *testing.T) {
+	q, clk, _ := newQueue(t)
+	ctx := context.Background()
+	t0 := clk.Now()
+	if l, err := q.LeaseTrial(ctx, "crm", time.Minute); err != nil || l != nil {
+		t.Fatalf("trial of an empty route: %+v, %v", l, err)
+	}
+	first := enqueue(t, q, msg("crm", 1))
+	clk.Add(time.Millisecond)
+	second := enqueue(t, q, msg("crm", 2))
+	hold(t, q, "crm", "breaker open")
+
+	l, err := q.LeaseTrial(ctx, "crm", time.Minute)
+	if err != nil || l == nil || l.ID != first {
+		t.Fatalf("trial: %+v, %v; want %s", l, err, first)
+	}
+	if res := lease(t, q, "crm", 10, time.Minute); !res.Held || len(res.Leases) != 0 {
+		t.Fatalf("held route leased beside the trial: %+v", res)
+	}
+	// The trial failed on the mailbox's account: back, no attempt spent,
+	// due after a delay.
+	if _, err := q.Defer(ctx, l, time.Hour, "403 ErrorAccessDenied"); err != nil {
+		t.Fatal(err)
+	}
+	if m := get(t, q, first); m.State != queue.Held || m.Attempts != 0 {
+		t.Fatalf("the deferred trial: %s with %d attempts; want held with none", m.State, m.Attempts)
+	}
+	// The next trial takes the earliest due, now the second message.
+	l, err = q.LeaseTrial(ctx, "crm", time.Minute)
+	if err != nil || l == nil || l.ID != second {
+		t.Fatalf("second trial: %+v, %v; want %s", l, err, second)
+	}
+	if err := q.Ack(ctx, l, "202 Accepted"); err != nil {
+		t.Fatal(err)
+	}
+	// Not due for an hour, the first is still what a trial takes.
+	if l, err = q.LeaseTrial(ctx, "crm", time.Minute); err != nil || l == nil || l.ID != first {
+		t.Fatalf("trial of a message not due: %+v, %v; want %s", l, err, first)
+	}
+	if _, err := q.Defer(ctx, l, 0, "403 ErrorAccessDenied"); err != nil {
+		t.Fatal(err)
+	}
+
+	// Day 7: past its lifetime of 5 days, alive by the time held, and
+	// not tried; a message submitted since is.
+	clk.Add(t0.Add(7 * day).Sub(clk.Now()))
+	third := enqueue(t, q, msg("crm", 3))
+	if l, err = q.LeaseTrial(ctx, "crm", time.Minute); err != nil || l == nil || l.ID != third {
+		t.Fatalf("trial at day 7: %+v, %v; want %s", l, err, third)
+	}
+	if err := q.Ack(ctx, l, "202 Accepted"); err != nil {
+		t.Fatal(err)
+	}
+	if l, err = q.LeaseTrial(ctx, "crm", time.Minute); err != nil || l != nil {
+		t.Fatalf("trial at day 7 with only a message past its lifetime: %+v, %v; want none", l, err)
+	}
+	if m := get(t, q, first); m.State != queue.Held {
+		t.Fatalf("at day 7: %s %q; want held", m.State, m.Reason)
+	}
+	// Day 10 and a second: past lifetime and grace; dead, not tried.
+	clk.Add(t0.Add(10*day + time.Second).Sub(clk.Now()))
+	if l, err = q.LeaseTrial(ctx, "crm", time.Minute); err != nil || l != nil {
+		t.Fatalf("trial past lifetime and grace: %+v, %v; want none", l, err)
+	}
+	if m := get(t, q, first); m.State != queue.Dead || !strings.Contains(m.Reason, "while the route was held") {
+		t.Fatalf("after day 10: %s %q; want dead for its lifetime", m.State, m.Reason)
+	}
+}

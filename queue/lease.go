@@ -26,7 +26,24 @@ type LeaseResult struct {
 // messages, those whose lifetime has run out even after crediting their
 // time held up to Options.HeldGrace.
 func (q *Queue) Lease(ctx context.Context, route string, n int, d time.Duration) (LeaseResult, error) {
-	return q.lease(ctx, route, n, d, newToken(), nil, "")
+	return q.lease(ctx, route, n, d, newToken(), nil, "", false)
+}
+
+// LeaseTrial leases one message of the route until now+d, whether the
+// route is held or the message is not due yet: the trial send of a
+// breaker's probe where nothing but a real message tests the upstream.
+// It takes the earliest of the route's first ten messages in line whose
+// lifetime has not run out before crediting time held (the credit is
+// given on release; until then, a trial that failed would dead-letter
+// such a message). As Lease does, it first dead-letters a held route's
+// messages whose lifetime has run out even after crediting their time
+// held. It returns nil when the route has no message to try.
+func (q *Queue) LeaseTrial(ctx context.Context, route string, d time.Duration) (*Lease, error) {
+	res, err := q.lease(ctx, route, 1, d, newToken(), nil, "", true)
+	if err != nil || len(res.Leases) == 0 {
+		return nil, err
+	}
+	return res.Leases[0], nil
 }
 
 // releaseOrphans hands back, due at now and without spending an
@@ -63,13 +80,13 @@ func (q *Queue) releaseOrphans(ctx context.Context, route string, tokens []strin
 // again for l, it acks l if that was not done and returns what the first
 // call leased, while that lease lasts.
 func (q *Queue) AckNext(ctx context.Context, l *Lease, reply string, n int, d time.Duration) (LeaseResult, error) {
-	return q.lease(ctx, l.Route, n, d, followToken(l), l, reply)
+	return q.lease(ctx, l.Route, n, d, followToken(l), l, reply, false)
 }
 
 // lease is Lease with a given token; the same token leases nothing more.
 // With ack set, the same script first acks that message of the route
-// (see AckNext).
-func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration, token string, ack *Lease, reply string) (LeaseResult, error) {
+// (see AckNext); with trial, it leases as LeaseTrial.
+func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration, token string, ack *Lease, reply string, trial bool) (LeaseResult, error) {
 	if n <= 0 {
 		n = 1
 	}
@@ -91,6 +108,9 @@ func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration,
 	// Forgotten before looking, as the dirty mark: a change that cannot
 	// be marked after this look keeps the route again.
 	script := leaseScript
+	if trial {
+		args = append(args, "1")
+	}
 	if ack != nil {
 		script = ackLeaseScript
 		keys = append(keys, msgKey(ack.ID))

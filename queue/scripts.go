@@ -117,7 +117,11 @@ return {ARGV[1], 0}
 // Redis Cluster, and logs a change when it moved a message.
 // ARGV[1] now, ARGV[2] lease deadline, ARGV[3] n, ARGV[4] lease token,
 // ARGV[5] message key prefix, ARGV[6] held grace in ms, ARGV[7] the held
-// recheck in ms, ARGV[8] the route.
+// recheck in ms, ARGV[8] the route, ARGV[9] "1" for a trial: one
+// message is leased, held or not yet due, the earliest of the route's
+// first ten whose lifetime has not run out, time held not counted
+// (after a held route's messages past even the held credit are
+// dead-lettered as above).
 //
 // Returns {next, leased, seq, deadline, at}: next is the due time of the
 // earliest message left in the queue (-1 when none, -2 when the route is
@@ -138,6 +142,7 @@ local now = tonumber(ARGV[1])
 local prefix = ARGV[5]
 local single = KEYS[9] ~= nil
 local moved = changed or false
+local trial = ARGV[9] == '1'
 if single then redis.call('SREM', KEYS[9], ARGV[8]) end
 
 -- entry is what the lease returns for message id, from the first nine
@@ -208,7 +213,8 @@ for _, id in ipairs(expired) do
   end
 end
 
-if redis.call('EXISTS', KEYS[5]) == 1 then
+local held = redis.call('EXISTS', KEYS[5]) == 1
+if held then
   local start = tonumber(redis.call('GET', KEYS[6]))
   if not start then
     start = now
@@ -232,11 +238,26 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
       end
     end
   end
-  return summary({})
+  if not trial then return summary({}) end
 end
 
 local leased = {}
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+local ids
+if trial then
+  -- The earliest of the first ten within their lifetime before any
+  -- time held is credited: the credit is given on release, and a
+  -- trial that failed would dead-letter the others (settle).
+  ids = {}
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, 9)) do
+    local exp = tonumber(redis.call('HGET', prefix .. id, 'exp') or '0')
+    if exp > now then
+      ids = {id}
+      break
+    end
+  end
+else
+  ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+end
 for _, id in ipairs(ids) do
   moved = true
   local key = prefix .. id
