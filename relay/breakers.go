@@ -15,6 +15,7 @@ import (
 	"holdfast/auth"
 	"holdfast/breaker"
 	"holdfast/queue"
+	"holdfast/relay/destination"
 	"holdfast/relay/o365"
 	"holdfast/relay/upstream"
 
@@ -54,6 +55,10 @@ type gate struct {
 	wake chan struct{}
 	// released, when set, is told that held routes were released.
 	released func()
+	// trial, when set, sends one message of a route, held or not, as a
+	// worker does, and returns the send's error (deliverer.trial): the
+	// probe of a mailbox's breaker whose mail goes by Graph.
+	trial func(ctx context.Context, route string) error
 	// reconcileNow makes the reconcile loop run at once (buffered, one
 	// slot).
 	reconcileNow chan struct{}
@@ -250,17 +255,32 @@ func (g *gate) wakeProbes() {
 	}
 }
 
+// trialKey marks the context of a probe's trial send with the name of
+// the breaker it tests.
+type trialKey struct{}
+
+// withTrial marks ctx as the trial send of breaker name's probe: check
+// lets it past that breaker, open as it is.
+func withTrial(ctx context.Context, name string) context.Context {
+	return context.WithValue(ctx, trialKey{}, name)
+}
+
 // check returns errBreakerOpen, as a held failure of the right class,
-// when one of the route's breakers is open.
+// when one of the route's breakers is open, but for the one whose probe
+// ctx carries the trial send of (withTrial).
 func (g *gate) check(ctx context.Context, route string) error {
 	cred, mbx, ok := routeBreakers(route)
 	if !ok {
 		return nil
 	}
+	trial, _ := ctx.Value(trialKey{}).(string)
 	for _, b := range []struct {
 		name  string
 		class upstream.Class
 	}{{cred, upstream.Credential}, {mbx, upstream.Mailbox}} {
+		if b.name == trial {
+			continue
+		}
 		allowed, err := g.set.Allow(ctx, b.name)
 		if !allowed {
 			return openError(b.name, b.class, g.set.Cached(b.name).Reason, err)
@@ -627,8 +647,10 @@ const probeTries = 3
 
 // probe runs a token fetch and an SMTP AUTH, sending nothing, as a route
 // under the breaker (or, for a credential with no route yet, a token
-// fetch only). Files are re-read first: the rotation that asked for this
-// probe may have been seen by another replica first.
+// fetch only); a credential's routes whose mail goes by Graph get the
+// token fetch only, and a mailbox's a trial send (probeByTrial). Files
+// are re-read first: the rotation that asked for this probe may have
+// been seen by another replica first.
 //
 // A credential's probe tests the credential, not a mailbox: it uses an
 // app-only route whose mailbox is not known to be broken (no open
@@ -672,15 +694,19 @@ func (g *gate) probe(ctx context.Context, name string) (result error) {
 	if len(candidates) == 0 {
 		return g.probeToken(ctx, name, credName, isCred, g.x.creds)
 	}
+	if !isCred && g.trial != nil && !slices.ContainsFunc(candidates, func(rt string) bool { return !g.x.routeByGraph(rt) }) {
+		return g.probeByTrial(ctx, name, candidates)
+	}
 	var perr error
 	smtpOff := false
 	for i, rt := range candidates[:min(len(candidates), probeTries)] {
 		if isCred && g.x.routeByGraph(rt) {
 			// Graph has no AUTH to try without sending: a Graph token
-			// tests the credential. (A mailbox's breaker is still probed
-			// by SMTP AUTH: a Graph token says nothing of one mailbox,
-			// and a probe that passed on it alone would close and reopen
-			// the breaker of a mailbox Graph refuses, every interval.)
+			// tests the credential. (A mailbox's breaker is probed by a
+			// trial send, probeByTrial: a Graph token says nothing of one
+			// mailbox, and a probe that passed on it alone would close
+			// and reopen the breaker of a mailbox Graph refuses, every
+			// interval.)
 			return g.probeToken(ctx, name, credName, isCred, g.x.graphCreds)
 		}
 		r, err := g.x.route(g.x.creds, false)(ctx, &queue.Message{Route: rt})
@@ -715,6 +741,50 @@ func (g *gate) probe(ctx context.Context, name string) (result error) {
 	return perr
 }
 
+// probeByTrial is the probe of mailbox breaker name whose mail goes by
+// Graph: one held message of routes, sent by Graph as the trial. Graph
+// has nothing to try for one mailbox without sending, and an SMTP AUTH
+// says nothing of Graph's verdict on the mailbox (an application access
+// policy covers Graph alone) and fails where SMTP AUTH is off. A message
+// refused for its own reasons (a permanent failure: dead-lettered, as
+// any delivery would leave it) says nothing of the mailbox either: the
+// next message is tried, up to probeTries.
+func (g *gate) probeByTrial(ctx context.Context, name string, routes []string) error {
+	ctx = withTrial(ctx, name)
+	tried := 0
+	var refused error // the last message refused on its own account
+	for _, rt := range routes {
+		for tried < probeTries {
+			err := g.trial(ctx, rt)
+			if errors.Is(err, errNoTrial) {
+				break
+			}
+			tried++
+			switch {
+			case errors.Is(err, errTrialNotRun), errors.Is(err, queue.ErrLeaseLost), errors.Is(err, destination.ErrPaused):
+				// Nothing reached Graph, or what did is not this probe's to
+				// judge (a lost lease).
+				return fmt.Errorf("%w: %w", errProbeNotRun, err)
+			case err == nil || upstream.ClassOf(err) != upstream.Permanent:
+				return err
+			}
+			refused = err
+			g.log.Warn("trial message refused on its own account; trying another",
+				"breaker", name, "route", rt, "try", tried, "err", err)
+		}
+	}
+	if refused != nil {
+		return refused
+	}
+	return noMailToProbe(name)
+}
+
+// noMailToProbe is the probe's error for mailbox breaker name when no
+// queued mail uses the mailbox.
+func noMailToProbe(name string) error {
+	return fmt.Errorf("breaker %s cannot be probed: no queued mail uses its mailbox; it is probed again when mail for it arrives, or close it with \"holdfast breaker reset %s\"", name, name)
+}
+
 // credentialsOpen reports whether routes, one or more, are all under
 // credential breakers that are open, as this replica last read them.
 func (g *gate) credentialsOpen(routes []string) bool {
@@ -733,7 +803,7 @@ func (g *gate) probeToken(ctx context.Context, name, credName string, isCred boo
 	c := creds[credName]
 	switch {
 	case !isCred:
-		return fmt.Errorf("breaker %s cannot be probed: no queued mail uses its mailbox; it is probed again when mail for it arrives, or close it with \"holdfast breaker reset %s\"", name, name)
+		return noMailToProbe(name)
 	case c == nil:
 		return fmt.Errorf("breaker %s cannot be probed: no queued mail uses it and credential %q is not configured; add the credential, or close the breaker with \"holdfast breaker reset %s\"", name, credName, name)
 	}

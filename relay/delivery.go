@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -65,6 +66,7 @@ type deliveryQueue interface {
 	DueRoutes(ctx context.Context, max int) ([]string, time.Time, error)
 	SweepDue(ctx context.Context) (int, error)
 	Lease(ctx context.Context, route string, n int, d time.Duration) (queue.LeaseResult, error)
+	LeaseTrial(ctx context.Context, route string, d time.Duration) (*queue.Lease, error)
 	Extend(ctx context.Context, l *queue.Lease, d time.Duration) error
 	Ack(ctx context.Context, l *queue.Lease, reply string) error
 	AckNext(ctx context.Context, l *queue.Lease, reply string, n int, d time.Duration) (queue.LeaseResult, error)
@@ -537,16 +539,37 @@ func (d *deliverer) drain() {
 // too: deliver returns its lease and the room, or nil when there was none
 // (the room then given back).
 func (d *deliverer) deliver(l *queue.Lease, r reservation, more func() reservation) (next *queue.Lease, nr reservation, handedOn bool) {
+	a := d.attempt(d.sendCtx, l, r, more, true)
+	return a.next, a.room, a.handedOn
+}
+
+// attempted is what attempt did.
+type attempted struct {
+	next     *queue.Lease // the route's next message, leased by the ack
+	room     reservation  // next's room
+	handedOn bool         // the worker was handed on (see watchStalled)
+	// err is the send's error, nil when the message was delivered; it
+	// wraps queue.ErrLeaseLost when the lease was lost during the send.
+	err error
+}
+
+// attempt is deliver in ctx, which ends the send when it ends, and with
+// watch false a send not watched for stalling (one that took no
+// worker).
+func (d *deliverer) attempt(ctx context.Context, l *queue.Lease, r reservation, more func() reservation, watch bool) (a attempted) {
 	log := d.log.With("id", l.ID, "route", l.Route)
-	ctx, cancel := context.WithCancelCause(d.sendCtx)
+	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stopExtend := d.keepLease(ctx, l, cancel, log)
 	start := time.Now()
-	endStalled := d.watchStalled(log)
+	endStalled := func() bool { return false }
+	if watch {
+		endStalled = d.watchStalled(log)
+	}
 	reply, err := d.sender.Send(r.Bind(ctx), l.Message)
-	handedOn = endStalled()
+	a.handedOn = endStalled()
 	stopExtend()
-	if handedOn {
+	if a.handedOn || more == nil {
 		// No worker to send the route's next message on.
 		more = func() reservation { return nil }
 	}
@@ -558,23 +581,25 @@ func (d *deliverer) deliver(l *queue.Lease, r reservation, more func() reservati
 		// Another worker may own the message now; whatever this send did,
 		// the lease's holder settles it.
 		log.Warn("lease lost during the send; the send was abandoned", "err", err)
-		return nil, nil, handedOn
+		a.err = fmt.Errorf("%w: %w", queue.ErrLeaseLost, err)
+		return a
 	}
 
 	if err != nil {
 		d.settleFailure(l, err, log)
-		return nil, nil, handedOn
+		a.err = err
+		return a
 	}
-	next, nr, err = d.ack(l, reply, more(), log)
+	a.next, a.room, err = d.ack(l, reply, more(), log)
 	if errors.Is(err, queue.ErrLeaseLost) {
 		// Recorded by a try whose answer was lost, or the lease ran out
 		// and another worker holds the message now.
 		log.Warn("delivered, but the lease was gone when the delivery was recorded; it may be delivered again", "err", err)
-		return nil, nil, handedOn
+		return a
 	}
 	if err != nil {
 		log.Error("delivered, but the queue could not record it; it may be delivered again", "err", err)
-		return nil, nil, handedOn
+		return a
 	}
 	log.Info("delivered", "attempts", l.Attempts, "took", time.Since(start), "reply", reply)
 	d.cfg.Metrics.delivered(routeCredential(l.Route), time.Since(l.Submitted))
@@ -583,7 +608,54 @@ func (d *deliverer) deliver(l *queue.Lease, r reservation, more func() reservati
 		d.cfg.OnDelivered(ctx, l.Route)
 		cancel()
 	}
-	return next, nr, handedOn
+	return a
+}
+
+// errNoTrial: the route has no message a trial may take.
+var errNoTrial = errors.New("no message to try")
+
+// errTrialNotRun: a trial sent nothing, for want of Redis or of room on
+// the route (the mailbox's own limits).
+var errTrialNotRun = errors.New("trial not run")
+
+// trial leases one message of route, held or not due (queue.LeaseTrial),
+// and delivers it as a worker does, in ctx: a breaker's probe where only
+// a real message tests the upstream. The message is settled by the
+// outcome as any delivery is. trial returns the send's error, nil when
+// the message was delivered, errNoTrial when the route has no message to
+// try, or an error wrapping errTrialNotRun when nothing was sent.
+func (d *deliverer) trial(ctx context.Context, route string) error {
+	rs, wait, err := d.reserve(ctx, route, 1)
+	if err != nil || len(rs) == 0 {
+		cancelAll(rs)
+		if err == nil {
+			err = fmt.Errorf("no room on the route for %v", wait.Round(time.Millisecond))
+		}
+		return fmt.Errorf("%w: %w", errTrialNotRun, err)
+	}
+	l, err := d.q.LeaseTrial(ctx, route, d.cfg.Lease)
+	if err != nil || l == nil {
+		rs[0].Cancel()
+		if err != nil {
+			return fmt.Errorf("%w: %w", errTrialNotRun, err)
+		}
+		return errNoTrial
+	}
+	d.addInFlight(route, 1)
+	defer d.addInFlight(route, -1)
+	d.log.Info("trial send", "id", l.ID, "route", route)
+	// Leased, the message is sent and settled as a worker's would be: a
+	// shutdown ends it with the deliveries (sendCtx), not with the probe,
+	// and the probe's deadline bounds it.
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	defer context.AfterFunc(d.sendCtx, cancel)()
+	if end, ok := ctx.Deadline(); ok {
+		var stop context.CancelFunc
+		sctx, stop = context.WithDeadline(sctx, end)
+		defer stop()
+	}
+	return d.attempt(sctx, l, rs[0], nil, false).err
 }
 
 // settleTimeout bounds one try at recording a message's outcome. A try

@@ -280,6 +280,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		in.queued = s.deliverer.notify
 		if s.gate != nil {
 			s.gate.released = s.deliverer.notify
+			s.gate.trial = s.deliverer.trial
 		}
 	}
 	s.smtp = newSMTPIngress(o, in, a, tlsConfig, log)
