@@ -19,6 +19,7 @@ type faultJSON struct {
 	SMTPStall        string `json:"smtp_stall,omitempty"`
 	SMTPStallMailbox string `json:"smtp_stall_mailbox,omitempty"`
 	GraphThrottle    string `json:"graph_throttle,omitempty"`
+	GraphThrottleBox string `json:"graph_throttle_mailbox,omitempty"`
 	GraphAfterSend   string `json:"graph_after_send,omitempty"`
 	GraphFail        string `json:"graph_fail,omitempty"`
 	GraphAcceptedRA  string `json:"graph_accepted_retry_after,omitempty"`
@@ -29,7 +30,7 @@ type faultJSON struct {
 // MarshalJSON writes f as the admin API shows it.
 func (f Fault) MarshalJSON() ([]byte, error) {
 	j := faultJSON{TokenUnavailable: f.TokenUnavailable, SMTPTransient: f.SMTPTransient, SMTPDown: f.SMTPDown, SMTPStall: f.SMTPStall,
-		SMTPStallMailbox: f.SMTPStallMailbox, GraphAfterSend: f.GraphAfterSend, GraphFail: f.GraphFail,
+		SMTPStallMailbox: f.SMTPStallMailbox, GraphThrottleBox: f.GraphThrottleMailbox, GraphAfterSend: f.GraphAfterSend, GraphFail: f.GraphFail,
 		SMTPMailRefusal: f.SMTPMailRefusal, SMTPDataRefusal: f.SMTPDataRefusal}
 	if f.GraphAcceptedRetryAfter > 0 {
 		j.GraphAcceptedRA = f.GraphAcceptedRetryAfter.String()
@@ -101,6 +102,7 @@ func (f *Fault) UnmarshalJSON(b []byte) error {
 		return fmt.Errorf("smtp_data_refusal: %q is not \"thread_limit\" or empty", j.SMTPDataRefusal)
 	}
 	out.SMTPStallMailbox, out.SMTPMailRefusal, out.SMTPDataRefusal = j.SMTPStallMailbox, j.SMTPMailRefusal, j.SMTPDataRefusal
+	out.GraphThrottleMailbox = j.GraphThrottleBox
 	*f = out
 	return nil
 }

@@ -45,13 +45,13 @@ func TestAdminAPI(t *testing.T) {
 	}
 
 	// Faults round trip.
-	must(f.admin(t, "POST", "/admin/fault", map[string]any{"token_throttle": "5s", "smtp_transient": "451", "graph_throttle": "1m", "smtp_stall": "data"}, nil), 204)
+	must(f.admin(t, "POST", "/admin/fault", map[string]any{"token_throttle": "5s", "smtp_transient": "451", "graph_throttle": "1m", "graph_throttle_mailbox": alice, "smtp_stall": "data"}, nil), 204)
 	var fault map[string]any
 	must(f.admin(t, "GET", "/admin/fault", nil, &fault), 200)
-	if fault["token_throttle"] != "5s" || fault["smtp_transient"] != "451" || fault["graph_throttle"] != "1m0s" || fault["smtp_stall"] != "data" {
+	if fault["token_throttle"] != "5s" || fault["smtp_transient"] != "451" || fault["graph_throttle"] != "1m0s" || fault["graph_throttle_mailbox"] != alice || fault["smtp_stall"] != "data" {
 		t.Fatalf("fault %v", fault)
 	}
-	if got := f.faults(); got.TokenThrottle != 5*time.Second || got.GraphThrottle != time.Minute || got.SMTPStall != "data" {
+	if got := f.faults(); got.TokenThrottle != 5*time.Second || got.GraphThrottle != time.Minute || got.GraphThrottleMailbox != alice || got.SMTPStall != "data" {
 		t.Fatalf("Fault %+v", got)
 	}
 	must(f.admin(t, "POST", "/admin/fault", map[string]any{"graph_after_send": "hang", "graph_fail": "503", "graph_accepted_retry_after": "30s"}, nil), 204)

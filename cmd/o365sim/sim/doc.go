@@ -64,7 +64,7 @@
 //	POST /admin/fault              Fault, e.g. {"token_throttle": "30s", "token_unavailable": true,
 //	                               "smtp_transient": "421"|"451", "smtp_down": true,
 //	                               "smtp_stall": "greeting"|"data",
-//	                               "graph_throttle": "10s",
+//	                               "graph_throttle": "10s", "graph_throttle_mailbox": "a@b" (that mailbox only),
 //	                               "graph_after_send": "500"|"504"|"hang",
 //	                               "graph_fail": "500"|"503",
 //	                               "graph_accepted_retry_after": "30s",

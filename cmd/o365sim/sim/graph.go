@@ -107,8 +107,8 @@ func (s *Sim) handleSendMail(w http.ResponseWriter, r *http.Request) {
 	if claims == nil {
 		return
 	}
-	if d := s.faults().GraphThrottle; d > 0 {
-		w.Header().Set("Retry-After", retryAfter(d))
+	if f := s.faults(); f.GraphThrottle > 0 && (f.GraphThrottleMailbox == "" || strings.EqualFold(f.GraphThrottleMailbox, r.PathValue("user"))) {
+		w.Header().Set("Retry-After", retryAfter(f.GraphThrottle))
 		s.writeGraphError(w, r, http.StatusTooManyRequests, "ApplicationThrottled", "Application is over its MailboxConcurrency limit.")
 		return
 	}

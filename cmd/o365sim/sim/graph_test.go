@@ -100,6 +100,19 @@ func TestGraphSendMail(t *testing.T) {
 	if n := f.ReceivedCount(); n != 1 {
 		t.Fatalf("%d messages recorded", n)
 	}
+
+	// One mailbox throttled, the others sending.
+	f.SetFault(Fault{GraphThrottle: 30 * time.Second, GraphThrottleMailbox: strings.ToUpper(carol)})
+	resp, m = f.graphDo(t, "POST", "/v1.0/users/"+carol+"/sendMail", tok, "text/plain", body)
+	if code, _ := graphCode(m); resp.StatusCode != 429 || code != "ApplicationThrottled" {
+		t.Fatalf("the throttled mailbox: %d %s", resp.StatusCode, code)
+	}
+	if resp, _ = f.graphDo(t, "POST", "/v1.0/users/"+alice+"/sendMail", tok, "text/plain", body); resp.StatusCode != 202 {
+		t.Fatalf("another mailbox: %d, want 202", resp.StatusCode)
+	}
+	if n := f.ReceivedCount(); n != 2 {
+		t.Fatalf("%d messages recorded, want 2", n)
+	}
 }
 
 func TestGraphApplication(t *testing.T) {

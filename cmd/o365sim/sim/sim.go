@@ -148,6 +148,10 @@ type Fault struct {
 	// GraphThrottle answers sendMail with 429 ApplicationThrottled and a
 	// Retry-After of this many seconds (rounded up).
 	GraphThrottle time.Duration
+	// GraphThrottleMailbox, when set, limits GraphThrottle to the sends
+	// of this mailbox, as Graph throttles each app and mailbox apart: one
+	// busy mailbox is throttled while the others send.
+	GraphThrottleMailbox string
 	// GraphAfterSend makes sendMail record the message, as Exchange does
 	// when it sent it, and then fail: "500" or "504" answers with that
 	// status, "hang" never answers: it drops the connection when the
