@@ -21,6 +21,7 @@ import (
 	"holdfast/queue"
 	"holdfast/relay/destination"
 	"holdfast/relay/o365"
+	"holdfast/relay/upstream"
 )
 
 // Scopes of the two kinds of app-only tokens.
@@ -49,6 +50,13 @@ type exchange struct {
 	dest *destination.Set
 	// endpoints is which of them each route's messages need.
 	endpoints routeEndpoints
+	// throttled holds the mailboxes Graph throttled, each for its
+	// Retry-After: their routes that go by Graph alone lease nothing
+	// meanwhile (Reserve). blocked holds those Exchange holds whatever
+	// the transport (o365.ErrMailboxBlocked): none of their routes
+	// leases.
+	throttled, blocked mailboxThrottles
+	log                *slog.Logger
 	// quota counts what each mailbox sent, for Exchange's recipient quota.
 	quota *recipientQuota
 	// fallback holds the apps with fallback: graph; fallbacks the routes
@@ -117,6 +125,7 @@ func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx
 		fallback: map[string]bool{},
 		fallbacks: &graphFallbacks{q: queue.New(rdb, queue.Options{}), recheck: o.Exchange.FallbackRecheck.D(),
 			log: log.With("component", "exchange")},
+		log: log.With("component", "exchange"),
 	}
 	httpClient.Transport = x.dest.Transport(httpClient.Transport, tokenEndpoint, classifyToken)
 	if o.Exchange.GrantKeyFile != "" {
@@ -302,14 +311,26 @@ func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
 			return "", x.quota.settle(ctx, m, counted, derr)
 		}
 		reply, err = x.graph.Send(ctx, m)
-		done(err)
+		if upstream.ClassOf(err) == upstream.Throttled {
+			// Graph throttles each app and mailbox apart: the mailbox
+			// waits, not the endpoint (done would suspend the endpoint
+			// for every mailbox). Graph answered: the endpoint is up.
+			x.holdMailbox(&x.throttled, m.Route, upstream.RetryAfterOf(err), "Graph throttles the mailbox; its Graph mail waits")
+			done(nil)
+		} else {
+			done(err)
+		}
 	} else {
 		reply, err = x.smtp.Send(ctx, m)
 		if x.fallback[m.App] && errors.Is(err, o365.ErrSMTPAuthDisabled) {
 			err = x.fallBack(ctx, m, err)
 		}
 	}
-	return reply, x.quota.settle(ctx, m, counted, err)
+	err = x.quota.settle(ctx, m, counted, err)
+	if errors.Is(err, o365.ErrMailboxBlocked) {
+		x.holdMailbox(&x.blocked, m.Route, upstream.RetryAfterOf(err), "Exchange holds the mailbox's sending; its mail waits")
+	}
+	return reply, err
 }
 
 // watch reloads every credential's files when they change, until ctx
@@ -398,6 +419,14 @@ func (x *exchange) Reserve(ctx context.Context, route string, n int) ([]reservat
 	if room == 0 {
 		return nil, wait, nil
 	}
+	if wait := x.blocked.wait(mailbox); wait > 0 {
+		return nil, wait, nil
+	}
+	if x.endpoints.graphOnly(delegated, cred) {
+		if wait := x.throttled.wait(mailbox); wait > 0 {
+			return nil, wait, nil
+		}
+	}
 	if room > 0 {
 		n = min(n, room)
 	}
@@ -407,6 +436,16 @@ func (x *exchange) Reserve(ctx context.Context, route string, n int) ([]reservat
 		out[i] = smtpReservation{g}
 	}
 	return out, wait, err
+}
+
+// holdMailbox records in t that the mailbox of route is left alone for
+// d, as the upstream asked (without a time, each message waits the
+// throttled default alone), and logs why the first time.
+func (x *exchange) holdMailbox(t *mailboxThrottles, route string, d time.Duration, why string) {
+	_, _, mailbox, ok := parseRoute(route)
+	if ok && t.throttle(mailbox, d) && x.log != nil {
+		x.log.Info(why, "mailbox", mailbox, "for", d)
+	}
 }
 
 // smtpEndpoint is the SMTP endpoint's dead-destination breaker.

@@ -68,3 +68,36 @@ func TestExchangeRecipientQuotaCountedFleetWide(t *testing.T) {
 	other := e.submit(t, 0, "billing@contoso.com", "d@example.org", exchangeMessage(4, "billing@contoso.com"))
 	waitFor(t, 10*time.Second, "another mailbox's message delivered", func() bool { return e.get(t, other).State == queue.Delivered })
 }
+
+// TestExchangeQuotaReplyHoldsMailbox: Exchange's quota reply is a timed
+// hold of the mailbox, and the same refusal repeated draws its penalty
+// (550 5.2.25x). After the first 554 5.2.0 SubmissionQuotaExceeded, the
+// mailbox's other mail is not tried: it waits, no attempt spent, while
+// another mailbox's mail goes out.
+func TestExchangeQuotaReplyHoldsMailbox(t *testing.T) {
+	e := newExchangeEnvSim(t, 1, func(c *sim.Config) { c.RecipientQuota = 2 }, nil)
+	fillQuota(t, e, "SubmissionQuotaExceeded")
+	var held, others []string
+	for n := 4; n < 9; n++ {
+		held = append(held, e.submit(t, 0, "noreply@contoso.com", "d@example.org", exchangeMessage(n, "noreply@contoso.com")))
+	}
+	for n := 9; n < 11; n++ {
+		others = append(others, e.submit(t, 0, "billing@contoso.com", "e@example.org", exchangeMessage(n, "billing@contoso.com")))
+	}
+	waitFor(t, 10*time.Second, "another mailbox's mail delivered", func() bool { return e.allDelivered(t, others) })
+	time.Sleep(time.Second)
+	refused := 0
+	for _, line := range strings.Split(e.logs.String(), "\n") {
+		if strings.Contains(line, `msg="delivery failed"`) && strings.Contains(line, "SubmissionQuotaExceeded") {
+			refused++
+		}
+	}
+	if refused != 1 {
+		t.Errorf("%d sends refused for the quota, want only the first", refused)
+	}
+	for _, id := range held {
+		if m := e.get(t, id); m.State == queue.Delivered || m.State == queue.Dead || m.Attempts != 0 {
+			t.Errorf("%s: %s with %d attempts, want waiting with none", id, m.State, m.Attempts)
+		}
+	}
+}

@@ -6,6 +6,7 @@ package o365
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -45,10 +46,18 @@ const (
 	concurrencyDelay = 30 * time.Second
 )
 
+// ErrMailboxBlocked is carried by the Throttled errors of Exchange's
+// timed holds of a whole mailbox: the recipient quota (ErrSubmissionQuota)
+// and 550 5.2.251 to 5.2.255 "Sender throttled". The mailbox's other
+// mail waits too: the same refusal repeated draws the penalty, or a
+// longer one.
+var ErrMailboxBlocked = errors.New("the mailbox's sending is held by Exchange for a while")
+
 // ErrSubmissionQuota is carried by the Throttled error of Exchange's
 // 554 5.2.0 SubmissionQuotaExceededException, so that the caller can wait
-// for the mailbox's rolling quota to have room instead of quotaDelay.
-var ErrSubmissionQuota = errors.New("the mailbox's recipient quota for the rolling 24 hours is spent")
+// for the mailbox's rolling quota to have room instead of quotaDelay. It
+// wraps ErrMailboxBlocked.
+var ErrSubmissionQuota = fmt.Errorf("the mailbox's recipient quota for the rolling 24 hours is spent: %w", ErrMailboxBlocked)
 
 // ErrSMTPAuthDisabled is carried by the Mailbox error of 535 5.7.139:
 // SMTP AUTH is disabled for the mailbox or the whole tenant, which Graph
@@ -118,7 +127,7 @@ func ClassifySMTP(r SMTPReply, at Step, kind AuthKind, freshToken bool) *upstrea
 	case r.Code == 550 && strings.HasPrefix(r.Enhanced, "5.2.25"):
 		// 550 5.2.251 to 5.2.255 "Sender throttled due to continuous
 		// ...": the mailbox is blocked for a while.
-		e.Class, e.RetryAfter = upstream.Throttled, penaltyDelay
+		e.Class, e.RetryAfter, e.Err = upstream.Throttled, penaltyDelay, ErrMailboxBlocked
 	case at == AtSession:
 		e.Class = upstream.Transient
 	case at == AtAuth && r.Code >= 500:

@@ -155,14 +155,24 @@ func TestClassifyGraph(t *testing.T) {
 
 // TestClassifySubmissionQuota: Exchange's quota reply, in the full form
 // the simulator sends, is marked so that the relay can wait for the
-// rolling window; other 554 5.2.0 replies are not.
+// rolling window; other 554 5.2.0 replies are not. The quota and the
+// repeat penalty are marked as holds of the whole mailbox; a 432 (one
+// more connection than allowed) and SendAs denied are not.
 func TestClassifySubmissionQuota(t *testing.T) {
 	quota := ClassifySMTP(SMTPReply{554, "5.2.0", "STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception with message [BeginDiagnosticData]Cannot submit message.[EndDiagnosticData]"}, AtMessage, AppOnly, true)
-	if quota.Class != upstream.Throttled || !errors.Is(quota, ErrSubmissionQuota) {
+	if quota.Class != upstream.Throttled || !errors.Is(quota, ErrSubmissionQuota) || !errors.Is(quota, ErrMailboxBlocked) {
 		t.Fatalf("quota reply: %+v", quota)
 	}
 	sendAs := ClassifySMTP(SMTPReply{554, "5.2.0", "STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied"}, AtMessage, AppOnly, true)
-	if errors.Is(sendAs, ErrSubmissionQuota) {
+	if errors.Is(sendAs, ErrSubmissionQuota) || errors.Is(sendAs, ErrMailboxBlocked) {
 		t.Fatalf("SendAs denied marked as the quota: %+v", sendAs)
+	}
+	penalty := ClassifySMTP(SMTPReply{550, "5.2.253", "Sender throttled due to continuous ..."}, AtMessage, AppOnly, true)
+	if !errors.Is(penalty, ErrMailboxBlocked) || errors.Is(penalty, ErrSubmissionQuota) {
+		t.Fatalf("repeat penalty: %+v", penalty)
+	}
+	concurrent := ClassifySMTP(SMTPReply{432, "4.3.2", "Concurrent connections limit exceeded."}, AtAuth, AppOnly, true)
+	if errors.Is(concurrent, ErrMailboxBlocked) {
+		t.Fatalf("432 marked as a hold of the mailbox: %+v", concurrent)
 	}
 }
