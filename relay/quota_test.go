@@ -101,3 +101,31 @@ func TestExchangeQuotaReplyHoldsMailbox(t *testing.T) {
 		}
 	}
 }
+
+// TestExchangePenaltyHoldsMailbox: 550 5.2.251 "Sender throttled" is
+// Exchange's block of a mailbox that repeated an error; sending more
+// while blocked repeats it again. After the first, the mailbox's other
+// mail waits untried, no attempt spent.
+func TestExchangePenaltyHoldsMailbox(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	e.sim.SetFault(sim.Fault{SMTPDataRefusal: "sender_throttled"})
+	from := "noreply@contoso.com"
+	first := e.submit(t, 0, from, "a@example.org", exchangeMessage(1, from))
+	waitFor(t, 10*time.Second, "the first message refused", func() bool { return strings.Contains(e.get(t, first).LastError, "5.2.251") })
+	if m := e.get(t, first); m.Attempts != 0 || time.Until(m.Due) < 25*time.Minute {
+		t.Errorf("the refused message: %d attempts, due in %v; want none, and about 30 minutes", m.Attempts, time.Until(m.Due))
+	}
+	var held []string
+	for n := 2; n < 5; n++ {
+		held = append(held, e.submit(t, 0, from, "b@example.org", exchangeMessage(n, from)))
+	}
+	time.Sleep(2 * time.Second)
+	if n := e.sim.Counters().Clients[simClientID].SMTPRefusedByFault; n != 1 {
+		t.Errorf("%d submissions refused, want only the first", n)
+	}
+	for _, id := range held {
+		if m := e.get(t, id); m.State == queue.Delivered || m.State == queue.Dead || m.Attempts != 0 || m.LastError != "" {
+			t.Errorf("%s: %s with %d attempts (%q), want waiting untried", id, m.State, m.Attempts, m.LastError)
+		}
+	}
+}

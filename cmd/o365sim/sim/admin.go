@@ -97,9 +97,9 @@ func (f *Fault) UnmarshalJSON(b []byte) error {
 		return fmt.Errorf("smtp_mail_refusal: %q is not \"sender_not_permitted\" or empty", j.SMTPMailRefusal)
 	}
 	switch j.SMTPDataRefusal {
-	case "", "thread_limit":
+	case "", "thread_limit", "sender_throttled":
 	default:
-		return fmt.Errorf("smtp_data_refusal: %q is not \"thread_limit\" or empty", j.SMTPDataRefusal)
+		return fmt.Errorf("smtp_data_refusal: %q is not \"thread_limit\", \"sender_throttled\" or empty", j.SMTPDataRefusal)
 	}
 	out.SMTPStallMailbox, out.SMTPMailRefusal, out.SMTPDataRefusal = j.SMTPStallMailbox, j.SMTPMailRefusal, j.SMTPDataRefusal
 	out.GraphThrottleMailbox = j.GraphThrottleBox

@@ -69,7 +69,8 @@
 //	                               "graph_fail": "500"|"503",
 //	                               "graph_accepted_retry_after": "30s",
 //	                               "smtp_mail_refusal": "sender_not_permitted" (550 5.7.60 to MAIL FROM),
-//	                               "smtp_data_refusal": "thread_limit" (432 4.3.2 sender thread limit)};
+//	                               "smtp_data_refusal": "thread_limit" (432 4.3.2 sender thread limit)
+//	                               or "sender_throttled" (550 5.2.251 sender throttled)};
 //	                               replaces the current faults, {} clears them
 //	GET  /admin/fault              the current faults
 //	GET  /admin/received           200 [Received…], data as text

@@ -180,7 +180,9 @@ type Fault struct {
 	// SMTPDataRefusal answers the end of every message with one of
 	// Exchange's refusals, without recording it: "thread_limit" is 432
 	// 4.3.2 "STOREDRV.ClientSubmit; sender thread limit exceeded", the
-	// other form of the concurrency limit.
+	// other form of the concurrency limit; "sender_throttled" is 550
+	// 5.2.251 "Sender throttled due to continuous ...", Exchange's block
+	// of a mailbox that repeated an error.
 	SMTPDataRefusal string
 }
 

@@ -322,6 +322,9 @@ func TestSMTPFaults(t *testing.T) {
 	f.SetFault(Fault{SMTPDataRefusal: "thread_limit"})
 	err = c.SendMail(alice, []string{"dave@fabrikam.com"}, strings.NewReader(testMessage(alice, "dave@fabrikam.com", "<m8@x>")))
 	wantSMTPError(t, err, 432, smtp.EnhancedCode{4, 3, 2}, "STOREDRV.ClientSubmit; sender thread limit exceeded")
+	f.SetFault(Fault{SMTPDataRefusal: "sender_throttled"})
+	err = c.SendMail(alice, []string{"dave@fabrikam.com"}, strings.NewReader(testMessage(alice, "dave@fabrikam.com", "<m9@x>")))
+	wantSMTPError(t, err, 550, smtp.EnhancedCode{5, 2, 251}, "Sender throttled due to continuous invalid recipients errors")
 	if n := f.ReceivedCount(); n != 0 {
 		t.Fatalf("%d messages recorded under the faults", n)
 	}

@@ -259,9 +259,13 @@ func (ss *smtpSession) Data(r io.Reader) error {
 	if ss.s.faults().SMTPTransient == "451" {
 		return errTransient
 	}
-	if ss.s.faults().SMTPDataRefusal == "thread_limit" {
+	switch ss.s.faults().SMTPDataRefusal {
+	case "thread_limit":
 		ss.s.countRefusal(claims)
 		return errThreadLimit
+	case "sender_throttled":
+		ss.s.countRefusal(claims)
+		return errSenderBlocked
 	}
 	if !m.sendsAs(from) {
 		return errSendAsDenied(m.address, from)
