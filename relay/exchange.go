@@ -476,15 +476,20 @@ func classifyToken(resp *http.Response) error {
 // graph sends by Graph now. A credential's probe at such a route tests
 // the credential by Graph too (gate.probe).
 func (x *exchange) routeByGraph(route string) bool {
-	_, cred, _, ok := parseRoute(route)
-	if !ok || x.graphCreds[cred] == nil {
+	delegated, cred, _, ok := parseRoute(route)
+	if !ok || delegated || x.graphCreds[cred] == nil {
 		return false
 	}
 	return x.graphOnly[cred] || (x.credFallback[cred] && x.fallbacks.cached(route))
 }
 
-// transport names the upstream transport a message goes by.
+// transport names the upstream transport a message goes by. A delegated
+// mailbox's mail goes by SMTP, whatever its app's via: its grant's
+// tokens are for SMTP.Send (auth.DelegatedScopes), which Graph refuses.
 func (x *exchange) transport(m *queue.Message) string {
+	if delegated, _, _, _ := parseRoute(m.Route); delegated {
+		return "smtp"
+	}
 	if x.graph != nil && (x.via[m.App] == "graph" || (x.fallback[m.App] && x.fallbacks.cached(m.Route))) {
 		return "graph"
 	}

@@ -11,10 +11,9 @@ import (
 // sent through, so that a route is not leased while they are dead. An
 // app route (app:CRED:MAILBOX) carries the messages of the apps of its
 // credential; a delegated route (mbx:CRED:MAILBOX) those of any app whose
-// sender has the grant.
+// sender has the grant, which go by SMTP (exchange.transport).
 type routeEndpoints struct {
 	byCredential map[string][]string
-	all          []string
 }
 
 // newRouteEndpoints records the transport of every app: Graph for
@@ -34,22 +33,16 @@ func newRouteEndpoints(apps []App) routeEndpoints {
 			if !slices.Contains(r.byCredential[a.Credential], ep) {
 				r.byCredential[a.Credential] = append(r.byCredential[a.Credential], ep)
 			}
-			if !slices.Contains(r.all, ep) {
-				r.all = append(r.all, ep)
-			}
 		}
 	}
 	return r
 }
 
 // of returns the endpoints the messages of a route may be sent through.
-// A credential no app names sends by SMTP.
+// A credential no app names sends by SMTP, and so does a delegated route.
 func (r routeEndpoints) of(delegated bool, cred string) []string {
 	eps := r.byCredential[cred]
-	if delegated {
-		eps = r.all
-	}
-	if len(eps) == 0 {
+	if delegated || len(eps) == 0 {
 		return []string{destination.SMTP}
 	}
 	return eps

@@ -39,8 +39,9 @@ func TestRouteEndpointsRoom(t *testing.T) {
 		want []want
 	}{
 		{"all alive", nil, []want{{false, "smtponly", -1}, {false, "graphonly", -1}, {false, "both", -1}, {true, "smtponly", -1}}},
-		{"SMTP dead", []string{destination.SMTP}, []want{{false, "smtponly", 0}, {false, "graphonly", -1}, {false, "both", -1}, {true, "graphonly", -1}, {false, "unnamed", 0}}},
-		{"Graph dead", []string{destination.Graph}, []want{{false, "smtponly", -1}, {false, "graphonly", 0}, {false, "both", -1}}},
+		// A delegated route goes by SMTP whatever its apps' via.
+		{"SMTP dead", []string{destination.SMTP}, []want{{false, "smtponly", 0}, {false, "graphonly", -1}, {false, "both", -1}, {true, "graphonly", 0}, {false, "unnamed", 0}}},
+		{"Graph dead", []string{destination.Graph}, []want{{false, "smtponly", -1}, {false, "graphonly", 0}, {false, "both", -1}, {true, "graphonly", -1}}},
 		{"both dead", []string{destination.SMTP, destination.Graph}, []want{{false, "both", 0}, {true, "smtponly", 0}}},
 		{"token dead", []string{destination.Token}, []want{{false, "smtponly", 0}, {false, "graphonly", 0}, {true, "both", 0}}},
 	} {
