@@ -311,10 +311,10 @@ func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
 			return "", x.quota.settle(ctx, m, counted, derr)
 		}
 		reply, err = x.graph.Send(ctx, m)
-		if upstream.ClassOf(err) == upstream.Throttled {
-			// Graph throttles each app and mailbox apart: the mailbox
-			// waits, not the endpoint (done would suspend the endpoint
-			// for every mailbox). Graph answered: the endpoint is up.
+		if errors.Is(err, o365.ErrMailboxThrottled) {
+			// The mailbox waits, not the endpoint (done would suspend
+			// the endpoint for every mailbox). Graph answered: the
+			// endpoint is up.
 			x.holdMailbox(&x.throttled, m.Route, upstream.RetryAfterOf(err), "Graph throttles the mailbox; its Graph mail waits")
 			done(nil)
 		} else {

@@ -53,6 +53,11 @@ const (
 // longer one.
 var ErrMailboxBlocked = errors.New("the mailbox's sending is held by Exchange for a while")
 
+// ErrMailboxThrottled is carried by the Throttled error of Graph's 429
+// ApplicationThrottled: Graph throttles each app and mailbox apart, so
+// the wait it asks is that mailbox's Graph sends', not every mailbox's.
+var ErrMailboxThrottled = errors.New("the app's Graph requests for the mailbox are throttled")
+
 // ErrSubmissionQuota is carried by the Throttled error of Exchange's
 // 554 5.2.0 SubmissionQuotaExceededException, so that the caller can wait
 // for the mailbox's rolling quota to have room instead of quotaDelay. It
@@ -213,7 +218,7 @@ func ClassifyGraph(f GraphFailure, kind AuthKind) *upstream.Error {
 	e := &upstream.Error{Code: f.HTTPStatus, Text: strings.TrimSpace(f.Code + " " + f.Message)}
 	switch {
 	case f.HTTPStatus == 429:
-		e.Class, e.RetryAfter = upstream.Throttled, f.RetryAfter
+		e.Class, e.RetryAfter, e.Err = upstream.Throttled, f.RetryAfter, ErrMailboxThrottled
 	case GraphTokenRefused(f.HTTPStatus) && kind == Delegated:
 		e.Class = upstream.Mailbox
 	case GraphTokenRefused(f.HTTPStatus):

@@ -146,8 +146,13 @@ func TestClassifyGraph(t *testing.T) {
 		{"service unavailable", GraphFailure{503, "ServiceUnavailable", "", 0}, AppOnly, upstream.Transient},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if e := ClassifyGraph(tc.f, tc.kind); e.Class != tc.want || e.RetryAfter != tc.f.RetryAfter {
+			e := ClassifyGraph(tc.f, tc.kind)
+			if e.Class != tc.want || e.RetryAfter != tc.f.RetryAfter {
 				t.Fatalf("class %v after %v, want %v after %v", e.Class, e.RetryAfter, tc.want, tc.f.RetryAfter)
+			}
+			// Only the 429 is one mailbox's wait.
+			if throttled := errors.Is(e, ErrMailboxThrottled); throttled != (tc.f.HTTPStatus == 429) {
+				t.Fatalf("marked as the mailbox's throttle: %v", throttled)
 			}
 		})
 	}
