@@ -55,7 +55,7 @@ type exchange struct {
 	// meanwhile (Reserve). blocked holds those Exchange holds whatever
 	// the transport (o365.ErrMailboxBlocked): none of their routes
 	// leases.
-	throttled, blocked mailboxThrottles
+	throttled, blocked mailboxWaits
 	log                *slog.Logger
 	// quota counts what each mailbox sent, for Exchange's recipient quota.
 	quota *recipientQuota
@@ -114,18 +114,17 @@ func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx
 		return nil, err
 	}
 	httpClient := auth.NewHTTPClient(tlsConfig)
+	xlog := log.With("component", "exchange")
 	x := &exchange{
 		via:        map[string]string{},
 		creds:      map[string]*auth.Credential{},
 		graphCreds: map[string]*auth.Credential{},
 		dest: destination.New(destination.Options{ProbeInterval: o.Exchange.DeadDestinationProbe.D(),
 			Logger: log.With("component", "destination")}),
-		quota: &recipientQuota{rl: queue.NewLimiter(rdb, nil), limit: o.Exchange.RecipientsPerDay,
-			log: log.With("component", "exchange")},
-		fallback: map[string]bool{},
-		fallbacks: &graphFallbacks{q: queue.New(rdb, queue.Options{}), recheck: o.Exchange.FallbackRecheck.D(),
-			log: log.With("component", "exchange")},
-		log: log.With("component", "exchange"),
+		quota:     &recipientQuota{rl: queue.NewLimiter(rdb, nil), limit: o.Exchange.RecipientsPerDay, log: xlog},
+		fallback:  map[string]bool{},
+		fallbacks: &graphFallbacks{q: queue.New(rdb, queue.Options{}), recheck: o.Exchange.FallbackRecheck.D(), log: xlog},
+		log:       xlog,
 	}
 	httpClient.Transport = x.dest.Transport(httpClient.Transport, tokenEndpoint, classifyToken)
 	if o.Exchange.GrantKeyFile != "" {
@@ -441,9 +440,9 @@ func (x *exchange) Reserve(ctx context.Context, route string, n int) ([]reservat
 // holdMailbox records in t that the mailbox of route is left alone for
 // d, as the upstream asked (without a time, each message waits the
 // throttled default alone), and logs why the first time.
-func (x *exchange) holdMailbox(t *mailboxThrottles, route string, d time.Duration, why string) {
+func (x *exchange) holdMailbox(t *mailboxWaits, route string, d time.Duration, why string) {
 	_, _, mailbox, ok := parseRoute(route)
-	if ok && t.throttle(mailbox, d) && x.log != nil {
+	if ok && t.hold(mailbox, d) {
 		x.log.Info(why, "mailbox", mailbox, "for", d)
 	}
 }

@@ -6,19 +6,19 @@ import (
 	"time"
 )
 
-// mailboxThrottles keeps, per mailbox, until when Graph asked this
-// replica to leave the mailbox alone. Graph throttles each app and
-// mailbox apart (429 ApplicationThrottled, "over its MailboxConcurrency
-// limit"): one busy mailbox's Retry-After holds back that mailbox's mail,
-// not the Graph endpoint and every other mailbox with it.
-type mailboxThrottles struct {
+// mailboxWaits keeps, per mailbox, until when the upstream asked this
+// replica to leave the mailbox alone: Graph's 429 (o365.ErrMailboxThrottled),
+// or Exchange's holds of the whole mailbox (o365.ErrMailboxBlocked). One
+// mailbox's wait holds back that mailbox's mail, not an endpoint and
+// every other mailbox with it.
+type mailboxWaits struct {
 	mu    sync.Mutex
 	until map[string]time.Time
 }
 
-// throttle leaves mailbox alone for d from now. It reports whether the
-// mailbox was not throttled already.
-func (t *mailboxThrottles) throttle(mailbox string, d time.Duration) bool {
+// hold leaves mailbox alone for d from now. It reports whether the
+// mailbox was not held already.
+func (t *mailboxWaits) hold(mailbox string, d time.Duration) bool {
 	if d <= 0 {
 		return false
 	}
@@ -36,7 +36,7 @@ func (t *mailboxThrottles) throttle(mailbox string, d time.Duration) bool {
 }
 
 // wait is how long mailbox is still left alone, or 0.
-func (t *mailboxThrottles) wait(mailbox string) time.Duration {
+func (t *mailboxWaits) wait(mailbox string) time.Duration {
 	key := strings.ToLower(mailbox)
 	t.mu.Lock()
 	defer t.mu.Unlock()
