@@ -240,11 +240,7 @@ func TestGraphMailboxProbeWithSMTPAuthOff(t *testing.T) {
 	if distinct, via := e.receivedOnce(t); distinct != len(ids) || len(via) != 1 || !via["graph"] {
 		t.Errorf("%d distinct messages by %v, want %d by Graph only", distinct, via, len(ids))
 	}
-	st, err := e.relays[0].gate.set.Status(ctx, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.State != breaker.Closed {
+	if st := e.breakerStatus(t, name); st.State != breaker.Closed {
 		t.Errorf("%s %s (%s), want closed", name, st.State, st.Reason)
 	}
 }
@@ -294,8 +290,8 @@ func TestGraphTrialPassesOverRefusedMessage(t *testing.T) {
 	if !strings.Contains(e.logs.String(), "trial message refused on its own account; trying another") {
 		t.Error("the probe did not try the refused message first")
 	}
-	if st, err := e.relays[0].gate.set.Status(ctx, name); err != nil || st.State != breaker.Closed {
-		t.Errorf("%s: %s (%v), want closed", name, st.State, err)
+	if st := e.breakerStatus(t, name); st.State != breaker.Closed {
+		t.Errorf("%s: %s (%s), want closed", name, st.State, st.Reason)
 	}
 	if distinct, _ := e.receivedOnce(t); distinct != len(ids) {
 		t.Errorf("%d distinct messages received, want %d", distinct, len(ids))

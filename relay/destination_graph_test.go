@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"holdfast/cmd/o365sim/sim"
-	"holdfast/queue"
 )
 
 // TestDeadGraphEndpointLeasesNothing: while Graph's breaker is open (503s)
@@ -119,11 +118,7 @@ func TestGraphThrottledMailboxLeavesOthers(t *testing.T) {
 	if n, want := e.sim.Counters().Clients[simClientID].GraphRequests-before, len(others)+1; n != want {
 		t.Errorf("%d Graph requests, want %d: the others' and box1's one 429", n, want)
 	}
-	for _, id := range append([]string{first}, busy...) {
-		if m := e.get(t, id); m.State == queue.Delivered || m.State == queue.Dead || m.Attempts != 0 {
-			t.Errorf("%s while box1 is throttled: %s with %d attempts, want waiting with none", id, m.State, m.Attempts)
-		}
-	}
+	e.assertHeldUnspent(t, append([]string{first}, busy...), "")
 
 	e.sim.SetFault(sim.Fault{})
 	all := append([]string{first}, busy...)

@@ -95,11 +95,7 @@ func TestExchangeQuotaReplyHoldsMailbox(t *testing.T) {
 	if refused != 1 {
 		t.Errorf("%d sends refused for the quota, want only the first", refused)
 	}
-	for _, id := range held {
-		if m := e.get(t, id); m.State == queue.Delivered || m.State == queue.Dead || m.Attempts != 0 {
-			t.Errorf("%s: %s with %d attempts, want waiting with none", id, m.State, m.Attempts)
-		}
-	}
+	e.assertHeldUnspent(t, held, "")
 }
 
 // TestExchangePenaltyHoldsMailbox: 550 5.2.251 "Sender throttled" is
