@@ -127,7 +127,9 @@ func (s *DelegatedSource) fetch() (*oauth2.Token, error) {
 			s.store.setError(ctx, s.mailbox, gr.Generation, te.Error())
 			return nil, err
 		}
-		if tok.RefreshToken != "" && tok.RefreshToken != rt {
+		if tok.RefreshToken == "" || tok.RefreshToken == rt {
+			s.store.redeemed(ctx, s.mailbox, gr.Generation)
+		} else {
 			gen, err := s.store.Rotate(ctx, s.mailbox, gr.Generation, tok.RefreshToken)
 			switch {
 			case err == nil:

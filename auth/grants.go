@@ -37,10 +37,30 @@ type Grant struct {
 	Mailbox    string
 	Credential string // name of the Credential the grant was issued to
 	Created    time.Time
-	Updated    time.Time
+	Updated    time.Time // the last Put or rotation: a new refresh token
+	// Redeemed is when a relay last got an access token with the grant;
+	// zero if none has since it was stored.
+	Redeemed   time.Time
 	Generation int64  // incremented by every Put and every rotation
 	LastError  string // last token endpoint error for this generation, if any
 }
+
+// RefreshTokenMaxInactive is how long Entra keeps a refresh token that
+// nobody redeems: past it, it answers AADSTS700082 and the mailbox must
+// grant again. Every redemption starts the time again.
+const RefreshTokenMaxInactive = 90 * 24 * time.Hour
+
+// LastUsed is when the grant's refresh token was last issued or redeemed.
+func (g Grant) LastUsed() time.Time {
+	if g.Redeemed.After(g.Updated) {
+		return g.Redeemed
+	}
+	return g.Updated
+}
+
+// LapsesAt is when Entra lets the refresh token lapse unless it is
+// redeemed before.
+func (g Grant) LapsesAt() time.Time { return g.LastUsed().Add(RefreshTokenMaxInactive) }
 
 // Grant hash fields.
 const (
@@ -50,6 +70,7 @@ const (
 	gfUpdated    = "updated" // unix ms
 	gfGeneration = "gen"
 	gfLastError  = "err"
+	gfRedeemed   = "redeemed" // unix ms
 )
 
 // grantKeyPrefix and the hash tag keep each grant in one key:
@@ -86,9 +107,22 @@ var rotateScript = redis.NewScript(`#!lua flags=allow-oom
 local gen = redis.call('HGET', KEYS[1], 'gen')
 if not gen then return -1 end
 if gen ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'rt', ARGV[2], 'updated', ARGV[3])
+redis.call('HSET', KEYS[1], 'rt', ARGV[2], 'updated', ARGV[3], 'redeemed', ARGV[3])
 redis.call('HDEL', KEYS[1], 'err')
 return redis.call('HINCRBY', KEYS[1], 'gen', 1)
+`)
+
+// redeemedScript records a redemption of a generation that Entra answered
+// without a new refresh token, and clears the generation's last error.
+//
+// KEYS[1] grant hash
+// ARGV[1] generation, ARGV[2] now (unix ms)
+// Returns 1 if recorded, 0 if the generation changed or there is no grant.
+var redeemedScript = redis.NewScript(`#!lua flags=allow-oom
+if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'redeemed', ARGV[2])
+redis.call('HDEL', KEYS[1], 'err')
+return 1
 `)
 
 // setErrorScript records the last error of a generation.
@@ -271,6 +305,7 @@ func (g *GrantStore) load(ctx context.Context, mailbox string, withToken bool) (
 		Credential: h[gfCredential],
 		Created:    unixMilli(h[gfCreated]),
 		Updated:    unixMilli(h[gfUpdated]),
+		Redeemed:   unixMilli(h[gfRedeemed]),
 		LastError:  h[gfLastError],
 	}
 	if gr.Generation, err = strconv.ParseInt(h[gfGeneration], 10, 64); err != nil {
@@ -335,6 +370,26 @@ func (g *GrantStore) Rotate(ctx context.Context, mailbox string, redeemed int64,
 		return 0, fmt.Errorf("grant %s: %w", m, ErrNoGrant)
 	}
 	return gen, nil
+}
+
+// redeemed records that generation gen was redeemed now without a new
+// refresh token.
+func (g *GrantStore) redeemed(ctx context.Context, mailbox string, gen int64) {
+	if err := redeemedScript.Run(ctx, g.rdb, []string{grantKey(mailbox)}, gen, g.now().UnixMilli()).Err(); err != nil {
+		g.log.Warn("cannot record a grant's redemption", "mailbox", mailbox, "err", err)
+	}
+}
+
+// Redeem gets a new access token for the mailbox with its stored refresh
+// token now, whatever the cache holds, and stores the refresh token Entra
+// rotated: it keeps a grant that carries no mail from lapsing
+// (RefreshTokenMaxInactive). A refusal is recorded as the grant's
+// LastError and returned as a *TokenError.
+func (g *GrantStore) Redeem(ctx context.Context, cred *Credential, mailbox string) error {
+	s := g.TokenSource(cred, mailbox)
+	s.Invalidate()
+	_, err := s.Token(ctx)
+	return err
 }
 
 // setError records the last token endpoint error of a generation.

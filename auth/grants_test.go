@@ -284,6 +284,90 @@ func TestDelegatedSourceRedeemsAndRotates(t *testing.T) {
 	}
 }
 
+// TestGrantRedeem: Redeem asks Entra now even with an access token
+// cached, and every redemption, with a new refresh token or without one,
+// moves the grant's LastUsed and so its LapsesAt; a redemption without one
+// clears the error an earlier refusal recorded.
+func TestGrantRedeem(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	var rotate, refuse atomic.Bool
+	rotate.Store(true)
+	f := newFakeEntra(t, func(w http.ResponseWriter, r *http.Request, form url.Values) {
+		checkRefreshForm(t, form)
+		switch {
+		case refuse.Load():
+			writeFixture(t, w, http.StatusBadRequest, "aadsts700082")
+		case rotate.Load():
+			writeToken(w, "at-rotated", 3599, fmt.Sprintf("1.AQ8Ae1x9-next-%d", time.Now().UnixNano()))
+		default:
+			writeToken(w, "at-same", 3599, "")
+		}
+	})
+	cred := secretCredential(t, f, writeFile(t, t.TempDir(), "secret", secretV1), nil)
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	var clock atomic.Int64
+	clock.Store(now.UnixNano())
+	g, err := NewGrantStore(rdb, testGrantKey, WithGrantClock(func() time.Time { return time.Unix(0, clock.Load()) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	if err := g.Put(ctx, mailboxA, "crm", rtInitial); err != nil {
+		t.Fatal(err)
+	}
+	gr, err := g.Get(ctx, mailboxA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !gr.Redeemed.IsZero() || !gr.LastUsed().Equal(now) || !gr.LapsesAt().Equal(now.Add(90*24*time.Hour)) {
+		t.Fatalf("new grant: redeemed %v, last used %v, lapses %v", gr.Redeemed, gr.LastUsed(), gr.LapsesAt())
+	}
+	if _, err := g.TokenSource(cred, mailboxA).Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// 40 days on, with the access token still cached: Redeem asks.
+	day40 := now.Add(40 * 24 * time.Hour)
+	clock.Store(day40.UnixNano())
+	before := f.requests()
+	if err := g.Redeem(ctx, cred, mailboxA); err != nil {
+		t.Fatal(err)
+	}
+	if f.requests() != before+1 {
+		t.Fatalf("Redeem made %d requests, want 1", f.requests()-before)
+	}
+	if gr, _ = g.Get(ctx, mailboxA); !gr.LastUsed().Equal(day40) || !gr.Updated.Equal(day40) {
+		t.Fatalf("after a rotation: updated %v, last used %v, want %v", gr.Updated, gr.LastUsed(), day40)
+	}
+
+	// Refused: recorded, returned, the dates unchanged.
+	refuse.Store(true)
+	clock.Store(day40.Add(time.Hour).UnixNano())
+	var te *TokenError
+	if err := g.Redeem(ctx, cred, mailboxA); !errors.As(err, &te) || te.AADSTS != AADSTSRefreshTokenExpired {
+		t.Fatalf("refused Redeem: %v", err)
+	}
+	if gr, _ = g.Get(ctx, mailboxA); !strings.Contains(gr.LastError, "AADSTS700082") || !gr.LastUsed().Equal(day40) {
+		t.Fatalf("after a refusal: last error %q, last used %v", gr.LastError, gr.LastUsed())
+	}
+
+	// Answered without a new refresh token: the redemption still counts,
+	// and the error is gone.
+	refuse.Store(false)
+	rotate.Store(false)
+	day80 := now.Add(80 * 24 * time.Hour)
+	clock.Store(day80.UnixNano())
+	gen := gr.Generation
+	if err := g.Redeem(ctx, cred, mailboxA); err != nil {
+		t.Fatal(err)
+	}
+	gr, _ = g.Get(ctx, mailboxA)
+	if gr.LastError != "" || gr.Generation != gen || !gr.Redeemed.Equal(day80) || !gr.Updated.Equal(day40) ||
+		!gr.LapsesAt().Equal(day80.Add(RefreshTokenMaxInactive)) {
+		t.Fatalf("after a redemption without rotation: %+v, lapses %v", gr, gr.LapsesAt())
+	}
+}
+
 func TestDelegatedConsentRequired(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
 	f := newFakeEntra(t, func(w http.ResponseWriter, r *http.Request, form url.Values) {

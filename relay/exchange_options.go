@@ -53,6 +53,10 @@ func (o *Options) validateExchange() error {
 			return fmt.Errorf("%s: must be at least 100ms", d.field)
 		}
 	}
+	if x.GrantRedeemAfter < Duration(time.Hour) || x.GrantRedeemAfter > Duration(maxGrantRedeemAfter) {
+		return fmt.Errorf("exchange.grant_redeem_after: must be between 1h and 60 days (1440h), not %s: Entra lets a grant unused for 90 days lapse",
+			x.GrantRedeemAfter.D())
+	}
 	if len(o.Credentials) == 0 {
 		return fmt.Errorf("credentials: the exchange sender needs at least one credential")
 	}

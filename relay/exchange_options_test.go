@@ -80,6 +80,8 @@ func TestValidateExchange(t *testing.T) {
 		{"apps[0].fallback", func(o *Options) { o.Apps[0].Fallback = "smtp" }},
 		{"apps[0].fallback", func(o *Options) { o.Apps[0].Via, o.Apps[0].Fallback = "graph", "graph" }},
 		{"exchange.fallback_recheck", func(o *Options) { o.Exchange.FallbackRecheck = Duration(time.Millisecond) }},
+		{"exchange.grant_redeem_after", func(o *Options) { o.Exchange.GrantRedeemAfter = Duration(time.Minute) }},
+		{"exchange.grant_redeem_after", func(o *Options) { o.Exchange.GrantRedeemAfter = Duration(61 * 24 * time.Hour) }},
 		{"expiry.check_interval", func(o *Options) { o.Expiry.CheckInterval = Duration(time.Millisecond) }},
 	} {
 		t.Run(tc.field, func(t *testing.T) {

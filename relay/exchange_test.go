@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -349,6 +350,15 @@ func TestExchangeDelegatedMailbox(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || strings.Contains(got.String(), rt) {
 		t.Fatalf("PUT mailbox: %d %s", resp.StatusCode, got.String())
+	}
+	var st grantStatus
+	if err := json.Unmarshal(got.Bytes(), &st); err != nil {
+		t.Fatal(err)
+	}
+	used, err1 := time.Parse(time.RFC3339, st.LastUsedAt)
+	lapses, err2 := time.Parse(time.RFC3339, st.LapsesAt)
+	if err1 != nil || err2 != nil || lapses.Sub(used) != 90*24*time.Hour || time.Since(used) > time.Minute {
+		t.Errorf("PUT mailbox: last used %q, lapses %q; want now and 90 days on", st.LastUsedAt, st.LapsesAt)
 	}
 
 	id := e.submit(t, 0, "alice@contoso.com", "a@example.org", exchangeMessage(1, "alice@contoso.com"))

@@ -45,6 +45,10 @@ type grantStatus struct {
 	Credential string `json:"credential"`
 	CreatedAt  string `json:"created_at"`
 	UpdatedAt  string `json:"updated_at"`
+	// LastUsedAt is when the refresh token was last issued or redeemed;
+	// LapsesAt when Entra lets it lapse unless it is redeemed before.
+	LastUsedAt string `json:"last_used_at"`
+	LapsesAt   string `json:"lapses_at"`
 	Generation int64  `json:"generation"`
 	LastError  string `json:"last_error,omitempty"`
 }
@@ -53,6 +57,7 @@ func newGrantStatus(g auth.Grant) grantStatus {
 	return grantStatus{
 		Mailbox: g.Mailbox, Credential: g.Credential, Generation: g.Generation, LastError: g.LastError,
 		CreatedAt: g.Created.UTC().Format(time.RFC3339), UpdatedAt: g.Updated.UTC().Format(time.RFC3339),
+		LastUsedAt: g.LastUsed().UTC().Format(time.RFC3339), LapsesAt: g.LapsesAt().UTC().Format(time.RFC3339),
 	}
 }
 

@@ -180,6 +180,14 @@ type ExchangeOptions struct {
 	// encrypts delegated refresh tokens in Redis. Needed to register
 	// delegated mailboxes.
 	GrantKeyFile string `yaml:"grant_key_file"`
+	// GrantRedeemAfter is how long a delegated grant may go unused
+	// before a relay redeems its refresh token anyway: Entra lets one
+	// unused for 90 days lapse (AADSTS700082). Default 30 days; between
+	// 1h and 60 days, so that a month of tries is left.
+	GrantRedeemAfter Duration `yaml:"grant_redeem_after"`
+	// grantKeepEvery and grantRedeemAfter, for tests, replace
+	// grantKeepEvery and GrantRedeemAfter.
+	grantKeepEvery, grantRedeemAfter time.Duration
 	// DeadDestinationProbe is how long an endpoint (SMTP, Graph, the
 	// token endpoint) that failed 3 times in a row is left alone by this
 	// replica before one request tests it; meanwhile no message that
@@ -477,6 +485,7 @@ func DefaultOptions() Options {
 			ConnectTimeout:           Duration(15 * time.Second),
 			DeadDestinationProbe:     Duration(10 * time.Second),
 			FallbackRecheck:          Duration(time.Hour),
+			GrantRedeemAfter:         Duration(defaultGrantRedeemAfter),
 			CommandTimeout:           Duration(time.Minute),
 			DataTimeout:              Duration(5 * time.Minute),
 		},

@@ -45,6 +45,7 @@ type Server struct {
 	durable   *durability
 	expiry    *ExpiryMonitor // with exchange
 	rotator   *rotator       // with exchange
+	keeper    *grantKeeper   // with exchange and exchange.grant_key_file
 
 	reg     *prometheus.Registry
 	metrics *metrics // nil when ops.noMetrics turns the hot path's metrics off
@@ -220,6 +221,12 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		s.rotator = newRotator(o, s.exchange.creds, s.exchange.reloadCredential, rotations, g.set,
 			breaker.NewNotices(s.rdb), s.webhook, s.expiry, log)
 		s.rotator.keep = g.keep
+		if s.exchange.grants != nil {
+			s.keeper = s.newGrantKeeper()
+			if err := s.reg.Register(s.keeper); err != nil {
+				return nil, fmt.Errorf("grant metrics: %w", err)
+			}
+		}
 		sender = s.exchange
 		var idx grantIndex
 		if s.exchange.grants != nil {
@@ -306,7 +313,10 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	s.httpLn = s.httpConns.listener(httpLn)
 	handler := newAPI(in, a, s.queue, s.ready, o.SMTP.MaxMessageBytes, log)
 	if s.exchange != nil && s.exchange.grants != nil {
-		handler.handleMailboxes(s.exchange.grants, routing.forget)
+		handler.handleMailboxes(s.exchange.grants, func(mailbox string) {
+			routing.forget(mailbox)
+			s.keeper.changed(mailbox)
+		})
 	}
 	if s.gate != nil {
 		handler.handleBreakers(s.breakerReporter(), s.gate.set, o.HTTP.AdminTokenSHA256)
@@ -405,6 +415,9 @@ func (s *Server) Start() {
 			every = s.opts.Expiry.rotateEvery
 		}
 		s.wg.Go(func() { s.rotator.run(ctx, every) })
+	}
+	if s.keeper != nil {
+		s.wg.Go(func() { s.keeper.run(ctx) })
 	}
 	s.startOps(ctx)
 	if s.deliverer != nil {

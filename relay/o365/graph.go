@@ -107,7 +107,7 @@ func (g *GraphSender) Send(ctx context.Context, m *queue.Message) (string, error
 func (g *GraphSender) post(ctx context.Context, r Route, raw []byte) (reply string, status int, unknown bool, err error) {
 	tok, err := r.Tokens.Token(ctx)
 	if err != nil {
-		return "", 0, false, tokenError(err, r.Kind)
+		return "", 0, false, ClassifyTokenError(err, r.Kind)
 	}
 	u := g.o.BaseURL + "/v1.0/users/" + url.PathEscape(r.Mailbox) + "/sendMail"
 	body := base64.StdEncoding.EncodeToString(raw)

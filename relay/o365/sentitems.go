@@ -57,7 +57,7 @@ func (g *GraphSender) sentBefore(ctx context.Context, r Route, id, msgID string)
 func (g *GraphSender) findSent(ctx context.Context, r Route, msgID string) (found bool, status int, err error) {
 	tok, err := r.Tokens.Token(ctx)
 	if err != nil {
-		return false, 0, tokenError(err, r.Kind)
+		return false, 0, ClassifyTokenError(err, r.Kind)
 	}
 	filter := "internetMessageId eq '" + strings.ReplaceAll(msgID, "'", "''") + "'"
 	u := g.o.BaseURL + "/v1.0/users/" + url.PathEscape(r.Mailbox) + "/mailFolders/SentItems/messages?$filter=" +

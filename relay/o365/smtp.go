@@ -650,8 +650,10 @@ func smtpError(command string, at Step, err error, kind AuthKind, fresh bool) *u
 	return &upstream.Error{Class: upstream.Transient, Text: command, Err: err}
 }
 
-// tokenError classifies a failed token fetch.
-func tokenError(err error, kind AuthKind) error {
+// ClassifyTokenError classifies a failed token fetch of a route of the
+// given kind: a *auth.TokenError by ClassifyToken, any other error as
+// transient.
+func ClassifyTokenError(err error, kind AuthKind) error {
 	var te *auth.TokenError
 	var ue *upstream.Error
 	if errors.As(err, &ue) && !errors.As(err, &te) {

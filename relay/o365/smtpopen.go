@@ -25,7 +25,7 @@ func (s *SMTPSender) open(ctx context.Context, r Route) (*conn, error) {
 	for range 3 {
 		tok, err := r.Tokens.Token(ctx)
 		if err != nil {
-			return nil, tokenError(err, r.Kind)
+			return nil, ClassifyTokenError(err, r.Kind)
 		}
 		if tok.AccessToken == last {
 			// The token refused in another session's turn is still the
@@ -102,7 +102,7 @@ func (s *SMTPSender) openFresh(ctx context.Context, r Route, elsewhere error) (*
 	if err != nil {
 		turn.Exit(AuthNeutral, err)
 		c.Close()
-		return nil, false, tokenError(err, r.Kind)
+		return nil, false, ClassifyTokenError(err, r.Kind)
 	}
 	// A token fetched for this turn is a new one: its refusal is not
 	// retried.
@@ -116,7 +116,7 @@ func (s *SMTPSender) openFresh(ctx context.Context, r Route, elsewhere error) (*
 	r.Tokens.Invalidate()
 	tok, terr := r.Tokens.Token(ctx)
 	if terr != nil {
-		return nil, true, tokenError(terr, r.Kind)
+		return nil, true, ClassifyTokenError(terr, r.Kind)
 	}
 	again, terr := s.turn(ctx, r, false)
 	if errors.Is(terr, ErrNoTurn) {
