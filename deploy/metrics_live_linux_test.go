@@ -97,6 +97,7 @@ func TestMetricsExported(t *testing.T) {
 	}
 	secretFile := write("contoso.secret", liveSecret+"\n")
 	caFile := write("sim-ca.pem", string(s.CACertPEM()))
+	grantKey := write("grants.key", strings.Repeat("ab", 32))
 	httpAddr, opsAddr := freeAddr(t), freeAddr(t)
 	config := write("holdfast.yaml", fmt.Sprintf(`hostname: relay.test
 redis:
@@ -131,8 +132,9 @@ exchange:
   smtp_addr: %q
   graph_url: %q
   ca_file: %q
+  grant_key_file: %q
 `, rds.Addr(), httpAddr, sha256Hex(liveAdmin), opsAddr, sha256Hex(liveAppToken), liveMailbox,
-		liveTenant, liveClientID, s.AuthorityURL(), secretFile, s.SMTPAddr(), s.GraphURL(), caFile))
+		liveTenant, liveClientID, s.AuthorityURL(), secretFile, s.SMTPAddr(), s.GraphURL(), caFile, grantKey))
 
 	var logs lockedBuffer
 	cmd := exec.Command(bin, "serve", "--config", config)
@@ -216,6 +218,17 @@ exchange:
 			t.Fatalf("breaker %s: %d %s", action, code, b)
 		}
 	}
+
+	// A delegated grant, which the relay counts once it has looked.
+	rt := s.IssueRefreshToken(liveTenant, liveClientID, "someone@contoso.example")
+	if code, b := call("PUT", "http://"+httpAddr+"/v1/mailboxes/someone@contoso.example", liveAppToken,
+		fmt.Sprintf(`{"refresh_token": %q, "credential": "contoso"}`, rt)); code != http.StatusOK {
+		t.Fatalf("PUT mailbox: %d %s", code, b)
+	}
+	wait("the grant counted", func() bool {
+		_, b := call("GET", "http://"+opsAddr+"/metrics", "", "")
+		return bytes.Contains(b, []byte(`holdfast_grants{state="ok"} 1`))
+	})
 
 	code, body = call("GET", "http://"+opsAddr+"/metrics", "", "")
 	if code != http.StatusOK {

@@ -31,6 +31,7 @@ var agreedMetrics = map[string]metric{
 	"holdfast_queue_oldest_held_age_seconds":       {"gauge", nil},
 	"holdfast_breaker_open":                        {"gauge", []string{"credential"}},
 	"holdfast_mailbox_breakers_open":               {"gauge", []string{"credential"}},
+	"holdfast_grants":                              {"gauge", []string{"state"}},
 	"holdfast_credential_expiry_timestamp_seconds": {"gauge", []string{"credential", "source"}},
 	"holdfast_smtp_connections_refused_total":      {"counter", []string{"limit"}},
 	"holdfast_smtp_connections_evicted_total":      {"counter", nil},
@@ -191,6 +192,7 @@ var fleetWide = []string{
 	"holdfast_queue_oldest_held_age_seconds",
 	"holdfast_breaker_open",
 	"holdfast_mailbox_breakers_open",
+	"holdfast_grants",
 	"holdfast_credential_expiry_timestamp_seconds",
 	"holdfast_breaker_transitions_total",
 }
