@@ -128,12 +128,8 @@ func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx
 	}
 	httpClient.Transport = x.dest.Transport(httpClient.Transport, tokenEndpoint, classifyToken)
 	if o.Exchange.GrantKeyFile != "" {
-		key, err := auth.LoadKeyFile(o.Exchange.GrantKeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("exchange.grant_key_file: %w", err)
-		}
-		if x.grants, err = auth.NewGrantStore(rdb, key, auth.WithGrantLogger(log)); err != nil {
-			return nil, fmt.Errorf("exchange.grant_key_file: %w", err)
+		if x.grants, err = openGrantStore(o.Exchange.GrantKeyFile, rdb, log); err != nil {
+			return nil, err
 		}
 	}
 	x.endpoints = newRouteEndpoints(o.Apps)
@@ -266,17 +262,34 @@ func (x *exchange) plainRoute(creds map[string]*auth.Credential) o365.Router {
 	}
 }
 
+// storedGrants is the grant store as routing reads it.
+type storedGrants struct{ *auth.GrantStore }
+
 // GrantCredential tells routing whether a mailbox has a delegated grant,
 // and of which credential.
-func (x *exchange) GrantCredential(ctx context.Context, mailbox string) (string, bool, error) {
-	g, err := x.grants.Get(ctx, mailbox)
+func (g storedGrants) GrantCredential(ctx context.Context, mailbox string) (string, bool, error) {
+	gr, err := g.Get(ctx, mailbox)
 	if errors.Is(err, auth.ErrNoGrant) {
 		return "", false, nil
 	}
 	if err != nil {
 		return "", false, err
 	}
-	return g.Credential, true, nil
+	return gr.Credential, true, nil
+}
+
+// openGrantStore opens the delegated grants with the key in keyFile
+// (exchange.grant_key_file).
+func openGrantStore(keyFile string, rdb redis.UniversalClient, log *slog.Logger) (*auth.GrantStore, error) {
+	key, err := auth.LoadKeyFile(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("exchange.grant_key_file: %w", err)
+	}
+	g, err := auth.NewGrantStore(rdb, key, auth.WithGrantLogger(log))
+	if err != nil {
+		return nil, fmt.Errorf("exchange.grant_key_file: %w", err)
+	}
+	return g, nil
 }
 
 // Send sends by Graph for apps configured so, by SMTP otherwise.

@@ -83,6 +83,12 @@ func TestValidateExchange(t *testing.T) {
 		{"exchange.grant_redeem_after", func(o *Options) { o.Exchange.GrantRedeemAfter = Duration(time.Minute) }},
 		{"exchange.grant_redeem_after", func(o *Options) { o.Exchange.GrantRedeemAfter = Duration(61 * 24 * time.Hour) }},
 		{"expiry.check_interval", func(o *Options) { o.Expiry.CheckInterval = Duration(time.Millisecond) }},
+		// The dir sender would write the mail of configured credentials
+		// into a folder and call it delivered.
+		{"delivery.sender", func(o *Options) { o.Delivery.Sender = "dir" }},
+		// An ingress-only replica routes as the fleet does: its apps and
+		// credentials are checked as the exchange sender's.
+		{"apps[0].credential", func(o *Options) { o.Delivery.Sender, o.Apps[0].Credential = "off", "nosuch" }},
 	} {
 		t.Run(tc.field, func(t *testing.T) {
 			o := exchangeTestOptions()

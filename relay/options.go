@@ -334,8 +334,11 @@ type DeliveryOptions struct {
 	Poll Duration `yaml:"poll"`
 	// Sender chooses the upstream: "exchange" delivers to Exchange Online
 	// (or the simulator) with the configured credentials; "dir" writes
-	// each message to Dir; "off" runs no delivery workers in this process
-	// (an ingress-only replica). Default "dir".
+	// each message to Dir, for development, and is refused with
+	// credentials configured; "off" runs no delivery workers in this
+	// process: an ingress-only replica, whose mail, with credentials
+	// configured, is routed for the replicas that deliver to Exchange.
+	// Default "dir".
 	Sender string `yaml:"sender"`
 	// Dir is the folder of the "dir" sender. Default "./var/outbox".
 	Dir string `yaml:"dir"`
@@ -705,6 +708,13 @@ func (o *Options) Validate() error {
 	}
 	switch o.Delivery.Sender {
 	case "off":
+		// An ingress-only replica of a fleet that delivers to Exchange
+		// routes its mail as the fleet does, from the same options.
+		if len(o.Credentials) > 0 {
+			if err := o.validateExchange(); err != nil {
+				return err
+			}
+		}
 	case "exchange":
 		if err := o.validateExchange(); err != nil {
 			return err
@@ -720,6 +730,10 @@ func (o *Options) Validate() error {
 	case "dir":
 		if o.Delivery.Dir == "" {
 			return bad("delivery.dir", "the dir sender needs a folder")
+		}
+		if len(o.Credentials) > 0 {
+			return bad("delivery.sender", "is %q (the default), which writes each message into %s and sends nothing, yet credentials are configured: set delivery.sender: exchange to deliver to Exchange Online, or off for a replica that only takes mail",
+				o.Delivery.Sender, o.Delivery.Dir)
 		}
 	default:
 		return bad("delivery.sender", "unknown sender %q (known: exchange, dir, off)", o.Delivery.Sender)

@@ -430,10 +430,11 @@ func TestLoadExample(t *testing.T) {
 		t.Fatalf("the example configuration does not load: %v", err)
 	}
 	// Apart from its app, its credential and the STARTTLS certificate,
-	// which have no defaults, the example sets every option to its
-	// default.
+	// which have no defaults, and the exchange sender, which its
+	// credential needs, the example sets every option to its default.
 	want := relay.DefaultOptions()
 	want.SMTP.CertFile, want.SMTP.KeyFile = o.SMTP.CertFile, o.SMTP.KeyFile
+	want.Delivery.Sender = "exchange"
 	want.Apps = o.Apps
 	want.Credentials = o.Credentials
 	got, def := reflect.ValueOf(o), reflect.ValueOf(want)

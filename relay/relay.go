@@ -230,7 +230,20 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		sender = s.exchange
 		var idx grantIndex
 		if s.exchange.grants != nil {
-			idx = s.exchange
+			idx = storedGrants{s.exchange.grants}
+		}
+		routing = newExchangeRouting(idx)
+		route = routing.route
+	} else if sender == nil && o.Delivery.Sender == "off" && len(o.Credentials) > 0 {
+		// An ingress-only replica of a fleet that delivers to Exchange:
+		// its mail takes the routes the other replicas' workers deliver.
+		var idx grantIndex
+		if o.Exchange.GrantKeyFile != "" {
+			gs, err := openGrantStore(o.Exchange.GrantKeyFile, s.rdb, log)
+			if err != nil {
+				return nil, err
+			}
+			idx = storedGrants{gs}
 		}
 		routing = newExchangeRouting(idx)
 		route = routing.route

@@ -335,12 +335,14 @@ apps:
 	return path
 }
 
-// writeConfigCredentials is writeConfig with the named credentials
-// configured (their secret files are not read).
+// writeConfigCredentials is writeConfig with the exchange sender and the
+// named credentials configured, the app sending with the first (their
+// secret files are not read).
 func writeConfigCredentials(t *testing.T, addr string, names ...string) string {
 	t.Helper()
 	path := writeConfig(t, addr)
 	var b strings.Builder
+	fmt.Fprintf(&b, "    credential: %s\n    mailbox: crm@contoso.com\ndelivery:\n  sender: exchange\n", names[0])
 	b.WriteString("credentials:\n")
 	for _, n := range names {
 		fmt.Fprintf(&b, "  - name: %s\n    tenant: %s.example.com\n    client_id: 0d0e0f00-1111-4222-8333-444455556666\n    client_secret_file: /nonexistent/%s.secret\n", n, n, n)
