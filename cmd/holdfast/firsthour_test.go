@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -80,6 +81,17 @@ func TestQueueShowDelivered(t *testing.T) {
 	out := mustRun(t, "queue", "show", "--config", cfg, l.ID)
 	if !strings.Contains(out, "upstream reply:") || !strings.Contains(out, "250 2.0.0 OK") || strings.Contains(out, "last error") {
 		t.Errorf("show of a delivered message:\n%s", out)
+	}
+	// In JSON too, under the name the HTTP API gives it.
+	var shownJSON struct {
+		LastReply string  `json:"last_reply"`
+		LastError *string `json:"last_error"`
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, "queue", "show", "--json", "--config", cfg, l.ID)), &shownJSON); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(shownJSON.LastReply, "250 2.0.0 OK") || shownJSON.LastError != nil {
+		t.Errorf("show --json of a delivered message: last_reply %q, last_error %v; want the 250 as last_reply alone", shownJSON.LastReply, shownJSON.LastError)
 	}
 	// Its record is kept for queue.delivered_retention (7 days by
 	// default) from delivery; its queue lifetime no longer matters.

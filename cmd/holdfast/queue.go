@@ -169,25 +169,29 @@ func queueStats(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 // messageJSON is a message as "queue list --json" and "queue show --json"
 // print it. Times are omitted when not set.
 type messageJSON struct {
-	ID             string     `json:"id"`
-	Route          string     `json:"route"`
-	App            string     `json:"app"`
-	State          string     `json:"state"`
-	From           string     `json:"from"`
-	To             []string   `json:"to"`
-	Size           int        `json:"size"`
-	Attempts       int        `json:"attempts"`
-	Submitted      *time.Time `json:"submitted,omitempty"`
-	Expires        *time.Time `json:"expires,omitempty"`
-	Due            *time.Time `json:"due,omitempty"`
-	LeaseEnd       *time.Time `json:"lease_end,omitempty"`
-	Updated        *time.Time `json:"updated,omitempty"`
-	Done           *time.Time `json:"done,omitempty"`
-	KeptUntil      *time.Time `json:"kept_until,omitempty"`
-	LastError      string     `json:"last_error,omitempty"`
-	Reason         string     `json:"reason,omitempty"`
-	HoldReason     string     `json:"hold_reason,omitempty"`
-	IdempotencyKey string     `json:"idempotency_key,omitempty"`
+	ID        string     `json:"id"`
+	Route     string     `json:"route"`
+	App       string     `json:"app"`
+	State     string     `json:"state"`
+	From      string     `json:"from"`
+	To        []string   `json:"to"`
+	Size      int        `json:"size"`
+	Attempts  int        `json:"attempts"`
+	Submitted *time.Time `json:"submitted,omitempty"`
+	Expires   *time.Time `json:"expires,omitempty"`
+	Due       *time.Time `json:"due,omitempty"`
+	LeaseEnd  *time.Time `json:"lease_end,omitempty"`
+	Updated   *time.Time `json:"updated,omitempty"`
+	Done      *time.Time `json:"done,omitempty"`
+	KeptUntil *time.Time `json:"kept_until,omitempty"`
+	// LastReply is the upstream's last answer, as the HTTP API names it:
+	// the 250 of a delivered message, else the last failure, which
+	// LastError repeats.
+	LastReply      string `json:"last_reply,omitempty"`
+	LastError      string `json:"last_error,omitempty"`
+	Reason         string `json:"reason,omitempty"`
+	HoldReason     string `json:"hold_reason,omitempty"`
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
 }
 
 func toMessageJSON(m *queue.Message) messageJSON {
@@ -198,12 +202,16 @@ func toMessageJSON(m *queue.Message) messageJSON {
 		v = v.UTC()
 		return &v
 	}
+	lastError := m.LastError
+	if m.State == queue.Delivered {
+		lastError = ""
+	}
 	return messageJSON{
 		ID: m.ID, Route: m.Route, App: m.App, State: string(m.State), From: m.From, To: m.To,
 		Size: m.Size, Attempts: m.Attempts,
 		Submitted: t(m.Submitted), Expires: t(m.Expires), Due: t(m.Due), LeaseEnd: t(m.LeaseEnd),
 		Updated: t(m.Updated), Done: t(m.Done), KeptUntil: t(m.KeptUntil),
-		LastError: m.LastError, Reason: m.Reason, HoldReason: m.HoldReason, IdempotencyKey: m.IdempotencyKey,
+		LastReply: m.LastError, LastError: lastError, Reason: m.Reason, HoldReason: m.HoldReason, IdempotencyKey: m.IdempotencyKey,
 	}
 }
 
