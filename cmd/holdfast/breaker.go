@@ -99,7 +99,7 @@ func breakerVerb(verb string, forgettable bool, do func(ctx context.Context, set
 		config := configFlag(fs, e)
 		forget := new(bool)
 		if forgettable {
-			forget = fs.Bool("forget", false, "remove the records of breakers no configured credential has (a credential taken out of the configuration), instead of resetting")
+			forget = fs.Bool("forget", false, "remove the records of breakers, instead of resetting: of a credential taken out of the configuration, or of a mailbox (a mistyped trip, a mailbox no longer used; it is closed first)")
 		}
 		names, err := parseArgs(fs, args)
 		if err != nil {
@@ -153,12 +153,21 @@ func breakerVerb(verb string, forgettable bool, do func(ctx context.Context, set
 	}
 }
 
-// forgetBreakers removes the records of names, which must each have one
-// and be checked by no relay of config (checked lists those that are).
+// forgetBreakers removes the records of names, which must each have one.
+// A credential's must be checked by no relay of config (checked lists the
+// names relays check); a mailbox's may be, since relays check any
+// mailbox: forgetting one closes it, and a later failure starts a new
+// record.
 func forgetBreakers(ctx context.Context, e *env, set *breaker.Set, names, checked []string, config string) error {
-	if len(checked) > 0 {
-		return usagef("%s: relays of %s check it; --forget removes only breakers no relay checks (reset closes a breaker)",
-			strings.Join(checked, ", "), config)
+	var creds []string
+	for _, name := range checked {
+		if strings.HasPrefix(name, "cred:") {
+			creds = append(creds, name)
+		}
+	}
+	if len(creds) > 0 {
+		return usagef("%s: relays of %s check it; --forget removes only the breakers of credentials no relay checks, and of mailboxes (reset closes a breaker)",
+			strings.Join(creds, ", "), config)
 	}
 	list, err := set.List(ctx)
 	if err != nil {

@@ -85,6 +85,29 @@ func TestBreakerUnknownName(t *testing.T) {
 	}
 }
 
+// TestBreakerForgetMailbox: a mailbox breaker's record, left by a trip of
+// a mistyped address or by a mailbox no longer used, can be removed with
+// reset --forget; without a record the name is refused.
+func TestBreakerForgetMailbox(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfigCredentials(t, srv.Addr(), "contoso")
+	mustRun(t, "breaker", "trip", "--config", cfg, "mbx:typo@contoso.com")
+	if list := breakerList(t, cfg); len(list) != 2 || list[1].Name != "mbx:typo@contoso.com" || list[1].State != "open" {
+		t.Fatalf("after the trip the breakers are %+v; want cred:contoso and mbx:typo@contoso.com, open", list)
+	}
+	r := runCmd(t, "breaker", "reset", "--forget", "--config", cfg, "mbx:typo@contoso.com")
+	if r.code != exitOK || !strings.Contains(r.stdout, "mbx:typo@contoso.com: forgotten") {
+		t.Fatalf("reset --forget of a mailbox breaker: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if list := breakerList(t, cfg); len(list) != 1 || list[0].Name != "cred:contoso" {
+		t.Fatalf("after forgetting the mailbox breaker the breakers are %+v; want cred:contoso only", list)
+	}
+	r = runCmd(t, "breaker", "reset", "--forget", "--config", cfg, "mbx:typo@contoso.com")
+	if r.code != exitUsage || !strings.Contains(r.stderr, "no such breaker record") {
+		t.Fatalf("reset --forget of a forgotten mailbox breaker: exit %d, stderr %q; want 2, no such record", r.code, r.stderr)
+	}
+}
+
 // breakerRow is a breaker as "breaker status --json" lists it.
 type breakerRow struct {
 	Name  string `json:"name"`
