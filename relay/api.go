@@ -99,7 +99,7 @@ func (j *jsonNoRoute) WriteHeader(status int) {
 	switch status {
 	case http.StatusNotFound:
 		j.replaced = true
-		writeError(j.ResponseWriter, status, "not_found", "There is no such endpoint; the API serves POST /v1/messages, GET /v1/messages/{id}, GET /healthz and GET /readyz.")
+		writeError(j.ResponseWriter, status, "not_found", "There is no such endpoint; the API serves POST /v1/messages, GET /v1/messages/{id}, /v1/breakers, /v1/mailboxes/{address}, GET /healthz and GET /readyz (see the README's HTTP API).")
 	case http.StatusMethodNotAllowed:
 		j.replaced = true
 		writeError(j.ResponseWriter, status, "method_not_allowed", "This endpoint does not take this method; use one of: "+j.ResponseWriter.Header().Get("Allow")+".")

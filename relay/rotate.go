@@ -364,6 +364,9 @@ func secretDir(c Credential) (dir, why string) {
 		os.Remove(probe.Name())
 		return p, ""
 	}
+	if len(c.ClientSecretFiles) == 0 {
+		return "", "it has no client_secret_files directory to write a new secret in (client_secret_file names one file; list its directory in client_secret_files instead to let Holdfast write there)"
+	}
 	return "", "client_secret_files names no directory to write a new secret in"
 }
 

@@ -314,3 +314,19 @@ func TestRotationRecordedLate(t *testing.T) {
 		t.Error("the rotation was reported failed")
 	}
 }
+
+// TestSecretDirWhyNot: a credential rotation cannot write to says why, in
+// the terms of its own configuration.
+func TestSecretDirWhyNot(t *testing.T) {
+	for _, tc := range []struct {
+		c    Credential
+		want string
+	}{
+		{Credential{ClientSecretFile: "/etc/holdfast/contoso.secret"}, "client_secret_file names one file"},
+		{Credential{ClientSecretFiles: []string{"/etc/holdfast/contoso.secret"}}, "client_secret_files names no directory"},
+	} {
+		if dir, why := secretDir(tc.c); dir != "" || !strings.Contains(why, tc.want) {
+			t.Errorf("secretDir(%+v) = %q, %q; want no directory and %q", tc.c, dir, why, tc.want)
+		}
+	}
+}
