@@ -1,6 +1,10 @@
 package relay
 
-import "time"
+import (
+	"fmt"
+	"net/netip"
+	"time"
+)
 
 // RedisGuards bound how long ingress waits for Redis and say how durable
 // an acknowledgement is. They are part of the redis section.
@@ -45,6 +49,33 @@ type ThrottleOptions struct {
 	// 0: half the CPUs, at least one, so that guesses leave CPU to the
 	// sessions already authenticated.
 	BcryptWorkers int `yaml:"bcrypt_workers"`
+	// ExemptNetworks are client networks (CIDR, or single addresses)
+	// whose addresses are neither counted nor blocked, as Postfix's
+	// smtpd_client_event_limit_exceptions: a proxy or NAT in front of the
+	// relay, or the applications' own host, where every application
+	// shares one address and one that fails would lock the others out.
+	// Wrong passwords and tokens from there are still refused one by one,
+	// and an SMTP user name that fails too often is still blocked.
+	// Default: none.
+	ExemptNetworks []string `yaml:"exempt_networks"`
+}
+
+// exemptPrefixes parses ExemptNetworks; a single address is a network of
+// its own.
+func (o ThrottleOptions) exemptPrefixes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, n := range o.ExemptNetworks {
+		if a, err := netip.ParseAddr(n); err == nil {
+			out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+			continue
+		}
+		p, err := netip.ParsePrefix(n)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a network (10.0.0.0/8) or an address", n)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 func defaultRedisGuards() RedisGuards {
@@ -59,7 +90,7 @@ func defaultRedisGuards() RedisGuards {
 }
 
 func defaultThrottle() ThrottleOptions {
-	return ThrottleOptions{MaxFailures: 10, Window: Duration(5 * time.Minute)}
+	return ThrottleOptions{MaxFailures: 10, Window: Duration(5 * time.Minute), ExemptNetworks: []string{}}
 }
 
 // defaultMaxInflightBytes is the default of smtp.max_inflight_bytes.
@@ -90,6 +121,9 @@ func (o *Options) validateIngress() error {
 	}
 	if o.AuthThrottle.BcryptWorkers < 0 {
 		return bad("auth_throttle.bcrypt_workers", "must not be negative (0 is half the CPUs)")
+	}
+	if _, err := o.AuthThrottle.exemptPrefixes(); err != nil {
+		return bad("auth_throttle.exempt_networks", "%v", err)
 	}
 	least := minInflightBytes(o.SMTP)
 	if o.SMTP.MaxInflightBytes < least {

@@ -122,7 +122,7 @@ func (failingLimiter) Blocked(context.Context, string, string) (*queue.Block, er
 // not once an attempt.
 func TestUnreadableCountsLogSampled(t *testing.T) {
 	logs := &syncBuffer{}
-	g := newAuthGuard(failingLimiter{}, time.Second, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(logs, nil)))
+	g := newAuthGuard(failingLimiter{}, time.Second, nil, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(logs, nil)))
 	for range 50 {
 		if b := g.blocked(t.Context(), "http", "192.0.2.1", ""); b != nil {
 			t.Fatalf("blocked with the counts unreadable: %+v", b)

@@ -136,6 +136,8 @@ func TestValidate(t *testing.T) {
 		{"smtp.max_inflight_bytes_per_app", func(o *relay.Options) { o.SMTP.MaxInflightBytesPerApp = 2*o.SMTP.MaxMessageBytes + 64<<10 - 1 }},
 		{"smtp.max_inflight_bytes_per_app", func(o *relay.Options) { o.SMTP.MaxInflightBytesPerApp = o.SMTP.MaxInflightBytes + 1 }},
 		{"smtp.max_inflight_bytes_per_app", func(o *relay.Options) { o.SMTP.MaxInflightBytesPerApp = -1 }},
+		{"auth_throttle.exempt_networks", func(o *relay.Options) { o.AuthThrottle.ExemptNetworks = []string{"10.0.0.0/33"} }},
+		{"auth_throttle.exempt_networks", func(o *relay.Options) { o.AuthThrottle.ExemptNetworks = []string{"proxy.local"} }},
 		{"http.addr", func(o *relay.Options) { o.HTTP.Addr = "8025" }},
 		{"http.max_connections", func(o *relay.Options) { o.HTTP.MaxConnections = 0 }},
 		{"http.cert_file", func(o *relay.Options) { o.HTTP.CertFile = "c.pem" }},

@@ -264,11 +264,15 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 
 	a := newApps(o.Apps)
 	a.pool = newBcryptPool(o.AuthThrottle.BcryptWorkers)
+	exempt, err := o.AuthThrottle.exemptPrefixes()
+	if err != nil {
+		return nil, fmt.Errorf("auth_throttle.exempt_networks: %w", err)
+	}
 	in := &ingress{hostname: o.Hostname, store: s.queue, log: log.With("component", "ingress"), now: time.Now, route: route,
 		budget: newInflight(o.SMTP.MaxInflightBytes, o.SMTP.inflightPerApp()), maxLine: o.SMTP.MaxLineLength, timeout: o.Redis.IngressTimeout.D(),
 		healthy: s.durable.err,
 		guard: newAuthGuard(queue.NewAuthThrottle(s.rdb, o.AuthThrottle.MaxFailures, o.AuthThrottle.Window.D()),
-			authThrottleTimeout, s.reg, log),
+			authThrottleTimeout, exempt, s.reg, log),
 		metrics:  s.metrics,
 		full:     newLogSampler(logSampleEvery),
 		withdraw: newWithdrawer(s.queue, o.Redis.IngressTimeout.D(), s.reg, log.With("component", "ingress"))}

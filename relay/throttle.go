@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"runtime"
 	"time"
 
@@ -47,11 +48,33 @@ type authGuard struct {
 	refused *prometheus.CounterVec
 	log     *slog.Logger
 	sample  *logSampler // one refusal line per IP per interval
+	// exempt are the networks whose addresses are neither counted nor
+	// blocked (auth_throttle.exempt_networks).
+	exempt []netip.Prefix
+}
+
+// counted is the address whose failures count: ip, or "" when it is in
+// an exempt network.
+func (g *authGuard) counted(ip string) string {
+	if len(g.exempt) == 0 {
+		return ip
+	}
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
+	}
+	a = a.Unmap()
+	for _, p := range g.exempt {
+		if p.Contains(a) {
+			return ""
+		}
+	}
+	return ip
 }
 
 // newAuthGuard builds the guard and registers
 // holdfast_auth_throttled_total{ingress} on reg.
-func newAuthGuard(limits authLimiter, timeout time.Duration, reg prometheus.Registerer, log *slog.Logger) *authGuard {
+func newAuthGuard(limits authLimiter, timeout time.Duration, exempt []netip.Prefix, reg prometheus.Registerer, log *slog.Logger) *authGuard {
 	if timeout <= 0 {
 		timeout = authThrottleTimeout
 	}
@@ -65,6 +88,7 @@ func newAuthGuard(limits authLimiter, timeout time.Duration, reg prometheus.Regi
 		}, []string{"ingress"}),
 		log:    log.With("component", "auth-throttle"),
 		sample: newLogSampler(logSampleEvery),
+		exempt: exempt,
 	}
 	for _, ingress := range []string{"smtp", "http"} {
 		g.refused.WithLabelValues(ingress)
@@ -81,8 +105,9 @@ func (g *authGuard) blocked(ctx context.Context, ingress, ip, user string) *queu
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
-	b, err := g.limits.Blocked(ctx, ip, user)
-	return g.verdict(ingress, ip, b, err)
+	cip := g.counted(ip)
+	b, err := g.limits.Blocked(ctx, cip, user)
+	return g.verdict(ingress, ip, g.unlessKnown(ctx, b, cip, ip, user), err)
 }
 
 // attempt counts a password check about to run and returns the block that
@@ -95,8 +120,19 @@ func (g *authGuard) attempt(ctx context.Context, ingress, ip, user string) *queu
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
-	b, err := g.limits.Attempt(ctx, ip, user)
-	return g.verdict(ingress, ip, b, err)
+	cip := g.counted(ip)
+	b, err := g.limits.Attempt(ctx, cip, user)
+	return g.verdict(ingress, ip, g.unlessKnown(ctx, b, cip, ip, user), err)
+}
+
+// unlessKnown drops a user name's block of a client in an exempt network
+// (cip is "") that authenticated as that user lately: the limiter, not
+// given its address, could not tell.
+func (g *authGuard) unlessKnown(ctx context.Context, b *queue.Block, cip, ip, user string) *queue.Block {
+	if b != nil && b.Kind == "user" && cip != ip && g.known(ctx, ip, user) {
+		return nil
+	}
+	return b
 }
 
 // verdict counts and logs a refusal (never with the user name: clients
@@ -144,14 +180,14 @@ func (g *authGuard) remember(ctx context.Context, ip, user string) {
 // succeeded takes back the count of an attempt that succeeded.
 func (g *authGuard) succeeded(ctx context.Context, ip, user string) {
 	g.write(ctx, "cannot take back a successful authentication's count", func(l authLimiter, ctx context.Context) error {
-		return l.Succeeded(ctx, ip, user)
+		return l.Succeeded(ctx, g.counted(ip), user)
 	})
 }
 
 // failed counts a failed attempt.
 func (g *authGuard) failed(ctx context.Context, ip, user string) {
 	g.write(ctx, "cannot count a failed authentication", func(l authLimiter, ctx context.Context) error {
-		return l.Failed(ctx, ip, user)
+		return l.Failed(ctx, g.counted(ip), user)
 	})
 }
 

@@ -214,6 +214,41 @@ func TestAuthThrottleHTTP(t *testing.T) {
 	}
 }
 
+// TestAuthThrottleExemptNetwork: applications that share one address (a
+// proxy, a NAT, the relay's own host) in auth_throttle.exempt_networks
+// are not locked out by one of them failing: wrong tokens and passwords
+// from there are refused one by one, not blocked, while the right ones
+// keep working; an SMTP user name that failed too often is still blocked
+// there, and an address outside the networks is blocked as before.
+func TestAuthThrottleExemptNetwork(t *testing.T) {
+	f := newFixture(t)
+	s := startRelayOn(t, f, func(o *Options) { o.AuthThrottle.ExemptNetworks = []string{"127.0.0.0/30"} })
+	s.smtp.in.guard.delay = time.Millisecond
+	for i := range 15 {
+		if code, _ := httpFrom(t, s, attackerIP, "stale-token"); code != http.StatusUnauthorized {
+			t.Fatalf("wrong token %d from the shared address: %d, want 401", i, code)
+		}
+	}
+	if code, _ := httpFrom(t, s, attackerIP, crmToken); code != http.StatusAccepted {
+		t.Errorf("right token from the shared address after 15 wrong ones: %d, want 202", code)
+	}
+	addr := s.SMTPAddrs()[0]
+	guessFrom(t, addr, attackerIP, "stale-app", 15)
+	if r := smtpAuthFrom(t, addr, attackerIP, webUser, webPassword); !strings.HasPrefix(r, "235 ") {
+		t.Errorf("right password from the shared address after 15 wrong ones of another user: %q, want 235", r)
+	}
+	if r := smtpAuthFrom(t, addr, attackerIP, "stale-app", "again"); !strings.HasPrefix(r, "454 4.7.0 ") {
+		t.Errorf("the user name that failed 15 times, from the shared address: %q, want 454 4.7.0", r)
+	}
+	outside := net.IPv4(127, 0, 0, 9)
+	for range 11 {
+		httpFrom(t, s, outside, "wrong-token")
+	}
+	if code, _ := httpFrom(t, s, outside, crmToken); code != http.StatusTooManyRequests {
+		t.Errorf("right token from a blocked address outside the networks: %d, want 429", code)
+	}
+}
+
 // TestAuthThrottleManySessionsAtOnce: an application opening 20 sessions
 // at once with the right password is neither throttled nor charged 20
 // bcrypt runs.
