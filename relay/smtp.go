@@ -606,6 +606,9 @@ func (s *smtpSession) Data(r io.Reader) error {
 		err = errSMTPChunkCut
 	}
 	if err != nil {
+		if errors.Is(err, smtp.ErrTooLongLine) {
+			s.tc.lineStuck.Store(true)
+		}
 		reply := smtpReadError(err)
 		if reply != nil {
 			s.logRefusal(slog.LevelInfo, "DATA refused", "app", app.Name, "from", from, "reply", reply.Message)

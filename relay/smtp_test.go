@@ -359,6 +359,12 @@ func TestSMTPBDAT(t *testing.T) {
 	}
 }
 
+// TestSMTPOverlongLine: a command line past smtp.max_line_length ends the
+// session; a message line past it refuses the message (500 5.5.2), and
+// since go-smtp then reads nothing more of the connection, the session
+// ends with a 421, which a client that sends its next command reads as
+// temporary. go-smtp's own "500 5.4.0" came there before: a client read it
+// as the permanent refusal of its next message, never sent.
 func TestSMTPOverlongLine(t *testing.T) {
 	e := newSMTPEnv(t, func(o *Options) { o.SMTP.MaxLineLength = 1000 })
 
@@ -374,8 +380,23 @@ func TestSMTPOverlongLine(t *testing.T) {
 	c.cmd("DATA", "354 ")
 	c.write("Subject: t\r\n\r\n" + strings.Repeat("x", 1500) + "\r\n.\r\n")
 	c.expect("500 5.5.2 Line too long")
-	c.expect("500 5.4.0 ")
+	c.expect("421 4.5.0 ")
 	c.expectClosed()
+
+	// Over TLS no 421 can take the place of go-smtp's reply: the next
+	// command gets none, and the connection closes.
+	c = dialSMTPStartTLS(t, e, true)
+	c.login()
+	c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	c.cmd("RCPT TO:<x@example.org>", "250 ")
+	c.cmd("DATA", "354 ")
+	c.write("Subject: t\r\n\r\n" + strings.Repeat("x", 1500) + "\r\n.\r\n")
+	c.expect("500 5.5.2 Line too long")
+	c.write("MAIL FROM:<billing@contoso.com>\r\n")
+	_ = c.nc.SetReadDeadline(time.Now().Add(smtpReplyTimeout))
+	if rest, err := io.ReadAll(c.r); len(rest) > 0 || isTimeout(err) {
+		t.Errorf("over TLS, after the refused message: got %q, %v; want nothing and the connection closed", rest, err)
+	}
 	if n := len(smtpReady(t, e.f)); n != 0 {
 		t.Errorf("%d messages stored", n)
 	}

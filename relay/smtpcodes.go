@@ -30,6 +30,11 @@ var (
 	// smtp.max_errors permanent refusals with no message queued between.
 	errSMTPTooManyErrors = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many errors; closing the connection"}
 
+	// errSMTPLineStuck: the session's last reply after a message line
+	// past smtp.max_line_length, which go-smtp reads no further.
+	errSMTPLineStuck = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 5, 0},
+		Message: "The rest of the message with a line too long was not read; closing the connection, send the next message on a new one"}
+
 	// errSMTPAuthRequired: 530 authentication required (RFC 4954 section 6).
 	errSMTPAuthRequired = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
 

@@ -28,7 +28,12 @@ type smtpConn struct {
 	readEOF       atomic.Bool  // the client closed its side: no more bytes come
 	refusals      atomic.Int32 // permanent refusals since the last message queued
 	tooManyErrors atomic.Bool  // refusals reached smtp.max_errors: the session ends
-	admitted      time.Time    // when the connection was taken in
+	// lineStuck: go-smtp's reader met a message line past its limit and
+	// reads nothing more; after the message's reply, go-smtp's answer to
+	// its stuck reader (a "500 5.4.0" a client would take as the refusal
+	// of its next command) is replaced by a 421, the session's last.
+	lineStuck atomic.Bool
+	admitted  time.Time // when the connection was taken in
 
 	mu          sync.Mutex
 	top         net.Conn // where go-smtp writes replies: this connection or the TLS one over it
@@ -135,7 +140,8 @@ func (c *smtpConn) flushLocked() error {
 
 func (c *smtpConn) Write(b []byte) (int, error) {
 	c.mu.Lock()
-	if c.dataEnded {
+	ended := c.dataEnded
+	if ended {
 		c.inData, c.dataEnded = false, false
 	}
 	// The 421 is the session's last reply: go-smtp may still answer the
@@ -144,9 +150,27 @@ func (c *smtpConn) Write(b []byte) (int, error) {
 	// short; go-smtp's plaintext answer would then read as a corrupt TLS
 	// record.
 	mute := c.byeSent || c.saidBye && c.tlsStarted && c.top == net.Conn(c)
+	// The message's reply came with the write that ended the transfer
+	// above; one after it is go-smtp's to its stuck reader.
+	// Over TLS it is dropped: the client, whose next command gets no
+	// reply before the connection closes, tries again.
+	stuck := !mute && !ended && !c.inData && c.lineStuck.Load()
+	plain := c.top == net.Conn(c)
+	if stuck {
+		c.saidBye, c.byeSent = true, true
+	}
 	c.mu.Unlock()
 	if mute {
 		return 0, net.ErrClosed
+	}
+	if stuck {
+		if plain {
+			c.wmu.Lock()
+			c.pending = append(c.pending, smtpReplyLine(errSMTPLineStuck)...)
+			_ = c.flushLocked()
+			c.wmu.Unlock()
+		}
+		return len(b), nil
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
