@@ -194,6 +194,9 @@ func (h *httpConns) admit(nc net.Conn) (net.Conn, string) {
 		}
 	case len(h.conns)-h.closing >= h.max:
 		if victim = h.victimLocked(""); victim == nil {
+			victim = h.fairVictimLocked(ip)
+		}
+		if victim == nil {
 			h.mu.Unlock()
 			return nil, "total"
 		}
@@ -265,6 +268,30 @@ func (h *httpConns) victimLocked(ip string) net.Conn {
 		return slow
 	}
 	return idle
+}
+
+// fairVictimLocked returns, for a newcomer from ip to a full table where
+// no connection is old enough to close (a flood that reconnects faster),
+// the oldest connection not in a request of the address holding the
+// most of them, if that address holds at least two more connections than
+// ip; or nil. An address with few connections gets in, and a flooding one
+// cannot take others' places. h.mu is held.
+func (h *httpConns) fairVictimLocked(ip string) net.Conn {
+	count := map[string]int{}
+	first := map[string]net.Conn{}
+	for nc, c := range h.conns {
+		if c.closing || c.state == http.StateActive && c.readingSince.Load() == 0 {
+			continue
+		}
+		count[c.ip]++
+		if f, ok := first[c.ip]; !ok || c.since.Before(h.conns[f].since) {
+			first[c.ip] = nc
+		}
+	}
+	if top, ok := crowdedOver(count, h.perIP[ip]); ok {
+		return first[top]
+	}
+	return nil
 }
 
 // refuse answers a newcomer that found no room and closes it: 503 on

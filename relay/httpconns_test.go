@@ -112,6 +112,54 @@ func TestHTTPFullTable(t *testing.T) {
 	}
 }
 
+// TestHTTPFullTableFairShare: a flood that reconnects before its
+// connections are old enough to close keeps the table full; a request
+// from an address with fewer connections then takes the place of the
+// oldest of the address holding the most, and the flooding address's
+// newcomer is refused.
+func TestHTTPFullTableFairShare(t *testing.T) {
+	f := newFixture(t)
+	s := startRelayOn(t, f, func(o *Options) { o.HTTP.MaxConnections, o.HTTP.MaxConnectionsPerIP = 6, 10 })
+	s.httpConns.age.Store(int64(time.Hour))
+	s.httpConns.headerAge.Store(int64(time.Hour))
+	dialFrom := func(ip net.IP) net.Conn {
+		nc, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: 5 * time.Second}).Dial("tcp", s.HTTPAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nc.Close() })
+		return nc
+	}
+	flood := net.IPv4(127, 0, 0, 2)
+	var floods []net.Conn
+	for range 5 {
+		floods = append(floods, dialFrom(flood))
+		time.Sleep(5 * time.Millisecond)
+	}
+	dialFrom(net.IPv4(127, 0, 0, 3))
+	waitHTTPOpen(t, s, 6)
+
+	if code, _ := httpFrom(t, s, net.IPv4(127, 0, 0, 4), crmToken); code != http.StatusAccepted {
+		t.Fatalf("a request from a fresh address with the table full of a flood: %d, want 202", code)
+	}
+	if got := waitClosed(t, floods[0]); got != "" {
+		t.Errorf("the flood's oldest connection got %q before it was closed", got)
+	}
+	waitHTTPOpen(t, s, 5)
+	dialFrom(flood)
+	waitHTTPOpen(t, s, 6)
+	// The refusal is sent at connect, before any request: read it raw, as
+	// a client that has not sent yet would.
+	over := dialFrom(flood)
+	_ = over.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if resp, err := http.ReadResponse(bufio.NewReader(over), nil); err != nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("a newcomer from the flooding address: %v, %v; want 503", resp, err)
+	}
+	if n := testutil.ToFloat64(s.httpConns.evicted); n != 1 {
+		t.Errorf("holdfast_http_connections_evicted_total = %v, want 1", n)
+	}
+}
+
 // TestHTTPFullTableClosesIdleKeepAlive: a connection kept alive between
 // requests goes first, even a young one; a client reconnects for its next
 // request as HTTP lets it.

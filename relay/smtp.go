@@ -254,7 +254,7 @@ func (s *smtpIngress) admit(nc net.Conn) (*smtpConn, *smtp.SMTPError) {
 		s.refused.WithLabelValues("per_ip").Inc()
 		return nil, errSMTPTooManyConnections
 	case len(s.conns)-s.evicting >= s.opts.MaxConnections:
-		if victim = s.oldestUnauthenticated(); victim == nil {
+		if victim = s.oldestUnauthenticated(ip); victim == nil {
 			s.mu.Unlock()
 			s.refused.WithLabelValues("total").Inc()
 			return nil, errSMTPTooManyConnections
@@ -273,17 +273,24 @@ func (s *smtpIngress) admit(nc net.Conn) (*smtpConn, *smtp.SMTPError) {
 			s.log.Info("unauthenticated connection closed to make room", withHeld([]any{"remote", victim.RemoteAddr().String(),
 				"for", nc.RemoteAddr().String(), "connected_for", time.Since(victim.admitted).Round(time.Millisecond)}, held)...)
 		}
-		victim.interrupt()
+		victim.evict()
 	}
 	return c, nil
 }
 
-// oldestUnauthenticated returns the oldest connection that is not
-// authenticated, not already told to go, waiting for its client, and
-// connected for evictAge or more; or nil. s.mu is held.
-func (s *smtpIngress) oldestUnauthenticated() *smtpConn {
+// oldestUnauthenticated returns the connection to close for a newcomer
+// from ip, or nil: among those not authenticated, not already told to go
+// and waiting for their client, the oldest connected for evictAge or
+// more. Failing that, a flood that reconnects faster than evictAge would
+// keep every slot: the oldest of the address that holds the most of them
+// goes, if that address holds at least two more than the newcomer's, so
+// that an address with few connections always gets in and a flooding
+// one cannot take another's place. s.mu is held.
+func (s *smtpIngress) oldestUnauthenticated(ip string) *smtpConn {
 	var victim *smtpConn
 	oldest := time.Now().Add(-time.Duration(s.evictAge.Load()))
+	count := map[string]int{}
+	first := map[string]*smtpConn{} // each address's oldest candidate
 	for c := range s.conns {
 		if c.authenticated.Load() || c.evicted.Load() || !c.waiting.Load() {
 			continue
@@ -291,8 +298,33 @@ func (s *smtpIngress) oldestUnauthenticated() *smtpConn {
 		if !c.admitted.After(oldest) {
 			victim, oldest = c, c.admitted
 		}
+		count[c.ip]++
+		if f := first[c.ip]; f == nil || c.admitted.Before(f.admitted) {
+			first[c.ip] = c
+		}
 	}
-	return victim
+	if victim != nil {
+		return victim
+	}
+	if top, ok := crowdedOver(count, s.perIP[ip]); ok {
+		return first[top]
+	}
+	return nil
+}
+
+// crowdedOver returns the address with the most of count (the lowest of
+// equals, so that the choice does not depend on map order), and whether
+// it holds at least two more than mine, a newcomer's address's
+// connections: whether one of them may make room for the newcomer, for
+// both ingresses' connection tables.
+func crowdedOver(count map[string]int, mine int) (string, bool) {
+	top, n := "", 0
+	for a, k := range count {
+		if k > n || k == n && a < top {
+			top, n = a, k
+		}
+	}
+	return top, n > mine+1
 }
 
 // collectors are the ingress's metrics, for the relay's registry.

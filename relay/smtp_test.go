@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -373,25 +374,24 @@ func TestSMTPOverlongLine(t *testing.T) {
 	c.cmd("NOOP "+strings.Repeat("x", 1200), "500 5.4.0 ")
 	c.expectClosed()
 
+	longLine := func(c *smtpTestConn) {
+		t.Helper()
+		c.login()
+		c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+		c.cmd("RCPT TO:<x@example.org>", "250 ")
+		c.cmd("DATA", "354 ")
+		c.write("Subject: t\r\n\r\n" + strings.Repeat("x", 1500) + "\r\n.\r\n")
+		c.expect("500 5.5.2 Line too long")
+	}
 	c = dialSMTP(t, e.insecure)
-	c.login()
-	c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
-	c.cmd("RCPT TO:<x@example.org>", "250 ")
-	c.cmd("DATA", "354 ")
-	c.write("Subject: t\r\n\r\n" + strings.Repeat("x", 1500) + "\r\n.\r\n")
-	c.expect("500 5.5.2 Line too long")
+	longLine(c)
 	c.expect("421 4.5.0 ")
 	c.expectClosed()
 
 	// Over TLS no 421 can take the place of go-smtp's reply: the next
 	// command gets none, and the connection closes.
 	c = dialSMTPStartTLS(t, e, true)
-	c.login()
-	c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
-	c.cmd("RCPT TO:<x@example.org>", "250 ")
-	c.cmd("DATA", "354 ")
-	c.write("Subject: t\r\n\r\n" + strings.Repeat("x", 1500) + "\r\n.\r\n")
-	c.expect("500 5.5.2 Line too long")
+	longLine(c)
 	c.write("MAIL FROM:<billing@contoso.com>\r\n")
 	_ = c.nc.SetReadDeadline(time.Now().Add(smtpReplyTimeout))
 	if rest, err := io.ReadAll(c.r); len(rest) > 0 || isTimeout(err) {
@@ -417,6 +417,10 @@ func TestSMTPConnectionLimits(t *testing.T) {
 	over := dialSMTPRaw(t, e.insecure, ip1)
 	over.expect(tooMany)
 	over.expectClosed()
+	// Authenticated, ip1's connections are no newcomer's to take (an
+	// address with more unauthenticated ones than the newcomer's would
+	// lose one: TestSMTPFullTableFairShare).
+	first.login()
 
 	// Another address still gets in, up to the total.
 	dialSMTPRaw(t, e.addr, ip2).expect("220 ")
@@ -459,6 +463,80 @@ func newSMTPTable(t *testing.T, max int, age time.Duration) *smtpEnv {
 	})
 	e.ing.evictAge.Store(int64(age))
 	return e
+}
+
+// TestSMTPFullTableFairShare: a flood that reconnects faster than the
+// eviction age leaves no connection old enough to close; a newcomer from
+// an address with fewer connections then takes the place of the oldest
+// of the address holding the most unauthenticated ones, while a newcomer
+// of that address is refused.
+func TestSMTPFullTableFairShare(t *testing.T) {
+	e := newSMTPTable(t, 6, time.Hour)
+	flood, other, fresh := net.IPv4(127, 0, 0, 2), net.IPv4(127, 0, 0, 3), net.IPv4(127, 0, 0, 4)
+	var floods []*smtpTestConn
+	for range 5 {
+		c := dialSMTPRaw(t, e.insecure, flood)
+		c.expect("220 ")
+		floods = append(floods, c)
+		time.Sleep(5 * time.Millisecond)
+	}
+	dialSMTPRaw(t, e.insecure, other).expect("220 ")
+	time.Sleep(50 * time.Millisecond)
+
+	app := dialSMTPRaw(t, e.insecure, fresh)
+	app.expect("220 ")
+	floods[0].expect("421 4.7.0 Too many connections, unauthenticated sessions are closed first")
+	floods[0].expectClosed()
+	app.cmd("EHLO app.test", "250 ")
+	app.cmd("AUTH PLAIN "+smtpPlain("", crmUser, crmPassword), "235 ")
+
+	// The flooding address cannot take another's place.
+	time.Sleep(50 * time.Millisecond)
+	again := dialSMTPRaw(t, e.insecure, flood)
+	again.expect("421 4.7.0 Too many connections, try again later")
+	// Another address with one connection still gets in.
+	dialSMTPRaw(t, e.insecure, other).expect("220 ")
+	floods[1].expect("421 4.7.0 ")
+	if n := testutil.ToFloat64(e.ing.evicted); n != 2 {
+		t.Errorf("holdfast_smtp_connections_evicted_total = %v, want 2", n)
+	}
+}
+
+// TestSMTPFullTableEvictsUnreadReplies: an unauthenticated client that
+// sends commands and never reads their replies leaves its session blocked
+// in a write, not in a read; such a session is closed to make room as an
+// idle one is, instead of holding its slot for smtp.write_timeout.
+func TestSMTPFullTableEvictsUnreadReplies(t *testing.T) {
+	e := newSMTPTable(t, 1, 50*time.Millisecond)
+	nc, err := net.Dial("tcp", e.insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if err := nc.(*net.TCPConn).SetReadBuffer(1024); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bufio.NewReader(nc).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	// Each EHLO's reply is many times its size: once the socket buffers
+	// are full the session's write blocks.
+	flood := []byte(strings.Repeat("EHLO a\r\n", 200000))
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		_ = nc.SetWriteDeadline(time.Now().Add(20 * time.Second))
+		_, _ = nc.Write(flood)
+	}()
+	time.Sleep(time.Second)
+	app := dialSMTP(t, e.insecure)
+	app.login()
+	app.send("billing@contoso.com", []string{"a@example.org"}, "Subject: t\r\n\r\nhi\r\n.\r\n")
+	if n := testutil.ToFloat64(e.ing.evicted); n != 1 {
+		t.Errorf("holdfast_smtp_connections_evicted_total = %v, want 1", n)
+	}
+	nc.Close()
+	<-sent
 }
 
 // A full connection table makes room for a new connection by closing the

@@ -24,7 +24,7 @@ type smtpConn struct {
 
 	authenticated atomic.Bool  // AUTH succeeded: never evicted
 	evicted       atomic.Bool  // told to go to make room; set under ing.mu
-	waiting       atomic.Bool  // a read waits for the client
+	waiting       atomic.Bool  // a read waits for the client, or a write for it to read
 	readEOF       atomic.Bool  // the client closed its side: no more bytes come
 	refusals      atomic.Int32 // permanent refusals since the last message queued
 	tooManyErrors atomic.Bool  // refusals reached smtp.max_errors: the session ends
@@ -133,7 +133,12 @@ func (c *smtpConn) flushLocked() error {
 	if len(c.pending) == 0 {
 		return nil
 	}
+	// A client that sends commands and does not read their replies
+	// blocks this write: it is waiting for the client as a read is, and
+	// may be evicted as an idle one is.
+	was := c.waiting.Swap(true)
 	_, err := c.Conn.Write(c.pending)
+	c.waiting.Store(was)
 	c.pending = c.pending[:0]
 	return err
 }
@@ -248,6 +253,13 @@ func (c *smtpConn) interrupt() {
 	}
 	c.interrupted = true
 	_ = c.Conn.SetReadDeadline(time.Now())
+}
+
+// evict ends a connection chosen to make room: its read, and a write
+// that waits for a client that does not read, end now.
+func (c *smtpConn) evict() {
+	c.interrupt()
+	_ = c.Conn.SetWriteDeadline(time.Now())
 }
 
 // beginData marks the start of a message transfer. A transfer that began
