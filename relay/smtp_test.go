@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -481,7 +482,7 @@ func TestSMTPFullTableFairShare(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	dialSMTPRaw(t, e.insecure, other).expect("220 ")
-	time.Sleep(50 * time.Millisecond)
+	waitSessionsWaiting(t, e, 6)
 
 	app := dialSMTPRaw(t, e.insecure, fresh)
 	app.expect("220 ")
@@ -491,7 +492,7 @@ func TestSMTPFullTableFairShare(t *testing.T) {
 	app.cmd("AUTH PLAIN "+smtpPlain("", crmUser, crmPassword), "235 ")
 
 	// The flooding address cannot take another's place.
-	time.Sleep(50 * time.Millisecond)
+	waitSessionsWaiting(t, e, 6)
 	again := dialSMTPRaw(t, e.insecure, flood)
 	again.expect("421 4.7.0 Too many connections, try again later")
 	// Another address with one connection still gets in.
@@ -502,12 +503,35 @@ func TestSMTPFullTableFairShare(t *testing.T) {
 	}
 }
 
+// waitSessionsWaiting waits until n sessions of the table wait for their
+// clients, as a session only then may make room.
+func waitSessionsWaiting(t *testing.T, e *smtpEnv, n int) {
+	t.Helper()
+	waitFor(t, 5*time.Second, strconv.Itoa(n)+" sessions waiting for their clients", func() bool {
+		e.ing.mu.Lock()
+		defer e.ing.mu.Unlock()
+		k := 0
+		for c := range e.ing.conns {
+			if c.waiting.Load() {
+				k++
+			}
+		}
+		return k == n
+	})
+}
+
 // TestSMTPFullTableEvictsUnreadReplies: an unauthenticated client that
 // sends commands and never reads their replies leaves its session blocked
 // in a write, not in a read; such a session is closed to make room as an
 // idle one is, instead of holding its slot for smtp.write_timeout.
 func TestSMTPFullTableEvictsUnreadReplies(t *testing.T) {
-	e := newSMTPTable(t, 1, 50*time.Millisecond)
+	// A write times out after a minute here, so that the slot cannot be
+	// freed by the timeout within the test's 20 s.
+	e := newSMTPEnv(t, func(o *Options) {
+		o.SMTP.MaxConnections, o.SMTP.MaxConnectionsPerIP = 1, 10
+		o.SMTP.WriteTimeout = Duration(time.Minute)
+	})
+	e.ing.evictAge.Store(int64(50 * time.Millisecond))
 	nc, err := net.Dial("tcp", e.insecure)
 	if err != nil {
 		t.Fatal(err)
@@ -525,11 +549,28 @@ func TestSMTPFullTableEvictsUnreadReplies(t *testing.T) {
 	sent := make(chan struct{})
 	go func() {
 		defer close(sent)
-		_ = nc.SetWriteDeadline(time.Now().Add(20 * time.Second))
+		_ = nc.SetWriteDeadline(time.Now().Add(25 * time.Second))
 		_, _ = nc.Write(flood)
 	}()
-	time.Sleep(time.Second)
-	app := dialSMTP(t, e.insecure)
+	// A newcomer gets in once the session blocks writing. Writing the
+	// megabytes that fill the buffers takes a while, longer under the
+	// race detector on a busy machine: until then the session is busy,
+	// not waiting for its client, and the newcomer is refused; it tries
+	// again, as a client does.
+	var app *smtpTestConn
+	for deadline := time.Now().Add(20 * time.Second); app == nil; {
+		c := dialSMTPRaw(t, e.insecure, nil)
+		reply, err := c.readReply()
+		switch {
+		case err == nil && strings.HasPrefix(reply, "220 "):
+			app = c
+		case time.Now().After(deadline):
+			t.Fatalf("a newcomer refused for 20 s: %q, %v", reply, err)
+		default:
+			c.nc.Close()
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
 	app.login()
 	app.send("billing@contoso.com", []string{"a@example.org"}, "Subject: t\r\n\r\nhi\r\n.\r\n")
 	if n := testutil.ToFloat64(e.ing.evicted); n != 1 {
