@@ -228,22 +228,22 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 			}
 		}
 		sender = s.exchange
-		var idx grantIndex
-		if s.exchange.grants != nil {
-			idx = storedGrants{s.exchange.grants}
-		}
-		routing = newExchangeRouting(idx)
-		route = routing.route
-	} else if sender == nil && o.Delivery.Sender == "off" && len(o.Credentials) > 0 {
-		// An ingress-only replica of a fleet that delivers to Exchange:
-		// its mail takes the routes the other replicas' workers deliver.
-		var idx grantIndex
-		if o.Exchange.GrantKeyFile != "" {
-			gs, err := openGrantStore(o.Exchange.GrantKeyFile, s.rdb, log)
-			if err != nil {
+	}
+	// Routes follow the exchange sender's configuration, also on an
+	// ingress-only replica of a fleet that delivers to Exchange, so that
+	// the other replicas' workers can deliver its mail.
+	if s.exchange != nil || sender == nil && o.Delivery.Sender == "off" && len(o.Credentials) > 0 {
+		var grants *auth.GrantStore
+		if s.exchange != nil {
+			grants = s.exchange.grants
+		} else if o.Exchange.GrantKeyFile != "" {
+			if grants, err = openGrantStore(o.Exchange.GrantKeyFile, s.rdb, log); err != nil {
 				return nil, err
 			}
-			idx = storedGrants{gs}
+		}
+		var idx grantIndex
+		if grants != nil {
+			idx = storedGrants{grants}
 		}
 		routing = newExchangeRouting(idx)
 		route = routing.route
