@@ -82,7 +82,11 @@ func (q *Queue) PruneRoutes(ctx context.Context, idle time.Duration) ([]string, 
 // prune removes one empty route and reports whether it was still empty.
 func (q *Queue) prune(ctx context.Context, route string) (bool, error) {
 	rk := keysFor(route)
-	n, err := pruneScript.Run(ctx, q.rdb, []string{rk.due, rk.leased, rk.dead, rk.live, rk.hold, rk.held, rk.fence}).Int()
+	keys := []string{rk.due, rk.leased, rk.dead, rk.live, rk.hold, rk.held, rk.fence}
+	if !q.cluster() {
+		keys = append(keys, rk.seq, dueSeqKey, dueIndexKey, dueDirtyKey)
+	}
+	n, err := pruneScript.Run(ctx, q.rdb, keys, route).Int()
 	if err != nil || n == 0 {
 		return false, err
 	}
