@@ -638,6 +638,20 @@ func TestCluster(t *testing.T) {
 	if err := q.Delete(ctx, ids[routes[0]]); err != nil {
 		t.Fatal(err)
 	}
+	// Dead letters expire in every slot.
+	var dead []string
+	for _, r := range routes[1:] {
+		dead = append(dead, deadLetter(t, q, r, 2)...)
+	}
+	clk.Add(time.Hour)
+	if n, err := q.ExpireDead(ctx, time.Hour); err != nil || n != len(dead) {
+		t.Fatalf("expire dead letters on cluster: %d %v, want %d", n, err, len(dead))
+	}
+	for _, id := range dead {
+		if _, err := q.Get(ctx, id); !errors.Is(err, queue.ErrNotFound) {
+			t.Fatalf("dead letter %s after expiry on cluster: %v", id, err)
+		}
+	}
 }
 
 // TestAckNext: a worker acks its message and leases the route's next in

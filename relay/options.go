@@ -312,6 +312,13 @@ type QueueOptions struct {
 	// DeliveredRetention is how long a delivered message's status is
 	// kept. Default 168h.
 	DeliveredRetention Duration `yaml:"delivered_retention"`
+	// DeadRetention is how long a dead letter is kept, body and all,
+	// after it died; each relay deletes older ones every 10 minutes.
+	// 0 keeps them until an operator requeues, deletes or purges them.
+	// Default 720h.
+	DeadRetention Duration `yaml:"dead_retention"`
+	// deadExpiryEvery, for tests, replaces deadExpiryEvery.
+	deadExpiryEvery time.Duration
 	// IdempotencyTTL is how long an HTTP Idempotency-Key is remembered.
 	// Default 24h.
 	IdempotencyTTL Duration `yaml:"idempotency_ttl"`
@@ -468,6 +475,7 @@ func DefaultOptions() Options {
 			BackoffBase:        Duration(time.Minute),
 			BackoffMax:         Duration(time.Hour),
 			DeliveredRetention: Duration(168 * time.Hour),
+			DeadRetention:      Duration(720 * time.Hour),
 			IdempotencyTTL:     Duration(24 * time.Hour),
 			HeldGrace:          Duration(120 * time.Hour),
 		},
@@ -681,6 +689,9 @@ func (o *Options) Validate() error {
 		durationField{"breakers.max_interval", o.Breakers.MaxInterval},
 	); err != nil {
 		return err
+	}
+	if o.Queue.DeadRetention < 0 {
+		return bad("queue.dead_retention", "must not be negative (0 keeps dead letters until they are requeued, deleted or purged)")
 	}
 	if o.Queue.BackoffMax < o.Queue.BackoffBase {
 		return bad("queue.backoff_max", "must be at least queue.backoff_base")

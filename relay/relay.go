@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -425,6 +426,10 @@ func (s *Server) Start() {
 	}()
 	if s.expiry != nil {
 		s.wg.Go(func() { s.expiry.Run(ctx) })
+	}
+	if keep := s.opts.Queue.DeadRetention.D(); keep > 0 {
+		every := cmp.Or(s.opts.Queue.deadExpiryEvery, deadExpiryEvery)
+		s.wg.Go(func() { expireDeadLoop(ctx, s.queue, keep, every, s.log.With("component", "queue")) })
 	}
 	if s.rotator != nil {
 		every := rotateEvery
