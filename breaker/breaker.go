@@ -574,6 +574,63 @@ func (s *Set) MarkStale(ctx context.Context, name, replica string, stale bool) e
 	return nil
 }
 
+// unmarkScript removes a stale mark (field ARGV[1] of the record KEYS[1])
+// if it still holds ARGV[2], the time it was read with: a replica that
+// marked itself again meanwhile keeps its new mark.
+var unmarkScript = flagged(`
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+return redis.call('HDEL', KEYS[1], ARGV[1])
+`)
+
+// DropGoneStale removes from the breaker's record the stale marks of
+// those of replicas that no longer run: no process has announced the
+// replica's name for three announcement periods (15 s by default; see
+// announcer), and the mark is older than minAge, which leaves its mark to
+// a replica that marked itself before its first announcement. It returns
+// the replicas whose marks it removed. Pods that are replaced get new
+// names, and a mark left by one killed while stale would otherwise stay
+// in the record for good; a replica that runs again and is still stale
+// marks itself again.
+func (s *Set) DropGoneStale(ctx context.Context, name string, replicas []string, minAge time.Duration) ([]string, error) {
+	if err := validName(name); err != nil {
+		return nil, err
+	}
+	if len(replicas) == 0 {
+		return nil, nil
+	}
+	present := make([]*redis.IntCmd, len(replicas))
+	marks := make([]*redis.StringCmd, len(replicas))
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, r := range replicas {
+			present[i] = p.Exists(ctx, replicaKey(r))
+			marks[i] = p.HGet(ctx, recordKey(name), staleField+r)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("breaker %s: read stale marks: %w", name, err)
+	}
+	cutoff := ms(s.o.Now().Add(-minAge))
+	var dropped []string
+	for i, r := range replicas {
+		mark, err := marks[i].Result()
+		if err != nil || present[i].Err() != nil || present[i].Val() != 0 {
+			continue // no mark, the replica runs, or unknown
+		}
+		if at, perr := strconv.ParseInt(mark, 10, 64); perr == nil && at > cutoff {
+			continue
+		}
+		n, err := unmarkScript.Run(ctx, s.rdb, []string{recordKey(name)}, staleField+r, mark).Int()
+		if err != nil {
+			return dropped, fmt.Errorf("breaker %s: remove the stale mark of %s: %w", name, r, err)
+		}
+		if n == 1 {
+			dropped = append(dropped, r)
+		}
+	}
+	return dropped, nil
+}
+
 // Succeeded records that the secret or certificate with the given
 // fingerprint just got a token: failures of another one do not count
 // (see RecordAs). It costs a round trip only when the fingerprint differs

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1081,5 +1082,54 @@ func TestSucceededAtLate(t *testing.T) {
 	}
 	if st := status(t, a, name); st.GoodFingerprint != "latest" || !st.GoodSince.Equal(later) {
 		t.Errorf("after a late record of newer material: %q since %v, want latest since %v", st.GoodFingerprint, st.GoodSince, later)
+	}
+}
+
+// TestDropGoneStale: the stale mark of a replica that no longer announces
+// itself is removed once older than the given age; a running replica's
+// mark, and a recent one, stay.
+func TestDropGoneStale(t *testing.T) {
+	ctx := context.Background()
+	names := []string{"relay-1", "relay-2", "relay-3"}
+	sets, clk := replicas(t, 3, func(i int, o *Options) { o.Replica = names[i] })
+	const name = "cred:contoso"
+	if err := sets[0].Trip(ctx, name, "test"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if err := sets[i].MarkStale(ctx, name, names[i], true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clk.Add(2 * time.Minute)
+	if err := sets[2].MarkStale(ctx, name, names[2], true); err != nil {
+		t.Fatal(err)
+	}
+	if err := sets[0].newAnnouncer().announce(ctx); err != nil { // relay-1 runs; relay-2 and relay-3 do not
+		t.Fatal(err)
+	}
+	dropped, err := sets[0].DropGoneStale(ctx, name, names, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(dropped, []string{"relay-2"}) {
+		t.Fatalf("dropped %v, want [relay-2]", dropped)
+	}
+	if st := status(t, sets[0], name); !slices.Equal(st.StaleReplicas, []string{"relay-1", "relay-3"}) {
+		t.Fatalf("stale replicas %v, want [relay-1 relay-3]", st.StaleReplicas)
+	}
+	// relay-2 comes back, still stale: its new mark stays.
+	if err := sets[1].newAnnouncer().announce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := sets[1].MarkStale(ctx, name, names[1], true); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(2 * time.Minute)
+	if dropped, err := sets[0].DropGoneStale(ctx, name, names, time.Minute); err != nil || !slices.Equal(dropped, []string{"relay-3"}) {
+		t.Fatalf("second pass dropped %v %v, want [relay-3]", dropped, err)
+	}
+	if st := status(t, sets[0], name); !slices.Equal(st.StaleReplicas, []string{"relay-1", "relay-2"}) {
+		t.Fatalf("stale replicas %v, want [relay-1 relay-2]", st.StaleReplicas)
 	}
 }

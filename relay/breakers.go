@@ -75,6 +75,11 @@ type gate struct {
 	// stale holds, per credential, the fingerprint of this replica's
 	// material that failed while another works (breakers_stale.go).
 	stale map[string]string
+	// goneSwept is when dropGoneStale last ran; the breaker poll's
+	// goroutine alone reads and writes it.
+	goneSwept time.Time
+	// goneStaleEvery is how often dropGoneStale runs.
+	goneStaleEvery time.Duration
 	// changed holds, per credential, when this replica's files of it last
 	// changed (breakers_propagation.go).
 	changed map[string]time.Time

@@ -87,6 +87,40 @@ func (g *gate) reconcileStale(ctx context.Context, list []breaker.Status) {
 		}
 		g.log.Info("recorded this relay's stale state for the credential", "credential", cred, "stale", stale)
 	}
+	g.dropGoneStale(ctx, list)
+}
+
+// goneStaleEvery is how often a replica removes from the credential
+// breakers' records the stale marks of relays that no longer run, made
+// at least goneStaleAge ago (breaker.Set.DropGoneStale).
+const (
+	goneStaleEvery = time.Minute
+	goneStaleAge   = time.Minute
+)
+
+// dropGoneStale removes, at most every goneStaleEvery, the stale marks
+// that list names of other relays that no longer run. Pods replaced by a
+// rollout get new names; a mark one left when it was killed or stopped
+// while stale would otherwise be shown for good. It runs in the breaker
+// poll, the only caller of reconcileStale.
+func (g *gate) dropGoneStale(ctx context.Context, list []breaker.Status) {
+	if time.Since(g.goneSwept) < g.goneStaleEvery {
+		return
+	}
+	g.goneSwept = time.Now()
+	for _, st := range list {
+		others := slices.DeleteFunc(slices.Clone(st.StaleReplicas), func(r string) bool { return r == g.replica })
+		if len(others) == 0 {
+			continue
+		}
+		dropped, err := g.set.DropGoneStale(ctx, st.Name, others, goneStaleAge)
+		if err != nil {
+			return // Redis does not answer: the next sweep tries again
+		}
+		for _, r := range dropped {
+			g.log.Info("removed the stale mark of a relay that no longer runs", "breaker", st.Name, "replica", r)
+		}
+	}
 }
 
 // staleFor reports whether this replica is stale for a credential: its

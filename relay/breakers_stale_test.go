@@ -211,3 +211,31 @@ func TestStaleMarkOfEarlierProcessCleared(t *testing.T) {
 		return !slices.Contains(status(name).StaleReplicas, g.replica)
 	})
 }
+
+// TestStaleMarkOfGoneRelayRemoved: a relay killed while stale, and
+// replaced by a pod of another name, leaves its mark in the credential's
+// record. A running relay removes it once the gone relay's name is no
+// longer announced and the mark is older than a minute; a recent mark
+// stays.
+func TestStaleMarkOfGoneRelayRemoved(t *testing.T) {
+	e := newExchangeEnv(t, 1, func(o *Options) { o.Breakers.goneStaleEvery = 100 * time.Millisecond })
+	name := credentialBreaker("contoso")
+	rdb := e.f.redis.Client(t)
+	status := statusOf(t, breaker.New(rdb, breaker.Options{}))
+	earlier := breaker.New(rdb, breaker.Options{Now: func() time.Time { return time.Now().Add(-time.Hour) }})
+	if err := earlier.MarkStale(t.Context(), name, "holdfast-7d9f-gone", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := breaker.New(rdb, breaker.Options{}).MarkStale(t.Context(), name, "holdfast-7d9f-new", true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the gone relay's stale mark removed", func() bool {
+		return !slices.Contains(status(name).StaleReplicas, "holdfast-7d9f-gone")
+	})
+	if got := status(name).StaleReplicas; !slices.Equal(got, []string{"holdfast-7d9f-new"}) {
+		t.Fatalf("stale replicas %v, want the recent mark kept", got)
+	}
+	if !strings.Contains(e.logs.String(), "removed the stale mark of a relay that no longer runs") {
+		t.Error("the removal was not logged")
+	}
+}

@@ -89,6 +89,8 @@ type BreakerOptions struct {
 	// file was written an AADSTS7000222 does not mark the secret expired.
 	// Default 5m; 0 turns it off.
 	PropagationWindow Duration `yaml:"propagation_window"`
+	// goneStaleEvery, for tests, replaces goneStaleEvery.
+	goneStaleEvery time.Duration
 }
 
 // Credential is one Entra ID app registration, with a client secret or a

@@ -168,7 +168,8 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	if sender == nil && o.Delivery.Sender == "exchange" {
 		g := &gate{q: s.queue, log: quiet.With("component", "breaker"), escalate: o.Breakers.EscalateMailboxes,
 			wake: make(chan struct{}, 1), reconcileNow: make(chan struct{}, 1), replica: o.Replica,
-			propagationWindow: o.Breakers.PropagationWindow.D()}
+			propagationWindow: o.Breakers.PropagationWindow.D(),
+			goneStaleEvery:    cmp.Or(o.Breakers.goneStaleEvery, goneStaleEvery)}
 		bo := o.Breakers.Options()
 		bo.OnTransition = func(t breaker.Transition) {
 			if !t.Found {
