@@ -38,6 +38,8 @@ var agreedMetrics = map[string]metric{
 	"holdfast_smtp_connections":                    {"gauge", nil},
 	"holdfast_inflight_bytes":                      {"gauge", nil},
 	"holdfast_ready":                               {"gauge", nil},
+	"holdfast_redis_memory_used_bytes":             {"gauge", []string{"node"}},
+	"holdfast_redis_maxmemory_bytes":               {"gauge", []string{"node"}},
 	"holdfast_replica_name_shared":                 {"gauge", nil},
 	"holdfast_build_info":                          {"gauge", []string{"version", "goversion"}},
 }
@@ -195,6 +197,8 @@ var fleetWide = []string{
 	"holdfast_grants",
 	"holdfast_credential_expiry_timestamp_seconds",
 	"holdfast_breaker_transitions_total",
+	"holdfast_redis_memory_used_bytes",
+	"holdfast_redis_maxmemory_bytes",
 }
 
 // TestFleetWideMetricsNotSummed: no alert rule or panel sums across

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -36,14 +38,9 @@ func CheckDurability(ctx context.Context, rdb redis.UniversalClient, strict bool
 		mu.Unlock()
 		return err
 	}
-	var err error
-	switch c := rdb.(type) {
-	case *redis.ClusterClient:
-		err = c.ForEachMaster(ctx, check)
-	case *redis.Client:
-		err = check(ctx, c)
-	default:
-		warnings = append(warnings, fmt.Sprintf("cannot check durability of a %T", rdb))
+	err := forEachNode(ctx, rdb, check)
+	if errors.Is(err, errUnknownClient) {
+		warnings, err = append(warnings, fmt.Sprintf("cannot check durability of a %T", rdb)), nil
 	}
 	if err != nil {
 		return warnings, fmt.Errorf("check redis durability: %w", err)
@@ -85,4 +82,59 @@ func checkNode(ctx context.Context, c *redis.Client) ([]string, error) {
 		warnings = append(warnings, fmt.Sprintf("%s: maxmemory-policy is %q: Redis may evict queued mail under memory pressure; set maxmemory-policy noeviction", addr, v))
 	}
 	return warnings, nil
+}
+
+// NodeMemory is one Redis server's memory use, from INFO memory.
+type NodeMemory struct {
+	Addr string
+	// Used is used_memory, what Redis compares with its maxmemory.
+	Used int64
+	// Max is maxmemory; 0 when none is set.
+	Max int64
+}
+
+// MemoryUse reads the memory use of the Redis server, or of every
+// master of a Redis Cluster. A queue whose Redis reaches its maxmemory
+// refuses new mail (see full.go).
+func MemoryUse(ctx context.Context, rdb redis.UniversalClient) ([]NodeMemory, error) {
+	var (
+		mu  sync.Mutex
+		out []NodeMemory
+	)
+	read := func(ctx context.Context, c *redis.Client) error {
+		info, err := c.Info(ctx, "memory").Result()
+		if err != nil {
+			return fmt.Errorf("%s: %w", c.Options().Addr, err)
+		}
+		used, err1 := strconv.ParseInt(infoValue(info, "used_memory"), 10, 64)
+		max, err2 := strconv.ParseInt(infoValue(info, "maxmemory"), 10, 64)
+		if err := errors.Join(err1, err2); err != nil {
+			return fmt.Errorf("%s: INFO memory: %w", c.Options().Addr, err)
+		}
+		mu.Lock()
+		out = append(out, NodeMemory{Addr: c.Options().Addr, Used: used, Max: max})
+		mu.Unlock()
+		return nil
+	}
+	if err := forEachNode(ctx, rdb, read); err != nil {
+		return nil, fmt.Errorf("redis memory use: %w", err)
+	}
+	slices.SortFunc(out, func(a, b NodeMemory) int { return strings.Compare(a.Addr, b.Addr) })
+	return out, nil
+}
+
+// errUnknownClient is forEachNode's error for a client that is neither a
+// single server's nor a Cluster's.
+var errUnknownClient = errors.New("not a Redis client or Cluster client")
+
+// forEachNode runs fn on the Redis server, or at once on every master of
+// a Redis Cluster.
+func forEachNode(ctx context.Context, rdb redis.UniversalClient, fn func(context.Context, *redis.Client) error) error {
+	switch c := rdb.(type) {
+	case *redis.ClusterClient:
+		return c.ForEachMaster(ctx, fn)
+	case *redis.Client:
+		return fn(ctx, c)
+	}
+	return fmt.Errorf("%w: %T", errUnknownClient, rdb)
 }

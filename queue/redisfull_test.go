@@ -209,3 +209,42 @@ func TestRedisFullLimiter(t *testing.T) {
 		t.Errorf("Release on a full Redis: %v", err)
 	}
 }
+
+// TestMemoryUse: the memory figures follow what the queue stores, and
+// name maxmemory as set, on a single server and on every master of a
+// Cluster.
+func TestMemoryUse(t *testing.T) {
+	ctx := context.Background()
+	q, _, srv := newQueue(t)
+	rdb := srv.Client(t)
+	if err := rdb.ConfigSet(ctx, "maxmemory", "256mb").Err(); err != nil {
+		t.Fatal(err)
+	}
+	before, err := queue.MemoryUse(ctx, rdb)
+	if err != nil || len(before) != 1 || before[0].Max != 256<<20 || before[0].Used <= 0 || before[0].Addr != srv.Addr() {
+		t.Fatalf("memory use: %+v %v, want one node with maxmemory 256 MiB", before, err)
+	}
+	m := msg("crm", 1)
+	m.Body = []byte(strings.Repeat("x", 100<<10))
+	for range 100 {
+		enqueue(t, q, m)
+	}
+	after, err := queue.MemoryUse(ctx, rdb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if grew := after[0].Used - before[0].Used; grew < 10<<20 {
+		t.Fatalf("used memory grew by %d bytes for 10 MB of mail", grew)
+	}
+
+	c := redistest.StartCluster(t, 3)
+	nodes, err := queue.MemoryUse(ctx, c.Client(t))
+	if err != nil || len(nodes) != 3 {
+		t.Fatalf("cluster memory use: %+v %v, want 3 masters", nodes, err)
+	}
+	for _, n := range nodes {
+		if n.Used <= 0 || n.Max != 0 || n.Addr == "" {
+			t.Fatalf("cluster node: %+v", n)
+		}
+	}
+}

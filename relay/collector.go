@@ -26,13 +26,23 @@ type stateCollector struct {
 	creds []string     // configured credentials: their series always exist
 	now   func() time.Time
 	log   interface{ Warn(string, ...any) }
+	// memory is Redis's memory use as the durability check last read it
+	// (every redis.check_interval); nil when unknown.
+	memory func() []queue.NodeMemory
 
-	depth, oldestReady, oldestHeld, brkOpen, mbxOpen *prometheus.Desc
+	depth, oldestReady, oldestHeld, brkOpen, mbxOpen, redisUsed, redisMax *prometheus.Desc
 }
 
-func newStateCollector(sum *queue.Summarizer, set *breaker.Set, creds []string, log interface{ Warn(string, ...any) }) *stateCollector {
+func newStateCollector(sum *queue.Summarizer, set *breaker.Set, creds []string, memory func() []queue.NodeMemory,
+	log interface{ Warn(string, ...any) }) *stateCollector {
 	return &stateCollector{
-		sum: sum, set: set, creds: creds, now: time.Now, log: log,
+		sum: sum, set: set, creds: creds, memory: memory, now: time.Now, log: log,
+		redisUsed: prometheus.NewDesc("holdfast_redis_memory_used_bytes",
+			"Redis's used_memory, per server (every master of a Cluster), as read every redis.check_interval.",
+			[]string{"node"}, nil),
+		redisMax: prometheus.NewDesc("holdfast_redis_maxmemory_bytes",
+			"Redis's maxmemory, per server; 0 when none is set. Past it Redis refuses new mail.",
+			[]string{"node"}, nil),
 		depth: prometheus.NewDesc("holdfast_queue_messages",
 			"Messages in the queue by state (ready, scheduled, sending, held, dead) and credential.",
 			[]string{"state", "credential"}, nil),
@@ -48,12 +58,18 @@ func newStateCollector(sum *queue.Summarizer, set *breaker.Set, creds []string, 
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.depth, c.oldestReady, c.oldestHeld, c.brkOpen, c.mbxOpen} {
+	for _, d := range []*prometheus.Desc{c.depth, c.oldestReady, c.oldestHeld, c.brkOpen, c.mbxOpen, c.redisUsed, c.redisMax} {
 		ch <- d
 	}
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.memory != nil {
+		for _, n := range c.memory() {
+			ch <- prometheus.MustNewConstMetric(c.redisUsed, prometheus.GaugeValue, float64(n.Used), n.Addr)
+			ch <- prometheus.MustNewConstMetric(c.redisMax, prometheus.GaugeValue, float64(n.Max), n.Addr)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
 	defer cancel()
 	sum, err := c.sum.Summarize(ctx)

@@ -36,10 +36,11 @@ type durability struct {
 	log      *slog.Logger
 
 	mu      sync.Mutex
-	checked bool   // a check has passed since the relay started
-	problem string // why Redis is not durable; "" when it is, or not strict
-	last    string // the warnings of the last run, to log changes once
-	failed  string // the error of the last failed check while unchecked, to log changes once
+	checked bool               // a check has passed since the relay started
+	problem string             // why Redis is not durable; "" when it is, or not strict
+	last    string             // the warnings of the last run, to log changes once
+	failed  string             // the error of the last failed check while unchecked, to log changes once
+	memory  []queue.NodeMemory // as last read, for the metrics
 }
 
 // errNotDurable is why ingress refuses mail while Redis is not durable
@@ -124,7 +125,8 @@ func (d *durability) due() time.Duration {
 	return d.interval
 }
 
-// run checks until ctx ends.
+// run checks until ctx ends. With each check that passes it reads
+// Redis's memory use for the metrics (New reads it after the first).
 func (d *durability) run(ctx context.Context) {
 	t := time.NewTimer(d.due())
 	defer t.Stop()
@@ -144,7 +146,31 @@ func (d *durability) run(ctx context.Context) {
 			d.fail(err)
 		default:
 			d.set(warnings)
+			d.readMemory(ctx)
 		}
 		t.Reset(d.due())
 	}
+}
+
+// readMemory reads Redis's memory use. A failed read keeps the figures
+// of the last one out of the metrics: a stale figure would hide a Redis
+// filling up.
+func (d *durability) readMemory(ctx context.Context) {
+	cctx, cancel := context.WithTimeout(ctx, durabilityCheckTimeout)
+	mem, err := queue.MemoryUse(cctx, d.rdb)
+	cancel()
+	d.mu.Lock()
+	d.memory = mem
+	d.mu.Unlock()
+	if err != nil && ctx.Err() == nil {
+		d.log.Warn("cannot read redis's memory use", "err", err)
+	}
+}
+
+// memoryUse returns Redis's memory use as last read; nil when the last
+// read failed.
+func (d *durability) memoryUse() []queue.NodeMemory {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.memory
 }

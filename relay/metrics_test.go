@@ -180,7 +180,8 @@ func TestMetricsLint(t *testing.T) {
 	}
 	allowed := map[string]bool{"ingress": true, "app": true, "outcome": true, "class": true, "credential": true,
 		"result": true, "kind": true, "to": true, "transport": true, "state": true, "source": true,
-		"version": true, "goversion": true, "limit": true, "quantile": true}
+		"version": true, "goversion": true, "limit": true, "quantile": true,
+		"node": true} // a Redis server's address: one per master of a Cluster
 	for _, f := range fams {
 		if n := f.GetName(); !strings.HasPrefix(n, "holdfast_") && !strings.HasPrefix(n, "go_") && !strings.HasPrefix(n, "process_") {
 			t.Errorf("metric %s does not start with holdfast_", f.GetName())
@@ -217,4 +218,36 @@ func TestLatencySummary(t *testing.T) {
 	if l := latencySummary([]queue.Minute{{Latency: map[int]int64{latencyBucket(90 * time.Minute): 4}}}); time.Duration(l.P95) <= time.Hour {
 		t.Errorf("p95 of hour-long deliveries %v", time.Duration(l.P95))
 	}
+}
+
+// TestRedisMemoryMetrics: the relay exports Redis's used memory and
+// maxmemory per server, and follows a change of maxmemory at its next
+// check.
+func TestRedisMemoryMetrics(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	rdb := f.redis.Client(t)
+	if err := rdb.ConfigSet(ctx, "maxmemory", "100mb").Err(); err != nil {
+		t.Fatal(err)
+	}
+	o := f.opts
+	o.Redis.Addrs = []string{f.redis.Addr()}
+	o.Delivery.Sender = "off"
+	o.Redis.CheckInterval = Duration(100 * time.Millisecond)
+	s := runRelay(t, o, discardLogger())
+	node := map[string]string{"node": f.redis.Addr()}
+	fams := scrape(t, s)
+	if v, ok := series(fams, "holdfast_redis_maxmemory_bytes", node); !ok || v != 100<<20 {
+		t.Fatalf("holdfast_redis_maxmemory_bytes %v %v, want 100 MiB", v, ok)
+	}
+	if v, ok := series(fams, "holdfast_redis_memory_used_bytes", node); !ok || v <= 0 {
+		t.Fatalf("holdfast_redis_memory_used_bytes %v %v", v, ok)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory", "200mb").Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the new maxmemory exported", func() bool {
+		v, _ := series(scrape(t, s), "holdfast_redis_maxmemory_bytes", node)
+		return v == 200<<20
+	})
 }

@@ -37,7 +37,7 @@ func (s *Server) setupOps() error {
 		creds = append(creds, c.Name)
 	}
 	s.summary = s.queue.NewSummarizer(routeCredential)
-	s.reg.MustRegister(newStateCollector(s.summary, set, creds, s.log.With("component", "metrics")))
+	s.reg.MustRegister(newStateCollector(s.summary, set, creds, s.durable.memoryUse, s.log.With("component", "metrics")))
 	if set != nil {
 		s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "holdfast_replica_name_shared",

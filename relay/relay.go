@@ -156,6 +156,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		s.durable.fail(err)
 	} else {
 		s.durable.set(warnings)
+		s.durable.readMemory(ctx)
 	}
 	qo := o.Queue.Options()
 	qo.MinReplicas, qo.ReplicasTimeout = o.Redis.MinReplicasAcked, o.Redis.ReplicasTimeout.D()

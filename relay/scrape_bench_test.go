@@ -84,7 +84,7 @@ func benchScrapes(b *testing.B, q *queue.Queue, set *breaker.Set, counter *round
 	ctx := context.Background()
 	newReg := func() *prometheus.Registry {
 		reg := prometheus.NewRegistry()
-		reg.MustRegister(newStateCollector(q.NewSummarizer(routeCredential), set, []string{"contoso"}, discardLogger()))
+		reg.MustRegister(newStateCollector(q.NewSummarizer(routeCredential), set, []string{"contoso"}, nil, discardLogger()))
 		return reg
 	}
 	reg := newReg()
