@@ -87,3 +87,24 @@ func TestExpireDead(t *testing.T) {
 		t.Fatal("an age of 0 was taken")
 	}
 }
+
+// TestIdempotencyKeyOutlivesDelete: a retry with the key of a message an
+// operator deleted gets that message's id as a duplicate, and stores
+// nothing: the deleted mail does not come back.
+func TestIdempotencyKeyOutlivesDelete(t *testing.T) {
+	q, _, _ := newQueue(t)
+	ctx := context.Background()
+	m := msg("crm", 1)
+	m.IdempotencyKey = "order-1234"
+	id := enqueue(t, q, m)
+	if err := q.Delete(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	again, dup, err := q.Enqueue(ctx, m)
+	if err != nil || !dup || again != id {
+		t.Fatalf("retry after delete: %s %v %v, want %s as a duplicate", again, dup, err, id)
+	}
+	if st, err := q.Stats(ctx); err != nil || st.Total.Ready != 0 {
+		t.Fatalf("stats after the retry: %+v %v, want nothing stored", st.Total, err)
+	}
+}
