@@ -152,6 +152,9 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	if err != nil {
 		return err
 	}
+	if start.waiting+start.held == 0 {
+		hintUnknownRoute(ctx, e, q, *route)
+	}
 	probes, err := probeOpen(ctx, e, report, set, *route)
 	if err != nil {
 		return err

@@ -217,6 +217,43 @@ func TestQueuePurge(t *testing.T) {
 	}
 }
 
+// TestRouteTypoHint: a command given a route that has had no mail says
+// so on stderr, naming the routes that contain what was typed, and
+// still succeeds (there is nothing to do); a known route gets no hint.
+func TestRouteTypoHint(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfig(t, srv.Addr())
+	q := queue.New(srv.Client(t), queue.Options{})
+	for _, r := range []string{"app:crm:billing@contoso.com", "app:crm:noreply@contoso.com", "app:web:web@fabrikam.example"} {
+		if _, _, err := q.Enqueue(t.Context(), queue.Submission{Route: r, App: "crm", From: "a@contoso.com",
+			To: []string{"b@example.org"}, Body: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		args []string
+		hint string
+	}{
+		{[]string{"queue", "list", "--route", "app:crm:biling@contoso.com", "--state", "dead"},
+			`no route "app:crm:biling@contoso.com" has mail now; "holdfast queue stats" lists the routes`},
+		{[]string{"queue", "purge", "--route", "crm", "--yes"},
+			`no route "crm" has mail now; did you mean app:crm:billing@contoso.com or app:crm:noreply@contoso.com?`},
+		{[]string{"queue", "flush", "--route", "FABRIKAM"},
+			`did you mean app:web:web@fabrikam.example?`},
+		{[]string{"queue", "drain", "--route", "web", "--timeout", "1s"},
+			`did you mean app:web:web@fabrikam.example?`},
+	} {
+		r := runCmd(t, append(c.args, "--config", cfg)...)
+		if r.code != exitOK || !strings.Contains(r.stderr, c.hint) {
+			t.Errorf("holdfast %s: exit %d, stderr %q, want a hint %q", strings.Join(c.args, " "), r.code, r.stderr, c.hint)
+		}
+	}
+	r := runCmd(t, "queue", "list", "--config", cfg, "--route", "app:crm:billing@contoso.com", "--state", "dead")
+	if r.code != exitOK || r.stderr != "" {
+		t.Errorf("list of a known route with no dead letters: exit %d, stderr %q, want no hint", r.code, r.stderr)
+	}
+}
+
 // runTTY runs holdfast with stdin as a terminal that answers stdin.
 func runTTY(t *testing.T, stdin string, args ...string) result {
 	t.Helper()

@@ -67,6 +67,7 @@ func queuePurge(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	what := describe(*route, *state)
 	if total == 0 {
 		fmt.Fprintf(e.stdout, "no messages %s\n", what)
+		hintUnknownRoute(ctx, e, q, *route)
 		return nil
 	}
 	if !*yes {

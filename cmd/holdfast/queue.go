@@ -256,6 +256,7 @@ func queueList(ctx context.Context, e *env, fs *flag.FlagSet, args []string) err
 	}
 	if len(msgs) == 0 {
 		fmt.Fprintf(e.stdout, "no %s messages in route %s\n", state, *route)
+		hintUnknownRoute(ctx, e, q, *route)
 		return nil
 	}
 	now := e.now()
@@ -432,6 +433,8 @@ func queueFlush(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	}
 	if len(routes) != 1 {
 		fmt.Fprintf(e.stdout, "%d messages in %d routes made due now\n", total, len(routes))
+	} else if total == 0 {
+		hintUnknownRoute(ctx, e, q, *route)
 	}
 	return nil
 }
