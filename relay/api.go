@@ -115,6 +115,19 @@ func (j *jsonNoRoute) Write(b []byte) (int, error) {
 	return j.ResponseWriter.Write(b)
 }
 
+// identityEncoding reports whether the Content-Encoding values name no
+// coding but identity.
+func identityEncoding(values []string) bool {
+	for _, v := range values {
+		for c := range strings.SplitSeq(v, ",") {
+			if c = strings.TrimSpace(c); c != "" && !strings.EqualFold(c, "identity") {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // postMessage handles POST /v1/messages: submit one message.
 //
 // The request body is the raw RFC 5322 message, headers and body, as it
@@ -154,7 +167,8 @@ func (j *jsonNoRoute) Write(b []byte) (int, error) {
 // /v1/messages/{id} once the message is durably queued; 400 for a bad
 // envelope, key or message; 401 for a missing or wrong token; 403 for a
 // sender the application may not use; 413 for a message over the size
-// limit; 422 for an Idempotency-Key used for another message; 429 after too many wrong tokens from the client's IP; 503 with
+// limit; 415 for a compressed body (any Content-Encoding but identity);
+// 422 for an Idempotency-Key used for another message; 429 after too many wrong tokens from the client's IP; 503 with
 // Retry-After when the relay holds as many messages in memory as
 // smtp.max_inflight_bytes allows, or when the queue could not store it in
 // time, in which case nothing was stored.
@@ -165,6 +179,13 @@ func (h *api) postMessage(w http.ResponseWriter, r *http.Request) {
 	}
 	fail := func(status int, code, msg string) { h.fail(w, r, app, status, code, msg) }
 
+	if enc := r.Header.Values("Content-Encoding"); len(enc) > 0 && !identityEncoding(enc) {
+		// Stored as sent, a compressed body would be delivered as
+		// garbage, or refused for its NUL bytes with a misleading reason.
+		fail(http.StatusUnsupportedMediaType, "unsupported_content_encoding",
+			fmt.Sprintf("Content-Encoding %q is not supported; POST the message uncompressed.", strings.Join(enc, ", ")))
+		return
+	}
 	from, to, ok := h.envelope(w, r, app)
 	if !ok {
 		return
