@@ -157,6 +157,9 @@ type Status struct {
 	// StaleReplicas name the replicas that said their material is not
 	// the one that works (see MarkStale), sorted.
 	StaleReplicas []string `json:"stale_replicas,omitempty"`
+	// Held: an operator holds the breaker open (Hold); only Reset
+	// closes it.
+	Held bool `json:"held,omitempty"`
 }
 
 // Transition is a change of a breaker's state as seen by one replica.
@@ -694,20 +697,42 @@ func (s *Set) RecordSpread(ctx context.Context, name, member string, err error, 
 	return nil
 }
 
-// Trip opens the breaker on an operator's request.
+// Trip opens the breaker on an operator's request. Its probes go on as
+// for any open breaker: the first that succeeds closes it.
 func (s *Set) Trip(ctx context.Context, name, reason string) error {
+	return s.trip(ctx, name, reason, false)
+}
+
+func (s *Set) trip(ctx context.Context, name, reason string, hold bool) error {
 	if err := validName(name); err != nil {
 		return err
 	}
 	if reason == "" {
 		reason = "tripped by operator"
 	}
+	verb, held := "trip", "0"
+	if hold {
+		verb, held = "hold", "1"
+	}
 	now := s.o.Now()
 	if _, err := s.run(ctx, tripScript, name, ms(now), s.o.OpenInterval.Milliseconds(),
-		ms(now.Add(s.o.OpenInterval)), reason); err != nil {
-		return fmt.Errorf("breaker %s: trip: %w", name, err)
+		ms(now.Add(s.o.OpenInterval)), reason, held); err != nil {
+		return fmt.Errorf("breaker %s: %s: %w", name, verb, err)
 	}
 	return nil
+}
+
+// ErrHeld is ProbeNow's error for a breaker an operator holds (Hold):
+// only Reset closes it, and no relay probes it.
+var ErrHeld = errors.New("held by an operator until reset; it is not probed")
+
+// Hold opens the breaker on an operator's request and keeps it open
+// until Reset: no relay probes it, so a credential that works does not
+// close it, as it closes a breaker opened by Trip at its next probe.
+// For mail that must wait on purpose, as Postfix's "postsuper -h" holds
+// it. An open breaker keeps its generation and gets the new reason.
+func (s *Set) Hold(ctx context.Context, name, reason string) error {
+	return s.trip(ctx, name, reason, true)
 }
 
 // Reset closes the breaker on an operator's request and clears its count.
@@ -890,6 +915,8 @@ func (st *Status) set(k, v string) {
 		st.GoodFingerprint = v
 	case "good_since":
 		st.GoodSince = t()
+	case "hold":
+		st.Held = v == "1"
 	default:
 		if r, ok := strings.CutPrefix(k, staleField); ok {
 			i, _ := slices.BinarySearch(st.StaleReplicas, r)

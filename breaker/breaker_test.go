@@ -1133,3 +1133,76 @@ func TestDropGoneStale(t *testing.T) {
 		t.Fatalf("stale replicas %v, want [relay-1 relay-2]", st.StaleReplicas)
 	}
 }
+
+// TestHold: a breaker an operator holds grants no probe, due or asked
+// for, so nothing but Reset closes it; a trip afterwards is probed again.
+func TestHold(t *testing.T) {
+	ctx := context.Background()
+	sets, clk := replicas(t, 2, func(i int, o *Options) { o.Replica = fmt.Sprintf("relay-%d", i+1) })
+	a, b := sets[0], sets[1]
+	const name = "cred:contoso"
+	if err := a.Hold(ctx, name, "held by an operator: tenant migration"); err != nil {
+		t.Fatal(err)
+	}
+	st := status(t, b, name)
+	if st.State != Open || !st.Held || st.Reason != "held by an operator: tenant migration" {
+		t.Fatalf("after hold: %+v", st)
+	}
+	clk.Add(time.Hour) // every probe long due
+	for _, s := range sets {
+		if ok, err := s.AcquireProbe(ctx, name); err != nil || ok {
+			t.Fatalf("probe of a held breaker granted: %v %v", ok, err)
+		}
+	}
+	if open, err := b.ProbeNow(ctx, name); !open || !errors.Is(err, ErrHeld) {
+		t.Fatalf("ProbeNow of a held breaker: %v %v, want true and ErrHeld", open, err)
+	}
+	if ok, _ := a.AcquireProbe(ctx, name); ok {
+		t.Fatal("probe granted after ProbeNow of a held breaker")
+	}
+	// A trip of a held breaker keeps the hold.
+	if err := b.Trip(ctx, name, "tripped"); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(t, a, name); !st.Held {
+		t.Fatalf("a trip released the hold: %+v", st)
+	}
+	if err := b.Reset(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(t, a, name); st.State != Closed || st.Held {
+		t.Fatalf("after reset: %+v", st)
+	}
+	// Tripped again, without a hold: probed as any open breaker.
+	if err := a.Trip(ctx, name, "tripped"); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(time.Hour)
+	if ok, err := b.AcquireProbe(ctx, name); err != nil || !ok {
+		t.Fatalf("probe of a tripped breaker: %v %v", ok, err)
+	}
+	if err := b.ProbeResult(ctx, name, nil); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(t, a, name); st.State != Closed {
+		t.Fatalf("a successful probe left the tripped breaker %s", st.State)
+	}
+	// A hold of a breaker whose probe is under way ends that probe's
+	// lease: its success does not close the breaker.
+	if err := a.Trip(ctx, name, "tripped"); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(time.Hour)
+	if ok, err := b.AcquireProbe(ctx, name); err != nil || !ok {
+		t.Fatalf("probe: %v %v", ok, err)
+	}
+	if err := a.Hold(ctx, name, "held"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.ProbeResult(ctx, name, nil); err == nil {
+		t.Fatal("the result of a probe begun before the hold was taken")
+	}
+	if st := status(t, a, name); st.State != Open || !st.Held {
+		t.Fatalf("after a probe begun before the hold succeeded: %+v", st)
+	}
+}

@@ -12,7 +12,8 @@ import (
 
 // ProbeNow makes the next probe of an open breaker due at once, for a
 // rotated secret or certificate, SIGHUP, or "holdfast breaker probe NAME".
-// It reports whether the breaker was open.
+// It reports whether the breaker was open. A breaker an operator holds
+// (Hold) is not probed: it reports true and ErrHeld.
 func (s *Set) ProbeNow(ctx context.Context, name string) (bool, error) {
 	if err := validName(name); err != nil {
 		return false, err
@@ -35,6 +36,9 @@ func (s *Set) probeNow(ctx context.Context, name, by string, until int64) (bool,
 	n, err := probeNowScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)}, by, until, probeHere.Milliseconds()).Int()
 	if err != nil {
 		return false, fmt.Errorf("breaker %s: probe now: %w", name, err)
+	}
+	if n == 2 {
+		return true, fmt.Errorf("breaker %s: %w", name, ErrHeld)
 	}
 	return n == 1, nil
 }

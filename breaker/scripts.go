@@ -47,7 +47,7 @@ local function close(k, now)
   moved = true
   redis.call('HINCRBY', k, 'generation', 1)
   redis.call('HSET', k, 'state', 'closed', 'reason', '', 'since', now, 'probe_now', '0')
-  redis.call('HDEL', k, 'lease_token', 'lease_until')
+  redis.call('HDEL', k, 'lease_token', 'lease_until', 'hold')
 end
 `
 
@@ -140,16 +140,23 @@ return reply(k)
 `)
 
 // tripScript opens the breaker on an operator's request. An open breaker
-// keeps its generation and gets the new reason.
+// keeps its generation and gets the new reason. With ARGV[5] "1" (Hold)
+// the breaker is also marked held: no probe is granted (acquireScript),
+// so only a reset closes it.
 //
-// ARGV[1] now, ARGV[2] open interval ms, ARGV[3] next probe, ARGV[4] reason.
+// ARGV[1] now, ARGV[2] open interval ms, ARGV[3] next probe, ARGV[4]
+// reason, ARGV[5] "1" to hold.
 var tripScript = flagged(transitions + `
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'open' then
   redis.call('HSET', k, 'reason', ARGV[4])
-  return reply(k)
+else
+  open(k, ARGV[4], ARGV[1], ARGV[2], ARGV[3])
 end
-open(k, ARGV[4], ARGV[1], ARGV[2], ARGV[3])
+if ARGV[5] == '1' then
+  redis.call('HSET', k, 'hold', '1')
+  redis.call('HDEL', k, 'lease_token', 'lease_until')
+end
 return reply(k)
 `)
 
@@ -173,11 +180,15 @@ return reply(k)
 // until ARGV[2] (unix ms), or until ARGV[3] ms after the live lease of
 // another probe ends, if that is later: a probe that another replica
 // runs (or ran, and died) must not pass the reservation by.
-// Returns 1 if the breaker is open, 0 otherwise.
+// Returns 1 if the breaker is open, 0 otherwise; 2, and no probe, when
+// an operator holds it (Hold).
 var probeNowScript = flagged(`
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') ~= 'open' then
   return 0
+end
+if redis.call('HGET', k, 'hold') == '1' then
+  return 2
 end
 local untilMs = ARGV[2]
 if ARGV[1] ~= '' then
@@ -235,7 +246,7 @@ return redis.call('HGETALL', KEYS[1])
 // ARGV[4] the caller's id (one per Set), ARGV[5] its replica name, or "".
 var acquireScript = flagged(`
 local k = KEYS[1]
-if redis.call('HGET', k, 'state') ~= 'open' then
+if redis.call('HGET', k, 'state') ~= 'open' or redis.call('HGET', k, 'hold') == '1' then
   return 0
 end
 local now = tonumber(ARGV[1])

@@ -52,6 +52,9 @@ type BreakerStatus struct {
 	// certificate file is older than the one that works: they leave the
 	// credential's mail to the others until their file changes.
 	StaleReplicas []string `json:"stale_replicas,omitempty"`
+	// HeldByOperator: an operator holds the breaker open (holdfast
+	// breaker hold); no relay probes it, and only a reset closes it.
+	HeldByOperator bool `json:"held_by_operator,omitempty"`
 }
 
 // BreakerReporter describes the fleet's breakers with the mail they hold.
@@ -193,7 +196,10 @@ func (r *BreakerReporter) describe(st breaker.Status, stats queue.Stats) Breaker
 		b.Kind, b.Credential = "credential", c
 		b.CredentialExpires = r.expiry(c)
 	}
-	if st.State == breaker.Open {
+	switch {
+	case st.State == breaker.Open && st.Held:
+		b.HeldByOperator = true
+	case st.State == breaker.Open:
 		b.NextProbe = st.NextProbe
 		if st.Interval > 0 {
 			b.ProbeInterval = st.Interval.String()

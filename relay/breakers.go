@@ -191,6 +191,9 @@ func (g *gate) probeNow(ctx context.Context, name string) error {
 	g.forgetRefusals()
 	ask := func(ctx context.Context) error {
 		_, err := g.set.ProbeNowHere(ctx, name)
+		if errors.Is(err, breaker.ErrHeld) {
+			return nil // an operator holds it: it waits for a reset
+		}
 		return err
 	}
 	err := ask(ctx)
@@ -603,6 +606,9 @@ func (g *gate) probeMailboxesNow(ctx context.Context, list []breaker.Status) {
 		}
 		ask := func(ctx context.Context) error {
 			_, err := g.set.ProbeNow(ctx, st.Name)
+			if errors.Is(err, breaker.ErrHeld) {
+				return nil
+			}
 			return err
 		}
 		if err == nil {

@@ -87,9 +87,9 @@ func (b *breakersAPI) get(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// act runs an operator verb: trip (optional JSON body {"reason": "..."}),
-// reset or probe. It answers with the breaker's status afterwards; 202
-// for a probe, which a relay runs within a second.
+// act runs an operator verb: trip or hold (optional JSON body
+// {"reason": "..."}), reset or probe. It answers with the breaker's
+// status afterwards; 202 for a probe, which a relay runs within a second.
 func (b *breakersAPI) act(w http.ResponseWriter, r *http.Request) {
 	if !b.admin(w, r) {
 		return
@@ -104,7 +104,7 @@ func (b *breakersAPI) act(w http.ResponseWriter, r *http.Request) {
 	status := http.StatusOK
 	var err error
 	switch verb {
-	case "trip":
+	case "trip", "hold":
 		var body struct {
 			Reason string `json:"reason"`
 		}
@@ -120,10 +120,17 @@ func (b *breakersAPI) act(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		reason := "tripped by an operator"
+		if verb == "hold" {
+			reason = "held by an operator"
+		}
 		if s := strings.TrimSpace(body.Reason); s != "" {
 			reason += ": " + truncate(s, 500)
 		}
-		err = b.set.Trip(ctx, name, reason)
+		if verb == "hold" {
+			err = b.set.Hold(ctx, name, reason)
+		} else {
+			err = b.set.Trip(ctx, name, reason)
+		}
 	case "reset":
 		err = b.set.Reset(ctx, name)
 	case "probe":
@@ -133,9 +140,13 @@ func (b *breakersAPI) act(w http.ResponseWriter, r *http.Request) {
 			b.h.fail(w, r, nil, http.StatusConflict, "breaker_closed", "The breaker is closed; there is nothing to probe.")
 			return
 		}
+		if errors.Is(err, breaker.ErrHeld) {
+			b.h.fail(w, r, nil, http.StatusConflict, "breaker_held", "An operator holds the breaker open (holdfast breaker hold); it is not probed until it is reset.")
+			return
+		}
 		status = http.StatusAccepted
 	default:
-		b.h.fail(w, r, nil, http.StatusNotFound, "not_found", "Unknown action "+truncate(verb, 40)+"; use trip, reset or probe.")
+		b.h.fail(w, r, nil, http.StatusNotFound, "not_found", "Unknown action "+truncate(verb, 40)+"; use trip, hold, reset or probe.")
 		return
 	}
 	if err != nil {

@@ -111,6 +111,20 @@ func TestBreakersAPI(t *testing.T) {
 		t.Fatalf("probe of a closed breaker: %d %+v", code, apiErr)
 	}
 
+	// Hold: open until reset, with no probe and no next probe shown.
+	st = BreakerStatus{}
+	if code := breakerCall(t, r, "POST", "/v1/breakers/cred:contoso/hold", adminToken, `{"reason":"tenant migration"}`, &st); code != http.StatusOK ||
+		st.State != "open" || !st.HeldByOperator || !st.NextProbe.IsZero() || st.Reason != "held by an operator: tenant migration" {
+		t.Fatalf("hold: %d %+v", code, st)
+	}
+	if code := breakerCall(t, r, "POST", "/v1/breakers/cred:contoso/probe", adminToken, "", &apiErr); code != http.StatusConflict || apiErr.Error != "breaker_held" {
+		t.Fatalf("probe of a held breaker: %d %+v", code, apiErr)
+	}
+	st = BreakerStatus{}
+	if code := breakerCall(t, r, "POST", "/v1/breakers/cred:contoso/reset", adminToken, "", &st); code != http.StatusOK || st.State != "closed" || st.HeldByOperator {
+		t.Fatalf("reset of the hold: %d %+v", code, st)
+	}
+
 	// A mailbox breaker, named in any case: trip, seen in the list, reset.
 	if code := breakerCall(t, r, "POST", "/v1/breakers/mbx:Billing@Contoso.com/trip", adminToken, "", &st); code != http.StatusOK ||
 		st.Kind != "mailbox" || st.State != "open" || st.Name != "mbx:billing@contoso.com" {

@@ -53,8 +53,12 @@ func breakerStatus(ctx context.Context, e *env, fs *flag.FlagSet, args []string)
 		if !b.OldestHeld.IsZero() {
 			oldest = age(now.Sub(b.OldestHeld))
 		}
+		next := stamp(b.NextProbe)
+		if b.HeldByOperator {
+			next = "none: held until reset"
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", b.Name, b.State, stamp(b.Since), b.Failures,
-			b.HeldMessages, oldest, stamp(b.NextProbe), expires(b.CredentialExpires, now), orDash(b.Reason))
+			b.HeldMessages, oldest, next, expires(b.CredentialExpires, now), orDash(b.Reason))
 	}
 	return tw.Flush()
 }
@@ -198,6 +202,9 @@ func forgetBreakers(ctx context.Context, e *env, set *breaker.Set, names, checke
 var (
 	breakerTrip = breakerVerb("tripped: its mail is held until reset or a successful probe", false, func(ctx context.Context, set *breaker.Set, name string) error {
 		return set.Trip(ctx, name, "tripped by an operator")
+	})
+	breakerHold = breakerVerb("held: its mail waits, and no relay probes it, until holdfast breaker reset", false, func(ctx context.Context, set *breaker.Set, name string) error {
+		return set.Hold(ctx, name, "held by an operator")
 	})
 	breakerReset = breakerVerb("reset: closed, its mail is released", true, func(ctx context.Context, set *breaker.Set, name string) error {
 		return set.Reset(ctx, name)

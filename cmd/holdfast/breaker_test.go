@@ -35,6 +35,25 @@ func TestBreakerCommands(t *testing.T) {
 	if r := runCmd(t, "breaker", "trip", "--config", cfg); r.code != exitUsage {
 		t.Fatalf("trip without a name: exit %d", r.code)
 	}
+	// hold: open until reset, and not probed.
+	if out := mustRun(t, "breaker", "hold", "--config", cfg, "cred:contoso"); !strings.Contains(out, "cred:contoso: held") {
+		t.Fatalf("hold: %q", out)
+	}
+	out = mustRun(t, "breaker", "status", "--config", cfg)
+	if !strings.Contains(out, "held until reset") || !strings.Contains(out, "held by an operator") {
+		t.Fatalf("status after hold:\n%s", out)
+	}
+	if list := breakerList(t, cfg); len(list) != 1 || list[0].State != "open" || !list[0].HeldByOperator {
+		t.Fatalf("status --json after hold: %+v", list)
+	}
+	r = runCmd(t, "breaker", "probe", "--config", cfg, "cred:contoso")
+	if r.code != exitError || !strings.Contains(r.stderr, "held by an operator until reset") {
+		t.Fatalf("probe of a held breaker: exit %d, %q", r.code, r.stderr)
+	}
+	mustRun(t, "breaker", "reset", "--config", cfg, "cred:contoso")
+	if list := breakerList(t, cfg); len(list) != 1 || list[0].State != "closed" || list[0].HeldByOperator {
+		t.Fatalf("status after the hold's reset: %+v", list)
+	}
 	// A mailbox is named in lower case, as the relays check it.
 	r = runCmd(t, "breaker", "trip", "--config", cfg, "mbx:Alice@Contoso.com")
 	if r.code != exitOK || strings.Contains(r.stderr, "alice") || !strings.Contains(r.stdout, "mbx:alice@contoso.com: tripped") {
@@ -110,8 +129,9 @@ func TestBreakerForgetMailbox(t *testing.T) {
 
 // breakerRow is a breaker as "breaker status --json" lists it.
 type breakerRow struct {
-	Name  string `json:"name"`
-	State string `json:"state"`
+	Name           string `json:"name"`
+	State          string `json:"state"`
+	HeldByOperator bool   `json:"held_by_operator"`
 }
 
 // breakerList runs "breaker status --json" with the configuration cfg.
