@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -141,6 +142,17 @@ func credsRotate(ctx context.Context, e *env, fs *flag.FlagSet, args []string) e
 	o, err := loadConfig(*config)
 	if err != nil {
 		return err
+	}
+	names := make([]string, len(o.Credentials))
+	for i, c := range o.Credentials {
+		names[i] = c.Name
+	}
+	if !slices.Contains(names, fs.Arg(0)) {
+		configured := "none is configured"
+		if len(names) > 0 {
+			configured = "configured: " + strings.Join(names, ", ")
+		}
+		return usagef("%q: no such credential in %s (%s)", fs.Arg(0), *config, configured)
 	}
 	res, err := relay.RotateCredential(ctx, o, fs.Arg(0), *print, slog.New(slog.DiscardHandler))
 	if res.Secret != "" {

@@ -26,6 +26,11 @@ func TestCredsRotate(t *testing.T) {
 	incWriteFile(t, filepath.Join(secrets, "current"), checkSecret+"\n")
 	config := writeCheckConfig(t, s, dir, redis.Addr(), fmt.Sprintf("client_secret_files: [%q]", secrets))
 
+	// A name that is not a configured credential: a wrong command line.
+	if r := runCmd(t, "creds", "rotate", "--config", config, "contosso"); r.code != exitUsage ||
+		!strings.Contains(r.stderr, `"contosso": no such credential`) || !strings.Contains(r.stderr, "configured: contoso") {
+		t.Fatalf("rotate of an unknown credential: exit %d, stderr %q", r.code, r.stderr)
+	}
 	r := runProcess(t, "creds", "rotate", "--config", config, "contoso")
 	if r.code != exitOK || !strings.Contains(r.stdout, "written to "+secrets+"/holdfast-") || !strings.Contains(r.stdout, "accepted by Entra") {
 		t.Fatalf("rotate: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
