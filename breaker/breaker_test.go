@@ -1205,4 +1205,22 @@ func TestHold(t *testing.T) {
 	if st := status(t, a, name); st.State != Open || !st.Held {
 		t.Fatalf("after a probe begun before the hold succeeded: %+v", st)
 	}
+	// A relay of an earlier version, which does not know holds, closes
+	// the held breaker after a probe, leaving the field: the breaker's
+	// next opening by failures is not held.
+	if err := a.rdb.HSet(ctx, recordKey(name), "state", "closed").Err(); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := a.Record(ctx, name, credErr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := status(t, b, name); st.State != Open || st.Held {
+		t.Fatalf("opened by failures after an old relay closed a hold: %+v, want open and not held", st)
+	}
+	clk.Add(time.Hour)
+	if ok, err := b.AcquireProbe(ctx, name); err != nil || !ok {
+		t.Fatalf("probe of the breaker opened by failures: %v %v", ok, err)
+	}
 }

@@ -41,7 +41,7 @@ local function open(k, reason, now, interval, nextProbe)
   redis.call('HINCRBY', k, 'generation', 1)
   redis.call('HSET', k, 'state', 'open', 'reason', reason, 'since', now,
     'interval', interval, 'next_probe', nextProbe, 'probe_now', '0')
-  redis.call('HDEL', k, 'lease_token', 'lease_until')
+  redis.call('HDEL', k, 'lease_token', 'lease_until', 'hold')
 end
 local function close(k, now)
   moved = true

@@ -183,7 +183,7 @@ func (h *api) postMessage(w http.ResponseWriter, r *http.Request) {
 		// Stored as sent, a compressed body would be delivered as
 		// garbage, or refused for its NUL bytes with a misleading reason.
 		fail(http.StatusUnsupportedMediaType, "unsupported_content_encoding",
-			fmt.Sprintf("Content-Encoding %q is not supported; POST the message uncompressed.", strings.Join(enc, ", ")))
+			fmt.Sprintf("Content-Encoding %q is not supported; POST the message uncompressed.", truncate(strings.Join(enc, ", "), 100)))
 		return
 	}
 	from, to, ok := h.envelope(w, r, app)

@@ -144,6 +144,9 @@ func (d *durability) run(ctx context.Context) {
 			return
 		case err != nil:
 			d.fail(err)
+			d.mu.Lock()
+			d.memory = nil // figures of before would hide a Redis filling up
+			d.mu.Unlock()
 		default:
 			d.set(warnings)
 			d.readMemory(ctx)

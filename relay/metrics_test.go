@@ -250,4 +250,10 @@ func TestRedisMemoryMetrics(t *testing.T) {
 		v, _ := series(scrape(t, s), "holdfast_redis_maxmemory_bytes", node)
 		return v == 200<<20
 	})
+	// Redis stopped: the figures of before are not exported as current.
+	f.redis.Stop(t)
+	waitFor(t, 15*time.Second, "the memory figures gone while Redis is down", func() bool {
+		_, ok := series(scrape(t, s), "holdfast_redis_memory_used_bytes", node)
+		return !ok
+	})
 }

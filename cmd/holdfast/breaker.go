@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -148,7 +149,12 @@ func breakerVerb(verb string, forgettable bool, do func(ctx context.Context, set
 				strings.Join(unchecked, ", "), *config, configured, hint)
 		}
 		for _, name := range names {
-			if err := do(ctx, set, name); err != nil {
+			err := do(ctx, set, name)
+			if errors.Is(err, errKeptHeld) {
+				fmt.Fprintf(e.stdout, "%s: %v\n", name, err)
+				continue
+			}
+			if err != nil {
 				return fmt.Errorf("%s: %w", name, err)
 			}
 			fmt.Fprintf(e.stdout, "%s: %s\n", name, verb)
@@ -156,6 +162,10 @@ func breakerVerb(verb string, forgettable bool, do func(ctx context.Context, set
 		return nil
 	}
 }
+
+// errKeptHeld is what a trip of a breaker an operator holds reports: the
+// trip is made, and the hold stays.
+var errKeptHeld = errors.New("tripped, and still held by an operator: only holdfast breaker reset releases its mail")
 
 // forgetBreakers removes the records of names, which must each have one.
 // A credential's must be checked by no relay of config (checked lists the
@@ -201,7 +211,13 @@ func forgetBreakers(ctx context.Context, e *env, set *breaker.Set, names, checke
 
 var (
 	breakerTrip = breakerVerb("tripped: its mail is held until reset or a successful probe", false, func(ctx context.Context, set *breaker.Set, name string) error {
-		return set.Trip(ctx, name, "tripped by an operator")
+		if err := set.Trip(ctx, name, "tripped by an operator"); err != nil {
+			return err
+		}
+		if st, err := set.Status(ctx, name); err == nil && st.Held {
+			return errKeptHeld
+		}
+		return nil
 	})
 	breakerHold = breakerVerb("held: its mail waits, and no relay probes it, until holdfast breaker reset", false, func(ctx context.Context, set *breaker.Set, name string) error {
 		return set.Hold(ctx, name, "held by an operator")

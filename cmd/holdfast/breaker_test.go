@@ -46,6 +46,9 @@ func TestBreakerCommands(t *testing.T) {
 	if list := breakerList(t, cfg); len(list) != 1 || list[0].State != "open" || !list[0].HeldByOperator {
 		t.Fatalf("status --json after hold: %+v", list)
 	}
+	if out := mustRun(t, "breaker", "trip", "--config", cfg, "cred:contoso"); !strings.Contains(out, "still held by an operator") {
+		t.Fatalf("trip of a held breaker: %q", out)
+	}
 	r = runCmd(t, "breaker", "probe", "--config", cfg, "cred:contoso")
 	if r.code != exitError || !strings.Contains(r.stderr, "held by an operator until reset") {
 		t.Fatalf("probe of a held breaker: exit %d, %q", r.code, r.stderr)

@@ -77,7 +77,7 @@ func probeOpen(ctx context.Context, e *env, report *relay.BreakerReporter, set *
 		}
 		open, err := set.ProbeNow(ctx, b.Name)
 		if errors.Is(err, breaker.ErrHeld) {
-			fmt.Fprintf(e.stdout, "breaker %s held by an operator since %s: its mail waits until holdfast breaker reset %s\n", b.Name, clock(b.Since), b.Name)
+			fmt.Fprintf(e.stdout, "breaker %s held by an operator (open since %s): its mail waits until holdfast breaker reset %s\n", b.Name, clock(b.Since), b.Name)
 			continue
 		}
 		if err != nil {
