@@ -179,6 +179,10 @@ func RotateCredential(ctx context.Context, o Options, name string, print bool, l
 	return r.Rotate(ctx, name, print)
 }
 
+// ErrNoCredential is a rotation of a name that is not a configured
+// credential (a typo): nothing was tried or recorded.
+var ErrNoCredential = errors.New("no such credential")
+
 // errRotating is a rotation that did not start: another one holds the
 // claim, or one waits to remove its old secret.
 var errRotating = errors.New("a rotation of this credential is under way")
@@ -189,7 +193,7 @@ var errRotating = errors.New("a rotation of this credential is under way")
 // nothing waits to remove the old one.
 func (r *rotator) Rotate(ctx context.Context, name string, print bool) (RotateResult, error) {
 	res, err := r.rotate(ctx, name, print)
-	if err != nil && !errors.Is(err, errRotating) {
+	if err != nil && !errors.Is(err, errRotating) && !errors.Is(err, ErrNoCredential) {
 		r.step(ctx, name, RotationFailed, res.KeyID, res.Hint, "rotation failed: "+err.Error())
 	}
 	return res, err
@@ -216,7 +220,11 @@ func (r *rotator) rotate(ctx context.Context, name string, print bool) (RotateRe
 	c, ok := r.creds[name]
 	live := r.live[name]
 	if !ok || live == nil {
-		return RotateResult{}, fmt.Errorf("no credential %q is configured; the configured ones are %q", name, slices.Sorted(maps.Keys(r.creds)))
+		configured := "none is"
+		if len(r.creds) > 0 {
+			configured = strings.Join(slices.Sorted(maps.Keys(r.creds)), ", ")
+		}
+		return RotateResult{}, fmt.Errorf("%q: %w (configured: %s)", name, ErrNoCredential, configured)
 	}
 	if c.ClientSecretFile == "" && len(c.ClientSecretFiles) == 0 {
 		return RotateResult{}, fmt.Errorf("credential %s has no client secret to rotate (certificates and federated credentials are renewed elsewhere)", name)

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -143,18 +142,10 @@ func credsRotate(ctx context.Context, e *env, fs *flag.FlagSet, args []string) e
 	if err != nil {
 		return err
 	}
-	names := make([]string, len(o.Credentials))
-	for i, c := range o.Credentials {
-		names[i] = c.Name
-	}
-	if !slices.Contains(names, fs.Arg(0)) {
-		configured := "none is configured"
-		if len(names) > 0 {
-			configured = "configured: " + strings.Join(names, ", ")
-		}
-		return usagef("%q: no such credential in %s (%s)", fs.Arg(0), *config, configured)
-	}
 	res, err := relay.RotateCredential(ctx, o, fs.Arg(0), *print, slog.New(slog.DiscardHandler))
+	if errors.Is(err, relay.ErrNoCredential) {
+		return usagef("%v; name a credential of %s", err, *config)
+	}
 	if res.Secret != "" {
 		fmt.Fprintln(e.stdout, res.Secret)
 		fmt.Fprintf(e.stderr, "The new client secret of %s (hint %s, key %s, ending %s) is printed above and written nowhere.\n"+
