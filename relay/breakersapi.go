@@ -119,18 +119,14 @@ func (b *breakersAPI) act(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
-		reason := "tripped by an operator"
+		open, reason := b.set.Trip, "tripped by an operator"
 		if verb == "hold" {
-			reason = "held by an operator"
+			open, reason = b.set.Hold, "held by an operator"
 		}
 		if s := strings.TrimSpace(body.Reason); s != "" {
 			reason += ": " + truncate(s, 500)
 		}
-		if verb == "hold" {
-			err = b.set.Hold(ctx, name, reason)
-		} else {
-			err = b.set.Trip(ctx, name, reason)
-		}
+		err = open(ctx, name, reason)
 	case "reset":
 		err = b.set.Reset(ctx, name)
 	case "probe":

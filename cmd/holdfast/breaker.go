@@ -1,8 +1,8 @@
 package main
 
 import (
+	"cmp"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -98,8 +98,9 @@ func orDash(s string) string {
 // is checked before any is changed: a name no relay checks (a typo, a
 // credential not in the configuration) is refused. With forgettable, the
 // verb takes --forget, which instead removes the record of such a name,
-// for a credential taken out of the configuration.
-func breakerVerb(verb string, forgettable bool, do func(ctx context.Context, set *breaker.Set, name string) error) func(context.Context, *env, *flag.FlagSet, []string) error {
+// for a credential taken out of the configuration. do may return what
+// to print instead of verb.
+func breakerVerb(verb string, forgettable bool, do func(ctx context.Context, set *breaker.Set, name string) (string, error)) func(context.Context, *env, *flag.FlagSet, []string) error {
 	return func(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 		config := configFlag(fs, e)
 		forget := new(bool)
@@ -149,23 +150,15 @@ func breakerVerb(verb string, forgettable bool, do func(ctx context.Context, set
 				strings.Join(unchecked, ", "), *config, configured, hint)
 		}
 		for _, name := range names {
-			err := do(ctx, set, name)
-			if errors.Is(err, errKeptHeld) {
-				fmt.Fprintf(e.stdout, "%s: %v\n", name, err)
-				continue
-			}
+			done, err := do(ctx, set, name)
 			if err != nil {
 				return fmt.Errorf("%s: %w", name, err)
 			}
-			fmt.Fprintf(e.stdout, "%s: %s\n", name, verb)
+			fmt.Fprintf(e.stdout, "%s: %s\n", name, cmp.Or(done, verb))
 		}
 		return nil
 	}
 }
-
-// errKeptHeld is what a trip of a breaker an operator holds reports: the
-// trip is made, and the hold stays.
-var errKeptHeld = errors.New("tripped, and still held by an operator: only holdfast breaker reset releases its mail")
 
 // forgetBreakers removes the records of names, which must each have one.
 // A credential's must be checked by no relay of config (checked lists the
@@ -210,26 +203,26 @@ func forgetBreakers(ctx context.Context, e *env, set *breaker.Set, names, checke
 }
 
 var (
-	breakerTrip = breakerVerb("tripped: its mail is held until reset or a successful probe", false, func(ctx context.Context, set *breaker.Set, name string) error {
+	breakerTrip = breakerVerb("tripped: its mail is held until reset or a successful probe", false, func(ctx context.Context, set *breaker.Set, name string) (string, error) {
 		if err := set.Trip(ctx, name, "tripped by an operator"); err != nil {
-			return err
+			return "", err
 		}
 		if st, err := set.Status(ctx, name); err == nil && st.Held {
-			return errKeptHeld
+			return "tripped, and still held by an operator: only holdfast breaker reset releases its mail", nil
 		}
-		return nil
+		return "", nil
 	})
-	breakerHold = breakerVerb("held: its mail waits, and no relay probes it, until holdfast breaker reset", false, func(ctx context.Context, set *breaker.Set, name string) error {
-		return set.Hold(ctx, name, "held by an operator")
+	breakerHold = breakerVerb("held: its mail waits, and no relay probes it, until holdfast breaker reset", false, func(ctx context.Context, set *breaker.Set, name string) (string, error) {
+		return "", set.Hold(ctx, name, "held by an operator")
 	})
-	breakerReset = breakerVerb("reset: closed, its mail is released", true, func(ctx context.Context, set *breaker.Set, name string) error {
-		return set.Reset(ctx, name)
+	breakerReset = breakerVerb("reset: closed, its mail is released", true, func(ctx context.Context, set *breaker.Set, name string) (string, error) {
+		return "", set.Reset(ctx, name)
 	})
-	breakerProbe = breakerVerb("probe requested: a relay probes it within a second", false, func(ctx context.Context, set *breaker.Set, name string) error {
+	breakerProbe = breakerVerb("probe requested: a relay probes it within a second", false, func(ctx context.Context, set *breaker.Set, name string) (string, error) {
 		open, err := set.ProbeNow(ctx, name)
 		if err == nil && !open {
-			return fmt.Errorf("it is closed; there is nothing to probe")
+			return "", fmt.Errorf("it is closed; there is nothing to probe")
 		}
-		return err
+		return "", err
 	})
 )
