@@ -29,12 +29,33 @@ end
 return #ids
 `)
 
+// claimScript sets KEYS[1] for ARGV[1] ms unless it is set, while Redis
+// is full too (a pass that frees memory must run then). Returns 1 when
+// it set it.
+var claimScript = drainScript(`
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 1 end
+return 0
+`)
+
 // ExpireDead deletes, in every route, the dead letters dead for age or
-// longer, and returns how many it deleted. Several processes may run it
-// at once: each dead letter is deleted once.
-func (q *Queue) ExpireDead(ctx context.Context, age time.Duration) (int, error) {
+// longer, and returns how many it deleted. One pass counts for the fleet
+// for every: a call within every of another process's pass, or of its
+// own, deletes nothing and returns 0 (every 0: it always runs). Processes
+// that run at once delete each dead letter once.
+func (q *Queue) ExpireDead(ctx context.Context, age, every time.Duration) (int, error) {
 	if age <= 0 {
 		return 0, fmt.Errorf("expire dead letters: age %v is not positive", age)
+	}
+	if every > 0 {
+		// A little less than every, so that the claimant's own next
+		// pass, timed by its own clock, finds the claim lapsed.
+		claimed, err := claimScript.Run(ctx, q.rdb, []string{deadSweepKey}, max(1, every.Milliseconds()*9/10)).Int()
+		if err != nil {
+			return 0, fmt.Errorf("expire dead letters: %w", err)
+		}
+		if claimed == 0 {
+			return 0, nil
+		}
 	}
 	routes, err := q.Routes(ctx)
 	if err != nil {

@@ -43,7 +43,7 @@ func TestExpireDead(t *testing.T) {
 	live := enqueue(t, q, msg("crm", 9))
 	clk.Add(11 * 24 * time.Hour)
 
-	n, err := q.ExpireDead(ctx, 30*24*time.Hour)
+	n, err := q.ExpireDead(ctx, 30*24*time.Hour, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +72,7 @@ func TestExpireDead(t *testing.T) {
 	if st.Total.Dead != int64(len(recent)) || st.Total.Ready != 2 {
 		t.Fatalf("stats after expiry: %+v, want %d dead and 2 ready", st.Total, len(recent))
 	}
-	if n, err := q.ExpireDead(ctx, 30*24*time.Hour); err != nil || n != 0 {
+	if n, err := q.ExpireDead(ctx, 30*24*time.Hour, 0); err != nil || n != 0 {
 		t.Fatalf("second run: %d %v, want 0", n, err)
 	}
 	// The route with nothing left is pruned as any empty route is.
@@ -83,8 +83,32 @@ func TestExpireDead(t *testing.T) {
 	if p, err := q.PruneRoutes(ctx, time.Hour); err != nil || len(p) != 1 || p[0] != "bulk" {
 		t.Fatalf("pruned %v %v, want [bulk]", p, err)
 	}
-	if _, err := q.ExpireDead(ctx, 0); err == nil {
+	if _, err := q.ExpireDead(ctx, 0, 0); err == nil {
 		t.Fatal("an age of 0 was taken")
+	}
+}
+
+// TestExpireDeadOncePerInterval: a pass counts for the fleet for its
+// interval; another process's pass within it deletes nothing.
+func TestExpireDeadOncePerInterval(t *testing.T) {
+	q, clk, srv := newQueue(t)
+	other := queue.New(srv.Client(t), queue.Options{Now: clk.Now})
+	ctx := context.Background()
+	first := deadLetter(t, q, "crm", 1)
+	clk.Add(31 * 24 * time.Hour)
+	if n, err := q.ExpireDead(ctx, 30*24*time.Hour, time.Hour); err != nil || n != 1 {
+		t.Fatalf("first pass: %d %v, want 1", n, err)
+	}
+	second := deadLetter(t, other, "crm", 1)
+	clk.Add(31 * 24 * time.Hour)
+	if n, err := other.ExpireDead(ctx, 30*24*time.Hour, time.Hour); err != nil || n != 0 {
+		t.Fatalf("another process's pass within the hour: %d %v, want 0", n, err)
+	}
+	if m := get(t, q, second[0]); m.State != queue.Dead {
+		t.Fatalf("dead letter %s after a skipped pass: %s", second[0], m.State)
+	}
+	if _, err := q.Get(ctx, first[0]); !errors.Is(err, queue.ErrNotFound) {
+		t.Fatalf("the first pass's letter: %v", err)
 	}
 }
 

@@ -27,6 +27,7 @@ import (
 //	hf:{T}:f:ROUTE:KEY       string  idempotency key -> the fingerprint of its submission, when it had one
 //	hf:routes                set     every route that has had a message, until pruned
 //	hf:routes:idle           zset    route -> when it was first seen with no message (unix ms)
+//	hf:dead:sweep            string  present while a process's pass over the dead letters counts for the fleet (see ExpireDead)
 //	hf:min:MINUTE            hash    fleet-wide counts of one minute (unix minutes); see minutes.go
 //	hf:fallback:graph        zset    route -> until when its mail goes by Graph, not SMTP (unix ms); see fallback.go
 //	hf:rot:CREDENTIAL        hash    a credential's secret rotation waiting to remove the old secret; see rotation.go
@@ -92,6 +93,7 @@ const (
 const (
 	routesKey        = keyPrefix + "routes"
 	idleRoutesKey    = routesKey + ":idle"
+	deadSweepKey     = keyPrefix + "dead:sweep"
 	graphFallbackKey = keyPrefix + "fallback:graph"
 )
 

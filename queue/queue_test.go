@@ -644,7 +644,7 @@ func TestCluster(t *testing.T) {
 		dead = append(dead, deadLetter(t, q, r, 2)...)
 	}
 	clk.Add(time.Hour)
-	if n, err := q.ExpireDead(ctx, time.Hour); err != nil || n != len(dead) {
+	if n, err := q.ExpireDead(ctx, time.Hour, 0); err != nil || n != len(dead) {
 		t.Fatalf("expire dead letters on cluster: %d %v, want %d", n, err, len(dead))
 	}
 	for _, id := range dead {

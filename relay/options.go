@@ -315,7 +315,8 @@ type QueueOptions struct {
 	// kept. Default 168h.
 	DeliveredRetention Duration `yaml:"delivered_retention"`
 	// DeadRetention is how long a dead letter is kept, body and all,
-	// after it died; each relay deletes older ones every 10 minutes.
+	// after it died; older ones are deleted every 10 minutes, by one relay
+	// for the fleet.
 	// 0 keeps them until an operator requeues, deletes or purges them.
 	// Default 720h.
 	DeadRetention Duration `yaml:"dead_retention"`
