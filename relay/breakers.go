@@ -601,13 +601,13 @@ func (g *gate) probeMailboxesNow(ctx context.Context, list []breaker.Status) {
 	// Once Redis fails a request, the others are kept without trying.
 	var err error
 	for _, st := range list {
-		if st.State != breaker.Open || !strings.HasPrefix(st.Name, "mbx:") {
-			continue
+		if st.State != breaker.Open || st.Held || !strings.HasPrefix(st.Name, "mbx:") {
+			continue // an operator's hold waits for a reset
 		}
 		ask := func(ctx context.Context) error {
 			_, err := g.set.ProbeNow(ctx, st.Name)
 			if errors.Is(err, breaker.ErrHeld) {
-				return nil
+				return nil // held since the list was read
 			}
 			return err
 		}
