@@ -281,20 +281,26 @@ func (s *Sim) Counters() Counters {
 	return c
 }
 
-// client returns the counters of clientID; s.mu must be held.
 // countRefusal counts a refusal by Fault.SMTPMailRefusal or
 // Fault.SMTPDataRefusal for the token's client, spelt as registered, as
 // Auth counts it.
 func (s *Sim) countRefusal(claims *accessClaims) {
+	s.countFault(claims, func(c *ClientCounters) { c.SMTPRefusedByFault++ })
+}
+
+// countFault applies count to the counters of the token's client, spelt
+// as registered.
+func (s *Sim) countFault(claims *accessClaims, count func(*ClientCounters)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	id := claims.AppID
 	if a := s.findApp(claims.Tid, claims.AppID); a != nil {
 		id = a.clientID
 	}
-	s.client(id).SMTPRefusedByFault++
+	count(s.client(id))
 }
 
+// client returns the counters of clientID; s.mu must be held.
 func (s *Sim) client(clientID string) *ClientCounters {
 	c := s.clients[clientID]
 	if c == nil {

@@ -108,6 +108,7 @@ func (s *Sim) handleSendMail(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if f := s.faults(); f.GraphThrottle > 0 && (f.GraphThrottleMailbox == "" || strings.EqualFold(f.GraphThrottleMailbox, r.PathValue("user"))) {
+		s.countFault(claims, func(c *ClientCounters) { c.GraphThrottledByFault++ })
 		w.Header().Set("Retry-After", retryAfter(f.GraphThrottle))
 		s.writeGraphError(w, r, http.StatusTooManyRequests, "ApplicationThrottled", "Application is over its MailboxConcurrency limit.")
 		return

@@ -113,6 +113,9 @@ func TestGraphSendMail(t *testing.T) {
 	if n := f.ReceivedCount(); n != 2 {
 		t.Fatalf("%d messages recorded, want 2", n)
 	}
+	if n := f.Counters().Clients[appID].GraphThrottledByFault; n != 2 {
+		t.Errorf("%d sends counted as throttled, want the 2 answered 429", n)
+	}
 }
 
 func TestGraphApplication(t *testing.T) {

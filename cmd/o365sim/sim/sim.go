@@ -227,6 +227,9 @@ type ClientCounters struct {
 	// SMTPRefusedByFault counts the MAIL FROMs and message ends that
 	// Fault.SMTPMailRefusal and Fault.SMTPDataRefusal refused.
 	SMTPRefusedByFault int `json:"smtp_refused_by_fault"`
+	// GraphThrottledByFault counts the sendMail requests that
+	// Fault.GraphThrottle answered with 429.
+	GraphThrottledByFault int `json:"graph_throttled_by_fault"`
 }
 
 // MailboxCounters count per mailbox.
