@@ -37,6 +37,7 @@ import (
 //	hf:auth:user:HASH        string  failed authentications for an SMTP user name (hex of 16 bytes of its SHA-256) in the current window
 //	hf:{lim:MAILBOX}:conns   zset    connection token -> expiry (unix ms): a mailbox's connection slots
 //	hf:{lim:MAILBOX}:sends   zset    send token -> send time (unix ms): a mailbox's sends in the rate window
+//	hf:{lim:MAILBOX}:waits   hash    wait kind -> until when the upstream asked the fleet to leave the mailbox alone (unix ms); see HoldMailbox
 //
 // The due-route index (see due.go) lives on its own hash tag:
 //
@@ -288,6 +289,13 @@ func authKnownKey(user string) string {
 // limitKeys are the connection-slot and send-rate keys of a mailbox (see
 // Limiter). Both share the mailbox's hash tag.
 func limitKeys(mailbox string) (conns, sends string) {
-	base := keyPrefix + "{lim:" + mailbox + "}:"
+	base := limitBase(mailbox)
 	return base + "conns", base + "sends"
 }
+
+// mailboxWaitsKey holds the upstream's waits of a mailbox (see
+// HoldMailbox), on the hash tag of its limitKeys: the send-rate script
+// reads it.
+func mailboxWaitsKey(mailbox string) string { return limitBase(mailbox) + "waits" }
+
+func limitBase(mailbox string) string { return keyPrefix + "{lim:" + mailbox + "}:" }

@@ -1,9 +1,12 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -28,13 +31,22 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 `)
 
-// rateScript records a send if fewer than the limit happened in the last
-// window; otherwise it says how long until the oldest one leaves it.
+// rateScript records a send if the mailbox has no wait of the kinds
+// asked and fewer than the limit sends happened in the last window;
+// otherwise it says how long until the wait ends or the oldest send
+// leaves the window.
 //
-// KEYS[1] sends. ARGV[1] now, ARGV[2] limit, ARGV[3] window in ms,
-// ARGV[4] token. Returns 0 when the send was recorded, else the wait in ms.
+// KEYS[1] sends, KEYS[2] waits. ARGV[1] now, ARGV[2] limit, ARGV[3]
+// window in ms, ARGV[4] token, ARGV[5...] the kinds of wait that hold
+// this send. Returns 0 when the send was recorded, else the wait in ms.
 var rateScript = drainScript(`
 local now = tonumber(ARGV[1])
+local held = 0
+for i = 5, #ARGV do
+  local untilMs = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0')
+  if untilMs > now then held = math.max(held, untilMs - now) end
+end
+if held > 0 then return held end
 local window = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
@@ -44,6 +56,24 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return math.max(1, tonumber(oldest[2]) + window - now)
+`)
+
+// holdMailboxScript records a wait of one kind of a mailbox, keeping
+// the later end when the kind waits already. The key lives until its
+// last wait ends, by the caller's clock, as every end here is.
+//
+// KEYS[1] waits. ARGV[1] now, ARGV[2] kind, ARGV[3] end of the wait
+// (unix ms). Returns 1 when the kind did not wait already, else 0.
+var holdMailboxScript = drainScript(`
+local prev = tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or '0')
+local untilMs = tonumber(ARGV[3])
+if untilMs > prev then redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) end
+local last = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do last = math.max(last, tonumber(v)) end
+local now = tonumber(ARGV[1])
+redis.call('PEXPIRE', KEYS[1], math.max(1, last - now))
+if prev > now then return 0 end
+return 1
 `)
 
 // Limiter enforces per-mailbox connection and send-rate limits across
@@ -134,13 +164,74 @@ func (l *Limiter) TakeSend(ctx context.Context, mailbox string, limit int, windo
 	return wait, err
 }
 
+// HoldMailbox asks every replica to leave the mailbox's sends of one
+// kind alone for d from now, as the upstream asked one of them: a send
+// that ReserveSend holds for that kind waits instead. A later end than
+// the one recorded wins. It reports whether the kind did not wait
+// already.
+func (l *Limiter) HoldMailbox(ctx context.Context, mailbox, kind string, d time.Duration) (bool, error) {
+	if d <= 0 {
+		return false, nil
+	}
+	now := l.now()
+	n, err := holdMailboxScript.Run(ctx, l.rdb, []string{mailboxWaitsKey(mailbox)},
+		now.UnixMilli(), kind, now.Add(d).UnixMilli()).Int()
+	if err != nil {
+		return false, fmt.Errorf("hold %s: %w", mailbox, err)
+	}
+	return n == 1, nil
+}
+
+// MailboxWait is a wait of a mailbox that HoldMailbox recorded.
+type MailboxWait struct {
+	Mailbox string
+	Kind    string
+	Until   time.Time
+}
+
+// MailboxWaits returns the waits of the mailboxes that have not ended,
+// by mailbox and kind, in one round trip.
+func (l *Limiter) MailboxWaits(ctx context.Context, mailboxes []string) ([]MailboxWait, error) {
+	if len(mailboxes) == 0 {
+		return nil, nil
+	}
+	pipe := l.rdb.Pipeline()
+	cmds := make([]*redis.MapStringStringCmd, len(mailboxes))
+	for i, m := range mailboxes {
+		cmds[i] = pipe.HGetAll(ctx, mailboxWaitsKey(m))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("mailbox waits: %w", err)
+	}
+	now := l.now()
+	var out []MailboxWait
+	for i, c := range cmds {
+		for kind, v := range c.Val() {
+			ms, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || !time.UnixMilli(ms).After(now) {
+				continue
+			}
+			out = append(out, MailboxWait{Mailbox: mailboxes[i], Kind: kind, Until: time.UnixMilli(ms)})
+		}
+	}
+	slices.SortFunc(out, func(a, b MailboxWait) int {
+		return cmp.Or(cmp.Compare(a.Mailbox, b.Mailbox), cmp.Compare(a.Kind, b.Kind))
+	})
+	return out, nil
+}
+
 // ReserveSend is TakeSend that also returns the recorded send's token,
 // with which ReturnSend gives it back when the send does not happen.
-func (l *Limiter) ReserveSend(ctx context.Context, mailbox string, limit int, window time.Duration) (string, time.Duration, error) {
+// While the mailbox waits for one of the kinds in holds (HoldMailbox),
+// it records nothing and returns the rest of the longest such wait.
+func (l *Limiter) ReserveSend(ctx context.Context, mailbox string, limit int, window time.Duration, holds ...string) (string, time.Duration, error) {
 	_, sends := limitKeys(mailbox)
 	token := newToken()
-	ms, err := rateScript.Run(ctx, l.rdb, []string{sends},
-		l.now().UnixMilli(), limit, window.Milliseconds(), token).Int64()
+	args := []any{l.now().UnixMilli(), limit, window.Milliseconds(), token}
+	for _, h := range holds {
+		args = append(args, h)
+	}
+	ms, err := rateScript.Run(ctx, l.rdb, []string{sends, mailboxWaitsKey(mailbox)}, args...).Int64()
 	if err != nil {
 		return "", 0, fmt.Errorf("send rate of %s: %w", mailbox, err)
 	}

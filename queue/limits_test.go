@@ -109,3 +109,83 @@ func TestSendRateAcrossReplicas(t *testing.T) {
 		t.Fatalf("after the window: wait %v", wait)
 	}
 }
+
+// TestHoldMailbox: a wait one replica records holds the sends of that
+// kind on every replica, and only them, until it ends; a shorter wait
+// does not cut a longer one short, and the key goes with the last wait.
+func TestHoldMailbox(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	clk := newClock()
+	a := queue.NewLimiter(rdb, clk.Now)
+	b := queue.NewLimiter(srv.Client(t), clk.Now)
+	ctx := context.Background()
+	const box = "alice@contoso.com"
+
+	if first, err := a.HoldMailbox(ctx, box, "blocked", 30*time.Minute); err != nil || !first {
+		t.Fatalf("HoldMailbox = %v, %v; want a new wait", first, err)
+	}
+	if first, err := b.HoldMailbox(ctx, box, "blocked", time.Minute); err != nil || first {
+		t.Fatalf("HoldMailbox of a waiting kind = %v, %v; want false", first, err)
+	}
+	token, wait, err := b.ReserveSend(ctx, box, 30, time.Minute, "blocked")
+	if err != nil || token != "" || wait != 30*time.Minute {
+		t.Fatalf("ReserveSend of a blocked mailbox = %q, %v, %v; want a 30-minute wait, the longer one", token, wait, err)
+	}
+	if token, wait, err := b.ReserveSend(ctx, box, 30, time.Minute, "graph"); err != nil || token == "" || wait != 0 {
+		t.Fatalf("ReserveSend held only by another kind = %q, %v, %v; want sent", token, wait, err)
+	}
+	if wait, err := b.TakeSend(ctx, box, 30, time.Minute); err != nil || wait != 0 {
+		t.Fatalf("TakeSend held by nothing = %v, %v; want sent", wait, err)
+	}
+	if wait, err := b.TakeSend(ctx, "bob@contoso.com", 30, time.Minute); err != nil || wait != 0 {
+		t.Fatalf("another mailbox = %v, %v", wait, err)
+	}
+
+	if _, err := a.HoldMailbox(ctx, box, "graph", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, wait, _ := b.ReserveSend(ctx, box, 30, time.Minute, "graph"); wait != 10*time.Second {
+		t.Fatalf("graph wait %v, want 10s", wait)
+	}
+	if _, wait, _ := b.ReserveSend(ctx, box, 30, time.Minute, "graph", "blocked"); wait != 30*time.Minute {
+		t.Fatalf("both kinds: wait %v, want the longer, 30m", wait)
+	}
+	keys, _ := rdb.Keys(ctx, "hf:{lim:"+box+"}:waits").Result()
+	if len(keys) != 1 {
+		t.Fatalf("waits keys %v", keys)
+	}
+	if ttl := rdb.PTTL(ctx, keys[0]).Val(); ttl < 29*time.Minute || ttl > 30*time.Minute {
+		t.Errorf("the waits key lives %v, want until the last wait ends (30m)", ttl)
+	}
+
+	waits, err := b.MailboxWaits(ctx, []string{"bob@contoso.com", box})
+	want := []queue.MailboxWait{
+		{Mailbox: box, Kind: "blocked", Until: clk.Now().Add(30 * time.Minute)},
+		{Mailbox: box, Kind: "graph", Until: clk.Now().Add(10 * time.Second)},
+	}
+	same := func(a, b queue.MailboxWait) bool {
+		return a.Mailbox == b.Mailbox && a.Kind == b.Kind && a.Until.Equal(b.Until)
+	}
+	if err != nil || len(waits) != 2 || !same(waits[0], want[0]) || !same(waits[1], want[1]) {
+		t.Fatalf("MailboxWaits = %+v, %v; want %+v", waits, err, want)
+	}
+	clk.Add(10 * time.Second)
+	if waits, _ := b.MailboxWaits(ctx, []string{box}); len(waits) != 1 || waits[0].Kind != "blocked" {
+		t.Fatalf("MailboxWaits after the graph wait = %+v; want the block alone", waits)
+	}
+
+	clk.Add(30*time.Minute + time.Millisecond)
+	if waits, err := b.MailboxWaits(ctx, []string{box}); err != nil || len(waits) != 0 {
+		t.Fatalf("MailboxWaits after every wait = %+v, %v", waits, err)
+	}
+	if token, wait, err := b.ReserveSend(ctx, box, 30, time.Minute, "graph", "blocked"); err != nil || token == "" || wait != 0 {
+		t.Fatalf("after the waits = %q, %v, %v; want sent", token, wait, err)
+	}
+	if first, _ := a.HoldMailbox(ctx, box, "blocked", time.Second); !first {
+		t.Error("a wait after the last ended is not new")
+	}
+	if first, err := a.HoldMailbox(ctx, box, "blocked", 0); first || err != nil {
+		t.Errorf("a wait of 0 = %v, %v; want nothing recorded", first, err)
+	}
+}

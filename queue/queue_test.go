@@ -589,6 +589,17 @@ func TestCluster(t *testing.T) {
 	if w, err := queue.CheckDurability(ctx, rdb, true); err != nil {
 		t.Fatalf("durability on cluster: %v %v", w, err)
 	}
+	// A mailbox's wait and its send rate share a slot.
+	lim := queue.NewLimiter(rdb, clk.Now)
+	if _, err := lim.HoldMailbox(ctx, "alice@contoso.com", "blocked", time.Minute); err != nil {
+		t.Fatalf("hold a mailbox on cluster: %v", err)
+	}
+	if _, wait, err := lim.ReserveSend(ctx, "alice@contoso.com", 30, time.Minute, "blocked"); err != nil || wait != time.Minute {
+		t.Fatalf("send of a held mailbox on cluster: wait %v, %v", wait, err)
+	}
+	if waits, err := lim.MailboxWaits(ctx, []string{"alice@contoso.com", "bob@contoso.com", "carol@contoso.com"}); err != nil || len(waits) != 1 {
+		t.Fatalf("mailbox waits on cluster: %+v, %v", waits, err)
+	}
 	routes := []string{"app:contoso", "app:fabrikam", "app:northwind", "mbx:alice@contoso.com", "mbx:bob@contoso.com"}
 	ids := map[string]string{}
 	for i, r := range routes {

@@ -25,16 +25,7 @@ func TestGraphOnlyRotation(t *testing.T) {
 		for i := range c.Tenants[0].Mailboxes {
 			c.Tenants[0].Mailboxes[i].SMTPAuthDisabled = true
 		}
-	}, func(o *Options) {
-		for i := range o.Apps {
-			o.Apps[i].Via = "graph"
-			o.Apps[i].SenderMailboxes = map[string]string{}
-			for m := 1; m <= boxes; m++ {
-				addr := fmt.Sprintf("box%d@contoso.com", m)
-				o.Apps[i].SenderMailboxes[addr] = addr
-			}
-		}
-	})
+	}, sendByGraphAs(boxes))
 	ctx := context.Background()
 	send := func(n int) {
 		from := fmt.Sprintf("box%d@contoso.com", n%boxes+1)

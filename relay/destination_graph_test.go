@@ -84,14 +84,7 @@ func TestDeadGraphEndpointLeasesNothing(t *testing.T) {
 func TestGraphThrottledMailboxLeavesOthers(t *testing.T) {
 	const throttle = 8 * time.Second
 	e := newExchangeEnv(t, 1, func(o *Options) {
-		for i := range o.Apps {
-			o.Apps[i].Via = "graph"
-			o.Apps[i].SenderMailboxes = map[string]string{}
-			for m := 1; m <= 4; m++ {
-				addr := fmt.Sprintf("box%d@contoso.com", m)
-				o.Apps[i].SenderMailboxes[addr] = addr
-			}
-		}
+		sendByGraphAs(4)(o)
 		o.Exchange.DeadDestinationProbe = Duration(time.Second)
 	})
 	e.sim.SetFault(sim.Fault{GraphThrottle: throttle, GraphThrottleMailbox: "box1@contoso.com"})

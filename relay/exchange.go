@@ -56,7 +56,9 @@ type exchange struct {
 	// the transport (o365.ErrMailboxBlocked): none of their routes
 	// leases.
 	throttled, blocked mailboxWaits
-	log                *slog.Logger
+	// fleetWaits is the fleet's record of the same waits.
+	fleetWaits mailboxHolder
+	log        *slog.Logger
 	// quota counts what each mailbox sent, for Exchange's recipient quota.
 	quota *recipientQuota
 	// fallback holds the apps with fallback: graph; fallbacks the routes
@@ -107,6 +109,19 @@ type credentialHooks struct {
 	onSecretInUse   func(name string)
 }
 
+// mailboxHolder records a mailbox's waits for the fleet.
+type mailboxHolder interface {
+	HoldMailbox(ctx context.Context, mailbox, kind string, d time.Duration) (bool, error)
+}
+
+// The kinds of wait that hold a route's sends (exchange.Reserve): the
+// mailbox blocked, and Graph's throttling of the mailbox when the route
+// goes by Graph alone.
+var (
+	holdsSMTP  = []string{waitBlocked}
+	holdsGraph = []string{waitBlocked, waitGraph}
+)
+
 // newExchange builds the exchange sender.
 func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx *metrics, authMx *auth.Metrics, log *slog.Logger) (*exchange, error) {
 	tlsConfig, err := exchangeTLS(o.Exchange)
@@ -115,16 +130,20 @@ func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx
 	}
 	httpClient := auth.NewHTTPClient(tlsConfig)
 	xlog := log.With("component", "exchange")
+	limits := queue.NewLimiter(rdb, nil)
 	x := &exchange{
 		via:        map[string]string{},
 		creds:      map[string]*auth.Credential{},
 		graphCreds: map[string]*auth.Credential{},
 		dest: destination.New(destination.Options{ProbeInterval: o.Exchange.DeadDestinationProbe.D(),
 			Logger: log.With("component", "destination")}),
-		quota:     &recipientQuota{rl: queue.NewLimiter(rdb, nil), limit: o.Exchange.RecipientsPerDay, log: xlog},
-		fallback:  map[string]bool{},
-		fallbacks: &graphFallbacks{q: queue.New(rdb, queue.Options{}), recheck: o.Exchange.FallbackRecheck.D(), log: xlog},
-		log:       xlog,
+		quota:      &recipientQuota{rl: limits, limit: o.Exchange.RecipientsPerDay, log: xlog},
+		fallback:   map[string]bool{},
+		fallbacks:  &graphFallbacks{q: queue.New(rdb, queue.Options{}), recheck: o.Exchange.FallbackRecheck.D(), log: xlog},
+		throttled:  mailboxWaits{kind: waitGraph},
+		blocked:    mailboxWaits{kind: waitBlocked},
+		fleetWaits: limits,
+		log:        xlog,
 	}
 	httpClient.Transport = x.dest.Transport(httpClient.Transport, tokenEndpoint, classifyToken)
 	if o.Exchange.GrantKeyFile != "" {
@@ -180,7 +199,7 @@ func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx
 		DataTimeout:       o.Exchange.DataTimeout.D(),
 		MaxConns:          o.Exchange.MaxConnectionsPerMailbox,
 		PerMinute:         o.Exchange.MessagesPerMinute,
-		Limits:            queue.NewLimiter(rdb, nil),
+		Limits:            limits,
 		Router:            x.route(x.creds, true),
 		Logger:            log.With("component", "smtp-out"),
 		Endpoint:          smtpEndpoint{x.dest},
@@ -327,7 +346,7 @@ func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
 			// The mailbox waits, not the endpoint (done would suspend
 			// the endpoint for every mailbox). Graph answered: the
 			// endpoint is up.
-			x.holdMailbox(&x.throttled, m.Route, upstream.RetryAfterOf(err), "Graph throttles the mailbox; its Graph mail waits")
+			x.holdMailbox(ctx, &x.throttled, m.Route, upstream.RetryAfterOf(err), "Graph throttles the mailbox; its Graph mail waits")
 			done(nil)
 		} else {
 			done(err)
@@ -340,7 +359,7 @@ func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
 	}
 	err = x.quota.settle(ctx, m, counted, err)
 	if errors.Is(err, o365.ErrMailboxBlocked) {
-		x.holdMailbox(&x.blocked, m.Route, upstream.RetryAfterOf(err), "Exchange holds the mailbox's sending; its mail waits")
+		x.holdMailbox(ctx, &x.blocked, m.Route, upstream.RetryAfterOf(err), "Exchange holds the mailbox's sending; its mail waits")
 	}
 	return reply, err
 }
@@ -434,15 +453,18 @@ func (x *exchange) Reserve(ctx context.Context, route string, n int) ([]reservat
 	if wait := x.blocked.wait(mailbox); wait > 0 {
 		return nil, wait, nil
 	}
+	holds := holdsSMTP
 	if x.endpoints.graphOnly(delegated, cred) {
 		if wait := x.throttled.wait(mailbox); wait > 0 {
 			return nil, wait, nil
 		}
+		holds = holdsGraph
 	}
 	if room > 0 {
 		n = min(n, room)
 	}
-	grants, wait, err := x.smtp.Reserve(ctx, mailbox, n)
+	// The fleet's waits are read in the script that counts the send.
+	grants, wait, err := x.smtp.Reserve(ctx, mailbox, n, holds...)
 	out := make([]reservation, len(grants))
 	for i, g := range grants {
 		out[i] = smtpReservation{g}
@@ -450,13 +472,20 @@ func (x *exchange) Reserve(ctx context.Context, route string, n int) ([]reservat
 	return out, wait, err
 }
 
-// holdMailbox records in t that the mailbox of route is left alone for
-// d, as the upstream asked (without a time, each message waits the
-// throttled default alone), and logs why the first time.
-func (x *exchange) holdMailbox(t *mailboxWaits, route string, d time.Duration, why string) {
+// holdMailbox records in t, and for the fleet, that the mailbox of route
+// is left alone for d, as the upstream asked (without a time, each
+// message waits the throttled default alone), and logs why the first
+// time.
+func (x *exchange) holdMailbox(ctx context.Context, t *mailboxWaits, route string, d time.Duration, why string) {
 	_, _, mailbox, ok := parseRoute(route)
-	if ok && t.hold(mailbox, d) {
+	if !ok || d <= 0 {
+		return
+	}
+	if t.hold(mailbox, d) {
 		x.log.Info(why, "mailbox", mailbox, "for", d)
+	}
+	if _, err := x.fleetWaits.HoldMailbox(context.WithoutCancel(ctx), mailbox, t.kind, d); err != nil {
+		x.log.Warn("cannot record the mailbox's wait for the other relays; they may try it meanwhile", "mailbox", mailbox, "for", d, "err", err)
 	}
 }
 

@@ -202,6 +202,21 @@ func exchangeMessage(n int, from string) string {
 	return fmt.Sprintf("From: <%s>\r\nTo: <x@example.org>\r\nSubject: test %d\r\nMessage-ID: <m%d@test>\r\n\r\nbody %d\r\n", from, n, n, n)
 }
 
+// sendByGraphAs makes every app send by Graph, each sender its own
+// mailbox: box1@contoso.com to boxN.
+func sendByGraphAs(n int) func(*Options) {
+	return func(o *Options) {
+		for i := range o.Apps {
+			o.Apps[i].Via = "graph"
+			o.Apps[i].SenderMailboxes = map[string]string{}
+			for m := 1; m <= n; m++ {
+				addr := fmt.Sprintf("box%d@contoso.com", m)
+				o.Apps[i].SenderMailboxes[addr] = addr
+			}
+		}
+	}
+}
+
 // waitFor polls cond for up to d.
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()

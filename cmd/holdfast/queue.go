@@ -122,23 +122,35 @@ func queueStats(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
-	q, closeQueue, err := openQueue(*config)
+	o, rdb, err := openRedis(*config)
 	if err != nil {
 		return err
 	}
-	defer closeQueue()
-	st, err := q.Stats(ctx)
+	defer rdb.Close()
+	st, err := queue.New(rdb, o.Queue.Options()).Stats(ctx)
+	if err != nil {
+		return err
+	}
+	routes := make([]string, len(st.Routes))
+	for i, r := range st.Routes {
+		routes[i] = r.Route
+	}
+	waits, err := relay.MailboxWaits(ctx, rdb, routes, e.now)
 	if err != nil {
 		return err
 	}
 	now := e.now()
 	if *asJSON {
 		out := struct {
-			Routes []statsJSON `json:"routes"`
-			Total  statsJSON   `json:"total"`
-		}{Routes: []statsJSON{}, Total: toStatsJSON(st.Total, now)}
+			Routes       []statsJSON         `json:"routes"`
+			Total        statsJSON           `json:"total"`
+			MailboxWaits []relay.MailboxWait `json:"mailbox_waits"`
+		}{Routes: []statsJSON{}, Total: toStatsJSON(st.Total, now), MailboxWaits: waits}
 		for _, r := range st.Routes {
 			out.Routes = append(out.Routes, toStatsJSON(r, now))
+		}
+		for i := range out.MailboxWaits {
+			out.MailboxWaits[i].Until = out.MailboxWaits[i].Until.UTC()
 		}
 		return writeJSON(e.stdout, out)
 	}
@@ -163,6 +175,7 @@ func queueStats(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 			fmt.Fprintf(e.stdout, "route %s is held: %s\n", r.Route, r.HoldReason)
 		}
 	}
+	printMailboxWaits(e.stdout, waits, now, "")
 	return nil
 }
 
@@ -411,11 +424,12 @@ func queueFlush(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
-	q, closeQueue, err := openQueue(*config)
+	o, rdb, err := openRedis(*config)
 	if err != nil {
 		return err
 	}
-	defer closeQueue()
+	defer rdb.Close()
+	q := queue.New(rdb, o.Queue.Options())
 	routes := []string{*route}
 	if *route == "" {
 		if routes, err = q.Routes(ctx); err != nil {
@@ -436,7 +450,21 @@ func queueFlush(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	} else if total == 0 {
 		hintUnknownRoute(ctx, e, q, *route)
 	}
+	// A flush does not end the upstream's waits: say which mail they hold.
+	waits, err := relay.MailboxWaits(ctx, rdb, routes, e.now)
+	if err != nil {
+		return err
+	}
+	printMailboxWaits(e.stdout, waits, e.now(), "; its mail goes out then")
 	return nil
+}
+
+// printMailboxWaits prints one line for each wait, then more.
+func printMailboxWaits(w io.Writer, waits []relay.MailboxWait, now time.Time, more string) {
+	for _, mw := range waits {
+		fmt.Fprintf(w, "mailbox %s waits until %s (in %s): %s%s\n",
+			mw.Mailbox, mw.Until.UTC().Format(time.RFC3339), age(mw.Until.Sub(now)), mw.Why, more)
+	}
 }
 
 func writeJSON(w io.Writer, v any) error {

@@ -176,7 +176,7 @@ func (freeLimits) Release(context.Context, *queue.Slot) error              { ret
 func (freeLimits) TakeSend(context.Context, string, int, time.Duration) (time.Duration, error) {
 	return 0, nil
 }
-func (freeLimits) ReserveSend(context.Context, string, int, time.Duration) (string, time.Duration, error) {
+func (freeLimits) ReserveSend(context.Context, string, int, time.Duration, ...string) (string, time.Duration, error) {
 	return "", 0, nil
 }
 func (freeLimits) ReturnSend(context.Context, string, string) error { return nil }

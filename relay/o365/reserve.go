@@ -42,9 +42,10 @@ const slotRetry = 250 * time.Millisecond
 
 // Reserve takes room for up to n messages of the mailbox: each grant is
 // one of this replica's idle connections to the mailbox, or a free slot
-// of the fleet, plus room in the mailbox's rate. With no grant it returns
-// how long until room may free up.
-func (s *SMTPSender) Reserve(ctx context.Context, mailbox string, n int) ([]*Grant, time.Duration, error) {
+// of the fleet, plus room in the mailbox's rate. While the mailbox waits
+// for one of the kinds in holds (queue.Limiter.HoldMailbox), there is no
+// room. With no grant it returns how long until room may free up.
+func (s *SMTPSender) Reserve(ctx context.Context, mailbox string, n int, holds ...string) ([]*Grant, time.Duration, error) {
 	var grants []*Grant
 	for len(grants) < n {
 		g := &Grant{s: s, mailbox: mailbox, conn: s.takeIdle(mailbox)}
@@ -58,7 +59,7 @@ func (s *SMTPSender) Reserve(ctx context.Context, mailbox string, n int) ([]*Gra
 			}
 			g.slot = slot
 		}
-		token, wait, err := s.o.Limits.ReserveSend(ctx, mailbox, s.o.PerMinute, time.Minute)
+		token, wait, err := s.o.Limits.ReserveSend(ctx, mailbox, s.o.PerMinute, time.Minute, holds...)
 		if err != nil || wait > 0 {
 			g.send = ""
 			g.Cancel()

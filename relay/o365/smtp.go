@@ -108,7 +108,7 @@ type Limits interface {
 	Renew(ctx context.Context, s *queue.Slot, ttl time.Duration) error
 	Release(ctx context.Context, s *queue.Slot) error
 	TakeSend(ctx context.Context, mailbox string, limit int, window time.Duration) (time.Duration, error)
-	ReserveSend(ctx context.Context, mailbox string, limit int, window time.Duration) (string, time.Duration, error)
+	ReserveSend(ctx context.Context, mailbox string, limit int, window time.Duration, holds ...string) (string, time.Duration, error)
 	ReturnSend(ctx context.Context, mailbox, token string) error
 }
 
