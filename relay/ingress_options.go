@@ -136,6 +136,18 @@ func (o *Options) validateIngress() error {
 	return nil
 }
 
+// connectionsPerApp is the authenticated sessions one of apps
+// applications may hold (see SMTPOptions.MaxConnectionsPerApp).
+func (o SMTPOptions) connectionsPerApp(apps int) int {
+	switch {
+	case o.MaxConnectionsPerApp > 0:
+		return o.MaxConnectionsPerApp
+	case apps <= 1:
+		return o.MaxConnections
+	}
+	return max(o.MaxConnections/2, 1)
+}
+
 // inflightPerApp is the bytes one application may hold of the in-flight
 // budget (see SMTPOptions.MaxInflightBytesPerApp).
 func (o SMTPOptions) inflightPerApp() int64 {

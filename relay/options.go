@@ -249,6 +249,13 @@ type SMTPOptions struct {
 	// gone a second or more without authenticating.
 	MaxConnections      int `yaml:"max_connections"`
 	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
+	// MaxConnectionsPerApp bounds the authenticated sessions of one
+	// application: past it, that application's next AUTH gets 421 4.7.0
+	// and its connection is closed, so that one application's leaked or
+	// runaway connections, which are never closed to make room, cannot
+	// hold the whole table. Default 0: half of MaxConnections when
+	// more than one application is configured; with one, all of them.
+	MaxConnectionsPerApp int `yaml:"max_connections_per_app"`
 	// MaxErrors is how many permanent (5xx) refusals of its commands a
 	// connection may get with no message queued between them; the next
 	// command gets 421 4.7.0 and the connection is closed. Default 20
@@ -656,6 +663,9 @@ func (o *Options) Validate() error {
 	}
 	if o.SMTP.MaxConnectionsPerIP < 1 {
 		return bad("smtp.max_connections_per_ip", "must be at least 1")
+	}
+	if p := o.SMTP.MaxConnectionsPerApp; p < 0 || p > o.SMTP.MaxConnections {
+		return bad("smtp.max_connections_per_app", "must be 0 (half of smtp.max_connections with several apps), or from 1 to smtp.max_connections (%d)", o.SMTP.MaxConnections)
 	}
 	if o.SMTP.MaxErrors < 1 {
 		return bad("smtp.max_errors", "must be at least 1")

@@ -130,6 +130,8 @@ func TestValidate(t *testing.T) {
 		{"smtp.write_timeout", func(o *relay.Options) { o.SMTP.WriteTimeout = -1 }},
 		{"smtp.max_connections", func(o *relay.Options) { o.SMTP.MaxConnections = 0 }},
 		{"smtp.max_connections_per_ip", func(o *relay.Options) { o.SMTP.MaxConnectionsPerIP = 0 }},
+		{"smtp.max_connections_per_app", func(o *relay.Options) { o.SMTP.MaxConnectionsPerApp = -1 }},
+		{"smtp.max_connections_per_app", func(o *relay.Options) { o.SMTP.MaxConnectionsPerApp = o.SMTP.MaxConnections + 1 }},
 		{"smtp.max_errors", func(o *relay.Options) { o.SMTP.MaxErrors = 0 }},
 		{"http.max_connections_per_ip", func(o *relay.Options) { o.HTTP.MaxConnectionsPerIP = 0 }},
 		{"smtp.max_inflight_bytes", func(o *relay.Options) { o.SMTP.MaxInflightBytes = 2*o.SMTP.MaxMessageBytes + 64<<10 - 1 }},

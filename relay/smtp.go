@@ -66,8 +66,10 @@ type smtpIngress struct {
 	listeners []net.Listener
 	conns     map[*smtpConn]struct{}
 	perIP     map[string]int
-	evicting  int           // connections in conns told to go, not yet closed
-	drained   chan struct{} // closed once closing and no connection is left
+	perApp    map[string]int // authenticated sessions by application
+	appShare  int            // the most of them one application may hold
+	evicting  int            // connections in conns told to go, not yet closed
+	drained   chan struct{}  // closed once closing and no connection is left
 	drainOnce sync.Once
 
 	// evictAge is how long (ns) a connection must have gone without
@@ -93,6 +95,8 @@ func newSMTPIngress(o Options, in *ingress, a *apps, tlsConfig *tls.Config, log 
 		cancel:    cancel,
 		conns:     map[*smtpConn]struct{}{},
 		perIP:     map[string]int{},
+		perApp:    map[string]int{},
+		appShare:  o.SMTP.connectionsPerApp(len(o.Apps)),
 		drained:   make(chan struct{}),
 		sample:    newLogSampler(logSampleEvery),
 		errSample: newLogSampler(logSampleEvery),
@@ -101,9 +105,9 @@ func newSMTPIngress(o Options, in *ingress, a *apps, tlsConfig *tls.Config, log 
 	s.evictAge.Store(int64(smtpEvictAge))
 	s.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "holdfast_smtp_connections_refused_total",
-		Help: "SMTP connections refused with 421 at connect, by the limit reached (total or per_ip).",
+		Help: "SMTP connections refused with 421, by the limit reached: total or per_ip at connect, per_app at AUTH.",
 	}, []string{"limit"})
-	for _, l := range []string{"total", "per_ip"} {
+	for _, l := range []string{"total", "per_ip", "per_app"} {
 		s.refused.WithLabelValues(l)
 	}
 	s.evicted = prometheus.NewCounter(prometheus.CounterOpts{
@@ -327,6 +331,36 @@ func crowdedOver(count map[string]int, mine int) (string, bool) {
 	return top, n > mine+1
 }
 
+// claimApp counts c as a session of app, unless app holds its share of
+// the table already (smtp.max_connections_per_app). A connection that
+// authenticates again (after STARTTLS, which starts a new session) is
+// counted once, for the application of its last AUTH.
+func (s *smtpIngress) claimApp(c *smtpConn, app string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c.app == app {
+		return true
+	}
+	s.forgetApp(c)
+	if s.perApp[app] >= s.appShare {
+		return false
+	}
+	s.perApp[app]++
+	c.app = app
+	return true
+}
+
+// forgetApp takes c out of its application's count. s.mu is held.
+func (s *smtpIngress) forgetApp(c *smtpConn) {
+	if c.app == "" {
+		return
+	}
+	if s.perApp[c.app]--; s.perApp[c.app] <= 0 {
+		delete(s.perApp, c.app)
+	}
+	c.app = ""
+}
+
 // collectors are the ingress's metrics, for the relay's registry.
 func (s *smtpIngress) collectors() []prometheus.Collector {
 	open := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -351,6 +385,7 @@ func (s *smtpIngress) release(c *smtpConn) {
 	if s.perIP[c.ip]--; s.perIP[c.ip] <= 0 {
 		delete(s.perIP, c.ip)
 	}
+	s.forgetApp(c)
 	if s.closing.Load() && len(s.conns) == 0 {
 		s.drainOnce.Do(func() { close(s.drained) })
 	}
@@ -502,6 +537,13 @@ func (s *smtpSession) authenticate(mech, user, password string) error {
 	// cache, records its IP as known (at most once an hour); an attempt
 	// that no worker was free to check is not one.
 	guard.remember(ctx, ip, user)
+	if !s.ing.claimApp(s.tc, app.Name) {
+		s.ing.refused.WithLabelValues("per_app").Inc()
+		s.logRefusal(slog.LevelWarn, "authentication refused: the application holds its share of the connections",
+			"app", app.Name, "max_connections_per_app", s.ing.appShare)
+		s.tc.appRefused.Store(true)
+		return errSMTPTooManyAppConnections
+	}
 	s.tc.authenticated.Store(true)
 	s.mu.Lock()
 	s.app = app

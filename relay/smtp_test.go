@@ -456,11 +456,13 @@ func TestSMTPConnectionLimits(t *testing.T) {
 }
 
 // newSMTPTable is SMTP ingress whose connection table holds max
-// connections (10 per IP), evicting unauthenticated ones after age.
+// connections (10 per IP, and all of them per application), evicting
+// unauthenticated ones after age.
 func newSMTPTable(t *testing.T, max int, age time.Duration) *smtpEnv {
 	e := newSMTPEnv(t, func(o *Options) {
 		o.SMTP.MaxConnections = max
 		o.SMTP.MaxConnectionsPerIP = 10
+		o.SMTP.MaxConnectionsPerApp = max
 	})
 	e.ing.evictAge.Store(int64(age))
 	return e
@@ -1253,4 +1255,83 @@ func TestSMTPBDATTimeoutIsTemporary(t *testing.T) {
 	if n := len(smtpReady(t, e.f)); n != 0 {
 		t.Errorf("%d messages queued, want none", n)
 	}
+}
+
+// TestSMTPConnectionsPerApp: authenticated sessions are never closed to
+// make room, so one application that opens many (a leak of its
+// connections, a runaway pool) could hold the whole table and lock
+// every other application out. Past smtp.max_connections_per_app
+// sessions of one application, its next AUTH gets 421 and the
+// connection closes; another application still gets in, and a session
+// that ends frees its application's place.
+func TestSMTPConnectionsPerApp(t *testing.T) {
+	e := newSMTPEnv(t, func(o *Options) {
+		o.SMTP.MaxConnections = 6
+		o.SMTP.MaxConnectionsPerIP = 6
+		o.SMTP.MaxConnectionsPerApp = 3
+	})
+	e.ing.evictAge.Store(int64(time.Hour))
+	var crm []*smtpTestConn
+	for range 3 {
+		c := dialSMTP(t, e.insecure)
+		c.login()
+		crm = append(crm, c)
+	}
+	// The 421 is the session's last reply: a command sent with the AUTH
+	// gets none.
+	const appFull = "421 4.7.0 Too many connections for this application, try again later"
+	over := dialSMTP(t, e.insecure)
+	over.cmd("EHLO client.test", "250 ")
+	over.write("AUTH PLAIN " + smtpPlain("", crmUser, crmPassword) + "\r\nNOOP\r\n")
+	over.expect(appFull)
+	over.expectClosed()
+
+	web := dialSMTP(t, e.insecure)
+	web.cmd("EHLO client.test", "250 ")
+	web.cmd("AUTH PLAIN "+smtpPlain("", webUser, webPassword), "235 ")
+	web.send("web@fabrikam.example", []string{"a@example.org"}, "Subject: x\r\n\r\nx\r\n.\r\n")
+	crm[0].send("billing@contoso.com", []string{"a@example.org"}, "Subject: y\r\n\r\ny\r\n.\r\n")
+	if n := testutil.ToFloat64(e.ing.refused.WithLabelValues("per_app")); n != 1 {
+		t.Errorf("holdfast_smtp_connections_refused_total{limit=per_app} = %v, want 1", n)
+	}
+
+	// A session that authenticates again after STARTTLS counts once,
+	// and its end frees its place.
+	tc := crm[1]
+	tc.cmd("STARTTLS", "220 ")
+	tlsConn := tls.Client(tc.nc, e.tls)
+	if err := tlsConn.Handshake(); err != nil {
+		t.Fatalf("TLS handshake: %v", err)
+	}
+	tc = &smtpTestConn{t: t, nc: tlsConn, r: bufio.NewReader(tlsConn)}
+	tc.login()
+	tc.cmd("QUIT", "221 ")
+	crm[0].cmd("QUIT", "221 ")
+	crm[0].expectClosed()
+	auth := func() (*smtpTestConn, string) {
+		c := dialSMTP(t, e.insecure)
+		c.cmd("EHLO client.test", "250 ")
+		return c, c.cmd("AUTH PLAIN "+smtpPlain("", crmUser, crmPassword), "")
+	}
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		c1, r1 := auth()
+		c2, r2 := auth()
+		if strings.HasPrefix(r1, "235 ") && strings.HasPrefix(r2, "235 ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after two sessions of crm closed, its next two AUTHs still get %q and %q", r1, r2)
+		}
+		c1.nc.Close()
+		c2.nc.Close()
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	// A refusal while the relay shuts down is still one 421.
+	late := dialSMTP(t, e.insecure)
+	late.cmd("EHLO client.test", "250 ")
+	e.ing.closing.Store(true)
+	late.write("AUTH PLAIN " + smtpPlain("", crmUser, crmPassword) + "\r\n")
+	late.expect(appFull)
+	late.expectClosed()
 }

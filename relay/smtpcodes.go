@@ -22,6 +22,10 @@ var (
 	// errSMTPTooManyConnections: 421 service not available (RFC 5321),
 	// X.7.0 other security or policy status.
 	errSMTPTooManyConnections = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many connections, try again later"}
+	// errSMTPTooManyAppConnections: the same, to the AUTH of an
+	// application that holds smtp.max_connections_per_app sessions; the
+	// connection is closed after it.
+	errSMTPTooManyAppConnections = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many connections for this application, try again later"}
 	// errSMTPEvicted: the same, to an unauthenticated connection closed to
 	// make room for a new one.
 	errSMTPEvicted = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many connections, unauthenticated sessions are closed first"}

@@ -28,6 +28,13 @@ type smtpConn struct {
 	readEOF       atomic.Bool  // the client closed its side: no more bytes come
 	refusals      atomic.Int32 // permanent refusals since the last message queued
 	tooManyErrors atomic.Bool  // refusals reached smtp.max_errors: the session ends
+	// appRefused: the AUTH is refused with 421 for its application's many
+	// sessions (smtpIngress.claimApp); that reply is the session's last,
+	// and the session ends at its next read.
+	appRefused atomic.Bool
+	// app is the application the session authenticated as, counted in
+	// ing.perApp; guarded by ing.mu.
+	app string
 	// lineStuck: go-smtp's reader met a message line past its limit and
 	// reads nothing more; after the message's reply, go-smtp's answer to
 	// its stuck reader (a "500 5.4.0" a client would take as the refusal
@@ -155,6 +162,11 @@ func (c *smtpConn) Write(b []byte) (int, error) {
 	// short; go-smtp's plaintext answer would then read as a corrupt TLS
 	// record.
 	mute := c.byeSent || c.saidBye && c.tlsStarted && c.top == net.Conn(c)
+	if !mute && c.appRefused.Load() {
+		// This is the refused AUTH's 421, the session's last reply:
+		// nothing goes after it, a shutdown's 421 included.
+		c.saidBye, c.byeSent = true, true
+	}
 	// The message's reply came with the write that ended the transfer
 	// above; one after it is go-smtp's to its stuck reader.
 	// Over TLS it is dropped: the client, whose next command gets no
@@ -213,6 +225,10 @@ func (c *smtpConn) byeIfClosing() bool {
 		bye = errSMTPEvicted
 	case c.tooManyErrors.Load():
 		bye = errSMTPTooManyErrors
+	case c.appRefused.Load():
+		// The 421 was the AUTH's reply (see Write), so nothing is
+		// written below.
+		bye = errSMTPTooManyAppConnections
 	default:
 		return false
 	}
