@@ -12,26 +12,27 @@ import (
 // faultJSON is Fault on the admin API; durations are Go duration strings
 // such as "30s".
 type faultJSON struct {
-	TokenThrottle    string `json:"token_throttle,omitempty"`
-	TokenUnavailable bool   `json:"token_unavailable,omitempty"`
-	SMTPTransient    string `json:"smtp_transient,omitempty"`
-	SMTPDown         bool   `json:"smtp_down,omitempty"`
-	SMTPStall        string `json:"smtp_stall,omitempty"`
-	SMTPStallMailbox string `json:"smtp_stall_mailbox,omitempty"`
-	GraphThrottle    string `json:"graph_throttle,omitempty"`
-	GraphThrottleBox string `json:"graph_throttle_mailbox,omitempty"`
-	GraphAfterSend   string `json:"graph_after_send,omitempty"`
-	GraphFail        string `json:"graph_fail,omitempty"`
-	GraphAcceptedRA  string `json:"graph_accepted_retry_after,omitempty"`
-	SMTPMailRefusal  string `json:"smtp_mail_refusal,omitempty"`
-	SMTPDataRefusal  string `json:"smtp_data_refusal,omitempty"`
+	TokenThrottle          string `json:"token_throttle,omitempty"`
+	TokenUnavailable       bool   `json:"token_unavailable,omitempty"`
+	SMTPTransient          string `json:"smtp_transient,omitempty"`
+	SMTPDown               bool   `json:"smtp_down,omitempty"`
+	SMTPStall              string `json:"smtp_stall,omitempty"`
+	SMTPStallMailbox       string `json:"smtp_stall_mailbox,omitempty"`
+	GraphThrottle          string `json:"graph_throttle,omitempty"`
+	GraphThrottleBox       string `json:"graph_throttle_mailbox,omitempty"`
+	GraphAfterSend         string `json:"graph_after_send,omitempty"`
+	GraphFail              string `json:"graph_fail,omitempty"`
+	GraphAcceptedRA        string `json:"graph_accepted_retry_after,omitempty"`
+	SMTPMailRefusal        string `json:"smtp_mail_refusal,omitempty"`
+	SMTPDataRefusal        string `json:"smtp_data_refusal,omitempty"`
+	SMTPDataRefusalMailbox string `json:"smtp_data_refusal_mailbox,omitempty"`
 }
 
 // MarshalJSON writes f as the admin API shows it.
 func (f Fault) MarshalJSON() ([]byte, error) {
 	j := faultJSON{TokenUnavailable: f.TokenUnavailable, SMTPTransient: f.SMTPTransient, SMTPDown: f.SMTPDown, SMTPStall: f.SMTPStall,
 		SMTPStallMailbox: f.SMTPStallMailbox, GraphThrottleBox: f.GraphThrottleMailbox, GraphAfterSend: f.GraphAfterSend, GraphFail: f.GraphFail,
-		SMTPMailRefusal: f.SMTPMailRefusal, SMTPDataRefusal: f.SMTPDataRefusal}
+		SMTPMailRefusal: f.SMTPMailRefusal, SMTPDataRefusal: f.SMTPDataRefusal, SMTPDataRefusalMailbox: f.SMTPDataRefusalMailbox}
 	if f.GraphAcceptedRetryAfter > 0 {
 		j.GraphAcceptedRA = f.GraphAcceptedRetryAfter.String()
 	}
@@ -102,7 +103,7 @@ func (f *Fault) UnmarshalJSON(b []byte) error {
 		return fmt.Errorf("smtp_data_refusal: %q is not \"thread_limit\", \"sender_throttled\" or empty", j.SMTPDataRefusal)
 	}
 	out.SMTPStallMailbox, out.SMTPMailRefusal, out.SMTPDataRefusal = j.SMTPStallMailbox, j.SMTPMailRefusal, j.SMTPDataRefusal
-	out.GraphThrottleMailbox = j.GraphThrottleBox
+	out.GraphThrottleMailbox, out.SMTPDataRefusalMailbox = j.GraphThrottleBox, j.SMTPDataRefusalMailbox
 	*f = out
 	return nil
 }

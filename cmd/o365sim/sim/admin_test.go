@@ -62,6 +62,14 @@ func TestAdminAPI(t *testing.T) {
 	if got := f.faults(); got.GraphAfterSend != "hang" || got.GraphFail != "503" || got.GraphAcceptedRetryAfter != 30*time.Second {
 		t.Fatalf("graph Fault %+v", got)
 	}
+	must(f.admin(t, "POST", "/admin/fault", map[string]any{"smtp_data_refusal": "sender_throttled", "smtp_data_refusal_mailbox": bob}, nil), 204)
+	must(f.admin(t, "GET", "/admin/fault", nil, &fault), 200)
+	if fault["smtp_data_refusal"] != "sender_throttled" || fault["smtp_data_refusal_mailbox"] != bob {
+		t.Fatalf("data refusal faults %v", fault)
+	}
+	if got := f.faults(); got.SMTPDataRefusal != "sender_throttled" || got.SMTPDataRefusalMailbox != bob {
+		t.Fatalf("data refusal faults set %+v", got)
+	}
 	must(f.admin(t, "POST", "/admin/fault", map[string]any{"graph_after_send": "502"}, nil), 400)
 	must(f.admin(t, "POST", "/admin/fault", map[string]any{"graph_fail": "429"}, nil), 400)
 	must(f.admin(t, "POST", "/admin/fault", map[string]any{"smtp_transient": "500"}, nil), 400)

@@ -70,7 +70,8 @@
 //	                               "graph_accepted_retry_after": "30s",
 //	                               "smtp_mail_refusal": "sender_not_permitted" (550 5.7.60 to MAIL FROM),
 //	                               "smtp_data_refusal": "thread_limit" (432 4.3.2 sender thread limit)
-//	                               or "sender_throttled" (550 5.2.251 sender throttled)};
+//	                               or "sender_throttled" (550 5.2.251 sender throttled),
+//	                               "smtp_data_refusal_mailbox": "a@b" (that mailbox only)};
 //	                               replaces the current faults, {} clears them
 //	GET  /admin/fault              the current faults
 //	GET  /admin/received           200 [Received…], data as text

@@ -184,6 +184,10 @@ type Fault struct {
 	// 5.2.251 "Sender throttled due to continuous ...", Exchange's block
 	// of a mailbox that repeated an error.
 	SMTPDataRefusal string
+	// SMTPDataRefusalMailbox, when set, limits SMTPDataRefusal to the
+	// messages of sessions authenticated as this mailbox: one mailbox is
+	// refused while the others send.
+	SMTPDataRefusalMailbox string
 }
 
 // Received is a message Exchange accepted.

@@ -328,6 +328,14 @@ func TestSMTPFaults(t *testing.T) {
 	if n := f.ReceivedCount(); n != 0 {
 		t.Fatalf("%d messages recorded under the faults", n)
 	}
+	// Limited to another mailbox, the refusal leaves this one alone.
+	f.SetFault(Fault{SMTPDataRefusal: "sender_throttled", SMTPDataRefusalMailbox: "Bob@contoso.com"})
+	if err := c.SendMail(alice, []string{"dave@fabrikam.com"}, strings.NewReader(testMessage(alice, "dave@fabrikam.com", "<m10@x>"))); err != nil {
+		t.Fatalf("a refusal of another mailbox refused alice's message: %v", err)
+	}
+	f.SetFault(Fault{SMTPDataRefusal: "sender_throttled", SMTPDataRefusalMailbox: strings.ToUpper(alice)})
+	err = c.SendMail(alice, []string{"dave@fabrikam.com"}, strings.NewReader(testMessage(alice, "dave@fabrikam.com", "<m11@x>")))
+	wantSMTPError(t, err, 550, smtp.EnhancedCode{5, 2, 251}, "Sender throttled due to continuous invalid recipients errors")
 
 	f.SetFault(Fault{SMTPDown: true})
 	if nc, err := net.DialTimeout("tcp", f.SMTPAddr(), time.Second); err == nil {
@@ -342,7 +350,7 @@ func TestSMTPFaults(t *testing.T) {
 	if err := c.SendMail(alice, []string{"dave@fabrikam.com"}, strings.NewReader(testMessage(alice, "dave@fabrikam.com", "<m7@x>"))); err != nil {
 		t.Fatal(err)
 	}
-	if r := f.Received(); len(r) != 1 || r[0].MessageID != "<m7@x>" {
+	if r := f.Received(); len(r) != 2 || r[0].MessageID != "<m10@x>" || r[1].MessageID != "<m7@x>" {
 		t.Fatalf("received %+v", r)
 	}
 }

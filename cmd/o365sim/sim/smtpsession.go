@@ -259,7 +259,11 @@ func (ss *smtpSession) Data(r io.Reader) error {
 	if ss.s.faults().SMTPTransient == "451" {
 		return errTransient
 	}
-	switch ss.s.faults().SMTPDataRefusal {
+	refusal := ss.s.faults().SMTPDataRefusal
+	if box := ss.s.faults().SMTPDataRefusalMailbox; box != "" && !strings.EqualFold(box, m.address) {
+		refusal = ""
+	}
+	switch refusal {
 	case "thread_limit":
 		ss.s.countRefusal(claims)
 		return errThreadLimit
