@@ -13,6 +13,7 @@ import (
 	"holdfast/cmd/o365sim/sim"
 	"holdfast/queue"
 	"holdfast/queue/redistest"
+	"holdfast/relay"
 )
 
 // The fault suite: "make test-faults". Each case runs real relay
@@ -624,3 +625,112 @@ func TestFaultClusterFailover(t *testing.T) { clusterFailover(t, false) }
 // (of the master holding the message's slot), so a failover loses
 // nothing acknowledged.
 func TestFaultClusterFailoverWait(t *testing.T) { clusterFailover(t, true) }
+
+// Mailbox blocked: Exchange blocks one of 4 mailboxes (550 5.2.251
+// "Sender throttled", which sending more while blocked draws again)
+// while 3 relays take 400 messages, and one relay is killed with SIGKILL
+// and restarted during the block. The first refusal holds the mailbox
+// on every relay, the restarted one included: Exchange sees no more
+// submissions than the sends in flight at that moment, at most the
+// fleet's 3 connections to the mailbox. Its mail waits untried and the
+// other mailboxes' mail is delivered.
+func TestFaultMailboxBlocked(t *testing.T) {
+	const messages = 400
+	f := startFaultFleet(t, incFleetOptions{mailboxes: 4, relays: 3})
+	blocked := f.mailboxes[0]
+	f.sim.SetFault(sim.Fault{SMTPDataRefusal: "sender_throttled", SMTPDataRefusalMailbox: blocked})
+	refused := func() int { return f.counters().SMTPRefusedByFault }
+
+	ledger := &faultLedger{}
+	s := &faultSender{f: f, ledger: ledger, from: roundRobin(f.mailboxes), timeout: 10 * time.Second}
+	load := s.start(6, 1, messages, 100, sameRelay(3))
+	deadline := time.Now().Add(10 * time.Second)
+	for refused() == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	atFirst := refused()
+	f.kill(2)
+	f.restart(2)
+	load.wait()
+
+	acked := ledger.acked()
+	others := map[int]faultReply{}
+	blockedAcked := 0
+	for n, r := range acked {
+		if f.mailboxes[n%len(f.mailboxes)] == blocked {
+			blockedAcked++
+		} else {
+			others[n] = r
+		}
+	}
+	drain, drained := f.waitDelivered(others, 30*time.Second, false)
+	time.Sleep(time.Second) // what a relay would still send to the blocked mailbox
+	got := f.deliveries()
+	blockedDelivered := 0
+	for n := range acked {
+		if f.mailboxes[n%len(f.mailboxes)] == blocked {
+			blockedDelivered += got[n]
+		}
+	}
+	ctx := t.Context()
+	st, err := f.q.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var route string
+	var waiting queue.RouteStats
+	for _, r := range st.Routes {
+		if strings.HasSuffix(r.Route, ":"+blocked) {
+			route, waiting = r.Route, r
+		}
+	}
+	spent := 0
+	for _, state := range []queue.State{queue.Ready, queue.Scheduled} {
+		msgs, err := f.q.List(ctx, route, state, 0, messages)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			if m.Attempts > 0 {
+				spent++
+			}
+		}
+	}
+	waits, err := relay.MailboxWaits(ctx, f.redis.Client(t), []string{route}, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	until := "none"
+	if len(waits) == 1 {
+		until = "in " + time.Until(waits[0].Until).Round(time.Second).String()
+	}
+	table(t, "mailbox blocked by Exchange (550 5.2.251) across 3 relays, one killed and restarted", [][]string{
+		{"messages acknowledged (of 400; the others' connection was cut by the kill)", strconv.Itoa(len(acked))},
+		{"other mailboxes: acknowledged / delivered", fmt.Sprintf("%d / %d in %s (%v)", len(others), len(others), ms(drain), drained)},
+		{"blocked mailbox: acknowledged / waiting / delivered / attempts spent", fmt.Sprintf("%d / %d / %d / %d", blockedAcked, waiting.Ready+waiting.Scheduled, blockedDelivered, spent)},
+		{"submissions Exchange refused: at the first / in all", fmt.Sprintf("%d / %d", atFirst, refused())},
+		{"the fleet's wait of the mailbox, as queue stats shows it", until},
+	})
+
+	// Only the submissions cut by the kill go unacknowledged.
+	for _, r := range ledger.all() {
+		if !r.acked() && r.code != 0 {
+			t.Errorf("message %d refused at ingress with %d %s: a blocked mailbox must not touch ingress", r.n, r.code, r.enhanced)
+		}
+	}
+	if len(acked) < messages-10 {
+		t.Errorf("%d of %d messages acknowledged", len(acked), messages)
+	}
+	if !drained {
+		t.Errorf("the other mailboxes' mail not delivered within 30 s")
+	}
+	if n := refused(); n == 0 || n > 3 {
+		t.Errorf("Exchange refused %d submissions, want 1 to 3: the sends in flight at the first refusal, on the fleet's 3 connections to the mailbox", n)
+	}
+	if blockedDelivered > 0 || spent > 0 || waiting.Ready+waiting.Scheduled != int64(blockedAcked) {
+		t.Errorf("blocked mailbox: %d delivered, %d with attempts spent, %d of %d waiting; want all waiting, untried", blockedDelivered, spent, waiting.Ready+waiting.Scheduled, blockedAcked)
+	}
+	if len(waits) != 1 || time.Until(waits[0].Until) < 25*time.Minute {
+		t.Errorf("the fleet's waits of the route %v, want the mailbox's, about 30 minutes", waits)
+	}
+}
