@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"holdfast/queue"
+	"holdfast/relay/ops"
 )
 
 // Kinds of the fleet's record of a mailbox's waits
@@ -71,12 +72,9 @@ func (t *mailboxWaits) wait(mailbox string) time.Duration {
 }
 
 // MailboxWait is a wait the upstream asked of a mailbox, as the fleet
-// recorded it: until when no relay sends its mail, and why.
-type MailboxWait struct {
-	Mailbox string    `json:"mailbox"`
-	Until   time.Time `json:"until"`
-	Why     string    `json:"why"`
-}
+// recorded it: until when no relay sends its mail, and why. The status
+// page shows the same.
+type MailboxWait = ops.MailboxWait
 
 // waitReasons says what each kind of wait is.
 var waitReasons = map[string]string{
@@ -105,7 +103,7 @@ func MailboxWaits(ctx context.Context, rdb redis.UniversalClient, routes []strin
 		if why == "" {
 			why = w.Kind
 		}
-		out = append(out, MailboxWait{Mailbox: w.Mailbox, Until: w.Until, Why: why})
+		out = append(out, MailboxWait{Mailbox: w.Mailbox, Until: w.Until.UTC(), Why: why})
 	}
 	return out, nil
 }

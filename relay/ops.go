@@ -178,6 +178,9 @@ func (o *opsStatus) Status(ctx context.Context) (ops.Status, error) {
 	if err := o.transports(ctx, &st); err != nil {
 		return st, err
 	}
+	if err := o.mailboxWaits(ctx, &st, stats.Routes); err != nil {
+		return st, err
+	}
 	if s.gate == nil {
 		return st, nil
 	}
@@ -230,6 +233,27 @@ func (o *opsStatus) transports(ctx context.Context, st *ops.Status) error {
 		}
 		st.GraphFallbacks = append(st.GraphFallbacks, ops.Fallback{Route: r, Until: routes[r]})
 	}
+	return nil
+}
+
+// mailboxWaits fills in the mailboxes with mail waiting that the
+// upstream asked the fleet to leave alone (see MailboxWaits).
+func (o *opsStatus) mailboxWaits(ctx context.Context, st *ops.Status, routes []queue.RouteStats) error {
+	if o.s.exchange == nil {
+		return nil
+	}
+	var waiting []string
+	for _, r := range routes {
+		if r.Ready+r.Scheduled > 0 {
+			waiting = append(waiting, r.Route)
+		}
+	}
+	waits, err := MailboxWaits(ctx, o.s.rdb, waiting, time.Now)
+	if err != nil {
+		return err
+	}
+	st.MailboxWaitCount = len(waits)
+	st.MailboxWaits = waits[:min(len(waits), ops.MaxOpenMailboxes)]
 	return nil
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"holdfast/queue"
 	"holdfast/relay/ops"
 )
 
@@ -214,4 +215,50 @@ func see[T any](t *testing.T, ctx context.Context, a chromedp.Action[T]) T {
 		t.Fatalf("chromium: %v", err)
 	}
 	return v
+}
+
+// TestStatusPageMailboxWaitsInChromium: while Exchange's block of a
+// mailbox holds its mail on every relay, the status page, in headless
+// Chromium, names the mailbox, why it waits and for how long, where the
+// ready count alone would leave an operator guessing.
+func TestStatusPageMailboxWaitsInChromium(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	lim := queue.NewLimiter(e.f.redis.Client(t), nil)
+	if _, err := lim.HoldMailbox(t.Context(), "noreply@contoso.com", waitBlocked, 30*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	id := e.submit(t, 0, "noreply@contoso.com", "a@example.org", exchangeMessage(1, "noreply@contoso.com"))
+	base := "http://" + e.relays[0].OpsAddr()
+	var st ops.Status
+	waitFor(t, 10*time.Second, "the wait in /status.json", func() bool {
+		resp, err := http.Get(base + "/status.json")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		st = ops.Status{}
+		return json.NewDecoder(resp.Body).Decode(&st) == nil && st.MailboxWaitCount == 1
+	})
+	if w := st.MailboxWaits; len(w) != 1 || w[0].Mailbox != "noreply@contoso.com" || time.Until(w[0].Until) < 29*time.Minute {
+		t.Fatalf("/status.json mailbox_waits = %+v", w)
+	}
+
+	ctx := browser(t, 1100, 1300)
+	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.CSS("#waits table"))); err != nil {
+		t.Fatalf("chromium: %v", err)
+	}
+	title := see(t, ctx, chromedp.Text(chromedp.CSS("#waits h2")))
+	row := see(t, ctx, chromedp.Text(chromedp.CSS("#waits tr:nth-child(2)")))
+	// Card titles are set in capitals by the style sheet.
+	if !strings.EqualFold(title, "Mailboxes Microsoft asked to wait (1)") || !strings.Contains(row, "noreply@contoso.com") ||
+		!strings.Contains(row, "Exchange holds its sending") || !strings.Contains(row, "in 29m") && !strings.Contains(row, "in 30m") {
+		t.Errorf("the waits card shows %q, %q", title, row)
+	}
+	shot := see(t, ctx, chromedp.FullScreenshot(100))
+	if err := os.WriteFile(filepath.Join(artifactDir(t), "status-mailbox-waits.png"), shot, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if m := e.get(t, id); m.State != queue.Ready || m.Attempts != 0 || e.sim.ReceivedCount() != 0 {
+		t.Errorf("the waiting mailbox's message: %s, %d attempts, %d received; want it waiting untried", m.State, m.Attempts, e.sim.ReceivedCount())
+	}
 }

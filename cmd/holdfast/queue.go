@@ -149,9 +149,6 @@ func queueStats(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 		for _, r := range st.Routes {
 			out.Routes = append(out.Routes, toStatsJSON(r, now))
 		}
-		for i := range out.MailboxWaits {
-			out.MailboxWaits[i].Until = out.MailboxWaits[i].Until.UTC()
-		}
 		return writeJSON(e.stdout, out)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)

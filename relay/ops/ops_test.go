@@ -202,9 +202,35 @@ func TestStatusJSONEmptyLists(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &doc); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"credential_breakers", "open_mailbox_breakers", "credential_expiry", "transitions", "minutes", "transports", "graph_fallbacks"} {
+	for _, k := range []string{"credential_breakers", "open_mailbox_breakers", "credential_expiry", "transitions", "minutes", "transports", "graph_fallbacks", "mailbox_waits"} {
 		if l, ok := doc[k].([]any); !ok || len(l) != 0 {
 			t.Errorf("%s: %v, want []", k, doc[k])
 		}
+	}
+}
+
+// TestMailboxWaits: the page lists the mailboxes Exchange or Graph asked
+// the fleet to leave alone, with why and until when, and says how many
+// there are in all when it lists only the first.
+func TestMailboxWaits(t *testing.T) {
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	h := New(Config{Gatherer: prometheus.NewRegistry(), Ready: func(context.Context) error { return nil },
+		Status: fakeStatus{Status{Now: now,
+			MailboxWaits:     []MailboxWait{{Mailbox: "billing@contoso.com", Until: now.Add(29 * time.Minute), Why: "Exchange holds its sending"}},
+			MailboxWaitCount: 60}}})
+	_, body := get(t, h, "/", "")
+	for _, want := range []string{
+		`<h2>Mailboxes Microsoft asked to wait (60)</h2>`,
+		`<tr><td>billing@contoso.com<div class="reason">Exchange holds its sending</div></td><td class="nowrap" title="2026-03-01 12:29:00Z">in 29m</td></tr>`,
+		`and 60 in all: holdfast queue stats lists every one.`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("the page lacks %q", want)
+		}
+	}
+	_, body = get(t, New(Config{Gatherer: prometheus.NewRegistry(), Ready: func(context.Context) error { return nil },
+		Status: fakeStatus{Status{Now: now}}}), "/", "")
+	if !strings.Contains(body, "None: no mailbox's mail waits for Exchange or Graph.") {
+		t.Error("the page of a fleet without waits does not say so")
 	}
 }

@@ -22,6 +22,7 @@ type pageRenderer struct {
 func newPageRenderer() *pageRenderer {
 	t := template.Must(template.New("page.html").Funcs(template.FuncMap{
 		"ago":      ago,
+		"in":       func(now, t time.Time) string { return "in " + human(Seconds(t.Sub(now))) },
 		"duration": human,
 		"stamp":    func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05Z") },
 	}).ParseFS(pageFS, "page.html"))

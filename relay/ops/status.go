@@ -38,6 +38,18 @@ type Status struct {
 	// (fallback: graph); GraphFallbackCount counts them all.
 	GraphFallbacks     []Fallback `json:"graph_fallbacks"`
 	GraphFallbackCount int        `json:"graph_fallback_count"`
+	// MailboxWaits are the first MaxOpenMailboxes mailboxes with mail
+	// waiting that Exchange or Graph asked the fleet to leave alone for
+	// a while; MailboxWaitCount counts them all.
+	MailboxWaits     []MailboxWait `json:"mailbox_waits"`
+	MailboxWaitCount int           `json:"mailbox_wait_count"`
+}
+
+// MailboxWait is a mailbox no relay sends as until Until, and why.
+type MailboxWait struct {
+	Mailbox string    `json:"mailbox"`
+	Until   time.Time `json:"until"`
+	Why     string    `json:"why"`
 }
 
 // Transport is how an app's routes send: Via ("smtp" or "graph"), and
