@@ -632,11 +632,16 @@ func TestFaultClusterFailoverWait(t *testing.T) { clusterFailover(t, true) }
 // and restarted during the block. The first refusal holds the mailbox
 // on every relay, the restarted one included: Exchange sees no more
 // submissions than the sends in flight at that moment, at most the
-// fleet's 3 connections to the mailbox. Its mail waits untried and the
+// fleet's 3 connections to the mailbox. Its mail waits (what the killed
+// relay had leased comes back when the lease runs out, 10 s) and the
 // other mailboxes' mail is delivered.
 func TestFaultMailboxBlocked(t *testing.T) {
-	const messages = 400
-	f := startFaultFleet(t, incFleetOptions{mailboxes: 4, relays: 3})
+	const (
+		messages = 400
+		drainMax = 60 * time.Second
+	)
+	f := startFaultFleet(t, incFleetOptions{mailboxes: 4, relays: 3,
+		edit: faultConfig{delivery: []string{"lease: 10s"}}.edit})
 	blocked := f.mailboxes[0]
 	f.sim.SetFault(sim.Fault{SMTPDataRefusal: "sender_throttled", SMTPDataRefusalMailbox: blocked})
 	refused := func() int { return f.counters().SMTPRefusedByFault }
@@ -649,6 +654,10 @@ func TestFaultMailboxBlocked(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	atFirst := refused()
+	leasedAtKill := 0
+	if st, err := f.stats(); err == nil {
+		leasedAtKill = int(st.Leased)
+	}
 	f.kill(2)
 	f.restart(2)
 	load.wait()
@@ -663,25 +672,34 @@ func TestFaultMailboxBlocked(t *testing.T) {
 			others[n] = r
 		}
 	}
-	drain, drained := f.waitDelivered(others, 30*time.Second, false)
-	time.Sleep(time.Second) // what a relay would still send to the blocked mailbox
-	got := f.deliveries()
-	blockedDelivered := 0
-	for n := range acked {
-		if f.mailboxes[n%len(f.mailboxes)] == blocked {
-			blockedDelivered += got[n]
-		}
-	}
+	drain, drained := f.waitDelivered(others, drainMax, false)
 	ctx := t.Context()
-	st, err := f.q.Stats(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var route string
 	var waiting queue.RouteStats
-	for _, r := range st.Routes {
-		if strings.HasSuffix(r.Route, ":"+blocked) {
-			route, waiting = r.Route, r
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		st, err := f.q.Stats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range st.Routes {
+			if strings.HasSuffix(r.Route, ":"+blocked) {
+				route, waiting = r.Route, r
+			}
+		}
+		if waiting.Leased == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	got := f.deliveries()
+	othersDelivered, blockedDelivered := 0, 0
+	for n := range acked {
+		switch {
+		case got[n] == 0:
+		case f.mailboxes[n%len(f.mailboxes)] == blocked:
+			blockedDelivered++
+		default:
+			othersDelivered++
 		}
 	}
 	spent := 0
@@ -706,8 +724,9 @@ func TestFaultMailboxBlocked(t *testing.T) {
 	}
 	table(t, "mailbox blocked by Exchange (550 5.2.251) across 3 relays, one killed and restarted", [][]string{
 		{"messages acknowledged (of 400; the others' connection was cut by the kill)", strconv.Itoa(len(acked))},
-		{"other mailboxes: acknowledged / delivered", fmt.Sprintf("%d / %d in %s (%v)", len(others), len(others), ms(drain), drained)},
-		{"blocked mailbox: acknowledged / waiting / delivered / attempts spent", fmt.Sprintf("%d / %d / %d / %d", blockedAcked, waiting.Ready+waiting.Scheduled, blockedDelivered, spent)},
+		{"other mailboxes: acknowledged / delivered", fmt.Sprintf("%d / %d in %s (within %v: %v)", len(others), othersDelivered, ms(drain), drainMax, drained)},
+		{"blocked mailbox: acknowledged / waiting / leased / delivered", fmt.Sprintf("%d / %d / %d / %d", blockedAcked, waiting.Ready+waiting.Scheduled, waiting.Leased, blockedDelivered)},
+		{"blocked mailbox: attempts spent (bound: leased at the kill)", fmt.Sprintf("%d (%d)", spent, leasedAtKill)},
 		{"submissions Exchange refused: at the first / in all", fmt.Sprintf("%d / %d", atFirst, refused())},
 		{"the fleet's wait of the mailbox, as queue stats shows it", until},
 	})
@@ -722,13 +741,16 @@ func TestFaultMailboxBlocked(t *testing.T) {
 		t.Errorf("%d of %d messages acknowledged", len(acked), messages)
 	}
 	if !drained {
-		t.Errorf("the other mailboxes' mail not delivered within 30 s")
+		t.Errorf("the other mailboxes' mail not delivered within %v", drainMax)
 	}
 	if n := refused(); n == 0 || n > 3 {
 		t.Errorf("Exchange refused %d submissions, want 1 to 3: the sends in flight at the first refusal, on the fleet's 3 connections to the mailbox", n)
 	}
-	if blockedDelivered > 0 || spent > 0 || waiting.Ready+waiting.Scheduled != int64(blockedAcked) {
-		t.Errorf("blocked mailbox: %d delivered, %d with attempts spent, %d of %d waiting; want all waiting, untried", blockedDelivered, spent, waiting.Ready+waiting.Scheduled, blockedAcked)
+	if blockedDelivered > 0 || waiting.Dead > 0 || waiting.Ready+waiting.Scheduled != int64(blockedAcked) {
+		t.Errorf("blocked mailbox: %d delivered, %d dead, %d of %d waiting; want all waiting", blockedDelivered, waiting.Dead, waiting.Ready+waiting.Scheduled, blockedAcked)
+	}
+	if spent > leasedAtKill {
+		t.Errorf("%d of the blocked mailbox's messages spent an attempt, more than the %d leased at the kill: the wait must cost none", spent, leasedAtKill)
 	}
 	if len(waits) != 1 || time.Until(waits[0].Until) < 25*time.Minute {
 		t.Errorf("the fleet's waits of the route %v, want the mailbox's, about 30 minutes", waits)
