@@ -56,6 +56,18 @@ func browser(t *testing.T, width, height int) context.Context {
 	return ctx
 }
 
+// readStatus reads /status.json from the operators' listener at base.
+func readStatus(base string) (ops.Status, error) {
+	var st ops.Status
+	resp, err := http.Get(base + "/status.json")
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	err = json.NewDecoder(resp.Body).Decode(&st)
+	return st, err
+}
+
 // TestStatusPageInChromium loads the status page of a live relay in real
 // headless Chromium: the credential's secret has expired at Entra
 // (AADSTS7000222), so its breaker is open and mail is held, and the
@@ -110,13 +122,8 @@ func TestStatusPageInChromium(t *testing.T) {
 	}
 	var st ops.Status
 	waitFor(t, 15*time.Second, "the breaker open, the mail held and counted", func() bool {
-		resp, err := http.Get(base + "/status.json")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		st = ops.Status{}
-		if json.NewDecoder(resp.Body).Decode(&st) != nil || len(st.Breakers) != 1 {
+		var err error
+		if st, err = readStatus(base); err != nil || len(st.Breakers) != 1 {
 			return false
 		}
 		last := st.Minutes[len(st.Minutes)-1]
@@ -174,13 +181,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	if red == amber {
 		t.Errorf("the expired row is amber (%s), not red", red)
 	}
-	var after ops.Status
-	resp, err := http.Get(base + "/status.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = json.NewDecoder(resp.Body).Decode(&after)
-	resp.Body.Close()
+	after, err := readStatus(base)
 	if err != nil || len(after.Expiries) != 1 || after.Expiries[0].Level != LevelExpired || after.Expiries[0].Source != SourceEntra {
 		t.Errorf("status.json credential_expiry %+v (%v); want level expired, source entra", after.Expiries, err)
 	}
@@ -231,13 +232,9 @@ func TestStatusPageMailboxWaitsInChromium(t *testing.T) {
 	base := "http://" + e.relays[0].OpsAddr()
 	var st ops.Status
 	waitFor(t, 10*time.Second, "the wait in /status.json", func() bool {
-		resp, err := http.Get(base + "/status.json")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		st = ops.Status{}
-		return json.NewDecoder(resp.Body).Decode(&st) == nil && st.MailboxWaitCount == 1
+		var err error
+		st, err = readStatus(base)
+		return err == nil && st.MailboxWaitCount == 1
 	})
 	if w := st.MailboxWaits; len(w) != 1 || w[0].Mailbox != "noreply@contoso.com" || time.Until(w[0].Until) < 29*time.Minute {
 		t.Fatalf("/status.json mailbox_waits = %+v", w)
