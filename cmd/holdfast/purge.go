@@ -37,11 +37,11 @@ func queuePurge(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 		}
 		states, *state = []queue.State{st}, string(st)
 	}
-	q, closeQueue, err := openQueue(*config)
+	q, rdb, err := openQueue(*config)
 	if err != nil {
 		return err
 	}
-	defer closeQueue()
+	defer rdb.Close()
 	st, err := q.Stats(ctx)
 	if err != nil {
 		return err

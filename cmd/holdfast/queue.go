@@ -54,14 +54,14 @@ func openRedis(path string) (relay.Options, redis.UniversalClient, error) {
 	return o, rdb, nil
 }
 
-// openQueue loads the configuration at path and returns its queue and a
-// function that closes the Redis connection.
-func openQueue(path string) (*queue.Queue, func(), error) {
+// openQueue loads the configuration at path and returns its queue and
+// the Redis client under it, which the caller closes.
+func openQueue(path string) (*queue.Queue, redis.UniversalClient, error) {
 	o, rdb, err := openRedis(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	return queue.New(rdb, o.Queue.Options()), func() { _ = rdb.Close() }, nil
+	return queue.New(rdb, o.Queue.Options()), rdb, nil
 }
 
 // quietLogger discards go-redis's internal log.
@@ -122,12 +122,12 @@ func queueStats(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
-	o, rdb, err := openRedis(*config)
+	q, rdb, err := openQueue(*config)
 	if err != nil {
 		return err
 	}
 	defer rdb.Close()
-	st, err := queue.New(rdb, o.Queue.Options()).Stats(ctx)
+	st, err := q.Stats(ctx)
 	if err != nil {
 		return err
 	}
@@ -248,11 +248,11 @@ func queueList(ctx context.Context, e *env, fs *flag.FlagSet, args []string) err
 	if *offset < 0 || *limit < 1 {
 		return usagef("--offset must be at least 0 and --limit at least 1")
 	}
-	q, closeQueue, err := openQueue(*config)
+	q, rdb, err := openQueue(*config)
 	if err != nil {
 		return err
 	}
-	defer closeQueue()
+	defer rdb.Close()
 	msgs, err := q.List(ctx, *route, state, *offset, *limit)
 	if err != nil {
 		return err
@@ -310,11 +310,11 @@ func queueShow(ctx context.Context, e *env, fs *flag.FlagSet, args []string) err
 		return usagef("give exactly one message id")
 	}
 	id := pos[0]
-	q, closeQueue, err := openQueue(*config)
+	q, rdb, err := openQueue(*config)
 	if err != nil {
 		return err
 	}
-	defer closeQueue()
+	defer rdb.Close()
 	m, err := q.Get(ctx, id)
 	if err != nil {
 		return notFound(id, err)
@@ -383,11 +383,11 @@ func eachID(e *env, fs *flag.FlagSet, args []string, verb string, do func(q *que
 	if len(ids) == 0 {
 		return usagef("give at least one message id")
 	}
-	q, closeQueue, err := openQueue(*config)
+	q, rdb, err := openQueue(*config)
 	if err != nil {
 		return err
 	}
-	defer closeQueue()
+	defer rdb.Close()
 	failed := 0
 	for _, id := range ids {
 		if err := do(q, id); err != nil {
@@ -421,12 +421,11 @@ func queueFlush(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
-	o, rdb, err := openRedis(*config)
+	q, rdb, err := openQueue(*config)
 	if err != nil {
 		return err
 	}
 	defer rdb.Close()
-	q := queue.New(rdb, o.Queue.Options())
 	routes := []string{*route}
 	if *route == "" {
 		if routes, err = q.Routes(ctx); err != nil {
