@@ -75,6 +75,12 @@ func TestEnqueueWaitsForReplicas(t *testing.T) {
 	if took := time.Since(start); took > 3*time.Second {
 		t.Errorf("the refusal took %v; want about the 500ms replicas timeout", took)
 	}
+	// A store refused for its route's bound wrote nothing: it is refused
+	// for that, not for the replica it lacks.
+	capped := queue.New(primary.Client(t), queue.Options{MinReplicas: 1, ReplicasTimeout: 500 * time.Millisecond, MaxPerRoute: 1})
+	if _, _, err := capped.Enqueue(ctx, sub); !errors.Is(err, queue.ErrRouteFull) {
+		t.Fatalf("enqueue on a full route without a replica: %v, want ErrRouteFull", err)
+	}
 }
 
 // msgKeyOf finds the key of message id on the primary.

@@ -50,6 +50,11 @@ type Options struct {
 	MinReplicas int
 	// ReplicasTimeout bounds the wait for MinReplicas. Default 1 second.
 	ReplicasTimeout time.Duration
+	// MaxPerRoute bounds the messages a route holds that are not yet
+	// delivered or dead (ready, scheduled, leased or held): past it,
+	// Enqueue refuses the route's new messages with ErrRouteFull. 0, the
+	// default, sets no bound.
+	MaxPerRoute int
 }
 
 func (o Options) withDefaults() Options {
@@ -171,7 +176,8 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 	}
 	args := []any{id, m.Route, m.App, m.From, strings.Join(m.To, "\n"), m.Body,
 		now.UnixMilli(), now.Add(q.opts.Lifetime).UnixMilli(),
-		q.opts.IdempotencyTTL.Milliseconds(), m.IdempotencyKey, mark, m.Fingerprint, q.storeDeadline(ctx)}
+		q.opts.IdempotencyTTL.Milliseconds(), m.IdempotencyKey, mark, m.Fingerprint, q.storeDeadline(ctx),
+		max(q.opts.MaxPerRoute, 0)}
 	var res []any
 	if q.opts.MinReplicas > 0 {
 		res, err = q.enqueueReplicated(ctx, keys, args)
@@ -200,6 +206,8 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 			q.clockSuspect()
 		}
 		return id, false, fmt.Errorf("enqueue %s: %w", id, ErrPastDeadline)
+	case 5:
+		return "", false, fmt.Errorf("enqueue: route %s: %w", m.Route, ErrRouteFull)
 	}
 	if !dup && !marked {
 		// The message is stored either way; a route left unmarked is
@@ -216,6 +224,11 @@ var ErrWithdrawn = errors.New("the message was withdrawn")
 // ErrPastDeadline is returned by an Enqueue that Redis ran after its
 // context's deadline: nothing was stored (see clock.go).
 var ErrPastDeadline = errors.New("the store reached Redis after its deadline; nothing was stored")
+
+// ErrRouteFull is returned by an Enqueue whose route already holds
+// Options.MaxPerRoute messages not yet delivered or dead. Nothing is
+// stored; the route takes new messages again as its mail leaves.
+var ErrRouteFull = errors.New("the route holds as many undelivered messages as it may")
 
 // ErrKeyReused is returned by an Enqueue whose idempotency key was used
 // for another submission (another Fingerprint) on the same route, with
@@ -328,10 +341,10 @@ func (q *Queue) enqueueReplicated(ctx context.Context, keys []string, args []any
 		}
 		res, _ := enq.Result()
 		out, _ := res.([]any)
-		if len(out) == 2 && (out[1] == int64(1) || out[1] == int64(3)) {
-			// A duplicate, or a key reused for another message:
-			// nothing was written, and the first copy was acknowledged
-			// before.
+		if len(out) == 2 && out[1] != int64(0) {
+			// A duplicate, whose first copy was acknowledged before, or
+			// a refusal: nothing was written, and the replicas' count
+			// (WAIT ran all the same) says nothing of it.
 			return out, nil
 		}
 		got, err := wait.Result()

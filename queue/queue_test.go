@@ -663,6 +663,12 @@ func TestCluster(t *testing.T) {
 			t.Fatalf("dead letter %s after expiry on cluster: %v", id, err)
 		}
 	}
+	// The route's bound is counted in the store's own slot.
+	capped := queue.New(rdb, queue.Options{Now: clk.Now, MaxPerRoute: 1})
+	enqueue(t, capped, msg("capped", 1))
+	if _, _, err := capped.Enqueue(ctx, msg("capped", 2)); !errors.Is(err, queue.ErrRouteFull) {
+		t.Fatalf("store past a route's bound on cluster: %v, want ErrRouteFull", err)
+	}
 }
 
 // TestAckNext: a worker acks its message and leases the route's next in

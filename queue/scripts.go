@@ -51,13 +51,15 @@ return 1
 // ARGV[9] idempotency key lifetime in ms, ARGV[10] idempotency key,
 // ARGV[11] "1" to mark the route dirty, ARGV[12] the submission's
 // fingerprint ("" for none), ARGV[13] the store's deadline in Redis's
-// clock, unix ms (0: none; see clock.go).
+// clock, unix ms (0: none; see clock.go), ARGV[14] the most messages the
+// route's live set may hold (0: no bound).
 //
 // Returns {id, 0} for a new message, {existing id, 1} when the
 // idempotency key was seen before with the same fingerprint (or where
 // either has none, as keys stored before fingerprints), {existing id, 3}
 // when it was seen with another, {id, 2} when the id was withdrawn, or
-// {id, 4} when it ran past its deadline; with 2 and 4 nothing is stored.
+// {id, 4} when it ran past its deadline, or {id, 5} when the route holds
+// as many messages as it may; with 2, 4 and 5 nothing is stored.
 // Redis past its maxmemory refuses it whole, before it runs (storeScript).
 var enqueueScript = storeScript(changeLua + `
 local deadline = tonumber(ARGV[13])
@@ -76,6 +78,8 @@ if idem then
     return {existing, 1}
   end
 end
+local cap = tonumber(ARGV[14])
+if cap and cap > 0 and redis.call('ZCARD', KEYS[3]) >= cap then return {ARGV[1], 5} end
 redis.call('HSET', KEYS[1],
   'route', ARGV[2], 'app', ARGV[3], 'from', ARGV[4], 'to', ARGV[5],
   'body', ARGV[6], 'size', string.len(ARGV[6]),
