@@ -19,6 +19,7 @@ type metric struct {
 // rules and the dashboard may use, with its labels.
 var agreedMetrics = map[string]metric{
 	"holdfast_messages_received_total":             {"counter", []string{"ingress", "app"}},
+	"holdfast_messages_refused_total":              {"counter", []string{"ingress", "app", "reason"}},
 	"holdfast_deliveries_total":                    {"counter", []string{"outcome", "class"}},
 	"holdfast_token_requests_total":                {"counter", []string{"credential", "result"}},
 	"holdfast_upstream_auth_total":                 {"counter", []string{"result"}},

@@ -168,7 +168,8 @@ func identityEncoding(values []string) bool {
 // envelope, key or message; 401 for a missing or wrong token; 403 for a
 // sender the application may not use; 413 for a message over the size
 // limit; 415 for a compressed body (any Content-Encoding but identity);
-// 422 for an Idempotency-Key used for another message; 429 after too many wrong tokens from the client's IP; 503 with
+// 422 for an Idempotency-Key used for another message; 429 after too many wrong tokens from the client's IP, and,
+// with Retry-After, when the sender's route holds queue.max_messages_per_route messages; 503 with
 // Retry-After when the relay holds as many messages in memory as
 // smtp.max_inflight_bytes allows, or when the queue could not store it in
 // time, in which case nothing was stored.
@@ -204,6 +205,12 @@ func (h *api) postMessage(w http.ResponseWriter, r *http.Request) {
 	route, err := h.in.senderRoute(r.Context(), app, from)
 	if err != nil {
 		h.failSender(w, r, app, err)
+		return
+	}
+	// A retry with an Idempotency-Key goes on: the queue answers it as a
+	// duplicate when the first try was stored.
+	if key == "" && h.in.refuseFull(route, "HTTP", app.Name) {
+		h.failRouteFull(w, r, app)
 		return
 	}
 
@@ -257,6 +264,10 @@ func (h *api) postMessage(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusUnprocessableEntity, "idempotency_key_reused", fmt.Sprintf("The Idempotency-Key was used for message %s, from another sender or to other recipients; nothing was stored. A retry must carry the same sender and recipients; another message needs another key.", id))
 		return
 	}
+	if errors.Is(err, queue.ErrRouteFull) {
+		h.failRouteFull(w, r, app) // accept has logged why
+		return
+	}
 	if err != nil {
 		// accept has logged why.
 		w.Header().Set("Retry-After", storeRetryAfter)
@@ -265,6 +276,19 @@ func (h *api) postMessage(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Location", "/v1/messages/"+id)
 	writeJSON(w, http.StatusAccepted, submitReply{ID: id, Duplicate: dup})
+}
+
+// routeFullRetryAfter is the Retry-After, in seconds, of a submission
+// refused because its route holds queue.max_messages_per_route messages:
+// room comes as the route's mail is delivered, at the mailbox's pace.
+const routeFullRetryAfter = "60"
+
+// failRouteFull answers a submission whose route holds as many messages
+// as it may (queue.ErrRouteFull).
+func (h *api) failRouteFull(w http.ResponseWriter, r *http.Request, app *App) {
+	w.Header().Set("Retry-After", routeFullRetryAfter)
+	h.fail(w, r, app, http.StatusTooManyRequests, "sender_queue_full",
+		"Too many messages from this sender are waiting for delivery, and nothing was stored; send it again after the Retry-After delay.")
 }
 
 // submitReply is the 202 body of POST /v1/messages.

@@ -51,8 +51,11 @@ type ingress struct {
 	// withdraw, when set, takes back a message whose store failed but
 	// may have reached Redis (see withdrawer).
 	withdraw *withdrawer
-	// full samples the warning that Redis is full (see warnFull).
+	// full samples the warnings that Redis is full (see warnFull) and
+	// that a route holds as many messages as it may (routeFull).
 	full *logSampler
+	// fullRoutes holds the routes found full a moment ago.
+	fullRoutes fullRoutes
 }
 
 // submission is a message handed to Holdfast by an application.
@@ -126,6 +129,7 @@ func (in *ingress) accept(ctx context.Context, s submission) (id string, dup boo
 	if in.healthy != nil {
 		if err := in.healthy(); err != nil {
 			in.log.Error("message refused", "app", s.app.Name, "err", err)
+			in.metrics.refused(s.protocol, s.app.Name, refusedNotDurable)
 			return "", false, fmt.Errorf("%w: %w", errStore, err)
 		}
 	}
@@ -148,11 +152,18 @@ func (in *ingress) accept(ctx context.Context, s submission) (id string, dup boo
 		in.log.Info("idempotency key reused for another message", "app", s.app.Name, "first", id, "via", s.protocol)
 		return id, false, err
 	}
+	if errors.Is(err, queue.ErrRouteFull) {
+		// Nothing was stored, by design: no withdrawal.
+		in.routeFull(s)
+		return "", false, err
+	}
 	if err != nil {
 		if queue.RedisFull(err) {
 			in.warnFull(s.app.Name, err)
+			in.metrics.refused(s.protocol, s.app.Name, refusedRedisFull)
 		} else {
 			in.log.Error("enqueue failed", "app", s.app.Name, "err", err)
+			in.metrics.refused(s.protocol, s.app.Name, refusedStoreFailed)
 		}
 		// The submitter is told nothing was kept. A store that reached a
 		// hung Redis runs when it resumes: withdraw it. A submission with
@@ -182,6 +193,32 @@ func (in *ingress) warnFull(app string, err error) {
 			"Raise Redis's maxmemory, or free memory in Redis",
 			withHeld([]any{"app", app, "err", err}, held)...)
 	}
+}
+
+// routeFull records that the route of s holds as many messages as it may
+// (queue.ErrRouteFull): it counts the refusal, remembers the route for
+// fullRecheck, and logs, at most once per logSampleEvery and route, what
+// it means and what to do.
+func (in *ingress) routeFull(s submission) {
+	in.fullRoutes.mark(s.route, in.now())
+	in.metrics.refused(s.protocol, s.app.Name, refusedRouteFull)
+	if ok, held := in.full.allow("route full " + s.route); ok {
+		in.log.Warn("the route holds as many undelivered messages as queue.max_messages_per_route allows: "+
+			"its new mail is refused (SMTP 452 4.3.1, HTTP 429) until some is delivered. "+
+			"See why it is not delivered (holdfast queue stats, breaker status), or raise the bound",
+			withHeld([]any{"route", s.route, "app", s.app.Name, "via", s.protocol}, held)...)
+	}
+}
+
+// refuseFull reports whether new mail of route is refused before its
+// body is read, because a store of the route's was refused for its bound
+// a moment ago, and counts the refusal.
+func (in *ingress) refuseFull(route, protocol, app string) bool {
+	if !in.fullRoutes.full(route, in.now()) {
+		return false
+	}
+	in.metrics.refused(protocol, app, refusedRouteFull)
+	return true
 }
 
 // writeReceived writes a Received: trace header (RFC 5321 section 4.4).

@@ -25,6 +25,7 @@ var latencyBuckets = []float64{
 // nothing: the relay runs the same with metrics off.
 type metrics struct {
 	received  *prometheus.CounterVec
+	refusedBy *prometheus.CounterVec
 	accept    *prometheus.HistogramVec
 	outcomes  *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
@@ -44,6 +45,12 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 			Name: "holdfast_messages_received_total",
 			Help: "Messages accepted from applications, by ingress (smtp or http) and app.",
 		}, []string{"ingress", "app"}),
+		refusedBy: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "holdfast_messages_refused_total",
+			Help: "Messages refused with a temporary failure because the queue did not store them, by ingress, app and reason: " +
+				"route_full (its route holds queue.max_messages_per_route), redis_full (Redis at its maxmemory), " +
+				"not_durable (redis.strict) or store_failed (Redis failed or did not answer in time).",
+		}, []string{"ingress", "app", "reason"}),
 		accept: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "holdfast_ingress_accept_duration_seconds",
 			Help:    "Time to durably store one submitted message, by ingress (its route was decided at MAIL FROM, or before the HTTP body was read).",
@@ -82,7 +89,7 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
 	})
 	build.Set(1)
-	reg.MustRegister(m.received, m.accept, m.outcomes, m.latency, m.send, m.authTries, m.trans, build)
+	reg.MustRegister(m.received, m.refusedBy, m.accept, m.outcomes, m.latency, m.send, m.authTries, m.trans, build)
 	for _, r := range []string{"ok", "error"} {
 		m.authTries.WithLabelValues(r)
 	}
@@ -109,6 +116,35 @@ func (m *metrics) accepted(protocol, app string, took time.Duration) {
 	ing := ingressOf(protocol)
 	m.received.WithLabelValues(ing, app).Inc()
 	m.accept.WithLabelValues(ing).Observe(took.Seconds())
+}
+
+// The reasons of holdfast_messages_refused_total.
+const (
+	refusedRouteFull   = "route_full"
+	refusedRedisFull   = "redis_full"
+	refusedNotDurable  = "not_durable"
+	refusedStoreFailed = "store_failed"
+)
+
+// knowApps starts each application's refusal counts at zero, so that
+// the first refusal shows as an increase, and the alert on it fires.
+func (m *metrics) knowApps(apps []App) {
+	for _, app := range apps {
+		for _, ing := range []string{"smtp", "http"} {
+			for _, reason := range []string{refusedRouteFull, refusedRedisFull, refusedNotDurable, refusedStoreFailed} {
+				m.refusedBy.WithLabelValues(ing, app.Name, reason)
+			}
+		}
+	}
+}
+
+// refused counts a message refused with a temporary failure, for reason:
+// at the end of its transfer, or, for route_full, before its body too.
+func (m *metrics) refused(protocol, app, reason string) {
+	if m == nil {
+		return
+	}
+	m.refusedBy.WithLabelValues(ingressOf(protocol), app, reason).Inc()
 }
 
 // delivered records a message the upstream accepted after latency.

@@ -180,7 +180,7 @@ func TestMetricsLint(t *testing.T) {
 	}
 	allowed := map[string]bool{"ingress": true, "app": true, "outcome": true, "class": true, "credential": true,
 		"result": true, "kind": true, "to": true, "transport": true, "state": true, "source": true,
-		"version": true, "goversion": true, "limit": true, "quantile": true,
+		"version": true, "goversion": true, "limit": true, "quantile": true, "reason": true,
 		"node": true} // a Redis server's address: one per master of a Cluster
 	for _, f := range fams {
 		if n := f.GetName(); !strings.HasPrefix(n, "holdfast_") && !strings.HasPrefix(n, "go_") && !strings.HasPrefix(n, "process_") {

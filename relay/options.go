@@ -327,6 +327,8 @@ type QueueOptions struct {
 	// 0 keeps them until an operator requeues, deletes or purges them.
 	// Default 720h.
 	DeadRetention Duration `yaml:"dead_retention"`
+	// routeFullRecheck, for tests, replaces fullRecheck.
+	routeFullRecheck time.Duration
 	// deadExpiryEvery, for tests, replaces deadExpiryEvery.
 	deadExpiryEvery time.Duration
 	// IdempotencyTTL is how long an HTTP Idempotency-Key is remembered.
@@ -336,6 +338,16 @@ type QueueOptions struct {
 	// breaker does not count against its messages' lifetime. Past it,
 	// held mail ages normally. Default 120h.
 	HeldGrace Duration `yaml:"held_grace"`
+	// MaxMessagesPerRoute bounds the messages of one route (one sending
+	// mailbox, or one app's with the "dir" sender) that wait for
+	// delivery: queued, scheduled, being delivered or held. Past it, the
+	// route's new mail is refused with a temporary failure (SMTP 452
+	// 4.3.1, HTTP 429) until some of it leaves, so that one application
+	// in a loop, or a mailbox that sends nothing, cannot fill Redis for
+	// every other. 0 sets no bound. Default 100000: more than a mailbox
+	// can send in queue.lifetime under Exchange Online's 10,000
+	// recipients a day.
+	MaxMessagesPerRoute int `yaml:"max_messages_per_route"`
 }
 
 // DeliveryOptions configure the delivery workers.
@@ -481,13 +493,14 @@ func DefaultOptions() Options {
 		HTTP: HTTPOptions{Addr: "127.0.0.1:8025", MaxConnections: 1000, MaxConnectionsPerIP: 100},
 		Ops:  defaultOpsOptions(),
 		Queue: QueueOptions{
-			Lifetime:           Duration(120 * time.Hour),
-			BackoffBase:        Duration(time.Minute),
-			BackoffMax:         Duration(time.Hour),
-			DeliveredRetention: Duration(168 * time.Hour),
-			DeadRetention:      Duration(720 * time.Hour),
-			IdempotencyTTL:     Duration(24 * time.Hour),
-			HeldGrace:          Duration(120 * time.Hour),
+			Lifetime:            Duration(120 * time.Hour),
+			BackoffBase:         Duration(time.Minute),
+			BackoffMax:          Duration(time.Hour),
+			DeliveredRetention:  Duration(168 * time.Hour),
+			DeadRetention:       Duration(720 * time.Hour),
+			IdempotencyTTL:      Duration(24 * time.Hour),
+			HeldGrace:           Duration(120 * time.Hour),
+			MaxMessagesPerRoute: 100000,
 		},
 		Delivery: DeliveryOptions{
 			Workers: 8,
@@ -705,6 +718,9 @@ func (o *Options) Validate() error {
 	}
 	if o.Queue.DeadRetention < 0 {
 		return bad("queue.dead_retention", "must not be negative (0 keeps dead letters until they are requeued, deleted or purged)")
+	}
+	if o.Queue.MaxMessagesPerRoute < 0 {
+		return bad("queue.max_messages_per_route", "must not be negative (0 sets no bound)")
 	}
 	if o.Queue.BackoffMax < o.Queue.BackoffBase {
 		return bad("queue.backoff_max", "must be at least queue.backoff_base")

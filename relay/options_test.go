@@ -147,6 +147,7 @@ func TestValidate(t *testing.T) {
 		// Validate reports the queue durations as one group.
 		{"queue.lifetime", func(o *relay.Options) { o.Queue.Lifetime = 0 }},
 		{"queue.backoff_max", func(o *relay.Options) { o.Queue.BackoffMax = relay.Duration(time.Second) }},
+		{"queue.max_messages_per_route", func(o *relay.Options) { o.Queue.MaxMessagesPerRoute = -1 }},
 		{"queue.delivered_retention", func(o *relay.Options) { o.Queue.DeliveredRetention = -1 }},
 		{"queue.idempotency_ttl", func(o *relay.Options) { o.Queue.IdempotencyTTL = 0 }},
 		{"queue.held_grace", func(o *relay.Options) { o.Queue.HeldGrace = 0 }},
@@ -236,6 +237,8 @@ func TestDefaultOptions(t *testing.T) {
 		{"queue.backoff_base", o.Queue.BackoffBase.D(), time.Minute},
 		{"queue.backoff_max", o.Queue.BackoffMax.D(), time.Hour},
 		{"queue.held_grace", o.Queue.HeldGrace.D(), 5 * 24 * time.Hour},
+		{"queue.max_messages_per_route", o.Queue.MaxMessagesPerRoute, 100000},
+		{"queue options", o.Queue.Options().MaxPerRoute, 100000},
 		{"delivery.workers", o.Delivery.Workers, 8},
 		{"breakers", o.Breakers, relay.BreakerOptions{Threshold: 3, OpenInterval: relay.Duration(30 * time.Second),
 			MaxInterval: relay.Duration(5 * time.Minute), EscalateMailboxes: 3, PropagationWindow: relay.Duration(5 * time.Minute)}},

@@ -74,6 +74,7 @@ func (o QueueOptions) Options() queue.Options {
 		DeliveredRetention: o.DeliveredRetention.D(),
 		IdempotencyTTL:     o.IdempotencyTTL.D(),
 		HeldGrace:          o.HeldGrace.D(),
+		MaxPerRoute:        o.MaxMessagesPerRoute,
 	}
 }
 
@@ -120,6 +121,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	authMx := auth.NewMetrics(s.reg)
 	if !o.Ops.noMetrics {
 		s.metrics = newMetrics(s.reg, o.Ops.Version)
+		s.metrics.knowApps(o.Apps)
 	}
 	s.rdb = RedisClient(o.Redis)
 	// The loops that poll Redis (delivery, the breakers) fail the same
@@ -279,6 +281,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		metrics:  s.metrics,
 		full:     newLogSampler(logSampleEvery),
 		withdraw: newWithdrawer(s.queue, o.Redis.IngressTimeout.D(), s.reg, log.With("component", "ingress"))}
+	in.fullRoutes.every = o.Queue.routeFullRecheck
 	if sender != nil {
 		dc := deliveryConfig{
 			Workers: o.Delivery.Workers,

@@ -18,6 +18,8 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"holdfast/queue"
 )
 
 const (
@@ -589,6 +591,10 @@ func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 		s.logRefusal(slog.LevelInfo, "MAIL refused", "app", appName(s.app), "from", from, "reply", err.Message)
 		return s.refused(err)
 	}
+	if s.ing.in.refuseFull(route, "SMTP", s.app.Name) {
+		s.logRefusal(slog.LevelInfo, "MAIL refused", "app", appName(s.app), "from", from, "reply", errSMTPRouteFull.Message)
+		return errSMTPRouteFull
+	}
 	if opts.Size > 0 && !s.ing.in.fits(s.app.Name, opts.Size) {
 		s.logRefusal(slog.LevelInfo, "MAIL refused", "app", appName(s.app), "from", from, "size", opts.Size, "reply", errSMTPInsufficientStorage.Message)
 		return errSMTPInsufficientStorage
@@ -696,6 +702,9 @@ func (s *smtpSession) Data(r io.Reader) error {
 	}
 	sub.body = buf.bytes()
 	id, _, err := s.ing.in.accept(s.ing.base, sub)
+	if errors.Is(err, queue.ErrRouteFull) {
+		return errSMTPRouteFull // accept has logged why
+	}
 	if err != nil {
 		return errSMTPStoreFailed // accept has logged why
 	}

@@ -109,6 +109,11 @@ var (
 	// flight has no room for this one now; the client retries later.
 	errSMTPInsufficientStorage = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Insufficient system storage"}
 
+	// errSMTPRouteFull: 452 and X.3.1 as errSMTPInsufficientStorage: the
+	// sender's mailbox (the message's route) already has
+	// queue.max_messages_per_route messages waiting for delivery.
+	errSMTPRouteFull = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "Too many messages from this sender are waiting for delivery, try again later"}
+
 	// errSMTPStoreFailed: 451 local error in processing (RFC 5321), X.3.0
 	// other mail system status. The queue could not store the message.
 	errSMTPStoreFailed = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Temporary failure storing the message, try again later"}

@@ -1,0 +1,53 @@
+package relay
+
+import (
+	"sync"
+	"time"
+)
+
+// fullRecheck is how long after a store refused for its route's bound
+// (queue.ErrRouteFull) the route's next submissions are refused before
+// their body is read. Those that come after it are read to the end, and
+// the queue says again whether the route has room.
+const fullRecheck = time.Second
+
+// maxFullRoutes bounds fullRoutes's memory; past it, it starts afresh.
+const maxFullRoutes = 10000
+
+// fullRoutes remembers the routes whose last store was refused because
+// they hold queue.max_messages_per_route messages, for fullRecheck, so
+// that MAIL FROM and an HTTP submission of their mail are refused at
+// once. The queue's refusal is what counts; this only spares the bodies.
+type fullRoutes struct {
+	every time.Duration // 0: fullRecheck
+
+	mu    sync.Mutex
+	until map[string]time.Time
+}
+
+// mark records that route was full at now.
+func (f *fullRoutes) mark(route string, now time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.until == nil || len(f.until) >= maxFullRoutes {
+		f.until = map[string]time.Time{}
+	}
+	every := f.every
+	if every <= 0 {
+		every = fullRecheck
+	}
+	f.until[route] = now.Add(every)
+}
+
+// full reports whether route was found full less than fullRecheck
+// before now.
+func (f *fullRoutes) full(route string, now time.Time) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	end, ok := f.until[route]
+	if ok && !now.Before(end) {
+		delete(f.until, route)
+		return false
+	}
+	return ok
+}
