@@ -204,6 +204,11 @@ func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx
 		Logger:            log.With("component", "smtp-out"),
 		Endpoint:          smtpEndpoint{x.dest},
 		OnAuth:            mx.upstreamAuth,
+		// Exchange's hold of a mailbox is recorded for the fleet before
+		// the refused connection's slot is free for another send.
+		OnBlocked: func(ctx context.Context, mailbox string, err error) {
+			x.holdMailbox(ctx, &x.blocked, mailbox, upstream.RetryAfterOf(err), blockedWhy)
+		},
 	})
 	if err != nil {
 		return nil, err
@@ -346,7 +351,7 @@ func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
 			// The mailbox waits, not the endpoint (done would suspend
 			// the endpoint for every mailbox). Graph answered: the
 			// endpoint is up.
-			x.holdMailbox(ctx, &x.throttled, m.Route, upstream.RetryAfterOf(err), "Graph throttles the mailbox; its Graph mail waits")
+			x.holdRoute(ctx, &x.throttled, m.Route, upstream.RetryAfterOf(err), "Graph throttles the mailbox; its Graph mail waits")
 			done(nil)
 		} else {
 			done(err)
@@ -359,7 +364,10 @@ func (x *exchange) Send(ctx context.Context, m *queue.Message) (string, error) {
 	}
 	err = x.quota.settle(ctx, m, counted, err)
 	if errors.Is(err, o365.ErrMailboxBlocked) {
-		x.holdMailbox(ctx, &x.blocked, m.Route, upstream.RetryAfterOf(err), "Exchange holds the mailbox's sending; its mail waits")
+		// The recipient quota's wait is known only now; a penalty's was
+		// recorded by OnBlocked already, and is recorded again, here
+		// with the same end, for a send by another path.
+		x.holdRoute(ctx, &x.blocked, m.Route, upstream.RetryAfterOf(err), blockedWhy)
 	}
 	return reply, err
 }
@@ -472,13 +480,21 @@ func (x *exchange) Reserve(ctx context.Context, route string, n int) ([]reservat
 	return out, wait, err
 }
 
-// holdMailbox records in t, and for the fleet, that the mailbox of route
-// is left alone for d, as the upstream asked (without a time, each
-// message waits the throttled default alone), and logs why the first
-// time.
-func (x *exchange) holdMailbox(ctx context.Context, t *mailboxWaits, route string, d time.Duration, why string) {
-	_, _, mailbox, ok := parseRoute(route)
-	if !ok || d <= 0 {
+// blockedWhy is logged when Exchange holds a mailbox's sending.
+const blockedWhy = "Exchange holds the mailbox's sending; its mail waits"
+
+// holdRoute is holdMailbox for the mailbox of route.
+func (x *exchange) holdRoute(ctx context.Context, t *mailboxWaits, route string, d time.Duration, why string) {
+	if _, _, mailbox, ok := parseRoute(route); ok {
+		x.holdMailbox(ctx, t, mailbox, d, why)
+	}
+}
+
+// holdMailbox records in t, and for the fleet, that mailbox is left
+// alone for d, as the upstream asked (without a time, each message waits
+// the throttled default alone), and logs why the first time.
+func (x *exchange) holdMailbox(ctx context.Context, t *mailboxWaits, mailbox string, d time.Duration, why string) {
+	if d <= 0 {
 		return
 	}
 	if t.hold(mailbox, d) {

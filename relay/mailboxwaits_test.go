@@ -1,8 +1,12 @@
 package relay
 
 import (
+	"bufio"
 	"fmt"
+	"io"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -83,4 +87,81 @@ func TestGraphThrottleHoldsMailboxAcrossFleet(t *testing.T) {
 			t.Errorf("%s: %s", id, m.State)
 		}
 	}
+}
+
+// TestBlockedWaitRecordedBeforeSlotFreed: a relay that Exchange refuses
+// with 550 5.2.251 records the fleet's wait of the mailbox before it
+// gives the connection's slot back, so a relay that takes the slot next
+// finds the wait in the same script that counts its send. Redis's MONITOR
+// gives the order of the two writes.
+func TestBlockedWaitRecordedBeforeSlotFreed(t *testing.T) {
+	// One connection a mailbox: the slot freed is the refused one's, not
+	// that of a grant the relay did not use.
+	e := newExchangeEnv(t, 1, func(o *Options) { o.Exchange.MaxConnectionsPerMailbox = 1 })
+	e.sim.SetFault(sim.Fault{SMTPDataRefusal: "sender_throttled"})
+	lines := monitorRedis(t, e.f.redis.Addr())
+	from := "noreply@contoso.com"
+	id := e.submit(t, 0, from, "a@example.org", exchangeMessage(1, from))
+	waitFor(t, 10*time.Second, "the message refused", func() bool { return strings.Contains(e.get(t, id).LastError, "5.2.251") })
+
+	waits, conns := "{lim:"+from+"}:waits", "{lim:"+from+"}:conns"
+	held, freed := -1, -1
+	deadline := time.After(10 * time.Second)
+	for n := 0; held < 0 || freed < 0; n++ {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatal("MONITOR ended")
+			}
+			low := strings.ToLower(l)
+			if held < 0 && strings.Contains(low, `"hset" "hf:`+waits) {
+				held = n
+			}
+			if freed < 0 && strings.Contains(low, `"zrem" "hf:`+conns) {
+				freed = n
+			}
+		case <-deadline:
+			t.Fatalf("MONITOR did not show the wait recorded (%v) and the slot freed (%v)", held >= 0, freed >= 0)
+		}
+	}
+	if held > freed {
+		t.Errorf("the slot was freed (command %d) before the mailbox's wait was recorded (command %d): "+
+			"another relay could take the slot and send into the block", freed, held)
+	}
+}
+
+// monitorRedis runs MONITOR on its own connection to the Redis at addr and
+// sends each line it prints, until the test ends.
+func monitorRedis(t *testing.T, addr string) <-chan string {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	r := bufio.NewReader(nc)
+	if _, err := io.WriteString(nc, "MONITOR\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := r.ReadString('\n'); err != nil || l != "+OK\r\n" {
+		t.Fatalf("MONITOR: %q %v", l, err)
+	}
+	lines := make(chan string, 100000)
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
+	t.Cleanup(func() { nc.Close() })
+	wg.Go(func() {
+		defer close(lines)
+		for {
+			l, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			select {
+			case lines <- l:
+			default: // a test that stopped reading does not block the reader
+			}
+		}
+	})
+	return lines
 }

@@ -148,6 +148,12 @@ type SMTPOptions struct {
 	// Endpoint, when set, guards each connection: it is asked before
 	// dialling and told whether the server was reached and greeted.
 	Endpoint Endpoint
+	// OnBlocked, when set, is told of Exchange's timed hold of a
+	// mailbox's sending (ErrMailboxBlocked; not the recipient quota,
+	// whose wait the caller works out from its own count) before the
+	// refused connection's slot is given back, so that the fleet can
+	// learn of the wait before another send takes the slot.
+	OnBlocked func(ctx context.Context, mailbox string, err error)
 }
 
 // Endpoint is a dead-destination breaker for the SMTP endpoint (see
@@ -393,6 +399,9 @@ func (s *SMTPSender) submit(ctx context.Context, c *conn, route Route, m *queue.
 			continue
 		}
 		if err != nil {
+			if s.o.OnBlocked != nil && errors.Is(err, ErrMailboxBlocked) && !errors.Is(err, ErrSubmissionQuota) {
+				s.o.OnBlocked(ctx, c.mailbox, err)
+			}
 			s.discard(c)
 			return "", err
 		}
