@@ -33,6 +33,14 @@ type Stats struct {
 	Total  RouteStats
 }
 
+// Undelivered is how many of the route's messages are not yet delivered
+// or dead, the count that Options.MaxPerRoute bounds.
+func (s RouteStats) Undelivered() int64 { return s.Ready + s.Scheduled + s.Leased + s.Held }
+
+// Full reports whether the route holds max undelivered messages or more,
+// so that Enqueue refuses its new ones; never with max 0, no bound.
+func (s RouteStats) Full(max int) bool { return max > 0 && s.Undelivered() >= int64(max) }
+
 // OldestAge is how long the oldest waiting message has waited, zero when
 // none waits.
 func (s RouteStats) OldestAge(now time.Time) time.Duration {

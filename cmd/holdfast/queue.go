@@ -101,13 +101,16 @@ type statsJSON struct {
 	Oldest           *time.Time `json:"oldest,omitempty"`
 	OldestAgeSeconds float64    `json:"oldest_age_seconds"`
 	HoldReason       string     `json:"hold_reason,omitempty"`
+	// Full: the route holds queue.max_messages_per_route messages, and
+	// its new mail is refused.
+	Full bool `json:"full"`
 }
 
-func toStatsJSON(s queue.RouteStats, now time.Time) statsJSON {
+func toStatsJSON(s queue.RouteStats, now time.Time, bound int) statsJSON {
 	j := statsJSON{
 		Route: s.Route, Ready: s.Ready, Scheduled: s.Scheduled, Sending: s.Leased,
 		Held: s.Held, Dead: s.Dead, HoldReason: s.HoldReason,
-		OldestAgeSeconds: s.OldestAge(now).Seconds(),
+		OldestAgeSeconds: s.OldestAge(now).Seconds(), Full: s.Full(bound),
 	}
 	if !s.Oldest.IsZero() {
 		t := s.Oldest.UTC()
@@ -139,15 +142,15 @@ func queueStats(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	if err != nil {
 		return err
 	}
-	now := e.now()
+	now, bound := e.now(), q.Options().MaxPerRoute
 	if *asJSON {
 		out := struct {
 			Routes       []statsJSON         `json:"routes"`
 			Total        statsJSON           `json:"total"`
 			MailboxWaits []relay.MailboxWait `json:"mailbox_waits"`
-		}{Routes: []statsJSON{}, Total: toStatsJSON(st.Total, now), MailboxWaits: waits}
+		}{Routes: []statsJSON{}, Total: toStatsJSON(st.Total, now, 0), MailboxWaits: waits}
 		for _, r := range st.Routes {
-			out.Routes = append(out.Routes, toStatsJSON(r, now))
+			out.Routes = append(out.Routes, toStatsJSON(r, now, bound))
 		}
 		return writeJSON(e.stdout, out)
 	}
@@ -170,6 +173,10 @@ func queueStats(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	for _, r := range st.Routes {
 		if r.HoldReason != "" {
 			fmt.Fprintf(e.stdout, "route %s is held: %s\n", r.Route, r.HoldReason)
+		}
+		if r.Full(bound) {
+			fmt.Fprintf(e.stdout, "route %s holds %d messages not yet delivered, queue.max_messages_per_route: "+
+				"its new mail is refused (452 4.3.1, HTTP 429) until some leaves\n", r.Route, r.Undelivered())
 		}
 	}
 	printMailboxWaits(e.stdout, waits, now, "")
