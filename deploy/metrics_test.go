@@ -140,7 +140,8 @@ func TestMetricNamesAgreed(t *testing.T) {
 	}
 
 	// The dashboard's promises: queue depth, latency percentiles, a breaker
-	// state timeline, days to expiry, token and AUTH failures.
+	// state timeline, days to expiry, token and AUTH failures, messages
+	// refused unstored.
 	dashboard := map[string]bool{}
 	for where, q := range queries(t) {
 		if strings.HasPrefix(where, "panel ") {
@@ -150,7 +151,8 @@ func TestMetricNamesAgreed(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"holdfast_queue_messages", "holdfast_delivery_latency_seconds", "holdfast_breaker_open",
-		"holdfast_credential_expiry_timestamp_seconds", "holdfast_token_requests_total", "holdfast_upstream_auth_total"} {
+		"holdfast_credential_expiry_timestamp_seconds", "holdfast_token_requests_total", "holdfast_upstream_auth_total",
+		"holdfast_messages_refused_total"} {
 		if !dashboard[want] {
 			t.Errorf("the dashboard shows nothing of %s", want)
 		}
