@@ -3,7 +3,6 @@ package relay
 import (
 	"context"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -30,9 +29,8 @@ const (
 // this replica's own record spares it the round trip, and holds when
 // Redis did not take the fleet's.
 type mailboxWaits struct {
-	kind  string
-	mu    sync.Mutex
-	until map[string]time.Time
+	kind string
+	set  expiries // lower-cased mailbox: until when it is left alone
 }
 
 // hold leaves mailbox alone for d from now. It reports whether the
@@ -41,34 +39,13 @@ func (t *mailboxWaits) hold(mailbox string, d time.Duration) bool {
 	if d <= 0 {
 		return false
 	}
-	key, end := strings.ToLower(mailbox), time.Now().Add(d)
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.until == nil {
-		t.until = map[string]time.Time{}
-	}
-	prev, was := t.until[key]
-	if end.After(prev) {
-		t.until[key] = end
-	}
-	return !was || !prev.After(time.Now())
+	now := time.Now()
+	return t.set.extend(strings.ToLower(mailbox), now.Add(d), now)
 }
 
 // wait is how long mailbox is still left alone, or 0.
 func (t *mailboxWaits) wait(mailbox string) time.Duration {
-	key := strings.ToLower(mailbox)
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	end, ok := t.until[key]
-	if !ok {
-		return 0
-	}
-	d := time.Until(end)
-	if d <= 0 {
-		delete(t.until, key)
-		return 0
-	}
-	return d
+	return t.set.left(strings.ToLower(mailbox), time.Now())
 }
 
 // MailboxWait is a wait the upstream asked of a mailbox, as the fleet

@@ -1,9 +1,6 @@
 package relay
 
-import (
-	"sync"
-	"time"
-)
+import "time"
 
 // fullRecheck is how long after a store refused for its route's bound
 // (queue.ErrRouteFull) the route's next submissions are refused before
@@ -11,7 +8,7 @@ import (
 // the queue says again whether the route has room.
 const fullRecheck = time.Second
 
-// maxFullRoutes bounds fullRoutes's memory; past it, it starts afresh.
+// maxFullRoutes bounds the routes fullRoutes keeps (expiries.max).
 const maxFullRoutes = 10000
 
 // fullRoutes remembers the routes whose last store was refused because
@@ -20,34 +17,21 @@ const maxFullRoutes = 10000
 // once. The queue's refusal is what counts; this only spares the bodies.
 type fullRoutes struct {
 	every time.Duration // 0: fullRecheck
-
-	mu    sync.Mutex
-	until map[string]time.Time
+	set   expiries      // route: until when it is taken as full
 }
 
 // mark records that route was full at now.
 func (f *fullRoutes) mark(route string, now time.Time) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.until == nil || len(f.until) >= maxFullRoutes {
-		f.until = map[string]time.Time{}
-	}
 	every := f.every
 	if every <= 0 {
 		every = fullRecheck
 	}
-	f.until[route] = now.Add(every)
+	f.set.max = maxFullRoutes
+	f.set.extend(route, now.Add(every), now)
 }
 
 // full reports whether route was found full less than fullRecheck
 // before now.
 func (f *fullRoutes) full(route string, now time.Time) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	end, ok := f.until[route]
-	if ok && !now.Before(end) {
-		delete(f.until, route)
-		return false
-	}
-	return ok
+	return f.set.left(route, now) > 0
 }

@@ -142,7 +142,7 @@ func TestFullRoutes(t *testing.T) {
 	if !f.full("crm", now.Add(fullRecheck-time.Millisecond)) || f.full("web", now) {
 		t.Fatal("the marked route is not full within fullRecheck, or another is")
 	}
-	if f.full("crm", now.Add(fullRecheck)) || len(f.until) != 0 {
-		t.Fatalf("the mark outlived fullRecheck: %v", f.until)
+	if f.full("crm", now.Add(fullRecheck)) || len(f.set.until) != 0 {
+		t.Fatalf("the mark outlived fullRecheck: %v", f.set.until)
 	}
 }
