@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -181,6 +182,7 @@ func (o *opsStatus) Status(ctx context.Context) (ops.Status, error) {
 	if err := o.mailboxWaits(ctx, &st, stats.Routes); err != nil {
 		return st, err
 	}
+	o.fullRoutes(&st, stats.Routes)
 	if s.gate == nil {
 		return st, nil
 	}
@@ -255,6 +257,23 @@ func (o *opsStatus) mailboxWaits(ctx context.Context, st *ops.Status, routes []q
 	st.MailboxWaitCount = len(waits)
 	st.MailboxWaits = waits[:min(len(waits), ops.MaxOpenMailboxes)]
 	return nil
+}
+
+// fullRoutes fills in the routes at queue.max_messages_per_route, whose
+// new mail the ingresses refuse, those holding the most first.
+func (o *opsStatus) fullRoutes(st *ops.Status, routes []queue.RouteStats) {
+	st.MaxPerRoute = o.s.opts.Queue.MaxMessagesPerRoute
+	var full []ops.FullRoute
+	for _, r := range routes {
+		if r.Full(st.MaxPerRoute) {
+			full = append(full, ops.FullRoute{Route: r.Route, Messages: r.Undelivered()})
+		}
+	}
+	slices.SortFunc(full, func(a, b ops.FullRoute) int {
+		return cmp.Or(cmp.Compare(b.Messages, a.Messages), strings.Compare(a.Route, b.Route))
+	})
+	st.FullRouteCount = len(full)
+	st.FullRoutes = full[:min(len(full), ops.MaxOpenMailboxes)]
 }
 
 // latencySummary is the p50 and p95 of the minutes' latency buckets,

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -257,5 +258,58 @@ func TestStatusPageMailboxWaitsInChromium(t *testing.T) {
 	}
 	if m := e.get(t, id); m.State != queue.Ready || m.Attempts != 0 || e.sim.ReceivedCount() != 0 {
 		t.Errorf("the waiting mailbox's message: %s, %d attempts, %d received; want it waiting untried", m.State, m.Attempts, e.sim.ReceivedCount())
+	}
+}
+
+// TestStatusPageFullRouteInChromium: a route holding
+// queue.max_messages_per_route messages is named on the status page, in
+// headless Chromium, with what it holds and that its new mail is
+// refused; before, the page says that no route is at the bound.
+func TestStatusPageFullRouteInChromium(t *testing.T) {
+	f := newFixture(t)
+	s := startRelayOn(t, f, func(o *Options) {
+		o.Delivery.Sender = "off"
+		o.Queue.MaxMessagesPerRoute = 2
+	})
+	base := "http://" + s.OpsAddr()
+	ctx := browser(t, 1100, 1300)
+	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.CSS("#full"))); err != nil {
+		t.Fatalf("chromium: %v", err)
+	}
+	if none := see(t, ctx, chromedp.Text(chromedp.CSS("#full p"))); !strings.Contains(none, "every route holds fewer than 2 messages") {
+		t.Errorf("with no route full, the card says %q", none)
+	}
+
+	var route string
+	for _, key := range []string{"a", "b"} {
+		status, _, reply := postRouted(t, s, key)
+		if status != http.StatusAccepted {
+			t.Fatalf("message %s: %d", key, status)
+		}
+		m, err := s.queue.Get(t.Context(), reply.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		route = m.Route
+	}
+	st, err := readStatus(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []ops.FullRoute{{Route: route, Messages: 2}}; !slices.Equal(st.FullRoutes, want) || st.FullRouteCount != 1 || st.MaxPerRoute != 2 {
+		t.Fatalf("/status.json: full routes %+v (count %d, bound %d), want %+v, 1 and 2", st.FullRoutes, st.FullRouteCount, st.MaxPerRoute, want)
+	}
+	if err := chromedp.Do(ctx, chromedp.Reload(), chromedp.WaitVisible(chromedp.CSS("#full table"))); err != nil {
+		t.Fatalf("chromium: %v", err)
+	}
+	title := see(t, ctx, chromedp.Text(chromedp.CSS("#full h2")))
+	row := see(t, ctx, chromedp.Text(chromedp.CSS("#full tr:nth-child(2)")))
+	if !strings.EqualFold(title, "Senders at their queue bound (1)") || !strings.Contains(row, route) ||
+		!strings.Contains(row, "new mail refused") || !strings.HasSuffix(strings.TrimSpace(row), "2") {
+		t.Errorf("the full routes card shows %q, %q", title, row)
+	}
+	shot := see(t, ctx, chromedp.FullScreenshot(100))
+	if err := os.WriteFile(filepath.Join(artifactDir(t), "status-full-route.png"), shot, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -152,7 +152,7 @@ func (h *handler) read(ctx context.Context) (Status, error) {
 	st.Breakers, st.OpenMailboxes = nonNil(st.Breakers), nonNil(st.OpenMailboxes)
 	st.Expiries, st.Transitions, st.Minutes = nonNil(st.Expiries), nonNil(st.Transitions), nonNil(st.Minutes)
 	st.Transports, st.GraphFallbacks = nonNil(st.Transports), nonNil(st.GraphFallbacks)
-	st.MailboxWaits = nonNil(st.MailboxWaits)
+	st.MailboxWaits, st.FullRoutes = nonNil(st.MailboxWaits), nonNil(st.FullRoutes)
 	return st, nil
 }
 

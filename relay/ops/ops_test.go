@@ -202,7 +202,7 @@ func TestStatusJSONEmptyLists(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &doc); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"credential_breakers", "open_mailbox_breakers", "credential_expiry", "transitions", "minutes", "transports", "graph_fallbacks", "mailbox_waits"} {
+	for _, k := range []string{"credential_breakers", "open_mailbox_breakers", "credential_expiry", "transitions", "minutes", "transports", "graph_fallbacks", "mailbox_waits", "full_routes"} {
 		if l, ok := doc[k].([]any); !ok || len(l) != 0 {
 			t.Errorf("%s: %v, want []", k, doc[k])
 		}
@@ -232,5 +232,34 @@ func TestMailboxWaits(t *testing.T) {
 		Status: fakeStatus{Status{Now: now}}}), "/", "")
 	if !strings.Contains(body, "None: no mailbox's mail waits for Exchange or Graph.") {
 		t.Error("the page of a fleet without waits does not say so")
+	}
+}
+
+// TestFullRoutesCard: the page lists the routes at the queue's bound with
+// what each holds, says how many there are in all when it lists only the
+// first, and without any says which bound applies, or that none does.
+func TestFullRoutesCard(t *testing.T) {
+	page := func(st Status) string {
+		t.Helper()
+		_, body := get(t, New(Config{Gatherer: prometheus.NewRegistry(), Ready: func(context.Context) error { return nil },
+			Status: fakeStatus{st}}), "/", "")
+		return body
+	}
+	body := page(Status{MaxPerRoute: 100000, FullRouteCount: 51,
+		FullRoutes: []FullRoute{{Route: "app:contoso:billing@contoso.com", Messages: 100004}}})
+	for _, want := range []string{
+		`<h2>Senders at their queue bound (51)</h2>`,
+		`<tr><td>app:contoso:billing@contoso.com<div class="reason">new mail refused (452 4.3.1, HTTP 429) until some is delivered</div></td><td class="num">100004</td></tr>`,
+		`and 51 in all: holdfast queue stats lists every one.`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("the page lacks %q", want)
+		}
+	}
+	if body := page(Status{MaxPerRoute: 100000}); !strings.Contains(body, "None: every route holds fewer than 100000 messages (queue.max_messages_per_route).") {
+		t.Error("the page of a fleet with no route full does not say so")
+	}
+	if body := page(Status{}); !strings.Contains(body, "No bound: queue.max_messages_per_route is 0.") {
+		t.Error("the page of a fleet with no bound does not say so")
 	}
 }

@@ -43,6 +43,20 @@ type Status struct {
 	// a while; MailboxWaitCount counts them all.
 	MailboxWaits     []MailboxWait `json:"mailbox_waits"`
 	MailboxWaitCount int           `json:"mailbox_wait_count"`
+	// FullRoutes are the first MaxOpenMailboxes routes holding
+	// MaxPerRoute undelivered messages or more, whose new mail is
+	// refused; FullRouteCount counts them all. MaxPerRoute is the
+	// relay's queue.max_messages_per_route, 0 for no bound.
+	FullRoutes     []FullRoute `json:"full_routes"`
+	FullRouteCount int         `json:"full_route_count"`
+	MaxPerRoute    int         `json:"max_messages_per_route"`
+}
+
+// FullRoute is a route at its bound, and the messages it holds not yet
+// delivered.
+type FullRoute struct {
+	Route    string `json:"route"`
+	Messages int64  `json:"messages"`
 }
 
 // MailboxWait is a mailbox no relay sends as until Until, and why.
