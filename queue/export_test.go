@@ -22,3 +22,6 @@ func ReleaseStepsThen(ctx context.Context, q *Queue, route string, fence Fence, 
 	})
 	return err
 }
+
+// MinuteKey is the hash of the fleet's counts of minute m (Unix minutes).
+var MinuteKey = minuteKey

@@ -19,12 +19,16 @@ import (
 //
 //	delivered  messages delivered in the minute, fleet-wide
 //	held       messages held at the last sample taken in the minute
-//	lat:I      deliveries whose latency fell in bucket I of the caller's
+//	lt:I       deliveries whose latency fell in bucket I of the caller's
 //	           bucket list
+//	lat:I      the same, written by relays whose bucket list was an
+//	           earlier one (Minute.EarlierLatency); this version no longer
+//	           writes it, and reads it until its minutes expire
 const (
-	fMinDelivered = "delivered"
-	fMinHeld      = "held"
-	fMinLatency   = "lat:"
+	fMinDelivered      = "delivered"
+	fMinHeld           = "held"
+	fMinLatency        = "lt:"
+	fMinLatencyEarlier = "lat:"
 )
 
 // MinuteRetention is how long a minute's counts are kept.
@@ -45,6 +49,9 @@ type Minute struct {
 	Delivered int64
 	Held      int64
 	Latency   map[int]int64
+	// EarlierLatency counts deliveries by bucket index in the caller's
+	// earlier bucket list, as relays that used it recorded them.
+	EarlierLatency map[int]int64
 }
 
 // AddMinute adds d to the counts of the minute holding at, in one round
@@ -89,7 +96,7 @@ func (q *Queue) Minutes(ctx context.Context, end time.Time, n int) ([]Minute, er
 	}
 	out := make([]Minute, n)
 	for i, c := range cmds {
-		m := Minute{Start: time.Unix((last-int64(n-1-i))*60, 0).UTC(), Latency: map[int]int64{}}
+		m := Minute{Start: time.Unix((last-int64(n-1-i))*60, 0).UTC(), Latency: map[int]int64{}, EarlierLatency: map[int]int64{}}
 		for k, v := range c.Val() {
 			switch {
 			case k == fMinDelivered:
@@ -99,6 +106,10 @@ func (q *Queue) Minutes(ctx context.Context, end time.Time, n int) ([]Minute, er
 			case strings.HasPrefix(k, fMinLatency):
 				if b, err := strconv.Atoi(k[len(fMinLatency):]); err == nil {
 					m.Latency[b] += atoi(v)
+				}
+			case strings.HasPrefix(k, fMinLatencyEarlier):
+				if b, err := strconv.Atoi(k[len(fMinLatencyEarlier):]); err == nil {
+					m.EarlierLatency[b] += atoi(v)
 				}
 			}
 		}

@@ -42,7 +42,31 @@ func TestMinutes(t *testing.T) {
 	if m := ms[54]; m.Delivered != 7 || m.Held != 2 || m.Latency[0] != 5 || m.Latency[3] != 2 {
 		t.Errorf("five minutes ago: %+v", m)
 	}
-	if m := ms[30]; m.Delivered != 0 || m.Held != 0 || len(m.Latency) != 0 {
+	if m := ms[30]; m.Delivered != 0 || m.Held != 0 || len(m.Latency) != 0 || len(m.EarlierLatency) != 0 {
 		t.Errorf("an empty minute: %+v", m)
+	}
+}
+
+// TestMinutesEarlierLatency: the latency counts that relays with the
+// earlier bucket list wrote (fields "lat:I") are read apart from the
+// current ones, so that the caller can place their buckets.
+func TestMinutesEarlierLatency(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	q := queue.New(rdb, queue.Options{})
+	ctx := context.Background()
+	now := time.Date(2026, 12, 7, 12, 30, 40, 0, time.UTC)
+	if err := q.AddMinute(ctx, now, queue.MinuteDelta{Delivered: 3, Held: -1, Latency: map[int]int64{0: 3}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.HIncrBy(ctx, queue.MinuteKey(now.Unix()/60), "lat:1", 5).Err(); err != nil {
+		t.Fatal(err)
+	}
+	ms, err := q.Minutes(ctx, now, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := ms[0]; len(m.Latency) != 1 || m.Latency[0] != 3 || len(m.EarlierLatency) != 1 || m.EarlierLatency[1] != 5 {
+		t.Errorf("latency %v and earlier %v, want {0:3} and {1:5}", m.Latency, m.EarlierLatency)
 	}
 }

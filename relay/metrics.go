@@ -12,10 +12,11 @@ import (
 	"holdfast/relay/upstream"
 )
 
-// latencyBuckets resolve a delivery's latency from 100 ms to 24 h: a
+// latencyBuckets resolve a delivery's latency from 10 ms to 24 h: a
 // healthy relay delivers in well under a second, an incident holds mail
 // for hours.
 var latencyBuckets = []float64{
+	0.01, 0.025, 0.05,
 	0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 	60, 120, 300, 600, 1800,
 	3600, 7200, 4 * 3600, 8 * 3600, 12 * 3600, 24 * 3600,
@@ -160,6 +161,13 @@ func (m *metrics) delivered(credential string, latency time.Duration) {
 	m.minute.Latency[b]++
 	m.mu.Unlock()
 }
+
+// earlierLatencyShift is how many buckets latencyBuckets has before the
+// first of the earlier list, which began at 100 ms: bucket I of the
+// minutes' counts written with the earlier list (queue.Minute's
+// EarlierLatency) is bucket I+earlierLatencyShift now. The earlier
+// list's first bucket, 0 to 100 ms, is read as 50 to 100 ms.
+const earlierLatencyShift = 3
 
 // latencyBucket is the index of the first bucket holding d, or
 // len(latencyBuckets) past the last.

@@ -218,6 +218,25 @@ func TestLatencySummary(t *testing.T) {
 	if l := latencySummary([]queue.Minute{{Latency: map[int]int64{latencyBucket(90 * time.Minute): 4}}}); time.Duration(l.P95) <= time.Hour {
 		t.Errorf("p95 of hour-long deliveries %v", time.Duration(l.P95))
 	}
+	// Deliveries of 20 ms, as to a local upstream, are told apart from
+	// 100 ms ones: 40 of them fall in (10 ms, 25 ms].
+	if l := latencySummary([]queue.Minute{{Latency: map[int]int64{latencyBucket(20 * time.Millisecond): 40}}}); time.Duration(l.P50) != 18*time.Millisecond {
+		t.Errorf("p50 of 20 ms deliveries %v, want 18ms: the middle of (10ms, 25ms], to the millisecond", time.Duration(l.P50))
+	}
+	// Counts written with the earlier list, which began at 100 ms, keep
+	// their bounds: its bucket 1 is (100 ms, 250 ms], its bucket 0 is read
+	// as (50 ms, 100 ms].
+	if latencyBuckets[earlierLatencyShift] != 0.1 {
+		t.Fatalf("bucket %d is %v s, the earlier list's first bound was 0.1 s", earlierLatencyShift, latencyBuckets[earlierLatencyShift])
+	}
+	l = latencySummary([]queue.Minute{
+		{EarlierLatency: map[int]int64{0: 50}},
+		{EarlierLatency: map[int]int64{1: 40}, Latency: map[int]int64{latencyBucket(200 * time.Millisecond): 10}},
+	})
+	if l.Count != 100 || time.Duration(l.P50) != 100*time.Millisecond || time.Duration(l.P95) != 235*time.Millisecond {
+		t.Errorf("with earlier counts: %d deliveries, p50 %v, p95 %v; want 100, 100ms and 235ms",
+			l.Count, time.Duration(l.P50), time.Duration(l.P95))
+	}
 }
 
 // TestRedisMemoryMetrics: the relay exports Redis's used memory and

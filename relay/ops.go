@@ -281,12 +281,18 @@ func (o *opsStatus) fullRoutes(st *ops.Status, routes []queue.RouteStats) {
 func latencySummary(minutes []queue.Minute) ops.Latency {
 	counts := make([]int64, len(latencyBuckets)+1)
 	var total int64
+	add := func(i int, n int64) {
+		if i >= 0 && i < len(counts) {
+			counts[i] += n
+			total += n
+		}
+	}
 	for _, m := range minutes {
 		for i, n := range m.Latency {
-			if i >= 0 && i < len(counts) {
-				counts[i] += n
-				total += n
-			}
+			add(i, n)
+		}
+		for i, n := range m.EarlierLatency {
+			add(i+earlierLatencyShift, n)
 		}
 	}
 	l := ops.Latency{Count: total}
