@@ -569,7 +569,7 @@ func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var err *smtp.SMTPError
-	var route string
+	var route, why string
 	switch {
 	case s.app == nil:
 		err = errSMTPAuthRequired
@@ -577,18 +577,23 @@ func (s *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 		err = errSMTPNestedMail
 	case from == "":
 		// The null sender is for bounces; applications submit new mail.
-		err = errSMTPSenderNotAllowed
+		err, why = errSMTPSenderNotAllowed, "the null sender is for bounces, not new mail"
 	case !validAddress(from):
 		err = errSMTPBadSender
 	case !opts.UTF8 && !isASCII(from):
 		err = errSMTPNeedsUTF8
 	case !s.app.maySend(from):
-		err = errSMTPSenderNotAllowed
+		// The reply is Exchange's; the log says what to change.
+		err, why = errSMTPSenderNotAllowed, "not among the senders of app "+s.app.Name+" (apps[].senders)"
 	default:
 		route, err = s.senderRoute(from)
 	}
 	if err != nil {
-		s.logRefusal(slog.LevelInfo, "MAIL refused", "app", appName(s.app), "from", from, "reply", err.Message)
+		args := []any{"app", appName(s.app), "from", from, "reply", err.Message}
+		if why != "" {
+			args = append(args, "why", why)
+		}
+		s.logRefusal(slog.LevelInfo, "MAIL refused", args...)
 		return s.refused(err)
 	}
 	if s.ing.in.refuseFull(route, "SMTP", s.app.Name) {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os/exec"
 	"regexp"
@@ -1334,4 +1335,21 @@ func TestSMTPConnectionsPerApp(t *testing.T) {
 	late.write("AUTH PLAIN " + smtpPlain("", crmUser, crmPassword) + "\r\n")
 	late.expect(appFull)
 	late.expectClosed()
+}
+
+// TestSMTPSenderRefusalLogsWhy: a sender the app may not use is refused
+// at MAIL FROM with Exchange's 550 5.7.60; the relay's log line says
+// which setting decides, which the reply does not.
+func TestSMTPSenderRefusalLogsWhy(t *testing.T) {
+	f := newFixture(t)
+	var logs syncBuffer
+	s := startRelayLogged(t, f, func(o *Options) { o.Delivery.Sender = "off" }, slog.New(slog.NewTextHandler(&logs, nil)))
+	c := dialSMTP(t, s.SMTPAddrs()[0])
+	c.login()
+	c.cmd("MAIL FROM:<someone@evil.example>", "550 5.7.60 Client does not have permissions to send as this sender")
+	c.cmd("QUIT", "221 ")
+	want := `from=someone@evil.example reply="Client does not have permissions to send as this sender" why="not among the senders of app crm (apps[].senders)"`
+	if out := logs.String(); !strings.Contains(out, want) {
+		t.Errorf("the log lacks %s:\n%s", want, out)
+	}
 }
