@@ -137,6 +137,13 @@ func alive(pid int) bool {
 // run.sh's output.
 func runUnderTerminal(t *testing.T, signals ...syscall.Signal) (root string, relay, sim int, output string) {
 	t.Helper()
+	return runSignalled(t, false, signals...)
+}
+
+// runSignalled is runUnderTerminal; with alone, the signals go to the
+// PID that run.sh wrote in var/dev/run.pid, not to its process group.
+func runSignalled(t *testing.T, alone bool, signals ...syscall.Signal) (root string, relay, sim int, output string) {
+	t.Helper()
 	for _, p := range []int{2525, 2587, 8025, 8026, 5587, 8443, 8099} {
 		if c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(p), time.Second); err == nil {
 			c.Close()
@@ -212,7 +219,17 @@ func runUnderTerminal(t *testing.T, signals ...syscall.Signal) (root string, rel
 		if i > 0 {
 			time.Sleep(200 * time.Millisecond)
 		}
-		if err := syscall.Kill(-run.Process.Pid, s); err != nil {
+		target := -run.Process.Pid
+		if alone {
+			b, err := os.ReadFile(filepath.Join(root, "var", "dev", "run.pid"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if target, err = strconv.Atoi(strings.TrimSpace(string(b))); err != nil || target != run.Process.Pid {
+				t.Fatalf("var/dev/run.pid holds %q, want run.sh's PID %d", b, run.Process.Pid)
+			}
+		}
+		if err := syscall.Kill(target, s); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -252,6 +269,16 @@ func recorded(t *testing.T, root string) []string {
 func TestRunStopsRelayOnHangup(t *testing.T) {
 	root, _, _, out := runUnderTerminal(t, syscall.SIGHUP)
 	if got, want := recorded(t, root), []string{"hangup", "terminated", "drained", "simulator_stopped"}; !equal(got, want) {
+		t.Errorf("the relay recorded %q, want %q\n%s", got, want, out)
+	}
+}
+
+// TestRunStopsOnKillOfItsPID: "kill $(cat var/dev/run.pid)", as the
+// README says for a "make run" started in the background, stops the
+// relay as Ctrl-C does, lets it finish, and then stops the simulator.
+func TestRunStopsOnKillOfItsPID(t *testing.T) {
+	root, _, _, out := runSignalled(t, true, syscall.SIGTERM)
+	if got, want := recorded(t, root), []string{"terminated", "drained", "simulator_stopped"}; !equal(got, want) {
 		t.Errorf("the relay recorded %q, want %q\n%s", got, want, out)
 	}
 }

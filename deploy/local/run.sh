@@ -62,7 +62,7 @@ mkdir -p "$redis_dir" var/dev var/outbox
 # One "make run" at a time: a second would replace the simulator's CA
 # under the first one's relay, then fail on the ports the first holds.
 if other=$(running_run); then
-	echo "run: make run is already running (pid $other); use it, or stop it first (Ctrl-C in its terminal)" >&2
+	echo "run: make run is already running (pid $other); use it, or stop it first (Ctrl-C in its terminal, or kill $other)" >&2
 	exit 1
 fi
 for p in 2525 2587 8025 8026 5587 8443 8099; do

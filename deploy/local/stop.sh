@@ -12,7 +12,7 @@ if [ -f var/dev/run.pid ]; then
 	if [[ "$run_pid" =~ ^[0-9]+$ ]] && kill -0 "$run_pid" 2>/dev/null &&
 		run_args=$(tr '\0' ' ' <"/proc/$run_pid/cmdline" 2>/dev/null || ps -o args= -p "$run_pid") &&
 		[[ "$run_args" == *run.sh* ]]; then
-		echo "stop: make run (pid $run_pid) is using the development Redis; stop it first (Ctrl-C in its terminal), then make stop" >&2
+		echo "stop: make run (pid $run_pid) is using the development Redis; stop it first (Ctrl-C in its terminal, or kill $run_pid), then make stop" >&2
 		exit 1
 	fi
 fi
