@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -110,13 +111,13 @@ func run(ctx context.Context, args []string, e *env) int {
 			fmt.Fprintf(e.stderr, "holdfast: flags go after the command: %s\n", meant)
 			return exitUsage
 		case !isGroup(group):
-			fmt.Fprintf(e.stderr, "holdfast: unknown command %q\n", group)
+			fmt.Fprintf(e.stderr, "holdfast: unknown command %q%s\n", group, didYouMean(group, commandWords("")))
 			group = ""
 		case len(args) > 1 && isHelp(args[1]):
 			writeUsage(e.stdout, group)
 			return exitOK
 		case len(args) > 1:
-			fmt.Fprintf(e.stderr, "holdfast: %s: unknown command %q\n", group, args[1])
+			fmt.Fprintf(e.stderr, "holdfast: %s: unknown command %q%s\n", group, args[1], didYouMean(args[1], commandWords(group)))
 		}
 		writeUsage(e.stderr, group)
 		return exitUsage
@@ -204,6 +205,31 @@ func shellQuote(a string) string {
 		return a
 	}
 	return "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+}
+
+// commandWords are the words that may follow group ("" for the first
+// word of a command line): the commands and groups there.
+func commandWords(group string) []string {
+	var out []string
+	for _, c := range commands {
+		rest, ok := c.path, group == ""
+		if !ok {
+			rest, ok = strings.CutPrefix(c.path, group+" ")
+		}
+		if w, _, _ := strings.Cut(rest, " "); ok && !slices.Contains(out, w) {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+// didYouMean is "; did you mean X?" for the words near word, or "".
+func didYouMean(word string, words []string) string {
+	near := nearest(word, words)
+	if len(near) == 0 {
+		return ""
+	}
+	return "; did you mean " + strings.Join(near, " or ") + "?"
 }
 
 func isGroup(name string) bool {

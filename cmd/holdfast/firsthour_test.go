@@ -218,7 +218,8 @@ func TestQueuePurge(t *testing.T) {
 }
 
 // TestRouteTypoHint: a command given a route that has had no mail says
-// so on stderr, naming the routes that contain what was typed, and
+// so on stderr, naming the routes that contain what was typed or are a
+// typing mistake away, and
 // still succeeds (there is nothing to do); a known route gets no hint.
 func TestRouteTypoHint(t *testing.T) {
 	srv := redistest.Start(t)
@@ -235,7 +236,9 @@ func TestRouteTypoHint(t *testing.T) {
 		hint string
 	}{
 		{[]string{"queue", "list", "--route", "app:crm:biling@contoso.com", "--state", "dead"},
-			`no route "app:crm:biling@contoso.com" has mail now; "holdfast queue stats" lists the routes`},
+			`no route "app:crm:biling@contoso.com" has mail now; did you mean app:crm:billing@contoso.com?`},
+		{[]string{"queue", "list", "--route", "app:erp:sales@contoso.com", "--state", "dead"},
+			`no route "app:erp:sales@contoso.com" has mail now; "holdfast queue stats" lists the routes`},
 		{[]string{"queue", "purge", "--route", "crm", "--yes"},
 			`no route "crm" has mail now; did you mean app:crm:billing@contoso.com or app:crm:noreply@contoso.com?`},
 		{[]string{"queue", "flush", "--route", "FABRIKAM"},

@@ -14,7 +14,8 @@ const routeHintMax = 5
 
 // hintUnknownRoute tells on stderr when route is not among the routes
 // that have had mail (a typo, or a route pruned after a day without
-// any), and names the routes that contain what was typed. It is for the
+// any), and names the routes that contain what was typed, or else those
+// a typing mistake or two away. It is for the
 // commands that select by --route and find nothing: they still succeed,
 // as there is nothing to do.
 func hintUnknownRoute(ctx context.Context, e *env, q *queue.Queue, route string) {
@@ -31,11 +32,14 @@ func hintUnknownRoute(ctx context.Context, e *env, q *queue.Queue, route string)
 			like = append(like, r)
 		}
 	}
+	if len(like) == 0 {
+		like = nearest(route, routes)
+	}
 	switch {
 	case len(like) == 0:
 		fmt.Fprintf(e.stderr, "holdfast: no route %q has mail now; \"holdfast queue stats\" lists the routes\n", route)
 	case len(like) > routeHintMax:
-		fmt.Fprintf(e.stderr, "holdfast: no route %q has mail now; %d routes contain it, e.g. %s\n",
+		fmt.Fprintf(e.stderr, "holdfast: no route %q has mail now; %d routes are like it, e.g. %s\n",
 			route, len(like), strings.Join(like[:routeHintMax], ", "))
 	default:
 		fmt.Fprintf(e.stderr, "holdfast: no route %q has mail now; did you mean %s?\n", route, strings.Join(like, " or "))
