@@ -84,14 +84,21 @@ func TestQueueShowDelivered(t *testing.T) {
 	}
 	// In JSON too, under the name the HTTP API gives it.
 	var shownJSON struct {
-		LastReply string  `json:"last_reply"`
-		LastError *string `json:"last_error"`
+		LastReply string     `json:"last_reply"`
+		LastError *string    `json:"last_error"`
+		Expires   *time.Time `json:"expires"`
+		KeptUntil *time.Time `json:"kept_until"`
 	}
 	if err := json.Unmarshal([]byte(mustRun(t, "queue", "show", "--json", "--config", cfg, l.ID)), &shownJSON); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.HasPrefix(shownJSON.LastReply, "250 2.0.0 OK") || shownJSON.LastError != nil {
 		t.Errorf("show --json of a delivered message: last_reply %q, last_error %v; want the 250 as last_reply alone", shownJSON.LastReply, shownJSON.LastError)
+	}
+	// As in the table, a delivered message's lifetime is not shown: only
+	// until when its record is kept.
+	if shownJSON.Expires != nil || shownJSON.KeptUntil == nil {
+		t.Errorf("show --json of a delivered message: expires %v, kept_until %v; want kept_until alone", shownJSON.Expires, shownJSON.KeptUntil)
 	}
 	// Its record is kept for queue.delivered_retention (7 days by
 	// default) from delivery; its queue lifetime no longer matters.

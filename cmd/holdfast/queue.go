@@ -219,14 +219,16 @@ func toMessageJSON(m *queue.Message) messageJSON {
 		v = v.UTC()
 		return &v
 	}
-	lastError := m.LastError
+	lastError, expires := m.LastError, t(m.Expires)
 	if m.State == queue.Delivered {
-		lastError = ""
+		// Its lifetime no longer matters; kept_until says when its
+		// record goes.
+		lastError, expires = "", nil
 	}
 	return messageJSON{
 		ID: m.ID, Route: m.Route, App: m.App, State: string(m.State), From: m.From, To: m.To,
 		Size: m.Size, Attempts: m.Attempts,
-		Submitted: t(m.Submitted), Expires: t(m.Expires), Due: t(m.Due), LeaseEnd: t(m.LeaseEnd),
+		Submitted: t(m.Submitted), Expires: expires, Due: t(m.Due), LeaseEnd: t(m.LeaseEnd),
 		Updated: t(m.Updated), Done: t(m.Done), KeptUntil: t(m.KeptUntil),
 		LastReply: m.LastError, LastError: lastError, Reason: m.Reason, HoldReason: m.HoldReason, IdempotencyKey: m.IdempotencyKey,
 	}
