@@ -101,6 +101,12 @@ func orDash(s string) string {
 // for a credential taken out of the configuration. do may return what
 // to print instead of verb.
 func breakerVerb(verb string, forgettable bool, do func(ctx context.Context, set *breaker.Set, name string) (string, error)) func(context.Context, *env, *flag.FlagSet, []string) error {
+	return breakerVerbThen(verb, forgettable, do, nil)
+}
+
+// breakerVerbThen is breakerVerb, and calls then, if not nil, once do
+// has run for every name.
+func breakerVerbThen(verb string, forgettable bool, do func(ctx context.Context, set *breaker.Set, name string) (string, error), then func(ctx context.Context, set *breaker.Set) error) func(context.Context, *env, *flag.FlagSet, []string) error {
 	return func(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 		config := configFlag(fs, e)
 		forget := new(bool)
@@ -155,6 +161,9 @@ func breakerVerb(verb string, forgettable bool, do func(ctx context.Context, set
 				return fmt.Errorf("%s: %w", name, err)
 			}
 			fmt.Fprintf(e.stdout, "%s: %s\n", name, cmp.Or(done, verb))
+		}
+		if then != nil {
+			return then(ctx, set)
 		}
 		return nil
 	}
@@ -218,11 +227,86 @@ var (
 	breakerReset = breakerVerb("reset: closed, its mail is released", true, func(ctx context.Context, set *breaker.Set, name string) (string, error) {
 		return "", set.Reset(ctx, name)
 	})
-	breakerProbe = breakerVerb("probe requested: a relay probes it within a second", false, func(ctx context.Context, set *breaker.Set, name string) (string, error) {
+)
+
+// probeWaitDefault is how long "breaker probe" waits for a relay's probe
+// result: a token request and an SMTP AUTH, with Entra's and Exchange's
+// usual answers.
+const probeWaitDefault = 10 * time.Second
+
+// probePoll is how often "breaker probe" reads the record while it waits.
+const probePoll = 100 * time.Millisecond
+
+// breakerProbe asks the fleet to probe open breakers now and, unless
+// --wait is 0, waits for their results together and prints each.
+func breakerProbe(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
+	wait := fs.Duration("wait", probeWaitDefault, "wait up to `DURATION` for the relays' probe results and print them; 0 does not wait")
+	asked := map[string]time.Time{} // name: its last probe result before the request
+	var names []string
+	request := func(ctx context.Context, set *breaker.Set, name string) (string, error) {
+		before, err := set.Status(ctx, name)
+		if err != nil {
+			return "", err
+		}
 		open, err := set.ProbeNow(ctx, name)
 		if err == nil && !open {
 			return "", fmt.Errorf("it is closed; there is nothing to probe")
 		}
+		if err == nil {
+			asked[name] = before.LastProbe
+			names = append(names, name)
+		}
 		return "", err
-	})
-)
+	}
+	await := func(ctx context.Context, set *breaker.Set) error {
+		if *wait <= 0 {
+			return nil
+		}
+		return awaitProbes(ctx, e, set, names, asked, *wait)
+	}
+	return breakerVerbThen("probe requested: a relay probes it within a second", false, request, await)(ctx, e, fs, args)
+}
+
+// awaitProbes waits up to wait for a probe result of each of names newer
+// than the one in last, and prints it as it comes.
+func awaitProbes(ctx context.Context, e *env, set *breaker.Set, names []string, last map[string]time.Time, wait time.Duration) error {
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	tick := time.NewTicker(probePoll)
+	defer tick.Stop()
+	for len(names) > 0 {
+		select {
+		case <-wctx.Done():
+			if ctx.Err() != nil {
+				return fmt.Errorf("interrupted before the probe results came; holdfast breaker status shows them")
+			}
+			for _, name := range names {
+				fmt.Fprintf(e.stdout, "%s: no probe result within %s: no relay runs, or the probe waits (a mailbox's while its credential's breaker is open); holdfast breaker status shows it when it comes\n", name, wait)
+			}
+			return nil
+		case <-tick.C:
+		}
+		var left []string
+		for _, name := range names {
+			st, err := set.Status(wctx, name)
+			switch {
+			case err != nil && wctx.Err() != nil:
+				left = append(left, name) // the wait ended during the read
+			case err != nil:
+				return fmt.Errorf("%s: %w", name, err)
+			case st.State == breaker.Closed:
+				fmt.Fprintf(e.stdout, "%s: probed: closed, its mail is released\n", name)
+			case !st.LastProbe.Equal(last[name]):
+				next := ""
+				if !st.NextProbe.IsZero() {
+					next = fmt.Sprintf("; next probe %s (in %s)", stamp(st.NextProbe), age(st.NextProbe.Sub(e.now())))
+				}
+				fmt.Fprintf(e.stdout, "%s: probed: still open: %s%s\n", name, orDash(st.Reason), next)
+			default:
+				left = append(left, name)
+			}
+		}
+		names = left
+	}
+	return nil
+}

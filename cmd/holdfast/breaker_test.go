@@ -1,9 +1,14 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
+	"holdfast/breaker"
 	"holdfast/queue/redistest"
 )
 
@@ -21,8 +26,8 @@ func TestBreakerCommands(t *testing.T) {
 		!strings.Contains(lines[1], "tripped by an operator") {
 		t.Fatalf("status after trip:\n%s", out)
 	}
-	if out := mustRun(t, "breaker", "probe", "--config", cfg, "cred:contoso"); !strings.Contains(out, "probe requested") {
-		t.Fatalf("probe: %q", out)
+	if out := mustRun(t, "breaker", "probe", "--wait", "0", "--config", cfg, "cred:contoso"); out != "cred:contoso: probe requested: a relay probes it within a second\n" {
+		t.Fatalf("probe --wait 0: %q", out)
 	}
 	mustRun(t, "breaker", "reset", "--config", cfg, "cred:contoso")
 	if list := breakerList(t, cfg); len(list) != 1 || list[0].State != "closed" {
@@ -143,4 +148,64 @@ func breakerList(t *testing.T, cfg string) []breakerRow {
 	var list []breakerRow
 	decode(t, mustRun(t, "breaker", "status", "--config", cfg, "--json"), &list)
 	return list
+}
+
+// TestBreakerProbeWaits: "breaker probe" waits for the probe it asked
+// for and prints its result: still open with the reason a relay's probe
+// gave, or closed; with no relay to probe, it says so when --wait ends.
+func TestBreakerProbeWaits(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfigCredentials(t, srv.Addr(), "contoso")
+	set := breaker.New(srv.Client(t), breaker.Options{})
+	// relay stands in for a relay's probe loop: it takes the probe once
+	// it is asked for, and gives result.
+	relay := func(result error) (stop func()) {
+		ctx, cancel := context.WithCancel(t.Context())
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				if ok, err := set.AcquireProbe(ctx, "cred:contoso"); err == nil && ok {
+					if err := set.ProbeResult(ctx, "cred:contoso", result); err != nil {
+						t.Errorf("probe result: %v", err)
+					}
+					return
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+		return func() { cancel(); wg.Wait() }
+	}
+
+	const requested = "cred:contoso: probe requested: a relay probes it within a second\n"
+	mustRun(t, "breaker", "trip", "--config", cfg, "cred:contoso")
+	stop := relay(errors.New("AADSTS7000222: The provided client secret keys for app are expired"))
+	out := mustRun(t, "breaker", "probe", "--config", cfg, "cred:contoso")
+	stop()
+	if want := requested + "cred:contoso: probed: still open: AADSTS7000222: The provided client secret keys for app are expired; next probe "; !strings.HasPrefix(out, want) {
+		t.Errorf("probe refused by Entra printed %q, want %q...", out, want)
+	}
+
+	out = mustRun(t, "breaker", "probe", "--wait", "300ms", "--config", cfg, "cred:contoso")
+	if want := requested + "cred:contoso: no probe result within 300ms: no relay runs, or the probe waits"; !strings.HasPrefix(out, want) {
+		t.Errorf("probe with no relay printed %q, want %q...", out, want)
+	}
+
+	// That request is still pending: a fresh trip, and a relay to take
+	// the next.
+	mustRun(t, "breaker", "reset", "--config", cfg, "cred:contoso")
+	mustRun(t, "breaker", "trip", "--config", cfg, "cred:contoso")
+	stop = relay(nil)
+	out = mustRun(t, "breaker", "probe", "--config", cfg, "cred:contoso")
+	stop()
+	if out != requested+"cred:contoso: probed: closed, its mail is released\n" {
+		t.Errorf("a probe that succeeded printed %q", out)
+	}
+
+	// Two breakers with no relay: one wait for both, not one each.
+	mustRun(t, "breaker", "trip", "--config", cfg, "mbx:a@contoso.com", "mbx:b@contoso.com")
+	start := time.Now()
+	out = mustRun(t, "breaker", "probe", "--wait", "1s", "--config", cfg, "mbx:a@contoso.com", "mbx:b@contoso.com")
+	if took := time.Since(start); took > 1900*time.Millisecond || strings.Count(out, "no probe result within 1s") != 2 {
+		t.Errorf("two probes with no relay took %v and printed %q; want one wait of 1s for both", took, out)
+	}
 }

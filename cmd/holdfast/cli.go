@@ -56,7 +56,7 @@ var commands = []*command{
 	{path: "breaker trip", synopsis: "NAME...", brief: "open breakers by hand: their mail is held until reset or a successful probe", run: breakerTrip},
 	{path: "breaker hold", synopsis: "NAME...", brief: "open breakers and keep them open, unprobed, until reset: their mail waits", run: breakerHold},
 	{path: "breaker reset", synopsis: "[--forget] NAME...", brief: "close breakers by hand: their mail is released", run: breakerReset},
-	{path: "breaker probe", synopsis: "NAME...", brief: "probe open breakers now, ignoring their interval", run: breakerProbe},
+	{path: "breaker probe", synopsis: "[--wait 10s] NAME...", brief: "probe open breakers now, ignoring their interval, and print the results", run: breakerProbe},
 	{path: "creds hash", synopsis: "", brief: "print the bcrypt password_hash of a password read on stdin", run: credsHash},
 	{path: "creds token", synopsis: "", brief: "print a new HTTP bearer token and its token_sha256", run: credsToken},
 	{path: "creds unblock", synopsis: "--ip ADDRESS | --user NAME", brief: "clear the failed-authentication count of a client IP or SMTP user, lifting its block", run: credsUnblock},
