@@ -56,7 +56,9 @@ type keptGrants interface {
 // redeems every grant unused for redeemAfter, and every grant whose last
 // redemption was refused (it may have been fixed since), and counts the
 // grants by state for holdfast_grants. A pass runs at start, every
-// grantKeepEvery, and soon after a grant is registered or removed.
+// grantKeepEvery, and soon after a grant is registered or removed. A
+// grant under an open breaker is left to that breaker's probe (see
+// breakerOpen).
 type grantKeeper struct {
 	grants      keptGrants
 	creds       map[string]*auth.Credential
@@ -66,6 +68,13 @@ type grantKeeper struct {
 	log         *slog.Logger
 	wake        chan struct{}
 	desc        *prometheus.Desc
+	// breakerOpen, when set, reports whether a breaker of a grant's
+	// redemption is open: its mailbox's or its credential's. A
+	// redemption is a token request, and under an open breaker the
+	// fleet's only token request is its probe, one per interval; the
+	// probe of a mailbox's breaker redeems the grant, and records the
+	// redemption as any does.
+	breakerOpen func(credential, mailbox string) bool
 
 	mu     sync.Mutex
 	counts map[string]int // by state, from the last pass; nil before one ended
@@ -84,7 +93,9 @@ func (s *Server) newGrantKeeper() *grantKeeper {
 	if x.grantRedeemAfter > 0 {
 		after = x.grantRedeemAfter
 	}
-	return newGrantKeeper(s.exchange.grants, s.exchange.creds, after, every, s.log)
+	k := newGrantKeeper(s.exchange.grants, s.exchange.creds, after, every, s.log)
+	k.breakerOpen = s.gate.grantBreakerOpen
+	return k
 }
 
 func newGrantKeeper(grants keptGrants, creds map[string]*auth.Credential, redeemAfter, every time.Duration, log *slog.Logger) *grantKeeper {
@@ -146,7 +157,7 @@ func (k *grantKeeper) pass(ctx context.Context) {
 			return
 		}
 		cred := k.creds[g.Credential]
-		if cred != nil && !waitFor[g.Credential] && k.due(g) {
+		if cred != nil && !waitFor[g.Credential] && k.due(g) && !k.underOpenBreaker(g) {
 			// Read again: another replica may have redeemed it meanwhile.
 			if cur, err := k.grants.Get(ctx, g.Mailbox); err == nil && k.due(cur) {
 				err := k.grants.Redeem(ctx, cred, g.Mailbox)
@@ -174,6 +185,12 @@ func (k *grantKeeper) pass(ctx context.Context) {
 	k.mu.Lock()
 	k.counts = counts
 	k.mu.Unlock()
+}
+
+// underOpenBreaker reports whether a breaker of g's redemption is open
+// (see breakerOpen).
+func (k *grantKeeper) underOpenBreaker(g auth.Grant) bool {
+	return k.breakerOpen != nil && k.breakerOpen(g.Credential, g.Mailbox)
 }
 
 // due reports whether a pass redeems g: unused for redeemAfter, or

@@ -206,3 +206,47 @@ func TestGrantKeptFromLapsing(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "the new grant counted ok", func() bool { return grants(grantOK) == 1 && grants(grantFailing) == 0 })
 }
+
+// TestGrantKeeperLeavesOpenBreakerToProbe: a revoked grant, whose last
+// redemption was refused, is redeemed again at every pass while its
+// breakers are closed, but not while its mailbox's breaker or its
+// credential's is open: under an open breaker the fleet's only token
+// request is the breaker's probe, one per interval. A pass that
+// redeemed it would ask Entra a second time within the probe's interval.
+func TestGrantKeeperLeavesOpenBreakerToProbe(t *testing.T) {
+	e := newExchangeEnv(t, 1, func(o *Options) { o.Exchange.grantKeepEvery = 100 * time.Millisecond })
+	ctx := t.Context()
+	const alice = "alice@contoso.com"
+	r := e.relays[0]
+	if err := r.exchange.grants.Put(ctx, alice, "contoso", e.sim.IssueRefreshToken(simTenant, simClientID, alice)); err != nil {
+		t.Fatal(err)
+	}
+	e.sim.RevokeMailboxGrants(alice)
+	// The refusal a send would have had.
+	if err := r.exchange.grants.Redeem(ctx, r.exchange.creds["contoso"], alice); err == nil {
+		t.Fatal("the revoked grant was redeemed")
+	}
+	refused := func() int { return e.sim.Counters().Clients[simClientID].TokenErrors }
+	redeemedAgain := func(what string) {
+		t.Helper()
+		n := refused()
+		waitFor(t, 5*time.Second, "the refused grant redeemed again "+what, func() bool { return refused() > n })
+	}
+	redeemedAgain("with its breakers closed")
+
+	for _, name := range []string{mailboxBreaker(alice), credentialBreaker("contoso")} {
+		if err := r.gate.set.Trip(ctx, name, "test"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond) // a pass under way ends
+		n := refused()
+		time.Sleep(time.Second) // ten passes
+		if d := refused() - n; d != 0 {
+			t.Errorf("%d token requests for the grant under the open breaker %s, want none", d, name)
+		}
+		if err := r.gate.set.Reset(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+		redeemedAgain("once " + name + " closed")
+	}
+}

@@ -541,6 +541,42 @@ func incLogExcerpt(logs string) string {
 	return b.String()
 }
 
+// logTokenTrail logs, in one block, every relay's log lines about token
+// requests Entra refused, breakers opening and probed, and the grant
+// keeper, each timed from since (the opening of the breaker under test).
+func (f *incFleet) logTokenTrail(since time.Time) {
+	f.tb.Helper()
+	var b strings.Builder
+	for _, r := range f.relays {
+		sc := bufio.NewScanner(strings.NewReader(r.out.String()))
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			var l struct {
+				Time      time.Time `json:"time"`
+				Msg       string    `json:"msg"`
+				Component string    `json:"component"`
+				Breaker   string    `json:"breaker"`
+				Mailbox   string    `json:"mailbox"`
+				AADSTS    string    `json:"aadsts"`
+			}
+			if json.Unmarshal(sc.Bytes(), &l) != nil {
+				continue
+			}
+			switch {
+			case l.Msg == "token request rejected", l.Component == "grants",
+				l.Component == "breaker" && (l.Msg == "breaker open" || strings.Contains(l.Msg, "probe")),
+				strings.Contains(l.Msg, "breaker probe by an operator"):
+			default:
+				continue
+			}
+			msg, _, _ := strings.Cut(l.Msg, ":")
+			fmt.Fprintf(&b, "%s %+.3fs %s: %s %s%s %s\n", r.name, l.Time.Sub(since).Seconds(), l.Component, msg,
+				l.Breaker, l.Mailbox, l.AADSTS)
+		}
+	}
+	f.tb.Logf("token requests refused, breakers and grants, timed from %v:\n%s", since.Format("15:04:05.000"), b.String())
+}
+
 // incSubmission is one message accepted by a relay.
 type incSubmission struct {
 	queueID string

@@ -692,6 +692,11 @@ func TestIncidentRevokedGrant(t *testing.T) {
 		failures = append(failures, s)
 	}
 	checkProbes(t, failures, since, func(c sim.ClientCounters) int { return c.TokenErrors })
+	if t.Failed() {
+		// Which relay asked Entra, and why: the relays' logs, printed
+		// as they stop, are long.
+		f.logTokenTrail(since)
+	}
 	t.Logf("failed token requests from the revocation until %v after the breaker opened: %d", incPropagation,
 		samples[0].c.TokenErrors-atRevoke.TokenErrors)
 	if n := f.sim.Counters().Clients[incClientID].SMTPAuthFailures; n != 0 {
