@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -630,9 +631,14 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 	writeJSON(w, status, apiError{Error: code, Message: msg})
 }
 
+// writeJSON writes v as the JSON reply, on one line. <, > and & are
+// written as they are: SMTP replies carry <message-ids>, and the reply is
+// never read as HTML (nosniff).
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
 		// Only the types above are written, and they always marshal.
 		panic("relay: marshal reply: " + err.Error())
 	}
@@ -641,7 +647,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	hdr.Set("Content-Type", "application/json")
 	hdr.Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
-	_, _ = w.Write(append(b, '\n'))
+	_, _ = w.Write(b.Bytes())
 }
 
 // truncate shortens s to at most n bytes, for echoing client input.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -584,5 +585,25 @@ func TestExchangeShutdownInterruptsStalledSend(t *testing.T) {
 	m := e.get(t, id)
 	if m.Attempts != 0 || !strings.Contains(m.LastError, "interrupted by shutdown") {
 		t.Fatalf("after the interrupted send: state %s, attempts %d, last error %q", m.State, m.Attempts, m.LastError)
+	}
+}
+
+// TestAPIRepliesKeepAngleBrackets: GET /v1/messages/ID shows Exchange's
+// 250 with its <message-id> as Exchange wrote it, not as \u003c…\u003e,
+// which is how Go's JSON writes < and > unless told not to.
+func TestAPIRepliesKeepAngleBrackets(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	id := e.submit(t, 0, "billing@contoso.com", "a@example.org", exchangeMessage(1, "billing@contoso.com"))
+	waitFor(t, 10*time.Second, "the message delivered", func() bool { return e.get(t, id).State == queue.Delivered })
+	req, _ := http.NewRequest(http.MethodGet, "http://"+e.relays[0].HTTPAddr()+"/v1/messages/"+id, nil)
+	req.Header.Set("Authorization", "Bearer "+crmToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(body), `"last_reply":"250 2.0.0 OK <`) || strings.Contains(string(body), `\u003c`) {
+		t.Errorf("GET /v1/messages/%s: %s", id, body)
 	}
 }
