@@ -58,7 +58,7 @@ func newFixture(t testing.TB, opts ...redistest.Option) *fixture {
 		redis:  srv,
 		queue:  q,
 		apps:   newApps(o.Apps),
-		ingest: &ingress{hostname: o.Hostname, store: q, log: discardLogger(), now: time.Now},
+		ingest: &ingress{hostname: o.Hostname, store: q, log: discardLogger(), now: time.Now, fullRoutes: newFullRoutes(0)},
 		opts:   o,
 	}
 }

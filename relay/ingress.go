@@ -55,7 +55,7 @@ type ingress struct {
 	// that a route holds as many messages as it may (routeFull).
 	full *logSampler
 	// fullRoutes holds the routes found full a moment ago.
-	fullRoutes fullRoutes
+	fullRoutes *fullRoutes
 }
 
 // submission is a message handed to Holdfast by an application.

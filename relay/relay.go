@@ -281,7 +281,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		metrics:  s.metrics,
 		full:     newLogSampler(logSampleEvery),
 		withdraw: newWithdrawer(s.queue, o.Redis.IngressTimeout.D(), s.reg, log.With("component", "ingress"))}
-	in.fullRoutes.every = o.Queue.routeFullRecheck
+	in.fullRoutes = newFullRoutes(o.Queue.routeFullRecheck)
 	if sender != nil {
 		dc := deliveryConfig{
 			Workers: o.Delivery.Workers,

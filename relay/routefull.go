@@ -16,22 +16,25 @@ const maxFullRoutes = 10000
 // that MAIL FROM and an HTTP submission of their mail are refused at
 // once. The queue's refusal is what counts; this only spares the bodies.
 type fullRoutes struct {
-	every time.Duration // 0: fullRecheck
-	set   expiries      // route: until when it is taken as full
+	every time.Duration
+	set   expiries // route: until when it is taken as full
+}
+
+// newFullRoutes remembers a full route for every, or fullRecheck when
+// every is 0.
+func newFullRoutes(every time.Duration) *fullRoutes {
+	if every <= 0 {
+		every = fullRecheck
+	}
+	return &fullRoutes{every: every, set: expiries{max: maxFullRoutes}}
 }
 
 // mark records that route was full at now.
 func (f *fullRoutes) mark(route string, now time.Time) {
-	every := f.every
-	if every <= 0 {
-		every = fullRecheck
-	}
-	f.set.max = maxFullRoutes
-	f.set.extend(route, now.Add(every), now)
+	f.set.extend(route, now.Add(f.every), now)
 }
 
-// full reports whether route was found full less than fullRecheck
-// before now.
+// full reports whether route was found full less than every before now.
 func (f *fullRoutes) full(route string, now time.Time) bool {
 	return f.set.left(route, now) > 0
 }

@@ -3,9 +3,11 @@ package relay
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -131,9 +133,10 @@ func postRouted(t *testing.T, s *Server, key string) (int, string, submitReply) 
 }
 
 // TestFullRoutes: a route found full is refused early for fullRecheck,
-// then looked at again.
+// then looked at again; sessions mark routes at once, as the ingress's
+// do (go test -race).
 func TestFullRoutes(t *testing.T) {
-	var f fullRoutes
+	f := newFullRoutes(0)
 	now := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
 	if f.full("crm", now) {
 		t.Fatal("a route never marked is full")
@@ -144,5 +147,13 @@ func TestFullRoutes(t *testing.T) {
 	}
 	if f.full("crm", now.Add(fullRecheck)) || len(f.set.until) != 0 {
 		t.Fatalf("the mark outlived fullRecheck: %v", f.set.until)
+	}
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Go(func() { f.mark(fmt.Sprint("r", i), now) })
+	}
+	wg.Wait()
+	if n := len(f.set.until); n != 4 || f.set.max != maxFullRoutes {
+		t.Errorf("%d routes kept after 4 marks, bound %d; want 4 and %d", n, f.set.max, maxFullRoutes)
 	}
 }
