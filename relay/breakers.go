@@ -419,20 +419,6 @@ func (g *gate) transition(t breaker.Transition) {
 	}
 }
 
-// grantBreakerOpen reports whether the breaker of a delegated grant's
-// mailbox, or of its credential, is open as this replica last read them
-// (the breaker poll reads every recorded breaker): the grant keeper
-// redeems no grant under one, as no send asks for its token. Cached
-// registers no breaker for a mailbox without a record.
-func (g *gate) grantBreakerOpen(credential, mailbox string) bool {
-	for _, name := range []string{credentialBreaker(credential), mailboxBreaker(mailbox)} {
-		if g.set.Cached(name).State == breaker.Open {
-			return true
-		}
-	}
-	return false
-}
-
 // routesUnder lists the routes that depend on a breaker.
 func (g *gate) routesUnder(ctx context.Context, name string) ([]string, error) {
 	all, err := g.q.Routes(ctx)

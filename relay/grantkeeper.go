@@ -74,7 +74,7 @@ type grantKeeper struct {
 	// fleet's only token request is its probe, one per interval; the
 	// probe of a mailbox's breaker redeems the grant, and records the
 	// redemption as any does.
-	breakerOpen func(credential, mailbox string) bool
+	breakerOpen func(ctx context.Context, credential, mailbox string) bool
 
 	mu     sync.Mutex
 	counts map[string]int // by state, from the last pass; nil before one ended
@@ -94,7 +94,11 @@ func (s *Server) newGrantKeeper() *grantKeeper {
 		after = x.grantRedeemAfter
 	}
 	k := newGrantKeeper(s.exchange.grants, s.exchange.creds, after, every, s.log)
-	k.breakerOpen = s.gate.grantBreakerOpen
+	// The gate's check of a send on the grant's route: the same breakers,
+	// read as a send reads them.
+	k.breakerOpen = func(ctx context.Context, credential, mailbox string) bool {
+		return s.gate.check(ctx, grantRoute(credential, mailbox)) != nil
+	}
 	return k
 }
 
@@ -157,7 +161,7 @@ func (k *grantKeeper) pass(ctx context.Context) {
 			return
 		}
 		cred := k.creds[g.Credential]
-		if cred != nil && !waitFor[g.Credential] && k.due(g) && !k.underOpenBreaker(g) {
+		if cred != nil && !waitFor[g.Credential] && k.due(g) && !k.underOpenBreaker(ctx, g) {
 			// Read again: another replica may have redeemed it meanwhile.
 			if cur, err := k.grants.Get(ctx, g.Mailbox); err == nil && k.due(cur) {
 				err := k.grants.Redeem(ctx, cred, g.Mailbox)
@@ -189,8 +193,8 @@ func (k *grantKeeper) pass(ctx context.Context) {
 
 // underOpenBreaker reports whether a breaker of g's redemption is open
 // (see breakerOpen).
-func (k *grantKeeper) underOpenBreaker(g auth.Grant) bool {
-	return k.breakerOpen != nil && k.breakerOpen(g.Credential, g.Mailbox)
+func (k *grantKeeper) underOpenBreaker(ctx context.Context, g auth.Grant) bool {
+	return k.breakerOpen != nil && k.breakerOpen(ctx, g.Credential, g.Mailbox)
 }
 
 // due reports whether a pass redeems g: unused for redeemAfter, or
