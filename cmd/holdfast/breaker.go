@@ -241,20 +241,21 @@ const probePoll = 100 * time.Millisecond
 // --wait is 0, waits for their results together and prints each.
 func breakerProbe(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 	wait := fs.Duration("wait", probeWaitDefault, "wait up to `DURATION` for the relays' probe results and print them; 0 does not wait")
-	asked := map[string]time.Time{} // name: its last probe result before the request
-	var names []string
+	var asked []pendingProbe
 	request := func(ctx context.Context, set *breaker.Set, name string) (string, error) {
-		before, err := set.Status(ctx, name)
-		if err != nil {
-			return "", err
+		var before breaker.Status
+		if *wait > 0 {
+			var err error
+			if before, err = set.Status(ctx, name); err != nil {
+				return "", err
+			}
 		}
 		open, err := set.ProbeNow(ctx, name)
 		if err == nil && !open {
 			return "", fmt.Errorf("it is closed; there is nothing to probe")
 		}
 		if err == nil {
-			asked[name] = before.LastProbe
-			names = append(names, name)
+			asked = append(asked, pendingProbe{name: name, before: before.LastProbe})
 		}
 		return "", err
 	}
@@ -262,51 +263,58 @@ func breakerProbe(ctx context.Context, e *env, fs *flag.FlagSet, args []string) 
 		if *wait <= 0 {
 			return nil
 		}
-		return awaitProbes(ctx, e, set, names, asked, *wait)
+		return awaitProbes(ctx, e, set, asked, *wait)
 	}
 	return breakerVerbThen("probe requested: a relay probes it within a second", false, request, await)(ctx, e, fs, args)
 }
 
-// awaitProbes waits up to wait for a probe result of each of names newer
-// than the one in last, and prints it as it comes.
-func awaitProbes(ctx context.Context, e *env, set *breaker.Set, names []string, last map[string]time.Time, wait time.Duration) error {
+// awaitProbes waits up to wait for a probe result of each breaker asked
+// newer than the one before the request, and prints it as it comes. Each poll reads every
+// record waited for in one round trip.
+func awaitProbes(ctx context.Context, e *env, set *breaker.Set, asked []pendingProbe, wait time.Duration) error {
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	tick := time.NewTicker(probePoll)
 	defer tick.Stop()
-	for len(names) > 0 {
+	for len(asked) > 0 {
 		select {
 		case <-wctx.Done():
 			if ctx.Err() != nil {
 				return fmt.Errorf("interrupted before the probe results came; holdfast breaker status shows them")
 			}
-			for _, name := range names {
-				fmt.Fprintf(e.stdout, "%s: no probe result within %s: no relay runs, or the probe waits (a mailbox's while its credential's breaker is open); holdfast breaker status shows it when it comes\n", name, wait)
+			for _, a := range asked {
+				fmt.Fprintf(e.stdout, "%s: no probe result within %s: no relay runs, or the probe waits (a mailbox's while its credential's breaker is open); holdfast breaker status shows it when it comes\n", a.name, wait)
 			}
 			return nil
 		case <-tick.C:
 		}
-		var left []string
-		for _, name := range names {
-			st, err := set.Status(wctx, name)
+		names := make([]string, len(asked))
+		for i, a := range asked {
+			names[i] = a.name
+		}
+		sts, err := set.Fresh(wctx, names...)
+		if err != nil {
+			if wctx.Err() != nil {
+				continue // the wait ended during the read
+			}
+			return err
+		}
+		var left []pendingProbe
+		for i, st := range sts {
 			switch {
-			case err != nil && wctx.Err() != nil:
-				left = append(left, name) // the wait ended during the read
-			case err != nil:
-				return fmt.Errorf("%s: %w", name, err)
 			case st.State == breaker.Closed:
-				fmt.Fprintf(e.stdout, "%s: probed: closed, its mail is released\n", name)
-			case !st.LastProbe.Equal(last[name]):
+				fmt.Fprintf(e.stdout, "%s: probed: closed, its mail is released\n", st.Name)
+			case !st.LastProbe.Equal(asked[i].before):
 				next := ""
 				if !st.NextProbe.IsZero() {
 					next = fmt.Sprintf("; next probe %s (in %s)", stamp(st.NextProbe), age(st.NextProbe.Sub(e.now())))
 				}
-				fmt.Fprintf(e.stdout, "%s: probed: still open: %s%s\n", name, orDash(st.Reason), next)
+				fmt.Fprintf(e.stdout, "%s: probed: still open: %s%s\n", st.Name, orDash(st.Reason), next)
 			default:
-				left = append(left, name)
+				left = append(left, asked[i])
 			}
 		}
-		names = left
+		asked = left
 	}
 	return nil
 }

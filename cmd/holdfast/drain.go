@@ -55,8 +55,9 @@ func countDrain(ctx context.Context, q *queue.Queue, only string) (drainCounts, 
 	return c, nil
 }
 
-// pendingProbe is an open breaker drain asked a relay to probe, with its
-// last probe time before the request.
+// pendingProbe is an open breaker that drain or breaker probe asked a
+// relay to probe, with its last probe time before the request, and for
+// drain the routes it holds.
 type pendingProbe struct {
 	name   string
 	before time.Time
