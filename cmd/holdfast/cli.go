@@ -212,11 +212,14 @@ func shellQuote(a string) string {
 func commandWords(group string) []string {
 	var out []string
 	for _, c := range commands {
-		rest, ok := c.path, group == ""
-		if !ok {
-			rest, ok = strings.CutPrefix(c.path, group+" ")
+		rest := c.path
+		if group != "" {
+			var ok bool
+			if rest, ok = strings.CutPrefix(c.path, group+" "); !ok {
+				continue
+			}
 		}
-		if w, _, _ := strings.Cut(rest, " "); ok && !slices.Contains(out, w) {
+		if w, _, _ := strings.Cut(rest, " "); !slices.Contains(out, w) {
 			out = append(out, w)
 		}
 	}

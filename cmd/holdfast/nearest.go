@@ -8,16 +8,17 @@ import "strings"
 // route.
 func nearest(word string, options []string) []string {
 	w := []rune(strings.ToLower(word))
-	best := 1
+	best := 1 // the farthest kept
 	var out []string
 	for _, o := range options {
-		switch d := editDistance(w, []rune(strings.ToLower(o))); {
-		case d > best:
-		case d < best:
-			best, out = d, []string{o}
-		case d == best:
-			out = append(out, o)
+		d := editDistance(w, []rune(strings.ToLower(o)))
+		if d > best {
+			continue
 		}
+		if d < best {
+			best, out = d, nil
+		}
+		out = append(out, o)
 	}
 	return out
 }

@@ -15,9 +15,9 @@ const routeHintMax = 5
 // hintUnknownRoute tells on stderr when route is not among the routes
 // that have had mail (a typo, or a route pruned after a day without
 // any), and names the routes that contain what was typed, or else those
-// a typing mistake or two away. It is for the
-// commands that select by --route and find nothing: they still succeed,
-// as there is nothing to do.
+// one typing mistake away (nearest). It is for the commands that select
+// by --route and find nothing: they still succeed, as there is nothing
+// to do.
 func hintUnknownRoute(ctx context.Context, e *env, q *queue.Queue, route string) {
 	if route == "" {
 		return
