@@ -25,3 +25,6 @@ func ReleaseStepsThen(ctx context.Context, q *Queue, route string, fence Fence, 
 
 // MinuteKey is the hash of the fleet's counts of minute m (Unix minutes).
 var MinuteKey = minuteKey
+
+// CredExpiryKey is the hash of the relays' records of a credential's expiry.
+var CredExpiryKey = credExpiryKey

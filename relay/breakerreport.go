@@ -44,8 +44,10 @@ type BreakerStatus struct {
 	// Credential names a credential breaker's app registration, and
 	// CredentialExpires is when its secret or certificate expires, when
 	// known: from a relay, the soonest date its expiry monitor knows
-	// (expires_at, the certificate's NotAfter, Graph); from the command
-	// line, expires_at or else the certificate's NotAfter.
+	// (expires_at, the certificate's NotAfter, Graph, Entra); from the
+	// command line, the soonest that the relays' monitors recorded in
+	// their last two checks, or else expires_at or else the
+	// certificate's NotAfter.
 	Credential        string    `json:"credential,omitempty"`
 	CredentialExpires time.Time `json:"credential_expires_at,omitzero"`
 	// StaleReplicas are the relays (by Options.Replica) whose secret or
@@ -62,12 +64,14 @@ type BreakerReporter struct {
 	set    *breaker.Set
 	q      *queue.Queue
 	creds  map[string]bool
-	expiry func(cred string) time.Time
+	expiry func(ctx context.Context, cred string) time.Time
 	now    func() time.Time
 }
 
 // NewBreakerReporter returns a reporter over the breakers and queue of the
-// configuration o. Certificate expiry is read from the certificate files
+// configuration o, for the command line. A credential's expiry is the
+// relays' record of it (queue.SoonestCredentialExpiry); without one, it
+// is the configured date, or the certificate's, read from the files
 // once, here.
 func NewBreakerReporter(set *breaker.Set, q *queue.Queue, o Options) *BreakerReporter {
 	exp := map[string]time.Time{}
@@ -80,10 +84,16 @@ func NewBreakerReporter(set *breaker.Set, q *queue.Queue, o Options) *BreakerRep
 			return ac.Expiry()
 		})
 	}
-	return newBreakerReporter(set, q, o, func(cred string) time.Time { return exp[cred] })
+	keep := expiryRecordKeep(o.Expiry.CheckInterval.D())
+	return newBreakerReporter(set, q, o, func(ctx context.Context, cred string) time.Time {
+		if e, ok, err := q.SoonestCredentialExpiry(ctx, cred, time.Now().Add(-keep)); err == nil && ok {
+			return e.ExpiresAt
+		}
+		return exp[cred]
+	})
 }
 
-func newBreakerReporter(set *breaker.Set, q *queue.Queue, o Options, expiry func(string) time.Time) *BreakerReporter {
+func newBreakerReporter(set *breaker.Set, q *queue.Queue, o Options, expiry func(context.Context, string) time.Time) *BreakerReporter {
 	r := &BreakerReporter{set: set, q: q, creds: map[string]bool{}, expiry: expiry, now: time.Now}
 	for _, c := range o.Credentials {
 		r.creds[c.Name] = true
@@ -147,7 +157,7 @@ func (r *BreakerReporter) List(ctx context.Context) ([]BreakerStatus, error) {
 	}
 	out := make([]BreakerStatus, len(list))
 	for i, st := range list {
-		out[i] = r.describe(st, stats)
+		out[i] = r.describe(ctx, st, stats)
 	}
 	return out, nil
 }
@@ -176,10 +186,10 @@ func (r *BreakerReporter) Get(ctx context.Context, name string) (BreakerStatus, 
 	if err != nil {
 		return BreakerStatus{}, err
 	}
-	return r.describe(st, stats), nil
+	return r.describe(ctx, st, stats), nil
 }
 
-func (r *BreakerReporter) describe(st breaker.Status, stats queue.Stats) BreakerStatus {
+func (r *BreakerReporter) describe(ctx context.Context, st breaker.Status, stats queue.Stats) BreakerStatus {
 	b := BreakerStatus{
 		Name:          st.Name,
 		Kind:          "mailbox",
@@ -194,7 +204,7 @@ func (r *BreakerReporter) describe(st breaker.Status, stats queue.Stats) Breaker
 	}
 	if c, ok := strings.CutPrefix(st.Name, "cred:"); ok {
 		b.Kind, b.Credential = "credential", c
-		b.CredentialExpires = r.expiry(c)
+		b.CredentialExpires = r.expiry(ctx, c)
 	}
 	switch {
 	case st.State == breaker.Open && st.Held:

@@ -16,6 +16,7 @@ import (
 
 	"holdfast/auth"
 	"holdfast/breaker"
+	"holdfast/queue"
 )
 
 // Where an expiry date comes from: the label "source" of
@@ -62,6 +63,10 @@ const (
 // expiryRetryEvery is how often a Graph read put off while the
 // credential's breaker was open is tried again.
 const expiryRetryEvery = 30 * time.Second
+
+// expiryRecordKeep is how long a relay's record of a credential's expiry
+// counts, with checks every interval: two checks missed, and an hour.
+func expiryRecordKeep(interval time.Duration) time.Duration { return 2*interval + time.Hour }
 
 // expiryEventTimeout bounds the posting of one webhook event, retries
 // included.
@@ -179,8 +184,11 @@ type expiryConfig struct {
 	// retry is how often a Graph read put off is tried again. Default
 	// expiryRetryEvery.
 	retry time.Duration
-	log   *slog.Logger
-	now   func() time.Time
+	// record, when set, is given each credential's result, for the
+	// fleet's record that the command line reads.
+	record func(ctx context.Context, ce CredentialExpiry)
+	log    *slog.Logger
+	now    func() time.Time
 }
 
 // ExpiryMonitor reads when each credential's secret or certificate
@@ -470,6 +478,9 @@ func (m *ExpiryMonitor) settle(ctx context.Context, name string, list []Expiry, 
 	m.mu.Unlock()
 	m.cfg.log.Debug("credential expiry checked", "credential", name, "expires_at", ce.ExpiresAt,
 		"expiry_source", ce.Source, "expiry_level", ce.Level)
+	if m.cfg.record != nil {
+		m.cfg.record(ctx, *ce)
+	}
 	m.notify(ctx, *ce, now)
 }
 
@@ -692,6 +703,13 @@ func (s *Server) newExpiryMonitor() error {
 	}
 	if s.webhook != nil {
 		cfg.events = s.webhook
+	}
+	keep := expiryRecordKeep(cfg.interval)
+	cfg.record = func(ctx context.Context, ce CredentialExpiry) {
+		e := queue.CredentialExpiry{Replica: s.opts.Replica, ExpiresAt: ce.ExpiresAt, Source: ce.Source, CheckedAt: ce.CheckedAt}
+		if err := s.queue.SetCredentialExpiry(ctx, ce.Credential, e, keep); err != nil {
+			s.log.Warn("cannot record the credential's expiry for holdfast breaker status", "credential", ce.Credential, "err", err)
+		}
 	}
 	s.expiry = newExpiryMonitor(cfg)
 	if err := s.reg.Register(s.expiry); err != nil {

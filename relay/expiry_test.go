@@ -773,3 +773,29 @@ func TestExpiryNoticeAfterFailedPost(t *testing.T) {
 		t.Fatalf("posted %+v after the failed post and two checks; want the day's notice once", events.got)
 	}
 }
+
+// TestBreakerStatusShowsFleetExpiry: the command line (holdfast breaker
+// status), which cannot ask Graph, shows the end date the relays' expiry
+// monitors read there.
+func TestBreakerStatusShowsFleetExpiry(t *testing.T) {
+	const interval = 2 * time.Second
+	e := newExchangeEnv(t, 2, func(o *Options) { o.Expiry.CheckInterval = Duration(interval) })
+	cli := func() time.Time {
+		t.Helper()
+		rdb := e.f.redis.Client(t)
+		r := NewBreakerReporter(breaker.New(rdb, breaker.Options{}), queue.New(rdb, e.opts.Queue.Options()), e.opts)
+		b, err := r.Get(context.Background(), "cred:contoso")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b.CredentialExpires
+	}
+	for _, days := range []int{200, 20} {
+		end := time.Now().Add(time.Duration(days) * 24 * time.Hour).UTC().Truncate(time.Second)
+		if !e.sim.SetSecretEnd(simTenant, simClientID, simSecret, end) {
+			t.Fatal("SetSecretEnd")
+		}
+		waitFor(t, 2*interval+time.Second, fmt.Sprintf("the end date in %d days on the command line", days),
+			func() bool { return cli().Equal(end) })
+	}
+}

@@ -92,7 +92,7 @@ func (o BreakerOptions) Options() breaker.Options {
 // its credentials' expiry: the expiry monitor's soonest date (a rotated
 // certificate's new NotAfter, Graph's end date of the secret in use).
 func (s *Server) breakerReporter() *BreakerReporter {
-	return newBreakerReporter(s.gate.set, s.queue, s.opts, s.expiry.ExpiresAt)
+	return newBreakerReporter(s.gate.set, s.queue, s.opts, func(_ context.Context, cred string) time.Time { return s.expiry.ExpiresAt(cred) })
 }
 
 // newSender builds the configured upstream.
