@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,6 +35,7 @@ type fileConfig struct {
 				Value       string `yaml:"value"`
 				ValueFile   string `yaml:"value_file"`
 				ExpiresAt   string `yaml:"expires_at"`
+				ExpiresIn   string `yaml:"expires_in"`
 				KeyID       string `yaml:"key_id"`
 				DisplayName string `yaml:"display_name"`
 			} `yaml:"secrets"`
@@ -103,6 +105,11 @@ func loadConfig(path string) (sim.Config, error) {
 						return sim.Config{}, fmt.Errorf("%s: tenants[%d].apps[%d].secrets[%d].expires_at: %w", path, ti, ai, si, err)
 					}
 				}
+				if sec.ExpiresIn != "" {
+					if s.ExpiresIn, err = parseExpiresIn(sec.ExpiresIn, sec.ExpiresAt); err != nil {
+						return sim.Config{}, fmt.Errorf("%s: tenants[%d].apps[%d].secrets[%d].expires_in: %w", path, ti, ai, si, err)
+					}
+				}
 				app.Secrets = append(app.Secrets, s)
 			}
 			for ci, f := range a.CertificateFiles {
@@ -123,6 +130,35 @@ func loadConfig(path string) (sim.Config, error) {
 		cfg.Tenants = append(cfg.Tenants, tn)
 	}
 	return cfg, nil
+}
+
+// maxExpiresInDays bounds expires_in's days, well inside a time.Duration.
+const maxExpiresInDays = 100_000
+
+// parseExpiresIn reads a secret's expires_in: a Go duration ("2160h") or
+// whole days ("90d"), as Holdfast's own durations are written, more than
+// zero. Setting expires_at as well is an error.
+func parseExpiresIn(s, expiresAt string) (time.Duration, error) {
+	if expiresAt != "" {
+		return 0, errors.New("set expires_at or expires_in, not both")
+	}
+	var d time.Duration
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n > maxExpiresInDays {
+			return 0, fmt.Errorf("%q is not a duration such as 90d or 2160h", s)
+		}
+		d = time.Duration(n) * 24 * time.Hour
+	} else {
+		var err error
+		if d, err = time.ParseDuration(s); err != nil {
+			return 0, fmt.Errorf("%q is not a duration such as 90d or 2160h", s)
+		}
+	}
+	if d <= 0 {
+		return 0, fmt.Errorf("must be more than zero, not %s", s)
+	}
+	return d, nil
 }
 
 // readSecretFile reads a secret's value_file, trimmed of surrounding

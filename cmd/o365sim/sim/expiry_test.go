@@ -133,3 +133,44 @@ func TestAddedSecretPropagates(t *testing.T) {
 		t.Fatalf("bad propagation: %d, want 400", s)
 	}
 }
+
+// TestSecretExpiresInFromStart: a secret given ExpiresIn ends that long
+// after the simulator's start: Graph's passwordCredentials show that
+// date (not 9999-12-31), and Entra refuses the secret from then on with
+// AADSTS7000222.
+func TestSecretExpiresInFromStart(t *testing.T) {
+	const lifetime = 90 * 24 * time.Hour
+	f := newFixture(t, func(c *Config) { c.Tenants[0].Apps[0].Secrets[0].ExpiresIn = lifetime })
+	start := f.clock.Now().UTC()
+	tok := f.appToken(t, appID, appSecret, graphScope)
+	_, m := f.graphDo(t, "GET", appPath, tok, "", nil)
+	pcs, _ := m["passwordCredentials"].([]any)
+	if len(pcs) != 1 {
+		t.Fatalf("passwordCredentials %v", m["passwordCredentials"])
+	}
+	pc := pcs[0].(map[string]any)
+	if want := start.Add(lifetime).Format(time.RFC3339); pc["endDateTime"] != want || pc["startDateTime"] != start.Format(time.RFC3339) {
+		t.Fatalf("passwordCredential %v, want startDateTime %s and endDateTime %s", pc, start.Format(time.RFC3339), want)
+	}
+
+	f.clock.Add(lifetime - time.Second)
+	f.appToken(t, appID, appSecret, graphScope)
+	f.clock.Add(time.Second)
+	if _, err := f.ccConfig(appID, appSecret, graphScope).Token(f.ctx()); err == nil || !strings.Contains(err.Error(), "AADSTS7000222") {
+		t.Fatalf("token at the secret's end: %v, want AADSTS7000222", err)
+	}
+}
+
+// TestSecretExpiresInRefused: New refuses a negative ExpiresIn, and one
+// given with ExpiresAt.
+func TestSecretExpiresInRefused(t *testing.T) {
+	for name, sec := range map[string]Secret{
+		"negative":  {Value: "s", ExpiresIn: -time.Hour},
+		"both kept": {Value: "s", ExpiresIn: time.Hour, ExpiresAt: time.Now().Add(time.Hour)},
+	} {
+		_, err := New(Config{Tenants: []Tenant{{ID: tenantID, Apps: []App{{ClientID: appID, Secrets: []Secret{sec}}}}}})
+		if err == nil || !strings.Contains(err.Error(), "ExpiresIn") {
+			t.Errorf("%s: %v, want an error naming ExpiresIn", name, err)
+		}
+	}
+}

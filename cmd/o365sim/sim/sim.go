@@ -85,11 +85,16 @@ type App struct {
 	OwnsItself bool
 }
 
-// Secret is a client secret. A zero ExpiresAt never expires; an empty
-// KeyID gets a generated one.
+// Secret is a client secret. With ExpiresAt and ExpiresIn both zero it
+// never expires; an empty KeyID gets a generated one.
 type Secret struct {
-	Value       string
-	ExpiresAt   time.Time
+	Value     string
+	ExpiresAt time.Time
+	// ExpiresIn, when set, ends the secret this long after the
+	// simulator's start (its clock at New), for a seed whose secret
+	// should always have the same time left. It must not be negative,
+	// and ExpiresAt must then be zero.
+	ExpiresIn   time.Duration
 	KeyID       string
 	DisplayName string
 	// ValidFrom is when Entra has propagated the secret: until then a
@@ -458,6 +463,14 @@ func newApp(tn *tenant, a App, start time.Time) (*app, error) {
 	for _, sec := range a.Secrets {
 		if sec.KeyID == "" {
 			sec.KeyID = newGUID()
+		}
+		switch {
+		case sec.ExpiresIn < 0:
+			return nil, fmt.Errorf("app %s: secret %s: negative ExpiresIn", a.ClientID, sec.KeyID)
+		case sec.ExpiresIn > 0 && !sec.ExpiresAt.IsZero():
+			return nil, fmt.Errorf("app %s: secret %s: set ExpiresAt or ExpiresIn, not both", a.ClientID, sec.KeyID)
+		case sec.ExpiresIn > 0:
+			sec.ExpiresAt, sec.ExpiresIn = start.Add(sec.ExpiresIn), 0
 		}
 		ap.secrets = append(ap.secrets, secret{Secret: sec, start: start})
 	}
