@@ -26,7 +26,10 @@ import (
 // deploy/local/sim.yaml: the demo app may send from any @example.com
 // address, as the README says, and every such message is delivered, none
 // dead-lettered with SendAsDenied. The simulator reads its secret from the
-// relay's secret file, so they agree after a rotation and a restart.
+// relay's secret file, so they agree after a rotation and a restart. The
+// secret ends a plausible time after the simulator's start, past the
+// expiry monitor's 30-day warning, and the relay reads that date from
+// Graph, not 9999-12-31.
 func TestDevConfigAgrees(t *testing.T) {
 	dir := t.TempDir()
 	// sim.yaml names ../../var/dev/dev.secret, relative to itself.
@@ -50,10 +53,16 @@ func TestDevConfigAgrees(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.HTTPSAddr, cfg.SMTPAddr, cfg.AdminAddr = "", "", ""
+	lifetime := cfg.Tenants[0].Apps[0].Secrets[0].ExpiresIn
+	if lifetime < 31*24*time.Hour || lifetime > 2*365*24*time.Hour {
+		t.Errorf("the dev secret's expires_in is %s, want from 31 days (past the 30-day warning) to two years", lifetime)
+	}
+	before := time.Now().Truncate(time.Second)
 	s, err := sim.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	after := time.Now()
 	if err := s.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -131,6 +140,8 @@ func TestDevConfigAgrees(t *testing.T) {
 			}
 		}
 	}
+	checkDevExpiry(t, r.Expiry(), before.Add(lifetime), after.Add(lifetime))
+
 	got := map[string]string{}
 	for _, m := range s.Received() {
 		got[strings.ToLower(m.From)] = m.Mailbox
@@ -140,6 +151,26 @@ func TestDevConfigAgrees(t *testing.T) {
 		if got[from] != mailbox {
 			t.Errorf("mail from %s sent as %q, want %s", from, got[from], mailbox)
 		}
+	}
+}
+
+// checkDevExpiry waits for the expiry monitor's read of Graph at start
+// and checks that it found the dev secret's end from first to last, with
+// no warning.
+func checkDevExpiry(t *testing.T, m *relay.ExpiryMonitor, first, last time.Time) {
+	t.Helper()
+	var ce relay.CredentialExpiry
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ce = m.Expiries()[0]
+		if ce.Source == relay.SourceGraph || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if ce.Source != relay.SourceGraph || ce.Level != relay.LevelOK || ce.ExpiresAt.Before(first) || ce.ExpiresAt.After(last) {
+		t.Errorf("the dev credential's expiry: %s from %q, level %s (Graph error %q); want from Graph, level ok, from %s to %s",
+			ce.ExpiresAt.Format(time.RFC3339), ce.Source, ce.Level, ce.GraphError, first.Format(time.RFC3339), last.Format(time.RFC3339))
 	}
 }
 
