@@ -160,6 +160,12 @@ type Status struct {
 	// Held: an operator holds the breaker open (Hold); only Reset
 	// closes it.
 	Held bool `json:"held,omitempty"`
+	// Answered is the number of the last request for a probe (AskProbe)
+	// that the last probe result answers: the requests made before that
+	// probe's lease was granted. AnsweredKnown reports that the record
+	// has it: relays of an earlier version do not write it.
+	Answered      int64 `json:"answered"`
+	AnsweredKnown bool  `json:"answered_known"`
 }
 
 // Transition is a change of a breaker's state as seen by one replica.
@@ -917,6 +923,8 @@ func (st *Status) set(k, v string) {
 		st.GoodSince = t()
 	case "hold":
 		st.Held = v == "1"
+	case "answered":
+		st.Answered, st.AnsweredKnown = n, true
 	default:
 		if r, ok := strings.CutPrefix(k, staleField); ok {
 			i, _ := slices.BinarySearch(st.StaleReplicas, r)

@@ -429,6 +429,83 @@ func TestProbeNow(t *testing.T) {
 	}
 }
 
+// TestProbeAnswered: each request for a probe (AskProbe) gets the next
+// number, and a probe's result answers the requests made before its
+// lease was granted (Status.Answered). A request made while a probe runs
+// is answered by a probe after it; a lease taken over or given back
+// counts from its new grant.
+func TestProbeAnswered(t *testing.T) {
+	sets, _ := replicas(t, 4, func(i int, o *Options) { o.Replica = []string{"relay-1", "relay-2", "relay-2", ""}[i] })
+	a, b, bAgain, op := sets[0], sets[1], sets[2], sets[3]
+	ctx := context.Background()
+	const name = "cred:contoso"
+	ask := func(want int64) {
+		t.Helper()
+		if n, err := op.AskProbe(ctx, name); n != want || err != nil {
+			t.Fatalf("AskProbe = %d, %v; want %d, nil", n, err, want)
+		}
+	}
+	answered := func(state State, want int64) {
+		t.Helper()
+		if st := status(t, op, name); st.State != state || !st.AnsweredKnown || st.Answered != want {
+			t.Fatalf("%+v; want %s, answered %d", st, state, want)
+		}
+	}
+	acquire := func(s *Set, who string) {
+		t.Helper()
+		if ok, err := s.AcquireProbe(ctx, name); !ok || err != nil {
+			t.Fatalf("%s did not get the probe: %v, %v", who, ok, err)
+		}
+	}
+	ask(0) // closed: nothing to probe
+	record(t, a, name, errExpired)
+	if st := status(t, op, name); st.AnsweredKnown || st.Answered != 0 {
+		t.Fatalf("answered before any probe result: %+v", st)
+	}
+	ask(1)
+	acquire(a, "relay-1")
+	ask(2) // while relay-1's probe runs
+	if err := a.ProbeResult(ctx, name, credErr); err != nil {
+		t.Fatal(err)
+	}
+	answered(Open, 1)
+
+	acquire(b, "relay-2") // for request 2
+	ask(3)
+	acquire(bAgain, "relay-2 started again")
+	if err := bAgain.ProbeResult(ctx, name, credErr); err != nil {
+		t.Fatal(err)
+	}
+	answered(Open, 3)
+
+	ask(4)
+	acquire(a, "relay-1")
+	if err := a.ReleaseProbe(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	answered(Open, 3)
+	acquire(b, "relay-2")
+	if err := b.ProbeResult(ctx, name, nil); err != nil {
+		t.Fatal(err)
+	}
+	answered(Closed, 4)
+
+	// A held breaker is not probed: its request gets no number.
+	if err := op.Hold(ctx, name, "held by an operator"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := op.AskProbe(ctx, name); n != 0 || !errors.Is(err, ErrHeld) {
+		t.Fatalf("AskProbe of a held breaker = %d, %v; want 0 and ErrHeld", n, err)
+	}
+	if err := op.Reset(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	if err := op.Trip(ctx, name, "tripped by an operator"); err != nil {
+		t.Fatal(err)
+	}
+	ask(5)
+}
+
 func TestProbeFailureDoublesInterval(t *testing.T) {
 	sets, clk := replicas(t, 1, nil)
 	s := sets[0]

@@ -13,7 +13,9 @@
 // lease from AcquireProbe: after the open interval (30 s, doubling on each
 // failed probe up to 5 min), or at once after ProbeNow (any replica) or
 // ProbeNowHere (the replica whose secret file just changed). ProbeResult
-// closes or keeps open.
+// closes or keeps open. AskProbe numbers each request, and the record
+// says which requests the last result answers (Status.Answered): those
+// made before its probe's lease was granted, not those made while it ran.
 //
 // The record keeps the fingerprint of the secret or certificate that last
 // got a token (Succeeded). A failure of another fingerprint does not

@@ -51,8 +51,13 @@ package breaker
 //	interval     current open interval, ms
 //	next_probe   unix ms after which a probe may run
 //	probe_now    "1" while an immediate probe is requested
+//	probe_asks   how many immediate probes were ever requested (AskProbe)
 //	lease_token  the prober's token; lease_until its expiry (unix ms)
+//	lease_asks   probe_asks when the lease was granted (or taken over)
 //	last_probe   unix ms of the last probe result
+//	answered     lease_asks of the probe whose result is last_probe: the
+//	             requests it answers; relays of an earlier version leave
+//	             it as it was
 //	spread       how many members the spread set holds
 //	good_fp      fingerprint of the secret or certificate that last got a token
 //	probe_by     replica the next probe is kept for (an immediate one or a retry); probe_by_until until when (unix ms)

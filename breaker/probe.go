@@ -15,8 +15,19 @@ import (
 // It reports whether the breaker was open. A breaker an operator holds
 // (Hold) is not probed: it reports true and ErrHeld.
 func (s *Set) ProbeNow(ctx context.Context, name string) (bool, error) {
+	n, err := s.AskProbe(ctx, name)
+	return n > 0 || errors.Is(err, ErrHeld), err
+}
+
+// AskProbe is ProbeNow for a caller that waits for the answer. It
+// returns the request's number, counted per breaker, or 0 when the
+// breaker is closed; 0 and ErrHeld when an operator holds it. The answer
+// is the first probe result whose Status.Answered is at least that
+// number: of a probe whose lease was granted after the request, not of
+// one already under way when it was made.
+func (s *Set) AskProbe(ctx context.Context, name string) (int64, error) {
 	if err := validName(name); err != nil {
-		return false, err
+		return 0, err
 	}
 	return s.probeNow(ctx, name, "", 0)
 }
@@ -29,18 +40,23 @@ func (s *Set) ProbeNowHere(ctx context.Context, name string) (bool, error) {
 	if err := validName(name); err != nil {
 		return false, err
 	}
-	return s.probeNow(ctx, name, s.id, ms(s.o.Now().Add(probeHere)))
+	n, err := s.probeNow(ctx, name, s.id, ms(s.o.Now().Add(probeHere)))
+	return n > 0 || errors.Is(err, ErrHeld), err
 }
 
-func (s *Set) probeNow(ctx context.Context, name, by string, until int64) (bool, error) {
-	n, err := probeNowScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)}, by, until, probeHere.Milliseconds()).Int()
+// probeNow runs probeNowScript and returns the request's number.
+func (s *Set) probeNow(ctx context.Context, name, by string, until int64) (int64, error) {
+	r, err := probeNowScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name)}, by, until, probeHere.Milliseconds()).Int64Slice()
+	if err == nil && len(r) != 2 {
+		err = fmt.Errorf("reply %v", r)
+	}
 	if err != nil {
-		return false, fmt.Errorf("breaker %s: probe now: %w", name, err)
+		return 0, fmt.Errorf("breaker %s: probe now: %w", name, err)
 	}
-	if n == 2 {
-		return true, fmt.Errorf("breaker %s: %w", name, ErrHeld)
+	if r[0] == 2 {
+		return 0, fmt.Errorf("breaker %s: %w", name, ErrHeld)
 	}
-	return n == 1, nil
+	return r[1], nil
 }
 
 // AcquireProbe reports whether this caller is the fleet's single prober

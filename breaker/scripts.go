@@ -41,13 +41,13 @@ local function open(k, reason, now, interval, nextProbe)
   redis.call('HINCRBY', k, 'generation', 1)
   redis.call('HSET', k, 'state', 'open', 'reason', reason, 'since', now,
     'interval', interval, 'next_probe', nextProbe, 'probe_now', '0')
-  redis.call('HDEL', k, 'lease_token', 'lease_until', 'hold')
+  redis.call('HDEL', k, 'lease_token', 'lease_until', 'lease_asks', 'hold')
 end
 local function close(k, now)
   moved = true
   redis.call('HINCRBY', k, 'generation', 1)
   redis.call('HSET', k, 'state', 'closed', 'reason', '', 'since', now, 'probe_now', '0')
-  redis.call('HDEL', k, 'lease_token', 'lease_until', 'hold')
+  redis.call('HDEL', k, 'lease_token', 'lease_until', 'lease_asks', 'hold')
 end
 `
 
@@ -155,7 +155,7 @@ else
 end
 if ARGV[5] == '1' then
   redis.call('HSET', k, 'hold', '1')
-  redis.call('HDEL', k, 'lease_token', 'lease_until')
+  redis.call('HDEL', k, 'lease_token', 'lease_until', 'lease_asks')
 end
 return reply(k)
 `)
@@ -180,23 +180,27 @@ return reply(k)
 // until ARGV[2] (unix ms), or until ARGV[3] ms after the live lease of
 // another probe ends, if that is later: a probe that another replica
 // runs (or ran, and died) must not pass the reservation by.
-// Returns 1 if the breaker is open, 0 otherwise; 2, and no probe, when
-// an operator holds it (Hold).
+//
+// Each request counts one in probe_asks; the probe whose lease is granted
+// next answers it (see acquireScript). Returns {1, the new count} if the
+// breaker is open, {0, 0} otherwise; {2, 0}, and no probe, when an
+// operator holds it (Hold).
 var probeNowScript = flagged(`
 local k = KEYS[1]
 if redis.call('HGET', k, 'state') ~= 'open' then
-  return 0
+  return {0, 0}
 end
 if redis.call('HGET', k, 'hold') == '1' then
-  return 2
+  return {2, 0}
 end
+local asks = redis.call('HINCRBY', k, 'probe_asks', 1)
 local untilMs = ARGV[2]
 if ARGV[1] ~= '' then
   local after = tonumber(redis.call('HGET', k, 'lease_until') or '0') + tonumber(ARGV[3])
   if after > tonumber(untilMs) then untilMs = string.format('%d', after) end
 end
 redis.call('HSET', k, 'probe_now', '1', 'probe_by', ARGV[1], 'probe_by_until', untilMs)
-return 1
+return {1, asks}
 `)
 
 // leaseScript renews the caller's probe lease until ARGV[3], or, with
@@ -209,7 +213,7 @@ if redis.call('HGET', k, 'lease_token') ~= ARGV[1] then
   return redis.error_reply('lease lost')
 end
 if ARGV[2] == 'release' then
-  redis.call('HDEL', k, 'lease_token', 'lease_until')
+  redis.call('HDEL', k, 'lease_token', 'lease_until', 'lease_asks')
   redis.call('HSET', k, 'probe_now', '1', 'probe_by', '')
 else
   redis.call('HSET', k, 'lease_until', ARGV[3])
@@ -242,6 +246,11 @@ return redis.call('HGETALL', KEYS[1])
 // (ARGV[5]) from another process (ARGV[4]): the same replica started
 // again after it was killed in its probe takes its probe over.
 //
+// The lease notes the count of requests made before it (probe_asks, as
+// lease_asks): its probe starts after them, and its result answers them
+// (resultScript). A lease taken over notes the count at the take-over,
+// when its new probe starts.
+//
 // ARGV[1] now, ARGV[2] lease expiry (now + lease), ARGV[3] token,
 // ARGV[4] the caller's id (one per Set), ARGV[5] its replica name, or "".
 var acquireScript = flagged(`
@@ -255,7 +264,8 @@ if tonumber(redis.call('HGET', k, 'lease_until') or '0') > now then
   if ARGV[5] == '' or held[1] ~= ARGV[5] or held[2] == ARGV[4] then
     return 0
   end
-  redis.call('HSET', k, 'lease_token', ARGV[3], 'lease_until', ARGV[2], 'lease_set', ARGV[4])
+  redis.call('HSET', k, 'lease_token', ARGV[3], 'lease_until', ARGV[2], 'lease_set', ARGV[4],
+    'lease_asks', redis.call('HGET', k, 'probe_asks') or '0')
   return 1
 end
 local now_asked = redis.call('HGET', k, 'probe_now') == '1'
@@ -267,7 +277,7 @@ if by and by ~= '' and by ~= ARGV[4] and now < tonumber(redis.call('HGET', k, 'p
   return 0
 end
 redis.call('HSET', k, 'lease_token', ARGV[3], 'lease_until', ARGV[2], 'probe_now', '0', 'probe_by', '',
-  'lease_replica', ARGV[5], 'lease_set', ARGV[4])
+  'lease_replica', ARGV[5], 'lease_set', ARGV[4], 'lease_asks', redis.call('HGET', k, 'probe_asks') or '0')
 return 1
 `)
 
@@ -282,6 +292,10 @@ return 1
 // next probe is due after the delay, for the caller's replica (ARGV[7])
 // until ARGV[8], as probeNowScript reserves one.
 //
+// Any result writes, with last_probe, the requests it answers: answered
+// is the lease's lease_asks. A request made while the probe ran leaves
+// probe_now set, so that a probe after it answers it.
+//
 // ARGV[1] token, ARGV[2] now, ARGV[3] "1" for success, ARGV[4] reason,
 // ARGV[5] max interval ms, ARGV[6] retry delay ms (0: double the
 // interval), ARGV[7] replica id, ARGV[8] end of its reservation (unix
@@ -291,8 +305,9 @@ local k = KEYS[1]
 if redis.call('HGET', k, 'lease_token') ~= ARGV[1] then
   return redis.error_reply('lease lost')
 end
-redis.call('HDEL', k, 'lease_token', 'lease_until')
-redis.call('HSET', k, 'last_probe', ARGV[2])
+local asks = redis.call('HGET', k, 'lease_asks') or '0'
+redis.call('HDEL', k, 'lease_token', 'lease_until', 'lease_asks')
+redis.call('HSET', k, 'last_probe', ARGV[2], 'answered', asks)
 if ARGV[3] == '1' then
   close(k, ARGV[2])
   redis.call('HSET', k, 'failures', '0')

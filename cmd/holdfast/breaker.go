@@ -250,12 +250,12 @@ func breakerProbe(ctx context.Context, e *env, fs *flag.FlagSet, args []string) 
 				return "", err
 			}
 		}
-		open, err := set.ProbeNow(ctx, name)
-		if err == nil && !open {
+		n, err := set.AskProbe(ctx, name)
+		if err == nil && n == 0 {
 			return "", fmt.Errorf("it is closed; there is nothing to probe")
 		}
 		if err == nil {
-			asked = append(asked, pendingProbe{name: name, before: before.LastProbe})
+			asked = append(asked, pendingProbe{name: name, asked: n, before: before.LastProbe})
 		}
 		return "", err
 	}
@@ -268,9 +268,10 @@ func breakerProbe(ctx context.Context, e *env, fs *flag.FlagSet, args []string) 
 	return breakerVerbThen("probe requested: a relay probes it within a second", false, request, await)(ctx, e, fs, args)
 }
 
-// awaitProbes waits up to wait for a probe result of each breaker asked
-// newer than the one before the request, and prints it as it comes. Each poll reads every
-// record waited for in one round trip.
+// awaitProbes waits up to wait for the probe result that answers each
+// request (see pendingProbe.answered), or for the breaker to close, and
+// prints it as it comes. Each poll reads every record waited for in one
+// round trip.
 func awaitProbes(ctx context.Context, e *env, set *breaker.Set, asked []pendingProbe, wait time.Duration) error {
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
@@ -304,7 +305,7 @@ func awaitProbes(ctx context.Context, e *env, set *breaker.Set, asked []pendingP
 			switch {
 			case st.State == breaker.Closed:
 				fmt.Fprintf(e.stdout, "%s: probed: closed, its mail is released\n", st.Name)
-			case !st.LastProbe.Equal(asked[i].before):
+			case asked[i].answered(st):
 				next := ""
 				if !st.NextProbe.IsZero() {
 					next = fmt.Sprintf("; next probe %s (in %s)", stamp(st.NextProbe), age(st.NextProbe.Sub(e.now())))

@@ -209,3 +209,86 @@ func TestBreakerProbeWaits(t *testing.T) {
 		t.Errorf("two probes with no relay took %v and printed %q; want one wait of 1s for both", took, out)
 	}
 }
+
+// TestBreakerProbeAfterLeaseHeld: a probe already under way when
+// "breaker probe" asks (a relay holds its lease, and may have read the
+// secret before it was rotated) does not answer the request. Its result
+// comes first, a failure; the probe that follows it, with a lease granted
+// after the request, succeeds, and that is what the command prints.
+func TestBreakerProbeAfterLeaseHeld(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfigCredentials(t, srv.Addr(), "contoso")
+	set := breaker.New(srv.Client(t), breaker.Options{})
+	ctx := t.Context()
+	const name = "cred:contoso"
+	mustRun(t, "breaker", "trip", "--config", cfg, name)
+	if _, err := set.ProbeNow(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := set.AcquireProbe(ctx, name); !ok || err != nil {
+		t.Fatalf("the probe under way was not granted: %v, %v", ok, err)
+	}
+
+	var stdout, stderr syncBuffer
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	cmdCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	code := exitError
+	wg.Go(func() {
+		code = run(cmdCtx, []string{"breaker", "probe", "--config", cfg, name}, &env{
+			stdin: strings.NewReader(""), stdout: &stdout, stderr: &stderr,
+			getenv: func(string) string { return "" }, now: time.Now,
+		})
+	})
+	const requested = "cred:contoso: probe requested: a relay probes it within a second\n"
+	deadline := time.Now().Add(5 * time.Second)
+	for stdout.String() != requested {
+		if time.Now().After(deadline) {
+			t.Fatalf("the command did not ask for the probe within 5s: stdout %q, stderr %q", stdout.String(), stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := set.ProbeResult(ctx, name, errors.New("AADSTS7000215: Invalid client secret provided")); err != nil {
+		t.Fatal(err)
+	}
+	// Several of the command's polls see the earlier probe's failure
+	// before the next probe runs.
+	time.Sleep(5 * probePoll)
+	if ok, err := set.AcquireProbe(ctx, name); !ok || err != nil {
+		t.Fatalf("the probe asked for was not granted after the earlier one: %v, %v", ok, err)
+	}
+	if err := set.ProbeResult(ctx, name, nil); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if code != exitOK || stdout.String() != requested+"cred:contoso: probed: closed, its mail is released\n" {
+		t.Errorf("exit %d, printed %q (stderr %q); want the result of the probe granted after the request, closed", code, stdout.String(), stderr.String())
+	}
+}
+
+// TestPendingProbeAnswered: a probe result answers a request when its
+// probe's lease was granted after the request; a record with no answered
+// count (results only from relays of an earlier version) is answered by
+// any result newer than the one before the request.
+func TestPendingProbeAnswered(t *testing.T) {
+	before := time.UnixMilli(1_800_000_000_000)
+	later := before.Add(time.Second)
+	p := pendingProbe{name: "cred:contoso", before: before, asked: 7}
+	for _, c := range []struct {
+		name string
+		st   breaker.Status
+		want bool
+	}{
+		{"no result yet", breaker.Status{LastProbe: before, Answered: 6, AnsweredKnown: true}, false},
+		{"a probe under way at the request", breaker.Status{LastProbe: later, Answered: 6, AnsweredKnown: true}, false},
+		{"a probe granted after the request", breaker.Status{LastProbe: later, Answered: 7, AnsweredKnown: true}, true},
+		{"one granted after a later request too", breaker.Status{LastProbe: later, Answered: 9, AnsweredKnown: true}, true},
+		{"an earlier relay's, no result yet", breaker.Status{LastProbe: before}, false},
+		{"an earlier relay's result", breaker.Status{LastProbe: later}, true},
+	} {
+		if got := p.answered(c.st); got != c.want {
+			t.Errorf("%s: answered = %v, want %v", c.name, got, c.want)
+		}
+	}
+}

@@ -56,12 +56,31 @@ func countDrain(ctx context.Context, q *queue.Queue, only string) (drainCounts, 
 }
 
 // pendingProbe is an open breaker that drain or breaker probe asked a
-// relay to probe, with its last probe time before the request, and for
-// drain the routes it holds.
+// relay to probe: the request's number (breaker.Set.AskProbe), the
+// breaker's last probe time before the request, and for drain the
+// routes it holds.
 type pendingProbe struct {
 	name   string
+	asked  int64
 	before time.Time
 	routes []string
+}
+
+// answered reports whether st holds the result that answers the request:
+// of a probe whose lease was granted after it. A probe already under way
+// when the request was made (its relay may have read the secret before
+// it was rotated) reports first, and does not answer it. A record with no
+// answered count has had results only from relays of an earlier version,
+// during an upgrade: any result newer than the one before the request
+// answers it, as those relays cannot tell. Once a relay of this version
+// has written a result, a later one from an earlier relay answers
+// nothing; the wait ends with a later probe, the breaker's close, or its
+// time.
+func (p pendingProbe) answered(st breaker.Status) bool {
+	if st.AnsweredKnown {
+		return st.Answered >= p.asked
+	}
+	return !st.LastProbe.Equal(p.before)
 }
 
 // probeOpen asks the relays to probe, at once, every open breaker that
@@ -76,7 +95,7 @@ func probeOpen(ctx context.Context, e *env, report *relay.BreakerReporter, set *
 		if b.State != breaker.Open.String() || (only != "" && !slices.Contains(b.Routes, only)) {
 			continue
 		}
-		open, err := set.ProbeNow(ctx, b.Name)
+		asked, err := set.AskProbe(ctx, b.Name)
 		if errors.Is(err, breaker.ErrHeld) {
 			fmt.Fprintf(e.stdout, "breaker %s held by an operator (open since %s): its mail waits until holdfast breaker reset %s\n", b.Name, clock(b.Since), b.Name)
 			continue
@@ -84,9 +103,9 @@ func probeOpen(ctx context.Context, e *env, report *relay.BreakerReporter, set *
 		if err != nil {
 			return nil, err
 		}
-		if open {
+		if asked > 0 {
 			fmt.Fprintf(e.stdout, "breaker %s open since %s (%s): probe requested\n", b.Name, clock(b.Since), b.Reason)
-			out = append(out, pendingProbe{b.Name, b.LastProbe, b.Routes})
+			out = append(out, pendingProbe{b.Name, asked, b.LastProbe, b.Routes})
 		}
 	}
 	return out, nil
@@ -100,7 +119,7 @@ func probing(ctx context.Context, set *breaker.Set, probes []pendingProbe, c dra
 		st, err := set.Status(ctx, p.name)
 		switch {
 		case err != nil:
-		case st.State == breaker.Open && st.LastProbe.Equal(p.before):
+		case st.State == breaker.Open && !p.answered(st):
 			return true
 		case st.State == breaker.Closed:
 			for _, r := range p.routes {
