@@ -163,9 +163,11 @@ type Status struct {
 	// Answered is the number of the last request for a probe (AskProbe)
 	// that the last probe result answers: the requests made before that
 	// probe's lease was granted. AnsweredKnown reports that the record
-	// has it: relays of an earlier version do not write it.
-	Answered      int64 `json:"answered"`
-	AnsweredKnown bool  `json:"answered_known"`
+	// has it for the last result: a relay of an earlier version writes
+	// a result (LastProbe) without it.
+	Answered      int64 `json:"answered,omitempty"`
+	AnsweredKnown bool  `json:"answered_known,omitempty"`
+	answeredAt    time.Time
 }
 
 // Transition is a change of a breaker's state as seen by one replica.
@@ -877,6 +879,7 @@ func parseMap(name string, m map[string]string) Status {
 	for k, v := range m {
 		st.set(k, v)
 	}
+	st.settle()
 	return st
 }
 
@@ -885,7 +888,17 @@ func parsePairs(name string, kv []string) Status {
 	for i := 0; i+1 < len(kv); i += 2 {
 		st.set(kv[i], kv[i+1])
 	}
+	st.settle()
 	return st
+}
+
+// settle works out what needs several fields: the answered count counts
+// only for the result it was written with.
+func (st *Status) settle() {
+	st.AnsweredKnown = !st.answeredAt.IsZero() && st.answeredAt.Equal(st.LastProbe)
+	if !st.AnsweredKnown {
+		st.Answered = 0
+	}
 }
 
 func (st *Status) set(k, v string) {
@@ -924,7 +937,12 @@ func (st *Status) set(k, v string) {
 	case "hold":
 		st.Held = v == "1"
 	case "answered":
-		st.Answered, st.AnsweredKnown = n, true
+		// "COUNT:LAST_PROBE"
+		count, at, _ := strings.Cut(v, ":")
+		st.Answered, _ = strconv.ParseInt(count, 10, 64)
+		if ms, err := strconv.ParseInt(at, 10, 64); err == nil && ms > 0 {
+			st.answeredAt = time.UnixMilli(ms)
+		}
 	default:
 		if r, ok := strings.CutPrefix(k, staleField); ok {
 			i, _ := slices.BinarySearch(st.StaleReplicas, r)

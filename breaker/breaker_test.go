@@ -504,6 +504,23 @@ func TestProbeAnswered(t *testing.T) {
 		t.Fatal(err)
 	}
 	ask(5)
+	acquire(a, "relay-1")
+	if err := a.ProbeResult(ctx, name, credErr); err != nil {
+		t.Fatal(err)
+	}
+	answered(Open, 5)
+
+	// A result of a relay of an earlier version, during an upgrade or
+	// after a rollback, writes last_probe alone: the answered count of
+	// the result before does not count for it.
+	st := status(t, op, name)
+	later := st.LastProbe.Add(time.Second).UnixMilli()
+	if err := op.rdb.HSet(ctx, recordKey(name), "last_probe", later).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(t, op, name); st.AnsweredKnown || st.Answered != 0 || st.LastProbe.UnixMilli() != later {
+		t.Fatalf("after an earlier version's result: %+v; want no answered count", st)
+	}
 }
 
 func TestProbeFailureDoublesInterval(t *testing.T) {

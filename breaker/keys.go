@@ -55,9 +55,10 @@ package breaker
 //	lease_token  the prober's token; lease_until its expiry (unix ms)
 //	lease_asks   probe_asks when the lease was granted (or taken over)
 //	last_probe   unix ms of the last probe result
-//	answered     lease_asks of the probe whose result is last_probe: the
-//	             requests it answers; relays of an earlier version leave
-//	             it as it was
+//	answered     "N:T": the lease_asks N of the probe whose result came at
+//	             T (unix ms), the requests it answers; it counts while T
+//	             is last_probe (a relay of an earlier version writes
+//	             last_probe alone)
 //	spread       how many members the spread set holds
 //	good_fp      fingerprint of the secret or certificate that last got a token
 //	probe_by     replica the next probe is kept for (an immediate one or a retry); probe_by_until until when (unix ms)

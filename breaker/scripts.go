@@ -293,7 +293,7 @@ return 1
 // until ARGV[8], as probeNowScript reserves one.
 //
 // Any result writes, with last_probe, the requests it answers: answered
-// is the lease's lease_asks. A request made while the probe ran leaves
+// is the lease's lease_asks, with the result's time. A request made while the probe ran leaves
 // probe_now set, so that a probe after it answers it.
 //
 // ARGV[1] token, ARGV[2] now, ARGV[3] "1" for success, ARGV[4] reason,
@@ -307,7 +307,7 @@ if redis.call('HGET', k, 'lease_token') ~= ARGV[1] then
 end
 local asks = redis.call('HGET', k, 'lease_asks') or '0'
 redis.call('HDEL', k, 'lease_token', 'lease_until', 'lease_asks')
-redis.call('HSET', k, 'last_probe', ARGV[2], 'answered', asks)
+redis.call('HSET', k, 'last_probe', ARGV[2], 'answered', asks .. ':' .. ARGV[2])
 if ARGV[3] == '1' then
   close(k, ARGV[2])
   redis.call('HSET', k, 'failures', '0')

@@ -69,13 +69,10 @@ type pendingProbe struct {
 // answered reports whether st holds the result that answers the request:
 // of a probe whose lease was granted after it. A probe already under way
 // when the request was made (its relay may have read the secret before
-// it was rotated) reports first, and does not answer it. A record with no
-// answered count has had results only from relays of an earlier version,
-// during an upgrade: any result newer than the one before the request
-// answers it, as those relays cannot tell. Once a relay of this version
-// has written a result, a later one from an earlier relay answers
-// nothing; the wait ends with a later probe, the breaker's close, or its
-// time.
+// it was rotated) reports first, and does not answer it. A result that
+// came with no answered count, from a relay of an earlier version (during
+// an upgrade, or after a rollback), answers it if it is newer than the
+// one before the request, as those relays cannot tell.
 func (p pendingProbe) answered(st breaker.Status) bool {
 	if st.AnsweredKnown {
 		return st.Answered >= p.asked
