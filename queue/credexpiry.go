@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // CredentialExpiry is when a credential's secret or certificate in use
@@ -16,30 +18,54 @@ type CredentialExpiry struct {
 	ExpiresAt time.Time
 	Source    string // where the date comes from: config, certificate, graph or entra
 	CheckedAt time.Time
+	// Until is when the record stops counting: its relay checks again
+	// before then, unless it stopped.
+	Until time.Time
 }
+
+// setCredExpiryScript replaces one relay's record (ARGV[1]) with ARGV[2],
+// or removes it when ARGV[2] is "", removes the records past their Until
+// at ARGV[3] (unix ms), and keeps the hash until the last Until left.
+var setCredExpiryScript = redis.NewScript(`
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+local now, last = tonumber(ARGV[3]), 0
+local kv = redis.call('HGETALL', KEYS[1])
+for i = 1, #kv, 2 do
+  local untilMs = tonumber(string.match(kv[i + 1], '(%d+)$') or '0')
+  if untilMs <= now then
+    redis.call('HDEL', KEYS[1], kv[i])
+  elseif untilMs > last then
+    last = untilMs
+  end
+end
+if last > 0 then redis.call('PEXPIREAT', KEYS[1], last) end
+return 0
+`)
 
 // SetCredentialExpiry records what one relay knows of a credential's
 // expiry, replacing that relay's last record; a zero ExpiresAt removes
-// it. The credential's records go keep after the last one written.
-func (q *Queue) SetCredentialExpiry(ctx context.Context, credential string, e CredentialExpiry, keep time.Duration) error {
-	key := credExpiryKey(credential)
-	pipe := q.rdb.TxPipeline()
-	if e.ExpiresAt.IsZero() {
-		pipe.HDel(ctx, key, e.Replica)
-	} else {
-		pipe.HSet(ctx, key, e.Replica, fmt.Sprintf("%d %s %d", e.ExpiresAt.UnixMilli(), e.Source, e.CheckedAt.UnixMilli()))
-		pipe.PExpire(ctx, key, keep)
+// it. The records of every relay past their Until go (a relay stopped,
+// a pod replaced), and the hash goes with the last of them.
+func (q *Queue) SetCredentialExpiry(ctx context.Context, credential string, e CredentialExpiry) error {
+	v := ""
+	if !e.ExpiresAt.IsZero() {
+		v = fmt.Sprintf("%d %s %d %d", e.ExpiresAt.UnixMilli(), e.Source, e.CheckedAt.UnixMilli(), e.Until.UnixMilli())
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	err := setCredExpiryScript.Run(ctx, q.rdb, []string{credExpiryKey(credential)}, e.Replica, v, e.CheckedAt.UnixMilli()).Err()
+	if err != nil {
 		return fmt.Errorf("record the expiry of %s: %w", credential, err)
 	}
 	return nil
 }
 
 // SoonestCredentialExpiry returns the soonest date among the relays'
-// records of the credential checked after since, or false when there is
-// none.
-func (q *Queue) SoonestCredentialExpiry(ctx context.Context, credential string, since time.Time) (CredentialExpiry, bool, error) {
+// records of the credential that still count at now, or false when there
+// is none.
+func (q *Queue) SoonestCredentialExpiry(ctx context.Context, credential string, now time.Time) (CredentialExpiry, bool, error) {
 	m, err := q.rdb.HGetAll(ctx, credExpiryKey(credential)).Result()
 	if err != nil {
 		return CredentialExpiry{}, false, fmt.Errorf("read the expiry of %s: %w", credential, err)
@@ -48,7 +74,7 @@ func (q *Queue) SoonestCredentialExpiry(ctx context.Context, credential string, 
 	found := false
 	for replica, v := range m {
 		e, ok := parseCredExpiry(replica, v)
-		if !ok || !e.CheckedAt.After(since) {
+		if !ok || !e.Until.After(now) {
 			continue
 		}
 		if !found || e.ExpiresAt.Before(soonest.ExpiresAt) {
@@ -60,13 +86,17 @@ func (q *Queue) SoonestCredentialExpiry(ctx context.Context, credential string, 
 
 func parseCredExpiry(replica, v string) (CredentialExpiry, bool) {
 	f := strings.Fields(v)
-	if len(f) != 3 {
+	if len(f) != 4 {
 		return CredentialExpiry{}, false
 	}
-	at, err1 := strconv.ParseInt(f[0], 10, 64)
-	checked, err2 := strconv.ParseInt(f[2], 10, 64)
-	if err1 != nil || err2 != nil {
-		return CredentialExpiry{}, false
+	var ms [3]int64
+	for i, s := range []string{f[0], f[2], f[3]} {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return CredentialExpiry{}, false
+		}
+		ms[i] = n
 	}
-	return CredentialExpiry{Replica: replica, ExpiresAt: time.UnixMilli(at).UTC(), Source: f[1], CheckedAt: time.UnixMilli(checked).UTC()}, true
+	return CredentialExpiry{Replica: replica, ExpiresAt: time.UnixMilli(ms[0]).UTC(), Source: f[1],
+		CheckedAt: time.UnixMilli(ms[1]).UTC(), Until: time.UnixMilli(ms[2]).UTC()}, true
 }

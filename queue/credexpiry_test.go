@@ -9,9 +9,9 @@ import (
 	"holdfast/queue/redistest"
 )
 
-// TestCredentialExpiry: the soonest date of the relays that checked
-// since the given time; a relay's older record does not count, a zero
-// date removes the relay's record, and the records go after keep.
+// TestCredentialExpiry: the soonest date among the relays' records that
+// still count; a zero date removes the relay's record; a record past its
+// end is removed at the next write, and the hash goes with the last end.
 func TestCredentialExpiry(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
@@ -19,40 +19,54 @@ func TestCredentialExpiry(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	day := 24 * time.Hour
-	set := func(replica string, in time.Duration, source string, checked time.Time) {
+	set := func(replica string, in time.Duration, checked time.Time, keep time.Duration) {
 		t.Helper()
-		e := queue.CredentialExpiry{Replica: replica, Source: source, CheckedAt: checked}
+		e := queue.CredentialExpiry{Replica: replica, Source: "graph", CheckedAt: checked, Until: checked.Add(keep)}
 		if in != 0 {
 			e.ExpiresAt = now.Add(in)
 		}
-		if err := q.SetCredentialExpiry(ctx, "contoso", e, time.Hour); err != nil {
+		if err := q.SetCredentialExpiry(ctx, "contoso", e); err != nil {
 			t.Fatal(err)
 		}
 	}
 	soonest := func() (queue.CredentialExpiry, bool) {
 		t.Helper()
-		e, ok, err := q.SoonestCredentialExpiry(ctx, "contoso", now.Add(-time.Minute))
+		e, ok, err := q.SoonestCredentialExpiry(ctx, "contoso", now)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return e, ok
 	}
+	replicas := func() []string {
+		t.Helper()
+		return rdb.HKeys(ctx, queue.CredExpiryKey("contoso")).Val()
+	}
 
 	if _, ok := soonest(); ok {
 		t.Fatal("a date with no record")
 	}
-	set("relay-1", 90*day, "graph", now)
-	set("relay-2", 20*day, "graph", now)                 // a relay still on the older secret
-	set("relay-3", 5*day, "config", now.Add(-time.Hour)) // no check since
+	set("relay-3", 5*day, now.Add(-2*time.Hour), time.Hour) // a pod replaced
+	if e, ok := soonest(); ok {
+		t.Fatalf("soonest = %+v; want none: the only record ended", e)
+	}
+	set("relay-1", 90*day, now, 25*time.Hour)
+	set("relay-2", 20*day, now, time.Hour) // still on the older secret, checking hourly
 	e, ok := soonest()
-	if !ok || e.Replica != "relay-2" || !e.ExpiresAt.Equal(now.Add(20*day)) || e.Source != "graph" || !e.CheckedAt.Equal(now) {
+	if !ok || e.Replica != "relay-2" || !e.ExpiresAt.Equal(now.Add(20*day)) || e.Source != "graph" ||
+		!e.CheckedAt.Equal(now) || !e.Until.Equal(now.Add(time.Hour)) {
 		t.Fatalf("soonest = %+v, %v; want relay-2's, in 20 days from graph", e, ok)
 	}
-	set("relay-2", 0, "", now) // its date unknown now
+	if got := replicas(); len(got) != 2 {
+		t.Errorf("records %v; want relay-1's and relay-2's, the ended one removed", got)
+	}
+	if ttl := rdb.PTTL(ctx, queue.CredExpiryKey("contoso")).Val(); ttl <= 24*time.Hour || ttl > 25*time.Hour {
+		t.Errorf("the records' lifetime %v, want relay-1's 25 hours", ttl)
+	}
+	set("relay-2", 0, now, time.Hour) // its date unknown now
 	if e, ok := soonest(); !ok || e.Replica != "relay-1" {
 		t.Fatalf("soonest after relay-2 forgot its date = %+v, %v; want relay-1's", e, ok)
 	}
-	if ttl := rdb.PTTL(ctx, queue.CredExpiryKey("contoso")).Val(); ttl <= 59*time.Minute || ttl > time.Hour {
-		t.Errorf("the records' lifetime %v, want an hour", ttl)
+	if got := replicas(); len(got) != 1 {
+		t.Errorf("records %v; want relay-1's", got)
 	}
 }

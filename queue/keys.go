@@ -31,8 +31,9 @@ import (
 //	hf:min:MINUTE            hash    fleet-wide counts of one minute (unix minutes); see minutes.go
 //	hf:fallback:graph        zset    route -> until when its mail goes by Graph, not SMTP (unix ms); see fallback.go
 //	hf:rot:CREDENTIAL        hash    a credential's secret rotation waiting to remove the old secret; see rotation.go
-//	hf:exp:CREDENTIAL        hash    relay -> "EXPIRES SOURCE CHECKED" (unix ms, source, unix ms): when the credential's
-//	                                 secret or certificate in use expires, as each relay's expiry monitor last found; see credexpiry.go
+//	hf:exp:CREDENTIAL        hash    relay -> "EXPIRES SOURCE CHECKED UNTIL" (unix ms, source, unix ms, unix ms): when the
+//	                                 credential's secret or certificate in use expires, as each relay's expiry monitor last
+//	                                 found, counting until UNTIL; see credexpiry.go
 //	hf:rcpt:MAILBOX          zset    "id:n" -> send time (unix ms): recipients a mailbox sent to, for Exchange's rolling quota;
 //	                                 "#total" -> minus their sum (see quota.go)
 //	hf:auth:ip:IP            string  failed authentications from a client IP in the current window

@@ -45,9 +45,9 @@ type BreakerStatus struct {
 	// CredentialExpires is when its secret or certificate expires, when
 	// known: from a relay, the soonest date its expiry monitor knows
 	// (expires_at, the certificate's NotAfter, Graph, Entra); from the
-	// command line, the soonest that the relays' monitors recorded in
-	// their last two checks, or else expires_at or else the
-	// certificate's NotAfter.
+	// command line, the soonest that the relays' monitors recorded and
+	// that still counts (queue.CredentialExpiry), or else expires_at or
+	// else the certificate's NotAfter.
 	Credential        string    `json:"credential,omitempty"`
 	CredentialExpires time.Time `json:"credential_expires_at,omitzero"`
 	// StaleReplicas are the relays (by Options.Replica) whose secret or
@@ -84,9 +84,8 @@ func NewBreakerReporter(set *breaker.Set, q *queue.Queue, o Options) *BreakerRep
 			return ac.Expiry()
 		})
 	}
-	keep := expiryRecordKeep(o.Expiry.CheckInterval.D())
 	return newBreakerReporter(set, q, o, func(ctx context.Context, cred string) time.Time {
-		if e, ok, err := q.SoonestCredentialExpiry(ctx, cred, time.Now().Add(-keep)); err == nil && ok {
+		if e, ok, err := q.SoonestCredentialExpiry(ctx, cred, time.Now()); err == nil && ok {
 			return e.ExpiresAt
 		}
 		return exp[cred]

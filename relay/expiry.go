@@ -66,6 +66,8 @@ const expiryRetryEvery = 30 * time.Second
 
 // expiryRecordKeep is how long a relay's record of a credential's expiry
 // counts, with checks every interval: two checks missed, and an hour.
+// Each record carries its end, so the command line needs not know the
+// relays' interval.
 func expiryRecordKeep(interval time.Duration) time.Duration { return 2*interval + time.Hour }
 
 // expiryEventTimeout bounds the posting of one webhook event, retries
@@ -706,8 +708,9 @@ func (s *Server) newExpiryMonitor() error {
 	}
 	keep := expiryRecordKeep(cfg.interval)
 	cfg.record = func(ctx context.Context, ce CredentialExpiry) {
-		e := queue.CredentialExpiry{Replica: s.opts.Replica, ExpiresAt: ce.ExpiresAt, Source: ce.Source, CheckedAt: ce.CheckedAt}
-		if err := s.queue.SetCredentialExpiry(ctx, ce.Credential, e, keep); err != nil {
+		e := queue.CredentialExpiry{Replica: s.opts.Replica, ExpiresAt: ce.ExpiresAt, Source: ce.Source,
+			CheckedAt: ce.CheckedAt, Until: ce.CheckedAt.Add(keep)}
+		if err := s.queue.SetCredentialExpiry(ctx, ce.Credential, e); err != nil {
 			s.log.Warn("cannot record the credential's expiry for holdfast breaker status", "credential", ce.Credential, "err", err)
 		}
 	}
