@@ -42,14 +42,7 @@ func TestConfigSecretFile(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "app.secret"), []byte("rotated-secret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	seed := func(secret string) string {
-		p := filepath.Join(dir, "sim.yaml")
-		cfg := "tenants:\n  - id: t.example.com\n    apps:\n      - client_id: c\n        secrets:\n          - " + secret + "\n"
-		if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	seed := func(secret string) string { return writeSecretSeed(t, dir, secret) }
 	cfg, err := loadConfig(seed("value_file: app.secret"))
 	if err != nil {
 		t.Fatal(err)
@@ -70,14 +63,7 @@ func TestConfigSecretFile(t *testing.T) {
 // names the field.
 func TestConfigSecretExpiresIn(t *testing.T) {
 	dir := t.TempDir()
-	seed := func(secret string) string {
-		p := filepath.Join(dir, "sim.yaml")
-		cfg := "tenants:\n  - id: t.example.com\n    apps:\n      - client_id: c\n        secrets:\n          - " + secret + "\n"
-		if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	seed := func(secret string) string { return writeSecretSeed(t, dir, secret) }
 	for in, want := range map[string]time.Duration{"90d": 90 * 24 * time.Hour, "2160h": 2160 * time.Hour, "36h30m": 36*time.Hour + 30*time.Minute} {
 		cfg, err := loadConfig(seed("{value: s, expires_in: " + in + "}"))
 		if err != nil {
@@ -104,4 +90,16 @@ func TestConfigSecretExpiresIn(t *testing.T) {
 			t.Errorf("%s: error %v, want one naming %s that says %q", bad, err, field, says)
 		}
 	}
+}
+
+// writeSecretSeed writes to dir a simulator seed of one app with the
+// secret given as YAML, and returns its path.
+func writeSecretSeed(t *testing.T, dir, secret string) string {
+	t.Helper()
+	p := filepath.Join(dir, "sim.yaml")
+	cfg := "tenants:\n  - id: t.example.com\n    apps:\n      - client_id: c\n        secrets:\n          - " + secret + "\n"
+	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
