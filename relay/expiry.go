@@ -141,8 +141,9 @@ func daysLeft(at, now time.Time) int {
 	return int(math.Floor(days))
 }
 
-// expiryLevel says how close the end is, seen at now.
-func expiryLevel(end, now time.Time) string {
+// ExpiryLevel says how close the end is, seen at now: LevelUnknown for
+// a zero end, else LevelOK, LevelWarning, LevelCritical or LevelExpired.
+func ExpiryLevel(end, now time.Time) string {
 	switch left := end.Sub(now); {
 	case end.IsZero():
 		return LevelUnknown
@@ -291,7 +292,7 @@ func summarise(name string, list []Expiry, now time.Time) *CredentialExpiry {
 			ce.ExpiresAt, ce.Source = e.ExpiresAt, e.Source
 		}
 	}
-	ce.Level = expiryLevel(ce.ExpiresAt, now)
+	ce.Level = ExpiryLevel(ce.ExpiresAt, now)
 	return ce
 }
 

@@ -256,7 +256,7 @@ func TestExpiryLevels(t *testing.T) {
 		{time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC), LevelOK, 2912109},
 	} {
 		ce := CredentialExpiry{ExpiresAt: tc.end}
-		if got := expiryLevel(tc.end, now); got != tc.level {
+		if got := ExpiryLevel(tc.end, now); got != tc.level {
 			t.Errorf("%s: level %s, want %s", tc.end, got, tc.level)
 		}
 		if !tc.end.IsZero() && ce.DaysLeft(now) != tc.days {

@@ -71,17 +71,17 @@ func stamp(t time.Time) string {
 	return t.UTC().Format(time.RFC3339)
 }
 
-// expires is a credential's expiry with the days left, flagged when
-// fewer than 30 remain.
+// expires is a credential's expiry with the days left, counted and
+// flagged as the relays' expiry monitor and creds check do: rounded up,
+// and ROTATE within 30 days.
 func expires(t, now time.Time) string {
-	if t.IsZero() {
+	days := relay.CredentialExpiry{ExpiresAt: t}.DaysLeft(now)
+	switch relay.ExpiryLevel(t, now) {
+	case relay.LevelUnknown:
 		return "-"
-	}
-	days := int(t.Sub(now).Hours() / 24)
-	switch {
-	case !t.After(now):
+	case relay.LevelExpired:
 		return t.UTC().Format(time.DateOnly) + " (EXPIRED)"
-	case days < 30:
+	case relay.LevelWarning, relay.LevelCritical:
 		return fmt.Sprintf("%s (%dd, ROTATE)", t.UTC().Format(time.DateOnly), days)
 	}
 	return fmt.Sprintf("%s (%dd)", t.UTC().Format(time.DateOnly), days)

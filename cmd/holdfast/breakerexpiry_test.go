@@ -43,12 +43,12 @@ func TestBreakerStatusExpiryFromRelays(t *testing.T) {
 		return at
 	}
 	day := 24 * time.Hour
-	at := record("relay-1", 90*day+time.Hour, now)
+	at := record("relay-1", 90*day-time.Hour, now)   // 89 days and 23 hours: 90, as creds check counts
 	record("relay-2", 5*day, now.Add(-26*time.Hour)) // stopped a day ago
 	if want := fmt.Sprintf("%s (90d)", at.UTC().Format(time.DateOnly)); expires() != want {
 		t.Errorf("EXPIRES = %q, want relay-1's %q", expires(), want)
 	}
-	at = record("relay-2", 20*day+time.Hour, now.Add(-time.Hour)) // still on the older secret
+	at = record("relay-2", 20*day-time.Hour, now.Add(-time.Hour)) // still on the older secret
 	if want := fmt.Sprintf("%s (20d, ROTATE)", at.UTC().Format(time.DateOnly)); expires() != want {
 		t.Errorf("EXPIRES = %q, want relay-2's %q", expires(), want)
 	}
