@@ -255,7 +255,7 @@ func breakerProbe(ctx context.Context, e *env, fs *flag.FlagSet, args []string) 
 			return "", fmt.Errorf("it is closed; there is nothing to probe")
 		}
 		if err == nil {
-			asked = append(asked, pendingProbe{name: name, asked: n, before: before.LastProbe})
+			asked = append(asked, pendingProbe{name: name, asked: n, before: before.LastProbe, generation: before.Generation})
 		}
 		return "", err
 	}
@@ -305,6 +305,8 @@ func awaitProbes(ctx context.Context, e *env, set *breaker.Set, asked []pendingP
 			switch {
 			case st.State == breaker.Closed:
 				fmt.Fprintf(e.stdout, "%s: probed: closed, its mail is released\n", st.Name)
+			case asked[i].reopened(st):
+				fmt.Fprintf(e.stdout, "%s: closed since the request, its mail released, and open again: %s\n", st.Name, orDash(st.Reason))
 			case asked[i].answered(st):
 				next := ""
 				if !st.NextProbe.IsZero() {

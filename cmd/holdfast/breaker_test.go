@@ -292,3 +292,45 @@ func TestPendingProbeAnswered(t *testing.T) {
 		}
 	}
 }
+
+// TestBreakerProbeReopened: a breaker that closed and opened again while
+// "breaker probe" waited (a new opening clears the request, so no probe
+// answers it) is reported as such at once, not as no result when the
+// wait ends.
+func TestBreakerProbeReopened(t *testing.T) {
+	srv := redistest.Start(t)
+	set := breaker.New(srv.Client(t), breaker.Options{})
+	ctx := t.Context()
+	const name = "cred:contoso"
+	if err := set.Trip(ctx, name, "tripped by an operator"); err != nil {
+		t.Fatal(err)
+	}
+	before, err := set.Status(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := set.AskProbe(ctx, name)
+	if err != nil || n == 0 {
+		t.Fatalf("AskProbe = %d, %v", n, err)
+	}
+	if ok, err := set.AcquireProbe(ctx, name); !ok || err != nil {
+		t.Fatalf("the probe was not granted: %v, %v", ok, err)
+	}
+	if err := set.ProbeResult(ctx, name, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := set.Trip(ctx, name, "tripped again"); err != nil {
+		t.Fatal(err)
+	}
+	var out syncBuffer
+	e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &out, getenv: func(string) string { return "" }, now: time.Now}
+	p := pendingProbe{name: name, asked: n, before: before.LastProbe, generation: before.Generation}
+	start := time.Now()
+	if err := awaitProbes(ctx, e, set, []pendingProbe{p}, 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	want := name + ": closed since the request, its mail released, and open again: tripped again\n"
+	if took := time.Since(start); out.String() != want || took > time.Second {
+		t.Errorf("after %v printed %q; want at once %q", took.Round(time.Millisecond), out.String(), want)
+	}
+}

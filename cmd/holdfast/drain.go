@@ -57,13 +57,21 @@ func countDrain(ctx context.Context, q *queue.Queue, only string) (drainCounts, 
 
 // pendingProbe is an open breaker that drain or breaker probe asked a
 // relay to probe: the request's number (breaker.Set.AskProbe), the
-// breaker's last probe time before the request, and for drain the
-// routes it holds.
+// breaker's last probe time and generation before the request, and for
+// drain the routes it holds.
 type pendingProbe struct {
-	name   string
-	asked  int64
-	before time.Time
-	routes []string
+	name       string
+	asked      int64
+	before     time.Time
+	generation int64
+	routes     []string
+}
+
+// reopened reports whether the breaker, open at the request, closed and
+// opened again since: a new opening clears the request, which no probe
+// answers then.
+func (p pendingProbe) reopened(st breaker.Status) bool {
+	return st.State == breaker.Open && st.Generation >= p.generation+2
 }
 
 // answered reports whether st holds the result that answers the request:
@@ -102,7 +110,7 @@ func probeOpen(ctx context.Context, e *env, report *relay.BreakerReporter, set *
 		}
 		if asked > 0 {
 			fmt.Fprintf(e.stdout, "breaker %s open since %s (%s): probe requested\n", b.Name, clock(b.Since), b.Reason)
-			out = append(out, pendingProbe{b.Name, asked, b.LastProbe, b.Routes})
+			out = append(out, pendingProbe{b.Name, asked, b.LastProbe, b.Generation, b.Routes})
 		}
 	}
 	return out, nil
@@ -116,7 +124,7 @@ func probing(ctx context.Context, set *breaker.Set, probes []pendingProbe, c dra
 		st, err := set.Status(ctx, p.name)
 		switch {
 		case err != nil:
-		case st.State == breaker.Open && !p.answered(st):
+		case st.State == breaker.Open && !p.answered(st) && !p.reopened(st):
 			return true
 		case st.State == breaker.Closed:
 			for _, r := range p.routes {
