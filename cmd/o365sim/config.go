@@ -7,13 +7,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"holdfast/cmd/o365sim/sim"
+	"holdfast/relay"
 )
 
 // fileConfig is the YAML seed; see sim.example.yaml.
@@ -132,30 +132,19 @@ func loadConfig(path string) (sim.Config, error) {
 	return cfg, nil
 }
 
-// maxExpiresInDays bounds expires_in's days, well inside a time.Duration.
-const maxExpiresInDays = 100_000
-
 // parseExpiresIn reads a secret's expires_in: a Go duration ("2160h") or
-// whole days ("90d"), as Holdfast's own durations are written, more than
-// zero. Setting expires_at as well is an error.
+// whole days ("90d"), as Holdfast's own durations are written
+// (relay.ParseDuration), more than zero. Setting expires_at as well is
+// an error.
 func parseExpiresIn(s, expiresAt string) (time.Duration, error) {
 	if expiresAt != "" {
 		return 0, errors.New("set expires_at or expires_in, not both")
 	}
-	var d time.Duration
-	if days, ok := strings.CutSuffix(s, "d"); ok {
-		n, err := strconv.Atoi(days)
-		if err != nil || n > maxExpiresInDays {
-			return 0, fmt.Errorf("%q is not a duration such as 90d or 2160h", s)
-		}
-		d = time.Duration(n) * 24 * time.Hour
-	} else {
-		var err error
-		if d, err = time.ParseDuration(s); err != nil {
-			return 0, fmt.Errorf("%q is not a duration such as 90d or 2160h", s)
-		}
-	}
-	if d <= 0 {
+	d, err := relay.ParseDuration(s)
+	switch {
+	case err != nil && !strings.HasPrefix(s, "-"):
+		return 0, fmt.Errorf("%q is not a duration such as 90d or 2160h", s)
+	case err != nil || d <= 0:
 		return 0, fmt.Errorf("must be more than zero, not %s", s)
 	}
 	return d, nil
