@@ -289,11 +289,7 @@ func awaitProbes(ctx context.Context, e *env, set *breaker.Set, asked []pendingP
 			return nil
 		case <-tick.C:
 		}
-		names := make([]string, len(asked))
-		for i, a := range asked {
-			names[i] = a.name
-		}
-		sts, err := set.Fresh(wctx, names...)
+		sts, err := set.Fresh(wctx, probeNames(asked)...)
 		if err != nil {
 			if wctx.Err() != nil {
 				continue // the wait ended during the read

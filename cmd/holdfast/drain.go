@@ -67,6 +67,15 @@ type pendingProbe struct {
 	routes     []string
 }
 
+// probeNames are the names of the breakers probes were asked of.
+func probeNames(probes []pendingProbe) []string {
+	names := make([]string, len(probes))
+	for i, p := range probes {
+		names[i] = p.name
+	}
+	return names
+}
+
 // reopened reports whether the breaker, open at the request, closed and
 // opened again since: a new opening clears the request, which no probe
 // answers then.
@@ -118,12 +127,19 @@ func probeOpen(ctx context.Context, e *env, report *relay.BreakerReporter, set *
 
 // probing reports whether a probe drain asked for has not reported yet,
 // or has closed its breaker but the relays have not yet released the
-// breaker's held routes.
+// breaker's held routes. It reads the breakers in one round trip; when
+// they cannot be read, it does not wait for them.
 func probing(ctx context.Context, set *breaker.Set, probes []pendingProbe, c drainCounts) bool {
-	for _, p := range probes {
-		st, err := set.Status(ctx, p.name)
+	if len(probes) == 0 {
+		return false
+	}
+	sts, err := set.Fresh(ctx, probeNames(probes)...)
+	if err != nil {
+		return false
+	}
+	for i, st := range sts {
+		p := probes[i]
 		switch {
-		case err != nil:
 		case st.State == breaker.Open && !p.answered(st) && !p.reopened(st):
 			return true
 		case st.State == breaker.Closed:
