@@ -293,8 +293,9 @@ return 1
 // until ARGV[8], as probeNowScript reserves one.
 //
 // Any result writes, with last_probe, the requests it answers: answered
-// is the lease's lease_asks, with the result's time. A request made while the probe ran leaves
-// probe_now set, so that a probe after it answers it.
+// is the lease's lease_asks, with the result's time. A request made
+// while the probe ran leaves probe_now set, so that a probe after it
+// answers it.
 //
 // ARGV[1] token, ARGV[2] now, ARGV[3] "1" for success, ARGV[4] reason,
 // ARGV[5] max interval ms, ARGV[6] retry delay ms (0: double the

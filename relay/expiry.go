@@ -125,15 +125,16 @@ func (x Expiry) Key() string {
 }
 
 // DaysLeft is the number of days to the date from now, rounded up.
-func (x Expiry) DaysLeft(now time.Time) int { return daysLeft(x.ExpiresAt, now) }
+func (x Expiry) DaysLeft(now time.Time) int { return DaysLeft(x.ExpiresAt, now) }
 
 // DaysLeft is the number of days to ExpiresAt from now, rounded up (a
 // credential expiring in 2 hours has 1 day left); 0 or less once past.
-func (c CredentialExpiry) DaysLeft(now time.Time) int { return daysLeft(c.ExpiresAt, now) }
+func (c CredentialExpiry) DaysLeft(now time.Time) int { return DaysLeft(c.ExpiresAt, now) }
 
-// daysLeft counts in milliseconds, not in a time.Duration, which ends
-// 292 years out: Graph shows a secret without an end as 9999-12-31.
-func daysLeft(at, now time.Time) int {
+// DaysLeft is the number of days to at from now, rounded up; 0 or less
+// once past. It counts in milliseconds, not in a time.Duration, which
+// ends 292 years out: Graph shows a secret without an end as 9999-12-31.
+func DaysLeft(at, now time.Time) int {
 	days := float64(at.UnixMilli()-now.UnixMilli()) / float64(24*time.Hour/time.Millisecond)
 	if days > 0 {
 		return int(math.Ceil(days))

@@ -75,7 +75,7 @@ func stamp(t time.Time) string {
 // flagged as the relays' expiry monitor and creds check do: rounded up,
 // and ROTATE within 30 days.
 func expires(t, now time.Time) string {
-	days := relay.CredentialExpiry{ExpiresAt: t}.DaysLeft(now)
+	days := relay.DaysLeft(t, now)
 	switch relay.ExpiryLevel(t, now) {
 	case relay.LevelUnknown:
 		return "-"
