@@ -84,12 +84,14 @@ func NewBreakerReporter(set *breaker.Set, q *queue.Queue, o Options) *BreakerRep
 			return ac.Expiry()
 		})
 	}
-	return newBreakerReporter(set, q, o, func(ctx context.Context, cred string) time.Time {
-		if e, ok, err := q.SoonestCredentialExpiry(ctx, cred, time.Now()); err == nil && ok {
+	r := newBreakerReporter(set, q, o, nil)
+	r.expiry = func(ctx context.Context, cred string) time.Time {
+		if e, ok, err := q.SoonestCredentialExpiry(ctx, cred, r.now()); err == nil && ok {
 			return e.ExpiresAt
 		}
 		return exp[cred]
-	})
+	}
+	return r
 }
 
 func newBreakerReporter(set *breaker.Set, q *queue.Queue, o Options, expiry func(context.Context, string) time.Time) *BreakerReporter {
