@@ -361,6 +361,10 @@ func (s *SMTPSender) Send(ctx context.Context, m *queue.Message) (string, error)
 	return s.submit(ctx, c, route, m)
 }
 
+// afterTransaction, set by tests alone, runs between a transaction's end
+// and submit's look at its cancellation.
+var afterTransaction func()
+
 // submit sends the message on c and keeps or discards c after.
 // Cancelling ctx (shutdown, or the message's lease lost) closes the
 // connection: a message not yet ended by its final dot is not sent.
@@ -380,8 +384,13 @@ func (s *SMTPSender) submit(ctx context.Context, c *conn, route Route, m *queue.
 		} else {
 			reply, err = s.transact(ctx, c, m)
 		}
-		if !stop() {
-			// The reply, if one came, stands: the message was accepted.
+		if afterTransaction != nil {
+			afterTransaction()
+		}
+		if !stop() && !answered(err) {
+			// Cut by the cancel. A reply that came stands: an acceptance
+			// here, a refusal (a block of the mailbox among them, which
+			// the fleet must know of) below.
 			s.discard(c)
 			if err == nil {
 				return reply, nil
@@ -408,6 +417,13 @@ func (s *SMTPSender) submit(ctx context.Context, c *conn, route Route, m *queue.
 		s.put(c)
 		return reply, nil
 	}
+}
+
+// answered reports whether err is the server's refusal, a reply that
+// came, rather than a failure to get one.
+func answered(err error) bool {
+	var ue *upstream.Error
+	return errors.As(err, &ue) && ue.Code != 0
 }
 
 // waitRate takes a send from the mailbox's rate, waiting up to MaxWait.

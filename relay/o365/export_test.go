@@ -1,0 +1,10 @@
+package o365
+
+// SetAfterTransaction makes f run after each transaction's last reply
+// (or failure) and before the send looks at its cancellation, until the
+// test ends: a test cancels there to reach a reply that came as the
+// send was cancelled.
+func SetAfterTransaction(t interface{ Cleanup(func()) }, f func()) {
+	afterTransaction = f
+	t.Cleanup(func() { afterTransaction = nil })
+}
