@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"strings"
 	"time"
@@ -238,4 +239,49 @@ func thumbprintHex(v string) string {
 		}
 	}
 	return strings.ToUpper(v)
+}
+
+// Expiry levels: how close a secret or certificate is to its end. The
+// expiry monitor, the command line, the webhook and the status page
+// judge by these alone.
+const (
+	LevelUnknown  = "unknown"  // no source gave a date
+	LevelOK       = "ok"       // more than 30 days left
+	LevelWarning  = "warning"  // 30 days or less
+	LevelCritical = "critical" // 7 days or less
+	LevelExpired  = "expired"  // past the date
+)
+
+// Thresholds of the levels, the same as the alert rules'.
+const (
+	WarnWithin     = 30 * 24 * time.Hour
+	CriticalWithin = 7 * 24 * time.Hour
+)
+
+// ExpiryLevel says how close end is, seen at now: LevelUnknown for a
+// zero end, else LevelOK, LevelWarning, LevelCritical or LevelExpired.
+func ExpiryLevel(end, now time.Time) string {
+	switch left := end.Sub(now); {
+	case end.IsZero():
+		return LevelUnknown
+	case left <= 0:
+		return LevelExpired
+	case left <= CriticalWithin:
+		return LevelCritical
+	case left <= WarnWithin:
+		return LevelWarning
+	}
+	return LevelOK
+}
+
+// DaysLeft is the number of days to end from now, rounded up (2 hours
+// left is 1 day); 0 or less once past. It counts in milliseconds, not in
+// a time.Duration, which ends 292 years out: Graph shows a secret
+// without an end as 9999-12-31.
+func DaysLeft(end, now time.Time) int {
+	days := float64(end.UnixMilli()-now.UnixMilli()) / float64(24*time.Hour/time.Millisecond)
+	if days > 0 {
+		return int(math.Ceil(days))
+	}
+	return int(math.Floor(days))
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"holdfast/auth"
 	"holdfast/breaker"
 	"holdfast/queue"
 )
@@ -136,7 +137,7 @@ func TestBreakerIncident(t *testing.T) {
 		ids[h.ID] = true
 		if h.Type == "credential.expiring" {
 			// Entra said the secret expired: one notice for the fleet.
-			if h.Level == LevelExpired {
+			if h.Level == auth.LevelExpired {
 				expired++
 			}
 			continue

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"math"
 	"net/http"
 	"slices"
 	"sync"
@@ -33,21 +32,6 @@ const (
 // sources are every source, in the order their dates are listed and
 // exported.
 var sources = []string{SourceEntra, SourceConfig, SourceCertificate, SourceGraph}
-
-// Expiry levels: how close a credential is to its expiry.
-const (
-	LevelUnknown  = "unknown"  // no source gave a date
-	LevelOK       = "ok"       // more than 30 days left
-	LevelWarning  = "warning"  // 30 days or less
-	LevelCritical = "critical" // 7 days or less
-	LevelExpired  = "expired"  // past the date
-)
-
-// Thresholds of the levels, the same as the alert rules'.
-const (
-	expiryWarnWithin     = 30 * 24 * time.Hour
-	expiryCriticalWithin = 7 * 24 * time.Hour
-)
 
 // Once a day per credential, the monitor logs a warning and posts
 // credential.expiring. The fleet-wide claim lasts a little less than a
@@ -125,38 +109,11 @@ func (x Expiry) Key() string {
 }
 
 // DaysLeft is the number of days to the date from now, rounded up.
-func (x Expiry) DaysLeft(now time.Time) int { return DaysLeft(x.ExpiresAt, now) }
+func (x Expiry) DaysLeft(now time.Time) int { return auth.DaysLeft(x.ExpiresAt, now) }
 
 // DaysLeft is the number of days to ExpiresAt from now, rounded up (a
 // credential expiring in 2 hours has 1 day left); 0 or less once past.
-func (c CredentialExpiry) DaysLeft(now time.Time) int { return DaysLeft(c.ExpiresAt, now) }
-
-// DaysLeft is the number of days to at from now, rounded up; 0 or less
-// once past. It counts in milliseconds, not in a time.Duration, which
-// ends 292 years out: Graph shows a secret without an end as 9999-12-31.
-func DaysLeft(at, now time.Time) int {
-	days := float64(at.UnixMilli()-now.UnixMilli()) / float64(24*time.Hour/time.Millisecond)
-	if days > 0 {
-		return int(math.Ceil(days))
-	}
-	return int(math.Floor(days))
-}
-
-// ExpiryLevel says how close the end is, seen at now: LevelUnknown for
-// a zero end, else LevelOK, LevelWarning, LevelCritical or LevelExpired.
-func ExpiryLevel(end, now time.Time) string {
-	switch left := end.Sub(now); {
-	case end.IsZero():
-		return LevelUnknown
-	case left <= 0:
-		return LevelExpired
-	case left <= expiryCriticalWithin:
-		return LevelCritical
-	case left <= expiryWarnWithin:
-		return LevelWarning
-	}
-	return LevelOK
-}
+func (c CredentialExpiry) DaysLeft(now time.Time) int { return auth.DaysLeft(c.ExpiresAt, now) }
 
 // noticeClaimer grants a recurring notice to one replica per period
 // (breaker.Notices), and takes back a grant whose notice was not sent.
@@ -293,7 +250,7 @@ func summarise(name string, list []Expiry, now time.Time) *CredentialExpiry {
 			ce.ExpiresAt, ce.Source = e.ExpiresAt, e.Source
 		}
 	}
-	ce.Level = ExpiryLevel(ce.ExpiresAt, now)
+	ce.Level = auth.ExpiryLevel(ce.ExpiresAt, now)
 	return ce
 }
 
@@ -558,7 +515,7 @@ func (m *ExpiryMonitor) notify(ctx context.Context, ce CredentialExpiry, now tim
 		return
 	}
 	switch ce.Level {
-	case LevelWarning, LevelCritical, LevelExpired:
+	case auth.LevelWarning, auth.LevelCritical, auth.LevelExpired:
 	default:
 		return
 	}
@@ -594,7 +551,7 @@ func (m *ExpiryMonitor) notify(ctx context.Context, ce CredentialExpiry, now tim
 	}
 	ev.Message = expiryMessage(ev)
 	level := slog.LevelWarn
-	if ce.Level != LevelWarning {
+	if ce.Level != auth.LevelWarning {
 		level = slog.LevelError
 	}
 	m.cfg.log.Log(ctx, level, ev.Message, "credential", ce.Credential, "expiry_level", ce.Level,
@@ -664,7 +621,7 @@ func (l *eventLine) wait() { l.wg.Wait() }
 // expiryMessage says what is wrong and what to do.
 func expiryMessage(ev ExpiringEvent) string {
 	var msg string
-	if ev.Level == LevelExpired {
+	if ev.Level == auth.LevelExpired {
 		msg = fmt.Sprintf("credential %s expired on %s (from %s)", ev.Credential, ev.ExpiresAt.Format(time.RFC3339), ev.Source)
 	} else {
 		msg = fmt.Sprintf("credential %s expires in %d days, on %s (from %s)", ev.Credential, ev.DaysLeft, ev.ExpiresAt.Format(time.RFC3339), ev.Source)

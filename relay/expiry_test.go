@@ -24,6 +24,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"holdfast/auth"
 	"holdfast/breaker"
 	"holdfast/cmd/o365sim/sim"
 	"holdfast/queue"
@@ -107,7 +108,7 @@ func TestExpiryGraphEndDate(t *testing.T) {
 	// The check at start reads the year-long secret: no warning.
 	waitFor(t, 2*interval, "the first Graph read", func() bool {
 		ce := e.relays[0].Expiry().Expiries()[0]
-		return ce.Source == SourceGraph && ce.Level == LevelOK
+		return ce.Source == SourceGraph && ce.Level == auth.LevelOK
 	})
 
 	end := time.Now().Add(20 * 24 * time.Hour).UTC().Truncate(time.Second)
@@ -137,7 +138,7 @@ func TestExpiryGraphEndDate(t *testing.T) {
 		t.Fatalf("event %v", ev)
 	}
 	ce := e.relays[1].Expiry().Expiries()[0]
-	if ce.ExpiresAt != end || ce.Level != LevelWarning || len(ce.Expiries) != 2 || !ce.Expiries[0].InUse ||
+	if ce.ExpiresAt != end || ce.Level != auth.LevelWarning || len(ce.Expiries) != 2 || !ce.Expiries[0].InUse ||
 		ce.Expiries[0].Hint != simSecret[:3] || ce.Expiries[1].InUse || ce.Expiries[1].Hint != "Xyz" || !ce.Expiries[1].ExpiresAt.Equal(newer) {
 		t.Fatalf("expiries %+v", ce)
 	}
@@ -215,7 +216,7 @@ func TestExpirySources(t *testing.T) {
 		t.Fatal(err)
 	}
 	list := e.relays[0].Expiry().Expiries()
-	if c := list[0]; c.Credential != "contoso" || c.Source != SourceConfig || c.Level != LevelOK ||
+	if c := list[0]; c.Credential != "contoso" || c.Source != SourceConfig || c.Level != auth.LevelOK ||
 		!strings.Contains(c.GraphError, "Authorization_RequestDenied") {
 		t.Fatalf("contoso %+v", c)
 	}
@@ -244,19 +245,19 @@ func TestExpiryLevels(t *testing.T) {
 		level string
 		days  int
 	}{
-		{time.Time{}, LevelUnknown, 0},
-		{now.Add(31 * day), LevelOK, 31},
-		{now.Add(30 * day), LevelWarning, 30},
-		{now.Add(20*day - time.Minute), LevelWarning, 20},
-		{now.Add(7 * day), LevelCritical, 7},
-		{now.Add(2 * time.Hour), LevelCritical, 1},
-		{now, LevelExpired, 0},
-		{now.Add(-36 * time.Hour), LevelExpired, -2},
+		{time.Time{}, auth.LevelUnknown, 0},
+		{now.Add(31 * day), auth.LevelOK, 31},
+		{now.Add(30 * day), auth.LevelWarning, 30},
+		{now.Add(20*day - time.Minute), auth.LevelWarning, 20},
+		{now.Add(7 * day), auth.LevelCritical, 7},
+		{now.Add(2 * time.Hour), auth.LevelCritical, 1},
+		{now, auth.LevelExpired, 0},
+		{now.Add(-36 * time.Hour), auth.LevelExpired, -2},
 		// Graph's date for a secret without an end, past a time.Duration.
-		{time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC), LevelOK, 2912109},
+		{time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC), auth.LevelOK, 2912109},
 	} {
 		ce := CredentialExpiry{ExpiresAt: tc.end}
-		if got := ExpiryLevel(tc.end, now); got != tc.level {
+		if got := auth.ExpiryLevel(tc.end, now); got != tc.level {
 			t.Errorf("%s: level %s, want %s", tc.end, got, tc.level)
 		}
 		if !tc.end.IsZero() && ce.DaysLeft(now) != tc.days {
@@ -434,10 +435,10 @@ func TestExpiryNotifyLevels(t *testing.T) {
 	for _, ev := range events.got {
 		byName[ev.Credential] = ev
 	}
-	if ev := byName["soon"]; ev.Level != LevelCritical || ev.DaysLeft != 5 || ev.Source != SourceConfig || ev.ID != "credential.expiring:soon:critical:2026-12-01" {
+	if ev := byName["soon"]; ev.Level != auth.LevelCritical || ev.DaysLeft != 5 || ev.Source != SourceConfig || ev.ID != "credential.expiring:soon:critical:2026-12-01" {
 		t.Fatalf("soon: %+v", ev)
 	}
-	if ev := byName["gone"]; ev.Level != LevelExpired || ev.DaysLeft != -2 || !strings.Contains(ev.Message, "credential gone expired on 2026-11-30T00:00:00Z") {
+	if ev := byName["gone"]; ev.Level != auth.LevelExpired || ev.DaysLeft != -2 || !strings.Contains(ev.Message, "credential gone expired on 2026-11-30T00:00:00Z") {
 		t.Fatalf("gone: %+v", ev)
 	}
 	out := logs.String()
@@ -509,7 +510,7 @@ func TestSecretsOrderedByGraphSharedHint(t *testing.T) {
 			t.Errorf("the expired secret sharing the hint is marked in use: %+v", x)
 		}
 	}
-	if ce.Level == LevelExpired {
+	if ce.Level == auth.LevelExpired {
 		t.Errorf("the credential is reported expired: %+v", ce)
 	}
 }
@@ -534,7 +535,7 @@ func TestExpiryEntraSaysExpired(t *testing.T) {
 	e := newExchangeEnv(t, 1, nil)
 	mon := e.relays[0].Expiry()
 	waitFor(t, 5*time.Second, "the check at start", func() bool { return mon.Expiries()[0].Source == SourceGraph })
-	if ce := mon.Expiries()[0]; ce.Level != LevelOK {
+	if ce := mon.Expiries()[0]; ce.Level != auth.LevelOK {
 		t.Fatalf("at start: %+v", ce)
 	}
 
@@ -542,7 +543,7 @@ func TestExpiryEntraSaysExpired(t *testing.T) {
 	e.relays[0].exchange.creds["contoso"].Invalidate()
 	id := e.submit(t, 0, "billing@contoso.com", "a@example.org", exchangeMessage(1, "billing@contoso.com"))
 	waitFor(t, 10*time.Second, "the message held", func() bool { return e.get(t, id).State == queue.Held })
-	waitFor(t, 5*time.Second, "the monitor told by Entra", func() bool { return mon.Expiries()[0].Level == LevelExpired })
+	waitFor(t, 5*time.Second, "the monitor told by Entra", func() bool { return mon.Expiries()[0].Level == auth.LevelExpired })
 	ce := mon.Expiries()[0]
 	if ce.Source != SourceEntra || ce.ExpiresAt.After(time.Now()) || time.Since(ce.ExpiresAt) > 15*time.Second {
 		t.Errorf("after AADSTS7000222: source %q, expires_at %v; want %q and about now", ce.Source, ce.ExpiresAt, SourceEntra)
@@ -562,7 +563,7 @@ func TestExpiryEntraSaysExpired(t *testing.T) {
 	waitFor(t, 15*time.Second, "the rotated secret delivering", func() bool { return e.get(t, id).State == queue.Delivered })
 	waitFor(t, 10*time.Second, "the monitor past the rotation", func() bool {
 		ce := mon.Expiries()[0]
-		return ce.Level == LevelOK && ce.Source == SourceGraph
+		return ce.Level == auth.LevelOK && ce.Source == SourceGraph
 	})
 }
 
@@ -609,13 +610,13 @@ func TestExpiryFallbackSecretNotExpired(t *testing.T) {
 		t.Errorf("secret in use %q after the fallback, want the second", hint)
 	}
 	time.Sleep(time.Second) // room for a wrong notice to show
-	if ce := mon.Expiries()[0]; ce.Level == LevelExpired {
+	if ce := mon.Expiries()[0]; ce.Level == auth.LevelExpired {
 		t.Errorf("the credential is reported expired while its second secret works: %+v", ce)
 	}
 	mu.Lock()
 	defer mu.Unlock()
 	for _, ev := range notices {
-		if ev.Level == LevelExpired {
+		if ev.Level == auth.LevelExpired {
 			t.Errorf("an expired notice went out while the second secret works: %+v", ev)
 		}
 	}
@@ -646,7 +647,7 @@ func TestExpiryEntraFleetWide(t *testing.T) {
 	for i, r := range e.relays {
 		waitFor(t, 5*time.Second, fmt.Sprintf("relay %d saying expired", i), func() bool {
 			ce := r.Expiry().Expiries()[0]
-			return ce.Level == LevelExpired && ce.Source == SourceEntra
+			return ce.Level == auth.LevelExpired && ce.Source == SourceEntra
 		})
 	}
 	if n := e.sim.Counters().Clients[simClientID].TokenRequests - before; n != 0 {

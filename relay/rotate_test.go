@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"holdfast/auth"
 	"holdfast/breaker"
 	"holdfast/cmd/o365sim/sim"
 	"holdfast/queue"
@@ -175,7 +176,7 @@ func TestRotateWhileRefusedAsExpired(t *testing.T) {
 	id := e.submit(t, 0, "billing@contoso.com", "x@example.org", exchangeMessage(1, "billing@contoso.com"))
 	waitFor(t, 10*time.Second, "a message delivered with the new secret", func() bool { return e.get(t, id).State == queue.Delivered })
 	for _, ce := range r.Expiry().Expiries() {
-		if ce.Level == LevelExpired {
+		if ce.Level == auth.LevelExpired {
 			t.Errorf("credential reported expired after the rotation: %+v", ce)
 		}
 	}

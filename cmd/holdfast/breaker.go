@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"holdfast/auth"
 	"holdfast/breaker"
 	"holdfast/queue"
 	"holdfast/relay"
@@ -75,13 +76,13 @@ func stamp(t time.Time) string {
 // flagged as the relays' expiry monitor and creds check do: rounded up,
 // and ROTATE within 30 days.
 func expires(t, now time.Time) string {
-	days := relay.DaysLeft(t, now)
-	switch relay.ExpiryLevel(t, now) {
-	case relay.LevelUnknown:
+	days := auth.DaysLeft(t, now)
+	switch auth.ExpiryLevel(t, now) {
+	case auth.LevelUnknown:
 		return "-"
-	case relay.LevelExpired:
+	case auth.LevelExpired:
 		return t.UTC().Format(time.DateOnly) + " (EXPIRED)"
-	case relay.LevelWarning, relay.LevelCritical:
+	case auth.LevelWarning, auth.LevelCritical:
 		return fmt.Sprintf("%s (%dd, ROTATE)", t.UTC().Format(time.DateOnly), days)
 	}
 	return fmt.Sprintf("%s (%dd)", t.UTC().Format(time.DateOnly), days)

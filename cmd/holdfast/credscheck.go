@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"holdfast/auth"
 	"holdfast/relay"
 )
 
@@ -53,7 +54,7 @@ func credsCheck(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 		switch {
 		case c.TokenError != "":
 			failed = append(failed, c.Credential+": the live token request failed")
-		case c.Level == relay.LevelExpired:
+		case c.Level == auth.LevelExpired:
 			failed = append(failed, c.Credential+": expired")
 		case !c.ExpiresAt.IsZero() && c.ExpiresAt.Sub(now) <= within:
 			failed = append(failed, fmt.Sprintf("%s: expires within %s", c.Credential, *withinFlag))

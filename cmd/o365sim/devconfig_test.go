@@ -14,6 +14,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"holdfast/auth"
 	"holdfast/cmd/o365sim/sim"
 	"holdfast/queue"
 	"holdfast/queue/redistest"
@@ -168,7 +169,7 @@ func checkDevExpiry(t *testing.T, m *relay.ExpiryMonitor, first, last time.Time)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if ce.Source != relay.SourceGraph || ce.Level != relay.LevelOK || ce.ExpiresAt.Before(first) || ce.ExpiresAt.After(last) {
+	if ce.Source != relay.SourceGraph || ce.Level != auth.LevelOK || ce.ExpiresAt.Before(first) || ce.ExpiresAt.After(last) {
 		t.Errorf("the dev credential's expiry: %s from %q, level %s (Graph error %q); want from Graph, level ok, from %s to %s",
 			ce.ExpiresAt.Format(time.RFC3339), ce.Source, ce.Level, ce.GraphError, first.Format(time.RFC3339), last.Format(time.RFC3339))
 	}
