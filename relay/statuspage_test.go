@@ -14,6 +14,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"holdfast/auth"
 	"holdfast/queue"
 	"holdfast/relay/ops"
 )
@@ -72,10 +73,11 @@ func readStatus(base string) (ops.Status, error) {
 // TestStatusPageInChromium loads the status page of a live relay in real
 // headless Chromium: the credential's secret has expired at Entra
 // (AADSTS7000222), so its breaker is open and mail is held, and the
-// configured expires_at is 12 days away. It checks what a person sees and
+// configured expires_at is 2 hours short of 12 days away, which shows as
+// 12 days, rounded up as the command line counts. It checks what a person sees and
 // leaves screenshots (desktop and phone) as test artefacts.
 func TestStatusPageInChromium(t *testing.T) {
-	expires := time.Now().Add(12*24*time.Hour + 2*time.Hour).UTC()
+	expires := time.Now().Add(12*24*time.Hour - 2*time.Hour).UTC()
 	e := newExchangeEnv(t, 1, func(o *Options) {
 		o.Ops.minuteFlush = Duration(200 * time.Millisecond)
 		o.Credentials[0].ExpiresAt = expires.Format(time.RFC3339)
@@ -183,7 +185,7 @@ func TestStatusPageInChromium(t *testing.T) {
 		t.Errorf("the expired row is amber (%s), not red", red)
 	}
 	after, err := readStatus(base)
-	if err != nil || len(after.Expiries) != 1 || after.Expiries[0].Level != LevelExpired || after.Expiries[0].Source != SourceEntra {
+	if err != nil || len(after.Expiries) != 1 || after.Expiries[0].Level != auth.LevelExpired || after.Expiries[0].Source != SourceEntra {
 		t.Errorf("status.json credential_expiry %+v (%v); want level expired, source entra", after.Expiries, err)
 	}
 	if bars < 1 || lines != 1 {

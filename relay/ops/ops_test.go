@@ -75,7 +75,8 @@ func TestReadyz(t *testing.T) {
 	}
 }
 
-// TestExpiryLevels: amber under 30 days, red under 7 and once expired.
+// TestExpiryLevels: amber at 30 days or less, red at 7 or less and once
+// expired; days rounded up, as the command line and the webhook count.
 func TestExpiryLevels(t *testing.T) {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	day := 24 * time.Hour
@@ -87,6 +88,7 @@ func TestExpiryLevels(t *testing.T) {
 				{Key: "secret Old…", At: now.Add(2 * day), Source: "config"},
 			}},
 			{Credential: "soon", At: now.Add(29*day + time.Hour), Source: "graph"},
+			{Credential: "edge", At: now.Add(30 * day), Source: "graph"},
 			{Credential: "close", At: now.Add(6*day + time.Hour), Source: "certificate"},
 			{Credential: "gone", At: now.Add(-2*day - time.Hour), Source: "config"},
 			{Credential: "unknown"},
@@ -97,10 +99,12 @@ func TestExpiryLevels(t *testing.T) {
       <td>far</td>`,
 		`<tr class="level-warn">
       <td>soon</td>`,
-		`<td class="days nowrap">29 days</td>`,
+		`<td class="days nowrap">30 days</td>`,
+		`<tr class="level-warn">
+      <td>edge</td>`,
 		`<tr class="level-crit">
       <td>close</td>`,
-		`<td class="days nowrap">6 days</td>`,
+		`<td class="days nowrap">7 days</td>`,
 		`<tr class="level-crit">
       <td>gone</td>`,
 		`<td class="days nowrap">expired 2 days ago</td>`,
@@ -175,13 +179,14 @@ func TestLatencyJSON(t *testing.T) {
 }
 
 // TestDaysLeftFarOff: Graph shows a secret without an end as 9999-12-31,
-// past the 292 years a time.Duration holds; it read 106751 days.
+// past the 292 years a time.Duration holds; it read 106751 days. Days are
+// rounded up, as the command line counts them.
 func TestDaysLeftFarOff(t *testing.T) {
 	now := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
-	if got := daysLeft(time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC), now); got != "2912107 days" {
+	if got := daysLeft(time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC), now); got != "2912108 days" {
 		t.Errorf("days left to 9999-12-31: %q", got)
 	}
-	if got := daysLeft(now.Add(36*time.Hour), now); got != "1 day" {
+	if got := daysLeft(now.Add(36*time.Hour), now); got != "2 days" {
 		t.Errorf("days left in 36 hours: %q", got)
 	}
 	if got := daysLeft(now.Add(-time.Hour), now); got != "expired today" {

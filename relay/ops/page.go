@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"holdfast/auth"
 )
 
 //go:embed page.html
@@ -43,7 +45,7 @@ type pageData struct {
 type expiryRow struct {
 	Expiry
 	Days  string
-	Level string // "ok", "warn" (under 30 days) or "crit" (under 7 days or past)
+	Level string // "ok", "warn" (30 days or less), "crit" (7 days or less, or past) or "unknown"
 }
 
 func (p *pageRenderer) render(w http.ResponseWriter, st Status, err error, refresh time.Duration) {
@@ -71,40 +73,37 @@ func (p *pageRenderer) render(w http.ResponseWriter, st Status, err error, refre
 	_, _ = w.Write(buf.Bytes())
 }
 
-// Expiry levels: amber under 30 days, red under 7 days.
-const (
-	warnWithin = 30 * 24 * time.Hour
-	critWithin = 7 * 24 * time.Hour
-)
-
+// expiryLevel is the class of a row: auth.ExpiryLevel's, with a date
+// past the end shown as a critical one.
 func expiryLevel(at, now time.Time) string {
-	switch left := at.Sub(now); {
-	case at.IsZero():
+	switch auth.ExpiryLevel(at, now) {
+	case auth.LevelUnknown:
 		return "unknown"
-	case left < critWithin:
+	case auth.LevelCritical, auth.LevelExpired:
 		return "crit"
-	case left < warnWithin:
+	case auth.LevelWarning:
 		return "warn"
 	}
 	return "ok"
 }
 
-// daysLeft says how many whole days are left before at.
+// daysLeft says how many days are left before at, rounded up as the
+// command line and the webhook count them (auth.DaysLeft), or how long
+// ago it passed.
 func daysLeft(at, now time.Time) string {
 	if at.IsZero() {
 		return "unknown"
 	}
-	// In milliseconds: a time.Duration ends 292 years out, and Graph
-	// shows a secret without an end as 9999-12-31.
-	left := at.UnixMilli() - now.UnixMilli()
-	day := int64(24 * time.Hour / time.Millisecond)
-	switch {
-	case left <= 0 && -left < day:
-		return "expired today"
-	case left <= 0:
-		return "expired " + plural(int(-left/day), "day") + " ago"
+	if n := auth.DaysLeft(at, now); n > 0 {
+		return plural(n, "day")
 	}
-	return plural(int(left/day), "day")
+	// In milliseconds, as auth.DaysLeft counts.
+	past := now.UnixMilli() - at.UnixMilli()
+	day := int64(24 * time.Hour / time.Millisecond)
+	if past < day {
+		return "expired today"
+	}
+	return "expired " + plural(int(past/day), "day") + " ago"
 }
 
 func plural(n int, unit string) string {
