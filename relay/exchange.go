@@ -462,7 +462,14 @@ func (x *exchange) Reserve(ctx context.Context, route string, n int) ([]reservat
 		return nil, wait, nil
 	}
 	holds := holdsSMTP
-	if x.endpoints.graphOnly(delegated, cred) {
+	if x.credFallback[cred] && !delegated {
+		// Whether the route goes by Graph now is the fleet's decision,
+		// read at most every fallbackRead.
+		x.fallbacks.refresh(ctx)
+	}
+	if x.routeByGraph(route) {
+		// Graph's 429 of the mailbox holds its mail, whether the route
+		// goes by Graph alone or as fallback: graph decided.
 		if wait := x.throttled.wait(mailbox); wait > 0 {
 			return nil, wait, nil
 		}

@@ -48,11 +48,6 @@ func (r routeEndpoints) of(delegated bool, cred string) []string {
 	return eps
 }
 
-// graphOnly reports whether every message of a route goes by Graph.
-func (r routeEndpoints) graphOnly(delegated bool, cred string) bool {
-	return slices.Equal(r.of(delegated, cred), []string{destination.Graph})
-}
-
 // room says how many messages of a route may be leased now by its
 // endpoints' dead-destination breakers (-1 for no limit), and, with none,
 // how long until that may change. Every route needs the token endpoint.

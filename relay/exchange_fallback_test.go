@@ -130,3 +130,50 @@ func TestGraphFallbackNeedsMailSend(t *testing.T) {
 		t.Error("no log line says the app lacks Mail.Send")
 	}
 }
+
+// TestGraphThrottleHoldsFallbackMailbox: a route that fallback: graph
+// sends by Graph is held on Graph's 429 as a route that goes by Graph
+// alone: the mailbox's other mail waits for the Retry-After on every
+// relay, those started meanwhile included, instead of each message
+// drawing a 429 of its own. The wait spends nothing, and the mail goes
+// out once it ends.
+func TestGraphThrottleHoldsFallbackMailbox(t *testing.T) {
+	const throttle = 6 * time.Second
+	const from = "billing@contoso.com"
+	e := newExchangeEnv(t, 1, func(o *Options) {
+		for i := range o.Apps {
+			o.Apps[i].Fallback = "graph"
+		}
+	})
+	e.sim.DisableSMTPAuth(from, true)
+	first := e.submit(t, 0, from, "x@example.org", exchangeMessage(0, from))
+	waitFor(t, 15*time.Second, "the first message delivered by Graph", func() bool { return e.allDelivered(t, []string{first}) })
+
+	e.sim.SetFault(sim.Fault{GraphThrottle: throttle, GraphThrottleMailbox: from})
+	busy := []string{e.submit(t, 0, from, "r1@example.org", exchangeMessage(1, from))}
+	waitFor(t, 5*time.Second, "the second message throttled", func() bool { return strings.Contains(e.get(t, busy[0]).LastError, "429") })
+	throttledAt := time.Now()
+	// Relays started after the fallback and the 429 learn both from Redis.
+	e.addRelay(t)
+	last := e.addRelay(t)
+	for n := 2; n < 8; n++ {
+		busy = append(busy, e.submit(t, n%(last+1), from, fmt.Sprintf("r%d@example.org", n), exchangeMessage(n, from)))
+	}
+	// Each relay polls every 50 ms and looks at once after an enqueue.
+	time.Sleep(2 * time.Second)
+	if n := e.sim.Counters().Clients[simClientID].GraphThrottledByFault; n != 1 {
+		t.Errorf("%d sends throttled, want only the first: the mailbox's other mail waited on every relay", n)
+	}
+	e.assertHeldUnspent(t, busy[1:], "")
+
+	e.sim.SetFault(sim.Fault{})
+	waitFor(t, throttle+5*time.Second, "the mailbox's mail delivered after its Retry-After", func() bool { return e.allDelivered(t, busy) })
+	if took := time.Since(throttledAt); took < throttle-time.Second {
+		t.Errorf("the mail was delivered %v after the 429, within its Retry-After of %v", took, throttle)
+	}
+	for _, r := range e.sim.Received() {
+		if r.Mailbox == from && r.Via != "graph" {
+			t.Errorf("%s sent by %s, want graph", r.MessageID, r.Via)
+		}
+	}
+}
