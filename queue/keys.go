@@ -40,7 +40,8 @@ import (
 //	hf:auth:user:HASH        string  failed authentications for an SMTP user name (hex of 16 bytes of its SHA-256) in the current window
 //	hf:{lim:MAILBOX}:conns   zset    connection token -> expiry (unix ms): a mailbox's connection slots
 //	hf:{lim:MAILBOX}:sends   zset    send token -> send time (unix ms): a mailbox's sends in the rate window
-//	hf:{lim:MAILBOX}:waits   hash    wait kind -> until when the upstream asked the fleet to leave the mailbox alone (unix ms); see HoldMailbox
+//	hf:{lim:MAILBOX}:waits   hash    wait kind -> until when the upstream asked the fleet to leave the mailbox alone (unix ms); see HoldMailbox,
+//	                                 and EndMailboxWaits, which removes it
 //
 // The due-route index (see due.go) lives on its own hash tag:
 //

@@ -38,7 +38,9 @@ return 1
 //
 // KEYS[1] sends, KEYS[2] waits. ARGV[1] now, ARGV[2] limit, ARGV[3]
 // window in ms, ARGV[4] token, ARGV[5...] the kinds of wait that hold
-// this send. Returns 0 when the send was recorded, else the wait in ms.
+// this send. Returns 0 when the send was recorded, the wait in ms when
+// the rate is spent, or minus the wait in ms when a wait of the mailbox
+// holds the send.
 var rateScript = drainScript(`
 local now = tonumber(ARGV[1])
 local held = 0
@@ -46,7 +48,7 @@ for i = 5, #ARGV do
   local untilMs = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0')
   if untilMs > now then held = math.max(held, untilMs - now) end
 end
-if held > 0 then return held end
+if held > 0 then return -held end
 local window = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
@@ -76,11 +78,23 @@ if prev > now then return 0 end
 return 1
 `)
 
+// endWaitsScript removes every wait of a mailbox at once.
+//
+// KEYS[1] waits. Returns the waits removed, as HGETALL gives them.
+var endWaitsScript = drainScript(`
+local waits = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return waits
+`)
+
 // Limiter enforces per-mailbox connection and send-rate limits across
 // replicas.
 type Limiter struct {
 	rdb redis.UniversalClient
 	now func() time.Time
+	// recheck, when above 0, bounds the wait ReserveSend returns for a
+	// mailbox's wait (see WithWaitRecheck).
+	recheck time.Duration
 }
 
 // NewLimiter returns a limiter stored in rdb. now is the clock; nil means
@@ -90,6 +104,17 @@ func NewLimiter(rdb redis.UniversalClient, now func() time.Time) *Limiter {
 		now = time.Now
 	}
 	return &Limiter{rdb: rdb, now: now}
+}
+
+// WithWaitRecheck returns a copy of l whose ReserveSend answers a send
+// held by a wait of the mailbox (HoldMailbox) with at most d, not the
+// rest of the wait: its caller asks again within d, and so finds a wait
+// that EndMailboxWaits ended early. A wait of the send rate is answered
+// whole.
+func (l *Limiter) WithWaitRecheck(d time.Duration) *Limiter {
+	c := *l
+	c.recheck = d
+	return &c
 }
 
 // Slot is a held connection slot.
@@ -214,16 +239,54 @@ func (l *Limiter) MailboxWaits(ctx context.Context, mailboxes []string) ([]Mailb
 			out = append(out, MailboxWait{Mailbox: mailboxes[i], Kind: kind, Until: time.UnixMilli(ms)})
 		}
 	}
-	slices.SortFunc(out, func(a, b MailboxWait) int {
+	sortWaits(out)
+	return out, nil
+}
+
+func sortWaits(waits []MailboxWait) {
+	slices.SortFunc(waits, func(a, b MailboxWait) int {
 		return cmp.Or(cmp.Compare(a.Mailbox, b.Mailbox), cmp.Compare(a.Kind, b.Kind))
 	})
+}
+
+// EndMailboxWaits ends every wait of the mailboxes now, for the whole
+// fleet, as an operator does once the cause is dealt with (Exchange
+// released the mailbox, or raised its quota): ReserveSend no longer
+// holds their sends, and a limiter of WithWaitRecheck tells its caller
+// within its recheck. It returns the waits it ended that had not ended
+// yet, by mailbox and kind.
+func (l *Limiter) EndMailboxWaits(ctx context.Context, mailboxes []string) ([]MailboxWait, error) {
+	waiting, err := l.MailboxWaits(ctx, mailboxes)
+	if err != nil {
+		return nil, err
+	}
+	var out []MailboxWait
+	for i, w := range waiting {
+		if i > 0 && waiting[i-1].Mailbox == w.Mailbox {
+			continue
+		}
+		kv, err := endWaitsScript.Run(ctx, l.rdb, []string{mailboxWaitsKey(w.Mailbox)}).StringSlice()
+		if err != nil {
+			return out, fmt.Errorf("end the waits of %s: %w", w.Mailbox, err)
+		}
+		now := l.now()
+		for j := 0; j+1 < len(kv); j += 2 {
+			ms, err := strconv.ParseInt(kv[j+1], 10, 64)
+			if err != nil || !time.UnixMilli(ms).After(now) {
+				continue
+			}
+			out = append(out, MailboxWait{Mailbox: w.Mailbox, Kind: kv[j], Until: time.UnixMilli(ms)})
+		}
+	}
+	sortWaits(out)
 	return out, nil
 }
 
 // ReserveSend is TakeSend that also returns the recorded send's token,
 // with which ReturnSend gives it back when the send does not happen.
 // While the mailbox waits for one of the kinds in holds (HoldMailbox),
-// it records nothing and returns the rest of the longest such wait.
+// it records nothing and returns the rest of the longest such wait, or
+// the limiter's recheck when that is shorter (WithWaitRecheck).
 func (l *Limiter) ReserveSend(ctx context.Context, mailbox string, limit int, window time.Duration, holds ...string) (string, time.Duration, error) {
 	_, sends := limitKeys(mailbox)
 	token := newToken()
@@ -235,7 +298,12 @@ func (l *Limiter) ReserveSend(ctx context.Context, mailbox string, limit int, wi
 	if err != nil {
 		return "", 0, fmt.Errorf("send rate of %s: %w", mailbox, err)
 	}
-	if ms > 0 {
+	switch {
+	case ms < 0 && l.recheck > 0:
+		return "", min(time.Duration(-ms)*time.Millisecond, l.recheck), nil
+	case ms < 0:
+		return "", time.Duration(-ms) * time.Millisecond, nil
+	case ms > 0:
 		return "", time.Duration(ms) * time.Millisecond, nil
 	}
 	return token, 0, nil

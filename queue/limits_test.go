@@ -189,3 +189,86 @@ func TestHoldMailbox(t *testing.T) {
 		t.Errorf("a wait of 0 = %v, %v; want nothing recorded", first, err)
 	}
 }
+
+// TestEndMailboxWaits: an operator's end of a mailbox's waits removes
+// every kind of them at once, returns those that had not ended, and
+// leaves other mailboxes waiting; the mailbox's sends go on.
+func TestEndMailboxWaits(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	clk := newClock()
+	l := queue.NewLimiter(rdb, clk.Now)
+	ctx := context.Background()
+	const box, other, idle = "alice@contoso.com", "bob@contoso.com", "carol@contoso.com"
+	for _, h := range []struct {
+		mailbox, kind string
+		d             time.Duration
+	}{{box, "blocked", 30 * time.Minute}, {box, "graph", 10 * time.Second}, {box, "old", time.Second}, {other, "blocked", time.Hour}} {
+		if _, err := l.HoldMailbox(ctx, h.mailbox, h.kind, h.d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clk.Add(2 * time.Second) // the "old" wait ends
+
+	ended, err := l.EndMailboxWaits(ctx, []string{box, idle})
+	want := []queue.MailboxWait{
+		{Mailbox: box, Kind: "blocked", Until: clk.Now().Add(30*time.Minute - 2*time.Second)},
+		{Mailbox: box, Kind: "graph", Until: clk.Now().Add(8 * time.Second)},
+	}
+	if err != nil || len(ended) != len(want) {
+		t.Fatalf("EndMailboxWaits = %+v, %v; want %+v", ended, err, want)
+	}
+	for i := range want {
+		if ended[i].Mailbox != want[i].Mailbox || ended[i].Kind != want[i].Kind || !ended[i].Until.Equal(want[i].Until) {
+			t.Fatalf("EndMailboxWaits = %+v; want %+v", ended, want)
+		}
+	}
+	if n := rdb.Exists(ctx, "hf:{lim:"+box+"}:waits").Val(); n != 0 {
+		t.Error("the ended mailbox's waits key is still there")
+	}
+	if waits, err := l.MailboxWaits(ctx, []string{box, other}); err != nil || len(waits) != 1 || waits[0].Mailbox != other {
+		t.Fatalf("MailboxWaits after the end = %+v, %v; want bob's alone", waits, err)
+	}
+	if token, wait, err := l.ReserveSend(ctx, box, 30, time.Minute, "blocked", "graph"); err != nil || token == "" || wait != 0 {
+		t.Fatalf("ReserveSend after the end = %q, %v, %v; want sent", token, wait, err)
+	}
+	if ended, err := l.EndMailboxWaits(ctx, []string{box}); err != nil || len(ended) != 0 {
+		t.Fatalf("a second end = %+v, %v; want nothing ended", ended, err)
+	}
+	if ended, err := l.EndMailboxWaits(ctx, nil); err != nil || len(ended) != 0 {
+		t.Fatalf("an end of no mailbox = %+v, %v", ended, err)
+	}
+}
+
+// TestWaitRecheck: a limiter that rechecks the waits answers a send held
+// by a mailbox's wait with at most the recheck, so that its caller asks
+// again and finds a wait an operator ended; a shorter wait is answered
+// whole, and a wait of the send rate is not cut.
+func TestWaitRecheck(t *testing.T) {
+	srv := redistest.Start(t)
+	clk := newClock()
+	l := queue.NewLimiter(srv.Client(t), clk.Now).WithWaitRecheck(2 * time.Second)
+	ctx := context.Background()
+	const box = "alice@contoso.com"
+	if _, err := l.HoldMailbox(ctx, box, "blocked", 30*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if token, wait, err := l.ReserveSend(ctx, box, 30, time.Minute, "blocked"); err != nil || token != "" || wait != 2*time.Second {
+		t.Fatalf("ReserveSend of a blocked mailbox = %q, %v, %v; want the 2s recheck", token, wait, err)
+	}
+	if _, err := l.HoldMailbox(ctx, box, "graph", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, wait, err := l.ReserveSend(ctx, box, 30, time.Minute, "graph"); err != nil || wait != time.Second {
+		t.Fatalf("a wait shorter than the recheck = %v, %v; want it whole, 1s", wait, err)
+	}
+	if ended, err := l.EndMailboxWaits(ctx, []string{box}); err != nil || len(ended) != 2 {
+		t.Fatalf("EndMailboxWaits = %+v, %v", ended, err)
+	}
+	if token, wait, err := l.ReserveSend(ctx, box, 1, time.Minute, "blocked"); err != nil || token == "" || wait != 0 {
+		t.Fatalf("ReserveSend after the end = %q, %v, %v; want sent", token, wait, err)
+	}
+	if _, wait, err := l.ReserveSend(ctx, box, 1, time.Minute, "blocked"); err != nil || wait != time.Minute {
+		t.Fatalf("a send past the rate = %v, %v; want the rate's wait, 1m, not the recheck", wait, err)
+	}
+}
