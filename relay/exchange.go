@@ -114,6 +114,11 @@ type mailboxHolder interface {
 	HoldMailbox(ctx context.Context, mailbox, kind string, d time.Duration) (bool, error)
 }
 
+// waitRecheck is how often a relay asks the fleet's record again while it
+// holds a mailbox's sends (queue.Limiter.WithWaitRecheck): a wait that an
+// operator ended early ends on every relay within it.
+const waitRecheck = 2 * time.Second
+
 // The kinds of wait that hold a route's sends (exchange.Reserve): the
 // mailbox blocked, and Graph's throttling of the mailbox when the route
 // goes by Graph alone.
@@ -130,7 +135,7 @@ func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx
 	}
 	httpClient := auth.NewHTTPClient(tlsConfig)
 	xlog := log.With("component", "exchange")
-	limits := queue.NewLimiter(rdb, nil)
+	limits := queue.NewLimiter(rdb, nil).WithWaitRecheck(waitRecheck)
 	x := &exchange{
 		via:        map[string]string{},
 		creds:      map[string]*auth.Credential{},
@@ -504,12 +509,16 @@ func (x *exchange) holdMailbox(ctx context.Context, t *mailboxWaits, mailbox str
 	if d <= 0 {
 		return
 	}
-	if t.hold(mailbox, d) {
+	end := time.Now().Add(d)
+	if t.hold(mailbox, end) {
 		x.log.Info(why, "mailbox", mailbox, "for", d)
 	}
 	if _, err := x.fleetWaits.HoldMailbox(context.WithoutCancel(ctx), mailbox, t.kind, d); err != nil {
-		x.log.Warn("cannot record the mailbox's wait for the other relays; they may try it meanwhile", "mailbox", mailbox, "for", d, "err", err)
+		x.log.Warn("cannot record the mailbox's wait for the other relays; they may try it meanwhile, and this relay waits on its own",
+			"mailbox", mailbox, "for", d, "err", err)
+		return
 	}
+	t.recorded(mailbox, end)
 }
 
 // smtpEndpoint is the SMTP endpoint's dead-destination breaker.

@@ -25,27 +25,43 @@ const (
 // mailbox's wait holds back that mailbox's mail, not an endpoint and
 // every other mailbox with it. The exchange sender records each wait for
 // the fleet too, under kind, so that the other replicas, and those
-// started meanwhile, leave the mailbox alone as well (exchange.Reserve);
-// this replica's own record spares it the round trip, and holds when
-// Redis did not take the fleet's.
+// started meanwhile, leave the mailbox alone as well (exchange.Reserve).
+//
+// This replica's own record holds only where the fleet's does not: until
+// Redis took the fleet's record, or for good when it did not. Past that,
+// the fleet's record decides, as it does for every other replica, so
+// that an operator's end of the wait (holdfast queue flush --end-waits)
+// ends it here too.
 type mailboxWaits struct {
-	kind string
-	set  expiries // lower-cased mailbox: until when it is left alone
+	kind  string
+	set   expiries // lower-cased mailbox: until when it is left alone
+	fleet expiries // lower-cased mailbox: until when the fleet's record covers the wait
 }
 
-// hold leaves mailbox alone for d from now. It reports whether the
-// mailbox was not held already.
-func (t *mailboxWaits) hold(mailbox string, d time.Duration) bool {
-	if d <= 0 {
+// hold leaves mailbox alone until end. It reports whether the mailbox was
+// not held already.
+func (t *mailboxWaits) hold(mailbox string, end time.Time) bool {
+	now := time.Now()
+	if !end.After(now) {
 		return false
 	}
-	now := time.Now()
-	return t.set.extend(strings.ToLower(mailbox), now.Add(d), now)
+	return t.set.extend(strings.ToLower(mailbox), end, now)
 }
 
-// wait is how long mailbox is still left alone, or 0.
+// recorded notes that the fleet's record of the mailbox's wait lasts at
+// least until end: this replica's record gives way to it until then.
+func (t *mailboxWaits) recorded(mailbox string, end time.Time) {
+	t.fleet.extend(strings.ToLower(mailbox), end, time.Now())
+}
+
+// wait is how long this replica still leaves mailbox alone on its own
+// record, or 0: the wait has ended, or the fleet's record covers it.
 func (t *mailboxWaits) wait(mailbox string) time.Duration {
-	return t.set.left(strings.ToLower(mailbox), time.Now())
+	key, now := strings.ToLower(mailbox), time.Now()
+	if own := t.set.left(key, now); own > t.fleet.left(key, now) {
+		return own
+	}
+	return 0
 }
 
 // MailboxWait is a wait the upstream asked of a mailbox, as the fleet
@@ -62,18 +78,44 @@ var waitReasons = map[string]string{
 // MailboxWaits returns the waits not yet ended of the mailboxes of
 // routes, as "holdfast queue stats" shows them. now is the clock.
 func MailboxWaits(ctx context.Context, rdb redis.UniversalClient, routes []string, now func() time.Time) ([]MailboxWait, error) {
+	waits, err := queue.NewLimiter(rdb, now).MailboxWaits(ctx, routeMailboxes(routes))
+	if err != nil {
+		return nil, err
+	}
+	return describeWaits(waits), nil
+}
+
+// EndMailboxWaits ends the waits of the mailboxes of routes at once, as
+// "holdfast queue flush --end-waits" does, and returns those it ended
+// that had not ended yet. Every running relay sends the mailboxes' mail
+// again within waitRecheck. now is the clock.
+func EndMailboxWaits(ctx context.Context, rdb redis.UniversalClient, routes []string, now func() time.Time) ([]MailboxWait, error) {
+	waits, err := queue.NewLimiter(rdb, now).EndMailboxWaits(ctx, routeMailboxes(routes))
+	return describeWaits(waits), err
+}
+
+// RouteMailbox returns the mailbox an exchange route sends as.
+func RouteMailbox(route string) (string, bool) {
+	_, _, m, ok := parseRoute(route)
+	return m, ok
+}
+
+// routeMailboxes returns the mailboxes of the exchange routes among
+// routes, each once.
+func routeMailboxes(routes []string) []string {
 	seen := map[string]bool{}
 	var mailboxes []string
 	for _, r := range routes {
-		if _, _, m, ok := parseRoute(r); ok && !seen[m] {
+		if m, ok := RouteMailbox(r); ok && !seen[m] {
 			seen[m] = true
 			mailboxes = append(mailboxes, m)
 		}
 	}
-	waits, err := queue.NewLimiter(rdb, now).MailboxWaits(ctx, mailboxes)
-	if err != nil {
-		return nil, err
-	}
+	return mailboxes
+}
+
+// describeWaits gives each of the fleet's waits its reason.
+func describeWaits(waits []queue.MailboxWait) []MailboxWait {
 	out := make([]MailboxWait, 0, len(waits))
 	for _, w := range waits {
 		why := waitReasons[w.Kind]
@@ -82,5 +124,5 @@ func MailboxWaits(ctx context.Context, rdb redis.UniversalClient, routes []strin
 		}
 		out = append(out, MailboxWait{Mailbox: w.Mailbox, Until: w.Until.UTC(), Why: why})
 	}
-	return out, nil
+	return out
 }

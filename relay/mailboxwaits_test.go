@@ -49,6 +49,70 @@ func TestPenaltyHoldsMailboxAcrossFleet(t *testing.T) {
 	e.assertHeldUnspent(t, held, "")
 }
 
+// TestEndedWaitReleasesMailbox: an operator ends the fleet's wait of a
+// mailbox Exchange blocked for 30 minutes, once the block is lifted, and
+// makes its deferred mail due: every relay sends the mailbox's mail again
+// within seconds, the one that was refused and holds its own record of
+// the wait included, with no restart.
+func TestEndedWaitReleasesMailbox(t *testing.T) {
+	e := newExchangeEnv(t, 2, nil)
+	e.sim.SetFault(sim.Fault{SMTPDataRefusal: "sender_throttled"})
+	from := "noreply@contoso.com"
+	first := e.submit(t, 0, from, "a@example.org", exchangeMessage(1, from))
+	waitFor(t, 10*time.Second, "the first message refused", func() bool { return strings.Contains(e.get(t, first).LastError, "5.2.251") })
+	held := []string{first}
+	for n := 2; n < 8; n++ {
+		held = append(held, e.submit(t, n%2, from, fmt.Sprintf("r%d@example.org", n), exchangeMessage(n, from)))
+	}
+	time.Sleep(time.Second)
+	if n := e.sim.Counters().Clients[simClientID].SMTPRefusedByFault; n != 1 {
+		t.Fatalf("%d submissions refused, want only the first: the others waited", n)
+	}
+	e.assertHeldUnspent(t, held[1:], "")
+
+	e.sim.SetFault(sim.Fault{})
+	ctx := t.Context()
+	route := e.get(t, first).Route
+	ended, err := queue.NewLimiter(e.f.redis.Client(t), nil).EndMailboxWaits(ctx, []string{from})
+	if err != nil || len(ended) != 1 || time.Until(ended[0].Until) < 25*time.Minute {
+		t.Fatalf("EndMailboxWaits = %+v, %v; want the 30-minute block", ended, err)
+	}
+	if _, err := e.f.queue.Flush(ctx, route); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	waitFor(t, 5*time.Second, "the mailbox's mail delivered after the wait ended", func() bool { return e.allDelivered(t, held) })
+	t.Logf("wait ended to all %d messages delivered: %v", len(held), time.Since(start).Round(time.Millisecond))
+}
+
+// TestOwnWaitHoldsUntilRecorded: a replica's own record of a mailbox's
+// wait holds the mailbox until the fleet's record covers it, and for good
+// when the fleet's record was not written; once it is, the fleet's record
+// decides.
+func TestOwnWaitHoldsUntilRecorded(t *testing.T) {
+	var w mailboxWaits
+	end := time.Now().Add(30 * time.Minute)
+	if !w.hold("Bob@contoso.com", end) {
+		t.Fatal("a first hold is not new")
+	}
+	if d := w.wait("bob@contoso.com"); d < 29*time.Minute {
+		t.Fatalf("wait before the fleet's record = %v, want about 30m", d)
+	}
+	w.recorded("bob@contoso.com", end)
+	if d := w.wait("bob@contoso.com"); d != 0 {
+		t.Fatalf("wait covered by the fleet's record = %v, want 0: the fleet decides", d)
+	}
+	if w.hold("bob@contoso.com", end.Add(time.Hour)) {
+		t.Error("a hold of a held mailbox is new")
+	}
+	if d := w.wait("bob@contoso.com"); d < 89*time.Minute {
+		t.Fatalf("wait past the fleet's record = %v, want about 90m: this replica holds on its own", d)
+	}
+	if w.hold("carol@contoso.com", time.Now()) {
+		t.Error("a hold that has ended is new")
+	}
+}
+
 // TestGraphThrottleHoldsMailboxAcrossFleet: Graph's 429 for one mailbox
 // holds that mailbox's Graph mail on every relay of the fleet, a relay
 // started meanwhile included, for the Retry-After; the other mailboxes'
