@@ -1,10 +1,12 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"holdfast/cmd/o365sim/sim"
 	"holdfast/queue"
 	"holdfast/queue/redistest"
 	"holdfast/relay"
@@ -70,4 +72,131 @@ func TestQueueStatsMailboxWaits(t *testing.T) {
 	if !strings.Contains(mustRun(t, "queue", "stats", "--json", "--config", writeConfig(t, redistest.Start(t).Addr())), `"mailbox_waits": []`) {
 		t.Error(`queue stats --json of an empty queue has no "mailbox_waits": []`)
 	}
+}
+
+// TestQueueFlushEndWaits: "queue flush --end-waits" ends the waits of the
+// mailbox of the route given, or of every route's mailbox, says what it
+// ended and until when each would have lasted, or that nothing waited,
+// and leaves a mailbox without mail alone.
+func TestQueueFlushEndWaits(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfig(t, srv.Addr())
+	rdb := srv.Client(t)
+	ctx := t.Context()
+	q := queue.New(rdb, queue.Options{})
+	const billing, noreply = "app:contoso:billing@contoso.com", "app:contoso:noreply@contoso.com"
+	for _, route := range []string{billing, noreply} {
+		if _, _, err := q.Enqueue(ctx, queue.Submission{Route: route, App: "crm", From: "billing@contoso.com",
+			To: []string{"ann@example.org"}, Body: []byte("Subject: x\r\n\r\nx\r\n")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lim := queue.NewLimiter(rdb, nil)
+	hold := func(mailbox, kind string, d time.Duration) time.Time {
+		t.Helper()
+		if _, err := lim.HoldMailbox(ctx, mailbox, kind, d); err != nil {
+			t.Fatal(err)
+		}
+		return time.Now().Add(d)
+	}
+	billingUntil := hold("billing@contoso.com", "blocked", 30*time.Minute)
+	hold("noreply@contoso.com", "graph", 10*time.Minute)
+	hold("alice@contoso.com", "blocked", time.Hour) // no mail
+	waiting := func() []string {
+		t.Helper()
+		waits, err := lim.MailboxWaits(ctx, []string{"alice@contoso.com", "billing@contoso.com", "noreply@contoso.com"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, w := range waits {
+			out = append(out, w.Mailbox)
+		}
+		return out
+	}
+
+	out := mustRun(t, "queue", "flush", "--config", cfg, "--route", noreply)
+	if !strings.Contains(out, "queue flush --end-waits ends the waits on every relay") {
+		t.Errorf("queue flush of a waiting mailbox's route does not name --end-waits:\n%s", out)
+	}
+	out = mustRun(t, "queue", "flush", "--config", cfg, "--route", billing, "--end-waits")
+	prefix := "mailbox billing@contoso.com: wait ended (was until "
+	line := ""
+	for l := range strings.Lines(out) {
+		if strings.HasPrefix(l, prefix) {
+			line = strings.TrimSpace(l)
+		}
+	}
+	until, _, _ := strings.Cut(strings.TrimPrefix(line, prefix), ": ")
+	if at, err := time.Parse(time.RFC3339, until); err != nil || at.Sub(billingUntil).Abs() > 2*time.Second ||
+		!strings.HasSuffix(line, ": Exchange holds its sending (550 5.2.25x, or its daily recipient quota))") ||
+		!strings.Contains(out, "route "+billing+": 0 scheduled messages made due now\n") || strings.Contains(out, "waits until") {
+		t.Fatalf("queue flush --end-waits --route billing printed:\n%s", out)
+	}
+	if got := waiting(); len(got) != 2 || got[0] != "alice@contoso.com" || got[1] != "noreply@contoso.com" {
+		t.Fatalf("after the end of billing's wait, the mailboxes waiting are %v; want alice and noreply", got)
+	}
+
+	out = mustRun(t, "queue", "flush", "--config", cfg, "--end-waits")
+	if !strings.Contains(out, "mailbox noreply@contoso.com: wait ended (was until ") ||
+		!strings.Contains(out, ": Graph throttles it (429); its mail that goes by Graph waits)\n") ||
+		strings.Contains(out, "alice") || strings.Contains(out, "billing@contoso.com: wait") {
+		t.Fatalf("queue flush --end-waits printed:\n%s", out)
+	}
+	if got := waiting(); len(got) != 1 || got[0] != "alice@contoso.com" {
+		t.Fatalf("after the end of every route's waits, the mailboxes waiting are %v; want alice's, which has no mail", got)
+	}
+	if out := mustRun(t, "queue", "flush", "--config", cfg, "--end-waits"); !strings.HasPrefix(out, "no mailbox waited\n") {
+		t.Fatalf("queue flush --end-waits with nothing waiting printed:\n%s", out)
+	}
+}
+
+// TestFleetEndWaits: Exchange blocks a mailbox (550 5.2.251) and the two
+// running relays leave its mail alone for the block's 30 minutes. Once
+// the block is lifted, "queue flush --end-waits" ends the wait, and both
+// relays, without a restart, deliver the held mail within seconds, each
+// message once, with no further refusal.
+func TestFleetEndWaits(t *testing.T) {
+	const messages = 12 // every other one from the blocked mailbox
+	f := startIncFleet(t, incFleetOptions{mailboxes: 2})
+	blocked := f.mailboxes[0]
+	f.sim.SetFault(sim.Fault{SMTPDataRefusal: "sender_throttled", SMTPDataRefusalMailbox: blocked})
+	sub := f.startSubmitter(2, func(n int) string { return f.mailboxes[n%2] })
+	sub.submit(0)
+	incWait(t, 10*time.Second, "the blocked mailbox's first message refused", func() bool { return f.counters().SMTPRefusedByFault > 0 })
+	refusedAt := time.Now()
+	for n := 1; n < messages; n++ {
+		sub.submit(n)
+	}
+	sub.close()
+	sub.results(t, messages)
+	f.waitDelivered(messages/2, 10*time.Second)
+	time.Sleep(2 * time.Second) // room for a relay to try the blocked mailbox
+	if n := f.counters().SMTPRefusedByFault; n != 1 {
+		t.Fatalf("%d submissions refused, want the first alone: the relays wait", n)
+	}
+	if n := f.delivered(); n != messages/2 {
+		t.Fatalf("%d messages delivered during the block, want the other mailbox's %d", n, messages/2)
+	}
+	waits, err := relay.MailboxWaits(t.Context(), f.redis.Client(t), []string{"app:contoso:" + blocked}, time.Now)
+	if err != nil || len(waits) != 1 || waits[0].Until.Sub(refusedAt) < 29*time.Minute {
+		t.Fatalf("the fleet's waits = %+v, %v; want the blocked mailbox's 30 minutes", waits, err)
+	}
+
+	f.sim.SetFault(sim.Fault{})
+	start := time.Now()
+	out := f.cli(0, "queue", "flush", "--end-waits")
+	want := fmt.Sprintf("mailbox %s: wait ended (was until %s: Exchange holds its sending (550 5.2.25x, or its daily recipient quota))\n",
+		blocked, waits[0].Until.Format(time.RFC3339))
+	if !strings.HasPrefix(out, want) || strings.Count(out, "wait ended") != 1 || strings.Contains(out, "waits until") {
+		t.Errorf("queue flush --end-waits printed:\n%s\nwant it to begin with:\n%s", out, want)
+	}
+	f.waitDelivered(messages, time.Until(start.Add(5*time.Second)))
+	t.Logf("wait ended to the blocked mailbox's %d messages delivered: %v", messages/2, time.Since(start).Round(time.Millisecond))
+	time.Sleep(300 * time.Millisecond) // room for a duplicate to show
+	f.checkOnce(messages)
+	if n := f.counters().SMTPRefusedByFault; n != 1 {
+		t.Errorf("%d submissions refused in all, want the first alone", n)
+	}
+	f.checkRunning()
 }

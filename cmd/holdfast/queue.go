@@ -427,8 +427,12 @@ func queueDelete(ctx context.Context, e *env, fs *flag.FlagSet, args []string) e
 func queueFlush(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 	config := configFlag(fs, e)
 	route := fs.String("route", "", "flush only `ROUTE` (default: every route)")
+	endWaits := fs.Bool("end-waits", false, "first end the waits Exchange or Graph asked of the routes' mailboxes, on every relay: once their cause is fixed")
 	if err := noArgs(fs, args); err != nil {
 		return err
+	}
+	if _, ok := relay.RouteMailbox(*route); *endWaits && *route != "" && !ok {
+		return usagef("--end-waits: route %q sends as no Exchange mailbox (app:CREDENTIAL:MAILBOX or mbx:CREDENTIAL:MAILBOX)", *route)
 	}
 	q, rdb, err := openQueue(*config)
 	if err != nil {
@@ -439,6 +443,18 @@ func queueFlush(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	if *route == "" {
 		if routes, err = q.Routes(ctx); err != nil {
 			return err
+		}
+	}
+	if *endWaits {
+		ended, err := relay.EndMailboxWaits(ctx, rdb, routes, e.now)
+		for _, mw := range ended {
+			fmt.Fprintf(e.stdout, "mailbox %s: wait ended (was until %s: %s)\n", mw.Mailbox, mw.Until.UTC().Format(time.RFC3339), mw.Why)
+		}
+		if err != nil {
+			return err
+		}
+		if len(ended) == 0 {
+			fmt.Fprintln(e.stdout, "no mailbox waited")
 		}
 	}
 	total := 0
@@ -455,12 +471,16 @@ func queueFlush(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	} else if total == 0 {
 		hintUnknownRoute(ctx, e, q, *route)
 	}
-	// A flush does not end the upstream's waits: say which mail they hold.
+	// A flush alone does not end the upstream's waits: say which mail
+	// they hold.
 	waits, err := relay.MailboxWaits(ctx, rdb, routes, e.now)
 	if err != nil {
 		return err
 	}
 	printMailboxWaits(e.stdout, waits, e.now(), "; its mail goes out then")
+	if len(waits) > 0 && !*endWaits {
+		fmt.Fprintln(e.stdout, "once the cause is fixed, queue flush --end-waits ends the waits on every relay")
+	}
 	return nil
 }
 
