@@ -121,7 +121,7 @@ const waitRecheck = 2 * time.Second
 
 // The kinds of wait that hold a route's sends (exchange.Reserve): the
 // mailbox blocked, and Graph's throttling of the mailbox when the route
-// goes by Graph alone.
+// goes by Graph (routeByGraph).
 var (
 	holdsSMTP  = []string{waitBlocked}
 	holdsGraph = []string{waitBlocked, waitGraph}
