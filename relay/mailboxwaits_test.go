@@ -24,6 +24,17 @@ func (e *exchangeEnv) addRelay(t *testing.T) int {
 	return len(e.relays) - 1
 }
 
+// blockedFirst makes Exchange block the mailbox (550 5.2.251 at the end
+// of every message's data) and returns the id of a first message from
+// from, once it was refused.
+func (e *exchangeEnv) blockedFirst(t *testing.T, from string) string {
+	t.Helper()
+	e.sim.SetFault(sim.Fault{SMTPDataRefusal: "sender_throttled"})
+	first := e.submit(t, 0, from, "a@example.org", exchangeMessage(1, from))
+	waitFor(t, 10*time.Second, "the first message refused", func() bool { return strings.Contains(e.get(t, first).LastError, "5.2.251") })
+	return first
+}
+
 // TestPenaltyHoldsMailboxAcrossFleet: Exchange's block of a mailbox
 // (550 5.2.251 "Sender throttled") is drawn again by every send while it
 // lasts. Once one relay of the fleet is refused, no relay tries the
@@ -31,10 +42,8 @@ func (e *exchangeEnv) addRelay(t *testing.T) int {
 // after the refusal.
 func TestPenaltyHoldsMailboxAcrossFleet(t *testing.T) {
 	e := newExchangeEnv(t, 2, nil)
-	e.sim.SetFault(sim.Fault{SMTPDataRefusal: "sender_throttled"})
 	from := "noreply@contoso.com"
-	first := e.submit(t, 0, from, "a@example.org", exchangeMessage(1, from))
-	waitFor(t, 10*time.Second, "the first message refused", func() bool { return strings.Contains(e.get(t, first).LastError, "5.2.251") })
+	e.blockedFirst(t, from)
 	late := e.addRelay(t)
 
 	var held []string
@@ -56,10 +65,8 @@ func TestPenaltyHoldsMailboxAcrossFleet(t *testing.T) {
 // the wait included, with no restart.
 func TestEndedWaitReleasesMailbox(t *testing.T) {
 	e := newExchangeEnv(t, 2, nil)
-	e.sim.SetFault(sim.Fault{SMTPDataRefusal: "sender_throttled"})
 	from := "noreply@contoso.com"
-	first := e.submit(t, 0, from, "a@example.org", exchangeMessage(1, from))
-	waitFor(t, 10*time.Second, "the first message refused", func() bool { return strings.Contains(e.get(t, first).LastError, "5.2.251") })
+	first := e.blockedFirst(t, from)
 	held := []string{first}
 	for n := 2; n < 8; n++ {
 		held = append(held, e.submit(t, n%2, from, fmt.Sprintf("r%d@example.org", n), exchangeMessage(n, from)))
@@ -136,20 +143,28 @@ func TestGraphThrottleHoldsMailboxAcrossFleet(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "the other mailboxes' mail delivered", func() bool { return e.allDelivered(t, others) })
 	time.Sleep(500 * time.Millisecond)
-	if n := e.sim.Counters().Clients[simClientID].GraphThrottledByFault; n != 1 {
-		t.Errorf("%d sends throttled, want only the first: box1's other mail waited on every relay", n)
-	}
-	e.assertHeldUnspent(t, busy[1:], "")
-
-	e.sim.SetFault(sim.Fault{})
-	waitFor(t, throttle+5*time.Second, "box1's mail delivered after its Retry-After", func() bool { return e.allDelivered(t, busy) })
-	if took := time.Since(throttledAt); took < throttle-time.Second {
-		t.Errorf("box1's mail delivered %v after its 429, within its Retry-After of %v", took, throttle)
-	}
+	e.assertGraphThrottleHeld(t, busy, throttle, throttledAt)
 	for _, id := range busy {
 		if m := e.get(t, id); m.State != queue.Delivered {
 			t.Errorf("%s: %s", id, m.State)
 		}
+	}
+}
+
+// assertGraphThrottleHeld checks that Graph throttled one send of the
+// mailbox, its first message busy[0], and that the rest of busy waits
+// unspent; then, with the fault cleared, that busy is delivered, and not
+// before the Retry-After counted from throttledAt.
+func (e *exchangeEnv) assertGraphThrottleHeld(t *testing.T, busy []string, throttle time.Duration, throttledAt time.Time) {
+	t.Helper()
+	if n := e.sim.Counters().Clients[simClientID].GraphThrottledByFault; n != 1 {
+		t.Errorf("%d sends throttled, want only the first: the mailbox's other mail waited on every relay", n)
+	}
+	e.assertHeldUnspent(t, busy[1:], "")
+	e.sim.SetFault(sim.Fault{})
+	waitFor(t, throttle+5*time.Second, "the throttled mailbox's mail delivered after its Retry-After", func() bool { return e.allDelivered(t, busy) })
+	if took := time.Since(throttledAt); took < throttle-time.Second {
+		t.Errorf("the throttled mailbox's mail delivered %v after its 429, within its Retry-After of %v", took, throttle)
 	}
 }
 

@@ -104,10 +104,8 @@ func TestExchangeQuotaReplyHoldsMailbox(t *testing.T) {
 // mail waits untried, no attempt spent.
 func TestExchangePenaltyHoldsMailbox(t *testing.T) {
 	e := newExchangeEnv(t, 1, nil)
-	e.sim.SetFault(sim.Fault{SMTPDataRefusal: "sender_throttled"})
 	from := "noreply@contoso.com"
-	first := e.submit(t, 0, from, "a@example.org", exchangeMessage(1, from))
-	waitFor(t, 10*time.Second, "the first message refused", func() bool { return strings.Contains(e.get(t, first).LastError, "5.2.251") })
+	first := e.blockedFirst(t, from)
 	if m := e.get(t, first); m.Attempts != 0 || time.Until(m.Due) < 25*time.Minute {
 		t.Errorf("the refused message: %d attempts, due in %v; want none, and about 30 minutes", m.Attempts, time.Until(m.Due))
 	}
