@@ -516,6 +516,7 @@ func (x *exchange) holdMailbox(ctx context.Context, t *mailboxWaits, mailbox str
 	if _, err := x.fleetWaits.HoldMailbox(context.WithoutCancel(ctx), mailbox, t.kind, d); err != nil {
 		x.log.Warn("cannot record the mailbox's wait for the other relays; they may try it meanwhile, and this relay waits on its own",
 			"mailbox", mailbox, "for", d, "err", err)
+		t.unrecorded(mailbox)
 		return
 	}
 	t.recorded(mailbox, end)

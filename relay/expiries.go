@@ -65,3 +65,10 @@ func (e *expiries) left(key string, now time.Time) time.Duration {
 	delete(e.until, key)
 	return 0
 }
+
+// forget drops key.
+func (e *expiries) forget(key string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.until, key)
+}

@@ -54,6 +54,13 @@ func (t *mailboxWaits) recorded(mailbox string, end time.Time) {
 	t.fleet.extend(strings.ToLower(mailbox), end, time.Now())
 }
 
+// unrecorded notes that Redis did not take a hold of the mailbox: the
+// fleet's record may be gone (an operator ended it), or older than this
+// hold, so this replica's own record holds whole again.
+func (t *mailboxWaits) unrecorded(mailbox string) {
+	t.fleet.forget(strings.ToLower(mailbox))
+}
+
 // wait is how long this replica still leaves mailbox alone on its own
 // record, or 0: the wait has ended, or the fleet's record covers it.
 func (t *mailboxWaits) wait(mailbox string) time.Duration {
