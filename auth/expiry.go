@@ -252,7 +252,7 @@ const (
 	LevelExpired  = "expired"  // past the date
 )
 
-// Thresholds of the levels, the same as the alert rules'.
+// Thresholds of the levels: the alert rules' 30 and 7 days.
 const (
 	WarnWithin     = 30 * 24 * time.Hour
 	CriticalWithin = 7 * 24 * time.Hour

@@ -137,7 +137,21 @@ func TestQueueFlushEndWaits(t *testing.T) {
 		t.Fatalf("after the end of billing's wait, the mailboxes waiting are %v; want alice and noreply", got)
 	}
 
-	out = mustRun(t, "queue", "flush", "--config", cfg, "--end-waits")
+	// Every route's waits end only when asked: on a terminal, or with --yes.
+	r := runCmd(t, "queue", "flush", "--config", cfg, "--end-waits")
+	if r.code != exitError || !strings.Contains(r.stderr, "the waits of 1 mailbox would end on every relay; run again with --yes") ||
+		!strings.Contains(r.stdout, "mailbox noreply@contoso.com waits until ") || strings.Contains(r.stdout, "made due now") {
+		t.Fatalf("queue flush --end-waits without --route or --yes: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	r = runTTY(t, "n\n", "queue", "flush", "--config", cfg, "--end-waits")
+	if r.code != exitOK || !strings.Contains(r.stdout, "end the waits of 1 mailbox on every relay? ") ||
+		!strings.Contains(r.stdout, "no wait ended, nothing flushed\n") || strings.Contains(r.stdout, "made due now") {
+		t.Fatalf("queue flush --end-waits answered no: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	if got := waiting(); len(got) != 2 {
+		t.Fatalf("after queue flush --end-waits was refused, the mailboxes waiting are %v; want alice and noreply still", got)
+	}
+	out = mustRun(t, "queue", "flush", "--config", cfg, "--end-waits", "--yes")
 	if !strings.Contains(out, "mailbox noreply@contoso.com: wait ended (was until ") ||
 		!strings.Contains(out, ": Graph throttles it (429); its mail that goes by Graph waits)\n") ||
 		strings.Contains(out, "alice") || strings.Contains(out, "billing@contoso.com: wait") {
@@ -185,7 +199,7 @@ func TestFleetEndWaits(t *testing.T) {
 
 	f.sim.SetFault(sim.Fault{})
 	start := time.Now()
-	out := f.cli(0, "queue", "flush", "--end-waits")
+	out := f.cli(0, "queue", "flush", "--end-waits", "--yes")
 	want := fmt.Sprintf("mailbox %s: wait ended (was until %s: Exchange holds its sending (550 5.2.25x, or its daily recipient quota))\n",
 		blocked, waits[0].Until.Format(time.RFC3339))
 	if !strings.HasPrefix(out, want) || strings.Count(out, "wait ended") != 1 || strings.Contains(out, "waits until") {

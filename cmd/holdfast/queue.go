@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -428,6 +429,7 @@ func queueFlush(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	config := configFlag(fs, e)
 	route := fs.String("route", "", "flush only `ROUTE` (default: every route)")
 	endWaits := fs.Bool("end-waits", false, "first end the waits Exchange or Graph asked of the routes' mailboxes, on every relay: once their cause is fixed")
+	yes := fs.Bool("yes", false, "with --end-waits and no --route, end every mailbox's waits without asking")
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
@@ -442,6 +444,12 @@ func queueFlush(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	routes := []string{*route}
 	if *route == "" {
 		if routes, err = q.Routes(ctx); err != nil {
+			return err
+		}
+	}
+	if *endWaits && *route == "" && !*yes {
+		ok, err := confirmEndWaits(ctx, e, rdb, routes)
+		if err != nil || !ok {
 			return err
 		}
 	}
@@ -485,6 +493,38 @@ func queueFlush(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 }
 
 // printMailboxWaits prints one line for each wait, then more.
+// confirmEndWaits lists the mailboxes of routes that wait and asks
+// whether to end every wait: one mailbox fixed and the --route left out
+// would send the others' mail into their blocks. Without a terminal it
+// refuses, as queue purge does. It reports whether to go on: true as
+// well when nothing waits.
+func confirmEndWaits(ctx context.Context, e *env, rdb redis.UniversalClient, routes []string) (bool, error) {
+	waits, err := relay.MailboxWaits(ctx, rdb, routes, e.now)
+	if err != nil || len(waits) == 0 {
+		return err == nil, err
+	}
+	mailboxes := map[string]bool{}
+	for _, w := range waits {
+		mailboxes[w.Mailbox] = true
+	}
+	printMailboxWaits(e.stdout, waits, e.now(), "")
+	which := fmt.Sprintf("%d mailboxes", len(mailboxes))
+	if len(mailboxes) == 1 {
+		which = "1 mailbox"
+	}
+	if !e.stdinTTY {
+		return false, fmt.Errorf("the waits of %s would end on every relay; run again with --yes to end them all, "+
+			"or give --route ROUTE to end one mailbox's", which)
+	}
+	fmt.Fprintf(e.stdout, "end the waits of %s on every relay? Exchange blocks again a mailbox whose cause is not fixed. [y/N] ", which)
+	answer, _ := bufio.NewReader(e.stdin).ReadString('\n')
+	if a := strings.ToLower(strings.TrimSpace(answer)); a != "y" && a != "yes" {
+		fmt.Fprintln(e.stdout, "no wait ended, nothing flushed")
+		return false, nil
+	}
+	return true, nil
+}
+
 func printMailboxWaits(w io.Writer, waits []relay.MailboxWait, now time.Time, more string) {
 	for _, mw := range waits {
 		fmt.Fprintf(w, "mailbox %s waits until %s (in %s): %s%s\n",
