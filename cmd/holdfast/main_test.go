@@ -254,6 +254,7 @@ func TestUsage(t *testing.T) {
 		{[]string{"queue", "flush", "--end-waits", "--route", "crm"}, exitUsage,
 			`holdfast: queue flush: --end-waits: route "crm" sends as no Exchange mailbox`},
 		{[]string{"queue", "flush", "--end-waits=soon"}, exitUsage, `invalid boolean value "soon" for -end-waits`},
+		{[]string{"queue", "flush", "--yes"}, exitUsage, `holdfast: queue flush: --yes goes with --end-waits`},
 		{[]string{"creds", "devcert"}, exitUsage, "--out is required"},
 		{[]string{"creds", "devcert", "--out", "x", "--host", " , "}, exitUsage, "--host"},
 		{[]string{"creds", "token", "extra"}, exitUsage, "unexpected argument"},

@@ -433,6 +433,9 @@ func queueFlush(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	if err := noArgs(fs, args); err != nil {
 		return err
 	}
+	if *yes && !*endWaits {
+		return usagef("--yes goes with --end-waits: a flush alone asks nothing")
+	}
 	if _, ok := relay.RouteMailbox(*route); *endWaits && *route != "" && !ok {
 		return usagef("--end-waits: route %q sends as no Exchange mailbox (app:CREDENTIAL:MAILBOX or mbx:CREDENTIAL:MAILBOX)", *route)
 	}
