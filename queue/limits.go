@@ -231,16 +231,23 @@ func (l *Limiter) MailboxWaits(ctx context.Context, mailboxes []string) ([]Mailb
 	now := l.now()
 	var out []MailboxWait
 	for i, c := range cmds {
-		for kind, v := range c.Val() {
-			ms, err := strconv.ParseInt(v, 10, 64)
-			if err != nil || !time.UnixMilli(ms).After(now) {
-				continue
-			}
-			out = append(out, MailboxWait{Mailbox: mailboxes[i], Kind: kind, Until: time.UnixMilli(ms)})
-		}
+		out = liveWaits(out, mailboxes[i], c.Val(), now)
 	}
 	sortWaits(out)
 	return out, nil
+}
+
+// liveWaits appends to out the waits of mailbox among fields (kind ->
+// until, unix ms) that have not ended at now.
+func liveWaits(out []MailboxWait, mailbox string, fields map[string]string, now time.Time) []MailboxWait {
+	for kind, v := range fields {
+		ms, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || !time.UnixMilli(ms).After(now) {
+			continue
+		}
+		out = append(out, MailboxWait{Mailbox: mailbox, Kind: kind, Until: time.UnixMilli(ms)})
+	}
+	return out
 }
 
 func sortWaits(waits []MailboxWait) {
@@ -254,31 +261,37 @@ func sortWaits(waits []MailboxWait) {
 // released the mailbox, or raised its quota): ReserveSend no longer
 // holds their sends, and a limiter of WithWaitRecheck tells its caller
 // within its recheck. It returns the waits it ended that had not ended
-// yet, by mailbox and kind.
+// yet, by mailbox and kind, in one round trip; with an error, those it
+// ended before it.
 func (l *Limiter) EndMailboxWaits(ctx context.Context, mailboxes []string) ([]MailboxWait, error) {
-	waiting, err := l.MailboxWaits(ctx, mailboxes)
-	if err != nil {
-		return nil, err
+	if len(mailboxes) == 0 {
+		return nil, nil
 	}
+	pipe := l.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(mailboxes))
+	for i, m := range mailboxes {
+		// Eval, not EvalSha: a pipeline cannot load the script on a
+		// NOSCRIPT, and this runs on an operator's command alone.
+		cmds[i] = endWaitsScript.Eval(ctx, pipe, []string{mailboxWaitsKey(m)})
+	}
+	_, err := pipe.Exec(ctx)
+	now := l.now()
 	var out []MailboxWait
-	for i, w := range waiting {
-		if i > 0 && waiting[i-1].Mailbox == w.Mailbox {
-			continue
+	for i, c := range cmds {
+		kv, cerr := c.StringSlice()
+		if cerr != nil {
+			continue // not ended; Exec's error says why
 		}
-		kv, err := endWaitsScript.Run(ctx, l.rdb, []string{mailboxWaitsKey(w.Mailbox)}).StringSlice()
-		if err != nil {
-			return out, fmt.Errorf("end the waits of %s: %w", w.Mailbox, err)
-		}
-		now := l.now()
+		fields := make(map[string]string, len(kv)/2)
 		for j := 0; j+1 < len(kv); j += 2 {
-			ms, err := strconv.ParseInt(kv[j+1], 10, 64)
-			if err != nil || !time.UnixMilli(ms).After(now) {
-				continue
-			}
-			out = append(out, MailboxWait{Mailbox: w.Mailbox, Kind: kv[j], Until: time.UnixMilli(ms)})
+			fields[kv[j]] = kv[j+1]
 		}
+		out = liveWaits(out, mailboxes[i], fields, now)
 	}
 	sortWaits(out)
+	if err != nil {
+		return out, fmt.Errorf("end mailbox waits: %w", err)
+	}
 	return out, nil
 }
 
