@@ -495,7 +495,6 @@ func queueFlush(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	return nil
 }
 
-// printMailboxWaits prints one line for each wait, then more.
 // confirmEndWaits lists the mailboxes of routes that wait and asks
 // whether to end every wait: one mailbox fixed and the --route left out
 // would send the others' mail into their blocks. Without a terminal it
@@ -528,6 +527,7 @@ func confirmEndWaits(ctx context.Context, e *env, rdb redis.UniversalClient, rou
 	return true, nil
 }
 
+// printMailboxWaits prints one line for each wait, then more.
 func printMailboxWaits(w io.Writer, waits []relay.MailboxWait, now time.Time, more string) {
 	for _, mw := range waits {
 		fmt.Fprintf(w, "mailbox %s waits until %s (in %s): %s%s\n",
