@@ -261,8 +261,8 @@ func sortWaits(waits []MailboxWait) {
 // released the mailbox, or raised its quota): ReserveSend no longer
 // holds their sends, and a limiter of WithWaitRecheck tells its caller
 // within its recheck. It returns the waits it ended that had not ended
-// yet, by mailbox and kind, in one round trip; with an error, those it
-// ended before it.
+// yet, by mailbox and kind, in one round trip; with an error, those of
+// the mailboxes whose end did run.
 func (l *Limiter) EndMailboxWaits(ctx context.Context, mailboxes []string) ([]MailboxWait, error) {
 	if len(mailboxes) == 0 {
 		return nil, nil
