@@ -379,7 +379,7 @@ func (s *Set) runRaw(ctx context.Context, sc *redis.Script, name string, args ..
 	if moved := len(v) >= 2 && v[len(v)-2] == "moved"; moved {
 		s.made(ctx, st)
 	}
-	s.observe(st)
+	s.observe(st, true)
 	return v, nil
 }
 
@@ -457,9 +457,15 @@ func (s *Set) Fresh(ctx context.Context, names ...string) ([]Status, error) {
 		return nil, fmt.Errorf("breaker: read: %w", err)
 	}
 	out := make([]Status, len(names))
+	s.mu.Lock()
+	for _, n := range names {
+		s.entry(n) // breakers in use: listed, if closed and unrecorded
+	}
+	s.mu.Unlock()
 	for i, n := range names {
-		out[i] = parseMap(n, cmds[i].Val())
-		s.observe(out[i])
+		m := cmds[i].Val()
+		out[i] = parseMap(n, m)
+		s.observe(out[i], len(m) > 0)
 	}
 	return out, nil
 }
@@ -471,7 +477,7 @@ func (s *Set) read(ctx context.Context, name string) (Status, error) {
 		return Status{}, fmt.Errorf("breaker %s: read: %w", name, err)
 	}
 	st := parseMap(name, m)
-	s.observe(st)
+	s.observe(st, len(m) > 0)
 	return st, nil
 }
 
@@ -822,10 +828,12 @@ func (s *Set) List(ctx context.Context) ([]Status, error) {
 	out := make([]Status, len(names))
 	for i, n := range names {
 		out[i] = Status{Name: n}
+		var m map[string]string
 		if c := cmds[n]; c != nil {
-			out[i] = parseMap(n, c.Val())
+			m = c.Val()
+			out[i] = parseMap(n, m)
 		}
-		s.observe(out[i])
+		s.observe(out[i], len(m) > 0)
 	}
 	return out, nil
 }
@@ -833,9 +841,32 @@ func (s *Set) List(ctx context.Context) ([]Status, error) {
 // observe stores a record just read and reports a transition when its
 // generation is newer than the last one this Set reported. A breaker that
 // closes fleet-wide gets a fresh local breaker.
-func (s *Set) observe(st Status) {
+//
+// recorded says Redis had a record. A breaker without one is closed. Its
+// name may have left the names set (Forget), so the next write names it
+// again; a name this Set does not know is not added (an operator's look
+// at a mailbox no route uses). A record this Set saw at a later
+// generation and now gone was removed (Forget, or a Redis that lost its
+// data): the breaker is forgotten here too, so that a new record, whose
+// generations start again at 1, is taken as news, not as a stale read.
+func (s *Set) observe(st Status, recorded bool) {
 	s.mu.Lock()
-	e := s.entry(st.Name)
+	e := s.brks[st.Name]
+	if !recorded {
+		if e == nil {
+			s.mu.Unlock()
+			return
+		}
+		e.registered = false
+		if e.st.Generation > 0 {
+			delete(s.brks, st.Name)
+			s.mu.Unlock()
+			return
+		}
+	}
+	if e == nil {
+		e = s.entry(st.Name)
+	}
 	if st.Generation < e.st.Generation {
 		// A read that raced with a newer one.
 		s.mu.Unlock()

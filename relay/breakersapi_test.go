@@ -147,6 +147,13 @@ func TestBreakersAPI(t *testing.T) {
 		st.State != "closed" || st.Kind != "mailbox" || st.Generation != 0 {
 		t.Fatalf("an unrecorded mailbox breaker: %d %+v", code, st)
 	}
+	// The look left no trace: the list does not name it.
+	breakerCall(t, r, "GET", "/v1/breakers", adminToken, "", &list)
+	for _, b := range list.Breakers {
+		if b.Name == "mbx:carol@contoso.com" {
+			t.Fatalf("a GET of a mailbox no route uses added it to the list: %+v", list)
+		}
+	}
 
 	// Unknown breakers, unknown verbs and bad bodies get clear errors.
 	for _, tc := range []struct {
