@@ -26,13 +26,19 @@ const (
 
 // fileChanged records that this replica's files of credential cred
 // changed now.
-func (g *gate) fileChanged(cred string) {
+func (g *gate) fileChanged(cred string) { g.fileChangedAt(cred, time.Now()) }
+
+// fileChangedAt records that this replica's files of credential cred
+// changed at t, unless a later change is recorded.
+func (g *gate) fileChangedAt(cred string, t time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.changed == nil {
 		g.changed = map[string]time.Time{}
 	}
-	g.changed[cred] = time.Now()
+	if t.After(g.changed[cred]) {
+		g.changed[cred] = t
+	}
 }
 
 // propagating reports whether the failed probe of breaker name is to be

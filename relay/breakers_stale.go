@@ -228,6 +228,13 @@ func (g *gate) probeAtStartOne(ctx context.Context, name string) error {
 		return nil
 	}
 	g.log.Info("credential breaker found open at start; probing it with this relay's secret", "credential", name)
+	if !proven {
+		// A file written after the breaker opened is a rotation, as a
+		// change seen while running is (a Secret updated, then the pods
+		// restarted): while Entra propagates the new secret, a refusal
+		// of the probe is retried, and does not count.
+		g.fileChangedAt(name, c.Written())
+	}
 	if err := g.probeNow(ctx, credentialBreaker(name)); err != nil {
 		g.log.Warn("cannot request a probe", "credential", name, "err", err)
 	}

@@ -44,6 +44,64 @@ func TestRedeployAfterRotation(t *testing.T) {
 	f.checkOnce(before + outage)
 }
 
+// TestRedeployDuringPropagation: the usual rotation on Kubernetes, the
+// Secret updated and the pods restarted one by one, while Entra still
+// propagates the new secret (refusing it with AADSTS7000215). Relay 1
+// starts with the new secret in its file; relay 2 keeps the old one. The
+// probe relay 1 makes at start is refused as the secret propagates: it is
+// retried on the short schedule a relay that saw its file change while
+// running uses, and the open interval does not double. So the held mail
+// is delivered within 3 s of the propagation's end, not at a doubled
+// interval's probe a minute later.
+func TestRedeployDuringPropagation(t *testing.T) {
+	const (
+		before, outage = 10, 20
+		propagation    = 15 * time.Second
+	)
+	f := startExpiredFleet(t, before, outage)
+
+	f.relays[0].stop(t)
+	tChange := time.Now()
+	tValid := tChange.Add(propagation)
+	f.sim.AddSecret(incTenant, incClientID, sim.Secret{Value: incRotated,
+		ExpiresAt: tChange.Add(180 * 24 * time.Hour), ValidFrom: tValid})
+	incWriteFile(t, f.secretFiles[0], incRotated+"\n")
+	f.restart(0)
+	polls := f.pollBreaker(incCred)
+
+	var first time.Time
+	incWait(t, propagation+10*time.Second, "a delivery after the propagation", func() bool {
+		for _, r := range f.sim.Received() {
+			if r.Started.After(tChange) {
+				first = r.Started
+				return true
+			}
+		}
+		return false
+	})
+	if first.Before(tValid) {
+		t.Fatalf("delivered %v before the secret propagated", tValid.Sub(first))
+	}
+	late := first.Sub(tValid)
+	t.Logf("propagation end to first delivery: %v", late.Round(time.Millisecond))
+	if late > 3*time.Second {
+		t.Errorf("first delivery %v after the propagation ended, want within 3s", late.Round(time.Millisecond))
+	}
+	f.waitDelivered(before+outage, 15*time.Second)
+	time.Sleep(300 * time.Millisecond) // room for a duplicate to show
+	f.checkOnce(before + outage)
+	for _, p := range polls {
+		p.checkErrors(t)
+		for _, o := range p.between(tChange, tValid) {
+			if o.st.State == "open" && o.st.ProbeInterval != "30s" {
+				t.Errorf("relay-%d: probe interval %s at %v after the restart, want 30s as before",
+					p.relay+1, o.st.ProbeInterval, o.at.Sub(tChange).Round(time.Millisecond))
+				break
+			}
+		}
+	}
+}
+
 // startExpiredFleet starts two relays, each with its own secret file and
 // the default open interval; delivers messages 0…before-1; then expires
 // the secret, submits the next outage messages, each answered 250, and
