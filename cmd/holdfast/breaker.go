@@ -253,7 +253,8 @@ func breakerProbe(ctx context.Context, e *env, fs *flag.FlagSet, args []string) 
 		}
 		n, err := set.AskProbe(ctx, name)
 		if err == nil && n == 0 {
-			return "", fmt.Errorf("it is closed; there is nothing to probe")
+			// What a probe would bring about already holds.
+			return "closed; there is nothing to probe", nil
 		}
 		if err == nil {
 			asked = append(asked, pendingProbe{name: name, asked: n, before: before.LastProbe, generation: before.Generation})
@@ -272,12 +273,15 @@ func breakerProbe(ctx context.Context, e *env, fs *flag.FlagSet, args []string) 
 // awaitProbes waits up to wait for the probe result that answers each
 // request (see pendingProbe.answered), or for the breaker to close, and
 // prints it as it comes. Each poll reads every record waited for in one
-// round trip.
+// round trip. It returns an error naming the breakers not closed at the
+// end (still open, or with no result), so that the command fails unless
+// the mail of every breaker asked about may go.
 func awaitProbes(ctx context.Context, e *env, set *breaker.Set, asked []pendingProbe, wait time.Duration) error {
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	tick := time.NewTicker(probePoll)
 	defer tick.Stop()
+	var open []string
 	for len(asked) > 0 {
 		select {
 		case <-wctx.Done():
@@ -286,8 +290,9 @@ func awaitProbes(ctx context.Context, e *env, set *breaker.Set, asked []pendingP
 			}
 			for _, a := range asked {
 				fmt.Fprintf(e.stdout, "%s: no probe result within %s: no relay runs, or the probe waits (a mailbox's while its credential's breaker is open); holdfast breaker status shows it when it comes\n", a.name, wait)
+				open = append(open, a.name+" (no result)")
 			}
-			return nil
+			return stillOpen(open)
 		case <-tick.C:
 		}
 		sts, err := set.Fresh(wctx, probeNames(asked)...)
@@ -304,17 +309,28 @@ func awaitProbes(ctx context.Context, e *env, set *breaker.Set, asked []pendingP
 				fmt.Fprintf(e.stdout, "%s: probed: closed, its mail is released\n", st.Name)
 			case asked[i].reopened(st):
 				fmt.Fprintf(e.stdout, "%s: closed since the request, its mail released, and open again: %s\n", st.Name, orDash(st.Reason))
+				open = append(open, st.Name)
 			case asked[i].answered(st):
 				next := ""
 				if !st.NextProbe.IsZero() {
 					next = fmt.Sprintf("; next probe %s (in %s)", stamp(st.NextProbe), age(st.NextProbe.Sub(e.now())))
 				}
 				fmt.Fprintf(e.stdout, "%s: probed: still open: %s%s\n", st.Name, orDash(st.Reason), next)
+				open = append(open, st.Name)
 			default:
 				left = append(left, asked[i])
 			}
 		}
 		asked = left
 	}
-	return nil
+	return stillOpen(open)
+}
+
+// stillOpen is the error of a probe command that left the named
+// breakers open, nil for none.
+func stillOpen(names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	return fmt.Errorf("still open: %s", strings.Join(names, ", "))
 }

@@ -33,9 +33,12 @@ func TestBreakerCommands(t *testing.T) {
 	if list := breakerList(t, cfg); len(list) != 1 || list[0].State != "closed" {
 		t.Fatalf("status after reset: %+v", list)
 	}
+	// A closed breaker is what a probe would bring about: success, so a
+	// script that rotates a secret, then probes, passes when a relay
+	// closed the breaker first.
 	r := runCmd(t, "breaker", "probe", "--config", cfg, "cred:contoso")
-	if r.code != exitError || !strings.Contains(r.stderr, "it is closed") {
-		t.Fatalf("probe of a closed breaker: exit %d, %q", r.code, r.stderr)
+	if r.code != exitOK || r.stdout != "cred:contoso: closed; there is nothing to probe\n" {
+		t.Fatalf("probe of a closed breaker: exit %d, %q %q", r.code, r.stdout, r.stderr)
 	}
 	if r := runCmd(t, "breaker", "trip", "--config", cfg); r.code != exitUsage {
 		t.Fatalf("trip without a name: exit %d", r.code)
@@ -179,15 +182,19 @@ func TestBreakerProbeWaits(t *testing.T) {
 	const requested = "cred:contoso: probe requested: a relay probes it within a second\n"
 	mustRun(t, "breaker", "trip", "--config", cfg, "cred:contoso")
 	stop := relay(errors.New("AADSTS7000222: The provided client secret keys for app are expired"))
-	out := mustRun(t, "breaker", "probe", "--config", cfg, "cred:contoso")
+	// A breaker left open fails the command (exit 1), so that a script
+	// knows its mail still waits.
+	r := runCmd(t, "breaker", "probe", "--config", cfg, "cred:contoso")
 	stop()
-	if want := requested + "cred:contoso: probed: still open: AADSTS7000222: The provided client secret keys for app are expired; next probe "; !strings.HasPrefix(out, want) {
-		t.Errorf("probe refused by Entra printed %q, want %q...", out, want)
+	if want := requested + "cred:contoso: probed: still open: AADSTS7000222: The provided client secret keys for app are expired; next probe "; !strings.HasPrefix(r.stdout, want) ||
+		r.code != exitError || r.stderr != "holdfast: breaker probe: still open: cred:contoso\n" {
+		t.Errorf("probe refused by Entra: exit %d, printed %q and %q; want exit 1, %q...", r.code, r.stdout, r.stderr, want)
 	}
 
-	out = mustRun(t, "breaker", "probe", "--wait", "300ms", "--config", cfg, "cred:contoso")
-	if want := requested + "cred:contoso: no probe result within 300ms: no relay runs, or the probe waits"; !strings.HasPrefix(out, want) {
-		t.Errorf("probe with no relay printed %q, want %q...", out, want)
+	r = runCmd(t, "breaker", "probe", "--wait", "300ms", "--config", cfg, "cred:contoso")
+	if want := requested + "cred:contoso: no probe result within 300ms: no relay runs, or the probe waits"; !strings.HasPrefix(r.stdout, want) ||
+		r.code != exitError || r.stderr != "holdfast: breaker probe: still open: cred:contoso (no result)\n" {
+		t.Errorf("probe with no relay: exit %d, printed %q and %q; want exit 1, %q...", r.code, r.stdout, r.stderr, want)
 	}
 
 	// That request is still pending: a fresh trip, and a relay to take
@@ -195,7 +202,7 @@ func TestBreakerProbeWaits(t *testing.T) {
 	mustRun(t, "breaker", "reset", "--config", cfg, "cred:contoso")
 	mustRun(t, "breaker", "trip", "--config", cfg, "cred:contoso")
 	stop = relay(nil)
-	out = mustRun(t, "breaker", "probe", "--config", cfg, "cred:contoso")
+	out := mustRun(t, "breaker", "probe", "--config", cfg, "cred:contoso")
 	stop()
 	if out != requested+"cred:contoso: probed: closed, its mail is released\n" {
 		t.Errorf("a probe that succeeded printed %q", out)
@@ -204,9 +211,12 @@ func TestBreakerProbeWaits(t *testing.T) {
 	// Two breakers with no relay: one wait for both, not one each.
 	mustRun(t, "breaker", "trip", "--config", cfg, "mbx:a@contoso.com", "mbx:b@contoso.com")
 	start := time.Now()
-	out = mustRun(t, "breaker", "probe", "--wait", "1s", "--config", cfg, "mbx:a@contoso.com", "mbx:b@contoso.com")
-	if took := time.Since(start); took > 1900*time.Millisecond || strings.Count(out, "no probe result within 1s") != 2 {
-		t.Errorf("two probes with no relay took %v and printed %q; want one wait of 1s for both", took, out)
+	r = runCmd(t, "breaker", "probe", "--wait", "1s", "--config", cfg, "mbx:a@contoso.com", "mbx:b@contoso.com")
+	if took := time.Since(start); took > 1900*time.Millisecond || strings.Count(r.stdout, "no probe result within 1s") != 2 {
+		t.Errorf("two probes with no relay took %v and printed %q; want one wait of 1s for both", took, r.stdout)
+	}
+	if r.code != exitError || r.stderr != "holdfast: breaker probe: still open: mbx:a@contoso.com (no result), mbx:b@contoso.com (no result)\n" {
+		t.Errorf("two probes with no relay: exit %d, %q", r.code, r.stderr)
 	}
 }
 
@@ -326,8 +336,8 @@ func TestBreakerProbeReopened(t *testing.T) {
 	e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &out, getenv: func(string) string { return "" }, now: time.Now}
 	p := pendingProbe{name: name, asked: n, before: before.LastProbe, generation: before.Generation}
 	start := time.Now()
-	if err := awaitProbes(ctx, e, set, []pendingProbe{p}, 2*time.Second); err != nil {
-		t.Fatal(err)
+	if err := awaitProbes(ctx, e, set, []pendingProbe{p}, 2*time.Second); err == nil || err.Error() != "still open: "+name {
+		t.Errorf("awaitProbes = %v, want still open: %s", err, name)
 	}
 	want := name + ": closed since the request, its mail released, and open again: tripped again\n"
 	if took := time.Since(start); out.String() != want || took > time.Second {
