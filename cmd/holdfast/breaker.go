@@ -226,7 +226,17 @@ var (
 		return "", set.Hold(ctx, name, "held by an operator")
 	})
 	breakerReset = breakerVerb("reset: closed, its mail is released", true, func(ctx context.Context, set *breaker.Set, name string) (string, error) {
-		return "", set.Reset(ctx, name)
+		before, err := set.Status(ctx, name)
+		if err != nil {
+			return "", err
+		}
+		if err := set.Reset(ctx, name); err != nil {
+			return "", err
+		}
+		if before.State == breaker.Closed {
+			return "reset: it was closed already (its failure count is cleared)", nil
+		}
+		return "", nil
 	})
 )
 

@@ -65,6 +65,9 @@ func TestBreakerCommands(t *testing.T) {
 	if list := breakerList(t, cfg); len(list) != 1 || list[0].State != "closed" || list[0].HeldByOperator {
 		t.Fatalf("status after the hold's reset: %+v", list)
 	}
+	if out := mustRun(t, "breaker", "reset", "--config", cfg, "cred:contoso"); out != "cred:contoso: reset: it was closed already (its failure count is cleared)\n" {
+		t.Fatalf("reset of a closed breaker: %q", out)
+	}
 	// A mailbox is named in lower case, as the relays check it.
 	r = runCmd(t, "breaker", "trip", "--config", cfg, "mbx:Alice@Contoso.com")
 	if r.code != exitOK || strings.Contains(r.stderr, "alice") || !strings.Contains(r.stdout, "mbx:alice@contoso.com: tripped") {

@@ -214,3 +214,29 @@ func TestFleetEndWaits(t *testing.T) {
 	}
 	f.checkRunning()
 }
+
+// TestQueueFlushHeldRoute: "queue flush" leaves a route an open breaker
+// holds as it is, and says so: how many messages, why, and what releases
+// them. A route with nothing held gets no such line.
+func TestQueueFlushHeldRoute(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfig(t, srv.Addr())
+	ctx := t.Context()
+	q := queue.New(srv.Client(t), queue.Options{})
+	const held, flowing = "app:contoso:billing@contoso.com", "app:contoso:noreply@contoso.com"
+	for _, route := range []string{held, held, flowing} {
+		if _, _, err := q.Enqueue(ctx, queue.Submission{Route: route, App: "crm", From: "billing@contoso.com",
+			To: []string{"ann@example.org"}, Body: []byte("Subject: x\r\n\r\nx\r\n")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const why = "credential: breaker cred:contoso open: tripped by an operator"
+	if err := q.HoldRoute(ctx, held, why); err != nil {
+		t.Fatal(err)
+	}
+	out := mustRun(t, "queue", "flush", "--config", cfg)
+	want := "route " + held + ": 2 messages held (" + why + "); a flush leaves them held: they go when the breaker closes (holdfast breaker status)\n"
+	if !strings.Contains(out, want) || strings.Contains(out, flowing+": 1 messages held") || strings.Count(out, "held (") != 1 {
+		t.Errorf("queue flush printed:\n%s\nwant the line %q for the held route alone", out, want)
+	}
+}

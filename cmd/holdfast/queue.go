@@ -482,6 +482,10 @@ func queueFlush(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	} else if total == 0 {
 		hintUnknownRoute(ctx, e, q, *route)
 	}
+	// Nor does it release the routes an open breaker holds.
+	if err := printHeldRoutes(ctx, e, q, routes); err != nil {
+		return err
+	}
 	// A flush alone does not end the upstream's waits: say which mail
 	// they hold.
 	waits, err := relay.MailboxWaits(ctx, rdb, routes, e.now)
@@ -491,6 +495,22 @@ func queueFlush(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	printMailboxWaits(e.stdout, waits, e.now(), "; its mail goes out then")
 	if len(waits) > 0 && !*endWaits {
 		fmt.Fprintln(e.stdout, "once the cause is fixed, queue flush --end-waits ends the waits on every relay")
+	}
+	return nil
+}
+
+// printHeldRoutes says, for each of routes held by an open breaker,
+// how many messages it holds and why.
+func printHeldRoutes(ctx context.Context, e *env, q *queue.Queue, routes []string) error {
+	st, err := q.Stats(ctx)
+	if err != nil {
+		return err
+	}
+	for _, rs := range st.Routes {
+		if rs.Held > 0 && slices.Contains(routes, rs.Route) {
+			fmt.Fprintf(e.stdout, "route %s: %d messages held (%s); a flush leaves them held: they go when the breaker closes (holdfast breaker status)\n",
+				rs.Route, rs.Held, orDash(rs.HoldReason))
+		}
 	}
 	return nil
 }
