@@ -188,14 +188,21 @@ func (s *Sim) DenySendAsApp(tenant, clientID string, denied bool) bool {
 // SetSendAs lets the app's app-only tokens send as mailbox, or stops
 // them, as a tenant's administrator adds a mailbox to the app's
 // application access policy or takes it out: refused, Graph answers
-// 403 ErrorAccessDenied and SMTP AUTH 535 5.7.3. It reports whether the
-// app exists.
+// 403 ErrorAccessDenied and SMTP AUTH 535 5.7.3. A mailbox taken out is
+// refused also to an app that may send as every mailbox ("*"). It
+// reports whether the app exists.
 func (s *Sim) SetSendAs(tenant, clientID, mailbox string, allowed bool) bool {
 	return s.withApp(tenant, clientID, func(a *app) bool {
+		addr := strings.ToLower(mailbox)
 		if allowed {
-			a.sendAs[strings.ToLower(mailbox)] = true
+			a.sendAs[addr] = true
+			delete(a.leftOut, addr)
 		} else {
-			delete(a.sendAs, strings.ToLower(mailbox))
+			delete(a.sendAs, addr)
+			if a.leftOut == nil {
+				a.leftOut = map[string]bool{}
+			}
+			a.leftOut[addr] = true
 		}
 		return true
 	})
@@ -329,7 +336,8 @@ func (s *Sim) record(r Received) {
 
 // maySendAs reports whether app-only tokens of a may send as m.
 func (a *app) maySendAs(m *mailbox) bool {
-	return !a.denied && m.tenant == a.tenant && (a.sendAll || a.sendAs[strings.ToLower(m.address)])
+	addr := strings.ToLower(m.address)
+	return !a.denied && m.tenant == a.tenant && !a.leftOut[addr] && (a.sendAll || a.sendAs[addr])
 }
 
 // sendsAs reports whether the mailbox may send as addr: itself, or a

@@ -321,7 +321,10 @@ type app struct {
 	certs    []appCert
 	sendAll  bool
 	sendAs   map[string]bool
-	denied   bool // DenySendAsApp
+	// leftOut are the mailboxes SetSendAs took out: refused even with
+	// sendAll, as an access policy that leaves them out.
+	leftOut map[string]bool
+	denied  bool // DenySendAsApp
 	// graphRoles go into app-only Graph tokens; ownsItself is App.OwnsItself.
 	graphRoles []string
 	ownsItself bool
