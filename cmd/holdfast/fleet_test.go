@@ -447,25 +447,8 @@ func testPropagatingSecret(t *testing.T, refusedAsExpired bool) {
 	}
 	incWriteFile(t, f.secretFile, incRotated+"\n")
 
-	var first time.Time
-	incWait(t, propagation+10*time.Second, "a delivery after the propagation", func() bool {
-		for _, r := range f.sim.Received() {
-			if r.Started.After(tChange) {
-				first = r.Started
-				return true
-			}
-		}
-		return false
-	})
-	if first.Before(tValid) {
-		t.Fatalf("delivered %v before the secret propagated", tValid.Sub(first))
-	}
-	late := first.Sub(tValid)
-	t.Logf("propagation end to first delivery: %v; token requests refused meanwhile: %d",
-		late.Round(time.Millisecond), f.counters().TokenErrors-atChange.TokenErrors)
-	if late > 3*time.Second {
-		t.Errorf("first delivery %v after the propagation ended, want within 3s", late.Round(time.Millisecond))
-	}
+	f.firstDeliveryAfterPropagation(t, tChange, tValid)
+	t.Logf("token requests refused meanwhile: %d", f.counters().TokenErrors-atChange.TokenErrors)
 	f.waitDelivered(before+outage, 15*time.Second)
 	f.checkOnce(before + outage)
 
@@ -481,6 +464,32 @@ func testPropagatingSecret(t *testing.T, refusedAsExpired bool) {
 			}
 		}
 		p.checkClosedForGood(t, tChange)
+	}
+}
+
+// firstDeliveryAfterPropagation waits, up to 10 s past valid, for the
+// first message Exchange takes after the rotation at change, and fails
+// the test if it came before the new secret propagated at valid, or more
+// than 3 s after.
+func (f *incFleet) firstDeliveryAfterPropagation(t *testing.T, change, valid time.Time) {
+	t.Helper()
+	var first time.Time
+	incWait(t, time.Until(valid)+10*time.Second, "a delivery after the propagation", func() bool {
+		for _, r := range f.sim.Received() {
+			if r.Started.After(change) {
+				first = r.Started
+				return true
+			}
+		}
+		return false
+	})
+	if first.Before(valid) {
+		t.Fatalf("delivered %v before the secret propagated", valid.Sub(first))
+	}
+	late := first.Sub(valid)
+	t.Logf("propagation end to first delivery: %v", late.Round(time.Millisecond))
+	if late > 3*time.Second {
+		t.Errorf("first delivery %v after the propagation ended, want within 3s", late.Round(time.Millisecond))
 	}
 }
 
