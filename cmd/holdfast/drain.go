@@ -32,6 +32,8 @@ type drainCounts struct {
 	dead    int64
 	holds   map[string]string // held route -> reason
 	heldBy  map[string]int64  // held route -> messages
+	// waitingIn are the routes with mail ready or scheduled.
+	waitingIn []string
 }
 
 func countDrain(ctx context.Context, q *queue.Queue, only string) (drainCounts, error) {
@@ -45,6 +47,9 @@ func countDrain(ctx context.Context, q *queue.Queue, only string) (drainCounts, 
 			continue
 		}
 		c.waiting += r.Ready + r.Scheduled + r.Leased
+		if r.Ready+r.Scheduled > 0 {
+			c.waitingIn = append(c.waitingIn, r.Route)
+		}
 		c.held += r.Held
 		c.dead += r.Dead
 		if r.HoldReason != "" {
@@ -254,12 +259,46 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 		return err
 	}
 	if c.waiting > 0 {
-		why = append(why, fmt.Sprintf("%d messages still waiting after %s: is a relay running (holdfast serve) and is its upstream answering?", c.waiting, *timeout))
+		last := ""
+		if reply := lastWaitingReply(ctx, q, c.waitingIn); reply != "" {
+			last = " (last reply: " + oneLine(reply, 200) + ")"
+		}
+		why = append(why, fmt.Sprintf("%d messages still waiting after %s%s: is a relay running (holdfast serve) and is its upstream answering?", c.waiting, *timeout, last))
 	}
 	for _, line := range why {
 		fmt.Fprintln(e.stdout, line)
 	}
-	return errors.New("the queue is not empty: " + strings.Join(why, "; "))
+	var sum []string
+	if c.held > 0 {
+		sum = append(sum, fmt.Sprintf("%d held", c.held))
+	}
+	if c.waiting > 0 {
+		sum = append(sum, fmt.Sprintf("%d still waiting", c.waiting))
+	}
+	return errors.New("the queue is not empty: " + strings.Join(sum, ", "))
+}
+
+// lastWaitingReply is the upstream's last reply to a message that waits
+// in one of routes (ready, or scheduled for its next attempt), the most
+// recent of the first few looked at, or "" when none has one: why mail
+// does not go, for a drain that gives up.
+func lastWaitingReply(ctx context.Context, q *queue.Queue, routes []string) string {
+	var reply string
+	var at time.Time
+	for _, r := range routes[:min(len(routes), 10)] {
+		for _, st := range []queue.State{queue.Ready, queue.Scheduled} {
+			ms, err := q.List(ctx, r, st, 0, 5)
+			if err != nil {
+				return reply
+			}
+			for _, m := range ms {
+				if m.LastError != "" && m.Updated.After(at) {
+					reply, at = m.LastError, m.Updated
+				}
+			}
+		}
+	}
+	return reply
 }
 
 // heldWhy explains held mail: per open breaker, with when it opened and

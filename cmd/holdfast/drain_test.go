@@ -115,6 +115,34 @@ func TestQueueDrainWithoutRelay(t *testing.T) {
 	}
 }
 
+// TestQueueDrainNamesLastReply: mail that still waits when drain gives up
+// is named with the upstream's last reply to it, and the error on stderr
+// sums up what stdout said instead of repeating it.
+func TestQueueDrainNamesLastReply(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfig(t, srv.Addr())
+	ctx := t.Context()
+	q := queue.New(srv.Client(t), queue.Options{})
+	if _, _, err := q.Enqueue(ctx, queue.Submission{Route: "crm", App: "crm", From: "a@contoso.com", To: []string{"b@example.org"}, Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := q.Lease(ctx, "crm", 1, time.Minute)
+	if err != nil || len(res.Leases) != 1 {
+		t.Fatalf("lease: %v %+v", err, res)
+	}
+	const reply = "451 4.3.0 Temporary server error. Please try again later"
+	if _, err := q.Retry(ctx, res.Leases[0], reply); err != nil {
+		t.Fatal(err)
+	}
+	r := runCmd(t, "queue", "drain", "--config", cfg, "--timeout", "1s")
+	if want := "1 messages still waiting after 1s (last reply: " + reply + "): is a relay running"; r.code != exitError || !strings.Contains(r.stdout, want) {
+		t.Fatalf("drain: exit %d, stdout lacks %q:\n%s%s", r.code, want, r.stdout, r.stderr)
+	}
+	if want := "holdfast: queue drain: the queue is not empty: 1 still waiting\n"; r.stderr != want {
+		t.Errorf("drain's stderr %q, want %q", r.stderr, want)
+	}
+}
+
 // TestQueueDrainProbesOpenBreakers: drain asks for a probe of an open
 // breaker at once, instead of waiting out its open interval; when the
 // probe fails the summary names the breaker, since when and why; when it
