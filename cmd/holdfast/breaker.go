@@ -153,6 +153,11 @@ func breakerVerbThen(verb string, forgettable bool, do func(ctx context.Context,
 			if forgettable {
 				hint = "; to remove the record of a credential taken out of the configuration, use --forget"
 			}
+			for _, n := range unchecked {
+				if m, ok := strings.CutPrefix(n, "mbx:"); ok {
+					hint += fmt.Sprintf("; %q is not a mailbox address", m)
+				}
+			}
 			return usagef("%s: no relay checks such a breaker; name cred:NAME of a credential in %s (%s) or mbx:ADDRESS%s",
 				strings.Join(unchecked, ", "), *config, configured, hint)
 		}

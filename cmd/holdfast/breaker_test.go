@@ -91,6 +91,10 @@ func TestBreakerUnknownName(t *testing.T) {
 			t.Fatalf("%s of unknown names: exit %d, stdout %q, stderr %q; want exit 2 naming it and the known ones", verb, r.code, r.stdout, r.stderr)
 		}
 	}
+	r := runCmd(t, "breaker", "trip", "--config", cfg, "mbx:billing")
+	if r.code != exitUsage || !strings.Contains(r.stderr, `"billing" is not a mailbox address`) {
+		t.Fatalf("trip of mbx:billing: exit %d, stderr %q; want exit 2 saying it is not an address", r.code, r.stderr)
+	}
 	if list := breakerList(t, cfg); len(list) != 1 || list[0].Name != "cred:contoso" {
 		t.Fatalf("after refused trips the breakers are %+v; want cred:contoso only", list)
 	}
@@ -99,7 +103,7 @@ func TestBreakerUnknownName(t *testing.T) {
 	// A plain reset refuses the name (a typo, or the wrong --config, must
 	// not remove a record relays use) and points at --forget.
 	other := writeConfigCredentials(t, srv.Addr(), "fabrikam")
-	r := runCmd(t, "breaker", "reset", "--config", other, "cred:contoso")
+	r = runCmd(t, "breaker", "reset", "--config", other, "cred:contoso")
 	if r.code != exitUsage || r.stdout != "" || !strings.Contains(r.stderr, "--forget") {
 		t.Fatalf("reset of a credential no longer configured: exit %d, stdout %q, stderr %q; want 2 pointing at --forget", r.code, r.stdout, r.stderr)
 	}
