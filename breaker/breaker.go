@@ -390,6 +390,12 @@ func (s *Set) made(ctx context.Context, st Status) {
 	tr := newTransition(st, 1-st.State)
 	// The notice is claimed before the others are told.
 	claimed := s.claim(tr)
+	// The name goes back in the names set, which Forget may have taken
+	// it out of since this Set last registered it: the command line
+	// lists the breakers from there.
+	if err := registerScript.Run(ctx, s.rdb, []string{namesKey}, st.Name).Err(); err != nil {
+		s.log.Warn("cannot register the breaker's name; the command line may not list it until its next transition", "breaker", st.Name, "err", err)
+	}
 	if err := s.rdb.Publish(ctx, eventsChannel, st.Name+" "+strconv.FormatInt(st.Generation, 10)).Err(); err != nil {
 		s.log.Warn("cannot publish breaker transition; replicas see it at their next poll", "breaker", st.Name, "err", err)
 	}
@@ -762,8 +768,11 @@ func (s *Set) Reset(ctx context.Context, name string) error {
 
 // Forget closes the breaker if it is open and removes its record, for a
 // breaker no relay checks any more (a credential taken out of the
-// configuration): List no longer names it. A relay that records a failure
-// for the name afterwards starts a fresh record.
+// configuration): List no longer names it. The record's generation
+// stays, alone: a relay that records a failure for the name afterwards
+// starts a fresh record whose generations go on from it, so that no
+// relay takes the new record's transitions for stale reads, no route's
+// hold fence refuses them, and no webhook receiver sees an ID again.
 func (s *Set) Forget(ctx context.Context, name string) error {
 	if err := s.Reset(ctx, name); err != nil {
 		return err
@@ -772,7 +781,8 @@ func (s *Set) Forget(ctx context.Context, name string) error {
 		return fmt.Errorf("breaker %s: forget: %w", name, err)
 	}
 	// The record and its companions share one hash slot.
-	if err := s.rdb.Del(ctx, recordKey(name), spreadKey(name), placesKey(name), attemptKey(name), worksKey(name), unprovenKey(name), notifiedKey(name)).Err(); err != nil {
+	keys := []string{recordKey(name), spreadKey(name), placesKey(name), attemptKey(name), worksKey(name), unprovenKey(name), notifiedKey(name)}
+	if err := forgetScript.Run(ctx, s.rdb, keys).Err(); err != nil {
 		return fmt.Errorf("breaker %s: forget: %w", name, err)
 	}
 	s.mu.Lock()
@@ -842,29 +852,17 @@ func (s *Set) List(ctx context.Context) ([]Status, error) {
 // generation is newer than the last one this Set reported. A breaker that
 // closes fleet-wide gets a fresh local breaker.
 //
-// recorded says Redis had a record. A breaker without one is closed. Its
-// name may have left the names set (Forget), so the next write names it
-// again; a name this Set does not know is not added (an operator's look
-// at a mailbox no route uses). A record this Set saw at a later
-// generation and now gone was removed (Forget, or a Redis that lost its
-// data): the breaker is forgotten here too, so that a new record, whose
-// generations start again at 1, is taken as news, not as a stale read.
+// recorded says Redis had a record: a look at a breaker that has none
+// and that this Set does not know (an operator's, at a mailbox no route
+// uses) adds nothing to what it lists.
 func (s *Set) observe(st Status, recorded bool) {
 	s.mu.Lock()
 	e := s.brks[st.Name]
-	if !recorded {
-		if e == nil {
-			s.mu.Unlock()
-			return
-		}
-		e.registered = false
-		if e.st.Generation > 0 {
-			delete(s.brks, st.Name)
-			s.mu.Unlock()
-			return
-		}
-	}
 	if e == nil {
+		if !recorded {
+			s.mu.Unlock()
+			return
+		}
 		e = s.entry(st.Name)
 	}
 	if st.Generation < e.st.Generation {

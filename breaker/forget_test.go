@@ -3,28 +3,63 @@ package breaker
 import (
 	"context"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
-// TestForgottenBreakerMadeAnew: a breaker forgotten (holdfast breaker
-// reset --forget) while relays still use it starts a new record at
-// generation 1 when it opens again. The relays that had seen the old
-// record's later generations see the new one, and the relay that opens it
-// names it again, so that the command line lists it.
-func TestForgottenBreakerMadeAnew(t *testing.T) {
-	var mu sync.Mutex
-	var seen []Transition
-	sets, clk := replicas(t, 3, func(i int, o *Options) {
-		if i == 1 {
-			o.OnTransition = func(tr Transition) {
-				mu.Lock()
-				seen = append(seen, tr)
-				mu.Unlock()
-			}
+// seenLog records what OnTransition reports, as "open@3".
+type seenLog struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (l *seenLog) add(tr Transition) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.got = append(l.got, tr.To.String()+"@"+strconv.FormatInt(tr.Generation, 10))
+}
+
+func (l *seenLog) list() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.got)
+}
+
+// watched starts n Sets on one Redis; the one at index w reports its
+// transitions to the returned log.
+func watched(t *testing.T, n, w int) ([]*Set, *clock, *seenLog) {
+	t.Helper()
+	log := &seenLog{}
+	sets, clk := replicas(t, n, func(i int, o *Options) {
+		if i == w {
+			o.OnTransition = log.add
 		}
 	})
+	return sets, clk, log
+}
+
+// listed reports whether a new Set, as the command line makes, lists the
+// breaker name in state.
+func listed(t *testing.T, s *Set, clk *clock, name string, state State) bool {
+	t.Helper()
+	list, err := New(s.rdb, Options{Now: clk.Now}).List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return slices.ContainsFunc(list, func(st Status) bool { return st.Name == name && st.State == state })
+}
+
+// TestForgottenBreakerMadeAnew: a breaker forgotten (holdfast breaker
+// reset --forget) while relays still use it opens again. Its generations
+// go on from the forgotten record's, so the relays that saw the old
+// record take the new one as news, and the relay that opens it names it
+// again, so that the command line lists it.
+func TestForgottenBreakerMadeAnew(t *testing.T) {
+	sets, clk, seen := watched(t, 3, 1)
 	relay, other, cli := sets[0], sets[1], sets[2]
 	ctx := context.Background()
 	const name = "cred:contoso"
@@ -37,41 +72,160 @@ func TestForgottenBreakerMadeAnew(t *testing.T) {
 			}
 		}
 	}
+	for _, step := range []func() error{
+		func() error { return relay.Trip(ctx, name, "test") },
+		func() error { return cli.Reset(ctx, name) },
+		func() error { return cli.Forget(ctx, name) },
+		func() error { return relay.Trip(ctx, name, "test again") },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+		fresh()
+	}
+	if st := other.Cached(name); st.State != Open || st.Generation != 3 {
+		t.Errorf("the other relay holds the breaker as %v at generation %d, want open at 3", st.State, st.Generation)
+	}
+	if got, want := seen.list(), []string{"open@1", "closed@2", "open@3"}; !slices.Equal(got, want) {
+		t.Errorf("the other relay saw transitions %v, want %v", got, want)
+	}
+	if !listed(t, relay, clk, name, Open) {
+		t.Errorf("a new Set (the command line) does not list %s open: the relay that opened it again did not name it", name)
+	}
+}
+
+// TestForgetSeenAsClose: Forget closes an open breaker, then removes its
+// record at once. A relay that saw it open, and reads only afterwards,
+// sees it close.
+func TestForgetSeenAsClose(t *testing.T) {
+	sets, clk, seen := watched(t, 3, 1)
+	relay, other, cli := sets[0], sets[1], sets[2]
+	ctx := context.Background()
+	const name = "cred:contoso"
 	if err := relay.Trip(ctx, name, "test"); err != nil {
 		t.Fatal(err)
 	}
-	fresh()
-	if err := cli.Reset(ctx, name); err != nil {
+	clk.Add(time.Second)
+	if _, err := other.Fresh(ctx, name); err != nil {
 		t.Fatal(err)
 	}
-	fresh()
 	if err := cli.Forget(ctx, name); err != nil {
 		t.Fatal(err)
 	}
-	fresh()
+	clk.Add(time.Second)
+	if _, err := other.Fresh(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.List(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := seen.list(), []string{"open@1", "closed@2"}; !slices.Equal(got, want) {
+		t.Errorf("the other relay saw transitions %v, want %v", got, want)
+	}
+	if listed(t, relay, clk, name, Closed) || listed(t, relay, clk, name, Open) {
+		t.Errorf("the command line still lists %s after Forget", name)
+	}
+}
+
+// TestOwnWriteAfterForget: the relay that opens a forgotten breaker again
+// before it read anything since the Forget sees its own opening, and
+// names the breaker again. Watch's polls and its probe after that report
+// each transition once and keep its probe lease.
+func TestOwnWriteAfterForget(t *testing.T) {
+	sets, clk, seen := watched(t, 2, 0)
+	relay, cli := sets[0], sets[1]
+	ctx := context.Background()
+	const name = "cred:contoso"
+	if err := relay.Trip(ctx, name, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := relay.Reset(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	if err := cli.Forget(ctx, name); err != nil {
+		t.Fatal(err)
+	}
 	if err := relay.Trip(ctx, name, "test again"); err != nil {
 		t.Fatal(err)
 	}
-	fresh()
-
-	if st := other.Cached(name); st.State != Open || st.Generation != 1 {
-		t.Errorf("the other relay holds the breaker as %v at generation %d, want open at 1 (the new record)", st.State, st.Generation)
+	if st := relay.Cached(name); st.State != Open || st.Generation != 3 {
+		t.Errorf("the relay holds the breaker it opened again as %v at generation %d, want open at 3", st.State, st.Generation)
 	}
-	mu.Lock()
-	var got []string
-	for _, tr := range seen {
-		got = append(got, tr.To.String())
+	if !listed(t, relay, clk, name, Open) {
+		t.Errorf("the command line does not list %s open", name)
 	}
-	mu.Unlock()
-	if want := []string{"open", "closed", "open"}; !slices.Equal(got, want) {
-		t.Errorf("the other relay saw transitions %v, want %v", got, want)
+	for range 3 {
+		clk.Add(time.Second)
+		if _, err := relay.Fresh(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := relay.List(ctx); err != nil { // Watch's poll
+			t.Fatal(err)
+		}
 	}
-	list, err := New(cli.rdb, Options{Now: clk.Now}).List(ctx)
-	if err != nil {
+	clk.Add(31 * time.Second)
+	if ok, err := relay.AcquireProbe(ctx, name); err != nil || !ok {
+		t.Fatalf("AcquireProbe = %v, %v", ok, err)
+	}
+	if _, err := relay.List(ctx); err != nil { // a poll while the probe runs
 		t.Fatal(err)
 	}
-	if !slices.ContainsFunc(list, func(st Status) bool { return st.Name == name && st.State == Open }) {
-		t.Errorf("a new Set (the command line) lists %v, want %s open: the relay that opened it again did not name it", list, name)
+	if err := relay.ProbeResult(ctx, name, nil); err != nil {
+		t.Fatalf("the probe's success was refused: %v", err)
+	}
+	if got, want := seen.list(), []string{"open@1", "closed@2", "open@3", "closed@4"}; !slices.Equal(got, want) {
+		t.Errorf("the relay saw transitions %v, want %v", got, want)
+	}
+}
+
+// TestLateEmptyReadIgnored: a read that found no record, answered after
+// this Set recorded the breaker's opening, changes nothing: the opening
+// is reported once.
+func TestLateEmptyReadIgnored(t *testing.T) {
+	sets, _, seen := watched(t, 1, 0)
+	s := sets[0]
+	ctx := context.Background()
+	const name = "cred:contoso"
+	answered, proceed := make(chan struct{}), make(chan struct{})
+	s.rdb.(*redis.Client).AddHook(holdReadHook{answered: answered, proceed: proceed})
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Fresh(ctx, name)
+		done <- err
+	}()
+	<-answered // Redis answered "no record"; the reply waits
+	if err := s.RecordAs(ctx, name, errExpired, Material{}); err != nil {
+		t.Fatal(err)
+	}
+	close(proceed)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Status(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := seen.list(), []string{"open@1"}; !slices.Equal(got, want) {
+		t.Errorf("transitions %v, want %v", got, want)
+	}
+}
+
+// holdReadHook holds the reply of the first pipelined HGETALL of one
+// record until proceed is closed, once Redis has answered it.
+type holdReadHook struct{ answered, proceed chan struct{} }
+
+func (holdReadHook) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (holdReadHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h holdReadHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		if len(cmds) == 1 && cmds[0].Name() == "hgetall" {
+			select {
+			case h.answered <- struct{}{}:
+				<-h.proceed
+			default:
+			}
+		}
+		return err
 	}
 }
 

@@ -135,7 +135,7 @@ func TestTransitionMadeReplyLostNotified(t *testing.T) {
 
 // TestNotifiedOncePerTransition: across replicas that all see every
 // transition, OnMade is called once for each, also for a breaker whose
-// record is made anew after Forget (its generations start again).
+// record is made anew after Forget (its generations go on).
 func TestNotifiedOncePerTransition(t *testing.T) {
 	var mu sync.Mutex
 	var made []Transition
@@ -170,7 +170,7 @@ func TestNotifiedOncePerTransition(t *testing.T) {
 	for _, tr := range made {
 		got = append(got, tr.To.String()+"@"+strconv.FormatInt(tr.Generation, 10))
 	}
-	if want := []string{"open@1", "closed@2", "open@1"}; !slices.Equal(got, want) {
+	if want := []string{"open@1", "closed@2", "open@3"}; !slices.Equal(got, want) {
 		t.Errorf("OnMade calls %v, want %v", got, want)
 	}
 }

@@ -21,6 +21,15 @@ func flagged(src string) *redis.Script {
 // registerScript adds ARGV[1] to the names set KEYS[1].
 var registerScript = flagged(`return redis.call('SADD', KEYS[1], ARGV[1])`)
 
+// forgetScript deletes a breaker's record (KEYS[1]) and its companions
+// (the other KEYS), all but the record's generation (see Set.Forget).
+var forgetScript = flagged(`
+local g = redis.call('HGET', KEYS[1], 'generation')
+redis.call('DEL', unpack(KEYS))
+if g then redis.call('HSET', KEYS[1], 'generation', g) end
+return 0
+`)
+
 // transitions defines the two transitions, prepended to the scripts that
 // make them: open(reason, now, interval, next probe) and close(now). Each
 // bumps the generation and ends any probe lease. reply(k) returns the

@@ -233,10 +233,11 @@ func TestWebhookErrorHidesURL(t *testing.T) {
 	}
 }
 
-// TestWebhookRepostsAfterForget: a breaker forgotten and made anew counts
-// its generations again, so a new transition may carry the ID of one
-// posted before; it is posted all the same. The same transition notified
-// again (taken over by this relay's own Watch) is not.
+// TestWebhookRepostsAfterForget: a breaker whose record was lost whole
+// (a Redis that lost its data; Forget keeps the generation) counts its
+// generations again, so a new transition may carry the ID of one posted
+// before; it is posted all the same. The same transition notified again
+// (taken over by this relay's own Watch) is not.
 func TestWebhookRepostsAfterForget(t *testing.T) {
 	var mu sync.Mutex
 	var got []string
