@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -258,6 +259,7 @@ const probePoll = 100 * time.Millisecond
 func breakerProbe(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 	wait := fs.Duration("wait", probeWaitDefault, "wait up to `DURATION` for the relays' probe results and print them; 0 does not wait")
 	var asked []pendingProbe
+	var held []string // not probed: an operator holds them
 	request := func(ctx context.Context, set *breaker.Set, name string) (string, error) {
 		var before breaker.Status
 		if *wait > 0 {
@@ -271,16 +273,29 @@ func breakerProbe(ctx context.Context, e *env, fs *flag.FlagSet, args []string) 
 			// What a probe would bring about already holds.
 			return "closed; there is nothing to probe", nil
 		}
+		if errors.Is(err, breaker.ErrHeld) {
+			// The other names are asked about all the same.
+			held = append(held, name+" (held by an operator)")
+			return "held by an operator until holdfast breaker reset; not probed", nil
+		}
 		if err == nil {
 			asked = append(asked, pendingProbe{name: name, asked: n, before: before.LastProbe, generation: before.Generation})
 		}
 		return "", err
 	}
 	await := func(ctx context.Context, set *breaker.Set) error {
-		if *wait <= 0 {
-			return nil
+		var err error
+		if *wait > 0 {
+			err = awaitProbes(ctx, e, set, asked, *wait)
 		}
-		return awaitProbes(ctx, e, set, asked, *wait)
+		var open []string
+		if so, ok := err.(stillOpenError); ok {
+			open, err = so, nil
+		}
+		if err != nil {
+			return err
+		}
+		return stillOpen(append(held, open...))
 	}
 	return breakerVerbThen("probe requested: a relay probes it within a second", false, request, await)(ctx, e, fs, args)
 }
@@ -341,11 +356,16 @@ func awaitProbes(ctx context.Context, e *env, set *breaker.Set, asked []pendingP
 	return stillOpen(open)
 }
 
+// stillOpenError names the breakers a probe command left open.
+type stillOpenError []string
+
+func (e stillOpenError) Error() string { return "still open: " + strings.Join(e, ", ") }
+
 // stillOpen is the error of a probe command that left the named
 // breakers open, nil for none.
 func stillOpen(names []string) error {
 	if len(names) == 0 {
 		return nil
 	}
-	return fmt.Errorf("still open: %s", strings.Join(names, ", "))
+	return stillOpenError(names)
 }

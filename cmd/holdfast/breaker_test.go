@@ -58,8 +58,9 @@ func TestBreakerCommands(t *testing.T) {
 		t.Fatalf("trip of a held breaker: %q", out)
 	}
 	r = runCmd(t, "breaker", "probe", "--config", cfg, "cred:contoso")
-	if r.code != exitError || !strings.Contains(r.stderr, "held by an operator until reset") {
-		t.Fatalf("probe of a held breaker: exit %d, %q", r.code, r.stderr)
+	if r.code != exitError || r.stdout != "cred:contoso: held by an operator until holdfast breaker reset; not probed\n" ||
+		r.stderr != "holdfast: breaker probe: still open: cred:contoso (held by an operator)\n" {
+		t.Fatalf("probe of a held breaker: exit %d, %q %q", r.code, r.stdout, r.stderr)
 	}
 	mustRun(t, "breaker", "reset", "--config", cfg, "cred:contoso")
 	if list := breakerList(t, cfg); len(list) != 1 || list[0].State != "closed" || list[0].HeldByOperator {
@@ -224,6 +225,35 @@ func TestBreakerProbeWaits(t *testing.T) {
 	}
 	if r.code != exitError || r.stderr != "holdfast: breaker probe: still open: mbx:a@contoso.com (no result), mbx:b@contoso.com (no result)\n" {
 		t.Errorf("two probes with no relay: exit %d, %q", r.code, r.stderr)
+	}
+}
+
+// TestBreakerProbeMixed: a probe of a held, a closed and an open breaker
+// asks for the open one's probe whatever the order, reports each, and
+// fails naming those left open.
+func TestBreakerProbeMixed(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfigCredentials(t, srv.Addr(), "contoso")
+	mustRun(t, "breaker", "hold", "--config", cfg, "mbx:h@contoso.com")
+	mustRun(t, "breaker", "trip", "--config", cfg, "mbx:o@contoso.com")
+	for _, order := range [][]string{
+		{"mbx:h@contoso.com", "mbx:c@contoso.com", "mbx:o@contoso.com"},
+		{"mbx:o@contoso.com", "mbx:c@contoso.com", "mbx:h@contoso.com"},
+	} {
+		r := runCmd(t, append([]string{"breaker", "probe", "--wait", "300ms", "--config", cfg}, order...)...)
+		for _, want := range []string{
+			"mbx:h@contoso.com: held by an operator until holdfast breaker reset; not probed\n",
+			"mbx:c@contoso.com: closed; there is nothing to probe\n",
+			"mbx:o@contoso.com: probe requested: a relay probes it within a second\n",
+			"mbx:o@contoso.com: no probe result within 300ms",
+		} {
+			if !strings.Contains(r.stdout, want) {
+				t.Errorf("order %v: stdout lacks %q:\n%s", order, want, r.stdout)
+			}
+		}
+		if r.code != exitError || r.stderr != "holdfast: breaker probe: still open: mbx:h@contoso.com (held by an operator), mbx:o@contoso.com (no result)\n" {
+			t.Errorf("order %v: exit %d, stderr %q", order, r.code, r.stderr)
+		}
 	}
 }
 
