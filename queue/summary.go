@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -56,7 +55,9 @@ type Summarizer struct {
 	q     *Queue
 	group func(route string) string
 
-	mu     sync.Mutex
+	// turn is held by one Summarize or Refresh at a time; a caller whose
+	// context ends while another holds it gives up, as it would on Redis.
+	turn   chan struct{}
 	counts map[string]routeCount // by route, from the last call
 	epoch  float64               // the change log's start ("@") at the last call
 	seq    float64               // the newest change sequence seen
@@ -75,13 +76,27 @@ type routeCount struct {
 
 // NewSummarizer returns a Summarizer that groups routes with group.
 func (q *Queue) NewSummarizer(group func(route string) string) *Summarizer {
-	return &Summarizer{q: q, group: group}
+	return &Summarizer{q: q, group: group, turn: make(chan struct{}, 1)}
 }
+
+// take waits for the turn, or for ctx to end.
+func (s *Summarizer) take(ctx context.Context) error {
+	select {
+	case s.turn <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("summarize: waiting for another count: %w", context.Cause(ctx))
+	}
+}
+
+func (s *Summarizer) give() { <-s.turn }
 
 // Summarize counts the queue by group; see Summarizer.
 func (s *Summarizer) Summarize(ctx context.Context) (Summary, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	if err := s.take(ctx); err != nil {
+		return Summary{}, err
+	}
+	defer s.give()
 	q := s.q
 	now := q.opts.Now()
 	single := !q.cluster()
@@ -190,8 +205,10 @@ func (s *Summarizer) Refresh(ctx context.Context) error {
 	if err := s.count(ctx, counts, routes, now.UnixMilli(), q.routeBatch()); err != nil {
 		return fmt.Errorf("summarize: %w", err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	if err := s.take(ctx); err != nil {
+		return err
+	}
+	defer s.give()
 	s.counts, s.epoch, s.seq, s.full = counts, m[0], m[1], now
 	return nil
 }

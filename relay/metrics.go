@@ -256,7 +256,11 @@ func (m *metrics) flushMinutes(ctx context.Context, q *queue.Queue, every time.D
 			cancel()
 			return
 		case <-t.C:
-			flush(ctx)
+			// Bounded as a scrape is: a hung Redis must not keep it,
+			// and the summary it takes a turn of, for long.
+			fctx, cancel := context.WithTimeout(ctx, scrapeTimeout)
+			flush(fctx)
+			cancel()
 		}
 	}
 }
