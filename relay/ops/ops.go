@@ -166,15 +166,20 @@ func nonNil[T any](l []T) []T {
 
 func (h *handler) statusJSON(w http.ResponseWriter, r *http.Request) {
 	st, err := h.read(r.Context())
-	if err != nil {
-		h.cfg.Log.Warn("status: cannot read the fleet's state", "err", err)
-		http.Error(w, "The relay's state cannot be read right now: "+err.Error(), http.StatusServiceUnavailable)
-		return
-	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
+	if err != nil {
+		h.cfg.Log.Warn("status: cannot read the fleet's state", "err", err)
+		// As the HTTP API's errors: a code and a message.
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_ = enc.Encode(struct {
+			Error   string `json:"error"`
+			Message string `json:"message"`
+		}{"state_unavailable", "The relay's state cannot be read right now: " + err.Error()})
+		return
+	}
 	_ = enc.Encode(st)
 }
 

@@ -268,3 +268,37 @@ func TestFullRoutesCard(t *testing.T) {
 		t.Error("the page of a fleet with no bound does not say so")
 	}
 }
+
+type failingStatus struct{ err error }
+
+func (f failingStatus) Status(context.Context) (Status, error) { return Status{}, f.err }
+
+// TestStatusUnreadable: with the fleet's state unreadable (Redis down),
+// the page says so, answers 503, and shows nothing it could not read: no
+// zero counts, and no "no credentials" or "no bound" that only an empty
+// status would suggest. status.json answers 503 in JSON.
+func TestStatusUnreadable(t *testing.T) {
+	h := New(Config{Ready: func(context.Context) error { return nil },
+		Status: failingStatus{errors.New("redis unreachable: connection refused")}})
+	code, body := get(t, h, "/", "")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "Cannot read the fleet's state") ||
+		!strings.Contains(body, "redis unreachable: connection refused") {
+		t.Fatalf("page: %d\n%s", code, body)
+	}
+	for _, absent := range []string{"No credentials", "No bound", "No credentials configured", `<span>ready</span>`} {
+		if strings.Contains(body, absent) {
+			t.Errorf("the page, with the state unreadable, shows %q", absent)
+		}
+	}
+	r := httptest.NewRequest(http.MethodGet, "/status.json", nil)
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	var e struct {
+		Error   string `json:"error"`
+		Message string `json:"message"`
+	}
+	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Content-Type") != "application/json" ||
+		json.Unmarshal(w.Body.Bytes(), &e) != nil || e.Error != "state_unavailable" || !strings.Contains(e.Message, "redis unreachable") {
+		t.Errorf("status.json: %d %q %s", w.Code, w.Header().Get("Content-Type"), w.Body.String())
+	}
+}
