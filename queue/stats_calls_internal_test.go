@@ -154,9 +154,12 @@ func checkSummary(t *testing.T, q *Queue) {
 		t.Fatal(err)
 	}
 	group := func(r string) string { return fmt.Sprint("g", len(r)%3, r[len(r)-1]%2) }
-	want := Summary{Groups: map[string]RouteStats{}}
+	want := Summary{Groups: map[string]RouteStats{}, ReadyRoutes: map[string]time.Time{}}
 	for _, rs := range st.Routes {
 		want.Routes = append(want.Routes, rs.Route)
+		if !rs.ReadySince.IsZero() {
+			want.ReadyRoutes[rs.Route] = rs.ReadySince
+		}
 		g := group(rs.Route)
 		w := want.Groups[g]
 		w.Route = g

@@ -24,6 +24,9 @@ type Summary struct {
 	OldestHeld time.Time
 	// Routes are every route counted, in no order.
 	Routes []string
+	// ReadyRoutes are the routes with a ready message, each with the
+	// earliest due time of its ready messages.
+	ReadyRoutes map[string]time.Time
 }
 
 // SummaryRefresh is how often a Summarizer's owner should call Refresh:
@@ -256,14 +259,17 @@ func (s *Summarizer) count(ctx context.Context, counts map[string]routeCount, ro
 
 // sum adds up the stored counts by group.
 func (s *Summarizer) sum(routes []string) Summary {
-	sum := Summary{Groups: map[string]RouteStats{}, Routes: routes}
+	sum := Summary{Groups: map[string]RouteStats{}, Routes: routes, ReadyRoutes: map[string]time.Time{}}
 	earliest := func(t *time.Time, ms int64) {
 		if ms >= 0 && (t.IsZero() || fromMillis(ms).Before(*t)) {
 			*t = fromMillis(ms)
 		}
 	}
-	for _, c := range s.counts {
+	for route, c := range s.counts {
 		earliest(&sum.ReadySince, c.since)
+		if c.since >= 0 {
+			sum.ReadyRoutes[route] = fromMillis(c.since)
+		}
 		earliest(&sum.OldestHeld, c.oldestHeld)
 		t := sum.Groups[c.group]
 		t.Route = c.group

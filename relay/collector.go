@@ -29,6 +29,10 @@ type stateCollector struct {
 	// memory is Redis's memory use as the durability check last read it
 	// (every redis.check_interval); nil when unknown.
 	memory func() []queue.NodeMemory
+	// readySince, when set, is the oldest ready message's due time
+	// among the routes given, leaving out mail that waits for the
+	// upstream (Server.readySince); without it, every route counts.
+	readySince func(context.Context, map[string]time.Time) (time.Time, error)
 
 	depth, oldestReady, oldestHeld, brkOpen, mbxOpen, redisUsed, redisMax *prometheus.Desc
 }
@@ -92,7 +96,15 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(v.n), v.state, cr)
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(c.oldestReady, prometheus.GaugeValue, ageSeconds(now, sum.ReadySince))
+	since := sum.ReadySince
+	if c.readySince != nil {
+		if t, err := c.readySince(ctx, sum.ReadyRoutes); err != nil {
+			c.log.Warn("metrics: cannot read the mailboxes' waits; the oldest ready message's age counts their mail", "err", err)
+		} else {
+			since = t
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(c.oldestReady, prometheus.GaugeValue, ageSeconds(now, since))
 	ch <- prometheus.MustNewConstMetric(c.oldestHeld, prometheus.GaugeValue, ageSeconds(now, sum.OldestHeld))
 	if c.set == nil {
 		return

@@ -2,6 +2,8 @@ package relay
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -119,6 +121,49 @@ func routeMailboxes(routes []string) []string {
 		}
 	}
 	return mailboxes
+}
+
+// readySince is the earliest due time of the ready messages of the
+// routes in ready (route -> the earliest of its own), leaving out the
+// routes whose mailbox waits for Exchange or Graph: their mail waits for
+// the upstream, not for a worker, and "queue stats" and the status page
+// name the wait. This is the oldest ready message's age that an alert
+// reads as relays stuck or overloaded.
+func (s *Server) readySince(ctx context.Context, ready map[string]time.Time) (time.Time, error) {
+	var since time.Time
+	earliest := func(t time.Time) {
+		if !t.IsZero() && (since.IsZero() || t.Before(since)) {
+			since = t
+		}
+	}
+	var waits []queue.MailboxWait
+	if s.exchange != nil && len(ready) > 0 {
+		var err error
+		if waits, err = queue.NewLimiter(s.rdb, time.Now).MailboxWaits(ctx, routeMailboxes(slices.Collect(maps.Keys(ready)))); err != nil {
+			return time.Time{}, err
+		}
+	}
+	for route, t := range ready {
+		if !s.exchange.waitsFor(route, waits) {
+			earliest(t)
+		}
+	}
+	return since, nil
+}
+
+// waitsFor reports whether one of waits holds the mail of route: a block
+// of its mailbox always, Graph's throttling when the route goes by Graph.
+func (x *exchange) waitsFor(route string, waits []queue.MailboxWait) bool {
+	mailbox, ok := RouteMailbox(route)
+	if x == nil || !ok {
+		return false
+	}
+	for _, w := range waits {
+		if strings.EqualFold(w.Mailbox, mailbox) && (w.Kind != waitGraph || x.routeByGraph(route)) {
+			return true
+		}
+	}
+	return false
 }
 
 // describeWaits gives each of the fleet's waits its reason.

@@ -260,3 +260,33 @@ func monitorRedis(t *testing.T, addr string) <-chan string {
 	})
 	return lines
 }
+
+// TestWaitingMailboxMailNotAgedAsReady: the mail of a mailbox Exchange
+// blocked waits for the block's end, not for a worker. The oldest ready
+// message's age (holdfast_queue_oldest_ready_age_seconds, and the status
+// page's "Oldest ready message waiting"), on which an alert tells the
+// operator that the relays are stuck, leaves it out; queue stats and the
+// page's mailbox waits name it instead.
+func TestWaitingMailboxMailNotAgedAsReady(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	from := "noreply@contoso.com"
+	e.blockedFirst(t, from)
+	for n := 2; n < 5; n++ {
+		e.submit(t, 0, from, fmt.Sprintf("r%d@example.org", n), exchangeMessage(n, from))
+	}
+	time.Sleep(3 * time.Second)
+	r := e.relays[0]
+	if st, err := e.f.queue.Stats(t.Context()); err != nil || st.Total.Ready == 0 {
+		t.Fatalf("queue stats %+v, %v: want the blocked mailbox's new mail ready", st.Total, err)
+	}
+	if age, ok := series(scrape(t, r), "holdfast_queue_oldest_ready_age_seconds", nil); !ok || age >= 1 {
+		t.Errorf("holdfast_queue_oldest_ready_age_seconds = %v (%v), want 0: the only ready mail waits for Exchange's block", age, ok)
+	}
+	st, err := readStatus("http://" + r.OpsAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.OldestReady >= 1 || st.MailboxWaitCount != 1 {
+		t.Errorf("status.json oldest_ready_seconds %v, mailbox waits %d; want 0 and 1", st.OldestReady, st.MailboxWaitCount)
+	}
+}

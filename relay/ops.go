@@ -38,7 +38,9 @@ func (s *Server) setupOps() error {
 		creds = append(creds, c.Name)
 	}
 	s.summary = s.queue.NewSummarizer(routeCredential)
-	s.reg.MustRegister(newStateCollector(s.summary, set, creds, s.durable.memoryUse, s.log.With("component", "metrics")))
+	sc := newStateCollector(s.summary, set, creds, s.durable.memoryUse, s.log.With("component", "metrics"))
+	sc.readySince = s.readySince
+	s.reg.MustRegister(sc)
 	if set != nil {
 		s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "holdfast_replica_name_shared",
@@ -165,7 +167,17 @@ func (o *opsStatus) Status(ctx context.Context) (ops.Status, error) {
 	}
 	t := stats.Total
 	st.Queue = ops.Depth{Ready: t.Ready, Scheduled: t.Scheduled, Sending: t.Leased, Held: t.Held, Dead: t.Dead}
-	st.OldestReady = ops.Seconds(time.Duration(ageSeconds(now, t.ReadySince) * float64(time.Second)))
+	ready := map[string]time.Time{}
+	for _, r := range stats.Routes {
+		if !r.ReadySince.IsZero() {
+			ready[r.Route] = r.ReadySince
+		}
+	}
+	since, err := s.readySince(ctx, ready)
+	if err != nil {
+		return st, err
+	}
+	st.OldestReady = ops.Seconds(time.Duration(ageSeconds(now, since) * float64(time.Second)))
 	st.OldestHeld = ops.Seconds(time.Duration(ageSeconds(now, oldestHeld(stats)) * float64(time.Second)))
 
 	minutes, err := s.queue.Minutes(ctx, now, 60)
