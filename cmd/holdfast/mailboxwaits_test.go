@@ -240,3 +240,38 @@ func TestQueueFlushHeldRoute(t *testing.T) {
 		t.Errorf("queue flush printed:\n%s\nwant the line %q for the held route alone", out, want)
 	}
 }
+
+// TestQueueStatsLeavesOutEmptyRoutes: a route with no mail left (kept
+// until pruned a day later) gets no row in queue stats, which says how
+// many it left out; --json lists it.
+func TestQueueStatsLeavesOutEmptyRoutes(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfig(t, srv.Addr())
+	ctx := t.Context()
+	q := queue.New(srv.Client(t), queue.Options{})
+	var gone string
+	for _, route := range []string{"crm", "web"} {
+		id, _, err := q.Enqueue(ctx, queue.Submission{Route: route, App: "crm", From: "a@contoso.com",
+			To: []string{"b@example.org"}, Body: []byte("x")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		gone = id
+	}
+	if err := q.Delete(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	out := mustRun(t, "queue", "stats", "--config", cfg)
+	if !strings.Contains(out, "\ncrm ") || strings.Contains(out, "\nweb ") || !strings.Contains(out, "1 routes with no mail not shown (--json lists every route)\n") {
+		t.Errorf("queue stats printed:\n%s\nwant crm's row, not web's, and a line for web", out)
+	}
+	var js struct {
+		Routes []struct {
+			Route string `json:"route"`
+		} `json:"routes"`
+	}
+	decode(t, mustRun(t, "queue", "stats", "--json", "--config", cfg), &js)
+	if len(js.Routes) != 2 {
+		t.Errorf("queue stats --json lists %+v, want both routes", js.Routes)
+	}
+}

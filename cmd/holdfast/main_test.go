@@ -516,7 +516,10 @@ func TestQueueRequeueAndFlush(t *testing.T) {
 		t.Fatalf("requeue printed %q", out)
 	}
 	out = mustRun(t, "queue", "flush", "--config", cfg)
-	if !strings.Contains(out, "route web: 1 scheduled messages made due now") || !strings.Contains(out, "1 messages in 2 routes") {
+	// Over every route, a route with nothing to flush gets no line: with
+	// hundreds of routes the ones flushed would be lost among them.
+	if !strings.Contains(out, "route web: 1 scheduled messages made due now") || !strings.Contains(out, "1 messages in 2 routes") ||
+		strings.Contains(out, "route crm:") {
 		t.Fatalf("flush printed:\n%s", out)
 	}
 	out = mustRun(t, "queue", "stats", "--config", cfg)

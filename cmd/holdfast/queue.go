@@ -164,12 +164,22 @@ func queueStats(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%s\n", name, s.Ready, s.Scheduled, s.Leased, s.Held, s.Dead, oldest)
 	}
+	empty := 0
 	for _, r := range st.Routes {
+		if r.Undelivered()+r.Dead == 0 {
+			// Kept until pruned a day after its last mail: with hundreds
+			// of mailboxes, the rows with mail would be lost among these.
+			empty++
+			continue
+		}
 		line(r.Route, r)
 	}
 	line("total", st.Total)
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if empty > 0 {
+		fmt.Fprintf(e.stdout, "%d routes with no mail not shown (--json lists every route)\n", empty)
 	}
 	for _, r := range st.Routes {
 		if r.HoldReason != "" {
@@ -475,7 +485,9 @@ func queueFlush(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 			return err
 		}
 		total += n
-		fmt.Fprintf(e.stdout, "route %s: %d scheduled messages made due now\n", r, n)
+		if n > 0 || len(routes) == 1 {
+			fmt.Fprintf(e.stdout, "route %s: %d scheduled messages made due now\n", r, n)
+		}
 	}
 	if len(routes) != 1 {
 		fmt.Fprintf(e.stdout, "%d messages in %d routes made due now\n", total, len(routes))
