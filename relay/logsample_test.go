@@ -117,6 +117,23 @@ func (failingLimiter) Blocked(context.Context, string, string) (*queue.Block, er
 	return nil, context.DeadlineExceeded
 }
 
+func (failingLimiter) Failed(context.Context, string, string) error { return context.DeadlineExceeded }
+
+// TestUncountedFailuresLogSampled: with Redis not answering, each failed
+// authentication that cannot be counted goes on, and the warning is
+// written once an interval, not once a failure (a client guessing
+// passwords during a Redis outage).
+func TestUncountedFailuresLogSampled(t *testing.T) {
+	logs := &syncBuffer{}
+	g := newAuthGuard(failingLimiter{}, time.Second, nil, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(logs, nil)))
+	for range 50 {
+		g.failed(t.Context(), "192.0.2.1", "crm")
+	}
+	if n := strings.Count(logs.String(), "cannot count a failed authentication"); n != 1 {
+		t.Errorf("%d warnings for 50 failures, want 1:\n%s", n, logs.String())
+	}
+}
+
 // TestUnreadableCountsLogSampled: with the failure counts unreadable,
 // authentication goes on, and the warning is written once an interval,
 // not once an attempt.

@@ -192,7 +192,9 @@ func (g *authGuard) failed(ctx context.Context, ip, user string) {
 }
 
 // write runs one of the limiter's writes within the guard's timeout, and
-// logs failure when it fails: authentication goes on either way.
+// logs failure when it fails, once an interval for each failure: a
+// client guessing passwords while Redis is away would otherwise write a
+// line a guess. Authentication goes on either way.
 func (g *authGuard) write(ctx context.Context, failure string, w func(authLimiter, context.Context) error) {
 	if g == nil {
 		return
@@ -200,7 +202,9 @@ func (g *authGuard) write(ctx context.Context, failure string, w func(authLimite
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
 	if err := w(g.limits, ctx); err != nil {
-		g.log.Warn(failure, "err", err)
+		if ok, held := g.sample.allow(failure); ok {
+			g.log.Warn(failure, withHeld([]any{"err", err}, held)...)
+		}
 	}
 }
 
