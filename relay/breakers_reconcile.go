@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -32,15 +33,28 @@ const (
 	routeIdle  = 24 * time.Hour
 )
 
+// reconcileFull is how often the reconcile loop reads the hold of every
+// route, not only of those under an open breaker: a route left held with
+// both breakers closed, and no transition to tell (a relay killed during
+// its release), is released within it.
+const reconcileFull = 10 * time.Second
+
 // reconcileLoop reconciles the held set every poll and after each
-// transition, until ctx ends.
+// transition, until ctx ends. A poll reads the holds of the routes under
+// open breakers; a transition, and every reconcileFull, those of every
+// route: with thousands of routes and no breaker open, a poll then costs
+// Redis a few commands, not one for each route.
 func (g *gate) reconcileLoop(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
-	var pruned time.Time
+	var pruned, full time.Time
+	woken := true
 	for {
-		if err := g.reconcile(ctx); err != nil && ctx.Err() == nil {
+		all := woken || time.Since(full) >= reconcileFull
+		if err := g.reconcile(ctx, all); err != nil && ctx.Err() == nil {
 			g.log.Warn("cannot reconcile held routes with the breakers", "err", err)
+		} else if all {
+			full = time.Now()
 		}
 		if time.Since(pruned) >= pruneEvery {
 			pruned = time.Now()
@@ -50,17 +64,20 @@ func (g *gate) reconcileLoop(ctx context.Context, every time.Duration) {
 				g.log.Info("pruned routes idle for a day", "routes", len(gone))
 			}
 		}
+		woken = false
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-g.reconcileNow:
+			woken = true
 		}
 	}
 }
 
-// reconcile makes the held set match the breaker records once.
-func (g *gate) reconcile(ctx context.Context) error {
+// reconcile makes the held set match the breaker records once: of every
+// route with all, else of the routes under an open breaker.
+func (g *gate) reconcile(ctx context.Context, all bool) error {
 	list, err := g.set.List(ctx)
 	if err != nil {
 		return err
@@ -70,18 +87,19 @@ func (g *gate) reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	records := make(map[string]breaker.Status, len(list))
+	for _, st := range list {
+		records[st.Name] = st
+	}
 	var exchangeRoutes []string
 	for _, r := range routes {
-		if _, _, ok := routeBreakers(r); ok {
+		cred, mbx, ok := routeBreakers(r)
+		if ok && (all || records[cred].State == breaker.Open || records[mbx].State == breaker.Open) {
 			exchangeRoutes = append(exchangeRoutes, r)
 		}
 	}
 	if len(exchangeRoutes) == 0 {
 		return nil
-	}
-	records := make(map[string]breaker.Status, len(list))
-	for _, st := range list {
-		records[st.Name] = st
 	}
 	held, err := g.q.HeldRoutes(ctx, exchangeRoutes)
 	if err != nil {
@@ -156,24 +174,44 @@ type routeChange struct {
 	release   bool
 }
 
-// apply makes the changes, reconcileConcurrency at a time. It returns
-// how many routes were released and, when some were not, how many and
-// the first error: with Redis away every release fails alike, and one
-// line says so rather than one error a route.
+// apply makes the changes, reconcileConcurrency at a time. It logs one
+// line per breaker that held routes, with their count (a credential of
+// thousands of mailboxes would write a line a route), and returns how
+// many routes were released and, when some were not held or released,
+// how many and the first error: with Redis away every change fails
+// alike, and one line says so rather than one error a route.
 func (g *gate) apply(ctx context.Context, todo []routeChange) (int, error) {
 	work := make(chan routeChange)
+	type heldBy struct {
+		generation int64
+		routes     int
+	}
 	var (
 		wg       sync.WaitGroup
 		mu       sync.Mutex
 		released int
 		failed   int
 		first    error
+		held     = map[string]heldBy{}
 	)
 	for range min(reconcileConcurrency, len(todo)) {
 		wg.Go(func() {
 			for ch := range work {
 				if !ch.release {
-					g.hold(ctx, ch.route, ch.cred, ch.mbx)
+					fresh, st, err := g.holdQuiet(ctx, ch.route, ch.cred, ch.mbx)
+					mu.Lock()
+					if err != nil {
+						if failed == 0 {
+							first = err
+						}
+						failed++
+					}
+					if fresh {
+						h := held[st.Name]
+						held[st.Name] = heldBy{st.Generation, h.routes + 1}
+						g.log.Debug("route held", "route", ch.route, "breaker", st.Name, "generation", st.Generation)
+					}
+					mu.Unlock()
 					continue
 				}
 				ok, err := g.release(ctx, ch.route, ch.cred, ch.mbx)
@@ -206,8 +244,11 @@ func (g *gate) apply(ctx context.Context, todo []routeChange) (int, error) {
 	}
 	close(work)
 	wg.Wait()
+	for _, name := range slices.Sorted(maps.Keys(held)) {
+		g.log.Info("routes held", "breaker", name, "generation", held[name].generation, "routes", held[name].routes)
+	}
 	if failed > 0 {
-		return released, fmt.Errorf("%d held routes not released, tried again at the next breaker poll; the first: %w", failed, first)
+		return released, fmt.Errorf("%d routes not held or released, tried again at the next breaker poll; the first: %w", failed, first)
 	}
 	return released, nil
 }
@@ -239,21 +280,30 @@ func fence(cred, mbx breaker.Status) queue.Fence {
 }
 
 // hold holds a route whose credential or mailbox breaker is open in the
-// records given. A stale fence means a newer release or hold was applied:
-// the next reconciliation decides.
+// records given, and logs it. A stale fence means a newer release or hold
+// was applied: the next reconciliation decides.
 func (g *gate) hold(ctx context.Context, route string, cred, mbx breaker.Status) {
-	st, _ := openBreaker(cred, mbx)
-	if st.State != breaker.Open {
-		return
-	}
-	fresh, err := g.q.HoldRouteAt(ctx, route, holdReason(cred, mbx), fence(cred, mbx))
+	fresh, st, err := g.holdQuiet(ctx, route, cred, mbx)
 	switch {
-	case errors.Is(err, queue.ErrStaleFence):
 	case err != nil:
 		g.log.Error("cannot hold route", "route", route, "err", err)
 	case fresh:
 		g.log.Info("route held", "route", route, "breaker", st.Name, "generation", st.Generation)
 	}
+}
+
+// holdQuiet is hold without the log: it reports whether the route was
+// held now, and by which breaker.
+func (g *gate) holdQuiet(ctx context.Context, route string, cred, mbx breaker.Status) (bool, breaker.Status, error) {
+	st, _ := openBreaker(cred, mbx)
+	if st.State != breaker.Open {
+		return false, st, nil
+	}
+	fresh, err := g.q.HoldRouteAt(ctx, route, holdReason(cred, mbx), fence(cred, mbx))
+	if errors.Is(err, queue.ErrStaleFence) {
+		return false, st, nil
+	}
+	return fresh, st, err
 }
 
 // openBreaker is the breaker that holds a route, with its class: its

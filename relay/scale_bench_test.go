@@ -342,7 +342,7 @@ func timeReconcile(b *testing.B, g *gate, held int) time.Duration {
 	b.Helper()
 	ctx := context.Background()
 	start := time.Now()
-	if err := g.reconcile(ctx); err != nil {
+	if err := g.reconcile(ctx, true); err != nil {
 		b.Fatal(err)
 	}
 	took := time.Since(start)
@@ -405,7 +405,7 @@ func BenchmarkReconcileRoutesFleet(b *testing.B) {
 		var wg sync.WaitGroup
 		for _, g := range gates {
 			wg.Go(func() {
-				if err := g.reconcile(ctx); err != nil {
+				if err := g.reconcile(ctx, true); err != nil {
 					b.Error(err)
 				}
 			})
