@@ -194,18 +194,22 @@ func (g *gate) apply(ctx context.Context, todo []routeChange) (int, error) {
 		first    error
 		held     = map[string]heldBy{}
 	)
+	// failure counts err, if any; mu is held.
+	failure := func(err error) {
+		if err != nil {
+			if failed == 0 {
+				first = err
+			}
+			failed++
+		}
+	}
 	for range min(reconcileConcurrency, len(todo)) {
 		wg.Go(func() {
 			for ch := range work {
 				if !ch.release {
 					fresh, st, err := g.holdQuiet(ctx, ch.route, ch.cred, ch.mbx)
 					mu.Lock()
-					if err != nil {
-						if failed == 0 {
-							first = err
-						}
-						failed++
-					}
+					failure(err)
 					if fresh {
 						h := held[st.Name]
 						held[st.Name] = heldBy{st.Generation, h.routes + 1}
@@ -216,12 +220,7 @@ func (g *gate) apply(ctx context.Context, todo []routeChange) (int, error) {
 				}
 				ok, err := g.release(ctx, ch.route, ch.cred, ch.mbx)
 				mu.Lock()
-				if err != nil {
-					if failed == 0 {
-						first = err
-					}
-					failed++
-				}
+				failure(err)
 				if ok {
 					released++
 				}
