@@ -471,7 +471,7 @@ func (s *Set) Fresh(ctx context.Context, names ...string) ([]Status, error) {
 	for i, n := range names {
 		m := cmds[i].Val()
 		out[i] = parseMap(n, m)
-		s.observe(out[i], len(m) > 0)
+		s.observe(out[i], isRecord(m))
 	}
 	return out, nil
 }
@@ -483,7 +483,7 @@ func (s *Set) read(ctx context.Context, name string) (Status, error) {
 		return Status{}, fmt.Errorf("breaker %s: read: %w", name, err)
 	}
 	st := parseMap(name, m)
-	s.observe(st, len(m) > 0)
+	s.observe(st, isRecord(m))
 	return st, nil
 }
 
@@ -782,8 +782,17 @@ func (s *Set) Forget(ctx context.Context, name string) error {
 	}
 	// The record and its companions share one hash slot.
 	keys := []string{recordKey(name), spreadKey(name), placesKey(name), attemptKey(name), worksKey(name), unprovenKey(name), notifiedKey(name)}
-	if err := forgetScript.Run(ctx, s.rdb, keys).Err(); err != nil {
+	reopened, err := forgetScript.Run(ctx, s.rdb, keys).Int()
+	if err != nil {
 		return fmt.Errorf("breaker %s: forget: %w", name, err)
+	}
+	if reopened == 1 {
+		// A relay opened it between the reset and now: it is kept, and
+		// listed again.
+		if err := registerScript.Run(ctx, s.rdb, []string{namesKey}, name).Err(); err != nil {
+			return fmt.Errorf("breaker %s: forget: %w", name, err)
+		}
+		return fmt.Errorf("breaker %s: it opened again while being forgotten; its record is kept", name)
 	}
 	s.mu.Lock()
 	delete(s.brks, name)
@@ -819,9 +828,24 @@ func (s *Set) List(ctx context.Context) ([]Status, error) {
 	if err != nil {
 		return nil, fmt.Errorf("breaker: list names: %w", err)
 	}
-	cmds := make(map[string]*redis.MapStringStringCmd, len(recorded))
+	// The names only this Set knows: their records as it last read them.
+	// One it last read open is read again: a forgotten breaker (not in
+	// the names set) whose close this Set missed would stay open here.
+	s.mu.Lock()
+	local := make(map[string]Status, len(s.brks))
+	for n, e := range s.brks {
+		local[n] = e.st
+	}
+	s.mu.Unlock()
+	read := slices.Clone(recorded)
+	for n, st := range local {
+		if st.State == Open && !slices.Contains(recorded, n) {
+			read = append(read, n)
+		}
+	}
+	cmds := make(map[string]*redis.MapStringStringCmd, len(read))
 	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, n := range recorded {
+		for _, n := range read {
 			cmds[n] = p.HGetAll(ctx, recordKey(n))
 		}
 		return nil
@@ -829,32 +853,45 @@ func (s *Set) List(ctx context.Context) ([]Status, error) {
 	if err != nil {
 		return nil, fmt.Errorf("breaker: list: %w", err)
 	}
-	s.mu.Lock()
-	names := slices.Collect(maps.Keys(s.brks))
-	s.mu.Unlock()
-	names = append(names, recorded...)
+	names := append(slices.Collect(maps.Keys(local)), recorded...)
 	slices.Sort(names)
 	names = slices.Compact(names)
 	out := make([]Status, len(names))
 	for i, n := range names {
-		out[i] = Status{Name: n}
-		var m map[string]string
 		if c := cmds[n]; c != nil {
-			m = c.Val()
+			m := c.Val()
 			out[i] = parseMap(n, m)
+			s.observe(out[i], isRecord(m))
+			continue
 		}
-		s.observe(out[i], len(m) > 0)
+		// A name only this Set knows, and as it last read it: closed,
+		// at the generation it knows (a breaker forgotten goes on at its
+		// generation, which the holds of its routes are fenced by).
+		out[i] = local[n]
+		s.observe(out[i], false)
 	}
 	return out, nil
+}
+
+// isRecord reports whether m, as HGETALL read it, is a breaker's record:
+// not empty, and more than what Forget keeps.
+func isRecord(m map[string]string) bool {
+	for k := range m {
+		if k != "generation" && k != "since" && k != "state" {
+			return true
+		}
+	}
+	return false
 }
 
 // observe stores a record just read and reports a transition when its
 // generation is newer than the last one this Set reported. A breaker that
 // closes fleet-wide gets a fresh local breaker.
 //
-// recorded says Redis had a record: a look at a breaker that has none
-// and that this Set does not know (an operator's, at a mailbox no route
-// uses) adds nothing to what it lists.
+// recorded says Redis had a record (isRecord): a look at a breaker that
+// has none, or only what Forget kept, and that this Set does not know
+// (an operator's, at a mailbox no route uses) adds nothing to what it
+// lists.
 func (s *Set) observe(st Status, recorded bool) {
 	s.mu.Lock()
 	e := s.brks[st.Name]

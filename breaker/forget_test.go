@@ -247,3 +247,107 @@ func TestReadLeavesNoTrace(t *testing.T) {
 		t.Errorf("List = %v after reading a breaker with no record, want none", list)
 	}
 }
+
+// TestReadOfForgottenLeavesNoTrace: what Forget keeps of a record is no
+// record to a Set that did not know the breaker: a look at it adds
+// nothing to what the Set lists.
+func TestReadOfForgottenLeavesNoTrace(t *testing.T) {
+	sets, _ := replicas(t, 3, nil)
+	relay, cli, look := sets[0], sets[1], sets[2]
+	ctx := context.Background()
+	const name = "mbx:old@contoso.com"
+	if err := relay.Trip(ctx, name, "mistyped"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cli.Forget(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := look.Status(ctx, name); err != nil || st.State != Closed || st.Generation != 2 {
+		t.Fatalf("Status after Forget = %+v, %v; want closed at generation 2", st, err)
+	}
+	list, err := look.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 0 {
+		t.Errorf("List = %v after a look at a forgotten breaker, want none", list)
+	}
+}
+
+// TestForgetCloseNotice: the close that Forget makes is told with its
+// time, and a relay that stops with the notice unposted leaves it to
+// another, which takes it over.
+func TestForgetCloseNotice(t *testing.T) {
+	var mu sync.Mutex
+	var made, taken []Transition
+	sets, clk := replicas(t, 3, func(i int, o *Options) {
+		o.OnMade = func(tr Transition) {
+			mu.Lock()
+			defer mu.Unlock()
+			if i == 0 {
+				made = append(made, tr)
+			} else if i == 2 {
+				taken = append(taken, tr)
+			}
+		}
+	})
+	relay, cli, other := sets[0], sets[1], sets[2]
+	ctx := context.Background()
+	const name = "mbx:old@contoso.com"
+	if err := cli.Trip(ctx, name, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := relay.Fresh(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(time.Second)
+	if err := cli.Forget(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := relay.Fresh(ctx, name); err != nil { // after the forget script
+		t.Fatal(err)
+	}
+	mu.Lock()
+	notices := slices.Clone(made)
+	mu.Unlock()
+	var closed bool
+	for _, tr := range notices {
+		if tr.At.IsZero() {
+			t.Errorf("notice %s has no time", tr.ID)
+		}
+		closed = closed || tr.To == Closed
+	}
+	if !closed {
+		t.Fatalf("the relay told no close: %+v", notices)
+	}
+	relay.ReleaseNotices(ctx, notices) // it stops with them unposted
+	for i := range 2 {
+		if err := other.takeOver(ctx, i == 0); err != nil {
+			t.Fatalf("takeOver: %v", err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.ContainsFunc(taken, func(tr Transition) bool { return tr.To == Closed }) {
+		t.Errorf("the other relay took over %+v, want the close among them", taken)
+	}
+}
+
+// TestForgetLeavesReopened: a breaker that opens again between Forget's
+// reset and its removal of the record is kept, open and listed.
+func TestForgetLeavesReopened(t *testing.T) {
+	sets, clk := replicas(t, 1, nil)
+	s := sets[0]
+	ctx := context.Background()
+	const name = "cred:contoso"
+	if err := s.Trip(ctx, name, "test"); err != nil {
+		t.Fatal(err)
+	}
+	keys := []string{recordKey(name), spreadKey(name), placesKey(name), attemptKey(name), worksKey(name), unprovenKey(name), notifiedKey(name)}
+	if n, err := forgetScript.Run(ctx, s.rdb, keys).Int(); err != nil || n != 1 {
+		t.Fatalf("forget script on an open breaker = %d, %v; want 1", n, err)
+	}
+	if !listed(t, s, clk, name, Open) {
+		t.Errorf("the open breaker is not listed open after the forget script left it alone")
+	}
+}

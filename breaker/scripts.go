@@ -21,12 +21,15 @@ func flagged(src string) *redis.Script {
 // registerScript adds ARGV[1] to the names set KEYS[1].
 var registerScript = flagged(`return redis.call('SADD', KEYS[1], ARGV[1])`)
 
-// forgetScript deletes a breaker's record (KEYS[1]) and its companions
-// (the other KEYS), all but the record's generation (see Set.Forget).
+// forgetScript deletes a closed breaker's record (KEYS[1]) and its
+// companions (the other KEYS), all but the record's generation and when
+// it closed (see Set.Forget), and returns 0; an open one it leaves alone
+// and returns 1.
 var forgetScript = flagged(`
-local g = redis.call('HGET', KEYS[1], 'generation')
+local rec = redis.call('HMGET', KEYS[1], 'generation', 'since', 'state')
+if rec[3] == 'open' then return 1 end
 redis.call('DEL', unpack(KEYS))
-if g then redis.call('HSET', KEYS[1], 'generation', g) end
+if rec[1] then redis.call('HSET', KEYS[1], 'generation', rec[1], 'since', rec[2] or '0', 'state', 'closed') end
 return 0
 `)
 

@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"holdfast/breaker"
+	"holdfast/queue"
 )
 
 // holdReads counts the reads of routes' hold keys a client sends.
@@ -91,5 +94,44 @@ func TestReconcileReadsOpenRoutesOnly(t *testing.T) {
 	}
 	if !strings.Contains(logs, `msg="routes held" component=breaker breaker=cred:contoso`) {
 		t.Errorf("no line for the routes the credential's breaker held:\n%s", logs)
+	}
+}
+
+// TestForgottenMailboxHoldReleased: a route held by a mailbox breaker
+// that an operator then forgets (holdfast breaker reset --forget mbx:…)
+// is released by the next full reconciliation: its fence, at the
+// breaker's generation, is met by the generation Forget keeps.
+func TestForgottenMailboxHoldReleased(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	set := breaker.New(f.redis.Client(t), breaker.Options{})
+	g := &gate{set: set, q: f.queue, log: discardLogger()}
+	cli := breaker.New(f.redis.Client(t), breaker.Options{})
+	route := grantRoutePrefix + "contoso:alice@contoso.com"
+	const mbx = "mbx:alice@contoso.com"
+	if _, _, err := f.queue.Enqueue(ctx, queue.Submission{Route: route, App: "crm", From: "alice@contoso.com",
+		To: []string{"b@example.org"}, Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := set.Trip(ctx, mbx, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.reconcile(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, held, err := f.queue.RouteHold(ctx, route); err != nil || !held {
+		t.Fatalf("route not held under the open breaker: %v", err)
+	}
+	if err := cli.Forget(ctx, mbx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := set.Fresh(ctx, mbx); err != nil { // the relay reads it on the event
+		t.Fatal(err)
+	}
+	if err := g.reconcile(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if reason, held, _ := f.queue.RouteHold(ctx, route); held {
+		t.Errorf("route still held after Forget and a full reconciliation: %q", reason)
 	}
 }
