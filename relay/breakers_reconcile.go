@@ -48,14 +48,19 @@ func (g *gate) reconcileLoop(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	var pruned, full time.Time
-	woken := true
+	woken, retry := true, false
 	for {
-		all := woken || time.Since(full) >= reconcileFull
-		if err := g.reconcile(ctx, all); err != nil && ctx.Err() == nil {
+		all := woken || retry || time.Since(full) >= reconcileFull
+		err := g.reconcile(ctx, all)
+		switch {
+		case err != nil && ctx.Err() == nil:
 			g.log.Warn("cannot reconcile held routes with the breakers", "err", err)
-		} else if all {
+		case err == nil && all:
 			full = time.Now()
 		}
+		// A full pass that failed is tried again at the next poll: the
+		// routes of a breaker that closed are left out of the others.
+		retry = all && err != nil
 		if time.Since(pruned) >= pruneEvery {
 			pruned = time.Now()
 			if gone, err := g.q.PruneRoutes(ctx, routeIdle); err != nil && ctx.Err() == nil {

@@ -237,13 +237,21 @@ func (m *metrics) takeMinute() queue.MinuteDelta {
 func (m *metrics) flushMinutes(ctx context.Context, q *queue.Queue, every time.Duration, held func(context.Context) (int64, error)) {
 	t := time.NewTicker(every)
 	defer t.Stop()
-	flush := func(ctx context.Context) {
+	// flush samples the held count, bounded as a scrape is (a hung Redis
+	// must not keep it, and the summary it takes a turn of, for long),
+	// then adds the minute's counts within a bound of their own: a
+	// sample that waited out its bound does not lose them.
+	flush := func(ctx context.Context, bound time.Duration) {
 		d := m.takeMinute()
 		d.Held = -1
-		if n, err := held(ctx); err == nil {
+		hctx, cancel := context.WithTimeout(ctx, bound)
+		if n, err := held(hctx); err == nil {
 			d.Held = n
 		}
-		if err := q.AddMinute(ctx, time.Now(), d); err != nil {
+		cancel()
+		actx, cancel := context.WithTimeout(ctx, bound)
+		defer cancel()
+		if err := q.AddMinute(actx, time.Now(), d); err != nil {
 			// Lost counts only thin the status page's chart.
 			return
 		}
@@ -251,16 +259,10 @@ func (m *metrics) flushMinutes(ctx context.Context, q *queue.Queue, every time.D
 	for {
 		select {
 		case <-ctx.Done():
-			fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			flush(fctx)
-			cancel()
+			flush(context.Background(), 2*time.Second)
 			return
 		case <-t.C:
-			// Bounded as a scrape is: a hung Redis must not keep it,
-			// and the summary it takes a turn of, for long.
-			fctx, cancel := context.WithTimeout(ctx, scrapeTimeout)
-			flush(fctx)
-			cancel()
+			flush(ctx, scrapeTimeout)
 		}
 	}
 }
