@@ -466,19 +466,18 @@ func (x *exchange) Reserve(ctx context.Context, route string, n int) ([]reservat
 	if wait := x.blocked.wait(mailbox); wait > 0 {
 		return nil, wait, nil
 	}
-	holds := holdsSMTP
 	if x.credFallback[cred] && !delegated {
 		// Whether the route goes by Graph now is the fleet's decision,
 		// read at most every fallbackRead.
 		x.fallbacks.refresh(ctx)
 	}
+	holds := x.waitKinds(route)
 	if x.routeByGraph(route) {
 		// Graph's 429 of the mailbox holds its mail, whether the route
 		// goes by Graph alone or as fallback: graph decided.
 		if wait := x.throttled.wait(mailbox); wait > 0 {
 			return nil, wait, nil
 		}
-		holds = holdsGraph
 	}
 	if room > 0 {
 		n = min(n, room)
@@ -543,6 +542,16 @@ func classifyToken(resp *http.Response) error {
 		return nil
 	}
 	return o365.ClassifyToken(o365.TokenFailure{HTTPStatus: resp.StatusCode, RetryAfter: destination.RetryAfter(resp.Header)}, o365.AppOnly)
+}
+
+// waitKinds are the kinds of the fleet's waits of its mailbox that hold
+// the mail of route: a block always, Graph's throttling when the route
+// goes by Graph.
+func (x *exchange) waitKinds(route string) []string {
+	if x.routeByGraph(route) {
+		return holdsGraph
+	}
+	return holdsSMTP
 }
 
 // routeByGraph reports whether the mail of route goes by Graph: every app

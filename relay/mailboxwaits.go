@@ -123,6 +123,15 @@ func routeMailboxes(routes []string) []string {
 	return mailboxes
 }
 
+// waitsOf reads the fleet's waits of the mailboxes of routes: none
+// without the exchange sender.
+func (s *Server) waitsOf(ctx context.Context, routes []string) ([]queue.MailboxWait, error) {
+	if s.exchange == nil || len(routes) == 0 {
+		return nil, nil
+	}
+	return queue.NewLimiter(s.rdb, time.Now).MailboxWaits(ctx, routeMailboxes(routes))
+}
+
 // readySince is the earliest due time of the ready messages of the
 // routes in ready (route -> the earliest of its own), leaving out the
 // routes whose mailbox waits for Exchange or Graph: their mail waits for
@@ -130,36 +139,34 @@ func routeMailboxes(routes []string) []string {
 // name the wait. This is the oldest ready message's age that an alert
 // reads as relays stuck or overloaded.
 func (s *Server) readySince(ctx context.Context, ready map[string]time.Time) (time.Time, error) {
+	waits, err := s.waitsOf(ctx, slices.Collect(maps.Keys(ready)))
+	if err != nil {
+		return time.Time{}, err
+	}
+	return s.exchange.readySince(ready, waits), nil
+}
+
+// readySince is Server.readySince with the waits read.
+func (x *exchange) readySince(ready map[string]time.Time, waits []queue.MailboxWait) time.Time {
 	var since time.Time
-	earliest := func(t time.Time) {
-		if !t.IsZero() && (since.IsZero() || t.Before(since)) {
+	for route, t := range ready {
+		if !x.waitsFor(route, waits) && !t.IsZero() && (since.IsZero() || t.Before(since)) {
 			since = t
 		}
 	}
-	var waits []queue.MailboxWait
-	if s.exchange != nil && len(ready) > 0 {
-		var err error
-		if waits, err = queue.NewLimiter(s.rdb, time.Now).MailboxWaits(ctx, routeMailboxes(slices.Collect(maps.Keys(ready)))); err != nil {
-			return time.Time{}, err
-		}
-	}
-	for route, t := range ready {
-		if !s.exchange.waitsFor(route, waits) {
-			earliest(t)
-		}
-	}
-	return since, nil
+	return since
 }
 
-// waitsFor reports whether one of waits holds the mail of route: a block
-// of its mailbox always, Graph's throttling when the route goes by Graph.
+// waitsFor reports whether one of waits holds the mail of route (see
+// waitKinds).
 func (x *exchange) waitsFor(route string, waits []queue.MailboxWait) bool {
 	mailbox, ok := RouteMailbox(route)
 	if x == nil || !ok {
 		return false
 	}
+	kinds := x.waitKinds(route)
 	for _, w := range waits {
-		if strings.EqualFold(w.Mailbox, mailbox) && (w.Kind != waitGraph || x.routeByGraph(route)) {
+		if strings.EqualFold(w.Mailbox, mailbox) && slices.Contains(kinds, w.Kind) {
 			return true
 		}
 	}

@@ -167,17 +167,26 @@ func (o *opsStatus) Status(ctx context.Context) (ops.Status, error) {
 	}
 	t := stats.Total
 	st.Queue = ops.Depth{Ready: t.Ready, Scheduled: t.Scheduled, Sending: t.Leased, Held: t.Held, Dead: t.Dead}
+	// The fleet's waits of the mailboxes with mail waiting, read once:
+	// shown, and left out of the oldest ready message's age.
 	ready := map[string]time.Time{}
+	var waiting []string
 	for _, r := range stats.Routes {
 		if !r.ReadySince.IsZero() {
 			ready[r.Route] = r.ReadySince
 		}
+		if r.Ready+r.Scheduled > 0 {
+			waiting = append(waiting, r.Route)
+		}
 	}
-	since, err := s.readySince(ctx, ready)
+	waits, err := s.waitsOf(ctx, waiting)
 	if err != nil {
 		return st, err
 	}
-	st.OldestReady = ops.Seconds(time.Duration(ageSeconds(now, since) * float64(time.Second)))
+	shown := describeWaits(waits)
+	st.MailboxWaitCount = len(shown)
+	st.MailboxWaits = shown[:min(len(shown), ops.MaxOpenMailboxes)]
+	st.OldestReady = ops.Seconds(time.Duration(ageSeconds(now, s.exchange.readySince(ready, waits)) * float64(time.Second)))
 	st.OldestHeld = ops.Seconds(time.Duration(ageSeconds(now, oldestHeld(stats)) * float64(time.Second)))
 
 	minutes, err := s.queue.Minutes(ctx, now, 60)
@@ -189,9 +198,6 @@ func (o *opsStatus) Status(ctx context.Context) (ops.Status, error) {
 		st.Minutes = append(st.Minutes, ops.Minute{Start: m.Start, Delivered: m.Delivered, Held: m.Held})
 	}
 	if err := o.transports(ctx, &st); err != nil {
-		return st, err
-	}
-	if err := o.mailboxWaits(ctx, &st, stats.Routes); err != nil {
 		return st, err
 	}
 	o.fullRoutes(&st, stats.Routes)
@@ -247,27 +253,6 @@ func (o *opsStatus) transports(ctx context.Context, st *ops.Status) error {
 		}
 		st.GraphFallbacks = append(st.GraphFallbacks, ops.Fallback{Route: r, Until: routes[r]})
 	}
-	return nil
-}
-
-// mailboxWaits fills in the mailboxes with mail waiting that the
-// upstream asked the fleet to leave alone (see MailboxWaits).
-func (o *opsStatus) mailboxWaits(ctx context.Context, st *ops.Status, routes []queue.RouteStats) error {
-	if o.s.exchange == nil {
-		return nil
-	}
-	var waiting []string
-	for _, r := range routes {
-		if r.Ready+r.Scheduled > 0 {
-			waiting = append(waiting, r.Route)
-		}
-	}
-	waits, err := MailboxWaits(ctx, o.s.rdb, waiting, time.Now)
-	if err != nil {
-		return err
-	}
-	st.MailboxWaitCount = len(waits)
-	st.MailboxWaits = waits[:min(len(waits), ops.MaxOpenMailboxes)]
 	return nil
 }
 
