@@ -48,9 +48,12 @@ func (g *gate) reconcileLoop(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	var pruned, full time.Time
-	woken, retry := true, false
+	// fullNext: the next pass reads every route's hold: at start, after
+	// a transition, and after a full pass that failed (the routes of a
+	// breaker that closed are left out of the others).
+	fullNext := true
 	for {
-		all := woken || retry || time.Since(full) >= reconcileFull
+		all := fullNext || time.Since(full) >= reconcileFull
 		err := g.reconcile(ctx, all)
 		switch {
 		case err != nil && ctx.Err() == nil:
@@ -58,9 +61,7 @@ func (g *gate) reconcileLoop(ctx context.Context, every time.Duration) {
 		case err == nil && all:
 			full = time.Now()
 		}
-		// A full pass that failed is tried again at the next poll: the
-		// routes of a breaker that closed are left out of the others.
-		retry = all && err != nil
+		fullNext = all && err != nil
 		if time.Since(pruned) >= pruneEvery {
 			pruned = time.Now()
 			if gone, err := g.q.PruneRoutes(ctx, routeIdle); err != nil && ctx.Err() == nil {
@@ -69,13 +70,12 @@ func (g *gate) reconcileLoop(ctx context.Context, every time.Duration) {
 				g.log.Info("pruned routes idle for a day", "routes", len(gone))
 			}
 		}
-		woken = false
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-g.reconcileNow:
-			woken = true
+			fullNext = true
 		}
 	}
 }
