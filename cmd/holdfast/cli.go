@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -316,4 +317,13 @@ func printVersion(_ context.Context, e *env, fs *flag.FlagSet, args []string) er
 	}
 	fmt.Fprintf(e.stdout, "holdfast %s\n", version)
 	return nil
+}
+
+// askYes asks question on the terminal, with " [y/N] " after it, and
+// reports whether the answer was y or yes.
+func askYes(e *env, question string) bool {
+	fmt.Fprintf(e.stdout, "%s [y/N] ", question)
+	answer, _ := bufio.NewReader(e.stdin).ReadString('\n')
+	a := strings.ToLower(strings.TrimSpace(answer))
+	return a == "y" || a == "yes"
 }

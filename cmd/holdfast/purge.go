@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -74,9 +73,7 @@ func queuePurge(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 		if !e.stdinTTY {
 			return fmt.Errorf("%d messages %s would be deleted; run again with --yes to delete them", total, what)
 		}
-		fmt.Fprintf(e.stdout, "delete %d messages %s? This cannot be undone. [y/N] ", total, what)
-		answer, _ := bufio.NewReader(e.stdin).ReadString('\n')
-		if a := strings.ToLower(strings.TrimSpace(answer)); a != "y" && a != "yes" {
+		if !askYes(e, fmt.Sprintf("delete %d messages %s? This cannot be undone.", total, what)) {
 			fmt.Fprintln(e.stdout, "nothing deleted")
 			return nil
 		}

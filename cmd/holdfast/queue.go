@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -495,7 +494,7 @@ func queueFlush(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 		hintUnknownRoute(ctx, e, q, *route)
 	}
 	// Nor does it release the routes an open breaker holds.
-	if err := printHeldRoutes(ctx, e, q, routes); err != nil {
+	if err := printHeldRoutes(ctx, e, q, *route); err != nil {
 		return err
 	}
 	// A flush alone does not end the upstream's waits: say which mail
@@ -511,15 +510,15 @@ func queueFlush(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	return nil
 }
 
-// printHeldRoutes says, for each of routes held by an open breaker,
-// how many messages it holds and why.
-func printHeldRoutes(ctx context.Context, e *env, q *queue.Queue, routes []string) error {
+// printHeldRoutes says, for each route held by an open breaker (route
+// alone, unless it is ""), how many messages it holds and why.
+func printHeldRoutes(ctx context.Context, e *env, q *queue.Queue, route string) error {
 	st, err := q.Stats(ctx)
 	if err != nil {
 		return err
 	}
 	for _, rs := range st.Routes {
-		if rs.Held > 0 && slices.Contains(routes, rs.Route) {
+		if rs.Held > 0 && (route == "" || rs.Route == route) {
 			fmt.Fprintf(e.stdout, "route %s: %d messages held (%s); a flush leaves them held: they go when the breaker closes (holdfast breaker status)\n",
 				rs.Route, rs.Held, orDash(rs.HoldReason))
 		}
@@ -550,9 +549,7 @@ func confirmEndWaits(ctx context.Context, e *env, rdb redis.UniversalClient, rou
 		return false, fmt.Errorf("the waits of %s would end on every relay; run again with --yes to end them all, "+
 			"or give --route ROUTE to end one mailbox's", which)
 	}
-	fmt.Fprintf(e.stdout, "end the waits of %s on every relay? Exchange blocks again a mailbox whose cause is not fixed. [y/N] ", which)
-	answer, _ := bufio.NewReader(e.stdin).ReadString('\n')
-	if a := strings.ToLower(strings.TrimSpace(answer)); a != "y" && a != "yes" {
+	if !askYes(e, fmt.Sprintf("end the waits of %s on every relay? Exchange blocks again a mailbox whose cause is not fixed.", which)) {
 		fmt.Fprintln(e.stdout, "no wait ended, nothing flushed")
 		return false, nil
 	}
