@@ -284,18 +284,17 @@ func breakerProbe(ctx context.Context, e *env, fs *flag.FlagSet, args []string) 
 		return "", err
 	}
 	await := func(ctx context.Context, set *breaker.Set) error {
-		var err error
-		if *wait > 0 {
-			err = awaitProbes(ctx, e, set, asked, *wait)
-		}
 		var open []string
-		if so, ok := err.(stillOpenError); ok {
-			open, err = so, nil
+		if *wait > 0 {
+			var err error
+			if open, err = awaitProbes(ctx, e, set, asked, *wait); err != nil {
+				return err
+			}
 		}
-		if err != nil {
-			return err
+		if open = append(held, open...); len(open) > 0 {
+			return fmt.Errorf("still open: %s", strings.Join(open, ", "))
 		}
-		return stillOpen(append(held, open...))
+		return nil
 	}
 	return breakerVerbThen("probe requested: a relay probes it within a second", false, request, await)(ctx, e, fs, args)
 }
@@ -303,10 +302,10 @@ func breakerProbe(ctx context.Context, e *env, fs *flag.FlagSet, args []string) 
 // awaitProbes waits up to wait for the probe result that answers each
 // request (see pendingProbe.answered), or for the breaker to close, and
 // prints it as it comes. Each poll reads every record waited for in one
-// round trip. It returns an error naming the breakers not closed at the
-// end (still open, or with no result), so that the command fails unless
-// the mail of every breaker asked about may go.
-func awaitProbes(ctx context.Context, e *env, set *breaker.Set, asked []pendingProbe, wait time.Duration) error {
+// round trip. It returns the breakers not closed at the end (still open,
+// or with no result), so that the command fails unless the mail of every
+// breaker asked about may go.
+func awaitProbes(ctx context.Context, e *env, set *breaker.Set, asked []pendingProbe, wait time.Duration) ([]string, error) {
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	tick := time.NewTicker(probePoll)
@@ -316,13 +315,13 @@ func awaitProbes(ctx context.Context, e *env, set *breaker.Set, asked []pendingP
 		select {
 		case <-wctx.Done():
 			if ctx.Err() != nil {
-				return fmt.Errorf("interrupted before the probe results came; holdfast breaker status shows them")
+				return nil, fmt.Errorf("interrupted before the probe results came; holdfast breaker status shows them")
 			}
 			for _, a := range asked {
 				fmt.Fprintf(e.stdout, "%s: no probe result within %s: no relay runs, or the probe waits (a mailbox's while its credential's breaker is open); holdfast breaker status shows it when it comes\n", a.name, wait)
 				open = append(open, a.name+" (no result)")
 			}
-			return stillOpen(open)
+			return open, nil
 		case <-tick.C:
 		}
 		sts, err := set.Fresh(wctx, probeNames(asked)...)
@@ -330,7 +329,7 @@ func awaitProbes(ctx context.Context, e *env, set *breaker.Set, asked []pendingP
 			if wctx.Err() != nil {
 				continue // the wait ended during the read
 			}
-			return err
+			return nil, err
 		}
 		var left []pendingProbe
 		for i, st := range sts {
@@ -353,19 +352,5 @@ func awaitProbes(ctx context.Context, e *env, set *breaker.Set, asked []pendingP
 		}
 		asked = left
 	}
-	return stillOpen(open)
-}
-
-// stillOpenError names the breakers a probe command left open.
-type stillOpenError []string
-
-func (e stillOpenError) Error() string { return "still open: " + strings.Join(e, ", ") }
-
-// stillOpen is the error of a probe command that left the named
-// breakers open, nil for none.
-func stillOpen(names []string) error {
-	if len(names) == 0 {
-		return nil
-	}
-	return stillOpenError(names)
+	return open, nil
 }
