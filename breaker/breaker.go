@@ -792,7 +792,7 @@ func (s *Set) Forget(ctx context.Context, name string) error {
 		if err := registerScript.Run(ctx, s.rdb, []string{namesKey}, name).Err(); err != nil {
 			return fmt.Errorf("breaker %s: forget: %w", name, err)
 		}
-		return fmt.Errorf("breaker %s: it opened again while being forgotten; its record is kept", name)
+		return fmt.Errorf("breaker %s: it opened again while being forgotten, so its record is kept; forget it again once it is closed", name)
 	}
 	s.mu.Lock()
 	delete(s.brks, name)
