@@ -151,7 +151,7 @@ POST /admin/tokens/expiring-margin    refuse tokens this close to expiry
 POST /admin/fault, GET /admin/fault   throttling, transient failures, stalls, SMTP down, refusals
 GET  /admin/received, /received/count the messages received
 GET  /admin/counters                  requests by kind
-POST /admin/reset                     clear messages, counters and faults
+POST /admin/reset                     clear messages, counters, faults and quotas
 `
 
 func (s *Sim) adminHandler() http.Handler {

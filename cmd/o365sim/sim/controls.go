@@ -239,10 +239,14 @@ func (s *Sim) faults() Fault {
 	return s.fault
 }
 
-// Reset clears received messages, counters and faults.
+// Reset clears received messages, counters, faults and the recipients
+// each mailbox has sent within its quota's window.
 func (s *Sim) Reset() {
 	s.mu.Lock()
 	s.received = nil
+	for _, m := range s.mailboxes {
+		m.sent, m.used, m.unordered = nil, 0, false
+	}
 	s.clients = map[string]*ClientCounters{}
 	s.mcount = map[string]*MailboxCounters{}
 	for m, n := range s.active {

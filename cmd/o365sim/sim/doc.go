@@ -64,6 +64,7 @@
 //	POST /admin/fault              Fault, e.g. {"token_throttle": "30s", "token_unavailable": true,
 //	                               "smtp_transient": "421"|"451", "smtp_down": true,
 //	                               "smtp_stall": "greeting"|"data",
+//	                               "smtp_stall_mailbox": "a@b" (stall that mailbox's messages only),
 //	                               "graph_throttle": "10s", "graph_throttle_mailbox": "a@b" (that mailbox only),
 //	                               "graph_after_send": "500"|"504"|"hang",
 //	                               "graph_fail": "500"|"503",
@@ -76,7 +77,7 @@
 //	GET  /admin/fault              the current faults
 //	GET  /admin/received           200 [Received…], data as text
 //	GET  /admin/counters           200 Counters
-//	POST /admin/reset              clear received messages, counters and faults
+//	POST /admin/reset              clear received messages, counters, faults and quotas
 //
 // # Choices where Microsoft's answer is not known first-hand
 //

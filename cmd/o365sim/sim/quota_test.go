@@ -81,3 +81,26 @@ func TestRecipientQuotaClockBack(t *testing.T) {
 		t.Fatalf("used %d in %d entries", m.used, len(m.sent))
 	}
 }
+
+// TestResetClearsQuota: Reset gives every mailbox its whole recipient
+// quota back, as it clears the other counters.
+func TestResetClearsQuota(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.RecipientQuota = 1 })
+	tok := f.appToken(t, appID, appSecret, outlookScope)
+	send := func(id string) error {
+		c := f.dialTLS(t)
+		defer c.Close()
+		if err := c.Auth(&xoauth2{user: alice, token: tok}); err != nil {
+			t.Fatal(err)
+		}
+		return c.SendMail(alice, []string{"d@fabrikam.com"}, strings.NewReader(testMessage(alice, "d@fabrikam.com", id)))
+	}
+	if err := send("<r1@test>"); err != nil {
+		t.Fatal(err)
+	}
+	wantSMTPError(t, send("<r2@test>"), 554, smtp.EnhancedCode{5, 2, 0}, errQuotaExceeded.Message)
+	f.Reset()
+	if err := send("<r3@test>"); err != nil {
+		t.Fatalf("after Reset: %v", err)
+	}
+}

@@ -148,7 +148,8 @@ type Fault struct {
 	SMTPStall string
 	// SMTPStallMailbox stalls as SMTPStall "data" does, but only the
 	// messages of sessions authenticated as this mailbox: one mailbox
-	// hangs while the others work.
+	// hangs while the others work. With it set, SMTPStall "data" stalls
+	// this mailbox alone too.
 	SMTPStallMailbox string
 	// GraphThrottle answers sendMail with 429 ApplicationThrottled and a
 	// Retry-After of this many seconds (rounded up).

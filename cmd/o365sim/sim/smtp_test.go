@@ -511,3 +511,30 @@ func TestSMTPStall(t *testing.T) {
 		t.Fatalf("received %+v, want only the message sent after the stall", r)
 	}
 }
+
+// TestSMTPStallMailboxWithData: with SMTPStallMailbox set, SMTPStall
+// "data" stalls that mailbox's messages alone, as SMTPStallMailbox does
+// by itself; the other mailboxes send.
+func TestSMTPStallMailboxWithData(t *testing.T) {
+	f := newFixture(t)
+	tok := f.appToken(t, otherApp, "other-secret", outlookScope)
+	f.SetFault(Fault{SMTPStall: "data", SMTPStallMailbox: alice})
+	send := func(box, id string) error {
+		c := f.dialTLS(t)
+		defer c.Close()
+		if err := c.Auth(&xoauth2{user: box, token: tok}); err != nil {
+			t.Fatal(err)
+		}
+		c.SubmissionTimeout = 300 * time.Millisecond
+		return c.SendMail(box, []string{"dave@fabrikam.com"}, strings.NewReader(testMessage(box, "dave@fabrikam.com", id)))
+	}
+	if err := send(bob, "<free@x>"); err != nil {
+		t.Fatalf("another mailbox's message: %v", err)
+	}
+	if ne, ok := errors.AsType[net.Error](send(alice, "<stalled@x>")); !ok || !ne.Timeout() {
+		t.Fatal("the stalled mailbox's message was answered")
+	}
+	if r := f.Received(); len(r) != 1 || r[0].MessageID != "<free@x>" {
+		t.Fatalf("received %+v, want the other mailbox's message alone", r)
+	}
+}

@@ -252,7 +252,7 @@ func (ss *smtpSession) Data(r io.Reader) error {
 	if m == nil {
 		return errNotAuthed
 	}
-	if f := ss.s.faults(); f.SMTPStall == "data" || (f.SMTPStallMailbox != "" && strings.EqualFold(f.SMTPStallMailbox, m.address)) {
+	if f := ss.s.faults(); stallsData(f, m.address) {
 		ss.stall()
 		return errTransient
 	}
@@ -318,6 +318,16 @@ func (ss *smtpSession) stall() {
 	_ = ss.rc.Conn.SetReadDeadline(time.Now().Add(stallTimeout))
 	_, _ = io.Copy(io.Discard, ss.rc.Conn)
 	_ = ss.rc.Conn.Close()
+}
+
+// stallsData says whether fault f stalls the messages of mailbox: all of
+// them with SMTPStall "data", those of SMTPStallMailbox alone when it is
+// set, with or without SMTPStall.
+func stallsData(f Fault, mailbox string) bool {
+	if f.SMTPStallMailbox != "" {
+		return strings.EqualFold(f.SMTPStallMailbox, mailbox)
+	}
+	return f.SMTPStall == "data"
 }
 
 func (ss *smtpSession) Reset() {
