@@ -218,10 +218,43 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	probeDeadline := e.now().Add(min(drainProbeWait, *timeout))
 	lastFlush := e.now()
 	var c drainCounts
+	var down error // Redis's error, while it does not answer
 	for {
-		if c, err = countDrain(ctx, q, *route); err != nil {
-			return err
+		counts, err := countDrain(ctx, q, *route)
+		if err == nil && e.now().Sub(lastFlush) >= drainReflush {
+			if err = flush(); err == nil {
+				lastFlush = e.now()
+			}
 		}
+		if err != nil {
+			// Redis may be back within the timeout, as after a failover
+			// or a restart: the relays wait for it, and so does drain.
+			if ctx.Err() != nil {
+				p.done()
+				return ctx.Err()
+			}
+			if !e.now().Before(deadline) {
+				p.done()
+				return fmt.Errorf("redis %v stopped answering (%w) and had not answered again at the timeout (%s); the queued mail stays queued: run the drain again once Redis answers",
+					o.Redis.Addrs, err, *timeout)
+			}
+			if down == nil {
+				p.interrupt()
+				fmt.Fprintf(e.stderr, "redis %v does not answer (%v); trying again until the timeout\n", o.Redis.Addrs, err)
+			}
+			down = err
+			select {
+			case <-ctx.Done():
+			case <-time.After(drainTick):
+			}
+			continue
+		}
+		if down != nil {
+			p.interrupt()
+			fmt.Fprintf(e.stderr, "redis %v answers again\n", o.Redis.Addrs)
+			down = nil
+		}
+		c = counts
 		failed := max(0, c.dead-start.dead)
 		delivered := max(0, total-c.waiting-c.held-failed)
 		p.show(delivered, c.held, failed)
@@ -229,12 +262,6 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 		if (c.waiting == 0 && !waitProbe) || !e.now().Before(deadline) {
 			p.done()
 			break
-		}
-		if e.now().Sub(lastFlush) >= drainReflush {
-			if err := flush(); err != nil {
-				return err
-			}
-			lastFlush = e.now()
 		}
 		select {
 		case <-ctx.Done():
@@ -360,6 +387,13 @@ func (p *progress) show(delivered, held, failed int64) {
 	}
 	filled = min(max(filled, 0), width)
 	fmt.Fprintf(p.w, "\r[%s%s] %s ", strings.Repeat("#", filled), strings.Repeat(".", width-filled), counts)
+}
+
+// interrupt ends the bar's line, for a line of another kind; the bar
+// starts again below it at the next show.
+func (p *progress) interrupt() {
+	p.done()
+	p.last = ""
 }
 
 func (p *progress) done() {

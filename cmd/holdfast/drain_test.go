@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -210,5 +211,72 @@ func TestQueueDrainProbesOpenBreakers(t *testing.T) {
 	}
 	if r.code != exitOK || !strings.Contains(r.stdout, "3 delivered, 0 held, 0 failed") {
 		t.Fatalf("drain with a successful probe: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestQueueDrainWaitsForRedis: Redis hung for longer than its read
+// timeout during a drain, as in a failover: drain says so once, keeps
+// following the queue, and ends as usual when the mail is delivered after
+// Redis answers again. Redis that does not answer again by the timeout
+// ends the drain with an error that says what happened and what to do.
+func TestQueueDrainWaitsForRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfig(t, srv.Addr())
+	edited, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edited = []byte(strings.Replace(string(edited), "redis:\n", "redis:\n  read_timeout: 200ms\n  write_timeout: 200ms\n", 1))
+	if err := os.WriteFile(cfg, edited, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	q := queue.New(srv.Client(t), queue.Options{})
+	for i := range 3 {
+		if _, _, err := q.Enqueue(ctx, queue.Submission{Route: "crm", App: "crm", From: "a@contoso.com", To: []string{fmt.Sprintf("r%d@example.org", i)}, Body: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Redis hangs while drain follows the queue; the workers deliver once
+	// it is back.
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		time.Sleep(700 * time.Millisecond)
+		srv.Pause(t)
+		time.Sleep(1500 * time.Millisecond)
+		srv.Resume(t)
+		fakeWorkers(wctx, q, "crm")
+	}()
+	r := runCmd(t, "queue", "drain", "--config", cfg, "--timeout", "20s")
+	cancel()
+	<-done
+	if r.code != exitOK || !strings.Contains(r.stdout, "3 delivered, 0 held, 0 failed") {
+		t.Fatalf("drain across a hung Redis: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	addr := fmt.Sprintf("[%s]", srv.Addr())
+	for _, want := range []string{"redis " + addr + " does not answer (", "); trying again until the timeout\n", "redis " + addr + " answers again\n"} {
+		if strings.Count(r.stderr, want) != 1 {
+			t.Errorf("stderr has %q %d times, want once:\n%s", want, strings.Count(r.stderr, want), r.stderr)
+		}
+	}
+
+	// Hung past the timeout.
+	if _, _, err := q.Enqueue(ctx, queue.Submission{Route: "crm", App: "crm", From: "a@contoso.com", To: []string{"late@example.org"}, Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(700 * time.Millisecond)
+		srv.Pause(t)
+	}()
+	r = runCmd(t, "queue", "drain", "--config", cfg, "--timeout", "2s")
+	srv.Resume(t)
+	want := "had not answered again at the timeout (2s); the queued mail stays queued: run the drain again once Redis answers\n"
+	if r.code != exitError || !strings.HasPrefix(r.stderr[strings.LastIndex(r.stderr[:len(r.stderr)-1], "\n")+1:], "holdfast: queue drain: redis "+addr+" stopped answering (") || !strings.HasSuffix(r.stderr, want) {
+		t.Fatalf("drain with Redis hung past the timeout: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	if ms, err := q.List(ctx, "crm", queue.Ready, 0, 10); err != nil || len(ms) != 1 {
+		t.Errorf("the waiting message: %d ready (%v)", len(ms), err)
 	}
 }
