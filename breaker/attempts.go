@@ -39,7 +39,17 @@ import (
 // a failure of the member, not of the credential. A refusal at a second
 // member (or at an unnamed one) makes the bound apply as above, so still
 // at most Threshold refusals reach the upstream before the breaker
-// opens.
+// opens; but for the following.
+//
+// Several members may lose the permission at once (an administrator
+// narrows the app's scope). A refusal at a member the credential worked
+// at within a day, while every refusal since the last success was at
+// fewer than Threshold-1 members, joins them and is that member's alone
+// (BlameFewMembers): not counted, and the next attempt at another member
+// tests the credential as above. Refusals at Threshold-1 members, then,
+// let one more attempt elsewhere decide; each of them but the first adds
+// one refusal to the bound, so at most 2×Threshold-2 reach the upstream
+// before the breaker opens (4 for the default 3).
 //
 // The members an attempt succeeded at within a day are kept. A refusal
 // at a member that is not one of them (a mailbox that has not sent with
@@ -84,8 +94,9 @@ const (
 	// breaker's reason.
 	Held
 	// RefusedHere: every refusal since the last success was at this
-	// attempt's member, too many in a row; count a failure of the member
-	// with Attempt.Reply, without an attempt.
+	// attempt's member, or at few members with it, too many in a row;
+	// count a failure of the member with Attempt.Reply, without an
+	// attempt.
 	RefusedHere
 )
 
@@ -123,15 +134,15 @@ const (
 //
 // KEYS[1] the record, KEYS[2] the places (token -> expiry, unix ms),
 // KEYS[3] the attempt state (gen, refused, stale, reply, cured, and
-// lone: the member every refusal since the last success was at, or ""
-// once they were at two or at an unnamed one).
+// lone: the members every refusal since the last success was at, one a
+// line, or "" once they were at more, or at an unnamed one).
 // ARGV[1] now, ARGV[2] threshold, ARGV[3] the place's token, ARGV[4] its
 // lifetime in ms, ARGV[5] "1" for a retry with a new token, ARGV[6] the
 // attempt's member ("" for none).
 //
 // Returns {verdict, reply, cured}: verdict 0 go, 1 wait, 2 refused, 3 go
 // with a new token, 4 held: the breaker is open (reply: its reason), 5
-// refused at this member alone.
+// refused at this member (and the few others listed) alone.
 var enterScript = flagged(`
 local rec = redis.call('HMGET', KEYS[1], 'state', 'generation', 'reason')
 local gen = rec[2] or '0'
@@ -147,9 +158,14 @@ local now, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 local refused = tonumber(st[2] or '0')
 local lone = st[5] or ''
 if refused == 0 then lone = '' end
--- here: at the one member every refusal was at; elsewhere: at another.
-local here = lone ~= '' and ARGV[6] == lone
-local elsewhere = lone ~= '' and ARGV[6] ~= '' and ARGV[6] ~= lone
+-- here: at one of the few members every refusal was at; elsewhere: at
+-- another.
+local listed = false
+for m in string.gmatch(lone, '[^\n]+') do
+  if m == ARGV[6] then listed = true end
+end
+local here = listed
+local elsewhere = lone ~= '' and ARGV[6] ~= '' and not listed
 local stale = redis.call('HGET', KEYS[3], 'stale') == '1'
 if here or (ARGV[5] ~= '1' and not elsewhere) then limit = math.max(1, limit - 1) end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
@@ -182,8 +198,11 @@ return {verdict, '', cured}
 // member, ARGV[6] how long a member is kept in KEYS[4] (ms), ARGV[7] how
 // many are kept.
 //
-// Returns 1 for a refusal that is the member's alone (see Attempts), else
-// 0.
+// ARGV[8] how many members the refusals since the last success may be
+// at while each is the member's alone.
+//
+// Returns the Blame of a refusal (see Attempts): 1 for a member the
+// credential has not worked at, 2 for one of few it worked at, else 0.
 var exitScript = flagged(`
 redis.call('ZREM', KEYS[2], ARGV[2])
 local outcome = tonumber(ARGV[3])
@@ -204,9 +223,24 @@ if outcome >= 3 and ARGV[5] ~= '' and not redis.call('ZSCORE', KEYS[4], ARGV[5])
   end
 end
 if outcome >= 3 then
+  local st = redis.call('HMGET', KEYS[3], 'refused', 'lone')
+  local lone = st[2] or ''
+  if tonumber(st[1] or '0') == 0 then lone = '' end
+  local listed, few = false, 0
+  for m in string.gmatch(lone, '[^\n]+') do
+    few = few + 1
+    if m == ARGV[5] then listed = true end
+  end
+  -- Another member it worked at, while every refusal since the last
+  -- success was at fewer than ARGV[8] such: the member's alone until a
+  -- test elsewhere tells.
+  if lone ~= '' and ARGV[5] ~= '' and not listed and few < tonumber(ARGV[8])
+      and redis.call('ZSCORE', KEYS[4], ARGV[5]) then
+    redis.call('HSET', KEYS[3], 'lone', lone .. '\n' .. ARGV[5])
+    return 2
+  end
   local n = redis.call('HINCRBY', KEYS[3], 'refused', 1)
-  local lone = ARGV[5]
-  if n > 1 and redis.call('HGET', KEYS[3], 'lone') ~= lone then lone = '' end
+  if n == 1 then lone = ARGV[5] elseif not listed then lone = '' end
   redis.call('HSET', KEYS[3], 'reply', ARGV[4], 'stale', outcome == 4 and '1' or '0', 'lone', lone)
   return 0
 end
@@ -275,23 +309,43 @@ func (s *Set) RenewAttempt(ctx context.Context, name, token string) error {
 	return nil
 }
 
+// Blame is whose failure a refusal is, as ExitAttempt takes it.
+type Blame int
+
+const (
+	// BlameCredential: the refusal counts against the credential.
+	BlameCredential Blame = iota
+	// BlameNewMember: the member's alone: the credential has not worked
+	// there within a day, while it has at others.
+	BlameNewMember
+	// BlameFewMembers: the member's alone: the credential worked there
+	// within a day, and every refusal since its last success was at few
+	// members; an attempt at another member tests it.
+	BlameFewMembers
+)
+
+// fewMembers is how many members the refusals since the last success may
+// be at, each the member's alone (BlameFewMembers) but the first's:
+// Threshold-1, so that a larger threshold leaves room for more.
+func (s *Set) fewMembers() int { return max(1, s.o.Threshold-1) }
+
 // ExitAttempt gives back the place token took at member, with the
 // attempt's outcome; reply is the upstream's refusal, for Failed. It
 // returns the time it recorded, which a Cured outcome stores as
-// Attempt.CuredAt, and whether a refusal was the member's alone (see
-// Attempts): not counted against the credential, for the caller to count
-// against the member.
-func (s *Set) ExitAttempt(ctx context.Context, name, token, member string, o Outcome, reply string) (at time.Time, memberOnly bool, err error) {
+// Attempt.CuredAt, and whose failure a refusal is (see Attempts): one
+// not counted against the credential is for the caller to count against
+// the member.
+func (s *Set) ExitAttempt(ctx context.Context, name, token, member string, o Outcome, reply string) (at time.Time, blame Blame, err error) {
 	if err := validName(name); err != nil {
-		return time.Time{}, false, err
+		return time.Time{}, BlameCredential, err
 	}
 	now := time.UnixMilli(ms(s.o.Now()))
 	n, err := exitScript.Run(ctx, s.rdb, []string{recordKey(name), placesKey(name), attemptKey(name), worksKey(name), unprovenKey(name)},
-		ms(now), token, int(o), reply, member, worksFor.Milliseconds(), worksKeep).Int()
+		ms(now), token, int(o), reply, member, worksFor.Milliseconds(), worksKeep, s.fewMembers()).Int()
 	if err != nil {
-		return now, false, fmt.Errorf("breaker %s: exit attempt: %w", name, err)
+		return now, BlameCredential, fmt.Errorf("breaker %s: exit attempt: %w", name, err)
 	}
-	return now, n == 1, nil
+	return now, Blame(n), nil
 }
 
 // Threshold is how many counted failures in a row open a breaker.

@@ -27,14 +27,14 @@ func exit(t *testing.T, s *Set, name, token string, o Outcome) time.Time {
 }
 
 // exitOnly gives a place back and reports whether a refusal was the
-// member's alone.
+// member's alone, where the credential never worked.
 func exitOnly(t *testing.T, s *Set, name, token, member string, o Outcome) bool {
 	t.Helper()
-	_, only, err := s.ExitAttempt(context.Background(), name, token, member, o, "535 5.7.3 Authentication unsuccessful")
+	_, blame, err := s.ExitAttempt(context.Background(), name, token, member, o, "535 5.7.3 Authentication unsuccessful")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return only
+	return blame == BlameNewMember
 }
 
 func exitAt(t *testing.T, s *Set, name, token, member string, o Outcome) time.Time {
@@ -333,5 +333,84 @@ func TestAttemptsOneMemberStale(t *testing.T) {
 	}
 	if v := enterAt(t, s, name, "x1", "x", false).Verdict; v != GoFresh {
 		t.Fatalf("attempt at x after cached tokens refused at m: %v, want GoFresh", v)
+	}
+}
+
+// TestAttemptsFewMembersRefused: two members the credential worked at
+// lose the permission at once. The refusals at the second are its own
+// (BlameFewMembers), both then get RefusedHere, and an attempt at a third
+// tests the credential: a success clears the refusals. When the third is
+// refused too, that refusal counts, and every attempt is Refused: 4
+// refusals reached the upstream, 2×Threshold-2.
+func TestAttemptsFewMembersRefused(t *testing.T) {
+	sets, _ := replicas(t, 2, nil)
+	a, b := sets[0], sets[1]
+	const name = "cred:contoso"
+	try := func(s *Set, token, member string, retry bool, o Outcome) Blame {
+		t.Helper()
+		if v := enterAt(t, s, name, token, member, retry).Verdict; v != Go {
+			t.Fatalf("attempt %s at %s: %v, want Go", token, member, v)
+		}
+		_, blame, err := s.ExitAttempt(context.Background(), name, token, member, o, "535 5.7.3 Authentication unsuccessful")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return blame
+	}
+	for i := range 5 {
+		try(a, fmt.Sprint("w", i), fmt.Sprint("m", i), false, Succeeded)
+	}
+	for round, third := range []Outcome{Succeeded, Failed} {
+		refusals := []struct {
+			s      *Set
+			token  string
+			member string
+			retry  bool
+			o      Outcome
+			want   Blame
+		}{
+			{a, "m1a", "m1", false, FailedStale, BlameCredential},
+			{a, "m1b", "m1", true, Failed, BlameCredential},
+			{b, "m2a", "m2", false, FailedStale, BlameFewMembers},
+		}
+		for _, r := range refusals {
+			if got := try(r.s, fmt.Sprint(r.token, round), r.member, r.retry, r.o); got != r.want {
+				t.Fatalf("round %d: refusal %s at %s taken as %v, want %v", round, r.token, r.member, got, r.want)
+			}
+		}
+		for _, s := range []*Set{a, b} {
+			for _, m := range []string{"m1", "m2"} {
+				for _, retry := range []bool{false, true} {
+					if got := enterAt(t, s, name, "x", m, retry); got.Verdict != RefusedHere || got.Reply != "535 5.7.3 Authentication unsuccessful" {
+						t.Fatalf("round %d: attempt at %s (retry %v) after the refusals at m1 and m2: %+v, want RefusedHere", round, m, retry, got)
+					}
+				}
+			}
+		}
+		if v := enterAt(t, b, name, fmt.Sprint("m3", round), "m3", false).Verdict; v != Go {
+			t.Fatalf("round %d: attempt at m3 after refusals at m1 and m2 alone: %v, want Go", round, v)
+		}
+		if v := enterAt(t, a, name, "m4", "m4", false).Verdict; v != Wait {
+			t.Fatalf("round %d: attempt at m4 while m3 tests the credential: %v, want Wait", round, v)
+		}
+		_, blame, err := b.ExitAttempt(context.Background(), name, fmt.Sprint("m3", round), "m3", third, "535 5.7.3 Authentication unsuccessful")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if third == Succeeded {
+			if v := enterAt(t, a, name, "m1c", "m1", false).Verdict; v != Go {
+				t.Fatalf("attempt at m1 after a success at m3: %v, want Go", v)
+			}
+			exitAt(t, a, name, "m1c", "m1", Neutral)
+			continue
+		}
+		if blame != BlameCredential {
+			t.Fatalf("the refusal at a third member taken as %v, want it counted against the credential", blame)
+		}
+		for _, m := range []string{"m1", "m2", "m3", "m4", ""} {
+			if v := enterAt(t, a, name, "r", m, false).Verdict; v != Refused {
+				t.Fatalf("attempt at %q after refusals at three members it worked at: %v, want Refused", m, v)
+			}
+		}
 	}
 }

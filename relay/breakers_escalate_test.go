@@ -374,6 +374,57 @@ func TestMailboxesWithoutPermission(t *testing.T) {
 	}
 }
 
+// TestWorkedMailboxesLosePermission: of 20 mailboxes that have sent, two
+// lose the app's permission at once (an administrator narrows the app's
+// scope), and each gets mail on both relays. Exchange refuses the token
+// at both: the refusals at the second are kept to it, and the credential
+// is tested at a third mailbox before its breaker counts them, so its
+// breaker stays closed, the two mailboxes' breakers open, and the healthy
+// mail goes at once.
+func TestWorkedMailboxesLosePermission(t *testing.T) {
+	const total = 20
+	box := func(n int) string { return fmt.Sprintf("box%d@contoso.com", n) }
+	e := newBoxesEnv(t, total, total, 8, nil)
+	status := statusOf(t, e.relays[0].gate.set)
+	var first []string
+	for n := 1; n <= total; n++ {
+		first = append(first, e.submit(t, n%2, box(n), fmt.Sprintf("a%d@example.org", n), exchangeMessage(n, box(n))))
+	}
+	waitFor(t, 20*time.Second, "every mailbox's first mail delivered", func() bool { return e.allDelivered(t, first) })
+	// Exchange looks at the permission at AUTH: the sessions open before
+	// it was taken away would still send. They close idle after 2 s.
+	time.Sleep(2500 * time.Millisecond)
+
+	broken := []string{box(total - 1), box(total)}
+	for _, b := range broken {
+		if !e.sim.SetSendAs(simTenant, simClientID, b, false) {
+			t.Fatal("the simulator does not know the app")
+		}
+	}
+	var held []string
+	for i, b := range broken {
+		for k := range 2 {
+			held = append(held, e.submit(t, k, b, fmt.Sprintf("h%d.%d@example.org", i, k), exchangeMessage(100+10*i+k, b)))
+		}
+	}
+	waitFor(t, 20*time.Second, "the two mailboxes' breakers open", func() bool {
+		return status(mailboxBreaker(broken[0])).State == breaker.Open && status(mailboxBreaker(broken[1])).State == breaker.Open
+	})
+	var later []string
+	for n := 1; n <= total-2; n++ {
+		later = append(later, e.submit(t, n%2, box(n), fmt.Sprintf("b%d@example.org", n), exchangeMessage(200+n, box(n))))
+	}
+	waitFor(t, 10*time.Second, "the healthy mail delivered", func() bool { return e.allDelivered(t, later) })
+	if st := status(credentialBreaker("contoso")); st.Generation != 0 {
+		t.Errorf("credential breaker %+v: it opened (generation %d) for two mailboxes that lost the permission", st, st.Generation)
+	}
+	for _, id := range held {
+		if m := e.get(t, id); m.State == queue.Delivered || m.State == queue.Dead {
+			t.Errorf("%s of a mailbox without the permission is %s, want held", id, m.State)
+		}
+	}
+}
+
 // TestMailboxProbeWaitsForCredential: a mailbox's breaker is open (the
 // app lacks its permission there) when the credential's secret expires
 // and its breaker opens. The mailbox's probe, due meanwhile, would fetch

@@ -63,7 +63,7 @@ func (g *gate) authTurn(route string) func(context.Context, bool) (o365.AuthTurn
 				// Refused at this mailbox alone, while the token may work
 				// at others: the mailbox's failure, not the credential's.
 				return o365.AuthTurn{}, &upstream.Error{Class: upstream.Mailbox, Reason: a.Reply,
-					Text: "AUTH not tried: Exchange refused this credential's token at this mailbox, and at no other, too often in a row; " +
+					Text: "AUTH not tried: Exchange refused this credential's token at this mailbox too often in a row (and, since it last worked, at a few other mailboxes at most); " +
 						"the app may lack its permission on the mailbox (FullAccess, or an RBAC for Applications scope): " + a.Reply}
 			case breaker.Refused:
 				return o365.AuthTurn{}, &upstream.Error{Class: upstream.Credential, Reason: a.Reply,
@@ -125,7 +125,8 @@ func renewing(every time.Duration, renew func(context.Context) bool) (stop func(
 // hear of and replace their own cached tokens. It returns the mailbox's
 // failure to count in place of a refusal that was the mailbox's alone:
 // the credential has not worked there within a day, while it has at
-// other mailboxes.
+// other mailboxes, or it has, and was refused since at few mailboxes
+// alone.
 func (g *gate) exitTurn(cred, token, mailbox string, fresh bool) func(o365.AuthOutcome, error) error {
 	return func(outcome o365.AuthOutcome, err error) error {
 		o, reply := breaker.Neutral, ""
@@ -142,7 +143,7 @@ func (g *gate) exitTurn(cred, token, mailbox string, fresh bool) func(o365.AuthO
 		// The place is given back even when the send was cancelled.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		at, only, xerr := g.set.ExitAttempt(ctx, cred, token, mailbox, o, reply)
+		at, blame, xerr := g.set.ExitAttempt(ctx, cred, token, mailbox, o, reply)
 		if xerr != nil {
 			g.log.Warn("cannot give an AUTH place back; it lapses by itself", "breaker", cred, "err", xerr)
 		}
@@ -150,13 +151,18 @@ func (g *gate) exitTurn(cred, token, mailbox string, fresh bool) func(o365.AuthO
 			// This replica's token is the new one already.
 			g.newCure(cred, at)
 		}
-		if only {
-			return &upstream.Error{Class: upstream.Mailbox, Reason: reply, Err: err,
-				Text: "Exchange refused this credential's token at this mailbox, where it has not worked within a day, " +
-					"while it works at other mailboxes; the app may lack its permission on the mailbox " +
-					"(FullAccess, or an RBAC for Applications scope): " + reply}
+		var where string
+		switch blame {
+		case breaker.BlameNewMember:
+			where = "where it has not worked within a day, while it works at other mailboxes"
+		case breaker.BlameFewMembers:
+			where = "where it worked, and since at a few mailboxes alone; another mailbox tests it"
+		default:
+			return nil
 		}
-		return nil
+		return &upstream.Error{Class: upstream.Mailbox, Reason: reply, Err: err,
+			Text: "Exchange refused this credential's token at this mailbox, " + where +
+				"; the app may lack its permission on the mailbox (FullAccess, or an RBAC for Applications scope): " + reply}
 	}
 }
 
