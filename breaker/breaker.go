@@ -756,13 +756,30 @@ func (s *Set) Hold(ctx context.Context, name, reason string) error {
 }
 
 // Reset closes the breaker on an operator's request and clears its count.
+// A breaker with no record is left as it is, closed and unlisted: a reset
+// of a mistyped name, or of one Forget removed, does not make List name
+// it.
 func (s *Set) Reset(ctx context.Context, name string) error {
 	if err := validName(name); err != nil {
 		return err
 	}
-	if _, err := s.run(ctx, resetScript, name, ms(s.o.Now())); err != nil {
+	// A record exists only for a name registered before it was made
+	// (runRaw): the reset registers nothing.
+	v, err := resetScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name), attemptKey(name)}, ms(s.o.Now())).StringSlice()
+	if err != nil {
 		return fmt.Errorf("breaker %s: reset: %w", name, err)
 	}
+	m := make(map[string]string, len(v)/2)
+	for i := 0; i+1 < len(v); i += 2 {
+		m[v[i]] = v[i+1]
+	}
+	moved := m["moved"] == "1"
+	delete(m, "moved")
+	st := parseMap(name, m)
+	if moved {
+		s.made(ctx, st)
+	}
+	s.observe(st, isRecord(m))
 	return nil
 }
 

@@ -351,3 +351,36 @@ func TestForgetLeavesReopened(t *testing.T) {
 		t.Errorf("the open breaker is not listed open after the forget script left it alone")
 	}
 }
+
+// TestResetOfUnknownLeavesNoTrace: a reset of a name with no record (a
+// mistyped mailbox) makes none, and neither the Set that reset it nor
+// another lists it; a reset of a forgotten breaker leaves it forgotten.
+func TestResetOfUnknownLeavesNoTrace(t *testing.T) {
+	sets, _ := replicas(t, 2, nil)
+	cli, other := sets[0], sets[1]
+	ctx := context.Background()
+	const typo, old = "mbx:alcie@contoso.com", "mbx:old@contoso.com"
+	if err := cli.Trip(ctx, old, "mistyped"); err != nil {
+		t.Fatal(err)
+	}
+	if err := cli.Forget(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{typo, old} {
+		if err := cli.Reset(ctx, name); err != nil {
+			t.Fatalf("Reset(%s): %v", name, err)
+		}
+	}
+	for i, s := range []*Set{cli, other} {
+		list, err := s.List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list) != 0 {
+			t.Errorf("Set %d lists %v after resets of names with no record, want none", i, list)
+		}
+	}
+	if st, err := other.Status(ctx, typo); err != nil || st.State != Closed || st.Generation != 0 {
+		t.Errorf("Status(%s) = %+v, %v; want closed, never recorded", typo, st, err)
+	}
+}

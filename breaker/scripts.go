@@ -180,8 +180,10 @@ local k = KEYS[1]
 if redis.call('HGET', k, 'state') == 'open' then
   close(k, ARGV[1])
 end
-if redis.call('EXISTS', k) == 1 then
-  redis.call('HSET', k, 'failures', '0', 'spread', '0')
+-- Counts that are not there are not made: what Forget kept stays no
+-- record.
+for _, f in ipairs({'failures', 'spread'}) do
+  if redis.call('HEXISTS', k, f) == 1 then redis.call('HSET', k, f, '0') end
 end
 redis.call('DEL', KEYS[2])
 return reply(k)
