@@ -275,12 +275,15 @@ func (h *httpConns) victimLocked(ip string) net.Conn {
 // the oldest connection not in a request of the address holding the
 // most of them, if that address holds at least two more connections than
 // ip; or nil. An address with few connections gets in, and a flooding one
-// cannot take others' places. h.mu is held.
+// cannot take others' places. As with victimLocked, a connection whose
+// header is whole, or began to arrive less than the header age ago, is
+// in a request. h.mu is held.
 func (h *httpConns) fairVictimLocked(ip string) net.Conn {
+	headerCutoff := time.Now().Add(-time.Duration(h.headerAge.Load())).UnixNano()
 	count := map[string]int{}
 	first := map[string]net.Conn{}
 	for nc, c := range h.conns {
-		if c.closing || c.state == http.StateActive && c.readingSince.Load() == 0 {
+		if reading := c.readingSince.Load(); c.closing || c.state == http.StateActive || reading > headerCutoff {
 			continue
 		}
 		count[c.ip]++

@@ -160,6 +160,67 @@ func TestHTTPFullTableFairShare(t *testing.T) {
 	}
 }
 
+// TestHTTPFairShareSparesRequests: the fair share takes only connections
+// not in a request. With every connection of the crowded address in a
+// request (its header whole, its body coming), or with its header begun
+// less than the header age ago, a newcomer from another address gets 503,
+// and each request goes on to its answer.
+func TestHTTPFairShareSparesRequests(t *testing.T) {
+	f := newFixture(t)
+	s := startRelayOn(t, f, func(o *Options) { o.HTTP.MaxConnections, o.HTTP.MaxConnectionsPerIP = 6, 10 })
+	s.httpConns.age.Store(int64(time.Hour))
+	s.httpConns.headerAge.Store(int64(time.Hour))
+	dialFrom := func(ip net.IP) net.Conn {
+		nc, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: 5 * time.Second}).Dial("tcp", s.HTTPAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nc.Close() })
+		return nc
+	}
+	const body = "Subject: t\r\n\r\nhi\r\n"
+	crowd := net.IPv4(127, 0, 0, 2)
+	var busy []net.Conn
+	for i := range 6 {
+		nc := dialFrom(crowd)
+		head := "POST /v1/messages?from=billing@contoso.com&to=a@example.org HTTP/1.1\r\nHost: x\r\n" +
+			"Authorization: Bearer " + crmToken + "\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n"
+		if i%2 == 0 {
+			head += "\r\n" // the header whole: the body comes later
+		}
+		if _, err := io.WriteString(nc, head); err != nil {
+			t.Fatal(err)
+		}
+		busy = append(busy, nc)
+	}
+	waitFor(t, 5*time.Second, "three requests in progress and three headers arriving", func() bool {
+		open, active := s.httpConns.counts()
+		return open == 6 && active == 3
+	})
+	over := dialFrom(net.IPv4(127, 0, 0, 3))
+	_ = over.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if resp, err := http.ReadResponse(bufio.NewReader(over), nil); err != nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("a newcomer with every connection in a request: %v, %v; want 503", resp, err)
+	}
+	for i, nc := range busy {
+		rest := body
+		if i%2 == 1 {
+			rest = "\r\n" + body
+		}
+		if _, err := io.WriteString(nc, rest); err != nil {
+			t.Errorf("request %d: the rest of it: %v", i, err)
+			continue
+		}
+		_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if resp, err := http.ReadResponse(bufio.NewReader(nc), nil); err != nil || resp.StatusCode != http.StatusAccepted {
+			t.Errorf("request %d, begun before the newcomer: %v, %v; want 202", i, resp, err)
+		}
+	}
+	if n := testutil.ToFloat64(s.httpConns.evicted); n != 0 {
+		t.Errorf("holdfast_http_connections_evicted_total = %v, want 0", n)
+	}
+}
+
 // TestHTTPFullTableClosesIdleKeepAlive: a connection kept alive between
 // requests goes first, even a young one; a client reconnects for its next
 // request as HTTP lets it.
