@@ -565,13 +565,7 @@ func (h *api) authenticate(w http.ResponseWriter, r *http.Request) *App {
 		return nil
 	}
 	ip := clientIPString(r.RemoteAddr)
-	if b := h.in.guard.blocked(r.Context(), "http", ip, ""); b != nil {
-		wait := int(max(b.Until.Seconds(), 1))
-		w.Header().Set("Retry-After", strconv.Itoa(wait))
-		h.fail(w, r, nil, http.StatusTooManyRequests, "too_many_failures", fmt.Sprintf(
-			"Too many failed authentications came from this address (SMTP passwords and API tokens count together); "+
-				"none is checked from it for %d s (Retry-After). Fix the application's password or token; "+
-				"an operator can lift the block at once with: holdfast creds unblock --ip %s", wait, ip))
+	if h.refuseBlocked(w, r, ip) {
 		return nil
 	}
 	var app *App
@@ -585,6 +579,22 @@ func (h *api) authenticate(w http.ResponseWriter, r *http.Request) *App {
 		return nil
 	}
 	return app
+}
+
+// refuseBlocked answers 429 when ip is blocked for its failed
+// authentications, and reports whether it did.
+func (h *api) refuseBlocked(w http.ResponseWriter, r *http.Request, ip string) bool {
+	b := h.in.guard.blocked(r.Context(), "http", ip, "")
+	if b == nil {
+		return false
+	}
+	wait := int(max(b.Until.Seconds(), 1))
+	w.Header().Set("Retry-After", strconv.Itoa(wait))
+	h.fail(w, r, nil, http.StatusTooManyRequests, "too_many_failures", fmt.Sprintf(
+		"Too many failed authentications came from this address (wrong SMTP passwords, API tokens and admin tokens count together); "+
+			"none is checked from it for %d s (Retry-After). Fix the application's password or token; "+
+			"an operator can lift the block at once with: holdfast creds unblock --ip %s", wait, ip))
+	return true
 }
 
 // bearerToken returns the token of an "Authorization: Bearer" header.

@@ -38,16 +38,25 @@ func (h *api) handleBreakers(report *BreakerReporter, set *breaker.Set, adminSHA
 }
 
 // admin checks the request's admin bearer token; otherwise it writes the
-// error and returns false.
+// error and returns false. A wrong token counts among the address's
+// failed authentications, as an application's does, and a blocked
+// address is refused before its token is looked at.
 func (b *breakersAPI) admin(w http.ResponseWriter, r *http.Request) bool {
 	if b.adminSum == nil {
 		b.h.fail(w, r, nil, http.StatusForbidden, "admin_disabled",
 			"The breaker API needs an admin token: set http.admin_token_sha256 to the hash printed by \"holdfast creds token\".")
 		return false
 	}
+	ip := clientIPString(r.RemoteAddr)
+	if b.h.refuseBlocked(w, r, ip) {
+		return false
+	}
 	token, ok := bearerToken(r)
 	sum := sha256.Sum256([]byte(token))
 	if !ok || subtle.ConstantTimeCompare(sum[:], b.adminSum) != 1 {
+		if ok {
+			b.h.in.guard.failed(r.Context(), ip, "")
+		}
 		w.Header().Set("WWW-Authenticate", `Bearer realm="holdfast-admin"`)
 		b.h.fail(w, r, nil, http.StatusUnauthorized, "invalid_token",
 			"Send the admin token (http.admin_token_sha256) as \"Authorization: Bearer <token>\".")

@@ -214,6 +214,49 @@ func TestAuthThrottleHTTP(t *testing.T) {
 	}
 }
 
+// TestAuthThrottleAdminToken: wrong admin tokens at the breaker API count
+// among the address's failed authentications, as wrong application
+// tokens do: past the threshold the address gets 429, with the right
+// admin token too, and at the messages API; another address is not
+// affected. A request without a token is refused, not counted.
+func TestAuthThrottleAdminToken(t *testing.T) {
+	s := newExchangeEnv(t, 1, withAdminToken).relays[0]
+	get := func(ip net.IP, token string) int {
+		t.Helper()
+		tr := &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}}).DialContext}
+		defer tr.CloseIdleConnections()
+		req, _ := http.NewRequest(http.MethodGet, "http://"+s.HTTPAddr()+"/v1/breakers", nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatalf("GET: %v", err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for range 20 {
+		if code := get(attackerIP, ""); code != http.StatusUnauthorized {
+			t.Fatalf("no token: %d, want 401", code)
+		}
+	}
+	for i := range 10 {
+		if code := get(attackerIP, "wrong-admin-token"); code != http.StatusUnauthorized {
+			t.Fatalf("wrong admin token %d: %d, want 401", i, code)
+		}
+	}
+	if code := get(attackerIP, adminToken); code != http.StatusTooManyRequests {
+		t.Errorf("the right admin token from the blocked address: %d, want 429", code)
+	}
+	if code, _ := httpFrom(t, s, attackerIP, crmToken); code != http.StatusTooManyRequests {
+		t.Errorf("an application's token from the blocked address: %d, want 429", code)
+	}
+	if code := get(otherIP, adminToken); code != http.StatusOK {
+		t.Errorf("the right admin token from another address: %d, want 200", code)
+	}
+}
+
 // TestAuthThrottleExemptNetwork: applications that share one address (a
 // proxy, a NAT, the relay's own host) in auth_throttle.exempt_networks
 // are not locked out by one of them failing: wrong tokens and passwords
@@ -383,7 +426,7 @@ func TestAuthThrottleRepliesSayWhatToDo(t *testing.T) {
 
 	code, _, body := httpFromBody(t, s, attackerIP, crmToken)
 	if code != http.StatusTooManyRequests || strings.Contains(body, "wrong token") ||
-		!strings.Contains(body, "SMTP passwords and API tokens") || !strings.Contains(body, "holdfast creds unblock --ip 127.0.0.1") {
-		t.Errorf("HTTP from the blocked address: %d %s; want 429 naming both kinds of failure and the unblock command", code, body)
+		!strings.Contains(body, "wrong SMTP passwords, API tokens and admin tokens") || !strings.Contains(body, "holdfast creds unblock --ip 127.0.0.1") {
+		t.Errorf("HTTP from the blocked address: %d %s; want 429 naming every kind of failure and the unblock command", code, body)
 	}
 }
