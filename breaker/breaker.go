@@ -379,8 +379,54 @@ func (s *Set) runRaw(ctx context.Context, sc *redis.Script, name string, args ..
 	if moved := len(v) >= 2 && v[len(v)-2] == "moved"; moved {
 		s.made(ctx, st)
 	}
-	s.observe(st, true)
+	s.take(ctx, st, true)
 	return v, nil
+}
+
+// take stores a record read from Redis (observe) and returns it. A record
+// whose generation is below the one this Set stored was lost: Redis
+// restarted empty, or its keys were flushed (Forget keeps the
+// generation). Left so, this Set would take the record's next
+// transitions for stale reads, and the holds its routes were fenced with
+// would refuse every release. restoreScript raises it above what this
+// Set knew, and take returns the record as raised.
+func (s *Set) take(ctx context.Context, st Status, recorded bool) Status {
+	known, behind := s.observe(st, recorded)
+	if !behind {
+		return st
+	}
+	open := "0"
+	if known.State == Open {
+		open = "1"
+	}
+	v, err := restoreScript.Run(ctx, s.rdb, []string{recordKey(st.Name), spreadKey(st.Name), attemptKey(st.Name)},
+		known.Generation, ms(s.o.Now()), open).StringSlice()
+	if err != nil {
+		s.log.Warn("cannot restore a breaker record older than this replica's", "breaker", st.Name, "known", known.Generation, "read", st.Generation, "err", err)
+		return st
+	}
+	got, m, moved := parseReply(st.Name, v)
+	if got.Generation > st.Generation {
+		s.log.Warn("breaker record lost from Redis (restarted empty, or flushed); its generations go on from this replica's",
+			"breaker", st.Name, "known", known.Generation, "state", known.State, "now", got.State, "generation", got.Generation)
+	}
+	if moved {
+		s.made(ctx, got)
+	}
+	s.observe(got, isRecord(m))
+	return got
+}
+
+// parseReply parses a script's reply: the record as HGETALL returns it,
+// as a status and as fields, and whether the script made a transition.
+func parseReply(name string, v []string) (Status, map[string]string, bool) {
+	m := make(map[string]string, len(v)/2)
+	for i := 0; i+1 < len(v); i += 2 {
+		m[v[i]] = v[i+1]
+	}
+	moved := m["moved"] == "1"
+	delete(m, "moved")
+	return parseMap(name, m), m, moved
 }
 
 // made tells the fleet about a transition this Set's script made: a
@@ -470,8 +516,7 @@ func (s *Set) Fresh(ctx context.Context, names ...string) ([]Status, error) {
 	s.mu.Unlock()
 	for i, n := range names {
 		m := cmds[i].Val()
-		out[i] = parseMap(n, m)
-		s.observe(out[i], isRecord(m))
+		out[i] = s.take(ctx, parseMap(n, m), isRecord(m))
 	}
 	return out, nil
 }
@@ -482,9 +527,7 @@ func (s *Set) read(ctx context.Context, name string) (Status, error) {
 	if err != nil {
 		return Status{}, fmt.Errorf("breaker %s: read: %w", name, err)
 	}
-	st := parseMap(name, m)
-	s.observe(st, isRecord(m))
-	return st, nil
+	return s.take(ctx, parseMap(name, m), isRecord(m)), nil
 }
 
 // Record reports the outcome of a request under the breaker: nil is a
@@ -769,17 +812,11 @@ func (s *Set) Reset(ctx context.Context, name string) error {
 	if err != nil {
 		return fmt.Errorf("breaker %s: reset: %w", name, err)
 	}
-	m := make(map[string]string, len(v)/2)
-	for i := 0; i+1 < len(v); i += 2 {
-		m[v[i]] = v[i+1]
-	}
-	moved := m["moved"] == "1"
-	delete(m, "moved")
-	st := parseMap(name, m)
+	st, m, moved := parseReply(name, v)
 	if moved {
 		s.made(ctx, st)
 	}
-	s.observe(st, isRecord(m))
+	s.take(ctx, st, isRecord(m))
 	return nil
 }
 
@@ -877,8 +914,7 @@ func (s *Set) List(ctx context.Context) ([]Status, error) {
 	for i, n := range names {
 		if c := cmds[n]; c != nil {
 			m := c.Val()
-			out[i] = parseMap(n, m)
-			s.observe(out[i], isRecord(m))
+			out[i] = s.take(ctx, parseMap(n, m), isRecord(m))
 			continue
 		}
 		// A name only this Set knows, and as it last read it: closed,
@@ -909,20 +945,24 @@ func isRecord(m map[string]string) bool {
 // has none, or only what Forget kept, and that this Set does not know
 // (an operator's, at a mailbox no route uses) adds nothing to what it
 // lists.
-func (s *Set) observe(st Status, recorded bool) {
+//
+// A record older than the one stored is not stored: a read that raced
+// with a newer one, or a record Redis lost. observe then returns the
+// stored one and true, for take to tell the two apart.
+func (s *Set) observe(st Status, recorded bool) (Status, bool) {
 	s.mu.Lock()
 	e := s.brks[st.Name]
 	if e == nil {
 		if !recorded {
 			s.mu.Unlock()
-			return
+			return Status{}, false
 		}
 		e = s.entry(st.Name)
 	}
 	if st.Generation < e.st.Generation {
-		// A read that raced with a newer one.
+		known := e.st
 		s.mu.Unlock()
-		return
+		return known, true
 	}
 	e.st = st
 	e.fetched = s.o.Now()
@@ -942,7 +982,7 @@ func (s *Set) observe(st Status, recorded bool) {
 	}
 	s.mu.Unlock()
 	if tr == nil {
-		return
+		return Status{}, false
 	}
 	s.log.Info("breaker transition", "breaker", tr.Name, "from", tr.From, "to", tr.To,
 		"reason", tr.Reason, "generation", tr.Generation, "found", tr.Found)
@@ -955,6 +995,7 @@ func (s *Set) observe(st Status, recorded bool) {
 		// changed.
 		s.notify(*tr)
 	}
+	return Status{}, false
 }
 
 func parseMap(name string, m map[string]string) Status {

@@ -2,6 +2,7 @@ package breaker
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strconv"
 	"sync"
@@ -382,5 +383,80 @@ func TestResetOfUnknownLeavesNoTrace(t *testing.T) {
 	}
 	if st, err := other.Status(ctx, typo); err != nil || st.State != Closed || st.Generation != 0 {
 		t.Errorf("Status(%s) = %+v, %v; want closed, never recorded", typo, st, err)
+	}
+}
+
+// TestRecordLostWithRedis: Redis restarts empty (or is flushed) while a
+// breaker is open. The next read of any replica finds the record gone
+// and raises it above the generation it knew, closed: every replica
+// hears the close, and a fence taken from the new generation is newer
+// than those of the lost ones. A breaker lost while closed takes its
+// generation back, so the replicas take its next opening as news.
+func TestRecordLostWithRedis(t *testing.T) {
+	const open, closed = "mbx:a@contoso.com", "mbx:b@contoso.com"
+	var mu sync.Mutex
+	seen := [2]map[string][]string{{}, {}}
+	sets, _ := replicas(t, 2, func(i int, o *Options) {
+		o.OnTransition = func(tr Transition) {
+			mu.Lock()
+			defer mu.Unlock()
+			seen[i][tr.Name] = append(seen[i][tr.Name], fmt.Sprintf("%s@%d", tr.To, tr.Generation))
+		}
+	})
+	a, b := sets[0], sets[1]
+	ctx := context.Background()
+	if err := a.Trip(ctx, open, "held"); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		record(t, a, closed, credErr)
+	}
+	if err := a.Reset(ctx, closed); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range sets {
+		if _, err := s.Fresh(ctx, open, closed); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.rdb.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	st, err := b.Fresh(ctx, open, closed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st[0].State != Closed || st[0].Generation != 2 || st[1].State != Closed || st[1].Generation != 2 {
+		t.Fatalf("after the loss, b reads %s@%d and %s@%d; want closed@2 for both", st[0].State, st[0].Generation, st[1].State, st[1].Generation)
+	}
+	if ok, err := a.Allow(ctx, open); !ok || err != nil {
+		if _, err := a.Fresh(ctx, open); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := a.Cached(open); got.State != Closed || got.Generation != 2 {
+		t.Errorf("a, after reading again: %s@%d, want closed@2", got.State, got.Generation)
+	}
+	// The breaker known closed opens anew, above its old generation.
+	for range 3 {
+		record(t, a, closed, credErr)
+	}
+	if _, err := b.Fresh(ctx, closed); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i := range seen {
+		if got, want := seen[i][open], []string{"open@1", "closed@2"}; !slices.Equal(got, want) {
+			t.Errorf("replica %d saw %s go %v, want %v", i, open, got, want)
+		}
+		want := []string{"open@1", "closed@2", "open@3"}
+		if i == 1 {
+			want = want[2:] // b first read it closed
+		}
+		if got := seen[i][closed]; !slices.Equal(got, want) {
+			t.Errorf("replica %d saw %s go %v, want %v", i, closed, got, want)
+		}
 	}
 }

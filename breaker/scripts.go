@@ -189,6 +189,37 @@ redis.call('DEL', KEYS[2])
 return reply(k)
 `)
 
+// restoreScript raises a record whose generation went back below
+// ARGV[1], the generation a replica knew: Redis lost the record (it
+// restarted empty, or its keys were flushed), since nothing else lowers
+// a generation. A breaker the replica knew open, and not open now, is
+// closed above it, as a transition: the holds its routes were fenced
+// with at the lost generations are released, and the replicas that knew
+// it open hear it closed. One open now (opened again since the loss)
+// goes on above it; one the replica knew closed takes the generation
+// back, as Forget keeps it. A record at ARGV[1] or above is left as it
+// is: another replica raised it, or the read that seemed older was one
+// that raced with a newer.
+//
+// ARGV[1] the generation known, ARGV[2] now, ARGV[3] "1" when the
+// replica knew the breaker open.
+var restoreScript = flagged(transitions + `
+local k = KEYS[1]
+local known = tonumber(ARGV[1])
+if tonumber(redis.call('HGET', k, 'generation') or '0') >= known then return reply(k) end
+if redis.call('HGET', k, 'state') == 'open' then
+  redis.call('HSET', k, 'generation', known + 1)
+  moved = true
+elseif ARGV[3] == '1' then
+  redis.call('HSET', k, 'generation', known)
+  close(k, ARGV[2])
+else
+  redis.call('HSET', k, 'generation', known, 'state', 'closed')
+  if redis.call('HEXISTS', k, 'since') == 0 then redis.call('HSET', k, 'since', ARGV[2]) end
+end
+return reply(k)
+`)
+
 // probeNowScript makes the next probe of an open breaker due at once,
 // for any replica, or, when ARGV[1] names one, for that replica only
 // until ARGV[2] (unix ms), or until ARGV[3] ms after the live lease of

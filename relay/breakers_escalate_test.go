@@ -498,3 +498,39 @@ func TestMailboxProbeAfterCredentialOpened(t *testing.T) {
 		t.Errorf("%d token requests refused by the mailbox's probe, want none", n)
 	}
 }
+
+// TestBreakerLostWithRedis: an operator holds a mailbox's breaker, and
+// Redis then restarts empty (or is flushed): the hold is lost, as
+// everything in Redis is. Both relays knew the breaker open; mail
+// accepted after the loss is delivered, not held under a breaker no
+// record shows (before, a relay held the route with the generation it
+// knew, and every release, fenced by the new record's lower generation,
+// was refused, so the mail waited for good while "holdfast breaker
+// status" showed the breaker closed).
+func TestBreakerLostWithRedis(t *testing.T) {
+	const box = "billing@contoso.com"
+	e := newExchangeEnv(t, 2, nil)
+	ctx := t.Context()
+	mbx := mailboxBreaker(box)
+	if err := e.relays[0].gate.set.Hold(ctx, mbx, "held by an operator"); err != nil {
+		t.Fatal(err)
+	}
+	held := e.submit(t, 0, box, "h@example.org", exchangeMessage(0, box))
+	for _, r := range e.relays {
+		waitFor(t, 10*time.Second, "the breaker open on every relay", func() bool { return r.gate.set.Cached(mbx).State == breaker.Open })
+	}
+	waitFor(t, 10*time.Second, "the message held", func() bool { return e.get(t, held).State != queue.Ready })
+	if err := e.f.redis.Client(t).FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for n := 1; n <= 6; n++ {
+		ids = append(ids, e.submit(t, n%2, box, fmt.Sprintf("r%d@example.org", n), exchangeMessage(n, box)))
+	}
+	waitFor(t, 15*time.Second, "the mail accepted after the loss delivered", func() bool { return e.allDelivered(t, ids) })
+	for i, r := range e.relays {
+		if st := r.gate.set.Cached(mbx); st.State != breaker.Closed || st.Generation < 2 {
+			t.Errorf("relay %d holds %s as %s@%d, want closed above the lost generation 1", i, mbx, st.State, st.Generation)
+		}
+	}
+}
