@@ -101,3 +101,33 @@ func TestSettleSetsAmbiguous(t *testing.T) {
 		}
 	}
 }
+
+// TestExpiredLeaseAmbiguous: a lease that ran out (its worker was killed
+// during a send) leaves the message flagged: the send may have reached
+// the upstream, whose answer nobody read, so the next attempt first asks
+// whether the message went out. A message handed back by its worker is
+// not flagged.
+func TestExpiredLeaseAmbiguous(t *testing.T) {
+	q, clk, _ := newQueue(t)
+	ctx := context.Background()
+	killed := enqueue(t, q, msg("r", 1))
+	if got := lease(t, q, "r", 1, time.Minute); len(got.Leases) != 1 || got.Leases[0].ID != killed {
+		t.Fatalf("leased %+v", got.Leases)
+	}
+	clk.Add(2 * time.Minute)
+	back := enqueue(t, q, msg("r", 2))
+	res := lease(t, q, "r", 2, time.Minute)
+	if len(res.Leases) != 2 {
+		t.Fatalf("leased %d after the first lease ran out, want 2", len(res.Leases))
+	}
+	for _, l := range res.Leases {
+		if _, err := q.Retry(ctx, l, "451"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for id, want := range map[string]bool{killed: true, back: false} {
+		if amb, err := q.Ambiguous(ctx, id); err != nil || amb != want {
+			t.Errorf("message %s: ambiguous=%v err=%v, want %v", id, amb, err, want)
+		}
+	}
+}

@@ -80,7 +80,8 @@ const (
 	fReason   = "why"   // dead-letter reason
 	fIdemKey  = "idem"
 	// fAmbiguous is "1" once an attempt ended without knowing whether the
-	// upstream sent the message; see MarkAmbiguous.
+	// upstream sent the message (see MarkAmbiguous), or its lease ran out
+	// (the lease script sets it).
 	fAmbiguous = "amb"
 	// "settled" holds "TOKEN:OUTCOME" of the last settled lease; only
 	// the scripts read it.

@@ -212,8 +212,10 @@ for _, id in ipairs(expired) do
   if redis.call('EXISTS', key) == 1 then
     redis.call('ZADD', KEYS[1], now, id)
     redis.call('HINCRBY', key, 'att', 1)
+    -- Its send may have reached the upstream, whose answer nobody read:
+    -- the ambiguity flag (fAmbiguous) has the next attempt ask first.
     redis.call('HSET', key, 'st', 'queued', 'lease', '', 'upd', now,
-      'err', 'lease expired: the worker stopped before reporting a result')
+      'err', 'lease expired: the worker stopped before reporting a result', 'amb', '1')
   end
 end
 
