@@ -886,3 +886,24 @@ func breakerKind(name string) string {
 	}
 	return "mailbox"
 }
+
+// grantRegistered asks for the probe of the mailbox's breaker now, when
+// it is open: a grant registered again after Entra refused the old one
+// is what that probe waits for, as a changed secret file is for a
+// credential's. The probe redeems the new grant, and on success the held
+// mail goes.
+func (g *gate) grantRegistered(mailbox string) {
+	name := mailboxBreaker(mailbox)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	open, err := g.set.ProbeNow(ctx, name)
+	switch {
+	case errors.Is(err, breaker.ErrHeld):
+		// An operator's hold waits for a reset.
+	case err != nil:
+		g.log.Warn("cannot ask for the mailbox's probe after its grant was registered; it is probed at its next interval", "breaker", name, "err", err)
+	case open:
+		g.log.Info("mailbox grant registered while its breaker is open; probing it now", "breaker", name)
+		g.wakeProbes()
+	}
+}

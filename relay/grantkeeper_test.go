@@ -3,7 +3,9 @@ package relay
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -249,4 +251,36 @@ func TestGrantKeeperLeavesOpenBreakerToProbe(t *testing.T) {
 		}
 		redeemedAgain("once " + name + " closed")
 	}
+}
+
+// TestGrantRegisteredProbesAtOnce: a mailbox's grant is revoked, its
+// breaker opens and holds its mail; the application registers a new
+// grant on another relay. The breaker's probe runs at once, as after a
+// changed secret file, and the held mail goes within seconds, not at the
+// probe the open interval (30 s) had scheduled.
+func TestGrantRegisteredProbesAtOnce(t *testing.T) {
+	e := newExchangeEnv(t, 2, nil)
+	const alice = "alice@contoso.com"
+	put := func(relay int) {
+		t.Helper()
+		body := strings.NewReader(fmt.Sprintf(`{"refresh_token": %q}`, e.sim.IssueRefreshToken(simTenant, simClientID, alice)))
+		req, _ := http.NewRequest("PUT", "http://"+e.relays[relay].HTTPAddr()+"/v1/mailboxes/"+alice, body)
+		req.Header.Set("Authorization", "Bearer "+crmToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("PUT: %d", resp.StatusCode)
+		}
+	}
+	put(0)
+	e.sim.RevokeMailboxGrants(alice)
+	ids := e.submitN(t, alice, 0, 3)
+	waitFor(t, 15*time.Second, "alice's breaker open", func() bool { return e.breakerStatus(t, mailboxBreaker(alice)).State == breaker.Open })
+	start := time.Now()
+	put(1)
+	waitFor(t, 10*time.Second, "alice's held mail delivered", func() bool { return e.allDelivered(t, ids) })
+	t.Logf("delivered %v after the grant was registered again", time.Since(start).Round(time.Millisecond))
 }

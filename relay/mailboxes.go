@@ -26,7 +26,7 @@ const maxGrantBody = 64 << 10
 
 // handleMailboxes adds the delegated-mailbox endpoints. changed is called
 // with each mailbox registered or removed, so that routing sees it at once.
-func (h *api) handleMailboxes(g grantRegistry, changed func(mailbox string)) {
+func (h *api) handleMailboxes(g grantRegistry, changed func(mailbox string, registered bool)) {
 	m := &mailboxAPI{api: h, grants: g, changed: changed}
 	h.mux.HandleFunc("PUT /v1/mailboxes/{address}", m.put)
 	h.mux.HandleFunc("GET /v1/mailboxes/{address}", m.get)
@@ -36,7 +36,7 @@ func (h *api) handleMailboxes(g grantRegistry, changed func(mailbox string)) {
 type mailboxAPI struct {
 	*api
 	grants  grantRegistry
-	changed func(mailbox string)
+	changed func(mailbox string, registered bool)
 }
 
 // grantStatus is a grant as the API shows it: never the token.
@@ -120,7 +120,7 @@ func (m *mailboxAPI) put(w http.ResponseWriter, r *http.Request) {
 		m.storeFailed(w, r, app, err)
 		return
 	}
-	m.changed(addr)
+	m.changed(addr, true)
 	g, err := m.grants.Get(r.Context(), addr)
 	if err != nil {
 		m.storeFailed(w, r, app, err)
@@ -160,7 +160,7 @@ func (m *mailboxAPI) delete(w http.ResponseWriter, r *http.Request) {
 		m.storeFailed(w, r, app, err)
 		return
 	}
-	m.changed(addr)
+	m.changed(addr, false)
 	m.log.Info("mailbox grant removed", "app", app.Name, "mailbox", addr)
 	w.WriteHeader(http.StatusNoContent)
 }

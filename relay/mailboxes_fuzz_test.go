@@ -29,7 +29,7 @@ func FuzzMailboxRegistration(f *testing.F) {
 	apps := newApps([]App{{Name: "crm", PasswordHash: testHash(f, crmPassword), TokenSHA256: sha256Hex(crmToken),
 		Senders: []string{"@contoso.com", "billing@crm.example"}, Credential: "contoso"}})
 	h := newAPI(fx.ingest, apps, fx.queue, nil, 4096, discardLogger())
-	h.handleMailboxes(grants, func(string) {})
+	h.handleMailboxes(grants, func(string, bool) {})
 
 	f.Add("alice@contoso.com", []byte(`{"refresh_token":"0.AXEA-rt-1","credential":"contoso"}`))
 	f.Add("Alice@Contoso.COM", []byte(`{"refresh_token":"0.AXEA-rt-2"}`))

@@ -336,9 +336,12 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 	s.httpLn = s.httpConns.listener(httpLn)
 	handler := newAPI(in, a, s.queue, s.ready, o.SMTP.MaxMessageBytes, log)
 	if s.exchange != nil && s.exchange.grants != nil {
-		handler.handleMailboxes(s.exchange.grants, func(mailbox string) {
+		handler.handleMailboxes(s.exchange.grants, func(mailbox string, registered bool) {
 			routing.forget(mailbox)
 			s.keeper.changed(mailbox)
+			if registered && s.gate != nil {
+				s.gate.grantRegistered(mailbox)
+			}
 		})
 	}
 	if s.gate != nil {
