@@ -124,7 +124,11 @@ func (s *DelegatedSource) fetch() (*oauth2.Token, error) {
 					continue
 				}
 			}
-			s.store.setError(ctx, s.mailbox, gr.Generation, te.Error())
+			if !te.Unavailable() {
+				// Entra's refusal of the grant; a throttled or unavailable
+				// endpoint says nothing of it.
+				s.store.setError(ctx, s.mailbox, gr.Generation, te.Error())
+			}
 			return nil, err
 		}
 		if tok.RefreshToken == "" || tok.RefreshToken == rt {

@@ -388,6 +388,50 @@ func TestDelegatedConsentRequired(t *testing.T) {
 	}
 }
 
+// TestDelegatedUnavailableNotRecorded: a token endpoint that throttles
+// (429) or is unavailable (503) says nothing of the grant: the redemption
+// fails, and is tried again later, but the grant keeps no last error, so
+// it is not counted failing (refused by Entra) while the endpoint is
+// down. A refusal of the grant after it is recorded as before.
+func TestDelegatedUnavailableNotRecorded(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	var mu sync.Mutex
+	answer := "unavailable503"
+	f := newFakeEntra(t, func(w http.ResponseWriter, r *http.Request, form url.Values) {
+		mu.Lock()
+		a := answer
+		mu.Unlock()
+		status := map[string]int{"unavailable503": http.StatusServiceUnavailable, "throttled429": http.StatusTooManyRequests}[a]
+		if status == 0 {
+			status = http.StatusBadRequest
+		}
+		writeFixture(t, w, status, a)
+	})
+	cred := secretCredential(t, f, writeFile(t, t.TempDir(), "secret", secretV1), nil)
+	g := newGrantStore(t, rdb, testGrantKey)
+	ctx := t.Context()
+	if err := g.Put(ctx, mailboxA, "crm", rtInitial); err != nil {
+		t.Fatal(err)
+	}
+	src := g.TokenSource(cred, mailboxA)
+	for _, a := range []string{"unavailable503", "throttled429", "aadsts50173"} {
+		mu.Lock()
+		answer = a
+		mu.Unlock()
+		src.Invalidate()
+		if _, err := src.Token(ctx); err == nil {
+			t.Fatalf("%s: the redemption succeeded", a)
+		}
+		gr, err := g.Get(ctx, mailboxA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if refused := a == "aadsts50173"; refused != strings.Contains(gr.LastError, "AADSTS50173") || !refused && gr.LastError != "" {
+			t.Errorf("after %s: last error %q", a, gr.LastError)
+		}
+	}
+}
+
 // TestConcurrentReplicasRotate runs two replicas (two stores, two sources,
 // two Redis clients) that refresh the same grant at the same moment.
 func TestConcurrentReplicasRotate(t *testing.T) {

@@ -98,6 +98,18 @@ func (e *TokenError) Error() string {
 	return b.String()
 }
 
+// Unavailable reports whether the endpoint asked to be tried again later
+// (TokenUnavailable) rather than refused the request.
+func (e *TokenError) Unavailable() bool { return TokenUnavailable(e.HTTPStatus, e.Code) }
+
+// TokenUnavailable reports whether a token endpoint's answer of this HTTP
+// status and "error" field asks to be tried again later: a 429, a 5xx,
+// or temporarily_unavailable. Such an answer says nothing of the
+// credential or the grant.
+func TokenUnavailable(status int, code string) bool {
+	return status == http.StatusTooManyRequests || status >= 500 || code == CodeTemporarilyUnavailable
+}
+
 // SecretExpired reports whether the endpoint said the client secret has
 // expired (AADSTS7000222).
 func (e *TokenError) SecretExpired() bool {

@@ -186,7 +186,7 @@ func ClassifyToken(f TokenFailure, kind AuthKind) *upstream.Error {
 	switch {
 	case f.HTTPStatus == 429:
 		e.Class, e.RetryAfter = upstream.Throttled, f.RetryAfter
-	case f.HTTPStatus >= 500 || f.Code == auth.CodeTemporarilyUnavailable:
+	case auth.TokenUnavailable(f.HTTPStatus, f.Code):
 		e.Class, e.RetryAfter = upstream.Transient, f.RetryAfter
 	case f.Code == auth.CodeInvalidGrant && kind == Delegated:
 		e.Class = upstream.Mailbox
