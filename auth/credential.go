@@ -395,6 +395,16 @@ func (c *Credential) redeemWith(log *slog.Logger, scopes []string, params url.Va
 		if err := m.fed.check(start); err != nil {
 			c.opts.Metrics.tokenRequest(c.opts.Name, err)
 			log.Warn("client assertion expired, not sent", "file", m.fed.file, "exp", m.fed.exp)
+			// As Entra's refusal would be: with the file's fingerprint and
+			// write time, a replica whose file is older than the one that
+			// works elsewhere is stale, and leaves the mail to the others.
+			var te *TokenError
+			if errors.As(err, &te) {
+				te.Fingerprint, te.Written = m.fingerprint(), m.written
+				if c.opts.OnRefused != nil {
+					c.opts.OnRefused(c.opts.Name, te)
+				}
+			}
 			return nil, err
 		}
 		cfg.EndpointParams.Set("client_assertion_type", clientAssertionType)

@@ -3,12 +3,16 @@ package relay
 import (
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"holdfast/auth"
+	"holdfast/breaker"
 	"holdfast/cmd/o365sim/sim"
 	"holdfast/queue"
 )
@@ -93,5 +97,53 @@ func TestFederatedCredentialOptions(t *testing.T) {
 	c.ClientSecretFile = ""
 	if err := c.validate("credentials[0]"); err != nil {
 		t.Fatalf("assertion alone: %v", err)
+	}
+}
+
+// TestFederatedStaleRelay: two relays, each with its own token file, as
+// pods on different nodes have. Relay 1's file expired (its kubelet has
+// not rotated it yet) while relay 2's was rotated and works. Relay 1 is
+// stale for the credential, as a relay left on an old secret is: it
+// leaves the credential's mail to relay 2, and nothing waits for a
+// retry's backoff.
+func TestFederatedStaleRelay(t *testing.T) {
+	dir := t.TempDir()
+	old, fresh := filepath.Join(dir, "token-1"), filepath.Join(dir, "token-2")
+	writeFile(t, old, serviceAccountToken(aksSubject, time.Now().Add(2*time.Second)))
+	writeFile(t, fresh, serviceAccountToken(aksSubject, time.Now().Add(time.Hour)))
+	// The kubelet wrote relay 2's file after relay 1's.
+	if err := os.Chtimes(old, time.Now().Add(-time.Minute), time.Now().Add(-time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	e := newExchangeEnvSim(t, 1, func(c *sim.Config) {
+		c.Tenants[0].Apps[0].Secrets = nil
+		c.Tenants[0].Apps[0].FederatedCredentials = []sim.FederatedCredential{{Issuer: aksIssuer, Subject: aksSubject}}
+	}, func(o *Options) {
+		o.Credentials[0].ClientSecretFile = ""
+		o.Credentials[0].ClientAssertionFile = old
+	})
+	ro := e.opts
+	ro.Replica = "relay-2"
+	ro.Credentials = slices.Clone(e.opts.Credentials)
+	ro.Credentials[0].ClientAssertionFile = fresh
+	e.relays = append(e.relays, runRelay(t, ro, e.log))
+
+	first := e.submit(t, 1, "billing@contoso.com", "a@example.org", exchangeMessage(0, "billing@contoso.com"))
+	waitFor(t, 10*time.Second, "relay 2's first delivery", func() bool { return e.get(t, first).State == queue.Delivered })
+	time.Sleep(2500 * time.Millisecond) // relay 1's assertion expires
+	e.relays[0].exchange.creds["contoso"].Invalidate()
+
+	var ids []string
+	for n := 1; n <= 6; n++ {
+		ids = append(ids, e.submit(t, n%2, "billing@contoso.com", fmt.Sprintf("r%d@example.org", n), exchangeMessage(n, "billing@contoso.com")))
+	}
+	waitFor(t, 10*time.Second, "every message delivered by relay 2", func() bool { return e.allDelivered(t, ids) })
+	for _, id := range ids {
+		if m := e.get(t, id); m.Attempts > 1 {
+			t.Errorf("%s took %d attempts, want 1: relay 1's expired file spent one", id, m.Attempts)
+		}
+	}
+	if st := e.breakerStatus(t, credentialBreaker("contoso")); st.State != breaker.Closed {
+		t.Errorf("credential breaker %s, want closed", st.State)
 	}
 }
