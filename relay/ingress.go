@@ -51,8 +51,9 @@ type ingress struct {
 	// withdraw, when set, takes back a message whose store failed but
 	// may have reached Redis (see withdrawer).
 	withdraw *withdrawer
-	// full samples the warnings that Redis is full (see warnFull) and
-	// that a route holds as many messages as it may (routeFull).
+	// full samples the warnings that Redis is full (see warnFull), that
+	// a route holds as many messages as it may (routeFull), and that a
+	// store failed or was refused as not durable.
 	full *logSampler
 	// fullRoutes holds the routes found full a moment ago.
 	fullRoutes *fullRoutes
@@ -128,7 +129,9 @@ func (in *ingress) accept(ctx context.Context, s submission) (id string, dup boo
 	start := time.Now()
 	if in.healthy != nil {
 		if err := in.healthy(); err != nil {
-			in.log.Error("message refused", "app", s.app.Name, "err", err)
+			if ok, held := in.full.allow("not durable"); ok {
+				in.log.Error("message refused", withHeld([]any{"app", s.app.Name, "err", err}, held)...)
+			}
 			in.metrics.refused(s.protocol, s.app.Name, refusedNotDurable)
 			return "", false, fmt.Errorf("%w: %w", errStore, err)
 		}
@@ -162,7 +165,11 @@ func (in *ingress) accept(ctx context.Context, s submission) (id string, dup boo
 			in.warnFull(s.app.Name, err)
 			in.metrics.refused(s.protocol, s.app.Name, refusedRedisFull)
 		} else {
-			in.log.Error("enqueue failed", "app", s.app.Name, "err", err)
+			// Once an interval: a Redis that refuses writes (its disk
+			// full, too few replicas) refuses every message.
+			if ok, held := in.full.allow("store failed"); ok {
+				in.log.Error("enqueue failed", withHeld([]any{"app", s.app.Name, "err", err}, held)...)
+			}
 			in.metrics.refused(s.protocol, s.app.Name, refusedStoreFailed)
 		}
 		// The submitter is told nothing was kept. A store that reached a

@@ -60,3 +60,29 @@ func TestRedisFullRefusalsNotWithdrawn(t *testing.T) {
 		t.Errorf("ready messages: %+v %v; want the 2 taken while Redis had room", st.Total, err)
 	}
 }
+
+// TestStoreFailuresLogSampled: a Redis that refuses every write for
+// another reason than its memory (here too few replicas; a full disk
+// answers MISCONF the same way) refuses every message with 451, and the
+// log says so once an interval, with the count held, not once a
+// message.
+func TestStoreFailuresLogSampled(t *testing.T) {
+	f := newFixture(t)
+	var logs syncBuffer
+	s := startRelayLogged(t, f, func(o *Options) { o.Delivery.Sender = "off" },
+		slog.New(slog.NewTextHandler(&logs, nil)))
+	rdb := f.redis.Client(t)
+	ctx := context.Background()
+	if err := rdb.ConfigSet(ctx, "min-replicas-to-write", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.ConfigSet(context.Background(), "min-replicas-to-write", "0") })
+	for range 5 {
+		if reply, _ := smtpSubmit(t, s); !strings.HasPrefix(reply, "451 4.3.0 ") {
+			t.Errorf("SMTP with Redis refusing writes: %q, want 451 4.3.0", reply)
+		}
+	}
+	if n := strings.Count(logs.String(), "enqueue failed"); n != 1 {
+		t.Errorf("%d log lines for 5 refused stores, want 1:\n%s", n, logs.String())
+	}
+}
