@@ -641,3 +641,42 @@ func decode(t *testing.T, s string, v any) {
 		t.Fatalf("decode %q: %v", s, err)
 	}
 }
+
+// TestCommandsWhileRedisCannotWrite: a Redis that cannot write to its
+// disk answers PING, and every write, with MISCONF. The commands that
+// read still show the queue; one that writes fails with Redis's reason,
+// not with "does not answer".
+func TestCommandsWhileRedisCannotWrite(t *testing.T) {
+	srv := redistest.Start(t, redistest.WithArgs("--save", "3600 1"))
+	cfg := writeConfig(t, srv.Addr())
+	rdb := srv.Client(t)
+	q := queue.New(rdb, queue.Options{})
+	if _, _, err := q.Enqueue(t.Context(), queue.Submission{Route: "crm", App: "crm", From: "a@contoso.com", To: []string{"b@example.org"}, Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	// A snapshot that cannot be written: the server's directory is gone.
+	// Without save points it stops at once at the end, not after a
+	// failed last snapshot.
+	t.Cleanup(func() { rdb.ConfigSet(context.Background(), "save", "") })
+	if err := os.RemoveAll(srv.Dir()); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.BgSave(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for err := rdb.Ping(t.Context()).Err(); err == nil || !strings.HasPrefix(err.Error(), "MISCONF"); err = rdb.Ping(t.Context()).Err() {
+		if time.Now().After(deadline) {
+			t.Fatalf("PING after a failed snapshot: %v, want MISCONF", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	r := runCmd(t, "queue", "stats", "--config", cfg)
+	if r.code != exitOK || !strings.Contains(r.stdout, "crm") {
+		t.Errorf("queue stats with Redis refusing writes: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	r = runCmd(t, "breaker", "trip", "--config", cfg, "mbx:a@contoso.com")
+	if r.code == exitOK || !strings.Contains(r.stderr, "MISCONF") || strings.Contains(r.stderr, "does not answer") {
+		t.Errorf("breaker trip with Redis refusing writes: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}

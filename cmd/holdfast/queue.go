@@ -46,12 +46,22 @@ func openRedis(path string) (relay.Options, redis.UniversalClient, error) {
 	rdb := relay.RedisClient(o.Redis)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := rdb.Ping(ctx).Err(); err != nil {
+	// A Redis that answers PING with an error (MISCONF while it cannot
+	// write to its disk) still answers reads: the operator's view goes
+	// on, and a command that writes gets Redis's own reason.
+	if err := rdb.Ping(ctx).Err(); err != nil && !answered(err) {
 		_ = rdb.Close()
 		return relay.Options{}, nil, fmt.Errorf("redis %v (redis.addrs in %s) does not answer: %w; is it running, and is this the relays' configuration?",
 			o.Redis.Addrs, path, err)
 	}
 	return o, rdb, nil
+}
+
+// answered reports whether err is Redis's own error reply, not a failure
+// to reach it.
+func answered(err error) bool {
+	var reply redis.Error
+	return errors.As(err, &reply)
 }
 
 // openQueue loads the configuration at path and returns its queue and
