@@ -624,7 +624,12 @@ func expiryMessage(ev ExpiringEvent) string {
 	if ev.Level == auth.LevelExpired {
 		msg = fmt.Sprintf("credential %s expired on %s (from %s)", ev.Credential, ev.ExpiresAt.Format(time.RFC3339), ev.Source)
 	} else {
-		msg = fmt.Sprintf("credential %s expires in %d days, on %s (from %s)", ev.Credential, ev.DaysLeft, ev.ExpiresAt.Format(time.RFC3339), ev.Source)
+		in := fmt.Sprintf("in %d days", ev.DaysLeft)
+		if ev.DaysLeft <= 1 {
+			// Days are rounded up: 1 is anything under a day.
+			in = "within a day"
+		}
+		msg = fmt.Sprintf("credential %s expires %s, on %s (from %s)", ev.Credential, in, ev.ExpiresAt.Format(time.RFC3339), ev.Source)
 	}
 	if !ev.NewestExpiresAt.IsZero() {
 		return msg + fmt.Sprintf("; a newer secret or certificate ending %s is registered: deploy it to client_secret_file (or as one more file of client_secret_files, or to cert_file); no restart needed",

@@ -800,3 +800,15 @@ func TestBreakerStatusShowsFleetExpiry(t *testing.T) {
 			func() bool { return cli().Equal(end) })
 	}
 }
+
+// TestExpiryMessageUnderADay: a credential that expires in hours is said
+// to expire within a day, not "in 1 days".
+func TestExpiryMessageUnderADay(t *testing.T) {
+	at := time.Date(2026, 12, 7, 16, 0, 0, 0, time.UTC)
+	for days, want := range map[int]string{1: "credential c expires within a day, on 2026-12-07T16:00:00Z", 2: "credential c expires in 2 days, on 2026-12-07T16:00:00Z"} {
+		msg := expiryMessage(ExpiringEvent{Credential: "c", Level: auth.LevelCritical, DaysLeft: days, ExpiresAt: at, Source: "expires_at"})
+		if !strings.HasPrefix(msg, want) {
+			t.Errorf("%d days left: %q, want it to start %q", days, msg, want)
+		}
+	}
+}
