@@ -181,7 +181,11 @@ type TokenFailure struct {
 // credential failure rather than bounced: mail must never bounce because
 // of an auth outage.
 func ClassifyToken(f TokenFailure, kind AuthKind) *upstream.Error {
-	e := &upstream.Error{Code: f.HTTPStatus, Text: strings.TrimSpace(f.Code + " " + f.AADSTS + ": " + f.Text)}
+	text := strings.TrimSpace(f.Code + " " + f.AADSTS)
+	if f.AADSTS != "" && f.Text != "" {
+		text += ":"
+	}
+	e := &upstream.Error{Code: f.HTTPStatus, Text: strings.TrimSpace(text + " " + f.Text)}
 	e.Reason = e.Text
 	switch {
 	case f.HTTPStatus == 429:

@@ -130,6 +130,25 @@ func TestClassifyToken(t *testing.T) {
 	}
 }
 
+// TestClassifyTokenText: the text reads as the token error's does, with
+// a colon after the AADSTS code alone: none is left dangling without one
+// (an expired assertion file, refused before it was sent, has none).
+func TestClassifyTokenText(t *testing.T) {
+	for _, tc := range []struct {
+		f    TokenFailure
+		want string
+	}{
+		{TokenFailure{401, "invalid_client", "AADSTS7000222", "The secret expired.", 0}, "invalid_client AADSTS7000222: The secret expired."},
+		{TokenFailure{401, "invalid_client", "", "the assertion in /var/run/token expired", 0}, "invalid_client the assertion in /var/run/token expired"},
+		{TokenFailure{500, "", "", "", 0}, ""},
+		{TokenFailure{429, "", "AADSTS50196", "", 0}, "AADSTS50196"},
+	} {
+		if got := ClassifyToken(tc.f, AppOnly).Text; got != tc.want {
+			t.Errorf("ClassifyToken(%+v).Text = %q, want %q", tc.f, got, tc.want)
+		}
+	}
+}
+
 func TestClassifyGraph(t *testing.T) {
 	for _, tc := range []struct {
 		name string
