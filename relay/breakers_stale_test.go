@@ -10,6 +10,7 @@ import (
 
 	"holdfast/auth"
 	"holdfast/breaker"
+	"holdfast/cmd/o365sim/sim"
 	"holdfast/queue"
 )
 
@@ -238,4 +239,34 @@ func TestStaleMarkOfGoneRelayRemoved(t *testing.T) {
 	waitFor(t, 5*time.Second, "the removal logged", func() bool {
 		return strings.Contains(e.logs.String(), "removed the stale mark of a relay that no longer runs")
 	})
+}
+
+// TestProbeOfUnavailableUpstreamKeepsInterval: while the token endpoint
+// answers 503, a credential's probes learn nothing of the credential:
+// they come again after the same open interval instead of doubling it,
+// so the mail goes soon after the endpoint is back.
+func TestProbeOfUnavailableUpstreamKeepsInterval(t *testing.T) {
+	e := newExchangeEnv(t, 1, func(o *Options) { o.Breakers.OpenInterval = Duration(time.Second) })
+	ctx := t.Context()
+	name := credentialBreaker("contoso")
+	set := e.relays[0].gate.set
+	e.sim.SetFault(sim.Fault{TokenUnavailable: true})
+	e.relays[0].exchange.creds["contoso"].Invalidate()
+	if err := set.Trip(ctx, name, "test"); err != nil {
+		t.Fatal(err)
+	}
+	id := e.submit(t, 0, "billing@contoso.com", "a@example.org", exchangeMessage(1, "billing@contoso.com"))
+	// Probes at about 1 and 2 s, then none while the relay leaves the
+	// endpoint alone after its 503s (10 s, its own pause); doubling, at
+	// 1 and 3 s, and the interval at 4 s.
+	time.Sleep(4500 * time.Millisecond)
+	st := e.breakerStatus(t, name)
+	if st.State != breaker.Open || st.Interval != time.Second {
+		t.Fatalf("after 4.5 s of an unavailable token endpoint: %s, interval %v, want open at 1s", st.State, st.Interval)
+	}
+	if n := strings.Count(e.logs.String(), "breaker probe met an upstream that asks to be tried later"); n < 2 {
+		t.Errorf("%d probes in 4.5 s at a 1 s interval, want at least 2", n)
+	}
+	e.sim.SetFault(sim.Fault{})
+	waitFor(t, 15*time.Second, "the held mail delivered once the endpoint is back", func() bool { return e.get(t, id).State == queue.Delivered })
 }
