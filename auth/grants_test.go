@@ -209,6 +209,18 @@ func checkRefreshForm(t *testing.T, form url.Values) {
 	}
 }
 
+// grantOfA stores rtInitial as mailboxA's grant of a secret credential
+// at f, and returns the store, the credential and the grant's source.
+func grantOfA(t *testing.T, rdb *redis.Client, f *fakeEntra) (*GrantStore, *Credential, *DelegatedSource) {
+	t.Helper()
+	cred := secretCredential(t, f, writeFile(t, t.TempDir(), "secret", secretV1), nil)
+	g := newGrantStore(t, rdb, testGrantKey)
+	if err := g.Put(t.Context(), mailboxA, "crm", rtInitial); err != nil {
+		t.Fatal(err)
+	}
+	return g, cred, g.TokenSource(cred, mailboxA)
+}
+
 func TestDelegatedSourceRedeemsAndRotates(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
 	e := &rotatingEntra{strict: true, valid: map[string]bool{rtInitial: true}}
@@ -221,13 +233,8 @@ func TestDelegatedSourceRedeemsAndRotates(t *testing.T) {
 		}
 		writeToken(w, "at-"+next, 3599, next)
 	})
-	cred := secretCredential(t, f, writeFile(t, t.TempDir(), "secret", secretV1), nil)
-	g := newGrantStore(t, rdb, testGrantKey)
+	g, cred, src := grantOfA(t, rdb, f)
 	ctx := t.Context()
-	if err := g.Put(ctx, mailboxA, "crm", rtInitial); err != nil {
-		t.Fatal(err)
-	}
-	src := g.TokenSource(cred, mailboxA)
 	if g.TokenSource(cred, "sales@contoso.com") != src {
 		t.Fatal("TokenSource returned a second source for the same mailbox")
 	}
@@ -407,13 +414,8 @@ func TestDelegatedUnavailableNotRecorded(t *testing.T) {
 		}
 		writeFixture(t, w, status, a)
 	})
-	cred := secretCredential(t, f, writeFile(t, t.TempDir(), "secret", secretV1), nil)
-	g := newGrantStore(t, rdb, testGrantKey)
+	g, _, src := grantOfA(t, rdb, f)
 	ctx := t.Context()
-	if err := g.Put(ctx, mailboxA, "crm", rtInitial); err != nil {
-		t.Fatal(err)
-	}
-	src := g.TokenSource(cred, mailboxA)
 	for _, a := range []string{"unavailable503", "throttled429", "aadsts50173"} {
 		mu.Lock()
 		answer = a

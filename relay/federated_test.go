@@ -40,15 +40,27 @@ func newFederatedEnv(t *testing.T, token string) (*exchangeEnv, string) {
 	t.Helper()
 	file := filepath.Join(t.TempDir(), "azure-identity-token")
 	writeFile(t, file, token)
-	e := newExchangeEnvSim(t, 1, func(c *sim.Config) {
+	e := federatedEnv(t, file, func(o *Options) {
+		o.Breakers.Threshold = 1 // hold at the first credential failure
+	})
+	return e, file
+}
+
+// federatedEnv is one relay whose credential is the token in file,
+// against a simulator whose app trusts aksIssuer and aksSubject; change,
+// when set, edits the relay's options further.
+func federatedEnv(t *testing.T, file string, change func(*Options)) *exchangeEnv {
+	t.Helper()
+	return newExchangeEnvSim(t, 1, func(c *sim.Config) {
 		c.Tenants[0].Apps[0].Secrets = nil
 		c.Tenants[0].Apps[0].FederatedCredentials = []sim.FederatedCredential{{Issuer: aksIssuer, Subject: aksSubject}}
 	}, func(o *Options) {
 		o.Credentials[0].ClientSecretFile = ""
 		o.Credentials[0].ClientAssertionFile = file
-		o.Breakers.Threshold = 1 // hold at the first credential failure
+		if change != nil {
+			change(o)
+		}
 	})
-	return e, file
 }
 
 // TestExchangeFederatedCredential: a wrong subject is a credential failure
@@ -115,13 +127,7 @@ func TestFederatedStaleRelay(t *testing.T) {
 	if err := os.Chtimes(old, time.Now().Add(-time.Minute), time.Now().Add(-time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	e := newExchangeEnvSim(t, 1, func(c *sim.Config) {
-		c.Tenants[0].Apps[0].Secrets = nil
-		c.Tenants[0].Apps[0].FederatedCredentials = []sim.FederatedCredential{{Issuer: aksIssuer, Subject: aksSubject}}
-	}, func(o *Options) {
-		o.Credentials[0].ClientSecretFile = ""
-		o.Credentials[0].ClientAssertionFile = old
-	})
+	e := federatedEnv(t, old, nil)
 	ro := e.opts
 	ro.Replica = "relay-2"
 	ro.Credentials = slices.Clone(e.opts.Credentials)

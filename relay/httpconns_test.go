@@ -112,17 +112,15 @@ func TestHTTPFullTable(t *testing.T) {
 	}
 }
 
-// TestHTTPFullTableFairShare: a flood that reconnects before its
-// connections are old enough to close keeps the table full; a request
-// from an address with fewer connections then takes the place of the
-// oldest of the address holding the most, and the flooding address's
-// newcomer is refused.
-func TestHTTPFullTableFairShare(t *testing.T) {
-	f := newFixture(t)
-	s := startRelayOn(t, f, func(o *Options) { o.HTTP.MaxConnections, o.HTTP.MaxConnectionsPerIP = 6, 10 })
+// startFairShare starts a relay whose HTTP table holds 6 connections,
+// none old enough to close by age nor slow enough by its header, so
+// that only the fair share makes room; dialFrom connects from ip.
+func startFairShare(t *testing.T) (s *Server, dialFrom func(ip net.IP) net.Conn) {
+	t.Helper()
+	s = startRelayOn(t, newFixture(t), func(o *Options) { o.HTTP.MaxConnections, o.HTTP.MaxConnectionsPerIP = 6, 10 })
 	s.httpConns.age.Store(int64(time.Hour))
 	s.httpConns.headerAge.Store(int64(time.Hour))
-	dialFrom := func(ip net.IP) net.Conn {
+	return s, func(ip net.IP) net.Conn {
 		nc, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: 5 * time.Second}).Dial("tcp", s.HTTPAddr())
 		if err != nil {
 			t.Fatal(err)
@@ -130,6 +128,15 @@ func TestHTTPFullTableFairShare(t *testing.T) {
 		t.Cleanup(func() { nc.Close() })
 		return nc
 	}
+}
+
+// TestHTTPFullTableFairShare: a flood that reconnects before its
+// connections are old enough to close keeps the table full; a request
+// from an address with fewer connections then takes the place of the
+// oldest of the address holding the most, and the flooding address's
+// newcomer is refused.
+func TestHTTPFullTableFairShare(t *testing.T) {
+	s, dialFrom := startFairShare(t)
 	flood := net.IPv4(127, 0, 0, 2)
 	var floods []net.Conn
 	for range 5 {
@@ -166,18 +173,7 @@ func TestHTTPFullTableFairShare(t *testing.T) {
 // less than the header age ago, a newcomer from another address gets 503,
 // and each request goes on to its answer.
 func TestHTTPFairShareSparesRequests(t *testing.T) {
-	f := newFixture(t)
-	s := startRelayOn(t, f, func(o *Options) { o.HTTP.MaxConnections, o.HTTP.MaxConnectionsPerIP = 6, 10 })
-	s.httpConns.age.Store(int64(time.Hour))
-	s.httpConns.headerAge.Store(int64(time.Hour))
-	dialFrom := func(ip net.IP) net.Conn {
-		nc, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: 5 * time.Second}).Dial("tcp", s.HTTPAddr())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { nc.Close() })
-		return nc
-	}
+	s, dialFrom := startFairShare(t)
 	const body = "Subject: t\r\n\r\nhi\r\n"
 	crowd := net.IPv4(127, 0, 0, 2)
 	var busy []net.Conn
