@@ -275,15 +275,15 @@ func (h *httpConns) victimLocked(ip string) net.Conn {
 // the oldest connection not in a request of the address holding the
 // most of them, if that address holds at least two more connections than
 // ip; or nil. An address with few connections gets in, and a flooding one
-// cannot take others' places. As with victimLocked, a connection whose
-// header is whole, or began to arrive less than the header age ago, is
-// in a request. h.mu is held.
+// cannot take others' places. A connection whose header is whole is in a
+// request, and stays; one whose header is still arriving is not, since
+// nothing of its request reached the relay (over TLS, the handshake
+// counts as arriving bytes). h.mu is held.
 func (h *httpConns) fairVictimLocked(ip string) net.Conn {
-	headerCutoff := time.Now().Add(-time.Duration(h.headerAge.Load())).UnixNano()
 	count := map[string]int{}
 	first := map[string]net.Conn{}
 	for nc, c := range h.conns {
-		if reading := c.readingSince.Load(); c.closing || c.state == http.StateActive || reading > headerCutoff {
+		if c.closing || c.state == http.StateActive {
 			continue
 		}
 		count[c.ip]++

@@ -3,6 +3,7 @@ package relay
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"io"
 	"log/slog"
 	"net"
@@ -169,29 +170,25 @@ func TestHTTPFullTableFairShare(t *testing.T) {
 
 // TestHTTPFairShareSparesRequests: the fair share takes only connections
 // not in a request. With every connection of the crowded address in a
-// request (its header whole, its body coming), or with its header begun
-// less than the header age ago, a newcomer from another address gets 503,
-// and each request goes on to its answer.
+// request (its header whole, its body coming), a newcomer from another
+// address gets 503, and each request goes on to its answer.
 func TestHTTPFairShareSparesRequests(t *testing.T) {
 	s, dialFrom := startFairShare(t)
 	const body = "Subject: t\r\n\r\nhi\r\n"
 	crowd := net.IPv4(127, 0, 0, 2)
 	var busy []net.Conn
-	for i := range 6 {
+	for range 6 {
 		nc := dialFrom(crowd)
 		head := "POST /v1/messages?from=billing@contoso.com&to=a@example.org HTTP/1.1\r\nHost: x\r\n" +
-			"Authorization: Bearer " + crmToken + "\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n"
-		if i%2 == 0 {
-			head += "\r\n" // the header whole: the body comes later
-		}
+			"Authorization: Bearer " + crmToken + "\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n"
 		if _, err := io.WriteString(nc, head); err != nil {
 			t.Fatal(err)
 		}
 		busy = append(busy, nc)
 	}
-	waitFor(t, 5*time.Second, "three requests in progress and three headers arriving", func() bool {
+	waitFor(t, 5*time.Second, "six requests in progress", func() bool {
 		open, active := s.httpConns.counts()
-		return open == 6 && active == 3
+		return open == 6 && active == 6
 	})
 	over := dialFrom(net.IPv4(127, 0, 0, 3))
 	_ = over.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -199,11 +196,7 @@ func TestHTTPFairShareSparesRequests(t *testing.T) {
 		t.Errorf("a newcomer with every connection in a request: %v, %v; want 503", resp, err)
 	}
 	for i, nc := range busy {
-		rest := body
-		if i%2 == 1 {
-			rest = "\r\n" + body
-		}
-		if _, err := io.WriteString(nc, rest); err != nil {
+		if _, err := io.WriteString(nc, body); err != nil {
 			t.Errorf("request %d: the rest of it: %v", i, err)
 			continue
 		}
@@ -214,6 +207,49 @@ func TestHTTPFairShareSparesRequests(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(s.httpConns.evicted); n != 0 {
 		t.Errorf("holdfast_http_connections_evicted_total = %v, want 0", n)
+	}
+}
+
+// TestHTTPFairShareTLSFlood: over TLS, a flood whose connections finish
+// the handshake and send nothing more, reconnecting faster than the
+// table's age, still gives way to a fresh address's request: the
+// handshake's bytes are not a request.
+func TestHTTPFairShareTLSFlood(t *testing.T) {
+	certFile, keyFile, _ := rsaCert(t, t.TempDir(), time.Now().Add(24*time.Hour))
+	s := startRelayOn(t, newFixture(t), func(o *Options) {
+		o.HTTP.MaxConnections, o.HTTP.MaxConnectionsPerIP = 6, 10
+		o.HTTP.CertFile, o.HTTP.KeyFile = certFile, keyFile
+	})
+	s.httpConns.age.Store(int64(time.Hour))
+	for i := range 6 {
+		ip := net.IPv4(127, 0, 0, 2)
+		if i == 5 {
+			ip = net.IPv4(127, 0, 0, 3)
+		}
+		nc, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: 5 * time.Second}).Dial("tcp", s.HTTPAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc := tls.Client(nc, &tls.Config{InsecureSkipVerify: true})
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tc.Close() })
+	}
+	waitHTTPOpen(t, s, 6)
+	tr := &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 4)}}).DialContext,
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequest(http.MethodPost, "https://"+s.HTTPAddr()+"/v1/messages?from=billing@contoso.com&to=a@example.org",
+		strings.NewReader("Subject: t\r\n\r\nhi\r\n"))
+	req.Header.Set("Authorization", "Bearer "+crmToken)
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatalf("a request from a fresh address with the table full of a TLS flood: %v, want 202", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("a request from a fresh address with the table full of a TLS flood: %d, want 202", resp.StatusCode)
 	}
 }
 
