@@ -376,10 +376,13 @@ func (s *Set) runRaw(ctx context.Context, sc *redis.Script, name string, args ..
 		return nil, err
 	}
 	st := parsePairs(name, v)
+	// Taken first: a record Redis lost is raised before the fleet hears
+	// of the transition, which it then hears of once, at the raised
+	// generation.
+	got := s.take(ctx, st, true)
 	if moved := len(v) >= 2 && v[len(v)-2] == "moved"; moved {
-		s.made(ctx, st)
+		s.made(ctx, got)
 	}
-	s.take(ctx, st, true)
 	return v, nil
 }
 
@@ -813,10 +816,10 @@ func (s *Set) Reset(ctx context.Context, name string) error {
 		return fmt.Errorf("breaker %s: reset: %w", name, err)
 	}
 	st, m, moved := parseReply(name, v)
+	got := s.take(ctx, st, isRecord(m))
 	if moved {
-		s.made(ctx, st)
+		s.made(ctx, got)
 	}
-	s.take(ctx, st, isRecord(m))
 	return nil
 }
 

@@ -460,3 +460,48 @@ func TestRecordLostWithRedis(t *testing.T) {
 		}
 	}
 }
+
+// TestRecordLostOneNotice: Redis loses a closed breaker's record, and the
+// next failure opens it at once (an expired secret). The opening is
+// raised above the generation the replicas knew before the fleet hears of
+// it, and is told once, at the raised generation.
+func TestRecordLostOneNotice(t *testing.T) {
+	var mu sync.Mutex
+	var made []string
+	sets, _ := replicas(t, 2, func(i int, o *Options) {
+		o.OnMade = func(tr Transition) {
+			mu.Lock()
+			defer mu.Unlock()
+			made = append(made, fmt.Sprintf("%s %s", tr.ID, tr.To))
+		}
+	})
+	a, b := sets[0], sets[1]
+	ctx := context.Background()
+	const name = "cred:contoso"
+	if err := a.Trip(ctx, name, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Reset(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range sets {
+		if _, err := s.Fresh(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.rdb.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	made = nil
+	mu.Unlock()
+	record(t, a, name, errExpired)
+	if _, err := b.Fresh(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{name + "@3 open"}; !slices.Equal(made, want) {
+		t.Errorf("notices of the opening after the loss: %q, want %q", made, want)
+	}
+}

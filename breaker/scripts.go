@@ -196,8 +196,10 @@ return reply(k)
 // closed above it, as a transition: the holds its routes were fenced
 // with at the lost generations are released, and the replicas that knew
 // it open hear it closed. One open now (opened again since the loss)
-// goes on above it; one the replica knew closed takes the generation
-// back, as Forget keeps it. A record at ARGV[1] or above is left as it
+// goes on above it, with no transition of its own: the opening is the
+// one told (by its caller, when the script that opened it is what read
+// it). One the replica knew closed takes the generation back, as Forget
+// keeps it. A record at ARGV[1] or above is left as it
 // is: another replica raised it, or the read that seemed older was one
 // that raced with a newer.
 //
@@ -209,7 +211,6 @@ local known = tonumber(ARGV[1])
 if tonumber(redis.call('HGET', k, 'generation') or '0') >= known then return reply(k) end
 if redis.call('HGET', k, 'state') == 'open' then
   redis.call('HSET', k, 'generation', known + 1)
-  moved = true
 elseif ARGV[3] == '1' then
   redis.call('HSET', k, 'generation', known)
   close(k, ARGV[2])
