@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -75,6 +76,27 @@ type routeCount struct {
 	// oldest submit time if held, and until when the next scheduled
 	// message comes due (unix ms, -1 for none).
 	since, oldestHeld, until int64
+}
+
+// LogStart returns when the change log was started (unix ms), or 0 when
+// there is none, and always on Redis Cluster, which keeps no log. It
+// stays as long as Redis keeps what it holds: a caller that sees it
+// change, or go, while it follows the queue knows Redis lost its data
+// (restarted without its files, or a replica that lacked them took
+// over), and that the messages it no longer finds were lost, not
+// delivered.
+func (q *Queue) LogStart(ctx context.Context) (float64, error) {
+	if q.cluster() {
+		return 0, nil
+	}
+	v, err := q.rdb.ZScore(ctx, changesKey, "@").Result()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read the change log: %w", err)
+	}
+	return v, nil
 }
 
 // NewSummarizer returns a Summarizer that groups routes with group.

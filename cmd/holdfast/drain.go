@@ -198,6 +198,12 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 		}
 		return nil
 	}
+	// Mail that goes from the counts is delivered, unless Redis lost it:
+	// the change log's start tells (see lost).
+	logStart, err := q.LogStart(ctx)
+	if err != nil {
+		return err
+	}
 	start, err := countDrain(ctx, q, *route)
 	if err != nil {
 		return err
@@ -253,6 +259,9 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 			p.interrupt()
 			fmt.Fprintf(e.stderr, "redis %v answers again\n", o.Redis.Addrs)
 			down = nil
+			if err := lost(ctx, q, logStart, o.Redis.Addrs); err != nil {
+				return err
+			}
 		}
 		c = counts
 		failed := max(0, c.dead-start.dead)
@@ -271,6 +280,9 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 		}
 	}
 
+	if err := lost(ctx, q, logStart, o.Redis.Addrs); err != nil {
+		return err
+	}
 	failed := max(0, c.dead-start.dead)
 	delivered := max(0, total-c.waiting-c.held-failed)
 	fmt.Fprintf(e.stdout, "%d delivered, %d held, %d failed", delivered, c.held, failed)
@@ -303,6 +315,23 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 		sum = append(sum, fmt.Sprintf("%d still waiting", c.waiting))
 	}
 	return errors.New("the queue is not empty: " + strings.Join(sum, ", "))
+}
+
+// lost returns an error when Redis no longer holds what it held when the
+// drain began (its change log started again, or is gone): the messages
+// the drain no longer finds were lost, not delivered, and it cannot
+// count them. logStart 0 (no log, Redis Cluster) checks nothing.
+func lost(ctx context.Context, q *queue.Queue, logStart float64, addrs []string) error {
+	if logStart == 0 {
+		return nil
+	}
+	now, err := q.LogStart(ctx)
+	if err != nil || now == logStart {
+		return err
+	}
+	return fmt.Errorf("redis %v no longer holds the queue it held when the drain began (it restarted without its files, "+
+		"or a replica that lacked them took over): the messages the drain no longer finds were lost, not delivered; "+
+		"see what remains with holdfast queue stats, and have the applications send again what they sent before", addrs)
 }
 
 // lastWaitingReply is the upstream's last reply to a message that waits

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -278,5 +279,41 @@ func TestQueueDrainWaitsForRedis(t *testing.T) {
 	}
 	if ms, err := q.List(ctx, "crm", queue.Ready, 0, 10); err != nil || len(ms) != 1 {
 		t.Errorf("the waiting message: %d ready (%v)", len(ms), err)
+	}
+}
+
+// TestQueueDrainRedisRestartedEmpty: Redis restarts without its files
+// during a drain, and no relay delivers anything. drain waits for it,
+// and then says the mail it no longer finds was lost, and exits 1: it
+// does not count it delivered.
+func TestQueueDrainRedisRestartedEmpty(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfig(t, srv.Addr())
+	ctx := t.Context()
+	q := queue.New(srv.Client(t), queue.Options{})
+	for i := range 3 {
+		if _, _, err := q.Enqueue(ctx, queue.Submission{Route: "crm", App: "crm", From: "a@contoso.com", To: []string{fmt.Sprintf("r%d@example.org", i)}, Body: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		time.Sleep(700 * time.Millisecond)
+		srv.Stop(t)
+		ents, _ := os.ReadDir(srv.Dir())
+		for _, e := range ents {
+			if !strings.HasSuffix(e.Name(), ".log") {
+				os.RemoveAll(filepath.Join(srv.Dir(), e.Name()))
+			}
+		}
+		time.Sleep(4 * time.Second)
+		srv.Restart(t)
+	}()
+	r := runCmd(t, "queue", "drain", "--config", cfg, "--timeout", "15s")
+	<-done
+	if r.code != exitError || strings.Contains(r.stdout, "3/3 delivered") || strings.Contains(r.stdout, "\n3 delivered,") ||
+		!strings.Contains(r.stderr, "no longer holds the queue it held when the drain began") {
+		t.Errorf("drain across a Redis that restarted empty: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
 	}
 }
