@@ -39,7 +39,7 @@ import (
 // a failure of the member, not of the credential. A refusal at a second
 // member (or at an unnamed one) makes the bound apply as above, so still
 // at most Threshold refusals reach the upstream before the breaker
-// opens; but for the following.
+// opens, unless the credential worked at that member lately (below).
 //
 // Several members may lose the permission at once (an administrator
 // narrows the app's scope). A refusal at a member the credential worked
@@ -49,7 +49,9 @@ import (
 // tests the credential as above. Refusals at Threshold-1 members, then,
 // let one more attempt elsewhere decide; each of them but the first adds
 // one refusal to the bound, so at most 2×Threshold-2 reach the upstream
-// before the breaker opens (4 for the default 3).
+// before the breaker opens (4 for the default 3), besides those at
+// members it never worked at (above). Relays of an earlier version,
+// during an upgrade, take such a refusal as they did: counted.
 //
 // The members an attempt succeeded at within a day are kept. A refusal
 // at a member that is not one of them (a mailbox that has not sent with
