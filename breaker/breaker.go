@@ -371,19 +371,31 @@ func (s *Set) runRaw(ctx context.Context, sc *redis.Script, name string, args ..
 	if err := s.register(ctx, name); err != nil {
 		return nil, err
 	}
-	v, err := sc.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name), attemptKey(name)}, args...).StringSlice()
+	v, err := s.script(ctx, sc, name, args...)
 	if err != nil {
 		return nil, err
 	}
-	st := parsePairs(name, v)
-	// Taken first: a record Redis lost is raised before the fleet hears
-	// of the transition, which it then hears of once, at the raised
-	// generation.
-	got := s.take(ctx, st, true)
-	if moved := len(v) >= 2 && v[len(v)-2] == "moved"; moved {
+	s.settle(ctx, name, v)
+	return v, nil
+}
+
+// script runs one of the scripts that take a breaker's record, spread
+// set and attempt state (see scripts.go), and returns its reply.
+func (s *Set) script(ctx context.Context, sc *redis.Script, name string, args ...any) ([]string, error) {
+	return sc.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name), attemptKey(name)}, args...).StringSlice()
+}
+
+// settle stores the record a script returned (take), and tells the fleet
+// of the transition the script made, if any. The record is taken first:
+// one Redis lost is raised before the fleet hears of the transition,
+// which it then hears of once, at the raised generation.
+func (s *Set) settle(ctx context.Context, name string, v []string) Status {
+	st, m, moved := parseReply(name, v)
+	got := s.take(ctx, st, isRecord(m))
+	if moved {
 		s.made(ctx, got)
 	}
-	return v, nil
+	return got
 }
 
 // take stores a record read from Redis (observe) and returns it. A record
@@ -402,21 +414,17 @@ func (s *Set) take(ctx context.Context, st Status, recorded bool) Status {
 	if known.State == Open {
 		open = "1"
 	}
-	v, err := restoreScript.Run(ctx, s.rdb, []string{recordKey(st.Name), spreadKey(st.Name), attemptKey(st.Name)},
-		known.Generation, ms(s.o.Now()), open).StringSlice()
+	v, err := s.script(ctx, restoreScript, st.Name, known.Generation, ms(s.o.Now()), open)
 	if err != nil {
 		s.log.Warn("cannot restore a breaker record older than this replica's", "breaker", st.Name, "known", known.Generation, "read", st.Generation, "err", err)
 		return st
 	}
-	got, m, moved := parseReply(st.Name, v)
+	// At or above the generation known now, so taken as it is.
+	got := s.settle(ctx, st.Name, v)
 	if got.Generation > st.Generation {
 		s.log.Warn("breaker record lost from Redis (restarted empty, or flushed); its generations go on from this replica's",
 			"breaker", st.Name, "known", known.Generation, "state", known.State, "now", got.State, "generation", got.Generation)
 	}
-	if moved {
-		s.made(ctx, got)
-	}
-	s.observe(got, isRecord(m))
 	return got
 }
 
@@ -811,15 +819,11 @@ func (s *Set) Reset(ctx context.Context, name string) error {
 	}
 	// A record exists only for a name registered before it was made
 	// (runRaw): the reset registers nothing.
-	v, err := resetScript.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name), attemptKey(name)}, ms(s.o.Now())).StringSlice()
+	v, err := s.script(ctx, resetScript, name, ms(s.o.Now()))
 	if err != nil {
 		return fmt.Errorf("breaker %s: reset: %w", name, err)
 	}
-	st, m, moved := parseReply(name, v)
-	got := s.take(ctx, st, isRecord(m))
-	if moved {
-		s.made(ctx, got)
-	}
+	s.settle(ctx, name, v)
 	return nil
 }
 
