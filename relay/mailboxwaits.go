@@ -87,11 +87,16 @@ var waitReasons = map[string]string{
 // MailboxWaits returns the waits not yet ended of the mailboxes of
 // routes, as "holdfast queue stats" shows them. now is the clock.
 func MailboxWaits(ctx context.Context, rdb redis.UniversalClient, routes []string, now func() time.Time) ([]MailboxWait, error) {
-	waits, err := queue.NewLimiter(rdb, now).MailboxWaits(ctx, routeMailboxes(routes))
+	waits, err := readWaits(ctx, rdb, routes, now)
 	if err != nil {
 		return nil, err
 	}
 	return describeWaits(waits), nil
+}
+
+// readWaits reads the fleet's waits of the mailboxes of routes.
+func readWaits(ctx context.Context, rdb redis.UniversalClient, routes []string, now func() time.Time) ([]queue.MailboxWait, error) {
+	return queue.NewLimiter(rdb, now).MailboxWaits(ctx, routeMailboxes(routes))
 }
 
 // EndMailboxWaits ends the waits of the mailboxes of routes at once, as
@@ -129,7 +134,7 @@ func (s *Server) waitsOf(ctx context.Context, routes []string) ([]queue.MailboxW
 	if s.exchange == nil || len(routes) == 0 {
 		return nil, nil
 	}
-	return queue.NewLimiter(s.rdb, time.Now).MailboxWaits(ctx, routeMailboxes(routes))
+	return readWaits(ctx, s.rdb, routes, time.Now)
 }
 
 // readySince is the earliest due time of the ready messages of the
