@@ -554,7 +554,7 @@ func (g *gate) runProbe(ctx context.Context, name string) time.Duration {
 			return g.set.ProbeRetry(ctx, name, perr, probeNotRunRetry)
 		})
 		g.log.Warn("breaker probe could not run; trying again soon", "breaker", name, "in", probeNotRunRetry, "err", perr)
-	case unavailable(perr):
+	case upstream.AsksLater(perr):
 		// The token endpoint or Exchange asked to be tried later:
 		// nothing was learnt of the credential or the mailbox, so the
 		// open interval is not doubled. The probe comes again after
@@ -594,14 +594,6 @@ func (g *gate) keepProbe(name string) (stop func()) {
 		}
 		return !errors.Is(err, breaker.ErrLeaseLost)
 	})
-}
-
-// unavailable reports whether a probe's failure is an upstream's
-// "try again later" (throttled, unavailable, not reached), which says
-// nothing of what the breaker guards.
-func unavailable(err error) bool {
-	var e *upstream.Error
-	return errors.As(err, &e) && (e.Class == upstream.Transient || e.Class == upstream.Throttled)
 }
 
 // errProbeStale marks a probe refused for this replica's material, older

@@ -134,6 +134,15 @@ func ClassOf(err error) Class {
 	return Transient
 }
 
+// AsksLater reports whether err is an upstream's "try again later", as
+// the senders classified it: Transient or Throttled. Such an answer says
+// nothing of a credential or a mailbox. An error no sender classified is
+// not one.
+func AsksLater(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && (e.Class == Transient || e.Class == Throttled)
+}
+
 // RetryAfterOf returns the delay the upstream asked for, or zero.
 func RetryAfterOf(err error) time.Duration {
 	var e *Error
