@@ -132,6 +132,20 @@ const (
 	FailedStale
 )
 
+// amongLua defines among(lone, member): whether member is one of the
+// members in lone (the attempt state's field, one a line), and how many
+// there are.
+const amongLua = `
+local function among(lone, member)
+  local listed, n = false, 0
+  for m in string.gmatch(lone, '[^\n]+') do
+    n = n + 1
+    if m == member then listed = true end
+  end
+  return listed, n
+end
+`
+
 // enterScript gives a place for one attempt (see Attempts).
 //
 // KEYS[1] the record, KEYS[2] the places (token -> expiry, unix ms),
@@ -145,7 +159,7 @@ const (
 // Returns {verdict, reply, cured}: verdict 0 go, 1 wait, 2 refused, 3 go
 // with a new token, 4 held: the breaker is open (reply: its reason), 5
 // refused at this member (and the few others listed) alone.
-var enterScript = flagged(`
+var enterScript = flagged(amongLua + `
 local rec = redis.call('HMGET', KEYS[1], 'state', 'generation', 'reason')
 local gen = rec[2] or '0'
 local st = redis.call('HMGET', KEYS[3], 'gen', 'refused', 'reply', 'cured', 'lone')
@@ -162,10 +176,7 @@ local lone = st[5] or ''
 if refused == 0 then lone = '' end
 -- here: at one of the few members every refusal was at; elsewhere: at
 -- another.
-local listed = false
-for m in string.gmatch(lone, '[^\n]+') do
-  if m == ARGV[6] then listed = true end
-end
+local listed = among(lone, ARGV[6])
 local here = listed
 local elsewhere = lone ~= '' and ARGV[6] ~= '' and not listed
 local stale = redis.call('HGET', KEYS[3], 'stale') == '1'
@@ -205,7 +216,7 @@ return {verdict, '', cured}
 //
 // Returns the Blame of a refusal (see Attempts): 1 for a member the
 // credential has not worked at, 2 for one of few it worked at, else 0.
-var exitScript = flagged(`
+var exitScript = flagged(amongLua + `
 redis.call('ZREM', KEYS[2], ARGV[2])
 local outcome = tonumber(ARGV[3])
 if outcome == 0 then return 0 end
@@ -228,11 +239,7 @@ if outcome >= 3 then
   local st = redis.call('HMGET', KEYS[3], 'refused', 'lone')
   local lone = st[2] or ''
   if tonumber(st[1] or '0') == 0 then lone = '' end
-  local listed, few = false, 0
-  for m in string.gmatch(lone, '[^\n]+') do
-    few = few + 1
-    if m == ARGV[5] then listed = true end
-  end
+  local listed, few = among(lone, ARGV[5])
   -- Another member it worked at, while every refusal since the last
   -- success was at fewer than ARGV[8] such: the member's alone until a
   -- test elsewhere tells.

@@ -156,7 +156,7 @@ func (g *gate) exitTurn(cred, token, mailbox string, fresh bool) func(o365.AuthO
 		case breaker.BlameNewMember:
 			where = "where it has not worked within a day, while it works at other mailboxes"
 		case breaker.BlameFewMembers:
-			where = "where it worked within a day; since its last success it was refused at this mailbox and one or two others alone, " +
+			where = "where it worked within a day; since its last success it was refused at this mailbox and a few others alone, " +
 				"so it is this mailbox's failure until an AUTH at another mailbox tests the credential"
 		default:
 			return nil
