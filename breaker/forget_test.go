@@ -466,15 +466,8 @@ func TestRecordLostWithRedis(t *testing.T) {
 // raised above the generation the replicas knew before the fleet hears of
 // it, and is told once, at the raised generation.
 func TestRecordLostOneNotice(t *testing.T) {
-	var mu sync.Mutex
-	var made []string
-	sets, _ := replicas(t, 2, func(i int, o *Options) {
-		o.OnMade = func(tr Transition) {
-			mu.Lock()
-			defer mu.Unlock()
-			made = append(made, fmt.Sprintf("%s %s", tr.ID, tr.To))
-		}
-	})
+	made := &seenLog{}
+	sets, _ := replicas(t, 2, func(_ int, o *Options) { o.OnMade = made.add })
 	a, b := sets[0], sets[1]
 	ctx := context.Background()
 	const name = "cred:contoso"
@@ -492,16 +485,12 @@ func TestRecordLostOneNotice(t *testing.T) {
 	if err := a.rdb.FlushAll(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
-	mu.Lock()
-	made = nil
-	mu.Unlock()
+	before := len(made.list())
 	record(t, a, name, errExpired)
 	if _, err := b.Fresh(ctx, name); err != nil {
 		t.Fatal(err)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if want := []string{name + "@3 open"}; !slices.Equal(made, want) {
-		t.Errorf("notices of the opening after the loss: %q, want %q", made, want)
+	if got, want := made.list()[before:], []string{"open@3"}; !slices.Equal(got, want) {
+		t.Errorf("notices of the opening after the loss: %q, want %q", got, want)
 	}
 }
