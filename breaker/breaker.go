@@ -357,26 +357,24 @@ func (s *Set) register(ctx context.Context, name string) error {
 	return nil
 }
 
-// run runs a script that returns the record and stores what it returns.
+// run runs a script that returns the record and stores what it returns
+// (takeReply), which it returns.
 func (s *Set) run(ctx context.Context, sc *redis.Script, name string, args ...any) (Status, error) {
-	v, err := s.runRaw(ctx, sc, name, args...)
-	if err != nil {
-		return Status{}, err
-	}
-	return parsePairs(name, v), nil
+	_, st, err := s.runRaw(ctx, sc, name, args...)
+	return st, err
 }
 
-// runRaw is run returning the script's reply: the record, then any flag.
-func (s *Set) runRaw(ctx context.Context, sc *redis.Script, name string, args ...any) ([]string, error) {
+// runRaw is run returning the script's reply too: the record, then any
+// flag.
+func (s *Set) runRaw(ctx context.Context, sc *redis.Script, name string, args ...any) ([]string, Status, error) {
 	if err := s.register(ctx, name); err != nil {
-		return nil, err
+		return nil, Status{}, err
 	}
 	v, err := s.script(ctx, sc, name, args...)
 	if err != nil {
-		return nil, err
+		return nil, Status{}, err
 	}
-	s.settle(ctx, name, v)
-	return v, nil
+	return v, s.takeReply(ctx, name, v), nil
 }
 
 // script runs one of the scripts that take a breaker's record, spread
@@ -385,11 +383,11 @@ func (s *Set) script(ctx context.Context, sc *redis.Script, name string, args ..
 	return sc.Run(ctx, s.rdb, []string{recordKey(name), spreadKey(name), attemptKey(name)}, args...).StringSlice()
 }
 
-// settle stores the record a script returned (take), and tells the fleet
+// takeReply stores the record a script returned (take), and tells the fleet
 // of the transition the script made, if any. The record is taken first:
 // one Redis lost is raised before the fleet hears of the transition,
 // which it then hears of once, at the raised generation.
-func (s *Set) settle(ctx context.Context, name string, v []string) Status {
+func (s *Set) takeReply(ctx context.Context, name string, v []string) Status {
 	st, m, moved := parseReply(name, v)
 	got := s.take(ctx, st, isRecord(m))
 	if moved {
@@ -420,7 +418,7 @@ func (s *Set) take(ctx context.Context, st Status, recorded bool) Status {
 		return st
 	}
 	// At or above the generation known now, so taken as it is.
-	got := s.settle(ctx, st.Name, v)
+	got := s.takeReply(ctx, st.Name, v)
 	if got.Generation > st.Generation {
 		s.log.Warn("breaker record lost from Redis (restarted empty, or flushed); its generations go on from this replica's",
 			"breaker", st.Name, "known", known.Generation, "state", known.State, "now", got.State, "generation", got.Generation)
@@ -619,7 +617,7 @@ func (s *Set) RecordAs(ctx context.Context, name string, err error, m Material) 
 	if opensNow(err) {
 		immediate = "1"
 	}
-	v, rerr := s.runRaw(ctx, failScript, name, ms(now), s.o.Threshold, s.o.OpenInterval.Milliseconds(),
+	v, _, rerr := s.runRaw(ctx, failScript, name, ms(now), s.o.Threshold, s.o.OpenInterval.Milliseconds(),
 		ms(now.Add(s.o.OpenInterval)), immediate, Reason(err), fingerprint, written, writtenSlack.Milliseconds())
 	if rerr != nil {
 		return fmt.Errorf("breaker %s: record failure: %w", name, rerr)
@@ -823,7 +821,7 @@ func (s *Set) Reset(ctx context.Context, name string) error {
 	if err != nil {
 		return fmt.Errorf("breaker %s: reset: %w", name, err)
 	}
-	s.settle(ctx, name, v)
+	s.takeReply(ctx, name, v)
 	return nil
 }
 
@@ -1009,15 +1007,6 @@ func parseMap(name string, m map[string]string) Status {
 	st := Status{Name: name}
 	for k, v := range m {
 		st.set(k, v)
-	}
-	st.settle()
-	return st
-}
-
-func parsePairs(name string, kv []string) Status {
-	st := Status{Name: name}
-	for i := 0; i+1 < len(kv); i += 2 {
-		st.set(kv[i], kv[i+1])
 	}
 	st.settle()
 	return st
