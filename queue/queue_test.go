@@ -906,3 +906,94 @@ func TestEnqueuePastDeadlineStoresNothing(t *testing.T) {
 		t.Fatalf("the store that came past its deadline: Get = %v, want ErrNotFound", err)
 	}
 }
+
+// replayScript runs the first script it sees twice once armed, with
+// between in the middle: go-redis running a script again after its reply
+// was lost (a connection reset), while another relay went on meanwhile.
+type replayScript struct {
+	mu      sync.Mutex
+	between func()
+}
+
+func (h *replayScript) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *replayScript) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func (h *replayScript) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		name := cmd.Name()
+		if err != nil || name != "evalsha" && name != "eval" {
+			return err
+		}
+		h.mu.Lock()
+		between := h.between
+		h.between = nil
+		h.mu.Unlock()
+		if between == nil {
+			return err
+		}
+		between()
+		return next(ctx, cmd)
+	}
+}
+
+// TestEnqueueRunTwice: a store whose script ran twice (its first reply
+// lost, and go-redis retried) stores the message once: the second run
+// does not put back in the queue a message another relay has delivered
+// since the first.
+func TestEnqueueRunTwice(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	plain := srv.Client(t)
+	hooked := srv.Client(t)
+	hook := &replayScript{}
+	hooked.AddHook(hook)
+	q := queue.New(hooked, queue.Options{})
+	other := queue.New(plain, queue.Options{})
+	const route = "crm"
+	submit := queue.Submission{Route: route, App: "crm", From: "a@contoso.com", To: []string{"b@example.org"}, Body: []byte("x")}
+	// The route registered, and the script loaded, first.
+	if _, _, err := q.Enqueue(ctx, submit); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := other.Lease(ctx, route, 10, time.Minute); err != nil || len(res.Leases) != 1 {
+		t.Fatalf("lease of the first message: %v %+v", err, res)
+	} else if err := other.Ack(ctx, res.Leases[0], "250 2.0.0 OK"); err != nil {
+		t.Fatal(err)
+	}
+
+	var delivered string
+	hook.mu.Lock()
+	hook.between = func() {
+		res, err := other.Lease(ctx, route, 10, time.Minute)
+		if err != nil || len(res.Leases) != 1 {
+			t.Errorf("lease between the two runs: %v %+v", err, res)
+			return
+		}
+		delivered = res.Leases[0].ID
+		if err := other.Ack(ctx, res.Leases[0], "250 2.0.0 OK"); err != nil {
+			t.Error(err)
+		}
+	}
+	hook.mu.Unlock()
+	id, dup, err := q.Enqueue(ctx, submit)
+	if err != nil || dup {
+		t.Fatalf("enqueue run twice: %s %v %v", id, dup, err)
+	}
+	if id != delivered {
+		t.Fatalf("enqueue returned %s, the other relay delivered %s", id, delivered)
+	}
+	m, err := q.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.State != queue.Delivered || m.Attempts != 1 {
+		t.Errorf("after the second run the message is %s with %d attempts, want delivered with 1", m.State, m.Attempts)
+	}
+	if res, err := other.Lease(ctx, route, 10, time.Minute); err != nil || len(res.Leases) != 0 {
+		t.Errorf("the message is queued again after its delivery: %v %+v", err, res)
+	}
+}

@@ -54,6 +54,11 @@ return 1
 // clock, unix ms (0: none; see clock.go), ARGV[14] the most messages the
 // route's live set may hold (0: no bound).
 //
+// An id is new to each Enqueue, so a message already stored under it was
+// stored by this same script, run again (go-redis runs a command again
+// when its reply was lost): the run changes nothing, whatever became of
+// the message since, and returns {id, 0}.
+//
 // Returns {id, 0} for a new message, {existing id, 1} when the
 // idempotency key was seen before with the same fingerprint (or where
 // either has none, as keys stored before fingerprints), {existing id, 3}
@@ -62,6 +67,7 @@ return 1
 // as many messages as it may; with 2, 4 and 5 nothing is stored.
 // Redis past its maxmemory refuses it whole, before it runs (storeScript).
 var enqueueScript = storeScript(changeLua + `
+if redis.call('EXISTS', KEYS[1]) == 1 then return {ARGV[1], 0} end
 local deadline = tonumber(ARGV[13])
 if deadline and deadline > 0 then
   if redis.replicate_commands then redis.replicate_commands() end
