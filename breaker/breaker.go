@@ -417,9 +417,11 @@ func (s *Set) take(ctx context.Context, st Status, recorded bool) Status {
 		s.log.Warn("cannot restore a breaker record older than this replica's", "breaker", st.Name, "known", known.Generation, "read", st.Generation, "err", err)
 		return st
 	}
-	// At or above the generation known now, so taken as it is.
+	// At or above the generation known now, so taken as it is. A record
+	// found at or above it already was not lost: the read raced with a
+	// newer one, or another replica raised it.
 	got := s.takeReply(ctx, st.Name, v)
-	if got.Generation > st.Generation {
+	if n := len(v); n >= 2 && v[n-2] == "raised" {
 		s.log.Warn("breaker record lost from Redis (restarted empty, or flushed); its generations go on from this replica's",
 			"breaker", st.Name, "known", known.Generation, "state", known.State, "now", got.State, "generation", got.Generation)
 	}
@@ -435,6 +437,7 @@ func parseReply(name string, v []string) (Status, map[string]string, bool) {
 	}
 	moved := m["moved"] == "1"
 	delete(m, "moved")
+	delete(m, "raised") // restoreScript's
 	return parseMap(name, m), m, moved
 }
 

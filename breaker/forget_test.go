@@ -1,10 +1,13 @@
 package breaker
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -492,5 +495,52 @@ func TestRecordLostOneNotice(t *testing.T) {
 	}
 	if got, want := made.list()[before:], []string{"open@3"}; !slices.Equal(got, want) {
 		t.Errorf("notices of the opening after the loss: %q, want %q", got, want)
+	}
+}
+
+// TestStaleReadIsNotALoss: a read that raced with a newer one (List's
+// pipeline read before another goroutine took a newer record) is older
+// than what the Set knows, as a record Redis lost would be; the restore
+// finds Redis at the newer generation and changes nothing, and nothing
+// says Redis lost a record.
+func TestStaleReadIsNotALoss(t *testing.T) {
+	var logs bytes.Buffer // the Set runs no goroutine of its own here
+	sets, _ := replicas(t, 1, func(_ int, o *Options) {
+		o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	})
+	a := sets[0]
+	ctx := context.Background()
+	const name = "mbx:a@contoso.com"
+	if err := a.Trip(ctx, name, "held"); err != nil {
+		t.Fatal(err)
+	}
+	stale, err := a.rdb.HGetAll(ctx, recordKey(name)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Reset(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	got := a.take(ctx, parseMap(name, stale), isRecord(stale))
+	if got.State != Closed || got.Generation != 2 {
+		t.Errorf("take of the stale read returned %s@%d, want closed@2", got.State, got.Generation)
+	}
+	if st := a.Cached(name); st.State != Closed || st.Generation != 2 {
+		t.Errorf("after the stale read the Set holds %s@%d, want closed@2", st.State, st.Generation)
+	}
+	if strings.Contains(logs.String(), "record lost") {
+		t.Errorf("a read that raced was logged as a record Redis lost:\n%s", logs.String())
+	}
+	// A record Redis did lose is said so, once.
+	if err := a.rdb.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := a.Fresh(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := strings.Count(logs.String(), "record lost"); n != 1 {
+		t.Errorf("after a flush, %d warnings of a lost record, want 1:\n%s", n, logs.String())
 	}
 }

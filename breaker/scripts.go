@@ -204,7 +204,8 @@ return reply(k)
 // that raced with a newer.
 //
 // ARGV[1] the generation known, ARGV[2] now, ARGV[3] "1" when the
-// replica knew the breaker open.
+// replica knew the breaker open. A reply that raised the record ends with
+// the pair raised, 1.
 var restoreScript = flagged(transitions + `
 local k = KEYS[1]
 local known = tonumber(ARGV[1])
@@ -218,7 +219,10 @@ else
   redis.call('HSET', k, 'generation', known, 'state', 'closed')
   if redis.call('HEXISTS', k, 'since') == 0 then redis.call('HSET', k, 'since', ARGV[2]) end
 end
-return reply(k)
+local r = reply(k)
+table.insert(r, 'raised')
+table.insert(r, '1')
+return r
 `)
 
 // probeNowScript makes the next probe of an open breaker due at once,
