@@ -148,7 +148,10 @@ const sweepBatch = 500
 // hold, but no index entry, and every route not held whose entry is later
 // than its earliest due message, and returns how many it marked. It
 // repairs the index after a process stopped between storing a change and
-// marking its route; the dispatcher runs it at start and then rarely.
+// marking its route; the dispatcher runs it at start and then rarely. A
+// route marked dirty already is left alone: the dispatcher looks at it
+// on its next pass, and one it leaves alone (its mailbox waits) keeps its
+// mark, with an entry that may well be later than its new mail.
 func (q *Queue) SweepDue(ctx context.Context) (int, error) {
 	routes, err := q.Routes(ctx)
 	if err != nil {
@@ -165,22 +168,25 @@ func (q *Queue) SweepDue(ctx context.Context) (int, error) {
 		held := make([]*redis.IntCmd, len(batch))
 		heads := make([]*redis.ZSliceCmd, len(batch))
 		scores := make([]*redis.FloatCmd, len(batch))
+		marked := make([]*redis.BoolCmd, len(batch))
 		for i, r := range batch {
 			rk := keysFor(r)
 			needs[i] = pipe.Exists(ctx, rk.due, rk.leased, rk.hold)
 			held[i] = pipe.Exists(ctx, rk.hold)
 			heads[i] = pipe.ZRangeWithScores(ctx, rk.due, 0, 0)
 			scores[i] = pipe.ZScore(ctx, dueIndexKey, r)
+			marked[i] = pipe.SIsMember(ctx, dueDirtyKey, r)
 		}
 		_, _ = pipe.Exec(ctx) // each command's error is read below
 		for i, r := range batch {
-			for _, c := range []redis.Cmder{needs[i], held[i], heads[i]} {
+			for _, c := range []redis.Cmder{needs[i], held[i], heads[i], marked[i]} {
 				if err := c.Err(); err != nil {
 					return 0, fmt.Errorf("sweep due index: %w", err)
 				}
 			}
 			score, err := scores[i].Result()
 			switch {
+			case marked[i].Val():
 			case err == nil:
 				// An entry later than the route's earliest due message
 				// (not held) is one a lost mark left behind.

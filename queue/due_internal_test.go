@@ -188,6 +188,31 @@ func TestSweepDueStaleEntry(t *testing.T) {
 	}
 }
 
+// TestSweepDueLeavesMarkedRoutes: a route already marked dirty is due at
+// the next pass, whatever its entry says: a route whose mailbox waits
+// (the dispatcher leaves it alone, and its mark stays) is not a lost
+// mark, and the sweep neither counts it nor marks it again.
+func TestSweepDueLeavesMarkedRoutes(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Start(t).Client(t)
+	q := New(rdb, Options{})
+	later := float64(time.Now().Add(time.Hour).UnixMilli())
+	submitTo(t, q, "waiting")
+	submitTo(t, q, "new")
+	if err := rdb.ZAdd(ctx, dueIndexKey, redis.Z{Score: later, Member: "waiting"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	n, err := q.SweepDue(ctx)
+	if err != nil || n != 0 {
+		t.Fatalf("sweep of routes marked dirty: %d %v, want 0", n, err)
+	}
+	got, _ := dueNow(t, q)
+	slices.Sort(got)
+	if !slices.Equal(got, []string{"new", "waiting"}) {
+		t.Fatalf("due after the sweep: %v, want both", got)
+	}
+}
+
 // TestUnmarkedRouteIsDue: a route this process changed but could not
 // mark due is returned by DueRoutes until a Lease of it ran.
 func TestUnmarkedRouteIsDue(t *testing.T) {
