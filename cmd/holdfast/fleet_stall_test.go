@@ -208,10 +208,10 @@ func TestRotationPastRefusingMailboxes(t *testing.T) {
 	for _, line := range relay1.logLines("delivery failed") {
 		var l struct {
 			Time  time.Time `json:"time"`
-			Class int       `json:"class"`
+			Class string    `json:"class"`
 			Err   string    `json:"err"`
 		}
-		if json.Unmarshal([]byte(line), &l) != nil || upstream.Class(l.Class) != upstream.Throttled || l.Time.Before(t0) {
+		if json.Unmarshal([]byte(line), &l) != nil || l.Class != upstream.Throttled.String() || l.Time.Before(t0) {
 			continue
 		}
 		text := strings.TrimPrefix(l.Err, "throttled: ")

@@ -48,6 +48,9 @@ func (c Class) String() string {
 	return classNames[c]
 }
 
+// MarshalText writes the class's name, as JSON logs and replies show it.
+func (c Class) MarshalText() ([]byte, error) { return []byte(c.String()), nil }
+
 // Error is a failed delivery. Code, Enhanced and Text are the upstream's
 // SMTP reply (or the HTTP status and text), when there was one.
 type Error struct {

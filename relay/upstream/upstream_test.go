@@ -1,8 +1,10 @@
 package upstream
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -49,5 +51,15 @@ func TestErrorSaysItOnce(t *testing.T) {
 	timeout := &Error{Class: Transient, Text: "BDAT LAST", Err: errors.New("read tcp: i/o timeout")}
 	if got, want := timeout.Error(), "transient: BDAT LAST: read tcp: i/o timeout"; got != want {
 		t.Errorf("message %q, want %q", got, want)
+	}
+}
+
+// TestClassInJSONLogs: a class reads as its name in JSON logs, as in text
+// ones, not as its number.
+func TestClassInJSONLogs(t *testing.T) {
+	var b bytes.Buffer
+	slog.New(slog.NewJSONHandler(&b, nil)).Warn("delivery failed", "class", Mailbox)
+	if !strings.Contains(b.String(), `"class":"mailbox"`) {
+		t.Errorf("JSON log line %s, want \"class\":\"mailbox\"", b.String())
 	}
 }
