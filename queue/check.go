@@ -25,7 +25,9 @@ var ErrNotDurable = errors.New("redis is not configured to keep mail durably")
 // also an error wrapping ErrNotDurable.
 //
 // A node that refuses CONFIG GET (managed services often rename it) gives a
-// warning, not an error: the check cannot tell.
+// warning, not an error: the check cannot tell. One that does not answer
+// it in time fails the check, with an error that does not wrap
+// ErrNotDurable: a Redis slow for a moment is not one found not durable.
 func CheckDurability(ctx context.Context, rdb redis.UniversalClient, strict bool) ([]string, error) {
 	var (
 		mu       sync.Mutex
@@ -64,9 +66,21 @@ func checkNode(ctx context.Context, c *redis.Client) ([]string, error) {
 			warnings = append(warnings, fmt.Sprintf("%s: Redis %s: Holdfast needs Redis 7.0 or later; upgrade Redis", addr, v))
 		}
 	}
+	// A refusal (an error reply) is a warning: the check cannot tell. Any
+	// other error (a timeout, a connection lost) fails the check, which
+	// then says nothing of the configuration.
+	var failed error
 	get := func(name string) (string, bool) {
+		if failed != nil {
+			return "", false
+		}
 		v, err := c.ConfigGet(ctx, name).Result()
-		if err != nil {
+		var reply redis.Error
+		switch {
+		case err != nil && !errors.As(err, &reply):
+			failed = fmt.Errorf("%s: CONFIG GET %s: %w", addr, name, err)
+			return "", false
+		case err != nil:
 			warnings = append(warnings, fmt.Sprintf("%s: cannot read %s (%v); check it by hand (with redis.strict, turn strict off once checked)", addr, name, err))
 			return "", false
 		}
@@ -80,6 +94,9 @@ func checkNode(ctx context.Context, c *redis.Client) ([]string, error) {
 	}
 	if v, ok := get("maxmemory-policy"); ok && v != "noeviction" {
 		warnings = append(warnings, fmt.Sprintf("%s: maxmemory-policy is %q: Redis may evict queued mail under memory pressure; set maxmemory-policy noeviction", addr, v))
+	}
+	if failed != nil {
+		return nil, failed
 	}
 	return warnings, nil
 }

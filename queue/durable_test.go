@@ -3,6 +3,7 @@ package queue_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -91,4 +92,53 @@ func msgKeyOf(t *testing.T, rdb *redis.Client, id string) string {
 		t.Fatalf("key of %s: %q %v", id, keys, err)
 	}
 	return keys[0]
+}
+
+// replyError is an error reply of Redis's (a redis.Error).
+type replyError string
+
+func (e replyError) Error() string { return string(e) }
+func (replyError) RedisError()     {}
+
+// failConfigGet fails every CONFIG GET with err.
+type failConfigGet struct{ err error }
+
+func (h failConfigGet) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h failConfigGet) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func (h failConfigGet) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if a := cmd.Args(); len(a) > 1 && strings.EqualFold(fmt.Sprint(a[0]), "config") && strings.EqualFold(fmt.Sprint(a[1]), "get") {
+			cmd.SetErr(h.err)
+			return h.err
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// TestCheckDurabilityConfigGetFails: a Redis that refuses CONFIG GET (a
+// managed service that renamed it) cannot be checked, which is a warning,
+// and under strict not durable; a CONFIG GET that timed out (a Redis slow
+// for a moment) is a check that failed, which says nothing of the
+// configuration, and is not taken for a Redis found not durable.
+func TestCheckDurabilityConfigGetFails(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+
+	renamed := srv.Client(t)
+	renamed.AddHook(failConfigGet{replyError("ERR unknown command 'CONFIG', with args beginning with: 'GET' 'appendonly'")})
+	w, err := queue.CheckDurability(ctx, renamed, true)
+	if !errors.Is(err, queue.ErrNotDurable) || len(w) != 3 || !strings.Contains(w[0], "cannot read appendonly") {
+		t.Errorf("CONFIG refused, strict: warnings %q, err %v; want 3 warnings and ErrNotDurable", w, err)
+	}
+
+	slow := srv.Client(t)
+	slow.AddHook(failConfigGet{context.DeadlineExceeded})
+	w, err = queue.CheckDurability(ctx, slow, true)
+	if err == nil || errors.Is(err, queue.ErrNotDurable) || len(w) != 0 {
+		t.Errorf("CONFIG GET timed out, strict: warnings %q, err %v; want a failed check, no warning, not ErrNotDurable", w, err)
+	}
 }
