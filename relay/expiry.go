@@ -146,8 +146,9 @@ type expiryConfig struct {
 	// expiryRetryEvery.
 	retry time.Duration
 	// record, when set, is given each credential's result, for the
-	// fleet's record that the command line reads.
-	record func(ctx context.Context, ce CredentialExpiry)
+	// fleet's record that the command line reads. A result it fails to
+	// record is given again, the latest one, every retry until it is.
+	record func(ctx context.Context, ce CredentialExpiry) error
 	log    *slog.Logger
 	now    func() time.Time
 }
@@ -167,11 +168,13 @@ type ExpiryMonitor struct {
 
 	mu      sync.Mutex
 	state   map[string]*CredentialExpiry
-	pending map[string]bool   // credentials reloaded since the last check
-	refused map[string]bool   // credentials Entra said expired since the last look
-	putOff  map[string]bool   // Graph not read: the breaker was open
-	denied  map[string]bool   // Graph 403 logged
-	failed  map[string]string // last Graph failure logged
+	pending map[string]bool // credentials reloaded since the last check
+	// unrecorded are the credentials whose last result record failed.
+	unrecorded map[string]bool
+	refused    map[string]bool   // credentials Entra said expired since the last look
+	putOff     map[string]bool   // Graph not read: the breaker was open
+	denied     map[string]bool   // Graph 403 logged
+	failed     map[string]string // last Graph failure logged
 }
 
 var _ prometheus.Collector = (*ExpiryMonitor)(nil)
@@ -192,13 +195,14 @@ func newExpiryMonitor(cfg expiryConfig) *ExpiryMonitor {
 		desc: prometheus.NewDesc("holdfast_credential_expiry_timestamp_seconds",
 			"When a credential's secret or certificate expires, in Unix seconds, by where the date comes from (entra, config, certificate, graph).",
 			[]string{"credential", "source"}, nil),
-		wake:    make(chan struct{}, 1),
-		state:   map[string]*CredentialExpiry{},
-		pending: map[string]bool{},
-		refused: map[string]bool{},
-		putOff:  map[string]bool{},
-		denied:  map[string]bool{},
-		failed:  map[string]string{},
+		wake:       make(chan struct{}, 1),
+		state:      map[string]*CredentialExpiry{},
+		pending:    map[string]bool{},
+		unrecorded: map[string]bool{},
+		refused:    map[string]bool{},
+		putOff:     map[string]bool{},
+		denied:     map[string]bool{},
+		failed:     map[string]string{},
 	}
 	now := cfg.now()
 	for _, c := range cfg.credentials {
@@ -348,6 +352,7 @@ func (m *ExpiryMonitor) Run(ctx context.Context) {
 			refused, m.refused = m.refused, map[string]bool{}
 			m.mu.Unlock()
 		case <-retry.C:
+			m.recordAgain(ctx)
 			m.mu.Lock()
 			names = maps.Clone(m.putOff)
 			m.mu.Unlock()
@@ -439,10 +444,47 @@ func (m *ExpiryMonitor) settle(ctx context.Context, name string, list []Expiry, 
 	m.mu.Unlock()
 	m.cfg.log.Debug("credential expiry checked", "credential", name, "expires_at", ce.ExpiresAt,
 		"expiry_source", ce.Source, "expiry_level", ce.Level)
-	if m.cfg.record != nil {
-		m.cfg.record(ctx, *ce)
-	}
+	m.record(ctx, *ce)
 	m.notify(ctx, *ce, now)
+}
+
+// record gives ce to cfg.record, and notes whether it was recorded.
+func (m *ExpiryMonitor) record(ctx context.Context, ce CredentialExpiry) {
+	if m.cfg.record == nil {
+		return
+	}
+	err := m.cfg.record(ctx, ce)
+	m.mu.Lock()
+	was := m.unrecorded[ce.Credential]
+	if err != nil {
+		m.unrecorded[ce.Credential] = true
+	} else {
+		delete(m.unrecorded, ce.Credential)
+	}
+	m.mu.Unlock()
+	switch {
+	case err != nil && !was:
+		m.cfg.log.Warn("cannot record the credential's expiry for holdfast breaker status; trying again every "+m.cfg.retry.String(),
+			"credential", ce.Credential, "err", err)
+	case err == nil && was:
+		m.cfg.log.Info("credential's expiry recorded for holdfast breaker status", "credential", ce.Credential)
+	}
+}
+
+// recordAgain gives cfg.record again the latest result of each
+// credential whose record failed.
+func (m *ExpiryMonitor) recordAgain(ctx context.Context) {
+	m.mu.Lock()
+	var again []CredentialExpiry
+	for name := range m.unrecorded {
+		if ce := m.state[name]; ce != nil {
+			again = append(again, *ce)
+		}
+	}
+	m.mu.Unlock()
+	for _, ce := range again {
+		m.record(ctx, ce)
+	}
 }
 
 // graphExpiries are the Graph dates of the last check.
@@ -671,12 +713,10 @@ func (s *Server) newExpiryMonitor() error {
 		cfg.events = s.webhook
 	}
 	keep := expiryRecordKeep(cfg.interval)
-	cfg.record = func(ctx context.Context, ce CredentialExpiry) {
+	cfg.record = func(ctx context.Context, ce CredentialExpiry) error {
 		e := queue.CredentialExpiry{Replica: s.opts.Replica, ExpiresAt: ce.ExpiresAt, Source: ce.Source,
 			CheckedAt: ce.CheckedAt, Until: ce.CheckedAt.Add(keep)}
-		if err := s.queue.SetCredentialExpiry(ctx, ce.Credential, e); err != nil {
-			s.log.Warn("cannot record the credential's expiry for holdfast breaker status", "credential", ce.Credential, "err", err)
-		}
+		return s.queue.SetCredentialExpiry(ctx, ce.Credential, e)
 	}
 	s.expiry = newExpiryMonitor(cfg)
 	if err := s.reg.Register(s.expiry); err != nil {

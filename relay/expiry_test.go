@@ -812,3 +812,61 @@ func TestExpiryMessageUnderADay(t *testing.T) {
 		}
 	}
 }
+
+// TestExpiryRecordRetried: a result the fleet's record refused (Redis
+// out of reach at the check) is recorded at a retry once Redis takes it,
+// the latest result, with one warning and one line when it is recorded;
+// before, "holdfast breaker status" showed the result before it until
+// the next check, 12 hours later.
+func TestExpiryRecordRetried(t *testing.T) {
+	logs := &syncBuffer{}
+	var (
+		mu       sync.Mutex
+		down     = true
+		recorded []CredentialExpiry
+		tries    int
+	)
+	m := newExpiryMonitor(expiryConfig{
+		credentials: []Credential{{Name: "contoso", ExpiresAt: "2027-06-01"}},
+		interval:    time.Hour,
+		retry:       20 * time.Millisecond,
+		record: func(_ context.Context, ce CredentialExpiry) error {
+			mu.Lock()
+			defer mu.Unlock()
+			tries++
+			if down {
+				return errors.New("dial tcp 127.0.0.1:6379: i/o timeout")
+			}
+			recorded = append(recorded, ce)
+			return nil
+		},
+		log: slog.New(slog.NewTextHandler(logs, nil)),
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); m.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, 5*time.Second, "three tries while Redis is away", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return tries >= 3
+	})
+	mu.Lock()
+	down = false
+	mu.Unlock()
+	waitFor(t, 5*time.Second, "the result recorded once Redis takes it", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(recorded) == 1
+	})
+	time.Sleep(100 * time.Millisecond) // five more retries
+	mu.Lock()
+	defer mu.Unlock()
+	if len(recorded) != 1 || !recorded[0].ExpiresAt.Equal(time.Date(2027, 6, 1, 0, 0, 0, 0, time.UTC)) {
+		t.Errorf("recorded %+v, want the check's result once", recorded)
+	}
+	out := logs.String()
+	if strings.Count(out, "cannot record the credential's expiry") != 1 || strings.Count(out, "expiry recorded") != 1 {
+		t.Errorf("want one warning and one line when recorded:\n%s", out)
+	}
+}
