@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"holdfast/breaker"
 	"holdfast/queue"
 	"holdfast/relay"
@@ -32,8 +34,42 @@ type drainCounts struct {
 	dead    int64
 	holds   map[string]string // held route -> reason
 	heldBy  map[string]int64  // held route -> messages
-	// waitingIn are the routes with mail ready or scheduled.
+	// waitingIn are the routes with mail ready or scheduled, and
+	// waitingBy how many messages each has waiting.
 	waitingIn []string
+	waitingBy map[string]int64
+	// parked are the messages waiting whose mailbox Exchange asked the
+	// fleet to leave alone past the drain's timeout, and waits those
+	// waits (see park).
+	parked int64
+	waits  []relay.MailboxWait
+}
+
+// park counts the messages waiting in routes whose mailbox waits past
+// deadline (a daily quota, a block): the relays leave them alone until
+// then, and the drain does not wait for them.
+func (c *drainCounts) park(ctx context.Context, e *env, rdb redis.UniversalClient, deadline time.Time) error {
+	c.parked, c.waits = 0, nil
+	if len(c.waitingIn) == 0 {
+		return nil
+	}
+	waits, err := relay.MailboxWaits(ctx, rdb, c.waitingIn, e.now)
+	if err != nil {
+		return err
+	}
+	past := map[string]bool{}
+	for _, w := range waits {
+		if w.Until.After(deadline) {
+			past[strings.ToLower(w.Mailbox)] = true
+			c.waits = append(c.waits, w)
+		}
+	}
+	for _, r := range c.waitingIn {
+		if m, ok := relay.RouteMailbox(r); ok && past[strings.ToLower(m)] {
+			c.parked += c.waitingBy[r]
+		}
+	}
+	return nil
 }
 
 func countDrain(ctx context.Context, q *queue.Queue, only string) (drainCounts, error) {
@@ -41,7 +77,7 @@ func countDrain(ctx context.Context, q *queue.Queue, only string) (drainCounts, 
 	if err != nil {
 		return drainCounts{}, err
 	}
-	c := drainCounts{holds: map[string]string{}, heldBy: map[string]int64{}}
+	c := drainCounts{holds: map[string]string{}, heldBy: map[string]int64{}, waitingBy: map[string]int64{}}
 	for _, r := range st.Routes {
 		if only != "" && r.Route != only {
 			continue
@@ -49,6 +85,7 @@ func countDrain(ctx context.Context, q *queue.Queue, only string) (drainCounts, 
 		c.waiting += r.Ready + r.Scheduled + r.Leased
 		if r.Ready+r.Scheduled > 0 {
 			c.waitingIn = append(c.waitingIn, r.Route)
+			c.waitingBy[r.Route] = r.Ready + r.Scheduled + r.Leased
 		}
 		c.held += r.Held
 		c.dead += r.Dead
@@ -227,6 +264,9 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	var down error // Redis's error, while it does not answer
 	for {
 		counts, err := countDrain(ctx, q, *route)
+		if err == nil {
+			err = counts.park(ctx, e, rdb, deadline)
+		}
 		if err == nil && e.now().Sub(lastFlush) >= drainReflush {
 			if err = flush(); err == nil {
 				lastFlush = e.now()
@@ -268,7 +308,7 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 		delivered := max(0, total-c.waiting-c.held-failed)
 		p.show(delivered, c.held, failed)
 		waitProbe := e.now().Before(probeDeadline) && probing(ctx, set, probes, c)
-		if (c.waiting == 0 && !waitProbe) || !e.now().Before(deadline) {
+		if (c.waiting == c.parked && !waitProbe) || !e.now().Before(deadline) {
 			p.done()
 			break
 		}
@@ -297,22 +337,30 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	if err != nil {
 		return err
 	}
-	if c.waiting > 0 {
+	if stuck := c.waiting - c.parked; stuck > 0 {
 		last := ""
 		if reply := lastWaitingReply(ctx, q, c.waitingIn); reply != "" {
 			last = " (last reply: " + oneLine(reply, 200) + ")"
 		}
-		why = append(why, fmt.Sprintf("%d messages still waiting after %s%s: is a relay running (holdfast serve) and is its upstream answering?", c.waiting, *timeout, last))
+		why = append(why, fmt.Sprintf("%d messages still waiting after %s%s: is a relay running (holdfast serve) and is its upstream answering?", stuck, *timeout, last))
 	}
 	for _, line := range why {
 		fmt.Fprintln(e.stdout, line)
+	}
+	if c.parked > 0 {
+		fmt.Fprintf(e.stdout, "%d messages wait for their mailbox past the timeout:\n", c.parked)
+		printMailboxWaits(e.stdout, c.waits, e.now(), "")
+		fmt.Fprintln(e.stdout, "once the cause is fixed, queue flush --end-waits ends the waits on every relay")
 	}
 	var sum []string
 	if c.held > 0 {
 		sum = append(sum, fmt.Sprintf("%d held", c.held))
 	}
-	if c.waiting > 0 {
-		sum = append(sum, fmt.Sprintf("%d still waiting", c.waiting))
+	if c.parked > 0 {
+		sum = append(sum, fmt.Sprintf("%d waiting for their mailbox", c.parked))
+	}
+	if stuck := c.waiting - c.parked; stuck > 0 {
+		sum = append(sum, fmt.Sprintf("%d still waiting", stuck))
 	}
 	return errors.New("the queue is not empty: " + strings.Join(sum, ", "))
 }

@@ -317,3 +317,59 @@ func TestQueueDrainRedisRestartedEmpty(t *testing.T) {
 		t.Errorf("drain across a Redis that restarted empty: exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
 	}
 }
+
+// TestQueueDrainMailboxWaits: mail of a mailbox Exchange asked the fleet
+// to leave alone past the drain's timeout (a daily quota, a block) does
+// not keep the drain waiting, nor is it blamed on the relays: drain ends
+// once the rest is delivered, and names the wait and its end.
+func TestQueueDrainMailboxWaits(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfig(t, srv.Addr())
+	rdb := srv.Client(t)
+	ctx := t.Context()
+	q := queue.New(rdb, queue.Options{})
+	const waiting, flowing = "app:contoso:billing@contoso.com", "app:contoso:noreply@contoso.com"
+	for _, route := range []string{waiting, waiting, flowing} {
+		if _, _, err := q.Enqueue(ctx, queue.Submission{Route: route, App: "crm", From: "billing@contoso.com",
+			To: []string{"ann@example.org"}, Body: []byte("Subject: x\r\n\r\nx\r\n")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := queue.NewLimiter(rdb, nil).HoldMailbox(ctx, "billing@contoso.com", "blocked", 6*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		time.Sleep(300 * time.Millisecond) // once drain has counted the queue
+		fakeWorkers(wctx, q, flowing)
+	}()
+	defer func() { cancel(); <-done }()
+
+	start := time.Now()
+	r := runCmd(t, "queue", "drain", "--config", cfg, "--timeout", "30s")
+	took := time.Since(start)
+	if r.code != exitError {
+		t.Fatalf("drain with a mailbox waiting: exit %d, want %d\n%s%s", r.code, exitError, r.stdout, r.stderr)
+	}
+	if took > 20*time.Second {
+		t.Errorf("drain took %v: it waited for the timeout (30s) for mail its mailbox keeps past it", took)
+	}
+	for _, want := range []string{
+		"1 delivered, 0 held, 0 failed",
+		"2 messages wait for their mailbox past the timeout:",
+		"mailbox billing@contoso.com waits until ",
+		": Exchange holds its sending (550 5.2.25x, or its daily recipient quota)",
+	} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("drain output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if strings.Contains(r.stdout, "is a relay running") {
+		t.Errorf("drain blames the relays for mail its mailbox keeps:\n%s", r.stdout)
+	}
+	if want := "holdfast: queue drain: the queue is not empty: 2 waiting for their mailbox\n"; r.stderr != want {
+		t.Errorf("drain's stderr %q, want %q", r.stderr, want)
+	}
+}
