@@ -3,6 +3,7 @@ package o365_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -504,5 +505,52 @@ func TestLostSlotClosesConnection(t *testing.T) {
 	}
 	if got := limits.acquired.Load(); got != 2 {
 		t.Fatalf("%d slots taken; want 2", got)
+	}
+}
+
+// unreachableLimits is lostLimits whose renewals fail as a Redis out of
+// reach fails them, once down is set: the slot may or may not be lost.
+type unreachableLimits struct {
+	lostLimits
+	down atomic.Bool
+}
+
+func (l *unreachableLimits) Renew(ctx context.Context, s *queue.Slot, ttl time.Duration) error {
+	l.renewed.Add(1)
+	if l.down.Load() {
+		return errors.New("dial tcp 127.0.0.1:6379: i/o timeout")
+	}
+	return nil
+}
+
+// TestUnrenewedSlotClosesConnection: a connection in use whose slot
+// cannot be renewed (Redis out of reach, or too slow to answer) is closed
+// before its slot's lifetime ends, as one whose slot was lost: past that,
+// another relay may take the slot, and Exchange would see the mailbox
+// over its connection limit.
+func TestUnrenewedSlotClosesConnection(t *testing.T) {
+	limits := &unreachableLimits{}
+	_, p, s := newSinkSenderEdit(t, func(o *o365.SMTPOptions) {
+		o.Limits = limits
+		o.IdleTimeout = 2 * time.Second // the reaper looks every second
+	})
+	ctx := context.Background()
+	limits.down.Store(true)
+	// Sends every 300 ms keep the connection from going idle, for longer
+	// than a slot's lifetime (6 s).
+	for i := range 27 {
+		if _, err := s.Send(ctx, sinkMessage(i, "a@example.org")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	if limits.renewed.Load() == 0 {
+		t.Fatal("no renewal was tried")
+	}
+	if got := limits.acquired.Load(); got < 2 {
+		t.Fatalf("%d slot taken over 8 s of failed renewals; want the connection closed before its slot expired, and a new one", got)
+	}
+	if got := p.conns.Load(); got != limits.acquired.Load() {
+		t.Errorf("%d connections for %d slots", got, limits.acquired.Load())
 	}
 }

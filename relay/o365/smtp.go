@@ -241,10 +241,14 @@ func NewSMTPSender(o SMTPOptions) (*SMTPSender, error) {
 
 // reap closes connections idle longer than IdleTimeout, so that their
 // fleet-wide slots go to whoever needs them, and renews the slots of the
-// others, idle or busy, every third of their lifetime.
+// others, idle or busy, every third of their lifetime. The renewals go
+// first, side by side, and then the quits: with Redis slow to answer, a
+// renewal waiting behind the others, or behind a quit's release, would
+// come after its slot's end.
 func (s *SMTPSender) reap() {
 	defer close(s.done)
-	t := time.NewTicker(s.o.IdleTimeout / 2)
+	every := s.o.IdleTimeout / 2
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
@@ -276,23 +280,41 @@ func (s *SMTPSender) reap() {
 			}
 		}
 		s.mu.Unlock()
-		for _, c := range old {
-			s.quit(c)
-		}
+		var wg sync.WaitGroup
 		for _, c := range renew {
-			err := s.o.Limits.Renew(context.Background(), c.slot, slotTTL)
-			switch {
-			case errors.Is(err, queue.ErrSlotLost):
-				s.o.Logger.Warn("a connection slot expired and may be another's; closing its connection", "mailbox", c.mailbox)
-				s.loseSlot(c)
-			case err != nil:
-				s.o.Logger.Warn("cannot renew a connection slot", "mailbox", c.mailbox, "err", err)
-			default:
-				s.mu.Lock()
-				c.renewed = time.Now()
-				s.mu.Unlock()
-			}
+			wg.Go(func() { s.renew(c, every) })
 		}
+		wg.Wait()
+		for _, c := range old {
+			wg.Go(func() { s.quit(c) })
+		}
+		wg.Wait()
+	}
+}
+
+// renew renews c's slot. A slot that cannot be renewed before the reaper's
+// next look, every later, would expire (and may be another relay's by
+// then) is taken for lost, as one Redis says expired: its connection is
+// closed as soon as it is idle.
+func (s *SMTPSender) renew(c *conn, every time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), slotTTL/3)
+	err := s.o.Limits.Renew(ctx, c.slot, slotTTL)
+	cancel()
+	s.mu.Lock()
+	late := time.Since(c.renewed)+every >= slotTTL
+	if err == nil {
+		c.renewed = time.Now()
+	}
+	s.mu.Unlock()
+	switch {
+	case errors.Is(err, queue.ErrSlotLost):
+		s.o.Logger.Warn("a connection slot expired and may be another's; closing its connection", "mailbox", c.mailbox)
+		s.loseSlot(c)
+	case err != nil && late:
+		s.o.Logger.Warn("cannot renew a connection slot before it expires; closing its connection", "mailbox", c.mailbox, "err", err)
+		s.loseSlot(c)
+	case err != nil:
+		s.o.Logger.Warn("cannot renew a connection slot", "mailbox", c.mailbox, "err", err)
 	}
 }
 
