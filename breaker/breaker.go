@@ -210,6 +210,8 @@ type Set struct {
 
 	mu   sync.Mutex
 	brks map[string]*entry
+	// listed is when List last read every record; under mu.
+	listed time.Time
 }
 
 // ErrStale is returned by RecordAs for a failure of a secret or
@@ -931,7 +933,46 @@ func (s *Set) List(ctx context.Context) ([]Status, error) {
 		out[i] = local[n]
 		s.observe(out[i], false)
 	}
+	s.mu.Lock()
+	s.listed = time.Now()
+	s.mu.Unlock()
 	return out, nil
+}
+
+// Listed is List from this Set's view while Watch keeps it: every
+// breaker this Set knows, as it last read or wrote its record. Watch
+// reads a breaker at once when another replica publishes its transition,
+// the open ones every Poll, and every record every watchFullEvery polls.
+// A breaker registered by another replica and never written, which List
+// describes as closed, is left out. When no List has read every record
+// within twice that (no Watch runs, or Redis does not answer it), Listed
+// reads them all (List).
+func (s *Set) Listed(ctx context.Context) ([]Status, error) {
+	s.mu.Lock()
+	if s.listed.IsZero() || time.Since(s.listed) > 2*watchFullEvery*s.o.Poll {
+		s.mu.Unlock()
+		return s.List(ctx)
+	}
+	out := make([]Status, 0, len(s.brks))
+	for _, e := range s.brks {
+		out = append(out, e.st)
+	}
+	s.mu.Unlock()
+	slices.SortFunc(out, func(a, b Status) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// openNames are the breakers this Set holds open.
+func (s *Set) openNames() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var names []string
+	for n, e := range s.brks {
+		if e.st.State == Open {
+			names = append(names, n)
+		}
+	}
+	return names
 }
 
 // isRecord reports whether m, as HGETALL read it, is a breaker's record:

@@ -6,13 +6,21 @@ import (
 	"time"
 )
 
+// watchFullEvery is how many polls apart Watch reads every record; at
+// the others it reads those of the breakers open here.
+const watchFullEvery = 10
+
 // Watch keeps this Set's view of every breaker current until ctx ends, so
 // that OnTransition fires on this replica for transitions made by others:
 // at once for each transition published on the events channel (within
-// milliseconds fleet-wide), and by re-reading every record each Poll,
-// which also covers a missed message or a lost subscription. A replica
-// starts from "closed, generation 0": a breaker already open when Watch
-// starts is reported once as a transition to open.
+// milliseconds fleet-wide), and by re-reading records, which also covers
+// a missed message or a lost subscription: each Poll those of the
+// breakers open here (a close, a probe asked for), and every record each
+// watchFullEvery polls. The records stay until forgotten, one for each
+// mailbox that ever failed, and every relay reads them: a read of every
+// record each Poll cost Redis thousands of reads a second with no mail.
+// A replica starts from "closed, generation 0": a breaker already open
+// when Watch starts is reported once as a transition to open.
 //
 // With Options.Replica set, Watch also tells whether another process
 // runs under the same name (see ReplicaShared).
@@ -31,13 +39,26 @@ func (s *Set) Watch(ctx context.Context) {
 	// The replica's name is announced at the first poll Redis answers,
 	// then every announcePolls poll periods.
 	an := s.newAnnouncer()
+	// full: this poll reads every record; polls since one did.
+	full, polls := true, 0
 	for {
 		if an.due() {
 			if err := an.announce(ctx); err != nil && ctx.Err() == nil {
 				s.log.Warn("breaker watch: cannot announce this replica's name", "err", err)
 			}
 		}
-		if _, err := s.List(ctx); err != nil && ctx.Err() == nil {
+		var err error
+		if full {
+			_, err = s.List(ctx)
+			if err == nil {
+				polls = 0
+			}
+		} else if open := s.openNames(); len(open) > 0 {
+			_, err = s.Fresh(ctx, open...)
+		}
+		polls++
+		full = polls >= watchFullEvery
+		if err != nil && ctx.Err() == nil {
 			s.log.Warn("breaker watch", "err", err)
 		}
 		if err := s.takeOver(ctx, all); err != nil {

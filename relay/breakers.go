@@ -467,7 +467,7 @@ func (g *gate) probeLoop(ctx context.Context, every time.Duration) {
 			retryAt = time.Time{}
 		}
 		g.redo(ctx)
-		list, err := g.set.List(ctx)
+		list, err := g.set.Listed(ctx)
 		if err != nil {
 			continue
 		}

@@ -83,7 +83,7 @@ func (g *gate) reconcileLoop(ctx context.Context, every time.Duration) {
 // reconcile makes the held set match the breaker records once: of every
 // route with all, else of the routes under an open breaker.
 func (g *gate) reconcile(ctx context.Context, all bool) error {
-	list, err := g.set.List(ctx)
+	list, err := g.set.Listed(ctx)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,65 @@
+package relay
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"holdfast/breaker"
+)
+
+// hgetallCalls is how many HGETALL Redis has run, from INFO commandstats.
+func hgetallCalls(t *testing.T, e *exchangeEnv) int64 {
+	t.Helper()
+	info, err := e.f.redis.Client(t).Info(t.Context(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(info, "\n") {
+		rest, ok := strings.CutPrefix(strings.TrimSpace(line), "cmdstat_hgetall:calls=")
+		if ok {
+			n, _ := strconv.ParseInt(rest[:strings.IndexByte(rest, ',')], 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// TestIdleBreakerReads: an idle relay does not read every breaker
+// record several times a second. The records stay until forgotten (one
+// for each mailbox that ever failed), and each relay read them all five
+// times a second, twice by its watch and three times by its probe and
+// hold loops: at 1,131 records and three relays, 15,000 reads a second
+// with no mail at all. Now the loops use the watch's view, and the
+// watch reads every record every 10 polls (5 s), the open ones at each.
+func TestIdleBreakerReads(t *testing.T) {
+	const records, window = 200, 6 * time.Second
+	e := newExchangeEnv(t, 1, nil)
+	ctx := t.Context()
+	ops := breaker.New(e.f.redis.Client(t), breaker.Options{Logger: discardLogger()})
+	for i := range records {
+		name := mailboxBreaker(fmt.Sprintf("m%03d@contoso.com", i))
+		if err := ops.Trip(ctx, name, "x"); err != nil {
+			t.Fatal(err)
+		}
+		if err := ops.Reset(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "the relay to know every record", func() bool {
+		return e.relays[0].gate.set.Cached(mailboxBreaker(fmt.Sprintf("m%03d@contoso.com", records-1))).Generation == 2
+	})
+	time.Sleep(time.Second)
+	before := hgetallCalls(t, e)
+	time.Sleep(window)
+	reads := hgetallCalls(t, e) - before
+	t.Logf("%d record reads in %v, %d records", reads, window, records)
+	// Before: 5 full reads a second, 6,000 here. Now: one or two full
+	// reads in the window; at least one, which covers a transition
+	// whose message was lost.
+	if reads < records || reads >= 3*records {
+		t.Errorf("%d record reads in %v with %d records, want from %d (a full read every 5 s) to %d", reads, window, records, records, 3*records)
+	}
+}
