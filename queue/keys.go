@@ -23,6 +23,7 @@ import (
 //	hf:{T}:r:ROUTE:fence     hash    breaker name -> the newest generation a hold or release of the route applied
 //	hf:{T}:r:ROUTE:seq       string  counts the route's leases; orders index updates
 //	hf:{T}:r:ROUTE:l:TOKEN   set     ids leased by one lease token, while it lasts
+//	hf:{T}:r:ROUTE:moving    set     ids taken out of the route by a move to another route not finished yet (see Move)
 //	hf:{T}:i:ROUTE:KEY       string  idempotency key -> message id
 //	hf:{T}:f:ROUTE:KEY       string  idempotency key -> the fingerprint of its submission, when it had one
 //	hf:routes                set     every route that has had a message, until pruned
@@ -140,6 +141,7 @@ const (
 	kindHeld   = "held"
 	kindSeq    = "seq"
 	kindFence  = "fence"
+	kindMoving = "moving"
 )
 
 // luaRouteKey is the Lua expression of the key of kind of the route whose
@@ -166,6 +168,7 @@ type routeKeys struct {
 	seq    string
 	base   string
 	fence  string
+	moving string
 }
 
 // leaseSet is the key that records the ids leased with one token.
@@ -187,6 +190,7 @@ func keysFor(route string) routeKeys {
 		seq:    base + kindSeq,
 		base:   base,
 		fence:  base + kindFence,
+		moving: base + kindMoving,
 	}
 }
 

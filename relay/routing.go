@@ -25,6 +25,12 @@ func grantRoute(cred, mailbox string) string {
 	return grantRoutePrefix + cred + ":" + strings.ToLower(mailbox)
 }
 
+// RouteCredential returns the credential an exchange route sends with.
+func RouteCredential(route string) (string, bool) {
+	_, cred, _, ok := parseRoute(route)
+	return cred, ok
+}
+
 // parseRoute splits an exchange route into its parts.
 func parseRoute(route string) (delegated bool, cred, mailbox string, ok bool) {
 	rest, isApp := strings.CutPrefix(route, appRoutePrefix)

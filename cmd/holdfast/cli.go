@@ -51,6 +51,7 @@ var commands = []*command{
 	{path: "queue requeue", synopsis: "ID...", brief: "move dead letters back to the queue, due now", run: queueRequeue},
 	{path: "queue delete", synopsis: "ID...", brief: "delete messages in any state", run: queueDelete},
 	{path: "queue purge", synopsis: "[--route R] [--state S] [--yes]", brief: "delete every message of a route and/or a state, after a count and a confirmation", run: queuePurge},
+	{path: "queue move", synopsis: "--route R --to R [--yes]", brief: "move the mail waiting on a route to another route, after a count and a confirmation", run: queueMove},
 	{path: "queue flush", synopsis: "[--route R] [--end-waits [--yes]]", brief: "make scheduled messages due now, ignoring backoff; --end-waits first ends their mailboxes' waits on every relay (without --route, after a confirmation or --yes)", run: queueFlush},
 	{path: "queue drain", synopsis: "[--route R] [--timeout D]", brief: "deliver everything queued now, ignoring backoff, and report what remains", run: queueDrain},
 	{path: "breaker status", synopsis: "[--json]", brief: "show every auth breaker: state, since, reason, failures, next probe", run: breakerStatus},

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math"
+	"slices"
+
+	"holdfast/queue"
+	"holdfast/relay"
+)
+
+// queueMove moves the mail waiting on a route to another, after a count
+// and a confirmation (or --yes): the way out for mail queued on the
+// routes of a credential that no longer works, or was taken out of the
+// configuration.
+func queueMove(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
+	config := configFlag(fs, e)
+	from := fs.String("route", "", "move the mail waiting on `ROUTE`")
+	to := fs.String("to", "", "to `ROUTE`, e.g. app:CREDENTIAL:MAILBOX of another credential")
+	yes := fs.Bool("yes", false, "move without asking")
+	if err := noArgs(fs, args); err != nil {
+		return err
+	}
+	switch {
+	case *from == "" || *to == "":
+		return usagef("give --route ROUTE and --to ROUTE")
+	case *from == *to:
+		return usagef("--route and --to are the same route")
+	case !queue.ValidRoute(*from):
+		return usagef("--route %q is not a route name", *from)
+	case !queue.ValidRoute(*to):
+		return usagef("--to %q is not a route name", *to)
+	}
+	o, rdb, err := openRedis(*config)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = rdb.Close() }()
+	if cred, ok := relay.RouteCredential(*to); ok && !slices.ContainsFunc(o.Credentials, func(c relay.Credential) bool { return c.Name == cred }) {
+		return usagef("--to %s: credential %q is not configured, so no relay would send its mail", *to, cred)
+	}
+	q := queue.New(rdb, o.Queue.Options())
+	st, err := q.Stats(ctx)
+	if err != nil {
+		return err
+	}
+	var waiting, sending int64
+	for _, r := range st.Routes {
+		if r.Route == *from {
+			waiting, sending = r.Ready+r.Scheduled+r.Held, r.Leased
+		}
+	}
+	if waiting > 0 && !*yes {
+		what := fmt.Sprintf("%d messages waiting on %s to %s", waiting, *from, *to)
+		if !e.stdinTTY {
+			return fmt.Errorf("%s would be moved; run again with --yes to move them", what)
+		}
+		if !askYes(e, "move "+what+"? They start there as new messages: their lifetime and attempts begin again.") {
+			fmt.Fprintln(e.stdout, "nothing moved")
+			return nil
+		}
+	}
+	// Also finishes a move that stopped half-way, which the count leaves
+	// out.
+	n, err := q.MoveRoute(ctx, *from, *to, math.MaxInt)
+	if err != nil {
+		fmt.Fprintf(e.stdout, "moved %d messages from %s to %s before an error\n", n, *from, *to)
+		return err
+	}
+	if n == 0 {
+		fmt.Fprintf(e.stdout, "no messages waiting on %s\n", *from)
+		hintUnknownRoute(ctx, e, q, *from)
+	} else {
+		fmt.Fprintf(e.stdout, "moved %d messages from %s to %s\n", n, *from, *to)
+	}
+	if sending > 0 {
+		fmt.Fprintf(e.stdout, "%d being sent stay on %s: run the move again once they are settled\n", sending, *from)
+	}
+	return nil
+}
