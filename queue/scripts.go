@@ -57,7 +57,8 @@ return 1
 // An id is new to each Enqueue, so a message already stored under it was
 // stored by this same script, run again (go-redis runs a command again
 // when its reply was lost): the run changes nothing, whatever became of
-// the message since, and returns {id, 0}.
+// the message since, but for a write of a field as it is, so that a WAIT
+// after it covers the first run's writes; it returns {id, 0}.
 //
 // Returns {id, 0} for a new message, {existing id, 1} when the
 // idempotency key was seen before with the same fingerprint (or where
@@ -67,7 +68,14 @@ return 1
 // as many messages as it may; with 2, 4 and 5 nothing is stored.
 // Redis past its maxmemory refuses it whole, before it runs (storeScript).
 var enqueueScript = storeScript(changeLua + `
-if redis.call('EXISTS', KEYS[1]) == 1 then return {ARGV[1], 0} end
+local upd = redis.call('HGET', KEYS[1], 'upd')
+if upd then
+  -- A write all the same, of what is there: WAIT and WAITAOF after it
+  -- wait for the replicas to have the first run's (Redis 7.2 and later
+  -- move a client's replication offset only with a write of its own).
+  redis.call('HSET', KEYS[1], 'upd', upd)
+  return {ARGV[1], 0}
+end
 local deadline = tonumber(ARGV[13])
 if deadline and deadline > 0 then
   if redis.replicate_commands then redis.replicate_commands() end
