@@ -651,6 +651,10 @@ func (s *Set) MarkStale(ctx context.Context, name, replica string, stale bool) e
 	if err != nil {
 		return fmt.Errorf("breaker %s: mark stale: %w", name, err)
 	}
+	// The view the relay's loops work from (Listed) has the mark at once.
+	if _, err := s.read(ctx, name); err != nil {
+		s.log.Warn("cannot read the breaker's record after marking this replica stale; the next read has it", "breaker", name, "err", err)
+	}
 	return nil
 }
 

@@ -63,3 +63,20 @@ func TestIdleBreakerReads(t *testing.T) {
 		t.Errorf("%d record reads in %v with %d records, want from %d (a full read every 5 s) to %d", reads, window, records, records, 3*records)
 	}
 }
+
+// TestStaleMarkRecordedOnce: a relay that finds itself stale for a
+// closed credential breaker records its mark once. Its probe loop works
+// from the watch's view, which reads a closed breaker's record every 5 s:
+// before the mark updated the view, the loop found it missing and wrote
+// it again every second.
+func TestStaleMarkRecordedOnce(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	g := e.relays[0].gate
+	fp := g.x.creds["contoso"].Fingerprint()
+	time.Sleep(time.Second) // past the watch's first read of every record
+	g.markStale("contoso", fp)
+	time.Sleep(6 * time.Second) // the probe loop's ticks, and one more full read
+	if n := strings.Count(e.logs.String(), "recorded this relay's stale state for the credential"); n != 1 {
+		t.Errorf("the stale mark recorded %d times, want once", n)
+	}
+}
