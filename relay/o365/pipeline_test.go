@@ -554,3 +554,111 @@ func TestUnrenewedSlotClosesConnection(t *testing.T) {
 		t.Errorf("%d connections for %d slots", got, limits.acquired.Load())
 	}
 }
+
+// timedLimits records when each slot was taken or renewed.
+type timedLimits struct {
+	freeLimits
+	mu        sync.Mutex
+	last      map[*queue.Slot]time.Time
+	maxGap    time.Duration // longest time a slot went unrenewed while renewed again later
+	hang      bool          // Renew waits for its ctx (a Redis that does not answer)
+	releaseIn time.Duration // Release takes this long (a slow Redis)
+	acquires  []time.Time
+}
+
+func (l *timedLimits) AcquireConn(ctx context.Context, mailbox string, max int, ttl time.Duration) (*queue.Slot, error) {
+	s, _ := l.freeLimits.AcquireConn(ctx, mailbox, max, ttl)
+	l.mu.Lock()
+	l.last[s] = time.Now()
+	l.acquires = append(l.acquires, time.Now())
+	l.mu.Unlock()
+	return s, nil
+}
+
+func (l *timedLimits) Renew(ctx context.Context, s *queue.Slot, ttl time.Duration) error {
+	l.mu.Lock()
+	hang := l.hang
+	l.mu.Unlock()
+	if hang {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	l.mu.Lock()
+	if g := time.Since(l.last[s]); g > l.maxGap {
+		l.maxGap = g
+	}
+	l.last[s] = time.Now()
+	l.mu.Unlock()
+	return nil
+}
+
+func (l *timedLimits) Release(ctx context.Context, s *queue.Slot) error {
+	time.Sleep(l.releaseIn)
+	return nil
+}
+
+// TestHungRenewClosesBeforeExpiry: with a Redis that hangs (renewals
+// time out rather than fail at once), a busy connection is given up
+// before its slot (6 s) ends: each renewal is bounded to end before the
+// slot, and judged late from when it was asked.
+func TestHungRenewClosesBeforeExpiry(t *testing.T) {
+	limits := &timedLimits{last: map[*queue.Slot]time.Time{}, hang: true}
+	_, _, s := newSinkSenderEdit(t, func(o *o365.SMTPOptions) {
+		o.Limits = limits
+		o.IdleTimeout = 2 * time.Second // the default
+	})
+	ctx := context.Background()
+	for i := range 90 {
+		if _, err := s.Send(ctx, sinkMessage(i, "a@example.org")); err != nil {
+			t.Fatal(err)
+		}
+		limits.mu.Lock()
+		n := len(limits.acquires)
+		limits.mu.Unlock()
+		if n >= 2 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	limits.mu.Lock()
+	defer limits.mu.Unlock()
+	if len(limits.acquires) < 2 {
+		t.Fatal("the connection was never given up")
+	}
+	if held := limits.acquires[1].Sub(limits.acquires[0]); held >= 6*time.Second {
+		t.Errorf("the first connection was used %v after its slot was last taken; the slot lives 6 s", held)
+	}
+}
+
+// TestSlowQuitLeavesRenewals: a slow release in the quit of an idle
+// connection does not hold back the renewals of a busy one.
+func TestSlowQuitLeavesRenewals(t *testing.T) {
+	limits := &timedLimits{last: map[*queue.Slot]time.Time{}, releaseIn: 7 * time.Second}
+	_, _, s := newSinkSenderEdit(t, func(o *o365.SMTPOptions) {
+		o.Limits = limits
+		o.IdleTimeout = 2 * time.Second
+	})
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for i := range 2 { // two connections
+		wg.Go(func() {
+			if _, err := s.Send(ctx, sinkMessage(i, "a@example.org")); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	deadline := time.Now().Add(12 * time.Second)
+	for i := 0; time.Now().Before(deadline); i++ { // one stays busy, the other goes idle and is quit
+		if _, err := s.Send(ctx, sinkMessage(10+i, "a@example.org")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	limits.mu.Lock()
+	defer limits.mu.Unlock()
+	t.Logf("acquires %d, longest renewal gap %v", len(limits.acquires), limits.maxGap)
+	if limits.maxGap >= 6*time.Second {
+		t.Errorf("a busy connection's slot went %v without renewal (slot lives 6 s) while another's quit released slowly", limits.maxGap)
+	}
+}

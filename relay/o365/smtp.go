@@ -207,6 +207,9 @@ type SMTPSender struct {
 
 	stop chan struct{} // closed by Close; ends the reaper
 	done chan struct{}
+	// quits are the reaper's quits of idle connections, each on its own;
+	// Close waits for them.
+	quits sync.WaitGroup
 }
 
 // conn is an authenticated submission connection and its fleet-wide slot.
@@ -242,8 +245,9 @@ func NewSMTPSender(o SMTPOptions) (*SMTPSender, error) {
 // reap closes connections idle longer than IdleTimeout, so that their
 // fleet-wide slots go to whoever needs them, and renews the slots of the
 // others, idle or busy, every third of their lifetime. The renewals go
-// first, side by side, and then the quits: with Redis slow to answer, a
-// renewal waiting behind the others, or behind a quit's release, would
+// side by side (up to renewAtOnce), and the quits on their own
+// (SMTPSender.quits): with Redis or Exchange slow to answer, a renewal
+// waiting behind the others, or behind a quit's QUIT and release, would
 // come after its slot's end.
 func (s *SMTPSender) reap() {
 	defer close(s.done)
@@ -280,32 +284,52 @@ func (s *SMTPSender) reap() {
 			}
 		}
 		s.mu.Unlock()
-		var wg sync.WaitGroup
-		for _, c := range renew {
-			wg.Go(func() { s.renew(c, every) })
-		}
-		wg.Wait()
 		for _, c := range old {
-			wg.Go(func() { s.quit(c) })
+			s.quits.Go(func() { s.quit(c) })
+		}
+		var wg sync.WaitGroup
+		turns := make(chan struct{}, renewAtOnce)
+		for _, c := range renew {
+			turns <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-turns }()
+				s.renew(c, every)
+			})
 		}
 		wg.Wait()
 	}
 }
 
-// renew renews c's slot. A slot that cannot be renewed before the reaper's
-// next look, every later, would expire (and may be another relay's by
-// then) is taken for lost, as one Redis says expired: its connection is
-// closed as soon as it is idle.
+// renewAtOnce is how many slot renewals the reaper runs at a time.
+const renewAtOnce = 16
+
+// slotMargin is how long before its slot's end a renewal must be
+// answered.
+const slotMargin = 500 * time.Millisecond
+
+// renew renews c's slot, the renewal bounded to end slotMargin before the
+// slot does. A slot whose next renewal, every later and as long as this
+// one may take, could end after the slot (which may be another relay's
+// by then) is taken for lost, as one Redis says expired: its connection
+// is closed as soon as it is idle.
 func (s *SMTPSender) renew(c *conn, every time.Duration) {
-	ctx, cancel := context.WithTimeout(context.Background(), slotTTL/3)
+	s.mu.Lock()
+	end := c.renewed.Add(slotTTL)
+	s.mu.Unlock()
+	start := time.Now()
+	deadline := start.Add(slotTTL / 3)
+	if d := end.Add(-slotMargin); d.Before(deadline) {
+		deadline = d
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	err := s.o.Limits.Renew(ctx, c.slot, slotTTL)
 	cancel()
-	s.mu.Lock()
-	late := time.Since(c.renewed)+every >= slotTTL
+	late := !time.Now().Add(every + slotTTL/3).Before(end)
 	if err == nil {
-		c.renewed = time.Now()
+		s.mu.Lock()
+		c.renewed = start // the slot's new end counts from the request
+		s.mu.Unlock()
 	}
-	s.mu.Unlock()
 	switch {
 	case errors.Is(err, queue.ErrSlotLost):
 		s.o.Logger.Warn("a connection slot expired and may be another's; closing its connection", "mailbox", c.mailbox)
@@ -330,7 +354,7 @@ func (s *SMTPSender) loseSlot(c *conn) {
 	}
 	s.mu.Unlock()
 	if i >= 0 {
-		s.quit(c)
+		s.quits.Go(func() { s.quit(c) })
 	}
 }
 
@@ -674,6 +698,7 @@ func (s *SMTPSender) Close() error {
 			s.quit(c)
 		}
 	}
+	s.quits.Wait()
 	return nil
 }
 
