@@ -91,6 +91,21 @@ func newWebhook(url string, client *http.Client, log *slog.Logger, backoff time.
 	if client == nil {
 		client = http.DefaultClient
 	}
+	// A redirect that turns the POST into a GET (301, 302, 303) drops the
+	// body: its landing page's 200 would count a notice nobody got as
+	// delivered. Such a reply is a failure, retried and logged with its
+	// status; 307 and 308 keep the POST and are followed.
+	c := *client
+	c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if req.Method != http.MethodPost {
+			return http.ErrUseLastResponse
+		}
+		if len(via) >= 10 {
+			return errors.New("stopped after 10 redirects")
+		}
+		return nil
+	}
+	client = &c
 	if log == nil {
 		log = slog.Default()
 	}
@@ -343,6 +358,9 @@ func (w *Webhook) post(ctx context.Context, body []byte) error {
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
 	resp.Body.Close()
+	if resp.StatusCode/100 == 3 {
+		return fmt.Errorf("webhook: %s, which would turn the POST into a GET without its body: set breakers.webhook_url to the address it redirects to", resp.Status)
+	}
 	if resp.StatusCode/100 != 2 {
 		return fmt.Errorf("webhook: %s", resp.Status)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -334,5 +335,71 @@ func TestWebhookEndsRetakenClaim(t *testing.T) {
 	}
 	if n := l.count(); n != 2 {
 		t.Errorf("claim ended %d times, want 2", n)
+	}
+}
+
+// TestWebhookRedirectIsNotDelivery: a receiver that answers a POST with
+// 301, 302 or 303 has not taken the notice (an HTTP client follows those
+// with a GET without the body, and a landing page's 200 would count as
+// delivered): the notice is tried again, and posted once the receiver
+// takes it. A 307 keeps the POST and its body, and delivers.
+func TestWebhookRedirectIsNotDelivery(t *testing.T) {
+	var (
+		mu     sync.Mutex
+		status = http.StatusFound
+		posts  []string // method and body length of each request to /hook and /moved
+	)
+	got := make(chan struct{}, 10)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/hook", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		st := status
+		posts = append(posts, r.Method+" /hook")
+		mu.Unlock()
+		if st != http.StatusOK {
+			http.Redirect(w, r, "/moved", st)
+			return
+		}
+		if len(body) > 0 {
+			got <- struct{}{}
+		}
+	})
+	mux.HandleFunc("/moved", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		posts = append(posts, r.Method+" /moved")
+		mu.Unlock()
+		if r.Method == http.MethodPost && len(body) > 0 {
+			got <- struct{}{}
+		}
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	w := newWebhook(srv.URL+"/hook", srv.Client(), slog.New(slog.DiscardHandler), 10*time.Millisecond)
+	w.slowEvery, w.patience = 20*time.Millisecond, time.Minute
+	defer w.Close()
+
+	w.Notify(Transition{Name: "cred:contoso", From: Closed, To: Open, Reason: expiredReason, At: time.Now(), Generation: 1})
+	time.Sleep(200 * time.Millisecond)
+	select {
+	case <-got:
+		t.Fatal("a 302 counted as delivered")
+	default:
+	}
+	mu.Lock()
+	if slices.Contains(posts, "GET /moved") {
+		t.Errorf("the redirect was followed with a GET: %q", posts)
+	}
+	tries := len(posts)
+	status = http.StatusTemporaryRedirect
+	mu.Unlock()
+	if tries < 2 {
+		t.Errorf("%d tries while the receiver answered 302, want it tried again", tries)
+	}
+	select {
+	case <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the notice was not delivered through the 307")
 	}
 }
