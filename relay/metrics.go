@@ -99,6 +99,14 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 			m.trans.WithLabelValues(kind, to)
 		}
 	}
+	// At zero from the start: a series that first appears at 1 increases
+	// by nothing, and the alert on dead letters would miss the first.
+	m.outcomes.WithLabelValues("delivered", "none")
+	for _, outcome := range []string{"retried", "held", "dead"} {
+		for c := upstream.Transient; c <= upstream.Mailbox; c++ {
+			m.outcomes.WithLabelValues(outcome, c.String())
+		}
+	}
 	return m
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"holdfast/queue"
+	"holdfast/relay/upstream"
 )
 
 // scrape fetches the relay's /metrics from the operators' listener and
@@ -275,4 +276,25 @@ func TestRedisMemoryMetrics(t *testing.T) {
 		_, ok := series(scrape(t, s), "holdfast_redis_memory_used_bytes", node)
 		return !ok
 	})
+}
+
+// TestDeliveryOutcomesStartAtZero: every outcome and class of
+// holdfast_deliveries_total is exported at zero from the start, so that
+// increase() counts a relay's first dead letter (a series that first
+// appears at 1 increases by nothing, and HoldfastDeadLettersIncreasing
+// missed the first dead letter of each class on each relay, after every
+// restart).
+func TestDeliveryOutcomesStartAtZero(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	fams := scrape(t, e.relays[0])
+	for _, outcome := range []string{"retried", "held", "dead"} {
+		for c := upstream.Transient; c <= upstream.Mailbox; c++ {
+			if v, ok := series(fams, "holdfast_deliveries_total", map[string]string{"outcome": outcome, "class": c.String()}); !ok || v != 0 {
+				t.Errorf("holdfast_deliveries_total{outcome=%q,class=%q} = %v (exported: %v), want 0", outcome, c, v, ok)
+			}
+		}
+	}
+	if v, ok := series(fams, "holdfast_deliveries_total", map[string]string{"outcome": "delivered", "class": "none"}); !ok || v != 0 {
+		t.Errorf("holdfast_deliveries_total{outcome=\"delivered\",class=\"none\"} = %v (exported: %v), want 0", v, ok)
+	}
 }
