@@ -186,7 +186,7 @@ func describeWaits(waits []queue.MailboxWait) []MailboxWait {
 		if why == "" {
 			why = w.Kind
 		}
-		out = append(out, MailboxWait{Mailbox: w.Mailbox, Until: w.Until.UTC(), Why: why})
+		out = append(out, MailboxWait{Mailbox: w.Mailbox, Until: w.Until.UTC(), Why: why, All: w.Kind == waitBlocked})
 	}
 	return out
 }

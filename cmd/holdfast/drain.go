@@ -46,8 +46,10 @@ type drainCounts struct {
 }
 
 // park counts the messages waiting in routes whose mailbox waits past
-// deadline (a daily quota, a block): the relays leave them alone until
-// then, and the drain does not wait for them.
+// deadline with all of its mail (a daily quota, a block): the relays
+// leave them alone until then, and the drain does not wait for them.
+// Graph's throttling of a mailbox holds only its mail that goes by
+// Graph, which the drain cannot tell from the rest: it waits for it.
 func (c *drainCounts) park(ctx context.Context, e *env, rdb redis.UniversalClient, deadline time.Time) error {
 	c.parked, c.waits = 0, nil
 	if len(c.waitingIn) == 0 {
@@ -59,7 +61,7 @@ func (c *drainCounts) park(ctx context.Context, e *env, rdb redis.UniversalClien
 	}
 	past := map[string]bool{}
 	for _, w := range waits {
-		if w.Until.After(deadline) {
+		if w.All && w.Until.After(deadline) {
 			past[strings.ToLower(w.Mailbox)] = true
 			c.waits = append(c.waits, w)
 		}

@@ -373,3 +373,37 @@ func TestQueueDrainMailboxWaits(t *testing.T) {
 		t.Errorf("drain's stderr %q, want %q", r.stderr, want)
 	}
 }
+
+// TestQueueDrainGraphWaitKeepsSMTPMail: Graph's 429 of a mailbox holds
+// only its mail that goes by Graph: a delegated route of the same mailbox
+// (always SMTP) keeps flowing, and drain waits for it and sees it
+// delivered rather than counting it as waiting for its mailbox.
+func TestQueueDrainGraphWaitKeepsSMTPMail(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfig(t, srv.Addr())
+	rdb := srv.Client(t)
+	ctx := t.Context()
+	q := queue.New(rdb, queue.Options{})
+	const route = "mbx:contoso:billing@contoso.com" // delegated: SMTP
+	for range 2 {
+		if _, _, err := q.Enqueue(ctx, queue.Submission{Route: route, App: "crm", From: "billing@contoso.com",
+			To: []string{"ann@example.org"}, Body: []byte("Subject: x\r\n\r\nx\r\n")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := queue.NewLimiter(rdb, nil).HoldMailbox(ctx, "billing@contoso.com", "graph", 6*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		time.Sleep(time.Second) // the relays deliver this SMTP mail, a moment later
+		fakeWorkers(wctx, q, route)
+	}()
+	defer func() { cancel(); <-done }()
+	r := runCmd(t, "queue", "drain", "--config", cfg, "--timeout", "30s")
+	if r.code != 0 || strings.Contains(r.stdout, "wait for their mailbox") {
+		t.Errorf("drain: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}

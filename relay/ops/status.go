@@ -64,6 +64,9 @@ type MailboxWait struct {
 	Mailbox string    `json:"mailbox"`
 	Until   time.Time `json:"until"`
 	Why     string    `json:"why"`
+	// All says the wait holds all of the mailbox's mail (Exchange's
+	// block, its recipient quota), not only what goes by Graph.
+	All bool `json:"all_mail"`
 }
 
 // Transport is how an app's routes send: Via ("smtp" or "graph"), and
