@@ -161,10 +161,11 @@ type expiryConfig struct {
 // credential across the fleet. It is a prometheus.Collector of
 // holdfast_credential_expiry_timestamp_seconds{credential,source}.
 type ExpiryMonitor struct {
-	cfg  expiryConfig
-	desc *prometheus.Desc
-	wake chan struct{}
-	line eventLine // webhook posts
+	cfg       expiryConfig
+	desc      *prometheus.Desc
+	knownDesc *prometheus.Desc
+	wake      chan struct{}
+	line      eventLine // webhook posts
 
 	mu      sync.Mutex
 	state   map[string]*CredentialExpiry
@@ -195,6 +196,10 @@ func newExpiryMonitor(cfg expiryConfig) *ExpiryMonitor {
 		desc: prometheus.NewDesc("holdfast_credential_expiry_timestamp_seconds",
 			"When a credential's secret or certificate expires, in Unix seconds, by where the date comes from (entra, config, certificate, graph).",
 			[]string{"credential", "source"}, nil),
+		knownDesc: prometheus.NewDesc("holdfast_credential_expiry_known",
+			"1 when a source knows when the credential's secret or certificate in use expires, 0 when none does "+
+				"(no expires_at, and Graph does not tell): no expiry alert can come for it. Not exported for a federated credential.",
+			[]string{"credential"}, nil),
 		wake:       make(chan struct{}, 1),
 		state:      map[string]*CredentialExpiry{},
 		pending:    map[string]bool{},
@@ -284,12 +289,24 @@ func (m *ExpiryMonitor) ExpiresAt(name string) time.Time {
 }
 
 // Describe implements prometheus.Collector.
-func (m *ExpiryMonitor) Describe(ch chan<- *prometheus.Desc) { ch <- m.desc }
+func (m *ExpiryMonitor) Describe(ch chan<- *prometheus.Desc) { ch <- m.desc; ch <- m.knownDesc }
 
 // Collect implements prometheus.Collector: per credential and source, the
-// soonest in-use date.
+// soonest in-use date; per credential checked, whether any source knows
+// one.
 func (m *ExpiryMonitor) Collect(ch chan<- prometheus.Metric) {
+	federated := map[string]bool{}
+	for _, c := range m.cfg.credentials {
+		federated[c.Name] = c.ClientAssertionFile != ""
+	}
 	for _, ce := range m.Expiries() {
+		if !ce.CheckedAt.IsZero() && !federated[ce.Credential] {
+			known := 0.0
+			if !ce.ExpiresAt.IsZero() {
+				known = 1
+			}
+			ch <- prometheus.MustNewConstMetric(m.knownDesc, prometheus.GaugeValue, known, ce.Credential)
+		}
 		soonest := map[string]time.Time{}
 		for _, e := range ce.Expiries {
 			if t, ok := soonest[e.Source]; e.InUse && (!ok || e.ExpiresAt.Before(t)) {

@@ -870,3 +870,30 @@ func TestExpiryRecordRetried(t *testing.T) {
 		t.Errorf("want one warning and one line when recorded:\n%s", out)
 	}
 }
+
+// TestExpiryUnknownExported: a credential whose expiry no source knows
+// (no expires_at, and Graph refuses the app its own registration) is
+// exported as unknown, holdfast_credential_expiry_known 0, for
+// HoldfastCredentialExpiryUnknown: before, it had no series at all, and
+// the expiry alerts could not come for the very case of the February 2025
+// outage. A date set in the configuration makes it known.
+func TestExpiryUnknownExported(t *testing.T) {
+	known := func(e *exchangeEnv) (float64, bool) {
+		return series(scrape(t, e.relays[0]), "holdfast_credential_expiry_known", map[string]string{"credential": "contoso"})
+	}
+	e := newExchangeEnvSim(t, 1, func(c *sim.Config) {
+		c.Tenants[0].Apps[0].GraphRoles = []string{"Mail.Send"} // may not read itself
+	}, nil)
+	waitFor(t, 5*time.Second, "the credential checked", func() bool { return !e.relays[0].Expiry().Expiries()[0].CheckedAt.IsZero() })
+	if v, ok := known(e); !ok || v != 0 {
+		t.Errorf("holdfast_credential_expiry_known{credential=\"contoso\"} = %v (exported: %v), want 0", v, ok)
+	}
+
+	e = newExchangeEnvSim(t, 1, func(c *sim.Config) {
+		c.Tenants[0].Apps[0].GraphRoles = []string{"Mail.Send"}
+	}, func(o *Options) { o.Credentials[0].ExpiresAt = "2027-02-14T11:30:00Z" })
+	waitFor(t, 5*time.Second, "the credential checked", func() bool { return !e.relays[0].Expiry().Expiries()[0].CheckedAt.IsZero() })
+	if v, ok := known(e); !ok || v != 1 {
+		t.Errorf("with expires_at: holdfast_credential_expiry_known{credential=\"contoso\"} = %v (exported: %v), want 1", v, ok)
+	}
+}
