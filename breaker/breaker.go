@@ -953,17 +953,27 @@ func (s *Set) List(ctx context.Context) ([]Status, error) {
 // reads them all (List).
 func (s *Set) Listed(ctx context.Context) ([]Status, error) {
 	s.mu.Lock()
-	if s.listed.IsZero() || time.Since(s.listed) > 2*watchFullEvery*s.o.Poll {
-		s.mu.Unlock()
+	stale := s.listed.IsZero() || time.Since(s.listed) > 2*watchFullEvery*s.o.Poll
+	s.mu.Unlock()
+	if stale {
 		return s.List(ctx)
 	}
+	return s.Known(), nil
+}
+
+// Known is every breaker this Set knows, as it last read or wrote its
+// record, sorted by name, without a read: what Listed returns, however
+// old. While Redis does not answer, nothing changes a record, so it is
+// also what the records hold.
+func (s *Set) Known() []Status {
+	s.mu.Lock()
 	out := make([]Status, 0, len(s.brks))
 	for _, e := range s.brks {
 		out = append(out, e.st)
 	}
 	s.mu.Unlock()
 	slices.SortFunc(out, func(a, b Status) int { return strings.Compare(a.Name, b.Name) })
-	return out, nil
+	return out
 }
 
 // openNames are the breakers this Set holds open.

@@ -80,6 +80,15 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	if err != nil {
 		c.log.Warn("metrics: cannot read the queue", "err", err)
 		ch <- prometheus.NewInvalidMetric(c.depth, err)
+		if c.set != nil {
+			// The breakers as last read: a series that vanished with
+			// Redis would resolve HoldfastBreakerOpen while the
+			// breaker is open.
+			open, _ := openBreakers(c.set.Known(), nil, c.creds)
+			for cr, v := range open {
+				ch <- prometheus.MustNewConstMetric(c.brkOpen, prometheus.GaugeValue, v, cr)
+			}
+		}
 		return
 	}
 	now := c.now()
@@ -111,9 +120,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	list, err := c.set.List(ctx)
 	if err != nil {
-		c.log.Warn("metrics: cannot read the breakers", "err", err)
-		ch <- prometheus.NewInvalidMetric(c.brkOpen, err)
-		return
+		c.log.Warn("metrics: cannot read the breakers; they are shown as last read", "err", err)
+		list = c.set.Known()
 	}
 	open, mbx := openBreakers(list, sum.Routes, c.creds)
 	for cr, v := range open {

@@ -298,3 +298,25 @@ func TestDeliveryOutcomesStartAtZero(t *testing.T) {
 		t.Errorf("holdfast_deliveries_total{outcome=\"delivered\",class=\"none\"} = %v (exported: %v), want 0", v, ok)
 	}
 }
+
+// TestBreakerSeriesThroughRedisOutage: while Redis does not answer, the
+// breaker series stay as last read (nothing changes a record meanwhile):
+// before, they vanished from the scrape, and HoldfastBreakerOpen told the
+// on-call person that an open breaker had resolved.
+func TestBreakerSeriesThroughRedisOutage(t *testing.T) {
+	e := newExchangeEnv(t, 1, nil)
+	r := e.relays[0]
+	ctx := t.Context()
+	if err := r.gate.set.Trip(ctx, credentialBreaker("contoso"), "held for the test"); err != nil {
+		t.Fatal(err)
+	}
+	cred := map[string]string{"credential": "contoso"}
+	if v, ok := series(scrape(t, r), "holdfast_breaker_open", cred); !ok || v != 1 {
+		t.Fatalf("holdfast_breaker_open = %v (exported: %v) with the breaker tripped, want 1", v, ok)
+	}
+	e.f.redis.Pause(t)
+	defer e.f.redis.Resume(t)
+	if v, ok := series(scrape(t, r), "holdfast_breaker_open", cred); !ok || v != 1 {
+		t.Errorf("holdfast_breaker_open = %v (exported: %v) while Redis does not answer, want 1 as last read", v, ok)
+	}
+}
