@@ -34,9 +34,8 @@ type drainCounts struct {
 	dead    int64
 	holds   map[string]string // held route -> reason
 	heldBy  map[string]int64  // held route -> messages
-	// waitingIn are the routes with mail ready or scheduled, and
-	// waitingBy how many messages each has waiting.
-	waitingIn []string
+	// waitingBy are the routes with mail ready or scheduled, and how
+	// many messages each has waiting (see waitingIn).
 	waitingBy map[string]int64
 	// parked are the messages waiting whose mailbox Exchange asked the
 	// fleet to leave alone past the drain's timeout, and waits those
@@ -52,10 +51,10 @@ type drainCounts struct {
 // Graph, which the drain cannot tell from the rest: it waits for it.
 func (c *drainCounts) park(ctx context.Context, e *env, rdb redis.UniversalClient, deadline time.Time) error {
 	c.parked, c.waits = 0, nil
-	if len(c.waitingIn) == 0 {
+	if len(c.waitingBy) == 0 {
 		return nil
 	}
-	waits, err := relay.MailboxWaits(ctx, rdb, c.waitingIn, e.now)
+	waits, err := relay.MailboxWaits(ctx, rdb, c.waitingIn(), e.now)
 	if err != nil {
 		return err
 	}
@@ -66,13 +65,19 @@ func (c *drainCounts) park(ctx context.Context, e *env, rdb redis.UniversalClien
 			c.waits = append(c.waits, w)
 		}
 	}
-	for _, r := range c.waitingIn {
+	for r, n := range c.waitingBy {
 		if m, ok := relay.RouteMailbox(r); ok && past[strings.ToLower(m)] {
-			c.parked += c.waitingBy[r]
+			c.parked += n
 		}
 	}
 	return nil
 }
+
+// waitingIn are the routes with mail ready or scheduled, sorted.
+func (c *drainCounts) waitingIn() []string { return slices.Sorted(maps.Keys(c.waitingBy)) }
+
+// stuck are the messages waiting that the drain waits for: not parked.
+func (c *drainCounts) stuck() int64 { return c.waiting - c.parked }
 
 func countDrain(ctx context.Context, q *queue.Queue, only string) (drainCounts, error) {
 	st, err := q.Stats(ctx)
@@ -86,7 +91,6 @@ func countDrain(ctx context.Context, q *queue.Queue, only string) (drainCounts, 
 		}
 		c.waiting += r.Ready + r.Scheduled + r.Leased
 		if r.Ready+r.Scheduled > 0 {
-			c.waitingIn = append(c.waitingIn, r.Route)
 			c.waitingBy[r.Route] = r.Ready + r.Scheduled + r.Leased
 		}
 		c.held += r.Held
@@ -310,7 +314,7 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 		delivered := max(0, total-c.waiting-c.held-failed)
 		p.show(delivered, c.held, failed)
 		waitProbe := e.now().Before(probeDeadline) && probing(ctx, set, probes, c)
-		if (c.waiting == c.parked && !waitProbe) || !e.now().Before(deadline) {
+		if (c.stuck() == 0 && !waitProbe) || !e.now().Before(deadline) {
 			p.done()
 			break
 		}
@@ -339,9 +343,9 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	if err != nil {
 		return err
 	}
-	if stuck := c.waiting - c.parked; stuck > 0 {
+	if stuck := c.stuck(); stuck > 0 {
 		last := ""
-		if reply := lastWaitingReply(ctx, q, c.waitingIn); reply != "" {
+		if reply := lastWaitingReply(ctx, q, c.waitingIn()); reply != "" {
 			last = " (last reply: " + oneLine(reply, 200) + ")"
 		}
 		why = append(why, fmt.Sprintf("%d messages still waiting after %s%s: is a relay running (holdfast serve) and is its upstream answering?", stuck, *timeout, last))
@@ -361,7 +365,7 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	if c.parked > 0 {
 		sum = append(sum, fmt.Sprintf("%d waiting for their mailbox", c.parked))
 	}
-	if stuck := c.waiting - c.parked; stuck > 0 {
+	if stuck := c.stuck(); stuck > 0 {
 		sum = append(sum, fmt.Sprintf("%d still waiting", stuck))
 	}
 	return errors.New("the queue is not empty: " + strings.Join(sum, ", "))
