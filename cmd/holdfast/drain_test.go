@@ -35,6 +35,30 @@ func fakeWorkers(ctx context.Context, q *queue.Queue, route string) {
 	}
 }
 
+// enqueueEach stores one small message on each route given, in order.
+func enqueueEach(t *testing.T, q *queue.Queue, routes ...string) {
+	t.Helper()
+	for _, route := range routes {
+		if _, _, err := q.Enqueue(t.Context(), queue.Submission{Route: route, App: "crm", From: "billing@contoso.com",
+			To: []string{"ann@example.org"}, Body: []byte("Subject: x\r\n\r\nx\r\n")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// fakeWorkersAfter runs fakeWorkers on route from after the delay (once
+// the command under test has counted the queue) until the test ends.
+func fakeWorkersAfter(t *testing.T, q *queue.Queue, route string, after time.Duration) {
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		time.Sleep(after)
+		fakeWorkers(ctx, q, route)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
 func TestQueueDrain(t *testing.T) {
 	srv := redistest.Start(t)
 	cfg := writeConfig(t, srv.Addr())
@@ -329,23 +353,11 @@ func TestQueueDrainMailboxWaits(t *testing.T) {
 	ctx := t.Context()
 	q := queue.New(rdb, queue.Options{})
 	const waiting, flowing = "app:contoso:billing@contoso.com", "app:contoso:noreply@contoso.com"
-	for _, route := range []string{waiting, waiting, flowing} {
-		if _, _, err := q.Enqueue(ctx, queue.Submission{Route: route, App: "crm", From: "billing@contoso.com",
-			To: []string{"ann@example.org"}, Body: []byte("Subject: x\r\n\r\nx\r\n")}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	enqueueEach(t, q, waiting, waiting, flowing)
 	if _, err := queue.NewLimiter(rdb, nil).HoldMailbox(ctx, "billing@contoso.com", "blocked", 6*time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		time.Sleep(300 * time.Millisecond) // once drain has counted the queue
-		fakeWorkers(wctx, q, flowing)
-	}()
-	defer func() { cancel(); <-done }()
+	fakeWorkersAfter(t, q, flowing, 300*time.Millisecond)
 
 	start := time.Now()
 	r := runCmd(t, "queue", "drain", "--config", cfg, "--timeout", "30s")
@@ -385,23 +397,11 @@ func TestQueueDrainGraphWaitKeepsSMTPMail(t *testing.T) {
 	ctx := t.Context()
 	q := queue.New(rdb, queue.Options{})
 	const route = "mbx:contoso:billing@contoso.com" // delegated: SMTP
-	for range 2 {
-		if _, _, err := q.Enqueue(ctx, queue.Submission{Route: route, App: "crm", From: "billing@contoso.com",
-			To: []string{"ann@example.org"}, Body: []byte("Subject: x\r\n\r\nx\r\n")}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	enqueueEach(t, q, route, route)
 	if _, err := queue.NewLimiter(rdb, nil).HoldMailbox(ctx, "billing@contoso.com", "graph", 6*time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		time.Sleep(time.Second) // the relays deliver this SMTP mail, a moment later
-		fakeWorkers(wctx, q, route)
-	}()
-	defer func() { cancel(); <-done }()
+	fakeWorkersAfter(t, q, route, time.Second) // the relays deliver this SMTP mail, a moment later
 	r := runCmd(t, "queue", "drain", "--config", cfg, "--timeout", "30s")
 	if r.code != 0 || strings.Contains(r.stdout, "wait for their mailbox") {
 		t.Errorf("drain: exit %d\n%s%s", r.code, r.stdout, r.stderr)

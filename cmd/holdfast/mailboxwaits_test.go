@@ -22,12 +22,7 @@ func TestQueueStatsMailboxWaits(t *testing.T) {
 	rdb := srv.Client(t)
 	ctx := t.Context()
 	q := queue.New(rdb, queue.Options{})
-	for _, route := range []string{"app:contoso:billing@contoso.com", "app:contoso:noreply@contoso.com"} {
-		if _, _, err := q.Enqueue(ctx, queue.Submission{Route: route, App: "crm", From: "billing@contoso.com",
-			To: []string{"ann@example.org"}, Body: []byte("Subject: x\r\n\r\nx\r\n")}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	enqueueEach(t, q, "app:contoso:billing@contoso.com", "app:contoso:noreply@contoso.com")
 	lim := queue.NewLimiter(rdb, nil)
 	hold := func(mailbox, kind string, d time.Duration) {
 		t.Helper()
@@ -85,12 +80,7 @@ func TestQueueFlushEndWaits(t *testing.T) {
 	ctx := t.Context()
 	q := queue.New(rdb, queue.Options{})
 	const billing, noreply = "app:contoso:billing@contoso.com", "app:contoso:noreply@contoso.com"
-	for _, route := range []string{billing, noreply} {
-		if _, _, err := q.Enqueue(ctx, queue.Submission{Route: route, App: "crm", From: "billing@contoso.com",
-			To: []string{"ann@example.org"}, Body: []byte("Subject: x\r\n\r\nx\r\n")}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	enqueueEach(t, q, billing, noreply)
 	lim := queue.NewLimiter(rdb, nil)
 	hold := func(mailbox, kind string, d time.Duration) time.Time {
 		t.Helper()
@@ -224,12 +214,7 @@ func TestQueueFlushHeldRoute(t *testing.T) {
 	ctx := t.Context()
 	q := queue.New(srv.Client(t), queue.Options{})
 	const held, flowing = "app:contoso:billing@contoso.com", "app:contoso:noreply@contoso.com"
-	for _, route := range []string{held, held, flowing} {
-		if _, _, err := q.Enqueue(ctx, queue.Submission{Route: route, App: "crm", From: "billing@contoso.com",
-			To: []string{"ann@example.org"}, Body: []byte("Subject: x\r\n\r\nx\r\n")}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	enqueueEach(t, q, held, held, flowing)
 	const why = "credential: breaker cred:contoso open: tripped by an operator"
 	if err := q.HoldRoute(ctx, held, why); err != nil {
 		t.Fatal(err)
