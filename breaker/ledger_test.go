@@ -103,7 +103,7 @@ func newNoticeFleetOn(t *testing.T, n int, lease time.Duration, client func() re
 	})
 	for i := range n {
 		log := slog.Default().With("replica", i)
-		w := newWebhook(rcv.URL+"/"+strconv.Itoa(i), rcv.Client(), log, time.Millisecond)
+		w := newWebhook(rcv.URL+"/"+strconv.Itoa(i), rcv.Client(), log, nil, time.Millisecond)
 		w.slowEvery, w.keepEvery = 20*time.Millisecond, lease/3
 		rdb := client()
 		s := New(rdb, Options{Poll: 50 * time.Millisecond, OnMade: w.Notify, Now: f.clk.Now, Logger: log,

@@ -3,6 +3,7 @@ package breaker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -39,17 +40,31 @@ func (n *Notices) Release(ctx context.Context, kind, name, level string) error {
 	return nil
 }
 
-// Post sends v as JSON to the webhook now, for events other than
-// transitions (e.g. "credential.expiring"). It makes the quick tries of
-// a transition, not the slow ones after them (a caller that waits for it
-// at shutdown must not wait long), and returns when the receiver
-// accepted it, the tries are spent, or ctx ends. Unlike Notify it
-// blocks, so call it from a goroutine that may wait.
-func (w *Webhook) Post(ctx context.Context, v any) error {
+// Post sends v, an event of type event (e.g. "credential.expiring"), as
+// JSON to the webhook now, for events other than transitions. It makes
+// the quick tries of a transition, not the slow ones after them (a
+// caller that waits for it at shutdown must not wait long), and returns
+// when the receiver accepted it, the tries are spent, or ctx ends. Unlike
+// Notify it blocks, so call it from a goroutine that may wait. The
+// metrics count it under event: name it in NewWebhookMetrics.
+func (w *Webhook) Post(ctx context.Context, event string, v any) error {
 	body, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("webhook encode: %w", err)
 	}
-	_, err = w.deliver(ctx, body, time.Time{}, nil)
+	w.mu.Lock()
+	w.posting++
+	w.mx.setPending(w.pendingCount())
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		w.posting--
+		w.mx.setPending(w.pendingCount())
+		w.mu.Unlock()
+	}()
+	_, err = w.deliver(ctx, event, body, time.Time{}, nil)
+	if err != nil && !errors.Is(err, context.Canceled) {
+		w.mx.drop(event)
+	}
 	return err
 }

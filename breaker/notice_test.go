@@ -56,9 +56,9 @@ func TestWebhookPostRetries(t *testing.T) {
 		got <- body
 	}))
 	defer srv.Close()
-	w := newWebhook(srv.URL, srv.Client(), nil, 10*time.Millisecond)
+	w := newWebhook(srv.URL, srv.Client(), nil, nil, 10*time.Millisecond)
 	defer w.Close()
-	if err := w.Post(context.Background(), map[string]any{"type": "credential.expiring", "credential": "contoso"}); err != nil {
+	if err := w.Post(context.Background(), "credential.expiring", map[string]any{"type": "credential.expiring", "credential": "contoso"}); err != nil {
 		t.Fatal(err)
 	}
 	var m map[string]any
@@ -72,7 +72,7 @@ func TestWebhookPostRetries(t *testing.T) {
 	// A receiver that never accepts: the tries end with its error.
 	down.Store(true)
 	calls.Store(0)
-	err := w.Post(context.Background(), map[string]any{"type": "x"})
+	err := w.Post(context.Background(), "x", map[string]any{"type": "x"})
 	if err == nil || calls.Load() != webhookTries {
 		t.Fatalf("err %v after %d calls", err, calls.Load())
 	}

@@ -40,6 +40,11 @@ const (
 // post are kept alive every NoticeLease/3, ended when each is posted or
 // given up, and handed back at Close: a transition whose relay was killed
 // or stopped before posting it is posted by another.
+//
+// With WebhookMetrics it counts each try by event and outcome, each
+// notice it gives up or pushes out of its queue, and the notices it has
+// still to post: a receiver that fails shows in Prometheus, not only in
+// the log.
 type Webhook struct {
 	url       string
 	client    *http.Client
@@ -48,6 +53,7 @@ type Webhook struct {
 	slowEvery time.Duration
 	patience  time.Duration
 	keepEvery time.Duration
+	mx        *WebhookMetrics
 
 	ctx    context.Context // ends at Close
 	cancel context.CancelFunc
@@ -61,6 +67,7 @@ type Webhook struct {
 	// redo are transitions posted whose claims were taken over again
 	// (their NoticeDone failed): keep ends them.
 	redo    []Transition
+	posting int // Post calls under way
 	wake    chan struct{}
 	stopped bool
 }
@@ -81,13 +88,13 @@ type Ledger interface {
 const ledgerTimeout = 2 * time.Second
 
 // NewWebhook starts a notifier posting to url with client (default
-// http.DefaultClient) and log (default slog.Default()). Call Close to
-// stop it.
-func NewWebhook(url string, client *http.Client, log *slog.Logger) *Webhook {
-	return newWebhook(url, client, log, webhookBackoff)
+// http.DefaultClient) and log (default slog.Default()), counting in m
+// (nil counts nothing). Call Close to stop it.
+func NewWebhook(url string, client *http.Client, log *slog.Logger, m *WebhookMetrics) *Webhook {
+	return newWebhook(url, client, log, m, webhookBackoff)
 }
 
-func newWebhook(url string, client *http.Client, log *slog.Logger, backoff time.Duration) *Webhook {
+func newWebhook(url string, client *http.Client, log *slog.Logger, m *WebhookMetrics, backoff time.Duration) *Webhook {
 	if client == nil {
 		client = http.DefaultClient
 	}
@@ -118,6 +125,7 @@ func newWebhook(url string, client *http.Client, log *slog.Logger, backoff time.
 		slowEvery: webhookSlowEvery,
 		patience:  webhookPatience,
 		keepEvery: NoticeLease / 3,
+		mx:        m,
 		ctx:       ctx,
 		cancel:    cancel,
 		wake:      make(chan struct{}, 1),
@@ -163,8 +171,10 @@ func (w *Webhook) Notify(t Transition) {
 		w.queue = w.queue[1:]
 		w.log.Warn("webhook queue full, dropping oldest transition",
 			"breaker", old.Name, "to", old.To, "generation", old.Generation)
+		w.mx.drop(EventTransition)
 	}
 	w.queue = append(w.queue, t)
+	w.mx.setPending(w.pendingCount())
 	w.mu.Unlock()
 	select {
 	case w.wake <- struct{}{}:
@@ -186,6 +196,7 @@ func (w *Webhook) Close() {
 	w.mu.Lock()
 	left := w.pending()
 	w.queue, w.current = nil, nil
+	w.mx.setPending(w.pendingCount())
 	l := w.ledger
 	w.mu.Unlock()
 	if l != nil && len(left) > 0 {
@@ -203,6 +214,16 @@ func (w *Webhook) pending() []Transition {
 		out = append(out, *w.current)
 	}
 	return append(out, w.queue...)
+}
+
+// pendingCount is the number of notices still to post: the transitions
+// of pending and the events being posted. w.mu is held.
+func (w *Webhook) pendingCount() int {
+	n := len(w.queue) + w.posting
+	if w.current != nil {
+		n++
+	}
+	return n
 }
 
 func (w *Webhook) loop() {
@@ -241,6 +262,7 @@ func (w *Webhook) loop() {
 		// Watch, is not posted again.
 		w.mu.Lock()
 		w.current = nil
+		w.mx.setPending(w.pendingCount())
 		if t.ID != "" {
 			w.recent = append(w.recent, noticeMember(t))
 			if len(w.recent) > webhookQueue {
@@ -293,7 +315,7 @@ func (w *Webhook) send(ctx context.Context, t Transition) bool {
 	if made.IsZero() || made.After(time.Now()) {
 		made = time.Now()
 	}
-	tries, err := w.deliver(ctx, body, made.Add(w.patience), func(try int, delay time.Duration, err error) {
+	tries, err := w.deliver(ctx, EventTransition, body, made.Add(w.patience), func(try int, delay time.Duration, err error) {
 		w.log.Warn("webhook failed, retrying", "breaker", t.Name, "try", try, "in", delay, "err", err)
 	})
 	switch {
@@ -305,18 +327,21 @@ func (w *Webhook) send(ctx context.Context, t Transition) bool {
 	case err != nil:
 		w.log.Error("webhook failed, giving up", "breaker", t.Name, "to", t.To,
 			"generation", t.Generation, "tries", tries, "err", err)
+		w.mx.drop(EventTransition)
 	}
 	return true
 }
 
-// deliver posts body up to webhookTries times, doubling the delay from
-// w.backoff between tries, then every w.slowEvery while the next try
-// comes before until; it calls retrying before each wait. It returns the
-// tries made and the last error, nil once the receiver accepted it; when
-// ctx ends during a wait, tries is 0 and the error wraps ctx's.
-func (w *Webhook) deliver(ctx context.Context, body []byte, until time.Time, retrying func(try int, delay time.Duration, err error)) (int, error) {
+// deliver posts body, a notice of event, up to webhookTries times,
+// doubling the delay from w.backoff between tries, then every
+// w.slowEvery while the next try comes before until; it calls retrying
+// before each wait, and counts each try. It returns the tries made and
+// the last error, nil once the receiver accepted it; when ctx ends during
+// a wait, tries is 0 and the error wraps ctx's.
+func (w *Webhook) deliver(ctx context.Context, event string, body []byte, until time.Time, retrying func(try int, delay time.Duration, err error)) (int, error) {
 	for try := 1; ; try++ {
 		err := w.post(ctx, body)
+		w.mx.posted(event, err)
 		if err == nil || ctx.Err() != nil {
 			return try, err
 		}

@@ -30,7 +30,7 @@ func TestWebhookRetries(t *testing.T) {
 		got <- body
 	}))
 	defer srv.Close()
-	w := newWebhook(srv.URL, srv.Client(), nil, 10*time.Millisecond)
+	w := newWebhook(srv.URL, srv.Client(), nil, nil, 10*time.Millisecond)
 	defer w.Close()
 
 	at := time.UnixMilli(1_800_000_000_000).UTC()
@@ -72,7 +72,7 @@ func TestWebhookGivesUp(t *testing.T) {
 		w.WriteHeader(http.StatusInternalServerError)
 	}))
 	defer srv.Close()
-	w := newWebhook(srv.URL, srv.Client(), nil, time.Millisecond)
+	w := newWebhook(srv.URL, srv.Client(), nil, nil, time.Millisecond)
 	w.slowEvery, w.patience = 5*time.Millisecond, 100*time.Millisecond
 	w.Notify(Transition{Name: "a", To: Open})
 	w.Notify(Transition{Name: "b", To: Open})
@@ -130,7 +130,7 @@ func TestWebhookOutlivesOutage(t *testing.T) {
 		got <- tr.Breaker
 	}))
 	defer srv.Close()
-	w := newWebhook(srv.URL, srv.Client(), nil, time.Millisecond)
+	w := newWebhook(srv.URL, srv.Client(), nil, nil, time.Millisecond)
 	w.slowEvery, w.patience = 5*time.Millisecond, time.Minute
 	defer w.Close()
 	w.Notify(Transition{Name: "a", To: Open})
@@ -160,7 +160,7 @@ func TestWebhookPatienceFromTransition(t *testing.T) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}))
 	defer srv.Close()
-	w := newWebhook(srv.URL, srv.Client(), nil, time.Millisecond)
+	w := newWebhook(srv.URL, srv.Client(), nil, nil, time.Millisecond)
 	w.slowEvery, w.patience = 5*time.Millisecond, time.Minute
 	w.Notify(Transition{Name: "a", To: Open, At: time.Now().Add(-2 * time.Minute)})
 	deadline := time.Now().Add(5 * time.Second)
@@ -187,7 +187,7 @@ func TestWebhookNeverBlocks(t *testing.T) {
 		mu.Unlock()
 	}))
 	defer srv.Close()
-	w := newWebhook(srv.URL, srv.Client(), nil, time.Millisecond)
+	w := newWebhook(srv.URL, srv.Client(), nil, nil, time.Millisecond)
 
 	start := time.Now()
 	const n = 3 * webhookQueue
@@ -226,7 +226,7 @@ func TestWebhookNeverBlocks(t *testing.T) {
 // TestWebhookErrorHidesURL: a failed POST is logged without the URL, whose
 // path often carries a token.
 func TestWebhookErrorHidesURL(t *testing.T) {
-	w := newWebhook("http://127.0.0.1:1/hooks/T0KEN-s3cret", http.DefaultClient, nil, time.Millisecond)
+	w := newWebhook("http://127.0.0.1:1/hooks/T0KEN-s3cret", http.DefaultClient, nil, nil, time.Millisecond)
 	defer w.Close()
 	err := w.post(t.Context(), []byte("{}"))
 	if err == nil || strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "webhook POST") {
@@ -250,7 +250,7 @@ func TestWebhookRepostsAfterForget(t *testing.T) {
 		mu.Unlock()
 	}))
 	defer srv.Close()
-	w := newWebhook(srv.URL, srv.Client(), nil, time.Millisecond)
+	w := newWebhook(srv.URL, srv.Client(), nil, nil, time.Millisecond)
 	defer w.Close()
 	first := Transition{ID: "cred:contoso@1", Name: "cred:contoso", To: Open, Generation: 1,
 		At: time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)}
@@ -308,7 +308,7 @@ func TestWebhookEndsRetakenClaim(t *testing.T) {
 	var posts atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { posts.Add(1) }))
 	defer srv.Close()
-	w := newWebhook(srv.URL, srv.Client(), nil, time.Millisecond)
+	w := newWebhook(srv.URL, srv.Client(), nil, nil, time.Millisecond)
 	w.keepEvery = 10 * time.Millisecond
 	l := &doneLedger{}
 	w.Track(l)
@@ -376,7 +376,7 @@ func TestWebhookRedirectIsNotDelivery(t *testing.T) {
 	})
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
-	w := newWebhook(srv.URL+"/hook", srv.Client(), slog.New(slog.DiscardHandler), 10*time.Millisecond)
+	w := newWebhook(srv.URL+"/hook", srv.Client(), slog.New(slog.DiscardHandler), nil, 10*time.Millisecond)
 	w.slowEvery, w.patience = 20*time.Millisecond, time.Minute
 	defer w.Close()
 

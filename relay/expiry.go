@@ -122,9 +122,9 @@ type noticeClaimer interface {
 	Release(ctx context.Context, kind, name, level string) error
 }
 
-// eventPoster posts a webhook event (breaker.Webhook).
+// eventPoster posts a webhook event of a type (breaker.Webhook).
 type eventPoster interface {
-	Post(ctx context.Context, v any) error
+	Post(ctx context.Context, event string, v any) error
 }
 
 // expiryConfig builds an ExpiryMonitor.
@@ -665,7 +665,7 @@ func (l *eventLine) post(ctx context.Context, p eventPoster, log *slog.Logger, k
 		}
 		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), expiryEventTimeout)
 		defer cancel()
-		if err := p.Post(pctx, ev); err != nil {
+		if err := p.Post(pctx, kind, ev); err != nil {
 			log.Error("cannot post "+kind, "credential", credential, "err", err)
 			if failed != nil {
 				failed()

@@ -401,7 +401,7 @@ type memEvents struct {
 	got []ExpiringEvent
 }
 
-func (p *memEvents) Post(_ context.Context, v any) error {
+func (p *memEvents) Post(_ context.Context, _ string, v any) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.got = append(p.got, v.(ExpiringEvent))
@@ -681,7 +681,7 @@ type slowPoster struct {
 	later chan struct{} // closed when another event is recorded
 }
 
-func (p *slowPoster) Post(_ context.Context, v any) error {
+func (p *slowPoster) Post(_ context.Context, _ string, v any) error {
 	ev := v.(RotationEvent)
 	name := ev.Credential + ":" + ev.Step
 	slow := name == "a:"+RotationCreated
@@ -732,7 +732,7 @@ type flakyEvents struct {
 	fail int
 }
 
-func (p *flakyEvents) Post(ctx context.Context, v any) error {
+func (p *flakyEvents) Post(ctx context.Context, event string, v any) error {
 	p.mu.Lock()
 	if p.fail > 0 {
 		p.fail--
@@ -740,7 +740,7 @@ func (p *flakyEvents) Post(ctx context.Context, v any) error {
 		return errors.New("webhook: 503 Service Unavailable")
 	}
 	p.mu.Unlock()
-	return p.memEvents.Post(ctx, v)
+	return p.memEvents.Post(ctx, event, v)
 }
 
 // TestExpiryNoticeAfterFailedPost: a day's expiry notice that could not

@@ -185,8 +185,10 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		bo.Replica = o.Replica
 		if o.Breakers.WebhookURL != "" {
 			// One webhook per transition fleet-wide: from the replica
-			// whose script made it.
-			s.webhook = breaker.NewWebhook(o.Breakers.WebhookURL, &http.Client{Timeout: 10 * time.Second}, log)
+			// whose script made it. Its metrics start every event this
+			// relay posts at zero.
+			mx := breaker.NewWebhookMetrics(s.reg, EventCredentialExpiring, EventCredentialRotation)
+			s.webhook = breaker.NewWebhook(o.Breakers.WebhookURL, &http.Client{Timeout: 10 * time.Second}, log, mx)
 			bo.OnMade = s.webhook.Notify
 		}
 		g.set = breaker.New(s.rdb, bo)

@@ -162,7 +162,8 @@ func RotateCredential(ctx context.Context, o Options, name string, print bool, l
 	defer rdb.Close()
 	var webhook *breaker.Webhook
 	if o.Breakers.WebhookURL != "" {
-		webhook = breaker.NewWebhook(o.Breakers.WebhookURL, &http.Client{Timeout: 10 * time.Second}, log)
+		// A command's run is not scraped: no metrics.
+		webhook = breaker.NewWebhook(o.Breakers.WebhookURL, &http.Client{Timeout: 10 * time.Second}, log, nil)
 		defer webhook.Close()
 	}
 	reload := func(name string) error {
