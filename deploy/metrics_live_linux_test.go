@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -99,6 +100,9 @@ func TestMetricsExported(t *testing.T) {
 	caFile := write("sim-ca.pem", string(s.CACertPEM()))
 	grantKey := write("grants.key", strings.Repeat("ab", 32))
 	httpAddr, opsAddr := freeAddr(t), freeAddr(t)
+	// The operators' webhook, which takes every notice.
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.Copy(io.Discard, r.Body) }))
+	t.Cleanup(hook.Close)
 	config := write("holdfast.yaml", fmt.Sprintf(`hostname: relay.test
 redis:
   addrs: [%q]
@@ -112,6 +116,8 @@ http:
   admin_token_sha256: %s
 ops:
   addr: %s
+breakers:
+  webhook_url: %q
 delivery:
   sender: exchange
   poll: 100ms
@@ -133,7 +139,7 @@ exchange:
   graph_url: %q
   ca_file: %q
   grant_key_file: %q
-`, rds.Addr(), httpAddr, sha256Hex(liveAdmin), opsAddr, sha256Hex(liveAppToken), liveMailbox,
+`, rds.Addr(), httpAddr, sha256Hex(liveAdmin), opsAddr, hook.URL+"/hooks/live", sha256Hex(liveAppToken), liveMailbox,
 		liveTenant, liveClientID, s.AuthorityURL(), secretFile, s.SMTPAddr(), s.GraphURL(), caFile, grantKey))
 
 	var logs lockedBuffer
@@ -212,12 +218,16 @@ exchange:
 		var m struct{ State string }
 		return json.Unmarshal(b, &m) == nil && m.State == "delivered"
 	})
-	// A breaker transition each way.
+	// A breaker transition each way, each posted on the webhook.
 	for _, action := range []string{"trip", "reset"} {
 		if code, b := call("POST", "http://"+httpAddr+"/v1/breakers/cred:contoso/"+action, liveAdmin, ""); code != http.StatusOK {
 			t.Fatalf("breaker %s: %d %s", action, code, b)
 		}
 	}
+	wait("both transitions posted on the webhook", func() bool {
+		_, b := call("GET", "http://"+opsAddr+"/metrics", "", "")
+		return bytes.Contains(b, []byte(`holdfast_webhook_posts_total{event="breaker.transition",outcome="delivered"} 2`))
+	})
 
 	// A delegated grant, which the relay counts once it has looked.
 	rt := s.IssueRefreshToken(liveTenant, liveClientID, "someone@contoso.example")

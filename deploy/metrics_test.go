@@ -43,6 +43,9 @@ var agreedMetrics = map[string]metric{
 	"holdfast_redis_memory_used_bytes":             {"gauge", []string{"node"}},
 	"holdfast_redis_maxmemory_bytes":               {"gauge", []string{"node"}},
 	"holdfast_replica_name_shared":                 {"gauge", nil},
+	"holdfast_webhook_posts_total":                 {"counter", []string{"event", "outcome"}},
+	"holdfast_webhook_notices_dropped_total":       {"counter", []string{"event"}},
+	"holdfast_webhook_notices_pending":             {"gauge", nil},
 	"holdfast_build_info":                          {"gauge", []string{"version", "goversion"}},
 }
 
