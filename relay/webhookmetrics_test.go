@@ -136,3 +136,51 @@ func TestWebhookFailuresCounted(t *testing.T) {
 		t.Error("the metrics or the logs show the webhook URL's token")
 	}
 }
+
+// TestWebhookExpiryNoticeCounted: a credential.expiring warning that a
+// receiver answering 500 never takes counts its quick tries as failed
+// and itself as dropped, under its own event; the next check posts it
+// again, and once the receiver answers it counts as delivered.
+func TestWebhookExpiryNoticeCounted(t *testing.T) {
+	var broken atomic.Bool
+	broken.Store(true)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		if broken.Load() {
+			http.Error(w, "receiver broken", http.StatusInternalServerError)
+		}
+	}))
+	t.Cleanup(hook.Close)
+	e := newExchangeEnv(t, 1, func(o *Options) {
+		o.Breakers.WebhookURL = hook.URL
+		o.Expiry.CheckInterval = Duration(2 * time.Second)
+		o.Credentials[0].ExpiresAt = time.Now().Add(20 * 24 * time.Hour).UTC().Format(time.DateOnly)
+	})
+	r := e.relays[0]
+	count := func(name string, labels map[string]string) float64 {
+		t.Helper()
+		v, ok := series(scrape(t, r), name, labels)
+		if !ok {
+			t.Fatalf("no series %s %v in /metrics", name, labels)
+		}
+		return v
+	}
+	expiring := func(outcome string) map[string]string {
+		return map[string]string{"event": EventCredentialExpiring, "outcome": outcome}
+	}
+	dropped := map[string]string{"event": EventCredentialExpiring}
+
+	waitFor(t, 20*time.Second, "the warning given up", func() bool {
+		return count("holdfast_webhook_notices_dropped_total", dropped) >= 1
+	})
+	if f, d := count("holdfast_webhook_posts_total", expiring("failed")), count("holdfast_webhook_posts_total", expiring("delivered")); f < 5 || d != 0 {
+		t.Errorf("posts_total{credential.expiring}: failed %v, delivered %v; want at least the 5 quick tries failed, none delivered", f, d)
+	}
+	broken.Store(false)
+	waitFor(t, 20*time.Second, "the warning delivered at a later check", func() bool {
+		return count("holdfast_webhook_posts_total", expiring("delivered")) == 1
+	})
+	if v := count("holdfast_webhook_posts_total", map[string]string{"event": breaker.EventTransition, "outcome": "failed"}); v != 0 {
+		t.Errorf("posts_total{breaker.transition,failed} = %v with no transition made, want 0", v)
+	}
+}
