@@ -127,3 +127,27 @@ func TestDurationDays(t *testing.T) {
 		}
 	}
 }
+
+// TestWebhookURLNotEchoed checks that a webhook URL the configuration
+// check refuses is not printed: its path or query often holds the
+// receiver's token, and the error goes to logs and terminals.
+func TestWebhookURLNotEchoed(t *testing.T) {
+	for _, u := range []string{
+		"ftp://hooks.example/hooks/s3cr3t-token",
+		"https:///hooks/s3cr3t-token",
+		"hooks.example/hooks/s3cr3t-token",
+		"https://hooks.example/hooks/s3cr3t-token%zz",
+		"https://user:s3cr3t-token@[::1/hooks",
+	} {
+		o := exchangeTestOptions()
+		o.Breakers.WebhookURL = u
+		err := o.Validate()
+		if err == nil || !strings.HasPrefix(err.Error(), "breakers.webhook_url:") {
+			t.Errorf("%q: got %v, want an error naming breakers.webhook_url", u, err)
+			continue
+		}
+		if strings.Contains(err.Error(), "s3cr3t") {
+			t.Errorf("%q: the error prints the URL: %v", u, err)
+		}
+	}
+}

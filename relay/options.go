@@ -763,8 +763,8 @@ func (o *Options) Validate() error {
 			return err
 		}
 		if u := o.Breakers.WebhookURL; u != "" {
-			if pu, err := url.Parse(u); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
-				return bad("breakers.webhook_url", "%q is not an http or https URL", u)
+			if why := webhookURLFault(u); why != "" {
+				return bad("breakers.webhook_url", "is not an http or https URL: %s (the URL is not printed: it may hold the receiver's token)", why)
 			}
 		}
 	case "dir":
@@ -865,6 +865,28 @@ func parseLevel(s string) (slog.Level, error) {
 }
 
 // bad is a validation error naming the field, as "field: what is wrong".
+// webhookURLFault says what makes u unfit for a webhook, without
+// quoting it: "" when it is an http or https URL with a host.
+func webhookURLFault(u string) string {
+	pu, err := url.Parse(u)
+	switch {
+	case err != nil:
+		// url.Error quotes the URL: only the reason is given.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return "it does not parse (" + err.Error() + ")"
+	case pu.Scheme == "":
+		return "it has no scheme; write it as https://HOST/PATH"
+	case pu.Scheme != "https" && pu.Scheme != "http":
+		return fmt.Sprintf("its scheme is %q", pu.Scheme)
+	case pu.Host == "":
+		return "it has no host"
+	}
+	return ""
+}
+
 func bad(field, format string, args ...any) error {
 	return fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...))
 }
