@@ -8,3 +8,17 @@ func SetAfterTransaction(t interface{ Cleanup(func()) }, f func()) {
 	afterTransaction = f
 	t.Cleanup(func() { afterTransaction = nil })
 }
+
+// LostSlots is how many of the sender's connections hold a slot taken
+// for lost and are not closed yet.
+func (s *SMTPSender) LostSlots() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for c := range s.live {
+		if c.lost {
+			n++
+		}
+	}
+	return n
+}

@@ -228,7 +228,8 @@ type conn struct {
 	// lost says its slot expired and may be another's now (a Redis
 	// failover that lost the slot, a replica stalled past slotTTL): the
 	// connection is closed as soon as it is idle, so that the mailbox
-	// stays within its connection limit. Under SMTPSender.mu.
+	// stays within its connection limit, and not handed to a send
+	// (granted). Under SMTPSender.mu.
 	lost bool
 }
 
@@ -343,7 +344,8 @@ func (s *SMTPSender) renew(c *conn, every time.Duration) {
 }
 
 // loseSlot closes a connection whose slot expired: at once when it is
-// idle, or when its send ends (put).
+// idle, when its send ends (put), or when a grant hands it to a send
+// (granted).
 func (s *SMTPSender) loseSlot(c *conn) {
 	s.mu.Lock()
 	c.lost = true
@@ -356,6 +358,13 @@ func (s *SMTPSender) loseSlot(c *conn) {
 	if i >= 0 {
 		s.quits.Go(func() { s.quit(c) })
 	}
+}
+
+// slotLost reports whether c's slot was taken for lost (conn.lost).
+func (s *SMTPSender) slotLost(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return c.lost
 }
 
 // slotTTL is how long a connection slot lives without renewal: a
@@ -505,10 +514,17 @@ func (s *SMTPSender) takeIdle(mailbox string) *conn {
 }
 
 // granted returns the grant's connection, or a new one on the grant's
-// slot (also when the granted connection no longer answers).
+// slot (also when the granted connection no longer answers). A granted
+// connection whose slot was lost while the grant waited is closed, and
+// the send takes another connection, with a slot of its own (get).
 func (s *SMTPSender) granted(ctx context.Context, r Route, g *Grant) (*conn, error) {
 	slot := g.slot
 	if c := g.conn; c != nil {
+		if s.slotLost(c) {
+			g.s = nil
+			s.quit(c)
+			return s.get(ctx, r)
+		}
 		if c.w != nil || c.c.Reset() == nil {
 			g.s = nil
 			return c, nil
