@@ -2,10 +2,23 @@ package o365_test
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"golang.org/x/oauth2/clientcredentials"
+
+	"holdfast/cmd/o365sim/sim"
+	"holdfast/queue"
+	"holdfast/queue/redistest"
 	"holdfast/relay/o365"
+	"holdfast/relay/upstream"
 )
 
 // waitLost waits until n of the sender's connections hold a slot taken
@@ -54,5 +67,263 @@ func TestLostSlotGrantRefused(t *testing.T) {
 	}
 	if got := k.received(); len(got) != 2 {
 		t.Errorf("%d messages received, want 2", len(got))
+	}
+}
+
+// TestLostSlotNoNewTransaction: a send whose connection's slot is found
+// lost after the connection was taken and before its transaction began
+// (here while the route's check runs) does not start the transaction
+// (MAIL FROM) on it: the message goes on a connection with a slot of its
+// own.
+func TestLostSlotNoNewTransaction(t *testing.T) {
+	limits := &lostLimits{}
+	var lose atomic.Bool
+	var s *o365.SMTPSender
+	k, p, s := newSinkSenderEdit(t, func(o *o365.SMTPOptions) {
+		o.Limits = limits
+		o.IdleTimeout = 2 * time.Second
+		o.Router = func(context.Context, *queue.Message) (o365.Route, error) {
+			return o365.Route{Mailbox: "box@contoso.com", Tokens: fixedToken{}, Kind: o365.AppOnly,
+				Check: func(context.Context) error {
+					if lose.CompareAndSwap(true, false) {
+						limits.lost.Store(true)
+						waitLost(t, s, 1)
+					}
+					return nil
+				}}, nil
+		}
+	})
+	ctx := context.Background()
+	if _, err := s.Send(ctx, sinkMessage(0, "a@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	lose.Store(true)
+	if _, err := s.Send(ctx, sinkMessage(1, "a@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.conns.Load(); got != 2 {
+		t.Errorf("%d connections opened, want 2: a transaction began on the connection whose slot was lost", got)
+	}
+	if got := limits.acquired.Load(); got != 2 {
+		t.Errorf("%d slots taken, want 2", got)
+	}
+	if got := k.received(); len(got) != 2 {
+		t.Errorf("%d messages received, want 2", len(got))
+	}
+}
+
+// TestLostSlotLetsDataFinish: a transaction past its data when the slot
+// is found lost runs to its end: the message is delivered once, with its
+// reply, and the connection is closed after it, not used again.
+func TestLostSlotLetsDataFinish(t *testing.T) {
+	limits := &lostLimits{}
+	k, p, s := newSinkSenderEdit(t, func(o *o365.SMTPOptions) {
+		o.Limits = limits
+		o.IdleTimeout = 2 * time.Second
+	})
+	ctx := context.Background()
+	if _, err := s.Send(ctx, sinkMessage(0, "a@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	var once atomic.Bool
+	k.mu.Lock()
+	k.onData = func() {
+		if once.CompareAndSwap(false, true) {
+			limits.lost.Store(true)
+			waitLost(t, s, 1)
+		}
+	}
+	k.mu.Unlock()
+	reply, err := s.Send(ctx, sinkMessage(1, "a@example.org"))
+	if err != nil || !strings.HasPrefix(reply, "250 ") {
+		t.Fatalf("the send whose slot was lost after its data: %q, %v", reply, err)
+	}
+	if got := k.received(); len(got) != 2 {
+		t.Fatalf("%d messages received, want 2", len(got))
+	}
+	if n := s.LostSlots(); n != 0 {
+		t.Errorf("%d connections whose slot was lost still open after their send", n)
+	}
+	limits.lost.Store(false)
+	if _, err := s.Send(ctx, sinkMessage(2, "a@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.conns.Load(); got != 2 {
+		t.Errorf("%d connections opened, want 2", got)
+	}
+}
+
+// TestLostSlotsMeetConnectionLimit: two relays, A and B, share a
+// mailbox's 3 connection slots in a real Redis and send to the
+// simulator, which answers a 4th connection with 432 4.3.2. A holds the
+// 3 slots, each connection taken for a send (by a grant, or waiting for
+// its MAIL FROM); Redis loses the slot records (a failover). Once A's
+// reaper has found them lost, A sends large messages on what it had
+// taken, and 200 ms later B, whose mail waited for a slot, takes the
+// slots Redis has free. No connection meets 432: A's sends go on
+// connections of new slots, and B finds none free.
+func TestLostSlotsMeetConnectionLimit(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	limiter := queue.NewLimiter(rdb, nil)
+	sm := startSim(t)
+	p := newProxy(t, sm.SMTPAddr(), nil)
+	p.slow.Store(true) // A's messages take 0.6 s or more to go out
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: sm.RootCAs()}
+	t.Cleanup(tr.CloseIdleConnections)
+	tokens := &simTokens{client: &http.Client{Transport: tr, Timeout: 10 * time.Second}, cfg: clientcredentials.Config{
+		ClientID: clientID, ClientSecret: secret, TokenURL: sm.TokenURL(tenant), Scopes: []string{"https://outlook.office365.com/.default"}}}
+
+	type gate struct{ arrived, open chan struct{} }
+	var held atomic.Pointer[gate]
+	check := func(context.Context) error {
+		if g := held.Load(); g != nil {
+			g.arrived <- struct{}{}
+			<-g.open
+		}
+		return nil
+	}
+	newSender := func(addr string) *o365.SMTPSender {
+		s, err := o365.NewSMTPSender(o365.SMTPOptions{
+			Addr: addr, TLS: &tls.Config{RootCAs: sm.RootCAs()},
+			CommandTimeout: 10 * time.Second, DataTimeout: 10 * time.Second,
+			IdleTimeout: 2 * time.Second, PerMinute: 1000, Limits: limiter,
+			Router: func(context.Context, *queue.Message) (o365.Route, error) {
+				return o365.Route{Mailbox: mailbox, Tokens: tokens, Kind: o365.AppOnly, Check: check}, nil
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	// Bodies are made once, before the sends: A's sends must reach
+	// their connections within B's 200 ms.
+	body := func(lines int) []byte {
+		return []byte("From: <" + mailbox + ">\r\nTo: <x@example.org>\r\nSubject: t\r\n\r\n" +
+			strings.Repeat(strings.Repeat("z", 998)+"\r\n", lines))
+	}
+	small, large := body(1), body(8<<10) // 8 MB
+	// sendAll sends body once per grant (none: without one) at once, and
+	// returns their errors.
+	sendAll := func(s *o365.SMTPSender, grants []*o365.Grant, id string, body []byte) []error {
+		errs := make([]error, len(grants))
+		var wg sync.WaitGroup
+		for i, g := range grants {
+			m := &queue.Message{ID: fmt.Sprint(id, i), From: mailbox, To: []string{"x@example.org"}, Body: body}
+			wg.Go(func() {
+				ctx := context.Background()
+				if g != nil {
+					ctx = o365.WithGrant(ctx, g)
+				}
+				_, errs[i] = s.Send(ctx, m)
+			})
+		}
+		wg.Wait()
+		return errs
+	}
+	ctx := context.Background()
+	var met, sends, over int
+	for _, kind := range []string{"granted", "before MAIL FROM"} {
+		for round := range 2 {
+			if err := rdb.FlushDB(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+			a, b := newSender(p.ln.Addr().String()), newSender(sm.SMTPAddr())
+			// A opens 3 connections: its 3 sends wait in the check, each
+			// with its own, until all 3 are there.
+			warm := &gate{arrived: make(chan struct{}, 3), open: make(chan struct{})}
+			held.Store(warm)
+			var opened sync.WaitGroup
+			opened.Go(func() {
+				for range 3 {
+					<-warm.arrived
+				}
+				held.Store(nil)
+				close(warm.open)
+			})
+			warmErrs := sendAll(a, make([]*o365.Grant, 3), "warm", small)
+			opened.Wait()
+			for _, err := range warmErrs {
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if g, _, _ := b.Reserve(ctx, mailbox, 1); len(g) != 0 {
+				t.Fatal("B found a slot free while A held the mailbox's 3")
+			}
+			var aErrs []error
+			var aDone sync.WaitGroup
+			// A's sends go on when the slots are found lost.
+			g := &gate{arrived: make(chan struct{}, 3), open: make(chan struct{})}
+			switch kind {
+			case "granted":
+				grants, _, err := a.Reserve(ctx, mailbox, 3)
+				if err != nil || len(grants) != 3 {
+					t.Fatalf("A reserved %d, %v", len(grants), err)
+				}
+				aDone.Go(func() {
+					<-g.open
+					aErrs = sendAll(a, grants, "a", large)
+				})
+			case "before MAIL FROM":
+				held.Store(g)
+				aDone.Go(func() { aErrs = sendAll(a, make([]*o365.Grant, 3), "a", large) })
+				for range 3 {
+					<-g.arrived
+				}
+				held.Store(nil)
+			}
+			if err := rdb.FlushDB(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+			waitLost(t, a, 3)
+			close(g.open)
+			time.Sleep(200 * time.Millisecond)
+			grants, _, err := b.Reserve(ctx, mailbox, 3)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bErrs := sendAll(b, grants, "b", small)
+			aDone.Wait()
+			for _, err := range append(aErrs, bErrs...) {
+				sends++
+				var ue *upstream.Error
+				if errors.As(err, &ue) && ue.Code == 432 {
+					met++
+				} else if err != nil {
+					t.Errorf("%s, round %d: %v", kind, round, err)
+				}
+			}
+			if n := sm.Counters().Mailboxes[mailbox].MaxConcurrentSMTP; n > 3 {
+				over++
+				t.Logf("%s, round %d: %d connections at once as the mailbox; B took %d slots", kind, round, n, len(grants))
+			}
+			a.Close()
+			b.Close()
+			waitSimIdle(t, sm)
+		}
+	}
+	t.Logf("%d of %d sends met 432 4.3.2; %d of 4 rounds went over 3 connections", met, sends, over)
+	if met > 0 || over > 0 {
+		t.Errorf("%d sends met 432, %d rounds went over the mailbox's 3 connections; want none", met, over)
+	}
+}
+
+// waitSimIdle waits until the simulator has no SMTP session open as
+// the mailbox, and clears its counters.
+func waitSimIdle(t *testing.T, sm *sim.Sim) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		sm.Reset()
+		if sm.Counters().Mailboxes[mailbox].MaxConcurrentSMTP == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the simulator still has sessions open as the mailbox after 10 s")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -28,6 +28,9 @@ import (
 type sink struct {
 	mu  sync.Mutex
 	got []string // "from>to,to:body"
+	// onData, when set, runs when a message has come whole, before the
+	// sink takes it and replies.
+	onData func()
 }
 
 func (k *sink) NewSession(*smtp.Conn) (smtp.Session, error) { return &sinkSession{k: k}, nil }
@@ -57,6 +60,12 @@ func (s *sinkSession) Data(r io.Reader) error {
 	b, err := io.ReadAll(r)
 	if err != nil {
 		return err
+	}
+	s.k.mu.Lock()
+	onData := s.k.onData
+	s.k.mu.Unlock()
+	if onData != nil {
+		onData()
 	}
 	s.k.mu.Lock()
 	s.k.got = append(s.k.got, s.from+">"+strings.Join(s.to, ",")+":"+string(b))

@@ -228,8 +228,9 @@ type conn struct {
 	// lost says its slot expired and may be another's now (a Redis
 	// failover that lost the slot, a replica stalled past slotTTL): the
 	// connection is closed as soon as it is idle, so that the mailbox
-	// stays within its connection limit, and not handed to a send
-	// (granted). Under SMTPSender.mu.
+	// stays within its connection limit. It is not handed to a send
+	// (granted) and starts no transaction (submit); a transaction begun
+	// runs to its end (see submit). Under SMTPSender.mu.
 	lost bool
 }
 
@@ -344,8 +345,8 @@ func (s *SMTPSender) renew(c *conn, every time.Duration) {
 }
 
 // loseSlot closes a connection whose slot expired: at once when it is
-// idle, when its send ends (put), or when a grant hands it to a send
-// (granted).
+// idle, or when its send ends (put). A send given the connection and not
+// yet begun closes it itself (granted, submit).
 func (s *SMTPSender) loseSlot(c *conn) {
 	s.mu.Lock()
 	c.lost = true
@@ -423,6 +424,16 @@ var afterTransaction func()
 // submit sends the message on c and keeps or discards c after.
 // Cancelling ctx (shutdown, or the message's lease lost) closes the
 // connection: a message not yet ended by its final dot is not sent.
+//
+// A connection whose slot was lost (see conn.lost) before its
+// transaction begins is closed, and the message goes on another
+// connection: the slot may be another relay's, whose connection would
+// be the mailbox's fourth. A transaction already begun (MAIL FROM sent;
+// on Exchange, which offers PIPELINING, MAIL FROM goes with RCPT TO and
+// the data in one write) runs to its end, and the connection is closed
+// after: cut mid-way, the message would go again whole later, and a cut
+// that came as its final dot went out, before the reply, could deliver
+// it twice.
 func (s *SMTPSender) submit(ctx context.Context, c *conn, route Route, m *queue.Message) (string, error) {
 	if route.Check != nil {
 		if err := route.Check(ctx); err != nil {
@@ -431,6 +442,15 @@ func (s *SMTPSender) submit(ctx context.Context, c *conn, route Route, m *queue.
 		}
 	}
 	for {
+		if s.slotLost(c) {
+			s.o.Logger.Debug("a connection's slot expired before its transaction; sending on another", "mailbox", c.mailbox)
+			s.quit(c)
+			var err error
+			if c, err = s.get(ctx, route); err != nil {
+				return "", err
+			}
+			continue
+		}
 		stop := context.AfterFunc(ctx, func() { c.c.Close() })
 		var reply string
 		var err error
