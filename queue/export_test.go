@@ -28,3 +28,7 @@ var MinuteKey = minuteKey
 
 // CredExpiryKey is the hash of the relays' records of a credential's expiry.
 var CredExpiryKey = credExpiryKey
+
+// IdemKey holds the id of the message an idempotency key was first used
+// for on a route.
+var IdemKey = idemKey

@@ -73,7 +73,7 @@ const (
 	fExpire   = "exp"   // end of the queue lifetime, unix ms
 	fAttempts = "att"   // delivery attempts spent
 	fLastErr  = "err"   // last upstream reply or error
-	fState    = "st"    // stQueued, stLeased, stDelivered, stDead
+	fState    = "st"    // stQueued, stLeased, stDelivered, stDead, stMoving
 	fLease    = "lease" // token of the current lease
 	fLeaseEnd = "lu"    // lease deadline, unix ms
 	fUpdated  = "upd"   // last change, unix ms
@@ -84,6 +84,11 @@ const (
 	// upstream sent the message (see MarkAmbiguous), or its lease ran out
 	// (the lease script sets it).
 	fAmbiguous = "amb"
+	// fMoveKey and fMovePrint are the application's idempotency key and
+	// its fingerprint that a message taken out for a move carries to its
+	// new route (see Move), set when it is taken out.
+	fMoveKey   = "mvkey"
+	fMovePrint = "mvprint"
 	// "settled" holds "TOKEN:OUTCOME" of the last settled lease; only
 	// the scripts read it.
 )
@@ -95,6 +100,9 @@ const (
 	stLeased    = "leased"
 	stDelivered = "delivered"
 	stDead      = "dead"
+	// stMoving is a message taken out of its route by a move not
+	// finished yet: in the route's moving set, in none of its others.
+	stMoving = "moving"
 )
 
 const (
@@ -223,15 +231,22 @@ func withdrawnKey(id string) string {
 	return keyPrefix + "{" + id[:tagLen] + "}:w:" + id
 }
 
-func idemKey(route, key string) string {
-	return keyPrefix + "{" + routeTag(route) + "}:i:" + route + ":" + key
+func idemKey(route, key string) string { return idemBase(route) + key }
+
+// idemBase is the prefix of a route's idempotency keys, for scripts that
+// find a message's key from its "idem" field.
+func idemBase(route string) string {
+	return keyPrefix + "{" + routeTag(route) + "}:i:" + route + ":"
 }
 
 // idemPrintKey holds the fingerprint of the submission that first used
 // an idempotency key; apart from idemKey, so that the id stays a plain
 // value for relays that do not know fingerprints.
-func idemPrintKey(route, key string) string {
-	return keyPrefix + "{" + routeTag(route) + "}:f:" + route + ":" + key
+func idemPrintKey(route, key string) string { return idemPrintBase(route) + key }
+
+// idemPrintBase is the prefix of a route's idemPrintKeys.
+func idemPrintBase(route string) string {
+	return keyPrefix + "{" + routeTag(route) + "}:f:" + route + ":"
 }
 
 // tagLen is the length of a route tag, which is also the length of the

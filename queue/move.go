@@ -16,29 +16,50 @@ var ErrNotMovable = errors.New("the message is not waiting on its route")
 // "moving", so that no worker leases it meanwhile. A message already in
 // the moving set (a move that stopped half-way) is taken as it is.
 //
-// KEYS[1] the message, KEYS[2] due, KEYS[3] live, KEYS[4] moving.
-// ARGV[1] id, ARGV[2] now, ARGV[3] the ambiguity flag's field.
+// When it takes the message out, it records the application's
+// idempotency key for the move to carry, if the route still remembers
+// that key for this message, with the key's fingerprint: the move then
+// stores the copy under the same key every time it runs, even should the
+// old route forget the key in between.
 //
-// Returns {1, app, from, to, body, ambiguity flag}, {0} when there is no
-// message, or {2, state} when it is not waiting.
+// KEYS[1] the message, KEYS[2] due, KEYS[3] live, KEYS[4] moving.
+// ARGV[1] id, ARGV[2] now, ARGV[3] the route, ARGV[4] the prefix of the
+// route's idempotency keys, ARGV[5] that of their fingerprints.
+//
+// Returns {1, app, from, to, body, ambiguity flag, idempotency key,
+// fingerprint} (the key "" for none), {0} when there is no message on the
+// route, or {2, state} when it is not waiting.
 var moveOutScript = drainScript(`
-local m = redis.call('HMGET', KEYS[1], 'st', 'app', 'from', 'to', 'body', ARGV[3])
-if not m[1] then return {0} end
-if m[1] ~= 'queued' and m[1] ~= 'moving' then return {2, m[1]} end
-if m[1] == 'queued' then
+local m = redis.call('HMGET', KEYS[1], 'st', 'route', 'app', 'from', 'to', 'body', '` + fAmbiguous + `',
+  '` + fIdemKey + `', '` + fMoveKey + `', '` + fMovePrint + `')
+if not m[1] or m[2] ~= ARGV[3] then return {0} end
+if m[1] ~= '` + stQueued + `' and m[1] ~= '` + stMoving + `' then return {2, m[1]} end
+local key, print = m[9] or '', m[10] or ''
+if m[1] == '` + stQueued + `' then
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('SADD', KEYS[4], ARGV[1])
-  redis.call('HSET', KEYS[1], 'st', 'moving', 'upd', ARGV[2])
+  redis.call('HSET', KEYS[1], 'st', '` + stMoving + `', 'upd', ARGV[2])
+  if m[8] and m[8] ~= '' and redis.call('GET', ARGV[4] .. m[8]) == ARGV[1] then
+    key, print = m[8], redis.call('GET', ARGV[5] .. m[8]) or ''
+    redis.call('HSET', KEYS[1], '` + fMoveKey + `', key, '` + fMovePrint + `', print)
+  end
 end
-return {1, m[2], m[3], m[4], m[5], m[6] or ''}
+return {1, m[3], m[4], m[5], m[6], m[7] or '', key, print}
 `)
 
-// moveDoneScript deletes a moved message from its old route.
+// moveDoneScript deletes a moved message from its old route, and points
+// the old route's idempotency key that named it at its copy.
 //
-// KEYS[1] the message, KEYS[2] moving. ARGV[1] id.
+// KEYS[1] the message, KEYS[2] moving, KEYS[3] the old route's
+// idempotency key, when the message carried one. ARGV[1] id, ARGV[2] the
+// copy's id.
 var moveDoneScript = drainScript(`
 redis.call('SREM', KEYS[2], ARGV[1])
+if KEYS[3] and redis.call('GET', KEYS[3]) == ARGV[1] then
+  local ttl = redis.call('PTTL', KEYS[3])
+  if ttl > 0 then redis.call('SET', KEYS[3], ARGV[2], 'PX', ttl) end
+end
 return redis.call('DEL', KEYS[1])
 `)
 
@@ -48,11 +69,20 @@ return redis.call('DEL', KEYS[1])
 // mail goes on from there: another credential's route when its own no
 // longer works, or was taken out of the configuration.
 //
+// The message keeps the application's idempotency key, as long as its
+// route still remembered it: the application's retry under that key, on
+// either route, is answered with the copy as a duplicate. The new route
+// remembers the key for Options.IdempotencyTTL from the move. When the
+// application already sent the message again there under that key (it
+// was given the new credential before the move), that message is the
+// copy, and no second one is stored. A key the application used on the
+// new route for another envelope stays that other message's.
+//
 // A Move that stops half-way (the process killed, Redis lost) leaves the
 // message in its old route's moving set, out of reach of the workers;
 // MoveRoute of that route finishes it. The copy is stored under the
-// idempotency key "moved:ID" on the new route, so that a Move run again
-// stores it once.
+// application's key, or the key "moved:ID" when it carries none, so that
+// a Move run again stores it once.
 func (q *Queue) Move(ctx context.Context, id, to string) (string, error) {
 	if !ValidRoute(to) {
 		return "", fmt.Errorf("move: invalid route name %q", to)
@@ -70,7 +100,8 @@ func (q *Queue) Move(ctx context.Context, id, to string) (string, error) {
 // move is Move of message id of route from.
 func (q *Queue) move(ctx context.Context, id, from, to string) (string, error) {
 	rk := keysFor(from)
-	res, err := moveOutScript.Run(ctx, q.rdb, []string{msgKey(id), rk.due, rk.live, rk.moving}, id, q.opts.Now().UnixMilli(), fAmbiguous).Slice()
+	res, err := moveOutScript.Run(ctx, q.rdb, []string{msgKey(id), rk.due, rk.live, rk.moving},
+		id, q.opts.Now().UnixMilli(), from, idemBase(from), idemPrintBase(from)).Slice()
 	if err != nil {
 		return "", fmt.Errorf("move %s: %w", id, err)
 	}
@@ -82,16 +113,35 @@ func (q *Queue) move(ctx context.Context, id, from, to string) (string, error) {
 	}
 	q.logChange(ctx, from)
 	str := func(i int) string { v, _ := res[i].(string); return v }
-	newID, _, err := q.Enqueue(ctx, Submission{Route: to, App: str(1), From: str(2), To: splitRcpts(str(3)),
-		Body: []byte(str(4)), IdempotencyKey: "moved:" + id})
+	appKey := str(6)
+	sub := Submission{Route: to, App: str(1), From: str(2), To: splitRcpts(str(3)), Body: []byte(str(4)),
+		IdempotencyKey: "moved:" + id}
+	if appKey != "" {
+		sub.IdempotencyKey, sub.Fingerprint = appKey, str(7)
+	}
+	newID, dup, err := q.Enqueue(ctx, sub)
+	if appKey != "" && errors.Is(err, ErrKeyReused) {
+		// The application gave the key to another message on the new
+		// route: this one is not that one.
+		sub.IdempotencyKey, sub.Fingerprint = "moved:"+id, ""
+		newID, dup, err = q.Enqueue(ctx, sub)
+	}
 	if err == nil && str(5) != "" {
 		// An earlier attempt may have sent it: the next one looks first.
-		err = q.MarkAmbiguous(ctx, newID)
+		// A copy stored before may be gone since (delivered and
+		// forgotten, or deleted): there is nothing left to mark.
+		if err = q.MarkAmbiguous(ctx, newID); dup && errors.Is(err, ErrNotFound) {
+			err = nil
+		}
 	}
 	if err != nil {
 		return "", fmt.Errorf("move %s to %s (it waits in %s's moving set; move the route again): %w", id, to, from, err)
 	}
-	if err := moveDoneScript.Run(ctx, q.rdb, []string{msgKey(id), rk.moving}, id).Err(); err != nil {
+	keys := []string{msgKey(id), rk.moving}
+	if appKey != "" {
+		keys = append(keys, idemKey(from, appKey))
+	}
+	if err := moveDoneScript.Run(ctx, q.rdb, keys, id, newID).Err(); err != nil {
 		return newID, fmt.Errorf("move %s: stored on %s as %s, but not deleted from %s (move the route again): %w", id, to, newID, from, err)
 	}
 	return newID, nil

@@ -130,3 +130,73 @@ func TestMoveFinishesHalfWay(t *testing.T) {
 		t.Errorf("%d messages on %s, want the one there before and the moved one", len(res.Leases), to)
 	}
 }
+
+// TestMoveKeepsIdempotencyKey: a message moves with its application's
+// idempotency key, so that the application's retry under that key is
+// answered with the moved message, as it was before the move, whether
+// the retry goes to the old route or the new one, and whether it came
+// before the move or after it; a key the application used since for
+// another envelope on the new route, or one forgotten already, is not
+// carried.
+func TestMoveKeepsIdempotencyKey(t *testing.T) {
+	q, _, srv := newQueue(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	const from, to = "app:old:billing@contoso.com", "app:new:billing@contoso.com"
+	keyed := func(route string, n int, key, print string) queue.Submission {
+		m := msg(route, n)
+		m.IdempotencyKey, m.Fingerprint = key, print
+		return m
+	}
+	retried := enqueue(t, q, keyed(from, 1, "retried-after", "fp1"))
+	early := enqueue(t, q, keyed(from, 2, "retried-before", "fp2"))
+	// The application sent "retried-before" again after its credential
+	// changed, before the move: it is on the new route already.
+	onNew := enqueue(t, q, keyed(to, 2, "retried-before", "fp2"))
+	enqueue(t, q, keyed(from, 3, "reused", "fp3"))
+	enqueue(t, q, keyed(to, 4, "reused", "another envelope"))
+	enqueue(t, q, keyed(from, 5, "forgotten", "fp5"))
+	if err := rdb.Del(ctx, queue.IdemKey(from, "forgotten")).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	if n, err := q.MoveRoute(ctx, from, to, 100); err != nil || n != 4 {
+		t.Fatalf("MoveRoute: %d, %v; want 4 moved", n, err)
+	}
+	if _, err := q.Get(ctx, early); !errors.Is(err, queue.ErrNotFound) {
+		t.Errorf("the first copy of a message sent again on the new route: %v, want gone from the old", err)
+	}
+	res := lease(t, q, to, 10, time.Minute)
+	byKey := map[string][]string{}
+	for _, l := range res.Leases {
+		m := get(t, q, l.ID)
+		byKey[m.IdempotencyKey] = append(byKey[m.IdempotencyKey], l.ID)
+	}
+	if got := len(res.Leases); got != 5 {
+		t.Errorf("%d messages on %s after the move, want 5 (%v)", got, to, byKey)
+	}
+	if ids := byKey["retried-before"]; len(ids) != 1 || ids[0] != onNew {
+		t.Errorf("messages under retried-before on %s: %v, want only %s, sent there before the move", to, ids, onNew)
+	}
+	moved := byKey["retried-after"]
+	if len(moved) != 1 {
+		t.Fatalf("messages under retried-after on %s: %v, want the moved one alone", to, moved)
+	}
+	if ids := byKey["reused"]; len(ids) != 1 {
+		t.Errorf("messages under reused on %s: %v, want one: the key is the other envelope's there", to, ids)
+	}
+	if ids := byKey["forgotten"]; len(ids) != 0 {
+		t.Errorf("messages under forgotten on %s: %v, want none: the key was forgotten before the move", to, ids)
+	}
+
+	for _, route := range []string{to, from} {
+		id, dup, err := q.Enqueue(ctx, keyed(route, 1, "retried-after", "fp1"))
+		if err != nil || !dup || id != moved[0] {
+			t.Errorf("retry on %s after the move: %s, dup %v, %v; want %s, the moved message, as a duplicate (it was %s before)",
+				route, id, dup, err, moved[0], retried)
+		}
+	}
+	if id, dup, err := q.Enqueue(ctx, keyed(from, 2, "retried-before", "fp2")); err != nil || !dup || id != onNew {
+		t.Errorf("retry on %s of the message sent again before the move: %s, dup %v, %v; want %s", from, id, dup, err, onNew)
+	}
+}
