@@ -32,3 +32,10 @@ var CredExpiryKey = credExpiryKey
 // IdemKey holds the id of the message an idempotency key was first used
 // for on a route.
 var IdemKey = idemKey
+
+// MovingKey is the set of a route's messages taken out by a move not
+// finished yet.
+func MovingKey(route string) string { return keysFor(route).moving }
+
+// MessageKey is the hash of one message.
+var MessageKey = msgKey

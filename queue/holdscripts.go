@@ -104,29 +104,31 @@ return {1, '0', credited}
 `)
 
 // pruneScript deletes what is left of a route that has no message at
-// all (none live, due, leased or dead): its hold and fence, and on a
-// single server its lease sequence with the due index's entries for it.
+// all (none live, due, leased, dead or in its moving set): its hold and
+// fence, and on a single server its lease sequence with the due index's
+// entries for it.
 // The sequence and the index's copy of it go together or not at all: a
 // sequence started again under an older copy would have the route's
 // index updates ignored (see setIndex). On Redis Cluster they are in
 // different slots, so both stay.
 //
-// KEYS[1] due, KEYS[2] leased, KEYS[3] dead, KEYS[4] live, KEYS[5] hold,
-// KEYS[6] held, KEYS[7] fence; on a single server also KEYS[8] the lease
-// sequence, KEYS[9] the index's sequences, KEYS[10] the index and
-// KEYS[11] its dirty set. ARGV[1] the route.
+// KEYS[1] due, KEYS[2] leased, KEYS[3] dead, KEYS[4] live, KEYS[5]
+// moving, KEYS[6] hold, KEYS[7] held, KEYS[8] fence; on a single server
+// also KEYS[9] the lease sequence, KEYS[10] the index's sequences,
+// KEYS[11] the index and KEYS[12] its dirty set. ARGV[1] the route.
 //
 // Returns 1 when the route was empty, 0 otherwise.
 var pruneScript = drainScript(`
 for i = 1, 4 do
   if redis.call('ZCARD', KEYS[i]) > 0 then return 0 end
 end
-redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
-if KEYS[8] then
-  redis.call('DEL', KEYS[8])
-  redis.call('HDEL', KEYS[9], ARGV[1])
-  redis.call('ZREM', KEYS[10], ARGV[1])
-  redis.call('SREM', KEYS[11], ARGV[1])
+if redis.call('SCARD', KEYS[5]) > 0 then return 0 end
+redis.call('DEL', KEYS[6], KEYS[7], KEYS[8])
+if KEYS[9] then
+  redis.call('DEL', KEYS[9])
+  redis.call('HDEL', KEYS[10], ARGV[1])
+  redis.call('ZREM', KEYS[11], ARGV[1])
+  redis.call('SREM', KEYS[12], ARGV[1])
 end
 return 1
 `)

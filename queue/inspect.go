@@ -360,7 +360,7 @@ func (q *Queue) Delete(ctx context.Context, id string) error {
 		return fmt.Errorf("delete: %w", err)
 	}
 	rk := keysFor(m.Route)
-	n, err := deleteScript.Run(ctx, q.rdb, []string{msgKey(id), rk.due, rk.leased, rk.dead, rk.live}, id).Int()
+	n, err := deleteScript.Run(ctx, q.rdb, []string{msgKey(id), rk.due, rk.leased, rk.dead, rk.live, rk.moving}, id).Int()
 	if err != nil {
 		return fmt.Errorf("delete %s: %w", id, err)
 	}

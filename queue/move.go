@@ -22,6 +22,11 @@ var ErrNotMovable = errors.New("the message is not waiting on its route")
 // stores the copy under the same key every time it runs, even should the
 // old route forget the key in between.
 //
+// An id that the route's sets name without its message (deleted, or
+// lost with a write Redis did not keep), or with a message of another
+// route or one no longer waiting, is taken out of the route's due, live
+// and moving sets: a move prunes what it finds gone.
+//
 // KEYS[1] the message, KEYS[2] due, KEYS[3] live, KEYS[4] moving.
 // ARGV[1] id, ARGV[2] now, ARGV[3] the route, ARGV[4] the prefix of the
 // route's idempotency keys, ARGV[5] that of their fingerprints.
@@ -32,8 +37,16 @@ var ErrNotMovable = errors.New("the message is not waiting on its route")
 var moveOutScript = drainScript(`
 local m = redis.call('HMGET', KEYS[1], 'st', 'route', 'app', 'from', 'to', 'body', '` + fAmbiguous + `',
   '` + fIdemKey + `', '` + fMoveKey + `', '` + fMovePrint + `')
-if not m[1] or m[2] ~= ARGV[3] then return {0} end
-if m[1] ~= '` + stQueued + `' and m[1] ~= '` + stMoving + `' then return {2, m[1]} end
+if not m[1] or m[2] ~= ARGV[3] then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('SREM', KEYS[4], ARGV[1])
+  return {0}
+end
+if m[1] ~= '` + stQueued + `' and m[1] ~= '` + stMoving + `' then
+  redis.call('SREM', KEYS[4], ARGV[1])
+  return {2, m[1]}
+end
 local key, print = m[9] or '', m[10] or ''
 if m[1] == '` + stQueued + `' then
   redis.call('ZREM', KEYS[2], ARGV[1])
@@ -149,7 +162,8 @@ func (q *Queue) move(ctx context.Context, id, from, to string) (string, error) {
 
 // MoveRoute moves up to limit messages waiting on route from to route to
 // (Move), first those of a move that stopped half-way, and returns how
-// many it moved. Messages being sent stay.
+// many it moved. Messages being sent stay. Entries of the route's moving
+// set whose message is gone are pruned on the way.
 func (q *Queue) MoveRoute(ctx context.Context, from, to string, limit int) (int, error) {
 	if !ValidRoute(from) || !ValidRoute(to) || from == to {
 		return 0, fmt.Errorf("move: routes %q and %q: want two valid routes", from, to)
@@ -160,7 +174,10 @@ func (q *Queue) MoveRoute(ctx context.Context, from, to string, limit int) (int,
 	}
 	moved := 0
 	for moved < limit {
-		if len(ids) == 0 {
+		// The moving set's entries come first; the waiting mail is read
+		// once they are done, whatever became of them.
+		halfWay := len(ids) > 0
+		if !halfWay {
 			if ids, err = q.waitingIDs(ctx, from, min(500, limit-moved)); err != nil || len(ids) == 0 {
 				return moved, err
 			}
@@ -177,7 +194,7 @@ func (q *Queue) MoveRoute(ctx context.Context, from, to string, limit int) (int,
 				n++
 			}
 		}
-		if n == 0 {
+		if n == 0 && !halfWay {
 			return moved, nil
 		}
 		moved, ids = moved+n, nil

@@ -7,7 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"holdfast/queue"
+	"holdfast/queue/redistest"
 )
 
 // TestMoveRoute: the mail waiting on a route (held here, as the route of
@@ -138,9 +141,19 @@ func TestMoveFinishesHalfWay(t *testing.T) {
 // before the move or after it; a key the application used since for
 // another envelope on the new route, or one forgotten already, is not
 // carried.
+// It runs on a single server and on Redis Cluster, where the two routes
+// are in different slots.
 func TestMoveKeepsIdempotencyKey(t *testing.T) {
-	q, _, srv := newQueue(t)
-	rdb := srv.Client(t)
+	t.Run("Single", func(t *testing.T) {
+		testMoveKeepsIdempotencyKey(t, redistest.Start(t).Client(t))
+	})
+	t.Run("Cluster", func(t *testing.T) {
+		testMoveKeepsIdempotencyKey(t, redistest.StartCluster(t, 3).Client(t))
+	})
+}
+
+func testMoveKeepsIdempotencyKey(t *testing.T, rdb redis.UniversalClient) {
+	q := queue.New(rdb, queue.Options{Now: newClock().Now})
 	ctx := context.Background()
 	const from, to = "app:old:billing@contoso.com", "app:new:billing@contoso.com"
 	keyed := func(route string, n int, key, print string) queue.Submission {
@@ -198,5 +211,74 @@ func TestMoveKeepsIdempotencyKey(t *testing.T) {
 	}
 	if id, dup, err := q.Enqueue(ctx, keyed(from, 2, "retried-before", "fp2")); err != nil || !dup || id != onNew {
 		t.Errorf("retry on %s of the message sent again before the move: %s, dup %v, %v; want %s", from, id, dup, err, onNew)
+	}
+}
+
+// cutMove takes message id out of its route for a move to route to that
+// stops half-way: to refuses the store, being full.
+func cutMove(t *testing.T, clk *clock, srv *redistest.Server, id, to string) {
+	t.Helper()
+	full := queue.New(srv.Client(t), queue.Options{Now: clk.Now, MaxPerRoute: 1})
+	if st, err := full.Stats(context.Background()); err != nil {
+		t.Fatal(err)
+	} else if !slices.ContainsFunc(st.Routes, func(r queue.RouteStats) bool { return r.Route == to && r.Undelivered() > 0 }) {
+		enqueue(t, full, msg(to, 99))
+	}
+	if _, err := full.Move(context.Background(), id, to); !errors.Is(err, queue.ErrRouteFull) {
+		t.Fatalf("move to a full route: %v, want ErrRouteFull", err)
+	}
+}
+
+// TestMovingSetPruned: an entry of a route's moving set whose message is
+// gone (deleted by an operator, or lost) neither stays nor stops the next
+// move of the route from moving the mail still waiting there; and a
+// route with nothing but a move to finish is not pruned from the route
+// set, which would hide it from queue stats and drain.
+func TestMovingSetPruned(t *testing.T) {
+	q, clk, srv := newQueue(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	const from, to = "app:old:billing@contoso.com", "app:new:billing@contoso.com"
+	deleted := enqueue(t, q, msg(from, 1))
+	lost := enqueue(t, q, msg(from, 2))
+	waiting := []string{enqueue(t, q, msg(from, 3)), enqueue(t, q, msg(from, 4))}
+	cutMove(t, clk, srv, deleted, to)
+	cutMove(t, clk, srv, lost, to)
+	if err := q.Delete(ctx, deleted); err != nil {
+		t.Fatal(err)
+	}
+	if ids, err := rdb.SMembers(ctx, queue.MovingKey(from)).Result(); err != nil {
+		t.Fatal(err)
+	} else if slices.Contains(ids, deleted) {
+		t.Errorf("moving set of %s after the delete of %s: %v, want it gone", from, deleted, ids)
+	}
+	// Lost as Redis may lose a write: the hash alone.
+	if err := rdb.Del(ctx, queue.MessageKey(lost)).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	n, err := q.MoveRoute(ctx, from, to, 100)
+	if err != nil || n != len(waiting) {
+		t.Errorf("MoveRoute past the moving set's entries without message: %d, %v; want the %d waiting moved", n, err, len(waiting))
+	}
+	if ids, err := rdb.SMembers(ctx, queue.MovingKey(from)).Result(); err != nil || len(ids) != 0 {
+		t.Errorf("moving set of %s after the move: %v, %v; want empty", from, ids, err)
+	}
+
+	// A route whose only message waits in its moving set stays a route.
+	const other = "app:old:sales@contoso.com"
+	stuck := enqueue(t, q, msg(other, 5))
+	cutMove(t, clk, srv, stuck, to)
+	for range 2 {
+		if _, err := q.PruneRoutes(ctx, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		clk.Add(2 * time.Hour)
+	}
+	if routes, err := q.Routes(ctx); err != nil || !slices.Contains(routes, other) {
+		t.Errorf("routes after pruning: %v, %v; want %s, whose message waits for its move to finish", routes, err, other)
+	}
+	if n, err := q.MoveRoute(ctx, other, to, 100); err != nil || n != 1 {
+		t.Errorf("MoveRoute of %s: %d, %v; want its message moved", other, n, err)
 	}
 }

@@ -15,7 +15,8 @@ import (
 const registerEvery = time.Minute
 
 // PruneRoutes removes from the route set every route that has had no
-// message at all (none live, leased or dead) at each call for at least
+// message at all (none live, leased, dead or in a move not finished) at
+// each call for at least
 // idle, with what is left of its hold. It returns the routes removed.
 //
 // A route is first seen empty at one call and removed at a later one, so
@@ -41,7 +42,7 @@ func (q *Queue) PruneRoutes(ctx context.Context, idle time.Duration) ([]string, 
 	_, err = q.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, r := range routes {
 			rk := keysFor(r)
-			counts[i] = p.Exists(ctx, rk.live, rk.leased, rk.dead, rk.due)
+			counts[i] = p.Exists(ctx, rk.live, rk.leased, rk.dead, rk.due, rk.moving)
 		}
 		return nil
 	})
@@ -82,7 +83,7 @@ func (q *Queue) PruneRoutes(ctx context.Context, idle time.Duration) ([]string, 
 // prune removes one empty route and reports whether it was still empty.
 func (q *Queue) prune(ctx context.Context, route string) (bool, error) {
 	rk := keysFor(route)
-	keys := []string{rk.due, rk.leased, rk.dead, rk.live, rk.hold, rk.held, rk.fence}
+	keys := []string{rk.due, rk.leased, rk.dead, rk.live, rk.moving, rk.hold, rk.held, rk.fence}
 	if !q.cluster() {
 		keys = append(keys, rk.seq, dueSeqKey, dueIndexKey, dueDirtyKey)
 	}

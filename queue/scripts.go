@@ -468,13 +468,15 @@ if not st then return 0 end
 return remove(KEYS, ARGV[1])
 `)
 
-// deleteScript removes a message from its route and deletes it.
+// deleteScript removes a message from its route, a move's moving set
+// included, and deletes it.
 //
 // KEYS[1] message hash, KEYS[2] due, KEYS[3] leased, KEYS[4] dead,
-// KEYS[5] live. ARGV[1] id.
+// KEYS[5] live, KEYS[6] moving. ARGV[1] id.
 //
 // Returns 1, or 0 when there was no such message.
 var deleteScript = drainScript(removeLua + `
+redis.call('SREM', KEYS[6], ARGV[1])
 return remove(KEYS, ARGV[1])
 `)
 
