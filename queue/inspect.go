@@ -24,6 +24,11 @@ type RouteStats struct {
 	// the longest-waiting ready message has waited for a worker. Zero
 	// when none is ready.
 	ReadySince time.Time
+	// Moving counts the messages taken out of the route by a move to
+	// another that has not finished (see Move): no worker sends them,
+	// and the next move of the route finishes them. Undelivered leaves
+	// them out.
+	Moving int64
 }
 
 // Stats is the whole queue's counts: per route, and their totals (whose
@@ -98,6 +103,7 @@ func (q *Queue) Stats(ctx context.Context) (Stats, error) {
 			Dead:       num(4),
 			Oldest:     fromMillis(num(5)),
 			ReadySince: fromMillis(num(7)),
+			Moving:     num(8),
 		}
 		rs.HoldReason, _ = v[6].(string)
 		st.Routes = append(st.Routes, rs)
@@ -107,6 +113,7 @@ func (q *Queue) Stats(ctx context.Context) (Stats, error) {
 		t.Leased += rs.Leased
 		t.Held += rs.Held
 		t.Dead += rs.Dead
+		t.Moving += rs.Moving
 		if !rs.Oldest.IsZero() && (t.Oldest.IsZero() || rs.Oldest.Before(t.Oldest)) {
 			t.Oldest = rs.Oldest
 		}
@@ -118,7 +125,7 @@ func (q *Queue) Stats(ctx context.Context) (Stats, error) {
 }
 
 // statsFields is how many values the stats script returns per route.
-const statsFields = 8
+const statsFields = 9
 
 // statsPipeline runs the stats script over the routes, batch routes per
 // run, and returns its values in route order.
@@ -145,9 +152,9 @@ func (q *Queue) statsPipeline(ctx context.Context, routes []string, batch int, n
 // and returns each run's reply. On a single server (batch > 1) batched
 // runs once per batch routes, given head, then each route's key prefix
 // (routeBase) followed by extra(i) for the i-th
-// route; a fifth of the bytes of its five key names. On Redis Cluster
+// route; a sixth of the bytes of its six key names. On Redis Cluster
 // (batch 1) single runs once per route with the route's due, leased,
-// dead, live and hold keys, given head then extra(i). It sends the
+// dead, live, hold and moving keys, given head then extra(i). It sends the
 // scripts' SHA rather than their body, which would be most of the bytes
 // of a pipeline over thousands of routes; when Redis does not know the
 // script yet (a restart, a failover), it loads it and runs the pipeline
@@ -170,7 +177,7 @@ func (q *Queue) routePipeline(ctx context.Context, routes []string, batch int, s
 		part := routes[i:min(i+batch, len(routes))]
 		if batch == 1 {
 			rk := keysFor(part[0])
-			cmds = append(cmds, single.EvalSha(ctx, pipe, []string{rk.due, rk.leased, rk.dead, rk.live, rk.hold},
+			cmds = append(cmds, single.EvalSha(ctx, pipe, []string{rk.due, rk.leased, rk.dead, rk.live, rk.hold, rk.moving},
 				append(slices.Clip(head), more(i)...)...))
 			continue
 		}
@@ -264,6 +271,8 @@ func (q *Queue) Get(ctx context.Context, id string) (*Message, error) {
 		m.State = Delivered
 	case stDead:
 		m.State = Dead
+	case stMoving:
+		m.State = Moving
 	default:
 		m.Due = fromMillis(atoi(due))
 		switch {

@@ -20,6 +20,10 @@ const (
 	Held      State = "held"      // its route is held
 	Delivered State = "delivered" // accepted upstream
 	Dead      State = "dead"      // dead-lettered
+	// Moving is a message taken out of its route by a move to another
+	// route that has not finished (see Move); it cannot be listed by
+	// state.
+	Moving State = "moving"
 )
 
 // States lists the states a message can be listed by.

@@ -119,6 +119,16 @@ func TestMoveFinishesHalfWay(t *testing.T) {
 	if res := lease(t, q, from, 10, time.Minute); len(res.Leases) != 0 {
 		t.Fatalf("a message taken out for a move was leased on its old route")
 	}
+	if m := get(t, q, id); m.State != queue.Moving || m.Route != from {
+		t.Errorf("the message of the cut move is %s on %s, want moving on %s", m.State, m.Route, from)
+	}
+	st, err := q.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Total.Moving != 1 || !slices.ContainsFunc(st.Routes, func(r queue.RouteStats) bool { return r.Route == from && r.Moving == 1 }) {
+		t.Errorf("stats after the cut move: %+v, want %s with 1 moving", st, from)
+	}
 	n, err := q.MoveRoute(ctx, from, to, 100)
 	if err != nil || n != 1 {
 		t.Fatalf("MoveRoute after the half-way move: %d, %v; want 1", n, err)

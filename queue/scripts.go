@@ -529,29 +529,31 @@ end
 `
 
 // routeStat is the Lua function both stats scripts share: it appends
-// eight values for one route to out: ready, scheduled, leased, held,
+// nine values for one route to out: ready, scheduled, leased, held,
 // dead, oldest submit time or -1, hold reason or false, earliest due time
-// of a ready message or -1. A scrape runs it for every route, so it spends
-// as few calls as it can: an empty route (no message waiting, no dead
-// letter, not held) costs one call; a route whose only key is its live
-// set (messages waiting, none leased or dead, not held: the common case)
-// costs three, and up to five when more than one of its messages is due;
-// any other route reads its hold reason and counts its leased and dead
+// of a ready message or -1, and the messages in its moving set. A scrape
+// runs it for every route, so it spends as few calls as it can: an empty
+// route (no message waiting, no dead letter, not held, none in a move)
+// costs one call; a route whose only key is its live set (messages
+// waiting, none leased or dead, not held: the common case) costs three,
+// and up to five when more than one of its messages is due; any other
+// route reads its hold reason and counts its leased, dead and moving
 // messages as well.
 const routeStat = dueCounts + `
-local function stat(due, leased, dead, live, hold, now, out)
+local function stat(due, leased, dead, live, hold, moving, now, out)
   local n = #out
-  local keys = redis.call('EXISTS', live, dead, hold, leased)
+  local keys = redis.call('EXISTS', live, dead, hold, leased, moving)
   if keys == 0 then
-    out[n+1], out[n+2], out[n+3], out[n+4], out[n+5], out[n+6], out[n+7], out[n+8] = 0, 0, 0, 0, 0, -1, false, -1
+    out[n+1], out[n+2], out[n+3], out[n+4], out[n+5], out[n+6], out[n+7], out[n+8], out[n+9] = 0, 0, 0, 0, 0, -1, false, -1, 0
     return
   end
-  local ready, scheduled, nleased, held, ndead, oldest, since = 0, 0, 0, 0, 0, -1, -1
+  local ready, scheduled, nleased, held, ndead, oldest, since, nmoving = 0, 0, 0, 0, 0, -1, -1, 0
   local reason = false
   local first = redis.call('ZRANGE', live, 0, 0, 'WITHSCORES')
   if keys > 1 or not first[2] then
     reason = redis.call('GET', hold)
     ndead = redis.call('ZCARD', dead)
+    nmoving = redis.call('SCARD', moving)
     if first[2] then nleased = redis.call('ZCARD', leased) end
   end
   if first[2] then
@@ -563,17 +565,17 @@ local function stat(due, leased, dead, live, hold, now, out)
     end
   end
   out[n+1], out[n+2], out[n+3], out[n+4] = ready, scheduled, nleased, held
-  out[n+5], out[n+6], out[n+7], out[n+8] = ndead, oldest, reason, since
+  out[n+5], out[n+6], out[n+7], out[n+8], out[n+9] = ndead, oldest, reason, since, nmoving
 end
 `
 
 // statsScript counts one route's messages by state (see routeStat).
 //
-// KEYS[1] due, KEYS[2] leased, KEYS[3] dead, KEYS[4] live, KEYS[5] hold.
-// ARGV[1] now.
+// KEYS[1] due, KEYS[2] leased, KEYS[3] dead, KEYS[4] live, KEYS[5] hold,
+// KEYS[6] moving. ARGV[1] now.
 var statsScript = redis.NewScript(routeStat + `
 local out = {}
-stat(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1]), out)
+stat(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], tonumber(ARGV[1]), out)
 return out
 `)
 
@@ -590,7 +592,7 @@ local out = {}
 for i = 2, #ARGV do
   local p = ARGV[i]
   stat(` + luaRouteKey("p", kindDue) + `, ` + luaRouteKey("p", kindLeased) + `, ` + luaRouteKey("p", kindDead) + `,
-    ` + luaRouteKey("p", kindLive) + `, ` + luaRouteKey("p", kindHold) + `, now, out)
+    ` + luaRouteKey("p", kindLive) + `, ` + luaRouteKey("p", kindHold) + `, ` + luaRouteKey("p", kindMoving) + `, now, out)
 end
 return out
 `)

@@ -17,7 +17,7 @@ import (
 // keys the route has: the reference the stats scripts' shortcuts must
 // agree with.
 var fullStat = redis.NewScript(`
-local due, leased, dead, live, hold, now = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1])
+local due, leased, dead, live, hold, moving, now = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], tonumber(ARGV[1])
 local ready, scheduled, held, since = 0, 0, 0, -1
 local reason = redis.call('GET', hold)
 local first = redis.call('ZRANGE', live, 0, 0, 'WITHSCORES')
@@ -32,12 +32,13 @@ else
   local r = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'WITHSCORES', 'LIMIT', 0, 1)
   if r[2] then since = tonumber(r[2]) end
 end
-return {ready, scheduled, redis.call('ZCARD', leased), held, redis.call('ZCARD', dead), oldest, reason, since}
+return {ready, scheduled, redis.call('ZCARD', leased), held, redis.call('ZCARD', dead), oldest, reason, since,
+  redis.call('SCARD', moving)}
 `)
 
 // TestStatsShortcutsAgree: for routes of every shape (empty, one ready or
 // scheduled message, several due at once or later, leased, held, dead,
-// and mixes of those) both stats scripts give exactly the figures of the
+// taken out by a move not finished, and mixes of those) both stats scripts give exactly the figures of the
 // full count, oldest and earliest-ready times included, and Summarize
 // gives exactly Stats' figures summed by group, on a single server and
 // one route per run as on Redis Cluster.
@@ -48,12 +49,12 @@ func TestStatsShortcutsAgree(t *testing.T) {
 	q := New(rdb, Options{Now: func() time.Time { return clock }})
 	now := clock.UnixMilli()
 	// Each shape lists the due offsets (ms from now) of its queued
-	// messages, then how many more to lease, to dead-letter, and whether
-	// to hold the route.
+	// messages, then how many more to lease, to dead-letter, to take out
+	// for a move, and whether to hold the route.
 	type shape struct {
-		due          []int64
-		lease, dead  int
-		hold, settle bool
+		due                 []int64
+		lease, dead, moving int
+		hold, settle        bool
 	}
 	shapes := []shape{
 		{},
@@ -76,6 +77,9 @@ func TestStatsShortcutsAgree(t *testing.T) {
 		{lease: 1, hold: true},
 		{due: []int64{-1000}, dead: 1, hold: true},
 		{due: []int64{-1000}, lease: 1, dead: 1, hold: true},
+		{moving: 1},
+		{due: []int64{-1000, 60_000}, moving: 2},
+		{dead: 1, moving: 1, hold: true},
 	}
 	var routes []string
 	for i, sh := range shapes {
@@ -117,6 +121,13 @@ func TestStatsShortcutsAgree(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		for range sh.moving {
+			id := submitTo(t, q, route)
+			if err := moveOutScript.Run(ctx, rdb, []string{msgKey(id), rk.due, rk.live, rk.moving},
+				id, now, route, idemBase(route), idemPrintBase(route)).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
 		if sh.hold {
 			if err := q.HoldRoute(ctx, route, "breaker open"); err != nil {
 				t.Fatal(err)
@@ -133,7 +144,7 @@ func TestStatsShortcutsAgree(t *testing.T) {
 	}
 	for i, route := range routes {
 		rk := keysFor(route)
-		want, err := fullStat.Run(ctx, rdb, []string{rk.due, rk.leased, rk.dead, rk.live, rk.hold}, now).Slice()
+		want, err := fullStat.Run(ctx, rdb, []string{rk.due, rk.leased, rk.dead, rk.live, rk.hold, rk.moving}, now).Slice()
 		if err != nil {
 			t.Fatal(err)
 		}

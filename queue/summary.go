@@ -367,7 +367,8 @@ end
 
 // summaryScript counts one route (see routeSummary).
 //
-// KEYS[1] due, KEYS[2] leased, KEYS[3] dead, KEYS[4] live, KEYS[5] hold.
+// KEYS[1] due, KEYS[2] leased, KEYS[3] dead, KEYS[4] live, KEYS[5] hold
+// (KEYS[6], the moving set routePipeline gives, is not read).
 // ARGV[1] now.
 var summaryScript = redis.NewScript(routeSummary + `
 local out = {}

@@ -42,6 +42,11 @@ type drainCounts struct {
 	// waits (see park).
 	parked int64
 	waits  []relay.MailboxWait
+	// moving are the messages of a move cut half-way, by route: no relay
+	// sends them, and the drain does not wait for them (see
+	// queue.RouteStats.Moving).
+	moving   int64
+	movingBy map[string]int64
 }
 
 // park counts the messages waiting in routes whose mailbox waits past
@@ -84,7 +89,7 @@ func countDrain(ctx context.Context, q *queue.Queue, only string) (drainCounts, 
 	if err != nil {
 		return drainCounts{}, err
 	}
-	c := drainCounts{holds: map[string]string{}, heldBy: map[string]int64{}, waitingBy: map[string]int64{}}
+	c := drainCounts{holds: map[string]string{}, heldBy: map[string]int64{}, waitingBy: map[string]int64{}, movingBy: map[string]int64{}}
 	for _, r := range st.Routes {
 		if only != "" && r.Route != only {
 			continue
@@ -95,6 +100,10 @@ func countDrain(ctx context.Context, q *queue.Queue, only string) (drainCounts, 
 		}
 		c.held += r.Held
 		c.dead += r.Dead
+		if r.Moving > 0 {
+			c.moving += r.Moving
+			c.movingBy[r.Route] = r.Moving
+		}
 		if r.HoldReason != "" {
 			c.holds[r.Route] = r.HoldReason
 			c.heldBy[r.Route] = r.Held
@@ -251,7 +260,7 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	if err != nil {
 		return err
 	}
-	if start.waiting+start.held == 0 {
+	if start.waiting+start.held+start.moving == 0 {
 		hintUnknownRoute(ctx, e, q, *route)
 	}
 	probes, err := probeOpen(ctx, e, report, set, *route)
@@ -261,7 +270,7 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	if err := flush(); err != nil {
 		return err
 	}
-	total := start.waiting + start.held
+	total := start.waiting + start.held + start.moving
 	p := &progress{w: e.stdout, tty: e.stdoutTTY, total: total}
 	deadline := e.now().Add(*timeout)
 	probeDeadline := e.now().Add(min(drainProbeWait, *timeout))
@@ -311,7 +320,7 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 		}
 		c = counts
 		failed := max(0, c.dead-start.dead)
-		delivered := max(0, total-c.waiting-c.held-failed)
+		delivered := max(0, total-c.waiting-c.held-c.moving-failed)
 		p.show(delivered, c.held, failed)
 		waitProbe := e.now().Before(probeDeadline) && probing(ctx, set, probes, c)
 		if (c.stuck() == 0 && !waitProbe) || !e.now().Before(deadline) {
@@ -330,13 +339,13 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 		return err
 	}
 	failed := max(0, c.dead-start.dead)
-	delivered := max(0, total-c.waiting-c.held-failed)
+	delivered := max(0, total-c.waiting-c.held-c.moving-failed)
 	fmt.Fprintf(e.stdout, "%d delivered, %d held, %d failed", delivered, c.held, failed)
 	if failed > 0 {
 		fmt.Fprint(e.stdout, ` (dead letters: holdfast queue list --state dead --route ROUTE)`)
 	}
 	fmt.Fprintln(e.stdout)
-	if c.waiting == 0 && c.held == 0 {
+	if c.waiting == 0 && c.held == 0 && c.moving == 0 {
 		return nil
 	}
 	why, err := heldWhy(ctx, report, c)
@@ -349,6 +358,9 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 			last = " (last reply: " + oneLine(reply, 200) + ")"
 		}
 		why = append(why, fmt.Sprintf("%d messages still waiting after %s%s: is a relay running (holdfast serve) and is its upstream answering?", stuck, *timeout, last))
+	}
+	for _, r := range slices.Sorted(maps.Keys(c.movingBy)) {
+		why = append(why, fmt.Sprintf("%d messages stopped half-way in a move off %s: finish it with holdfast queue move --route %s --to ROUTE", c.movingBy[r], r, r))
 	}
 	for _, line := range why {
 		fmt.Fprintln(e.stdout, line)
@@ -367,6 +379,9 @@ func queueDrain(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	}
 	if stuck := c.stuck(); stuck > 0 {
 		sum = append(sum, fmt.Sprintf("%d still waiting", stuck))
+	}
+	if c.moving > 0 {
+		sum = append(sum, fmt.Sprintf("%d in a move not finished", c.moving))
 	}
 	return errors.New("the queue is not empty: " + strings.Join(sum, ", "))
 }

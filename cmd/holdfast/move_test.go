@@ -1,9 +1,11 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"holdfast/queue"
 	"holdfast/queue/redistest"
@@ -73,5 +75,51 @@ func TestQueueMove(t *testing.T) {
 	if r := runCmd(t, "queue", "move", "--config", cfg, "--route", from, "--to", to, "--yes"); r.code != exitOK ||
 		!strings.Contains(r.stdout, "no messages waiting on "+from) {
 		t.Errorf("move again: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestQueueDrainNamesCutMove: a message left in a route's moving set by
+// a move cut half-way waits for no relay: drain, of its route or of the
+// whole queue, says so and fails instead of reporting an empty queue,
+// and queue stats names it; the next move finishes it, and drain then
+// succeeds.
+func TestQueueDrainNamesCutMove(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfigCredentials(t, srv.Addr(), "new")
+	q := queue.New(srv.Client(t), queue.Options{})
+	ctx := t.Context()
+	const from, to = "app:old:billing@contoso.com", "app:new:billing@contoso.com"
+	enqueueEach(t, q, from, to)
+	ms, err := q.List(ctx, from, queue.Ready, 0, 1)
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("list: %v %v", ms, err)
+	}
+	id := ms[0].ID
+	// The move is cut: the new route refuses the store, being full.
+	full := queue.New(srv.Client(t), queue.Options{MaxPerRoute: 1})
+	if _, err := full.Move(ctx, id, to); !errors.Is(err, queue.ErrRouteFull) {
+		t.Fatalf("move to a full route: %v, want ErrRouteFull", err)
+	}
+	fakeWorkersAfter(t, q, to, 300*time.Millisecond)
+
+	const named = "1 messages stopped half-way in a move off " + from + ": finish it with holdfast queue move --route " + from + " --to ROUTE"
+	for _, args := range [][]string{{"--route", from}, nil} {
+		r := runCmd(t, append([]string{"queue", "drain", "--config", cfg, "--timeout", "5s"}, args...)...)
+		if r.code != exitError || !strings.Contains(r.stdout, named) ||
+			!strings.HasSuffix(r.stderr, "the queue is not empty: 1 in a move not finished\n") {
+			t.Errorf("drain %v with a message in a cut move: exit %d, want %d and %q\n%s%s", args, r.code, exitError, named, r.stdout, r.stderr)
+		}
+	}
+	r := runCmd(t, "queue", "stats", "--config", cfg)
+	if want := "route " + from + ": 1 messages stopped half-way in a move"; r.code != exitOK || !strings.Contains(r.stdout, want) {
+		t.Errorf("stats: exit %d, stdout lacks %q:\n%s%s", r.code, want, r.stdout, r.stderr)
+	}
+
+	if r := runCmd(t, "queue", "move", "--config", cfg, "--route", from, "--to", to, "--yes"); r.code != exitOK ||
+		!strings.Contains(r.stdout, "moved 1 messages from "+from+" to "+to) {
+		t.Fatalf("move again: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := runCmd(t, "queue", "drain", "--config", cfg, "--timeout", "5s"); r.code != exitOK {
+		t.Errorf("drain once the move is finished: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }

@@ -108,6 +108,7 @@ type statsJSON struct {
 	Sending          int64      `json:"sending"`
 	Held             int64      `json:"held"`
 	Dead             int64      `json:"dead"`
+	Moving           int64      `json:"moving"` // messages of a move to another route cut half-way
 	Oldest           *time.Time `json:"oldest,omitempty"`
 	OldestAgeSeconds float64    `json:"oldest_age_seconds"`
 	HoldReason       string     `json:"hold_reason,omitempty"`
@@ -119,7 +120,7 @@ type statsJSON struct {
 func toStatsJSON(s queue.RouteStats, now time.Time, bound int) statsJSON {
 	j := statsJSON{
 		Route: s.Route, Ready: s.Ready, Scheduled: s.Scheduled, Sending: s.Leased,
-		Held: s.Held, Dead: s.Dead, HoldReason: s.HoldReason,
+		Held: s.Held, Dead: s.Dead, Moving: s.Moving, HoldReason: s.HoldReason,
 		OldestAgeSeconds: s.OldestAge(now).Seconds(), Full: s.Full(bound),
 	}
 	if !s.Oldest.IsZero() {
@@ -175,7 +176,7 @@ func queueStats(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	}
 	empty := 0
 	for _, r := range st.Routes {
-		if r.Undelivered()+r.Dead == 0 {
+		if r.Undelivered()+r.Dead+r.Moving == 0 {
 			// Kept until pruned a day after its last mail: with hundreds
 			// of mailboxes, the rows with mail would be lost among these.
 			empty++
@@ -193,6 +194,10 @@ func queueStats(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	for _, r := range st.Routes {
 		if r.HoldReason != "" {
 			fmt.Fprintf(e.stdout, "route %s is held: %s\n", r.Route, r.HoldReason)
+		}
+		if r.Moving > 0 {
+			fmt.Fprintf(e.stdout, "route %s: %d messages stopped half-way in a move to another route; no relay sends them "+
+				"until holdfast queue move --route %s --to ROUTE finishes it\n", r.Route, r.Moving, r.Route)
 		}
 		if r.Full(bound) {
 			fmt.Fprintf(e.stdout, "route %s holds %d messages not yet delivered, queue.max_messages_per_route: "+
