@@ -118,13 +118,14 @@ func (q *Queue) move(ctx context.Context, id, from, to string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("move %s: %w", id, err)
 	}
+	// Taken out, or pruned from the route's sets: its counts changed.
+	q.logChange(ctx, from)
 	switch res[0].(int64) {
 	case 0:
 		return "", fmt.Errorf("move %s: %w", id, ErrNotFound)
 	case 2:
 		return "", fmt.Errorf("move %s (%s): %w", id, res[1], ErrNotMovable)
 	}
-	q.logChange(ctx, from)
 	str := func(i int) string { v, _ := res[i].(string); return v }
 	appKey := str(6)
 	sub := Submission{Route: to, App: str(1), From: str(2), To: splitRcpts(str(3)), Body: []byte(str(4)),
@@ -157,6 +158,8 @@ func (q *Queue) move(ctx context.Context, id, from, to string) (string, error) {
 	if err := moveDoneScript.Run(ctx, q.rdb, keys, id, newID).Err(); err != nil {
 		return newID, fmt.Errorf("move %s: stored on %s as %s, but not deleted from %s (move the route again): %w", id, to, newID, from, err)
 	}
+	// Out of the moving set, which the counts include.
+	q.logChange(ctx, from)
 	return newID, nil
 }
 

@@ -110,6 +110,18 @@ func TestMoveFinishesHalfWay(t *testing.T) {
 	ctx := context.Background()
 	const from, to = "app:old:billing@contoso.com", "app:new:billing@contoso.com"
 	id := enqueue(t, q, msg(from, 1))
+	sum := q.NewSummarizer(func(string) string { return "all" })
+	moving := func() int64 {
+		t.Helper()
+		s, err := sum.Summarize(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.Groups["all"].Moving
+	}
+	if n := moving(); n != 0 {
+		t.Fatalf("summary before the move: %d moving", n)
+	}
 	// The new route refuses the store: Redis runs no script that stores.
 	full := queue.New(srv.Client(t), queue.Options{Now: clk.Now, MaxPerRoute: 1})
 	enqueue(t, full, msg(to, 9))
@@ -129,12 +141,18 @@ func TestMoveFinishesHalfWay(t *testing.T) {
 	if st.Total.Moving != 1 || !slices.ContainsFunc(st.Routes, func(r queue.RouteStats) bool { return r.Route == from && r.Moving == 1 }) {
 		t.Errorf("stats after the cut move: %+v, want %s with 1 moving", st, from)
 	}
+	if n := moving(); n != 1 {
+		t.Errorf("summary after the cut move: %d moving, want 1", n)
+	}
 	n, err := q.MoveRoute(ctx, from, to, 100)
 	if err != nil || n != 1 {
 		t.Fatalf("MoveRoute after the half-way move: %d, %v; want 1", n, err)
 	}
 	if _, err := q.Get(ctx, id); !errors.Is(err, queue.ErrNotFound) {
 		t.Errorf("the old message after the move: %v, want gone", err)
+	}
+	if n := moving(); n != 0 {
+		t.Errorf("summary after the move finished: %d moving, want 0", n)
 	}
 	if n, err := q.MoveRoute(ctx, from, to, 100); err != nil || n != 0 {
 		t.Errorf("MoveRoute again: %d, %v; want 0", n, err)

@@ -70,8 +70,8 @@ type Summarizer struct {
 
 // routeCount is one route's counts, as the summary scripts return them.
 type routeCount struct {
-	group                                string
-	ready, scheduled, leased, held, dead int64
+	group                                        string
+	ready, scheduled, leased, held, dead, moving int64
 	// since is the earliest due time of a ready message, oldestHeld the
 	// oldest submit time if held, and until when the next scheduled
 	// message comes due (unix ms, -1 for none).
@@ -269,7 +269,7 @@ func (s *Summarizer) count(ctx context.Context, counts map[string]routeCount, ro
 				g = s.group(r)
 			}
 			counts[r] = routeCount{group: g, ready: num(0), scheduled: num(1), leased: num(2),
-				held: num(3), dead: num(4), since: num(5), oldestHeld: num(6), until: num(7)}
+				held: num(3), dead: num(4), since: num(5), oldestHeld: num(6), until: num(7), moving: num(8)}
 			i++
 		}
 	}
@@ -300,6 +300,7 @@ func (s *Summarizer) sum(routes []string) Summary {
 		t.Leased += c.leased
 		t.Held += c.held
 		t.Dead += c.dead
+		t.Moving += c.moving
 		sum.Groups[c.group] = t
 	}
 	return sum
@@ -318,18 +319,19 @@ func (q *Queue) logChange(ctx context.Context, route string) {
 }
 
 // summaryBytes is how many bytes the summary scripts return per route:
-// eight numbers, each a little-endian float64 (Lua's numbers; a count or
+// nine numbers, each a little-endian float64 (Lua's numbers; a count or
 // a time in unix ms is exact in one).
-const summaryBytes = 8 * 8
+const summaryBytes = 9 * 8
 
 // routeSummary is the Lua function both summary scripts share: it appends
-// eight numbers for one route to out, packed as summaryBytes bytes: ready, scheduled, leased, held and
+// nine numbers for one route to out, packed as summaryBytes bytes: ready, scheduled, leased, held and
 // dead counts, the earliest due time of a ready message, the oldest
-// submit time if the route is held with messages, and when its next
-// scheduled message comes due (times in unix ms, -1 for none). A full
-// count runs it for every route, so it spends as few calls as it can.
-// One EXISTS of the due, dead, hold and leased keys tells an empty route
-// (one call). When it counts one key and that is the due set, the
+// submit time if the route is held with messages, when its next
+// scheduled message comes due (times in unix ms, -1 for none), and the
+// count of its moving set (a move not finished). A full count runs it for
+// every route, so it spends as few calls as it can. One EXISTS of the
+// due, dead, hold, leased and moving keys tells an empty route (one
+// call). When it counts one key and that is the due set, the
 // route's only keys are its due and live sets, and its due counts (see
 // dueCounts) are all it needs: two calls for the common route, a few
 // more when more than one of its messages is due. A held route whose
@@ -338,10 +340,10 @@ const summaryBytes = 8 * 8
 // may be nil: the key is then built from the route's key prefix p, only
 // when it is needed.
 var routeSummary = dueCounts + `
-local function summ(due, leased, dead, live, hold, p, now, out)
+local function summ(due, leased, dead, live, hold, moving, p, now, out)
   local n = #out
-  local ready, scheduled, nleased, held, ndead, since, oldest, untl = 0, 0, 0, 0, 0, -1, -1, -1
-  local keys = redis.call('EXISTS', due, dead, hold, leased)
+  local ready, scheduled, nleased, held, ndead, since, oldest, untl, nmoving = 0, 0, 0, 0, 0, -1, -1, -1, 0
+  local keys = redis.call('EXISTS', due, dead, hold, leased, moving)
   if keys == 1 then
     ready, scheduled, since, untl = dueCounts(due, now)
   end
@@ -352,27 +354,30 @@ local function summ(due, leased, dead, live, hold, p, now, out)
       if redis.call('EXISTS', hold) == 1 then
         held = redis.call('ZCARD', due)
         if held > 0 then oldest = tonumber(first[2]) end
-        -- The hold and the due set are its only keys: nothing leased or dead.
+        -- The hold and the due set are its only keys: nothing leased,
+        -- dead or moving.
         short = held > 0 and keys == 2
       else
         ready, scheduled, since, untl = dueCounts(due, now)
       end
       if not short then nleased = redis.call('ZCARD', leased) end
     end
-    if not short then ndead = redis.call('ZCARD', dead) end
+    if not short then
+      ndead = redis.call('ZCARD', dead)
+      nmoving = redis.call('SCARD', moving)
+    end
   end
-  out[n+1] = struct.pack('<dddddddd', ready, scheduled, nleased, held, ndead, since, oldest, untl)
+  out[n+1] = struct.pack('<ddddddddd', ready, scheduled, nleased, held, ndead, since, oldest, untl, nmoving)
 end
 `
 
 // summaryScript counts one route (see routeSummary).
 //
-// KEYS[1] due, KEYS[2] leased, KEYS[3] dead, KEYS[4] live, KEYS[5] hold
-// (KEYS[6], the moving set routePipeline gives, is not read).
-// ARGV[1] now.
+// KEYS[1] due, KEYS[2] leased, KEYS[3] dead, KEYS[4] live, KEYS[5] hold,
+// KEYS[6] moving. ARGV[1] now.
 var summaryScript = redis.NewScript(routeSummary + `
 local out = {}
-summ(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], nil, tonumber(ARGV[1]), out)
+summ(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], nil, tonumber(ARGV[1]), out)
 return out[1]
 `)
 
@@ -386,7 +391,7 @@ local out = {}
 for i = 2, #ARGV do
   local p = ARGV[i]
   summ(` + luaRouteKey("p", kindDue) + `, ` + luaRouteKey("p", kindLeased) + `, ` + luaRouteKey("p", kindDead) + `,
-    nil, ` + luaRouteKey("p", kindHold) + `, p, now, out)
+    nil, ` + luaRouteKey("p", kindHold) + `, ` + luaRouteKey("p", kindMoving) + `, p, now, out)
 end
 return table.concat(out)
 `)

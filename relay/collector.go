@@ -101,7 +101,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, v := range []struct {
 			state string
 			n     int64
-		}{{"ready", n.Ready}, {"scheduled", n.Scheduled}, {"sending", n.Leased}, {"held", n.Held}, {"dead", n.Dead}} {
+		}{{"ready", n.Ready}, {"scheduled", n.Scheduled}, {"sending", n.Leased}, {"held", n.Held}, {"dead", n.Dead},
+			{"moving", n.Moving}} {
 			ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(v.n), v.state, cr)
 		}
 	}

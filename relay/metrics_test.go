@@ -129,6 +129,9 @@ func TestDeliveryLatencyHistogram(t *testing.T) {
 	if v, _ := series(after, "holdfast_queue_messages", map[string]string{"state": "held", "credential": "contoso"}); v != 0 {
 		t.Errorf("queue_messages{held,contoso} = %v, want 0", v)
 	}
+	if v, ok := series(after, "holdfast_queue_messages", map[string]string{"state": "moving", "credential": "contoso"}); !ok || v != 0 {
+		t.Errorf("queue_messages{moving,contoso} = %v (present %v), want 0", v, ok)
+	}
 	if v, ok := series(after, "holdfast_breaker_open", cred); !ok || v != 0 {
 		t.Errorf("breaker_open{contoso} = %v (present %v), want 0", v, ok)
 	}
