@@ -30,7 +30,8 @@ const httpHeaderAge = 5 * time.Second
 // a full table a new connection takes the place of one that is not in a
 // request: connected for httpConnAge without sending anything, else idle
 // between requests (keep-alive, which a client must be ready to see
-// closed). When every connection is in a request, the newcomer gets
+// closed) of an address holding as many connections as the newcomer's or
+// more. When every connection is in a request, the newcomer gets
 // 503 with Retry-After and is closed. Without it, a client could hold
 // file descriptors by the thousand, and take them from SMTP and Redis.
 // One client address is held to maxPerIP connections the same way, among
@@ -193,8 +194,11 @@ func (h *httpConns) admit(nc net.Conn) (net.Conn, string) {
 			return nil, "per_ip"
 		}
 	case len(h.conns)-h.closing >= h.max:
-		if victim = h.victimLocked(""); victim == nil {
+		if victim, _ = h.victimsLocked(""); victim == nil {
 			victim = h.fairVictimLocked(ip)
+		}
+		if victim == nil {
+			victim = h.keptVictimLocked(ip)
 		}
 		if victim == nil {
 			h.mu.Unlock()
@@ -241,7 +245,18 @@ func (h *httpConns) leaveIPLocked(ip string) {
 // them, an application's kept connections stay.
 // h.mu is held.
 func (h *httpConns) victimLocked(ip string) net.Conn {
-	var idle, fresh, slow net.Conn
+	gone, idle := h.victimsLocked(ip)
+	if gone != nil {
+		return gone
+	}
+	return idle
+}
+
+// victimsLocked returns victimLocked's choices apart: gone, the silent
+// or trickling connection, and idle, the one kept between requests
+// longest. h.mu is held.
+func (h *httpConns) victimsLocked(ip string) (gone, idle net.Conn) {
+	var fresh, slow net.Conn
 	var idleSince, freshSince time.Time
 	var slowSince int64
 	now := time.Now()
@@ -263,9 +278,31 @@ func (h *httpConns) victimLocked(ip string) net.Conn {
 	}
 	switch {
 	case fresh != nil:
-		return fresh
+		return fresh, idle
 	case slow != nil:
-		return slow
+		return slow, idle
+	}
+	return nil, idle
+}
+
+// keptVictimLocked returns, for a newcomer from ip to a full table, the
+// connection idle between requests the longest among the addresses that
+// hold at least as many connections as ip; or nil. A flood that
+// reconnects faster than the table's age, from addresses holding many
+// connections, silent, trickling or in slow requests, would otherwise
+// close an application's kept connection at each newcomer, and cut the
+// requests sent on it as it closed. h.mu is held.
+func (h *httpConns) keptVictimLocked(ip string) net.Conn {
+	var idle net.Conn
+	var idleSince time.Time
+	mine := h.perIP[ip]
+	for nc, c := range h.conns {
+		if c.closing || c.state != http.StateIdle || c.readingSince.Load() != 0 || h.perIP[c.ip] < mine {
+			continue
+		}
+		if idle == nil || c.since.Before(idleSince) {
+			idle, idleSince = nc, c.since
+		}
 	}
 	return idle
 }

@@ -394,6 +394,48 @@ func TestHTTPFullTableClosesSilentBeforeKept(t *testing.T) {
 	}
 }
 
+// TestHTTPFloodDoesNotCloseKept: a flood that reconnects faster than the
+// table's age, from an address holding more connections than the
+// application's, silent ones and slow requests, does not take the place
+// of the application's connection kept between requests: its newcomer
+// gets 503. Before, it closed the kept one each time, and a POST the
+// client sent as it closed failed with a reset or EOF.
+func TestHTTPFloodDoesNotCloseKept(t *testing.T) {
+	s, dialFrom := startFairShare(t)
+	kc := newKeptClient(t, s)
+	if code := kc.post(); code != http.StatusAccepted {
+		t.Fatalf("first request: %d", code)
+	}
+	first := kc.last
+	flood := net.IPv4(127, 0, 0, 2)
+	for i := range 5 {
+		nc := dialFrom(flood)
+		if i < 3 {
+			// A slow request: its header whole, its body to come.
+			_, _ = io.WriteString(nc, "POST /v1/messages?from=billing@contoso.com&to=a@example.org HTTP/1.1\r\nHost: x\r\n"+
+				"Authorization: Bearer "+crmToken+"\r\nContent-Length: 1000\r\n\r\n")
+		}
+	}
+	waitFor(t, 5*time.Second, "three slow requests and two silent connections", func() bool {
+		open, active := s.httpConns.counts()
+		return open == 6 && active == 3
+	})
+	over := dialFrom(flood)
+	_ = over.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if resp, err := http.ReadResponse(bufio.NewReader(over), nil); err != nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("a newcomer from the flooding address: %v, %v; want 503", resp, err)
+	}
+	if n := testutil.ToFloat64(s.httpConns.evicted); n != 0 {
+		t.Errorf("holdfast_http_connections_evicted_total = %v, want 0", n)
+	}
+	if code := kc.post(); code != http.StatusAccepted {
+		t.Fatalf("second request: %d", code)
+	}
+	if kc.last != first {
+		t.Error("the kept connection was closed to make room for the flood")
+	}
+}
+
 // keptClient posts messages to a relay's API over a connection it keeps
 // between requests, as an HTTP client library does.
 type keptClient struct {
