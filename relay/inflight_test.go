@@ -82,6 +82,34 @@ func holdAndRefuse(t *testing.T, budget *inflight) (e *smtpEnv, big string, a, b
 	return e, big, a, b
 }
 
+// TestInflightFullTooBigIsPermanent: a message over smtp.max_message_bytes
+// gets 552 5.3.4 even when the budget fills before its end is read: the
+// 452 4.3.1 it got before tells the client to send it again, and it can
+// never be taken. So does a line too long. A message that would fit
+// still gets the 452 (holdAndRefuse).
+func TestInflightFullTooBigIsPermanent(t *testing.T) {
+	e, big, a, b := holdAndRefuse(t, newInflight(300<<10, 0))
+	huge := big + big // 360 KB, over the 200 KB limit
+	b.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	b.cmd("RCPT TO:<x@example.org>", "250 ")
+	b.cmd("DATA", "354 ")
+	b.write(huge + ".\r\n")
+	b.expect("552 5.3.4 ")
+	b.cmd("NOOP", "250 ")
+
+	c := dialSMTP(t, e.insecure)
+	c.login()
+	c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	c.cmd("RCPT TO:<x@example.org>", "250 ")
+	c.cmd("DATA", "354 ")
+	c.write(big + strings.Repeat("y", 5000) + "\r\n.\r\n")
+	c.expect("500 5.5.2 ")
+	c.expect("421 4.5.0 ")
+
+	a.write(".\r\n")
+	a.expect("250 2.0.0 Queued as ")
+}
+
 // sendSized sends msg from from to x@example.org with MAIL FROM's SIZE
 // set, and expects it queued.
 func (c *smtpTestConn) sendSized(from, msg string) {

@@ -690,6 +690,9 @@ func (s *smtpSession) Data(r io.Reader) error {
 		// reads, and sends the message again.
 		err = errSMTPChunkCut
 	}
+	if _, bdat := r.(*io.PipeReader); errors.Is(err, errInflightFull) && !bdat {
+		err = restOfMessage(r, err)
+	}
 	if err != nil {
 		if errors.Is(err, smtp.ErrTooLongLine) {
 			s.tc.lineStuck.Store(true)
@@ -756,6 +759,22 @@ func (s *smtpSession) Reset() {
 func (s *smtpSession) Logout() error {
 	s.tc.setTop(s.conn.Conn())
 	return nil
+}
+
+// restOfMessage reads out the rest of a message that found no room in
+// the in-flight budget (full, errInflightFull), without keeping it, and
+// returns the error its reply should tell: the message's own permanent
+// fault when the rest has one (over smtp.max_message_bytes, a line too
+// long), else full. A client told 452 sends the message again, and one
+// that can never be taken would come back for as long as it retries.
+// go-smtp reads the rest of a refused DATA anyway before it replies;
+// BDAT's chunks it checks against the size limit itself, as they come.
+func restOfMessage(r io.Reader, full error) error {
+	_, err := io.Copy(io.Discard, r)
+	if errors.Is(err, smtp.ErrDataTooLarge) || errors.Is(err, smtp.ErrTooLongLine) {
+		return err
+	}
+	return full
 }
 
 // smtpReadError is the reply to a message that could not be read to its
