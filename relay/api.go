@@ -302,7 +302,17 @@ type submitReply struct {
 // it has written the reply.
 func (h *api) envelope(w http.ResponseWriter, r *http.Request, app *App) (from string, to []string, ok bool) {
 	fail := func(code, msg string) { h.fail(w, r, app, http.StatusBadRequest, code, msg) }
+	tooMany := func() {
+		fail("too_many_recipients", fmt.Sprintf("A message may have at most %d recipients; split it into several messages.", maxHTTPRecipients))
+	}
 	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil && strings.Count(r.URL.RawQuery, "&") > maxHTTPRecipients {
+		// More parameters than a from and maxHTTPRecipients tos, which
+		// ParseQuery past its own bound refuses unparsed: the sender
+		// must split the recipients, not mend the query.
+		tooMany()
+		return "", nil, false
+	}
 	if err != nil {
 		fail("invalid_query", "The query string is malformed; percent-encode the from and to values and separate parameters with &.")
 		return "", nil, false
@@ -339,7 +349,7 @@ func (h *api) envelope(w http.ResponseWriter, r *http.Request, app *App) (from s
 				return "", nil, false
 			}
 			if len(to) == maxHTTPRecipients {
-				fail("too_many_recipients", fmt.Sprintf("A message may have at most %d recipients; split it into several messages.", maxHTTPRecipients))
+				tooMany()
 				return "", nil, false
 			}
 			seen[a] = true
