@@ -29,10 +29,10 @@ const httpHeaderAge = 5 * time.Second
 // httpConns bounds the HTTP API's connections (http.max_connections). In
 // a full table a new connection takes the place of one that is not in a
 // request: connected for httpConnAge without sending anything, else idle
-// between requests (keep-alive, which a client must be ready to see
-// closed) of an address holding as many connections as the newcomer's or
-// more. When every connection is in a request, the newcomer gets
-// 503 with Retry-After and is closed. Without it, a client could hold
+// between requests for httpConnAge (keep-alive, which a client must be
+// ready to see closed) of an address holding as many connections as the
+// newcomer's or more. When no connection can go, the newcomer gets 503
+// with Retry-After and is closed. Without it, a client could hold
 // file descriptors by the thousand, and take them from SMTP and Redis.
 // One client address is held to maxPerIP connections the same way, among
 // its own (http.max_connections_per_ip), so that it cannot fill the
@@ -239,7 +239,9 @@ func (h *httpConns) leaveIPLocked(ip string) {
 // those of ip (all when ip is ""): the oldest that has sent nothing for
 // the table's age, else the one whose request header has been arriving
 // the longest, for the header age at least, else the one idle between
-// requests longest; never one whose header is whole (a request in the
+// requests longest, for the table's age at least (one idle for less is in
+// use by a client sending request after request, whose next one would be
+// cut as it closed); never one whose header is whole (a request in the
 // relay's hands) or began to arrive less than the header age ago; or
 // nil. Silent and trickling connections go first: under a flood of
 // them, an application's kept connections stay.
@@ -270,7 +272,7 @@ func (h *httpConns) victimsLocked(ip string) (gone, idle net.Conn) {
 			if reading <= headerCutoff && (slow == nil || reading < slowSince) {
 				slow, slowSince = nc, reading
 			}
-		case c.state == http.StateIdle && (idle == nil || c.since.Before(idleSince)):
+		case c.state == http.StateIdle && !c.since.After(cutoff) && (idle == nil || c.since.Before(idleSince)):
 			idle, idleSince = nc, c.since
 		case c.state == http.StateNew && !c.since.After(cutoff) && (fresh == nil || c.since.Before(freshSince)):
 			fresh, freshSince = nc, c.since
@@ -286,18 +288,20 @@ func (h *httpConns) victimsLocked(ip string) (gone, idle net.Conn) {
 }
 
 // keptVictimLocked returns, for a newcomer from ip to a full table, the
-// connection idle between requests the longest among the addresses that
-// hold at least as many connections as ip; or nil. A flood that
-// reconnects faster than the table's age, from addresses holding many
-// connections, silent, trickling or in slow requests, would otherwise
-// close an application's kept connection at each newcomer, and cut the
-// requests sent on it as it closed. h.mu is held.
+// connection idle between requests the longest, for the table's age at
+// least, among the addresses that hold at least as many connections as
+// ip; or nil. A flood that reconnects faster than the table's age, from
+// addresses holding many connections, silent, trickling or in slow
+// requests, would otherwise close an application's kept connection at
+// each newcomer, and cut the requests sent on it as it closed. h.mu is
+// held.
 func (h *httpConns) keptVictimLocked(ip string) net.Conn {
 	var idle net.Conn
 	var idleSince time.Time
 	mine := h.perIP[ip]
+	cutoff := time.Now().Add(-time.Duration(h.age.Load()))
 	for nc, c := range h.conns {
-		if c.closing || c.state != http.StateIdle || c.readingSince.Load() != 0 || h.perIP[c.ip] < mine {
+		if c.closing || c.state != http.StateIdle || c.since.After(cutoff) || c.readingSince.Load() != 0 || h.perIP[c.ip] < mine {
 			continue
 		}
 		if idle == nil || c.since.Before(idleSince) {
