@@ -9,8 +9,8 @@ func SetAfterTransaction(t interface{ Cleanup(func()) }, f func()) {
 	t.Cleanup(func() { afterTransaction = nil })
 }
 
-// LostSlots is how many of the sender's connections hold a slot taken
-// for lost and are not closed yet.
+// LostSlots is how many of the sender's slots, with a connection or none
+// yet, are taken for lost and not given up yet.
 func (s *SMTPSender) LostSlots() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()

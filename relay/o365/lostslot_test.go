@@ -327,3 +327,112 @@ func waitSimIdle(t *testing.T, sm *sim.Sim) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestWaitingGrantKeepsSlot: two relays, A and B, share a mailbox's 3
+// connection slots in a real Redis and send to the simulator, which
+// answers a 4th connection with 432 4.3.2. A reserves the 3 slots
+// (grants with no connection yet), and its grants wait 7 s for their
+// sends, longer than a slot lives (as during a slow acknowledgement of
+// the message before). Then B asks for slots, and both send. No
+// connection meets 432: A's grants kept their slots while they waited,
+// and B finds none free.
+func TestWaitingGrantKeepsSlot(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	limiter := queue.NewLimiter(rdb, nil)
+	sm := startSim(t)
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: sm.RootCAs()}
+	t.Cleanup(tr.CloseIdleConnections)
+	tokens := &simTokens{client: &http.Client{Transport: tr, Timeout: 10 * time.Second}, cfg: clientcredentials.Config{
+		ClientID: clientID, ClientSecret: secret, TokenURL: sm.TokenURL(tenant), Scopes: []string{"https://outlook.office365.com/.default"}}}
+	newSender := func() *o365.SMTPSender {
+		s, err := o365.NewSMTPSender(o365.SMTPOptions{
+			Addr: sm.SMTPAddr(), TLS: &tls.Config{RootCAs: sm.RootCAs()},
+			CommandTimeout: 10 * time.Second, DataTimeout: 10 * time.Second,
+			IdleTimeout: 2 * time.Second, PerMinute: 1000, Limits: limiter,
+			Router: func(context.Context, *queue.Message) (o365.Route, error) {
+				return o365.Route{Mailbox: mailbox, Tokens: tokens, Kind: o365.AppOnly}, nil
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	a, b := newSender(), newSender()
+	ctx := context.Background()
+	aGrants, _, err := a.Reserve(ctx, mailbox, 3)
+	if err != nil || len(aGrants) != 3 {
+		t.Fatalf("A reserved %d, %v", len(aGrants), err)
+	}
+	time.Sleep(7 * time.Second)
+	bGrants, _, err := b.Reserve(ctx, mailbox, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type sent struct {
+		grant *o365.Grant
+		s     *o365.SMTPSender
+		err   error
+	}
+	var sends []*sent
+	for _, g := range aGrants {
+		sends = append(sends, &sent{grant: g, s: a})
+	}
+	for _, g := range bGrants {
+		sends = append(sends, &sent{grant: g, s: b})
+	}
+	var wg sync.WaitGroup
+	for i, x := range sends {
+		m := &queue.Message{ID: fmt.Sprint("m", i), From: mailbox, To: []string{"x@example.org"},
+			Body: []byte("From: <" + mailbox + ">\r\nTo: <x@example.org>\r\nSubject: t\r\n\r\nhello\r\n")}
+		wg.Go(func() { _, x.err = x.s.Send(o365.WithGrant(ctx, x.grant), m) })
+	}
+	wg.Wait()
+	met := 0
+	for _, x := range sends {
+		var ue *upstream.Error
+		if errors.As(x.err, &ue) && ue.Code == 432 {
+			met++
+		} else if x.err != nil {
+			t.Error(x.err)
+		}
+	}
+	most := sm.Counters().Mailboxes[mailbox].MaxConcurrentSMTP
+	t.Logf("B took %d slots; %d of %d sends met 432 4.3.2; at most %d connections at once", len(bGrants), met, len(sends), most)
+	if met > 0 || most > 3 {
+		t.Errorf("%d sends met 432, %d connections at once as the mailbox; want none, and at most 3", met, most)
+	}
+}
+
+// TestLostSlotGrantSlotRefused: a grant's slot, taken with no connection
+// on it, that was found lost while the grant waited (another relay may
+// hold it now) has no connection opened on it: the send goes on a
+// connection with a slot of its own.
+func TestLostSlotGrantSlotRefused(t *testing.T) {
+	limits := &lostLimits{}
+	k, p, s := newSinkSenderEdit(t, func(o *o365.SMTPOptions) {
+		o.Limits = limits
+		o.IdleTimeout = 2 * time.Second
+	})
+	ctx := context.Background()
+	grants, _, err := s.Reserve(ctx, "box@contoso.com", 1)
+	if err != nil || len(grants) != 1 {
+		t.Fatalf("reserve: %d grants, %v", len(grants), err)
+	}
+	limits.lost.Store(true)
+	waitLost(t, s, 1)
+	if _, err := s.Send(o365.WithGrant(ctx, grants[0]), sinkMessage(0, "a@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	if got := limits.acquired.Load(); got != 2 {
+		t.Errorf("%d slots taken, want 2: a connection was opened on the grant's lost slot", got)
+	}
+	if got := p.conns.Load(); got != 1 {
+		t.Errorf("%d connections opened, want 1", got)
+	}
+	if got := k.received(); len(got) != 1 {
+		t.Errorf("%d messages received, want 1", len(got))
+	}
+}

@@ -3,8 +3,6 @@ package o365
 import (
 	"context"
 	"time"
-
-	"holdfast/queue"
 )
 
 // A Grant is room to send one message of a mailbox now: a connection
@@ -16,9 +14,9 @@ import (
 type Grant struct {
 	s       *SMTPSender
 	mailbox string
-	conn    *conn       // an idle connection of this replica, or nil
-	slot    *queue.Slot // a new slot when conn is nil
-	send    string      // the rate's token
+	conn    *conn  // an idle connection of this replica, or nil
+	slot    *conn  // a new slot when conn is nil, held with no connection (hold)
+	send    string // the rate's token
 }
 
 type grantKey struct{}
@@ -50,6 +48,7 @@ func (s *SMTPSender) Reserve(ctx context.Context, mailbox string, n int, holds .
 	for len(grants) < n {
 		g := &Grant{s: s, mailbox: mailbox, conn: s.takeIdle(mailbox)}
 		if g.conn == nil {
+			start := time.Now()
 			slot, err := s.o.Limits.AcquireConn(ctx, mailbox, s.o.MaxConns, slotTTL)
 			if err != nil {
 				return grants, 0, err
@@ -57,7 +56,7 @@ func (s *SMTPSender) Reserve(ctx context.Context, mailbox string, n int, holds .
 			if slot == nil {
 				return grants, slotRetry, nil
 			}
-			g.slot = slot
+			g.slot = s.hold(mailbox, slot, start)
 		}
 		token, wait, err := s.o.Limits.ReserveSend(ctx, mailbox, s.o.PerMinute, time.Minute, holds...)
 		if err != nil || wait > 0 {
@@ -90,7 +89,7 @@ func (g *Grant) release() {
 	case g.conn != nil:
 		g.s.put(g.conn)
 	case g.slot != nil:
-		_ = g.s.o.Limits.Release(context.Background(), g.slot)
+		g.s.discard(g.slot)
 	}
 	g.s = nil
 }

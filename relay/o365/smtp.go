@@ -201,7 +201,7 @@ type SMTPSender struct {
 
 	mu   sync.Mutex
 	idle map[string][]*conn // by mailbox
-	live map[*conn]bool     // every connection holding a slot; renewed by reap
+	live map[*conn]bool     // every slot held, with its connection or none yet (hold); renewed by reap
 
 	flights authFlights
 
@@ -212,7 +212,8 @@ type SMTPSender struct {
 	quits sync.WaitGroup
 }
 
-// conn is an authenticated submission connection and its fleet-wide slot.
+// conn is an authenticated submission connection and its fleet-wide slot,
+// or a slot held with no connection on it yet (c nil; see hold).
 type conn struct {
 	c *smtp.Client
 	// w, when the server offers PIPELINING, sends the transactions
@@ -230,7 +231,8 @@ type conn struct {
 	// connection is closed as soon as it is idle, so that the mailbox
 	// stays within its connection limit. It is not handed to a send
 	// (granted) and starts no transaction (submit); a transaction begun
-	// runs to its end (see submit). Under SMTPSender.mu.
+	// runs to its end (see submit). A slot held with no connection has
+	// none opened on it (openOn). Under SMTPSender.mu.
 	lost bool
 }
 
@@ -536,42 +538,65 @@ func (s *SMTPSender) takeIdle(mailbox string) *conn {
 // granted returns the grant's connection, or a new one on the grant's
 // slot (also when the granted connection no longer answers). A granted
 // connection whose slot was lost while the grant waited is closed, and
-// the send takes another connection, with a slot of its own (get).
+// the send takes another connection, with a slot of its own (get); so
+// does a lost slot with no connection on it (openOn).
 func (s *SMTPSender) granted(ctx context.Context, r Route, g *Grant) (*conn, error) {
-	slot := g.slot
+	g.s = nil
+	h := g.slot
 	if c := g.conn; c != nil {
 		if s.slotLost(c) {
-			g.s = nil
 			s.quit(c)
 			return s.get(ctx, r)
 		}
 		if c.w != nil || c.c.Reset() == nil {
-			g.s = nil
 			return c, nil
 		}
 		_ = c.c.Close()
 		s.mu.Lock()
 		delete(s.live, c)
+		renewed := c.renewed
 		s.mu.Unlock()
-		slot = c.slot
+		h = s.hold(c.mailbox, c.slot, renewed)
 	}
-	g.s = nil
-	return s.openOn(ctx, r, slot)
+	return s.openOn(ctx, r, h)
 }
 
-// openOn opens a connection on a held slot, which it releases when the
-// connection cannot be opened; reap renews it while the connection lives.
-func (s *SMTPSender) openOn(ctx context.Context, r Route, slot *queue.Slot) (*conn, error) {
+// hold records slot, taken by a request sent at taken, as held with no
+// connection on it yet (a grant's, waiting for its send; one whose
+// connection is being opened), so that reap renews it as it renews a
+// connection's: unrenewed, it would expire while it waits, and another
+// relay could take it. The returned conn is filled in by openOn.
+func (s *SMTPSender) hold(mailbox string, slot *queue.Slot, taken time.Time) *conn {
+	h := &conn{slot: slot, mailbox: mailbox, renewed: taken}
+	s.mu.Lock()
+	s.live[h] = true
+	s.mu.Unlock()
+	return h
+}
+
+// openOn opens a connection on h's slot, held with no connection (hold)
+// or its connection closed, and returns h with the connection on it;
+// reap renews the slot while the connection lives. A slot found lost
+// while it was held (see conn.lost) is given up, and the send takes
+// another (get): the slot may be another relay's, and a connection on it
+// the mailbox's fourth. A slot lost while the connection opened is the
+// connection's, closed before its transaction (submit). When the
+// connection cannot be opened, the slot is released.
+func (s *SMTPSender) openOn(ctx context.Context, r Route, h *conn) (*conn, error) {
+	if s.slotLost(h) {
+		s.o.Logger.Debug("a held connection slot expired before its connection was opened; taking another", "mailbox", h.mailbox)
+		s.discard(h)
+		return s.get(ctx, r)
+	}
 	c, err := s.open(ctx, r)
 	if err != nil {
-		_ = s.o.Limits.Release(context.WithoutCancel(ctx), slot)
+		s.discard(h)
 		return nil, err
 	}
 	s.mu.Lock()
-	c.slot, c.renewed = slot, time.Now()
-	s.live[c] = true
+	h.c, h.w, h.used, h.kept = c.c, c.w, c.used, false
 	s.mu.Unlock()
-	return c, nil
+	return h, nil
 }
 
 // get returns an idle connection of the mailbox, or opens one when the
@@ -583,19 +608,25 @@ func (s *SMTPSender) get(ctx context.Context, r Route) (*conn, error) {
 		}
 		s.discard(c)
 	}
-	slot, err := s.acquire(ctx, r.Mailbox)
+	h, err := s.acquire(ctx, r.Mailbox)
 	if err != nil {
 		return nil, err
 	}
-	return s.openOn(ctx, r, slot)
+	return s.openOn(ctx, r, h)
 }
 
-func (s *SMTPSender) acquire(ctx context.Context, mailbox string) (*queue.Slot, error) {
+// acquire takes a free slot of the mailbox, waiting up to MaxWait, and
+// holds it (hold).
+func (s *SMTPSender) acquire(ctx context.Context, mailbox string) (*conn, error) {
 	deadline := time.Now().Add(s.o.MaxWait)
 	for {
+		start := time.Now()
 		slot, err := s.o.Limits.AcquireConn(ctx, mailbox, s.o.MaxConns, slotTTL)
-		if err != nil || slot != nil {
-			return slot, err
+		if err != nil {
+			return nil, err
+		}
+		if slot != nil {
+			return s.hold(mailbox, slot, start), nil
 		}
 		if time.Now().After(deadline) {
 			return nil, &upstream.Error{Class: upstream.Throttled, RetryAfter: slotDelay,
@@ -703,10 +734,12 @@ func (s *SMTPSender) quit(c *conn) {
 	s.discard(c)
 }
 
-// discard closes a connection and frees its slot; a slot that expired is
-// no longer this connection's to free.
+// discard closes a connection, if any, and frees its slot; a slot that
+// expired is no longer this connection's to free.
 func (s *SMTPSender) discard(c *conn) {
-	_ = c.c.Close()
+	if c.c != nil {
+		_ = c.c.Close()
+	}
 	s.mu.Lock()
 	delete(s.live, c)
 	lost := c.lost
@@ -792,11 +825,11 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 // It takes one of the mailbox's connection slots while it runs.
 func (s *SMTPSender) Probe(ctx context.Context, r Route) error {
 	r.Tokens.Invalidate()
-	slot, err := s.acquire(ctx, r.Mailbox)
+	h, err := s.acquire(ctx, r.Mailbox)
 	if err != nil {
 		return err
 	}
-	defer s.o.Limits.Release(context.WithoutCancel(ctx), slot)
+	defer s.discard(h)
 	r.probe = true
 	c, err := s.open(ctx, r)
 	if err != nil {
