@@ -436,3 +436,50 @@ func TestLostSlotGrantSlotRefused(t *testing.T) {
 		t.Errorf("%d messages received, want 1", len(got))
 	}
 }
+
+// TestLostSlotFailedReset: a granted connection (without PIPELINING, so
+// it is checked with RSET) whose RSET fails, and whose slot was found
+// lost while the RSET ran, does not give its slot to the connection that
+// replaces it: the send goes on a connection with a slot of its own.
+func TestLostSlotFailedReset(t *testing.T) {
+	limits := &lostLimits{}
+	var s *o365.SMTPSender
+	k, p, s := newSinkSenderEdit(t, func(o *o365.SMTPOptions) {
+		o.Limits = limits
+		o.IdleTimeout = 2 * time.Second
+	}, "PIPELINING")
+	ctx := context.Background()
+	if _, err := s.Send(ctx, sinkMessage(0, "a@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	grants, _, err := s.Reserve(ctx, "box@contoso.com", 1)
+	if err != nil || len(grants) != 1 {
+		t.Fatalf("reserve: %d grants, %v", len(grants), err)
+	}
+	var once atomic.Bool
+	k.mu.Lock()
+	k.onReset = func() {
+		if once.CompareAndSwap(false, true) {
+			limits.lost.Store(true)
+			waitLost(t, s, 1)
+			limits.lost.Store(false)
+			p.cut()
+		}
+	}
+	k.mu.Unlock()
+	if _, err := s.Send(o365.WithGrant(ctx, grants[0]), sinkMessage(1, "a@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	if !once.Load() {
+		t.Fatal("the granted connection was not checked with RSET")
+	}
+	if got := limits.acquired.Load(); got != 2 {
+		t.Errorf("%d slots taken, want 2: the connection replacing the one whose RSET failed was opened on its lost slot", got)
+	}
+	if got := p.conns.Load(); got != 2 {
+		t.Errorf("%d connections opened, want 2", got)
+	}
+	if got := k.received(); len(got) != 2 {
+		t.Errorf("%d messages received, want 2", len(got))
+	}
+}

@@ -31,6 +31,10 @@ type sink struct {
 	// onData, when set, runs when a message has come whole, before the
 	// sink takes it and replies.
 	onData func()
+	// onReset, when set, runs at a reset with no transaction to end (an
+	// RSET between messages, or the session's end), before the sink
+	// replies.
+	onReset func()
 }
 
 func (k *sink) NewSession(*smtp.Conn) (smtp.Session, error) { return &sinkSession{k: k}, nil }
@@ -72,7 +76,15 @@ func (s *sinkSession) Data(r io.Reader) error {
 	s.k.mu.Unlock()
 	return nil
 }
-func (s *sinkSession) Reset()        { s.from, s.to = "", nil }
+func (s *sinkSession) Reset() {
+	s.k.mu.Lock()
+	onReset := s.k.onReset
+	s.k.mu.Unlock()
+	if onReset != nil && s.from == "" {
+		onReset()
+	}
+	s.from, s.to = "", nil
+}
 func (s *sinkSession) Logout() error { return nil }
 
 func (k *sink) received() []string {

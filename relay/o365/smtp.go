@@ -536,10 +536,11 @@ func (s *SMTPSender) takeIdle(mailbox string) *conn {
 }
 
 // granted returns the grant's connection, or a new one on the grant's
-// slot (also when the granted connection no longer answers). A granted
-// connection whose slot was lost while the grant waited is closed, and
-// the send takes another connection, with a slot of its own (get); so
-// does a lost slot with no connection on it (openOn).
+// slot (also when the granted connection no longer answers: the new one
+// takes its slot). A granted connection whose slot was lost while the
+// grant waited is closed, and the send takes another connection, with a
+// slot of its own (get); so does a lost slot with no connection on it
+// (openOn).
 func (s *SMTPSender) granted(ctx context.Context, r Route, g *Grant) (*conn, error) {
 	g.s = nil
 	h := g.slot
@@ -551,12 +552,10 @@ func (s *SMTPSender) granted(ctx context.Context, r Route, g *Grant) (*conn, err
 		if c.w != nil || c.c.Reset() == nil {
 			return c, nil
 		}
+		// Its slot, renewed by reap while the RSET ran, goes to the new
+		// connection, unless it was lost meanwhile.
 		_ = c.c.Close()
-		s.mu.Lock()
-		delete(s.live, c)
-		renewed := c.renewed
-		s.mu.Unlock()
-		h = s.hold(c.mailbox, c.slot, renewed)
+		h = c
 	}
 	return s.openOn(ctx, r, h)
 }
