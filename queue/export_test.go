@@ -39,3 +39,7 @@ func MovingKey(route string) string { return keysFor(route).moving }
 
 // MessageKey is the hash of one message.
 var MessageKey = msgKey
+
+// MoveDoneHash is the SHA1 of the script that deletes a moved message
+// from its old route, for tests that cut a move after its copy is stored.
+var MoveDoneHash = moveDoneScript.Hash()

@@ -89,6 +89,10 @@ const (
 	// new route (see Move), set when it is taken out.
 	fMoveKey   = "mvkey"
 	fMovePrint = "mvprint"
+	// fMoveTo is the route a move takes the message to, set when it is
+	// taken out, and changed by a move run again elsewhere that finds no
+	// copy stored by the first.
+	fMoveTo = "mvto"
 	// "settled" holds "TOKEN:OUTCOME" of the last settled lease; only
 	// the scripts read it.
 )

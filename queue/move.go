@@ -27,16 +27,21 @@ var ErrNotMovable = errors.New("the message is not waiting on its route")
 // route or one no longer waiting, is taken out of the route's due, live
 // and moving sets: a move prunes what it finds gone.
 //
+// It records the route the move takes the message to, too: a move run
+// again to another route looks there first for the copy (see move).
+//
 // KEYS[1] the message, KEYS[2] due, KEYS[3] live, KEYS[4] moving.
 // ARGV[1] id, ARGV[2] now, ARGV[3] the route, ARGV[4] the prefix of the
-// route's idempotency keys, ARGV[5] that of their fingerprints.
+// route's idempotency keys, ARGV[5] that of their fingerprints, ARGV[6]
+// the route it moves to.
 //
 // Returns {1, app, from, to, body, ambiguity flag, idempotency key,
-// fingerprint} (the key "" for none), {0} when there is no message on the
-// route, or {2, state} when it is not waiting.
+// fingerprint, route moved to} (the key "" for none; the route "" for a
+// message taken out by a relay that did not record it), {0} when there is
+// no message on the route, or {2, state} when it is not waiting.
 var moveOutScript = drainScript(`
 local m = redis.call('HMGET', KEYS[1], 'st', 'route', 'app', 'from', 'to', 'body', '` + fAmbiguous + `',
-  '` + fIdemKey + `', '` + fMoveKey + `', '` + fMovePrint + `')
+  '` + fIdemKey + `', '` + fMoveKey + `', '` + fMovePrint + `', '` + fMoveTo + `')
 if not m[1] or m[2] ~= ARGV[3] then
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[3], ARGV[1])
@@ -47,18 +52,31 @@ if m[1] ~= '` + stQueued + `' and m[1] ~= '` + stMoving + `' then
   redis.call('SREM', KEYS[4], ARGV[1])
   return {2, m[1]}
 end
-local key, print = m[9] or '', m[10] or ''
+local key, print, dest = m[9] or '', m[10] or '', m[11] or ''
 if m[1] == '` + stQueued + `' then
+  dest = ARGV[6] or ''
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('SADD', KEYS[4], ARGV[1])
-  redis.call('HSET', KEYS[1], 'st', '` + stMoving + `', 'upd', ARGV[2])
+  redis.call('HSET', KEYS[1], 'st', '` + stMoving + `', 'upd', ARGV[2], '` + fMoveTo + `', dest)
   if m[8] and m[8] ~= '' and redis.call('GET', ARGV[4] .. m[8]) == ARGV[1] then
     key, print = m[8], redis.call('GET', ARGV[5] .. m[8]) or ''
     redis.call('HSET', KEYS[1], '` + fMoveKey + `', key, '` + fMovePrint + `', print)
   end
 end
-return {1, m[3], m[4], m[5], m[6], m[7] or '', key, print}
+return {1, m[3], m[4], m[5], m[6], m[7] or '', key, print, dest}
+`)
+
+// moveRetargetScript records the new route of a message a cut move left
+// in its old route's moving set, when that move stored no copy: a move
+// cut again goes on from there.
+//
+// KEYS[1] the message. ARGV[1] the route. Returns 0 when the message is
+// no longer moving.
+var moveRetargetScript = drainScript(`
+if redis.call('HGET', KEYS[1], '` + fState + `') ~= '` + stMoving + `' then return 0 end
+redis.call('HSET', KEYS[1], '` + fMoveTo + `', ARGV[1])
+return 1
 `)
 
 // moveDoneScript deletes a moved message from its old route, and points
@@ -95,7 +113,10 @@ return redis.call('DEL', KEYS[1])
 // message in its old route's moving set, out of reach of the workers;
 // MoveRoute of that route finishes it. The copy is stored under the
 // application's key, or the key "moved:ID" when it carries none, so that
-// a Move run again stores it once.
+// a Move run again stores it once. A Move run again to another route
+// than the cut one's finishes where that one stored the copy, if it did
+// (found by those keys, so within Options.IdempotencyTTL of the cut), and
+// returns the copy's id there; else it stores the message on to.
 func (q *Queue) Move(ctx context.Context, id, to string) (string, error) {
 	if !ValidRoute(to) {
 		return "", fmt.Errorf("move: invalid route name %q", to)
@@ -114,7 +135,7 @@ func (q *Queue) Move(ctx context.Context, id, to string) (string, error) {
 func (q *Queue) move(ctx context.Context, id, from, to string) (string, error) {
 	rk := keysFor(from)
 	res, err := moveOutScript.Run(ctx, q.rdb, []string{msgKey(id), rk.due, rk.live, rk.moving},
-		id, q.opts.Now().UnixMilli(), from, idemBase(from), idemPrintBase(from)).Slice()
+		id, q.opts.Now().UnixMilli(), from, idemBase(from), idemPrintBase(from), to).Slice()
 	if err != nil {
 		return "", fmt.Errorf("move %s: %w", id, err)
 	}
@@ -133,7 +154,23 @@ func (q *Queue) move(ctx context.Context, id, from, to string) (string, error) {
 	if appKey != "" {
 		sub.IdempotencyKey, sub.Fingerprint = appKey, str(7)
 	}
-	newID, dup, err := q.Enqueue(ctx, sub)
+	var (
+		newID string
+		dup   bool
+	)
+	if before := str(8); before != "" && before != to {
+		// A cut move took it to another route: its copy may be there.
+		if newID, err = q.copyOn(ctx, id, before, appKey, str(7)); err == nil && newID == "" {
+			err = q.retarget(ctx, id, to)
+		}
+		if err != nil {
+			return "", fmt.Errorf("move %s to %s (it waits in %s's moving set; move the route again): %w", id, to, from, err)
+		}
+		dup = newID != ""
+	}
+	if !dup {
+		newID, dup, err = q.Enqueue(ctx, sub)
+	}
 	if appKey != "" && errors.Is(err, ErrKeyReused) {
 		// The application gave the key to another message on the new
 		// route: this one is not that one.
@@ -161,6 +198,38 @@ func (q *Queue) move(ctx context.Context, id, from, to string) (string, error) {
 	// Out of the moving set, which the counts include.
 	q.logChange(ctx, from)
 	return newID, nil
+}
+
+// copyOn returns the id of the copy of message id that a cut move stored
+// on route, found by the idempotency key it was stored under (the
+// application's, when its fingerprint is the message's, or "moved:ID"),
+// or "" when it stored none there.
+func (q *Queue) copyOn(ctx context.Context, id, route, appKey, print string) (string, error) {
+	keys := []string{idemKey(route, "moved:"+id)}
+	if appKey != "" {
+		keys = append(keys, idemKey(route, appKey), idemPrintKey(route, appKey))
+	}
+	v, err := q.rdb.MGet(ctx, keys...).Result()
+	if err != nil {
+		return "", err
+	}
+	str := func(i int) string { s, _ := v[i].(string); return s }
+	if c := str(0); c != "" {
+		return c, nil
+	}
+	if appKey != "" && str(1) != "" && (print == "" || str(2) == "" || str(2) == print) {
+		return str(1), nil
+	}
+	return "", nil
+}
+
+// retarget records to as the route a moving message goes to.
+func (q *Queue) retarget(ctx context.Context, id, to string) error {
+	n, err := moveRetargetScript.Run(ctx, q.rdb, []string{msgKey(id)}, to).Int()
+	if err == nil && n == 0 {
+		err = ErrNotFound
+	}
+	return err
 }
 
 // MoveRoute moves up to limit messages waiting on route from to route to

@@ -3,7 +3,9 @@ package queue_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -308,5 +310,82 @@ func TestMovingSetPruned(t *testing.T) {
 	}
 	if n, err := q.MoveRoute(ctx, other, to, 100); err != nil || n != 1 {
 		t.Errorf("MoveRoute of %s: %d, %v; want its message moved", other, n, err)
+	}
+}
+
+// failScript fails every run of the script of hash sha while on is set.
+type failScript struct {
+	sha string
+	on  *atomic.Bool
+}
+
+func (h failScript) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h failScript) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func (h failScript) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if a := cmd.Args(); h.on.Load() && len(a) > 1 && fmt.Sprint(a[1]) == h.sha {
+			err := errors.New("connection reset by peer")
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// TestMoveCutThenElsewhere: a move cut after its copy was stored on the
+// new route, before the message left the old one, then run again to a
+// third route, finishes where the copy is, whether the message carries
+// the application's key or not: the message is stored once in all. A
+// message whose cut move stored no copy goes where it is now sent.
+func TestMoveCutThenElsewhere(t *testing.T) {
+	srv := redistest.Start(t)
+	clk := newClock()
+	rdb := srv.Client(t)
+	var cut atomic.Bool
+	rdb.AddHook(failScript{sha: queue.MoveDoneHash, on: &cut})
+	q := queue.New(rdb, queue.Options{Now: clk.Now})
+	ctx := context.Background()
+	const from, first, second = "app:old:billing@contoso.com", "app:first:billing@contoso.com", "app:second:billing@contoso.com"
+
+	keyed := msg(from, 1)
+	keyed.IdempotencyKey = "order-1"
+	ids := []string{enqueue(t, q, keyed), enqueue(t, q, msg(from, 2))}
+	cut.Store(true)
+	for _, id := range ids {
+		if _, err := q.Move(ctx, id, first); err == nil {
+			t.Fatalf("move of %s with its deletion failing: no error", id)
+		}
+	}
+	cut.Store(false)
+	n, err := q.MoveRoute(ctx, from, second, 100)
+	if err != nil || n != 2 {
+		t.Fatalf("MoveRoute to %s after the cut moves: %d, %v; want 2", second, n, err)
+	}
+	count := func(route string) int {
+		t.Helper()
+		return len(lease(t, q, route, 10, time.Minute).Leases)
+	}
+	if a, b, c := count(from), count(first), count(second); a != 0 || b != 2 || c != 0 {
+		t.Errorf("after the moves: %d on the old route, %d on %s, %d on %s; want the 2 copies of the cut moves alone", a, b, first, c, second)
+	}
+
+	// A cut before the copy is stored: nothing on the first route, and
+	// the second move takes it.
+	id := enqueue(t, q, msg(from, 3))
+	full := queue.New(rdb, queue.Options{Now: clk.Now, MaxPerRoute: 1})
+	const third = "app:third:billing@contoso.com"
+	enqueue(t, full, msg(third, 9))
+	if _, err := full.Move(ctx, id, third); !errors.Is(err, queue.ErrRouteFull) {
+		t.Fatalf("move to a full route: %v, want ErrRouteFull", err)
+	}
+	if n, err := q.MoveRoute(ctx, from, second, 100); err != nil || n != 1 {
+		t.Fatalf("MoveRoute after a move cut before its store: %d, %v; want 1", n, err)
+	}
+	if c := count(second); c != 1 {
+		t.Errorf("%d messages on %s after the second move, want the one the cut move did not store", c, second)
 	}
 }

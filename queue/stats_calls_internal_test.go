@@ -125,7 +125,7 @@ func TestStatsShortcutsAgree(t *testing.T) {
 		for range sh.moving {
 			id := submitTo(t, q, route)
 			if err := moveOutScript.Run(ctx, rdb, []string{msgKey(id), rk.due, rk.live, rk.moving},
-				id, now, route, idemBase(route), idemPrintBase(route)).Err(); err != nil {
+				id, now, route, idemBase(route), idemPrintBase(route), "app:other:"+route).Err(); err != nil {
 				t.Fatal(err)
 			}
 		}
