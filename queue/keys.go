@@ -229,6 +229,12 @@ func msgKey(id string) string {
 	return msgKeyPrefix(id[:tagLen]) + id
 }
 
+// onRoute reports whether id is the id of a message stored on route:
+// whether it carries the route's tag.
+func onRoute(id, route string) bool {
+	return len(id) >= tagLen && id[:tagLen] == routeTag(route)
+}
+
 // withdrawnKey marks the id of a message whose Enqueue failed as
 // withdrawn (see Withdraw).
 func withdrawnKey(id string) string {

@@ -94,6 +94,15 @@ end
 return redis.call('DEL', KEYS[1])
 `)
 
+// forgetKeyScript lets go of an idempotency key that names a message an
+// earlier move took off the key's route.
+//
+// KEYS[1] the idempotency key. ARGV[1] the id it names.
+var forgetKeyScript = drainScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
 // Move moves a message waiting on its route (ready, scheduled or held)
 // to route to, where it waits as a new message, due now, its lifetime
 // and attempts starting again, and returns its id there. The route's
@@ -107,7 +116,9 @@ return redis.call('DEL', KEYS[1])
 // application already sent the message again there under that key (it
 // was given the new credential before the move), that message is the
 // copy, and no second one is stored. A key the application used on the
-// new route for another envelope stays that other message's.
+// new route for another envelope stays that other message's. A key that
+// an earlier move off the new route pointed at its copy (the message
+// moved back) names the message's new copy there.
 //
 // A Move that stops half-way (the process killed, Redis lost) leaves the
 // message in its old route's moving set, out of reach of the workers;
@@ -157,6 +168,7 @@ func (q *Queue) move(ctx context.Context, id, from, to string) (string, error) {
 	var (
 		newID string
 		dup   bool
+		found bool // the copy a cut move stored on another route
 	)
 	if before := str(8); before != "" && before != to {
 		// A cut move took it to another route: its copy may be there.
@@ -166,12 +178,25 @@ func (q *Queue) move(ctx context.Context, id, from, to string) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("move %s to %s (it waits in %s's moving set; move the route again): %w", id, to, from, err)
 		}
-		dup = newID != ""
+		found = newID != ""
+		dup = found
 	}
-	if !dup {
+	if !found {
 		newID, dup, err = q.Enqueue(ctx, sub)
 	}
-	if appKey != "" && errors.Is(err, ErrKeyReused) {
+	// A key on the new route that names a message not stored there was
+	// pointed by an earlier move off it at that move's copy (this
+	// message, moved back, or one it was moved as): this message is no
+	// copy of that one, and takes the key over.
+	forwarded := func() bool {
+		return !found && appKey != "" && err == nil && dup && (newID == id || !onRoute(newID, to))
+	}
+	if forwarded() {
+		if err = forgetKeyScript.Run(ctx, q.rdb, []string{idemKey(to, appKey)}, newID).Err(); err == nil {
+			newID, dup, err = q.Enqueue(ctx, sub)
+		}
+	}
+	if appKey != "" && errors.Is(err, ErrKeyReused) || forwarded() {
 		// The application gave the key to another message on the new
 		// route: this one is not that one.
 		sub.IdempotencyKey, sub.Fingerprint = "moved:"+id, ""
@@ -217,8 +242,13 @@ func (q *Queue) copyOn(ctx context.Context, id, route, appKey, print string) (st
 	if c := str(0); c != "" {
 		return c, nil
 	}
-	if appKey != "" && str(1) != "" && (print == "" || str(2) == "" || str(2) == print) {
-		return str(1), nil
+	if appKey == "" {
+		return "", nil
+	}
+	// The application's key names the copy, unless an earlier move off
+	// the route pointed it at a message elsewhere.
+	if c := str(1); c != "" && c != id && onRoute(c, route) && (print == "" || str(2) == "" || str(2) == print) {
+		return c, nil
 	}
 	return "", nil
 }

@@ -389,3 +389,56 @@ func TestMoveCutThenElsewhere(t *testing.T) {
 		t.Errorf("%d messages on %s after the second move, want the one the cut move did not store", c, second)
 	}
 }
+
+// TestMoveBackKeepsMessage: a message moved with its application's
+// idempotency key to another route, and moved back within the key's
+// lifetime (the new credential did not work either), arrives back on its
+// first route: the key there names the message it was moved as, which is
+// the one being moved now, not a copy of it already stored. Moved once
+// more, it goes on as well; after each move the application's retry on
+// the route the message is on is answered with it. It runs on a single
+// server and on Redis Cluster.
+func TestMoveBackKeepsMessage(t *testing.T) {
+	t.Run("Single", func(t *testing.T) {
+		testMoveBackKeepsMessage(t, redistest.Start(t).Client(t))
+	})
+	t.Run("Cluster", func(t *testing.T) {
+		testMoveBackKeepsMessage(t, redistest.StartCluster(t, 3).Client(t))
+	})
+}
+
+func testMoveBackKeepsMessage(t *testing.T, rdb redis.UniversalClient) {
+	q := queue.New(rdb, queue.Options{Now: newClock().Now})
+	ctx := context.Background()
+	const a, b, c = "app:old:billing@contoso.com", "app:new:billing@contoso.com", "app:third:billing@contoso.com"
+	m := msg(a, 1)
+	m.IdempotencyKey, m.Fingerprint = "order-17", "fp17"
+	enqueue(t, q, m)
+	for i, hop := range [][2]string{{a, b}, {b, a}, {a, c}, {c, a}} {
+		if n, err := q.MoveRoute(ctx, hop[0], hop[1], 100); err != nil || n != 1 {
+			t.Fatalf("move %d, %s to %s: %d, %v; want 1 moved", i+1, hop[0], hop[1], n, err)
+		}
+		st, err := q.Stats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var found []string
+		for _, r := range st.Routes {
+			for range r.Undelivered() + r.Moving {
+				found = append(found, r.Route)
+			}
+		}
+		if len(found) != 1 || found[0] != hop[1] {
+			t.Fatalf("after move %d, %s to %s: messages on %v, want the one message on %s", i+1, hop[0], hop[1], found, hop[1])
+		}
+		retry := m
+		retry.Route = hop[1]
+		id, dup, err := q.Enqueue(ctx, retry)
+		if err != nil || !dup {
+			t.Fatalf("retry on %s after move %d: %s, dup %v, %v; want a duplicate", hop[1], i+1, id, dup, err)
+		}
+		if got := get(t, q, id); got.Route != hop[1] {
+			t.Errorf("retry on %s after move %d answered with %s, on %s; want the message on %s", hop[1], i+1, id, got.Route, hop[1])
+		}
+	}
+}
