@@ -291,7 +291,7 @@ func (q *Queue) Get(ctx context.Context, id string) (*Message, error) {
 // List returns up to limit messages of a route in the given state, without
 // their bodies, skipping the first offset. Ready, scheduled and held
 // messages come in due order, leased ones by lease deadline, dead ones
-// newest first.
+// newest first, those of a move not finished (Moving) in id order.
 func (q *Queue) List(ctx context.Context, route string, state State, offset, limit int) ([]*Message, error) {
 	rk := keysFor(route)
 	now := fmt.Sprint(q.opts.Now().UnixMilli())
@@ -320,6 +320,12 @@ func (q *Queue) List(ctx context.Context, route string, state State, offset, lim
 		ids, err = q.rdb.ZRange(ctx, rk.leased, int64(offset), int64(offset+limit-1)).Result()
 	case Dead:
 		ids, err = q.rdb.ZRevRange(ctx, rk.dead, int64(offset), int64(offset+limit-1)).Result()
+	case Moving:
+		// A set, without order: a move leaves few messages in it.
+		if ids, err = q.rdb.SMembers(ctx, rk.moving).Result(); err == nil {
+			slices.Sort(ids)
+			ids = ids[min(offset, len(ids)):min(offset+max(limit, 0), len(ids))]
+		}
 	default:
 		return nil, fmt.Errorf("list %s: messages cannot be listed by state %q", route, state)
 	}

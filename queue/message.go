@@ -21,8 +21,8 @@ const (
 	Delivered State = "delivered" // accepted upstream
 	Dead      State = "dead"      // dead-lettered
 	// Moving is a message taken out of its route by a move to another
-	// route that has not finished (see Move); it cannot be listed by
-	// state.
+	// route that has not finished (see Move); not in States, List takes
+	// it all the same.
 	Moving State = "moving"
 )
 

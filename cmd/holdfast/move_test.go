@@ -123,3 +123,39 @@ func TestQueueDrainNamesCutMove(t *testing.T) {
 		t.Errorf("drain once the move is finished: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }
+
+// TestQueuePurgeCutMove: purge of a route deletes the messages of a move
+// cut half-way off it too: they are the route's mail, which queue stats
+// shows, and left behind the next move of the route would send them.
+func TestQueuePurgeCutMove(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfigCredentials(t, srv.Addr(), "new")
+	q := queue.New(srv.Client(t), queue.Options{})
+	ctx := t.Context()
+	const from, to = "app:old:billing@contoso.com", "app:new:billing@contoso.com"
+	enqueueEach(t, q, from, from, to)
+	ms, err := q.List(ctx, from, queue.Ready, 0, 1)
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("list: %v %v", ms, err)
+	}
+	full := queue.New(srv.Client(t), queue.Options{MaxPerRoute: 1})
+	if _, err := full.Move(ctx, ms[0].ID, to); !errors.Is(err, queue.ErrRouteFull) {
+		t.Fatalf("move to a full route: %v, want ErrRouteFull", err)
+	}
+	r := runCmd(t, "queue", "purge", "--config", cfg, "--route", from, "--yes")
+	if r.code != exitOK || !strings.Contains(r.stdout, "deleted 2 messages") {
+		t.Errorf("purge: exit %d, want %d and 2 deleted\n%s%s", r.code, exitOK, r.stdout, r.stderr)
+	}
+	st, err := q.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rs := range st.Routes {
+		if rs.Route == from && rs.Undelivered()+rs.Moving != 0 {
+			t.Errorf("%s after the purge: %+v, want no message", from, rs)
+		}
+	}
+	if n, err := q.MoveRoute(ctx, from, to, 100); err != nil || n != 0 {
+		t.Errorf("move of %s after the purge: %d moved, %v; want none", from, n, err)
+	}
+}

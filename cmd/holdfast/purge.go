@@ -28,7 +28,9 @@ func queuePurge(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	if *route == "" && *state == "" {
 		return usagef("give --route, --state or both: purge never deletes the whole queue by default")
 	}
-	states := queue.States
+	// Every state includes the messages of a move cut half-way off the
+	// route: the next move of the route would send them.
+	states := append(slices.Clip(queue.States), queue.Moving)
 	if *state != "" {
 		st, ok := queue.ParseState(*state)
 		if !ok || !slices.Contains(queue.States, st) {
@@ -134,6 +136,8 @@ func countIn(r queue.RouteStats, s queue.State) int64 {
 		return r.Held
 	case queue.Dead:
 		return r.Dead
+	case queue.Moving:
+		return r.Moving
 	}
 	return 0
 }
