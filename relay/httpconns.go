@@ -31,9 +31,12 @@ const httpHeaderAge = 5 * time.Second
 // request: connected for httpConnAge without sending anything, else idle
 // between requests for httpConnAge (keep-alive, which a client must be
 // ready to see closed) of an address holding as many connections as the
-// newcomer's or more. When no connection can go, the newcomer gets 503
-// with Retry-After and is closed. Without it, a client could hold
-// file descriptors by the thousand, and take them from SMTP and Redis.
+// newcomer's or more. Before such a kept one, and after it for one kept
+// for less, goes one of the address holding the most connections, two
+// more than the newcomer's (fairVictimLocked). When no connection can
+// go, the newcomer gets 503 with Retry-After and is closed. Without it,
+// a client could hold file descriptors by the thousand, and take them
+// from SMTP and Redis.
 // One client address is held to maxPerIP connections the same way, among
 // its own (http.max_connections_per_ip), so that it cannot fill the
 // table with requests in progress.
@@ -195,10 +198,13 @@ func (h *httpConns) admit(nc net.Conn) (net.Conn, string) {
 		}
 	case len(h.conns)-h.closing >= h.max:
 		if victim, _ = h.victimsLocked(""); victim == nil {
-			victim = h.fairVictimLocked(ip)
+			victim = h.fairVictimLocked(ip, true)
 		}
 		if victim == nil {
 			victim = h.keptVictimLocked(ip)
+		}
+		if victim == nil {
+			victim = h.fairVictimLocked(ip, false)
 		}
 		if victim == nil {
 			h.mu.Unlock()
@@ -319,15 +325,24 @@ func (h *httpConns) keptVictimLocked(ip string) net.Conn {
 // cannot take others' places. A connection whose header is whole is in a
 // request, and stays; one whose header is still arriving is not, since
 // nothing of its request reached the relay (over TLS, the handshake
-// counts as arriving bytes). h.mu is held.
-func (h *httpConns) fairVictimLocked(ip string) net.Conn {
+// counts as arriving bytes). With spareInUse, one kept between requests
+// for less than the table's age (in use: its next request would be cut)
+// is not taken either; admit asks so first, and takes a kept connection
+// idle for the table's age (keptVictimLocked) before one in use. Without
+// it, a flood sending request after request on kept connections would
+// hold the table against every newcomer. h.mu is held.
+func (h *httpConns) fairVictimLocked(ip string, spareInUse bool) net.Conn {
 	count := map[string]int{}
 	first := map[string]net.Conn{}
+	cutoff := time.Now().Add(-time.Duration(h.age.Load()))
 	for nc, c := range h.conns {
 		if c.closing || c.state == http.StateActive {
 			continue
 		}
 		count[c.ip]++
+		if spareInUse && c.state == http.StateIdle && c.since.After(cutoff) {
+			continue
+		}
 		if f, ok := first[c.ip]; !ok || c.since.Before(h.conns[f].since) {
 			first[c.ip] = nc
 		}

@@ -637,3 +637,47 @@ func TestHTTPConnectionsPerIP(t *testing.T) {
 		t.Errorf(`holdfast_http_connections_refused_total{limit="total"} = %v, want 0`, n)
 	}
 }
+
+// TestHTTPFairShareAfterIdleKept: in a full table, a connection kept
+// between requests for the table's age goes for a newcomer before the
+// fair share takes one in use (kept for less) of the address holding the
+// most connections: the idle one's client is not sending, the other's
+// next POST would be cut as it closed.
+func TestHTTPFairShareAfterIdleKept(t *testing.T) {
+	s, dialFrom := startFairShare(t)
+	s.httpConns.age.Store(int64(500 * time.Millisecond))
+	idle := newKeptClient(t, s)
+	idle.client.Transport.(*http.Transport).DialContext = (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext
+	if code := idle.post(); code != http.StatusAccepted {
+		t.Fatalf("first request on the idle connection: %d", code)
+	}
+	for range 2 {
+		slow := dialFrom(net.IPv4(127, 0, 0, 4))
+		_, _ = io.WriteString(slow, "POST /v1/messages?from=billing@contoso.com&to=a@example.org HTTP/1.1\r\nHost: x\r\n"+
+			"Authorization: Bearer "+crmToken+"\r\nContent-Length: 1000\r\n\r\n")
+	}
+	time.Sleep(700 * time.Millisecond)
+	var busy []*keptClient
+	var first []net.Conn
+	for range 3 {
+		kc := newKeptClient(t, s)
+		if code := kc.post(); code != http.StatusAccepted {
+			t.Fatalf("first request: %d", code)
+		}
+		busy, first = append(busy, kc), append(first, kc.last)
+	}
+	if open, active := s.httpConns.counts(); open != 6 || active != 2 {
+		t.Fatalf("%d connections open, %d in a request; want 6 and 2", open, active)
+	}
+	if code, _ := httpFrom(t, s, net.IPv4(127, 0, 0, 3), crmToken); code != http.StatusAccepted {
+		t.Fatalf("a request from a fresh address: %d, want 202", code)
+	}
+	for i, kc := range busy {
+		if code := kc.post(); code != http.StatusAccepted {
+			t.Fatalf("second request: %d", code)
+		}
+		if kc.last != first[i] {
+			t.Errorf("kept connection %d, in use, was closed while one idle for the table's age stayed", i)
+		}
+	}
+}
