@@ -864,7 +864,6 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, err
 }
 
-// bad is a validation error naming the field, as "field: what is wrong".
 // webhookURLFault says what makes u unfit for a webhook, without
 // quoting it: "" when it is an http or https URL with a host.
 func webhookURLFault(u string) string {
@@ -887,6 +886,7 @@ func webhookURLFault(u string) string {
 	return ""
 }
 
+// bad is a validation error naming the field, as "field: what is wrong".
 func bad(field, format string, args ...any) error {
 	return fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...))
 }
