@@ -168,39 +168,16 @@ func (q *Queue) move(ctx context.Context, id, from, to string) (string, error) {
 	var (
 		newID string
 		dup   bool
-		found bool // the copy a cut move stored on another route
 	)
 	if before := str(8); before != "" && before != to {
 		// A cut move took it to another route: its copy may be there.
 		if newID, err = q.copyOn(ctx, id, before, appKey, str(7)); err == nil && newID == "" {
 			err = q.retarget(ctx, id, to)
 		}
-		if err != nil {
-			return "", fmt.Errorf("move %s to %s (it waits in %s's moving set; move the route again): %w", id, to, from, err)
-		}
-		found = newID != ""
-		dup = found
+		dup = newID != ""
 	}
-	if !found {
-		newID, dup, err = q.Enqueue(ctx, sub)
-	}
-	// A key on the new route that names a message not stored there was
-	// pointed by an earlier move off it at that move's copy (this
-	// message, moved back, or one it was moved as): this message is no
-	// copy of that one, and takes the key over.
-	forwarded := func() bool {
-		return !found && appKey != "" && err == nil && dup && (newID == id || !onRoute(newID, to))
-	}
-	if forwarded() {
-		if err = forgetKeyScript.Run(ctx, q.rdb, []string{idemKey(to, appKey)}, newID).Err(); err == nil {
-			newID, dup, err = q.Enqueue(ctx, sub)
-		}
-	}
-	if appKey != "" && errors.Is(err, ErrKeyReused) || forwarded() {
-		// The application gave the key to another message on the new
-		// route: this one is not that one.
-		sub.IdempotencyKey, sub.Fingerprint = "moved:"+id, ""
-		newID, dup, err = q.Enqueue(ctx, sub)
+	if err == nil && !dup {
+		newID, dup, err = q.storeCopy(ctx, id, sub, appKey)
 	}
 	if err == nil && str(5) != "" {
 		// An earlier attempt may have sent it: the next one looks first.
@@ -223,6 +200,33 @@ func (q *Queue) move(ctx context.Context, id, from, to string) (string, error) {
 	// Out of the moving set, which the counts include.
 	q.logChange(ctx, from)
 	return newID, nil
+}
+
+// storeCopy stores sub, the copy of message id, under the application's
+// key appKey (sub's, "" for none) or else "moved:ID", and returns its id
+// and whether it was stored before. A key on the new route that names a
+// message not stored there was pointed by an earlier move off it at that
+// move's copy (this message, moved back, or one it was moved as): this
+// message is no copy of that one, and takes the key over. A key the
+// application gave another message there stays that message's.
+func (q *Queue) storeCopy(ctx context.Context, id string, sub Submission, appKey string) (string, bool, error) {
+	forwarded := func(got string, dup bool) bool {
+		return appKey != "" && dup && (got == id || !onRoute(got, sub.Route))
+	}
+	newID, dup, err := q.Enqueue(ctx, sub)
+	if err == nil && forwarded(newID, dup) {
+		if err = forgetKeyScript.Run(ctx, q.rdb, []string{idemKey(sub.Route, appKey)}, newID).Err(); err != nil {
+			return "", false, err
+		}
+		if newID, dup, err = q.Enqueue(ctx, sub); err == nil && forwarded(newID, dup) {
+			err = ErrKeyReused
+		}
+	}
+	if appKey != "" && errors.Is(err, ErrKeyReused) {
+		sub.IdempotencyKey, sub.Fingerprint = "moved:"+id, ""
+		return q.Enqueue(ctx, sub)
+	}
+	return newID, dup, err
 }
 
 // copyOn returns the id of the copy of message id that a cut move stored
