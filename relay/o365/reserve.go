@@ -48,15 +48,14 @@ func (s *SMTPSender) Reserve(ctx context.Context, mailbox string, n int, holds .
 	for len(grants) < n {
 		g := &Grant{s: s, mailbox: mailbox, conn: s.takeIdle(mailbox)}
 		if g.conn == nil {
-			start := time.Now()
-			slot, err := s.o.Limits.AcquireConn(ctx, mailbox, s.o.MaxConns, slotTTL)
+			h, err := s.takeSlot(ctx, mailbox)
 			if err != nil {
 				return grants, 0, err
 			}
-			if slot == nil {
+			if h == nil {
 				return grants, slotRetry, nil
 			}
-			g.slot = s.hold(mailbox, slot, start)
+			g.slot = h
 		}
 		token, wait, err := s.o.Limits.ReserveSend(ctx, mailbox, s.o.PerMinute, time.Minute, holds...)
 		if err != nil || wait > 0 {

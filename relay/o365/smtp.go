@@ -614,18 +614,25 @@ func (s *SMTPSender) get(ctx context.Context, r Route) (*conn, error) {
 	return s.openOn(ctx, r, h)
 }
 
+// takeSlot takes a free slot of the mailbox, if the fleet has one, and
+// holds it (hold); nil when none is free.
+func (s *SMTPSender) takeSlot(ctx context.Context, mailbox string) (*conn, error) {
+	start := time.Now()
+	slot, err := s.o.Limits.AcquireConn(ctx, mailbox, s.o.MaxConns, slotTTL)
+	if err != nil || slot == nil {
+		return nil, err
+	}
+	return s.hold(mailbox, slot, start), nil
+}
+
 // acquire takes a free slot of the mailbox, waiting up to MaxWait, and
-// holds it (hold).
+// holds it (takeSlot).
 func (s *SMTPSender) acquire(ctx context.Context, mailbox string) (*conn, error) {
 	deadline := time.Now().Add(s.o.MaxWait)
 	for {
-		start := time.Now()
-		slot, err := s.o.Limits.AcquireConn(ctx, mailbox, s.o.MaxConns, slotTTL)
-		if err != nil {
-			return nil, err
-		}
-		if slot != nil {
-			return s.hold(mailbox, slot, start), nil
+		h, err := s.takeSlot(ctx, mailbox)
+		if err != nil || h != nil {
+			return h, err
 		}
 		if time.Now().After(deadline) {
 			return nil, &upstream.Error{Class: upstream.Throttled, RetryAfter: slotDelay,
