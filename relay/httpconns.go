@@ -197,11 +197,20 @@ func (h *httpConns) admit(nc net.Conn) (net.Conn, string) {
 			return nil, "per_ip"
 		}
 	case len(h.conns)-h.closing >= h.max:
-		if victim, _ = h.victimsLocked(""); victim == nil {
+		// A silent or trickling connection; else one of the address
+		// holding the most, not in use; else one kept between requests
+		// of an address holding as many as ip or more (a flood that
+		// reconnects faster than the table's age, from addresses
+		// holding many connections, would otherwise close an
+		// application's kept connection at each newcomer, and cut the
+		// requests sent on it as it closed); else one of the address
+		// holding the most, in use or not.
+		gone, kept := h.victimsLocked("", h.perIP[ip])
+		if victim = gone; victim == nil {
 			victim = h.fairVictimLocked(ip, true)
 		}
 		if victim == nil {
-			victim = h.keptVictimLocked(ip)
+			victim = kept
 		}
 		if victim == nil {
 			victim = h.fairVictimLocked(ip, false)
@@ -253,7 +262,7 @@ func (h *httpConns) leaveIPLocked(ip string) {
 // them, an application's kept connections stay.
 // h.mu is held.
 func (h *httpConns) victimLocked(ip string) net.Conn {
-	gone, idle := h.victimsLocked(ip)
+	gone, idle := h.victimsLocked(ip, 0)
 	if gone != nil {
 		return gone
 	}
@@ -262,8 +271,9 @@ func (h *httpConns) victimLocked(ip string) net.Conn {
 
 // victimsLocked returns victimLocked's choices apart: gone, the silent
 // or trickling connection, and idle, the one kept between requests
-// longest. h.mu is held.
-func (h *httpConns) victimsLocked(ip string) (gone, idle net.Conn) {
+// longest, among the addresses that hold keptFrom connections or more.
+// h.mu is held.
+func (h *httpConns) victimsLocked(ip string, keptFrom int) (gone, idle net.Conn) {
 	var fresh, slow net.Conn
 	var idleSince, freshSince time.Time
 	var slowSince int64
@@ -278,7 +288,7 @@ func (h *httpConns) victimsLocked(ip string) (gone, idle net.Conn) {
 			if reading <= headerCutoff && (slow == nil || reading < slowSince) {
 				slow, slowSince = nc, reading
 			}
-		case c.state == http.StateIdle && !c.since.After(cutoff) && (idle == nil || c.since.Before(idleSince)):
+		case c.state == http.StateIdle && !c.since.After(cutoff) && h.perIP[c.ip] >= keptFrom && (idle == nil || c.since.Before(idleSince)):
 			idle, idleSince = nc, c.since
 		case c.state == http.StateNew && !c.since.After(cutoff) && (fresh == nil || c.since.Before(freshSince)):
 			fresh, freshSince = nc, c.since
@@ -293,30 +303,6 @@ func (h *httpConns) victimsLocked(ip string) (gone, idle net.Conn) {
 	return nil, idle
 }
 
-// keptVictimLocked returns, for a newcomer from ip to a full table, the
-// connection idle between requests the longest, for the table's age at
-// least, among the addresses that hold at least as many connections as
-// ip; or nil. A flood that reconnects faster than the table's age, from
-// addresses holding many connections, silent, trickling or in slow
-// requests, would otherwise close an application's kept connection at
-// each newcomer, and cut the requests sent on it as it closed. h.mu is
-// held.
-func (h *httpConns) keptVictimLocked(ip string) net.Conn {
-	var idle net.Conn
-	var idleSince time.Time
-	mine := h.perIP[ip]
-	cutoff := time.Now().Add(-time.Duration(h.age.Load()))
-	for nc, c := range h.conns {
-		if c.closing || c.state != http.StateIdle || c.since.After(cutoff) || c.readingSince.Load() != 0 || h.perIP[c.ip] < mine {
-			continue
-		}
-		if idle == nil || c.since.Before(idleSince) {
-			idle, idleSince = nc, c.since
-		}
-	}
-	return idle
-}
-
 // fairVictimLocked returns, for a newcomer from ip to a full table where
 // no connection is old enough to close (a flood that reconnects faster),
 // the oldest connection not in a request of the address holding the
@@ -328,7 +314,7 @@ func (h *httpConns) keptVictimLocked(ip string) net.Conn {
 // counts as arriving bytes). With spareInUse, one kept between requests
 // for less than the table's age (in use: its next request would be cut)
 // is not taken either; admit asks so first, and takes a kept connection
-// idle for the table's age (keptVictimLocked) before one in use. Without
+// idle for the table's age (victimsLocked) before one in use. Without
 // it, a flood sending request after request on kept connections would
 // hold the table against every newcomer. h.mu is held.
 func (h *httpConns) fairVictimLocked(ip string, spareInUse bool) net.Conn {
