@@ -54,12 +54,10 @@ func (w *Webhook) Post(ctx context.Context, event string, v any) error {
 	}
 	w.mu.Lock()
 	w.posting++
-	w.mx.setPending(w.pendingCount())
 	w.mu.Unlock()
 	defer func() {
 		w.mu.Lock()
 		w.posting--
-		w.mx.setPending(w.pendingCount())
 		w.mu.Unlock()
 	}()
 	_, err = w.deliver(ctx, event, body, time.Time{}, nil)

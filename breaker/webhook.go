@@ -130,6 +130,7 @@ func newWebhook(url string, client *http.Client, log *slog.Logger, m *WebhookMet
 		cancel:    cancel,
 		wake:      make(chan struct{}, 1),
 	}
+	m.follow(w.pendingCount)
 	w.wg.Go(w.loop)
 	return w
 }
@@ -174,7 +175,6 @@ func (w *Webhook) Notify(t Transition) {
 		w.mx.drop(EventTransition)
 	}
 	w.queue = append(w.queue, t)
-	w.mx.setPending(w.pendingCount())
 	w.mu.Unlock()
 	select {
 	case w.wake <- struct{}{}:
@@ -196,7 +196,6 @@ func (w *Webhook) Close() {
 	w.mu.Lock()
 	left := w.pending()
 	w.queue, w.current = nil, nil
-	w.mx.setPending(w.pendingCount())
 	l := w.ledger
 	w.mu.Unlock()
 	if l != nil && len(left) > 0 {
@@ -217,8 +216,10 @@ func (w *Webhook) pending() []Transition {
 }
 
 // pendingCount is the number of notices still to post: the transitions
-// of pending and the events being posted. w.mu is held.
+// of pending and the events being posted.
 func (w *Webhook) pendingCount() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	n := len(w.queue) + w.posting
 	if w.current != nil {
 		n++
@@ -262,7 +263,6 @@ func (w *Webhook) loop() {
 		// Watch, is not posted again.
 		w.mu.Lock()
 		w.current = nil
-		w.mx.setPending(w.pendingCount())
 		if t.ID != "" {
 			w.recent = append(w.recent, noticeMember(t))
 			if len(w.recent) > webhookQueue {

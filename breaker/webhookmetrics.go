@@ -3,6 +3,7 @@ package breaker
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -23,7 +24,10 @@ const (
 type WebhookMetrics struct {
 	posts   *prometheus.CounterVec
 	dropped *prometheus.CounterVec
-	pending prometheus.Gauge
+	pending prometheus.GaugeFunc
+	// count is the Webhook's count of notices still to post, read at
+	// each scrape (follow).
+	count atomic.Pointer[func() int]
 }
 
 // NewWebhookMetrics registers the webhook metrics on reg, each series of
@@ -41,11 +45,16 @@ func NewWebhookMetrics(reg prometheus.Registerer, events ...string) *WebhookMetr
 			Help: "Webhook notices this relay stopped trying without the receiver taking them, by event: " +
 				"its tries spent, or pushed out of a full queue.",
 		}, []string{"event"}),
-		pending: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "holdfast_webhook_notices_pending",
-			Help: "Webhook notices this relay has still to post: queued, or being posted and retried.",
-		}),
 	}
+	m.pending = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "holdfast_webhook_notices_pending",
+		Help: "Webhook notices this relay has still to post: queued, or being posted and retried.",
+	}, func() float64 {
+		if f := m.count.Load(); f != nil {
+			return float64((*f)())
+		}
+		return 0
+	})
 	reg.MustRegister(m.posts, m.dropped, m.pending)
 	for _, event := range append([]string{EventTransition}, events...) {
 		m.posts.WithLabelValues(event, postDelivered)
@@ -78,10 +87,10 @@ func (m *WebhookMetrics) drop(event string) {
 	m.dropped.WithLabelValues(event).Inc()
 }
 
-// setPending sets the count of notices still to post.
-func (m *WebhookMetrics) setPending(n int) {
+// follow makes count the source of the notices still to post.
+func (m *WebhookMetrics) follow(count func() int) {
 	if m == nil {
 		return
 	}
-	m.pending.Set(float64(n))
+	m.count.Store(&count)
 }
