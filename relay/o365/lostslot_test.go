@@ -36,6 +36,35 @@ func waitLost(t *testing.T, s *o365.SMTPSender, n int) {
 	}
 }
 
+// reserveOne reserves room for one message of box@contoso.com, and
+// fails the test without it.
+func reserveOne(t *testing.T, s *o365.SMTPSender) *o365.Grant {
+	t.Helper()
+	grants, _, err := s.Reserve(context.Background(), "box@contoso.com", 1)
+	if err != nil || len(grants) != 1 {
+		t.Fatalf("reserve: %d grants, %v", len(grants), err)
+	}
+	return grants[0]
+}
+
+// lostCounts is what the lost-slot tests count at their end: the
+// connections the sink was opened, the slots the limits gave, and the
+// messages the sink received.
+type lostCounts struct {
+	conns, slots int64
+	received     int
+}
+
+// wantCounts checks the counts against want; why says what a count other
+// than want would mean.
+func wantCounts(t *testing.T, k *sink, p *proxy, limits *lostLimits, want lostCounts, why string) {
+	t.Helper()
+	if got := (lostCounts{p.conns.Load(), limits.acquired.Load(), len(k.received())}); got != want {
+		t.Errorf("%d connections opened, %d slots taken, %d messages received; want %d, %d and %d: %s",
+			got.conns, got.slots, got.received, want.conns, want.slots, want.received, why)
+	}
+}
+
 // TestLostSlotGrantRefused: a grant's connection whose slot expired while
 // the grant waited for its send (another relay may hold the slot now) is
 // not used: the send closes it and goes on a connection with a slot of
@@ -50,24 +79,13 @@ func TestLostSlotGrantRefused(t *testing.T) {
 	if _, err := s.Send(ctx, sinkMessage(0, "a@example.org")); err != nil {
 		t.Fatal(err)
 	}
-	grants, _, err := s.Reserve(ctx, "box@contoso.com", 1)
-	if err != nil || len(grants) != 1 {
-		t.Fatalf("reserve: %d grants, %v", len(grants), err)
-	}
+	g := reserveOne(t, s)
 	limits.lost.Store(true)
 	waitLost(t, s, 1)
-	if _, err := s.Send(o365.WithGrant(ctx, grants[0]), sinkMessage(1, "a@example.org")); err != nil {
+	if _, err := s.Send(o365.WithGrant(ctx, g), sinkMessage(1, "a@example.org")); err != nil {
 		t.Fatal(err)
 	}
-	if got := p.conns.Load(); got != 2 {
-		t.Errorf("%d connections opened, want 2: the granted connection whose slot was lost was used", got)
-	}
-	if got := limits.acquired.Load(); got != 2 {
-		t.Errorf("%d slots taken, want 2", got)
-	}
-	if got := k.received(); len(got) != 2 {
-		t.Errorf("%d messages received, want 2", len(got))
-	}
+	wantCounts(t, k, p, limits, lostCounts{conns: 2, slots: 2, received: 2}, "the granted connection whose slot was lost was used")
 }
 
 // TestLostSlotNoNewTransaction: a send whose connection's slot is found
@@ -101,15 +119,7 @@ func TestLostSlotNoNewTransaction(t *testing.T) {
 	if _, err := s.Send(ctx, sinkMessage(1, "a@example.org")); err != nil {
 		t.Fatal(err)
 	}
-	if got := p.conns.Load(); got != 2 {
-		t.Errorf("%d connections opened, want 2: a transaction began on the connection whose slot was lost", got)
-	}
-	if got := limits.acquired.Load(); got != 2 {
-		t.Errorf("%d slots taken, want 2", got)
-	}
-	if got := k.received(); len(got) != 2 {
-		t.Errorf("%d messages received, want 2", len(got))
-	}
+	wantCounts(t, k, p, limits, lostCounts{conns: 2, slots: 2, received: 2}, "a transaction began on the connection whose slot was lost")
 }
 
 // TestLostSlotLetsDataFinish: a transaction past its data when the slot
@@ -417,24 +427,13 @@ func TestLostSlotGrantSlotRefused(t *testing.T) {
 		o.IdleTimeout = 2 * time.Second
 	})
 	ctx := context.Background()
-	grants, _, err := s.Reserve(ctx, "box@contoso.com", 1)
-	if err != nil || len(grants) != 1 {
-		t.Fatalf("reserve: %d grants, %v", len(grants), err)
-	}
+	g := reserveOne(t, s)
 	limits.lost.Store(true)
 	waitLost(t, s, 1)
-	if _, err := s.Send(o365.WithGrant(ctx, grants[0]), sinkMessage(0, "a@example.org")); err != nil {
+	if _, err := s.Send(o365.WithGrant(ctx, g), sinkMessage(0, "a@example.org")); err != nil {
 		t.Fatal(err)
 	}
-	if got := limits.acquired.Load(); got != 2 {
-		t.Errorf("%d slots taken, want 2: a connection was opened on the grant's lost slot", got)
-	}
-	if got := p.conns.Load(); got != 1 {
-		t.Errorf("%d connections opened, want 1", got)
-	}
-	if got := k.received(); len(got) != 1 {
-		t.Errorf("%d messages received, want 1", len(got))
-	}
+	wantCounts(t, k, p, limits, lostCounts{conns: 1, slots: 2, received: 1}, "a connection was opened on the grant's lost slot")
 }
 
 // TestLostSlotFailedReset: a granted connection (without PIPELINING, so
@@ -452,10 +451,7 @@ func TestLostSlotFailedReset(t *testing.T) {
 	if _, err := s.Send(ctx, sinkMessage(0, "a@example.org")); err != nil {
 		t.Fatal(err)
 	}
-	grants, _, err := s.Reserve(ctx, "box@contoso.com", 1)
-	if err != nil || len(grants) != 1 {
-		t.Fatalf("reserve: %d grants, %v", len(grants), err)
-	}
+	g := reserveOne(t, s)
 	var once atomic.Bool
 	k.mu.Lock()
 	k.onReset = func() {
@@ -467,19 +463,11 @@ func TestLostSlotFailedReset(t *testing.T) {
 		}
 	}
 	k.mu.Unlock()
-	if _, err := s.Send(o365.WithGrant(ctx, grants[0]), sinkMessage(1, "a@example.org")); err != nil {
+	if _, err := s.Send(o365.WithGrant(ctx, g), sinkMessage(1, "a@example.org")); err != nil {
 		t.Fatal(err)
 	}
 	if !once.Load() {
 		t.Fatal("the granted connection was not checked with RSET")
 	}
-	if got := limits.acquired.Load(); got != 2 {
-		t.Errorf("%d slots taken, want 2: the connection replacing the one whose RSET failed was opened on its lost slot", got)
-	}
-	if got := p.conns.Load(); got != 2 {
-		t.Errorf("%d connections opened, want 2", got)
-	}
-	if got := k.received(); len(got) != 2 {
-		t.Errorf("%d messages received, want 2", len(got))
-	}
+	wantCounts(t, k, p, limits, lostCounts{conns: 2, slots: 2, received: 2}, "the connection replacing the one whose RSET failed was opened on its lost slot")
 }
