@@ -173,14 +173,7 @@ func TestMoveFinishesHalfWay(t *testing.T) {
 // carried.
 // It runs on a single server and on Redis Cluster, where the two routes
 // are in different slots.
-func TestMoveKeepsIdempotencyKey(t *testing.T) {
-	t.Run("Single", func(t *testing.T) {
-		testMoveKeepsIdempotencyKey(t, redistest.Start(t).Client(t))
-	})
-	t.Run("Cluster", func(t *testing.T) {
-		testMoveKeepsIdempotencyKey(t, redistest.StartCluster(t, 3).Client(t))
-	})
-}
+func TestMoveKeepsIdempotencyKey(t *testing.T) { singleAndCluster(t, testMoveKeepsIdempotencyKey) }
 
 func testMoveKeepsIdempotencyKey(t *testing.T, rdb redis.UniversalClient) {
 	q := queue.New(rdb, queue.Options{Now: newClock().Now})
@@ -398,14 +391,7 @@ func TestMoveCutThenElsewhere(t *testing.T) {
 // more, it goes on as well; after each move the application's retry on
 // the route the message is on is answered with it. It runs on a single
 // server and on Redis Cluster.
-func TestMoveBackKeepsMessage(t *testing.T) {
-	t.Run("Single", func(t *testing.T) {
-		testMoveBackKeepsMessage(t, redistest.Start(t).Client(t))
-	})
-	t.Run("Cluster", func(t *testing.T) {
-		testMoveBackKeepsMessage(t, redistest.StartCluster(t, 3).Client(t))
-	})
-}
+func TestMoveBackKeepsMessage(t *testing.T) { singleAndCluster(t, testMoveBackKeepsMessage) }
 
 func testMoveBackKeepsMessage(t *testing.T, rdb redis.UniversalClient) {
 	q := queue.New(rdb, queue.Options{Now: newClock().Now})
@@ -441,4 +427,11 @@ func testMoveBackKeepsMessage(t *testing.T, rdb redis.UniversalClient) {
 			t.Errorf("retry on %s after move %d answered with %s, on %s; want the message on %s", hop[1], i+1, id, got.Route, hop[1])
 		}
 	}
+}
+
+// singleAndCluster runs test on a single server and on Redis Cluster,
+// where two routes are in different slots.
+func singleAndCluster(t *testing.T, test func(*testing.T, redis.UniversalClient)) {
+	t.Run("Single", func(t *testing.T) { test(t, redistest.Start(t).Client(t)) })
+	t.Run("Cluster", func(t *testing.T) { test(t, redistest.StartCluster(t, 3).Client(t)) })
 }
