@@ -87,19 +87,9 @@ func TestQueueDrainNamesCutMove(t *testing.T) {
 	srv := redistest.Start(t)
 	cfg := writeConfigCredentials(t, srv.Addr(), "new")
 	q := queue.New(srv.Client(t), queue.Options{})
-	ctx := t.Context()
 	const from, to = "app:old:billing@contoso.com", "app:new:billing@contoso.com"
 	enqueueEach(t, q, from, to)
-	ms, err := q.List(ctx, from, queue.Ready, 0, 1)
-	if err != nil || len(ms) != 1 {
-		t.Fatalf("list: %v %v", ms, err)
-	}
-	id := ms[0].ID
-	// The move is cut: the new route refuses the store, being full.
-	full := queue.New(srv.Client(t), queue.Options{MaxPerRoute: 1})
-	if _, err := full.Move(ctx, id, to); !errors.Is(err, queue.ErrRouteFull) {
-		t.Fatalf("move to a full route: %v, want ErrRouteFull", err)
-	}
+	cutMove(t, srv, from, to)
 	fakeWorkersAfter(t, q, to, 300*time.Millisecond)
 
 	const named = "1 messages stopped half-way in a move off " + from + ": finish it with holdfast queue move --route " + from + " --to ROUTE"
@@ -134,14 +124,7 @@ func TestQueuePurgeCutMove(t *testing.T) {
 	ctx := t.Context()
 	const from, to = "app:old:billing@contoso.com", "app:new:billing@contoso.com"
 	enqueueEach(t, q, from, from, to)
-	ms, err := q.List(ctx, from, queue.Ready, 0, 1)
-	if err != nil || len(ms) != 1 {
-		t.Fatalf("list: %v %v", ms, err)
-	}
-	full := queue.New(srv.Client(t), queue.Options{MaxPerRoute: 1})
-	if _, err := full.Move(ctx, ms[0].ID, to); !errors.Is(err, queue.ErrRouteFull) {
-		t.Fatalf("move to a full route: %v, want ErrRouteFull", err)
-	}
+	cutMove(t, srv, from, to)
 	r := runCmd(t, "queue", "purge", "--config", cfg, "--route", from, "--yes")
 	if r.code != exitOK || !strings.Contains(r.stdout, "deleted 2 messages") {
 		t.Errorf("purge: exit %d, want %d and 2 deleted\n%s%s", r.code, exitOK, r.stdout, r.stderr)
@@ -157,5 +140,20 @@ func TestQueuePurgeCutMove(t *testing.T) {
 	}
 	if n, err := q.MoveRoute(ctx, from, to, 100); err != nil || n != 0 {
 		t.Errorf("move of %s after the purge: %d moved, %v; want none", from, n, err)
+	}
+}
+
+// cutMove cuts the move of route from's first ready message to route to
+// half-way: to, holding a message already, refuses the store of a queue
+// that bounds a route to one. The message stays in from's moving set.
+func cutMove(t *testing.T, srv *redistest.Server, from, to string) {
+	t.Helper()
+	full := queue.New(srv.Client(t), queue.Options{MaxPerRoute: 1})
+	ms, err := full.List(t.Context(), from, queue.Ready, 0, 1)
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("list: %v %v", ms, err)
+	}
+	if _, err := full.Move(t.Context(), ms[0].ID, to); !errors.Is(err, queue.ErrRouteFull) {
+		t.Fatalf("move to a full route: %v, want ErrRouteFull", err)
 	}
 }
