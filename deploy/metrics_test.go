@@ -145,7 +145,8 @@ func TestMetricNamesAgreed(t *testing.T) {
 
 	// The dashboard's promises: queue depth, latency percentiles, a breaker
 	// state timeline, days to expiry, token and AUTH failures, messages
-	// refused unstored.
+	// refused unstored, and the webhook: the path that tells of an
+	// expiring secret without mail, failing or giving notices up.
 	dashboard := map[string]bool{}
 	for where, q := range queries(t) {
 		if strings.HasPrefix(where, "panel ") {
@@ -156,7 +157,8 @@ func TestMetricNamesAgreed(t *testing.T) {
 	}
 	for _, want := range []string{"holdfast_queue_messages", "holdfast_delivery_latency_seconds", "holdfast_breaker_open",
 		"holdfast_credential_expiry_timestamp_seconds", "holdfast_token_requests_total", "holdfast_upstream_auth_total",
-		"holdfast_messages_refused_total"} {
+		"holdfast_messages_refused_total", "holdfast_webhook_posts_total", "holdfast_webhook_notices_pending",
+		"holdfast_webhook_notices_dropped_total"} {
 		if !dashboard[want] {
 			t.Errorf("the dashboard shows nothing of %s", want)
 		}
