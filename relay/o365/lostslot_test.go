@@ -471,3 +471,69 @@ func TestLostSlotFailedReset(t *testing.T) {
 	}
 	wantCounts(t, k, p, limits, lostCounts{conns: 2, slots: 2, received: 2}, "the connection replacing the one whose RSET failed was opened on its lost slot")
 }
+
+// slowRenewLimits is a real Limiter whose renewals fail as those of a
+// Redis too slow to answer fail: the slot stays held in Redis, unrenewed,
+// until it expires.
+type slowRenewLimits struct {
+	*queue.Limiter
+	renewed atomic.Int64
+}
+
+func (l *slowRenewLimits) Renew(context.Context, *queue.Slot, time.Duration) error {
+	l.renewed.Add(1)
+	return context.DeadlineExceeded
+}
+
+// TestLateSlotReleased: a connection whose slot is taken for lost
+// because its renewal came late (the slot is still held in Redis until
+// it expires) gives the slot back when it is closed, by its own token:
+// the room is free for another relay at once, and the slots another
+// relay holds stay held.
+func TestLateSlotReleased(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	limits := &slowRenewLimits{Limiter: queue.NewLimiter(rdb, nil)}
+	var s *o365.SMTPSender
+	k, _, s := newSinkSenderEdit(t, func(o *o365.SMTPOptions) {
+		o.Limits = limits
+		o.IdleTimeout = 2 * time.Second // the reaper looks every second
+	})
+	ctx := context.Background()
+	const box = "box@contoso.com"
+	var others []*queue.Slot
+	var once atomic.Bool
+	k.mu.Lock()
+	k.onData = func() {
+		if once.CompareAndSwap(false, true) {
+			waitLost(t, s, 1)
+			// Another relay takes the mailbox's 2 other slots.
+			for range 2 {
+				o, err := limits.Limiter.AcquireConn(ctx, box, 3, 6*time.Second)
+				if err != nil || o == nil {
+					t.Errorf("another relay's slot: %v, %v", o, err)
+					continue
+				}
+				others = append(others, o)
+			}
+		}
+	}
+	k.mu.Unlock()
+	if _, err := s.Send(ctx, sinkMessage(0, "a@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	if limits.renewed.Load() == 0 {
+		t.Fatal("no renewal was tried")
+	}
+	free, err := limits.Limiter.AcquireConn(ctx, box, 3, 6*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if free == nil {
+		t.Error("no slot free after the connection whose renewal came late was closed: its slot is still held")
+	}
+	for i, o := range others {
+		if err := limits.Limiter.Renew(ctx, o, 6*time.Second); err != nil {
+			t.Errorf("another relay's slot %d: %v", i, err)
+		}
+	}
+}

@@ -740,17 +740,18 @@ func (s *SMTPSender) quit(c *conn) {
 	s.discard(c)
 }
 
-// discard closes a connection, if any, and frees its slot; a slot that
-// expired is no longer this connection's to free.
+// discard closes a connection, if any, and frees its slot. A lost slot
+// is freed too: Release frees the slot by its own token, so it frees a
+// slot whose renewal came late, still held until it expires, and leaves
+// alone one that expired and that another relay may hold now.
 func (s *SMTPSender) discard(c *conn) {
 	if c.c != nil {
 		_ = c.c.Close()
 	}
 	s.mu.Lock()
 	delete(s.live, c)
-	lost := c.lost
 	s.mu.Unlock()
-	if c.slot != nil && !lost {
+	if c.slot != nil {
 		_ = s.o.Limits.Release(context.Background(), c.slot)
 	}
 }
