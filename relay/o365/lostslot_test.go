@@ -537,3 +537,79 @@ func TestLateSlotReleased(t *testing.T) {
 		}
 	}
 }
+
+// rateLimits is lostLimits that hands out a token for each send it
+// counts in the rate, records the tokens given back, and has no slot
+// free once full is set.
+type rateLimits struct {
+	lostLimits
+	full     atomic.Bool
+	mu       sync.Mutex
+	reserved int
+	returned []string
+}
+
+func (l *rateLimits) AcquireConn(ctx context.Context, mailbox string, max int, ttl time.Duration) (*queue.Slot, error) {
+	if l.full.Load() {
+		return nil, nil
+	}
+	return l.lostLimits.AcquireConn(ctx, mailbox, max, ttl)
+}
+
+func (l *rateLimits) ReserveSend(context.Context, string, int, time.Duration, ...string) (string, time.Duration, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.reserved++
+	return fmt.Sprint("send", l.reserved), 0, nil
+}
+
+func (l *rateLimits) ReturnSend(_ context.Context, _, token string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.returned = append(l.returned, token)
+	return nil
+}
+
+// TestLostSlotGrantReturnsSend: a granted connection whose slot is found
+// lost before its transaction, when no other connection can be had (the
+// mailbox's slots are all taken), gives the grant's send back to the
+// mailbox's rate: nothing went out.
+func TestLostSlotGrantReturnsSend(t *testing.T) {
+	limits := &rateLimits{}
+	var lose atomic.Bool
+	var s *o365.SMTPSender
+	k, _, s := newSinkSenderEdit(t, func(o *o365.SMTPOptions) {
+		o.Limits = limits
+		o.IdleTimeout = 2 * time.Second
+		o.MaxWait = 200 * time.Millisecond
+		o.Router = func(context.Context, *queue.Message) (o365.Route, error) {
+			return o365.Route{Mailbox: "box@contoso.com", Tokens: fixedToken{}, Kind: o365.AppOnly,
+				Check: func(context.Context) error {
+					if lose.CompareAndSwap(true, false) {
+						limits.lost.Store(true)
+						waitLost(t, s, 1)
+						limits.full.Store(true)
+					}
+					return nil
+				}}, nil
+		}
+	})
+	ctx := context.Background()
+	if _, err := s.Send(ctx, sinkMessage(0, "a@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	g := reserveOne(t, s)
+	lose.Store(true)
+	_, err := s.Send(o365.WithGrant(ctx, g), sinkMessage(1, "a@example.org"))
+	if upstream.ClassOf(err) != upstream.Throttled {
+		t.Fatalf("the send with no connection to be had: %v, want throttled", err)
+	}
+	if n := len(k.received()); n != 1 {
+		t.Fatalf("%d messages received, want 1", n)
+	}
+	limits.mu.Lock()
+	defer limits.mu.Unlock()
+	if limits.reserved != 1 || len(limits.returned) != 1 || limits.returned[0] != "send1" {
+		t.Errorf("%d sends reserved, given back: %q; want the grant's send1 given back: nothing went out", limits.reserved, limits.returned)
+	}
+}

@@ -392,15 +392,10 @@ func (s *SMTPSender) Send(ctx context.Context, m *queue.Message) (string, error)
 		send := g.send
 		c, err := s.granted(ctx, route, g)
 		if err != nil {
-			// Nothing went out (no connection, token or AUTH): the send
-			// counted in the mailbox's rate is given back, or retries
-			// while Exchange is away would spend the mailbox's minute.
-			if send != "" {
-				_ = s.o.Limits.ReturnSend(context.WithoutCancel(ctx), route.Mailbox, send)
-			}
+			s.returnSend(ctx, route.Mailbox, send)
 			return "", err
 		}
-		return s.submit(ctx, c, route, m)
+		return s.submit(ctx, c, route, m, send)
 	}
 	// The connection slot comes first: a send counted against the rate
 	// must be one that has a connection to go out on.
@@ -416,15 +411,27 @@ func (s *SMTPSender) Send(ctx context.Context, m *queue.Message) (string, error)
 		return "", &upstream.Error{Class: upstream.Throttled, RetryAfter: wait,
 			Text: fmt.Sprintf("%s has sent %d messages in the last minute", route.Mailbox, s.o.PerMinute)}
 	}
-	return s.submit(ctx, c, route, m)
+	return s.submit(ctx, c, route, m, "")
+}
+
+// returnSend gives back send, a grant's send counted in the mailbox's
+// rate (none when empty), for a send that failed before its message went
+// out (no connection, token or AUTH): otherwise retries while Exchange is
+// away would spend the mailbox's minute on nothing.
+func (s *SMTPSender) returnSend(ctx context.Context, mailbox, send string) {
+	if send != "" {
+		_ = s.o.Limits.ReturnSend(context.WithoutCancel(ctx), mailbox, send)
+	}
 }
 
 // afterTransaction, set by tests alone, runs between a transaction's end
 // and submit's look at its cancellation.
 var afterTransaction func()
 
-// submit sends the message on c and keeps or discards c after.
-// Cancelling ctx (shutdown, or the message's lease lost) closes the
+// submit sends the message on c and keeps or discards c after. send is
+// the grant's send counted in the mailbox's rate, or empty: it is given
+// back (returnSend) when c is replaced and no other connection can be
+// had. Cancelling ctx (shutdown, or the message's lease lost) closes the
 // connection: a message not yet ended by its final dot is not sent.
 //
 // A connection whose slot was lost (see conn.lost) before its
@@ -436,7 +443,7 @@ var afterTransaction func()
 // after: cut mid-way, the message would go again whole later, and a cut
 // that came as its final dot went out, before the reply, could deliver
 // it twice.
-func (s *SMTPSender) submit(ctx context.Context, c *conn, route Route, m *queue.Message) (string, error) {
+func (s *SMTPSender) submit(ctx context.Context, c *conn, route Route, m *queue.Message, send string) (string, error) {
 	if route.Check != nil {
 		if err := route.Check(ctx); err != nil {
 			s.put(c)
@@ -449,6 +456,7 @@ func (s *SMTPSender) submit(ctx context.Context, c *conn, route Route, m *queue.
 			s.quit(c)
 			var err error
 			if c, err = s.get(ctx, route); err != nil {
+				s.returnSend(ctx, route.Mailbox, send)
 				return "", err
 			}
 			continue
@@ -480,6 +488,7 @@ func (s *SMTPSender) submit(ctx context.Context, c *conn, route Route, m *queue.
 			s.o.Logger.Debug("a kept connection did not answer; sending on another", "mailbox", c.mailbox, "err", err)
 			s.discard(c)
 			if c, err = s.get(ctx, route); err != nil {
+				s.returnSend(ctx, route.Mailbox, send)
 				return "", err
 			}
 			continue
