@@ -613,3 +613,51 @@ func TestLostSlotGrantReturnsSend(t *testing.T) {
 		t.Errorf("%d sends reserved, given back: %q; want the grant's send1 given back: nothing went out", limits.reserved, limits.returned)
 	}
 }
+
+// hungLimits is freeLimits whose renewals wait for their ctx, as with a
+// Redis that does not answer; it counts those under way.
+type hungLimits struct {
+	freeLimits
+	entered  chan struct{}
+	underWay atomic.Int64
+}
+
+func (l *hungLimits) Renew(ctx context.Context, _ *queue.Slot, _ time.Duration) error {
+	l.underWay.Add(1)
+	defer l.underWay.Add(-1)
+	select {
+	case l.entered <- struct{}{}:
+	default:
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestCloseWaitsForReaper: every Close, also one called while another
+// is closing the sender, returns only once the reaper has ended: no
+// renewal of the sender's is still under way.
+func TestCloseWaitsForReaper(t *testing.T) {
+	limits := &hungLimits{entered: make(chan struct{}, 1)}
+	_, _, s := newSinkSenderEdit(t, func(o *o365.SMTPOptions) {
+		o.Limits = limits
+		o.IdleTimeout = 2 * time.Second
+	})
+	g := reserveOne(t, s) // a slot held with no connection, renewed by the reaper
+	defer g.Cancel()
+	select {
+	case <-limits.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the held slot was not renewed within 10 s")
+	}
+	var first sync.WaitGroup
+	first.Go(func() { s.Close() })
+	time.Sleep(100 * time.Millisecond) // the first Close is waiting for the reaper
+	s.Close()
+	if n := limits.underWay.Load(); n != 0 {
+		t.Errorf("the second Close returned with %d renewals of the reaper's under way", n)
+	}
+	first.Wait()
+	if n := limits.underWay.Load(); n != 0 {
+		t.Errorf("the first Close returned with %d renewals of the reaper's under way", n)
+	}
+}

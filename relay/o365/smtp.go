@@ -205,8 +205,10 @@ type SMTPSender struct {
 
 	flights authFlights
 
-	stop chan struct{} // closed by Close; ends the reaper
-	done chan struct{}
+	stop     chan struct{} // closed by Close; ends the reaper
+	stopOnce sync.Once
+	// reaper is the reaper (reap); Close waits for it.
+	reaper sync.WaitGroup
 	// quits are the reaper's quits of idle connections, each on its own;
 	// Close waits for them.
 	quits sync.WaitGroup
@@ -241,8 +243,8 @@ func NewSMTPSender(o SMTPOptions) (*SMTPSender, error) {
 	if o.Router == nil || o.Limits == nil {
 		return nil, errors.New("o365: SMTP sender needs a router and limits")
 	}
-	s := &SMTPSender{o: o.withDefaults(), idle: map[string][]*conn{}, live: map[*conn]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
-	go s.reap()
+	s := &SMTPSender{o: o.withDefaults(), idle: map[string][]*conn{}, live: map[*conn]bool{}, stop: make(chan struct{})}
+	s.reaper.Go(s.reap)
 	return s, nil
 }
 
@@ -254,7 +256,6 @@ func NewSMTPSender(o SMTPOptions) (*SMTPSender, error) {
 // waiting behind the others, or behind a quit's QUIT and release, would
 // come after its slot's end.
 func (s *SMTPSender) reap() {
-	defer close(s.done)
 	every := s.o.IdleTimeout / 2
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -765,15 +766,13 @@ func (s *SMTPSender) discard(c *conn) {
 	}
 }
 
-// Close closes every idle connection and stops the reaper. Sends still
-// running finish on their own connections.
+// Close closes every idle connection and stops the reaper, and returns
+// once the reaper and its quits have ended; so does every Close, also
+// one called while another runs. Sends still running finish on their own
+// connections.
 func (s *SMTPSender) Close() error {
-	select {
-	case <-s.stop:
-	default:
-		close(s.stop)
-		<-s.done
-	}
+	s.stopOnce.Do(func() { close(s.stop) })
+	s.reaper.Wait()
 	s.mu.Lock()
 	idle := s.idle
 	s.idle = map[string][]*conn{}
