@@ -661,3 +661,38 @@ func TestCloseWaitsForReaper(t *testing.T) {
 		t.Errorf("the first Close returned with %d renewals of the reaper's under way", n)
 	}
 }
+
+// TestLostSlotNoAuth: a connection being opened whose slot is found lost
+// before its AUTH (here while the AUTH waits for its place) is closed
+// without the AUTH, which is where Exchange counts a connection as the
+// mailbox's: the message goes on a connection with a slot of its own.
+func TestLostSlotNoAuth(t *testing.T) {
+	limits := &lostLimits{}
+	var lose atomic.Bool
+	var auths atomic.Int64
+	var s *o365.SMTPSender
+	k, p, s := newSinkSenderEdit(t, func(o *o365.SMTPOptions) {
+		o.Limits = limits
+		o.IdleTimeout = 2 * time.Second
+		o.OnAuth = func(error) { auths.Add(1) }
+		o.Router = func(context.Context, *queue.Message) (o365.Route, error) {
+			return o365.Route{Mailbox: "box@contoso.com", Tokens: fixedToken{}, Kind: o365.AppOnly,
+				Turn: func(context.Context, bool) (o365.AuthTurn, error) {
+					if lose.CompareAndSwap(true, false) {
+						limits.lost.Store(true)
+						waitLost(t, s, 1)
+						limits.lost.Store(false)
+					}
+					return o365.AuthTurn{Placed: true}, nil
+				}}, nil
+		}
+	})
+	lose.Store(true)
+	if _, err := s.Send(context.Background(), sinkMessage(0, "a@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	wantCounts(t, k, p, limits, lostCounts{conns: 2, slots: 2, received: 1}, "the connection whose slot was lost as it opened")
+	if n := auths.Load(); n != 1 {
+		t.Errorf("%d AUTHs, want 1: the connection whose slot was lost before its AUTH sent it, and counted at Exchange as the mailbox's", n)
+	}
+}

@@ -45,6 +45,10 @@ type Route struct {
 	// probe: the route is opened for a breaker's probe (Probe), one
 	// session of its own.
 	probe bool
+	// slot is the slot held for the connection being opened (openOn,
+	// Probe), or nil: once it is lost, the connection is closed before
+	// its AUTH (authOn).
+	slot *conn
 }
 
 // AuthTurn is a place for one AUTH, from Route.Turn.
@@ -588,16 +592,24 @@ func (s *SMTPSender) hold(mailbox string, slot *queue.Slot, taken time.Time) *co
 // reap renews the slot while the connection lives. A slot found lost
 // while it was held (see conn.lost) is given up, and the send takes
 // another (get): the slot may be another relay's, and a connection on it
-// the mailbox's fourth. A slot lost while the connection opened is the
-// connection's, closed before its transaction (submit). When the
-// connection cannot be opened, the slot is released.
+// the mailbox's fourth. So is a slot lost while the connection opened,
+// up to its AUTH (authOn), where Exchange counts the connection as the
+// mailbox's; one lost after is the connection's, closed before its
+// transaction (submit). When the connection cannot be opened, the slot
+// is released.
 func (s *SMTPSender) openOn(ctx context.Context, r Route, h *conn) (*conn, error) {
 	if s.slotLost(h) {
 		s.o.Logger.Debug("a held connection slot expired before its connection was opened; taking another", "mailbox", h.mailbox)
 		s.discard(h)
 		return s.get(ctx, r)
 	}
+	r.slot = h
 	c, err := s.open(ctx, r)
+	if errors.Is(err, errSlotLost) {
+		s.o.Logger.Debug("a held connection slot expired before its connection's AUTH; taking another", "mailbox", h.mailbox)
+		s.discard(h)
+		return s.get(ctx, r)
+	}
 	if err != nil {
 		s.discard(h)
 		return nil, err
@@ -845,7 +857,7 @@ func (s *SMTPSender) Probe(ctx context.Context, r Route) error {
 		return err
 	}
 	defer s.discard(h)
-	r.probe = true
+	r.probe, r.slot = true, h
 	c, err := s.open(ctx, r)
 	if err != nil {
 		return err

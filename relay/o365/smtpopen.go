@@ -162,9 +162,20 @@ func (s *SMTPSender) authenticate(ctx context.Context, r Route, token string, fr
 	return s.authOn(ctx, c, w, r, token, fresh)
 }
 
+// errSlotLost is wrapped by the error of a connection closed before its
+// AUTH because the slot held for it was lost (see conn.lost).
+var errSlotLost = errors.New("the connection slot held for this connection expired before its AUTH")
+
 // authOn authenticates on a session dial set up, and closes it unless
-// the AUTH succeeded.
+// the AUTH succeeded. When the route's slot (Route.slot) was lost, the
+// session is closed before its AUTH: Exchange counts a connection as the
+// mailbox's from its AUTH, and the slot may be another relay's now.
 func (s *SMTPSender) authOn(ctx context.Context, c *smtp.Client, w *wire, r Route, token string, fresh bool) (*conn, bool, error) {
+	if r.slot != nil && s.slotLost(r.slot) {
+		c.Close()
+		return nil, false, &upstream.Error{Class: upstream.Throttled, RetryAfter: slotDelay,
+			Text: r.Mailbox + ": connection slot lost before AUTH", Err: errSlotLost}
+	}
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	err := c.Auth(auth.NewXOAUTH2Client(r.Mailbox, token))
 	if s.o.OnAuth != nil {
