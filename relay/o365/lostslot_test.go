@@ -696,3 +696,27 @@ func TestLostSlotNoAuth(t *testing.T) {
 		t.Errorf("%d AUTHs, want 1: the connection whose slot was lost before its AUTH sent it, and counted at Exchange as the mailbox's", n)
 	}
 }
+
+// TestRefusedCheckReturnsSend: a granted send that the route's check
+// refuses (a breaker opened since the grant) gives the grant's send back
+// to the mailbox's rate: nothing went out.
+func TestRefusedCheckReturnsSend(t *testing.T) {
+	limits := &rateLimits{}
+	refused := errors.New("breaker open")
+	_, _, s := newSinkSenderEdit(t, func(o *o365.SMTPOptions) {
+		o.Limits = limits
+		o.Router = func(context.Context, *queue.Message) (o365.Route, error) {
+			return o365.Route{Mailbox: "box@contoso.com", Tokens: fixedToken{}, Kind: o365.AppOnly,
+				Check: func(context.Context) error { return refused }}, nil
+		}
+	})
+	g := reserveOne(t, s)
+	if _, err := s.Send(o365.WithGrant(context.Background(), g), sinkMessage(0, "a@example.org")); !errors.Is(err, refused) {
+		t.Fatalf("the send the check refused: %v", err)
+	}
+	limits.mu.Lock()
+	defer limits.mu.Unlock()
+	if limits.reserved != 1 || len(limits.returned) != 1 || limits.returned[0] != "send1" {
+		t.Errorf("%d sends reserved, given back: %q; want the grant's send1 given back: nothing went out", limits.reserved, limits.returned)
+	}
+}
