@@ -110,6 +110,57 @@ func TestInflightFullTooBigIsPermanent(t *testing.T) {
 	a.expect("250 2.0.0 Queued as ")
 }
 
+// TestInflightFullBDATTooBigIsPermanent: BDAT chunks that add up past
+// smtp.max_message_bytes get 552 5.3.4 while the budget is full, as they
+// do once it has room; so does a SIZE past it. The chunks of a message
+// that finds no room are read and dropped up to the last chunk, or up to
+// the one that passes the limit: a message within it gets its 452 4.3.1
+// at its last chunk, and is taken when sent again with room.
+func TestInflightFullBDATTooBigIsPermanent(t *testing.T) {
+	e, big, a, b := holdAndRefuse(t, newInflight(300<<10, 0))
+	bdat := func(c *smtpTestConn, chunk string, last bool, want string) {
+		t.Helper()
+		cmd := fmt.Sprintf("BDAT %d", len(chunk))
+		if last {
+			cmd += " LAST"
+		}
+		c.write(cmd + "\r\n" + chunk)
+		c.expect(want)
+	}
+	// big and big again: 360 KB, over the 200 KB limit.
+	b.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	b.cmd("RCPT TO:<x@example.org>", "250 ")
+	bdat(b, big, false, "250 ")
+	bdat(b, big, true, "552 5.3.4 ")
+	b.cmd("MAIL FROM:<billing@contoso.com> SIZE=400000", "552 5.3.4 ")
+
+	// 180 KB in two chunks, within the limit.
+	half := len(big) / 2
+	b.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	b.cmd("RCPT TO:<x@example.org>", "250 ")
+	bdat(b, big[:half], false, "250 ")
+	bdat(b, big[half:], true, "452 4.3.1 ")
+
+	a.write(".\r\n")
+	a.expect("250 2.0.0 Queued as ")
+	b.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	b.cmd("RCPT TO:<x@example.org>", "250 ")
+	bdat(b, big, false, "250 ")
+	bdat(b, big, true, "552 5.3.4 ")
+	// The budget, smaller than the options allow, takes it whole only
+	// with its size given.
+	b.cmd(fmt.Sprintf("MAIL FROM:<billing@contoso.com> SIZE=%d", len(big)), "250 ")
+	b.cmd("RCPT TO:<x@example.org>", "250 ")
+	bdat(b, big[:half], false, "250 ")
+	bdat(b, big[half:], true, "250 2.0.0 Queued as ")
+	if n := len(smtpReady(t, e.f)); n != 2 {
+		t.Errorf("%d messages queued, want 2", n)
+	}
+	if n := e.f.ingest.budget.inUse(); n != 0 {
+		t.Errorf("%d bytes still counted after every message ended", n)
+	}
+}
+
 // sendSized sends msg from from to x@example.org with MAIL FROM's SIZE
 // set, and expects it queued.
 func (c *smtpTestConn) sendSized(from, msg string) {

@@ -690,7 +690,7 @@ func (s *smtpSession) Data(r io.Reader) error {
 		// reads, and sends the message again.
 		err = errSMTPChunkCut
 	}
-	if _, bdat := r.(*io.PipeReader); errors.Is(err, errInflightFull) && !bdat {
+	if errors.Is(err, errInflightFull) {
 		err = restOfMessage(r, err)
 	}
 	if err != nil {
@@ -767,11 +767,13 @@ func (s *smtpSession) Logout() error {
 // fault when the rest has one (over smtp.max_message_bytes, a line too
 // long), else full. A client told 452 sends the message again, and one
 // that can never be taken would come back for as long as it retries.
-// go-smtp reads the rest of a refused DATA anyway before it replies;
-// BDAT's chunks it checks against the size limit itself, as they come.
+// go-smtp reads the rest of a refused DATA anyway before it replies. BDAT
+// chunks go on with 250 up to the last one, which gets full; go-smtp
+// itself answers the chunk that takes them past the size limit with 552
+// and ends the transfer (smtp.ErrDataReset, whose reply nobody reads).
 func restOfMessage(r io.Reader, full error) error {
 	_, err := io.Copy(io.Discard, r)
-	if errors.Is(err, smtp.ErrDataTooLarge) || errors.Is(err, smtp.ErrTooLongLine) {
+	if errors.Is(err, smtp.ErrDataTooLarge) || errors.Is(err, smtp.ErrTooLongLine) || errors.Is(err, smtp.ErrDataReset) {
 		return err
 	}
 	return full
