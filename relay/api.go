@@ -425,27 +425,43 @@ func renewWriteDeadline(w http.ResponseWriter, r *http.Request) {
 
 // readBody reads the request body into buf after prefix, at most
 // h.maxBytes once LF line endings are CRLF. It returns errBodyTooBig,
-// errInflightFull, or the error that stopped the read.
+// errInflightFull, or the error that stopped the read. A body that finds
+// no room in the budget is read to its end, or past the limit, without
+// keeping it, unless its length says it is within the limit: one over
+// the limit is errBodyTooBig whether or not the budget is full, so that a
+// client told 503 sends again only what can be taken.
 func (h *api) readBody(w http.ResponseWriter, r *http.Request, buf *bodyBuf, prefix []byte) error {
 	if r.ContentLength > h.maxBytes {
 		return errBodyTooBig
 	}
-	if err := buf.setPrefix(prefix); err != nil {
-		return err
+	body := http.MaxBytesReader(w, r.Body, h.maxBytes)
+	err := h.holdBody(body, r.ContentLength, buf, prefix)
+	if errors.Is(err, errInflightFull) && !(r.ContentLength >= 0 && 2*r.ContentLength <= h.maxBytes) {
+		// A length of half the limit or less stays within it even with
+		// every byte an LF made CRLF.
+		err = restOfBody(buf.body(), body, h.maxBytes, err)
 	}
-	if err := buf.reserve(r.ContentLength); err != nil {
-		return err
-	}
-	err := buf.readFrom(http.MaxBytesReader(w, r.Body, h.maxBytes), h.maxBytes)
 	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 		return errBodyTooBig
 	}
-	if err != nil {
-		if !errors.Is(err, errBodyTooBig) && !errors.Is(err, errInflightFull) {
-			if ok, held := h.sample.allow("unreadable " + clientIPString(r.RemoteAddr)); ok {
-				h.log.Info("request body unreadable", withHeld([]any{"remote", r.RemoteAddr, "err", err}, held)...)
-			}
+	if err != nil && !errors.Is(err, errBodyTooBig) && !errors.Is(err, errInflightFull) {
+		if ok, held := h.sample.allow("unreadable " + clientIPString(r.RemoteAddr)); ok {
+			h.log.Info("request body unreadable", withHeld([]any{"remote", r.RemoteAddr, "err", err}, held)...)
 		}
+	}
+	return err
+}
+
+// holdBody reads body, of size bytes when the client said so, into buf
+// after prefix, with LF line endings made CRLF.
+func (h *api) holdBody(body io.Reader, size int64, buf *bodyBuf, prefix []byte) error {
+	if err := buf.setPrefix(prefix); err != nil {
+		return err
+	}
+	if err := buf.reserve(size); err != nil {
+		return err
+	}
+	if err := buf.readFrom(body, h.maxBytes); err != nil {
 		return err
 	}
 	if err := buf.bareLFToCRLF(); err != nil {
@@ -455,6 +471,46 @@ func (h *api) readBody(w http.ResponseWriter, r *http.Request, buf *bodyBuf, pre
 		return errBodyTooBig
 	}
 	return nil
+}
+
+// restOfBody reads out the rest of a body whose first bytes, held, are
+// all the budget had room for (full, errInflightFull), without keeping
+// it. It returns errBodyTooBig when the whole body is over max once LF
+// line endings are CRLF (as bareLFToCRLF makes them), the error that
+// stopped the read, or else full.
+func restOfBody(held []byte, rest io.Reader, max int64, full error) error {
+	var n crlfSize
+	_, _ = n.Write(held)
+	if _, err := io.Copy(&n, rest); err != nil {
+		return err
+	}
+	if n.crlf() > max {
+		return errBodyTooBig
+	}
+	return full
+}
+
+// crlfSize counts the bytes written to it and what they would be with
+// LF line endings made CRLF.
+type crlfSize struct {
+	bytes, lfs int64
+	cr         bool
+}
+
+func (c *crlfSize) Write(p []byte) (int, error) {
+	c.bytes += int64(len(p))
+	c.lfs += int64(bytes.Count(p, []byte{'\n'}))
+	c.cr = c.cr || bytes.IndexByte(p, '\r') >= 0
+	return len(p), nil
+}
+
+// crlf is the size of the bytes written once a body without any CR has
+// CRLF line endings.
+func (c *crlfSize) crlf() int64 {
+	if c.cr {
+		return c.bytes
+	}
+	return c.bytes + c.lfs
 }
 
 // messageStatus is the JSON of GET /v1/messages/{id}. Times are RFC 3339

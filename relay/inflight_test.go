@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -211,6 +212,48 @@ func TestInflightBudgetHTTP(t *testing.T) {
 	}
 	e.f.ingest.budget.give("", 200<<10)
 	accepted(t, e.post(t, crmToken, "from=billing@contoso.com&to=a@x.example", big, nil))
+	if n := e.f.ingest.budget.inUse(); n != 0 {
+		t.Errorf("%d bytes still counted", n)
+	}
+}
+
+// TestInflightFullTooBigHTTP: a body over the size limit gets 413 while
+// the budget is full, as it does once the budget has room: a chunked one
+// (no Content-Length), and one within the limit as sent whose bare LF
+// line endings, made CRLF, take it past. A chunked body within the limit
+// gets 503 while the budget is full, and is taken once it has room.
+func TestInflightFullTooBigHTTP(t *testing.T) {
+	// A chunked body of the largest size may need twice that at once.
+	e := newAPIEnv(t, apiConfig{maxBytes: 200 << 10})
+	e.f.ingest.budget = newInflight(600<<10, 0)
+	big := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 98)+"\r\n", 1800) // 180 KB
+	bareLF := "Subject: big\n\n" + strings.Repeat("xxxxxxxxx\n", 20000)                  // 200 KB, 220 KB as CRLF
+	const query = "from=billing@contoso.com&to=a@x.example"
+	chunked := func(body string) reply {
+		t.Helper()
+		// A MultiReader's length is unknown: the client sends it chunked.
+		return e.do(t, http.MethodPost, "/v1/messages?"+query, crmToken, io.MultiReader(strings.NewReader(body)), nil)
+	}
+	submit := func(full bool) {
+		t.Helper()
+		wantError(t, chunked(big+big), 413, "too_large")
+		wantError(t, chunked(bareLF), 413, "too_large")
+		wantError(t, e.post(t, crmToken, query, bareLF, nil), 413, "too_large")
+		if full {
+			wantError(t, chunked(big), 503, "insufficient_storage")
+		} else {
+			accepted(t, chunked(big))
+		}
+	}
+	if !e.f.ingest.budget.take("", 400<<10) {
+		t.Fatal("take")
+	}
+	submit(true)
+	e.f.ingest.budget.give("", 400<<10)
+	submit(false)
+	if n := len(smtpReady(t, e.f)); n != 1 {
+		t.Errorf("%d messages queued, want 1", n)
+	}
 	if n := e.f.ingest.budget.inUse(); n != 0 {
 		t.Errorf("%d bytes still counted", n)
 	}
