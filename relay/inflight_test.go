@@ -119,41 +119,32 @@ func TestInflightFullTooBigIsPermanent(t *testing.T) {
 // at its last chunk, and is taken when sent again with room.
 func TestInflightFullBDATTooBigIsPermanent(t *testing.T) {
 	e, big, a, b := holdAndRefuse(t, newInflight(300<<10, 0))
-	bdat := func(c *smtpTestConn, chunk string, last bool, want string) {
-		t.Helper()
-		cmd := fmt.Sprintf("BDAT %d", len(chunk))
-		if last {
-			cmd += " LAST"
-		}
-		c.write(cmd + "\r\n" + chunk)
-		c.expect(want)
-	}
 	// big and big again: 360 KB, over the 200 KB limit.
 	b.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
 	b.cmd("RCPT TO:<x@example.org>", "250 ")
-	bdat(b, big, false, "250 ")
-	bdat(b, big, true, "552 5.3.4 ")
+	b.bdat(big, false, "250 ")
+	b.bdat(big, true, "552 5.3.4 ")
 	b.cmd("MAIL FROM:<billing@contoso.com> SIZE=400000", "552 5.3.4 ")
 
 	// 180 KB in two chunks, within the limit.
 	half := len(big) / 2
 	b.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
 	b.cmd("RCPT TO:<x@example.org>", "250 ")
-	bdat(b, big[:half], false, "250 ")
-	bdat(b, big[half:], true, "452 4.3.1 ")
+	b.bdat(big[:half], false, "250 ")
+	b.bdat(big[half:], true, "452 4.3.1 ")
 
 	a.write(".\r\n")
 	a.expect("250 2.0.0 Queued as ")
 	b.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
 	b.cmd("RCPT TO:<x@example.org>", "250 ")
-	bdat(b, big, false, "250 ")
-	bdat(b, big, true, "552 5.3.4 ")
+	b.bdat(big, false, "250 ")
+	b.bdat(big, true, "552 5.3.4 ")
 	// The budget, smaller than the options allow, takes it whole only
 	// with its size given.
 	b.cmd(fmt.Sprintf("MAIL FROM:<billing@contoso.com> SIZE=%d", len(big)), "250 ")
 	b.cmd("RCPT TO:<x@example.org>", "250 ")
-	bdat(b, big[:half], false, "250 ")
-	bdat(b, big[half:], true, "250 2.0.0 Queued as ")
+	b.bdat(big[:half], false, "250 ")
+	b.bdat(big[half:], true, "250 2.0.0 Queued as ")
 	if n := len(smtpReady(t, e.f)); n != 2 {
 		t.Errorf("%d messages queued, want 2", n)
 	}

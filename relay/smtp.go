@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -476,6 +477,37 @@ type smtpSession struct {
 	utf8  bool
 	to    []string
 	size  int64 // the SIZE parameter of MAIL, 0 when not given
+	bdat  *bdatRun
+}
+
+// bdatRun is a BDAT transfer's Data, run by go-smtp on a goroutine of
+// its own, which hands Data's result on for the reply to the last chunk
+// and then closes r. go-smtp takes the place for the result anew at the
+// next transfer's first chunk without waiting for that goroutine: a
+// transfer it ended early (a chunk past the size limit, RSET) could put
+// its result there after the next transfer began (a data race), and that
+// transfer's last chunk would get it as its reply. Reset waits for it.
+type bdatRun struct {
+	r    *io.PipeReader
+	done chan struct{} // closed when Data returns
+}
+
+// wait waits until the transfer's goroutine has handed on Data's result
+// and closed r: a Read then fails with io.ErrClosedPipe, where it gave
+// the error go-smtp closed the other end with before. go-smtp resets a
+// session only once it has closed that end, so Data returns at once and
+// the goroutine has two statements left.
+func (b *bdatRun) wait() {
+	if b == nil {
+		return
+	}
+	<-b.done
+	for {
+		if _, err := b.r.Read(nil); errors.Is(err, io.ErrClosedPipe) {
+			return
+		}
+		runtime.Gosched()
+	}
 }
 
 var (
@@ -647,6 +679,13 @@ func (s *smtpSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 }
 
 func (s *smtpSession) Data(r io.Reader) error {
+	if pr, ok := r.(*io.PipeReader); ok {
+		run := &bdatRun{r: pr, done: make(chan struct{})}
+		defer close(run.done)
+		s.mu.Lock()
+		s.bdat = run
+		s.mu.Unlock()
+	}
 	s.tc.beginData()
 	defer s.tc.endData()
 
@@ -748,10 +787,16 @@ func (s *smtpSession) refused(err *smtp.SMTPError) *smtp.SMTPError {
 	return err
 }
 
+// Reset ends the transaction. go-smtp calls it on RSET and after each
+// message, refused or not, with a BDAT transfer's pipe closed; it waits
+// for that transfer's Data to be done (see bdatRun).
 func (s *smtpSession) Reset() {
 	s.mu.Lock()
 	s.from, s.route, s.utf8, s.to, s.size = "", "", false, nil, 0
+	run := s.bdat
+	s.bdat = nil
 	s.mu.Unlock()
+	run.wait()
 }
 
 // Logout ends the session. After STARTTLS, go-smtp calls it with the TLS

@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
@@ -259,6 +260,18 @@ func isConnReset(err error) bool {
 }
 
 // login says EHLO and authenticates as crm with AUTH PLAIN.
+// bdat sends chunk in a BDAT command, the last one when last is set, and
+// expects a reply starting with want.
+func (c *smtpTestConn) bdat(chunk string, last bool, want string) {
+	c.t.Helper()
+	cmd := fmt.Sprintf("BDAT %d", len(chunk))
+	if last {
+		cmd += " LAST"
+	}
+	c.write(cmd + "\r\n" + chunk)
+	c.expect(want)
+}
+
 func (c *smtpTestConn) login() {
 	c.t.Helper()
 	c.cmd("EHLO client.test", "250 ")

@@ -362,6 +362,33 @@ func TestSMTPBDAT(t *testing.T) {
 	}
 }
 
+// TestSMTPBDATEndedThenNext: a message sent by BDAT after a transfer
+// that go-smtp ended between chunks, at a chunk past the size limit or
+// at RSET, is queued and gets its own reply. go-smtp hands the ended
+// transfer's result on from a goroutine of its own, which may run after
+// the next transfer has begun, into that transfer's place for the reply
+// (a data race, which -race reports).
+func TestSMTPBDATEndedThenNext(t *testing.T) {
+	e := newSMTPEnv(t, func(o *Options) { o.SMTP.MaxMessageBytes = 10 << 10 })
+	c := dialSMTP(t, e.insecure)
+	c.login()
+	for _, end := range []func(){
+		func() { c.bdat(strings.Repeat(strings.Repeat("x", 98)+"\r\n", 103), true, "552 5.3.4 ") },
+		func() { c.cmd("RSET", "250 ") },
+	} {
+		c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+		c.cmd("RCPT TO:<x@example.org>", "250 ")
+		c.bdat("Subject: t\r\n", false, "250 ")
+		end()
+		c.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+		c.cmd("RCPT TO:<x@example.org>", "250 ")
+		c.bdat("Subject: t\r\n\r\nhi\r\n", true, "250 2.0.0 Queued as ")
+	}
+	if n := len(smtpReady(t, e.f)); n != 2 {
+		t.Errorf("%d messages ready, want 2", n)
+	}
+}
+
 // TestSMTPOverlongLine: a command line past smtp.max_line_length ends the
 // session; a message line past it refuses the message (500 5.5.2), and
 // since go-smtp then reads nothing more of the connection, the session
