@@ -321,11 +321,7 @@ func (q *Queue) List(ctx context.Context, route string, state State, offset, lim
 	case Dead:
 		ids, err = q.rdb.ZRevRange(ctx, rk.dead, int64(offset), int64(offset+limit-1)).Result()
 	case Moving:
-		// A set, without order: a move leaves few messages in it.
-		if ids, err = q.rdb.SMembers(ctx, rk.moving).Result(); err == nil {
-			slices.Sort(ids)
-			ids = ids[min(offset, len(ids)):min(offset+max(limit, 0), len(ids))]
-		}
+		return q.listMoving(ctx, route, offset, limit)
 	default:
 		return nil, fmt.Errorf("list %s: messages cannot be listed by state %q", route, state)
 	}
@@ -340,6 +336,42 @@ func (q *Queue) List(ctx context.Context, route string, state State, offset, lim
 		}
 		if err != nil {
 			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// listMoving is List of the messages of a move not finished. The moving
+// set has no order, and a move leaves few messages in it: it is read
+// whole and its ids sorted. offset and limit count the messages listed,
+// moving on route, as Stats counts them: an entry whose message is gone,
+// or no longer moving there, takes no place in a page, so that a caller
+// paging through them is not stopped by a page of such entries.
+func (q *Queue) listMoving(ctx context.Context, route string, offset, limit int) ([]*Message, error) {
+	ids, err := q.rdb.SMembers(ctx, keysFor(route).moving).Result()
+	if err != nil {
+		return nil, fmt.Errorf("list %s %s: %w", route, Moving, err)
+	}
+	slices.Sort(ids)
+	var out []*Message
+	for _, id := range ids {
+		if len(out) >= limit {
+			break
+		}
+		m, err := q.Get(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if m.State != Moving || m.Route != route {
+			continue
+		}
+		if offset > 0 {
+			offset--
+			continue
 		}
 		out = append(out, m)
 	}

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"holdfast/queue"
 	"holdfast/queue/redistest"
 )
@@ -155,5 +157,68 @@ func cutMove(t *testing.T, srv *redistest.Server, from, to string) {
 	}
 	if _, err := full.Move(t.Context(), ms[0].ID, to); !errors.Is(err, queue.ErrRouteFull) {
 		t.Fatalf("move to a full route: %v, want ErrRouteFull", err)
+	}
+}
+
+// TestQueuePurgeStaleMovingEntry: entries of a route's moving set whose
+// message is gone (lost with a write Redis did not keep), a page of
+// purge's listing of them and sorting before the messages of a cut
+// move, do not end purge's paging: the messages after them are deleted
+// too.
+func TestQueuePurgeStaleMovingEntry(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfigCredentials(t, srv.Addr(), "new")
+	rdb := srv.Client(t)
+	q := queue.New(rdb, queue.Options{})
+	ctx := t.Context()
+	const from, to = "app:old:billing@contoso.com", "app:new:billing@contoso.com"
+	enqueueEach(t, q, to)
+	cut := func(n int) []string {
+		t.Helper()
+		for range n {
+			enqueueEach(t, q, from)
+			cutMove(t, srv, from, to)
+		}
+		ms, err := q.List(ctx, from, queue.Moving, 0, 2*n+purgeBatch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, m := range ms {
+			ids = append(ids, m.ID)
+		}
+		return ids
+	}
+	stale := cut(purgeBatch)
+	for _, id := range stale {
+		loseMessage(t, rdb, id)
+	}
+	time.Sleep(2 * time.Millisecond) // ids sort by their millisecond
+	live := cut(2)
+	if len(stale) != purgeBatch || len(live) != 2 {
+		t.Fatalf("%d and %d messages moving, want %d and 2", len(stale), len(live), purgeBatch)
+	}
+
+	r := runCmd(t, "queue", "purge", "--config", cfg, "--route", from, "--yes")
+	if r.code != exitOK {
+		t.Errorf("purge: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	for _, id := range live {
+		if _, err := q.Get(ctx, id); !errors.Is(err, queue.ErrNotFound) {
+			t.Errorf("message %s of a cut move after the purge: %v, want deleted\n%s", id, err, r.stdout)
+		}
+	}
+}
+
+// loseMessage deletes the key that holds message id, as Redis may lose
+// a write, and leaves the sets that name it.
+func loseMessage(t *testing.T, rdb redis.UniversalClient, id string) {
+	t.Helper()
+	keys, err := rdb.Keys(t.Context(), "*"+id).Result()
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("the key of %s: %v, %v", id, keys, err)
+	}
+	if err := rdb.Del(t.Context(), keys[0]).Err(); err != nil {
+		t.Fatal(err)
 	}
 }
