@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"fmt"
 	"strconv"
 	"strings"
 )
@@ -166,6 +167,15 @@ func luaRouteKey(base, kind string) string {
 // expressions of its routeKeyPrefix and of its name.
 func luaRouteBase(prefix, route string) string {
 	return "(" + prefix + " .. " + route + " .. ':')"
+}
+
+// luaTagKeys is the Lua expressions of the message key of the id whose
+// Lua expression is id, and of the routeKeyPrefix of that id's tag: for
+// scripts that read the messages a route's set names.
+func luaTagKeys(id string) (msg, routePrefix string) {
+	tag := fmt.Sprintf("string.sub(%s, 1, %d)", id, tagLen)
+	return "('" + keyPrefix + "{' .. " + tag + " .. '}:m:' .. " + id + ")",
+		"('" + keyPrefix + "{' .. " + tag + " .. '}:r:')"
 }
 
 // routeKeys are the keys of one route.

@@ -21,13 +21,12 @@ const (
 	Delivered State = "delivered" // accepted upstream
 	Dead      State = "dead"      // dead-lettered
 	// Moving is a message taken out of its route by a move to another
-	// route that has not finished (see Move); not in States, List takes
-	// it all the same.
+	// route that has not finished (see Move).
 	Moving State = "moving"
 )
 
 // States lists the states a message can be listed by.
-var States = []State{Ready, Scheduled, Leased, Held, Dead}
+var States = []State{Ready, Scheduled, Leased, Held, Dead, Moving}
 
 // ParseState parses a state name; "ready" and "leased" are accepted as
 // aliases of "queued" and "sending".
@@ -45,6 +44,8 @@ func ParseState(s string) (State, bool) {
 		return Delivered, true
 	case "dead":
 		return Dead, true
+	case "moving":
+		return Moving, true
 	}
 	return "", false
 }

@@ -500,6 +500,26 @@ for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[1], id) end
 return #ids
 `)
 
+// movingCount is a Lua function the stats and summary scripts share: it
+// counts the messages of a route's moving set that are moving on that
+// route, as List lists them: an entry whose message is gone, or no
+// longer moving there, is not counted. A move leaves few messages in the
+// set.
+var movingCount = `
+local function movingCount(moving)
+  local n = 0
+  for _, id in ipairs(redis.call('SMEMBERS', moving)) do
+    local m = redis.call('HMGET', ` + movingMsgKey + `, '` + fState + `', '` + fRoute + `')
+    if m[1] == '` + stMoving + `' and m[2] and ` + luaRouteKey(luaRouteBase(movingRoutePrefix, "m[2]"), kindMoving) + ` == moving then
+      n = n + 1
+    end
+  end
+  return n
+end
+`
+
+var movingMsgKey, movingRoutePrefix = luaTagKeys("id")
+
 // dueCounts is a Lua function the stats and summary scripts share: it
 // counts the due set of a route that is not held and returns its ready
 // and scheduled messages, the earliest due time of a ready one and the
@@ -539,7 +559,7 @@ end
 // and up to five when more than one of its messages is due; any other
 // route reads its hold reason and counts its leased, dead and moving
 // messages as well.
-const routeStat = dueCounts + `
+var routeStat = movingCount + dueCounts + `
 local function stat(due, leased, dead, live, hold, moving, now, out)
   local n = #out
   local keys = redis.call('EXISTS', live, dead, hold, leased, moving)
@@ -553,7 +573,7 @@ local function stat(due, leased, dead, live, hold, moving, now, out)
   if keys > 1 or not first[2] then
     reason = redis.call('GET', hold)
     ndead = redis.call('ZCARD', dead)
-    nmoving = redis.call('SCARD', moving)
+    nmoving = movingCount(moving)
     if first[2] then nleased = redis.call('ZCARD', leased) end
   end
   if first[2] then

@@ -339,7 +339,7 @@ const summaryBytes = 9 * 8
 // count. Any other route takes the full count, as routeStat does. live
 // may be nil: the key is then built from the route's key prefix p, only
 // when it is needed.
-var routeSummary = dueCounts + `
+var routeSummary = movingCount + dueCounts + `
 local function summ(due, leased, dead, live, hold, moving, p, now, out)
   local n = #out
   local ready, scheduled, nleased, held, ndead, since, oldest, untl, nmoving = 0, 0, 0, 0, 0, -1, -1, -1, 0
@@ -364,7 +364,7 @@ local function summ(due, leased, dead, live, hold, moving, p, now, out)
     end
     if not short then
       ndead = redis.call('ZCARD', dead)
-      nmoving = redis.call('SCARD', moving)
+      nmoving = movingCount(moving)
     end
   end
   out[n+1] = struct.pack('<ddddddddd', ready, scheduled, nleased, held, ndead, since, oldest, untl, nmoving)

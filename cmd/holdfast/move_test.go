@@ -1,8 +1,10 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -220,5 +222,66 @@ func loseMessage(t *testing.T, rdb redis.UniversalClient, id string) {
 	}
 	if err := rdb.Del(t.Context(), keys[0]).Err(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestQueueListMoving: the messages of a cut move are listed, by the
+// state moving, as many as queue stats counts, an entry of the moving
+// set whose message is gone left out of both; and purge takes that
+// state.
+func TestQueueListMoving(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfigCredentials(t, srv.Addr(), "new")
+	rdb := srv.Client(t)
+	q := queue.New(rdb, queue.Options{})
+	const from, to = "app:old:billing@contoso.com", "app:new:billing@contoso.com"
+	enqueueEach(t, q, from, from, from, from, to)
+	for range 3 {
+		cutMove(t, srv, from, to)
+	}
+	ms, err := q.List(t.Context(), from, queue.Moving, 0, 10)
+	if err != nil || len(ms) != 3 {
+		t.Fatalf("moving: %v, %v", ms, err)
+	}
+	loseMessage(t, rdb, ms[1].ID)
+
+	var listed []messageJSON
+	r := runCmd(t, "queue", "list", "--config", cfg, "--route", from, "--state", "moving", "--json")
+	if r.code != exitOK || json.Unmarshal([]byte(r.stdout), &listed) != nil {
+		t.Fatalf("list --state moving: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	var ids []string
+	for _, m := range listed {
+		if m.State != "moving" || m.Route != from {
+			t.Errorf("listed %+v, want moving on %s", m, from)
+		}
+		ids = append(ids, m.ID)
+	}
+	if want := []string{ms[0].ID, ms[2].ID}; !slices.Equal(ids, want) {
+		t.Errorf("list --state moving: %v, want %v, the messages of the cut moves still there", ids, want)
+	}
+	var stats struct {
+		Routes []statsJSON `json:"routes"`
+		Total  statsJSON   `json:"total"`
+	}
+	r = runCmd(t, "queue", "stats", "--config", cfg, "--json")
+	if r.code != exitOK || json.Unmarshal([]byte(r.stdout), &stats) != nil {
+		t.Fatalf("stats: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if stats.Total.Moving != int64(len(ids)) {
+		t.Errorf("stats: %d moving, list: %d; want the same", stats.Total.Moving, len(ids))
+	}
+	if r := runCmd(t, "queue", "list", "--config", cfg, "--route", from, "--state", "moving", "--offset", "1"); r.code != exitOK ||
+		!strings.HasPrefix(r.stdout, "ID") || !strings.Contains(r.stdout, ms[2].ID) || strings.Contains(r.stdout, ms[0].ID) {
+		t.Errorf("list --state moving --offset 1: exit %d, want %s alone\n%s%s", r.code, ms[2].ID, r.stdout, r.stderr)
+	}
+
+	if r := runCmd(t, "queue", "purge", "--config", cfg, "--route", from, "--state", "moving", "--yes"); r.code != exitOK ||
+		!strings.Contains(r.stdout, "deleted 2 messages in state moving") {
+		t.Errorf("purge --state moving: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if r := runCmd(t, "queue", "list", "--config", cfg, "--route", from, "--state", "queued"); r.code != exitOK ||
+		strings.Count(r.stdout, "\n") != 2 {
+		t.Errorf("the waiting message after purge --state moving: exit %d, want it listed\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }

@@ -28,9 +28,9 @@ func queuePurge(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 	if *route == "" && *state == "" {
 		return usagef("give --route, --state or both: purge never deletes the whole queue by default")
 	}
-	// Every state includes the messages of a move cut half-way off the
-	// route: the next move of the route would send them.
-	states := append(slices.Clip(queue.States), queue.Moving)
+	// Every state includes moving, the messages of a move cut half-way
+	// off the route: the next move of the route would send them.
+	states := queue.States
 	if *state != "" {
 		st, ok := queue.ParseState(*state)
 		if !ok || !slices.Contains(queue.States, st) {

@@ -326,6 +326,8 @@ func note(m *queue.Message, now time.Time) string {
 		return "next try in " + age(m.Due.Sub(now)) + ": " + m.LastError
 	case m.State == queue.Scheduled:
 		return "next try in " + age(m.Due.Sub(now))
+	case m.State == queue.Moving:
+		return "a move not finished: holdfast queue move --route " + m.Route + " --to ROUTE finishes it"
 	}
 	if m.LastError == "" {
 		return "-"
