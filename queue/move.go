@@ -139,24 +139,26 @@ func (q *Queue) Move(ctx context.Context, id, to string) (string, error) {
 	if m.Route == to {
 		return "", fmt.Errorf("move %s: it is on %s already", id, to)
 	}
-	return q.move(ctx, id, m.Route, to)
+	newID, _, err := q.move(ctx, id, m.Route, to)
+	return newID, err
 }
 
-// move is Move of message id of route from.
-func (q *Queue) move(ctx context.Context, id, from, to string) (string, error) {
+// move is Move of message id of route from. It returns the copy's id
+// and its route: to, or the route of a cut move that stored the copy.
+func (q *Queue) move(ctx context.Context, id, from, to string) (string, string, error) {
 	rk := keysFor(from)
 	res, err := moveOutScript.Run(ctx, q.rdb, []string{msgKey(id), rk.due, rk.live, rk.moving},
 		id, q.opts.Now().UnixMilli(), from, idemBase(from), idemPrintBase(from), to).Slice()
 	if err != nil {
-		return "", fmt.Errorf("move %s: %w", id, err)
+		return "", "", fmt.Errorf("move %s: %w", id, err)
 	}
 	// Taken out, or pruned from the route's sets: its counts changed.
 	q.logChange(ctx, from)
 	switch res[0].(int64) {
 	case 0:
-		return "", fmt.Errorf("move %s: %w", id, ErrNotFound)
+		return "", "", fmt.Errorf("move %s: %w", id, ErrNotFound)
 	case 2:
-		return "", fmt.Errorf("move %s (%s): %w", id, res[1], ErrNotMovable)
+		return "", "", fmt.Errorf("move %s (%s): %w", id, res[1], ErrNotMovable)
 	}
 	str := func(i int) string { v, _ := res[i].(string); return v }
 	appKey := str(6)
@@ -168,13 +170,16 @@ func (q *Queue) move(ctx context.Context, id, from, to string) (string, error) {
 	var (
 		newID string
 		dup   bool
+		where = to
 	)
 	if before := str(8); before != "" && before != to {
 		// A cut move took it to another route: its copy may be there.
 		if newID, err = q.copyOn(ctx, id, before, appKey, str(7)); err == nil && newID == "" {
 			err = q.retarget(ctx, id, to)
 		}
-		dup = newID != ""
+		if dup = newID != ""; dup {
+			where = before
+		}
 	}
 	if err == nil && !dup {
 		newID, dup, err = q.storeCopy(ctx, id, sub, appKey)
@@ -188,18 +193,18 @@ func (q *Queue) move(ctx context.Context, id, from, to string) (string, error) {
 		}
 	}
 	if err != nil {
-		return "", fmt.Errorf("move %s to %s (it waits in %s's moving set; move the route again): %w", id, to, from, err)
+		return "", "", fmt.Errorf("move %s to %s (it waits in %s's moving set; move the route again): %w", id, where, from, err)
 	}
 	keys := []string{msgKey(id), rk.moving}
 	if appKey != "" {
 		keys = append(keys, idemKey(from, appKey))
 	}
 	if err := moveDoneScript.Run(ctx, q.rdb, keys, id, newID).Err(); err != nil {
-		return newID, fmt.Errorf("move %s: stored on %s as %s, but not deleted from %s (move the route again): %w", id, to, newID, from, err)
+		return newID, where, fmt.Errorf("move %s: stored on %s as %s, but not deleted from %s (move the route again): %w", id, where, newID, from, err)
 	}
 	// Out of the moving set, which the counts include.
 	q.logChange(ctx, from)
-	return newID, nil
+	return newID, where, nil
 }
 
 // storeCopy stores sub, the copy of message id, under the application's
@@ -266,17 +271,52 @@ func (q *Queue) retarget(ctx context.Context, id, to string) error {
 	return err
 }
 
+// Moved is what MoveRoute did: the messages it took off the route, by
+// the route where they are now.
+type Moved struct {
+	// To counts the messages stored on the route moved to (or found
+	// there, sent again by their application).
+	To int
+	// Earlier counts, by route, the messages of a move cut half-way to
+	// another route that had stored their copy there: they were
+	// finished there, not moved to the route moved to.
+	Earlier map[string]int
+}
+
+// Total is how many messages left the route.
+func (m Moved) Total() int {
+	n := m.To
+	for _, e := range m.Earlier {
+		n += e
+	}
+	return n
+}
+
+// add counts a message whose copy is on route where of a move to route
+// to.
+func (m *Moved) add(where, to string) {
+	if where == to {
+		m.To++
+		return
+	}
+	if m.Earlier == nil {
+		m.Earlier = map[string]int{}
+	}
+	m.Earlier[where]++
+}
+
 // MoveRoute moves up to limit messages waiting on route from to route to
-// (Move), first those of a move that stopped half-way, and returns how
-// many it moved. Messages being sent stay. Entries of the route's moving
-// set whose message is gone are pruned on the way.
-func (q *Queue) MoveRoute(ctx context.Context, from, to string, limit int) (int, error) {
+// (Move), first those of a move that stopped half-way, and says where
+// they went. Messages being sent stay. Entries of the route's moving set
+// whose message is gone are pruned on the way.
+func (q *Queue) MoveRoute(ctx context.Context, from, to string, limit int) (Moved, error) {
+	var done Moved
 	if !ValidRoute(from) || !ValidRoute(to) || from == to {
-		return 0, fmt.Errorf("move: routes %q and %q: want two valid routes", from, to)
+		return done, fmt.Errorf("move: routes %q and %q: want two valid routes", from, to)
 	}
 	ids, err := q.rdb.SMembers(ctx, keysFor(from).moving).Result()
 	if err != nil {
-		return 0, fmt.Errorf("move: %w", err)
+		return done, fmt.Errorf("move: %w", err)
 	}
 	moved := 0
 	for moved < limit {
@@ -285,27 +325,28 @@ func (q *Queue) MoveRoute(ctx context.Context, from, to string, limit int) (int,
 		halfWay := len(ids) > 0
 		if !halfWay {
 			if ids, err = q.waitingIDs(ctx, from, min(500, limit-moved)); err != nil || len(ids) == 0 {
-				return moved, err
+				return done, err
 			}
 		}
 		n := 0
 		for _, id := range ids[:min(len(ids), limit-moved)] {
-			_, err := q.move(ctx, id, from, to)
+			_, where, err := q.move(ctx, id, from, to)
 			switch {
 			case errors.Is(err, ErrNotMovable), errors.Is(err, ErrNotFound):
 				// Leased, or deleted, since it was listed.
 			case err != nil:
-				return moved + n, err
+				return done, err
 			default:
+				done.add(where, to)
 				n++
 			}
 		}
 		if n == 0 && !halfWay {
-			return moved, nil
+			return done, nil
 		}
 		moved, ids = moved+n, nil
 	}
-	return moved, nil
+	return done, nil
 }
 
 // waitingIDs lists up to n ids of messages waiting on route: held,

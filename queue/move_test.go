@@ -54,11 +54,11 @@ func TestMoveRoute(t *testing.T) {
 		t.Errorf("move of a delivered message: %v, want ErrNotMovable", err)
 	}
 	n, err := q.MoveRoute(ctx, from, to, 100)
-	if err != nil || n != 3 {
-		t.Fatalf("MoveRoute: %d, %v; want 3 moved", n, err)
+	if err != nil || n.To != 3 || n.Total() != 3 {
+		t.Fatalf("MoveRoute: %+v, %v; want 3 moved", n, err)
 	}
-	if n, err := q.MoveRoute(ctx, from, to, 100); err != nil || n != 0 {
-		t.Fatalf("MoveRoute again: %d, %v; want nothing left to move", n, err)
+	if n, err := q.MoveRoute(ctx, from, to, 100); err != nil || n.Total() != 0 {
+		t.Fatalf("MoveRoute again: %+v, %v; want nothing left to move", n, err)
 	}
 	st, err := q.Stats(ctx)
 	if err != nil {
@@ -147,8 +147,8 @@ func TestMoveFinishesHalfWay(t *testing.T) {
 		t.Errorf("summary after the cut move: %d moving, want 1", n)
 	}
 	n, err := q.MoveRoute(ctx, from, to, 100)
-	if err != nil || n != 1 {
-		t.Fatalf("MoveRoute after the half-way move: %d, %v; want 1", n, err)
+	if err != nil || n.To != 1 || n.Total() != 1 {
+		t.Fatalf("MoveRoute after the half-way move: %+v, %v; want 1", n, err)
 	}
 	if _, err := q.Get(ctx, id); !errors.Is(err, queue.ErrNotFound) {
 		t.Errorf("the old message after the move: %v, want gone", err)
@@ -156,8 +156,8 @@ func TestMoveFinishesHalfWay(t *testing.T) {
 	if n := moving(); n != 0 {
 		t.Errorf("summary after the move finished: %d moving, want 0", n)
 	}
-	if n, err := q.MoveRoute(ctx, from, to, 100); err != nil || n != 0 {
-		t.Errorf("MoveRoute again: %d, %v; want 0", n, err)
+	if n, err := q.MoveRoute(ctx, from, to, 100); err != nil || n.Total() != 0 {
+		t.Errorf("MoveRoute again: %+v, %v; want 0", n, err)
 	}
 	if res := lease(t, q, to, 10, time.Minute); len(res.Leases) != 2 {
 		t.Errorf("%d messages on %s, want the one there before and the moved one", len(res.Leases), to)
@@ -196,8 +196,8 @@ func testMoveKeepsIdempotencyKey(t *testing.T, rdb redis.UniversalClient) {
 		t.Fatal(err)
 	}
 
-	if n, err := q.MoveRoute(ctx, from, to, 100); err != nil || n != 4 {
-		t.Fatalf("MoveRoute: %d, %v; want 4 moved", n, err)
+	if n, err := q.MoveRoute(ctx, from, to, 100); err != nil || n.To != 4 || n.Total() != 4 {
+		t.Fatalf("MoveRoute: %+v, %v; want 4 moved", n, err)
 	}
 	if _, err := q.Get(ctx, early); !errors.Is(err, queue.ErrNotFound) {
 		t.Errorf("the first copy of a message sent again on the new route: %v, want gone from the old", err)
@@ -281,8 +281,8 @@ func TestMovingSetPruned(t *testing.T) {
 	}
 
 	n, err := q.MoveRoute(ctx, from, to, 100)
-	if err != nil || n != len(waiting) {
-		t.Errorf("MoveRoute past the moving set's entries without message: %d, %v; want the %d waiting moved", n, err, len(waiting))
+	if err != nil || n.To != len(waiting) || n.Total() != len(waiting) {
+		t.Errorf("MoveRoute past the moving set's entries without message: %+v, %v; want the %d waiting moved", n, err, len(waiting))
 	}
 	if ids, err := rdb.SMembers(ctx, queue.MovingKey(from)).Result(); err != nil || len(ids) != 0 {
 		t.Errorf("moving set of %s after the move: %v, %v; want empty", from, ids, err)
@@ -301,8 +301,8 @@ func TestMovingSetPruned(t *testing.T) {
 	if routes, err := q.Routes(ctx); err != nil || !slices.Contains(routes, other) {
 		t.Errorf("routes after pruning: %v, %v; want %s, whose message waits for its move to finish", routes, err, other)
 	}
-	if n, err := q.MoveRoute(ctx, other, to, 100); err != nil || n != 1 {
-		t.Errorf("MoveRoute of %s: %d, %v; want its message moved", other, n, err)
+	if n, err := q.MoveRoute(ctx, other, to, 100); err != nil || n.To != 1 {
+		t.Errorf("MoveRoute of %s: %+v, %v; want its message moved", other, n, err)
 	}
 }
 
@@ -355,8 +355,8 @@ func TestMoveCutThenElsewhere(t *testing.T) {
 	}
 	cut.Store(false)
 	n, err := q.MoveRoute(ctx, from, second, 100)
-	if err != nil || n != 2 {
-		t.Fatalf("MoveRoute to %s after the cut moves: %d, %v; want 2", second, n, err)
+	if err != nil || n.To != 0 || n.Earlier[first] != 2 || n.Total() != 2 {
+		t.Fatalf("MoveRoute to %s after the cut moves: %+v, %v; want 2 finished on %s", second, n, err, first)
 	}
 	count := func(route string) int {
 		t.Helper()
@@ -375,8 +375,8 @@ func TestMoveCutThenElsewhere(t *testing.T) {
 	if _, err := full.Move(ctx, id, third); !errors.Is(err, queue.ErrRouteFull) {
 		t.Fatalf("move to a full route: %v, want ErrRouteFull", err)
 	}
-	if n, err := q.MoveRoute(ctx, from, second, 100); err != nil || n != 1 {
-		t.Fatalf("MoveRoute after a move cut before its store: %d, %v; want 1", n, err)
+	if n, err := q.MoveRoute(ctx, from, second, 100); err != nil || n.To != 1 || n.Total() != 1 {
+		t.Fatalf("MoveRoute after a move cut before its store: %+v, %v; want 1 moved to %s", n, err, second)
 	}
 	if c := count(second); c != 1 {
 		t.Errorf("%d messages on %s after the second move, want the one the cut move did not store", c, second)
@@ -401,8 +401,8 @@ func testMoveBackKeepsMessage(t *testing.T, rdb redis.UniversalClient) {
 	m.IdempotencyKey, m.Fingerprint = "order-17", "fp17"
 	enqueue(t, q, m)
 	for i, hop := range [][2]string{{a, b}, {b, a}, {a, c}, {c, a}} {
-		if n, err := q.MoveRoute(ctx, hop[0], hop[1], 100); err != nil || n != 1 {
-			t.Fatalf("move %d, %s to %s: %d, %v; want 1 moved", i+1, hop[0], hop[1], n, err)
+		if n, err := q.MoveRoute(ctx, hop[0], hop[1], 100); err != nil || n.To != 1 || n.Total() != 1 {
+			t.Fatalf("move %d, %s to %s: %+v, %v; want 1 moved", i+1, hop[0], hop[1], n, err)
 		}
 		st, err := q.Stats(ctx)
 		if err != nil {

@@ -4,8 +4,10 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
+	"strings"
 
 	"holdfast/queue"
 	"holdfast/relay"
@@ -64,19 +66,31 @@ func queueMove(ctx context.Context, e *env, fs *flag.FlagSet, args []string) err
 	}
 	// Also finishes a move that stopped half-way, which the count leaves
 	// out.
-	n, err := q.MoveRoute(ctx, *from, *to, math.MaxInt)
+	done, err := q.MoveRoute(ctx, *from, *to, math.MaxInt)
 	if err != nil {
-		fmt.Fprintf(e.stdout, "moved %d messages from %s to %s before an error\n", n, *from, *to)
+		fmt.Fprintf(e.stdout, "moved %d messages from %s to %s%s before an error\n", done.To, *from, *to, earlier(done))
 		return err
 	}
-	if n == 0 {
+	if done.Total() == 0 {
 		fmt.Fprintf(e.stdout, "no messages waiting on %s\n", *from)
 		hintUnknownRoute(ctx, e, q, *from)
 	} else {
-		fmt.Fprintf(e.stdout, "moved %d messages from %s to %s\n", n, *from, *to)
+		fmt.Fprintf(e.stdout, "moved %d messages from %s to %s%s\n", done.To, *from, *to, earlier(done))
 	}
 	if sending > 0 {
 		fmt.Fprintf(e.stdout, "%d being sent stay on %s: run the move again once they are settled\n", sending, *from)
 	}
 	return nil
+}
+
+// earlier says which messages of a move cut half-way were finished on
+// that move's route, where it had stored their copy, rather than moved to
+// the route of this one: "; finished 2 of an earlier move on ROUTE", for
+// each such route; "" for none.
+func earlier(done queue.Moved) string {
+	var b strings.Builder
+	for _, r := range slices.Sorted(maps.Keys(done.Earlier)) {
+		fmt.Fprintf(&b, "; finished %d of an earlier move on %s", done.Earlier[r], r)
+	}
+	return b.String()
 }

@@ -142,8 +142,8 @@ func TestQueuePurgeCutMove(t *testing.T) {
 			t.Errorf("%s after the purge: %+v, want no message", from, rs)
 		}
 	}
-	if n, err := q.MoveRoute(ctx, from, to, 100); err != nil || n != 0 {
-		t.Errorf("move of %s after the purge: %d moved, %v; want none", from, n, err)
+	if n, err := q.MoveRoute(ctx, from, to, 100); err != nil || n.Total() != 0 {
+		t.Errorf("move of %s after the purge: %+v moved, %v; want none", from, n, err)
 	}
 }
 
@@ -283,5 +283,48 @@ func TestQueueListMoving(t *testing.T) {
 	if r := runCmd(t, "queue", "list", "--config", cfg, "--route", from, "--state", "queued"); r.code != exitOK ||
 		strings.Count(r.stdout, "\n") != 2 {
 		t.Errorf("the waiting message after purge --state moving: exit %d, want it listed\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestQueueMoveCountsEarlierTarget: a message of a move cut half-way to
+// one route, which the application sent again there under its
+// Idempotency-Key, is finished there by the next move, to another route:
+// the command counts it apart, on the route where it is, and counts as
+// moved to the new route only the messages stored there.
+func TestQueueMoveCountsEarlierTarget(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfigCredentials(t, srv.Addr(), "first", "second")
+	q := queue.New(srv.Client(t), queue.Options{})
+	ctx := t.Context()
+	const from, first, second = "app:old:billing@contoso.com", "app:first:billing@contoso.com", "app:second:billing@contoso.com"
+	keyed := queue.Submission{Route: from, App: "crm", From: "billing@contoso.com", To: []string{"ann@example.org"},
+		Body: []byte("Subject: order 1\r\n\r\nx\r\n"), IdempotencyKey: "order-1", Fingerprint: "fp1"}
+	if _, _, err := q.Enqueue(ctx, keyed); err != nil {
+		t.Fatal(err)
+	}
+	enqueueEach(t, q, first)
+	cutMove(t, srv, from, first)
+	keyed.Route = first
+	if _, dup, err := q.Enqueue(ctx, keyed); err != nil || dup {
+		t.Fatalf("the application's retry on %s: dup %v, %v", first, dup, err)
+	}
+	time.Sleep(2 * time.Millisecond)
+	enqueueEach(t, q, from)
+
+	r := runCmd(t, "queue", "move", "--config", cfg, "--route", from, "--to", second, "--yes")
+	if want := "moved 1 messages from " + from + " to " + second + "; finished 1 of an earlier move on " + first + "\n"; r.code != exitOK ||
+		!strings.Contains(r.stdout, want) {
+		t.Errorf("move: exit %d, want %q\n%s%s", r.code, want, r.stdout, r.stderr)
+	}
+	st, err := q.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int64{}
+	for _, rs := range st.Routes {
+		got[rs.Route] = rs.Undelivered() + rs.Moving
+	}
+	if got[from] != 0 || got[first] != 2 || got[second] != 1 {
+		t.Errorf("after the move: %v, want none on %s, 2 on %s (1 there before), 1 on %s", got, from, first, second)
 	}
 }
