@@ -43,3 +43,14 @@ var MessageKey = msgKey
 // MoveDoneHash is the SHA1 of the script that deletes a moved message
 // from its old route, for tests that cut a move after its copy is stored.
 var MoveDoneHash = moveDoneScript.Hash()
+
+// SetMoveHook makes each move of q call f with the id of the message it
+// took out, before it stores the copy.
+func SetMoveHook(q *Queue, f func(id string)) { q.moveHook = f }
+
+// SetMoveLockTTL sets how long q's moves hold a route's move lock
+// without renewing it.
+func SetMoveLockTTL(q *Queue, d time.Duration) { q.moveLockTTL = d }
+
+// MoveLockKey is the key of a route's move lock.
+func MoveLockKey(route string) string { return keysFor(route).moveLock }

@@ -25,6 +25,7 @@ import (
 //	hf:{T}:r:ROUTE:seq       string  counts the route's leases; orders index updates
 //	hf:{T}:r:ROUTE:l:TOKEN   set     ids leased by one lease token, while it lasts
 //	hf:{T}:r:ROUTE:moving    set     ids taken out of the route by a move to another route not finished yet (see Move)
+//	hf:{T}:r:ROUTE:movelock  string  the token of the move running off the route, expiring unless renewed (see lockMoves)
 //	hf:{T}:i:ROUTE:KEY       string  idempotency key -> message id
 //	hf:{T}:f:ROUTE:KEY       string  idempotency key -> the fingerprint of its submission, when it had one
 //	hf:routes                set     every route that has had a message, until pruned
@@ -146,15 +147,16 @@ func routeTag(route string) string {
 // Kinds of route key: the last part of hf:{T}:r:ROUTE:KIND. Scripts that
 // find a route's keys from its routeBase append them with luaRouteKey.
 const (
-	kindDue    = "due"
-	kindLeased = "leased"
-	kindDead   = "dead"
-	kindLive   = "live"
-	kindHold   = "hold"
-	kindHeld   = "held"
-	kindSeq    = "seq"
-	kindFence  = "fence"
-	kindMoving = "moving"
+	kindDue      = "due"
+	kindLeased   = "leased"
+	kindDead     = "dead"
+	kindLive     = "live"
+	kindHold     = "hold"
+	kindHeld     = "held"
+	kindSeq      = "seq"
+	kindFence    = "fence"
+	kindMoving   = "moving"
+	kindMoveLock = "movelock"
 )
 
 // luaRouteKey is the Lua expression of the key of kind of the route whose
@@ -191,6 +193,8 @@ type routeKeys struct {
 	base   string
 	fence  string
 	moving string
+	// moveLock is held by the move running off the route.
+	moveLock string
 }
 
 // leaseSet is the key that records the ids leased with one token.
@@ -202,17 +206,18 @@ func keysFor(route string) routeKeys {
 	tag := routeTag(route)
 	base := routeKeyPrefix(tag) + route + ":"
 	return routeKeys{
-		tag:    tag,
-		due:    base + kindDue,
-		leased: base + kindLeased,
-		dead:   base + kindDead,
-		live:   base + kindLive,
-		hold:   base + kindHold,
-		held:   base + kindHeld,
-		seq:    base + kindSeq,
-		base:   base,
-		fence:  base + kindFence,
-		moving: base + kindMoving,
+		tag:      tag,
+		due:      base + kindDue,
+		leased:   base + kindLeased,
+		dead:     base + kindDead,
+		live:     base + kindLive,
+		hold:     base + kindHold,
+		held:     base + kindHeld,
+		seq:      base + kindSeq,
+		base:     base,
+		fence:    base + kindFence,
+		moving:   base + kindMoving,
+		moveLock: base + kindMoveLock,
 	}
 }
 

@@ -435,3 +435,125 @@ func singleAndCluster(t *testing.T, test func(*testing.T, redis.UniversalClient)
 	t.Run("Single", func(t *testing.T) { test(t, redistest.Start(t).Client(t)) })
 	t.Run("Cluster", func(t *testing.T) { test(t, redistest.StartCluster(t, 3).Client(t)) })
 }
+
+// TestMoveConcurrentRuns: two moves of one route at once, to two routes
+// or to the same one, the second run while the first has taken the
+// message out and not yet stored its copy, leave the message on one
+// route alone, and together report it moved once. It runs on a single
+// server and on Redis Cluster.
+func TestMoveConcurrentRuns(t *testing.T) {
+	singleAndCluster(t, func(t *testing.T, rdb redis.UniversalClient) {
+		const from, t1, t2 = "app:old:billing@contoso.com", "app:first:billing@contoso.com", "app:second:billing@contoso.com"
+		testMoveConcurrentRuns(t, rdb, from, t1, t2)
+		testMoveConcurrentRuns(t, rdb, from+".same", t1+".same", t1+".same")
+	})
+}
+
+func testMoveConcurrentRuns(t *testing.T, rdb redis.UniversalClient, from, t1, t2 string) {
+	ctx := context.Background()
+	clk := newClock()
+	a := queue.New(rdb, queue.Options{Now: clk.Now})
+	b := queue.New(rdb, queue.Options{Now: clk.Now})
+	enqueue(t, a, msg(from, 1))
+	paused, resume := make(chan struct{}), make(chan struct{})
+	queue.SetMoveHook(a, func(string) { close(paused); <-resume })
+	type result struct {
+		n   queue.Moved
+		err error
+	}
+	done := make(chan result)
+	go func() {
+		n, err := a.MoveRoute(ctx, from, t1, 100)
+		done <- result{n, err}
+	}()
+	<-paused
+	nb, errB := b.MoveRoute(ctx, from, t2, 100)
+	var locked *queue.MoveLockedError
+	if !errors.As(errB, &locked) || !errors.Is(errB, queue.ErrMoveLocked) || locked.Route != from || locked.Left <= 0 {
+		t.Errorf("a second move of %s while one runs: %v; want a MoveLockedError naming the route and the lock's time left", from, errB)
+	}
+	close(resume)
+	ra := <-done
+	if ra.err != nil {
+		t.Fatalf("the first move: %v", ra.err)
+	}
+	on := map[string]int{}
+	st, err := a.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range st.Routes {
+		on[r.Route] = int(r.Undelivered() + r.Moving)
+	}
+	copies := on[t1] + on[t2]
+	if t1 == t2 {
+		copies = on[t1]
+	}
+	if on[from] != 0 || copies != 1 || ra.n.Total()+nb.Total() != 1 {
+		t.Errorf("after two moves at once to %s and %s: %d on %s, %d on %s, %d on %s; reported moved %d and %d (second: %v); want the one message on one route, moved once",
+			t1, t2, on[from], from, on[t1], t1, on[t2], t2, ra.n.Total(), nb.Total(), errB)
+	}
+}
+
+// TestMoveLockLapsed: a move that hangs, after taking a message out,
+// longer than its lock of the route lasts, lets another move of the
+// route take over; when it wakes it stores nothing and deletes nothing,
+// and the message is on the second move's route alone. It runs on a
+// single server and on Redis Cluster.
+func TestMoveLockLapsed(t *testing.T) { singleAndCluster(t, testMoveLockLapsed) }
+
+func testMoveLockLapsed(t *testing.T, rdb redis.UniversalClient) {
+	ctx := context.Background()
+	clk := newClock()
+	const from, t1, t2 = "app:old:billing@contoso.com", "app:first:billing@contoso.com", "app:second:billing@contoso.com"
+	a := queue.New(rdb, queue.Options{Now: clk.Now})
+	b := queue.New(rdb, queue.Options{Now: clk.Now})
+	queue.SetMoveLockTTL(a, 300*time.Millisecond)
+	id := enqueue(t, a, msg(from, 1))
+	paused, resume := make(chan struct{}), make(chan struct{})
+	queue.SetMoveHook(a, func(string) { close(paused); <-resume })
+	done := make(chan error)
+	go func() {
+		_, err := a.Move(ctx, id, t1)
+		done <- err
+	}()
+	<-paused
+	if _, err := b.Move(ctx, id, t2); !errors.Is(err, queue.ErrMoveLocked) {
+		t.Errorf("a move of %s while another holds its lock: %v, want ErrMoveLocked", id, err)
+	}
+	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+		n, err := rdb.Exists(ctx, queue.MoveLockKey(from)).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("the hung move's lock did not lapse")
+		}
+	}
+	nb, err := b.MoveRoute(ctx, from, t2, 100)
+	if err != nil || nb.To != 1 || nb.Total() != 1 {
+		t.Fatalf("a move of %s after the first one's lock lapsed: %+v, %v; want 1 moved to %s", from, nb, err, t2)
+	}
+	close(resume)
+	if err := <-done; !errors.Is(err, queue.ErrMoveLockLost) {
+		t.Errorf("the hung move, woken after another took over: %v, want ErrMoveLockLost", err)
+	}
+	on := map[string]int64{}
+	st, err := a.Stats(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range st.Routes {
+		on[r.Route] = r.Undelivered() + r.Moving
+	}
+	if on[from] != 0 || on[t1] != 0 || on[t2] != 1 {
+		t.Errorf("after the hung move woke: %d on %s, %d on %s, %d on %s; want the message on %s alone",
+			on[from], from, on[t1], t1, on[t2], t2, t2)
+	}
+	if n, err := rdb.Exists(ctx, queue.MoveLockKey(from)).Result(); err != nil || n != 0 {
+		t.Errorf("the route's move lock after both moves ended: %d, %v; want it released", n, err)
+	}
+}

@@ -108,6 +108,12 @@ type Queue struct {
 	waitChecked bool
 
 	clock redisClock // see clock.go
+
+	// moveHook, set by tests, is called by a move with the id of each
+	// message it took out, before it stores the copy.
+	moveHook func(id string)
+	// moveLockTTL is the lifetime of a route's move lock (see lockMoves).
+	moveLockTTL time.Duration
 }
 
 // ErrNotFound is returned for a message id that does not exist.
@@ -120,7 +126,7 @@ var ErrLeaseLost = errors.New("lease lost: it expired before the worker reported
 // New returns a queue stored in rdb.
 func New(rdb redis.UniversalClient, opts Options) *Queue {
 	return &Queue{rdb: rdb, opts: opts.withDefaults(), routes: map[string]time.Time{}, unmarked: map[string]bool{},
-		orphans: map[string][]string{}}
+		orphans: map[string][]string{}, moveLockTTL: moveLockTTL}
 }
 
 // Options returns the queue's options, defaults filled in.
@@ -144,6 +150,12 @@ func (q *Queue) Options() Options { return q.opts }
 // slot; see markDue), plus one the first time this process sees the
 // route (and once a minute after).
 func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool, err error) {
+	return q.enqueue(ctx, m, -1)
+}
+
+// enqueue is Enqueue, with the store's deadline in Redis's clock (unix
+// ms; 0: none), or -1 for the one of ctx's deadline (see storeDeadline).
+func (q *Queue) enqueue(ctx context.Context, m Submission, deadline int64) (id string, dup bool, err error) {
 	if !ValidRoute(m.Route) {
 		return "", false, fmt.Errorf("enqueue: invalid route name %q", m.Route)
 	}
@@ -174,9 +186,13 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 	if marked {
 		keys, mark = append(keys, dueDirtyKey, changesKey), "1"
 	}
+	ctxDeadline := deadline < 0
+	if ctxDeadline {
+		deadline = q.storeDeadline(ctx)
+	}
 	args := []any{id, m.Route, m.App, m.From, strings.Join(m.To, "\n"), m.Body,
 		now.UnixMilli(), now.Add(q.opts.Lifetime).UnixMilli(),
-		q.opts.IdempotencyTTL.Milliseconds(), m.IdempotencyKey, mark, m.Fingerprint, q.storeDeadline(ctx),
+		q.opts.IdempotencyTTL.Milliseconds(), m.IdempotencyKey, mark, m.Fingerprint, deadline,
 		max(q.opts.MaxPerRoute, 0)}
 	var res []any
 	if q.opts.MinReplicas > 0 {
@@ -202,7 +218,7 @@ func (q *Queue) Enqueue(ctx context.Context, m Submission) (id string, dup bool,
 	case 3:
 		return got, false, fmt.Errorf("enqueue: idempotency key of %s: %w", got, ErrKeyReused)
 	case 4:
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) > deadlineMargin {
+		if dl, ok := ctx.Deadline(); ctxDeadline && ok && time.Until(dl) > deadlineMargin {
 			q.clockSuspect()
 		}
 		return id, false, fmt.Errorf("enqueue %s: %w", id, ErrPastDeadline)

@@ -124,10 +124,16 @@ func TestStatsShortcutsAgree(t *testing.T) {
 		}
 		for range sh.moving {
 			id := submitTo(t, q, route)
-			if err := moveOutScript.Run(ctx, rdb, []string{msgKey(id), rk.due, rk.live, rk.moving},
-				id, now, route, idemBase(route), idemPrintBase(route), "app:other:"+route).Err(); err != nil {
+			token, unlock, err := q.lockMoves(ctx, route)
+			if err != nil {
 				t.Fatal(err)
 			}
+			if err := moveOutScript.Run(ctx, rdb, []string{msgKey(id), rk.due, rk.live, rk.moving, rk.moveLock},
+				id, now, route, idemBase(route), idemPrintBase(route), "app:other:"+route,
+				token, q.moveLockTTL.Milliseconds()).Err(); err != nil {
+				t.Fatal(err)
+			}
+			unlock()
 		}
 		if sh.hold {
 			if err := q.HoldRoute(ctx, route, "breaker open"); err != nil {

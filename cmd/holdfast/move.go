@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"maps"
 	"math"
 	"slices"
 	"strings"
+	"time"
 
 	"holdfast/queue"
 	"holdfast/relay"
@@ -67,6 +69,11 @@ func queueMove(ctx context.Context, e *env, fs *flag.FlagSet, args []string) err
 	// Also finishes a move that stopped half-way, which the count leaves
 	// out.
 	done, err := q.MoveRoute(ctx, *from, *to, math.MaxInt)
+	var locked *queue.MoveLockedError
+	if errors.As(err, &locked) {
+		return fmt.Errorf("another queue move of %s is running: nothing moved; run this one again once it ends (if it was killed, its lock of the route lapses in %s)",
+			locked.Route, locked.Left.Round(time.Second))
+	}
 	if err != nil {
 		fmt.Fprintf(e.stdout, "moved %d messages from %s to %s%s before an error\n", done.To, *from, *to, earlier(done))
 		return err

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -326,5 +327,75 @@ func TestQueueMoveCountsEarlierTarget(t *testing.T) {
 	}
 	if got[from] != 0 || got[first] != 2 || got[second] != 1 {
 		t.Errorf("after the move: %v, want none on %s, 2 on %s (1 there before), 1 on %s", got, from, first, second)
+	}
+}
+
+// TestQueueMoveWhileAnotherRuns: a queue move of a route while another
+// move of it runs (paused here as it takes its message out) is refused,
+// naming the route and when the running move's lock lapses, with nothing
+// moved; the running move then finishes, the message moved once.
+func TestQueueMoveWhileAnotherRuns(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfigCredentials(t, srv.Addr(), "new", "other")
+	rdb := srv.Client(t)
+	const from, to, other = "app:old:billing@contoso.com", "app:new:billing@contoso.com", "app:other:billing@contoso.com"
+	paused, resume := make(chan struct{}), make(chan struct{})
+	rdb.AddHook(pauseOn{arg: to, paused: paused, resume: resume})
+	q := queue.New(rdb, queue.Options{})
+	enqueueEach(t, q, from)
+	type result struct {
+		n   queue.Moved
+		err error
+	}
+	done := make(chan result)
+	go func() {
+		n, err := q.MoveRoute(t.Context(), from, to, 100)
+		done <- result{n, err}
+	}()
+	<-paused
+	r := runCmd(t, "queue", "move", "--config", cfg, "--route", from, "--to", other, "--yes")
+	close(resume)
+	want := "another queue move of " + from + " is running: nothing moved; run this one again once it ends (if it was killed, its lock of the route lapses in "
+	if r.code != exitError || !strings.Contains(r.stderr, want) || strings.Contains(r.stdout, "moved") {
+		t.Errorf("move while another runs: exit %d, want %d and %q\n%s%s", r.code, exitError, want, r.stdout, r.stderr)
+	}
+	if res := <-done; res.err != nil || res.n.To != 1 || res.n.Total() != 1 {
+		t.Errorf("the running move: %+v, %v; want 1 moved to %s", res.n, res.err, to)
+	}
+	st, err := q.Stats(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rs := range st.Routes {
+		if n := rs.Undelivered() + rs.Moving; (rs.Route == to) != (n == 1) || n > 1 {
+			t.Errorf("%s after the moves: %d messages; want the one message on %s alone", rs.Route, n, to)
+		}
+	}
+}
+
+// pauseOn pauses the first script run that names arg among its arguments
+// (a move's take-out names the route it moves to) until resume closes.
+type pauseOn struct {
+	arg            string
+	paused, resume chan struct{}
+}
+
+func (pauseOn) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (pauseOn) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func (h pauseOn) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if name := cmd.Name(); (name == "evalsha" || name == "eval") && slices.ContainsFunc(cmd.Args(), func(a any) bool { return a == h.arg }) {
+			select {
+			case <-h.paused:
+			default:
+				close(h.paused)
+				<-h.resume
+			}
+		}
+		return next(ctx, cmd)
 	}
 }
