@@ -720,3 +720,34 @@ func TestRefusedCheckReturnsSend(t *testing.T) {
 		t.Errorf("%d sends reserved, given back: %q; want the grant's send1 given back: nothing went out", limits.reserved, limits.returned)
 	}
 }
+
+// TestStaleGrantReturnsSend: a granted kept connection that no longer
+// answers (closed by the server before its RSET was answered), when no
+// other connection can be had, gives the grant's send back to the
+// mailbox's rate: nothing went out.
+func TestStaleGrantReturnsSend(t *testing.T) {
+	limits := &rateLimits{}
+	k, p, s := newSinkSenderEdit(t, func(o *o365.SMTPOptions) {
+		o.Limits = limits
+		o.MaxWait = 200 * time.Millisecond
+	})
+	ctx := context.Background()
+	if _, err := s.Send(ctx, sinkMessage(0, "a@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	g := reserveOne(t, s) // the kept connection
+	p.cut()
+	limits.full.Store(true)
+	_, err := s.Send(o365.WithGrant(ctx, g), sinkMessage(1, "a@example.org"))
+	if upstream.ClassOf(err) != upstream.Throttled {
+		t.Fatalf("the send with no connection to be had: %v, want throttled", err)
+	}
+	if n := len(k.received()); n != 1 {
+		t.Fatalf("%d messages received, want 1", n)
+	}
+	limits.mu.Lock()
+	defer limits.mu.Unlock()
+	if limits.reserved != 1 || len(limits.returned) != 1 || limits.returned[0] != "send1" {
+		t.Errorf("%d sends reserved, given back: %q; want the grant's send1 given back: nothing went out", limits.reserved, limits.returned)
+	}
+}
