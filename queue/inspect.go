@@ -400,19 +400,25 @@ func (q *Queue) Requeue(ctx context.Context, id string) error {
 }
 
 // Delete removes a message in any state. A leased message's worker will
-// find its lease lost when it reports.
+// find its lease lost when it reports. While a move of the message's
+// route runs, a message it may take (waiting, or moving) stays, and
+// Delete returns a *MoveLockedError: deleted, it could be moved all the
+// same.
 func (q *Queue) Delete(ctx context.Context, id string) error {
 	m, err := q.Get(ctx, id)
 	if err != nil {
 		return fmt.Errorf("delete: %w", err)
 	}
 	rk := keysFor(m.Route)
-	n, err := deleteScript.Run(ctx, q.rdb, []string{msgKey(id), rk.due, rk.leased, rk.dead, rk.live, rk.moving}, id).Int()
+	res, err := deleteScript.Run(ctx, q.rdb, []string{msgKey(id), rk.due, rk.leased, rk.dead, rk.live, rk.moving, rk.moveLock}, id).Int64Slice()
 	if err != nil {
 		return fmt.Errorf("delete %s: %w", id, err)
 	}
-	if n == 0 {
+	switch res[0] {
+	case 0:
 		return fmt.Errorf("delete %s: %w", id, ErrNotFound)
+	case 2:
+		return fmt.Errorf("delete %s: %w", id, &MoveLockedError{Route: m.Route, Left: time.Duration(max(res[1], 0)) * time.Millisecond})
 	}
 	q.logChange(ctx, m.Route)
 	return nil

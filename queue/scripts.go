@@ -469,15 +469,22 @@ return remove(KEYS, ARGV[1])
 `)
 
 // deleteScript removes a message from its route, a move's moving set
-// included, and deletes it.
+// included, and deletes it, unless a move running off the route may take
+// it (see lockMoves): a message waiting, or moving, while the route's move
+// lock is held stays, so that it is not moved once deleted.
 //
 // KEYS[1] message hash, KEYS[2] due, KEYS[3] leased, KEYS[4] dead,
-// KEYS[5] live, KEYS[6] moving. ARGV[1] id.
+// KEYS[5] live, KEYS[6] moving, KEYS[7] the route's move lock. ARGV[1] id.
 //
-// Returns 1, or 0 when there was no such message.
+// Returns {1}, {0} when there was no such message, or {2, the lock's time
+// left in ms} when a move holds the lock.
 var deleteScript = drainScript(removeLua + `
+local st = redis.call('HGET', KEYS[1], '` + fState + `')
+if (st == '` + stQueued + `' or st == '` + stMoving + `') and redis.call('EXISTS', KEYS[7]) == 1 then
+  return {2, redis.call('PTTL', KEYS[7])}
+end
 redis.call('SREM', KEYS[6], ARGV[1])
-return remove(KEYS, ARGV[1])
+return {remove(KEYS, ARGV[1])}
 `)
 
 // removeLua defines remove(KEYS, id), for the scripts that delete a

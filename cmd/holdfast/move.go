@@ -101,3 +101,16 @@ func earlier(done queue.Moved) string {
 	}
 	return b.String()
 }
+
+// notWhileMoving says, for a deletion refused because a move of the
+// route runs (err is a *queue.MoveLockedError), that the route's mail
+// stays until the move ends and what to run again then; any other err
+// is returned as it is.
+func notWhileMoving(err error, again string) error {
+	var locked *queue.MoveLockedError
+	if !errors.As(err, &locked) {
+		return err
+	}
+	return fmt.Errorf("a queue move of %s is running: its mail is not deleted while it runs; run the %s again once it ends (if it was killed, its lock of the route lapses in %s)",
+		locked.Route, again, locked.Left.Round(time.Second))
+}

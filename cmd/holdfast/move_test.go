@@ -374,10 +374,12 @@ func TestQueueMoveWhileAnotherRuns(t *testing.T) {
 }
 
 // pauseOn pauses the first script run that names arg among its arguments
-// (a move's take-out names the route it moves to) until resume closes.
+// (a move's take-out names the route it moves to) until resume closes:
+// before it runs, or with after, once it has run without error.
 type pauseOn struct {
 	arg            string
 	paused, resume chan struct{}
+	after          bool
 }
 
 func (pauseOn) DialHook(next redis.DialHook) redis.DialHook { return next }
@@ -388,14 +390,75 @@ func (pauseOn) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Process
 
 func (h pauseOn) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if name := cmd.Name(); (name == "evalsha" || name == "eval") && slices.ContainsFunc(cmd.Args(), func(a any) bool { return a == h.arg }) {
-			select {
-			case <-h.paused:
-			default:
-				close(h.paused)
-				<-h.resume
+		name := cmd.Name()
+		if (name != "evalsha" && name != "eval") || !slices.ContainsFunc(cmd.Args(), func(a any) bool { return a == h.arg }) {
+			return next(ctx, cmd)
+		}
+		var err error
+		if h.after {
+			// A script not loaded yet (NOSCRIPT) has not run.
+			if err = next(ctx, cmd); err != nil {
+				return err
 			}
 		}
-		return next(ctx, cmd)
+		select {
+		case <-h.paused:
+		default:
+			close(h.paused)
+			<-h.resume
+		}
+		if !h.after {
+			err = next(ctx, cmd)
+		}
+		return err
+	}
+}
+
+// TestQueuePurgeWhileMoveRuns: a purge of a route while a move of it
+// runs, the move paused with a message taken out, deletes none of the
+// messages the move may take and says why: a message the operator asked
+// to be deleted is not moved instead. The move then moves it once, and a
+// purge after the move deletes it.
+func TestQueuePurgeWhileMoveRuns(t *testing.T) {
+	srv := redistest.Start(t)
+	cfg := writeConfigCredentials(t, srv.Addr(), "new")
+	rdb := srv.Client(t)
+	const from, to = "app:old:billing@contoso.com", "app:new:billing@contoso.com"
+	paused, resume := make(chan struct{}), make(chan struct{})
+	rdb.AddHook(pauseOn{arg: to, paused: paused, resume: resume, after: true})
+	q := queue.New(rdb, queue.Options{})
+	enqueueEach(t, q, from, from)
+	type result struct {
+		n   queue.Moved
+		err error
+	}
+	done := make(chan result)
+	go func() {
+		n, err := q.MoveRoute(t.Context(), from, to, 100)
+		done <- result{n, err}
+	}()
+	<-paused
+	r := runCmd(t, "queue", "purge", "--config", cfg, "--route", from, "--yes")
+	close(resume)
+	res := <-done
+	want := "a queue move of " + from + " is running: its mail is not deleted while it runs; run the purge again once it ends (if it was killed, its lock of the route lapses in "
+	if r.code != exitError || !strings.Contains(r.stderr, want) {
+		t.Errorf("purge while a move runs: exit %d, want %d and %q\n%s%s", r.code, exitError, want, r.stdout, r.stderr)
+	}
+	st, err := q.Stats(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	on := map[string]int64{}
+	for _, rs := range st.Routes {
+		on[rs.Route] = rs.Undelivered() + rs.Moving
+	}
+	if res.err != nil || int64(res.n.Total()) != on[to] || on[from]+on[to] != 2 {
+		t.Errorf("after a purge while a move ran: the move %+v, %v; %d on %s, %d on %s; want the 2 messages kept, each counted where it is\n%s%s",
+			res.n, res.err, on[from], from, on[to], to, r.stdout, r.stderr)
+	}
+	if r := runCmd(t, "queue", "purge", "--config", cfg, "--route", to, "--yes"); r.code != exitOK ||
+		!strings.Contains(r.stdout, fmt.Sprintf("deleted %d messages", on[to])) {
+		t.Errorf("purge after the move: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }

@@ -87,7 +87,7 @@ func queuePurge(ctx context.Context, e *env, fs *flag.FlagSet, args []string) er
 			deleted += n
 			if err != nil {
 				fmt.Fprintf(e.stdout, "deleted %d of %d messages %s before an error\n", deleted, total, what)
-				return err
+				return notWhileMoving(err, "purge")
 			}
 			if n > 0 {
 				fmt.Fprintf(e.stdout, "route %s: %d %s messages deleted\n", r, n, s)

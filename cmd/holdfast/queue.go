@@ -447,7 +447,10 @@ func queueRequeue(ctx context.Context, e *env, fs *flag.FlagSet, args []string) 
 
 func queueDelete(ctx context.Context, e *env, fs *flag.FlagSet, args []string) error {
 	return eachID(e, fs, args, "delete", func(q *queue.Queue, id string) error {
-		return q.Delete(ctx, id)
+		if err := q.Delete(ctx, id); err != nil {
+			return fmt.Errorf("message %s: %w", id, notWhileMoving(err, "delete"))
+		}
+		return nil
 	})
 }
 
