@@ -439,7 +439,7 @@ func (h *api) readBody(w http.ResponseWriter, r *http.Request, buf *bodyBuf, pre
 	if errors.Is(err, errInflightFull) && !(r.ContentLength >= 0 && 2*r.ContentLength <= h.maxBytes) {
 		// A length of half the limit or less stays within it even with
 		// every byte an LF made CRLF.
-		err = restOfBody(buf.body(), body, h.maxBytes, err)
+		err = restOfBody(buf, body, h.maxBytes, err)
 	}
 	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 		return errBodyTooBig
@@ -473,14 +473,16 @@ func (h *api) holdBody(body io.Reader, size int64, buf *bodyBuf, prefix []byte) 
 	return nil
 }
 
-// restOfBody reads out the rest of a body whose first bytes, held, are
+// restOfBody reads out the rest of a body whose first bytes, in buf, are
 // all the budget had room for (full, errInflightFull), without keeping
-// it. It returns errBodyTooBig when the whole body is over max once LF
-// line endings are CRLF (as bareLFToCRLF makes them), the error that
-// stopped the read, or else full.
-func restOfBody(held []byte, rest io.Reader, max int64, full error) error {
+// it: buf is released first, so that the budget has its room back while
+// a slow client sends the rest. It returns errBodyTooBig when the whole
+// body is over max once LF line endings are CRLF (as bareLFToCRLF makes
+// them), the error that stopped the read, or else full.
+func restOfBody(buf *bodyBuf, rest io.Reader, max int64, full error) error {
 	var n crlfSize
-	_, _ = n.Write(held)
+	_, _ = n.Write(buf.body())
+	buf.release()
 	if _, err := io.Copy(&n, rest); err != nil {
 		return err
 	}

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -153,6 +155,26 @@ func TestInflightFullBDATTooBigIsPermanent(t *testing.T) {
 	}
 }
 
+// TestInflightFullBDATReadOutHoldsNothing: a BDAT message that found no
+// room gives back what it held of the budget before its later chunks are
+// read out, so that a client slow to send them keeps no room from others.
+func TestInflightFullBDATReadOutHoldsNothing(t *testing.T) {
+	e, big, a, b := holdAndRefuse(t, newInflight(300<<10, 0))
+	held := e.f.ingest.budget.inUse()
+	b.cmd("MAIL FROM:<billing@contoso.com>", "250 ")
+	b.cmd("RCPT TO:<x@example.org>", "250 ")
+	b.bdat(big[:100<<10], false, "250 ")
+	if n := e.f.ingest.budget.inUse(); n != held {
+		t.Errorf("%d bytes counted while the message that found no room waits for its next chunk, want %d (the other message's)", n, held)
+	}
+	b.bdat(big[100<<10:], true, "452 4.3.1 ")
+	a.write(".\r\n")
+	a.expect("250 2.0.0 Queued as ")
+	if n := e.f.ingest.budget.inUse(); n != 0 {
+		t.Errorf("%d bytes still counted after every message ended", n)
+	}
+}
+
 // sendSized sends msg from from to x@example.org with MAIL FROM's SIZE
 // set, and expects it queued.
 func (c *smtpTestConn) sendSized(from, msg string) {
@@ -249,6 +271,43 @@ func TestInflightFullTooBigHTTP(t *testing.T) {
 		t.Errorf("%d bytes still counted", n)
 	}
 }
+
+// TestInflightFullHTTPReadOutHoldsNothing: a body that found no room
+// gives back what it held of the budget before the rest of it is read
+// out, so that a client slow to send it keeps no room from others.
+func TestInflightFullHTTPReadOutHoldsNothing(t *testing.T) {
+	f := newFixture(t)
+	budget := newInflight(300<<10, 0)
+	f.ingest.budget = budget
+	h := newAPI(f.ingest, f.apps, f.queue, nil, 200<<10, slog.New(slog.DiscardHandler))
+	if !budget.take("", 200<<10) {
+		t.Fatal("take")
+	}
+	big := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 98)+"\r\n", 1800) // 180 KB
+	// The rest of the body, asked for once the first 100 KB are read,
+	// sees what the budget counts then.
+	seen := int64(-1)
+	rest := readerFunc(func(p []byte) (int, error) {
+		if seen < 0 {
+			seen = budget.inUse()
+		}
+		return 0, io.EOF
+	})
+	req := httptest.NewRequest(http.MethodPost, "/v1/messages", io.MultiReader(strings.NewReader(big[:100<<10]), rest))
+	buf := f.ingest.newBody("crm")
+	defer buf.release()
+	if err := h.readBody(httptest.NewRecorder(), req, buf, []byte("Received: x\r\n")); !errors.Is(err, errInflightFull) {
+		t.Fatalf("readBody: %v, want %v", err, errInflightFull)
+	}
+	if seen != 200<<10 {
+		t.Errorf("%d bytes counted while the rest of a body that found no room is read out, want %d (the bytes taken before)", seen, 200<<10)
+	}
+}
+
+// readerFunc is an io.Reader made of a function.
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 
 // TestInflightPerAppHTTP: the HTTP API counts a message against its
 // application's share too.

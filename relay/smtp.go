@@ -730,6 +730,9 @@ func (s *smtpSession) Data(r io.Reader) error {
 		err = errSMTPChunkCut
 	}
 	if errors.Is(err, errInflightFull) {
+		// What the buffer holds is of no use now: the budget has it back
+		// while a slow client sends the rest.
+		buf.release()
 		err = restOfMessage(r, err)
 	}
 	if err != nil {
