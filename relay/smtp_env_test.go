@@ -259,7 +259,6 @@ func isConnReset(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "connection reset by peer")
 }
 
-// login says EHLO and authenticates as crm with AUTH PLAIN.
 // bdat sends chunk in a BDAT command, the last one when last is set, and
 // expects a reply starting with want.
 func (c *smtpTestConn) bdat(chunk string, last bool, want string) {
@@ -272,6 +271,7 @@ func (c *smtpTestConn) bdat(chunk string, last bool, want string) {
 	c.expect(want)
 }
 
+// login says EHLO and authenticates as crm with AUTH PLAIN.
 func (c *smtpTestConn) login() {
 	c.t.Helper()
 	c.cmd("EHLO client.test", "250 ")
