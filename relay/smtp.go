@@ -492,21 +492,36 @@ type bdatRun struct {
 	done chan struct{} // closed when Data returns
 }
 
+// bdatHandOff bounds wait. The goroutine has two statements left when
+// Data returns; one that has not handed its result on in this time is
+// stuck (go-smtp's place for the result already taken), and waiting on
+// would keep go-smtp's lock of the connection, and its close, for ever.
+var bdatHandOff = time.Second
+
 // wait waits until the transfer's goroutine has handed on Data's result
 // and closed r: a Read then fails with io.ErrClosedPipe, where it gave
 // the error go-smtp closed the other end with before. go-smtp resets a
 // session only once it has closed that end, so Data returns at once and
-// the goroutine has two statements left.
-func (b *bdatRun) wait() {
+// the goroutine has two statements left. It reports false when the
+// goroutine did not get there within bdatHandOff.
+func (b *bdatRun) wait() bool {
 	if b == nil {
-		return
+		return true
 	}
 	<-b.done
-	for {
+	deadline := time.Now().Add(bdatHandOff)
+	for spins := 0; ; spins++ {
 		if _, err := b.r.Read(nil); errors.Is(err, io.ErrClosedPipe) {
-			return
+			return true
 		}
-		runtime.Gosched()
+		if time.Now().After(deadline) {
+			return false
+		}
+		if spins < 100 {
+			runtime.Gosched()
+		} else {
+			time.Sleep(time.Millisecond)
+		}
 	}
 }
 
@@ -799,7 +814,9 @@ func (s *smtpSession) Reset() {
 	run := s.bdat
 	s.bdat = nil
 	s.mu.Unlock()
-	run.wait()
+	if !run.wait() {
+		s.log.Warn("an ended BDAT transfer did not hand its result on; the next message's last chunk may get its reply", "waited", bdatHandOff)
+	}
 }
 
 // Logout ends the session. After STARTTLS, go-smtp calls it with the TLS

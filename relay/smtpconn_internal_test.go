@@ -2,6 +2,8 @@ package relay
 
 import (
 	"bytes"
+	"errors"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -111,5 +113,38 @@ func TestSMTPConnEvictedAfterAuth(t *testing.T) {
 		if !authed && (n != 0 || err == nil || !strings.HasPrefix(strings.Join(rc.sent(), ""), "421 4.7.0 ")) {
 			t.Errorf("not authenticated: read %q, %v, sent %q; want end of input after a 421", buf[:n], err, rc.sent())
 		}
+	}
+}
+
+// TestBDATWaitBounded: a BDAT transfer whose goroutine never hands its
+// result on (go-smtp's channel already full) does not keep Reset, and
+// with it go-smtp's lock of the connection, spinning for ever: wait
+// gives up after bdatHandOff and says so.
+func TestBDATWaitBounded(t *testing.T) {
+	defer func(d time.Duration) { bdatHandOff = d }(bdatHandOff)
+	bdatHandOff = 50 * time.Millisecond
+	pr, pw := io.Pipe()
+	defer pr.Close()
+	pw.CloseWithError(errors.New("reset"))
+	run := &bdatRun{r: pr, done: make(chan struct{})}
+	close(run.done)
+	got := make(chan bool, 1)
+	go func() { got <- run.wait() }()
+	select {
+	case ok := <-got:
+		if ok {
+			t.Error("wait reported the hand-off done while the pipe's reader is still open")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("wait still spinning 5 s after its goroutine returned, with the pipe's reader never closed")
+	}
+
+	// The usual case: the reader is closed, and wait says so at once.
+	pr2, _ := io.Pipe()
+	pr2.Close()
+	run = &bdatRun{r: pr2, done: make(chan struct{})}
+	close(run.done)
+	if !run.wait() {
+		t.Error("wait gave up on a transfer whose reader is closed")
 	}
 }
