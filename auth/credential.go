@@ -56,6 +56,15 @@ type CredentialOptions struct {
 	ClientSecretFiles []string
 	SecretExpires     map[string]time.Time
 
+	// ExpiresAtFile, optional, holds when the secret or certificate
+	// expires (RFC 3339 or YYYY-MM-DD), kept beside it and rewritten with
+	// it: re-read with the other files (see FileExpiry). A missing file
+	// is no date.
+	ExpiresAtFile string
+	// OnExpiresAtFile is called with Name when ExpiresAtFile changed and
+	// the secret or certificate did not (OnChange is called when it did).
+	OnExpiresAtFile func(name string)
+
 	// CertFile holds the PEM certificate, optionally followed by its chain.
 	// KeyFile holds its RSA private key in PEM (PKCS#8 or PKCS#1); when
 	// empty the key is read from CertFile.
@@ -139,6 +148,8 @@ type Credential struct {
 
 	mu  sync.Mutex // guards the fields below
 	mat *material
+	// dated is ExpiresAtFile as read just before mat's files.
+	dated datedFile
 	// inUse is the index in mat.secrets of the secret that got the last
 	// token, tried first; 0 after a reload.
 	inUse int
@@ -185,6 +196,7 @@ func NewCredential(o CredentialOptions) (*Credential, error) {
 		cache:    tokenCache{now: o.Now, before: o.RefreshBefore},
 	}
 	c.cache.fetches = &c.fetches
+	c.dated = readDatedFile(o.ExpiresAtFile)
 	m, err := loadMaterial(&c.opts)
 	if err != nil {
 		return nil, fmt.Errorf("credential %s: %w", o.Name, err)

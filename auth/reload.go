@@ -98,19 +98,31 @@ func readCredentialFile(path, what string) ([]byte, error) {
 // When their content changed it drops the cached token (a fetch in flight
 // is not stored), logs the change and calls OnChange. When the files are
 // missing or bad it returns the error and keeps the loaded credential.
+//
+// ExpiresAtFile is read first, then the other files; when only it
+// changed, OnExpiresAtFile is called instead of OnChange.
 func (c *Credential) Reload() (changed bool, err error) {
+	d := readDatedFile(c.opts.ExpiresAtFile)
 	m, err := loadMaterial(&c.opts)
 	if err != nil {
 		return false, fmt.Errorf("credential %s: reload: %w", c.opts.Name, err)
 	}
 	c.mu.Lock()
 	changed = m.sum != c.mat.sum
+	dated := !d.same(c.dated)
+	c.dated = d
 	if changed {
 		c.mat, c.inUse, c.refusedAt = m, 0, nil
 		_ = c.preferLatestLocked()
 	}
 	c.mu.Unlock()
 	if !changed {
+		if dated {
+			c.log.Info("expires_at_file changed", "file", c.opts.ExpiresAtFile, "expires_at", d.at)
+			if c.opts.OnExpiresAtFile != nil {
+				c.opts.OnExpiresAtFile(c.opts.Name)
+			}
+		}
 		return false, nil
 	}
 	c.cache.reset()

@@ -1,0 +1,75 @@
+package auth
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+)
+
+// A secret's end date may be kept beside it, in ExpiresAtFile: a second
+// key of the Kubernetes Secret that holds the secret, rewritten with it
+// at each rotation. The date file is read before the secret at each
+// reload: the kubelet swaps a Secret volume's files at once, so a read
+// may pair the old date with the new secret for a moment (the next
+// reload sees the new date), never a new date with the old secret.
+
+// datedFile is one reading of ExpiresAtFile.
+type datedFile struct {
+	raw string    // the file's content, trimmed; "" when the file is missing
+	at  time.Time // the date read; zero when none
+	err error     // why the content is not a date
+}
+
+// same reports whether o read the same as d.
+func (d datedFile) same(o datedFile) bool { return d.raw == o.raw && errText(d.err) == errText(o.err) }
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// readDatedFile reads ExpiresAtFile: an RFC 3339 time or a YYYY-MM-DD
+// date (midnight UTC). A missing file is no date, not an error.
+func readDatedFile(path string) datedFile {
+	if path == "" {
+		return datedFile{}
+	}
+	raw, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return datedFile{}
+	case err != nil:
+		return datedFile{err: fmt.Errorf("read expires_at_file: %w", err)}
+	}
+	v := string(bytes.TrimSpace(raw))
+	d := datedFile{raw: v}
+	if v == "" {
+		return d
+	}
+	for _, layout := range []string{time.RFC3339, time.DateOnly} {
+		if t, err := time.Parse(layout, v); err == nil {
+			d.at = t.UTC()
+			return d
+		}
+	}
+	d.err = fmt.Errorf("expires_at_file %s: %q is neither RFC 3339 nor YYYY-MM-DD", path, truncate(v, 64))
+	return d
+}
+
+// FileExpiry returns the fingerprint of the secret or certificate loaded
+// now (see Fingerprint) and the date ExpiresAtFile held when it was
+// read with it: zero when the option is not set, the file is missing or
+// empty; err when its content is not a date.
+func (c *Credential) FileExpiry() (fingerprint string, at time.Time, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fingerprint = c.mat.fingerprint()
+	if len(c.mat.secrets) > 0 {
+		fingerprint = c.mat.secrets[c.inUse].fingerprint()
+	}
+	return fingerprint, c.dated.at, c.dated.err
+}

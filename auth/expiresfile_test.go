@@ -1,0 +1,65 @@
+package auth
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestExpiresAtFile: the date beside the secret is read with it and
+// follows its changes; a change of the date alone calls OnExpiresAtFile,
+// not OnChange; a file that is not a date gives none and an error, and
+// does not stop the secret from being reloaded; a missing file is no
+// date.
+func TestExpiresAtFile(t *testing.T) {
+	f := newFakeEntra(t, secretHandler(t, 3599))
+	dir := t.TempDir()
+	path := writeFile(t, dir, "secret", secretV1)
+	dated := filepath.Join(dir, "expires_at")
+	var changed, datedCalls int
+	c := secretCredential(t, f, path, func(o *CredentialOptions) {
+		o.ExpiresAtFile = dated
+		o.OnChange = func(string) { changed++ }
+		o.OnExpiresAtFile = func(string) { datedCalls++ }
+	})
+	fp1, at, err := c.FileExpiry()
+	if err != nil || !at.IsZero() || fp1 != c.Fingerprint() {
+		t.Fatalf("no file: %s %s %v", fp1, at, err)
+	}
+
+	replaceFile(t, dated, "2027-08-14\n")
+	if ch, err := c.Reload(); err != nil || ch {
+		t.Fatalf("Reload after the date changed = %v, %v; want false (the secret did not change), nil", ch, err)
+	}
+	if _, at, err = c.FileExpiry(); err != nil || !at.Equal(time.Date(2027, 8, 14, 0, 0, 0, 0, time.UTC)) {
+		t.Fatalf("date %s %v", at, err)
+	}
+	if changed != 0 || datedCalls != 1 {
+		t.Fatalf("OnChange %d, OnExpiresAtFile %d; want 0 and 1", changed, datedCalls)
+	}
+	if _, err := c.Reload(); err != nil || datedCalls != 1 {
+		t.Fatalf("an unchanged date is told again: %d calls, %v", datedCalls, err)
+	}
+
+	replaceFile(t, dated, "next summer\n")
+	replaceFile(t, path, secretV2+"\n")
+	if ch, err := c.Reload(); err != nil || !ch {
+		t.Fatalf("Reload with a bad date file = %v, %v; want the secret reloaded", ch, err)
+	}
+	fp2, at, err := c.FileExpiry()
+	if err == nil || !strings.Contains(err.Error(), "neither RFC 3339 nor YYYY-MM-DD") || !at.IsZero() || fp2 == fp1 || fp2 != c.Fingerprint() {
+		t.Fatalf("bad date: %s %s %v", fp2, at, err)
+	}
+	if changed != 1 || datedCalls != 1 {
+		t.Fatalf("OnChange %d, OnExpiresAtFile %d; want 1 and 1: a change of both is told as the secret's", changed, datedCalls)
+	}
+
+	replaceFile(t, dated, "2027-08-14T11:30:00+02:00")
+	if _, err := c.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if _, at, err = c.FileExpiry(); err != nil || !at.Equal(time.Date(2027, 8, 14, 9, 30, 0, 0, time.UTC)) {
+		t.Fatalf("RFC 3339 date %s %v", at, err)
+	}
+}
