@@ -33,6 +33,8 @@ func secretFileContent(t *testing.T, key string, certDir string) []byte {
 	switch field := key[strings.LastIndex(key, ".")+1:]; field {
 	case "password_file", "client_secret_file":
 		return []byte("not-a-real-secret\n")
+	case "expires_at_file":
+		return []byte("2027-02-14\n")
 	case "password_hash_file":
 		return []byte("$2a$10$2OvstUfjsrs0hQXNF4kdLe.imTGW.MDdlaN0Uut9ezKjRICZnVK.6\n")
 	case "token_sha256_file", "admin_token_sha256_file":

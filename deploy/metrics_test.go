@@ -35,6 +35,7 @@ var agreedMetrics = map[string]metric{
 	"holdfast_grants":                              {"gauge", []string{"state"}},
 	"holdfast_credential_expiry_timestamp_seconds": {"gauge", []string{"credential", "source"}},
 	"holdfast_credential_expiry_known":             {"gauge", []string{"credential"}},
+	"holdfast_credential_expiry_superseded":        {"gauge", []string{"credential", "source"}},
 	"holdfast_smtp_connections_refused_total":      {"counter", []string{"limit"}},
 	"holdfast_smtp_connections_evicted_total":      {"counter", nil},
 	"holdfast_smtp_connections":                    {"gauge", nil},

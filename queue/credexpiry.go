@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -14,7 +15,8 @@ import (
 // expires, as one relay's expiry monitor last worked it out: for the
 // command line, which reads no Graph and no certificate of the relays.
 type CredentialExpiry struct {
-	Replica   string
+	Replica string
+	// ExpiresAt is zero when the relay knows no date.
 	ExpiresAt time.Time
 	Source    string // where the date comes from: config, certificate, graph or entra
 	CheckedAt time.Time
@@ -47,14 +49,16 @@ return 0
 `)
 
 // SetCredentialExpiry records what one relay knows of a credential's
-// expiry, replacing that relay's last record; a zero ExpiresAt removes
-// it. The records of every relay past their Until go (a relay stopped,
-// a pod replaced), and the hash goes with the last of them.
+// expiry, replacing that relay's last record; a zero ExpiresAt records
+// that it knows no date (as 0, source "-"). The records of every relay
+// past their Until go (a relay stopped, a pod replaced), and the hash
+// goes with the last of them.
 func (q *Queue) SetCredentialExpiry(ctx context.Context, credential string, e CredentialExpiry) error {
-	v := ""
+	ms, src := int64(0), "-"
 	if !e.ExpiresAt.IsZero() {
-		v = fmt.Sprintf("%d %s %d %d", e.ExpiresAt.UnixMilli(), e.Source, e.CheckedAt.UnixMilli(), e.Until.UnixMilli())
+		ms, src = e.ExpiresAt.UnixMilli(), e.Source
 	}
+	v := fmt.Sprintf("%d %s %d %d", ms, src, e.CheckedAt.UnixMilli(), e.Until.UnixMilli())
 	err := setCredExpiryScript.Run(ctx, q.rdb, []string{credExpiryKey(credential)}, e.Replica, v, e.CheckedAt.UnixMilli()).Err()
 	if err != nil {
 		return fmt.Errorf("record the expiry of %s: %w", credential, err)
@@ -63,8 +67,9 @@ func (q *Queue) SetCredentialExpiry(ctx context.Context, credential string, e Cr
 }
 
 // SoonestCredentialExpiry returns the soonest date among the relays'
-// records of the credential that still count at now, or false when there
-// is none.
+// records of the credential that still count at now; a record of no date
+// (zero ExpiresAt) when every one that counts knows none; false when
+// none counts.
 func (q *Queue) SoonestCredentialExpiry(ctx context.Context, credential string, now time.Time) (CredentialExpiry, bool, error) {
 	m, err := q.rdb.HGetAll(ctx, credExpiryKey(credential)).Result()
 	if err != nil {
@@ -77,7 +82,7 @@ func (q *Queue) SoonestCredentialExpiry(ctx context.Context, credential string, 
 		if !ok || !e.Until.After(now) {
 			continue
 		}
-		if !found || e.ExpiresAt.Before(soonest.ExpiresAt) {
+		if !found || soonest.ExpiresAt.IsZero() || (!e.ExpiresAt.IsZero() && e.ExpiresAt.Before(soonest.ExpiresAt)) {
 			soonest, found = e, true
 		}
 	}
@@ -97,6 +102,47 @@ func parseCredExpiry(replica, v string) (CredentialExpiry, bool) {
 		}
 		ms[i] = n
 	}
-	return CredentialExpiry{Replica: replica, ExpiresAt: time.UnixMilli(ms[0]).UTC(), Source: f[1],
-		CheckedAt: time.UnixMilli(ms[1]).UTC(), Until: time.UnixMilli(ms[2]).UTC()}, true
+	e := CredentialExpiry{Replica: replica, Source: f[1], CheckedAt: time.UnixMilli(ms[1]).UTC(), Until: time.UnixMilli(ms[2]).UTC()}
+	if ms[0] != 0 {
+		e.ExpiresAt = time.UnixMilli(ms[0]).UTC()
+	}
+	if e.Source == "-" {
+		e.Source = ""
+	}
+	return e, true
+}
+
+// bindDateScript records ARGV[2] for field ARGV[1] unless a value is
+// there already, and returns the value kept.
+var bindDateScript = redis.NewScript(`
+redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('HGET', KEYS[1], ARGV[1])
+`)
+
+// BindCredentialDate records that an end date given for a credential
+// (date: where it comes from and the date, e.g. "config
+// 2027-02-14T00:00:00Z") belongs to the secret or certificate whose
+// fingerprint is fingerprint, unless some relay recorded it for another
+// before, and returns the fingerprint the date belongs to: the first
+// one seen with it across the fleet and its restarts. The hash holds one
+// field per date ever given, and no deadline.
+func (q *Queue) BindCredentialDate(ctx context.Context, credential, date, fingerprint string) (string, error) {
+	v, err := bindDateScript.Run(ctx, q.rdb, []string{credDateKey(credential)}, date, fingerprint).Text()
+	if err != nil {
+		return "", fmt.Errorf("record the secret %s's date %s belongs to: %w", credential, date, err)
+	}
+	return v, nil
+}
+
+// CredentialDateOwner returns the fingerprint a relay recorded for the
+// credential's date (see BindCredentialDate), or false when none did.
+func (q *Queue) CredentialDateOwner(ctx context.Context, credential, date string) (string, bool, error) {
+	v, err := q.rdb.HGet(ctx, credDateKey(credential), date).Result()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return "", false, nil
+	case err != nil:
+		return "", false, fmt.Errorf("read the secret %s's date %s belongs to: %w", credential, date, err)
+	}
+	return v, true, nil
 }

@@ -10,7 +10,7 @@ import (
 )
 
 // TestCredentialExpiry: the soonest date among the relays' records that
-// still count; a zero date removes the relay's record; a record past its
+// still count, before a record of no date; a record past its
 // end is removed at the next write, and the hash goes with the last end.
 func TestCredentialExpiry(t *testing.T) {
 	srv := redistest.Start(t)
@@ -66,7 +66,37 @@ func TestCredentialExpiry(t *testing.T) {
 	if e, ok := soonest(); !ok || e.Replica != "relay-1" {
 		t.Fatalf("soonest after relay-2 forgot its date = %+v, %v; want relay-1's", e, ok)
 	}
-	if got := replicas(); len(got) != 1 {
-		t.Errorf("records %v; want relay-1's", got)
+	set("relay-1", 0, now, 25*time.Hour)
+	if e, ok := soonest(); !ok || !e.ExpiresAt.IsZero() || e.Source != "" {
+		t.Fatalf("soonest when no relay knows a date = %+v, %v; want a record of no date", e, ok)
+	}
+	if got := replicas(); len(got) != 2 {
+		t.Errorf("records %v; want relay-1's and relay-2's", got)
+	}
+}
+
+// TestCredentialDateBinding: a date belongs to the first fingerprint
+// recorded with it; later ones are told that one, and each date has its
+// own.
+func TestCredentialDateBinding(t *testing.T) {
+	srv := redistest.Start(t)
+	q := queue.New(srv.Client(t), queue.Options{})
+	ctx := context.Background()
+	if _, ok, err := q.CredentialDateOwner(ctx, "contoso", "config 2027-02-14T00:00:00Z"); err != nil || ok {
+		t.Fatalf("before any record: %v %v", ok, err)
+	}
+	for _, tc := range []struct{ date, fp, want string }{
+		{"config 2027-02-14T00:00:00Z", "aaaa", "aaaa"},
+		{"config 2027-02-14T00:00:00Z", "bbbb", "aaaa"},
+		{"file 2027-02-14T00:00:00Z", "bbbb", "bbbb"},
+		{"config 2027-08-14T00:00:00Z", "bbbb", "bbbb"},
+	} {
+		got, err := q.BindCredentialDate(ctx, "contoso", tc.date, tc.fp)
+		if err != nil || got != tc.want {
+			t.Fatalf("bind %s to %s: %q %v, want %q", tc.date, tc.fp, got, err, tc.want)
+		}
+	}
+	if fp, ok, err := q.CredentialDateOwner(ctx, "contoso", "config 2027-02-14T00:00:00Z"); err != nil || !ok || fp != "aaaa" {
+		t.Fatalf("owner: %q %v %v", fp, ok, err)
 	}
 }

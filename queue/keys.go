@@ -37,6 +37,8 @@ import (
 //	hf:exp:CREDENTIAL        hash    relay -> "EXPIRES SOURCE CHECKED UNTIL" (unix ms, source, unix ms, unix ms): when the
 //	                                 credential's secret or certificate in use expires, as each relay's expiry monitor last
 //	                                 found, counting until UNTIL; see credexpiry.go
+//	hf:expfor:CREDENTIAL     hash    "SOURCE DATE" -> fingerprint: the secret or certificate a configured end date was first seen
+//	                                 with; see credexpiry.go
 //	hf:rcpt:MAILBOX          zset    "id:n" -> send time (unix ms): recipients a mailbox sent to, for Exchange's rolling quota;
 //	                                 "#total" -> minus their sum (see quota.go)
 //	hf:auth:ip:IP            string  failed authentications from a client IP in the current window
@@ -122,6 +124,8 @@ const (
 func rotationKey(credential string) string { return keyPrefix + "rot:" + credential }
 
 func credExpiryKey(credential string) string { return keyPrefix + "exp:" + credential }
+
+func credDateKey(credential string) string { return keyPrefix + "expfor:" + credential }
 
 // minuteKey is the hash of the fleet-wide counts of the minute starting at
 // unix minute m.

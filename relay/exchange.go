@@ -100,13 +100,15 @@ func exchangeTLS(o ExchangeOptions) (*tls.Config, error) {
 // a secret or certificate file changes, onIssued when it got a token,
 // onRefused when the token endpoint refused it (any scope: delivery,
 // expiry read, rotation), onSecretInUse when another of several secrets
-// became the one in use, onSecretExpired when Entra said one expired.
+// became the one in use, onSecretExpired when Entra said one expired,
+// onDated when only the credential's expires_at_file changed.
 type credentialHooks struct {
 	onChange        func(name string)
 	onIssued        func(name, fingerprint string)
 	onRefused       func(name string, te *auth.TokenError)
 	onSecretExpired func(name string)
 	onSecretInUse   func(name string)
+	onDated         func(name string)
 }
 
 // mailboxHolder records a mailbox's waits for the fleet.
@@ -181,6 +183,7 @@ func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx
 		co.OnChange, co.OnIssued, co.ReloadInterval = hooks.onChange, hooks.onIssued, credentialReload
 		co.OnRefused = hooks.onRefused
 		co.OnSecretInUse, co.OnSecretExpired = hooks.onSecretInUse, hooks.onSecretExpired
+		co.OnExpiresAtFile = hooks.onDated
 		co.PropagationWindow = o.Breakers.PropagationWindow.D()
 		co.Metrics = authMx
 		authMx.Credential(c.Name)
@@ -188,7 +191,8 @@ func newExchange(o Options, rdb redis.UniversalClient, hooks credentialHooks, mx
 			return nil, credentialError(i, err)
 		}
 		if usesGraph[c.Name] {
-			co.Scope, co.OnChange = graphScope, nil
+			// The expiry monitor reads the date with the first one.
+			co.Scope, co.OnChange, co.ExpiresAtFile, co.OnExpiresAtFile = graphScope, nil, "", nil
 			if x.graphCreds[c.Name], err = auth.NewCredential(co); err != nil {
 				return nil, credentialError(i, err)
 			}

@@ -136,6 +136,8 @@ func (c *Credential) validate(field string) error {
 		return fmt.Errorf("%s.client_assertion_file: set exactly one of client_secret_file, cert_file and key_file, or client_assertion_file", field)
 	case !secret && !cert && !fed:
 		return fmt.Errorf("%s.client_secret_file: set client_secret_file, cert_file and key_file, or client_assertion_file", field)
+	case c.ExpiresAtFile != "" && c.ClientSecretFile == "" && !cert:
+		return fmt.Errorf("%s.expires_at_file: only with client_secret_file or cert_file (for client_secret_files, use expires_at_by_file)", field)
 	case cert && (c.CertFile == "" || c.KeyFile == ""):
 		return fmt.Errorf("%s.cert_file: a certificate credential needs both cert_file and key_file", field)
 	}

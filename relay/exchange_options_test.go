@@ -64,6 +64,11 @@ func TestValidateExchange(t *testing.T) {
 			o.Credentials[0].ClientSecretFiles = []string{"/run/secrets"}
 			o.Credentials[0].ExpiresAtByFile = map[string]string{"/run/secret/a": "2027-02-14"}
 		}},
+		{"credentials[0].expires_at_file", func(o *Options) {
+			o.Credentials[0].ClientSecretFile = ""
+			o.Credentials[0].ClientSecretFiles = []string{"a.secret", "b.secret"}
+			o.Credentials[0].ExpiresAtFile = "a.expires_at"
+		}},
 		{"credentials[1].name", func(o *Options) { o.Credentials = append(o.Credentials, o.Credentials[0]) }},
 		{"apps[0].credential", func(o *Options) { o.Apps[0].Credential = "fabrikam" }},
 		{"apps[0].mailbox", func(o *Options) { o.Apps[0].Mailbox = "noreply" }},

@@ -22,6 +22,7 @@ import (
 // holdfast_credential_expiry_timestamp_seconds.
 const (
 	SourceConfig      = "config"      // the credential's expires_at
+	SourceFile        = "file"        // the date in the credential's expires_at_file
 	SourceCertificate = "certificate" // the certificate file's NotAfter
 	SourceGraph       = "graph"       // the app registration in Microsoft Graph
 	// SourceEntra is Entra's answer to a token request that the secret
@@ -31,7 +32,7 @@ const (
 
 // sources are every source, in the order their dates are listed and
 // exported.
-var sources = []string{SourceEntra, SourceConfig, SourceCertificate, SourceGraph}
+var sources = []string{SourceEntra, SourceConfig, SourceFile, SourceCertificate, SourceGraph}
 
 // Once a day per credential, the monitor logs a warning and posts
 // credential.expiring. The fleet-wide claim lasts a little less than a
@@ -61,7 +62,7 @@ const expiryEventTimeout = 2 * time.Minute
 // Expiry is one known end date of a credential's secret or certificate.
 type Expiry struct {
 	Credential string `json:"credential"`
-	// Source is config, certificate or graph.
+	// Source is entra, config, file, certificate or graph.
 	Source string `json:"source"`
 	// Hint (a secret's first three characters, as Graph shows it) or
 	// Thumbprint (a certificate's SHA-1, upper-case hex) tell Graph's
@@ -76,6 +77,11 @@ type Expiry struct {
 	// entry whose hint or thumbprint is that of the loaded one. The other
 	// Graph entries show, for instance, a newer secret not yet deployed.
 	InUse bool `json:"in_use"`
+	// Superseded is true for a date given by hand (expires_at,
+	// expires_at_file) for an earlier secret or certificate than the one
+	// loaded now: the fleet first saw the date with another (see
+	// bindDates). It is not in use, and says nothing of the one loaded.
+	Superseded bool `json:"superseded,omitempty"`
 }
 
 // CredentialExpiry is what the monitor knows of one credential.
@@ -145,6 +151,12 @@ type expiryConfig struct {
 	// retry is how often a Graph read put off is tried again. Default
 	// expiryRetryEvery.
 	retry time.Duration
+	// bind, when set, records which secret or certificate (by
+	// fingerprint) a date given by hand belongs to, the first one seen
+	// with it across the fleet and its restarts, and returns that one
+	// (queue.BindCredentialDate). Unset, a given date belongs to
+	// whatever is loaded.
+	bind func(ctx context.Context, credential, date, fingerprint string) (string, error)
 	// record, when set, is given each credential's result, for the
 	// fleet's record that the command line reads. A result it fails to
 	// record is given again, the latest one, every retry until it is.
@@ -161,11 +173,12 @@ type expiryConfig struct {
 // credential across the fleet. It is a prometheus.Collector of
 // holdfast_credential_expiry_timestamp_seconds{credential,source}.
 type ExpiryMonitor struct {
-	cfg       expiryConfig
-	desc      *prometheus.Desc
-	knownDesc *prometheus.Desc
-	wake      chan struct{}
-	line      eventLine // webhook posts
+	cfg            expiryConfig
+	desc           *prometheus.Desc
+	knownDesc      *prometheus.Desc
+	supersededDesc *prometheus.Desc
+	wake           chan struct{}
+	line           eventLine // webhook posts
 
 	mu      sync.Mutex
 	state   map[string]*CredentialExpiry
@@ -176,6 +189,16 @@ type ExpiryMonitor struct {
 	putOff     map[string]bool   // Graph not read: the breaker was open
 	denied     map[string]bool   // Graph 403 logged
 	failed     map[string]string // last Graph failure logged
+	// given are each credential's dates given by hand as its last check
+	// bound them (see bindDates); bound the fingerprint each date was
+	// last found to belong to, by credential and date; superseded the
+	// dates logged as an earlier secret's; dateErr the last
+	// expires_at_file error and bind failure logged, by credential and
+	// kind.
+	given      map[string][]Expiry
+	bound      map[string]string
+	superseded map[string]bool
+	dateErr    map[string]string
 }
 
 var _ prometheus.Collector = (*ExpiryMonitor)(nil)
@@ -194,12 +217,16 @@ func newExpiryMonitor(cfg expiryConfig) *ExpiryMonitor {
 	m := &ExpiryMonitor{
 		cfg: cfg,
 		desc: prometheus.NewDesc("holdfast_credential_expiry_timestamp_seconds",
-			"When a credential's secret or certificate expires, in Unix seconds, by where the date comes from (entra, config, certificate, graph).",
+			"When a credential's secret or certificate expires, in Unix seconds, by where the date comes from (entra, config, file, certificate, graph).",
 			[]string{"credential", "source"}, nil),
 		knownDesc: prometheus.NewDesc("holdfast_credential_expiry_known",
 			"1 when a source knows when the credential's secret or certificate in use expires, 0 when none does "+
-				"(no expires_at, and Graph does not tell): no expiry alert can come for it. Not exported for a federated credential.",
+				"(no expires_at, or one given for an earlier secret, and Graph does not tell): no expiry alert can come for it. Not exported for a federated credential.",
 			[]string{"credential"}, nil),
+		supersededDesc: prometheus.NewDesc("holdfast_credential_expiry_superseded",
+			"1 when a date given by hand (source config: expires_at; file: expires_at_file) was given for an earlier secret or certificate "+
+				"than the one loaded now, and so is not its expiry; 0 when it belongs to the one loaded.",
+			[]string{"credential", "source"}, nil),
 		wake:       make(chan struct{}, 1),
 		state:      map[string]*CredentialExpiry{},
 		pending:    map[string]bool{},
@@ -208,20 +235,113 @@ func newExpiryMonitor(cfg expiryConfig) *ExpiryMonitor {
 		putOff:     map[string]bool{},
 		denied:     map[string]bool{},
 		failed:     map[string]string{},
+		given:      map[string][]Expiry{},
+		bound:      map[string]string{},
+		superseded: map[string]bool{},
+		dateErr:    map[string]string{},
 	}
 	now := cfg.now()
 	for _, c := range cfg.credentials {
-		m.state[c.Name] = summarise(c.Name, m.localExpiries(c), now)
+		given, _ := m.givenDates(c)
+		m.state[c.Name] = summarise(c.Name, m.localExpiries(c, given), now)
 	}
 	return m
 }
 
-// localExpiries are the dates known without asking Graph.
-func (m *ExpiryMonitor) localExpiries(c Credential) []Expiry {
+// givenDates are the dates given by hand for the credential's secret or
+// certificate, expires_at and the date in expires_at_file, taken as in
+// use, and the fingerprint of the secret or certificate loaded with them
+// when they can be bound to it: "" for a credential not loaded, or of
+// several secrets (whose dates are expires_at_by_file's).
+func (m *ExpiryMonitor) givenDates(c Credential) ([]Expiry, string) {
 	var out []Expiry
 	if t, err := c.Expiry(); err == nil && !t.IsZero() {
 		out = append(out, Expiry{Credential: c.Name, Source: SourceConfig, ExpiresAt: t, InUse: true})
 	}
+	live := m.cfg.live[c.Name]
+	if live == nil || (c.ClientSecretFile == "" && c.CertFile == "") {
+		return out, ""
+	}
+	fp, at, err := live.FileExpiry()
+	m.dateError(c.Name, "file", "cannot read the credential's expires_at_file; its date is unknown until the file holds one", err)
+	if !at.IsZero() {
+		out = append(out, Expiry{Credential: c.Name, Source: SourceFile, ExpiresAt: at, InUse: true})
+	}
+	return out, fp
+}
+
+// dateError logs err, a failure of one kind of work on the credential's
+// given dates, once until another error comes; a nil err forgets the
+// last one.
+func (m *ExpiryMonitor) dateError(name, kind, msg string, err error) {
+	key := name + " " + kind
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err == nil {
+		delete(m.dateErr, key)
+		return
+	}
+	if m.dateErr[key] != err.Error() {
+		m.dateErr[key] = err.Error()
+		m.cfg.log.Warn(msg, "credential", name, "err", err)
+	}
+}
+
+// bindDates are the dates given by hand (givenDates), each bound to the
+// secret or certificate the fleet first saw it with: a date first seen
+// with another than the one loaded now was given for an earlier one,
+// and is marked Superseded, not in use. So a rotated secret file does
+// not inherit the old secret's expires_at, on a relay that saw the
+// rotation or on one started after it. When the binding cannot be
+// recorded, the last one found stands, else the date is taken for the
+// loaded one, as without binding.
+func (m *ExpiryMonitor) bindDates(ctx context.Context, c Credential) []Expiry {
+	given, fp := m.givenDates(c)
+	if fp == "" || m.cfg.bind == nil {
+		return given
+	}
+	for i, e := range given {
+		date := e.Source + " " + e.ExpiresAt.Format(time.RFC3339)
+		key := c.Name + "\x00" + date
+		owner, err := m.cfg.bind(ctx, c.Name, date, fp)
+		m.mu.Lock()
+		if err == nil {
+			m.bound[key] = owner
+		} else if owner = m.bound[key]; owner == "" {
+			owner = fp
+		}
+		was := m.superseded[key]
+		now := owner != fp
+		m.superseded[key] = now
+		m.mu.Unlock()
+		m.dateError(c.Name, "bind", "cannot record which secret the credential's given end date belongs to; the last one found stands", err)
+		attrs := []any{"credential", c.Name, "expiry_source", e.Source, "expires_at", e.ExpiresAt, "fingerprint", fp, "dated_fingerprint", owner}
+		switch {
+		case now && !was:
+			m.cfg.log.Warn("the credential's "+givenName(e.Source)+" was given for an earlier secret or certificate than the one loaded now: "+
+				"it is not this one's expiry, which stays unknown unless Graph tells it; write the new end date to expires_at_file (or set expires_at again)", attrs...)
+		case !now && was:
+			m.cfg.log.Info("the credential's "+givenName(e.Source)+" belongs to the secret or certificate loaded now", attrs...)
+		}
+		if now {
+			given[i].InUse, given[i].Superseded = false, true
+		}
+	}
+	return given
+}
+
+// givenName names the option a date given by hand comes from.
+func givenName(source string) string {
+	if source == SourceFile {
+		return "expires_at_file date"
+	}
+	return "expires_at"
+}
+
+// localExpiries are the dates known without asking Graph, given those
+// given by hand.
+func (m *ExpiryMonitor) localExpiries(c Credential, given []Expiry) []Expiry {
+	out := slices.Clone(given)
 	if live := m.cfg.live[c.Name]; live != nil {
 		for _, s := range live.Secrets() {
 			if !s.ExpiresAt.IsZero() {
@@ -289,11 +409,15 @@ func (m *ExpiryMonitor) ExpiresAt(name string) time.Time {
 }
 
 // Describe implements prometheus.Collector.
-func (m *ExpiryMonitor) Describe(ch chan<- *prometheus.Desc) { ch <- m.desc; ch <- m.knownDesc }
+func (m *ExpiryMonitor) Describe(ch chan<- *prometheus.Desc) {
+	ch <- m.desc
+	ch <- m.knownDesc
+	ch <- m.supersededDesc
+}
 
 // Collect implements prometheus.Collector: per credential and source, the
 // soonest in-use date; per credential checked, whether any source knows
-// one.
+// one, and whether each date given by hand is an earlier secret's.
 func (m *ExpiryMonitor) Collect(ch chan<- prometheus.Metric) {
 	federated := map[string]bool{}
 	for _, c := range m.cfg.credentials {
@@ -306,6 +430,16 @@ func (m *ExpiryMonitor) Collect(ch chan<- prometheus.Metric) {
 				known = 1
 			}
 			ch <- prometheus.MustNewConstMetric(m.knownDesc, prometheus.GaugeValue, known, ce.Credential)
+		}
+		m.mu.Lock()
+		given := slices.Clone(m.given[ce.Credential])
+		m.mu.Unlock()
+		for _, e := range given {
+			v := 0.0
+			if e.Superseded {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(m.supersededDesc, prometheus.GaugeValue, v, ce.Credential, e.Source)
 		}
 		soonest := map[string]time.Time{}
 		for _, e := range ce.Expiries {
@@ -390,8 +524,12 @@ func (m *ExpiryMonitor) Run(ctx context.Context) {
 func (m *ExpiryMonitor) recount(ctx context.Context, c Credential) {
 	m.mu.Lock()
 	graphErr := m.state[c.Name].GraphError
+	given, ok := m.given[c.Name]
 	m.mu.Unlock()
-	m.settle(ctx, c.Name, append(m.localExpiries(c), m.graphExpiries(c.Name)...), graphErr)
+	if !ok {
+		given = m.bindDates(ctx, c)
+	}
+	m.settle(ctx, c.Name, append(m.localExpiries(c, given), m.graphExpiries(c.Name)...), graphErr)
 }
 
 // CheckAll reads every credential's expiry now.
@@ -406,7 +544,11 @@ func (m *ExpiryMonitor) CheckAll(ctx context.Context) {
 
 // check reads one credential's dates, stores them and notifies.
 func (m *ExpiryMonitor) check(ctx context.Context, c Credential) {
-	list := m.localExpiries(c)
+	given := m.bindDates(ctx, c)
+	m.mu.Lock()
+	m.given[c.Name] = given
+	m.mu.Unlock()
+	list := m.localExpiries(c, given)
 	graphErr := ""
 	if live := m.cfg.live[c.Name]; live != nil && m.cfg.graphURL != "" {
 		allowed := m.cfg.graphAllowed == nil || m.cfg.graphAllowed(ctx, c.Name)
@@ -426,7 +568,7 @@ func (m *ExpiryMonitor) check(ctx context.Context, c Credential) {
 			// date is tried first.
 			if err == nil && live.SetSecretDates(auth.SecretDates(acs)) {
 				// Another secret is tried first now: mark its dates.
-				list = m.localExpiries(c)
+				list = m.localExpiries(c, given)
 				live.MarkInUse(acs)
 			}
 			for _, ac := range acs {
@@ -694,7 +836,7 @@ func expiryMessage(ev ExpiringEvent) string {
 		return msg + fmt.Sprintf("; a newer secret or certificate ending %s is registered: deploy it to client_secret_file (or as one more file of client_secret_files, or to cert_file); no restart needed",
 			ev.NewestExpiresAt.Format(time.DateOnly))
 	}
-	return msg + "; rotate it: create a new secret or certificate, write it to client_secret_file (or as one more file of client_secret_files, or to cert_file), no restart needed, then update expires_at (or expires_at_by_file)"
+	return msg + "; rotate it: create a new secret or certificate, write it to client_secret_file (or as one more file of client_secret_files, or to cert_file), no restart needed, then give its end date in expires_at_file (or update expires_at, or expires_at_by_file)"
 }
 
 // authOptions are the auth options of a configured credential for scope.
@@ -703,7 +845,8 @@ func (c Credential) authOptions(scope string, client *http.Client, log *slog.Log
 	return auth.CredentialOptions{
 		Name: c.Name, Tenant: c.Tenant, ClientID: c.ClientID, Authority: c.Authority,
 		ClientSecretFile: c.ClientSecretFile, ClientSecretFiles: c.ClientSecretFiles, SecretExpires: secretExpires,
-		CertFile: c.CertFile, KeyFile: c.KeyFile,
+		ExpiresAtFile: c.ExpiresAtFile,
+		CertFile:      c.CertFile, KeyFile: c.KeyFile,
 		ClientAssertionFile: c.ClientAssertionFile,
 		Scope:               scope, HTTPClient: client, Logger: log,
 	}
@@ -729,6 +872,7 @@ func (s *Server) newExpiryMonitor() error {
 	if s.webhook != nil {
 		cfg.events = s.webhook
 	}
+	cfg.bind = s.queue.BindCredentialDate
 	keep := expiryRecordKeep(cfg.interval)
 	cfg.record = func(ctx context.Context, ce CredentialExpiry) error {
 		e := queue.CredentialExpiry{Replica: s.opts.Replica, ExpiresAt: ce.ExpiresAt, Source: ce.Source,

@@ -74,7 +74,7 @@ func (w *webhookSink) events(typ string) []map[string]any {
 // "credential source unix" lines.
 func expiryGauge(lines ...string) string {
 	var b strings.Builder
-	b.WriteString("# HELP holdfast_credential_expiry_timestamp_seconds When a credential's secret or certificate expires, in Unix seconds, by where the date comes from (entra, config, certificate, graph).\n")
+	b.WriteString("# HELP holdfast_credential_expiry_timestamp_seconds When a credential's secret or certificate expires, in Unix seconds, by where the date comes from (entra, config, file, certificate, graph).\n")
 	b.WriteString("# TYPE holdfast_credential_expiry_timestamp_seconds gauge\n")
 	for _, l := range lines {
 		var cred, src string

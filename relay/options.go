@@ -133,6 +133,12 @@ type Credential struct {
 	// ExpiresAt is when the secret or certificate expires (RFC 3339 or
 	// YYYY-MM-DD), for the expiry monitor. Optional.
 	ExpiresAt string `yaml:"expires_at"`
+	// ExpiresAtFile names a file holding when the secret of
+	// client_secret_file, or the certificate of cert_file, expires (RFC
+	// 3339 or YYYY-MM-DD), kept beside it (a second key of the same
+	// Kubernetes Secret) and rewritten with it at each rotation; re-read
+	// like the secret. Optional; a missing file is no date.
+	ExpiresAtFile string `yaml:"expires_at_file"`
 	// AutoRotateBefore, when set, makes the relay rotate the client
 	// secret this long before the one in use expires (see "holdfast creds
 	// rotate"): it needs client_secret_files naming a directory the relay

@@ -213,7 +213,7 @@ func New(ctx context.Context, o Options, sender Sender, log *slog.Logger) (*Serv
 		// start tells a relay on an old secret before its first delivery.
 		refused := func(name string, te *auth.TokenError) { g.refusedStale(name, te) }
 		hooks := credentialHooks{onChange: onChange, onIssued: g.issued, onRefused: refused,
-			onSecretExpired: expired, onSecretInUse: inUse}
+			onSecretExpired: expired, onSecretInUse: inUse, onDated: inUse}
 		if s.exchange, err = newExchange(o, s.rdb, hooks, s.metrics, authMx, log); err != nil {
 			return nil, err
 		}
