@@ -796,7 +796,9 @@ func (d *deliverer) settleFailure(l *queue.Lease, err error, log *slog.Logger) {
 // returned function is called. When the lease is lost, or cannot be
 // extended before it would run out, it cancels the send with
 // queue.ErrLeaseLost: another worker may take the message, and this send
-// must stop before the message's final dot.
+// must stop before the message's final dot. Each extension gives up a
+// sixth of the lease before the lease ends (see extendBy), so that a
+// Redis that stops answering cannot keep the send going past it.
 func (d *deliverer) keepLease(ctx context.Context, l *queue.Lease, abandon context.CancelCauseFunc, log *slog.Logger) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -810,7 +812,9 @@ func (d *deliverer) keepLease(ctx context.Context, l *queue.Lease, abandon conte
 				return
 			case <-t.C:
 			}
-			err := d.q.Extend(ctx, l, d.cfg.Lease)
+			ectx, ecancel := context.WithDeadline(ctx, extendBy(l.LeaseEnd, d.cfg.Lease))
+			err := d.q.Extend(ectx, l, d.cfg.Lease)
+			ecancel()
 			if ctx.Err() != nil {
 				return
 			}
@@ -829,4 +833,12 @@ func (d *deliverer) keepLease(ctx context.Context, l *queue.Lease, abandon conte
 		}
 	}()
 	return func() { cancel(); <-done }
+}
+
+// extendBy is when a try at extending a lease that ends at end gives up:
+// a sixth of the lease d before the end, which leaves that long for the
+// cancelled send to close its connection, and for the clocks of the
+// replicas, which time leases, to differ.
+func extendBy(end time.Time, d time.Duration) time.Time {
+	return end.Add(-d / 6)
 }

@@ -73,3 +73,46 @@ func TestDeliveryLeaseLostMidSend(t *testing.T) {
 		t.Fatalf("message after the abandoned send: %+v %v", m, err)
 	}
 }
+
+// TestDeliveryLeaseHungRedis: when Redis stops answering during a send
+// (a hung server, a link cut without a reset), the worker cannot extend
+// its lease, and the send is abandoned before the lease ends, however
+// long the extension waits: after that, another replica may take the
+// message and send it too.
+func TestDeliveryLeaseHungRedis(t *testing.T) {
+	f := newFixture(t)
+	o := DefaultOptions()
+	o.Redis.Addrs = []string{f.redis.Addr()}
+	rdb := RedisClient(o.Redis)
+	t.Cleanup(func() { _ = rdb.Close() })
+	q := queue.New(rdb, queue.Options{})
+	const lease = 1500 * time.Millisecond
+	s := &dotSender{started: make(chan struct{}), done: make(chan struct{})}
+	defer close(s.done)
+	enqueueTo(t, f, "someone@example.org")
+	startDeliverer(t, q, s, deliveryConfig{Lease: lease, Grace: 100 * time.Millisecond})
+	select {
+	case <-s.started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the message was never sent")
+	}
+	f.redis.Pause(t)
+	// The last extension Redis ran was asked for before the pause: the
+	// lease ends at most lease after it.
+	leaseEnd := time.Now().Add(lease)
+	deadline := time.Now().Add(10 * time.Second)
+	for s.abandoned.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	abandoned := time.Now()
+	f.redis.Resume(t)
+	if s.abandoned.Load() == 0 {
+		t.Fatalf("send still running 10 s after Redis hung, its lease of %v long over", lease)
+	}
+	if late := abandoned.Sub(leaseEnd); late > 0 {
+		t.Fatalf("send abandoned %v after its lease ended: another replica may have sent the message meanwhile", late.Round(10*time.Millisecond))
+	}
+	if c, _ := s.cause.Load().(error); !errors.Is(c, queue.ErrLeaseLost) {
+		t.Fatalf("send cancelled by %v, want the lost lease", c)
+	}
+}
