@@ -362,7 +362,11 @@ type DeliveryOptions struct {
 	// Default 8.
 	Workers int `yaml:"workers"`
 	// Lease is how long a worker holds a message before another worker
-	// may take it over; it is extended while a delivery runs. Default 2m.
+	// may take it over; it is extended every third of it while a
+	// delivery runs. It is how long the messages of a replica that died
+	// (SIGKILL, a lost node) wait for another, and also how long a
+	// replica cut off from Redis keeps sending: about two thirds of it.
+	// Default 30s.
 	Lease Duration `yaml:"lease"`
 	// Poll is how often idle workers look for mail submitted through
 	// other replicas. Default 1s.
@@ -510,7 +514,7 @@ func DefaultOptions() Options {
 		},
 		Delivery: DeliveryOptions{
 			Workers: 8,
-			Lease:   Duration(2 * time.Minute),
+			Lease:   Duration(30 * time.Second),
 			Poll:    Duration(time.Second),
 			Sender:  "dir",
 			Dir:     "./var/outbox",
@@ -747,7 +751,7 @@ func (o *Options) Validate() error {
 		return bad("delivery.workers", "must be at least 1")
 	}
 	if o.Delivery.Lease < Duration(5*time.Second) {
-		return bad("delivery.lease", "must be at least 5s")
+		return bad("delivery.lease", "must be at least 5s: it is extended every third of it, each time in a Redis round trip")
 	}
 	if err := positive(durationField{"delivery.poll", o.Delivery.Poll}); err != nil {
 		return err

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -118,6 +119,114 @@ func TestFaultCrash(t *testing.T) {
 	}
 	if !drained {
 		t.Errorf("the queue did not drain within %v of the end of submission", drainMax)
+	}
+}
+
+// Crash leases: two relays with the default delivery.lease and 4 workers
+// each deliver 48 messages to a slow Exchange (every reply of its SMTP
+// server 400 ms late, a send about 5 s), so that each relay holds leases
+// mid-send; one is killed with SIGKILL and not restarted, as a node lost or a pod
+// OOM-killed is. The other relay must take the messages the killed one
+// had leased within takeMax of the kill, and deliver them within
+// deliverMax, as an operator of a Redis job queue expects a crashed
+// worker's jobs back well within a minute.
+func TestFaultCrashLeases(t *testing.T) {
+	const (
+		messages   = 48
+		takeMax    = 35 * time.Second
+		deliverMax = 50 * time.Second
+		giveUp     = 3 * time.Minute
+	)
+	f := startFaultFleet(t, incFleetOptions{mailboxes: 4, edit: faultConfig{delivery: []string{"workers: 4"}}.edit})
+	f.sim.SetFault(sim.Fault{SMTPRoundTrip: 400 * time.Millisecond})
+	ctx := context.Background()
+	ids := make([]string, messages)
+	for i := range messages {
+		box := f.mailboxes[i%len(f.mailboxes)]
+		id, _, err := f.q.Enqueue(ctx, queue.Submission{Route: "app:contoso:" + box, App: "crm",
+			From: box, To: []string{"sink@example.org"}, Body: []byte(incMessage(i, box))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[i] = id
+	}
+	// Up to 3 sends per mailbox, 12 in all, and 4 per relay: with 6
+	// leased, each relay holds 2 or more.
+	incWait(t, 30*time.Second, "6 messages leased", func() bool {
+		st, err := f.stats()
+		return err == nil && st.Leased >= 6
+	})
+	var leased []string
+	for _, box := range f.mailboxes {
+		list, err := f.q.List(ctx, "app:contoso:"+box, queue.Leased, 0, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range list {
+			leased = append(leased, m.ID)
+		}
+	}
+	f.kill(0)
+	killed := time.Now()
+
+	// Each message leased at the kill is delivered by the relay that
+	// lives, or taken back when its lease expires (its lost attempt
+	// counted) and delivered after; took is when the last was taken back
+	// or delivered, delivered when the last was delivered.
+	var took, delivered time.Duration
+	for {
+		if time.Since(killed) > giveUp {
+			t.Fatalf("messages leased at the kill still undelivered %v after it", giveUp)
+		}
+		taken, done := 0, 0
+		for _, id := range leased {
+			m, err := f.q.Get(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.State == queue.Delivered {
+				done++
+			}
+			if m.State == queue.Delivered || m.Attempts > 0 {
+				taken++
+			}
+		}
+		if took == 0 && taken == len(leased) {
+			took = time.Since(killed)
+		}
+		if done == len(leased) {
+			delivered = time.Since(killed)
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	incWait(t, giveUp, "every message delivered", func() bool { return allDelivered(t, f.q, ids) })
+	again := 0
+	for _, id := range leased {
+		if m, err := f.q.Get(ctx, id); err == nil && m.Attempts > 1 {
+			again++ // an attempt lost with its lease: the killed relay's
+		}
+	}
+	duplicates := 0
+	for _, n := range f.deliveries() {
+		duplicates += max(0, n-1)
+	}
+	table(t, "crash leases: kill -9 of one of two relays mid-send, default delivery.lease", [][]string{
+		{"messages", strconv.Itoa(messages)},
+		{"leased at the kill", strconv.Itoa(len(leased))},
+		{"of which the killed relay's (taken back on expiry)", strconv.Itoa(again)},
+		{"kill to the last of them taken back", ms(took)},
+		{"kill to the last of them delivered", ms(delivered)},
+		{"duplicates", strconv.Itoa(duplicates)},
+	})
+	if again == 0 {
+		t.Fatalf("the killed relay held none of the %d leases: nothing measured", len(leased))
+	}
+	if took > takeMax {
+		t.Errorf("the killed relay's leased messages were taken back %v after the kill, want within %v", took.Round(100*time.Millisecond), takeMax)
+	}
+	if delivered > deliverMax {
+		t.Errorf("the killed relay's leased messages were delivered %v after the kill, want within %v", delivered.Round(100*time.Millisecond), deliverMax)
 	}
 }
 
