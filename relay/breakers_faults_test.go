@@ -84,7 +84,9 @@ func TestBreakerNeverTrips(t *testing.T) {
 	// and its route held.
 	// The secret that works got a token first, so the breaker's record
 	// names it: a wrong secret written after it is not stale material and
-	// still counts.
+	// still counts. Entra no longer takes the secret that worked (deleted
+	// at once): while it did, the relay would send with it as a bridge
+	// for the propagation window (auth/bridge.go).
 	t.Run("control: wrong secret trips", func(t *testing.T) {
 		e := newNeverTripsEnv(t, neverTripsCase{})
 		// A token request, not a delivery: an SMTP connection left open by
@@ -96,6 +98,7 @@ func TestBreakerNeverTrips(t *testing.T) {
 			st, err := e.relays[0].gate.set.Status(context.Background(), credentialBreaker("contoso"))
 			return err == nil && st.GoodFingerprint != ""
 		})
+		e.sim.RotateSecret(simTenant, simClientID, "another-secret~1")
 		writeFile(t, e.secretFile, "not-the-secret~0\n")
 		if err := e.relays[0].Reload(); err != nil {
 			t.Fatal(err)
