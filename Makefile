@@ -51,8 +51,8 @@ test-cluster:
 ## test-faults: the fault suite (cmd/holdfast/faults_*_test.go, about 5 minutes):
 ## relays killed with SIGKILL under load, Redis killed, hung and down, upstream
 ## faults, a stalled mailbox, a mailbox Exchange blocks, a Redis Cluster
-## failover, and a rotation that meets a hung Redis and killed relays (about
-## 35 s). Each case logs a table of figures. FAULTS selects cases by name (a go test -run pattern).
+## failover, a rotation that meets a hung Redis and killed relays (about
+## 35 s), and a rotation ahead of the expiry (about 45 s). Each case logs a table of figures. FAULTS selects cases by name (a go test -run pattern).
 FAULTS        ?= ^TestFault
 test-faults:
 	@$(ENSURE_REDIS)

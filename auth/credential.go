@@ -112,7 +112,10 @@ type CredentialOptions struct {
 	// PropagationWindow is how long after a secret's file was written
 	// Entra's AADSTS7000222 for it may mean that Entra has not
 	// propagated a new secret yet, as it sometimes answers: within it
-	// the secret is not marked expired. Zero: always marked.
+	// the secret is not marked expired. It is also how long after the
+	// files changed the secret that got the last token before is tried
+	// once Entra refuses theirs (see bridge.go). Zero: always marked, and
+	// no such bridge.
 	PropagationWindow time.Duration
 
 	// OnIssued is called with Name and the fingerprint of the secret or
@@ -165,6 +168,15 @@ type Credential struct {
 	// trial is the request under way while they have not (see trial).
 	proven tried
 	trial  *trial
+	// lastGood is the secret that got the last token. previous is the
+	// one that did when the files last changed, when the new files do not
+	// hold it: tried after them while Entra may still be propagating
+	// them, until previousUntil, or until Entra refuses it (see
+	// bridge.go). nil when there is none.
+	lastGood      *secretFile
+	previous      *secretFile
+	previousUntil time.Time
+	previousSaid  bool // the bridge's use since the change was logged
 }
 
 // NewHTTPClient returns an HTTP client for the token endpoint with a 10 s
@@ -355,6 +367,7 @@ func (c *Credential) redeemMaterial(log *slog.Logger, scopes []string, params ur
 		if err == nil {
 			c.worked(m, i)
 			c.useSecret(m, first, i)
+			c.served(m.secrets[i])
 			return tok, nil
 		}
 		var te *TokenError
@@ -370,6 +383,9 @@ func (c *Credential) redeemMaterial(log *slog.Logger, scopes []string, params ur
 			log.Warn("client secret refused; trying the next one", "file", m.secrets[i].file,
 				"hint", m.secrets[i].hint(), "aadsts", te.AADSTS)
 		}
+	}
+	if tok, ok := c.bridge(log, scopes, params, m); ok {
+		return tok, nil
 	}
 	// Every secret refused: the refusal of the one in use, whose
 	// fingerprint is the one the breaker knows as working, so that it
@@ -440,6 +456,9 @@ func (c *Credential) redeemWith(log *slog.Logger, scopes []string, params url.Va
 	}
 	scrub = append(scrub, params.Get("refresh_token"))
 
+	// The previous secret, sent as a bridge, is no longer in the files:
+	// what Entra says of it is no news of them.
+	hooks := sec == nil || !sec.bridge
 	tok, err := cfg.Token(c.base)
 	c.opts.Metrics.tokenRequest(c.opts.Name, err)
 	if err != nil {
@@ -449,7 +468,7 @@ func (c *Credential) redeemWith(log *slog.Logger, scopes []string, params url.Va
 			te.Fingerprint, te.Written = fingerprint, written
 			log.Warn("token request rejected", "status", te.HTTPStatus, "error", te.Code,
 				"aadsts", te.AADSTS, "suberror", te.SubError, "correlation_id", te.CorrelationID)
-			if c.opts.OnRefused != nil {
+			if hooks && c.opts.OnRefused != nil {
 				c.opts.OnRefused(c.opts.Name, te)
 			}
 		} else {
@@ -461,7 +480,7 @@ func (c *Credential) redeemWith(log *slog.Logger, scopes []string, params url.Va
 		log.Warn("token request failed", "err", err)
 		return nil, err
 	}
-	if c.opts.OnIssued != nil {
+	if hooks && c.opts.OnIssued != nil {
 		c.opts.OnIssued(c.opts.Name, fingerprint)
 	}
 	log.Debug("token issued", "expiry", tok.Expiry, "duration", c.opts.Now().Sub(start))

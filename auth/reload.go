@@ -114,6 +114,7 @@ func (c *Credential) Reload() (changed bool, err error) {
 	if changed {
 		c.mat, c.inUse, c.refusedAt = m, 0, nil
 		_ = c.preferLatestLocked()
+		c.keepPreviousLocked()
 	}
 	c.mu.Unlock()
 	if !changed {

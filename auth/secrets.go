@@ -30,6 +30,9 @@ type secretFile struct {
 	// expired is when Entra first answered that this secret expired;
 	// zero when it has not. Guarded by the credential's mu.
 	expired time.Time
+	// bridge marks the previous secret sent while the files' new one
+	// may be propagating (see bridge.go).
+	bridge bool
 }
 
 func (s *secretFile) fingerprint() string { return hex.EncodeToString(s.sum[:8]) }
@@ -275,6 +278,9 @@ func (c *Credential) refused(m *material, i int, te *TokenError) bool {
 		c.refusedAt = map[int]time.Time{}
 	}
 	c.refusedAt[i] = now
+	if c.lastGood != nil && c.lastGood.value == m.secrets[i].value {
+		c.lastGood = nil // no bridge to a secret Entra refuses
+	}
 	written := m.secrets[i].written
 	propagating := c.opts.PropagationWindow > 0 && !written.IsZero() && now.Sub(written) < c.opts.PropagationWindow
 	first := te.SecretExpired() && m.secrets[i].expired.IsZero() && !propagating

@@ -86,8 +86,10 @@ type BreakerOptions struct {
 	// takes time to propagate) is retried on a short schedule of its
 	// own, a tenth of the time since the change, from 1 s up to 30 s,
 	// instead of doubling the open interval; and how long after a secret
-	// file was written an AADSTS7000222 does not mark the secret expired.
-	// Default 5m; 0 turns it off.
+	// file was written an AADSTS7000222 does not mark the secret expired;
+	// and how long after a secret file changed the secret that got the
+	// last token before is sent once Entra refuses the file's (see
+	// auth/bridge.go). Default 5m; 0 turns it off.
 	PropagationWindow Duration `yaml:"propagation_window"`
 	// goneStaleEvery, for tests, replaces goneStaleEvery.
 	goneStaleEvery time.Duration

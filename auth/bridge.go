@@ -1,0 +1,81 @@
+package auth
+
+import (
+	"log/slog"
+	"net/url"
+	"slices"
+
+	"golang.org/x/oauth2"
+)
+
+// Microsoft's rotation adds a new client secret while the old one still
+// works, and the new one is written into the files at once; Entra refuses
+// it (AADSTS7000215, at times AADSTS7000222) for seconds or minutes while
+// it propagates. A reload drops the cached token, so without more, every
+// token request of that while would be refused, count against the
+// credential's breaker and hold mail that the old secret could still
+// send. So the secret that got the last token before the files changed,
+// when the new files do not hold it, is kept as a bridge: once every
+// loaded secret is refused, it is tried, for the propagation window after
+// the change. Its token is not reported to OnIssued, nor its refusal to
+// OnRefused: it is no longer in the files, and the fleet's record of the
+// material that works names files. Entra's refusal of it (an expired or
+// deleted old secret, as in an outage) ends the bridge, as a token got
+// with the files does: a rotation after an outage sends no more requests
+// than before.
+
+// served notes that sec, of the loaded files, got a token: it is the
+// secret to bridge from at the next change, and no bridge is needed now.
+func (c *Credential) served(sec secretFile) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lastGood, c.previous = &sec, nil
+}
+
+// keepPreviousLocked makes the secret that got the last token the bridge
+// of the files just loaded, when they do not hold it. c.mu is held.
+func (c *Credential) keepPreviousLocked() {
+	c.previous, c.previousSaid = nil, false
+	last := c.lastGood
+	if c.opts.PropagationWindow <= 0 || last == nil || len(c.mat.secrets) == 0 ||
+		slices.ContainsFunc(c.mat.secrets, func(s secretFile) bool { return s.value == last.value }) {
+		return
+	}
+	prev := *last
+	prev.bridge = true
+	c.previous, c.previousUntil = &prev, c.opts.Now().Add(c.opts.PropagationWindow)
+}
+
+// bridge requests a token with the previous secret, after Entra refused
+// every secret of m, the files loaded now; ok is false when there is no
+// bridge, or Entra refused it too, which ends it.
+func (c *Credential) bridge(log *slog.Logger, scopes []string, params url.Values, m *material) (*oauth2.Token, bool) {
+	c.mu.Lock()
+	prev := c.previous
+	if prev != nil && (c.mat != m || !c.opts.Now().Before(c.previousUntil)) {
+		prev = nil
+	}
+	c.mu.Unlock()
+	if prev == nil {
+		return nil, false
+	}
+	tok, err := c.redeemWith(log, scopes, params, m, prev)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		if c.previous == prev {
+			c.previous = nil
+		}
+		if c.lastGood != nil && c.lastGood.value == prev.value {
+			c.lastGood = nil
+		}
+		log.Warn("the previous client secret is refused too; no longer tried", "hint", prev.hint())
+		return nil, false
+	}
+	if !c.previousSaid && c.previous == prev {
+		c.previousSaid = true
+		log.Warn("the client secret file's new secret is refused; sending with the previous one while Entra may still be propagating it",
+			"hint", prev.hint(), "until", c.previousUntil)
+	}
+	return tok, true
+}

@@ -1,0 +1,188 @@
+package auth
+
+import (
+	"net/http"
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+)
+
+// bridgeEntra issues tokens for the secrets it accepts now and refuses
+// any other with AADSTS7000215; it records the secrets sent.
+type bridgeEntra struct {
+	mu     sync.Mutex
+	accept map[string]bool
+	sent   []string
+}
+
+func (b *bridgeEntra) set(accept ...string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.accept = map[string]bool{}
+	for _, s := range accept {
+		b.accept[s] = true
+	}
+}
+
+// take returns the secrets sent since the last call.
+func (b *bridgeEntra) take() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := b.sent
+	b.sent = nil
+	return out
+}
+
+func (b *bridgeEntra) handle(t testing.TB) func(http.ResponseWriter, *http.Request, url.Values) {
+	return func(w http.ResponseWriter, r *http.Request, form url.Values) {
+		s := form.Get("client_secret")
+		b.mu.Lock()
+		b.sent = append(b.sent, s)
+		ok := b.accept[s]
+		b.mu.Unlock()
+		if ok {
+			writeToken(w, "at-for-"+s[:6], 3599, "")
+			return
+		}
+		writeFixture(t, w, http.StatusUnauthorized, "aadsts7000215")
+	}
+}
+
+func sentAre(t *testing.T, what string, got []string, want ...string) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: sent %d requests, want %d (%v)", what, len(got), len(want), want)
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			t.Fatalf("%s: request %d sent the secret %.6s…, want %.6s…", what, i+1, got[i], want[i])
+		}
+	}
+}
+
+// TestBridgeWhilePropagating: the new secret is written into the file
+// while the old one still works and Entra has not propagated the new one.
+// The token comes from the old secret, sent after the new one, with
+// neither OnIssued nor OnRefused told of the old one; once Entra takes the
+// new secret the old one is not sent again. Past the propagation window,
+// or once Entra refused the old secret, it is no longer tried.
+func TestBridgeWhilePropagating(t *testing.T) {
+	be := &bridgeEntra{}
+	be.set(secretV1)
+	f := newFakeEntra(t, be.handle(t))
+	path := writeFile(t, t.TempDir(), "secret", secretV1+"\n")
+	clock := newFakeClock()
+	var issued, refused []string
+	c := secretCredential(t, f, path, func(o *CredentialOptions) {
+		o.PropagationWindow = time.Minute
+		o.Now = clock.Now
+		o.OnIssued = func(_, fp string) { issued = append(issued, fp) }
+		o.OnRefused = func(_ string, te *TokenError) { refused = append(refused, te.Fingerprint) }
+	})
+	ctx := t.Context()
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	oldFP := c.Fingerprint()
+	be.take()
+	issued = nil
+
+	be.set(secretV1) // the new secret is not propagated yet
+	replaceFile(t, path, secretV2+"\n")
+	if ch, err := c.Reload(); err != nil || !ch {
+		t.Fatalf("Reload = %v, %v", ch, err)
+	}
+	newFP := c.Fingerprint()
+	tok, err := c.Token(ctx)
+	if err != nil || tok.AccessToken != "at-for-"+secretV1[:6] {
+		t.Fatalf("Token while the new secret propagates: %v, %v; want the old secret's token", tok, err)
+	}
+	sentAre(t, "while propagating", be.take(), secretV2, secretV1)
+	if len(issued) != 0 || len(refused) != 1 || refused[0] != newFP {
+		t.Fatalf("OnIssued %v, OnRefused %v; want none, and the new secret's %s (the old one's is %s)", issued, refused, newFP, oldFP)
+	}
+
+	be.set(secretV1, secretV2) // propagated
+	c.Invalidate()
+	if tok, err := c.Token(ctx); err != nil || tok.AccessToken != "at-for-"+secretV2[:6] {
+		t.Fatalf("Token once propagated: %v, %v", tok, err)
+	}
+	be.set(secretV1)
+	c.Invalidate()
+	if _, err := c.Token(ctx); err == nil {
+		t.Fatal("Token: the old secret was sent again after the new one got a token")
+	}
+	sentAre(t, "after the new one worked", be.take(), secretV2, secretV2)
+
+	// A third secret: the bridge is V2, once it got a token again, for a
+	// minute.
+	be.set(secretV2)
+	c.Invalidate()
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	replaceFile(t, path, "third-secret-value-CCCCCCCCCCCC\n")
+	if _, err := c.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatalf("Token with the bridge: %v", err)
+	}
+	be.take()
+	clock.Add(time.Minute)
+	c.Invalidate()
+	if _, err := c.Token(ctx); err == nil {
+		t.Fatal("Token: the bridge was used past the propagation window")
+	}
+	sentAre(t, "past the window", be.take(), "third-secret-value-CCCCCCCCCCCC")
+}
+
+// TestNoBridgeAfterRefusal: the old secret expired or was deleted (the
+// breaker's outage) before the new one was written: it is not sent
+// after the new one, so a rotation after an outage sends one request per
+// token as before; nor is a bridge refused once sent again.
+func TestNoBridgeAfterRefusal(t *testing.T) {
+	be := &bridgeEntra{}
+	be.set(secretV1)
+	f := newFakeEntra(t, be.handle(t))
+	path := writeFile(t, t.TempDir(), "secret", secretV1+"\n")
+	c := secretCredential(t, f, path, func(o *CredentialOptions) { o.PropagationWindow = time.Minute })
+	ctx := t.Context()
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	be.set() // the old secret deleted
+	c.Invalidate()
+	if _, err := c.Token(ctx); err == nil {
+		t.Fatal("Token with a deleted secret: no error")
+	}
+	be.take()
+	replaceFile(t, path, secretV2+"\n")
+	if _, err := c.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Token(ctx); err == nil {
+		t.Fatal("Token: no error")
+	}
+	sentAre(t, "after the outage", be.take(), secretV2)
+
+	// A bridge Entra refuses is dropped.
+	be.set(secretV2)
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	be.set()
+	replaceFile(t, path, "third-secret-value-CCCCCCCCCCCC\n")
+	if _, err := c.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	be.take()
+	for range 2 {
+		c.Invalidate()
+		if _, err := c.Token(ctx); err == nil {
+			t.Fatal("Token: no error")
+		}
+	}
+	sentAre(t, "a refused bridge", be.take(), "third-secret-value-CCCCCCCCCCCC", secretV2, "third-secret-value-CCCCCCCCCCCC")
+}
