@@ -52,7 +52,8 @@ test-cluster:
 ## relays killed with SIGKILL under load, Redis killed, hung and down, upstream
 ## faults, a stalled mailbox, a mailbox Exchange blocks, a Redis Cluster
 ## failover, a rotation that meets a hung Redis and killed relays (about
-## 35 s), and a rotation ahead of the expiry (about 45 s). Each case logs a table of figures. FAULTS selects cases by name (a go test -run pattern).
+## 35 s), a rotation ahead of the expiry (about 45 s), the ways a secret file
+## changes (about 20 s) and a rotation while Redis is down (about 20 s). Each case logs a table of figures. FAULTS selects cases by name (a go test -run pattern).
 FAULTS        ?= ^TestFault
 test-faults:
 	@$(ENSURE_REDIS)
