@@ -24,12 +24,17 @@ import (
 // with the files does: a rotation after an outage sends no more requests
 // than before.
 
-// served notes that sec, of the loaded files, got a token: it is the
-// secret to bridge from at the next change, and no bridge is needed now.
-func (c *Credential) served(sec secretFile) {
+// served notes that sec, of the files m, got a token: it is the secret
+// to bridge from at the next change, and, when m are the files loaded
+// now, no bridge is needed. A request that was under way as the files
+// changed leaves their bridge as it is.
+func (c *Credential) served(m *material, sec secretFile) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.lastGood, c.previous = &sec, nil
+	c.lastGood = &sec
+	if c.mat == m {
+		c.previous = nil
+	}
 }
 
 // keepPreviousLocked makes the secret that got the last token the bridge

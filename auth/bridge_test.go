@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -185,4 +186,52 @@ func TestNoBridgeAfterRefusal(t *testing.T) {
 		}
 	}
 	sentAre(t, "a refused bridge", be.take(), "third-secret-value-CCCCCCCCCCCC", secretV2, "third-secret-value-CCCCCCCCCCCC")
+}
+
+// TestBridgeAfterFetchInFlight: a token request with the old secret,
+// under way as the file changes, gets its token after the reload; the
+// new files still have the old secret as their bridge.
+func TestBridgeAfterFetchInFlight(t *testing.T) {
+	be := &bridgeEntra{}
+	be.set(secretV1)
+	arrived, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	var armed atomic.Bool
+	handle := be.handle(t)
+	f := newFakeEntra(t, func(w http.ResponseWriter, r *http.Request, form url.Values) {
+		if form.Get("client_secret") == secretV1 && armed.Load() {
+			once.Do(func() {
+				close(arrived)
+				<-release
+			})
+		}
+		handle(w, r, form)
+	})
+	path := writeFile(t, t.TempDir(), "secret", secretV1+"\n")
+	c := secretCredential(t, f, path, func(o *CredentialOptions) { o.PropagationWindow = time.Minute })
+	ctx := t.Context()
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.Invalidate()
+	armed.Store(true)
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Token(ctx)
+		done <- err
+	}()
+	<-arrived
+	replaceFile(t, path, secretV2+"\n")
+	if _, err := c.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatalf("the request under way: %v", err)
+	}
+	be.take()
+	if tok, err := c.Token(ctx); err != nil || tok.AccessToken != "at-for-"+secretV1[:6] {
+		t.Fatalf("Token after the reload: %v, %v; want the old secret's token through the bridge", tok, err)
+	}
+	sentAre(t, "after the reload", be.take(), secretV2, secretV1)
 }

@@ -367,7 +367,7 @@ func (c *Credential) redeemMaterial(log *slog.Logger, scopes []string, params ur
 		if err == nil {
 			c.worked(m, i)
 			c.useSecret(m, first, i)
-			c.served(m.secrets[i])
+			c.served(m, m.secrets[i])
 			return tok, nil
 		}
 		var te *TokenError
