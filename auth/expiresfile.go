@@ -2,6 +2,8 @@ package auth
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -61,15 +63,30 @@ func readDatedFile(path string) datedFile {
 }
 
 // FileExpiry returns the fingerprint of the secret or certificate loaded
-// now (see Fingerprint) and the date ExpiresAtFile held when it was
-// read with it: zero when the option is not set, the file is missing or
-// empty; err when its content is not a date.
+// now, as it is used (see usedFingerprint), and the date ExpiresAtFile
+// held when it was read with it: zero when the option is not set, the
+// file is missing or empty; err when its content is not a date.
 func (c *Credential) FileExpiry() (fingerprint string, at time.Time, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	fingerprint = c.mat.fingerprint()
-	if len(c.mat.secrets) > 0 {
-		fingerprint = c.mat.secrets[c.inUse].fingerprint()
+	return c.mat.usedFingerprint(c.inUse), c.dated.at, c.dated.err
+}
+
+// usedFingerprint identifies the secret or certificate as the credential
+// uses it: 16 hex digits of the SHA-256 of the secret in use without the
+// whitespace around it in its file, or of the certificate (DER), never
+// the secret itself; other material by its files. The same secret or
+// certificate written again with other whitespace keeps it, where the
+// fingerprint of the files (Fingerprint) changes.
+func (m *material) usedFingerprint(inUse int) string {
+	var sum [32]byte
+	switch {
+	case len(m.secrets) > 0:
+		sum = sha256.Sum256([]byte(m.secrets[inUse].value))
+	case m.leaf != nil:
+		sum = sha256.Sum256(m.leaf.Raw)
+	default:
+		return m.fingerprint()
 	}
-	return fingerprint, c.dated.at, c.dated.err
+	return hex.EncodeToString(sum[:8])
 }

@@ -24,7 +24,7 @@ func TestExpiresAtFile(t *testing.T) {
 		o.OnExpiresAtFile = func(string) { datedCalls++ }
 	})
 	fp1, at, err := c.FileExpiry()
-	if err != nil || !at.IsZero() || fp1 != c.Fingerprint() {
+	if err != nil || !at.IsZero() || fp1 == "" {
 		t.Fatalf("no file: %s %s %v", fp1, at, err)
 	}
 
@@ -48,7 +48,7 @@ func TestExpiresAtFile(t *testing.T) {
 		t.Fatalf("Reload with a bad date file = %v, %v; want the secret reloaded", ch, err)
 	}
 	fp2, at, err := c.FileExpiry()
-	if err == nil || !strings.Contains(err.Error(), "neither RFC 3339 nor YYYY-MM-DD") || !at.IsZero() || fp2 == fp1 || fp2 != c.Fingerprint() {
+	if err == nil || !strings.Contains(err.Error(), "neither RFC 3339 nor YYYY-MM-DD") || !at.IsZero() || fp2 == "" || fp2 == fp1 {
 		t.Fatalf("bad date: %s %s %v", fp2, at, err)
 	}
 	if changed != 1 || datedCalls != 1 {
@@ -61,5 +61,51 @@ func TestExpiresAtFile(t *testing.T) {
 	}
 	if _, at, err = c.FileExpiry(); err != nil || !at.Equal(time.Date(2027, 8, 14, 9, 30, 0, 0, time.UTC)) {
 		t.Fatalf("RFC 3339 date %s %v", at, err)
+	}
+}
+
+// TestFileExpiryFingerprintOfWhatIsUsed: the fingerprint a date is bound
+// to is that of the secret or certificate as the credential uses it, so
+// the same secret written again with other whitespace around it (a
+// trailing newline added or dropped), or the same certificate and key
+// in PEM laid out otherwise, keeps it; another secret does not.
+func TestFileExpiryFingerprintOfWhatIsUsed(t *testing.T) {
+	f := newFakeEntra(t, secretHandler(t, 3599))
+	path := writeFile(t, t.TempDir(), "secret", secretV1)
+	c := secretCredential(t, f, path, nil)
+	fp, _, _ := c.FileExpiry()
+	for _, content := range []string{secretV1 + "\n", secretV1 + "\r\n", "  " + secretV1 + "\n\n"} {
+		replaceFile(t, path, content)
+		if _, err := c.Reload(); err != nil {
+			t.Fatal(err)
+		}
+		if got, _, _ := c.FileExpiry(); got != fp {
+			t.Errorf("the same secret written as %q: fingerprint %s, was %s", content, got, fp)
+		}
+	}
+	replaceFile(t, path, secretV2+"\n")
+	if _, err := c.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := c.FileExpiry(); got == fp {
+		t.Fatalf("another secret has the first one's fingerprint %s", got)
+	}
+
+	dir := t.TempDir()
+	key := testKey(t, 0)
+	cert := testCert(t, key, time.Date(2027, 3, 1, 0, 0, 0, 0, time.UTC))
+	certFile := writeFile(t, dir, "cert.pem", certPEM(cert))
+	keyFile := writeFile(t, dir, "key.pem", pkcs8PEM(t, key))
+	cc, err := NewCredential(CredentialOptions{Name: "cert", Tenant: testTenant, ClientID: testClientID, CertFile: certFile, KeyFile: keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfp, _, _ := cc.FileExpiry()
+	replaceFile(t, certFile, "\n"+certPEM(cert)+"\n")
+	if _, err := cc.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := cc.FileExpiry(); got != cfp {
+		t.Fatalf("the same certificate written again with blank lines: fingerprint %s, was %s", got, cfp)
 	}
 }

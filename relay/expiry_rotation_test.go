@@ -189,3 +189,24 @@ func TestExpiryConfiguredDateAfterRotation(t *testing.T) {
 		t.Fatalf("relay 1: holdfast_credential_expiry_superseded{source=file} = %v (exported %v), want 1", v, ok)
 	}
 }
+
+// TestExpiryConfiguredDateSameSecretRewritten: the same secret written
+// again without its trailing newline (the relay uses it trimmed) is no
+// rotation: expires_at still dates it, and the expiry warning stays.
+func TestExpiryConfiguredDateSameSecretRewritten(t *testing.T) {
+	f := newRotationFleet(t)
+	ce := f.expiry(t, 0, time.Time{}, "the check at start", func(CredentialExpiry) bool { return true })
+	if ce.Level != auth.LevelWarning || ce.Source != SourceConfig {
+		t.Fatalf("relay 1 at start: %+v", ce)
+	}
+	rewritten := time.Now()
+	writeFile(t, f.files[0], simSecret)
+	ce = f.expiry(t, 0, rewritten, "relay 1 checked after its secret was written again", func(CredentialExpiry) bool { return true })
+	if ce.Level != auth.LevelWarning || ce.Source != SourceConfig || !ce.ExpiresAt.Equal(f.expires) {
+		t.Fatalf("relay 1 after the same secret was written again: level %s, expires %s from %q; want warning, %s from config",
+			ce.Level, ce.ExpiresAt, ce.Source, f.expires)
+	}
+	if v, ok := supersededSeries(t, f.relays[0], SourceConfig); !ok || v != 0 {
+		t.Fatalf("relay 1: holdfast_credential_expiry_superseded{source=config} = %v (exported %v), want 0", v, ok)
+	}
+}
