@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/url"
 	"slices"
+	"time"
 
 	"golang.org/x/oauth2"
 )
@@ -22,7 +23,9 @@ import (
 // material that works names files. Entra's refusal of it (an expired or
 // deleted old secret, as in an outage) ends the bridge, as a token got
 // with the files does: a rotation after an outage sends no more requests
-// than before.
+// than before. A token the bridge got is served from the caches until the
+// window's end at the latest, so that a wrong new secret is refused, with
+// no bridge, once the window is over.
 
 // served notes that sec, of the files m, got a token: it is the secret
 // to bridge from at the next change, and, when m are the files loaded
@@ -56,8 +59,8 @@ func (c *Credential) keepPreviousLocked() {
 // bridge, or Entra refused it too, which ends it.
 func (c *Credential) bridge(log *slog.Logger, scopes []string, params url.Values, m *material) (*oauth2.Token, bool) {
 	c.mu.Lock()
-	prev := c.previous
-	if prev != nil && (c.mat != m || !c.opts.Now().Before(c.previousUntil)) {
+	prev, until := c.previous, c.previousUntil
+	if prev != nil && (c.mat != m || !c.opts.Now().Before(until)) {
 		prev = nil
 	}
 	c.mu.Unlock()
@@ -77,10 +80,31 @@ func (c *Credential) bridge(log *slog.Logger, scopes []string, params url.Values
 		log.Warn("the previous client secret is refused too; no longer tried", "hint", prev.hint())
 		return nil, false
 	}
+	for t, end := range c.bridged {
+		if !c.opts.Now().Before(end) {
+			delete(c.bridged, t) // got by a request no cache took
+		}
+	}
+	if c.bridged == nil {
+		c.bridged = map[*oauth2.Token]time.Time{}
+	}
+	c.bridged[tok] = until
 	if !c.previousSaid && c.previous == prev {
 		c.previousSaid = true
 		log.Warn("the client secret file's new secret is refused; sending with the previous one while Entra may still be propagating it",
-			"hint", prev.hint(), "until", c.previousUntil)
+			"hint", prev.hint(), "until", until)
 	}
 	return tok, true
+}
+
+// bridgedUntil is when a token got with the bridge stops being served
+// from a cache: at the bridge's end, when the files' secret is sent again
+// and, should Entra still refuse it, that counts. Zero for any other
+// token.
+func (c *Credential) bridgedUntil(tok *oauth2.Token) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	until := c.bridged[tok]
+	delete(c.bridged, tok)
+	return until
 }

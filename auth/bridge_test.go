@@ -235,3 +235,42 @@ func TestBridgeAfterFetchInFlight(t *testing.T) {
 	}
 	sentAre(t, "after the reload", be.take(), secretV2, secretV1)
 }
+
+// TestBridgedTokenEndsWithWindow: a token got with the previous secret is
+// served from the cache until the propagation window ends, not for its
+// whole lifetime: then the files' secret is sent again, and a wrong one
+// is refused with no bridge left, so that the breaker learns of it.
+func TestBridgedTokenEndsWithWindow(t *testing.T) {
+	be := &bridgeEntra{}
+	be.set(secretV1)
+	f := newFakeEntra(t, be.handle(t))
+	path := writeFile(t, t.TempDir(), "secret", secretV1+"\n")
+	clock := newFakeClock()
+	c := secretCredential(t, f, path, func(o *CredentialOptions) {
+		o.PropagationWindow = 5 * time.Minute
+		o.Now = clock.Now
+	})
+	ctx := t.Context()
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	replaceFile(t, path, "wrong-secret-value-DDDDDDDDDDDD\n")
+	if _, err := c.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	be.take()
+	if tok, err := c.Token(ctx); err != nil || tok.AccessToken != "at-for-"+secretV1[:6] {
+		t.Fatalf("Token within the window: %v, %v; want the old secret's token", tok, err)
+	}
+	sentAre(t, "within the window", be.take(), "wrong-secret-value-DDDDDDDDDDDD", secretV1)
+	clock.Add(4 * time.Minute)
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatalf("Token within the window, cached: %v", err)
+	}
+	sentAre(t, "cached within the window", be.take())
+	clock.Add(time.Minute)
+	if tok, err := c.Token(ctx); err == nil {
+		t.Fatalf("Token at the window's end: %s, want the wrong secret's refusal", tok.AccessToken)
+	}
+	sentAre(t, "at the window's end", be.take(), "wrong-secret-value-DDDDDDDDDDDD")
+}

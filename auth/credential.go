@@ -177,6 +177,9 @@ type Credential struct {
 	previous      *secretFile
 	previousUntil time.Time
 	previousSaid  bool // the bridge's use since the change was logged
+	// bridged are the tokens the bridge got, each with its bridge's
+	// end, until a token cache takes them (see bridgedUntil).
+	bridged map[*oauth2.Token]time.Time
 }
 
 // NewHTTPClient returns an HTTP client for the token endpoint with a 10 s
@@ -207,7 +210,7 @@ func NewCredential(o CredentialOptions) (*Credential, error) {
 		base:     context.WithValue(context.Background(), oauth2.HTTPClient, o.HTTPClient),
 		cache:    tokenCache{now: o.Now, before: o.RefreshBefore},
 	}
-	c.cache.fetches = &c.fetches
+	c.cache.fetches, c.cache.until = &c.fetches, c.bridgedUntil
 	c.dated = readDatedFile(o.ExpiresAtFile)
 	m, err := loadMaterial(&c.opts)
 	if err != nil {

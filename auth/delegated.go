@@ -51,7 +51,7 @@ func (g *GrantStore) TokenSource(cred *Credential, mailbox string) *DelegatedSou
 		cred:    cred,
 		mailbox: m,
 		log:     cred.log.With("mailbox", m),
-		cache:   tokenCache{now: cred.opts.Now, before: cred.opts.RefreshBefore, fetches: &g.fetches},
+		cache:   tokenCache{now: cred.opts.Now, before: cred.opts.RefreshBefore, fetches: &g.fetches, until: cred.bridgedUntil},
 	}
 	g.sources[k] = s
 	return s

@@ -21,6 +21,10 @@ type tokenCache struct {
 	before time.Duration // refresh at least this long before expiry
 	// fetches tracks the fetches' goroutines, for the owner's Wait.
 	fetches *fetchGroup
+	// until, when set, gives for a token fetched when it stops being
+	// served at the latest (zero: no limit): a token got with a bridge
+	// (see bridge.go) ends with the bridge.
+	until func(*oauth2.Token) time.Time
 
 	mu      sync.Mutex
 	tok     *oauth2.Token
@@ -67,6 +71,10 @@ func (c *tokenCache) get(ctx context.Context, fetch func() (*oauth2.Token, error
 func (c *tokenCache) run(call *fetchCall, gen uint64, fetch func() (*oauth2.Token, error)) {
 	start := c.now()
 	tok, err := fetch()
+	var until time.Time
+	if err == nil && c.until != nil {
+		until = c.until(tok)
+	}
 	c.mu.Lock()
 	call.tok, call.err = tok, err
 	if c.call == call {
@@ -75,6 +83,9 @@ func (c *tokenCache) run(call *fetchCall, gen uint64, fetch func() (*oauth2.Toke
 	if err == nil && c.gen == gen {
 		c.tok = tok
 		c.refresh = refreshAt(start, tok.Expiry, c.before)
+		if !until.IsZero() && until.Before(c.refresh) {
+			c.refresh = until
+		}
 	}
 	c.mu.Unlock()
 	close(call.done)
