@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"errors"
 	"log/slog"
 	"net/url"
 	"slices"
@@ -56,8 +57,11 @@ func (c *Credential) keepPreviousLocked() {
 
 // bridge requests a token with the previous secret, after Entra refused
 // every secret of m, the files loaded now; ok is false when there is no
-// bridge, or Entra refused it too, which ends it.
-func (c *Credential) bridge(log *slog.Logger, scopes []string, params url.Values, m *material) (*oauth2.Token, bool) {
+// bridge, or Entra refused it too, which ends it. Another failure (the
+// endpoint unreachable, throttled, unavailable) says nothing of it: the
+// bridge is kept, and err is that failure, returned in place of the
+// refusal of the files' secret.
+func (c *Credential) bridge(log *slog.Logger, scopes []string, params url.Values, m *material) (tok *oauth2.Token, ok bool, err error) {
 	c.mu.Lock()
 	prev, until := c.previous, c.previousUntil
 	if prev != nil && (c.mat != m || !c.opts.Now().Before(until)) {
@@ -65,12 +69,16 @@ func (c *Credential) bridge(log *slog.Logger, scopes []string, params url.Values
 	}
 	c.mu.Unlock()
 	if prev == nil {
-		return nil, false
+		return nil, false, nil
 	}
-	tok, err := c.redeemWith(log, scopes, params, m, prev)
+	tok, err = c.redeemWith(log, scopes, params, m, prev)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
+		var te *TokenError
+		if !errors.As(err, &te) || !te.SecretRefused() {
+			return nil, false, err
+		}
 		if c.previous == prev {
 			c.previous = nil
 		}
@@ -78,7 +86,7 @@ func (c *Credential) bridge(log *slog.Logger, scopes []string, params url.Values
 			c.lastGood = nil
 		}
 		log.Warn("the previous client secret is refused too; no longer tried", "hint", prev.hint())
-		return nil, false
+		return nil, false, nil
 	}
 	for t, end := range c.bridged {
 		if !c.opts.Now().Before(end) {
@@ -94,7 +102,7 @@ func (c *Credential) bridge(log *slog.Logger, scopes []string, params url.Values
 		log.Warn("the client secret file's new secret is refused; sending with the previous one while Entra may still be propagating it",
 			"hint", prev.hint(), "until", until)
 	}
-	return tok, true
+	return tok, true, nil
 }
 
 // bridgedUntil is when a token got with the bridge stops being served

@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"errors"
 	"net/http"
 	"net/url"
 	"sync"
@@ -273,4 +274,46 @@ func TestBridgedTokenEndsWithWindow(t *testing.T) {
 		t.Fatalf("Token at the window's end: %s, want the wrong secret's refusal", tok.AccessToken)
 	}
 	sentAre(t, "at the window's end", be.take(), "wrong-secret-value-DDDDDDDDDDDD")
+}
+
+// TestBridgeKeptThroughUnavailable: Entra refuses the new secret and
+// answers the bridge's request with a 503, which says nothing of the old
+// secret: the bridge is kept, and the next request gets its token. The
+// 503 is what the request returns, not the new secret's refusal.
+func TestBridgeKeptThroughUnavailable(t *testing.T) {
+	be := &bridgeEntra{}
+	be.set(secretV1)
+	var unavailable atomic.Bool
+	handle := be.handle(t)
+	f := newFakeEntra(t, func(w http.ResponseWriter, r *http.Request, form url.Values) {
+		if form.Get("client_secret") == secretV1 && unavailable.Swap(false) {
+			be.mu.Lock()
+			be.sent = append(be.sent, secretV1)
+			be.mu.Unlock()
+			writeFixture(t, w, http.StatusServiceUnavailable, "unavailable503")
+			return
+		}
+		handle(w, r, form)
+	})
+	path := writeFile(t, t.TempDir(), "secret", secretV1+"\n")
+	c := secretCredential(t, f, path, func(o *CredentialOptions) { o.PropagationWindow = time.Minute })
+	ctx := t.Context()
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	replaceFile(t, path, secretV2+"\n")
+	if _, err := c.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	be.take()
+	unavailable.Store(true)
+	_, err := c.Token(ctx)
+	var te *TokenError
+	if !errors.As(err, &te) || !te.Unavailable() {
+		t.Fatalf("Token with the bridge unavailable: %v; want the 503", err)
+	}
+	if tok, err := c.Token(ctx); err != nil || tok.AccessToken != "at-for-"+secretV1[:6] {
+		t.Fatalf("Token after the 503: %v, %v; want the old secret's token", tok, err)
+	}
+	sentAre(t, "through a 503", be.take(), secretV2, secretV1, secretV2, secretV1)
 }

@@ -387,13 +387,17 @@ func (c *Credential) redeemMaterial(log *slog.Logger, scopes []string, params ur
 				"hint", m.secrets[i].hint(), "aadsts", te.AADSTS)
 		}
 	}
-	if tok, ok := c.bridge(log, scopes, params, m); ok {
+	tok, ok, err := c.bridge(log, scopes, params, m)
+	if ok {
 		return tok, nil
+	}
+	c.toldExpired(expired)
+	if err != nil {
+		return nil, err // the bridge's answer is not known
 	}
 	// Every secret refused: the refusal of the one in use, whose
 	// fingerprint is the one the breaker knows as working, so that it
 	// counts as a failure of the credential rather than of old files.
-	c.toldExpired(expired)
 	return nil, firstErr
 }
 
