@@ -55,6 +55,17 @@ func (c *Credential) keepPreviousLocked() {
 	c.previous, c.previousUntil = &prev, c.opts.Now().Add(c.opts.PropagationWindow)
 }
 
+// forgetLocked drops the secret value, which Entra refused, as the one
+// to bridge from and as the bridge. c.mu is held.
+func (c *Credential) forgetLocked(value string) {
+	if c.lastGood != nil && c.lastGood.value == value {
+		c.lastGood = nil
+	}
+	if c.previous != nil && c.previous.value == value {
+		c.previous = nil
+	}
+}
+
 // bridge requests a token with the previous secret, after Entra refused
 // every secret of m, the files loaded now; ok is false when there is no
 // bridge, or Entra refused it too, which ends it. Another failure (the
@@ -79,12 +90,7 @@ func (c *Credential) bridge(log *slog.Logger, scopes []string, params url.Values
 		if !errors.As(err, &te) || !te.SecretRefused() {
 			return nil, false, err
 		}
-		if c.previous == prev {
-			c.previous = nil
-		}
-		if c.lastGood != nil && c.lastGood.value == prev.value {
-			c.lastGood = nil
-		}
+		c.forgetLocked(prev.value)
 		log.Warn("the previous client secret is refused too; no longer tried", "hint", prev.hint())
 		return nil, false, nil
 	}

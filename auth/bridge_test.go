@@ -317,3 +317,55 @@ func TestBridgeKeptThroughUnavailable(t *testing.T) {
 	}
 	sentAre(t, "through a 503", be.take(), secretV2, secretV1, secretV2, secretV1)
 }
+
+// TestNoBridgeAfterRefusalInFlight: Entra refuses the old secret (deleted)
+// in answer to a request under way as the file changes: the new files get
+// no bridge to it, and the next request sends the new secret alone.
+func TestNoBridgeAfterRefusalInFlight(t *testing.T) {
+	be := &bridgeEntra{}
+	be.set(secretV1)
+	arrived, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	var armed atomic.Bool
+	handle := be.handle(t)
+	f := newFakeEntra(t, func(w http.ResponseWriter, r *http.Request, form url.Values) {
+		if form.Get("client_secret") == secretV1 && armed.Load() {
+			once.Do(func() {
+				close(arrived)
+				<-release
+			})
+		}
+		handle(w, r, form)
+	})
+	path := writeFile(t, t.TempDir(), "secret", secretV1+"\n")
+	c := secretCredential(t, f, path, func(o *CredentialOptions) { o.PropagationWindow = time.Minute })
+	ctx := t.Context()
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	be.set() // the old secret deleted; the new one not propagated yet
+	c.Invalidate()
+	armed.Store(true)
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Token(ctx)
+		done <- err
+	}()
+	<-arrived
+	replaceFile(t, path, secretV2+"\n")
+	if _, err := c.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := <-done; err == nil {
+		t.Fatal("the request under way with the deleted secret: no error")
+	}
+	if err := c.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	be.take()
+	if _, err := c.Token(ctx); err == nil {
+		t.Fatal("Token after the reload: no error")
+	}
+	sentAre(t, "after the reload", be.take(), secretV2)
+}

@@ -270,6 +270,9 @@ const refusedMemory = time.Hour
 func (c *Credential) refused(m *material, i int, te *TokenError) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// No bridge to a secret Entra refuses, also when the files changed
+	// while the request was under way.
+	c.forgetLocked(m.secrets[i].value)
 	if c.mat != m {
 		return false
 	}
@@ -278,9 +281,6 @@ func (c *Credential) refused(m *material, i int, te *TokenError) bool {
 		c.refusedAt = map[int]time.Time{}
 	}
 	c.refusedAt[i] = now
-	if c.lastGood != nil && c.lastGood.value == m.secrets[i].value {
-		c.lastGood = nil // no bridge to a secret Entra refuses
-	}
 	written := m.secrets[i].written
 	propagating := c.opts.PropagationWindow > 0 && !written.IsZero() && now.Sub(written) < c.opts.PropagationWindow
 	first := te.SecretExpired() && m.secrets[i].expired.IsZero() && !propagating
