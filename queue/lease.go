@@ -195,6 +195,11 @@ func (q *Queue) lease(ctx context.Context, route string, n int, d time.Duration,
 			Updated:   now.UTC(),
 			LeaseEnd:  until.UTC(),
 		}
+		if len(f) > 10 && s(10) != "" {
+			// The token's lease returned again ends when its first run
+			// set, not a lease length after this call.
+			m.LeaseEnd = fromMillis(atoi(s(10)))
+		}
 		m.Size = len(m.Body)
 		out.Leases = append(out.Leases, &Lease{Message: m, token: token})
 	}

@@ -997,3 +997,35 @@ func TestEnqueueRunTwice(t *testing.T) {
 		t.Errorf("the message is queued again after its delivery: %v %+v", err, res)
 	}
 }
+
+// TestAckNextAgainLeaseEnd: an ack with the next lease called again after
+// its reply was lost (the worker tries until Redis answers) returns the
+// lease the first call took, which ends a lease length after that call,
+// not after this one: the worker times its extensions and the end of its
+// send by it.
+func TestAckNextAgainLeaseEnd(t *testing.T) {
+	ctx := context.Background()
+	// The clock is the real one's, moved on by hand: Redis expires the
+	// lease's token set by its own clock.
+	clk := &clock{now: time.Now()}
+	q := queue.New(redistest.Start(t).Client(t), queue.Options{Now: clk.Now})
+	for i := range 2 {
+		enqueue(t, q, msg("crm", i))
+		clk.Add(time.Millisecond)
+	}
+	acked := lease(t, q, "crm", 1, 30*time.Second).Leases[0]
+	twin := *acked
+	next, err := q.AckNext(ctx, acked, "250 OK", 1, 30*time.Second)
+	if err != nil || len(next.Leases) != 1 {
+		t.Fatalf("ack and lease: %+v %v", next, err)
+	}
+	clk.Add(20 * time.Second)
+	again, err := q.AckNext(ctx, &twin, "250 OK", 1, 30*time.Second)
+	if err != nil || len(again.Leases) != 1 || again.Leases[0].ID != next.Leases[0].ID {
+		t.Fatalf("ack and lease called again: %+v %v", again, err)
+	}
+	stored := get(t, q, next.Leases[0].ID).LeaseEnd
+	if got := again.Leases[0].LeaseEnd; !got.Equal(stored) {
+		t.Fatalf("lease returned again ends at %v, %v after its end in Redis (%v)", got, got.Sub(stored), stored)
+	}
+}

@@ -144,7 +144,8 @@ return {ARGV[1], 0}
 // Returns {next, leased, seq, deadline, at}: next is the due time of the
 // earliest message left in the queue (-1 when none, -2 when the route is
 // held); leased is a list of {id, route, app, from, to, body, sub, exp,
-// att, err} entries; seq is the route's lease sequence after this lease;
+// att, err} entries, each followed by its lease's end when the token's
+// lease is returned again; seq is the route's lease sequence after this lease;
 // deadline is the earliest lease deadline on the route (-1 when none); at
 // is when the route next needs a lease, its index entry (-1: none).
 var leaseScript = drainScript(indexLua + changeLua + leaseLua + `
@@ -199,9 +200,12 @@ if redis.call('EXISTS', KEYS[8]) == 1 then
   local again = {}
   for _, id in ipairs(redis.call('SMEMBERS', KEYS[8])) do
     local key = prefix .. id
-    local m = redis.call('HMGET', key, 'route', 'app', 'from', 'to', 'body', 'sub', 'exp', 'att', 'err', 'lease', 'st')
+    local m = redis.call('HMGET', key, 'route', 'app', 'from', 'to', 'body', 'sub', 'exp', 'att', 'err', 'lease', 'st', 'lu')
     if m[10] == ARGV[4] and m[11] == 'leased' then
-      table.insert(again, entry(id, m))
+      -- With the lease's end, which the first run set, not ARGV[2].
+      local e = entry(id, m)
+      table.insert(e, m[12] or '')
+      table.insert(again, e)
     end
   end
   return summary(again)
