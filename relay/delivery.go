@@ -681,12 +681,12 @@ func (d *deliverer) settleContext() (context.Context, context.CancelFunc) {
 // if that call reached Redis.
 func (d *deliverer) ack(l *queue.Lease, reply string, nr reservation, log *slog.Logger) (*queue.Lease, reservation, error) {
 	if nr == nil {
-		return nil, nil, d.record(l, log, func(ctx context.Context) error {
+		return nil, nil, d.recordUntil(l, ackBy(l), log, func(ctx context.Context) error {
 			return d.q.Ack(ctx, l, reply)
 		})
 	}
 	var res queue.LeaseResult
-	err := d.record(l, log, func(ctx context.Context) (err error) {
+	err := d.recordUntil(l, ackBy(l), log, func(ctx context.Context) (err error) {
 		res, err = d.q.AckNext(ctx, l, reply, 1, d.cfg.Lease)
 		return err
 	})
@@ -701,14 +701,36 @@ func (d *deliverer) ack(l *queue.Lease, reply string, nr reservation, log *slog.
 // queue finds the lease lost, the lease is about to run out, or shutdown
 // cancels deliveries; settleContext bounds each try. An outcome lost to a
 // Redis restart or failover would otherwise leave the message leased
-// until its lease runs out, and a delivered one sent again after that.
+// until its lease runs out.
 func (d *deliverer) record(l *queue.Lease, log *slog.Logger, settle func(context.Context) error) error {
+	return d.recordUntil(l, l.LeaseEnd, log, settle)
+}
+
+// ackBy is how long the delivery of l is tried to be recorded: past the
+// lease's end, up to the message's expiry. The queue takes the record by
+// the lease's token, so it is taken as long as nobody leased the message
+// again; and while Redis does not answer nobody can. A delivery recorded
+// late is one not sent again after a Redis outage longer than the lease
+// (a Sentinel failover); one recorded too late finds the lease lost.
+func ackBy(l *queue.Lease) time.Time {
+	return later(l.LeaseEnd, l.Expires)
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// recordUntil is record, tried until end rather than the lease's end.
+func (d *deliverer) recordUntil(l *queue.Lease, end time.Time, log *slog.Logger, settle func(context.Context) error) error {
 	b := backoff{next: 50 * time.Millisecond, max: time.Second}
 	for tries := 1; ; tries++ {
 		ctx, cancel := d.settleContext()
 		err := settle(ctx)
 		cancel()
-		if err == nil || errors.Is(err, queue.ErrLeaseLost) || time.Until(l.LeaseEnd) < b.next ||
+		if err == nil || errors.Is(err, queue.ErrLeaseLost) || time.Until(end) < b.next ||
 			d.sendCtx.Err() != nil || d.pastSettleBy() {
 			if err == nil && tries > 1 {
 				log.Info("outcome recorded after Redis came back", "tries", tries)
@@ -716,7 +738,7 @@ func (d *deliverer) record(l *queue.Lease, log *slog.Logger, settle func(context
 			return err
 		}
 		if tries == 1 {
-			log.Warn("cannot record the outcome; trying again until the lease runs out", "err", err, "lease_end", l.LeaseEnd)
+			log.Warn("cannot record the outcome; trying again", "err", err, "lease_end", l.LeaseEnd, "until", end)
 		}
 		b.wait(d.sendCtx)
 	}

@@ -116,3 +116,59 @@ func TestDeliveryLeaseHungRedis(t *testing.T) {
 		t.Fatalf("send cancelled by %v, want the lost lease", c)
 	}
 }
+
+// pausingSender delivers every message; the first send waits for proceed
+// before its final dot, so that a test can stop Redis right then.
+type pausingSender struct {
+	started chan struct{}
+	proceed chan struct{}
+	dots    atomic.Int32
+}
+
+func (s *pausingSender) Send(ctx context.Context, m *queue.Message) (string, error) {
+	if s.dots.Load() == 0 {
+		close(s.started)
+		<-s.proceed
+	}
+	s.dots.Add(1)
+	return "250 2.0.0 OK", nil
+}
+
+// TestDeliveryAckAfterLongRedisOutage: a message delivered just as Redis
+// stops answering, for longer than the lease (a Sentinel failover), is
+// recorded delivered once Redis answers again, not leased again and sent
+// a second time: nobody could take it over while Redis did not answer.
+func TestDeliveryAckAfterLongRedisOutage(t *testing.T) {
+	f := newFixture(t)
+	o := DefaultOptions()
+	o.Redis.Addrs = []string{f.redis.Addr()}
+	rdb := RedisClient(o.Redis)
+	t.Cleanup(func() { _ = rdb.Close() })
+	q := queue.New(rdb, queue.Options{})
+	const lease = 1500 * time.Millisecond
+	s := &pausingSender{started: make(chan struct{}), proceed: make(chan struct{})}
+	id := enqueueTo(t, f, "someone@example.org")
+	startDeliverer(t, q, s, deliveryConfig{Workers: 1, Lease: lease, Grace: 100 * time.Millisecond})
+	select {
+	case <-s.started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the message was never sent")
+	}
+	f.redis.Pause(t)
+	close(s.proceed)
+	time.Sleep(3 * lease)
+	f.redis.Resume(t)
+	var m *queue.Message
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		var err error
+		if m, err = f.queue.Get(context.Background(), id); err == nil && m.State == queue.Delivered {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(lease) // room for a second send, if one comes
+	if n := s.dots.Load(); n != 1 || m == nil || m.State != queue.Delivered || m.Attempts != 1 {
+		t.Fatalf("after a Redis outage of %v from the final dot: %d sends, message %+v; want 1 send, delivered after 1 attempt", 3*lease, n, m)
+	}
+}
