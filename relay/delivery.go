@@ -815,7 +815,10 @@ func (d *deliverer) settleFailure(l *queue.Lease, err error, log *slog.Logger) {
 }
 
 // keepLease extends the lease every third of its length until the
-// returned function is called. When the lease is lost, or cannot be
+// returned function is called, the first time a third of the lease
+// after it began (at once when that is past: a lease taken by an
+// ack-and-lease asked again after a lost reply), and a third of the lease
+// after a try that failed. When the lease is lost, or cannot be
 // extended before it would run out, it cancels the send with
 // queue.ErrLeaseLost: another worker may take the message, and this send
 // must stop before the message's final dot. Each extension gives up a
@@ -826,7 +829,7 @@ func (d *deliverer) keepLease(ctx context.Context, l *queue.Lease, abandon conte
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(d.cfg.Lease / 3)
+		t := time.NewTimer(time.Until(l.LeaseEnd.Add(-2 * d.cfg.Lease / 3)))
 		defer t.Stop()
 		for {
 			select {
@@ -851,6 +854,9 @@ func (d *deliverer) keepLease(ctx context.Context, l *queue.Lease, abandon conte
 				return
 			case err != nil:
 				log.Warn("cannot extend lease", "err", err)
+				t.Reset(d.cfg.Lease / 3)
+			default:
+				t.Reset(time.Until(l.LeaseEnd.Add(-2 * d.cfg.Lease / 3)))
 			}
 		}
 	}()

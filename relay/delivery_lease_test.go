@@ -172,3 +172,33 @@ func TestDeliveryAckAfterLongRedisOutage(t *testing.T) {
 		t.Fatalf("after a Redis outage of %v from the final dot: %d sends, message %+v; want 1 send, delivered after 1 attempt", 3*lease, n, m)
 	}
 }
+
+// TestDeliveryLeaseLateStart: a send that starts with part of its lease
+// gone (an ack-and-lease whose reply was lost and asked again, a slow
+// lease of a large message) has its lease extended in time, a third of
+// the lease after it began, not a third after the send began: otherwise
+// the first extension comes as the lease ends, too late, and a live send
+// on a Redis that answers is abandoned.
+func TestDeliveryLeaseLateStart(t *testing.T) {
+	f := newFixture(t)
+	const lease = 1500 * time.Millisecond
+	id := enqueueTo(t, f, "someone@example.org")
+	res, err := f.queue.Lease(context.Background(), "crm", 1, lease)
+	if err != nil || len(res.Leases) != 1 {
+		t.Fatalf("lease: %+v %v", res, err)
+	}
+	l := res.Leases[0]
+	time.Sleep(time.Until(l.LeaseEnd.Add(-lease / 3)))
+	s := &dotSender{started: make(chan struct{}), done: make(chan struct{})}
+	time.AfterFunc(2*lease, func() { close(s.done) })
+	d := newDeliverer(f.queue, s, deliveryConfig{Workers: 1, Lease: lease, Grace: time.Second}, discardLogger())
+	a := d.attempt(context.Background(), l, noReservation{}, nil, false)
+	if s.dots.Load() != 1 || a.err != nil {
+		c, _ := s.cause.Load().(error)
+		t.Fatalf("send started with a third of its lease left, Redis answering: %d sends completed, %d abandoned (cause %v), err %v; want it delivered",
+			s.dots.Load(), s.abandoned.Load(), c, a.err)
+	}
+	if m, err := f.queue.Get(context.Background(), id); err != nil || m.State != queue.Delivered || m.Attempts != 1 {
+		t.Fatalf("message: %+v %v; want delivered after 1 attempt", m, err)
+	}
+}
