@@ -48,12 +48,14 @@ test-cluster:
 	@$(ENSURE_REDIS)
 	$(GO) test -race -count=1 -run Cluster ./queue/...
 
-## test-faults: the fault suite (cmd/holdfast/faults_*_test.go, about 5 minutes):
-## relays killed with SIGKILL under load, Redis killed, hung and down, upstream
-## faults, a stalled mailbox, a mailbox Exchange blocks, a Redis Cluster
-## failover, a rotation that meets a hung Redis and killed relays (about
-## 35 s), a rotation ahead of the expiry (about 45 s), the ways a secret file
-## changes (about 20 s) and a rotation while Redis is down (about 20 s). Each case logs a table of figures. FAULTS selects cases by name (a go test -run pattern).
+## test-faults: the fault suite (cmd/holdfast/faults_*_test.go, about 5.5 minutes):
+## relays killed with SIGKILL under load, a replica killed mid-send with the
+## default lease (about 40 s), Redis killed, hung and down, upstream faults, a
+## stalled mailbox, a mailbox Exchange blocks, a Redis Cluster failover, a
+## rotation that meets a hung Redis and killed relays (about 35 s), a rotation
+## ahead of the expiry (about 45 s), the ways a secret file changes (about
+## 20 s) and a rotation while Redis is down (about 20 s). Each case logs a
+## table of figures. FAULTS selects cases by name (a go test -run pattern).
 FAULTS        ?= ^TestFault
 test-faults:
 	@$(ENSURE_REDIS)
