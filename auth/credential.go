@@ -151,8 +151,12 @@ type Credential struct {
 
 	mu  sync.Mutex // guards the fields below
 	mat *material
-	// dated is ExpiresAtFile as read just before mat's files.
-	dated datedFile
+	// dated is ExpiresAtFile as read just before mat's files; datedFor
+	// the fingerprint (usedFingerprint) of the secret or certificate
+	// loaded by the reload that found its content changed, "" until one
+	// did (see DateStatedFor).
+	dated    datedFile
+	datedFor string
 	// inUse is the index in mat.secrets of the secret that got the last
 	// token, tried first; 0 after a reload.
 	inUse int

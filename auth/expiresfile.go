@@ -72,6 +72,18 @@ func (c *Credential) FileExpiry() (fingerprint string, at time.Time, err error) 
 	return c.mat.usedFingerprint(c.inUse), c.dated.at, c.dated.err
 }
 
+// DateStatedFor reports whether ExpiresAtFile was written for the secret
+// or certificate of fingerprint (as FileExpiry returns it): its content
+// changed at a reload that loaded that one, alone or with it. A date
+// file left as it was while the secret changed was not; nor is one
+// read at start, whose secret may have changed since it was written.
+// A file written again with the same content is no change.
+func (c *Credential) DateStatedFor(fingerprint string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return fingerprint != "" && c.datedFor == fingerprint
+}
+
 // usedFingerprint identifies the secret or certificate as the credential
 // uses it: 16 hex digits of the SHA-256 of the secret in use without the
 // whitespace around it in its file, or of the certificate (DER), never

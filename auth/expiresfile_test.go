@@ -109,3 +109,56 @@ func TestFileExpiryFingerprintOfWhatIsUsed(t *testing.T) {
 		t.Fatalf("the same certificate written again with blank lines: fingerprint %s, was %s", got, cfp)
 	}
 }
+
+// TestExpiresAtFileStatedFor: the date file is written for the secret
+// loaded by the reload that finds its content changed, alone or with the
+// secret; not at start, not when the secret changes without it, nor
+// when it is written again with the same content.
+func TestExpiresAtFileStatedFor(t *testing.T) {
+	f := newFakeEntra(t, secretHandler(t, 3599))
+	dir := t.TempDir()
+	path := writeFile(t, dir, "secret", secretV1)
+	dated := writeFile(t, dir, "expires_at", "2027-08-14\n")
+	c := secretCredential(t, f, path, func(o *CredentialOptions) { o.ExpiresAtFile = dated })
+	stated := func() (string, bool) {
+		fp, _, err := c.FileExpiry()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fp, c.DateStatedFor(fp)
+	}
+	reload := func() {
+		t.Helper()
+		if _, err := c.Reload(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if fp, ok := stated(); ok {
+		t.Fatalf("at start: stated for %s", fp)
+	}
+	replaceFile(t, dated, "2027-08-14T00:00:00Z\n")
+	reload()
+	fp1, ok := stated()
+	if !ok {
+		t.Fatal("the date rewritten in another form is not stated for the secret loaded")
+	}
+	replaceFile(t, path, secretV2+"\n")
+	reload()
+	if fp, ok := stated(); ok || fp == fp1 {
+		t.Fatalf("the secret changed, the date file not: stated %v for %s", ok, fp)
+	}
+	replaceFile(t, dated, "2027-08-14T00:00:00Z\n")
+	reload()
+	if _, ok := stated(); ok {
+		t.Fatal("the same content written again is taken for a statement")
+	}
+	replaceFile(t, dated, "2027-09-01\n")
+	replaceFile(t, path, secretV1)
+	reload()
+	if fp, ok := stated(); !ok || fp != fp1 {
+		t.Fatalf("both changed together: stated %v for %s, want for %s", ok, fp, fp1)
+	}
+	if c.DateStatedFor("") {
+		t.Fatal("stated for no fingerprint")
+	}
+}

@@ -116,6 +116,9 @@ func (c *Credential) Reload() (changed bool, err error) {
 		_ = c.preferLatestLocked()
 		c.keepPreviousLocked()
 	}
+	if dated {
+		c.datedFor = c.mat.usedFingerprint(c.inUse)
+	}
 	c.mu.Unlock()
 	if !changed {
 		if dated {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -113,28 +114,54 @@ func parseCredExpiry(replica, v string) (CredentialExpiry, bool) {
 }
 
 // bindDateScript records ARGV[2] for field ARGV[1] unless a value is
-// there already, and returns the value kept.
+// there already, or, when ARGV[3] is "1", adds it to the fingerprints
+// there, separated by spaces; it returns the value kept.
 var bindDateScript = redis.NewScript(`
-redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
-return redis.call('HGET', KEYS[1], ARGV[1])
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then
+  v = ARGV[2]
+elseif ARGV[3] == '1' then
+  for fp in string.gmatch(v, '%S+') do
+    if fp == ARGV[2] then return v end
+  end
+  v = v .. ' ' .. ARGV[2]
+else
+  return v
+end
+redis.call('HSET', KEYS[1], ARGV[1], v)
+return v
 `)
 
 // BindCredentialDate records that an end date given for a credential
 // (date: where it comes from and the date, e.g. "config
 // 2027-02-14T00:00:00Z") belongs to the secret or certificate whose
 // fingerprint is fingerprint, unless some relay recorded it for another
-// before, and returns the fingerprint the date belongs to: the first
-// one seen with it across the fleet and its restarts. The hash holds one
-// field per date ever given, and no deadline.
-func (q *Queue) BindCredentialDate(ctx context.Context, credential, date, fingerprint string) (string, error) {
-	v, err := bindDateScript.Run(ctx, q.rdb, []string{credDateKey(credential)}, date, fingerprint).Text()
+// before, and returns the fingerprints the date belongs to, separated
+// by spaces: the first one seen with it across the fleet and its
+// restarts, and each one it was stated for since. stated says the date
+// was written for this one (auth.Credential.DateStatedFor): it is then
+// added to those the date belongs to, as two secrets may end on the
+// same date. The hash holds one field per date ever given, and no
+// deadline.
+func (q *Queue) BindCredentialDate(ctx context.Context, credential, date, fingerprint string, stated bool) (string, error) {
+	flag := "0"
+	if stated {
+		flag = "1"
+	}
+	v, err := bindDateScript.Run(ctx, q.rdb, []string{credDateKey(credential)}, date, fingerprint, flag).Text()
 	if err != nil {
 		return "", fmt.Errorf("record the secret %s's date %s belongs to: %w", credential, date, err)
 	}
 	return v, nil
 }
 
-// CredentialDateOwner returns the fingerprint a relay recorded for the
+// DateBelongsTo reports whether fingerprint is among owners, as
+// BindCredentialDate returns them.
+func DateBelongsTo(owners, fingerprint string) bool {
+	return slices.Contains(strings.Fields(owners), fingerprint)
+}
+
+// CredentialDateOwner returns the fingerprints relays recorded for the
 // credential's date (see BindCredentialDate), or false when none did.
 func (q *Queue) CredentialDateOwner(ctx context.Context, credential, date string) (string, bool, error) {
 	v, err := q.rdb.HGet(ctx, credDateKey(credential), date).Result()

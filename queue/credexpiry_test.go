@@ -77,7 +77,7 @@ func TestCredentialExpiry(t *testing.T) {
 
 // TestCredentialDateBinding: a date belongs to the first fingerprint
 // recorded with it; later ones are told that one, and each date has its
-// own.
+// own, unless the date was stated for them, which adds them.
 func TestCredentialDateBinding(t *testing.T) {
 	srv := redistest.Start(t)
 	q := queue.New(srv.Client(t), queue.Options{})
@@ -85,18 +85,32 @@ func TestCredentialDateBinding(t *testing.T) {
 	if _, ok, err := q.CredentialDateOwner(ctx, "contoso", "config 2027-02-14T00:00:00Z"); err != nil || ok {
 		t.Fatalf("before any record: %v %v", ok, err)
 	}
-	for _, tc := range []struct{ date, fp, want string }{
-		{"config 2027-02-14T00:00:00Z", "aaaa", "aaaa"},
-		{"config 2027-02-14T00:00:00Z", "bbbb", "aaaa"},
-		{"file 2027-02-14T00:00:00Z", "bbbb", "bbbb"},
-		{"config 2027-08-14T00:00:00Z", "bbbb", "bbbb"},
+	for _, tc := range []struct {
+		date, fp string
+		stated   bool
+		want     string
+		belongs  bool
+	}{
+		{"config 2027-02-14T00:00:00Z", "aaaa", false, "aaaa", true},
+		{"config 2027-02-14T00:00:00Z", "bbbb", false, "aaaa", false},
+		{"file 2027-02-14T00:00:00Z", "bbbb", false, "bbbb", true},
+		{"config 2027-08-14T00:00:00Z", "bbbb", false, "bbbb", true},
+		// Stated for another secret: both own the date.
+		{"file 2027-02-14T00:00:00Z", "cccc", true, "bbbb cccc", true},
+		{"file 2027-02-14T00:00:00Z", "cccc", true, "bbbb cccc", true},
+		{"file 2027-02-14T00:00:00Z", "bbbb", false, "bbbb cccc", true},
+		{"file 2027-02-14T00:00:00Z", "dddd", false, "bbbb cccc", false},
+		{"config 2027-09-14T00:00:00Z", "eeee", true, "eeee", true},
 	} {
-		got, err := q.BindCredentialDate(ctx, "contoso", tc.date, tc.fp)
-		if err != nil || got != tc.want {
-			t.Fatalf("bind %s to %s: %q %v, want %q", tc.date, tc.fp, got, err, tc.want)
+		got, err := q.BindCredentialDate(ctx, "contoso", tc.date, tc.fp, tc.stated)
+		if err != nil || got != tc.want || queue.DateBelongsTo(got, tc.fp) != tc.belongs {
+			t.Fatalf("bind %s to %s (stated %v): %q %v, want %q", tc.date, tc.fp, tc.stated, got, err, tc.want)
 		}
 	}
 	if fp, ok, err := q.CredentialDateOwner(ctx, "contoso", "config 2027-02-14T00:00:00Z"); err != nil || !ok || fp != "aaaa" {
 		t.Fatalf("owner: %q %v %v", fp, ok, err)
+	}
+	if fp, ok, err := q.CredentialDateOwner(ctx, "contoso", "file 2027-02-14T00:00:00Z"); err != nil || !ok || fp != "bbbb cccc" {
+		t.Fatalf("owners: %q %v %v", fp, ok, err)
 	}
 }

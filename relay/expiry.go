@@ -151,12 +151,13 @@ type expiryConfig struct {
 	// retry is how often a Graph read put off is tried again. Default
 	// expiryRetryEvery.
 	retry time.Duration
-	// bind, when set, records which secret or certificate (by
+	// bind, when set, records which secrets or certificates (by
 	// fingerprint) a date given by hand belongs to, the first one seen
-	// with it across the fleet and its restarts, and returns that one
+	// with it across the fleet and its restarts and each one it was
+	// stated for (written in expires_at_file for it), and returns them
 	// (queue.BindCredentialDate). Unset, a given date belongs to
 	// whatever is loaded.
-	bind func(ctx context.Context, credential, date, fingerprint string) (string, error)
+	bind func(ctx context.Context, credential, date, fingerprint string, stated bool) (string, error)
 	// record, when set, is given each credential's result, for the
 	// fleet's record that the command line reads. A result it fails to
 	// record is given again, the latest one, every retry until it is.
@@ -288,9 +289,11 @@ func (m *ExpiryMonitor) dateError(name, kind, msg string, err error) {
 }
 
 // bindDates are the dates given by hand (givenDates), each bound to the
-// secret or certificate the fleet first saw it with: a date first seen
-// with another than the one loaded now was given for an earlier one,
-// and is marked Superseded, not in use. So a rotated secret file does
+// secret or certificate the fleet first saw it with, and to each one
+// expires_at_file was written for (auth.Credential.DateStatedFor: its
+// content changed with that one loaded): a date bound to others than
+// the one loaded now was given for an earlier one, and is marked
+// Superseded, not in use. So a rotated secret file does
 // not inherit the old secret's expires_at, on a relay that saw the
 // rotation or on one started after it. When the binding cannot be
 // recorded, the last one found stands, else the date is taken for the
@@ -300,10 +303,12 @@ func (m *ExpiryMonitor) bindDates(ctx context.Context, c Credential) []Expiry {
 	if fp == "" || m.cfg.bind == nil {
 		return given
 	}
+	live := m.cfg.live[c.Name]
 	for i, e := range given {
 		date := e.Source + " " + e.ExpiresAt.Format(time.RFC3339)
 		key := c.Name + "\x00" + date
-		owner, err := m.cfg.bind(ctx, c.Name, date, fp)
+		stated := e.Source == SourceFile && live.DateStatedFor(fp)
+		owner, err := m.cfg.bind(ctx, c.Name, date, fp, stated)
 		m.mu.Lock()
 		if err == nil {
 			m.bound[key] = owner
@@ -311,15 +316,16 @@ func (m *ExpiryMonitor) bindDates(ctx context.Context, c Credential) []Expiry {
 			owner = fp
 		}
 		was := m.superseded[key]
-		now := owner != fp
+		now := !queue.DateBelongsTo(owner, fp)
 		m.superseded[key] = now
 		m.mu.Unlock()
 		m.dateError(c.Name, "bind", "cannot record which secret the credential's given end date belongs to; the last one found stands", err)
-		attrs := []any{"credential", c.Name, "expiry_source", e.Source, "expires_at", e.ExpiresAt, "fingerprint", fp, "dated_fingerprint", owner}
+		attrs := []any{"credential", c.Name, "expiry_source", e.Source, "expires_at", e.ExpiresAt, "fingerprint", fp, "dated_fingerprints", owner}
 		switch {
 		case now && !was:
 			m.cfg.log.Warn("the credential's "+givenName(e.Source)+" was given for an earlier secret or certificate than the one loaded now: "+
-				"it is not this one's expiry, which stays unknown unless Graph tells it; write the new end date to expires_at_file (or set expires_at again)", attrs...)
+				"it is not this one's expiry, which stays unknown unless Graph tells it; write the new end date to expires_at_file (or set expires_at again); "+
+				"when it is the same as before, write it in another form, e.g. 2027-08-14T00:00:00Z for 2027-08-14, as content written again unchanged is not seen", attrs...)
 		case !now && was:
 			m.cfg.log.Info("the credential's "+givenName(e.Source)+" belongs to the secret or certificate loaded now", attrs...)
 		}

@@ -210,3 +210,72 @@ func TestExpiryConfiguredDateSameSecretRewritten(t *testing.T) {
 		t.Fatalf("relay 1: holdfast_credential_expiry_superseded{source=config} = %v (exported %v), want 0", v, ok)
 	}
 }
+
+// fileDate is the expires_at_file date among ce's dates; false when
+// none is listed.
+func fileDate(ce CredentialExpiry) (Expiry, bool) {
+	for _, e := range ce.Expiries {
+		if e.Source == SourceFile {
+			return e, true
+		}
+	}
+	return Expiry{}, false
+}
+
+// TestExpiryFileDateRestatedForNewSecret: two secrets may end on the
+// same day (one leaked and replaced the day it was made). A rotation
+// that leaves the date file's content as it was does not carry its
+// date over to the new secret; writing the date into the file again,
+// in another form, after the rotation states it for the secret loaded
+// then. Another relay still on the earlier secret, with the same date,
+// keeps it, and a restart keeps the statement.
+func TestExpiryFileDateRestatedForNewSecret(t *testing.T) {
+	f := newRotationFleet(t)
+	day := time.Now().Add(200 * 24 * time.Hour).UTC().Truncate(24 * time.Hour)
+	for i := range f.relays {
+		dated := time.Now()
+		writeFile(t, f.dated[i], day.Format(time.DateOnly)+"\n")
+		ce := f.expiry(t, i, dated, "the check after the date was written", func(ce CredentialExpiry) bool { _, ok := fileDate(ce); return ok })
+		if e, _ := fileDate(ce); !e.InUse || e.Superseded || !e.ExpiresAt.Equal(day) {
+			t.Fatalf("relay %d, its first secret dated %s: %+v", i+1, day.Format(time.DateOnly), e)
+		}
+	}
+
+	f.e.sim.AddSecret(simTenant, simClientID, sim.Secret{Value: "Rot~rotated-secret", ExpiresAt: day})
+	rotated := time.Now()
+	writeFile(t, f.files[0], "Rot~rotated-secret\n")
+	writeFile(t, f.dated[0], day.Format(time.DateOnly)+"\n")
+	ce := f.expiry(t, 0, rotated, "relay 1 checked after its rotation", func(CredentialExpiry) bool { return true })
+	if ce.Level != auth.LevelUnknown {
+		t.Fatalf("relay 1 rotated, its date file's content unchanged: level %s from %q, want unknown", ce.Level, ce.Source)
+	}
+
+	// The operator writes the same end date again, as a time.
+	restated := time.Now()
+	writeFile(t, f.dated[0], day.Format(time.RFC3339)+"\n")
+	ce = f.expiry(t, 0, restated, "relay 1 checked after its date was written again", func(CredentialExpiry) bool { return true })
+	if e, _ := fileDate(ce); ce.Level != auth.LevelOK || ce.Source != SourceFile || !ce.ExpiresAt.Equal(day) || !e.InUse || e.Superseded {
+		t.Fatalf("relay 1 after the new secret's date was written: level %s, expires %s from %q, file date %+v; want ok, %s from file",
+			ce.Level, ce.ExpiresAt, ce.Source, e, day)
+	}
+	if v, ok := supersededSeries(t, f.relays[0], SourceFile); !ok || v != 0 {
+		t.Fatalf("relay 1: holdfast_credential_expiry_superseded{source=file} = %v (exported %v), want 0", v, ok)
+	}
+
+	// Relay 2 still sends with the first secret, whose date it is too.
+	checked := time.Now()
+	if err := f.relays[1].Reload(); err != nil {
+		t.Fatal(err)
+	}
+	ce = f.expiry(t, 1, checked, "relay 2 checked again", func(CredentialExpiry) bool { return true })
+	if e, _ := fileDate(ce); !e.InUse || e.Superseded {
+		t.Fatalf("relay 2, on the first secret of the same date: file date %+v, want in use", e)
+	}
+
+	f.restart(t, 0)
+	restarted := time.Now()
+	ce = f.expiry(t, 0, restarted.Add(-time.Second), "relay 1 checked after its restart", func(ce CredentialExpiry) bool { return !ce.CheckedAt.IsZero() })
+	if ce.Level != auth.LevelOK || ce.Source != SourceFile {
+		t.Fatalf("relay 1 restarted after its date was written again: level %s from %q, want ok from file", ce.Level, ce.Source)
+	}
+}
