@@ -40,27 +40,10 @@ func TestFaultRotationFileShapes(t *testing.T) {
 		filesFirst = 3 * time.Second
 		drainMax   = 60 * time.Second
 	)
-	f := startFaultFleet(t, incFleetOptions{mailboxes: 5, relays: 3, ownSecrets: true,
-		edit: func(n int, config string) string {
-			return faultConfig{delivery: []string{"lease: 10s"}}.edit(n, incDefaultIntervals(n, config))
-		}})
+	f := startRotationFleet(t)
 	volume := kubeSecretVolume(t, f.secretFiles[2], incSecret+"\n")
-	watch := watchBreaker(t, f, incCred)
-	ledger := &faultLedger{}
-	s := &faultSender{f: f, ledger: ledger, from: roundRobin(f.mailboxes), timeout: 10 * time.Second}
-	s.start(3, 0, before, 0, alternate(3)).wait()
-	f.incFleet.waitDelivered(before, 10*time.Second)
-
-	f.sim.ExpireSecret(incTenant, incClientID)
-	time.Sleep(incQuiet)
-	load := s.start(6, before, 100_000, rate, alternate(3))
-	watch.waitFor(t, breaker.Open, time.Now(), 15*time.Second)
-	time.Sleep(time.Second)
-	st, err := f.stats()
-	if err != nil {
-		t.Fatal(err)
-	}
-	held := st.Held
+	h := holdAtExpiry(t, f, before, rate)
+	watch, held := h.watch, h.st.Held
 
 	f.sim.RotateSecret(incTenant, incClientID, incRotated)
 	rotated := time.Now()
@@ -84,8 +67,8 @@ func TestFaultRotationFileShapes(t *testing.T) {
 	changed[2] = time.Now()
 
 	time.Sleep(filesFirst + time.Second)
-	load.stop()
-	c, lost, drain, drained := f.outcome(ledger, drainMax)
+	h.load.stop()
+	c, lost, drain, drained := f.outcome(h.ledger, drainMax)
 	end, err := f.stats()
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"holdfast/breaker"
+	"holdfast/queue"
+	"holdfast/queue/redistest"
 )
 
 // Rotation through faults: the end of the February 2025 outage in the
@@ -220,6 +222,49 @@ type breakerWatch struct {
 type breakerObs struct {
 	at    time.Time
 	state breaker.State
+}
+
+// startRotationFleet starts the fleet of the rotation cases: three
+// relays, each with its own secret file, and a 10 s delivery lease.
+func startRotationFleet(t *testing.T, redis ...redistest.Option) *faultFleet {
+	t.Helper()
+	return startFaultFleet(t, incFleetOptions{mailboxes: 5, relays: 3, ownSecrets: true, redis: redis,
+		edit: func(n int, config string) string {
+			return faultConfig{delivery: []string{"lease: 10s"}}.edit(n, incDefaultIntervals(n, config))
+		}})
+}
+
+// rotationHold is a rotation case once its mail is held: the breaker's
+// watch, the ledger and the load still submitting, and the queue's totals.
+type rotationHold struct {
+	watch  *breakerWatch
+	ledger *faultLedger
+	load   *faultLoad
+	st     queue.RouteStats
+}
+
+// holdAtExpiry has the app submit before messages and waits for their
+// delivery, expires the client secret and, with the app submitting rate
+// messages a second from then on, waits for the breaker to open. It reads
+// the queue's totals a second after.
+func holdAtExpiry(t *testing.T, f *faultFleet, before int, rate float64) rotationHold {
+	t.Helper()
+	watch := watchBreaker(t, f, incCred)
+	ledger := &faultLedger{}
+	s := &faultSender{f: f, ledger: ledger, from: roundRobin(f.mailboxes), timeout: 10 * time.Second}
+	s.start(3, 0, before, 0, alternate(3)).wait()
+	f.incFleet.waitDelivered(before, 10*time.Second)
+
+	f.sim.ExpireSecret(incTenant, incClientID)
+	time.Sleep(incQuiet)
+	load := s.start(6, before, 100_000, rate, alternate(3))
+	watch.waitFor(t, breaker.Open, time.Now(), 15*time.Second)
+	time.Sleep(time.Second)
+	st, err := f.stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rotationHold{watch: watch, ledger: ledger, load: load, st: st}
 }
 
 // watchBreaker samples breaker name until the test ends. Reads that fail

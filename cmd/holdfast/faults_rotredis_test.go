@@ -31,27 +31,9 @@ func TestFaultRotationRedisDown(t *testing.T) {
 		firstWithin = 5 * time.Second
 		drainMax    = 60 * time.Second
 	)
-	f := startFaultFleet(t, incFleetOptions{mailboxes: 5, relays: 3, ownSecrets: true,
-		redis: []redistest.Option{redistest.WithArgs("--appendfsync", "always")},
-		edit: func(n int, config string) string {
-			return faultConfig{delivery: []string{"lease: 10s"}}.edit(n, incDefaultIntervals(n, config))
-		}})
-	watch := watchBreaker(t, f, incCred)
-	ledger := &faultLedger{}
-	s := &faultSender{f: f, ledger: ledger, from: roundRobin(f.mailboxes), timeout: 10 * time.Second}
-	s.start(3, 0, before, 0, alternate(3)).wait()
-	f.incFleet.waitDelivered(before, 10*time.Second)
-
-	f.sim.ExpireSecret(incTenant, incClientID)
-	time.Sleep(incQuiet)
-	load := s.start(6, before, 100_000, rate, alternate(3))
-	watch.waitFor(t, breaker.Open, time.Now(), 15*time.Second)
-	time.Sleep(time.Second)
-	st, err := f.stats()
-	if err != nil {
-		t.Fatal(err)
-	}
-	held, leased := st.Held, int(st.Leased)
+	f := startRotationFleet(t, redistest.WithArgs("--appendfsync", "always"))
+	h := holdAtExpiry(t, f, before, rate)
+	watch, held, leased := h.watch, h.st.Held, int(h.st.Leased)
 	f.kill(1)
 
 	f.sim.RotateSecret(incTenant, incClientID, incRotated)
@@ -69,8 +51,8 @@ func TestFaultRotationRedisDown(t *testing.T) {
 	incSleepUntil(back.Add(relay3After))
 	incWriteFile(t, f.secretFiles[2], incRotated+"\n")
 	time.Sleep(3 * time.Second)
-	load.stop()
-	c, lost, drain, drained := f.outcome(ledger, drainMax)
+	h.load.stop()
+	c, lost, drain, drained := f.outcome(h.ledger, drainMax)
 	end, err := f.stats()
 	if err != nil {
 		t.Fatal(err)
