@@ -436,8 +436,9 @@ var afterTransaction func()
 // submit sends the message on c and keeps or discards c after. send is
 // the grant's send counted in the mailbox's rate, or empty: it is given
 // back (returnSend) when the route's check refuses the send, or when c
-// is replaced and no other connection can be had. Cancelling ctx (shutdown, or the message's lease lost) closes the
-// connection: a message not yet ended by its final dot is not sent.
+// is replaced and no other connection can be had. Cancelling ctx
+// (shutdown, or the message's lease lost) closes the connection: a
+// message not yet ended by its final dot is not sent.
 //
 // A connection whose slot was lost (see conn.lost) before its
 // transaction begins is closed, and the message goes on another
