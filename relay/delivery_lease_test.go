@@ -81,11 +81,7 @@ func TestDeliveryLeaseLostMidSend(t *testing.T) {
 // message and send it too.
 func TestDeliveryLeaseHungRedis(t *testing.T) {
 	f := newFixture(t)
-	o := DefaultOptions()
-	o.Redis.Addrs = []string{f.redis.Addr()}
-	rdb := RedisClient(o.Redis)
-	t.Cleanup(func() { _ = rdb.Close() })
-	q := queue.New(rdb, queue.Options{})
+	q := f.relayQueue(t)
 	const lease = 1500 * time.Millisecond
 	s := &dotSender{started: make(chan struct{}), done: make(chan struct{})}
 	defer close(s.done)
@@ -140,11 +136,7 @@ func (s *pausingSender) Send(ctx context.Context, m *queue.Message) (string, err
 // a second time: nobody could take it over while Redis did not answer.
 func TestDeliveryAckAfterLongRedisOutage(t *testing.T) {
 	f := newFixture(t)
-	o := DefaultOptions()
-	o.Redis.Addrs = []string{f.redis.Addr()}
-	rdb := RedisClient(o.Redis)
-	t.Cleanup(func() { _ = rdb.Close() })
-	q := queue.New(rdb, queue.Options{})
+	q := f.relayQueue(t)
 	const lease = 1500 * time.Millisecond
 	s := &pausingSender{started: make(chan struct{}), proceed: make(chan struct{})}
 	id := enqueueTo(t, f, "someone@example.org")

@@ -37,6 +37,17 @@ type fixture struct {
 	opts   Options
 }
 
+// relayQueue is a queue on f's Redis over a client that RedisClient
+// builds from f's options, with the relay's timeouts; the client is
+// closed when the test ends.
+func (f *fixture) relayQueue(t testing.TB) *queue.Queue {
+	o := f.opts.Redis
+	o.Addrs = []string{f.redis.Addr()}
+	rdb := RedisClient(o)
+	t.Cleanup(func() { _ = rdb.Close() })
+	return queue.New(rdb, queue.Options{})
+}
+
 func newFixture(t testing.TB, opts ...redistest.Option) *fixture {
 	t.Helper()
 	srv := redistest.Start(t, opts...)
