@@ -193,41 +193,9 @@ func TestNoBridgeAfterRefusal(t *testing.T) {
 // under way as the file changes, gets its token after the reload; the
 // new files still have the old secret as their bridge.
 func TestBridgeAfterFetchInFlight(t *testing.T) {
-	be := &bridgeEntra{}
-	be.set(secretV1)
-	arrived, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	var armed atomic.Bool
-	handle := be.handle(t)
-	f := newFakeEntra(t, func(w http.ResponseWriter, r *http.Request, form url.Values) {
-		if form.Get("client_secret") == secretV1 && armed.Load() {
-			once.Do(func() {
-				close(arrived)
-				<-release
-			})
-		}
-		handle(w, r, form)
-	})
-	path := writeFile(t, t.TempDir(), "secret", secretV1+"\n")
-	c := secretCredential(t, f, path, func(o *CredentialOptions) { o.PropagationWindow = time.Minute })
+	be, c, err := reloadDuringFetch(t, nil)
 	ctx := t.Context()
-	if _, err := c.Token(ctx); err != nil {
-		t.Fatal(err)
-	}
-	c.Invalidate()
-	armed.Store(true)
-	done := make(chan error, 1)
-	go func() {
-		_, err := c.Token(ctx)
-		done <- err
-	}()
-	<-arrived
-	replaceFile(t, path, secretV2+"\n")
-	if _, err := c.Reload(); err != nil {
-		t.Fatal(err)
-	}
-	close(release)
-	if err := <-done; err != nil {
+	if err != nil {
 		t.Fatalf("the request under way: %v", err)
 	}
 	be.take()
@@ -322,6 +290,29 @@ func TestBridgeKeptThroughUnavailable(t *testing.T) {
 // in answer to a request under way as the file changes: the new files get
 // no bridge to it, and the next request sends the new secret alone.
 func TestNoBridgeAfterRefusalInFlight(t *testing.T) {
+	// The old secret deleted; the new one not propagated yet.
+	be, c, err := reloadDuringFetch(t, func(be *bridgeEntra) { be.set() })
+	ctx := t.Context()
+	if err == nil {
+		t.Fatal("the request under way with the deleted secret: no error")
+	}
+	if err := c.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	be.take()
+	if _, err := c.Token(ctx); err == nil {
+		t.Fatal("Token after the reload: no error")
+	}
+	sentAre(t, "after the reload", be.take(), secretV2)
+}
+
+// reloadDuringFetch gets a token with secretV1 from a bridgeEntra, then
+// holds a token request sending it at Entra while the secret file
+// changes to secretV2 and the credential reloads; it returns the error of
+// that request once Entra answered it. before, when not nil, runs ahead
+// of the held request.
+func reloadDuringFetch(t *testing.T, before func(*bridgeEntra)) (*bridgeEntra, *Credential, error) {
+	t.Helper()
 	be := &bridgeEntra{}
 	be.set(secretV1)
 	arrived, release := make(chan struct{}), make(chan struct{})
@@ -343,7 +334,9 @@ func TestNoBridgeAfterRefusalInFlight(t *testing.T) {
 	if _, err := c.Token(ctx); err != nil {
 		t.Fatal(err)
 	}
-	be.set() // the old secret deleted; the new one not propagated yet
+	if before != nil {
+		before(be)
+	}
 	c.Invalidate()
 	armed.Store(true)
 	done := make(chan error, 1)
@@ -357,15 +350,5 @@ func TestNoBridgeAfterRefusalInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	close(release)
-	if err := <-done; err == nil {
-		t.Fatal("the request under way with the deleted secret: no error")
-	}
-	if err := c.Wait(ctx); err != nil {
-		t.Fatal(err)
-	}
-	be.take()
-	if _, err := c.Token(ctx); err == nil {
-		t.Fatal("Token after the reload: no error")
-	}
-	sentAre(t, "after the reload", be.take(), secretV2)
+	return be, c, <-done
 }
