@@ -191,7 +191,7 @@ func TestLateEmptyReadIgnored(t *testing.T) {
 	ctx := context.Background()
 	const name = "cred:contoso"
 	answered, proceed := make(chan struct{}), make(chan struct{})
-	s.rdb.(*redis.Client).AddHook(holdReadHook{answered: answered, proceed: proceed})
+	s.rdb.(*redis.Client).AddHook(holdReadHook{once: &sync.Once{}, answered: answered, proceed: proceed})
 	done := make(chan error, 1)
 	go func() {
 		_, err := s.Fresh(ctx, name)
@@ -214,8 +214,12 @@ func TestLateEmptyReadIgnored(t *testing.T) {
 }
 
 // holdReadHook holds the reply of the first pipelined HGETALL of one
-// record until proceed is closed, once Redis has answered it.
-type holdReadHook struct{ answered, proceed chan struct{} }
+// record until proceed is closed, once Redis has answered it. The first
+// waits for the test to take answered, however late the test gets there.
+type holdReadHook struct {
+	once              *sync.Once
+	answered, proceed chan struct{}
+}
 
 func (holdReadHook) DialHook(next redis.DialHook) redis.DialHook          { return next }
 func (holdReadHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
@@ -223,11 +227,10 @@ func (h holdReadHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		err := next(ctx, cmds)
 		if len(cmds) == 1 && cmds[0].Name() == "hgetall" {
-			select {
-			case h.answered <- struct{}{}:
+			h.once.Do(func() {
+				h.answered <- struct{}{}
 				<-h.proceed
-			default:
-			}
+			})
 		}
 		return err
 	}
