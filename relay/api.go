@@ -495,12 +495,12 @@ func restOfBody(buf *bodyBuf, rest io.Reader, max int64, full error) error {
 // crlfSize counts the bytes written to it and what they would be with
 // LF line endings made CRLF.
 type crlfSize struct {
-	bytes, lfs int64
-	cr         bool
+	written, lfs int64
+	cr           bool
 }
 
 func (c *crlfSize) Write(p []byte) (int, error) {
-	c.bytes += int64(len(p))
+	c.written += int64(len(p))
 	c.lfs += int64(bytes.Count(p, []byte{'\n'}))
 	c.cr = c.cr || bytes.IndexByte(p, '\r') >= 0
 	return len(p), nil
@@ -510,9 +510,9 @@ func (c *crlfSize) Write(p []byte) (int, error) {
 // CRLF line endings.
 func (c *crlfSize) crlf() int64 {
 	if c.cr {
-		return c.bytes
+		return c.written
 	}
-	return c.bytes + c.lfs
+	return c.written + c.lfs
 }
 
 // messageStatus is the JSON of GET /v1/messages/{id}. Times are RFC 3339
