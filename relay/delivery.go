@@ -829,7 +829,7 @@ func (d *deliverer) keepLease(ctx context.Context, l *queue.Lease, abandon conte
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTimer(time.Until(l.LeaseEnd.Add(-2 * d.cfg.Lease / 3)))
+		t := time.NewTimer(time.Until(extendAt(l.LeaseEnd, d.cfg.Lease)))
 		defer t.Stop()
 		for {
 			select {
@@ -856,11 +856,17 @@ func (d *deliverer) keepLease(ctx context.Context, l *queue.Lease, abandon conte
 				log.Warn("cannot extend lease", "err", err)
 				t.Reset(d.cfg.Lease / 3)
 			default:
-				t.Reset(time.Until(l.LeaseEnd.Add(-2 * d.cfg.Lease / 3)))
+				t.Reset(time.Until(extendAt(l.LeaseEnd, d.cfg.Lease)))
 			}
 		}
 	}()
 	return func() { cancel(); <-done }
+}
+
+// extendAt is when a lease of length d that ends at end is next
+// extended: a third of the lease after it began or was last extended.
+func extendAt(end time.Time, d time.Duration) time.Time {
+	return end.Add(-2 * d / 3)
 }
 
 // extendBy is when a try at extending a lease that ends at end gives up:
