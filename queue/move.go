@@ -340,9 +340,6 @@ func (q *Queue) storeCopy(ctx context.Context, id string, sub Submission, appKey
 		return appKey != "" && dup && (got == id || !onRoute(got, sub.Route))
 	}
 	newID, dup, err := q.enqueue(ctx, sub, deadline)
-	if errors.Is(err, ErrPastDeadline) {
-		return "", false, fmt.Errorf("%w (nothing stored on %s)", ErrMoveLockLost, sub.Route)
-	}
 	if err == nil && forwarded(newID, dup) {
 		if err = forgetKeyScript.Run(ctx, q.rdb, []string{idemKey(sub.Route, appKey)}, newID).Err(); err != nil {
 			return "", false, err
@@ -356,7 +353,7 @@ func (q *Queue) storeCopy(ctx context.Context, id string, sub Submission, appKey
 		newID, dup, err = q.enqueue(ctx, sub, deadline)
 	}
 	if errors.Is(err, ErrPastDeadline) {
-		err = fmt.Errorf("%w (nothing stored on %s)", ErrMoveLockLost, sub.Route)
+		return "", false, fmt.Errorf("%w (nothing stored on %s)", ErrMoveLockLost, sub.Route)
 	}
 	return newID, dup, err
 }
