@@ -454,18 +454,17 @@ func (q *Queue) MoveRoute(ctx context.Context, from, to string, limit int) (Move
 	if err != nil {
 		return done, fmt.Errorf("move: %w", err)
 	}
-	moved := 0
-	for moved < limit {
+	for left := limit; left > 0; left = limit - done.Total() {
 		// The moving set's entries come first; the waiting mail is read
 		// once they are done, whatever became of them.
 		halfWay := len(ids) > 0
 		if !halfWay {
-			if ids, err = q.waitingIDs(ctx, from, min(500, limit-moved)); err != nil || len(ids) == 0 {
+			if ids, err = q.waitingIDs(ctx, from, min(500, left)); err != nil || len(ids) == 0 {
 				return done, err
 			}
 		}
 		n := 0
-		for _, id := range ids[:min(len(ids), limit-moved)] {
+		for _, id := range ids[:min(len(ids), left)] {
 			_, where, err := q.move(ctx, id, from, to, token)
 			switch {
 			case errors.Is(err, ErrNotMovable), errors.Is(err, ErrNotFound):
@@ -480,7 +479,7 @@ func (q *Queue) MoveRoute(ctx context.Context, from, to string, limit int) (Move
 		if n == 0 && !halfWay {
 			return done, nil
 		}
-		moved, ids = moved+n, nil
+		ids = nil
 	}
 	return done, nil
 }
