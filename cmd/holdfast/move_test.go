@@ -339,27 +339,16 @@ func TestQueueMoveWhileAnotherRuns(t *testing.T) {
 	cfg := writeConfigCredentials(t, srv.Addr(), "new", "other")
 	rdb := srv.Client(t)
 	const from, to, other = "app:old:billing@contoso.com", "app:new:billing@contoso.com", "app:other:billing@contoso.com"
-	paused, resume := make(chan struct{}), make(chan struct{})
-	rdb.AddHook(pauseOn{arg: to, paused: paused, resume: resume})
 	q := queue.New(rdb, queue.Options{})
 	enqueueEach(t, q, from)
-	type result struct {
-		n   queue.Moved
-		err error
-	}
-	done := make(chan result)
-	go func() {
-		n, err := q.MoveRoute(t.Context(), from, to, 100)
-		done <- result{n, err}
-	}()
-	<-paused
+	resume := pausedMove(t, rdb, q, from, to, false)
 	r := runCmd(t, "queue", "move", "--config", cfg, "--route", from, "--to", other, "--yes")
-	close(resume)
+	res := resume()
 	want := "another queue move of " + from + " is running: nothing moved; run this one again once it ends (if it was killed, its lock of the route lapses in "
 	if r.code != exitError || !strings.Contains(r.stderr, want) || strings.Contains(r.stdout, "moved") {
 		t.Errorf("move while another runs: exit %d, want %d and %q\n%s%s", r.code, exitError, want, r.stdout, r.stderr)
 	}
-	if res := <-done; res.err != nil || res.n.To != 1 || res.n.Total() != 1 {
+	if res.err != nil || res.n.To != 1 || res.n.Total() != 1 {
 		t.Errorf("the running move: %+v, %v; want 1 moved to %s", res.n, res.err, to)
 	}
 	st, err := q.Stats(t.Context())
@@ -370,6 +359,32 @@ func TestQueueMoveWhileAnotherRuns(t *testing.T) {
 		if n := rs.Undelivered() + rs.Moving; (rs.Route == to) != (n == 1) || n > 1 {
 			t.Errorf("%s after the moves: %d messages; want the one message on %s alone", rs.Route, n, to)
 		}
+	}
+}
+
+// moveResult is what a MoveRoute returned.
+type moveResult struct {
+	n   queue.Moved
+	err error
+}
+
+// pausedMove runs MoveRoute of up to 100 messages from route from to
+// route to over q on a goroutine, and returns once pauseOn (added to rdb,
+// q's client; after as pauseOn's) paused it at its first take-out. The
+// function it returns lets the move go on and returns what it returned.
+func pausedMove(t *testing.T, rdb *redis.Client, q *queue.Queue, from, to string, after bool) (resume func() moveResult) {
+	t.Helper()
+	paused, resumed := make(chan struct{}), make(chan struct{})
+	rdb.AddHook(pauseOn{arg: to, paused: paused, resume: resumed, after: after})
+	done := make(chan moveResult)
+	go func() {
+		n, err := q.MoveRoute(t.Context(), from, to, 100)
+		done <- moveResult{n, err}
+	}()
+	<-paused
+	return func() moveResult {
+		close(resumed)
+		return <-done
 	}
 }
 
@@ -424,23 +439,11 @@ func TestQueuePurgeWhileMoveRuns(t *testing.T) {
 	cfg := writeConfigCredentials(t, srv.Addr(), "new")
 	rdb := srv.Client(t)
 	const from, to = "app:old:billing@contoso.com", "app:new:billing@contoso.com"
-	paused, resume := make(chan struct{}), make(chan struct{})
-	rdb.AddHook(pauseOn{arg: to, paused: paused, resume: resume, after: true})
 	q := queue.New(rdb, queue.Options{})
 	enqueueEach(t, q, from, from)
-	type result struct {
-		n   queue.Moved
-		err error
-	}
-	done := make(chan result)
-	go func() {
-		n, err := q.MoveRoute(t.Context(), from, to, 100)
-		done <- result{n, err}
-	}()
-	<-paused
+	resume := pausedMove(t, rdb, q, from, to, true)
 	r := runCmd(t, "queue", "purge", "--config", cfg, "--route", from, "--yes")
-	close(resume)
-	res := <-done
+	res := resume()
 	want := "a queue move of " + from + " is running: its mail is not deleted while it runs; run the purge again once it ends (if it was killed, its lock of the route lapses in "
 	if r.code != exitError || !strings.Contains(r.stderr, want) {
 		t.Errorf("purge while a move runs: exit %d, want %d and %q\n%s%s", r.code, exitError, want, r.stdout, r.stderr)
