@@ -87,12 +87,7 @@ func TestFaultRotationFileShapes(t *testing.T) {
 		if ok {
 			firsts[i] = first.Sub(changed[i])
 		}
-		refused := 0
-		for _, e := range r.logEntries("token request rejected") {
-			if e.Time.After(rotated) {
-				refused++
-			}
-		}
+		refused := r.loggedAfter("token request rejected", rotated)
 		got := "none"
 		if ok {
 			got = ms(firsts[i])

@@ -319,11 +319,7 @@ func staggeredRotation(t *testing.T, rotate func(s *sim.Sim)) {
 	}
 	refusedAfter := map[string]int{}
 	for _, r := range f.relays {
-		for _, e := range r.logEntries("token request rejected") {
-			if e.Time.After(closedAt) {
-				refusedAfter[r.name]++
-			}
-		}
+		refusedAfter[r.name] += r.loggedAfter("token request rejected", closedAt)
 	}
 	for _, r := range f.relays {
 		if n := refusedAfter[r.name]; n > 1 {

@@ -495,6 +495,18 @@ func (r *incRelay) logEntries(msg string) []incLogEntry {
 	return out
 }
 
+// loggedAfter counts the log lines whose message is msg logged after
+// since.
+func (r *incRelay) loggedAfter(msg string, since time.Time) int {
+	n := 0
+	for _, e := range r.logEntries(msg) {
+		if e.Time.After(since) {
+			n++
+		}
+	}
+	return n
+}
+
 // stop sends SIGTERM and waits for a graceful exit with status 0; it
 // prints the logs of a failed test.
 func (r *incRelay) stop(tb testing.TB) {
