@@ -121,19 +121,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 `)
 
-// One move at a time runs off a route: two at once, to two routes, could
-// each store a copy of the same message (the second finding none yet
-// where the first was storing it), and two to one route would each count
-// it. So a move holds the route's move lock while it runs: a token with
-// a lifetime of moveLockTTL, renewed by each message's take-out, and
-// released at the end, error or not. A move killed outright leaves the
-// lock until it lapses. Each write of a move off the route checks, in
-// its script, that the move still holds the lock; the copy's store, on
-// the other route's slot, cannot, and is fenced by a deadline instead:
-// half the lock's lifetime from the take-out's renewal, in Redis's
-// clock, so that a store that comes later (the move hung past the lock's
-// lapse, another move of the route free to start) stores nothing.
-
 // moveLockTTL is how long a route's move lock lasts without a renewal
 // (Queue.moveLockTTL, which tests shorten).
 const moveLockTTL = 30 * time.Second
@@ -181,6 +168,19 @@ return 0
 
 // lockMoves takes route's move lock for a move, and returns its token
 // and the function that releases it.
+//
+// One move at a time runs off a route: two at once, to two routes, could
+// each store a copy of the same message (the second finding none yet
+// where the first was storing it), and two to one route would each count
+// it. So a move holds the route's move lock while it runs: a token with
+// a lifetime of moveLockTTL, renewed by each message's take-out, and
+// released at the end, error or not. A move killed outright leaves the
+// lock until it lapses. Each write of a move off the route checks, in
+// its script, that the move still holds the lock; the copy's store, on
+// the other route's slot, cannot, and is fenced by a deadline instead:
+// half the lock's lifetime from the take-out's renewal, in Redis's
+// clock, so that a store that comes later (the move hung past the lock's
+// lapse, another move of the route free to start) stores nothing.
 func (q *Queue) lockMoves(ctx context.Context, route string) (string, func(), error) {
 	token := newToken()
 	key := keysFor(route).moveLock
