@@ -316,20 +316,20 @@ func (m *ExpiryMonitor) bindDates(ctx context.Context, c Credential) []Expiry {
 			owner = fp
 		}
 		was := m.superseded[key]
-		now := !queue.DateBelongsTo(owner, fp)
-		m.superseded[key] = now
+		earlier := !queue.DateBelongsTo(owner, fp)
+		m.superseded[key] = earlier
 		m.mu.Unlock()
 		m.dateError(c.Name, "bind", "cannot record which secret the credential's given end date belongs to; the last one found stands", err)
 		attrs := []any{"credential", c.Name, "expiry_source", e.Source, "expires_at", e.ExpiresAt, "fingerprint", fp, "dated_fingerprints", owner}
 		switch {
-		case now && !was:
+		case earlier && !was:
 			m.cfg.log.Warn("the credential's "+givenName(e.Source)+" was given for an earlier secret or certificate than the one loaded now: "+
 				"it is not this one's expiry, which stays unknown unless Graph tells it; write the new end date to expires_at_file (or set expires_at again); "+
 				"when it is the same as before, write it in another form, e.g. 2027-08-14T00:00:00Z for 2027-08-14, as content written again unchanged is not seen", attrs...)
-		case !now && was:
+		case !earlier && was:
 			m.cfg.log.Info("the credential's "+givenName(e.Source)+" belongs to the secret or certificate loaded now", attrs...)
 		}
-		if now {
+		if earlier {
 			given[i].InUse, given[i].Superseded = false, true
 		}
 	}
