@@ -694,7 +694,9 @@ func (s *smtpSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 }
 
 func (s *smtpSession) Data(r io.Reader) error {
-	if pr, ok := r.(*io.PipeReader); ok {
+	// A BDAT transfer's Data reads a pipe (see bdatRun); DATA's does not.
+	pr, bdat := r.(*io.PipeReader)
+	if bdat {
 		run := &bdatRun{r: pr, done: make(chan struct{})}
 		defer close(run.done)
 		s.mu.Lock()
@@ -736,7 +738,7 @@ func (s *smtpSession) Data(r io.Reader) error {
 	if err == nil {
 		err = buf.readFrom(r, s.ing.opts.MaxMessageBytes)
 	}
-	if _, bdat := r.(*io.PipeReader); err == nil && bdat && s.tc.readEOF.Load() {
+	if err == nil && bdat && s.tc.readEOF.Load() {
 		// go-smtp reads a chunk with a LimitReader and takes an early end
 		// of the connection for the chunk's end: the message may be cut
 		// short, so none of it is queued. A client that closes its side
