@@ -706,16 +706,18 @@ func (d *deliverer) record(l *queue.Lease, log *slog.Logger, settle func(context
 	return d.recordUntil(l, l.LeaseEnd, log, settle)
 }
 
-// ackBy is how long the delivery of l is tried to be recorded: past the
-// lease's end, up to the message's expiry. The queue takes the record by
-// the lease's token, so it is taken as long as nobody leased the message
-// again; and while Redis does not answer nobody can. A delivery recorded
-// late is one not sent again after a Redis outage longer than the lease
-// (a Sentinel failover); one recorded too late finds the lease lost.
+// ackBy is when the tries at recording the delivery of l stop: past the
+// lease's end, at the message's expiry when that is later. The queue
+// takes the record by the lease's token, so it is taken as long as
+// nobody leased the message again; and while Redis does not answer
+// nobody can. A delivery recorded late is one not sent again after a
+// Redis outage longer than the lease (a Sentinel failover); one recorded
+// too late finds the lease lost.
 func ackBy(l *queue.Lease) time.Time {
 	return later(l.LeaseEnd, l.Expires)
 }
 
+// later returns the later of a and b.
 func later(a, b time.Time) time.Time {
 	if b.After(a) {
 		return b
