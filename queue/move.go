@@ -112,11 +112,13 @@ end
 return redis.call('DEL', KEYS[1])
 `)
 
-// forgetKeyScript lets go of an idempotency key that names a message an
-// earlier move took off the key's route.
+// deleteIfScript deletes a key while it holds a value: an idempotency
+// key that names a message an earlier move took off the key's route
+// (storeCopy lets go of it), or a route's move lock held by a move's
+// token (lockMoves releases it).
 //
-// KEYS[1] the idempotency key. ARGV[1] the id it names.
-var forgetKeyScript = drainScript(`
+// KEYS[1] the key. ARGV[1] the value. Returns 1 when it deleted the key.
+var deleteIfScript = drainScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 `)
@@ -158,14 +160,6 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -3 end
 return redis.call('PTTL', KEYS[1])
 `)
 
-// moveUnlockScript releases a route's move lock if the token holds it.
-//
-// KEYS[1] the lock. ARGV[1] the token.
-var moveUnlockScript = drainScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-`)
-
 // lockMoves takes route's move lock for a move, and returns its token
 // and the function that releases it.
 //
@@ -196,7 +190,7 @@ func (q *Queue) lockMoves(ctx context.Context, route string) (string, func(), er
 		// lost leaves the lock until it lapses.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		_ = moveUnlockScript.Run(ctx, q.rdb, []string{key}, token).Err()
+		_ = deleteIfScript.Run(ctx, q.rdb, []string{key}, token).Err()
 	}
 	return token, unlock, nil
 }
@@ -341,7 +335,7 @@ func (q *Queue) storeCopy(ctx context.Context, id string, sub Submission, appKey
 	}
 	newID, dup, err := q.enqueue(ctx, sub, deadline)
 	if err == nil && forwarded(newID, dup) {
-		if err = forgetKeyScript.Run(ctx, q.rdb, []string{idemKey(sub.Route, appKey)}, newID).Err(); err != nil {
+		if err = deleteIfScript.Run(ctx, q.rdb, []string{idemKey(sub.Route, appKey)}, newID).Err(); err != nil {
 			return "", false, err
 		}
 		if newID, dup, err = q.enqueue(ctx, sub, deadline); err == nil && forwarded(newID, dup) {
