@@ -49,13 +49,17 @@ if last > 0 then redis.call('PEXPIREAT', KEYS[1], last) end
 return 0
 `)
 
+// noDateSource stands for the source in the record of a relay that
+// knows no date, whose Source is empty.
+const noDateSource = "-"
+
 // SetCredentialExpiry records what one relay knows of a credential's
 // expiry, replacing that relay's last record; a zero ExpiresAt records
 // that it knows no date (as 0, source "-"). The records of every relay
 // past their Until go (a relay stopped, a pod replaced), and the hash
 // goes with the last of them.
 func (q *Queue) SetCredentialExpiry(ctx context.Context, credential string, e CredentialExpiry) error {
-	ms, src := int64(0), "-"
+	ms, src := int64(0), noDateSource
 	if !e.ExpiresAt.IsZero() {
 		ms, src = e.ExpiresAt.UnixMilli(), e.Source
 	}
@@ -107,7 +111,7 @@ func parseCredExpiry(replica, v string) (CredentialExpiry, bool) {
 	if ms[0] != 0 {
 		e.ExpiresAt = time.UnixMilli(ms[0]).UTC()
 	}
-	if e.Source == "-" {
+	if e.Source == noDateSource {
 		e.Source = ""
 	}
 	return e, true
