@@ -109,19 +109,19 @@ func (c *Credential) Reload() (changed bool, err error) {
 	}
 	c.mu.Lock()
 	changed = m.sum != c.mat.sum
-	dated := !d.same(c.dated)
+	dateChanged := !d.same(c.dated)
 	c.dated = d
 	if changed {
 		c.mat, c.inUse, c.refusedAt = m, 0, nil
 		_ = c.preferLatestLocked()
 		c.keepPreviousLocked()
 	}
-	if dated {
+	if dateChanged {
 		c.datedFor = c.mat.usedFingerprint(c.inUse)
 	}
 	c.mu.Unlock()
 	if !changed {
-		if dated {
+		if dateChanged {
 			c.log.Info("expires_at_file changed", "file", c.opts.ExpiresAtFile, "expires_at", d.at)
 			if c.opts.OnExpiresAtFile != nil {
 				c.opts.OnExpiresAtFile(c.opts.Name)
