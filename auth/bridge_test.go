@@ -148,12 +148,8 @@ func TestNoBridgeAfterRefusal(t *testing.T) {
 	be := &bridgeEntra{}
 	be.set(secretV1)
 	f := newFakeEntra(t, be.handle(t))
-	path := writeFile(t, t.TempDir(), "secret", secretV1+"\n")
-	c := secretCredential(t, f, path, func(o *CredentialOptions) { o.PropagationWindow = time.Minute })
+	c, path := servedV1(t, f)
 	ctx := t.Context()
-	if _, err := c.Token(ctx); err != nil {
-		t.Fatal(err)
-	}
 	be.set() // the old secret deleted
 	c.Invalidate()
 	if _, err := c.Token(ctx); err == nil {
@@ -263,12 +259,8 @@ func TestBridgeKeptThroughUnavailable(t *testing.T) {
 		}
 		handle(w, r, form)
 	})
-	path := writeFile(t, t.TempDir(), "secret", secretV1+"\n")
-	c := secretCredential(t, f, path, func(o *CredentialOptions) { o.PropagationWindow = time.Minute })
+	c, path := servedV1(t, f)
 	ctx := t.Context()
-	if _, err := c.Token(ctx); err != nil {
-		t.Fatal(err)
-	}
 	replaceFile(t, path, secretV2+"\n")
 	if _, err := c.Reload(); err != nil {
 		t.Fatal(err)
@@ -328,12 +320,8 @@ func reloadDuringFetch(t *testing.T, before func(*bridgeEntra)) (*bridgeEntra, *
 		}
 		handle(w, r, form)
 	})
-	path := writeFile(t, t.TempDir(), "secret", secretV1+"\n")
-	c := secretCredential(t, f, path, func(o *CredentialOptions) { o.PropagationWindow = time.Minute })
+	c, path := servedV1(t, f)
 	ctx := t.Context()
-	if _, err := c.Token(ctx); err != nil {
-		t.Fatal(err)
-	}
 	if before != nil {
 		before(be)
 	}
@@ -351,4 +339,17 @@ func reloadDuringFetch(t *testing.T, before func(*bridgeEntra)) (*bridgeEntra, *
 	}
 	close(release)
 	return be, c, <-done
+}
+
+// servedV1 is a credential of a secret file holding secretV1, from f,
+// with a propagation window of a minute, that got its first token: the
+// secret to bridge from once the file changes. It returns the file too.
+func servedV1(t *testing.T, f *fakeEntra) (*Credential, string) {
+	t.Helper()
+	path := writeFile(t, t.TempDir(), "secret", secretV1+"\n")
+	c := secretCredential(t, f, path, func(o *CredentialOptions) { o.PropagationWindow = time.Minute })
+	if _, err := c.Token(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return c, path
 }
