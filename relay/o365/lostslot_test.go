@@ -570,6 +570,17 @@ func (l *rateLimits) ReturnSend(_ context.Context, _, token string) error {
 	return nil
 }
 
+// wantGrantReturned fails t unless one send was reserved, the grant's,
+// and given back: nothing went out.
+func (l *rateLimits) wantGrantReturned(t *testing.T) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.reserved != 1 || len(l.returned) != 1 || l.returned[0] != "send1" {
+		t.Errorf("%d sends reserved, given back: %q; want the grant's send1 given back: nothing went out", l.reserved, l.returned)
+	}
+}
+
 // TestLostSlotGrantReturnsSend: a granted connection whose slot is found
 // lost before its transaction, when no other connection can be had (the
 // mailbox's slots are all taken), gives the grant's send back to the
@@ -607,11 +618,7 @@ func TestLostSlotGrantReturnsSend(t *testing.T) {
 	if n := len(k.received()); n != 1 {
 		t.Fatalf("%d messages received, want 1", n)
 	}
-	limits.mu.Lock()
-	defer limits.mu.Unlock()
-	if limits.reserved != 1 || len(limits.returned) != 1 || limits.returned[0] != "send1" {
-		t.Errorf("%d sends reserved, given back: %q; want the grant's send1 given back: nothing went out", limits.reserved, limits.returned)
-	}
+	limits.wantGrantReturned(t)
 }
 
 // hungLimits is freeLimits whose renewals wait for their ctx, as with a
@@ -714,11 +721,7 @@ func TestRefusedCheckReturnsSend(t *testing.T) {
 	if _, err := s.Send(o365.WithGrant(context.Background(), g), sinkMessage(0, "a@example.org")); !errors.Is(err, refused) {
 		t.Fatalf("the send the check refused: %v", err)
 	}
-	limits.mu.Lock()
-	defer limits.mu.Unlock()
-	if limits.reserved != 1 || len(limits.returned) != 1 || limits.returned[0] != "send1" {
-		t.Errorf("%d sends reserved, given back: %q; want the grant's send1 given back: nothing went out", limits.reserved, limits.returned)
-	}
+	limits.wantGrantReturned(t)
 }
 
 // TestStaleGrantReturnsSend: a granted kept connection that no longer
@@ -745,9 +748,5 @@ func TestStaleGrantReturnsSend(t *testing.T) {
 	if n := len(k.received()); n != 1 {
 		t.Fatalf("%d messages received, want 1", n)
 	}
-	limits.mu.Lock()
-	defer limits.mu.Unlock()
-	if limits.reserved != 1 || len(limits.returned) != 1 || limits.returned[0] != "send1" {
-		t.Errorf("%d sends reserved, given back: %q; want the grant's send1 given back: nothing went out", limits.reserved, limits.returned)
-	}
+	limits.wantGrantReturned(t)
 }
