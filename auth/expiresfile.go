@@ -58,7 +58,8 @@ func readDatedFile(path string) datedFile {
 			return d
 		}
 	}
-	d.err = fmt.Errorf("expires_at_file %s: %q is neither RFC 3339 nor YYYY-MM-DD", path, truncate(v, 64))
+	// The content is not printed: the option may name the secret's file.
+	d.err = fmt.Errorf("expires_at_file %s: its content (%d bytes, not printed) is neither RFC 3339 nor YYYY-MM-DD: write the end date alone, e.g. 2027-08-14", path, len(v))
 	return d
 }
 

@@ -162,3 +162,22 @@ func TestExpiresAtFileStatedFor(t *testing.T) {
 		t.Fatal("stated for no fingerprint")
 	}
 }
+
+// TestExpiresAtFileNotEchoed: an expires_at_file that holds no date, such
+// as the secret itself (the option pointed at the secret's file), is
+// refused without its content: the error goes to the log.
+func TestExpiresAtFileNotEchoed(t *testing.T) {
+	f := newFakeEntra(t, secretHandler(t, 3599))
+	path := writeFile(t, t.TempDir(), "secret", secretV1+"\n")
+	c := secretCredential(t, f, path, func(o *CredentialOptions) { o.ExpiresAtFile = path })
+	_, at, err := c.FileExpiry()
+	if err == nil || !at.IsZero() {
+		t.Fatalf("the secret's file as the date file: %s, %v; want no date and an error", at, err)
+	}
+	if !strings.Contains(err.Error(), "neither RFC 3339 nor YYYY-MM-DD") {
+		t.Errorf("error %q does not say what the file should hold", err)
+	}
+	if strings.Contains(err.Error(), secretV1[:8]) {
+		t.Errorf("error %q holds the file's content, here the secret", err)
+	}
+}
