@@ -2,7 +2,6 @@ package queue
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -163,17 +162,4 @@ func (q *Queue) BindCredentialDate(ctx context.Context, credential, date, finger
 // BindCredentialDate returns them.
 func DateBelongsTo(owners, fingerprint string) bool {
 	return slices.Contains(strings.Fields(owners), fingerprint)
-}
-
-// CredentialDateOwner returns the fingerprints relays recorded for the
-// credential's date (see BindCredentialDate), or false when none did.
-func (q *Queue) CredentialDateOwner(ctx context.Context, credential, date string) (string, bool, error) {
-	v, err := q.rdb.HGet(ctx, credDateKey(credential), date).Result()
-	switch {
-	case errors.Is(err, redis.Nil):
-		return "", false, nil
-	case err != nil:
-		return "", false, fmt.Errorf("read the secret %s's date %s belongs to: %w", credential, date, err)
-	}
-	return v, true, nil
 }

@@ -2,7 +2,11 @@ package queue
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // ReleaseSteps releases a route and returns how many steps it took.
@@ -54,3 +58,16 @@ func SetMoveLockTTL(q *Queue, d time.Duration) { q.moveLockTTL = d }
 
 // MoveLockKey is the key of a route's move lock.
 func MoveLockKey(route string) string { return keysFor(route).moveLock }
+
+// CredentialDateOwner returns the fingerprints relays recorded for the
+// credential's date (see BindCredentialDate), or false when none did.
+func (q *Queue) CredentialDateOwner(ctx context.Context, credential, date string) (string, bool, error) {
+	v, err := q.rdb.HGet(ctx, credDateKey(credential), date).Result()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return "", false, nil
+	case err != nil:
+		return "", false, fmt.Errorf("read the secret %s's date %s belongs to: %w", credential, date, err)
+	}
+	return v, true, nil
+}
