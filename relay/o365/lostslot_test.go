@@ -100,16 +100,14 @@ func TestLostSlotNoNewTransaction(t *testing.T) {
 	k, p, s := newSinkSenderEdit(t, func(o *o365.SMTPOptions) {
 		o.Limits = limits
 		o.IdleTimeout = 2 * time.Second
-		o.Router = func(context.Context, *queue.Message) (o365.Route, error) {
-			return o365.Route{Mailbox: "box@contoso.com", Tokens: fixedToken{}, Kind: o365.AppOnly,
-				Check: func(context.Context) error {
-					if lose.CompareAndSwap(true, false) {
-						limits.lost.Store(true)
-						waitLost(t, s, 1)
-					}
-					return nil
-				}}, nil
-		}
+		o.Router = boxRouter(o365.Route{
+			Check: func(context.Context) error {
+				if lose.CompareAndSwap(true, false) {
+					limits.lost.Store(true)
+					waitLost(t, s, 1)
+				}
+				return nil
+			}})
 	})
 	ctx := context.Background()
 	if _, err := s.Send(ctx, sinkMessage(0, "a@example.org")); err != nil {
@@ -472,6 +470,13 @@ func TestLostSlotFailedReset(t *testing.T) {
 	wantCounts(t, k, p, limits, lostCounts{conns: 2, slots: 2, received: 2}, "the connection replacing the one whose RSET failed was opened on its lost slot")
 }
 
+// boxRouter routes every message to box@contoso.com, app-only with a
+// fixed token, on r with those fields set.
+func boxRouter(r o365.Route) func(context.Context, *queue.Message) (o365.Route, error) {
+	r.Mailbox, r.Tokens, r.Kind = "box@contoso.com", fixedToken{}, o365.AppOnly
+	return func(context.Context, *queue.Message) (o365.Route, error) { return r, nil }
+}
+
 // slowRenewLimits is a real Limiter whose renewals fail as those of a
 // Redis too slow to answer fail: the slot stays held in Redis, unrenewed,
 // until it expires.
@@ -593,17 +598,15 @@ func TestLostSlotGrantReturnsSend(t *testing.T) {
 		o.Limits = limits
 		o.IdleTimeout = 2 * time.Second
 		o.MaxWait = 200 * time.Millisecond
-		o.Router = func(context.Context, *queue.Message) (o365.Route, error) {
-			return o365.Route{Mailbox: "box@contoso.com", Tokens: fixedToken{}, Kind: o365.AppOnly,
-				Check: func(context.Context) error {
-					if lose.CompareAndSwap(true, false) {
-						limits.lost.Store(true)
-						waitLost(t, s, 1)
-						limits.full.Store(true)
-					}
-					return nil
-				}}, nil
-		}
+		o.Router = boxRouter(o365.Route{
+			Check: func(context.Context) error {
+				if lose.CompareAndSwap(true, false) {
+					limits.lost.Store(true)
+					waitLost(t, s, 1)
+					limits.full.Store(true)
+				}
+				return nil
+			}})
 	})
 	ctx := context.Background()
 	if _, err := s.Send(ctx, sinkMessage(0, "a@example.org")); err != nil {
@@ -682,17 +685,15 @@ func TestLostSlotNoAuth(t *testing.T) {
 		o.Limits = limits
 		o.IdleTimeout = 2 * time.Second
 		o.OnAuth = func(error) { auths.Add(1) }
-		o.Router = func(context.Context, *queue.Message) (o365.Route, error) {
-			return o365.Route{Mailbox: "box@contoso.com", Tokens: fixedToken{}, Kind: o365.AppOnly,
-				Turn: func(context.Context, bool) (o365.AuthTurn, error) {
-					if lose.CompareAndSwap(true, false) {
-						limits.lost.Store(true)
-						waitLost(t, s, 1)
-						limits.lost.Store(false)
-					}
-					return o365.AuthTurn{Placed: true}, nil
-				}}, nil
-		}
+		o.Router = boxRouter(o365.Route{
+			Turn: func(context.Context, bool) (o365.AuthTurn, error) {
+				if lose.CompareAndSwap(true, false) {
+					limits.lost.Store(true)
+					waitLost(t, s, 1)
+					limits.lost.Store(false)
+				}
+				return o365.AuthTurn{Placed: true}, nil
+			}})
 	})
 	lose.Store(true)
 	if _, err := s.Send(context.Background(), sinkMessage(0, "a@example.org")); err != nil {
@@ -712,10 +713,8 @@ func TestRefusedCheckReturnsSend(t *testing.T) {
 	refused := errors.New("breaker open")
 	_, _, s := newSinkSenderEdit(t, func(o *o365.SMTPOptions) {
 		o.Limits = limits
-		o.Router = func(context.Context, *queue.Message) (o365.Route, error) {
-			return o365.Route{Mailbox: "box@contoso.com", Tokens: fixedToken{}, Kind: o365.AppOnly,
-				Check: func(context.Context) error { return refused }}, nil
-		}
+		o.Router = boxRouter(o365.Route{
+			Check: func(context.Context) error { return refused }})
 	})
 	g := reserveOne(t, s)
 	if _, err := s.Send(o365.WithGrant(context.Background(), g), sinkMessage(0, "a@example.org")); !errors.Is(err, refused) {
